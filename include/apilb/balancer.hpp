@@ -1,0 +1,43 @@
+// Balancing decisions: which backend of a pool a new session goes to. Pure
+// core: no Asio, no atomics; the caller passes a snapshot of the loads.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "apilb/config.hpp"
+
+namespace apilb {
+
+/// What the balancer needs to know of one backend at the moment of choosing.
+struct backend_load {
+    std::uint32_t weight = 1;  ///< >= 1
+    std::uint32_t active = 0;  ///< sessions open on it now
+    bool available = true;     ///< false: skip (at its limit, or already tried)
+};
+
+/// Per-worker choosing state for one pool. Not shared between threads: each
+/// worker keeps its own, so choosing never takes a lock.
+class balancer_state {
+public:
+    explicit balancer_state(std::size_t backends) : current_(backends, 0) {}
+
+    /// Picks a backend, or nullopt when none is available.
+    /// round-robin: smooth weighted round-robin (nginx's algorithm), which
+    /// interleaves weights instead of sending bursts to the heaviest backend.
+    /// least-connections: fewest active sessions per unit of weight; ties are
+    /// broken by a rotating cursor so equal backends share new sessions.
+    std::optional<std::size_t> choose(balance_policy policy, std::span<const backend_load> loads);
+
+private:
+    std::optional<std::size_t> choose_round_robin(std::span<const backend_load> loads);
+    std::optional<std::size_t> choose_least_connections(std::span<const backend_load> loads);
+
+    std::vector<std::int64_t> current_;  ///< smooth WRR current weights
+    std::size_t cursor_ = 0;             ///< least-connections tie breaker
+};
+
+}  // namespace apilb

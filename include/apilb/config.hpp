@@ -1,0 +1,151 @@
+// The configuration model: an immutable, validated value built from one YAML
+// file. Nothing outside config_loader.cpp reads YAML; everything else reads
+// these structs. Pure core: no Asio, no sockets.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace apilb {
+
+using duration = std::chrono::milliseconds;
+
+/// A numeric IP address and a port, as validated text. The I/O layer turns it
+/// into an Asio endpoint; the core only guarantees it parses.
+struct socket_address {
+    std::string ip;          ///< numeric address without brackets: "192.0.2.1", "::1"
+    std::uint16_t port = 0;  ///< 0 only where a field allows it (tests bind port 0)
+    bool is_v6 = false;
+
+    /// "192.0.2.1:6443" or "[2001:db8::1]:6443".
+    std::string to_string() const;
+    friend bool operator==(const socket_address&, const socket_address&) = default;
+};
+
+enum class balance_policy { round_robin, least_connections };
+enum class relay_mode { splice, copy };
+enum class log_format { text, json };
+
+/// One kube-apiserver behind a pool.
+struct backend_config {
+    std::string name;
+    socket_address address;
+    std::uint32_t weight = 1;  ///< 1..256; relative share for round-robin and least-connections
+};
+
+/// A named set of backends and how to choose among them.
+struct pool_config {
+    std::string name;
+    balance_policy balance = balance_policy::least_connections;
+    std::vector<backend_config> backends;
+    /// Backends tried before the client is closed; 0 in the file means "each
+    /// backend once" and is resolved to backends.size() by the loader.
+    std::uint32_t connect_attempts = 0;
+};
+
+/// An address apilb accepts clients on, and the pool they go to.
+struct listener_config {
+    std::string name;
+    socket_address address;
+    std::string pool;           ///< name of a pool in config::pools (validated)
+    std::uint32_t backlog = 4096;
+};
+
+struct timeouts_config {
+    duration connect{std::chrono::seconds(2)};  ///< per backend connect attempt
+    /// A session with no byte in either direction for this long is closed.
+    /// Watches are long-lived and may be silent for minutes: keep it long.
+    /// 0 disables.
+    duration idle{std::chrono::hours(1)};
+    /// On SIGTERM, how long established sessions may finish before they are closed.
+    duration drain{std::chrono::seconds(30)};
+};
+
+/// Socket options set on both legs of every session.
+struct tcp_config {
+    bool nodelay = true;
+    bool keepalive = true;
+    duration keepalive_idle{std::chrono::seconds(15)};
+    duration keepalive_interval{std::chrono::seconds(5)};
+    std::uint32_t keepalive_count = 3;
+    /// TCP_USER_TIMEOUT: unacknowledged data for this long kills the
+    /// connection. 0 leaves the kernel default (~15 minutes).
+    duration user_timeout{std::chrono::seconds(30)};
+};
+
+struct limits_config {
+    std::uint32_t max_connections = 16384;  ///< client sessions across all listeners; 0 = no limit
+    std::uint32_t per_backend = 0;          ///< sessions per backend; 0 = no limit
+};
+
+struct relay_config {
+    relay_mode mode = relay_mode::splice;
+    std::uint32_t buffer_size = 64 * 1024;  ///< copy mode: bytes per borrowed buffer
+    std::uint32_t pipe_size = 0;            ///< splice mode: F_SETPIPE_SZ, 0 = kernel default
+};
+
+struct log_config {
+    std::string level = "info";  ///< trace | debug | info | warn | error | critical | off
+    log_format format = log_format::text;
+};
+
+/// The whole configuration. Built only by load_config(); immutable after.
+struct config {
+    std::string source;  ///< file it was loaded from, for messages
+    std::vector<listener_config> listeners;
+    std::vector<pool_config> pools;
+    timeouts_config timeouts;
+    tcp_config tcp;
+    limits_config limits;
+    relay_config relay;
+    log_config log;
+    std::uint32_t workers = 0;  ///< 0 in the file = one per core; resolved by the loader
+
+    /// The pool a listener names; the loader guarantees it exists.
+    const pool_config& pool(const std::string& name) const;
+};
+
+/// One problem found in a config file.
+struct config_error {
+    std::string file;
+    int line = 0;    ///< 1-based; 0 when unknown (e.g. the file cannot be read)
+    int column = 0;  ///< 1-based
+    std::string key_path;  ///< e.g. "pools[0].backends[2].address"
+    std::string message;   ///< what was found and what was expected
+
+    /// "file:line:column: key_path: message"
+    std::string to_string() const;
+};
+
+/// Thrown by load_config() with every problem found, not just the first.
+class config_load_error : public std::runtime_error {
+public:
+    explicit config_load_error(std::vector<config_error> errors);
+    const std::vector<config_error>& errors() const noexcept { return errors_; }
+
+private:
+    std::vector<config_error> errors_;
+};
+
+/// Reads, validates and resolves a config file. Throws config_load_error.
+std::shared_ptr<const config> load_config(const std::string& path);
+
+/// Same, from text; `source_name` is used as the file name in errors.
+std::shared_ptr<const config> parse_config(const std::string& yaml_text,
+                                           const std::string& source_name);
+
+/// Parses "250ms", "2s", "5m", "1h", "1m30s", "0". Returns nullopt if malformed.
+std::optional<duration> parse_duration(const std::string& text);
+
+/// Parses "192.0.2.1:6443", "[2001:db8::1]:6443". Returns nullopt if malformed.
+std::optional<socket_address> parse_socket_address(const std::string& text);
+
+const char* to_string(balance_policy);
+const char* to_string(relay_mode);
+
+}  // namespace apilb

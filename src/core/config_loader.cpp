@@ -1,0 +1,836 @@
+// Reads one YAML file into a validated, immutable config. The only code in
+// apilb that sees YAML. Every problem is collected with its line, column and
+// key path; nothing is reported until the whole file has been read, so one
+// attempt shows everything there is to fix.
+#include "apilb/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <span>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+namespace apilb {
+namespace {
+
+using namespace std::chrono_literals;
+using key_list = std::span<const std::string_view>;
+
+constexpr std::uint32_t max_workers = 256;
+constexpr std::size_t max_name_length = 63;
+
+// ---------------------------------------------------------------- text helpers
+
+std::string child_path(const std::string& parent, std::string_view key) {
+    return parent.empty() ? std::string(key) : parent + "." + std::string(key);
+}
+
+std::string index_path(const std::string& parent, std::size_t index) {
+    return parent + "[" + std::to_string(index) + "]";
+}
+
+/// The value as the user wrote it, quoted and cut short, safe for one line.
+std::string quote(std::string_view text) {
+    constexpr std::size_t max_shown = 60;
+    std::string out = "\"";
+    for (std::size_t i = 0; i < text.size() && i < max_shown; ++i) {
+        const char c = text[i];
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += c;
+        } else if (c == '\n') {
+            out += "\\n";
+        } else if (c == '\t') {
+            out += "\\t";
+        } else if (static_cast<unsigned char>(c) < 0x20) {
+            out += '?';
+        } else {
+            out += c;
+        }
+    }
+    if (text.size() > max_shown) out += "...";
+    return out + "\"";
+}
+
+std::string join(key_list items) {
+    std::string out;
+    for (auto item : items) {
+        if (!out.empty()) out += ", ";
+        out += item;
+    }
+    return out;
+}
+
+char lower(char c) {
+    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+/// Levenshtein distance, case-insensitive: "Workers" is one edit from "workers".
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diagonal = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const std::size_t above = row[j];
+            const std::size_t cost = lower(a[i - 1]) == lower(b[j - 1]) ? 0 : 1;
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + cost});
+            diagonal = above;
+        }
+    }
+    return row[b.size()];
+}
+
+/// `did you mean "x"? ` for the closest candidate within two edits, or "".
+std::string did_you_mean(std::string_view found, key_list candidates) {
+    std::string_view best;
+    std::size_t best_distance = 3;
+    for (auto c : candidates) {
+        const std::size_t d = edit_distance(found, c);
+        if (d < best_distance && d < c.size()) {
+            best = c;
+            best_distance = d;
+        }
+    }
+    return best.empty() ? std::string() : "did you mean \"" + std::string(best) + "\"? ";
+}
+
+std::string describe(const YAML::Node& node) {
+    switch (node.Type()) {
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Sequence: return "a sequence";
+    case YAML::NodeType::Scalar: return quote(node.Scalar());
+    case YAML::NodeType::Null: return "no value";
+    case YAML::NodeType::Undefined: break;
+    }
+    return "nothing";
+}
+
+// ---------------------------------------------------------------- value rules
+
+struct integer_rule {
+    std::uint64_t min;
+    std::uint64_t max;
+    bool zero_allowed = false;  ///< 0 is a special value below min ("disabled", "auto")
+
+    std::string range() const {
+        if (zero_allowed && min == 1) return "0.." + std::to_string(max);
+        std::string r = std::to_string(min) + ".." + std::to_string(max);
+        return zero_allowed ? "0 or " + r : r;
+    }
+    bool accepts(std::uint64_t v) const { return (v == 0 && zero_allowed) || (v >= min && v <= max); }
+};
+
+struct duration_rule {
+    duration min;
+    duration max;
+    bool zero_allowed = false;
+    /// The kernel takes this value in whole seconds (TCP_KEEPIDLE, TCP_KEEPINTVL).
+    bool whole_seconds = false;
+    std::string_view range;  ///< as shown in messages, e.g. "1s..2h"
+
+    bool accepts(duration v) const { return (v == 0ms && zero_allowed) || (v >= min && v <= max); }
+};
+
+constexpr std::uint64_t u32_max = std::numeric_limits<std::uint32_t>::max();
+
+constexpr std::array<std::string_view, 8> top_keys{
+    "workers", "listeners", "pools", "timeouts", "tcp", "limits", "relay", "log"};
+constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool", "backlog"};
+constexpr std::array<std::string_view, 4> pool_keys{"name", "balance", "connect_attempts", "backends"};
+constexpr std::array<std::string_view, 3> backend_keys{"name", "address", "weight"};
+constexpr std::array<std::string_view, 3> timeout_keys{"connect", "idle", "drain"};
+constexpr std::array<std::string_view, 6> tcp_keys{
+    "nodelay", "keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count", "user_timeout"};
+constexpr std::array<std::string_view, 2> limit_keys{"max_connections", "per_backend"};
+constexpr std::array<std::string_view, 3> relay_keys{"mode", "buffer_size", "pipe_size"};
+constexpr std::array<std::string_view, 2> log_keys{"level", "format"};
+
+template <class T>
+struct choice {
+    std::string_view name;
+    T value;
+};
+
+constexpr std::array<choice<balance_policy>, 2> balance_choices{{
+    {"round-robin", balance_policy::round_robin},
+    {"least-connections", balance_policy::least_connections}}};
+constexpr std::array<choice<relay_mode>, 2> relay_choices{{
+    {"splice", relay_mode::splice}, {"copy", relay_mode::copy}}};
+constexpr std::array<choice<std::string_view>, 7> level_choices{{
+    {"trace", "trace"}, {"debug", "debug"}, {"info", "info"}, {"warn", "warn"},
+    {"error", "error"}, {"critical", "critical"}, {"off", "off"}}};
+constexpr std::array<choice<log_format>, 2> format_choices{{
+    {"text", log_format::text}, {"json", log_format::json}}};
+
+// ---------------------------------------------------------------- addresses
+
+/// Why `text` is not a usable address, in words; empty if it is fine.
+/// Done apart from parse_socket_address so that the common mistakes (a host
+/// name, a missing port, IPv6 without brackets) get a message of their own.
+std::string address_problem(const std::string& text) {
+    if (text.empty()) return "the address is empty";
+    std::string host;
+    std::string port;
+    bool v6 = false;
+    if (text.front() == '[') {
+        const auto close = text.find(']');
+        if (close == std::string::npos) return "\"]\" is missing after the IPv6 address";
+        host = text.substr(1, close - 1);
+        if (close + 1 == text.size()) return "the port is missing";
+        if (text[close + 1] != ':') return "expected \":\" and a port after \"]\"";
+        port = text.substr(close + 2);
+        v6 = true;
+    } else {
+        const auto colons = std::count(text.begin(), text.end(), ':');
+        if (colons > 1) return "an IPv6 address needs brackets around it";
+        if (colons == 0) {
+            const bool numeric = text.find_first_not_of("0123456789.") == std::string::npos;
+            return numeric ? "the port is missing"
+                           : "the port is missing, and host names are not resolved";
+        }
+        const auto colon = text.find(':');
+        host = text.substr(0, colon);
+        port = text.substr(colon + 1);
+    }
+    if (port.empty()) return "the port is missing";
+    if (port.find_first_not_of("0123456789") != std::string::npos) {
+        return "port " + quote(port) + " is not a number";
+    }
+    if (port.size() > 5 || std::stoul(port) > 65535 || std::stoul(port) == 0) {
+        return "port " + port + " is out of range 1..65535";
+    }
+    if (!v6 && host.find_first_not_of("0123456789.") != std::string::npos) {
+        return quote(host) + " is not an IP address, and host names are not resolved";
+    }
+    if (!parse_socket_address(text)) {
+        return quote(host) + (v6 ? " is not a valid IPv6 address" : " is not a valid IPv4 address");
+    }
+    return {};
+}
+
+// ---------------------------------------------------------------- the loader
+
+/// A value in the file and where to point when it is wrong.
+struct field {
+    YAML::Node node;
+    YAML::Mark mark;
+    std::string path;
+};
+
+/// The known keys of one mapping, after unknown and repeated keys were reported.
+struct mapping {
+    YAML::Mark mark;
+    std::string path;
+    std::vector<std::pair<std::string, field>> entries;
+
+    const field* find(std::string_view key) const {
+        for (const auto& [k, f] : entries) {
+            if (k == key) return &f;
+        }
+        return nullptr;
+    }
+};
+
+/// A named item with where its name and address were written, for the
+/// checks that look across items (duplicates, references).
+struct site {
+    bool ok = false;
+    YAML::Mark mark;
+    std::string path;
+    std::string text;  ///< as written, even when invalid
+};
+
+struct backend_entry {
+    backend_config cfg;
+    site name;
+    site address;
+};
+
+struct pool_entry {
+    pool_config cfg;
+    site name;
+    std::vector<backend_entry> backends;
+};
+
+struct listener_entry {
+    listener_config cfg;
+    site name;
+    site address;
+    site pool;
+};
+
+class loader {
+public:
+    explicit loader(std::string source) : source_(std::move(source)) {}
+
+    std::shared_ptr<const config> load(const std::string& text);
+
+private:
+    void error(const YAML::Mark& mark, std::string path, std::string message);
+    void syntax_error(const YAML::Exception& e);
+
+    std::optional<mapping> open_mapping(const field& f, key_list allowed, bool null_is_empty);
+    std::optional<std::vector<field>> open_sequence(const field& f, std::string_view what);
+    bool require(const mapping& m, std::string_view key);
+
+    std::optional<std::string> scalar(const field& f, std::string_view expected);
+    bool read_integer(const mapping& m, std::string_view key, const integer_rule& rule,
+                      std::uint32_t& out);
+    bool read_bool(const mapping& m, std::string_view key, bool& out);
+    bool read_duration(const mapping& m, std::string_view key, const duration_rule& rule,
+                       duration& out);
+    template <class T, std::size_t N>
+    bool read_choice(const mapping& m, std::string_view key,
+                     const std::array<choice<T>, N>& choices, T& out);
+    site read_name(const mapping& m, std::string_view key, std::string& out);
+    site read_address(const mapping& m, std::string_view key, bool is_backend, socket_address& out);
+
+    void read_listeners(const field& f);
+    void read_pools(const field& f);
+    std::optional<pool_entry> read_pool(const field& f);
+    void read_sections(const mapping& top);
+    void check_references();
+
+    /// Reports every item whose key was already seen; `what` names the key.
+    void check_unique(const std::vector<std::pair<std::string, const site*>>& keys,
+                      std::string_view what);
+
+    std::string source_;
+    config config_;
+    std::vector<listener_entry> listeners_;
+    std::vector<pool_entry> pools_;
+    std::vector<config_error> errors_;
+};
+
+void loader::error(const YAML::Mark& mark, std::string path, std::string message) {
+    config_error e;
+    e.file = source_;
+    if (!mark.is_null()) {
+        // yaml-cpp counts from 0; editors and compilers count from 1.
+        e.line = mark.line + 1;
+        e.column = mark.column + 1;
+    }
+    e.key_path = std::move(path);
+    e.message = std::move(message);
+    errors_.push_back(std::move(e));
+}
+
+void loader::syntax_error(const YAML::Exception& e) {
+    error(e.mark, {}, "YAML syntax error: " + e.msg);
+}
+
+std::optional<mapping> loader::open_mapping(const field& f, key_list allowed, bool null_is_empty) {
+    mapping m{f.mark, f.path, {}};
+    if (f.node.IsNull() && null_is_empty) return m;
+    if (!f.node.IsMap()) {
+        error(f.mark, f.path, "expected a mapping with keys " + join(allowed) + "; found " +
+                                  describe(f.node));
+        return std::nullopt;
+    }
+    std::map<std::string, int, std::less<>> seen;  // key -> line of its first use
+    // Range-for keeps each pair alive for the whole iteration; yaml-cpp's
+    // `it->first` would refer into a temporary that dies with the expression.
+    for (const auto& pair : f.node) {
+        const YAML::Node& key = pair.first;
+        const YAML::Node& value = pair.second;
+        if (!key.IsScalar()) {
+            error(key.Mark(), f.path, "a key must be a plain word; found " + describe(key));
+            continue;
+        }
+        const std::string& name = key.Scalar();
+        const std::string path = child_path(f.path, name);
+        if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+            error(key.Mark(), path,
+                  "unknown key " + quote(name) + "; " + did_you_mean(name, allowed) +
+                      "expected one of: " + join(allowed));
+            continue;
+        }
+        // yaml-cpp keeps both copies of a repeated key; YAML forbids it and
+        // silently taking either one would hide an edit that did not apply.
+        if (auto [first, inserted] = seen.emplace(name, key.Mark().line + 1); !inserted) {
+            error(key.Mark(), path,
+                  "key " + quote(name) + " is repeated; first set at line " +
+                      std::to_string(first->second));
+            continue;
+        }
+        // An empty value's mark points at the next token, often on the next
+        // line; the key is where the reader should look.
+        const YAML::Mark mark = value.IsNull() ? key.Mark() : value.Mark();
+        m.entries.emplace_back(name, field{value, mark, path});
+    }
+    return m;
+}
+
+std::optional<std::vector<field>> loader::open_sequence(const field& f, std::string_view what) {
+    std::vector<field> items;
+    if (f.node.IsNull()) {
+        error(f.mark, f.path, "no " + std::string(what) + " are defined; at least one is required");
+        return std::nullopt;
+    }
+    if (!f.node.IsSequence()) {
+        error(f.mark, f.path, "expected a sequence of " + std::string(what) + " (items starting with \"- \"); found " +
+                                  describe(f.node));
+        return std::nullopt;
+    }
+    if (f.node.size() == 0) {
+        error(f.mark, f.path, "no " + std::string(what) + " are defined; at least one is required");
+        return std::nullopt;
+    }
+    std::size_t i = 0;
+    for (const auto& item : f.node) {
+        items.push_back(field{item, item.Mark(), index_path(f.path, i++)});
+    }
+    return items;
+}
+
+bool loader::require(const mapping& m, std::string_view key) {
+    if (m.find(key) != nullptr) return true;
+    error(m.mark, m.path, "the required key " + quote(key) + " is missing");
+    return false;
+}
+
+std::optional<std::string> loader::scalar(const field& f, std::string_view expected) {
+    if (f.node.IsScalar()) return f.node.Scalar();
+    error(f.mark, f.path, "expected " + std::string(expected) + "; found " + describe(f.node));
+    return std::nullopt;
+}
+
+bool loader::read_integer(const mapping& m, std::string_view key, const integer_rule& rule,
+                          std::uint32_t& out) {
+    const field* f = m.find(key);
+    if (f == nullptr) return true;
+    const std::string expected = "an integer in " + rule.range();
+    auto text = scalar(*f, expected);
+    if (!text) return false;
+
+    std::string_view digits = *text;
+    const bool negative = digits.starts_with('-');
+    if (negative) digits.remove_prefix(1);
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string_view::npos) {
+        error(f->mark, f->path, "expected " + expected + "; found " + quote(*text));
+        return false;
+    }
+    std::uint64_t value = 0;
+    auto [next, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+    if (negative || ec != std::errc{} || !rule.accepts(value)) {
+        error(f->mark, f->path, *text + " is out of range; expected " + rule.range());
+        return false;
+    }
+    out = static_cast<std::uint32_t>(value);
+    return true;
+}
+
+bool loader::read_bool(const mapping& m, std::string_view key, bool& out) {
+    const field* f = m.find(key);
+    if (f == nullptr) return true;
+    auto text = scalar(*f, "true or false");
+    if (!text) return false;
+    if (*text == "true" || *text == "false") {
+        out = *text == "true";
+        return true;
+    }
+    std::string message = "expected true or false; found " + quote(*text);
+    static constexpr std::array<std::string_view, 8> yaml11{"yes", "no", "on", "off", "y", "n", "1", "0"};
+    std::string folded;
+    for (char c : *text) folded += lower(c);
+    if (std::find(yaml11.begin(), yaml11.end(), folded) != yaml11.end()) {
+        message += " (the YAML 1.1 spellings yes/no/on/off are not accepted)";
+    }
+    error(f->mark, f->path, std::move(message));
+    return false;
+}
+
+bool loader::read_duration(const mapping& m, std::string_view key, const duration_rule& rule,
+                           duration& out) {
+    const field* f = m.find(key);
+    if (f == nullptr) return true;
+    auto text = scalar(*f, "a duration such as \"2s\"");
+    if (!text) return false;
+    auto value = parse_duration(*text);
+    if (!value) {
+        const bool bare_number = !text->empty() &&
+                                 text->find_first_not_of("0123456789") == std::string::npos;
+        if (bare_number) {
+            error(f->mark, f->path,
+                  "duration " + quote(*text) + " needs a unit, e.g. \"" + *text + "s\" or \"" + *text +
+                      "ms\" (units: ms, s, m, h); only 0 may be written without one");
+        } else {
+            error(f->mark, f->path,
+                  "invalid duration " + quote(*text) +
+                      "; expected whole numbers with units ms, s, m or h, largest first, "
+                      "e.g. \"250ms\", \"2s\", \"1m30s\", or 0");
+        }
+        return false;
+    }
+    if (rule.whole_seconds && *value % 1s != 0ms) {
+        error(f->mark, f->path,
+              quote(*text) + " is not a whole number of seconds; the kernel takes this value in "
+                             "seconds, so expected " + std::string(rule.range));
+        return false;
+    }
+    if (!rule.accepts(*value)) {
+        error(f->mark, f->path, quote(*text) + " is out of range; expected " + std::string(rule.range));
+        return false;
+    }
+    out = *value;
+    return true;
+}
+
+template <class T, std::size_t N>
+bool loader::read_choice(const mapping& m, std::string_view key,
+                         const std::array<choice<T>, N>& choices, T& out) {
+    const field* f = m.find(key);
+    if (f == nullptr) return true;
+    std::array<std::string_view, N> names;
+    for (std::size_t i = 0; i < N; ++i) names[i] = choices[i].name;
+    auto text = scalar(*f, "one of: " + join(names));
+    if (!text) return false;
+    for (const auto& c : choices) {
+        if (c.name == *text) {
+            out = c.value;
+            return true;
+        }
+    }
+    error(f->mark, f->path,
+          "unknown value " + quote(*text) + "; " + did_you_mean(*text, names) +
+              "expected one of: " + join(names));
+    return false;
+}
+
+site loader::read_name(const mapping& m, std::string_view key, std::string& out) {
+    const field* f = m.find(key);
+    if (f == nullptr) return {};
+    site s{false, f->mark, f->path, {}};
+    auto text = scalar(*f, "a name");
+    if (!text) return s;
+    s.text = *text;
+    const auto is_alnum = [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    };
+    const bool valid = !text->empty() && text->size() <= max_name_length && is_alnum(text->front()) &&
+                       std::all_of(text->begin(), text->end(),
+                                   [&](char c) { return is_alnum(c) || c == '.' || c == '_' || c == '-'; });
+    if (!valid) {
+        error(f->mark, f->path,
+              "invalid name " + quote(*text) +
+                  "; expected 1 to 63 characters of A-Z a-z 0-9 . _ - starting with a letter or digit");
+        return s;
+    }
+    out = *text;
+    s.ok = true;
+    return s;
+}
+
+site loader::read_address(const mapping& m, std::string_view key, bool is_backend,
+                          socket_address& out) {
+    const field* f = m.find(key);
+    if (f == nullptr) return {};
+    site s{false, f->mark, f->path, {}};
+    const std::string form =
+        "a numeric IPv4 \"a.b.c.d:port\" or IPv6 \"[addr]:port\" address, e.g. "
+        "\"192.0.2.11:6443\" or \"[2001:db8::11]:6443\"";
+    auto text = scalar(*f, form);
+    if (!text) return s;
+    s.text = *text;
+    if (auto problem = address_problem(*text); !problem.empty()) {
+        error(f->mark, f->path, "invalid address " + quote(*text) + ": " + problem + "; expected " + form);
+        return s;
+    }
+    auto address = parse_socket_address(*text);
+    // Connecting to 0.0.0.0 or :: reaches this host on Linux: never the intent.
+    if (is_backend && (address->ip == "0.0.0.0" || address->ip == "::")) {
+        error(f->mark, f->path,
+              "invalid address " + quote(*text) +
+                  ": a backend cannot be the unspecified address; give the apiserver's own IP");
+        return s;
+    }
+    out = *address;
+    s.ok = true;
+    return s;
+}
+
+void loader::read_listeners(const field& f) {
+    auto items = open_sequence(f, "listeners");
+    if (!items) return;
+    for (const auto& item : *items) {
+        auto m = open_mapping(item, listener_keys, false);
+        if (!m) continue;
+        listener_entry l;
+        require(*m, "name");
+        require(*m, "address");
+        require(*m, "pool");
+        l.name = read_name(*m, "name", l.cfg.name);
+        l.address = read_address(*m, "address", false, l.cfg.address);
+        if (const field* p = m->find("pool")) {
+            l.pool = site{false, p->mark, p->path, {}};
+            if (auto text = scalar(*p, "the name of a pool")) {
+                l.cfg.pool = *text;
+                l.pool.text = *text;
+                l.pool.ok = true;
+            }
+        }
+        read_integer(*m, "backlog", {.min = 1, .max = 65535}, l.cfg.backlog);
+        listeners_.push_back(std::move(l));
+    }
+}
+
+std::optional<pool_entry> loader::read_pool(const field& f) {
+    auto m = open_mapping(f, pool_keys, false);
+    if (!m) return std::nullopt;
+    pool_entry p;
+    require(*m, "name");
+    require(*m, "backends");
+    p.name = read_name(*m, "name", p.cfg.name);
+    read_choice(*m, "balance", balance_choices, p.cfg.balance);
+    read_integer(*m, "connect_attempts", {.min = 1, .max = 16, .zero_allowed = true},
+                 p.cfg.connect_attempts);
+    if (const field* b = m->find("backends")) {
+        if (auto items = open_sequence(*b, "backends")) {
+            for (const auto& item : *items) {
+                auto bm = open_mapping(item, backend_keys, false);
+                if (!bm) continue;
+                backend_entry be;
+                require(*bm, "name");
+                require(*bm, "address");
+                be.name = read_name(*bm, "name", be.cfg.name);
+                be.address = read_address(*bm, "address", true, be.cfg.address);
+                read_integer(*bm, "weight", {.min = 1, .max = 256}, be.cfg.weight);
+                p.backends.push_back(std::move(be));
+            }
+        }
+    }
+    return p;
+}
+
+void loader::read_pools(const field& f) {
+    auto items = open_sequence(f, "pools");
+    if (!items) return;
+    for (const auto& item : *items) {
+        if (auto p = read_pool(item)) pools_.push_back(std::move(*p));
+    }
+}
+
+void loader::read_sections(const mapping& top) {
+    config& c = config_;
+    if (const field* f = top.find("timeouts")) {
+        if (auto m = open_mapping(*f, timeout_keys, true)) {
+            read_duration(*m, "connect", {.min = 1ms, .max = 5min, .range = "1ms..5m"},
+                          c.timeouts.connect);
+            // Upper bound keeps deadline arithmetic (now + idle, in ns) far from overflow.
+            read_duration(*m, "idle",
+                          {.min = 1s, .max = 8760h, .zero_allowed = true,
+                           .range = "0 (disabled) or 1s..8760h"},
+                          c.timeouts.idle);
+            read_duration(*m, "drain", {.min = 0ms, .max = 1h, .zero_allowed = true, .range = "0..1h"},
+                          c.timeouts.drain);
+        }
+    }
+    if (const field* f = top.find("tcp")) {
+        if (auto m = open_mapping(*f, tcp_keys, true)) {
+            read_bool(*m, "nodelay", c.tcp.nodelay);
+            read_bool(*m, "keepalive", c.tcp.keepalive);
+            const duration_rule keepalive_time{
+                .min = 1s, .max = 2h, .whole_seconds = true, .range = "1s..2h in whole seconds"};
+            read_duration(*m, "keepalive_idle", keepalive_time, c.tcp.keepalive_idle);
+            read_duration(*m, "keepalive_interval", keepalive_time, c.tcp.keepalive_interval);
+            // 127 is the kernel's MAX_TCP_KEEPCNT.
+            read_integer(*m, "keepalive_count", {.min = 1, .max = 127}, c.tcp.keepalive_count);
+            read_duration(*m, "user_timeout",
+                          {.min = 1s, .max = 1h, .zero_allowed = true, .range = "0 or 1s..1h"},
+                          c.tcp.user_timeout);
+        }
+    }
+    if (const field* f = top.find("limits")) {
+        if (auto m = open_mapping(*f, limit_keys, true)) {
+            read_integer(*m, "max_connections", {.min = 1, .max = u32_max, .zero_allowed = true},
+                         c.limits.max_connections);
+            read_integer(*m, "per_backend", {.min = 1, .max = u32_max, .zero_allowed = true},
+                         c.limits.per_backend);
+        }
+    }
+    if (const field* f = top.find("relay")) {
+        if (auto m = open_mapping(*f, relay_keys, true)) {
+            read_choice(*m, "mode", relay_choices, c.relay.mode);
+            read_integer(*m, "buffer_size", {.min = 4096, .max = 16 * 1024 * 1024}, c.relay.buffer_size);
+            read_integer(*m, "pipe_size", {.min = 4096, .max = 1024 * 1024, .zero_allowed = true},
+                         c.relay.pipe_size);
+        }
+    }
+    if (const field* f = top.find("log")) {
+        if (auto m = open_mapping(*f, log_keys, true)) {
+            std::string_view level;
+            if (read_choice(*m, "level", level_choices, level) && !level.empty()) c.log.level = level;
+            read_choice(*m, "format", format_choices, c.log.format);
+        }
+    }
+}
+
+void loader::check_unique(const std::vector<std::pair<std::string, const site*>>& keys,
+                          std::string_view what) {
+    std::map<std::string, const site*, std::less<>> first;
+    for (const auto& [key, s] : keys) {
+        auto [it, inserted] = first.emplace(key, s);
+        if (inserted) continue;
+        error(s->mark, s->path,
+              "duplicate " + std::string(what) + " " + quote(key) + "; already used by " +
+                  it->second->path + " at line " + std::to_string(it->second->mark.line + 1));
+    }
+}
+
+void loader::check_references() {
+    std::vector<std::pair<std::string, const site*>> names;
+    std::vector<std::pair<std::string, const site*>> addresses;
+    for (const auto& l : listeners_) {
+        if (l.name.ok) names.emplace_back(l.cfg.name, &l.name);
+        if (l.address.ok) addresses.emplace_back(l.cfg.address.to_string(), &l.address);
+    }
+    check_unique(names, "listener name");
+    check_unique(addresses, "listener address");
+
+    names.clear();
+    std::vector<std::string_view> pool_names;
+    for (const auto& p : pools_) {
+        if (!p.name.ok) continue;
+        names.emplace_back(p.cfg.name, &p.name);
+        pool_names.push_back(p.cfg.name);
+    }
+    check_unique(names, "pool name");
+
+    for (const auto& p : pools_) {
+        names.clear();
+        addresses.clear();
+        for (const auto& b : p.backends) {
+            if (b.name.ok) names.emplace_back(b.cfg.name, &b.name);
+            if (b.address.ok) addresses.emplace_back(b.cfg.address.to_string(), &b.address);
+        }
+        check_unique(names, "backend name");
+        check_unique(addresses, "backend address");
+    }
+
+    for (const auto& l : listeners_) {
+        if (!l.pool.ok) continue;
+        if (std::find(pool_names.begin(), pool_names.end(), l.cfg.pool) != pool_names.end()) continue;
+        // A pool whose own name was invalid has been reported already;
+        // saying the listener's reference is undefined too would be noise.
+        const bool named_by_broken_pool = std::any_of(pools_.begin(), pools_.end(), [&](const auto& p) {
+            return !p.name.ok && p.name.text == l.cfg.pool;
+        });
+        if (named_by_broken_pool) continue;
+        std::string message = "pool " + quote(l.cfg.pool) + " is not defined; ";
+        if (pool_names.empty()) {
+            message += "no valid pools are defined";
+        } else {
+            message += did_you_mean(l.cfg.pool, pool_names) + "defined pools: " + join(pool_names);
+        }
+        error(l.pool.mark, l.pool.path, std::move(message));
+    }
+}
+
+std::shared_ptr<const config> loader::load(const std::string& text) {
+    config_.source = source_;
+    std::vector<YAML::Node> documents;
+    try {
+        documents = YAML::LoadAll(text);
+    } catch (const YAML::Exception& e) {
+        syntax_error(e);
+        throw config_load_error(std::move(errors_));
+    }
+
+    if (documents.empty()) {
+        error(YAML::Mark{}, {},  // line 1, column 1
+              "the file is empty or holds only comments; expected a mapping with at least "
+              "\"listeners\" and \"pools\"");
+        throw config_load_error(std::move(errors_));
+    }
+    if (documents.size() > 1) {
+        error(documents[1].Mark(), {},
+              "the file holds " + std::to_string(documents.size()) +
+                  " YAML documents (separated by \"---\"); expected exactly one");
+    }
+
+    const field root{documents.front(), documents.front().Mark(), {}};
+    if (auto top = open_mapping(root, top_keys, false)) {
+        require(*top, "listeners");
+        require(*top, "pools");
+        read_integer(*top, "workers", {.min = 1, .max = max_workers, .zero_allowed = true},
+                     config_.workers);
+        if (const field* f = top->find("listeners")) read_listeners(*f);
+        if (const field* f = top->find("pools")) read_pools(*f);
+        read_sections(*top);
+        check_references();
+    }
+
+    if (!errors_.empty()) {
+        // Cross-item checks run last; show everything in the order of the file.
+        std::stable_sort(errors_.begin(), errors_.end(), [](const auto& a, const auto& b) {
+            return std::pair(a.line, a.column) < std::pair(b.line, b.column);
+        });
+        throw config_load_error(std::move(errors_));
+    }
+
+    // Post-pass: defaults that depend on the machine or on other fields.
+    if (config_.workers == 0) {
+        config_.workers = std::clamp(std::thread::hardware_concurrency(), 1u, max_workers);
+    }
+    for (const auto& l : listeners_) config_.listeners.push_back(l.cfg);
+    for (const auto& p : pools_) {
+        pool_config pool = p.cfg;
+        for (const auto& b : p.backends) pool.backends.push_back(b.cfg);
+        if (pool.connect_attempts == 0) {
+            pool.connect_attempts = static_cast<std::uint32_t>(pool.backends.size());
+        }
+        config_.pools.push_back(std::move(pool));
+    }
+    return std::make_shared<const config>(std::move(config_));
+}
+
+[[noreturn]] void fail_to_read(const std::string& path, int err) {
+    throw config_load_error({config_error{
+        .file = path,
+        .line = 0,
+        .column = 0,
+        .key_path = {},
+        .message = "cannot read the file: " + std::generic_category().message(err)}});
+}
+
+/// The whole file, or the OS's reason it cannot be read.
+std::string read_file(const std::string& path) {
+    std::FILE* file = std::fopen(path.c_str(), "rb");
+    if (file == nullptr) fail_to_read(path, errno);
+    std::string text;
+    std::array<char, 64 * 1024> buffer;
+    while (true) {
+        const std::size_t n = std::fread(buffer.data(), 1, buffer.size(), file);
+        text.append(buffer.data(), n);
+        if (n < buffer.size()) break;
+    }
+    // A directory opens fine and fails on read with EISDIR.
+    const int err = std::ferror(file) ? errno : 0;
+    std::fclose(file);
+    if (err != 0) fail_to_read(path, err);
+    return text;
+}
+
+}  // namespace
+
+std::shared_ptr<const config> parse_config(const std::string& yaml_text,
+                                           const std::string& source_name) {
+    return loader(source_name).load(yaml_text);
+}
+
+std::shared_ptr<const config> load_config(const std::string& path) {
+    return parse_config(read_file(path), path);
+}
+
+}  // namespace apilb
