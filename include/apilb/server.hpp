@@ -1,0 +1,36 @@
+// The process: workers, listeners, signals and the drain on SIGTERM.
+#pragma once
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include <memory>
+#include <vector>
+
+#include "apilb/runtime.hpp"
+
+namespace apilb {
+
+class worker;
+
+class server {
+public:
+    /// Builds the snapshot and binds every listener on every worker. Throws
+    /// std::system_error (naming the listener and address) if a bind fails.
+    explicit server(std::shared_ptr<const config> cfg);
+    ~server();
+
+    /// Serves until SIGTERM/SIGINT, then drains: stops accepting at once,
+    /// lets sessions finish for up to timeouts.drain, closes what is left.
+    /// A second signal during the drain closes everything at once. Returns
+    /// the process exit code.
+    int run();
+
+    const process_stats& stats() const noexcept { return stats_; }
+
+private:
+    std::shared_ptr<const snapshot> snap_;
+    process_stats stats_;  // before workers_: sessions un-count themselves as workers go away
+    std::vector<std::unique_ptr<worker>> workers_;
+};
+
+}  // namespace apilb

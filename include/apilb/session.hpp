@@ -1,0 +1,67 @@
+// One proxied connection: choose a backend, connect (with retries on the next
+// backend), then relay both directions until both have ended.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/intrusive/list.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "apilb/balancer.hpp"
+#include "apilb/relay.hpp"
+#include "apilb/runtime.hpp"
+
+namespace apilb {
+
+/// A session as its worker sees it: enough to close it from outside (drain).
+/// Lives in the session's coroutine frame; unlinks itself when destroyed.
+struct session_entry
+    : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
+    boost::asio::ip::tcp::socket* client = nullptr;
+    boost::asio::ip::tcp::socket* upstream = nullptr;
+    bool aborted = false;  ///< set by abort(): do not retry, do not log as a failure
+
+    /// Closes both sockets; the session's pending operations complete with
+    /// operation_aborted and the session ends. Worker thread only.
+    void abort();
+};
+
+using session_list =
+    boost::intrusive::list<session_entry, boost::intrusive::constant_time_size<false>>;
+
+/// Lets a noisy warning through at most once per interval, counting the rest.
+class log_limiter {
+public:
+    explicit log_limiter(std::chrono::milliseconds interval) : interval_(interval) {}
+    /// True if the caller should log now; `suppressed` is how many were swallowed since.
+    bool allow(std::uint64_t& suppressed);
+
+private:
+    std::chrono::milliseconds interval_;
+    std::chrono::steady_clock::time_point next_{};
+    std::uint64_t suppressed_ = 0;
+};
+
+/// What sessions of one worker share. Owned by the worker; worker thread only,
+/// except `stats`, which is process-wide (atomics).
+struct worker_context {
+    worker_context(std::shared_ptr<const snapshot> snap, process_stats& stats);
+
+    std::shared_ptr<const snapshot> snap;
+    process_stats& stats;
+    relay_resources relay;
+    std::vector<balancer_state> balancers;  ///< one per pool of `snap`
+    session_list sessions;
+    log_limiter connect_warnings{std::chrono::seconds(1)};
+};
+
+/// Serves one accepted client. The caller has already counted it in
+/// stats.active_sessions; the session un-counts it when it ends.
+boost::asio::awaitable<void> run_session(worker_context& ctx, boost::asio::ip::tcp::socket client,
+                                         std::size_t listener_index);
+
+}  // namespace apilb

@@ -1,0 +1,21 @@
+// Socket options for both legs of a session.
+#pragma once
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/system/error_code.hpp>
+
+#include "apilb/config.hpp"
+
+namespace apilb {
+
+/// Sets TCP_NODELAY, SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT and
+/// TCP_USER_TIMEOUT as configured. The socket must be open. Returns the first
+/// error; a failure here is logged by the caller, not fatal.
+boost::system::error_code apply_tcp_options(boost::asio::ip::tcp::socket& socket,
+                                            const tcp_config& cfg);
+
+/// Makes the next close() send RST instead of FIN (SO_LINGER with timeout 0),
+/// so that a reset seen on one leg reaches the peer on the other.
+void set_abortive_close(boost::asio::ip::tcp::socket& socket);
+
+}  // namespace apilb

@@ -1,0 +1,58 @@
+// A data-plane thread: one io_context, its own SO_REUSEPORT acceptor per
+// listener, and every session it accepted. Sessions never leave their worker,
+// so nothing on the byte path takes a lock.
+#pragma once
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <cstddef>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "apilb/runtime.hpp"
+#include "apilb/session.hpp"
+
+namespace apilb {
+
+class worker {
+public:
+    worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats);
+    ~worker();
+    worker(const worker&) = delete;
+    worker& operator=(const worker&) = delete;
+
+    /// Opens, binds and listens on `listener_index`'s address with SO_REUSEPORT.
+    /// Control thread, before start(). Throws std::system_error with the reason.
+    void bind(std::size_t listener_index);
+    /// The address the first acceptor of a listener is bound to.
+    boost::asio::ip::tcp::endpoint local_endpoint(std::size_t listener_index) const;
+
+    /// Starts the thread and the accept loops.
+    void start();
+    /// Closes the acceptors; sessions go on. Any thread.
+    void stop_accepting();
+    /// Closes every session. Any thread.
+    void abort_sessions();
+    /// Stops the io_context and joins the thread. Control thread.
+    void stop();
+
+private:
+    struct acceptor_slot {
+        boost::asio::ip::tcp::acceptor acceptor;
+        std::size_t listener_index;
+    };
+
+    boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
+
+    std::size_t index_;
+    boost::asio::io_context io_{1};
+    boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
+    worker_context ctx_;
+    std::vector<std::unique_ptr<acceptor_slot>> acceptors_;
+    std::thread thread_;
+};
+
+}  // namespace apilb

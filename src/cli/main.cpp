@@ -1,0 +1,104 @@
+// apilb's command line: run, check-config, version.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <system_error>
+
+#include "apilb/config.hpp"
+#include "apilb/logging.hpp"
+#include "apilb/server.hpp"
+#include "apilb_build_config.h"
+
+namespace {
+
+constexpr const char* default_config = "/etc/apilb/apilb.yaml";
+
+/// Exit codes a script can rely on.
+enum exit_code : int {
+    exit_ok = 0,
+    exit_runtime_error = 1,   ///< e.g. a listener could not be bound
+    exit_config_invalid = 2,  ///< the config file has errors (all printed)
+    exit_usage = 64,          ///< bad command line (EX_USAGE)
+};
+
+int print_config_errors(const apilb::config_load_error& e) {
+    for (const auto& err : e.errors()) std::cerr << "error: " << err.to_string() << '\n';
+    std::cerr << e.errors().size() << " error(s) in the configuration\n";
+    return exit_config_invalid;
+}
+
+int check_config(const std::string& path) {
+    try {
+        auto cfg = apilb::load_config(path);
+        std::size_t backends = 0;
+        for (const auto& p : cfg->pools) backends += p.backends.size();
+        std::cout << path << ": ok (" << cfg->listeners.size() << " listener(s), " << cfg->pools.size()
+                  << " pool(s), " << backends << " backend(s))\n";
+        return exit_ok;
+    } catch (const apilb::config_load_error& e) {
+        return print_config_errors(e);
+    }
+}
+
+int run(const std::string& path, const std::string& log_level) {
+    std::shared_ptr<const apilb::config> cfg;
+    try {
+        cfg = apilb::load_config(path);
+    } catch (const apilb::config_load_error& e) {
+        return print_config_errors(e);
+    }
+    try {
+        apilb::init_logging(cfg->log, log_level);
+    } catch (const std::invalid_argument& e) {
+        std::cerr << "error: --log-level: " << e.what() << '\n';
+        return exit_usage;
+    }
+    // Writes to a socket whose peer has gone return EPIPE; never die of SIGPIPE.
+    std::signal(SIGPIPE, SIG_IGN);
+    try {
+        apilb::server srv(cfg);
+        return srv.run();
+    } catch (const std::system_error& e) {
+        spdlog::critical("{}: {}", e.what(), e.code().message());
+        return exit_runtime_error;
+    } catch (const std::exception& e) {
+        spdlog::critical("{}", e.what());
+        return exit_runtime_error;
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"apilb: a TCP-passthrough load balancer for Kubernetes API servers"};
+    app.require_subcommand(1);
+    std::string config_path = default_config;
+    std::string log_level;
+
+    auto* run_cmd = app.add_subcommand("run", "serve in the foreground, logging to stderr");
+    run_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
+    run_cmd->add_option("--log-level", log_level,
+                        "override log.level: trace|debug|info|warn|error|critical|off");
+
+    auto* check_cmd = app.add_subcommand("check-config", "validate the configuration file and exit");
+    check_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
+
+    auto* version_cmd = app.add_subcommand("version", "print the version");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        const int rc = app.exit(e);
+        return rc == 0 ? exit_ok : exit_usage;
+    }
+
+    if (*version_cmd) {
+        std::cout << "apilb " << APILB_VERSION << '\n';
+        return exit_ok;
+    }
+    if (*check_cmd) return check_config(config_path);
+    return run(config_path, log_level);
+}

@@ -1,0 +1,81 @@
+#include "apilb/logging.hpp"
+
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <ctime>
+#include <memory>
+#include <stdexcept>
+
+namespace apilb {
+namespace {
+
+/// One JSON object per line: {"ts":"…","level":"…","msg":"…"}. Log shippers
+/// (journald, fluent-bit, Loki) take these without a parser of their own.
+class json_formatter final : public spdlog::formatter {
+public:
+    void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+        const auto t = std::chrono::system_clock::to_time_t(msg.time);
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            msg.time.time_since_epoch()).count() % 1000;
+        std::tm tm{};
+        gmtime_r(&t, &tm);
+        char ts[32];
+        std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+        const auto level = spdlog::level::to_string_view(msg.level);
+        fmt::format_to(std::back_inserter(dest), R"({{"ts":"{}.{:03}Z","level":"{}","msg":"{}"}})",
+                       ts, ms, std::string_view(level.data(), level.size()),
+                       json_escape(std::string_view(msg.payload.data(), msg.payload.size())));
+        dest.push_back('\n');
+    }
+    std::unique_ptr<spdlog::formatter> clone() const override {
+        return std::make_unique<json_formatter>();
+    }
+};
+
+}  // namespace
+
+std::string json_escape(std::string_view text) {
+    std::string out;
+    out.reserve(text.size() + 8);
+    for (unsigned char c : text) {
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default:
+            if (c < 0x20) {
+                out += fmt::format("\\u{:04x}", c);
+            } else {
+                out += static_cast<char>(c);
+            }
+        }
+    }
+    return out;
+}
+
+void init_logging(const log_config& cfg, const std::string& level_override) {
+    const std::string& name = level_override.empty() ? cfg.level : level_override;
+    const auto level = spdlog::level::from_str(name);
+    // from_str maps unknown names to "off"; only "off" itself may mean off.
+    if (level == spdlog::level::off && name != "off") {
+        throw std::invalid_argument("unknown log level \"" + name +
+                                    "\"; expected trace, debug, info, warn, error, critical or off");
+    }
+    auto sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+    auto logger = std::make_shared<spdlog::logger>("apilb", sink);
+    if (cfg.format == log_format::json) {
+        logger->set_formatter(std::make_unique<json_formatter>());
+    } else {
+        logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %l %v");
+    }
+    logger->set_level(level);
+    logger->flush_on(spdlog::level::info);
+    spdlog::set_default_logger(std::move(logger));
+}
+
+}  // namespace apilb

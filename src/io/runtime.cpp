@@ -1,0 +1,35 @@
+#include "apilb/runtime.hpp"
+
+#include <algorithm>
+
+namespace apilb {
+
+boost::asio::ip::tcp::endpoint to_endpoint(const socket_address& address) {
+    // The loader validated the address; make_address cannot fail here.
+    return {boost::asio::ip::make_address(address.ip), address.port};
+}
+
+std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cfg) {
+    auto snap = std::make_shared<snapshot>();
+    snap->cfg = cfg;
+    snap->pools.reserve(cfg->pools.size());
+    for (const auto& p : cfg->pools) {
+        pool_runtime pr{.cfg = &p, .backends = {}};
+        for (const auto& b : p.backends) {
+            pr.backends.push_back({.cfg = &b,
+                                   .endpoint = to_endpoint(b.address),
+                                   .stats = std::make_shared<backend_stats>()});
+        }
+        snap->pools.push_back(std::move(pr));
+    }
+    for (const auto& l : cfg->listeners) {
+        auto it = std::find_if(cfg->pools.begin(), cfg->pools.end(),
+                               [&](const pool_config& p) { return p.name == l.pool; });
+        snap->listeners.push_back({.cfg = &l,
+                                   .endpoint = to_endpoint(l.address),
+                                   .pool_index = static_cast<std::size_t>(it - cfg->pools.begin())});
+    }
+    return snap;
+}
+
+}  // namespace apilb

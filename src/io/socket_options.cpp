@@ -1,0 +1,50 @@
+#include "apilb/socket_options.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+
+namespace apilb {
+namespace {
+
+boost::system::error_code set_int(int fd, int level, int name, int value) {
+    if (::setsockopt(fd, level, name, &value, sizeof value) != 0) {
+        return {errno, boost::system::system_category()};
+    }
+    return {};
+}
+
+int whole_seconds(duration d) {
+    return static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
+}
+
+}  // namespace
+
+boost::system::error_code apply_tcp_options(boost::asio::ip::tcp::socket& socket,
+                                            const tcp_config& cfg) {
+    const int fd = socket.native_handle();
+    boost::system::error_code first;
+    auto keep = [&first](boost::system::error_code ec) {
+        if (ec && !first) first = ec;
+    };
+    keep(set_int(fd, IPPROTO_TCP, TCP_NODELAY, cfg.nodelay ? 1 : 0));
+    keep(set_int(fd, SOL_SOCKET, SO_KEEPALIVE, cfg.keepalive ? 1 : 0));
+    if (cfg.keepalive) {
+        keep(set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, whole_seconds(cfg.keepalive_idle)));
+        keep(set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, whole_seconds(cfg.keepalive_interval)));
+        keep(set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, static_cast<int>(cfg.keepalive_count)));
+    }
+    if (cfg.user_timeout.count() > 0) {
+        keep(set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, static_cast<int>(cfg.user_timeout.count())));
+    }
+    return first;
+}
+
+void set_abortive_close(boost::asio::ip::tcp::socket& socket) {
+    boost::system::error_code ignored;
+    socket.set_option(boost::asio::socket_base::linger(true, 0), ignored);
+}
+
+}  // namespace apilb

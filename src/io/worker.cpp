@@ -1,0 +1,181 @@
+#include "apilb/worker.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <system_error>
+
+namespace apilb {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using tcp = asio::ip::tcp;
+
+worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats)
+    : index_(index), work_(io_.get_executor()), ctx_(std::move(snap), stats) {}
+
+worker::~worker() {
+    stop();
+    // Session frames still parked in io_ are destroyed with it, after ctx_:
+    // unlink them now so their entries do not touch a destroyed list.
+    ctx_.sessions.clear();
+    acceptors_.clear();
+}
+
+void worker::bind(std::size_t listener_index) {
+    const listener_runtime& l = ctx_.snap->listeners[listener_index];
+    auto slot = std::make_unique<acceptor_slot>(acceptor_slot{tcp::acceptor(io_), listener_index});
+    auto& acc = slot->acceptor;
+    error_code ec;
+    auto fail = [&](const char* what) {
+        throw std::system_error(ec, fmt::format("listener {}: {} {}", l.cfg->name, what,
+                                                l.cfg->address.to_string()));
+    };
+    acc.open(l.endpoint.protocol(), ec);
+    if (ec) fail("cannot open a socket for");
+    acc.set_option(asio::socket_base::reuse_address(true), ec);
+    // Every worker binds the same address; the kernel spreads new connections
+    // over the workers' accept queues.
+    int one = 1;
+    if (::setsockopt(acc.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+        ec = {errno, boost::system::system_category()};
+        fail("cannot set SO_REUSEPORT on");
+    }
+    if (l.endpoint.address().is_v6()) {
+        // "[::]:6443" must not also claim IPv4, so it can sit beside "0.0.0.0:6443".
+        acc.set_option(asio::ip::v6_only(true), ec);
+    }
+    acc.bind(l.endpoint, ec);
+    if (ec) fail("cannot bind");
+    acc.listen(static_cast<int>(l.cfg->backlog), ec);
+    if (ec) fail("cannot listen on");
+    acceptors_.push_back(std::move(slot));
+}
+
+tcp::endpoint worker::local_endpoint(std::size_t listener_index) const {
+    for (const auto& s : acceptors_) {
+        if (s->listener_index == listener_index) {
+            error_code ec;
+            return s->acceptor.local_endpoint(ec);
+        }
+    }
+    return {};
+}
+
+void worker::start() {
+    for (auto& slot : acceptors_) {
+        asio::co_spawn(io_, accept_loop(*slot), [](std::exception_ptr e) {
+            if (e) {
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    spdlog::critical("accept loop failed: {}", ex.what());
+                }
+            }
+        });
+    }
+    thread_ = std::thread([this] {
+        // A failure inside one session must never take the worker down.
+        for (;;) {
+            try {
+                io_.run();
+                return;
+            } catch (const std::exception& e) {
+                spdlog::error("worker {}: unexpected exception: {}", index_, e.what());
+            }
+        }
+    });
+}
+
+asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
+    const listener_runtime& listener = ctx_.snap->listeners[slot.listener_index];
+    const std::uint32_t max_connections = ctx_.snap->cfg->limits.max_connections;
+    asio::steady_timer backoff_timer(io_);
+    auto backoff = std::chrono::milliseconds(10);
+    for (;;) {
+        auto [ec, socket] = co_await slot.acceptor.async_accept(asio::as_tuple(asio::use_awaitable));
+        if (ec) {
+            if (ec == asio::error::operation_aborted || !slot.acceptor.is_open()) co_return;
+            ctx_.stats.accept_errors_total.fetch_add(1, std::memory_order_relaxed);
+            const int err = ec.value();
+            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+                // Out of descriptors or memory: the pending connection stays in
+                // the queue and accept would fail again at once. Back off
+                // (10 ms doubling to 1 s) instead of spinning; sessions that end
+                // free descriptors meanwhile.
+                std::uint64_t suppressed = 0;
+                if (ctx_.connect_warnings.allow(suppressed)) {
+                    spdlog::warn("listener {}: accept failed: {}; pausing accepts for {}ms", listener.cfg->name,
+                                 ec.message(), backoff.count());
+                }
+                backoff_timer.expires_after(backoff);
+                co_await backoff_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+                backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+            } else {
+                // ECONNABORTED and friends: that one client left before we took it.
+                spdlog::debug("listener {}: accept: {}", listener.cfg->name, ec.message());
+            }
+            continue;
+        }
+        backoff = std::chrono::milliseconds(10);
+        ctx_.stats.accepted_total.fetch_add(1, std::memory_order_relaxed);
+        const auto before = ctx_.stats.active_sessions.fetch_add(1, std::memory_order_relaxed);
+        if (max_connections != 0 && before >= max_connections) {
+            ctx_.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
+            ctx_.stats.refused_limit_total.fetch_add(1, std::memory_order_relaxed);
+            // Refuse cleanly and at once: accept, then close. The acceptor never stalls.
+            error_code ignored;
+            socket.close(ignored);
+            std::uint64_t suppressed = 0;
+            if (ctx_.connect_warnings.allow(suppressed)) {
+                spdlog::warn("listener {}: limits.max_connections ({}) reached; refusing new clients{}",
+                             listener.cfg->name, max_connections,
+                             suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
+            }
+            continue;
+        }
+        asio::co_spawn(io_, run_session(ctx_, std::move(socket), slot.listener_index),
+                       [](std::exception_ptr e) {
+                           if (!e) return;
+                           try {
+                               std::rethrow_exception(e);
+                           } catch (const std::exception& ex) {
+                               spdlog::error("session failed: {}", ex.what());
+                           }
+                       });
+    }
+}
+
+void worker::stop_accepting() {
+    asio::post(io_, [this] {
+        for (auto& slot : acceptors_) {
+            error_code ignored;
+            slot->acceptor.close(ignored);
+        }
+    });
+}
+
+void worker::abort_sessions() {
+    asio::post(io_, [this] {
+        // abort() does not unlink; sessions unlink themselves when their frames end.
+        for (auto& s : ctx_.sessions) s.abort();
+    });
+}
+
+void worker::stop() {
+    work_.reset();
+    io_.stop();
+    if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace apilb
