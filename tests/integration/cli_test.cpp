@@ -1,0 +1,102 @@
+// The command line: version, check-config, and what run does with bad input.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <csignal>
+
+#include "harness.hpp"
+
+namespace apilb::test {
+namespace {
+
+TEST(Cli, VersionPrintsTheVersion) {
+    auto r = run_command({required_env("APILB_BIN"), "version"});
+    EXPECT_EQ(r.exit_code, 0);
+    EXPECT_EQ(r.output.rfind("apilb ", 0), 0u) << r.output;
+}
+
+TEST(Cli, CheckConfigAcceptsTheShippedExample) {
+    auto r = run_command({required_env("APILB_BIN"), "check-config", "--config",
+                          required_env("APILB_SOURCE_ROOT") + "/conf/apilb.yaml"});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find(": ok"), std::string::npos) << r.output;
+}
+
+TEST(Cli, CheckConfigNamesFileLineAndKeyAndExitsTwo) {
+    temp_dir dir;
+    dir.write("bad.yaml", R"(listeners:
+  - {name: a, address: "127.0.0.1:6443", pool: nowhere}
+pools:
+  - name: p
+    balance: fastest
+    backends:
+      - {name: b, address: "127.0.0.2:6443"}
+)");
+    auto r = run_command({required_env("APILB_BIN"), "check-config", "--config", dir.file("bad.yaml")});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(dir.file("bad.yaml") + ":2:"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("listeners[0].pool"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(dir.file("bad.yaml") + ":5:"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("pools[0].balance"), std::string::npos) << r.output;
+}
+
+TEST(Cli, RunRefusesAnInvalidConfigWithoutStarting) {
+    temp_dir dir;
+    dir.write("bad.yaml", "listeners: []\npools: []\n");
+    auto r = run_command({required_env("APILB_BIN"), "run", "--config", dir.file("bad.yaml")});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+TEST(Cli, MissingConfigFileIsAClearError) {
+    auto r = run_command({required_env("APILB_BIN"), "check-config", "--config", "/nonexistent/apilb.yaml"});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("/nonexistent/apilb.yaml"), std::string::npos) << r.output;
+}
+
+TEST(Cli, ListenerAddressInUseFailsWithTheListenerNamed) {
+    tcp_server taken("127.0.0.1", [](int&) {});
+    temp_dir dir;
+    dir.write("c.yaml", fmt::format(R"(listeners:
+  - {{name: busy, address: "{}", pool: p}}
+pools:
+  - name: p
+    backends: [{{name: b, address: "127.0.0.2:6443"}}]
+)",
+                                    taken.address()));
+    auto r = run_command({required_env("APILB_BIN"), "run", "--config", dir.file("c.yaml")}, 10s);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("listener busy"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("in use"), std::string::npos) << r.output;
+}
+
+TEST(Cli, UnknownSubcommandIsAUsageError) {
+    auto r = run_command({required_env("APILB_BIN"), "frobnicate"});
+    EXPECT_EQ(r.exit_code, 64) << r.output;
+}
+
+TEST(Cli, SighupKeepsServing) {
+    tcp_server echo("127.0.0.2", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, fmt::format(R"(listeners:
+  - {{name: f, address: "127.0.0.1:{}", pool: p}}
+pools:
+  - name: p
+    backends: [{{name: b, address: "{}"}}]
+)",
+                                         port, echo.address()),
+                        "127.0.0.1", port);
+    apilb.proc().signal(SIGHUP);
+    std::this_thread::sleep_for(200ms);
+    EXPECT_TRUE(apilb.proc().running());
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    ASSERT_TRUE(c.send_all("x"));
+    EXPECT_EQ(c.recv_exact(1), "x");
+    c.close();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+}  // namespace
+}  // namespace apilb::test

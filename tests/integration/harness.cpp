@@ -1,0 +1,388 @@
+#include "harness.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+
+extern char** environ;
+
+namespace apilb::test {
+
+std::string required_env(const char* name) {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v == '\0') {
+        throw std::runtime_error(std::string("environment variable ") + name +
+                                 " is not set (run the tests through meson test)");
+    }
+    return v;
+}
+
+temp_dir::temp_dir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/apilb-test-XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+}
+
+temp_dir::~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+}
+
+void temp_dir::write(const std::string& name, const std::string& content) const {
+    std::ofstream out(file(name), std::ios::binary | std::ios::trunc);
+    out << content;
+}
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+namespace {
+
+sockaddr_in make_addr(const std::string& ip, std::uint16_t port) {
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    if (::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr) != 1) throw std::runtime_error("bad ip " + ip);
+    return sa;
+}
+
+}  // namespace
+
+std::uint16_t free_port(const std::string& ip) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    auto sa = make_addr(ip, 0);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+        ::close(fd);
+        throw std::runtime_error("bind for free_port failed: " + std::string(strerror(errno)));
+    }
+    socklen_t len = sizeof sa;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+    ::close(fd);
+    return ntohs(sa.sin_port);
+}
+
+process::process(std::vector<std::string> argv, std::string log_path) : log_path_(std::move(log_path)) {
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    const int rc = ::posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) throw std::runtime_error("posix_spawn " + argv[0] + ": " + strerror(rc));
+}
+
+process::~process() {
+    if (running()) {
+        ::kill(pid_, SIGKILL);
+        wait(5s);
+    }
+}
+
+void process::signal(int signo) const {
+    if (pid_ > 0) ::kill(pid_, signo);
+}
+
+std::optional<int> process::wait(std::chrono::milliseconds timeout) {
+    if (exit_code_) return exit_code_;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        int status = 0;
+        const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+        if (r == pid_) {
+            exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            return exit_code_;
+        }
+        if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+        std::this_thread::sleep_for(10ms);
+    }
+}
+
+bool process::running() { return !exit_code_ && pid_ > 0 && !wait(0ms).has_value(); }
+
+command_result run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
+    temp_dir dir;
+    command_result r;
+    {
+        process p(argv, dir.file("out"));
+        auto code = p.wait(timeout);
+        if (!code) {
+            p.signal(SIGKILL);
+            p.wait(5s);
+            r.exit_code = -1;
+        } else {
+            r.exit_code = *code;
+        }
+        r.output = p.log();
+    }
+    return r;
+}
+
+bool wait_for_port(const std::string& ip, std::uint16_t port, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        client c;
+        if (c.connect(ip, port, 1s) == 0) return true;
+        std::this_thread::sleep_for(20ms);
+    }
+    return false;
+}
+
+apilb_process::apilb_process(const temp_dir& dir, const std::string& yaml, const std::string& listen_ip,
+                             std::uint16_t listen_port, std::vector<std::string> extra_args) {
+    dir.write("apilb.yaml", yaml);
+    std::vector<std::string> argv{required_env("APILB_BIN"), "run", "--config", dir.file("apilb.yaml")};
+    argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+    proc_ = std::make_unique<process>(argv, dir.file("apilb.log"));
+    // Wait for the startup line rather than probing the port: a probe would
+    // itself be proxied to a backend and disturb the test's counts.
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    bool started = false;
+    while (!started && std::chrono::steady_clock::now() < deadline && proc_->running()) {
+        started = proc_->log().find("apilb started:") != std::string::npos;
+        if (!started) std::this_thread::sleep_for(10ms);
+    }
+    if (!started) {
+        throw std::runtime_error("apilb did not start listening on " + listen_ip + ":" +
+                                 std::to_string(listen_port) + "; log:\n" + proc_->log());
+    }
+}
+
+bool apilb_process::wait_for_log(const std::string& text, std::chrono::milliseconds timeout) const {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        if (proc_->log().find(text) != std::string::npos) return true;
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(10ms);
+    }
+}
+
+std::optional<int> apilb_process::terminate(std::chrono::milliseconds timeout) {
+    proc_->signal(SIGTERM);
+    return proc_->wait(timeout);
+}
+
+client::~client() { close(); }
+
+client& client::operator=(client&& o) noexcept {
+    if (this != &o) {
+        close();
+        fd_ = o.fd_;
+        o.fd_ = -1;
+    }
+    return *this;
+}
+
+int client::connect(const std::string& ip, std::uint16_t port, std::chrono::milliseconds timeout) {
+    close();
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    auto sa = make_addr(ip, port);
+    int rc = ::connect(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    if (rc != 0 && errno != EINPROGRESS) {
+        const int err = errno;
+        close();
+        return err;
+    }
+    if (rc != 0) {
+        pollfd p{fd_, POLLOUT, 0};
+        rc = ::poll(&p, 1, static_cast<int>(timeout.count()));
+        if (rc <= 0) {
+            close();
+            return ETIMEDOUT;
+        }
+        int err = 0;
+        socklen_t len = sizeof err;
+        ::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err != 0) {
+            close();
+            return err;
+        }
+    }
+    const int flags = ::fcntl(fd_, F_GETFL);
+    ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK);
+    set_timeout(10s);
+    return 0;
+}
+
+void client::set_timeout(std::chrono::milliseconds timeout) {
+    timeval tv{static_cast<time_t>(timeout.count() / 1000),
+               static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+bool client::send_all(const void* data, std::size_t len) {
+    auto p = static_cast<const char*>(data);
+    while (len > 0) {
+        const ssize_t n = ::send(fd_, p, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return false;
+        }
+        p += n;
+        len -= static_cast<std::size_t>(n);
+    }
+    return true;
+}
+
+long client::recv_some(void* buf, std::size_t max) {
+    for (;;) {
+        const ssize_t n = ::recv(fd_, buf, max, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+        return n;
+    }
+}
+
+std::string client::recv_exact(std::size_t n) {
+    std::string out;
+    char buf[65536];
+    while (out.size() < n) {
+        const long r = recv_some(buf, std::min(sizeof buf, n - out.size()));
+        if (r <= 0) break;
+        out.append(buf, static_cast<std::size_t>(r));
+    }
+    return out;
+}
+
+std::string client::recv_until_eof(int& end_errno, std::size_t limit) {
+    std::string out;
+    char buf[65536];
+    for (;;) {
+        const long r = recv_some(buf, sizeof buf);
+        if (r == 0) {
+            end_errno = 0;
+            return out;
+        }
+        if (r < 0) {
+            end_errno = static_cast<int>(-r);
+            return out;
+        }
+        out.append(buf, static_cast<std::size_t>(r));
+        if (out.size() > limit) {
+            end_errno = E2BIG;
+            return out;
+        }
+    }
+}
+
+void client::shutdown_write() { ::shutdown(fd_, SHUT_WR); }
+
+void client::reset() {
+    if (fd_ < 0) return;
+    linger l{1, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    close();
+}
+
+void client::close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+}
+
+tcp_server::tcp_server(const std::string& ip, handler h) : ip_(ip), handler_(std::move(h)) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    auto sa = make_addr(ip, 0);
+    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(listen_fd_, 4096) != 0) {
+        throw std::runtime_error("tcp_server bind/listen failed: " + std::string(strerror(errno)));
+    }
+    socklen_t len = sizeof sa;
+    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&sa), &len);
+    port_ = ntohs(sa.sin_port);
+    thread_ = std::thread([this] {
+        for (;;) {
+            pollfd p{listen_fd_, POLLIN, 0};
+            const int rc = ::poll(&p, 1, 50);
+            if (stopping_) return;
+            if (rc <= 0) continue;
+            int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+            if (fd < 0) continue;
+            ++accepted_;
+            conn_threads_.emplace_back([this, fd]() mutable {
+                handler_(fd);
+                if (fd >= 0) ::close(fd);
+            });
+        }
+    });
+}
+
+tcp_server::~tcp_server() {
+    stop();
+    for (auto& t : conn_threads_) t.join();
+}
+
+void tcp_server::stop() {
+    if (stopping_.exchange(true)) return;
+    thread_.join();
+    ::close(listen_fd_);
+}
+
+tcp_server::handler echo_handler() {
+    return [](int& fd) {
+        timeval tv{30, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char buf[65536];
+        for (;;) {
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) break;
+            const char* p = buf;
+            std::size_t left = static_cast<std::size_t>(n);
+            while (left > 0) {
+                const ssize_t w = ::send(fd, p, left, MSG_NOSIGNAL);
+                if (w <= 0) return;
+                p += w;
+                left -= static_cast<std::size_t>(w);
+            }
+        }
+        ::shutdown(fd, SHUT_WR);
+    };
+}
+
+std::uint64_t fnv1a(const void* data, std::size_t len, std::uint64_t h) {
+    auto p = static_cast<const unsigned char*>(data);
+    for (std::size_t i = 0; i < len; ++i) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+std::string random_bytes(std::size_t n, std::uint32_t seed) {
+    std::string s(n, '\0');
+    std::mt19937_64 rng(seed);
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const std::uint64_t v = rng();
+        std::memcpy(&s[i], &v, 8);
+    }
+    for (; i < n; ++i) s[i] = static_cast<char>(rng());
+    return s;
+}
+
+}  // namespace apilb::test

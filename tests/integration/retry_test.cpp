@@ -1,0 +1,135 @@
+// A connect that fails is retried on the next backend before the client sees anything.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "harness.hpp"
+
+namespace apilb::test {
+namespace {
+
+std::string config_for(std::uint16_t port, const std::vector<std::string>& backends, const std::string& extra = {}) {
+    std::string b;
+    for (std::size_t i = 0; i < backends.size(); ++i) {
+        b += fmt::format("      - {{name: b{}, address: \"{}\"}}\n", i, backends[i]);
+    }
+    return fmt::format(R"(workers: 1
+listeners:
+  - {{name: front, address: "127.0.0.1:{}", pool: p}}
+pools:
+  - name: p
+    balance: round-robin
+    backends:
+{}log: {{level: debug}}
+{})",
+                       port, b, extra);
+}
+
+/// A listening socket whose accept queue is full: SYNs to it are dropped,
+/// so a connect to it hangs until the connect timeout.
+class blackhole {
+public:
+    explicit blackhole(const std::string& ip) {
+        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        ::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr);
+        ::bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+        ::listen(fd_, 0);
+        socklen_t len = sizeof sa;
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len);
+        address_ = fmt::format("{}:{}", ip, ntohs(sa.sin_port));
+        // Fill the queue; the fillers that cannot get in time out quietly.
+        for (int i = 0; i < 4; ++i) {
+            client c;
+            if (c.connect(ip, ntohs(sa.sin_port), 200ms) == 0) fillers_.push_back(std::move(c));
+        }
+    }
+    ~blackhole() { ::close(fd_); }
+    const std::string& address() const { return address_; }
+
+private:
+    int fd_ = -1;
+    std::string address_;
+    std::vector<client> fillers_;
+};
+
+TEST(Retry, RefusedBackendIsSkippedAndTheClientIsStillServed) {
+    tcp_server echo("127.0.0.3", echo_handler());
+    const std::string dead = fmt::format("127.0.0.2:{}", free_port("127.0.0.2"));
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, config_for(port, {dead, echo.address()}), "127.0.0.1", port);
+    for (int i = 0; i < 6; ++i) {
+        client c;
+        ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+        ASSERT_TRUE(c.send_all("hello"));
+        EXPECT_EQ(c.recv_exact(5), "hello") << "client " << i;
+    }
+    EXPECT_EQ(echo.accepted(), 6);
+    EXPECT_TRUE(apilb.wait_for_log("Connection refused")) << apilb.log();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+TEST(Retry, EveryBackendRefusingClosesTheClientPromptly) {
+    const std::string dead1 = fmt::format("127.0.0.2:{}", free_port("127.0.0.2"));
+    const std::string dead2 = fmt::format("127.0.0.3:{}", free_port("127.0.0.3"));
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, config_for(port, {dead1, dead2}), "127.0.0.1", port);
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    int end = -1;
+    EXPECT_EQ(c.recv_until_eof(end), "");
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+    EXPECT_NE(end, EAGAIN) << "the client must be closed, not left hanging";
+    EXPECT_TRUE(apilb.wait_for_log("no backend of pool p accepted client")) << apilb.log();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+TEST(Retry, ConnectTimeoutMovesOnToTheNextBackend) {
+    blackhole hole("127.0.0.4");
+    tcp_server echo("127.0.0.3", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, config_for(port, {hole.address(), echo.address()}, "timeouts: {connect: 300ms}\n"),
+                        "127.0.0.1", port);
+    // Round-robin starts at the blackhole for the first client of the worker.
+    for (int i = 0; i < 2; ++i) {
+        client c;
+        ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+        const auto t0 = std::chrono::steady_clock::now();
+        ASSERT_TRUE(c.send_all("hi"));
+        EXPECT_EQ(c.recv_exact(2), "hi");
+        EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+    }
+    EXPECT_EQ(echo.accepted(), 2);
+    EXPECT_TRUE(apilb.wait_for_log("timed out")) << apilb.log();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+TEST(Retry, ConnectAttemptsBoundTheRetries) {
+    const std::string dead1 = fmt::format("127.0.0.2:{}", free_port("127.0.0.2"));
+    const std::string dead2 = fmt::format("127.0.0.3:{}", free_port("127.0.0.3"));
+    tcp_server echo("127.0.0.4", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    // With one attempt, the first client goes to dead1 and is closed even though echo is up.
+    std::string cfg = config_for(port, {dead1, dead2, echo.address()});
+    cfg.replace(cfg.find("    balance"), 0, "    connect_attempts: 1\n");
+    apilb_process apilb(dir, cfg, "127.0.0.1", port);
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    int end = -1;
+    EXPECT_EQ(c.recv_until_eof(end), "");
+    EXPECT_EQ(echo.accepted(), 0);
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+}  // namespace
+}  // namespace apilb::test
