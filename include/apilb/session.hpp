@@ -23,7 +23,11 @@ struct session_entry
     : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
     boost::asio::ip::tcp::socket* client = nullptr;
     boost::asio::ip::tcp::socket* upstream = nullptr;
-    bool aborted = false;  ///< set by abort(): do not retry, do not log as a failure
+    /// Stamped by the relay whenever bytes move; read by the worker's idle sweep.
+    std::chrono::steady_clock::time_point last_activity = std::chrono::steady_clock::now();
+    bool relaying = false;     ///< connected: only now can the session be idle
+    bool aborted = false;      ///< set by abort(): do not retry, do not log as a failure
+    bool idle_expired = false; ///< set by the idle sweep before it aborts the session
 
     /// Closes both sockets; the session's pending operations complete with
     /// operation_aborted and the session ends. Worker thread only.

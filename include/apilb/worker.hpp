@@ -46,6 +46,9 @@ private:
     };
 
     boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
+    /// Closes sessions with no traffic for timeouts.idle, checking a few
+    /// times per idle period.
+    boost::asio::awaitable<void> idle_sweep();
 
     std::size_t index_;
     boost::asio::io_context io_{1};

@@ -91,22 +91,6 @@ asio::awaitable<std::pair<connect_outcome, error_code>> connect_one(tcp::socket&
     co_return std::pair{connect_outcome::connected, error_code{}};
 }
 
-/// Ends when nothing has moved for `idle`: closes both sockets so the pumps end.
-asio::awaitable<void> idle_watchdog(session_entry& entry, const clock_type::time_point& last_activity,
-                                    duration idle, bool& fired) {
-    asio::steady_timer timer(co_await asio::this_coro::executor);
-    for (;;) {
-        timer.expires_at(last_activity + idle);
-        auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-        if (ec) co_return;
-        if (clock_type::now() >= last_activity + idle) {
-            fired = true;
-            entry.abort();
-            co_return;
-        }
-    }
-}
-
 /// Both directions, each ending on its own (half-close), awaited together.
 asio::awaitable<std::tuple<pump_result, pump_result>> relay_both(tcp::socket& client, tcp::socket& upstream,
                                                                  relay_resources& res,
@@ -201,19 +185,15 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
     client.native_non_blocking(true, ec);
     upstream.native_non_blocking(true, ec);
 
-    clock_type::time_point last_activity = clock_type::now();
-    bool idle_fired = false;
+    // Idle sessions are found by the worker's sweep (one timer per worker,
+    // not one per session: tens of thousands of watches sit idle).
+    entry.last_activity = clock_type::now();
+    entry.relaying = true;
     pump_result to_backend, from_backend;
     if (!entry.aborted) {
-        if (cfg.timeouts.idle.count() > 0) {
-            auto r = co_await (relay_both(client, upstream, ctx.relay, last_activity) ||
-                               idle_watchdog(entry, last_activity, cfg.timeouts.idle, idle_fired));
-            if (r.index() == 0) std::tie(to_backend, from_backend) = std::get<0>(r);
-        } else {
-            std::tie(to_backend, from_backend) =
-                co_await relay_both(client, upstream, ctx.relay, last_activity);
-        }
+        std::tie(to_backend, from_backend) = co_await relay_both(client, upstream, ctx.relay, entry.last_activity);
     }
+    const bool idle_fired = entry.idle_expired;
     if (idle_fired) ctx.stats.closed_by_idle_total.fetch_add(1, std::memory_order_relaxed);
     const bool drained = entry.aborted && !idle_fired;
     if (drained) ctx.stats.closed_by_drain_total.fetch_add(1, std::memory_order_relaxed);

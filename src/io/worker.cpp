@@ -2,6 +2,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/ip/v6_only.hpp>
@@ -84,6 +85,9 @@ void worker::start() {
             }
         });
     }
+    if (ctx_.snap->cfg->timeouts.idle.count() > 0) {
+        asio::co_spawn(io_, idle_sweep(), asio::detached);
+    }
     thread_ = std::thread([this] {
         // A failure inside one session must never take the worker down.
         for (;;) {
@@ -153,6 +157,27 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
                                spdlog::error("session failed: {}", ex.what());
                            }
                        });
+    }
+}
+
+asio::awaitable<void> worker::idle_sweep() {
+    const auto idle = ctx_.snap->cfg->timeouts.idle;
+    // A tenth of the period, within [100ms, 30s]: a session is closed at most
+    // 10% (or 30 s) after its idle time is up.
+    const auto period = std::clamp<std::chrono::milliseconds>(idle / 10, std::chrono::milliseconds(100),
+                                                              std::chrono::seconds(30));
+    asio::steady_timer timer(io_);
+    for (;;) {
+        timer.expires_after(period);
+        auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec) co_return;
+        const auto cutoff = std::chrono::steady_clock::now() - idle;
+        for (auto& s : ctx_.sessions) {
+            if (s.relaying && !s.aborted && s.last_activity < cutoff) {
+                s.idle_expired = true;
+                s.abort();
+            }
+        }
     }
 }
 
