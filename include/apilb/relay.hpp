@@ -73,6 +73,7 @@ struct relay_resources {
     relay_mode mode;
     pipe_pool pipes;
     buffer_pool buffers;
+    std::uint64_t splice_fallbacks = 0;  ///< directions moved to copy for want of a pipe
 };
 
 /// How one direction of a session ended.
@@ -81,7 +82,6 @@ enum class pump_end {
     source_reset,  ///< reading the source failed (RST); passed on as RST to the sink
     sink_failed,   ///< writing to the sink failed (RST/EPIPE); passed on as RST to the source
     aborted,       ///< cancelled: the other direction, idle timeout, drain, or shutdown
-    resources,     ///< no pipe could be made (fd exhaustion); session closed
 };
 
 const char* to_string(pump_end);
@@ -96,7 +96,8 @@ struct pump_result {
 /// Relays `from` → `to` until EOF, an error or cancellation. Both sockets
 /// must be open and non-blocking. On EOF only this direction ends (half-close);
 /// on an error both sockets are closed, with RST towards the peer that did not
-/// fail. `last_activity` is stamped whenever bytes move (for the idle timeout).
+/// fail. In splice mode, a direction that cannot get a pipe (out of
+/// descriptors) carries on with the copy relay. `last_activity` is stamped whenever bytes move (for the idle timeout).
 boost::asio::awaitable<pump_result> pump(boost::asio::ip::tcp::socket& from,
                                          boost::asio::ip::tcp::socket& to,
                                          relay_resources& resources,

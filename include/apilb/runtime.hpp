@@ -50,6 +50,7 @@ struct process_stats {
     std::atomic<std::uint64_t> refused_limit_total{0};       ///< over limits.max_connections
     std::atomic<std::uint64_t> no_backend_total{0};          ///< every connect attempt failed
     std::atomic<std::uint64_t> accept_errors_total{0};
+    std::atomic<std::uint64_t> resource_errors_total{0};    ///< out of fds/memory (accept, socket, pipe)
     std::atomic<std::uint64_t> closed_by_idle_total{0};
     std::atomic<std::uint64_t> closed_by_drain_total{0};
 };

@@ -31,6 +31,7 @@ private:
     std::shared_ptr<const snapshot> snap_;
     process_stats stats_;  // before workers_: sessions un-count themselves as workers go away
     std::vector<std::unique_ptr<worker>> workers_;
+    std::uint32_t max_connections_ = 0;  ///< configured limit, capped by the fd limit
 };
 
 }  // namespace apilb

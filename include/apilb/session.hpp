@@ -60,8 +60,27 @@ struct worker_context {
     relay_resources relay;
     std::vector<balancer_state> balancers;  ///< one per pool of `snap`
     session_list sessions;
+    /// Sessions the whole process may hold (0 = no limit): limits.max_connections,
+    /// capped by what the file-descriptor limit can hold. Set before start.
+    std::uint32_t max_connections = 0;
     log_limiter connect_warnings{std::chrono::seconds(1)};
+    log_limiter resource_warnings{std::chrono::seconds(1)};
+
+    /// Accepting waits until then: set when the process is out of file
+    /// descriptors, so clients wait in the listen backlog instead of being
+    /// accepted only to be closed.
+    std::chrono::steady_clock::time_point accept_paused_until{};
+    std::chrono::milliseconds accept_backoff{10};
+
+    /// Out of descriptors or memory at `where`: pause accepting for the
+    /// current backoff (10 ms doubling to 1 s) and say so, rate-limited.
+    void pause_accepting(const boost::system::error_code& ec, const char* where);
+    /// A session got both its sockets: the pressure is over.
+    void resources_recovered() { accept_backoff = std::chrono::milliseconds(10); }
 };
+
+/// True for errors that mean this process is out of descriptors or memory.
+bool is_resource_exhaustion(const boost::system::error_code& ec);
 
 /// Serves one accepted client. The caller has already counted it in
 /// stats.active_sessions; the session un-counts it when it ends.

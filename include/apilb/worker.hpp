@@ -30,6 +30,10 @@ public:
     /// The address the first acceptor of a listener is bound to.
     boost::asio::ip::tcp::endpoint local_endpoint(std::size_t listener_index) const;
 
+    /// Caps the process-wide session count this worker admits (0 = none).
+    /// Control thread, before start().
+    void set_max_connections(std::uint32_t n) { ctx_.max_connections = n; }
+
     /// Starts the thread and the accept loops.
     void start();
     /// Closes the acceptors; sessions go on. Any thread.

@@ -81,6 +81,9 @@ asio::awaitable<error_code> drain_pipe(const pipe_pair& pipe, tcp::socket& to, s
     co_return error_code{};
 }
 
+asio::awaitable<pump_result> pump_copy(tcp::socket& from, tcp::socket& to, relay_resources& res,
+                                       std::chrono::steady_clock::time_point& last_activity);
+
 asio::awaitable<pump_result> pump_splice(tcp::socket& from, tcp::socket& to, relay_resources& res,
                                          std::chrono::steady_clock::time_point& last_activity) {
     pump_result result;
@@ -95,9 +98,13 @@ asio::awaitable<pump_result> pump_splice(tcp::socket& from, tcp::socket& to, rel
         error_code pipe_ec;
         pipe_pair pipe = res.pipes.acquire(pipe_ec);
         if (pipe_ec) {
-            result.end = pump_end::resources;
-            result.error = pipe_ec;
-            abort_both(from, to);
+            // Out of descriptors for a pipe: carry on through a buffer rather
+            // than drop a session that already has both its sockets. The data
+            // is still readable, so the copy relay picks it up at once.
+            ++res.splice_fallbacks;
+            const std::uint64_t before = result.bytes;
+            result = co_await pump_copy(from, to, res, last_activity);
+            result.bytes += before;
             co_return result;
         }
         // Holding the pipe: move chunks until the source has nothing more to give.
@@ -257,7 +264,6 @@ const char* to_string(pump_end e) {
     case pump_end::source_reset: return "reset";
     case pump_end::sink_failed: return "peer-failed";
     case pump_end::aborted: return "aborted";
-    case pump_end::resources: return "no-resources";
     }
     return "?";
 }

@@ -7,7 +7,10 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/resource.h>
+
 #include <csignal>
+#include <filesystem>
 #include <functional>
 
 #ifdef APILB_HAVE_SYSTEMD
@@ -30,10 +33,11 @@ void notify_systemd([[maybe_unused]] const char* state) {
 #endif
 }
 
-std::string summary(const snapshot& snap, const std::vector<std::unique_ptr<worker>>& workers) {
+std::string summary(const snapshot& snap, const std::vector<std::unique_ptr<worker>>& workers,
+                    std::uint32_t max_connections) {
     const config& cfg = *snap.cfg;
     std::string s = fmt::format("apilb started: {} worker(s), relay {}, max_connections {}, connect timeout {}ms",
-                                workers.size(), to_string(cfg.relay.mode), cfg.limits.max_connections,
+                                workers.size(), to_string(cfg.relay.mode), max_connections,
                                 cfg.timeouts.connect.count());
     for (std::size_t i = 0; i < snap.listeners.size(); ++i) {
         const auto& l = snap.listeners[i];
@@ -50,15 +54,66 @@ std::string summary(const snapshot& snap, const std::vector<std::unique_ptr<work
     return s;
 }
 
+/// Raises the soft file-descriptor limit to the hard one (systemd's
+/// LimitNOFILE, ulimit -Hn) and returns the soft limit in force.
+std::uint64_t raise_fd_limit() {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlimit wanted{rl.rlim_max, rl.rlim_max};
+        if (::setrlimit(RLIMIT_NOFILE, &wanted) == 0) rl = wanted;
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? std::uint64_t{1} << 20 : rl.rlim_cur;
+}
+
+std::uint64_t open_fd_count() {
+    std::error_code ec;
+    std::uint64_t n = 0;
+    for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+        ++n;
+    }
+    return n;
+}
+
+/// How many sessions the descriptor limit can hold: two sockets each, after
+/// what is open now, some slack, and (splice) each worker's idle pipe pool
+/// plus as many pipes again in flight. A direction that finds no descriptor
+/// for a pipe falls back to copying, so pipes never cost a session.
+std::uint32_t fd_session_budget(std::uint64_t fd_limit, std::uint64_t open_now, const config& cfg) {
+    const bool splice = cfg.relay.mode == relay_mode::splice;
+    const std::uint64_t reserve = open_now + 64 + (splice ? 256 * std::uint64_t{cfg.workers} : 0);
+    if (fd_limit <= reserve) return 0;
+    return static_cast<std::uint32_t>(std::min<std::uint64_t>((fd_limit - reserve) / 2, UINT32_MAX));
+}
+
 }  // namespace
 
 server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::move(cfg))) {
+    const std::uint64_t fd_limit = raise_fd_limit();
     const std::size_t n = snap_->cfg->workers;
     workers_.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
         workers_.push_back(std::make_unique<worker>(i, snap_, stats_));
         for (std::size_t l = 0; l < snap_->listeners.size(); ++l) workers_.back()->bind(l);
     }
+
+    // Admit no more sessions than there are descriptors for: past that,
+    // accept() and socket() fail and clients are dropped half-served.
+    const std::uint32_t configured = snap_->cfg->limits.max_connections;
+    const std::uint32_t budget = fd_session_budget(fd_limit, open_fd_count(), *snap_->cfg);
+    max_connections_ = configured == 0 ? budget : std::min(configured, budget);
+    if (budget == 0) {
+        spdlog::error("the file-descriptor limit ({}) is too low to hold any session; raise it "
+                      "(systemd LimitNOFILE=, ulimit -n)", fd_limit);
+        max_connections_ = 1;
+    } else if (configured == 0 || configured > budget) {
+        spdlog::warn("limits.max_connections {}: the file-descriptor limit ({}) holds about {} sessions; "
+                     "admitting at most {} (raise systemd LimitNOFILE= or ulimit -n for more)",
+                     configured == 0 ? std::string("unlimited") : std::to_string(configured), fd_limit,
+                     budget, max_connections_);
+    }
+    for (auto& w : workers_) w->set_max_connections(max_connections_);
 }
 
 server::~server() {
@@ -75,7 +130,7 @@ int server::run() {
     clock_type::time_point deadline{};
 
     for (auto& w : workers_) w->start();
-    spdlog::info("{}", summary(*snap_, workers_));
+    spdlog::info("{}", summary(*snap_, workers_, max_connections_));
     notify_systemd("READY=1");
 
     auto abort_all = [&] {

@@ -38,8 +38,27 @@ bool log_limiter::allow(std::uint64_t& suppressed) {
     return true;
 }
 
+bool is_resource_exhaustion(const error_code& ec) {
+    if (ec.category() != boost::system::system_category() && ec.category() != asio::error::get_system_category()) {
+        return false;
+    }
+    const int e = ec.value();
+    return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
+}
+
+void worker_context::pause_accepting(const error_code& ec, const char* where) {
+    stats.resource_errors_total.fetch_add(1, std::memory_order_relaxed);
+    accept_paused_until = clock_type::now() + accept_backoff;
+    std::uint64_t suppressed = 0;
+    if (resource_warnings.allow(suppressed)) {
+        spdlog::warn("{} failed: {}; pausing accepts for {}ms{}", where, ec.message(), accept_backoff.count(),
+                     suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
+    }
+    accept_backoff = std::min(accept_backoff * 2, std::chrono::milliseconds(1000));
+}
+
 worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats& st)
-    : snap(std::move(s)), stats(st), relay(snap->cfg->relay) {
+    : snap(std::move(s)), stats(st), relay(snap->cfg->relay), max_connections(snap->cfg->limits.max_connections) {
     for (const auto& p : snap->pools) balancers.emplace_back(p.backends.size());
 }
 
@@ -61,7 +80,7 @@ bool try_reserve(backend_stats& stats, std::uint32_t per_backend) {
     return true;
 }
 
-enum class connect_outcome { connected, refused, timed_out, aborted };
+enum class connect_outcome { connected, refused, timed_out, aborted, local_error };
 
 /// One connect attempt, raced against the connect timeout.
 asio::awaitable<std::pair<connect_outcome, error_code>> connect_one(tcp::socket& upstream,
@@ -69,7 +88,8 @@ asio::awaitable<std::pair<connect_outcome, error_code>> connect_one(tcp::socket&
                                                                    const config& cfg) {
     error_code ec;
     upstream.open(backend.endpoint.protocol(), ec);
-    if (ec) co_return std::pair{connect_outcome::refused, ec};
+    // Not the backend's fault: this process is out of descriptors or memory.
+    if (ec) co_return std::pair{connect_outcome::local_error, ec};
     if (auto opt_ec = apply_tcp_options(upstream, cfg.tcp)) {
         spdlog::debug("backend {}: setting TCP options failed: {}", backend.cfg->name, opt_ec.message());
     }
@@ -135,6 +155,7 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
     std::vector<backend_load> loads(pool.backends.size());
     std::vector<bool> tried(pool.backends.size(), false);
     std::string failures;
+    error_code local_failure;
     for (std::uint32_t attempt = 0; attempt < pool.cfg->connect_attempts && !entry.aborted; ++attempt) {
         for (std::size_t i = 0; i < loads.size(); ++i) {
             const auto& b = pool.backends[i];
@@ -156,6 +177,11 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
         }
         backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
         if (outcome == connect_outcome::aborted || entry.aborted) break;
+        if (outcome == connect_outcome::local_error) {
+            if (is_resource_exhaustion(cec)) ctx.pause_accepting(cec, "opening a backend socket");
+            local_failure = cec;
+            break;
+        }
         backend.stats->connect_failures_total.fetch_add(1, std::memory_order_relaxed);
         spdlog::debug("client {}: backend {} ({}) failed: {}", client_text, backend.cfg->name,
                       endpoint_text(backend.endpoint), cec.message());
@@ -163,7 +189,9 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
     }
 
     if (!chosen) {
-        if (!entry.aborted) {
+        if (local_failure) {
+            spdlog::debug("client {}: closed: {}", client_text, local_failure.message());
+        } else if (!entry.aborted) {
             ctx.stats.no_backend_total.fetch_add(1, std::memory_order_relaxed);
             std::uint64_t suppressed = 0;
             if (ctx.connect_warnings.allow(suppressed)) {
@@ -177,6 +205,7 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
         co_return;
     }
 
+    ctx.resources_recovered();
     backend_stats& bstats = *chosen->stats;
     bstats.sessions_total.fetch_add(1, std::memory_order_relaxed);
     if (auto opt_ec = apply_tcp_options(upstream, cfg.tcp)) {

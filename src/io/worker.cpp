@@ -103,35 +103,28 @@ void worker::start() {
 
 asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
     const listener_runtime& listener = ctx_.snap->listeners[slot.listener_index];
-    const std::uint32_t max_connections = ctx_.snap->cfg->limits.max_connections;
+    const std::uint32_t max_connections = ctx_.max_connections;
     asio::steady_timer backoff_timer(io_);
-    auto backoff = std::chrono::milliseconds(10);
     for (;;) {
+        if (std::chrono::steady_clock::now() < ctx_.accept_paused_until) {
+            // Out of descriptors: leave new clients in the listen backlog
+            // until sessions that end have freed some, instead of spinning.
+            backoff_timer.expires_at(ctx_.accept_paused_until);
+            co_await backoff_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+            if (!slot.acceptor.is_open()) co_return;
+        }
         auto [ec, socket] = co_await slot.acceptor.async_accept(asio::as_tuple(asio::use_awaitable));
         if (ec) {
             if (ec == asio::error::operation_aborted || !slot.acceptor.is_open()) co_return;
             ctx_.stats.accept_errors_total.fetch_add(1, std::memory_order_relaxed);
-            const int err = ec.value();
-            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-                // Out of descriptors or memory: the pending connection stays in
-                // the queue and accept would fail again at once. Back off
-                // (10 ms doubling to 1 s) instead of spinning; sessions that end
-                // free descriptors meanwhile.
-                std::uint64_t suppressed = 0;
-                if (ctx_.connect_warnings.allow(suppressed)) {
-                    spdlog::warn("listener {}: accept failed: {}; pausing accepts for {}ms", listener.cfg->name,
-                                 ec.message(), backoff.count());
-                }
-                backoff_timer.expires_after(backoff);
-                co_await backoff_timer.async_wait(asio::as_tuple(asio::use_awaitable));
-                backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+            if (is_resource_exhaustion(ec)) {
+                ctx_.pause_accepting(ec, fmt::format("listener {}: accept", listener.cfg->name).c_str());
             } else {
                 // ECONNABORTED and friends: that one client left before we took it.
                 spdlog::debug("listener {}: accept: {}", listener.cfg->name, ec.message());
             }
             continue;
         }
-        backoff = std::chrono::milliseconds(10);
         ctx_.stats.accepted_total.fetch_add(1, std::memory_order_relaxed);
         const auto before = ctx_.stats.active_sessions.fetch_add(1, std::memory_order_relaxed);
         if (max_connections != 0 && before >= max_connections) {
@@ -142,7 +135,7 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             socket.close(ignored);
             std::uint64_t suppressed = 0;
             if (ctx_.connect_warnings.allow(suppressed)) {
-                spdlog::warn("listener {}: limits.max_connections ({}) reached; refusing new clients{}",
+                spdlog::warn("listener {}: connection limit ({}) reached; refusing new clients{}",
                              listener.cfg->name, max_connections,
                              suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
             }

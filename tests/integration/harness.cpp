@@ -153,9 +153,14 @@ bool wait_for_port(const std::string& ip, std::uint16_t port, std::chrono::milli
 }
 
 apilb_process::apilb_process(const temp_dir& dir, const std::string& yaml, const std::string& listen_ip,
-                             std::uint16_t listen_port, std::vector<std::string> extra_args) {
+                             std::uint16_t listen_port, std::vector<std::string> extra_args,
+                             std::vector<std::string> prefix) {
     dir.write("apilb.yaml", yaml);
-    std::vector<std::string> argv{required_env("APILB_BIN"), "run", "--config", dir.file("apilb.yaml")};
+    std::vector<std::string> argv = std::move(prefix);
+    for (const auto& a : {required_env("APILB_BIN"), std::string("run"), std::string("--config"),
+                          dir.file("apilb.yaml")}) {
+        argv.push_back(a);
+    }
     argv.insert(argv.end(), extra_args.begin(), extra_args.end());
     proc_ = std::make_unique<process>(argv, dir.file("apilb.log"));
     // Wait for the startup line rather than probing the port: a probe would
@@ -197,9 +202,14 @@ client& client::operator=(client&& o) noexcept {
     return *this;
 }
 
-int client::connect(const std::string& ip, std::uint16_t port, std::chrono::milliseconds timeout) {
+bool client::open() {
     close();
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    return fd_ >= 0;
+}
+
+int client::connect(const std::string& ip, std::uint16_t port, std::chrono::milliseconds timeout) {
+    if (fd_ < 0 && !open()) return errno;
     auto sa = make_addr(ip, port);
     int rc = ::connect(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
     if (rc != 0 && errno != EINPROGRESS) {

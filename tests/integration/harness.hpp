@@ -80,8 +80,10 @@ class apilb_process {
 public:
     /// `yaml` is the whole config. Starts `apilb run` and waits until
     /// `listen_ip:listen_port` accepts connections.
+    /// `prefix` runs apilb under another command (e.g. prlimit).
     apilb_process(const temp_dir& dir, const std::string& yaml, const std::string& listen_ip,
-                  std::uint16_t listen_port, std::vector<std::string> extra_args = {});
+                  std::uint16_t listen_port, std::vector<std::string> extra_args = {},
+                  std::vector<std::string> prefix = {});
     process& proc() { return *proc_; }
     std::string log() const { return proc_->log(); }
     /// Polls the log until it contains `text` (log lines can trail the
@@ -102,7 +104,10 @@ public:
     client(client&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
     client& operator=(client&& o) noexcept;
 
-    /// Connects; returns the errno on failure (0 on success).
+    /// Creates the socket now (connect() would otherwise do it); false on failure.
+    bool open();
+    /// Connects (opening the socket if open() was not called); returns the
+    /// errno on failure (0 on success).
     int connect(const std::string& ip, std::uint16_t port, std::chrono::milliseconds timeout = 5s);
     int fd() const { return fd_; }
     bool send_all(const void* data, std::size_t len);

@@ -58,7 +58,7 @@ TEST(Limits, MaxConnectionsRefusesTheExcessWithoutHarmingTheRest) {
     client again;
     ASSERT_EQ(again.connect("127.0.0.1", port), 0);
     EXPECT_TRUE(echoes(again, "back"));
-    EXPECT_TRUE(apilb.wait_for_log("limits.max_connections (5) reached")) << apilb.log();
+    EXPECT_TRUE(apilb.wait_for_log("connection limit (5) reached")) << apilb.log();
     held.clear();
     again.close();
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));

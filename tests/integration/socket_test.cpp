@@ -1,0 +1,159 @@
+// Socket-level behaviour: IPv6 listeners, TCP keepalive on both legs, and
+// what apilb does when it runs out of file descriptors.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <regex>
+
+#include "harness.hpp"
+
+namespace apilb::test {
+namespace {
+
+std::string config_for(const std::string& listen, const std::string& backend, const std::string& extra = {}) {
+    return fmt::format(R"(workers: 1
+listeners:
+  - {{name: front, address: "{}", pool: p}}
+pools:
+  - name: p
+    backends:
+      - {{name: b, address: "{}"}}
+log: {{level: debug}}
+{})",
+                       listen, backend, extra);
+}
+
+TEST(Sockets, Ipv6ListenerServesClients) {
+    tcp_server echo("127.0.0.2", echo_handler());
+    // Port from the v4 helper; good enough to find one free on ::1 too.
+    const auto port = free_port();
+    temp_dir dir;
+    dir.write("apilb.yaml", config_for(fmt::format("[::1]:{}", port), echo.address()));
+    process apilb({required_env("APILB_BIN"), "run", "--config", dir.file("apilb.yaml")}, dir.file("log"));
+    int fd = -1;
+    sockaddr_in6 sa{};
+    sa.sin6_family = AF_INET6;
+    sa.sin6_port = htons(port);
+    ::inet_pton(AF_INET6, "::1", &sa.sin6_addr);
+    for (int i = 0; i < 500; ++i) {
+        fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) break;
+        ::close(fd);
+        fd = -1;
+        std::this_thread::sleep_for(10ms);
+    }
+    ASSERT_GE(fd, 0) << apilb.log();
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ASSERT_EQ(::send(fd, "v6", 2, MSG_NOSIGNAL), 2);
+    char buf[2];
+    EXPECT_EQ(::recv(fd, buf, 2, MSG_WAITALL), 2);
+    EXPECT_EQ(std::string(buf, 2), "v6");
+    ::close(fd);
+    apilb.signal(SIGTERM);
+    EXPECT_EQ(apilb.wait(10s), std::optional<int>(0)) << apilb.log();
+}
+
+/// `ss` lines for established TCP sockets matching `filter`, with timers shown.
+std::string ss(const std::string& filter) {
+    return run_command({"/usr/bin/ss", "-tnoH", "state", "established", filter}, 10s).output;
+}
+
+TEST(Sockets, KeepaliveIsArmedOnBothLegs) {
+    if (::access("/usr/bin/ss", X_OK) != 0) GTEST_SKIP() << "ss (iproute2) is not installed";
+    tcp_server echo("127.0.0.2", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir,
+                        config_for(fmt::format("127.0.0.1:{}", port), echo.address(),
+                                   "tcp: {keepalive_idle: 42s, keepalive_interval: 5s, keepalive_count: 3}\n"),
+                        "127.0.0.1", port);
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    ASSERT_TRUE(c.send_all("k"));
+    ASSERT_EQ(c.recv_exact(1), "k");
+    // apilb's side of the client leg: source port = the listener's port.
+    const std::string client_leg = ss(fmt::format("( sport = :{} )", port));
+    // apilb's side of the backend leg: destination = the backend.
+    const std::string backend_leg = ss(fmt::format("( dst 127.0.0.2 and dport = :{} )", echo.port()));
+    const std::regex keepalive(R"(timer:\(keepalive,([0-9.]+)(sec|min))");
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(client_leg, m, keepalive)) << client_leg;
+    EXPECT_LE(std::stod(m[1]), 42.0);
+    EXPECT_GT(std::stod(m[1]), 30.0) << "keepalive_idle 42s should be what the timer counts down from";
+    ASSERT_TRUE(std::regex_search(backend_leg, m, keepalive)) << backend_leg;
+    EXPECT_GT(std::stod(m[1]), 30.0);
+    c.close();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+/// CPU time (user+system) of a process, in clock ticks.
+[[maybe_unused]]
+long cpu_ticks(pid_t pid) {
+    std::ifstream in(fmt::format("/proc/{}/stat", pid));
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // Fields after the ")" of the command name; utime and stime are fields 14 and 15.
+    std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+        if (i == 14) utime = std::stol(field);
+        if (i == 15) stime = std::stol(field);
+    }
+    return utime + stime;
+}
+
+TEST(Sockets, FileDescriptorLimitCapsSessionsAndRefusesTheRestCleanly) {
+    if (::access("/usr/bin/prlimit", X_OK) != 0) GTEST_SKIP() << "prlimit (util-linux) is not installed";
+    tcp_server echo("127.0.0.2", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    // 100 descriptors, copy relay: what is open at start (~15) and 64 of
+    // slack leave room for about 10 sessions of two sockets each.
+    apilb_process apilb(dir, config_for(fmt::format("127.0.0.1:{}", port), echo.address(), "relay: {mode: copy}\n"),
+                        "127.0.0.1", port, {}, {"/usr/bin/prlimit", "--nofile=100:100"});
+    const std::regex capped(R"(file-descriptor limit \(100\) holds about ([0-9]+) sessions)");
+    std::smatch m;
+    const std::string startup = apilb.log();
+    ASSERT_TRUE(std::regex_search(startup, m, capped)) << startup;
+    const int cap = std::stoi(m[1]);
+    ASSERT_GT(cap, 3);
+    ASSERT_LT(cap, 40);
+    std::vector<client> clients;
+    int served = 0, refused = 0;
+    for (int i = 0; i < cap + 10; ++i) {
+        client c;
+        ASSERT_EQ(c.connect("127.0.0.1", port, 2s), 0);
+        c.set_timeout(2s);
+        if (c.send_all("a") && c.recv_exact(1) == "a") {
+            ++served;
+        } else {
+            ++refused;
+        }
+        clients.push_back(std::move(c));
+    }
+    EXPECT_EQ(served, cap);
+    EXPECT_EQ(refused, 10);
+    EXPECT_EQ(apilb.log().find("Too many open files"), std::string::npos) << "the cap must come before EMFILE";
+    // Sessions that were admitted keep working; freed slots are reused.
+    ASSERT_TRUE(clients.front().send_all("b"));
+    EXPECT_EQ(clients.front().recv_exact(1), "b");
+    clients.clear();
+    std::this_thread::sleep_for(200ms);
+    client again;
+    ASSERT_EQ(again.connect("127.0.0.1", port), 0);
+    ASSERT_TRUE(again.send_all("c"));
+    EXPECT_EQ(again.recv_exact(1), "c");
+    again.close();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+}  // namespace
+}  // namespace apilb::test
