@@ -1,0 +1,575 @@
+// apilb-standin: a small HTTPS server that behaves like kube-apiserver's health,
+// version and watch endpoints, for apilb's integration tests and demo.
+//
+// One io_context on two threads; every connection runs as one coroutine on its
+// own strand, so a connection's TLS stream is never touched from two threads.
+// Errors on a connection end that connection only; the process never exits
+// because of a client.
+
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/json.hpp>
+
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <array>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <exception>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace {
+
+namespace net = boost::asio;
+namespace ssl = net::ssl;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace json = boost::json;
+using tcp = net::ip::tcp;
+using net::use_awaitable;
+using namespace std::chrono_literals;
+
+using tls_stream = beast::ssl_stream<beast::tcp_stream>;
+using request = http::request<http::string_body>;
+using response = http::response<http::string_body>;
+
+constexpr std::uint64_t body_limit = 1024 * 1024;
+constexpr std::uint32_t header_limit = 64 * 1024;
+constexpr auto handshake_timeout = 10s;
+// Between requests on a keep-alive connection; clients (kubectl, apilb probes)
+// reconnect transparently when the server closes an idle connection.
+constexpr auto idle_timeout = 120s;
+constexpr auto write_timeout = 30s;
+constexpr auto shutdown_timeout = 3s;
+
+enum class readiness { ok, fail, hang };
+
+std::optional<readiness> parse_readiness(std::string_view s) {
+    if (s == "ok") return readiness::ok;
+    if (s == "fail") return readiness::fail;
+    if (s == "hang") return readiness::hang;
+    return std::nullopt;
+}
+
+/// Command-line options.
+struct options {
+    tcp::endpoint listen;
+    std::string cert;
+    std::string key;
+    std::string client_ca;
+    std::string name = "standin";
+    readiness ready = readiness::ok;
+};
+
+/// State shared by all connections; readiness is switched at run time.
+struct server_state {
+    std::string name;
+    std::atomic<readiness> ready;
+};
+
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+constexpr std::string_view usage_text =
+    "usage: apilb-standin --listen IP:PORT --cert FILE --key FILE\n"
+    "                     [--client-ca FILE] [--name NAME] [--readyz ok|fail|hang]\n"
+    "  --listen IP:PORT   address to bind (IPv4 or [IPv6]:PORT; port 0 picks one);\n"
+    "                     prints 'listening on IP:PORT' once bound\n"
+    "  --cert, --key      PEM server certificate (chain) and private key\n"
+    "  --client-ca FILE   request a client certificate and verify it against FILE\n"
+    "  --name NAME        reported in X-Standin-Name and /whoami (default standin)\n"
+    "  --readyz STATE     initial /readyz state (default ok)\n";
+
+std::string endpoint_string(const tcp::endpoint& ep) {
+    const auto port = std::to_string(ep.port());
+    if (ep.address().is_v6()) return "[" + ep.address().to_string() + "]:" + port;
+    return ep.address().to_string() + ":" + port;
+}
+
+tcp::endpoint parse_endpoint(std::string_view s) {
+    const auto colon = s.rfind(':');
+    if (colon == std::string_view::npos || colon + 1 == s.size())
+        throw usage_error("--listen: expected IP:PORT, got '" + std::string(s) + "'");
+    auto host = s.substr(0, colon);
+    const auto port_str = s.substr(colon + 1);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+    unsigned port = 0;
+    const auto [end, ec] = std::from_chars(port_str.data(), port_str.data() + port_str.size(), port);
+    if (ec != std::errc{} || end != port_str.data() + port_str.size() || port > 65535)
+        throw usage_error("--listen: bad port '" + std::string(port_str) + "'");
+    boost::system::error_code aec;
+    const auto addr = net::ip::make_address(std::string(host), aec);
+    if (aec) throw usage_error("--listen: bad IP address '" + std::string(host) + "'");
+    return {addr, static_cast<unsigned short>(port)};
+}
+
+options parse_args(int argc, char** argv) {
+    options opt;
+    bool have_listen = false;
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        std::string_view value;
+        bool inline_value = false;
+        if (const auto eq = arg.find('='); arg.starts_with("--") && eq != std::string_view::npos) {
+            value = arg.substr(eq + 1);
+            arg = arg.substr(0, eq);
+            inline_value = true;
+        }
+        if (arg == "-h" || arg == "--help") {
+            std::cout << usage_text;
+            std::exit(0);
+        }
+        if (!inline_value) {
+            if (i + 1 >= argc) throw usage_error(std::string(arg) + ": missing value");
+            value = argv[++i];
+        }
+        if (arg == "--listen") {
+            opt.listen = parse_endpoint(value);
+            have_listen = true;
+        } else if (arg == "--cert") {
+            opt.cert = value;
+        } else if (arg == "--key") {
+            opt.key = value;
+        } else if (arg == "--client-ca") {
+            opt.client_ca = value;
+        } else if (arg == "--name") {
+            opt.name = value;
+        } else if (arg == "--readyz") {
+            const auto r = parse_readiness(value);
+            if (!r) throw usage_error("--readyz: expected ok, fail or hang");
+            opt.ready = *r;
+        } else {
+            throw usage_error("unknown option '" + std::string(arg) + "'");
+        }
+    }
+    if (!have_listen) throw usage_error("--listen is required");
+    if (opt.cert.empty() || opt.key.empty()) throw usage_error("--cert and --key are required");
+    return opt;
+}
+
+// ALPN: only HTTP/1.1. kubectl offers h2 first; a client that offers nothing we
+// speak gets no ALPN answer rather than a failed handshake.
+int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                unsigned int inlen, void*) {
+    static const unsigned char http11[] = "\x08http/1.1";
+    unsigned char* selected = nullptr;
+    if (SSL_select_next_proto(&selected, outlen, http11, sizeof http11 - 1, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = selected;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+ssl::context make_tls_context(const options& opt) {
+    ssl::context ctx{ssl::context::tls_server};
+    ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                    ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+    ctx.use_certificate_chain_file(opt.cert);
+    ctx.use_private_key_file(opt.key, ssl::context::pem);
+    SSL_CTX* native = ctx.native_handle();
+    SSL_CTX_set_alpn_select_cb(native, select_alpn, nullptr);
+    // Session resumption with client verification needs a session id context.
+    static const unsigned char sid_ctx[] = "apilb-standin";
+    SSL_CTX_set_session_id_context(native, sid_ctx, sizeof sid_ctx - 1);
+    if (!opt.client_ca.empty()) {
+        // Like kube-apiserver (VerifyClientCertIfGiven): ask for a certificate,
+        // accept its absence, reject one that does not verify.
+        ctx.load_verify_file(opt.client_ca);
+        ctx.set_verify_mode(ssl::verify_peer);
+        if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(opt.client_ca.c_str()))
+            SSL_CTX_set_client_CA_list(native, names);
+    } else {
+        ctx.set_verify_mode(ssl::verify_none);
+    }
+    return ctx;
+}
+
+/// The verified client certificate's subject in RFC 2253 form, or "" if none.
+std::string peer_subject(tls_stream& stream) {
+    SSL* ssl = stream.native_handle();
+    X509* cert = SSL_get0_peer_certificate(ssl);
+    if (cert == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) return {};
+    std::unique_ptr<BIO, decltype(&BIO_free)> bio{BIO_new(BIO_s_mem()), &BIO_free};
+    if (!bio) return {};
+    if (X509_NAME_print_ex(bio.get(), X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) < 0) return {};
+    char* data = nullptr;
+    const long len = BIO_get_mem_data(bio.get(), &data);
+    return len > 0 ? std::string(data, static_cast<std::size_t>(len)) : std::string{};
+}
+
+/// Request target split into path and query parameters (no percent-decoding:
+/// every parameter we read is a plain token or number).
+struct target {
+    std::string_view path;
+    std::vector<std::pair<std::string_view, std::string_view>> query;
+
+    explicit target(std::string_view t) {
+        const auto q = t.find('?');
+        path = t.substr(0, q);
+        if (q == std::string_view::npos) return;
+        auto rest = t.substr(q + 1);
+        while (!rest.empty()) {
+            const auto amp = rest.find('&');
+            const auto part = rest.substr(0, amp);
+            rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+            if (part.empty()) continue;
+            const auto eq = part.find('=');
+            if (eq == std::string_view::npos)
+                query.emplace_back(part, std::string_view{});
+            else
+                query.emplace_back(part.substr(0, eq), part.substr(eq + 1));
+        }
+    }
+
+    std::optional<std::string_view> param(std::string_view key) const {
+        for (const auto& [k, v] : query)
+            if (k == key) return v;
+        return std::nullopt;
+    }
+};
+
+std::optional<std::uint64_t> parse_u64(std::string_view s) {
+    std::uint64_t v = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc{} || end != s.data() + s.size()) return std::nullopt;
+    return v;
+}
+
+template <class Body>
+void set_common_headers(http::response<Body>& res, const server_state& state) {
+    res.set(http::field::server, "apilb-standin");
+    res.set("X-Standin-Name", state.name);
+    res.set(http::field::cache_control, "no-cache, private");
+}
+
+response make_response(http::status status, unsigned version, bool keep_alive, std::string body,
+                       std::string_view content_type, const server_state& state) {
+    response res{status, version};
+    set_common_headers(res, state);
+    res.set(http::field::content_type, content_type);
+    res.set("X-Content-Type-Options", "nosniff");
+    res.keep_alive(keep_alive);
+    res.body() = std::move(body);
+    res.prepare_payload();
+    return res;
+}
+
+constexpr std::string_view text_plain = "text/plain; charset=utf-8";
+
+response text(const request& req, http::status status, std::string body, const server_state& state) {
+    return make_response(status, req.version(), req.keep_alive(), std::move(body), text_plain, state);
+}
+
+response json_response(const request& req, const json::object& obj, const server_state& state) {
+    return make_response(http::status::ok, req.version(), req.keep_alive(), json::serialize(obj),
+                         "application/json", state);
+}
+
+// kube-apiserver's verbose readyz output (a subset of its checks).
+std::string readyz_body(bool ready) {
+    std::string body = "[+]ping ok\n[+]log ok\n";
+    body += ready ? "[+]etcd ok\n" : "[-]etcd failed: reason withheld\n";
+    body += "[+]informer-sync ok\n";
+    body += ready ? "readyz check passed\n" : "readyz check failed\n";
+    return body;
+}
+
+/// Sends a response whose connection is then closed (errors while reading the
+/// request); ignores failures, the connection is going away anyway.
+net::awaitable<void> send_error(tls_stream& stream, http::status status, std::string body,
+                                const server_state& state) {
+    auto res = make_response(status, 11, false, std::move(body), text_plain, state);
+    beast::get_lowest_layer(stream).expires_after(write_timeout);
+    co_await http::async_write(stream, res, net::as_tuple(use_awaitable));
+}
+
+// /readyz in "hang": the request is swallowed and never answered. Reads (and
+// discards) until the client goes away or the server stops.
+net::awaitable<void> hang(tls_stream& stream) {
+    beast::get_lowest_layer(stream).expires_never();
+    std::array<char, 4096> sink;
+    for (;;) {
+        auto [ec, n] = co_await stream.async_read_some(net::buffer(sink), net::as_tuple(use_awaitable));
+        if (ec) co_return;
+    }
+}
+
+/// Streams kube-style watch events as chunked JSON lines. Returns whether the
+/// connection may carry another request.
+net::awaitable<bool> serve_watch(tls_stream& stream, const request& req, std::uint64_t events,
+                                 std::chrono::milliseconds interval, const server_state& state) {
+    http::response<http::empty_body> res{http::status::ok, req.version()};
+    set_common_headers(res, state);
+    res.set(http::field::content_type, "application/json");
+    res.keep_alive(req.keep_alive());
+    res.chunked(true);
+    http::response_serializer<http::empty_body> sr{res};
+    auto& tcp_layer = beast::get_lowest_layer(stream);
+    tcp_layer.expires_after(write_timeout);
+    if (auto [ec, n] = co_await http::async_write_header(stream, sr, net::as_tuple(use_awaitable)); ec)
+        co_return false;
+
+    net::steady_timer timer{co_await net::this_coro::executor};
+    for (std::uint64_t i = 1; events == 0 || i <= events; ++i) {
+        // The first event goes out at once (like a watch's initial ADDED
+        // events); the rest are spaced by the interval.
+        if (i > 1) {
+            timer.expires_after(interval);
+            co_await timer.async_wait(net::as_tuple(use_awaitable));
+        }
+        const auto rv = std::to_string(i);
+        const std::string line =
+            R"({"type":"ADDED","object":{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"cm-)" +
+            rv + R"(","resourceVersion":")" + rv + "\"}}}\n";
+        tcp_layer.expires_after(write_timeout);
+        if (auto [ec, n] = co_await net::async_write(stream, http::make_chunk(net::buffer(line)),
+                                                     net::as_tuple(use_awaitable));
+            ec)
+            co_return false;
+    }
+    tcp_layer.expires_after(write_timeout);
+    if (auto [ec, n] = co_await net::async_write(stream, http::make_chunk_last(), net::as_tuple(use_awaitable));
+        ec)
+        co_return false;
+    co_return req.keep_alive();
+}
+
+enum class action { respond, hang, watch };
+
+/// What to do with one request: a plain response, or one of the two
+/// long-running behaviours (watch parameters travel in the out-params).
+action route(const request& req, const std::string& remote, tls_stream& stream, server_state& state,
+             response& res, std::uint64_t& watch_events, std::chrono::milliseconds& watch_interval) {
+    const target t{std::string_view{req.target().data(), req.target().size()}};
+    const auto method = req.method();
+    const bool get = method == http::verb::get;
+
+    if (get && (t.path == "/healthz" || t.path == "/livez")) {
+        res = text(req, http::status::ok, "ok", state);
+    } else if (get && t.path == "/readyz") {
+        switch (state.ready.load()) {
+        case readiness::hang:
+            return action::hang;
+        case readiness::fail:
+            res = text(req, http::status::internal_server_error, readyz_body(false), state);
+            break;
+        case readiness::ok:
+            res = text(req, http::status::ok, t.param("verbose") ? readyz_body(true) : "ok", state);
+            break;
+        }
+    } else if (method == http::verb::post && t.path == "/control/readyz") {
+        const auto status = t.param("status");
+        const auto r = status ? parse_readiness(*status) : std::nullopt;
+        if (r) {
+            state.ready.store(*r);
+            res = text(req, http::status::ok, "ok", state);
+        } else {
+            res = text(req, http::status::bad_request, "status must be ok, fail or hang\n", state);
+        }
+    } else if (get && t.path == "/version") {
+        res = json_response(req,
+                            {{"major", "1"},
+                             {"minor", "32"},
+                             {"gitVersion", "v1.32.0-apilb-standin"},
+                             {"platform", "linux/amd64"}},
+                            state);
+    } else if ((method == http::verb::post || method == http::verb::put) && t.path == "/echo") {
+        res = make_response(http::status::ok, req.version(), req.keep_alive(), req.body(),
+                            "application/octet-stream", state);
+    } else if (get && t.path == "/whoami") {
+        res = json_response(
+            req, {{"name", state.name}, {"remote", remote}, {"client_cert_subject", peer_subject(stream)}},
+            state);
+    } else if (get && t.path == "/watch") {
+        const auto events = t.param("events");
+        const auto interval = t.param("interval_ms");
+        const auto n = events ? parse_u64(*events) : std::optional<std::uint64_t>{0};
+        const auto ms = interval ? parse_u64(*interval) : std::optional<std::uint64_t>{1000};
+        if (!n || !ms || *ms > 24ull * 3600 * 1000) {
+            res = text(req, http::status::bad_request, "events and interval_ms must be integers\n", state);
+        } else {
+            watch_events = *n;
+            watch_interval = std::chrono::milliseconds{*ms};
+            return action::watch;
+        }
+    } else {
+        res = text(req, http::status::not_found, "404 page not found\n", state);
+    }
+    return action::respond;
+}
+
+bool is_http_parse_error(const boost::system::error_code& ec) {
+    return ec.category() == http::make_error_code(http::error::bad_target).category() &&
+           ec != http::error::end_of_stream && ec != http::error::partial_message;
+}
+
+net::awaitable<void> session(tcp::socket socket, ssl::context& tls, server_state& state) {
+    boost::system::error_code ec;
+    const auto remote_ep = socket.remote_endpoint(ec);
+    const std::string remote = ec ? std::string{} : endpoint_string(remote_ep);
+    tls_stream stream{std::move(socket), tls};
+    auto& tcp_layer = beast::get_lowest_layer(stream);
+
+    tcp_layer.expires_after(handshake_timeout);
+    if (auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, net::as_tuple(use_awaitable)); hec)
+        co_return;  // not TLS, wrong CA, timeout: just drop it
+
+    beast::flat_buffer buffer;
+    bool keep_alive = true;
+    while (keep_alive) {
+        http::request_parser<http::string_body> parser;
+        parser.header_limit(header_limit);
+        parser.body_limit(body_limit);
+
+        tcp_layer.expires_after(idle_timeout);
+        auto [rec, rn] = co_await http::async_read_header(stream, buffer, parser, net::as_tuple(use_awaitable));
+        if (!rec && !parser.is_done()) {
+            // curl sends "Expect: 100-continue" for larger bodies and would
+            // otherwise wait a second before sending the body.
+            if (beast::iequals(parser.get()[http::field::expect], "100-continue")) {
+                http::response<http::empty_body> cont{http::status::continue_, parser.get().version()};
+                tcp_layer.expires_after(write_timeout);
+                if (auto [wec, wn] = co_await http::async_write(stream, cont, net::as_tuple(use_awaitable)); wec)
+                    co_return;
+            }
+            tcp_layer.expires_after(idle_timeout);
+            std::tie(rec, rn) = co_await http::async_read(stream, buffer, parser, net::as_tuple(use_awaitable));
+        }
+        if (rec == http::error::body_limit) {
+            co_await send_error(stream, http::status::payload_too_large, "request body too large\n", state);
+            break;
+        }
+        if (rec == http::error::header_limit) {
+            co_await send_error(stream, http::status::request_header_fields_too_large, "header too large\n",
+                                state);
+            break;
+        }
+        if (rec) {
+            if (is_http_parse_error(rec))
+                co_await send_error(stream, http::status::bad_request, "bad request\n", state);
+            break;
+        }
+
+        request req = parser.release();
+        response res;
+        std::uint64_t watch_events = 0;
+        std::chrono::milliseconds watch_interval{1000};
+        switch (route(req, remote, stream, state, res, watch_events, watch_interval)) {
+        case action::hang:
+            co_await hang(stream);
+            co_return;
+        case action::watch:
+            keep_alive = co_await serve_watch(stream, req, watch_events, watch_interval, state);
+            if (!keep_alive) co_return;
+            continue;
+        case action::respond:
+            break;
+        }
+        keep_alive = res.keep_alive();
+        tcp_layer.expires_after(write_timeout);
+        if (auto [wec, wn] = co_await http::async_write(stream, res, net::as_tuple(use_awaitable)); wec)
+            co_return;
+    }
+
+    tcp_layer.expires_after(shutdown_timeout);
+    co_await stream.async_shutdown(net::as_tuple(use_awaitable));
+}
+
+net::awaitable<void> accept_loop(tcp::acceptor& acceptor, net::io_context& ioc, ssl::context& tls,
+                                 server_state& state) {
+    net::steady_timer backoff{co_await net::this_coro::executor};
+    for (;;) {
+        auto [ec, socket] =
+            co_await acceptor.async_accept(net::any_io_executor{net::make_strand(ioc)}, net::as_tuple(use_awaitable));
+        if (ec == net::error::operation_aborted || !acceptor.is_open()) co_return;
+        if (ec) {
+            // EMFILE and friends: back off instead of spinning.
+            std::cerr << "apilb-standin: accept: " << ec.message() << "\n";
+            backoff.expires_after(50ms);
+            co_await backoff.async_wait(net::as_tuple(use_awaitable));
+            continue;
+        }
+        const auto ex = socket.get_executor();
+        net::co_spawn(ex, session(std::move(socket), tls, state), [](std::exception_ptr e) {
+            if (!e) return;
+            try {
+                std::rethrow_exception(e);
+            } catch (const std::exception& x) {
+                std::cerr << "apilb-standin: session failed: " << x.what() << "\n";
+            }
+        });
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    options opt;
+    try {
+        opt = parse_args(argc, argv);
+    } catch (const usage_error& e) {
+        std::cerr << "apilb-standin: " << e.what() << "\n" << usage_text;
+        return 2;
+    }
+    std::signal(SIGPIPE, SIG_IGN);
+
+    try {
+        server_state state{.name = opt.name, .ready = opt.ready};
+        // Declared before the io_context: pending sessions are destroyed with
+        // the io_context and still reference the TLS context and state.
+        ssl::context tls = make_tls_context(opt);
+        net::io_context ioc{2};
+        const net::any_io_executor control = net::make_strand(ioc);
+
+        tcp::acceptor acceptor{control};
+        acceptor.open(opt.listen.protocol());
+        acceptor.set_option(net::socket_base::reuse_address(true));
+        if (opt.listen.address().is_v6()) acceptor.set_option(net::ip::v6_only(true));
+        acceptor.bind(opt.listen);
+        acceptor.listen(net::socket_base::max_listen_connections);
+        std::cout << "listening on " << endpoint_string(acceptor.local_endpoint()) << std::endl;
+
+        net::signal_set signals{control, SIGINT, SIGTERM};
+        signals.async_wait([&](const boost::system::error_code& ec, int) {
+            if (ec) return;
+            boost::system::error_code ignored;
+            acceptor.close(ignored);
+            ioc.stop();
+        });
+        net::co_spawn(control, accept_loop(acceptor, ioc, tls, state), [&ioc](std::exception_ptr e) {
+            if (!e) return;
+            try {
+                std::rethrow_exception(e);
+            } catch (const std::exception& x) {
+                std::cerr << "apilb-standin: accept loop failed: " << x.what() << "\n";
+            }
+            ioc.stop();
+        });
+
+        std::thread second{[&ioc] { ioc.run(); }};
+        ioc.run();
+        second.join();
+    } catch (const std::exception& e) {
+        std::cerr << "apilb-standin: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}
