@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include <csignal>
+#include <regex>
+#include <sstream>
 
 #include "harness.hpp"
 
@@ -73,6 +75,40 @@ pools:
 TEST(Cli, UnknownSubcommandIsAUsageError) {
     auto r = run_command({required_env("APILB_BIN"), "frobnicate"});
     EXPECT_EQ(r.exit_code, 64) << r.output;
+}
+
+TEST(Cli, JsonLogsAreOneObjectPerLine) {
+    tcp_server echo("127.0.0.2", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, fmt::format(R"(listeners:
+  - {{name: f, address: "127.0.0.1:{}", pool: p}}
+pools:
+  - name: p
+    backends: [{{name: b, address: "{}"}}]
+log: {{level: debug, format: json}}
+)",
+                                         port, echo.address()),
+                        "127.0.0.1", port);
+    {
+        client c;
+        ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+        ASSERT_TRUE(c.send_all("quote\" and newline\n"));
+        c.shutdown_write();
+        int end = -1;
+        c.recv_until_eof(end);
+    }
+    ASSERT_TRUE(apilb.wait_for_log("session closed"));
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+    const std::regex line(R"re(^\{"ts":"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z","level":"(trace|debug|info|warning|error|critical)","msg":"([^"\\]|\\.)*"\}$)re");
+    std::istringstream in(apilb.log());
+    std::string l;
+    int n = 0;
+    while (std::getline(in, l)) {
+        EXPECT_TRUE(std::regex_match(l, line)) << l;
+        ++n;
+    }
+    EXPECT_GE(n, 3);
 }
 
 TEST(Cli, SighupKeepsServing) {

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The whole test suite in one command, on a fresh Debian 12 machine:
+#
+#   bash scripts/test.sh
+#
+# 1. installs missing packages (scripts/install-deps.sh; quiet when all there)
+# 2. configures (if not yet) and builds build/ (debugoptimized) and
+#    build-asan/ (debug, AddressSanitizer + UndefinedBehaviorSanitizer)
+# 3. runs `meson test` in each; a sanitizer report fails the run
+# 4. sums the GoogleTest cases of both (scripts/summarize-tests.py); the last
+#    line of output is `N passed, N failed` (`, N skipped` when some were)
+#
+# Exits non-zero if a build or any test failed.
+#
+# Environment:
+#   APILB_BUILD_DIR       build directory (default: <repo>/build)
+#   APILB_ASAN_BUILD_DIR  sanitizer build directory (default: <repo>/build-asan)
+#   APILB_SKIP_ASAN=1     skip the sanitizer build, for quick local runs
+#                         (CI never sets it)
+#   APILB_SOURCE_DIR      meson project to test (default: this repository;
+#                         used to test this script on a trial project)
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+src=${APILB_SOURCE_DIR:-$repo}
+build_dir=${APILB_BUILD_DIR:-$src/build}
+asan_dir=${APILB_ASAN_BUILD_DIR:-$src/build-asan}
+summarize=(python3 "$repo/scripts/summarize-tests.py")
+
+summary_args=()   # LABEL=DIR, --build-failed LABEL=REASON, --meson-rc LABEL=RC
+started=$SECONDS
+
+say() { printf '\n=== %s\n' "$*"; }
+
+if ! bash "$repo/scripts/install-deps.sh"; then
+  echo "test.sh: installing the dependencies failed (see above)" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+# Makes sure DIR is configured with the wanted options: sets it up if it is
+# not a meson build directory yet, reconfigures only if an option differs.
+configure() {
+  local dir=$1; shift
+  if [[ -f "$dir/meson-private/coredata.dat" ]]; then
+    local differs
+    differs=$(meson introspect --buildoptions "$dir" 2>/dev/null | python3 -c '
+import json, sys
+want = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+try:
+    have = {o["name"]: o["value"] for o in json.load(sys.stdin)}
+except ValueError:
+    print("unreadable"); sys.exit()
+def norm(v):
+    if isinstance(v, bool): return "true" if v else "false"
+    if isinstance(v, list): return ",".join(v)
+    return str(v)
+print(" ".join(k for k, v in want.items() if norm(have.get(k)) != v))
+' "$@")
+    [[ -z "$differs" ]] && return 0
+    echo "reconfiguring $dir ($differs)"
+    meson setup --reconfigure "$dir" "$src" "$@"
+  else
+    meson setup "$dir" "$src" "$@"
+  fi
+}
+
+# build_and_test LABEL DIR [meson options...]; `meson test` gets the
+# environment in test_env and the extra arguments in test_args.
+test_env=()
+test_args=()
+build_and_test() {
+  local label=$1 dir=$2; shift 2
+  local log t0=$SECONDS
+  say "$label: configure and build $dir"
+  mkdir -p "$(dirname "$dir")"
+  log=$(mktemp "${TMPDIR:-/tmp}/apilb-build.XXXXXX")
+  if ! configure "$dir" "$@" >"$log" 2>&1; then
+    tail -n 60 "$log"
+    rm -f "$log"
+    echo "$label: meson setup failed"
+    summary_args+=("$label=$dir" --build-failed "$label=meson setup failed")
+    return 1
+  fi
+  if ! ninja -C "$dir" >"$log" 2>&1; then
+    # The compiler's messages, without the long list of finished steps.
+    grep -v '^\[[0-9]*/[0-9]*\] ' "$log" | tail -n 150
+    rm -f "$log"
+    echo "$label: build failed"
+    summary_args+=("$label=$dir" --build-failed "$label=compilation failed")
+    return 1
+  fi
+  echo "built in $((SECONDS - t0))s ($(grep -c 'warning:' "$log") compiler warnings; \`ninja -C $dir\` shows them)"
+  rm -f "$log"
+
+  say "$label: meson test -C $dir"
+  rm -f "$dir/meson-logs/testlog.json"
+  local rc=0 t1=$SECONDS
+  env "${test_env[@]}" meson test -C "$dir" --no-rebuild --print-errorlogs \
+    --num-processes 2 "${test_args[@]}" || rc=$?
+  echo "meson test exited $rc after $((SECONDS - t1))s"
+  summary_args+=("$label=$dir" --meson-rc "$label=$rc")
+  return 0
+}
+
+build_and_test build "$build_dir" --buildtype=debugoptimized
+
+if [[ "${APILB_SKIP_ASAN:-0}" == 1 ]]; then
+  say "build-asan: skipped (APILB_SKIP_ASAN=1)"
+else
+  # detect_leaks + abort_on_error: a leak or memory error kills the test;
+  # halt_on_error: undefined behaviour does too. Tests run slower under the
+  # sanitizers, so their timeouts are doubled.
+  test_env=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1)
+  test_args=(--timeout-multiplier 2)
+  build_and_test build-asan "$asan_dir" --buildtype=debug \
+    -Db_sanitize=address,undefined -Db_lundef=false
+fi
+
+say "done in $((SECONDS - started))s"
+"${summarize[@]}" "${summary_args[@]}"
+exit $?
