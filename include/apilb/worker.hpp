@@ -6,8 +6,10 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <cstddef>
+#include <future>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -40,13 +42,16 @@ public:
     void stop_accepting();
     /// Closes every session. Any thread.
     void abort_sessions();
-    /// Stops the io_context and joins the thread. Control thread.
+    /// Ends everything the worker runs (acceptors, sessions, timers), lets
+    /// every coroutine finish, and joins the thread; forces the io_context to
+    /// stop only if that takes more than a few seconds. Control thread.
     void stop();
 
 private:
     struct acceptor_slot {
         boost::asio::ip::tcp::acceptor acceptor;
         std::size_t listener_index;
+        boost::asio::steady_timer pause_timer;  ///< waits out an accept pause
     };
 
     boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
@@ -59,7 +64,10 @@ private:
     boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
     worker_context ctx_;
     std::vector<std::unique_ptr<acceptor_slot>> acceptors_;
+    boost::asio::steady_timer sweep_timer_{io_};
+    bool stopping_ = false;  ///< worker thread only
     std::thread thread_;
+    std::promise<void> exited_;
 };
 
 }  // namespace apilb

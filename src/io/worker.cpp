@@ -35,7 +35,7 @@ worker::~worker() {
 
 void worker::bind(std::size_t listener_index) {
     const listener_runtime& l = ctx_.snap->listeners[listener_index];
-    auto slot = std::make_unique<acceptor_slot>(acceptor_slot{tcp::acceptor(io_), listener_index});
+    auto slot = std::make_unique<acceptor_slot>(acceptor_slot{tcp::acceptor(io_), listener_index, asio::steady_timer(io_)});
     auto& acc = slot->acceptor;
     error_code ec;
     auto fail = [&](const char* what) {
@@ -93,24 +93,24 @@ void worker::start() {
         for (;;) {
             try {
                 io_.run();
-                return;
+                break;
             } catch (const std::exception& e) {
                 spdlog::error("worker {}: unexpected exception: {}", index_, e.what());
             }
         }
+        exited_.set_value();
     });
 }
 
 asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
     const listener_runtime& listener = ctx_.snap->listeners[slot.listener_index];
     const std::uint32_t max_connections = ctx_.max_connections;
-    asio::steady_timer backoff_timer(io_);
     for (;;) {
         if (std::chrono::steady_clock::now() < ctx_.accept_paused_until) {
             // Out of descriptors: leave new clients in the listen backlog
             // until sessions that end have freed some, instead of spinning.
-            backoff_timer.expires_at(ctx_.accept_paused_until);
-            co_await backoff_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+            slot.pause_timer.expires_at(ctx_.accept_paused_until);
+            co_await slot.pause_timer.async_wait(asio::as_tuple(asio::use_awaitable));
             if (!slot.acceptor.is_open()) co_return;
         }
         auto [ec, socket] = co_await slot.acceptor.async_accept(asio::as_tuple(asio::use_awaitable));
@@ -159,11 +159,10 @@ asio::awaitable<void> worker::idle_sweep() {
     // 10% (or 30 s) after its idle time is up.
     const auto period = std::clamp<std::chrono::milliseconds>(idle / 10, std::chrono::milliseconds(100),
                                                               std::chrono::seconds(30));
-    asio::steady_timer timer(io_);
     for (;;) {
-        timer.expires_after(period);
-        auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-        if (ec) co_return;
+        sweep_timer_.expires_after(period);
+        auto [ec] = co_await sweep_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec || stopping_) co_return;
         const auto cutoff = std::chrono::steady_clock::now() - idle;
         for (auto& s : ctx_.sessions) {
             if (s.relaying && !s.aborted && s.last_activity < cutoff) {
@@ -191,9 +190,25 @@ void worker::abort_sessions() {
 }
 
 void worker::stop() {
+    if (!thread_.joinable()) return;
+    // Let every coroutine end on its own, so none is destroyed half-way with
+    // the io_context's services already gone.
+    asio::post(io_, [this] {
+        stopping_ = true;
+        error_code ignored;
+        for (auto& slot : acceptors_) {
+            slot->acceptor.close(ignored);
+            slot->pause_timer.cancel();
+        }
+        sweep_timer_.cancel();
+        for (auto& s : ctx_.sessions) s.abort();
+    });
     work_.reset();
-    io_.stop();
-    if (thread_.joinable()) thread_.join();
+    if (exited_.get_future().wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+        spdlog::error("worker {}: did not wind down within 5 s; stopping it", index_);
+        io_.stop();
+    }
+    thread_.join();
 }
 
 }  // namespace apilb

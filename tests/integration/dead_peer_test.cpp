@@ -117,6 +117,7 @@ log: {{level: debug}}
     standin.signal(SIGKILL);
     standin.wait(5s);
     apilb_log = apilb.log();
+    expect_no_sanitizer_report(apilb_log, "apilb");
     return hung;
 }
 

@@ -177,6 +177,25 @@ apilb_process::apilb_process(const temp_dir& dir, const std::string& yaml, const
     }
 }
 
+apilb_process::~apilb_process() {
+    if (proc_->running()) {
+        proc_->signal(SIGKILL);
+        proc_->wait(5s);
+    }
+    expect_no_sanitizer_report(proc_->log(), "apilb");
+}
+
+void expect_no_sanitizer_report(const std::string& log, const std::string& what) {
+    for (const char* marker : {"runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer"}) {
+        const auto at = log.find(marker);
+        if (at != std::string::npos) {
+            ADD_FAILURE() << what << " reported a sanitizer finding:\n"
+                          << log.substr(at > 200 ? at - 200 : 0, 3000);
+            return;
+        }
+    }
+}
+
 bool apilb_process::wait_for_log(const std::string& text, std::chrono::milliseconds timeout) const {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {

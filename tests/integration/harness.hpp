@@ -72,6 +72,9 @@ struct command_result {
 };
 command_result run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout = 30s);
 
+/// Fails the current test if `log` holds an ASan/UBSan/LSan report.
+void expect_no_sanitizer_report(const std::string& log, const std::string& what);
+
 /// Polls until a TCP connect to ip:port succeeds.
 bool wait_for_port(const std::string& ip, std::uint16_t port, std::chrono::milliseconds timeout = 10s);
 
@@ -84,6 +87,8 @@ public:
     apilb_process(const temp_dir& dir, const std::string& yaml, const std::string& listen_ip,
                   std::uint16_t listen_port, std::vector<std::string> extra_args = {},
                   std::vector<std::string> prefix = {});
+    /// Fails the test if apilb's log holds a sanitizer report.
+    ~apilb_process();
     process& proc() { return *proc_; }
     std::string log() const { return proc_->log(); }
     /// Polls the log until it contains `text` (log lines can trail the

@@ -59,6 +59,7 @@ TEST(Sockets, Ipv6ListenerServesClients) {
     ::close(fd);
     apilb.signal(SIGTERM);
     EXPECT_EQ(apilb.wait(10s), std::optional<int>(0)) << apilb.log();
+    expect_no_sanitizer_report(apilb.log(), "apilb");
 }
 
 /// `ss` lines for established TCP sockets matching `filter`, with timers shown.

@@ -37,7 +37,8 @@ public:
     }
     ~standin() {
         proc_.signal(SIGTERM);
-        proc_.wait(5s);
+        EXPECT_EQ(proc_.wait(5s), std::optional<int>(0));
+        expect_no_sanitizer_report(proc_.log(), "apilb-standin");
     }
     const std::string& address() const { return address_; }
 
