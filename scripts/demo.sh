@@ -163,6 +163,9 @@ pools:
 $(for n in "${backends[@]}"; do
   printf '      - name: cp-%s\n        address: 127.0.0.%s:%s\n' "$n" "$n" "$port"
 done)
+    health:                    # follow each apiserver's /readyz
+      interval: 1s
+      tls: {ca_file: $certs/ca.crt}
 timeouts:
   drain: 2s
 log:
@@ -215,8 +218,9 @@ Try, from $repo:
   kubectl --server $url --certificate-authority $certs/ca.crt \\
       --client-certificate $certs/client.crt --client-key $certs/client.key get --raw /version
   curl -X POST $ca 'https://127.0.0.2:$port/control/readyz?status=fail'
-      # makes cp-2 report not ready (status=ok to undo); apilb has no health
-      # probes yet, so it keeps sending connections to cp-2
+      # makes cp-2 report not ready (status=ok to undo): within about two
+      # seconds apilb logs it unhealthy, sends new connections to cp-3 and
+      # cp-4 only, and closes cp-2's sessions 5 s later
 EOF
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "  (kubectl is not installed: bash scripts/install-deps.sh kubectl)"

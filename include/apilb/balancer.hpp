@@ -14,9 +14,13 @@ namespace apilb {
 
 /// What the balancer needs to know of one backend at the moment of choosing.
 struct backend_load {
-    std::uint32_t weight = 1;  ///< >= 1
+    std::uint32_t weight = 1;  ///< >= 1; the caller scales it for slow start
     std::uint32_t active = 0;  ///< sessions open on it now
-    bool available = true;     ///< false: skip (at its limit, or already tried)
+    bool available = true;     ///< false: skip (at its limit, already tried, or unhealthy and not allowed)
+    /// Health preference (health_tier): only the lowest tier among the
+    /// available backends is chosen from, so a suspect or unhealthy backend
+    /// is used only when nothing better is left.
+    std::uint8_t tier = 0;
 };
 
 /// Per-worker choosing state for one pool. Not shared between threads: each
@@ -28,8 +32,10 @@ public:
     /// Picks a backend, or nullopt when none is available.
     /// round-robin: smooth weighted round-robin (nginx's algorithm), which
     /// interleaves weights instead of sending bursts to the heaviest backend.
-    /// least-connections: fewest active sessions per unit of weight; ties are
-    /// broken by a rotating cursor so equal backends share new sessions.
+    /// least-connections: fewest (active + 1) sessions per unit of weight, so
+    /// that a light weight (slow start) holds back a backend with no sessions
+    /// too; ties are broken by a rotating cursor so equal backends share new
+    /// sessions. Either way only backends of the lowest available tier count.
     std::optional<std::size_t> choose(balance_policy policy, std::span<const backend_load> loads);
 
 private:

@@ -30,12 +30,49 @@ struct socket_address {
 enum class balance_policy { round_robin, least_connections };
 enum class relay_mode { splice, copy };
 enum class log_format { text, json };
+/// How backends are actively checked: GET a path over HTTPS, a TCP connect, or not at all.
+enum class health_check_type { https, tcp, none };
+/// Where new sessions go when no backend of a pool is healthy.
+enum class all_unhealthy_policy { try_all, reject };
 
 /// One kube-apiserver behind a pool.
 struct backend_config {
     std::string name;
     socket_address address;
     std::uint32_t weight = 1;  ///< 1..256; relative share for round-robin and least-connections
+};
+
+/// TLS of the health probes (not of client sessions, which apilb never terminates).
+struct health_tls_config {
+    std::string ca_file;                     ///< verifies the apiserver; required unless insecure
+    std::string server_name = "kubernetes";  ///< SNI and the name verified; an IP is verified as an IP
+    std::string cert_file;                   ///< optional client certificate (with key_file)
+    std::string key_file;
+    bool insecure_skip_verify = false;       ///< explicit, warned about at load time
+};
+
+/// Active and passive health checking of one pool's backends, and what
+/// apilb does with the result.
+struct health_config {
+    /// `none` when the pool has no health section; `https` is the default
+    /// once the section is written (see docs/configuration.md).
+    health_check_type type = health_check_type::none;
+    std::string path = "/readyz";  ///< request target of https probes, starting with "/"
+    duration interval{std::chrono::seconds(2)};
+    duration timeout{std::chrono::seconds(1)};  ///< a whole probe: connect, TLS, request, response
+    std::uint32_t rise = 2;  ///< consecutive passes for an unhealthy backend to become healthy
+    std::uint32_t fall = 2;  ///< consecutive failures for a healthy backend to become unhealthy
+    std::uint32_t expect_status = 200;
+    std::optional<std::string> expect_body;  ///< the body must contain this text
+    health_tls_config tls;
+    std::string bearer_token_file;  ///< re-read when it changes; the token is never logged
+    bool passive = true;            ///< client connects that fail count against a backend
+    /// An unhealthy backend's sessions are closed this long after it became
+    /// unhealthy; nullopt = never.
+    std::optional<duration> close_sessions_after{std::chrono::seconds(5)};
+    duration slow_start{std::chrono::seconds(30)};  ///< ramp of a recovered backend's weight; 0 = none
+    all_unhealthy_policy all_unhealthy = all_unhealthy_policy::try_all;
+    bool initial_healthy = true;  ///< state of every backend until its first check completes
 };
 
 /// A named set of backends and how to choose among them.
@@ -46,6 +83,7 @@ struct pool_config {
     /// Backends tried before the client is closed; 0 in the file means "each
     /// backend once" and is resolved to backends.size() by the loader.
     std::uint32_t connect_attempts = 0;
+    health_config health;
 };
 
 /// An address apilb accepts clients on, and the pool they go to.
@@ -94,6 +132,18 @@ struct log_config {
     log_format format = log_format::text;
 };
 
+/// One problem found in a config file.
+struct config_error {
+    std::string file;
+    int line = 0;    ///< 1-based; 0 when unknown (e.g. the file cannot be read)
+    int column = 0;  ///< 1-based
+    std::string key_path;  ///< e.g. "pools[0].backends[2].address"
+    std::string message;   ///< what was found and what was expected
+
+    /// "file:line:column: key_path: message"
+    std::string to_string() const;
+};
+
 /// The whole configuration. Built only by load_config(); immutable after.
 struct config {
     std::string source;  ///< file it was loaded from, for messages
@@ -105,21 +155,12 @@ struct config {
     relay_config relay;
     log_config log;
     std::uint32_t workers = 0;  ///< 0 in the file = one per core; resolved by the loader
+    /// Things that load but deserve a word (e.g. insecure_skip_verify): the
+    /// CLI prints them, `run` logs them at warn. Same shape as errors.
+    std::vector<config_error> warnings;
 
     /// The pool a listener names; the loader guarantees it exists.
     const pool_config& pool(const std::string& name) const;
-};
-
-/// One problem found in a config file.
-struct config_error {
-    std::string file;
-    int line = 0;    ///< 1-based; 0 when unknown (e.g. the file cannot be read)
-    int column = 0;  ///< 1-based
-    std::string key_path;  ///< e.g. "pools[0].backends[2].address"
-    std::string message;   ///< what was found and what was expected
-
-    /// "file:line:column: key_path: message"
-    std::string to_string() const;
 };
 
 /// Thrown by load_config() with every problem found, not just the first.
@@ -147,5 +188,7 @@ std::optional<socket_address> parse_socket_address(const std::string& text);
 
 const char* to_string(balance_policy);
 const char* to_string(relay_mode);
+const char* to_string(health_check_type);
+const char* to_string(all_unhealthy_policy);
 
 }  // namespace apilb

@@ -24,12 +24,28 @@ struct backend_stats {
     std::atomic<std::uint64_t> connect_failures_total{0};
     std::atomic<std::uint64_t> bytes_to_backend{0};
     std::atomic<std::uint64_t> bytes_from_backend{0};
+    std::atomic<std::uint64_t> closed_by_health_total{0};  ///< sessions closed because it became unhealthy
+    std::atomic<std::uint64_t> passive_failures_total{0};  ///< client connects that counted against it
+    std::atomic<std::uint64_t> checks_failed_total{0};     ///< active probes that failed
+};
+
+/// What the health checker (control thread) tells the workers about one
+/// backend. Workers only read it, lock-free, when they choose a backend;
+/// `suspect` is also set by a worker whose client's connect failed.
+struct backend_health {
+    std::atomic<bool> healthy{true};
+    /// A client's connect just failed; skipped until a probe passes.
+    std::atomic<bool> suspect{false};
+    /// steady_clock time (ns since its epoch) it last became healthy after
+    /// being unhealthy, for slow start; 0 = full weight.
+    std::atomic<std::int64_t> ramp_start_ns{0};
 };
 
 struct backend_runtime {
     const backend_config* cfg = nullptr;
     boost::asio::ip::tcp::endpoint endpoint;
     std::shared_ptr<backend_stats> stats;
+    std::shared_ptr<backend_health> health;
 };
 
 struct pool_runtime {
@@ -53,6 +69,7 @@ struct process_stats {
     std::atomic<std::uint64_t> resource_errors_total{0};    ///< out of fds/memory (accept, socket, pipe)
     std::atomic<std::uint64_t> closed_by_idle_total{0};
     std::atomic<std::uint64_t> closed_by_drain_total{0};
+    std::atomic<std::uint64_t> closed_by_health_total{0};   ///< their backend became unhealthy
 };
 
 /// An immutable config with its runtime parts. Only the atomics in the stats

@@ -8,7 +8,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "apilb/balancer.hpp"
@@ -23,11 +25,15 @@ struct session_entry
     : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
     boost::asio::ip::tcp::socket* client = nullptr;
     boost::asio::ip::tcp::socket* upstream = nullptr;
+    /// The backend relayed to, once connected: the health checker closes the
+    /// sessions of a backend that became unhealthy by this identity.
+    const backend_health* backend = nullptr;
     /// Stamped by the relay whenever bytes move; read by the worker's idle sweep.
     std::chrono::steady_clock::time_point last_activity = std::chrono::steady_clock::now();
     bool relaying = false;     ///< connected: only now can the session be idle
     bool aborted = false;      ///< set by abort(): do not retry, do not log as a failure
     bool idle_expired = false; ///< set by the idle sweep before it aborts the session
+    bool health_closed = false; ///< set before an abort because its backend became unhealthy
 
     /// Closes both sockets; the session's pending operations complete with
     /// operation_aborted and the session ends. Worker thread only.
@@ -50,6 +56,11 @@ private:
     std::uint64_t suppressed_ = 0;
 };
 
+/// Tells the health checker that a client's connect to backend `backend` of
+/// pool `pool` failed (refused, timed out, or reset before any byte came
+/// back). Called on a worker thread; must not block.
+using passive_reporter = std::function<void(std::size_t pool, std::size_t backend, std::string what)>;
+
 /// What sessions of one worker share. Owned by the worker; worker thread only,
 /// except `stats`, which is process-wide (atomics).
 struct worker_context {
@@ -65,6 +76,8 @@ struct worker_context {
     std::uint32_t max_connections = 0;
     log_limiter connect_warnings{std::chrono::seconds(1)};
     log_limiter resource_warnings{std::chrono::seconds(1)};
+    /// Passive health detection; empty = nobody listens (tests of a bare worker).
+    passive_reporter report_passive;
 
     /// Accepting waits until then: set when the process is out of file
     /// descriptors, so clients wait in the listen backlog instead of being

@@ -42,6 +42,12 @@ public:
     void stop_accepting();
     /// Closes every session. Any thread.
     void abort_sessions();
+    /// Closes the sessions relaying to `backend` (it became unhealthy); they
+    /// are counted as closed_by_health. Any thread.
+    void abort_sessions_on(const backend_health* backend);
+    /// Where sessions report failed connects for passive health detection.
+    /// Control thread, before start().
+    void set_passive_reporter(passive_reporter r) { ctx_.report_passive = std::move(r); }
     /// Ends everything the worker runs (acceptors, sessions, timers), lets
     /// every coroutine finish, and joins the thread; forces the io_context to
     /// stop only if that takes more than a few seconds. Control thread.

@@ -33,6 +33,7 @@ int print_config_errors(const apilb::config_load_error& e) {
 int check_config(const std::string& path) {
     try {
         auto cfg = apilb::load_config(path);
+        for (const auto& w : cfg->warnings) std::cerr << "warning: " << w.to_string() << '\n';
         std::size_t backends = 0;
         for (const auto& p : cfg->pools) backends += p.backends.size();
         std::cout << path << ": ok (" << cfg->listeners.size() << " listener(s), " << cfg->pools.size()
@@ -56,6 +57,7 @@ int run(const std::string& path, const std::string& log_level) {
         std::cerr << "error: --log-level: " << e.what() << '\n';
         return exit_usage;
     }
+    for (const auto& w : cfg->warnings) spdlog::warn("{}", w.to_string());
     // Writes to a socket whose peer has gone return EPIPE; never die of SIGPIPE.
     std::signal(SIGPIPE, SIG_IGN);
     try {

@@ -1,17 +1,32 @@
 #include "apilb/balancer.hpp"
 
+#include <algorithm>
 #include <cassert>
+#include <cstdint>
 
 namespace apilb {
 
 std::optional<std::size_t> balancer_state::choose(balance_policy policy,
                                                   std::span<const backend_load> loads) {
     assert(loads.size() == current_.size());
+    // Only the best tier on offer takes part; the others are as if unavailable.
+    std::uint8_t best_tier = UINT8_MAX;
+    for (const auto& l : loads) {
+        if (l.available) best_tier = std::min(best_tier, l.tier);
+    }
+    if (best_tier == UINT8_MAX) return std::nullopt;
+    std::span<const backend_load> view = loads;
+    std::vector<backend_load> filtered;
+    if (std::any_of(loads.begin(), loads.end(), [&](const auto& l) { return l.available && l.tier != best_tier; })) {
+        filtered.assign(loads.begin(), loads.end());
+        for (auto& l : filtered) l.available = l.available && l.tier == best_tier;
+        view = filtered;
+    }
     switch (policy) {
     case balance_policy::round_robin:
-        return choose_round_robin(loads);
+        return choose_round_robin(view);
     case balance_policy::least_connections:
-        return choose_least_connections(loads);
+        return choose_least_connections(view);
     }
     return std::nullopt;
 }
@@ -42,9 +57,9 @@ std::optional<std::size_t> balancer_state::choose_least_connections(
             best = i;
             continue;
         }
-        // active_i / weight_i < active_b / weight_b, without division.
-        const auto lhs = std::uint64_t{loads[i].active} * loads[*best].weight;
-        const auto rhs = std::uint64_t{loads[*best].active} * loads[i].weight;
+        // (active_i + 1) / weight_i < (active_b + 1) / weight_b, without division.
+        const auto lhs = (std::uint64_t{loads[i].active} + 1) * loads[*best].weight;
+        const auto rhs = (std::uint64_t{loads[*best].active} + 1) * loads[i].weight;
         if (lhs < rhs) best = i;
     }
     if (best) cursor_ = (*best + 1) % n;

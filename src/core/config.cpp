@@ -70,6 +70,23 @@ const char* to_string(relay_mode m) {
     return "unknown";
 }
 
+const char* to_string(health_check_type t) {
+    switch (t) {
+    case health_check_type::https: return "https";
+    case health_check_type::tcp: return "tcp";
+    case health_check_type::none: return "none";
+    }
+    return "unknown";
+}
+
+const char* to_string(all_unhealthy_policy p) {
+    switch (p) {
+    case all_unhealthy_policy::try_all: return "try-all";
+    case all_unhealthy_policy::reject: return "reject";
+    }
+    return "unknown";
+}
+
 std::optional<duration> parse_duration(const std::string& text) {
     // Only a bare 0 may omit the unit: "5" could mean seconds or milliseconds,
     // and guessing wrong by 1000x is worse than an error.

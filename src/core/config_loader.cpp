@@ -6,6 +6,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "loader.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -19,11 +21,7 @@
 #include <thread>
 #include <utility>
 
-namespace apilb {
-namespace {
-
-using namespace std::chrono_literals;
-using key_list = std::span<const std::string_view>;
+namespace apilb::config_detail {
 
 constexpr std::uint32_t max_workers = 256;
 constexpr std::size_t max_name_length = 63;
@@ -38,7 +36,6 @@ std::string index_path(const std::string& parent, std::size_t index) {
     return parent + "[" + std::to_string(index) + "]";
 }
 
-/// The value as the user wrote it, quoted and cut short, safe for one line.
 std::string quote(std::string_view text) {
     constexpr std::size_t max_shown = 60;
     std::string out = "\"";
@@ -70,6 +67,8 @@ std::string join(key_list items) {
     return out;
 }
 
+namespace {
+
 char lower(char c) {
     return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
 }
@@ -91,7 +90,8 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
     return row[b.size()];
 }
 
-/// `did you mean "x"? ` for the closest candidate within two edits, or "".
+}  // namespace
+
 std::string did_you_mean(std::string_view found, key_list candidates) {
     std::string_view best;
     std::size_t best_distance = 3;
@@ -116,38 +116,12 @@ std::string describe(const YAML::Node& node) {
     return "nothing";
 }
 
-// ---------------------------------------------------------------- value rules
-
-struct integer_rule {
-    std::uint64_t min;
-    std::uint64_t max;
-    bool zero_allowed = false;  ///< 0 is a special value below min ("disabled", "auto")
-
-    std::string range() const {
-        if (zero_allowed && min == 1) return "0.." + std::to_string(max);
-        std::string r = std::to_string(min) + ".." + std::to_string(max);
-        return zero_allowed ? "0 or " + r : r;
-    }
-    bool accepts(std::uint64_t v) const { return (v == 0 && zero_allowed) || (v >= min && v <= max); }
-};
-
-struct duration_rule {
-    duration min;
-    duration max;
-    bool zero_allowed = false;
-    /// The kernel takes this value in whole seconds (TCP_KEEPIDLE, TCP_KEEPINTVL).
-    bool whole_seconds = false;
-    std::string_view range;  ///< as shown in messages, e.g. "1s..2h"
-
-    bool accepts(duration v) const { return (v == 0ms && zero_allowed) || (v >= min && v <= max); }
-};
-
-constexpr std::uint64_t u32_max = std::numeric_limits<std::uint32_t>::max();
 
 constexpr std::array<std::string_view, 8> top_keys{
     "workers", "listeners", "pools", "timeouts", "tcp", "limits", "relay", "log"};
 constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool", "backlog"};
-constexpr std::array<std::string_view, 4> pool_keys{"name", "balance", "connect_attempts", "backends"};
+constexpr std::array<std::string_view, 5> pool_keys{
+    "name", "balance", "connect_attempts", "backends", "health"};
 constexpr std::array<std::string_view, 3> backend_keys{"name", "address", "weight"};
 constexpr std::array<std::string_view, 3> timeout_keys{"connect", "idle", "drain"};
 constexpr std::array<std::string_view, 6> tcp_keys{
@@ -156,11 +130,6 @@ constexpr std::array<std::string_view, 2> limit_keys{"max_connections", "per_bac
 constexpr std::array<std::string_view, 3> relay_keys{"mode", "buffer_size", "pipe_size"};
 constexpr std::array<std::string_view, 2> log_keys{"level", "format"};
 
-template <class T>
-struct choice {
-    std::string_view name;
-    T value;
-};
 
 constexpr std::array<choice<balance_policy>, 2> balance_choices{{
     {"round-robin", balance_policy::round_robin},
@@ -174,6 +143,8 @@ constexpr std::array<choice<log_format>, 2> format_choices{{
     {"text", log_format::text}, {"json", log_format::json}}};
 
 // ---------------------------------------------------------------- addresses
+
+namespace {
 
 /// Why `text` is not a usable address, in words; empty if it is fine.
 /// Done apart from parse_socket_address so that the common mistakes (a host
@@ -219,99 +190,8 @@ std::string address_problem(const std::string& text) {
     return {};
 }
 
-// ---------------------------------------------------------------- the loader
+}  // namespace
 
-/// A value in the file and where to point when it is wrong.
-struct field {
-    YAML::Node node;
-    YAML::Mark mark;
-    std::string path;
-};
-
-/// The known keys of one mapping, after unknown and repeated keys were reported.
-struct mapping {
-    YAML::Mark mark;
-    std::string path;
-    std::vector<std::pair<std::string, field>> entries;
-
-    const field* find(std::string_view key) const {
-        for (const auto& [k, f] : entries) {
-            if (k == key) return &f;
-        }
-        return nullptr;
-    }
-};
-
-/// A named item with where its name and address were written, for the
-/// checks that look across items (duplicates, references).
-struct site {
-    bool ok = false;
-    YAML::Mark mark;
-    std::string path;
-    std::string text;  ///< as written, even when invalid
-};
-
-struct backend_entry {
-    backend_config cfg;
-    site name;
-    site address;
-};
-
-struct pool_entry {
-    pool_config cfg;
-    site name;
-    std::vector<backend_entry> backends;
-};
-
-struct listener_entry {
-    listener_config cfg;
-    site name;
-    site address;
-    site pool;
-};
-
-class loader {
-public:
-    explicit loader(std::string source) : source_(std::move(source)) {}
-
-    std::shared_ptr<const config> load(const std::string& text);
-
-private:
-    void error(const YAML::Mark& mark, std::string path, std::string message);
-    void syntax_error(const YAML::Exception& e);
-
-    std::optional<mapping> open_mapping(const field& f, key_list allowed, bool null_is_empty);
-    std::optional<std::vector<field>> open_sequence(const field& f, std::string_view what);
-    bool require(const mapping& m, std::string_view key);
-
-    std::optional<std::string> scalar(const field& f, std::string_view expected);
-    bool read_integer(const mapping& m, std::string_view key, const integer_rule& rule,
-                      std::uint32_t& out);
-    bool read_bool(const mapping& m, std::string_view key, bool& out);
-    bool read_duration(const mapping& m, std::string_view key, const duration_rule& rule,
-                       duration& out);
-    template <class T, std::size_t N>
-    bool read_choice(const mapping& m, std::string_view key,
-                     const std::array<choice<T>, N>& choices, T& out);
-    site read_name(const mapping& m, std::string_view key, std::string& out);
-    site read_address(const mapping& m, std::string_view key, bool is_backend, socket_address& out);
-
-    void read_listeners(const field& f);
-    void read_pools(const field& f);
-    std::optional<pool_entry> read_pool(const field& f);
-    void read_sections(const mapping& top);
-    void check_references();
-
-    /// Reports every item whose key was already seen; `what` names the key.
-    void check_unique(const std::vector<std::pair<std::string, const site*>>& keys,
-                      std::string_view what);
-
-    std::string source_;
-    config config_;
-    std::vector<listener_entry> listeners_;
-    std::vector<pool_entry> pools_;
-    std::vector<config_error> errors_;
-};
 
 void loader::error(const YAML::Mark& mark, std::string path, std::string message) {
     config_error e;
@@ -324,6 +204,18 @@ void loader::error(const YAML::Mark& mark, std::string path, std::string message
     e.key_path = std::move(path);
     e.message = std::move(message);
     errors_.push_back(std::move(e));
+}
+
+void loader::warning(const YAML::Mark& mark, std::string path, std::string message) {
+    config_error w;
+    w.file = source_;
+    if (!mark.is_null()) {
+        w.line = mark.line + 1;
+        w.column = mark.column + 1;
+    }
+    w.key_path = std::move(path);
+    w.message = std::move(message);
+    warnings_.push_back(std::move(w));
 }
 
 void loader::syntax_error(const YAML::Exception& e) {
@@ -487,26 +379,6 @@ bool loader::read_duration(const mapping& m, std::string_view key, const duratio
     return true;
 }
 
-template <class T, std::size_t N>
-bool loader::read_choice(const mapping& m, std::string_view key,
-                         const std::array<choice<T>, N>& choices, T& out) {
-    const field* f = m.find(key);
-    if (f == nullptr) return true;
-    std::array<std::string_view, N> names;
-    for (std::size_t i = 0; i < N; ++i) names[i] = choices[i].name;
-    auto text = scalar(*f, "one of: " + join(names));
-    if (!text) return false;
-    for (const auto& c : choices) {
-        if (c.name == *text) {
-            out = c.value;
-            return true;
-        }
-    }
-    error(f->mark, f->path,
-          "unknown value " + quote(*text) + "; " + did_you_mean(*text, names) +
-              "expected one of: " + join(names));
-    return false;
-}
 
 site loader::read_name(const mapping& m, std::string_view key, std::string& out) {
     const field* f = m.find(key);
@@ -610,6 +482,7 @@ std::optional<pool_entry> loader::read_pool(const field& f) {
             }
         }
     }
+    if (const field* h = m->find("health")) read_health(*h, p.cfg.health);
     return p;
 }
 
@@ -783,6 +656,7 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
     if (config_.workers == 0) {
         config_.workers = std::clamp(std::thread::hardware_concurrency(), 1u, max_workers);
     }
+    config_.warnings = std::move(warnings_);
     for (const auto& l : listeners_) config_.listeners.push_back(l.cfg);
     for (const auto& p : pools_) {
         pool_config pool = p.cfg;
@@ -794,6 +668,8 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
     }
     return std::make_shared<const config>(std::move(config_));
 }
+
+namespace {
 
 [[noreturn]] void fail_to_read(const std::string& path, int err) {
     throw config_load_error({config_error{
@@ -823,6 +699,13 @@ std::string read_file(const std::string& path) {
 }
 
 }  // namespace
+
+}  // namespace apilb::config_detail
+
+namespace apilb {
+
+using config_detail::loader;
+using config_detail::read_file;
 
 std::shared_ptr<const config> parse_config(const std::string& yaml_text,
                                            const std::string& source_name) {

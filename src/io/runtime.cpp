@@ -16,9 +16,12 @@ std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cf
     for (const auto& p : cfg->pools) {
         pool_runtime pr{.cfg = &p, .backends = {}};
         for (const auto& b : p.backends) {
+            // Until the first check completes a backend is what the config assumes.
             pr.backends.push_back({.cfg = &b,
                                    .endpoint = to_endpoint(b.address),
-                                   .stats = std::make_shared<backend_stats>()});
+                                   .stats = std::make_shared<backend_stats>(),
+                                   .health = std::make_shared<backend_health>()});
+            pr.backends.back().health->healthy.store(p.health.initial_healthy, std::memory_order_relaxed);
         }
         snap->pools.push_back(std::move(pr));
     }

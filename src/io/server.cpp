@@ -17,6 +17,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "apilb/health_checker.hpp"
 #include "apilb/worker.hpp"
 
 namespace apilb {
@@ -91,10 +92,19 @@ std::uint32_t fd_session_budget(std::uint64_t fd_limit, std::uint64_t open_now, 
 
 server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::move(cfg))) {
     const std::uint64_t fd_limit = raise_fd_limit();
+    // The checker closes an unhealthy backend's sessions through the workers,
+    // each on its own thread.
+    health_ = std::make_unique<health_checker>(control_, snap_, [this](const backend_health* backend) {
+        for (auto& w : workers_) w->abort_sessions_on(backend);
+    });
     const std::size_t n = snap_->cfg->workers;
     workers_.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
         workers_.push_back(std::make_unique<worker>(i, snap_, stats_));
+        workers_.back()->set_passive_reporter(
+            [checker = health_.get()](std::size_t pool, std::size_t backend, std::string what) {
+                checker->report_passive_failure(pool, backend, std::move(what));
+            });
         for (std::size_t l = 0; l < snap_->listeners.size(); ++l) workers_.back()->bind(l);
     }
 
@@ -119,16 +129,20 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
 server::~server() {
     for (auto& w : workers_) w->stop();
     workers_.clear();
+    if (health_) health_->stop();
 }
 
 int server::run() {
-    asio::io_context control;
+    asio::io_context& control = control_;
     asio::signal_set signals(control, SIGINT, SIGTERM, SIGHUP);
     asio::steady_timer drain_timer(control);
     bool draining = false;
     bool aborted = false;
     clock_type::time_point deadline{};
 
+    // The first probe round starts at once; until a backend's first check
+    // completes it counts as health.initial says.
+    health_->start();
     for (auto& w : workers_) w->start();
     spdlog::info("{}", summary(*snap_, workers_, max_connections_));
     notify_systemd("READY=1");
@@ -185,10 +199,32 @@ int server::run() {
     signals.async_wait(on_signal);
 
     control.run();
+    // From here apilb only winds down: a signal that arrives now (a second
+    // SIGINT sent right after the first) must not kill it half-way with
+    // 128+signal instead of 0. clear() hands the signals back to the default
+    // action, so ignore them explicitly after it; cancel() ends the pending
+    // wait, which clear() leaves in place.
+    {
+        error_code ignored;
+        signals.cancel(ignored);
+        signals.clear(ignored);
+        std::signal(SIGINT, SIG_IGN);
+        std::signal(SIGTERM, SIG_IGN);
+        std::signal(SIGHUP, SIG_IGN);
+    }
     for (auto& w : workers_) w->stop();
-    spdlog::info("apilb stopped: {} session(s) served, {} refused at the limit, {} without a backend",
+    // Let the probe loops unwind (they end at once once stopped), so that no
+    // coroutine outlives the checker it refers to.
+    health_->stop();
+    drain_timer.cancel();
+    control.restart();
+    control.run_for(std::chrono::seconds(3));
+    if (health_->running() != 0) spdlog::warn("health: {} probe loop(s) did not end", health_->running());
+    spdlog::info("apilb stopped: {} session(s) served, {} refused at the limit, {} without a backend, "
+                 "{} closed because their backend became unhealthy",
                  stats_.accepted_total.load() - stats_.refused_limit_total.load(),
-                 stats_.refused_limit_total.load(), stats_.no_backend_total.load());
+                 stats_.refused_limit_total.load(), stats_.no_backend_total.load(),
+                 stats_.closed_by_health_total.load());
     return 0;
 }
 

@@ -189,6 +189,16 @@ void worker::abort_sessions() {
     });
 }
 
+void worker::abort_sessions_on(const backend_health* backend) {
+    asio::post(io_, [this, backend] {
+        for (auto& s : ctx_.sessions) {
+            if (s.backend != backend || s.aborted) continue;
+            s.health_closed = true;
+            s.abort();
+        }
+    });
+}
+
 void worker::stop() {
     if (!thread_.joinable()) return;
     // Let every coroutine end on its own, so none is destroyed half-way with

@@ -93,5 +93,47 @@ TEST(LeastConnections, SkipsUnavailable) {
     EXPECT_EQ(*st.choose(balance_policy::least_connections, l), 1u);
 }
 
+TEST(LeastConnections, LightWeightHoldsBackAnEmptyBackend) {
+    // Slow start: a recovered backend at 10% of its weight with no session
+    // must not take every new session until it catches up.
+    auto l = loads({1000, 1000, 100});
+    l[0].active = 10;
+    l[1].active = 10;
+    balancer_state st(l.size());
+    EXPECT_EQ(*st.choose(balance_policy::least_connections, l), 2u) << "(0+1)/100 < (10+1)/1000";
+    l[2].active = 1;
+    EXPECT_NE(*st.choose(balance_policy::least_connections, l), 2u) << "(1+1)/100 > (10+1)/1000";
+}
+
+TEST(HealthTiers, OnlyTheBestAvailableTierIsChosenFrom) {
+    for (auto policy : {balance_policy::round_robin, balance_policy::least_connections}) {
+        auto l = loads({1, 1, 1});
+        l[0].tier = 2;  // unhealthy
+        l[1].tier = 1;  // suspect
+        l[2].tier = 0;  // healthy
+        l[2].active = 50;
+        balancer_state st(l.size());
+        for (int i = 0; i < 5; ++i) EXPECT_EQ(*st.choose(policy, l), 2u);
+        l[2].available = false;  // tried already
+        EXPECT_EQ(*st.choose(policy, l), 1u) << "then the suspect one";
+        l[1].available = false;
+        EXPECT_EQ(*st.choose(policy, l), 0u) << "then the unhealthy one (try-all)";
+        l[0].available = false;
+        EXPECT_FALSE(st.choose(policy, l).has_value());
+    }
+}
+
+TEST(HealthTiers, RoundRobinRotatesWithinTheTier) {
+    auto l = loads({1, 1, 1, 1});
+    l[3].tier = 2;
+    balancer_state st(l.size());
+    std::map<std::size_t, int> count;
+    for (int i = 0; i < 30; ++i) ++count[*st.choose(balance_policy::round_robin, l)];
+    EXPECT_EQ(count[0], 10);
+    EXPECT_EQ(count[1], 10);
+    EXPECT_EQ(count[2], 10);
+    EXPECT_EQ(count[3], 0);
+}
+
 }  // namespace
 }  // namespace apilb

@@ -131,5 +131,56 @@ TEST(Retry, ConnectAttemptsBoundTheRetries) {
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
 }
 
+/// A backend that reads what it is sent, then resets without answering: an
+/// apiserver dying with our connection in its queue.
+tcp_server::handler read_then_reset() {
+    return [](int& fd) {
+        char buf[4096];
+        timeval tv{5, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        (void)::recv(fd, buf, sizeof buf, 0);
+        linger l{1, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+        ::close(fd);
+        fd = -1;
+    };
+}
+
+TEST(Retry, TlsHandshakeIsReplayedToTheNextBackendWhenTheFirstResetsUnanswered) {
+    tcp_server dying("127.0.0.2", read_then_reset());
+    tcp_server echo("127.0.0.3", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, config_for(port, {dying.address(), echo.address()}), "127.0.0.1", port);
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    // The start of a TLS ClientHello: handshake record, TLS 1.0 record version.
+    const std::string hello = std::string("\x16\x03\x01\x00\x05", 5) + "hello";
+    ASSERT_TRUE(c.send_all(hello));
+    EXPECT_EQ(c.recv_exact(hello.size()), hello) << apilb.log();
+    // (It may see a second connection: the check passive detection triggers.)
+    EXPECT_GE(dying.accepted(), 1) << apilb.log();
+    EXPECT_EQ(echo.accepted(), 1);
+    c.close();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+TEST(Retry, PlainBytesAreNeverReplayedTheyMayHaveBeenActedOn) {
+    tcp_server dying("127.0.0.2", read_then_reset());
+    tcp_server echo("127.0.0.3", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, config_for(port, {dying.address(), echo.address()}), "127.0.0.1", port);
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    ASSERT_TRUE(c.send_all("POST /api/v1/namespaces HTTP/1.1\r\n\r\n"));
+    int end = -1;
+    EXPECT_EQ(c.recv_until_eof(end), "");
+    EXPECT_EQ(end, ECONNRESET) << "the backend's reset reaches the client";
+    EXPECT_EQ(echo.accepted(), 0) << "the request must not be sent to a second apiserver";
+    c.close();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
 }  // namespace
 }  // namespace apilb::test

@@ -22,6 +22,7 @@
 #include <charconv>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <cstdint>
 #include <exception>
 #include <iostream>
@@ -73,6 +74,8 @@ struct options {
     std::string cert;
     std::string key;
     std::string client_ca;
+    bool require_client_cert = false;
+    std::string bearer_token_file;
     std::string name = "standin";
     readiness ready = readiness::ok;
 };
@@ -81,6 +84,7 @@ struct options {
 struct server_state {
     std::string name;
     std::atomic<readiness> ready;
+    std::string bearer_token_file;  ///< when set, health endpoints need this token
 };
 
 struct usage_error : std::runtime_error {
@@ -89,11 +93,17 @@ struct usage_error : std::runtime_error {
 
 constexpr std::string_view usage_text =
     "usage: apilb-standin --listen IP:PORT --cert FILE --key FILE\n"
-    "                     [--client-ca FILE] [--name NAME] [--readyz ok|fail|hang]\n"
+    "                     [--client-ca FILE [--require-client-cert]] [--require-bearer-token FILE]\n"
+    "                     [--name NAME] [--readyz ok|fail|hang]\n"
     "  --listen IP:PORT   address to bind (IPv4 or [IPv6]:PORT; port 0 picks one);\n"
     "                     prints 'listening on IP:PORT' once bound\n"
     "  --cert, --key      PEM server certificate (chain) and private key\n"
     "  --client-ca FILE   request a client certificate and verify it against FILE\n"
+    "  --require-client-cert  refuse the TLS handshake without a client certificate\n"
+    "  --require-bearer-token FILE  /healthz, /livez and /readyz answer 401 unless the\n"
+    "                     request has 'Authorization: Bearer <token in FILE>'; FILE is\n"
+    "                     read again for every request (like kube-apiserver with\n"
+    "                     --anonymous-auth=false)\n"
     "  --name NAME        reported in X-Standin-Name and /whoami (default standin)\n"
     "  --readyz STATE     initial /readyz state (default ok)\n";
 
@@ -137,6 +147,10 @@ options parse_args(int argc, char** argv) {
             std::cout << usage_text;
             std::exit(0);
         }
+        if (arg == "--require-client-cert") {
+            opt.require_client_cert = true;
+            continue;
+        }
         if (!inline_value) {
             if (i + 1 >= argc) throw usage_error(std::string(arg) + ": missing value");
             value = argv[++i];
@@ -150,6 +164,8 @@ options parse_args(int argc, char** argv) {
             opt.key = value;
         } else if (arg == "--client-ca") {
             opt.client_ca = value;
+        } else if (arg == "--require-bearer-token") {
+            opt.bearer_token_file = value;
         } else if (arg == "--name") {
             opt.name = value;
         } else if (arg == "--readyz") {
@@ -162,6 +178,7 @@ options parse_args(int argc, char** argv) {
     }
     if (!have_listen) throw usage_error("--listen is required");
     if (opt.cert.empty() || opt.key.empty()) throw usage_error("--cert and --key are required");
+    if (opt.require_client_cert && opt.client_ca.empty()) throw usage_error("--require-client-cert needs --client-ca");
     return opt;
 }
 
@@ -193,7 +210,8 @@ ssl::context make_tls_context(const options& opt) {
         // Like kube-apiserver (VerifyClientCertIfGiven): ask for a certificate,
         // accept its absence, reject one that does not verify.
         ctx.load_verify_file(opt.client_ca);
-        ctx.set_verify_mode(ssl::verify_peer);
+        ctx.set_verify_mode(opt.require_client_cert ? ssl::verify_peer | ssl::verify_fail_if_no_peer_cert
+                                                    : ssl::verify_peer);
         if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(opt.client_ca.c_str()))
             SSL_CTX_set_client_CA_list(native, names);
     } else {
@@ -352,6 +370,28 @@ net::awaitable<bool> serve_watch(tls_stream& stream, const request& req, std::ui
     co_return req.keep_alive();
 }
 
+/// The token in `file`, surrounding whitespace removed; "" if unreadable.
+std::string read_token(const std::string& file) {
+    std::FILE* f = std::fopen(file.c_str(), "rb");
+    if (f == nullptr) return {};
+    std::string text;
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+    std::fclose(f);
+    const auto first = text.find_first_not_of(" \t\r\n");
+    if (first == std::string::npos) return {};
+    return text.substr(first, text.find_last_not_of(" \t\r\n") - first + 1);
+}
+
+/// Health endpoints with --require-bearer-token: the request's bearer token
+/// must equal the file's (read now, so a test can rotate it).
+bool authorized(const request& req, const server_state& state) {
+    if (state.bearer_token_file.empty()) return true;
+    const std::string token = read_token(state.bearer_token_file);
+    const auto header = req[http::field::authorization];
+    return !token.empty() && std::string_view(header.data(), header.size()) == "Bearer " + token;
+}
+
 enum class action { respond, hang, watch };
 
 /// What to do with one request: a plain response, or one of the two
@@ -362,7 +402,12 @@ action route(const request& req, const std::string& remote, tls_stream& stream, 
     const auto method = req.method();
     const bool get = method == http::verb::get;
 
-    if (get && (t.path == "/healthz" || t.path == "/livez")) {
+    const bool health_path = t.path == "/healthz" || t.path == "/livez" || t.path == "/readyz";
+    if (get && health_path && !authorized(req, state)) {
+        res = text(req, http::status::unauthorized,
+                   R"({"kind":"Status","apiVersion":"v1","status":"Failure","message":"Unauthorized","code":401})",
+                   state);
+    } else if (get && (t.path == "/healthz" || t.path == "/livez")) {
         res = text(req, http::status::ok, "ok", state);
     } else if (get && t.path == "/readyz") {
         switch (state.ready.load()) {
@@ -532,7 +577,7 @@ int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
 
     try {
-        server_state state{.name = opt.name, .ready = opt.ready};
+        server_state state{.name = opt.name, .ready = opt.ready, .bearer_token_file = opt.bearer_token_file};
         // Declared before the io_context: pending sessions are destroyed with
         // the io_context and still reference the TLS context and state.
         ssl::context tls = make_tls_context(opt);

@@ -1,0 +1,78 @@
+// Health of every backend, kept on the control io_context (never on a
+// worker): a probe loop per backend, spread over the interval with jitter;
+// passive reports from workers; the backend_health blocks workers read;
+// closing the sessions of a backend that became unhealthy; one log line per
+// change, with the reason.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "apilb/health.hpp"
+#include "apilb/runtime.hpp"
+
+namespace apilb {
+
+class probe_setup;
+
+class health_checker {
+public:
+    /// Asks every worker to close the sessions relaying to this backend.
+    using close_sessions_fn = std::function<void(const backend_health*)>;
+
+    /// Builds the probe TLS contexts, once per pool. Throws
+    /// std::runtime_error naming the pool and file when a CA, certificate or
+    /// key cannot be loaded. `control` must outlive the checker.
+    health_checker(boost::asio::io_context& control, std::shared_ptr<const snapshot> snap,
+                   close_sessions_fn close_sessions);
+    ~health_checker();
+    health_checker(const health_checker&) = delete;
+    health_checker& operator=(const health_checker&) = delete;
+
+    /// Logs what is checked and starts the first round at once, for every
+    /// backend. Control thread.
+    void start();
+
+    /// A worker saw a client's connect to (pool, backend) fail and has marked
+    /// it suspect. Thread-safe: posts to the control context.
+    void report_passive_failure(std::size_t pool, std::size_t backend, std::string what);
+
+    /// Ends every probe loop and timer. The control context must then run
+    /// until the loops have finished (they do so at once) before the checker
+    /// is destroyed. Control thread.
+    void stop();
+
+    /// Probe loops still running (0 after stop() once they have unwound).
+    std::size_t running() const noexcept { return running_; }
+
+private:
+    struct target;
+
+    boost::asio::awaitable<void> probe_loop(target& t);
+    void on_passive_failure(target& t, const std::string& what);
+    void apply(target& t, const check_result& result);
+    void on_change(target& t, const health_change& change, const check_result& result);
+    void schedule_close(target& t);
+    void close_sessions(target& t);
+    std::size_t healthy_in_pool(std::size_t pool) const;
+    double random_unit();
+
+    boost::asio::io_context& control_;
+    std::shared_ptr<const snapshot> snap_;
+    close_sessions_fn close_sessions_;
+    std::vector<std::unique_ptr<probe_setup>> setups_;  ///< one per pool
+    std::vector<std::unique_ptr<target>> targets_;     ///< every backend of every pool
+    std::vector<std::vector<target*>> by_pool_;
+    std::minstd_rand rng_;
+    bool stopping_ = false;
+    std::size_t running_ = 0;
+};
+
+}  // namespace apilb
