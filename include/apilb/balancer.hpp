@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "apilb/config.hpp"
+#include "apilb/maglev.hpp"
 
 namespace apilb {
 
@@ -45,5 +46,13 @@ private:
     std::vector<std::int64_t> current_;  ///< smooth WRR current weights
     std::size_t cursor_ = 0;             ///< least-connections tie breaker
 };
+
+/// maglev: the first backend on the key's own preference walk through
+/// `table` that is available and of the lowest available tier. Keys whose
+/// backend is fine never move; a key whose backend is down, full or already
+/// tried moves to its own next choice. Weights act through the table (slow
+/// start does not apply to maglev pools).
+std::optional<std::size_t> choose_maglev(const maglev_table& table, std::uint64_t key_hash,
+                                         std::span<const backend_load> loads);
 
 }  // namespace apilb

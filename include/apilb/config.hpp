@@ -27,7 +27,9 @@ struct socket_address {
     friend bool operator==(const socket_address&, const socket_address&) = default;
 };
 
-enum class balance_policy { round_robin, least_connections };
+enum class balance_policy { round_robin, least_connections, maglev };
+/// What a maglev pool hashes to pick a backend for a client.
+enum class hash_key { source_address, source_address_port };
 enum class relay_mode { splice, copy };
 enum class log_format { text, json };
 /// How backends are actively checked: GET a path over HTTPS, a TCP connect, or not at all.
@@ -84,6 +86,10 @@ struct pool_config {
     /// backend once" and is resolved to backends.size() by the loader.
     std::uint32_t connect_attempts = 0;
     health_config health;
+    /// balance: maglev only. A prime table size (65537 keeps shares within
+    /// about 1% of the weights for up to a few hundred backends) and the key.
+    std::uint32_t maglev_table_size = 65537;
+    hash_key maglev_key = hash_key::source_address;
 };
 
 /// An address apilb accepts clients on, and the pool they go to.
@@ -187,6 +193,7 @@ std::optional<duration> parse_duration(const std::string& text);
 std::optional<socket_address> parse_socket_address(const std::string& text);
 
 const char* to_string(balance_policy);
+const char* to_string(hash_key);
 const char* to_string(relay_mode);
 const char* to_string(health_check_type);
 const char* to_string(all_unhealthy_policy);

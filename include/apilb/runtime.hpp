@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "apilb/config.hpp"
+#include "apilb/maglev.hpp"
 
 namespace apilb {
 
@@ -50,6 +51,8 @@ struct backend_runtime {
 
 struct pool_runtime {
     const pool_config* cfg = nullptr;
+    /// balance: maglev only; built once per snapshot, read by every worker.
+    std::shared_ptr<const maglev_table> maglev;
     std::vector<backend_runtime> backends;
 };
 

@@ -27,6 +27,9 @@ std::optional<std::size_t> balancer_state::choose(balance_policy policy,
         return choose_round_robin(view);
     case balance_policy::least_connections:
         return choose_least_connections(view);
+    case balance_policy::maglev:
+        // Needs the pool's table and the client's key: choose_maglev().
+        break;
     }
     return std::nullopt;
 }
@@ -64,6 +67,27 @@ std::optional<std::size_t> balancer_state::choose_least_connections(
     }
     if (best) cursor_ = (*best + 1) % n;
     return best;
+}
+
+std::optional<std::size_t> choose_maglev(const maglev_table& table, std::uint64_t key_hash,
+                                         std::span<const backend_load> loads) {
+    std::optional<std::uint8_t> best_tier;
+    for (const auto& l : loads) {
+        if (l.available && (!best_tier || l.tier < *best_tier)) best_tier = l.tier;
+    }
+    if (!best_tier) return std::nullopt;
+    auto fits = [&](std::size_t i) { return loads[i].available && loads[i].tier == *best_tier; };
+    // With a share of at least 1/n per backend, 64 × n steps miss a fitting
+    // backend with a probability far below 1e-9; the scan below is for that.
+    const std::uint32_t walk = 64 * static_cast<std::uint32_t>(loads.size());
+    for (std::uint32_t attempt = 0; attempt < walk; ++attempt) {
+        const std::size_t b = table.lookup(key_hash, attempt);
+        if (b < loads.size() && fits(b)) return b;
+    }
+    for (std::size_t i = 0; i < loads.size(); ++i) {
+        if (fits(i)) return i;
+    }
+    return std::nullopt;
 }
 
 }  // namespace apilb

@@ -58,8 +58,17 @@ const char* to_string(balance_policy p) {
     switch (p) {
     case balance_policy::round_robin: return "round-robin";
     case balance_policy::least_connections: return "least-connections";
+    case balance_policy::maglev: return "maglev";
     }
     return "unknown";
+}
+
+const char* to_string(hash_key k) {
+    switch (k) {
+    case hash_key::source_address: return "source-address";
+    case hash_key::source_address_port: return "source-address-port";
+    }
+    return "?";
 }
 
 const char* to_string(relay_mode m) {

@@ -3,6 +3,7 @@
 // key path; nothing is reported until the whole file has been read, so one
 // attempt shows everything there is to fix.
 #include "apilb/config.hpp"
+#include "apilb/maglev.hpp"
 
 #include <yaml-cpp/yaml.h>
 
@@ -120,8 +121,9 @@ std::string describe(const YAML::Node& node) {
 constexpr std::array<std::string_view, 8> top_keys{
     "workers", "listeners", "pools", "timeouts", "tcp", "limits", "relay", "log"};
 constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool", "backlog"};
-constexpr std::array<std::string_view, 5> pool_keys{
-    "name", "balance", "connect_attempts", "backends", "health"};
+constexpr std::array<std::string_view, 6> pool_keys{
+    "name", "balance", "connect_attempts", "backends", "health", "maglev"};
+constexpr std::array<std::string_view, 2> maglev_keys{"table_size", "key"};
 constexpr std::array<std::string_view, 3> backend_keys{"name", "address", "weight"};
 constexpr std::array<std::string_view, 3> timeout_keys{"connect", "idle", "drain"};
 constexpr std::array<std::string_view, 6> tcp_keys{
@@ -131,9 +133,13 @@ constexpr std::array<std::string_view, 3> relay_keys{"mode", "buffer_size", "pip
 constexpr std::array<std::string_view, 2> log_keys{"level", "format"};
 
 
-constexpr std::array<choice<balance_policy>, 2> balance_choices{{
+constexpr std::array<choice<balance_policy>, 3> balance_choices{{
     {"round-robin", balance_policy::round_robin},
-    {"least-connections", balance_policy::least_connections}}};
+    {"least-connections", balance_policy::least_connections},
+    {"maglev", balance_policy::maglev}}};
+constexpr std::array<choice<hash_key>, 2> hash_key_choices{{
+    {"source-address", hash_key::source_address},
+    {"source-address-port", hash_key::source_address_port}}};
 constexpr std::array<choice<relay_mode>, 2> relay_choices{{
     {"splice", relay_mode::splice}, {"copy", relay_mode::copy}}};
 constexpr std::array<choice<std::string_view>, 7> level_choices{{
@@ -483,6 +489,21 @@ std::optional<pool_entry> loader::read_pool(const field& f) {
         }
     }
     if (const field* h = m->find("health")) read_health(*h, p.cfg.health);
+    if (const field* g = m->find("maglev")) {
+        if (p.cfg.balance != balance_policy::maglev) {
+            warning(g->mark, g->path, "ignored: the pool's balance is not maglev");
+        }
+        if (auto mm = open_mapping(*g, maglev_keys, true)) {
+            if (read_integer(*mm, "table_size", {.min = 7, .max = 16777213}, p.cfg.maglev_table_size) &&
+                !is_prime(p.cfg.maglev_table_size)) {
+                const field* ts = mm->find("table_size");
+                error(ts->mark, ts->path,
+                      std::to_string(p.cfg.maglev_table_size) +
+                          " is not a prime; Maglev needs a prime table size (e.g. 65537, 131071)");
+            }
+            read_choice(*mm, "key", hash_key_choices, p.cfg.maglev_key);
+        }
+    }
     return p;
 }
 
@@ -663,6 +684,10 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
         for (const auto& b : p.backends) pool.backends.push_back(b.cfg);
         if (pool.connect_attempts == 0) {
             pool.connect_attempts = static_cast<std::uint32_t>(pool.backends.size());
+        }
+        if (pool.balance == balance_policy::maglev && pool.maglev_table_size < pool.backends.size()) {
+            pool.maglev_table_size = static_cast<std::uint32_t>(pool.backends.size());
+            while (!is_prime(pool.maglev_table_size)) ++pool.maglev_table_size;
         }
         config_.pools.push_back(std::move(pool));
     }

@@ -14,7 +14,7 @@ std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cf
     snap->cfg = cfg;
     snap->pools.reserve(cfg->pools.size());
     for (const auto& p : cfg->pools) {
-        pool_runtime pr{.cfg = &p, .backends = {}};
+        pool_runtime pr{.cfg = &p, .maglev = {}, .backends = {}};
         for (const auto& b : p.backends) {
             // Until the first check completes a backend is what the config assumes.
             pr.backends.push_back({.cfg = &b,
@@ -22,6 +22,11 @@ std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cf
                                    .stats = std::make_shared<backend_stats>(),
                                    .health = std::make_shared<backend_health>()});
             pr.backends.back().health->healthy.store(p.health.initial_healthy, std::memory_order_relaxed);
+        }
+        if (p.balance == balance_policy::maglev) {
+            std::vector<maglev_backend> mb;
+            for (const auto& b : p.backends) mb.push_back({.name = b.name, .weight = b.weight});
+            pr.maglev = std::make_shared<const maglev_table>(maglev_table::build(mb, p.maglev_table_size));
         }
         snap->pools.push_back(std::move(pr));
     }

@@ -175,6 +175,7 @@ void close_with_reset(tcp::socket& s) {
 /// Choosing and connecting across the attempts of one session.
 struct connect_state {
     explicit connect_state(std::size_t backends) : loads(backends), tried(backends, false) {}
+    std::uint64_t key_hash = 0;  ///< maglev pools: the client's key
     std::vector<backend_load> loads;
     std::vector<bool> tried;
     std::uint32_t attempts = 0;
@@ -193,7 +194,8 @@ asio::awaitable<std::optional<std::size_t>> connect_next(worker_context& ctx, co
     while (st.attempts < pool.cfg->connect_attempts && !entry.aborted) {
         ++st.attempts;
         fill_loads(st.loads, pool, st.tried, cfg.limits.per_backend);
-        const auto pick = balancer.choose(pool.cfg->balance, st.loads);
+        const auto pick = pool.maglev ? choose_maglev(*pool.maglev, st.key_hash, st.loads)
+                                      : balancer.choose(pool.cfg->balance, st.loads);
         if (!pick) break;
         const backend_runtime& backend = pool.backends[*pick];
         st.tried[*pick] = true;
@@ -229,6 +231,25 @@ enum class first_byte {
     overflow,        ///< the client sent more than can be kept for a replay
     aborted,         ///< the session was closed from outside (drain, health, idle)
 };
+
+/// The Maglev key of a client: its address bytes (and port), hashed the same
+/// way on every apilb, so both balancers of a pair agree.
+std::uint64_t client_key_hash(const tcp::endpoint& ep, hash_key key) {
+    std::string bytes;
+    const auto addr = ep.address();
+    if (addr.is_v4()) {
+        const auto b = addr.to_v4().to_bytes();
+        bytes.assign(b.begin(), b.end());
+    } else {
+        const auto b = addr.to_v6().to_bytes();
+        bytes.assign(b.begin(), b.end());
+    }
+    if (key == hash_key::source_address_port) {
+        bytes.push_back(static_cast<char>(ep.port() >> 8));
+        bytes.push_back(static_cast<char>(ep.port() & 0xff));
+    }
+    return stable_hash(bytes);
+}
 
 /// True if `bytes` start with a TLS handshake record (content type 22,
 /// protocol major version 3): a ClientHello.
@@ -320,6 +341,7 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
     // sees nothing until a backend has accepted, and nothing either of a
     // backend that fails before sending its first byte.
     connect_state st(pool.backends.size());
+    if (pool.maglev) st.key_hash = client_key_hash(client_ep, pool.cfg->maglev_key);
     std::optional<std::size_t> pick = co_await connect_next(ctx, cfg, pool, listener.pool_index, balancer, upstream,
                                                             entry, st, client_text);
     const backend_runtime* chosen = nullptr;

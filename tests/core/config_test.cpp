@@ -698,12 +698,42 @@ listeners:
   - {name: apiserver, address: "0.0.0.0:6443", pool: cp}
 pools:
   - name: cp
-    balance: maglevv
+    balance: fastest
     backends: [{name: cp-1, address: "192.0.2.11:6443"}]
 )"));
     EXPECT_EQ(e.to_string(),
-              "test.yaml:5:14: pools[0].balance: unknown value \"maglevv\"; "
-              "expected one of: round-robin, least-connections");
+              "test.yaml:5:14: pools[0].balance: unknown value \"fastest\"; "
+              "expected one of: round-robin, least-connections, maglev");
+}
+
+TEST(LoadConfig, MaglevPoolWithTableSizeAndKey) {
+    auto cfg = parse_config(R"(
+listeners:
+  - {name: apiserver, address: "0.0.0.0:6443", pool: cp}
+pools:
+  - name: cp
+    balance: maglev
+    maglev: {table_size: 131071, key: source-address-port}
+    backends: [{name: cp-1, address: "192.0.2.11:6443"}]
+)", "test.yaml");
+    EXPECT_EQ(cfg->pools[0].balance, balance_policy::maglev);
+    EXPECT_EQ(cfg->pools[0].maglev_table_size, 131071u);
+    EXPECT_EQ(cfg->pools[0].maglev_key, hash_key::source_address_port);
+}
+
+TEST(LoadConfigErrors, MaglevTableSizeMustBePrime) {
+    auto e = only_error(yaml(R"(
+listeners:
+  - {name: apiserver, address: "0.0.0.0:6443", pool: cp}
+pools:
+  - name: cp
+    balance: maglev
+    maglev: {table_size: 65536}
+    backends: [{name: cp-1, address: "192.0.2.11:6443"}]
+)"));
+    EXPECT_EQ(e.line, 6);
+    EXPECT_EQ(e.key_path, "pools[0].maglev.table_size");
+    EXPECT_NE(e.message.find("not a prime"), std::string::npos) << e.message;
 }
 
 TEST(LoadConfigErrors, UnknownChoiceSuggestsTheNearest) {

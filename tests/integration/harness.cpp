@@ -227,6 +227,12 @@ bool client::open() {
     return fd_ >= 0;
 }
 
+bool client::bind(const std::string& source_ip) {
+    if (!open()) return false;
+    auto sa = make_addr(source_ip, 0);
+    return ::bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
+}
+
 int client::connect(const std::string& ip, std::uint16_t port, std::chrono::milliseconds timeout) {
     if (fd_ < 0 && !open()) return errno;
     auto sa = make_addr(ip, port);

@@ -111,6 +111,8 @@ public:
 
     /// Creates the socket now (connect() would otherwise do it); false on failure.
     bool open();
+    /// Opens the socket and binds it to a source address (port chosen by the kernel).
+    bool bind(const std::string& source_ip);
     /// Connects (opening the socket if open() was not called); returns the
     /// errno on failure (0 on success).
     int connect(const std::string& ip, std::uint16_t port, std::chrono::milliseconds timeout = 5s);
