@@ -26,7 +26,7 @@ wanted=("${base[@]}")
 for group in "$@"; do
   case "$group" in
     base) ;;
-    bench) wanted+=(haproxy nginx libnginx-mod-stream wrk iperf3 nghttp2-client) ;;
+    bench) wanted+=(haproxy nginx libnginx-mod-stream wrk iperf3 nghttp2-client valgrind linux-perf) ;;
     kubectl)
       # Debian ships kubectl in kubernetes-client; keep any kubectl already on PATH.
       command -v kubectl >/dev/null 2>&1 || wanted+=(kubernetes-client) ;;

@@ -1,0 +1,822 @@
+#!/usr/bin/env python3
+"""apilb against HAProxy, nginx and a direct connection, interleaved.
+
+Run through tests/bench/run.sh, which installs the tools, builds apilb and
+connload, pins this script to the load-generator CPU and calls it.
+
+Every measurement starts fresh processes: the balancer under test (pinned to
+the balancer CPU) and the backends (pinned, with every load generator, to the
+other CPU). Each round runs every test for every target, the targets in a
+rotated order; the table reports medians over the rounds and the ratios of
+apilb's medians to the others'.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BACKENDS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+TARGETS = ("apilb", "haproxy", "nginx", "direct")
+BALANCERS = ("apilb", "haproxy", "nginx")
+TESTS = ("bulk", "conn_http", "conn_tls", "keepalive", "idle", "storm", "instructions")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# /proc readings
+
+def proc_tree(pid: int) -> list[int]:
+    """pid and all its descendants (nginx: master and worker)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes (all their threads). The kernel here has
+    no IRQ time accounting, so softirq work done in a process's context (the
+    loopback receive path of its sends) is charged to it as well."""
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def cpu_jiffies() -> dict[str, tuple[int, int]]:
+    """Per-CPU (busy, total) jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *vals = line.split()
+            v = [int(x) for x in vals]
+            idle = v[3] + v[4]  # idle + iowait
+            out[name] = (sum(v[:8]) - idle, sum(v[:8]))
+    return out
+
+
+def busy_percent(before, after, cpu: str) -> float:
+    b0, t0 = before[f"cpu{cpu}"]
+    b1, t1 = after[f"cpu{cpu}"]
+    return 100.0 * (b1 - b0) / max(1, t1 - t0)
+
+
+# The slab caches a TCP connection's socket, file, inode and epoll entry live
+# in. Summing only these keeps other users of the machine (compilers filling
+# the dentry cache with other files) mostly out of the figure.
+SOCKET_SLABS = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi", "eventpoll_pwq",
+                "skbuff_head_cache", "lsm_file_cache", "lsm_inode_cache")
+
+
+def kernel_mem_kib() -> dict[str, int]:
+    """Socket-related slab memory (from /proc/slabinfo, root only; else the
+    whole of Slab from /proc/meminfo) and TCP socket buffer memory."""
+    out = {}
+    try:
+        with open("/proc/slabinfo") as f:
+            total = 0
+            for line in f.readlines()[2:]:
+                parts = line.split()
+                if parts[0] in SOCKET_SLABS:
+                    total += int(parts[2]) * int(parts[3])  # num_objs * objsize
+            out["Slab"] = total // 1024
+    except OSError:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                if k == "Slab":
+                    out["Slab"] = int(v.split()[0])
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                parts = line.split()
+                out["tcp_mem"] = int(parts[parts.index("mem") + 1]) * PAGE // 1024
+    return out
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TcpExt counters that show a full accept or SYN queue."""
+    want = ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "SyncookiesSent", "TCPSynRetrans")
+    out = {}
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for head, vals in zip(lines[::2], lines[1::2]):
+        if head.startswith("TcpExt:"):
+            for k, v in zip(head.split()[1:], vals.split()[1:]):
+                if k in want:
+                    out[k] = int(v)
+    return out
+
+
+def listening(port: int, addr: str = "127.0.0.1") -> bool:
+    want = f"{socket.htonl(int.from_bytes(socket.inet_aton(addr), 'big')):08X}:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if parts[3] == "0A" and (parts[1] == want or parts[1] == f"00000000:{port:04X}"):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def free_port(addrs=("127.0.0.1",), avoid=()) -> int:
+    """A port free on every address in `addrs` (and not in `avoid`)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port in avoid or port < 20000:
+            continue
+        ok = True
+        for a in addrs:
+            try:
+                with socket.socket() as s:
+                    s.bind((a, port))
+            except OSError:
+                ok = False
+                break
+        if ok:
+            return port
+    raise RuntimeError("no free port found")
+
+
+# --------------------------------------------------------------------------
+# processes
+
+class Procs:
+    """Every process this script starts, so that each is ended by its PID."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.live: list[subprocess.Popen] = []
+        self.logdir = logdir
+        self.count = 0
+
+    def start(self, argv: list[str], cpu: str, **kw) -> subprocess.Popen:
+        """Starts argv pinned to `cpu`; its stderr goes to a log file (never
+        to a pipe nobody reads), named in p.log_path."""
+        self.count += 1
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        path = self.logdir / f"{self.count:04d}-{Path(argv[0]).name}.log"
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        with open(path, "wb") as err:
+            p = subprocess.Popen(["taskset", "-c", cpu, *argv], stderr=err, **kw)
+        p.log_path = path
+        self.live.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen, sig=signal.SIGTERM, timeout=10.0) -> None:
+        if p.poll() is None:
+            try:
+                p.send_signal(sig)
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if p in self.live:
+            self.live.remove(p)
+
+    def stop_all(self) -> None:
+        for p in list(self.live):
+            self.stop(p, timeout=5)
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.work = Path(args.work)
+        self.lb_cpu = args.lb_cpu
+        self.gen_cpu = args.gen_cpu
+        self.procs = Procs(self.work / "logs")
+        self.apilb = args.apilb
+        self.connload = args.connload
+        self.lb_port = free_port()
+        self.http_port = free_port(BACKENDS, avoid={self.lb_port})
+        self.https_port = free_port(BACKENDS, avoid={self.lb_port, self.http_port})
+        self.iperf_port = free_port(("127.0.0.1", *BACKENDS),
+                                    avoid={self.lb_port, self.http_port, self.https_port})
+        self.samples: dict[str, dict[str, list[dict]]] = {t: {x: [] for x in TARGETS} for t in TESTS}
+        self.notes: list[str] = []
+        self.softirqd = next((int(d) for d in os.listdir("/proc") if d.isdigit() and
+                              read_text(f"/proc/{d}/comm").strip() == f"ksoftirqd/{self.lb_cpu}"), None)
+
+    # ---------------------------------------------------------------- setup
+    def prepare(self) -> None:
+        # nginx's workers run as an unprivileged user and must read www/.
+        self.work.chmod(0o755)
+        (self.work / "www").mkdir(parents=True, exist_ok=True)
+        (self.work / "www" / "64k").write_bytes(os.urandom(65536))
+        subprocess.run(["bash", str(HERE.parent / "tools" / "mkcerts.sh"), str(self.work / "certs")], check=True)
+
+    def render(self, template: str, out: str, **vals) -> Path:
+        text = (HERE / "conf" / template).read_text()
+        vals.setdefault("WORK", str(self.work))
+        for k, v in vals.items():
+            text = text.replace(f"@{k}@", str(v))
+        if "@" in re.sub(r"#.*", "", text):
+            leftover = re.findall(r"@[A-Z_]+@", text)
+            if leftover:
+                raise RuntimeError(f"{template}: unset {leftover}")
+        path = self.work / out
+        path.write_text(text)
+        return path
+
+    def wait_listening(self, port: int, addr: str, proc: subprocess.Popen, what: str, timeout=15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if listening(port, addr):
+                return
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited ({proc.returncode}): {log_tail(proc)}")
+            time.sleep(0.02)
+        raise RuntimeError(f"{what} is not listening on {addr}:{port} after {timeout}s")
+
+    def start_backend_http(self) -> subprocess.Popen:
+        conf = self.render("nginx-backend.conf.in", "nginx-backend.conf",
+                           HTTP_PORT=self.http_port, HTTPS_PORT=self.https_port)
+        p = self.procs.start(["nginx", "-c", str(conf), "-p", str(self.work), "-e", "stderr"], self.gen_cpu)
+        for a in BACKENDS:
+            self.wait_listening(self.http_port, a, p, "backend nginx")
+            self.wait_listening(self.https_port, a, p, "backend nginx")
+        return p
+
+    def start_backend_iperf(self) -> subprocess.Popen:
+        # One iperf3 server for all three backend addresses: iperf3's control
+        # and data connections must reach the same server process, and
+        # round-robin spreads the five connections of `-P 4` over .2/.3/.4.
+        # It listens on the wildcard address; only loopback clients use it.
+        p = self.procs.start(["iperf3", "-s", "-1", "-B", "0.0.0.0", "-p", str(self.iperf_port)], self.gen_cpu)
+        self.wait_listening(self.iperf_port, "0.0.0.0", p, "iperf3 server")
+        return p
+
+    def start_balancer(self, target: str, backend_port: int, max_conn=9500, relay=None,
+                       wrapper: list[str] | None = None) -> subprocess.Popen:
+        relay = relay or self.args.apilb_relay
+        if target == "apilb":
+            conf = self.render("apilb.yaml.in", "apilb.yaml", LB_PORT=self.lb_port, BACKEND_PORT=backend_port,
+                               MAX_CONN=max_conn, RELAY_MODE=relay)
+            argv = [*(wrapper or []), self.apilb, "run", "--config", str(conf)]
+        elif target == "haproxy":
+            conf = self.render("haproxy.cfg.in", "haproxy.cfg", LB_PORT=self.lb_port, BACKEND_PORT=backend_port,
+                               MAX_CONN=max_conn)
+            argv = ["haproxy", "-f", str(conf)]
+        elif target == "nginx":
+            conf = self.render("nginx-stream.conf.in", "nginx-lb.conf", LB_PORT=self.lb_port,
+                               BACKEND_PORT=backend_port)
+            argv = ["nginx", "-c", str(conf), "-p", str(self.work), "-e", "stderr"]
+        else:
+            raise ValueError(target)
+        p = self.procs.start(argv, self.lb_cpu)
+        self.wait_listening(self.lb_port, "127.0.0.1", p, target, timeout=60 if wrapper else 15)
+        time.sleep(0.1)  # nginx: let the worker start after the master bound the socket
+        return p
+
+    def front(self, target: str, backend_port: int) -> tuple[str, int]:
+        """Where a client connects: the balancer, or the first backend directly."""
+        return ("127.0.0.1", self.lb_port) if target != "direct" else (BACKENDS[0], backend_port)
+
+    def run_tool(self, argv: list[str], timeout: float) -> str:
+        r = subprocess.run(["taskset", "-c", self.gen_cpu, "timeout", "-k", "2", str(timeout), *argv],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed ({r.returncode}): {r.stderr.strip()[:500]} {r.stdout[-500:]}")
+        return r.stdout
+
+    def measured(self, target: str, lb: subprocess.Popen | None, fn):
+        """Runs fn(), returning its result with the balancer's CPU seconds and
+        the busy share of both CPUs over the same window."""
+        pids = proc_tree(lb.pid) if lb else []
+        softirqd = [self.softirqd] if self.softirqd else []
+        n0, c0, j0, t0 = tcp_counters(), cpu_seconds(pids), cpu_jiffies(), time.monotonic()
+        s0 = cpu_seconds(softirqd)
+        perf = None
+        if self.args.perf and lb:
+            self.perf_runs = getattr(self, "perf_runs", 0) + 1
+            data = Path(self.args.perf) / f"perf.{self.current}.{self.perf_runs}.data"
+            data.parent.mkdir(parents=True, exist_ok=True)
+            perf = self.procs.start(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4999", "-g",
+                                     "-o", str(data), "-p", ",".join(map(str, pids))], self.gen_cpu)
+            time.sleep(0.3)
+        res = fn()
+        if perf:
+            self.procs.stop(perf, sig=signal.SIGINT, timeout=30)
+        n1, c1, j1, t1 = tcp_counters(), cpu_seconds(pids), cpu_jiffies(), time.monotonic()
+        # Network softirq work the kernel deferred to ksoftirqd on the
+        # balancer's CPU is not charged to the balancer: shown apart.
+        res["softirqd_s"] = cpu_seconds(softirqd) - s0
+        res["lb_cpu_s"] = c1 - c0 if lb else None
+        res["lb_cpu_busy_pct"] = busy_percent(j0, j1, self.lb_cpu)
+        res["gen_cpu_busy_pct"] = busy_percent(j0, j1, self.gen_cpu)
+        res["wall_s"] = t1 - t0
+        # What else ran on the balancer's CPU meanwhile (other users of the
+        # machine): its busy share less the balancer's own CPU time.
+        own = 100.0 * (c1 - c0) / (t1 - t0) if lb else 0.0
+        res["foreign_lb_cpu_pct"] = max(0.0, res["lb_cpu_busy_pct"] - own)
+        res["tcp"] = {k: n1[k] - n0.get(k, 0) for k in n1}
+        return res
+
+    # ---------------------------------------------------------------- tests
+    def test_bulk(self, target: str) -> dict:
+        srv = self.start_backend_iperf()
+        lb = self.start_balancer(target, self.iperf_port) if target != "direct" else None
+        host, port = self.front(target, self.iperf_port)
+        secs = self.args.seconds
+
+        def go():
+            out = self.run_tool(["iperf3", "-c", host, "-p", str(port), "-P", "4", "-t", str(secs), "-J"],
+                                timeout=secs + 15)
+            j = json.loads(out)
+            s = j["end"]["sum_received"]
+            return {"gbps": s["bits_per_second"] / 1e9, "bytes": s["bytes"]}
+
+        try:
+            r = self.measured(target, lb, go)
+        finally:
+            if lb:
+                self.procs.stop(lb)
+            self.procs.stop(srv)
+        if lb:
+            r["cpu_s_per_gb"] = r["lb_cpu_s"] / (r["bytes"] / 1e9)
+        return r
+
+    def wrk(self, target: str, url_scheme: str, close: bool) -> dict:
+        be = self.start_backend_http()
+        port = self.https_port if url_scheme == "https" else self.http_port
+        lb = self.start_balancer(target, port) if target != "direct" else None
+        host, fport = self.front(target, port)
+        secs = self.args.seconds
+        argv = ["wrk", "-t1", "-c64", f"-d{secs}s", "--latency"]
+        if close:
+            argv += ["-H", "Connection: close"]
+        argv.append(f"{url_scheme}://{host}:{fport}/")
+
+        def go():
+            out = self.run_tool(argv, timeout=secs + 15)
+            return parse_wrk(out)
+
+        try:
+            r = self.measured(target, lb, go)
+        finally:
+            if lb:
+                self.procs.stop(lb)
+            self.procs.stop(be)
+        if lb and r["requests"]:
+            r["cpu_us_per_req"] = 1e6 * r["lb_cpu_s"] / r["requests"]
+        return r
+
+    def test_conn_http(self, target: str) -> dict:
+        return self.wrk(target, "http", close=True)
+
+    def test_conn_tls(self, target: str) -> dict:
+        return self.wrk(target, "https", close=True)
+
+    def test_keepalive(self, target: str) -> dict:
+        return self.wrk(target, "http", close=False)
+
+    def test_idle(self, target: str) -> dict:
+        be = self.start_backend_http()
+        lb = self.start_balancer(target, self.http_port) if target != "direct" else None
+        if target == "direct":
+            addrs = ",".join(f"{a}:{self.http_port}" for a in BACKENDS)
+        else:
+            addrs = f"127.0.0.1:{self.lb_port}"
+        pids = proc_tree(lb.pid) if lb else []
+        time.sleep(0.2)
+        r: dict = {"rss0_kib": rss_kib(pids)}
+        k0 = kernel_mem_kib()
+        holder = self.procs.start([self.connload, "hold", addrs], self.gen_cpu,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            total = 0
+            for step in self.args.idle_steps:
+                holder.stdin.write(f"open {step - total}\n")
+                holder.stdin.flush()
+                line = holder.stdout.readline().split()
+                if not line or line[0] != "ready":
+                    raise RuntimeError(f"connload hold: unexpected {line}")
+                alive, failed = int(line[1]), int(line[2])
+                total = step
+                time.sleep(0.5)  # let the balancer settle after the last request
+                rss = rss_kib(pids)
+                k = kernel_mem_kib()
+                r[f"alive_{step}"] = alive
+                r[f"failed_{step}"] = failed
+                r[f"rss_{step}_kib"] = rss
+                if lb:
+                    r[f"rss_per_conn_{step}"] = (rss - r["rss0_kib"]) * 1024 / max(1, alive)
+                r[f"kernel_per_conn_{step}"] = {
+                    key: (k[key] - k0[key]) * 1024 / max(1, alive) for key in k}
+            holder.stdin.write("quit\n")
+            holder.stdin.flush()
+            holder.wait(timeout=30)
+        finally:
+            self.procs.stop(holder)
+            if lb:
+                self.procs.stop(lb)
+            self.procs.stop(be)
+        return r
+
+    def test_storm(self, target: str) -> dict:
+        be = self.start_backend_http()
+        lb = self.start_balancer(target, self.http_port) if target != "direct" else None
+        if target == "direct":
+            addrs = ",".join(f"{a}:{self.http_port}" for a in BACKENDS)
+        else:
+            addrs = f"127.0.0.1:{self.lb_port}"
+
+        def go():
+            out = self.run_tool([self.connload, "storm", addrs, str(self.args.storm), "30"], timeout=45)
+            return json.loads(out)
+
+        try:
+            r = self.measured(target, lb, go)
+        finally:
+            if lb:
+                self.procs.stop(lb)
+            self.procs.stop(be)
+        return r
+
+    def test_instructions(self, target: str) -> dict | None:
+        """User-space instructions apilb executes for a fixed workload, under
+        callgrind (this machine has no hardware counters for perf stat)."""
+        if target != "apilb":
+            return None
+        be = self.start_backend_http()
+        self.instr_runs = getattr(self, "instr_runs", 0) + 1
+        (self.work / "logs").mkdir(exist_ok=True)
+
+        def wrapper(name: str) -> list[str]:
+            return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.work / 'logs' / name}",
+                    "--dump-instr=no", "--dump-line=no"]
+
+        def total_ir(name: str) -> int:
+            m = re.search(r"^(?:summary|totals):\s*(\d+)", (self.work / "logs" / name).read_text(), re.M)
+            return int(m.group(1)) if m else 0
+
+        # Start-up and shut-down alone, to subtract.
+        base_name = f"callgrind.base.{self.instr_runs}"
+        lb = self.start_balancer("apilb", self.http_port, wrapper=wrapper(base_name))
+        self.procs.stop(lb, sig=signal.SIGTERM, timeout=60)
+        base = total_ir(base_name)
+        name = f"callgrind.out.{self.instr_runs}"
+        lb = self.start_balancer("apilb", self.http_port, wrapper=wrapper(name))
+        n, c = self.args.instr_conns, 50
+        try:
+            t0 = time.monotonic()
+            res = self.run_tool(["h2load", "--h1", "-n", str(n), "-c", str(c), "-H", "Connection: close",
+                                 f"http://127.0.0.1:{self.lb_port}/64k"], timeout=180)
+            elapsed = time.monotonic() - t0
+            summary = next((l for l in res.splitlines() if l.startswith("requests:")), res[-300:])
+            m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", res)
+            ok = int(m.group(2)) if m else 0
+            m = re.search(r"traffic: .*?\((\d+)\) total", res)
+            traffic = int(m.group(1)) if m else 0
+        finally:
+            self.procs.stop(lb, sig=signal.SIGTERM, timeout=60)
+            self.procs.stop(be)
+        if ok != n:
+            raise RuntimeError(f"h2load: {summary}")
+        ir = total_ir(name)
+        return {"ir": ir, "ir_startup": base, "ir_per_conn": (ir - base) / max(1, ok), "succeeded": ok,
+                "bytes_to_client": traffic,
+                "wall_s": elapsed, "h2load": summary}
+
+    # ---------------------------------------------------------------- driver
+    def run(self) -> None:
+        tests = self.args.tests
+        for rnd in range(self.args.rounds):
+            order = list(TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)])
+            log(f"round {rnd + 1}/{self.args.rounds}: order {', '.join(order)}; load average "
+                f"{open('/proc/loadavg').read().split()[0]}")
+            for test in tests:
+                for target in order:
+                    if test == "instructions" and target != "apilb":
+                        continue
+                    fn = getattr(self, f"test_{test}")
+                    self.current = f"{test}.{target}"
+                    t0 = time.monotonic()
+                    try:
+                        r = fn(target)
+                    except Exception as e:  # one failed measurement must not lose the others
+                        log(f"  {test} {target}: FAILED: {e}")
+                        self.notes.append(f"round {rnd + 1}: {test} {target} failed: {e}")
+                        self.procs.stop_all()
+                        continue
+                    if r is None:
+                        continue
+                    r["round"] = rnd + 1
+                    self.samples[test][target].append(r)
+                    log(f"  {test:12s} {target:8s} {short(test, r)}  ({time.monotonic() - t0:.1f}s)")
+
+
+def log_tail(p: subprocess.Popen, n: int = 800) -> str:
+    try:
+        return p.log_path.read_text(errors="replace")[-n:].strip()
+    except (AttributeError, OSError):
+        return ""
+
+
+def parse_wrk(out: str) -> dict:
+    def unit(v: str) -> float:
+        m = re.match(r"([\d.]+)(us|ms|s|m)?", v)
+        n = float(m.group(1))
+        return n * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, None: 1.0}[m.group(2)]
+
+    r = {"rps": float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1)),
+         "requests": int(re.search(r"(\d+) requests in", out).group(1))}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s*{pct}%\s+(\S+)", out, re.M)
+        r[f"p{pct}_ms"] = unit(m.group(1)) if m else None
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    r["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    return r
+
+
+def short(test: str, r: dict) -> str:
+    keys = {"bulk": ("gbps", "cpu_s_per_gb"), "conn_http": ("rps", "cpu_us_per_req"),
+            "conn_tls": ("rps", "cpu_us_per_req"), "keepalive": ("rps", "p50_ms", "p99_ms", "cpu_us_per_req"),
+            "idle": ("rss_per_conn_5000", "rss_per_conn_9000", "failed_9000"),
+            "storm": ("complete_ms", "p99_ms", "failed", "listen_overflows"), "instructions": ("ir", "ir_per_conn", "succeeded")}
+    parts = []
+    if test == "idle":
+        keys = {"idle": tuple(k for k in r if k.startswith(("rss_per_conn_", "failed_")))}
+    for k in keys[test]:
+        v = value(r, k)
+        if v is not None:
+            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    for k in ("socket_errors", "non2xx"):
+        if r.get(k):
+            parts.append(f"{k}={r[k]}!")
+    if "lb_cpu_busy_pct" in r:
+        parts.append(f"cpu{{lb={r['lb_cpu_busy_pct']:.0f}% foreign={r['foreign_lb_cpu_pct']:.0f}% "
+                     f"gen={r['gen_cpu_busy_pct']:.0f}%}}")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------
+# the table
+
+# (test, key, label, unit, better) ; better: "high" or "low"
+ROWS = [
+    ("bulk", "gbps", "Bulk throughput, iperf3 -P 4", "Gbit/s", "high"),
+    ("bulk", "cpu_s_per_gb", "Bulk: balancer CPU per GB", "CPU s/GB", "low"),
+    ("bulk", "lb_cpu_busy_pct", "Bulk: balancer CPU busy", "%", None),
+    ("conn_http", "rps", "New connections/s, HTTP, Connection: close", "conn/s", "high"),
+    ("conn_http", "cpu_us_per_req", "New HTTP connections: balancer CPU per conn", "CPU µs", "low"),
+    ("conn_http", "lb_cpu_busy_pct", "New HTTP connections: balancer CPU busy", "%", None),
+    ("conn_tls", "rps", "New connections/s, TLS 1.3 full handshake", "conn/s", "high"),
+    ("conn_tls", "cpu_us_per_req", "New TLS connections: balancer CPU per conn", "CPU µs", "low"),
+    ("conn_tls", "lb_cpu_busy_pct", "New TLS connections: balancer CPU busy", "%", None),
+    ("keepalive", "rps", "Keep-alive requests/s, 64 connections", "req/s", "high"),
+    ("keepalive", "p50_ms", "Keep-alive latency p50", "ms", "low"),
+    ("keepalive", "p99_ms", "Keep-alive latency p99", "ms", "low"),
+    ("keepalive", "cpu_us_per_req", "Keep-alive: balancer CPU per request", "CPU µs", "low"),
+    ("keepalive", "lb_cpu_busy_pct", "Keep-alive: balancer CPU busy", "%", None),
+    ("idle", "rss_per_conn_5000", "Idle: balancer RSS per connection, 5000 conns", "bytes", "low"),
+    ("idle", "rss_per_conn_9000", "Idle: balancer RSS per connection, 9000 conns", "bytes", "low"),
+    ("idle", "kernel_slab_9000", "Idle: kernel socket slab per connection (all sockets on the path), 9000",
+     "bytes", "low"),
+    ("idle", "kernel_slab_9000-direct", "Idle: the balancer's two sockets' kernel slab (above, less direct)",
+     "bytes", "low"),
+    ("idle", "kernel_tcpmem_9000", "Idle: kernel TCP buffers per connection, 9000", "bytes", "low"),
+    ("storm", "complete_ms", "Storm: 5000 clients at once, all answered after", "ms", "low"),
+    ("storm", "p99_ms", "Storm: per-connection p99", "ms", "low"),
+    ("storm", "listen_overflows", "Storm: accept-queue overflows (kernel ListenOverflows)", "count", "low"),
+    ("instructions", "ir_per_conn", "Instructions per connection (callgrind, 64 KiB each)", "Ir", "low"),
+]
+
+# (test, key, comparison target, factor, rule) for the issue's targets
+GOALS = [
+    ("bulk", "gbps", "haproxy", 1.3, ">="),
+    ("bulk", "gbps", "direct", 0.8, ">="),
+    ("conn_http", "rps", "nginx", 1.25, ">="),
+    ("conn_tls", "rps", "nginx", 1.25, ">="),
+    ("keepalive", "rps", "nginx", 1.1, ">="),
+    ("keepalive", "p99_ms", "haproxy", 1.0, "<="),
+    ("idle", "rss_per_conn_5000", None, 2048, "<="),
+    ("idle", "rss_per_conn_9000", None, 2048, "<="),
+    ("storm", "complete_ms", "direct", 1.1, "<="),
+]
+
+
+def value(sample: dict, key: str):
+    if key == "listen_overflows":
+        return sample.get("tcp", {}).get("ListenOverflows")
+    if key.startswith("kernel_slab_"):
+        return sample.get(f"kernel_per_conn_{key.rsplit('_', 1)[1]}", {}).get("Slab")
+    if key.startswith("kernel_tcpmem_"):
+        return sample.get(f"kernel_per_conn_{key.rsplit('_', 1)[1]}", {}).get("tcp_mem")
+    return sample.get(key)
+
+
+def median_of(samples: list[dict], key: str):
+    vals = [value(s, key) for s in samples]
+    vals = [v for v in vals if v is not None]
+    return (statistics.median(vals), vals) if vals else (None, [])
+
+
+def fmt(v, unit: str) -> str:
+    if v is None:
+        return "–"
+    if unit in ("Gbit/s",):
+        return f"{v:.2f}"
+    if unit in ("CPU s/GB",):
+        return f"{v:.3f}"
+    if unit in ("ms", "CPU µs"):
+        return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    if unit == "%":
+        return f"{v:.0f}"
+    return f"{v:,.0f}"
+
+
+def table(samples) -> tuple[str, list[str]]:
+    lines = ["| Measure | unit | apilb | HAProxy | nginx | direct | apilb/direct | apilb/HAProxy | apilb/nginx |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for test, key, label, unit, _ in ROWS:
+        if key.endswith("-direct"):
+            base = median_of(samples[test]["direct"], key[:-7])[0]
+            med = {t: median_of(samples[test][t], key[:-7])[0] for t in BALANCERS}
+            med = {t: (v - base if v is not None and base is not None else None) for t, v in med.items()}
+            med["direct"] = None
+        else:
+            med = {t: median_of(samples[test][t], key)[0] for t in TARGETS}
+        if all(v is None for v in med.values()):
+            continue
+        a = med["apilb"]
+
+        def ratio(o):
+            return f"{a / o:.2f}" if a is not None and o else "–"
+
+        lines.append(f"| {label} | {unit} | " + " | ".join(fmt(med[t], unit) for t in TARGETS) +
+                     f" | {ratio(med['direct'])} | {ratio(med['haproxy'])} | {ratio(med['nginx'])} |")
+    goals = []
+    for test, key, other, factor, rule in GOALS:
+        a = median_of(samples[test]["apilb"], key)[0]
+        label = next(r[2] for r in ROWS if r[0] == test and r[1] == key)
+        if other is None:
+            ref, desc = factor, f"≤ {factor:.0f} bytes"
+        else:
+            o = median_of(samples[test][other], key)[0]
+            ref = o * factor if o is not None else None
+            desc = f"{rule.replace('>=', '≥').replace('<=', '≤')} {factor} × {other}"
+        if a is None or ref is None:
+            status = "not measured"
+        else:
+            met = a >= ref if rule == ">=" else a <= ref
+            have = f"{a / (ref / factor):.2f} ×" if other else f"{a:.0f} bytes"
+            status = f"{'met' if met else 'MISSED'} ({have})"
+        goals.append(f"| {label} | {desc} | {status} |")
+    return "\n".join(lines), goals
+
+
+def round_ratios(samples) -> str:
+    """apilb against the reference of each target, round by round: how much
+    of the median's verdict a single noisy round could change."""
+    lines = ["Per round, apilb divided by the reference measured in the same round:", "",
+             "| Measure | reference | rounds 1, 2, ... |", "|---|---|---|"]
+    for test, key, other, _factor, _rule in GOALS:
+        if other is None:
+            continue
+        by_round = {s["round"]: value(s, key) for s in samples[test][other]}
+        ratios = []
+        for s in samples[test]["apilb"]:
+            a, o = value(s, key), by_round.get(s["round"])
+            if a is not None and o:
+                ratios.append(f"{a / o:.2f}")
+        label = next(r[2] for r in ROWS if r[0] == test and r[1] == key)
+        lines.append(f"| {label} | {other} | {', '.join(ratios) or '–'} |")
+    return "\n".join(lines)
+
+
+def noise_table(samples) -> str:
+    """How busy the balancer's CPU was with other people's work during each
+    test (median %): the direct column is the machine's background load."""
+    lines = ["Other load on the balancer's CPU during the measurements (median %; for direct, "
+             "everything on that CPU is other load):", "",
+             "| Test | apilb | HAProxy | nginx | direct |", "|---|--:|--:|--:|--:|"]
+    for test in TESTS:
+        med = [median_of(samples[test][t], "foreign_lb_cpu_pct")[0] for t in TARGETS]
+        if all(v is None for v in med):
+            continue
+        lines.append(f"| {test} | " + " | ".join("–" if v is None else f"{v:.0f}" for v in med) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--apilb", required=True)
+    ap.add_argument("--connload", required=True)
+    ap.add_argument("--work", required=True, help="scratch directory (configs, certificates, logs)")
+    ap.add_argument("--out", required=True, help="directory for results.json and results.md")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=3, help="duration of each iperf3 and wrk run")
+    ap.add_argument("--tests", default=",".join(TESTS))
+    ap.add_argument("--storm", type=int, default=5000)
+    ap.add_argument("--idle", default="5000,9000")
+    ap.add_argument("--instr-conns", type=int, default=2000)
+    ap.add_argument("--perf", metavar="DIR",
+                    help="record a perf profile (cpu-clock, call graphs) of the balancer during each "
+                         "measured run into DIR/perf.TEST.TARGET.N.data")
+    ap.add_argument("--apilb-relay", choices=("splice", "copy"), default="splice",
+                    help="apilb's relay.mode (default splice, apilb's default)")
+    ap.add_argument("--lb-cpu", default="0")
+    ap.add_argument("--gen-cpu", default="1")
+    args = ap.parse_args()
+    args.tests = [t for t in args.tests.split(",") if t]
+    for t in args.tests:
+        if t not in TESTS:
+            ap.error(f"unknown test {t}; known: {', '.join(TESTS)}")
+    args.idle_steps = [int(x) for x in args.idle.split(",")]
+
+    bench = Bench(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    try:
+        bench.prepare()
+        log(f"ports: balancer 127.0.0.1:{bench.lb_port}, backends http {bench.http_port}, "
+            f"https {bench.https_port}, iperf3 {bench.iperf_port}; balancer on CPU {args.lb_cpu}, "
+            f"load generators and backends on CPU {args.gen_cpu}")
+        bench.run()
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        bench.procs.stop_all()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, goals = table(bench.samples)
+    elapsed = time.monotonic() - started
+    md = [f"{args.rounds} rounds, medians; {elapsed:.0f} s in all.", "", rows, "",
+          "| Target | wanted | apilb |", "|---|---|---|", *goals, "", round_ratios(bench.samples), "",
+          noise_table(bench.samples)]
+    if bench.notes:
+        md += ["", "Failed measurements:", *[f"- {n}" for n in bench.notes]]
+    (out / "results.md").write_text("\n".join(md) + "\n")
+    (out / "results.json").write_text(json.dumps(
+        {"rounds": args.rounds, "seconds": args.seconds, "elapsed_s": elapsed, "samples": bench.samples,
+         "notes": bench.notes}, indent=1))
+    print("\n".join(md))
+    return 1 if bench.notes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
