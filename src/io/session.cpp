@@ -352,9 +352,7 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
     while (pick) {
         chosen = &pool.backends[*pick];
         chosen_index = *pick;
-        if (auto opt_ec = apply_tcp_options(upstream, cfg.tcp)) {
-            spdlog::debug("backend {}: setting TCP options failed: {}", chosen->cfg->name, opt_ec.message());
-        }
+        // (The backend socket got its TCP options in connect_one, before connecting.)
         client.native_non_blocking(true, ec);
         upstream.native_non_blocking(true, ec);
         // From here the session can be closed from outside: idle sessions are
