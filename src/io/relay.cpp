@@ -42,6 +42,20 @@ void abort_both(tcp::socket& failed, tcp::socket& peer) {
     failed.close(ignored);
 }
 
+/// A write to the sink failed: a cancelled write (drain, idle, the other
+/// direction's error) ends quietly; a real failure closes both, with RST
+/// towards the source.
+pump_result end_on_write_error(pump_result result, const error_code& ec, tcp::socket& from, tcp::socket& to) {
+    if (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) {
+        result.end = pump_end::aborted;
+    } else {
+        result.end = pump_end::sink_failed;
+        result.error = ec;
+        abort_both(to, from);
+    }
+    return result;
+}
+
 void half_close(tcp::socket& to) {
     error_code ignored;
     to.shutdown(tcp::socket::shutdown_send, ignored);
@@ -131,14 +145,7 @@ asio::awaitable<pump_result> pump_splice(tcp::socket& from, tcp::socket& to, rel
             last_activity = std::chrono::steady_clock::now();
             if (auto ec = co_await drain_pipe(pipe, to, pending)) {
                 res.pipes.release(pipe, pending == 0);
-                if (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) {
-                    result.end = pump_end::aborted;
-                } else {
-                    result.end = pump_end::sink_failed;
-                    result.error = ec;
-                    abort_both(to, from);
-                }
-                co_return result;
+                co_return end_on_write_error(result, ec, from, to);
             }
             if (++chunks >= chunks_before_yield) {
                 chunks = 0;
@@ -182,14 +189,7 @@ asio::awaitable<pump_result> pump_copy(tcp::socket& from, tcp::socket& to, relay
             last_activity = std::chrono::steady_clock::now();
             if (auto ec = co_await write_all(to, buffer.get(), static_cast<std::size_t>(n))) {
                 res.buffers.release(std::move(buffer));
-                if (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) {
-                    result.end = pump_end::aborted;
-                } else {
-                    result.end = pump_end::sink_failed;
-                    result.error = ec;
-                    abort_both(to, from);
-                }
-                co_return result;
+                co_return end_on_write_error(result, ec, from, to);
             }
             if (++chunks >= chunks_before_yield) {
                 chunks = 0;

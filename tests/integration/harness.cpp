@@ -177,6 +177,17 @@ apilb_process::apilb_process(const temp_dir& dir, const std::string& yaml, const
     }
 }
 
+std::string single_pool_config(std::uint16_t port, const std::vector<std::string>& backends,
+                               const std::string& balance, unsigned workers, const std::string& extra) {
+    std::string b;
+    for (std::size_t i = 0; i < backends.size(); ++i) {
+        b += "      - {name: b" + std::to_string(i) + ", address: \"" + backends[i] + "\"}\n";
+    }
+    return "workers: " + std::to_string(workers) + "\nlisteners:\n  - {name: front, address: \"127.0.0.1:" +
+           std::to_string(port) + "\", pool: p}\npools:\n  - name: p\n    balance: " + balance +
+           "\n    backends:\n" + b + "log: {level: debug}\n" + extra;
+}
+
 apilb_process::~apilb_process() {
     if (proc_->running()) {
         proc_->signal(SIGKILL);

@@ -72,6 +72,12 @@ struct command_result {
 };
 command_result run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout = 30s);
 
+/// A config with one listener "front" on 127.0.0.1:`port` and one pool "p"
+/// over `backends` (named b0, b1, …) with debug logging; `extra` is appended
+/// (further top-level sections).
+std::string single_pool_config(std::uint16_t port, const std::vector<std::string>& backends,
+                               const std::string& balance, unsigned workers, const std::string& extra = {});
+
 /// Fails the current test if `log` holds an ASan/UBSan/LSan report.
 void expect_no_sanitizer_report(const std::string& log, const std::string& what);
 

@@ -11,20 +11,7 @@ namespace apilb::test {
 namespace {
 
 std::string config_for(std::uint16_t port, const std::vector<std::string>& backends, const std::string& extra) {
-    std::string b;
-    for (std::size_t i = 0; i < backends.size(); ++i) {
-        b += fmt::format("      - {{name: b{}, address: \"{}\"}}\n", i, backends[i]);
-    }
-    return fmt::format(R"(workers: 2
-listeners:
-  - {{name: front, address: "127.0.0.1:{}", pool: p}}
-pools:
-  - name: p
-    balance: least-connections
-    backends:
-{}log: {{level: debug}}
-{})",
-                       port, b, extra);
+    return single_pool_config(port, backends, "least-connections", 2, extra);
 }
 
 bool echoes(client& c, const std::string& msg) {

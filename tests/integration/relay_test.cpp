@@ -18,21 +18,7 @@ namespace {
 
 std::string relay_config(const std::string& mode, std::uint16_t port, const std::vector<std::string>& backends,
                          const std::string& extra = {}) {
-    std::string b;
-    for (std::size_t i = 0; i < backends.size(); ++i) {
-        b += fmt::format("      - {{name: b{}, address: \"{}\"}}\n", i, backends[i]);
-    }
-    return fmt::format(R"(workers: 2
-listeners:
-  - {{name: front, address: "127.0.0.1:{}", pool: p}}
-pools:
-  - name: p
-    balance: round-robin
-    backends:
-{}relay: {{mode: {}}}
-log: {{level: debug}}
-{})",
-                       port, b, mode, extra);
+    return single_pool_config(port, backends, "round-robin", 2, "relay: {mode: " + mode + "}\n" + extra);
 }
 
 class Relay : public ::testing::TestWithParam<std::string> {
