@@ -73,7 +73,6 @@ struct relay_resources {
     relay_mode mode;
     pipe_pool pipes;
     buffer_pool buffers;
-    std::uint64_t splice_fallbacks = 0;  ///< directions moved to copy for want of a pipe
 };
 
 /// How one direction of a session ended.

@@ -29,8 +29,6 @@ public:
     /// Opens, binds and listens on `listener_index`'s address with SO_REUSEPORT.
     /// Control thread, before start(). Throws std::system_error with the reason.
     void bind(std::size_t listener_index);
-    /// The address the first acceptor of a listener is bound to.
-    boost::asio::ip::tcp::endpoint local_endpoint(std::size_t listener_index) const;
 
     /// Caps the process-wide session count this worker admits (0 = none).
     /// Control thread, before start().

@@ -115,7 +115,6 @@ asio::awaitable<pump_result> pump_splice(tcp::socket& from, tcp::socket& to, rel
             // Out of descriptors for a pipe: carry on through a buffer rather
             // than drop a session that already has both its sockets. The data
             // is still readable, so the copy relay picks it up at once.
-            ++res.splice_fallbacks;
             const std::uint64_t before = result.bytes;
             result = co_await pump_copy(from, to, res, last_activity);
             result.bytes += before;

@@ -63,16 +63,6 @@ void worker::bind(std::size_t listener_index) {
     acceptors_.push_back(std::move(slot));
 }
 
-tcp::endpoint worker::local_endpoint(std::size_t listener_index) const {
-    for (const auto& s : acceptors_) {
-        if (s->listener_index == listener_index) {
-            error_code ec;
-            return s->acceptor.local_endpoint(ec);
-        }
-    }
-    return {};
-}
-
 void worker::start() {
     for (auto& slot : acceptors_) {
         asio::co_spawn(io_, accept_loop(*slot), [](std::exception_ptr e) {

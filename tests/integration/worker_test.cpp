@@ -50,22 +50,30 @@ private:
     std::vector<int> fillers_;
 };
 
-TEST(Worker, OutOfDescriptorsPausesAcceptingInsteadOfSpinning) {
-    tcp_server echo("127.0.0.2", echo_handler());
-    const auto port = free_port();
-    auto cfg = parse_config(fmt::format(R"(workers: 1
+/// One started worker with no session limit, in front of one echo backend.
+struct worker_rig {
+    tcp_server echo{"127.0.0.2", echo_handler()};
+    std::uint16_t port = free_port();
+    process_stats stats;
+    std::shared_ptr<const snapshot> snap = snapshot::build(parse_config(fmt::format(R"(workers: 1
 listeners: [{{name: f, address: "127.0.0.1:{}", pool: p}}]
 pools: [{{name: p, backends: [{{name: b, address: "{}"}}]}}]
 relay: {{mode: copy}}
 )",
-                                        port, echo.address()),
-                            "test.yaml");
-    process_stats stats;
-    auto snap = snapshot::build(cfg);
-    worker w(0, snap, stats);
-    w.bind(0);
-    w.set_max_connections(0);
-    w.start();
+                                                                                    port, echo.address()),
+                                                                        "test.yaml"));
+    worker w{0, snap, stats};
+
+    worker_rig() {
+        w.bind(0);
+        w.set_max_connections(0);
+        w.start();
+    }
+};
+
+TEST(Worker, OutOfDescriptorsPausesAcceptingInsteadOfSpinning) {
+    worker_rig rig;
+    auto& [echo, port, stats, snap, w] = rig;
 
     // Sockets made first; then the limit leaves no room for another descriptor,
     // so apilb's accept() fails with EMFILE while the clients' handshakes
@@ -98,21 +106,8 @@ relay: {{mode: copy}}
 }
 
 TEST(Worker, OutOfDescriptorsForTheBackendSocketIsNotTheBackendsFault) {
-    tcp_server echo("127.0.0.2", echo_handler());
-    const auto port = free_port();
-    auto cfg = parse_config(fmt::format(R"(workers: 1
-listeners: [{{name: f, address: "127.0.0.1:{}", pool: p}}]
-pools: [{{name: p, backends: [{{name: b, address: "{}"}}]}}]
-relay: {{mode: copy}}
-)",
-                                        port, echo.address()),
-                            "test.yaml");
-    process_stats stats;
-    auto snap = snapshot::build(cfg);
-    worker w(0, snap, stats);
-    w.bind(0);
-    w.set_max_connections(0);
-    w.start();
+    worker_rig rig;
+    auto& [echo, port, stats, snap, w] = rig;
     client c;
     ASSERT_TRUE(c.open());
     {
