@@ -5,7 +5,7 @@
 // thread; nothing here is shared between threads.
 #pragma once
 
-#include <boost/asio/awaitable.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/system/error_code.hpp>
 
@@ -13,9 +13,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "apilb/config.hpp"
+#include "apilb/erased_handler.hpp"
 
 namespace apilb {
 
@@ -92,14 +94,104 @@ struct pump_result {
     boost::system::error_code error;  ///< the error behind source_reset / sink_failed / resources
 };
 
-/// Relays `from` → `to` until EOF, an error or cancellation. Both sockets
-/// must be open and non-blocking. On EOF only this direction ends (half-close);
-/// on an error both sockets are closed, with RST towards the peer that did not
-/// fail. In splice mode, a direction that cannot get a pipe (out of
-/// descriptors) carries on with the copy relay. `last_activity` is stamped whenever bytes move (for the idle timeout).
-boost::asio::awaitable<pump_result> pump(boost::asio::ip::tcp::socket& from,
-                                         boost::asio::ip::tcp::socket& to,
-                                         relay_resources& resources,
-                                         std::chrono::steady_clock::time_point& last_activity);
+/// Relays both directions of one session until both have ended, driven by
+/// readiness callbacks rather than coroutines: an idle session costs two
+/// pending waits and nothing else, and a connection pays for no coroutine
+/// frame or parallel group of its own. Lives in the session's frame; both
+/// sockets must be open and non-blocking. Worker thread only.
+///
+/// Each direction ends on its own: on EOF it passes the half-close on as
+/// shutdown(SHUT_WR) and the other direction goes on. On a read error (RST)
+/// or a failed write both sockets are closed, with RST towards the peer that
+/// did not fail. A direction that cannot get a pipe (out of descriptors)
+/// carries on with the copy relay.
+class relay {
+public:
+    using clock = std::chrono::steady_clock;
+
+    /// `last_activity` is stamped whenever bytes move (for the idle timeout).
+    relay(boost::asio::ip::tcp::socket& client, boost::asio::ip::tcp::socket& upstream,
+          relay_resources& resources, clock::time_point& last_activity);
+    ~relay();
+    relay(const relay&) = delete;
+    relay& operator=(const relay&) = delete;
+
+    /// Until the backend's first byte, appends what the client sends to
+    /// `*sent` (at most `limit` bytes; beyond that nothing is kept). If the
+    /// backend then closes or resets before sending anything while the client
+    /// is still sending, the run ends early (backend_failed_early()) so that
+    /// the session can replay `*sent` to another backend. `*sent` is emptied
+    /// (and its memory freed) once the backend's first byte arrives or the
+    /// limit is passed. Call before async_run.
+    void keep_for_replay(std::string* sent, std::size_t limit);
+
+    /// Runs until both directions have ended (signature `void()`).
+    template <typename CompletionToken>
+    auto async_run(CompletionToken&& token) {
+        return boost::asio::async_initiate<CompletionToken, void()>(
+            [this](auto handler) { start(erased_handler<>(std::move(handler))); },
+            token);
+    }
+
+    /// Client → backend. Valid once the run has completed.
+    const pump_result& to_backend() const noexcept { return dirs_[0].result; }
+    /// Backend → client. Valid once the run has completed.
+    const pump_result& from_backend() const noexcept { return dirs_[1].result; }
+    /// The backend closed or reset (or refused the client's bytes) before
+    /// sending anything, and `*sent` holds all the client sent: the session
+    /// may go to another backend. The upstream socket is closed; the client
+    /// socket is open and untouched.
+    bool backend_failed_early() const noexcept { return failed_early_; }
+    /// Why the backend failed early (eof for a clean close).
+    const boost::system::error_code& early_error() const noexcept { return early_error_; }
+    /// The backend has sent at least one byte.
+    bool backend_answered() const noexcept { return answered_; }
+
+private:
+    struct direction {
+        boost::asio::ip::tcp::socket* from = nullptr;
+        boost::asio::ip::tcp::socket* to = nullptr;
+        bool to_backend = false;
+        bool done = false;
+        bool splicing = false;       ///< this burst goes through `pipe`, else through `buffer`
+        pipe_pair pipe{};
+        bool holding_pipe = false;
+        std::unique_ptr<std::byte[]> buffer;
+        std::size_t offset = 0;      ///< copy: first unsent byte in `buffer`
+        std::size_t pending = 0;     ///< bytes read but not yet written
+        int chunks = 0;              ///< reads since the last yield
+        pump_result result;
+    };
+
+    void start(erased_handler<> handler);
+    void wait_readable(direction& d);
+    void on_readable(direction& d, const boost::system::error_code& ec);
+    /// Moves bytes until the source would block, the sink would block, the
+    /// direction yields to other sessions, or it ends.
+    void transfer(direction& d);
+    /// Writes what is pending; false if it is now waiting for the sink or ended.
+    bool flush(direction& d);
+    void on_writable(direction& d, const boost::system::error_code& ec);
+    void release(direction& d);
+    void finish(direction& d, pump_end end);
+    /// The backend failed before its first byte: stop both directions so the
+    /// session can try another backend. False if a replay is not possible.
+    bool fail_early(direction& d, const boost::system::error_code& ec);
+    void stop_recording();
+    bool stale(const direction& d) const;
+
+    boost::asio::ip::tcp::socket& client_;
+    boost::asio::ip::tcp::socket& upstream_;
+    relay_resources& res_;
+    clock::time_point& last_activity_;
+    direction dirs_[2];
+    erased_handler<> handler_;
+    std::string* sent_ = nullptr;  ///< non-null while the client's bytes are kept for a replay
+    std::size_t replay_limit_ = 0;
+    bool answered_ = false;
+    bool stopping_ = false;
+    bool failed_early_ = false;
+    boost::system::error_code early_error_;
+};
 
 }  // namespace apilb

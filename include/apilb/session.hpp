@@ -70,6 +70,8 @@ struct worker_context {
     process_stats& stats;
     relay_resources relay;
     std::vector<balancer_state> balancers;  ///< one per pool of `snap`
+    /// Scratch for choosing a backend: filled and read with no suspension between.
+    std::vector<backend_load> loads;
     session_list sessions;
     /// Sessions the whole process may hold (0 = no limit): limits.max_connections,
     /// capped by what the file-descriptor limit can hold. Set before start.

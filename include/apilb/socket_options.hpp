@@ -9,10 +9,10 @@
 namespace apilb {
 
 /// Sets TCP_NODELAY, SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT and
-/// TCP_USER_TIMEOUT as configured. The socket must be open. Returns the first
-/// error; a failure here is logged by the caller, not fatal.
-boost::system::error_code apply_tcp_options(boost::asio::ip::tcp::socket& socket,
-                                            const tcp_config& cfg);
+/// TCP_USER_TIMEOUT as configured on the open TCP socket `fd`. Set on a
+/// listening socket, they are inherited by every socket it accepts (Linux).
+/// Returns the first error.
+boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg);
 
 /// Makes the next close() send RST instead of FIN (SO_LINGER with timeout 0),
 /// so that a reset seen on one leg reaches the peer on the other.

@@ -1,9 +1,6 @@
 #include "apilb/relay.hpp"
 
 #include <boost/asio/post.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/as_tuple.hpp>
 
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -22,7 +19,7 @@ using tcp = asio::ip::tcp;
 namespace {
 
 /// A direction that keeps finding data yields to its worker's other sessions
-/// after this many chunks, so one bulk transfer cannot starve a thousand watches.
+/// after this many reads, so one bulk transfer cannot starve a thousand watches.
 constexpr int chunks_before_yield = 16;
 
 /// splice(2) moves at most a pipe's capacity at a time; asking for more is harmless.
@@ -31,6 +28,11 @@ constexpr std::size_t splice_chunk = 1 << 20;
 error_code last_error() { return {errno, boost::system::system_category()}; }
 
 bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+void half_close(tcp::socket& to) {
+    error_code ignored;
+    to.shutdown(tcp::socket::shutdown_send, ignored);
+}
 
 /// After an error on one side: close both, with RST towards `peer` so that a
 /// reset is not turned into a clean FIN (a client must not take a truncated
@@ -42,164 +44,204 @@ void abort_both(tcp::socket& failed, tcp::socket& peer) {
     failed.close(ignored);
 }
 
-/// A write to the sink failed: a cancelled write (drain, idle, the other
-/// direction's error) ends quietly; a real failure closes both, with RST
-/// towards the source.
-pump_result end_on_write_error(pump_result result, const error_code& ec, tcp::socket& from, tcp::socket& to) {
-    if (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) {
-        result.end = pump_end::aborted;
-    } else {
-        result.end = pump_end::sink_failed;
-        result.error = ec;
-        abort_both(to, from);
-    }
-    return result;
+}  // namespace
+
+relay::relay(tcp::socket& client, tcp::socket& upstream, relay_resources& resources,
+             clock::time_point& last_activity)
+    : client_(client), upstream_(upstream), res_(resources), last_activity_(last_activity) {
+    dirs_[0].from = &client;
+    dirs_[0].to = &upstream;
+    dirs_[0].to_backend = true;
+    dirs_[1].from = &upstream;
+    dirs_[1].to = &client;
 }
 
-void half_close(tcp::socket& to) {
-    error_code ignored;
-    to.shutdown(tcp::socket::shutdown_send, ignored);
+relay::~relay() {
+    for (auto& d : dirs_) release(d);
 }
 
-/// Writes `len` bytes of `data`, waiting for writability as needed.
-asio::awaitable<error_code> write_all(tcp::socket& to, const std::byte* data, std::size_t len) {
-    while (len > 0) {
-        const ssize_t n = ::send(to.native_handle(), data, len, MSG_NOSIGNAL);
-        if (n >= 0) {
-            data += n;
-            len -= static_cast<std::size_t>(n);
-            continue;
+void relay::keep_for_replay(std::string* sent, std::size_t limit) {
+    sent_ = sent;
+    replay_limit_ = limit;
+}
+
+void relay::start(erased_handler<> handler) {
+    handler_ = std::move(handler);
+    for (auto& d : dirs_) wait_readable(d);
+}
+
+void relay::wait_readable(direction& d) {
+    d.from->async_wait(tcp::socket::wait_read, [this, &d](const error_code& ec) { on_readable(d, ec); });
+}
+
+bool relay::stale(const direction& d) const {
+    // Closed from outside (drain, idle, health), by the other direction's
+    // error, or stopped for a replay: nothing more to move.
+    return stopping_ || !d.from->is_open() || !d.to->is_open();
+}
+
+void relay::on_readable(direction& d, const error_code& ec) {
+    if (ec || stale(d)) return finish(d, pump_end::aborted);
+    d.chunks = 0;
+    transfer(d);
+}
+
+void relay::stop_recording() {
+    if (!sent_) return;
+    std::string().swap(*sent_);
+    sent_ = nullptr;
+}
+
+void relay::transfer(direction& d) {
+    for (;;) {
+        if (d.pending > 0 && !flush(d)) return;
+        if (d.chunks >= chunks_before_yield) {
+            // Let the worker's other sessions run; carry on from here after them.
+            release(d);
+            asio::post(d.from->get_executor(), [this, &d] {
+                if (stale(d)) return finish(d, pump_end::aborted);
+                d.chunks = 0;
+                transfer(d);
+            });
+            return;
         }
-        if (errno == EINTR) continue;
-        if (!would_block(errno)) co_return last_error();
-        auto [ec] = co_await to.async_wait(tcp::socket::wait_write, asio::as_tuple(asio::use_awaitable));
-        if (ec) co_return ec;
+        if (!d.holding_pipe && !d.buffer) {
+            // A burst starts: borrow a pipe or a buffer for it. The client's
+            // bytes go through a buffer while they are kept for a replay.
+            d.splicing = res_.mode == relay_mode::splice && !(d.to_backend && sent_);
+            if (d.splicing) {
+                error_code pipe_ec;
+                d.pipe = res_.pipes.acquire(pipe_ec);
+                // Out of descriptors for a pipe: carry on through a buffer
+                // rather than drop a session that already has both sockets.
+                d.splicing = !pipe_ec;
+                d.holding_pipe = !pipe_ec;
+            }
+            if (!d.splicing) {
+                d.buffer = res_.buffers.acquire();
+                d.offset = 0;
+            }
+        }
+        ssize_t n;
+        if (d.splicing) {
+            n = ::splice(d.from->native_handle(), nullptr, d.pipe.write_fd, nullptr, splice_chunk,
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        } else {
+            n = ::recv(d.from->native_handle(), d.buffer.get(), res_.buffers.buffer_size(), 0);
+        }
+        if (n == 0) {
+            if (!d.to_backend && !answered_ && fail_early(d, asio::error::eof)) return;
+            half_close(*d.to);
+            return finish(d, pump_end::eof);
+        }
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (would_block(errno)) {
+                release(d);
+                return wait_readable(d);
+            }
+            const error_code ec = last_error();
+            if (!d.to_backend && !answered_ && fail_early(d, ec)) return;
+            d.result.error = ec;
+            abort_both(*d.from, *d.to);
+            return finish(d, pump_end::source_reset);
+        }
+        const auto got = static_cast<std::size_t>(n);
+        d.result.bytes += got;
+        d.pending = got;
+        d.offset = 0;
+        ++d.chunks;
+        last_activity_ = clock::now();
+        if (d.to_backend) {
+            if (sent_) {
+                if (sent_->size() + got > replay_limit_) {
+                    stop_recording();  // too much to replay: this backend owns the session now
+                } else {
+                    sent_->append(reinterpret_cast<const char*>(d.buffer.get()), got);
+                }
+            }
+        } else if (!answered_) {
+            answered_ = true;
+            stop_recording();
+        }
     }
-    co_return error_code{};
 }
 
-/// Drains `pending` bytes from the pipe into `to`, waiting for writability as needed.
-asio::awaitable<error_code> drain_pipe(const pipe_pair& pipe, tcp::socket& to, std::size_t& pending) {
-    while (pending > 0) {
-        const ssize_t n = ::splice(pipe.read_fd, nullptr, to.native_handle(), nullptr, pending,
-                                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+bool relay::flush(direction& d) {
+    while (d.pending > 0) {
+        ssize_t n;
+        if (d.splicing) {
+            n = ::splice(d.pipe.read_fd, nullptr, d.to->native_handle(), nullptr, d.pending,
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        } else {
+            n = ::send(d.to->native_handle(), d.buffer.get() + d.offset, d.pending, MSG_NOSIGNAL);
+        }
         if (n > 0) {
-            pending -= static_cast<std::size_t>(n);
+            d.pending -= static_cast<std::size_t>(n);
+            d.offset += static_cast<std::size_t>(n);
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && !would_block(errno)) co_return last_error();
-        auto [ec] = co_await to.async_wait(tcp::socket::wait_write, asio::as_tuple(asio::use_awaitable));
-        if (ec) co_return ec;
+        if (n < 0 && would_block(errno)) {
+            d.to->async_wait(tcp::socket::wait_write, [this, &d](const error_code& ec) { on_writable(d, ec); });
+            return false;
+        }
+        // A zero-length splice to a socket means it cannot take more: treat as EPIPE.
+        const error_code ec = n < 0 ? last_error() : error_code{EPIPE, boost::system::system_category()};
+        if (d.to_backend && !answered_ && fail_early(d, ec)) return false;
+        d.result.error = ec;
+        abort_both(*d.to, *d.from);
+        finish(d, pump_end::sink_failed);
+        return false;
     }
-    co_return error_code{};
+    return true;
 }
 
-asio::awaitable<pump_result> pump_copy(tcp::socket& from, tcp::socket& to, relay_resources& res,
-                                       std::chrono::steady_clock::time_point& last_activity);
-
-asio::awaitable<pump_result> pump_splice(tcp::socket& from, tcp::socket& to, relay_resources& res,
-                                         std::chrono::steady_clock::time_point& last_activity) {
-    pump_result result;
-    int chunks = 0;
-    for (;;) {
-        auto [wait_ec] =
-            co_await from.async_wait(tcp::socket::wait_read, asio::as_tuple(asio::use_awaitable));
-        if (wait_ec) {
-            result.end = pump_end::aborted;
-            co_return result;
-        }
-        error_code pipe_ec;
-        pipe_pair pipe = res.pipes.acquire(pipe_ec);
-        if (pipe_ec) {
-            // Out of descriptors for a pipe: carry on through a buffer rather
-            // than drop a session that already has both its sockets. The data
-            // is still readable, so the copy relay picks it up at once.
-            const std::uint64_t before = result.bytes;
-            result = co_await pump_copy(from, to, res, last_activity);
-            result.bytes += before;
-            co_return result;
-        }
-        // Holding the pipe: move chunks until the source has nothing more to give.
-        for (;;) {
-            const ssize_t n = ::splice(from.native_handle(), nullptr, pipe.write_fd, nullptr,
-                                       splice_chunk, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-            if (n == 0) {
-                res.pipes.release(pipe, true);
-                half_close(to);
-                result.end = pump_end::eof;
-                co_return result;
-            }
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                if (would_block(errno)) break;
-                result.error = last_error();
-                res.pipes.release(pipe, true);
-                result.end = pump_end::source_reset;
-                abort_both(from, to);
-                co_return result;
-            }
-            std::size_t pending = static_cast<std::size_t>(n);
-            result.bytes += pending;
-            last_activity = std::chrono::steady_clock::now();
-            if (auto ec = co_await drain_pipe(pipe, to, pending)) {
-                res.pipes.release(pipe, pending == 0);
-                co_return end_on_write_error(result, ec, from, to);
-            }
-            if (++chunks >= chunks_before_yield) {
-                chunks = 0;
-                co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
-            }
-        }
-        res.pipes.release(pipe, true);
-    }
+void relay::on_writable(direction& d, const error_code& ec) {
+    if (ec || stale(d)) return finish(d, pump_end::aborted);
+    if (flush(d)) transfer(d);
 }
 
-asio::awaitable<pump_result> pump_copy(tcp::socket& from, tcp::socket& to, relay_resources& res,
-                                       std::chrono::steady_clock::time_point& last_activity) {
-    pump_result result;
-    int chunks = 0;
-    for (;;) {
-        auto [wait_ec] =
-            co_await from.async_wait(tcp::socket::wait_read, asio::as_tuple(asio::use_awaitable));
-        if (wait_ec) {
-            result.end = pump_end::aborted;
-            co_return result;
-        }
-        auto buffer = res.buffers.acquire();
-        for (;;) {
-            const ssize_t n = ::recv(from.native_handle(), buffer.get(), res.buffers.buffer_size(), 0);
-            if (n == 0) {
-                res.buffers.release(std::move(buffer));
-                half_close(to);
-                result.end = pump_end::eof;
-                co_return result;
-            }
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                if (would_block(errno)) break;
-                result.error = last_error();
-                res.buffers.release(std::move(buffer));
-                result.end = pump_end::source_reset;
-                abort_both(from, to);
-                co_return result;
-            }
-            result.bytes += static_cast<std::uint64_t>(n);
-            last_activity = std::chrono::steady_clock::now();
-            if (auto ec = co_await write_all(to, buffer.get(), static_cast<std::size_t>(n))) {
-                res.buffers.release(std::move(buffer));
-                co_return end_on_write_error(result, ec, from, to);
-            }
-            if (++chunks >= chunks_before_yield) {
-                chunks = 0;
-                co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
-            }
-        }
-        res.buffers.release(std::move(buffer));
-    }
+bool relay::fail_early(direction& d, const error_code& ec) {
+    // Only while every byte of the client is still kept, and the client has
+    // not ended its side (its EOF would have to be replayed too).
+    if (!sent_ || dirs_[0].done) return false;
+    failed_early_ = true;
+    early_error_ = ec;
+    stopping_ = true;
+    error_code ignored;
+    upstream_.close(ignored);
+    // The other direction's pending wait completes with operation_aborted.
+    client_.cancel(ignored);
+    finish(d, pump_end::aborted);
+    return true;
 }
 
-}  // namespace
+void relay::release(direction& d) {
+    if (d.holding_pipe) {
+        res_.pipes.release(d.pipe, d.pending == 0);
+        d.holding_pipe = false;
+    }
+    if (d.buffer) res_.buffers.release(std::move(d.buffer));
+    d.buffer.reset();
+    d.pending = 0;
+}
+
+void relay::finish(direction& d, pump_end end) {
+    release(d);
+    d.done = true;
+    d.result.end = end;
+    if (!dirs_[0].done || !dirs_[1].done) return;
+    if (failed_early_) {
+        // Keep the client's bytes for the replay; undo the direction results.
+        for (auto& x : dirs_) x.result = {};
+    } else {
+        stop_recording();
+    }
+    // Complete from the worker's queue, never from inside a handler of ours:
+    // the session may destroy this relay as soon as it resumes.
+    asio::post(client_.get_executor(), [h = std::move(handler_)]() mutable { h(); });
+}
 
 pipe_pool::pipe_pool(std::uint32_t pipe_size, std::size_t max_idle)
     : pipe_size_(pipe_size), max_idle_(max_idle) {}
@@ -265,14 +307,6 @@ const char* to_string(pump_end e) {
     case pump_end::aborted: return "aborted";
     }
     return "?";
-}
-
-asio::awaitable<pump_result> pump(tcp::socket& from, tcp::socket& to, relay_resources& resources,
-                                  std::chrono::steady_clock::time_point& last_activity) {
-    if (resources.mode == relay_mode::splice) {
-        co_return co_await pump_splice(from, to, resources, last_activity);
-    }
-    co_return co_await pump_copy(from, to, resources, last_activity);
 }
 
 }  // namespace apilb

@@ -1,29 +1,25 @@
 #include "apilb/session.hpp"
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-
 #include <boost/asio/write.hpp>
+#include <boost/container/small_vector.hpp>
 
-#include <sys/socket.h>
-
-#include <array>
-#include <cerrno>
 #include <optional>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "apilb/erased_handler.hpp"
 #include "apilb/health.hpp"
 #include "apilb/socket_options.hpp"
 
 namespace apilb {
 
 namespace asio = boost::asio;
-using namespace asio::experimental::awaitable_operators;
 using boost::system::error_code;
 using tcp = asio::ip::tcp;
 using clock_type = std::chrono::steady_clock;
@@ -91,34 +87,57 @@ bool try_reserve(backend_stats& stats, std::uint32_t per_backend) {
 
 enum class connect_outcome { connected, refused, timed_out, aborted, local_error };
 
-/// One connect attempt, raced against the connect timeout.
-asio::awaitable<std::pair<connect_outcome, error_code>> connect_one(tcp::socket& upstream,
-                                                                   const backend_runtime& backend,
-                                                                   const config& cfg) {
-    error_code ec;
-    upstream.open(backend.endpoint.protocol(), ec);
-    // Not the backend's fault: this process is out of descriptors or memory.
-    if (ec) co_return std::pair{connect_outcome::local_error, ec};
-    if (auto opt_ec = apply_tcp_options(upstream, cfg.tcp)) {
-        spdlog::debug("backend {}: setting TCP options failed: {}", backend.cfg->name, opt_ec.message());
+/// A connect raced against a deadline. Both the connect and the timer have
+/// completed before the caller resumes, so neither outlives the caller's
+/// frame; no parallel group, no coroutine frame of its own.
+class timed_connect {
+public:
+    explicit timed_connect(const asio::any_io_executor& ex) : timer_(ex) {}
+
+    /// Completes with the connect's error, or timed_out after `timeout`
+    /// (then the socket is closed). Signature `void(error_code)`.
+    template <typename CompletionToken>
+    auto async_connect(tcp::socket& s, const tcp::endpoint& ep, std::chrono::milliseconds timeout,
+                       CompletionToken&& token) {
+        return asio::async_initiate<CompletionToken, void(error_code)>(
+            [this, &s, &ep, timeout](auto handler) {
+                handler_ = erased_handler<error_code>(std::move(handler));
+                socket_ = &s;
+                outstanding_ = 2;
+                timed_out_ = false;
+                result_ = {};
+                timer_.expires_after(timeout);
+                timer_.async_wait([this](const error_code& ec) {
+                    if (!ec && outstanding_ == 2) {
+                        timed_out_ = true;
+                        error_code ignored;
+                        socket_->close(ignored);
+                    }
+                    done();
+                });
+                s.async_connect(ep, [this](const error_code& ec) {
+                    result_ = ec;
+                    timer_.cancel();
+                    done();
+                });
+            },
+            token);
     }
-    asio::steady_timer timer(co_await asio::this_coro::executor);
-    timer.expires_after(cfg.timeouts.connect);
-    auto result = co_await (upstream.async_connect(backend.endpoint, asio::as_tuple(asio::use_awaitable)) ||
-                            timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-    if (result.index() == 1) {
-        upstream.close(ec);
-        co_return std::pair{connect_outcome::timed_out, error_code{asio::error::timed_out}};
+
+private:
+    void done() {
+        if (--outstanding_ != 0) return;
+        const error_code ec = timed_out_ ? error_code{asio::error::timed_out} : result_;
+        asio::post(timer_.get_executor(), [h = std::move(handler_), ec]() mutable { h(ec); });
     }
-    auto [cec] = std::get<0>(result);
-    if (cec) {
-        upstream.close(ec);
-        co_return std::pair{cec == asio::error::operation_aborted ? connect_outcome::aborted
-                                                                  : connect_outcome::refused,
-                            cec};
-    }
-    co_return std::pair{connect_outcome::connected, error_code{}};
-}
+
+    asio::steady_timer timer_;
+    tcp::socket* socket_ = nullptr;
+    erased_handler<error_code> handler_;
+    int outstanding_ = 0;
+    bool timed_out_ = false;
+    error_code result_;
+};
 
 /// Passive health detection: the first failure of a backend marks it
 /// suspect at once (other workers skip it from now on) and tells the health
@@ -132,14 +151,18 @@ void report_passive(worker_context& ctx, const pool_runtime& pool, std::size_t p
     ctx.report_passive(pool_index, backend_index, std::move(what));
 }
 
+/// Backends tried so far by one session; no allocation for pools of up to 16.
+using tried_set = boost::container::small_vector<std::uint8_t, 16>;
+
 /// What the balancer needs of every backend now: its health tier, its
 /// weight scaled by slow start (in 1/1000), and whether it may be chosen.
-void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, const std::vector<bool>& tried,
+void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, const tried_set& tried,
                 std::uint32_t per_backend) {
     const health_config& health = pool.cfg->health;
     const bool try_all = health.all_unhealthy == all_unhealthy_policy::try_all;
     const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
                                  clock_type::now().time_since_epoch()).count();
+    loads.resize(pool.backends.size());
     for (std::size_t i = 0; i < loads.size(); ++i) {
         const auto& b = pool.backends[i];
         const auto active = b.stats->active.load(std::memory_order_relaxed);
@@ -157,14 +180,6 @@ void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, cons
     }
 }
 
-/// Both directions, each ending on its own (half-close), awaited together.
-asio::awaitable<std::tuple<pump_result, pump_result>> relay_both(tcp::socket& client, tcp::socket& upstream,
-                                                                 relay_resources& res,
-                                                                 clock_type::time_point& last_activity) {
-    co_return co_await (pump(client, upstream, res, last_activity) &&
-                        pump(upstream, client, res, last_activity));
-}
-
 /// Closes with RST instead of FIN: a reset is passed on as a reset.
 void close_with_reset(tcp::socket& s) {
     error_code ignored;
@@ -174,14 +189,22 @@ void close_with_reset(tcp::socket& s) {
 
 /// Choosing and connecting across the attempts of one session.
 struct connect_state {
-    explicit connect_state(std::size_t backends) : loads(backends), tried(backends, false) {}
+    explicit connect_state(std::size_t backends) : tried(backends, 0) {}
     std::uint64_t key_hash = 0;  ///< maglev pools: the client's key
-    std::vector<backend_load> loads;
-    std::vector<bool> tried;
+    tried_set tried;
     std::uint32_t attempts = 0;
     std::string failures;     ///< "name: reason; ..." for the log when every attempt failed
     error_code local_failure; ///< this process is out of something: not a backend's fault
 };
+
+/// The client's address for log lines. Looked up only when a line is written:
+/// most sessions never need it, and getpeername is a system call.
+std::string client_text(const tcp::socket& client, const std::optional<tcp::endpoint>& known) {
+    if (known) return endpoint_text(*known);
+    error_code ec;
+    const auto ep = client.remote_endpoint(ec);
+    return ec ? std::string("?") : endpoint_text(ep);
+}
 
 /// Picks the next backend and connects to it, moving on to the next one when
 /// a connect fails, until connect_attempts are used. Returns the backend's
@@ -189,48 +212,49 @@ struct connect_state {
 asio::awaitable<std::optional<std::size_t>> connect_next(worker_context& ctx, const config& cfg,
                                                          const pool_runtime& pool, std::size_t pool_index,
                                                          balancer_state& balancer, tcp::socket& upstream,
-                                                         const session_entry& entry, connect_state& st,
-                                                         const std::string& client_text) {
+                                                         const session_entry& entry, connect_state& st) {
+    timed_connect connector(upstream.get_executor());
     while (st.attempts < pool.cfg->connect_attempts && !entry.aborted) {
         ++st.attempts;
-        fill_loads(st.loads, pool, st.tried, cfg.limits.per_backend);
-        const auto pick = pool.maglev ? choose_maglev(*pool.maglev, st.key_hash, st.loads)
-                                      : balancer.choose(pool.cfg->balance, st.loads);
+        // The worker's scratch vector: filled and read with no suspension between.
+        fill_loads(ctx.loads, pool, st.tried, cfg.limits.per_backend);
+        const auto pick = pool.maglev ? choose_maglev(*pool.maglev, st.key_hash, ctx.loads)
+                                      : balancer.choose(pool.cfg->balance, ctx.loads);
         if (!pick) break;
         const backend_runtime& backend = pool.backends[*pick];
-        st.tried[*pick] = true;
+        st.tried[*pick] = 1;
         if (!try_reserve(*backend.stats, cfg.limits.per_backend)) continue;
-        auto [outcome, cec] = co_await connect_one(upstream, backend, cfg);
-        if (outcome == connect_outcome::connected) co_return pick;
-        backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
-        if (outcome == connect_outcome::aborted || entry.aborted) break;
-        if (outcome == connect_outcome::local_error) {
-            if (is_resource_exhaustion(cec)) ctx.pause_accepting(cec, "opening a backend socket");
-            st.local_failure = cec;
+
+        error_code ec;
+        upstream.open(backend.endpoint.protocol(), ec);
+        if (ec) {
+            // Not the backend's fault: this process is out of descriptors or memory.
+            backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
+            if (is_resource_exhaustion(ec)) ctx.pause_accepting(ec, "opening a backend socket");
+            st.local_failure = ec;
             break;
         }
+        if (auto opt_ec = apply_tcp_options(upstream.native_handle(), cfg.tcp)) {
+            spdlog::debug("backend {}: setting TCP options failed: {}", backend.cfg->name, opt_ec.message());
+        }
+        auto [cec] = co_await connector.async_connect(upstream, backend.endpoint, cfg.timeouts.connect,
+                                                      asio::as_tuple(asio::use_awaitable));
+        if (!cec) co_return pick;
+        upstream.close(ec);
+        backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
+        if (cec == asio::error::operation_aborted || entry.aborted) break;
         backend.stats->connect_failures_total.fetch_add(1, std::memory_order_relaxed);
         report_passive(ctx, pool, pool_index, *pick,
-                       outcome == connect_outcome::timed_out
+                       cec == asio::error::timed_out
                            ? fmt::format("connect timed out after {}ms", cfg.timeouts.connect.count())
                            : cec == asio::error::connection_refused ? std::string("connect refused")
                                                                     : "connect failed: " + cec.message());
-        spdlog::debug("client {}: backend {} ({}) failed: {}", client_text, backend.cfg->name,
+        spdlog::debug("backend {} ({}) failed a client's connect: {}", backend.cfg->name,
                       endpoint_text(backend.endpoint), cec.message());
         st.failures += fmt::format("{}{}: {}", st.failures.empty() ? "" : "; ", backend.cfg->name, cec.message());
     }
     co_return std::nullopt;
 }
-
-/// How the wait for a backend's first byte ended.
-enum class first_byte {
-    arrived,         ///< the backend sent something: from now on it owns the session
-    backend_failed,  ///< reset or closed before sending anything: the client may be sent elsewhere
-    client_eof,      ///< the client half-closed first (the relay will see its EOF again)
-    client_failed,   ///< the client's connection failed
-    overflow,        ///< the client sent more than can be kept for a replay
-    aborted,         ///< the session was closed from outside (drain, health, idle)
-};
 
 /// The Maglev key of a client: its address bytes (and port), hashed the same
 /// way on every apilb, so both balancers of a pair agree.
@@ -262,49 +286,40 @@ bool is_tls_handshake(std::string_view bytes) {
 /// replayed to another backend: a TLS ClientHello is well under this.
 constexpr std::size_t replay_limit = 16 * 1024;
 
-/// Forwards what the client sends, keeping a copy in `sent`, until the
-/// backend sends its first byte or fails. A backend that resets or closes
-/// before answering anything (an apiserver killed while its listen queue
-/// still held our connection, or one closing its listener) has shown the
-/// client nothing, so the session can move to another backend and replay
-/// `sent` there: the client never sees the failure.
-asio::awaitable<std::pair<first_byte, error_code>> await_first_byte(tcp::socket& client, tcp::socket& upstream,
-                                                                    std::string& sent,
-                                                                    clock_type::time_point& last_activity) {
-    for (;;) {
-        auto ready = co_await (client.async_wait(tcp::socket::wait_read, asio::as_tuple(asio::use_awaitable)) ||
-                               upstream.async_wait(tcp::socket::wait_read, asio::as_tuple(asio::use_awaitable)));
-        if (ready.index() == 1) {
-            if (auto [ec] = std::get<1>(ready); ec) {
-                co_return std::pair{ec == asio::error::operation_aborted ? first_byte::aborted : first_byte::backend_failed,
-                                    ec};
-            }
-            // Readable means data, EOF or an error; look without taking anything.
-            char byte = 0;
-            const ssize_t n = ::recv(upstream.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-            if (n > 0) co_return std::pair{first_byte::arrived, error_code{}};
-            if (n == 0) co_return std::pair{first_byte::backend_failed, error_code{asio::error::eof}};
-            if (errno == EAGAIN || errno == EINTR) continue;
-            co_return std::pair{first_byte::backend_failed, error_code{errno, asio::error::get_system_category()}};
+/// The outcome of relaying one session to one backend.
+struct relayed {
+    pump_result to_backend, from_backend;
+    bool failed_early = false;  ///< the backend failed before its first byte; the client saw nothing
+    error_code early_error;
+};
+
+/// Relays the session to the backend `upstream` is connected to, first
+/// writing `sent` (what the client sent to a backend that failed before
+/// answering). Until the backend answers, the client's bytes are kept in
+/// `sent` so that the session can move on if it fails. Its own coroutine so
+/// that the session's frame, which lives as long as the connection, holds
+/// none of this.
+asio::awaitable<relayed> relay_to(tcp::socket& client, tcp::socket& upstream, relay_resources& res,
+                                  std::string& sent, clock_type::time_point& last_activity) {
+    relayed out;
+    const std::size_t replayed = sent.size();
+    if (replayed != 0) {
+        auto [wec, n] = co_await asio::async_write(upstream, asio::buffer(sent), asio::as_tuple(asio::use_awaitable));
+        if (wec) {
+            out.failed_early = true;
+            out.early_error = wec;
+            co_return out;
         }
-        if (auto [ec] = std::get<0>(ready); ec) {
-            co_return std::pair{ec == asio::error::operation_aborted ? first_byte::aborted : first_byte::client_failed,
-                                ec};
-        }
-        std::array<char, 4096> chunk;
-        const ssize_t n = ::recv(client.native_handle(), chunk.data(), chunk.size(), MSG_DONTWAIT);
-        if (n == 0) co_return std::pair{first_byte::client_eof, error_code{}};
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR) continue;
-            co_return std::pair{first_byte::client_failed, error_code{errno, asio::error::get_system_category()}};
-        }
-        sent.append(chunk.data(), static_cast<std::size_t>(n));
-        last_activity = clock_type::now();
-        auto [wec, written] = co_await asio::async_write(upstream, asio::buffer(chunk.data(), static_cast<std::size_t>(n)),
-                                                          asio::as_tuple(asio::use_awaitable));
-        if (wec) co_return std::pair{first_byte::backend_failed, wec};
-        if (sent.size() > replay_limit) co_return std::pair{first_byte::overflow, error_code{}};
     }
+    relay r(client, upstream, res, last_activity);
+    r.keep_for_replay(&sent, replay_limit);
+    co_await r.async_run(asio::use_awaitable);
+    out.failed_early = r.backend_failed_early();
+    out.early_error = r.early_error();
+    out.to_backend = r.to_backend();
+    out.from_backend = r.from_backend();
+    out.to_backend.bytes += replayed;
+    co_return out;
 }
 
 }  // namespace
@@ -330,30 +345,35 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
         ~active_guard() { stats.active_sessions.fetch_sub(1, std::memory_order_relaxed); }
     } guard{ctx.stats};
 
-    error_code ec;
-    const auto client_ep = client.remote_endpoint(ec);
-    const std::string client_text = ec ? std::string("?") : endpoint_text(client_ep);
-    if (auto opt_ec = apply_tcp_options(client, cfg.tcp)) {
-        spdlog::debug("client {}: setting TCP options failed: {}", client_text, opt_ec.message());
+    // The client socket has its TCP options already: accepted sockets inherit
+    // them from the listener. Its address is needed now only for Maglev and
+    // for debug logs; otherwise it is looked up if a warning names it.
+    std::optional<tcp::endpoint> client_ep;
+    if (pool.maglev || spdlog::should_log(spdlog::level::debug)) {
+        error_code ec;
+        if (auto ep = client.remote_endpoint(ec); !ec) client_ep = ep;
     }
 
     // Choose and connect, moving to the next backend on failure: the client
     // sees nothing until a backend has accepted, and nothing either of a
     // backend that fails before sending its first byte.
     connect_state st(pool.backends.size());
-    if (pool.maglev) st.key_hash = client_key_hash(client_ep, pool.cfg->maglev_key);
-    std::optional<std::size_t> pick = co_await connect_next(ctx, cfg, pool, listener.pool_index, balancer, upstream,
-                                                            entry, st, client_text);
+    if (pool.maglev && client_ep) st.key_hash = client_key_hash(*client_ep, pool.cfg->maglev_key);
+    std::optional<std::size_t> pick =
+        co_await connect_next(ctx, cfg, pool, listener.pool_index, balancer, upstream, entry, st);
     const backend_runtime* chosen = nullptr;
     std::size_t chosen_index = 0;
     std::string sent;  // the client's bytes before the backend's first one, for a replay
-    first_byte first = first_byte::arrived;
-    error_code first_error;  // why the last backend failed before its first byte
+    relayed result;
+    error_code last_error;  // why the last backend failed before its first byte
+    if (pick) {
+        error_code ec;
+        client.native_non_blocking(true, ec);
+    }
     while (pick) {
         chosen = &pool.backends[*pick];
         chosen_index = *pick;
-        // (The backend socket got its TCP options in connect_one, before connecting.)
-        client.native_non_blocking(true, ec);
+        error_code ec;
         upstream.native_non_blocking(true, ec);
         // From here the session can be closed from outside: idle sessions are
         // found by the worker's sweep (one timer per worker, not one per
@@ -361,28 +381,21 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
         entry.last_activity = clock_type::now();
         entry.backend = chosen->health.get();
         entry.relaying = true;
-        error_code fec;
-        if (!sent.empty()) {
-            auto [wec, n] = co_await asio::async_write(upstream, asio::buffer(sent), asio::as_tuple(asio::use_awaitable));
-            if (wec) {
-                first = first_byte::backend_failed;
-                fec = wec;
-            }
-        }
-        if (!fec && !entry.aborted) std::tie(first, fec) = co_await await_first_byte(client, upstream, sent, entry.last_activity);
-        if (entry.aborted) first = first_byte::aborted;
-        if (first == first_byte::client_failed || first == first_byte::backend_failed) first_error = fec;
-        if (first != first_byte::backend_failed) break;
+        ctx.resources_recovered();
+        result = co_await relay_to(client, upstream, ctx.relay, sent, entry.last_activity);
+        if (!result.failed_early || entry.aborted) break;
         // The backend failed before the client saw anything of it: try the
         // next one with what the client sent -- but only a TLS handshake,
         // which no server acts on before answering it. Plain bytes may have
         // been a request the dead backend carried out; sending them again
         // could repeat it.
+        last_error = result.early_error;
         const bool may_replay = sent.empty() || is_tls_handshake(sent);
-        const std::string why = fec == asio::error::eof ? "closed before any byte came back" : "reset before any byte came back";
+        const std::string why = last_error == asio::error::eof ? "closed before any byte came back"
+                                                               : "reset before any byte came back";
         report_passive(ctx, pool, listener.pool_index, chosen_index, why);
-        spdlog::debug("client {}: backend {} ({}) {}; trying another with the client's {}B", client_text,
-                      chosen->cfg->name, endpoint_text(chosen->endpoint), why, sent.size());
+        spdlog::debug("backend {} ({}) {}; trying another with the client's {}B", chosen->cfg->name,
+                      endpoint_text(chosen->endpoint), why, sent.size());
         st.failures += fmt::format("{}{}: {}", st.failures.empty() ? "" : "; ", chosen->cfg->name, why);
         upstream.close(ec);
         chosen->stats->active.fetch_sub(1, std::memory_order_relaxed);
@@ -390,18 +403,19 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
         entry.relaying = false;
         chosen = nullptr;
         if (!may_replay) break;
-        pick = co_await connect_next(ctx, cfg, pool, listener.pool_index, balancer, upstream, entry, st, client_text);
+        pick = co_await connect_next(ctx, cfg, pool, listener.pool_index, balancer, upstream, entry, st);
     }
 
+    error_code ec;
     if (!chosen) {
         if (st.local_failure) {
-            spdlog::debug("client {}: closed: {}", client_text, st.local_failure.message());
+            spdlog::debug("client {}: closed: {}", client_text(client, client_ep), st.local_failure.message());
         } else if (!entry.aborted) {
             ctx.stats.no_backend_total.fetch_add(1, std::memory_order_relaxed);
             std::uint64_t suppressed = 0;
             if (ctx.connect_warnings.allow(suppressed)) {
                 spdlog::warn("listener {}: no backend of pool {} accepted client {} ({}){}",
-                             listener.cfg->name, pool.cfg->name, client_text,
+                             listener.cfg->name, pool.cfg->name, client_text(client, client_ep),
                              st.failures.empty() ? (pool.cfg->health.all_unhealthy == all_unhealthy_policy::reject
                                                         ? "no backend is healthy (all_unhealthy: reject) or free"
                                                         : "every backend is at its session limit")
@@ -411,7 +425,7 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
         }
         // No other backend could take the client: what the last one did
         // reaches the client as it was, a reset as a reset.
-        if (first_error && first_error != asio::error::eof) {
+        if (last_error && last_error != asio::error::eof) {
             close_with_reset(client);
         } else {
             client.close(ec);
@@ -419,21 +433,10 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
         co_return;
     }
 
-    ctx.resources_recovered();
-    // A watch may sit idle for an hour: keep no copy of its first bytes.
-    const std::size_t replayable = sent.size();
-    std::string().swap(sent);
+    const pump_result& to_backend = result.to_backend;
+    const pump_result& from_backend = result.from_backend;
     backend_stats& bstats = *chosen->stats;
     bstats.sessions_total.fetch_add(1, std::memory_order_relaxed);
-    pump_result to_backend, from_backend;
-    if (first == first_byte::client_failed) {
-        // The client reset while the backend had not answered yet.
-        to_backend = {.end = pump_end::source_reset, .bytes = 0, .error = first_error};
-        close_with_reset(upstream);
-    } else if (!entry.aborted) {
-        std::tie(to_backend, from_backend) = co_await relay_both(client, upstream, ctx.relay, entry.last_activity);
-    }
-    to_backend.bytes += replayable;
     const bool idle_fired = entry.idle_expired;
     if (idle_fired) ctx.stats.closed_by_idle_total.fetch_add(1, std::memory_order_relaxed);
     const bool health_closed = entry.health_closed && !idle_fired;
@@ -463,8 +466,8 @@ asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::
         const char* how = idle_fired ? "idle-timeout" : health_closed ? "backend-unhealthy" : drained ? "drain" : nullptr;
         spdlog::debug("session closed: listener={} client={} backend={} ({}) client_to_backend={}B "
                       "backend_to_client={}B duration={}ms end={}",
-                      listener.cfg->name, client_text, chosen->cfg->name, endpoint_text(chosen->endpoint),
-                      to_backend.bytes, from_backend.bytes, ms.count(),
+                      listener.cfg->name, client_text(client, client_ep), chosen->cfg->name,
+                      endpoint_text(chosen->endpoint), to_backend.bytes, from_backend.bytes, ms.count(),
                       how ? std::string(how)
                           : fmt::format("client:{}{},backend:{}{}", to_string(to_backend.end),
                                         to_backend.error ? "(" + to_backend.error.message() + ")" : "",

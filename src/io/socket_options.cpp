@@ -22,9 +22,7 @@ int whole_seconds(duration d) {
 
 }  // namespace
 
-boost::system::error_code apply_tcp_options(boost::asio::ip::tcp::socket& socket,
-                                            const tcp_config& cfg) {
-    const int fd = socket.native_handle();
+boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg) {
     boost::system::error_code first;
     auto keep = [&first](boost::system::error_code ec) {
         if (ec && !first) first = ec;

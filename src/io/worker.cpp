@@ -13,6 +13,8 @@
 
 #include <sys/socket.h>
 
+#include "apilb/socket_options.hpp"
+
 #include <algorithm>
 #include <system_error>
 
@@ -56,6 +58,9 @@ void worker::bind(std::size_t listener_index) {
         // "[::]:6443" must not also claim IPv4, so it can sit beside "0.0.0.0:6443".
         acc.set_option(asio::ip::v6_only(true), ec);
     }
+    // Accepted sockets inherit these, so no session sets them again.
+    ec = apply_tcp_options(acc.native_handle(), ctx_.snap->cfg->tcp);
+    if (ec) fail("cannot set TCP options on");
     acc.bind(l.endpoint, ec);
     if (ec) fail("cannot bind");
     acc.listen(static_cast<int>(l.cfg->backlog), ec);

@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/read.hpp>
@@ -65,80 +65,207 @@ TEST(BufferPool, ReusesBuffers) {
     EXPECT_EQ(pool.acquire().get(), raw);
 }
 
-/// Two connected loopback TCP socket pairs: src_peer → src ==pump==> dst → dst_peer.
+/// A session's two legs over loopback: client_peer → client ==relay==> upstream → upstream_peer.
 struct rig {
     asio::io_context io;
-    tcp::socket src_peer{io}, src{io}, dst{io}, dst_peer{io};
+    tcp::socket client_peer{io}, client{io}, upstream{io}, upstream_peer{io};
+    std::chrono::steady_clock::time_point last{};
     rig() {
         tcp::acceptor acc(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-        src_peer.connect(acc.local_endpoint());
-        acc.accept(src);
-        dst.connect(acc.local_endpoint());
-        acc.accept(dst_peer);
-        src.native_non_blocking(true);
-        dst.native_non_blocking(true);
+        client_peer.connect(acc.local_endpoint());
+        acc.accept(client);
+        upstream.connect(acc.local_endpoint());
+        acc.accept(upstream_peer);
+        client.native_non_blocking(true);
+        upstream.native_non_blocking(true);
     }
 };
 
-class Pump : public ::testing::TestWithParam<relay_mode> {};
+std::string pattern(std::size_t n, int seed) {
+    std::string s(n, '\0');
+    for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>(i * 7 + seed);
+    return s;
+}
 
-TEST_P(Pump, CopiesBytesAndPassesEofOnAsHalfClose) {
+class Relay : public ::testing::TestWithParam<relay_mode> {
+protected:
+    relay_resources res{relay_config{.mode = GetParam(), .buffer_size = 4096, .pipe_size = 0}};
+};
+
+TEST_P(Relay, CopiesBothWaysAndPassesEachEofOnAsHalfClose) {
     rig r;
-    relay_resources res(relay_config{.mode = GetParam(), .buffer_size = 4096, .pipe_size = 0});
-    std::optional<pump_result> result;
-    auto last = std::chrono::steady_clock::time_point{};
-    asio::co_spawn(r.io, pump(r.src, r.dst, res, last), [&](std::exception_ptr e, pump_result pr) {
-        ASSERT_FALSE(e);
-        result = pr;
-    });
-    std::string payload(1 << 20, '\0');
-    for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>(i * 7 + 3);
-    std::thread writer([&] {
-        asio::write(r.src_peer, asio::buffer(payload));
-        r.src_peer.shutdown(tcp::socket::shutdown_send);
-    });
-    std::string got;
-    std::thread reader([&] {
+    relay rel(r.client, r.upstream, res, r.last);
+    bool done = false;
+    rel.async_run([&] { done = true; });
+    const std::string request = pattern(1 << 20, 3), response = pattern(3 << 20, 5);
+    std::string at_backend, at_client;
+    // The backend reads the whole request (to the client's half-close) and
+    // only then answers: the upstream leg must stay open after the client's EOF.
+    std::thread backend([&] {
         boost::system::error_code ec;
-        asio::read(r.dst_peer, asio::dynamic_buffer(got), ec);
+        asio::read(r.upstream_peer, asio::dynamic_buffer(at_backend), ec);
+        EXPECT_EQ(ec, asio::error::eof);
+        asio::write(r.upstream_peer, asio::buffer(response));
+        r.upstream_peer.shutdown(tcp::socket::shutdown_send);
+    });
+    std::thread client([&] {
+        asio::write(r.client_peer, asio::buffer(request));
+        r.client_peer.shutdown(tcp::socket::shutdown_send);
+        boost::system::error_code ec;
+        asio::read(r.client_peer, asio::dynamic_buffer(at_client), ec);
         EXPECT_EQ(ec, asio::error::eof);
     });
     r.io.run();
-    writer.join();
-    reader.join();
-    ASSERT_TRUE(result);
-    EXPECT_EQ(result->end, pump_end::eof);
-    EXPECT_EQ(result->bytes, payload.size());
-    EXPECT_TRUE(got == payload);
-    EXPECT_NE(last, std::chrono::steady_clock::time_point{});
-    // The borrowed pipe or buffer went back to the pool.
+    backend.join();
+    client.join();
+    ASSERT_TRUE(done);
+    EXPECT_EQ(rel.to_backend().end, pump_end::eof);
+    EXPECT_EQ(rel.from_backend().end, pump_end::eof);
+    EXPECT_EQ(rel.to_backend().bytes, request.size());
+    EXPECT_EQ(rel.from_backend().bytes, response.size());
+    EXPECT_TRUE(at_backend == request);
+    EXPECT_TRUE(at_client == response);
+    EXPECT_FALSE(rel.backend_failed_early());
+    EXPECT_NE(r.last, std::chrono::steady_clock::time_point{});
+    // Every borrowed pipe went back to the pool.
     EXPECT_EQ(res.pipes.in_use(), 0u);
-    // Only this direction ended: the destination can still send to us.
-    EXPECT_TRUE(r.dst.is_open());
 }
 
-TEST_P(Pump, SourceResetBecomesResetTowardsTheSink) {
+TEST_P(Relay, SourceResetBecomesResetTowardsTheSink) {
     rig r;
-    relay_resources res(relay_config{.mode = GetParam(), .buffer_size = 4096, .pipe_size = 0});
-    std::optional<pump_result> result;
-    auto last = std::chrono::steady_clock::time_point{};
-    asio::co_spawn(r.io, pump(r.src, r.dst, res, last), [&](std::exception_ptr, pump_result pr) { result = pr; });
-    r.src_peer.set_option(asio::socket_base::linger(true, 0));
-    asio::write(r.src_peer, asio::buffer("abc", 3));
+    relay rel(r.client, r.upstream, res, r.last);
+    bool done = false;
+    rel.async_run([&] { done = true; });
+    r.client_peer.set_option(asio::socket_base::linger(true, 0));
+    asio::write(r.client_peer, asio::buffer("abc", 3));
     r.io.run_for(std::chrono::milliseconds(100));
-    r.src_peer.close();
+    r.client_peer.close();
     r.io.run();
-    ASSERT_TRUE(result);
-    EXPECT_EQ(result->end, pump_end::source_reset);
+    ASSERT_TRUE(done);
+    EXPECT_EQ(rel.to_backend().end, pump_end::source_reset);
+    EXPECT_EQ(rel.from_backend().end, pump_end::aborted);
     char buf[8];
     boost::system::error_code ec;
     std::size_t n = 0;
-    for (int i = 0; i < 3 && !ec; ++i) n += r.dst_peer.read_some(asio::buffer(buf), ec);
+    for (int i = 0; i < 3 && !ec; ++i) n += r.upstream_peer.read_some(asio::buffer(buf), ec);
     EXPECT_EQ(n, 3u);
     EXPECT_EQ(ec, asio::error::connection_reset);
 }
 
-INSTANTIATE_TEST_SUITE_P(BothRelays, Pump, ::testing::Values(relay_mode::splice, relay_mode::copy),
+TEST_P(Relay, BackendClosingBeforeItsFirstByteEndsEarlyWithTheClientsBytesKept) {
+    rig r;
+    std::string sent;
+    relay rel(r.client, r.upstream, res, r.last);
+    rel.keep_for_replay(&sent, 16 * 1024);
+    bool done = false;
+    rel.async_run([&] { done = true; });
+    asio::write(r.client_peer, asio::buffer("\x16\x03\x01hello", 8));
+    r.io.run_for(std::chrono::milliseconds(100));
+    char buf[16];
+    EXPECT_EQ(r.upstream_peer.read_some(asio::buffer(buf)), 8u);
+    r.upstream_peer.close();  // FIN without a byte: an apiserver shutting down
+    r.io.run();
+    ASSERT_TRUE(done);
+    EXPECT_TRUE(rel.backend_failed_early());
+    EXPECT_EQ(rel.early_error(), asio::error::eof);
+    EXPECT_EQ(sent, std::string("\x16\x03\x01hello", 8));
+    EXPECT_FALSE(r.upstream.is_open());
+    // The client saw nothing: its socket is open and its connection alive.
+    ASSERT_TRUE(r.client.is_open());
+    r.client.native_non_blocking(false);
+    asio::write(r.client, asio::buffer("x", 1));
+    EXPECT_EQ(r.client_peer.read_some(asio::buffer(buf)), 1u);
+}
+
+TEST_P(Relay, BackendResettingBeforeItsFirstByteEndsEarly) {
+    rig r;
+    std::string sent;
+    relay rel(r.client, r.upstream, res, r.last);
+    rel.keep_for_replay(&sent, 16 * 1024);
+    bool done = false;
+    rel.async_run([&] { done = true; });
+    r.upstream_peer.set_option(asio::socket_base::linger(true, 0));
+    r.upstream_peer.close();
+    r.io.run();
+    ASSERT_TRUE(done);
+    EXPECT_TRUE(rel.backend_failed_early());
+    EXPECT_EQ(rel.early_error(), asio::error::connection_reset);
+    EXPECT_TRUE(sent.empty());
+    EXPECT_TRUE(r.client.is_open());
+}
+
+TEST_P(Relay, OnceTheBackendAnsweredItsFailureReachesTheClient) {
+    rig r;
+    std::string sent;
+    relay rel(r.client, r.upstream, res, r.last);
+    rel.keep_for_replay(&sent, 16 * 1024);
+    bool done = false;
+    rel.async_run([&] { done = true; });
+    asio::write(r.client_peer, asio::buffer("hello", 5));
+    asio::write(r.upstream_peer, asio::buffer("answer", 6));
+    r.io.run_for(std::chrono::milliseconds(100));
+    EXPECT_TRUE(sent.empty()) << "the copy is dropped once the backend answers";
+    r.upstream_peer.set_option(asio::socket_base::linger(true, 0));
+    r.upstream_peer.close();
+    r.io.run();
+    ASSERT_TRUE(done);
+    EXPECT_FALSE(rel.backend_failed_early());
+    EXPECT_EQ(rel.from_backend().end, pump_end::source_reset);
+    EXPECT_EQ(rel.from_backend().bytes, 6u);
+    std::string got;
+    boost::system::error_code ec;
+    asio::read(r.client_peer, asio::dynamic_buffer(got), ec);
+    EXPECT_EQ(got, "answer");
+    EXPECT_EQ(ec, asio::error::connection_reset);
+}
+
+TEST_P(Relay, TooMuchBeforeTheFirstByteIsNotKeptForAReplay) {
+    rig r;
+    std::string sent;
+    relay rel(r.client, r.upstream, res, r.last);
+    rel.keep_for_replay(&sent, 1024);
+    bool done = false;
+    rel.async_run([&] { done = true; });
+    const std::string big = pattern(4096, 1);
+    asio::write(r.client_peer, asio::buffer(big));
+    std::string at_backend;
+    while (at_backend.size() < big.size()) {
+        r.io.run_for(std::chrono::milliseconds(20));
+        char buf[8192];
+        boost::system::error_code ec;
+        r.upstream_peer.non_blocking(true);
+        const auto n = r.upstream_peer.read_some(asio::buffer(buf), ec);
+        if (!ec) at_backend.append(buf, n);
+    }
+    EXPECT_TRUE(sent.empty());
+    r.upstream_peer.close();
+    r.io.run_for(std::chrono::milliseconds(200));
+    // The backend owns the session: its close reaches the client as EOF.
+    EXPECT_FALSE(rel.backend_failed_early());
+    r.client_peer.close();
+    r.io.run();
+    ASSERT_TRUE(done);
+    EXPECT_EQ(rel.from_backend().end, pump_end::eof);
+    EXPECT_EQ(rel.to_backend().bytes, big.size());
+}
+
+TEST_P(Relay, ClosedFromOutsideEndsBothDirectionsAsAborted) {
+    rig r;
+    relay rel(r.client, r.upstream, res, r.last);
+    bool done = false;
+    rel.async_run([&] { done = true; });
+    r.io.run_for(std::chrono::milliseconds(20));
+    asio::post(r.io, [&] {
+        r.client.close();
+        r.upstream.close();
+    });
+    r.io.run();
+    ASSERT_TRUE(done);
+    EXPECT_EQ(rel.to_backend().end, pump_end::aborted);
+    EXPECT_EQ(rel.from_backend().end, pump_end::aborted);
+}
+
+INSTANTIATE_TEST_SUITE_P(BothRelays, Relay, ::testing::Values(relay_mode::splice, relay_mode::copy),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
 }  // namespace
