@@ -116,6 +116,10 @@ public:
     relay(const relay&) = delete;
     relay& operator=(const relay&) = delete;
 
+    /// Makes a relay that has completed ready to run again (the session
+    /// moved to another backend on the same upstream socket object).
+    void rearm();
+
     /// Until the backend's first byte, appends what the client sends to
     /// `*sent` (at most `limit` bytes; beyond that nothing is kept). If the
     /// backend then closes or resets before sending anything while the client

@@ -20,7 +20,7 @@
 namespace apilb {
 
 /// A session as its worker sees it: enough to close it from outside (drain).
-/// Lives in the session's coroutine frame; unlinks itself when destroyed.
+/// Lives in the session; unlinks itself when destroyed.
 struct session_entry
     : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
     boost::asio::ip::tcp::socket* client = nullptr;
@@ -97,9 +97,10 @@ struct worker_context {
 /// True for errors that mean this process is out of descriptors or memory.
 bool is_resource_exhaustion(const boost::system::error_code& ec);
 
-/// Serves one accepted client. The caller has already counted it in
+/// Serves one accepted client on the calling worker: choose a backend,
+/// connect (with retries on the next backend), relay both directions until
+/// both have ended. The caller has already counted it in
 /// stats.active_sessions; the session un-counts it when it ends.
-boost::asio::awaitable<void> run_session(worker_context& ctx, boost::asio::ip::tcp::socket client,
-                                         std::size_t listener_index);
+void start_session(worker_context& ctx, boost::asio::ip::tcp::socket client, std::size_t listener_index);
 
 }  // namespace apilb

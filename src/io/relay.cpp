@@ -60,6 +60,20 @@ relay::~relay() {
     for (auto& d : dirs_) release(d);
 }
 
+void relay::rearm() {
+    for (auto& d : dirs_) {
+        release(d);
+        d.done = false;
+        d.chunks = 0;
+        d.result = {};
+    }
+    answered_ = false;
+    stopping_ = false;
+    failed_early_ = false;
+    early_error_ = {};
+    sent_ = nullptr;
+}
+
 void relay::keep_for_replay(std::string* sent, std::size_t limit) {
     sent_ = sent;
     replay_limit_ = limit;

@@ -1,6 +1,7 @@
 #include "apilb/session.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -197,65 +198,6 @@ struct connect_state {
     error_code local_failure; ///< this process is out of something: not a backend's fault
 };
 
-/// The client's address for log lines. Looked up only when a line is written:
-/// most sessions never need it, and getpeername is a system call.
-std::string client_text(const tcp::socket& client, const std::optional<tcp::endpoint>& known) {
-    if (known) return endpoint_text(*known);
-    error_code ec;
-    const auto ep = client.remote_endpoint(ec);
-    return ec ? std::string("?") : endpoint_text(ep);
-}
-
-/// Picks the next backend and connects to it, moving on to the next one when
-/// a connect fails, until connect_attempts are used. Returns the backend's
-/// index with a session slot reserved on it, or nullopt.
-asio::awaitable<std::optional<std::size_t>> connect_next(worker_context& ctx, const config& cfg,
-                                                         const pool_runtime& pool, std::size_t pool_index,
-                                                         balancer_state& balancer, tcp::socket& upstream,
-                                                         const session_entry& entry, connect_state& st) {
-    timed_connect connector(upstream.get_executor());
-    while (st.attempts < pool.cfg->connect_attempts && !entry.aborted) {
-        ++st.attempts;
-        // The worker's scratch vector: filled and read with no suspension between.
-        fill_loads(ctx.loads, pool, st.tried, cfg.limits.per_backend);
-        const auto pick = pool.maglev ? choose_maglev(*pool.maglev, st.key_hash, ctx.loads)
-                                      : balancer.choose(pool.cfg->balance, ctx.loads);
-        if (!pick) break;
-        const backend_runtime& backend = pool.backends[*pick];
-        st.tried[*pick] = 1;
-        if (!try_reserve(*backend.stats, cfg.limits.per_backend)) continue;
-
-        error_code ec;
-        upstream.open(backend.endpoint.protocol(), ec);
-        if (ec) {
-            // Not the backend's fault: this process is out of descriptors or memory.
-            backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
-            if (is_resource_exhaustion(ec)) ctx.pause_accepting(ec, "opening a backend socket");
-            st.local_failure = ec;
-            break;
-        }
-        if (auto opt_ec = apply_tcp_options(upstream.native_handle(), cfg.tcp)) {
-            spdlog::debug("backend {}: setting TCP options failed: {}", backend.cfg->name, opt_ec.message());
-        }
-        auto [cec] = co_await connector.async_connect(upstream, backend.endpoint, cfg.timeouts.connect,
-                                                      asio::as_tuple(asio::use_awaitable));
-        if (!cec) co_return pick;
-        upstream.close(ec);
-        backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
-        if (cec == asio::error::operation_aborted || entry.aborted) break;
-        backend.stats->connect_failures_total.fetch_add(1, std::memory_order_relaxed);
-        report_passive(ctx, pool, pool_index, *pick,
-                       cec == asio::error::timed_out
-                           ? fmt::format("connect timed out after {}ms", cfg.timeouts.connect.count())
-                           : cec == asio::error::connection_refused ? std::string("connect refused")
-                                                                    : "connect failed: " + cec.message());
-        spdlog::debug("backend {} ({}) failed a client's connect: {}", backend.cfg->name,
-                      endpoint_text(backend.endpoint), cec.message());
-        st.failures += fmt::format("{}{}: {}", st.failures.empty() ? "" : "; ", backend.cfg->name, cec.message());
-    }
-    co_return std::nullopt;
-}
-
 /// The Maglev key of a client: its address bytes (and port), hashed the same
 /// way on every apilb, so both balancers of a pair agree.
 std::uint64_t client_key_hash(const tcp::endpoint& ep, hash_key key) {
@@ -286,194 +228,298 @@ bool is_tls_handshake(std::string_view bytes) {
 /// replayed to another backend: a TLS ClientHello is well under this.
 constexpr std::size_t replay_limit = 16 * 1024;
 
-/// The outcome of relaying one session to one backend.
-struct relayed {
-    pump_result to_backend, from_backend;
-    bool failed_early = false;  ///< the backend failed before its first byte; the client saw nothing
-    error_code early_error;
+/// One proxied connection. A coroutine chooses and connects (with retries,
+/// and the replay of a TLS ClientHello after a backend that failed before
+/// answering); once connected, the coroutine ends and the session lives on
+/// as this object alone, owned by its relay's completion: an idle watch
+/// costs the object, its two sockets and two pending waits.
+class session {
+public:
+    session(worker_context& ctx, tcp::socket client, std::size_t listener_index);
+    ~session();
+    session(const session&) = delete;
+    session& operator=(const session&) = delete;
+
+    /// Chooses a backend, connects (moving on to the next one on failure,
+    /// until connect_attempts are used), writes what the client sent to a
+    /// backend that failed before answering, and starts the relay.
+    static asio::awaitable<void> establish(std::unique_ptr<session> self);
+
+private:
+    /// One connect to the next backend the balancer picks; true if connected
+    /// (with a session slot reserved on it). Loops over failed attempts.
+    asio::awaitable<bool> connect_next();
+    void start_relay(std::unique_ptr<session> self);
+    void relay_ended(std::unique_ptr<session> self);
+    /// The backend failed before its first byte; true if the session may
+    /// try another one with what the client sent.
+    bool may_move_on();
+    /// No backend took the client: say why, close the client.
+    void give_up();
+    /// The relay ended: counters and the session's log line.
+    void account();
+    std::string client_text() const;
+
+    worker_context& ctx_;
+    // Held for the whole session: a reload must not pull the config out
+    // from under it.
+    const std::shared_ptr<const snapshot> snap_;
+    const listener_runtime& listener_;
+    const pool_runtime& pool_;
+    std::size_t listener_index_;
+    tcp::socket client_;
+    tcp::socket upstream_;
+    session_entry entry_;
+    relay relay_;
+    connect_state st_;
+    std::optional<tcp::endpoint> client_ep_;  ///< only for Maglev and debug logs
+    clock_type::time_point started_ = clock_type::now();
+    const backend_runtime* chosen_ = nullptr;
+    std::size_t chosen_index_ = 0;
+    std::string sent_;            ///< the client's bytes before the backend's first one, for a replay
+    std::uint64_t replayed_ = 0;  ///< bytes of `sent_` written to the current backend
+    error_code last_error_;       ///< why the last backend failed before its first byte
 };
 
-/// Relays the session to the backend `upstream` is connected to, first
-/// writing `sent` (what the client sent to a backend that failed before
-/// answering). Until the backend answers, the client's bytes are kept in
-/// `sent` so that the session can move on if it fails. Its own coroutine so
-/// that the session's frame, which lives as long as the connection, holds
-/// none of this.
-asio::awaitable<relayed> relay_to(tcp::socket& client, tcp::socket& upstream, relay_resources& res,
-                                  std::string& sent, clock_type::time_point& last_activity) {
-    relayed out;
-    const std::size_t replayed = sent.size();
-    if (replayed != 0) {
-        auto [wec, n] = co_await asio::async_write(upstream, asio::buffer(sent), asio::as_tuple(asio::use_awaitable));
-        if (wec) {
-            out.failed_early = true;
-            out.early_error = wec;
-            co_return out;
-        }
+session::session(worker_context& ctx, tcp::socket client, std::size_t listener_index)
+    : ctx_(ctx),
+      snap_(ctx.snap),
+      listener_(snap_->listeners[listener_index]),
+      pool_(snap_->pools[listener_.pool_index]),
+      listener_index_(listener_index),
+      client_(std::move(client)),
+      upstream_(client_.get_executor()),
+      relay_(client_, upstream_, ctx.relay, entry_.last_activity),
+      st_(pool_.backends.size()) {
+    entry_.client = &client_;
+    entry_.upstream = &upstream_;
+    ctx_.sessions.push_back(entry_);
+    // The client socket has its TCP options already: accepted sockets
+    // inherit them from the listener. Its address is looked up now only for
+    // Maglev and debug logs; a warning looks it up when it names it.
+    if (pool_.maglev || spdlog::should_log(spdlog::level::debug)) {
+        error_code ec;
+        if (auto ep = client_.remote_endpoint(ec); !ec) client_ep_ = ep;
     }
-    relay r(client, upstream, res, last_activity);
-    r.keep_for_replay(&sent, replay_limit);
-    co_await r.async_run(asio::use_awaitable);
-    out.failed_early = r.backend_failed_early();
-    out.early_error = r.early_error();
-    out.to_backend = r.to_backend();
-    out.from_backend = r.from_backend();
-    out.to_backend.bytes += replayed;
-    co_return out;
+    if (pool_.maglev && client_ep_) st_.key_hash = client_key_hash(*client_ep_, pool_.cfg->maglev_key);
 }
 
-}  // namespace
+session::~session() {
+    error_code ignored;
+    client_.close(ignored);
+    upstream_.close(ignored);
+    ctx_.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
+}
 
-asio::awaitable<void> run_session(worker_context& ctx, tcp::socket client, std::size_t listener_index) {
-    const auto started = clock_type::now();
-    // Hold the snapshot for the whole session: a reload must not pull the
-    // config out from under it.
-    const std::shared_ptr<const snapshot> snap = ctx.snap;
-    const config& cfg = *snap->cfg;
-    const listener_runtime& listener = snap->listeners[listener_index];
-    const pool_runtime& pool = snap->pools[listener.pool_index];
-    balancer_state& balancer = ctx.balancers[listener.pool_index];
-
-    tcp::socket upstream(client.get_executor());
-    session_entry entry;
-    entry.client = &client;
-    entry.upstream = &upstream;
-    ctx.sessions.push_back(entry);
-
-    struct active_guard {
-        process_stats& stats;
-        ~active_guard() { stats.active_sessions.fetch_sub(1, std::memory_order_relaxed); }
-    } guard{ctx.stats};
-
-    // The client socket has its TCP options already: accepted sockets inherit
-    // them from the listener. Its address is needed now only for Maglev and
-    // for debug logs; otherwise it is looked up if a warning names it.
-    std::optional<tcp::endpoint> client_ep;
-    if (pool.maglev || spdlog::should_log(spdlog::level::debug)) {
-        error_code ec;
-        if (auto ep = client.remote_endpoint(ec); !ec) client_ep = ep;
-    }
-
-    // Choose and connect, moving to the next backend on failure: the client
-    // sees nothing until a backend has accepted, and nothing either of a
-    // backend that fails before sending its first byte.
-    connect_state st(pool.backends.size());
-    if (pool.maglev && client_ep) st.key_hash = client_key_hash(*client_ep, pool.cfg->maglev_key);
-    std::optional<std::size_t> pick =
-        co_await connect_next(ctx, cfg, pool, listener.pool_index, balancer, upstream, entry, st);
-    const backend_runtime* chosen = nullptr;
-    std::size_t chosen_index = 0;
-    std::string sent;  // the client's bytes before the backend's first one, for a replay
-    relayed result;
-    error_code last_error;  // why the last backend failed before its first byte
-    if (pick) {
-        error_code ec;
-        client.native_non_blocking(true, ec);
-    }
-    while (pick) {
-        chosen = &pool.backends[*pick];
-        chosen_index = *pick;
-        error_code ec;
-        upstream.native_non_blocking(true, ec);
-        // From here the session can be closed from outside: idle sessions are
-        // found by the worker's sweep (one timer per worker, not one per
-        // session), unhealthy backends' sessions by the health checker.
-        entry.last_activity = clock_type::now();
-        entry.backend = chosen->health.get();
-        entry.relaying = true;
-        ctx.resources_recovered();
-        result = co_await relay_to(client, upstream, ctx.relay, sent, entry.last_activity);
-        if (!result.failed_early || entry.aborted) break;
-        // The backend failed before the client saw anything of it: try the
-        // next one with what the client sent -- but only a TLS handshake,
-        // which no server acts on before answering it. Plain bytes may have
-        // been a request the dead backend carried out; sending them again
-        // could repeat it.
-        last_error = result.early_error;
-        const bool may_replay = sent.empty() || is_tls_handshake(sent);
-        const std::string why = last_error == asio::error::eof ? "closed before any byte came back"
-                                                               : "reset before any byte came back";
-        report_passive(ctx, pool, listener.pool_index, chosen_index, why);
-        spdlog::debug("backend {} ({}) {}; trying another with the client's {}B", chosen->cfg->name,
-                      endpoint_text(chosen->endpoint), why, sent.size());
-        st.failures += fmt::format("{}{}: {}", st.failures.empty() ? "" : "; ", chosen->cfg->name, why);
-        upstream.close(ec);
-        chosen->stats->active.fetch_sub(1, std::memory_order_relaxed);
-        entry.backend = nullptr;
-        entry.relaying = false;
-        chosen = nullptr;
-        if (!may_replay) break;
-        pick = co_await connect_next(ctx, cfg, pool, listener.pool_index, balancer, upstream, entry, st);
-    }
-
+std::string session::client_text() const {
+    if (client_ep_) return endpoint_text(*client_ep_);
     error_code ec;
-    if (!chosen) {
-        if (st.local_failure) {
-            spdlog::debug("client {}: closed: {}", client_text(client, client_ep), st.local_failure.message());
-        } else if (!entry.aborted) {
-            ctx.stats.no_backend_total.fetch_add(1, std::memory_order_relaxed);
-            std::uint64_t suppressed = 0;
-            if (ctx.connect_warnings.allow(suppressed)) {
-                spdlog::warn("listener {}: no backend of pool {} accepted client {} ({}){}",
-                             listener.cfg->name, pool.cfg->name, client_text(client, client_ep),
-                             st.failures.empty() ? (pool.cfg->health.all_unhealthy == all_unhealthy_policy::reject
-                                                        ? "no backend is healthy (all_unhealthy: reject) or free"
-                                                        : "every backend is at its session limit")
-                                                 : st.failures,
-                             suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
-            }
-        }
-        // No other backend could take the client: what the last one did
-        // reaches the client as it was, a reset as a reset.
-        if (last_error && last_error != asio::error::eof) {
-            close_with_reset(client);
-        } else {
-            client.close(ec);
-        }
-        co_return;
-    }
+    const auto ep = client_.remote_endpoint(ec);
+    return ec ? std::string("?") : endpoint_text(ep);
+}
 
-    const pump_result& to_backend = result.to_backend;
-    const pump_result& from_backend = result.from_backend;
-    backend_stats& bstats = *chosen->stats;
-    bstats.sessions_total.fetch_add(1, std::memory_order_relaxed);
-    const bool idle_fired = entry.idle_expired;
-    if (idle_fired) ctx.stats.closed_by_idle_total.fetch_add(1, std::memory_order_relaxed);
-    const bool health_closed = entry.health_closed && !idle_fired;
-    if (health_closed) {
-        ctx.stats.closed_by_health_total.fetch_add(1, std::memory_order_relaxed);
-        chosen->stats->closed_by_health_total.fetch_add(1, std::memory_order_relaxed);
+asio::awaitable<bool> session::connect_next() {
+    const config& cfg = *snap_->cfg;
+    balancer_state& balancer = ctx_.balancers[listener_.pool_index];
+    timed_connect connector(upstream_.get_executor());
+    while (st_.attempts < pool_.cfg->connect_attempts && !entry_.aborted) {
+        ++st_.attempts;
+        // The worker's scratch vector: filled and read with no suspension between.
+        fill_loads(ctx_.loads, pool_, st_.tried, cfg.limits.per_backend);
+        const auto pick = pool_.maglev ? choose_maglev(*pool_.maglev, st_.key_hash, ctx_.loads)
+                                       : balancer.choose(pool_.cfg->balance, ctx_.loads);
+        if (!pick) break;
+        const backend_runtime& backend = pool_.backends[*pick];
+        st_.tried[*pick] = 1;
+        if (!try_reserve(*backend.stats, cfg.limits.per_backend)) continue;
+
+        error_code ec;
+        upstream_.open(backend.endpoint.protocol(), ec);
+        if (ec) {
+            // Not the backend's fault: this process is out of descriptors or memory.
+            backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
+            if (is_resource_exhaustion(ec)) ctx_.pause_accepting(ec, "opening a backend socket");
+            st_.local_failure = ec;
+            break;
+        }
+        if (auto opt_ec = apply_tcp_options(upstream_.native_handle(), cfg.tcp)) {
+            spdlog::debug("backend {}: setting TCP options failed: {}", backend.cfg->name, opt_ec.message());
+        }
+        auto [cec] = co_await connector.async_connect(upstream_, backend.endpoint, cfg.timeouts.connect,
+                                                      asio::as_tuple(asio::use_awaitable));
+        if (!cec) {
+            chosen_ = &backend;
+            chosen_index_ = *pick;
+            co_return true;
+        }
+        upstream_.close(ec);
+        backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
+        if (cec == asio::error::operation_aborted || entry_.aborted) break;
+        backend.stats->connect_failures_total.fetch_add(1, std::memory_order_relaxed);
+        report_passive(ctx_, pool_, listener_.pool_index, *pick,
+                       cec == asio::error::timed_out
+                           ? fmt::format("connect timed out after {}ms", cfg.timeouts.connect.count())
+                           : cec == asio::error::connection_refused ? std::string("connect refused")
+                                                                    : "connect failed: " + cec.message());
+        spdlog::debug("backend {} ({}) failed a client's connect: {}", backend.cfg->name,
+                      endpoint_text(backend.endpoint), cec.message());
+        st_.failures += fmt::format("{}{}: {}", st_.failures.empty() ? "" : "; ", backend.cfg->name, cec.message());
     }
-    const bool drained = entry.aborted && !idle_fired && !health_closed;
-    if (drained) ctx.stats.closed_by_drain_total.fetch_add(1, std::memory_order_relaxed);
+    co_return false;
+}
+
+asio::awaitable<void> session::establish(std::unique_ptr<session> self) {
+    session& s = *self;
+    while (co_await s.connect_next()) {
+        if (s.sent_.empty()) break;
+        // Replay what the client sent to the backend that failed.
+        auto [wec, n] = co_await asio::async_write(s.upstream_, asio::buffer(s.sent_),
+                                                   asio::as_tuple(asio::use_awaitable));
+        if (!wec) {
+            s.replayed_ = n;
+            break;
+        }
+        s.last_error_ = wec;
+        if (!s.may_move_on()) {
+            s.chosen_ = nullptr;
+            break;
+        }
+    }
+    if (!s.chosen_) co_return s.give_up();  // the session ends with this frame
+    s.start_relay(std::move(self));
+}
+
+void session::start_relay(std::unique_ptr<session> self) {
+    error_code ec;
+    client_.native_non_blocking(true, ec);
+    upstream_.native_non_blocking(true, ec);
+    // From here the session can be closed from outside: idle sessions are
+    // found by the worker's sweep (one timer per worker, not one per
+    // session), unhealthy backends' sessions by the health checker.
+    entry_.last_activity = clock_type::now();
+    entry_.backend = chosen_->health.get();
+    entry_.relaying = true;
+    ctx_.resources_recovered();
+    relay_.rearm();
+    relay_.keep_for_replay(&sent_, replay_limit);
+    relay_.async_run([self = std::move(self)]() mutable {
+        session& s = *self;
+        s.relay_ended(std::move(self));
+    });
+}
+
+void session::relay_ended(std::unique_ptr<session> self) {
+    if (!relay_.backend_failed_early() || entry_.aborted) return account();
+    last_error_ = relay_.early_error();
+    if (!may_move_on()) return give_up();
+    asio::co_spawn(client_.get_executor(), establish(std::move(self)), [](std::exception_ptr e) {
+        if (!e) return;
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            spdlog::error("session failed: {}", ex.what());
+        }
+    });
+}
+
+bool session::may_move_on() {
+    // The backend failed before the client saw anything of it: the client may
+    // go to the next one with what it sent -- but only a TLS handshake, which
+    // no server acts on before answering it. Plain bytes may have been a
+    // request the dead backend carried out; sending them again could repeat it.
+    const bool may_replay = sent_.empty() || is_tls_handshake(sent_);
+    const char* why = last_error_ == asio::error::eof ? "closed before any byte came back"
+                                                      : "reset before any byte came back";
+    report_passive(ctx_, pool_, listener_.pool_index, chosen_index_, why);
+    spdlog::debug("backend {} ({}) {}; {} the client's {}B", chosen_->cfg->name, endpoint_text(chosen_->endpoint),
+                  why, may_replay ? "trying another with" : "cannot replay", sent_.size());
+    st_.failures += fmt::format("{}{}: {}", st_.failures.empty() ? "" : "; ", chosen_->cfg->name, why);
+    error_code ec;
+    upstream_.close(ec);
+    chosen_->stats->active.fetch_sub(1, std::memory_order_relaxed);
+    entry_.backend = nullptr;
+    entry_.relaying = false;
+    chosen_ = nullptr;
+    replayed_ = 0;
+    return may_replay;
+}
+
+void session::give_up() {
+    if (st_.local_failure) {
+        spdlog::debug("client {}: closed: {}", client_text(), st_.local_failure.message());
+    } else if (!entry_.aborted) {
+        ctx_.stats.no_backend_total.fetch_add(1, std::memory_order_relaxed);
+        std::uint64_t suppressed = 0;
+        if (ctx_.connect_warnings.allow(suppressed)) {
+            spdlog::warn("listener {}: no backend of pool {} accepted client {} ({}){}", listener_.cfg->name,
+                         pool_.cfg->name, client_text(),
+                         st_.failures.empty() ? (pool_.cfg->health.all_unhealthy == all_unhealthy_policy::reject
+                                                     ? "no backend is healthy (all_unhealthy: reject) or free"
+                                                     : "every backend is at its session limit")
+                                              : st_.failures,
+                         suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
+        }
+    }
+    // No other backend could take the client: what the last one did reaches
+    // the client as it was, a reset as a reset.
+    if (last_error_ && last_error_ != asio::error::eof) close_with_reset(client_);
+}
+
+void session::account() {
+    pump_result to_backend = relay_.to_backend();
+    const pump_result& from_backend = relay_.from_backend();
+    to_backend.bytes += replayed_;
+    backend_stats& bstats = *chosen_->stats;
+    bstats.sessions_total.fetch_add(1, std::memory_order_relaxed);
+    const bool idle_fired = entry_.idle_expired;
+    if (idle_fired) ctx_.stats.closed_by_idle_total.fetch_add(1, std::memory_order_relaxed);
+    const bool health_closed = entry_.health_closed && !idle_fired;
+    if (health_closed) {
+        ctx_.stats.closed_by_health_total.fetch_add(1, std::memory_order_relaxed);
+        bstats.closed_by_health_total.fetch_add(1, std::memory_order_relaxed);
+    }
+    const bool drained = entry_.aborted && !idle_fired && !health_closed;
+    if (drained) ctx_.stats.closed_by_drain_total.fetch_add(1, std::memory_order_relaxed);
     // An apiserver that resets a connection before sending anything is not
     // serving (crashing, or shutting down its listener): count it against it.
-    // (Usually found before the relay, above; this is for a client that
+    // (Usually found by the relay's early end; this is for a client that
     // half-closed or sent much before the backend's first byte.)
-    if (!entry.aborted && from_backend.bytes == 0 &&
+    if (!entry_.aborted && from_backend.bytes == 0 &&
         (from_backend.end == pump_end::source_reset || to_backend.end == pump_end::sink_failed)) {
-        report_passive(ctx, pool, listener.pool_index, chosen_index, "reset before any byte came back");
+        report_passive(ctx_, pool_, listener_.pool_index, chosen_index_, "reset before any byte came back");
     }
-
-    client.close(ec);
-    upstream.close(ec);
     bstats.active.fetch_sub(1, std::memory_order_relaxed);
     bstats.bytes_to_backend.fetch_add(to_backend.bytes, std::memory_order_relaxed);
     bstats.bytes_from_backend.fetch_add(from_backend.bytes, std::memory_order_relaxed);
 
     if (spdlog::should_log(spdlog::level::debug)) {
-        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started);
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started_);
         const char* how = idle_fired ? "idle-timeout" : health_closed ? "backend-unhealthy" : drained ? "drain" : nullptr;
         spdlog::debug("session closed: listener={} client={} backend={} ({}) client_to_backend={}B "
                       "backend_to_client={}B duration={}ms end={}",
-                      listener.cfg->name, client_text(client, client_ep), chosen->cfg->name,
-                      endpoint_text(chosen->endpoint), to_backend.bytes, from_backend.bytes, ms.count(),
+                      listener_.cfg->name, client_text(), chosen_->cfg->name, endpoint_text(chosen_->endpoint),
+                      to_backend.bytes, from_backend.bytes, ms.count(),
                       how ? std::string(how)
                           : fmt::format("client:{}{},backend:{}{}", to_string(to_backend.end),
                                         to_backend.error ? "(" + to_backend.error.message() + ")" : "",
                                         to_string(from_backend.end),
                                         from_backend.error ? "(" + from_backend.error.message() + ")" : ""));
     }
+}
+
+}  // namespace
+
+void start_session(worker_context& ctx, tcp::socket client, std::size_t listener_index) {
+    const auto ex = client.get_executor();
+    auto s = std::make_unique<session>(ctx, std::move(client), listener_index);
+    asio::co_spawn(ex, session::establish(std::move(s)), [](std::exception_ptr e) {
+        if (!e) return;
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            spdlog::error("session failed: {}", ex.what());
+        }
+    });
 }
 
 }  // namespace apilb

@@ -136,15 +136,7 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             }
             continue;
         }
-        asio::co_spawn(io_, run_session(ctx_, std::move(socket), slot.listener_index),
-                       [](std::exception_ptr e) {
-                           if (!e) return;
-                           try {
-                               std::rethrow_exception(e);
-                           } catch (const std::exception& ex) {
-                               spdlog::error("session failed: {}", ex.what());
-                           }
-                       });
+        start_session(ctx_, std::move(socket), slot.listener_index);
     }
 }
 
