@@ -101,7 +101,9 @@ struct pump_result {
 /// sockets must be open and non-blocking. Worker thread only.
 ///
 /// Each direction ends on its own: on EOF it passes the half-close on as
-/// shutdown(SHUT_WR) and the other direction goes on. On a read error (RST)
+/// shutdown(SHUT_WR) and the other direction goes on; when the second
+/// direction ends with EOF too, the owner's close of both sockets sends the
+/// last FIN (one system call fewer). On a read error (RST)
 /// or a failed write both sockets are closed, with RST towards the peer that
 /// did not fail. A direction that cannot get a pipe (out of descriptors)
 /// carries on with the copy relay.
@@ -175,6 +177,8 @@ private:
     void transfer(direction& d);
     /// Writes what is pending; false if it is now waiting for the sink or ended.
     bool flush(direction& d);
+    /// Reading the source failed (RST): end both, with RST towards the sink.
+    void source_failed(direction& d, const boost::system::error_code& ec);
     void on_writable(direction& d, const boost::system::error_code& ec);
     void release(direction& d);
     void finish(direction& d, pump_end end);

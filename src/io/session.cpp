@@ -390,9 +390,10 @@ asio::awaitable<void> session::establish(std::unique_ptr<session> self) {
 }
 
 void session::start_relay(std::unique_ptr<session> self) {
+    // (The connect left the upstream socket non-blocking already: no ioctl.)
     error_code ec;
-    client_.native_non_blocking(true, ec);
-    upstream_.native_non_blocking(true, ec);
+    if (!client_.native_non_blocking()) client_.native_non_blocking(true, ec);
+    if (!upstream_.native_non_blocking()) upstream_.native_non_blocking(true, ec);
     // From here the session can be closed from outside: idle sessions are
     // found by the worker's sweep (one timer per worker, not one per
     // session), unhealthy backends' sessions by the health checker.

@@ -96,7 +96,12 @@ TEST_P(Relay, CopiesBothWaysAndPassesEachEofOnAsHalfClose) {
     rig r;
     relay rel(r.client, r.upstream, res, r.last);
     bool done = false;
-    rel.async_run([&] { done = true; });
+    rel.async_run([&] {
+        done = true;
+        // As the session does: the last FIN is its close, not a shutdown.
+        r.client.close();
+        r.upstream.close();
+    });
     const std::string request = pattern(1 << 20, 3), response = pattern(3 << 20, 5);
     std::string at_backend, at_client;
     // The backend reads the whole request (to the client's half-close) and
