@@ -151,7 +151,9 @@ void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, cons
         }
         loads[i] = {.weight = b.cfg->weight * permille,
                     .active = active,
-                    .available = !tried[i] && (per_backend == 0 || active < per_backend) &&
+                    // drain: no new sessions, like an unhealthy backend under
+                    // all_unhealthy: reject (a Maglev key moves to its next choice).
+                    .available = !b.cfg->drain && !tried[i] && (per_backend == 0 || active < per_backend) &&
                                  (tier != health_tier::unhealthy || try_all),
                     .tier = static_cast<std::uint8_t>(tier)};
     }
