@@ -222,8 +222,31 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
 
 void health_checker::report_passive_failure(std::size_t pool, std::size_t backend, std::string what) {
     asio::post(control_, [this, pool, backend, what = std::move(what)] {
-        if (pool < by_pool_.size() && backend < by_pool_[pool].size()) {
-            on_passive_failure(*by_pool_[pool][backend], what);
+        target* t = pool < by_pool_.size() && backend < by_pool_[pool].size() ? by_pool_[pool][backend] : nullptr;
+        // The worker marked the backend suspect before reporting it. If the
+        // one at these indices is not but another is, and nobody has asked
+        // to probe that one, the session started before a reload renumbered
+        // the backends (the indices are of its snapshot, not ours): probe
+        // the suspect ones now instead, counting nothing against them.
+        if (t && t->backend->health->suspect.load(std::memory_order_relaxed)) {
+            on_passive_failure(*t, what);
+            return;
+        }
+        std::vector<target*> unasked;
+        for (auto& other : targets_) {
+            if (other->backend->health->suspect.load(std::memory_order_relaxed) && !other->probe_now) {
+                unasked.push_back(other.get());
+            }
+        }
+        if (unasked.empty()) {
+            // A probe that passed in between cleared it; this failure is newer.
+            if (t) on_passive_failure(*t, what);
+            return;
+        }
+        if (stopping_) return;
+        for (target* other : unasked) {
+            other->probe_now = true;
+            if (!other->in_flight) other->wake.cancel();
         }
     });
 }

@@ -229,6 +229,9 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             }
             continue;
         }
+        // co_spawn runs the session inline up to its first wait (we are on
+        // io_'s thread), so it reads ctx_.snap before any reload can swap it
+        // and slot.listener_index is an index into that snapshot.
         asio::co_spawn(io_, run_session(ctx_, std::move(socket), slot.listener_index),
                        [](std::exception_ptr e) {
                            if (!e) return;
