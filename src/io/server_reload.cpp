@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -56,8 +57,10 @@ std::string reloading_state() {
 /// good. `hash` is a short hash of the bytes that were loaded.
 std::shared_ptr<const config> read_config(const std::string& path, std::string& hash) {
     try {
+        std::error_code ec;
         std::ifstream in(path, std::ios::binary);
-        if (!in) return load_config(path);  // throws with the system's reason, as at start
+        // Anything but a readable regular file: the loader says why, as at start.
+        if (!std::filesystem::is_regular_file(path, ec) || !in) return load_config(path);
         std::ostringstream text;
         text << in.rdbuf();
         const std::string bytes = text.str();
@@ -68,6 +71,8 @@ std::shared_ptr<const config> read_config(const std::string& path, std::string& 
         for (const auto& err : e.errors()) spdlog::error("reload: error: {}", err.to_string());
         spdlog::error("reload failed: {} error(s) in the configuration; keeping the running configuration",
                       e.errors().size());
+    } catch (const std::exception& e) {
+        spdlog::error("reload failed: {}: {}; keeping the running configuration", path, e.what());
     }
     return nullptr;
 }
