@@ -355,13 +355,12 @@ void health_checker::on_change(target& t, const health_change& change, const che
                          ? "new clients try every backend (all_unhealthy: try-all)"
                          : "new clients are refused (all_unhealthy: reject)");
     }
-    const health_config& hc = t.pool->cfg->health;
-    if (!hc.close_sessions_after) return;
-    if (hc.close_sessions_after->count() == 0) {
+    if (!cfg.close_sessions_after) return;
+    if (cfg.close_sessions_after->count() == 0) {
         close_sessions(t);
         return;
     }
-    schedule_close(t, clock_type::now() + *hc.close_sessions_after);
+    schedule_close(t, clock_type::now() + *cfg.close_sessions_after);
 }
 
 void health_checker::schedule_close(target& t, clock_type::time_point due) {
