@@ -21,6 +21,7 @@
 #include <iostream>
 #include <mutex>
 #include <set>
+#include <sstream>
 
 #include "harness.hpp"
 
@@ -76,6 +77,33 @@ std::string open_tagged(client& c, std::uint16_t port, milliseconds timeout = 5s
     c.set_timeout(timeout);
     std::string tag = c.recv_exact(3);
     return tag.size() == 3 ? tag.substr(0, 2) : "";
+}
+
+/// The inodes of the listening sockets `pid` holds on `port` (IPv4), from
+/// /proc: a listener that kept its sockets across a reload keeps them.
+std::set<std::string> listen_inodes(pid_t pid, std::uint16_t port) {
+    std::set<std::string> held;
+    const std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+    for (int fd = 0; fd < 4096; ++fd) {
+        char target[128] = {};
+        const std::string link = fd_dir + "/" + std::to_string(fd);
+        const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+        if (n > 0 && std::string(target).rfind("socket:[", 0) == 0) {
+            held.insert(std::string(target + 8, static_cast<std::size_t>(n) - 9));
+        }
+    }
+    std::set<std::string> out;
+    std::istringstream table(read_file("/proc/net/tcp"));
+    std::string line;
+    std::getline(table, line);  // header
+    const std::string want = fmt::format(":{:04X}", port);
+    while (std::getline(table, line)) {
+        std::istringstream f(line);
+        std::string sl, local, remote, st, queues, timer, retr, uid, timeout, inode;
+        f >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> inode;
+        if (st == "0A" && local.size() > want.size() && local.ends_with(want) && held.count(inode)) out.insert(inode);
+    }
+    return out;
 }
 
 bool echoes(client& c, const std::string& msg) { return c.send_all(msg) && c.recv_exact(msg.size()) == msg; }
@@ -205,6 +233,8 @@ TEST(Reload, ManyReloadsUnderStreamingLoadLoseNothing) {
         }
     });
 
+    const auto front_sockets = listen_inodes(apilb.proc().pid(), port);
+    EXPECT_EQ(front_sockets.size(), 2u);
     std::vector<milliseconds> times;
     for (int i = 0; i < 25; ++i) {
         milliseconds took{};
@@ -217,6 +247,7 @@ TEST(Reload, ManyReloadsUnderStreamingLoadLoseNothing) {
         }
         std::this_thread::sleep_for(100ms);
     }
+    EXPECT_EQ(listen_inodes(apilb.proc().pid(), port), front_sockets) << "front was never re-bound";
     std::this_thread::sleep_for(300ms);
     stop = true;
     churn.join();
@@ -408,6 +439,36 @@ TEST(Reload, RemovedBackendsSessionsCloseAfterReloadDrainOthersUntouched) {
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
     EXPECT_TRUE(apilb.wait_for_log(fmt::format("{} closed because a reload removed their backend", removed_sessions)))
         << apilb.log();
+}
+
+TEST(Reload, ListenerMovedToAnotherPoolKeepsItsSocket) {
+    tcp_server b0("127.0.0.2", tagged_echo("b0"));
+    tcp_server q0("127.0.0.5", tagged_echo("q0"));
+    temp_dir dir;
+    const auto port = free_port();
+    auto cfg = [&](const std::string& pool) {
+        return fmt::format("workers: 2\nlisteners:\n  - {{name: front, address: \"127.0.0.1:{}\", pool: {}}}\n"
+                           "pools:\n"
+                           "  - {{name: p, backends: [{{name: b0, address: \"{}\"}}]}}\n"
+                           "  - {{name: q, backends: [{{name: q0, address: \"{}\"}}]}}\n",
+                           port, pool, b0.address(), q0.address());
+    };
+    apilb_process apilb(dir, cfg("p"), "127.0.0.1", port);
+    client before;
+    ASSERT_EQ(open_tagged(before, port), "b0");
+    const auto sockets = listen_inodes(apilb.proc().pid(), port);
+    EXPECT_EQ(sockets.size(), 2u) << "one SO_REUSEPORT socket per worker";
+    ASSERT_EQ(reload(apilb, dir, cfg("q")), reload_outcome::done) << apilb.log();
+    EXPECT_EQ(listen_inodes(apilb.proc().pid(), port), sockets) << "the listener's sockets must be the same ones";
+    EXPECT_TRUE(apilb.wait_for_log(fmt::format("listeners changed [front@127.0.0.1:{} pool p->q]", port)))
+        << apilb.log();
+    for (int i = 0; i < 4; ++i) {
+        client c;
+        EXPECT_EQ(open_tagged(c, port), "q0");
+    }
+    EXPECT_TRUE(echoes(before, "still on p"));
+    before.close();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
 }
 
 /// A listening socket whose accept queue is full: connects to it hang (the
