@@ -42,6 +42,9 @@ struct backend_config {
     std::string name;
     socket_address address;
     std::uint32_t weight = 1;  ///< 1..256; relative share for round-robin and least-connections
+    /// Drain by hand: no new sessions go to it; its open sessions continue.
+    bool drain = false;
+    friend bool operator==(const backend_config&, const backend_config&) = default;
 };
 
 /// TLS of the health probes (not of client sessions, which apilb never terminates).
@@ -51,6 +54,7 @@ struct health_tls_config {
     std::string cert_file;                   ///< optional client certificate (with key_file)
     std::string key_file;
     bool insecure_skip_verify = false;       ///< explicit, warned about at load time
+    friend bool operator==(const health_tls_config&, const health_tls_config&) = default;
 };
 
 /// Active and passive health checking of one pool's backends, and what
@@ -75,6 +79,7 @@ struct health_config {
     duration slow_start{std::chrono::seconds(30)};  ///< ramp of a recovered backend's weight; 0 = none
     all_unhealthy_policy all_unhealthy = all_unhealthy_policy::try_all;
     bool initial_healthy = true;  ///< state of every backend until its first check completes
+    friend bool operator==(const health_config&, const health_config&) = default;
 };
 
 /// A named set of backends and how to choose among them.
@@ -108,6 +113,10 @@ struct timeouts_config {
     duration idle{std::chrono::hours(1)};
     /// On SIGTERM, how long established sessions may finish before they are closed.
     duration drain{std::chrono::seconds(30)};
+    /// On a reload that removes a backend, how long its open sessions may
+    /// continue before they are closed. 0 closes them at once.
+    duration reload_drain{std::chrono::seconds(30)};
+    friend bool operator==(const timeouts_config&, const timeouts_config&) = default;
 };
 
 /// Socket options set on both legs of every session.
@@ -120,22 +129,26 @@ struct tcp_config {
     /// TCP_USER_TIMEOUT: unacknowledged data for this long kills the
     /// connection. 0 leaves the kernel default (~15 minutes).
     duration user_timeout{std::chrono::seconds(30)};
+    friend bool operator==(const tcp_config&, const tcp_config&) = default;
 };
 
 struct limits_config {
     std::uint32_t max_connections = 16384;  ///< client sessions across all listeners; 0 = no limit
     std::uint32_t per_backend = 0;          ///< sessions per backend; 0 = no limit
+    friend bool operator==(const limits_config&, const limits_config&) = default;
 };
 
 struct relay_config {
     relay_mode mode = relay_mode::splice;
     std::uint32_t buffer_size = 64 * 1024;  ///< copy mode: bytes per borrowed buffer
     std::uint32_t pipe_size = 0;            ///< splice mode: F_SETPIPE_SZ, 0 = kernel default
+    friend bool operator==(const relay_config&, const relay_config&) = default;
 };
 
 struct log_config {
     std::string level = "info";  ///< trace | debug | info | warn | error | critical | off
     log_format format = log_format::text;
+    friend bool operator==(const log_config&, const log_config&) = default;
 };
 
 /// One problem found in a config file.

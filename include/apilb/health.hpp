@@ -69,6 +69,12 @@ public:
     /// never decides the first round on its own.
     health_change record_passive_failure();
 
+    /// The same state (healthy, settled, streak) under new rise/fall
+    /// thresholds, for a backend kept across a reload: it does not go back to
+    /// its initial state. A streak that reaches the new threshold stops one
+    /// short of it, so the change comes with the next result, not silently.
+    health_tracker with_thresholds(std::uint32_t rise, std::uint32_t fall) const;
+
     bool healthy() const noexcept { return healthy_; }
     /// True once an active check has completed.
     bool settled() const noexcept { return settled_; }

@@ -8,6 +8,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -36,9 +37,17 @@ public:
     health_checker(const health_checker&) = delete;
     health_checker& operator=(const health_checker&) = delete;
 
-    /// Logs what is checked and starts the first round at once, for every
-    /// backend. Control thread.
-    void start();
+    /// For a reload, before start(): every backend that `previous` checked
+    /// too (same_backend()) takes over its rise/fall state, last result and
+    /// pending session close, so it does not go back to health.initial; its
+    /// first probe here comes within one interval, not at once. Control
+    /// thread; `previous` must be stopped afterwards.
+    void adopt(const health_checker& previous);
+
+    /// Logs what is checked (unless `announce` is false: a reload logs its
+    /// own summary) and starts the first round at once for every backend
+    /// that was not adopted. Control thread.
+    void start(bool announce = true);
 
     /// A worker saw a client's connect to (pool, backend) fail and has marked
     /// it suspect. Thread-safe: posts to the control context.
@@ -59,7 +68,7 @@ private:
     void on_passive_failure(target& t, const std::string& what);
     void apply(target& t, const check_result& result);
     void on_change(target& t, const health_change& change, const check_result& result);
-    void schedule_close(target& t);
+    void schedule_close(target& t, std::chrono::steady_clock::time_point due);
     void close_sessions(target& t);
     std::size_t healthy_in_pool(std::size_t pool) const;
     double random_unit();

@@ -73,6 +73,11 @@ struct process_stats {
     std::atomic<std::uint64_t> closed_by_idle_total{0};
     std::atomic<std::uint64_t> closed_by_drain_total{0};
     std::atomic<std::uint64_t> closed_by_health_total{0};   ///< their backend became unhealthy
+    std::atomic<std::uint64_t> reloads_total{0};             ///< reloads applied
+    std::atomic<std::uint64_t> reload_failures_total{0};     ///< reloads rejected (old config kept)
+    /// Their backend was removed by a reload and timeouts.reload_drain ran
+    /// out. (The session also counts itself in closed_by_drain_total.)
+    std::atomic<std::uint64_t> closed_by_reload_total{0};
 };
 
 /// An immutable config with its runtime parts. Only the atomics in the stats
@@ -83,8 +88,15 @@ struct snapshot {
     std::vector<listener_runtime> listeners;
 
     /// Resolves every address of `cfg` (numeric only, so this cannot block)
-    /// and creates fresh counters.
-    static std::shared_ptr<const snapshot> build(std::shared_ptr<const config> cfg);
+    /// and creates fresh counters, except for backends that `previous` has
+    /// too (same_backend()): they share its counters and health, so a
+    /// reload neither resets them nor makes them flap.
+    static std::shared_ptr<const snapshot> build(std::shared_ptr<const config> cfg,
+                                                 const snapshot* previous = nullptr);
+
+    /// The backend of `previous` that is the same as backend `b` of pool `p`
+    /// here, or nullptr.
+    const backend_runtime* find_same(const pool_runtime& p, const backend_runtime& b) const;
 };
 
 /// The Asio endpoint for a validated address.

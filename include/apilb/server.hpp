@@ -4,7 +4,12 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <boost/asio/steady_timer.hpp>
+
+#include <list>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "apilb/runtime.hpp"
@@ -31,12 +36,34 @@ public:
 
     const process_stats& stats() const noexcept { return stats_; }
 
+    /// SIGHUP: re-reads the config file, builds and checks the new config
+    /// here on the control thread and, only if all of it is good (the file,
+    /// the probe TLS files, every new listener's bind), swaps it in: workers
+    /// get it by message; kept listeners keep their sockets, kept backends
+    /// their counters and health. On any error it logs every error, counts
+    /// the failure and the running config stays. Returns true if applied.
+    /// Control thread (src/io/server_reload.cpp).
+    bool reload();
+
 private:
+    /// What the health checker calls to close a backend's sessions on every worker.
+    std::function<void(const backend_health*)> close_sessions_fn();
+    /// Closes, after timeouts.reload_drain, the sessions of the backends that
+    /// `previous` had and the running snapshot has not.
+    void drain_removed_backends(std::shared_ptr<const snapshot> previous);
+    /// Destroys the health checkers of earlier configs whose probe loops are over.
+    void drop_retired_checkers();
+
     std::shared_ptr<const snapshot> snap_;
     process_stats stats_;  // before workers_: sessions un-count themselves as workers go away
     /// Probes, signals, the drain: everything that is not the data path.
     boost::asio::io_context control_{1};
     std::unique_ptr<health_checker> health_;  // after control_: its timers live on it
+    /// Checkers of earlier configs, stopped, until their probe loops unwind.
+    std::vector<std::unique_ptr<health_checker>> retired_checkers_;
+    /// Drains of backends removed by a reload (timeouts.reload_drain).
+    std::list<boost::asio::steady_timer> reload_timers_;
+    bool draining_ = false;  ///< SIGTERM seen: reloads are refused
     std::vector<std::unique_ptr<worker>> workers_;
     std::uint32_t max_connections_ = 0;  ///< configured limit, capped by the fd limit
 };

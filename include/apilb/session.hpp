@@ -34,6 +34,7 @@ struct session_entry
     bool aborted = false;      ///< set by abort(): do not retry, do not log as a failure
     bool idle_expired = false; ///< set by the idle sweep before it aborts the session
     bool health_closed = false; ///< set before an abort because its backend became unhealthy
+    bool reload_closed = false; ///< set before an abort because a reload removed its backend
 
     /// Closes both sockets; the session's pending operations complete with
     /// operation_aborted and the session ends. Worker thread only.

@@ -9,6 +9,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <cstddef>
+#include <functional>
 #include <future>
 #include <memory>
 #include <thread>
@@ -29,6 +30,34 @@ public:
     /// Opens, binds and listens on `listener_index`'s address with SO_REUSEPORT.
     /// Control thread, before start(). Throws std::system_error with the reason.
     void bind(std::size_t listener_index);
+
+    /// A listening socket (SO_REUSEPORT) for `l`, as a plain descriptor that
+    /// the caller owns: a reload binds every new listener's sockets on the
+    /// control thread before it commits, so a bind failure fails the reload
+    /// as a whole. Sets the TCP options `tcp` on it, which the sockets it
+    /// accepts inherit. Throws std::system_error naming the listener.
+    static int open_listener(const listener_runtime& l, const tcp_config& tcp);
+
+    /// A listener a reload adds: its index in the new snapshot and this
+    /// worker's listening descriptor for it (which the worker then owns).
+    struct new_listener {
+        std::size_t listener_index;
+        int fd;
+    };
+
+    /// Switches to `next` (a reload): new sessions use it, open sessions keep
+    /// the snapshot they started with. Acceptors of listeners `next` still
+    /// has (same address) keep their sockets and accept on without a gap;
+    /// those it lacks are closed; `added` are adopted. Posts to the worker
+    /// thread and returns at once; `done` then runs on the worker thread.
+    /// Any thread.
+    void apply(std::shared_ptr<const snapshot> next, std::vector<new_listener> added, std::function<void()> done);
+
+    /// Closes the sessions relaying to any of `backends` (removed by a
+    /// reload, whose drain time is over), counting them as
+    /// closed_by_reload; `keep` holds the snapshot they belong to alive
+    /// until then. Any thread.
+    void close_removed(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends);
 
     /// Caps the process-wide session count this worker admits (0 = none).
     /// Control thread, before start().
@@ -54,9 +83,21 @@ public:
 private:
     struct acceptor_slot {
         boost::asio::ip::tcp::acceptor acceptor;
-        std::size_t listener_index;
+        std::size_t listener_index;             ///< in ctx_.snap; updated by apply()
         boost::asio::steady_timer pause_timer;  ///< waits out an accept pause
+        bool loop_done = false;                 ///< its accept loop has returned: the slot may go
     };
+
+    /// The snapshot new sessions get, with this worker's balancer states for
+    /// it. ctx_.snap shares ownership of it (aliasing): a session holding
+    /// its snapshot also keeps the balancer state it took a reference to
+    /// alive across a reload.
+    struct generation {
+        std::shared_ptr<const snapshot> snap;
+        std::vector<balancer_state> balancers;  ///< moved out of ctx_ when the next generation comes
+    };
+
+    void spawn_accept_loop(acceptor_slot& slot);
 
     boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
     /// Closes sessions with no traffic for timeouts.idle, checking a few
@@ -68,6 +109,8 @@ private:
     boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
     worker_context ctx_;
     std::vector<std::unique_ptr<acceptor_slot>> acceptors_;
+    std::shared_ptr<generation> generation_;  ///< current; older ones live while their sessions do
+    bool started_ = false;                    ///< start() ran: new acceptors get their loop at once
     boost::asio::steady_timer sweep_timer_{io_};
     bool stopping_ = false;  ///< worker thread only
     std::thread thread_;

@@ -124,8 +124,8 @@ constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool
 constexpr std::array<std::string_view, 6> pool_keys{
     "name", "balance", "connect_attempts", "backends", "health", "maglev"};
 constexpr std::array<std::string_view, 2> maglev_keys{"table_size", "key"};
-constexpr std::array<std::string_view, 3> backend_keys{"name", "address", "weight"};
-constexpr std::array<std::string_view, 3> timeout_keys{"connect", "idle", "drain"};
+constexpr std::array<std::string_view, 4> backend_keys{"name", "address", "weight", "drain"};
+constexpr std::array<std::string_view, 4> timeout_keys{"connect", "idle", "drain", "reload_drain"};
 constexpr std::array<std::string_view, 6> tcp_keys{
     "nodelay", "keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count", "user_timeout"};
 constexpr std::array<std::string_view, 2> limit_keys{"max_connections", "per_backend"};
@@ -484,6 +484,7 @@ std::optional<pool_entry> loader::read_pool(const field& f) {
                 be.name = read_name(*bm, "name", be.cfg.name);
                 be.address = read_address(*bm, "address", true, be.cfg.address);
                 read_integer(*bm, "weight", {.min = 1, .max = 256}, be.cfg.weight);
+                read_bool(*bm, "drain", be.cfg.drain);
                 p.backends.push_back(std::move(be));
             }
         }
@@ -528,6 +529,9 @@ void loader::read_sections(const mapping& top) {
                           c.timeouts.idle);
             read_duration(*m, "drain", {.min = 0ms, .max = 1h, .zero_allowed = true, .range = "0..1h"},
                           c.timeouts.drain);
+            read_duration(*m, "reload_drain",
+                          {.min = 0ms, .max = 1h, .zero_allowed = true, .range = "0..1h"},
+                          c.timeouts.reload_drain);
         }
     }
     if (const field* f = top.find("tcp")) {

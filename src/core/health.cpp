@@ -31,6 +31,14 @@ std::string check_result::describe() const {
 health_tracker::health_tracker(std::uint32_t rise, std::uint32_t fall, bool initial_healthy)
     : rise_(std::max(rise, 1u)), fall_(std::max(fall, 1u)), healthy_(initial_healthy) {}
 
+health_tracker health_tracker::with_thresholds(std::uint32_t rise, std::uint32_t fall) const {
+    health_tracker t(rise, fall, healthy_);
+    t.settled_ = settled_;
+    const std::uint32_t limit = healthy_ ? t.fall_ : t.rise_;
+    t.streak_ = std::min(streak_, limit - 1);
+    return t;
+}
+
 health_change health_tracker::record(bool passed) {
     if (!settled_) {
         // The first round decides at once: until now the state was only what

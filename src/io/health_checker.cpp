@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "apilb/config_diff.hpp"
 #include "apilb/prober.hpp"
 
 namespace apilb {
@@ -44,6 +45,8 @@ struct health_checker::target {
     bool probe_now = false;      ///< a passive report asked for a probe as soon as possible
     bool in_flight = false;
     bool close_pending = false;  ///< grace is over but no healthy backend could take the sessions
+    bool adopted = false;        ///< state taken over from the checker of the previous config
+    clock_type::time_point close_due{};  ///< when the pending grace (close_timer) ends; {} = none
     check_result last;
 };
 
@@ -111,9 +114,41 @@ health_checker::health_checker(asio::io_context& control, std::shared_ptr<const 
 
 health_checker::~health_checker() = default;
 
-void health_checker::start() {
-    for (const auto& p : snap_->pools) spdlog::info("health: pool {}: {}", p.cfg->name, describe_checks(p.cfg->health));
+void health_checker::adopt(const health_checker& previous) {
     for (auto& t : targets_) {
+        const health_config& cfg = t->pool->cfg->health;
+        for (const auto& old : previous.targets_) {
+            if (!same_backend(*old->pool->cfg, *old->backend->cfg, *t->pool->cfg, *t->backend->cfg)) continue;
+            t->adopted = true;
+            t->tracker = old->tracker.with_thresholds(cfg.rise, cfg.fall);
+            t->last = old->last;
+            t->close_pending = old->close_pending;
+            t->close_due = old->close_due;
+            break;
+        }
+        if (!t->adopted) continue;
+        backend_health& h = *t->backend->health;
+        if (cfg.type == health_check_type::none && !h.healthy.load(std::memory_order_relaxed)) {
+            // Nothing will ever check it again: without checks a backend is healthy.
+            h.healthy.store(true, std::memory_order_relaxed);
+            t->close_pending = false;
+            t->close_due = {};
+            spdlog::info("health: {} is healthy: its pool no longer has active checks", label(*t->pool, *t->backend));
+        }
+        t->probe_now = h.suspect.load(std::memory_order_relaxed);
+    }
+}
+
+void health_checker::start(bool announce) {
+    if (announce) {
+        for (const auto& p : snap_->pools) spdlog::info("health: pool {}: {}", p.cfg->name, describe_checks(p.cfg->health));
+    }
+    for (auto& t : targets_) {
+        // A kept backend's grace before its sessions are closed goes on where it was.
+        if (t->adopted && t->close_due != clock_type::time_point{} && !t->close_pending &&
+            t->pool->cfg->health.close_sessions_after) {
+            schedule_close(*t, t->close_due);
+        }
         ++running_;
         asio::co_spawn(control_, probe_loop(*t), [](std::exception_ptr e) {
             if (!e) return;
@@ -141,6 +176,18 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
     const health_config& cfg = t.pool->cfg->health;
     const bool active = cfg.type != health_check_type::none;
     bool first = true;
+    if (t.adopted && !t.probe_now) {
+        // Kept across a reload: its state is known, so no first round at once
+        // for every backend; spread the next probes over one interval.
+        first = false;
+        if (active) {
+            t.wake.expires_after(first_round_offset(cfg.interval, t.global_index, targets_.size(), random_unit()));
+            co_await t.wake.async_wait(asio::as_tuple(asio::use_awaitable));
+        } else {
+            t.wake.expires_at(clock_type::time_point::max());
+            co_await t.wake.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
+    }
     while (!stopping_) {
         auto next = clock_type::time_point::max();
         if (active || t.probe_now) {
@@ -175,8 +222,31 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
 
 void health_checker::report_passive_failure(std::size_t pool, std::size_t backend, std::string what) {
     asio::post(control_, [this, pool, backend, what = std::move(what)] {
-        if (pool < by_pool_.size() && backend < by_pool_[pool].size()) {
-            on_passive_failure(*by_pool_[pool][backend], what);
+        target* t = pool < by_pool_.size() && backend < by_pool_[pool].size() ? by_pool_[pool][backend] : nullptr;
+        // The worker marked the backend suspect before reporting it. If the
+        // one at these indices is not but another is, and nobody has asked
+        // to probe that one, the session started before a reload renumbered
+        // the backends (the indices are of its snapshot, not ours): probe
+        // the suspect ones now instead, counting nothing against them.
+        if (t && t->backend->health->suspect.load(std::memory_order_relaxed)) {
+            on_passive_failure(*t, what);
+            return;
+        }
+        std::vector<target*> unasked;
+        for (auto& other : targets_) {
+            if (other->backend->health->suspect.load(std::memory_order_relaxed) && !other->probe_now) {
+                unasked.push_back(other.get());
+            }
+        }
+        if (unasked.empty()) {
+            // A probe that passed in between cleared it; this failure is newer.
+            if (t) on_passive_failure(*t, what);
+            return;
+        }
+        if (stopping_) return;
+        for (target* other : unasked) {
+            other->probe_now = true;
+            if (!other->in_flight) other->wake.cancel();
         }
     });
 }
@@ -251,6 +321,7 @@ void health_checker::on_change(target& t, const health_change& change, const che
         h.ramp_start_ns.store(ramp ? now_ns() : 0, std::memory_order_relaxed);
         t.close_timer.cancel();
         t.close_pending = false;
+        t.close_due = {};
         spdlog::info("health: {} is healthy{}{}", name,
                      change.first ? " (first check passed)"
                                   : fmt::format(" again after {} passed check(s)", change.streak),
@@ -284,20 +355,21 @@ void health_checker::on_change(target& t, const health_change& change, const che
                          ? "new clients try every backend (all_unhealthy: try-all)"
                          : "new clients are refused (all_unhealthy: reject)");
     }
-    schedule_close(t);
-}
-
-void health_checker::schedule_close(target& t) {
-    const health_config& cfg = t.pool->cfg->health;
     if (!cfg.close_sessions_after) return;
     if (cfg.close_sessions_after->count() == 0) {
         close_sessions(t);
         return;
     }
-    t.close_timer.expires_after(*cfg.close_sessions_after);
+    schedule_close(t, clock_type::now() + *cfg.close_sessions_after);
+}
+
+void health_checker::schedule_close(target& t, clock_type::time_point due) {
+    t.close_due = due;
+    t.close_timer.expires_at(due);
     t.close_timer.async_wait([this, &t](error_code ec) {
         // ec first: a cancelled wait may run after stop() and must touch nothing.
         if (ec || stopping_) return;
+        t.close_due = {};
         if (!t.backend->health->healthy.load(std::memory_order_relaxed)) close_sessions(t);
     });
 }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "apilb/config_diff.hpp"
+
 namespace apilb {
 
 boost::asio::ip::tcp::endpoint to_endpoint(const socket_address& address) {
@@ -9,7 +11,17 @@ boost::asio::ip::tcp::endpoint to_endpoint(const socket_address& address) {
     return {boost::asio::ip::make_address(address.ip), address.port};
 }
 
-std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cfg) {
+const backend_runtime* snapshot::find_same(const pool_runtime& p, const backend_runtime& b) const {
+    for (const auto& mine : pools) {
+        if (mine.cfg->name != p.cfg->name) continue;
+        for (const auto& candidate : mine.backends) {
+            if (same_backend(*mine.cfg, *candidate.cfg, *p.cfg, *b.cfg)) return &candidate;
+        }
+    }
+    return nullptr;
+}
+
+std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cfg, const snapshot* previous) {
     auto snap = std::make_shared<snapshot>();
     snap->cfg = cfg;
     snap->pools.reserve(cfg->pools.size());
@@ -21,7 +33,13 @@ std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cf
                                    .endpoint = to_endpoint(b.address),
                                    .stats = std::make_shared<backend_stats>(),
                                    .health = std::make_shared<backend_health>()});
-            pr.backends.back().health->healthy.store(p.health.initial_healthy, std::memory_order_relaxed);
+            backend_runtime& br = pr.backends.back();
+            if (const backend_runtime* old = previous ? previous->find_same(pr, br) : nullptr) {
+                br.stats = old->stats;
+                br.health = old->health;
+            } else {
+                br.health->healthy.store(p.health.initial_healthy, std::memory_order_relaxed);
+            }
         }
         if (p.balance == balance_policy::maglev) {
             std::vector<maglev_backend> mb;

@@ -1,6 +1,7 @@
 #include "apilb/server.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -94,17 +95,17 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
     const std::uint64_t fd_limit = raise_fd_limit();
     // The checker closes an unhealthy backend's sessions through the workers,
     // each on its own thread.
-    health_ = std::make_unique<health_checker>(control_, snap_, [this](const backend_health* backend) {
-        for (auto& w : workers_) w->abort_sessions_on(backend);
-    });
+    health_ = std::make_unique<health_checker>(control_, snap_, close_sessions_fn());
     const std::size_t n = snap_->cfg->workers;
     workers_.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
         workers_.push_back(std::make_unique<worker>(i, snap_, stats_));
-        workers_.back()->set_passive_reporter(
-            [checker = health_.get()](std::size_t pool, std::size_t backend, std::string what) {
-                checker->report_passive_failure(pool, backend, std::move(what));
+        // Through the control thread: a reload replaces the checker.
+        workers_.back()->set_passive_reporter([this](std::size_t pool, std::size_t backend, std::string what) {
+            asio::post(control_, [this, pool, backend, what = std::move(what)]() mutable {
+                health_->report_passive_failure(pool, backend, std::move(what));
             });
+        });
         for (std::size_t l = 0; l < snap_->listeners.size(); ++l) workers_.back()->bind(l);
     }
 
@@ -130,6 +131,14 @@ server::~server() {
     for (auto& w : workers_) w->stop();
     workers_.clear();
     if (health_) health_->stop();
+}
+
+std::function<void(const backend_health*)> server::close_sessions_fn() {
+    // The checker closes an unhealthy backend's sessions through the workers,
+    // each on its own thread.
+    return [this](const backend_health* backend) {
+        for (auto& w : workers_) w->abort_sessions_on(backend);
+    };
 }
 
 int server::run() {
@@ -177,10 +186,14 @@ int server::run() {
     std::function<void(error_code, int)> on_signal = [&](error_code ec, int signo) {
         if (ec) return;
         if (signo == SIGHUP) {
-            spdlog::warn("SIGHUP: configuration reload is not supported by this version; "
-                         "keeping the running configuration");
+            if (draining) {
+                spdlog::warn("SIGHUP during the drain: not reloading");
+            } else {
+                reload();
+            }
         } else if (!draining) {
             draining = true;
+            draining_ = true;
             notify_systemd("STOPPING=1");
             const auto drain = snap_->cfg->timeouts.drain;
             deadline = clock_type::now() + drain;
@@ -216,15 +229,18 @@ int server::run() {
     // Let the probe loops unwind (they end at once once stopped), so that no
     // coroutine outlives the checker it refers to.
     health_->stop();
+    for (auto& t : reload_timers_) t.cancel();
     drain_timer.cancel();
     control.restart();
     control.run_for(std::chrono::seconds(3));
     if (health_->running() != 0) spdlog::warn("health: {} probe loop(s) did not end", health_->running());
     spdlog::info("apilb stopped: {} session(s) served, {} refused at the limit, {} without a backend, "
-                 "{} closed because their backend became unhealthy",
+                 "{} closed because their backend became unhealthy, {} reload(s), {} failed reload(s), "
+                 "{} closed because a reload removed their backend",
                  stats_.accepted_total.load() - stats_.refused_limit_total.load(),
                  stats_.refused_limit_total.load(), stats_.no_backend_total.load(),
-                 stats_.closed_by_health_total.load());
+                 stats_.closed_by_health_total.load(), stats_.reloads_total.load(),
+                 stats_.reload_failures_total.load(), stats_.closed_by_reload_total.load());
     return 0;
 }
 

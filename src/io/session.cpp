@@ -175,7 +175,9 @@ void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, cons
         }
         loads[i] = {.weight = b.cfg->weight * permille,
                     .active = active,
-                    .available = !tried[i] && (per_backend == 0 || active < per_backend) &&
+                    // drain: no new sessions, like an unhealthy backend under
+                    // all_unhealthy: reject (a Maglev key moves to its next choice).
+                    .available = !b.cfg->drain && !tried[i] && (per_backend == 0 || active < per_backend) &&
                                  (tier != health_tier::unhealthy || try_all),
                     .tier = static_cast<std::uint8_t>(tier)};
     }
@@ -479,7 +481,9 @@ void session::account() {
         ctx_.stats.closed_by_health_total.fetch_add(1, std::memory_order_relaxed);
         bstats.closed_by_health_total.fetch_add(1, std::memory_order_relaxed);
     }
-    const bool drained = entry_.aborted && !idle_fired && !health_closed;
+    const bool reload_closed = entry_.reload_closed && !idle_fired && !health_closed;
+    if (reload_closed) ctx_.stats.closed_by_reload_total.fetch_add(1, std::memory_order_relaxed);
+    const bool drained = entry_.aborted && !idle_fired && !health_closed && !reload_closed;
     if (drained) ctx_.stats.closed_by_drain_total.fetch_add(1, std::memory_order_relaxed);
     // An apiserver that resets a connection before sending anything is not
     // serving (crashing, or shutting down its listener): count it against it.
@@ -495,7 +499,11 @@ void session::account() {
 
     if (spdlog::should_log(spdlog::level::debug)) {
         const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started_);
-        const char* how = idle_fired ? "idle-timeout" : health_closed ? "backend-unhealthy" : drained ? "drain" : nullptr;
+        const char* how = idle_fired      ? "idle-timeout"
+                          : health_closed ? "backend-unhealthy"
+                          : reload_closed ? "backend-removed"
+                          : drained       ? "drain"
+                                          : nullptr;
         spdlog::debug("session closed: listener={} client={} backend={} ({}) client_to_backend={}B "
                       "backend_to_client={}B duration={}ms end={}",
                       listener_.cfg->name, client_text(), chosen_->cfg->name, endpoint_text(chosen_->endpoint),

@@ -12,11 +12,14 @@
 #include <spdlog/spdlog.h>
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "apilb/socket_options.hpp"
 
 #include <algorithm>
 #include <system_error>
+
+#include "apilb/config_diff.hpp"
 
 namespace apilb {
 
@@ -25,7 +28,10 @@ using boost::system::error_code;
 using tcp = asio::ip::tcp;
 
 worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats)
-    : index_(index), work_(io_.get_executor()), ctx_(std::move(snap), stats) {}
+    : index_(index), work_(io_.get_executor()), ctx_(std::move(snap), stats) {
+    generation_ = std::make_shared<generation>(generation{.snap = ctx_.snap, .balancers = {}});
+    ctx_.snap = std::shared_ptr<const snapshot>(generation_, generation_->snap.get());
+}
 
 worker::~worker() {
     stop();
@@ -35,10 +41,11 @@ worker::~worker() {
     acceptors_.clear();
 }
 
-void worker::bind(std::size_t listener_index) {
-    const listener_runtime& l = ctx_.snap->listeners[listener_index];
-    auto slot = std::make_unique<acceptor_slot>(acceptor_slot{tcp::acceptor(io_), listener_index, asio::steady_timer(io_)});
-    auto& acc = slot->acceptor;
+int worker::open_listener(const listener_runtime& l, const tcp_config& tcp) {
+    // A private io_context: the socket is only set up here, then released
+    // to whichever worker adopts it.
+    asio::io_context setup{1};
+    tcp::acceptor acc(setup);
     error_code ec;
     auto fail = [&](const char* what) {
         throw std::system_error(ec, fmt::format("listener {}: {} {}", l.cfg->name, what,
@@ -59,27 +66,115 @@ void worker::bind(std::size_t listener_index) {
         acc.set_option(asio::ip::v6_only(true), ec);
     }
     // Accepted sockets inherit these, so no session sets them again.
-    ec = apply_tcp_options(acc.native_handle(), ctx_.snap->cfg->tcp);
+    ec = apply_tcp_options(acc.native_handle(), tcp);
     if (ec) fail("cannot set TCP options on");
     acc.bind(l.endpoint, ec);
     if (ec) fail("cannot bind");
     acc.listen(static_cast<int>(l.cfg->backlog), ec);
     if (ec) fail("cannot listen on");
+    return acc.release(ec);
+}
+
+void worker::bind(std::size_t listener_index) {
+    const listener_runtime& l = ctx_.snap->listeners[listener_index];
+    const int fd = open_listener(l, ctx_.snap->cfg->tcp);
+    auto slot = std::make_unique<acceptor_slot>(
+        acceptor_slot{tcp::acceptor(io_), listener_index, asio::steady_timer(io_), false});
+    error_code ec;
+    slot->acceptor.assign(l.endpoint.protocol(), fd, ec);
+    if (ec) {
+        ::close(fd);
+        throw std::system_error(ec, fmt::format("listener {}: cannot adopt the socket for {}", l.cfg->name,
+                                                l.cfg->address.to_string()));
+    }
     acceptors_.push_back(std::move(slot));
 }
 
-void worker::start() {
-    for (auto& slot : acceptors_) {
-        asio::co_spawn(io_, accept_loop(*slot), [](std::exception_ptr e) {
-            if (e) {
-                try {
-                    std::rethrow_exception(e);
-                } catch (const std::exception& ex) {
-                    spdlog::critical("accept loop failed: {}", ex.what());
+void worker::spawn_accept_loop(acceptor_slot& slot) {
+    asio::co_spawn(io_, accept_loop(slot), [&slot](std::exception_ptr e) {
+        slot.loop_done = true;
+        if (e) {
+            try {
+                std::rethrow_exception(e);
+            } catch (const std::exception& ex) {
+                spdlog::critical("accept loop failed: {}", ex.what());
+            }
+        }
+    });
+}
+
+void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listener> added, std::function<void()> done) {
+    asio::post(io_, [this, next = std::move(next), added = std::move(added), done = std::move(done)]() mutable {
+        if (stopping_) {
+            for (const auto& a : added) ::close(a.fd);
+            done();
+            return;
+        }
+        const snapshot& current = *ctx_.snap;
+        for (auto& slot : acceptors_) {
+            if (!slot->acceptor.is_open()) continue;
+            const listener_runtime& was = current.listeners[slot->listener_index];
+            auto it = std::find_if(next->listeners.begin(), next->listeners.end(),
+                                   [&](const listener_runtime& l) { return same_listener(*was.cfg, *l.cfg); });
+            if (it == next->listeners.end()) {
+                // Removed: stop accepting. Its open sessions go on.
+                error_code ignored;
+                slot->acceptor.close(ignored);
+                slot->pause_timer.cancel();
+                continue;
+            }
+            slot->listener_index = static_cast<std::size_t>(it - next->listeners.begin());
+            // Sockets it accepts from now on inherit the new TCP options.
+            if (!(next->cfg->tcp == current.cfg->tcp)) {
+                if (auto ec = apply_tcp_options(slot->acceptor.native_handle(), next->cfg->tcp)) {
+                    spdlog::warn("worker {}: listener {}: setting TCP options failed: {}", index_, it->cfg->name,
+                                 ec.message());
                 }
             }
-        });
-    }
+            // Linux takes a new backlog from a second listen() on a listening socket.
+            if (it->cfg->backlog != was.cfg->backlog) ::listen(slot->acceptor.native_handle(), static_cast<int>(it->cfg->backlog));
+        }
+        // Sessions that started on the old snapshot hold it, and with it the
+        // balancer states they took a reference to.
+        generation_->balancers = std::move(ctx_.balancers);
+        ctx_.balancers.clear();
+        generation_ = std::make_shared<generation>(generation{.snap = std::move(next), .balancers = {}});
+        ctx_.snap = std::shared_ptr<const snapshot>(generation_, generation_->snap.get());
+        for (const auto& p : ctx_.snap->pools) ctx_.balancers.emplace_back(p.backends.size());
+        for (const auto& a : added) {
+            const listener_runtime& l = ctx_.snap->listeners[a.listener_index];
+            auto slot = std::make_unique<acceptor_slot>(
+                acceptor_slot{tcp::acceptor(io_), a.listener_index, asio::steady_timer(io_), false});
+            error_code ec;
+            slot->acceptor.assign(l.endpoint.protocol(), a.fd, ec);
+            if (ec) {
+                ::close(a.fd);
+                spdlog::error("worker {}: listener {}: cannot adopt the socket for {}: {}", index_, l.cfg->name,
+                              l.cfg->address.to_string(), ec.message());
+                continue;
+            }
+            acceptors_.push_back(std::move(slot));
+            if (started_) spawn_accept_loop(*acceptors_.back());
+        }
+        // Slots of listeners removed by earlier reloads, once their loops are over.
+        std::erase_if(acceptors_, [](const auto& slot) { return slot->loop_done; });
+        done();
+    });
+}
+
+void worker::close_removed(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends) {
+    asio::post(io_, [this, keep = std::move(keep), backends = std::move(backends)] {
+        for (auto& s : ctx_.sessions) {
+            if (s.aborted || std::find(backends.begin(), backends.end(), s.backend) == backends.end()) continue;
+            s.reload_closed = true;
+            s.abort();
+        }
+    });
+}
+
+void worker::start() {
+    started_ = true;
+    for (auto& slot : acceptors_) spawn_accept_loop(*slot);
     if (ctx_.snap->cfg->timeouts.idle.count() > 0) {
         asio::co_spawn(io_, idle_sweep(), asio::detached);
     }
@@ -98,8 +193,10 @@ void worker::start() {
 }
 
 asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
-    const listener_runtime& listener = ctx_.snap->listeners[slot.listener_index];
     const std::uint32_t max_connections = ctx_.max_connections;
+    // A reload may swap ctx_.snap and renumber the listeners while this loop
+    // waits: look the listener up afresh after every wait, never hold it.
+    auto listener_name = [&]() -> const std::string& { return ctx_.snap->listeners[slot.listener_index].cfg->name; };
     for (;;) {
         if (std::chrono::steady_clock::now() < ctx_.accept_paused_until) {
             // Out of descriptors: leave new clients in the listen backlog
@@ -113,12 +210,20 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             if (ec == asio::error::operation_aborted || !slot.acceptor.is_open()) co_return;
             ctx_.stats.accept_errors_total.fetch_add(1, std::memory_order_relaxed);
             if (is_resource_exhaustion(ec)) {
-                ctx_.pause_accepting(ec, fmt::format("listener {}: accept", listener.cfg->name).c_str());
+                ctx_.pause_accepting(ec, fmt::format("listener {}: accept", listener_name()).c_str());
             } else {
                 // ECONNABORTED and friends: that one client left before we took it.
-                spdlog::debug("listener {}: accept: {}", listener.cfg->name, ec.message());
+                spdlog::debug("listener {}: accept: {}", listener_name(), ec.message());
             }
             continue;
+        }
+        if (!slot.acceptor.is_open()) {
+            // Accepted just before a reload removed the listener (the
+            // completion was already queued): its listener is gone from the
+            // snapshot, so there is no pool to send the client to.
+            error_code ignored;
+            socket.close(ignored);
+            co_return;
         }
         ctx_.stats.accepted_total.fetch_add(1, std::memory_order_relaxed);
         const auto before = ctx_.stats.active_sessions.fetch_add(1, std::memory_order_relaxed);
@@ -131,11 +236,14 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             std::uint64_t suppressed = 0;
             if (ctx_.connect_warnings.allow(suppressed)) {
                 spdlog::warn("listener {}: connection limit ({}) reached; refusing new clients{}",
-                             listener.cfg->name, max_connections,
+                             listener_name(), max_connections,
                              suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
             }
             continue;
         }
+        // The session is built here, on io_'s thread: it takes ctx_.snap
+        // before any reload can swap it, and slot.listener_index is an
+        // index into that snapshot.
         start_session(ctx_, std::move(socket), slot.listener_index);
     }
 }

@@ -69,6 +69,26 @@ TEST(HealthTracker, RiseConsecutivePassesMakeItHealthyAgain) {
     EXPECT_FALSE(c.first);
 }
 
+TEST(HealthTracker, ReloadKeepsTheStateUnderNewThresholds) {
+    health_tracker t(2, 3, true);
+    t.record(true);   // settled, healthy
+    t.record(false);
+    t.record(false);  // two of three failures
+    // A reload lowers fall to 2: still healthy, one failure away, not silently flipped.
+    health_tracker r = t.with_thresholds(2, 2);
+    EXPECT_TRUE(r.healthy());
+    EXPECT_TRUE(r.settled());
+    EXPECT_EQ(r.streak(), 1u);
+    auto c = r.record(false);
+    EXPECT_TRUE(c.changed);
+    EXPECT_FALSE(c.healthy);
+    EXPECT_FALSE(c.first) << "a kept backend's next check is not a first round";
+    // Unhealthy stays unhealthy across a reload, whatever health.initial says.
+    health_tracker u = r.with_thresholds(3, 3);
+    EXPECT_FALSE(u.healthy());
+    EXPECT_FALSE(u.record(true).changed);
+}
+
 TEST(HealthTracker, PassiveFailureCountsButNeverDecidesTheFirstRound) {
     health_tracker t(2, 2, true);
     auto c = t.record_passive_failure();

@@ -1,0 +1,161 @@
+#include "apilb/config_diff.hpp"
+
+#include <algorithm>
+#include <tuple>
+
+namespace apilb {
+
+namespace {
+
+std::string join(const std::vector<std::string>& items) {
+    std::string s;
+    for (const auto& i : items) s += (s.empty() ? "" : ", ") + i;
+    return s;
+}
+
+std::string listener_text(const listener_config& l) { return l.name + "@" + l.address.to_string(); }
+
+std::string backend_text(const pool_config& p, const backend_config& b) {
+    return p.name + "/" + b.name + "@" + b.address.to_string();
+}
+
+const pool_config* find_pool(const config& cfg, const std::string& name) {
+    auto it = std::find_if(cfg.pools.begin(), cfg.pools.end(), [&](const pool_config& p) { return p.name == name; });
+    return it == cfg.pools.end() ? nullptr : &*it;
+}
+
+/// Pool settings other than its backends.
+std::string pool_settings_changed(const pool_config& a, const pool_config& b) {
+    std::vector<std::string> what;
+    if (a.balance != b.balance) what.push_back(std::string("balance ") + to_string(a.balance) + "->" + to_string(b.balance));
+    if (a.connect_attempts != b.connect_attempts) what.push_back("connect_attempts");
+    if (!(a.health == b.health)) what.push_back("health");
+    if (a.maglev_table_size != b.maglev_table_size || a.maglev_key != b.maglev_key) what.push_back("maglev");
+    return join(what);
+}
+
+void restart_only_change(std::vector<std::string>& out, const std::string& what, bool changed) {
+    if (changed) out.push_back(what);
+}
+
+}  // namespace
+
+bool same_backend(const pool_config& old_pool, const backend_config& old_backend, const pool_config& new_pool,
+                  const backend_config& new_backend) {
+    return old_pool.name == new_pool.name && old_backend.name == new_backend.name &&
+           old_backend.address == new_backend.address;
+}
+
+bool same_listener(const listener_config& old_listener, const listener_config& new_listener) {
+    return old_listener.address == new_listener.address;
+}
+
+bool config_diff::empty() const {
+    return listeners_added.empty() && listeners_removed.empty() && listeners_changed.empty() &&
+           backends_added.empty() && backends_removed.empty() && backends_changed.empty() &&
+           pools_changed.empty() && settings_changed.empty();
+}
+
+std::string config_diff::summary() const {
+    std::string s;
+    auto part = [&](const char* label, const std::vector<std::string>& added, const std::vector<std::string>& removed,
+                    const std::vector<std::string>& changed) {
+        if (added.empty() && removed.empty() && changed.empty()) return;
+        s += (s.empty() ? "" : "; ") + std::string(label);
+        if (!added.empty()) s += " added [" + join(added) + "]";
+        if (!removed.empty()) s += " removed [" + join(removed) + "]";
+        if (!changed.empty()) s += " changed [" + join(changed) + "]";
+    };
+    part("listeners", listeners_added, listeners_removed, listeners_changed);
+    part("backends", backends_added, backends_removed, backends_changed);
+    if (!pools_changed.empty()) s += (s.empty() ? "" : "; ") + std::string("pools changed [") + join(pools_changed) + "]";
+    if (!settings_changed.empty()) s += (s.empty() ? "" : "; ") + std::string("settings changed [") + join(settings_changed) + "]";
+    if (!restart_only.empty()) {
+        s += (s.empty() ? "" : "; ") + std::string("not applied until restart [") + join(restart_only) + "]";
+    }
+    return s.empty() ? "no changes" : s;
+}
+
+config_diff diff_configs(const config& running, const config& next) {
+    config_diff d;
+    for (const auto& l : next.listeners) {
+        auto it = std::find_if(running.listeners.begin(), running.listeners.end(),
+                               [&](const listener_config& o) { return same_listener(o, l); });
+        if (it == running.listeners.end()) {
+            d.listeners_added.push_back(listener_text(l));
+            continue;
+        }
+        std::string what;
+        if (it->name != l.name) what += " name " + it->name + "->" + l.name;
+        if (it->pool != l.pool) what += " pool " + it->pool + "->" + l.pool;
+        if (it->backlog != l.backlog) what += " backlog " + std::to_string(it->backlog) + "->" + std::to_string(l.backlog);
+        if (!what.empty()) d.listeners_changed.push_back(listener_text(l) + what);
+    }
+    for (const auto& o : running.listeners) {
+        if (std::none_of(next.listeners.begin(), next.listeners.end(),
+                         [&](const listener_config& l) { return same_listener(o, l); })) {
+            d.listeners_removed.push_back(listener_text(o));
+        }
+    }
+    for (const auto& p : next.pools) {
+        const pool_config* op = find_pool(running, p.name);
+        if (op) {
+            if (auto what = pool_settings_changed(*op, p); !what.empty()) d.pools_changed.push_back(p.name + " (" + what + ")");
+        }
+        for (const auto& b : p.backends) {
+            const backend_config* ob = nullptr;
+            if (op) {
+                for (const auto& c : op->backends) {
+                    if (same_backend(*op, c, p, b)) ob = &c;
+                }
+            }
+            if (!ob) {
+                d.backends_added.push_back(backend_text(p, b));
+                continue;
+            }
+            std::string what;
+            if (ob->weight != b.weight) what += " weight " + std::to_string(ob->weight) + "->" + std::to_string(b.weight);
+            if (ob->drain != b.drain) what += b.drain ? " drain on" : " drain off";
+            if (!what.empty()) d.backends_changed.push_back(p.name + "/" + b.name + what);
+        }
+    }
+    for (const auto& op : running.pools) {
+        const pool_config* p = find_pool(next, op.name);
+        for (const auto& ob : op.backends) {
+            const bool kept = p && std::any_of(p->backends.begin(), p->backends.end(), [&](const backend_config& b) {
+                                  return same_backend(op, ob, *p, b);
+                              });
+            if (!kept) d.backends_removed.push_back(backend_text(op, ob));
+        }
+    }
+    const auto& rt = running.timeouts;
+    const auto& nt = next.timeouts;
+    if (std::tie(rt.connect, rt.drain, rt.reload_drain) != std::tie(nt.connect, nt.drain, nt.reload_drain)) {
+        d.settings_changed.push_back("timeouts");
+    }
+    if (!(running.tcp == next.tcp)) d.settings_changed.push_back("tcp");
+    if (running.limits.per_backend != next.limits.per_backend) d.settings_changed.push_back("limits.per_backend");
+
+    auto& r = d.restart_only;
+    restart_only_change(r, "workers " + std::to_string(running.workers) + "->" + std::to_string(next.workers),
+                        running.workers != next.workers);
+    restart_only_change(r, "relay", !(running.relay == next.relay));
+    restart_only_change(r, "log", !(running.log == next.log));
+    restart_only_change(r,
+                        "limits.max_connections " + std::to_string(running.limits.max_connections) + "->" +
+                            std::to_string(next.limits.max_connections),
+                        running.limits.max_connections != next.limits.max_connections);
+    restart_only_change(r, "timeouts.idle", rt.idle != nt.idle);
+    return d;
+}
+
+config keep_restart_only(const config& running, config next) {
+    next.workers = running.workers;
+    next.relay = running.relay;
+    next.log = running.log;
+    next.limits.max_connections = running.limits.max_connections;
+    next.timeouts.idle = running.timeouts.idle;
+    return next;
+}
+
+}  // namespace apilb
