@@ -13,6 +13,7 @@ namespace apilb {
 
 class worker;
 class health_checker;
+class vrrp_agent;
 
 class server {
 public:
@@ -37,6 +38,7 @@ private:
     /// Probes, signals, the drain: everything that is not the data path.
     boost::asio::io_context control_{1};
     std::unique_ptr<health_checker> health_;  // after control_: its timers live on it
+    std::unique_ptr<vrrp_agent> vrrp_;        ///< set when the config has a vrrp section
     std::vector<std::unique_ptr<worker>> workers_;
     std::uint32_t max_connections_ = 0;  ///< configured limit, capped by the fd limit
 };

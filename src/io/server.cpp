@@ -18,6 +18,7 @@
 #endif
 
 #include "apilb/health_checker.hpp"
+#include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
 
 namespace apilb {
@@ -97,6 +98,7 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
     health_ = std::make_unique<health_checker>(control_, snap_, [this](const backend_health* backend) {
         for (auto& w : workers_) w->abort_sessions_on(backend);
     });
+    if (snap_->cfg->vrrp) vrrp_ = std::make_unique<vrrp_agent>(control_, snap_);
     const std::size_t n = snap_->cfg->workers;
     workers_.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
@@ -143,6 +145,7 @@ int server::run() {
     // The first probe round starts at once; until a backend's first check
     // completes it counts as health.initial says.
     health_->start();
+    if (vrrp_) vrrp_->start();
     for (auto& w : workers_) w->start();
     spdlog::info("{}", summary(*snap_, workers_, max_connections_));
     notify_systemd("READY=1");
@@ -182,13 +185,21 @@ int server::run() {
         } else if (!draining) {
             draining = true;
             notify_systemd("STOPPING=1");
-            const auto drain = snap_->cfg->timeouts.drain;
-            deadline = clock_type::now() + drain;
-            spdlog::info("{}: stopped accepting; draining {} session(s) for up to {}ms",
-                         signo == SIGTERM ? "SIGTERM" : "SIGINT",
-                         stats_.active_sessions.load(std::memory_order_relaxed), drain.count());
-            for (auto& w : workers_) w->stop_accepting();
-            poll();
+            auto begin_drain = [&, signo] {
+                const auto drain = snap_->cfg->timeouts.drain;
+                deadline = clock_type::now() + drain;
+                spdlog::info("{}: stopped accepting; draining {} session(s) for up to {}ms",
+                             signo == SIGTERM ? "SIGTERM" : "SIGINT",
+                             stats_.active_sessions.load(std::memory_order_relaxed), drain.count());
+                for (auto& w : workers_) w->stop_accepting();
+                poll();
+            };
+            // A node holding the VIPs gives them to a peer before it drains.
+            if (vrrp_) {
+                vrrp_->hand_off(begin_drain);
+            } else {
+                begin_drain();
+            }
         } else {
             spdlog::warn("second signal during drain: closing every session now");
             deadline = clock_type::now();
@@ -216,6 +227,7 @@ int server::run() {
     // Let the probe loops unwind (they end at once once stopped), so that no
     // coroutine outlives the checker it refers to.
     health_->stop();
+    if (vrrp_) vrrp_->stop();
     drain_timer.cancel();
     control.restart();
     control.run_for(std::chrono::seconds(3));
