@@ -20,6 +20,7 @@ std::string interface_problem(const std::string& name) {
     if (name.empty()) return "the name is empty";
     if (name.size() > 15) return "longer than 15 characters (the kernel's IFNAMSIZ)";
     if (name == "." || name == "..") return "\".\" and \"..\" are not interface names";
+    if (name == "lo") return "keepalived cannot run VRRP on the loopback interface; name the interface the peers share";
     for (char c : name) {
         const auto u = static_cast<unsigned char>(c);
         if (u <= 0x20 || u >= 0x7f || c == '/' || c == ':' || c == '"' || c == '{' || c == '}' || c == '#' ||

@@ -119,6 +119,7 @@ TEST(ConfigVrrp, BadInterfaceNamesAreRejected) {
     EXPECT_NE(error_of(with_vrrp(head + "eth0:1\n")).find("an alias label like eth0:1"), std::string::npos);
     EXPECT_NE(error_of(with_vrrp(head + "\"eth 0\"\n")).find("invalid interface name"), std::string::npos);
     EXPECT_NE(error_of(with_vrrp(head + "a/b\n")).find("holds \"/\""), std::string::npos);
+    EXPECT_NE(error_of(with_vrrp(head + "lo\n")).find("cannot run VRRP on the loopback interface"), std::string::npos);
     EXPECT_NE(error_of(with_vrrp(head + "\"\"\n")).find("the name is empty"), std::string::npos);
 }
 
