@@ -11,8 +11,10 @@ namespace apilb {
 /// How the apilb that keepalived tracks is started, so that track_process
 /// matches this node's apilb and no other on the host.
 struct keepalived_render_options {
-    std::string config_path;           ///< as passed to `apilb run --config`
-    std::string process_name = "apilb";  ///< /proc/PID/comm of apilb
+    std::string config_path;  ///< as passed to `apilb run --config`
+    /// apilb's argv[0] as started (e.g. /usr/sbin/apilb): with arguments,
+    /// keepalived matches the first word of /proc/PID/cmdline, not the name.
+    std::string apilb_path = "/usr/sbin/apilb";
 };
 
 /// A complete keepalived.conf for `cfg.vrrp` (which must be set): VRRPv3,

@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <system_error>
 
@@ -46,7 +47,7 @@ int check_config(const std::string& path) {
 }
 
 /// Prints the keepalived.conf for the config's vrrp section (docs/vip.md).
-int keepalived_config(const std::string& path, const std::string& output) {
+int keepalived_config(const std::string& path, const std::string& output, std::string apilb_path) {
     std::shared_ptr<const apilb::config> cfg;
     try {
         cfg = apilb::load_config(path);
@@ -60,7 +61,13 @@ int keepalived_config(const std::string& path, const std::string& output) {
     std::string text;
     try {
         // track_process matches `apilb run --config <path>` exactly: the path as written here.
-        text = apilb::render_keepalived_conf(*cfg, {.config_path = path});
+        if (apilb_path.empty()) {
+            // The binary rendering the file is the one keepalived should track.
+            std::error_code ec;
+            apilb_path = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+            if (ec) apilb_path = "/usr/sbin/apilb";
+        }
+        text = apilb::render_keepalived_conf(*cfg, {.config_path = path, .apilb_path = apilb_path});
     } catch (const std::invalid_argument& e) {
         std::cerr << "error: " << e.what() << '\n';
         return exit_usage;
@@ -124,11 +131,14 @@ int main(int argc, char** argv) {
     check_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
 
     std::string keepalived_output;
+    std::string apilb_path;
     auto* keepalived_cmd = app.add_subcommand(
         "keepalived-config", "print the keepalived.conf for the vrrp section (run apilb as `apilb run --config` "
                              "with the same path: keepalived tracks that command line)");
     keepalived_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
     keepalived_cmd->add_option("-o,--output", keepalived_output, "write to this file instead of stdout");
+    keepalived_cmd->add_option("--apilb-path", apilb_path,
+                               "apilb's path as it is started (argv[0]), for track_process; default: this binary");
 
     auto* version_cmd = app.add_subcommand("version", "print the version");
 
@@ -144,6 +154,6 @@ int main(int argc, char** argv) {
         return exit_ok;
     }
     if (*check_cmd) return check_config(config_path);
-    if (*keepalived_cmd) return keepalived_config(config_path, keepalived_output);
+    if (*keepalived_cmd) return keepalived_config(config_path, keepalived_output, apilb_path);
     return run(config_path, log_level);
 }

@@ -62,7 +62,7 @@ std::string render_keepalived_conf(const config& cfg, const keepalived_render_op
         // tracked and not another one on the same host. A crashed apilb is seen
         // through the kernel's process events, without polling.
         line("vrrp_track_process apilb_process {");
-        line(fmt::format("    process {} run --config {}", options.process_name, quoted(options.config_path)));
+        line(fmt::format("    process {} run --config {}", quoted(options.apilb_path), quoted(options.config_path)));
         line("    quorum 1");
         line("    weight 0");
         line("}");

@@ -39,7 +39,7 @@ global_defs {
 }
 
 vrrp_track_process apilb_process {
-    process apilb run --config "/etc/apilb/apilb.yaml"
+    process "/usr/sbin/apilb" run --config "/etc/apilb/apilb.yaml"
     quorum 1
     weight 0
 }

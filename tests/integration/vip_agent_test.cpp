@@ -60,7 +60,9 @@ TEST(VipKeepalivedCheck, RenderedConfigPassesKeepalivedCheck) {
                                "-o", dir.file("keepalived.conf")});
     ASSERT_EQ(render.exit_code, 0) << render.output;
     const std::string text = read_file(dir.file("keepalived.conf"));
-    EXPECT_NE(text.find("process apilb run --config \"" + dir.file("apilb.yaml") + "\""), std::string::npos) << text;
+    EXPECT_NE(text.find("process \"" + required_env("APILB_BIN") + "\" run --config \"" + dir.file("apilb.yaml") + "\""),
+              std::string::npos)
+        << text;
 
     const std::string ip = find_program("ip");
     auto check = run_command({ip, "netns", "exec", ns, keepalived, "-t", "-f", dir.file("keepalived.conf")});
