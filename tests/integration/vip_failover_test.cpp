@@ -598,5 +598,46 @@ TEST_F(VipFailover, OutageOfEachFailureAndFailback) {
     EXPECT_LE(overlap, static_cast<double>(advert.count())) << "both nodes held the VIP for too long";
 }
 
+TEST_F(VipFailover, NoFailbackWithoutPreempt) {
+    start_everything(false);
+    ASSERT_FALSE(HasFatalFailure());
+    // Without preemption the first node ready wins the first election.
+    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n1") || client_->steadily_on("n2"); }, 15s))
+        << diagnostics();
+    node& master = client_->steadily_on("n1") ? nodes_[0] : nodes_[1];
+    node& backup = &master == &nodes_[0] ? nodes_[1] : nodes_[0];
+    ASSERT_TRUE(settled_on(master)) << diagnostics();
+
+    // A graceful hand-off works without preempt too: FAULT, not a priority drop.
+    const auto t = steady::now();
+    master.apilb->signal(SIGTERM);
+    ASSERT_TRUE(settled_on(backup, 5s)) << diagnostics();
+    const auto outage = outage_after(t, backup.name);
+    ASSERT_TRUE(outage);
+    ASSERT_TRUE(master.apilb->wait(5s));
+    EXPECT_EQ(master.apilb->wait(0ms), 0);
+
+    // The old master comes back ready and stays BACKUP: the client sees no failure.
+    const auto back = steady::now();
+    start_apilb(master);
+    ASSERT_TRUE(wait_until([&] { return read_file(master.track_file()) == "0\n"; }, 10s)) << diagnostics();
+    std::this_thread::sleep_for(10 * advert);  // more than three master-down intervals
+    const auto seen = client_->since(back);
+    const auto failed = std::count_if(seen.begin(), seen.end(), [](const attempt& a) { return a.node.empty(); });
+    EXPECT_EQ(failed, 0) << timeline(back, "none");
+    EXPECT_TRUE(client_->steadily_on(backup.name)) << diagnostics();
+    const std::size_t m = &master == &nodes_[0] ? 0 : 1;
+    EXPECT_FALSE(watches_[m]->held());
+    std::cout << fmt::format("preempt: false: hand-off {:.0f} ms; after the old master returned, {} attempts, {} "
+                             "failed, VIP stayed on {}\n",
+                             *outage, seen.size(), failed, backup.name);
+    if (const char* out = std::getenv("APILB_VIP_TABLE")) {
+        std::ofstream(out, std::ios::app) << fmt::format(
+            "preempt false: graceful hand-off {:.0f} ms; the old master's return: {} attempts, {} failed\n", *outage,
+            seen.size(), failed);
+    }
+    EXPECT_LE(longest_overlap_ms(*watches_[0], *watches_[1]), static_cast<double>(advert.count()));
+}
+
 }  // namespace
 }  // namespace apilb::test
