@@ -164,6 +164,10 @@ struct vrrp_config {
     /// On SIGTERM, how long a node holding the VIPs waits for a peer to take
     /// them before it drains its sessions.
     duration handoff_timeout{std::chrono::seconds(2)};
+    /// apilb runs keepalived as its child (restarts it with backoff, stops it
+    /// on shutdown) instead of keepalived being a service of its own.
+    bool manage = false;
+    std::string keepalived_path = "/usr/sbin/keepalived";  ///< manage: true only
 
     std::string track_file() const { return state_dir + "/vrrp-fault"; }
     std::string notify_fifo() const { return state_dir + "/vrrp-notify.fifo"; }

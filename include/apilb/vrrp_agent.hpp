@@ -13,12 +13,15 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <system_error>
 
 #include "apilb/runtime.hpp"
 
 namespace apilb {
+
+class keepalived_supervisor;
 
 /// This node's role as keepalived last reported it.
 enum class vrrp_role { unknown = 0, backup = 1, master = 2, fault = 3, stop = 4 };
@@ -53,7 +56,13 @@ public:
     void hand_off(std::function<void()> then);
 
     /// Ends the loops and closes the FIFO; the track file stays at FAULT.
+    /// With manage: true, stops keepalived (blocks up to about 3 s).
     void stop();
+
+    /// A reload built `snap` (same vrrp section or not): readiness follows
+    /// its pools; with manage: true keepalived gets the new config (SIGHUP).
+    /// Control thread.
+    void update(std::shared_ptr<const snapshot> snap);
 
     vrrp_role role() const noexcept { return role_.load(std::memory_order_relaxed); }
 
@@ -76,6 +85,7 @@ private:
     bool stopped_ = false;
     std::optional<std::string> published_;  ///< last reason written ("" = ready)
     std::atomic<vrrp_role> role_{vrrp_role::unknown};
+    std::unique_ptr<keepalived_supervisor> supervisor_;  ///< manage: true only
 };
 
 }  // namespace apilb

@@ -10,9 +10,10 @@
 namespace apilb::config_detail {
 namespace {
 
-constexpr std::array<std::string_view, 13> vrrp_keys{
+constexpr std::array<std::string_view, 15> vrrp_keys{
     "interface", "virtual_router_id", "priority", "router_id", "unicast_src_ip", "peers", "vips",
-    "advert_interval", "preempt", "preempt_delay", "state_dir", "track_process", "handoff_timeout"};
+    "advert_interval", "preempt", "preempt_delay", "state_dir", "track_process", "handoff_timeout",
+    "manage", "keepalived_path"};
 
 /// Why `name` cannot be a Linux interface name, or "".
 std::string interface_problem(const std::string& name) {
@@ -217,6 +218,28 @@ void loader::read_vrrp(const field& f, vrrp_config& v) {
         }
     }
     read_bool(*m, "track_process", v.track_process);
+    read_bool(*m, "manage", v.manage);
+    if (const field* k = m->find("keepalived_path")) {
+        if (auto text = scalar(*k, "the absolute path of the keepalived binary")) {
+            if (text->empty() || text->front() != '/') {
+                error(k->mark, k->path, "expected an absolute path such as \"/usr/sbin/keepalived\"; found " + quote(*text));
+            } else {
+                v.keepalived_path = *text;
+            }
+        }
+        if (!v.manage) warning(k->mark, k->path, "ignored: apilb starts keepalived only with manage: true");
+    }
+    if (v.manage && v.track_process) {
+        // keepalived is apilb's child and gets SIGTERM from the kernel when
+        // apilb dies (PR_SET_PDEATHSIG), which gives the VIPs up at once with
+        // a priority-0 advert. track_process would add nothing, and it cannot
+        // work where keepalived shares a non-initial network namespace with
+        // apilb (the kernel's process connector exists only in the first one).
+        v.track_process = false;
+        if (const field* t = m->find("track_process")) {
+            warning(t->mark, t->path, "ignored with manage: true: keepalived stops with apilb instead");
+        }
+    }
     read_duration(*m, "handoff_timeout", {.min = 0ms, .max = 1min, .zero_allowed = true, .range = "0..1m"},
                   v.handoff_timeout);
 

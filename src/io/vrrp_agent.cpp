@@ -1,5 +1,7 @@
 #include "apilb/vrrp_agent.hpp"
 
+#include "apilb/keepalived_supervisor.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -104,6 +106,19 @@ void vrrp_agent::start() {
                  v.track_file(), v.notify_fifo());
     asio::co_spawn(control_, readiness_loop(), asio::detached);
     asio::co_spawn(control_, notify_loop(), asio::detached);
+    if (v.manage) {
+        supervisor_ = std::make_unique<keepalived_supervisor>(control_, snap_);
+        supervisor_->start();
+    }
+}
+
+void vrrp_agent::update(std::shared_ptr<const snapshot> snap) {
+    if (!snap->cfg->vrrp) {
+        spdlog::warn("vrrp: the reloaded config has no vrrp section; keeping the VIP as it is until a restart");
+        return;
+    }
+    snap_ = std::move(snap);
+    if (supervisor_) supervisor_->reload(snap_);
 }
 
 void vrrp_agent::stop() {
@@ -112,6 +127,7 @@ void vrrp_agent::stop() {
     boost::system::error_code ignored;
     fifo_.cancel(ignored);
     fifo_.close(ignored);
+    if (supervisor_) supervisor_->stop();
 }
 
 std::string vrrp_agent::fault_reason() const {

@@ -101,6 +101,27 @@ TEST(ConfigVrrp, EveryFieldIsRead) {
     EXPECT_EQ(v.handoff_timeout, 500ms);
 }
 
+TEST(ConfigVrrp, ManagedKeepalivedStopsWithApilbInsteadOfTrackingIt) {
+    const std::string head = "vrrp:\n  interface: eth0\n  virtual_router_id: 1\n  vips: [198.18.0.100]\n";
+    auto cfg = parse_config(with_vrrp(head + "  manage: true\n  keepalived_path: /opt/k/keepalived\n"), "test.yaml");
+    EXPECT_TRUE(cfg->vrrp->manage);
+    EXPECT_EQ(cfg->vrrp->keepalived_path, "/opt/k/keepalived");
+    EXPECT_FALSE(cfg->vrrp->track_process);
+    EXPECT_TRUE(cfg->warnings.empty());
+
+    cfg = parse_config(with_vrrp(head + "  manage: true\n  track_process: true\n"), "test.yaml");
+    EXPECT_FALSE(cfg->vrrp->track_process);
+    ASSERT_EQ(cfg->warnings.size(), 1u);
+    EXPECT_NE(cfg->warnings[0].to_string().find("vrrp.track_process: ignored with manage: true"), std::string::npos);
+
+    cfg = parse_config(with_vrrp(head + "  keepalived_path: /usr/sbin/keepalived\n"), "test.yaml");
+    ASSERT_EQ(cfg->warnings.size(), 1u);
+    EXPECT_NE(cfg->warnings[0].message.find("only with manage: true"), std::string::npos);
+
+    EXPECT_NE(error_of(with_vrrp(head + "  manage: true\n  keepalived_path: keepalived\n")).find("absolute path"),
+              std::string::npos);
+}
+
 TEST(ConfigVrrp, RequiredKeysAreNamed) {
     auto errors = errors_of(with_vrrp("vrrp:\n  priority: 100\n"));
     std::string all;

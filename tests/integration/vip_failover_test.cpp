@@ -353,7 +353,7 @@ protected:
         p.reset();
     }
 
-    void write_config(node& n, bool preempt) {
+    void write_config(node& n, bool preempt, bool manage = false) {
         const node& peer = &n == &nodes_[0] ? nodes_[1] : nodes_[0];
         std::ofstream(n.config_path())
             << "workers: 1\n"
@@ -377,6 +377,7 @@ protected:
                "  preempt: " << (preempt ? "true" : "false") << "\n"
                "  state_dir: " << n.dir << "/state\n"
                "  handoff_timeout: 1s\n";
+        if (manage) std::ofstream(n.config_path(), std::ios::app) << "  manage: true\n  keepalived_path: " << keepalived_bin_ << "\n";
         auto r = run_command({required_env("APILB_BIN"), "keepalived-config", "--config", n.config_path(), "-o",
                               n.dir + "/keepalived.conf", "--apilb-path", required_env("APILB_BIN")});
         ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -443,11 +444,13 @@ protected:
         return out;
     }
 
-    void start_everything(bool preempt) {
-        for (auto& n : nodes_) write_config(n, preempt);
+    void start_everything(bool preempt, bool manage = false) {
+        for (auto& n : nodes_) write_config(n, preempt, manage);
         if (HasFatalFailure()) return;
         for (auto& n : nodes_) start_apilb(n);
-        for (auto& n : nodes_) start_keepalived(n);
+        if (!manage) {
+            for (auto& n : nodes_) start_keepalived(n);
+        }
         if (!client_) {
             client_ = std::make_unique<vip_client>(segment_->ns("cl"),
                                                    std::map<std::string, std::string>{{"198.18.0.11", "n1"},
@@ -636,6 +639,76 @@ TEST_F(VipFailover, NoFailbackWithoutPreempt) {
             "preempt false: graceful hand-off {:.0f} ms; the old master's return: {} attempts, {} failed\n", *outage,
             seen.size(), failed);
     }
+    EXPECT_LE(longest_overlap_ms(*watches_[0], *watches_[1]), static_cast<double>(advert.count()));
+}
+
+/// The pid keepalived wrote to its pid file under apilb's state directory (manage: true), or -1.
+pid_t managed_keepalived_pid(const node& n) {
+    const std::string path = n.dir + "/state/keepalived.pid";
+    if (!std::filesystem::exists(path)) return -1;
+    try {
+        return static_cast<pid_t>(std::stol(read_file(path)));
+    } catch (const std::exception&) {
+        return -1;
+    }
+}
+
+bool alive(pid_t pid) { return pid > 0 && ::kill(pid, 0) == 0; }
+
+TEST_F(VipFailover, ManagedKeepalivedIsRestartedAndStopsWithApilb) {
+    start_everything(true, true);
+    ASSERT_FALSE(HasFatalFailure());
+    node& n1 = nodes_[0];
+    ASSERT_TRUE(settled_on(n1)) << diagnostics();
+
+    // keepalived dies under apilb: the VIP moves, apilb starts it again, and
+    // with preempt n1 takes the VIP back.
+    const pid_t first = managed_keepalived_pid(n1);
+    ASSERT_TRUE(alive(first)) << diagnostics();
+    auto t = steady::now();
+    ::kill(first, SIGKILL);
+    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s)) << diagnostics();
+    const auto crash = outage_after(t, "n2");
+    ASSERT_TRUE(wait_until([&] { return n1.apilb->log().find("restarting it in 100ms") != std::string::npos; }, 5s))
+        << n1.apilb->log();
+    ASSERT_TRUE(settled_on(n1)) << "no failback after keepalived was restarted\n" << diagnostics();
+    const pid_t second = managed_keepalived_pid(n1);
+    EXPECT_NE(second, first);
+    EXPECT_TRUE(alive(second));
+
+    // apilb killed: the kernel stops its keepalived (parent-death signal),
+    // which gives the VIP up with a priority-0 advert.
+    t = steady::now();
+    n1.apilb->signal(SIGKILL);
+    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s)) << diagnostics();
+    const auto killed = outage_after(t, "n2");
+    EXPECT_TRUE(wait_until([&] { return !alive(second); }, 3s)) << "keepalived outlived the apilb that started it";
+    ASSERT_TRUE(n1.apilb->wait(5s));
+    start_apilb(n1);
+    ASSERT_TRUE(settled_on(n1)) << diagnostics();
+
+    // SIGTERM: hand-off, drain, and keepalived stopped with apilb.
+    const pid_t third = managed_keepalived_pid(n1);
+    t = steady::now();
+    n1.apilb->signal(SIGTERM);
+    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s)) << diagnostics();
+    const auto graceful = outage_after(t, "n2");
+    ASSERT_TRUE(n1.apilb->wait(10s)) << diagnostics();
+    EXPECT_EQ(n1.apilb->wait(0ms), 0);
+    EXPECT_FALSE(alive(third));
+    EXPECT_NE(n1.apilb->log().find("vrrp: keepalived stopped"), std::string::npos) << n1.apilb->log();
+    expect_no_sanitizer_report(n1.apilb->log(), "apilb n1");
+
+    ASSERT_TRUE(crash && killed && graceful);
+    const std::string line = fmt::format(
+        "manage: true: keepalived SIGKILLed under apilb {:.0f} ms; apilb SIGKILL (keepalived stopped by the parent-death "
+        "signal) {:.0f} ms; apilb SIGTERM {:.0f} ms\n",
+        *crash, *killed, *graceful);
+    std::cout << line;
+    if (const char* out = std::getenv("APILB_VIP_TABLE")) std::ofstream(out, std::ios::app) << line;
+    const double slack = sanitized ? 150 : 50;
+    EXPECT_LE(*killed, 100 + slack);
+    EXPECT_LE(*graceful, 100 + slack);
     EXPECT_LE(longest_overlap_ms(*watches_[0], *watches_[1]), static_cast<double>(advert.count()));
 }
 
