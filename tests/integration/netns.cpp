@@ -82,6 +82,26 @@ std::string netns_segment::unavailable_reason() {
     return reason;
 }
 
+void netns_segment::remove_orphans(const std::string& prefix) {
+    std::error_code ec;
+    const std::string ip = find_program("ip");
+    std::vector<std::string> orphans;
+    for (auto it = std::filesystem::directory_iterator("/run/netns", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (!name.starts_with(prefix)) continue;
+        const std::string rest = name.substr(prefix.size());
+        const auto dash = rest.find('-');
+        if (dash == std::string::npos || dash == 0 ||
+            rest.substr(0, dash).find_first_not_of("0123456789") != std::string::npos) {
+            continue;
+        }
+        const std::string pid = rest.substr(0, dash);
+        if (!std::filesystem::exists("/proc/" + pid)) orphans.push_back(name);
+    }
+    for (const auto& name : orphans) run_command({ip, "netns", "del", name}, 10s);
+}
+
 netns_segment::netns_segment(std::string prefix) : prefix_(std::move(prefix)), ip_bin_(find_program("ip")) {
     auto r = run_command({ip_bin_, "netns", "add", bridge_ns()}, 10s);
     if (r.exit_code != 0) throw std::runtime_error("ip netns add " + bridge_ns() + ": " + r.output);

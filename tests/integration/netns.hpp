@@ -33,6 +33,10 @@ public:
     netns_segment(const netns_segment&) = delete;
     netns_segment& operator=(const netns_segment&) = delete;
 
+    /// Deletes namespaces named <prefix><pid>-* whose test process <pid> is
+    /// gone (a run that crashed before its destructor ran).
+    static void remove_orphans(const std::string& prefix);
+
     /// Why namespaces cannot be made here ("" when they can): tried once.
     static std::string unavailable_reason();
 

@@ -298,6 +298,7 @@ protected:
         ip_bin_ = find_program("ip");
 
         // Unique per run: parallel runs and leftovers of a crashed one cannot collide.
+        netns_segment::remove_orphans("apilb-vip-");
         segment_ = std::make_unique<netns_segment>("apilb-vip-" + std::to_string(::getpid()));
         segment_->add_host("be", {"198.18.0.20/24", "198.18.0.21/24", "198.18.0.22/24"});
         segment_->add_host("cl", {"198.18.0.50/24"});
@@ -355,6 +356,10 @@ protected:
 
     void write_config(node& n, bool preempt, bool manage = false) {
         const node& peer = &n == &nodes_[0] ? nodes_[1] : nodes_[0];
+        // The state directory must exist before keepalived starts: keepalived
+        // drops a track file whose directory is missing, silently (what
+        // tmpfiles.d or RuntimeDirectory= do in production; docs/vip.md).
+        std::filesystem::create_directories(n.dir + "/state");
         std::ofstream(n.config_path())
             << "workers: 1\n"
                "listeners:\n"
@@ -383,12 +388,21 @@ protected:
         ASSERT_EQ(r.exit_code, 0) << r.output;
     }
 
+    /// `argv` run so that it gets SIGTERM if this test process dies (a crash
+    /// or abort skips TearDown): setpriv sets the parent-death signal and
+    /// execs, so the command line (which track_process matches) is unchanged.
+    std::vector<std::string> with_parent_death(std::vector<std::string> argv) const {
+        if (setpriv_bin_.empty()) return argv;
+        argv.insert(argv.begin(), {setpriv_bin_, "--pdeathsig", "TERM", "--"});
+        return argv;
+    }
+
     void start_apilb(node& n) {
         // Through `ip netns exec`, which execs apilb in place: the command
         // line keepalived's track_process matches is exactly this one.
         n.apilb = std::make_unique<process>(
-            std::vector<std::string>{ip_bin_, "netns", "exec", n.ns, required_env("APILB_BIN"), "run", "--config",
-                                     n.config_path()},
+            with_parent_death({ip_bin_, "netns", "exec", n.ns, required_env("APILB_BIN"), "run", "--config",
+                               n.config_path()}),
             n.dir + "/apilb-" + std::to_string(++n.apilb_runs) + ".log");
     }
 
@@ -398,9 +412,9 @@ protected:
         // fails and the instance stays in FAULT).
         const std::string d = n.dir;
         n.keepalived = std::make_unique<process>(
-            std::vector<std::string>{keepalived_bin_, "-s", n.ns, "-n", "-l", "-D", "-G", "-P", "-f",
-                                     d + "/keepalived.conf", "-p", d + "/k.pid", "-r", d + "/k-vrrp.pid", "-c",
-                                     d + "/k-check.pid", "-b", d + "/k-bfd.pid"},
+            with_parent_death({keepalived_bin_, "-s", n.ns, "-n", "-l", "-D", "-G", "-P", "-f",
+                               d + "/keepalived.conf", "-p", d + "/k.pid", "-r", d + "/k-vrrp.pid", "-c",
+                               d + "/k-check.pid", "-b", d + "/k-bfd.pid"}),
             d + "/keepalived-" + std::to_string(++n.keepalived_runs) + ".log");
     }
 
@@ -463,6 +477,7 @@ protected:
     temp_dir dir_;
     std::string keepalived_bin_;
     std::string ip_bin_;
+    std::string setpriv_bin_ = find_program("setpriv");
     std::unique_ptr<netns_segment> segment_;
     std::vector<std::unique_ptr<backend_server>> backends_;
     std::array<node, 2> nodes_;
@@ -515,6 +530,13 @@ TEST_F(VipFailover, OutageOfEachFailureAndFailback) {
             // When apilb declares the fault, seen by polling its track file.
             std::optional<steady::time_point> fault_at;
             std::thread fault_watch;
+            // Joined however the block is left (an ASSERT returns early).
+            struct joiner {
+                std::thread& t;
+                ~joiner() {
+                    if (t.joinable()) t.join();
+                }
+            } join_fault_watch{fault_watch};
             if (c.name.starts_with("every backend")) {
                 fault_watch = std::thread([&, path = n1.track_file()] {
                     const auto stop = steady::now() + 5s;
