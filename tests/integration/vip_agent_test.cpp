@@ -10,6 +10,7 @@
 #include <csignal>
 #include <filesystem>
 
+#include "apilb/vip_address.hpp"
 #include "harness.hpp"
 #include "netns.hpp"
 
@@ -131,6 +132,31 @@ TEST(VipTrackFile, FollowsBackendHealthAndTheDrain) {
     ASSERT_EQ(apilb.terminate(), 0) << apilb.log();
     EXPECT_EQ(read_or_empty(track), "1\n");
     EXPECT_NE(apilb.log().find("vrrp: the VIPs left this node after"), std::string::npos) << apilb.log();
+}
+
+TEST(VipAddressRemoval, RemovesTheVipAKeepalivedCrashLeftBehind) {
+    if (auto why = netns_segment::unavailable_reason(); !why.empty()) GTEST_SKIP() << "needs a namespace: " << why;
+    netns_segment segment("apilb-viprm-" + std::to_string(::getpid()));
+    segment.add_host("n1", {"198.18.0.11/24"});
+    segment.ip("n1", {"addr", "add", "198.18.0.100/24", "dev", "eth0"});
+    segment.ip("n1", {"addr", "add", "2001:db8::100/64", "dev", "eth0", "nodad"});
+    auto addresses = [&] {
+        return run_command({find_program("ip"), "-n", segment.ns("n1"), "addr", "show", "dev", "eth0"}).output;
+    };
+    ASSERT_NE(addresses().find("198.18.0.100/24"), std::string::npos);
+    std::error_code v4, v6, again;
+    in_netns(segment.ns("n1"), [&] {
+        v4 = remove_vip("eth0", vrrp_vip{.ip = "198.18.0.100", .prefix = 24, .is_v6 = false});
+        v6 = remove_vip("eth0", vrrp_vip{.ip = "2001:db8::100", .prefix = 64, .is_v6 = true});
+        again = remove_vip("eth0", vrrp_vip{.ip = "198.18.0.100", .prefix = 24, .is_v6 = false});
+    });
+    EXPECT_FALSE(v4) << v4.message();
+    EXPECT_FALSE(v6) << v6.message();
+    EXPECT_FALSE(again) << "an address that is already gone is not an error: " << again.message();
+    const std::string left = addresses();
+    EXPECT_EQ(left.find("198.18.0.100"), std::string::npos) << left;
+    EXPECT_EQ(left.find("2001:db8::100"), std::string::npos) << left;
+    EXPECT_NE(left.find("198.18.0.11/24"), std::string::npos) << left;
 }
 
 }  // namespace
