@@ -55,6 +55,9 @@ public:
     /// Control thread.
     void hand_off(std::function<void()> then);
 
+    /// A second signal: a hand-off in progress stops waiting for the peer.
+    void cut_short() noexcept { cut_short_ = true; }
+
     /// Ends the loops and closes the FIFO; the track file stays at FAULT.
     /// With manage: true, stops keepalived (blocks up to about 3 s).
     void stop();
@@ -83,6 +86,7 @@ private:
     boost::asio::streambuf fifo_buffer_;
     bool draining_ = false;
     bool stopped_ = false;
+    bool cut_short_ = false;
     std::optional<std::string> published_;  ///< last reason written ("" = ready)
     std::atomic<vrrp_role> role_{vrrp_role::unknown};
     std::unique_ptr<keepalived_supervisor> supervisor_;  ///< manage: true only

@@ -202,6 +202,7 @@ int server::run() {
             }
         } else {
             spdlog::warn("second signal during drain: closing every session now");
+            if (vrrp_) vrrp_->cut_short();
             deadline = clock_type::now();
             abort_all();
         }

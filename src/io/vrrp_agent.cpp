@@ -236,7 +236,7 @@ asio::awaitable<void> vrrp_agent::handoff_loop(std::function<void()> then) {
         spdlog::info("vrrp: handing the VIPs over (up to {}ms)", v.handoff_timeout.count());
         asio::steady_timer wait(control_);
         bool done = false;
-        while (!done && !stopped_ && clock_type::now() < deadline) {
+        while (!done && !stopped_ && !cut_short_ && clock_type::now() < deadline) {
             if (!holds_a_vip()) {
                 if (!probe) {
                     spdlog::info("vrrp: the VIPs left this node after {}ms (no listener on a VIP to see the peer take "
@@ -257,7 +257,9 @@ asio::awaitable<void> vrrp_agent::handoff_loop(std::function<void()> then) {
             wait.expires_after(handoff_period);
             co_await wait.async_wait(asio::as_tuple(asio::use_awaitable));
         }
-        if (!done && !stopped_) {
+        if (cut_short_) {
+            spdlog::warn("vrrp: hand-off cut short by a second signal after {}ms", elapsed());
+        } else if (!done && !stopped_) {
             spdlog::warn("vrrp: no peer took the VIPs within {}ms; draining anyway", v.handoff_timeout.count());
         }
     }

@@ -159,5 +159,49 @@ TEST(VipAddressRemoval, RemovesTheVipAKeepalivedCrashLeftBehind) {
     EXPECT_NE(left.find("198.18.0.11/24"), std::string::npos) << left;
 }
 
+/// apilb in a namespace whose eth0 holds the VIP and no keepalived takes
+/// it away: the hand-off waits for a peer that never comes.
+TEST(VipHandoff, WaitsForThePeerThenDrainsAndASecondSignalCutsItShort) {
+    if (auto why = netns_segment::unavailable_reason(); !why.empty()) GTEST_SKIP() << "needs a namespace: " << why;
+    netns_segment segment("apilb-viphand-" + std::to_string(::getpid()));
+    segment.add_host("n1", {"198.18.0.11/24", "198.18.0.100/24"});
+    temp_dir dir;
+    auto start = [&](const std::string& handoff) {
+        dir.write("apilb.yaml", "workers: 1\n"
+                                "listeners:\n  - {name: api, address: \"198.18.0.100:6443\", pool: p}\n"
+                                "pools:\n  - name: p\n    backends: [{name: b0, address: \"198.18.0.99:6443\"}]\n" +
+                                    vrrp_section(dir, "eth0", "  handoff_timeout: " + handoff + "\n"));
+        auto p = std::make_unique<process>(std::vector<std::string>{find_program("ip"), "netns", "exec", segment.ns("n1"),
+                                                                    required_env("APILB_BIN"), "run", "--config",
+                                                                    dir.file("apilb.yaml")},
+                                           dir.file("apilb-" + handoff + ".log"));
+        EXPECT_TRUE(wait_for_content(dir.file("state/vrrp-fault"), "0\n", 5s)) << p->log();
+        return p;
+    };
+
+    auto apilb = start("300ms");
+    auto t0 = std::chrono::steady_clock::now();
+    apilb->signal(SIGTERM);
+    ASSERT_EQ(apilb->wait(10s), 0) << apilb->log();
+    auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_GE(took, 300ms);
+    EXPECT_NE(apilb->log().find("vrrp: no peer took the VIPs within 300ms; draining anyway"), std::string::npos)
+        << apilb->log();
+    EXPECT_EQ(read_file(dir.file("state/vrrp-fault")), "1\n");
+    expect_no_sanitizer_report(apilb->log(), "apilb");
+
+    apilb = start("30s");
+    apilb->signal(SIGTERM);
+    ASSERT_TRUE(wait_for_content(dir.file("state/vrrp-fault"), "1\n", 5s));
+    std::this_thread::sleep_for(200ms);
+    t0 = std::chrono::steady_clock::now();
+    apilb->signal(SIGTERM);
+    ASSERT_EQ(apilb->wait(10s), 0) << apilb->log();
+    took = std::chrono::steady_clock::now() - t0;
+    EXPECT_LT(took, 5s);
+    EXPECT_NE(apilb->log().find("vrrp: hand-off cut short by a second signal"), std::string::npos) << apilb->log();
+    expect_no_sanitizer_report(apilb->log(), "apilb");
+}
+
 }  // namespace
 }  // namespace apilb::test
