@@ -590,6 +590,10 @@ TEST_F(VipFailover, OutageOfEachFailureAndFailback) {
             ASSERT_TRUE(settled_on(n1)) << "no failback to n1\n" << diagnostics();
             auto failback = outage_after(back, "n1");
             ASSERT_TRUE(failback);
+            if (*failback > 150) {
+                std::cout << c.name << ": failback " << *failback << " ms\n" << timeline(back, "n1")
+                          << diagnostics();
+            }
             c.failbacks.push_back(*failback);
         }
     }
