@@ -20,6 +20,7 @@ base=(
   libssl-dev openssl libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libcli11-dev libsystemd-dev
   curl python3 ca-certificates iproute2
+  keepalived
 )
 
 wanted=("${base[@]}")

@@ -151,6 +151,41 @@ struct log_config {
     friend bool operator==(const log_config&, const log_config&) = default;
 };
 
+/// One virtual IP keepalived moves between the apilb nodes.
+struct vrrp_vip {
+    std::string ip;          ///< canonical numeric address
+    std::uint32_t prefix = 32;  ///< /32 or /128 unless written
+    bool is_v6 = false;
+};
+
+/// The `vrrp` section: how this node takes part in keepalived's VRRPv3
+/// election for the VIPs, and how apilb couples its readiness to it
+/// (docs/vip.md). Absent section = no VIP handling at all.
+struct vrrp_config {
+    std::string interface;                ///< where VRRP runs and the VIPs are added
+    std::uint32_t virtual_router_id = 0;  ///< 1..255, the same on every node of the pair
+    std::uint32_t priority = 100;         ///< 1..254; the highest ready node holds the VIPs
+    std::string router_id;                ///< keepalived's router_id; default "apilb-<vrid>-<priority>"
+    std::optional<std::string> unicast_src_ip;  ///< this node's address; needs peers
+    std::vector<std::string> peers;       ///< unicast peers; empty = multicast
+    std::vector<vrrp_vip> vips;
+    duration advert_interval{std::chrono::seconds(1)};  ///< multiple of 10 ms (VRRPv3 centiseconds)
+    bool preempt = true;
+    duration preempt_delay{0};           ///< only with preempt
+    std::string state_dir = "/run/apilb";  ///< track file and notify FIFO live here
+    bool track_process = true;           ///< keepalived tracks the apilb process itself
+    /// On SIGTERM, how long a node holding the VIPs waits for a peer to take
+    /// them before it drains its sessions.
+    duration handoff_timeout{std::chrono::seconds(2)};
+    /// apilb runs keepalived as its child (restarts it with backoff, stops it
+    /// on shutdown) instead of keepalived being a service of its own.
+    bool manage = false;
+    std::string keepalived_path = "/usr/sbin/keepalived";  ///< manage: true only
+
+    std::string track_file() const { return state_dir + "/vrrp-fault"; }
+    std::string notify_fifo() const { return state_dir + "/vrrp-notify.fifo"; }
+};
+
 /// One problem found in a config file.
 struct config_error {
     std::string file;
@@ -174,6 +209,7 @@ struct config {
     relay_config relay;
     log_config log;
     std::uint32_t workers = 0;  ///< 0 in the file = one per core; resolved by the loader
+    std::optional<vrrp_config> vrrp;  ///< the floating VIP; nullopt = none
     /// Things that load but deserve a word (e.g. insecure_skip_verify): the
     /// CLI prints them, `run` logs them at warn. Same shape as errors.
     std::vector<config_error> warnings;

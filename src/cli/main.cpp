@@ -4,10 +4,12 @@
 
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <system_error>
 
 #include "apilb/config.hpp"
+#include "apilb/keepalived_conf.hpp"
 #include "apilb/logging.hpp"
 #include "apilb/server.hpp"
 #include "apilb_build_config.h"
@@ -42,6 +44,46 @@ int check_config(const std::string& path) {
     } catch (const apilb::config_load_error& e) {
         return print_config_errors(e);
     }
+}
+
+/// Prints the keepalived.conf for the config's vrrp section (docs/vip.md).
+int keepalived_config(const std::string& path, const std::string& output, std::string apilb_path) {
+    std::shared_ptr<const apilb::config> cfg;
+    try {
+        cfg = apilb::load_config(path);
+    } catch (const apilb::config_load_error& e) {
+        return print_config_errors(e);
+    }
+    if (!cfg->vrrp) {
+        std::cerr << "error: " << path << ": there is no vrrp section to render keepalived.conf from\n";
+        return exit_config_invalid;
+    }
+    std::string text;
+    try {
+        // track_process matches `apilb run --config <path>` exactly: the path as written here.
+        if (apilb_path.empty()) {
+            // The binary rendering the file is the one keepalived should track.
+            std::error_code ec;
+            apilb_path = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+            if (ec) apilb_path = "/usr/sbin/apilb";
+        }
+        text = apilb::render_keepalived_conf(*cfg, {.config_path = path, .apilb_path = apilb_path});
+    } catch (const std::invalid_argument& e) {
+        std::cerr << "error: " << e.what() << '\n';
+        return exit_usage;
+    }
+    if (output.empty() || output == "-") {
+        std::cout << text;
+        return exit_ok;
+    }
+    std::FILE* f = std::fopen(output.c_str(), "wb");
+    const bool ok = f != nullptr && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    if (f != nullptr && std::fclose(f) != 0) return exit_runtime_error;
+    if (!ok) {
+        std::cerr << "error: cannot write " << output << '\n';
+        return exit_runtime_error;
+    }
+    return exit_ok;
 }
 
 int run(const std::string& path, const std::string& log_level) {
@@ -88,6 +130,16 @@ int main(int argc, char** argv) {
     auto* check_cmd = app.add_subcommand("check-config", "validate the configuration file and exit");
     check_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
 
+    std::string keepalived_output;
+    std::string apilb_path;
+    auto* keepalived_cmd = app.add_subcommand(
+        "keepalived-config", "print the keepalived.conf for the vrrp section (run apilb as `apilb run --config` "
+                             "with the same path: keepalived tracks that command line)");
+    keepalived_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
+    keepalived_cmd->add_option("-o,--output", keepalived_output, "write to this file instead of stdout");
+    keepalived_cmd->add_option("--apilb-path", apilb_path,
+                               "apilb's path as it is started (argv[0]), for track_process; default: this binary");
+
     auto* version_cmd = app.add_subcommand("version", "print the version");
 
     try {
@@ -102,5 +154,6 @@ int main(int argc, char** argv) {
         return exit_ok;
     }
     if (*check_cmd) return check_config(config_path);
+    if (*keepalived_cmd) return keepalived_config(config_path, keepalived_output, apilb_path);
     return run(config_path, log_level);
 }

@@ -118,8 +118,8 @@ std::string describe(const YAML::Node& node) {
 }
 
 
-constexpr std::array<std::string_view, 8> top_keys{
-    "workers", "listeners", "pools", "timeouts", "tcp", "limits", "relay", "log"};
+constexpr std::array<std::string_view, 9> top_keys{
+    "workers", "listeners", "pools", "timeouts", "tcp", "limits", "relay", "log", "vrrp"};
 constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool", "backlog"};
 constexpr std::array<std::string_view, 6> pool_keys{
     "name", "balance", "connect_attempts", "backends", "health", "maglev"};
@@ -666,6 +666,7 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
         if (const field* f = top->find("listeners")) read_listeners(*f);
         if (const field* f = top->find("pools")) read_pools(*f);
         read_sections(*top);
+        if (const field* f = top->find("vrrp")) read_vrrp(*f, config_.vrrp.emplace());
         check_references();
     }
 

@@ -156,6 +156,8 @@ private:
     std::optional<pool_entry> read_pool(const field& f);
     /// A pool's `health` section (config_health.cpp).
     void read_health(const field& f, health_config& out);
+    /// The top-level `vrrp` section (config_vrrp.cpp).
+    void read_vrrp(const field& f, vrrp_config& out);
     void read_sections(const mapping& top);
     void check_references();
 

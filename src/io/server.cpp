@@ -19,6 +19,7 @@
 #endif
 
 #include "apilb/health_checker.hpp"
+#include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
 
 namespace apilb {
@@ -96,6 +97,7 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
     // The checker closes an unhealthy backend's sessions through the workers,
     // each on its own thread.
     health_ = std::make_unique<health_checker>(control_, snap_, close_sessions_fn());
+    if (snap_->cfg->vrrp) vrrp_ = std::make_unique<vrrp_agent>(control_, snap_);
     const std::size_t n = snap_->cfg->workers;
     workers_.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
@@ -152,6 +154,7 @@ int server::run() {
     // The first probe round starts at once; until a backend's first check
     // completes it counts as health.initial says.
     health_->start();
+    if (vrrp_) vrrp_->start();
     for (auto& w : workers_) w->start();
     spdlog::info("{}", summary(*snap_, workers_, max_connections_));
     notify_systemd("READY=1");
@@ -195,15 +198,24 @@ int server::run() {
             draining = true;
             draining_ = true;
             notify_systemd("STOPPING=1");
-            const auto drain = snap_->cfg->timeouts.drain;
-            deadline = clock_type::now() + drain;
-            spdlog::info("{}: stopped accepting; draining {} session(s) for up to {}ms",
-                         signo == SIGTERM ? "SIGTERM" : "SIGINT",
-                         stats_.active_sessions.load(std::memory_order_relaxed), drain.count());
-            for (auto& w : workers_) w->stop_accepting();
-            poll();
+            auto begin_drain = [&, signo] {
+                const auto drain = snap_->cfg->timeouts.drain;
+                deadline = clock_type::now() + drain;
+                spdlog::info("{}: stopped accepting; draining {} session(s) for up to {}ms",
+                             signo == SIGTERM ? "SIGTERM" : "SIGINT",
+                             stats_.active_sessions.load(std::memory_order_relaxed), drain.count());
+                for (auto& w : workers_) w->stop_accepting();
+                poll();
+            };
+            // A node holding the VIPs gives them to a peer before it drains.
+            if (vrrp_) {
+                vrrp_->hand_off(begin_drain);
+            } else {
+                begin_drain();
+            }
         } else {
             spdlog::warn("second signal during drain: closing every session now");
+            if (vrrp_) vrrp_->cut_short();
             deadline = clock_type::now();
             abort_all();
         }
@@ -230,6 +242,7 @@ int server::run() {
     // coroutine outlives the checker it refers to.
     health_->stop();
     for (auto& t : reload_timers_) t.cancel();
+    if (vrrp_) vrrp_->stop();
     drain_timer.cancel();
     control.restart();
     control.run_for(std::chrono::seconds(3));

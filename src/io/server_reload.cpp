@@ -29,6 +29,7 @@
 #include "apilb/config_diff.hpp"
 #include "apilb/health_checker.hpp"
 #include "apilb/maglev.hpp"
+#include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
 
 namespace apilb {
@@ -139,6 +140,13 @@ bool server::reload() {
     health_ = std::move(checker);
     health_->start(false);
     std::shared_ptr<const snapshot> previous = std::exchange(snap_, next);
+    // The track file follows the new pools; a managed keepalived gets the
+    // new rendering (SIGHUP).
+    if (vrrp_) {
+        vrrp_->update(next);
+    } else if (next->cfg->vrrp) {
+        spdlog::warn("reload: the vrrp section takes effect on restart");
+    }
     stats_.reloads_total.fetch_add(1, std::memory_order_relaxed);
     spdlog::info("reload: config {} from {}: {}", hash, path, diff.summary());
 
