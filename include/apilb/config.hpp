@@ -83,6 +83,35 @@ struct health_config {
 };
 
 /// A named set of backends and how to choose among them.
+/// Reconnect storm control, per backend of a pool: after a failover thousands
+/// of clients reconnect at once (kubernetes/kubernetes#65954); the excess
+/// waits inside apilb for its turn instead of reaching an apiserver at once.
+struct storm_control_config {
+    /// New connections per second to each backend; 0 = no cap.
+    std::uint32_t new_per_second = 0;
+    /// Connections allowed at once above the steady rate; 0 in the file means
+    /// a tenth of a second's worth (at least 1), resolved by the loader.
+    std::uint32_t burst = 0;
+    /// Clients that may wait for one backend; beyond that they are closed.
+    std::uint32_t queue = 10000;
+    /// Longest wait for a turn; a client whose turn is later is closed at once.
+    /// client-go's TLS handshake timeout (10 s) includes this wait.
+    duration queue_timeout{std::chrono::seconds(5)};
+    friend bool operator==(const storm_control_config&, const storm_control_config&) = default;
+};
+
+/// Moving long-lived sessions back onto a backend that returns or is added.
+struct rebalance_config {
+    bool enabled = false;
+    /// Sessions closed per second at most, over the whole pool.
+    std::uint32_t max_closes_per_second = 10;
+    /// A backend with more than (1 + tolerance) times its weighted share of the
+    /// pool's sessions is over-loaded; acted on only while some healthy backend
+    /// has less than (1 - tolerance) times its share.
+    double tolerance = 0.2;
+    friend bool operator==(const rebalance_config&, const rebalance_config&) = default;
+};
+
 struct pool_config {
     std::string name;
     balance_policy balance = balance_policy::least_connections;
@@ -95,6 +124,8 @@ struct pool_config {
     /// about 1% of the weights for up to a few hundred backends) and the key.
     std::uint32_t maglev_table_size = 65537;
     hash_key maglev_key = hash_key::source_address;
+    storm_control_config storm_control;
+    rebalance_config rebalance;
 };
 
 /// An address apilb accepts clients on, and the pool they go to.

@@ -28,6 +28,13 @@ struct backend_stats {
     std::atomic<std::uint64_t> closed_by_health_total{0};  ///< sessions closed because it became unhealthy
     std::atomic<std::uint64_t> passive_failures_total{0};  ///< client connects that counted against it
     std::atomic<std::uint64_t> checks_failed_total{0};     ///< active probes that failed
+    /// Storm control (GCRA state): the theoretical arrival time of the next
+    /// connection, ns on steady_clock; 0 = none yet.
+    std::atomic<std::int64_t> pacing_tat_ns{0};
+    std::atomic<std::uint32_t> pacing_waiting{0};          ///< clients waiting for their turn now
+    std::atomic<std::uint64_t> pacing_delayed_total{0};    ///< clients that waited for a turn
+    std::atomic<std::uint64_t> pacing_refused_total{0};    ///< clients turned away: queue full or wait too long
+    std::atomic<std::uint64_t> closed_by_rebalance_total{0};  ///< sessions moved off it by rebalancing
 };
 
 /// What the health checker (control thread) tells the workers about one
@@ -73,6 +80,7 @@ struct process_stats {
     std::atomic<std::uint64_t> closed_by_idle_total{0};
     std::atomic<std::uint64_t> closed_by_drain_total{0};
     std::atomic<std::uint64_t> closed_by_health_total{0};   ///< their backend became unhealthy
+    std::atomic<std::uint64_t> closed_by_rebalance_total{0};  ///< moved to spread a pool's sessions
     std::atomic<std::uint64_t> reloads_total{0};             ///< reloads applied
     std::atomic<std::uint64_t> reload_failures_total{0};     ///< reloads rejected (old config kept)
     /// Their backend was removed by a reload and timeouts.reload_drain ran

@@ -19,6 +19,7 @@ namespace apilb {
 class worker;
 class health_checker;
 class vrrp_agent;
+class rebalancer;
 
 class server {
 public:
@@ -65,6 +66,7 @@ private:
     /// Drains of backends removed by a reload (timeouts.reload_drain).
     std::list<boost::asio::steady_timer> reload_timers_;
     bool draining_ = false;  ///< SIGTERM seen: reloads are refused
+    std::unique_ptr<rebalancer> rebalancer_;  ///< after workers_: it posts to them
     std::unique_ptr<vrrp_agent> vrrp_;        ///< set when the config has a vrrp section
     std::vector<std::unique_ptr<worker>> workers_;
     std::uint32_t max_connections_ = 0;  ///< configured limit, capped by the fd limit

@@ -4,6 +4,7 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/intrusive/list.hpp>
 
 #include <chrono>
@@ -35,6 +36,15 @@ struct session_entry
     bool idle_expired = false; ///< set by the idle sweep before it aborts the session
     bool health_closed = false; ///< set before an abort because its backend became unhealthy
     bool reload_closed = false; ///< set before an abort because a reload removed its backend
+    bool rebalance_closed = false; ///< set before an abort by rebalancing
+    /// Maglev pools: the client's key and the pool (of the session's own
+    /// snapshot) it was chosen from, so rebalancing can tell whether the
+    /// session sits on its preferred backend. `backend_index` indexes it.
+    const pool_runtime* pool = nullptr;
+    std::uint64_t key_hash = 0;
+    std::size_t backend_index = 0;
+    /// While waiting for its turn (storm control): abort() cancels the wait.
+    boost::asio::steady_timer* pacing_timer = nullptr;
 
     /// Closes both sockets; the session's pending operations complete with
     /// operation_aborted and the session ends. Worker thread only.

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "apilb/rebalancer.hpp"
 #include "apilb/runtime.hpp"
 #include "apilb/session.hpp"
 
@@ -72,6 +73,9 @@ public:
     /// Closes the sessions relaying to `backend` (it became unhealthy); they
     /// are counted as closed_by_health. Any thread.
     void abort_sessions_on(const backend_health* backend);
+    /// Rebalancing: closes sessions as `orders` ask (oldest first), taking
+    /// from their shared quotas; counted as closed_by_rebalance. Any thread.
+    void close_for_rebalance(std::vector<rebalance_order> orders);
     /// Where sessions report failed connects for passive health detection.
     /// Control thread, before start().
     void set_passive_reporter(passive_reporter r) { ctx_.report_passive = std::move(r); }
@@ -100,6 +104,8 @@ private:
     void spawn_accept_loop(acceptor_slot& slot);
 
     boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
+    /// A Maglev session not on the backend its key now prefers.
+    bool misplaced(const session_entry& s);
     /// Closes sessions with no traffic for timeouts.idle, checking a few
     /// times per idle period.
     boost::asio::awaitable<void> idle_sweep();

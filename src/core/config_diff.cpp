@@ -31,6 +31,8 @@ std::string pool_settings_changed(const pool_config& a, const pool_config& b) {
     if (a.connect_attempts != b.connect_attempts) what.push_back("connect_attempts");
     if (!(a.health == b.health)) what.push_back("health");
     if (a.maglev_table_size != b.maglev_table_size || a.maglev_key != b.maglev_key) what.push_back("maglev");
+    if (!(a.storm_control == b.storm_control)) what.push_back("storm_control");
+    if (!(a.rebalance == b.rebalance)) what.push_back("rebalance");
     return join(what);
 }
 

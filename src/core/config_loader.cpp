@@ -121,8 +121,10 @@ std::string describe(const YAML::Node& node) {
 constexpr std::array<std::string_view, 9> top_keys{
     "workers", "listeners", "pools", "timeouts", "tcp", "limits", "relay", "log", "vrrp"};
 constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool", "backlog"};
-constexpr std::array<std::string_view, 6> pool_keys{
-    "name", "balance", "connect_attempts", "backends", "health", "maglev"};
+constexpr std::array<std::string_view, 8> pool_keys{
+    "name", "balance", "connect_attempts", "backends", "health", "maglev", "storm_control", "rebalance"};
+constexpr std::array<std::string_view, 4> storm_control_keys{"new_per_second", "burst", "queue", "queue_timeout"};
+constexpr std::array<std::string_view, 3> rebalance_keys{"enabled", "max_closes_per_second", "tolerance"};
 constexpr std::array<std::string_view, 2> maglev_keys{"table_size", "key"};
 constexpr std::array<std::string_view, 4> backend_keys{"name", "address", "weight", "drain"};
 constexpr std::array<std::string_view, 4> timeout_keys{"connect", "idle", "drain", "reload_drain"};
@@ -505,6 +507,35 @@ std::optional<pool_entry> loader::read_pool(const field& f) {
             read_choice(*mm, "key", hash_key_choices, p.cfg.maglev_key);
         }
     }
+    if (const field* g = m->find("storm_control")) {
+        if (auto sm = open_mapping(*g, storm_control_keys, true)) {
+            storm_control_config& sc = p.cfg.storm_control;
+            read_integer(*sm, "new_per_second", {.min = 0, .max = 1000000}, sc.new_per_second);
+            read_integer(*sm, "burst", {.min = 0, .max = 1000000}, sc.burst);
+            read_integer(*sm, "queue", {.min = 0, .max = 1000000}, sc.queue);
+            read_duration(*sm, "queue_timeout", {.min = 1ms, .max = 10min, .range = "1ms..10m"}, sc.queue_timeout);
+        }
+    }
+    if (const field* g = m->find("rebalance")) {
+        if (auto rm = open_mapping(*g, rebalance_keys, true)) {
+            rebalance_config& rb = p.cfg.rebalance;
+            read_bool(*rm, "enabled", rb.enabled);
+            read_integer(*rm, "max_closes_per_second", {.min = 1, .max = 100000}, rb.max_closes_per_second);
+            if (const field* t = rm->find("tolerance")) {
+                const std::string expected = "a fraction in 0.01..1 (e.g. 0.2 for 20%)";
+                if (auto text = scalar(*t, expected)) {
+                    double v = 0;
+                    const auto* end = text->data() + text->size();
+                    const auto [ptr, ec] = std::from_chars(text->data(), end, v);
+                    if (ec != std::errc{} || ptr != end || !(v >= 0.01 && v <= 1.0)) {
+                        error(t->mark, t->path, "expected " + expected + "; found '" + *text + "'");
+                    } else {
+                        rb.tolerance = v;
+                    }
+                }
+            }
+        }
+    }
     return p;
 }
 
@@ -689,6 +720,9 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
         for (const auto& b : p.backends) pool.backends.push_back(b.cfg);
         if (pool.connect_attempts == 0) {
             pool.connect_attempts = static_cast<std::uint32_t>(pool.backends.size());
+        }
+        if (auto& sc = pool.storm_control; sc.new_per_second != 0 && sc.burst == 0) {
+            sc.burst = std::max<std::uint32_t>(1, sc.new_per_second / 10);
         }
         if (pool.balance == balance_policy::maglev && pool.maglev_table_size < pool.backends.size()) {
             pool.maglev_table_size = static_cast<std::uint32_t>(pool.backends.size());

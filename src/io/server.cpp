@@ -19,6 +19,7 @@
 #endif
 
 #include "apilb/health_checker.hpp"
+#include "apilb/rebalancer.hpp"
 #include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
 
@@ -98,6 +99,11 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
     // each on its own thread.
     health_ = std::make_unique<health_checker>(control_, snap_, close_sessions_fn());
     if (snap_->cfg->vrrp) vrrp_ = std::make_unique<vrrp_agent>(control_, snap_);
+    rebalancer_ = std::make_unique<rebalancer>(
+        control_, [this] { return snap_; },
+        [this](std::vector<rebalance_order> orders) {
+            for (auto& w : workers_) w->close_for_rebalance(orders);
+        });
     const std::size_t n = snap_->cfg->workers;
     workers_.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
@@ -156,6 +162,7 @@ int server::run() {
     health_->start();
     if (vrrp_) vrrp_->start();
     for (auto& w : workers_) w->start();
+    rebalancer_->start();
     spdlog::info("{}", summary(*snap_, workers_, max_connections_));
     notify_systemd("READY=1");
 
@@ -242,6 +249,7 @@ int server::run() {
     // coroutine outlives the checker it refers to.
     health_->stop();
     for (auto& t : reload_timers_) t.cancel();
+    rebalancer_->stop();
     if (vrrp_) vrrp_->stop();
     drain_timer.cancel();
     control.restart();
@@ -249,11 +257,12 @@ int server::run() {
     if (health_->running() != 0) spdlog::warn("health: {} probe loop(s) did not end", health_->running());
     spdlog::info("apilb stopped: {} session(s) served, {} refused at the limit, {} without a backend, "
                  "{} closed because their backend became unhealthy, {} reload(s), {} failed reload(s), "
-                 "{} closed because a reload removed their backend",
+                 "{} closed because a reload removed their backend, {} moved by rebalancing",
                  stats_.accepted_total.load() - stats_.refused_limit_total.load(),
                  stats_.refused_limit_total.load(), stats_.no_backend_total.load(),
                  stats_.closed_by_health_total.load(), stats_.reloads_total.load(),
-                 stats_.reload_failures_total.load(), stats_.closed_by_reload_total.load());
+                 stats_.reload_failures_total.load(), stats_.closed_by_reload_total.load(),
+                 stats_.closed_by_rebalance_total.load());
     return 0;
 }
 

@@ -29,6 +29,7 @@
 #include "apilb/config_diff.hpp"
 #include "apilb/health_checker.hpp"
 #include "apilb/maglev.hpp"
+#include "apilb/rebalancer.hpp"
 #include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
 
@@ -142,6 +143,7 @@ bool server::reload() {
     std::shared_ptr<const snapshot> previous = std::exchange(snap_, next);
     // The track file follows the new pools; a managed keepalived gets the
     // new rendering (SIGHUP).
+    rebalancer_->start();  // a pool may have enabled rebalancing
     if (vrrp_) {
         vrrp_->update(next);
     } else if (next->cfg->vrrp) {

@@ -16,6 +16,7 @@
 
 #include "apilb/erased_handler.hpp"
 #include "apilb/health.hpp"
+#include "apilb/pacing.hpp"
 #include "apilb/socket_options.hpp"
 
 namespace apilb {
@@ -30,6 +31,7 @@ void session_entry::abort() {
     error_code ignored;
     if (client) client->close(ignored);
     if (upstream) upstream->close(ignored);
+    if (pacing_timer) pacing_timer->cancel();
 }
 
 bool log_limiter::allow(std::uint64_t& suppressed) {
@@ -248,6 +250,10 @@ public:
     static asio::awaitable<void> establish(std::unique_ptr<session> self);
 
 private:
+    /// Storm control: waits for this backend's next turn (a paced start of a
+    /// connection). False if there is none within queue_timeout, the queue
+    /// is full, or the session was closed meanwhile.
+    asio::awaitable<bool> wait_for_turn(const backend_runtime& backend);
     /// One connect to the next backend the balancer picks; true if connected
     /// (with a session slot reserved on it). Loops over failed attempts.
     asio::awaitable<bool> connect_next();
@@ -304,6 +310,8 @@ session::session(worker_context& ctx, tcp::socket client, std::size_t listener_i
         if (auto ep = client_.remote_endpoint(ec); !ec) client_ep_ = ep;
     }
     if (pool_.maglev && client_ep_) st_.key_hash = client_key_hash(*client_ep_, pool_.cfg->maglev_key);
+    entry_.pool = &pool_;
+    entry_.key_hash = st_.key_hash;
 }
 
 session::~session() {
@@ -334,6 +342,16 @@ asio::awaitable<bool> session::connect_next() {
         const backend_runtime& backend = pool_.backends[*pick];
         st_.tried[*pick] = 1;
         if (!try_reserve(*backend.stats, cfg.limits.per_backend)) continue;
+        if (pool_.cfg->storm_control.new_per_second != 0) {
+            if (!co_await wait_for_turn(backend)) {
+                backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
+                if (entry_.aborted) break;
+                st_.failures += fmt::format("{}{}: storm control (no turn within {}ms)",
+                                            st_.failures.empty() ? "" : "; ", backend.cfg->name,
+                                            pool_.cfg->storm_control.queue_timeout.count());
+                continue;
+            }
+        }
 
         error_code ec;
         upstream_.open(backend.endpoint.protocol(), ec);
@@ -370,6 +388,43 @@ asio::awaitable<bool> session::connect_next() {
     co_return false;
 }
 
+asio::awaitable<bool> session::wait_for_turn(const backend_runtime& backend) {
+    const storm_control_config& sc = pool_.cfg->storm_control;
+    backend_stats& stats = *backend.stats;
+    const std::int64_t interval = 1'000'000'000 / sc.new_per_second;
+    const std::int64_t max_delay =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(sc.queue_timeout).count();
+    const std::int64_t now =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
+    // Reserve a turn, shared with every worker, without a lock.
+    std::int64_t tat = stats.pacing_tat_ns.load(std::memory_order_relaxed);
+    std::optional<gcra_slot> slot;
+    do {
+        slot = gcra_reserve(tat, now, interval, sc.burst, max_delay);
+        if (!slot) break;
+    } while (!stats.pacing_tat_ns.compare_exchange_weak(tat, slot->new_tat, std::memory_order_relaxed));
+    if (!slot) {
+        stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+        co_return false;
+    }
+    if (slot->delay_ns == 0) co_return true;
+    if (stats.pacing_waiting.fetch_add(1, std::memory_order_relaxed) >= sc.queue) {
+        // The queue is full. The reserved turn goes unused: the next clients
+        // wait as if it had been taken, which errs towards the backend.
+        stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
+        stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+        co_return false;
+    }
+    stats.pacing_delayed_total.fetch_add(1, std::memory_order_relaxed);
+    asio::steady_timer timer(upstream_.get_executor());
+    timer.expires_after(std::chrono::nanoseconds(slot->delay_ns));
+    entry_.pacing_timer = &timer;
+    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    entry_.pacing_timer = nullptr;
+    stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
+    co_return !entry_.aborted;
+}
+
 asio::awaitable<void> session::establish(std::unique_ptr<session> self) {
     session& s = *self;
     while (co_await s.connect_next()) {
@@ -401,6 +456,7 @@ void session::start_relay(std::unique_ptr<session> self) {
     // session), unhealthy backends' sessions by the health checker.
     entry_.last_activity = clock_type::now();
     entry_.backend = chosen_->health.get();
+    entry_.backend_index = chosen_index_;
     entry_.relaying = true;
     ctx_.resources_recovered();
     relay_.rearm();
@@ -483,7 +539,12 @@ void session::account() {
     }
     const bool reload_closed = entry_.reload_closed && !idle_fired && !health_closed;
     if (reload_closed) ctx_.stats.closed_by_reload_total.fetch_add(1, std::memory_order_relaxed);
-    const bool drained = entry_.aborted && !idle_fired && !health_closed && !reload_closed;
+    const bool rebalanced = entry_.rebalance_closed && !idle_fired && !health_closed && !reload_closed;
+    if (rebalanced) {
+        ctx_.stats.closed_by_rebalance_total.fetch_add(1, std::memory_order_relaxed);
+        bstats.closed_by_rebalance_total.fetch_add(1, std::memory_order_relaxed);
+    }
+    const bool drained = entry_.aborted && !idle_fired && !health_closed && !reload_closed && !rebalanced;
     if (drained) ctx_.stats.closed_by_drain_total.fetch_add(1, std::memory_order_relaxed);
     // An apiserver that resets a connection before sending anything is not
     // serving (crashing, or shutting down its listener): count it against it.
@@ -502,6 +563,7 @@ void session::account() {
         const char* how = idle_fired      ? "idle-timeout"
                           : health_closed ? "backend-unhealthy"
                           : reload_closed ? "backend-removed"
+                          : rebalanced    ? "rebalanced"
                           : drained       ? "drain"
                                           : nullptr;
         spdlog::debug("session closed: listener={} client={} backend={} ({}) client_to_backend={}B "

@@ -294,6 +294,43 @@ void worker::abort_sessions_on(const backend_health* backend) {
     });
 }
 
+void worker::close_for_rebalance(std::vector<rebalance_order> orders) {
+    asio::post(io_, [this, orders = std::move(orders)] {
+        for (const auto& order : orders) {
+            if (order.quota->load(std::memory_order_relaxed) <= 0) continue;
+            for (auto& s : ctx_.sessions) {  // oldest first: sessions are appended as they start
+                if (!s.relaying || s.aborted || !s.pool || s.pool->cfg->name != order.pool) continue;
+                if (order.backend) {
+                    if (s.backend != order.backend) continue;
+                } else if (!misplaced(s)) {
+                    continue;
+                }
+                if (order.quota->fetch_sub(1, std::memory_order_relaxed) <= 0) break;
+                s.rebalance_closed = true;
+                s.abort();
+            }
+        }
+    });
+}
+
+bool worker::misplaced(const session_entry& s) {
+    // Where the session's own Maglev preference would send it now, among
+    // backends that can take sessions.
+    const pool_runtime& pool = *s.pool;
+    if (!pool.maglev) return false;
+    ctx_.loads.resize(pool.backends.size());
+    for (std::size_t i = 0; i < pool.backends.size(); ++i) {
+        const auto& b = pool.backends[i];
+        ctx_.loads[i] = {.weight = b.cfg->weight,
+                         .active = 0,
+                         .available = b.health->healthy.load(std::memory_order_relaxed) &&
+                                      !b.health->suspect.load(std::memory_order_relaxed) && !b.cfg->drain,
+                         .tier = 0};
+    }
+    const auto preferred = choose_maglev(*pool.maglev, s.key_hash, ctx_.loads);
+    return preferred && *preferred != s.backend_index;
+}
+
 void worker::stop() {
     if (!thread_.joinable()) return;
     // Let every coroutine end on its own, so none is destroyed half-way with
