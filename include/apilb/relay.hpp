@@ -166,6 +166,8 @@ private:
         std::size_t offset = 0;      ///< copy: first unsent byte in `buffer`
         std::size_t pending = 0;     ///< bytes read but not yet written
         int chunks = 0;              ///< reads since the last yield
+        bool short_read = false;     ///< the last read took less than it could: wait, do not read again
+        bool full_read = false;      ///< the last read filled its buffer or pipe: bulk, splice next
         pump_result result;
     };
 

@@ -25,6 +25,11 @@ constexpr int chunks_before_yield = 16;
 /// splice(2) moves at most a pipe's capacity at a time; asking for more is harmless.
 constexpr std::size_t splice_chunk = 1 << 20;
 
+/// A splice that moved less than this most likely emptied the socket (a pipe
+/// holds 64 KiB by default; a full pipe also stops a splice short, and then
+/// the wait finds the socket readable again at once).
+constexpr std::size_t short_splice = 32 * 1024;
+
 error_code last_error() { return {errno, boost::system::system_category()}; }
 
 bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
@@ -65,6 +70,8 @@ void relay::rearm() {
         release(d);
         d.done = false;
         d.chunks = 0;
+        d.short_read = false;
+        d.full_read = false;
         d.result = {};
     }
     answered_ = false;
@@ -111,6 +118,19 @@ void relay::stop_recording() {
 void relay::transfer(direction& d) {
     for (;;) {
         if (d.pending > 0 && !flush(d)) return;
+        if (d.short_read) {
+            // The last read took less than it could: the socket is empty now
+            // but for bytes that arrived since. The wait re-arms epoll, which
+            // reports those at once, so a read that would only find EAGAIN
+            // is saved (two system calls per request on a keep-alive stream).
+            d.short_read = false;
+            release(d);
+            return wait_readable(d);
+        }
+        if (d.buffer && d.full_read && res_.mode == relay_mode::splice && !(d.to_backend && sent_)) {
+            // A read filled the buffer: bulk data. Splice the rest of the burst.
+            release(d);
+        }
         if (d.chunks >= chunks_before_yield) {
             // Let the worker's other sessions run; carry on from here after them.
             release(d);
@@ -122,9 +142,12 @@ void relay::transfer(direction& d) {
             return;
         }
         if (!d.holding_pipe && !d.buffer) {
-            // A burst starts: borrow a pipe or a buffer for it. The client's
+            // A burst starts: borrow a pipe or a buffer for it. Its first read
+            // copies (requests, responses and watch events are small, and
+            // recv/send cost less than two splices through a pipe); once a
+            // read fills the buffer the burst goes on by splice. The client's
             // bytes go through a buffer while they are kept for a replay.
-            d.splicing = res_.mode == relay_mode::splice && !(d.to_backend && sent_);
+            d.splicing = res_.mode == relay_mode::splice && !(d.to_backend && sent_) && d.full_read;
             if (d.splicing) {
                 error_code pipe_ec;
                 d.pipe = res_.pipes.acquire(pipe_ec);
@@ -162,6 +185,9 @@ void relay::transfer(direction& d) {
             return source_failed(d, last_error());
         }
         const auto got = static_cast<std::size_t>(n);
+        const std::size_t asked = d.splicing ? short_splice : res_.buffers.buffer_size();
+        d.short_read = got < asked;
+        d.full_read = !d.short_read;
         d.result.bytes += got;
         d.pending = got;
         d.offset = 0;
