@@ -18,6 +18,8 @@
 #   deb_install        as root with CI=true or APILB_PACKAGING_INSTALL=1:
 #                      dpkg -i for real, then checks and dpkg --purge;
 #                      otherwise unpacked into a scratch root and checked there
+#   unit_notify        the packaged binary run as the unit does, as an
+#                      unprivileged user: scripts/check-sd-notify.py
 #   kube_manifests     packaging/kubernetes/check-manifests.py; the example
 #                      config through the packaged binary's check-config
 #   image_build        packaging/container/build-image.sh (umoci, no daemon)
@@ -50,8 +52,11 @@ xml_escape() { python3 -c 'import sys, html; sys.stdout.write(html.escape(sys.st
 # check NAME FUNCTION: runs FUNCTION with its output in logs/NAME.log; one case.
 check() {
   local name=$1; shift
-  local t0=$SECONDS rc=0 log=$out/logs/$name.log
-  ( set -e; "$@" ) >"$log" 2>&1 || rc=$?
+  local t0=$SECONDS rc log=$out/logs/$name.log
+  # Not `|| rc=$?`: bash ignores set -e in anything tested by || or &&,
+  # subshells included, and every step of a check must count.
+  ( set -e; "$@" ) >"$log" 2>&1
+  rc=$?
   local secs=$((SECONDS - t0))
   if ((rc == 0)); then
     printf '  ok    %-20s %4ss\n' "$name" "$secs"
@@ -88,7 +93,7 @@ unit_verify() {
     make_unit_dir "$build/src/apilb" "$set"
     echo "verify apilb.service ${set:+with $set}"
     msgs=$(cd "$unit_dir" && MANPATH=$unit_dir/man SYSTEMD_UNIT_PATH=$unit_dir: \
-           systemd-analyze verify apilb.service 2>&1)
+           systemd-analyze verify apilb.service 2>&1) || true
     echo "$msgs"
     # verify exits 0 on unknown keys and bad values; its messages are the verdict.
     [[ -z "$msgs" ]]
@@ -146,8 +151,12 @@ deb_contents() {
   dpkg-deb -e "$deb" "$ctl"
   grep -qx /etc/apilb/apilb.yaml "$ctl/conffiles"
   grep -q 'adduser --system' "$ctl/postinst"
-  # Installed, never enabled or started with the example configuration.
-  ! grep -Eq 'deb-systemd-helper (enable|unmask)|deb-systemd-invoke (start|restart)' "$ctl/postinst"
+  # Never started with the example configuration, and enabled only when
+  # it was enabled before (an upgrade; deb_install checks a fresh install).
+  if grep -E 'deb-systemd-invoke (start|restart)' "$ctl/postinst"; then
+    echo "the postinst starts the service"; return 1
+  fi
+  grep -B1 "deb-systemd-helper enable 'apilb.service'" "$ctl/postinst" | grep -q 'was-enabled'
   grep -q 'systemd-tmpfiles' "$ctl/postinst"
   rm -rf "$ctl"
 }
@@ -172,7 +181,7 @@ installed_checks() {
   sed "s#/usr/sbin/apilb#$root/usr/sbin/apilb#g" "$root/lib/systemd/system/apilb.service" >"$unit_dir/apilb.service"
   local msgs
   msgs=$(cd "$unit_dir" && MANPATH=$root/usr/share/man SYSTEMD_UNIT_PATH=$unit_dir: \
-         systemd-analyze verify apilb.service 2>&1)
+         systemd-analyze verify apilb.service 2>&1) || true
   echo "verify (installed unit): ${msgs:-no messages}"
   [[ -z "$msgs" ]]
 }
@@ -181,7 +190,8 @@ deb_install() {
   if [[ $(id -u) -eq 0 && ( "${CI:-}" == true || "${APILB_PACKAGING_INSTALL:-0}" == 1 ) ]]; then
     echo "== installing for real: dpkg -i $deb"
     if dpkg -s apilb >/dev/null 2>&1; then echo "apilb is already installed; not touching it"; return 1; fi
-    local rc=0
+    local rc
+    set +e
     (
       set -e
       dpkg -i "$deb"
@@ -190,9 +200,11 @@ deb_install() {
       [[ ! -e /etc/systemd/system/multi-user.target.wants/apilb.service ]]
       dpkg-query -W -f='${Conffiles}\n' apilb | grep -q /etc/apilb/apilb.yaml
       installed_checks / apilb
-    ) || rc=$?
+    )
+    rc=$?
+    set -e
     dpkg --purge apilb
-    ! getent passwd apilb
+    if getent passwd apilb; then echo "the apilb user is left after the purge"; return 1; fi
     [[ ! -e /etc/apilb && ! -e /usr/sbin/apilb ]]
     return $rc
   fi
@@ -200,6 +212,14 @@ deb_install() {
   local root=$out/root
   dpkg-deb -x "$deb" "$root"
   installed_checks "$root" ""
+}
+
+# The packaged binary run as the unit runs it (unprivileged, NOTIFY_SOCKET):
+# READY, RELOADING/READY around SIGHUP, STOPPING on SIGTERM, exit 0.
+unit_notify() {
+  local root=$out/notify-root
+  dpkg-deb -x "$deb" "$root"
+  timeout 60 python3 "$repo/scripts/check-sd-notify.py" "$root/usr/sbin/apilb" nobody
 }
 
 kube_manifests() {
@@ -300,6 +320,7 @@ else
     check deb_contents deb_contents
     check deb_lintian deb_lintian
     check deb_install deb_install
+    check unit_notify unit_notify
     check image_build image_build
     if [[ -d "$out/image/oci" ]]; then
       check image_config image_config
@@ -308,7 +329,7 @@ else
       skip image_config "no image"; skip image_runs "no image"
     fi
   else
-    for c in deb_contents deb_lintian deb_install image_build image_config image_runs; do
+    for c in deb_contents deb_lintian deb_install unit_notify image_build image_config image_runs; do
       skip "$c" "the .deb did not build"
     done
   fi
