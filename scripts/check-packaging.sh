@@ -156,7 +156,8 @@ deb_contents() {
   if grep -E 'deb-systemd-invoke (start|restart)' "$ctl/postinst"; then
     echo "the postinst starts the service"; return 1
   fi
-  grep -B1 "deb-systemd-helper enable 'apilb.service'" "$ctl/postinst" | grep -q 'was-enabled'
+  local before; before=$(grep -B2 "deb-systemd-helper enable 'apilb.service'" "$ctl/postinst")
+  [[ "$before" == *"was-enabled 'apilb.service'"* ]]
   grep -q 'systemd-tmpfiles' "$ctl/postinst"
   rm -rf "$ctl"
 }
