@@ -21,6 +21,9 @@ base=(
   libgtest-dev libcli11-dev libsystemd-dev
   curl python3 ca-certificates iproute2
   keepalived
+  # scripts/check-packaging.sh: the .deb, its lint, the unit checks
+  # (systemd-analyze), the OCI image without a daemon (umoci), man, YAML.
+  debhelper dpkg-dev fakeroot lintian systemd umoci man-db python3-yaml
 )
 
 wanted=("${base[@]}")

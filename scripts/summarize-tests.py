@@ -27,6 +27,9 @@ Options:
                                 test logs (maybe stale) are not read
   --meson-rc LABEL=RC           exit code of `meson test`; non-zero with no
                                 failing test found adds one failure
+  --junit LABEL=FILE            also count the cases of a JUnit XML report
+                                (scripts/check-packaging.sh writes one); a
+                                missing or unreadable report is one failure
 """
 
 from __future__ import annotations
@@ -248,6 +251,28 @@ def summarize_build(label: str, builddir: str, meson_rc: int | None) -> BuildSum
     return s
 
 
+def summarize_junit(label: str, path: str) -> BuildSummary:
+    s = BuildSummary(label, path)
+    try:
+        cases = list(parse_gtest_xml(path))
+    except (OSError, ET.ParseError) as e:
+        s.note = "no report"
+        s.fail(f"[{label}] cannot read the report {path}: {e}")
+        return s
+    s.programs = 1
+    for case, status, msg in cases:
+        if status == "passed":
+            s.passed += 1
+        elif status == "skipped":
+            s.skipped += 1
+            s.skips.append(f"[{label}] {case}: {one_line(msg)}")
+        else:
+            s.fail(f"[{label}] {case}\n{indent(first_lines(msg, 6))}")
+    if not cases:
+        s.fail(f"[{label}] no case in {path}")
+    return s
+
+
 def split_pair(text: str, what: str) -> tuple[str, str]:
     if "=" not in text:
         raise SystemExit(f"summarize-tests.py: expected LABEL={what}, got {text!r}")
@@ -260,6 +285,7 @@ def main() -> int:
     ap.add_argument("builds", nargs="*", metavar="LABEL=BUILDDIR")
     ap.add_argument("--build-failed", action="append", default=[], metavar="LABEL=REASON")
     ap.add_argument("--meson-rc", action="append", default=[], metavar="LABEL=RC")
+    ap.add_argument("--junit", action="append", default=[], metavar="LABEL=FILE")
     args = ap.parse_intermixed_args()
 
     broken = dict(split_pair(x, "REASON") for x in args.build_failed)
@@ -278,6 +304,8 @@ def main() -> int:
         else:
             s = summarize_build(label, builddir, rcs.get(label))
         summaries.append(s)
+    for label, path in (split_pair(x, "FILE") for x in args.junit):
+        summaries.append(summarize_junit(label, path))
 
     print()
     print("Test summary (GoogleTest cases):")

@@ -6,7 +6,9 @@
 # 1. installs missing packages (scripts/install-deps.sh; quiet when all there)
 # 2. configures (if not yet) and builds build/ (debugoptimized) and
 #    build-asan/ (debug, AddressSanitizer + UndefinedBehaviorSanitizer)
-# 3. runs `meson test` in each; a sanitizer report fails the run
+# 3. runs `meson test` in each; a sanitizer report fails the run; after the
+#    plain build, scripts/check-packaging.sh builds and checks the .deb, the
+#    systemd unit, the OCI image and the manifests (counted as tests too)
 # 4. sums the GoogleTest cases of both (scripts/summarize-tests.py); the last
 #    line of output is `N passed, N failed` (`, N skipped` when some were)
 #
@@ -17,6 +19,8 @@
 #   APILB_ASAN_BUILD_DIR  sanitizer build directory (default: <repo>/build-asan)
 #   APILB_SKIP_ASAN=1     skip the sanitizer build, for quick local runs
 #                         (CI never sets it)
+#   APILB_SKIP_PACKAGING=1  skip scripts/check-packaging.sh (the .deb, unit,
+#                         image, manifests; ~1 min), for quick local runs
 #   APILB_SOURCE_DIR      meson project to test (default: this repository;
 #                         used to test this script on a trial project)
 set -uo pipefail
@@ -104,6 +108,20 @@ build_and_test() {
 }
 
 build_and_test build "$build_dir" --buildtype=debugoptimized
+
+# The deployment artifacts, from the plain build's binary: the systemd
+#    unit, the .deb (installed for real and purged when CI=true), the OCI
+#    image, the static pod manifests, the appliance user-data. Its cases are
+#    counted with the others (a JUnit report).
+if [[ "$src" == "$repo" && "${APILB_SKIP_PACKAGING:-0}" != 1 ]]; then
+  say "packaging: scripts/check-packaging.sh"
+  packaging_report=$build_dir/packaging-report.xml
+  rm -f "$packaging_report"
+  if [[ -x "$build_dir/src/apilb" ]]; then
+    bash "$repo/scripts/check-packaging.sh" "$build_dir" "$packaging_report" || true
+  fi
+  summary_args+=(--junit "packaging=$packaging_report")
+fi
 
 if [[ "${APILB_SKIP_ASAN:-0}" == 1 ]]; then
   say "build-asan: skipped (APILB_SKIP_ASAN=1)"
