@@ -8,6 +8,9 @@ Starts `APILB_BINARY run --config FILE` (as USER when given, like User=) with
 NOTIFY_SOCKET pointing at a datagram socket held here, against a TCP backend
 on loopback, and expects, each within 10 s:
   READY=1                       after the listener is bound (and it accepts)
+                                and the first health round is done (one backend
+                                hangs its probe for 1.5 s: READY must not come
+                                before that)
   RELOADING=1 + MONOTONIC_USEC  after SIGHUP (ExecReload), then READY=1
   STOPPING=1                    after SIGTERM, then exit status 0
 """
@@ -27,6 +30,18 @@ os.chmod(tmp, 0o755)
 backend = socket.socket()
 backend.bind(("127.0.0.1", 0))
 backend.listen(16)
+# A backend whose accept queue is full: a probe's SYN is dropped and the
+# probe hangs until its timeout.
+hanging = socket.socket()
+hanging.bind(("127.0.0.1", 0))
+hanging.listen(0)
+fillers = []
+for _ in range(3):
+    f = socket.socket()
+    f.setblocking(False)
+    f.connect_ex(hanging.getsockname())
+    fillers.append(f)
+time.sleep(0.2)
 probe = socket.socket()
 probe.bind(("127.0.0.1", 0))
 listen_port = probe.getsockname()[1]
@@ -38,8 +53,10 @@ with open(config, "w") as f:
   - {{name: api, address: "127.0.0.1:{listen_port}", pool: p}}
 pools:
   - name: p
-    backends: [{{name: b1, address: "127.0.0.1:{backend.getsockname()[1]}"}}]
-    health: {{type: tcp, interval: 200ms, timeout: 100ms}}
+    backends:
+      - {{name: b1, address: "127.0.0.1:{backend.getsockname()[1]}"}}
+      - {{name: b2, address: "127.0.0.1:{hanging.getsockname()[1]}"}}
+    health: {{type: tcp, interval: 5s, timeout: 1500ms}}
 timeouts: {{drain: 1s}}
 """)
 os.chmod(config, 0o644)
@@ -57,6 +74,7 @@ if user:
     pw = pwd.getpwnam(user)
     cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups"] + cmd
 env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+started = time.monotonic()
 proc = subprocess.Popen(cmd, env=env)
 seen = []
 
@@ -79,6 +97,10 @@ def expect(word, within=10.0):
 
 try:
     expect("READY=1")
+    waited = time.monotonic() - started
+    if waited < 1.3:
+        raise SystemExit(f"FAIL: READY=1 after {waited:.2f}s, before the hanging first probe (1.5 s) ended")
+    print(f"READY=1 after {waited:.2f}s (first round bounded by the 1.5 s probe timeout)")
     c = socket.create_connection(("127.0.0.1", listen_port), timeout=2)
     c.close()
     proc.send_signal(signal.SIGHUP)
@@ -98,6 +120,9 @@ finally:
         proc.wait()
     notify.close()
     backend.close()
+    for f in fillers:
+        f.close()
+    hanging.close()
     for n in os.listdir(tmp):
         os.unlink(os.path.join(tmp, n))
     os.rmdir(tmp)

@@ -46,8 +46,10 @@ public:
 
     /// Logs what is checked (unless `announce` is false: a reload logs its
     /// own summary) and starts the first round at once for every backend
-    /// that was not adopted. Control thread.
-    void start(bool announce = true);
+    /// that was not adopted. `first_round_done` (optional) is called once,
+    /// on the control thread, when every actively probed backend has had its
+    /// first probe (at once if none is probed). Control thread.
+    void start(bool announce = true, std::function<void()> first_round_done = {});
 
     /// A worker saw a client's connect to (pool, backend) fail and has marked
     /// it suspect. Thread-safe: posts to the control context.
@@ -82,6 +84,8 @@ private:
     std::minstd_rand rng_;
     bool stopping_ = false;
     std::size_t running_ = 0;
+    std::size_t first_round_left_ = 0;  ///< first probes still to finish
+    std::function<void()> first_round_done_;
 };
 
 }  // namespace apilb

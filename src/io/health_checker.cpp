@@ -9,6 +9,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <utility>
+
 #include "apilb/config_diff.hpp"
 #include "apilb/prober.hpp"
 
@@ -139,10 +142,15 @@ void health_checker::adopt(const health_checker& previous) {
     }
 }
 
-void health_checker::start(bool announce) {
+void health_checker::start(bool announce, std::function<void()> first_round_done) {
     if (announce) {
         for (const auto& p : snap_->pools) spdlog::info("health: pool {}: {}", p.cfg->name, describe_checks(p.cfg->health));
     }
+    first_round_left_ = static_cast<std::size_t>(std::count_if(targets_.begin(), targets_.end(), [](const auto& t) {
+        return !(t->adopted && !t->probe_now) && t->pool->cfg->health.type != health_check_type::none;
+    }));
+    first_round_done_ = std::move(first_round_done);
+    if (first_round_left_ == 0 && first_round_done_) std::exchange(first_round_done_, {})();
     for (auto& t : targets_) {
         // A kept backend's grace before its sessions are closed goes on where it was.
         if (t->adopted && t->close_due != clock_type::time_point{} && !t->close_pending &&
@@ -205,6 +213,9 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
             t.in_flight = false;
             if (stopping_) break;
             apply(t, result);
+            if (first && active && first_round_left_ > 0 && --first_round_left_ == 0 && first_round_done_) {
+                std::exchange(first_round_done_, {})();
+            }
             // Probes start a fixed delay apart, whatever a probe took, so that
             // a dead backend is found within fall x interval + timeout.
             const duration delay = first && active

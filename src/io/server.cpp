@@ -159,12 +159,26 @@ int server::run() {
 
     // The first probe round starts at once; until a backend's first check
     // completes it counts as health.initial says.
-    health_->start();
+    // Ready (for systemd) once the listeners are bound and serving and every
+    // probed backend has had its first probe, so that a unit ordered after
+    // apilb finds it sending clients to apiservers it has checked.
+    bool serving = false, first_round = false, ready_sent = false;
+    auto ready = [&] {
+        if (!serving || !first_round || ready_sent) return;
+        ready_sent = true;
+        spdlog::info("ready: listeners serving, first health round done");
+        notify_systemd("READY=1");
+    };
+    health_->start(true, [&] {
+        first_round = true;
+        ready();
+    });
     if (vrrp_) vrrp_->start();
     for (auto& w : workers_) w->start();
     rebalancer_->start();
     spdlog::info("{}", summary(*snap_, workers_, max_connections_));
-    notify_systemd("READY=1");
+    serving = true;
+    ready();
 
     auto abort_all = [&] {
         if (aborted) return;
