@@ -18,6 +18,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "apilb/admin_server.hpp"
 #include "apilb/health_checker.hpp"
 #include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
@@ -127,6 +128,7 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
                      budget, max_connections_);
     }
     for (auto& w : workers_) w->set_max_connections(max_connections_);
+    make_admin();
 }
 
 server::~server() {
@@ -156,6 +158,8 @@ int server::run() {
     health_->start();
     if (vrrp_) vrrp_->start();
     for (auto& w : workers_) w->start();
+    if (admin_) admin_->start();
+    start_watchdog();
     spdlog::info("{}", summary(*snap_, workers_, max_connections_));
     notify_systemd("READY=1");
 
@@ -243,6 +247,8 @@ int server::run() {
     health_->stop();
     for (auto& t : reload_timers_) t.cancel();
     if (vrrp_) vrrp_->stop();
+    if (admin_) admin_->stop();
+    if (watchdog_timer_) watchdog_timer_->cancel();
     drain_timer.cancel();
     control.restart();
     control.run_for(std::chrono::seconds(3));

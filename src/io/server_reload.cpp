@@ -148,6 +148,7 @@ bool server::reload() {
         spdlog::warn("reload: the vrrp section takes effect on restart");
     }
     stats_.reloads_total.fetch_add(1, std::memory_order_relaxed);
+    config_hash_ = hash;
     spdlog::info("reload: config {} from {}: {}", hash, path, diff.summary());
 
     auto pending = std::make_shared<std::size_t>(workers_.size());
