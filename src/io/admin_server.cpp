@@ -14,6 +14,8 @@
 #include <spdlog/spdlog.h>
 
 #include <fstream>
+
+#include "apilb/logging.hpp"
 #include <list>
 #include <sstream>
 
@@ -259,6 +261,11 @@ asio::awaitable<void> admin_server::serve(tcp::socket socket) {
                     } else {
                         const bool was = found->health->admin_drain.exchange(drain, std::memory_order_relaxed);
                         if (was != drain) {
+                            const log_scope fields({.event = drain ? "backend_drained" : "backend_enabled",
+                                                    .pool = parts[0],
+                                                    .backend = parts[1],
+                                                    .client = {},
+                                                    .reason = "admin"});
                             spdlog::info("admin: backend {}/{} {}", parts[0], parts[1],
                                          drain ? "drained: no new sessions, open ones go on" : "enabled: takes new sessions again");
                         }

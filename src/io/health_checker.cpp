@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "apilb/config_diff.hpp"
+#include "apilb/logging.hpp"
 #include "apilb/prober.hpp"
 
 namespace apilb {
@@ -351,6 +352,11 @@ void health_checker::on_change(target& t, const health_change& change, const che
     const std::string name = label(*t.pool, *t.backend);
     h.healthy.store(change.healthy, std::memory_order_relaxed);
     record_change(h.probes, change.healthy, result);
+    const log_scope fields({.event = change.healthy ? "backend_healthy" : "backend_unhealthy",
+                            .pool = t.pool->cfg->name,
+                            .backend = t.backend->cfg->name,
+                            .client = {},
+                            .reason = to_string(result.failure)});
     const std::size_t healthy_now = healthy_in_pool(t.pool_index);
     if (change.healthy) {
         // Slow start only for a comeback, not for the first round at start.

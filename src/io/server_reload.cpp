@@ -28,6 +28,7 @@
 
 #include "apilb/config_diff.hpp"
 #include "apilb/health_checker.hpp"
+#include "apilb/logging.hpp"
 #include "apilb/maglev.hpp"
 #include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
@@ -83,6 +84,7 @@ std::shared_ptr<const config> read_config(const std::string& path, std::string& 
 bool server::reload() {
     const auto started = clock_type::now();
     const std::string path = snap_->cfg->source;
+    const log_scope fields({.event = "reload", .pool = {}, .backend = {}, .client = {}, .reason = {}});
     notify_systemd(reloading_state());
     spdlog::info("reload: reading {}", path);
     drop_retired_checkers();

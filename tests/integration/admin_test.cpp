@@ -446,5 +446,37 @@ TEST(AdminControl, TokenGuardsPostsAndNonLoopbackNeedsOne) {
     EXPECT_NE(r.output.find("token_file"), std::string::npos) << r.output;
 }
 
+TEST(AdminLogs, JsonLinesCarryStableFields) {
+    temp_dir dir;
+    auto b0 = std::make_unique<tcp_server>("127.0.0.1", tagged_echo("b0"));
+    tcp_server b1("127.0.0.1", tagged_echo("b1"));
+    const auto port = free_port();
+    const auto admin = free_port();
+    std::string yaml = admin_config(port, {b0->address(), b1.address()}, admin);
+    yaml.replace(yaml.find("log: {level: debug}"), std::string("log: {level: debug}").size(),
+                 "log: {level: debug, format: json}");
+    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
+    ASSERT_EQ(http(admin, "POST", "/api/v1/backends/p/b1/drain").status, 200);
+    b0->stop();
+    ASSERT_TRUE(apilb.wait_for_log(R"("event":"backend_unhealthy","pool":"p","backend":"b0","reason":"tcp_refused")"))
+        << apilb.log();
+    EXPECT_TRUE(apilb.wait_for_log(R"("event":"backend_drained","pool":"p","backend":"b1","reason":"admin")"))
+        << apilb.log();
+    EXPECT_EQ(apilb.terminate(), 0);
+    // Every line is one JSON object with ts, level and msg.
+    std::istringstream lines(apilb.log());
+    std::string line;
+    int n = 0;
+    while (std::getline(lines, line)) {
+        boost::system::error_code ec;
+        const json::value v = json::parse(line, ec);
+        ASSERT_FALSE(ec) << "not JSON: " << line;
+        EXPECT_TRUE(v.as_object().contains("ts") && v.as_object().contains("level") && v.as_object().contains("msg")) << line;
+        ++n;
+    }
+    EXPECT_GT(n, 3);
+}
+
 }  // namespace
 }  // namespace apilb::test
