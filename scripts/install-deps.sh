@@ -13,7 +13,8 @@ set -euo pipefail
 
 # What `meson setup` + `ninja` + `meson test` need, and the tools the tests and
 # the demo call (openssl makes the test certificates, curl talks to the
-# stand-in apiservers, ip comes from iproute2).
+# stand-in apiservers, ip comes from iproute2; chromium runs the status page's
+# browser test, tests/browser/status_page_test.py).
 base=(
   meson ninja-build pkg-config g++
   libboost1.81-dev libboost-json1.81-dev
@@ -21,6 +22,7 @@ base=(
   libgtest-dev libcli11-dev libsystemd-dev
   curl python3 ca-certificates iproute2
   keepalived
+  chromium
 )
 
 wanted=("${base[@]}")

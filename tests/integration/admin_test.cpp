@@ -9,9 +9,11 @@
 #include <fmt/format.h>
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
+#include <iostream>
 #include <map>
 #include <regex>
 #include <set>
@@ -327,6 +329,16 @@ TEST(AdminEndpoint, MetricsParseAndCountRealTraffic) {
     ASSERT_EQ(m.status, 200);
     std::map<std::string, metric_family> fams;
     parse_exposition(m.body, fams);
+    // Prometheus's own linter, where Debian's prometheus package is installed
+    // (it is not in scripts/install-deps.sh: the whole server comes with it).
+    if (::access("/usr/bin/promtool", X_OK) == 0) {
+        dir.write("metrics.txt", m.body);
+        const auto lint = run_command({"/bin/sh", "-c", "/usr/bin/promtool check metrics < " + dir.file("metrics.txt")});
+        EXPECT_EQ(lint.exit_code, 0) << lint.output;
+        EXPECT_EQ(lint.output, "") << "promtool has remarks";
+    } else {
+        std::cout << "promtool not installed: skipping `promtool check metrics` (the parser above still ran)\n";
+    }
     if (HasFailure()) std::cerr << m.body;
     EXPECT_EQ(value_of(fams, "apilb_listener_connections_accepted_total", "apilb_listener_connections_accepted_total",
                        {{"listener", "front"}}),
