@@ -241,6 +241,14 @@ admin:
                 errors.append(ev["params"]["entry"].get("text", "")[:300])
         if errors:
             fail("console errors on the status page:\n" + "\n".join(errors))
+        apilb.send_signal(signal.SIGTERM)
+        if apilb.wait(15) != 0:
+            fail(f"apilb exited with {apilb.returncode}")
+        log.close()
+        text = open(os.path.join(tmp, "apilb.log")).read()
+        for marker in ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer"):
+            if marker in text:
+                fail("apilb reported a sanitizer finding:\n" + text[max(0, text.find(marker) - 200):][:3000])
         print("PASS: the status page showed both backends, turned cp2 red (tcp_refused) without a reload, "
               "and logged no console error", flush=True)
         return 0
