@@ -13,7 +13,8 @@ set -euo pipefail
 
 # What `meson setup` + `ninja` + `meson test` need, and the tools the tests and
 # the demo call (openssl makes the test certificates, curl talks to the
-# stand-in apiservers, ip comes from iproute2).
+# stand-in apiservers, ip comes from iproute2; chromium runs the status page's
+# browser test, tests/browser/status_page_test.py).
 base=(
   meson ninja-build pkg-config g++
   libboost1.81-dev libboost-json1.81-dev
@@ -24,6 +25,7 @@ base=(
   # scripts/check-packaging.sh: the .deb, its lint, the unit checks
   # (systemd-analyze), the OCI image without a daemon (umoci), man, YAML.
   debhelper dpkg-dev fakeroot lintian systemd umoci man-db python3-yaml
+  chromium
 )
 
 wanted=("${base[@]}")

@@ -217,6 +217,14 @@ struct vrrp_config {
     std::string notify_fifo() const { return state_dir + "/vrrp-notify.fifo"; }
 };
 
+/// The admin HTTP endpoint (docs/admin.md): health, metrics, status, control.
+struct admin_config {
+    socket_address address;  ///< loopback unless token_file is set
+    /// A file holding the bearer token that POST requests must carry
+    /// (`Authorization: Bearer <token>`); "" = POST needs no token (loopback only).
+    std::string token_file;
+};
+
 /// One problem found in a config file.
 struct config_error {
     std::string file;
@@ -241,6 +249,7 @@ struct config {
     log_config log;
     std::uint32_t workers = 0;  ///< 0 in the file = one per core; resolved by the loader
     std::optional<vrrp_config> vrrp;  ///< the floating VIP; nullopt = none
+    std::optional<admin_config> admin;  ///< the admin endpoint; nullopt = none
     /// Things that load but deserve a word (e.g. insecure_skip_verify): the
     /// CLI prints them, `run` logs them at warn. Same shape as errors.
     std::vector<config_error> warnings;

@@ -12,6 +12,32 @@ namespace apilb {
 /// for an unknown level name.
 void init_logging(const log_config& cfg, const std::string& level_override = {});
 
+/// Stable, queryable fields of a log line (Loki, Elasticsearch): JSON lines
+/// carry the non-empty ones as top-level keys beside "msg"; the text format
+/// leaves them out (its message already says the same for people).
+struct log_fields {
+    std::string event;    ///< what happened, snake_case: "backend_unhealthy", "reload_failed", ...
+    std::string pool;
+    std::string backend;
+    std::string client;   ///< "ip:port"
+    std::string reason;   ///< a check_failure name or a short cause
+};
+
+/// Attaches `fields` to the lines this thread logs while the scope lives
+/// (spdlog formats in the calling thread). An inner scope replaces the outer
+/// one's fields until it ends.
+class log_scope {
+public:
+    explicit log_scope(log_fields fields);
+    ~log_scope();
+    log_scope(const log_scope&) = delete;
+    log_scope& operator=(const log_scope&) = delete;
+
+private:
+    log_fields fields_;
+    const log_fields* outer_;
+};
+
 /// Escapes `text` for use inside a JSON string literal.
 std::string json_escape(std::string_view text);
 

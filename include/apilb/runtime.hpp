@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <array>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "apilb/config.hpp"
@@ -35,6 +37,43 @@ struct backend_stats {
     std::atomic<std::uint64_t> pacing_delayed_total{0};    ///< clients that waited for a turn
     std::atomic<std::uint64_t> pacing_refused_total{0};    ///< clients turned away: queue full or wait too long
     std::atomic<std::uint64_t> closed_by_rebalance_total{0};  ///< sessions moved off it by rebalancing
+    // Admin/metrics: client connects that failed, by reason (connect_failures_total is their sum).
+    std::atomic<std::uint64_t> connect_refused_total{0};
+    std::atomic<std::uint64_t> connect_timeout_total{0};
+    std::atomic<std::uint64_t> connect_error_total{0};
+};
+
+/// Upper bounds (seconds) of the probe duration histogram buckets; +Inf is implied.
+inline constexpr std::array<double, 10> probe_duration_buckets{0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                               0.05,  0.1,    0.25,  0.5,  1.0};
+
+/// What the admin endpoint shows about a backend's probes. Written and read on
+/// the control thread only (health checker, admin server), so no atomics.
+struct probe_record {
+    bool probed = false;            ///< a check has completed
+    bool passed = false;            ///< the last check's outcome
+    std::string reason = "none";    ///< check_failure name of the last check ("none" = passed)
+    std::string detail;             ///< the last check's describe()
+    double duration_s = 0;          ///< how long the last check took
+    std::int64_t last_probe_unix_ms = 0;
+    std::uint64_t transitions_total = 0;  ///< healthy <-> unhealthy changes
+    /// Recent changes, oldest first, at most 16: unix ms, became healthy, reason.
+    struct change {
+        std::int64_t unix_ms;
+        bool healthy;
+        std::string reason;
+    };
+    std::vector<change> recent_changes;
+    std::array<std::uint64_t, probe_duration_buckets.size()> bucket_counts{};  ///< not cumulative
+    std::uint64_t count = 0;
+    double sum_s = 0;
+};
+
+/// Per listener counters, shared by all workers; carried over a reload for a
+/// listener of the same name.
+struct listener_stats {
+    std::atomic<std::uint64_t> accepted_total{0};
+    std::atomic<std::uint64_t> refused_total{0};  ///< accepted then closed at limits.max_connections
 };
 
 /// What the health checker (control thread) tells the workers about one
@@ -47,6 +86,12 @@ struct backend_health {
     /// steady_clock time (ns since its epoch) it last became healthy after
     /// being unhealthy, for slow start; 0 = full weight.
     std::atomic<std::int64_t> ramp_start_ns{0};
+    /// Drained at run time through the admin endpoint: no new sessions, like
+    /// `drain: true` in the config. Lives as long as the backend does, so a
+    /// reload keeps it.
+    std::atomic<bool> admin_drain{false};
+    /// Control thread only.
+    probe_record probes;
 };
 
 struct backend_runtime {
@@ -67,6 +112,7 @@ struct listener_runtime {
     const listener_config* cfg = nullptr;
     boost::asio::ip::tcp::endpoint endpoint;
     std::size_t pool_index = 0;
+    std::shared_ptr<listener_stats> stats;
 };
 
 /// Process-wide counters.
@@ -106,6 +152,10 @@ struct snapshot {
     /// here, or nullptr.
     const backend_runtime* find_same(const pool_runtime& p, const backend_runtime& b) const;
 };
+
+/// "" when `snap` can serve (every pool has a healthy backend), else why
+/// not. Shared by /readyz and the VRRP track file so that both agree.
+std::string unready_reason(const snapshot& snap);
 
 /// The Asio endpoint for a validated address.
 boost::asio::ip::tcp::endpoint to_endpoint(const socket_address& address);

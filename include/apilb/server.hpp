@@ -6,6 +6,7 @@
 
 #include <boost/asio/steady_timer.hpp>
 
+#include <chrono>
 #include <list>
 #include <functional>
 #include <memory>
@@ -20,6 +21,7 @@ class worker;
 class health_checker;
 class vrrp_agent;
 class rebalancer;
+class admin_server;
 
 class server {
 public:
@@ -47,7 +49,18 @@ public:
     /// Control thread (src/io/server_reload.cpp).
     bool reload();
 
+    /// Posts a ping to every worker; `done(answered, total)` runs on the
+    /// control thread once all answered or after `deadline`. Control thread
+    /// (src/io/server_admin.cpp).
+    void ping_workers(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done);
+
 private:
+    /// Binds the admin endpoint if the config has one (constructor; throws
+    /// like a listener bind). src/io/server_admin.cpp.
+    void make_admin();
+    /// Feeds the systemd watchdog while every worker answers its pings.
+    void start_watchdog();
+
     /// What the health checker calls to close a backend's sessions on every worker.
     std::function<void(const backend_health*)> close_sessions_fn();
     /// Closes, after timeouts.reload_drain, the sessions of the backends that
@@ -69,6 +82,10 @@ private:
     std::unique_ptr<rebalancer> rebalancer_;  ///< after workers_: it posts to them
     std::unique_ptr<vrrp_agent> vrrp_;        ///< set when the config has a vrrp section
     std::vector<std::unique_ptr<worker>> workers_;
+    std::unique_ptr<admin_server> admin_;  ///< after workers_: destroyed first; on control_
+    std::string config_hash_;              ///< of the running config file's bytes
+    std::unique_ptr<boost::asio::steady_timer> watchdog_timer_;
+    std::shared_ptr<std::function<void()>> watchdog_tick_;
     std::uint32_t max_connections_ = 0;  ///< configured limit, capped by the fd limit
 };
 

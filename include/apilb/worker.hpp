@@ -66,6 +66,9 @@ public:
 
     /// Starts the thread and the accept loops.
     void start();
+    /// Runs `answer` on the worker thread, behind whatever it has queued: a
+    /// liveness check (the caller posts back to its own thread). Any thread.
+    void ping(std::function<void()> answer);
     /// Closes the acceptors; sessions go on. Any thread.
     void stop_accepting();
     /// Closes every session. Any thread.

@@ -1,4 +1,5 @@
-// apilb's command line: run, check-config, version.
+// apilb's command line: run, check-config, version, and status, drain,
+// enable, reload for a running apilb (through its admin endpoint).
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
@@ -6,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <system_error>
 
 #include "apilb/config.hpp"
@@ -13,6 +15,7 @@
 #include "apilb/logging.hpp"
 #include "apilb/server.hpp"
 #include "apilb_build_config.h"
+#include "admin_client.hpp"
 
 namespace {
 
@@ -114,6 +117,25 @@ int run(const std::string& path, const std::string& log_level) {
     }
 }
 
+/// The admin endpoint from --admin, else from the config file's admin section.
+std::optional<apilb::cli::admin_target> admin_target(const std::string& admin, const std::string& token_file,
+                                                     const std::string& config_path) {
+    if (!admin.empty()) return apilb::cli::admin_target{.address = admin, .token_file = token_file};
+    try {
+        auto cfg = apilb::load_config(config_path);
+        if (!cfg->admin) {
+            std::cerr << "error: " << config_path << " has no admin section; give --admin ADDRESS\n";
+            return std::nullopt;
+        }
+        return apilb::cli::admin_target{.address = cfg->admin->address.to_string(),
+                                        .token_file = token_file.empty() ? cfg->admin->token_file : token_file};
+    } catch (const apilb::config_load_error& e) {
+        print_config_errors(e);
+        std::cerr << "error: cannot find the admin endpoint in " << config_path << "; give --admin ADDRESS\n";
+        return std::nullopt;
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -142,6 +164,29 @@ int main(int argc, char** argv) {
 
     auto* version_cmd = app.add_subcommand("version", "print the version");
 
+    // Commands for a running apilb, through its admin endpoint.
+    std::string admin_address;
+    std::string token_file;
+    std::string pool_name;
+    std::string backend_name;
+    auto admin_options = [&](CLI::App* cmd) {
+        cmd->add_option("--admin", admin_address, "admin endpoint IP:PORT (default: from the config's admin section)");
+        cmd->add_option("-c,--config", config_path, "configuration file to read the admin section from")
+            ->capture_default_str();
+        cmd->add_option("--token-file", token_file, "file with the admin bearer token (default: admin.token_file)");
+    };
+    auto* status_cmd = app.add_subcommand("status", "show pools and backends of a running apilb");
+    admin_options(status_cmd);
+    auto* drain_cmd = app.add_subcommand("drain", "stop sending new sessions to a backend (open ones go on)");
+    auto* enable_cmd = app.add_subcommand("enable", "undo drain: the backend takes new sessions again");
+    for (auto* cmd : {drain_cmd, enable_cmd}) {
+        admin_options(cmd);
+        cmd->add_option("pool", pool_name, "pool name")->required();
+        cmd->add_option("backend", backend_name, "backend name")->required();
+    }
+    auto* reload_cmd = app.add_subcommand("reload", "make a running apilb re-read its configuration file");
+    admin_options(reload_cmd);
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -154,6 +199,13 @@ int main(int argc, char** argv) {
         return exit_ok;
     }
     if (*check_cmd) return check_config(config_path);
+    if (*status_cmd || *drain_cmd || *enable_cmd || *reload_cmd) {
+        const auto target = admin_target(admin_address, token_file, config_path);
+        if (!target) return exit_usage;
+        if (*status_cmd) return apilb::cli::admin_status(*target);
+        if (*reload_cmd) return apilb::cli::admin_reload(*target);
+        return apilb::cli::admin_backend(*target, pool_name, backend_name, drain_cmd->parsed());
+    }
     if (*keepalived_cmd) return keepalived_config(config_path, keepalived_output, apilb_path);
     return run(config_path, log_level);
 }

@@ -148,6 +148,11 @@ config_diff diff_configs(const config& running, const config& next) {
                             std::to_string(next.limits.max_connections),
                         running.limits.max_connections != next.limits.max_connections);
     restart_only_change(r, "timeouts.idle", rt.idle != nt.idle);
+    // The admin endpoint keeps its socket and token until a restart.
+    const bool admin_changed = running.admin.has_value() != next.admin.has_value() ||
+                               (running.admin && (running.admin->address != next.admin->address ||
+                                                  running.admin->token_file != next.admin->token_file));
+    restart_only_change(r, "admin", admin_changed);
     return d;
 }
 
@@ -157,6 +162,7 @@ config keep_restart_only(const config& running, config next) {
     next.log = running.log;
     next.limits.max_connections = running.limits.max_connections;
     next.timeouts.idle = running.timeouts.idle;
+    next.admin = running.admin;
     return next;
 }
 

@@ -118,8 +118,8 @@ std::string describe(const YAML::Node& node) {
 }
 
 
-constexpr std::array<std::string_view, 9> top_keys{
-    "workers", "listeners", "pools", "timeouts", "tcp", "limits", "relay", "log", "vrrp"};
+constexpr std::array<std::string_view, 10> top_keys{
+    "workers", "listeners", "pools", "timeouts", "tcp", "limits", "relay", "log", "vrrp", "admin"};
 constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool", "backlog"};
 constexpr std::array<std::string_view, 8> pool_keys{
     "name", "balance", "connect_attempts", "backends", "health", "maglev", "storm_control", "rebalance"};
@@ -698,6 +698,7 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
         if (const field* f = top->find("pools")) read_pools(*f);
         read_sections(*top);
         if (const field* f = top->find("vrrp")) read_vrrp(*f, config_.vrrp.emplace());
+        if (const field* f = top->find("admin")) read_admin(*f, config_.admin.emplace());
         check_references();
     }
 

@@ -158,6 +158,8 @@ private:
     void read_health(const field& f, health_config& out);
     /// The top-level `vrrp` section (config_vrrp.cpp).
     void read_vrrp(const field& f, vrrp_config& out);
+    /// The top-level `admin` section (config_admin.cpp).
+    void read_admin(const field& f, admin_config& out);
     void read_sections(const mapping& top);
     void check_references();
 

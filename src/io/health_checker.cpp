@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "apilb/config_diff.hpp"
+#include "apilb/logging.hpp"
 #include "apilb/prober.hpp"
 
 namespace apilb {
@@ -20,6 +21,41 @@ namespace apilb {
 namespace asio = boost::asio;
 using boost::system::error_code;
 using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+std::int64_t unix_ms_now() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+/// Feeds the admin endpoint: the last probe and the duration histogram.
+void record_probe(probe_record& r, const check_result& result, std::chrono::steady_clock::duration took) {
+    const double s = std::chrono::duration<double>(took).count();
+    r.probed = true;
+    r.passed = result.passed();
+    r.reason = to_string(result.failure);
+    r.detail = result.describe();
+    r.duration_s = s;
+    r.last_probe_unix_ms = unix_ms_now();
+    for (std::size_t i = 0; i < probe_duration_buckets.size(); ++i) {
+        if (s <= probe_duration_buckets[i]) {
+            ++r.bucket_counts[i];
+            break;
+        }
+    }
+    ++r.count;
+    r.sum_s += s;
+}
+
+void record_change(probe_record& r, bool healthy, const check_result& result) {
+    ++r.transitions_total;
+    if (r.recent_changes.size() >= 16) r.recent_changes.erase(r.recent_changes.begin());
+    r.recent_changes.push_back({.unix_ms = unix_ms_now(), .healthy = healthy,
+                                .reason = healthy ? std::string("passed") : result.describe()});
+}
+
+}  // namespace
 
 /// One backend as the checker sees it. Control thread only.
 struct health_checker::target {
@@ -212,6 +248,7 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
             }
             t.in_flight = false;
             if (stopping_) break;
+            record_probe(t.backend->health->probes, result, clock_type::now() - started);
             apply(t, result);
             if (first && active && first_round_left_ > 0 && --first_round_left_ == 0 && first_round_done_) {
                 std::exchange(first_round_done_, {})();
@@ -325,6 +362,12 @@ void health_checker::on_change(target& t, const health_change& change, const che
     backend_health& h = *t.backend->health;
     const std::string name = label(*t.pool, *t.backend);
     h.healthy.store(change.healthy, std::memory_order_relaxed);
+    record_change(h.probes, change.healthy, result);
+    const log_scope fields({.event = change.healthy ? "backend_healthy" : "backend_unhealthy",
+                            .pool = t.pool->cfg->name,
+                            .backend = t.backend->cfg->name,
+                            .client = {},
+                            .reason = to_string(result.failure)});
     const std::size_t healthy_now = healthy_in_pool(t.pool_index);
     if (change.healthy) {
         // Slow start only for a comeback, not for the first round at start.

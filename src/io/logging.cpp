@@ -12,6 +12,8 @@
 namespace apilb {
 namespace {
 
+thread_local const log_fields* current_fields = nullptr;
+
 /// One JSON object per line: {"ts":"…","level":"…","msg":"…"}. Log shippers
 /// (journald, fluent-bit, Loki) take these without a parser of their own.
 class json_formatter final : public spdlog::formatter {
@@ -25,8 +27,18 @@ public:
         char ts[32];
         std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
         const auto level = spdlog::level::to_string_view(msg.level);
-        fmt::format_to(std::back_inserter(dest), R"({{"ts":"{}.{:03}Z","level":"{}","msg":"{}"}})",
-                       ts, ms, std::string_view(level.data(), level.size()),
+        fmt::format_to(std::back_inserter(dest), R"({{"ts":"{}.{:03}Z","level":"{}")", ts, ms,
+                       std::string_view(level.data(), level.size()));
+        if (const log_fields* f = current_fields) {
+            for (const auto& [key, value] : {std::pair<const char*, const std::string*>{"event", &f->event},
+                                             {"pool", &f->pool},
+                                             {"backend", &f->backend},
+                                             {"client", &f->client},
+                                             {"reason", &f->reason}}) {
+                if (!value->empty()) fmt::format_to(std::back_inserter(dest), R"(,"{}":"{}")", key, json_escape(*value));
+            }
+        }
+        fmt::format_to(std::back_inserter(dest), R"(,"msg":"{}"}})",
                        json_escape(std::string_view(msg.payload.data(), msg.payload.size())));
         dest.push_back('\n');
     }
@@ -36,6 +48,11 @@ public:
 };
 
 }  // namespace
+
+log_scope::log_scope(log_fields fields) : fields_(std::move(fields)), outer_(current_fields) {
+    current_fields = &fields_;
+}
+log_scope::~log_scope() { current_fields = outer_; }
 
 std::string json_escape(std::string_view text) {
     std::string out;

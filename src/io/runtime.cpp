@@ -51,11 +51,29 @@ std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cf
     for (const auto& l : cfg->listeners) {
         auto it = std::find_if(cfg->pools.begin(), cfg->pools.end(),
                                [&](const pool_config& p) { return p.name == l.pool; });
+        std::shared_ptr<listener_stats> stats;
+        if (previous) {
+            for (const auto& old : previous->listeners) {
+                if (old.cfg->name == l.name) stats = old.stats;
+            }
+        }
+        if (!stats) stats = std::make_shared<listener_stats>();
         snap->listeners.push_back({.cfg = &l,
                                    .endpoint = to_endpoint(l.address),
-                                   .pool_index = static_cast<std::size_t>(it - cfg->pools.begin())});
+                                   .pool_index = static_cast<std::size_t>(it - cfg->pools.begin()),
+                                   .stats = std::move(stats)});
     }
     return snap;
+}
+
+std::string unready_reason(const snapshot& snap) {
+    for (const auto& pool : snap.pools) {
+        const bool any = std::any_of(pool.backends.begin(), pool.backends.end(), [](const backend_runtime& b) {
+            return b.health->healthy.load(std::memory_order_relaxed);
+        });
+        if (!any) return "pool " + pool.cfg->name + " has no healthy backend";
+    }
+    return {};
 }
 
 }  // namespace apilb

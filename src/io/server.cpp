@@ -18,6 +18,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "apilb/admin_server.hpp"
 #include "apilb/health_checker.hpp"
 #include "apilb/rebalancer.hpp"
 #include "apilb/vrrp_agent.hpp"
@@ -133,6 +134,7 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
                      budget, max_connections_);
     }
     for (auto& w : workers_) w->set_max_connections(max_connections_);
+    make_admin();
 }
 
 server::~server() {
@@ -176,6 +178,8 @@ int server::run() {
     if (vrrp_) vrrp_->start();
     for (auto& w : workers_) w->start();
     rebalancer_->start();
+    if (admin_) admin_->start();
+    start_watchdog();
     spdlog::info("{}", summary(*snap_, workers_, max_connections_));
     serving = true;
     ready();
@@ -265,6 +269,8 @@ int server::run() {
     for (auto& t : reload_timers_) t.cancel();
     rebalancer_->stop();
     if (vrrp_) vrrp_->stop();
+    if (admin_) admin_->stop();
+    if (watchdog_timer_) watchdog_timer_->cancel();
     drain_timer.cancel();
     control.restart();
     control.run_for(std::chrono::seconds(3));

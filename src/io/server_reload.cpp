@@ -28,6 +28,7 @@
 
 #include "apilb/config_diff.hpp"
 #include "apilb/health_checker.hpp"
+#include "apilb/logging.hpp"
 #include "apilb/maglev.hpp"
 #include "apilb/rebalancer.hpp"
 #include "apilb/vrrp_agent.hpp"
@@ -84,6 +85,7 @@ std::shared_ptr<const config> read_config(const std::string& path, std::string& 
 bool server::reload() {
     const auto started = clock_type::now();
     const std::string path = snap_->cfg->source;
+    const log_scope fields({.event = "reload", .pool = {}, .backend = {}, .client = {}, .reason = {}});
     notify_systemd(reloading_state());
     spdlog::info("reload: reading {}", path);
     drop_retired_checkers();
@@ -150,6 +152,7 @@ bool server::reload() {
         spdlog::warn("reload: the vrrp section takes effect on restart");
     }
     stats_.reloads_total.fetch_add(1, std::memory_order_relaxed);
+    config_hash_ = hash;
     spdlog::info("reload: config {} from {}: {}", hash, path, diff.summary());
 
     auto pending = std::make_shared<std::size_t>(workers_.size());

@@ -179,7 +179,8 @@ void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, cons
                     .active = active,
                     // drain: no new sessions, like an unhealthy backend under
                     // all_unhealthy: reject (a Maglev key moves to its next choice).
-                    .available = !b.cfg->drain && !tried[i] && (per_backend == 0 || active < per_backend) &&
+                    .available = !b.cfg->drain && !b.health->admin_drain.load(std::memory_order_relaxed) &&
+                                 !tried[i] && (per_backend == 0 || active < per_backend) &&
                                  (tier != health_tier::unhealthy || try_all),
                     .tier = static_cast<std::uint8_t>(tier)};
     }
@@ -376,6 +377,10 @@ asio::awaitable<bool> session::connect_next() {
         backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
         if (cec == asio::error::operation_aborted || entry_.aborted) break;
         backend.stats->connect_failures_total.fetch_add(1, std::memory_order_relaxed);
+        (cec == asio::error::timed_out            ? backend.stats->connect_timeout_total
+         : cec == asio::error::connection_refused ? backend.stats->connect_refused_total
+                                                  : backend.stats->connect_error_total)
+            .fetch_add(1, std::memory_order_relaxed);
         report_passive(ctx_, pool_, listener_.pool_index, *pick,
                        cec == asio::error::timed_out
                            ? fmt::format("connect timed out after {}ms", cfg.timeouts.connect.count())

@@ -132,15 +132,9 @@ void vrrp_agent::stop() {
 
 std::string vrrp_agent::fault_reason() const {
     if (draining_) return "draining";
-    for (const auto& pool : snap_->pools) {
-        const bool any = std::any_of(pool.backends.begin(), pool.backends.end(), [](const backend_runtime& b) {
-            return b.health->healthy.load(std::memory_order_relaxed);
-        });
-        if (!any) return "pool " + pool.cfg->name + " has no healthy backend";
-    }
     // Listeners are bound before the server runs (a failed bind ends the
-    // process), so a running apilb always has them.
-    return {};
+    // process), so a running apilb always has them. The same check as /readyz.
+    return unready_reason(*snap_);
 }
 
 void vrrp_agent::publish(const std::string& reason) {

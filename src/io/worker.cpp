@@ -226,10 +226,13 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             co_return;
         }
         ctx_.stats.accepted_total.fetch_add(1, std::memory_order_relaxed);
+        listener_stats& lstats = *ctx_.snap->listeners[slot.listener_index].stats;
+        lstats.accepted_total.fetch_add(1, std::memory_order_relaxed);
         const auto before = ctx_.stats.active_sessions.fetch_add(1, std::memory_order_relaxed);
         if (max_connections != 0 && before >= max_connections) {
             ctx_.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
             ctx_.stats.refused_limit_total.fetch_add(1, std::memory_order_relaxed);
+            lstats.refused_total.fetch_add(1, std::memory_order_relaxed);
             // Refuse cleanly and at once: accept, then close. The acceptor never stalls.
             error_code ignored;
             socket.close(ignored);
@@ -266,6 +269,10 @@ asio::awaitable<void> worker::idle_sweep() {
             }
         }
     }
+}
+
+void worker::ping(std::function<void()> answer) {
+    asio::post(io_, std::move(answer));
 }
 
 void worker::stop_accepting() {
@@ -324,7 +331,8 @@ bool worker::misplaced(const session_entry& s) {
         ctx_.loads[i] = {.weight = b.cfg->weight,
                          .active = 0,
                          .available = b.health->healthy.load(std::memory_order_relaxed) &&
-                                      !b.health->suspect.load(std::memory_order_relaxed) && !b.cfg->drain,
+                                      !b.health->suspect.load(std::memory_order_relaxed) && !b.cfg->drain &&
+                                      !b.health->admin_drain.load(std::memory_order_relaxed),
                          .tier = 0};
     }
     const auto preferred = choose_maglev(*pool.maglev, s.key_hash, ctx_.loads);

@@ -83,6 +83,30 @@ TEST(ConfigDiff, RestartOnlySettingsAreReportedAndKept) {
     EXPECT_TRUE(diff_configs(*a, kept).restart_only.empty());
 }
 
+TEST(ConfigDiff, AdminEndpointChangesWaitForRestart) {
+    auto a = parse_config(base_yaml(two_backends, {}, "admin: {address: \"127.0.0.1:6445\"}\n"), "a");
+    auto b = parse_config(base_yaml(two_backends, {}, "admin: {address: \"127.0.0.1:7000\"}\n"), "b");
+    EXPECT_EQ(diff_configs(*a, *b).restart_only, (std::vector<std::string>{"admin"}));
+    EXPECT_EQ(keep_restart_only(*a, *b).admin->address.port, 6445);
+    EXPECT_TRUE(diff_configs(*a, *a).restart_only.empty());
+}
+
+TEST(ConfigAdmin, DefaultsAndTheLoopbackRule) {
+    auto c = parse_config(base_yaml(two_backends, {}, "admin: {}\n"), "c");
+    ASSERT_TRUE(c->admin);
+    EXPECT_EQ(c->admin->address.to_string(), "127.0.0.1:6445");
+    EXPECT_FALSE(parse_config(base_yaml(two_backends), "none")->admin);
+    try {
+        parse_config(base_yaml(two_backends, {}, "admin:\n  address: \"192.0.2.1:6445\"\n"), "open.yaml");
+        ADD_FAILURE() << "a non-loopback admin address without a token was accepted";
+    } catch (const config_load_error& e) {
+        ASSERT_EQ(e.errors().size(), 1u);
+        EXPECT_EQ(e.errors()[0].key_path, "admin.address");
+        EXPECT_NE(e.errors()[0].message.find("token_file"), std::string::npos) << e.errors()[0].message;
+        EXPECT_GT(e.errors()[0].line, 0) << e.errors()[0].to_string();
+    }
+}
+
 TEST(ConfigDiff, PoolSettingsChangesAreNamed) {
     auto a = parse_config(base_yaml(two_backends), "a");
     std::string yaml = base_yaml(two_backends);

@@ -1,0 +1,22 @@
+// The CLI's side of the admin endpoint: `apilb status`, `drain`, `enable`,
+// `reload` talk to a running apilb over HTTP (docs/admin.md).
+#pragma once
+
+#include <string>
+
+namespace apilb::cli {
+
+/// Where and how to reach the admin endpoint.
+struct admin_target {
+    std::string address;     ///< "127.0.0.1:6445"
+    std::string token_file;  ///< "" = send no token
+};
+
+/// Prints the pools and backends as a table. Returns 0, or 1 if apilb cannot be reached.
+int admin_status(const admin_target& t);
+/// POST /api/v1/backends/POOL/BACKEND/{drain|enable}. 0 ok, 1 unreachable or failed, 2 unknown pool/backend.
+int admin_backend(const admin_target& t, const std::string& pool, const std::string& backend, bool drain);
+/// POST /api/v1/reload. 0 applied, 1 unreachable or rejected.
+int admin_reload(const admin_target& t);
+
+}  // namespace apilb::cli

@@ -1,0 +1,494 @@
+// The admin endpoint of the real binary: /livez, /readyz and /api/v1/status
+// follow backend health; /metrics parses as Prometheus text 0.0.4 and counts
+// real traffic; drain/enable/reload through the CLI with its exit codes; a
+// bearer token guards POSTs; a non-loopback admin address needs a token.
+#include <gtest/gtest.h>
+
+#include <boost/json.hpp>
+
+#include <fmt/format.h>
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "harness.hpp"
+
+namespace apilb::test {
+namespace {
+
+using std::chrono::milliseconds;
+namespace json = boost::json;
+
+struct http_reply {
+    int status = 0;
+    std::string body;
+};
+
+/// One HTTP/1.1 request on a fresh connection; status 0 if it failed.
+http_reply http(std::uint16_t port, const std::string& method, const std::string& path,
+                const std::string& extra_headers = {}) {
+    client c;
+    if (c.connect("127.0.0.1", port) != 0) return {};
+    c.set_timeout(milliseconds(5000));
+    c.send_all(fmt::format("{} {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: 0\r\n{}\r\n",
+                           method, path, port, extra_headers));
+    int end = 0;
+    const std::string raw = c.recv_until_eof(end, 1 << 22);
+    http_reply r;
+    if (raw.rfind("HTTP/1.1 ", 0) != 0) return r;
+    r.status = std::stoi(raw.substr(9, 3));
+    const auto sep = raw.find("\r\n\r\n");
+    if (sep != std::string::npos) r.body = raw.substr(sep + 4);
+    return r;
+}
+
+/// Polls GET `path` until `pred(reply)` holds (bounded).
+bool wait_for(std::uint16_t port, const std::string& path, const std::function<bool(const http_reply&)>& pred,
+              milliseconds timeout = milliseconds(10000)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (pred(http(port, "GET", path))) return true;
+        std::this_thread::sleep_for(milliseconds(50));
+    }
+    return false;
+}
+
+json::object backend_status(const std::string& status_body, const std::string& name) {
+    const json::value v = json::parse(status_body);
+    for (const auto& p : v.at("pools").as_array()) {
+        for (const auto& b : p.at("backends").as_array()) {
+            if (b.at("name").as_string() == name) return b.as_object();
+        }
+    }
+    ADD_FAILURE() << "no backend " << name << " in " << status_body;
+    return {};
+}
+
+/// Echo after a tag line naming the backend, so a client knows where it went.
+tcp_server::handler tagged_echo(std::string tag) {
+    return [tag = std::move(tag), echo = echo_handler()](int& fd) {
+        const std::string line = tag + "\n";
+        if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) return;
+        echo(fd);
+    };
+}
+
+/// Connects through apilb, sends `payload`, returns the backend's tag.
+std::string round_trip(std::uint16_t port, const std::string& payload) {
+    client c;
+    if (c.connect("127.0.0.1", port) != 0) return "connect failed";
+    c.set_timeout(milliseconds(5000));
+    const std::string tag = c.recv_exact(3);
+    c.send_all(payload);
+    const std::string echoed = c.recv_exact(payload.size());
+    if (echoed != payload) return "echo mismatch";
+    return tag.substr(0, 2);
+}
+
+std::string admin_config(std::uint16_t listen_port, const std::vector<std::string>& backends, std::uint16_t admin_port,
+                         const std::string& admin_extra = {}) {
+    std::string yaml = single_pool_config(listen_port, backends, "round-robin", 2,
+                                          fmt::format("admin:\n  address: \"127.0.0.1:{}\"\n{}", admin_port, admin_extra));
+    // A fast tcp check so that health changes show within a second.
+    const std::string anchor = "    balance: round-robin\n";
+    yaml.replace(yaml.find(anchor), anchor.size(),
+                 anchor + "    health: {type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 1}\n");
+    return yaml;
+}
+
+// ---------------------------------------------------------------- Prometheus text format 0.0.4
+
+struct metric_family {
+    std::string type;
+    bool help = false;
+    std::vector<std::pair<std::map<std::string, std::string>, double>> samples;  // by sample name below
+    std::map<std::string, std::vector<std::pair<std::map<std::string, std::string>, double>>> by_name;
+};
+
+/// Parses the exposition strictly; every problem is a test failure. Returns families by name.
+void parse_exposition(const std::string& text, std::map<std::string, metric_family>& families) {
+    const std::regex name_re("[a-zA-Z_:][a-zA-Z0-9_:]*");
+    const std::regex label_name_re("[a-zA-Z_][a-zA-Z0-9_]*");
+    std::istringstream in(text);
+    std::string line;
+    int n = 0;
+    std::string current;  // the family whose TYPE came last
+    EXPECT_TRUE(!text.empty() && text.back() == '\n') << "the exposition must end with a newline";
+    while (std::getline(in, line)) {
+        ++n;
+        SCOPED_TRACE("line " + std::to_string(n) + ": " + line);
+        EXPECT_FALSE(line.empty()) << "empty line";
+        if (line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0) {
+            std::istringstream words(line.substr(7));
+            std::string name, rest;
+            words >> name;
+            std::getline(words, rest);
+            EXPECT_TRUE(std::regex_match(name, name_re)) << name;
+            EXPECT_EQ(name.rfind("apilb_", 0), 0u) << "every name under apilb_";
+            auto& f = families[name];
+            if (line[2] == 'H') {
+                EXPECT_FALSE(f.help) << "second HELP for " << name;
+                f.help = true;
+            } else {
+                EXPECT_TRUE(f.type.empty()) << "second TYPE for " << name;
+                EXPECT_TRUE(f.by_name.empty()) << "TYPE after samples of " << name;
+                f.type = rest.empty() ? "" : rest.substr(1);
+                EXPECT_TRUE(f.type == "counter" || f.type == "gauge" || f.type == "histogram") << f.type;
+                if (f.type == "counter") {
+                    EXPECT_TRUE(name.ends_with("_total")) << name << ": a counter ends in _total";
+                }
+                current = name;
+            }
+            continue;
+        }
+        ASSERT_NE(line[0], '#') << "unknown comment";
+        // name{labels} value
+        std::size_t i = 0;
+        while (i < line.size() && line[i] != '{' && line[i] != ' ') ++i;
+        const std::string name = line.substr(0, i);
+        ASSERT_TRUE(std::regex_match(name, name_re)) << name;
+        std::map<std::string, std::string> labels;
+        if (i < line.size() && line[i] == '{') {
+            ++i;
+            while (i < line.size() && line[i] != '}') {
+                const auto eq = line.find('=', i);
+                ASSERT_NE(eq, std::string::npos);
+                const std::string lname = line.substr(i, eq - i);
+                EXPECT_TRUE(std::regex_match(lname, label_name_re)) << lname;
+                ASSERT_EQ(line[eq + 1], '"');
+                std::string value;
+                std::size_t j = eq + 2;
+                for (; j < line.size() && line[j] != '"'; ++j) {
+                    if (line[j] == '\\') {
+                        ++j;
+                        ASSERT_LT(j, line.size());
+                        ASSERT_TRUE(line[j] == '\\' || line[j] == '"' || line[j] == 'n') << "bad escape";
+                        value += line[j] == 'n' ? '\n' : line[j];
+                    } else {
+                        value += line[j];
+                    }
+                }
+                ASSERT_LT(j, line.size()) << "unterminated label value";
+                EXPECT_FALSE(labels.contains(lname)) << "repeated label " << lname;
+                labels[lname] = value;
+                i = j + 1;
+                if (line[i] == ',') ++i;
+            }
+            ASSERT_LT(i, line.size());
+            ++i;  // '}'
+        }
+        ASSERT_EQ(line[i], ' ');
+        const std::string value_text = line.substr(i + 1);
+        double value = 0;
+        if (value_text == "+Inf") {
+            value = HUGE_VAL;
+        } else {
+            std::size_t used = 0;
+            value = std::stod(value_text, &used);
+            EXPECT_EQ(used, value_text.size()) << "value " << value_text;
+        }
+        // The sample belongs to the family whose TYPE came last.
+        std::string family = name;
+        for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+            if (name.ends_with(suffix) && name.substr(0, name.size() - std::strlen(suffix)) == current) family = current;
+        }
+        ASSERT_EQ(family, current) << "sample without its TYPE right before";
+        families[family].by_name[name].emplace_back(labels, value);
+    }
+    for (const auto& [name, f] : families) {
+        EXPECT_TRUE(f.help) << name << " has no HELP";
+        EXPECT_FALSE(f.type.empty()) << name << " has no TYPE";
+        if (f.type != "histogram") continue;
+        // Buckets cumulative, +Inf last and equal to _count; _sum present.
+        const auto& buckets = f.by_name.at(name + "_bucket");
+        std::map<std::string, std::vector<std::pair<double, double>>> series;  // labels without le -> (le, count)
+        for (const auto& [labels, v] : buckets) {
+            auto key = labels;
+            const std::string le = key.at("le");
+            key.erase("le");
+            std::string k;
+            for (const auto& [a, b] : key) k += a + "=" + b + ",";
+            series[k].emplace_back(le == "+Inf" ? HUGE_VAL : std::stod(le), v);
+        }
+        EXPECT_EQ(series.size(), f.by_name.at(name + "_count").size());
+        EXPECT_EQ(series.size(), f.by_name.at(name + "_sum").size());
+        for (const auto& [k, points] : series) {
+            for (std::size_t p = 1; p < points.size(); ++p) {
+                EXPECT_LT(points[p - 1].first, points[p].first) << k << ": le in increasing order";
+                EXPECT_LE(points[p - 1].second, points[p].second) << k << ": buckets are cumulative";
+            }
+            EXPECT_EQ(points.back().first, HUGE_VAL) << k << ": the last bucket is +Inf";
+            bool matched = false;
+            for (const auto& [labels, v] : f.by_name.at(name + "_count")) {
+                std::string kk;
+                for (const auto& [a, b] : labels) kk += a + "=" + b + ",";
+                if (kk == k) {
+                    EXPECT_EQ(v, points.back().second) << k << ": +Inf bucket equals _count";
+                    matched = true;
+                }
+            }
+            EXPECT_TRUE(matched) << k << " has no _count";
+        }
+    }
+}
+
+double value_of(const std::map<std::string, metric_family>& fams, const std::string& family, const std::string& sample,
+                const std::map<std::string, std::string>& labels) {
+    const auto f = fams.find(family);
+    if (f == fams.end() || !f->second.by_name.contains(sample)) {
+        ADD_FAILURE() << "no metric " << sample;
+        return -1;
+    }
+    for (const auto& [l, v] : f->second.by_name.at(sample)) {
+        if (l == labels) return v;
+    }
+    ADD_FAILURE() << "no sample of " << sample << " with those labels";
+    return -1;
+}
+
+// ---------------------------------------------------------------- tests
+
+TEST(AdminEndpoint, LivezReadyzAndStatusFollowBackendHealth) {
+    temp_dir dir;
+    auto b0 = std::make_unique<tcp_server>("127.0.0.1", tagged_echo("b0"));
+    auto b1 = std::make_unique<tcp_server>("127.0.0.1", tagged_echo("b1"));
+    const auto port = free_port();
+    const auto admin = free_port();
+    apilb_process apilb(dir, admin_config(port, {b0->address(), b1->address()}, admin), "127.0.0.1", port);
+
+    const auto live = http(admin, "GET", "/livez");
+    EXPECT_EQ(live.status, 200) << live.body;
+    EXPECT_NE(live.body.find("2 of 2 worker(s) answered"), std::string::npos) << live.body;
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; })) << http(admin, "GET", "/readyz").body;
+    EXPECT_NE(http(admin, "GET", "/readyz").body.find("[+] pool p: 2 of 2 backend(s) healthy"), std::string::npos);
+
+    auto status = http(admin, "GET", "/api/v1/status");
+    ASSERT_EQ(status.status, 200);
+    auto b = backend_status(status.body, "b1");
+    EXPECT_EQ(b.at("state").as_string(), "up");
+    EXPECT_EQ(b.at("address").as_string(), b1->address());
+
+    // b1 stops listening: the next probe is refused, and the status says so.
+    b1->stop();
+    ASSERT_TRUE(wait_for(admin, "/api/v1/status", [](const http_reply& r) {
+        return r.status == 200 && backend_status(r.body, "b1").at("state").as_string() == "down";
+    })) << http(admin, "GET", "/api/v1/status").body;
+    b = backend_status(http(admin, "GET", "/api/v1/status").body, "b1");
+    EXPECT_EQ(b.at("last_probe").at("reason").as_string(), "tcp_refused");
+    EXPECT_FALSE(b.at("last_probe").at("passed").as_bool());
+    EXPECT_GE(b.at("recent_changes").as_array().size(), 1u);
+    EXPECT_EQ(http(admin, "GET", "/readyz").status, 200) << "b0 still serves the pool";
+
+    // With no healthy backend apilb is not ready: keepalived and probes must see 503.
+    b0->stop();
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 503; }));
+    const auto not_ready = http(admin, "GET", "/readyz");
+    EXPECT_NE(not_ready.body.find("[-] pool p: 0 of 2 backend(s) healthy"), std::string::npos) << not_ready.body;
+    EXPECT_NE(not_ready.body.find("not ready: pool p has no healthy backend"), std::string::npos) << not_ready.body;
+    EXPECT_EQ(http(admin, "GET", "/livez").status, 200) << "liveness is about apilb, not its backends";
+
+    EXPECT_EQ(http(admin, "GET", "/nope").status, 404);
+    EXPECT_EQ(http(admin, "POST", "/metrics").status, 405);
+    const auto page = http(admin, "GET", "/");
+    EXPECT_EQ(page.status, 200);
+    EXPECT_NE(page.body.find("<title>apilb status</title>"), std::string::npos);
+    EXPECT_EQ(page.body.find("http://"), std::string::npos) << "the page must reference no other host";
+    EXPECT_EQ(page.body.find("https://"), std::string::npos) << "the page must reference no other host";
+    EXPECT_EQ(apilb.terminate(), 0);
+}
+
+TEST(AdminEndpoint, MetricsParseAndCountRealTraffic) {
+    temp_dir dir;
+    tcp_server b0("127.0.0.1", tagged_echo("b0"));
+    tcp_server b1("127.0.0.1", tagged_echo("b1"));
+    const auto port = free_port();
+    const auto admin = free_port();
+    apilb_process apilb(dir, admin_config(port, {b0.address(), b1.address()}, admin), "127.0.0.1", port);
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
+
+    constexpr int sessions = 10;
+    const std::string payload(1000, 'x');
+    std::map<std::string, int> where;
+    for (int i = 0; i < sessions; ++i) ++where[round_trip(port, payload)];
+    EXPECT_EQ(where["b0"] + where["b1"], sessions);
+
+    // Sessions end asynchronously after the client closes; wait until none is active.
+    ASSERT_TRUE(wait_for(admin, "/metrics", [](const http_reply& r) {
+        return r.body.find("\napilb_sessions_active 0\n") != std::string::npos;
+    }));
+    const auto m = http(admin, "GET", "/metrics");
+    ASSERT_EQ(m.status, 200);
+    std::map<std::string, metric_family> fams;
+    parse_exposition(m.body, fams);
+    // Prometheus's own linter, where Debian's prometheus package is installed
+    // (it is not in scripts/install-deps.sh: the whole server comes with it).
+    if (::access("/usr/bin/promtool", X_OK) == 0) {
+        dir.write("metrics.txt", m.body);
+        const auto lint = run_command({"/bin/sh", "-c", "/usr/bin/promtool check metrics < " + dir.file("metrics.txt")});
+        EXPECT_EQ(lint.exit_code, 0) << lint.output;
+        EXPECT_EQ(lint.output, "") << "promtool has remarks";
+    } else {
+        std::cout << "promtool not installed: skipping `promtool check metrics` (the parser above still ran)\n";
+    }
+    if (HasFailure()) std::cerr << m.body;
+    EXPECT_EQ(value_of(fams, "apilb_listener_connections_accepted_total", "apilb_listener_connections_accepted_total",
+                       {{"listener", "front"}}),
+              sessions);
+    double total = 0, sent = 0, received = 0;
+    for (const char* name : {"b0", "b1"}) {
+        const std::map<std::string, std::string> l{{"pool", "p"}, {"backend", name}};
+        total += value_of(fams, "apilb_backend_sessions_total", "apilb_backend_sessions_total", l);
+        sent += value_of(fams, "apilb_backend_sent_bytes_total", "apilb_backend_sent_bytes_total", l);
+        received += value_of(fams, "apilb_backend_received_bytes_total", "apilb_backend_received_bytes_total", l);
+        EXPECT_EQ(value_of(fams, "apilb_backend_healthy", "apilb_backend_healthy", l), 1);
+        EXPECT_EQ(value_of(fams, "apilb_backend_last_probe_success", "apilb_backend_last_probe_success", l), 1);
+        auto lb = l;
+        lb["le"] = "+Inf";
+        EXPECT_GE(value_of(fams, "apilb_backend_probe_duration_seconds", "apilb_backend_probe_duration_seconds_bucket", lb), 1);
+    }
+    EXPECT_EQ(total, sessions);
+    EXPECT_EQ(sent, sessions * payload.size());
+    EXPECT_EQ(received, sessions * (payload.size() + 3));
+    EXPECT_EQ(value_of(fams, "apilb_ready", "apilb_ready", {}), 1);
+    EXPECT_GT(value_of(fams, "apilb_process_open_fds", "apilb_process_open_fds", {}), 5);
+    EXPECT_GT(value_of(fams, "apilb_process_resident_memory_bytes", "apilb_process_resident_memory_bytes", {}), 1e6);
+
+    // A connect refused by a backend is counted with its reason.
+    b1.stop();
+    b0.stop();
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    c.set_timeout(milliseconds(5000));
+    int end = 0;
+    c.recv_until_eof(end);
+    ASSERT_TRUE(wait_for(admin, "/metrics", [](const http_reply& r) {
+        return std::regex_search(r.body, std::regex("\napilb_backend_connect_failures_total\\{pool=\"p\",backend=\"b[01]\","
+                                                    "reason=\"refused\"\\} [1-9]"));
+    })) << "no refused connect counted";
+    EXPECT_EQ(apilb.terminate(), 0);
+}
+
+TEST(AdminControl, DrainEnableReloadThroughTheCli) {
+    temp_dir dir;
+    tcp_server b0("127.0.0.1", tagged_echo("b0"));
+    tcp_server b1("127.0.0.1", tagged_echo("b1"));
+    const auto port = free_port();
+    const auto admin = free_port();
+    const std::string yaml = admin_config(port, {b0.address(), b1.address()}, admin);
+    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
+    const std::string bin = required_env("APILB_BIN");
+    const std::string cfg = dir.file("apilb.yaml");
+
+    auto r = run_command({bin, "drain", "p", "b0", "--config", cfg});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(round_trip(port, "hello"), "b1") << "a drained backend gets no new session";
+    r = run_command({bin, "status", "--admin", fmt::format("127.0.0.1:{}", admin)});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("drained(admin)"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("b1"), std::string::npos) << r.output;
+
+    // A reload keeps the admin drain of a backend that is still there.
+    r = run_command({bin, "reload", "--config", cfg});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(backend_status(http(admin, "GET", "/api/v1/status").body, "b0").at("drain_source").as_string(), "admin");
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(round_trip(port, "hello"), "b1");
+    EXPECT_NE(http(admin, "GET", "/metrics").body.find("apilb_reloads_total{result=\"success\"} 1\n"), std::string::npos);
+
+    r = run_command({bin, "enable", "p", "b0", "--config", cfg});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::set<std::string> seen;
+    for (int i = 0; i < 6; ++i) seen.insert(round_trip(port, "hello"));
+    EXPECT_TRUE(seen.contains("b0")) << "enabled again";
+
+    // Exit codes a script can rely on.
+    r = run_command({bin, "drain", "p", "nosuch", "--config", cfg});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("pool p has no backend nosuch"), std::string::npos) << r.output;
+    r = run_command({bin, "drain", "nopool", "b0", "--config", cfg});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    r = run_command({bin, "drain", "p"});
+    EXPECT_EQ(r.exit_code, 64) << r.output;
+    r = run_command({bin, "status", "--admin", fmt::format("127.0.0.1:{}", free_port())});
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+
+    // A broken file: the reload is refused, the CLI says so, apilb serves on.
+    dir.write("apilb.yaml", yaml + "bogus: 1\n");
+    r = run_command({bin, "reload", "--admin", fmt::format("127.0.0.1:{}", admin)});
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(http(admin, "GET", "/metrics").body.find("apilb_reloads_total{result=\"failure\"} 1\n"), std::string::npos);
+    EXPECT_EQ(http(admin, "GET", "/livez").status, 200);
+    // A page from another origin cannot drain a backend.
+    EXPECT_EQ(http(admin, "POST", "/api/v1/backends/p/b0/drain", "Origin: http://evil.example\r\n").status, 403);
+    EXPECT_EQ(apilb.terminate(), 0);
+}
+
+TEST(AdminControl, TokenGuardsPostsAndNonLoopbackNeedsOne) {
+    temp_dir dir;
+    tcp_server b0("127.0.0.1", tagged_echo("b0"));
+    dir.write("token", "s3cret-token\n");
+    const auto port = free_port();
+    const auto admin = free_port();
+    apilb_process apilb(dir, admin_config(port, {b0.address()}, admin, "  token_file: \"" + dir.file("token") + "\"\n"),
+                        "127.0.0.1", port);
+    EXPECT_EQ(http(admin, "POST", "/api/v1/backends/p/b0/drain").status, 401);
+    EXPECT_EQ(http(admin, "POST", "/api/v1/backends/p/b0/drain", "Authorization: Bearer wrong\r\n").status, 401);
+    EXPECT_EQ(http(admin, "POST", "/api/v1/backends/p/b0/drain", "Authorization: Bearer s3cret-token\r\n").status, 200);
+    EXPECT_EQ(http(admin, "GET", "/api/v1/status").status, 200) << "reading needs no token";
+    // The CLI takes the token file from the config.
+    const std::string bin = required_env("APILB_BIN");
+    auto r = run_command({bin, "enable", "p", "b0", "--config", dir.file("apilb.yaml")});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(apilb.terminate(), 0);
+
+    // Off the loopback, drain/reload would be open to the network: rejected.
+    dir.write("open.yaml", single_pool_config(port, {b0.address()}, "round-robin", 1, "admin:\n  address: \"0.0.0.0:6445\"\n"));
+    r = run_command({bin, "check-config", "--config", dir.file("open.yaml")});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("admin.address"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("token_file"), std::string::npos) << r.output;
+}
+
+TEST(AdminLogs, JsonLinesCarryStableFields) {
+    temp_dir dir;
+    auto b0 = std::make_unique<tcp_server>("127.0.0.1", tagged_echo("b0"));
+    tcp_server b1("127.0.0.1", tagged_echo("b1"));
+    const auto port = free_port();
+    const auto admin = free_port();
+    std::string yaml = admin_config(port, {b0->address(), b1.address()}, admin);
+    yaml.replace(yaml.find("log: {level: debug}"), std::string("log: {level: debug}").size(),
+                 "log: {level: debug, format: json}");
+    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
+    ASSERT_EQ(http(admin, "POST", "/api/v1/backends/p/b1/drain").status, 200);
+    b0->stop();
+    ASSERT_TRUE(apilb.wait_for_log(R"("event":"backend_unhealthy","pool":"p","backend":"b0","reason":"tcp_refused")"))
+        << apilb.log();
+    EXPECT_TRUE(apilb.wait_for_log(R"("event":"backend_drained","pool":"p","backend":"b1","reason":"admin")"))
+        << apilb.log();
+    EXPECT_EQ(apilb.terminate(), 0);
+    // Every line is one JSON object with ts, level and msg.
+    std::istringstream lines(apilb.log());
+    std::string line;
+    int n = 0;
+    while (std::getline(lines, line)) {
+        boost::system::error_code ec;
+        const json::value v = json::parse(line, ec);
+        ASSERT_FALSE(ec) << "not JSON: " << line;
+        EXPECT_TRUE(v.as_object().contains("ts") && v.as_object().contains("level") && v.as_object().contains("msg")) << line;
+        ++n;
+    }
+    EXPECT_GT(n, 3);
+}
+
+}  // namespace
+}  // namespace apilb::test
