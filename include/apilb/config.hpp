@@ -92,6 +92,10 @@ struct storm_control_config {
     /// Connections allowed at once above the steady rate; 0 in the file means
     /// a tenth of a second's worth (at least 1), resolved by the loader.
     std::uint32_t burst = 0;
+    /// Connections to each backend being established at once (connecting,
+    /// or connected but its first byte, the end of a TLS handshake, not yet
+    /// back); 0 = no cap.
+    std::uint32_t max_connecting = 0;
     /// Clients that may wait for one backend; beyond that they are closed.
     std::uint32_t queue = 10000;
     /// Longest wait for a turn; a client whose turn is later is closed at once.

@@ -131,6 +131,13 @@ public:
     /// limit is passed. Call before async_run.
     void keep_for_replay(std::string* sent, std::size_t limit);
 
+    /// Calls `fn(arg)` once when the backend's first byte arrives (the end
+    /// of its TLS handshake, for storm control's connect slots).
+    void on_answered(void (*fn)(void*), void* arg) {
+        answered_fn_ = fn;
+        answered_arg_ = arg;
+    }
+
     /// Runs until both directions have ended (signature `void()`).
     template <typename CompletionToken>
     auto async_run(CompletionToken&& token) {
@@ -199,6 +206,8 @@ private:
     std::string* sent_ = nullptr;  ///< non-null while the client's bytes are kept for a replay
     std::size_t replay_limit_ = 0;
     bool answered_ = false;
+    void (*answered_fn_)(void*) = nullptr;
+    void* answered_arg_ = nullptr;
     bool stopping_ = false;
     bool failed_early_ = false;
     boost::system::error_code early_error_;

@@ -34,6 +34,8 @@ struct backend_stats {
     /// connection, ns on steady_clock; 0 = none yet.
     std::atomic<std::int64_t> pacing_tat_ns{0};
     std::atomic<std::uint32_t> pacing_waiting{0};          ///< clients waiting for their turn now
+    /// Connections being established now (storm_control.max_connecting).
+    std::atomic<std::uint32_t> connecting{0};
     std::atomic<std::uint64_t> pacing_delayed_total{0};    ///< clients that waited for a turn
     std::atomic<std::uint64_t> pacing_refused_total{0};    ///< clients turned away: queue full or wait too long
     std::atomic<std::uint64_t> closed_by_rebalance_total{0};  ///< sessions moved off it by rebalancing

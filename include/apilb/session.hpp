@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -91,6 +92,18 @@ struct worker_context {
     log_limiter resource_warnings{std::chrono::seconds(1)};
     /// Passive health detection; empty = nobody listens (tests of a bare worker).
     passive_reporter report_passive;
+
+    /// Sessions of this worker waiting for a connect slot of some backend
+    /// (storm_control.max_connecting), each on its own timer: a slot freed
+    /// here wakes the first (cancels its timer); slots freed on other
+    /// workers are noticed by a tick every 10 ms while anyone waits.
+    std::list<boost::asio::steady_timer*> slot_waiters;
+    std::unique_ptr<boost::asio::steady_timer> slot_tick;
+    bool slot_tick_armed = false;
+    /// Wakes the first waiter; with `all`, every one (the tick).
+    void wake_slot_waiters(bool all);
+    /// Starts the 10 ms tick if someone waits and it is not running.
+    void arm_slot_tick(const boost::asio::any_io_executor& ex);
 
     /// Accepting waits until then: set when the process is out of file
     /// descriptors, so clients wait in the listen backlog instead of being

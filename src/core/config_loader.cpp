@@ -123,7 +123,8 @@ constexpr std::array<std::string_view, 10> top_keys{
 constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool", "backlog"};
 constexpr std::array<std::string_view, 8> pool_keys{
     "name", "balance", "connect_attempts", "backends", "health", "maglev", "storm_control", "rebalance"};
-constexpr std::array<std::string_view, 4> storm_control_keys{"new_per_second", "burst", "queue", "queue_timeout"};
+constexpr std::array<std::string_view, 5> storm_control_keys{"new_per_second", "burst", "max_connecting", "queue",
+                                                             "queue_timeout"};
 constexpr std::array<std::string_view, 3> rebalance_keys{"enabled", "max_closes_per_second", "tolerance"};
 constexpr std::array<std::string_view, 2> maglev_keys{"table_size", "key"};
 constexpr std::array<std::string_view, 4> backend_keys{"name", "address", "weight", "drain"};
@@ -512,6 +513,7 @@ std::optional<pool_entry> loader::read_pool(const field& f) {
             storm_control_config& sc = p.cfg.storm_control;
             read_integer(*sm, "new_per_second", {.min = 0, .max = 1000000}, sc.new_per_second);
             read_integer(*sm, "burst", {.min = 0, .max = 1000000}, sc.burst);
+            read_integer(*sm, "max_connecting", {.min = 0, .max = 1000000}, sc.max_connecting);
             read_integer(*sm, "queue", {.min = 0, .max = 1000000}, sc.queue);
             read_duration(*sm, "queue_timeout", {.min = 1ms, .max = 10min, .range = "1ms..10m"}, sc.queue_timeout);
         }

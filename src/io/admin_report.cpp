@@ -155,6 +155,9 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_rebalanced_sessions_total", backend_labels(p, b), load(b.stats->closed_by_rebalance_total)); });
     e.family("apilb_backend_storm_waiting_clients", "gauge", "Clients waiting for their turn to connect to a backend (storm_control).");
     each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_storm_waiting_clients", backend_labels(p, b), load(b.stats->pacing_waiting)); });
+    e.family("apilb_backend_connecting", "gauge",
+             "Connections to a backend being established now: connecting, or waiting for its first byte (storm_control.max_connecting only).");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_connecting", backend_labels(p, b), load(b.stats->connecting)); });
     e.family("apilb_backend_storm_delayed_total", "counter", "Clients that waited for a turn to connect to a backend (storm_control).");
     each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_storm_delayed_total", backend_labels(p, b), load(b.stats->pacing_delayed_total)); });
     e.family("apilb_backend_storm_refused_total", "counter",

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <utility>
 
 #include "apilb/socket_options.hpp"
 
@@ -75,6 +76,7 @@ void relay::rearm() {
         d.result = {};
     }
     answered_ = false;
+    answered_fn_ = nullptr;
     stopping_ = false;
     failed_early_ = false;
     early_error_ = {};
@@ -204,6 +206,7 @@ void relay::transfer(direction& d) {
         } else if (!answered_) {
             answered_ = true;
             stop_recording();
+            if (answered_fn_) std::exchange(answered_fn_, nullptr)(answered_arg_);
         }
     }
 }

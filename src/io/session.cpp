@@ -65,6 +65,26 @@ void worker_context::pause_accepting(const error_code& ec, const char* where) {
     accept_backoff = std::min(accept_backoff * 2, std::chrono::milliseconds(1000));
 }
 
+void worker_context::wake_slot_waiters(bool all) {
+    for (auto* t : slot_waiters) {
+        t->cancel();
+        if (!all) break;
+    }
+}
+
+void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
+    if (slot_tick_armed || slot_waiters.empty()) return;
+    if (!slot_tick) slot_tick = std::make_unique<asio::steady_timer>(ex);
+    slot_tick_armed = true;
+    slot_tick->expires_after(std::chrono::milliseconds(10));
+    slot_tick->async_wait([this, ex](const error_code& ec) {
+        slot_tick_armed = false;
+        if (ec) return;
+        wake_slot_waiters(true);  // each retries; who finds no slot waits again
+        arm_slot_tick(ex);
+    });
+}
+
 worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats& st)
     : snap(std::move(s)), stats(st), relay(snap->cfg->relay), max_connections(snap->cfg->limits.max_connections) {
     for (const auto& p : snap->pools) balancers.emplace_back(p.backends.size());
@@ -255,6 +275,14 @@ private:
     /// connection). False if there is none within queue_timeout, the queue
     /// is full, or the session was closed meanwhile.
     asio::awaitable<bool> wait_for_turn(const backend_runtime& backend);
+    /// storm_control.max_connecting: takes one of the backend's slots for
+    /// connections being established, waiting (up to queue_timeout) for one
+    /// to free. False if none freed in time or the session was closed.
+    asio::awaitable<bool> wait_for_slot(const backend_runtime& backend);
+    /// Gives the slot back (connect failed, the backend's first byte came,
+    /// or the session ended) and wakes a waiter of this worker.
+    void release_slot();
+    static void on_backend_answered(void* self) { static_cast<session*>(self)->release_slot(); }
     /// One connect to the next backend the balancer picks; true if connected
     /// (with a session slot reserved on it). Loops over failed attempts.
     asio::awaitable<bool> connect_next();
@@ -288,6 +316,7 @@ private:
     std::string sent_;            ///< the client's bytes before the backend's first one, for a replay
     std::uint64_t replayed_ = 0;  ///< bytes of `sent_` written to the current backend
     error_code last_error_;       ///< why the last backend failed before its first byte
+    std::atomic<std::uint32_t>* slot_ = nullptr;  ///< a backend's connecting count this session holds one of
 };
 
 session::session(worker_context& ctx, tcp::socket client, std::size_t listener_index)
@@ -316,6 +345,7 @@ session::session(worker_context& ctx, tcp::socket client, std::size_t listener_i
 }
 
 session::~session() {
+    release_slot();
     error_code ignored;
     client_.close(ignored);
     upstream_.close(ignored);
@@ -353,12 +383,21 @@ asio::awaitable<bool> session::connect_next() {
                 continue;
             }
         }
+        if (pool_.cfg->storm_control.max_connecting != 0 && !co_await wait_for_slot(backend)) {
+            backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
+            if (entry_.aborted) break;
+            st_.failures += fmt::format("{}{}: storm control (no connect slot within {}ms)",
+                                        st_.failures.empty() ? "" : "; ", backend.cfg->name,
+                                        pool_.cfg->storm_control.queue_timeout.count());
+            continue;
+        }
 
         error_code ec;
         upstream_.open(backend.endpoint.protocol(), ec);
         if (ec) {
             // Not the backend's fault: this process is out of descriptors or memory.
             backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
+            release_slot();
             if (is_resource_exhaustion(ec)) ctx_.pause_accepting(ec, "opening a backend socket");
             st_.local_failure = ec;
             break;
@@ -375,6 +414,7 @@ asio::awaitable<bool> session::connect_next() {
         }
         upstream_.close(ec);
         backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
+        release_slot();
         if (cec == asio::error::operation_aborted || entry_.aborted) break;
         backend.stats->connect_failures_total.fetch_add(1, std::memory_order_relaxed);
         (cec == asio::error::timed_out            ? backend.stats->connect_timeout_total
@@ -430,6 +470,44 @@ asio::awaitable<bool> session::wait_for_turn(const backend_runtime& backend) {
     co_return !entry_.aborted;
 }
 
+asio::awaitable<bool> session::wait_for_slot(const backend_runtime& backend) {
+    const storm_control_config& sc = pool_.cfg->storm_control;
+    std::atomic<std::uint32_t>& connecting = backend.stats->connecting;
+    const auto deadline = clock_type::now() + sc.queue_timeout;
+    std::optional<asio::steady_timer> timer;
+    bool waited = false;
+    for (;;) {
+        auto current = connecting.load(std::memory_order_relaxed);
+        while (current < sc.max_connecting) {
+            if (connecting.compare_exchange_weak(current, current + 1, std::memory_order_relaxed)) {
+                slot_ = &connecting;
+                if (waited) backend.stats->pacing_delayed_total.fetch_add(1, std::memory_order_relaxed);
+                co_return true;
+            }
+        }
+        if (entry_.aborted || clock_type::now() >= deadline) {
+            if (!entry_.aborted) backend.stats->pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+            co_return false;
+        }
+        waited = true;
+        if (!timer) timer.emplace(upstream_.get_executor());
+        timer->expires_at(deadline);
+        const auto it = ctx_.slot_waiters.insert(ctx_.slot_waiters.end(), &*timer);
+        ctx_.arm_slot_tick(upstream_.get_executor());
+        entry_.pacing_timer = &*timer;
+        co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
+        entry_.pacing_timer = nullptr;
+        ctx_.slot_waiters.erase(it);
+    }
+}
+
+void session::release_slot() {
+    if (!slot_) return;
+    slot_->fetch_sub(1, std::memory_order_relaxed);
+    slot_ = nullptr;
+    ctx_.wake_slot_waiters(false);
+}
+
 asio::awaitable<void> session::establish(std::unique_ptr<session> self) {
     session& s = *self;
     while (co_await s.connect_next()) {
@@ -466,6 +544,7 @@ void session::start_relay(std::unique_ptr<session> self) {
     ctx_.resources_recovered();
     relay_.rearm();
     relay_.keep_for_replay(&sent_, replay_limit);
+    if (slot_) relay_.on_answered(&session::on_backend_answered, this);
     relay_.async_run([self = std::move(self)]() mutable {
         session& s = *self;
         s.relay_ended(std::move(self));
@@ -501,6 +580,7 @@ bool session::may_move_on() {
     error_code ec;
     upstream_.close(ec);
     chosen_->stats->active.fetch_sub(1, std::memory_order_relaxed);
+    release_slot();
     entry_.backend = nullptr;
     entry_.relaying = false;
     chosen_ = nullptr;

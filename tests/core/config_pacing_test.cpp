@@ -46,7 +46,7 @@ TEST(PacingConfig, OffByDefault) {
 }
 
 TEST(PacingConfig, EveryFieldIsRead) {
-    auto c = parse_config(with_pool_lines("    storm_control: {new_per_second: 500, burst: 25, queue: 300, "
+    auto c = parse_config(with_pool_lines("    storm_control: {new_per_second: 500, burst: 25, max_connecting: 7, queue: 300, "
                                           "queue_timeout: 2s}\n"
                                           "    rebalance: {enabled: true, max_closes_per_second: 40, "
                                           "tolerance: 0.15}\n"),
@@ -54,6 +54,7 @@ TEST(PacingConfig, EveryFieldIsRead) {
     const auto& p = c->pools[0];
     EXPECT_EQ(p.storm_control.new_per_second, 500u);
     EXPECT_EQ(p.storm_control.burst, 25u);
+    EXPECT_EQ(p.storm_control.max_connecting, 7u);
     EXPECT_EQ(p.storm_control.queue, 300u);
     EXPECT_EQ(p.storm_control.queue_timeout, 2s);
     EXPECT_TRUE(p.rebalance.enabled);

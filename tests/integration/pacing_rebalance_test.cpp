@@ -47,8 +47,11 @@ sockaddr_in make_sockaddr(const std::string& ip, std::uint16_t port) {
 /// apiserver restarting). stop() resets every connection it holds.
 class held_server {
 public:
-    held_server(std::string ip, std::uint16_t port, std::string name)
-        : ip_(std::move(ip)), port_(port), name_(std::move(name)) {
+    /// `greet_after`: how long each connection waits for its greeting (a TLS
+    /// handshake's time, as an apiserver answers a ClientHello).
+    held_server(std::string ip, std::uint16_t port, std::string name,
+                std::chrono::milliseconds greet_after = std::chrono::milliseconds(0))
+        : ip_(std::move(ip)), port_(port), name_(std::move(name)), greet_after_(greet_after) {
         listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         int one = 1;
         ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -75,13 +78,22 @@ public:
         std::lock_guard lock(mu_);
         return accepts_;
     }
+    /// The most connections accepted but not yet greeted at one time.
+    std::size_t peak_ungreeted() const { return peak_ungreeted_.load(); }
 
 private:
     void loop() {
         const std::string greeting = name_ + "\n";
+        std::vector<std::pair<clock_type::time_point, int>> ungreeted;
         while (!stopping_) {
+            const auto now = clock_type::now();
+            std::erase_if(ungreeted, [&](const auto& u) {
+                if (u.first > now) return false;
+                (void)::send(u.second, greeting.data(), greeting.size(), MSG_NOSIGNAL);
+                return true;
+            });
             pollfd p{listen_fd_, POLLIN, 0};
-            if (::poll(&p, 1, 20) <= 0) continue;
+            if (::poll(&p, 1, greet_after_.count() > 0 ? 2 : 20) <= 0) continue;
             for (;;) {
                 const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
                 if (fd < 0) break;
@@ -89,8 +101,13 @@ private:
                     std::lock_guard lock(mu_);
                     accepts_.push_back(clock_type::now());
                 }
-                (void)::send(fd, greeting.data(), greeting.size(), MSG_NOSIGNAL);
                 conns_.push_back(fd);
+                if (greet_after_.count() == 0) {
+                    (void)::send(fd, greeting.data(), greeting.size(), MSG_NOSIGNAL);
+                } else {
+                    ungreeted.emplace_back(clock_type::now() + greet_after_, fd);
+                    peak_ungreeted_ = std::max(peak_ungreeted_.load(), ungreeted.size());
+                }
             }
         }
     }
@@ -98,6 +115,8 @@ private:
     std::string ip_;
     std::uint16_t port_;
     std::string name_;
+    std::chrono::milliseconds greet_after_;
+    std::atomic<std::size_t> peak_ungreeted_{0};
     int listen_fd_ = -1;
     std::atomic<bool> stopping_{false};
     std::thread thread_;
@@ -206,6 +225,62 @@ log: {{level: info}}
     EXPECT_LE(rate, 505.0);
     // Paced, not forwarded at once: 2000 at 500/s take about 4 s.
     EXPECT_GE(took, 3500ms);
+    EXPECT_TRUE(apilb.terminate().has_value());
+}
+
+TEST(StormControl, NoMoreConnectionsBeingEstablishedAtOnceThanTheCap) {
+    raise_fd_limit();
+    temp_dir dir;
+    const std::uint16_t backend_port = free_port("127.0.0.2");
+    // Every connection takes 100 ms to be answered, as a TLS handshake does.
+    held_server backend("127.0.0.2", backend_port, "b0", 100ms);
+    const std::uint16_t port = free_port();
+    const std::string yaml = fmt::format(R"(workers: 2
+listeners:
+  - {{name: front, address: "127.0.0.1:{}", pool: p}}
+pools:
+  - name: p
+    backends:
+      - {{name: b0, address: "127.0.0.2:{}"}}
+    health: {{type: none}}
+    storm_control: {{max_connecting: 20, queue_timeout: 10s}}
+timeouts: {{drain: 1s}}
+)",
+                                         port, backend_port);
+    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+    constexpr int clients = 300;
+    const auto start = clock_type::now();
+    std::vector<pollfd> fds;
+    for (int i = 0; i < clients; ++i) {
+        const int fd = connect_nonblocking(port);
+        ASSERT_GE(fd, 0);
+        fds.push_back({fd, POLLIN, 0});
+    }
+    int served = 0, failed = 0;
+    while (served + failed < clients && clock_type::now() < start + 15s) {
+        if (::poll(fds.data(), fds.size(), 100) <= 0) continue;
+        for (auto& p : fds) {
+            if (p.fd < 0 || p.revents == 0) continue;
+            char buf[8];
+            const ssize_t n = ::recv(p.fd, buf, sizeof buf, 0);
+            if (n < 0 && errno == EAGAIN) continue;
+            (n > 0 ? served : failed) += 1;
+            ::close(p.fd);
+            p.fd = -1;
+        }
+    }
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start);
+    for (auto& p : fds) {
+        if (p.fd >= 0) ::close(p.fd);
+    }
+    std::cout << fmt::format("[ MEASURE ] {} clients at once, max_connecting 20, 100 ms to answer each: {} served, "
+                             "{} failed after {}ms; at most {} being established at the backend at once\n",
+                             clients, served, failed, took.count(), backend.peak_ungreeted());
+    EXPECT_EQ(served, clients);
+    EXPECT_LE(backend.peak_ungreeted(), 20u);
+    EXPECT_GE(backend.peak_ungreeted(), 10u) << "the cap was never approached: the test proves nothing";
+    // 300 / 20 at a time x 100 ms = 1.5 s at the least.
+    EXPECT_GE(took, 1400ms);
     EXPECT_TRUE(apilb.terminate().has_value());
 }
 
