@@ -16,6 +16,7 @@
 
 #include "apilb/erased_handler.hpp"
 #include "apilb/health.hpp"
+#include "apilb/logging.hpp"
 #include "apilb/pacing.hpp"
 #include "apilb/socket_options.hpp"
 
@@ -595,6 +596,8 @@ void session::give_up() {
         ctx_.stats.no_backend_total.fetch_add(1, std::memory_order_relaxed);
         std::uint64_t suppressed = 0;
         if (ctx_.connect_warnings.allow(suppressed)) {
+            const log_scope fields({.event = "no_backend", .pool = pool_.cfg->name, .client = client_text(),
+                                    .reason = st_.failures.empty() ? "none_available" : "connect_failed"});
             spdlog::warn("listener {}: no backend of pool {} accepted client {} ({}){}", listener_.cfg->name,
                          pool_.cfg->name, client_text(),
                          st_.failures.empty() ? (pool_.cfg->health.all_unhealthy == all_unhealthy_policy::reject
@@ -651,6 +654,11 @@ void session::account() {
                           : rebalanced    ? "rebalanced"
                           : drained       ? "drain"
                                           : nullptr;
+        const log_scope fields({.event = "session_closed",
+                                .pool = pool_.cfg->name,
+                                .backend = chosen_->cfg->name,
+                                .client = client_text(),
+                                .reason = how ? how : "ended"});
         spdlog::debug("session closed: listener={} client={} backend={} ({}) client_to_backend={}B "
                       "backend_to_client={}B duration={}ms end={}",
                       listener_.cfg->name, client_text(), chosen_->cfg->name, endpoint_text(chosen_->endpoint),

@@ -469,6 +469,20 @@ TEST(AdminLogs, JsonLinesCarryStableFields) {
                  "log: {level: debug, format: json}");
     apilb_process apilb(dir, yaml, "127.0.0.1", port);
     ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
+    {
+        // A session through apilb, ended by the client: its closing line
+        // names the pool, the backend and the client.
+        client c;
+        ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+        ASSERT_TRUE(c.send_all("x"));
+        c.set_timeout(2s);
+        EXPECT_FALSE(c.recv_exact(3).empty());
+        c.shutdown_write();
+        int end = 0;
+        c.recv_until_eof(end);
+    }
+    ASSERT_TRUE(apilb.wait_for_log(R"("event":"session_closed","pool":"p","backend":"b)")) << apilb.log();
+    EXPECT_TRUE(apilb.wait_for_log(R"("client":"127.0.0.1:)")) << apilb.log();
     ASSERT_EQ(http(admin, "POST", "/api/v1/backends/p/b1/drain").status, 200);
     b0->stop();
     ASSERT_TRUE(apilb.wait_for_log(R"("event":"backend_unhealthy","pool":"p","backend":"b0","reason":"tcp_refused")"))
