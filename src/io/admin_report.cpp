@@ -207,6 +207,12 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     if (!facts.vrrp_role.empty()) {
         e.family("apilb_vrrp_master", "gauge", "1 if keepalived reports this node MASTER for the VIPs, else 0.");
         e.sample("apilb_vrrp_master", "", std::uint64_t{facts.vrrp_role == "MASTER"});
+        // The role as a state set (one sample per role, 1 for the current
+        // one), the name issue 7 asks for: alerts can match role="FAULT".
+        e.family("apilb_vrrp_role", "gauge", "1 for the VRRP role keepalived reports for this node, 0 for the others.");
+        for (const char* role : {"MASTER", "BACKUP", "FAULT", "STOP", "unknown"}) {
+            e.sample("apilb_vrrp_role", label("role", role), std::uint64_t{facts.vrrp_role == role});
+        }
     }
 
     const process_usage u = read_process_usage();

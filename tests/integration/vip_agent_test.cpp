@@ -97,7 +97,9 @@ TEST(VipTrackFile, FollowsBackendHealthAndTheDrain) {
     temp_dir dir;
     auto backend = std::make_unique<tcp_server>("127.0.0.2", echo_handler());
     const std::uint16_t port = free_port();
+    const std::uint16_t admin = free_port();
     const std::string cfg = "workers: 1\n"
+                            "admin: {address: \"127.0.0.1:" + std::to_string(admin) + "\"}\n"
                             "listeners:\n  - {name: front, address: \"127.0.0.1:" + std::to_string(port) + "\", pool: p}\n"
                             "pools:\n  - name: p\n"
                             "    backends: [{name: b0, address: \"" + backend->address() + "\"}]\n"
@@ -126,6 +128,10 @@ TEST(VipTrackFile, FollowsBackendHealthAndTheDrain) {
         ::close(fd);
     }
     EXPECT_TRUE(apilb.wait_for_log("vrrp: role BACKUP -> MASTER")) << apilb.log();
+    // ... and the metrics show it.
+    const auto metrics = run_command({"/usr/bin/curl", "-s", "--max-time", "5", "http://127.0.0.1:" + std::to_string(admin) + "/metrics"});
+    EXPECT_NE(metrics.output.find("apilb_vrrp_role{role=\"MASTER\"} 1"), std::string::npos) << metrics.output;
+    EXPECT_NE(metrics.output.find("apilb_vrrp_role{role=\"BACKUP\"} 0"), std::string::npos) << metrics.output;
 
     // SIGTERM: FAULT at once. keepalived said MASTER but the VIP is not on
     // this host (no keepalived here), so it is already gone: no wait.
