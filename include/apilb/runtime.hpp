@@ -101,6 +101,17 @@ struct backend_runtime {
     boost::asio::ip::tcp::endpoint endpoint;
     std::shared_ptr<backend_stats> stats;
     std::shared_ptr<backend_health> health;
+
+    /// Drained, in the config or through the admin endpoint: no new sessions.
+    bool drained() const noexcept {
+        return cfg->drain || health->admin_drain.load(std::memory_order_relaxed);
+    }
+    /// Healthy, not suspect and not drained: where sessions belong now
+    /// (rebalancing, a Maglev key's preferred backend).
+    bool takes_sessions() const noexcept {
+        return health->healthy.load(std::memory_order_relaxed) &&
+               !health->suspect.load(std::memory_order_relaxed) && !drained();
+    }
 };
 
 struct pool_runtime {

@@ -74,9 +74,7 @@ void rebalancer::tick() {
             }
             shares.push_back({.active = b.stats->active.load(std::memory_order_relaxed),
                               .weight = std::max<std::uint32_t>(1, b.cfg->weight * permille),
-                              .eligible = b.health->healthy.load(std::memory_order_relaxed) &&
-                                          !b.health->suspect.load(std::memory_order_relaxed) && !b.cfg->drain &&
-                                          !b.health->admin_drain.load(std::memory_order_relaxed)});
+                              .eligible = b.takes_sessions()});
         }
         const auto plan = rebalance_plan(shares, rb.tolerance);
         for (std::size_t i = 0; i < plan.size() && budget > 0; ++i) {

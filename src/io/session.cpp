@@ -200,8 +200,7 @@ void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, cons
                     .active = active,
                     // drain: no new sessions, like an unhealthy backend under
                     // all_unhealthy: reject (a Maglev key moves to its next choice).
-                    .available = !b.cfg->drain && !b.health->admin_drain.load(std::memory_order_relaxed) &&
-                                 !tried[i] && (per_backend == 0 || active < per_backend) &&
+                    .available = !b.drained() && !tried[i] && (per_backend == 0 || active < per_backend) &&
                                  (tier != health_tier::unhealthy || try_all),
                     .tier = static_cast<std::uint8_t>(tier)};
     }

@@ -330,9 +330,7 @@ bool worker::misplaced(const session_entry& s) {
         const auto& b = pool.backends[i];
         ctx_.loads[i] = {.weight = b.cfg->weight,
                          .active = 0,
-                         .available = b.health->healthy.load(std::memory_order_relaxed) &&
-                                      !b.health->suspect.load(std::memory_order_relaxed) && !b.cfg->drain &&
-                                      !b.health->admin_drain.load(std::memory_order_relaxed),
+                         .available = b.takes_sessions(),
                          .tier = 0};
     }
     const auto preferred = choose_maglev(*pool.maglev, s.key_hash, ctx_.loads);
