@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -179,6 +180,8 @@ void worker::start() {
         asio::co_spawn(io_, idle_sweep(), asio::detached);
     }
     thread_ = std::thread([this] {
+        // "apilb-w0" .. "apilb-w255" in `top -H` and /proc/PID/task/*/comm.
+        ::pthread_setname_np(::pthread_self(), fmt::format("apilb-w{}", index_).c_str());
         // A failure inside one session must never take the worker down.
         for (;;) {
             try {
