@@ -13,6 +13,7 @@ apilb's medians to the others'.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -28,7 +29,9 @@ HERE = Path(__file__).resolve().parent
 BACKENDS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 TARGETS = ("apilb", "haproxy", "nginx", "direct")
 BALANCERS = ("apilb", "haproxy", "nginx")
-TESTS = ("bulk", "conn_http", "conn_tls", "keepalive", "idle", "storm", "instructions")
+TESTS = ("bulk", "conn_http", "conn_tls", "keepalive", "idle", "storm", "instructions", "scrape")
+# Tests of apilb alone (no counterpart in HAProxy or nginx).
+APILB_ONLY = ("instructions", "scrape")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -73,6 +76,24 @@ def cpu_seconds(pids: list[int]) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total / CLK_TCK
+
+
+def thread_cpu_ns(pid: int) -> int:
+    """CPU time of all the threads of `pid` in nanoseconds (the first field of
+    /proc/PID/task/TID/schedstat): finer than the 10 ms ticks of
+    /proc/PID/stat, for work that takes a few milliseconds."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -306,11 +327,14 @@ class Bench:
         return p
 
     def start_balancer(self, target: str, backend_port: int, max_conn=9500, relay=None,
-                       wrapper: list[str] | None = None) -> subprocess.Popen:
+                       wrapper: list[str] | None = None, apilb_extra: str = "") -> subprocess.Popen:
+        """`apilb_extra`: YAML appended to apilb's config (further sections)."""
         relay = relay or self.args.apilb_relay
         if target == "apilb":
             conf = self.render("apilb.yaml.in", "apilb.yaml", LB_PORT=self.lb_port, BACKEND_PORT=backend_port,
                                MAX_CONN=max_conn, RELAY_MODE=relay)
+            if apilb_extra:
+                conf.write_text(conf.read_text() + apilb_extra)
             argv = [*(wrapper or []), self.apilb, "run", "--config", str(conf)]
         elif target == "haproxy":
             conf = self.render("haproxy.cfg.in", "haproxy.cfg", LB_PORT=self.lb_port, BACKEND_PORT=backend_port,
@@ -492,6 +516,88 @@ class Bench:
             self.procs.stop(be)
         return r
 
+    def scrapes(self, port: int, pid: int, n: int) -> dict:
+        """`n` GETs of /metrics on one keep-alive connection, as Prometheus
+        scrapes (after 3 unmeasured ones): latency of each, and apilb's CPU
+        over all of them (all threads; apilb is otherwise idle: no health
+        checks in the bench config, idle sessions)."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            def one() -> str:
+                conn.request("GET", "/metrics")
+                resp = conn.getresponse()
+                body = resp.read().decode()
+                if resp.status != 200:
+                    raise RuntimeError(f"GET /metrics: {resp.status} {body[:200]}")
+                return body
+
+            for _ in range(3):
+                one()
+            lat = []
+            ns0, t0, j0, w0 = thread_cpu_ns(pid), cpu_seconds([pid]), cpu_jiffies(), time.monotonic()
+            for _ in range(n):
+                s0 = time.perf_counter()
+                body = one()
+                lat.append((time.perf_counter() - s0) * 1e3)
+            ns1, t1, j1, w1 = thread_cpu_ns(pid), cpu_seconds([pid]), cpu_jiffies(), time.monotonic()
+        finally:
+            conn.close()
+        lat.sort()
+        gauge = {m.group(1): float(m.group(2)) for m in
+                 re.finditer(r"^(apilb_sessions_active|apilb_process_open_fds) (\S+)$", body, re.M)}
+        return {"scrapes": n, "p50_ms": statistics.median(lat), "p90_ms": lat[int(0.9 * (n - 1))],
+                "max_ms": lat[-1], "cpu_us_per_scrape": (ns1 - ns0) / 1e3 / n,
+                "cpu_us_per_scrape_ticks": (t1 - t0) * 1e6 / n, "bytes": len(body),
+                "sessions_active": gauge.get("apilb_sessions_active"),
+                "open_fds": gauge.get("apilb_process_open_fds"),
+                # Other work on the balancer's CPU meanwhile: the machine is shared.
+                "foreign_lb_cpu_pct": max(0.0, busy_percent(j0, j1, self.lb_cpu) - 100.0 * (ns1 - ns0) / 1e9 / (w1 - w0))}
+
+    def test_scrape(self, target: str) -> dict | None:
+        """The cost of a /metrics scrape with 0 and with --idle idle sessions
+        open (issue 6). apilb counts its descriptors for
+        apilb_process_open_fds by listing /proc/self/fd, the one part of a
+        scrape that grows with the sessions (two descriptors each)."""
+        if target != "apilb":
+            return None
+        be = self.start_backend_http()
+        admin = free_port(avoid={self.lb_port, self.http_port, self.https_port, self.iperf_port})
+        lb = self.start_balancer("apilb", self.http_port,
+                                 apilb_extra=f'admin: {{address: "127.0.0.1:{admin}"}}\n')
+        self.wait_listening(admin, "127.0.0.1", lb, "apilb's admin endpoint")
+        holder = self.procs.start([self.connload, "hold", f"127.0.0.1:{self.lb_port}"], self.gen_cpu,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        r: dict = {}
+        try:
+            total = 0
+            for step in [0, *self.args.idle_steps]:
+                if step > total:
+                    holder.stdin.write(f"open {step - total}\n")
+                    holder.stdin.flush()
+                    line = holder.stdout.readline().split()
+                    if not line or line[0] != "ready":
+                        raise RuntimeError(f"connload hold: unexpected {line}")
+                    r[f"alive_{step}"], r[f"failed_{step}"] = int(line[1]), int(line[2])
+                    total = step
+                time.sleep(0.5)  # let the last sessions settle
+                s = self.scrapes(admin, lb.pid, self.args.scrapes)
+                if step and s["sessions_active"] != r[f"alive_{step}"]:
+                    raise RuntimeError(f"apilb_sessions_active {s['sessions_active']}, "
+                                       f"connload holds {r[f'alive_{step}']}")
+                for k, v in s.items():
+                    r[f"scrape_{k}_{step}"] = v
+                # The last step's: the scrapes of an empty apilb take a few ms
+                # in all, below the 10 ms jiffies this share is counted in.
+                r["foreign_lb_cpu_pct"] = s["foreign_lb_cpu_pct"]
+            holder.stdin.write("quit\n")
+            holder.stdin.flush()
+            holder.wait(timeout=30)
+        finally:
+            self.procs.stop(holder)
+            self.procs.stop(lb)
+            self.procs.stop(be)
+        return r
+
     def test_instructions(self, target: str) -> dict | None:
         """User-space instructions apilb executes for a fixed workload, under
         callgrind (this machine has no hardware counters for perf stat)."""
@@ -546,7 +652,7 @@ class Bench:
                 f"{open('/proc/loadavg').read().split()[0]}")
             for test in tests:
                 for target in order:
-                    if test == "instructions" and target != "apilb":
+                    if test in APILB_ONLY and target != "apilb":
                         continue
                     fn = getattr(self, f"test_{test}")
                     self.current = f"{test}.{target}"
@@ -598,6 +704,9 @@ def short(test: str, r: dict) -> str:
     parts = []
     if test == "idle":
         keys = {"idle": tuple(k for k in r if k.startswith(("rss_per_conn_", "failed_")))}
+    if test == "scrape":
+        keys = {"scrape": tuple(k for k in r if k.startswith(("scrape_p50_ms_", "scrape_cpu_us_per_scrape_",
+                                                              "scrape_open_fds_")))}
     for k in keys[test]:
         v = value(r, k)
         if v is not None:
@@ -641,6 +750,11 @@ ROWS = [
     ("storm", "p99_ms", "Storm: per-connection p99", "ms", "low"),
     ("storm", "listen_overflows", "Storm: accept-queue overflows (kernel ListenOverflows)", "count", "low"),
     ("instructions", "ir_per_conn", "Instructions per connection (callgrind, 64 KiB each)", "Ir", "low"),
+    ("scrape", "scrape_p50_ms_0", "GET /metrics latency p50, no sessions", "ms", "low"),
+    ("scrape", "scrape_cpu_us_per_scrape_0", "GET /metrics: apilb CPU per scrape, no sessions", "CPU µs", "low"),
+    ("scrape", "scrape_p50_ms_9000", "GET /metrics latency p50, 9000 idle sessions", "ms", "low"),
+    ("scrape", "scrape_cpu_us_per_scrape_9000", "GET /metrics: apilb CPU per scrape, 9000 idle sessions",
+     "CPU µs", "low"),
 ]
 
 # (test, key, comparison target, factor, rule) for the issue's targets
@@ -772,6 +886,7 @@ def main() -> int:
     ap.add_argument("--storm", type=int, default=5000)
     ap.add_argument("--idle", default="5000,9000")
     ap.add_argument("--instr-conns", type=int, default=2000)
+    ap.add_argument("--scrapes", type=int, default=50, help="GET /metrics per step of the scrape test")
     ap.add_argument("--perf", metavar="DIR",
                     help="record a perf profile (cpu-clock, call graphs) of the balancer during each "
                          "measured run into DIR/perf.TEST.TARGET.N.data")
