@@ -63,6 +63,7 @@ public:
     bool reload_tls_files();
 
     boost::asio::ip::tcp::endpoint local_endpoint() const;
+    /// The endpoint's own counters (also in /metrics). Control thread.
     const admin_stats& stats() const { return stats_; }
 
 private:

@@ -108,12 +108,21 @@ std::string explain(const error_code& ec, phase at, long verify_result, const ad
                     const std::string& name) {
     const bool tls_error = ec.category() == asio::error::get_ssl_category();
     if (t.tls && verify_result != X509_V_OK) {
-        return fmt::format("TLS: the server's certificate failed verification: {}{}",
-                           X509_verify_cert_error_string(verify_result),
-                           verify_result == X509_V_ERR_IP_ADDRESS_MISMATCH || verify_result == X509_V_ERR_HOSTNAME_MISMATCH
-                               ? fmt::format(" (it is not issued for {}; --server-name NAME checks another name)", name)
-                               : t.ca_file.empty() ? " (give the CA that signed it with --cacert FILE)"
-                                                   : fmt::format(" (trusted: {})", t.ca_file));
+        std::string hint;
+        if (verify_result == X509_V_ERR_IP_ADDRESS_MISMATCH || verify_result == X509_V_ERR_HOSTNAME_MISMATCH) {
+            hint = fmt::format("it is not issued for {}; --server-name NAME checks another name", name);
+        } else if (t.ca_file.empty()) {
+            hint = "give the CA that signed it with --cacert FILE";
+        } else if (t.ca_is_server_chain) {
+            // Replaced on disk, not yet reloaded: the server still presents the old one.
+            hint = fmt::format("trusted: the certificate in {}; if it was replaced since apilb loaded it, reload with "
+                               "`systemctl reload apilb` or give --cacert FILE",
+                               t.ca_file);
+        } else {
+            hint = "trusted: " + t.ca_file;
+        }
+        return fmt::format("TLS: the server's certificate failed verification: {} ({})",
+                           X509_verify_cert_error_string(verify_result), hint);
     }
     const std::string text = ec.message();
     if (tls_error && text.find("alert") != std::string::npos) {
