@@ -3,6 +3,7 @@
 // thread only (it reads the health checker's probe records).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -10,9 +11,16 @@
 
 namespace apilb {
 
+/// The admin endpoint's own counters. Control thread only, like the endpoint.
+struct admin_stats {
+    bool tls = false;  ///< the endpoint speaks HTTPS: its TLS counters are reported
+    std::uint64_t tls_handshake_failures_total = 0;  ///< connections cut off before a request
+};
+
 /// The state beyond the snapshot that the admin endpoint reports.
 struct admin_facts {
     const process_stats* stats = nullptr;
+    const admin_stats* admin = nullptr;  ///< set by the admin server; nullptr = none
     std::string config_hash;   ///< short hash of the loaded config file's bytes
     std::string vrrp_role;     ///< "" when there is no vrrp section
     bool draining = false;     ///< SIGTERM seen

@@ -1,13 +1,16 @@
 // The admin HTTP endpoint (docs/admin.md): /livez, /readyz, /metrics,
-// /api/v1/status, drain/enable/reload, and the status page. Runs on the
-// control io_context, never on a worker, so a slow admin client cannot stall
-// the relay; workers are only reached by posting a ping.
+// /api/v1/status, drain/enable/reload, and the status page, over HTTP or
+// HTTPS with optional client certificates. Runs on the control io_context,
+// never on a worker, so a slow admin client cannot stall the relay; workers
+// are only reached by posting a ping.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
 
 #include <chrono>
 #include <functional>
@@ -17,6 +20,10 @@
 
 #include "apilb/admin_report.hpp"
 #include "apilb/runtime.hpp"
+
+namespace boost::asio::ssl {
+class context;
+}
 
 namespace apilb {
 
@@ -33,11 +40,13 @@ struct admin_hooks {
 
 class admin_server {
 public:
-    /// Binds `cfg.address` and reads the token file. Throws std::system_error
-    /// (naming the address) if the bind fails, std::runtime_error if the token
-    /// file cannot be read or is empty. Control thread.
+    /// Binds `cfg.address`, reads the token file and, with `cfg.tls`, builds
+    /// the TLS context from its files. Throws std::system_error (naming the
+    /// address) if the bind fails, std::runtime_error (naming the file) if the
+    /// token file cannot be read or is empty or a TLS file does not load.
+    /// Control thread.
     admin_server(boost::asio::io_context& control, const admin_config& cfg, admin_hooks hooks);
-    ~admin_server() = default;
+    ~admin_server();
     admin_server(const admin_server&) = delete;
     admin_server& operator=(const admin_server&) = delete;
 
@@ -46,17 +55,42 @@ public:
     /// Closes the acceptor and every connection. Control thread.
     void stop();
 
+    /// Certificate rotation: re-reads the certificate, key and client CA
+    /// from the files the running admin section names. New connections use
+    /// them, open ones keep what they started with. If they do not load, the
+    /// old ones stay and it returns false; either way it logs what happened.
+    /// True without TLS. Control thread.
+    bool reload_tls_files();
+
     boost::asio::ip::tcp::endpoint local_endpoint() const;
+    /// The endpoint's own counters (also in /metrics). Control thread.
+    const admin_stats& stats() const { return stats_; }
 
 private:
     struct reply;
+    using request = boost::beast::http::request<boost::beast::http::string_body>;
     boost::asio::awaitable<void> accept_loop();
     boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket socket);
+    /// Reads requests and answers them until the client is done (admin_server.cpp).
+    template <class Stream>
+    boost::asio::awaitable<void> serve_requests(Stream& stream, bool client_verified);
+    /// The answer to one request; `client_verified`: a client certificate
+    /// was presented and verified against admin.tls.client_ca_file.
+    boost::asio::awaitable<reply> handle(const request& req, bool client_verified);
+    /// POST /api/v1/backends/{pool}/{backend}/{drain|enable}.
+    reply drain_or_enable(const std::string& path);
+    void count_handshake_failure(const boost::asio::ip::tcp::endpoint& peer, const std::string& why);
 
     boost::asio::io_context& control_;
     boost::asio::ip::tcp::acceptor acceptor_;
     admin_hooks hooks_;
+    admin_config cfg_;
     std::string token_;  ///< "" = POST needs no token
+    /// nullptr = plain HTTP. Replaced by reload_tls_files(); each connection
+    /// holds the one it started with.
+    std::shared_ptr<boost::asio::ssl::context> tls_;
+    admin_stats stats_;
+    std::chrono::steady_clock::time_point last_failure_log_{};
     std::size_t connections_ = 0;
     std::list<boost::beast::tcp_stream*> open_;  ///< connections being served, closed by stop()
     bool stopped_ = false;

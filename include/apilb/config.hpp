@@ -221,12 +221,31 @@ struct vrrp_config {
     std::string notify_fifo() const { return state_dir + "/vrrp-notify.fifo"; }
 };
 
+/// Which admin requests need a verified client certificate (admin.tls.client_auth).
+enum class admin_client_auth {
+    changes,  ///< POSTs (drain, enable, reload); GETs are open to any TLS client
+    all,      ///< every request: the handshake fails without a certificate
+};
+
+/// HTTPS on the admin endpoint (docs/admin.md#tls). The loader has read every
+/// file once: the certificate chain and key parse and match, the CA parses.
+struct admin_tls_config {
+    std::string cert_file;       ///< PEM: the server certificate, then its intermediates
+    std::string key_file;        ///< PEM: the certificate's private key
+    std::string client_ca_file;  ///< PEM CA bundle for client certificates; "" = none asked
+    admin_client_auth client_auth = admin_client_auth::changes;  ///< only with client_ca_file
+
+    bool operator==(const admin_tls_config&) const = default;
+};
+
 /// The admin HTTP endpoint (docs/admin.md): health, metrics, status, control.
 struct admin_config {
-    socket_address address;  ///< loopback unless token_file is set
+    /// Loopback unless token_file or tls.client_ca_file protects the POSTs.
+    socket_address address;
     /// A file holding the bearer token that POST requests must carry
-    /// (`Authorization: Bearer <token>`); "" = POST needs no token (loopback only).
+    /// (`Authorization: Bearer <token>`); "" = POST needs no token.
     std::string token_file;
+    std::optional<admin_tls_config> tls;  ///< nullopt = plain HTTP
 };
 
 /// One problem found in a config file.

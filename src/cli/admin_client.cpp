@@ -1,12 +1,20 @@
 #include "admin_client.hpp"
 
-#include <boost/asio/connect.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/json.hpp>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include <fmt/format.h>
 
@@ -24,7 +32,9 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 namespace json = boost::json;
+namespace ssl = asio::ssl;
 using asio::ip::tcp;
+using boost::system::error_code;
 
 namespace {
 
@@ -33,13 +43,117 @@ struct response {
     std::string body;
 };
 
+/// Where an exchange failed, for the message.
+enum class phase { connect, handshake, exchange, done };
+
+/// Writes the request and reads the response on a connected (and, for TLS,
+/// handshaken) stream.
+template <class Stream>
+asio::awaitable<error_code> exchange(Stream& stream, http::request<http::string_body>& req,
+                                     http::response<http::string_body>& res) {
+    beast::flat_buffer buffer;
+    auto [wec, wn] = co_await http::async_write(stream, req, asio::as_tuple(asio::use_awaitable));
+    if (wec) co_return wec;
+    auto [rec, rn] = co_await http::async_read(stream, buffer, res, asio::as_tuple(asio::use_awaitable));
+    co_return rec;
+}
+
+/// The TLS client side: TLS 1.2+, the server's certificate verified against
+/// the anchors and checked for the address's IP (or --server-name), and the
+/// client certificate if one was given. nullopt (the reason printed) if a
+/// file does not load.
+std::optional<ssl::context> client_context(const admin_target& t, const std::string& name) {
+    ssl::context ctx(ssl::context::tls_client);
+    SSL_CTX* native = ctx.native_handle();
+    SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
+    ERR_clear_error();
+    auto fail = [](const std::string& what) {
+        const unsigned long code = ERR_get_error();
+        const char* reason = code != 0 ? ERR_reason_error_string(code) : nullptr;
+        std::cerr << "error: " << what << ": " << (reason != nullptr ? reason : "cannot be loaded") << '\n';
+        ERR_clear_error();
+        return std::nullopt;
+    };
+    if (!t.ca_file.empty()) {
+        if (SSL_CTX_load_verify_locations(native, t.ca_file.c_str(), nullptr) != 1) {
+            return fail((t.ca_is_server_chain ? "admin.tls.cert_file " : "--cacert ") + t.ca_file);
+        }
+        // The server's own certificate as the anchor: it need not be a root.
+        if (t.ca_is_server_chain) X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(native), X509_V_FLAG_PARTIAL_CHAIN);
+    } else if (SSL_CTX_set_default_verify_paths(native) != 1) {
+        return fail("the system's CA certificates");
+    }
+    SSL_CTX_set_verify(native, SSL_VERIFY_PEER, nullptr);
+    X509_VERIFY_PARAM* param = SSL_CTX_get0_param(native);
+    error_code ec;
+    asio::ip::make_address(name, ec);
+    if (!ec) {
+        X509_VERIFY_PARAM_set1_ip_asc(param, name.c_str());
+    } else {
+        X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        X509_VERIFY_PARAM_set1_host(param, name.c_str(), name.size());
+    }
+    if (!t.cert_file.empty()) {
+        if (SSL_CTX_use_certificate_chain_file(native, t.cert_file.c_str()) != 1) return fail("--cert " + t.cert_file);
+        if (SSL_CTX_use_PrivateKey_file(native, t.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+            return fail("--key " + t.key_file);
+        }
+        if (SSL_CTX_check_private_key(native) != 1) return fail("--key " + t.key_file + " does not match --cert");
+    }
+    return ctx;
+}
+
+/// What went wrong, in an operator's terms.
+std::string explain(const error_code& ec, phase at, long verify_result, const admin_target& t,
+                    const std::string& name) {
+    const bool tls_error = ec.category() == asio::error::get_ssl_category();
+    if (t.tls && verify_result != X509_V_OK) {
+        std::string hint;
+        if (verify_result == X509_V_ERR_IP_ADDRESS_MISMATCH || verify_result == X509_V_ERR_HOSTNAME_MISMATCH) {
+            hint = fmt::format("it is not issued for {}; --server-name NAME checks another name", name);
+        } else if (t.ca_file.empty()) {
+            hint = "give the CA that signed it with --cacert FILE";
+        } else if (t.ca_is_server_chain) {
+            // Replaced on disk, not yet reloaded: the server still presents the old one.
+            hint = fmt::format("trusted: the certificate in {}; if it was replaced since apilb loaded it, reload with "
+                               "`systemctl reload apilb` or give --cacert FILE",
+                               t.ca_file);
+        } else {
+            hint = "trusted: " + t.ca_file;
+        }
+        return fmt::format("TLS: the server's certificate failed verification: {} ({})",
+                           X509_verify_cert_error_string(verify_result), hint);
+    }
+    const std::string text = ec.message();
+    if (tls_error && text.find("alert") != std::string::npos) {
+        // With TLS 1.3 the server's verdict on our certificate arrives after
+        // our side of the handshake, so it shows here as a failed read.
+        return fmt::format("TLS: the server refused the connection ({}): it needs a client certificate signed by "
+                           "its admin.tls.client_ca_file{}",
+                           text, t.cert_file.empty() ? "; give --cert FILE --key FILE" : "; --cert is not one");
+    }
+    if (tls_error && text.find("wrong version number") != std::string::npos) {
+        return "TLS handshake failed (" + text + "): the endpoint does not speak HTTPS; use http:// or drop --cacert";
+    }
+    if (!t.tls && at == phase::exchange &&
+        (ec == http::error::end_of_stream || ec == asio::error::connection_reset || ec == asio::error::eof)) {
+        return text + " (does the endpoint speak HTTPS? give --admin https://ADDRESS --cacert FILE)";
+    }
+    return (at == phase::handshake ? "TLS handshake: " : "") + text;
+}
+
 /// One request; nullopt (the reason printed) if apilb cannot be reached.
 std::optional<response> call(const admin_target& t, http::verb method, const std::string& target) {
-    const auto addr = parse_socket_address(t.address);
+    auto addr = parse_socket_address(t.address);
     if (!addr) {
         std::cerr << "error: bad admin address " << t.address << " (expected IP:PORT)\n";
         return std::nullopt;
     }
+    // Bound to every address: reach it on the loopback, and check that name.
+    if (addr->ip == "0.0.0.0") addr->ip = "127.0.0.1";
+    if (addr->ip == "::") addr->ip = "::1";
+    const std::string url = fmt::format("{}://{}", t.tls ? "https" : "http", t.address);
+    const std::string name = t.server_name.empty() ? addr->ip : t.server_name;
     http::request<http::string_body> req{method, target, 11};
     req.set(http::field::host, t.address);
     req.set(http::field::user_agent, "apilb-cli");
@@ -57,29 +171,60 @@ std::optional<response> call(const admin_target& t, http::verb method, const std
     }
     req.prepare_payload();
 
+    std::optional<ssl::context> ctx;
+    if (t.tls) {
+        ctx = client_context(t, name);
+        if (!ctx) return std::nullopt;
+    }
     asio::io_context io;
-    beast::tcp_stream stream(io);
-    beast::flat_buffer buffer;
     http::response<http::string_body> res;
-    boost::system::error_code result;
+    error_code result;
+    phase at = phase::connect;
+    long verify_result = X509_V_OK;
     const tcp::endpoint ep{asio::ip::make_address(addr->ip), addr->port};
-    stream.expires_after(std::chrono::seconds(10));
-    stream.async_connect(ep, [&](boost::system::error_code ec) {
-        if (ec) {
-            result = ec;
-            return;
-        }
-        http::async_write(stream, req, [&](boost::system::error_code ec, std::size_t) {
-            if (ec) {
-                result = ec;
-                return;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            beast::tcp_stream tcp_stream(io);
+            // One deadline for the whole exchange, as before TLS.
+            tcp_stream.expires_after(std::chrono::seconds(10));
+            auto [cec] = co_await tcp_stream.async_connect(ep, asio::as_tuple(asio::use_awaitable));
+            if (cec) {
+                result = cec;
+                co_return;
             }
-            http::async_read(stream, buffer, res, [&](boost::system::error_code ec, std::size_t) { result = ec; });
-        });
-    });
+            if (!ctx) {
+                at = phase::exchange;
+                result = co_await exchange(tcp_stream, req, res);
+                if (!result) at = phase::done;
+                co_return;
+            }
+            beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), *ctx);
+            error_code ignored;
+            // SNI carries host names only (RFC 6066), never an IP.
+            if (asio::ip::make_address(name, ignored); ignored) {
+                SSL_set_tlsext_host_name(stream.native_handle(), name.c_str());
+            }
+            at = phase::handshake;
+            auto [hec] = co_await stream.async_handshake(ssl::stream_base::client, asio::as_tuple(asio::use_awaitable));
+            verify_result = SSL_get_verify_result(stream.native_handle());
+            if (hec) {
+                result = hec;
+                co_return;
+            }
+            at = phase::exchange;
+            result = co_await exchange(stream, req, res);
+            if (result) co_return;
+            at = phase::done;
+            // The response is complete (Content-Length); a slow close_notify
+            // from the server is not worth waiting for.
+            beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+            co_await stream.async_shutdown(asio::as_tuple(asio::use_awaitable));
+        },
+        asio::detached);
     io.run();
-    if (result) {
-        std::cerr << "error: apilb admin endpoint " << t.address << ": " << result.message() << '\n';
+    if (result && at != phase::done) {
+        std::cerr << "error: apilb admin endpoint " << url << ": " << explain(result, at, verify_result, t, name) << '\n';
         return std::nullopt;
     }
     return response{.status = res.result_int(), .body = res.body()};

@@ -1,5 +1,5 @@
 // The CLI's side of the admin endpoint: `apilb status`, `drain`, `enable`,
-// `reload` talk to a running apilb over HTTP (docs/admin.md).
+// `reload` talk to a running apilb over HTTP or HTTPS (docs/admin.md).
 #pragma once
 
 #include <string>
@@ -8,8 +8,17 @@ namespace apilb::cli {
 
 /// Where and how to reach the admin endpoint.
 struct admin_target {
-    std::string address;     ///< "127.0.0.1:6445"
+    std::string address;     ///< "127.0.0.1:6445"; 0.0.0.0 / :: reach the loopback
     std::string token_file;  ///< "" = send no token
+    bool tls = false;        ///< HTTPS; the server's certificate is always verified
+    /// Trust anchors for the server's certificate (PEM); "" = the system's.
+    std::string ca_file;
+    /// ca_file is the server's own certificate chain (its admin.tls.cert_file,
+    /// read from the same config): any certificate in it is an anchor.
+    bool ca_is_server_chain = false;
+    std::string cert_file;    ///< client certificate (PEM); "" = none
+    std::string key_file;     ///< its key
+    std::string server_name;  ///< the name the certificate must carry; "" = the address's IP
 };
 
 /// Prints the pools and backends as a table. Returns 0, or 1 if apilb cannot be reached.

@@ -117,18 +117,70 @@ int run(const std::string& path, const std::string& log_level) {
     }
 }
 
-/// The admin endpoint from --admin, else from the config file's admin section.
-std::optional<apilb::cli::admin_target> admin_target(const std::string& admin, const std::string& token_file,
-                                                     const std::string& config_path) {
-    if (!admin.empty()) return apilb::cli::admin_target{.address = admin, .token_file = token_file};
+/// The command line's say on how to reach the admin endpoint.
+struct admin_options {
+    std::string address;  ///< --admin: IP:PORT, http://IP:PORT or https://IP:PORT
+    std::string token_file;
+    std::string ca_file;
+    std::string cert_file;
+    std::string key_file;
+    std::string server_name;
+};
+
+/// The admin endpoint from --admin, else from the config file's admin
+/// section. HTTPS when --admin says https://, when a bare --admin comes with
+/// --cacert or --cert, or when the config's admin section has tls; never a
+/// silent fallback to plain HTTP.
+std::optional<apilb::cli::admin_target> admin_target(const admin_options& o, const std::string& config_path) {
+    const bool tls_options = !o.ca_file.empty() || !o.cert_file.empty() || !o.server_name.empty();
+    apilb::cli::admin_target t{.address = {},
+                               .token_file = o.token_file,
+                               .tls = false,
+                               .ca_file = o.ca_file,
+                               .ca_is_server_chain = false,
+                               .cert_file = o.cert_file,
+                               .key_file = o.key_file,
+                               .server_name = o.server_name};
+    if (!o.address.empty()) {
+        std::string address = o.address;
+        if (address.starts_with("https://")) {
+            t.tls = true;
+            address.erase(0, 8);
+        } else if (address.starts_with("http://")) {
+            if (tls_options) {
+                std::cerr << "error: --cacert, --cert and --server-name are for HTTPS, but --admin says http://\n";
+                return std::nullopt;
+            }
+            address.erase(0, 7);
+        } else {
+            t.tls = tls_options;
+        }
+        if (!address.empty() && address.back() == '/') address.pop_back();
+        t.address = address;
+        return t;
+    }
     try {
         auto cfg = apilb::load_config(config_path);
         if (!cfg->admin) {
             std::cerr << "error: " << config_path << " has no admin section; give --admin ADDRESS\n";
             return std::nullopt;
         }
-        return apilb::cli::admin_target{.address = cfg->admin->address.to_string(),
-                                        .token_file = token_file.empty() ? cfg->admin->token_file : token_file};
+        t.address = cfg->admin->address.to_string();
+        if (t.token_file.empty()) t.token_file = cfg->admin->token_file;
+        if (cfg->admin->tls) {
+            t.tls = true;
+            // On the node itself, the server's own certificate is the anchor
+            // to check it against: no CA file needed.
+            if (t.ca_file.empty()) {
+                t.ca_file = cfg->admin->tls->cert_file;
+                t.ca_is_server_chain = true;
+            }
+        } else if (tls_options) {
+            std::cerr << "error: the admin endpoint in " << config_path
+                      << " speaks plain HTTP (no admin.tls); --cacert, --cert and --server-name are for HTTPS\n";
+            return std::nullopt;
+        }
+        return t;
     } catch (const apilb::config_load_error& e) {
         print_config_errors(e);
         std::cerr << "error: cannot find the admin endpoint in " << config_path << "; give --admin ADDRESS\n";
@@ -165,27 +217,37 @@ int main(int argc, char** argv) {
     auto* version_cmd = app.add_subcommand("version", "print the version");
 
     // Commands for a running apilb, through its admin endpoint.
-    std::string admin_address;
-    std::string token_file;
+    admin_options admin;
     std::string pool_name;
     std::string backend_name;
-    auto admin_options = [&](CLI::App* cmd) {
-        cmd->add_option("--admin", admin_address, "admin endpoint IP:PORT (default: from the config's admin section)");
+    auto add_admin_options = [&](CLI::App* cmd) {
+        cmd->add_option("--admin", admin.address,
+                        "admin endpoint IP:PORT, http://IP:PORT or https://IP:PORT (default: from the config's "
+                        "admin section)");
         cmd->add_option("-c,--config", config_path, "configuration file to read the admin section from")
             ->capture_default_str();
-        cmd->add_option("--token-file", token_file, "file with the admin bearer token (default: admin.token_file)");
+        cmd->add_option("--token-file", admin.token_file, "file with the admin bearer token (default: admin.token_file)");
+        cmd->add_option("--cacert", admin.ca_file,
+                        "PEM CA certificate(s) to verify the admin endpoint's certificate (HTTPS; default with "
+                        "--config: its admin.tls.cert_file, else the system's CAs)");
+        auto* cert = cmd->add_option("--cert", admin.cert_file, "PEM client certificate for the admin endpoint (HTTPS)");
+        auto* key = cmd->add_option("--key", admin.key_file, "PEM private key of --cert");
+        cert->needs(key);
+        key->needs(cert);
+        cmd->add_option("--server-name", admin.server_name,
+                        "name the admin endpoint's certificate must carry (default: the address's IP)");
     };
     auto* status_cmd = app.add_subcommand("status", "show pools and backends of a running apilb");
-    admin_options(status_cmd);
+    add_admin_options(status_cmd);
     auto* drain_cmd = app.add_subcommand("drain", "stop sending new sessions to a backend (open ones go on)");
     auto* enable_cmd = app.add_subcommand("enable", "undo drain: the backend takes new sessions again");
     for (auto* cmd : {drain_cmd, enable_cmd}) {
-        admin_options(cmd);
+        add_admin_options(cmd);
         cmd->add_option("pool", pool_name, "pool name")->required();
         cmd->add_option("backend", backend_name, "backend name")->required();
     }
     auto* reload_cmd = app.add_subcommand("reload", "make a running apilb re-read its configuration file");
-    admin_options(reload_cmd);
+    add_admin_options(reload_cmd);
 
     try {
         app.parse(argc, argv);
@@ -200,7 +262,7 @@ int main(int argc, char** argv) {
     }
     if (*check_cmd) return check_config(config_path);
     if (*status_cmd || *drain_cmd || *enable_cmd || *reload_cmd) {
-        const auto target = admin_target(admin_address, token_file, config_path);
+        const auto target = admin_target(admin, config_path);
         if (!target) return exit_usage;
         if (*status_cmd) return apilb::cli::admin_status(*target);
         if (*reload_cmd) return apilb::cli::admin_reload(*target);

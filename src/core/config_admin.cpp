@@ -1,12 +1,18 @@
 // The top-level `admin` section: where the admin HTTP endpoint listens and
-// what protects its state-changing requests. Part of the loader (see
-// loader.hpp).
+// what protects it: a bearer token for state-changing requests, HTTPS, and
+// client certificates. Part of the loader (see loader.hpp).
 #include "loader.hpp"
+#include "pem_check.hpp"
 
 namespace apilb::config_detail {
 namespace {
 
-constexpr std::array<std::string_view, 2> admin_keys{"address", "token_file"};
+constexpr std::array<std::string_view, 3> admin_keys{"address", "token_file", "tls"};
+constexpr std::array<std::string_view, 4> tls_keys{"cert_file", "key_file", "client_ca_file", "client_auth"};
+constexpr std::array<choice<admin_client_auth>, 2> client_auth_choices{{
+    {"changes", admin_client_auth::changes},
+    {"all", admin_client_auth::all},
+}};
 
 bool is_loopback(const socket_address& a) {
     return a.is_v6 ? a.ip == "::1" : a.ip.rfind("127.", 0) == 0;
@@ -14,20 +20,62 @@ bool is_loopback(const socket_address& a) {
 
 }  // namespace
 
+void loader::read_admin_tls(const field& f, admin_tls_config& t) {
+    auto m = open_mapping(f, tls_keys, false);
+    if (!m) return;
+    const bool has_cert = require(*m, "cert_file");
+    const bool has_key = require(*m, "key_file");
+    const bool cert_read = read_file_path(*m, "cert_file", t.cert_file);
+    const bool key_read = read_file_path(*m, "key_file", t.key_file);
+    if (has_cert && has_key && cert_read && key_read) {
+        // The files are read again when the server builds its TLS context
+        // (and on every reload): this catches a wrong file before that.
+        const key_pair_check check = check_key_pair(t.cert_file, t.key_file);
+        const field* cf = m->find("cert_file");
+        const field* kf = m->find("key_file");
+        if (!check.cert_problem.empty()) error(cf->mark, cf->path, check.cert_problem);
+        if (!check.key_problem.empty()) error(kf->mark, kf->path, check.key_problem);
+        if (!check.cert_warning.empty()) warning(cf->mark, cf->path, check.cert_warning);
+    }
+    if (read_file_path(*m, "client_ca_file", t.client_ca_file) && !t.client_ca_file.empty()) {
+        if (auto problem = ca_bundle_problem(t.client_ca_file); !problem.empty()) {
+            const field* af = m->find("client_ca_file");
+            error(af->mark, af->path, problem);
+        }
+    }
+    if (const field* a = m->find("client_auth")) {
+        read_choice(*m, "client_auth", client_auth_choices, t.client_auth);
+        if (m->find("client_ca_file") == nullptr) {
+            error(a->mark, a->path,
+                  "client_auth needs client_ca_file: without a CA to verify them, apilb asks for no client "
+                  "certificates");
+        }
+    }
+}
+
 void loader::read_admin(const field& f, admin_config& a) {
     auto m = open_mapping(f, admin_keys, true);
     if (!m) return;
     a.address = {.ip = "127.0.0.1", .port = 6445, .is_v6 = false};
     const site address = read_address(*m, "address", false, a.address);
     read_file_path(*m, "token_file", a.token_file);
+    const field* tf = m->find("tls");
+    if (tf != nullptr) read_admin_tls(*tf, a.tls.emplace());
+    const bool client_certs = tf != nullptr && tf->node.IsMap() && tf->node["client_ca_file"];
     // Anyone who can reach the endpoint could drain every backend or reload:
     // off the loopback that needs a credential.
-    if ((address.ok || m->find("address") == nullptr) && !is_loopback(a.address) && a.token_file.empty()) {
-        const field* af = m->find("address");
+    const bool off_loopback = (address.ok || m->find("address") == nullptr) && !is_loopback(a.address);
+    const field* af = m->find("address");
+    if (off_loopback && a.token_file.empty() && !client_certs) {
         error(af != nullptr ? af->mark : m->mark, af != nullptr ? af->path : m->path,
               "the admin endpoint on " + quote(a.address.to_string()) +
                   " is reachable from other hosts, but nothing protects drain, enable and reload; set "
-                  "admin.token_file (a bearer token) or bind a loopback address such as 127.0.0.1");
+                  "admin.token_file (a bearer token), admin.tls.client_ca_file (client certificates), or bind a "
+                  "loopback address such as 127.0.0.1");
+    } else if (off_loopback && tf == nullptr) {
+        warning(af != nullptr ? af->mark : m->mark, af != nullptr ? af->path : m->path,
+                "the admin endpoint on " + quote(a.address.to_string()) +
+                    " speaks plain HTTP: the bearer token crosses the network in clear text; set admin.tls");
     }
 }
 

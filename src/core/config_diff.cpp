@@ -148,10 +148,13 @@ config_diff diff_configs(const config& running, const config& next) {
                             std::to_string(next.limits.max_connections),
                         running.limits.max_connections != next.limits.max_connections);
     restart_only_change(r, "timeouts.idle", rt.idle != nt.idle);
-    // The admin endpoint keeps its socket and token until a restart.
+    // The admin endpoint keeps its socket, token and TLS settings until a
+    // restart; a reload only re-reads the TLS files it already names
+    // (certificate rotation, admin_server::reload_tls_files).
     const bool admin_changed = running.admin.has_value() != next.admin.has_value() ||
                                (running.admin && (running.admin->address != next.admin->address ||
-                                                  running.admin->token_file != next.admin->token_file));
+                                                  running.admin->token_file != next.admin->token_file ||
+                                                  running.admin->tls != next.admin->tls));
     restart_only_change(r, "admin", admin_changed);
     return d;
 }

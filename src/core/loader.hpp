@@ -160,6 +160,8 @@ private:
     void read_vrrp(const field& f, vrrp_config& out);
     /// The top-level `admin` section (config_admin.cpp).
     void read_admin(const field& f, admin_config& out);
+    /// `admin.tls`: reads and checks the PEM files (config_admin.cpp).
+    void read_admin_tls(const field& f, admin_tls_config& out);
     void read_sections(const mapping& top);
     void check_references();
 

@@ -200,6 +200,12 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.family("apilb_reloads_total", "counter", "Configuration reloads, by result: success (applied) or failure (old config kept).");
     e.sample("apilb_reloads_total", label("result", "success"), load(ps.reloads_total));
     e.sample("apilb_reloads_total", label("result", "failure"), load(ps.reload_failures_total));
+    if (facts.admin != nullptr && facts.admin->tls) {
+        e.family("apilb_admin_tls_handshake_failures_total", "counter",
+                 "Admin connections cut off because the TLS handshake failed (no or untrusted client certificate, "
+                 "plain HTTP, timeout).");
+        e.sample("apilb_admin_tls_handshake_failures_total", "", facts.admin->tls_handshake_failures_total);
+    }
     e.family("apilb_config_info", "gauge", "Always 1; hash is a short hash of the running configuration file.");
     e.sample("apilb_config_info", label("hash", facts.config_hash), std::uint64_t{1});
     e.family("apilb_ready", "gauge", "1 if apilb is ready (what /readyz says), else 0.");

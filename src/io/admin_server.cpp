@@ -8,22 +8,28 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/json.hpp>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <fstream>
-
-#include "apilb/logging.hpp"
 #include <list>
 #include <sstream>
+
+#include "apilb/logging.hpp"
 
 namespace apilb {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace ssl = asio::ssl;
 using asio::ip::tcp;
 using boost::system::error_code;
 using namespace std::chrono_literals;
@@ -35,6 +41,8 @@ constexpr auto livez_deadline = 1000ms;
 /// Admin clients are few; more than this at once are turned away.
 constexpr std::size_t max_connections = 64;
 constexpr auto io_timeout = 10s;
+/// How long a TLS client gets to answer our close_notify.
+constexpr auto tls_shutdown_timeout = 1s;
 
 std::string read_token(const std::string& path) {
     std::ifstream in(path);
@@ -54,6 +62,108 @@ bool same_secret(std::string_view a, std::string_view b) {
     return diff == 0 && !b.empty();
 }
 
+/// Refuses to prompt on the terminal for an encrypted key's passphrase (the
+/// loader rejects such keys; the file may have changed since).
+int no_passphrase(char*, int, int, void*) { return -1; }
+
+/// OpenSSL's queued errors as one line, the queue emptied.
+std::string ssl_errors() {
+    std::string text;
+    while (const unsigned long code = ERR_get_error()) {
+        if (!text.empty()) text += "; ";
+        const char* reason = ERR_reason_error_string(code);
+        text += reason != nullptr ? reason : "error " + std::to_string(code);
+    }
+    return text.empty() ? "unknown error" : text;
+}
+
+/// The server side of admin.tls: TLS 1.2 or later, the certificate chain and
+/// key, and with a client CA, a request for client certificates (required
+/// at the handshake with client_auth: all). Throws std::runtime_error naming
+/// the file that did not load.
+std::shared_ptr<ssl::context> make_tls_context(const admin_tls_config& t) {
+    auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
+    SSL_CTX* native = ctx->native_handle();
+    ERR_clear_error();
+    auto fail = [](std::string_view key, const std::string& file) {
+        return std::runtime_error(fmt::format("admin.tls.{}: cannot load {}: {}", key, file, ssl_errors()));
+    };
+    if (SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1) throw std::runtime_error("TLS 1.2: " + ssl_errors());
+    ctx->set_options(ssl::context::default_workarounds | ssl::context::no_compression | ssl::context::single_dh_use);
+    // TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 keeps OpenSSL's.
+    if (SSL_CTX_set_cipher_list(native, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") != 1) {
+        throw std::runtime_error("TLS cipher list: " + ssl_errors());
+    }
+    SSL_CTX_set_default_passwd_cb(native, no_passphrase);
+    if (SSL_CTX_use_certificate_chain_file(native, t.cert_file.c_str()) != 1) throw fail("cert_file", t.cert_file);
+    if (SSL_CTX_use_PrivateKey_file(native, t.key_file.c_str(), SSL_FILETYPE_PEM) != 1) throw fail("key_file", t.key_file);
+    if (SSL_CTX_check_private_key(native) != 1) {
+        throw std::runtime_error(fmt::format("admin.tls.key_file: the key in {} does not match the certificate in {}",
+                                             t.key_file, t.cert_file));
+    }
+    if (!t.client_ca_file.empty()) {
+        if (SSL_CTX_load_verify_locations(native, t.client_ca_file.c_str(), nullptr) != 1) {
+            throw fail("client_ca_file", t.client_ca_file);
+        }
+        // The CA names go into the CertificateRequest, so that a client with
+        // several certificates (a browser) offers the right one.
+        STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(t.client_ca_file.c_str());
+        if (names == nullptr) throw fail("client_ca_file", t.client_ca_file);
+        SSL_CTX_set_client_CA_list(native, names);
+        int mode = SSL_VERIFY_PEER;
+        if (t.client_auth == admin_client_auth::all) mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+        SSL_CTX_set_verify(native, mode, nullptr);
+        // Resumed sessions keep their verified client certificate; OpenSSL
+        // refuses to resume without a context id once it verifies peers.
+        static constexpr unsigned char session_id[] = "apilb-admin";
+        SSL_CTX_set_session_id_context(native, session_id, sizeof session_id - 1);
+    }
+    return ctx;
+}
+
+/// "CN=..., expires 2026-12-01 10:00:00 GMT, sha256 ab12..." for the log.
+std::string describe_certificate(const ssl::context& ctx) {
+    X509* cert = SSL_CTX_get0_certificate(const_cast<ssl::context&>(ctx).native_handle());
+    if (cert == nullptr) return "no certificate";
+    std::string subject = "?";
+    if (char* line = X509_NAME_oneline(X509_get_subject_name(cert), nullptr, 0)) {
+        subject = line;
+        OPENSSL_free(line);
+    }
+    std::string expires = "?";
+    if (BIO* bio = BIO_new(BIO_s_mem())) {
+        if (ASN1_TIME_print(bio, X509_get0_notAfter(cert)) == 1) {
+            char* data = nullptr;
+            const long n = BIO_get_mem_data(bio, &data);
+            expires.assign(data, static_cast<std::size_t>(n));
+        }
+        BIO_free(bio);
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    std::string fingerprint;
+    if (X509_digest(cert, EVP_sha256(), md, &len) == 1) {
+        for (unsigned int i = 0; i < len && i < 8; ++i) fingerprint += fmt::format("{:02x}", md[i]);
+    }
+    return fmt::format("{} (expires {}, sha256 {}...)", subject, expires, fingerprint);
+}
+
+/// A client certificate was presented and verified against the client CA.
+bool client_verified(SSL* ssl) {
+    return SSL_get0_peer_certificate(ssl) != nullptr && SSL_get_verify_result(ssl) == X509_V_OK;
+}
+
+/// Why a handshake failed, in the client's terms, for the log.
+std::string handshake_failure(const error_code& ec, SSL* ssl) {
+    std::string text = ec.message();
+    if (ec == beast::error::timeout) return "no handshake within 10s";
+    const long verify = SSL_get_verify_result(ssl);
+    if (verify != X509_V_OK) text += fmt::format(" (client certificate: {})", X509_verify_cert_error_string(verify));
+    return text;
+}
+
 std::string json_message(std::string_view key, std::string_view value) {
     boost::json::object o;
     o[key] = value;
@@ -69,8 +179,12 @@ struct admin_server::reply {
 };
 
 admin_server::admin_server(asio::io_context& control, const admin_config& cfg, admin_hooks hooks)
-    : control_(control), acceptor_(control), hooks_(std::move(hooks)) {
+    : control_(control), acceptor_(control), hooks_(std::move(hooks)), cfg_(cfg) {
     if (!cfg.token_file.empty()) token_ = read_token(cfg.token_file);
+    if (cfg.tls) {
+        tls_ = make_tls_context(*cfg.tls);
+        stats_.tls = true;
+    }
     const tcp::endpoint ep = to_endpoint(cfg.address);
     error_code ec;
     acceptor_.open(ep.protocol(), ec);
@@ -80,15 +194,25 @@ admin_server::admin_server(asio::io_context& control, const admin_config& cfg, a
     if (ec) throw std::system_error(ec, "admin: cannot listen on " + cfg.address.to_string());
 }
 
+admin_server::~admin_server() = default;
+
 tcp::endpoint admin_server::local_endpoint() const {
     error_code ec;
     return acceptor_.local_endpoint(ec);
 }
 
 void admin_server::start() {
-    spdlog::info("admin: listening on http://{}{}", local_endpoint().address().to_string() + ":" +
-                                                        std::to_string(local_endpoint().port()),
-                 token_.empty() ? "" : " (POST requires the bearer token)");
+    const tcp::endpoint ep = local_endpoint();
+    std::string guards;
+    if (tls_ && !cfg_.tls->client_ca_file.empty()) {
+        guards = cfg_.tls->client_auth == admin_client_auth::all
+                     ? "every request requires a client certificate"
+                     : "POST requires a client certificate";
+    }
+    if (!token_.empty()) guards += guards.empty() ? "POST requires the bearer token" : " and the bearer token";
+    spdlog::info("admin: listening on {}://{}{}", tls_ ? "https" : "http",
+                 ep.address().to_string() + ":" + std::to_string(ep.port()), guards.empty() ? "" : " (" + guards + ")");
+    if (tls_) spdlog::info("admin: TLS certificate {}", describe_certificate(*tls_));
     asio::co_spawn(control_, accept_loop(), asio::detached);
 }
 
@@ -99,6 +223,37 @@ void admin_server::stop() {
     // Their coroutines end at once; server::run() lets them unwind before
     // this object goes.
     for (auto* s : open_) s->socket().close(ignored);
+}
+
+bool admin_server::reload_tls_files() {
+    if (!cfg_.tls) return true;
+    try {
+        auto next = make_tls_context(*cfg_.tls);
+        const std::string before = describe_certificate(*tls_);
+        const std::string after = describe_certificate(*next);
+        tls_ = std::move(next);
+        if (before == after) {
+            spdlog::info("admin: TLS files re-read: certificate unchanged: {}", after);
+        } else {
+            spdlog::info("admin: TLS files re-read: new connections get the certificate {}; it was {}", after, before);
+        }
+        return true;
+    } catch (const std::exception& e) {
+        spdlog::error("admin: TLS files not re-read: {}; the running certificate stays: {}", e.what(),
+                      describe_certificate(*tls_));
+        return false;
+    }
+}
+
+void admin_server::count_handshake_failure(const tcp::endpoint& peer, const std::string& why) {
+    ++stats_.tls_handshake_failures_total;
+    // A scanner or a misconfigured client can fail many times a second: one
+    // line per second at info, the rest at debug; the counter has them all.
+    const auto now = std::chrono::steady_clock::now();
+    const auto level = now - last_failure_log_ >= 1s ? spdlog::level::info : spdlog::level::debug;
+    if (level == spdlog::level::info) last_failure_log_ = now;
+    spdlog::log(level, "admin: TLS handshake with {}:{} failed: {}; connection closed", peer.address().to_string(),
+                peer.port(), why);
 }
 
 asio::awaitable<void> admin_server::accept_loop() {
@@ -126,157 +281,62 @@ asio::awaitable<void> admin_server::serve(tcp::socket socket) {
         std::size_t& n;
         ~on_exit() { --n; }
     } guard{connections_};
-    beast::tcp_stream stream(std::move(socket));
-    open_.push_back(&stream);
-    struct unlist {
+    // stop() closes the socket under whatever layer reads it.
+    struct listed {
         std::list<beast::tcp_stream*>& l;
         std::list<beast::tcp_stream*>::iterator it;
-        ~unlist() { l.erase(it); }
-    } unlisted{open_, std::prev(open_.end())};
+        listed(std::list<beast::tcp_stream*>& list, beast::tcp_stream* s) : l(list), it(list.insert(list.end(), s)) {}
+        ~listed() { l.erase(it); }
+        listed(const listed&) = delete;
+        listed& operator=(const listed&) = delete;
+    };
+    error_code ignored;
+    if (!tls_) {
+        beast::tcp_stream stream(std::move(socket));
+        const listed registered(open_, &stream);
+        co_await serve_requests(stream, false);
+        stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+        stream.close();
+        co_return;
+    }
+    // This connection keeps the context it started with through a rotation.
+    const std::shared_ptr<ssl::context> ctx = tls_;
+    const tcp::endpoint peer = socket.remote_endpoint(ignored);
+    beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), *ctx);
+    auto& tcp_layer = beast::get_lowest_layer(stream);
+    const listed registered(open_, &tcp_layer);
+    tcp_layer.expires_after(io_timeout);
+    auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, asio::as_tuple(asio::use_awaitable));
+    if (hec) {
+        // No certificate when one is required, an untrusted one, plain HTTP
+        // on the HTTPS port, or a client that says nothing: cut off.
+        if (!stopped_) count_handshake_failure(peer, handshake_failure(hec, stream.native_handle()));
+        tcp_layer.close();
+        co_return;
+    }
+    co_await serve_requests(stream, client_verified(stream.native_handle()));
+    if (!stopped_) {
+        // close_notify, so the client can tell the end from a truncation;
+        // a client that does not answer it gets a short while only.
+        tcp_layer.expires_after(tls_shutdown_timeout);
+        co_await stream.async_shutdown(asio::as_tuple(asio::use_awaitable));
+    }
+    tcp_layer.close();
+}
+
+template <class Stream>
+asio::awaitable<void> admin_server::serve_requests(Stream& stream, bool client_verified) {
+    auto& tcp_layer = beast::get_lowest_layer(stream);
     beast::flat_buffer buffer;
     while (!stopped_) {
         http::request_parser<http::string_body> parser;
         parser.body_limit(64 * 1024);
-        stream.expires_after(io_timeout);
+        tcp_layer.expires_after(io_timeout);
         auto [rec, rn] = co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
         if (rec || stopped_) break;
-        const http::request<http::string_body> req = parser.release();
-        std::string path(req.target());
-        if (auto q = path.find('?'); q != std::string::npos) path.resize(q);
-
-        reply r;
-        const bool get = req.method() == http::verb::get;
-        const bool post = req.method() == http::verb::post;
-        auto not_allowed = [&](const char* allowed) {
-            r = {.status = http::status::method_not_allowed, .content_type = "text/plain; charset=utf-8",
-                 .body = fmt::format("{} only\n", allowed)};
-        };
-        const std::string api_backends = "/api/v1/backends/";
-        if (path == "/livez") {
-            if (!get) {
-                not_allowed("GET");
-            } else {
-                // The workers answer on their own threads; wait here, on the
-                // control thread, without blocking it.
-                struct wait_state {
-                    asio::steady_timer timer;
-                    std::size_t answered = 0, total = 0;
-                    bool done = false;
-                };
-                auto st = std::make_shared<wait_state>(wait_state{.timer = asio::steady_timer(control_)});
-                st->timer.expires_at(asio::steady_timer::time_point::max());
-                hooks_.ping_workers(livez_deadline, [st](std::size_t answered, std::size_t total) {
-                    st->answered = answered;
-                    st->total = total;
-                    st->done = true;
-                    st->timer.cancel();
-                });
-                while (!st->done) co_await st->timer.async_wait(asio::as_tuple(asio::use_awaitable));
-                const bool ok = st->answered == st->total;
-                r.status = ok ? http::status::ok : http::status::service_unavailable;
-                r.body = fmt::format("{}: {} of {} worker(s) answered within {}ms\n", ok ? "ok" : "not alive",
-                                     st->answered, st->total, livez_deadline.count());
-            }
-        } else if (path == "/readyz") {
-            if (!get) {
-                not_allowed("GET");
-            } else {
-                const readiness rd = check_readiness(*hooks_.current(), hooks_.facts());
-                r.status = rd.ready ? http::status::ok : http::status::service_unavailable;
-                r.body = rd.body;
-            }
-        } else if (path == "/metrics") {
-            if (!get) {
-                not_allowed("GET");
-            } else {
-                r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-                r.body = render_metrics(*hooks_.current(), hooks_.facts());
-            }
-        } else if (path == "/api/v1/status") {
-            if (!get) {
-                not_allowed("GET");
-            } else {
-                r.content_type = "application/json";
-                r.body = render_status_json(*hooks_.current(), hooks_.facts());
-            }
-        } else if (path == "/" || path == "/index.html") {
-            if (!get) {
-                not_allowed("GET");
-            } else {
-                r.content_type = "text/html; charset=utf-8";
-                r.body = status_page_html();
-            }
-        } else if (path == "/api/v1/reload" || path.rfind(api_backends, 0) == 0) {
-            r.content_type = "application/json";
-            const auto auth = req[http::field::authorization];
-            const auto origin = req[http::field::origin];
-            if (!post) {
-                not_allowed("POST");
-            } else if (!token_.empty() && !(auth.starts_with("Bearer ") && same_secret(auth.substr(7), token_))) {
-                r.status = http::status::unauthorized;
-                r.body = json_message("error", "this request needs the admin bearer token (Authorization: Bearer ...)");
-            } else if (!origin.empty() && origin != "http://" + std::string(req[http::field::host])) {
-                // A page from another site that the operator's browser has
-                // open must not drain backends (CSRF).
-                r.status = http::status::forbidden;
-                r.body = json_message("error", "cross-origin request refused");
-            } else if (path == "/api/v1/reload") {
-                const bool ok = hooks_.reload();
-                r.status = ok ? http::status::ok : http::status::unprocessable_entity;
-                r.body = json_message(ok ? "result" : "error",
-                                      ok ? "reloaded" : "the configuration was rejected; the running one stays (see the log)");
-            } else {
-                // /api/v1/backends/{pool}/{name}/{drain|enable}
-                std::vector<std::string> parts;
-                std::string rest = path.substr(api_backends.size());
-                for (std::size_t pos = 0;;) {
-                    const auto slash = rest.find('/', pos);
-                    parts.push_back(rest.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos));
-                    if (slash == std::string::npos) break;
-                    pos = slash + 1;
-                }
-                if (parts.size() != 3 || (parts[2] != "drain" && parts[2] != "enable")) {
-                    r.status = http::status::not_found;
-                    r.body = json_message("error", "expected /api/v1/backends/{pool}/{backend}/drain or /enable");
-                } else {
-                    const auto snap = hooks_.current();
-                    const backend_runtime* found = nullptr;
-                    bool pool_found = false;
-                    for (const auto& p : snap->pools) {
-                        if (p.cfg->name != parts[0]) continue;
-                        pool_found = true;
-                        for (const auto& b : p.backends) {
-                            if (b.cfg->name == parts[1]) found = &b;
-                        }
-                    }
-                    const bool drain = parts[2] == "drain";
-                    if (found == nullptr) {
-                        r.status = http::status::not_found;
-                        r.body = json_message("error", pool_found ? fmt::format("pool {} has no backend {}", parts[0], parts[1])
-                                                                  : fmt::format("no pool {}", parts[0]));
-                    } else if (!drain && found->cfg->drain) {
-                        r.status = http::status::conflict;
-                        r.body = json_message("error", fmt::format("backend {} is drained in the config file (drain: true); "
-                                                                   "change it there and reload", parts[1]));
-                    } else {
-                        const bool was = found->health->admin_drain.exchange(drain, std::memory_order_relaxed);
-                        if (was != drain) {
-                            const log_scope fields({.event = drain ? "backend_drained" : "backend_enabled",
-                                                    .pool = parts[0],
-                                                    .backend = parts[1],
-                                                    .client = {},
-                                                    .reason = "admin"});
-                            spdlog::info("admin: backend {}/{} {}", parts[0], parts[1],
-                                         drain ? "drained: no new sessions, open ones go on" : "enabled: takes new sessions again");
-                        }
-                        r.body = json_message("result", drain ? "drained" : "enabled");
-                    }
-                }
-            }
-        } else {
-            r.status = http::status::not_found;
-            r.body = "not found; see /api/v1/status, /metrics, /livez, /readyz\n";
-        }
+        const request req = parser.release();
+        reply r = co_await handle(req, client_verified);
+        if (stopped_) break;
 
         http::response<http::string_body> res{r.status, req.version()};
         res.set(http::field::server, "apilb");
@@ -285,13 +345,167 @@ asio::awaitable<void> admin_server::serve(tcp::socket socket) {
         res.keep_alive(req.keep_alive());
         res.body() = std::move(r.body);
         res.prepare_payload();
-        stream.expires_after(io_timeout);
+        tcp_layer.expires_after(io_timeout);
         auto [wec, wn] = co_await http::async_write(stream, res, asio::as_tuple(asio::use_awaitable));
         if (wec || !res.keep_alive()) break;
     }
-    error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    stream.close();
+}
+
+asio::awaitable<admin_server::reply> admin_server::handle(const request& req, bool client_verified) {
+    auto facts = [this] {
+        admin_facts f = hooks_.facts();
+        f.admin = &stats_;
+        return f;
+    };
+    std::string path(req.target());
+    if (auto q = path.find('?'); q != std::string::npos) path.resize(q);
+
+    reply r;
+    const bool get = req.method() == http::verb::get;
+    const bool post = req.method() == http::verb::post;
+    auto not_allowed = [&](const char* allowed) {
+        r = {.status = http::status::method_not_allowed, .content_type = "text/plain; charset=utf-8",
+             .body = fmt::format("{} only\n", allowed)};
+    };
+    const std::string api_backends = "/api/v1/backends/";
+    if (path == "/livez") {
+        if (!get) {
+            not_allowed("GET");
+        } else {
+            // The workers answer on their own threads; wait here, on the
+            // control thread, without blocking it.
+            struct wait_state {
+                asio::steady_timer timer;
+                std::size_t answered = 0, total = 0;
+                bool done = false;
+            };
+            auto st = std::make_shared<wait_state>(wait_state{.timer = asio::steady_timer(control_)});
+            st->timer.expires_at(asio::steady_timer::time_point::max());
+            hooks_.ping_workers(livez_deadline, [st](std::size_t answered, std::size_t total) {
+                st->answered = answered;
+                st->total = total;
+                st->done = true;
+                st->timer.cancel();
+            });
+            while (!st->done) co_await st->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+            const bool ok = st->answered == st->total;
+            r.status = ok ? http::status::ok : http::status::service_unavailable;
+            r.body = fmt::format("{}: {} of {} worker(s) answered within {}ms\n", ok ? "ok" : "not alive",
+                                 st->answered, st->total, livez_deadline.count());
+        }
+    } else if (path == "/readyz") {
+        if (!get) {
+            not_allowed("GET");
+        } else {
+            const readiness rd = check_readiness(*hooks_.current(), facts());
+            r.status = rd.ready ? http::status::ok : http::status::service_unavailable;
+            r.body = rd.body;
+        }
+    } else if (path == "/metrics") {
+        if (!get) {
+            not_allowed("GET");
+        } else {
+            r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+            r.body = render_metrics(*hooks_.current(), facts());
+        }
+    } else if (path == "/api/v1/status") {
+        if (!get) {
+            not_allowed("GET");
+        } else {
+            r.content_type = "application/json";
+            r.body = render_status_json(*hooks_.current(), facts());
+        }
+    } else if (path == "/" || path == "/index.html") {
+        if (!get) {
+            not_allowed("GET");
+        } else {
+            r.content_type = "text/html; charset=utf-8";
+            r.body = status_page_html();
+        }
+    } else if (path == "/api/v1/reload" || path.rfind(api_backends, 0) == 0) {
+        r.content_type = "application/json";
+        const auto auth = req[http::field::authorization];
+        const auto origin = req[http::field::origin];
+        if (!post) {
+            not_allowed("POST");
+        } else if (tls_ && !cfg_.tls->client_ca_file.empty() && !client_verified) {
+            // Unreachable with client_auth: all (the handshake failed).
+            r.status = http::status::forbidden;
+            r.body = json_message("error", "this request needs a client certificate signed by the CA in "
+                                           "admin.tls.client_ca_file (apilb --cert/--key, curl --cert/--key)");
+        } else if (!token_.empty() && !(auth.starts_with("Bearer ") && same_secret(auth.substr(7), token_))) {
+            r.status = http::status::unauthorized;
+            r.body = json_message("error", "this request needs the admin bearer token (Authorization: Bearer ...)");
+        } else if (!origin.empty() && origin != (tls_ ? "https://" : "http://") + std::string(req[http::field::host])) {
+            // A page from another site that the operator's browser has
+            // open must not drain backends (CSRF).
+            r.status = http::status::forbidden;
+            r.body = json_message("error", "cross-origin request refused");
+        } else if (path == "/api/v1/reload") {
+            const bool ok = hooks_.reload();
+            r.status = ok ? http::status::ok : http::status::unprocessable_entity;
+            r.body = json_message(ok ? "result" : "error",
+                                  ok ? "reloaded" : "the configuration was rejected; the running one stays (see the log)");
+        } else {
+            r = drain_or_enable(path);
+        }
+    } else {
+        r.status = http::status::not_found;
+        r.body = "not found; see /api/v1/status, /metrics, /livez, /readyz\n";
+    }
+    co_return r;
+}
+
+admin_server::reply admin_server::drain_or_enable(const std::string& path) {
+    const std::string api_backends = "/api/v1/backends/";
+    reply r{.status = http::status::ok, .content_type = "application/json", .body = {}};
+    // /api/v1/backends/{pool}/{name}/{drain|enable}
+    std::vector<std::string> parts;
+    std::string rest = path.substr(api_backends.size());
+    for (std::size_t pos = 0;;) {
+        const auto slash = rest.find('/', pos);
+        parts.push_back(rest.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos));
+        if (slash == std::string::npos) break;
+        pos = slash + 1;
+    }
+    if (parts.size() != 3 || (parts[2] != "drain" && parts[2] != "enable")) {
+        r.status = http::status::not_found;
+        r.body = json_message("error", "expected /api/v1/backends/{pool}/{backend}/drain or /enable");
+    } else {
+        const auto snap = hooks_.current();
+        const backend_runtime* found = nullptr;
+        bool pool_found = false;
+        for (const auto& p : snap->pools) {
+            if (p.cfg->name != parts[0]) continue;
+            pool_found = true;
+            for (const auto& b : p.backends) {
+                if (b.cfg->name == parts[1]) found = &b;
+            }
+        }
+        const bool drain = parts[2] == "drain";
+        if (found == nullptr) {
+            r.status = http::status::not_found;
+            r.body = json_message("error", pool_found ? fmt::format("pool {} has no backend {}", parts[0], parts[1])
+                                                      : fmt::format("no pool {}", parts[0]));
+        } else if (!drain && found->cfg->drain) {
+            r.status = http::status::conflict;
+            r.body = json_message("error", fmt::format("backend {} is drained in the config file (drain: true); "
+                                                       "change it there and reload", parts[1]));
+        } else {
+            const bool was = found->health->admin_drain.exchange(drain, std::memory_order_relaxed);
+            if (was != drain) {
+                const log_scope fields({.event = drain ? "backend_drained" : "backend_enabled",
+                                        .pool = parts[0],
+                                        .backend = parts[1],
+                                        .client = {},
+                                        .reason = "admin"});
+                spdlog::info("admin: backend {}/{} {}", parts[0], parts[1],
+                             drain ? "drained: no new sessions, open ones go on" : "enabled: takes new sessions again");
+            }
+            r.body = json_message("result", drain ? "drained" : "enabled");
+        }
+    }
+    return r;
 }
 
 }  // namespace apilb

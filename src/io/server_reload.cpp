@@ -26,6 +26,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "apilb/admin_server.hpp"
 #include "apilb/config_diff.hpp"
 #include "apilb/health_checker.hpp"
 #include "apilb/logging.hpp"
@@ -154,6 +155,10 @@ bool server::reload() {
     stats_.reloads_total.fetch_add(1, std::memory_order_relaxed);
     config_hash_ = hash;
     spdlog::info("reload: config {} from {}: {}", hash, path, diff.summary());
+    // Certificate rotation: the loader has just read the same files (or the
+    // admin section changed, which waits for a restart, and the running
+    // files are read again). A failure here is logged and keeps the old ones.
+    if (admin_) admin_->reload_tls_files();
 
     auto pending = std::make_shared<std::size_t>(workers_.size());
     for (std::size_t w = 0; w < workers_.size(); ++w) {
