@@ -6,7 +6,6 @@
 #pragma once
 
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/system/error_code.hpp>
 
 #include <chrono>
@@ -18,6 +17,7 @@
 
 #include "apilb/config.hpp"
 #include "apilb/erased_handler.hpp"
+#include "apilb/poller.hpp"
 
 namespace apilb {
 
@@ -112,8 +112,8 @@ public:
     using clock = std::chrono::steady_clock;
 
     /// `last_activity` is stamped whenever bytes move (for the idle timeout).
-    relay(boost::asio::ip::tcp::socket& client, boost::asio::ip::tcp::socket& upstream,
-          relay_resources& resources, clock::time_point& last_activity);
+    relay(poll_socket& client, poll_socket& upstream, relay_resources& resources,
+          clock::time_point& last_activity);
     ~relay();
     relay(const relay&) = delete;
     relay& operator=(const relay&) = delete;
@@ -162,8 +162,9 @@ public:
 
 private:
     struct direction {
-        boost::asio::ip::tcp::socket* from = nullptr;
-        boost::asio::ip::tcp::socket* to = nullptr;
+        relay* owner = nullptr;
+        poll_socket* from = nullptr;
+        poll_socket* to = nullptr;
         bool to_backend = false;
         bool done = false;
         bool splicing = false;       ///< this burst goes through `pipe`, else through `buffer`
@@ -181,6 +182,8 @@ private:
     void start(erased_handler<> handler);
     void wait_readable(direction& d);
     void on_readable(direction& d, const boost::system::error_code& ec);
+    static void readable(void* d, const boost::system::error_code& ec);
+    static void writable(void* d, const boost::system::error_code& ec);
     /// Moves bytes until the source would block, the sink would block, the
     /// direction yields to other sessions, or it ends.
     void transfer(direction& d);
@@ -197,8 +200,8 @@ private:
     void stop_recording();
     bool stale(const direction& d) const;
 
-    boost::asio::ip::tcp::socket& client_;
-    boost::asio::ip::tcp::socket& upstream_;
+    poll_socket& client_;
+    poll_socket& upstream_;
     relay_resources& res_;
     clock::time_point& last_activity_;
     direction dirs_[2];

@@ -25,8 +25,8 @@ namespace apilb {
 /// Lives in the session; unlinks itself when destroyed.
 struct session_entry
     : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
-    boost::asio::ip::tcp::socket* client = nullptr;
-    boost::asio::ip::tcp::socket* upstream = nullptr;
+    poll_socket* client = nullptr;
+    poll_socket* upstream = nullptr;
     /// The backend relayed to, once connected: the health checker closes the
     /// sessions of a backend that became unhealthy by this identity.
     const backend_health* backend = nullptr;
@@ -76,10 +76,12 @@ using passive_reporter = std::function<void(std::size_t pool, std::size_t backen
 /// What sessions of one worker share. Owned by the worker; worker thread only,
 /// except `stats`, which is process-wide (atomics).
 struct worker_context {
-    worker_context(std::shared_ptr<const snapshot> snap, process_stats& stats);
+    worker_context(std::shared_ptr<const snapshot> snap, process_stats& stats, poller& p);
 
     std::shared_ptr<const snapshot> snap;
     process_stats& stats;
+    /// The worker's epoll set: every session socket is registered there.
+    poller& sockets;
     relay_resources relay;
     std::vector<balancer_state> balancers;  ///< one per pool of `snap`
     /// Scratch for choosing a backend: filled and read with no suspension between.
@@ -121,10 +123,11 @@ struct worker_context {
 /// True for errors that mean this process is out of descriptors or memory.
 bool is_resource_exhaustion(const boost::system::error_code& ec);
 
-/// Serves one accepted client on the calling worker: choose a backend,
-/// connect (with retries on the next backend), relay both directions until
-/// both have ended. The caller has already counted it in
-/// stats.active_sessions; the session un-counts it when it ends.
-void start_session(worker_context& ctx, boost::asio::ip::tcp::socket client, std::size_t listener_index);
+/// Serves one accepted client (`fd`, non-blocking, owned from here on) on
+/// the calling worker: choose a backend, connect (with retries on the next
+/// backend), relay both directions until both have ended. The caller has
+/// already counted it in stats.active_sessions; the session un-counts it
+/// when it ends.
+void start_session(worker_context& ctx, int fd, std::size_t listener_index);
 
 }  // namespace apilb

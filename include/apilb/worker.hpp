@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "apilb/poller.hpp"
 #include "apilb/rebalancer.hpp"
 #include "apilb/runtime.hpp"
 #include "apilb/session.hpp"
@@ -89,11 +90,15 @@ public:
 
 private:
     struct acceptor_slot {
-        boost::asio::ip::tcp::acceptor acceptor;
+        acceptor_slot(poller& p, boost::asio::io_context& io, std::size_t index)
+            : listener(p), listener_index(index), pause_timer(io) {}
+        poll_socket listener;                   ///< the listening socket, non-blocking
         std::size_t listener_index;             ///< in ctx_.snap; updated by apply()
         boost::asio::steady_timer pause_timer;  ///< waits out an accept pause
         bool loop_done = false;                 ///< its accept loop has returned: the slot may go
     };
+    /// A slot for the listening descriptor `fd` (which it then owns).
+    std::unique_ptr<acceptor_slot> adopt_listener(int fd, std::size_t listener_index, boost::system::error_code& ec);
 
     /// The snapshot new sessions get, with this worker's balancer states for
     /// it. ctx_.snap shares ownership of it (aliasing): a session holding
@@ -114,6 +119,9 @@ private:
     boost::asio::awaitable<void> idle_sweep();
 
     std::size_t index_;
+    // Before io_: session sockets, destroyed with the handlers io_ still
+    // holds at its destruction, leave the poller's table on the way.
+    poller sockets_;
     boost::asio::io_context io_{1};
     boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
     worker_context ctx_;

@@ -9,13 +9,11 @@
 #include <cerrno>
 #include <utility>
 
-#include "apilb/socket_options.hpp"
 
 namespace apilb {
 
 namespace asio = boost::asio;
 using boost::system::error_code;
-using tcp = asio::ip::tcp;
 
 namespace {
 
@@ -35,26 +33,23 @@ error_code last_error() { return {errno, boost::system::system_category()}; }
 
 bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
-void half_close(tcp::socket& to) {
-    error_code ignored;
-    to.shutdown(tcp::socket::shutdown_send, ignored);
-}
+void half_close(poll_socket& to) { (void)to.shutdown_send(); }
 
 /// After an error on one side: close both, with RST towards `peer` so that a
 /// reset is not turned into a clean FIN (a client must not take a truncated
 /// response for a complete one).
-void abort_both(tcp::socket& failed, tcp::socket& peer) {
-    set_abortive_close(peer);
-    error_code ignored;
-    peer.close(ignored);
-    failed.close(ignored);
+void abort_both(poll_socket& failed, poll_socket& peer) {
+    peer.set_abortive_close();
+    peer.close();
+    failed.close();
 }
 
 }  // namespace
 
-relay::relay(tcp::socket& client, tcp::socket& upstream, relay_resources& resources,
+relay::relay(poll_socket& client, poll_socket& upstream, relay_resources& resources,
              clock::time_point& last_activity)
     : client_(client), upstream_(upstream), res_(resources), last_activity_(last_activity) {
+    for (auto& d : dirs_) d.owner = this;
     dirs_[0].from = &client;
     dirs_[0].to = &upstream;
     dirs_[0].to_backend = true;
@@ -93,10 +88,16 @@ void relay::start(erased_handler<> handler) {
     for (auto& d : dirs_) wait_readable(d);
 }
 
-void relay::wait_readable(direction& d) {
-    // (Measured: a speculative MSG_PEEK receive instead of this wait saves
-    // Asio's EPOLL_CTL_MOD but costs a receive as often; no CPU difference.)
-    d.from->async_wait(tcp::socket::wait_read, [this, &d](const error_code& ec) { on_readable(d, ec); });
+void relay::wait_readable(direction& d) { d.from->wait(poll_socket::wait_type::read, &relay::readable, &d); }
+
+void relay::readable(void* arg, const error_code& ec) {
+    auto& d = *static_cast<direction*>(arg);
+    d.owner->on_readable(d, ec);
+}
+
+void relay::writable(void* arg, const error_code& ec) {
+    auto& d = *static_cast<direction*>(arg);
+    d.owner->on_writable(d, ec);
 }
 
 bool relay::stale(const direction& d) const {
@@ -122,9 +123,9 @@ void relay::transfer(direction& d) {
         if (d.pending > 0 && !flush(d)) return;
         if (d.short_read) {
             // The last read took less than it could: the socket is empty now
-            // but for bytes that arrived since. The wait re-arms epoll, which
-            // reports those at once, so a read that would only find EAGAIN
-            // is saved (two system calls per request on a keep-alive stream).
+            // but for bytes that arrived since, whose edge completes the wait
+            // at once. A read that would only find EAGAIN is saved (two
+            // system calls per request on a keep-alive stream).
             d.short_read = false;
             release(d);
             return wait_readable(d);
@@ -234,7 +235,7 @@ bool relay::flush(direction& d) {
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && would_block(errno)) {
-            d.to->async_wait(tcp::socket::wait_write, [this, &d](const error_code& ec) { on_writable(d, ec); });
+            d.to->wait(poll_socket::wait_type::write, &relay::writable, &d);
             return false;
         }
         // A zero-length splice to a socket means it cannot take more: treat as EPIPE.
@@ -260,10 +261,9 @@ bool relay::fail_early(direction& d, const error_code& ec) {
     failed_early_ = true;
     early_error_ = ec;
     stopping_ = true;
-    error_code ignored;
-    upstream_.close(ignored);
+    upstream_.close();
     // The other direction's pending wait completes with operation_aborted.
-    client_.cancel(ignored);
+    client_.cancel();
     finish(d, pump_end::aborted);
     return true;
 }

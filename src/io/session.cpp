@@ -6,10 +6,14 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
 #include <boost/container/small_vector.hpp>
 
 #include <optional>
+#include <string_view>
+
+#include <sys/socket.h>
+
+#include <cerrno>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -29,9 +33,8 @@ using clock_type = std::chrono::steady_clock;
 
 void session_entry::abort() {
     aborted = true;
-    error_code ignored;
-    if (client) client->close(ignored);
-    if (upstream) upstream->close(ignored);
+    if (client) client->close();
+    if (upstream) upstream->close();
     if (pacing_timer) pacing_timer->cancel();
 }
 
@@ -86,8 +89,8 @@ void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
     });
 }
 
-worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats& st)
-    : snap(std::move(s)), stats(st), relay(snap->cfg->relay), max_connections(snap->cfg->limits.max_connections) {
+worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats& st, poller& p)
+    : snap(std::move(s)), stats(st), sockets(p), relay(snap->cfg->relay), max_connections(snap->cfg->limits.max_connections) {
     for (const auto& p : snap->pools) balancers.emplace_back(p.backends.size());
 }
 
@@ -121,7 +124,7 @@ public:
     /// Completes with the connect's error, or timed_out after `timeout`
     /// (then the socket is closed). Signature `void(error_code)`.
     template <typename CompletionToken>
-    auto async_connect(tcp::socket& s, const tcp::endpoint& ep, std::chrono::milliseconds timeout,
+    auto async_connect(poll_socket& s, const tcp::endpoint& ep, std::chrono::milliseconds timeout,
                        CompletionToken&& token) {
         return asio::async_initiate<CompletionToken, void(error_code)>(
             [this, &s, &ep, timeout](auto handler) {
@@ -134,8 +137,7 @@ public:
                 timer_.async_wait([this](const error_code& ec) {
                     if (!ec && outstanding_ == 2) {
                         timed_out_ = true;
-                        error_code ignored;
-                        socket_->close(ignored);
+                        socket_->close();
                     }
                     done();
                 });
@@ -156,7 +158,7 @@ private:
     }
 
     asio::steady_timer timer_;
-    tcp::socket* socket_ = nullptr;
+    poll_socket* socket_ = nullptr;
     erased_handler<error_code> handler_;
     int outstanding_ = 0;
     bool timed_out_ = false;
@@ -207,10 +209,28 @@ void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, cons
 }
 
 /// Closes with RST instead of FIN: a reset is passed on as a reset.
-void close_with_reset(tcp::socket& s) {
-    error_code ignored;
-    s.set_option(asio::socket_base::linger(true, 0), ignored);
-    s.close(ignored);
+void close_with_reset(poll_socket& s) {
+    s.set_abortive_close();
+    s.close();
+}
+
+/// Writes all of `bytes` to the non-blocking socket `s`.
+asio::awaitable<error_code> send_all(poll_socket& s, std::string_view bytes) {
+    while (!bytes.empty()) {
+        const ssize_t n = ::send(s.native_handle(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+        if (n > 0) {
+            bytes.remove_prefix(static_cast<std::size_t>(n));
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            auto [ec] = co_await s.async_wait(poll_socket::wait_type::write, asio::as_tuple(asio::use_awaitable));
+            if (ec) co_return ec;
+            continue;
+        }
+        co_return n < 0 ? error_code(errno, boost::system::system_category()) : error_code(asio::error::broken_pipe);
+    }
+    co_return error_code{};
 }
 
 /// Choosing and connecting across the attempts of one session.
@@ -260,7 +280,7 @@ constexpr std::size_t replay_limit = 16 * 1024;
 /// costs the object, its two sockets and two pending waits.
 class session {
 public:
-    session(worker_context& ctx, tcp::socket client, std::size_t listener_index);
+    session(worker_context& ctx, std::size_t listener_index);
     ~session();
     session(const session&) = delete;
     session& operator=(const session&) = delete;
@@ -269,6 +289,8 @@ public:
     /// until connect_attempts are used), writes what the client sent to a
     /// backend that failed before answering, and starts the relay.
     static asio::awaitable<void> establish(std::unique_ptr<session> self);
+    /// Takes the accepted client socket; false if it cannot be watched.
+    bool adopt_client(int fd);
 
 private:
     /// Storm control: waits for this backend's next turn (a paced start of a
@@ -304,8 +326,8 @@ private:
     const listener_runtime& listener_;
     const pool_runtime& pool_;
     std::size_t listener_index_;
-    tcp::socket client_;
-    tcp::socket upstream_;
+    poll_socket client_;
+    poll_socket upstream_;
     session_entry entry_;
     relay relay_;
     connect_state st_;
@@ -319,19 +341,27 @@ private:
     std::atomic<std::uint32_t>* slot_ = nullptr;  ///< a backend's connecting count this session holds one of
 };
 
-session::session(worker_context& ctx, tcp::socket client, std::size_t listener_index)
+session::session(worker_context& ctx, std::size_t listener_index)
     : ctx_(ctx),
       snap_(ctx.snap),
       listener_(snap_->listeners[listener_index]),
       pool_(snap_->pools[listener_.pool_index]),
       listener_index_(listener_index),
-      client_(std::move(client)),
-      upstream_(client_.get_executor()),
+      client_(ctx.sockets),
+      upstream_(ctx.sockets),
       relay_(client_, upstream_, ctx.relay, entry_.last_activity),
       st_(pool_.backends.size()) {
     entry_.client = &client_;
     entry_.upstream = &upstream_;
     ctx_.sessions.push_back(entry_);
+    entry_.pool = &pool_;
+}
+
+bool session::adopt_client(int fd) {
+    if (const error_code ec = client_.adopt(fd)) {
+        if (is_resource_exhaustion(ec)) ctx_.pause_accepting(ec, "watching a client socket");
+        return false;
+    }
     // The client socket has its TCP options already: accepted sockets
     // inherit them from the listener. Its address is looked up now only for
     // Maglev and debug logs; a warning looks it up when it names it.
@@ -340,15 +370,14 @@ session::session(worker_context& ctx, tcp::socket client, std::size_t listener_i
         if (auto ep = client_.remote_endpoint(ec); !ec) client_ep_ = ep;
     }
     if (pool_.maglev && client_ep_) st_.key_hash = client_key_hash(*client_ep_, pool_.cfg->maglev_key);
-    entry_.pool = &pool_;
     entry_.key_hash = st_.key_hash;
+    return true;
 }
 
 session::~session() {
     release_slot();
-    error_code ignored;
-    client_.close(ignored);
-    upstream_.close(ignored);
+    client_.close();
+    upstream_.close();
     ctx_.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
 }
 
@@ -392,9 +421,7 @@ asio::awaitable<bool> session::connect_next() {
             continue;
         }
 
-        error_code ec;
-        upstream_.open(backend.endpoint.protocol(), ec);
-        if (ec) {
+        if (const error_code ec = upstream_.open(backend.endpoint.protocol())) {
             // Not the backend's fault: this process is out of descriptors or memory.
             backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
             release_slot();
@@ -412,7 +439,7 @@ asio::awaitable<bool> session::connect_next() {
             chosen_index_ = *pick;
             co_return true;
         }
-        upstream_.close(ec);
+        upstream_.close();
         backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
         release_slot();
         if (cec == asio::error::operation_aborted || entry_.aborted) break;
@@ -513,10 +540,9 @@ asio::awaitable<void> session::establish(std::unique_ptr<session> self) {
     while (co_await s.connect_next()) {
         if (s.sent_.empty()) break;
         // Replay what the client sent to the backend that failed.
-        auto [wec, n] = co_await asio::async_write(s.upstream_, asio::buffer(s.sent_),
-                                                   asio::as_tuple(asio::use_awaitable));
+        const error_code wec = co_await send_all(s.upstream_, s.sent_);
         if (!wec) {
-            s.replayed_ = n;
+            s.replayed_ = s.sent_.size();
             break;
         }
         s.last_error_ = wec;
@@ -530,10 +556,6 @@ asio::awaitable<void> session::establish(std::unique_ptr<session> self) {
 }
 
 void session::start_relay(std::unique_ptr<session> self) {
-    // (The connect left the upstream socket non-blocking already: no ioctl.)
-    error_code ec;
-    if (!client_.native_non_blocking()) client_.native_non_blocking(true, ec);
-    if (!upstream_.native_non_blocking()) upstream_.native_non_blocking(true, ec);
     // From here the session can be closed from outside: idle sessions are
     // found by the worker's sweep (one timer per worker, not one per
     // session), unhealthy backends' sessions by the health checker.
@@ -577,8 +599,7 @@ bool session::may_move_on() {
     spdlog::debug("backend {} ({}) {}; {} the client's {}B", chosen_->cfg->name, endpoint_text(chosen_->endpoint),
                   why, may_replay ? "trying another with" : "cannot replay", sent_.size());
     st_.failures += fmt::format("{}{}: {}", st_.failures.empty() ? "" : "; ", chosen_->cfg->name, why);
-    error_code ec;
-    upstream_.close(ec);
+    upstream_.close();
     chosen_->stats->active.fetch_sub(1, std::memory_order_relaxed);
     release_slot();
     entry_.backend = nullptr;
@@ -672,10 +693,10 @@ void session::account() {
 
 }  // namespace
 
-void start_session(worker_context& ctx, tcp::socket client, std::size_t listener_index) {
-    const auto ex = client.get_executor();
-    auto s = std::make_unique<session>(ctx, std::move(client), listener_index);
-    asio::co_spawn(ex, session::establish(std::move(s)), [](std::exception_ptr e) {
+void start_session(worker_context& ctx, int fd, std::size_t listener_index) {
+    auto s = std::make_unique<session>(ctx, listener_index);
+    if (!s->adopt_client(fd)) return;  // closed; the session un-counts itself
+    asio::co_spawn(ctx.sockets.get_executor(), session::establish(std::move(s)), [](std::exception_ptr e) {
         if (!e) return;
         try {
             std::rethrow_exception(e);

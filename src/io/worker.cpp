@@ -28,8 +28,17 @@ namespace asio = boost::asio;
 using boost::system::error_code;
 using tcp = asio::ip::tcp;
 
+namespace {
+
+/// Connections taken from a listener's queue before the worker's other work
+/// gets a turn (HAProxy's maxaccept is 64 too).
+constexpr int accepts_per_turn = 64;
+
+}  // namespace
+
 worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats)
-    : index_(index), work_(io_.get_executor()), ctx_(std::move(snap), stats) {
+    : index_(index), work_(io_.get_executor()), ctx_(std::move(snap), stats, sockets_) {
+    sockets_.attach(io_);
     generation_ = std::make_shared<generation>(generation{.snap = ctx_.snap, .balancers = {}});
     ctx_.snap = std::shared_ptr<const snapshot>(generation_, generation_->snap.get());
 }
@@ -40,6 +49,7 @@ worker::~worker() {
     // unlink them now so their entries do not touch a destroyed list.
     ctx_.sessions.clear();
     acceptors_.clear();
+    sockets_.detach();
 }
 
 int worker::open_listener(const listener_runtime& l, const tcp_config& tcp) {
@@ -73,22 +83,28 @@ int worker::open_listener(const listener_runtime& l, const tcp_config& tcp) {
     if (ec) fail("cannot bind");
     acc.listen(static_cast<int>(l.cfg->backlog), ec);
     if (ec) fail("cannot listen on");
+    // Non-blocking: the worker accepts with accept4 until EAGAIN.
+    acc.native_non_blocking(true, ec);
+    if (ec) fail("cannot make non-blocking the socket for");
     return acc.release(ec);
 }
 
 void worker::bind(std::size_t listener_index) {
     const listener_runtime& l = ctx_.snap->listeners[listener_index];
     const int fd = open_listener(l, ctx_.snap->cfg->tcp);
-    auto slot = std::make_unique<acceptor_slot>(
-        acceptor_slot{tcp::acceptor(io_), listener_index, asio::steady_timer(io_), false});
     error_code ec;
-    slot->acceptor.assign(l.endpoint.protocol(), fd, ec);
+    auto slot = adopt_listener(fd, listener_index, ec);
     if (ec) {
-        ::close(fd);
         throw std::system_error(ec, fmt::format("listener {}: cannot adopt the socket for {}", l.cfg->name,
                                                 l.cfg->address.to_string()));
     }
     acceptors_.push_back(std::move(slot));
+}
+
+std::unique_ptr<worker::acceptor_slot> worker::adopt_listener(int fd, std::size_t listener_index, error_code& ec) {
+    auto slot = std::make_unique<acceptor_slot>(sockets_, io_, listener_index);
+    ec = slot->listener.adopt(fd);  // closes fd on failure
+    return slot;
 }
 
 void worker::spawn_accept_loop(acceptor_slot& slot) {
@@ -113,27 +129,26 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
         }
         const snapshot& current = *ctx_.snap;
         for (auto& slot : acceptors_) {
-            if (!slot->acceptor.is_open()) continue;
+            if (!slot->listener.is_open()) continue;
             const listener_runtime& was = current.listeners[slot->listener_index];
             auto it = std::find_if(next->listeners.begin(), next->listeners.end(),
                                    [&](const listener_runtime& l) { return same_listener(*was.cfg, *l.cfg); });
             if (it == next->listeners.end()) {
                 // Removed: stop accepting. Its open sessions go on.
-                error_code ignored;
-                slot->acceptor.close(ignored);
+                slot->listener.close();
                 slot->pause_timer.cancel();
                 continue;
             }
             slot->listener_index = static_cast<std::size_t>(it - next->listeners.begin());
             // Sockets it accepts from now on inherit the new TCP options.
             if (!(next->cfg->tcp == current.cfg->tcp)) {
-                if (auto ec = apply_tcp_options(slot->acceptor.native_handle(), next->cfg->tcp)) {
+                if (auto ec = apply_tcp_options(slot->listener.native_handle(), next->cfg->tcp)) {
                     spdlog::warn("worker {}: listener {}: setting TCP options failed: {}", index_, it->cfg->name,
                                  ec.message());
                 }
             }
             // Linux takes a new backlog from a second listen() on a listening socket.
-            if (it->cfg->backlog != was.cfg->backlog) ::listen(slot->acceptor.native_handle(), static_cast<int>(it->cfg->backlog));
+            if (it->cfg->backlog != was.cfg->backlog) ::listen(slot->listener.native_handle(), static_cast<int>(it->cfg->backlog));
         }
         // Sessions that started on the old snapshot hold it, and with it the
         // balancer states they took a reference to.
@@ -144,12 +159,9 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
         for (const auto& p : ctx_.snap->pools) ctx_.balancers.emplace_back(p.backends.size());
         for (const auto& a : added) {
             const listener_runtime& l = ctx_.snap->listeners[a.listener_index];
-            auto slot = std::make_unique<acceptor_slot>(
-                acceptor_slot{tcp::acceptor(io_), a.listener_index, asio::steady_timer(io_), false});
             error_code ec;
-            slot->acceptor.assign(l.endpoint.protocol(), a.fd, ec);
+            auto slot = adopt_listener(a.fd, a.listener_index, ec);
             if (ec) {
-                ::close(a.fd);
                 spdlog::error("worker {}: listener {}: cannot adopt the socket for {}: {}", index_, l.cfg->name,
                               l.cfg->address.to_string(), ec.message());
                 continue;
@@ -200,17 +212,34 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
     // A reload may swap ctx_.snap and renumber the listeners while this loop
     // waits: look the listener up afresh after every wait, never hold it.
     auto listener_name = [&]() -> const std::string& { return ctx_.snap->listeners[slot.listener_index].cfg->name; };
+    int taken = 0;  // accepted since this loop last let the others run
     for (;;) {
         if (std::chrono::steady_clock::now() < ctx_.accept_paused_until) {
             // Out of descriptors: leave new clients in the listen backlog
             // until sessions that end have freed some, instead of spinning.
             slot.pause_timer.expires_at(ctx_.accept_paused_until);
             co_await slot.pause_timer.async_wait(asio::as_tuple(asio::use_awaitable));
-            if (!slot.acceptor.is_open()) co_return;
         }
-        auto [ec, socket] = co_await slot.acceptor.async_accept(asio::as_tuple(asio::use_awaitable));
-        if (ec) {
-            if (ec == asio::error::operation_aborted || !slot.acceptor.is_open()) co_return;
+        if (!slot.listener.is_open()) co_return;
+        if (taken >= accepts_per_turn) {
+            // A storm: take the accept queue in bursts, but let the sessions
+            // just started (and every other) make progress in between.
+            taken = 0;
+            co_await asio::post(io_, asio::use_awaitable);
+            continue;
+        }
+        const int fd = ::accept4(slot.listener.native_handle(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            const int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK) {
+                taken = 0;
+                auto [ec] = co_await slot.listener.async_wait(poll_socket::wait_type::read,
+                                                              asio::as_tuple(asio::use_awaitable));
+                if (ec) co_return;  // closed: removed by a reload, or shutdown
+                continue;
+            }
+            if (err == EINTR) continue;
+            const error_code ec(err, boost::system::system_category());
             ctx_.stats.accept_errors_total.fetch_add(1, std::memory_order_relaxed);
             if (is_resource_exhaustion(ec)) {
                 ctx_.pause_accepting(ec, fmt::format("listener {}: accept", listener_name()).c_str());
@@ -220,14 +249,7 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             }
             continue;
         }
-        if (!slot.acceptor.is_open()) {
-            // Accepted just before a reload removed the listener (the
-            // completion was already queued): its listener is gone from the
-            // snapshot, so there is no pool to send the client to.
-            error_code ignored;
-            socket.close(ignored);
-            co_return;
-        }
+        ++taken;
         ctx_.stats.accepted_total.fetch_add(1, std::memory_order_relaxed);
         listener_stats& lstats = *ctx_.snap->listeners[slot.listener_index].stats;
         lstats.accepted_total.fetch_add(1, std::memory_order_relaxed);
@@ -237,8 +259,7 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             ctx_.stats.refused_limit_total.fetch_add(1, std::memory_order_relaxed);
             lstats.refused_total.fetch_add(1, std::memory_order_relaxed);
             // Refuse cleanly and at once: accept, then close. The acceptor never stalls.
-            error_code ignored;
-            socket.close(ignored);
+            ::close(fd);
             std::uint64_t suppressed = 0;
             if (ctx_.connect_warnings.allow(suppressed)) {
                 spdlog::warn("listener {}: connection limit ({}) reached; refusing new clients{}",
@@ -250,7 +271,7 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
         // The session is built here, on io_'s thread: it takes ctx_.snap
         // before any reload can swap it, and slot.listener_index is an
         // index into that snapshot.
-        start_session(ctx_, std::move(socket), slot.listener_index);
+        start_session(ctx_, fd, slot.listener_index);
     }
 }
 
@@ -280,10 +301,7 @@ void worker::ping(std::function<void()> answer) {
 
 void worker::stop_accepting() {
     asio::post(io_, [this] {
-        for (auto& slot : acceptors_) {
-            error_code ignored;
-            slot->acceptor.close(ignored);
-        }
+        for (auto& slot : acceptors_) slot->listener.close();
     });
 }
 
@@ -346,13 +364,16 @@ void worker::stop() {
     // the io_context's services already gone.
     asio::post(io_, [this] {
         stopping_ = true;
-        error_code ignored;
         for (auto& slot : acceptors_) {
-            slot->acceptor.close(ignored);
+            slot->listener.close();
             slot->pause_timer.cancel();
         }
         sweep_timer_.cancel();
         for (auto& s : ctx_.sessions) s.abort();
+        // Every socket is closed: what is left to deliver is queued already.
+        // The epoll set is no longer work, so io_.run() returns once the
+        // sessions have wound down.
+        sockets_.stop_watching();
     });
     work_.reset();
     if (exited_.get_future().wait_for(std::chrono::seconds(5)) != std::future_status::ready) {

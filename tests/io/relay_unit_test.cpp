@@ -1,5 +1,7 @@
 #include "apilb/relay.hpp"
 
+#include <sys/socket.h>
+
 #include <gtest/gtest.h>
 
 #include <boost/asio/post.hpp>
@@ -66,18 +68,37 @@ TEST(BufferPool, ReusesBuffers) {
 }
 
 /// A session's two legs over loopback: client_peer → client ==relay==> upstream → upstream_peer.
+/// The relay's two sockets sit in a poller, as a worker's do.
 struct rig {
+    poller sockets;
     asio::io_context io;
-    tcp::socket client_peer{io}, client{io}, upstream{io}, upstream_peer{io};
+    tcp::socket client_peer{io}, upstream_peer{io};
+    poll_socket client{sockets}, upstream{sockets};
     std::chrono::steady_clock::time_point last{};
     rig() {
+        sockets.attach(io);
         tcp::acceptor acc(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+        tcp::socket a{io}, c{io};
         client_peer.connect(acc.local_endpoint());
-        acc.accept(client);
-        upstream.connect(acc.local_endpoint());
+        acc.accept(a);
+        c.connect(acc.local_endpoint());
         acc.accept(upstream_peer);
-        client.native_non_blocking(true);
-        upstream.native_non_blocking(true);
+        a.native_non_blocking(true);
+        c.native_non_blocking(true);
+        EXPECT_FALSE(client.adopt(a.release()));
+        EXPECT_FALSE(upstream.adopt(c.release()));
+    }
+    ~rig() { sockets.detach(); }
+    /// Runs the io_context until `done` (the poller keeps it busy forever).
+    void run_until(const bool& done) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (!done && std::chrono::steady_clock::now() < deadline) io.run_one_for(std::chrono::milliseconds(100));
+        ASSERT_TRUE(done) << "the relay did not complete within 10 s";
+    }
+    /// A blocking write on the client leg, as its owner might after the relay.
+    void write_client(std::string_view bytes) {
+        ASSERT_EQ(::send(client.native_handle(), bytes.data(), bytes.size(), MSG_NOSIGNAL),
+                  static_cast<ssize_t>(bytes.size()));
     }
 };
 
@@ -120,7 +141,7 @@ TEST_P(Relay, CopiesBothWaysAndPassesEachEofOnAsHalfClose) {
         asio::read(r.client_peer, asio::dynamic_buffer(at_client), ec);
         EXPECT_EQ(ec, asio::error::eof);
     });
-    r.io.run();
+    r.run_until(done);
     backend.join();
     client.join();
     ASSERT_TRUE(done);
@@ -145,7 +166,7 @@ TEST_P(Relay, SourceResetBecomesResetTowardsTheSink) {
     asio::write(r.client_peer, asio::buffer("abc", 3));
     r.io.run_for(std::chrono::milliseconds(100));
     r.client_peer.close();
-    r.io.run();
+    r.run_until(done);
     ASSERT_TRUE(done);
     EXPECT_EQ(rel.to_backend().end, pump_end::source_reset);
     EXPECT_EQ(rel.from_backend().end, pump_end::aborted);
@@ -169,7 +190,7 @@ TEST_P(Relay, BackendClosingBeforeItsFirstByteEndsEarlyWithTheClientsBytesKept) 
     char buf[16];
     EXPECT_EQ(r.upstream_peer.read_some(asio::buffer(buf)), 8u);
     r.upstream_peer.close();  // FIN without a byte: an apiserver shutting down
-    r.io.run();
+    r.run_until(done);
     ASSERT_TRUE(done);
     EXPECT_TRUE(rel.backend_failed_early());
     EXPECT_EQ(rel.early_error(), asio::error::eof);
@@ -177,8 +198,7 @@ TEST_P(Relay, BackendClosingBeforeItsFirstByteEndsEarlyWithTheClientsBytesKept) 
     EXPECT_FALSE(r.upstream.is_open());
     // The client saw nothing: its socket is open and its connection alive.
     ASSERT_TRUE(r.client.is_open());
-    r.client.native_non_blocking(false);
-    asio::write(r.client, asio::buffer("x", 1));
+    r.write_client("x");
     EXPECT_EQ(r.client_peer.read_some(asio::buffer(buf)), 1u);
 }
 
@@ -191,7 +211,7 @@ TEST_P(Relay, BackendResettingBeforeItsFirstByteEndsEarly) {
     rel.async_run([&] { done = true; });
     r.upstream_peer.set_option(asio::socket_base::linger(true, 0));
     r.upstream_peer.close();
-    r.io.run();
+    r.run_until(done);
     ASSERT_TRUE(done);
     EXPECT_TRUE(rel.backend_failed_early());
     EXPECT_EQ(rel.early_error(), asio::error::connection_reset);
@@ -212,7 +232,7 @@ TEST_P(Relay, OnceTheBackendAnsweredItsFailureReachesTheClient) {
     EXPECT_TRUE(sent.empty()) << "the copy is dropped once the backend answers";
     r.upstream_peer.set_option(asio::socket_base::linger(true, 0));
     r.upstream_peer.close();
-    r.io.run();
+    r.run_until(done);
     ASSERT_TRUE(done);
     EXPECT_FALSE(rel.backend_failed_early());
     EXPECT_EQ(rel.from_backend().end, pump_end::source_reset);
@@ -248,7 +268,7 @@ TEST_P(Relay, TooMuchBeforeTheFirstByteIsNotKeptForAReplay) {
     // The backend owns the session: its close reaches the client as EOF.
     EXPECT_FALSE(rel.backend_failed_early());
     r.client_peer.close();
-    r.io.run();
+    r.run_until(done);
     ASSERT_TRUE(done);
     EXPECT_EQ(rel.from_backend().end, pump_end::eof);
     EXPECT_EQ(rel.to_backend().bytes, big.size());
@@ -264,7 +284,7 @@ TEST_P(Relay, ClosedFromOutsideEndsBothDirectionsAsAborted) {
         r.client.close();
         r.upstream.close();
     });
-    r.io.run();
+    r.run_until(done);
     ASSERT_TRUE(done);
     EXPECT_EQ(rel.to_backend().end, pump_end::aborted);
     EXPECT_EQ(rel.from_backend().end, pump_end::aborted);
