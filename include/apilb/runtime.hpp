@@ -170,6 +170,11 @@ struct snapshot {
 /// not. Shared by /readyz and the VRRP track file so that both agree.
 std::string unready_reason(const snapshot& snap);
 
+/// The process's open file descriptors: in constant time where the kernel
+/// gives the size of /proc/self/fd (Linux 6.2+), else by listing it (about
+/// 1 µs per descriptor: 17 ms of a /metrics scrape at 9 000 sessions).
+std::uint64_t count_open_fds();
+
 /// The Asio endpoint for a validated address.
 boost::asio::ip::tcp::endpoint to_endpoint(const socket_address& address);
 

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <functional>
 
 namespace apilb {
@@ -30,11 +29,7 @@ struct process_usage {
 
 process_usage read_process_usage() {
     process_usage u;
-    std::error_code ec;
-    for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
-         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-        ++u.open_fds;
-    }
+    u.open_fds = count_open_fds();
     if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
         unsigned long long size = 0, resident = 0;
         if (std::fscanf(f, "%llu %llu", &size, &resident) == 2) {

@@ -11,7 +11,6 @@
 #include <sys/resource.h>
 
 #include <csignal>
-#include <filesystem>
 #include <functional>
 
 #ifdef APILB_HAVE_SYSTEMD
@@ -71,16 +70,6 @@ std::uint64_t raise_fd_limit() {
     return rl.rlim_cur == RLIM_INFINITY ? std::uint64_t{1} << 20 : rl.rlim_cur;
 }
 
-std::uint64_t open_fd_count() {
-    std::error_code ec;
-    std::uint64_t n = 0;
-    for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
-         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-        ++n;
-    }
-    return n;
-}
-
 /// How many sessions the descriptor limit can hold: two sockets each, after
 /// what is open now, some slack, and (splice) each worker's idle pipe pool
 /// plus as many pipes again in flight. A direction that finds no descriptor
@@ -121,7 +110,7 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
     // Admit no more sessions than there are descriptors for: past that,
     // accept() and socket() fail and clients are dropped half-served.
     const std::uint32_t configured = snap_->cfg->limits.max_connections;
-    const std::uint32_t budget = fd_session_budget(fd_limit, open_fd_count(), *snap_->cfg);
+    const std::uint32_t budget = fd_session_budget(fd_limit, count_open_fds(), *snap_->cfg);
     max_connections_ = configured == 0 ? budget : std::min(configured, budget);
     if (budget == 0) {
         spdlog::error("the file-descriptor limit ({}) is too low to hold any session; raise it "

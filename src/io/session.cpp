@@ -616,7 +616,7 @@ void session::give_up() {
         ctx_.stats.no_backend_total.fetch_add(1, std::memory_order_relaxed);
         std::uint64_t suppressed = 0;
         if (ctx_.connect_warnings.allow(suppressed)) {
-            const log_scope fields({.event = "no_backend", .pool = pool_.cfg->name, .client = client_text(),
+            const log_scope fields({.event = "no_backend", .pool = pool_.cfg->name, .backend = {}, .client = client_text(),
                                     .reason = st_.failures.empty() ? "none_available" : "connect_failed"});
             spdlog::warn("listener {}: no backend of pool {} accepted client {} ({}){}", listener_.cfg->name,
                          pool_.cfg->name, client_text(),
