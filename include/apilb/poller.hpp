@@ -173,6 +173,8 @@ private:
     /// A waiter of `direction` was just set: queue it if it can run now.
     void start_wait(int direction);
     void abort_waiters();
+    /// A new descriptor: nothing known about it yet.
+    void forget_readiness();
     /// Runs the waiter of `direction` (from the poller's loop).
     void complete(int direction);
 

@@ -164,12 +164,14 @@ poll_socket::~poll_socket() {
 
 error_code poll_socket::open(const asio::ip::tcp& protocol) {
     close();
+    forget_readiness();
     fd_ = ::socket(protocol.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
     return fd_ < 0 ? last_error() : error_code{};
 }
 
 error_code poll_socket::adopt(int fd) {
     close();
+    forget_readiness();
     fd_ = fd;
     const error_code ec = add_to_epoll();
     if (ec) close();
@@ -198,12 +200,26 @@ void poll_socket::close() {
     }
     ::close(fd_);  // leaves the epoll set with it
     fd_ = -1;
-    ready_[0] = ready_[1] = false;
-    ended_[0] = ended_[1] = false;
+    forget_readiness();
     abort_waiters();
 }
 
-void poll_socket::cancel() { abort_waiters(); }
+void poll_socket::forget_readiness() {
+    ready_[0] = ready_[1] = false;
+    ended_[0] = ended_[1] = false;
+    connecting_ = false;
+}
+
+void poll_socket::cancel() {
+    // A waiter queued for an edge gives the edge back: what it announced is
+    // still there for the next wait (a session that moves to another backend
+    // goes on reading its client).
+    for (int d = 0; d < 2; ++d) {
+        const waiter& w = waiters_[d];
+        if (w.active() && w.queued && !w.aborted && !w.result) ready_[d] = true;
+    }
+    abort_waiters();
+}
 
 void poll_socket::abort_waiters() {
     for (int d = 0; d < 2; ++d) {

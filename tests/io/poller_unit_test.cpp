@@ -174,6 +174,28 @@ TEST(Poller, CancelAbortsWaitsAndKeepsTheSocket) {
     EXPECT_FALSE(next.ec);
 }
 
+TEST(Poller, CancellingAWaiterQueuedForAnEdgeKeepsTheEdge) {
+    // relay::fail_early cancels the client's wait; the session then relays
+    // to another backend and waits on the client again: bytes that arrived
+    // meanwhile must not be forgotten.
+    fixture f;
+    tcp::socket peer(f.io);
+    poll_socket s(f.sockets);
+    ASSERT_FALSE(s.adopt(f.pair(peer)));
+    peer.send(asio::buffer("abc", 3));
+    f.run_for(20);  // the edge: marked ready
+    outcome first;
+    s.wait(poll_socket::wait_type::read, &outcome::record, &first);  // queued for it
+    s.cancel();
+    f.run_until(first.done);
+    EXPECT_EQ(first.ec, asio::error::operation_aborted);
+    outcome again;
+    s.wait(poll_socket::wait_type::read, &outcome::record, &again);
+    f.run_until(again.done);
+    ASSERT_TRUE(again.done) << "the bytes sent before the cancel were forgotten";
+    EXPECT_FALSE(again.ec);
+}
+
 TEST(Poller, ConnectSucceedsOrReportsRefusal) {
     fixture f;
     poll_socket s(f.sockets);
