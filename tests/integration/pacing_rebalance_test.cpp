@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -153,32 +154,45 @@ int connect_nonblocking(std::uint16_t port, const std::string& source = {}) {
     return fd;
 }
 
-TEST(StormControl, TwoThousandClientsAtOnceReachTheBackendAtTheCapAndAllAreServed) {
-    raise_fd_limit();
-    temp_dir dir;
-    const std::uint16_t backend_port = free_port("127.0.0.2");
-    held_server backend("127.0.0.2", backend_port, "b0");
-    const std::uint16_t port = free_port();
-    const std::string yaml = fmt::format(R"(workers: 2
-listeners:
+/// One backend, b0 on 127.0.0.2, behind apilb; each test gives the pool's
+/// storm_control settings and sends its own clients.
+class StormControl : public ::testing::Test {
+protected:
+    /// Starts b0 (each connection greeted after `greet_after`) and apilb with
+    /// `storm_control` for the pool; `head` and `tail` are top-level sections
+    /// before and after the listeners and pools.
+    void start_apilb(const std::string& head, const std::string& storm_control, const std::string& tail,
+                     std::chrono::milliseconds greet_after = 0ms) {
+        backend_.emplace("127.0.0.2", backend_port_, "b0", greet_after);
+        const std::string yaml = fmt::format(R"({}listeners:
   - {{name: front, address: "127.0.0.1:{}", pool: p}}
 pools:
   - name: p
     backends:
       - {{name: b0, address: "127.0.0.2:{}"}}
     health: {{type: none}}
-    storm_control: {{new_per_second: 500, burst: 10, queue: 5000, queue_timeout: 10s}}
-limits: {{max_connections: 6000}}
-timeouts: {{drain: 1s}}
-log: {{level: info}}
-)",
-                                         port, backend_port);
-    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+    storm_control: {}
+{})",
+                                             head, port_, backend_port_, storm_control, tail);
+        apilb_.emplace(dir_, yaml, "127.0.0.1", port_);
+    }
+
+    temp_dir dir_;
+    const std::uint16_t backend_port_ = free_port("127.0.0.2");
+    std::optional<held_server> backend_;
+    const std::uint16_t port_ = free_port();
+    std::optional<apilb_process> apilb_;
+};
+
+TEST_F(StormControl, TwoThousandClientsAtOnceReachTheBackendAtTheCapAndAllAreServed) {
+    raise_fd_limit();
+    start_apilb("workers: 2\n", "{new_per_second: 500, burst: 10, queue: 5000, queue_timeout: 10s}",
+                "limits: {max_connections: 6000}\ntimeouts: {drain: 1s}\nlog: {level: info}\n");
     constexpr int clients = 2000;
     const auto start = clock_type::now();
     std::vector<pollfd> fds;
     for (int i = 0; i < clients; ++i) {
-        const int fd = connect_nonblocking(port);
+        const int fd = connect_nonblocking(port_);
         ASSERT_GE(fd, 0) << "connect " << i << ": " << std::strerror(errno);
         fds.push_back({fd, POLLIN, 0});
     }
@@ -206,7 +220,7 @@ log: {{level: info}}
     for (auto& p : fds) {
         if (p.fd >= 0) ::close(p.fd);
     }
-    const auto accepts = backend.accept_times();
+    const auto accepts = backend_->accept_times();
     const std::size_t peak = max_in_window(accepts, 1000ms);
     std::cout << fmt::format("[ MEASURE ] storm of {}: {} served, {} failed, all served after {}ms; "
                              "backend accepted {} connections, at most {} in any 1 s window (cap 500/s, burst 10)\n",
@@ -225,34 +239,18 @@ log: {{level: info}}
     EXPECT_LE(rate, 505.0);
     // Paced, not forwarded at once: 2000 at 500/s take about 4 s.
     EXPECT_GE(took, 3500ms);
-    EXPECT_TRUE(apilb.terminate().has_value());
+    EXPECT_TRUE(apilb_->terminate().has_value());
 }
 
-TEST(StormControl, NoMoreConnectionsBeingEstablishedAtOnceThanTheCap) {
+TEST_F(StormControl, NoMoreConnectionsBeingEstablishedAtOnceThanTheCap) {
     raise_fd_limit();
-    temp_dir dir;
-    const std::uint16_t backend_port = free_port("127.0.0.2");
     // Every connection takes 100 ms to be answered, as a TLS handshake does.
-    held_server backend("127.0.0.2", backend_port, "b0", 100ms);
-    const std::uint16_t port = free_port();
-    const std::string yaml = fmt::format(R"(workers: 2
-listeners:
-  - {{name: front, address: "127.0.0.1:{}", pool: p}}
-pools:
-  - name: p
-    backends:
-      - {{name: b0, address: "127.0.0.2:{}"}}
-    health: {{type: none}}
-    storm_control: {{max_connecting: 20, queue_timeout: 10s}}
-timeouts: {{drain: 1s}}
-)",
-                                         port, backend_port);
-    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+    start_apilb("workers: 2\n", "{max_connecting: 20, queue_timeout: 10s}", "timeouts: {drain: 1s}\n", 100ms);
     constexpr int clients = 300;
     const auto start = clock_type::now();
     std::vector<pollfd> fds;
     for (int i = 0; i < clients; ++i) {
-        const int fd = connect_nonblocking(port);
+        const int fd = connect_nonblocking(port_);
         ASSERT_GE(fd, 0);
         fds.push_back({fd, POLLIN, 0});
     }
@@ -275,36 +273,21 @@ timeouts: {{drain: 1s}}
     }
     std::cout << fmt::format("[ MEASURE ] {} clients at once, max_connecting 20, 100 ms to answer each: {} served, "
                              "{} failed after {}ms; at most {} being established at the backend at once\n",
-                             clients, served, failed, took.count(), backend.peak_ungreeted());
+                             clients, served, failed, took.count(), backend_->peak_ungreeted());
     EXPECT_EQ(served, clients);
-    EXPECT_LE(backend.peak_ungreeted(), 20u);
-    EXPECT_GE(backend.peak_ungreeted(), 10u) << "the cap was never approached: the test proves nothing";
+    EXPECT_LE(backend_->peak_ungreeted(), 20u);
+    EXPECT_GE(backend_->peak_ungreeted(), 10u) << "the cap was never approached: the test proves nothing";
     // 300 / 20 at a time x 100 ms = 1.5 s at the least.
     EXPECT_GE(took, 1400ms);
-    EXPECT_TRUE(apilb.terminate().has_value());
+    EXPECT_TRUE(apilb_->terminate().has_value());
 }
 
-TEST(StormControl, AClientWhoseTurnIsTooFarAwayIsClosedAtOnce) {
-    temp_dir dir;
-    const std::uint16_t backend_port = free_port("127.0.0.2");
-    held_server backend("127.0.0.2", backend_port, "b0");
-    const std::uint16_t port = free_port();
-    const std::string yaml = fmt::format(R"(listeners:
-  - {{name: front, address: "127.0.0.1:{}", pool: p}}
-pools:
-  - name: p
-    backends:
-      - {{name: b0, address: "127.0.0.2:{}"}}
-    health: {{type: none}}
-    storm_control: {{new_per_second: 2, burst: 1, queue_timeout: 600ms}}
-timeouts: {{drain: 1s}}
-)",
-                                         port, backend_port);
-    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+TEST_F(StormControl, AClientWhoseTurnIsTooFarAwayIsClosedAtOnce) {
+    start_apilb("", "{new_per_second: 2, burst: 1, queue_timeout: 600ms}", "timeouts: {drain: 1s}\n");
     // One turn every 500 ms: the first goes at once, the second waits
     // 500 ms, the third would wait 1 s > 600 ms and is closed.
     std::vector<client> cs(3);
-    for (auto& c : cs) ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    for (auto& c : cs) ASSERT_EQ(c.connect("127.0.0.1", port_), 0);
     std::vector<std::string> got;
     for (auto& c : cs) {
         c.set_timeout(3s);
@@ -314,8 +297,8 @@ timeouts: {{drain: 1s}}
     // (Which client is accepted first is the kernel's choice.)
     EXPECT_EQ(std::count(got.begin(), got.end(), "b0\n"), 2);
     EXPECT_EQ(std::count(got.begin(), got.end(), ""), 1);
-    EXPECT_TRUE(apilb.wait_for_log("storm control (no turn within 600ms)"));
-    EXPECT_EQ(backend.accept_times().size(), 2u);
+    EXPECT_TRUE(apilb_->wait_for_log("storm control (no turn within 600ms)"));
+    EXPECT_EQ(backend_->accept_times().size(), 2u);
 }
 
 /// Long-lived clients that reconnect as soon as their connection ends, as
@@ -390,43 +373,69 @@ private:
     std::vector<std::string> sources_;
 };
 
-TEST(Rebalance, TheApiserverThatComesBackGetsItsShareAtABoundedCloseRate) {
-    raise_fd_limit();
-    temp_dir dir;
-    const std::vector<std::string> ips{"127.0.0.2", "127.0.0.3", "127.0.0.4"};
-    std::vector<std::uint16_t> ports;
-    std::vector<std::unique_ptr<held_server>> servers;
-    for (std::size_t i = 0; i < ips.size(); ++i) {
-        ports.push_back(free_port(ips[i]));
-        servers.push_back(std::make_unique<held_server>(ips[i], ports[i], "b" + std::to_string(i)));
+/// Three backends, b0..b2 on 127.0.0.2..4, behind apilb; each test gives the
+/// pool's balance, health and rebalance settings, and stops and restarts b2.
+class Rebalance : public ::testing::Test {
+protected:
+    void SetUp() override {
+        raise_fd_limit();
+        for (std::size_t i = 0; i < ips_.size(); ++i) {
+            ports_.push_back(free_port(ips_[i]));
+            servers_.push_back(nullptr);
+            start_backend(i);
+        }
     }
-    const std::uint16_t port = free_port();
-    constexpr int rate = 50;
-    const std::string yaml = fmt::format(R"(workers: 2
+    /// Starts apilb in front of b0..b2; `health` and `rebalance` are the
+    /// pool's sections as flow mappings.
+    void start_apilb(const std::string& balance, const std::string& health, const std::string& rebalance) {
+        const std::string yaml = fmt::format(R"(workers: 2
 listeners:
   - {{name: front, address: "127.0.0.1:{}", pool: p}}
 pools:
   - name: p
-    balance: least-connections
+    balance: {}
     backends:
       - {{name: b0, address: "{}:{}"}}
       - {{name: b1, address: "{}:{}"}}
       - {{name: b2, address: "{}:{}"}}
-    health: {{type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1, close_sessions_after: 0s, slow_start: 0s}}
-    rebalance: {{enabled: true, max_closes_per_second: {}, tolerance: 0.2}}
+    health: {}
+    rebalance: {}
 timeouts: {{drain: 1s}}
 log: {{level: info}}
 )",
-                                         port, ips[0], ports[0], ips[1], ports[1], ips[2], ports[2], rate);
-    apilb_process apilb(dir, yaml, "127.0.0.1", port);
-    watchers w(port, 300);
+                                             port_, balance, ips_[0], ports_[0], ips_[1], ports_[1], ips_[2],
+                                             ports_[2], health, rebalance);
+        apilb_.emplace(dir_, yaml, "127.0.0.1", port_);
+    }
+    /// Backend `i` (b<i>) listens on its address, as an apiserver (re)starting.
+    void start_backend(std::size_t i) {
+        servers_[i] = std::make_unique<held_server>(ips_[i], ports_[i], "b" + std::to_string(i));
+    }
+    /// Backend `i` stops and resets every connection it holds.
+    void stop_backend(std::size_t i) { servers_[i]->stop(); }
+
+    temp_dir dir_;
+    const std::vector<std::string> ips_{"127.0.0.2", "127.0.0.3", "127.0.0.4"};
+    std::vector<std::uint16_t> ports_;
+    std::vector<std::unique_ptr<held_server>> servers_;
+    const std::uint16_t port_ = free_port();
+    std::optional<apilb_process> apilb_;
+};
+
+TEST_F(Rebalance, TheApiserverThatComesBackGetsItsShareAtABoundedCloseRate) {
+    constexpr int rate = 50;
+    start_apilb("least-connections",
+                "{type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1, close_sessions_after: 0s, "
+                "slow_start: 0s}",
+                fmt::format("{{enabled: true, max_closes_per_second: {}, tolerance: 0.2}}", rate));
+    watchers w(port_, 300);
     w.run(1500ms);
     auto spread = w.spread();
     std::cout << fmt::format("[ MEASURE ] start: b0={} b1={} b2={}\n", spread["b0"], spread["b1"], spread["b2"]);
     EXPECT_EQ(spread["b0"] + spread["b1"] + spread["b2"], 300);
 
     // b2 dies: its clients reconnect to the other two.
-    servers[2]->stop();
+    stop_backend(2);
     w.run(2000ms);
     spread = w.spread();
     std::cout << fmt::format("[ MEASURE ] b2 down: b0={} b1={} b2={}\n", spread["b0"], spread["b1"], spread["b2"]);
@@ -435,7 +444,7 @@ log: {{level: info}}
 
     // b2 comes back: within the expected time the spread is within the
     // tolerance (100 each ± 20%), and never more than `rate` closes a second.
-    servers[2] = std::make_unique<held_server>(ips[2], ports[2], "b2");
+    start_backend(2);
     const auto back = clock_type::now();
     w.closes.clear();
     // About 100 sessions must move at 50/s (2 s), after b2 is seen healthy
@@ -446,7 +455,7 @@ log: {{level: info}}
     while (clock_type::now() - back < bound) {
         w.run(100ms);
         spread = w.spread();
-        if (std::all_of(ips.begin(), ips.end(), [&, i = 0](const std::string&) mutable {
+        if (std::all_of(ips_.begin(), ips_.end(), [&, i = 0](const std::string&) mutable {
                 const int n = spread["b" + std::to_string(i++)];
                 return n >= 80 && n <= 120;
             })) {
@@ -468,51 +477,26 @@ log: {{level: info}}
     // Only the over-loaded backends gave sessions up.
     EXPECT_TRUE(std::none_of(w.closes.begin(), w.closes.end(), [](const auto& c) { return c.backend == "b2"; }));
     EXPECT_LE(w.closes.size(), 140u) << "far more sessions moved than needed";
-    EXPECT_TRUE(apilb.terminate().has_value());
-    EXPECT_NE(apilb.log().find("moved by rebalancing"), std::string::npos);
+    EXPECT_TRUE(apilb_->terminate().has_value());
+    EXPECT_NE(apilb_->log().find("moved by rebalancing"), std::string::npos);
 }
 
-TEST(Rebalance, MaglevClientsGoBackToTheirOwnApiserverWhenItReturns) {
-    raise_fd_limit();
-    temp_dir dir;
-    const std::vector<std::string> ips{"127.0.0.2", "127.0.0.3", "127.0.0.4"};
-    std::vector<std::uint16_t> ports;
-    std::vector<std::unique_ptr<held_server>> servers;
-    for (std::size_t i = 0; i < ips.size(); ++i) {
-        ports.push_back(free_port(ips[i]));
-        servers.push_back(std::make_unique<held_server>(ips[i], ports[i], "b" + std::to_string(i)));
-    }
-    const std::uint16_t port = free_port();
-    constexpr int rate = 100;
-    const std::string yaml = fmt::format(R"(workers: 2
-listeners:
-  - {{name: front, address: "127.0.0.1:{}", pool: p}}
-pools:
-  - name: p
-    balance: maglev
-    backends:
-      - {{name: b0, address: "{}:{}"}}
-      - {{name: b1, address: "{}:{}"}}
-      - {{name: b2, address: "{}:{}"}}
-    health: {{type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1, close_sessions_after: 0s}}
-    rebalance: {{enabled: true, max_closes_per_second: {}}}
-timeouts: {{drain: 1s}}
-log: {{level: info}}
-)",
-                                         port, ips[0], ports[0], ips[1], ports[1], ips[2], ports[2], rate);
-    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+TEST_F(Rebalance, MaglevClientsGoBackToTheirOwnApiserverWhenItReturns) {
+    start_apilb("maglev",
+                "{type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1, close_sessions_after: 0s}",
+                "{enabled: true, max_closes_per_second: 100}");
     // 60 client addresses (127.0.1.1-60), 3 connections each: Maglev keys on
     // the address, so each address has its own apiserver.
     std::vector<std::string> sources;
     for (int i = 1; i <= 60; ++i) sources.push_back(fmt::format("127.0.1.{}", i));
-    watchers w(port, 180, sources);
+    watchers w(port_, 180, sources);
     w.run(1500ms);
     const auto home = w.placement();
     const auto on_b2 = std::count(home.begin(), home.end(), "b2");
     ASSERT_GT(on_b2, 0);
     ASSERT_EQ(std::count(home.begin(), home.end(), ""), 0);
 
-    servers[2]->stop();
+    stop_backend(2);
     w.run(2000ms);
     const auto away = w.placement();
     ASSERT_EQ(std::count(away.begin(), away.end(), "b2"), 0);
@@ -520,7 +504,7 @@ log: {{level: info}}
         if (home[i] != "b2") EXPECT_EQ(away[i], home[i]) << "connection " << i << " moved though its apiserver lived";
     }
 
-    servers[2] = std::make_unique<held_server>(ips[2], ports[2], "b2");
+    start_backend(2);
     const auto back = clock_type::now();
     w.closes.clear();
     bool home_again = false;
@@ -540,7 +524,7 @@ log: {{level: info}}
     EXPECT_EQ(w.placement(), home) << "churn after every client was home";
     // Only the clients that belong on b2 were moved.
     EXPECT_EQ(static_cast<long>(w.closes.size()), on_b2);
-    EXPECT_TRUE(apilb.terminate().has_value());
+    EXPECT_TRUE(apilb_->terminate().has_value());
 }
 
 }  // namespace
