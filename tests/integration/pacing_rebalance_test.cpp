@@ -501,7 +501,9 @@ TEST_F(Rebalance, MaglevClientsGoBackToTheirOwnApiserverWhenItReturns) {
     const auto away = w.placement();
     ASSERT_EQ(std::count(away.begin(), away.end(), "b2"), 0);
     for (std::size_t i = 0; i < home.size(); ++i) {
-        if (home[i] != "b2") EXPECT_EQ(away[i], home[i]) << "connection " << i << " moved though its apiserver lived";
+        if (home[i] != "b2") {
+            EXPECT_EQ(away[i], home[i]) << "connection " << i << " moved though its apiserver lived";
+        }
     }
 
     start_backend(2);
