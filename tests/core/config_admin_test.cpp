@@ -15,12 +15,12 @@
 #include <unistd.h>
 
 #include "apilb/config_diff.hpp"
+#include "config_test_util.hpp"
 
 namespace apilb {
 namespace {
 
-#define EXPECT_CONTAINS(haystack, needle) \
-    EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << "in: " << (haystack)
+using test::errors_of;
 
 class AdminConfig : public ::testing::Test {
 protected:
@@ -59,16 +59,6 @@ protected:
                           "  tls:\n"
                           "    cert_file: " + cert + "\n"
                           "    key_file: " + key + "\n" + more);
-    }
-
-    static std::vector<config_error> errors_of(const std::string& text) {
-        try {
-            parse_config(text, "test.yaml");
-        } catch (const config_load_error& e) {
-            return e.errors();
-        }
-        ADD_FAILURE() << "expected the config to be rejected:\n" << text;
-        return {};
     }
 
     static inline std::filesystem::path dir_;

@@ -11,10 +11,14 @@
 
 #include <unistd.h>
 
+#include "config_test_util.hpp"
+
 namespace apilb {
 namespace {
 
 using namespace std::chrono_literals;
+using test::all_messages;
+using test::errors_of;
 
 /// Files a health section may name (CA, certificate, key, token), made for
 /// the test and removed after it.
@@ -42,27 +46,8 @@ protected:
                health;  // starts at line 7
     }
 
-    static std::vector<config_error> errors_of(const std::string& text) {
-        try {
-            parse_config(text, "test.yaml");
-        } catch (const config_load_error& e) {
-            return e.errors();
-        }
-        ADD_FAILURE() << "expected the config to be rejected:\n" << text;
-        return {};
-    }
-
-    static std::string all(const std::vector<config_error>& errors) {
-        std::string s;
-        for (const auto& e : errors) s += e.to_string() + "\n";
-        return s;
-    }
-
     std::filesystem::path dir_;
 };
-
-#define EXPECT_CONTAINS(haystack, needle) \
-    EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << "in: " << (haystack)
 
 TEST_F(HealthConfig, WithoutASectionThereAreNoProbesButPassiveDetection) {
     auto c = parse_config(with_health(""), "t");
@@ -95,7 +80,7 @@ TEST_F(HealthConfig, AWrittenSectionDefaultsToHttpsReadyz) {
     EXPECT_EQ(h.slow_start, 30s);
     EXPECT_EQ(h.all_unhealthy, all_unhealthy_policy::try_all);
     EXPECT_TRUE(h.initial_healthy);
-    EXPECT_TRUE(c->warnings.empty()) << all(c->warnings);
+    EXPECT_TRUE(c->warnings.empty()) << all_messages(c->warnings);
 }
 
 TEST_F(HealthConfig, ReadsEveryField) {
@@ -156,7 +141,7 @@ TEST_F(HealthConfig, ServerNameMayBeAnIpAddress) {
 
 TEST_F(HealthConfig, HttpsWithoutACaIsAnErrorUnlessExplicitlyInsecure) {
     auto errors = errors_of(with_health("    health: {}\n"));
-    ASSERT_EQ(errors.size(), 1u) << all(errors);
+    ASSERT_EQ(errors.size(), 1u) << all_messages(errors);
     EXPECT_EQ(errors[0].key_path, "pools[0].health");
     EXPECT_EQ(errors[0].line, 7);
     EXPECT_CONTAINS(errors[0].message, "needs tls.ca_file");
@@ -173,7 +158,7 @@ TEST_F(HealthConfig, HttpsWithoutACaIsAnErrorUnlessExplicitlyInsecure) {
 TEST_F(HealthConfig, NamedFilesMustBeReadableRegularFiles) {
     auto errors = errors_of(with_health("    health:\n      tls:\n        ca_file: /nonexistent/ca.crt\n"
                                         "      bearer_token_file: " + dir_.string() + "\n"));
-    ASSERT_EQ(errors.size(), 2u) << all(errors) << "an unreadable CA is not also reported as missing";
+    ASSERT_EQ(errors.size(), 2u) << all_messages(errors) << "an unreadable CA is not also reported as missing";
     EXPECT_EQ(errors[0].key_path, "pools[0].health.tls.ca_file");
     EXPECT_EQ(errors[0].line, 9);
     EXPECT_CONTAINS(errors[0].message, "cannot read \"/nonexistent/ca.crt\": No such file or directory");
@@ -184,7 +169,7 @@ TEST_F(HealthConfig, NamedFilesMustBeReadableRegularFiles) {
 TEST_F(HealthConfig, ClientCertificateNeedsItsKey) {
     auto errors = errors_of(with_health("    health:\n      tls: {ca_file: " + file("ca.crt") + ", cert_file: " +
                                         file("client.crt") + "}\n"));
-    ASSERT_EQ(errors.size(), 1u) << all(errors);
+    ASSERT_EQ(errors.size(), 1u) << all_messages(errors);
     EXPECT_EQ(errors[0].key_path, "pools[0].health.tls.cert_file");
     EXPECT_CONTAINS(errors[0].message, "key_file is missing");
 }
@@ -205,7 +190,7 @@ TEST_F(HealthConfig, ValuesAreChecked) {
       initial: maybe
       passive: true
 )"));
-    const std::string text = all(errors);
+    const std::string text = all_messages(errors);
     EXPECT_EQ(errors.size(), 14u) << text;
     EXPECT_CONTAINS(text, "test.yaml:8:13: pools[0].health.type: unknown value \"htps\"; did you mean \"https\"?");
     EXPECT_CONTAINS(text, "pools[0].health.path: invalid path \"readyz\": expected a path starting with \"/\"");
@@ -226,13 +211,13 @@ TEST_F(HealthConfig, ValuesAreChecked) {
 TEST_F(HealthConfig, PathCannotBreakTheRequestLine) {
     auto errors = errors_of(with_health("    health: {type: https, tls: {insecure_skip_verify: true}, "
                                         "path: \"/readyz HTTP/1.0\"}\n"));
-    ASSERT_EQ(errors.size(), 1u) << all(errors);
+    ASSERT_EQ(errors.size(), 1u) << all_messages(errors);
     EXPECT_CONTAINS(errors[0].message, "percent-encode");
 }
 
 TEST_F(HealthConfig, UnknownKeysSuggestTheNearest) {
     auto errors = errors_of(with_health("    health: {type: tcp, intervall: 1s, tls: {ca_fil: x}}\n"));
-    const std::string text = all(errors);
+    const std::string text = all_messages(errors);
     ASSERT_EQ(errors.size(), 2u) << text;
     EXPECT_CONTAINS(text, "pools[0].health.intervall: unknown key \"intervall\"; did you mean \"interval\"?");
     EXPECT_CONTAINS(text, "pools[0].health.tls.ca_fil: unknown key \"ca_fil\"; did you mean \"ca_file\"?");
@@ -242,7 +227,7 @@ TEST_F(HealthConfig, HttpsOnlyFieldsWithTcpAreIgnoredWithAWarning) {
     auto c = parse_config(with_health("    health: {type: tcp, path: /livez, tls: {ca_file: " + file("ca.crt") +
                                       "}}\n"),
                           "t");
-    ASSERT_EQ(c->warnings.size(), 2u) << all(c->warnings);
+    ASSERT_EQ(c->warnings.size(), 2u) << all_messages(c->warnings);
     EXPECT_EQ(c->warnings[0].key_path, "pools[0].health.path");
     EXPECT_CONTAINS(c->warnings[0].message, "ignored: applies only to type https, and type is tcp");
     EXPECT_EQ(c->warnings[1].key_path, "pools[0].health.tls");
@@ -250,7 +235,7 @@ TEST_F(HealthConfig, HttpsOnlyFieldsWithTcpAreIgnoredWithAWarning) {
 
 TEST_F(HealthConfig, TypeNoneCannotStartUnhealthy) {
     auto errors = errors_of(with_health("    health: {type: none, initial: unhealthy}\n"));
-    ASSERT_EQ(errors.size(), 1u) << all(errors);
+    ASSERT_EQ(errors.size(), 1u) << all_messages(errors);
     EXPECT_EQ(errors[0].key_path, "pools[0].health.initial");
     EXPECT_CONTAINS(errors[0].message, "type none");
 }
@@ -293,7 +278,7 @@ TEST_F(HealthConfig, TheExampleHealthSectionLoadsWhenUncommented) {
         EXPECT_EQ(h.path, "/readyz");
         EXPECT_EQ(h.interval, 2s);
         EXPECT_EQ(h.close_sessions_after, std::optional<duration>(5s));
-        EXPECT_TRUE(c->warnings.empty()) << all(c->warnings);
+        EXPECT_TRUE(c->warnings.empty()) << all_messages(c->warnings);
     } catch (const config_load_error& e) {
         FAIL() << e.what() << "\n" << text;
     }

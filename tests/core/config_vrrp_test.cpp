@@ -6,10 +6,13 @@
 #include <string>
 #include <vector>
 
+#include "config_test_util.hpp"
+
 namespace apilb {
 namespace {
 
 using namespace std::chrono_literals;
+using test::errors_of;
 
 /// The minimal file with `vrrp` (top level) added; the section starts at line 6.
 std::string with_vrrp(const std::string& vrrp) {
@@ -19,16 +22,6 @@ std::string with_vrrp(const std::string& vrrp) {
            "  - name: cp\n"
            "    backends: [{name: cp-1, address: \"192.0.2.11:6443\"}]\n" +
            vrrp;
-}
-
-std::vector<config_error> errors_of(const std::string& text) {
-    try {
-        parse_config(text, "test.yaml");
-    } catch (const config_load_error& e) {
-        return e.errors();
-    }
-    ADD_FAILURE() << "expected the config to be rejected:\n" << text;
-    return {};
 }
 
 /// The single error of `text`, as one line.
