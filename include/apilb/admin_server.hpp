@@ -16,6 +16,7 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "apilb/admin_report.hpp"
@@ -37,6 +38,11 @@ struct admin_hooks {
     std::function<void(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done)> ping_workers;
     std::function<bool()> reload;  ///< applies the config file; false if it was rejected
 };
+
+/// The admin bearer token in `path`, trailing newlines and spaces removed
+/// ("" if it holds nothing else); nullopt if the file cannot be read. The
+/// server and the CLI both read it with this, so they agree on the token.
+std::optional<std::string> read_admin_token(const std::string& path);
 
 class admin_server {
 public:

@@ -19,11 +19,10 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <fstream>
 #include <iostream>
 #include <optional>
-#include <sstream>
 
+#include "apilb/admin_server.hpp"
 #include "apilb/config.hpp"
 
 namespace apilb::cli {
@@ -158,16 +157,12 @@ std::optional<response> call(const admin_target& t, http::verb method, const std
     req.set(http::field::host, t.address);
     req.set(http::field::user_agent, "apilb-cli");
     if (!t.token_file.empty()) {
-        std::ifstream in(t.token_file);
-        std::ostringstream text;
-        text << in.rdbuf();
-        std::string token = text.str();
-        while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
-        if (!in || token.empty()) {
+        const std::optional<std::string> token = read_admin_token(t.token_file);
+        if (!token || token->empty()) {
             std::cerr << "error: cannot read a token from " << t.token_file << '\n';
             return std::nullopt;
         }
-        req.set(http::field::authorization, "Bearer " + token);
+        req.set(http::field::authorization, "Bearer " + *token);
     }
     req.prepare_payload();
 

@@ -45,14 +45,10 @@ constexpr auto io_timeout = 10s;
 constexpr auto tls_shutdown_timeout = 1s;
 
 std::string read_token(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) throw std::runtime_error("admin.token_file: cannot read " + path);
-    std::ostringstream text;
-    text << in.rdbuf();
-    std::string token = text.str();
-    while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
-    if (token.empty()) throw std::runtime_error("admin.token_file: " + path + " is empty");
-    return token;
+    std::optional<std::string> token = read_admin_token(path);
+    if (!token) throw std::runtime_error("admin.token_file: cannot read " + path);
+    if (token->empty()) throw std::runtime_error("admin.token_file: " + path + " is empty");
+    return *token;
 }
 
 /// Compares without an early exit, so timing does not reveal a prefix.
@@ -171,6 +167,16 @@ std::string json_message(std::string_view key, std::string_view value) {
 }
 
 }  // namespace
+
+std::optional<std::string> read_admin_token(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) return std::nullopt;
+    std::ostringstream text;
+    text << in.rdbuf();
+    std::string token = text.str();
+    while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+    return token;
+}
 
 struct admin_server::reply {
     http::status status = http::status::ok;
