@@ -298,10 +298,7 @@ void poll_socket::connect_erased(const asio::ip::tcp::endpoint& ep, erased_handl
         return poller_->defer(*this, write_dir);
     }
     connecting_ = true;
-    if (ready_[write_dir]) {
-        ready_[write_dir] = false;
-        poller_->defer(*this, write_dir);
-    }
+    start_wait(write_dir);
 }
 
 void poll_socket::on_events(std::uint32_t events) {

@@ -40,9 +40,4 @@ boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg) {
     return first;
 }
 
-void set_abortive_close(boost::asio::ip::tcp::socket& socket) {
-    boost::system::error_code ignored;
-    socket.set_option(boost::asio::socket_base::linger(true, 0), ignored);
-}
-
 }  // namespace apilb
