@@ -7,10 +7,11 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
-#include <cstdint>
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "apilb/config.hpp"
@@ -174,6 +175,16 @@ std::string unready_reason(const snapshot& snap);
 /// gives the size of /proc/self/fd (Linux 6.2+), else by listing it (about
 /// 1 µs per descriptor: 17 ms of a /metrics scrape at 9 000 sessions).
 std::uint64_t count_open_fds();
+
+/// Grows the kernel's descriptor table of this process to hold descriptors
+/// 0..`descriptors`-1 (rounded up by the kernel), so that accept() and
+/// socket() never grow it while serving. In a process with more than one
+/// thread each growth (the table doubles: 64, 128, ... 16384) waits for an
+/// RCU grace period in the kernel (expand_fdtable -> synchronize_rcu), 10-90 ms
+/// on a loaded machine, during which the worker that needed the descriptor
+/// sleeps; a reconnect storm into a fresh process meets all of them. The table
+/// never shrinks. Returns the error of the descriptor used to grow it, if any.
+std::error_code reserve_fd_table(std::uint64_t descriptors);
 
 /// The Asio endpoint for a validated address.
 boost::asio::ip::tcp::endpoint to_endpoint(const socket_address& address);

@@ -1,8 +1,11 @@
 #include "apilb/runtime.hpp"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <filesystem>
 
 #include "apilb/config_diff.hpp"
@@ -19,6 +22,24 @@ std::uint64_t count_open_fds() {
         ++n;
     }
     return n > 0 ? n - 1 : 0;  // less the listing's own descriptor
+}
+
+std::error_code reserve_fd_table(std::uint64_t descriptors) {
+    if (descriptors < 2 || descriptors > INT_MAX) return {};
+    // Any open descriptor will do to duplicate; /dev/null is always there.
+    const int probe = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (probe < 0) return {errno, std::system_category()};
+    std::error_code ec;
+    // F_DUPFD takes the lowest free descriptor from the one asked for: the
+    // table is grown to hold it, and stays so after the close.
+    const int high = ::fcntl(probe, F_DUPFD_CLOEXEC, static_cast<int>(descriptors - 1));
+    if (high < 0) {
+        ec = {errno, std::system_category()};
+    } else {
+        ::close(high);
+    }
+    ::close(probe);
+    return ec;
 }
 
 boost::asio::ip::tcp::endpoint to_endpoint(const socket_address& address) {

@@ -10,6 +10,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <csignal>
 #include <functional>
 
@@ -74,12 +75,21 @@ std::uint64_t raise_fd_limit() {
 /// what is open now, some slack, and (splice) each worker's idle pipe pool
 /// plus as many pipes again in flight. A direction that finds no descriptor
 /// for a pipe falls back to copying, so pipes never cost a session.
-std::uint32_t fd_session_budget(std::uint64_t fd_limit, std::uint64_t open_now, const config& cfg) {
+std::uint64_t fd_reserve(std::uint64_t open_now, const config& cfg) {
     const bool splice = cfg.relay.mode == relay_mode::splice;
-    const std::uint64_t reserve = open_now + 64 + (splice ? 256 * std::uint64_t{cfg.workers} : 0);
+    return open_now + 64 + (splice ? 256 * std::uint64_t{cfg.workers} : 0);
+}
+
+std::uint32_t fd_session_budget(std::uint64_t fd_limit, std::uint64_t open_now, const config& cfg) {
+    const std::uint64_t reserve = fd_reserve(open_now, cfg);
     if (fd_limit <= reserve) return 0;
     return static_cast<std::uint32_t>(std::min<std::uint64_t>((fd_limit - reserve) / 2, UINT32_MAX));
 }
+
+/// The descriptor table is sized up front for this many at most: 1 MiB of
+/// kernel memory (8 bytes a slot), 65 000 sessions. Past it the kernel grows
+/// the table as before, a grace period per doubling.
+constexpr std::uint64_t fd_table_reserve_cap = std::uint64_t{1} << 17;
 
 }  // namespace
 
@@ -123,6 +133,15 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
                      budget, max_connections_);
     }
     for (auto& w : workers_) w->set_max_connections(max_connections_);
+    // Every descriptor the sessions may need, in the table now: growing it
+    // later costs a worker an RCU grace period per doubling, in the middle of
+    // the reconnect storm that needed the descriptors (see reserve_fd_table).
+    const std::uint64_t table = std::min({fd_limit, fd_table_reserve_cap,
+                                          fd_reserve(count_open_fds(), *snap_->cfg) + 2 * std::uint64_t{max_connections_}});
+    if (const std::error_code ec = reserve_fd_table(table)) {
+        spdlog::warn("could not size the descriptor table for {} descriptors: {}; accepting may pause "
+                     "while the kernel grows it", table, ec.message());
+    }
     make_admin();
 }
 

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <fstream>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -48,6 +50,29 @@ TEST(Limits, MaxConnectionsRefusesTheExcessWithoutHarmingTheRest) {
     EXPECT_TRUE(apilb.wait_for_log("connection limit (5) reached")) << apilb.log();
     held.clear();
     again.close();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+TEST(Limits, DescriptorTableHoldsEverySessionFromTheStart) {
+    // A reconnect storm into a freshly started apilb must not wait on the
+    // kernel growing the descriptor table (an RCU grace period per doubling
+    // in a process with threads): the table is sized at start for
+    // max_connections' two sockets each.
+    tcp_server echo("127.0.0.2", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, config_for(port, {echo.address()}, "limits: {max_connections: 3000}\n"), "127.0.0.1",
+                        port);
+    std::ifstream status(fmt::format("/proc/{}/status", apilb.proc().pid()));
+    long table = -1;
+    for (std::string line; std::getline(status, line);) {
+        if (line.rfind("FDSize:", 0) == 0) table = std::stol(line.substr(7));
+    }
+    EXPECT_GE(table, 2 * 3000) << apilb.log();
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    EXPECT_TRUE(echoes(c, "ok"));
+    c.close();
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
 }
 
