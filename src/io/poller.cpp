@@ -335,7 +335,11 @@ void poll_socket::complete(int d) {
     } else if (w.result) {
         ec = w.result;
     } else {
-        if (d == write_dir && connecting_) {
+        // A connect that failed has shown an error or hang-up (tcp_poll sets
+        // EPOLLERR with sk_err, EPOLLHUP once closed); one that only became
+        // writable is established, and SO_ERROR would say 0. An error that
+        // comes after is the relay's first read's or write's.
+        if (d == write_dir && connecting_ && ended_[write_dir]) {
             int err = 0;
             socklen_t len = sizeof err;
             if (::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
