@@ -89,6 +89,43 @@ void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
     });
 }
 
+void worker_context::watch_connect(pending_connect& c, const asio::any_io_executor& ex) {
+    connects.push_back(c);
+    // Connects share one timeout, so a later one rarely expires first; only
+    // then (a reload shortened timeouts.connect) is the timer moved earlier.
+    if (c.deadline >= connect_timer_at) return;
+    if (!connect_timer) connect_timer = std::make_unique<asio::steady_timer>(ex);
+    connect_timer_at = c.deadline;
+    connect_timer->expires_at(c.deadline);  // a wait pending completes as aborted
+    connect_timer->async_wait([this, ex](const error_code& ec) {
+        if (ec) return;  // moved earlier (that wait re-arms), or the worker is going
+        expire_connects(ex);
+    });
+}
+
+void worker_context::expire_connects(const asio::any_io_executor& ex) {
+    connect_timer_at = clock_type::time_point::max();
+    const auto now = clock_type::now();
+    auto next = clock_type::time_point::max();
+    for (auto it = connects.begin(); it != connects.end();) {
+        pending_connect& c = *it;
+        if (c.deadline > now) {
+            next = std::min(next, c.deadline);
+            ++it;
+            continue;
+        }
+        it = connects.erase(it);
+        c.expire(c);  // closes the socket; the connect completes later, aborted
+    }
+    if (next == clock_type::time_point::max()) return;
+    connect_timer_at = next;
+    connect_timer->expires_at(next);
+    connect_timer->async_wait([this, ex](const error_code& ec) {
+        if (ec) return;
+        expire_connects(ex);
+    });
+}
+
 worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats& st, poller& p)
     : snap(std::move(s)), stats(st), sockets(p), relay(snap->cfg->relay), max_connections(snap->cfg->limits.max_connections) {
     for (const auto& p : snap->pools) balancers.emplace_back(p.backends.size());
@@ -114,12 +151,12 @@ bool try_reserve(backend_stats& stats, std::uint32_t per_backend) {
 
 enum class connect_outcome { connected, refused, timed_out, aborted, local_error };
 
-/// A connect raced against a deadline. Both the connect and the timer have
-/// completed before the caller resumes, so neither outlives the caller's
-/// frame; no parallel group, no coroutine frame of its own.
-class timed_connect {
+/// A connect raced against a deadline, kept by the worker (one timer for all
+/// of its pending connects). The connect has completed before the caller
+/// resumes, so nothing outlives the caller's frame.
+class timed_connect : private pending_connect {
 public:
-    explicit timed_connect(const asio::any_io_executor& ex) : timer_(ex) {}
+    explicit timed_connect(worker_context& ctx) : ctx_(ctx) { expire = &timed_connect::on_deadline; }
 
     /// Completes with the connect's error, or timed_out after `timeout`
     /// (then the socket is closed). Signature `void(error_code)`.
@@ -130,39 +167,31 @@ public:
             [this, &s, &ep, timeout](auto handler) {
                 handler_ = erased_handler<error_code>(std::move(handler));
                 socket_ = &s;
-                outstanding_ = 2;
                 timed_out_ = false;
-                result_ = {};
-                timer_.expires_after(timeout);
-                timer_.async_wait([this](const error_code& ec) {
-                    if (!ec && outstanding_ == 2) {
-                        timed_out_ = true;
-                        socket_->close();
-                    }
-                    done();
-                });
+                deadline = clock_type::now() + timeout;
+                ctx_.watch_connect(*this, s.get_executor());
+                // poll_socket completes from its loop, never inside this
+                // call: the handler may resume the caller directly.
                 s.async_connect(ep, [this](const error_code& ec) {
-                    result_ = ec;
-                    timer_.cancel();
-                    done();
+                    unlink();
+                    auto h = std::move(handler_);
+                    h(timed_out_ ? error_code{asio::error::timed_out} : ec);
                 });
             },
             token);
     }
 
 private:
-    void done() {
-        if (--outstanding_ != 0) return;
-        const error_code ec = timed_out_ ? error_code{asio::error::timed_out} : result_;
-        asio::post(timer_.get_executor(), [h = std::move(handler_), ec]() mutable { h(ec); });
+    static void on_deadline(pending_connect& p) {
+        auto& self = static_cast<timed_connect&>(p);
+        self.timed_out_ = true;
+        self.socket_->close();
     }
 
-    asio::steady_timer timer_;
+    worker_context& ctx_;
     poll_socket* socket_ = nullptr;
     erased_handler<error_code> handler_;
-    int outstanding_ = 0;
     bool timed_out_ = false;
-    error_code result_;
 };
 
 /// Passive health detection: the first failure of a backend marks it
@@ -391,7 +420,7 @@ std::string session::client_text() const {
 asio::awaitable<bool> session::connect_next() {
     const config& cfg = *snap_->cfg;
     balancer_state& balancer = ctx_.balancers[listener_.pool_index];
-    timed_connect connector(upstream_.get_executor());
+    timed_connect connector(ctx_);
     while (st_.attempts < pool_.cfg->connect_attempts && !entry_.aborted) {
         ++st_.attempts;
         // The worker's scratch vector: filled and read with no suspension between.

@@ -100,6 +100,36 @@ TEST(Retry, ConnectTimeoutMovesOnToTheNextBackend) {
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
 }
 
+TEST(Retry, ConnectTimeoutsOfClientsArrivingApartEachFireInTime) {
+    // One timer per worker keeps every pending connect's deadline: each
+    // client's must fire on time, not only the first one's, also when no
+    // later connect comes along to re-arm it.
+    blackhole hole("127.0.0.4");
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, config_for(port, {hole.address()}, "timeouts: {connect: 300ms}\n"), "127.0.0.1",
+                        port);
+    std::vector<client> clients(3);
+    std::vector<std::chrono::steady_clock::time_point> started;
+    for (auto& c : clients) {
+        ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+        started.push_back(std::chrono::steady_clock::now());
+        ASSERT_TRUE(c.send_all("hi"));
+        std::this_thread::sleep_for(100ms);
+    }
+    for (std::size_t i = 0; i < clients.size(); ++i) {
+        int end = -1;
+        clients[i].set_timeout(3s);
+        EXPECT_EQ(clients[i].recv_until_eof(end), "") << "client " << i;
+        EXPECT_NE(end, EAGAIN) << "client " << i << " was never given up on";
+        const auto waited = std::chrono::steady_clock::now() - started[i];
+        EXPECT_GE(waited, 250ms) << "client " << i;
+        EXPECT_LT(waited, 1500ms) << "client " << i;
+    }
+    EXPECT_TRUE(apilb.wait_for_log("timed out")) << apilb.log();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
 TEST(Retry, ConnectAttemptsBoundTheRetries) {
     const std::string dead1 = fmt::format("127.0.0.2:{}", free_port("127.0.0.2"));
     const std::string dead2 = fmt::format("127.0.0.3:{}", free_port("127.0.0.3"));
