@@ -122,13 +122,14 @@ struct worker_context {
     /// Starts the 10 ms tick if someone waits and it is not running.
     void arm_slot_tick(const boost::asio::any_io_executor& ex);
 
-    /// Backend connects in progress, oldest first, and the one timer that
-    /// expires them (armed for the earliest deadline while any is pending).
+    /// Backend connects in progress, earliest deadline first, and the one
+    /// timer that expires them (armed for the first while any is pending).
     pending_connect_list connects;
     std::unique_ptr<boost::asio::steady_timer> connect_timer;
     std::chrono::steady_clock::time_point connect_timer_at = std::chrono::steady_clock::time_point::max();
     /// Starts timing `c` out at c.deadline.
     void watch_connect(pending_connect& c, const boost::asio::any_io_executor& ex);
+    void arm_connect_timer(std::chrono::steady_clock::time_point at, const boost::asio::any_io_executor& ex);
     /// The timer fired: expires what is due, re-arms for the rest.
     void expire_connects(const boost::asio::any_io_executor& ex);
 

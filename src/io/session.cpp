@@ -8,6 +8,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/container/small_vector.hpp>
 
+#include <iterator>
 #include <optional>
 #include <string_view>
 
@@ -90,13 +91,20 @@ void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
 }
 
 void worker_context::watch_connect(pending_connect& c, const asio::any_io_executor& ex) {
-    connects.push_back(c);
-    // Connects share one timeout, so a later one rarely expires first; only
-    // then (a reload shortened timeouts.connect) is the timer moved earlier.
+    // Kept in deadline order, so that expiring takes from the front. Connects
+    // share one timeout, so a new one goes last; only after a reload that
+    // shortened timeouts.connect does it pass some.
+    auto pos = connects.end();
+    while (pos != connects.begin() && std::prev(pos)->deadline > c.deadline) --pos;
+    connects.insert(pos, c);
     if (c.deadline >= connect_timer_at) return;
     if (!connect_timer) connect_timer = std::make_unique<asio::steady_timer>(ex);
-    connect_timer_at = c.deadline;
-    connect_timer->expires_at(c.deadline);  // a wait pending completes as aborted
+    arm_connect_timer(c.deadline, ex);
+}
+
+void worker_context::arm_connect_timer(clock_type::time_point at, const asio::any_io_executor& ex) {
+    connect_timer_at = at;
+    connect_timer->expires_at(at);  // a wait still pending completes as aborted
     connect_timer->async_wait([this, ex](const error_code& ec) {
         if (ec) return;  // moved earlier (that wait re-arms), or the worker is going
         expire_connects(ex);
@@ -106,24 +114,12 @@ void worker_context::watch_connect(pending_connect& c, const asio::any_io_execut
 void worker_context::expire_connects(const asio::any_io_executor& ex) {
     connect_timer_at = clock_type::time_point::max();
     const auto now = clock_type::now();
-    auto next = clock_type::time_point::max();
-    for (auto it = connects.begin(); it != connects.end();) {
-        pending_connect& c = *it;
-        if (c.deadline > now) {
-            next = std::min(next, c.deadline);
-            ++it;
-            continue;
-        }
-        it = connects.erase(it);
+    while (!connects.empty() && connects.front().deadline <= now) {
+        pending_connect& c = connects.front();
+        connects.pop_front();
         c.expire(c);  // closes the socket; the connect completes later, aborted
     }
-    if (next == clock_type::time_point::max()) return;
-    connect_timer_at = next;
-    connect_timer->expires_at(next);
-    connect_timer->async_wait([this, ex](const error_code& ec) {
-        if (ec) return;
-        expire_connects(ex);
-    });
+    if (!connects.empty()) arm_connect_timer(connects.front().deadline, ex);
 }
 
 worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats& st, poller& p)

@@ -1,6 +1,8 @@
 // A connect that fails is retried on the next backend before the client sees anything.
 #include <gtest/gtest.h>
 
+#include <csignal>
+
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -127,6 +129,41 @@ TEST(Retry, ConnectTimeoutsOfClientsArrivingApartEachFireInTime) {
         EXPECT_LT(waited, 1500ms) << "client " << i;
     }
     EXPECT_TRUE(apilb.wait_for_log("timed out")) << apilb.log();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+TEST(Retry, AConnectTimeoutShortenedByAReloadFiresBeforeAnOlderLongerOne) {
+    // Pending connects are expired in deadline order from one timer; a
+    // reload that shortens timeouts.connect puts a new connect ahead of the
+    // older ones and moves the timer earlier.
+    blackhole hole("127.0.0.4");
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, config_for(port, {hole.address()}, "timeouts: {connect: 3s}\n"), "127.0.0.1", port);
+    client older;
+    ASSERT_EQ(older.connect("127.0.0.1", port), 0);
+    const auto older_started = std::chrono::steady_clock::now();
+    ASSERT_TRUE(older.send_all("hi"));
+    std::this_thread::sleep_for(100ms);  // its connect is under way
+    dir.write("apilb.yaml", config_for(port, {hole.address()}, "timeouts: {connect: 300ms}\n"));
+    apilb.proc().signal(SIGHUP);
+    ASSERT_TRUE(apilb.wait_for_log("reload done in")) << apilb.log();
+    client newer;
+    ASSERT_EQ(newer.connect("127.0.0.1", port), 0);
+    const auto newer_started = std::chrono::steady_clock::now();
+    ASSERT_TRUE(newer.send_all("hi"));
+    int end = -1;
+    newer.set_timeout(3s);
+    EXPECT_EQ(newer.recv_until_eof(end), "");
+    EXPECT_NE(end, EAGAIN) << "the newer client was never given up on";
+    EXPECT_LT(std::chrono::steady_clock::now() - newer_started, 1500ms);
+    // The older one keeps the timeout it started with.
+    older.set_timeout(5s);
+    EXPECT_EQ(older.recv_until_eof(end), "");
+    EXPECT_NE(end, EAGAIN) << "the older client was never given up on";
+    const auto older_waited = std::chrono::steady_clock::now() - older_started;
+    EXPECT_GE(older_waited, 2900ms);
+    EXPECT_LT(older_waited, 4500ms);
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
 }
 
