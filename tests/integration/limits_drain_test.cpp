@@ -105,7 +105,10 @@ TEST(Drain, SigtermStopsAcceptingAndLetsOpenSessionsFinish) {
     tcp_server echo("127.0.0.2", echo_handler());
     temp_dir dir;
     const auto port = free_port();
-    apilb_process apilb(dir, config_for(port, {echo.address()}, "timeouts: {drain: 20s}\n"), "127.0.0.1", port);
+    // A long connect timeout: the worker's connect timer, armed for the
+    // session's connect long ago, must not keep apilb from exiting.
+    apilb_process apilb(dir, config_for(port, {echo.address()}, "timeouts: {drain: 20s, connect: 10s}\n"), "127.0.0.1",
+                        port);
     client open;
     ASSERT_EQ(open.connect("127.0.0.1", port), 0);
     ASSERT_TRUE(echoes(open, "before"));

@@ -24,8 +24,11 @@ long fd_table_size() {
 TEST(ReserveFdTable, GrowsTheTableAndLeavesNothingOpen) {
     rlimit rl{};
     ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_cur < rl.rlim_max) {  // as apilb does; a soft limit of 1024 is common
+        rl.rlim_cur = rl.rlim_max;
+        ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &rl), 0);
+    }
     const std::uint64_t want = std::min<std::uint64_t>(rl.rlim_cur, 4096);
-    ASSERT_GT(want, 1024u) << "the test needs a descriptor limit above 1024";
     ASSERT_LT(fd_table_size(), static_cast<long>(want)) << "a fresh test process starts with a small table";
     // A second thread shares the table: the case in which growing it waits
     // for a grace period, the case apilb is in.
