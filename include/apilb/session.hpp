@@ -70,6 +70,13 @@ struct pending_connect
 using pending_connect_list =
     boost::intrusive::list<pending_connect, boost::intrusive::constant_time_size<false>>;
 
+/// Pending connects with one timeout, in the order they started, which is
+/// deadline order.
+struct connect_queue {
+    std::chrono::milliseconds timeout;
+    pending_connect_list entries;
+};
+
 /// Lets a noisy warning through at most once per interval, counting the rest.
 class log_limiter {
 public:
@@ -122,16 +129,21 @@ struct worker_context {
     /// Starts the 10 ms tick if someone waits and it is not running.
     void arm_slot_tick(const boost::asio::any_io_executor& ex);
 
-    /// Backend connects in progress, earliest deadline first, and the one
-    /// timer that expires them (armed for the first while any is pending).
-    pending_connect_list connects;
+    /// Backend connects in progress, one queue per timeouts.connect in use
+    /// (two for a while after a reload changed it), and the one timer that
+    /// expires them, armed for the earliest deadline while any is pending.
+    std::list<connect_queue> connect_queues;
     std::unique_ptr<boost::asio::steady_timer> connect_timer;
     std::chrono::steady_clock::time_point connect_timer_at = std::chrono::steady_clock::time_point::max();
-    /// Starts timing `c` out at c.deadline.
-    void watch_connect(pending_connect& c, const boost::asio::any_io_executor& ex);
+    bool connects_stopped = false;
+    /// Starts timing `c` out at c.deadline, `timeout` after its start.
+    void watch_connect(pending_connect& c, std::chrono::milliseconds timeout, const boost::asio::any_io_executor& ex);
     void arm_connect_timer(std::chrono::steady_clock::time_point at, const boost::asio::any_io_executor& ex);
     /// The timer fired: expires what is due, re-arms for the rest.
     void expire_connects(const boost::asio::any_io_executor& ex);
+    /// The worker is stopping: the timer is cancelled and never armed again,
+    /// so it cannot hold the loop open (sessions are aborted instead).
+    void stop_connect_timer();
 
     /// Accepting waits until then: set when the process is out of file
     /// descriptors, so clients wait in the listen backlog instead of being

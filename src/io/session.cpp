@@ -8,7 +8,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/container/small_vector.hpp>
 
-#include <iterator>
+#include <algorithm>
 #include <optional>
 #include <string_view>
 
@@ -90,19 +90,22 @@ void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
     });
 }
 
-void worker_context::watch_connect(pending_connect& c, const asio::any_io_executor& ex) {
-    // Kept in deadline order, so that expiring takes from the front. Connects
-    // share one timeout, so a new one goes last; only after a reload that
-    // shortened timeouts.connect does it pass some.
-    auto pos = connects.end();
-    while (pos != connects.begin() && std::prev(pos)->deadline > c.deadline) --pos;
-    connects.insert(pos, c);
-    if (c.deadline >= connect_timer_at) return;
+void worker_context::watch_connect(pending_connect& c, std::chrono::milliseconds timeout,
+                                   const asio::any_io_executor& ex) {
+    // Appending to the queue of its timeout keeps every queue in deadline
+    // order at O(1); there is one queue, or two across a reload that
+    // changed timeouts.connect.
+    auto q = std::find_if(connect_queues.begin(), connect_queues.end(),
+                          [timeout](const connect_queue& x) { return x.timeout == timeout; });
+    if (q == connect_queues.end()) q = connect_queues.insert(connect_queues.end(), connect_queue{timeout, {}});
+    q->entries.push_back(c);
+    if (c.deadline >= connect_timer_at || connects_stopped) return;
     if (!connect_timer) connect_timer = std::make_unique<asio::steady_timer>(ex);
     arm_connect_timer(c.deadline, ex);
 }
 
 void worker_context::arm_connect_timer(clock_type::time_point at, const asio::any_io_executor& ex) {
+    if (connects_stopped) return;
     connect_timer_at = at;
     connect_timer->expires_at(at);  // a wait still pending completes as aborted
     connect_timer->async_wait([this, ex](const error_code& ec) {
@@ -113,13 +116,29 @@ void worker_context::arm_connect_timer(clock_type::time_point at, const asio::an
 
 void worker_context::expire_connects(const asio::any_io_executor& ex) {
     connect_timer_at = clock_type::time_point::max();
+    if (connects_stopped) return;
     const auto now = clock_type::now();
-    while (!connects.empty() && connects.front().deadline <= now) {
-        pending_connect& c = connects.front();
-        connects.pop_front();
-        c.expire(c);  // closes the socket; the connect completes later, aborted
+    auto next = clock_type::time_point::max();
+    for (auto q = connect_queues.begin(); q != connect_queues.end();) {
+        while (!q->entries.empty() && q->entries.front().deadline <= now) {
+            pending_connect& c = q->entries.front();
+            q->entries.pop_front();
+            c.expire(c);  // closes the socket; the connect completes later, aborted
+        }
+        if (q->entries.empty() && connect_queues.size() > 1) {
+            q = connect_queues.erase(q);  // a timeout no longer in use
+            continue;
+        }
+        if (!q->entries.empty()) next = std::min(next, q->entries.front().deadline);
+        ++q;
     }
-    if (!connects.empty()) arm_connect_timer(connects.front().deadline, ex);
+    if (next != clock_type::time_point::max()) arm_connect_timer(next, ex);
+}
+
+void worker_context::stop_connect_timer() {
+    connects_stopped = true;
+    connect_timer_at = clock_type::time_point::max();
+    if (connect_timer) connect_timer->cancel();
 }
 
 worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats& st, poller& p)
@@ -165,7 +184,7 @@ public:
                 socket_ = &s;
                 timed_out_ = false;
                 deadline = clock_type::now() + timeout;
-                ctx_.watch_connect(*this, s.get_executor());
+                ctx_.watch_connect(*this, timeout, s.get_executor());
                 // poll_socket completes from its loop, never inside this
                 // call: the handler may resume the caller directly.
                 s.async_connect(ep, [this](const error_code& ec) {

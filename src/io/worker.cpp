@@ -371,7 +371,7 @@ void worker::stop() {
         sweep_timer_.cancel();
         // Armed for the earliest pending connect's deadline, which may be
         // long past the last connect: it must not hold the loop open.
-        if (ctx_.connect_timer) ctx_.connect_timer->cancel();
+        ctx_.stop_connect_timer();
         for (auto& s : ctx_.sessions) s.abort();
         // Every socket is closed: what is left to deliver is queued already.
         // The epoll set is no longer work, so io_.run() returns once the

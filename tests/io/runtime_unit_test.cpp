@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 
 #include <fstream>
+#include <future>
 #include <string>
 #include <thread>
 
@@ -30,11 +31,13 @@ TEST(ReserveFdTable, GrowsTheTableAndLeavesNothingOpen) {
     }
     const std::uint64_t want = std::min<std::uint64_t>(rl.rlim_cur, 4096);
     ASSERT_LT(fd_table_size(), static_cast<long>(want)) << "a fresh test process starts with a small table";
-    // A second thread shares the table: the case in which growing it waits
-    // for a grace period, the case apilb is in.
-    std::thread other([] {});
+    // A second thread shares the table while it grows: the case in which
+    // growing it waits for a grace period, the case apilb is in.
+    std::promise<void> done;
+    std::thread other([finished = done.get_future()] { finished.wait(); });
     const std::uint64_t open_before = count_open_fds();
     EXPECT_FALSE(reserve_fd_table(want));
+    done.set_value();
     other.join();
     EXPECT_GE(fd_table_size(), static_cast<long>(want));
     EXPECT_EQ(count_open_fds(), open_before);
