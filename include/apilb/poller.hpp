@@ -151,6 +151,10 @@ public:
             token);
     }
 
+    /// async_connect with a plain callback, as wait() is to async_wait:
+    /// `fn(arg, ec)` once connected or failed, no allocation.
+    void connect(const boost::asio::ip::tcp::endpoint& ep, callback fn, void* arg);
+
 private:
     friend class poller;
 
@@ -166,6 +170,8 @@ private:
 
     void wait_erased(wait_type w, erased_handler<boost::system::error_code> handler);
     void connect_erased(const boost::asio::ip::tcp::endpoint& ep, erased_handler<boost::system::error_code> handler);
+    /// The write waiter is set: starts the connect and waits for its end.
+    void start_connect(const boost::asio::ip::tcp::endpoint& ep);
     boost::system::error_code add_to_epoll();
     /// epoll reported `events`: mark ready and queue the waiters concerned.
     void on_events(std::uint32_t events);

@@ -285,6 +285,19 @@ void poll_socket::connect_erased(const asio::ip::tcp::endpoint& ep, erased_handl
     waiter& x = waiters_[write_dir];
     assert(!x.active());
     x.handler = std::move(handler);
+    start_connect(ep);
+}
+
+void poll_socket::connect(const asio::ip::tcp::endpoint& ep, callback fn, void* arg) {
+    waiter& x = waiters_[write_dir];
+    assert(!x.active());
+    x.fn = fn;
+    x.arg = arg;
+    start_connect(ep);
+}
+
+void poll_socket::start_connect(const asio::ip::tcp::endpoint& ep) {
+    waiter& x = waiters_[write_dir];
     x.aborted = fd_ < 0;
     if (x.aborted) return poller_->defer(*this, write_dir);
     if (::connect(fd_, ep.data(), static_cast<socklen_t>(ep.size())) != 0 && errno != EINPROGRESS &&

@@ -167,6 +167,28 @@ TEST(Retry, AConnectTimeoutShortenedByAReloadFiresBeforeAnOlderLongerOne) {
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
 }
 
+TEST(Retry, AConnectStillPendingAtShutdownIsAbandonedAndApilbExits) {
+    // A session whose backend connect hangs (a black-holed apiserver) is
+    // closed by the drain deadline like any other, and apilb exits at once.
+    blackhole hole("127.0.0.4");
+    temp_dir dir;
+    const auto port = free_port();
+    apilb_process apilb(dir, config_for(port, {hole.address()}, "timeouts: {connect: 20s, drain: 300ms}\n"),
+                        "127.0.0.1", port);
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    ASSERT_TRUE(c.send_all("hi"));
+    std::this_thread::sleep_for(200ms);  // its connect is under way
+    const auto t0 = std::chrono::steady_clock::now();
+    apilb.proc().signal(SIGTERM);
+    EXPECT_EQ(apilb.proc().wait(10s), std::optional<int>(0)) << apilb.log();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+    int end = -1;
+    c.set_timeout(3s);
+    EXPECT_EQ(c.recv_until_eof(end), "");
+    EXPECT_NE(end, EAGAIN) << "the client was left open";
+}
+
 TEST(Retry, ConnectAttemptsBoundTheRetries) {
     const std::string dead1 = fmt::format("127.0.0.2:{}", free_port("127.0.0.2"));
     const std::string dead2 = fmt::format("127.0.0.3:{}", free_port("127.0.0.3"));
