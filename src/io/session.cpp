@@ -19,7 +19,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "apilb/erased_handler.hpp"
 #include "apilb/health.hpp"
 #include "apilb/logging.hpp"
 #include "apilb/pacing.hpp"
@@ -39,113 +38,6 @@ void session_entry::abort() {
     if (pacing_timer) pacing_timer->cancel();
 }
 
-bool log_limiter::allow(std::uint64_t& suppressed) {
-    const auto now = clock_type::now();
-    if (now < next_) {
-        ++suppressed_;
-        return false;
-    }
-    next_ = now + interval_;
-    suppressed = suppressed_;
-    suppressed_ = 0;
-    return true;
-}
-
-bool is_resource_exhaustion(const error_code& ec) {
-    if (ec.category() != boost::system::system_category() && ec.category() != asio::error::get_system_category()) {
-        return false;
-    }
-    const int e = ec.value();
-    return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
-}
-
-void worker_context::pause_accepting(const error_code& ec, const char* where) {
-    stats.resource_errors_total.fetch_add(1, std::memory_order_relaxed);
-    accept_paused_until = clock_type::now() + accept_backoff;
-    std::uint64_t suppressed = 0;
-    if (resource_warnings.allow(suppressed)) {
-        spdlog::warn("{} failed: {}; pausing accepts for {}ms{}", where, ec.message(), accept_backoff.count(),
-                     suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
-    }
-    accept_backoff = std::min(accept_backoff * 2, std::chrono::milliseconds(1000));
-}
-
-void worker_context::wake_slot_waiters(bool all) {
-    for (auto* t : slot_waiters) {
-        t->cancel();
-        if (!all) break;
-    }
-}
-
-void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
-    if (slot_tick_armed || slot_waiters.empty()) return;
-    if (!slot_tick) slot_tick = std::make_unique<asio::steady_timer>(ex);
-    slot_tick_armed = true;
-    slot_tick->expires_after(std::chrono::milliseconds(10));
-    slot_tick->async_wait([this, ex](const error_code& ec) {
-        slot_tick_armed = false;
-        if (ec) return;
-        wake_slot_waiters(true);  // each retries; who finds no slot waits again
-        arm_slot_tick(ex);
-    });
-}
-
-void worker_context::watch_connect(pending_connect& c, std::chrono::milliseconds timeout,
-                                   const asio::any_io_executor& ex) {
-    // Appending to the queue of its timeout keeps every queue in deadline
-    // order at O(1); there is one queue, or two across a reload that
-    // changed timeouts.connect.
-    auto q = std::find_if(connect_queues.begin(), connect_queues.end(),
-                          [timeout](const connect_queue& x) { return x.timeout == timeout; });
-    if (q == connect_queues.end()) q = connect_queues.insert(connect_queues.end(), connect_queue{timeout, {}});
-    q->entries.push_back(c);
-    if (c.deadline >= connect_timer_at || connects_stopped) return;
-    if (!connect_timer) connect_timer = std::make_unique<asio::steady_timer>(ex);
-    arm_connect_timer(c.deadline, ex);
-}
-
-void worker_context::arm_connect_timer(clock_type::time_point at, const asio::any_io_executor& ex) {
-    if (connects_stopped) return;
-    connect_timer_at = at;
-    connect_timer->expires_at(at);  // a wait still pending completes as aborted
-    connect_timer->async_wait([this, ex](const error_code& ec) {
-        if (ec) return;  // moved earlier (that wait re-arms), or the worker is going
-        expire_connects(ex);
-    });
-}
-
-void worker_context::expire_connects(const asio::any_io_executor& ex) {
-    connect_timer_at = clock_type::time_point::max();
-    if (connects_stopped) return;
-    const auto now = clock_type::now();
-    auto next = clock_type::time_point::max();
-    for (auto q = connect_queues.begin(); q != connect_queues.end();) {
-        while (!q->entries.empty() && q->entries.front().deadline <= now) {
-            pending_connect& c = q->entries.front();
-            q->entries.pop_front();
-            c.expire(c);  // closes the socket; the connect completes later, aborted
-        }
-        if (q->entries.empty() && connect_queues.size() > 1) {
-            q = connect_queues.erase(q);  // a timeout no longer in use
-            continue;
-        }
-        if (!q->entries.empty()) next = std::min(next, q->entries.front().deadline);
-        ++q;
-    }
-    if (next != clock_type::time_point::max()) arm_connect_timer(next, ex);
-}
-
-void worker_context::stop_connect_timer() {
-    connects_stopped = true;
-    connect_timer_at = clock_type::time_point::max();
-    if (connect_timer) connect_timer->cancel();
-}
-
-worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats& st, poller& p)
-    : snap(std::move(s)), stats(st), sockets(p), relay(snap->cfg->relay), max_connections(snap->cfg->limits.max_connections) {
-    for (const auto& p : snap->pools) balancers.emplace_back(p.backends.size());
-}
-
 namespace {
 
 std::string endpoint_text(const tcp::endpoint& ep) {
@@ -163,51 +55,6 @@ bool try_reserve(backend_stats& stats, std::uint32_t per_backend) {
     } while (!stats.active.compare_exchange_weak(current, current + 1, std::memory_order_relaxed));
     return true;
 }
-
-enum class connect_outcome { connected, refused, timed_out, aborted, local_error };
-
-/// A connect raced against a deadline, kept by the worker (one timer for all
-/// of its pending connects). The connect has completed before the caller
-/// resumes, so nothing outlives the caller's frame.
-class timed_connect : private pending_connect {
-public:
-    explicit timed_connect(worker_context& ctx) : ctx_(ctx) { expire = &timed_connect::on_deadline; }
-
-    /// Completes with the connect's error, or timed_out after `timeout`
-    /// (then the socket is closed). Signature `void(error_code)`.
-    template <typename CompletionToken>
-    auto async_connect(poll_socket& s, const tcp::endpoint& ep, std::chrono::milliseconds timeout,
-                       CompletionToken&& token) {
-        return asio::async_initiate<CompletionToken, void(error_code)>(
-            [this, &s, &ep, timeout](auto handler) {
-                handler_ = erased_handler<error_code>(std::move(handler));
-                socket_ = &s;
-                timed_out_ = false;
-                deadline = clock_type::now() + timeout;
-                ctx_.watch_connect(*this, timeout, s.get_executor());
-                // poll_socket completes from its loop, never inside this
-                // call: the handler may resume the caller directly.
-                s.async_connect(ep, [this](const error_code& ec) {
-                    unlink();
-                    auto h = std::move(handler_);
-                    h(timed_out_ ? error_code{asio::error::timed_out} : ec);
-                });
-            },
-            token);
-    }
-
-private:
-    static void on_deadline(pending_connect& p) {
-        auto& self = static_cast<timed_connect&>(p);
-        self.timed_out_ = true;
-        self.socket_->close();
-    }
-
-    worker_context& ctx_;
-    poll_socket* socket_ = nullptr;
-    erased_handler<error_code> handler_;
-    bool timed_out_ = false;
-};
 
 /// Passive health detection: the first failure of a backend marks it
 /// suspect at once (other workers skip it from now on) and tells the health
@@ -357,6 +204,11 @@ private:
     /// client, or gives up. `self` is owned by the connect while it runs.
     static void connect_next_without_coroutine(std::unique_ptr<session> self);
     static void on_connected(void* self, const error_code& ec);
+    /// Both paths: the connect about to start joins the worker's deadline
+    /// queue; once it ends, connect_ended() takes it out and says timed_out
+    /// if the deadline closed the socket.
+    void watch_connect_deadline();
+    error_code connect_ended(const error_code& ec);
     static void on_connect_deadline(pending_connect& p);
 
     /// Storm control: waits for this backend's next turn (a paced start of a
@@ -405,7 +257,7 @@ private:
     std::uint64_t replayed_ = 0;  ///< bytes of `sent_` written to the current backend
     error_code last_error_;       ///< why the last backend failed before its first byte
     std::atomic<std::uint32_t>* slot_ = nullptr;  ///< a backend's connecting count this session holds one of
-    bool connect_timed_out_ = false;  ///< the callback path's connect passed its deadline
+    bool connect_timed_out_ = false;  ///< the pending connect passed its deadline
 };
 
 session::session(worker_context& ctx, std::size_t listener_index)
@@ -509,7 +361,6 @@ bool session::connect_failed(std::size_t pick, const error_code& cec) {
 }
 
 asio::awaitable<bool> session::connect_next() {
-    timed_connect connector(ctx_);
     while (st_.attempts < pool_.cfg->connect_attempts && !entry_.aborted) {
         std::size_t pick = 0;
         const step got = pick_backend(pick);
@@ -535,8 +386,10 @@ asio::awaitable<bool> session::connect_next() {
             continue;
         }
         if (!open_upstream(backend)) break;
-        auto [cec] = co_await connector.async_connect(upstream_, backend.endpoint, snap_->cfg->timeouts.connect,
-                                                      asio::as_tuple(asio::use_awaitable));
+        watch_connect_deadline();
+        // poll_socket completes from its loop, never inside this call.
+        auto [ec] = co_await upstream_.async_connect(backend.endpoint, asio::as_tuple(asio::use_awaitable));
+        const error_code cec = connect_ended(ec);
         if (!cec) {
             chosen_ = &backend;
             chosen_index_ = pick;
@@ -573,10 +426,7 @@ void session::connect_next_without_coroutine(std::unique_ptr<session> self) {
         const backend_runtime& backend = s.pool_.backends[pick];
         if (!s.open_upstream(backend)) break;
         s.chosen_index_ = pick;  // chosen_ only once connected
-        s.connect_timed_out_ = false;
-        const auto timeout = s.snap_->cfg->timeouts.connect;
-        s.deadline = clock_type::now() + timeout;
-        s.ctx_.watch_connect(s, timeout, s.upstream_.get_executor());
+        s.watch_connect_deadline();
         // Completes from the poller's loop, never inside this call.
         s.upstream_.connect(backend.endpoint, &session::on_connected, self.release());
         return;
@@ -587,14 +437,25 @@ void session::connect_next_without_coroutine(std::unique_ptr<session> self) {
 void session::on_connected(void* arg, const error_code& ec) {
     std::unique_ptr<session> self(static_cast<session*>(arg));
     session& s = *self;
-    s.unlink();  // from the worker's pending connects
-    const error_code cec = s.connect_timed_out_ ? error_code{asio::error::timed_out} : ec;
+    const error_code cec = s.connect_ended(ec);
     if (!cec) {
         s.chosen_ = &s.pool_.backends[s.chosen_index_];
         return s.start_relay(std::move(self));
     }
     if (!s.connect_failed(s.chosen_index_, cec)) return s.give_up();
     connect_next_without_coroutine(std::move(self));
+}
+
+void session::watch_connect_deadline() {
+    const auto timeout = snap_->cfg->timeouts.connect;
+    connect_timed_out_ = false;
+    deadline = clock_type::now() + timeout;
+    ctx_.watch_connect(*this, timeout, upstream_.get_executor());
+}
+
+error_code session::connect_ended(const error_code& ec) {
+    unlink();  // from the worker's pending connects
+    return connect_timed_out_ ? error_code{asio::error::timed_out} : ec;
 }
 
 void session::on_connect_deadline(pending_connect& p) {
