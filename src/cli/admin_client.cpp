@@ -24,6 +24,8 @@
 
 #include "apilb/admin_server.hpp"
 #include "apilb/config.hpp"
+#include "apilb/file_read.hpp"
+#include "apilb/tls_files.hpp"
 
 namespace apilb::cli {
 
@@ -73,9 +75,15 @@ std::optional<ssl::context> client_context(const admin_target& t, const std::str
         ERR_clear_error();
         return std::nullopt;
     };
+    auto refuse = [](const std::runtime_error& e) -> std::optional<ssl::context> {
+        std::cerr << "error: " << e.what() << '\n';
+        return std::nullopt;
+    };
     if (!t.ca_file.empty()) {
-        if (SSL_CTX_load_verify_locations(native, t.ca_file.c_str(), nullptr) != 1) {
-            return fail((t.ca_is_server_chain ? "admin.tls.cert_file " : "--cacert ") + t.ca_file);
+        try {
+            load_ca_file(native, t.ca_is_server_chain ? "admin.tls.cert_file" : "--cacert", t.ca_file);
+        } catch (const std::runtime_error& e) {
+            return refuse(e);
         }
         // The server's own certificate as the anchor: it need not be a root.
         if (t.ca_is_server_chain) X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(native), X509_V_FLAG_PARTIAL_CHAIN);
@@ -93,9 +101,11 @@ std::optional<ssl::context> client_context(const admin_target& t, const std::str
         X509_VERIFY_PARAM_set1_host(param, name.c_str(), name.size());
     }
     if (!t.cert_file.empty()) {
-        if (SSL_CTX_use_certificate_chain_file(native, t.cert_file.c_str()) != 1) return fail("--cert " + t.cert_file);
-        if (SSL_CTX_use_PrivateKey_file(native, t.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
-            return fail("--key " + t.key_file);
+        try {
+            load_certificate_chain_file(native, "--cert", t.cert_file);
+            load_private_key_file(native, "--key", t.key_file);
+        } catch (const std::runtime_error& e) {
+            return refuse(e);
         }
         if (SSL_CTX_check_private_key(native) != 1) return fail("--key " + t.key_file + " does not match --cert");
     }
@@ -159,7 +169,9 @@ std::optional<response> call(const admin_target& t, http::verb method, const std
     if (!t.token_file.empty()) {
         const std::optional<std::string> token = read_admin_token(t.token_file);
         if (!token || token->empty()) {
-            std::cerr << "error: cannot read a token from " << t.token_file << '\n';
+            // read_admin_token says only that it failed; the reason, e.g. "is a FIFO".
+            const std::string why = token ? "is empty" : read_regular_file(t.token_file, max_token_bytes).error;
+            std::cerr << "error: cannot read a token from " << t.token_file << ": it " << why << '\n';
             return std::nullopt;
         }
         req.set(http::field::authorization, "Bearer " + *token);

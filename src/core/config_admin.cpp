@@ -1,6 +1,7 @@
 // The top-level `admin` section: where the admin HTTP endpoint listens and
 // what protects it: a bearer token for state-changing requests, HTTPS, and
 // client certificates. Part of the loader (see loader.hpp).
+#include "apilb/file_read.hpp"
 #include "loader.hpp"
 #include "pem_check.hpp"
 
@@ -25,20 +26,23 @@ void loader::read_admin_tls(const field& f, admin_tls_config& t) {
     if (!m) return;
     const bool has_cert = require(*m, "cert_file");
     const bool has_key = require(*m, "key_file");
-    const bool cert_read = read_file_path(*m, "cert_file", t.cert_file);
-    const bool key_read = read_file_path(*m, "key_file", t.key_file);
+    std::string cert_pem;
+    std::string key_pem;
+    const bool cert_read = read_file_path(*m, "cert_file", max_pem_bytes, t.cert_file, &cert_pem);
+    const bool key_read = read_file_path(*m, "key_file", max_pem_bytes, t.key_file, &key_pem);
     if (has_cert && has_key && cert_read && key_read) {
         // The files are read again when the server builds its TLS context
         // (and on every reload): this catches a wrong file before that.
-        const key_pair_check check = check_key_pair(t.cert_file, t.key_file);
+        const key_pair_check check = check_key_pair(t.cert_file, cert_pem, t.key_file, key_pem);
         const field* cf = m->find("cert_file");
         const field* kf = m->find("key_file");
         if (!check.cert_problem.empty()) error(cf->mark, cf->path, check.cert_problem);
         if (!check.key_problem.empty()) error(kf->mark, kf->path, check.key_problem);
         if (!check.cert_warning.empty()) warning(cf->mark, cf->path, check.cert_warning);
     }
-    if (read_file_path(*m, "client_ca_file", t.client_ca_file) && !t.client_ca_file.empty()) {
-        if (auto problem = ca_bundle_problem(t.client_ca_file); !problem.empty()) {
+    std::string ca_pem;
+    if (read_file_path(*m, "client_ca_file", max_pem_bytes, t.client_ca_file, &ca_pem) && !t.client_ca_file.empty()) {
+        if (auto problem = ca_bundle_problem(t.client_ca_file, ca_pem); !problem.empty()) {
             const field* af = m->find("client_ca_file");
             error(af->mark, af->path, problem);
         }
@@ -58,7 +62,7 @@ void loader::read_admin(const field& f, admin_config& a) {
     if (!m) return;
     a.address = {.ip = "127.0.0.1", .port = 6445, .is_v6 = false};
     const site address = read_address(*m, "address", false, a.address);
-    read_file_path(*m, "token_file", a.token_file);
+    read_file_path(*m, "token_file", max_token_bytes, a.token_file);
     const field* tf = m->find("tls");
     if (tf != nullptr) read_admin_tls(*tf, a.tls.emplace());
     const bool client_certs = tf != nullptr && tf->node.IsMap() && tf->node["client_ca_file"];

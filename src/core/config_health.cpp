@@ -1,13 +1,9 @@
 // A pool's `health` section: active probes, passive detection and what
 // apilb does with the result. Part of the loader (see loader.hpp); split out
 // because it is the largest section and has rules of its own across fields.
-#include <sys/stat.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
 
+#include "apilb/file_read.hpp"
 #include "loader.hpp"
 
 namespace apilb::config_detail {
@@ -88,7 +84,8 @@ bool loader::read_text(const mapping& m, std::string_view key, std::string_view 
     return true;
 }
 
-bool loader::read_file_path(const mapping& m, std::string_view key, std::string& out) {
+bool loader::read_file_path(const mapping& m, std::string_view key, std::size_t max_bytes, std::string& out,
+                            std::string* bytes) {
     const field* f = m.find(key);
     if (f == nullptr) return true;
     auto text = scalar(*f, "the path of a file");
@@ -99,19 +96,13 @@ bool loader::read_file_path(const mapping& m, std::string_view key, std::string&
     }
     // Checked now so that a typo fails `apilb check-config` and the start,
     // not every probe later. The file is read again when it is used.
-    std::FILE* file = std::fopen(text->c_str(), "rb");
-    if (file == nullptr) {
-        error(f->mark, f->path, "cannot read " + quote(*text) + ": " + std::strerror(errno));
-        return false;
-    }
-    struct stat st{};
-    const bool regular = ::fstat(::fileno(file), &st) == 0 && S_ISREG(st.st_mode);
-    std::fclose(file);
-    if (!regular) {
-        error(f->mark, f->path, quote(*text) + " is not a regular file");
+    file_contents file = read_regular_file(*text, max_bytes);
+    if (!file) {
+        error(f->mark, f->path, quote(*text) + " " + file.error);
         return false;
     }
     out = *text;
+    if (bytes != nullptr) *bytes = std::move(file.bytes);
     return true;
 }
 
@@ -163,7 +154,7 @@ void loader::read_health(const field& f, health_config& h) {
     if (tls_field != nullptr) {
         if (auto tm = open_mapping(*tls_field, tls_keys, true)) {
             ca_given = tm->find("ca_file") != nullptr;
-            read_file_path(*tm, "ca_file", h.tls.ca_file);
+            read_file_path(*tm, "ca_file", max_pem_bytes, h.tls.ca_file);
             if (const field* s = tm->find("server_name")) {
                 std::string name;
                 if (read_text(*tm, "server_name", "a DNS name or an IP address", name)) {
@@ -177,8 +168,8 @@ void loader::read_health(const field& f, health_config& h) {
             const field* cert_field = tm->find("cert_file");
             const field* key_field = tm->find("key_file");
             if (const field* i = tm->find("insecure_skip_verify")) insecure_field = *i;
-            read_file_path(*tm, "cert_file", h.tls.cert_file);
-            read_file_path(*tm, "key_file", h.tls.key_file);
+            read_file_path(*tm, "cert_file", max_pem_bytes, h.tls.cert_file);
+            read_file_path(*tm, "key_file", max_pem_bytes, h.tls.key_file);
             read_bool(*tm, "insecure_skip_verify", h.tls.insecure_skip_verify);
             if ((cert_field != nullptr) != (key_field != nullptr)) {
                 const field* given = cert_field != nullptr ? cert_field : key_field;
@@ -188,7 +179,7 @@ void loader::read_health(const field& f, health_config& h) {
             }
         }
     }
-    read_file_path(*m, "bearer_token_file", h.bearer_token_file);
+    read_file_path(*m, "bearer_token_file", max_token_bytes, h.bearer_token_file);
 
     if (const field* p = m->find("passive")) {
         if (auto pm = open_mapping(*p, passive_keys, true)) read_bool(*pm, "enabled", h.passive);

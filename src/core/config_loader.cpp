@@ -3,6 +3,8 @@
 // key path; nothing is reported until the whole file has been read, so one
 // attempt shows everything there is to fix.
 #include "apilb/config.hpp"
+#include "apilb/config_file.hpp"
+#include "apilb/file_read.hpp"
 #include "apilb/maglev.hpp"
 
 #include <yaml-cpp/yaml.h>
@@ -736,43 +738,20 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
     return std::make_shared<const config>(std::move(config_));
 }
 
-namespace {
-
-[[noreturn]] void fail_to_read(const std::string& path, int err) {
-    throw config_load_error({config_error{
-        .file = path,
-        .line = 0,
-        .column = 0,
-        .key_path = {},
-        .message = "cannot read the file: " + std::generic_category().message(err)}});
-}
-
-/// The whole file, or the OS's reason it cannot be read.
-std::string read_file(const std::string& path) {
-    std::FILE* file = std::fopen(path.c_str(), "rb");
-    if (file == nullptr) fail_to_read(path, errno);
-    std::string text;
-    std::array<char, 64 * 1024> buffer;
-    while (true) {
-        const std::size_t n = std::fread(buffer.data(), 1, buffer.size(), file);
-        text.append(buffer.data(), n);
-        if (n < buffer.size()) break;
-    }
-    // A directory opens fine and fails on read with EISDIR.
-    const int err = std::ferror(file) ? errno : 0;
-    std::fclose(file);
-    if (err != 0) fail_to_read(path, err);
-    return text;
-}
-
-}  // namespace
-
 }  // namespace apilb::config_detail
 
 namespace apilb {
 
 using config_detail::loader;
-using config_detail::read_file;
+
+std::string read_config_file(const std::string& path) {
+    file_contents file = read_regular_file(path, max_config_bytes);
+    if (!file) {
+        throw config_load_error({config_error{
+            .file = path, .line = 0, .column = 0, .key_path = {}, .message = "the file " + file.error}});
+    }
+    return std::move(file.bytes);
+}
 
 std::shared_ptr<const config> parse_config(const std::string& yaml_text,
                                            const std::string& source_name) {
@@ -780,7 +759,7 @@ std::shared_ptr<const config> parse_config(const std::string& yaml_text,
 }
 
 std::shared_ptr<const config> load_config(const std::string& path) {
-    return parse_config(read_file(path), path);
+    return parse_config(read_config_file(path), path);
 }
 
 }  // namespace apilb

@@ -147,8 +147,10 @@ private:
                      const std::array<choice<T>, N>& choices, T& out);
     site read_name(const mapping& m, std::string_view key, std::string& out);
     site read_address(const mapping& m, std::string_view key, bool is_backend, socket_address& out);
-    /// A path to a file that must exist and be readable now (config_health.cpp).
-    bool read_file_path(const mapping& m, std::string_view key, std::string& out);
+    /// A path to a regular file of at most `max_bytes` that can be read now
+    /// (apilb/file_read.hpp); its bytes go to `*bytes` if given (config_health.cpp).
+    bool read_file_path(const mapping& m, std::string_view key, std::size_t max_bytes, std::string& out,
+                        std::string* bytes = nullptr);
     bool read_text(const mapping& m, std::string_view key, std::string_view expected, std::string& out);
 
     void read_listeners(const field& f);

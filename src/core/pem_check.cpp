@@ -35,14 +35,19 @@ std::string last_ssl_error() {
     return reason != nullptr ? reason : "error " + std::to_string(last);
 }
 
+/// A read-only BIO over `pem`, which must outlive it.
+bio_ptr memory_bio(const std::string& pem) {
+    return bio_ptr(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+}
+
 /// Every certificate in the file; `problem` says why there is none or why
 /// one failed to parse.
-std::vector<x509_ptr> read_certificates(const std::string& path, std::string& problem) {
+std::vector<x509_ptr> read_certificates(const std::string& path, const std::string& pem, std::string& problem) {
     std::vector<x509_ptr> certs;
     ERR_clear_error();
-    bio_ptr bio(BIO_new_file(path.c_str(), "r"));
+    bio_ptr bio = memory_bio(pem);
     if (!bio) {
-        problem = "cannot open " + path + ": " + last_ssl_error();
+        problem = "cannot read " + path + ": " + last_ssl_error();
         return certs;
     }
     while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) certs.emplace_back(x);
@@ -65,15 +70,16 @@ int no_passphrase(char*, int, int, void*) { return -1; }
 
 }  // namespace
 
-key_pair_check check_key_pair(const std::string& cert_file, const std::string& key_file) {
+key_pair_check check_key_pair(const std::string& cert_file, const std::string& cert_pem,
+                              const std::string& key_file, const std::string& key_pem) {
     key_pair_check result;
-    const auto certs = read_certificates(cert_file, result.cert_problem);
+    const auto certs = read_certificates(cert_file, cert_pem, result.cert_problem);
 
     ERR_clear_error();
-    bio_ptr bio(BIO_new_file(key_file.c_str(), "r"));
+    bio_ptr bio = memory_bio(key_pem);
     pkey_ptr key;
     if (!bio) {
-        result.key_problem = "cannot open " + key_file + ": " + last_ssl_error();
+        result.key_problem = "cannot read " + key_file + ": " + last_ssl_error();
     } else {
         key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr));
         if (!key) {
@@ -98,9 +104,9 @@ key_pair_check check_key_pair(const std::string& cert_file, const std::string& k
     return result;
 }
 
-std::string ca_bundle_problem(const std::string& ca_file) {
+std::string ca_bundle_problem(const std::string& ca_file, const std::string& pem) {
     std::string problem;
-    read_certificates(ca_file, problem);
+    read_certificates(ca_file, pem, problem);
     return problem;
 }
 

@@ -16,12 +16,14 @@ struct key_pair_check {
     std::string cert_warning;  ///< e.g. expired; "" = none
 };
 
-/// Reads `cert_file` (a chain, leaf first) and `key_file`; both already
-/// exist and are readable (read_file_path).
-key_pair_check check_key_pair(const std::string& cert_file, const std::string& key_file);
+/// Checks `cert_pem` (a chain, leaf first, read from `cert_file`) and
+/// `key_pem` (read from `key_file`); the names are for messages. Both were
+/// read by read_file_path, bounded: OpenSSL sees only memory.
+key_pair_check check_key_pair(const std::string& cert_file, const std::string& cert_pem,
+                              const std::string& key_file, const std::string& key_pem);
 
-/// "" if `ca_file` holds at least one PEM certificate and nothing else that
-/// fails to parse; else what is wrong.
-std::string ca_bundle_problem(const std::string& ca_file);
+/// "" if `pem` (read from `ca_file`) holds at least one PEM certificate and
+/// nothing else that fails to parse; else what is wrong.
+std::string ca_bundle_problem(const std::string& ca_file, const std::string& pem);
 
 }  // namespace apilb::config_detail

@@ -18,11 +18,11 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <fstream>
 #include <list>
-#include <sstream>
 
+#include "apilb/file_read.hpp"
 #include "apilb/logging.hpp"
+#include "apilb/tls_files.hpp"
 
 namespace apilb {
 
@@ -62,17 +62,6 @@ bool same_secret(std::string_view a, std::string_view b) {
 /// loader rejects such keys; the file may have changed since).
 int no_passphrase(char*, int, int, void*) { return -1; }
 
-/// OpenSSL's queued errors as one line, the queue emptied.
-std::string ssl_errors() {
-    std::string text;
-    while (const unsigned long code = ERR_get_error()) {
-        if (!text.empty()) text += "; ";
-        const char* reason = ERR_reason_error_string(code);
-        text += reason != nullptr ? reason : "error " + std::to_string(code);
-    }
-    return text.empty() ? "unknown error" : text;
-}
-
 /// The server side of admin.tls: TLS 1.2 or later, the certificate chain and
 /// key, and with a client CA, a request for client certificates (required
 /// at the handshake with client_auth: all). Throws std::runtime_error naming
@@ -81,9 +70,6 @@ std::shared_ptr<ssl::context> make_tls_context(const admin_tls_config& t) {
     auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
     SSL_CTX* native = ctx->native_handle();
     ERR_clear_error();
-    auto fail = [](std::string_view key, const std::string& file) {
-        return std::runtime_error(fmt::format("admin.tls.{}: cannot load {}: {}", key, file, ssl_errors()));
-    };
     if (SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1) throw std::runtime_error("TLS 1.2: " + ssl_errors());
     ctx->set_options(ssl::context::default_workarounds | ssl::context::no_compression | ssl::context::single_dh_use);
     // TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 keeps OpenSSL's.
@@ -93,21 +79,16 @@ std::shared_ptr<ssl::context> make_tls_context(const admin_tls_config& t) {
         throw std::runtime_error("TLS cipher list: " + ssl_errors());
     }
     SSL_CTX_set_default_passwd_cb(native, no_passphrase);
-    if (SSL_CTX_use_certificate_chain_file(native, t.cert_file.c_str()) != 1) throw fail("cert_file", t.cert_file);
-    if (SSL_CTX_use_PrivateKey_file(native, t.key_file.c_str(), SSL_FILETYPE_PEM) != 1) throw fail("key_file", t.key_file);
+    load_certificate_chain_file(native, "admin.tls.cert_file", t.cert_file);
+    load_private_key_file(native, "admin.tls.key_file", t.key_file);
     if (SSL_CTX_check_private_key(native) != 1) {
         throw std::runtime_error(fmt::format("admin.tls.key_file: the key in {} does not match the certificate in {}",
                                              t.key_file, t.cert_file));
     }
     if (!t.client_ca_file.empty()) {
-        if (SSL_CTX_load_verify_locations(native, t.client_ca_file.c_str(), nullptr) != 1) {
-            throw fail("client_ca_file", t.client_ca_file);
-        }
         // The CA names go into the CertificateRequest, so that a client with
         // several certificates (a browser) offers the right one.
-        STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(t.client_ca_file.c_str());
-        if (names == nullptr) throw fail("client_ca_file", t.client_ca_file);
-        SSL_CTX_set_client_CA_list(native, names);
+        load_ca_file(native, "admin.tls.client_ca_file", t.client_ca_file, true);
         int mode = SSL_VERIFY_PEER;
         if (t.client_auth == admin_client_auth::all) mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
         SSL_CTX_set_verify(native, mode, nullptr);
@@ -169,11 +150,9 @@ std::string json_message(std::string_view key, std::string_view value) {
 }  // namespace
 
 std::optional<std::string> read_admin_token(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) return std::nullopt;
-    std::ostringstream text;
-    text << in.rdbuf();
-    std::string token = text.str();
+    file_contents file = read_regular_file(path, max_token_bytes);
+    if (!file) return std::nullopt;
+    std::string token = std::move(file.bytes);
     while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
     return token;
 }

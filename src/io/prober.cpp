@@ -18,10 +18,10 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
 
+#include "apilb/file_read.hpp"
+#include "apilb/tls_files.hpp"
 #include "apilb_build_config.h"
 
 namespace apilb {
@@ -50,15 +50,15 @@ const std::string& token_file::get() {
     const bool unchanged = reads_ > 0 && st.st_dev == dev_ && st.st_ino == ino_ && st.st_size == size_ &&
                            st.st_mtim.tv_sec == mtime_.tv_sec && st.st_mtim.tv_nsec == mtime_.tv_nsec;
     if (unchanged) return token_;
-    std::ifstream in(path_, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
-    if (!in && !in.eof()) {
-        if (!failing_) spdlog::warn("health: cannot read bearer_token_file {}; probes keep the last token read", path_);
+    file_contents file = read_regular_file(path_, max_token_bytes);
+    if (!file) {
+        if (!failing_) {
+            spdlog::warn("health: bearer_token_file {} {}; probes keep the last token read", path_, file.error);
+        }
         failing_ = true;
         return token_;
     }
-    std::string token = text.str();
+    std::string token = std::move(file.bytes);
     const auto first = token.find_first_not_of(" \t\r\n");
     const auto last = token.find_last_not_of(" \t\r\n");
     token = first == std::string::npos ? std::string() : token.substr(first, last - first + 1);
@@ -91,24 +91,20 @@ ssl::context make_probe_tls(const pool_config& pool) {
     ssl::context ctx(ssl::context::tls_client);
     ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
                     ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-    auto load = [&](const char* what, const std::string& file, auto&& fn) {
-        try {
-            fn();
-        } catch (const boost::system::system_error& e) {
-            throw std::runtime_error(fmt::format("pool {}: health.tls.{} {}: cannot load: {}", pool.name, what,
-                                                 file, e.code().message()));
-        }
-    };
+    SSL_CTX* native = ctx.native_handle();
+    // A daemon cannot ask for a passphrase: an encrypted key fails to load.
+    SSL_CTX_set_default_passwd_cb(native, [](char*, int, int, void*) { return -1; });
+    const std::string what = fmt::format("pool {}: health.tls.", pool.name);
     if (!t.insecure_skip_verify) {
-        load("ca_file", t.ca_file, [&] { ctx.load_verify_file(t.ca_file); });
+        load_ca_file(native, what + "ca_file", t.ca_file);
         ctx.set_verify_mode(ssl::verify_peer);
     } else {
         ctx.set_verify_mode(ssl::verify_none);
     }
     if (!t.cert_file.empty()) {
-        load("cert_file", t.cert_file, [&] { ctx.use_certificate_chain_file(t.cert_file); });
-        load("key_file", t.key_file, [&] { ctx.use_private_key_file(t.key_file, ssl::context::pem); });
-        if (SSL_CTX_check_private_key(ctx.native_handle()) != 1) {
+        load_certificate_chain_file(native, what + "cert_file", t.cert_file);
+        load_private_key_file(native, what + "key_file", t.key_file);
+        if (SSL_CTX_check_private_key(native) != 1) {
             throw std::runtime_error(fmt::format("pool {}: health.tls.key_file {} does not match cert_file {}",
                                                  pool.name, t.key_file, t.cert_file));
         }

@@ -9,14 +9,13 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <fstream>
-#include <sstream>
 
 #ifdef APILB_HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
 #endif
 
 #include "apilb/admin_server.hpp"
+#include "apilb/file_read.hpp"
 #include "apilb/maglev.hpp"
 #include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
@@ -60,10 +59,8 @@ void server::ping_workers(std::chrono::milliseconds deadline, std::function<void
 }
 
 void server::make_admin() {
-    if (std::ifstream in{snap_->cfg->source, std::ios::binary}) {
-        std::ostringstream text;
-        text << in.rdbuf();
-        config_hash_ = fmt::format("{:016x}", stable_hash(text.str()));
+    if (file_contents file = read_regular_file(snap_->cfg->source, max_config_bytes)) {
+        config_hash_ = fmt::format("{:016x}", stable_hash(file.bytes));
     }
     if (!snap_->cfg->admin) return;
     admin_hooks hooks{

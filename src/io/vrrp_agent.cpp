@@ -67,7 +67,9 @@ std::optional<vrrp_role> parse_notify_line(const std::string& line) {
 
 std::error_code write_file_atomically(const std::string& path, const std::string& content) {
     const std::string tmp = path + ".tmp";
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    // O_NONBLOCK: should the name be a FIFO with no reader, open fails
+    // (ENXIO) instead of waiting for one on the control thread.
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0644);
     if (fd < 0) return last_error();
     const ssize_t n = ::write(fd, content.data(), content.size());
     std::error_code ec = n == static_cast<ssize_t>(content.size()) ? std::error_code{} : last_error();
@@ -98,6 +100,12 @@ void vrrp_agent::start() {
     }
     const int fd = ::open(v.notify_fifo().c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) throw std::system_error(last_error(), "cannot open the notify FIFO " + v.notify_fifo());
+    struct stat st{};
+    if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode)) {
+        ::close(fd);
+        throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                                "the notify FIFO " + v.notify_fifo() + " exists and is not a FIFO");
+    }
     fifo_.assign(fd);
 
     spdlog::info("vrrp: interface {}, virtual router {}, priority {}, advert {}ms, {} VIP(s); track file {}, "

@@ -161,9 +161,9 @@ TEST_F(HealthConfig, NamedFilesMustBeReadableRegularFiles) {
     ASSERT_EQ(errors.size(), 2u) << all_messages(errors) << "an unreadable CA is not also reported as missing";
     EXPECT_EQ(errors[0].key_path, "pools[0].health.tls.ca_file");
     EXPECT_EQ(errors[0].line, 9);
-    EXPECT_CONTAINS(errors[0].message, "cannot read \"/nonexistent/ca.crt\": No such file or directory");
+    EXPECT_CONTAINS(errors[0].message, "\"/nonexistent/ca.crt\" cannot be read: No such file or directory");
     EXPECT_EQ(errors[1].key_path, "pools[0].health.bearer_token_file");
-    EXPECT_CONTAINS(errors[1].message, "is not a regular file");
+    EXPECT_CONTAINS(errors[1].message, "is a directory, expected a regular file");
 }
 
 TEST_F(HealthConfig, ClientCertificateNeedsItsKey) {

@@ -25,7 +25,7 @@ TEST(LoadConfigErrors, UnreadableFileGivesTheOsReason) {
         const auto& err = e.errors()[0];
         EXPECT_EQ(err.line, 0);
         EXPECT_EQ(err.file, "/nonexistent/apilb.yaml");
-        EXPECT_EQ(err.to_string(), "/nonexistent/apilb.yaml: cannot read the file: No such file or directory");
+        EXPECT_EQ(err.to_string(), "/nonexistent/apilb.yaml: the file cannot be read: No such file or directory");
     }
 }
 
@@ -36,7 +36,7 @@ TEST(LoadConfigErrors, DirectoryIsNotAFile) {
     } catch (const config_load_error& e) {
         ASSERT_EQ(e.errors().size(), 1u);
         EXPECT_EQ(e.errors()[0].line, 0);
-        EXPECT_CONTAINS(e.errors()[0].message, "Is a directory");
+        EXPECT_EQ(e.errors()[0].message, "the file is a directory, expected a regular file");
     }
 }
 
