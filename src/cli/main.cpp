@@ -14,6 +14,7 @@
 #include "apilb/keepalived_conf.hpp"
 #include "apilb/logging.hpp"
 #include "apilb/server.hpp"
+#include "apilb/yaml_guard.hpp"
 #include "apilb_build_config.h"
 #include "admin_client.hpp"
 
@@ -37,7 +38,7 @@ int print_config_errors(const apilb::config_load_error& e) {
 
 int check_config(const std::string& path) {
     try {
-        auto cfg = apilb::load_config(path);
+        auto cfg = apilb::load_config_guarded(path);
         for (const auto& w : cfg->warnings) std::cerr << "warning: " << w.to_string() << '\n';
         std::size_t backends = 0;
         for (const auto& p : cfg->pools) backends += p.backends.size();
@@ -53,7 +54,7 @@ int check_config(const std::string& path) {
 int keepalived_config(const std::string& path, const std::string& output, std::string apilb_path) {
     std::shared_ptr<const apilb::config> cfg;
     try {
-        cfg = apilb::load_config(path);
+        cfg = apilb::load_config_guarded(path);
     } catch (const apilb::config_load_error& e) {
         return print_config_errors(e);
     }
@@ -92,7 +93,7 @@ int keepalived_config(const std::string& path, const std::string& output, std::s
 int run(const std::string& path, const std::string& log_level) {
     std::shared_ptr<const apilb::config> cfg;
     try {
-        cfg = apilb::load_config(path);
+        cfg = apilb::load_config_guarded(path);
     } catch (const apilb::config_load_error& e) {
         return print_config_errors(e);
     }
@@ -160,7 +161,7 @@ std::optional<apilb::cli::admin_target> admin_target(const admin_options& o, con
         return t;
     }
     try {
-        auto cfg = apilb::load_config(config_path);
+        auto cfg = apilb::load_config_guarded(config_path);
         if (!cfg->admin) {
             std::cerr << "error: " << config_path << " has no admin section; give --admin ADDRESS\n";
             return std::nullopt;
@@ -191,6 +192,8 @@ std::optional<apilb::cli::admin_target> admin_target(const admin_options& o, con
 }  // namespace
 
 int main(int argc, char** argv) {
+    // The config loader's child (apilb/yaml_guard.hpp), before anything else.
+    if (argc == 2 && argv[1] == apilb::yaml_guard_mode) return apilb::yaml_guard_child_main();
     CLI::App app{"apilb: a TCP-passthrough load balancer for Kubernetes API servers"};
     app.require_subcommand(1);
     std::string config_path = default_config;

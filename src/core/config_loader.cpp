@@ -753,6 +753,14 @@ std::string read_config_file(const std::string& path) {
     return std::move(file.bytes);
 }
 
+void parse_yaml_unguarded(const std::string& text) {
+    try {
+        YAML::LoadAll(text);
+    } catch (const YAML::Exception&) {
+        // A syntax error ends the parse too; parse_config reports it.
+    }
+}
+
 std::shared_ptr<const config> parse_config(const std::string& yaml_text,
                                            const std::string& source_name) {
     return loader(source_name).load(yaml_text);

@@ -15,11 +15,8 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
-#include <filesystem>
-#include <fstream>
 #include <iterator>
 #include <memory>
-#include <sstream>
 #include <system_error>
 
 #ifdef APILB_HAVE_SYSTEMD
@@ -34,6 +31,7 @@
 #include "apilb/rebalancer.hpp"
 #include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
+#include "apilb/yaml_guard.hpp"
 
 namespace apilb {
 
@@ -57,19 +55,15 @@ std::string reloading_state() {
     return fmt::format("RELOADING=1\nMONOTONIC_USEC={}", usec);
 }
 
-/// Reads and validates `path`; nullptr (every error logged) if it is not
-/// good. `hash` is a short hash of the bytes that were loaded.
+/// Reads and validates `path` (guarded: at most yaml_guard_deadline on the
+/// control thread, whatever the bytes); nullptr (every error logged) if it
+/// is not good. `hash` is a short hash of the bytes that were loaded.
 std::shared_ptr<const config> read_config(const std::string& path, std::string& hash) {
     try {
-        std::error_code ec;
-        std::ifstream in(path, std::ios::binary);
-        // Anything but a readable regular file: the loader says why, as at start.
-        if (!std::filesystem::is_regular_file(path, ec) || !in) return load_config(path);
-        std::ostringstream text;
-        text << in.rdbuf();
-        const std::string bytes = text.str();
+        std::string bytes;
+        auto cfg = load_config_guarded(path, &bytes);
         hash = fmt::format("{:016x}", stable_hash(bytes));
-        return parse_config(bytes, path);
+        return cfg;
     } catch (const config_load_error& e) {
         // The same lines check-config prints.
         for (const auto& err : e.errors()) spdlog::error("reload: error: {}", err.to_string());

@@ -1,0 +1,42 @@
+// Loading the config file safely against any bytes. yaml-cpp 0.7 loops
+// forever on some malformed input, allocating as it goes (a file holding
+// only ","; upstream jbeder/yaml-cpp issue 1040), and no check of the text
+// can rule out every such input. So the parse is first run in a child
+// process (this binary again, in a hidden mode) under hard limits and a
+// deadline; only when the child has shown that the parse of these exact
+// bytes ends does apilb parse them itself (yaml-cpp is deterministic).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "apilb/config.hpp"
+
+namespace apilb {
+
+/// How long the child may take to parse before the file is refused: well
+/// under the second that check-config, start and a reload must answer in.
+/// A real config parses in a few milliseconds; the child's start dominates.
+constexpr std::chrono::milliseconds yaml_guard_deadline{800};
+/// The child's address-space limit (RLIMIT_AS; not under AddressSanitizer,
+/// which reserves terabytes of shadow memory).
+constexpr std::size_t yaml_guard_memory = std::size_t{1} << 30;
+
+/// argv[1] that makes `apilb` the guard's child; main() checks for it first.
+constexpr std::string_view yaml_guard_mode = "__yaml-guard-child";
+
+/// Reads and validates the config file at `path`: read_config_file (a
+/// regular file, bounded), the guard, then parse_config. Every config load
+/// of the product goes through here. `text`, if given, receives the bytes
+/// (for the config hash). Throws config_load_error. Blocks the calling
+/// thread for at most about yaml_guard_deadline.
+std::shared_ptr<const config> load_config_guarded(const std::string& path, std::string* text = nullptr);
+
+/// The child's whole life: limits itself, reads the bytes from stdin,
+/// parses them and exits 0 when the parse ended (with or without a syntax
+/// error), 3 when memory ran out.
+int yaml_guard_child_main();
+
+}  // namespace apilb
