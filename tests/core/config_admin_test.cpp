@@ -96,7 +96,7 @@ TEST_F(AdminConfig, AMissingCertificateFileNamesFileLineAndKey) {
     EXPECT_EQ(errors[0].file, "test.yaml");
     EXPECT_EQ(errors[0].line, 10);
     EXPECT_EQ(errors[0].key_path, "admin.tls.cert_file");
-    EXPECT_CONTAINS(errors[0].message, "cannot read");
+    EXPECT_CONTAINS(errors[0].message, "cannot be read: No such file or directory");
     EXPECT_CONTAINS(errors[0].message, "nosuch.crt");
     EXPECT_CONTAINS(errors[0].to_string(), "test.yaml:10:");
 }
@@ -144,7 +144,7 @@ TEST_F(AdminConfig, AClientCaThatIsNoCertificateIsRejected) {
         with_tls(file("server.crt"), file("server.key"), "    client_ca_file: " + file("nosuch-ca.crt") + "\n"));
     ASSERT_EQ(errors.size(), 1u);
     EXPECT_EQ(errors[0].key_path, "admin.tls.client_ca_file");
-    EXPECT_CONTAINS(errors[0].message, "cannot read");
+    EXPECT_CONTAINS(errors[0].message, "cannot be read: No such file or directory");
 }
 
 TEST_F(AdminConfig, AClientCaWithoutCertificateAndKeyIsRejected) {
