@@ -291,7 +291,7 @@ private:
     std::vector<config_error> errors_;
 };
 
-/// Reads, validates and resolves a config file. Throws config_load_error.
+/// Reads, validates and resolves a config file; throws config_load_error. Unguarded against YAML that yaml-cpp never finishes: the product loads through load_config_guarded (apilb/yaml_guard.hpp).
 std::shared_ptr<const config> load_config(const std::string& path);
 
 /// Same, from text; `source_name` is used as the file name in errors.
