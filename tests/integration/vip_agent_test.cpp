@@ -140,6 +140,38 @@ TEST(VipTrackFile, FollowsBackendHealthAndTheDrain) {
     EXPECT_NE(apilb.log().find("vrrp: the VIPs left this node after"), std::string::npos) << apilb.log();
 }
 
+TEST(VipStateFiles, AFifoWhereTheTrackFileIsWrittenDoesNotBlockTheStart) {
+    temp_dir dir;
+    tcp_server backend("127.0.0.2", echo_handler());
+    const std::uint16_t port = free_port();
+    std::filesystem::create_directories(dir.file("state"));
+    // The track file is written as vrrp-fault.tmp, then renamed: a FIFO
+    // there with no reader made the open wait forever on the control thread.
+    ASSERT_EQ(::mkfifo(dir.file("state/vrrp-fault.tmp").c_str(), 0600), 0);
+    apilb_process apilb(dir, single_pool_config(port, {backend.address()}, "round-robin", 1, vrrp_section(dir, "eth0")),
+                        "127.0.0.1", port);
+    EXPECT_TRUE(apilb.wait_for_log("vrrp: cannot write the track file")) << apilb.log();
+    client c;
+    c.set_timeout(5s);
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    ASSERT_TRUE(c.send_all("ping"));
+    EXPECT_EQ(c.recv_exact(4), "ping") << "apilb serves while the track file cannot be written";
+}
+
+TEST(VipStateFiles, ANotifyFifoThatIsARegularFileIsRefusedAtStart) {
+    temp_dir dir;
+    tcp_server backend("127.0.0.2", echo_handler());
+    const std::uint16_t port = free_port();
+    std::filesystem::create_directories(dir.file("state"));
+    dir.write("state/vrrp-notify.fifo", "");
+    dir.write("apilb.yaml", single_pool_config(port, {backend.address()}, "round-robin", 1, vrrp_section(dir, "eth0")));
+    const auto r = run_command({required_env("APILB_BIN"), "run", "--config", dir.file("apilb.yaml")}, 10s);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("the notify FIFO " + dir.file("state/vrrp-notify.fifo") + " exists and is not a FIFO"),
+              std::string::npos)
+        << r.output;
+}
+
 TEST(VipAddressRemoval, RemovesTheVipAKeepalivedCrashLeftBehind) {
     if (auto why = netns_segment::unavailable_reason(); !why.empty()) GTEST_SKIP() << "needs a namespace: " << why;
     netns_segment segment("apilb-viprm-" + std::to_string(::getpid()));
