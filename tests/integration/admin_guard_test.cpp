@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <memory>
 #include <regex>
 #include <thread>
 
@@ -22,27 +23,11 @@ namespace {
 using std::chrono::milliseconds;
 using steady = std::chrono::steady_clock;
 
-struct http_reply {
-    int status = 0;  ///< 0: no HTTP answer
-    std::string body;
-};
-
 /// One request on a fresh connection from `source_ip` with `host` as Host.
-http_reply request(std::uint16_t port, const std::string& method, const std::string& path,
-                   const std::string& extra_headers = {}, const std::string& host = "127.0.0.1",
-                   const std::string& source_ip = "127.0.0.1") {
-    client c;
-    if (!c.bind(source_ip) || c.connect("127.0.0.1", port) != 0) return {};
-    c.set_timeout(milliseconds(10000));
-    c.send_all(fmt::format("{} {} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nContent-Length: 0\r\n{}\r\n", method,
-                           path, host, port, extra_headers));
-    int end = 0;
-    const std::string raw = c.recv_until_eof(end, 1 << 22);
-    http_reply r;
-    if (raw.rfind("HTTP/1.1 ", 0) != 0) return r;
-    r.status = std::stoi(raw.substr(9, 3));
-    if (const auto sep = raw.find("\r\n\r\n"); sep != std::string::npos) r.body = raw.substr(sep + 4);
-    return r;
+http_answer request(std::uint16_t port, const std::string& method, const std::string& path,
+                    const std::string& extra_headers = {}, const std::string& host = "127.0.0.1",
+                    const std::string& source_ip = "127.0.0.1") {
+    return http_exchange(port, method, path, extra_headers, host, source_ip);
 }
 
 /// The value of an unlabelled sample in /metrics, or -1.
@@ -62,21 +47,29 @@ bool wait_for_livez(std::uint16_t port) {
     return false;
 }
 
-std::string guarded_config(std::uint16_t port, const std::string& backend, std::uint16_t admin,
-                           const std::string& admin_extra) {
-    return single_pool_config(port, {backend}, "round-robin", 1,
-                              fmt::format("admin:\n  address: \"127.0.0.1:{}\"\n{}", admin, admin_extra));
-}
+/// One backend and apilb with an admin endpoint on 127.0.0.1:`admin`, its
+/// section extended by `admin_extra`.
+class AdminGuard : public ::testing::Test {
+protected:
+    std::unique_ptr<apilb_process> start(const std::string& admin_extra) {
+        auto p = std::make_unique<apilb_process>(
+            dir, single_pool_config(port, {b0.address()}, "round-robin", 1,
+                                    fmt::format("admin:\n  address: \"127.0.0.1:{}\"\n{}", admin, admin_extra)),
+            "127.0.0.1", port);
+        EXPECT_TRUE(wait_for_livez(admin)) << p->log();
+        return p;
+    }
 
-TEST(AdminAuth, UnprivilegedUserIsRefusedAndCountedRootCliWorksTokenFileIsCreated0600) {
     temp_dir dir;
-    tcp_server b0("127.0.0.1", echo_handler());
-    const auto port = free_port();
-    const auto admin = free_port();
+    tcp_server b0{"127.0.0.1", echo_handler()};
+    std::uint16_t port = free_port();
+    std::uint16_t admin = free_port();
+};
+
+TEST_F(AdminGuard, UnprivilegedUserIsRefusedAndCountedRootCliWorksTokenFileIsCreated0600) {
     const std::string token_file = dir.file("admin-token");  // not there: apilb creates it
-    apilb_process apilb(dir, guarded_config(port, b0.address(), admin, "  token_file: \"" + token_file + "\"\n"),
-                        "127.0.0.1", port);
-    ASSERT_TRUE(wait_for_livez(admin));
+    auto running = start("  token_file: \"" + token_file + "\"\n");
+    apilb_process& apilb = *running;
     struct stat st{};
     ASSERT_EQ(::stat(token_file.c_str(), &st), 0) << apilb.log();
     EXPECT_EQ(st.st_mode & 07777, 0600u);
@@ -113,13 +106,9 @@ TEST(AdminAuth, UnprivilegedUserIsRefusedAndCountedRootCliWorksTokenFileIsCreate
     EXPECT_EQ(again.terminate(), 0);
 }
 
-TEST(AdminAuth, WithoutACredentialStateChangesAreRefused) {
-    temp_dir dir;
-    tcp_server b0("127.0.0.1", echo_handler());
-    const auto port = free_port();
-    const auto admin = free_port();
-    apilb_process apilb(dir, guarded_config(port, b0.address(), admin, ""), "127.0.0.1", port);
-    ASSERT_TRUE(wait_for_livez(admin));
+TEST_F(AdminGuard, WithoutACredentialStateChangesAreRefused) {
+    auto running = start("");
+    apilb_process& apilb = *running;
     for (const char* path : {"/api/v1/backends/p/b0/drain", "/api/v1/reload"}) {
         const auto r = request(admin, "POST", path);
         EXPECT_EQ(r.status, 403) << path;
@@ -155,14 +144,10 @@ bool closed_within(client& c, milliseconds timeout) {
     return false;
 }
 
-TEST(AdminFlood, LivezAnswersThroughAThousandIdleConnectionsAndIdleOnesTimeOut) {
+TEST_F(AdminGuard, LivezAnswersThroughAThousandIdleConnectionsAndIdleOnesTimeOut) {
     ASSERT_TRUE(raise_fd_limit(4096));
-    temp_dir dir;
-    tcp_server b0("127.0.0.1", echo_handler());
-    const auto port = free_port();
-    const auto admin = free_port();
-    apilb_process apilb(dir, guarded_config(port, b0.address(), admin, ""), "127.0.0.1", port);
-    ASSERT_TRUE(wait_for_livez(admin));
+    auto running = start("");
+    apilb_process& apilb = *running;
 
     // 1 000 connections that never send a byte: half from 127.0.0.1 (kubelet's
     // own address), the rest from five other loopback addresses.
@@ -239,18 +224,10 @@ int curl_as(const std::string& name, std::uint16_t admin, const std::string& met
     return std::regex_search(r.output, m, std::regex("status=([0-9]{3})")) ? std::stoi(m[1]) : 0;
 }
 
-TEST(AdminHost, ANameThatIsNotOursIsRefusedAgainstDnsRebinding) {
-    temp_dir dir;
-    tcp_server b0("127.0.0.1", echo_handler());
+TEST_F(AdminGuard, ANameThatIsNotOursIsRefusedAgainstDnsRebinding) {
     dir.write("token", "s3cret-token\n");
-    const auto port = free_port();
-    const auto admin = free_port();
-    apilb_process apilb(dir,
-                        guarded_config(port, b0.address(), admin,
-                                       fmt::format("  token_file: \"{}\"\n  host_names: [apilb.example.com]\n",
-                                                   dir.file("token"))),
-                        "127.0.0.1", port);
-    ASSERT_TRUE(wait_for_livez(admin));
+    auto running = start(fmt::format("  token_file: \"{}\"\n  host_names: [apilb.example.com]\n", dir.file("token")));
+    apilb_process& apilb = *running;
     const std::string bearer = "Authorization: Bearer s3cret-token";
     // A page on evil.example, its name rebound to 127.0.0.1: its own origin.
     const std::string origin = fmt::format("Origin: http://evil.example:{}", admin);

@@ -31,27 +31,12 @@ namespace {
 using std::chrono::milliseconds;
 namespace json = boost::json;
 
-struct http_reply {
-    int status = 0;
-    std::string body;
-};
+using http_reply = http_answer;
 
 /// One HTTP/1.1 request on a fresh connection; status 0 if it failed.
 http_reply http(std::uint16_t port, const std::string& method, const std::string& path,
                 const std::string& extra_headers = {}) {
-    client c;
-    if (c.connect("127.0.0.1", port) != 0) return {};
-    c.set_timeout(milliseconds(5000));
-    c.send_all(fmt::format("{} {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: 0\r\n{}\r\n",
-                           method, path, port, extra_headers));
-    int end = 0;
-    const std::string raw = c.recv_until_eof(end, 1 << 22);
-    http_reply r;
-    if (raw.rfind("HTTP/1.1 ", 0) != 0) return r;
-    r.status = std::stoi(raw.substr(9, 3));
-    const auto sep = raw.find("\r\n\r\n");
-    if (sep != std::string::npos) r.body = raw.substr(sep + 4);
-    return r;
+    return http_exchange(port, method, path, extra_headers);
 }
 
 /// Polls GET `path` until `pred(reply)` holds (bounded).
@@ -463,6 +448,32 @@ TEST(AdminControl, DrainEnableReloadThroughTheCli) {
     EXPECT_EQ(http(admin, "GET", "/livez").status, 200);
     // A page from another origin cannot drain a backend, token or not.
     EXPECT_EQ(http(admin, "POST", "/api/v1/backends/p/b0/drain", "Origin: http://evil.example\r\n" + bearer).status, 403);
+    EXPECT_EQ(apilb.terminate(), 0);
+}
+
+TEST(AdminControl, AReloadRejectedAfterLoadingSaysWhyOnce) {
+    temp_dir dir;
+    tcp_server b0("127.0.0.1", tagged_echo("b0"));
+    tcp_server taken("127.0.0.1", [](int&) {});
+    const auto port = free_port();
+    const auto admin = free_port();
+    const std::string token_file = dir.file("admin-token");
+    const std::string yaml = admin_config(port, {b0.address()}, admin, "  token_file: \"" + token_file + "\"\n");
+    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
+    // The file loads; the new listener's port is taken: found only by the bind.
+    const std::string front = fmt::format("  - {{name: front, address: \"127.0.0.1:{}\", pool: p}}\n", port);
+    std::string next = yaml;
+    next.replace(next.find(front), front.size(),
+                 front + fmt::format("  - {{name: api2, address: \"{}\", pool: p}}\n", taken.address()));
+    dir.write("apilb.yaml", next);
+    const auto r = run_command({required_env("APILB_BIN"), "reload", "--config", dir.file("apilb.yaml")});
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find(fmt::format("error: listener api2: cannot bind {}: Address already in use\n", taken.address())),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(apilb.log().find("Address already in use: Address already in use"), std::string::npos) << apilb.log();
+    EXPECT_EQ(round_trip(port, "hello"), "b0") << "the running config serves on";
     EXPECT_EQ(apilb.terminate(), 0);
 }
 
