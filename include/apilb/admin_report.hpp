@@ -15,6 +15,8 @@ namespace apilb {
 struct admin_stats {
     bool tls = false;  ///< the endpoint speaks HTTPS: its TLS counters are reported
     std::uint64_t tls_handshake_failures_total = 0;  ///< connections cut off before a request
+    std::uint64_t auth_failures_total = 0;  ///< state-changing requests refused for want of a credential
+    std::uint64_t connections_evicted_total = 0;  ///< idle connections closed to make room for new ones
 };
 
 /// The state beyond the snapshot that the admin endpoint reports.

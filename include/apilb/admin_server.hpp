@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "apilb/admin_report.hpp"
 #include "apilb/runtime.hpp"
@@ -36,7 +37,9 @@ struct admin_hooks {
     /// Pings every worker; calls `done(answered, total)` on the control
     /// thread when all answered or `deadline` passed.
     std::function<void(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done)> ping_workers;
-    std::function<bool()> reload;  ///< applies the config file; false if it was rejected
+    /// Applies the config file; every reason it was rejected
+    /// (file:line:col: key: message), empty if it was applied.
+    std::function<std::vector<std::string>()> reload;
 };
 
 /// The admin bearer token in `path`, trailing newlines and spaces removed
@@ -46,10 +49,12 @@ std::optional<std::string> read_admin_token(const std::string& path);
 
 class admin_server {
 public:
-    /// Binds `cfg.address`, reads the token file and, with `cfg.tls`, builds
-    /// the TLS context from its files. Throws std::system_error (naming the
-    /// address) if the bind fails, std::runtime_error (naming the file) if the
-    /// token file cannot be read or is empty or a TLS file does not load.
+    /// Binds `cfg.address`, reads the token file (creating it, mode 0600,
+    /// if it does not exist) and, with `cfg.tls`, builds the TLS context from
+    /// its files. Throws std::system_error (naming the address) if the bind
+    /// fails, std::runtime_error (naming the file) if the token file exists
+    /// but cannot be read or is empty, or a TLS file does not load. A token
+    /// file that cannot be created is logged and POSTs are refused.
     /// Control thread.
     admin_server(boost::asio::io_context& control, const admin_config& cfg, admin_hooks hooks);
     ~admin_server();
@@ -74,31 +79,56 @@ public:
 
 private:
     struct reply;
+    /// One open connection, listed from accept to close.
+    struct connection {
+        boost::beast::tcp_stream* stream = nullptr;  ///< set once serve() holds the socket
+        boost::asio::ip::tcp::endpoint peer;
+        boost::asio::ip::tcp::endpoint local;
+        bool busy = false;     ///< a complete request is being answered
+        bool closing = false;  ///< evicted or stopped: no longer counted
+    };
+    using connection_list = std::list<connection>;
     using request = boost::beast::http::request<boost::beast::http::string_body>;
     boost::asio::awaitable<void> accept_loop();
-    boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket socket);
+    /// Makes room for a connection from `peer` under the per-peer and total
+    /// caps by closing the oldest idle one; false if every slot is busy.
+    bool make_room(const boost::asio::ip::address& peer);
+    void close_connection(connection& c);
+    boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket socket, connection_list::iterator conn);
     /// Reads requests and answers them until the client is done (admin_server.cpp).
     template <class Stream>
-    boost::asio::awaitable<void> serve_requests(Stream& stream, bool client_verified);
+    boost::asio::awaitable<void> serve_requests(Stream& stream, connection& conn, bool client_verified);
     /// The answer to one request; `client_verified`: a client certificate
     /// was presented and verified against admin.tls.client_ca_file.
-    boost::asio::awaitable<reply> handle(const request& req, bool client_verified);
-    /// POST /api/v1/backends/{pool}/{backend}/{drain|enable}.
-    reply drain_or_enable(const std::string& path);
+    boost::asio::awaitable<reply> handle(const request& req, const connection& conn, bool client_verified);
+    /// Why a POST is refused (status and message), or nullopt if it may go on.
+    std::optional<reply> refuse_post(const request& req, const connection& conn, bool client_verified);
+    /// POST /api/v1/backends/{pool}/{backend}/{drain|enable}; `who` names the caller for the log.
+    reply drain_or_enable(const std::string& path, const std::string& who);
     void count_handshake_failure(const boost::asio::ip::tcp::endpoint& peer, const std::string& why);
+    /// host_names_ from the config and the running certificate.
+    void set_host_names();
+    /// "127.0.0.1:41234 (uid 0)": the caller of a state change, for the log.
+    std::string describe_peer(const connection& conn) const;
 
     boost::asio::io_context& control_;
     boost::asio::ip::tcp::acceptor acceptor_;
     admin_hooks hooks_;
     admin_config cfg_;
-    std::string token_;  ///< "" = POST needs no token
+    std::string token_;  ///< "" = no token configured (or it could not be created)
+    /// Why POSTs are refused outright: no credential is configured, or the
+    /// token file could not be created; "" = they are authenticated.
+    std::string post_disabled_;
+    /// Names a Host header may carry besides IP literals (lower case).
+    std::vector<std::string> host_names_;
     /// nullptr = plain HTTP. Replaced by reload_tls_files(); each connection
     /// holds the one it started with.
     std::shared_ptr<boost::asio::ssl::context> tls_;
     admin_stats stats_;
     std::chrono::steady_clock::time_point last_failure_log_{};
-    std::size_t connections_ = 0;
-    std::list<boost::beast::tcp_stream*> open_;  ///< connections being served, closed by stop()
+    std::chrono::steady_clock::time_point last_auth_log_{};
+    std::chrono::steady_clock::time_point last_evict_log_{};
+    connection_list open_;  ///< oldest first; closed by stop()
     bool stopped_ = false;
 };
 

@@ -243,9 +243,13 @@ struct admin_config {
     /// Loopback unless token_file or tls.client_ca_file protects the POSTs.
     socket_address address;
     /// A file holding the bearer token that POST requests must carry
-    /// (`Authorization: Bearer <token>`); "" = POST needs no token.
+    /// (`Authorization: Bearer <token>`); created (0600) at start if missing.
+    /// "" and no tls.client_ca_file: POSTs are refused.
     std::string token_file;
     std::optional<admin_tls_config> tls;  ///< nullopt = plain HTTP
+    /// Host names the endpoint answers to beyond IP literals, localhost and
+    /// the TLS certificate's names (DNS rebinding guard).
+    std::vector<std::string> host_names;
 };
 
 /// One problem found in a config file.

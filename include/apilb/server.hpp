@@ -45,9 +45,10 @@ public:
     /// the probe TLS files, every new listener's bind), swaps it in: workers
     /// get it by message; kept listeners keep their sockets, kept backends
     /// their counters and health. On any error it logs every error, counts
-    /// the failure and the running config stays. Returns true if applied.
+    /// the failure and the running config stays. Returns every reason it
+    /// was rejected (file:line:col: key: message), empty if it was applied.
     /// Control thread (src/io/server_reload.cpp).
-    bool reload();
+    std::vector<std::string> reload();
 
     /// Posts a ping to every worker; `done(answered, total)` runs on the
     /// control thread once all answered or after `deadline`. Control thread

@@ -18,9 +18,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <optional>
+#include <vector>
 
 #include "apilb/admin_server.hpp"
 #include "apilb/config.hpp"
@@ -171,7 +173,8 @@ std::optional<response> call(const admin_target& t, http::verb method, const std
         if (!token || token->empty()) {
             // read_admin_token says only that it failed; the reason, e.g. "is a FIFO".
             const std::string why = token ? "is empty" : read_regular_file(t.token_file, max_token_bytes).error;
-            std::cerr << "error: cannot read a token from " << t.token_file << ": it " << why << '\n';
+            std::cerr << "error: cannot read a token from " << t.token_file << ": it " << why
+                      << " (apilb creates it, mode 0600, at start: run this as root or as apilb's user)\n";
             return std::nullopt;
         }
         req.set(http::field::authorization, "Bearer " + *token);
@@ -275,8 +278,10 @@ int admin_status(const admin_target& t) {
                              st.at("ready").as_bool() ? "" : " (" + str(st.at("ready_reason")) + ")",
                              num(st.at("sessions_active")), str(st.at("config_hash")),
                              str(st.at("vrrp_role")).empty() ? "" : "  vrrp " + str(st.at("vrrp_role")));
-    std::cout << fmt::format("{:<12} {:<16} {:<8} {:>8} {:>10}  {}\n", "POOL", "BACKEND", "STATE", "ACTIVE", "SESSIONS",
-                             "LAST PROBE");
+    struct row {
+        std::string pool, backend, state, active, sessions, probe;
+    };
+    std::vector<row> rows{{"POOL", "BACKEND", "STATE", "ACTIVE", "SESSIONS", "LAST PROBE"}};
     for (const auto& pv : st.at("pools").as_array()) {
         const auto& p = pv.as_object();
         for (const auto& bv : p.at("backends").as_array()) {
@@ -289,9 +294,22 @@ int admin_status(const admin_target& t) {
             }
             std::string state = str(b.at("state"));
             if (b.at("drain").as_bool()) state += "(" + str(b.at("drain_source")) + ")";
-            std::cout << fmt::format("{:<12} {:<16} {:<8} {:>8} {:>10}  {}\n", str(p.at("name")), str(b.at("name")), state,
-                                     num(b.at("active_sessions")), num(b.at("sessions_total")), probe);
+            rows.push_back({str(p.at("name")), str(b.at("name")), state, std::to_string(num(b.at("active_sessions"))),
+                            std::to_string(num(b.at("sessions_total"))), probe});
         }
+    }
+    // Columns as wide as their widest cell: pool names like "control-plane"
+    // (13) must not push the rest out of line.
+    std::size_t w[5] = {};
+    for (const auto& r : rows) {
+        for (std::size_t i = 0; const std::string* cell : {&r.pool, &r.backend, &r.state, &r.active, &r.sessions}) {
+            w[i] = std::max(w[i], cell->size());
+            ++i;
+        }
+    }
+    for (const auto& r : rows) {
+        std::cout << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>{}}  {:>{}}  {}\n", r.pool, w[0], r.backend, w[1], r.state,
+                                 w[2], r.active, w[3], r.sessions, w[4], r.probe);
     }
     return 0;
 }
@@ -316,6 +334,12 @@ int admin_reload(const admin_target& t) {
         return 0;
     }
     std::cerr << "error: " << message_of(r->body) << '\n';
+    // Every reason the server gave, as check-config prints them.
+    boost::system::error_code ec;
+    const json::value v = json::parse(r->body, ec);
+    if (const auto* list = !ec && v.is_object() ? v.as_object().if_contains("errors") : nullptr; list && list->is_array()) {
+        for (const auto& e : list->as_array()) std::cerr << "error: " << str(e) << '\n';
+    }
     return 1;
 }
 

@@ -109,10 +109,9 @@ int run(const std::string& path, const std::string& log_level) {
     try {
         apilb::server srv(cfg);
         return srv.run();
-    } catch (const std::system_error& e) {
-        spdlog::critical("{}: {}", e.what(), e.code().message());
-        return exit_runtime_error;
     } catch (const std::exception& e) {
+        // A std::system_error's what() already ends with its code's message
+        // ("...: Address already in use"): not repeated.
         spdlog::critical("{}", e.what());
         return exit_runtime_error;
     }

@@ -5,10 +5,18 @@
 #include "loader.hpp"
 #include "pem_check.hpp"
 
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
 namespace apilb::config_detail {
 namespace {
 
-constexpr std::array<std::string_view, 3> admin_keys{"address", "token_file", "tls"};
+constexpr std::array<std::string_view, 4> admin_keys{"address", "token_file", "tls", "host_names"};
 constexpr std::array<std::string_view, 4> tls_keys{"cert_file", "key_file", "client_ca_file", "client_auth"};
 constexpr std::array<choice<admin_client_auth>, 2> client_auth_choices{{
     {"changes", admin_client_auth::changes},
@@ -57,12 +65,68 @@ void loader::read_admin_tls(const field& f, admin_tls_config& t) {
     }
 }
 
+void loader::read_admin_token_file(const mapping& m, std::string& out) {
+    const field* f = m.find("token_file");
+    if (f == nullptr) return;
+    auto text = scalar(*f, "the path of a file");
+    if (!text) return;
+    if (text->empty() || text->front() != '/') {
+        error(f->mark, f->path, "expected an absolute path, found " + quote(*text));
+        return;
+    }
+    // A missing file is fine: apilb creates it (0600) at start. One that
+    // exists is read by apilb's own user, which need not be who checks.
+    struct stat st{};
+    if (::stat(text->c_str(), &st) == 0) {
+        if (!S_ISREG(st.st_mode)) {
+            error(f->mark, f->path, quote(*text) + " is not a regular file");
+            return;
+        }
+        if (static_cast<std::size_t>(st.st_size) > max_token_bytes) {
+            error(f->mark, f->path, quote(*text) + " is larger than " + describe_size(max_token_bytes));
+            return;
+        }
+    } else if (errno == ENOENT) {
+        const std::string dir = std::filesystem::path(*text).parent_path().string();
+        if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+            warning(f->mark, f->path,
+                    quote(*text) + " does not exist and its directory " + quote(dir) +
+                        " does not either: apilb cannot create the token, and refuses drain, enable and reload");
+        }
+    }
+    out = *text;
+}
+
+void loader::read_admin_host_names(const field& f, std::vector<std::string>& out) {
+    auto items = open_sequence(f, "host_names");
+    if (!items) return;
+    for (const auto& item : *items) {
+        auto text = scalar(item, "a DNS name");
+        if (!text) continue;
+        std::string name = *text;
+        std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+        const std::string_view rest = std::string_view(name).substr(name.rfind("*.", 0) == 0 ? 2 : 0);
+        const bool ok = !rest.empty() && rest.size() <= 253 && rest.front() != '.' && rest.back() != '.' &&
+                        std::all_of(rest.begin(), rest.end(), [](char c) {
+                            return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.';
+                        });
+        if (!ok) {
+            error(item.mark, item.path,
+                  "expected a DNS name such as apilb.example.com or *.example.com (no port, no scheme), found " +
+                      quote(*text));
+            continue;
+        }
+        out.push_back(std::move(name));
+    }
+}
+
 void loader::read_admin(const field& f, admin_config& a) {
     auto m = open_mapping(f, admin_keys, true);
     if (!m) return;
     a.address = {.ip = "127.0.0.1", .port = 6445, .is_v6 = false};
     const site address = read_address(*m, "address", false, a.address);
-    read_file_path(*m, "token_file", max_token_bytes, a.token_file);
+    read_admin_token_file(*m, a.token_file);
+    if (const field* hf = m->find("host_names")) read_admin_host_names(*hf, a.host_names);
     const field* tf = m->find("tls");
     if (tf != nullptr) read_admin_tls(*tf, a.tls.emplace());
     const bool client_certs = tf != nullptr && tf->node.IsMap() && tf->node["client_ca_file"];

@@ -154,7 +154,8 @@ config_diff diff_configs(const config& running, const config& next) {
     const bool admin_changed = running.admin.has_value() != next.admin.has_value() ||
                                (running.admin && (running.admin->address != next.admin->address ||
                                                   running.admin->token_file != next.admin->token_file ||
-                                                  running.admin->tls != next.admin->tls));
+                                                  running.admin->tls != next.admin->tls ||
+                                                  running.admin->host_names != next.admin->host_names));
     restart_only_change(r, "admin", admin_changed);
     return d;
 }

@@ -134,8 +134,12 @@ check_result judge_http_response(unsigned status, std::string_view reason, std::
                               "health.bearer_token_file, or allow anonymous access to " + printable(cfg.path)};
     }
     if (status != cfg.expect_status) {
+        // The failing /readyz checks say why; for any other answer (a proxy's
+        // error page, a redirect) the start of the body does.
+        std::string why = failing_checks_text(body);
+        if (why.empty() && !body.empty()) why = "; body: \"" + printable(body) + "\"";
         return {check_failure::http_status,
-                status_text + " (expected " + std::to_string(cfg.expect_status) + ")" + failing_checks_text(body)};
+                status_text + " (expected " + std::to_string(cfg.expect_status) + ")" + why};
     }
     if (cfg.expect_body && body.find(*cfg.expect_body) == std::string_view::npos) {
         return {check_failure::body_mismatch,

@@ -164,6 +164,10 @@ private:
     void read_admin(const field& f, admin_config& out);
     /// `admin.tls`: reads and checks the PEM files (config_admin.cpp).
     void read_admin_tls(const field& f, admin_tls_config& out);
+    /// `admin.token_file`: may be missing (apilb creates it) but not a directory (config_admin.cpp).
+    void read_admin_token_file(const mapping& m, std::string& out);
+    /// `admin.host_names`: a list of DNS names, "*." allowed in front (config_admin.cpp).
+    void read_admin_host_names(const field& f, std::vector<std::string>& out);
     void read_sections(const mapping& top);
     void check_references();
 

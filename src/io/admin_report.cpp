@@ -195,6 +195,15 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.family("apilb_reloads_total", "counter", "Configuration reloads, by result: success (applied) or failure (old config kept).");
     e.sample("apilb_reloads_total", label("result", "success"), load(ps.reloads_total));
     e.sample("apilb_reloads_total", label("result", "failure"), load(ps.reload_failures_total));
+    if (facts.admin != nullptr) {
+        e.family("apilb_admin_auth_failures_total", "counter",
+                 "State-changing admin requests refused for want of a credential (token, client certificate, or none "
+                 "configured).");
+        e.sample("apilb_admin_auth_failures_total", "", facts.admin->auth_failures_total);
+        e.family("apilb_admin_connections_evicted_total", "counter",
+                 "Idle admin connections closed to make room for new ones (per-peer or total cap reached).");
+        e.sample("apilb_admin_connections_evicted_total", "", facts.admin->connections_evicted_total);
+    }
     if (facts.admin != nullptr && facts.admin->tls) {
         e.family("apilb_admin_tls_handshake_failures_total", "counter",
                  "Admin connections cut off because the TLS handshake failed (no or untrusted client certificate, "

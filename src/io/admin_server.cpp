@@ -20,6 +20,7 @@
 
 #include <list>
 
+#include "apilb/admin_guard.hpp"
 #include "apilb/file_read.hpp"
 #include "apilb/logging.hpp"
 #include "apilb/tls_files.hpp"
@@ -38,18 +39,20 @@ namespace {
 
 /// How long /livez waits for every worker to answer.
 constexpr auto livez_deadline = 1000ms;
-/// Admin clients are few; more than this at once are turned away.
+/// Admin clients are few (probes, a scraper, the CLI). At these caps the
+/// oldest idle connection is closed to make room for a new one, so a flood
+/// of idle connections cannot lock out kubelet's /livez probe.
 constexpr std::size_t max_connections = 64;
+constexpr std::size_t max_per_peer = 16;
+/// A whole request (headers and body) must arrive within this of the
+/// connection's opening or of the previous answer: idle and slow (slowloris)
+/// clients are cut off.
+constexpr auto request_timeout = 5s;
+constexpr std::uint32_t header_limit = 8 * 1024;
+constexpr std::uint64_t body_limit = 4 * 1024;  ///< no request of ours has a body
 constexpr auto io_timeout = 10s;
 /// How long a TLS client gets to answer our close_notify.
 constexpr auto tls_shutdown_timeout = 1s;
-
-std::string read_token(const std::string& path) {
-    std::optional<std::string> token = read_admin_token(path);
-    if (!token) throw std::runtime_error("admin.token_file: cannot read " + path);
-    if (token->empty()) throw std::runtime_error("admin.token_file: " + path + " is empty");
-    return *token;
-}
 
 /// Compares without an early exit, so timing does not reveal a prefix.
 bool same_secret(std::string_view a, std::string_view b) {
@@ -165,11 +168,29 @@ struct admin_server::reply {
 
 admin_server::admin_server(asio::io_context& control, const admin_config& cfg, admin_hooks hooks)
     : control_(control), acceptor_(control), hooks_(std::move(hooks)), cfg_(cfg) {
-    if (!cfg.token_file.empty()) token_ = read_token(cfg.token_file);
+    if (!cfg.token_file.empty()) {
+        admin_token t = ensure_admin_token(cfg.token_file);
+        token_ = std::move(t.token);
+        if (t.created) {
+            spdlog::info("admin: created the token file {} (mode 0600); `apilb drain|enable|reload` on this node "
+                         "reads it through the config",
+                         cfg.token_file);
+        }
+        if (!t.problem.empty()) {
+            post_disabled_ = t.problem + ": drain, enable and reload are refused until apilb is restarted with a "
+                                         "token file it can read or create";
+            spdlog::error("admin: {}", post_disabled_);
+        }
+    } else if (!cfg.tls || cfg.tls->client_ca_file.empty()) {
+        post_disabled_ = "drain, enable and reload are disabled: no credential is configured; set admin.token_file "
+                         "(apilb creates it, mode 0600, at start; the CLI on the node reads it from the config) "
+                         "or admin.tls.client_ca_file";
+    }
     if (cfg.tls) {
         tls_ = make_tls_context(*cfg.tls);
         stats_.tls = true;
     }
+    set_host_names();
     const tcp::endpoint ep = to_endpoint(cfg.address);
     error_code ec;
     acceptor_.open(ep.protocol(), ec);
@@ -195,6 +216,7 @@ void admin_server::start() {
                      : "POST requires a client certificate";
     }
     if (!token_.empty()) guards += guards.empty() ? "POST requires the bearer token" : " and the bearer token";
+    if (!post_disabled_.empty()) guards = post_disabled_;
     spdlog::info("admin: listening on {}://{}{}", tls_ ? "https" : "http",
                  ep.address().to_string() + ":" + std::to_string(ep.port()), guards.empty() ? "" : " (" + guards + ")");
     if (tls_) spdlog::info("admin: TLS certificate {}", describe_certificate(*tls_));
@@ -207,7 +229,58 @@ void admin_server::stop() {
     acceptor_.close(ignored);
     // Their coroutines end at once; server::run() lets them unwind before
     // this object goes.
-    for (auto* s : open_) s->socket().close(ignored);
+    for (auto& c : open_) close_connection(c);
+}
+
+void admin_server::close_connection(connection& c) {
+    c.closing = true;
+    error_code ignored;
+    // Its coroutine ends at once (or at its start, if it has not run yet).
+    if (c.stream != nullptr) c.stream->socket().close(ignored);
+}
+
+bool admin_server::make_room(const asio::ip::address& peer) {
+    std::size_t total = 0;
+    std::size_t same = 0;
+    for (const auto& c : open_) {
+        if (c.closing) continue;
+        ++total;
+        if (c.peer.address() == peer) ++same;
+    }
+    auto evict_oldest = [&](bool same_peer) {
+        for (auto& c : open_) {
+            if (c.closing || c.busy || (same_peer && c.peer.address() != peer)) continue;
+            close_connection(c);
+            ++stats_.connections_evicted_total;
+            const auto now = std::chrono::steady_clock::now();
+            const auto level = now - last_evict_log_ >= 1s ? spdlog::level::warn : spdlog::level::debug;
+            if (level == spdlog::level::warn) last_evict_log_ = now;
+            spdlog::log(level, "admin: {} connections open{}: closed the oldest idle one, from {}:{}", total,
+                        same_peer ? fmt::format(" from {}", peer.to_string()) : "", c.peer.address().to_string(),
+                        c.peer.port());
+            --total;
+            return true;
+        }
+        return false;
+    };
+    if (same >= max_per_peer && !evict_oldest(true)) return false;
+    if (total >= max_connections && !evict_oldest(false)) return false;
+    return true;
+}
+
+void admin_server::set_host_names() {
+    host_names_ = {"localhost"};
+    host_names_.insert(host_names_.end(), cfg_.host_names.begin(), cfg_.host_names.end());
+    if (tls_) {
+        for (auto& n : certificate_dns_names(tls_->native_handle())) host_names_.push_back(std::move(n));
+    }
+}
+
+std::string admin_server::describe_peer(const connection& conn) const {
+    const std::string ip = conn.peer.address().to_string();
+    std::string text = (conn.peer.address().is_v6() ? "[" + ip + "]" : ip) + ":" + std::to_string(conn.peer.port());
+    if (const auto uid = loopback_peer_uid(conn.peer, conn.local)) text += fmt::format(" (uid {})", *uid);
+    return text;
 }
 
 bool admin_server::reload_tls_files() {
@@ -217,6 +290,7 @@ bool admin_server::reload_tls_files() {
         const std::string before = describe_certificate(*tls_);
         const std::string after = describe_certificate(*next);
         tls_ = std::move(next);
+        set_host_names();
         if (before == after) {
             spdlog::info("admin: TLS files re-read: certificate unchanged: {}", after);
         } else {
@@ -251,45 +325,43 @@ asio::awaitable<void> admin_server::accept_loop() {
             co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
             continue;
         }
-        if (connections_ >= max_connections) {
+        error_code pec, lec;
+        const tcp::endpoint peer = socket.remote_endpoint(pec);
+        const tcp::endpoint local = socket.local_endpoint(lec);
+        if (pec || lec || !make_room(peer.address())) {
             error_code ignored;
             socket.close(ignored);
             continue;
         }
-        asio::co_spawn(control_, serve(std::move(socket)), asio::detached);
+        const auto it = open_.insert(open_.end(), connection{.stream = nullptr, .peer = peer, .local = local});
+        asio::co_spawn(control_, serve(std::move(socket), it), asio::detached);
     }
 }
 
-asio::awaitable<void> admin_server::serve(tcp::socket socket) {
-    ++connections_;
-    struct on_exit {
-        std::size_t& n;
-        ~on_exit() { --n; }
-    } guard{connections_};
-    // stop() closes the socket under whatever layer reads it.
+asio::awaitable<void> admin_server::serve(tcp::socket socket, connection_list::iterator conn) {
+    // Listed from accept to here; stop() and make_room() close the socket
+    // under whatever layer reads it.
     struct listed {
-        std::list<beast::tcp_stream*>& l;
-        std::list<beast::tcp_stream*>::iterator it;
-        listed(std::list<beast::tcp_stream*>& list, beast::tcp_stream* s) : l(list), it(list.insert(list.end(), s)) {}
+        connection_list& l;
+        connection_list::iterator it;
         ~listed() { l.erase(it); }
-        listed(const listed&) = delete;
-        listed& operator=(const listed&) = delete;
-    };
+    } registered{open_, conn};
     error_code ignored;
+    if (conn->closing) co_return;
     if (!tls_) {
         beast::tcp_stream stream(std::move(socket));
-        const listed registered(open_, &stream);
-        co_await serve_requests(stream, false);
+        conn->stream = &stream;
+        co_await serve_requests(stream, *conn, false);
         stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
         stream.close();
         co_return;
     }
     // This connection keeps the context it started with through a rotation.
     const std::shared_ptr<ssl::context> ctx = tls_;
-    const tcp::endpoint peer = socket.remote_endpoint(ignored);
+    const tcp::endpoint peer = conn->peer;
     beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), *ctx);
     auto& tcp_layer = beast::get_lowest_layer(stream);
-    const listed registered(open_, &tcp_layer);
+    conn->stream = &tcp_layer;
     tcp_layer.expires_after(io_timeout);
     auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, asio::as_tuple(asio::use_awaitable));
     if (hec) {
@@ -299,7 +371,7 @@ asio::awaitable<void> admin_server::serve(tcp::socket socket) {
         tcp_layer.close();
         co_return;
     }
-    co_await serve_requests(stream, client_verified(stream.native_handle()));
+    co_await serve_requests(stream, *conn, client_verified(stream.native_handle()));
     if (!stopped_) {
         // close_notify, so the client can tell the end from a truncation;
         // a client that does not answer it gets a short while only.
@@ -310,17 +382,22 @@ asio::awaitable<void> admin_server::serve(tcp::socket socket) {
 }
 
 template <class Stream>
-asio::awaitable<void> admin_server::serve_requests(Stream& stream, bool client_verified) {
+asio::awaitable<void> admin_server::serve_requests(Stream& stream, connection& conn, bool client_verified) {
     auto& tcp_layer = beast::get_lowest_layer(stream);
     beast::flat_buffer buffer;
-    while (!stopped_) {
+    while (!stopped_ && !conn.closing) {
+        conn.busy = false;
         http::request_parser<http::string_body> parser;
-        parser.body_limit(64 * 1024);
-        tcp_layer.expires_after(io_timeout);
+        parser.header_limit(header_limit);
+        parser.body_limit(body_limit);
+        // One deadline for the wait and the whole request, not per read:
+        // a byte every few seconds does not keep a connection.
+        tcp_layer.expires_after(request_timeout);
         auto [rec, rn] = co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
-        if (rec || stopped_) break;
+        if (rec || stopped_ || conn.closing) break;
+        conn.busy = true;
         const request req = parser.release();
-        reply r = co_await handle(req, client_verified);
+        reply r = co_await handle(req, conn, client_verified);
         if (stopped_) break;
 
         http::response<http::string_body> res{r.status, req.version()};
@@ -336,7 +413,45 @@ asio::awaitable<void> admin_server::serve_requests(Stream& stream, bool client_v
     }
 }
 
-asio::awaitable<admin_server::reply> admin_server::handle(const request& req, bool client_verified) {
+std::optional<admin_server::reply> admin_server::refuse_post(const request& req, const connection& conn,
+                                                              bool client_verified) {
+    const auto auth = req[http::field::authorization];
+    const auto origin = req[http::field::origin];
+    http::status status = http::status::forbidden;
+    std::string why;
+    if (!post_disabled_.empty()) {
+        why = post_disabled_;
+    } else if (tls_ && !cfg_.tls->client_ca_file.empty() && !client_verified) {
+        // Unreachable with client_auth: all (the handshake failed).
+        why = "this request needs a client certificate signed by the CA in admin.tls.client_ca_file "
+              "(apilb --cert/--key, curl --cert/--key)";
+    } else if (!token_.empty() && !(auth.starts_with("Bearer ") && same_secret(auth.substr(7), token_))) {
+        status = http::status::unauthorized;
+        why = "this request needs the admin bearer token (Authorization: Bearer ...) from " + cfg_.token_file +
+              ": run `apilb` as root on the node (it reads the file through the config), or give --token-file";
+    } else if (!origin.empty() && origin != (tls_ ? "https://" : "http://") + std::string(req[http::field::host])) {
+        // A page from another site that the operator's browser has open
+        // must not drain backends (CSRF); the Host is one of ours by now.
+        return reply{.status = status, .content_type = "application/json",
+                     .body = json_message("error", "cross-origin request refused")};
+    } else {
+        return std::nullopt;
+    }
+    ++stats_.auth_failures_total;
+    // Someone guessing the token can try many times a second: one line per
+    // second at warn, the rest at debug; the counter has them all.
+    const auto now = std::chrono::steady_clock::now();
+    const auto level = now - last_auth_log_ >= 1s ? spdlog::level::warn : spdlog::level::debug;
+    if (level == spdlog::level::warn) last_auth_log_ = now;
+    if (spdlog::should_log(level)) {
+        spdlog::log(level, "admin: {} {} from {} refused ({}): {}", std::string(req.method_string()),
+                    std::string(req.target().substr(0, 200)), describe_peer(conn), static_cast<unsigned>(status), why);
+    }
+    return reply{.status = status, .content_type = "application/json", .body = json_message("error", why)};
+}
+
+asio::awaitable<admin_server::reply> admin_server::handle(const request& req, const connection& conn,
+                                                          bool client_verified) {
     auto facts = [this] {
         admin_facts f = hooks_.facts();
         f.admin = &stats_;
@@ -353,6 +468,16 @@ asio::awaitable<admin_server::reply> admin_server::handle(const request& req, bo
              .body = fmt::format("{} only\n", allowed)};
     };
     const std::string api_backends = "/api/v1/backends/";
+    const bool probe = path == "/livez" || path == "/readyz";
+    if (!probe && !admin_host_allowed(req[http::field::host], host_names_)) {
+        // DNS rebinding: a web page whose name now resolves to this host
+        // would read the status and POST here; its Host names that page.
+        r.status = http::status::misdirected_request;
+        r.body = fmt::format("this endpoint does not answer to Host: {}; use its IP address, localhost, or a name in "
+                             "admin.host_names\n",
+                             std::string(req[http::field::host].substr(0, 100)));
+        co_return r;
+    }
     if (path == "/livez") {
         if (!get) {
             not_allowed("GET");
@@ -409,30 +534,26 @@ asio::awaitable<admin_server::reply> admin_server::handle(const request& req, bo
         }
     } else if (path == "/api/v1/reload" || path.rfind(api_backends, 0) == 0) {
         r.content_type = "application/json";
-        const auto auth = req[http::field::authorization];
-        const auto origin = req[http::field::origin];
         if (!post) {
             not_allowed("POST");
-        } else if (tls_ && !cfg_.tls->client_ca_file.empty() && !client_verified) {
-            // Unreachable with client_auth: all (the handshake failed).
-            r.status = http::status::forbidden;
-            r.body = json_message("error", "this request needs a client certificate signed by the CA in "
-                                           "admin.tls.client_ca_file (apilb --cert/--key, curl --cert/--key)");
-        } else if (!token_.empty() && !(auth.starts_with("Bearer ") && same_secret(auth.substr(7), token_))) {
-            r.status = http::status::unauthorized;
-            r.body = json_message("error", "this request needs the admin bearer token (Authorization: Bearer ...)");
-        } else if (!origin.empty() && origin != (tls_ ? "https://" : "http://") + std::string(req[http::field::host])) {
-            // A page from another site that the operator's browser has
-            // open must not drain backends (CSRF).
-            r.status = http::status::forbidden;
-            r.body = json_message("error", "cross-origin request refused");
+        } else if (auto refused = refuse_post(req, conn, client_verified)) {
+            r = std::move(*refused);
         } else if (path == "/api/v1/reload") {
-            const bool ok = hooks_.reload();
-            r.status = ok ? http::status::ok : http::status::unprocessable_entity;
-            r.body = json_message(ok ? "result" : "error",
-                                  ok ? "reloaded" : "the configuration was rejected; the running one stays (see the log)");
+            spdlog::info("admin: reload asked by {}", describe_peer(conn));
+            const std::vector<std::string> errors = hooks_.reload();
+            if (errors.empty()) {
+                r.body = json_message("result", "reloaded");
+            } else {
+                r.status = http::status::unprocessable_entity;
+                boost::json::object o;
+                o["error"] = "the configuration was rejected; the running one stays";
+                boost::json::array list;
+                for (const auto& e : errors) list.emplace_back(e);
+                o["errors"] = std::move(list);
+                r.body = boost::json::serialize(o) + "\n";
+            }
         } else {
-            r = drain_or_enable(path);
+            r = drain_or_enable(path, describe_peer(conn));
         }
     } else {
         r.status = http::status::not_found;
@@ -441,7 +562,7 @@ asio::awaitable<admin_server::reply> admin_server::handle(const request& req, bo
     co_return r;
 }
 
-admin_server::reply admin_server::drain_or_enable(const std::string& path) {
+admin_server::reply admin_server::drain_or_enable(const std::string& path, const std::string& who) {
     const std::string api_backends = "/api/v1/backends/";
     reply r{.status = http::status::ok, .content_type = "application/json", .body = {}};
     // /api/v1/backends/{pool}/{name}/{drain|enable}
@@ -484,8 +605,9 @@ admin_server::reply admin_server::drain_or_enable(const std::string& path) {
                                         .backend = parts[1],
                                         .client = {},
                                         .reason = "admin"});
-                spdlog::info("admin: backend {}/{} {}", parts[0], parts[1],
-                             drain ? "drained: no new sessions, open ones go on" : "enabled: takes new sessions again");
+                spdlog::info("admin: backend {}/{} {} (asked by {})", parts[0], parts[1],
+                             drain ? "drained: no new sessions, open ones go on" : "enabled: takes new sessions again",
+                             who);
             }
             r.body = json_message("result", drain ? "drained" : "enabled");
         }

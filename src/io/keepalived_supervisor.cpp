@@ -144,7 +144,7 @@ asio::awaitable<void> keepalived_supervisor::watch_loop() {
         try {
             spawn();
         } catch (const std::system_error& e) {
-            spdlog::error("vrrp: {}: {}", e.what(), e.code().message());
+            spdlog::error("vrrp: {}", e.what());  // what() ends with the code's message
         }
     }
 }

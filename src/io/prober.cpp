@@ -167,6 +167,23 @@ std::string tls_error_text(const error_code& ec, SSL* native) {
     return text;
 }
 
+/// What to do about an alert by which the server refused the handshake for
+/// want of a (good) client certificate; "" for any other error.
+std::string client_certificate_hint(const std::string& text, const health_tls_config& t) {
+    const bool refused = text.find("alert bad certificate") != std::string::npos ||
+                         text.find("alert certificate required") != std::string::npos ||
+                         text.find("alert unknown ca") != std::string::npos ||
+                         text.find("alert certificate unknown") != std::string::npos ||
+                         text.find("alert certificate expired") != std::string::npos;
+    if (!refused) return {};
+    if (t.cert_file.empty()) {
+        return "; the server wants a client certificate: set health.tls.cert_file and health.tls.key_file "
+               "(a certificate signed by a CA in the apiserver's --client-ca-file)";
+    }
+    return "; the server refused the client certificate in health.tls.cert_file " + t.cert_file +
+           ": is it signed by a CA in the apiserver's --client-ca-file, and not expired?";
+}
+
 asio::awaitable<check_result> probe_tcp(const tcp::endpoint& ep, duration timeout, std::shared_ptr<probe_cancel> cancel) {
     beast::tcp_stream stream(co_await asio::this_coro::executor);
     cancel_registration reg(*cancel, stream.socket());
@@ -215,7 +232,9 @@ asio::awaitable<check_result> probe_https(probe_setup& setup, const tcp::endpoin
                                    "TLS handshake did not complete within " + ms_text(cfg.timeout) +
                                        " (the backend accepts connections but does not answer)"};
         }
-        co_return check_result{check_failure::tls_failed, "TLS handshake failed: " + tls_error_text(ec, native)};
+        const std::string text = tls_error_text(ec, native);
+        co_return check_result{check_failure::tls_failed,
+                               "TLS handshake failed: " + text + client_certificate_hint(text, cfg.tls)};
     }
 
     http::request<http::empty_body> req{http::verb::get, cfg.path, 11};
@@ -231,7 +250,10 @@ asio::awaitable<check_result> probe_https(probe_setup& setup, const tcp::endpoin
         if (ec == beast::error::timeout) {
             co_return check_result{check_failure::http_timeout, "sending GET " + cfg.path + " timed out"};
         }
-        if (is_ssl_error(ec)) co_return check_result{check_failure::tls_failed, "TLS: " + ec.message()};
+        if (is_ssl_error(ec)) {
+            co_return check_result{check_failure::tls_failed,
+                                   "TLS: " + ec.message() + client_certificate_hint(ec.message(), cfg.tls)};
+        }
         co_return check_result{check_failure::http_error, "sending GET " + cfg.path + ": " + ec.message()};
     }
 
@@ -249,7 +271,10 @@ asio::awaitable<check_result> probe_https(probe_setup& setup, const tcp::endpoin
         }
         // TLS 1.3 reports a refused client certificate only now, as an alert
         // on the first read after the handshake.
-        if (is_ssl_error(ec)) co_return check_result{check_failure::tls_failed, "TLS: " + tls_error_text(ec, native)};
+        if (is_ssl_error(ec)) {
+            const std::string text = tls_error_text(ec, native);
+            co_return check_result{check_failure::tls_failed, "TLS: " + text + client_certificate_hint(text, cfg.tls)};
+        }
         if (ec == http::error::body_limit) {
             co_return check_result{check_failure::http_error,
                                    fmt::format("the response body is larger than {} bytes", probe_body_limit)};

@@ -75,7 +75,11 @@ void server::make_admin() {
             },
         .ping_workers = [this](std::chrono::milliseconds deadline,
                                std::function<void(std::size_t, std::size_t)> done) { ping_workers(deadline, std::move(done)); },
-        .reload = [this] { return !draining_ && reload(); },
+        .reload =
+            [this] {
+                if (draining_) return std::vector<std::string>{"apilb is stopping (SIGTERM): no reload"};
+                return reload();
+            },
     };
     admin_ = std::make_unique<admin_server>(control_, *snap_->cfg->admin, std::move(hooks));
 }

@@ -56,9 +56,11 @@ std::string reloading_state() {
 }
 
 /// Reads and validates `path` (guarded: at most yaml_guard_deadline on the
-/// control thread, whatever the bytes); nullptr (every error logged) if it
-/// is not good. `hash` is a short hash of the bytes that were loaded.
-std::shared_ptr<const config> read_config(const std::string& path, std::string& hash) {
+/// control thread, whatever the bytes); nullptr (every error logged and
+/// added to `errors`) if it is not good. `hash` is a short hash of the bytes
+/// that were loaded.
+std::shared_ptr<const config> read_config(const std::string& path, std::string& hash,
+                                          std::vector<std::string>& errors) {
     try {
         std::string bytes;
         auto cfg = load_config_guarded(path, &bytes);
@@ -66,33 +68,40 @@ std::shared_ptr<const config> read_config(const std::string& path, std::string& 
         return cfg;
     } catch (const config_load_error& e) {
         // The same lines check-config prints.
-        for (const auto& err : e.errors()) spdlog::error("reload: error: {}", err.to_string());
+        for (const auto& err : e.errors()) {
+            spdlog::error("reload: error: {}", err.to_string());
+            errors.push_back(err.to_string());
+        }
         spdlog::error("reload failed: {} error(s) in the configuration; keeping the running configuration",
                       e.errors().size());
     } catch (const std::exception& e) {
         spdlog::error("reload failed: {}: {}; keeping the running configuration", path, e.what());
+        errors.push_back(path + ": " + e.what());
     }
     return nullptr;
 }
 
 }  // namespace
 
-bool server::reload() {
+std::vector<std::string> server::reload() {
     const auto started = clock_type::now();
     const std::string path = snap_->cfg->source;
     const log_scope fields({.event = "reload", .pool = {}, .backend = {}, .client = {}, .reason = {}});
     notify_systemd(reloading_state());
     spdlog::info("reload: reading {}", path);
     drop_retired_checkers();
-    auto fail = [&] {
+    std::vector<std::string> errors;
+    auto fail = [&](std::string why) {
         stats_.reload_failures_total.fetch_add(1, std::memory_order_relaxed);
         notify_systemd("READY=1");
-        return false;
+        if (!why.empty()) errors.push_back(std::move(why));
+        if (errors.empty()) errors.push_back("rejected (see the log)");
+        return errors;
     };
 
     std::string hash;
-    const std::shared_ptr<const config> loaded = read_config(path, hash);
-    if (!loaded) return fail();
+    const std::shared_ptr<const config> loaded = read_config(path, hash, errors);
+    if (!loaded) return fail({});
     for (const auto& w : loaded->warnings) spdlog::warn("reload: {}", w.to_string());
     const config_diff diff = diff_configs(*snap_->cfg, *loaded);
     for (const auto& r : diff.restart_only) {
@@ -106,7 +115,7 @@ bool server::reload() {
         checker = std::make_unique<health_checker>(control_, next, close_sessions_fn());
     } catch (const std::exception& e) {
         spdlog::error("reload failed: {}; keeping the running configuration", e.what());
-        return fail();
+        return fail(e.what());
     }
 
     // Every worker gets its own SO_REUSEPORT socket for each new listener,
@@ -127,8 +136,9 @@ bool server::reload() {
         }
     } catch (const std::system_error& e) {
         close_added();
-        spdlog::error("reload failed: {}: {}; keeping the running configuration", e.what(), e.code().message());
-        return fail();
+        // what() already ends with the code's message ("...: Address already in use").
+        spdlog::error("reload failed: {}; keeping the running configuration", e.what());
+        return fail(e.what());
     }
 
     // Commit. From here nothing fails.
@@ -168,7 +178,7 @@ bool server::reload() {
         });
     }
     drain_removed_backends(std::move(previous));
-    return true;
+    return {};
 }
 
 void server::drain_removed_backends(std::shared_ptr<const snapshot> previous) {

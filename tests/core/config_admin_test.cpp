@@ -196,6 +196,35 @@ TEST_F(AdminConfig, OffTheLoopbackClientCertificatesOrATokenProtectChanges) {
     EXPECT_CONTAINS(c->warnings[0].message, "clear text");
 }
 
+TEST_F(AdminConfig, AMissingTokenFileLoadsForApilbCreatesItButADirectoryDoesNot) {
+    auto c = parse_config(with_admin("admin:\n  token_file: " + file("not-yet") + "\n"), "t");
+    ASSERT_TRUE(c->admin);
+    EXPECT_EQ(c->admin->token_file, file("not-yet"));
+    EXPECT_TRUE(c->warnings.empty());
+    // Its directory missing: apilb could not create it; said at load.
+    c = parse_config(with_admin("admin:\n  token_file: /nonexistent-dir/admin-token\n"), "t");
+    ASSERT_EQ(c->warnings.size(), 1u);
+    EXPECT_EQ(c->warnings[0].key_path, "admin.token_file");
+    EXPECT_CONTAINS(c->warnings[0].message, "refuses drain, enable and reload");
+    auto errors = errors_of(with_admin("admin:\n  token_file: " + dir_.string() + "\n"));
+    ASSERT_EQ(errors.size(), 1u);
+    EXPECT_EQ(errors[0].line, 8);
+    EXPECT_CONTAINS(errors[0].message, "is not a regular file");
+    errors = errors_of(with_admin("admin:\n  token_file: relative/token\n"));
+    ASSERT_EQ(errors.size(), 1u);
+    EXPECT_CONTAINS(errors[0].message, "expected an absolute path");
+}
+
+TEST_F(AdminConfig, HostNamesAreDnsNames) {
+    auto c = parse_config(with_admin("admin:\n  host_names: [LB-1.Example.com, \"*.lb.example\"]\n"), "t");
+    ASSERT_TRUE(c->admin);
+    EXPECT_EQ(c->admin->host_names, (std::vector<std::string>{"lb-1.example.com", "*.lb.example"}));
+    auto errors = errors_of(with_admin("admin:\n  host_names: [\"http://lb.example:6445\"]\n"));
+    ASSERT_EQ(errors.size(), 1u);
+    EXPECT_EQ(errors[0].key_path, "admin.host_names[0]");
+    EXPECT_CONTAINS(errors[0].message, "expected a DNS name");
+}
+
 TEST_F(AdminConfig, TlsChangesWaitForARestart) {
     auto plain = parse_config(with_admin("admin: {}\n"), "a");
     auto tls = parse_config(with_tls(file("server.crt"), file("server.key")), "b");

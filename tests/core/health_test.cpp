@@ -145,6 +145,19 @@ TEST(JudgeHttpResponse, OtherStatusIsHttpStatusWithTheFailingChecks) {
     EXPECT_EQ(r.describe().rfind("http_status: ", 0), 0u) << r.describe();
 }
 
+TEST(JudgeHttpResponse, AnUnexpectedStatusShowsTheStartOfTheBodyBoundedAndSanitized) {
+    // A proxy's error page, not a /readyz listing: its first words say why.
+    auto r = judge_http_response(502, "Bad Gateway", "upstream connect error\r\n\x1b[31m" + std::string(500, 'x'),
+                                 https_config());
+    EXPECT_EQ(r.failure, check_failure::http_status);
+    EXPECT_NE(r.detail.find("(expected 200); body: \"upstream connect error"), std::string::npos) << r.detail;
+    EXPECT_EQ(r.detail.find('\x1b'), std::string::npos) << "control characters are not logged";
+    EXPECT_NE(r.detail.find("...\""), std::string::npos) << "cut short: " << r.detail;
+    EXPECT_LT(r.detail.size(), 200u) << r.detail;
+    // No body, nothing added.
+    EXPECT_EQ(judge_http_response(500, "", "", https_config()).detail.find("body:"), std::string::npos);
+}
+
 TEST(JudgeHttpResponse, UnauthorizedAndForbiddenAreAuthenticationProblems) {
     for (unsigned status : {401u, 403u}) {
         auto r = judge_http_response(status, "", "", https_config());

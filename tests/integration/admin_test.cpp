@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <iostream>
@@ -30,27 +31,12 @@ namespace {
 using std::chrono::milliseconds;
 namespace json = boost::json;
 
-struct http_reply {
-    int status = 0;
-    std::string body;
-};
+using http_reply = http_answer;
 
 /// One HTTP/1.1 request on a fresh connection; status 0 if it failed.
 http_reply http(std::uint16_t port, const std::string& method, const std::string& path,
                 const std::string& extra_headers = {}) {
-    client c;
-    if (c.connect("127.0.0.1", port) != 0) return {};
-    c.set_timeout(milliseconds(5000));
-    c.send_all(fmt::format("{} {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: 0\r\n{}\r\n",
-                           method, path, port, extra_headers));
-    int end = 0;
-    const std::string raw = c.recv_until_eof(end, 1 << 22);
-    http_reply r;
-    if (raw.rfind("HTTP/1.1 ", 0) != 0) return r;
-    r.status = std::stoi(raw.substr(9, 3));
-    const auto sep = raw.find("\r\n\r\n");
-    if (sep != std::string::npos) r.body = raw.substr(sep + 4);
-    return r;
+    return http_exchange(port, method, path, extra_headers);
 }
 
 /// Polls GET `path` until `pred(reply)` holds (bounded).
@@ -397,7 +383,10 @@ TEST(AdminControl, DrainEnableReloadThroughTheCli) {
     tcp_server b1("127.0.0.1", tagged_echo("b1"));
     const auto port = free_port();
     const auto admin = free_port();
-    const std::string yaml = admin_config(port, {b0.address(), b1.address()}, admin);
+    // The token file does not exist: apilb creates it, the CLI reads it.
+    const std::string token_file = dir.file("admin-token");
+    const std::string yaml =
+        admin_config(port, {b0.address(), b1.address()}, admin, "  token_file: \"" + token_file + "\"\n");
     apilb_process apilb(dir, yaml, "127.0.0.1", port);
     ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
     const std::string bin = required_env("APILB_BIN");
@@ -435,14 +424,88 @@ TEST(AdminControl, DrainEnableReloadThroughTheCli) {
     r = run_command({bin, "status", "--admin", fmt::format("127.0.0.1:{}", free_port())});
     EXPECT_EQ(r.exit_code, 1) << r.output;
 
-    // A broken file: the reload is refused, the CLI says so, apilb serves on.
-    dir.write("apilb.yaml", yaml + "bogus: 1\n");
-    r = run_command({bin, "reload", "--admin", fmt::format("127.0.0.1:{}", admin)});
+    // A broken file: the reload is refused, the CLI prints every error with
+    // file:line:column, apilb serves on.
+    const int lines = static_cast<int>(std::count(yaml.begin(), yaml.end(), '\n'));
+    const std::size_t balance_at = yaml.find("balance: round-robin");
+    const int balance_line = static_cast<int>(std::count(yaml.begin(), yaml.begin() + balance_at, '\n')) + 1;
+    std::string broken = yaml;
+    broken.replace(balance_at, std::string("balance: round-robin").size(), "balance: sideways");
+    dir.write("apilb.yaml", broken + "bogus: 1\n");
+    r = run_command({bin, "reload", "--admin", fmt::format("127.0.0.1:{}", admin), "--token-file", token_file});
     EXPECT_EQ(r.exit_code, 1) << r.output;
-    EXPECT_NE(http(admin, "GET", "/metrics").body.find("apilb_reloads_total{result=\"failure\"} 1\n"), std::string::npos);
+    EXPECT_NE(r.output.find("error: the configuration was rejected; the running one stays"), std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find(fmt::format("error: {}:{}:1: bogus", cfg, lines + 1)), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(fmt::format("error: {}:{}:", cfg, balance_line)), std::string::npos) << r.output;
+    const std::string bearer = "Authorization: Bearer " + read_file(token_file).substr(0, 64) + "\r\n";
+    const http_reply rejected = http(admin, "POST", "/api/v1/reload", bearer);
+    EXPECT_EQ(rejected.status, 422);
+    const json::value errors = json::parse(rejected.body).at("errors");
+    ASSERT_EQ(errors.as_array().size(), 2u) << rejected.body;
+    EXPECT_NE(rejected.body.find(fmt::format("\"{}:{}:1: bogus", cfg, lines + 1)), std::string::npos) << rejected.body;
+    EXPECT_NE(http(admin, "GET", "/metrics").body.find("apilb_reloads_total{result=\"failure\"} 2\n"), std::string::npos);
     EXPECT_EQ(http(admin, "GET", "/livez").status, 200);
-    // A page from another origin cannot drain a backend.
-    EXPECT_EQ(http(admin, "POST", "/api/v1/backends/p/b0/drain", "Origin: http://evil.example\r\n").status, 403);
+    // A page from another origin cannot drain a backend, token or not.
+    EXPECT_EQ(http(admin, "POST", "/api/v1/backends/p/b0/drain", "Origin: http://evil.example\r\n" + bearer).status, 403);
+    EXPECT_EQ(apilb.terminate(), 0);
+}
+
+TEST(AdminControl, AReloadRejectedAfterLoadingSaysWhyOnce) {
+    temp_dir dir;
+    tcp_server b0("127.0.0.1", tagged_echo("b0"));
+    tcp_server taken("127.0.0.1", [](int&) {});
+    const auto port = free_port();
+    const auto admin = free_port();
+    const std::string token_file = dir.file("admin-token");
+    const std::string yaml = admin_config(port, {b0.address()}, admin, "  token_file: \"" + token_file + "\"\n");
+    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
+    // The file loads; the new listener's port is taken: found only by the bind.
+    const std::string front = fmt::format("  - {{name: front, address: \"127.0.0.1:{}\", pool: p}}\n", port);
+    std::string next = yaml;
+    next.replace(next.find(front), front.size(),
+                 front + fmt::format("  - {{name: api2, address: \"{}\", pool: p}}\n", taken.address()));
+    dir.write("apilb.yaml", next);
+    const auto r = run_command({required_env("APILB_BIN"), "reload", "--config", dir.file("apilb.yaml")});
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find(fmt::format("error: listener api2: cannot bind {}: Address already in use\n", taken.address())),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(apilb.log().find("Address already in use: Address already in use"), std::string::npos) << apilb.log();
+    EXPECT_EQ(round_trip(port, "hello"), "b0") << "the running config serves on";
+    EXPECT_EQ(apilb.terminate(), 0);
+}
+
+TEST(AdminControl, StatusColumnsFitLongPoolAndBackendNames) {
+    temp_dir dir;
+    tcp_server b0("127.0.0.1", tagged_echo("b0"));
+    const auto port = free_port();
+    const auto admin = free_port();
+    // The docs' own pool name is 13 characters; this backend's is 22.
+    std::string yaml = admin_config(port, {b0.address()}, admin);
+    for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+             {"pool: p}", "pool: control-plane}"}, {"  - name: p\n", "  - name: control-plane\n"},
+             {"name: b0,", "name: apiserver-cp-1-east,"}}) {
+        yaml.replace(yaml.find(from), from.size(), to);
+    }
+    apilb_process apilb(dir, yaml, "127.0.0.1", port);
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
+    const auto r = run_command({required_env("APILB_BIN"), "status", "--admin", fmt::format("127.0.0.1:{}", admin)});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    std::istringstream lines(r.output);
+    std::string summary, header, row;
+    std::getline(lines, summary);
+    std::getline(lines, header);
+    std::getline(lines, row);
+    // Every cell starts (or, for numbers, ends) under its heading.
+    const auto at = [&](const char* heading) { return header.find(heading); };
+    EXPECT_EQ(row.find("control-plane"), at("POOL")) << r.output;
+    EXPECT_EQ(row.find("apiserver-cp-1-east"), at("BACKEND")) << r.output;
+    EXPECT_EQ(row.find(" up ") + 1, at("STATE")) << r.output;
+    const std::size_t active_end = at("ACTIVE") + 5;
+    ASSERT_LT(active_end + 1, row.size()) << r.output;
+    EXPECT_TRUE(std::isdigit(static_cast<unsigned char>(row[active_end])) && row[active_end + 1] == ' ') << r.output;
     EXPECT_EQ(apilb.terminate(), 0);
 }
 
@@ -478,7 +541,9 @@ TEST(AdminLogs, JsonLinesCarryStableFields) {
     tcp_server b1("127.0.0.1", tagged_echo("b1"));
     const auto port = free_port();
     const auto admin = free_port();
-    std::string yaml = admin_config(port, {b0->address(), b1.address()}, admin);
+    dir.write("token", "s3cret-token\n");
+    std::string yaml = admin_config(port, {b0->address(), b1.address()}, admin,
+                                    "  token_file: \"" + dir.file("token") + "\"\n");
     yaml.replace(yaml.find("log: {level: debug}"), std::string("log: {level: debug}").size(),
                  "log: {level: debug, format: json}");
     apilb_process apilb(dir, yaml, "127.0.0.1", port);
@@ -497,7 +562,7 @@ TEST(AdminLogs, JsonLinesCarryStableFields) {
     }
     ASSERT_TRUE(apilb.wait_for_log(R"("event":"session_closed","pool":"p","backend":"b)")) << apilb.log();
     EXPECT_TRUE(apilb.wait_for_log(R"("client":"127.0.0.1:)")) << apilb.log();
-    ASSERT_EQ(http(admin, "POST", "/api/v1/backends/p/b1/drain").status, 200);
+    ASSERT_EQ(http(admin, "POST", "/api/v1/backends/p/b1/drain", "Authorization: Bearer s3cret-token\r\n").status, 200);
     b0->stop();
     // Refused, or reset when a probe's connect raced the listener's close.
     ASSERT_TRUE(apilb.wait_for_log(R"("event":"backend_unhealthy","pool":"p","backend":"b0","reason":"tcp_)"))

@@ -70,6 +70,20 @@ pools:
     EXPECT_EQ(r.exit_code, 1) << r.output;
     EXPECT_NE(r.output.find("listener busy"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("in use"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("in use: Address already in use"), std::string::npos) << "said once: " << r.output;
+}
+
+TEST(Cli, AdminAddressInUseIsSaidOnce) {
+    tcp_server taken("127.0.0.1", [](int&) {});
+    temp_dir dir;
+    dir.write("c.yaml", single_pool_config(free_port(), {"127.0.0.2:6443"}, "round-robin", 1,
+                                           fmt::format("admin: {{address: \"{}\"}}\n", taken.address())));
+    auto r = run_command({required_env("APILB_BIN"), "run", "--config", dir.file("c.yaml")}, 10s);
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("admin: cannot listen on " + taken.address() + ": Address already in use"),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(r.output.find("Address already in use: Address already in use"), std::string::npos) << r.output;
 }
 
 TEST(Cli, UnknownSubcommandIsAUsageError) {

@@ -431,4 +431,20 @@ std::string random_bytes(std::size_t n, std::uint32_t seed) {
     return s;
 }
 
+http_answer http_exchange(std::uint16_t port, const std::string& method, const std::string& path,
+                          const std::string& extra_headers, const std::string& host, const std::string& source_ip) {
+    client c;
+    if (!c.bind(source_ip) || c.connect("127.0.0.1", port) != 0) return {};
+    c.set_timeout(10s);
+    c.send_all(method + " " + path + " HTTP/1.1\r\nHost: " + host + ":" + std::to_string(port) +
+               "\r\nConnection: close\r\nContent-Length: 0\r\n" + extra_headers + "\r\n");
+    int end = 0;
+    const std::string raw = c.recv_until_eof(end, 1 << 22);
+    http_answer r;
+    if (raw.rfind("HTTP/1.1 ", 0) != 0) return r;
+    r.status = std::stoi(raw.substr(9, 3));
+    if (const auto sep = raw.find("\r\n\r\n"); sep != std::string::npos) r.body = raw.substr(sep + 4);
+    return r;
+}
+
 }  // namespace apilb::test

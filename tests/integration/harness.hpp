@@ -142,6 +142,19 @@ private:
     int fd_ = -1;
 };
 
+/// What http_exchange() got back.
+struct http_answer {
+    int status = 0;  ///< 0: no HTTP answer (connect failed, closed, timed out)
+    std::string body;
+};
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` on a fresh connection
+/// (Connection: close, 10 s), sent from `source_ip` with `host`:`port` as Host;
+/// `extra_headers` are whole lines ending in CRLF.
+http_answer http_exchange(std::uint16_t port, const std::string& method, const std::string& path,
+                          const std::string& extra_headers = {}, const std::string& host = "127.0.0.1",
+                          const std::string& source_ip = "127.0.0.1");
+
 /// A TCP server on its own thread; `handler` runs on a thread per connection
 /// with the connected fd (which the server closes after the handler returns,
 /// unless the handler set it to -1).

@@ -207,6 +207,12 @@ TEST_F(Health, ClientCertificateIsPresentedOnlyWhenConfigured) {
                                        ") is unhealthy after its first check failed: tls_failed: TLS",
                                    3s))
         << apilb.log();
+    // The alert alone ("bad certificate", "certificate required") does not
+    // say what to do; the detail does.
+    EXPECT_TRUE(apilb.wait_for_log("the server wants a client certificate: set health.tls.cert_file and "
+                                   "health.tls.key_file",
+                                   3s))
+        << apilb.log();
     EXPECT_EQ(apilb.log().find("pool with-cert backend a (" + a.address() + ") is unhealthy"), std::string::npos)
         << apilb.log();
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
