@@ -178,9 +178,8 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
 void worker::close_removed(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends) {
     asio::post(io_, [this, keep = std::move(keep), backends = std::move(backends)] {
         for (auto& s : ctx_.sessions) {
-            if (s.aborted || std::find(backends.begin(), backends.end(), s.backend) == backends.end()) continue;
-            s.reload_closed = true;
-            s.abort();
+            if (s.aborted() || std::find(backends.begin(), backends.end(), s.backend) == backends.end()) continue;
+            s.abort(close_reason::reload);
         }
     });
 }
@@ -287,9 +286,8 @@ asio::awaitable<void> worker::idle_sweep() {
         if (ec || stopping_) co_return;
         const auto cutoff = std::chrono::steady_clock::now() - idle;
         for (auto& s : ctx_.sessions) {
-            if (s.relaying && !s.aborted && s.last_activity < cutoff) {
-                s.idle_expired = true;
-                s.abort();
+            if (s.relaying && !s.aborted() && s.last_activity < cutoff) {
+                s.abort(close_reason::idle);
             }
         }
     }
@@ -308,16 +306,15 @@ void worker::stop_accepting() {
 void worker::abort_sessions() {
     asio::post(io_, [this] {
         // abort() does not unlink; sessions unlink themselves when their frames end.
-        for (auto& s : ctx_.sessions) s.abort();
+        for (auto& s : ctx_.sessions) s.abort(close_reason::drain);
     });
 }
 
 void worker::abort_sessions_on(const backend_health* backend) {
     asio::post(io_, [this, backend] {
         for (auto& s : ctx_.sessions) {
-            if (s.backend != backend || s.aborted) continue;
-            s.health_closed = true;
-            s.abort();
+            if (s.backend != backend || s.aborted()) continue;
+            s.abort(close_reason::health);
         }
     });
 }
@@ -327,15 +324,14 @@ void worker::close_for_rebalance(std::vector<rebalance_order> orders) {
         for (const auto& order : orders) {
             if (order.quota->load(std::memory_order_relaxed) <= 0) continue;
             for (auto& s : ctx_.sessions) {  // oldest first: sessions are appended as they start
-                if (!s.relaying || s.aborted || !s.pool || s.pool->cfg->name != order.pool) continue;
+                if (!s.relaying || s.aborted() || !s.pool || s.pool->cfg->name != order.pool) continue;
                 if (order.backend) {
                     if (s.backend != order.backend) continue;
                 } else if (!misplaced(s)) {
                     continue;
                 }
                 if (order.quota->fetch_sub(1, std::memory_order_relaxed) <= 0) break;
-                s.rebalance_closed = true;
-                s.abort();
+                s.abort(close_reason::rebalance);
             }
         }
     });
@@ -372,7 +368,7 @@ void worker::stop() {
         // Armed for the earliest pending connect's deadline, which may be
         // long past the last connect: it must not hold the loop open.
         ctx_.stop_connect_timer();
-        for (auto& s : ctx_.sessions) s.abort();
+        for (auto& s : ctx_.sessions) s.abort(close_reason::drain);
         // Every socket is closed: what is left to deliver is queued already.
         // The epoll set is no longer work, so io_.run() returns once the
         // sessions have wound down.
