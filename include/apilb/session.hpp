@@ -31,6 +31,7 @@ enum class close_reason : std::uint8_t {
     reload,     ///< a reload removed its backend and timeouts.reload_drain ran out
     rebalance,  ///< moved to spread its pool
     drain,      ///< shutdown: timeouts.drain ran out, or a second signal
+    stalled,    ///< a write made no progress for timeouts.write_stall (a peer that does not read)
 };
 
 /// A session as its worker sees it: enough to close it from outside (drain).
@@ -44,6 +45,8 @@ struct session_entry
     const backend_health* backend = nullptr;
     /// Stamped by the relay whenever bytes move; read by the worker's idle sweep.
     std::chrono::steady_clock::time_point last_activity = std::chrono::steady_clock::now();
+    /// The session's relay: the worker's sweep asks it how long a write has waited.
+    const relay* pump = nullptr;
     bool relaying = false;     ///< connected: only now can the session be idle
     /// Set once, by abort(): the first reason stays.
     close_reason closed_by = close_reason::none;

@@ -120,6 +120,7 @@ const char* close_text(close_reason why) {
     case close_reason::reload: return "backend-removed";
     case close_reason::rebalance: return "rebalanced";
     case close_reason::drain: return "drain";
+    case close_reason::stalled: return "write-stalled";
     }
     return nullptr;
 }
@@ -291,6 +292,7 @@ session::session(worker_context& ctx, std::size_t listener_index)
       st_(pool_.backends.size()) {
     entry_.client = &client_;
     entry_.upstream = &upstream_;
+    entry_.pump = &relay_;
     ctx_.sessions.push_back(entry_);
     entry_.pool = &pool_;
     expire = &session::on_connect_deadline;
@@ -674,6 +676,7 @@ void session::account() {
         bstats.closed_by_rebalance_total.fetch_add(1, std::memory_order_relaxed);
         break;
     case close_reason::drain: ctx_.stats.closed_by_drain_total.fetch_add(1, std::memory_order_relaxed); break;
+    case close_reason::stalled: ctx_.stats.closed_by_stall_total.fetch_add(1, std::memory_order_relaxed); break;
     }
     // An apiserver that resets a connection before sending anything is not
     // serving (crashing, or shutting down its listener): count it against it.

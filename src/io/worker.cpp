@@ -187,9 +187,8 @@ void worker::close_removed(std::shared_ptr<const snapshot> keep, std::vector<con
 void worker::start() {
     started_ = true;
     for (auto& slot : acceptors_) spawn_accept_loop(*slot);
-    if (ctx_.snap->cfg->timeouts.idle.count() > 0) {
-        asio::co_spawn(io_, idle_sweep(), asio::detached);
-    }
+    const timeouts_config& t = ctx_.snap->cfg->timeouts;
+    if (t.idle.count() > 0 || t.write_stall.count() > 0) asio::co_spawn(io_, sweep_sessions(), asio::detached);
     thread_ = std::thread([this] {
         // "apilb-w0" .. "apilb-w255" in `top -H` and /proc/PID/task/*/comm.
         ::pthread_setname_np(::pthread_self(), fmt::format("apilb-w{}", index_).c_str());
@@ -274,20 +273,27 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
     }
 }
 
-asio::awaitable<void> worker::idle_sweep() {
+asio::awaitable<void> worker::sweep_sessions() {
+    using std::chrono::milliseconds;
     const auto idle = ctx_.snap->cfg->timeouts.idle;
-    // A tenth of the period, within [100ms, 30s]: a session is closed at most
-    // 10% (or 30 s) after its idle time is up.
-    const auto period = std::clamp<std::chrono::milliseconds>(idle / 10, std::chrono::milliseconds(100),
-                                                              std::chrono::seconds(30));
+    const auto stall = ctx_.snap->cfg->timeouts.write_stall;
+    // A tenth of the shorter limit, within [100ms, 30s]: a session is closed
+    // at most 10% (or 30 s) after its time is up.
+    const milliseconds shortest = idle.count() == 0 ? stall : stall.count() == 0 ? idle : std::min(idle, stall);
+    const auto period = std::clamp<milliseconds>(shortest / 10, milliseconds(100), std::chrono::seconds(30));
     for (;;) {
         sweep_timer_.expires_after(period);
         auto [ec] = co_await sweep_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
         if (ec || stopping_) co_return;
-        const auto cutoff = std::chrono::steady_clock::now() - idle;
+        const auto now = std::chrono::steady_clock::now();
         for (auto& s : ctx_.sessions) {
-            if (s.relaying && !s.aborted() && s.last_activity < cutoff) {
+            if (!s.relaying || s.aborted()) continue;
+            if (idle.count() > 0 && s.last_activity < now - idle) {
                 s.abort(close_reason::idle);
+            } else if (stall.count() > 0 && s.pump->write_blocked_since() < now - stall) {
+                // A peer that takes nothing (a zero window) while data waits
+                // for it holds kernel memory for as long as it likes.
+                s.abort(close_reason::stalled);
             }
         }
     }
