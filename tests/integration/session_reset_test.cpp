@@ -189,12 +189,18 @@ int count_cut(const std::vector<side_end>& ends, const char* who) {
 class SessionReset : public ::testing::Test {
 protected:
     void start(const std::string& yaml) { apilb_.emplace(dir_, yaml, "127.0.0.1", port_); }
-    /// One download and one upload, both long.
-    void start_both_ways(std::uint64_t total = long_transfer, std::uint64_t pause_after = no_pause) {
-        for (bool down : {true, false}) {
-            transfers_.push_back(std::make_unique<transfer>(down, total, pause_after));
+    /// `n` transfers through apilb, downloads and uploads in turn.
+    void start_both_ways(std::uint64_t total = long_transfer, std::uint64_t pause_after = no_pause, int n = 2) {
+        for (int i = 0; i < n; ++i) {
+            transfers_.push_back(std::make_unique<transfer>(i % 2 == 0, total, pause_after));
             ASSERT_TRUE(transfers_.back()->start(port_));
         }
+    }
+    /// How every transfer's client side ended (waits for them).
+    std::vector<side_end> client_ends() {
+        std::vector<side_end> ends;
+        for (auto& t : transfers_) ends.push_back(t->end());
+        return ends;
     }
     /// Every transfer was cut mid-way and both of its peers saw a reset.
     void expect_all_reset(transfer_backend& backend) {
@@ -270,15 +276,10 @@ TEST_F(SessionReset, AnUnhealthyBackendsSessionsAreResetAfterTheGrace) {
     start(reset_config(port_, {b0.address(), b1.address()},
                        "    health: {type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1, "
                        "close_sessions_after: 0s}\n"));
-    for (int i = 0; i < 4; ++i) {
-        transfers_.push_back(std::make_unique<transfer>(i % 2 == 0, long_transfer, no_pause));
-        ASSERT_TRUE(transfers_.back()->start(port_));
-    }
+    start_both_ways(long_transfer, no_pause, 4);
     std::this_thread::sleep_for(300ms);
     b0.server().stop();
-    std::vector<side_end> clients;
-    for (auto& t : transfers_) clients.push_back(t->end());
-    const int cut = count_cut(clients, "client");
+    const int cut = count_cut(client_ends(), "client");
     EXPECT_GE(cut, 1);
     // (b0's accept count includes the probes' connections: count its ends.)
     const auto on_b0 = b0.ends(static_cast<std::size_t>(cut));
@@ -311,16 +312,11 @@ TEST_F(SessionReset, RebalancingResetsTheSessionsItMoves) {
     tcp_server b1("127.0.0.3", echo_handler());
     const std::string pool = "    rebalance: {enabled: true, max_closes_per_second: 10, tolerance: 0.2}\n";
     start(reset_config(port_, {b0.address(), b1.address()}, pool, "", ", drain: true"));
-    for (int i = 0; i < 6; ++i) {
-        transfers_.push_back(std::make_unique<transfer>(i % 2 == 0, long_transfer, no_pause));
-        ASSERT_TRUE(transfers_.back()->start(port_));
-    }
+    start_both_ways(long_transfer, no_pause, 6);
     std::this_thread::sleep_for(300ms);
     dir_.write("apilb.yaml", reset_config(port_, {b0.address(), b1.address()}, pool));
     apilb_->proc().signal(SIGHUP);
-    std::vector<side_end> clients;
-    for (auto& t : transfers_) clients.push_back(t->end());
-    const int cut = count_cut(clients, "client");
+    const int cut = count_cut(client_ends(), "client");
     EXPECT_GE(cut, 1);
     EXPECT_EQ(count_cut(b0.ends(transfers_.size()), "backend"), cut);
     EXPECT_TRUE(apilb_->wait_for_log("end=rebalanced"));
