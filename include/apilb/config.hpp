@@ -151,6 +151,9 @@ struct timeouts_config {
     /// On a reload that removes a backend, how long its open sessions may
     /// continue before they are closed. 0 closes them at once.
     duration reload_drain{std::chrono::seconds(30)};
+    /// A session whose write to a peer makes no progress for this long (a
+    /// client that never reads while data waits for it) is reset. 0 disables.
+    duration write_stall{std::chrono::seconds(60)};
     friend bool operator==(const timeouts_config&, const timeouts_config&) = default;
 };
 
@@ -164,6 +167,11 @@ struct tcp_config {
     /// TCP_USER_TIMEOUT: unacknowledged data for this long kills the
     /// connection. 0 leaves the kernel default (~15 minutes).
     duration user_timeout{std::chrono::seconds(30)};
+    /// Bytes each socket of a session may hold in the kernel per direction:
+    /// its receive buffer (SO_RCVBUF) and the unsent part of its send queue
+    /// (TCP_NOTSENT_LOWAT). 0 leaves both to the kernel's autotuning, which
+    /// lets one client that never reads pin several MiB.
+    std::uint32_t socket_buffer = 256 * 1024;
     friend bool operator==(const tcp_config&, const tcp_config&) = default;
 };
 

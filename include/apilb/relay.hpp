@@ -8,6 +8,7 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/system/error_code.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -159,6 +160,12 @@ public:
     const boost::system::error_code& early_error() const noexcept { return early_error_; }
     /// The backend has sent at least one byte.
     bool backend_answered() const noexcept { return answered_; }
+    /// Since when a write has been waiting for a peer to take bytes, with no
+    /// byte taken since (the earlier of the two directions); time_point::max()
+    /// if neither direction is waiting to write.
+    clock::time_point write_blocked_since() const noexcept {
+        return std::min(dirs_[0].blocked_since, dirs_[1].blocked_since);
+    }
 
 private:
     struct direction {
@@ -176,6 +183,8 @@ private:
         int chunks = 0;              ///< reads since the last yield
         bool short_read = false;     ///< the last read took less than it could: wait, do not read again
         bool full_read = false;      ///< the last read filled its buffer or pipe: bulk, splice next
+        /// The first write that found the sink full since bytes last went out; max() if none.
+        clock::time_point blocked_since = clock::time_point::max();
         pump_result result;
     };
 

@@ -141,6 +141,7 @@ struct process_stats {
     std::atomic<std::uint64_t> closed_by_drain_total{0};
     std::atomic<std::uint64_t> closed_by_health_total{0};   ///< their backend became unhealthy
     std::atomic<std::uint64_t> closed_by_rebalance_total{0};  ///< moved to spread a pool's sessions
+    std::atomic<std::uint64_t> closed_by_stall_total{0};  ///< a write made no progress for timeouts.write_stall
     std::atomic<std::uint64_t> reloads_total{0};             ///< reloads applied
     std::atomic<std::uint64_t> reload_failures_total{0};     ///< reloads rejected (old config kept)
     /// Their backend was removed by a reload and timeouts.reload_drain ran

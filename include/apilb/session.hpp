@@ -21,6 +21,19 @@
 
 namespace apilb {
 
+/// Why apilb itself ended a session, rather than one of its peers. Every
+/// reason ends the session the same way (session_entry::abort); they differ
+/// only in what is counted and logged.
+enum class close_reason : std::uint8_t {
+    none,       ///< apilb has not closed it (yet)
+    idle,       ///< timeouts.idle without a byte either way
+    health,     ///< its backend became unhealthy (health.close_sessions_after)
+    reload,     ///< a reload removed its backend and timeouts.reload_drain ran out
+    rebalance,  ///< moved to spread its pool
+    drain,      ///< shutdown: timeouts.drain ran out, or a second signal
+    stalled,    ///< a write made no progress for timeouts.write_stall (a peer that does not read)
+};
+
 /// A session as its worker sees it: enough to close it from outside (drain).
 /// Lives in the session; unlinks itself when destroyed.
 struct session_entry
@@ -32,12 +45,11 @@ struct session_entry
     const backend_health* backend = nullptr;
     /// Stamped by the relay whenever bytes move; read by the worker's idle sweep.
     std::chrono::steady_clock::time_point last_activity = std::chrono::steady_clock::now();
+    /// The session's relay: the worker's sweep asks it how long a write has waited.
+    const relay* pump = nullptr;
     bool relaying = false;     ///< connected: only now can the session be idle
-    bool aborted = false;      ///< set by abort(): do not retry, do not log as a failure
-    bool idle_expired = false; ///< set by the idle sweep before it aborts the session
-    bool health_closed = false; ///< set before an abort because its backend became unhealthy
-    bool reload_closed = false; ///< set before an abort because a reload removed its backend
-    bool rebalance_closed = false; ///< set before an abort by rebalancing
+    /// Set once, by abort(): the first reason stays.
+    close_reason closed_by = close_reason::none;
     /// Maglev pools: the client's key and the pool (of the session's own
     /// snapshot) it was chosen from, so rebalancing can tell whether the
     /// session sits on its preferred backend. `backend_index` indexes it.
@@ -47,9 +59,14 @@ struct session_entry
     /// While waiting for its turn (storm control): abort() cancels the wait.
     boost::asio::steady_timer* pacing_timer = nullptr;
 
-    /// Closes both sockets; the session's pending operations complete with
-    /// operation_aborted and the session ends. Worker thread only.
-    void abort();
+    /// Closed by apilb: do not retry, do not log as a failure.
+    bool aborted() const noexcept { return closed_by != close_reason::none; }
+    /// The one way apilb ends a session itself: records `why` (unless a
+    /// reason is set already) and closes both sockets with RST, never FIN,
+    /// so that neither peer can take a stream cut short for a complete one.
+    /// The session's pending operations complete with operation_aborted and
+    /// it ends. Worker thread only.
+    void abort(close_reason why);
 };
 
 using session_list =

@@ -7,8 +7,9 @@
 
 namespace apilb {
 
-/// Sets TCP_NODELAY, SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT and
-/// TCP_USER_TIMEOUT as configured on the open TCP socket `fd`. Set on a
+/// Sets TCP_NODELAY, SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT,
+/// TCP_USER_TIMEOUT and the buffer bound (SO_RCVBUF, TCP_NOTSENT_LOWAT) as
+/// configured on the open TCP socket `fd`. Set on a
 /// listening socket, they are inherited by every socket it accepts (Linux).
 /// Returns the first error.
 boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg);

@@ -114,9 +114,10 @@ private:
     boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
     /// A Maglev session not on the backend its key now prefers.
     bool misplaced(const session_entry& s);
-    /// Closes sessions with no traffic for timeouts.idle, checking a few
-    /// times per idle period.
-    boost::asio::awaitable<void> idle_sweep();
+    /// Closes sessions with no traffic for timeouts.idle and sessions whose
+    /// writes made no progress for timeouts.write_stall, checking a few
+    /// times per period.
+    boost::asio::awaitable<void> sweep_sessions();
 
     std::size_t index_;
     // Before io_: session sockets, destroyed with the handlers io_ still

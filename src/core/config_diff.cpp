@@ -148,6 +148,7 @@ config_diff diff_configs(const config& running, const config& next) {
                             std::to_string(next.limits.max_connections),
                         running.limits.max_connections != next.limits.max_connections);
     restart_only_change(r, "timeouts.idle", rt.idle != nt.idle);
+    restart_only_change(r, "timeouts.write_stall", rt.write_stall != nt.write_stall);
     // The admin endpoint keeps its socket, token and TLS settings until a
     // restart; a reload only re-reads the TLS files it already names
     // (certificate rotation, admin_server::reload_tls_files).
@@ -166,6 +167,7 @@ config keep_restart_only(const config& running, config next) {
     next.log = running.log;
     next.limits.max_connections = running.limits.max_connections;
     next.timeouts.idle = running.timeouts.idle;
+    next.timeouts.write_stall = running.timeouts.write_stall;
     next.admin = running.admin;
     return next;
 }

@@ -130,9 +130,10 @@ constexpr std::array<std::string_view, 5> storm_control_keys{"new_per_second", "
 constexpr std::array<std::string_view, 3> rebalance_keys{"enabled", "max_closes_per_second", "tolerance"};
 constexpr std::array<std::string_view, 2> maglev_keys{"table_size", "key"};
 constexpr std::array<std::string_view, 4> backend_keys{"name", "address", "weight", "drain"};
-constexpr std::array<std::string_view, 4> timeout_keys{"connect", "idle", "drain", "reload_drain"};
-constexpr std::array<std::string_view, 6> tcp_keys{
-    "nodelay", "keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count", "user_timeout"};
+constexpr std::array<std::string_view, 5> timeout_keys{"connect", "idle", "drain", "reload_drain", "write_stall"};
+constexpr std::array<std::string_view, 7> tcp_keys{"nodelay",         "keepalive",       "keepalive_idle",
+                                                   "keepalive_interval", "keepalive_count", "user_timeout",
+                                                   "socket_buffer"};
 constexpr std::array<std::string_view, 2> limit_keys{"max_connections", "per_backend"};
 constexpr std::array<std::string_view, 3> relay_keys{"mode", "buffer_size", "pipe_size"};
 constexpr std::array<std::string_view, 2> log_keys{"level", "format"};
@@ -567,6 +568,9 @@ void loader::read_sections(const mapping& top) {
             read_duration(*m, "reload_drain",
                           {.min = 0ms, .max = 1h, .zero_allowed = true, .range = "0..1h"},
                           c.timeouts.reload_drain);
+            read_duration(*m, "write_stall",
+                          {.min = 1s, .max = 24h, .zero_allowed = true, .range = "0 (disabled) or 1s..24h"},
+                          c.timeouts.write_stall);
         }
     }
     if (const field* f = top.find("tcp")) {
@@ -582,6 +586,10 @@ void loader::read_sections(const mapping& top) {
             read_duration(*m, "user_timeout",
                           {.min = 1s, .max = 1h, .zero_allowed = true, .range = "0 or 1s..1h"},
                           c.tcp.user_timeout);
+            // 16 KiB: below that the kernel's own minimum and a TLS record
+            // do not fit; 64 MiB is far above any autotuned buffer.
+            read_integer(*m, "socket_buffer", {.min = 16 * 1024, .max = 64 * 1024 * 1024, .zero_allowed = true},
+                         c.tcp.socket_buffer);
         }
     }
     if (const field* f = top.find("limits")) {

@@ -123,12 +123,14 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.sample("apilb_accept_errors_total", "", load(ps.accept_errors_total));
     e.family("apilb_sessions_closed_total", "counter",
              "Sessions apilb closed itself, by reason: health (their backend became unhealthy), drain (shutdown), "
-             "reload (their backend was removed), idle (timeouts.idle), rebalance (moved to spread a pool).");
+             "reload (their backend was removed), idle (timeouts.idle), rebalance (moved to spread a pool), "
+             "write_stall (a peer took no byte for timeouts.write_stall).");
     e.sample("apilb_sessions_closed_total", label("reason", "health"), load(ps.closed_by_health_total));
     e.sample("apilb_sessions_closed_total", label("reason", "drain"), load(ps.closed_by_drain_total));
     e.sample("apilb_sessions_closed_total", label("reason", "reload"), load(ps.closed_by_reload_total));
     e.sample("apilb_sessions_closed_total", label("reason", "idle"), load(ps.closed_by_idle_total));
     e.sample("apilb_sessions_closed_total", label("reason", "rebalance"), load(ps.closed_by_rebalance_total));
+    e.sample("apilb_sessions_closed_total", label("reason", "write_stall"), load(ps.closed_by_stall_total));
 
     e.family("apilb_backend_active_sessions", "gauge", "Sessions relaying to a backend now.");
     each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_active_sessions", backend_labels(p, b), load(b.stats->active)); });
@@ -263,6 +265,14 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
     root["vrrp_role"] = facts.vrrp_role;
     root["workers"] = facts.workers;
     root["sessions_active"] = load(facts.stats->active_sessions);
+    // The same counts as apilb_sessions_closed_total, by reason.
+    const process_stats& ps = *facts.stats;
+    root["sessions_closed"] = json::object{{"health", load(ps.closed_by_health_total)},
+                                           {"drain", load(ps.closed_by_drain_total)},
+                                           {"reload", load(ps.closed_by_reload_total)},
+                                           {"idle", load(ps.closed_by_idle_total)},
+                                           {"rebalance", load(ps.closed_by_rebalance_total)},
+                                           {"write_stall", load(ps.closed_by_stall_total)}};
     root["reloads"] = load(facts.stats->reloads_total);
     root["reload_failures"] = load(facts.stats->reload_failures_total);
     json::array listeners;

@@ -68,6 +68,7 @@ void relay::rearm() {
         d.chunks = 0;
         d.short_read = false;
         d.full_read = false;
+        d.blocked_since = clock::time_point::max();
         d.result = {};
     }
     answered_ = false;
@@ -231,10 +232,14 @@ bool relay::flush(direction& d) {
         if (n > 0) {
             d.pending -= static_cast<std::size_t>(n);
             d.offset += static_cast<std::size_t>(n);
+            d.blocked_since = clock::time_point::max();
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && would_block(errno)) {
+            // The peer takes nothing now: the worker's sweep resets the
+            // session if it takes nothing for timeouts.write_stall.
+            if (d.blocked_since == clock::time_point::max()) d.blocked_since = clock::now();
             d.to->wait(poll_socket::wait_type::write, &relay::writable, &d);
             return false;
         }
@@ -280,6 +285,7 @@ void relay::release(direction& d) {
 
 void relay::finish(direction& d, pump_end end) {
     release(d);
+    d.blocked_since = clock::time_point::max();
     d.done = true;
     d.result.end = end;
     if (!dirs_[0].done || !dirs_[1].done) return;

@@ -285,12 +285,13 @@ int server::run() {
     if (health_->running() != 0) spdlog::warn("health: {} probe loop(s) did not end", health_->running());
     spdlog::info("apilb stopped: {} session(s) served, {} refused at the limit, {} without a backend, "
                  "{} closed because their backend became unhealthy, {} reload(s), {} failed reload(s), "
-                 "{} closed because a reload removed their backend, {} moved by rebalancing",
+                 "{} closed because a reload removed their backend, {} moved by rebalancing, "
+                 "{} reset because a peer stopped taking data",
                  stats_.accepted_total.load() - stats_.refused_limit_total.load(),
                  stats_.refused_limit_total.load(), stats_.no_backend_total.load(),
                  stats_.closed_by_health_total.load(), stats_.reloads_total.load(),
                  stats_.reload_failures_total.load(), stats_.closed_by_reload_total.load(),
-                 stats_.closed_by_rebalance_total.load());
+                 stats_.closed_by_rebalance_total.load(), stats_.closed_by_stall_total.load());
     return 0;
 }
 

@@ -31,10 +31,16 @@ using boost::system::error_code;
 using tcp = asio::ip::tcp;
 using clock_type = std::chrono::steady_clock;
 
-void session_entry::abort() {
-    aborted = true;
-    if (client) client->close();
-    if (upstream) upstream->close();
+void session_entry::abort(close_reason why) {
+    if (closed_by == close_reason::none) closed_by = why;
+    // A FIN would tell a client that a response cut at 29.9 of 30 MB was
+    // whole (the kernel sends what is queued, then the FIN); a reset cannot
+    // be mistaken for a normal end, and frees what the sockets hold at once.
+    for (poll_socket* s : {client, upstream}) {
+        if (s == nullptr || !s->is_open()) continue;
+        s->set_abortive_close();
+        s->close();
+    }
     if (pacing_timer) pacing_timer->cancel();
 }
 
@@ -103,6 +109,20 @@ void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, cons
 void close_with_reset(poll_socket& s) {
     s.set_abortive_close();
     s.close();
+}
+
+/// How a session apilb closed ended, in its log line; nullptr if apilb did not close it.
+const char* close_text(close_reason why) {
+    switch (why) {
+    case close_reason::none: return nullptr;
+    case close_reason::idle: return "idle-timeout";
+    case close_reason::health: return "backend-unhealthy";
+    case close_reason::reload: return "backend-removed";
+    case close_reason::rebalance: return "rebalanced";
+    case close_reason::drain: return "drain";
+    case close_reason::stalled: return "write-stalled";
+    }
+    return nullptr;
 }
 
 /// Writes all of `bytes` to the non-blocking socket `s`.
@@ -272,6 +292,7 @@ session::session(worker_context& ctx, std::size_t listener_index)
       st_(pool_.backends.size()) {
     entry_.client = &client_;
     entry_.upstream = &upstream_;
+    entry_.pump = &relay_;
     ctx_.sessions.push_back(entry_);
     entry_.pool = &pool_;
     expire = &session::on_connect_deadline;
@@ -343,7 +364,7 @@ bool session::connect_failed(std::size_t pick, const error_code& cec) {
     upstream_.close();
     backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
     release_slot();
-    if (cec == asio::error::operation_aborted || entry_.aborted) return false;
+    if (cec == asio::error::operation_aborted || entry_.aborted()) return false;
     backend.stats->connect_failures_total.fetch_add(1, std::memory_order_relaxed);
     (cec == asio::error::timed_out            ? backend.stats->connect_timeout_total
      : cec == asio::error::connection_refused ? backend.stats->connect_refused_total
@@ -361,7 +382,7 @@ bool session::connect_failed(std::size_t pick, const error_code& cec) {
 }
 
 asio::awaitable<bool> session::connect_next() {
-    while (st_.attempts < pool_.cfg->connect_attempts && !entry_.aborted) {
+    while (st_.attempts < pool_.cfg->connect_attempts && !entry_.aborted()) {
         std::size_t pick = 0;
         const step got = pick_backend(pick);
         if (got == step::next) continue;
@@ -370,7 +391,7 @@ asio::awaitable<bool> session::connect_next() {
         if (pool_.cfg->storm_control.new_per_second != 0) {
             if (!co_await wait_for_turn(backend)) {
                 backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
-                if (entry_.aborted) break;
+                if (entry_.aborted()) break;
                 st_.failures += fmt::format("{}{}: storm control (no turn within {}ms)",
                                             st_.failures.empty() ? "" : "; ", backend.cfg->name,
                                             pool_.cfg->storm_control.queue_timeout.count());
@@ -379,7 +400,7 @@ asio::awaitable<bool> session::connect_next() {
         }
         if (pool_.cfg->storm_control.max_connecting != 0 && !co_await wait_for_slot(backend)) {
             backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
-            if (entry_.aborted) break;
+            if (entry_.aborted()) break;
             st_.failures += fmt::format("{}{}: storm control (no connect slot within {}ms)",
                                         st_.failures.empty() ? "" : "; ", backend.cfg->name,
                                         pool_.cfg->storm_control.queue_timeout.count());
@@ -418,7 +439,7 @@ void session::connect_next_without_coroutine(std::unique_ptr<session> self) {
     session& s = *self;
     // The same loop as connect_next(), less storm control's waits; the
     // client has sent nothing yet that a replay would need.
-    while (s.st_.attempts < s.pool_.cfg->connect_attempts && !s.entry_.aborted) {
+    while (s.st_.attempts < s.pool_.cfg->connect_attempts && !s.entry_.aborted()) {
         std::size_t pick = 0;
         const step got = s.pick_backend(pick);
         if (got == step::next) continue;
@@ -498,7 +519,7 @@ asio::awaitable<bool> session::wait_for_turn(const backend_runtime& backend) {
     co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
     entry_.pacing_timer = nullptr;
     stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
-    co_return !entry_.aborted;
+    co_return !entry_.aborted();
 }
 
 asio::awaitable<bool> session::wait_for_slot(const backend_runtime& backend) {
@@ -516,8 +537,8 @@ asio::awaitable<bool> session::wait_for_slot(const backend_runtime& backend) {
                 co_return true;
             }
         }
-        if (entry_.aborted || clock_type::now() >= deadline) {
-            if (!entry_.aborted) backend.stats->pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+        if (entry_.aborted() || clock_type::now() >= deadline) {
+            if (!entry_.aborted()) backend.stats->pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
             co_return false;
         }
         waited = true;
@@ -578,7 +599,7 @@ void session::start_relay(std::unique_ptr<session> self) {
 }
 
 void session::relay_ended(std::unique_ptr<session> self) {
-    if (!relay_.backend_failed_early() || entry_.aborted) return account();
+    if (!relay_.backend_failed_early() || entry_.aborted()) return account();
     last_error_ = relay_.early_error();
     if (!may_move_on()) return give_up();
     asio::co_spawn(client_.get_executor(), establish(std::move(self)), [](std::exception_ptr e) {
@@ -616,7 +637,7 @@ bool session::may_move_on() {
 void session::give_up() {
     if (st_.local_failure) {
         spdlog::debug("client {}: closed: {}", client_text(), st_.local_failure.message());
-    } else if (!entry_.aborted) {
+    } else if (!entry_.aborted()) {
         ctx_.stats.no_backend_total.fetch_add(1, std::memory_order_relaxed);
         std::uint64_t suppressed = 0;
         if (ctx_.connect_warnings.allow(suppressed)) {
@@ -642,27 +663,26 @@ void session::account() {
     to_backend.bytes += replayed_;
     backend_stats& bstats = *chosen_->stats;
     bstats.sessions_total.fetch_add(1, std::memory_order_relaxed);
-    const bool idle_fired = entry_.idle_expired;
-    if (idle_fired) ctx_.stats.closed_by_idle_total.fetch_add(1, std::memory_order_relaxed);
-    const bool health_closed = entry_.health_closed && !idle_fired;
-    if (health_closed) {
+    switch (entry_.closed_by) {
+    case close_reason::none: break;
+    case close_reason::idle: ctx_.stats.closed_by_idle_total.fetch_add(1, std::memory_order_relaxed); break;
+    case close_reason::health:
         ctx_.stats.closed_by_health_total.fetch_add(1, std::memory_order_relaxed);
         bstats.closed_by_health_total.fetch_add(1, std::memory_order_relaxed);
-    }
-    const bool reload_closed = entry_.reload_closed && !idle_fired && !health_closed;
-    if (reload_closed) ctx_.stats.closed_by_reload_total.fetch_add(1, std::memory_order_relaxed);
-    const bool rebalanced = entry_.rebalance_closed && !idle_fired && !health_closed && !reload_closed;
-    if (rebalanced) {
+        break;
+    case close_reason::reload: ctx_.stats.closed_by_reload_total.fetch_add(1, std::memory_order_relaxed); break;
+    case close_reason::rebalance:
         ctx_.stats.closed_by_rebalance_total.fetch_add(1, std::memory_order_relaxed);
         bstats.closed_by_rebalance_total.fetch_add(1, std::memory_order_relaxed);
+        break;
+    case close_reason::drain: ctx_.stats.closed_by_drain_total.fetch_add(1, std::memory_order_relaxed); break;
+    case close_reason::stalled: ctx_.stats.closed_by_stall_total.fetch_add(1, std::memory_order_relaxed); break;
     }
-    const bool drained = entry_.aborted && !idle_fired && !health_closed && !reload_closed && !rebalanced;
-    if (drained) ctx_.stats.closed_by_drain_total.fetch_add(1, std::memory_order_relaxed);
     // An apiserver that resets a connection before sending anything is not
     // serving (crashing, or shutting down its listener): count it against it.
     // (Usually found by the relay's early end; this is for a client that
     // half-closed or sent much before the backend's first byte.)
-    if (!entry_.aborted && from_backend.bytes == 0 &&
+    if (!entry_.aborted() && from_backend.bytes == 0 &&
         (from_backend.end == pump_end::source_reset || to_backend.end == pump_end::sink_failed)) {
         report_passive(ctx_, pool_, listener_.pool_index, chosen_index_, "reset before any byte came back");
     }
@@ -672,12 +692,7 @@ void session::account() {
 
     if (spdlog::should_log(spdlog::level::debug)) {
         const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started_);
-        const char* how = idle_fired      ? "idle-timeout"
-                          : health_closed ? "backend-unhealthy"
-                          : reload_closed ? "backend-removed"
-                          : rebalanced    ? "rebalanced"
-                          : drained       ? "drain"
-                                          : nullptr;
+        const char* how = close_text(entry_.closed_by);
         const log_scope fields({.event = "session_closed",
                                 .pool = pool_.cfg->name,
                                 .backend = chosen_->cfg->name,

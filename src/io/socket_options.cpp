@@ -37,6 +37,16 @@ boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg) {
     if (cfg.user_timeout.count() > 0) {
         keep(set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, static_cast<int>(cfg.user_timeout.count())));
     }
+    if (cfg.socket_buffer != 0) {
+        // The kernel doubles SO_RCVBUF for its bookkeeping: ask for half, so
+        // that the buffer (`rb` in `ss -tm`) is socket_buffer. Fixing it
+        // also turns off receive autotuning, which is what grew it to
+        // tcp_rmem's maximum behind a client that never reads.
+        keep(set_int(fd, SOL_SOCKET, SO_RCVBUF, static_cast<int>(cfg.socket_buffer / 2)));
+        // Only the unsent part of the send queue: data in flight is not
+        // limited, so a distant client's throughput is not either.
+        keep(set_int(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, static_cast<int>(cfg.socket_buffer)));
+    }
     return first;
 }
 

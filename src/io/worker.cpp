@@ -178,9 +178,8 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
 void worker::close_removed(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends) {
     asio::post(io_, [this, keep = std::move(keep), backends = std::move(backends)] {
         for (auto& s : ctx_.sessions) {
-            if (s.aborted || std::find(backends.begin(), backends.end(), s.backend) == backends.end()) continue;
-            s.reload_closed = true;
-            s.abort();
+            if (s.aborted() || std::find(backends.begin(), backends.end(), s.backend) == backends.end()) continue;
+            s.abort(close_reason::reload);
         }
     });
 }
@@ -188,9 +187,8 @@ void worker::close_removed(std::shared_ptr<const snapshot> keep, std::vector<con
 void worker::start() {
     started_ = true;
     for (auto& slot : acceptors_) spawn_accept_loop(*slot);
-    if (ctx_.snap->cfg->timeouts.idle.count() > 0) {
-        asio::co_spawn(io_, idle_sweep(), asio::detached);
-    }
+    const timeouts_config& t = ctx_.snap->cfg->timeouts;
+    if (t.idle.count() > 0 || t.write_stall.count() > 0) asio::co_spawn(io_, sweep_sessions(), asio::detached);
     thread_ = std::thread([this] {
         // "apilb-w0" .. "apilb-w255" in `top -H` and /proc/PID/task/*/comm.
         ::pthread_setname_np(::pthread_self(), fmt::format("apilb-w{}", index_).c_str());
@@ -275,21 +273,27 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
     }
 }
 
-asio::awaitable<void> worker::idle_sweep() {
+asio::awaitable<void> worker::sweep_sessions() {
+    using std::chrono::milliseconds;
     const auto idle = ctx_.snap->cfg->timeouts.idle;
-    // A tenth of the period, within [100ms, 30s]: a session is closed at most
-    // 10% (or 30 s) after its idle time is up.
-    const auto period = std::clamp<std::chrono::milliseconds>(idle / 10, std::chrono::milliseconds(100),
-                                                              std::chrono::seconds(30));
+    const auto stall = ctx_.snap->cfg->timeouts.write_stall;
+    // A tenth of the shorter limit, within [100ms, 30s]: a session is closed
+    // at most 10% (or 30 s) after its time is up.
+    const milliseconds shortest = idle.count() == 0 ? stall : stall.count() == 0 ? idle : std::min(idle, stall);
+    const auto period = std::clamp<milliseconds>(shortest / 10, milliseconds(100), std::chrono::seconds(30));
     for (;;) {
         sweep_timer_.expires_after(period);
         auto [ec] = co_await sweep_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
         if (ec || stopping_) co_return;
-        const auto cutoff = std::chrono::steady_clock::now() - idle;
+        const auto now = std::chrono::steady_clock::now();
         for (auto& s : ctx_.sessions) {
-            if (s.relaying && !s.aborted && s.last_activity < cutoff) {
-                s.idle_expired = true;
-                s.abort();
+            if (!s.relaying || s.aborted()) continue;
+            if (idle.count() > 0 && s.last_activity < now - idle) {
+                s.abort(close_reason::idle);
+            } else if (stall.count() > 0 && s.pump->write_blocked_since() < now - stall) {
+                // A peer that takes nothing (a zero window) while data waits
+                // for it holds kernel memory for as long as it likes.
+                s.abort(close_reason::stalled);
             }
         }
     }
@@ -308,16 +312,15 @@ void worker::stop_accepting() {
 void worker::abort_sessions() {
     asio::post(io_, [this] {
         // abort() does not unlink; sessions unlink themselves when their frames end.
-        for (auto& s : ctx_.sessions) s.abort();
+        for (auto& s : ctx_.sessions) s.abort(close_reason::drain);
     });
 }
 
 void worker::abort_sessions_on(const backend_health* backend) {
     asio::post(io_, [this, backend] {
         for (auto& s : ctx_.sessions) {
-            if (s.backend != backend || s.aborted) continue;
-            s.health_closed = true;
-            s.abort();
+            if (s.backend != backend || s.aborted()) continue;
+            s.abort(close_reason::health);
         }
     });
 }
@@ -327,15 +330,14 @@ void worker::close_for_rebalance(std::vector<rebalance_order> orders) {
         for (const auto& order : orders) {
             if (order.quota->load(std::memory_order_relaxed) <= 0) continue;
             for (auto& s : ctx_.sessions) {  // oldest first: sessions are appended as they start
-                if (!s.relaying || s.aborted || !s.pool || s.pool->cfg->name != order.pool) continue;
+                if (!s.relaying || s.aborted() || !s.pool || s.pool->cfg->name != order.pool) continue;
                 if (order.backend) {
                     if (s.backend != order.backend) continue;
                 } else if (!misplaced(s)) {
                     continue;
                 }
                 if (order.quota->fetch_sub(1, std::memory_order_relaxed) <= 0) break;
-                s.rebalance_closed = true;
-                s.abort();
+                s.abort(close_reason::rebalance);
             }
         }
     });
@@ -372,7 +374,7 @@ void worker::stop() {
         // Armed for the earliest pending connect's deadline, which may be
         // long past the last connect: it must not hold the loop open.
         ctx_.stop_connect_timer();
-        for (auto& s : ctx_.sessions) s.abort();
+        for (auto& s : ctx_.sessions) s.abort(close_reason::drain);
         // Every socket is closed: what is left to deliver is queued already.
         // The epoll set is no longer work, so io_.run() returns once the
         // sessions have wound down.

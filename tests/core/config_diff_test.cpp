@@ -66,7 +66,7 @@ TEST(ConfigDiff, ListenerIdentityIsTheAddress) {
 TEST(ConfigDiff, RestartOnlySettingsAreReportedAndKept) {
     auto a = parse_config(base_yaml(two_backends), "a");
     auto b = parse_config(base_yaml(two_backends, {},
-                                    "timeouts: {idle: 5m, reload_drain: 2s}\n"
+                                    "timeouts: {idle: 5m, reload_drain: 2s, write_stall: 5s}\n"
                                     "limits: {max_connections: 10}\n"
                                     "relay: {mode: copy}\n"),
                           "b");
@@ -74,11 +74,13 @@ TEST(ConfigDiff, RestartOnlySettingsAreReportedAndKept) {
     const auto d = diff_configs(*a, *b);
     EXPECT_EQ(d.settings_changed, (std::vector<std::string>{"timeouts"}));
     EXPECT_EQ(d.restart_only,
-              (std::vector<std::string>{"relay", "limits.max_connections 16384->10", "timeouts.idle"}));
+              (std::vector<std::string>{"relay", "limits.max_connections 16384->10", "timeouts.idle",
+                                        "timeouts.write_stall"}));
     const config kept = keep_restart_only(*a, *b);
     EXPECT_EQ(kept.relay.mode, a->relay.mode);
     EXPECT_EQ(kept.limits.max_connections, 16384u);
     EXPECT_EQ(kept.timeouts.idle, a->timeouts.idle);
+    EXPECT_EQ(kept.timeouts.write_stall, a->timeouts.write_stall);
     EXPECT_EQ(kept.timeouts.reload_drain, std::chrono::seconds(2));  // applied
     EXPECT_TRUE(diff_configs(*a, kept).restart_only.empty());
 }

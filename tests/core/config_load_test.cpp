@@ -165,12 +165,14 @@ TEST(LoadConfig, MinimalFileGetsEveryDefault) {
     EXPECT_EQ(c->timeouts.connect, 2s);
     EXPECT_EQ(c->timeouts.idle, 1h);
     EXPECT_EQ(c->timeouts.drain, 30s);
+    EXPECT_EQ(c->timeouts.write_stall, 60s);
     EXPECT_TRUE(c->tcp.nodelay);
     EXPECT_TRUE(c->tcp.keepalive);
     EXPECT_EQ(c->tcp.keepalive_idle, 15s);
     EXPECT_EQ(c->tcp.keepalive_interval, 5s);
     EXPECT_EQ(c->tcp.keepalive_count, 3u);
     EXPECT_EQ(c->tcp.user_timeout, 30s);
+    EXPECT_EQ(c->tcp.socket_buffer, 262144u);
     EXPECT_EQ(c->limits.max_connections, 16384u);
     EXPECT_EQ(c->limits.per_backend, 0u);
     EXPECT_EQ(c->relay.mode, relay_mode::splice);
@@ -200,8 +202,9 @@ pools:
       - name: cp-2
         address: "[2001:db8::12]:6443"
         weight: 256
-timeouts: {connect: 250ms, idle: 0, drain: 1m30s}
-tcp: {nodelay: false, keepalive: false, keepalive_idle: 2h, keepalive_interval: 1s, keepalive_count: 127, user_timeout: 0}
+timeouts: {connect: 250ms, idle: 0, drain: 1m30s, write_stall: 0}
+tcp: {nodelay: false, keepalive: false, keepalive_idle: 2h, keepalive_interval: 1s, keepalive_count: 127, user_timeout: 0,
+      socket_buffer: 0}
 limits: {max_connections: 0, per_backend: 100}
 relay: {mode: copy, buffer_size: 4096, pipe_size: 1048576}
 log: {level: debug, format: json}
@@ -226,6 +229,8 @@ log: {level: debug, format: json}
     EXPECT_EQ(c->tcp.keepalive_interval, 1s);
     EXPECT_EQ(c->tcp.keepalive_count, 127u);
     EXPECT_EQ(c->tcp.user_timeout, 0ms);
+    EXPECT_EQ(c->timeouts.write_stall, 0ms);
+    EXPECT_EQ(c->tcp.socket_buffer, 0u);
     EXPECT_EQ(c->limits.max_connections, 0u);
     EXPECT_EQ(c->limits.per_backend, 100u);
     EXPECT_EQ(c->relay.mode, relay_mode::copy);

@@ -26,6 +26,12 @@ TEST(LoadConfigErrors, IntegersOutOfRange) {
     expect_one(minimal + "tcp: {keepalive_count: 0}\n", 11, "tcp.keepalive_count", "expected 1..127");
     expect_one(minimal + "relay: {buffer_size: 1024}\n", 11, "relay.buffer_size", "expected 4096..16777216");
     expect_one(minimal + "relay: {pipe_size: 100}\n", 11, "relay.pipe_size", "expected 0 or 4096..1048576");
+    expect_one(minimal + "tcp: {socket_buffer: 4096}\n", 11, "tcp.socket_buffer",
+               "4096 is out of range; expected 0 or 16384..67108864");
+    expect_one(minimal + "tcp: {socket_buffer: 134217728}\n", 11, "tcp.socket_buffer",
+               "expected 0 or 16384..67108864");
+    expect_one(minimal + "tcp: {socket_buffer: 1MiB}\n", 11, "tcp.socket_buffer", "1MiB");
+    EXPECT_EQ(parse_config(minimal + "tcp: {socket_buffer: 65536}\n", "t")->tcp.socket_buffer, 65536u);
 }
 
 TEST(LoadConfigErrors, ListenerAndPoolIntegerRanges) {
@@ -134,6 +140,10 @@ TEST(LoadConfigErrors, DurationsOutOfRange) {
     expect_one(minimal + "timeouts: {connect: 6m}\n", 11, "timeouts.connect", "expected 1ms..5m");
     expect_one(minimal + "timeouts: {idle: 500ms}\n", 11, "timeouts.idle", "expected 0 (disabled) or 1s");
     expect_one(minimal + "timeouts: {drain: 61m}\n", 11, "timeouts.drain", "expected 0..1h");
+    expect_one(minimal + "timeouts: {write_stall: 500ms}\n", 11, "timeouts.write_stall",
+               "\"500ms\" is out of range; expected 0 (disabled) or 1s..24h");
+    expect_one(minimal + "timeouts: {write_stall: 25h}\n", 11, "timeouts.write_stall", "expected 0 (disabled) or 1s..24h");
+    expect_one(minimal + "timeouts: {write_stall: 60}\n", 11, "timeouts.write_stall", "needs a unit");
     expect_one(minimal + "tcp: {user_timeout: 500ms}\n", 11, "tcp.user_timeout", "expected 0 or 1s..1h");
     expect_one(minimal + "tcp: {user_timeout: 2h}\n", 11, "tcp.user_timeout", "expected 0 or 1s..1h");
     expect_one(minimal + "tcp: {keepalive_idle: 3h}\n", 11, "tcp.keepalive_idle", "expected 1s..2h");

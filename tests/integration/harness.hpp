@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -179,6 +180,32 @@ private:
     std::atomic<int> accepted_{0};
     std::thread thread_;
     std::vector<std::thread> conn_threads_;
+};
+
+/// Results that server threads record (one per connection, say) and the
+/// test reads once enough have come.
+template <typename T>
+class recorder {
+public:
+    void add(T value) {
+        std::lock_guard lock(mu_);
+        items_.push_back(std::move(value));
+    }
+    /// What was recorded, as soon as there are `n`, or at `timeout`.
+    std::vector<T> wait_for(std::size_t n, std::chrono::milliseconds timeout = 25s) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (;;) {
+            {
+                std::lock_guard lock(mu_);
+                if (items_.size() >= n || std::chrono::steady_clock::now() > deadline) return items_;
+            }
+            std::this_thread::sleep_for(10ms);
+        }
+    }
+
+private:
+    std::mutex mu_;
+    std::vector<T> items_;
 };
 
 /// Echoes every byte back until EOF, then half-closes.
