@@ -60,12 +60,10 @@ bool try_reserve(backend_stats& stats, std::uint32_t per_backend) {
 /// suspect at once (other workers skip it from now on) and tells the health
 /// checker, which probes it at once. Later failures while it is suspect are
 /// not reported again, so a burst of clients failing together posts once.
-void report_passive(worker_context& ctx, const pool_runtime& pool, std::size_t pool_index,
-                    std::size_t backend_index, std::string what) {
-    const backend_runtime& b = pool.backends[backend_index];
+void report_passive(worker_context& ctx, const pool_runtime& pool, const backend_runtime& b, std::string what) {
     if (!pool.cfg->health.passive || !ctx.report_passive) return;
     if (b.health->suspect.exchange(true, std::memory_order_relaxed)) return;
-    ctx.report_passive(pool_index, backend_index, std::move(what));
+    ctx.report_passive(b.health, std::move(what));
 }
 
 /// Backends tried so far by one session; no allocation for pools of up to 16.
@@ -238,9 +236,10 @@ private:
     std::string client_text() const;
 
     worker_context& ctx_;
-    // Held for the whole session: a reload must not pull the config out
-    // from under it.
-    const std::shared_ptr<const snapshot> snap_;
+    // Held for the whole session: a reload must not pull the config, or the
+    // balancer state its positions index, out from under it.
+    const std::shared_ptr<generation> gen_;
+    const snapshot* const snap_;
     const listener_runtime& listener_;
     const pool_runtime& pool_;
     std::size_t listener_index_;
@@ -262,7 +261,8 @@ private:
 
 session::session(worker_context& ctx, std::size_t listener_index)
     : ctx_(ctx),
-      snap_(ctx.snap),
+      gen_(ctx.current),
+      snap_(gen_->snap.get()),
       listener_(snap_->listeners[listener_index]),
       pool_(snap_->pools[listener_.pool_index]),
       listener_index_(listener_index),
@@ -314,7 +314,7 @@ session::step session::pick_backend(std::size_t& pick) {
     // The worker's scratch vector: filled and read with no suspension between.
     fill_loads(ctx_.loads, pool_, st_.tried, cfg.limits.per_backend);
     const auto chosen = pool_.maglev ? choose_maglev(*pool_.maglev, st_.key_hash, ctx_.loads)
-                                     : ctx_.balancers[listener_.pool_index].choose(pool_.cfg->balance, ctx_.loads);
+                                     : gen_->balancers[listener_.pool_index].choose(pool_.cfg->balance, ctx_.loads);
     if (!chosen) return step::stop;
     st_.tried[*chosen] = 1;
     if (!try_reserve(*pool_.backends[*chosen].stats, cfg.limits.per_backend)) return step::next;
@@ -349,7 +349,7 @@ bool session::connect_failed(std::size_t pick, const error_code& cec) {
      : cec == asio::error::connection_refused ? backend.stats->connect_refused_total
                                               : backend.stats->connect_error_total)
         .fetch_add(1, std::memory_order_relaxed);
-    report_passive(ctx_, pool_, listener_.pool_index, pick,
+    report_passive(ctx_, pool_, backend,
                    cec == asio::error::timed_out
                        ? fmt::format("connect timed out after {}ms", cfg.timeouts.connect.count())
                        : cec == asio::error::connection_refused ? std::string("connect refused")
@@ -565,7 +565,6 @@ void session::start_relay(std::unique_ptr<session> self) {
     // session), unhealthy backends' sessions by the health checker.
     entry_.last_activity = clock_type::now();
     entry_.backend = chosen_->health.get();
-    entry_.backend_index = chosen_index_;
     entry_.relaying = true;
     ctx_.resources_recovered();
     relay_.rearm();
@@ -599,7 +598,7 @@ bool session::may_move_on() {
     const bool may_replay = sent_.empty() || is_tls_handshake(sent_);
     const char* why = last_error_ == asio::error::eof ? "closed before any byte came back"
                                                       : "reset before any byte came back";
-    report_passive(ctx_, pool_, listener_.pool_index, chosen_index_, why);
+    report_passive(ctx_, pool_, *chosen_, why);
     spdlog::debug("backend {} ({}) {}; {} the client's {}B", chosen_->cfg->name, endpoint_text(chosen_->endpoint),
                   why, may_replay ? "trying another with" : "cannot replay", sent_.size());
     st_.failures += fmt::format("{}{}: {}", st_.failures.empty() ? "" : "; ", chosen_->cfg->name, why);
@@ -664,7 +663,7 @@ void session::account() {
     // half-closed or sent much before the backend's first byte.)
     if (!entry_.aborted && from_backend.bytes == 0 &&
         (from_backend.end == pump_end::source_reset || to_backend.end == pump_end::sink_failed)) {
-        report_passive(ctx_, pool_, listener_.pool_index, chosen_index_, "reset before any byte came back");
+        report_passive(ctx_, pool_, *chosen_, "reset before any byte came back");
     }
     bstats.active.fetch_sub(1, std::memory_order_relaxed);
     bstats.bytes_to_backend.fetch_add(to_backend.bytes, std::memory_order_relaxed);
