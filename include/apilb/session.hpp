@@ -43,6 +43,11 @@ struct session_entry
     /// the config in force and the backend by `backend`, never by position.
     const pool_runtime* pool = nullptr;
     std::uint64_t key_hash = 0;
+    /// Adds the bytes the session moved since the last call to its backend's
+    /// counters; `owner` is the session. The worker calls it about once a
+    /// second while the session relays, the session once more when it ends.
+    void (*publish_bytes)(void* owner) = nullptr;
+    void* owner = nullptr;
     /// While waiting for its turn (storm control): abort() cancels the wait.
     boost::asio::steady_timer* pacing_timer = nullptr;
 

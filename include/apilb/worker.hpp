@@ -106,6 +106,9 @@ private:
     boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
     /// A Maglev session not on the backend its key prefers in the config in force.
     bool misplaced(const session_entry& s);
+    /// Every second: relaying sessions add the bytes they moved to their
+    /// backends' counters, so that rates show while sessions are open.
+    void publish_tick();
     /// Closes sessions with no traffic for timeouts.idle, checking a few
     /// times per idle period.
     boost::asio::awaitable<void> idle_sweep();
@@ -120,6 +123,7 @@ private:
     std::vector<std::unique_ptr<acceptor_slot>> acceptors_;
     bool started_ = false;                    ///< start() ran: new acceptors get their loop at once
     boost::asio::steady_timer sweep_timer_{io_};
+    boost::asio::steady_timer publish_timer_{io_};
     bool stopping_ = false;  ///< worker thread only
     std::thread thread_;
     std::promise<void> exited_;

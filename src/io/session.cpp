@@ -233,6 +233,9 @@ private:
     void give_up();
     /// The relay ended: counters and the session's log line.
     void account();
+    /// Adds the bytes moved since the last call to the backend's counters.
+    void publish_bytes();
+    static void on_publish(void* self) { static_cast<session*>(self)->publish_bytes(); }
     std::string client_text() const;
 
     worker_context& ctx_;
@@ -257,6 +260,8 @@ private:
     error_code last_error_;       ///< why the last backend failed before its first byte
     std::atomic<std::uint32_t>* slot_ = nullptr;  ///< a backend's connecting count this session holds one of
     bool connect_timed_out_ = false;  ///< the pending connect passed its deadline
+    std::uint64_t published_to_ = 0;    ///< of the bytes to the current backend, those in its counters
+    std::uint64_t published_from_ = 0;  ///< of the bytes from it, those in its counters
 };
 
 session::session(worker_context& ctx, std::size_t listener_index)
@@ -274,6 +279,8 @@ session::session(worker_context& ctx, std::size_t listener_index)
     entry_.upstream = &upstream_;
     ctx_.sessions.push_back(entry_);
     entry_.pool = &pool_;
+    entry_.publish_bytes = &session::on_publish;
+    entry_.owner = this;
     expire = &session::on_connect_deadline;
 }
 
@@ -566,6 +573,8 @@ void session::start_relay(std::unique_ptr<session> self) {
     entry_.last_activity = clock_type::now();
     entry_.backend = chosen_->health.get();
     entry_.relaying = true;
+    // Counted once connected, not when it ends: a watch lasts hours.
+    chosen_->stats->sessions_total.fetch_add(1, std::memory_order_relaxed);
     ctx_.resources_recovered();
     relay_.rearm();
     relay_.keep_for_replay(&sent_, replay_limit);
@@ -609,6 +618,9 @@ bool session::may_move_on() {
     entry_.relaying = false;
     chosen_ = nullptr;
     replayed_ = 0;
+    // What the failed backend was sent stays in its counters.
+    published_to_ = 0;
+    published_from_ = 0;
     return may_replay;
 }
 
@@ -640,7 +652,6 @@ void session::account() {
     const pump_result& from_backend = relay_.from_backend();
     to_backend.bytes += replayed_;
     backend_stats& bstats = *chosen_->stats;
-    bstats.sessions_total.fetch_add(1, std::memory_order_relaxed);
     const bool idle_fired = entry_.idle_expired;
     if (idle_fired) ctx_.stats.closed_by_idle_total.fetch_add(1, std::memory_order_relaxed);
     const bool health_closed = entry_.health_closed && !idle_fired;
@@ -666,8 +677,7 @@ void session::account() {
         report_passive(ctx_, pool_, *chosen_, "reset before any byte came back");
     }
     bstats.active.fetch_sub(1, std::memory_order_relaxed);
-    bstats.bytes_to_backend.fetch_add(to_backend.bytes, std::memory_order_relaxed);
-    bstats.bytes_from_backend.fetch_add(from_backend.bytes, std::memory_order_relaxed);
+    publish_bytes();  // the rest since the worker's last tick
 
     if (spdlog::should_log(spdlog::level::debug)) {
         const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started_);
@@ -691,6 +701,24 @@ void session::account() {
                                         to_backend.error ? "(" + to_backend.error.message() + ")" : "",
                                         to_string(from_backend.end),
                                         from_backend.error ? "(" + from_backend.error.message() + ")" : ""));
+    }
+}
+
+void session::publish_bytes() {
+    // The relay's counts run on while it relays; the worker's tick and the
+    // end of the session add the difference, so each byte is counted once.
+    // (Between a backend's early failure and may_move_on() the relay's
+    // counts are already reset: nothing is added then.)
+    const std::uint64_t to = relay_.to_backend().bytes + replayed_;
+    const std::uint64_t from = relay_.from_backend().bytes;
+    backend_stats& bstats = *chosen_->stats;
+    if (to > published_to_) {
+        bstats.bytes_to_backend.fetch_add(to - published_to_, std::memory_order_relaxed);
+        published_to_ = to;
+    }
+    if (from > published_from_) {
+        bstats.bytes_from_backend.fetch_add(from - published_from_, std::memory_order_relaxed);
+        published_from_ = from;
     }
 }
 

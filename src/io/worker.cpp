@@ -182,6 +182,7 @@ void worker::close_removed(std::shared_ptr<const snapshot> keep, std::vector<con
 void worker::start() {
     started_ = true;
     for (auto& slot : acceptors_) spawn_accept_loop(*slot);
+    publish_tick();
     if (ctx_.snap().cfg->timeouts.idle.count() > 0) {
         asio::co_spawn(io_, idle_sweep(), asio::detached);
     }
@@ -357,6 +358,19 @@ bool worker::misplaced(const session_entry& s) {
     return preferred && pool.backends[*preferred].health.get() != s.backend;
 }
 
+void worker::publish_tick() {
+    publish_timer_.expires_after(std::chrono::seconds(1));
+    publish_timer_.async_wait([this](const error_code& ec) {
+        if (ec || stopping_) return;
+        // One pass over this worker's sessions a second; idle ones have
+        // nothing to add and touch no shared counter.
+        for (auto& s : ctx_.sessions) {
+            if (s.relaying && s.publish_bytes) s.publish_bytes(s.owner);
+        }
+        publish_tick();
+    });
+}
+
 void worker::stop() {
     if (!thread_.joinable()) return;
     // Let every coroutine end on its own, so none is destroyed half-way with
@@ -368,6 +382,7 @@ void worker::stop() {
             slot->pause_timer.cancel();
         }
         sweep_timer_.cancel();
+        publish_timer_.cancel();
         // Armed for the earliest pending connect's deadline, which may be
         // long past the last connect: it must not hold the loop open.
         ctx_.stop_connect_timer();
