@@ -26,7 +26,7 @@ class probe_setup;
 class health_checker {
 public:
     /// Asks every worker to close the sessions relaying to this backend.
-    using close_sessions_fn = std::function<void(const backend_health*)>;
+    using close_sessions_fn = std::function<void(std::shared_ptr<const backend_health>)>;
 
     /// Builds the probe TLS contexts, once per pool. Throws
     /// std::runtime_error naming the pool and file when a CA, certificate or
@@ -51,9 +51,12 @@ public:
     /// first probe (at once if none is probed). Control thread.
     void start(bool announce = true, std::function<void()> first_round_done = {});
 
-    /// A worker saw a client's connect to (pool, backend) fail and has marked
-    /// it suspect. Thread-safe: posts to the control context.
-    void report_passive_failure(std::size_t pool, std::size_t backend, std::string what);
+    /// A worker saw a client's connect to `backend` fail and has marked it
+    /// suspect. The backend is found by identity: a session that started
+    /// under an earlier config reports the backend it tried, wherever this
+    /// config lists it; one this config no longer has is left alone.
+    /// Thread-safe: posts to the control context.
+    void report_passive_failure(std::shared_ptr<const backend_health> backend, std::string what);
 
     /// Ends every probe loop and timer. The control context must then run
     /// until the loops have finished (they do so at once) before the checker

@@ -147,9 +147,10 @@ public:
             token);
     }
 
-    /// Client → backend. Valid once the run has completed.
+    /// Client → backend. Complete once the run has completed; while it
+    /// runs, `bytes` counts what has moved so far (read from the client).
     const pump_result& to_backend() const noexcept { return dirs_[0].result; }
-    /// Backend → client. Valid once the run has completed.
+    /// Backend → client; like to_backend().
     const pump_result& from_backend() const noexcept { return dirs_[1].result; }
     /// The backend closed or reset (or refused the client's bytes) before
     /// sending anything, and `*sent` holds all the client sent: the session

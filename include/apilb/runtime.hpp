@@ -93,6 +93,9 @@ struct backend_health {
     /// `drain: true` in the config. Lives as long as the backend does, so a
     /// reload keeps it.
     std::atomic<bool> admin_drain{false};
+    /// A reload removed it: sessions of earlier configs that still list it
+    /// choose it no more (a retry after a failed connect goes elsewhere).
+    std::atomic<bool> removed{false};
     /// Control thread only.
     probe_record probes;
 };
@@ -103,9 +106,11 @@ struct backend_runtime {
     std::shared_ptr<backend_stats> stats;
     std::shared_ptr<backend_health> health;
 
-    /// Drained, in the config or through the admin endpoint: no new sessions.
+    /// Drained, in the config or through the admin endpoint, or removed by
+    /// a reload: no new sessions.
     bool drained() const noexcept {
-        return cfg->drain || health->admin_drain.load(std::memory_order_relaxed);
+        return cfg->drain || health->admin_drain.load(std::memory_order_relaxed) ||
+               health->removed.load(std::memory_order_relaxed);
     }
     /// Healthy, not suspect and not drained: where sessions belong now
     /// (rebalancing, a Maglev key's preferred backend).

@@ -63,7 +63,7 @@ private:
     void start_watchdog();
 
     /// What the health checker calls to close a backend's sessions on every worker.
-    std::function<void(const backend_health*)> close_sessions_fn();
+    std::function<void(std::shared_ptr<const backend_health>)> close_sessions_fn();
     /// Closes, after timeouts.reload_drain, the sessions of the backends that
     /// `previous` had and the running snapshot has not.
     void drain_removed_backends(std::shared_ptr<const snapshot> previous);

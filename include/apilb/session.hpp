@@ -50,12 +50,16 @@ struct session_entry
     bool relaying = false;     ///< connected: only now can the session be idle
     /// Set once, by abort(): the first reason stays.
     close_reason closed_by = close_reason::none;
-    /// Maglev pools: the client's key and the pool (of the session's own
-    /// snapshot) it was chosen from, so rebalancing can tell whether the
-    /// session sits on its preferred backend. `backend_index` indexes it.
+    /// The pool (of the session's own snapshot) it was chosen from, and for
+    /// Maglev pools the client's key: rebalancing finds the pool by name in
+    /// the config in force and the backend by `backend`, never by position.
     const pool_runtime* pool = nullptr;
     std::uint64_t key_hash = 0;
-    std::size_t backend_index = 0;
+    /// Adds the bytes the session moved since the last call to its backend's
+    /// counters; `owner` is the session. The worker calls it about once a
+    /// second while the session relays, the session once more when it ends.
+    void (*publish_bytes)(void* owner) = nullptr;
+    void* owner = nullptr;
     /// While waiting for its turn (storm control): abort() cancels the wait.
     boost::asio::steady_timer* pacing_timer = nullptr;
 
@@ -107,22 +111,37 @@ private:
     std::uint64_t suppressed_ = 0;
 };
 
-/// Tells the health checker that a client's connect to backend `backend` of
-/// pool `pool` failed (refused, timed out, or reset before any byte came
-/// back). Called on a worker thread; must not block.
-using passive_reporter = std::function<void(std::size_t pool, std::size_t backend, std::string what)>;
+/// Tells the health checker that a client's connect to `backend` failed
+/// (refused, timed out, or reset before any byte came back). The backend is
+/// named by its health block, which a reload keeps for a kept backend, not
+/// by its position in a list a reload may renumber. Called on a worker
+/// thread; must not block.
+using passive_reporter = std::function<void(std::shared_ptr<const backend_health> backend, std::string what)>;
+
+/// One config as a worker serves it: the snapshot and this worker's
+/// balancing state for each of its pools. A session holds the generation it
+/// started in for its whole life, so positions it takes from the snapshot
+/// always index the same balancer state: a reload makes a new generation
+/// and never changes an old one. Worker thread only.
+struct generation {
+    explicit generation(std::shared_ptr<const snapshot> s);
+    const std::shared_ptr<const snapshot> snap;
+    std::vector<balancer_state> balancers;  ///< one per pool of `snap`
+};
 
 /// What sessions of one worker share. Owned by the worker; worker thread only,
 /// except `stats`, which is process-wide (atomics).
 struct worker_context {
     worker_context(std::shared_ptr<const snapshot> snap, process_stats& stats, poller& p);
 
-    std::shared_ptr<const snapshot> snap;
+    /// The generation new sessions start in; replaced by a reload.
+    std::shared_ptr<generation> current;
+    /// The snapshot of `current`.
+    const snapshot& snap() const noexcept { return *current->snap; }
     process_stats& stats;
     /// The worker's epoll set: every session socket is registered there.
     poller& sockets;
     relay_resources relay;
-    std::vector<balancer_state> balancers;  ///< one per pool of `snap`
     /// Scratch for choosing a backend: filled and read with no suspension between.
     std::vector<backend_load> loads;
     session_list sessions;

@@ -75,8 +75,9 @@ public:
     /// Closes every session. Any thread.
     void abort_sessions();
     /// Closes the sessions relaying to `backend` (it became unhealthy); they
-    /// are counted as closed_by_health. Any thread.
-    void abort_sessions_on(const backend_health* backend);
+    /// are counted as closed_by_health. The pointer keeps the identity alive
+    /// until the worker has compared it. Any thread.
+    void abort_sessions_on(std::shared_ptr<const backend_health> backend);
     /// Rebalancing: closes sessions as `orders` ask (oldest first), taking
     /// from their shared quotas; counted as closed_by_rebalance. Any thread.
     void close_for_rebalance(std::vector<rebalance_order> orders);
@@ -93,27 +94,21 @@ private:
         acceptor_slot(poller& p, boost::asio::io_context& io, std::size_t index)
             : listener(p), listener_index(index), pause_timer(io) {}
         poll_socket listener;                   ///< the listening socket, non-blocking
-        std::size_t listener_index;             ///< in ctx_.snap; updated by apply()
+        std::size_t listener_index;             ///< in ctx_.snap(); updated by apply()
         boost::asio::steady_timer pause_timer;  ///< waits out an accept pause
         bool loop_done = false;                 ///< its accept loop has returned: the slot may go
     };
     /// A slot for the listening descriptor `fd` (which it then owns).
     std::unique_ptr<acceptor_slot> adopt_listener(int fd, std::size_t listener_index, boost::system::error_code& ec);
 
-    /// The snapshot new sessions get, with this worker's balancer states for
-    /// it. ctx_.snap shares ownership of it (aliasing): a session holding
-    /// its snapshot also keeps the balancer state it took a reference to
-    /// alive across a reload.
-    struct generation {
-        std::shared_ptr<const snapshot> snap;
-        std::vector<balancer_state> balancers;  ///< moved out of ctx_ when the next generation comes
-    };
-
     void spawn_accept_loop(acceptor_slot& slot);
 
     boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
-    /// A Maglev session not on the backend its key now prefers.
+    /// A Maglev session not on the backend its key prefers in the config in force.
     bool misplaced(const session_entry& s);
+    /// Every second: relaying sessions add the bytes they moved to their
+    /// backends' counters, so that rates show while sessions are open.
+    void publish_tick();
     /// Closes sessions with no traffic for timeouts.idle and sessions whose
     /// writes made no progress for timeouts.write_stall, checking a few
     /// times per period.
@@ -127,9 +122,9 @@ private:
     boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
     worker_context ctx_;
     std::vector<std::unique_ptr<acceptor_slot>> acceptors_;
-    std::shared_ptr<generation> generation_;  ///< current; older ones live while their sessions do
     bool started_ = false;                    ///< start() ran: new acceptors get their loop at once
     boost::asio::steady_timer sweep_timer_{io_};
+    boost::asio::steady_timer publish_timer_{io_};
     bool stopping_ = false;  ///< worker thread only
     std::thread thread_;
     std::promise<void> exited_;

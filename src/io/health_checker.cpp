@@ -60,9 +60,8 @@ void record_change(probe_record& r, bool healthy, const check_result& result) {
 /// One backend as the checker sees it. Control thread only.
 struct health_checker::target {
     target(asio::io_context& io, const pool_runtime& p, const backend_runtime& b, probe_setup& s,
-           std::size_t pi, std::size_t bi, std::size_t gi)
+           std::size_t pi, std::size_t gi)
         : pool_index(pi),
-          backend_index(bi),
           global_index(gi),
           pool(&p),
           backend(&b),
@@ -71,8 +70,7 @@ struct health_checker::target {
           wake(io),
           close_timer(io) {}
 
-    std::size_t pool_index;
-    std::size_t backend_index;
+    std::size_t pool_index;  ///< in this checker's snapshot, which never changes
     std::size_t global_index;  ///< among every backend of every pool, for spreading probes
     const pool_runtime* pool;
     const backend_runtime* backend;
@@ -145,7 +143,7 @@ health_checker::health_checker(asio::io_context& control, std::shared_ptr<const 
         by_pool_.emplace_back();
         for (std::size_t b = 0; b < pool.backends.size(); ++b) {
             targets_.push_back(
-                std::make_unique<target>(control_, pool, pool.backends[b], *setups_.back(), p, b, global++));
+                std::make_unique<target>(control_, pool, pool.backends[b], *setups_.back(), p, global++));
             by_pool_.back().push_back(targets_.back().get());
         }
     }
@@ -268,34 +266,17 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
     --running_;
 }
 
-void health_checker::report_passive_failure(std::size_t pool, std::size_t backend, std::string what) {
-    asio::post(control_, [this, pool, backend, what = std::move(what)] {
-        target* t = pool < by_pool_.size() && backend < by_pool_[pool].size() ? by_pool_[pool][backend] : nullptr;
-        // The worker marked the backend suspect before reporting it. If the
-        // one at these indices is not but another is, and nobody has asked
-        // to probe that one, the session started before a reload renumbered
-        // the backends (the indices are of its snapshot, not ours): probe
-        // the suspect ones now instead, counting nothing against them.
-        if (t && t->backend->health->suspect.load(std::memory_order_relaxed)) {
-            on_passive_failure(*t, what);
+void health_checker::report_passive_failure(std::shared_ptr<const backend_health> backend, std::string what) {
+    asio::post(control_, [this, backend = std::move(backend), what = std::move(what)] {
+        const auto it = std::find_if(targets_.begin(), targets_.end(),
+                                     [&](const auto& t) { return t->backend->health == backend; });
+        if (it != targets_.end()) {
+            on_passive_failure(**it, what);
             return;
         }
-        std::vector<target*> unasked;
-        for (auto& other : targets_) {
-            if (other->backend->health->suspect.load(std::memory_order_relaxed) && !other->probe_now) {
-                unasked.push_back(other.get());
-            }
-        }
-        if (unasked.empty()) {
-            // A probe that passed in between cleared it; this failure is newer.
-            if (t) on_passive_failure(*t, what);
-            return;
-        }
-        if (stopping_) return;
-        for (target* other : unasked) {
-            other->probe_now = true;
-            if (!other->in_flight) other->wake.cancel();
-        }
+        // A reload removed it after the session chose it: it takes no new
+        // sessions and its open ones are drained; nothing to check.
+        spdlog::debug("health: a client's connect failed ({}) on a backend no longer configured", what);
     });
 }
 
@@ -448,7 +429,7 @@ void health_checker::close_sessions(target& t) {
     }
     spdlog::warn("health: {}: closing its {} session(s) so that their clients reconnect to a healthy backend", name,
                  open);
-    close_sessions_(t.backend->health.get());
+    close_sessions_(t.backend->health);
 }
 
 std::size_t health_checker::healthy_in_pool(std::size_t pool) const {

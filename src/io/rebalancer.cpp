@@ -50,11 +50,11 @@ void rebalancer::tick() {
         st.tokens = std::min(st.tokens + per_tick, std::max(1.0, per_tick));
         auto budget = static_cast<std::int64_t>(st.tokens);
         if (budget <= 0) continue;
-        auto issue = [&](const backend_health* backend, std::int64_t n) {
+        auto issue = [&](std::shared_ptr<const backend_health> backend, std::int64_t n) {
             auto quota = std::make_shared<std::atomic<std::int64_t>>(n);
             st.issued.push_back(quota);
             st.tokens -= static_cast<double>(n);
-            orders.push_back({.pool = pool.cfg->name, .backend = backend, .quota = std::move(quota)});
+            orders.push_back({.pool = pool.cfg->name, .backend = std::move(backend), .quota = std::move(quota)});
         };
         if (pool.maglev) {
             // Sessions away from their preferred backend (it was down when
@@ -81,7 +81,7 @@ void rebalancer::tick() {
             if (plan[i] == 0) continue;
             const std::int64_t n = std::min<std::int64_t>(plan[i], budget);
             budget -= n;
-            issue(pool.backends[i].health.get(), n);
+            issue(pool.backends[i].health, n);
         }
     }
     if (!orders.empty()) close_(std::move(orders));

@@ -109,9 +109,9 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
     for (std::size_t i = 0; i < n; ++i) {
         workers_.push_back(std::make_unique<worker>(i, snap_, stats_));
         // Through the control thread: a reload replaces the checker.
-        workers_.back()->set_passive_reporter([this](std::size_t pool, std::size_t backend, std::string what) {
-            asio::post(control_, [this, pool, backend, what = std::move(what)]() mutable {
-                health_->report_passive_failure(pool, backend, std::move(what));
+        workers_.back()->set_passive_reporter([this](std::shared_ptr<const backend_health> backend, std::string what) {
+            asio::post(control_, [this, backend = std::move(backend), what = std::move(what)]() mutable {
+                health_->report_passive_failure(std::move(backend), std::move(what));
             });
         });
         for (std::size_t l = 0; l < snap_->listeners.size(); ++l) workers_.back()->bind(l);
@@ -151,10 +151,10 @@ server::~server() {
     if (health_) health_->stop();
 }
 
-std::function<void(const backend_health*)> server::close_sessions_fn() {
+std::function<void(std::shared_ptr<const backend_health>)> server::close_sessions_fn() {
     // The checker closes an unhealthy backend's sessions through the workers,
     // each on its own thread.
-    return [this](const backend_health* backend) {
+    return [this](std::shared_ptr<const backend_health> backend) {
         for (auto& w : workers_) w->abort_sessions_on(backend);
     };
 }

@@ -189,6 +189,7 @@ void server::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
             if (snap_->find_same(p, b) != nullptr) continue;
             // Its health block is the session's identity for the backend.
             removed.push_back(b.health.get());
+            b.health->removed.store(true, std::memory_order_relaxed);
             open += b.stats->active.load(std::memory_order_relaxed);
         }
     }

@@ -66,12 +66,10 @@ bool try_reserve(backend_stats& stats, std::uint32_t per_backend) {
 /// suspect at once (other workers skip it from now on) and tells the health
 /// checker, which probes it at once. Later failures while it is suspect are
 /// not reported again, so a burst of clients failing together posts once.
-void report_passive(worker_context& ctx, const pool_runtime& pool, std::size_t pool_index,
-                    std::size_t backend_index, std::string what) {
-    const backend_runtime& b = pool.backends[backend_index];
+void report_passive(worker_context& ctx, const pool_runtime& pool, const backend_runtime& b, std::string what) {
     if (!pool.cfg->health.passive || !ctx.report_passive) return;
     if (b.health->suspect.exchange(true, std::memory_order_relaxed)) return;
-    ctx.report_passive(pool_index, backend_index, std::move(what));
+    ctx.report_passive(b.health, std::move(what));
 }
 
 /// Backends tried so far by one session; no allocation for pools of up to 16.
@@ -255,12 +253,16 @@ private:
     void give_up();
     /// The relay ended: counters and the session's log line.
     void account();
+    /// Adds the bytes moved since the last call to the backend's counters.
+    void publish_bytes();
+    static void on_publish(void* self) { static_cast<session*>(self)->publish_bytes(); }
     std::string client_text() const;
 
     worker_context& ctx_;
-    // Held for the whole session: a reload must not pull the config out
-    // from under it.
-    const std::shared_ptr<const snapshot> snap_;
+    // Held for the whole session: a reload must not pull the config, or the
+    // balancer state its positions index, out from under it.
+    const std::shared_ptr<generation> gen_;
+    const snapshot* const snap_;
     const listener_runtime& listener_;
     const pool_runtime& pool_;
     std::size_t listener_index_;
@@ -278,11 +280,14 @@ private:
     error_code last_error_;       ///< why the last backend failed before its first byte
     std::atomic<std::uint32_t>* slot_ = nullptr;  ///< a backend's connecting count this session holds one of
     bool connect_timed_out_ = false;  ///< the pending connect passed its deadline
+    std::uint64_t published_to_ = 0;    ///< of the bytes to the current backend, those in its counters
+    std::uint64_t published_from_ = 0;  ///< of the bytes from it, those in its counters
 };
 
 session::session(worker_context& ctx, std::size_t listener_index)
     : ctx_(ctx),
-      snap_(ctx.snap),
+      gen_(ctx.current),
+      snap_(gen_->snap.get()),
       listener_(snap_->listeners[listener_index]),
       pool_(snap_->pools[listener_.pool_index]),
       listener_index_(listener_index),
@@ -295,6 +300,8 @@ session::session(worker_context& ctx, std::size_t listener_index)
     entry_.pump = &relay_;
     ctx_.sessions.push_back(entry_);
     entry_.pool = &pool_;
+    entry_.publish_bytes = &session::on_publish;
+    entry_.owner = this;
     expire = &session::on_connect_deadline;
 }
 
@@ -335,7 +342,7 @@ session::step session::pick_backend(std::size_t& pick) {
     // The worker's scratch vector: filled and read with no suspension between.
     fill_loads(ctx_.loads, pool_, st_.tried, cfg.limits.per_backend);
     const auto chosen = pool_.maglev ? choose_maglev(*pool_.maglev, st_.key_hash, ctx_.loads)
-                                     : ctx_.balancers[listener_.pool_index].choose(pool_.cfg->balance, ctx_.loads);
+                                     : gen_->balancers[listener_.pool_index].choose(pool_.cfg->balance, ctx_.loads);
     if (!chosen) return step::stop;
     st_.tried[*chosen] = 1;
     if (!try_reserve(*pool_.backends[*chosen].stats, cfg.limits.per_backend)) return step::next;
@@ -370,7 +377,7 @@ bool session::connect_failed(std::size_t pick, const error_code& cec) {
      : cec == asio::error::connection_refused ? backend.stats->connect_refused_total
                                               : backend.stats->connect_error_total)
         .fetch_add(1, std::memory_order_relaxed);
-    report_passive(ctx_, pool_, listener_.pool_index, pick,
+    report_passive(ctx_, pool_, backend,
                    cec == asio::error::timed_out
                        ? fmt::format("connect timed out after {}ms", cfg.timeouts.connect.count())
                        : cec == asio::error::connection_refused ? std::string("connect refused")
@@ -586,8 +593,9 @@ void session::start_relay(std::unique_ptr<session> self) {
     // session), unhealthy backends' sessions by the health checker.
     entry_.last_activity = clock_type::now();
     entry_.backend = chosen_->health.get();
-    entry_.backend_index = chosen_index_;
     entry_.relaying = true;
+    // Counted once connected, not when it ends: a watch lasts hours.
+    chosen_->stats->sessions_total.fetch_add(1, std::memory_order_relaxed);
     ctx_.resources_recovered();
     relay_.rearm();
     relay_.keep_for_replay(&sent_, replay_limit);
@@ -620,7 +628,7 @@ bool session::may_move_on() {
     const bool may_replay = sent_.empty() || is_tls_handshake(sent_);
     const char* why = last_error_ == asio::error::eof ? "closed before any byte came back"
                                                       : "reset before any byte came back";
-    report_passive(ctx_, pool_, listener_.pool_index, chosen_index_, why);
+    report_passive(ctx_, pool_, *chosen_, why);
     spdlog::debug("backend {} ({}) {}; {} the client's {}B", chosen_->cfg->name, endpoint_text(chosen_->endpoint),
                   why, may_replay ? "trying another with" : "cannot replay", sent_.size());
     st_.failures += fmt::format("{}{}: {}", st_.failures.empty() ? "" : "; ", chosen_->cfg->name, why);
@@ -631,6 +639,9 @@ bool session::may_move_on() {
     entry_.relaying = false;
     chosen_ = nullptr;
     replayed_ = 0;
+    // What the failed backend was sent stays in its counters.
+    published_to_ = 0;
+    published_from_ = 0;
     return may_replay;
 }
 
@@ -662,7 +673,6 @@ void session::account() {
     const pump_result& from_backend = relay_.from_backend();
     to_backend.bytes += replayed_;
     backend_stats& bstats = *chosen_->stats;
-    bstats.sessions_total.fetch_add(1, std::memory_order_relaxed);
     switch (entry_.closed_by) {
     case close_reason::none: break;
     case close_reason::idle: ctx_.stats.closed_by_idle_total.fetch_add(1, std::memory_order_relaxed); break;
@@ -684,11 +694,10 @@ void session::account() {
     // half-closed or sent much before the backend's first byte.)
     if (!entry_.aborted() && from_backend.bytes == 0 &&
         (from_backend.end == pump_end::source_reset || to_backend.end == pump_end::sink_failed)) {
-        report_passive(ctx_, pool_, listener_.pool_index, chosen_index_, "reset before any byte came back");
+        report_passive(ctx_, pool_, *chosen_, "reset before any byte came back");
     }
     bstats.active.fetch_sub(1, std::memory_order_relaxed);
-    bstats.bytes_to_backend.fetch_add(to_backend.bytes, std::memory_order_relaxed);
-    bstats.bytes_from_backend.fetch_add(from_backend.bytes, std::memory_order_relaxed);
+    publish_bytes();  // the rest since the worker's last tick
 
     if (spdlog::should_log(spdlog::level::debug)) {
         const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started_);
@@ -707,6 +716,24 @@ void session::account() {
                                         to_backend.error ? "(" + to_backend.error.message() + ")" : "",
                                         to_string(from_backend.end),
                                         from_backend.error ? "(" + from_backend.error.message() + ")" : ""));
+    }
+}
+
+void session::publish_bytes() {
+    // The relay's counts run on while it relays; the worker's tick and the
+    // end of the session add the difference, so each byte is counted once.
+    // (Between a backend's early failure and may_move_on() the relay's
+    // counts are already reset: nothing is added then.)
+    const std::uint64_t to = relay_.to_backend().bytes + replayed_;
+    const std::uint64_t from = relay_.from_backend().bytes;
+    backend_stats& bstats = *chosen_->stats;
+    if (to > published_to_) {
+        bstats.bytes_to_backend.fetch_add(to - published_to_, std::memory_order_relaxed);
+        published_to_ = to;
+    }
+    if (from > published_from_) {
+        bstats.bytes_from_backend.fetch_add(from - published_from_, std::memory_order_relaxed);
+        published_from_ = from;
     }
 }
 

@@ -39,8 +39,6 @@ constexpr int accepts_per_turn = 64;
 worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats)
     : index_(index), work_(io_.get_executor()), ctx_(std::move(snap), stats, sockets_) {
     sockets_.attach(io_);
-    generation_ = std::make_shared<generation>(generation{.snap = ctx_.snap, .balancers = {}});
-    ctx_.snap = std::shared_ptr<const snapshot>(generation_, generation_->snap.get());
 }
 
 worker::~worker() {
@@ -90,8 +88,8 @@ int worker::open_listener(const listener_runtime& l, const tcp_config& tcp) {
 }
 
 void worker::bind(std::size_t listener_index) {
-    const listener_runtime& l = ctx_.snap->listeners[listener_index];
-    const int fd = open_listener(l, ctx_.snap->cfg->tcp);
+    const listener_runtime& l = ctx_.snap().listeners[listener_index];
+    const int fd = open_listener(l, ctx_.snap().cfg->tcp);
     error_code ec;
     auto slot = adopt_listener(fd, listener_index, ec);
     if (ec) {
@@ -127,7 +125,7 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
             done();
             return;
         }
-        const snapshot& current = *ctx_.snap;
+        const snapshot& current = ctx_.snap();
         for (auto& slot : acceptors_) {
             if (!slot->listener.is_open()) continue;
             const listener_runtime& was = current.listeners[slot->listener_index];
@@ -150,15 +148,11 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
             // Linux takes a new backlog from a second listen() on a listening socket.
             if (it->cfg->backlog != was.cfg->backlog) ::listen(slot->listener.native_handle(), static_cast<int>(it->cfg->backlog));
         }
-        // Sessions that started on the old snapshot hold it, and with it the
-        // balancer states they took a reference to.
-        generation_->balancers = std::move(ctx_.balancers);
-        ctx_.balancers.clear();
-        generation_ = std::make_shared<generation>(generation{.snap = std::move(next), .balancers = {}});
-        ctx_.snap = std::shared_ptr<const snapshot>(generation_, generation_->snap.get());
-        for (const auto& p : ctx_.snap->pools) ctx_.balancers.emplace_back(p.backends.size());
+        // Sessions that started in the old generation hold it: its snapshot
+        // and balancer states stay as they were until the last one ends.
+        ctx_.current = std::make_shared<generation>(std::move(next));
         for (const auto& a : added) {
-            const listener_runtime& l = ctx_.snap->listeners[a.listener_index];
+            const listener_runtime& l = ctx_.snap().listeners[a.listener_index];
             error_code ec;
             auto slot = adopt_listener(a.fd, a.listener_index, ec);
             if (ec) {
@@ -187,7 +181,8 @@ void worker::close_removed(std::shared_ptr<const snapshot> keep, std::vector<con
 void worker::start() {
     started_ = true;
     for (auto& slot : acceptors_) spawn_accept_loop(*slot);
-    const timeouts_config& t = ctx_.snap->cfg->timeouts;
+    publish_tick();
+    const timeouts_config& t = ctx_.snap().cfg->timeouts;
     if (t.idle.count() > 0 || t.write_stall.count() > 0) asio::co_spawn(io_, sweep_sessions(), asio::detached);
     thread_ = std::thread([this] {
         // "apilb-w0" .. "apilb-w255" in `top -H` and /proc/PID/task/*/comm.
@@ -207,9 +202,9 @@ void worker::start() {
 
 asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
     const std::uint32_t max_connections = ctx_.max_connections;
-    // A reload may swap ctx_.snap and renumber the listeners while this loop
+    // A reload may swap ctx_.current and renumber the listeners while this loop
     // waits: look the listener up afresh after every wait, never hold it.
-    auto listener_name = [&]() -> const std::string& { return ctx_.snap->listeners[slot.listener_index].cfg->name; };
+    auto listener_name = [&]() -> const std::string& { return ctx_.snap().listeners[slot.listener_index].cfg->name; };
     int taken = 0;  // accepted since this loop last let the others run
     for (;;) {
         if (std::chrono::steady_clock::now() < ctx_.accept_paused_until) {
@@ -249,7 +244,7 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
         }
         ++taken;
         ctx_.stats.accepted_total.fetch_add(1, std::memory_order_relaxed);
-        listener_stats& lstats = *ctx_.snap->listeners[slot.listener_index].stats;
+        listener_stats& lstats = *ctx_.snap().listeners[slot.listener_index].stats;
         lstats.accepted_total.fetch_add(1, std::memory_order_relaxed);
         const auto before = ctx_.stats.active_sessions.fetch_add(1, std::memory_order_relaxed);
         if (max_connections != 0 && before >= max_connections) {
@@ -266,17 +261,17 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             }
             continue;
         }
-        // The session is built here, on io_'s thread: it takes ctx_.snap
+        // The session is built here, on io_'s thread: it takes ctx_.current
         // before any reload can swap it, and slot.listener_index is an
-        // index into that snapshot.
+        // index into that generation's snapshot.
         start_session(ctx_, fd, slot.listener_index);
     }
 }
 
 asio::awaitable<void> worker::sweep_sessions() {
     using std::chrono::milliseconds;
-    const auto idle = ctx_.snap->cfg->timeouts.idle;
-    const auto stall = ctx_.snap->cfg->timeouts.write_stall;
+    const auto idle = ctx_.snap().cfg->timeouts.idle;
+    const auto stall = ctx_.snap().cfg->timeouts.write_stall;
     // A tenth of the shorter limit, within [100ms, 30s]: a session is closed
     // at most 10% (or 30 s) after its time is up.
     const milliseconds shortest = idle.count() == 0 ? stall : stall.count() == 0 ? idle : std::min(idle, stall);
@@ -316,10 +311,10 @@ void worker::abort_sessions() {
     });
 }
 
-void worker::abort_sessions_on(const backend_health* backend) {
-    asio::post(io_, [this, backend] {
+void worker::abort_sessions_on(std::shared_ptr<const backend_health> backend) {
+    asio::post(io_, [this, backend = std::move(backend)] {
         for (auto& s : ctx_.sessions) {
-            if (s.backend != backend || s.aborted()) continue;
+            if (s.backend != backend.get() || s.aborted()) continue;
             s.abort(close_reason::health);
         }
     });
@@ -332,7 +327,7 @@ void worker::close_for_rebalance(std::vector<rebalance_order> orders) {
             for (auto& s : ctx_.sessions) {  // oldest first: sessions are appended as they start
                 if (!s.relaying || s.aborted() || !s.pool || s.pool->cfg->name != order.pool) continue;
                 if (order.backend) {
-                    if (s.backend != order.backend) continue;
+                    if (s.backend != order.backend.get()) continue;
                 } else if (!misplaced(s)) {
                     continue;
                 }
@@ -344,10 +339,15 @@ void worker::close_for_rebalance(std::vector<rebalance_order> orders) {
 }
 
 bool worker::misplaced(const session_entry& s) {
-    // Where the session's own Maglev preference would send it now, among
-    // backends that can take sessions.
-    const pool_runtime& pool = *s.pool;
-    if (!pool.maglev) return false;
+    // Where the key's Maglev preference in the config in force would send it
+    // now, among backends that can take sessions. The session may have
+    // started under an earlier config that listed the backends otherwise:
+    // its pool is found by name and its backend by identity.
+    const auto& pools = ctx_.snap().pools;
+    const auto it = std::find_if(pools.begin(), pools.end(),
+                                 [&](const pool_runtime& p) { return p.cfg->name == s.pool->cfg->name; });
+    if (it == pools.end() || !it->maglev) return false;
+    const pool_runtime& pool = *it;
     ctx_.loads.resize(pool.backends.size());
     for (std::size_t i = 0; i < pool.backends.size(); ++i) {
         const auto& b = pool.backends[i];
@@ -357,7 +357,20 @@ bool worker::misplaced(const session_entry& s) {
                          .tier = 0};
     }
     const auto preferred = choose_maglev(*pool.maglev, s.key_hash, ctx_.loads);
-    return preferred && *preferred != s.backend_index;
+    return preferred && pool.backends[*preferred].health.get() != s.backend;
+}
+
+void worker::publish_tick() {
+    publish_timer_.expires_after(std::chrono::seconds(1));
+    publish_timer_.async_wait([this](const error_code& ec) {
+        if (ec || stopping_) return;
+        // One pass over this worker's sessions a second; idle ones have
+        // nothing to add and touch no shared counter.
+        for (auto& s : ctx_.sessions) {
+            if (s.relaying && s.publish_bytes) s.publish_bytes(s.owner);
+        }
+        publish_tick();
+    });
 }
 
 void worker::stop() {
@@ -371,6 +384,7 @@ void worker::stop() {
             slot->pause_timer.cancel();
         }
         sweep_timer_.cancel();
+        publish_timer_.cancel();
         // Armed for the earliest pending connect's deadline, which may be
         // long past the last connect: it must not hold the loop open.
         ctx_.stop_connect_timer();

@@ -119,9 +119,15 @@ void worker_context::stop_connect_timer() {
     if (connect_timer) connect_timer->cancel();
 }
 
-worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats& st, poller& p)
-    : snap(std::move(s)), stats(st), sockets(p), relay(snap->cfg->relay), max_connections(snap->cfg->limits.max_connections) {
+generation::generation(std::shared_ptr<const snapshot> s) : snap(std::move(s)) {
     for (const auto& p : snap->pools) balancers.emplace_back(p.backends.size());
 }
+
+worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats& st, poller& p)
+    : current(std::make_shared<generation>(std::move(s))),
+      stats(st),
+      sockets(p),
+      relay(snap().cfg->relay),
+      max_connections(snap().cfg->limits.max_connections) {}
 
 }  // namespace apilb

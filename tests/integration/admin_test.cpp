@@ -377,6 +377,86 @@ TEST(AdminEndpoint, MetricsParseAndCountRealTraffic) {
     EXPECT_EQ(apilb.terminate(), 0);
 }
 
+/// A backend's session and byte counters, from /metrics and from /api/v1/status.
+struct backend_counts {
+    double sessions = -1, sent = -1, received = -1;
+    bool operator==(const backend_counts&) const = default;
+};
+
+backend_counts counts_in_metrics(std::uint16_t admin, const std::string& backend) {
+    const auto m = http(admin, "GET", "/metrics");
+    std::map<std::string, metric_family> fams;
+    parse_exposition(m.body, fams);
+    const std::map<std::string, std::string> l{{"pool", "p"}, {"backend", backend}};
+    return {value_of(fams, "apilb_backend_sessions_total", "apilb_backend_sessions_total", l),
+            value_of(fams, "apilb_backend_sent_bytes_total", "apilb_backend_sent_bytes_total", l),
+            value_of(fams, "apilb_backend_received_bytes_total", "apilb_backend_received_bytes_total", l)};
+}
+
+backend_counts counts_in_status(std::uint16_t admin, const std::string& backend) {
+    const auto b = backend_status(http(admin, "GET", "/api/v1/status").body, backend);
+    if (b.empty()) return {};
+    return {static_cast<double>(b.at("sessions_total").to_number<std::uint64_t>()),
+            static_cast<double>(b.at("bytes_to_backend").to_number<std::uint64_t>()),
+            static_cast<double>(b.at("bytes_from_backend").to_number<std::uint64_t>())};
+}
+
+/// Polls both until they show `want`; how long that took, or nullopt.
+std::optional<milliseconds> wait_for_counts(std::uint16_t admin, const std::string& backend, const backend_counts& want,
+                                            milliseconds timeout = milliseconds(5000)) {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() < t0 + timeout) {
+        if (counts_in_metrics(admin, backend) == want && counts_in_status(admin, backend) == want) {
+            return std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - t0);
+        }
+        std::this_thread::sleep_for(milliseconds(50));
+    }
+    return std::nullopt;
+}
+
+TEST(AdminEndpoint, CountersMoveWhileASessionIsOpenAndAreExactAfterItCloses) {
+    // A watch lasts hours: its session counts once connected and its bytes
+    // show within a second or two, not when it ends (Prometheus rate()).
+    temp_dir dir;
+    tcp_server b0("127.0.0.1", tagged_echo("b0"));
+    const auto port = free_port();
+    const auto admin = free_port();
+    apilb_process apilb(dir, admin_config(port, {b0.address()}, admin), "127.0.0.1", port);
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
+
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    c.set_timeout(milliseconds(5000));
+    ASSERT_EQ(c.recv_exact(3), "b0\n");
+    std::uint64_t sent = 0;
+    for (std::size_t size : {10000u, 70000u}) {
+        const std::string chunk = random_bytes(size, static_cast<std::uint32_t>(size));
+        ASSERT_TRUE(c.send_all(chunk));
+        ASSERT_EQ(c.recv_exact(chunk.size()), chunk);
+        sent += chunk.size();
+        const backend_counts want{1, static_cast<double>(sent), static_cast<double>(sent + 3)};
+        const auto took = wait_for_counts(admin, "b0", want);
+        EXPECT_TRUE(took) << "after " << sent << "B each way, with the session open: /metrics shows sessions "
+                          << counts_in_metrics(admin, "b0").sessions << ", sent " << counts_in_metrics(admin, "b0").sent
+                          << "; status shows sent " << counts_in_status(admin, "b0").sent;
+        if (took) std::cout << "[ counters ] " << sent << "B each way visible after " << took->count() << "ms\n";
+    }
+    c.close();
+    // Closed: the totals are exact, the last bytes counted once, and they
+    // agree with the relay's own count in its log line.
+    ASSERT_TRUE(wait_for(admin, "/metrics", [](const http_reply& r) {
+        return r.body.find("\napilb_sessions_active 0\n") != std::string::npos;
+    }));
+    EXPECT_TRUE(apilb.wait_for_log(fmt::format("client_to_backend={}B backend_to_client={}B", sent, sent + 3)))
+        << apilb.log();
+    const backend_counts exact{1, static_cast<double>(sent), static_cast<double>(sent + 3)};
+    EXPECT_TRUE(wait_for_counts(admin, "b0", exact, milliseconds(2500)));
+    std::this_thread::sleep_for(milliseconds(1500));  // a worker tick after the close adds nothing
+    EXPECT_EQ(counts_in_metrics(admin, "b0"), exact);
+    EXPECT_EQ(counts_in_status(admin, "b0"), exact);
+    EXPECT_EQ(apilb.terminate(), 0);
+}
+
 TEST(AdminControl, DrainEnableReloadThroughTheCli) {
     temp_dir dir;
     tcp_server b0("127.0.0.1", tagged_echo("b0"));

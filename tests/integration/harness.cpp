@@ -410,6 +410,25 @@ tcp_server::handler echo_handler() {
     };
 }
 
+blackhole::blackhole(const std::string& ip) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    ::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    ::listen(fd_, 0);
+    socklen_t len = sizeof sa;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len);
+    address_ = ip + ":" + std::to_string(ntohs(sa.sin_port));
+    // Fill the queue; the fillers that cannot get in time out quietly.
+    for (int i = 0; i < 4; ++i) {
+        client c;
+        if (c.connect(ip, ntohs(sa.sin_port), 200ms) == 0) fillers_.push_back(std::move(c));
+    }
+}
+
+blackhole::~blackhole() { ::close(fd_); }
+
 std::uint64_t fnv1a(const void* data, std::size_t len, std::uint64_t h) {
     auto p = static_cast<const unsigned char*>(data);
     for (std::size_t i = 0; i < len; ++i) {

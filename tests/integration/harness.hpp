@@ -211,6 +211,23 @@ private:
 /// Echoes every byte back until EOF, then half-closes.
 tcp_server::handler echo_handler();
 
+/// A listening socket whose accept queue is full: SYNs to it are dropped,
+/// so a connect to it hangs until the connect timeout (a host that is gone).
+class blackhole {
+public:
+    explicit blackhole(const std::string& ip);
+    ~blackhole();
+    blackhole(const blackhole&) = delete;
+    blackhole& operator=(const blackhole&) = delete;
+    /// "ip:port".
+    const std::string& address() const { return address_; }
+
+private:
+    int fd_ = -1;
+    std::string address_;
+    std::vector<client> fillers_;
+};
+
 /// FNV-1a 64 over a byte string: enough to compare payloads.
 std::uint64_t fnv1a(const void* data, std::size_t len, std::uint64_t h = 1469598103934665603ULL);
 

@@ -18,35 +18,6 @@ std::string config_for(std::uint16_t port, const std::vector<std::string>& backe
     return single_pool_config(port, backends, "round-robin", 1, extra);
 }
 
-/// A listening socket whose accept queue is full: SYNs to it are dropped,
-/// so a connect to it hangs until the connect timeout.
-class blackhole {
-public:
-    explicit blackhole(const std::string& ip) {
-        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_in sa{};
-        sa.sin_family = AF_INET;
-        ::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr);
-        ::bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-        ::listen(fd_, 0);
-        socklen_t len = sizeof sa;
-        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len);
-        address_ = fmt::format("{}:{}", ip, ntohs(sa.sin_port));
-        // Fill the queue; the fillers that cannot get in time out quietly.
-        for (int i = 0; i < 4; ++i) {
-            client c;
-            if (c.connect(ip, ntohs(sa.sin_port), 200ms) == 0) fillers_.push_back(std::move(c));
-        }
-    }
-    ~blackhole() { ::close(fd_); }
-    const std::string& address() const { return address_; }
-
-private:
-    int fd_ = -1;
-    std::string address_;
-    std::vector<client> fillers_;
-};
-
 TEST(Retry, RefusedBackendIsSkippedAndTheClientIsStillServed) {
     tcp_server echo("127.0.0.3", echo_handler());
     const std::string dead = fmt::format("127.0.0.2:{}", free_port("127.0.0.2"));
