@@ -84,13 +84,15 @@ private:
 };
 
 /// `n` sessions through apilb, from `threads` threads at once: each sends
-/// a few bytes and reads the echo. Returns how many were served.
+/// a few bytes and reads the echo. Stops starting sessions after 60 s.
+/// Returns how many were served.
 int echo_sessions(std::uint16_t port, int n, int threads) {
     std::atomic<int> served{0};
     std::vector<std::thread> pool;
+    const auto deadline = clock_type::now() + std::chrono::seconds(60);
     for (int t = 0; t < threads; ++t) {
         pool.emplace_back([&, t] {
-            for (int i = t; i < n; i += threads) {
+            for (int i = t; i < n && clock_type::now() < deadline; i += threads) {
                 client c;
                 if (c.connect("127.0.0.1", port, milliseconds(3000)) != 0) continue;
                 c.set_timeout(milliseconds(3000));
