@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -198,6 +199,26 @@ pools:
         apilb_.emplace(dir_, yaml, "127.0.0.1", port_);
     }
 
+    /// apilb capping b0 at 500 new connections a second with a burst of 10.
+    void start_capped_apilb() {
+        start_apilb("workers: 2\n", "{new_per_second: 500, burst: 10, queue: 5000, queue_timeout: 10s}",
+                    "limits: {max_connections: 6000}\ntimeouts: {drain: 1s}\nlog: {level: info}\n");
+    }
+
+    /// The sockets of `n` clients connecting through apilb at once.
+    std::vector<int> connect_clients(int n) {
+        std::vector<int> fds;
+        for (int i = 0; i < n; ++i) {
+            const int fd = connect_nonblocking(port_);
+            if (fd < 0) {
+                ADD_FAILURE() << "connect " << i << ": " << std::strerror(errno);
+                break;
+            }
+            fds.push_back(fd);
+        }
+        return fds;
+    }
+
     temp_dir dir_;
     const std::uint16_t backend_port_ = free_port("127.0.0.2");
     std::optional<held_server> backend_;
@@ -207,16 +228,12 @@ pools:
 
 TEST_F(StormControl, TwoThousandClientsAtOnceReachTheBackendAtTheCapAndAllAreServed) {
     raise_fd_limit();
-    start_apilb("workers: 2\n", "{new_per_second: 500, burst: 10, queue: 5000, queue_timeout: 10s}",
-                "limits: {max_connections: 6000}\ntimeouts: {drain: 1s}\nlog: {level: info}\n");
+    start_capped_apilb();
     constexpr int clients = 2000;
     const auto start = clock_type::now();
     std::vector<pollfd> fds;
-    for (int i = 0; i < clients; ++i) {
-        const int fd = connect_nonblocking(port_);
-        ASSERT_GE(fd, 0) << "connect " << i << ": " << std::strerror(errno);
-        fds.push_back({fd, POLLIN, 0});
-    }
+    for (int fd : connect_clients(clients)) fds.push_back({fd, POLLIN, 0});
+    ASSERT_EQ(fds.size(), static_cast<std::size_t>(clients));
     // Every client is served: it reads the backend's greeting.
     int served = 0, failed = 0;
     const auto deadline = start + 20s;
@@ -266,6 +283,36 @@ TEST_F(StormControl, TwoThousandClientsAtOnceReachTheBackendAtTheCapAndAllAreSer
     EXPECT_LE(rate, 505.0);
     // Paced, not forwarded at once: 2000 at 500/s take about 4 s.
     EXPECT_GE(took, 3500ms);
+    EXPECT_TRUE(apilb_->terminate().has_value());
+}
+
+TEST_F(StormControl, TurnsThatCameDueWhileApilbWasStoppedAreStillSpacedAtTheCap) {
+    raise_fd_limit();
+    start_capped_apilb();
+    constexpr int clients = 1000;
+    const auto start = clock_type::now();
+    const std::vector<int> fds = connect_clients(clients);
+    ASSERT_EQ(fds.size(), static_cast<std::size_t>(clients));
+    // Half a second into the storm, apilb stops for 400 ms, as a starved
+    // process does: 200 turns come due meanwhile. They must not all start
+    // the moment it runs again.
+    std::this_thread::sleep_for(500ms);
+    apilb_->proc().signal(SIGSTOP);
+    std::this_thread::sleep_for(400ms);
+    apilb_->proc().signal(SIGCONT);
+    const auto deadline = start + 20s;
+    while (backend_->established_times().size() < static_cast<std::size_t>(clients) && clock_type::now() < deadline) {
+        std::this_thread::sleep_for(50ms);
+    }
+    for (int fd : fds) ::close(fd);
+    auto connects = backend_->established_times();
+    std::sort(connects.begin(), connects.end());
+    const std::size_t peak = max_in_window(connects, 1000ms);
+    std::cout << fmt::format("[ MEASURE ] storm of {} with apilb stopped for 400 ms: backend got {}, at most {} in "
+                             "any 1 s window, at most {} in any 100 ms window (cap 500/s, burst 10)\n",
+                             clients, connects.size(), peak, max_in_window(connects, 100ms));
+    EXPECT_EQ(connects.size(), static_cast<std::size_t>(clients));
+    EXPECT_LE(peak, 550u);
     EXPECT_TRUE(apilb_->terminate().has_value());
 }
 
