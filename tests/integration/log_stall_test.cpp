@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <regex>
 #include <thread>
@@ -55,8 +56,20 @@ public:
         if (fd_ < 0) throw std::runtime_error("open " + path);
     }
     ~fifo_reader() { ::close(fd_); }
-    /// Shrinks the pipe to one page: a few dozen lines fill it.
-    bool shrink() { return ::fcntl(fd_, F_SETPIPE_SZ, 4096) >= 0; }
+    /// Shrinks the pipe to one page: a few dozen lines fill it. The pipe
+    /// must hold no more than that to shrink, so it is read empty first.
+    bool shrink() {
+        const auto deadline = clock_type::now() + milliseconds(5000);
+        while (::fcntl(fd_, F_SETPIPE_SZ, 4096) < 0) {
+            if (errno != EBUSY || clock_type::now() >= deadline) return false;
+            read_available();
+            std::this_thread::sleep_for(milliseconds(2));
+        }
+        return true;
+    }
+    /// Lets the pipe hold 1 MiB again, so that reading what apilb queued
+    /// (up to 1 MiB) does not take a thousand round trips through one page.
+    bool grow() { return ::fcntl(fd_, F_SETPIPE_SZ, 1 << 20) >= 0; }
     /// Reads what is there, without waiting, into text().
     void read_available() {
         char buf[65536];
@@ -73,7 +86,7 @@ public:
             read_available();
             if (text_.find(what) != std::string::npos) return true;
             if (clock_type::now() >= deadline) return false;
-            std::this_thread::sleep_for(milliseconds(10));
+            std::this_thread::sleep_for(milliseconds(2));
         }
     }
     const std::string& text() const { return text_; }
@@ -136,11 +149,13 @@ TEST(LogStall, StalledStderrStopsNeitherRelayingNorLivezNorSigterm) {
     EXPECT_GT(dropped, 0);
 
     // The reader reads again: the queued lines come, then the count of the dropped ones.
-    EXPECT_TRUE(reader.read_until("log line(s) dropped: stderr did not take them", milliseconds(10000)))
+    EXPECT_TRUE(reader.grow());
+    EXPECT_TRUE(reader.read_until("log line(s) dropped: stderr did not take them", milliseconds(30000)))
         << reader.text().substr(reader.text().size() > 2000 ? reader.text().size() - 2000 : 0);
 
     // Stalled again, SIGTERM: apilb exits within its drain plus the
     // logger's one-second budget, not whenever the reader wakes up.
+    EXPECT_TRUE(reader.shrink());
     EXPECT_EQ(echo_sessions(port, 1000, 2), 1000);
     const auto t1 = clock_type::now();
     apilb.signal(SIGTERM);
