@@ -74,8 +74,10 @@ struct health_config {
     std::string bearer_token_file;  ///< re-read when it changes; the token is never logged
     bool passive = true;            ///< client connects that fail count against a backend
     /// An unhealthy backend's sessions are closed this long after it became
-    /// unhealthy; nullopt = never.
-    std::optional<duration> close_sessions_after{std::chrono::seconds(5)};
+    /// unhealthy; nullopt = never. 0 by default: `fall` already rides out a
+    /// blip, and every second here is a second more that the watches on a
+    /// frozen apiserver hang (docs/configuration.md, "Closing sessions").
+    std::optional<duration> close_sessions_after{std::chrono::seconds(0)};
     duration slow_start{std::chrono::seconds(30)};  ///< ramp of a recovered backend's weight; 0 = none
     all_unhealthy_policy all_unhealthy = all_unhealthy_policy::try_all;
     bool initial_healthy = true;  ///< state of every backend until its first check completes

@@ -1,6 +1,9 @@
-// Process-wide logging: spdlog's default logger on stderr, as text or JSON lines.
+// Process-wide logging: spdlog's default logger on stderr, as text or JSON
+// lines, through a bounded queue and a writer thread of its own.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <string>
 
 #include "apilb/config.hpp"
@@ -11,6 +14,16 @@ namespace apilb {
 /// the config (the command line's --log-level). Throws std::invalid_argument
 /// for an unknown level name.
 void init_logging(const log_config& cfg, const std::string& level_override = {});
+
+/// Writes the lines still queued, for at most `budget`, then stops the
+/// writer; lines logged later are dropped. Call before the process exits,
+/// so that its last lines (a startup error) reach stderr when stderr works
+/// and exit does not hang when it does not.
+void shutdown_logging(std::chrono::milliseconds budget);
+
+/// Log lines dropped since start because stderr did not take them as fast
+/// as they came (apilb_log_lines_dropped_total). Any thread.
+std::uint64_t log_lines_dropped();
 
 /// Stable, queryable fields of a log line (Loki, Elasticsearch): JSON lines
 /// carry the non-empty ones as top-level keys beside "msg"; the text format

@@ -34,6 +34,9 @@ struct backend_stats {
     /// Storm control (GCRA state): the theoretical arrival time of the next
     /// connection, ns on steady_clock; 0 = none yet.
     std::atomic<std::int64_t> pacing_tat_ns{0};
+    /// The same for the moments paced connects really start (see
+    /// session::wait_for_turn): late wake-ups go out at the rate too.
+    std::atomic<std::int64_t> pacing_start_tat_ns{0};
     std::atomic<std::uint32_t> pacing_waiting{0};          ///< clients waiting for their turn now
     /// Connections being established now (storm_control.max_connecting).
     std::atomic<std::uint32_t> connecting{0};

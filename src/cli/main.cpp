@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -103,6 +104,12 @@ int run(const std::string& path, const std::string& log_level) {
         std::cerr << "error: --log-level: " << e.what() << '\n';
         return exit_usage;
     }
+    // Declared before the server, so it runs after the server's own last
+    // lines: they reach stderr if it takes them within the budget, and a
+    // stalled stderr cannot hold the exit (SIGTERM) longer than that.
+    struct flush_logs_at_exit {
+        ~flush_logs_at_exit() { apilb::shutdown_logging(std::chrono::seconds(1)); }
+    } flush_logs;
     for (const auto& w : cfg->warnings) spdlog::warn("{}", w.to_string());
     // Writes to a socket whose peer has gone return EPIPE; never die of SIGPIPE.
     std::signal(SIGPIPE, SIG_IGN);

@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <functional>
 
+#include "apilb/logging.hpp"
+
 namespace apilb {
 
 namespace json = boost::json;
@@ -212,6 +214,9 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
                  "plain HTTP, timeout).");
         e.sample("apilb_admin_tls_handshake_failures_total", "", facts.admin->tls_handshake_failures_total);
     }
+    e.family("apilb_log_lines_dropped_total", "counter",
+             "Log lines dropped because stderr did not take them as fast as they came (a stalled log reader).");
+    e.sample("apilb_log_lines_dropped_total", "", log_lines_dropped());
     e.family("apilb_config_info", "gauge", "Always 1; hash is a short hash of the running configuration file.");
     e.sample("apilb_config_info", label("hash", facts.config_hash), std::uint64_t{1});
     e.family("apilb_ready", "gauge", "1 if apilb is ready (what /readyz says), else 0.");

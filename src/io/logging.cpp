@@ -1,18 +1,27 @@
 #include "apilb/logging.hpp"
 
+#include <unistd.h>
+
 #include <spdlog/pattern_formatter.h>
-#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <ctime>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
+#include <utility>
+
+#include "apilb/log_sink.hpp"
 
 namespace apilb {
 namespace {
 
 thread_local const log_fields* current_fields = nullptr;
+
+/// The sink init_logging installed, for shutdown_logging.
+std::mutex installed_mu;
+std::shared_ptr<log_sink> installed;
 
 /// One JSON object per line: {"ts":"…","level":"…","msg":"…"}. Log shippers
 /// (journald, fluent-bit, Loki) take these without a parser of their own.
@@ -83,7 +92,9 @@ void init_logging(const log_config& cfg, const std::string& level_override) {
         throw std::invalid_argument("unknown log level \"" + name +
                                     "\"; expected trace, debug, info, warn, error, critical or off");
     }
-    auto sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
+    // No thread that logs writes stderr itself: a reader that stops reading
+    // (journald, a container runtime under pressure) would stop the workers.
+    auto sink = std::make_shared<log_sink>(STDERR_FILENO, log_sink::limits{});
     auto logger = std::make_shared<spdlog::logger>("apilb", sink);
     if (cfg.format == log_format::json) {
         logger->set_formatter(std::make_unique<json_formatter>());
@@ -91,8 +102,24 @@ void init_logging(const log_config& cfg, const std::string& level_override) {
         logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %l %v");
     }
     logger->set_level(level);
-    logger->flush_on(spdlog::level::info);
     spdlog::set_default_logger(std::move(logger));
+    std::shared_ptr<log_sink> previous;
+    {
+        std::lock_guard lock(installed_mu);
+        previous = std::exchange(installed, std::move(sink));
+    }
+    if (previous) previous->stop(std::chrono::seconds(1));
 }
+
+void shutdown_logging(std::chrono::milliseconds budget) {
+    std::shared_ptr<log_sink> sink;
+    {
+        std::lock_guard lock(installed_mu);
+        sink = installed;
+    }
+    if (sink) sink->stop(budget);
+}
+
+std::uint64_t log_lines_dropped() { return log_sink::dropped_total(); }
 
 }  // namespace apilb

@@ -20,6 +20,7 @@
 
 #include "apilb/admin_server.hpp"
 #include "apilb/health_checker.hpp"
+#include "apilb/listener_check.hpp"
 #include "apilb/rebalancer.hpp"
 #include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
@@ -104,6 +105,10 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
         [this](std::vector<rebalance_order> orders) {
             for (auto& w : workers_) w->close_for_rebalance(orders);
         });
+    // SO_REUSEPORT would let another process of ours bind beside a listener
+    // that someone already serves and take part of its clients: refuse
+    // before binding, so that no client of theirs reaches us.
+    for (const auto& l : snap_->listeners) refuse_foreign_listener(l.cfg->name, l.endpoint);
     const std::size_t n = snap_->cfg->workers;
     workers_.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
@@ -116,6 +121,10 @@ server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::m
         });
         for (std::size_t l = 0; l < snap_->listeners.size(); ++l) workers_.back()->bind(l);
     }
+    // Two processes that looked at the same moment both found the address
+    // free and both bound it: each sees the other's sockets now, and both
+    // refuse rather than each serve half.
+    for (const auto& l : snap_->listeners) refuse_foreign_listener(l.cfg->name, l.endpoint);
 
     // Admit no more sessions than there are descriptors for: past that,
     // accept() and socket() fail and clients are dropped half-served.

@@ -26,6 +26,7 @@
 #include "apilb/admin_server.hpp"
 #include "apilb/config_diff.hpp"
 #include "apilb/health_checker.hpp"
+#include "apilb/listener_check.hpp"
 #include "apilb/logging.hpp"
 #include "apilb/maglev.hpp"
 #include "apilb/rebalancer.hpp"
@@ -132,7 +133,12 @@ std::vector<std::string> server::reload() {
             const bool kept = std::any_of(snap_->listeners.begin(), snap_->listeners.end(),
                                           [&](const listener_runtime& o) { return same_listener(*o.cfg, *l.cfg); });
             if (kept) continue;
+            refuse_foreign_listener(l.cfg->name, l.endpoint);  // see server::server
             for (auto& list : added) list.push_back({.listener_index = i, .fd = worker::open_listener(l, next->cfg->tcp)});
+        }
+        for (const auto& a : added.front()) {
+            const listener_runtime& l = next->listeners[a.listener_index];
+            refuse_foreign_listener(l.cfg->name, l.endpoint);
         }
     } catch (const std::system_error& e) {
         close_added();

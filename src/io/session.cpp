@@ -9,6 +9,7 @@
 #include <boost/container/small_vector.hpp>
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <string_view>
 
@@ -233,6 +234,9 @@ private:
     /// connection). False if there is none within queue_timeout, the queue
     /// is full, or the session was closed meanwhile.
     asio::awaitable<bool> wait_for_turn(const backend_runtime& backend);
+    /// Sleeps `delay_ns` (a storm-control wait that closing the session
+    /// cuts short); false if the session was aborted meanwhile.
+    asio::awaitable<bool> pacing_sleep(std::int64_t delay_ns);
     /// storm_control.max_connecting: takes one of the backend's slots for
     /// connections being established, waiting (up to queue_timeout) for one
     /// to free. False if none freed in time or the session was closed.
@@ -492,40 +496,70 @@ void session::on_connect_deadline(pending_connect& p) {
     s.upstream_.close();  // the connect completes from the loop, aborted
 }
 
+namespace {
+
+std::int64_t steady_now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
+}
+
+/// Reserves a turn in the GCRA `state`, shared with every worker, without a
+/// lock; nullopt if it would wait longer than `max_delay`.
+std::optional<gcra_slot> reserve_turn(std::atomic<std::int64_t>& state, std::int64_t interval, std::uint32_t burst,
+                                      std::int64_t max_delay) {
+    const std::int64_t now = steady_now_ns();
+    std::int64_t tat = state.load(std::memory_order_relaxed);
+    std::optional<gcra_slot> slot;
+    do {
+        slot = gcra_reserve(tat, now, interval, burst, max_delay);
+        if (!slot) break;
+    } while (!state.compare_exchange_weak(tat, slot->new_tat, std::memory_order_relaxed));
+    return slot;
+}
+
+}  // namespace
+
 asio::awaitable<bool> session::wait_for_turn(const backend_runtime& backend) {
     const storm_control_config& sc = pool_.cfg->storm_control;
     backend_stats& stats = *backend.stats;
     const std::int64_t interval = 1'000'000'000 / sc.new_per_second;
     const std::int64_t max_delay =
         std::chrono::duration_cast<std::chrono::nanoseconds>(sc.queue_timeout).count();
-    const std::int64_t now =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
-    // Reserve a turn, shared with every worker, without a lock.
-    std::int64_t tat = stats.pacing_tat_ns.load(std::memory_order_relaxed);
-    std::optional<gcra_slot> slot;
-    do {
-        slot = gcra_reserve(tat, now, interval, sc.burst, max_delay);
-        if (!slot) break;
-    } while (!stats.pacing_tat_ns.compare_exchange_weak(tat, slot->new_tat, std::memory_order_relaxed));
+    const std::optional<gcra_slot> slot = reserve_turn(stats.pacing_tat_ns, interval, sc.burst, max_delay);
     if (!slot) {
         stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
         co_return false;
     }
-    if (slot->delay_ns == 0) co_return true;
-    if (stats.pacing_waiting.fetch_add(1, std::memory_order_relaxed) >= sc.queue) {
-        // The queue is full. The reserved turn goes unused: the next clients
-        // wait as if it had been taken, which errs towards the backend.
+    if (slot->delay_ns != 0) {
+        if (stats.pacing_waiting.fetch_add(1, std::memory_order_relaxed) >= sc.queue) {
+            // The queue is full. The reserved turn goes unused: the next clients
+            // wait as if it had been taken, which errs towards the backend.
+            stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
+            stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+            co_return false;
+        }
+        stats.pacing_delayed_total.fetch_add(1, std::memory_order_relaxed);
+        const bool waited = co_await pacing_sleep(slot->delay_ns);
         stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
-        stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
-        co_return false;
+        if (!waited) co_return false;
     }
-    stats.pacing_delayed_total.fetch_add(1, std::memory_order_relaxed);
+    // The turn says when this client may go. A worker that wakes late (a
+    // loaded machine, a stopped process) would start every turn that came
+    // due meanwhile at once: 300 ms late, 150 connects in a moment on top
+    // of the rate. So the start takes a turn too, in a second state that
+    // only starts enter: on time it is free (the turns are spaced already);
+    // late, the starts are spaced again.
+    const std::optional<gcra_slot> start =
+        reserve_turn(stats.pacing_start_tat_ns, interval, sc.burst, std::numeric_limits<std::int64_t>::max());
+    if (start->delay_ns == 0) co_return true;
+    co_return co_await pacing_sleep(start->delay_ns);
+}
+
+asio::awaitable<bool> session::pacing_sleep(std::int64_t delay_ns) {
     asio::steady_timer timer(upstream_.get_executor());
-    timer.expires_after(std::chrono::nanoseconds(slot->delay_ns));
+    timer.expires_after(std::chrono::nanoseconds(delay_ns));
     entry_.pacing_timer = &timer;
     co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
     entry_.pacing_timer = nullptr;
-    stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
     co_return !entry_.aborted();
 }
 

@@ -76,7 +76,7 @@ TEST_F(HealthConfig, AWrittenSectionDefaultsToHttpsReadyz) {
     EXPECT_FALSE(h.tls.insecure_skip_verify);
     EXPECT_TRUE(h.bearer_token_file.empty());
     EXPECT_TRUE(h.passive);
-    EXPECT_EQ(h.close_sessions_after, std::optional<duration>(5s));
+    EXPECT_EQ(h.close_sessions_after, std::optional<duration>(0s));
     EXPECT_EQ(h.slow_start, 30s);
     EXPECT_EQ(h.all_unhealthy, all_unhealthy_policy::try_all);
     EXPECT_TRUE(h.initial_healthy);
@@ -277,7 +277,7 @@ TEST_F(HealthConfig, TheExampleHealthSectionLoadsWhenUncommented) {
         EXPECT_EQ(h.type, health_check_type::https);
         EXPECT_EQ(h.path, "/readyz");
         EXPECT_EQ(h.interval, 2s);
-        EXPECT_EQ(h.close_sessions_after, std::optional<duration>(5s));
+        EXPECT_EQ(h.close_sessions_after, std::optional<duration>(0s));
         EXPECT_TRUE(c->warnings.empty()) << all_messages(c->warnings);
     } catch (const config_load_error& e) {
         FAIL() << e.what() << "\n" << text;

@@ -321,7 +321,8 @@ TEST(Reload, InvalidConfigIsRejectedWithEveryErrorAndTheOldOneServes) {
                                  "round-robin")),
               reload_outcome::failed);
     ::close(blocker);
-    EXPECT_TRUE(apilb.wait_for_log(fmt::format("reload failed: listener taken: cannot bind 127.0.0.1:{}", taken)))
+    EXPECT_TRUE(apilb.wait_for_log(fmt::format("reload failed: listener taken: 127.0.0.1:{} is taken: pid {}", taken,
+                                               ::getpid())))
         << apilb.log();
     for (int i = 0; i < 4; ++i) {
         client c;
