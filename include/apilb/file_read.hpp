@@ -10,8 +10,10 @@
 
 namespace apilb {
 
-/// Largest config file apilb reads (a real one is a few KiB).
-constexpr std::size_t max_config_bytes = std::size_t{1} << 20;
+/// Largest config file apilb reads (a real one is a few KiB; 100 pools of
+/// three backends are ~20 KiB). Also bounds the parse's CPU time
+/// (apilb/yaml_guard.hpp).
+constexpr std::size_t max_config_bytes = std::size_t{256} << 10;
 /// Largest PEM file (certificate chain, key, CA bundle; Debian's whole
 /// ca-certificates bundle is about 200 KiB).
 constexpr std::size_t max_pem_bytes = std::size_t{1} << 20;

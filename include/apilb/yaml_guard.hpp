@@ -16,10 +16,20 @@
 
 namespace apilb {
 
-/// How long the child may take to parse before the file is refused: well
-/// under the second that check-config, start and a reload must answer in.
-/// A real config parses in a few milliseconds; the child's start dominates.
-constexpr std::chrono::milliseconds yaml_guard_deadline{800};
+#if defined(__SANITIZE_ADDRESS__)
+/// AddressSanitizer's start-up alone costs the child ~0.5 s of CPU.
+constexpr int yaml_guard_slowdown = 4;
+#else
+constexpr int yaml_guard_slowdown = 1;
+#endif
+/// The CPU time the child may use before the file is refused. CPU time, not
+/// wall-clock time, so that a starved machine does not refuse a good file:
+/// the runaway parse spins, so on an idle machine it is killed after this
+/// much wall-clock time too. A real config costs the child ~20 ms (start-up
+/// included); the largest allowed (256 KiB) ~150 ms.
+constexpr std::chrono::milliseconds yaml_guard_cpu_budget{500 * yaml_guard_slowdown};
+/// The wall-clock limit, for a child that uses no CPU at all (stopped).
+constexpr std::chrono::milliseconds yaml_guard_deadline{5000 * yaml_guard_slowdown};
 /// The child's address-space limit (RLIMIT_AS; not under AddressSanitizer,
 /// which reserves terabytes of shadow memory).
 constexpr std::size_t yaml_guard_memory = std::size_t{1} << 30;
@@ -31,7 +41,7 @@ constexpr std::string_view yaml_guard_mode = "__yaml-guard-child";
 /// regular file, bounded), the guard, then parse_config. Every config load
 /// of the product goes through here. `text`, if given, receives the bytes
 /// (for the config hash). Throws config_load_error. Blocks the calling
-/// thread for at most about yaml_guard_deadline.
+/// thread while the child runs: ~50 ms, at most yaml_guard_deadline.
 std::shared_ptr<const config> load_config_guarded(const std::string& path, std::string* text = nullptr);
 
 /// The child's whole life: limits itself, reads the bytes from stdin,

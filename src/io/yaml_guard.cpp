@@ -11,6 +11,9 @@
 
 #include <fmt/format.h>
 
+#include <time.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <new>
@@ -102,20 +105,35 @@ pid_t spawn_child(const std::string& path, int input, int status_pipe) {
     return pid;
 }
 
-/// Waits until the child closes its stdout (it has exited) or the deadline
-/// passes; true if it exited in time.
-bool wait_for_exit(int status_pipe, clock_type::time_point deadline) {
+/// CPU time the child has used so far (0 if it cannot be read: then only
+/// the wall-clock deadline applies).
+std::chrono::milliseconds cpu_time_of(pid_t pid) {
+    clockid_t clock{};
+    timespec ts{};
+    if (::clock_getcpuclockid(pid, &clock) != 0 || ::clock_gettime(clock, &ts) != 0) return {};
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::seconds(ts.tv_sec) +
+                                                                 std::chrono::nanoseconds(ts.tv_nsec));
+}
+
+/// How a wait for the child ended.
+enum class outcome { exited, over_cpu_budget, over_deadline };
+
+/// Waits until the child closes its stdout (it has exited), has used
+/// yaml_guard_cpu_budget of CPU, or yaml_guard_deadline has passed.
+outcome wait_for_exit(pid_t pid, int status_pipe, clock_type::time_point started) {
+    constexpr auto slice = std::chrono::milliseconds(20);
     while (true) {
-        const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock_type::now());
-        if (left.count() <= 0) return false;
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(started + yaml_guard_deadline - clock_type::now());
+        if (left.count() <= 0) return outcome::over_deadline;
+        if (cpu_time_of(pid) >= yaml_guard_cpu_budget) return outcome::over_cpu_budget;
         pollfd p{.fd = status_pipe, .events = POLLIN, .revents = 0};
-        const int n = ::poll(&p, 1, static_cast<int>(left.count()));
+        const int n = ::poll(&p, 1, static_cast<int>(std::min(left, slice).count()));
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;
+        if (n <= 0) continue;
         char byte = 0;
         const ssize_t got = ::read(status_pipe, &byte, 1);
-        if (got == 0) return true;  // EOF: every copy of the write end is closed
-        if (got < 0 && errno != EINTR && errno != EAGAIN) return true;
+        if (got == 0) return outcome::exited;  // EOF: every copy of the write end is closed
+        if (got < 0 && errno != EINTR && errno != EAGAIN) return outcome::exited;
     }
 }
 
@@ -131,7 +149,8 @@ void prove_parse_ends(const std::string& path, const std::string& text) {
     const pid_t pid = spawn_child(path, input.fd, write_end.fd);
     write_end.reset();
     input.reset();
-    const bool exited = wait_for_exit(read_end.fd, started + yaml_guard_deadline);
+    const outcome waited = wait_for_exit(pid, read_end.fd, started);
+    const bool exited = waited == outcome::exited;
     if (!exited) ::kill(pid, SIGKILL);  // our own child, by its PID
     int status = 0;
     pid_t reaped = -1;
@@ -143,7 +162,11 @@ void prove_parse_ends(const std::string& path, const std::string& text) {
     const std::string defect =
         "yaml-cpp 0.7 loops forever on some malformed YAML (upstream issue 1040): check the file's syntax, e.g. a "
         "stray \",\", \"[\" or \"{\" outside quotes";
-    if (!exited) {
+    if (waited == outcome::over_cpu_budget) {
+        refuse(path, fmt::format("the YAML parser did not finish within {}ms of CPU time; {}",
+                                 yaml_guard_cpu_budget.count(), defect));
+    }
+    if (waited == outcome::over_deadline) {
         refuse(path, fmt::format("the YAML parser did not finish within {}ms; {}", yaml_guard_deadline.count(), defect));
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
@@ -175,7 +198,7 @@ int yaml_guard_child_main() {
     const rlimit no_core{0, 0};
     ::setrlimit(RLIMIT_CORE, &no_core);
     const auto cpu_seconds = static_cast<rlim_t>(
-        std::chrono::ceil<std::chrono::seconds>(yaml_guard_deadline).count());
+        std::chrono::ceil<std::chrono::seconds>(yaml_guard_cpu_budget).count() + 1);
     const rlimit cpu{cpu_seconds, cpu_seconds + 1};
     ::setrlimit(RLIMIT_CPU, &cpu);
 #ifndef __SANITIZE_ADDRESS__

@@ -105,7 +105,8 @@ TEST(ReadRegularFile, SaysWhyAMissingFileCannotBeRead) {
 }
 
 TEST(ReadRegularFile, StatesLimitsInBinaryUnits) {
-    EXPECT_EQ(describe_size(max_config_bytes), "1 MiB");
+    EXPECT_EQ(describe_size(max_config_bytes), "256 KiB");
+    EXPECT_EQ(describe_size(max_pem_bytes), "1 MiB");
     EXPECT_EQ(describe_size(max_token_bytes), "64 KiB");
     EXPECT_EQ(describe_size(1000), "1000 bytes");
 }
@@ -130,7 +131,7 @@ TEST(ReadConfigFile, OversizedConfigIsRefusedStatingTheLimit) {
         FAIL() << "expected an error";
     } catch (const config_load_error& e) {
         ASSERT_EQ(e.errors().size(), 1u);
-        EXPECT_EQ(e.errors()[0].message, "the file is larger than 1 MiB");
+        EXPECT_EQ(e.errors()[0].message, "the file is larger than 256 KiB");
     }
 }
 

@@ -22,12 +22,18 @@ namespace {
 using std::chrono::milliseconds;
 using clock_type = std::chrono::steady_clock;
 
-/// What "answers at once" means here. The guard's own deadline is 800ms;
-/// this leaves room for starting apilb on a loaded 2-core machine. Without
-/// the fixes these commands never answer (run_command kills them at the
-/// command timeout below).
-constexpr auto answer_bound = 4s;
-constexpr auto command_timeout = 8s;
+#if defined(__SANITIZE_ADDRESS__)
+/// As apilb/yaml_guard.hpp: under ASan every budget is four times larger.
+constexpr int slowdown = 4;
+#else
+constexpr int slowdown = 1;
+#endif
+/// What "answers at once" means here. The guard gives the parse 500 ms of
+/// CPU time; this leaves room for a loaded 2-core machine, where the child
+/// gets a fraction of a core. Without the fixes these commands never answer
+/// (run_command kills them at the command timeout below).
+constexpr auto answer_bound = 4s * slowdown;
+constexpr auto command_timeout = 8s * slowdown;
 
 std::string bin() { return required_env("APILB_BIN"); }
 
@@ -57,7 +63,7 @@ timed_result timed(const std::vector<std::string>& argv) {
 
 /// curl's status code for `method` on the admin endpoint, or 0 if no answer within `max`.
 int admin_status_code(std::uint16_t port, const std::string& method, const std::string& path,
-                      const std::string& token = {}, int max_seconds = 5) {
+                      const std::string& token = {}, int max_seconds = 5 * slowdown) {
     std::vector<std::string> argv{"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
                                   std::to_string(max_seconds), "-X", method};
     if (!token.empty()) {
@@ -94,7 +100,7 @@ TEST(ConfigInput, CheckConfigRefusesEveryCorpusFileWithinTheBound) {
         EXPECT_LT(t.took, answer_bound) << f;
         EXPECT_NE(t.r.output.find(f + ":"), std::string::npos) << t.r.output;
         if (is_hang(f)) {
-            EXPECT_NE(t.r.output.find("did not finish within 800ms"), std::string::npos) << t.r.output;
+            EXPECT_NE(t.r.output.find("did not finish within"), std::string::npos) << t.r.output;
         }
         slowest = std::max(slowest, t.took);
     }
@@ -124,11 +130,11 @@ TEST(ConfigInput, CliFindingTheAdminEndpointInAHangingConfigAnswers) {
 TEST(ConfigInput, SpecialAndOversizedConfigFilesAreRefusedAtOnce) {
     temp_dir dir;
     make_fifo(dir.file("fifo.yaml"));
-    dir.write("big.yaml", std::string((1 << 20) + 1, '#'));
+    dir.write("big.yaml", std::string((256 << 10) + 1, '#'));
     const std::vector<std::pair<std::string, std::string>> cases{
         {dir.file("fifo.yaml"), "the file is a FIFO, expected a regular file"},
         {"/dev/zero", "the file is a character device, expected a regular file"},
-        {dir.file("big.yaml"), "the file is larger than 1 MiB"},
+        {dir.file("big.yaml"), "the file is larger than 256 KiB"},
     };
     for (const auto& [path, message] : cases) {
         for (const char* cmd : {"check-config", "run"}) {
@@ -197,7 +203,7 @@ protected:
     bool reload_fails_on_sighup() {
         const auto failed = count(apilb_->log(), "reload failed");
         apilb_->proc().signal(SIGHUP);
-        const auto deadline = clock_type::now() + 10s;
+        const auto deadline = clock_type::now() + 10s * slowdown;
         while (clock_type::now() < deadline) {
             if (count(apilb_->log(), "reload failed") > failed) return true;
             std::this_thread::sleep_for(20ms);
@@ -234,7 +240,7 @@ TEST_F(RunningConfigInput, ReloadWithAHangingConfigIsRejectedAndLivezStaysUp) {
         // meanwhile still answers.
         const auto started = clock_type::now();
         auto post = std::async(std::launch::async,
-                               [&] { return admin_status_code(admin_, "POST", "/api/v1/reload", token_, 10); });
+                               [&] { return admin_status_code(admin_, "POST", "/api/v1/reload", token_, 10 * slowdown); });
         const int live = admin_status_code(admin_, "GET", "/livez");
         const int posted = post.get();
         const auto took = std::chrono::duration_cast<milliseconds>(clock_type::now() - started);
@@ -246,7 +252,7 @@ TEST_F(RunningConfigInput, ReloadWithAHangingConfigIsRejectedAndLivezStaysUp) {
                   << "ms; /livez meanwhile " << live << "\n";
         expect_unharmed(std::string("POST with ") + name);
     }
-    EXPECT_GE(count(apilb_->log(), "did not finish within 800ms"), 6u) << apilb_->log();
+    EXPECT_GE(count(apilb_->log(), "did not finish within"), 6u) << apilb_->log();
 }
 
 TEST_F(RunningConfigInput, ReloadWithFifosIsRejectedAndLivezStaysUp) {
