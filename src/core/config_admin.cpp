@@ -87,11 +87,14 @@ void loader::read_admin_token_file(const mapping& m, std::string& out) {
             return;
         }
     } else if (errno == ENOENT) {
-        const std::string dir = std::filesystem::path(*text).parent_path().string();
-        if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+        // apilb creates the file, and its directory if that is missing, at
+        // start; only a missing grandparent is sure to fail.
+        const std::filesystem::path dir = std::filesystem::path(*text).parent_path();
+        const std::string up = dir.parent_path().string();
+        if (::stat(dir.c_str(), &st) != 0 && (::stat(up.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
             warning(f->mark, f->path,
-                    quote(*text) + " does not exist and its directory " + quote(dir) +
-                        " does not either: apilb cannot create the token, and refuses drain, enable and reload");
+                    quote(*text) + " does not exist and neither does " + quote(up) +
+                        ": apilb cannot create the token, and refuses drain, enable and reload");
         }
     }
     out = *text;

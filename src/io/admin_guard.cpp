@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
@@ -93,6 +94,13 @@ admin_token ensure_admin_token(const std::string& path) {
     for (const unsigned char c : random) token += fmt::format("{:02x}", c);
     // O_EXCL and O_NOFOLLOW: never write through a file or link someone else
     // put there; 0600 whatever the umask: only apilb's user (and root) read it.
+    // Its directory too, if missing (/run/apilb on a node where nothing made
+    // it yet, e.g. outside systemd's RuntimeDirectory): one level, 0700.
+    const std::string dir = std::filesystem::path(path).parent_path().string();
+    if (!dir.empty() && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+        return {.token = {}, .created = false,
+                .problem = fmt::format("cannot create the token file's directory {}: {}", dir, std::strerror(errno))};
+    }
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
         if (errno == EEXIST) return ensure_admin_token(path);  // created meanwhile: read that one
