@@ -274,7 +274,12 @@ image_runs() {
   # Nothing but the binary, its libraries and the few files it needs.
   [[ ! -e "$bundle/rootfs/bin/sh" && ! -e "$bundle/rootfs/usr/bin/sh" ]]
   chroot "$bundle/rootfs" /usr/sbin/apilb version | grep -qx "apilb ${version%-*}"
-  chroot --userspec=65532:65532 "$bundle/rootfs" /usr/sbin/apilb check-config --config /etc/apilb/apilb.yaml
+  # check-config runs the YAML check in a child started from /proc/self/exe:
+  # give the chroot a /proc, as every container runtime does (its own mount
+  # namespace, so nothing is left mounted).
+  mkdir -p "$bundle/rootfs/proc"
+  unshare --mount --propagation private sh -c 'mount -t proc proc "$1/proc" &&
+    chroot --userspec=65532:65532 "$1" /usr/sbin/apilb check-config --config /etc/apilb/apilb.yaml' _ "$bundle/rootfs"
   rm -rf "$bundle"
 }
 

@@ -81,8 +81,10 @@ pid_t spawn_child(const std::string& path, int input, int status_pipe) {
     posix_spawnattr_init(&attr);
     posix_spawn_file_actions_adddup2(&actions, input, STDIN_FILENO);
     posix_spawn_file_actions_adddup2(&actions, status_pipe, STDOUT_FILENO);
-    // The child writes nothing; a stalled log reader on our stderr must not stall it.
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+    // The child writes nothing; a stalled log reader on our stderr must not
+    // stall it. Closed rather than /dev/null: a container image or chroot
+    // need not have /dev (an open that fails fails the whole spawn).
+    posix_spawn_file_actions_addclose(&actions, STDERR_FILENO);
     // The caller's thread may block signals (the workers do); the child
     // must die of SIGXCPU and SIGKILL like any process.
     sigset_t none;
