@@ -196,13 +196,16 @@ TEST_F(AdminConfig, OffTheLoopbackClientCertificatesOrATokenProtectChanges) {
     EXPECT_CONTAINS(c->warnings[0].message, "clear text");
 }
 
-TEST_F(AdminConfig, AMissingTokenFileLoadsForApilbCreatesItButADirectoryDoesNot) {
+TEST_F(AdminConfig, AMissingTokenFileLoadsForApilbCreatesItAndItsDirectoryButNoMore) {
     auto c = parse_config(with_admin("admin:\n  token_file: " + file("not-yet") + "\n"), "t");
     ASSERT_TRUE(c->admin);
     EXPECT_EQ(c->admin->token_file, file("not-yet"));
     EXPECT_TRUE(c->warnings.empty());
-    // Its directory missing: apilb could not create it; said at load.
-    c = parse_config(with_admin("admin:\n  token_file: /nonexistent-dir/admin-token\n"), "t");
+    // Its directory missing: apilb creates that one level (/run/apilb outside systemd).
+    c = parse_config(with_admin("admin:\n  token_file: " + file("new-dir/admin-token") + "\n"), "t");
+    EXPECT_TRUE(c->warnings.empty()) << c->warnings.front().message;
+    // Two levels missing: apilb could not create it; said at load.
+    c = parse_config(with_admin("admin:\n  token_file: /nonexistent-dir/sub/admin-token\n"), "t");
     ASSERT_EQ(c->warnings.size(), 1u);
     EXPECT_EQ(c->warnings[0].key_path, "admin.token_file");
     EXPECT_CONTAINS(c->warnings[0].message, "refuses drain, enable and reload");

@@ -67,12 +67,16 @@ protected:
 };
 
 TEST_F(AdminGuard, UnprivilegedUserIsRefusedAndCountedRootCliWorksTokenFileIsCreated0600) {
-    const std::string token_file = dir.file("admin-token");  // not there: apilb creates it
+    // Neither the file nor its directory is there (/run/apilb outside
+    // systemd): apilb creates both.
+    const std::string token_file = dir.file("run/admin-token");
     auto running = start("  token_file: \"" + token_file + "\"\n");
     apilb_process& apilb = *running;
     struct stat st{};
     ASSERT_EQ(::stat(token_file.c_str(), &st), 0) << apilb.log();
     EXPECT_EQ(st.st_mode & 07777, 0600u);
+    ASSERT_EQ(::stat(dir.file("run").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0700u);
     EXPECT_EQ(read_file(token_file).size(), 65u) << "64 hex digits and a newline";
     EXPECT_TRUE(apilb.wait_for_log("admin: created the token file " + token_file)) << apilb.log();
 
