@@ -11,6 +11,8 @@
 #include <boost/asio/streambuf.hpp>
 
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -88,6 +90,10 @@ private:
     bool stopped_ = false;
     bool cut_short_ = false;
     std::optional<std::string> published_;  ///< last reason written ("" = ready)
+    /// Failed track-file writes not logged yet, and when the next may be:
+    /// the write is retried every 10 ms, the error said at most every 10 s.
+    std::uint64_t track_errors_unsaid_ = 0;
+    std::chrono::steady_clock::time_point next_track_error_log_{};
     std::atomic<vrrp_role> role_{vrrp_role::unknown};
     std::unique_ptr<keepalived_supervisor> supervisor_;  ///< manage: true only
 };

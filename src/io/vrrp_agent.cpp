@@ -9,6 +9,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <arpa/inet.h>
@@ -149,9 +150,24 @@ void vrrp_agent::publish(const std::string& reason) {
     if (published_ == reason) return;
     const std::string path = snap_->cfg->vrrp->track_file();
     if (auto ec = write_file_atomically(path, reason.empty() ? "0\n" : "1\n")) {
-        // Tried again on the next round: published_ is left as it was.
-        spdlog::error("vrrp: cannot write the track file {}: {}", path, ec.message());
+        // Tried again on the next round (10 ms): published_ is left as it
+        // was. Said once, then at most every 10 s with how often it failed.
+        const auto now = std::chrono::steady_clock::now();
+        ++track_errors_unsaid_;
+        if (now >= next_track_error_log_) {
+            spdlog::error("vrrp: cannot write the track file {}: {}{}", path, ec.message(),
+                          track_errors_unsaid_ > 1 ? fmt::format(" ({} failed writes since the last report)",
+                                                                 track_errors_unsaid_)
+                                                   : "");
+            track_errors_unsaid_ = 0;
+            next_track_error_log_ = now + std::chrono::seconds(10);
+        }
         return;
+    }
+    if (track_errors_unsaid_ != 0 || next_track_error_log_ != std::chrono::steady_clock::time_point{}) {
+        spdlog::info("vrrp: the track file {} is written again", path);
+        track_errors_unsaid_ = 0;
+        next_track_error_log_ = {};
     }
     if (reason.empty()) {
         spdlog::info("vrrp: ready: this node may hold the VIPs");

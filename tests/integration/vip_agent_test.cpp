@@ -156,6 +156,15 @@ TEST(VipStateFiles, AFifoWhereTheTrackFileIsWrittenDoesNotBlockTheStart) {
     ASSERT_EQ(c.connect("127.0.0.1", port), 0);
     ASSERT_TRUE(c.send_all("ping"));
     EXPECT_EQ(c.recv_exact(4), "ping") << "apilb serves while the track file cannot be written";
+    // Retried every 10 ms, said at most every 10 s: a second of it is one line, not a hundred.
+    std::this_thread::sleep_for(1s);
+    const std::string log = apilb.log();
+    std::size_t said = 0;
+    for (auto at = log.find("cannot write the track file"); at != std::string::npos;
+         at = log.find("cannot write the track file", at + 1)) {
+        ++said;
+    }
+    EXPECT_EQ(said, 1u) << log;
 }
 
 TEST(VipStateFiles, ANotifyFifoThatIsARegularFileIsRefusedAtStart) {
