@@ -39,25 +39,10 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-struct http_reply {
-    int status = 0;
-    std::string body;
-};
+using http_reply = http_answer;
 
 /// One HTTP/1.1 GET on a fresh connection; status 0 if it failed.
-http_reply http_get(std::uint16_t port, const std::string& path) {
-    client c;
-    if (c.connect("127.0.0.1", port) != 0) return {};
-    c.set_timeout(milliseconds(5000));
-    c.send_all(fmt::format("GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", path, port));
-    int end = 0;
-    const std::string raw = c.recv_until_eof(end, 1 << 22);
-    http_reply r;
-    if (raw.rfind("HTTP/1.1 ", 0) != 0) return r;
-    r.status = std::stoi(raw.substr(9, 3));
-    if (const auto sep = raw.find("\r\n\r\n"); sep != std::string::npos) r.body = raw.substr(sep + 4);
-    return r;
-}
+http_reply http_get(std::uint16_t port, const std::string& path) { return http_exchange(port, "GET", path); }
 
 /// Polls GET `path` until it answers `status` (bounded); the last reply.
 http_reply wait_for_status(std::uint16_t port, const std::string& path, int status, milliseconds timeout) {
