@@ -130,6 +130,12 @@ private:
     std::chrono::steady_clock::time_point last_evict_log_{};
     connection_list open_;  ///< oldest first; closed by stop()
     bool stopped_ = false;
+    /// A descriptor (/dev/null) held in reserve and closed when accept() finds
+    /// the process out of descriptors, so that /livez and /metrics still
+    /// answer; reopened when an admin connection ends. -1 while in use.
+    int spare_fd_ = -1;
+    std::chrono::steady_clock::time_point last_accept_log_{};
+    std::uint64_t accept_errors_suppressed_ = 0;
 };
 
 }  // namespace apilb

@@ -15,6 +15,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/system/error_code.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -47,6 +48,10 @@ public:
 
     boost::asio::io_context::executor_type get_executor() const { return io_->get_executor(); }
 
+    /// Where to count waiters that ended in an exception (std::bad_alloc):
+    /// each is logged and counted, and the others of its batch still run.
+    void count_failures_in(std::atomic<std::uint64_t>* counter) { failures_ = counter; }
+
 private:
     friend class poll_socket;
 
@@ -78,6 +83,7 @@ private:
     boost::asio::io_context* io_ = nullptr;
     std::optional<boost::asio::posix::stream_descriptor> watch_;
     bool armed_ = false;
+    std::atomic<std::uint64_t>* failures_ = nullptr;  ///< see count_failures_in()
     bool watching_ = false;
     bool dispatching_ = false;  ///< inside on_ready or run_deferred
     bool drain_posted_ = false;

@@ -182,20 +182,44 @@ struct worker_context {
     void stop_connect_timer();
 
     /// Accepting waits until then: set when the process is out of file
-    /// descriptors, so clients wait in the listen backlog instead of being
-    /// accepted only to be closed.
+    /// descriptors, so clients wait in the listen backlog for a short dip
+    /// instead of being accepted only to be closed.
     std::chrono::steady_clock::time_point accept_paused_until{};
     std::chrono::milliseconds accept_backoff{10};
+    /// When the current shortage of descriptors or memory began (epoch: none).
+    std::chrono::steady_clock::time_point exhausted_since{};
+    /// A descriptor held in reserve (/dev/null): closed to accept a client
+    /// the process has no descriptor for, so that it can be reset instead of
+    /// left in the backlog. -1 while in use or if it could not be reopened.
+    int spare_fd = -1;
 
-    /// Out of descriptors or memory at `where`: pause accepting for the
-    /// current backoff (10 ms doubling to 1 s) and say so, rate-limited.
+    /// Out of descriptors or memory at `where`: say so, rate-limited, and
+    /// pause accepting for the current backoff (10 ms doubling to 1 s) --
+    /// unless the shortage has lasted max_backlog_wait already: clients are
+    /// then reset at once instead (resetting_clients()).
     void pause_accepting(const boost::system::error_code& ec, const char* where);
+    /// The shortage has lasted longer than a client should wait in the backlog.
+    bool resetting_clients() const;
     /// A session got both its sockets: the pressure is over.
-    void resources_recovered() { accept_backoff = std::chrono::milliseconds(10); }
+    void resources_recovered() {
+        accept_backoff = std::chrono::milliseconds(10);
+        exhausted_since = {};
+    }
+    /// Reopens the spare descriptor if it is in use; false if it cannot be.
+    bool reserve_spare();
 };
 
 /// True for errors that mean this process is out of descriptors or memory.
 bool is_resource_exhaustion(const boost::system::error_code& ec);
+
+/// The longest a client waits in a listen backlog while the process is out
+/// of descriptors; then it is reset (and so are those that come after it
+/// while the shortage lasts), so that it retries, elsewhere if it can.
+constexpr std::chrono::milliseconds max_backlog_wait{2000};
+
+/// Closes `fd` with a reset (SO_LINGER 0): the peer sees ECONNRESET, never
+/// a clean end of stream.
+void close_with_reset(int fd);
 
 /// Serves one accepted client (`fd`, non-blocking, owned from here on) on
 /// the calling worker: choose a backend, connect (with retries on the next

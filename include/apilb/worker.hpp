@@ -104,6 +104,10 @@ private:
     void spawn_accept_loop(acceptor_slot& slot);
 
     boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
+    /// Out of descriptors for longer than max_backlog_wait: accepts the
+    /// oldest waiting client into the spare descriptor and resets it.
+    /// False if none was waiting or there was no spare.
+    bool reset_one(acceptor_slot& slot);
     /// A Maglev session not on the backend its key prefers in the config in force.
     bool misplaced(const session_entry& s);
     /// Every second: relaying sessions add the bytes they moved to their

@@ -123,6 +123,16 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.sample("apilb_sessions_no_backend_total", "", load(ps.no_backend_total));
     e.family("apilb_accept_errors_total", "counter", "accept() calls that failed.");
     e.sample("apilb_accept_errors_total", "", load(ps.accept_errors_total));
+    e.family("apilb_resource_errors_total", "counter",
+             "Times the data path found the process out of descriptors or memory (accept, a session's sockets, "
+             "an allocation for a session).");
+    e.sample("apilb_resource_errors_total", "", load(ps.resource_errors_total));
+    e.family("apilb_clients_reset_total", "counter",
+             "Clients reset at once because the process was out of resources, by reason: no_descriptors (out of "
+             "file descriptors for longer than a client waits in the backlog), no_memory (an allocation for the "
+             "session failed).");
+    e.sample("apilb_clients_reset_total", label("reason", "no_descriptors"), load(ps.reset_no_fds_total));
+    e.sample("apilb_clients_reset_total", label("reason", "no_memory"), load(ps.reset_no_memory_total));
     e.family("apilb_sessions_closed_total", "counter",
              "Sessions apilb closed itself, by reason: health (their backend became unhealthy), drain (shutdown), "
              "reload (their backend was removed), idle (timeouts.idle), rebalance (moved to spread a pool), "

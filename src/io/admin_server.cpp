@@ -18,6 +18,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <list>
 
 #include "apilb/admin_guard.hpp"
@@ -200,7 +203,9 @@ admin_server::admin_server(asio::io_context& control, const admin_config& cfg, a
     if (ec) throw std::system_error(ec, "admin: cannot listen on " + cfg.address.to_string());
 }
 
-admin_server::~admin_server() = default;
+admin_server::~admin_server() {
+    if (spare_fd_ >= 0) ::close(spare_fd_);
+}
 
 tcp::endpoint admin_server::local_endpoint() const {
     error_code ec;
@@ -208,6 +213,7 @@ tcp::endpoint admin_server::local_endpoint() const {
 }
 
 void admin_server::start() {
+    spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     const tcp::endpoint ep = local_endpoint();
     std::string guards;
     if (tls_ && !cfg_.tls->client_ca_file.empty()) {
@@ -320,9 +326,29 @@ asio::awaitable<void> admin_server::accept_loop() {
         auto [ec, socket] = co_await acceptor_.async_accept(asio::as_tuple(asio::use_awaitable));
         if (ec) {
             if (stopped_ || ec == asio::error::operation_aborted) co_return;
-            spdlog::warn("admin: accept: {}", ec.message());
+            const bool no_fds = ec == asio::error::no_descriptors || ec.value() == ENFILE;
+            // A flood of these comes ten a second: one line a second says it.
+            const auto now = std::chrono::steady_clock::now();
+            if (now - last_accept_log_ >= 1s) {
+                last_accept_log_ = now;
+                spdlog::warn("admin: accept: {}{}{}", ec.message(),
+                             no_fds && spare_fd_ >= 0 ? "; using the reserved descriptor" : "",
+                             accept_errors_suppressed_ ? fmt::format(" [{} similar suppressed]", accept_errors_suppressed_)
+                                                       : "");
+                accept_errors_suppressed_ = 0;
+            } else {
+                ++accept_errors_suppressed_;
+            }
+            if (no_fds && spare_fd_ >= 0) {
+                // Out of descriptors: /livez must still answer (else kubelet
+                // restarts apilb, dropping every session it still serves).
+                ::close(spare_fd_);
+                spare_fd_ = -1;
+                continue;
+            }
             asio::steady_timer pause(control_, 100ms);
             co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+            if (spare_fd_ < 0) spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
             continue;
         }
         error_code pec, lec;
@@ -342,10 +368,14 @@ asio::awaitable<void> admin_server::serve(tcp::socket socket, connection_list::i
     // Listed from accept to here; stop() and make_room() close the socket
     // under whatever layer reads it.
     struct listed {
-        connection_list& l;
+        admin_server& s;
         connection_list::iterator it;
-        ~listed() { l.erase(it); }
-    } registered{open_, conn};
+        ~listed() {
+            s.open_.erase(it);
+            // Its socket is closed by now: the descriptor it freed becomes the spare again.
+            if (s.spare_fd_ < 0 && !s.stopped_) s.spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        }
+    } registered{*this, conn};
     error_code ignored;
     if (conn->closing) co_return;
     if (!tls_) {

@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <spdlog/spdlog.h>
+
 #include <cassert>
 #include <cerrno>
 #include <system_error>
@@ -75,6 +77,19 @@ void poller::arm() {
 }
 
 void poller::on_ready() {
+    // Whatever happens below, the epoll set stays watched: unwatched, every
+    // session of the worker would hang.
+    struct rearm {
+        poller& p;
+        ~rearm() {
+            p.dispatching_ = false;
+            try {
+                p.arm();
+            } catch (const std::exception& e) {
+                spdlog::critical("cannot watch the sockets again: {}", e.what());
+            }
+        }
+    } guard{*this};
     epoll_event events[max_events];
     int n;
     do {
@@ -96,7 +111,6 @@ void poller::on_ready() {
         run_deferred();
         dispatching_ = false;
     } while (n == max_events);
-    arm();
 }
 
 void poller::defer(poll_socket& s, int direction) {
@@ -122,7 +136,17 @@ void poller::run_deferred() {
     std::swap(running_, deferred_);
     for (std::size_t i = 0; i < running_.size(); ++i) {
         const completion c = running_[i];
-        if (c.socket != nullptr) c.socket->complete(c.direction);
+        if (c.socket == nullptr) continue;
+        try {
+            c.socket->complete(c.direction);
+        } catch (const std::exception& e) {
+            // Out of memory in one session, say: its owner unwound (and
+            // closed it). Let out of here, the exception would leave the
+            // rest of the batch undelivered and the epoll set unwatched:
+            // every session of the worker would hang.
+            if (failures_ != nullptr) failures_->fetch_add(1, std::memory_order_relaxed);
+            spdlog::error("a session failed: {}; it was reset, the others go on", e.what());
+        }
     }
     running_.clear();
     if (!deferred_.empty()) post_drain();

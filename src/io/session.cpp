@@ -328,6 +328,13 @@ bool session::adopt_client(int fd) {
 
 session::~session() {
     release_slot();
+    if (std::uncaught_exceptions() > 0) {
+        // Unwinding (an allocation failed): the client must not take the
+        // end for a complete answer.
+        client_.set_abortive_close();
+        upstream_.set_abortive_close();
+        ctx_.stats.reset_no_memory_total.fetch_add(1, std::memory_order_relaxed);
+    }
     client_.close();
     upstream_.close();
     ctx_.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
@@ -774,9 +781,28 @@ void session::publish_bytes() {
 }  // namespace
 
 void start_session(worker_context& ctx, int fd, std::size_t listener_index) {
-    auto s = std::make_unique<session>(ctx, listener_index);
+    // Out of memory for one session: that client is reset and counted, and
+    // the accept loop goes on. An exception let out of here would end the
+    // accept loop, and this worker would never accept again.
+    auto out_of_memory = [&ctx](const char* where) {
+        ctx.pause_accepting(boost::system::errc::make_error_code(boost::system::errc::not_enough_memory), where);
+    };
+    std::unique_ptr<session> s;
+    try {
+        s = std::make_unique<session>(ctx, listener_index);
+    } catch (const std::bad_alloc&) {
+        close_with_reset(fd);
+        ctx.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
+        ctx.stats.reset_no_memory_total.fetch_add(1, std::memory_order_relaxed);
+        return out_of_memory("starting a session");
+    }
     if (!s->adopt_client(fd)) return;  // closed; the session un-counts itself
-    session::start(std::move(s));
+    try {
+        session::start(std::move(s));
+    } catch (const std::bad_alloc&) {
+        // The session is gone: reset, un-counted and counted by its destructor.
+        ctx.stats.resource_errors_total.fetch_add(1, std::memory_order_relaxed);
+    }
 }
 
 }  // namespace apilb

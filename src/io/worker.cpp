@@ -39,6 +39,7 @@ constexpr int accepts_per_turn = 64;
 worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats)
     : index_(index), work_(io_.get_executor()), ctx_(std::move(snap), stats, sockets_) {
     sockets_.attach(io_);
+    sockets_.count_failures_in(&stats.resource_errors_total);
 }
 
 worker::~worker() {
@@ -47,6 +48,7 @@ worker::~worker() {
     // unlink them now so their entries do not touch a destroyed list.
     ctx_.sessions.clear();
     acceptors_.clear();
+    if (ctx_.spare_fd >= 0) ::close(ctx_.spare_fd);
     sockets_.detach();
 }
 
@@ -106,15 +108,21 @@ std::unique_ptr<worker::acceptor_slot> worker::adopt_listener(int fd, std::size_
 }
 
 void worker::spawn_accept_loop(acceptor_slot& slot) {
-    asio::co_spawn(io_, accept_loop(slot), [&slot](std::exception_ptr e) {
-        slot.loop_done = true;
+    asio::co_spawn(io_, accept_loop(slot), [this, &slot](std::exception_ptr e) {
         if (e) {
             try {
                 std::rethrow_exception(e);
             } catch (const std::exception& ex) {
-                spdlog::critical("accept loop failed: {}", ex.what());
+                spdlog::critical("worker {}: accept loop failed: {}; accepting again in 100ms", index_, ex.what());
+            }
+            // Out of memory, say: a listener that stopped accepting for good
+            // would be an outage of this worker's share of clients.
+            if (!stopping_ && slot.listener.is_open()) {
+                ctx_.accept_paused_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+                return spawn_accept_loop(slot);
             }
         }
+        slot.loop_done = true;
     });
 }
 
@@ -180,6 +188,7 @@ void worker::close_removed(std::shared_ptr<const snapshot> keep, std::vector<con
 
 void worker::start() {
     started_ = true;
+    ctx_.reserve_spare();
     for (auto& slot : acceptors_) spawn_accept_loop(*slot);
     publish_tick();
     const timeouts_config& t = ctx_.snap().cfg->timeouts;
@@ -236,6 +245,17 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             ctx_.stats.accept_errors_total.fetch_add(1, std::memory_order_relaxed);
             if (is_resource_exhaustion(ec)) {
                 ctx_.pause_accepting(ec, fmt::format("listener {}: accept", listener_name()).c_str());
+                if ((err == EMFILE || err == ENFILE) && ctx_.resetting_clients() && reset_one(slot)) {
+                    ++taken;
+                    continue;
+                }
+                if (ctx_.resetting_clients()) {
+                    // The queue is empty (or the spare is gone): wait for the next client.
+                    taken = 0;
+                    auto [wec] = co_await slot.listener.async_wait(poll_socket::wait_type::read,
+                                                                   asio::as_tuple(asio::use_awaitable));
+                    if (wec) co_return;
+                }
             } else {
                 // ECONNABORTED and friends: that one client left before we took it.
                 spdlog::debug("listener {}: accept: {}", listener_name(), ec.message());
@@ -266,6 +286,24 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
         // index into that generation's snapshot.
         start_session(ctx_, fd, slot.listener_index);
     }
+}
+
+bool worker::reset_one(acceptor_slot& slot) {
+    // The spare descriptor makes room for exactly one accept. Without it
+    // (another thread took the number first), the pause is the fallback.
+    if (!ctx_.reserve_spare()) {
+        ctx_.accept_paused_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+        return false;
+    }
+    ::close(ctx_.spare_fd);
+    ctx_.spare_fd = -1;
+    const int fd = ::accept4(slot.listener.native_handle(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+        close_with_reset(fd);
+        ctx_.stats.reset_no_fds_total.fetch_add(1, std::memory_order_relaxed);
+    }
+    ctx_.reserve_spare();
+    return fd >= 0;
 }
 
 asio::awaitable<void> worker::sweep_sessions() {

@@ -8,6 +8,10 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 
@@ -37,15 +41,37 @@ bool is_resource_exhaustion(const error_code& ec) {
     return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
 }
 
+void close_with_reset(int fd) {
+    const ::linger lg{.l_onoff = 1, .l_linger = 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    ::close(fd);
+}
+
 void worker_context::pause_accepting(const error_code& ec, const char* where) {
     stats.resource_errors_total.fetch_add(1, std::memory_order_relaxed);
-    accept_paused_until = clock_type::now() + accept_backoff;
+    const auto now = clock_type::now();
+    if (exhausted_since == clock_type::time_point{}) exhausted_since = now;
+    const bool resetting = resetting_clients();
+    if (!resetting) accept_paused_until = now + accept_backoff;
     std::uint64_t suppressed = 0;
     if (resource_warnings.allow(suppressed)) {
-        spdlog::warn("{} failed: {}; pausing accepts for {}ms{}", where, ec.message(), accept_backoff.count(),
+        const std::string what =
+            resetting ? fmt::format("for {}ms now; resetting new clients until it is over",
+                                    std::chrono::duration_cast<std::chrono::milliseconds>(now - exhausted_since).count())
+                      : fmt::format("pausing accepts for {}ms", accept_backoff.count());
+        spdlog::warn("{} failed: {}; {}{}", where, ec.message(), what,
                      suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
     }
-    accept_backoff = std::min(accept_backoff * 2, std::chrono::milliseconds(1000));
+    if (!resetting) accept_backoff = std::min(accept_backoff * 2, std::chrono::milliseconds(1000));
+}
+
+bool worker_context::resetting_clients() const {
+    return exhausted_since != clock_type::time_point{} && clock_type::now() - exhausted_since >= max_backlog_wait;
+}
+
+bool worker_context::reserve_spare() {
+    if (spare_fd < 0) spare_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    return spare_fd >= 0;
 }
 
 void worker_context::wake_slot_waiters(bool all) {
