@@ -113,6 +113,9 @@ int run(const std::string& path, const std::string& log_level) {
     for (const auto& w : cfg->warnings) spdlog::warn("{}", w.to_string());
     // Writes to a socket whose peer has gone return EPIPE; never die of SIGPIPE.
     std::signal(SIGPIPE, SIG_IGN);
+    // A write past RLIMIT_FSIZE (the token file, the track file, a log file
+    // as stderr) fails with EFBIG and is said; it must not kill the process.
+    std::signal(SIGXFSZ, SIG_IGN);
     try {
         apilb::server srv(cfg);
         return srv.run();

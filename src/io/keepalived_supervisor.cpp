@@ -99,6 +99,7 @@ void keepalived_supervisor::spawn() {
         ::sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
         ::signal(SIGPIPE, SIG_DFL);
+        ::signal(SIGXFSZ, SIG_DFL);
         // apilb's listening sockets must not live on in keepalived.
 #ifdef SYS_close_range
         if (::syscall(SYS_close_range, 3U, ~0U, 0U) != 0)
