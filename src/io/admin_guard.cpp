@@ -101,20 +101,33 @@ admin_token ensure_admin_token(const std::string& path) {
         return {.token = {}, .created = false,
                 .problem = fmt::format("cannot create the token file's directory {}: {}", dir, std::strerror(errno))};
     }
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    // Written whole under a name of its own, then linked to `path`: a reader
+    // (the CLI, another apilb) never sees an empty or partial token, and a
+    // full or failing disk leaves nothing at `path`. link(2), unlike
+    // rename(2), never replaces a token someone created meanwhile.
+    const std::string tmp = fmt::format("{}.{}.tmp", path, ::getpid());
+    ::unlink(tmp.c_str());  // left by an earlier process of the same pid
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
-        if (errno == EEXIST) return ensure_admin_token(path);  // created meanwhile: read that one
         return {.token = {}, .created = false,
                 .problem = fmt::format("cannot create the token file {}: {}", path, std::strerror(errno))};
     }
     const std::string text = token + "\n";
     const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
-    const int saved = errno;
+    int saved = errno;
     ::close(fd);
     if (!written) {
-        ::unlink(path.c_str());
+        ::unlink(tmp.c_str());
         return {.token = {}, .created = false,
                 .problem = fmt::format("cannot write the token file {}: {}", path, std::strerror(saved))};
+    }
+    const bool linked = ::link(tmp.c_str(), path.c_str()) == 0;
+    saved = errno;
+    ::unlink(tmp.c_str());
+    if (!linked) {
+        if (saved == EEXIST) return ensure_admin_token(path);  // created meanwhile: read that one
+        return {.token = {}, .created = false,
+                .problem = fmt::format("cannot create the token file {}: {}", path, std::strerror(saved))};
     }
     return {.token = std::move(token), .created = true, .problem = {}};
 }
