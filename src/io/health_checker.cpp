@@ -58,6 +58,17 @@ void record_change(probe_record& r, bool healthy, const check_result& result) {
 }  // namespace
 
 /// One backend as the checker sees it. Control thread only.
+namespace {
+
+/// A check that took this much longer than its timeout did not end at its
+/// deadline because the process was not running then, not because of the
+/// backend (a timer in a running process fires within milliseconds).
+bool probe_came_late(std::chrono::steady_clock::duration took, std::chrono::milliseconds timeout) {
+    return took > timeout + std::max<std::chrono::milliseconds>(timeout / 2, std::chrono::milliseconds(500));
+}
+
+}  // namespace
+
 struct health_checker::target {
     target(asio::io_context& io, const pool_runtime& p, const backend_runtime& b, probe_setup& s,
            std::size_t pi, std::size_t gi)
@@ -218,6 +229,7 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
     const health_config& cfg = t.pool->cfg->health;
     const bool active = cfg.type != health_check_type::none;
     bool first = true;
+    int late_retries = 0;  // checks in a row not judged because apilb ran too late
     if (t.adopted && !t.probe_now) {
         // Kept across a reload: its state is known, so no first round at once
         // for every backend; spread the next probes over one interval.
@@ -246,7 +258,21 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
             }
             t.in_flight = false;
             if (stopping_) break;
-            record_probe(t.backend->health->probes, result, clock_type::now() - started);
+            const auto took = clock_type::now() - started;
+            if (result.failure != check_failure::none && probe_came_late(took, cfg.timeout) && late_retries < 2) {
+                // Its deadline fired long after it was due: apilb itself did
+                // not run (SIGSTOP, a frozen cgroup, a VM paused), so the
+                // backend's answer may be waiting in the socket. Counted, every
+                // backend probed in flight would fail at once on resuming.
+                ++late_retries;
+                spdlog::info("health: {}: the check came too late to judge ({}ms for a {}ms timeout: apilb was not "
+                             "running); checking again",
+                             label(*t.pool, *t.backend),
+                             std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), cfg.timeout.count());
+                continue;
+            }
+            late_retries = 0;
+            record_probe(t.backend->health->probes, result, took);
             apply(t, result);
             if (first && active && first_round_left_ > 0 && --first_round_left_ == 0 && first_round_done_) {
                 std::exchange(first_round_done_, {})();
