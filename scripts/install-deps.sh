@@ -21,6 +21,9 @@ base=(
   libssl-dev openssl libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libcli11-dev libsystemd-dev
   curl python3 ca-certificates iproute2
+  # resfault_test: prlimit and unshare (util-linux), libfaketime to step
+  # apilb's wall clock.
+  util-linux faketime
   keepalived
   # scripts/check-packaging.sh: the .deb, its lint, the unit checks
   # (systemd-analyze), the OCI image without a daemon (umoci), man, YAML.
