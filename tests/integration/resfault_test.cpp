@@ -525,7 +525,11 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
     auto wall = [] {
         return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     };
-    std::string line;
+    // The probe rate before any step, to compare with the rate after each.
+    const double base0 = metric(admin, probes);
+    const auto tb = steady::now();
+    std::this_thread::sleep_for(milliseconds(1000));
+    std::string line = fmt::format(" before: {:.0f} probes in {}ms;", metric(admin, probes) - base0, since_ms(tb));
     for (const auto& [text, offset] : std::vector<std::pair<std::string, double>>{{"+3600", 3600}, {"+0", 0}, {"-3600", -3600}}) {
         // An idle session (idle timeout 2 s) across the step.
         client idle;
@@ -543,6 +547,7 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
             if (probes_after >= probes_before + 3 && std::abs(shown - (wall() + offset)) < 60) break;
             std::this_thread::sleep_for(milliseconds(50));
         }
+        const long probes_ms = since_ms(t0);
         EXPECT_GE(probes_after, probes_before + 3) << "probes stalled after a step to " << text;
         EXPECT_NEAR(shown, wall() + offset, 60) << "libfaketime did not move apilb's wall clock";
         EXPECT_EQ(try_echo(port, milliseconds(3000)).what, "served");
@@ -555,7 +560,7 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
         EXPECT_GE(closed_ms, 1800) << "the idle timeout fired early at a step to " << text;
         EXPECT_LE(closed_ms, 5000) << "the idle timeout stalled at a step to " << text;
         line += fmt::format(" {}: probes +{:.0f} in {}ms, stamp off by {:.0f}s, idle session reset after {}ms;", text,
-                            probes_after - probes_before, since_ms(t0), shown - wall(), closed_ms);
+                            probes_after - probes_before, probes_ms, shown - wall(), closed_ms);
     }
     std::cout << fmt::format("[ RESULT  ] wall clock stepped (libfaketime, monotonic untouched):{} served after "
                              "each\n",
