@@ -124,7 +124,9 @@ TEST(KeepalivedConf, RefusesAConfigPathWithALineBreakEvenWithoutProcessTracking)
                                       vrrp,
                                   path);
     EXPECT_THROW(render_keepalived_conf(*cfg, {.config_path = path}), std::invalid_argument);
-    EXPECT_THROW(render_keepalived_conf(*load(vrrp), {.config_path = "/x.yaml", .apilb_path = "/sbin/apilb\r"}),
+    // With track_process, apilb's path is written too: the same holds for it.
+    const auto tracked = load("vrrp:\n  interface: eth0\n  virtual_router_id: 9\n  vips: [198.18.0.100]\n");
+    EXPECT_THROW(render_keepalived_conf(*tracked, {.config_path = "/x.yaml", .apilb_path = "/sbin/apilb\x0b"}),
                  std::invalid_argument);
 }
 
