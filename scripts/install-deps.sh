@@ -29,6 +29,8 @@ base=(
   # (systemd-analyze), the OCI image without a daemon (umoci), man, YAML.
   debhelper dpkg-dev fakeroot lintian systemd umoci man-db python3-yaml
   chromium
+  # scripts/fuzz.sh and the fuzz stage of scripts/test.sh: libFuzzer.
+  clang-14 libclang-rt-14-dev
 )
 
 wanted=("${base[@]}")

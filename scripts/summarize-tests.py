@@ -28,8 +28,10 @@ Options:
   --meson-rc LABEL=RC           exit code of `meson test`; non-zero with no
                                 failing test found adds one failure
   --junit LABEL=FILE            also count the cases of a JUnit XML report
-                                (scripts/check-packaging.sh writes one); a
-                                missing or unreadable report is one failure
+                                (scripts/check-packaging.sh writes one, so
+                                does scripts/fuzz.sh: one case per fuzz
+                                target); a missing or unreadable report is
+                                one failure
 """
 
 from __future__ import annotations

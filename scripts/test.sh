@@ -8,7 +8,9 @@
 #    build-asan/ (debug, AddressSanitizer + UndefinedBehaviorSanitizer)
 # 3. runs `meson test` in each; a sanitizer report fails the run; after the
 #    plain build, scripts/check-packaging.sh builds and checks the .deb, the
-#    systemd unit, the OCI image and the manifests (counted as tests too)
+#    systemd unit, the OCI image and the manifests (counted as tests too);
+#    then the fuzz stage: scripts/fuzz.sh builds build-fuzz/ (clang) and runs
+#    each libFuzzer target briefly (counted as one test per target)
 # 4. sums the GoogleTest cases of both (scripts/summarize-tests.py); the last
 #    line of output is `N passed, N failed` (`, N skipped` when some were)
 #
@@ -21,6 +23,9 @@
 #                         (CI never sets it)
 #   APILB_SKIP_PACKAGING=1  skip scripts/check-packaging.sh (the .deb, unit,
 #                         image, manifests; ~1 min), for quick local runs
+#   APILB_SKIP_FUZZ=1     skip the fuzz stage (clang build + short runs)
+#   APILB_FUZZ_SECONDS    seconds each fuzz target runs (default 30)
+#   APILB_FUZZ_BUILD_DIR  fuzz build directory (default: <repo>/build-fuzz)
 #   APILB_SOURCE_DIR      meson project to test (default: this repository;
 #                         used to test this script on a trial project)
 set -uo pipefail
@@ -135,6 +140,29 @@ else
   build_and_test build-asan "$asan_dir" --buildtype=debug \
     -Db_sanitize=address,undefined -Db_lundef=false
 fi
+
+# The fuzz stage: the libFuzzer targets of tests/fuzz/ (clang-14, their own
+# build with only what they need), each run briefly from its seed corpus,
+# two at a time; a crash, a slow input (-timeout) or a memory blow-up
+# (-rss_limit_mb) is a failed case of the JUnit report fuzz.sh writes.
+# The seeds themselves are replayed by `meson test` in both builds above.
+fuzz_stage() {
+  if [[ "$src" != "$repo" || "${APILB_SKIP_FUZZ:-0}" == 1 ]]; then
+    say "fuzz: skipped"
+    return 0
+  fi
+  local dir=${APILB_FUZZ_BUILD_DIR:-$src/build-fuzz}
+  local seconds=${APILB_FUZZ_SECONDS:-30}
+  say "fuzz: scripts/fuzz.sh all ${seconds}s in $dir"
+  mkdir -p "$dir"
+  local report=$dir/fuzz-report.xml t0=$SECONDS
+  rm -f "$report"
+  APILB_FUZZ_BUILD_DIR=$dir APILB_FUZZ_JUNIT=$report APILB_FUZZ_NICE=0 \
+    bash "$repo/scripts/fuzz.sh" all "$seconds" || true
+  echo "fuzz stage took $((SECONDS - t0))s"
+  summary_args+=(--junit "fuzz=$report")
+}
+fuzz_stage
 
 say "done in $((SECONDS - started))s"
 "${summarize[@]}" "${summary_args[@]}"

@@ -1,7 +1,7 @@
 // What guards the admin endpoint besides TLS (docs/admin.md#who-may-change-things):
-// the bearer token file, created at first start; the Host names the endpoint
-// answers to, against DNS rebinding; and who a loopback caller is, for the
-// log. Used by admin_server on the control thread.
+// the bearer token file, created at first start; the certificate's names,
+// which the Host check takes (apilb/admin_request.hpp); and who a loopback
+// caller is, for the log. Used by admin_server on the control thread.
 #pragma once
 
 #include <boost/asio/ip/tcp.hpp>
@@ -27,11 +27,6 @@ struct admin_token {
 /// std::runtime_error (naming the file) if it exists but cannot be read or
 /// is empty; a file that cannot be created leaves `problem` set.
 admin_token ensure_admin_token(const std::string& path);
-
-/// Whether a Host header value names this endpoint: an IP literal (with or
-/// without a port) or one of `names` (lower case; "*.example" matches one
-/// label). An empty value (HTTP/1.0, not a browser) passes.
-bool admin_host_allowed(std::string_view host, const std::vector<std::string>& names);
 
 /// The DNS names of the context's certificate (subjectAltName), lower case.
 std::vector<std::string> certificate_dns_names(ssl_ctx_st* ctx);

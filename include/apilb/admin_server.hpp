@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "apilb/admin_report.hpp"
+#include "apilb/admin_request.hpp"
 #include "apilb/runtime.hpp"
 
 namespace boost::asio::ssl {
@@ -78,7 +79,6 @@ public:
     const admin_stats& stats() const { return stats_; }
 
 private:
-    struct reply;
     /// One open connection, listed from accept to close.
     struct connection {
         boost::beast::tcp_stream* stream = nullptr;  ///< set once serve() holds the socket
@@ -88,7 +88,7 @@ private:
         bool closing = false;  ///< evicted or stopped: no longer counted
     };
     using connection_list = std::list<connection>;
-    using request = boost::beast::http::request<boost::beast::http::string_body>;
+    using request = admin_request;
     boost::asio::awaitable<void> accept_loop();
     /// Makes room for a connection from `peer` under the per-peer and total
     /// caps by closing the oldest idle one; false if every slot is busy.
@@ -98,15 +98,17 @@ private:
     /// Reads requests and answers them until the client is done (admin_server.cpp).
     template <class Stream>
     boost::asio::awaitable<void> serve_requests(Stream& stream, connection& conn, bool client_verified);
-    /// The answer to one request; `client_verified`: a client certificate
-    /// was presented and verified against admin.tls.client_ca_file.
-    boost::asio::awaitable<reply> handle(const request& req, const connection& conn, bool client_verified);
-    /// Why a POST is refused (status and message), or nullopt if it may go on.
-    std::optional<reply> refuse_post(const request& req, const connection& conn, bool client_verified);
+    /// The answer to one request (decide_admin_request, then the route);
+    /// `client_verified`: a client certificate was presented and verified
+    /// against admin.tls.client_ca_file.
+    boost::asio::awaitable<admin_reply> handle(const request& req, const connection& conn, bool client_verified);
+    /// Counts and logs (rate-limited) a POST refused for its credentials.
+    void log_refused_post(const request& req, const connection& conn, boost::beast::http::status status,
+                          const std::string& why);
     /// POST /api/v1/backends/{pool}/{backend}/{drain|enable}; `who` names the caller for the log.
-    reply drain_or_enable(const std::string& path, const std::string& who);
+    admin_reply drain_or_enable(const std::string& pool, const std::string& backend, bool drain, const std::string& who);
     void count_handshake_failure(const boost::asio::ip::tcp::endpoint& peer, const std::string& why);
-    /// host_names_ from the config and the running certificate.
+    /// access_.host_names from the config and the running certificate.
     void set_host_names();
     /// "127.0.0.1:41234 (uid 0)": the caller of a state change, for the log.
     std::string describe_peer(const connection& conn) const;
@@ -115,12 +117,10 @@ private:
     boost::asio::ip::tcp::acceptor acceptor_;
     admin_hooks hooks_;
     admin_config cfg_;
-    std::string token_;  ///< "" = no token configured (or it could not be created)
-    /// Why POSTs are refused outright: no credential is configured, or the
-    /// token file could not be created; "" = they are authenticated.
-    std::string post_disabled_;
-    /// Names a Host header may carry besides IP literals (lower case).
-    std::vector<std::string> host_names_;
+    /// The token ("" = none configured or it could not be created), why
+    /// POSTs are refused outright ("" = they are authenticated), the Host
+    /// names: what decide_admin_request checks.
+    admin_access access_;
     /// nullptr = plain HTTP. Replaced by reload_tls_files(); each connection
     /// holds the one it started with.
     std::shared_ptr<boost::asio::ssl::context> tls_;

@@ -18,6 +18,7 @@
 
 #include "apilb/config.hpp"
 #include "apilb/health.hpp"
+#include "apilb/probe_response.hpp"
 
 namespace apilb {
 
@@ -87,10 +88,5 @@ struct probe_cancel {
 boost::asio::awaitable<check_result> run_probe(probe_setup& setup, health_check_type as_type,
                                                const boost::asio::ip::tcp::endpoint& endpoint,
                                                std::shared_ptr<probe_cancel> cancel);
-
-/// Header and body limits of a probe's response: a readyz?verbose answer is
-/// a few KiB; anything much larger is not a health endpoint.
-inline constexpr std::uint32_t probe_header_limit = 16 * 1024;
-inline constexpr std::uint32_t probe_body_limit = 64 * 1024;
 
 }  // namespace apilb

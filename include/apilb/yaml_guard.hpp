@@ -16,7 +16,17 @@
 
 namespace apilb {
 
+// g++ says AddressSanitizer with __SANITIZE_ADDRESS__, clang 14 only with
+// __has_feature (the fuzz build, tests/fuzz/).
 #if defined(__SANITIZE_ADDRESS__)
+#define APILB_ADDRESS_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define APILB_ADDRESS_SANITIZER 1
+#endif
+#endif
+
+#if defined(APILB_ADDRESS_SANITIZER)
 /// AddressSanitizer's start-up alone costs the child ~0.5 s of CPU.
 constexpr int yaml_guard_slowdown = 4;
 #else
@@ -43,6 +53,12 @@ constexpr std::string_view yaml_guard_mode = "__yaml-guard-child";
 /// (for the config hash). Throws config_load_error. Blocks the calling
 /// thread while the child runs: ~50 ms, at most yaml_guard_deadline.
 std::shared_ptr<const config> load_config_guarded(const std::string& path, std::string* text = nullptr);
+
+/// The guard alone: returns when yaml-cpp's parse of `text` ends within
+/// the limits above in a child process, throws config_load_error (naming
+/// `path`) when it does not. Only then may this process parse `text`.
+/// load_config_guarded calls it; so does the config fuzz target.
+void prove_yaml_parse_ends(const std::string& path, const std::string& text);
 
 /// The child's whole life: limits itself, reads the bytes from stdin,
 /// parses them and exits 0 when the parse ended (with or without a syntax

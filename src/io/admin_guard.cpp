@@ -36,15 +36,6 @@ std::string lower(std::string_view s) {
     return out;
 }
 
-bool name_matches(const std::string& host, const std::string& pattern) {
-    if (pattern.rfind("*.", 0) != 0) return host == pattern;
-    // "*.example.com" stands for exactly one label in front of example.com.
-    const std::string_view suffix = std::string_view(pattern).substr(1);
-    if (host.size() <= suffix.size() || !host.ends_with(suffix)) return false;
-    const std::string_view label = std::string_view(host).substr(0, host.size() - suffix.size());
-    return label.find('.') == std::string_view::npos;
-}
-
 /// How /proc/net/tcp prints an address: each 32-bit word of the address in
 /// host byte order as %08X, then the port as %04X.
 std::string proc_net_address(const asio::ip::address& a, unsigned short port) {
@@ -130,27 +121,6 @@ admin_token ensure_admin_token(const std::string& path) {
                 .problem = fmt::format("cannot create the token file {}: {}", path, std::strerror(saved))};
     }
     return {.token = std::move(token), .created = true, .problem = {}};
-}
-
-bool admin_host_allowed(std::string_view host, const std::vector<std::string>& names) {
-    if (host.empty()) return true;
-    std::string_view name = host;
-    if (name.front() == '[') {
-        const auto close = name.find(']');
-        if (close == std::string_view::npos) return false;
-        boost::system::error_code ec;
-        asio::ip::make_address_v6(std::string(name.substr(1, close - 1)), ec);
-        return !ec;
-    }
-    if (const auto colon = name.rfind(':'); colon != std::string_view::npos) name = name.substr(0, colon);
-    if (name.ends_with('.')) name.remove_suffix(1);
-    if (name.empty()) return false;
-    boost::system::error_code ec;
-    asio::ip::make_address_v4(std::string(name), ec);
-    // An IP literal cannot be a name an attacker's DNS rebinds.
-    if (!ec) return true;
-    const std::string h = lower(name);
-    return std::any_of(names.begin(), names.end(), [&](const std::string& n) { return name_matches(h, n); });
 }
 
 std::vector<std::string> certificate_dns_names(ssl_ctx_st* ctx) {

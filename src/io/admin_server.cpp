@@ -24,6 +24,7 @@
 #include <list>
 
 #include "apilb/admin_guard.hpp"
+#include "apilb/admin_request.hpp"
 #include "apilb/file_read.hpp"
 #include "apilb/logging.hpp"
 #include "apilb/tls_files.hpp"
@@ -51,18 +52,9 @@ constexpr std::size_t max_per_peer = 16;
 /// connection's opening or of the previous answer: idle and slow (slowloris)
 /// clients are cut off.
 constexpr auto request_timeout = 5s;
-constexpr std::uint32_t header_limit = 8 * 1024;
-constexpr std::uint64_t body_limit = 4 * 1024;  ///< no request of ours has a body
 constexpr auto io_timeout = 10s;
 /// How long a TLS client gets to answer our close_notify.
 constexpr auto tls_shutdown_timeout = 1s;
-
-/// Compares without an early exit, so timing does not reveal a prefix.
-bool same_secret(std::string_view a, std::string_view b) {
-    unsigned char diff = a.size() == b.size() ? 0 : 1;
-    for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
-    return diff == 0 && !b.empty();
-}
 
 /// Refuses to prompt on the terminal for an encrypted key's passphrase (the
 /// loader rejects such keys; the file may have changed since).
@@ -147,12 +139,6 @@ std::string handshake_failure(const error_code& ec, SSL* ssl) {
     return text;
 }
 
-std::string json_message(std::string_view key, std::string_view value) {
-    boost::json::object o;
-    o[key] = value;
-    return boost::json::serialize(o) + "\n";
-}
-
 }  // namespace
 
 std::optional<std::string> read_admin_token(const std::string& path) {
@@ -163,36 +149,33 @@ std::optional<std::string> read_admin_token(const std::string& path) {
     return token;
 }
 
-struct admin_server::reply {
-    http::status status = http::status::ok;
-    std::string content_type = "text/plain; charset=utf-8";
-    std::string body;
-};
-
 admin_server::admin_server(asio::io_context& control, const admin_config& cfg, admin_hooks hooks)
     : control_(control), acceptor_(control), hooks_(std::move(hooks)), cfg_(cfg) {
     if (!cfg.token_file.empty()) {
         admin_token t = ensure_admin_token(cfg.token_file);
-        token_ = std::move(t.token);
+        access_.token = std::move(t.token);
         if (t.created) {
             spdlog::info("admin: created the token file {} (mode 0600); `apilb drain|enable|reload` on this node "
                          "reads it through the config",
                          cfg.token_file);
         }
         if (!t.problem.empty()) {
-            post_disabled_ = t.problem + ": drain, enable and reload are refused until apilb is restarted with a "
-                                         "token file it can read or create";
-            spdlog::error("admin: {}", post_disabled_);
+            access_.post_disabled = t.problem + ": drain, enable and reload are refused until apilb is restarted "
+                                                "with a token file it can read or create";
+            spdlog::error("admin: {}", access_.post_disabled);
         }
     } else if (!cfg.tls || cfg.tls->client_ca_file.empty()) {
-        post_disabled_ = "drain, enable and reload are disabled: no credential is configured; set admin.token_file "
-                         "(apilb creates it, mode 0600, at start; the CLI on the node reads it from the config) "
-                         "or admin.tls.client_ca_file";
+        access_.post_disabled = "drain, enable and reload are disabled: no credential is configured; set "
+                                "admin.token_file (apilb creates it, mode 0600, at start; the CLI on the node reads "
+                                "it from the config) or admin.tls.client_ca_file";
     }
     if (cfg.tls) {
         tls_ = make_tls_context(*cfg.tls);
         stats_.tls = true;
     }
+    access_.token_file = cfg.token_file;
+    access_.tls = tls_ != nullptr;
+    access_.client_ca = cfg.tls && !cfg.tls->client_ca_file.empty();
     set_host_names();
     const tcp::endpoint ep = to_endpoint(cfg.address);
     error_code ec;
@@ -221,8 +204,8 @@ void admin_server::start() {
                      ? "every request requires a client certificate"
                      : "POST requires a client certificate";
     }
-    if (!token_.empty()) guards += guards.empty() ? "POST requires the bearer token" : " and the bearer token";
-    if (!post_disabled_.empty()) guards = post_disabled_;
+    if (!access_.token.empty()) guards += guards.empty() ? "POST requires the bearer token" : " and the bearer token";
+    if (!access_.post_disabled.empty()) guards = access_.post_disabled;
     spdlog::info("admin: listening on {}://{}{}", tls_ ? "https" : "http",
                  ep.address().to_string() + ":" + std::to_string(ep.port()), guards.empty() ? "" : " (" + guards + ")");
     if (tls_) spdlog::info("admin: TLS certificate {}", describe_certificate(*tls_));
@@ -275,10 +258,10 @@ bool admin_server::make_room(const asio::ip::address& peer) {
 }
 
 void admin_server::set_host_names() {
-    host_names_ = {"localhost"};
-    host_names_.insert(host_names_.end(), cfg_.host_names.begin(), cfg_.host_names.end());
+    access_.host_names = {"localhost"};
+    access_.host_names.insert(access_.host_names.end(), cfg_.host_names.begin(), cfg_.host_names.end());
     if (tls_) {
-        for (auto& n : certificate_dns_names(tls_->native_handle())) host_names_.push_back(std::move(n));
+        for (auto& n : certificate_dns_names(tls_->native_handle())) access_.host_names.push_back(std::move(n));
     }
 }
 
@@ -418,8 +401,8 @@ asio::awaitable<void> admin_server::serve_requests(Stream& stream, connection& c
     while (!stopped_ && !conn.closing) {
         conn.busy = false;
         http::request_parser<http::string_body> parser;
-        parser.header_limit(header_limit);
-        parser.body_limit(body_limit);
+        parser.header_limit(admin_header_limit);
+        parser.body_limit(admin_body_limit);
         // One deadline for the wait and the whole request, not per read:
         // a byte every few seconds does not keep a connection.
         tcp_layer.expires_after(request_timeout);
@@ -427,7 +410,7 @@ asio::awaitable<void> admin_server::serve_requests(Stream& stream, connection& c
         if (rec || stopped_ || conn.closing) break;
         conn.busy = true;
         const request req = parser.release();
-        reply r = co_await handle(req, conn, client_verified);
+        admin_reply r = co_await handle(req, conn, client_verified);
         if (stopped_) break;
 
         http::response<http::string_body> res{r.status, req.version()};
@@ -443,30 +426,8 @@ asio::awaitable<void> admin_server::serve_requests(Stream& stream, connection& c
     }
 }
 
-std::optional<admin_server::reply> admin_server::refuse_post(const request& req, const connection& conn,
-                                                              bool client_verified) {
-    const auto auth = req[http::field::authorization];
-    const auto origin = req[http::field::origin];
-    http::status status = http::status::forbidden;
-    std::string why;
-    if (!post_disabled_.empty()) {
-        why = post_disabled_;
-    } else if (tls_ && !cfg_.tls->client_ca_file.empty() && !client_verified) {
-        // Unreachable with client_auth: all (the handshake failed).
-        why = "this request needs a client certificate signed by the CA in admin.tls.client_ca_file "
-              "(apilb --cert/--key, curl --cert/--key)";
-    } else if (!token_.empty() && !(auth.starts_with("Bearer ") && same_secret(auth.substr(7), token_))) {
-        status = http::status::unauthorized;
-        why = "this request needs the admin bearer token (Authorization: Bearer ...) from " + cfg_.token_file +
-              ": run `apilb` as root on the node (it reads the file through the config), or give --token-file";
-    } else if (!origin.empty() && origin != (tls_ ? "https://" : "http://") + std::string(req[http::field::host])) {
-        // A page from another site that the operator's browser has open
-        // must not drain backends (CSRF); the Host is one of ours by now.
-        return reply{.status = status, .content_type = "application/json",
-                     .body = json_message("error", "cross-origin request refused")};
-    } else {
-        return std::nullopt;
-    }
+void admin_server::log_refused_post(const request& req, const connection& conn, http::status status,
+                                    const std::string& why) {
     ++stats_.auth_failures_total;
     // Someone guessing the token can try many times a second: one line per
     // second at warn, the rest at debug; the counter has them all.
@@ -477,170 +438,121 @@ std::optional<admin_server::reply> admin_server::refuse_post(const request& req,
         spdlog::log(level, "admin: {} {} from {} refused ({}): {}", std::string(req.method_string()),
                     std::string(req.target().substr(0, 200)), describe_peer(conn), static_cast<unsigned>(status), why);
     }
-    return reply{.status = status, .content_type = "application/json", .body = json_message("error", why)};
 }
 
-asio::awaitable<admin_server::reply> admin_server::handle(const request& req, const connection& conn,
-                                                          bool client_verified) {
+asio::awaitable<admin_reply> admin_server::handle(const request& req, const connection& conn, bool client_verified) {
     auto facts = [this] {
         admin_facts f = hooks_.facts();
         f.admin = &stats_;
         return f;
     };
-    std::string path(req.target());
-    if (auto q = path.find('?'); q != std::string::npos) path.resize(q);
-
-    reply r;
-    const bool get = req.method() == http::verb::get;
-    const bool post = req.method() == http::verb::post;
-    auto not_allowed = [&](const char* allowed) {
-        r = {.status = http::status::method_not_allowed, .content_type = "text/plain; charset=utf-8",
-             .body = fmt::format("{} only\n", allowed)};
-    };
-    const std::string api_backends = "/api/v1/backends/";
-    const bool probe = path == "/livez" || path == "/readyz";
-    if (!probe && !admin_host_allowed(req[http::field::host], host_names_)) {
-        // DNS rebinding: a web page whose name now resolves to this host
-        // would read the status and POST here; its Host names that page.
-        r.status = http::status::misdirected_request;
-        r.body = fmt::format("this endpoint does not answer to Host: {}; use its IP address, localhost, or a name in "
-                             "admin.host_names\n",
-                             std::string(req[http::field::host].substr(0, 100)));
-        co_return r;
+    admin_decision d = decide_admin_request(req, access_, client_verified);
+    if (d.refusal) {
+        if (!d.auth_failure.empty()) log_refused_post(req, conn, d.refusal->status, d.auth_failure);
+        co_return std::move(*d.refusal);
     }
-    if (path == "/livez") {
-        if (!get) {
-            not_allowed("GET");
-        } else {
-            // The workers answer on their own threads; wait here, on the
-            // control thread, without blocking it.
-            struct wait_state {
-                asio::steady_timer timer;
-                std::size_t answered = 0, total = 0;
-                bool done = false;
-            };
-            auto st = std::make_shared<wait_state>(wait_state{.timer = asio::steady_timer(control_)});
-            st->timer.expires_at(asio::steady_timer::time_point::max());
-            hooks_.ping_workers(livez_deadline, [st](std::size_t answered, std::size_t total) {
-                st->answered = answered;
-                st->total = total;
-                st->done = true;
-                st->timer.cancel();
-            });
-            while (!st->done) co_await st->timer.async_wait(asio::as_tuple(asio::use_awaitable));
-            const bool ok = st->answered == st->total;
-            r.status = ok ? http::status::ok : http::status::service_unavailable;
-            r.body = fmt::format("{}: {} of {} worker(s) answered within {}ms\n", ok ? "ok" : "not alive",
-                                 st->answered, st->total, livez_deadline.count());
-        }
-    } else if (path == "/readyz") {
-        if (!get) {
-            not_allowed("GET");
-        } else {
-            const readiness rd = check_readiness(*hooks_.current(), facts());
-            r.status = rd.ready ? http::status::ok : http::status::service_unavailable;
-            r.body = rd.body;
-        }
-    } else if (path == "/metrics") {
-        if (!get) {
-            not_allowed("GET");
-        } else {
-            r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-            r.body = render_metrics(*hooks_.current(), facts());
-        }
-    } else if (path == "/api/v1/status") {
-        if (!get) {
-            not_allowed("GET");
-        } else {
-            r.content_type = "application/json";
-            r.body = render_status_json(*hooks_.current(), facts());
-        }
-    } else if (path == "/" || path == "/index.html") {
-        if (!get) {
-            not_allowed("GET");
-        } else {
-            r.content_type = "text/html; charset=utf-8";
-            r.body = status_page_html();
-        }
-    } else if (path == "/api/v1/reload" || path.rfind(api_backends, 0) == 0) {
+    admin_reply r;
+    switch (d.route) {
+    case admin_route::livez: {
+        // The workers answer on their own threads; wait here, on the
+        // control thread, without blocking it.
+        struct wait_state {
+            asio::steady_timer timer;
+            std::size_t answered = 0, total = 0;
+            bool done = false;
+        };
+        auto st = std::make_shared<wait_state>(wait_state{.timer = asio::steady_timer(control_)});
+        st->timer.expires_at(asio::steady_timer::time_point::max());
+        hooks_.ping_workers(livez_deadline, [st](std::size_t answered, std::size_t total) {
+            st->answered = answered;
+            st->total = total;
+            st->done = true;
+            st->timer.cancel();
+        });
+        while (!st->done) co_await st->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        const bool ok = st->answered == st->total;
+        r.status = ok ? http::status::ok : http::status::service_unavailable;
+        r.body = fmt::format("{}: {} of {} worker(s) answered within {}ms\n", ok ? "ok" : "not alive", st->answered,
+                             st->total, livez_deadline.count());
+        break;
+    }
+    case admin_route::readyz: {
+        const readiness rd = check_readiness(*hooks_.current(), facts());
+        r.status = rd.ready ? http::status::ok : http::status::service_unavailable;
+        r.body = rd.body;
+        break;
+    }
+    case admin_route::metrics:
+        r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+        r.body = render_metrics(*hooks_.current(), facts());
+        break;
+    case admin_route::status:
         r.content_type = "application/json";
-        if (!post) {
-            not_allowed("POST");
-        } else if (auto refused = refuse_post(req, conn, client_verified)) {
-            r = std::move(*refused);
-        } else if (path == "/api/v1/reload") {
-            spdlog::info("admin: reload asked by {}", describe_peer(conn));
-            const std::vector<std::string> errors = hooks_.reload();
-            if (errors.empty()) {
-                r.body = json_message("result", "reloaded");
-            } else {
-                r.status = http::status::unprocessable_entity;
-                boost::json::object o;
-                o["error"] = "the configuration was rejected; the running one stays";
-                boost::json::array list;
-                for (const auto& e : errors) list.emplace_back(e);
-                o["errors"] = std::move(list);
-                r.body = boost::json::serialize(o) + "\n";
-            }
+        r.body = render_status_json(*hooks_.current(), facts());
+        break;
+    case admin_route::page:
+        r.content_type = "text/html; charset=utf-8";
+        r.body = status_page_html();
+        break;
+    case admin_route::reload: {
+        r.content_type = "application/json";
+        spdlog::info("admin: reload asked by {}", describe_peer(conn));
+        const std::vector<std::string> errors = hooks_.reload();
+        if (errors.empty()) {
+            r.body = admin_json_message("result", "reloaded");
         } else {
-            r = drain_or_enable(path, describe_peer(conn));
+            r.status = http::status::unprocessable_entity;
+            boost::json::object o;
+            o["error"] = "the configuration was rejected; the running one stays";
+            boost::json::array list;
+            for (const auto& e : errors) list.emplace_back(e);
+            o["errors"] = std::move(list);
+            r.body = boost::json::serialize(o) + "\n";
         }
-    } else {
-        r.status = http::status::not_found;
-        r.body = "not found; see /api/v1/status, /metrics, /livez, /readyz\n";
+        break;
+    }
+    case admin_route::backend:
+        r = drain_or_enable(d.pool, d.backend, d.drain, describe_peer(conn));
+        break;
     }
     co_return r;
 }
 
-admin_server::reply admin_server::drain_or_enable(const std::string& path, const std::string& who) {
-    const std::string api_backends = "/api/v1/backends/";
-    reply r{.status = http::status::ok, .content_type = "application/json", .body = {}};
-    // /api/v1/backends/{pool}/{name}/{drain|enable}
-    std::vector<std::string> parts;
-    std::string rest = path.substr(api_backends.size());
-    for (std::size_t pos = 0;;) {
-        const auto slash = rest.find('/', pos);
-        parts.push_back(rest.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos));
-        if (slash == std::string::npos) break;
-        pos = slash + 1;
+admin_reply admin_server::drain_or_enable(const std::string& pool, const std::string& backend, bool drain,
+                                          const std::string& who) {
+    admin_reply r{.status = http::status::ok, .content_type = "application/json", .body = {}};
+    const auto snap = hooks_.current();
+    const backend_runtime* found = nullptr;
+    bool pool_found = false;
+    for (const auto& p : snap->pools) {
+        if (p.cfg->name != pool) continue;
+        pool_found = true;
+        for (const auto& b : p.backends) {
+            if (b.cfg->name == backend) found = &b;
+        }
     }
-    if (parts.size() != 3 || (parts[2] != "drain" && parts[2] != "enable")) {
+    if (found == nullptr) {
         r.status = http::status::not_found;
-        r.body = json_message("error", "expected /api/v1/backends/{pool}/{backend}/drain or /enable");
+        r.body = admin_json_message("error", pool_found ? fmt::format("pool {} has no backend {}", pool, backend)
+                                                        : fmt::format("no pool {}", pool));
+    } else if (!drain && found->cfg->drain) {
+        r.status = http::status::conflict;
+        r.body = admin_json_message("error", fmt::format("backend {} is drained in the config file (drain: true); "
+                                                         "change it there and reload",
+                                                         backend));
     } else {
-        const auto snap = hooks_.current();
-        const backend_runtime* found = nullptr;
-        bool pool_found = false;
-        for (const auto& p : snap->pools) {
-            if (p.cfg->name != parts[0]) continue;
-            pool_found = true;
-            for (const auto& b : p.backends) {
-                if (b.cfg->name == parts[1]) found = &b;
-            }
+        const bool was = found->health->admin_drain.exchange(drain, std::memory_order_relaxed);
+        if (was != drain) {
+            const log_scope fields({.event = drain ? "backend_drained" : "backend_enabled",
+                                    .pool = pool,
+                                    .backend = backend,
+                                    .client = {},
+                                    .reason = "admin"});
+            spdlog::info("admin: backend {}/{} {} (asked by {})", pool, backend,
+                         drain ? "drained: no new sessions, open ones go on" : "enabled: takes new sessions again",
+                         who);
         }
-        const bool drain = parts[2] == "drain";
-        if (found == nullptr) {
-            r.status = http::status::not_found;
-            r.body = json_message("error", pool_found ? fmt::format("pool {} has no backend {}", parts[0], parts[1])
-                                                      : fmt::format("no pool {}", parts[0]));
-        } else if (!drain && found->cfg->drain) {
-            r.status = http::status::conflict;
-            r.body = json_message("error", fmt::format("backend {} is drained in the config file (drain: true); "
-                                                       "change it there and reload", parts[1]));
-        } else {
-            const bool was = found->health->admin_drain.exchange(drain, std::memory_order_relaxed);
-            if (was != drain) {
-                const log_scope fields({.event = drain ? "backend_drained" : "backend_enabled",
-                                        .pool = parts[0],
-                                        .backend = parts[1],
-                                        .client = {},
-                                        .reason = "admin"});
-                spdlog::info("admin: backend {}/{} {} (asked by {})", parts[0], parts[1],
-                             drain ? "drained: no new sessions, open ones go on" : "enabled: takes new sessions again",
-                             who);
-            }
-            r.body = json_message("result", drain ? "drained" : "enabled");
-        }
+        r.body = admin_json_message("result", drain ? "drained" : "enabled");
     }
     return r;
 }

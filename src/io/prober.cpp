@@ -258,9 +258,8 @@ asio::awaitable<check_result> probe_https(probe_setup& setup, const tcp::endpoin
     }
 
     beast::flat_buffer buffer;
-    http::response_parser<http::string_body> parser;
-    parser.header_limit(probe_header_limit);
-    parser.body_limit(probe_body_limit);
+    probe_response_parser parser;
+    limit_probe_response(parser);
     auto [ec, n] = co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
     // A server that closes without TLS close_notify after a complete response is fine.
     if (ec == ssl::error::stream_truncated && parser.is_done()) ec = {};
@@ -275,19 +274,8 @@ asio::awaitable<check_result> probe_https(probe_setup& setup, const tcp::endpoin
             const std::string text = tls_error_text(ec, native);
             co_return check_result{check_failure::tls_failed, "TLS: " + text + client_certificate_hint(text, cfg.tls)};
         }
-        if (ec == http::error::body_limit) {
-            co_return check_result{check_failure::http_error,
-                                   fmt::format("the response body is larger than {} bytes", probe_body_limit)};
-        }
-        if (ec == http::error::header_limit) {
-            co_return check_result{check_failure::http_error,
-                                   fmt::format("the response header is larger than {} bytes", probe_header_limit)};
-        }
-        co_return check_result{check_failure::http_error, "reading the response to GET " + cfg.path + ": " + ec.message()};
     }
-    const auto& res = parser.get();
-    co_return judge_http_response(res.result_int(), std::string_view(res.reason().data(), res.reason().size()),
-                                  res.body(), cfg);
+    co_return judge_probe_read(ec, parser, cfg);
 }
 
 }  // namespace

@@ -139,9 +139,9 @@ outcome wait_for_exit(pid_t pid, int status_pipe, clock_type::time_point started
     }
 }
 
-/// Throws config_load_error unless yaml-cpp's parse of `text` ends within
-/// the deadline and the memory limit, as run in a child process.
-void prove_parse_ends(const std::string& path, const std::string& text) {
+}  // namespace
+
+void prove_yaml_parse_ends(const std::string& path, const std::string& text) {
     const auto started = clock_type::now();
     fd_guard input(memory_file(path, text));
     int fds[2];
@@ -184,11 +184,9 @@ void prove_parse_ends(const std::string& path, const std::string& text) {
                                    WEXITSTATUS(status)));
 }
 
-}  // namespace
-
 std::shared_ptr<const config> load_config_guarded(const std::string& path, std::string* text) {
     std::string bytes = read_config_file(path);
-    prove_parse_ends(path, bytes);
+    prove_yaml_parse_ends(path, bytes);
     auto cfg = parse_config(bytes, path);
     if (text != nullptr) *text = std::move(bytes);
     return cfg;
@@ -203,7 +201,7 @@ int yaml_guard_child_main() {
         std::chrono::ceil<std::chrono::seconds>(yaml_guard_cpu_budget).count() + 1);
     const rlimit cpu{cpu_seconds, cpu_seconds + 1};
     ::setrlimit(RLIMIT_CPU, &cpu);
-#ifndef __SANITIZE_ADDRESS__
+#ifndef APILB_ADDRESS_SANITIZER
     const rlimit memory{yaml_guard_memory, yaml_guard_memory};
     ::setrlimit(RLIMIT_AS, &memory);
 #endif

@@ -108,5 +108,27 @@ TEST(KeepalivedConf, RefusesAConfigPathWithAQuote) {
     EXPECT_THROW(render_keepalived_conf(*load(""), {.config_path = "/x.yaml"}), std::invalid_argument);
 }
 
+// Found by the keepalived_conf fuzz target: the config path is also the
+// header comment's, and without track_process it was written nowhere else,
+// so a line break in it started lines of its own (here a global_defs with a
+// notify script keepalived would run as root).
+TEST(KeepalivedConf, RefusesAConfigPathWithALineBreakEvenWithoutProcessTracking) {
+    const std::string path = "/etc/a.yaml\nglobal_defs {\n notify /tmp/x\n}";
+    const std::string vrrp = "vrrp:\n  interface: eth0\n  virtual_router_id: 9\n  vips: [198.18.0.100]\n"
+                             "  track_process: false\n";
+    const auto cfg = parse_config("listeners:\n"
+                                  "  - {name: apiserver, address: \"198.18.0.100:6443\", pool: cp}\n"
+                                  "pools:\n"
+                                  "  - name: cp\n"
+                                  "    backends: [{name: cp-1, address: \"192.0.2.11:6443\"}]\n" +
+                                      vrrp,
+                                  path);
+    EXPECT_THROW(render_keepalived_conf(*cfg, {.config_path = path}), std::invalid_argument);
+    // With track_process, apilb's path is written too: the same holds for it.
+    const auto tracked = load("vrrp:\n  interface: eth0\n  virtual_router_id: 9\n  vips: [198.18.0.100]\n");
+    EXPECT_THROW(render_keepalived_conf(*tracked, {.config_path = "/x.yaml", .apilb_path = "/sbin/apilb\x0b"}),
+                 std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace apilb

@@ -251,5 +251,29 @@ TEST_F(AdminGuard, ANameThatIsNotOursIsRefusedAgainstDnsRebinding) {
     EXPECT_EQ(apilb.terminate(), 0);
 }
 
+// Found by the admin_request fuzz target: Boost 1.81's HTTP parser asserted
+// on an empty chunked body whose "0\r\n" came in one read and the next byte
+// alone in another, and the assertion aborted apilb (asserts are on in the
+// shipped build) for any client, before any credential was checked.
+TEST_F(AdminGuard, AChunkedBodySplitByteByByteCannotAbortApilb) {
+    auto running = start("");
+    apilb_process& apilb = *running;
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", admin), 0);
+    c.set_timeout(10s);
+    const std::vector<std::string> parts = {
+        "POST /api/v1/reload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n", "\r", "\n"};
+    for (const auto& part : parts) {
+        ASSERT_TRUE(c.send_all(part));
+        // Not a timing assertion: a pause so that apilb reads each part on
+        // its own, as a client that sends them apart makes it.
+        std::this_thread::sleep_for(milliseconds(300));
+    }
+    const std::string answer = c.recv_exact(12);
+    EXPECT_EQ(answer, "HTTP/1.1 403") << apilb.log();
+    EXPECT_EQ(request(admin, "GET", "/livez").status, 200) << apilb.log();
+    EXPECT_EQ(apilb.terminate(), 0) << apilb.log();
+}
+
 }  // namespace
 }  // namespace apilb::test

@@ -37,11 +37,15 @@ constexpr auto command_timeout = 8s * slowdown;
 
 std::string bin() { return required_env("APILB_BIN"); }
 
-/// The seed corpus, sorted: hang-*.yaml never finish in yaml-cpp 0.7.
+/// The seed corpus's bad files, sorted: hang-*.yaml never finish in yaml-cpp
+/// 0.7, error-*.yaml are refused (the fuzz seeds good-*, pem-* load).
 std::vector<std::string> corpus() {
     std::vector<std::string> files;
     for (const auto& e : std::filesystem::directory_iterator(required_env("APILB_SOURCE_ROOT") + "/tests/corpus/config")) {
-        if (e.path().extension() == ".yaml") files.push_back(e.path().string());
+        const std::string name = e.path().filename().string();
+        if (e.path().extension() == ".yaml" && (name.starts_with("hang-") || name.starts_with("error-"))) {
+            files.push_back(e.path().string());
+        }
     }
     std::sort(files.begin(), files.end());
     return files;
