@@ -60,12 +60,17 @@ BACKENDS = ["b1", "b2", "b3", "b4"]
 
 # The reload cycle. b1 and b2 are never removed, so their sessions must never
 # break because of a reload; b3 and b4 are removed in turn and added back (as
-# new backends: their old sessions are closed after reload_drain).
+# new backends: the old one's sessions are closed after reload_drain, the new
+# one's must live on). Every reload switches the balance policy.
 CONFIG_CYCLE = [
     (["b1", "b2", "b3", "b4"], "least-connections"),
-    (["b2", "b1", "b4"], "round-robin"),          # b3 removed, reordered
-    (["b4", "b3", "b2", "b1"], "least-connections"),  # b3 added back, reversed
-    (["b1", "b2", "b3"], "round-robin"),          # b4 removed
+    (["b2", "b1", "b4"], "round-robin"),               # b3 removed, reordered
+    (["b4", "b3", "b2", "b1"], "least-connections"),   # b3 added back, reversed
+    (["b3", "b4", "b1", "b2"], "round-robin"),         # reordered
+    (["b1", "b2", "b3"], "least-connections"),         # b4 removed
+    (["b1", "b4", "b2", "b3"], "round-robin"),         # b4 added back
+    (["b2", "b3", "b4", "b1"], "least-connections"),   # reordered
+    (["b4", "b1", "b3", "b2"], "round-robin"),         # reordered
 ]
 
 
@@ -272,6 +277,13 @@ class Event:
 
 
 @dataclass
+class Conn:
+    """One client connection: when it started, and the backend its last answer named."""
+    started: float
+    backend: str | None = None
+
+
+@dataclass
 class Stats:
     ok: dict = field(default_factory=lambda: {"keepalive": 0, "newconn": 0, "watch_events": 0, "watches": 0,
                                               "bulk": 0})
@@ -287,6 +299,8 @@ class Stats:
     removals: list = field(default_factory=list)
     sessions: int = 0
     latency: dict = field(default_factory=dict)           # kind -> (p50 first, p99 first, p50 last, p99 last)
+    reloads_from: float = 0.0                             # the first reload was sent
+    reloads_until: float = 0.0                            # the last one answered
 
 
 class Load:
@@ -295,7 +309,10 @@ class Load:
         self.ctx = ssl.create_default_context(cafile=str(lb.certs / "ca.crt"))
         self.ctx.check_hostname = False  # the certificate names 127.0.0.1-9; we dial 127.0.0.1 through apilb
         self.blob = os.urandom(2 << 20)
-        self.drain_s = float(args.reload_drain.rstrip("s"))
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", args.reload_drain)
+        if not m:
+            raise SystemExit(f"soakload: --reload-drain: want e.g. 2s or 500ms, got {args.reload_drain!r}")
+        self.drain_s = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
 
     # -- excuses --------------------------------------------------------
 
@@ -307,8 +324,10 @@ class Load:
                     return "backend_restart"
             for r in s.removals:
                 # Until the reload has answered (plus the workers' apply), a new
-                # session may still have gone to the removed backend.
-                if r.name == backend and r.start <= t1 and t0 <= (r.end or t1) + 0.5:
+                # session may still have gone to the removed backend; apilb
+                # closes it reload_drain after the reload, never sooner.
+                if (r.name == backend and r.start + self.drain_s - 0.5 <= t1 and
+                        t0 <= (r.end or t1) + 0.5):
                     return "reload_removed" if cls == "reset" else None
             return None
         for r in s.restarts:
@@ -383,104 +402,92 @@ class Load:
 
     # -- the load loops (each bounded by self.end and its own counts) -------
 
-    async def keepalive(self, pause: float) -> None:
+    async def sessions(self, kind: str, serve, pause: float = 0.0, retry_pause: float = 0.1) -> None:
+        """The one connection loop: opens a TLS connection through apilb and
+        runs `serve(r, w, conn)` on it until self.end; every failure goes to
+        fail() with the backend the connection was last seen on (conn.backend)."""
         while now() < self.end:
-            backend, t0 = None, now()
+            conn = Conn(started=now())
             try:
                 r, w = await self.connect()
                 try:
-                    # A connection lives at most 500 requests or 60 s.
-                    for _ in range(500):
-                        if now() >= min(self.end, t0 + 60):
-                            break
-                        ts = now()
-                        backend, body = await self.exchange(r, w, self.VERSION, 10)
-                        self.stats.latencies.append((ts, "keepalive", now() - ts))
-                        self.check_version(body)
-                        self.stats.ok["keepalive"] += 1
-                        await asyncio.sleep(pause)
+                    await serve(r, w, conn)
                 finally:
                     await self.close(w)
             except Exception as e:  # noqa: BLE001 - every failure is judged by fail()
-                self.fail("keepalive", backend, t0, e)
-                await asyncio.sleep(0.1)
-
-    async def newconn(self, pause: float) -> None:
-        while now() < self.end:
-            backend, t0 = None, now()
-            try:
-                r, w = await self.connect()
-                try:
-                    backend, body = await self.exchange(r, w, self.VERSION_CLOSE, 10)
-                    self.stats.latencies.append((t0, "newconn", now() - t0))
-                    self.check_version(body)
-                    self.stats.ok["newconn"] += 1
-                finally:
-                    await self.close(w)
-            except Exception as e:  # noqa: BLE001
-                self.fail("newconn", backend, t0, e)
+                self.fail(kind, conn.backend, conn.started, e)
+                await asyncio.sleep(retry_pause)
             await asyncio.sleep(pause)
 
+    async def keepalive(self, pause: float) -> None:
+        async def serve(r, w, conn):
+            # A connection lives at most 500 requests or 60 s.
+            t0 = now()
+            for _ in range(500):
+                if now() >= min(self.end, t0 + 60):
+                    break
+                ts = now()
+                conn.backend, body = await self.exchange(r, w, self.VERSION, 10)
+                self.stats.latencies.append((ts, "keepalive", now() - ts))
+                self.check_version(body)
+                self.stats.ok["keepalive"] += 1
+                await asyncio.sleep(pause)
+        await self.sessions("keepalive", serve)
+
+    async def newconn(self, pause: float) -> None:
+        async def serve(r, w, conn):
+            # From before the TCP connect: connect, TLS handshake, request.
+            conn.backend, body = await self.exchange(r, w, self.VERSION_CLOSE, 10)
+            self.stats.latencies.append((conn.started, "newconn", now() - conn.started))
+            self.check_version(body)
+            self.stats.ok["newconn"] += 1
+        await self.sessions("newconn", serve, pause=pause, retry_pause=0)
+
     async def watch(self, events: int, interval_ms: int, stagger: float) -> None:
+        async def serve(r, w, conn):
+            w.write(f"GET /watch?events={events}&interval_ms={interval_ms} HTTP/1.1\r\n"
+                    "Host: 127.0.0.1\r\n\r\n".encode())
+            status, h = await self.read_head(r, 10)
+            conn.backend = h.get("x-standin-name", "?")
+            if status != 200 or h.get("transfer-encoding") != "chunked":
+                raise Protocol(f"watch answered {status} {h.get('transfer-encoding')}")
+            gap = interval_ms / 1000 + 10
+            for i in range(1, events + 2):
+                size_line = await asyncio.wait_for(r.readuntil(b"\r\n"), gap)
+                size = int(size_line.split(b";")[0], 16)
+                chunk = await asyncio.wait_for(r.readexactly(size + 2), gap)
+                if size == 0:
+                    if i != events + 1:
+                        raise Corrupt(f"watch ended after {i - 1} of {events} events")
+                    break
+                want = f'"resourceVersion":"{i}"'.encode()
+                if want not in chunk or not chunk.endswith(b"}}\n\r\n"):
+                    raise Corrupt(f"watch event {i}: {chunk[:120]!r}")
+                self.stats.ok["watch_events"] += 1
+                self.stats.bytes_checked += size
+            self.stats.ok["watches"] += 1
         await asyncio.sleep(stagger)
-        while now() < self.end:
-            backend, t0 = None, now()
-            try:
-                r, w = await self.connect()
-                try:
-                    w.write(f"GET /watch?events={events}&interval_ms={interval_ms} HTTP/1.1\r\n"
-                            "Host: 127.0.0.1\r\n\r\n".encode())
-                    status, h = await self.read_head(r, 10)
-                    backend = h.get("x-standin-name", "?")
-                    if status != 200 or h.get("transfer-encoding") != "chunked":
-                        raise Protocol(f"watch answered {status} {h.get('transfer-encoding')}")
-                    gap = interval_ms / 1000 + 10
-                    for i in range(1, events + 2):
-                        size_line = await asyncio.wait_for(r.readuntil(b"\r\n"), gap)
-                        size = int(size_line.split(b";")[0], 16)
-                        chunk = await asyncio.wait_for(r.readexactly(size + 2), gap)
-                        if size == 0:
-                            if i != events + 1:
-                                raise Corrupt(f"watch ended after {i - 1} of {events} events")
-                            break
-                        want = f'"resourceVersion":"{i}"'.encode()
-                        if want not in chunk or not chunk.endswith(b"}}\n\r\n"):
-                            raise Corrupt(f"watch event {i}: {chunk[:120]!r}")
-                        self.stats.ok["watch_events"] += 1
-                        self.stats.bytes_checked += size
-                    self.stats.ok["watches"] += 1
-                finally:
-                    await self.close(w)
-            except Exception as e:  # noqa: BLE001
-                self.fail("watch", backend, t0, e)
-                await asyncio.sleep(0.2)
+        await self.sessions("watch", serve, retry_pause=0.2)
 
     async def bulk(self, pause: float) -> None:
         rng = random.Random()
-        while now() < self.end:
-            backend, t0 = None, now()
-            try:
-                r, w = await self.connect()
-                try:
-                    for _ in range(20):  # a connection carries at most 20 transfers
-                        if now() >= self.end:
-                            break
-                        n = rng.randrange(64 << 10, (1 << 20) + 1)
-                        off = rng.randrange(0, len(self.blob) - n)
-                        body = self.blob[off:off + n]
-                        req = (f"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {n}\r\n"
-                               "Content-Type: application/octet-stream\r\n\r\n").encode() + body
-                        backend, got = await self.exchange(r, w, req, 30)
-                        if hashlib.sha256(got).digest() != hashlib.sha256(body).digest():
-                            raise Corrupt(f"echo of {n} bytes came back as {len(got)} bytes with another sha256")
-                        self.stats.bytes_checked += 2 * n
-                        self.stats.ok["bulk"] += 1
-                        await asyncio.sleep(pause)
-                finally:
-                    await self.close(w)
-            except Exception as e:  # noqa: BLE001
-                self.fail("bulk", backend, t0, e)
-                await asyncio.sleep(0.2)
+
+        async def serve(r, w, conn):
+            for _ in range(20):  # a connection carries at most 20 transfers
+                if now() >= self.end:
+                    break
+                n = rng.randrange(64 << 10, (1 << 20) + 1)
+                off = rng.randrange(0, len(self.blob) - n)
+                body = self.blob[off:off + n]
+                req = (f"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {n}\r\n"
+                       "Content-Type: application/octet-stream\r\n\r\n").encode() + body
+                conn.backend, got = await self.exchange(r, w, req, 30)
+                if hashlib.sha256(got).digest() != hashlib.sha256(body).digest():
+                    raise Corrupt(f"echo of {n} bytes came back as {len(got)} bytes with another sha256")
+                self.stats.bytes_checked += 2 * n
+                self.stats.ok["bulk"] += 1
+                await asyncio.sleep(pause)
+        await self.sessions("bulk", serve, retry_pause=0.2)
 
     # -- what the schedule does -------------------------------------------
 
@@ -510,11 +517,14 @@ class Load:
             e.end = now()
         if ok:
             self.stats.reloads_ok += 1
+            self.stats.reloads_until = now()
         else:
             self.stats.reloads_failed.append((i, detail))
             log(f"reload {i} FAILED: {detail}")
 
-    async def reloader(self, count: int | None, period: float) -> None:
+    async def reloader(self, count: int | None, period: float, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.stats.reloads_from = now()
         i = 1  # CONFIG_CYCLE[0] is the config apilb started with
         while now() < self.end and (count is None or i <= count):
             await self.reload_once(i)
@@ -595,9 +605,10 @@ def verdict(args, stats: Stats, rows: list[dict], idle: dict, after: dict) -> li
             w, l = median([r[key] for r in warm]), median([r[key] for r in last])
             if l > w + tol(w):
                 bad.append(f"{key} grew from {w} after warm-up to {l} at the end (tolerance +{tol(w):.0f})")
-        # Latency: the first and last windows of args.window seconds after warm-up.
-        t_end = max(x[0] for x in stats.latencies) if stats.latencies else 0
-        t0 = args.t_start + args.warmup
+    # Latency: the first and last windows of args.window seconds after warm-up.
+    t_end = max(x[0] for x in stats.latencies) if stats.latencies else 0
+    t0 = args.t_start + args.warmup
+    if t_end - t0 >= 2 * args.window:
         for kind, f50, f99 in (("keepalive", 2.0, 3.0), ("newconn", 2.0, 3.0)):
             first = [x[2] * 1000 for x in stats.latencies if x[1] == kind and t0 <= x[0] < t0 + args.window]
             lastw = [x[2] * 1000 for x in stats.latencies if x[1] == kind and x[0] >= t_end - args.window]
@@ -650,6 +661,17 @@ def summary(args, stats: Stats, rows: list[dict], idle: dict, after: dict, bad: 
     for kind, (a50, a99, b50, b99) in stats.latency.items():
         row(f"{kind} p50 first -> last (ms)", f"{a50:.1f} -> {b50:.1f}")
         row(f"{kind} p99 first -> last (ms)", f"{a99:.1f} -> {b99:.1f}")
+    if args.reload_delay and stats.reloads_until:
+        # Latency with the load alone (the seconds before the first reload)
+        # and while the reloads ran.
+        q0, q1 = args.t_start + args.reload_delay / 3, stats.reloads_from
+        for kind in ("keepalive", "newconn"):
+            quiet = [x[2] * 1000 for x in stats.latencies if x[1] == kind and q0 <= x[0] < q1]
+            storm = [x[2] * 1000 for x in stats.latencies
+                     if x[1] == kind and stats.reloads_from <= x[0] < stats.reloads_until]
+            row(f"{kind} p50 no reloads / reloads", f"{pct(quiet, 50):.1f} / {pct(storm, 50):.1f}")
+            row(f"{kind} p99 no reloads / reloads", f"{pct(quiet, 99):.1f} / {pct(storm, 99):.1f}")
+        row("reloads per second", f"{stats.reloads_ok / (stats.reloads_until - stats.reloads_from):.1f}")
     if idle and after:
         row("idle before / after: fds (pipes)", f"{idle['fds']} ({idle['pipe_fds']}) / {after['fds']} ({after['pipe_fds']})")
         row("idle before / after: threads", f"{idle['threads']} / {after['threads']}")
@@ -693,7 +715,8 @@ async def main_async(args) -> int:
         tasks.append(sampler(args, lb, load, rows))
         running = [asyncio.ensure_future(t) for t in tasks]
         if args.reloads or args.reload_period:
-            reloader = asyncio.ensure_future(load.reloader(args.reloads or None, args.reload_period))
+            reloader = asyncio.ensure_future(load.reloader(args.reloads or None, args.reload_period,
+                                                           args.reload_delay))
             running.append(reloader)
             if args.reloads:
                 # The storm ends when its reloads are done (or at the time limit).
@@ -739,36 +762,65 @@ async def main_async(args) -> int:
             b.stop(signal.SIGTERM)
 
 
+# What scripts/soak.sh and scripts/reload-storm.sh run; any option given
+# on the command line wins.
+PRESETS = {
+    "soak": dict(minutes=30, reload_period=10, reload_delay=0, reload_drain="5s", restart_period=60, watches=40,
+                 watch_events=300, watch_interval_ms=1000, sample=5, warmup=120, window=120),
+    "storm": dict(reloads=1000, reload_period=0, reload_delay=15, reload_drain="2s", restart_period=0,
+                  watches=30, watch_events=100, watch_interval_ms=500, sample=2, warmup=10, window=20),
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["soak", "storm"])
-    ap.add_argument("--apilb", required=True)
-    ap.add_argument("--standin", required=True)
-    ap.add_argument("--seconds", type=float, required=True, help="load time (the storm: the time limit)")
+    ap.add_argument("--build", default="build", help="meson build directory with src/apilb and the stand-in")
+    ap.add_argument("--apilb", help="apilb binary (default BUILD/src/apilb)")
+    ap.add_argument("--standin", help="stand-in binary (default BUILD/tests/standin/apilb-standin)")
+    ap.add_argument("--minutes", type=float, help="soak: load time (default 30)")
+    ap.add_argument("--seconds", type=float, help="load time in seconds; the storm: its time limit "
+                                                  "(default 60 + one per reload)")
     ap.add_argument("--work", help="work directory (default: a new one under $TMPDIR, kept)")
     ap.add_argument("--csv", help="where the samples go (default WORK/samples.csv)")
-    ap.add_argument("--reloads", type=int, default=0, help="storm: this many reloads back to back")
-    ap.add_argument("--reload-period", type=float, default=0, help="pause between reloads (s)")
-    ap.add_argument("--reload-drain", default="5s")
-    ap.add_argument("--restart-period", type=float, default=0, help="restart a backend every this many s")
+    ap.add_argument("--reloads", type=int, help="storm: this many reloads back to back (default 1000)")
+    ap.add_argument("--reload-period", type=float, help="pause between reloads (s)")
+    ap.add_argument("--reload-delay", type=float, help="load alone this long before the first reload (s)")
+    ap.add_argument("--reload-drain", help="apilb's timeouts.reload_drain")
+    ap.add_argument("--restart-period", type=float, help="restart a backend every this many s (0: never)")
     ap.add_argument("--keepalive", type=int, default=8)
     ap.add_argument("--keepalive-pause", type=float, default=0.05)
     ap.add_argument("--newconn", type=int, default=2)
     ap.add_argument("--newconn-pause", type=float, default=0.1)
-    ap.add_argument("--watches", type=int, default=40)
-    ap.add_argument("--watch-events", type=int, default=300)
-    ap.add_argument("--watch-interval-ms", type=int, default=1000)
+    ap.add_argument("--watches", type=int)
+    ap.add_argument("--watch-events", type=int)
+    ap.add_argument("--watch-interval-ms", type=int)
     ap.add_argument("--bulk", type=int, default=2)
     ap.add_argument("--bulk-pause", type=float, default=0.2)
-    ap.add_argument("--sample", type=float, default=5, help="seconds between samples")
-    ap.add_argument("--warmup", type=float, default=120, help="seconds before the growth baseline")
-    ap.add_argument("--window", type=float, default=120, help="latency window (s), first vs last")
+    ap.add_argument("--sample", type=float, help="seconds between samples")
+    ap.add_argument("--warmup", type=float, help="seconds before the growth baseline")
+    ap.add_argument("--window", type=float, help="latency window (s), first vs last")
     ap.add_argument("--rss-tolerance", type=float, default=0.25, help="RSS growth allowed, fraction")
     ap.add_argument("--rss-tolerance-kib", type=int, default=16384, help="RSS growth allowed, KiB (the larger wins)")
     ap.add_argument("--fd-tolerance", type=int, default=24)
     ap.add_argument("--settle", type=float, default=30, help="seconds for sessions to close after the load")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
+    for k, v in PRESETS[args.mode].items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.mode == "soak":
+        args.reloads = 0
+        args.seconds = args.seconds or args.minutes * 60
+    else:
+        args.seconds = args.seconds or 60 + args.reloads
+    args.apilb = args.apilb or str(Path(args.build) / "src" / "apilb")
+    args.standin = args.standin or str(Path(args.build) / "tests" / "standin" / "apilb-standin")
+    for exe in (args.apilb, args.standin):
+        if not os.access(exe, os.X_OK):
+            print(f"soakload: {exe} not found: build first (meson setup build && ninja -C build), "
+                  "or give --build DIR", file=sys.stderr)
+            return 64
     args.work = args.work or tempfile.mkdtemp(prefix=f"apilb-{args.mode}.")
     Path(args.work).mkdir(parents=True, exist_ok=True)
     args.csv = args.csv or str(Path(args.work) / "samples.csv")
