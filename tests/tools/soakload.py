@@ -691,6 +691,7 @@ async def main_async(args) -> int:
     subprocess.run(["bash", str(Path(__file__).with_name("mkcerts.sh")), str(certs)], check=True)
     backends = {n: Backend(n, f"127.0.0.{i + 2}", args.standin, certs, work) for i, n in enumerate(BACKENDS)}
     lb = Apilb(args.apilb, work, certs, backends, args.reload_drain)
+    running: list[asyncio.Future] = []
     try:
         for b in backends.values():
             await b.start()
@@ -713,7 +714,7 @@ async def main_async(args) -> int:
         if args.restart_period:
             tasks.append(load.restarter(args.restart_period, backends))
         tasks.append(sampler(args, lb, load, rows))
-        running = [asyncio.ensure_future(t) for t in tasks]
+        running += [asyncio.ensure_future(t) for t in tasks]
         if args.reloads or args.reload_period:
             reloader = asyncio.ensure_future(load.reloader(args.reloads or None, args.reload_period,
                                                            args.reload_delay))
@@ -751,6 +752,9 @@ async def main_async(args) -> int:
         print(f"samples: {args.csv}")
         return 1 if bad else 0
     finally:
+        # Interrupted (Ctrl-C) or failed: the load stops before its servers.
+        for t in running:
+            t.cancel()
         if lb.proc and lb.proc.poll() is None:
             lb.proc.send_signal(signal.SIGTERM)
             try:
