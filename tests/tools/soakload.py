@@ -633,6 +633,13 @@ def verdict(args, stats: Stats, rows: list[dict], idle: dict, after: dict) -> li
     return bad
 
 
+def sanitizer_findings(log_path: Path) -> list[str]:
+    """An ASan/UBSan/LSan report in apilb's log (when run from a sanitizer build)."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    return [f"apilb's log has a sanitizer report ({m}): see {log_path}"
+            for m in ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer") if m in text]
+
+
 def summary(args, stats: Stats, rows: list[dict], idle: dict, after: dict, bad: list[str], elapsed: float) -> str:
     warm = [r for r in rows if args.warmup <= r["t_s"] < args.warmup + 60] or rows[:1]
     last = [r for r in rows if r["t_s"] >= rows[-1]["t_s"] - 60] if rows else []
@@ -748,6 +755,12 @@ async def main_async(args) -> int:
                 wr.writeheader()
                 wr.writerows(rows)
         bad = verdict(args, stats, rows, idle, after)
+        # apilb stops as it would in production: SIGTERM, drain, exit 0 (a
+        # sanitizer build reports leaks at this exit).
+        code = stop_apilb(lb)
+        if code != 0:
+            bad.append(f"apilb exited with {code} after SIGTERM")
+        bad += sanitizer_findings(work / "apilb.log")
         print(summary(args, stats, rows, idle, after, bad, elapsed))
         print(f"samples: {args.csv}")
         return 1 if bad else 0
@@ -755,15 +768,23 @@ async def main_async(args) -> int:
         # Interrupted (Ctrl-C) or failed: the load stops before its servers.
         for t in running:
             t.cancel()
-        if lb.proc and lb.proc.poll() is None:
-            lb.proc.send_signal(signal.SIGTERM)
-            try:
-                lb.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                lb.proc.kill()
-                lb.proc.wait()
+        stop_apilb(lb)
         for b in backends.values():
             b.stop(signal.SIGTERM)
+
+
+def stop_apilb(lb: Apilb) -> int | None:
+    """SIGTERM, then its exit code (SIGKILL after 40 s: drain is 30 s)."""
+    if lb.proc is None:
+        return None
+    if lb.proc.poll() is None:
+        lb.proc.send_signal(signal.SIGTERM)
+        try:
+            lb.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            lb.proc.kill()
+            lb.proc.wait()
+    return lb.proc.returncode
 
 
 # What scripts/soak.sh and scripts/reload-storm.sh run; any option given
