@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The soak of issue 15: the real apilb in front of four stand-in apiservers
 # (real TLS, 127.0.0.2-5), for N minutes, under a mixed load: keep-alive
-# requests, new connections, 5-minute watches, 64 KiB-1 MiB echoes checked by
+# requests, new connections, 150-second watches, 64 KiB-1 MiB echoes checked by
 # sha256, a reload every 10 s (cycling configs that remove, add back and
 # reorder backends) and a backend restart every 60 s (SIGKILL and SIGTERM in
 # turn). It samples apilb's RSS, descriptors, threads and request latency

@@ -791,7 +791,7 @@ def stop_apilb(lb: Apilb) -> int | None:
 # on the command line wins.
 PRESETS = {
     "soak": dict(minutes=30, reload_period=10, reload_delay=0, reload_drain="5s", restart_period=60, watches=40,
-                 watch_events=300, watch_interval_ms=1000, sample=5, warmup=120, window=120),
+                 watch_events=150, watch_interval_ms=1000, sample=5, warmup=120, window=120),
     "storm": dict(reloads=1000, reload_period=0, reload_delay=15, reload_drain="2s", restart_period=0,
                   watches=30, watch_events=100, watch_interval_ms=500, sample=2, warmup=10, window=20),
 }
