@@ -281,7 +281,7 @@ class Conn:
 @dataclass
 class Stats:
     ok: dict = field(default_factory=lambda: {"keepalive": 0, "newconn": 0, "watch_events": 0, "watches": 0,
-                                              "bulk": 0})
+                                              "bulk": 0, "direct": 0, "direct_newconn": 0})
     bytes_checked: int = 0
     corrupt: list = field(default_factory=list)
     failures: list = field(default_factory=list)          # unexcused: (t, kind, backend, class, detail)
@@ -348,10 +348,12 @@ class Load:
 
     # -- HTTP over TLS ----------------------------------------------------
 
-    async def connect(self):
+    async def connect(self, address: tuple[str, int] | None = None):
+        """A TLS connection to apilb's listener, or to `address` (the control)."""
         self.stats.sessions += 1
+        host, port = address or ("127.0.0.1", self.lb.port)
         return await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", self.lb.port, ssl=self.ctx, server_hostname="127.0.0.1",
+            asyncio.open_connection(host, port, ssl=self.ctx, server_hostname="127.0.0.1",
                                     ssl_handshake_timeout=10), 10)
 
     @staticmethod
@@ -397,14 +399,15 @@ class Load:
 
     # -- the load loops (each bounded by self.end and its own counts) -------
 
-    async def sessions(self, kind: str, serve, pause: float = 0.0, retry_pause: float = 0.1) -> None:
+    async def sessions(self, kind: str, serve, pause: float = 0.0, retry_pause: float = 0.1,
+                       address: tuple[str, int] | None = None) -> None:
         """The one connection loop: opens a TLS connection through apilb and
         runs `serve(r, w, conn)` on it until self.end; every failure goes to
         fail() with the backend the connection was last seen on (conn.backend)."""
         while now() < self.end:
             conn = Conn(started=now())
             try:
-                r, w = await self.connect()
+                r, w = await self.connect(address)
                 try:
                     await serve(r, w, conn)
                 finally:
@@ -414,7 +417,10 @@ class Load:
                 await asyncio.sleep(retry_pause)
             await asyncio.sleep(pause)
 
-    async def keepalive(self, pause: float) -> None:
+    async def keepalive(self, pause: float, kind: str = "keepalive", backend: Backend | None = None) -> None:
+        """Keep-alive requests through apilb; with `backend`, straight to it
+        (kind "direct"): the control, whose latency shows what the machine
+        itself does to a request while apilb reloads."""
         async def serve(r, w, conn):
             # A connection lives at most 500 requests or 60 s.
             t0 = now()
@@ -423,20 +429,23 @@ class Load:
                     break
                 ts = now()
                 conn.backend, body = await self.exchange(r, w, self.VERSION, 10)
-                self.stats.latencies.append((ts, "keepalive", now() - ts))
+                self.stats.latencies.append((ts, kind, now() - ts))
                 self.check_version(body)
-                self.stats.ok["keepalive"] += 1
+                self.stats.ok[kind] += 1
                 await asyncio.sleep(pause)
-        await self.sessions("keepalive", serve)
+        await self.sessions(kind, serve, address=(backend.ip, backend.port) if backend else None)
 
-    async def newconn(self, pause: float) -> None:
+    async def newconn(self, pause: float, kind: str = "newconn", backend: Backend | None = None) -> None:
+        """One TLS connection per request through apilb; with `backend`,
+        straight to it (kind "direct_newconn", the control)."""
         async def serve(r, w, conn):
             # From before the TCP connect: connect, TLS handshake, request.
             conn.backend, body = await self.exchange(r, w, self.VERSION_CLOSE, 10)
-            self.stats.latencies.append((conn.started, "newconn", now() - conn.started))
+            self.stats.latencies.append((conn.started, kind, now() - conn.started))
             self.check_version(body)
-            self.stats.ok["newconn"] += 1
-        await self.sessions("newconn", serve, pause=pause, retry_pause=0)
+            self.stats.ok[kind] += 1
+        await self.sessions(kind, serve, pause=pause, retry_pause=0,
+                            address=(backend.ip, backend.port) if backend else None)
 
     async def watch(self, events: int, interval_ms: int, stagger: float) -> None:
         async def serve(r, w, conn):
@@ -603,6 +612,8 @@ async def main_async(args) -> int:
         tasks += [load.watch(args.watch_events, args.watch_interval_ms, i * args.watch_interval_ms / 1000 / max(1, args.watches))
                   for i in range(args.watches)]
         tasks += [load.bulk(args.bulk_pause) for _ in range(args.bulk)]
+        tasks += [load.keepalive(args.keepalive_pause, "direct", backends["b1"]) for _ in range(args.direct)]
+        tasks += [load.newconn(args.newconn_pause, "direct_newconn", backends["b1"]) for _ in range(args.direct)]
         if args.restart_period:
             tasks.append(load.restarter(args.restart_period, backends))
         tasks.append(sampler(args, lb, load, rows))
@@ -706,6 +717,9 @@ def main() -> int:
     ap.add_argument("--watch-events", type=int)
     ap.add_argument("--watch-interval-ms", type=int)
     ap.add_argument("--bulk", type=int, default=2)
+    ap.add_argument("--direct", type=int, default=1,
+                    help="keep-alive and new-connection loops straight to b1, not through apilb: "
+                         "the latency control")
     ap.add_argument("--bulk-pause", type=float, default=0.2)
     ap.add_argument("--sample", type=float, help="seconds between samples")
     ap.add_argument("--warmup", type=float, help="seconds before the growth baseline")
