@@ -13,6 +13,8 @@ TLS, verified against the test CA, on loopback only:
              order, and the watch must end with the last chunk
   bulk       POST /echo of 64 KiB..1 MiB: the sha256 of what came back must
              equal the sha256 of what was sent
+  direct     keep-alive and new-connection requests straight to b1, not
+             through apilb: the latency control (what the machine does)
 
 while it reloads apilb (POST /api/v1/reload with the admin token, every
 tenth through `apilb reload`), cycling through configs that remove, add back
