@@ -16,8 +16,9 @@
 
 namespace apilb {
 
-#if defined(__SANITIZE_ADDRESS__)
-/// AddressSanitizer's start-up alone costs the child ~0.5 s of CPU.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+/// AddressSanitizer's start-up alone costs the child ~0.5 s of CPU (and
+/// ThreadSanitizer's is of the same order).
 constexpr int yaml_guard_slowdown = 4;
 #else
 constexpr int yaml_guard_slowdown = 1;
@@ -30,8 +31,9 @@ constexpr int yaml_guard_slowdown = 1;
 constexpr std::chrono::milliseconds yaml_guard_cpu_budget{500 * yaml_guard_slowdown};
 /// The wall-clock limit, for a child that uses no CPU at all (stopped).
 constexpr std::chrono::milliseconds yaml_guard_deadline{5000 * yaml_guard_slowdown};
-/// The child's address-space limit (RLIMIT_AS; not under AddressSanitizer,
-/// which reserves terabytes of shadow memory).
+/// The child's address-space limit (RLIMIT_AS; not under AddressSanitizer or
+/// ThreadSanitizer, which reserve terabytes of shadow memory and whose
+/// allocators then fail at their first allocation).
 constexpr std::size_t yaml_guard_memory = std::size_t{1} << 30;
 
 /// argv[1] that makes `apilb` the guard's child; main() checks for it first.
