@@ -4,12 +4,13 @@
 #   bash scripts/test.sh
 #
 # 1. installs missing packages (scripts/install-deps.sh; quiet when all there)
-# 2. configures (if not yet) and builds build/ (debugoptimized) and
-#    build-asan/ (debug, AddressSanitizer + UndefinedBehaviorSanitizer)
+# 2. configures (if not yet) and builds build/ (debugoptimized),
+#    build-asan/ (debug, AddressSanitizer + UndefinedBehaviorSanitizer) and
+#    build-tsan/ (debug, ThreadSanitizer: apilb and the tests in tsan_stage)
 # 3. runs `meson test` in each; a sanitizer report fails the run; after the
 #    plain build, scripts/check-packaging.sh builds and checks the .deb, the
 #    systemd unit, the OCI image and the manifests (counted as tests too)
-# 4. sums the GoogleTest cases of both (scripts/summarize-tests.py); the last
+# 4. sums the GoogleTest cases of all three (scripts/summarize-tests.py); the last
 #    line of output is `N passed, N failed` (`, N skipped` when some were)
 #
 # Exits non-zero if a build or any test failed.
@@ -18,6 +19,9 @@
 #   APILB_BUILD_DIR       build directory (default: <repo>/build)
 #   APILB_ASAN_BUILD_DIR  sanitizer build directory (default: <repo>/build-asan)
 #   APILB_SKIP_ASAN=1     skip the sanitizer build, for quick local runs
+#                         (CI never sets it)
+#   APILB_TSAN_BUILD_DIR  ThreadSanitizer build directory (default: <repo>/build-tsan)
+#   APILB_SKIP_TSAN=1     skip the ThreadSanitizer build, for quick local runs
 #                         (CI never sets it)
 #   APILB_SKIP_PACKAGING=1  skip scripts/check-packaging.sh (the .deb, unit,
 #                         image, manifests; ~1 min), for quick local runs
@@ -70,9 +74,11 @@ print(" ".join(k for k, v in want.items() if norm(have.get(k)) != v))
 }
 
 # build_and_test LABEL DIR [meson options...]; `meson test` gets the
-# environment in test_env and the extra arguments in test_args.
+# environment in test_env and the extra arguments in test_args; ninja builds
+# build_targets (default: everything).
 test_env=()
 test_args=()
+build_targets=()
 build_and_test() {
   local label=$1 dir=$2; shift 2
   local log t0=$SECONDS
@@ -86,7 +92,7 @@ build_and_test() {
     summary_args+=("$label=$dir" --build-failed "$label=meson setup failed")
     return 1
   fi
-  if ! ninja -C "$dir" >"$log" 2>&1; then
+  if ! ninja -C "$dir" "${build_targets[@]}" >"$log" 2>&1; then
     # The compiler's messages, without the long list of finished steps.
     grep -v '^\[[0-9]*/[0-9]*\] ' "$log" | tail -n 150
     rm -f "$log"
@@ -134,6 +140,40 @@ else
   test_args=(--timeout-multiplier 2)
   build_and_test build-asan "$asan_dir" --buildtype=debug \
     -Db_sanitize=address,undefined -Db_lundef=false
+fi
+
+# ThreadSanitizer, on the tests where the threads meet: the workers, the
+# control thread (probes, admin endpoint, reload, rebalancing) and the log
+# writer. The whole suite under TSan takes too long for CI (docs/reliability.md
+# has the numbers); scripts/tsan.sh runs it before each release.
+tsan_stage() {
+  local dir=${APILB_TSAN_BUILD_DIR:-$src/build-tsan}
+  local tests=(log_sink_unit_test poller_unit_test runtime_unit_test relay_unit_test
+               worker_test reload_test reload_retry_test admin_test liveness_test
+               health_probe_test pacing_rebalance_test)
+  # shellcheck source=scripts/tsan.sh
+  source "$repo/scripts/tsan.sh"
+  if ! tsan_setup "$repo"; then
+    summary_args+=("build-tsan=$dir" --build-failed "build-tsan=TSan cannot run on this host")
+    return
+  fi
+  test_env=("TSAN_OPTIONS=$TSAN_OPTIONS")
+  test_args=("${tsan_test_args[@]}" "${tests[@]}")
+  build_targets=(src/apilb tests/standin/apilb-standin)
+  local t
+  for t in "${tests[@]}"; do
+    case $t in
+      *_unit_test) build_targets+=("tests/io/$t") ;;
+      *) build_targets+=("tests/integration/$t") ;;
+    esac
+  done
+  build_and_test build-tsan "$dir" --buildtype=debug -Db_sanitize=thread -Db_lundef=false
+  build_targets=()
+}
+if [[ "${APILB_SKIP_TSAN:-0}" == 1 || "$src" != "$repo" ]]; then
+  say "build-tsan: skipped (APILB_SKIP_TSAN=1, or not this repository)"
+else
+  tsan_stage
 fi
 
 say "done in $((SECONDS - started))s"
