@@ -4,14 +4,17 @@
 #   bash scripts/test.sh
 #
 # 1. installs missing packages (scripts/install-deps.sh; quiet when all there)
-# 2. configures (if not yet) and builds build/ (debugoptimized) and
-#    build-asan/ (debug, AddressSanitizer + UndefinedBehaviorSanitizer)
+# 2. configures (if not yet) and builds build/ (debugoptimized),
+#    build-asan/ (debug, AddressSanitizer + UndefinedBehaviorSanitizer) and,
+#    with APILB_TSAN=1, build-tsan/ (debug, ThreadSanitizer: apilb and the
+#    tests in tsan_stage)
 # 3. runs `meson test` in each; a sanitizer report fails the run; after the
 #    plain build, scripts/check-packaging.sh builds and checks the .deb, the
 #    systemd unit, the OCI image and the manifests (counted as tests too);
 #    then the fuzz stage: scripts/fuzz.sh builds build-fuzz/ (clang) and runs
-#    each libFuzzer target briefly (counted as one test per target)
-# 4. sums the GoogleTest cases of both (scripts/summarize-tests.py); the last
+#    each libFuzzer target briefly (counted as one test per target); with
+#    APILB_TSAN=1, build-tsan/ and the tests where threads meet under TSan
+# 4. sums the GoogleTest cases of all builds (scripts/summarize-tests.py); the last
 #    line of output is `N passed, N failed` (`, N skipped` when some were)
 #
 # Exits non-zero if a build or any test failed.
@@ -21,6 +24,10 @@
 #   APILB_ASAN_BUILD_DIR  sanitizer build directory (default: <repo>/build-asan)
 #   APILB_SKIP_ASAN=1     skip the sanitizer build, for quick local runs
 #                         (CI never sets it)
+#   APILB_TSAN_BUILD_DIR  ThreadSanitizer build directory (default: <repo>/build-tsan)
+#   APILB_TSAN=1          also build build-tsan/ and run the threaded subset
+#                         under ThreadSanitizer (CI does not: it does not fit
+#                         the 20-minute budget; scripts/tsan.sh runs all)
 #   APILB_SKIP_PACKAGING=1  skip scripts/check-packaging.sh (the .deb, unit,
 #                         image, manifests; ~1 min), for quick local runs
 #   APILB_SKIP_FUZZ=1     skip the fuzz stage (clang build + short runs)
@@ -75,9 +82,11 @@ print(" ".join(k for k, v in want.items() if norm(have.get(k)) != v))
 }
 
 # build_and_test LABEL DIR [meson options...]; `meson test` gets the
-# environment in test_env and the extra arguments in test_args.
+# environment in test_env and the extra arguments in test_args; ninja builds
+# build_targets (default: everything).
 test_env=()
 test_args=()
+build_targets=()
 build_and_test() {
   local label=$1 dir=$2; shift 2
   local log t0=$SECONDS
@@ -91,7 +100,7 @@ build_and_test() {
     summary_args+=("$label=$dir" --build-failed "$label=meson setup failed")
     return 1
   fi
-  if ! ninja -C "$dir" >"$log" 2>&1; then
+  if ! ninja -C "$dir" "${build_targets[@]}" >"$log" 2>&1; then
     # The compiler's messages, without the long list of finished steps.
     grep -v '^\[[0-9]*/[0-9]*\] ' "$log" | tail -n 150
     rm -f "$log"
@@ -163,6 +172,42 @@ fuzz_stage() {
   summary_args+=(--junit "fuzz=$report")
 }
 fuzz_stage
+
+# ThreadSanitizer, on the tests where the threads meet: the workers, the
+# control thread (probes, admin endpoint, reload, rebalancing) and the log
+# writer. Not in CI: even this subset's build and run would take the suite
+# past its 20-minute budget (docs/reliability.md has the numbers);
+# scripts/tsan.sh runs the whole suite before each release. Only what these
+# tests need is built.
+tsan_stage() {
+  local dir=${APILB_TSAN_BUILD_DIR:-$src/build-tsan}
+  local tests=(log_sink_unit_test poller_unit_test runtime_unit_test relay_unit_test
+               worker_test reload_test reload_retry_test admin_test liveness_test
+               health_failover_test pacing_rebalance_test)
+  # shellcheck source=scripts/tsan.sh
+  source "$repo/scripts/tsan.sh"
+  if ! tsan_setup "$repo"; then
+    summary_args+=("build-tsan=$dir" --build-failed "build-tsan=TSan cannot run on this host")
+    return
+  fi
+  test_env=("TSAN_OPTIONS=$TSAN_OPTIONS" "GTEST_FILTER=$tsan_gtest_filter")
+  test_args=("${tsan_test_args[@]}" "${tests[@]}")
+  build_targets=(src/apilb tests/standin/apilb-standin)
+  local t
+  for t in "${tests[@]}"; do
+    case $t in
+      *_unit_test) build_targets+=("tests/io/$t") ;;
+      *) build_targets+=("tests/integration/$t") ;;
+    esac
+  done
+  build_and_test build-tsan "$dir" --buildtype=debug -Db_sanitize=thread -Db_lundef=false
+  build_targets=()
+}
+if [[ "${APILB_TSAN:-0}" == 1 && "$src" == "$repo" ]]; then
+  tsan_stage
+else
+  say "build-tsan: not run (APILB_TSAN=1 runs it; scripts/tsan.sh runs the whole suite under TSan)"
+fi
 
 say "done in $((SECONDS - started))s"
 "${summarize[@]}" "${summary_args[@]}"

@@ -16,18 +16,20 @@
 
 namespace apilb {
 
-// g++ says AddressSanitizer with __SANITIZE_ADDRESS__, clang 14 only with
+// A sanitizer build (AddressSanitizer or ThreadSanitizer): g++ says so with
+// __SANITIZE_ADDRESS__ / __SANITIZE_THREAD__, clang 14 only with
 // __has_feature (the fuzz build, tests/fuzz/).
-#if defined(__SANITIZE_ADDRESS__)
-#define APILB_ADDRESS_SANITIZER 1
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define APILB_SANITIZED_BUILD 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define APILB_ADDRESS_SANITIZER 1
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define APILB_SANITIZED_BUILD 1
 #endif
 #endif
 
-#if defined(APILB_ADDRESS_SANITIZER)
-/// AddressSanitizer's start-up alone costs the child ~0.5 s of CPU.
+#if defined(APILB_SANITIZED_BUILD)
+/// AddressSanitizer's start-up alone costs the child ~0.5 s of CPU (and
+/// ThreadSanitizer's is of the same order).
 constexpr int yaml_guard_slowdown = 4;
 #else
 constexpr int yaml_guard_slowdown = 1;
@@ -40,8 +42,9 @@ constexpr int yaml_guard_slowdown = 1;
 constexpr std::chrono::milliseconds yaml_guard_cpu_budget{500 * yaml_guard_slowdown};
 /// The wall-clock limit, for a child that uses no CPU at all (stopped).
 constexpr std::chrono::milliseconds yaml_guard_deadline{5000 * yaml_guard_slowdown};
-/// The child's address-space limit (RLIMIT_AS; not under AddressSanitizer,
-/// which reserves terabytes of shadow memory).
+/// The child's address-space limit (RLIMIT_AS; not under AddressSanitizer or
+/// ThreadSanitizer, which reserve terabytes of shadow memory and whose
+/// allocators then fail at their first allocation).
 constexpr std::size_t yaml_guard_memory = std::size_t{1} << 30;
 
 /// argv[1] that makes `apilb` the guard's child; main() checks for it first.

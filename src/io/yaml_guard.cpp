@@ -201,7 +201,7 @@ int yaml_guard_child_main() {
         std::chrono::ceil<std::chrono::seconds>(yaml_guard_cpu_budget).count() + 1);
     const rlimit cpu{cpu_seconds, cpu_seconds + 1};
     ::setrlimit(RLIMIT_CPU, &cpu);
-#ifndef APILB_ADDRESS_SANITIZER
+#ifndef APILB_SANITIZED_BUILD
     const rlimit memory{yaml_guard_memory, yaml_guard_memory};
     ::setrlimit(RLIMIT_AS, &memory);
 #endif

@@ -247,7 +247,7 @@ admin:
             fail(f"apilb exited with {apilb.returncode}")
         log.close()
         text = open(os.path.join(tmp, "apilb.log")).read()
-        for marker in ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer"):
+        for marker in ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "ThreadSanitizer:"):
             if marker in text:
                 fail("apilb reported a sanitizer finding:\n" + text[max(0, text.find(marker) - 200):][:3000])
         print("PASS: the status page showed both backends, turned cp2 red (tcp_refused) without a reload, "

@@ -22,8 +22,8 @@ namespace {
 using std::chrono::milliseconds;
 using clock_type = std::chrono::steady_clock;
 
-#if defined(__SANITIZE_ADDRESS__)
-/// As apilb/yaml_guard.hpp: under ASan every budget is four times larger.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+/// As apilb/yaml_guard.hpp: under ASan and TSan every budget is four times larger.
 constexpr int slowdown = 4;
 #else
 constexpr int slowdown = 1;

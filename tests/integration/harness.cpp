@@ -197,7 +197,9 @@ apilb_process::~apilb_process() {
 }
 
 void expect_no_sanitizer_report(const std::string& log, const std::string& what) {
-    for (const char* marker : {"runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer"}) {
+    // "ThreadSanitizer:" also catches TSan's fatal start-up errors (an
+    // unexpected memory mapping), not only its race reports.
+    for (const char* marker : {"runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "ThreadSanitizer:"}) {
         const auto at = log.find(marker);
         if (at != std::string::npos) {
             ADD_FAILURE() << what << " reported a sanitizer finding:\n"

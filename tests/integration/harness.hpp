@@ -79,7 +79,7 @@ command_result run_command(const std::vector<std::string>& argv, std::chrono::mi
 std::string single_pool_config(std::uint16_t port, const std::vector<std::string>& backends,
                                const std::string& balance, unsigned workers, const std::string& extra = {});
 
-/// Fails the current test if `log` holds an ASan/UBSan/LSan report.
+/// Fails the current test if `log` holds an ASan/UBSan/LSan/TSan report.
 void expect_no_sanitizer_report(const std::string& log, const std::string& what);
 
 /// Polls until a TCP connect to ip:port succeeds.

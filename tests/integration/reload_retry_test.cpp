@@ -73,9 +73,12 @@ std::string retry_across_reload(const blackhole& hole, const std::vector<backend
     EXPECT_TRUE(apilb.wait_for_log("reload done in", milliseconds(10000))) << apilb.log();
     c.set_timeout(milliseconds(15000));
     EXPECT_EQ(c.recv_exact(5), "hello") << apilb.log();
+    // The log writer is a thread of its own: the line can trail the echo.
+    const std::string failed = "backend b0 (" + hole.address() + ") failed a client's connect";
+    EXPECT_TRUE(apilb.wait_for_log(failed)) << apilb.log();
     const std::string log = apilb.log();
     const auto reloaded = log.find("reload done in");
-    const auto timed_out = log.find("backend b0 (" + hole.address() + ") failed a client's connect");
+    const auto timed_out = log.find(failed);
     EXPECT_NE(timed_out, std::string::npos) << log;
     EXPECT_LT(reloaded, timed_out) << "the connect must still have been pending at the reload\n" << log;
     EXPECT_TRUE(apilb.proc().running()) << log;
