@@ -50,6 +50,13 @@ bool wait_until(const std::function<bool()>& pred, milliseconds timeout) {
     return pred();
 }
 
+/// "4 reset, 1 FIN": how many connections ended which way.
+std::string counts_text(const std::map<std::string, int>& kinds) {
+    std::string out;
+    for (const auto& [k, n] : kinds) out += fmt::format("{}{} {}", out.empty() ? "" : ", ", n, k);
+    return out;
+}
+
 class NetFault : public ::testing::Test {
 protected:
     void SetUp() override {
@@ -251,8 +258,7 @@ TEST_F(NetFault, ABackendThatGoesSilentMidStreamEndsItsClientsWithAResetInEachDi
         const double by_timeout = failed("backend", "timeout") - timeout0;
         EXPECT_EQ(by_health + by_timeout, static_cast<double>(victims.size()))
             << "every ended session is counted with its reason";
-        std::string seen;
-        for (const auto& [k, n] : kinds) seen += fmt::format("{}{} {}", seen.empty() ? "" : ", ", n, k);
+        const std::string seen = counts_text(kinds);
         std::cout << fmt::format(
             "[ NETFAULT ] drop {}: {} watch(es) on b1 ended: {}; last after {:.0f} ms (bound {} ms); counted "
             "closed{{reason=health}} +{:.0f}, failed{{side=backend,error=timeout}} +{:.0f}; b1 healthy={}; new "
@@ -476,8 +482,7 @@ TEST_F(NetFault, TwoThousandWatchesAllComeBackAfterTheApiserverRestarts) {
     const double delayed = metric("apilb_backend_storm_delayed_total{pool=\"cp\",backend=\"b1\"}") - delayed0;
     const double refused = metric("apilb_backend_storm_refused_total{pool=\"cp\",backend=\"b1\"}");
     EXPECT_GT(delayed, 0) << "storm control paced the reconnects";
-    std::string seen;
-    for (const auto& [k, n] : kinds) seen += fmt::format("{}{} {}", seen.empty() ? "" : ", ", n, k);
+    const std::string seen = counts_text(kinds);
     std::cout << fmt::format(
         "[ NETFAULT ] apiserver SIGKILLed under {} watches (opened in {:.0f} ms at {}/s): every watch ended within "
         "{:.0f} ms ({}); restarted after 1 s; all {} back {:.0f} ms after the restart (bound {} ms); "
