@@ -434,9 +434,12 @@ TEST_F(NetFault, TwoThousandWatchesAllComeBackAfterTheApiserverRestarts) {
                 "tcp: {keepalive_idle: 1s, keepalive_interval: 1s, keepalive_count: 2, user_timeout: 3s}\n");
     ASSERT_TRUE(wait_until([&] { return healthy("b1") == 1; }, 5s)) << apilb_->log();
     // An event every 10 s: the cost here is the handshakes, not the events.
-    watch_fleet fleet(*tls_, segment_->ns("cl"), lb_ip, port_, watches, true, "/watch?interval_ms=10000");
+    // An attempt waits 20 s (40 s with ASan) before it gives up: giving up
+    // sooner only adds handshakes when the machine is slow.
+    watch_fleet fleet(*tls_, segment_->ns("cl"), lb_ip, port_, watches, true, "/watch?interval_ms=10000",
+                      20s * slowdown);
     const auto t_open = steady::now();
-    ASSERT_TRUE(wait_until([&] { return fleet.open_count() == watches; }, 30s * slowdown))
+    ASSERT_TRUE(wait_until([&] { return fleet.open_count() == watches; }, 40s * slowdown))
         << fleet.open_count() << " open; " << fleet.last_error() << "\n" << tail(apilb_->log());
     const double open_ms = ms_since(t_open);
     const double delayed0 = metric("apilb_backend_storm_delayed_total{pool=\"cp\",backend=\"b1\"}");

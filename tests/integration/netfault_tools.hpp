@@ -83,9 +83,11 @@ public:
     };
 
     /// Watches to `ip`:`port` from namespace `ns`.
+    /// An attempt that is not a watch after `patience` is given up (and retried).
     watch_fleet(const tls_client_context& tls, std::string ns, std::string ip, std::uint16_t port, std::size_t n,
-                bool reconnect, std::string target = "/watch?interval_ms=100")
-        : tls_(tls), ip_(std::move(ip)), port_(port), reconnect_(reconnect), target_(std::move(target)), conns_(n) {
+                bool reconnect, std::string target = "/watch?interval_ms=100", milliseconds patience = 10s)
+        : tls_(tls), ip_(std::move(ip)), port_(port), reconnect_(reconnect), target_(std::move(target)),
+          patience_(patience), conns_(n) {
         thread_ = std::thread([this, ns = std::move(ns)] { run(ns); });
     }
     ~watch_fleet() { stop(); }
@@ -162,8 +164,8 @@ private:
                 conn& c = conns_[i];
                 if (c.st == state::idle && reconnect_ && c.retry_at != steady::time_point{} && now >= c.retry_at) {
                     start(i);
-                } else if (c.st != state::idle && c.st != state::streaming && now - c.started > 10s) {
-                    finish(i, end_kind::timeout, "no watch within 10 s");
+                } else if (c.st != state::idle && c.st != state::streaming && now - c.started > patience_) {
+                    finish(i, end_kind::timeout, "no watch in time");
                 }
             }
         }
@@ -289,6 +291,7 @@ private:
     std::uint16_t port_;
     bool reconnect_;
     std::string target_;
+    milliseconds patience_;
     int ep_ = -1;
     mutable std::mutex mu_;
     std::vector<conn> conns_;
