@@ -13,14 +13,15 @@ set -euo pipefail
 
 # What `meson setup` + `ninja` + `meson test` need, and the tools the tests and
 # the demo call (openssl makes the test certificates, curl talks to the
-# stand-in apiservers, ip comes from iproute2; chromium runs the status page's
+# stand-in apiservers, ip comes from iproute2, nft (nftables) drops packets
+# in tests/integration/netfault_test.cpp; chromium runs the status page's
 # browser test, tests/browser/status_page_test.py).
 base=(
   meson ninja-build pkg-config g++
   libboost1.81-dev libboost-json1.81-dev
   libssl-dev openssl libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libcli11-dev libsystemd-dev
-  curl python3 ca-certificates iproute2
+  curl python3 ca-certificates iproute2 nftables
   # resfault_test: prlimit and unshare (util-linux), libfaketime to step
   # apilb's wall clock.
   util-linux faketime

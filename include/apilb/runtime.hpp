@@ -152,6 +152,13 @@ struct process_stats {
     std::atomic<std::uint64_t> closed_by_health_total{0};   ///< their backend became unhealthy
     std::atomic<std::uint64_t> closed_by_rebalance_total{0};  ///< moved to spread a pool's sessions
     std::atomic<std::uint64_t> closed_by_stall_total{0};  ///< a write made no progress for timeouts.write_stall
+    /// Sessions that ended because one leg failed, by leg: the kernel gave
+    /// up on its peer (timeout: tcp.user_timeout or keepalive) or the peer
+    /// reset it (reset); the other leg was then reset by apilb.
+    std::atomic<std::uint64_t> client_timeout_total{0};
+    std::atomic<std::uint64_t> client_reset_total{0};
+    std::atomic<std::uint64_t> backend_timeout_total{0};
+    std::atomic<std::uint64_t> backend_reset_total{0};
     std::atomic<std::uint64_t> reloads_total{0};             ///< reloads applied
     std::atomic<std::uint64_t> reload_failures_total{0};     ///< reloads rejected (old config kept)
     /// Their backend was removed by a reload and timeouts.reload_drain ran

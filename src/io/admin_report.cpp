@@ -143,6 +143,14 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.sample("apilb_sessions_closed_total", label("reason", "idle"), load(ps.closed_by_idle_total));
     e.sample("apilb_sessions_closed_total", label("reason", "rebalance"), load(ps.closed_by_rebalance_total));
     e.sample("apilb_sessions_closed_total", label("reason", "write_stall"), load(ps.closed_by_stall_total));
+    e.family("apilb_sessions_failed_total", "counter",
+             "Sessions that ended because one leg failed, by side (client or backend) and error: timeout (the "
+             "kernel gave up on the peer: tcp.user_timeout or keepalive) or reset (the peer reset it); apilb then "
+             "reset the other leg.");
+    e.sample("apilb_sessions_failed_total", label("side", "client") + "," + label("error", "timeout"), load(ps.client_timeout_total));
+    e.sample("apilb_sessions_failed_total", label("side", "client") + "," + label("error", "reset"), load(ps.client_reset_total));
+    e.sample("apilb_sessions_failed_total", label("side", "backend") + "," + label("error", "timeout"), load(ps.backend_timeout_total));
+    e.sample("apilb_sessions_failed_total", label("side", "backend") + "," + label("error", "reset"), load(ps.backend_reset_total));
 
     e.family("apilb_backend_active_sessions", "gauge", "Sessions relaying to a backend now.");
     each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_active_sessions", backend_labels(p, b), load(b.stats->active)); });

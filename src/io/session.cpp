@@ -124,6 +124,26 @@ const char* close_text(close_reason why) {
     return nullptr;
 }
 
+/// A session that ended because one of its legs failed counts once, by that
+/// leg and by how: the kernel gave up on the peer (ETIMEDOUT, from
+/// tcp.user_timeout or keepalive) or the peer reset it (anything else). The
+/// direction that read the failed leg, or wrote to it, holds the error.
+void count_failed_leg(process_stats& stats, const pump_result& to_backend, const pump_result& from_backend) {
+    const pump_result* failed = nullptr;
+    bool client_leg = false;
+    if (to_backend.end == pump_end::source_reset || from_backend.end == pump_end::sink_failed) {
+        failed = to_backend.end == pump_end::source_reset ? &to_backend : &from_backend;
+        client_leg = true;
+    } else if (from_backend.end == pump_end::source_reset || to_backend.end == pump_end::sink_failed) {
+        failed = from_backend.end == pump_end::source_reset ? &from_backend : &to_backend;
+    }
+    if (failed == nullptr) return;
+    const bool timed_out = failed->error.value() == ETIMEDOUT;
+    auto& counter = client_leg ? (timed_out ? stats.client_timeout_total : stats.client_reset_total)
+                               : (timed_out ? stats.backend_timeout_total : stats.backend_reset_total);
+    counter.fetch_add(1, std::memory_order_relaxed);
+}
+
 /// Writes all of `bytes` to the non-blocking socket `s`.
 asio::awaitable<error_code> send_all(poll_socket& s, std::string_view bytes) {
     while (!bytes.empty()) {
@@ -729,6 +749,7 @@ void session::account() {
     case close_reason::drain: ctx_.stats.closed_by_drain_total.fetch_add(1, std::memory_order_relaxed); break;
     case close_reason::stalled: ctx_.stats.closed_by_stall_total.fetch_add(1, std::memory_order_relaxed); break;
     }
+    if (!entry_.aborted()) count_failed_leg(ctx_.stats, to_backend, from_backend);
     // An apiserver that resets a connection before sending anything is not
     // serving (crashing, or shutting down its listener): count it against it.
     // (Usually found by the relay's early end; this is for a client that

@@ -128,14 +128,19 @@ void netns_segment::ip(const std::string& host, const std::vector<std::string>& 
     }
 }
 
-std::string netns_segment::add_host(const std::string& host, const std::vector<std::string>& addresses) {
+std::string netns_segment::add_detached_host(const std::string& host) {
     auto r = run_command({ip_bin_, "netns", "add", ns(host)}, 10s);
     if (r.exit_code != 0) throw std::runtime_error("ip netns add " + ns(host) + ": " + r.output);
     created_.push_back(ns(host));
+    ip(host, {"link", "set", "lo", "up"});
+    return ns(host);
+}
+
+std::string netns_segment::add_host(const std::string& host, const std::vector<std::string>& addresses) {
+    add_detached_host(host);
     // Both ends are made inside namespaces: nothing ever touches the host's links.
     ip("br", {"link", "add", bridge_port(host), "type", "veth", "peer", "name", "eth0", "netns", ns(host)});
     ip("br", {"link", "set", bridge_port(host), "master", "br0", "up"});
-    ip(host, {"link", "set", "lo", "up"});
     for (const auto& a : addresses) ip(host, {"addr", "add", a, "dev", "eth0"});
     ip(host, {"link", "set", "eth0", "up"});
     return ns(host);

@@ -43,6 +43,9 @@ public:
     /// Adds a host namespace with eth0 on the bridge and `addresses`
     /// ("198.18.0.11/24"); returns the namespace name. Throws on failure.
     std::string add_host(const std::string& host, const std::vector<std::string>& addresses);
+    /// Adds a host namespace with only `lo` up, not on the bridge: the test
+    /// links it itself (a TUN delay line, say). Returns the namespace name.
+    std::string add_detached_host(const std::string& host);
     std::string ns(const std::string& host) const { return prefix_ + "-" + host; }
     /// `ip -n <ns(host)> args...`; throws with the output if it fails.
     void ip(const std::string& host, const std::vector<std::string>& args) const;
