@@ -11,6 +11,9 @@ No traffic leaves 127.0.0.1; every wait is bounded.
 """
 import base64, json, os, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+from test_ports import free_port  # noqa: E402  (claims the port; see tests/tools/test_ports.py)
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DEADLINE = time.monotonic() + 60
 
@@ -20,12 +23,6 @@ def fail(msg):
     sys.exit(1)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Backend:

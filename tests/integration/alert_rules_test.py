@@ -39,6 +39,9 @@ import urllib.request
 
 import yaml
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+from test_ports import free_port  # noqa: E402  (shared with the C++ harness's scheme)
+
 # Series and labels that Prometheus (not apilb) attaches: `up` per target,
 # the target labels, and vip_group, the target label the rules file asks
 # operators to set on the nodes of one VIP pair.
@@ -217,10 +220,6 @@ class Backend:
                 return
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:

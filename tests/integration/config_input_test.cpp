@@ -28,12 +28,18 @@ constexpr int slowdown = 4;
 #else
 constexpr int slowdown = 1;
 #endif
-/// What "answers at once" means here. The guard gives the parse 500 ms of
-/// CPU time; this leaves room for a loaded 2-core machine, where the child
-/// gets a fraction of a core. Without the fixes these commands never answer
-/// (run_command kills them at the command timeout below).
-constexpr auto answer_bound = 4s * slowdown;
-constexpr auto command_timeout = 8s * slowdown;
+/// The guard's wall-clock deadline (yaml_guard_deadline): the latest a
+/// runaway parse is refused. Its 500 ms CPU budget usually refuses it well
+/// before, but a child starved of CPU takes longer to use the budget: with
+/// tests running side by side on a loaded 2-core machine (load 21) a hang
+/// file once needed 4.5 s of wall time.
+constexpr auto guard_deadline = 5s * slowdown;
+/// What "answers at once" means here: within the guard's deadline, plus time
+/// for the process to start and exit (under ASan on that loaded machine,
+/// 7.5 s past the 20 s deadline). Without the fixes these commands never
+/// answer (run_command kills them at the command timeout below).
+constexpr auto answer_bound = guard_deadline + 3s * slowdown;
+constexpr auto command_timeout = answer_bound + 4s * slowdown;
 
 std::string bin() { return required_env("APILB_BIN"); }
 

@@ -7,12 +7,14 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -69,17 +71,63 @@ sockaddr_in make_addr(const std::string& ip, std::uint16_t port) {
 
 }  // namespace
 
-std::uint16_t free_port(const std::string& ip) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    auto sa = make_addr(ip, 0);
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+namespace {
+
+/// The ports free_port() hands out: 8 192 just below the kernel's ephemeral
+/// range, which no port-0 bind or connect ever takes. If the range leaves no
+/// room below it, the ports above it; failing that, the range itself (then
+/// only the claims below keep concurrent tests apart).
+std::pair<unsigned, unsigned> free_port_range() {
+    unsigned lo = 32768, hi = 60999;
+    std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+    in >> lo >> hi;
+    constexpr unsigned span = 8192;
+    if (lo >= 1024 + span) return {lo - span, lo};
+    if (hi + span <= 65535) return {hi + 1, hi + 1 + span};
+    return {lo, hi + 1};
+}
+
+/// Claims `port` for this process until it exits: binds an abstract Unix
+/// socket named after it, which the kernel releases when the process dies
+/// (also on a crash). False if another test process holds it.
+bool claim_port(std::uint16_t port) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw std::runtime_error("free_port: socket(AF_UNIX): " + std::string(strerror(errno)));
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    const std::string name = "apilb-test-port-" + std::to_string(port);
+    std::memcpy(sa.sun_path + 1, name.data(), name.size());  // sun_path[0] == 0: abstract
+    const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), len) != 0) {
         ::close(fd);
-        throw std::runtime_error("bind for free_port failed: " + std::string(strerror(errno)));
+        return false;
     }
-    socklen_t len = sizeof sa;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+    return true;  // the descriptor stays open: that is the claim
+}
+
+/// Whether a listener could bind ip:port now.
+bool bindable(const std::string& ip, std::uint16_t port) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    auto sa = make_addr(ip, port);
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
     ::close(fd);
-    return ntohs(sa.sin_port);
+    return ok;
+}
+
+}  // namespace
+
+std::uint16_t free_port(const std::string& ip) {
+    const auto [first, end] = free_port_range();
+    const unsigned span = end - first;
+    // A random start, so that tests started together do not all try the
+    // same ports first; then in turn.
+    static std::atomic<unsigned> next{std::random_device{}()};
+    for (unsigned tried = 0; tried < span; ++tried) {
+        const auto port = static_cast<std::uint16_t>(first + next++ % span);
+        if (claim_port(port) && bindable(ip, port)) return port;
+    }
+    throw std::runtime_error("free_port: no port in " + std::to_string(first) + "-" + std::to_string(end - 1) +
+                             " is both unclaimed by other tests and free on " + ip);
 }
 
 process::process(std::vector<std::string> argv, std::string log_path) : log_path_(std::move(log_path)) {

@@ -39,7 +39,11 @@ private:
 
 std::string read_file(const std::string& path);
 
-/// A port that was free on `ip` a moment ago (bound, read back, released).
+/// A port for a server the test starts later on `ip` (apilb, a restartable
+/// backend), that no other test can take meanwhile: it lies below the kernel's
+/// ephemeral range (which every port-0 bind and connect draws from), and this
+/// process holds it (an abstract socket named after it) until it exits, so
+/// concurrent tests never get the same one. Free on `ip` when returned.
 std::uint16_t free_port(const std::string& ip = "127.0.0.1");
 
 /// A child process with stdout+stderr captured to a file. Killed (SIGKILL)
