@@ -202,8 +202,19 @@ std::string address_problem(const std::string& text) {
     return {};
 }
 
-}  // namespace
 
+// A key path is built from the file's own keys, so it can hold any byte;
+// every error and warning becomes one line of a log or a 422 answer, where a
+// line break or a terminal escape would forge or hide lines. Messages quote
+// input text through quote() already; this covers the path.
+std::string printable(std::string text) {
+    for (char& c : text) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == '\x7f') c = '?';
+    }
+    return text;
+}
+
+}  // namespace
 
 void loader::error(const YAML::Mark& mark, std::string path, std::string message) {
     config_error e;
@@ -213,7 +224,7 @@ void loader::error(const YAML::Mark& mark, std::string path, std::string message
         e.line = mark.line + 1;
         e.column = mark.column + 1;
     }
-    e.key_path = std::move(path);
+    e.key_path = printable(std::move(path));
     e.message = std::move(message);
     errors_.push_back(std::move(e));
 }
@@ -225,7 +236,7 @@ void loader::warning(const YAML::Mark& mark, std::string path, std::string messa
         w.line = mark.line + 1;
         w.column = mark.column + 1;
     }
-    w.key_path = std::move(path);
+    w.key_path = printable(std::move(path));
     w.message = std::move(message);
     warnings_.push_back(std::move(w));
 }

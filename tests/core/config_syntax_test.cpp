@@ -29,6 +29,16 @@ TEST(LoadConfigErrors, UnreadableFileGivesTheOsReason) {
     }
 }
 
+TEST(LoadConfigErrors, AKeyWithControlCharactersStaysOnOneLine) {
+    // Found by the config fuzzer: an unknown key holding a carriage return
+    // went raw into the key path, so the error spanned lines in the log.
+    const auto errors = errors_of(minimal + "\"wor\\rks\\n\\e[2J\": 1\n");
+    ASSERT_EQ(errors.size(), 1u) << all_messages(errors);
+    const std::string line = errors[0].to_string();
+    EXPECT_EQ(line.find_first_of("\r\n\x1b"), std::string::npos) << line;
+    EXPECT_EQ(errors[0].key_path, "wor?ks??[2J");
+}
+
 TEST(LoadConfigErrors, DirectoryIsNotAFile) {
     try {
         load_config(std::filesystem::temp_directory_path().string());
