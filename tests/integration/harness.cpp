@@ -190,6 +190,20 @@ command_result run_command(const std::vector<std::string>& argv, std::chrono::mi
     return r;
 }
 
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
+                std::chrono::milliseconds poll) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (pred()) return true;
+        std::this_thread::sleep_for(poll);
+    }
+    return pred();
+}
+
+double ms_since(std::chrono::steady_clock::time_point t0, std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(t - t0).count();
+}
+
 bool wait_for_port(const std::string& ip, std::uint16_t port, std::chrono::milliseconds timeout) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {

@@ -86,6 +86,15 @@ std::string single_pool_config(std::uint16_t port, const std::vector<std::string
 /// Fails the current test if `log` holds an ASan/UBSan/LSan/TSan report.
 void expect_no_sanitizer_report(const std::string& log, const std::string& what);
 
+/// Polls `pred` every `poll` until it holds or `timeout` passes; the last
+/// answer of `pred` decides.
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
+                std::chrono::milliseconds poll = 10ms);
+
+/// Milliseconds from `t0` to `t` (now by default).
+double ms_since(std::chrono::steady_clock::time_point t0,
+                std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now());
+
 /// Polls until a TCP connect to ip:port succeeds.
 bool wait_for_port(const std::string& ip, std::uint16_t port, std::chrono::milliseconds timeout = 10s);
 

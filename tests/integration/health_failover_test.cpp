@@ -29,7 +29,7 @@ constexpr milliseconds grace{1000};
 constexpr milliseconds margin{2000};
 constexpr milliseconds bound = fall * interval + probe_timeout + grace + margin;
 
-milliseconds ms_since(steady::time_point t0, steady::time_point t) {
+milliseconds elapsed_between(steady::time_point t0, steady::time_point t) {
     return std::chrono::duration_cast<milliseconds>(t - t0);
 }
 
@@ -172,8 +172,8 @@ move_times wait_until_moved(const std::vector<std::unique_ptr<watcher>>& watcher
             for (const auto& s : sessions) {
                 if (s.opened > t0 && s.backend != victim && closed != steady::time_point{}) {
                     ++r.moved;
-                    r.last_closed = std::max(r.last_closed, ms_since(t0, closed));
-                    r.last_moved = std::max(r.last_moved, ms_since(t0, s.opened));
+                    r.last_closed = std::max(r.last_closed, elapsed_between(t0, closed));
+                    r.last_moved = std::max(r.last_moved, elapsed_between(t0, s.opened));
                     break;
                 }
             }

@@ -36,20 +36,6 @@ const std::string lb_ip = "198.18.0.10";
 const std::string b1_ip = "198.18.0.21";
 const std::string b2_ip = "198.18.0.22";
 
-double ms_since(steady::time_point t0, steady::time_point t = steady::now()) {
-    return std::chrono::duration<double, std::milli>(t - t0).count();
-}
-
-/// Polls `pred` every 10 ms until it holds or `timeout` passes.
-bool wait_until(const std::function<bool()>& pred, milliseconds timeout) {
-    const auto deadline = steady::now() + timeout;
-    while (steady::now() < deadline) {
-        if (pred()) return true;
-        std::this_thread::sleep_for(10ms);
-    }
-    return pred();
-}
-
 /// "4 reset, 1 FIN": how many connections ended which way.
 std::string counts_text(const std::map<std::string, int>& kinds) {
     std::string out;

@@ -309,18 +309,9 @@ private:
 class stream_server {
 public:
     stream_server(const std::string& ns, const std::string& ip) {
-        in_netns(ns, [&] {
-            fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            sockaddr_in sa{};
-            sa.sin_family = AF_INET;
-            ::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr);
-            if (::bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd_, 64) != 0) {
-                throw std::runtime_error("stream server bind " + ip + ": " + std::strerror(errno));
-            }
-            socklen_t len = sizeof sa;
-            ::getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len);
-            address_ = ip + ":" + std::to_string(ntohs(sa.sin_port));
-        });
+        std::uint16_t port = 0;
+        fd_ = listen_in_netns(ns, ip, 64, port);
+        address_ = ip + ":" + std::to_string(port);
         thread_ = std::thread([this] { run(); });
     }
     ~stream_server() {

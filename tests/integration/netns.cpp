@@ -1,7 +1,10 @@
 #include "netns.hpp"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -144,6 +147,27 @@ std::string netns_segment::add_host(const std::string& host, const std::vector<s
     for (const auto& a : addresses) ip(host, {"addr", "add", a, "dev", "eth0"});
     ip(host, {"link", "set", "eth0", "up"});
     return ns(host);
+}
+
+int listen_in_netns(const std::string& ns, const std::string& ip, int backlog, std::uint16_t& port) {
+    int fd = -1;
+    in_netns(ns, [&] {
+        fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        const int one = 1;
+        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        ::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr);
+        if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd, backlog) != 0) {
+            const std::string why = std::strerror(errno);
+            if (fd >= 0) ::close(fd);
+            throw std::runtime_error("listen on " + ip + " in " + ns + ": " + why);
+        }
+        socklen_t len = sizeof sa;
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+        port = ntohs(sa.sin_port);
+    });
+    return fd;
 }
 
 }  // namespace apilb::test

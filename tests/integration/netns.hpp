@@ -4,6 +4,7 @@
 // removed by the destructor, also when a test fails half-way.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -22,6 +23,10 @@ void in_netns(const std::string& ns, const std::function<void()>& fn);
 
 /// Switches the calling thread into `ns` for good (for a thread of its own).
 void enter_netns(const std::string& ns);
+
+/// A TCP socket listening on `ip`, port 0, made inside namespace `ns`;
+/// returns its descriptor and sets `port`. Throws std::runtime_error.
+int listen_in_netns(const std::string& ns, const std::string& ip, int backlog, std::uint16_t& port);
 
 /// One bridge namespace and hosts on it, named <prefix>-<host>.
 class netns_segment {

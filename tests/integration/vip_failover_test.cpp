@@ -54,40 +54,13 @@ constexpr milliseconds advert{100};
 const std::string vip = "198.18.0.100";
 constexpr std::uint16_t vip_port = 6443;
 
-double ms_between(steady::time_point a, steady::time_point b) {
-    return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-/// Polls `pred` every 5 ms until it holds or `timeout` passes.
-bool wait_until(const std::function<bool()>& pred, milliseconds timeout) {
-    const auto deadline = steady::now() + timeout;
-    while (steady::now() < deadline) {
-        if (pred()) return true;
-        std::this_thread::sleep_for(5ms);
-    }
-    return pred();
-}
-
 /// A stand-in apiserver for the data path: accepts on ip:port (made inside a
 /// namespace) and answers each connection with the address of its peer, the
 /// apilb node that relayed it, then closes. One thread, poll-bounded.
 class backend_server {
 public:
     backend_server(const std::string& ns, const std::string& ip) {
-        in_netns(ns, [&] {
-            fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            int one = 1;
-            ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-            sockaddr_in sa{};
-            sa.sin_family = AF_INET;
-            ::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr);
-            if (::bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd_, 1024) != 0) {
-                throw std::runtime_error("backend bind " + ip + ": " + std::strerror(errno));
-            }
-            socklen_t len = sizeof sa;
-            ::getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len);
-            port_ = ntohs(sa.sin_port);
-        });
+        fd_ = listen_in_netns(ns, ip, 1024, port_);
         address_ = ip + ":" + std::to_string(port_);
         thread_ = std::thread([this] {
             while (!stop_) {
@@ -273,7 +246,7 @@ double longest_overlap_ms(const vip_watch& a, const vip_watch& b) {
         for (const auto& [b0, b1] : b.spans()) {
             const auto from = std::max(a0, b0);
             const auto to = std::min(a1, b1);
-            if (to > from) worst = std::max(worst, ms_between(from, to));
+            if (to > from) worst = std::max(worst, ms_since(from, to));
         }
     }
     return worst;
@@ -432,7 +405,7 @@ protected:
         const std::size_t i = &n == &nodes_[0] ? 0 : 1;
         return wait_until([&] {
             return watches_[i]->held() && !watches_[1 - i]->held() && client_->steadily_on(n.name);
-        }, timeout);
+        }, timeout, 5ms);
     }
 
     std::string diagnostics() {
@@ -451,7 +424,7 @@ protected:
         std::optional<steady::time_point> first_failure;
         for (const auto& a : client_->since(t)) {
             if (a.node.empty() && !first_failure) first_failure = a.start;
-            if (a.node == to) return first_failure ? ms_between(*first_failure, a.end) : 0.0;
+            if (a.node == to) return first_failure ? ms_since(*first_failure, a.end) : 0.0;
         }
         return std::nullopt;
     }
@@ -460,7 +433,7 @@ protected:
     std::string timeline(steady::time_point t, const std::string& to) {
         std::string out;
         for (const auto& a : client_->since(t)) {
-            out += fmt::format("  +{:.1f} ms, {:.1f} ms: {}\n", ms_between(t, a.start), ms_between(a.start, a.end),
+            out += fmt::format("  +{:.1f} ms, {:.1f} ms: {}\n", ms_since(t, a.start), ms_since(a.start, a.end),
                                a.node.empty() ? a.error : a.node);
             if (a.node == to) break;
         }
@@ -562,7 +535,7 @@ TEST_F(VipFailover, OutageOfEachFailureAndFailback) {
             } else {
                 segment_->ip("n1", {"link", "set", "eth0", "down"});
             }
-            ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s))
+            ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s, 5ms))
                 << "the client was not moved to n2\n" << diagnostics();
             if (fault_watch.joinable()) fault_watch.join();
             auto outage = outage_after(t, "n2");
@@ -570,7 +543,7 @@ TEST_F(VipFailover, OutageOfEachFailureAndFailback) {
             if (fault_at) {
                 for (const auto& a : client_->since(*fault_at)) {
                     if (a.node == "n2") {
-                        c.from_fault.push_back(ms_between(*fault_at, a.end));
+                        c.from_fault.push_back(ms_since(*fault_at, a.end));
                         break;
                     }
                 }
@@ -640,7 +613,7 @@ TEST_F(VipFailover, NoFailbackWithoutPreempt) {
     start_everything(false);
     ASSERT_FALSE(HasFatalFailure());
     // Without preemption the first node ready wins the first election.
-    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n1") || client_->steadily_on("n2"); }, 15s))
+    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n1") || client_->steadily_on("n2"); }, 15s, 5ms))
         << diagnostics();
     node& master = client_->steadily_on("n1") ? nodes_[0] : nodes_[1];
     node& backup = &master == &nodes_[0] ? nodes_[1] : nodes_[0];
@@ -666,7 +639,7 @@ TEST_F(VipFailover, NoFailbackWithoutPreempt) {
     client_->set_patience(500ms, 150ms);
     const auto back = steady::now();
     start_apilb(master);
-    ASSERT_TRUE(wait_until([&] { return read_file(master.track_file()) == "0\n"; }, 10s)) << diagnostics();
+    ASSERT_TRUE(wait_until([&] { return read_file(master.track_file()) == "0\n"; }, 10s, 5ms)) << diagnostics();
     std::this_thread::sleep_for(10 * advert);  // more than three master-down intervals
     const auto seen = client_->since(back);
     const auto failed =
@@ -711,9 +684,9 @@ TEST_F(VipFailover, ManagedKeepalivedIsRestartedAndStopsWithApilb) {
     ASSERT_TRUE(alive(first)) << diagnostics();
     auto t = steady::now();
     ::kill(first, SIGKILL);
-    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s)) << diagnostics();
+    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s, 5ms)) << diagnostics();
     const auto crash = outage_after(t, "n2");
-    ASSERT_TRUE(wait_until([&] { return n1.apilb->log().find("restarting it in 100ms") != std::string::npos; }, 5s))
+    ASSERT_TRUE(wait_until([&] { return n1.apilb->log().find("restarting it in 100ms") != std::string::npos; }, 5s, 5ms))
         << n1.apilb->log();
     ASSERT_TRUE(settled_on(n1)) << "no failback after keepalived was restarted\n" << diagnostics();
     const pid_t second = managed_keepalived_pid(n1);
@@ -724,9 +697,9 @@ TEST_F(VipFailover, ManagedKeepalivedIsRestartedAndStopsWithApilb) {
     // which gives the VIP up with a priority-0 advert.
     t = steady::now();
     n1.apilb->signal(SIGKILL);
-    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s)) << diagnostics();
+    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s, 5ms)) << diagnostics();
     const auto killed = outage_after(t, "n2");
-    EXPECT_TRUE(wait_until([&] { return !alive(second); }, 3s)) << "keepalived outlived the apilb that started it";
+    EXPECT_TRUE(wait_until([&] { return !alive(second); }, 3s, 5ms)) << "keepalived outlived the apilb that started it";
     ASSERT_TRUE(n1.apilb->wait(5s));
     start_apilb(n1);
     ASSERT_TRUE(settled_on(n1)) << diagnostics();
@@ -735,7 +708,7 @@ TEST_F(VipFailover, ManagedKeepalivedIsRestartedAndStopsWithApilb) {
     const pid_t third = managed_keepalived_pid(n1);
     t = steady::now();
     n1.apilb->signal(SIGTERM);
-    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s)) << diagnostics();
+    ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s, 5ms)) << diagnostics();
     const auto graceful = outage_after(t, "n2");
     ASSERT_TRUE(n1.apilb->wait(10s)) << diagnostics();
     EXPECT_EQ(n1.apilb->wait(0ms), 0);
