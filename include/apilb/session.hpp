@@ -217,10 +217,6 @@ bool is_resource_exhaustion(const boost::system::error_code& ec);
 /// while the shortage lasts), so that it retries, elsewhere if it can.
 constexpr std::chrono::milliseconds max_backlog_wait{2000};
 
-/// Closes `fd` with a reset (SO_LINGER 0): the peer sees ECONNRESET, never
-/// a clean end of stream.
-void close_with_reset(int fd);
-
 /// Serves one accepted client (`fd`, non-blocking, owned from here on) on
 /// the calling worker: choose a backend, connect (with retries on the next
 /// backend), relay both directions until both have ended. The caller has

@@ -14,4 +14,11 @@ namespace apilb {
 /// Returns the first error.
 boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg);
 
+/// Sets SO_LINGER 0 on `fd`, so that its close sends a reset (the peer sees
+/// ECONNRESET), never a clean end of stream.
+void set_reset_on_close(int fd);
+
+/// Closes `fd` with a reset (set_reset_on_close, then close).
+void close_with_reset(int fd);
+
 }  // namespace apilb

@@ -15,6 +15,8 @@
 #include <system_error>
 #include <utility>
 
+#include "apilb/socket_options.hpp"
+
 namespace apilb {
 
 namespace asio = boost::asio;
@@ -255,8 +257,7 @@ void poll_socket::abort_waiters() {
 }
 
 void poll_socket::set_abortive_close() {
-    const linger l{.l_onoff = 1, .l_linger = 0};
-    (void)::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    set_reset_on_close(fd_);
 }
 
 error_code poll_socket::shutdown_send() {

@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 
@@ -48,6 +49,16 @@ boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg) {
         keep(set_int(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, static_cast<int>(cfg.socket_buffer)));
     }
     return first;
+}
+
+void set_reset_on_close(int fd) {
+    const ::linger lg{.l_onoff = 1, .l_linger = 0};
+    (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+void close_with_reset(int fd) {
+    set_reset_on_close(fd);
+    ::close(fd);
 }
 
 }  // namespace apilb

@@ -9,8 +9,6 @@
 #include <spdlog/spdlog.h>
 
 #include <fcntl.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -39,12 +37,6 @@ bool is_resource_exhaustion(const error_code& ec) {
     }
     const int e = ec.value();
     return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
-}
-
-void close_with_reset(int fd) {
-    const ::linger lg{.l_onoff = 1, .l_linger = 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    ::close(fd);
 }
 
 void worker_context::pause_accepting(const error_code& ec, const char* where) {
