@@ -805,9 +805,6 @@ void start_session(worker_context& ctx, int fd, std::size_t listener_index) {
     // Out of memory for one session: that client is reset and counted, and
     // the accept loop goes on. An exception let out of here would end the
     // accept loop, and this worker would never accept again.
-    auto out_of_memory = [&ctx](const char* where) {
-        ctx.pause_accepting(boost::system::errc::make_error_code(boost::system::errc::not_enough_memory), where);
-    };
     std::unique_ptr<session> s;
     try {
         s = std::make_unique<session>(ctx, listener_index);
@@ -815,7 +812,8 @@ void start_session(worker_context& ctx, int fd, std::size_t listener_index) {
         close_with_reset(fd);
         ctx.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
         ctx.stats.reset_no_memory_total.fetch_add(1, std::memory_order_relaxed);
-        return out_of_memory("starting a session");
+        return ctx.pause_accepting(boost::system::errc::make_error_code(boost::system::errc::not_enough_memory),
+                                   "starting a session");
     }
     if (!s->adopt_client(fd)) return;  // closed; the session un-counts itself
     try {
