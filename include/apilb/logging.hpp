@@ -54,4 +54,17 @@ private:
 /// Escapes `text` for use inside a JSON string literal.
 std::string json_escape(std::string_view text);
 
+/// Lets a noisy warning through at most once per interval, counting the rest.
+class log_limiter {
+public:
+    explicit log_limiter(std::chrono::milliseconds interval) : interval_(interval) {}
+    /// True if the caller should log now; `suppressed` is how many were swallowed since.
+    bool allow(std::uint64_t& suppressed);
+
+private:
+    std::chrono::milliseconds interval_;
+    std::chrono::steady_clock::time_point next_{};
+    std::uint64_t suppressed_ = 0;
+};
+
 }  // namespace apilb

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "apilb/balancer.hpp"
+#include "apilb/logging.hpp"
 #include "apilb/relay.hpp"
 #include "apilb/runtime.hpp"
 
@@ -96,19 +97,6 @@ using pending_connect_list =
 struct connect_queue {
     std::chrono::milliseconds timeout;
     pending_connect_list entries;
-};
-
-/// Lets a noisy warning through at most once per interval, counting the rest.
-class log_limiter {
-public:
-    explicit log_limiter(std::chrono::milliseconds interval) : interval_(interval) {}
-    /// True if the caller should log now; `suppressed` is how many were swallowed since.
-    bool allow(std::uint64_t& suppressed);
-
-private:
-    std::chrono::milliseconds interval_;
-    std::chrono::steady_clock::time_point next_{};
-    std::uint64_t suppressed_ = 0;
 };
 
 /// Tells the health checker that a client's connect to `backend` failed

@@ -19,6 +19,7 @@
 #include <string>
 #include <system_error>
 
+#include "apilb/logging.hpp"
 #include "apilb/runtime.hpp"
 
 namespace apilb {
@@ -90,10 +91,10 @@ private:
     bool stopped_ = false;
     bool cut_short_ = false;
     std::optional<std::string> published_;  ///< last reason written ("" = ready)
-    /// Failed track-file writes not logged yet, and when the next may be:
-    /// the write is retried every 10 ms, the error said at most every 10 s.
-    std::uint64_t track_errors_unsaid_ = 0;
-    std::chrono::steady_clock::time_point next_track_error_log_{};
+    /// The track file is rewritten every 10 ms while writing fails; the
+    /// error is said at most every 10 s, and its end once.
+    log_limiter track_errors_{std::chrono::seconds(10)};
+    bool track_failing_ = false;
     std::atomic<vrrp_role> role_{vrrp_role::unknown};
     std::unique_ptr<keepalived_supervisor> supervisor_;  ///< manage: true only
 };

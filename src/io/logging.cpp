@@ -122,4 +122,16 @@ void shutdown_logging(std::chrono::milliseconds budget) {
 
 std::uint64_t log_lines_dropped() { return log_sink::dropped_total(); }
 
+bool log_limiter::allow(std::uint64_t& suppressed) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_) {
+        ++suppressed_;
+        return false;
+    }
+    next_ = now + interval_;
+    suppressed = suppressed_;
+    suppressed_ = 0;
+    return true;
+}
+
 }  // namespace apilb

@@ -152,22 +152,19 @@ void vrrp_agent::publish(const std::string& reason) {
     if (auto ec = write_file_atomically(path, reason.empty() ? "0\n" : "1\n")) {
         // Tried again on the next round (10 ms): published_ is left as it
         // was. Said once, then at most every 10 s with how often it failed.
-        const auto now = std::chrono::steady_clock::now();
-        ++track_errors_unsaid_;
-        if (now >= next_track_error_log_) {
+        track_failing_ = true;
+        std::uint64_t suppressed = 0;
+        if (track_errors_.allow(suppressed)) {
             spdlog::error("vrrp: cannot write the track file {}: {}{}", path, ec.message(),
-                          track_errors_unsaid_ > 1 ? fmt::format(" ({} failed writes since the last report)",
-                                                                 track_errors_unsaid_)
-                                                   : "");
-            track_errors_unsaid_ = 0;
-            next_track_error_log_ = now + std::chrono::seconds(10);
+                          suppressed > 0 ? fmt::format(" ({} failed writes since the last report)", suppressed + 1)
+                                         : "");
         }
         return;
     }
-    if (track_errors_unsaid_ != 0 || next_track_error_log_ != std::chrono::steady_clock::time_point{}) {
+    if (track_failing_) {
         spdlog::info("vrrp: the track file {} is written again", path);
-        track_errors_unsaid_ = 0;
-        next_track_error_log_ = {};
+        track_failing_ = false;
+        track_errors_ = log_limiter(std::chrono::seconds(10));  // a new failure is said at once
     }
     if (reason.empty()) {
         spdlog::info("vrrp: ready: this node may hold the VIPs");

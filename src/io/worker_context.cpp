@@ -19,18 +19,6 @@ namespace asio = boost::asio;
 using boost::system::error_code;
 using clock_type = std::chrono::steady_clock;
 
-bool log_limiter::allow(std::uint64_t& suppressed) {
-    const auto now = clock_type::now();
-    if (now < next_) {
-        ++suppressed_;
-        return false;
-    }
-    next_ = now + interval_;
-    suppressed = suppressed_;
-    suppressed_ = 0;
-    return true;
-}
-
 bool is_resource_exhaustion(const error_code& ec) {
     if (ec.category() != boost::system::system_category() && ec.category() != asio::error::get_system_category()) {
         return false;
