@@ -55,11 +55,6 @@ void record_change(probe_record& r, bool healthy, const check_result& result) {
                                 .reason = healthy ? std::string("passed") : result.describe()});
 }
 
-}  // namespace
-
-/// One backend as the checker sees it. Control thread only.
-namespace {
-
 /// A check that took this much longer than its timeout did not end at its
 /// deadline because the process was not running then, not because of the
 /// backend (a timer in a running process fires within milliseconds).
@@ -69,6 +64,7 @@ bool probe_came_late(std::chrono::steady_clock::duration took, std::chrono::mill
 
 }  // namespace
 
+/// One backend as the checker sees it. Control thread only.
 struct health_checker::target {
     target(asio::io_context& io, const pool_runtime& p, const backend_runtime& b, probe_setup& s,
            std::size_t pi, std::size_t gi)
