@@ -1,4 +1,4 @@
-#include "admin_client.hpp"
+#include "apilb/cli/admin_client.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -24,10 +24,10 @@
 #include <optional>
 #include <vector>
 
-#include "apilb/admin_server.hpp"
-#include "apilb/config.hpp"
-#include "apilb/file_read.hpp"
-#include "apilb/tls_files.hpp"
+#include "apilb/admin/admin_server.hpp"
+#include "apilb/core/config.hpp"
+#include "apilb/core/file_read.hpp"
+#include "apilb/control/tls_files.hpp"
 
 namespace apilb::cli {
 

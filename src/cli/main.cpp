@@ -11,13 +11,13 @@
 #include <optional>
 #include <system_error>
 
-#include "apilb/config.hpp"
-#include "apilb/keepalived_conf.hpp"
-#include "apilb/logging.hpp"
-#include "apilb/server.hpp"
-#include "apilb/yaml_guard.hpp"
+#include "apilb/core/config.hpp"
+#include "apilb/core/keepalived_conf.hpp"
+#include "apilb/logging/logging.hpp"
+#include "apilb/process/process.hpp"
+#include "apilb/control/yaml_guard.hpp"
 #include "apilb_build_config.h"
-#include "admin_client.hpp"
+#include "apilb/cli/admin_client.hpp"
 
 namespace {
 
@@ -104,7 +104,7 @@ int run(const std::string& path, const std::string& log_level) {
         std::cerr << "error: --log-level: " << e.what() << '\n';
         return exit_usage;
     }
-    // Declared before the server, so it runs after the server's own last
+    // Declared before the process, so it runs after the process's own last
     // lines: they reach stderr if it takes them within the budget, and a
     // stalled stderr cannot hold the exit (SIGTERM) longer than that.
     struct flush_logs_at_exit {
@@ -117,7 +117,7 @@ int run(const std::string& path, const std::string& log_level) {
     // as stderr) fails with EFBIG and is said; it must not kill the process.
     std::signal(SIGXFSZ, SIG_IGN);
     try {
-        apilb::server srv(cfg);
+        apilb::process srv(cfg);
         return srv.run();
     } catch (const std::exception& e) {
         // A std::system_error's what() already ends with its code's message

@@ -1,4 +1,4 @@
-#include "apilb/balancer.hpp"
+#include "apilb/core/balancer.hpp"
 
 #include <algorithm>
 #include <cassert>

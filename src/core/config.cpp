@@ -1,6 +1,6 @@
 // The config value types and the small text parsers they share with the
 // loader. No YAML here: config_loader.cpp is the only reader of YAML.
-#include "apilb/config.hpp"
+#include "apilb/core/config.hpp"
 
 #include <arpa/inet.h>  // inet_pton/inet_ntop: text conversion only, no sockets
 

@@ -1,7 +1,7 @@
 // The top-level `admin` section: where the admin HTTP endpoint listens and
 // what protects it: a bearer token for state-changing requests, HTTPS, and
 // client certificates. Part of the loader (see loader.hpp).
-#include "apilb/file_read.hpp"
+#include "apilb/core/file_read.hpp"
 #include "loader.hpp"
 #include "pem_check.hpp"
 

@@ -1,4 +1,4 @@
-#include "apilb/config_diff.hpp"
+#include "apilb/core/config_diff.hpp"
 
 #include <algorithm>
 #include <tuple>

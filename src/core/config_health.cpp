@@ -3,7 +3,7 @@
 // because it is the largest section and has rules of its own across fields.
 #include <algorithm>
 
-#include "apilb/file_read.hpp"
+#include "apilb/core/file_read.hpp"
 #include "loader.hpp"
 
 namespace apilb::config_detail {

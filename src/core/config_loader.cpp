@@ -2,10 +2,10 @@
 // apilb that sees YAML. Every problem is collected with its line, column and
 // key path; nothing is reported until the whole file has been read, so one
 // attempt shows everything there is to fix.
-#include "apilb/config.hpp"
-#include "apilb/config_file.hpp"
-#include "apilb/file_read.hpp"
-#include "apilb/maglev.hpp"
+#include "apilb/core/config.hpp"
+#include "apilb/core/config_file.hpp"
+#include "apilb/core/file_read.hpp"
+#include "apilb/core/maglev.hpp"
 
 #include <yaml-cpp/yaml.h>
 

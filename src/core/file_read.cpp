@@ -1,4 +1,4 @@
-#include "apilb/file_read.hpp"
+#include "apilb/core/file_read.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

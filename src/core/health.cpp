@@ -1,4 +1,4 @@
-#include "apilb/health.hpp"
+#include "apilb/core/health.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,7 @@
 // keepalived.conf rendering. The shape follows docs/vip.md: keepalived
 // forks no script; it learns apilb's state from a file apilb writes and from
 // the process table, and tells apilb its role through a FIFO.
-#include "apilb/keepalived_conf.hpp"
+#include "apilb/core/keepalived_conf.hpp"
 
 #include <algorithm>
 #include <stdexcept>

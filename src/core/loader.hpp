@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#include "apilb/config.hpp"
+#include "apilb/core/config.hpp"
 
 namespace apilb::config_detail {
 

@@ -2,7 +2,7 @@
 // files at load (so check-config reports a bad key with file, line and key),
 // what protects an address off the loopback, and that TLS settings wait for
 // a restart. Certificates come from tests/tools/mkcerts.sh, made per test.
-#include "apilb/config.hpp"
+#include "apilb/core/config.hpp"
 
 #include <gtest/gtest.h>
 
@@ -14,7 +14,7 @@
 
 #include <unistd.h>
 
-#include "apilb/config_diff.hpp"
+#include "apilb/core/config_diff.hpp"
 #include "config_test_util.hpp"
 
 namespace apilb {

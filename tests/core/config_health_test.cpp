@@ -1,5 +1,5 @@
 // A pool's `health` section: defaults, every field, and what is rejected.
-#include "apilb/config.hpp"
+#include "apilb/core/config.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // What a valid file loads to: the duration and address parsers, the value
 // types, every default and every field.
-#include "apilb/config.hpp"
+#include "apilb/core/config.hpp"
 
 #include <gtest/gtest.h>
 

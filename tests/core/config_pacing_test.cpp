@@ -1,6 +1,6 @@
 // A pool's `storm_control` and `rebalance` sections: defaults, every field,
 // and what is rejected.
-#include "apilb/config.hpp"
+#include "apilb/core/config.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // Files the loader rejects for their form: unreadable or empty files, YAML
 // syntax errors, unknown, repeated and missing keys, values of the wrong
 // type; each error names the file, line and key path.
-#include "apilb/config.hpp"
+#include "apilb/core/config.hpp"
 
 #include <gtest/gtest.h>
 

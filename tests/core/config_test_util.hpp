@@ -3,7 +3,7 @@
 // to get at the errors a rejected file gives.
 #pragma once
 
-#include "apilb/config.hpp"
+#include "apilb/core/config.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // Values of the right type that the loader still rejects: integers and
 // durations out of range, bad addresses, unknown choices, invalid names, and
 // the checks across items (duplicates, a listener naming a missing pool).
-#include "apilb/config.hpp"
+#include "apilb/core/config.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // read_regular_file: only a regular file, never more than the limit, and a
 // special file refused before anything could block on it; and the config
 // loader's use of it for every path in the config.
-#include "apilb/file_read.hpp"
+#include "apilb/core/file_read.hpp"
 
 #include <gtest/gtest.h>
 
@@ -14,7 +14,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "apilb/config_file.hpp"
+#include "apilb/core/config_file.hpp"
 #include "config_test_util.hpp"
 
 namespace apilb::test {

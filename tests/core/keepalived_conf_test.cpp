@@ -1,6 +1,6 @@
 // keepalived.conf rendering, compared as text. `keepalived -t` checks the
 // same output in tests/integration/vip_test.cpp.
-#include "apilb/keepalived_conf.hpp"
+#include "apilb/core/keepalived_conf.hpp"
 
 #include <gtest/gtest.h>
 

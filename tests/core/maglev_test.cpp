@@ -1,4 +1,4 @@
-#include "apilb/maglev.hpp"
+#include "apilb/core/maglev.hpp"
 
 #include <gtest/gtest.h>
 

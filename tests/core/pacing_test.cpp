@@ -1,4 +1,4 @@
-#include "apilb/pacing.hpp"
+#include "apilb/core/pacing.hpp"
 
 #include <gtest/gtest.h>
 

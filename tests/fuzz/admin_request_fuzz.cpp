@@ -18,7 +18,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "apilb/admin_request.hpp"
+#include "apilb/admin/admin_request.hpp"
 #include "byte_stream.hpp"
 
 namespace {

@@ -23,10 +23,10 @@
 #include <fstream>
 #include <string>
 
-#include "apilb/config.hpp"
-#include "apilb/file_read.hpp"
-#include "apilb/keepalived_conf.hpp"
-#include "apilb/yaml_guard.hpp"
+#include "apilb/core/config.hpp"
+#include "apilb/core/file_read.hpp"
+#include "apilb/core/keepalived_conf.hpp"
+#include "apilb/control/yaml_guard.hpp"
 
 namespace {
 

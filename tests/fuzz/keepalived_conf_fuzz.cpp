@@ -26,8 +26,8 @@
 #include <string>
 #include <vector>
 
-#include "apilb/config.hpp"
-#include "apilb/keepalived_conf.hpp"
+#include "apilb/core/config.hpp"
+#include "apilb/core/keepalived_conf.hpp"
 
 namespace {
 

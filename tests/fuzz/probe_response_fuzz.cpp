@@ -19,7 +19,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "apilb/probe_response.hpp"
+#include "apilb/control/probe_response.hpp"
 #include "byte_stream.hpp"
 
 namespace {

@@ -10,7 +10,7 @@
 #include <csignal>
 #include <filesystem>
 
-#include "apilb/vip_address.hpp"
+#include "apilb/vip/vip_address.hpp"
 #include "harness.hpp"
 #include "netns.hpp"
 

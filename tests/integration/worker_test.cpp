@@ -1,6 +1,6 @@
 // A worker in-process, for what the binary cannot show from outside: how it
 // behaves when the process runs out of file descriptors.
-#include "apilb/worker.hpp"
+#include "apilb/dataplane/worker.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "apilb/log_sink.hpp"
+#include "apilb/logging/log_sink.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "apilb/poller.hpp"
+#include "apilb/dataplane/poller.hpp"
 
 #include <gtest/gtest.h>
 

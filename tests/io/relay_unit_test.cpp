@@ -1,4 +1,4 @@
-#include "apilb/relay.hpp"
+#include "apilb/dataplane/relay.hpp"
 
 #include <sys/socket.h>
 

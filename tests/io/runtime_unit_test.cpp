@@ -1,4 +1,4 @@
-#include "apilb/runtime.hpp"
+#include "apilb/dataplane/runtime.hpp"
 
 #include <gtest/gtest.h>
 

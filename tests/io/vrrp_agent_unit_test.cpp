@@ -1,6 +1,6 @@
 // The small pure-ish parts of the VIP agent: notify FIFO lines, the atomic
 // track-file write, and VIP removal refusing an interface that is not there.
-#include "apilb/vrrp_agent.hpp"
+#include "apilb/vip/vrrp_agent.hpp"
 
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "apilb/vip_address.hpp"
+#include "apilb/vip/vip_address.hpp"
 
 namespace apilb {
 namespace {

@@ -1,0 +1,141 @@
+// The admin HTTP endpoint (docs/admin.md): /livez, /readyz, /metrics,
+// /api/v1/status, drain/enable/reload, and the status page, over HTTP or
+// HTTPS with optional client certificates. Runs on the control io_context,
+// never on a worker, so a slow admin client cannot stall the relay; workers
+// are only reached by posting a ping.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include <chrono>
+#include <functional>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "apilb/admin/admin_report.hpp"
+#include "apilb/admin/admin_request.hpp"
+#include "apilb/dataplane/runtime.hpp"
+
+namespace boost::asio::ssl {
+class context;
+}
+
+namespace apilb {
+
+/// What the admin server asks of the process. Every function is called on
+/// the control thread.
+struct admin_hooks {
+    std::function<std::shared_ptr<const snapshot>()> current;  ///< the running snapshot
+    std::function<admin_facts()> facts;
+    /// Pings every worker; calls `done(answered, total)` on the control
+    /// thread when all answered or `deadline` passed.
+    std::function<void(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done)> ping_workers;
+    /// Applies the config file; every reason it was rejected
+    /// (file:line:col: key: message), empty if it was applied.
+    std::function<std::vector<std::string>()> reload;
+};
+
+/// The admin bearer token in `path`, trailing newlines and spaces removed
+/// ("" if it holds nothing else); nullopt if the file cannot be read. The
+/// server and the CLI both read it with this, so they agree on the token.
+std::optional<std::string> read_admin_token(const std::string& path);
+
+class admin_server {
+public:
+    /// Binds `cfg.address`, reads the token file (creating it, mode 0600,
+    /// if it does not exist) and, with `cfg.tls`, builds the TLS context from
+    /// its files. Throws std::system_error (naming the address) if the bind
+    /// fails, std::runtime_error (naming the file) if the token file exists
+    /// but cannot be read or is empty, or a TLS file does not load. A token
+    /// file that cannot be created is logged and POSTs are refused.
+    /// Control thread.
+    admin_server(boost::asio::io_context& control, const admin_config& cfg, admin_hooks hooks);
+    ~admin_server();
+    admin_server(const admin_server&) = delete;
+    admin_server& operator=(const admin_server&) = delete;
+
+    /// Starts accepting. Control thread.
+    void start();
+    /// Closes the acceptor and every connection. Control thread.
+    void stop();
+
+    /// Certificate rotation: re-reads the certificate, key and client CA
+    /// from the files the running admin section names. New connections use
+    /// them, open ones keep what they started with. If they do not load, the
+    /// old ones stay and it returns false; either way it logs what happened.
+    /// True without TLS. Control thread.
+    bool reload_tls_files();
+
+    boost::asio::ip::tcp::endpoint local_endpoint() const;
+    /// The endpoint's own counters (also in /metrics). Control thread.
+    const admin_stats& stats() const { return stats_; }
+
+private:
+    /// One open connection, listed from accept to close.
+    struct connection {
+        boost::beast::tcp_stream* stream = nullptr;  ///< set once serve() holds the socket
+        boost::asio::ip::tcp::endpoint peer;
+        boost::asio::ip::tcp::endpoint local;
+        bool busy = false;     ///< a complete request is being answered
+        bool closing = false;  ///< evicted or stopped: no longer counted
+    };
+    using connection_list = std::list<connection>;
+    using request = admin_request;
+    boost::asio::awaitable<void> accept_loop();
+    /// Makes room for a connection from `peer` under the per-peer and total
+    /// caps by closing the oldest idle one; false if every slot is busy.
+    bool make_room(const boost::asio::ip::address& peer);
+    void close_connection(connection& c);
+    boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket socket, connection_list::iterator conn);
+    /// Reads requests and answers them until the client is done (admin_server.cpp).
+    template <class Stream>
+    boost::asio::awaitable<void> serve_requests(Stream& stream, connection& conn, bool client_verified);
+    /// The answer to one request (decide_admin_request, then the route);
+    /// `client_verified`: a client certificate was presented and verified
+    /// against admin.tls.client_ca_file.
+    boost::asio::awaitable<admin_reply> handle(const request& req, const connection& conn, bool client_verified);
+    /// Counts and logs (rate-limited) a POST refused for its credentials.
+    void log_refused_post(const request& req, const connection& conn, boost::beast::http::status status,
+                          const std::string& why);
+    /// POST /api/v1/backends/{pool}/{backend}/{drain|enable}; `who` names the caller for the log.
+    admin_reply drain_or_enable(const std::string& pool, const std::string& backend, bool drain, const std::string& who);
+    void count_handshake_failure(const boost::asio::ip::tcp::endpoint& peer, const std::string& why);
+    /// access_.host_names from the config and the running certificate.
+    void set_host_names();
+    /// "127.0.0.1:41234 (uid 0)": the caller of a state change, for the log.
+    std::string describe_peer(const connection& conn) const;
+
+    boost::asio::io_context& control_;
+    boost::asio::ip::tcp::acceptor acceptor_;
+    admin_hooks hooks_;
+    admin_config cfg_;
+    /// The token ("" = none configured or it could not be created), why
+    /// POSTs are refused outright ("" = they are authenticated), the Host
+    /// names: what decide_admin_request checks.
+    admin_access access_;
+    /// nullptr = plain HTTP. Replaced by reload_tls_files(); each connection
+    /// holds the one it started with.
+    std::shared_ptr<boost::asio::ssl::context> tls_;
+    admin_stats stats_;
+    std::chrono::steady_clock::time_point last_failure_log_{};
+    std::chrono::steady_clock::time_point last_auth_log_{};
+    std::chrono::steady_clock::time_point last_evict_log_{};
+    connection_list open_;  ///< oldest first; closed by stop()
+    bool stopped_ = false;
+    /// A descriptor (/dev/null) held in reserve and closed when accept() finds
+    /// the process out of descriptors, so that /livez and /metrics still
+    /// answer; reopened when an admin connection ends. -1 while in use.
+    int spare_fd_ = -1;
+    std::chrono::steady_clock::time_point last_accept_log_{};
+    std::uint64_t accept_errors_suppressed_ = 0;
+};
+
+}  // namespace apilb

@@ -1,0 +1,203 @@
+// A worker's own epoll instance for its listening sockets and the two
+// sockets of every session. Asio's reactor re-arms a descriptor with
+// EPOLL_CTL_MOD on every async_wait, removes accepted sockets with
+// EPOLL_CTL_DEL before closing them, and needs an ioctl to make each socket
+// non-blocking; here a descriptor is added once, edge-triggered for both
+// directions, made non-blocking when it is created (accept4, socket), and
+// leaves the epoll set with its close. The poller is one descriptor in the
+// worker's io_context, so timers and posted work stay Asio's. Worker thread
+// only; nothing here takes a lock.
+#pragma once
+
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "apilb/dataplane/erased_handler.hpp"
+
+namespace apilb {
+
+class poll_socket;
+
+/// The epoll set of one worker. Create it before, and destroy it after,
+/// every poll_socket registered with it; attach() it to the io_context that
+/// runs them and detach() it before that io_context is destroyed.
+class poller {
+public:
+    poller();
+    ~poller();
+    poller(const poller&) = delete;
+    poller& operator=(const poller&) = delete;
+
+    /// Starts delivering readiness through `io`. Throws std::system_error.
+    void attach(boost::asio::io_context& io);
+    /// Stops watching the epoll set, so that the io_context runs out of work
+    /// once everything else has ended (a worker's shutdown). Waits completed
+    /// or cancelled are still delivered.
+    void stop_watching();
+    /// Lets go of the io_context, before it is destroyed: nothing more is
+    /// delivered or posted.
+    void detach();
+
+    boost::asio::io_context::executor_type get_executor() const { return io_->get_executor(); }
+
+    /// Where to count waiters that ended in an exception (std::bad_alloc):
+    /// each is logged and counted, and the others of its batch still run.
+    void count_failures_in(std::atomic<std::uint64_t>* counter) { failures_ = counter; }
+
+private:
+    friend class poll_socket;
+
+    /// A completion to deliver: the socket and the direction whose waiter runs.
+    struct completion {
+        poll_socket* socket;
+        int direction;
+    };
+
+    void arm();
+    void on_ready();
+    /// Queues `s`'s waiter of `direction` to run from the poller's loop,
+    /// never from inside the caller (no recursion, no re-entry).
+    void defer(poll_socket& s, int direction);
+    void run_deferred();
+    void post_drain();
+    /// A slot for `s` in the table the epoll set's events point into.
+    std::uint64_t enter(poll_socket& s);
+    /// Frees `s`'s slot: an event still queued for it (the descriptor may
+    /// live on in a forked child until its exec) finds another generation.
+    void leave(poll_socket& s);
+
+    struct slot {
+        poll_socket* socket = nullptr;
+        std::uint32_t generation = 0;
+    };
+
+    int epfd_ = -1;
+    boost::asio::io_context* io_ = nullptr;
+    std::optional<boost::asio::posix::stream_descriptor> watch_;
+    bool armed_ = false;
+    std::atomic<std::uint64_t>* failures_ = nullptr;  ///< see count_failures_in()
+    bool watching_ = false;
+    bool dispatching_ = false;  ///< inside on_ready or run_deferred
+    bool drain_posted_ = false;
+    std::vector<completion> deferred_;
+    std::vector<completion> running_;  ///< the batch run_deferred is working through
+    std::vector<slot> slots_;
+    std::vector<std::uint32_t> free_slots_;
+};
+
+/// One non-blocking descriptor in a poller: a TCP socket or a listener. At
+/// most one waiter per direction; a waiter always completes from the
+/// poller's loop, with operation_aborted if the socket was closed or
+/// cancelled meanwhile. The owner must not destroy a poll_socket that has a
+/// waiter (as with the relay: the session lives until both directions
+/// completed). Not movable: the epoll set points at it.
+class poll_socket {
+public:
+    enum class wait_type { read = 0, write = 1 };
+    /// A waiter without an allocation, for the relay's hot path.
+    using callback = void (*)(void* arg, const boost::system::error_code& ec);
+
+    explicit poll_socket(poller& p) : poller_(&p) {}
+    ~poll_socket();
+    poll_socket(const poll_socket&) = delete;
+    poll_socket& operator=(const poll_socket&) = delete;
+
+    /// Takes ownership of the non-blocking descriptor `fd` and adds it to the
+    /// epoll set. On failure `fd` is closed and the error returned.
+    boost::system::error_code adopt(int fd);
+    /// A new non-blocking TCP socket of `protocol`'s family (not yet in the
+    /// epoll set: async_connect adds it once the connect is under way).
+    boost::system::error_code open(const boost::asio::ip::tcp& protocol);
+
+    bool is_open() const noexcept { return fd_ >= 0; }
+    int native_handle() const noexcept { return fd_; }
+    boost::asio::io_context::executor_type get_executor() const { return poller_->get_executor(); }
+
+    /// Closes the descriptor (leaving the epoll set with it); waiters
+    /// complete with operation_aborted.
+    void close();
+    /// Waiters complete with operation_aborted; the descriptor stays open.
+    void cancel();
+    /// The next close() sends RST instead of FIN (SO_LINGER 0).
+    void set_abortive_close();
+    /// shutdown(SHUT_WR): passes a half-close on.
+    boost::system::error_code shutdown_send();
+    /// The peer's address (getpeername).
+    boost::asio::ip::tcp::endpoint remote_endpoint(boost::system::error_code& ec) const;
+
+    /// Calls `fn(arg, ec)` from the poller's loop once the descriptor is
+    /// ready for `w` -- at once if it became ready since the last wait for
+    /// `w` completed. Edge-triggered: wait only after a read or write found
+    /// EAGAIN, or a read took less than asked (the socket was then empty).
+    void wait(wait_type w, callback fn, void* arg);
+
+    /// wait() for any completion token; signature `void(error_code)`.
+    template <typename CompletionToken>
+    auto async_wait(wait_type w, CompletionToken&& token) {
+        return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+            [this, w](auto handler) { wait_erased(w, erased_handler<boost::system::error_code>(std::move(handler))); },
+            token);
+    }
+
+    /// Connects the socket made by open() to `ep`; signature
+    /// `void(error_code)`. Close the socket to abandon the connect (it then
+    /// completes with operation_aborted).
+    template <typename CompletionToken>
+    auto async_connect(const boost::asio::ip::tcp::endpoint& ep, CompletionToken&& token) {
+        return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
+            [this, &ep](auto handler) { connect_erased(ep, erased_handler<boost::system::error_code>(std::move(handler))); },
+            token);
+    }
+
+    /// async_connect with a plain callback, as wait() is to async_wait:
+    /// `fn(arg, ec)` once connected or failed, no allocation.
+    void connect(const boost::asio::ip::tcp::endpoint& ep, callback fn, void* arg);
+
+private:
+    friend class poller;
+
+    struct waiter {
+        callback fn = nullptr;
+        void* arg = nullptr;
+        erased_handler<boost::system::error_code> handler;  ///< set instead of fn for async_wait
+        bool queued = false;   ///< in the poller's deferred list
+        bool aborted = false;  ///< complete with operation_aborted
+        boost::system::error_code result;  ///< an error known before any wait (a failed connect())
+        bool active() const noexcept { return fn != nullptr || static_cast<bool>(handler); }
+    };
+
+    void wait_erased(wait_type w, erased_handler<boost::system::error_code> handler);
+    void connect_erased(const boost::asio::ip::tcp::endpoint& ep, erased_handler<boost::system::error_code> handler);
+    /// The write waiter is set: starts the connect and waits for its end.
+    void start_connect(const boost::asio::ip::tcp::endpoint& ep);
+    boost::system::error_code add_to_epoll();
+    /// epoll reported `events`: mark ready and queue the waiters concerned.
+    void on_events(std::uint32_t events);
+    void mark_ready(int direction);
+    /// A waiter of `direction` was just set: queue it if it can run now.
+    void start_wait(int direction);
+    void abort_waiters();
+    /// A new descriptor: nothing known about it yet.
+    void forget_readiness();
+    /// Runs the waiter of `direction` (from the poller's loop).
+    void complete(int direction);
+
+    poller* poller_;
+    int fd_ = -1;
+    bool registered_ = false;
+    std::uint32_t slot_ = 0;  ///< in the poller's table while registered_
+    bool ready_[2] = {false, false};  ///< an edge came that no waiter has been queued for since
+    bool ended_[2] = {false, false};  ///< FIN or error seen: that direction never blocks again
+    bool connecting_ = false;         ///< the write waiter is a connect: finish it with SO_ERROR
+    waiter waiters_[2];
+};
+
+}  // namespace apilb

@@ -1,0 +1,229 @@
+// Moving bytes from one socket to the other, untouched: splice(2) through a
+// pipe (zero copy) or recv/send through a buffer. Either way a direction holds
+// a pipe or buffer only while bytes are in flight; an idle direction is one
+// pending readiness wait and nothing else. One relay_resources per worker
+// thread; nothing here is shared between threads.
+#pragma once
+
+#include <boost/asio/async_result.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "apilb/core/config.hpp"
+#include "apilb/dataplane/erased_handler.hpp"
+#include "apilb/dataplane/poller.hpp"
+
+namespace apilb {
+
+/// The two ends of one pipe(2).
+struct pipe_pair {
+    int read_fd = -1;
+    int write_fd = -1;
+};
+
+/// A per-thread free list of pipes, as HAProxy keeps: a direction borrows one
+/// for a burst of data and gives it back empty.
+class pipe_pool {
+public:
+    /// `pipe_size` 0 keeps the kernel default (64 KiB); `max_idle` bounds the free list.
+    explicit pipe_pool(std::uint32_t pipe_size, std::size_t max_idle = 64);
+    ~pipe_pool();
+    pipe_pool(const pipe_pool&) = delete;
+    pipe_pool& operator=(const pipe_pool&) = delete;
+
+    /// A pipe from the free list or a new one; sets `ec` (e.g. EMFILE) on failure.
+    pipe_pair acquire(boost::system::error_code& ec);
+    /// Gives a pipe back. A pipe that may still hold bytes (`empty` false) is
+    /// closed, never reused: its bytes belong to a dead session.
+    void release(pipe_pair pipe, bool empty);
+
+    std::size_t idle() const noexcept { return free_.size(); }
+    std::size_t in_use() const noexcept { return in_use_; }
+
+private:
+    std::vector<pipe_pair> free_;
+    std::uint32_t pipe_size_;
+    std::size_t max_idle_;
+    std::size_t in_use_ = 0;
+};
+
+/// A per-thread free list of fixed-size buffers for the copy relay.
+class buffer_pool {
+public:
+    buffer_pool(std::size_t buffer_size, std::size_t max_idle = 64);
+    std::unique_ptr<std::byte[]> acquire();
+    void release(std::unique_ptr<std::byte[]> buffer);
+    std::size_t buffer_size() const noexcept { return size_; }
+    std::size_t idle() const noexcept { return free_.size(); }
+
+private:
+    std::vector<std::unique_ptr<std::byte[]>> free_;
+    std::size_t size_;
+    std::size_t max_idle_;
+};
+
+/// Everything a worker's relays share.
+struct relay_resources {
+    relay_resources(const relay_config& cfg)
+        : mode(cfg.mode), pipes(cfg.pipe_size), buffers(cfg.buffer_size) {}
+    relay_mode mode;
+    pipe_pool pipes;
+    buffer_pool buffers;
+};
+
+/// How one direction of a session ended.
+enum class pump_end {
+    eof,           ///< the source sent FIN; it was passed on as shutdown(SHUT_WR)
+    source_reset,  ///< reading the source failed (RST); passed on as RST to the sink
+    sink_failed,   ///< writing to the sink failed (RST/EPIPE); passed on as RST to the source
+    aborted,       ///< cancelled: the other direction, idle timeout, drain, or shutdown
+};
+
+const char* to_string(pump_end);
+
+/// The outcome of one direction.
+struct pump_result {
+    pump_end end = pump_end::aborted;
+    std::uint64_t bytes = 0;
+    boost::system::error_code error;  ///< the error behind source_reset / sink_failed / resources
+};
+
+/// Relays both directions of one session until both have ended, driven by
+/// readiness callbacks rather than coroutines: an idle session costs two
+/// pending waits and nothing else, and a connection pays for no coroutine
+/// frame or parallel group of its own. Lives in the session's frame; both
+/// sockets must be open and non-blocking. Worker thread only.
+///
+/// Each direction ends on its own: on EOF it passes the half-close on as
+/// shutdown(SHUT_WR) and the other direction goes on; when the second
+/// direction ends with EOF too, the owner's close of both sockets sends the
+/// last FIN (one system call fewer). On a read error (RST)
+/// or a failed write both sockets are closed, with RST towards the peer that
+/// did not fail. A direction that cannot get a pipe (out of descriptors)
+/// carries on with the copy relay.
+class relay {
+public:
+    using clock = std::chrono::steady_clock;
+
+    /// `last_activity` is stamped whenever bytes move (for the idle timeout).
+    relay(poll_socket& client, poll_socket& upstream, relay_resources& resources,
+          clock::time_point& last_activity);
+    ~relay();
+    relay(const relay&) = delete;
+    relay& operator=(const relay&) = delete;
+
+    /// Makes a relay that has completed ready to run again (the session
+    /// moved to another backend on the same upstream socket object).
+    void rearm();
+
+    /// Until the backend's first byte, appends what the client sends to
+    /// `*sent` (at most `limit` bytes; beyond that nothing is kept). If the
+    /// backend then closes or resets before sending anything while the client
+    /// is still sending, the run ends early (backend_failed_early()) so that
+    /// the session can replay `*sent` to another backend. `*sent` is emptied
+    /// (and its memory freed) once the backend's first byte arrives or the
+    /// limit is passed. Call before async_run.
+    void keep_for_replay(std::string* sent, std::size_t limit);
+
+    /// Calls `fn(arg)` once when the backend's first byte arrives (the end
+    /// of its TLS handshake, for storm control's connect slots).
+    void on_answered(void (*fn)(void*), void* arg) {
+        answered_fn_ = fn;
+        answered_arg_ = arg;
+    }
+
+    /// Runs until both directions have ended (signature `void()`).
+    template <typename CompletionToken>
+    auto async_run(CompletionToken&& token) {
+        return boost::asio::async_initiate<CompletionToken, void()>(
+            [this](auto handler) { start(erased_handler<>(std::move(handler))); },
+            token);
+    }
+
+    /// Client → backend. Complete once the run has completed; while it
+    /// runs, `bytes` counts what has moved so far (read from the client).
+    const pump_result& to_backend() const noexcept { return dirs_[0].result; }
+    /// Backend → client; like to_backend().
+    const pump_result& from_backend() const noexcept { return dirs_[1].result; }
+    /// The backend closed or reset (or refused the client's bytes) before
+    /// sending anything, and `*sent` holds all the client sent: the session
+    /// may go to another backend. The upstream socket is closed; the client
+    /// socket is open and untouched.
+    bool backend_failed_early() const noexcept { return failed_early_; }
+    /// Why the backend failed early (eof for a clean close).
+    const boost::system::error_code& early_error() const noexcept { return early_error_; }
+    /// The backend has sent at least one byte.
+    bool backend_answered() const noexcept { return answered_; }
+    /// Since when a write has been waiting for a peer to take bytes, with no
+    /// byte taken since (the earlier of the two directions); time_point::max()
+    /// if neither direction is waiting to write.
+    clock::time_point write_blocked_since() const noexcept {
+        return std::min(dirs_[0].blocked_since, dirs_[1].blocked_since);
+    }
+
+private:
+    struct direction {
+        relay* owner = nullptr;
+        poll_socket* from = nullptr;
+        poll_socket* to = nullptr;
+        bool to_backend = false;
+        bool done = false;
+        bool splicing = false;       ///< this burst goes through `pipe`, else through `buffer`
+        pipe_pair pipe{};
+        bool holding_pipe = false;
+        std::unique_ptr<std::byte[]> buffer;
+        std::size_t offset = 0;      ///< copy: first unsent byte in `buffer`
+        std::size_t pending = 0;     ///< bytes read but not yet written
+        int chunks = 0;              ///< reads since the last yield
+        bool short_read = false;     ///< the last read took less than it could: wait, do not read again
+        bool full_read = false;      ///< the last read filled its buffer or pipe: bulk, splice next
+        /// The first write that found the sink full since bytes last went out; max() if none.
+        clock::time_point blocked_since = clock::time_point::max();
+        pump_result result;
+    };
+
+    void start(erased_handler<> handler);
+    void wait_readable(direction& d);
+    void on_readable(direction& d, const boost::system::error_code& ec);
+    static void readable(void* d, const boost::system::error_code& ec);
+    static void writable(void* d, const boost::system::error_code& ec);
+    /// Moves bytes until the source would block, the sink would block, the
+    /// direction yields to other sessions, or it ends.
+    void transfer(direction& d);
+    /// Writes what is pending; false if it is now waiting for the sink or ended.
+    bool flush(direction& d);
+    /// Reading the source failed (RST): end both, with RST towards the sink.
+    void source_failed(direction& d, const boost::system::error_code& ec);
+    void on_writable(direction& d, const boost::system::error_code& ec);
+    void release(direction& d);
+    void finish(direction& d, pump_end end);
+    /// The backend failed before its first byte: stop both directions so the
+    /// session can try another backend. False if a replay is not possible.
+    bool fail_early(direction& d, const boost::system::error_code& ec);
+    void stop_recording();
+    bool stale(const direction& d) const;
+
+    poll_socket& client_;
+    poll_socket& upstream_;
+    relay_resources& res_;
+    clock::time_point& last_activity_;
+    direction dirs_[2];
+    erased_handler<> handler_;
+    std::string* sent_ = nullptr;  ///< non-null while the client's bytes are kept for a replay
+    std::size_t replay_limit_ = 0;
+    bool answered_ = false;
+    void (*answered_fn_)(void*) = nullptr;
+    void* answered_arg_ = nullptr;
+    bool stopping_ = false;
+    bool failed_early_ = false;
+    boost::system::error_code early_error_;
+};
+
+}  // namespace apilb

@@ -1,0 +1,137 @@
+// A data-plane thread: one io_context, its own SO_REUSEPORT acceptor per
+// listener, and every session it accepted. Sessions never leave their worker,
+// so nothing on the byte path takes a lock.
+#pragma once
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <cstddef>
+#include <functional>
+#include <future>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "apilb/dataplane/poller.hpp"
+#include "apilb/control/rebalancer.hpp"
+#include "apilb/dataplane/runtime.hpp"
+#include "apilb/dataplane/session.hpp"
+
+namespace apilb {
+
+class worker {
+public:
+    worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats);
+    ~worker();
+    worker(const worker&) = delete;
+    worker& operator=(const worker&) = delete;
+
+    /// Opens, binds and listens on `listener_index`'s address with SO_REUSEPORT.
+    /// Control thread, before start(). Throws std::system_error with the reason.
+    void bind(std::size_t listener_index);
+
+    /// A listening socket (SO_REUSEPORT) for `l`, as a plain descriptor that
+    /// the caller owns: a reload binds every new listener's sockets on the
+    /// control thread before it commits, so a bind failure fails the reload
+    /// as a whole. Sets the TCP options `tcp` on it, which the sockets it
+    /// accepts inherit. Throws std::system_error naming the listener.
+    static int open_listener(const listener_runtime& l, const tcp_config& tcp);
+
+    /// A listener a reload adds: its index in the new snapshot and this
+    /// worker's listening descriptor for it (which the worker then owns).
+    struct new_listener {
+        std::size_t listener_index;
+        int fd;
+    };
+
+    /// Switches to `next` (a reload): new sessions use it, open sessions keep
+    /// the snapshot they started with. Acceptors of listeners `next` still
+    /// has (same address) keep their sockets and accept on without a gap;
+    /// those it lacks are closed; `added` are adopted. Posts to the worker
+    /// thread and returns at once; `done` then runs on the worker thread.
+    /// Any thread.
+    void apply(std::shared_ptr<const snapshot> next, std::vector<new_listener> added, std::function<void()> done);
+
+    /// Closes the sessions relaying to any of `backends` (removed by a
+    /// reload, whose drain time is over), counting them as
+    /// closed_by_reload; `keep` holds the snapshot they belong to alive
+    /// until then. Any thread.
+    void close_removed(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends);
+
+    /// Caps the process-wide session count this worker admits (0 = none).
+    /// Control thread, before start().
+    void set_max_connections(std::uint32_t n) { ctx_.max_connections = n; }
+
+    /// Starts the thread and the accept loops.
+    void start();
+    /// Runs `answer` on the worker thread, behind whatever it has queued: a
+    /// liveness check (the caller posts back to its own thread). Any thread.
+    void ping(std::function<void()> answer);
+    /// Closes the acceptors; sessions go on. Any thread.
+    void stop_accepting();
+    /// Closes every session. Any thread.
+    void abort_sessions();
+    /// Closes the sessions relaying to `backend` (it became unhealthy); they
+    /// are counted as closed_by_health. The pointer keeps the identity alive
+    /// until the worker has compared it. Any thread.
+    void abort_sessions_on(std::shared_ptr<const backend_health> backend);
+    /// Rebalancing: closes sessions as `orders` ask (oldest first), taking
+    /// from their shared quotas; counted as closed_by_rebalance. Any thread.
+    void close_for_rebalance(std::vector<rebalance_order> orders);
+    /// Where sessions report failed connects for passive health detection.
+    /// Control thread, before start().
+    void set_passive_reporter(passive_reporter r) { ctx_.report_passive = std::move(r); }
+    /// Ends everything the worker runs (acceptors, sessions, timers), lets
+    /// every coroutine finish, and joins the thread; forces the io_context to
+    /// stop only if that takes more than a few seconds. Control thread.
+    void stop();
+
+private:
+    struct acceptor_slot {
+        acceptor_slot(poller& p, boost::asio::io_context& io, std::size_t index)
+            : listener(p), listener_index(index), pause_timer(io) {}
+        poll_socket listener;                   ///< the listening socket, non-blocking
+        std::size_t listener_index;             ///< in ctx_.snap(); updated by apply()
+        boost::asio::steady_timer pause_timer;  ///< waits out an accept pause
+        bool loop_done = false;                 ///< its accept loop has returned: the slot may go
+    };
+    /// A slot for the listening descriptor `fd` (which it then owns).
+    std::unique_ptr<acceptor_slot> adopt_listener(int fd, std::size_t listener_index, boost::system::error_code& ec);
+
+    void spawn_accept_loop(acceptor_slot& slot);
+
+    boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
+    /// Out of descriptors for longer than max_backlog_wait: accepts the
+    /// oldest waiting client into the spare descriptor and resets it.
+    /// False if none was waiting or there was no spare.
+    bool reset_one(acceptor_slot& slot);
+    /// A Maglev session not on the backend its key prefers in the config in force.
+    bool misplaced(const session_entry& s);
+    /// Every second: relaying sessions add the bytes they moved to their
+    /// backends' counters, so that rates show while sessions are open.
+    void publish_tick();
+    /// Closes sessions with no traffic for timeouts.idle and sessions whose
+    /// writes made no progress for timeouts.write_stall, checking a few
+    /// times per period.
+    boost::asio::awaitable<void> sweep_sessions();
+
+    std::size_t index_;
+    // Before io_: session sockets, destroyed with the handlers io_ still
+    // holds at its destruction, leave the poller's table on the way.
+    poller sockets_;
+    boost::asio::io_context io_{1};
+    boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
+    worker_context ctx_;
+    std::vector<std::unique_ptr<acceptor_slot>> acceptors_;
+    bool started_ = false;                    ///< start() ran: new acceptors get their loop at once
+    boost::asio::steady_timer sweep_timer_{io_};
+    boost::asio::steady_timer publish_timer_{io_};
+    bool stopping_ = false;  ///< worker thread only
+    std::thread thread_;
+    std::promise<void> exited_;
+};
+
+}  // namespace apilb

@@ -1,0 +1,93 @@
+// The process: workers, listeners, signals and the drain on SIGTERM.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <list>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "apilb/dataplane/runtime.hpp"
+
+namespace apilb {
+
+class worker;
+class health_checker;
+class vrrp_agent;
+class rebalancer;
+class admin_server;
+
+class process {
+public:
+    /// Builds the snapshot, the health checker (its probe TLS contexts) and
+    /// binds every listener on every worker. Throws std::system_error (naming
+    /// the listener and address) if a bind fails, std::runtime_error if a
+    /// probe certificate or key cannot be loaded.
+    explicit process(std::shared_ptr<const config> cfg);
+    ~process();
+
+    /// Serves until SIGTERM/SIGINT, then drains: stops accepting at once,
+    /// lets sessions finish for up to timeouts.drain, closes what is left.
+    /// A second signal during the drain closes everything at once. Returns
+    /// the process exit code.
+    int run();
+
+    const process_stats& stats() const noexcept { return stats_; }
+
+    /// SIGHUP: re-reads the config file, builds and checks the new config
+    /// here on the control thread and, only if all of it is good (the file,
+    /// the probe TLS files, every new listener's bind), swaps it in: workers
+    /// get it by message; kept listeners keep their sockets, kept backends
+    /// their counters and health. On any error it logs every error, counts
+    /// the failure and the running config stays. Returns every reason it
+    /// was rejected (file:line:col: key: message), empty if it was applied.
+    /// Control thread (src/process/process_reload.cpp).
+    std::vector<std::string> reload();
+
+    /// Posts a ping to every worker; `done(answered, total)` runs on the
+    /// control thread once all answered or after `deadline`. Control thread
+    /// (src/process/watchdog.cpp).
+    void ping_workers(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done);
+
+private:
+    /// Binds the admin endpoint if the config has one (constructor; throws
+    /// like a listener bind). src/process/watchdog.cpp.
+    void make_admin();
+    /// Feeds the systemd watchdog while every worker answers its pings.
+    void start_watchdog();
+
+    /// What the health checker calls to close a backend's sessions on every worker.
+    std::function<void(std::shared_ptr<const backend_health>)> close_sessions_fn();
+    /// Closes, after timeouts.reload_drain, the sessions of the backends that
+    /// `previous` had and the running snapshot has not.
+    void drain_removed_backends(std::shared_ptr<const snapshot> previous);
+    /// Destroys the health checkers of earlier configs whose probe loops are over.
+    void drop_retired_checkers();
+
+    std::shared_ptr<const snapshot> snap_;
+    process_stats stats_;  // before workers_: sessions un-count themselves as workers go away
+    /// Probes, signals, the drain: everything that is not the data path.
+    boost::asio::io_context control_{1};
+    std::unique_ptr<health_checker> health_;  // after control_: its timers live on it
+    /// Checkers of earlier configs, stopped, until their probe loops unwind.
+    std::vector<std::unique_ptr<health_checker>> retired_checkers_;
+    /// Drains of backends removed by a reload (timeouts.reload_drain).
+    std::list<boost::asio::steady_timer> reload_timers_;
+    bool draining_ = false;  ///< SIGTERM seen: reloads are refused
+    std::unique_ptr<rebalancer> rebalancer_;  ///< after workers_: it posts to them
+    std::unique_ptr<vrrp_agent> vrrp_;        ///< set when the config has a vrrp section
+    std::vector<std::unique_ptr<worker>> workers_;
+    std::unique_ptr<admin_server> admin_;  ///< after workers_: destroyed first; on control_
+    std::string config_hash_;              ///< of the running config file's bytes
+    std::unique_ptr<boost::asio::steady_timer> watchdog_timer_;
+    std::shared_ptr<std::function<void()>> watchdog_tick_;
+    std::uint32_t max_connections_ = 0;  ///< configured limit, capped by the fd limit
+};
+
+}  // namespace apilb

@@ -1,0 +1,359 @@
+#include "apilb/admin/admin_report.hpp"
+
+#include <boost/json.hpp>
+
+#include <fmt/format.h>
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <functional>
+
+#include "apilb/logging/logging.hpp"
+
+namespace apilb {
+
+namespace json = boost::json;
+
+namespace {
+
+std::uint64_t load(const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); }
+std::uint64_t load(const std::atomic<std::uint32_t>& a) { return a.load(std::memory_order_relaxed); }
+
+/// Open descriptors, resident bytes, CPU seconds (user + system).
+struct process_usage {
+    std::uint64_t open_fds = 0;
+    std::uint64_t rss_bytes = 0;
+    double cpu_seconds = 0;
+    std::uint64_t max_fds = 0;
+};
+
+process_usage read_process_usage() {
+    process_usage u;
+    u.open_fds = count_open_fds();
+    if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
+        unsigned long long size = 0, resident = 0;
+        if (std::fscanf(f, "%llu %llu", &size, &resident) == 2) {
+            u.rss_bytes = resident * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+        }
+        std::fclose(f);
+    }
+    rusage ru{};
+    if (::getrusage(RUSAGE_SELF, &ru) == 0) {
+        u.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                        static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    }
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0) u.max_fds = rl.rlim_cur;
+    return u;
+}
+
+/// Writes one metric family: HELP and TYPE once, then its samples.
+class exposition {
+public:
+    void family(std::string_view name, std::string_view type, std::string_view help) {
+        out_ += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+    }
+    void sample(std::string_view name, const std::string& labels, double value) {
+        out_ += labels.empty() ? fmt::format("{} {}\n", name, value) : fmt::format("{}{{{}}} {}\n", name, labels, value);
+    }
+    void sample(std::string_view name, const std::string& labels, std::uint64_t value) {
+        out_ += labels.empty() ? fmt::format("{} {}\n", name, value) : fmt::format("{}{{{}}} {}\n", name, labels, value);
+    }
+    std::string take() { return std::move(out_); }
+
+private:
+    std::string out_;
+};
+
+std::string label(std::string_view key, const std::string& value) {
+    return fmt::format("{}=\"{}\"", key, escape_label_value(value));
+}
+
+std::string backend_labels(const pool_runtime& p, const backend_runtime& b) {
+    return label("pool", p.cfg->name) + "," + label("backend", b.cfg->name);
+}
+
+/// Calls `fn(pool, backend)` for every backend.
+void each_backend(const snapshot& snap, const std::function<void(const pool_runtime&, const backend_runtime&)>& fn) {
+    for (const auto& p : snap.pools) {
+        for (const auto& b : p.backends) fn(p, b);
+    }
+}
+
+const char* drain_source(const backend_runtime& b) {
+    if (b.cfg->drain) return "config";
+    if (b.health->admin_drain.load(std::memory_order_relaxed)) return "admin";
+    return "";
+}
+
+}  // namespace
+
+std::string escape_label_value(const std::string& value) {
+    std::string out;
+    out.reserve(value.size());
+    for (char c : value) {
+        if (c == '\\') {
+            out += "\\\\";
+        } else if (c == '"') {
+            out += "\\\"";
+        } else if (c == '\n') {
+            out += "\\n";
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
+
+std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
+    exposition e;
+    const process_stats& ps = *facts.stats;
+
+    e.family("apilb_listener_connections_accepted_total", "counter", "Client connections accepted by a listener.");
+    for (const auto& l : snap.listeners) e.sample("apilb_listener_connections_accepted_total", label("listener", l.cfg->name), load(l.stats->accepted_total));
+    e.family("apilb_listener_connections_refused_total", "counter",
+             "Client connections accepted and closed at once because limits.max_connections was reached.");
+    for (const auto& l : snap.listeners) e.sample("apilb_listener_connections_refused_total", label("listener", l.cfg->name), load(l.stats->refused_total));
+
+    e.family("apilb_sessions_active", "gauge", "Client sessions open now.");
+    e.sample("apilb_sessions_active", "", load(ps.active_sessions));
+    e.family("apilb_sessions_no_backend_total", "counter", "Client sessions closed because every connect attempt failed.");
+    e.sample("apilb_sessions_no_backend_total", "", load(ps.no_backend_total));
+    e.family("apilb_accept_errors_total", "counter", "accept() calls that failed.");
+    e.sample("apilb_accept_errors_total", "", load(ps.accept_errors_total));
+    e.family("apilb_resource_errors_total", "counter",
+             "Times the data path found the process out of descriptors or memory (accept, a session's sockets, "
+             "an allocation for a session).");
+    e.sample("apilb_resource_errors_total", "", load(ps.resource_errors_total));
+    e.family("apilb_clients_reset_total", "counter",
+             "Clients reset at once because the process was out of resources, by reason: no_descriptors (out of "
+             "file descriptors for longer than a client waits in the backlog), no_memory (an allocation for the "
+             "session failed).");
+    e.sample("apilb_clients_reset_total", label("reason", "no_descriptors"), load(ps.reset_no_fds_total));
+    e.sample("apilb_clients_reset_total", label("reason", "no_memory"), load(ps.reset_no_memory_total));
+    e.family("apilb_sessions_closed_total", "counter",
+             "Sessions apilb closed itself, by reason: health (their backend became unhealthy), drain (shutdown), "
+             "reload (their backend was removed), idle (timeouts.idle), rebalance (moved to spread a pool), "
+             "write_stall (a peer took no byte for timeouts.write_stall).");
+    e.sample("apilb_sessions_closed_total", label("reason", "health"), load(ps.closed_by_health_total));
+    e.sample("apilb_sessions_closed_total", label("reason", "drain"), load(ps.closed_by_drain_total));
+    e.sample("apilb_sessions_closed_total", label("reason", "reload"), load(ps.closed_by_reload_total));
+    e.sample("apilb_sessions_closed_total", label("reason", "idle"), load(ps.closed_by_idle_total));
+    e.sample("apilb_sessions_closed_total", label("reason", "rebalance"), load(ps.closed_by_rebalance_total));
+    e.sample("apilb_sessions_closed_total", label("reason", "write_stall"), load(ps.closed_by_stall_total));
+    e.family("apilb_sessions_failed_total", "counter",
+             "Sessions that ended because one leg failed, by side (client or backend) and error: timeout (the "
+             "kernel gave up on the peer: tcp.user_timeout or keepalive) or reset (the peer reset it); apilb then "
+             "reset the other leg.");
+    e.sample("apilb_sessions_failed_total", label("side", "client") + "," + label("error", "timeout"), load(ps.client_timeout_total));
+    e.sample("apilb_sessions_failed_total", label("side", "client") + "," + label("error", "reset"), load(ps.client_reset_total));
+    e.sample("apilb_sessions_failed_total", label("side", "backend") + "," + label("error", "timeout"), load(ps.backend_timeout_total));
+    e.sample("apilb_sessions_failed_total", label("side", "backend") + "," + label("error", "reset"), load(ps.backend_reset_total));
+
+    e.family("apilb_backend_active_sessions", "gauge", "Sessions relaying to a backend now.");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_active_sessions", backend_labels(p, b), load(b.stats->active)); });
+    e.family("apilb_backend_sessions_total", "counter", "Sessions a backend was chosen for and connected.");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_sessions_total", backend_labels(p, b), load(b.stats->sessions_total)); });
+    e.family("apilb_backend_sent_bytes_total", "counter", "Bytes relayed from clients to a backend.");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_sent_bytes_total", backend_labels(p, b), load(b.stats->bytes_to_backend)); });
+    e.family("apilb_backend_received_bytes_total", "counter", "Bytes relayed from a backend to clients.");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_received_bytes_total", backend_labels(p, b), load(b.stats->bytes_from_backend)); });
+    e.family("apilb_backend_connect_failures_total", "counter",
+             "Client connects to a backend that failed, by reason: refused, timeout, error.");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        const std::string l = backend_labels(p, b);
+        e.sample("apilb_backend_connect_failures_total", l + "," + label("reason", "refused"), load(b.stats->connect_refused_total));
+        e.sample("apilb_backend_connect_failures_total", l + "," + label("reason", "timeout"), load(b.stats->connect_timeout_total));
+        e.sample("apilb_backend_connect_failures_total", l + "," + label("reason", "error"), load(b.stats->connect_error_total));
+    });
+    e.family("apilb_backend_rebalanced_sessions_total", "counter", "Sessions closed on a backend to spread its pool (rebalance).");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_rebalanced_sessions_total", backend_labels(p, b), load(b.stats->closed_by_rebalance_total)); });
+    e.family("apilb_backend_storm_waiting_clients", "gauge", "Clients waiting for their turn to connect to a backend (storm_control).");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_storm_waiting_clients", backend_labels(p, b), load(b.stats->pacing_waiting)); });
+    e.family("apilb_backend_connecting", "gauge",
+             "Connections to a backend being established now: connecting, or waiting for its first byte (storm_control.max_connecting only).");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_connecting", backend_labels(p, b), load(b.stats->connecting)); });
+    e.family("apilb_backend_storm_delayed_total", "counter", "Clients that waited for a turn to connect to a backend (storm_control).");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_storm_delayed_total", backend_labels(p, b), load(b.stats->pacing_delayed_total)); });
+    e.family("apilb_backend_storm_refused_total", "counter",
+             "Clients closed because their turn to connect to a backend was too far away or its queue was full (storm_control).");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_storm_refused_total", backend_labels(p, b), load(b.stats->pacing_refused_total)); });
+    e.family("apilb_backend_healthy", "gauge", "1 if the backend is healthy, else 0.");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_healthy", backend_labels(p, b), std::uint64_t{b.health->healthy.load(std::memory_order_relaxed)}); });
+    e.family("apilb_backend_drained", "gauge", "1 if the backend gets no new sessions because it is drained (config or admin).");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_drained", backend_labels(p, b), std::uint64_t{*drain_source(b) != '\0'}); });
+    e.family("apilb_backend_weight", "gauge", "The backend's configured weight.");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_weight", backend_labels(p, b), std::uint64_t{b.cfg->weight}); });
+    e.family("apilb_backend_health_transitions_total", "counter", "Changes between healthy and unhealthy.");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_health_transitions_total", backend_labels(p, b), b.health->probes.transitions_total); });
+    e.family("apilb_backend_probe_failures_total", "counter", "Active health checks that failed.");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_probe_failures_total", backend_labels(p, b), load(b.stats->checks_failed_total)); });
+    e.family("apilb_backend_passive_failures_total", "counter", "Client connects that counted against the backend's health.");
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_passive_failures_total", backend_labels(p, b), load(b.stats->passive_failures_total)); });
+    e.family("apilb_backend_last_probe_success", "gauge", "1 if the last health check passed, 0 if it failed (absent before the first).");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        if (b.health->probes.probed) e.sample("apilb_backend_last_probe_success", backend_labels(p, b), std::uint64_t{b.health->probes.passed});
+    });
+    e.family("apilb_backend_last_probe_timestamp_seconds", "gauge", "Unix time the last health check completed.");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        if (b.health->probes.probed) e.sample("apilb_backend_last_probe_timestamp_seconds", backend_labels(p, b), static_cast<double>(b.health->probes.last_probe_unix_ms) / 1000.0);
+    });
+    e.family("apilb_backend_probe_duration_seconds", "histogram", "How long health checks took.");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        const probe_record& r = b.health->probes;
+        const std::string l = backend_labels(p, b);
+        std::uint64_t cumulative = 0;
+        for (std::size_t i = 0; i < probe_duration_buckets.size(); ++i) {
+            cumulative += r.bucket_counts[i];
+            e.sample("apilb_backend_probe_duration_seconds_bucket", l + "," + label("le", fmt::format("{}", probe_duration_buckets[i])), cumulative);
+        }
+        e.sample("apilb_backend_probe_duration_seconds_bucket", l + "," + label("le", "+Inf"), r.count);
+        e.sample("apilb_backend_probe_duration_seconds_sum", l, r.sum_s);
+        e.sample("apilb_backend_probe_duration_seconds_count", l, r.count);
+    });
+
+    e.family("apilb_reloads_total", "counter", "Configuration reloads, by result: success (applied) or failure (old config kept).");
+    e.sample("apilb_reloads_total", label("result", "success"), load(ps.reloads_total));
+    e.sample("apilb_reloads_total", label("result", "failure"), load(ps.reload_failures_total));
+    if (facts.admin != nullptr) {
+        e.family("apilb_admin_auth_failures_total", "counter",
+                 "State-changing admin requests refused for want of a credential (token, client certificate, or none "
+                 "configured).");
+        e.sample("apilb_admin_auth_failures_total", "", facts.admin->auth_failures_total);
+        e.family("apilb_admin_connections_evicted_total", "counter",
+                 "Idle admin connections closed to make room for new ones (per-peer or total cap reached).");
+        e.sample("apilb_admin_connections_evicted_total", "", facts.admin->connections_evicted_total);
+    }
+    if (facts.admin != nullptr && facts.admin->tls) {
+        e.family("apilb_admin_tls_handshake_failures_total", "counter",
+                 "Admin connections cut off because the TLS handshake failed (no or untrusted client certificate, "
+                 "plain HTTP, timeout).");
+        e.sample("apilb_admin_tls_handshake_failures_total", "", facts.admin->tls_handshake_failures_total);
+    }
+    e.family("apilb_log_lines_dropped_total", "counter",
+             "Log lines dropped because stderr did not take them as fast as they came (a stalled log reader).");
+    e.sample("apilb_log_lines_dropped_total", "", log_lines_dropped());
+    e.family("apilb_config_info", "gauge", "Always 1; hash is a short hash of the running configuration file.");
+    e.sample("apilb_config_info", label("hash", facts.config_hash), std::uint64_t{1});
+    e.family("apilb_ready", "gauge", "1 if apilb is ready (what /readyz says), else 0.");
+    e.sample("apilb_ready", "", std::uint64_t{check_readiness(snap, facts).ready});
+    if (!facts.vrrp_role.empty()) {
+        e.family("apilb_vrrp_master", "gauge", "1 if keepalived reports this node MASTER for the VIPs, else 0.");
+        e.sample("apilb_vrrp_master", "", std::uint64_t{facts.vrrp_role == "MASTER"});
+        // The role as a state set (one sample per role, 1 for the current
+        // one), the name issue 7 asks for: alerts can match role="FAULT".
+        e.family("apilb_vrrp_role", "gauge", "1 for the VRRP role keepalived reports for this node, 0 for the others.");
+        for (const char* role : {"MASTER", "BACKUP", "FAULT", "STOP", "unknown"}) {
+            e.sample("apilb_vrrp_role", label("role", role), std::uint64_t{facts.vrrp_role == role});
+        }
+    }
+
+    const process_usage u = read_process_usage();
+    e.family("apilb_process_open_fds", "gauge", "Open file descriptors.");
+    e.sample("apilb_process_open_fds", "", u.open_fds);
+    e.family("apilb_process_max_fds", "gauge", "The soft limit on open file descriptors.");
+    e.sample("apilb_process_max_fds", "", u.max_fds);
+    e.family("apilb_process_resident_memory_bytes", "gauge", "Resident memory.");
+    e.sample("apilb_process_resident_memory_bytes", "", u.rss_bytes);
+    e.family("apilb_process_cpu_seconds_total", "counter", "User and system CPU time used.");
+    e.sample("apilb_process_cpu_seconds_total", "", u.cpu_seconds);
+    return e.take();
+}
+
+readiness check_readiness(const snapshot& snap, const admin_facts& facts) {
+    readiness r;
+    for (const auto& p : snap.pools) {
+        std::size_t healthy = 0;
+        for (const auto& b : p.backends) healthy += b.health->healthy.load(std::memory_order_relaxed) ? 1 : 0;
+        r.body += fmt::format("[{}] pool {}: {} of {} backend(s) healthy\n", healthy > 0 ? "+" : "-", p.cfg->name,
+                              healthy, p.backends.size());
+    }
+    r.body += fmt::format("[+] config loaded ({})\n[+] {} listener(s) bound\n",
+                          facts.config_hash.empty() ? "unknown hash" : facts.config_hash, snap.listeners.size());
+    std::string why = facts.draining ? "draining" : unready_reason(snap);
+    r.ready = why.empty();
+    r.body += r.ready ? "ready\n" : "not ready: " + why + "\n";
+    return r;
+}
+
+std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
+    const readiness ready = check_readiness(snap, facts);
+    json::object root;
+    root["ready"] = ready.ready;
+    root["ready_reason"] = facts.draining ? std::string("draining") : unready_reason(snap);
+    root["draining"] = facts.draining;
+    root["config_hash"] = facts.config_hash;
+    root["vrrp_role"] = facts.vrrp_role;
+    root["workers"] = facts.workers;
+    root["sessions_active"] = load(facts.stats->active_sessions);
+    // The same counts as apilb_sessions_closed_total, by reason.
+    const process_stats& ps = *facts.stats;
+    root["sessions_closed"] = json::object{{"health", load(ps.closed_by_health_total)},
+                                           {"drain", load(ps.closed_by_drain_total)},
+                                           {"reload", load(ps.closed_by_reload_total)},
+                                           {"idle", load(ps.closed_by_idle_total)},
+                                           {"rebalance", load(ps.closed_by_rebalance_total)},
+                                           {"write_stall", load(ps.closed_by_stall_total)}};
+    root["reloads"] = load(facts.stats->reloads_total);
+    root["reload_failures"] = load(facts.stats->reload_failures_total);
+    json::array listeners;
+    for (const auto& l : snap.listeners) {
+        listeners.push_back(json::object{{"name", l.cfg->name},
+                                         {"address", l.cfg->address.to_string()},
+                                         {"pool", l.cfg->pool},
+                                         {"accepted", load(l.stats->accepted_total)},
+                                         {"refused", load(l.stats->refused_total)}});
+    }
+    root["listeners"] = std::move(listeners);
+    json::array pools;
+    for (const auto& p : snap.pools) {
+        json::array backends;
+        std::size_t healthy_count = 0;
+        for (const auto& b : p.backends) {
+            const probe_record& r = b.health->probes;
+            const bool healthy = b.health->healthy.load(std::memory_order_relaxed);
+            healthy_count += healthy ? 1 : 0;
+            json::array changes;
+            for (const auto& c : r.recent_changes) {
+                changes.push_back(json::object{{"unix_ms", c.unix_ms}, {"healthy", c.healthy}, {"reason", c.reason}});
+            }
+            json::object last;
+            if (r.probed) {
+                last = json::object{{"passed", r.passed},
+                                    {"reason", r.reason},
+                                    {"detail", r.detail},
+                                    {"duration_ms", r.duration_s * 1000.0},
+                                    {"unix_ms", r.last_probe_unix_ms}};
+            }
+            const std::string source = drain_source(b);
+            backends.push_back(json::object{
+                {"name", b.cfg->name},
+                {"address", b.cfg->address.to_string()},
+                {"weight", b.cfg->weight},
+                {"healthy", healthy},
+                {"suspect", b.health->suspect.load(std::memory_order_relaxed)},
+                {"state", !source.empty() ? "drained" : healthy ? "up" : "down"},
+                {"drain", !source.empty()},
+                {"drain_source", source},
+                {"active_sessions", load(b.stats->active)},
+                {"sessions_total", load(b.stats->sessions_total)},
+                {"bytes_to_backend", load(b.stats->bytes_to_backend)},
+                {"bytes_from_backend", load(b.stats->bytes_from_backend)},
+                {"connect_failures", load(b.stats->connect_failures_total)},
+                {"transitions", r.transitions_total},
+                {"last_probe", r.probed ? json::value(std::move(last)) : json::value(nullptr)},
+                {"recent_changes", std::move(changes)}});
+        }
+        pools.push_back(json::object{{"name", p.cfg->name},
+                                     {"balance", to_string(p.cfg->balance)},
+                                     {"health_check", to_string(p.cfg->health.type)},
+                                     {"healthy", healthy_count},
+                                     {"backends", std::move(backends)}});
+    }
+    root["pools"] = std::move(pools);
+    return json::serialize(root) + "\n";
+}
+
+}  // namespace apilb

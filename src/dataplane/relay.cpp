@@ -1,0 +1,369 @@
+#include "apilb/dataplane/relay.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <utility>
+
+
+namespace apilb {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+namespace {
+
+/// A direction that keeps finding data yields to its worker's other sessions
+/// after this many reads, so one bulk transfer cannot starve a thousand watches.
+constexpr int chunks_before_yield = 16;
+
+/// splice(2) moves at most a pipe's capacity at a time; asking for more is harmless.
+constexpr std::size_t splice_chunk = 1 << 20;
+
+/// A splice that moved less than this most likely emptied the socket (a pipe
+/// holds 64 KiB by default; a full pipe also stops a splice short, and then
+/// the wait finds the socket readable again at once).
+constexpr std::size_t short_splice = 32 * 1024;
+
+error_code last_error() { return {errno, boost::system::system_category()}; }
+
+bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+void half_close(poll_socket& to) { (void)to.shutdown_send(); }
+
+/// After an error on one side: close both, with RST towards `peer` so that a
+/// reset is not turned into a clean FIN (a client must not take a truncated
+/// response for a complete one).
+void abort_both(poll_socket& failed, poll_socket& peer) {
+    peer.set_abortive_close();
+    peer.close();
+    failed.close();
+}
+
+}  // namespace
+
+relay::relay(poll_socket& client, poll_socket& upstream, relay_resources& resources,
+             clock::time_point& last_activity)
+    : client_(client), upstream_(upstream), res_(resources), last_activity_(last_activity) {
+    for (auto& d : dirs_) d.owner = this;
+    dirs_[0].from = &client;
+    dirs_[0].to = &upstream;
+    dirs_[0].to_backend = true;
+    dirs_[1].from = &upstream;
+    dirs_[1].to = &client;
+}
+
+relay::~relay() {
+    for (auto& d : dirs_) release(d);
+}
+
+void relay::rearm() {
+    for (auto& d : dirs_) {
+        release(d);
+        d.done = false;
+        d.chunks = 0;
+        d.short_read = false;
+        d.full_read = false;
+        d.blocked_since = clock::time_point::max();
+        d.result = {};
+    }
+    answered_ = false;
+    answered_fn_ = nullptr;
+    stopping_ = false;
+    failed_early_ = false;
+    early_error_ = {};
+    sent_ = nullptr;
+}
+
+void relay::keep_for_replay(std::string* sent, std::size_t limit) {
+    sent_ = sent;
+    replay_limit_ = limit;
+}
+
+void relay::start(erased_handler<> handler) {
+    handler_ = std::move(handler);
+    for (auto& d : dirs_) wait_readable(d);
+}
+
+void relay::wait_readable(direction& d) { d.from->wait(poll_socket::wait_type::read, &relay::readable, &d); }
+
+void relay::readable(void* arg, const error_code& ec) {
+    auto& d = *static_cast<direction*>(arg);
+    d.owner->on_readable(d, ec);
+}
+
+void relay::writable(void* arg, const error_code& ec) {
+    auto& d = *static_cast<direction*>(arg);
+    d.owner->on_writable(d, ec);
+}
+
+bool relay::stale(const direction& d) const {
+    // Closed from outside (drain, idle, health), by the other direction's
+    // error, or stopped for a replay: nothing more to move.
+    return stopping_ || !d.from->is_open() || !d.to->is_open();
+}
+
+void relay::on_readable(direction& d, const error_code& ec) {
+    if (ec || stale(d)) return finish(d, pump_end::aborted);
+    d.chunks = 0;
+    transfer(d);
+}
+
+void relay::stop_recording() {
+    if (!sent_) return;
+    std::string().swap(*sent_);
+    sent_ = nullptr;
+}
+
+void relay::transfer(direction& d) {
+    for (;;) {
+        if (d.pending > 0 && !flush(d)) return;
+        if (d.short_read) {
+            // The last read took less than it could: the socket is empty now
+            // but for bytes that arrived since, whose edge completes the wait
+            // at once. A read that would only find EAGAIN is saved (two
+            // system calls per request on a keep-alive stream).
+            d.short_read = false;
+            release(d);
+            return wait_readable(d);
+        }
+        if (d.buffer && d.full_read && res_.mode == relay_mode::splice && !(d.to_backend && sent_)) {
+            // A read filled the buffer: bulk data. Splice the rest of the burst.
+            release(d);
+        }
+        if (d.chunks >= chunks_before_yield) {
+            // Let the worker's other sessions run; carry on from here after them.
+            release(d);
+            asio::post(d.from->get_executor(), [this, &d] {
+                if (stale(d)) return finish(d, pump_end::aborted);
+                d.chunks = 0;
+                transfer(d);
+            });
+            return;
+        }
+        if (!d.holding_pipe && !d.buffer) {
+            // A burst starts: borrow a pipe or a buffer for it. Its first read
+            // copies (requests, responses and watch events are small, and
+            // recv/send cost less than two splices through a pipe); once a
+            // read fills the buffer the burst goes on by splice. The client's
+            // bytes go through a buffer while they are kept for a replay.
+            d.splicing = res_.mode == relay_mode::splice && !(d.to_backend && sent_) && d.full_read;
+            if (d.splicing) {
+                error_code pipe_ec;
+                d.pipe = res_.pipes.acquire(pipe_ec);
+                // Out of descriptors for a pipe: carry on through a buffer
+                // rather than drop a session that already has both sockets.
+                d.splicing = !pipe_ec;
+                d.holding_pipe = !pipe_ec;
+            }
+            if (!d.splicing) {
+                d.buffer = res_.buffers.acquire();
+                d.offset = 0;
+            }
+        }
+        ssize_t n;
+        if (d.splicing) {
+            n = ::splice(d.from->native_handle(), nullptr, d.pipe.write_fd, nullptr, splice_chunk,
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        } else {
+            n = ::recv(d.from->native_handle(), d.buffer.get(), res_.buffers.buffer_size(), 0);
+        }
+        if (n == 0) {
+            if (!d.to_backend && !answered_ && fail_early(d, asio::error::eof)) return;
+            // Pass the half-close on, unless the other way has ended too: the
+            // session closes both sockets now, which sends the FIN anyway.
+            const direction& other = &d == &dirs_[0] ? dirs_[1] : dirs_[0];
+            if (!(other.done && other.result.end == pump_end::eof)) half_close(*d.to);
+            return finish(d, pump_end::eof);
+        }
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (would_block(errno)) {
+                release(d);
+                return wait_readable(d);
+            }
+            return source_failed(d, last_error());
+        }
+        const auto got = static_cast<std::size_t>(n);
+        const std::size_t asked = d.splicing ? short_splice : res_.buffers.buffer_size();
+        d.short_read = got < asked;
+        d.full_read = !d.short_read;
+        d.result.bytes += got;
+        d.pending = got;
+        d.offset = 0;
+        ++d.chunks;
+        last_activity_ = clock::now();
+        if (d.to_backend) {
+            if (sent_) {
+                if (sent_->size() + got > replay_limit_) {
+                    stop_recording();  // too much to replay: this backend owns the session now
+                } else {
+                    sent_->append(reinterpret_cast<const char*>(d.buffer.get()), got);
+                }
+            }
+        } else if (!answered_) {
+            answered_ = true;
+            stop_recording();
+            if (answered_fn_) std::exchange(answered_fn_, nullptr)(answered_arg_);
+        }
+    }
+}
+
+void relay::source_failed(direction& d, const error_code& ec) {
+    if (!d.to_backend && !answered_ && fail_early(d, ec)) return;
+    d.result.error = ec;
+    abort_both(*d.from, *d.to);
+    finish(d, pump_end::source_reset);
+}
+
+bool relay::flush(direction& d) {
+    while (d.pending > 0) {
+        ssize_t n;
+        if (d.splicing) {
+            n = ::splice(d.pipe.read_fd, nullptr, d.to->native_handle(), nullptr, d.pending,
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        } else {
+            n = ::send(d.to->native_handle(), d.buffer.get() + d.offset, d.pending, MSG_NOSIGNAL);
+        }
+        if (n > 0) {
+            d.pending -= static_cast<std::size_t>(n);
+            d.offset += static_cast<std::size_t>(n);
+            d.blocked_since = clock::time_point::max();
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && would_block(errno)) {
+            // The peer takes nothing now: the worker's sweep resets the
+            // session if it takes nothing for timeouts.write_stall.
+            if (d.blocked_since == clock::time_point::max()) d.blocked_since = clock::now();
+            d.to->wait(poll_socket::wait_type::write, &relay::writable, &d);
+            return false;
+        }
+        // A zero-length splice to a socket means it cannot take more: treat as EPIPE.
+        const error_code ec = n < 0 ? last_error() : error_code{EPIPE, boost::system::system_category()};
+        if (d.to_backend && !answered_ && fail_early(d, ec)) return false;
+        d.result.error = ec;
+        abort_both(*d.to, *d.from);
+        finish(d, pump_end::sink_failed);
+        return false;
+    }
+    return true;
+}
+
+void relay::on_writable(direction& d, const error_code& ec) {
+    if (ec || stale(d)) return finish(d, pump_end::aborted);
+    if (flush(d)) transfer(d);
+}
+
+bool relay::fail_early(direction& d, const error_code& ec) {
+    // Only while every byte of the client is still kept, and the client has
+    // not ended its side (its EOF would have to be replayed too).
+    if (!sent_ || dirs_[0].done) return false;
+    failed_early_ = true;
+    early_error_ = ec;
+    stopping_ = true;
+    upstream_.close();
+    // The other direction's pending wait completes with operation_aborted.
+    client_.cancel();
+    finish(d, pump_end::aborted);
+    return true;
+}
+
+void relay::release(direction& d) {
+    if (d.holding_pipe) {
+        res_.pipes.release(d.pipe, d.pending == 0);
+        d.holding_pipe = false;
+    }
+    if (d.buffer) res_.buffers.release(std::move(d.buffer));
+    d.buffer.reset();
+    d.pending = 0;
+}
+
+void relay::finish(direction& d, pump_end end) {
+    release(d);
+    d.blocked_since = clock::time_point::max();
+    d.done = true;
+    d.result.end = end;
+    if (!dirs_[0].done || !dirs_[1].done) return;
+    if (failed_early_) {
+        // Keep the client's bytes for the replay; undo the direction results.
+        for (auto& x : dirs_) x.result = {};
+    } else {
+        stop_recording();
+    }
+    // Complete from the worker's queue, never from inside a handler of ours:
+    // the session may destroy this relay as soon as it resumes.
+    asio::post(client_.get_executor(), [h = std::move(handler_)]() mutable { h(); });
+}
+
+pipe_pool::pipe_pool(std::uint32_t pipe_size, std::size_t max_idle)
+    : pipe_size_(pipe_size), max_idle_(max_idle) {}
+
+pipe_pool::~pipe_pool() {
+    for (auto& p : free_) {
+        ::close(p.read_fd);
+        ::close(p.write_fd);
+    }
+}
+
+pipe_pair pipe_pool::acquire(error_code& ec) {
+    ec.clear();
+    pipe_pair p;
+    if (!free_.empty()) {
+        p = free_.back();
+        free_.pop_back();
+    } else {
+        int fds[2];
+        if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+            ec = last_error();
+            return p;
+        }
+        p = {fds[0], fds[1]};
+        if (pipe_size_ != 0) {
+            // Best effort: the kernel may refuse above /proc/sys/fs/pipe-max-size.
+            (void)::fcntl(p.write_fd, F_SETPIPE_SZ, static_cast<int>(pipe_size_));
+        }
+    }
+    ++in_use_;
+    return p;
+}
+
+void pipe_pool::release(pipe_pair pipe, bool empty) {
+    --in_use_;
+    if (empty && free_.size() < max_idle_) {
+        free_.push_back(pipe);
+        return;
+    }
+    ::close(pipe.read_fd);
+    ::close(pipe.write_fd);
+}
+
+buffer_pool::buffer_pool(std::size_t buffer_size, std::size_t max_idle)
+    : size_(buffer_size), max_idle_(max_idle) {}
+
+std::unique_ptr<std::byte[]> buffer_pool::acquire() {
+    if (free_.empty()) return std::make_unique_for_overwrite<std::byte[]>(size_);
+    auto b = std::move(free_.back());
+    free_.pop_back();
+    return b;
+}
+
+void buffer_pool::release(std::unique_ptr<std::byte[]> buffer) {
+    if (free_.size() < max_idle_) free_.push_back(std::move(buffer));
+}
+
+const char* to_string(pump_end e) {
+    switch (e) {
+    case pump_end::eof: return "eof";
+    case pump_end::source_reset: return "reset";
+    case pump_end::sink_failed: return "peer-failed";
+    case pump_end::aborted: return "aborted";
+    }
+    return "?";
+}
+
+}  // namespace apilb

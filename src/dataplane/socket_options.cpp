@@ -1,0 +1,64 @@
+#include "apilb/dataplane/socket_options.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace apilb {
+namespace {
+
+boost::system::error_code set_int(int fd, int level, int name, int value) {
+    if (::setsockopt(fd, level, name, &value, sizeof value) != 0) {
+        return {errno, boost::system::system_category()};
+    }
+    return {};
+}
+
+int whole_seconds(duration d) {
+    return static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
+}
+
+}  // namespace
+
+boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg) {
+    boost::system::error_code first;
+    auto keep = [&first](boost::system::error_code ec) {
+        if (ec && !first) first = ec;
+    };
+    keep(set_int(fd, IPPROTO_TCP, TCP_NODELAY, cfg.nodelay ? 1 : 0));
+    keep(set_int(fd, SOL_SOCKET, SO_KEEPALIVE, cfg.keepalive ? 1 : 0));
+    if (cfg.keepalive) {
+        keep(set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, whole_seconds(cfg.keepalive_idle)));
+        keep(set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, whole_seconds(cfg.keepalive_interval)));
+        keep(set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, static_cast<int>(cfg.keepalive_count)));
+    }
+    if (cfg.user_timeout.count() > 0) {
+        keep(set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, static_cast<int>(cfg.user_timeout.count())));
+    }
+    if (cfg.socket_buffer != 0) {
+        // The kernel doubles SO_RCVBUF for its bookkeeping: ask for half, so
+        // that the buffer (`rb` in `ss -tm`) is socket_buffer. Fixing it
+        // also turns off receive autotuning, which is what grew it to
+        // tcp_rmem's maximum behind a client that never reads.
+        keep(set_int(fd, SOL_SOCKET, SO_RCVBUF, static_cast<int>(cfg.socket_buffer / 2)));
+        // Only the unsent part of the send queue: data in flight is not
+        // limited, so a distant client's throughput is not either.
+        keep(set_int(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, static_cast<int>(cfg.socket_buffer)));
+    }
+    return first;
+}
+
+void set_reset_on_close(int fd) {
+    const ::linger lg{.l_onoff = 1, .l_linger = 0};
+    (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+void close_with_reset(int fd) {
+    set_reset_on_close(fd);
+    ::close(fd);
+}
+
+}  // namespace apilb

@@ -1,0 +1,443 @@
+#include "apilb/dataplane/worker.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "apilb/dataplane/socket_options.hpp"
+
+#include <algorithm>
+#include <system_error>
+
+#include "apilb/core/config_diff.hpp"
+
+namespace apilb {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+/// Connections taken from a listener's queue before the worker's other work
+/// gets a turn (HAProxy's maxaccept is 64 too).
+constexpr int accepts_per_turn = 64;
+
+}  // namespace
+
+worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats)
+    : index_(index), work_(io_.get_executor()), ctx_(std::move(snap), stats, sockets_) {
+    sockets_.attach(io_);
+    sockets_.count_failures_in(&stats.resource_errors_total);
+}
+
+worker::~worker() {
+    stop();
+    // Session frames still parked in io_ are destroyed with it, after ctx_:
+    // unlink them now so their entries do not touch a destroyed list.
+    ctx_.sessions.clear();
+    acceptors_.clear();
+    if (ctx_.spare_fd >= 0) ::close(ctx_.spare_fd);
+    sockets_.detach();
+}
+
+int worker::open_listener(const listener_runtime& l, const tcp_config& tcp) {
+    // A private io_context: the socket is only set up here, then released
+    // to whichever worker adopts it.
+    asio::io_context setup{1};
+    tcp::acceptor acc(setup);
+    error_code ec;
+    auto fail = [&](const char* what) {
+        throw std::system_error(ec, fmt::format("listener {}: {} {}", l.cfg->name, what,
+                                                l.cfg->address.to_string()));
+    };
+    acc.open(l.endpoint.protocol(), ec);
+    if (ec) fail("cannot open a socket for");
+    acc.set_option(asio::socket_base::reuse_address(true), ec);
+    // Every worker binds the same address; the kernel spreads new connections
+    // over the workers' accept queues.
+    int one = 1;
+    if (::setsockopt(acc.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+        ec = {errno, boost::system::system_category()};
+        fail("cannot set SO_REUSEPORT on");
+    }
+    if (l.endpoint.address().is_v6()) {
+        // "[::]:6443" must not also claim IPv4, so it can sit beside "0.0.0.0:6443".
+        acc.set_option(asio::ip::v6_only(true), ec);
+    }
+    // Accepted sockets inherit these, so no session sets them again.
+    ec = apply_tcp_options(acc.native_handle(), tcp);
+    if (ec) fail("cannot set TCP options on");
+    acc.bind(l.endpoint, ec);
+    if (ec) fail("cannot bind");
+    acc.listen(static_cast<int>(l.cfg->backlog), ec);
+    if (ec) fail("cannot listen on");
+    // Non-blocking: the worker accepts with accept4 until EAGAIN.
+    acc.native_non_blocking(true, ec);
+    if (ec) fail("cannot make non-blocking the socket for");
+    return acc.release(ec);
+}
+
+void worker::bind(std::size_t listener_index) {
+    const listener_runtime& l = ctx_.snap().listeners[listener_index];
+    const int fd = open_listener(l, ctx_.snap().cfg->tcp);
+    error_code ec;
+    auto slot = adopt_listener(fd, listener_index, ec);
+    if (ec) {
+        throw std::system_error(ec, fmt::format("listener {}: cannot adopt the socket for {}", l.cfg->name,
+                                                l.cfg->address.to_string()));
+    }
+    acceptors_.push_back(std::move(slot));
+}
+
+std::unique_ptr<worker::acceptor_slot> worker::adopt_listener(int fd, std::size_t listener_index, error_code& ec) {
+    auto slot = std::make_unique<acceptor_slot>(sockets_, io_, listener_index);
+    ec = slot->listener.adopt(fd);  // closes fd on failure
+    return slot;
+}
+
+void worker::spawn_accept_loop(acceptor_slot& slot) {
+    asio::co_spawn(io_, accept_loop(slot), [this, &slot](std::exception_ptr e) {
+        if (e) {
+            try {
+                std::rethrow_exception(e);
+            } catch (const std::exception& ex) {
+                spdlog::critical("worker {}: accept loop failed: {}; accepting again in 100ms", index_, ex.what());
+            }
+            // Out of memory, say: a listener that stopped accepting for good
+            // would be an outage of this worker's share of clients.
+            if (!stopping_ && slot.listener.is_open()) {
+                ctx_.accept_paused_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+                return spawn_accept_loop(slot);
+            }
+        }
+        slot.loop_done = true;
+    });
+}
+
+void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listener> added, std::function<void()> done) {
+    asio::post(io_, [this, next = std::move(next), added = std::move(added), done = std::move(done)]() mutable {
+        if (stopping_) {
+            for (const auto& a : added) ::close(a.fd);
+            done();
+            return;
+        }
+        const snapshot& current = ctx_.snap();
+        for (auto& slot : acceptors_) {
+            if (!slot->listener.is_open()) continue;
+            const listener_runtime& was = current.listeners[slot->listener_index];
+            auto it = std::find_if(next->listeners.begin(), next->listeners.end(),
+                                   [&](const listener_runtime& l) { return same_listener(*was.cfg, *l.cfg); });
+            if (it == next->listeners.end()) {
+                // Removed: stop accepting. Its open sessions go on.
+                slot->listener.close();
+                slot->pause_timer.cancel();
+                continue;
+            }
+            slot->listener_index = static_cast<std::size_t>(it - next->listeners.begin());
+            // Sockets it accepts from now on inherit the new TCP options.
+            if (!(next->cfg->tcp == current.cfg->tcp)) {
+                if (auto ec = apply_tcp_options(slot->listener.native_handle(), next->cfg->tcp)) {
+                    spdlog::warn("worker {}: listener {}: setting TCP options failed: {}", index_, it->cfg->name,
+                                 ec.message());
+                }
+            }
+            // Linux takes a new backlog from a second listen() on a listening socket.
+            if (it->cfg->backlog != was.cfg->backlog) ::listen(slot->listener.native_handle(), static_cast<int>(it->cfg->backlog));
+        }
+        // Sessions that started in the old generation hold it: its snapshot
+        // and balancer states stay as they were until the last one ends.
+        ctx_.current = std::make_shared<generation>(std::move(next));
+        for (const auto& a : added) {
+            const listener_runtime& l = ctx_.snap().listeners[a.listener_index];
+            error_code ec;
+            auto slot = adopt_listener(a.fd, a.listener_index, ec);
+            if (ec) {
+                spdlog::error("worker {}: listener {}: cannot adopt the socket for {}: {}", index_, l.cfg->name,
+                              l.cfg->address.to_string(), ec.message());
+                continue;
+            }
+            acceptors_.push_back(std::move(slot));
+            if (started_) spawn_accept_loop(*acceptors_.back());
+        }
+        // Slots of listeners removed by earlier reloads, once their loops are over.
+        std::erase_if(acceptors_, [](const auto& slot) { return slot->loop_done; });
+        done();
+    });
+}
+
+void worker::close_removed(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends) {
+    asio::post(io_, [this, keep = std::move(keep), backends = std::move(backends)] {
+        for (auto& s : ctx_.sessions) {
+            if (s.aborted() || std::find(backends.begin(), backends.end(), s.backend) == backends.end()) continue;
+            s.abort(close_reason::reload);
+        }
+    });
+}
+
+void worker::start() {
+    started_ = true;
+    ctx_.reserve_spare();
+    for (auto& slot : acceptors_) spawn_accept_loop(*slot);
+    publish_tick();
+    const timeouts_config& t = ctx_.snap().cfg->timeouts;
+    if (t.idle.count() > 0 || t.write_stall.count() > 0) asio::co_spawn(io_, sweep_sessions(), asio::detached);
+    thread_ = std::thread([this] {
+        // "apilb-w0" .. "apilb-w255" in `top -H` and /proc/PID/task/*/comm.
+        ::pthread_setname_np(::pthread_self(), fmt::format("apilb-w{}", index_).c_str());
+        // A failure inside one session must never take the worker down.
+        for (;;) {
+            try {
+                io_.run();
+                break;
+            } catch (const std::exception& e) {
+                spdlog::error("worker {}: unexpected exception: {}", index_, e.what());
+            }
+        }
+        exited_.set_value();
+    });
+}
+
+asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
+    const std::uint32_t max_connections = ctx_.max_connections;
+    // A reload may swap ctx_.current and renumber the listeners while this loop
+    // waits: look the listener up afresh after every wait, never hold it.
+    auto listener_name = [&]() -> const std::string& { return ctx_.snap().listeners[slot.listener_index].cfg->name; };
+    int taken = 0;  // accepted since this loop last let the others run
+    for (;;) {
+        if (std::chrono::steady_clock::now() < ctx_.accept_paused_until) {
+            // Out of descriptors: leave new clients in the listen backlog
+            // until sessions that end have freed some, instead of spinning.
+            slot.pause_timer.expires_at(ctx_.accept_paused_until);
+            co_await slot.pause_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
+        if (!slot.listener.is_open()) co_return;
+        if (taken >= accepts_per_turn) {
+            // A storm: take the accept queue in bursts, but let the sessions
+            // just started (and every other) make progress in between.
+            taken = 0;
+            co_await asio::post(io_, asio::use_awaitable);
+            continue;
+        }
+        const int fd = ::accept4(slot.listener.native_handle(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            const int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK) {
+                taken = 0;
+                auto [ec] = co_await slot.listener.async_wait(poll_socket::wait_type::read,
+                                                              asio::as_tuple(asio::use_awaitable));
+                if (ec) co_return;  // closed: removed by a reload, or shutdown
+                continue;
+            }
+            if (err == EINTR) continue;
+            const error_code ec(err, boost::system::system_category());
+            ctx_.stats.accept_errors_total.fetch_add(1, std::memory_order_relaxed);
+            if (is_resource_exhaustion(ec)) {
+                ctx_.pause_accepting(ec, fmt::format("listener {}: accept", listener_name()).c_str());
+                if ((err == EMFILE || err == ENFILE) && ctx_.resetting_clients() && reset_one(slot)) {
+                    ++taken;
+                    continue;
+                }
+                if (ctx_.resetting_clients()) {
+                    // The queue is empty (or the spare is gone): wait for the next client.
+                    taken = 0;
+                    auto [wec] = co_await slot.listener.async_wait(poll_socket::wait_type::read,
+                                                                   asio::as_tuple(asio::use_awaitable));
+                    if (wec) co_return;
+                }
+            } else {
+                // ECONNABORTED and friends: that one client left before we took it.
+                spdlog::debug("listener {}: accept: {}", listener_name(), ec.message());
+            }
+            continue;
+        }
+        ++taken;
+        ctx_.stats.accepted_total.fetch_add(1, std::memory_order_relaxed);
+        listener_stats& lstats = *ctx_.snap().listeners[slot.listener_index].stats;
+        lstats.accepted_total.fetch_add(1, std::memory_order_relaxed);
+        const auto before = ctx_.stats.active_sessions.fetch_add(1, std::memory_order_relaxed);
+        if (max_connections != 0 && before >= max_connections) {
+            ctx_.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
+            ctx_.stats.refused_limit_total.fetch_add(1, std::memory_order_relaxed);
+            lstats.refused_total.fetch_add(1, std::memory_order_relaxed);
+            // Refuse cleanly and at once: accept, then close. The acceptor never stalls.
+            ::close(fd);
+            std::uint64_t suppressed = 0;
+            if (ctx_.connect_warnings.allow(suppressed)) {
+                spdlog::warn("listener {}: connection limit ({}) reached; refusing new clients{}",
+                             listener_name(), max_connections,
+                             suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
+            }
+            continue;
+        }
+        // The session is built here, on io_'s thread: it takes ctx_.current
+        // before any reload can swap it, and slot.listener_index is an
+        // index into that generation's snapshot.
+        start_session(ctx_, fd, slot.listener_index);
+    }
+}
+
+bool worker::reset_one(acceptor_slot& slot) {
+    // The spare descriptor makes room for exactly one accept. Without it
+    // (another thread took the number first), the pause is the fallback.
+    if (!ctx_.reserve_spare()) {
+        ctx_.accept_paused_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+        return false;
+    }
+    ::close(ctx_.spare_fd);
+    ctx_.spare_fd = -1;
+    const int fd = ::accept4(slot.listener.native_handle(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+        close_with_reset(fd);
+        ctx_.stats.reset_no_fds_total.fetch_add(1, std::memory_order_relaxed);
+    }
+    ctx_.reserve_spare();
+    return fd >= 0;
+}
+
+asio::awaitable<void> worker::sweep_sessions() {
+    using std::chrono::milliseconds;
+    const auto idle = ctx_.snap().cfg->timeouts.idle;
+    const auto stall = ctx_.snap().cfg->timeouts.write_stall;
+    // A tenth of the shorter limit, within [100ms, 30s]: a session is closed
+    // at most 10% (or 30 s) after its time is up.
+    const milliseconds shortest = idle.count() == 0 ? stall : stall.count() == 0 ? idle : std::min(idle, stall);
+    const auto period = std::clamp<milliseconds>(shortest / 10, milliseconds(100), std::chrono::seconds(30));
+    for (;;) {
+        sweep_timer_.expires_after(period);
+        auto [ec] = co_await sweep_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec || stopping_) co_return;
+        const auto now = std::chrono::steady_clock::now();
+        for (auto& s : ctx_.sessions) {
+            if (!s.relaying || s.aborted()) continue;
+            if (idle.count() > 0 && s.last_activity < now - idle) {
+                s.abort(close_reason::idle);
+            } else if (stall.count() > 0 && s.pump->write_blocked_since() < now - stall) {
+                // A peer that takes nothing (a zero window) while data waits
+                // for it holds kernel memory for as long as it likes.
+                s.abort(close_reason::stalled);
+            }
+        }
+    }
+}
+
+void worker::ping(std::function<void()> answer) {
+    asio::post(io_, std::move(answer));
+}
+
+void worker::stop_accepting() {
+    asio::post(io_, [this] {
+        for (auto& slot : acceptors_) slot->listener.close();
+    });
+}
+
+void worker::abort_sessions() {
+    asio::post(io_, [this] {
+        // abort() does not unlink; sessions unlink themselves when their frames end.
+        for (auto& s : ctx_.sessions) s.abort(close_reason::drain);
+    });
+}
+
+void worker::abort_sessions_on(std::shared_ptr<const backend_health> backend) {
+    asio::post(io_, [this, backend = std::move(backend)] {
+        for (auto& s : ctx_.sessions) {
+            if (s.backend != backend.get() || s.aborted()) continue;
+            s.abort(close_reason::health);
+        }
+    });
+}
+
+void worker::close_for_rebalance(std::vector<rebalance_order> orders) {
+    asio::post(io_, [this, orders = std::move(orders)] {
+        for (const auto& order : orders) {
+            if (order.quota->load(std::memory_order_relaxed) <= 0) continue;
+            for (auto& s : ctx_.sessions) {  // oldest first: sessions are appended as they start
+                if (!s.relaying || s.aborted() || !s.pool || s.pool->cfg->name != order.pool) continue;
+                if (order.backend) {
+                    if (s.backend != order.backend.get()) continue;
+                } else if (!misplaced(s)) {
+                    continue;
+                }
+                if (order.quota->fetch_sub(1, std::memory_order_relaxed) <= 0) break;
+                s.abort(close_reason::rebalance);
+            }
+        }
+    });
+}
+
+bool worker::misplaced(const session_entry& s) {
+    // Where the key's Maglev preference in the config in force would send it
+    // now, among backends that can take sessions. The session may have
+    // started under an earlier config that listed the backends otherwise:
+    // its pool is found by name and its backend by identity.
+    const auto& pools = ctx_.snap().pools;
+    const auto it = std::find_if(pools.begin(), pools.end(),
+                                 [&](const pool_runtime& p) { return p.cfg->name == s.pool->cfg->name; });
+    if (it == pools.end() || !it->maglev) return false;
+    const pool_runtime& pool = *it;
+    ctx_.loads.resize(pool.backends.size());
+    for (std::size_t i = 0; i < pool.backends.size(); ++i) {
+        const auto& b = pool.backends[i];
+        ctx_.loads[i] = {.weight = b.cfg->weight,
+                         .active = 0,
+                         .available = b.takes_sessions(),
+                         .tier = 0};
+    }
+    const auto preferred = choose_maglev(*pool.maglev, s.key_hash, ctx_.loads);
+    return preferred && pool.backends[*preferred].health.get() != s.backend;
+}
+
+void worker::publish_tick() {
+    publish_timer_.expires_after(std::chrono::seconds(1));
+    publish_timer_.async_wait([this](const error_code& ec) {
+        if (ec || stopping_) return;
+        // One pass over this worker's sessions a second; idle ones have
+        // nothing to add and touch no shared counter.
+        for (auto& s : ctx_.sessions) {
+            if (s.relaying && s.publish_bytes) s.publish_bytes(s.owner);
+        }
+        publish_tick();
+    });
+}
+
+void worker::stop() {
+    if (!thread_.joinable()) return;
+    // Let every coroutine end on its own, so none is destroyed half-way with
+    // the io_context's services already gone.
+    asio::post(io_, [this] {
+        stopping_ = true;
+        for (auto& slot : acceptors_) {
+            slot->listener.close();
+            slot->pause_timer.cancel();
+        }
+        sweep_timer_.cancel();
+        publish_timer_.cancel();
+        // Armed for the earliest pending connect's deadline, which may be
+        // long past the last connect: it must not hold the loop open.
+        ctx_.stop_connect_timer();
+        for (auto& s : ctx_.sessions) s.abort(close_reason::drain);
+        // Every socket is closed: what is left to deliver is queued already.
+        // The epoll set is no longer work, so io_.run() returns once the
+        // sessions have wound down.
+        sockets_.stop_watching();
+    });
+    work_.reset();
+    if (exited_.get_future().wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+        spdlog::error("worker {}: did not wind down within 5 s; stopping it", index_);
+        io_.stop();
+    }
+    thread_.join();
+}
+
+}  // namespace apilb

@@ -1,0 +1,233 @@
+// process::reload(): the hitless reload on SIGHUP. Everything that can fail
+// (reading and validating the file, loading the probes' TLS files, binding
+// new listeners) happens here on the control thread before anything is
+// changed; then the new snapshot goes to the workers by message.
+#include "apilb/process/process.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <iterator>
+#include <memory>
+#include <system_error>
+
+#ifdef APILB_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "apilb/admin/admin_server.hpp"
+#include "apilb/core/config_diff.hpp"
+#include "apilb/control/health_checker.hpp"
+#include "apilb/control/listener_check.hpp"
+#include "apilb/logging/logging.hpp"
+#include "apilb/core/maglev.hpp"
+#include "apilb/control/rebalancer.hpp"
+#include "apilb/vip/vrrp_agent.hpp"
+#include "apilb/dataplane/worker.hpp"
+#include "apilb/control/yaml_guard.hpp"
+
+namespace apilb {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+void notify_systemd([[maybe_unused]] const std::string& state) {
+#ifdef APILB_HAVE_SYSTEMD
+    sd_notify(0, state.c_str());
+#endif
+}
+
+/// systemd's Type=notify-reload wants RELOADING=1 with the CLOCK_MONOTONIC time.
+std::string reloading_state() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    const auto usec = static_cast<std::uint64_t>(ts.tv_sec) * 1000000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+    return fmt::format("RELOADING=1\nMONOTONIC_USEC={}", usec);
+}
+
+/// Reads and validates `path` (guarded: at most yaml_guard_deadline on the
+/// control thread, whatever the bytes); nullptr (every error logged and
+/// added to `errors`) if it is not good. `hash` is a short hash of the bytes
+/// that were loaded.
+std::shared_ptr<const config> read_config(const std::string& path, std::string& hash,
+                                          std::vector<std::string>& errors) {
+    try {
+        std::string bytes;
+        auto cfg = load_config_guarded(path, &bytes);
+        hash = fmt::format("{:016x}", stable_hash(bytes));
+        return cfg;
+    } catch (const config_load_error& e) {
+        // The same lines check-config prints.
+        for (const auto& err : e.errors()) {
+            spdlog::error("reload: error: {}", err.to_string());
+            errors.push_back(err.to_string());
+        }
+        spdlog::error("reload failed: {} error(s) in the configuration; keeping the running configuration",
+                      e.errors().size());
+    } catch (const std::exception& e) {
+        spdlog::error("reload failed: {}: {}; keeping the running configuration", path, e.what());
+        errors.push_back(path + ": " + e.what());
+    }
+    return nullptr;
+}
+
+}  // namespace
+
+std::vector<std::string> process::reload() {
+    const auto started = clock_type::now();
+    const std::string path = snap_->cfg->source;
+    const log_scope fields({.event = "reload", .pool = {}, .backend = {}, .client = {}, .reason = {}});
+    notify_systemd(reloading_state());
+    spdlog::info("reload: reading {}", path);
+    drop_retired_checkers();
+    std::vector<std::string> errors;
+    auto fail = [&](std::string why) {
+        stats_.reload_failures_total.fetch_add(1, std::memory_order_relaxed);
+        notify_systemd("READY=1");
+        if (!why.empty()) errors.push_back(std::move(why));
+        if (errors.empty()) errors.push_back("rejected (see the log)");
+        return errors;
+    };
+
+    std::string hash;
+    const std::shared_ptr<const config> loaded = read_config(path, hash, errors);
+    if (!loaded) return fail({});
+    for (const auto& w : loaded->warnings) spdlog::warn("reload: {}", w.to_string());
+    const config_diff diff = diff_configs(*snap_->cfg, *loaded);
+    for (const auto& r : diff.restart_only) {
+        spdlog::warn("reload: {} changed: applies only when apilb is restarted; the running value stays", r);
+    }
+    auto cfg = std::make_shared<const config>(keep_restart_only(*snap_->cfg, *loaded));
+    std::shared_ptr<const snapshot> next = snapshot::build(cfg, snap_.get());
+
+    std::unique_ptr<health_checker> checker;
+    try {
+        checker = std::make_unique<health_checker>(control_, next, close_sessions_fn());
+    } catch (const std::exception& e) {
+        spdlog::error("reload failed: {}; keeping the running configuration", e.what());
+        return fail(e.what());
+    }
+
+    // Every worker gets its own SO_REUSEPORT socket for each new listener,
+    // bound now: if one cannot be bound, nothing has changed yet.
+    std::vector<std::vector<worker::new_listener>> added(workers_.size());
+    auto close_added = [&] {
+        for (auto& list : added) {
+            for (const auto& a : list) ::close(a.fd);
+        }
+    };
+    try {
+        for (std::size_t i = 0; i < next->listeners.size(); ++i) {
+            const listener_runtime& l = next->listeners[i];
+            const bool kept = std::any_of(snap_->listeners.begin(), snap_->listeners.end(),
+                                          [&](const listener_runtime& o) { return same_listener(*o.cfg, *l.cfg); });
+            if (kept) continue;
+            refuse_foreign_listener(l.cfg->name, l.endpoint);  // see process::process
+            for (auto& list : added) list.push_back({.listener_index = i, .fd = worker::open_listener(l, next->cfg->tcp)});
+        }
+        for (const auto& a : added.front()) {
+            const listener_runtime& l = next->listeners[a.listener_index];
+            refuse_foreign_listener(l.cfg->name, l.endpoint);
+        }
+    } catch (const std::system_error& e) {
+        close_added();
+        // what() already ends with the code's message ("...: Address already in use").
+        spdlog::error("reload failed: {}; keeping the running configuration", e.what());
+        return fail(e.what());
+    }
+
+    // Commit. From here nothing fails.
+    checker->adopt(*health_);
+    health_->stop();
+    retired_checkers_.push_back(std::move(health_));
+    health_ = std::move(checker);
+    health_->start(false);
+    std::shared_ptr<const snapshot> previous = std::exchange(snap_, next);
+    // The track file follows the new pools; a managed keepalived gets the
+    // new rendering (SIGHUP).
+    rebalancer_->start();  // a pool may have enabled rebalancing
+    if (vrrp_) {
+        vrrp_->update(next);
+    } else if (next->cfg->vrrp) {
+        spdlog::warn("reload: the vrrp section takes effect on restart");
+    }
+    stats_.reloads_total.fetch_add(1, std::memory_order_relaxed);
+    config_hash_ = hash;
+    spdlog::info("reload: config {} from {}: {}", hash, path, diff.summary());
+    // Certificate rotation: the loader has just read the same files (or the
+    // admin section changed, which waits for a restart, and the running
+    // files are read again). A failure here is logged and keeps the old ones.
+    if (admin_) admin_->reload_tls_files();
+
+    auto pending = std::make_shared<std::size_t>(workers_.size());
+    for (std::size_t w = 0; w < workers_.size(); ++w) {
+        workers_[w]->apply(next, std::move(added[w]), [this, pending, started] {
+            // On the worker thread: count down on the control thread.
+            asio::post(control_, [pending, started] {
+                if (--*pending != 0) return;
+                const auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
+                spdlog::info("reload done in {:.1f}ms: every worker serves the new configuration",
+                             static_cast<double>(us.count()) / 1000.0);
+                notify_systemd("READY=1");
+            });
+        });
+    }
+    drain_removed_backends(std::move(previous));
+    return {};
+}
+
+void process::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
+    std::vector<const backend_health*> removed;
+    std::uint32_t open = 0;
+    for (const auto& p : previous->pools) {
+        for (const auto& b : p.backends) {
+            if (snap_->find_same(p, b) != nullptr) continue;
+            // Its health block is the session's identity for the backend.
+            removed.push_back(b.health.get());
+            b.health->removed.store(true, std::memory_order_relaxed);
+            open += b.stats->active.load(std::memory_order_relaxed);
+        }
+    }
+    if (removed.empty()) return;
+    const duration grace = snap_->cfg->timeouts.reload_drain;
+    spdlog::info("reload: {} removed backend(s) with {} open session(s): they get no new sessions; open ones are "
+                 "closed in {}ms (timeouts.reload_drain)",
+                 removed.size(), open, grace.count());
+    auto& timer = reload_timers_.emplace_back(control_);
+    timer.expires_after(grace);
+    timer.async_wait([this, it = std::prev(reload_timers_.end()), previous = std::move(previous),
+                      removed = std::move(removed)](error_code ec) {
+        // ec first: after the drain started, a cancelled wait touches nothing.
+        if (ec) return;
+        std::uint32_t still = 0;
+        for (const auto* h : removed) {
+            for (const auto& p : previous->pools) {
+                for (const auto& b : p.backends) {
+                    if (b.health.get() == h) still += b.stats->active.load(std::memory_order_relaxed);
+                }
+            }
+        }
+        if (still > 0) {
+            spdlog::warn("reload: closing {} session(s) still open on removed backend(s)", still);
+        }
+        for (auto& w : workers_) w->close_removed(previous, removed);
+        reload_timers_.erase(it);
+    });
+}
+
+void process::drop_retired_checkers() {
+    std::erase_if(retired_checkers_, [](const auto& c) { return c->running() == 0; });
+}
+
+}  // namespace apilb
