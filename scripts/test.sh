@@ -181,7 +181,7 @@ fuzz_stage
 # tests need is built.
 tsan_stage() {
   local dir=${APILB_TSAN_BUILD_DIR:-$src/build-tsan}
-  local tests=(log_sink_unit_test poller_unit_test runtime_unit_test relay_unit_test
+  local tests=(log_sink_unit_test poller_unit_test fd_table_unit_test relay_unit_test
                worker_test reload_test reload_retry_test admin_test liveness_test
                health_failover_test pacing_rebalance_test)
   # shellcheck source=scripts/tsan.sh

@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <functional>
 
+#include "apilb/control/probe_record.hpp"
+#include "apilb/dataplane/fd_table.hpp"
 #include "apilb/logging/logging.hpp"
 
 namespace apilb {
@@ -187,22 +189,24 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.family("apilb_backend_weight", "gauge", "The backend's configured weight.");
     each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_weight", backend_labels(p, b), std::uint64_t{b.cfg->weight}); });
     e.family("apilb_backend_health_transitions_total", "counter", "Changes between healthy and unhealthy.");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_health_transitions_total", backend_labels(p, b), b.health->probes.transitions_total); });
+    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_health_transitions_total", backend_labels(p, b), probe_record_or_empty(*b.health).transitions_total); });
     e.family("apilb_backend_probe_failures_total", "counter", "Active health checks that failed.");
     each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_probe_failures_total", backend_labels(p, b), load(b.stats->checks_failed_total)); });
     e.family("apilb_backend_passive_failures_total", "counter", "Client connects that counted against the backend's health.");
     each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_passive_failures_total", backend_labels(p, b), load(b.stats->passive_failures_total)); });
     e.family("apilb_backend_last_probe_success", "gauge", "1 if the last health check passed, 0 if it failed (absent before the first).");
     each_backend(snap, [&](const auto& p, const auto& b) {
-        if (b.health->probes.probed) e.sample("apilb_backend_last_probe_success", backend_labels(p, b), std::uint64_t{b.health->probes.passed});
+        const probe_record& r = probe_record_or_empty(*b.health);
+        if (r.probed) e.sample("apilb_backend_last_probe_success", backend_labels(p, b), std::uint64_t{r.passed});
     });
     e.family("apilb_backend_last_probe_timestamp_seconds", "gauge", "Unix time the last health check completed.");
     each_backend(snap, [&](const auto& p, const auto& b) {
-        if (b.health->probes.probed) e.sample("apilb_backend_last_probe_timestamp_seconds", backend_labels(p, b), static_cast<double>(b.health->probes.last_probe_unix_ms) / 1000.0);
+        const probe_record& r = probe_record_or_empty(*b.health);
+        if (r.probed) e.sample("apilb_backend_last_probe_timestamp_seconds", backend_labels(p, b), static_cast<double>(r.last_probe_unix_ms) / 1000.0);
     });
     e.family("apilb_backend_probe_duration_seconds", "histogram", "How long health checks took.");
     each_backend(snap, [&](const auto& p, const auto& b) {
-        const probe_record& r = b.health->probes;
+        const probe_record& r = probe_record_or_empty(*b.health);
         const std::string l = backend_labels(p, b);
         std::uint64_t cumulative = 0;
         for (std::size_t i = 0; i < probe_duration_buckets.size(); ++i) {
@@ -312,7 +316,7 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
         json::array backends;
         std::size_t healthy_count = 0;
         for (const auto& b : p.backends) {
-            const probe_record& r = b.health->probes;
+            const probe_record& r = probe_record_or_empty(*b.health);
             const bool healthy = b.health->healthy.load(std::memory_order_relaxed);
             healthy_count += healthy ? 1 : 0;
             json::array changes;

@@ -14,6 +14,7 @@
 
 #include "apilb/core/config_diff.hpp"
 #include "apilb/logging/logging.hpp"
+#include "apilb/control/probe_record.hpp"
 #include "apilb/control/prober.hpp"
 
 namespace apilb {
@@ -268,7 +269,7 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
                 continue;
             }
             late_retries = 0;
-            record_probe(t.backend->health->probes, result, took);
+            record_probe(probe_record_of(*t.backend->health), result, took);
             apply(t, result);
             if (first && active && first_round_left_ > 0 && --first_round_left_ == 0 && first_round_done_) {
                 std::exchange(first_round_done_, {})();
@@ -365,7 +366,7 @@ void health_checker::on_change(target& t, const health_change& change, const che
     backend_health& h = *t.backend->health;
     const std::string name = label(*t.pool, *t.backend);
     h.healthy.store(change.healthy, std::memory_order_relaxed);
-    record_change(h.probes, change.healthy, result);
+    record_change(probe_record_of(h), change.healthy, result);
     const log_scope fields({.event = change.healthy ? "backend_healthy" : "backend_unhealthy",
                             .pool = t.pool->cfg->name,
                             .backend = t.backend->cfg->name,

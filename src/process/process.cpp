@@ -23,6 +23,7 @@
 #include "apilb/control/listener_check.hpp"
 #include "apilb/control/rebalancer.hpp"
 #include "apilb/vip/vrrp_agent.hpp"
+#include "apilb/dataplane/fd_table.hpp"
 #include "apilb/dataplane/worker.hpp"
 
 namespace apilb {

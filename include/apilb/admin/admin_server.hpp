@@ -22,7 +22,7 @@
 
 #include "apilb/admin/admin_report.hpp"
 #include "apilb/admin/admin_request.hpp"
-#include "apilb/dataplane/runtime.hpp"
+#include "apilb/dataplane/snapshot.hpp"
 
 namespace boost::asio::ssl {
 class context;

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "apilb/core/health.hpp"
-#include "apilb/dataplane/runtime.hpp"
+#include "apilb/dataplane/snapshot.hpp"
 
 namespace apilb {
 

@@ -13,21 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "apilb/dataplane/runtime.hpp"
+#include "apilb/dataplane/rebalance_order.hpp"
+#include "apilb/dataplane/snapshot.hpp"
 
 namespace apilb {
-
-/// What the rebalancer asks the workers to close in one tick: at most
-/// `quota` sessions on `backend`, oldest first, or (maglev pools, `backend`
-/// null) sessions of pool `pool` that are not on their preferred backend.
-/// Quotas are shared by all workers and taken with fetch_sub. Pool and
-/// backend are named by identities a reload keeps (name, health block), not
-/// by position: the order may reach a worker after a reload renumbered them.
-struct rebalance_order {
-    std::string pool;
-    std::shared_ptr<const backend_health> backend;
-    std::shared_ptr<std::atomic<std::int64_t>> quota;
-};
 
 /// Runs on the control thread; ticks every 100 ms while some pool has
 /// rebalancing enabled. Per pool, a token bucket caps closes at

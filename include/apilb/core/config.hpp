@@ -15,7 +15,7 @@ namespace apilb {
 
 using duration = std::chrono::milliseconds;
 
-/// A numeric IP address and a port, as validated text. The I/O layer turns it
+/// A numeric IP address and a port, as validated text. The data plane turns it
 /// into an Asio endpoint; the core only guarantees it parses.
 struct socket_address {
     std::string ip;          ///< numeric address without brackets: "192.0.2.1", "::1"

@@ -18,7 +18,7 @@
 #include "apilb/core/balancer.hpp"
 #include "apilb/logging/logging.hpp"
 #include "apilb/dataplane/relay.hpp"
-#include "apilb/dataplane/runtime.hpp"
+#include "apilb/dataplane/snapshot.hpp"
 
 namespace apilb {
 

@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "apilb/dataplane/poller.hpp"
-#include "apilb/control/rebalancer.hpp"
-#include "apilb/dataplane/runtime.hpp"
+#include "apilb/dataplane/rebalance_order.hpp"
+#include "apilb/dataplane/snapshot.hpp"
 #include "apilb/dataplane/session.hpp"
 
 namespace apilb {

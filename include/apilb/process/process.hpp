@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "apilb/dataplane/runtime.hpp"
+#include "apilb/dataplane/snapshot.hpp"
 
 namespace apilb {
 

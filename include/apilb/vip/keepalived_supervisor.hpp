@@ -14,7 +14,7 @@
 #include <memory>
 #include <string>
 
-#include "apilb/dataplane/runtime.hpp"
+#include "apilb/dataplane/snapshot.hpp"
 
 namespace apilb {
 

@@ -20,7 +20,7 @@
 #include <system_error>
 
 #include "apilb/logging/logging.hpp"
-#include "apilb/dataplane/runtime.hpp"
+#include "apilb/dataplane/snapshot.hpp"
 
 namespace apilb {
 

@@ -1,4 +1,4 @@
-#include "apilb/dataplane/runtime.hpp"
+#include "apilb/dataplane/fd_table.hpp"
 
 #include <gtest/gtest.h>
 
