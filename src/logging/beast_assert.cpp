@@ -1,4 +1,4 @@
-// BOOST_ASSERT's handler for the I/O layer (BOOST_ENABLE_ASSERT_HANDLER,
+// BOOST_ASSERT's handler for every layer from logging up (BOOST_ENABLE_ASSERT_HANDLER,
 // src/meson.build): every assertion aborts, as assert() does, except one
 // that is wrong in Boost 1.81. Beast's HTTP parser asserts `n >= 5` when a
 // chunked body's last chunk ("0\r\n") arrived in one read and the next
