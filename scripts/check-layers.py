@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """Checks that apilb's layers include only what their place allows.
 
-    python3 scripts/check-layers.py [--root REPO] [--stamp FILE]
-    python3 scripts/check-layers.py --root REPO --list
+    python3 scripts/check-layers.py [--root REPO] [--stamp FILE [--depfile FILE]]
 
 Every file under src/<layer>/ and include/apilb/<layer>/ belongs to <layer>.
 A layer may include its own and lower layers' headers ("apilb/<layer>/...",
@@ -12,8 +11,9 @@ recursively). src/meson.build says why the cut is where it is; the build
 runs this (target `layers`), so a broken rule fails `ninja`.
 
 Prints one line per violation, file:line first, and exits 1; on success
-writes --stamp (for the build) and exits 0. --list prints the files it reads,
-one a line, for meson's dependency tracking.
+writes --stamp (for the build) and exits 0. --depfile names every file and
+layer folder it read, so that the build runs it again when one changes, a
+file is added or one is removed.
 """
 
 import argparse
@@ -145,19 +145,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--root', type=Path, default=Path(__file__).resolve().parent.parent)
     parser.add_argument('--stamp', type=Path)
-    parser.add_argument('--list', action='store_true')
+    parser.add_argument('--depfile', type=Path)
     args = parser.parse_args()
     root = args.root.resolve()
-    if args.list:
-        for _, path in layer_files(root):
-            print(path)
-        return 0
     errors = checker(root).run()
     for e in errors:
         print(e, file=sys.stderr)
     if errors:
         print(f'check-layers: {len(errors)} include(s) break the layer order (src/meson.build)', file=sys.stderr)
         return 1
+    if args.depfile and args.stamp:
+        # Folders too: their mtime changes when a file is added or removed.
+        read = [path for _, path in layer_files(root)]
+        read += sorted({p.parent for p in read} | {root / 'src', root / 'include' / 'apilb'})
+        escape = lambda p: str(p).replace(' ', '\\ ')
+        args.depfile.write_text(f'{escape(args.stamp)}: ' + ' \\\n  '.join(escape(p) for p in read) + '\n')
     if args.stamp:
         args.stamp.write_text('ok\n')
     return 0

@@ -40,16 +40,24 @@ class CheckLayers(unittest.TestCase):
     def run_checker(self, files):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
+            self.tmp = tmp
             make_tree(root, files)
-            stamp = root / 'stamp'
-            done = subprocess.run([sys.executable, CHECKER, '--root', str(root), '--stamp', str(stamp)],
-                                  capture_output=True, text=True, timeout=30)
+            stamp, depfile = root / 'stamp', root / 'stamp.d'
+            done = subprocess.run([sys.executable, CHECKER, '--root', str(root), '--stamp', str(stamp),
+                                   '--depfile', str(depfile)], capture_output=True, text=True, timeout=30)
+            self.depfile = depfile.read_text() if depfile.exists() else ''
             return done.returncode, done.stderr, stamp.exists()
 
     def test_a_tree_that_keeps_the_order_passes_and_writes_the_stamp(self):
         rc, err, stamped = self.run_checker(CLEAN)
         self.assertEqual(rc, 0, err)
         self.assertTrue(stamped)
+        # The build reruns it when a file it read changes, or a folder gains or loses one.
+        self.assertTrue(self.depfile.startswith(f'{self.tmp}/stamp: '), self.depfile)
+        entries = [line.strip(' \\') for line in self.depfile.splitlines()]
+        for read in ('src/dataplane/relay.cpp', 'include/apilb/control/prober.hpp', 'src/core/private.hpp',
+                     'src/dataplane', 'include/apilb'):
+            self.assertIn(f'{self.tmp}/{read}', entries)
 
     def test_dataplane_including_control_fails_with_file_line_and_rule(self):
         tree = dict(CLEAN)
