@@ -23,6 +23,9 @@ class vrrp_agent;
 class rebalancer;
 class admin_server;
 
+/// The running apilb: its worker threads, and on the control thread the
+/// health checker, rebalancer, admin endpoint, VRRP agent, signals and reload.
+/// main() makes one and runs it.
 class process {
 public:
     /// Builds the snapshot, the health checker (its probe TLS contexts) and
