@@ -3,6 +3,7 @@
 // so nothing on the byte path takes a lock.
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -18,7 +19,7 @@
 #include "apilb/poller.hpp"
 #include "apilb/rebalancer.hpp"
 #include "apilb/runtime.hpp"
-#include "apilb/session.hpp"
+#include "apilb/worker_context.hpp"
 
 namespace apilb {
 

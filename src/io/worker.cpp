@@ -425,7 +425,7 @@ void worker::stop() {
         publish_timer_.cancel();
         // Armed for the earliest pending connect's deadline, which may be
         // long past the last connect: it must not hold the loop open.
-        ctx_.stop_connect_timer();
+        ctx_.connects.stop();
         for (auto& s : ctx_.sessions) s.abort(close_reason::drain);
         // Every socket is closed: what is left to deliver is queued already.
         // The epoll set is no longer work, so io_.run() returns once the
