@@ -1,15 +1,19 @@
+// A session's life, top to bottom: start() -> connect_next() (storm
+// control's gate, then a connect, retried on the next backend) ->
+// on_connected() -> replay() of what the client sent to a backend that
+// failed before answering -> start_relay() -> relay_ended() -> finalize(),
+// the one exit, which records the close reason and closes with FIN or RST.
+// Every step is a poller or timer callback that owns the session
+// (std::unique_ptr, released into the pending wait): no coroutine frames,
+// co_spawn or handler allocations on the path of a new connection.
 #include "apilb/dataplane/session.hpp"
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/container/small_vector.hpp>
 
 #include <algorithm>
 #include <limits>
+#include <list>
 #include <optional>
 #include <string_view>
 
@@ -24,6 +28,7 @@
 #include "apilb/logging/logging.hpp"
 #include "apilb/core/pacing.hpp"
 #include "apilb/dataplane/socket_options.hpp"
+#include "apilb/dataplane/worker_context.hpp"
 
 namespace apilb {
 
@@ -34,9 +39,10 @@ using clock_type = std::chrono::steady_clock;
 
 void session_entry::abort(close_reason why) {
     if (closed_by == close_reason::none) closed_by = why;
-    // A FIN would tell a client that a response cut at 29.9 of 30 MB was
-    // whole (the kernel sends what is queued, then the FIN); a reset cannot
-    // be mistaken for a normal end, and frees what the sockets hold at once.
+    // Every reason apilb starts calls for a reset (close_action): a FIN
+    // would tell a client that a response cut at 29.9 of 30 MB was whole
+    // (the kernel sends what is queued, then the FIN); a reset cannot be
+    // mistaken for a normal end, and frees what the sockets hold at once.
     for (poll_socket* s : {client, upstream}) {
         if (s == nullptr || !s->is_open()) continue;
         s->set_abortive_close();
@@ -104,65 +110,6 @@ void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, cons
     }
 }
 
-/// Closes with RST instead of FIN: a reset is passed on as a reset.
-void close_with_reset(poll_socket& s) {
-    s.set_abortive_close();
-    s.close();
-}
-
-/// How a session apilb closed ended, in its log line; nullptr if apilb did not close it.
-const char* close_text(close_reason why) {
-    switch (why) {
-    case close_reason::none: return nullptr;
-    case close_reason::idle: return "idle-timeout";
-    case close_reason::health: return "backend-unhealthy";
-    case close_reason::reload: return "backend-removed";
-    case close_reason::rebalance: return "rebalanced";
-    case close_reason::drain: return "drain";
-    case close_reason::stalled: return "write-stalled";
-    }
-    return nullptr;
-}
-
-/// A session that ended because one of its legs failed counts once, by that
-/// leg and by how: the kernel gave up on the peer (ETIMEDOUT, from
-/// tcp.user_timeout or keepalive) or the peer reset it (anything else). The
-/// direction that read the failed leg, or wrote to it, holds the error.
-void count_failed_leg(process_stats& stats, const pump_result& to_backend, const pump_result& from_backend) {
-    const pump_result* failed = nullptr;
-    bool client_leg = false;
-    if (to_backend.end == pump_end::source_reset || from_backend.end == pump_end::sink_failed) {
-        failed = to_backend.end == pump_end::source_reset ? &to_backend : &from_backend;
-        client_leg = true;
-    } else if (from_backend.end == pump_end::source_reset || to_backend.end == pump_end::sink_failed) {
-        failed = from_backend.end == pump_end::source_reset ? &from_backend : &to_backend;
-    }
-    if (failed == nullptr) return;
-    const bool timed_out = failed->error.value() == ETIMEDOUT;
-    auto& counter = client_leg ? (timed_out ? stats.client_timeout_total : stats.client_reset_total)
-                               : (timed_out ? stats.backend_timeout_total : stats.backend_reset_total);
-    counter.fetch_add(1, std::memory_order_relaxed);
-}
-
-/// Writes all of `bytes` to the non-blocking socket `s`.
-asio::awaitable<error_code> send_all(poll_socket& s, std::string_view bytes) {
-    while (!bytes.empty()) {
-        const ssize_t n = ::send(s.native_handle(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
-        if (n > 0) {
-            bytes.remove_prefix(static_cast<std::size_t>(n));
-            continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            auto [ec] = co_await s.async_wait(poll_socket::wait_type::write, asio::as_tuple(asio::use_awaitable));
-            if (ec) co_return ec;
-            continue;
-        }
-        co_return n < 0 ? error_code(errno, boost::system::system_category()) : error_code(asio::error::broken_pipe);
-    }
-    co_return error_code{};
-}
-
 /// Choosing and connecting across the attempts of one session.
 struct connect_state {
     explicit connect_state(std::size_t backends) : tried(backends, 0) {}
@@ -203,11 +150,48 @@ bool is_tls_handshake(std::string_view bytes) {
 /// replayed to another backend: a TLS ClientHello is well under this.
 constexpr std::size_t replay_limit = 16 * 1024;
 
-/// One proxied connection. A coroutine chooses and connects (with retries,
-/// and the replay of a TLS ClientHello after a backend that failed before
-/// answering); once connected, the coroutine ends and the session lives on
-/// as this object alone, owned by its relay's completion: an idle watch
-/// costs the object, its two sockets and two pending waits.
+/// Why a relay that apilb did not cut ended: a failed leg, by the leg and
+/// how -- the kernel gave up on the peer (ETIMEDOUT, from tcp.user_timeout
+/// or keepalive) or the peer reset it (anything else); the direction that
+/// read the failed leg, or wrote to it, holds the error -- else completed.
+close_reason relay_end_reason(const pump_result& to_backend, const pump_result& from_backend) {
+    const pump_result* failed = nullptr;
+    bool client_leg = false;
+    if (to_backend.end == pump_end::source_reset || from_backend.end == pump_end::sink_failed) {
+        failed = to_backend.end == pump_end::source_reset ? &to_backend : &from_backend;
+        client_leg = true;
+    } else if (from_backend.end == pump_end::source_reset || to_backend.end == pump_end::sink_failed) {
+        failed = from_backend.end == pump_end::source_reset ? &from_backend : &to_backend;
+    }
+    if (failed == nullptr) return close_reason::completed;
+    const bool timed_out = failed->error.value() == ETIMEDOUT;
+    if (client_leg) return timed_out ? close_reason::client_timeout : close_reason::client_reset;
+    return timed_out ? close_reason::backend_timeout : close_reason::backend_reset;
+}
+
+std::int64_t steady_now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
+}
+
+/// Reserves a turn in the GCRA `state`, shared with every worker, without a
+/// lock; nullopt if it would wait longer than `max_delay`.
+std::optional<gcra_slot> reserve_turn(std::atomic<std::int64_t>& state, std::int64_t interval, std::uint32_t burst,
+                                      std::int64_t max_delay) {
+    const std::int64_t now = steady_now_ns();
+    std::int64_t tat = state.load(std::memory_order_relaxed);
+    std::optional<gcra_slot> slot;
+    do {
+        slot = gcra_reserve(tat, now, interval, burst, max_delay);
+        if (!slot) break;
+    } while (!state.compare_exchange_weak(tat, slot->new_tat, std::memory_order_relaxed));
+    return slot;
+}
+
+/// One proxied connection. It owns both sockets and the relay; whichever
+/// callback is pending owns it (the connect, a storm-control timer, a
+/// replay's wait, the relay's completion), and it ends when the last of them
+/// lets it go. An idle watch costs the object, its two sockets and two
+/// pending waits.
 class session : private pending_connect {
 public:
     session(worker_context& ctx, std::size_t listener_index);
@@ -215,68 +199,81 @@ public:
     session(const session&) = delete;
     session& operator=(const session&) = delete;
 
-    /// Chooses a backend, connects (moving on to the next one on failure,
-    /// until connect_attempts are used), writes what the client sent to a
-    /// backend that failed before answering, and starts the relay.
-    static asio::awaitable<void> establish(std::unique_ptr<session> self);
     /// Takes the accepted client socket; false if it cannot be watched.
     bool adopt_client(int fd);
-    /// Connects the adopted client to a backend and relays. Pools with
-    /// storm control go through establish(); the others take the callback
-    /// path, which costs no coroutine frames, co_spawn or handler allocations
-    /// (a quarter of the user-space instructions of a short connection).
-    static void start(std::unique_ptr<session> self);
+    /// Connects the adopted client to a backend and relays.
+    static void start(std::unique_ptr<session> self) { connect_next(std::move(self)); }
 
 private:
-    /// The connect loop's steps, shared by connect_next() and the callback path.
+    /// What pick_backend() found.
     enum class step { ready, next, stop };
+    /// Where the attempt in progress is: picking a backend, in storm
+    /// control's gate (pass_gate()), or through it.
+    enum class gate_step : std::uint8_t {
+        pick,          ///< no backend chosen for this attempt yet
+        turn,          ///< storm_control.new_per_second: take a turn
+        turn_waited,   ///< woke from waiting for the turn
+        start,         ///< space the starts of a worker that woke late
+        start_waited,  ///< woke from that wait
+        slot,          ///< storm_control.max_connecting: take a connect slot
+        slot_retry,    ///< waited for a slot (until slot_deadline_); try again
+        open,          ///< through: connect
+    };
+    /// What pass_gate() decided.
+    enum class gate { open, wait, refused };
+
+    /// The one connect/retry loop: picks a backend not tried yet, passes
+    /// storm control's gate, connects; on a failure moves on to the next
+    /// backend until connect_attempts are used, then gives up. Resumed by
+    /// every wait it starts.
+    static void connect_next(std::unique_ptr<session> self);
     /// Counts an attempt, picks a backend not tried yet and reserves a
     /// session on it: `ready` with `pick` set, `next` to try again, or `stop`.
     step pick_backend(std::size_t& pick);
-    /// Opens the socket to `backend` with the TCP options; false (the
-    /// reservation given back) if this process is out of descriptors.
-    bool open_upstream(const backend_runtime& backend);
-    /// The connect to backend `pick` failed with `cec`: counted, reported,
-    /// the socket closed. False if the session must not try another backend.
-    bool connect_failed(std::size_t pick, const error_code& cec);
-    /// The callback path: connects to the next backend that will have the
-    /// client, or gives up. `self` is owned by the connect while it runs.
-    static void connect_next_without_coroutine(std::unique_ptr<session> self);
-    static void on_connected(void* self, const error_code& ec);
-    /// Both paths: the connect about to start joins the worker's deadline
-    /// queue; once it ends, connect_ended() takes it out and says timed_out
-    /// if the deadline closed the socket.
-    void watch_connect_deadline();
-    error_code connect_ended(const error_code& ec);
-    static void on_connect_deadline(pending_connect& p);
-
-    /// Storm control: waits for this backend's next turn (a paced start of a
-    /// connection). False if there is none within queue_timeout, the queue
-    /// is full, or the session was closed meanwhile.
-    asio::awaitable<bool> wait_for_turn(const backend_runtime& backend);
-    /// Sleeps `delay_ns` (a storm-control wait that closing the session
-    /// cuts short); false if the session was aborted meanwhile.
-    asio::awaitable<bool> pacing_sleep(std::int64_t delay_ns);
-    /// storm_control.max_connecting: takes one of the backend's slots for
-    /// connections being established, waiting (up to queue_timeout) for one
-    /// to free. False if none freed in time or the session was closed.
-    asio::awaitable<bool> wait_for_slot(const backend_runtime& backend);
+    /// Storm control for `backend`, resumed at gate_: a paced turn
+    /// (new_per_second) and a connect slot (max_connecting). `wait` sets
+    /// wake_at_; `refused` if there is no turn or slot within queue_timeout,
+    /// the queue is full, or the session was closed meanwhile.
+    gate pass_gate(const backend_runtime& backend);
+    /// Waits until wake_at_ (a slot freed on this worker, or closing the
+    /// session, cuts it short), then resumes connect_next().
+    static void wait_at_gate(std::unique_ptr<session> self);
     /// Gives the slot back (connect failed, the backend's first byte came,
     /// or the session ended) and wakes a waiter of this worker.
     void release_slot();
     static void on_backend_answered(void* self) { static_cast<session*>(self)->release_slot(); }
-    /// One connect to the next backend the balancer picks; true if connected
-    /// (with a session slot reserved on it). Loops over failed attempts.
-    asio::awaitable<bool> connect_next();
+    /// Opens the socket to `backend` with the TCP options; false (the
+    /// reservation given back) if this process is out of descriptors.
+    bool open_upstream(const backend_runtime& backend);
+    /// The connect about to start joins the worker's deadline queue; once it
+    /// ends, connect_ended() takes it out and says timed_out if the deadline
+    /// closed the socket.
+    void watch_connect_deadline();
+    error_code connect_ended(const error_code& ec);
+    static void on_connect_deadline(pending_connect& p);
+    static void on_connected(void* self, const error_code& ec);
+    /// The connect to backend `pick` failed with `cec`: counted, reported,
+    /// the socket closed. False if the session must not try another backend.
+    bool connect_failed(std::size_t pick, const error_code& cec);
+    /// Writes what the client sent to a backend that failed before
+    /// answering (sent_) to the one just connected, then relays.
+    static void replay(std::unique_ptr<session> self);
+    static void on_replay_writable(void* self, const error_code& ec);
     void start_relay(std::unique_ptr<session> self);
     void relay_ended(std::unique_ptr<session> self);
-    /// The backend failed before its first byte; true if the session may
-    /// try another one with what the client sent.
+    /// The backend failed before its first byte with `why` (the relay's
+    /// early end, or the replay to it failed): on to the next backend if the
+    /// client may move on, else give up.
+    static void failed_before_answering(std::unique_ptr<session> self, const error_code& why);
+    /// Takes the failed backend back (last_error_ says how it failed); true
+    /// if the session may try another one with what the client sent.
     bool may_move_on();
-    /// No backend took the client: say why, close the client.
+    /// No backend took the client: finalize with the reason why.
     void give_up();
-    /// The relay ended: counters and the session's log line.
-    void account();
+    /// The one exit: records `why` (its counters, its log line), gives the
+    /// backend's reservation back, and closes as the reason calls for
+    /// (close_action). The sockets close with the session.
+    void finalize(close_reason why);
     /// Adds the bytes moved since the last call to the backend's counters.
     void publish_bytes();
     static void on_publish(void* self) { static_cast<session*>(self)->publish_bytes(); }
@@ -297,13 +294,21 @@ private:
     connect_state st_;
     std::optional<tcp::endpoint> client_ep_;  ///< only for Maglev and debug logs
     clock_type::time_point started_ = clock_type::now();
-    const backend_runtime* chosen_ = nullptr;
-    std::size_t chosen_index_ = 0;
+    const backend_runtime* chosen_ = nullptr;  ///< once connected
+    std::size_t chosen_index_ = 0;             ///< the backend of the attempt in progress
     std::string sent_;            ///< the client's bytes before the backend's first one, for a replay
     std::uint64_t replayed_ = 0;  ///< bytes of `sent_` written to the current backend
     error_code last_error_;       ///< why the last backend failed before its first byte
     std::atomic<std::uint32_t>* slot_ = nullptr;  ///< a backend's connecting count this session holds one of
     bool connect_timed_out_ = false;  ///< the pending connect passed its deadline
+    gate_step gate_ = gate_step::pick;
+    bool slot_waited_ = false;  ///< waited for a connect slot in this attempt
+    bool in_slot_waiters_ = false;  ///< slot_waiter_ is in ctx_.slot_waiters
+    clock_type::time_point wake_at_{};        ///< the gate's wait ends then at the latest
+    clock_type::time_point slot_deadline_{};  ///< no connect slot by then: refused
+    /// Storm control's waits; made by the first (pools without storm control never have one).
+    std::unique_ptr<asio::steady_timer> gate_timer_;
+    std::list<asio::steady_timer*>::iterator slot_waiter_{};
     std::uint64_t published_to_ = 0;    ///< of the bytes to the current backend, those in its counters
     std::uint64_t published_from_ = 0;  ///< of the bytes from it, those in its counters
 };
@@ -349,11 +354,14 @@ bool session::adopt_client(int fd) {
 session::~session() {
     release_slot();
     if (std::uncaught_exceptions() > 0) {
-        // Unwinding (an allocation failed): the client must not take the
-        // end for a complete answer.
-        client_.set_abortive_close();
-        upstream_.set_abortive_close();
-        ctx_.stats.reset_no_memory_total.fetch_add(1, std::memory_order_relaxed);
+        // Unwinding (an allocation failed): no log line (it could throw
+        // again), but the counter and the close its reason calls for, so
+        // that the client does not take the end for a complete answer.
+        if (close_action(close_reason::no_memory, false) == close_how::reset) {
+            client_.set_abortive_close();
+            upstream_.set_abortive_close();
+        }
+        process_counter(ctx_.stats, close_reason::no_memory)->fetch_add(1, std::memory_order_relaxed);
     }
     client_.close();
     upstream_.close();
@@ -365,6 +373,47 @@ std::string session::client_text() const {
     error_code ec;
     const auto ep = client_.remote_endpoint(ec);
     return ec ? std::string("?") : endpoint_text(ep);
+}
+
+void session::connect_next(std::unique_ptr<session> self) {
+    session& s = *self;
+    const pool_config& pool = *s.pool_.cfg;
+    for (;;) {
+        if (s.gate_ == gate_step::pick) {
+            if (s.st_.attempts >= pool.connect_attempts || s.entry_.aborted()) break;
+            std::size_t pick = 0;
+            const step got = s.pick_backend(pick);
+            if (got == step::next) continue;
+            if (got == step::stop) break;
+            s.chosen_index_ = pick;  // chosen_ only once connected
+            const storm_control_config& sc = pool.storm_control;
+            s.gate_ = sc.new_per_second != 0 ? gate_step::turn
+                      : sc.max_connecting != 0 ? gate_step::slot
+                                               : gate_step::open;
+        }
+        const backend_runtime& backend = s.pool_.backends[s.chosen_index_];
+        if (s.gate_ != gate_step::open) {
+            const gate g = s.pass_gate(backend);
+            if (g == gate::wait) return wait_at_gate(std::move(self));
+            if (g == gate::refused) {
+                const bool no_slot = s.gate_ == gate_step::slot || s.gate_ == gate_step::slot_retry;
+                s.gate_ = gate_step::pick;
+                backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
+                if (s.entry_.aborted()) break;
+                s.st_.failures += fmt::format("{}{}: storm control (no {} within {}ms)",
+                                              s.st_.failures.empty() ? "" : "; ", backend.cfg->name,
+                                              no_slot ? "connect slot" : "turn", pool.storm_control.queue_timeout.count());
+                continue;
+            }
+        }
+        s.gate_ = gate_step::pick;
+        if (!s.open_upstream(backend)) break;
+        s.watch_connect_deadline();
+        // Completes from the poller's loop, never inside this call.
+        s.upstream_.connect(backend.endpoint, &session::on_connected, self.release());
+        return;
+    }
+    s.give_up();  // the session ends with `self`
 }
 
 session::step session::pick_backend(std::size_t& pick) {
@@ -381,6 +430,113 @@ session::step session::pick_backend(std::size_t& pick) {
     return step::ready;
 }
 
+session::gate session::pass_gate(const backend_runtime& backend) {
+    const storm_control_config& sc = pool_.cfg->storm_control;
+    backend_stats& stats = *backend.stats;
+    const std::int64_t interval = sc.new_per_second != 0 ? 1'000'000'000 / sc.new_per_second : 0;
+    const auto wait_until = [this](clock_type::time_point at) {
+        wake_at_ = at;
+        return gate::wait;
+    };
+    if (gate_ == gate_step::turn) {
+        const std::int64_t max_delay = std::chrono::duration_cast<std::chrono::nanoseconds>(sc.queue_timeout).count();
+        const std::optional<gcra_slot> turn = reserve_turn(stats.pacing_tat_ns, interval, sc.burst, max_delay);
+        if (!turn) {
+            stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+            return gate::refused;
+        }
+        gate_ = gate_step::start;
+        if (turn->delay_ns != 0) {
+            if (stats.pacing_waiting.fetch_add(1, std::memory_order_relaxed) >= sc.queue) {
+                // The queue is full. The reserved turn goes unused: the next clients
+                // wait as if it had been taken, which errs towards the backend.
+                stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
+                stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+                return gate::refused;
+            }
+            stats.pacing_delayed_total.fetch_add(1, std::memory_order_relaxed);
+            gate_ = gate_step::turn_waited;
+            return wait_until(clock_type::now() + std::chrono::nanoseconds(turn->delay_ns));
+        }
+    }
+    if (gate_ == gate_step::turn_waited) {
+        stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
+        if (entry_.aborted()) return gate::refused;
+        gate_ = gate_step::start;
+    }
+    if (gate_ == gate_step::start) {
+        // The turn says when this client may go. A worker that wakes late (a
+        // loaded machine, a stopped process) would start every turn that came
+        // due meanwhile at once: 300 ms late, 150 connects in a moment on top
+        // of the rate. So the start takes a turn too, in a second state that
+        // only starts enter: on time it is free (the turns are spaced already);
+        // late, the starts are spaced again.
+        const std::optional<gcra_slot> start =
+            reserve_turn(stats.pacing_start_tat_ns, interval, sc.burst, std::numeric_limits<std::int64_t>::max());
+        gate_ = gate_step::start_waited;
+        if (start->delay_ns != 0) return wait_until(clock_type::now() + std::chrono::nanoseconds(start->delay_ns));
+    }
+    if (gate_ == gate_step::start_waited) {
+        if (entry_.aborted()) return gate::refused;
+        gate_ = gate_step::slot;
+    }
+    if (gate_ == gate_step::slot) {
+        if (sc.max_connecting == 0) return gate::open;
+        slot_deadline_ = clock_type::now() + sc.queue_timeout;
+        slot_waited_ = false;
+        gate_ = gate_step::slot_retry;
+    }
+    std::atomic<std::uint32_t>& connecting = stats.connecting;
+    auto current = connecting.load(std::memory_order_relaxed);
+    while (current < sc.max_connecting) {
+        if (connecting.compare_exchange_weak(current, current + 1, std::memory_order_relaxed)) {
+            slot_ = &connecting;
+            if (slot_waited_) stats.pacing_delayed_total.fetch_add(1, std::memory_order_relaxed);
+            return gate::open;
+        }
+    }
+    if (entry_.aborted() || clock_type::now() >= slot_deadline_) {
+        if (!entry_.aborted()) stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+        return gate::refused;
+    }
+    slot_waited_ = true;
+    return wait_until(slot_deadline_);
+}
+
+void session::wait_at_gate(std::unique_ptr<session> self) {
+    session& s = *self;
+    if (!s.gate_timer_) s.gate_timer_ = std::make_unique<asio::steady_timer>(s.upstream_.get_executor());
+    asio::steady_timer& timer = *s.gate_timer_;
+    timer.expires_at(s.wake_at_);
+    s.entry_.pacing_timer = &timer;  // abort() cancels it
+    const bool for_slot = s.gate_ == gate_step::slot_retry;
+    timer.async_wait([self = std::move(self)](const error_code&) mutable {
+        session& s = *self;
+        s.entry_.pacing_timer = nullptr;
+        if (s.in_slot_waiters_) {
+            s.ctx_.slot_waiters.erase(s.slot_waiter_);
+            s.in_slot_waiters_ = false;
+        }
+        connect_next(std::move(self));
+    });
+    // The wait owns the session now, and its handler cannot run before this
+    // returns. Listed only once the wait is set: a session that an
+    // allocation failure ended above is never left in the list.
+    if (for_slot) {
+        // A slot freed on this worker cancels the first waiter's timer.
+        s.slot_waiter_ = s.ctx_.slot_waiters.insert(s.ctx_.slot_waiters.end(), &timer);
+        s.in_slot_waiters_ = true;
+        s.ctx_.arm_slot_tick(s.upstream_.get_executor());
+    }
+}
+
+void session::release_slot() {
+    if (!slot_) return;
+    slot_->fetch_sub(1, std::memory_order_relaxed);
+    slot_ = nullptr;
+    ctx_.wake_slot_waiters(false);
+}
+
 bool session::open_upstream(const backend_runtime& backend) {
     if (const error_code ec = upstream_.open(backend.endpoint.protocol())) {
         // Not the backend's fault: this process is out of descriptors or memory.
@@ -394,6 +550,37 @@ bool session::open_upstream(const backend_runtime& backend) {
         spdlog::debug("backend {}: setting TCP options failed: {}", backend.cfg->name, opt_ec.message());
     }
     return true;
+}
+
+void session::watch_connect_deadline() {
+    const auto timeout = snap_->cfg->timeouts.connect;
+    connect_timed_out_ = false;
+    deadline = clock_type::now() + timeout;
+    ctx_.connects.watch(*this, timeout, upstream_.get_executor());
+}
+
+error_code session::connect_ended(const error_code& ec) {
+    unlink();  // from the worker's pending connects
+    return connect_timed_out_ ? error_code{asio::error::timed_out} : ec;
+}
+
+void session::on_connect_deadline(pending_connect& p) {
+    auto& s = static_cast<session&>(p);
+    s.connect_timed_out_ = true;
+    s.upstream_.close();  // the connect completes from the loop, aborted
+}
+
+void session::on_connected(void* arg, const error_code& ec) {
+    std::unique_ptr<session> self(static_cast<session*>(arg));
+    session& s = *self;
+    const error_code cec = s.connect_ended(ec);
+    if (cec) {
+        if (!s.connect_failed(s.chosen_index_, cec)) return s.give_up();
+        return connect_next(std::move(self));
+    }
+    s.chosen_ = &s.pool_.backends[s.chosen_index_];
+    if (!s.sent_.empty()) return replay(std::move(self));
+    s.start_relay(std::move(self));
 }
 
 bool session::connect_failed(std::size_t pick, const error_code& cec) {
@@ -419,233 +606,31 @@ bool session::connect_failed(std::size_t pick, const error_code& cec) {
     return true;
 }
 
-asio::awaitable<bool> session::connect_next() {
-    while (st_.attempts < pool_.cfg->connect_attempts && !entry_.aborted()) {
-        std::size_t pick = 0;
-        const step got = pick_backend(pick);
-        if (got == step::next) continue;
-        if (got == step::stop) break;
-        const backend_runtime& backend = pool_.backends[pick];
-        if (pool_.cfg->storm_control.new_per_second != 0) {
-            if (!co_await wait_for_turn(backend)) {
-                backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
-                if (entry_.aborted()) break;
-                st_.failures += fmt::format("{}{}: storm control (no turn within {}ms)",
-                                            st_.failures.empty() ? "" : "; ", backend.cfg->name,
-                                            pool_.cfg->storm_control.queue_timeout.count());
-                continue;
-            }
-        }
-        if (pool_.cfg->storm_control.max_connecting != 0 && !co_await wait_for_slot(backend)) {
-            backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
-            if (entry_.aborted()) break;
-            st_.failures += fmt::format("{}{}: storm control (no connect slot within {}ms)",
-                                        st_.failures.empty() ? "" : "; ", backend.cfg->name,
-                                        pool_.cfg->storm_control.queue_timeout.count());
+void session::replay(std::unique_ptr<session> self) {
+    session& s = *self;
+    error_code ec;
+    while (s.replayed_ < s.sent_.size()) {
+        const ssize_t n = ::send(s.upstream_.native_handle(), s.sent_.data() + s.replayed_,
+                                 s.sent_.size() - s.replayed_, MSG_NOSIGNAL);
+        if (n > 0) {
+            s.replayed_ += static_cast<std::size_t>(n);
             continue;
         }
-        if (!open_upstream(backend)) break;
-        watch_connect_deadline();
-        // poll_socket completes from its loop, never inside this call.
-        auto [ec] = co_await upstream_.async_connect(backend.endpoint, asio::as_tuple(asio::use_awaitable));
-        const error_code cec = connect_ended(ec);
-        if (!cec) {
-            chosen_ = &backend;
-            chosen_index_ = pick;
-            co_return true;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return s.upstream_.wait(poll_socket::wait_type::write, &session::on_replay_writable, self.release());
         }
-        if (!connect_failed(pick, cec)) break;
+        ec = n < 0 ? error_code(errno, boost::system::system_category()) : error_code(asio::error::broken_pipe);
+        break;
     }
-    co_return false;
+    if (!ec) return s.start_relay(std::move(self));
+    failed_before_answering(std::move(self), ec);
 }
 
-void session::start(std::unique_ptr<session> self) {
-    const storm_control_config& sc = self->pool_.cfg->storm_control;
-    if (sc.new_per_second == 0 && sc.max_connecting == 0) return connect_next_without_coroutine(std::move(self));
-    const auto ex = self->client_.get_executor();  // before `self` is moved from
-    asio::co_spawn(ex, establish(std::move(self)), [](std::exception_ptr e) {
-        if (!e) return;
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            spdlog::error("session failed: {}", ex.what());
-        }
-    });
-}
-
-void session::connect_next_without_coroutine(std::unique_ptr<session> self) {
-    session& s = *self;
-    // The same loop as connect_next(), less storm control's waits; the
-    // client has sent nothing yet that a replay would need.
-    while (s.st_.attempts < s.pool_.cfg->connect_attempts && !s.entry_.aborted()) {
-        std::size_t pick = 0;
-        const step got = s.pick_backend(pick);
-        if (got == step::next) continue;
-        if (got == step::stop) break;
-        const backend_runtime& backend = s.pool_.backends[pick];
-        if (!s.open_upstream(backend)) break;
-        s.chosen_index_ = pick;  // chosen_ only once connected
-        s.watch_connect_deadline();
-        // Completes from the poller's loop, never inside this call.
-        s.upstream_.connect(backend.endpoint, &session::on_connected, self.release());
-        return;
-    }
-    s.give_up();  // the session ends with `self`
-}
-
-void session::on_connected(void* arg, const error_code& ec) {
+void session::on_replay_writable(void* arg, const error_code& ec) {
     std::unique_ptr<session> self(static_cast<session*>(arg));
-    session& s = *self;
-    const error_code cec = s.connect_ended(ec);
-    if (!cec) {
-        s.chosen_ = &s.pool_.backends[s.chosen_index_];
-        return s.start_relay(std::move(self));
-    }
-    if (!s.connect_failed(s.chosen_index_, cec)) return s.give_up();
-    connect_next_without_coroutine(std::move(self));
-}
-
-void session::watch_connect_deadline() {
-    const auto timeout = snap_->cfg->timeouts.connect;
-    connect_timed_out_ = false;
-    deadline = clock_type::now() + timeout;
-    ctx_.watch_connect(*this, timeout, upstream_.get_executor());
-}
-
-error_code session::connect_ended(const error_code& ec) {
-    unlink();  // from the worker's pending connects
-    return connect_timed_out_ ? error_code{asio::error::timed_out} : ec;
-}
-
-void session::on_connect_deadline(pending_connect& p) {
-    auto& s = static_cast<session&>(p);
-    s.connect_timed_out_ = true;
-    s.upstream_.close();  // the connect completes from the loop, aborted
-}
-
-namespace {
-
-std::int64_t steady_now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
-}
-
-/// Reserves a turn in the GCRA `state`, shared with every worker, without a
-/// lock; nullopt if it would wait longer than `max_delay`.
-std::optional<gcra_slot> reserve_turn(std::atomic<std::int64_t>& state, std::int64_t interval, std::uint32_t burst,
-                                      std::int64_t max_delay) {
-    const std::int64_t now = steady_now_ns();
-    std::int64_t tat = state.load(std::memory_order_relaxed);
-    std::optional<gcra_slot> slot;
-    do {
-        slot = gcra_reserve(tat, now, interval, burst, max_delay);
-        if (!slot) break;
-    } while (!state.compare_exchange_weak(tat, slot->new_tat, std::memory_order_relaxed));
-    return slot;
-}
-
-}  // namespace
-
-asio::awaitable<bool> session::wait_for_turn(const backend_runtime& backend) {
-    const storm_control_config& sc = pool_.cfg->storm_control;
-    backend_stats& stats = *backend.stats;
-    const std::int64_t interval = 1'000'000'000 / sc.new_per_second;
-    const std::int64_t max_delay =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(sc.queue_timeout).count();
-    const std::optional<gcra_slot> slot = reserve_turn(stats.pacing_tat_ns, interval, sc.burst, max_delay);
-    if (!slot) {
-        stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
-        co_return false;
-    }
-    if (slot->delay_ns != 0) {
-        if (stats.pacing_waiting.fetch_add(1, std::memory_order_relaxed) >= sc.queue) {
-            // The queue is full. The reserved turn goes unused: the next clients
-            // wait as if it had been taken, which errs towards the backend.
-            stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
-            stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
-            co_return false;
-        }
-        stats.pacing_delayed_total.fetch_add(1, std::memory_order_relaxed);
-        const bool waited = co_await pacing_sleep(slot->delay_ns);
-        stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
-        if (!waited) co_return false;
-    }
-    // The turn says when this client may go. A worker that wakes late (a
-    // loaded machine, a stopped process) would start every turn that came
-    // due meanwhile at once: 300 ms late, 150 connects in a moment on top
-    // of the rate. So the start takes a turn too, in a second state that
-    // only starts enter: on time it is free (the turns are spaced already);
-    // late, the starts are spaced again.
-    const std::optional<gcra_slot> start =
-        reserve_turn(stats.pacing_start_tat_ns, interval, sc.burst, std::numeric_limits<std::int64_t>::max());
-    if (start->delay_ns == 0) co_return true;
-    co_return co_await pacing_sleep(start->delay_ns);
-}
-
-asio::awaitable<bool> session::pacing_sleep(std::int64_t delay_ns) {
-    asio::steady_timer timer(upstream_.get_executor());
-    timer.expires_after(std::chrono::nanoseconds(delay_ns));
-    entry_.pacing_timer = &timer;
-    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-    entry_.pacing_timer = nullptr;
-    co_return !entry_.aborted();
-}
-
-asio::awaitable<bool> session::wait_for_slot(const backend_runtime& backend) {
-    const storm_control_config& sc = pool_.cfg->storm_control;
-    std::atomic<std::uint32_t>& connecting = backend.stats->connecting;
-    const auto deadline = clock_type::now() + sc.queue_timeout;
-    std::optional<asio::steady_timer> timer;
-    bool waited = false;
-    for (;;) {
-        auto current = connecting.load(std::memory_order_relaxed);
-        while (current < sc.max_connecting) {
-            if (connecting.compare_exchange_weak(current, current + 1, std::memory_order_relaxed)) {
-                slot_ = &connecting;
-                if (waited) backend.stats->pacing_delayed_total.fetch_add(1, std::memory_order_relaxed);
-                co_return true;
-            }
-        }
-        if (entry_.aborted() || clock_type::now() >= deadline) {
-            if (!entry_.aborted()) backend.stats->pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
-            co_return false;
-        }
-        waited = true;
-        if (!timer) timer.emplace(upstream_.get_executor());
-        timer->expires_at(deadline);
-        const auto it = ctx_.slot_waiters.insert(ctx_.slot_waiters.end(), &*timer);
-        ctx_.arm_slot_tick(upstream_.get_executor());
-        entry_.pacing_timer = &*timer;
-        co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
-        entry_.pacing_timer = nullptr;
-        ctx_.slot_waiters.erase(it);
-    }
-}
-
-void session::release_slot() {
-    if (!slot_) return;
-    slot_->fetch_sub(1, std::memory_order_relaxed);
-    slot_ = nullptr;
-    ctx_.wake_slot_waiters(false);
-}
-
-asio::awaitable<void> session::establish(std::unique_ptr<session> self) {
-    session& s = *self;
-    while (co_await s.connect_next()) {
-        if (s.sent_.empty()) break;
-        // Replay what the client sent to the backend that failed.
-        const error_code wec = co_await send_all(s.upstream_, s.sent_);
-        if (!wec) {
-            s.replayed_ = s.sent_.size();
-            break;
-        }
-        s.last_error_ = wec;
-        if (!s.may_move_on()) {
-            s.chosen_ = nullptr;
-            break;
-        }
-    }
-    if (!s.chosen_) co_return s.give_up();  // the session ends with this frame
-    s.start_relay(std::move(self));
+    if (!ec) return replay(std::move(self));
+    failed_before_answering(std::move(self), ec);
 }
 
 void session::start_relay(std::unique_ptr<session> self) {
@@ -668,17 +653,26 @@ void session::start_relay(std::unique_ptr<session> self) {
 }
 
 void session::relay_ended(std::unique_ptr<session> self) {
-    if (!relay_.backend_failed_early() || entry_.aborted()) return account();
-    last_error_ = relay_.early_error();
-    if (!may_move_on()) return give_up();
-    asio::co_spawn(client_.get_executor(), establish(std::move(self)), [](std::exception_ptr e) {
-        if (!e) return;
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            spdlog::error("session failed: {}", ex.what());
-        }
-    });
+    if (entry_.aborted()) return finalize(entry_.closed_by);
+    if (relay_.backend_failed_early()) return failed_before_answering(std::move(self), relay_.early_error());
+    const pump_result& to_backend = relay_.to_backend();
+    const pump_result& from_backend = relay_.from_backend();
+    // An apiserver that resets a connection before sending anything is not
+    // serving (crashing, or shutting down its listener): count it against it.
+    // (Usually found by the relay's early end; this is for a client that
+    // half-closed or sent much before the backend's first byte.)
+    if (from_backend.bytes == 0 &&
+        (from_backend.end == pump_end::source_reset || to_backend.end == pump_end::sink_failed)) {
+        report_passive(ctx_, pool_, *chosen_, "reset before any byte came back");
+    }
+    finalize(relay_end_reason(to_backend, from_backend));
+}
+
+void session::failed_before_answering(std::unique_ptr<session> self, const error_code& why) {
+    session& s = *self;
+    s.last_error_ = why;
+    if (!s.may_move_on()) return s.give_up();
+    connect_next(std::move(self));
 }
 
 bool session::may_move_on() {
@@ -707,10 +701,22 @@ bool session::may_move_on() {
 }
 
 void session::give_up() {
-    if (st_.local_failure) {
-        spdlog::debug("client {}: closed: {}", client_text(), st_.local_failure.message());
-    } else if (!entry_.aborted()) {
-        ctx_.stats.no_backend_total.fetch_add(1, std::memory_order_relaxed);
+    // A session closed while connecting keeps apilb's reason (a drain).
+    finalize(entry_.aborted()         ? entry_.closed_by
+             : st_.local_failure ? close_reason::no_resources
+                                 : close_reason::no_backend);
+}
+
+void session::finalize(close_reason why) {
+    if (auto* counter = process_counter(ctx_.stats, why)) counter->fetch_add(1, std::memory_order_relaxed);
+    if (chosen_) {
+        backend_stats& bstats = *chosen_->stats;
+        if (auto* counter = backend_counter(bstats, why)) counter->fetch_add(1, std::memory_order_relaxed);
+        bstats.active.fetch_sub(1, std::memory_order_relaxed);
+        publish_bytes();  // the rest since the worker's last tick
+    }
+
+    if (why == close_reason::no_backend) {
         std::uint64_t suppressed = 0;
         if (ctx_.connect_warnings.allow(suppressed)) {
             const log_scope fields({.event = "no_backend", .pool = pool_.cfg->name, .backend = {}, .client = client_text(),
@@ -723,62 +729,37 @@ void session::give_up() {
                                               : st_.failures,
                          suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
         }
-    }
-    // No other backend could take the client: what the last one did reaches
-    // the client as it was, a reset as a reset.
-    if (last_error_ && last_error_ != asio::error::eof) close_with_reset(client_);
-}
-
-void session::account() {
-    pump_result to_backend = relay_.to_backend();
-    const pump_result& from_backend = relay_.from_backend();
-    to_backend.bytes += replayed_;
-    backend_stats& bstats = *chosen_->stats;
-    switch (entry_.closed_by) {
-    case close_reason::none: break;
-    case close_reason::idle: ctx_.stats.closed_by_idle_total.fetch_add(1, std::memory_order_relaxed); break;
-    case close_reason::health:
-        ctx_.stats.closed_by_health_total.fetch_add(1, std::memory_order_relaxed);
-        bstats.closed_by_health_total.fetch_add(1, std::memory_order_relaxed);
-        break;
-    case close_reason::reload: ctx_.stats.closed_by_reload_total.fetch_add(1, std::memory_order_relaxed); break;
-    case close_reason::rebalance:
-        ctx_.stats.closed_by_rebalance_total.fetch_add(1, std::memory_order_relaxed);
-        bstats.closed_by_rebalance_total.fetch_add(1, std::memory_order_relaxed);
-        break;
-    case close_reason::drain: ctx_.stats.closed_by_drain_total.fetch_add(1, std::memory_order_relaxed); break;
-    case close_reason::stalled: ctx_.stats.closed_by_stall_total.fetch_add(1, std::memory_order_relaxed); break;
-    }
-    if (!entry_.aborted()) count_failed_leg(ctx_.stats, to_backend, from_backend);
-    // An apiserver that resets a connection before sending anything is not
-    // serving (crashing, or shutting down its listener): count it against it.
-    // (Usually found by the relay's early end; this is for a client that
-    // half-closed or sent much before the backend's first byte.)
-    if (!entry_.aborted() && from_backend.bytes == 0 &&
-        (from_backend.end == pump_end::source_reset || to_backend.end == pump_end::sink_failed)) {
-        report_passive(ctx_, pool_, *chosen_, "reset before any byte came back");
-    }
-    bstats.active.fetch_sub(1, std::memory_order_relaxed);
-    publish_bytes();  // the rest since the worker's last tick
-
-    if (spdlog::should_log(spdlog::level::debug)) {
+    } else if (why == close_reason::no_resources) {
+        spdlog::debug("client {}: closed: {}", client_text(), st_.local_failure.message());
+    } else if (chosen_ && spdlog::should_log(spdlog::level::debug)) {
+        const pump_result& to_backend = relay_.to_backend();
+        const pump_result& from_backend = relay_.from_backend();
         const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started_);
-        const char* how = close_text(entry_.closed_by);
         const log_scope fields({.event = "session_closed",
                                 .pool = pool_.cfg->name,
                                 .backend = chosen_->cfg->name,
                                 .client = client_text(),
-                                .reason = how ? how : "ended"});
+                                .reason = to_string(why)});
         spdlog::debug("session closed: listener={} client={} backend={} ({}) client_to_backend={}B "
                       "backend_to_client={}B duration={}ms end={}",
                       listener_.cfg->name, client_text(), chosen_->cfg->name, endpoint_text(chosen_->endpoint),
-                      to_backend.bytes, from_backend.bytes, ms.count(),
-                      how ? std::string(how)
+                      to_backend.bytes + replayed_, from_backend.bytes, ms.count(),
+                      closed_by_apilb(why)
+                          ? std::string(to_string(why))
                           : fmt::format("client:{}{},backend:{}{}", to_string(to_backend.end),
                                         to_backend.error ? "(" + to_backend.error.message() + ")" : "",
                                         to_string(from_backend.end),
                                         from_backend.error ? "(" + from_backend.error.message() + ")" : ""));
     }
+
+    // A reset the last backend sent before any byte reaches a client that
+    // no other backend could take as a reset.
+    if (close_action(why, last_error_ && last_error_ != asio::error::eof) == close_how::reset) {
+        for (poll_socket* s : {&client_, &upstream_}) {
+            if (s->is_open()) s->set_abortive_close();
+        }
+    }
+    // The sockets close with the session, right after.
 }
 
 void session::publish_bytes() {
@@ -811,7 +792,7 @@ void start_session(worker_context& ctx, int fd, std::size_t listener_index) {
     } catch (const std::bad_alloc&) {
         close_with_reset(fd);
         ctx.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
-        ctx.stats.reset_no_memory_total.fetch_add(1, std::memory_order_relaxed);
+        process_counter(ctx.stats, close_reason::no_memory)->fetch_add(1, std::memory_order_relaxed);
         return ctx.pause_accepting(boost::system::errc::make_error_code(boost::system::errc::not_enough_memory),
                                    "starting a session");
     }

@@ -177,15 +177,6 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
     });
 }
 
-void worker::close_removed(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends) {
-    asio::post(io_, [this, keep = std::move(keep), backends = std::move(backends)] {
-        for (auto& s : ctx_.sessions) {
-            if (s.aborted() || std::find(backends.begin(), backends.end(), s.backend) == backends.end()) continue;
-            s.abort(close_reason::reload);
-        }
-    });
-}
-
 void worker::start() {
     started_ = true;
     ctx_.reserve_spare();
@@ -319,15 +310,17 @@ asio::awaitable<void> worker::sweep_sessions() {
         auto [ec] = co_await sweep_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
         if (ec || stopping_) co_return;
         const auto now = std::chrono::steady_clock::now();
-        for (auto& s : ctx_.sessions) {
-            if (!s.relaying || s.aborted()) continue;
-            if (idle.count() > 0 && s.last_activity < now - idle) {
-                s.abort(close_reason::idle);
-            } else if (stall.count() > 0 && s.pump->write_blocked_since() < now - stall) {
-                // A peer that takes nothing (a zero window) while data waits
-                // for it holds kernel memory for as long as it likes.
-                s.abort(close_reason::stalled);
-            }
+        if (idle.count() > 0) {
+            close_matching([&](const session_entry& s, const snapshot&) {
+                return s.relaying && s.last_activity < now - idle;
+            }, close_reason::idle);
+        }
+        if (stall.count() > 0) {
+            // A peer that takes nothing (a zero window) while data waits for
+            // it holds kernel memory for as long as it likes.
+            close_matching([&](const session_entry& s, const snapshot&) {
+                return s.relaying && s.pump->write_blocked_since() < now - stall;
+            }, close_reason::stalled);
         }
     }
 }
@@ -342,60 +335,72 @@ void worker::stop_accepting() {
     });
 }
 
-void worker::abort_sessions() {
-    asio::post(io_, [this] {
-        // abort() does not unlink; sessions unlink themselves when their frames end.
-        for (auto& s : ctx_.sessions) s.abort(close_reason::drain);
-    });
+void worker::close_sessions(session_rule rule, close_reason why) {
+    asio::post(io_, [this, rule = std::move(rule), why] { close_matching(rule, why); });
 }
 
-void worker::abort_sessions_on(std::shared_ptr<const backend_health> backend) {
-    asio::post(io_, [this, backend = std::move(backend)] {
-        for (auto& s : ctx_.sessions) {
-            if (s.backend != backend.get() || s.aborted()) continue;
-            s.abort(close_reason::health);
-        }
-    });
+void worker::close_matching(const session_rule& rule, close_reason why) {
+    const snapshot& current = ctx_.snap();
+    // Oldest first: sessions are appended as they start. abort() does not
+    // unlink; sessions unlink themselves when they end.
+    for (auto& s : ctx_.sessions) {
+        if (!s.aborted() && rule(s, current)) s.abort(why);
+    }
 }
 
-void worker::close_for_rebalance(std::vector<rebalance_order> orders) {
-    asio::post(io_, [this, orders = std::move(orders)] {
-        for (const auto& order : orders) {
-            if (order.quota->load(std::memory_order_relaxed) <= 0) continue;
-            for (auto& s : ctx_.sessions) {  // oldest first: sessions are appended as they start
-                if (!s.relaying || s.aborted() || !s.pool || s.pool->cfg->name != order.pool) continue;
-                if (order.backend) {
-                    if (s.backend != order.backend.get()) continue;
-                } else if (!misplaced(s)) {
-                    continue;
-                }
-                if (order.quota->fetch_sub(1, std::memory_order_relaxed) <= 0) break;
-                s.abort(close_reason::rebalance);
-            }
-        }
-    });
+session_rule every_session() {
+    return [](const session_entry&, const snapshot&) { return true; };
 }
 
-bool worker::misplaced(const session_entry& s) {
-    // Where the key's Maglev preference in the config in force would send it
-    // now, among backends that can take sessions. The session may have
-    // started under an earlier config that listed the backends otherwise:
-    // its pool is found by name and its backend by identity.
-    const auto& pools = ctx_.snap().pools;
+session_rule sessions_on(std::shared_ptr<const backend_health> backend) {
+    return [backend = std::move(backend)](const session_entry& s, const snapshot&) {
+        return s.backend == backend.get();
+    };
+}
+
+session_rule sessions_on_any(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends) {
+    return [keep = std::move(keep), backends = std::move(backends)](const session_entry& s, const snapshot&) {
+        return std::find(backends.begin(), backends.end(), s.backend) != backends.end();
+    };
+}
+
+namespace {
+
+/// A Maglev session not on the backend its key prefers in `current`, among
+/// backends that can take sessions. The session may have started under an
+/// earlier config that listed the backends otherwise: its pool is found by
+/// name and its backend by identity.
+bool misplaced(const session_entry& s, const snapshot& current, std::vector<backend_load>& loads) {
+    const auto& pools = current.pools;
     const auto it = std::find_if(pools.begin(), pools.end(),
                                  [&](const pool_runtime& p) { return p.cfg->name == s.pool->cfg->name; });
     if (it == pools.end() || !it->maglev) return false;
     const pool_runtime& pool = *it;
-    ctx_.loads.resize(pool.backends.size());
+    loads.resize(pool.backends.size());
     for (std::size_t i = 0; i < pool.backends.size(); ++i) {
         const auto& b = pool.backends[i];
-        ctx_.loads[i] = {.weight = b.cfg->weight,
-                         .active = 0,
-                         .available = b.takes_sessions(),
-                         .tier = 0};
+        loads[i] = {.weight = b.cfg->weight, .active = 0, .available = b.takes_sessions(), .tier = 0};
     }
-    const auto preferred = choose_maglev(*pool.maglev, s.key_hash, ctx_.loads);
+    const auto preferred = choose_maglev(*pool.maglev, s.key_hash, loads);
     return preferred && pool.backends[*preferred].health.get() != s.backend;
+}
+
+}  // namespace
+
+session_rule sessions_to_rebalance(std::vector<rebalance_order> orders) {
+    // A session matches at most the first order with quota left that wants
+    // it; taking sessions oldest first per order, as before, picks the same.
+    return [orders = std::move(orders), loads = std::vector<backend_load>()](const session_entry& s,
+                                                                               const snapshot& current) mutable {
+        if (!s.relaying || !s.pool) return false;
+        for (const auto& order : orders) {
+            if (order.quota->load(std::memory_order_relaxed) <= 0 || s.pool->cfg->name != order.pool) continue;
+            if (order.backend ? s.backend != order.backend.get() : !misplaced(s, current, loads)) continue;
+            if (order.quota->fetch_sub(1, std::memory_order_relaxed) <= 0) continue;
+            return true;
+        }
+        return false;
+    };
 }
 
 void worker::publish_tick() {
@@ -425,8 +430,8 @@ void worker::stop() {
         publish_timer_.cancel();
         // Armed for the earliest pending connect's deadline, which may be
         // long past the last connect: it must not hold the loop open.
-        ctx_.stop_connect_timer();
-        for (auto& s : ctx_.sessions) s.abort(close_reason::drain);
+        ctx_.connects.stop();
+        close_matching(every_session(), close_reason::drain);
         // Every socket is closed: what is left to deliver is queued already.
         // The epoll set is no longer work, so io_.run() returns once the
         // sessions have wound down.

@@ -1,7 +1,6 @@
 // What a worker's sessions share: rate-limited warnings, the pause on
-// running out of descriptors, storm control's connect-slot waiters and the
-// deadline queue of pending backend connects.
-#include "apilb/dataplane/session.hpp"
+// running out of descriptors and storm control's connect-slot waiters.
+#include "apilb/dataplane/worker_context.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -72,57 +71,6 @@ void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
         wake_slot_waiters(true);  // each retries; who finds no slot waits again
         arm_slot_tick(ex);
     });
-}
-
-void worker_context::watch_connect(pending_connect& c, std::chrono::milliseconds timeout,
-                                   const asio::any_io_executor& ex) {
-    // Appending to the queue of its timeout keeps every queue in deadline
-    // order at O(1); there is one queue, or two across a reload that
-    // changed timeouts.connect.
-    auto q = std::find_if(connect_queues.begin(), connect_queues.end(),
-                          [timeout](const connect_queue& x) { return x.timeout == timeout; });
-    if (q == connect_queues.end()) q = connect_queues.insert(connect_queues.end(), connect_queue{timeout, {}});
-    q->entries.push_back(c);
-    if (c.deadline >= connect_timer_at || connects_stopped) return;
-    if (!connect_timer) connect_timer = std::make_unique<asio::steady_timer>(ex);
-    arm_connect_timer(c.deadline, ex);
-}
-
-void worker_context::arm_connect_timer(clock_type::time_point at, const asio::any_io_executor& ex) {
-    if (connects_stopped) return;
-    connect_timer_at = at;
-    connect_timer->expires_at(at);  // a wait still pending completes as aborted
-    connect_timer->async_wait([this, ex](const error_code& ec) {
-        if (ec) return;  // moved earlier (that wait re-arms), or the worker is going
-        expire_connects(ex);
-    });
-}
-
-void worker_context::expire_connects(const asio::any_io_executor& ex) {
-    connect_timer_at = clock_type::time_point::max();
-    if (connects_stopped) return;
-    const auto now = clock_type::now();
-    auto next = clock_type::time_point::max();
-    for (auto q = connect_queues.begin(); q != connect_queues.end();) {
-        while (!q->entries.empty() && q->entries.front().deadline <= now) {
-            pending_connect& c = q->entries.front();
-            q->entries.pop_front();
-            c.expire(c);  // closes the socket; the connect completes later, aborted
-        }
-        if (q->entries.empty() && connect_queues.size() > 1) {
-            q = connect_queues.erase(q);  // a timeout no longer in use
-            continue;
-        }
-        if (!q->entries.empty()) next = std::min(next, q->entries.front().deadline);
-        ++q;
-    }
-    if (next != clock_type::time_point::max()) arm_connect_timer(next, ex);
-}
-
-void worker_context::stop_connect_timer() {
-    connects_stopped = true;
-    connect_timer_at = clock_type::time_point::max();
-    if (connect_timer) connect_timer->cancel();
 }
 
 generation::generation(std::shared_ptr<const snapshot> s) : snap(std::move(s)) {

@@ -104,7 +104,7 @@ process::process(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std:
     rebalancer_ = std::make_unique<rebalancer>(
         control_, [this] { return snap_; },
         [this](std::vector<rebalance_order> orders) {
-            for (auto& w : workers_) w->close_for_rebalance(orders);
+            for (auto& w : workers_) w->close_sessions(sessions_to_rebalance(orders), close_reason::rebalance);
         });
     // SO_REUSEPORT would let another process of ours bind beside a listener
     // that someone already serves and take part of its clients: refuse
@@ -165,7 +165,7 @@ std::function<void(std::shared_ptr<const backend_health>)> process::close_sessio
     // The checker closes an unhealthy backend's sessions through the workers,
     // each on its own thread.
     return [this](std::shared_ptr<const backend_health> backend) {
-        for (auto& w : workers_) w->abort_sessions_on(backend);
+        for (auto& w : workers_) w->close_sessions(sessions_on(backend), close_reason::health);
     };
 }
 
@@ -205,7 +205,7 @@ int process::run() {
     auto abort_all = [&] {
         if (aborted) return;
         aborted = true;
-        for (auto& w : workers_) w->abort_sessions();
+        for (auto& w : workers_) w->close_sessions(every_session(), close_reason::drain);
     };
 
     // Polls the open-session count until it reaches zero or the deadline

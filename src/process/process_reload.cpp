@@ -221,7 +221,7 @@ void process::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
         if (still > 0) {
             spdlog::warn("reload: closing {} session(s) still open on removed backend(s)", still);
         }
-        for (auto& w : workers_) w->close_removed(previous, removed);
+        for (auto& w : workers_) w->close_sessions(sessions_on_any(previous, removed), close_reason::reload);
         reload_timers_.erase(it);
     });
 }

@@ -193,23 +193,48 @@ tcp_server::handler read_then_reset() {
     };
 }
 
-TEST(Retry, TlsHandshakeIsReplayedToTheNextBackendWhenTheFirstResetsUnanswered) {
+/// `clients` clients one after the other, each sending a TLS ClientHello
+/// that a backend resetting unanswered gets first and the next one echoes;
+/// `pool_extra` goes into the pool's YAML.
+void expect_hello_replayed_to_the_next_backend(const std::string& pool_extra = {}, int clients = 1) {
     tcp_server dying("127.0.0.2", read_then_reset());
     tcp_server echo("127.0.0.3", echo_handler());
     temp_dir dir;
     const auto port = free_port();
-    apilb_process apilb(dir, config_for(port, {dying.address(), echo.address()}), "127.0.0.1", port);
-    client c;
-    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
-    // The start of a TLS ClientHello: handshake record, TLS 1.0 record version.
-    const std::string hello = std::string("\x16\x03\x01\x00\x05", 5) + "hello";
-    ASSERT_TRUE(c.send_all(hello));
-    EXPECT_EQ(c.recv_exact(hello.size()), hello) << apilb.log();
+    std::string cfg = config_for(port, {dying.address(), echo.address()});
+    cfg.replace(cfg.find("    balance"), 0, pool_extra);
+    apilb_process apilb(dir, cfg, "127.0.0.1", port);
+    std::vector<client> cs(static_cast<std::size_t>(clients));
+    for (auto& c : cs) {
+        ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+        // The start of a TLS ClientHello: handshake record, TLS 1.0 record version.
+        const std::string hello = std::string("\x16\x03\x01\x00\x05", 5) + "hello";
+        ASSERT_TRUE(c.send_all(hello));
+        EXPECT_EQ(c.recv_exact(hello.size()), hello) << apilb.log();
+    }
     // (It may see a second connection: the check passive detection triggers.)
     EXPECT_GE(dying.accepted(), 1) << apilb.log();
-    EXPECT_EQ(echo.accepted(), 1);
-    c.close();
+    EXPECT_EQ(echo.accepted(), clients);
+    cs.clear();
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+TEST(Retry, TlsHandshakeIsReplayedToTheNextBackendWhenTheFirstResetsUnanswered) {
+    expect_hello_replayed_to_the_next_backend();
+}
+
+TEST(Retry, AReplayToTheNextBackendPassesStormControlLikeAnyConnect) {
+    // One connect loop for every pool: with storm control the retry after a
+    // backend that reset unanswered takes a turn and a connect slot like any
+    // connect. Turns are per backend, 2 a second with a burst of 1: the
+    // first client's replay takes the echoing backend's turn at once; the
+    // second client (round robin sends it to the resetting backend first;
+    // passive detection, which would skip that one, is off) waits ~0.5 s
+    // for the echoing backend's next turn, then replays.
+    expect_hello_replayed_to_the_next_backend(
+        "    health: {type: none, passive: {enabled: false}}\n"
+        "    storm_control: {new_per_second: 2, burst: 1, max_connecting: 1, queue: 10, queue_timeout: 10s}\n",
+        2);
 }
 
 TEST(Retry, PlainBytesAreNeverReplayedTheyMayHaveBeenActedOn) {

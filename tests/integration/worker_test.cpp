@@ -101,7 +101,7 @@ TEST(Worker, OutOfDescriptorsPausesAcceptingInsteadOfSpinning) {
     EXPECT_EQ(stats.accepted_total.load(), static_cast<std::uint64_t>(clients));
     cs.clear();
     w.stop_accepting();
-    w.abort_sessions();
+    w.close_sessions(apilb::every_session(), apilb::close_reason::drain);
     w.stop();
 }
 

@@ -3,6 +3,7 @@
 // so nothing on the byte path takes a lock.
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -18,9 +19,26 @@
 #include "apilb/dataplane/poller.hpp"
 #include "apilb/dataplane/rebalance_order.hpp"
 #include "apilb/dataplane/snapshot.hpp"
-#include "apilb/dataplane/session.hpp"
+#include "apilb/dataplane/worker_context.hpp"
 
 namespace apilb {
+
+/// Picks the sessions to close, on the worker thread: `current` is the
+/// config in force (a session may hold an older one).
+using session_rule = std::function<bool(const session_entry& s, const snapshot& current)>;
+
+/// Every session (shutdown drain).
+session_rule every_session();
+/// The sessions relaying to `backend` (it became unhealthy); the pointer
+/// keeps the identity alive until the rule is gone.
+session_rule sessions_on(std::shared_ptr<const backend_health> backend);
+/// The sessions relaying to any of `backends` (removed by a reload, whose
+/// drain time is over); `keep` holds the snapshot they belong to alive.
+session_rule sessions_on_any(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends);
+/// Rebalancing: relaying sessions as `orders` ask (on a backend, or Maglev
+/// sessions off the backend their key prefers in `current`), each taking
+/// one from its order's shared quota.
+session_rule sessions_to_rebalance(std::vector<rebalance_order> orders);
 
 class worker {
 public:
@@ -55,12 +73,6 @@ public:
     /// Any thread.
     void apply(std::shared_ptr<const snapshot> next, std::vector<new_listener> added, std::function<void()> done);
 
-    /// Closes the sessions relaying to any of `backends` (removed by a
-    /// reload, whose drain time is over), counting them as
-    /// closed_by_reload; `keep` holds the snapshot they belong to alive
-    /// until then. Any thread.
-    void close_removed(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends);
-
     /// Caps the process-wide session count this worker admits (0 = none).
     /// Control thread, before start().
     void set_max_connections(std::uint32_t n) { ctx_.max_connections = n; }
@@ -72,15 +84,11 @@ public:
     void ping(std::function<void()> answer);
     /// Closes the acceptors; sessions go on. Any thread.
     void stop_accepting();
-    /// Closes every session. Any thread.
-    void abort_sessions();
-    /// Closes the sessions relaying to `backend` (it became unhealthy); they
-    /// are counted as closed_by_health. The pointer keeps the identity alive
-    /// until the worker has compared it. Any thread.
-    void abort_sessions_on(std::shared_ptr<const backend_health> backend);
-    /// Rebalancing: closes sessions as `orders` ask (oldest first), taking
-    /// from their shared quotas; counted as closed_by_rebalance. Any thread.
-    void close_for_rebalance(std::vector<rebalance_order> orders);
+    /// The one way to close sessions from outside: on the worker thread,
+    /// every session `rule` picks (oldest first; those closed already are
+    /// skipped) is aborted with `why` (session_entry::abort: a reset to both
+    /// peers, counted and logged by `why`). Any thread.
+    void close_sessions(session_rule rule, close_reason why);
     /// Where sessions report failed connects for passive health detection.
     /// Control thread, before start().
     void set_passive_reporter(passive_reporter r) { ctx_.report_passive = std::move(r); }
@@ -108,8 +116,8 @@ private:
     /// oldest waiting client into the spare descriptor and resets it.
     /// False if none was waiting or there was no spare.
     bool reset_one(acceptor_slot& slot);
-    /// A Maglev session not on the backend its key prefers in the config in force.
-    bool misplaced(const session_entry& s);
+    /// Worker thread: aborts with `why` every session `rule` picks.
+    void close_matching(const session_rule& rule, close_reason why);
     /// Every second: relaying sessions add the bytes they moved to their
     /// backends' counters, so that rates show while sessions are open.
     void publish_tick();

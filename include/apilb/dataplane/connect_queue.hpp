@@ -1,0 +1,58 @@
+// The deadlines of a worker's backend connects in progress, kept in queues
+// and expired from one timer: an Asio timer per connect (armed, then
+// cancelled, its handler run anyway) cost about 2 µs of a new connection's
+// ~75. Worker thread only.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/intrusive/list.hpp>
+
+#include <chrono>
+#include <list>
+#include <memory>
+
+namespace apilb {
+
+/// A backend connect in progress and when it times out. Lives in the
+/// connecting session; unlinks itself when destroyed.
+struct pending_connect
+    : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
+    std::chrono::steady_clock::time_point deadline;
+    /// Called by the worker, unlinked, once the deadline has passed.
+    void (*expire)(pending_connect&) = nullptr;
+};
+
+using pending_connect_list =
+    boost::intrusive::list<pending_connect, boost::intrusive::constant_time_size<false>>;
+
+/// Pending connects with one timeout, in the order they started, which is
+/// deadline order.
+struct connect_queue {
+    std::chrono::milliseconds timeout;
+    pending_connect_list entries;
+};
+
+/// A worker's pending connects, one queue per timeouts.connect in use (two
+/// for a while after a reload changed it), and the one timer that expires
+/// them, armed for the earliest deadline while any is pending.
+class connect_deadlines {
+public:
+    /// Starts timing `c` out at c.deadline, `timeout` after its start.
+    void watch(pending_connect& c, std::chrono::milliseconds timeout, const boost::asio::any_io_executor& ex);
+    /// The worker is stopping: the timer is cancelled and never armed again,
+    /// so it cannot hold the loop open (sessions are aborted instead).
+    void stop();
+
+private:
+    void arm(std::chrono::steady_clock::time_point at, const boost::asio::any_io_executor& ex);
+    /// The timer fired: expires what is due, re-arms for the rest.
+    void expire(const boost::asio::any_io_executor& ex);
+
+    std::list<connect_queue> queues_;
+    std::unique_ptr<boost::asio::steady_timer> timer_;
+    std::chrono::steady_clock::time_point timer_at_ = std::chrono::steady_clock::time_point::max();
+    bool stopped_ = false;
+};
+
+}  // namespace apilb

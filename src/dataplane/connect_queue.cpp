@@ -1,0 +1,62 @@
+#include "apilb/dataplane/connect_queue.hpp"
+
+#include <algorithm>
+
+namespace apilb {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using clock_type = std::chrono::steady_clock;
+
+void connect_deadlines::watch(pending_connect& c, std::chrono::milliseconds timeout,
+                              const asio::any_io_executor& ex) {
+    // Appending to the queue of its timeout keeps every queue in deadline
+    // order at O(1); there is one queue, or two across a reload that
+    // changed timeouts.connect.
+    auto q = std::find_if(queues_.begin(), queues_.end(),
+                          [timeout](const connect_queue& x) { return x.timeout == timeout; });
+    if (q == queues_.end()) q = queues_.insert(queues_.end(), connect_queue{timeout, {}});
+    q->entries.push_back(c);
+    if (c.deadline >= timer_at_ || stopped_) return;
+    if (!timer_) timer_ = std::make_unique<asio::steady_timer>(ex);
+    arm(c.deadline, ex);
+}
+
+void connect_deadlines::arm(clock_type::time_point at, const asio::any_io_executor& ex) {
+    if (stopped_) return;
+    timer_at_ = at;
+    timer_->expires_at(at);  // a wait still pending completes as aborted
+    timer_->async_wait([this, ex](const error_code& ec) {
+        if (ec) return;  // moved earlier (that wait re-arms), or the worker is going
+        expire(ex);
+    });
+}
+
+void connect_deadlines::expire(const asio::any_io_executor& ex) {
+    timer_at_ = clock_type::time_point::max();
+    if (stopped_) return;
+    const auto now = clock_type::now();
+    auto next = clock_type::time_point::max();
+    for (auto q = queues_.begin(); q != queues_.end();) {
+        while (!q->entries.empty() && q->entries.front().deadline <= now) {
+            pending_connect& c = q->entries.front();
+            q->entries.pop_front();
+            c.expire(c);  // closes the socket; the connect completes later, aborted
+        }
+        if (q->entries.empty() && queues_.size() > 1) {
+            q = queues_.erase(q);  // a timeout no longer in use
+            continue;
+        }
+        if (!q->entries.empty()) next = std::min(next, q->entries.front().deadline);
+        ++q;
+    }
+    if (next != clock_type::time_point::max()) arm(next, ex);
+}
+
+void connect_deadlines::stop() {
+    stopped_ = true;
+    timer_at_ = clock_type::time_point::max();
+    if (timer_) timer_->cancel();
+}
+
+}  // namespace apilb
