@@ -25,13 +25,11 @@ const char* to_string(close_reason r) noexcept {
     return "?";
 }
 
-close_how close_action(close_reason r, bool last_backend_reset) noexcept {
+close_how close_action(close_reason r) noexcept {
     switch (r) {
     case close_reason::none:
     case close_reason::completed: return close_how::fin;
-    case close_reason::no_backend:
-    case close_reason::no_resources: return last_backend_reset ? close_how::reset : close_how::fin;
-    default: return close_how::reset;  // a failed leg, no memory, or apilb's own close
+    default: return close_how::reset;  // a failed leg, no backend, no resources, or apilb's own close
     }
 }
 

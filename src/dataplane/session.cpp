@@ -357,7 +357,7 @@ session::~session() {
         // Unwinding (an allocation failed): no log line (it could throw
         // again), but the counter and the close its reason calls for, so
         // that the client does not take the end for a complete answer.
-        if (close_action(close_reason::no_memory, false) == close_how::reset) {
+        if (close_action(close_reason::no_memory) == close_how::reset) {
             client_.set_abortive_close();
             upstream_.set_abortive_close();
         }
@@ -752,9 +752,7 @@ void session::finalize(close_reason why) {
                                         from_backend.error ? "(" + from_backend.error.message() + ")" : ""));
     }
 
-    // A reset the last backend sent before any byte reaches a client that
-    // no other backend could take as a reset.
-    if (close_action(why, last_error_ && last_error_ != asio::error::eof) == close_how::reset) {
+    if (close_action(why) == close_how::reset) {
         for (poll_socket* s : {&client_, &upstream_}) {
             if (s->is_open()) s->set_abortive_close();
         }

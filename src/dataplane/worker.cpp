@@ -262,8 +262,9 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             ctx_.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
             ctx_.stats.refused_limit_total.fetch_add(1, std::memory_order_relaxed);
             lstats.refused_total.fetch_add(1, std::memory_order_relaxed);
-            // Refuse cleanly and at once: accept, then close. The acceptor never stalls.
-            ::close(fd);
+            // Refuse at once, with a reset: accept, then close. The acceptor
+            // never stalls, and the client cannot take the end for an answer.
+            close_with_reset(fd);
             std::uint64_t suppressed = 0;
             if (ctx_.connect_warnings.allow(suppressed)) {
                 spdlog::warn("listener {}: connection limit ({}) reached; refusing new clients{}",

@@ -117,7 +117,7 @@ TEST(Worker, OutOfDescriptorsForTheBackendSocketIsNotTheBackendsFault) {
         int end = -1;
         c.set_timeout(3s);
         c.recv_until_eof(end);
-        EXPECT_EQ(end, 0) << "the client is closed, not left hanging";
+        EXPECT_EQ(end, ECONNRESET) << "the client is reset, not left hanging nor sent an empty answer";
     }
     EXPECT_GE(stats.resource_errors_total.load(), 1u);
     EXPECT_EQ(snap->pools[0].backends[0].stats->connect_failures_total.load(), 0u)

@@ -22,25 +22,24 @@ TEST(CloseReason, EveryCloseApilbStartsIsAReset) {
     for (const close_reason r : {close_reason::idle, close_reason::health, close_reason::reload,
                                  close_reason::rebalance, close_reason::drain, close_reason::stalled}) {
         EXPECT_TRUE(closed_by_apilb(r)) << to_string(r);
-        EXPECT_EQ(close_action(r, false), close_how::reset) << to_string(r);
-        EXPECT_EQ(close_action(r, true), close_how::reset) << to_string(r);
+        EXPECT_EQ(close_action(r), close_how::reset) << to_string(r);
     }
-    EXPECT_EQ(close_action(close_reason::no_memory, false), close_how::reset);
+    EXPECT_EQ(close_action(close_reason::no_memory), close_how::reset);
 }
 
 TEST(CloseReason, APeersCloseIsPassedOnAsThePeerDidIt) {
     // Both directions ended with a FIN: the last FIN goes with the close.
-    EXPECT_EQ(close_action(close_reason::completed, false), close_how::fin);
+    EXPECT_EQ(close_action(close_reason::completed), close_how::fin);
     // A failed leg: the other leg is reset.
     for (const close_reason r : {close_reason::client_reset, close_reason::client_timeout,
                                  close_reason::backend_reset, close_reason::backend_timeout}) {
         EXPECT_FALSE(closed_by_apilb(r)) << to_string(r);
-        EXPECT_EQ(close_action(r, false), close_how::reset) << to_string(r);
+        EXPECT_EQ(close_action(r), close_how::reset) << to_string(r);
     }
-    // Never reached a backend: a reset only if the last backend tried reset it.
+    // Never reached a backend: apilb ends it, so a reset (an empty answer
+    // with a FIN would read as served).
     for (const close_reason r : {close_reason::no_backend, close_reason::no_resources}) {
-        EXPECT_EQ(close_action(r, false), close_how::fin) << to_string(r);
-        EXPECT_EQ(close_action(r, true), close_how::reset) << to_string(r);
+        EXPECT_EQ(close_action(r), close_how::reset) << to_string(r);
     }
 }
 

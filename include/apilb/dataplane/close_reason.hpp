@@ -49,11 +49,12 @@ enum class close_how : std::uint8_t {
 
 /// The close a reason calls for. Every close apilb starts on a live session
 /// is a reset: a FIN would tell a client that a response cut at 29.9 of 30 MB
-/// was whole. A close a peer started is passed on as the peer did it: a
-/// failed leg as a reset; a session that never reached a backend as a reset
-/// only if the last backend tried reset it (`last_backend_reset`), else as a
-/// FIN (the client has been sent nothing).
-close_how close_action(close_reason r, bool last_backend_reset) noexcept;
+/// was whole. That includes a session no backend took: its client has been
+/// sent nothing, and a FIN would read as a server that answered with nothing
+/// (an empty reply) where a reset says plainly that it was not served. A
+/// close a peer started is passed on as the peer did it: both FINs as a FIN,
+/// a failed leg as a reset.
+close_how close_action(close_reason r) noexcept;
 
 /// The process-wide counter a reason adds one to; nullptr for those counted
 /// nowhere (completed) or elsewhere (no_resources: resource_errors_total, by
