@@ -11,6 +11,7 @@
 #include <functional>
 
 #include "apilb/logging.hpp"
+#include "apilb/thread_role.hpp"
 
 namespace apilb {
 
@@ -108,6 +109,7 @@ std::string escape_label_value(const std::string& value) {
 }
 
 std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
+    APILB_ASSERT_ROLE(control);
     exposition e;
     const process_stats& ps = *facts.stats;
 
@@ -263,6 +265,7 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
 }
 
 readiness check_readiness(const snapshot& snap, const admin_facts& facts) {
+    APILB_ASSERT_ROLE(control);
     readiness r;
     for (const auto& p : snap.pools) {
         std::size_t healthy = 0;
@@ -279,6 +282,7 @@ readiness check_readiness(const snapshot& snap, const admin_facts& facts) {
 }
 
 std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
+    APILB_ASSERT_ROLE(control);
     const readiness ready = check_readiness(snap, facts);
     json::object root;
     root["ready"] = ready.ready;

@@ -27,6 +27,7 @@
 #include "apilb/admin_request.hpp"
 #include "apilb/file_read.hpp"
 #include "apilb/logging.hpp"
+#include "apilb/thread_role.hpp"
 #include "apilb/tls_files.hpp"
 
 namespace apilb {
@@ -196,6 +197,7 @@ tcp::endpoint admin_server::local_endpoint() const {
 }
 
 void admin_server::start() {
+    APILB_ASSERT_ROLE(control);
     spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     const tcp::endpoint ep = local_endpoint();
     std::string guards;
@@ -213,6 +215,7 @@ void admin_server::start() {
 }
 
 void admin_server::stop() {
+    APILB_ASSERT_ROLE(control);
     stopped_ = true;
     error_code ignored;
     acceptor_.close(ignored);
@@ -229,6 +232,7 @@ void admin_server::close_connection(connection& c) {
 }
 
 bool admin_server::make_room(const asio::ip::address& peer) {
+    APILB_ASSERT_ROLE(control);
     std::size_t total = 0;
     std::size_t same = 0;
     for (const auto& c : open_) {
@@ -273,6 +277,7 @@ std::string admin_server::describe_peer(const connection& conn) const {
 }
 
 bool admin_server::reload_tls_files() {
+    APILB_ASSERT_ROLE(control);
     if (!cfg_.tls) return true;
     try {
         auto next = make_tls_context(*cfg_.tls);
@@ -520,6 +525,7 @@ asio::awaitable<admin_reply> admin_server::handle(const request& req, const conn
 
 admin_reply admin_server::drain_or_enable(const std::string& pool, const std::string& backend, bool drain,
                                           const std::string& who) {
+    APILB_ASSERT_ROLE(control);
     admin_reply r{.status = http::status::ok, .content_type = "application/json", .body = {}};
     const auto snap = hooks_.current();
     const backend_runtime* found = nullptr;

@@ -22,6 +22,7 @@
 #include "apilb/health_checker.hpp"
 #include "apilb/listener_check.hpp"
 #include "apilb/rebalancer.hpp"
+#include "apilb/thread_role.hpp"
 #include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
 
@@ -95,6 +96,8 @@ constexpr std::uint64_t fd_table_reserve_cap = std::uint64_t{1} << 17;
 }  // namespace
 
 server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::move(cfg))) {
+    // The thread that builds the process runs its control context.
+    set_thread_role(thread_role::control);
     const std::uint64_t fd_limit = raise_fd_limit();
     // The checker closes an unhealthy backend's sessions through the workers,
     // each on its own thread.
@@ -169,6 +172,7 @@ std::function<void(std::shared_ptr<const backend_health>)> server::close_session
 }
 
 int server::run() {
+    APILB_ASSERT_ROLE(control);
     asio::io_context& control = control_;
     asio::signal_set signals(control, SIGINT, SIGTERM, SIGHUP);
     asio::steady_timer drain_timer(control);

@@ -17,6 +17,7 @@
 #include "apilb/admin_server.hpp"
 #include "apilb/file_read.hpp"
 #include "apilb/maglev.hpp"
+#include "apilb/thread_role.hpp"
 #include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
 
@@ -26,6 +27,7 @@ namespace asio = boost::asio;
 using boost::system::error_code;
 
 void server::ping_workers(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done) {
+    APILB_ASSERT_ROLE(control);
     struct state {
         explicit state(asio::io_context& io) : timer(io) {}
         asio::steady_timer timer;
@@ -59,6 +61,7 @@ void server::ping_workers(std::chrono::milliseconds deadline, std::function<void
 }
 
 void server::make_admin() {
+    APILB_ASSERT_ROLE(control);
     if (file_contents file = read_regular_file(snap_->cfg->source, max_config_bytes)) {
         config_hash_ = fmt::format("{:016x}", stable_hash(file.bytes));
     }
@@ -85,6 +88,7 @@ void server::make_admin() {
 }
 
 void server::start_watchdog() {
+    APILB_ASSERT_ROLE(control);
 #ifdef APILB_HAVE_SYSTEMD
     std::uint64_t usec = 0;
     if (sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return;

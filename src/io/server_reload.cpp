@@ -30,6 +30,7 @@
 #include "apilb/logging.hpp"
 #include "apilb/maglev.hpp"
 #include "apilb/rebalancer.hpp"
+#include "apilb/thread_role.hpp"
 #include "apilb/vrrp_agent.hpp"
 #include "apilb/worker.hpp"
 #include "apilb/yaml_guard.hpp"
@@ -85,6 +86,7 @@ std::shared_ptr<const config> read_config(const std::string& path, std::string& 
 }  // namespace
 
 std::vector<std::string> server::reload() {
+    APILB_ASSERT_ROLE(control);
     const auto started = clock_type::now();
     const std::string path = snap_->cfg->source;
     const log_scope fields({.event = "reload", .pool = {}, .backend = {}, .client = {}, .reason = {}});
@@ -188,6 +190,7 @@ std::vector<std::string> server::reload() {
 }
 
 void server::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
+    APILB_ASSERT_ROLE(control);
     std::vector<const backend_health*> removed;
     std::uint32_t open = 0;
     for (const auto& p : previous->pools) {
@@ -227,6 +230,7 @@ void server::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
 }
 
 void server::drop_retired_checkers() {
+    APILB_ASSERT_ROLE(control);
     std::erase_if(retired_checkers_, [](const auto& c) { return c->running() == 0; });
 }
 

@@ -2,6 +2,7 @@
 // running out of descriptors, storm control's connect-slot waiters and the
 // deadline queue of pending backend connects.
 #include "apilb/session.hpp"
+#include "apilb/thread_role.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -28,6 +29,7 @@ bool is_resource_exhaustion(const error_code& ec) {
 }
 
 void worker_context::pause_accepting(const error_code& ec, const char* where) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     stats.resource_errors_total.fetch_add(1, std::memory_order_relaxed);
     const auto now = clock_type::now();
     if (exhausted_since == clock_type::time_point{}) exhausted_since = now;
@@ -55,6 +57,7 @@ bool worker_context::reserve_spare() {
 }
 
 void worker_context::wake_slot_waiters(bool all) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     for (auto* t : slot_waiters) {
         t->cancel();
         if (!all) break;
@@ -62,6 +65,7 @@ void worker_context::wake_slot_waiters(bool all) {
 }
 
 void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     if (slot_tick_armed || slot_waiters.empty()) return;
     if (!slot_tick) slot_tick = std::make_unique<asio::steady_timer>(ex);
     slot_tick_armed = true;
@@ -76,6 +80,7 @@ void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
 
 void worker_context::watch_connect(pending_connect& c, std::chrono::milliseconds timeout,
                                    const asio::any_io_executor& ex) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     // Appending to the queue of its timeout keeps every queue in deadline
     // order at O(1); there is one queue, or two across a reload that
     // changed timeouts.connect.
@@ -99,6 +104,7 @@ void worker_context::arm_connect_timer(clock_type::time_point at, const asio::an
 }
 
 void worker_context::expire_connects(const asio::any_io_executor& ex) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     connect_timer_at = clock_type::time_point::max();
     if (connects_stopped) return;
     const auto now = clock_type::now();
