@@ -56,6 +56,9 @@ public:
     void ping_workers(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done);
 
 private:
+    /// Tells systemd (Type=notify) `state`: READY=1, RELOADING=1, STOPPING=1,
+    /// WATCHDOG=1. Nothing when built without libsystemd or not run by it.
+    static void notify_systemd(const std::string& state);
     /// Binds the admin endpoint if the config has one (constructor; throws
     /// like a listener bind). src/io/server_admin.cpp.
     void make_admin();

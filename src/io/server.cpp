@@ -34,12 +34,6 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
-void notify_systemd([[maybe_unused]] const char* state) {
-#ifdef APILB_HAVE_SYSTEMD
-    sd_notify(0, state);
-#endif
-}
-
 std::string summary(const snapshot& snap, const std::vector<std::unique_ptr<worker>>& workers,
                     std::uint32_t max_connections) {
     const config& cfg = *snap.cfg;
@@ -94,6 +88,12 @@ std::uint32_t fd_session_budget(std::uint64_t fd_limit, std::uint64_t open_now, 
 constexpr std::uint64_t fd_table_reserve_cap = std::uint64_t{1} << 17;
 
 }  // namespace
+
+void server::notify_systemd([[maybe_unused]] const std::string& state) {
+#ifdef APILB_HAVE_SYSTEMD
+    sd_notify(0, state.c_str());
+#endif
+}
 
 server::server(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::move(cfg))) {
     // The thread that builds the process runs its control context.

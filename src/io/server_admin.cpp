@@ -101,7 +101,7 @@ void server::start_watchdog() {
     *tick = [this, period, deadline, weak = std::weak_ptr<std::function<void()>>(tick)] {
         ping_workers(std::max(deadline, std::chrono::milliseconds(1)), [](std::size_t answered, std::size_t total) {
             if (answered == total) {
-                sd_notify(0, "WATCHDOG=1");
+                notify_systemd("WATCHDOG=1");
             } else {
                 spdlog::error("systemd watchdog: {} of {} worker(s) did not answer; not feeding the watchdog",
                               total - answered, total);

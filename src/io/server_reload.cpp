@@ -19,10 +19,6 @@
 #include <memory>
 #include <system_error>
 
-#ifdef APILB_HAVE_SYSTEMD
-#include <systemd/sd-daemon.h>
-#endif
-
 #include "apilb/admin_server.hpp"
 #include "apilb/config_diff.hpp"
 #include "apilb/health_checker.hpp"
@@ -42,12 +38,6 @@ using boost::system::error_code;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
-
-void notify_systemd([[maybe_unused]] const std::string& state) {
-#ifdef APILB_HAVE_SYSTEMD
-    sd_notify(0, state.c_str());
-#endif
-}
 
 /// systemd's Type=notify-reload wants RELOADING=1 with the CLOCK_MONOTONIC time.
 std::string reloading_state() {
