@@ -27,6 +27,7 @@
 #include "apilb/admin_request.hpp"
 #include "apilb/file_read.hpp"
 #include "apilb/logging.hpp"
+#include "apilb/pem_passphrase.hpp"
 #include "apilb/thread_role.hpp"
 #include "apilb/tls_files.hpp"
 
@@ -56,10 +57,6 @@ constexpr auto request_timeout = 5s;
 constexpr auto io_timeout = 10s;
 /// How long a TLS client gets to answer our close_notify.
 constexpr auto tls_shutdown_timeout = 1s;
-
-/// Refuses to prompt on the terminal for an encrypted key's passphrase (the
-/// loader rejects such keys; the file may have changed since).
-int no_passphrase(char*, int, int, void*) { return -1; }
 
 /// The server side of admin.tls: TLS 1.2 or later, the certificate chain and
 /// key, and with a client CA, a request for client certificates (required
