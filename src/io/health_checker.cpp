@@ -202,14 +202,7 @@ void health_checker::start(bool announce, std::function<void()> first_round_done
             schedule_close(*t, t->close_due);
         }
         ++running_;
-        asio::co_spawn(control_, probe_loop(*t), [](std::exception_ptr e) {
-            if (!e) return;
-            try {
-                std::rethrow_exception(e);
-            } catch (const std::exception& ex) {
-                spdlog::critical("health: probe loop failed: {}", ex.what());
-            }
-        });
+        asio::co_spawn(control_, probe_loop(*t), log_if_failed{.what = "health: probe loop", .critical = true});
     }
 }
 
