@@ -47,12 +47,12 @@ public:
     /// their counters and health. On any error it logs every error, counts
     /// the failure and the running config stays. Returns every reason it
     /// was rejected (file:line:col: key: message), empty if it was applied.
-    /// Control thread (src/io/server_reload.cpp).
+    /// Control thread, checked (src/io/server_reload.cpp).
     std::vector<std::string> reload();
 
     /// Posts a ping to every worker; `done(answered, total)` runs on the
-    /// control thread once all answered or after `deadline`. Control thread
-    /// (src/io/server_admin.cpp).
+    /// control thread once all answered or after `deadline`. Control thread,
+    /// checked (src/io/server_admin.cpp).
     void ping_workers(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done);
 
 private:
