@@ -13,6 +13,7 @@
 #include "apilb/control/probe_record.hpp"
 #include "apilb/dataplane/fd_table.hpp"
 #include "apilb/logging/logging.hpp"
+#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -110,6 +111,7 @@ std::string escape_label_value(const std::string& value) {
 }
 
 std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
+    APILB_ASSERT_ROLE(control);
     exposition e;
     const process_stats& ps = *facts.stats;
 
@@ -267,6 +269,7 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
 }
 
 readiness check_readiness(const snapshot& snap, const admin_facts& facts) {
+    APILB_ASSERT_ROLE(control);
     readiness r;
     for (const auto& p : snap.pools) {
         std::size_t healthy = 0;
@@ -283,6 +286,7 @@ readiness check_readiness(const snapshot& snap, const admin_facts& facts) {
 }
 
 std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
+    APILB_ASSERT_ROLE(control);
     const readiness ready = check_readiness(snap, facts);
     json::object root;
     root["ready"] = ready.ready;

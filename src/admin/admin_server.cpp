@@ -28,6 +28,8 @@
 #include "apilb/core/file_read.hpp"
 #include "apilb/logging/logging.hpp"
 #include "apilb/control/tls_files.hpp"
+#include "apilb/core/pem_passphrase.hpp"
+#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -55,10 +57,6 @@ constexpr auto request_timeout = 5s;
 constexpr auto io_timeout = 10s;
 /// How long a TLS client gets to answer our close_notify.
 constexpr auto tls_shutdown_timeout = 1s;
-
-/// Refuses to prompt on the terminal for an encrypted key's passphrase (the
-/// loader rejects such keys; the file may have changed since).
-int no_passphrase(char*, int, int, void*) { return -1; }
 
 /// The server side of admin.tls: TLS 1.2 or later, the certificate chain and
 /// key, and with a client CA, a request for client certificates (required
@@ -196,6 +194,7 @@ tcp::endpoint admin_server::local_endpoint() const {
 }
 
 void admin_server::start() {
+    APILB_ASSERT_ROLE(control);
     spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     const tcp::endpoint ep = local_endpoint();
     std::string guards;
@@ -213,6 +212,7 @@ void admin_server::start() {
 }
 
 void admin_server::stop() {
+    APILB_ASSERT_ROLE(control);
     stopped_ = true;
     error_code ignored;
     acceptor_.close(ignored);
@@ -229,6 +229,7 @@ void admin_server::close_connection(connection& c) {
 }
 
 bool admin_server::make_room(const asio::ip::address& peer) {
+    APILB_ASSERT_ROLE(control);
     std::size_t total = 0;
     std::size_t same = 0;
     for (const auto& c : open_) {
@@ -273,6 +274,7 @@ std::string admin_server::describe_peer(const connection& conn) const {
 }
 
 bool admin_server::reload_tls_files() {
+    APILB_ASSERT_ROLE(control);
     if (!cfg_.tls) return true;
     try {
         auto next = make_tls_context(*cfg_.tls);
@@ -520,6 +522,7 @@ asio::awaitable<admin_reply> admin_server::handle(const request& req, const conn
 
 admin_reply admin_server::drain_or_enable(const std::string& pool, const std::string& backend, bool drain,
                                           const std::string& who) {
+    APILB_ASSERT_ROLE(control);
     admin_reply r{.status = http::status::ok, .content_type = "application/json", .body = {}};
     const auto snap = hooks_.current();
     const backend_runtime* found = nullptr;

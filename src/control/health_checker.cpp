@@ -16,6 +16,7 @@
 #include "apilb/logging/logging.hpp"
 #include "apilb/control/probe_record.hpp"
 #include "apilb/control/prober.hpp"
+#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -160,6 +161,7 @@ health_checker::health_checker(asio::io_context& control, std::shared_ptr<const 
 health_checker::~health_checker() = default;
 
 void health_checker::adopt(const health_checker& previous) {
+    APILB_ASSERT_ROLE(control);
     for (auto& t : targets_) {
         const health_config& cfg = t->pool->cfg->health;
         for (const auto& old : previous.targets_) {
@@ -185,6 +187,7 @@ void health_checker::adopt(const health_checker& previous) {
 }
 
 void health_checker::start(bool announce, std::function<void()> first_round_done) {
+    APILB_ASSERT_ROLE(control);
     if (announce) {
         for (const auto& p : snap_->pools) spdlog::info("health: pool {}: {}", p.cfg->name, describe_checks(p.cfg->health));
     }
@@ -200,18 +203,12 @@ void health_checker::start(bool announce, std::function<void()> first_round_done
             schedule_close(*t, t->close_due);
         }
         ++running_;
-        asio::co_spawn(control_, probe_loop(*t), [](std::exception_ptr e) {
-            if (!e) return;
-            try {
-                std::rethrow_exception(e);
-            } catch (const std::exception& ex) {
-                spdlog::critical("health: probe loop failed: {}", ex.what());
-            }
-        });
+        asio::co_spawn(control_, probe_loop(*t), log_if_failed{.what = "health: probe loop", .critical = true});
     }
 }
 
 void health_checker::stop() {
+    APILB_ASSERT_ROLE(control);
     stopping_ = true;
     for (auto& t : targets_) {
         t->wake.cancel();
@@ -304,6 +301,7 @@ void health_checker::report_passive_failure(std::shared_ptr<const backend_health
 }
 
 void health_checker::on_passive_failure(target& t, const std::string& what) {
+    APILB_ASSERT_ROLE(control);
     if (stopping_) return;
     const health_config& cfg = t.pool->cfg->health;
     backend_health& h = *t.backend->health;
@@ -328,6 +326,7 @@ void health_checker::on_passive_failure(target& t, const std::string& what) {
 }
 
 void health_checker::apply(target& t, const check_result& result) {
+    APILB_ASSERT_ROLE(control);
     const health_config& cfg = t.pool->cfg->health;
     backend_health& h = *t.backend->health;
     const std::string name = label(*t.pool, *t.backend);
@@ -433,6 +432,7 @@ void health_checker::schedule_close(target& t, clock_type::time_point due) {
 }
 
 void health_checker::close_sessions(target& t) {
+    APILB_ASSERT_ROLE(control);
     const std::string name = label(*t.pool, *t.backend);
     const auto open = t.backend->stats->active.load(std::memory_order_relaxed);
     if (healthy_in_pool(t.pool_index) == 0) {

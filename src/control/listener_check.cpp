@@ -1,5 +1,7 @@
 #include "apilb/control/listener_check.hpp"
 
+#include "apilb/core/thread_role.hpp"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -164,6 +166,7 @@ std::string foreign_listener_holder(const tcp::endpoint& ep) {
 }
 
 void refuse_foreign_listener(const std::string& listener, const tcp::endpoint& ep) {
+    APILB_ASSERT_ROLE(control);
     const auto found = foreign_listeners(ep);
     if (found.empty()) return;
     const std::string address = ep.address().is_v6()

@@ -7,6 +7,7 @@
 
 #include "apilb/core/health.hpp"
 #include "apilb/core/pacing.hpp"
+#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -18,6 +19,7 @@ rebalancer::rebalancer(boost::asio::io_context& control, snapshot_fn current, cl
     : timer_(control), current_(std::move(current)), close_(std::move(close)) {}
 
 void rebalancer::start() {
+    APILB_ASSERT_ROLE(control);
     const auto snap = current_();
     const bool wanted = std::any_of(snap->pools.begin(), snap->pools.end(),
                                     [](const pool_runtime& p) { return p.cfg->rebalance.enabled; });
@@ -30,11 +32,13 @@ void rebalancer::start() {
 }
 
 void rebalancer::stop() {
+    APILB_ASSERT_ROLE(control);
     running_ = false;
     timer_.cancel();
 }
 
 void rebalancer::tick() {
+    APILB_ASSERT_ROLE(control);
     const auto snap = current_();
     std::vector<rebalance_order> orders;
     bool any = false;

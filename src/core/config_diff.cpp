@@ -60,21 +60,25 @@ bool config_diff::empty() const {
 
 std::string config_diff::summary() const {
     std::string s;
+    auto start_part = [&](const char* label) { s += (s.empty() ? "" : "; ") + std::string(label); };
     auto part = [&](const char* label, const std::vector<std::string>& added, const std::vector<std::string>& removed,
                     const std::vector<std::string>& changed) {
         if (added.empty() && removed.empty() && changed.empty()) return;
-        s += (s.empty() ? "" : "; ") + std::string(label);
+        start_part(label);
         if (!added.empty()) s += " added [" + join(added) + "]";
         if (!removed.empty()) s += " removed [" + join(removed) + "]";
         if (!changed.empty()) s += " changed [" + join(changed) + "]";
     };
+    auto list = [&](const char* label, const std::vector<std::string>& items) {
+        if (items.empty()) return;
+        start_part(label);
+        s += " [" + join(items) + "]";
+    };
     part("listeners", listeners_added, listeners_removed, listeners_changed);
     part("backends", backends_added, backends_removed, backends_changed);
-    if (!pools_changed.empty()) s += (s.empty() ? "" : "; ") + std::string("pools changed [") + join(pools_changed) + "]";
-    if (!settings_changed.empty()) s += (s.empty() ? "" : "; ") + std::string("settings changed [") + join(settings_changed) + "]";
-    if (!restart_only.empty()) {
-        s += (s.empty() ? "" : "; ") + std::string("not applied until restart [") + join(restart_only) + "]";
-    }
+    list("pools changed", pools_changed);
+    list("settings changed", settings_changed);
+    list("not applied until restart", restart_only);
     return s.empty() ? "no changes" : s;
 }
 

@@ -9,6 +9,8 @@
 #include <memory>
 #include <vector>
 
+#include "apilb/core/pem_passphrase.hpp"
+
 namespace apilb::config_detail {
 namespace {
 
@@ -64,9 +66,6 @@ std::vector<x509_ptr> read_certificates(const std::string& path, const std::stri
     if (certs.empty()) problem = path + " holds no PEM certificate (-----BEGIN CERTIFICATE-----)";
     return certs;
 }
-
-/// Refuses to prompt: an encrypted key cannot be used by a daemon.
-int no_passphrase(char*, int, int, void*) { return -1; }
 
 }  // namespace
 

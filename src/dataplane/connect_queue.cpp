@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "apilb/core/thread_role.hpp"
+
 namespace apilb {
 
 namespace asio = boost::asio;
@@ -10,6 +12,7 @@ using clock_type = std::chrono::steady_clock;
 
 void connect_deadlines::watch(pending_connect& c, std::chrono::milliseconds timeout,
                               const asio::any_io_executor& ex) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     // Appending to the queue of its timeout keeps every queue in deadline
     // order at O(1); there is one queue, or two across a reload that
     // changed timeouts.connect.
@@ -33,6 +36,7 @@ void connect_deadlines::arm(clock_type::time_point at, const asio::any_io_execut
 }
 
 void connect_deadlines::expire(const asio::any_io_executor& ex) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     timer_at_ = clock_type::time_point::max();
     if (stopped_) return;
     const auto now = clock_type::now();

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "apilb/dataplane/socket_options.hpp"
+#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -79,6 +80,7 @@ void poller::arm() {
 }
 
 void poller::on_ready() {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     // Whatever happens below, the epoll set stays watched: unwatched, every
     // session of the worker would hang.
     struct rearm {
@@ -133,6 +135,7 @@ void poller::post_drain() {
 }
 
 void poller::run_deferred() {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     // One batch at a time: what the batch queues runs after Asio's other
     // ready handlers (timers, posted work), as Asio's own completions do.
     std::swap(running_, deferred_);

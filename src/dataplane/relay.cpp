@@ -1,5 +1,7 @@
 #include "apilb/dataplane/relay.hpp"
 
+#include "apilb/core/thread_role.hpp"
+
 #include <boost/asio/post.hpp>
 
 #include <fcntl.h>
@@ -85,6 +87,7 @@ void relay::keep_for_replay(std::string* sent, std::size_t limit) {
 }
 
 void relay::start(erased_handler<> handler) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     handler_ = std::move(handler);
     for (auto& d : dirs_) wait_readable(d);
 }
@@ -120,6 +123,7 @@ void relay::stop_recording() {
 }
 
 void relay::transfer(direction& d) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     for (;;) {
         if (d.pending > 0 && !flush(d)) return;
         if (d.short_read) {

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "apilb/dataplane/socket_options.hpp"
+#include "apilb/core/thread_role.hpp"
 
 #include <algorithm>
 #include <system_error>
@@ -187,6 +188,7 @@ void worker::start() {
     thread_ = std::thread([this] {
         // "apilb-w0" .. "apilb-w255" in `top -H` and /proc/PID/task/*/comm.
         ::pthread_setname_np(::pthread_self(), fmt::format("apilb-w{}", index_).c_str());
+        set_thread_role(thread_role::worker, static_cast<std::uint32_t>(index_));
         // A failure inside one session must never take the worker down.
         for (;;) {
             try {

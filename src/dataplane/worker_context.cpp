@@ -1,6 +1,7 @@
 // What a worker's sessions share: rate-limited warnings, the pause on
 // running out of descriptors and storm control's connect-slot waiters.
 #include "apilb/dataplane/worker_context.hpp"
+#include "apilb/core/thread_role.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -27,6 +28,7 @@ bool is_resource_exhaustion(const error_code& ec) {
 }
 
 void worker_context::pause_accepting(const error_code& ec, const char* where) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     stats.resource_errors_total.fetch_add(1, std::memory_order_relaxed);
     const auto now = clock_type::now();
     if (exhausted_since == clock_type::time_point{}) exhausted_since = now;
@@ -54,6 +56,7 @@ bool worker_context::reserve_spare() {
 }
 
 void worker_context::wake_slot_waiters(bool all) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     for (auto* t : slot_waiters) {
         t->cancel();
         if (!all) break;
@@ -61,6 +64,7 @@ void worker_context::wake_slot_waiters(bool all) {
 }
 
 void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     if (slot_tick_armed || slot_waiters.empty()) return;
     if (!slot_tick) slot_tick = std::make_unique<asio::steady_timer>(ex);
     slot_tick_armed = true;

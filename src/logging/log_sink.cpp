@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "apilb/core/thread_role.hpp"
+
 namespace apilb {
 namespace {
 
@@ -100,7 +102,10 @@ log_sink::log_sink(int fd, limits lim) : state_(std::make_shared<state>()) {
     state_->fd = fd;
     state_->lim = lim;
     state_->lines.reserve(lim.max_lines);
-    writer_ = std::thread([s = state_] { s->run(); });
+    writer_ = std::thread([s = state_] {
+        set_thread_role(thread_role::log_writer);
+        s->run();
+    });
 }
 
 log_sink::~log_sink() { stop(std::chrono::seconds(1)); }

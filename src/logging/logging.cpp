@@ -134,4 +134,13 @@ bool log_limiter::allow(std::uint64_t& suppressed) {
     return true;
 }
 
+void log_if_failed::operator()(std::exception_ptr e) const {
+    if (!e) return;
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        spdlog::log(critical ? spdlog::level::critical : spdlog::level::err, "{} failed: {}", what, ex.what());
+    }
+}
+
 }  // namespace apilb

@@ -25,6 +25,7 @@
 #include "apilb/vip/vrrp_agent.hpp"
 #include "apilb/dataplane/fd_table.hpp"
 #include "apilb/dataplane/worker.hpp"
+#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -33,12 +34,6 @@ using boost::system::error_code;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
-
-void notify_systemd([[maybe_unused]] const char* state) {
-#ifdef APILB_HAVE_SYSTEMD
-    sd_notify(0, state);
-#endif
-}
 
 std::string summary(const snapshot& snap, const std::vector<std::unique_ptr<worker>>& workers,
                     std::uint32_t max_connections) {
@@ -95,7 +90,15 @@ constexpr std::uint64_t fd_table_reserve_cap = std::uint64_t{1} << 17;
 
 }  // namespace
 
+void process::notify_systemd([[maybe_unused]] const std::string& state) {
+#ifdef APILB_HAVE_SYSTEMD
+    sd_notify(0, state.c_str());
+#endif
+}
+
 process::process(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::move(cfg))) {
+    // The thread that builds the process runs its control context.
+    set_thread_role(thread_role::control);
     const std::uint64_t fd_limit = raise_fd_limit();
     // The checker closes an unhealthy backend's sessions through the workers,
     // each on its own thread.
@@ -170,6 +173,7 @@ std::function<void(std::shared_ptr<const backend_health>)> process::close_sessio
 }
 
 int process::run() {
+    APILB_ASSERT_ROLE(control);
     asio::io_context& control = control_;
     asio::signal_set signals(control, SIGINT, SIGTERM, SIGHUP);
     asio::steady_timer drain_timer(control);

@@ -33,6 +33,7 @@
 #include "apilb/vip/vrrp_agent.hpp"
 #include "apilb/dataplane/worker.hpp"
 #include "apilb/control/yaml_guard.hpp"
+#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -41,12 +42,6 @@ using boost::system::error_code;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
-
-void notify_systemd([[maybe_unused]] const std::string& state) {
-#ifdef APILB_HAVE_SYSTEMD
-    sd_notify(0, state.c_str());
-#endif
-}
 
 /// systemd's Type=notify-reload wants RELOADING=1 with the CLOCK_MONOTONIC time.
 std::string reloading_state() {
@@ -85,6 +80,7 @@ std::shared_ptr<const config> read_config(const std::string& path, std::string& 
 }  // namespace
 
 std::vector<std::string> process::reload() {
+    APILB_ASSERT_ROLE(control);
     const auto started = clock_type::now();
     const std::string path = snap_->cfg->source;
     const log_scope fields({.event = "reload", .pool = {}, .backend = {}, .client = {}, .reason = {}});
@@ -188,6 +184,7 @@ std::vector<std::string> process::reload() {
 }
 
 void process::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
+    APILB_ASSERT_ROLE(control);
     std::vector<const backend_health*> removed;
     std::uint32_t open = 0;
     for (const auto& p : previous->pools) {
@@ -227,6 +224,7 @@ void process::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
 }
 
 void process::drop_retired_checkers() {
+    APILB_ASSERT_ROLE(control);
     std::erase_if(retired_checkers_, [](const auto& c) { return c->running() == 0; });
 }
 

@@ -19,6 +19,7 @@
 #include "apilb/core/maglev.hpp"
 #include "apilb/vip/vrrp_agent.hpp"
 #include "apilb/dataplane/worker.hpp"
+#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -26,6 +27,7 @@ namespace asio = boost::asio;
 using boost::system::error_code;
 
 void process::ping_workers(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done) {
+    APILB_ASSERT_ROLE(control);
     struct state {
         explicit state(asio::io_context& io) : timer(io) {}
         asio::steady_timer timer;
@@ -59,6 +61,7 @@ void process::ping_workers(std::chrono::milliseconds deadline, std::function<voi
 }
 
 void process::make_admin() {
+    APILB_ASSERT_ROLE(control);
     if (file_contents file = read_regular_file(snap_->cfg->source, max_config_bytes)) {
         config_hash_ = fmt::format("{:016x}", stable_hash(file.bytes));
     }
@@ -85,6 +88,7 @@ void process::make_admin() {
 }
 
 void process::start_watchdog() {
+    APILB_ASSERT_ROLE(control);
 #ifdef APILB_HAVE_SYSTEMD
     std::uint64_t usec = 0;
     if (sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return;
@@ -97,7 +101,7 @@ void process::start_watchdog() {
     *tick = [this, period, deadline, weak = std::weak_ptr<std::function<void()>>(tick)] {
         ping_workers(std::max(deadline, std::chrono::milliseconds(1)), [](std::size_t answered, std::size_t total) {
             if (answered == total) {
-                sd_notify(0, "WATCHDOG=1");
+                notify_systemd("WATCHDOG=1");
             } else {
                 spdlog::error("systemd watchdog: {} of {} worker(s) did not answer; not feeding the watchdog",
                               total - answered, total);

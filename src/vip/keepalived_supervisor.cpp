@@ -21,6 +21,7 @@
 #include "apilb/core/keepalived_conf.hpp"
 #include "apilb/vip/vip_address.hpp"
 #include "apilb/vip/vrrp_agent.hpp"
+#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -65,6 +66,7 @@ void keepalived_supervisor::write_config(const std::string& text) {
 }
 
 void keepalived_supervisor::start() {
+    APILB_ASSERT_ROLE(control);
     write_config(render());
     spawn();
     asio::co_spawn(control_, watch_loop(), asio::detached);
@@ -151,6 +153,7 @@ asio::awaitable<void> keepalived_supervisor::watch_loop() {
 }
 
 void keepalived_supervisor::reload(std::shared_ptr<const snapshot> snap) {
+    APILB_ASSERT_ROLE(control);
     snap_ = std::move(snap);
     const std::string text = render();
     if (text == rendered_) return;
@@ -162,6 +165,7 @@ void keepalived_supervisor::reload(std::shared_ptr<const snapshot> snap) {
 }
 
 void keepalived_supervisor::stop() {
+    APILB_ASSERT_ROLE(control);
     stopping_ = true;
     timer_.cancel();
     if (pid_ <= 0) return;

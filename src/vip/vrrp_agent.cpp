@@ -1,6 +1,7 @@
 #include "apilb/vip/vrrp_agent.hpp"
 
 #include "apilb/vip/keepalived_supervisor.hpp"
+#include "apilb/core/thread_role.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -88,6 +89,7 @@ vrrp_agent::vrrp_agent(asio::io_context& control, std::shared_ptr<const snapshot
 vrrp_agent::~vrrp_agent() = default;
 
 void vrrp_agent::start() {
+    APILB_ASSERT_ROLE(control);
     const vrrp_config& v = *snap_->cfg->vrrp;
     std::filesystem::create_directories(v.state_dir);
     // Not ready until the first check has run (it runs at once).
@@ -122,6 +124,7 @@ void vrrp_agent::start() {
 }
 
 void vrrp_agent::update(std::shared_ptr<const snapshot> snap) {
+    APILB_ASSERT_ROLE(control);
     if (!snap->cfg->vrrp) {
         spdlog::warn("vrrp: the reloaded config has no vrrp section; keeping the VIP as it is until a restart");
         return;
@@ -131,6 +134,7 @@ void vrrp_agent::update(std::shared_ptr<const snapshot> snap) {
 }
 
 void vrrp_agent::stop() {
+    APILB_ASSERT_ROLE(control);
     stopped_ = true;
     timer_.cancel();
     boost::system::error_code ignored;
@@ -147,6 +151,7 @@ std::string vrrp_agent::fault_reason() const {
 }
 
 void vrrp_agent::publish(const std::string& reason) {
+    APILB_ASSERT_ROLE(control);
     if (published_ == reason) return;
     const std::string path = snap_->cfg->vrrp->track_file();
     if (auto ec = write_file_atomically(path, reason.empty() ? "0\n" : "1\n")) {
@@ -218,6 +223,7 @@ bool vrrp_agent::holds_a_vip() const {
 }
 
 void vrrp_agent::hand_off(std::function<void()> then) {
+    APILB_ASSERT_ROLE(control);
     draining_ = true;
     publish(fault_reason());
     asio::co_spawn(control_, handoff_loop(std::move(then)), asio::detached);

@@ -48,6 +48,8 @@ struct admin_hooks {
 /// server and the CLI both read it with this, so they agree on the token.
 std::optional<std::string> read_admin_token(const std::string& path);
 
+/// Control thread, like every request it serves; start(), stop() and
+/// reload_tls_files() check it (APILB_ASSERT_ROLE).
 class admin_server {
 public:
     /// Binds `cfg.address`, reads the token file (creating it, mode 0600,
@@ -56,26 +58,25 @@ public:
     /// fails, std::runtime_error (naming the file) if the token file exists
     /// but cannot be read or is empty, or a TLS file does not load. A token
     /// file that cannot be created is logged and POSTs are refused.
-    /// Control thread.
     admin_server(boost::asio::io_context& control, const admin_config& cfg, admin_hooks hooks);
     ~admin_server();
     admin_server(const admin_server&) = delete;
     admin_server& operator=(const admin_server&) = delete;
 
-    /// Starts accepting. Control thread.
+    /// Starts accepting.
     void start();
-    /// Closes the acceptor and every connection. Control thread.
+    /// Closes the acceptor and every connection.
     void stop();
 
     /// Certificate rotation: re-reads the certificate, key and client CA
     /// from the files the running admin section names. New connections use
     /// them, open ones keep what they started with. If they do not load, the
     /// old ones stay and it returns false; either way it logs what happened.
-    /// True without TLS. Control thread.
+    /// True without TLS.
     bool reload_tls_files();
 
     boost::asio::ip::tcp::endpoint local_endpoint() const;
-    /// The endpoint's own counters (also in /metrics). Control thread.
+    /// The endpoint's own counters (also in /metrics).
     const admin_stats& stats() const { return stats_; }
 
 private:

@@ -23,6 +23,8 @@ namespace apilb {
 
 class probe_setup;
 
+/// Control thread, except report_passive_failure(); adopt(), start() and
+/// stop() check it (APILB_ASSERT_ROLE, apilb/thread_role.hpp).
 class health_checker {
 public:
     /// Asks every worker to close the sessions relaying to this backend.
@@ -40,15 +42,15 @@ public:
     /// For a reload, before start(): every backend that `previous` checked
     /// too (same_backend()) takes over its rise/fall state, last result and
     /// pending session close, so it does not go back to health.initial; its
-    /// first probe here comes within one interval, not at once. Control
-    /// thread; `previous` must be stopped afterwards.
+    /// first probe here comes within one interval, not at once. `previous`
+    /// must be stopped afterwards.
     void adopt(const health_checker& previous);
 
     /// Logs what is checked (unless `announce` is false: a reload logs its
     /// own summary) and starts the first round at once for every backend
     /// that was not adopted. `first_round_done` (optional) is called once,
     /// on the control thread, when every actively probed backend has had its
-    /// first probe (at once if none is probed). Control thread.
+    /// first probe (at once if none is probed).
     void start(bool announce = true, std::function<void()> first_round_done = {});
 
     /// A worker saw a client's connect to `backend` fail and has marked it
@@ -60,7 +62,7 @@ public:
 
     /// Ends every probe loop and timer. The control context must then run
     /// until the loops have finished (they do so at once) before the checker
-    /// is destroyed. Control thread.
+    /// is destroyed.
     void stop();
 
     /// Probe loops still running (0 after stop() once they have unwound).

@@ -15,7 +15,8 @@ namespace apilb {
 /// this process's listens on `ep` or on its family's wildcard address with
 /// the same port (or on any address of the port when `ep` is the wildcard).
 /// Reads the kernel's listening sockets (/proc/net/tcp, tcp6) and this
-/// process's descriptors, bounded. Control thread; before and after binding.
+/// process's descriptors, bounded. Before and after binding; control thread,
+/// checked (APILB_ASSERT_ROLE).
 void refuse_foreign_listener(const std::string& listener, const boost::asio::ip::tcp::endpoint& ep);
 
 /// Who listens on `ep` besides this process, for an error message

@@ -18,7 +18,7 @@
 
 namespace apilb {
 
-/// Runs on the control thread; ticks every 100 ms while some pool has
+/// Runs on the control thread (start, stop and each tick check it); ticks every 100 ms while some pool has
 /// rebalancing enabled. Per pool, a token bucket caps closes at
 /// rebalance.max_closes_per_second; each tick closes what
 /// rebalance_plan() (or, for Maglev, the sessions' own preferences) asks.
@@ -30,7 +30,7 @@ public:
     rebalancer(boost::asio::io_context& control, snapshot_fn current, close_fn close);
 
     /// Starts ticking (if any pool has rebalancing enabled); call again after
-    /// a reload. Control thread.
+    /// a reload.
     void start();
     void stop();
 

@@ -6,7 +6,7 @@
 // directions, made non-blocking when it is created (accept4, socket), and
 // leaves the epoll set with its close. The poller is one descriptor in the
 // worker's io_context, so timers and posted work stay Asio's. Worker thread
-// only; nothing here takes a lock.
+// only (checked in debug and sanitizer builds); nothing here takes a lock.
 #pragma once
 
 #include <boost/asio/async_result.hpp>

@@ -99,7 +99,8 @@ struct pump_result {
 /// readiness callbacks rather than coroutines: an idle session costs two
 /// pending waits and nothing else, and a connection pays for no coroutine
 /// frame or parallel group of its own. Lives in the session's frame; both
-/// sockets must be open and non-blocking. Worker thread only.
+/// sockets must be open and non-blocking. Worker thread only (checked in
+/// debug and sanitizer builds: APILB_ASSERT_DATA_PATH_ROLE).
 ///
 /// Each direction ends on its own: on EOF it passes the half-close on as
 /// shutdown(SHUT_WR) and the other direction goes on; when the second

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <string>
 
 #include "apilb/core/config.hpp"
@@ -49,6 +50,16 @@ public:
 private:
     log_fields fields_;
     const log_fields* outer_;
+};
+
+/// co_spawn's completion handler for a coroutine whose exception must end
+/// only that coroutine, not its thread: logs "<what> failed: <what()>" (at
+/// critical with `critical`, else at error). An exception not derived from
+/// std::exception leaves the handler, as the io_context's run() would see it.
+struct log_if_failed {
+    const char* what;
+    bool critical = false;
+    void operator()(std::exception_ptr e) const;
 };
 
 /// Escapes `text` for use inside a JSON string literal.

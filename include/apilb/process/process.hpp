@@ -50,15 +50,18 @@ public:
     /// their counters and health. On any error it logs every error, counts
     /// the failure and the running config stays. Returns every reason it
     /// was rejected (file:line:col: key: message), empty if it was applied.
-    /// Control thread (src/process/process_reload.cpp).
+    /// Control thread, checked (src/process/process_reload.cpp).
     std::vector<std::string> reload();
 
     /// Posts a ping to every worker; `done(answered, total)` runs on the
-    /// control thread once all answered or after `deadline`. Control thread
-    /// (src/process/watchdog.cpp).
+    /// control thread once all answered or after `deadline`. Control thread,
+    /// checked (src/process/watchdog.cpp).
     void ping_workers(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done);
 
 private:
+    /// Tells systemd (Type=notify) `state`: READY=1, RELOADING=1, STOPPING=1,
+    /// WATCHDOG=1. Nothing when built without libsystemd or not run by it.
+    static void notify_systemd(const std::string& state);
     /// Binds the admin endpoint if the config has one (constructor; throws
     /// like a listener bind). src/process/watchdog.cpp.
     void make_admin();

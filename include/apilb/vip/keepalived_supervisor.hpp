@@ -1,7 +1,8 @@
 // vrrp.manage: true. keepalived as apilb's child: started with the config
 // rendered from apilb's own, restarted with backoff when it dies (after
 // removing the VIPs it may have left behind), sent SIGHUP when a reload
-// changes the rendered file, stopped on shutdown. Control thread only.
+// changes the rendered file, stopped on shutdown. Control thread only
+// (start, reload and stop check it).
 #pragma once
 
 #include <boost/asio/awaitable.hpp>

@@ -38,6 +38,8 @@ std::optional<vrrp_role> parse_notify_line(const std::string& line);
 /// renaming it over, so a reader sees the old or the new content, never half.
 std::error_code write_file_atomically(const std::string& path, const std::string& content);
 
+/// Control thread; start(), hand_off(), update() and stop() check it
+/// (APILB_ASSERT_ROLE). role() may be read from any thread.
 class vrrp_agent {
 public:
     /// `snap` must have a vrrp section. Nothing happens before start().
@@ -49,13 +51,11 @@ public:
     /// Creates the state directory, writes FAULT until the first readiness
     /// check, opens the notify FIFO and starts the readiness loop. Throws
     /// std::system_error if the state directory or FIFO cannot be made.
-    /// Control thread.
     void start();
 
     /// SIGTERM: marks the node not ready (keepalived gives the VIPs up at
     /// once, with a priority-0 advert) and calls `then` when a peer serves
     /// the VIP, when this node never held it, or after handoff_timeout.
-    /// Control thread.
     void hand_off(std::function<void()> then);
 
     /// A second signal: a hand-off in progress stops waiting for the peer.
@@ -67,7 +67,6 @@ public:
 
     /// A reload built `snap` (same vrrp section or not): readiness follows
     /// its pools; with manage: true keepalived gets the new config (SIGHUP).
-    /// Control thread.
     void update(std::shared_ptr<const snapshot> snap);
 
     vrrp_role role() const noexcept { return role_.load(std::memory_order_relaxed); }

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# clang-format over apilb's C++ with the repository's .clang-format.
+#
+#   scripts/format.sh            check: lists the files that differ and how
+#                                many lines each would change; exits 1 if any
+#   scripts/format.sh --fix      rewrites those files in place
+#   scripts/format.sh [--fix] FILE...   only these files
+#
+# Files: every tracked *.cpp and *.hpp under src/, include/ and tests/
+# (tests/corpus holds fuzz inputs, not code). CLANG_FORMAT picks the binary
+# (default clang-format-14, Debian 12's; other versions format differently).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+clang_format=${CLANG_FORMAT:-clang-format-14}
+command -v "$clang_format" >/dev/null || { echo "format.sh: $clang_format not found (apt-get install clang-format-14)" >&2; exit 2; }
+
+fix=0
+if [[ ${1:-} == --fix ]]; then
+  fix=1
+  shift
+fi
+if [[ $# -gt 0 ]]; then
+  files=("$@")
+else
+  mapfile -t files < <(git ls-files 'src/*.cpp' 'src/*.hpp' 'include/*.hpp' 'tests/*.cpp' 'tests/*.hpp' | grep -v '^tests/corpus/')
+fi
+
+if [[ $fix == 1 ]]; then
+  "$clang_format" --style=file -i "${files[@]}"
+  exit 0
+fi
+
+changed_files=0
+changed_lines=0
+for f in "${files[@]}"; do
+  n=$("$clang_format" --style=file "$f" | diff "$f" - | grep -c '^<' || true)
+  if [[ $n -gt 0 ]]; then
+    echo "$f: $n line(s) would change"
+    changed_files=$((changed_files + 1))
+    changed_lines=$((changed_lines + n))
+  fi
+done
+if [[ $changed_files -gt 0 ]]; then
+  echo "format.sh: $changed_files of ${#files[@]} file(s), $changed_lines line(s) not formatted; scripts/format.sh --fix rewrites them" >&2
+  exit 1
+fi
+echo "format.sh: ${#files[@]} file(s) formatted"
