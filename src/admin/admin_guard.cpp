@@ -32,7 +32,8 @@ namespace {
 
 std::string lower(std::string_view s) {
     std::string out(s);
-    std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    std::transform(out.begin(), out.end(), out.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     return out;
 }
 
@@ -67,7 +68,7 @@ asio::ip::address unmapped(const asio::ip::address& a) {
 }  // namespace
 
 admin_token ensure_admin_token(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     if (::stat(path.c_str(), &st) == 0 || errno != ENOENT) {
         std::optional<std::string> token = read_admin_token(path);
         if (!token) {
@@ -89,7 +90,8 @@ admin_token ensure_admin_token(const std::string& path) {
     // it yet, e.g. outside systemd's RuntimeDirectory): one level, 0700.
     const std::string dir = std::filesystem::path(path).parent_path().string();
     if (!dir.empty() && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-        return {.token = {}, .created = false,
+        return {.token = {},
+                .created = false,
                 .problem = fmt::format("cannot create the token file's directory {}: {}", dir, std::strerror(errno))};
     }
     // Written whole under a name of its own, then linked to `path`: a reader
@@ -100,7 +102,8 @@ admin_token ensure_admin_token(const std::string& path) {
     ::unlink(tmp.c_str());  // left by an earlier process of the same pid
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
-        return {.token = {}, .created = false,
+        return {.token = {},
+                .created = false,
                 .problem = fmt::format("cannot create the token file {}: {}", path, std::strerror(errno))};
     }
     const std::string text = token + "\n";
@@ -109,7 +112,8 @@ admin_token ensure_admin_token(const std::string& path) {
     ::close(fd);
     if (!written) {
         ::unlink(tmp.c_str());
-        return {.token = {}, .created = false,
+        return {.token = {},
+                .created = false,
                 .problem = fmt::format("cannot write the token file {}: {}", path, std::strerror(saved))};
     }
     const bool linked = ::link(tmp.c_str(), path.c_str()) == 0;
@@ -117,7 +121,8 @@ admin_token ensure_admin_token(const std::string& path) {
     ::unlink(tmp.c_str());
     if (!linked) {
         if (saved == EEXIST) return ensure_admin_token(path);  // created meanwhile: read that one
-        return {.token = {}, .created = false,
+        return {.token = {},
+                .created = false,
                 .problem = fmt::format("cannot create the token file {}: {}", path, std::strerror(saved))};
     }
     return {.token = std::move(token), .created = true, .problem = {}};

@@ -11,9 +11,9 @@
 #include <functional>
 
 #include "apilb/control/probe_record.hpp"
+#include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/fd_table.hpp"
 #include "apilb/logging/logging.hpp"
-#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -59,10 +59,12 @@ public:
         out_ += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
     }
     void sample(std::string_view name, const std::string& labels, double value) {
-        out_ += labels.empty() ? fmt::format("{} {}\n", name, value) : fmt::format("{}{{{}}} {}\n", name, labels, value);
+        out_ += labels.empty() ? fmt::format("{} {}\n", name, value)
+                               : fmt::format("{}{{{}}} {}\n", name, labels, value);
     }
     void sample(std::string_view name, const std::string& labels, std::uint64_t value) {
-        out_ += labels.empty() ? fmt::format("{} {}\n", name, value) : fmt::format("{}{{{}}} {}\n", name, labels, value);
+        out_ += labels.empty() ? fmt::format("{} {}\n", name, value)
+                               : fmt::format("{}{{{}}} {}\n", name, labels, value);
     }
     std::string take() { return std::move(out_); }
 
@@ -116,14 +118,19 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     const process_stats& ps = *facts.stats;
 
     e.family("apilb_listener_connections_accepted_total", "counter", "Client connections accepted by a listener.");
-    for (const auto& l : snap.listeners) e.sample("apilb_listener_connections_accepted_total", label("listener", l.cfg->name), load(l.stats->accepted_total));
+    for (const auto& l : snap.listeners)
+        e.sample("apilb_listener_connections_accepted_total", label("listener", l.cfg->name),
+                 load(l.stats->accepted_total));
     e.family("apilb_listener_connections_refused_total", "counter",
              "Client connections accepted and closed at once because limits.max_connections was reached.");
-    for (const auto& l : snap.listeners) e.sample("apilb_listener_connections_refused_total", label("listener", l.cfg->name), load(l.stats->refused_total));
+    for (const auto& l : snap.listeners)
+        e.sample("apilb_listener_connections_refused_total", label("listener", l.cfg->name),
+                 load(l.stats->refused_total));
 
     e.family("apilb_sessions_active", "gauge", "Client sessions open now.");
     e.sample("apilb_sessions_active", "", load(ps.active_sessions));
-    e.family("apilb_sessions_no_backend_total", "counter", "Client sessions closed because every connect attempt failed.");
+    e.family("apilb_sessions_no_backend_total", "counter",
+             "Client sessions closed because every connect attempt failed.");
     e.sample("apilb_sessions_no_backend_total", "", load(ps.no_backend_total));
     e.family("apilb_accept_errors_total", "counter", "accept() calls that failed.");
     e.sample("apilb_accept_errors_total", "", load(ps.accept_errors_total));
@@ -151,52 +158,100 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
              "Sessions that ended because one leg failed, by side (client or backend) and error: timeout (the "
              "kernel gave up on the peer: tcp.user_timeout or keepalive) or reset (the peer reset it); apilb then "
              "reset the other leg.");
-    e.sample("apilb_sessions_failed_total", label("side", "client") + "," + label("error", "timeout"), load(ps.client_timeout_total));
-    e.sample("apilb_sessions_failed_total", label("side", "client") + "," + label("error", "reset"), load(ps.client_reset_total));
-    e.sample("apilb_sessions_failed_total", label("side", "backend") + "," + label("error", "timeout"), load(ps.backend_timeout_total));
-    e.sample("apilb_sessions_failed_total", label("side", "backend") + "," + label("error", "reset"), load(ps.backend_reset_total));
+    e.sample("apilb_sessions_failed_total", label("side", "client") + "," + label("error", "timeout"),
+             load(ps.client_timeout_total));
+    e.sample("apilb_sessions_failed_total", label("side", "client") + "," + label("error", "reset"),
+             load(ps.client_reset_total));
+    e.sample("apilb_sessions_failed_total", label("side", "backend") + "," + label("error", "timeout"),
+             load(ps.backend_timeout_total));
+    e.sample("apilb_sessions_failed_total", label("side", "backend") + "," + label("error", "reset"),
+             load(ps.backend_reset_total));
 
     e.family("apilb_backend_active_sessions", "gauge", "Sessions relaying to a backend now.");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_active_sessions", backend_labels(p, b), load(b.stats->active)); });
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_active_sessions", backend_labels(p, b), load(b.stats->active));
+    });
     e.family("apilb_backend_sessions_total", "counter", "Sessions a backend was chosen for and connected.");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_sessions_total", backend_labels(p, b), load(b.stats->sessions_total)); });
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_sessions_total", backend_labels(p, b), load(b.stats->sessions_total));
+    });
     e.family("apilb_backend_sent_bytes_total", "counter", "Bytes relayed from clients to a backend.");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_sent_bytes_total", backend_labels(p, b), load(b.stats->bytes_to_backend)); });
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_sent_bytes_total", backend_labels(p, b), load(b.stats->bytes_to_backend));
+    });
     e.family("apilb_backend_received_bytes_total", "counter", "Bytes relayed from a backend to clients.");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_received_bytes_total", backend_labels(p, b), load(b.stats->bytes_from_backend)); });
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_received_bytes_total", backend_labels(p, b), load(b.stats->bytes_from_backend));
+    });
     e.family("apilb_backend_connect_failures_total", "counter",
              "Client connects to a backend that failed, by reason: refused, timeout, error.");
     each_backend(snap, [&](const auto& p, const auto& b) {
         const std::string l = backend_labels(p, b);
-        e.sample("apilb_backend_connect_failures_total", l + "," + label("reason", "refused"), load(b.stats->connect_refused_total));
-        e.sample("apilb_backend_connect_failures_total", l + "," + label("reason", "timeout"), load(b.stats->connect_timeout_total));
-        e.sample("apilb_backend_connect_failures_total", l + "," + label("reason", "error"), load(b.stats->connect_error_total));
+        e.sample("apilb_backend_connect_failures_total", l + "," + label("reason", "refused"),
+                 load(b.stats->connect_refused_total));
+        e.sample("apilb_backend_connect_failures_total", l + "," + label("reason", "timeout"),
+                 load(b.stats->connect_timeout_total));
+        e.sample("apilb_backend_connect_failures_total", l + "," + label("reason", "error"),
+                 load(b.stats->connect_error_total));
     });
-    e.family("apilb_backend_rebalanced_sessions_total", "counter", "Sessions closed on a backend to spread its pool (rebalance).");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_rebalanced_sessions_total", backend_labels(p, b), load(b.stats->closed_by_rebalance_total)); });
-    e.family("apilb_backend_storm_waiting_clients", "gauge", "Clients waiting for their turn to connect to a backend (storm_control).");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_storm_waiting_clients", backend_labels(p, b), load(b.stats->pacing_waiting)); });
+    e.family("apilb_backend_rebalanced_sessions_total", "counter",
+             "Sessions closed on a backend to spread its pool (rebalance).");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_rebalanced_sessions_total", backend_labels(p, b),
+                 load(b.stats->closed_by_rebalance_total));
+    });
+    e.family("apilb_backend_storm_waiting_clients", "gauge",
+             "Clients waiting for their turn to connect to a backend (storm_control).");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_storm_waiting_clients", backend_labels(p, b), load(b.stats->pacing_waiting));
+    });
     e.family("apilb_backend_connecting", "gauge",
-             "Connections to a backend being established now: connecting, or waiting for its first byte (storm_control.max_connecting only).");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_connecting", backend_labels(p, b), load(b.stats->connecting)); });
-    e.family("apilb_backend_storm_delayed_total", "counter", "Clients that waited for a turn to connect to a backend (storm_control).");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_storm_delayed_total", backend_labels(p, b), load(b.stats->pacing_delayed_total)); });
+             "Connections to a backend being established now: connecting, or waiting for its first byte "
+             "(storm_control.max_connecting only).");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_connecting", backend_labels(p, b), load(b.stats->connecting));
+    });
+    e.family("apilb_backend_storm_delayed_total", "counter",
+             "Clients that waited for a turn to connect to a backend (storm_control).");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_storm_delayed_total", backend_labels(p, b), load(b.stats->pacing_delayed_total));
+    });
     e.family("apilb_backend_storm_refused_total", "counter",
-             "Clients closed because their turn to connect to a backend was too far away or its queue was full (storm_control).");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_storm_refused_total", backend_labels(p, b), load(b.stats->pacing_refused_total)); });
+             "Clients closed because their turn to connect to a backend was too far away or its queue was full "
+             "(storm_control).");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_storm_refused_total", backend_labels(p, b), load(b.stats->pacing_refused_total));
+    });
     e.family("apilb_backend_healthy", "gauge", "1 if the backend is healthy, else 0.");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_healthy", backend_labels(p, b), std::uint64_t{b.health->healthy.load(std::memory_order_relaxed)}); });
-    e.family("apilb_backend_drained", "gauge", "1 if the backend gets no new sessions because it is drained (config or admin).");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_drained", backend_labels(p, b), std::uint64_t{*drain_source(b) != '\0'}); });
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_healthy", backend_labels(p, b),
+                 std::uint64_t{b.health->healthy.load(std::memory_order_relaxed)});
+    });
+    e.family("apilb_backend_drained", "gauge",
+             "1 if the backend gets no new sessions because it is drained (config or admin).");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_drained", backend_labels(p, b), std::uint64_t{*drain_source(b) != '\0'});
+    });
     e.family("apilb_backend_weight", "gauge", "The backend's configured weight.");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_weight", backend_labels(p, b), std::uint64_t{b.cfg->weight}); });
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_weight", backend_labels(p, b), std::uint64_t{b.cfg->weight});
+    });
     e.family("apilb_backend_health_transitions_total", "counter", "Changes between healthy and unhealthy.");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_health_transitions_total", backend_labels(p, b), probe_record_or_empty(*b.health).transitions_total); });
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_health_transitions_total", backend_labels(p, b),
+                 probe_record_or_empty(*b.health).transitions_total);
+    });
     e.family("apilb_backend_probe_failures_total", "counter", "Active health checks that failed.");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_probe_failures_total", backend_labels(p, b), load(b.stats->checks_failed_total)); });
-    e.family("apilb_backend_passive_failures_total", "counter", "Client connects that counted against the backend's health.");
-    each_backend(snap, [&](const auto& p, const auto& b) { e.sample("apilb_backend_passive_failures_total", backend_labels(p, b), load(b.stats->passive_failures_total)); });
-    e.family("apilb_backend_last_probe_success", "gauge", "1 if the last health check passed, 0 if it failed (absent before the first).");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_probe_failures_total", backend_labels(p, b), load(b.stats->checks_failed_total));
+    });
+    e.family("apilb_backend_passive_failures_total", "counter",
+             "Client connects that counted against the backend's health.");
+    each_backend(snap, [&](const auto& p, const auto& b) {
+        e.sample("apilb_backend_passive_failures_total", backend_labels(p, b), load(b.stats->passive_failures_total));
+    });
+    e.family("apilb_backend_last_probe_success", "gauge",
+             "1 if the last health check passed, 0 if it failed (absent before the first).");
     each_backend(snap, [&](const auto& p, const auto& b) {
         const probe_record& r = probe_record_or_empty(*b.health);
         if (r.probed) e.sample("apilb_backend_last_probe_success", backend_labels(p, b), std::uint64_t{r.passed});
@@ -204,7 +259,9 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.family("apilb_backend_last_probe_timestamp_seconds", "gauge", "Unix time the last health check completed.");
     each_backend(snap, [&](const auto& p, const auto& b) {
         const probe_record& r = probe_record_or_empty(*b.health);
-        if (r.probed) e.sample("apilb_backend_last_probe_timestamp_seconds", backend_labels(p, b), static_cast<double>(r.last_probe_unix_ms) / 1000.0);
+        if (r.probed)
+            e.sample("apilb_backend_last_probe_timestamp_seconds", backend_labels(p, b),
+                     static_cast<double>(r.last_probe_unix_ms) / 1000.0);
     });
     e.family("apilb_backend_probe_duration_seconds", "histogram", "How long health checks took.");
     each_backend(snap, [&](const auto& p, const auto& b) {
@@ -213,14 +270,16 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
         std::uint64_t cumulative = 0;
         for (std::size_t i = 0; i < probe_duration_buckets.size(); ++i) {
             cumulative += r.bucket_counts[i];
-            e.sample("apilb_backend_probe_duration_seconds_bucket", l + "," + label("le", fmt::format("{}", probe_duration_buckets[i])), cumulative);
+            e.sample("apilb_backend_probe_duration_seconds_bucket",
+                     l + "," + label("le", fmt::format("{}", probe_duration_buckets[i])), cumulative);
         }
         e.sample("apilb_backend_probe_duration_seconds_bucket", l + "," + label("le", "+Inf"), r.count);
         e.sample("apilb_backend_probe_duration_seconds_sum", l, r.sum_s);
         e.sample("apilb_backend_probe_duration_seconds_count", l, r.count);
     });
 
-    e.family("apilb_reloads_total", "counter", "Configuration reloads, by result: success (applied) or failure (old config kept).");
+    e.family("apilb_reloads_total", "counter",
+             "Configuration reloads, by result: success (applied) or failure (old config kept).");
     e.sample("apilb_reloads_total", label("result", "success"), load(ps.reloads_total));
     e.sample("apilb_reloads_total", label("result", "failure"), load(ps.reload_failures_total));
     if (facts.admin != nullptr) {
@@ -298,12 +357,10 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
     root["sessions_active"] = load(facts.stats->active_sessions);
     // The same counts as apilb_sessions_closed_total, by reason.
     const process_stats& ps = *facts.stats;
-    root["sessions_closed"] = json::object{{"health", load(ps.closed_by_health_total)},
-                                           {"drain", load(ps.closed_by_drain_total)},
-                                           {"reload", load(ps.closed_by_reload_total)},
-                                           {"idle", load(ps.closed_by_idle_total)},
-                                           {"rebalance", load(ps.closed_by_rebalance_total)},
-                                           {"write_stall", load(ps.closed_by_stall_total)}};
+    root["sessions_closed"] = json::object{
+        {"health", load(ps.closed_by_health_total)},       {"drain", load(ps.closed_by_drain_total)},
+        {"reload", load(ps.closed_by_reload_total)},       {"idle", load(ps.closed_by_idle_total)},
+        {"rebalance", load(ps.closed_by_rebalance_total)}, {"write_stall", load(ps.closed_by_stall_total)}};
     root["reloads"] = load(facts.stats->reloads_total);
     root["reload_failures"] = load(facts.stats->reload_failures_total);
     json::array listeners;
@@ -336,23 +393,25 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
                                     {"unix_ms", r.last_probe_unix_ms}};
             }
             const std::string source = drain_source(b);
-            backends.push_back(json::object{
-                {"name", b.cfg->name},
-                {"address", b.cfg->address.to_string()},
-                {"weight", b.cfg->weight},
-                {"healthy", healthy},
-                {"suspect", b.health->suspect.load(std::memory_order_relaxed)},
-                {"state", !source.empty() ? "drained" : healthy ? "up" : "down"},
-                {"drain", !source.empty()},
-                {"drain_source", source},
-                {"active_sessions", load(b.stats->active)},
-                {"sessions_total", load(b.stats->sessions_total)},
-                {"bytes_to_backend", load(b.stats->bytes_to_backend)},
-                {"bytes_from_backend", load(b.stats->bytes_from_backend)},
-                {"connect_failures", load(b.stats->connect_failures_total)},
-                {"transitions", r.transitions_total},
-                {"last_probe", r.probed ? json::value(std::move(last)) : json::value(nullptr)},
-                {"recent_changes", std::move(changes)}});
+            backends.push_back(
+                json::object{{"name", b.cfg->name},
+                             {"address", b.cfg->address.to_string()},
+                             {"weight", b.cfg->weight},
+                             {"healthy", healthy},
+                             {"suspect", b.health->suspect.load(std::memory_order_relaxed)},
+                             {"state", !source.empty() ? "drained"
+                                       : healthy       ? "up"
+                                                       : "down"},
+                             {"drain", !source.empty()},
+                             {"drain_source", source},
+                             {"active_sessions", load(b.stats->active)},
+                             {"sessions_total", load(b.stats->sessions_total)},
+                             {"bytes_to_backend", load(b.stats->bytes_to_backend)},
+                             {"bytes_from_backend", load(b.stats->bytes_from_backend)},
+                             {"connect_failures", load(b.stats->connect_failures_total)},
+                             {"transitions", r.transitions_total},
+                             {"last_probe", r.probed ? json::value(std::move(last)) : json::value(nullptr)},
+                             {"recent_changes", std::move(changes)}});
         }
         pools.push_back(json::object{{"name", p.cfg->name},
                                      {"balance", to_string(p.cfg->balance)},

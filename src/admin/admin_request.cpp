@@ -21,7 +21,8 @@ const std::string api_backends = "/api/v1/backends/";
 /// Compares without an early exit, so timing does not reveal a prefix.
 bool same_secret(std::string_view a, std::string_view b) {
     unsigned char diff = a.size() == b.size() ? 0 : 1;
-    for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
+    for (std::size_t i = 0; i < a.size(); ++i)
+        diff |= static_cast<unsigned char>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
     return diff == 0 && !b.empty();
 }
 
@@ -49,8 +50,9 @@ std::optional<admin_reply> refuse_post(const admin_request& req, const admin_acc
         auth_failure = access.post_disabled;
     } else if (access.client_ca && !client_verified) {
         // Unreachable with client_auth: all (the handshake failed).
-        auth_failure = "this request needs a client certificate signed by the CA in admin.tls.client_ca_file "
-                       "(apilb --cert/--key, curl --cert/--key)";
+        auth_failure =
+            "this request needs a client certificate signed by the CA in admin.tls.client_ca_file "
+            "(apilb --cert/--key, curl --cert/--key)";
     } else if (!access.token.empty() && !(auth.starts_with("Bearer ") && same_secret(auth.substr(7), access.token))) {
         status = http::status::unauthorized;
         auth_failure = "this request needs the admin bearer token (Authorization: Bearer ...) from " +
@@ -60,7 +62,8 @@ std::optional<admin_reply> refuse_post(const admin_request& req, const admin_acc
         // No credential at all: admin_server sets post_disabled then; refuse
         // here too, so that no set-up can let an unauthenticated POST through.
         auth_failure = "drain, enable and reload are disabled: no credential is configured";
-    } else if (!origin.empty() && origin != (access.tls ? "https://" : "http://") + std::string(req[http::field::host])) {
+    } else if (!origin.empty() &&
+               origin != (access.tls ? "https://" : "http://") + std::string(req[http::field::host])) {
         // A page from another site that the operator's browser has open
         // must not drain backends (CSRF); the Host is one of ours by now.
         return json_reply(status, "error", "cross-origin request refused");
@@ -111,14 +114,16 @@ admin_decision decide_admin_request(const admin_request& req, const admin_access
         return d;
     };
     auto not_allowed = [&](const char* allowed) {
-        return refuse({.status = http::status::method_not_allowed, .content_type = "text/plain; charset=utf-8",
+        return refuse({.status = http::status::method_not_allowed,
+                       .content_type = "text/plain; charset=utf-8",
                        .body = fmt::format("{} only\n", allowed)});
     };
     const bool probe = path == "/livez" || path == "/readyz";
     if (!probe && !admin_host_allowed(req[http::field::host], access.host_names)) {
         // DNS rebinding: a web page whose name now resolves to this host
         // would read the status and POST here; its Host names that page.
-        return refuse({.status = http::status::misdirected_request, .content_type = "text/plain; charset=utf-8",
+        return refuse({.status = http::status::misdirected_request,
+                       .content_type = "text/plain; charset=utf-8",
                        .body = fmt::format("this endpoint does not answer to Host: {}; use its IP address, localhost, "
                                            "or a name in admin.host_names\n",
                                            std::string(req[http::field::host].substr(0, 100)))});
@@ -128,9 +133,8 @@ admin_decision decide_admin_request(const admin_request& req, const admin_access
         admin_route route;
     };
     static constexpr get_route gets[] = {
-        {"/livez", admin_route::livez},       {"/readyz", admin_route::readyz},
-        {"/metrics", admin_route::metrics},   {"/api/v1/status", admin_route::status},
-        {"/", admin_route::page},             {"/index.html", admin_route::page},
+        {"/livez", admin_route::livez},          {"/readyz", admin_route::readyz}, {"/metrics", admin_route::metrics},
+        {"/api/v1/status", admin_route::status}, {"/", admin_route::page},         {"/index.html", admin_route::page},
     };
     for (const auto& g : gets) {
         if (path != g.path) continue;
@@ -139,7 +143,8 @@ admin_decision decide_admin_request(const admin_request& req, const admin_access
         return d;
     }
     if (path != "/api/v1/reload" && !path.starts_with(api_backends)) {
-        return refuse({.status = http::status::not_found, .content_type = "text/plain; charset=utf-8",
+        return refuse({.status = http::status::not_found,
+                       .content_type = "text/plain; charset=utf-8",
                        .body = "not found; see /api/v1/status, /metrics, /livez, /readyz\n"});
     }
     if (!post) return not_allowed("POST");

@@ -25,11 +25,11 @@
 
 #include "apilb/admin/admin_guard.hpp"
 #include "apilb/admin/admin_request.hpp"
-#include "apilb/core/file_read.hpp"
-#include "apilb/logging/logging.hpp"
 #include "apilb/control/tls_files.hpp"
+#include "apilb/core/file_read.hpp"
 #include "apilb/core/pem_passphrase.hpp"
 #include "apilb/core/thread_role.hpp"
+#include "apilb/logging/logging.hpp"
 
 namespace apilb {
 
@@ -66,12 +66,14 @@ std::shared_ptr<ssl::context> make_tls_context(const admin_tls_config& t) {
     auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
     SSL_CTX* native = ctx->native_handle();
     ERR_clear_error();
-    if (SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1) throw std::runtime_error("TLS 1.2: " + ssl_errors());
+    if (SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1)
+        throw std::runtime_error("TLS 1.2: " + ssl_errors());
     ctx->set_options(ssl::context::default_workarounds | ssl::context::no_compression | ssl::context::single_dh_use);
     // TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 keeps OpenSSL's.
-    if (SSL_CTX_set_cipher_list(native, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-                                        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-                                        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") != 1) {
+    if (SSL_CTX_set_cipher_list(native,
+                                "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                                "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") != 1) {
         throw std::runtime_error("TLS cipher list: " + ssl_errors());
     }
     SSL_CTX_set_default_passwd_cb(native, no_passphrase);
@@ -153,19 +155,22 @@ admin_server::admin_server(asio::io_context& control, const admin_config& cfg, a
         admin_token t = ensure_admin_token(cfg.token_file);
         access_.token = std::move(t.token);
         if (t.created) {
-            spdlog::info("admin: created the token file {} (mode 0600); `apilb drain|enable|reload` on this node "
-                         "reads it through the config",
-                         cfg.token_file);
+            spdlog::info(
+                "admin: created the token file {} (mode 0600); `apilb drain|enable|reload` on this node "
+                "reads it through the config",
+                cfg.token_file);
         }
         if (!t.problem.empty()) {
-            access_.post_disabled = t.problem + ": drain, enable and reload are refused until apilb is restarted "
-                                                "with a token file it can read or create";
+            access_.post_disabled = t.problem +
+                                    ": drain, enable and reload are refused until apilb is restarted "
+                                    "with a token file it can read or create";
             spdlog::error("admin: {}", access_.post_disabled);
         }
     } else if (!cfg.tls || cfg.tls->client_ca_file.empty()) {
-        access_.post_disabled = "drain, enable and reload are disabled: no credential is configured; set "
-                                "admin.token_file (apilb creates it, mode 0600, at start; the CLI on the node reads "
-                                "it from the config) or admin.tls.client_ca_file";
+        access_.post_disabled =
+            "drain, enable and reload are disabled: no credential is configured; set "
+            "admin.token_file (apilb creates it, mode 0600, at start; the CLI on the node reads "
+            "it from the config) or admin.tls.client_ca_file";
     }
     if (cfg.tls) {
         tls_ = make_tls_context(*cfg.tls);
@@ -199,9 +204,8 @@ void admin_server::start() {
     const tcp::endpoint ep = local_endpoint();
     std::string guards;
     if (tls_ && !cfg_.tls->client_ca_file.empty()) {
-        guards = cfg_.tls->client_auth == admin_client_auth::all
-                     ? "every request requires a client certificate"
-                     : "POST requires a client certificate";
+        guards = cfg_.tls->client_auth == admin_client_auth::all ? "every request requires a client certificate"
+                                                                 : "POST requires a client certificate";
     }
     if (!access_.token.empty()) guards += guards.empty() ? "POST requires the bearer token" : " and the bearer token";
     if (!access_.post_disabled.empty()) guards = access_.post_disabled;
@@ -318,8 +322,9 @@ asio::awaitable<void> admin_server::accept_loop() {
                 last_accept_log_ = now;
                 spdlog::warn("admin: accept: {}{}{}", ec.message(),
                              no_fds && spare_fd_ >= 0 ? "; using the reserved descriptor" : "",
-                             accept_errors_suppressed_ ? fmt::format(" [{} similar suppressed]", accept_errors_suppressed_)
-                                                       : "");
+                             accept_errors_suppressed_
+                                 ? fmt::format(" [{} similar suppressed]", accept_errors_suppressed_)
+                                 : "");
                 accept_errors_suppressed_ = 0;
             } else {
                 ++accept_errors_suppressed_;
@@ -513,9 +518,7 @@ asio::awaitable<admin_reply> admin_server::handle(const request& req, const conn
         }
         break;
     }
-    case admin_route::backend:
-        r = drain_or_enable(d.pool, d.backend, d.drain, describe_peer(conn));
-        break;
+    case admin_route::backend: r = drain_or_enable(d.pool, d.backend, d.drain, describe_peer(conn)); break;
     }
     co_return r;
 }

@@ -25,9 +25,9 @@
 #include <vector>
 
 #include "apilb/admin/admin_server.hpp"
+#include "apilb/control/tls_files.hpp"
 #include "apilb/core/config.hpp"
 #include "apilb/core/file_read.hpp"
-#include "apilb/control/tls_files.hpp"
 
 namespace apilb::cli {
 
@@ -126,9 +126,10 @@ std::string explain(const error_code& ec, phase at, long verify_result, const ad
             hint = "give the CA that signed it with --cacert FILE";
         } else if (t.ca_is_server_chain) {
             // Replaced on disk, not yet reloaded: the server still presents the old one.
-            hint = fmt::format("trusted: the certificate in {}; if it was replaced since apilb loaded it, reload with "
-                               "`systemctl reload apilb` or give --cacert FILE",
-                               t.ca_file);
+            hint = fmt::format(
+                "trusted: the certificate in {}; if it was replaced since apilb loaded it, reload with "
+                "`systemctl reload apilb` or give --cacert FILE",
+                t.ca_file);
         } else {
             hint = "trusted: " + t.ca_file;
         }
@@ -139,9 +140,10 @@ std::string explain(const error_code& ec, phase at, long verify_result, const ad
     if (tls_error && text.find("alert") != std::string::npos) {
         // With TLS 1.3 the server's verdict on our certificate arrives after
         // our side of the handshake, so it shows here as a failed read.
-        return fmt::format("TLS: the server refused the connection ({}): it needs a client certificate signed by "
-                           "its admin.tls.client_ca_file{}",
-                           text, t.cert_file.empty() ? "; give --cert FILE --key FILE" : "; --cert is not one");
+        return fmt::format(
+            "TLS: the server refused the connection ({}): it needs a client certificate signed by "
+            "its admin.tls.client_ca_file{}",
+            text, t.cert_file.empty() ? "; give --cert FILE --key FILE" : "; --cert is not one");
     }
     if (tls_error && text.find("wrong version number") != std::string::npos) {
         return "TLS handshake failed (" + text + "): the endpoint does not speak HTTPS; use http:// or drop --cacert";
@@ -234,7 +236,8 @@ std::optional<response> call(const admin_target& t, http::verb method, const std
         asio::detached);
     io.run();
     if (result && at != phase::done) {
-        std::cerr << "error: apilb admin endpoint " << url << ": " << explain(result, at, verify_result, t, name) << '\n';
+        std::cerr << "error: apilb admin endpoint " << url << ": " << explain(result, at, verify_result, t, name)
+                  << '\n';
         return std::nullopt;
     }
     return response{.status = res.result_int(), .body = res.body()};
@@ -337,7 +340,8 @@ int admin_reload(const admin_target& t) {
     // Every reason the server gave, as check-config prints them.
     boost::system::error_code ec;
     const json::value v = json::parse(r->body, ec);
-    if (const auto* list = !ec && v.is_object() ? v.as_object().if_contains("errors") : nullptr; list && list->is_array()) {
+    if (const auto* list = !ec && v.is_object() ? v.as_object().if_contains("errors") : nullptr;
+        list && list->is_array()) {
         for (const auto& e : list->as_array()) std::cerr << "error: " << str(e) << '\n';
     }
     return 1;

@@ -1,7 +1,7 @@
 // apilb's command line: run, check-config, version, and status, drain,
 // enable, reload for a running apilb (through its admin endpoint).
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <csignal>
@@ -11,13 +11,13 @@
 #include <optional>
 #include <system_error>
 
+#include "apilb/cli/admin_client.hpp"
+#include "apilb/control/yaml_guard.hpp"
 #include "apilb/core/config.hpp"
 #include "apilb/core/keepalived_conf.hpp"
 #include "apilb/logging/logging.hpp"
 #include "apilb/process/process.hpp"
-#include "apilb/control/yaml_guard.hpp"
 #include "apilb_build_config.h"
-#include "apilb/cli/admin_client.hpp"
 
 namespace {
 
@@ -43,8 +43,8 @@ int check_config(const std::string& path) {
         for (const auto& w : cfg->warnings) std::cerr << "warning: " << w.to_string() << '\n';
         std::size_t backends = 0;
         for (const auto& p : cfg->pools) backends += p.backends.size();
-        std::cout << path << ": ok (" << cfg->listeners.size() << " listener(s), " << cfg->pools.size()
-                  << " pool(s), " << backends << " backend(s))\n";
+        std::cout << path << ": ok (" << cfg->listeners.size() << " listener(s), " << cfg->pools.size() << " pool(s), "
+                  << backends << " backend(s))\n";
         return exit_ok;
     } catch (const apilb::config_load_error& e) {
         return print_config_errors(e);
@@ -210,8 +210,7 @@ int main(int argc, char** argv) {
 
     auto* run_cmd = app.add_subcommand("run", "serve in the foreground, logging to stderr");
     run_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
-    run_cmd->add_option("--log-level", log_level,
-                        "override log.level: trace|debug|info|warn|error|critical|off");
+    run_cmd->add_option("--log-level", log_level, "override log.level: trace|debug|info|warn|error|critical|off");
 
     auto* check_cmd = app.add_subcommand("check-config", "validate the configuration file and exit");
     check_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
@@ -219,8 +218,9 @@ int main(int argc, char** argv) {
     std::string keepalived_output;
     std::string apilb_path;
     auto* keepalived_cmd = app.add_subcommand(
-        "keepalived-config", "print the keepalived.conf for the vrrp section (run apilb as `apilb run --config` "
-                             "with the same path: keepalived tracks that command line)");
+        "keepalived-config",
+        "print the keepalived.conf for the vrrp section (run apilb as `apilb run --config` "
+        "with the same path: keepalived tracks that command line)");
     keepalived_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
     keepalived_cmd->add_option("-o,--output", keepalived_output, "write to this file instead of stdout");
     keepalived_cmd->add_option("--apilb-path", apilb_path,
@@ -238,11 +238,13 @@ int main(int argc, char** argv) {
                         "admin section)");
         cmd->add_option("-c,--config", config_path, "configuration file to read the admin section from")
             ->capture_default_str();
-        cmd->add_option("--token-file", admin.token_file, "file with the admin bearer token (default: admin.token_file)");
+        cmd->add_option("--token-file", admin.token_file,
+                        "file with the admin bearer token (default: admin.token_file)");
         cmd->add_option("--cacert", admin.ca_file,
                         "PEM CA certificate(s) to verify the admin endpoint's certificate (HTTPS; default with "
                         "--config: its admin.tls.cert_file, else the system's CAs)");
-        auto* cert = cmd->add_option("--cert", admin.cert_file, "PEM client certificate for the admin endpoint (HTTPS)");
+        auto* cert = cmd->add_option("--cert", admin.cert_file,
+                                     "PEM client certificate for the admin endpoint (HTTPS)");
         auto* key = cmd->add_option("--key", admin.key_file, "PEM private key of --cert");
         cert->needs(key);
         key->needs(cert);

@@ -12,11 +12,11 @@
 #include <algorithm>
 #include <utility>
 
-#include "apilb/core/config_diff.hpp"
-#include "apilb/logging/logging.hpp"
 #include "apilb/control/probe_record.hpp"
 #include "apilb/control/prober.hpp"
+#include "apilb/core/config_diff.hpp"
 #include "apilb/core/thread_role.hpp"
+#include "apilb/logging/logging.hpp"
 
 namespace apilb {
 
@@ -53,8 +53,8 @@ void record_probe(probe_record& r, const check_result& result, std::chrono::stea
 void record_change(probe_record& r, bool healthy, const check_result& result) {
     ++r.transitions_total;
     if (r.recent_changes.size() >= 16) r.recent_changes.erase(r.recent_changes.begin());
-    r.recent_changes.push_back({.unix_ms = unix_ms_now(), .healthy = healthy,
-                                .reason = healthy ? std::string("passed") : result.describe()});
+    r.recent_changes.push_back(
+        {.unix_ms = unix_ms_now(), .healthy = healthy, .reason = healthy ? std::string("passed") : result.describe()});
 }
 
 /// A check that took this much longer than its timeout did not end at its
@@ -68,8 +68,8 @@ bool probe_came_late(std::chrono::steady_clock::duration took, std::chrono::mill
 
 /// One backend as the checker sees it. Control thread only.
 struct health_checker::target {
-    target(asio::io_context& io, const pool_runtime& p, const backend_runtime& b, probe_setup& s,
-           std::size_t pi, std::size_t gi)
+    target(asio::io_context& io, const pool_runtime& p, const backend_runtime& b, probe_setup& s, std::size_t pi,
+           std::size_t gi)
         : pool_index(pi),
           global_index(gi),
           pool(&p),
@@ -79,7 +79,7 @@ struct health_checker::target {
           wake(io),
           close_timer(io) {}
 
-    std::size_t pool_index;  ///< in this checker's snapshot, which never changes
+    std::size_t pool_index;    ///< in this checker's snapshot, which never changes
     std::size_t global_index;  ///< among every backend of every pool, for spreading probes
     const pool_runtime* pool;
     const backend_runtime* backend;
@@ -88,10 +88,10 @@ struct health_checker::target {
     asio::steady_timer wake;         ///< until the next probe; cancelled to probe at once
     asio::steady_timer close_timer;  ///< the grace before an unhealthy backend's sessions are closed
     std::shared_ptr<probe_cancel> cancel = std::make_shared<probe_cancel>();
-    bool probe_now = false;      ///< a passive report asked for a probe as soon as possible
+    bool probe_now = false;  ///< a passive report asked for a probe as soon as possible
     bool in_flight = false;
-    bool close_pending = false;  ///< grace is over but no healthy backend could take the sessions
-    bool adopted = false;        ///< state taken over from the checker of the previous config
+    bool close_pending = false;          ///< grace is over but no healthy backend could take the sessions
+    bool adopted = false;                ///< state taken over from the checker of the previous config
     clock_type::time_point close_due{};  ///< when the pending grace (close_timer) ends; {} = none
     check_result last;
 };
@@ -121,17 +121,15 @@ std::string describe_checks(const health_config& h) {
         s = fmt::format("tcp connect every {} (timeout {}, rise {}, fall {})", ms(h.interval), ms(h.timeout), h.rise,
                         h.fall);
         break;
-    case health_check_type::none:
-        s = "no active checks (type none)";
-        break;
+    case health_check_type::none: s = "no active checks (type none)"; break;
     }
     s += fmt::format("; passive detection {}", h.passive ? "on" : "off");
     if (h.type != health_check_type::none) {
-        s += fmt::format("; sessions of an unhealthy backend {}; slow start {}; when none is healthy: {}; "
-                         "until its first check a backend is {}",
-                         h.close_sessions_after ? "closed after " + ms(*h.close_sessions_after) : "kept",
-                         ms(h.slow_start), to_string(h.all_unhealthy),
-                         h.initial_healthy ? "healthy" : "unhealthy");
+        s += fmt::format(
+            "; sessions of an unhealthy backend {}; slow start {}; when none is healthy: {}; "
+            "until its first check a backend is {}",
+            h.close_sessions_after ? "closed after " + ms(*h.close_sessions_after) : "kept", ms(h.slow_start),
+            to_string(h.all_unhealthy), h.initial_healthy ? "healthy" : "unhealthy");
     }
     return s;
 }
@@ -144,7 +142,10 @@ std::int64_t now_ns() {
 
 health_checker::health_checker(asio::io_context& control, std::shared_ptr<const snapshot> snap,
                                close_sessions_fn close_sessions)
-    : control_(control), snap_(std::move(snap)), close_sessions_(std::move(close_sessions)), rng_(std::random_device{}()) {
+    : control_(control),
+      snap_(std::move(snap)),
+      close_sessions_(std::move(close_sessions)),
+      rng_(std::random_device{}()) {
     std::size_t global = 0;
     for (std::size_t p = 0; p < snap_->pools.size(); ++p) {
         const pool_runtime& pool = snap_->pools[p];
@@ -189,7 +190,8 @@ void health_checker::adopt(const health_checker& previous) {
 void health_checker::start(bool announce, std::function<void()> first_round_done) {
     APILB_ASSERT_ROLE(control);
     if (announce) {
-        for (const auto& p : snap_->pools) spdlog::info("health: pool {}: {}", p.cfg->name, describe_checks(p.cfg->health));
+        for (const auto& p : snap_->pools)
+            spdlog::info("health: pool {}: {}", p.cfg->name, describe_checks(p.cfg->health));
     }
     first_round_left_ = static_cast<std::size_t>(std::count_if(targets_.begin(), targets_.end(), [](const auto& t) {
         return !(t->adopted && !t->probe_now) && t->pool->cfg->health.type != health_check_type::none;
@@ -245,8 +247,8 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
             check_result result;
             try {
                 // type none probes only to clear a suspect backend, by TCP.
-                result = co_await run_probe(*t.setup, active ? cfg.type : health_check_type::tcp,
-                                            t.backend->endpoint, t.cancel);
+                result = co_await run_probe(*t.setup, active ? cfg.type : health_check_type::tcp, t.backend->endpoint,
+                                            t.cancel);
             } catch (const std::exception& e) {
                 result = {check_failure::tcp_error, e.what()};
             }
@@ -259,10 +261,11 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
                 // backend's answer may be waiting in the socket. Counted, every
                 // backend probed in flight would fail at once on resuming.
                 ++late_retries;
-                spdlog::info("health: {}: the check came too late to judge ({}ms for a {}ms timeout: apilb was not "
-                             "running); checking again",
-                             label(*t.pool, *t.backend),
-                             std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), cfg.timeout.count());
+                spdlog::info(
+                    "health: {}: the check came too late to judge ({}ms for a {}ms timeout: apilb was not "
+                    "running); checking again",
+                    label(*t.pool, *t.backend), std::chrono::duration_cast<std::chrono::milliseconds>(took).count(),
+                    cfg.timeout.count());
                 continue;
             }
             late_retries = 0;
@@ -273,9 +276,9 @@ asio::awaitable<void> health_checker::probe_loop(target& t) {
             }
             // Probes start a fixed delay apart, whatever a probe took, so that
             // a dead backend is found within fall x interval + timeout.
-            const duration delay = first && active
-                                       ? first_round_offset(cfg.interval, t.global_index, targets_.size(), random_unit())
-                                       : next_probe_delay(cfg.interval, random_unit());
+            const duration delay = first && active ? first_round_offset(cfg.interval, t.global_index, targets_.size(),
+                                                                        random_unit())
+                                                   : next_probe_delay(cfg.interval, random_unit());
             first = false;
             if (t.probe_now) continue;  // a client's connect failed while this probe ran
             if (active || t.backend->health->suspect.load(std::memory_order_relaxed)) next = started + delay;
@@ -310,8 +313,10 @@ void health_checker::on_passive_failure(target& t, const std::string& what) {
     // cleared it, and this failure is newer than that probe.
     h.suspect.store(true, std::memory_order_relaxed);
     if (h.healthy.load(std::memory_order_relaxed)) {
-        spdlog::info("health: {} is suspect: {} (a client's connect); new clients avoid it until a check passes; "
-                     "probing now", label(*t.pool, *t.backend), what);
+        spdlog::info(
+            "health: {} is suspect: {} (a client's connect); new clients avoid it until a check passes; "
+            "probing now",
+            label(*t.pool, *t.backend), what);
     } else {
         spdlog::debug("health: {} (unhealthy): {} (a client's connect)", label(*t.pool, *t.backend), what);
     }
@@ -379,10 +384,10 @@ void health_checker::on_change(target& t, const health_change& change, const che
         t.close_timer.cancel();
         t.close_pending = false;
         t.close_due = {};
-        spdlog::info("health: {} is healthy{}{}", name,
-                     change.first ? " (first check passed)"
-                                  : fmt::format(" again after {} passed check(s)", change.streak),
-                     ramp ? fmt::format("; its share of new sessions ramps up over {}", ms(cfg.slow_start)) : "");
+        spdlog::info(
+            "health: {} is healthy{}{}", name,
+            change.first ? " (first check passed)" : fmt::format(" again after {} passed check(s)", change.streak),
+            ramp ? fmt::format("; its share of new sessions ramps up over {}", ms(cfg.slow_start)) : "");
         if (healthy_now == 1 && by_pool_[t.pool_index].size() > 1) {
             spdlog::info("health: pool {} has a healthy backend again", t.pool->cfg->name);
         }
@@ -393,9 +398,8 @@ void health_checker::on_change(target& t, const health_change& change, const che
         return;
     }
     h.ramp_start_ns.store(0, std::memory_order_relaxed);
-    const std::string how =
-        change.first ? "its first check failed"
-                     : fmt::format("{} consecutive failure(s)", change.streak);
+    const std::string how = change.first ? "its first check failed"
+                                         : fmt::format("{} consecutive failure(s)", change.streak);
     std::string sessions;
     if (!cfg.close_sessions_after) {
         sessions = "its sessions are kept (close_sessions_after: never)";
@@ -438,9 +442,10 @@ void health_checker::close_sessions(target& t) {
     if (healthy_in_pool(t.pool_index) == 0) {
         // Closing them would only send the clients back to unhealthy backends.
         if (!t.close_pending && open > 0) {
-            spdlog::info("health: {}: keeping its {} session(s): no backend of the pool is healthy to take "
-                         "them; they are closed once one is",
-                         name, open);
+            spdlog::info(
+                "health: {}: keeping its {} session(s): no backend of the pool is healthy to take "
+                "them; they are closed once one is",
+                name, open);
         }
         t.close_pending = true;
         return;

@@ -169,9 +169,8 @@ void refuse_foreign_listener(const std::string& listener, const tcp::endpoint& e
     APILB_ASSERT_ROLE(control);
     const auto found = foreign_listeners(ep);
     if (found.empty()) return;
-    const std::string address = ep.address().is_v6()
-                                    ? fmt::format("[{}]:{}", ep.address().to_string(), ep.port())
-                                    : fmt::format("{}:{}", ep.address().to_string(), ep.port());
+    const std::string address = ep.address().is_v6() ? fmt::format("[{}]:{}", ep.address().to_string(), ep.port())
+                                                     : fmt::format("{}:{}", ep.address().to_string(), ep.port());
     throw std::system_error(std::make_error_code(std::errc::address_in_use),
                             fmt::format("listener {}: {} is taken: {}; apilb does not share a listening "
                                         "address with another process",

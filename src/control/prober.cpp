@@ -20,8 +20,8 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "apilb/core/file_read.hpp"
 #include "apilb/control/tls_files.hpp"
+#include "apilb/core/file_read.hpp"
 #include "apilb_build_config.h"
 
 namespace apilb {
@@ -38,11 +38,11 @@ using tcp = asio::ip::tcp;
 token_file::token_file(std::string path) : path_(std::move(path)) {}
 
 const std::string& token_file::get() {
-    struct stat st{};
+    struct stat st {};
     if (::stat(path_.c_str(), &st) != 0) {
         if (!failing_) {
-            spdlog::warn("health: cannot read bearer_token_file {}: {}; probes keep the last token read",
-                         path_, std::strerror(errno));
+            spdlog::warn("health: cannot read bearer_token_file {}: {}; probes keep the last token read", path_,
+                         std::strerror(errno));
         }
         failing_ = true;
         return token_;
@@ -144,9 +144,9 @@ struct cancel_registration {
 std::string ms_text(duration d) { return fmt::format("{}ms", d.count()); }
 
 check_result connect_failure(const error_code& ec, const tcp::endpoint& ep, duration timeout) {
-    const std::string where = fmt::format("connect to {}", ep.address().is_v6()
-                                                               ? fmt::format("[{}]:{}", ep.address().to_string(), ep.port())
-                                                               : fmt::format("{}:{}", ep.address().to_string(), ep.port()));
+    const std::string where = fmt::format(
+        "connect to {}", ep.address().is_v6() ? fmt::format("[{}]:{}", ep.address().to_string(), ep.port())
+                                              : fmt::format("{}:{}", ep.address().to_string(), ep.port()));
     if (ec == beast::error::timeout) {
         return {check_failure::tcp_timeout, where + ": no answer within " + ms_text(timeout)};
     }
@@ -163,7 +163,8 @@ bool is_ssl_error(const error_code& ec) {
 std::string tls_error_text(const error_code& ec, SSL* native) {
     std::string text = ec.message();
     const long verify = SSL_get_verify_result(native);
-    if (verify != X509_V_OK) text += fmt::format(": certificate verification failed: {}", X509_verify_cert_error_string(verify));
+    if (verify != X509_V_OK)
+        text += fmt::format(": certificate verification failed: {}", X509_verify_cert_error_string(verify));
     return text;
 }
 
@@ -184,7 +185,8 @@ std::string client_certificate_hint(const std::string& text, const health_tls_co
            ": is it signed by a CA in the apiserver's --client-ca-file, and not expired?";
 }
 
-asio::awaitable<check_result> probe_tcp(const tcp::endpoint& ep, duration timeout, std::shared_ptr<probe_cancel> cancel) {
+asio::awaitable<check_result> probe_tcp(const tcp::endpoint& ep, duration timeout,
+                                        std::shared_ptr<probe_cancel> cancel) {
     beast::tcp_stream stream(co_await asio::this_coro::executor);
     cancel_registration reg(*cancel, stream.socket());
     if (cancel->cancelled) co_return check_result{check_failure::tcp_error, "cancelled"};
@@ -226,7 +228,8 @@ asio::awaitable<check_result> probe_https(probe_setup& setup, const tcp::endpoin
             X509_VERIFY_PARAM_set1_host(param, name.c_str(), name.size());
         }
     }
-    if (auto [ec] = co_await stream.async_handshake(ssl::stream_base::client, asio::as_tuple(asio::use_awaitable)); ec) {
+    if (auto [ec] = co_await stream.async_handshake(ssl::stream_base::client, asio::as_tuple(asio::use_awaitable));
+        ec) {
         if (ec == beast::error::timeout) {
             co_return check_result{check_failure::tls_timeout,
                                    "TLS handshake did not complete within " + ms_text(cfg.timeout) +

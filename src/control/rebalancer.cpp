@@ -69,7 +69,8 @@ void rebalancer::tick() {
         // The weights the balancer uses now: a backend in its slow start
         // takes a growing share, and asking more of it would only churn.
         const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                     std::chrono::steady_clock::now().time_since_epoch()).count();
+                                     std::chrono::steady_clock::now().time_since_epoch())
+                                     .count();
         std::vector<backend_share> shares;
         for (const auto& b : pool.backends) {
             std::uint32_t permille = 1000;

@@ -46,7 +46,8 @@ struct fd_guard {
 };
 
 [[noreturn]] void refuse(const std::string& path, std::string message) {
-    throw config_load_error({config_error{.file = path, .line = 0, .column = 0, .key_path = {}, .message = std::move(message)}});
+    throw config_load_error(
+        {config_error{.file = path, .line = 0, .column = 0, .key_path = {}, .message = std::move(message)}});
 }
 
 [[noreturn]] void cannot_check(const std::string& path, const char* step, int err) {
@@ -125,7 +126,8 @@ enum class outcome { exited, over_cpu_budget, over_deadline };
 outcome wait_for_exit(pid_t pid, int status_pipe, clock_type::time_point started) {
     constexpr auto slice = std::chrono::milliseconds(20);
     while (true) {
-        const auto left = std::chrono::ceil<std::chrono::milliseconds>(started + yaml_guard_deadline - clock_type::now());
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(started + yaml_guard_deadline -
+                                                                       clock_type::now());
         if (left.count() <= 0) return outcome::over_deadline;
         if (cpu_time_of(pid) >= yaml_guard_cpu_budget) return outcome::over_cpu_budget;
         pollfd p{.fd = status_pipe, .events = POLLIN, .revents = 0};
@@ -156,8 +158,7 @@ void prove_yaml_parse_ends(const std::string& path, const std::string& text) {
     if (!exited) ::kill(pid, SIGKILL);  // our own child, by its PID
     int status = 0;
     pid_t reaped = -1;
-    while ((reaped = ::waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
-    }
+    while ((reaped = ::waitpid(pid, &status, 0)) < 0 && errno == EINTR) {}
     // Without the child's status (SIGCHLD ignored reaps it for us) nothing is proven.
     if (reaped != pid) cannot_check(path, "waitpid", errno);
     const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started);
@@ -169,7 +170,8 @@ void prove_yaml_parse_ends(const std::string& path, const std::string& text) {
                                  yaml_guard_cpu_budget.count(), defect));
     }
     if (waited == outcome::over_deadline) {
-        refuse(path, fmt::format("the YAML parser did not finish within {}ms; {}", yaml_guard_deadline.count(), defect));
+        refuse(path,
+               fmt::format("the YAML parser did not finish within {}ms; {}", yaml_guard_deadline.count(), defect));
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
     if ((WIFEXITED(status) && WEXITSTATUS(status) == exit_out_of_memory) ||

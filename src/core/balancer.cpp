@@ -6,8 +6,7 @@
 
 namespace apilb {
 
-std::optional<std::size_t> balancer_state::choose(balance_policy policy,
-                                                  std::span<const backend_load> loads) {
+std::optional<std::size_t> balancer_state::choose(balance_policy policy, std::span<const backend_load> loads) {
     assert(loads.size() == current_.size());
     // Only the best tier on offer takes part; the others are as if unavailable.
     std::uint8_t best_tier = UINT8_MAX;
@@ -23,10 +22,8 @@ std::optional<std::size_t> balancer_state::choose(balance_policy policy,
         view = filtered;
     }
     switch (policy) {
-    case balance_policy::round_robin:
-        return choose_round_robin(view);
-    case balance_policy::least_connections:
-        return choose_least_connections(view);
+    case balance_policy::round_robin: return choose_round_robin(view);
+    case balance_policy::least_connections: return choose_least_connections(view);
     case balance_policy::maglev:
         // Needs the pool's table and the client's key: choose_maglev().
         break;
@@ -49,8 +46,7 @@ std::optional<std::size_t> balancer_state::choose_round_robin(std::span<const ba
     return best;
 }
 
-std::optional<std::size_t> balancer_state::choose_least_connections(
-    std::span<const backend_load> loads) {
+std::optional<std::size_t> balancer_state::choose_least_connections(std::span<const backend_load> loads) {
     const std::size_t n = loads.size();
     std::optional<std::size_t> best;
     for (std::size_t k = 0; k < n; ++k) {

@@ -108,8 +108,7 @@ std::optional<duration> parse_duration(const std::string& text) {
     };
     // Longest suffix first so "ms" is not read as "m" followed by "s".
     // Units must appear largest first and at most once ("1h30m", not "30m1h").
-    static constexpr std::array<unit, 4> units{{
-        {"ms", 1}, {"h", 3'600'000}, {"m", 60'000}, {"s", 1'000}}};
+    static constexpr std::array<unit, 4> units{{{"ms", 1}, {"h", 3'600'000}, {"m", 60'000}, {"s", 1'000}}};
 
     constexpr auto max = std::numeric_limits<std::int64_t>::max();
     std::int64_t total = 0;

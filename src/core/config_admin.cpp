@@ -23,9 +23,7 @@ constexpr std::array<choice<admin_client_auth>, 2> client_auth_choices{{
     {"all", admin_client_auth::all},
 }};
 
-bool is_loopback(const socket_address& a) {
-    return a.is_v6 ? a.ip == "::1" : a.ip.rfind("127.", 0) == 0;
-}
+bool is_loopback(const socket_address& a) { return a.is_v6 ? a.ip == "::1" : a.ip.rfind("127.", 0) == 0; }
 
 }  // namespace
 
@@ -76,7 +74,7 @@ void loader::read_admin_token_file(const mapping& m, std::string& out) {
     }
     // A missing file is fine: apilb creates it (0600) at start. One that
     // exists is read by apilb's own user, which need not be who checks.
-    struct stat st{};
+    struct stat st {};
     if (::stat(text->c_str(), &st) == 0) {
         if (!S_ISREG(st.st_mode)) {
             error(f->mark, f->path, quote(*text) + " is not a regular file");

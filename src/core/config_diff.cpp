@@ -27,7 +27,8 @@ const pool_config* find_pool(const config& cfg, const std::string& name) {
 /// Pool settings other than its backends.
 std::string pool_settings_changed(const pool_config& a, const pool_config& b) {
     std::vector<std::string> what;
-    if (a.balance != b.balance) what.push_back(std::string("balance ") + to_string(a.balance) + "->" + to_string(b.balance));
+    if (a.balance != b.balance)
+        what.push_back(std::string("balance ") + to_string(a.balance) + "->" + to_string(b.balance));
     if (a.connect_attempts != b.connect_attempts) what.push_back("connect_attempts");
     if (!(a.health == b.health)) what.push_back("health");
     if (a.maglev_table_size != b.maglev_table_size || a.maglev_key != b.maglev_key) what.push_back("maglev");
@@ -54,8 +55,8 @@ bool same_listener(const listener_config& old_listener, const listener_config& n
 
 bool config_diff::empty() const {
     return listeners_added.empty() && listeners_removed.empty() && listeners_changed.empty() &&
-           backends_added.empty() && backends_removed.empty() && backends_changed.empty() &&
-           pools_changed.empty() && settings_changed.empty();
+           backends_added.empty() && backends_removed.empty() && backends_changed.empty() && pools_changed.empty() &&
+           settings_changed.empty();
 }
 
 std::string config_diff::summary() const {
@@ -94,7 +95,8 @@ config_diff diff_configs(const config& running, const config& next) {
         std::string what;
         if (it->name != l.name) what += " name " + it->name + "->" + l.name;
         if (it->pool != l.pool) what += " pool " + it->pool + "->" + l.pool;
-        if (it->backlog != l.backlog) what += " backlog " + std::to_string(it->backlog) + "->" + std::to_string(l.backlog);
+        if (it->backlog != l.backlog)
+            what += " backlog " + std::to_string(it->backlog) + "->" + std::to_string(l.backlog);
         if (!what.empty()) d.listeners_changed.push_back(listener_text(l) + what);
     }
     for (const auto& o : running.listeners) {
@@ -106,7 +108,8 @@ config_diff diff_configs(const config& running, const config& next) {
     for (const auto& p : next.pools) {
         const pool_config* op = find_pool(running, p.name);
         if (op) {
-            if (auto what = pool_settings_changed(*op, p); !what.empty()) d.pools_changed.push_back(p.name + " (" + what + ")");
+            if (auto what = pool_settings_changed(*op, p); !what.empty())
+                d.pools_changed.push_back(p.name + " (" + what + ")");
         }
         for (const auto& b : p.backends) {
             const backend_config* ob = nullptr;
@@ -120,7 +123,8 @@ config_diff diff_configs(const config& running, const config& next) {
                 continue;
             }
             std::string what;
-            if (ob->weight != b.weight) what += " weight " + std::to_string(ob->weight) + "->" + std::to_string(b.weight);
+            if (ob->weight != b.weight)
+                what += " weight " + std::to_string(ob->weight) + "->" + std::to_string(b.weight);
             if (ob->drain != b.drain) what += b.drain ? " drain on" : " drain off";
             if (!what.empty()) d.backends_changed.push_back(p.name + "/" + b.name + what);
         }
@@ -128,9 +132,8 @@ config_diff diff_configs(const config& running, const config& next) {
     for (const auto& op : running.pools) {
         const pool_config* p = find_pool(next, op.name);
         for (const auto& ob : op.backends) {
-            const bool kept = p && std::any_of(p->backends.begin(), p->backends.end(), [&](const backend_config& b) {
-                                  return same_backend(op, ob, *p, b);
-                              });
+            const bool kept = p && std::any_of(p->backends.begin(), p->backends.end(),
+                                               [&](const backend_config& b) { return same_backend(op, ob, *p, b); });
             if (!kept) d.backends_removed.push_back(backend_text(op, ob));
         }
     }

@@ -9,18 +9,29 @@
 namespace apilb::config_detail {
 namespace {
 
-constexpr std::array<std::string_view, 14> health_key_list{
-    "type", "path", "interval", "timeout", "rise", "fall", "expect", "tls", "bearer_token_file",
-    "passive", "close_sessions_after", "slow_start", "all_unhealthy", "initial"};
+constexpr std::array<std::string_view, 14> health_key_list{"type",
+                                                           "path",
+                                                           "interval",
+                                                           "timeout",
+                                                           "rise",
+                                                           "fall",
+                                                           "expect",
+                                                           "tls",
+                                                           "bearer_token_file",
+                                                           "passive",
+                                                           "close_sessions_after",
+                                                           "slow_start",
+                                                           "all_unhealthy",
+                                                           "initial"};
 constexpr std::array<std::string_view, 2> expect_keys{"status", "body"};
 constexpr std::array<std::string_view, 5> tls_keys{"ca_file", "server_name", "cert_file", "key_file",
                                                    "insecure_skip_verify"};
 constexpr std::array<std::string_view, 1> passive_keys{"enabled"};
 
-constexpr std::array<choice<health_check_type>, 3> type_choices{{
-    {"https", health_check_type::https}, {"tcp", health_check_type::tcp}, {"none", health_check_type::none}}};
-constexpr std::array<choice<all_unhealthy_policy>, 2> all_unhealthy_choices{{
-    {"try-all", all_unhealthy_policy::try_all}, {"reject", all_unhealthy_policy::reject}}};
+constexpr std::array<choice<health_check_type>, 3> type_choices{
+    {{"https", health_check_type::https}, {"tcp", health_check_type::tcp}, {"none", health_check_type::none}}};
+constexpr std::array<choice<all_unhealthy_policy>, 2> all_unhealthy_choices{
+    {{"try-all", all_unhealthy_policy::try_all}, {"reject", all_unhealthy_policy::reject}}};
 constexpr std::array<choice<bool>, 2> initial_choices{{{"healthy", true}, {"unhealthy", false}}};
 
 /// The longest request target and expected body accepted; both end up in a
@@ -55,7 +66,8 @@ std::string server_name_problem(const std::string& text) {
             continue;
         }
         const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
-        if (!ok) return quote(text) + " holds " + quote(std::string(1, c)) + "; expected letters, digits, \"-\" and \".\"";
+        if (!ok)
+            return quote(text) + " holds " + quote(std::string(1, c)) + "; expected letters, digits, \"-\" and \".\"";
         ++label;
     }
     return {};
@@ -64,11 +76,13 @@ std::string server_name_problem(const std::string& text) {
 /// Why `path` cannot be sent as a request target, or "".
 std::string path_problem(const std::string& path) {
     if (path.empty() || path.front() != '/') return "expected a path starting with \"/\", e.g. \"/readyz\"";
-    if (path.size() > max_path_length) return "the path is longer than " + std::to_string(max_path_length) + " characters";
+    if (path.size() > max_path_length)
+        return "the path is longer than " + std::to_string(max_path_length) + " characters";
     for (char c : path) {
         const auto u = static_cast<unsigned char>(c);
         // Visible ASCII only: a space or a line break would end the request line.
-        if (u <= 0x20 || u >= 0x7f) return "the path holds a space, a control character or non-ASCII; percent-encode it";
+        if (u <= 0x20 || u >= 0x7f)
+            return "the path holds a space, a control character or non-ASCII; percent-encode it";
     }
     return {};
 }

@@ -72,9 +72,7 @@ std::string join(key_list items) {
 
 namespace {
 
-char lower(char c) {
-    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
+char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
 /// Levenshtein distance, case-insensitive: "Workers" is one edit from "workers".
 std::size_t edit_distance(std::string_view a, std::string_view b) {
@@ -120,39 +118,39 @@ std::string describe(const YAML::Node& node) {
 }
 
 
-constexpr std::array<std::string_view, 10> top_keys{
-    "workers", "listeners", "pools", "timeouts", "tcp", "limits", "relay", "log", "vrrp", "admin"};
+constexpr std::array<std::string_view, 10> top_keys{"workers", "listeners", "pools", "timeouts", "tcp",
+                                                    "limits",  "relay",     "log",   "vrrp",     "admin"};
 constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool", "backlog"};
-constexpr std::array<std::string_view, 8> pool_keys{
-    "name", "balance", "connect_attempts", "backends", "health", "maglev", "storm_control", "rebalance"};
+constexpr std::array<std::string_view, 8> pool_keys{"name",   "balance", "connect_attempts", "backends",
+                                                    "health", "maglev",  "storm_control",    "rebalance"};
 constexpr std::array<std::string_view, 5> storm_control_keys{"new_per_second", "burst", "max_connecting", "queue",
                                                              "queue_timeout"};
 constexpr std::array<std::string_view, 3> rebalance_keys{"enabled", "max_closes_per_second", "tolerance"};
 constexpr std::array<std::string_view, 2> maglev_keys{"table_size", "key"};
 constexpr std::array<std::string_view, 4> backend_keys{"name", "address", "weight", "drain"};
 constexpr std::array<std::string_view, 5> timeout_keys{"connect", "idle", "drain", "reload_drain", "write_stall"};
-constexpr std::array<std::string_view, 7> tcp_keys{"nodelay",         "keepalive",       "keepalive_idle",
-                                                   "keepalive_interval", "keepalive_count", "user_timeout",
-                                                   "socket_buffer"};
+constexpr std::array<std::string_view, 7> tcp_keys{
+    "nodelay", "keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count", "user_timeout", "socket_buffer"};
 constexpr std::array<std::string_view, 2> limit_keys{"max_connections", "per_backend"};
 constexpr std::array<std::string_view, 3> relay_keys{"mode", "buffer_size", "pipe_size"};
 constexpr std::array<std::string_view, 2> log_keys{"level", "format"};
 
 
-constexpr std::array<choice<balance_policy>, 3> balance_choices{{
-    {"round-robin", balance_policy::round_robin},
-    {"least-connections", balance_policy::least_connections},
-    {"maglev", balance_policy::maglev}}};
-constexpr std::array<choice<hash_key>, 2> hash_key_choices{{
-    {"source-address", hash_key::source_address},
-    {"source-address-port", hash_key::source_address_port}}};
-constexpr std::array<choice<relay_mode>, 2> relay_choices{{
-    {"splice", relay_mode::splice}, {"copy", relay_mode::copy}}};
-constexpr std::array<choice<std::string_view>, 7> level_choices{{
-    {"trace", "trace"}, {"debug", "debug"}, {"info", "info"}, {"warn", "warn"},
-    {"error", "error"}, {"critical", "critical"}, {"off", "off"}}};
-constexpr std::array<choice<log_format>, 2> format_choices{{
-    {"text", log_format::text}, {"json", log_format::json}}};
+constexpr std::array<choice<balance_policy>, 3> balance_choices{
+    {{"round-robin", balance_policy::round_robin},
+     {"least-connections", balance_policy::least_connections},
+     {"maglev", balance_policy::maglev}}};
+constexpr std::array<choice<hash_key>, 2> hash_key_choices{
+    {{"source-address", hash_key::source_address}, {"source-address-port", hash_key::source_address_port}}};
+constexpr std::array<choice<relay_mode>, 2> relay_choices{{{"splice", relay_mode::splice}, {"copy", relay_mode::copy}}};
+constexpr std::array<choice<std::string_view>, 7> level_choices{{{"trace", "trace"},
+                                                                 {"debug", "debug"},
+                                                                 {"info", "info"},
+                                                                 {"warn", "warn"},
+                                                                 {"error", "error"},
+                                                                 {"critical", "critical"},
+                                                                 {"off", "off"}}};
+constexpr std::array<choice<log_format>, 2> format_choices{{{"text", log_format::text}, {"json", log_format::json}}};
 
 // ---------------------------------------------------------------- addresses
 
@@ -179,8 +177,7 @@ std::string address_problem(const std::string& text) {
         if (colons > 1) return "an IPv6 address needs brackets around it";
         if (colons == 0) {
             const bool numeric = text.find_first_not_of("0123456789.") == std::string::npos;
-            return numeric ? "the port is missing"
-                           : "the port is missing, and host names are not resolved";
+            return numeric ? "the port is missing" : "the port is missing, and host names are not resolved";
         }
         const auto colon = text.find(':');
         host = text.substr(0, colon);
@@ -241,16 +238,13 @@ void loader::warning(const YAML::Mark& mark, std::string path, std::string messa
     warnings_.push_back(std::move(w));
 }
 
-void loader::syntax_error(const YAML::Exception& e) {
-    error(e.mark, {}, "YAML syntax error: " + e.msg);
-}
+void loader::syntax_error(const YAML::Exception& e) { error(e.mark, {}, "YAML syntax error: " + e.msg); }
 
 std::optional<mapping> loader::open_mapping(const field& f, key_list allowed, bool null_is_empty) {
     mapping m{f.mark, f.path, {}};
     if (f.node.IsNull() && null_is_empty) return m;
     if (!f.node.IsMap()) {
-        error(f.mark, f.path, "expected a mapping with keys " + join(allowed) + "; found " +
-                                  describe(f.node));
+        error(f.mark, f.path, "expected a mapping with keys " + join(allowed) + "; found " + describe(f.node));
         return std::nullopt;
     }
     std::map<std::string, int, std::less<>> seen;  // key -> line of its first use
@@ -275,8 +269,7 @@ std::optional<mapping> loader::open_mapping(const field& f, key_list allowed, bo
         // silently taking either one would hide an edit that did not apply.
         if (auto [first, inserted] = seen.emplace(name, key.Mark().line + 1); !inserted) {
             error(key.Mark(), path,
-                  "key " + quote(name) + " is repeated; first set at line " +
-                      std::to_string(first->second));
+                  "key " + quote(name) + " is repeated; first set at line " + std::to_string(first->second));
             continue;
         }
         // An empty value's mark points at the next token, often on the next
@@ -294,8 +287,9 @@ std::optional<std::vector<field>> loader::open_sequence(const field& f, std::str
         return std::nullopt;
     }
     if (!f.node.IsSequence()) {
-        error(f.mark, f.path, "expected a sequence of " + std::string(what) + " (items starting with \"- \"); found " +
-                                  describe(f.node));
+        error(
+            f.mark, f.path,
+            "expected a sequence of " + std::string(what) + " (items starting with \"- \"); found " + describe(f.node));
         return std::nullopt;
     }
     if (f.node.size() == 0) {
@@ -321,8 +315,7 @@ std::optional<std::string> loader::scalar(const field& f, std::string_view expec
     return std::nullopt;
 }
 
-bool loader::read_integer(const mapping& m, std::string_view key, const integer_rule& rule,
-                          std::uint32_t& out) {
+bool loader::read_integer(const mapping& m, std::string_view key, const integer_rule& rule, std::uint32_t& out) {
     const field* f = m.find(key);
     if (f == nullptr) return true;
     const std::string expected = "an integer in " + rule.range();
@@ -366,16 +359,14 @@ bool loader::read_bool(const mapping& m, std::string_view key, bool& out) {
     return false;
 }
 
-bool loader::read_duration(const mapping& m, std::string_view key, const duration_rule& rule,
-                           duration& out) {
+bool loader::read_duration(const mapping& m, std::string_view key, const duration_rule& rule, duration& out) {
     const field* f = m.find(key);
     if (f == nullptr) return true;
     auto text = scalar(*f, "a duration such as \"2s\"");
     if (!text) return false;
     auto value = parse_duration(*text);
     if (!value) {
-        const bool bare_number = !text->empty() &&
-                                 text->find_first_not_of("0123456789") == std::string::npos;
+        const bool bare_number = !text->empty() && text->find_first_not_of("0123456789") == std::string::npos;
         if (bare_number) {
             error(f->mark, f->path,
                   "duration " + quote(*text) + " needs a unit, e.g. \"" + *text + "s\" or \"" + *text +
@@ -390,8 +381,10 @@ bool loader::read_duration(const mapping& m, std::string_view key, const duratio
     }
     if (rule.whole_seconds && *value % 1s != 0ms) {
         error(f->mark, f->path,
-              quote(*text) + " is not a whole number of seconds; the kernel takes this value in "
-                             "seconds, so expected " + std::string(rule.range));
+              quote(*text) +
+                  " is not a whole number of seconds; the kernel takes this value in "
+                  "seconds, so expected " +
+                  std::string(rule.range));
         return false;
     }
     if (!rule.accepts(*value)) {
@@ -427,8 +420,7 @@ site loader::read_name(const mapping& m, std::string_view key, std::string& out)
     return s;
 }
 
-site loader::read_address(const mapping& m, std::string_view key, bool is_backend,
-                          socket_address& out) {
+site loader::read_address(const mapping& m, std::string_view key, bool is_backend, socket_address& out) {
     const field* f = m.find(key);
     if (f == nullptr) return {};
     site s{false, f->mark, f->path, {}};
@@ -488,8 +480,7 @@ std::optional<pool_entry> loader::read_pool(const field& f) {
     require(*m, "backends");
     p.name = read_name(*m, "name", p.cfg.name);
     read_choice(*m, "balance", balance_choices, p.cfg.balance);
-    read_integer(*m, "connect_attempts", {.min = 1, .max = 16, .zero_allowed = true},
-                 p.cfg.connect_attempts);
+    read_integer(*m, "connect_attempts", {.min = 1, .max = 16, .zero_allowed = true}, p.cfg.connect_attempts);
     if (const field* b = m->find("backends")) {
         if (auto items = open_sequence(*b, "backends")) {
             for (const auto& item : *items) {
@@ -567,17 +558,14 @@ void loader::read_sections(const mapping& top) {
     config& c = config_;
     if (const field* f = top.find("timeouts")) {
         if (auto m = open_mapping(*f, timeout_keys, true)) {
-            read_duration(*m, "connect", {.min = 1ms, .max = 5min, .range = "1ms..5m"},
-                          c.timeouts.connect);
+            read_duration(*m, "connect", {.min = 1ms, .max = 5min, .range = "1ms..5m"}, c.timeouts.connect);
             // Upper bound keeps deadline arithmetic (now + idle, in ns) far from overflow.
             read_duration(*m, "idle",
-                          {.min = 1s, .max = 8760h, .zero_allowed = true,
-                           .range = "0 (disabled) or 1s..8760h"},
+                          {.min = 1s, .max = 8760h, .zero_allowed = true, .range = "0 (disabled) or 1s..8760h"},
                           c.timeouts.idle);
             read_duration(*m, "drain", {.min = 0ms, .max = 1h, .zero_allowed = true, .range = "0..1h"},
                           c.timeouts.drain);
-            read_duration(*m, "reload_drain",
-                          {.min = 0ms, .max = 1h, .zero_allowed = true, .range = "0..1h"},
+            read_duration(*m, "reload_drain", {.min = 0ms, .max = 1h, .zero_allowed = true, .range = "0..1h"},
                           c.timeouts.reload_drain);
             read_duration(*m, "write_stall",
                           {.min = 1s, .max = 24h, .zero_allowed = true, .range = "0 (disabled) or 1s..24h"},
@@ -594,8 +582,7 @@ void loader::read_sections(const mapping& top) {
             read_duration(*m, "keepalive_interval", keepalive_time, c.tcp.keepalive_interval);
             // 127 is the kernel's MAX_TCP_KEEPCNT.
             read_integer(*m, "keepalive_count", {.min = 1, .max = 127}, c.tcp.keepalive_count);
-            read_duration(*m, "user_timeout",
-                          {.min = 1s, .max = 1h, .zero_allowed = true, .range = "0 or 1s..1h"},
+            read_duration(*m, "user_timeout", {.min = 1s, .max = 1h, .zero_allowed = true, .range = "0 or 1s..1h"},
                           c.tcp.user_timeout);
             // 16 KiB: below that the kernel's own minimum and a TLS record
             // do not fit; 64 MiB is far above any autotuned buffer.
@@ -607,16 +594,14 @@ void loader::read_sections(const mapping& top) {
         if (auto m = open_mapping(*f, limit_keys, true)) {
             read_integer(*m, "max_connections", {.min = 1, .max = u32_max, .zero_allowed = true},
                          c.limits.max_connections);
-            read_integer(*m, "per_backend", {.min = 1, .max = u32_max, .zero_allowed = true},
-                         c.limits.per_backend);
+            read_integer(*m, "per_backend", {.min = 1, .max = u32_max, .zero_allowed = true}, c.limits.per_backend);
         }
     }
     if (const field* f = top.find("relay")) {
         if (auto m = open_mapping(*f, relay_keys, true)) {
             read_choice(*m, "mode", relay_choices, c.relay.mode);
             read_integer(*m, "buffer_size", {.min = 4096, .max = 16 * 1024 * 1024}, c.relay.buffer_size);
-            read_integer(*m, "pipe_size", {.min = 4096, .max = 1024 * 1024, .zero_allowed = true},
-                         c.relay.pipe_size);
+            read_integer(*m, "pipe_size", {.min = 4096, .max = 1024 * 1024, .zero_allowed = true}, c.relay.pipe_size);
         }
     }
     if (const field* f = top.find("log")) {
@@ -628,15 +613,14 @@ void loader::read_sections(const mapping& top) {
     }
 }
 
-void loader::check_unique(const std::vector<std::pair<std::string, const site*>>& keys,
-                          std::string_view what) {
+void loader::check_unique(const std::vector<std::pair<std::string, const site*>>& keys, std::string_view what) {
     std::map<std::string, const site*, std::less<>> first;
     for (const auto& [key, s] : keys) {
         auto [it, inserted] = first.emplace(key, s);
         if (inserted) continue;
         error(s->mark, s->path,
-              "duplicate " + std::string(what) + " " + quote(key) + "; already used by " +
-                  it->second->path + " at line " + std::to_string(it->second->mark.line + 1));
+              "duplicate " + std::string(what) + " " + quote(key) + "; already used by " + it->second->path +
+                  " at line " + std::to_string(it->second->mark.line + 1));
     }
 }
 
@@ -675,9 +659,8 @@ void loader::check_references() {
         if (std::find(pool_names.begin(), pool_names.end(), l.cfg.pool) != pool_names.end()) continue;
         // A pool whose own name was invalid has been reported already;
         // saying the listener's reference is undefined too would be noise.
-        const bool named_by_broken_pool = std::any_of(pools_.begin(), pools_.end(), [&](const auto& p) {
-            return !p.name.ok && p.name.text == l.cfg.pool;
-        });
+        const bool named_by_broken_pool = std::any_of(
+            pools_.begin(), pools_.end(), [&](const auto& p) { return !p.name.ok && p.name.text == l.cfg.pool; });
         if (named_by_broken_pool) continue;
         std::string message = "pool " + quote(l.cfg.pool) + " is not defined; ";
         if (pool_names.empty()) {
@@ -715,8 +698,7 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
     if (auto top = open_mapping(root, top_keys, false)) {
         require(*top, "listeners");
         require(*top, "pools");
-        read_integer(*top, "workers", {.min = 1, .max = max_workers, .zero_allowed = true},
-                     config_.workers);
+        read_integer(*top, "workers", {.min = 1, .max = max_workers, .zero_allowed = true}, config_.workers);
         if (const field* f = top->find("listeners")) read_listeners(*f);
         if (const field* f = top->find("pools")) read_pools(*f);
         read_sections(*top);
@@ -766,8 +748,8 @@ using config_detail::loader;
 std::string read_config_file(const std::string& path) {
     file_contents file = read_regular_file(path, max_config_bytes);
     if (!file) {
-        throw config_load_error({config_error{
-            .file = path, .line = 0, .column = 0, .key_path = {}, .message = "the file " + file.error}});
+        throw config_load_error(
+            {config_error{.file = path, .line = 0, .column = 0, .key_path = {}, .message = "the file " + file.error}});
     }
     return std::move(file.bytes);
 }
@@ -780,8 +762,7 @@ void parse_yaml_unguarded(const std::string& text) {
     }
 }
 
-std::shared_ptr<const config> parse_config(const std::string& yaml_text,
-                                           const std::string& source_name) {
+std::shared_ptr<const config> parse_config(const std::string& yaml_text, const std::string& source_name) {
     return loader(source_name).load(yaml_text);
 }
 

@@ -11,9 +11,9 @@ namespace apilb::config_detail {
 namespace {
 
 constexpr std::array<std::string_view, 15> vrrp_keys{
-    "interface", "virtual_router_id", "priority", "router_id", "unicast_src_ip", "peers", "vips",
-    "advert_interval", "preempt", "preempt_delay", "state_dir", "track_process", "handoff_timeout",
-    "manage", "keepalived_path"};
+    "interface",       "virtual_router_id", "priority",      "router_id", "unicast_src_ip", "peers",           "vips",
+    "advert_interval", "preempt",           "preempt_delay", "state_dir", "track_process",  "handoff_timeout", "manage",
+    "keepalived_path"};
 
 /// Why `name` cannot be a Linux interface name, or "".
 std::string interface_problem(const std::string& name) {
@@ -73,8 +73,9 @@ void loader::read_vrrp(const field& f, vrrp_config& v) {
         if (auto text = scalar(*r, "a name for this node in keepalived's logs")) {
             if (!is_plain_word(*text) || text->size() > 63) {
                 error(r->mark, r->path,
-                      "invalid router_id " + quote(*text) + "; expected 1 to 63 visible characters without "
-                      "blanks, quotes, braces, \"#\" or \"!\"");
+                      "invalid router_id " + quote(*text) +
+                          "; expected 1 to 63 visible characters without "
+                          "blanks, quotes, braces, \"#\" or \"!\"");
             } else {
                 v.router_id = *text;
             }
@@ -203,15 +204,17 @@ void loader::read_vrrp(const field& f, vrrp_config& v) {
     read_duration(*m, "preempt_delay", {.min = 0ms, .max = 1000s, .zero_allowed = true, .range = "0..1000s"},
                   v.preempt_delay);
     if (delay != nullptr && !v.preempt && v.preempt_delay != 0ms) {
-        error(delay->mark, delay->path, "preempt_delay needs preempt: true; with preempt false a node never takes "
-                                        "the VIPs back, so there is nothing to delay");
+        error(delay->mark, delay->path,
+              "preempt_delay needs preempt: true; with preempt false a node never takes "
+              "the VIPs back, so there is nothing to delay");
     }
     if (const field* s = m->find("state_dir")) {
         if (auto text = scalar(*s, "an absolute directory path")) {
             if (text->empty() || text->front() != '/' || !is_plain_word(*text) || text->size() > 200) {
                 error(s->mark, s->path,
-                      "invalid state_dir " + quote(*text) + "; expected an absolute path of at most 200 characters "
-                      "without blanks, quotes, braces, \"#\" or \"!\" (it is written into keepalived.conf)");
+                      "invalid state_dir " + quote(*text) +
+                          "; expected an absolute path of at most 200 characters "
+                          "without blanks, quotes, braces, \"#\" or \"!\" (it is written into keepalived.conf)");
             } else {
                 v.state_dir = text->size() > 1 && text->back() == '/' ? text->substr(0, text->size() - 1) : *text;
             }
@@ -222,7 +225,8 @@ void loader::read_vrrp(const field& f, vrrp_config& v) {
     if (const field* k = m->find("keepalived_path")) {
         if (auto text = scalar(*k, "the absolute path of the keepalived binary")) {
             if (text->empty() || text->front() != '/') {
-                error(k->mark, k->path, "expected an absolute path such as \"/usr/sbin/keepalived\"; found " + quote(*text));
+                error(k->mark, k->path,
+                      "expected an absolute path such as \"/usr/sbin/keepalived\"; found " + quote(*text));
             } else {
                 v.keepalived_path = *text;
             }

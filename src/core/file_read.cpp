@@ -21,9 +21,7 @@ const char* kind_of(mode_t mode) {
     return "not a regular file";
 }
 
-file_contents failed(std::string message) {
-    return {.bytes = {}, .error = std::move(message)};
-}
+file_contents failed(std::string message) { return {.bytes = {}, .error = std::move(message)}; }
 
 /// Closes the descriptor on every path out.
 struct fd_guard {
@@ -48,14 +46,14 @@ file_contents read_regular_file(const std::string& path, std::size_t max_bytes) 
     const fd_guard file{::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)};
     if (file.fd < 0) {
         const int err = errno;
-        struct stat st{};
+        struct stat st {};
         // A Unix socket cannot be opened at all (ENXIO); say what it is.
         if (err == ENXIO && ::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
             return failed(std::string("is ") + kind_of(st.st_mode) + ", expected a regular file");
         }
         return failed(std::string("cannot be read: ") + std::strerror(err));
     }
-    struct stat st{};
+    struct stat st {};
     if (::fstat(file.fd, &st) != 0) return failed(std::string("cannot be read: ") + std::strerror(errno));
     if (!S_ISREG(st.st_mode)) return failed(std::string("is ") + kind_of(st.st_mode) + ", expected a regular file");
     const std::string too_large = "is larger than " + describe_size(max_bytes);

@@ -88,9 +88,7 @@ std::vector<std::string> failing_readyz_checks(std::string_view body) {
         // Check names are short words ("etcd", "poststarthook/rbac/bootstrap-roles");
         // anything else is not a check line and is not repeated into our logs.
         const bool plausible = !name.empty() && name.size() <= 128 &&
-                               std::all_of(name.begin(), name.end(), [](char c) {
-                                   return c > 0x20 && c < 0x7f;
-                               });
+                               std::all_of(name.begin(), name.end(), [](char c) { return c > 0x20 && c < 0x7f; });
         if (plausible) names.emplace_back(name);
         if (names.size() >= 32) break;
     }
@@ -122,16 +120,18 @@ std::string failing_checks_text(std::string_view body) {
 
 check_result judge_http_response(unsigned status, std::string_view reason, std::string_view body,
                                  const health_config& cfg) {
-    const std::string status_text =
-        "GET " + printable(cfg.path) + ": HTTP " + std::to_string(status) + (reason.empty() ? "" : " ") + printable(reason);
+    const std::string status_text = "GET " + printable(cfg.path) + ": HTTP " + std::to_string(status) +
+                                    (reason.empty() ? "" : " ") + printable(reason);
     if (status == 401 || status == 403) {
         // The apiserver answers, so it is not down; whether it is ready is
         // unknown because it does not accept who we are. With
         // --anonymous-auth=false health endpoints need credentials.
         return {check_failure::auth_failed,
-                status_text + ": the apiserver rejects the probe's credentials (an authentication problem, not "
-                              "the apiserver being down); set health.tls.cert_file/key_file or "
-                              "health.bearer_token_file, or allow anonymous access to " + printable(cfg.path)};
+                status_text +
+                    ": the apiserver rejects the probe's credentials (an authentication problem, not "
+                    "the apiserver being down); set health.tls.cert_file/key_file or "
+                    "health.bearer_token_file, or allow anonymous access to " +
+                    printable(cfg.path)};
     }
     if (status != cfg.expect_status) {
         // The failing /readyz checks say why; for any other answer (a proxy's
@@ -142,9 +142,9 @@ check_result judge_http_response(unsigned status, std::string_view reason, std::
                 status_text + " (expected " + std::to_string(cfg.expect_status) + ")" + why};
     }
     if (cfg.expect_body && body.find(*cfg.expect_body) == std::string_view::npos) {
-        return {check_failure::body_mismatch,
-                status_text + ", but the body does not contain \"" + printable(*cfg.expect_body) + "\" (body: \"" +
-                    printable(body) + "\")"};
+        return {check_failure::body_mismatch, status_text + ", but the body does not contain \"" +
+                                                  printable(*cfg.expect_body) + "\" (body: \"" + printable(body) +
+                                                  "\")"};
     }
     return {check_failure::none, status_text};
 }
@@ -172,8 +172,8 @@ duration first_round_offset(duration interval, std::size_t index, std::size_t co
     // second round is spread over the interval instead of firing together.
     const double slot = static_cast<double>(index + 1) / static_cast<double>(count);
     const double jitter = 0.05 * std::clamp(random_unit, 0.0, 1.0);
-    return duration{std::max<std::int64_t>(
-        1, std::llround(static_cast<double>(interval.count()) * std::min(1.0, slot + jitter)))};
+    return duration{
+        std::max<std::int64_t>(1, std::llround(static_cast<double>(interval.count()) * std::min(1.0, slot + jitter)))};
 }
 
 health_tier tier_of(bool healthy, bool suspect) {

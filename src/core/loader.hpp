@@ -137,14 +137,11 @@ private:
     bool require(const mapping& m, std::string_view key);
 
     std::optional<std::string> scalar(const field& f, std::string_view expected);
-    bool read_integer(const mapping& m, std::string_view key, const integer_rule& rule,
-                      std::uint32_t& out);
+    bool read_integer(const mapping& m, std::string_view key, const integer_rule& rule, std::uint32_t& out);
     bool read_bool(const mapping& m, std::string_view key, bool& out);
-    bool read_duration(const mapping& m, std::string_view key, const duration_rule& rule,
-                       duration& out);
+    bool read_duration(const mapping& m, std::string_view key, const duration_rule& rule, duration& out);
     template <class T, std::size_t N>
-    bool read_choice(const mapping& m, std::string_view key,
-                     const std::array<choice<T>, N>& choices, T& out);
+    bool read_choice(const mapping& m, std::string_view key, const std::array<choice<T>, N>& choices, T& out);
     site read_name(const mapping& m, std::string_view key, std::string& out);
     site read_address(const mapping& m, std::string_view key, bool is_backend, socket_address& out);
     /// A path to a regular file of at most `max_bytes` that can be read now
@@ -172,8 +169,7 @@ private:
     void check_references();
 
     /// Reports every item whose key was already seen; `what` names the key.
-    void check_unique(const std::vector<std::pair<std::string, const site*>>& keys,
-                      std::string_view what);
+    void check_unique(const std::vector<std::pair<std::string, const site*>>& keys, std::string_view what);
 
     std::string source_;
     config config_;
@@ -184,8 +180,7 @@ private:
 };
 
 template <class T, std::size_t N>
-bool loader::read_choice(const mapping& m, std::string_view key,
-                         const std::array<choice<T>, N>& choices, T& out) {
+bool loader::read_choice(const mapping& m, std::string_view key, const std::array<choice<T>, N>& choices, T& out) {
     const field* f = m.find(key);
     if (f == nullptr) return true;
     std::array<std::string_view, N> names;
@@ -199,8 +194,7 @@ bool loader::read_choice(const mapping& m, std::string_view key,
         }
     }
     error(f->mark, f->path,
-          "unknown value " + quote(*text) + "; " + did_you_mean(*text, names) +
-              "expected one of: " + join(names));
+          "unknown value " + quote(*text) + "; " + did_you_mean(*text, names) + "expected one of: " + join(names));
     return false;
 }
 

@@ -69,9 +69,9 @@ maglev_table maglev_table::build(std::span<const maglev_backend> backends, std::
     std::sort(entries.begin(), entries.end(), [&](const build_entry& a, const build_entry& b) {
         return backends[a.index].name < backends[b.index].name;
     });
-    const std::uint64_t max_weight =
-        std::max_element(entries.begin(), entries.end(), [](auto& a, auto& b) { return a.weight < b.weight; })
-            ->weight;
+    const std::uint64_t max_weight = std::max_element(entries.begin(), entries.end(), [](auto& a, auto& b) {
+                                         return a.weight < b.weight;
+                                     })->weight;
 
     maglev_table t;
     t.entries_.assign(size, empty_slot);

@@ -5,8 +5,8 @@
 
 namespace apilb {
 
-std::optional<gcra_slot> gcra_reserve(std::int64_t tat, std::int64_t now, std::int64_t interval_ns,
-                                      std::uint32_t burst, std::int64_t max_delay_ns) {
+std::optional<gcra_slot> gcra_reserve(std::int64_t tat, std::int64_t now, std::int64_t interval_ns, std::uint32_t burst,
+                                      std::int64_t max_delay_ns) {
     // A turn may start once now >= tat - tolerance; burst turns fit in the tolerance.
     const std::int64_t tolerance = interval_ns * static_cast<std::int64_t>(std::max<std::uint32_t>(burst, 1) - 1);
     const std::int64_t earliest = std::max(now, tat - tolerance);

@@ -69,8 +69,8 @@ std::vector<x509_ptr> read_certificates(const std::string& path, const std::stri
 
 }  // namespace
 
-key_pair_check check_key_pair(const std::string& cert_file, const std::string& cert_pem,
-                              const std::string& key_file, const std::string& key_pem) {
+key_pair_check check_key_pair(const std::string& cert_file, const std::string& cert_pem, const std::string& key_file,
+                              const std::string& key_pem) {
     key_pair_check result;
     const auto certs = read_certificates(cert_file, cert_pem, result.cert_problem);
 

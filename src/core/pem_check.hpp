@@ -19,8 +19,8 @@ struct key_pair_check {
 /// Checks `cert_pem` (a chain, leaf first, read from `cert_file`) and
 /// `key_pem` (read from `key_file`); the names are for messages. Both were
 /// read by read_file_path, bounded: OpenSSL sees only memory.
-key_pair_check check_key_pair(const std::string& cert_file, const std::string& cert_pem,
-                              const std::string& key_file, const std::string& key_pem);
+key_pair_check check_key_pair(const std::string& cert_file, const std::string& cert_pem, const std::string& key_file,
+                              const std::string& key_pem);
 
 /// "" if `pem` (read from `ca_file`) holds at least one PEM certificate and
 /// nothing else that fails to parse; else what is wrong.

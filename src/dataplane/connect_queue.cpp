@@ -10,8 +10,7 @@ namespace asio = boost::asio;
 using boost::system::error_code;
 using clock_type = std::chrono::steady_clock;
 
-void connect_deadlines::watch(pending_connect& c, std::chrono::milliseconds timeout,
-                              const asio::any_io_executor& ex) {
+void connect_deadlines::watch(pending_connect& c, std::chrono::milliseconds timeout, const asio::any_io_executor& ex) {
     APILB_ASSERT_DATA_PATH_ROLE(worker);
     // Appending to the queue of its timeout keeps every queue in deadline
     // order at O(1); there is one queue, or two across a reload that

@@ -15,8 +15,8 @@
 #include <system_error>
 #include <utility>
 
-#include "apilb/dataplane/socket_options.hpp"
 #include "apilb/core/thread_role.hpp"
+#include "apilb/dataplane/socket_options.hpp"
 
 namespace apilb {
 
@@ -259,13 +259,9 @@ void poll_socket::abort_waiters() {
     }
 }
 
-void poll_socket::set_abortive_close() {
-    set_reset_on_close(fd_);
-}
+void poll_socket::set_abortive_close() { set_reset_on_close(fd_); }
 
-error_code poll_socket::shutdown_send() {
-    return ::shutdown(fd_, SHUT_WR) != 0 ? last_error() : error_code{};
-}
+error_code poll_socket::shutdown_send() { return ::shutdown(fd_, SHUT_WR) != 0 ? last_error() : error_code{}; }
 
 asio::ip::tcp::endpoint poll_socket::remote_endpoint(error_code& ec) const {
     asio::ip::tcp::endpoint ep;
@@ -328,8 +324,7 @@ void poll_socket::start_connect(const asio::ip::tcp::endpoint& ep) {
     waiter& x = waiters_[write_dir];
     x.aborted = fd_ < 0;
     if (x.aborted) return poller_->defer(*this, write_dir);
-    if (::connect(fd_, ep.data(), static_cast<socklen_t>(ep.size())) != 0 && errno != EINPROGRESS &&
-        errno != EINTR) {
+    if (::connect(fd_, ep.data(), static_cast<socklen_t>(ep.size())) != 0 && errno != EINPROGRESS && errno != EINTR) {
         x.result = last_error();
         return poller_->defer(*this, write_dir);
     }

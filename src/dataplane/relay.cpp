@@ -48,8 +48,7 @@ void abort_both(poll_socket& failed, poll_socket& peer) {
 
 }  // namespace
 
-relay::relay(poll_socket& client, poll_socket& upstream, relay_resources& resources,
-             clock::time_point& last_activity)
+relay::relay(poll_socket& client, poll_socket& upstream, relay_resources& resources, clock::time_point& last_activity)
     : client_(client), upstream_(upstream), res_(resources), last_activity_(last_activity) {
     for (auto& d : dirs_) d.owner = this;
     dirs_[0].from = &client;
@@ -304,8 +303,7 @@ void relay::finish(direction& d, pump_end end) {
     asio::post(client_.get_executor(), [h = std::move(handler_)]() mutable { h(); });
 }
 
-pipe_pool::pipe_pool(std::uint32_t pipe_size, std::size_t max_idle)
-    : pipe_size_(pipe_size), max_idle_(max_idle) {}
+pipe_pool::pipe_pool(std::uint32_t pipe_size, std::size_t max_idle) : pipe_size_(pipe_size), max_idle_(max_idle) {}
 
 pipe_pool::~pipe_pool() {
     for (auto& p : free_) {
@@ -346,8 +344,7 @@ void pipe_pool::release(pipe_pair pipe, bool empty) {
     ::close(pipe.write_fd);
 }
 
-buffer_pool::buffer_pool(std::size_t buffer_size, std::size_t max_idle)
-    : size_(buffer_size), max_idle_(max_idle) {}
+buffer_pool::buffer_pool(std::size_t buffer_size, std::size_t max_idle) : size_(buffer_size), max_idle_(max_idle) {}
 
 std::unique_ptr<std::byte[]> buffer_pool::acquire() {
     if (free_.empty()) return std::make_unique_for_overwrite<std::byte[]>(size_);

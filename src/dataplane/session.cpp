@@ -25,10 +25,10 @@
 #include <spdlog/spdlog.h>
 
 #include "apilb/core/health.hpp"
-#include "apilb/logging/logging.hpp"
 #include "apilb/core/pacing.hpp"
 #include "apilb/dataplane/socket_options.hpp"
 #include "apilb/dataplane/worker_context.hpp"
+#include "apilb/logging/logging.hpp"
 
 namespace apilb {
 
@@ -88,8 +88,8 @@ void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, cons
                 std::uint32_t per_backend) {
     const health_config& health = pool.cfg->health;
     const bool try_all = health.all_unhealthy == all_unhealthy_policy::try_all;
-    const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                 clock_type::now().time_since_epoch()).count();
+    const std::int64_t now =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
     loads.resize(pool.backends.size());
     for (std::size_t i = 0; i < loads.size(); ++i) {
         const auto& b = pool.backends[i];
@@ -116,8 +116,8 @@ struct connect_state {
     std::uint64_t key_hash = 0;  ///< maglev pools: the client's key
     tried_set tried;
     std::uint32_t attempts = 0;
-    std::string failures;     ///< "name: reason; ..." for the log when every attempt failed
-    error_code local_failure; ///< this process is out of something: not a backend's fault
+    std::string failures;      ///< "name: reason; ..." for the log when every attempt failed
+    error_code local_failure;  ///< this process is out of something: not a backend's fault
 };
 
 /// The Maglev key of a client: its address bytes (and port), hashed the same
@@ -294,16 +294,16 @@ private:
     connect_state st_;
     std::optional<tcp::endpoint> client_ep_;  ///< only for Maglev and debug logs
     clock_type::time_point started_ = clock_type::now();
-    const backend_runtime* chosen_ = nullptr;  ///< once connected
-    std::size_t chosen_index_ = 0;             ///< the backend of the attempt in progress
-    std::string sent_;            ///< the client's bytes before the backend's first one, for a replay
-    std::uint64_t replayed_ = 0;  ///< bytes of `sent_` written to the current backend
-    error_code last_error_;       ///< why the last backend failed before its first byte
+    const backend_runtime* chosen_ = nullptr;     ///< once connected
+    std::size_t chosen_index_ = 0;                ///< the backend of the attempt in progress
+    std::string sent_;                            ///< the client's bytes before the backend's first one, for a replay
+    std::uint64_t replayed_ = 0;                  ///< bytes of `sent_` written to the current backend
+    error_code last_error_;                       ///< why the last backend failed before its first byte
     std::atomic<std::uint32_t>* slot_ = nullptr;  ///< a backend's connecting count this session holds one of
-    bool connect_timed_out_ = false;  ///< the pending connect passed its deadline
+    bool connect_timed_out_ = false;              ///< the pending connect passed its deadline
     gate_step gate_ = gate_step::pick;
-    bool slot_waited_ = false;  ///< waited for a connect slot in this attempt
-    bool in_slot_waiters_ = false;  ///< slot_waiter_ is in ctx_.slot_waiters
+    bool slot_waited_ = false;                ///< waited for a connect slot in this attempt
+    bool in_slot_waiters_ = false;            ///< slot_waiter_ is in ctx_.slot_waiters
     clock_type::time_point wake_at_{};        ///< the gate's wait ends then at the latest
     clock_type::time_point slot_deadline_{};  ///< no connect slot by then: refused
     /// Storm control's waits; made by the first (pools without storm control never have one).
@@ -387,7 +387,7 @@ void session::connect_next(std::unique_ptr<session> self) {
             if (got == step::stop) break;
             s.chosen_index_ = pick;  // chosen_ only once connected
             const storm_control_config& sc = pool.storm_control;
-            s.gate_ = sc.new_per_second != 0 ? gate_step::turn
+            s.gate_ = sc.new_per_second != 0   ? gate_step::turn
                       : sc.max_connecting != 0 ? gate_step::slot
                                                : gate_step::open;
         }
@@ -400,9 +400,9 @@ void session::connect_next(std::unique_ptr<session> self) {
                 s.gate_ = gate_step::pick;
                 backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
                 if (s.entry_.aborted()) break;
-                s.st_.failures += fmt::format("{}{}: storm control (no {} within {}ms)",
-                                              s.st_.failures.empty() ? "" : "; ", backend.cfg->name,
-                                              no_slot ? "connect slot" : "turn", pool.storm_control.queue_timeout.count());
+                s.st_.failures += fmt::format(
+                    "{}{}: storm control (no {} within {}ms)", s.st_.failures.empty() ? "" : "; ", backend.cfg->name,
+                    no_slot ? "connect slot" : "turn", pool.storm_control.queue_timeout.count());
                 continue;
             }
         }
@@ -471,8 +471,8 @@ session::gate session::pass_gate(const backend_runtime& backend) {
         // of the rate. So the start takes a turn too, in a second state that
         // only starts enter: on time it is free (the turns are spaced already);
         // late, the starts are spaced again.
-        const std::optional<gcra_slot> start =
-            reserve_turn(stats.pacing_start_tat_ns, interval, sc.burst, std::numeric_limits<std::int64_t>::max());
+        const std::optional<gcra_slot> start = reserve_turn(stats.pacing_start_tat_ns, interval, sc.burst,
+                                                            std::numeric_limits<std::int64_t>::max());
         gate_ = gate_step::start_waited;
         if (start->delay_ns != 0) return wait_until(clock_type::now() + std::chrono::nanoseconds(start->delay_ns));
     }
@@ -598,10 +598,10 @@ bool session::connect_failed(std::size_t pick, const error_code& cec) {
     report_passive(ctx_, pool_, backend,
                    cec == asio::error::timed_out
                        ? fmt::format("connect timed out after {}ms", cfg.timeouts.connect.count())
-                       : cec == asio::error::connection_refused ? std::string("connect refused")
-                                                                : "connect failed: " + cec.message());
-    spdlog::debug("backend {} ({}) failed a client's connect: {}", backend.cfg->name,
-                  endpoint_text(backend.endpoint), cec.message());
+                   : cec == asio::error::connection_refused ? std::string("connect refused")
+                                                            : "connect failed: " + cec.message());
+    spdlog::debug("backend {} ({}) failed a client's connect: {}", backend.cfg->name, endpoint_text(backend.endpoint),
+                  cec.message());
     st_.failures += fmt::format("{}{}: {}", st_.failures.empty() ? "" : "; ", backend.cfg->name, cec.message());
     return true;
 }
@@ -684,8 +684,8 @@ bool session::may_move_on() {
     const char* why = last_error_ == asio::error::eof ? "closed before any byte came back"
                                                       : "reset before any byte came back";
     report_passive(ctx_, pool_, *chosen_, why);
-    spdlog::debug("backend {} ({}) {}; {} the client's {}B", chosen_->cfg->name, endpoint_text(chosen_->endpoint),
-                  why, may_replay ? "trying another with" : "cannot replay", sent_.size());
+    spdlog::debug("backend {} ({}) {}; {} the client's {}B", chosen_->cfg->name, endpoint_text(chosen_->endpoint), why,
+                  may_replay ? "trying another with" : "cannot replay", sent_.size());
     st_.failures += fmt::format("{}{}: {}", st_.failures.empty() ? "" : "; ", chosen_->cfg->name, why);
     upstream_.close();
     chosen_->stats->active.fetch_sub(1, std::memory_order_relaxed);
@@ -702,7 +702,7 @@ bool session::may_move_on() {
 
 void session::give_up() {
     // A session closed while connecting keeps apilb's reason (a drain).
-    finalize(entry_.aborted()         ? entry_.closed_by
+    finalize(entry_.aborted()    ? entry_.closed_by
              : st_.local_failure ? close_reason::no_resources
                                  : close_reason::no_backend);
 }
@@ -719,7 +719,10 @@ void session::finalize(close_reason why) {
     if (why == close_reason::no_backend) {
         std::uint64_t suppressed = 0;
         if (ctx_.connect_warnings.allow(suppressed)) {
-            const log_scope fields({.event = "no_backend", .pool = pool_.cfg->name, .backend = {}, .client = client_text(),
+            const log_scope fields({.event = "no_backend",
+                                    .pool = pool_.cfg->name,
+                                    .backend = {},
+                                    .client = client_text(),
                                     .reason = st_.failures.empty() ? "none_available" : "connect_failed"});
             spdlog::warn("listener {}: no backend of pool {} accepted client {} ({}){}", listener_.cfg->name,
                          pool_.cfg->name, client_text(),
@@ -740,16 +743,16 @@ void session::finalize(close_reason why) {
                                 .backend = chosen_->cfg->name,
                                 .client = client_text(),
                                 .reason = to_string(why)});
-        spdlog::debug("session closed: listener={} client={} backend={} ({}) client_to_backend={}B "
-                      "backend_to_client={}B duration={}ms end={}",
-                      listener_.cfg->name, client_text(), chosen_->cfg->name, endpoint_text(chosen_->endpoint),
-                      to_backend.bytes + replayed_, from_backend.bytes, ms.count(),
-                      closed_by_apilb(why)
-                          ? std::string(to_string(why))
-                          : fmt::format("client:{}{},backend:{}{}", to_string(to_backend.end),
-                                        to_backend.error ? "(" + to_backend.error.message() + ")" : "",
-                                        to_string(from_backend.end),
-                                        from_backend.error ? "(" + from_backend.error.message() + ")" : ""));
+        spdlog::debug(
+            "session closed: listener={} client={} backend={} ({}) client_to_backend={}B "
+            "backend_to_client={}B duration={}ms end={}",
+            listener_.cfg->name, client_text(), chosen_->cfg->name, endpoint_text(chosen_->endpoint),
+            to_backend.bytes + replayed_, from_backend.bytes, ms.count(),
+            closed_by_apilb(why) ? std::string(to_string(why))
+                                 : fmt::format("client:{}{},backend:{}{}", to_string(to_backend.end),
+                                               to_backend.error ? "(" + to_backend.error.message() + ")" : "",
+                                               to_string(from_backend.end),
+                                               from_backend.error ? "(" + from_backend.error.message() + ")" : ""));
     }
 
     if (close_action(why) == close_how::reset) {

@@ -17,9 +17,7 @@ boost::system::error_code set_int(int fd, int level, int name, int value) {
     return {};
 }
 
-int whole_seconds(duration d) {
-    return static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
-}
+int whole_seconds(duration d) { return static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(d).count()); }
 
 }  // namespace
 

@@ -3,9 +3,9 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <fmt/format.h>
@@ -15,8 +15,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "apilb/dataplane/socket_options.hpp"
 #include "apilb/core/thread_role.hpp"
+#include "apilb/dataplane/socket_options.hpp"
 
 #include <algorithm>
 #include <system_error>
@@ -60,8 +60,7 @@ int worker::open_listener(const listener_runtime& l, const tcp_config& tcp) {
     tcp::acceptor acc(setup);
     error_code ec;
     auto fail = [&](const char* what) {
-        throw std::system_error(ec, fmt::format("listener {}: {} {}", l.cfg->name, what,
-                                                l.cfg->address.to_string()));
+        throw std::system_error(ec, fmt::format("listener {}: {} {}", l.cfg->name, what, l.cfg->address.to_string()));
     };
     acc.open(l.endpoint.protocol(), ec);
     if (ec) fail("cannot open a socket for");
@@ -96,8 +95,8 @@ void worker::bind(std::size_t listener_index) {
     error_code ec;
     auto slot = adopt_listener(fd, listener_index, ec);
     if (ec) {
-        throw std::system_error(ec, fmt::format("listener {}: cannot adopt the socket for {}", l.cfg->name,
-                                                l.cfg->address.to_string()));
+        throw std::system_error(
+            ec, fmt::format("listener {}: cannot adopt the socket for {}", l.cfg->name, l.cfg->address.to_string()));
     }
     acceptors_.push_back(std::move(slot));
 }
@@ -155,7 +154,8 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
                 }
             }
             // Linux takes a new backlog from a second listen() on a listening socket.
-            if (it->cfg->backlog != was.cfg->backlog) ::listen(slot->listener.native_handle(), static_cast<int>(it->cfg->backlog));
+            if (it->cfg->backlog != was.cfg->backlog)
+                ::listen(slot->listener.native_handle(), static_cast<int>(it->cfg->backlog));
         }
         // Sessions that started in the old generation hold it: its snapshot
         // and balancer states stay as they were until the last one ends.
@@ -269,9 +269,8 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
             close_with_reset(fd);
             std::uint64_t suppressed = 0;
             if (ctx_.connect_warnings.allow(suppressed)) {
-                spdlog::warn("listener {}: connection limit ({}) reached; refusing new clients{}",
-                             listener_name(), max_connections,
-                             suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
+                spdlog::warn("listener {}: connection limit ({}) reached; refusing new clients{}", listener_name(),
+                             max_connections, suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
             }
             continue;
         }
@@ -314,23 +313,21 @@ asio::awaitable<void> worker::sweep_sessions() {
         if (ec || stopping_) co_return;
         const auto now = std::chrono::steady_clock::now();
         if (idle.count() > 0) {
-            close_matching([&](const session_entry& s, const snapshot&) {
-                return s.relaying && s.last_activity < now - idle;
-            }, close_reason::idle);
+            close_matching(
+                [&](const session_entry& s, const snapshot&) { return s.relaying && s.last_activity < now - idle; },
+                close_reason::idle);
         }
         if (stall.count() > 0) {
             // A peer that takes nothing (a zero window) while data waits for
             // it holds kernel memory for as long as it likes.
-            close_matching([&](const session_entry& s, const snapshot&) {
-                return s.relaying && s.pump->write_blocked_since() < now - stall;
-            }, close_reason::stalled);
+            close_matching([&](const session_entry& s,
+                               const snapshot&) { return s.relaying && s.pump->write_blocked_since() < now - stall; },
+                           close_reason::stalled);
         }
     }
 }
 
-void worker::ping(std::function<void()> answer) {
-    asio::post(io_, std::move(answer));
-}
+void worker::ping(std::function<void()> answer) { asio::post(io_, std::move(answer)); }
 
 void worker::stop_accepting() {
     asio::post(io_, [this] {
@@ -356,9 +353,8 @@ session_rule every_session() {
 }
 
 session_rule sessions_on(std::shared_ptr<const backend_health> backend) {
-    return [backend = std::move(backend)](const session_entry& s, const snapshot&) {
-        return s.backend == backend.get();
-    };
+    return
+        [backend = std::move(backend)](const session_entry& s, const snapshot&) { return s.backend == backend.get(); };
 }
 
 session_rule sessions_on_any(std::shared_ptr<const snapshot> keep, std::vector<const backend_health*> backends) {
@@ -394,7 +390,7 @@ session_rule sessions_to_rebalance(std::vector<rebalance_order> orders) {
     // A session matches at most the first order with quota left that wants
     // it; taking sessions oldest first per order, as before, picks the same.
     return [orders = std::move(orders), loads = std::vector<backend_load>()](const session_entry& s,
-                                                                               const snapshot& current) mutable {
+                                                                             const snapshot& current) mutable {
         if (!s.relaying || !s.pool) return false;
         for (const auto& order : orders) {
             if (order.quota->load(std::memory_order_relaxed) <= 0 || s.pool->cfg->name != order.pool) continue;

@@ -37,9 +37,10 @@ void worker_context::pause_accepting(const error_code& ec, const char* where) {
     std::uint64_t suppressed = 0;
     if (resource_warnings.allow(suppressed)) {
         const std::string what =
-            resetting ? fmt::format("for {}ms now; resetting new clients until it is over",
-                                    std::chrono::duration_cast<std::chrono::milliseconds>(now - exhausted_since).count())
-                      : fmt::format("pausing accepts for {}ms", accept_backoff.count());
+            resetting
+                ? fmt::format("for {}ms now; resetting new clients until it is over",
+                              std::chrono::duration_cast<std::chrono::milliseconds>(now - exhausted_since).count())
+                : fmt::format("pausing accepts for {}ms", accept_backoff.count());
         spdlog::warn("{} failed: {}; {}{}", where, ec.message(), what,
                      suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
     }

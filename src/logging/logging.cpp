@@ -29,8 +29,8 @@ class json_formatter final : public spdlog::formatter {
 public:
     void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
         const auto t = std::chrono::system_clock::to_time_t(msg.time);
-        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                            msg.time.time_since_epoch()).count() % 1000;
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch()).count() %
+                        1000;
         std::tm tm{};
         gmtime_r(&t, &tm);
         char ts[32];
@@ -44,16 +44,15 @@ public:
                                              {"backend", &f->backend},
                                              {"client", &f->client},
                                              {"reason", &f->reason}}) {
-                if (!value->empty()) fmt::format_to(std::back_inserter(dest), R"(,"{}":"{}")", key, json_escape(*value));
+                if (!value->empty())
+                    fmt::format_to(std::back_inserter(dest), R"(,"{}":"{}")", key, json_escape(*value));
             }
         }
         fmt::format_to(std::back_inserter(dest), R"(,"msg":"{}"}})",
                        json_escape(std::string_view(msg.payload.data(), msg.payload.size())));
         dest.push_back('\n');
     }
-    std::unique_ptr<spdlog::formatter> clone() const override {
-        return std::make_unique<json_formatter>();
-    }
+    std::unique_ptr<spdlog::formatter> clone() const override { return std::make_unique<json_formatter>(); }
 };
 
 }  // namespace

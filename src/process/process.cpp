@@ -22,10 +22,10 @@
 #include "apilb/control/health_checker.hpp"
 #include "apilb/control/listener_check.hpp"
 #include "apilb/control/rebalancer.hpp"
-#include "apilb/vip/vrrp_agent.hpp"
+#include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/fd_table.hpp"
 #include "apilb/dataplane/worker.hpp"
-#include "apilb/core/thread_role.hpp"
+#include "apilb/vip/vrrp_agent.hpp"
 
 namespace apilb {
 
@@ -43,8 +43,7 @@ std::string summary(const snapshot& snap, const std::vector<std::unique_ptr<work
                                 cfg.timeouts.connect.count());
     for (std::size_t i = 0; i < snap.listeners.size(); ++i) {
         const auto& l = snap.listeners[i];
-        s += fmt::format("; listener {} on {} -> pool {}", l.cfg->name,
-                         l.cfg->address.to_string(), l.cfg->pool);
+        s += fmt::format("; listener {} on {} -> pool {}", l.cfg->name, l.cfg->address.to_string(), l.cfg->pool);
     }
     for (const auto& p : snap.pools) {
         s += fmt::format("; pool {} ({}, {} attempt(s)):", p.cfg->name, to_string(p.cfg->balance),
@@ -136,24 +135,30 @@ process::process(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std:
     const std::uint32_t budget = fd_session_budget(fd_limit, count_open_fds(), *snap_->cfg);
     max_connections_ = configured == 0 ? budget : std::min(configured, budget);
     if (budget == 0) {
-        spdlog::error("the file-descriptor limit ({}) is too low to hold any session; raise it "
-                      "(systemd LimitNOFILE=, ulimit -n)", fd_limit);
+        spdlog::error(
+            "the file-descriptor limit ({}) is too low to hold any session; raise it "
+            "(systemd LimitNOFILE=, ulimit -n)",
+            fd_limit);
         max_connections_ = 1;
     } else if (configured == 0 || configured > budget) {
-        spdlog::warn("limits.max_connections {}: the file-descriptor limit ({}) holds about {} sessions; "
-                     "admitting at most {} (raise systemd LimitNOFILE= or ulimit -n for more)",
-                     configured == 0 ? std::string("unlimited") : std::to_string(configured), fd_limit,
-                     budget, max_connections_);
+        spdlog::warn(
+            "limits.max_connections {}: the file-descriptor limit ({}) holds about {} sessions; "
+            "admitting at most {} (raise systemd LimitNOFILE= or ulimit -n for more)",
+            configured == 0 ? std::string("unlimited") : std::to_string(configured), fd_limit, budget,
+            max_connections_);
     }
     for (auto& w : workers_) w->set_max_connections(max_connections_);
     // Every descriptor the sessions may need, in the table now: growing it
     // later costs a worker an RCU grace period per doubling, in the middle of
     // the reconnect storm that needed the descriptors (see reserve_fd_table).
-    const std::uint64_t table = std::min({fd_limit, fd_table_reserve_cap,
-                                          fd_reserve(count_open_fds(), *snap_->cfg) + 2 * std::uint64_t{max_connections_}});
+    const std::uint64_t table = std::min(
+        {fd_limit, fd_table_reserve_cap,
+         fd_reserve(count_open_fds(), *snap_->cfg) + 2 * std::uint64_t{max_connections_}});
     if (const std::error_code ec = reserve_fd_table(table)) {
-        spdlog::warn("could not size the descriptor table for {} descriptors: {}; accepting may pause "
-                     "while the kernel grows it", table, ec.message());
+        spdlog::warn(
+            "could not size the descriptor table for {} descriptors: {}; accepting may pause "
+            "while the kernel grows it",
+            table, ec.message());
     }
     make_admin();
 }
@@ -297,15 +302,15 @@ int process::run() {
     control.restart();
     control.run_for(std::chrono::seconds(3));
     if (health_->running() != 0) spdlog::warn("health: {} probe loop(s) did not end", health_->running());
-    spdlog::info("apilb stopped: {} session(s) served, {} refused at the limit, {} without a backend, "
-                 "{} closed because their backend became unhealthy, {} reload(s), {} failed reload(s), "
-                 "{} closed because a reload removed their backend, {} moved by rebalancing, "
-                 "{} reset because a peer stopped taking data",
-                 stats_.accepted_total.load() - stats_.refused_limit_total.load(),
-                 stats_.refused_limit_total.load(), stats_.no_backend_total.load(),
-                 stats_.closed_by_health_total.load(), stats_.reloads_total.load(),
-                 stats_.reload_failures_total.load(), stats_.closed_by_reload_total.load(),
-                 stats_.closed_by_rebalance_total.load(), stats_.closed_by_stall_total.load());
+    spdlog::info(
+        "apilb stopped: {} session(s) served, {} refused at the limit, {} without a backend, "
+        "{} closed because their backend became unhealthy, {} reload(s), {} failed reload(s), "
+        "{} closed because a reload removed their backend, {} moved by rebalancing, "
+        "{} reset because a peer stopped taking data",
+        stats_.accepted_total.load() - stats_.refused_limit_total.load(), stats_.refused_limit_total.load(),
+        stats_.no_backend_total.load(), stats_.closed_by_health_total.load(), stats_.reloads_total.load(),
+        stats_.reload_failures_total.load(), stats_.closed_by_reload_total.load(),
+        stats_.closed_by_rebalance_total.load(), stats_.closed_by_stall_total.load());
     return 0;
 }
 

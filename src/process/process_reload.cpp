@@ -24,16 +24,16 @@
 #endif
 
 #include "apilb/admin/admin_server.hpp"
-#include "apilb/core/config_diff.hpp"
 #include "apilb/control/health_checker.hpp"
 #include "apilb/control/listener_check.hpp"
-#include "apilb/logging/logging.hpp"
-#include "apilb/core/maglev.hpp"
 #include "apilb/control/rebalancer.hpp"
-#include "apilb/vip/vrrp_agent.hpp"
-#include "apilb/dataplane/worker.hpp"
 #include "apilb/control/yaml_guard.hpp"
+#include "apilb/core/config_diff.hpp"
+#include "apilb/core/maglev.hpp"
 #include "apilb/core/thread_role.hpp"
+#include "apilb/dataplane/worker.hpp"
+#include "apilb/logging/logging.hpp"
+#include "apilb/vip/vrrp_agent.hpp"
 
 namespace apilb {
 
@@ -130,7 +130,8 @@ std::vector<std::string> process::reload() {
                                           [&](const listener_runtime& o) { return same_listener(*o.cfg, *l.cfg); });
             if (kept) continue;
             refuse_foreign_listener(l.cfg->name, l.endpoint);  // see process::process
-            for (auto& list : added) list.push_back({.listener_index = i, .fd = worker::open_listener(l, next->cfg->tcp)});
+            for (auto& list : added)
+                list.push_back({.listener_index = i, .fd = worker::open_listener(l, next->cfg->tcp)});
         }
         for (const auto& a : added.front()) {
             const listener_runtime& l = next->listeners[a.listener_index];
@@ -198,9 +199,10 @@ void process::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
     }
     if (removed.empty()) return;
     const duration grace = snap_->cfg->timeouts.reload_drain;
-    spdlog::info("reload: {} removed backend(s) with {} open session(s): they get no new sessions; open ones are "
-                 "closed in {}ms (timeouts.reload_drain)",
-                 removed.size(), open, grace.count());
+    spdlog::info(
+        "reload: {} removed backend(s) with {} open session(s): they get no new sessions; open ones are "
+        "closed in {}ms (timeouts.reload_drain)",
+        removed.size(), open, grace.count());
     auto& timer = reload_timers_.emplace_back(control_);
     timer.expires_after(grace);
     timer.async_wait([this, it = std::prev(reload_timers_.end()), previous = std::move(previous),

@@ -17,9 +17,9 @@
 #include "apilb/admin/admin_server.hpp"
 #include "apilb/core/file_read.hpp"
 #include "apilb/core/maglev.hpp"
-#include "apilb/vip/vrrp_agent.hpp"
-#include "apilb/dataplane/worker.hpp"
 #include "apilb/core/thread_role.hpp"
+#include "apilb/dataplane/worker.hpp"
+#include "apilb/vip/vrrp_agent.hpp"
 
 namespace apilb {
 
@@ -76,8 +76,10 @@ void process::make_admin() {
                                    .draining = draining_,
                                    .workers = workers_.size()};
             },
-        .ping_workers = [this](std::chrono::milliseconds deadline,
-                               std::function<void(std::size_t, std::size_t)> done) { ping_workers(deadline, std::move(done)); },
+        .ping_workers =
+            [this](std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done) {
+                ping_workers(deadline, std::move(done));
+            },
         .reload =
             [this] {
                 if (draining_) return std::vector<std::string>{"apilb is stopping (SIGTERM): no reload"};

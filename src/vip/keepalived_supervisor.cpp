@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "apilb/core/keepalived_conf.hpp"
+#include "apilb/core/thread_role.hpp"
 #include "apilb/vip/vip_address.hpp"
 #include "apilb/vip/vrrp_agent.hpp"
-#include "apilb/core/thread_role.hpp"
 
 namespace apilb {
 
@@ -55,8 +55,8 @@ keepalived_supervisor::~keepalived_supervisor() {
 std::string keepalived_supervisor::render() const {
     std::error_code ec;
     std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
-    return render_keepalived_conf(*snap_->cfg, {.config_path = snap_->cfg->source,
-                                                .apilb_path = ec ? std::string("/usr/sbin/apilb") : self});
+    return render_keepalived_conf(
+        *snap_->cfg, {.config_path = snap_->cfg->source, .apilb_path = ec ? std::string("/usr/sbin/apilb") : self});
 }
 
 void keepalived_supervisor::write_config(const std::string& text) {
@@ -76,10 +76,21 @@ void keepalived_supervisor::spawn() {
     const vrrp_config& v = *snap_->cfg->vrrp;
     const std::string& dir = v.state_dir;
     // Console logging goes to apilb's stderr, next to apilb's own lines.
-    std::vector<std::string> args{v.keepalived_path, "--dont-fork", "--log-console", "--no-syslog", "--vrrp",
-                                  "--use-file", dir + "/keepalived.conf", "--pid", dir + "/keepalived.pid",
-                                  "--vrrp_pid", dir + "/keepalived-vrrp.pid", "--checkers_pid",
-                                  dir + "/keepalived-checkers.pid", "--bfd_pid", dir + "/keepalived-bfd.pid"};
+    std::vector<std::string> args{v.keepalived_path,
+                                  "--dont-fork",
+                                  "--log-console",
+                                  "--no-syslog",
+                                  "--vrrp",
+                                  "--use-file",
+                                  dir + "/keepalived.conf",
+                                  "--pid",
+                                  dir + "/keepalived.pid",
+                                  "--vrrp_pid",
+                                  dir + "/keepalived-vrrp.pid",
+                                  "--checkers_pid",
+                                  dir + "/keepalived-checkers.pid",
+                                  "--bfd_pid",
+                                  dir + "/keepalived-bfd.pid"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -139,8 +150,8 @@ asio::awaitable<void> keepalived_supervisor::watch_loop() {
         remove_vips();
         if (clock_type::now() - started_at_ > stable_after) backoff_ = first_backoff;
         ++restarts_;
-        spdlog::error("vrrp: keepalived {}; VIPs removed; restarting it in {}ms (restart {})",
-                      describe_status(status), backoff_.count(), restarts_);
+        spdlog::error("vrrp: keepalived {}; VIPs removed; restarting it in {}ms (restart {})", describe_status(status),
+                      backoff_.count(), restarts_);
         timer_.expires_after(backoff_);
         if (auto [ec] = co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable)); ec || stopping_) co_return;
         backoff_ = std::min(backoff_ * 2, max_backoff);

@@ -19,7 +19,8 @@ std::error_code remove_vip(const std::string& interface, const vrrp_vip& vip) {
     if (index == 0) return {errno, std::generic_category()};
     std::array<unsigned char, 16> address{};
     const int family = vip.is_v6 ? AF_INET6 : AF_INET;
-    if (::inet_pton(family, vip.ip.c_str(), address.data()) != 1) return std::make_error_code(std::errc::invalid_argument);
+    if (::inet_pton(family, vip.ip.c_str(), address.data()) != 1)
+        return std::make_error_code(std::errc::invalid_argument);
     const std::size_t length = vip.is_v6 ? 16 : 4;
 
     struct {
@@ -35,7 +36,8 @@ std::error_code remove_vip(const std::string& interface, const vrrp_vip& vip) {
     request.body.ifa_prefixlen = static_cast<unsigned char>(vip.prefix);
     request.body.ifa_index = index;
     // IPv4 names the address by IFA_LOCAL; IPv6 by IFA_ADDRESS.
-    auto* attribute = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(&request) + NLMSG_ALIGN(request.header.nlmsg_len));
+    auto* attribute = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(&request) +
+                                                NLMSG_ALIGN(request.header.nlmsg_len));
     attribute->rta_type = vip.is_v6 ? IFA_ADDRESS : IFA_LOCAL;
     attribute->rta_len = static_cast<unsigned short>(RTA_LENGTH(length));
     std::memcpy(RTA_DATA(attribute), address.data(), length);

@@ -1,7 +1,7 @@
 #include "apilb/vip/vrrp_agent.hpp"
 
-#include "apilb/vip/keepalived_supervisor.hpp"
 #include "apilb/core/thread_role.hpp"
+#include "apilb/vip/keepalived_supervisor.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -103,7 +103,7 @@ void vrrp_agent::start() {
     }
     const int fd = ::open(v.notify_fifo().c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) throw std::system_error(last_error(), "cannot open the notify FIFO " + v.notify_fifo());
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode)) {
         ::close(fd);
         throw std::system_error(std::make_error_code(std::errc::invalid_argument),
@@ -111,10 +111,11 @@ void vrrp_agent::start() {
     }
     fifo_.assign(fd);
 
-    spdlog::info("vrrp: interface {}, virtual router {}, priority {}, advert {}ms, {} VIP(s); track file {}, "
-                 "notify FIFO {}",
-                 v.interface, v.virtual_router_id, v.priority, v.advert_interval.count(), v.vips.size(),
-                 v.track_file(), v.notify_fifo());
+    spdlog::info(
+        "vrrp: interface {}, virtual router {}, priority {}, advert {}ms, {} VIP(s); track file {}, "
+        "notify FIFO {}",
+        v.interface, v.virtual_router_id, v.priority, v.advert_interval.count(), v.vips.size(), v.track_file(),
+        v.notify_fifo());
     asio::co_spawn(control_, readiness_loop(), asio::detached);
     asio::co_spawn(control_, notify_loop(), asio::detached);
     if (v.manage) {
@@ -160,9 +161,9 @@ void vrrp_agent::publish(const std::string& reason) {
         track_failing_ = true;
         std::uint64_t suppressed = 0;
         if (track_errors_.allow(suppressed)) {
-            spdlog::error("vrrp: cannot write the track file {}: {}{}", path, ec.message(),
-                          suppressed > 0 ? fmt::format(" ({} failed writes since the last report)", suppressed + 1)
-                                         : "");
+            spdlog::error(
+                "vrrp: cannot write the track file {}: {}{}", path, ec.message(),
+                suppressed > 0 ? fmt::format(" ({} failed writes since the last report)", suppressed + 1) : "");
         }
         return;
     }
@@ -233,14 +234,17 @@ asio::awaitable<void> vrrp_agent::handoff_loop(std::function<void()> then) {
     const vrrp_config& v = *snap_->cfg->vrrp;
     const auto start = clock_type::now();
     const auto deadline = start + v.handoff_timeout;
-    auto elapsed = [&] { return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start).count(); };
+    auto elapsed = [&] {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start).count();
+    };
 
     // A listener on a VIP (or on every address) tells when a peer serves it:
     // once the VIP has left this host, a connect to it reaches the peer.
     std::optional<asio::ip::tcp::endpoint> probe;
     for (const auto& l : snap_->listeners) {
         for (const auto& vip : v.vips) {
-            if (l.cfg->address.ip == vip.ip) probe = asio::ip::tcp::endpoint(asio::ip::make_address(vip.ip), l.endpoint.port());
+            if (l.cfg->address.ip == vip.ip)
+                probe = asio::ip::tcp::endpoint(asio::ip::make_address(vip.ip), l.endpoint.port());
         }
     }
     if (!probe) {
@@ -260,8 +264,10 @@ asio::awaitable<void> vrrp_agent::handoff_loop(std::function<void()> then) {
         while (!done && !stopped_ && !cut_short_ && clock_type::now() < deadline) {
             if (!holds_a_vip()) {
                 if (!probe) {
-                    spdlog::info("vrrp: the VIPs left this node after {}ms (no listener on a VIP to see the peer take "
-                                 "it)", elapsed());
+                    spdlog::info(
+                        "vrrp: the VIPs left this node after {}ms (no listener on a VIP to see the peer take "
+                        "it)",
+                        elapsed());
                     done = true;
                     break;
                 }

@@ -122,7 +122,8 @@ public:
         const int one = 1;
         ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         const std::size_t id = conns_.size();
-        conns_.push_back(conn{.fd = fd, .st = state::connecting, .started = clock_type::now(), .latency_us = 0, .in = {}});
+        conns_.push_back(
+            conn{.fd = fd, .st = state::connecting, .started = clock_type::now(), .latency_us = 0, .in = {}});
         ++in_flight_;
         const sockaddr_in& sa = addrs_[next_addr_++ % addrs_.size()];
         const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa);
@@ -182,8 +183,8 @@ public:
     std::vector<conn>& conns() { return conns_; }
     std::size_t failed() const { return failed_; }
     std::size_t alive() const {
-        return static_cast<std::size_t>(std::count_if(conns_.begin(), conns_.end(),
-                                                       [](const conn& c) { return c.st == state::idle; }));
+        return static_cast<std::size_t>(
+            std::count_if(conns_.begin(), conns_.end(), [](const conn& c) { return c.st == state::idle; }));
     }
 
 private:
@@ -227,8 +228,7 @@ private:
                 break;
             }
             if (!response_complete(c.in)) return;
-            c.latency_us =
-                std::chrono::duration<double, std::micro>(clock_type::now() - c.started).count();
+            c.latency_us = std::chrono::duration<double, std::micro>(clock_type::now() - c.started).count();
             --in_flight_;
             c.in.clear();
             c.in.shrink_to_fit();
@@ -279,15 +279,17 @@ int storm(const std::string& addrs, std::size_t n, int timeout_s) {
     for (const conn& c : d.conns()) {
         if (c.st != state::done) continue;
         lat.push_back(c.latency_us);
-        last = std::max(last, c.started - t0 + std::chrono::duration_cast<clock_type::duration>(
-                                                   std::chrono::duration<double, std::micro>(c.latency_us)));
+        last = std::max(last, c.started - t0 +
+                                  std::chrono::duration_cast<clock_type::duration>(
+                                      std::chrono::duration<double, std::micro>(c.latency_us)));
     }
     const auto ms = [](auto d) { return std::chrono::duration<double, std::milli>(d).count(); };
-    std::printf("{\"connections\": %zu, \"answered\": %zu, \"failed\": %zu, \"timed_out\": %s, "
-                "\"issue_ms\": %.2f, \"complete_ms\": %.2f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
-                "\"max_ms\": %.3f}\n",
-                n, lat.size(), d.failed() + socket_failures, settled ? "false" : "true", ms(connects_issued - t0),
-                ms(last), percentile(lat, 50) / 1000, percentile(lat, 99) / 1000, percentile(lat, 100) / 1000);
+    std::printf(
+        "{\"connections\": %zu, \"answered\": %zu, \"failed\": %zu, \"timed_out\": %s, "
+        "\"issue_ms\": %.2f, \"complete_ms\": %.2f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
+        "\"max_ms\": %.3f}\n",
+        n, lat.size(), d.failed() + socket_failures, settled ? "false" : "true", ms(connects_issued - t0), ms(last),
+        percentile(lat, 50) / 1000, percentile(lat, 99) / 1000, percentile(lat, 100) / 1000);
     return 0;  // failures are in the JSON; the caller judges them
 }
 

@@ -54,11 +54,17 @@ protected:
     /// admin with tls at line 9: cert_file line 10, key_file line 11, then `more`.
     std::string with_tls(const std::string& cert, const std::string& key, const std::string& more = {},
                          const std::string& address = "127.0.0.1:6445") const {
-        return with_admin("admin:\n"
-                          "  address: \"" + address + "\"\n"
-                          "  tls:\n"
-                          "    cert_file: " + cert + "\n"
-                          "    key_file: " + key + "\n" + more);
+        return with_admin(
+            "admin:\n"
+            "  address: \"" +
+            address +
+            "\"\n"
+            "  tls:\n"
+            "    cert_file: " +
+            cert +
+            "\n"
+            "    key_file: " +
+            key + "\n" + more);
     }
 
     static inline std::filesystem::path dir_;
@@ -179,8 +185,8 @@ TEST_F(AdminConfig, ClientAuthNeedsAClientCa) {
 
 TEST_F(AdminConfig, OffTheLoopbackClientCertificatesOrATokenProtectChanges) {
     // Client certificates alone protect the POSTs.
-    auto c = parse_config(with_tls(file("server.crt"), file("server.key"), "    client_ca_file: " + file("ca.crt") + "\n",
-                                   "192.0.2.10:6445"),
+    auto c = parse_config(with_tls(file("server.crt"), file("server.key"),
+                                   "    client_ca_file: " + file("ca.crt") + "\n", "192.0.2.10:6445"),
                           "t");
     EXPECT_TRUE(c->warnings.empty());
     // TLS without client certificates or a token protects nothing.
@@ -231,7 +237,8 @@ TEST_F(AdminConfig, HostNamesAreDnsNames) {
 TEST_F(AdminConfig, TlsChangesWaitForARestart) {
     auto plain = parse_config(with_admin("admin: {}\n"), "a");
     auto tls = parse_config(with_tls(file("server.crt"), file("server.key")), "b");
-    auto tls_ca = parse_config(with_tls(file("server.crt"), file("server.key"), "    client_ca_file: " + file("ca.crt") + "\n"), "c");
+    auto tls_ca = parse_config(
+        with_tls(file("server.crt"), file("server.key"), "    client_ca_file: " + file("ca.crt") + "\n"), "c");
     auto tls_again = parse_config(with_tls(file("server.crt"), file("server.key")), "d");
     EXPECT_EQ(diff_configs(*plain, *tls).restart_only, std::vector<std::string>{"admin"});
     EXPECT_EQ(diff_configs(*tls, *tls_ca).restart_only, std::vector<std::string>{"admin"});

@@ -52,14 +52,14 @@ TEST(ConfigDiff, BackendIdentityIsPoolNameAndAddress) {
 
 TEST(ConfigDiff, ListenerIdentityIsTheAddress) {
     auto a = parse_config(base_yaml(two_backends, "  - {name: old, address: \"127.0.0.1:7000\", pool: p}\n"), "a");
-    auto b = parse_config(base_yaml(two_backends, "  - {name: new, address: \"127.0.0.1:7001\", pool: p, backlog: 16}\n"), "b");
+    auto b = parse_config(
+        base_yaml(two_backends, "  - {name: new, address: \"127.0.0.1:7001\", pool: p, backlog: 16}\n"), "b");
     const auto d = diff_configs(*a, *b);
     EXPECT_EQ(d.listeners_added, (std::vector<std::string>{"new@127.0.0.1:7001"}));
     EXPECT_EQ(d.listeners_removed, (std::vector<std::string>{"old@127.0.0.1:7000"}));
     EXPECT_TRUE(d.listeners_changed.empty());
     EXPECT_TRUE(same_listener(a->listeners[0], b->listeners[0]));
-    EXPECT_NE(d.summary().find("listeners added [new@127.0.0.1:7001] removed [old@127.0.0.1:7000]"),
-              std::string::npos)
+    EXPECT_NE(d.summary().find("listeners added [new@127.0.0.1:7001] removed [old@127.0.0.1:7000]"), std::string::npos)
         << d.summary();
 }
 
@@ -73,9 +73,8 @@ TEST(ConfigDiff, RestartOnlySettingsAreReportedAndKept) {
     EXPECT_EQ(b->timeouts.reload_drain, std::chrono::seconds(2));
     const auto d = diff_configs(*a, *b);
     EXPECT_EQ(d.settings_changed, (std::vector<std::string>{"timeouts"}));
-    EXPECT_EQ(d.restart_only,
-              (std::vector<std::string>{"relay", "limits.max_connections 16384->10", "timeouts.idle",
-                                        "timeouts.write_stall"}));
+    EXPECT_EQ(d.restart_only, (std::vector<std::string>{"relay", "limits.max_connections 16384->10", "timeouts.idle",
+                                                        "timeouts.write_stall"}));
     const config kept = keep_restart_only(*a, *b);
     EXPECT_EQ(kept.relay.mode, a->relay.mode);
     EXPECT_EQ(kept.limits.max_connections, 16384u);

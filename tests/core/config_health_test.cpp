@@ -95,16 +95,20 @@ TEST_F(HealthConfig, ReadsEveryField) {
       tls:
         ca_file: )" + file("ca.crt") + R"(
         server_name: cp-1.example.com
-        cert_file: )" + file("client.crt") + R"(
-        key_file: )" + file("client.key") + R"(
+        cert_file: )" + file("client.crt") +
+                                      R"(
+        key_file: )" + file("client.key") +
+                                      R"(
         insecure_skip_verify: false
-      bearer_token_file: )" + file("token") + R"(
+      bearer_token_file: )" + file("token") +
+                                      R"(
       passive: {enabled: false}
       close_sessions_after: never
       slow_start: 0
       all_unhealthy: reject
       initial: unhealthy
-)"), "t");
+)"),
+                          "t");
     const auto& h = c->pools[0].health;
     EXPECT_EQ(h.path, "/readyz?verbose&exclude=etcd");
     EXPECT_EQ(h.interval, 200ms);
@@ -132,9 +136,8 @@ TEST_F(HealthConfig, CloseSessionsAfterZeroMeansAtOnce) {
 
 TEST_F(HealthConfig, ServerNameMayBeAnIpAddress) {
     for (const char* name : {"192.0.2.11", "2001:db8::11", "kubernetes.default.svc"}) {
-        auto c = parse_config(with_health("    health: {tls: {ca_file: " + file("ca.crt") + ", server_name: \"" +
-                                          name + "\"}}\n"),
-                              "t");
+        auto c = parse_config(
+            with_health("    health: {tls: {ca_file: " + file("ca.crt") + ", server_name: \"" + name + "\"}}\n"), "t");
         EXPECT_EQ(c->pools[0].health.tls.server_name, name);
     }
 }
@@ -156,8 +159,10 @@ TEST_F(HealthConfig, HttpsWithoutACaIsAnErrorUnlessExplicitlyInsecure) {
 }
 
 TEST_F(HealthConfig, NamedFilesMustBeReadableRegularFiles) {
-    auto errors = errors_of(with_health("    health:\n      tls:\n        ca_file: /nonexistent/ca.crt\n"
-                                        "      bearer_token_file: " + dir_.string() + "\n"));
+    auto errors = errors_of(
+        with_health("    health:\n      tls:\n        ca_file: /nonexistent/ca.crt\n"
+                    "      bearer_token_file: " +
+                    dir_.string() + "\n"));
     ASSERT_EQ(errors.size(), 2u) << all_messages(errors) << "an unreadable CA is not also reported as missing";
     EXPECT_EQ(errors[0].key_path, "pools[0].health.tls.ca_file");
     EXPECT_EQ(errors[0].line, 9);
@@ -167,8 +172,8 @@ TEST_F(HealthConfig, NamedFilesMustBeReadableRegularFiles) {
 }
 
 TEST_F(HealthConfig, ClientCertificateNeedsItsKey) {
-    auto errors = errors_of(with_health("    health:\n      tls: {ca_file: " + file("ca.crt") + ", cert_file: " +
-                                        file("client.crt") + "}\n"));
+    auto errors = errors_of(with_health("    health:\n      tls: {ca_file: " + file("ca.crt") +
+                                        ", cert_file: " + file("client.crt") + "}\n"));
     ASSERT_EQ(errors.size(), 1u) << all_messages(errors);
     EXPECT_EQ(errors[0].key_path, "pools[0].health.tls.cert_file");
     EXPECT_CONTAINS(errors[0].message, "key_file is missing");
@@ -209,8 +214,9 @@ TEST_F(HealthConfig, ValuesAreChecked) {
 }
 
 TEST_F(HealthConfig, PathCannotBreakTheRequestLine) {
-    auto errors = errors_of(with_health("    health: {type: https, tls: {insecure_skip_verify: true}, "
-                                        "path: \"/readyz HTTP/1.0\"}\n"));
+    auto errors = errors_of(
+        with_health("    health: {type: https, tls: {insecure_skip_verify: true}, "
+                    "path: \"/readyz HTTP/1.0\"}\n"));
     ASSERT_EQ(errors.size(), 1u) << all_messages(errors);
     EXPECT_CONTAINS(errors[0].message, "percent-encode");
 }
@@ -224,9 +230,8 @@ TEST_F(HealthConfig, UnknownKeysSuggestTheNearest) {
 }
 
 TEST_F(HealthConfig, HttpsOnlyFieldsWithTcpAreIgnoredWithAWarning) {
-    auto c = parse_config(with_health("    health: {type: tcp, path: /livez, tls: {ca_file: " + file("ca.crt") +
-                                      "}}\n"),
-                          "t");
+    auto c = parse_config(
+        with_health("    health: {type: tcp, path: /livez, tls: {ca_file: " + file("ca.crt") + "}}\n"), "t");
     ASSERT_EQ(c->warnings.size(), 2u) << all_messages(c->warnings);
     EXPECT_EQ(c->warnings[0].key_path, "pools[0].health.path");
     EXPECT_CONTAINS(c->warnings[0].message, "ignored: applies only to type https, and type is tcp");

@@ -46,8 +46,8 @@ TEST(ParseDuration, RejectsBareNumbersOtherThanZero) {
 }
 
 TEST(ParseDuration, RejectsMalformedText) {
-    for (const char* bad : {"", "s", "ms", "2 s", " 2s", "2s ", "2S", "-2s", "+2s", "1.5s", "2sec",
-                            "2us", "2ns", "2d", "30s1m", "1m1m", "1ms5s", "1h1h", "h1", "0x10s"}) {
+    for (const char* bad : {"",     "s",   "ms",  "2 s", " 2s",   "2s ",  "2S",    "-2s",  "+2s", "1.5s",
+                            "2sec", "2us", "2ns", "2d",  "30s1m", "1m1m", "1ms5s", "1h1h", "h1",  "0x10s"}) {
         EXPECT_EQ(parse_duration(bad), std::nullopt) << '"' << bad << '"';
     }
 }
@@ -95,12 +95,29 @@ TEST(ParseSocketAddress, AllowsPortZeroForFieldsThatTakeIt) {
 }
 
 TEST(ParseSocketAddress, RejectsMalformedText) {
-    for (const char* bad :
-         {"", "192.0.2.1", "192.0.2.1:", "192.0.2.1:65536", "192.0.2.1:123456", "192.0.2.1:-1",
-          "192.0.2.1:+1", "192.0.2.1:http", "localhost:6443", "cp-1.example.com:6443",
-          "2001:db8::1:6443", "[2001:db8::1]", "[2001:db8::1]6443", "[2001:db8::1:6443",
-          "[192.0.2.1]:6443", "192.0.2.256:6443", "192.0.2:6443", "010.0.2.1:6443",
-          " 192.0.2.1:6443", "192.0.2.1:6443 ", "[fe80::1%eth0]:6443", ":6443", "[]:6443"}) {
+    for (const char* bad : {"",
+                            "192.0.2.1",
+                            "192.0.2.1:",
+                            "192.0.2.1:65536",
+                            "192.0.2.1:123456",
+                            "192.0.2.1:-1",
+                            "192.0.2.1:+1",
+                            "192.0.2.1:http",
+                            "localhost:6443",
+                            "cp-1.example.com:6443",
+                            "2001:db8::1:6443",
+                            "[2001:db8::1]",
+                            "[2001:db8::1]6443",
+                            "[2001:db8::1:6443",
+                            "[192.0.2.1]:6443",
+                            "192.0.2.256:6443",
+                            "192.0.2:6443",
+                            "010.0.2.1:6443",
+                            " 192.0.2.1:6443",
+                            "192.0.2.1:6443 ",
+                            "[fe80::1%eth0]:6443",
+                            ":6443",
+                            "[]:6443"}) {
         EXPECT_EQ(parse_socket_address(bad), std::nullopt) << '"' << bad << '"';
     }
 }
@@ -108,8 +125,7 @@ TEST(ParseSocketAddress, RejectsMalformedText) {
 // ---------------------------------------------------------------- value types
 
 TEST(ConfigError, ToStringNamesFileLineColumnAndPath) {
-    config_error e{.file = "apilb.yaml", .line = 7, .column = 14,
-                   .key_path = "pools[0].balance", .message = "bad"};
+    config_error e{.file = "apilb.yaml", .line = 7, .column = 14, .key_path = "pools[0].balance", .message = "bad"};
     EXPECT_EQ(e.to_string(), "apilb.yaml:7:14: pools[0].balance: bad");
     e.key_path.clear();
     EXPECT_EQ(e.to_string(), "apilb.yaml:7:14: bad");
@@ -208,7 +224,8 @@ tcp: {nodelay: false, keepalive: false, keepalive_idle: 2h, keepalive_interval: 
 limits: {max_connections: 0, per_backend: 100}
 relay: {mode: copy, buffer_size: 4096, pipe_size: 1048576}
 log: {level: debug, format: json}
-)"), "t");
+)"),
+                          "t");
     EXPECT_EQ(c->workers, 3u);
     ASSERT_EQ(c->listeners.size(), 2u);
     EXPECT_EQ(c->listeners[0].backlog, 128u);
@@ -257,7 +274,8 @@ TEST(LoadConfig, SameBackendInTwoPoolsIsFine) {
   - name: other
     backends:
       - {name: cp-1, address: "192.0.2.11:6443"}
-)"), "t");
+)"),
+                          "t");
     EXPECT_EQ(c->pools.size(), 2u);
     EXPECT_EQ(c->pool("other").connect_attempts, 1u);
 }
@@ -297,7 +315,8 @@ pools:
     balance: maglev
     maglev: {table_size: 131071, key: source-address-port}
     backends: [{name: cp-1, address: "192.0.2.11:6443"}]
-)", "test.yaml");
+)",
+                            "test.yaml");
     EXPECT_EQ(cfg->pools[0].balance, balance_policy::maglev);
     EXPECT_EQ(cfg->pools[0].maglev_table_size, 131071u);
     EXPECT_EQ(cfg->pools[0].maglev_key, hash_key::source_address_port);

@@ -46,11 +46,12 @@ TEST(PacingConfig, OffByDefault) {
 }
 
 TEST(PacingConfig, EveryFieldIsRead) {
-    auto c = parse_config(with_pool_lines("    storm_control: {new_per_second: 500, burst: 25, max_connecting: 7, queue: 300, "
-                                          "queue_timeout: 2s}\n"
-                                          "    rebalance: {enabled: true, max_closes_per_second: 40, "
-                                          "tolerance: 0.15}\n"),
-                          "t");
+    auto c = parse_config(
+        with_pool_lines("    storm_control: {new_per_second: 500, burst: 25, max_connecting: 7, queue: 300, "
+                        "queue_timeout: 2s}\n"
+                        "    rebalance: {enabled: true, max_closes_per_second: 40, "
+                        "tolerance: 0.15}\n"),
+        "t");
     const auto& p = c->pools[0];
     EXPECT_EQ(p.storm_control.new_per_second, 500u);
     EXPECT_EQ(p.storm_control.burst, 25u);

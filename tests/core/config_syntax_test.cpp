@@ -83,9 +83,7 @@ TEST(LoadConfigErrors, TopLevelMustBeAMapping) {
     expect_one("just text\n", 1, "", "found \"just text\"");
 }
 
-TEST(LoadConfigErrors, OnlyOneDocument) {
-    expect_one(minimal + "---\nworkers: 2\n", 12, "", "2 YAML documents");
-}
+TEST(LoadConfigErrors, OnlyOneDocument) { expect_one(minimal + "---\nworkers: 2\n", 12, "", "2 YAML documents"); }
 
 // ---------------------------------------------------------------- keys
 

@@ -70,8 +70,7 @@ inline std::string all_messages(const std::vector<config_error>& errors) {
 
 /// The error at `path`, or null if there is none.
 inline const config_error* find_path(const std::vector<config_error>& errors, const std::string& path) {
-    auto it = std::find_if(errors.begin(), errors.end(),
-                           [&](const auto& e) { return e.key_path == path; });
+    auto it = std::find_if(errors.begin(), errors.end(), [&](const auto& e) { return e.key_path == path; });
     return it == errors.end() ? nullptr : &*it;
 }
 

@@ -20,16 +20,14 @@ TEST(LoadConfigErrors, IntegersOutOfRange) {
     expect_one(minimal + "workers: -1\n", 11, "workers", "-1 is out of range");
     expect_one(minimal + "limits: {max_connections: 4294967296}\n", 11, "limits.max_connections",
                "4294967296 is out of range; expected 0..4294967295");
-    expect_one(minimal + "limits: {per_backend: 99999999999999999999999}\n", 11, "limits.per_backend",
-               "out of range");
+    expect_one(minimal + "limits: {per_backend: 99999999999999999999999}\n", 11, "limits.per_backend", "out of range");
     expect_one(minimal + "tcp: {keepalive_count: 128}\n", 11, "tcp.keepalive_count", "expected 1..127");
     expect_one(minimal + "tcp: {keepalive_count: 0}\n", 11, "tcp.keepalive_count", "expected 1..127");
     expect_one(minimal + "relay: {buffer_size: 1024}\n", 11, "relay.buffer_size", "expected 4096..16777216");
     expect_one(minimal + "relay: {pipe_size: 100}\n", 11, "relay.pipe_size", "expected 0 or 4096..1048576");
     expect_one(minimal + "tcp: {socket_buffer: 4096}\n", 11, "tcp.socket_buffer",
                "4096 is out of range; expected 0 or 16384..67108864");
-    expect_one(minimal + "tcp: {socket_buffer: 134217728}\n", 11, "tcp.socket_buffer",
-               "expected 0 or 16384..67108864");
+    expect_one(minimal + "tcp: {socket_buffer: 134217728}\n", 11, "tcp.socket_buffer", "expected 0 or 16384..67108864");
     expect_one(minimal + "tcp: {socket_buffer: 1MiB}\n", 11, "tcp.socket_buffer", "1MiB");
     EXPECT_EQ(parse_config(minimal + "tcp: {socket_buffer: 65536}\n", "t")->tcp.socket_buffer, 65536u);
 }
@@ -67,7 +65,8 @@ pools:
   - name: cp
     backends:
       - name: cp-1
-        address: )") + address + "\n";
+        address: )") +
+           address + "\n";
 }
 
 TEST(LoadConfigErrors, HostNamesAreNotResolved) {
@@ -135,14 +134,14 @@ TEST(LoadConfigErrors, MalformedDuration) {
 }
 
 TEST(LoadConfigErrors, DurationsOutOfRange) {
-    expect_one(minimal + "timeouts: {connect: 0}\n", 11, "timeouts.connect",
-               "\"0\" is out of range; expected 1ms..5m");
+    expect_one(minimal + "timeouts: {connect: 0}\n", 11, "timeouts.connect", "\"0\" is out of range; expected 1ms..5m");
     expect_one(minimal + "timeouts: {connect: 6m}\n", 11, "timeouts.connect", "expected 1ms..5m");
     expect_one(minimal + "timeouts: {idle: 500ms}\n", 11, "timeouts.idle", "expected 0 (disabled) or 1s");
     expect_one(minimal + "timeouts: {drain: 61m}\n", 11, "timeouts.drain", "expected 0..1h");
     expect_one(minimal + "timeouts: {write_stall: 500ms}\n", 11, "timeouts.write_stall",
                "\"500ms\" is out of range; expected 0 (disabled) or 1s..24h");
-    expect_one(minimal + "timeouts: {write_stall: 25h}\n", 11, "timeouts.write_stall", "expected 0 (disabled) or 1s..24h");
+    expect_one(minimal + "timeouts: {write_stall: 25h}\n", 11, "timeouts.write_stall",
+               "expected 0 (disabled) or 1s..24h");
     expect_one(minimal + "timeouts: {write_stall: 60}\n", 11, "timeouts.write_stall", "needs a unit");
     expect_one(minimal + "tcp: {user_timeout: 500ms}\n", 11, "tcp.user_timeout", "expected 0 or 1s..1h");
     expect_one(minimal + "tcp: {user_timeout: 2h}\n", 11, "tcp.user_timeout", "expected 0 or 1s..1h");
@@ -202,7 +201,8 @@ pools:
   - name: control-plane
     balance: round-robin
     backends: [{name: cp-1, address: "192.0.2.11:6443"}]
-)"), "t");
+)"),
+                          "t");
     EXPECT_EQ(c->pools[0].balance, balance_policy::round_robin);
 }
 
@@ -226,11 +226,13 @@ pools:
     }
     EXPECT_NO_THROW(parse_config(yaml(R"(
 listeners:
-  - {name: )") + std::string(63, 'a') + std::string(R"(, address: "0.0.0.0:6443", pool: 9.cp_x-1}
+  - {name: )") + std::string(63, 'a') +
+                                     std::string(R"(, address: "0.0.0.0:6443", pool: 9.cp_x-1}
 pools:
   - name: 9.cp_x-1
     backends: [{name: cp-1, address: "192.0.2.11:6443"}]
-)"), "t"));
+)"),
+                                 "t"));
 }
 
 // ---------------------------------------------------------------- cross-item checks
@@ -259,7 +261,8 @@ TEST(LoadConfigErrors, DuplicatePoolNames) {
     expect_one(minimal + yaml(R"(
   - name: control-plane
     backends: [{name: cp-9, address: "192.0.2.19:6443"}]
-)"), 11, "pools[1].name", "duplicate pool name \"control-plane\"; already used by pools[0].name at line 6");
+)"),
+               11, "pools[1].name", "duplicate pool name \"control-plane\"; already used by pools[0].name at line 6");
 }
 
 TEST(LoadConfigErrors, DuplicateBackendsWithinAPool) {

@@ -33,9 +33,7 @@ std::string error_of(const std::string& text) {
     return errors.empty() ? "" : errors.front().to_string();
 }
 
-TEST(ConfigVrrp, AbsentSectionMeansNoVip) {
-    EXPECT_FALSE(parse_config(with_vrrp(""), "test.yaml")->vrrp);
-}
+TEST(ConfigVrrp, AbsentSectionMeansNoVip) { EXPECT_FALSE(parse_config(with_vrrp(""), "test.yaml")->vrrp); }
 
 TEST(ConfigVrrp, MinimalSectionTakesDefaults) {
     auto cfg = parse_config(with_vrrp("vrrp:\n  interface: eth0\n  virtual_router_id: 51\n  vips: [198.18.0.100]\n"),
@@ -126,9 +124,10 @@ TEST(ConfigVrrp, RequiredKeysAreNamed) {
 
 TEST(ConfigVrrp, BadInterfaceNamesAreRejected) {
     const std::string head = "vrrp:\n  virtual_router_id: 1\n  vips: [198.18.0.100]\n  interface: ";
-    EXPECT_NE(error_of(with_vrrp(head + "averyveryverylongname\n")).find("test.yaml:9:14: vrrp.interface: invalid "
-                                                                        "interface name \"averyveryverylongname\": "
-                                                                        "longer than 15 characters"),
+    EXPECT_NE(error_of(with_vrrp(head + "averyveryverylongname\n"))
+                  .find("test.yaml:9:14: vrrp.interface: invalid "
+                        "interface name \"averyveryverylongname\": "
+                        "longer than 15 characters"),
               std::string::npos);
     EXPECT_NE(error_of(with_vrrp(head + "eth0:1\n")).find("an alias label like eth0:1"), std::string::npos);
     EXPECT_NE(error_of(with_vrrp(head + "\"eth 0\"\n")).find("invalid interface name"), std::string::npos);

@@ -156,9 +156,9 @@ TEST(ConfigFilePaths, CaFileThatIsAFifoIsAnErrorAtItsKey) {
 TEST(ConfigFilePaths, OversizedTokenFilesAreRefusedStatingTheLimit) {
     scratch dir;
     const auto p = dir.file("token", std::string(max_token_bytes + 1, 'a'));
-    auto e = error_at(minimal + "    health:\n      tls: {insecure_skip_verify: true}\n      bearer_token_file: \"" +
-                          p + "\"\n",
-                      "pools[0].health.bearer_token_file");
+    auto e = error_at(
+        minimal + "    health:\n      tls: {insecure_skip_verify: true}\n      bearer_token_file: \"" + p + "\"\n",
+        "pools[0].health.bearer_token_file");
     EXPECT_CONTAINS(e.message, "is larger than 64 KiB");
     e = error_at(minimal + "admin:\n  token_file: \"" + p + "\"\n", "admin.token_file");
     EXPECT_CONTAINS(e.message, "is larger than 64 KiB");

@@ -71,7 +71,7 @@ TEST(HealthTracker, RiseConsecutivePassesMakeItHealthyAgain) {
 
 TEST(HealthTracker, ReloadKeepsTheStateUnderNewThresholds) {
     health_tracker t(2, 3, true);
-    t.record(true);   // settled, healthy
+    t.record(true);  // settled, healthy
     t.record(false);
     t.record(false);  // two of three failures
     // A reload lowers fall to 2: still healthy, one failure away, not silently flipped.
@@ -109,8 +109,7 @@ TEST(ReadyzVerbose, NamesTheFailingChecks) {
         "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n[+]informer-sync ok\n"
         "[-]poststarthook/rbac/bootstrap-roles failed: reason withheld\n"
         "[+]shutdown ok\nreadyz check failed\n";
-    EXPECT_EQ(failing_readyz_checks(body),
-              (std::vector<std::string>{"etcd", "poststarthook/rbac/bootstrap-roles"}));
+    EXPECT_EQ(failing_readyz_checks(body), (std::vector<std::string>{"etcd", "poststarthook/rbac/bootstrap-roles"}));
 }
 
 TEST(ReadyzVerbose, PassingOrOtherBodiesNameNothing) {
@@ -162,8 +161,7 @@ TEST(JudgeHttpResponse, UnauthorizedAndForbiddenAreAuthenticationProblems) {
     for (unsigned status : {401u, 403u}) {
         auto r = judge_http_response(status, "", "", https_config());
         EXPECT_EQ(r.failure, check_failure::auth_failed) << status;
-        EXPECT_NE(r.detail.find("authentication problem, not the apiserver being down"), std::string::npos)
-            << r.detail;
+        EXPECT_NE(r.detail.find("authentication problem, not the apiserver being down"), std::string::npos) << r.detail;
     }
 }
 

@@ -27,7 +27,8 @@ public:
             ec = boost::asio::error::eof;
             return 0;
         }
-        const std::size_t n = boost::asio::buffer_copy(buffers, boost::asio::buffer(bytes_.data(), std::min(chunk_, bytes_.size())));
+        const std::size_t n = boost::asio::buffer_copy(
+            buffers, boost::asio::buffer(bytes_.data(), std::min(chunk_, bytes_.size())));
         bytes_.remove_prefix(n);
         return n;
     }

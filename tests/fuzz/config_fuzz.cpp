@@ -23,10 +23,10 @@
 #include <fstream>
 #include <string>
 
+#include "apilb/control/yaml_guard.hpp"
 #include "apilb/core/config.hpp"
 #include "apilb/core/file_read.hpp"
 #include "apilb/core/keepalived_conf.hpp"
-#include "apilb/control/yaml_guard.hpp"
 
 namespace {
 
@@ -53,7 +53,8 @@ void make_key_pair(const std::string& dir) {
     X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
     X509_gmtime_adj(X509_getm_notAfter(cert), 3600L * 24 * 365 * 10);
     X509_NAME* name = X509_get_subject_name(cert);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("apilb-fuzz"), -1, -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("apilb-fuzz"), -1, -1,
+                               0);
     X509_set_issuer_name(cert, name);
     X509_set_pubkey(cert, key);
     if (X509_sign(cert, key, EVP_sha256()) == 0) std::abort();
@@ -69,7 +70,8 @@ void make_key_pair(const std::string& dir) {
     const std::string cert_pem = pem([&](BIO* b) { PEM_write_bio_X509(b, cert); });
     write_file(dir + "/cert.pem", cert_pem);
     write_file(dir + "/ca.pem", cert_pem);
-    write_file(dir + "/key.pem", pem([&](BIO* b) { PEM_write_bio_PrivateKey(b, key, nullptr, nullptr, 0, nullptr, nullptr); }));
+    write_file(dir + "/key.pem",
+               pem([&](BIO* b) { PEM_write_bio_PrivateKey(b, key, nullptr, nullptr, 0, nullptr, nullptr); }));
     X509_free(cert);
     EVP_PKEY_free(key);
 }

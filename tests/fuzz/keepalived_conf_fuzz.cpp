@@ -47,13 +47,16 @@ std::string unescape(std::string_view v) {
             continue;
         }
         const char c = v[++i];
-        if (c == 'n') out += '\n';
-        else if (c == 'r') out += '\r';
+        if (c == 'n')
+            out += '\n';
+        else if (c == 'r')
+            out += '\r';
         else if (c == 'x' && i + 2 < v.size() + 0 && std::isxdigit(static_cast<unsigned char>(v[i + 1])) &&
                  std::isxdigit(static_cast<unsigned char>(v[i + 2]))) {
             out += static_cast<char>(std::stoi(std::string(v.substr(i + 1, 2)), nullptr, 16));
             i += 2;
-        } else out += c;
+        } else
+            out += c;
     }
     return out;
 }
@@ -79,10 +82,10 @@ std::string emit_yaml(const std::multimap<std::string, std::string>& fields) {
     out << YAML::Key << "listeners" << YAML::Value << YAML::BeginSeq << YAML::BeginMap << YAML::Key << "name"
         << YAML::Value << "api" << YAML::Key << "address" << YAML::Value << "127.0.0.1:6443" << YAML::Key << "pool"
         << YAML::Value << "cp" << YAML::EndMap << YAML::EndSeq;
-    out << YAML::Key << "pools" << YAML::Value << YAML::BeginSeq << YAML::BeginMap << YAML::Key << "name"
-        << YAML::Value << "cp" << YAML::Key << "backends" << YAML::Value << YAML::BeginSeq << YAML::BeginMap
-        << YAML::Key << "name" << YAML::Value << "cp-1" << YAML::Key << "address" << YAML::Value << "127.0.0.2:6443"
-        << YAML::EndMap << YAML::EndSeq << YAML::EndMap << YAML::EndSeq;
+    out << YAML::Key << "pools" << YAML::Value << YAML::BeginSeq << YAML::BeginMap << YAML::Key << "name" << YAML::Value
+        << "cp" << YAML::Key << "backends" << YAML::Value << YAML::BeginSeq << YAML::BeginMap << YAML::Key << "name"
+        << YAML::Value << "cp-1" << YAML::Key << "address" << YAML::Value << "127.0.0.2:6443" << YAML::EndMap
+        << YAML::EndSeq << YAML::EndMap << YAML::EndSeq;
     out << YAML::Key << "vrrp" << YAML::Value << YAML::BeginMap;
     for (const char* key : {"interface", "virtual_router_id", "priority", "router_id", "unicast_src_ip",
                             "advert_interval", "preempt", "preempt_delay", "state_dir", "track_process", "manage"}) {
@@ -156,7 +159,8 @@ std::vector<statement> read_back(const std::string& text, std::size_t& comments)
 
 std::string seconds_text(duration d) {
     char buf[32];
-    if (d.count() % 1000 == 0) std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(d.count() / 1000));
+    if (d.count() % 1000 == 0)
+        std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(d.count() / 1000));
     else {
         std::snprintf(buf, sizeof buf, "%.3f", static_cast<double>(d.count()) / 1000.0);
         std::string s(buf);
@@ -175,23 +179,28 @@ std::vector<statement> expected(const vrrp_config& v, const std::multimap<std::s
         if (it == asked.end()) return std::nullopt;
         return it->second;
     };
-    const std::string router_id = asked_value("router_id").value_or(
-        "apilb-" + std::to_string(v.virtual_router_id) + "-" + std::to_string(v.priority));
+    const std::string router_id = asked_value("router_id")
+                                      .value_or("apilb-" + std::to_string(v.virtual_router_id) + "-" +
+                                                std::to_string(v.priority));
     std::string state_dir = asked_value("state_dir").value_or("/run/apilb");
     if (state_dir.size() > 1 && state_dir.back() == '/') state_dir.pop_back();
     const std::string interface = asked_value("interface").value_or("");
     const bool v6 = !v.peers.empty() ? v.peers.front().find(':') != std::string::npos : v.vips.front().is_v6;
 
-    std::vector<statement> s = {
-        {"global_defs", "{"},        {"router_id", router_id}, {"vrrp_version", "3"}, {"script_user", "root"},
-        {"enable_script_security"}, {"vrrp_notify_fifo", "\"" + state_dir + "/vrrp-notify.fifo\""}, {"}"}};
+    std::vector<statement> s = {{"global_defs", "{"},
+                                {"router_id", router_id},
+                                {"vrrp_version", "3"},
+                                {"script_user", "root"},
+                                {"enable_script_security"},
+                                {"vrrp_notify_fifo", "\"" + state_dir + "/vrrp-notify.fifo\""},
+                                {"}"}};
     if (v.track_process) {
-        s.insert(s.end(), {{"vrrp_track_process", "apilb_process", "{"},
-                           {"process", "\"" + options.apilb_path + "\"", "run", "--config",
-                            "\"" + options.config_path + "\""},
-                           {"quorum", "1"},
-                           {"weight", "0"},
-                           {"}"}});
+        s.insert(s.end(),
+                 {{"vrrp_track_process", "apilb_process", "{"},
+                  {"process", "\"" + options.apilb_path + "\"", "run", "--config", "\"" + options.config_path + "\""},
+                  {"quorum", "1"},
+                  {"weight", "0"},
+                  {"}"}});
     }
     s.insert(s.end(), {{"track_file", "apilb_fault", "{"},
                        {"file", "\"" + state_dir + "/vrrp-fault\""},
@@ -204,8 +213,10 @@ std::vector<statement> expected(const vrrp_config& v, const std::multimap<std::s
                        {"virtual_router_id", std::to_string(v.virtual_router_id)},
                        {"priority", std::to_string(v.priority)},
                        {"advert_int", seconds_text(v.advert_interval)}});
-    if (!v.preempt) s.push_back({"nopreempt"});
-    else if (v.preempt_delay.count() > 0) s.push_back({"preempt_delay", seconds_text(v.preempt_delay)});
+    if (!v.preempt)
+        s.push_back({"nopreempt"});
+    else if (v.preempt_delay.count() > 0)
+        s.push_back({"preempt_delay", seconds_text(v.preempt_delay)});
     s.push_back({"higher_prio_send_advert"});
     if (!v.peers.empty()) {
         if (v.unicast_src_ip) s.push_back({"unicast_src_ip", *v.unicast_src_ip});
@@ -246,8 +257,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::string yaml = emit_yaml(fields);
     if (yaml.empty()) return 0;
     keepalived_render_options options;
-    if (auto it = fields.find("config_path"); it != fields.end()) options.config_path = it->second;
-    else options.config_path = "/etc/apilb/apilb.yaml";
+    if (auto it = fields.find("config_path"); it != fields.end())
+        options.config_path = it->second;
+    else
+        options.config_path = "/etc/apilb/apilb.yaml";
     if (auto it = fields.find("apilb_path"); it != fields.end()) options.apilb_path = it->second;
     std::shared_ptr<const config> cfg;
     try {

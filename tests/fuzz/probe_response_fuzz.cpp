@@ -66,10 +66,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case check_failure::http_error:
     case check_failure::http_status:
     case check_failure::auth_failed:
-    case check_failure::body_mismatch:
-        break;
-    default:
-        check(false, "a failure layer a response cannot have", r);
+    case check_failure::body_mismatch: break;
+    default: check(false, "a failure layer a response cannot have", r);
     }
     if (ec) {
         check(r.failure == check_failure::http_error, "a failed read not judged http_error", r);
@@ -87,6 +85,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     const auto names = failing_readyz_checks(res.body());
     check(names.size() <= 32, "more than 32 failing checks", r);
-    for (const auto& n : names) check(!n.empty() && n.size() <= 128 && printable_line(n), "an implausible check name", r);
+    for (const auto& n : names)
+        check(!n.empty() && n.size() <= 128 && printable_line(n), "an implausible check name", r);
     return 0;
 }

@@ -53,8 +53,9 @@ class AdminGuard : public ::testing::Test {
 protected:
     std::unique_ptr<apilb_process> start(const std::string& admin_extra) {
         auto p = std::make_unique<apilb_process>(
-            dir, single_pool_config(port, {b0.address()}, "round-robin", 1,
-                                    fmt::format("admin:\n  address: \"127.0.0.1:{}\"\n{}", admin, admin_extra)),
+            dir,
+            single_pool_config(port, {b0.address()}, "round-robin", 1,
+                               fmt::format("admin:\n  address: \"127.0.0.1:{}\"\n{}", admin, admin_extra)),
             "127.0.0.1", port);
         EXPECT_TRUE(wait_for_livez(admin)) << p->log();
         return p;
@@ -72,7 +73,7 @@ TEST_F(AdminGuard, UnprivilegedUserIsRefusedAndCountedRootCliWorksTokenFileIsCre
     const std::string token_file = dir.file("run/admin-token");
     auto running = start("  token_file: \"" + token_file + "\"\n");
     apilb_process& apilb = *running;
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat(token_file.c_str(), &st), 0) << apilb.log();
     EXPECT_EQ(st.st_mode & 07777, 0600u);
     ASSERT_EQ(::stat(dir.file("run").c_str(), &st), 0);
@@ -82,8 +83,9 @@ TEST_F(AdminGuard, UnprivilegedUserIsRefusedAndCountedRootCliWorksTokenFileIsCre
 
     // User nobody on the node, as any hostNetwork pod could be: refused.
     const std::string url = fmt::format("http://127.0.0.1:{}/api/v1/backends/p/b0/drain", admin);
-    auto r = run_command({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/curl", "-sS",
-                          "--max-time", "10", "-o", "/dev/null", "-w", "status=%{http_code}\n", "-X", "POST", url});
+    auto r = run_command({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/curl",
+                          "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "status=%{http_code}\n", "-X", "POST",
+                          url});
     EXPECT_NE(r.output.find("status=401"), std::string::npos) << r.output;
     EXPECT_EQ(metric(admin, "apilb_admin_auth_failures_total"), 1);
     EXPECT_TRUE(apilb.wait_for_log("(uid 65534) refused (401)")) << apilb.log();
@@ -218,9 +220,18 @@ TEST_F(AdminGuard, LivezAnswersThroughAThousandIdleConnectionsAndIdleOnesTimeOut
 /// curl itself, as a rebinding DNS would): the status, or 0.
 int curl_as(const std::string& name, std::uint16_t admin, const std::string& method, const std::string& path,
             const std::vector<std::string>& headers = {}) {
-    std::vector<std::string> argv{"/usr/bin/curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w",
-                                  "status=%{http_code}\n", "-X", method,
-                                  "--resolve", fmt::format("{}:{}:127.0.0.1", name, admin)};
+    std::vector<std::string> argv{"/usr/bin/curl",
+                                  "-sS",
+                                  "--max-time",
+                                  "10",
+                                  "-o",
+                                  "/dev/null",
+                                  "-w",
+                                  "status=%{http_code}\n",
+                                  "-X",
+                                  method,
+                                  "--resolve",
+                                  fmt::format("{}:{}:127.0.0.1", name, admin)};
     for (const auto& h : headers) argv.insert(argv.end(), {"-H", h});
     argv.push_back(fmt::format("http://{}:{}{}", name, admin, path));
     const auto r = run_command(argv, 20s);

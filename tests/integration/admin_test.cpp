@@ -84,8 +84,9 @@ std::string round_trip(std::uint16_t port, const std::string& payload) {
 
 std::string admin_config(std::uint16_t listen_port, const std::vector<std::string>& backends, std::uint16_t admin_port,
                          const std::string& admin_extra = {}) {
-    std::string yaml = single_pool_config(listen_port, backends, "round-robin", 2,
-                                          fmt::format("admin:\n  address: \"127.0.0.1:{}\"\n{}", admin_port, admin_extra));
+    std::string yaml = single_pool_config(
+        listen_port, backends, "round-robin", 2,
+        fmt::format("admin:\n  address: \"127.0.0.1:{}\"\n{}", admin_port, admin_extra));
     // A fast tcp check so that health changes show within a second.
     const std::string anchor = "    balance: round-robin\n";
     yaml.replace(yaml.find(anchor), anchor.size(),
@@ -187,7 +188,8 @@ void parse_exposition(const std::string& text, std::map<std::string, metric_fami
         // The sample belongs to the family whose TYPE came last.
         std::string family = name;
         for (const char* suffix : {"_bucket", "_sum", "_count"}) {
-            if (name.ends_with(suffix) && name.substr(0, name.size() - std::strlen(suffix)) == current) family = current;
+            if (name.ends_with(suffix) && name.substr(0, name.size() - std::strlen(suffix)) == current)
+                family = current;
         }
         ASSERT_EQ(family, current) << "sample without its TYPE right before";
         families[family].by_name[name].emplace_back(labels, value);
@@ -256,7 +258,8 @@ TEST(AdminEndpoint, LivezReadyzAndStatusFollowBackendHealth) {
     const auto live = http(admin, "GET", "/livez");
     EXPECT_EQ(live.status, 200) << live.body;
     EXPECT_NE(live.body.find("2 of 2 worker(s) answered"), std::string::npos) << live.body;
-    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; })) << http(admin, "GET", "/readyz").body;
+    ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }))
+        << http(admin, "GET", "/readyz").body;
     EXPECT_NE(http(admin, "GET", "/readyz").body.find("[+] pool p: 2 of 2 backend(s) healthy"), std::string::npos);
 
     auto status = http(admin, "GET", "/api/v1/status");
@@ -325,7 +328,8 @@ TEST(AdminEndpoint, MetricsParseAndCountRealTraffic) {
     // (it is not in scripts/install-deps.sh: the whole server comes with it).
     if (::access("/usr/bin/promtool", X_OK) == 0) {
         dir.write("metrics.txt", m.body);
-        const auto lint = run_command({"/bin/sh", "-c", "/usr/bin/promtool check metrics < " + dir.file("metrics.txt")});
+        const auto lint = run_command(
+            {"/bin/sh", "-c", "/usr/bin/promtool check metrics < " + dir.file("metrics.txt")});
         EXPECT_EQ(lint.exit_code, 0) << lint.output;
         EXPECT_EQ(lint.output, "") << "promtool has remarks";
     } else {
@@ -345,7 +349,9 @@ TEST(AdminEndpoint, MetricsParseAndCountRealTraffic) {
         EXPECT_EQ(value_of(fams, "apilb_backend_last_probe_success", "apilb_backend_last_probe_success", l), 1);
         auto lb = l;
         lb["le"] = "+Inf";
-        EXPECT_GE(value_of(fams, "apilb_backend_probe_duration_seconds", "apilb_backend_probe_duration_seconds_bucket", lb), 1);
+        EXPECT_GE(
+            value_of(fams, "apilb_backend_probe_duration_seconds", "apilb_backend_probe_duration_seconds_bucket", lb),
+            1);
     }
     EXPECT_EQ(total, sessions);
     EXPECT_EQ(sent, sessions * payload.size());
@@ -359,7 +365,8 @@ TEST(AdminEndpoint, MetricsParseAndCountRealTraffic) {
         ++listed;
     }
     EXPECT_GT(listed, 5u);
-    EXPECT_NEAR(value_of(fams, "apilb_process_open_fds", "apilb_process_open_fds", {}), static_cast<double>(listed), 2.0);
+    EXPECT_NEAR(value_of(fams, "apilb_process_open_fds", "apilb_process_open_fds", {}), static_cast<double>(listed),
+                2.0);
     EXPECT_GT(value_of(fams, "apilb_process_resident_memory_bytes", "apilb_process_resident_memory_bytes", {}), 1e6);
 
     // A connect refused by a backend is counted with its reason.
@@ -371,8 +378,9 @@ TEST(AdminEndpoint, MetricsParseAndCountRealTraffic) {
     int end = 0;
     c.recv_until_eof(end);
     ASSERT_TRUE(wait_for(admin, "/metrics", [](const http_reply& r) {
-        return std::regex_search(r.body, std::regex("\napilb_backend_connect_failures_total\\{pool=\"p\",backend=\"b[01]\","
-                                                    "reason=\"refused\"\\} [1-9]"));
+        return std::regex_search(r.body,
+                                 std::regex("\napilb_backend_connect_failures_total\\{pool=\"p\",backend=\"b[01]\","
+                                            "reason=\"refused\"\\} [1-9]"));
     })) << "no refused connect counted";
     EXPECT_EQ(apilb.terminate(), 0);
 }
@@ -465,8 +473,8 @@ TEST(AdminControl, DrainEnableReloadThroughTheCli) {
     const auto admin = free_port();
     // The token file does not exist: apilb creates it, the CLI reads it.
     const std::string token_file = dir.file("admin-token");
-    const std::string yaml =
-        admin_config(port, {b0.address(), b1.address()}, admin, "  token_file: \"" + token_file + "\"\n");
+    const std::string yaml = admin_config(port, {b0.address(), b1.address()}, admin,
+                                          "  token_file: \"" + token_file + "\"\n");
     apilb_process apilb(dir, yaml, "127.0.0.1", port);
     ASSERT_TRUE(wait_for(admin, "/readyz", [](const http_reply& r) { return r.status == 200; }));
     const std::string bin = required_env("APILB_BIN");
@@ -485,7 +493,8 @@ TEST(AdminControl, DrainEnableReloadThroughTheCli) {
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(backend_status(http(admin, "GET", "/api/v1/status").body, "b0").at("drain_source").as_string(), "admin");
     for (int i = 0; i < 4; ++i) EXPECT_EQ(round_trip(port, "hello"), "b1");
-    EXPECT_NE(http(admin, "GET", "/metrics").body.find("apilb_reloads_total{result=\"success\"} 1\n"), std::string::npos);
+    EXPECT_NE(http(admin, "GET", "/metrics").body.find("apilb_reloads_total{result=\"success\"} 1\n"),
+              std::string::npos);
 
     r = run_command({bin, "enable", "p", "b0", "--config", cfg});
     EXPECT_EQ(r.exit_code, 0) << r.output;
@@ -524,10 +533,12 @@ TEST(AdminControl, DrainEnableReloadThroughTheCli) {
     const json::value errors = json::parse(rejected.body).at("errors");
     ASSERT_EQ(errors.as_array().size(), 2u) << rejected.body;
     EXPECT_NE(rejected.body.find(fmt::format("\"{}:{}:1: bogus", cfg, lines + 1)), std::string::npos) << rejected.body;
-    EXPECT_NE(http(admin, "GET", "/metrics").body.find("apilb_reloads_total{result=\"failure\"} 2\n"), std::string::npos);
+    EXPECT_NE(http(admin, "GET", "/metrics").body.find("apilb_reloads_total{result=\"failure\"} 2\n"),
+              std::string::npos);
     EXPECT_EQ(http(admin, "GET", "/livez").status, 200);
     // A page from another origin cannot drain a backend, token or not.
-    EXPECT_EQ(http(admin, "POST", "/api/v1/backends/p/b0/drain", "Origin: http://evil.example\r\n" + bearer).status, 403);
+    EXPECT_EQ(http(admin, "POST", "/api/v1/backends/p/b0/drain", "Origin: http://evil.example\r\n" + bearer).status,
+              403);
     EXPECT_EQ(apilb.terminate(), 0);
 }
 
@@ -564,9 +575,10 @@ TEST(AdminControl, StatusColumnsFitLongPoolAndBackendNames) {
     const auto admin = free_port();
     // The docs' own pool name is 13 characters; this backend's is 22.
     std::string yaml = admin_config(port, {b0.address()}, admin);
-    for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
-             {"pool: p}", "pool: control-plane}"}, {"  - name: p\n", "  - name: control-plane\n"},
-             {"name: b0,", "name: apiserver-cp-1-east,"}}) {
+    for (const auto& [from, to] :
+         std::vector<std::pair<std::string, std::string>>{{"pool: p}", "pool: control-plane}"},
+                                                          {"  - name: p\n", "  - name: control-plane\n"},
+                                                          {"name: b0,", "name: apiserver-cp-1-east,"}}) {
         yaml.replace(yaml.find(from), from.size(), to);
     }
     apilb_process apilb(dir, yaml, "127.0.0.1", port);
@@ -608,7 +620,8 @@ TEST(AdminControl, TokenGuardsPostsAndNonLoopbackNeedsOne) {
     EXPECT_EQ(apilb.terminate(), 0);
 
     // Off the loopback, drain/reload would be open to the network: rejected.
-    dir.write("open.yaml", single_pool_config(port, {b0.address()}, "round-robin", 1, "admin:\n  address: \"0.0.0.0:6445\"\n"));
+    dir.write("open.yaml",
+              single_pool_config(port, {b0.address()}, "round-robin", 1, "admin:\n  address: \"0.0.0.0:6445\"\n"));
     r = run_command({bin, "check-config", "--config", dir.file("open.yaml")});
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find("admin.address"), std::string::npos) << r.output;
@@ -662,7 +675,8 @@ TEST(AdminLogs, JsonLinesCarryStableFields) {
         boost::system::error_code ec;
         const json::value v = json::parse(line, ec);
         ASSERT_FALSE(ec) << "not JSON: " << line;
-        EXPECT_TRUE(v.as_object().contains("ts") && v.as_object().contains("level") && v.as_object().contains("msg")) << line;
+        EXPECT_TRUE(v.as_object().contains("ts") && v.as_object().contains("level") && v.as_object().contains("msg"))
+            << line;
         ++n;
     }
     EXPECT_GT(n, 3);

@@ -40,8 +40,8 @@ curl_reply curl(const temp_dir& dir, const std::string& method, const std::strin
                 const std::vector<std::string>& args) {
     const std::string body_file = dir.file("curl-body");
     std::filesystem::remove(body_file);
-    std::vector<std::string> argv{"/usr/bin/curl", "-sS", "--max-time", "10", "-X", method, "-o", body_file,
-                                  "-w", "\nstatus=%{http_code}\n"};
+    std::vector<std::string> argv{"/usr/bin/curl", "-sS", "--max-time", "10", "-X",
+                                  method,          "-o",  body_file,    "-w", "\nstatus=%{http_code}\n"};
     argv.insert(argv.end(), args.begin(), args.end());
     argv.push_back(url);
     const auto r = run_command(argv, 20s);
@@ -98,8 +98,9 @@ TEST(AdminTls, HttpsServesGetsAndClientCertificatesGuardPosts) {
     tcp_server b0("127.0.0.1", echo_handler());
     const auto port = free_port();
     const auto admin = free_port();
-    apilb_process apilb(dir, tls_config(port, b0.address(), admin,
-                                        tls_section(certs, fmt::format("    client_ca_file: \"{}/ca.crt\"\n", certs))),
+    apilb_process apilb(dir,
+                        tls_config(port, b0.address(), admin,
+                                   tls_section(certs, fmt::format("    client_ca_file: \"{}/ca.crt\"\n", certs))),
                         "127.0.0.1", port);
     const std::string base = fmt::format("https://127.0.0.1:{}", admin);
     ASSERT_TRUE(wait_ready(dir, base, trust(certs))) << apilb.log();
@@ -123,8 +124,9 @@ TEST(AdminTls, HttpsServesGetsAndClientCertificatesGuardPosts) {
     EXPECT_EQ(r.status, 403) << r.output;
     EXPECT_NE(r.body.find("client certificate"), std::string::npos) << r.body;
     // A certificate from another CA: refused at the handshake.
-    r = curl(dir, "POST", base + "/api/v1/backends/p/b0/drain",
-             {"--cacert", certs + "/ca.crt", "--cert", certs + "/other-client.crt", "--key", certs + "/other-client.key"});
+    r = curl(
+        dir, "POST", base + "/api/v1/backends/p/b0/drain",
+        {"--cacert", certs + "/ca.crt", "--cert", certs + "/other-client.crt", "--key", certs + "/other-client.key"});
     EXPECT_NE(r.exit_code, 0) << r.output;
     EXPECT_EQ(r.status, 0) << r.output;
     EXPECT_EQ(handshake_failures(dir, base, trust(certs)), 2);
@@ -165,9 +167,10 @@ TEST(AdminTls, ClientAuthAllNeedsACertificateForEveryRequestAndTheTokenStillCoun
     const auto admin = free_port();
     apilb_process apilb(
         dir,
-        tls_config(port, b0.address(), admin,
-                   fmt::format("  token_file: \"{}\"\n", dir.file("token")) +
-                       tls_section(certs, fmt::format("    client_ca_file: \"{}/ca.crt\"\n    client_auth: all\n", certs))),
+        tls_config(
+            port, b0.address(), admin,
+            fmt::format("  token_file: \"{}\"\n", dir.file("token")) +
+                tls_section(certs, fmt::format("    client_ca_file: \"{}/ca.crt\"\n    client_auth: all\n", certs))),
         "127.0.0.1", port);
     const std::string base = fmt::format("https://127.0.0.1:{}", admin);
     ASSERT_TRUE(wait_ready(dir, base, with_cert(certs, "client"))) << apilb.log();
@@ -203,8 +206,9 @@ TEST(AdminTls, TheCliVerifiesTheServerAndPresentsItsCertificate) {
     tcp_server b0("127.0.0.1", echo_handler());
     const auto port = free_port();
     const auto admin = free_port();
-    apilb_process apilb(dir, tls_config(port, b0.address(), admin,
-                                        tls_section(certs, fmt::format("    client_ca_file: \"{}/ca.crt\"\n", certs))),
+    apilb_process apilb(dir,
+                        tls_config(port, b0.address(), admin,
+                                   tls_section(certs, fmt::format("    client_ca_file: \"{}/ca.crt\"\n", certs))),
                         "127.0.0.1", port);
     const std::string base = fmt::format("https://127.0.0.1:{}", admin);
     ASSERT_TRUE(wait_ready(dir, base, trust(certs))) << apilb.log();
@@ -255,7 +259,8 @@ TEST(AdminTls, TheCliVerifiesTheServerAndPresentsItsCertificate) {
     // Bad command lines.
     r = run_command({bin, "status", "--config", cfg, "--cert", client_crt});
     EXPECT_EQ(r.exit_code, 64) << r.output;
-    r = run_command({bin, "status", "--admin", fmt::format("http://127.0.0.1:{}", admin), "--cacert", certs + "/ca.crt"});
+    r = run_command(
+        {bin, "status", "--admin", fmt::format("http://127.0.0.1:{}", admin), "--cacert", certs + "/ca.crt"});
     EXPECT_EQ(r.exit_code, 64) << r.output;
     EXPECT_EQ(apilb.terminate(), 0);
 }
@@ -269,9 +274,11 @@ TEST(AdminTls, AReloadRereadsRotatedCertificateFiles) {
     const auto admin = free_port();
     // The client CA is a copy, so the rotation below changes only the server's files.
     std::filesystem::copy_file(certs + "/ca.crt", dir.file("client-ca.crt"));
-    apilb_process apilb(dir, tls_config(port, b0.address(), admin,
-                                        tls_section(certs, fmt::format("    client_ca_file: \"{}\"\n", dir.file("client-ca.crt")))),
-                        "127.0.0.1", port);
+    apilb_process apilb(
+        dir,
+        tls_config(port, b0.address(), admin,
+                   tls_section(certs, fmt::format("    client_ca_file: \"{}\"\n", dir.file("client-ca.crt")))),
+        "127.0.0.1", port);
     const std::string base = fmt::format("https://127.0.0.1:{}", admin);
     ASSERT_TRUE(wait_ready(dir, base, trust(certs))) << apilb.log();
     std::filesystem::copy_file(certs + "/ca.crt", dir.file("old-ca.crt"));
@@ -299,7 +306,8 @@ TEST(AdminTls, AReloadRereadsRotatedCertificateFiles) {
     EXPECT_EQ(curl(dir, "GET", base + "/readyz", {"--cacert", dir.file("old-ca.crt")}).status, 0);
 
     // A key that does not match: the reload is rejected, the running certificate stays.
-    std::filesystem::copy_file(certs + "/client.key", certs + "/server.key", std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(certs + "/client.key", certs + "/server.key",
+                               std::filesystem::copy_options::overwrite_existing);
     apilb.proc().signal(SIGHUP);
     EXPECT_TRUE(apilb.wait_for_log("admin.tls.key_file")) << apilb.log();
     EXPECT_TRUE(apilb.wait_for_log("reload failed")) << apilb.log();

@@ -95,14 +95,15 @@ TEST(Cli, JsonLogsAreOneObjectPerLine) {
     tcp_server echo("127.0.0.2", echo_handler());
     temp_dir dir;
     const auto port = free_port();
-    apilb_process apilb(dir, fmt::format(R"(listeners:
+    apilb_process apilb(dir,
+                        fmt::format(R"(listeners:
   - {{name: f, address: "127.0.0.1:{}", pool: p}}
 pools:
   - name: p
     backends: [{{name: b, address: "{}"}}]
 log: {{level: debug, format: json}}
 )",
-                                         port, echo.address()),
+                                    port, echo.address()),
                         "127.0.0.1", port);
     {
         client c;
@@ -115,7 +116,8 @@ log: {{level: debug, format: json}}
     ASSERT_TRUE(apilb.wait_for_log("session closed"));
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
     // ts, level, then the stable fields a line may carry (docs/admin.md), then msg.
-    const std::regex line(R"re(^\{"ts":"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z","level":"(trace|debug|info|warning|error|critical)",("(event|pool|backend|client|reason)":"([^"\\]|\\.)*",)*"msg":"([^"\\]|\\.)*"\}$)re");
+    const std::regex line(
+        R"re(^\{"ts":"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z","level":"(trace|debug|info|warning|error|critical)",("(event|pool|backend|client|reason)":"([^"\\]|\\.)*",)*"msg":"([^"\\]|\\.)*"\}$)re");
     std::istringstream in(apilb.log());
     std::string l;
     int n = 0;
@@ -130,13 +132,14 @@ TEST(Cli, SighupKeepsServing) {
     tcp_server echo("127.0.0.2", echo_handler());
     temp_dir dir;
     const auto port = free_port();
-    apilb_process apilb(dir, fmt::format(R"(listeners:
+    apilb_process apilb(dir,
+                        fmt::format(R"(listeners:
   - {{name: f, address: "127.0.0.1:{}", pool: p}}
 pools:
   - name: p
     backends: [{{name: b, address: "{}"}}]
 )",
-                                         port, echo.address()),
+                                    port, echo.address()),
                         "127.0.0.1", port);
     apilb.proc().signal(SIGHUP);
     std::this_thread::sleep_for(200ms);

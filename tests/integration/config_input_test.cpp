@@ -47,7 +47,8 @@ std::string bin() { return required_env("APILB_BIN"); }
 /// 0.7, error-*.yaml are refused (the fuzz seeds good-*, pem-* load).
 std::vector<std::string> corpus() {
     std::vector<std::string> files;
-    for (const auto& e : std::filesystem::directory_iterator(required_env("APILB_SOURCE_ROOT") + "/tests/corpus/config")) {
+    for (const auto& e :
+         std::filesystem::directory_iterator(required_env("APILB_SOURCE_ROOT") + "/tests/corpus/config")) {
         const std::string name = e.path().filename().string();
         if (e.path().extension() == ".yaml" && (name.starts_with("hang-") || name.starts_with("error-"))) {
             files.push_back(e.path().string());
@@ -74,8 +75,9 @@ timed_result timed(const std::vector<std::string>& argv) {
 /// curl's status code for `method` on the admin endpoint, or 0 if no answer within `max`.
 int admin_status_code(std::uint16_t port, const std::string& method, const std::string& path,
                       const std::string& token = {}, int max_seconds = 5 * slowdown) {
-    std::vector<std::string> argv{"/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
-                                  std::to_string(max_seconds), "-X", method};
+    std::vector<std::string> argv{
+        "/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", std::to_string(max_seconds), "-X",
+        method};
     if (!token.empty()) {
         argv.push_back("-H");
         argv.push_back("Authorization: Bearer " + token);
@@ -195,8 +197,8 @@ protected:
     void SetUp() override {
         dir_.write("token", token_ + "\n");
         good_ = single_pool_config(port_, {backend_.address()}, "round-robin", 1,
-                                   "admin:\n  address: \"127.0.0.1:" + std::to_string(admin_) +
-                                       "\"\n  token_file: \"" + dir_.file("token") + "\"\n");
+                                   "admin:\n  address: \"127.0.0.1:" + std::to_string(admin_) + "\"\n  token_file: \"" +
+                                       dir_.file("token") + "\"\n");
         apilb_ = std::make_unique<apilb_process>(dir_, good_, "127.0.0.1", port_);
         ASSERT_TRUE(serves());
     }
@@ -240,8 +242,7 @@ protected:
 
 TEST_F(RunningConfigInput, ReloadWithAHangingConfigIsRejectedAndLivezStaysUp) {
     for (const char* name : {"hang-comma.yaml", "hang-document-start-comma.yaml", "hang-directive-comma.yaml"}) {
-        const std::string bytes =
-            read_file(required_env("APILB_SOURCE_ROOT") + "/tests/corpus/config/" + name);
+        const std::string bytes = read_file(required_env("APILB_SOURCE_ROOT") + "/tests/corpus/config/" + name);
         dir_.write("apilb.yaml", bytes);
         ASSERT_TRUE(reload_fails_on_sighup()) << name << "\n" << apilb_->log();
         expect_unharmed(std::string("SIGHUP with ") + name);
@@ -249,8 +250,9 @@ TEST_F(RunningConfigInput, ReloadWithAHangingConfigIsRejectedAndLivezStaysUp) {
         // POST /api/v1/reload: rejected within the bound, and /livez asked
         // meanwhile still answers.
         const auto started = clock_type::now();
-        auto post = std::async(std::launch::async,
-                               [&] { return admin_status_code(admin_, "POST", "/api/v1/reload", token_, 10 * slowdown); });
+        auto post = std::async(std::launch::async, [&] {
+            return admin_status_code(admin_, "POST", "/api/v1/reload", token_, 10 * slowdown);
+        });
         const int live = admin_status_code(admin_, "GET", "/livez");
         const int posted = post.get();
         const auto took = std::chrono::duration_cast<milliseconds>(clock_type::now() - started);
@@ -272,8 +274,7 @@ TEST_F(RunningConfigInput, ReloadWithFifosIsRejectedAndLivezStaysUp) {
     yaml.insert(yaml.find("log:"), "    health:\n      tls: {ca_file: \"" + dir_.file("ca.crt") + "\"}\n");
     dir_.write("apilb.yaml", yaml);
     ASSERT_TRUE(reload_fails_on_sighup()) << apilb_->log();
-    EXPECT_TRUE(apilb_->wait_for_log(dir_.file("ca.crt") + "\" is a FIFO, expected a regular file"))
-        << apilb_->log();
+    EXPECT_TRUE(apilb_->wait_for_log(dir_.file("ca.crt") + "\" is a FIFO, expected a regular file")) << apilb_->log();
     expect_unharmed("ca_file FIFO");
 
     // The config file itself replaced by a FIFO.

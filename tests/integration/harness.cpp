@@ -190,8 +190,7 @@ command_result run_command(const std::vector<std::string>& argv, std::chrono::mi
     return r;
 }
 
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
-                std::chrono::milliseconds poll) {
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout, std::chrono::milliseconds poll) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {
         if (pred()) return true;
@@ -219,8 +218,8 @@ apilb_process::apilb_process(const temp_dir& dir, const std::string& yaml, const
                              std::vector<std::string> prefix) {
     dir.write("apilb.yaml", yaml);
     std::vector<std::string> argv = std::move(prefix);
-    for (const auto& a : {required_env("APILB_BIN"), std::string("run"), std::string("--config"),
-                          dir.file("apilb.yaml")}) {
+    for (const auto& a :
+         {required_env("APILB_BIN"), std::string("run"), std::string("--config"), dir.file("apilb.yaml")}) {
         argv.push_back(a);
     }
     argv.insert(argv.end(), extra_args.begin(), extra_args.end());
@@ -234,20 +233,21 @@ apilb_process::apilb_process(const temp_dir& dir, const std::string& yaml, const
         if (!started) std::this_thread::sleep_for(10ms);
     }
     if (!started) {
-        throw std::runtime_error("apilb did not start listening on " + listen_ip + ":" +
-                                 std::to_string(listen_port) + "; log:\n" + proc_->log());
+        throw std::runtime_error("apilb did not start listening on " + listen_ip + ":" + std::to_string(listen_port) +
+                                 "; log:\n" + proc_->log());
     }
 }
 
-std::string single_pool_config(std::uint16_t port, const std::vector<std::string>& backends,
-                               const std::string& balance, unsigned workers, const std::string& extra) {
+std::string single_pool_config(std::uint16_t port, const std::vector<std::string>& backends, const std::string& balance,
+                               unsigned workers, const std::string& extra) {
     std::string b;
     for (std::size_t i = 0; i < backends.size(); ++i) {
         b += "      - {name: b" + std::to_string(i) + ", address: \"" + backends[i] + "\"}\n";
     }
-    return "workers: " + std::to_string(workers) + "\nlisteners:\n  - {name: front, address: \"127.0.0.1:" +
-           std::to_string(port) + "\", pool: p}\npools:\n  - name: p\n    balance: " + balance +
-           "\n    backends:\n" + b + "log: {level: debug}\n" + extra;
+    return "workers: " + std::to_string(workers) +
+           "\nlisteners:\n  - {name: front, address: \"127.0.0.1:" + std::to_string(port) +
+           "\", pool: p}\npools:\n  - name: p\n    balance: " + balance + "\n    backends:\n" + b +
+           "log: {level: debug}\n" + extra;
 }
 
 apilb_process::~apilb_process() {
@@ -261,11 +261,11 @@ apilb_process::~apilb_process() {
 void expect_no_sanitizer_report(const std::string& log, const std::string& what) {
     // "ThreadSanitizer:" also catches TSan's fatal start-up errors (an
     // unexpected memory mapping), not only its race reports.
-    for (const char* marker : {"runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "ThreadSanitizer:"}) {
+    for (const char* marker :
+         {"runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "ThreadSanitizer:"}) {
         const auto at = log.find(marker);
         if (at != std::string::npos) {
-            ADD_FAILURE() << what << " reported a sanitizer finding:\n"
-                          << log.substr(at > 200 ? at - 200 : 0, 3000);
+            ADD_FAILURE() << what << " reported a sanitizer finding:\n" << log.substr(at > 200 ? at - 200 : 0, 3000);
             return;
         }
     }
@@ -339,8 +339,7 @@ int client::connect(const std::string& ip, std::uint16_t port, std::chrono::mill
 }
 
 void client::set_timeout(std::chrono::milliseconds timeout) {
-    timeval tv{static_cast<time_t>(timeout.count() / 1000),
-               static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+    timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
     ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }

@@ -80,8 +80,8 @@ command_result run_command(const std::vector<std::string>& argv, std::chrono::mi
 /// A config with one listener "front" on 127.0.0.1:`port` and one pool "p"
 /// over `backends` (named b0, b1, …) with debug logging; `extra` is appended
 /// (further top-level sections).
-std::string single_pool_config(std::uint16_t port, const std::vector<std::string>& backends,
-                               const std::string& balance, unsigned workers, const std::string& extra = {});
+std::string single_pool_config(std::uint16_t port, const std::vector<std::string>& backends, const std::string& balance,
+                               unsigned workers, const std::string& extra = {});
 
 /// Fails the current test if `log` holds an ASan/UBSan/LSan/TSan report.
 void expect_no_sanitizer_report(const std::string& log, const std::string& what);
@@ -104,9 +104,8 @@ public:
     /// `yaml` is the whole config. Starts `apilb run` and waits until
     /// `listen_ip:listen_port` accepts connections.
     /// `prefix` runs apilb under another command (e.g. prlimit).
-    apilb_process(const temp_dir& dir, const std::string& yaml, const std::string& listen_ip,
-                  std::uint16_t listen_port, std::vector<std::string> extra_args = {},
-                  std::vector<std::string> prefix = {});
+    apilb_process(const temp_dir& dir, const std::string& yaml, const std::string& listen_ip, std::uint16_t listen_port,
+                  std::vector<std::string> extra_args = {}, std::vector<std::string> prefix = {});
     /// Fails the test if apilb's log holds a sanitizer report.
     ~apilb_process();
     process& proc() { return *proc_; }

@@ -82,8 +82,7 @@ private:
                 std::lock_guard lock(mu_);
                 sessions_.push_back({s.backend(), steady::now(), {}});
             }
-            while (!stop_ && !s.ended_within(25ms)) {
-            }
+            while (!stop_ && !s.ended_within(25ms)) {}
             std::lock_guard lock(mu_);
             sessions_.back().closed = steady::now();
         }
@@ -111,8 +110,10 @@ public:
                 {
                     std::lock_guard lock(mu_);
                     ++attempts_;
-                    if (!ok) failures_.push_back({started, error});
-                    else ++by_backend_[s.backend()];
+                    if (!ok)
+                        failures_.push_back({started, error});
+                    else
+                        ++by_backend_[s.backend()];
                 }
                 std::this_thread::sleep_for(20ms);
             }
@@ -157,8 +158,8 @@ struct move_times {
 };
 
 move_times wait_until_moved(const std::vector<std::unique_ptr<watcher>>& watchers,
-                            const std::vector<std::size_t>& affected, const std::string& victim,
-                            steady::time_point t0, milliseconds limit) {
+                            const std::vector<std::size_t>& affected, const std::string& victim, steady::time_point t0,
+                            milliseconds limit) {
     move_times r;
     r.clients = affected.size();
     while (steady::now() - t0 < limit) {
@@ -216,7 +217,9 @@ TEST(HealthFailover, ClientsLeaveADeadOrFrozenApiserverInSecondsAndComeBackAfter
         backend_yaml += fmt::format("      - {{name: {}, address: \"{}\"}}\n", name, backends.back()->address());
     }
     const auto port = free_port();
-    apilb_process apilb(dir, fmt::format(R"(workers: 2
+    apilb_process apilb(
+        dir,
+        fmt::format(R"(workers: 2
 listeners:
   - {{name: api, address: "127.0.0.1:{}", pool: cp}}
 pools:
@@ -233,9 +236,8 @@ pools:
       tls: {{ca_file: {}/ca.crt}}
 log: {{level: debug}}
 )",
-                                         port, backend_yaml, interval.count(), probe_timeout.count(), fall,
-                                         grace.count(), certs),
-                        "127.0.0.1", port);
+                    port, backend_yaml, interval.count(), probe_timeout.count(), fall, grace.count(), certs),
+        "127.0.0.1", port);
     // Every backend healthy: at its first check, or (when a loaded machine,
     // or TSan, made the first TLS handshake miss its 200 ms) after rise more.
     for (const auto& b : backends) {
@@ -327,16 +329,17 @@ log: {{level: debug}}
         "{} of {}\n",
         frozen.name(), stopped.clients, stopped.last_closed.count(), stopped.last_moved.count(), bound.count(),
         steady_load->failures().size(), steady_load->attempts());
-    EXPECT_TRUE(apilb.wait_for_log(fmt::format("backend {} ({}) is unhealthy after 2 consecutive failure(s): "
-                                               "tls_timeout",
-                                               frozen.name(), frozen.address())))
+    EXPECT_TRUE(
+        apilb.wait_for_log(fmt::format("backend {} ({}) is unhealthy after 2 consecutive failure(s): "
+                                       "tls_timeout",
+                                       frozen.name(), frozen.address())))
         << apilb.log();
     EXPECT_TRUE(apilb.wait_for_log(fmt::format("backend {} ({}): closing its", frozen.name(), frozen.address())))
         << apilb.log();
 
     frozen.thaw();
-    ASSERT_TRUE(apilb.wait_for_log(fmt::format("backend {} ({}) is healthy again", frozen.name(), frozen.address()),
-                                   5s))
+    ASSERT_TRUE(
+        apilb.wait_for_log(fmt::format("backend {} ({}) is healthy again", frozen.name(), frozen.address()), 5s))
         << apilb.log();
     EXPECT_TRUE(gets_traffic_again(tls, port, frozen.name())) << apilb.log();
 

@@ -61,10 +61,13 @@ protected:
     static std::string health(const std::string& more = {}, const std::string& interval = "200ms") {
         return "    health:\n"
                "      path: /readyz?verbose\n"
-               "      interval: " + interval + "\n"
+               "      interval: " +
+               interval +
+               "\n"
                "      timeout: 300ms\n"
                "      slow_start: 0\n"
-               "      tls: {ca_file: " + certs_ + "/ca.crt}\n" + more;
+               "      tls: {ca_file: " +
+               certs_ + "/ca.crt}\n" + more;
     }
 
     /// GET `target` through apilb on `port`; the answering stand-in's name, or "" on failure.
@@ -86,8 +89,7 @@ TEST_F(Health, ReadyApiserverIsHealthyFromTheFirstRoundAtStart) {
     const auto port = free_port();
     // An interval of an hour: only the first round, which runs at once, can pass in time.
     const auto t0 = steady::now();
-    apilb_process apilb(dir, config_yaml({port}, {pool_yaml("p", {&a}, health("", "1h"))}), "127.0.0.1",
-                        port);
+    apilb_process apilb(dir, config_yaml({port}, {pool_yaml("p", {&a}, health("", "1h"))}), "127.0.0.1", port);
     EXPECT_TRUE(apilb.wait_for_log("health: pool p backend a (" + a.address() + "): first check passed", 3s))
         << apilb.log();
     EXPECT_LT(since(t0), 3s);
@@ -102,8 +104,7 @@ TEST_F(Health, FailingReadyzIsUnhealthyAfterFallChecksAndHealthyAgainAfterRise) 
     standin_process a(dir, certs_, "127.0.0.2", "a");
     standin_process b(dir, certs_, "127.0.0.3", "b");
     const auto port = free_port();
-    apilb_process apilb(dir,
-                        config_yaml({port}, {pool_yaml("p", {&a, &b}, health("      rise: 2\n      fall: 3\n"))}),
+    apilb_process apilb(dir, config_yaml({port}, {pool_yaml("p", {&a, &b}, health("      rise: 2\n      fall: 3\n"))}),
                         "127.0.0.1", port);
     ASSERT_TRUE(apilb.wait_for_log("backend b (" + b.address() + "): first check passed", 3s)) << apilb.log();
     ASSERT_TRUE(apilb.wait_for_log("backend a (" + a.address() + "): first check passed", 3s)) << apilb.log();
@@ -113,10 +114,10 @@ TEST_F(Health, FailingReadyzIsUnhealthyAfterFallChecksAndHealthyAgainAfterRise) 
     // first failing probe.
     const auto t0 = steady::now();
     ASSERT_TRUE(a.set_readyz("fail"));
-    const std::string down =
-        fmt::format("health: pool p backend a ({}) is unhealthy after 3 consecutive failure(s): http_status: GET "
-                    "/readyz?verbose: HTTP 500 Internal Server Error (expected 200); failing checks: etcd",
-                    a.address());
+    const std::string down = fmt::format(
+        "health: pool p backend a ({}) is unhealthy after 3 consecutive failure(s): http_status: GET "
+        "/readyz?verbose: HTTP 500 Internal Server Error (expected 200); failing checks: etcd",
+        a.address());
     ASSERT_TRUE(apilb.wait_for_log(down, 5s)) << apilb.log();
     const auto took = since(t0);
     // Three probes 180-200ms apart: the first may come at once, the third
@@ -152,9 +153,10 @@ TEST_F(Health, HangingReadyzIsUnhealthyAtTheTimeout) {
     ASSERT_TRUE(apilb.wait_for_log("first check passed", 3s)) << apilb.log();
     ASSERT_TRUE(a.set_readyz("hang"));
     const auto t0 = steady::now();
-    ASSERT_TRUE(apilb.wait_for_log("is unhealthy after 2 consecutive failure(s): http_timeout: no complete response "
-                                   "to GET /readyz?verbose within 300ms",
-                                   5s))
+    ASSERT_TRUE(
+        apilb.wait_for_log("is unhealthy after 2 consecutive failure(s): http_timeout: no complete response "
+                           "to GET /readyz?verbose within 300ms",
+                           5s))
         << apilb.log();
     const auto took = since(t0);
     EXPECT_GE(took, 500ms) << "two probes that each waited out the 300ms timeout";
@@ -184,9 +186,8 @@ TEST_F(Health, WrongCaOrServerNameIsUnhealthyWithTheVerificationError) {
         << apilb.log();
     EXPECT_TRUE(apilb.wait_for_log("certificate verification failed: unable to get local issuer certificate"))
         << apilb.log();
-    EXPECT_TRUE(apilb.wait_for_log(
-        fmt::format("health: pool wrong-name backend a ({}) is unhealthy after its first check failed: tls_failed",
-                    a.address())))
+    EXPECT_TRUE(apilb.wait_for_log(fmt::format(
+        "health: pool wrong-name backend a ({}) is unhealthy after its first check failed: tls_failed", a.address())))
         << apilb.log();
     EXPECT_TRUE(apilb.wait_for_log("certificate verification failed: hostname mismatch")) << apilb.log();
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
@@ -199,22 +200,23 @@ TEST_F(Health, ClientCertificateIsPresentedOnlyWhenConfigured) {
     const auto p2 = free_port();
     const std::string with_cert = "    health:\n      tls: {ca_file: " + certs_ + "/ca.crt, cert_file: " + certs_ +
                                   "/client.crt, key_file: " + certs_ + "/client.key}\n";
-    apilb_process apilb(dir,
-                        config_yaml({p1, p2}, {pool_yaml("anonymous", {&a}, "    health: {tls: {ca_file: " + certs_ +
-                                                                                 "/ca.crt}}\n"),
-                                               pool_yaml("with-cert", {&a}, with_cert)}),
-                        "127.0.0.1", p1);
+    apilb_process apilb(
+        dir,
+        config_yaml({p1, p2}, {pool_yaml("anonymous", {&a}, "    health: {tls: {ca_file: " + certs_ + "/ca.crt}}\n"),
+                               pool_yaml("with-cert", {&a}, with_cert)}),
+        "127.0.0.1", p1);
     EXPECT_TRUE(apilb.wait_for_log("pool with-cert backend a (" + a.address() + "): first check passed", 3s))
         << apilb.log();
-    EXPECT_TRUE(apilb.wait_for_log("pool anonymous backend a (" + a.address() +
-                                       ") is unhealthy after its first check failed: tls_failed: TLS",
-                                   3s))
+    EXPECT_TRUE(apilb.wait_for_log(
+        "pool anonymous backend a (" + a.address() + ") is unhealthy after its first check failed: tls_failed: TLS",
+        3s))
         << apilb.log();
     // The alert alone ("bad certificate", "certificate required") does not
     // say what to do; the detail does.
-    EXPECT_TRUE(apilb.wait_for_log("the server wants a client certificate: set health.tls.cert_file and "
-                                   "health.tls.key_file",
-                                   3s))
+    EXPECT_TRUE(
+        apilb.wait_for_log("the server wants a client certificate: set health.tls.cert_file and "
+                           "health.tls.key_file",
+                           3s))
         << apilb.log();
     EXPECT_EQ(apilb.log().find("pool with-cert backend a (" + a.address() + ") is unhealthy"), std::string::npos)
         << apilb.log();
@@ -239,11 +241,12 @@ TEST_F(Health, BearerTokenIsSentAndReReadWhenTheFileChanges) {
     apilb_process apilb(dir,
                         config_yaml({p1, p2}, {pool_yaml("token", {&a},
                                                          health("      fall: 1\n      rise: 1\n"
-                                                                "      bearer_token_file: " + dir.file("probe-token") +
-                                                                "\n")),
+                                                                "      bearer_token_file: " +
+                                                                dir.file("probe-token") + "\n")),
                                                pool_yaml("no-token", {&a}, health())}),
                         "127.0.0.1", p1);
-    ASSERT_TRUE(apilb.wait_for_log("pool token backend a (" + a.address() + "): first check passed", 3s)) << apilb.log();
+    ASSERT_TRUE(apilb.wait_for_log("pool token backend a (" + a.address() + "): first check passed", 3s))
+        << apilb.log();
     // Without credentials the apiserver answers 401: reported as an authentication problem.
     ASSERT_TRUE(apilb.wait_for_log("pool no-token backend a (" + a.address() +
                                        ") is unhealthy after its first check failed: auth_failed: GET /readyz?verbose: "
@@ -254,15 +257,14 @@ TEST_F(Health, BearerTokenIsSentAndReReadWhenTheFileChanges) {
 
     // The apiserver's accepted token changes: the old one no longer works.
     replace_file(dir, "server-token", t2 + "\n");
-    ASSERT_TRUE(apilb.wait_for_log("pool token backend a (" + a.address() +
-                                       ") is unhealthy after 1 consecutive failure(s): auth_failed",
-                                   3s))
+    ASSERT_TRUE(apilb.wait_for_log(
+        "pool token backend a (" + a.address() + ") is unhealthy after 1 consecutive failure(s): auth_failed", 3s))
         << apilb.log();
     // The probe's token file is rotated too: re-read at the next probe.
     replace_file(dir, "probe-token", t2 + "\n");
     ASSERT_TRUE(apilb.wait_for_log("bearer_token_file " + dir.file("probe-token") + " changed", 3s)) << apilb.log();
-    ASSERT_TRUE(apilb.wait_for_log("pool token backend a (" + a.address() + ") is healthy again after 1 passed check(s)",
-                                   3s))
+    ASSERT_TRUE(
+        apilb.wait_for_log("pool token backend a (" + a.address() + ") is healthy again after 1 passed check(s)", 3s))
         << apilb.log();
     const std::string log = apilb.log();
     EXPECT_EQ(log.find(t1), std::string::npos) << "the token must never be logged";
@@ -276,8 +278,7 @@ TEST_F(Health, RefusedConnectMarksTheBackendSuspectAndProbesItAtOnce) {
     standin_process b(dir, certs_, "127.0.0.3", "b");
     const auto port = free_port();
     // Probes every 30s: only passive detection can notice the death in time.
-    apilb_process apilb(dir, config_yaml({port}, {pool_yaml("p", {&a, &b}, health("", "30s"))}),
-                        "127.0.0.1", port);
+    apilb_process apilb(dir, config_yaml({port}, {pool_yaml("p", {&a, &b}, health("", "30s"))}), "127.0.0.1", port);
     ASSERT_TRUE(apilb.wait_for_log("backend a (" + a.address() + "): first check passed", 3s)) << apilb.log();
     ASSERT_TRUE(apilb.wait_for_log("backend b (" + b.address() + "): first check passed", 3s)) << apilb.log();
     a.kill();
@@ -308,7 +309,8 @@ TEST_F(Health, WhenNoBackendIsHealthyTryAllServesAndRejectRefuses) {
                         config_yaml({p1, p2}, {pool_yaml("try", {&a}, health()),
                                                pool_yaml("reject", {&a}, health("      all_unhealthy: reject\n"))}),
                         "127.0.0.1", p1);
-    ASSERT_TRUE(apilb.wait_for_log("pool try: no backend is healthy; new clients try every backend", 3s)) << apilb.log();
+    ASSERT_TRUE(apilb.wait_for_log("pool try: no backend is healthy; new clients try every backend", 3s))
+        << apilb.log();
     ASSERT_TRUE(apilb.wait_for_log("pool reject: no backend is healthy; new clients are refused", 3s)) << apilb.log();
     EXPECT_EQ(via(p1), "a") << "trying is better than refusing everything";
     EXPECT_EQ(via(p2), "") << "reject closes the client";
@@ -324,11 +326,14 @@ TEST_F(Health, SessionsAreClosedAfterTheGraceOrKeptWithNever) {
     const auto p2 = free_port();
     apilb_process apilb(
         dir,
-        config_yaml({p1, p2}, {pool_yaml("grace", {&a, &b}, health("      fall: 1\n      close_sessions_after: 500ms\n")),
-                               pool_yaml("never", {&a, &b}, health("      fall: 1\n      close_sessions_after: never\n"))}),
+        config_yaml({p1, p2},
+                    {pool_yaml("grace", {&a, &b}, health("      fall: 1\n      close_sessions_after: 500ms\n")),
+                     pool_yaml("never", {&a, &b}, health("      fall: 1\n      close_sessions_after: never\n"))}),
         "127.0.0.1", p1);
-    ASSERT_TRUE(apilb.wait_for_log("pool never backend b (" + b.address() + "): first check passed", 3s)) << apilb.log();
-    ASSERT_TRUE(apilb.wait_for_log("pool grace backend b (" + b.address() + "): first check passed", 3s)) << apilb.log();
+    ASSERT_TRUE(apilb.wait_for_log("pool never backend b (" + b.address() + "): first check passed", 3s))
+        << apilb.log();
+    ASSERT_TRUE(apilb.wait_for_log("pool grace backend b (" + b.address() + "): first check passed", 3s))
+        << apilb.log();
     // A watch on backend a through each pool (round-robin alternates, so within a few tries).
     auto watch_on_a = [&](std::uint16_t port) {
         for (int i = 0; i < 6; ++i) {

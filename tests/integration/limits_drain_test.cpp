@@ -19,16 +19,13 @@ std::string config_for(std::uint16_t port, const std::vector<std::string>& backe
     return single_pool_config(port, backends, "least-connections", 2, extra);
 }
 
-bool echoes(client& c, const std::string& msg) {
-    return c.send_all(msg) && c.recv_exact(msg.size()) == msg;
-}
+bool echoes(client& c, const std::string& msg) { return c.send_all(msg) && c.recv_exact(msg.size()) == msg; }
 
 TEST(Limits, MaxConnectionsRefusesTheExcessWithoutHarmingTheRest) {
     tcp_server echo("127.0.0.2", echo_handler());
     temp_dir dir;
     const auto port = free_port();
-    apilb_process apilb(dir, config_for(port, {echo.address()}, "limits: {max_connections: 5}\n"), "127.0.0.1",
-                        port);
+    apilb_process apilb(dir, config_for(port, {echo.address()}, "limits: {max_connections: 5}\n"), "127.0.0.1", port);
     std::vector<client> held(5);
     for (auto& c : held) {
         ASSERT_EQ(c.connect("127.0.0.1", port), 0);
@@ -68,8 +65,8 @@ TEST(Limits, DescriptorTableHoldsEverySessionFromTheStart) {
     // spare (apilb raises its soft limit to the hard one), at most 3000.
     rlimit rl{};
     ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &rl), 0);
-    const long sessions = std::clamp<long>((static_cast<long>(std::min<rlim_t>(rl.rlim_max, 1 << 20)) - 1024) / 2,
-                                           200, 3000);
+    const long sessions = std::clamp<long>((static_cast<long>(std::min<rlim_t>(rl.rlim_max, 1 << 20)) - 1024) / 2, 200,
+                                           3000);
     apilb_process apilb(dir,
                         config_for(port, {echo.address()}, fmt::format("limits: {{max_connections: {}}}\n", sessions)),
                         "127.0.0.1", port);

@@ -106,8 +106,8 @@ TEST(ListenerOwner, AnotherProcessHoldingThePortIsNamedAtStart) {
     dir.write("apilb.yaml", single_pool_config(port, {"127.0.0.2:1"}, "round-robin", 2));
     process apilb({required_env("APILB_BIN"), "run", "--config", dir.file("apilb.yaml")}, dir.file("apilb.log"));
     EXPECT_EQ(apilb.wait(milliseconds(10000)), std::optional<int>(1)) << apilb.log();
-    EXPECT_NE(apilb.log().find(fmt::format("listener front: 127.0.0.1:{} is taken: pid {} ({})", port, ::getpid(),
-                                           own_comm())),
+    EXPECT_NE(apilb.log().find(
+                  fmt::format("listener front: 127.0.0.1:{} is taken: pid {} ({})", port, ::getpid(), own_comm())),
               std::string::npos)
         << apilb.log();
 }

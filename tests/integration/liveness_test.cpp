@@ -154,9 +154,10 @@ public:
 private:
     std::string stop_once() {
         if (::ptrace(PTRACE_SEIZE, tid_, nullptr, nullptr) != 0) {
-            return fmt::format("PTRACE_SEIZE of apilb's thread {} (pid {}) failed: {} (the test needs ptrace "
-                               "on its child: root, or CAP_SYS_PTRACE, or kernel.yama.ptrace_scope <= 1)",
-                               tid_, pid_, std::strerror(errno));
+            return fmt::format(
+                "PTRACE_SEIZE of apilb's thread {} (pid {}) failed: {} (the test needs ptrace "
+                "on its child: root, or CAP_SYS_PTRACE, or kernel.yama.ptrace_scope <= 1)",
+                tid_, pid_, std::strerror(errno));
         }
         if (::ptrace(PTRACE_INTERRUPT, tid_, nullptr, nullptr) != 0) {
             const std::string e = fmt::format("PTRACE_INTERRUPT of thread {} failed: {}", tid_, std::strerror(errno));
@@ -329,8 +330,7 @@ public:
         for (const auto& m : messages_) {
             std::string text = m.text;
             std::replace(text.begin(), text.end(), '\n', ' ');
-            out += fmt::format("  +{}ms {}\n",
-                               std::chrono::duration_cast<milliseconds>(m.at - origin).count(), text);
+            out += fmt::format("  +{}ms {}\n", std::chrono::duration_cast<milliseconds>(m.at - origin).count(), text);
         }
         return out;
     }
@@ -381,10 +381,12 @@ TEST(SystemdWatchdog, GoesUnfedWhileOneWorkerIsStoppedAndResumes) {
     apilb_process lb(dir, liveness_config(port, backend.address(), admin), "127.0.0.1", port, {},
                      {"/usr/bin/env", "NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=1000000", "/bin/sh", "-c",
                       "WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\""});
-    ASSERT_TRUE(notify.wait_for("READY=1", origin, milliseconds(10000)))
-        << "no READY=1; notifications:\n" << notify.transcript(origin) << "log:\n" << lb.log();
+    ASSERT_TRUE(notify.wait_for("READY=1", origin, milliseconds(10000))) << "no READY=1; notifications:\n"
+                                                                         << notify.transcript(origin) << "log:\n"
+                                                                         << lb.log();
     ASSERT_TRUE(lb.wait_for_log("systemd watchdog: 1000ms; fed while every worker answers within 250ms"))
-        << "apilb did not take up the watchdog (built without libsystemd, or WATCHDOG_PID wrong?):\n" << lb.log();
+        << "apilb did not take up the watchdog (built without libsystemd, or WATCHDOG_PID wrong?):\n"
+        << lb.log();
 
     // Fed regularly: apilb pings twice per period, so well within 1 s.
     const auto fed_from = clock_type::now();
@@ -416,7 +418,8 @@ TEST(SystemdWatchdog, GoesUnfedWhileOneWorkerIsStoppedAndResumes) {
 
         const auto resumed_at = clock_type::now();
         EXPECT_TRUE(notify.wait_for("WATCHDOG=1", resumed_at, milliseconds(1500)))
-            << "no WATCHDOG=1 within 1.5 s of resuming:\n" << notify.transcript(origin);
+            << "no WATCHDOG=1 within 1.5 s of resuming:\n"
+            << notify.transcript(origin);
         std::this_thread::sleep_for(milliseconds(1500));
         const auto again = between(notify.times_of("WATCHDOG=1"), resumed_at, clock_type::now());
         EXPECT_GE(again.size(), 2u) << notify.transcript(origin);

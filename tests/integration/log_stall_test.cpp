@@ -140,10 +140,10 @@ TEST(LogStall, StalledStderrStopsNeitherRelayingNorLivezNorSigterm) {
     const auto took = std::chrono::duration_cast<milliseconds>(clock_type::now() - t0);
     const auto [livez, livez_body] = http_get(admin, "/livez");
     const long dropped = dropped_lines(admin);
-    std::cout << fmt::format("[ MEASURE ] stderr stalled: {} of {} sessions served in {} ms ({:.0f}/s); "
-                             "{} log lines dropped\n",
-                             served, sessions, took.count(), served * 1000.0 / std::max<long>(1, took.count()),
-                             dropped);
+    std::cout << fmt::format(
+        "[ MEASURE ] stderr stalled: {} of {} sessions served in {} ms ({:.0f}/s); "
+        "{} log lines dropped\n",
+        served, sessions, took.count(), served * 1000.0 / std::max<long>(1, took.count()), dropped);
     EXPECT_EQ(served, sessions);
     EXPECT_EQ(livez, 200) << livez_body;
     EXPECT_GT(dropped, 0);

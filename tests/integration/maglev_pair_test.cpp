@@ -22,7 +22,8 @@ tcp_server::handler says(const std::string& name) {
 
 std::string maglev_config(std::uint16_t port, const std::vector<std::pair<std::string, std::string>>& backends) {
     std::string b;
-    for (const auto& [name, address] : backends) b += fmt::format("      - {{name: {}, address: \"{}\"}}\n", name, address);
+    for (const auto& [name, address] : backends)
+        b += fmt::format("      - {{name: {}, address: \"{}\"}}\n", name, address);
     return fmt::format(R"(workers: 2
 listeners:
   - {{name: f, address: "127.0.0.1:{}", pool: p}}
@@ -55,7 +56,8 @@ TEST(Maglev, BothBalancersOfAPairSendEachClientToTheSameApiserver) {
         const std::string first = backend_for(source, port1);
         ASSERT_EQ(first.rfind("cp-", 0), 0u) << first << '\n' << lb1.log();
         EXPECT_EQ(backend_for(source, port1), first) << source << " must keep its apiserver";
-        EXPECT_EQ(backend_for(source, port2), first) << source << " must get the same apiserver from the other balancer";
+        EXPECT_EQ(backend_for(source, port2), first)
+            << source << " must get the same apiserver from the other balancer";
         ++spread[first];
     }
     // 60 clients over three apiservers: every one gets a fair part.

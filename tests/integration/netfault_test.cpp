@@ -233,7 +233,8 @@ TEST_F(NetFault, ABackendThatGoesSilentMidStreamEndsItsClientsWithAResetInEachDi
         }
         ASSERT_FALSE(HasFatalFailure());
         ASSERT_TRUE(wait_until([&] { return fleet.ends().size() >= victims.size(); }, bound + 5s))
-            << "the watches on the silent backend did not end\n" << tail(apilb_->log());
+            << "the watches on the silent backend did not end\n"
+            << tail(apilb_->log());
         const auto ends = fleet.ends();
         double last_end = 0;
         std::map<std::string, int> kinds;
@@ -293,7 +294,8 @@ TEST_F(NetFault, ASilentBackendWithoutProbesIsFoundByKeepaliveOnTheBackendLeg) {
     const milliseconds expected((idle_s + interval_s * count) * 1000);
     const milliseconds bound = expected + 3000ms * slowdown;
     ASSERT_TRUE(wait_until([&] { return fleet.ends().size() >= victims.size(); }, bound + 5s))
-        << "the watches on the silent backend did not end\n" << tail(apilb_->log());
+        << "the watches on the silent backend did not end\n"
+        << tail(apilb_->log());
     double first_end = 1e9, last_end = 0;
     for (const auto& e : fleet.ends()) {
         EXPECT_EQ(e.backend, "b1");
@@ -338,7 +340,8 @@ TEST_F(NetFault, AClientLinkThatGoesSilentWithDataInFlightIsClosedByTheUserTimeo
     ASSERT_FALSE(HasFatalFailure());
     const milliseconds bound = user_timeout + 3000ms * slowdown;
     ASSERT_TRUE(wait_until([&] { return streamer.ended().second != 0; }, bound + 5s))
-        << "the backend leg was not closed\n" << tail(apilb_->log());
+        << "the backend leg was not closed\n"
+        << tail(apilb_->log());
     const auto [ended_at, end_errno] = streamer.ended();
     const double took = ms_since(t0, ended_at);
     EXPECT_EQ(end_errno, ECONNRESET) << "the backend leg must be reset, was: " << std::strerror(end_errno);
@@ -385,11 +388,11 @@ TEST_F(NetFault, ASlowLossyBackendStaysHealthyAndCarriesEveryByteAndOneThatStall
 
     // b1 completes its TLS handshakes, then never answers /readyz. (The
     // certificate names no 198.18 address: curl reaches it as "kubernetes".)
-    const auto r = run_command({find_program("ip"), "netns", "exec", segment_->ns("b1"), "/usr/bin/curl", "-sS",
-                                "--max-time", "5", "--cacert", certs_ + "/ca.crt", "--resolve",
-                                fmt::format("kubernetes:{}:{}", b1_->port(), b1_ip), "-X", "POST",
-                                fmt::format("https://kubernetes:{}/control/readyz?status=hang", b1_->port())},
-                               10s);
+    const auto r = run_command(
+        {find_program("ip"), "netns", "exec", segment_->ns("b1"), "/usr/bin/curl", "-sS", "--max-time", "5", "--cacert",
+         certs_ + "/ca.crt", "--resolve", fmt::format("kubernetes:{}:{}", b1_->port(), b1_ip), "-X", "POST",
+         fmt::format("https://kubernetes:{}/control/readyz?status=hang", b1_->port())},
+        10s);
     ASSERT_EQ(r.output, "ok") << r.output;
     const auto t_hang = steady::now();
     // A probe that hangs takes its whole timeout and the next starts when it
@@ -397,8 +400,10 @@ TEST_F(NetFault, ASlowLossyBackendStaysHealthyAndCarriesEveryByteAndOneThatStall
     const milliseconds bound = milliseconds(fall * std::max(interval, timeout) + interval + 3000) * slowdown;
     ASSERT_TRUE(wait_until([&] { return healthy("b1") == 0; }, bound)) << tail(apilb_->log());
     const double down_ms = ms_since(t_hang);
-    EXPECT_TRUE(apilb_->wait_for_log("backend b1 (" + b1_->address() + ") is unhealthy after 2 consecutive "
-                                     "failure(s): http_timeout", 2s))
+    EXPECT_TRUE(apilb_->wait_for_log("backend b1 (" + b1_->address() +
+                                         ") is unhealthy after 2 consecutive "
+                                         "failure(s): http_timeout",
+                                     2s))
         << tail(apilb_->log());
     std::string served;
     for (int i = 0; i < 3; ++i) served += new_client_backend() + " ";
@@ -428,9 +433,10 @@ TEST_F(NetFault, ASlowLossyBackendStaysHealthyAndCarriesEveryByteAndOneThatStall
 TEST_F(NetFault, TwoThousandWatchesAllComeBackAfterTheApiserverRestarts) {
     constexpr std::size_t watches = 2000;
     constexpr int rate = 1000;
-    start_apilb(fmt::format("      - {{name: b1, address: \"{}\"}}\n", b1_->address()),
-                health(300, 300, 1, certs_) + fmt::format("    storm_control: {{new_per_second: {}, burst: 50}}\n", rate),
-                "tcp: {keepalive_idle: 1s, keepalive_interval: 1s, keepalive_count: 2, user_timeout: 3s}\n");
+    start_apilb(
+        fmt::format("      - {{name: b1, address: \"{}\"}}\n", b1_->address()),
+        health(300, 300, 1, certs_) + fmt::format("    storm_control: {{new_per_second: {}, burst: 50}}\n", rate),
+        "tcp: {keepalive_idle: 1s, keepalive_interval: 1s, keepalive_count: 2, user_timeout: 3s}\n");
     ASSERT_TRUE(wait_until([&] { return healthy("b1") == 1; }, 5s)) << apilb_->log();
     // An event every 10 s: the cost here is the handshakes, not the events.
     // An attempt waits 20 s (40 s with ASan) before it gives up: giving up
@@ -439,7 +445,8 @@ TEST_F(NetFault, TwoThousandWatchesAllComeBackAfterTheApiserverRestarts) {
                       20s * slowdown);
     const auto t_open = steady::now();
     ASSERT_TRUE(wait_until([&] { return fleet.open_count() == watches; }, 40s * slowdown))
-        << fleet.open_count() << " open; " << fleet.last_error() << "\n" << tail(apilb_->log());
+        << fleet.open_count() << " open; " << fleet.last_error() << "\n"
+        << tail(apilb_->log());
     const double open_ms = ms_since(t_open);
     const double delayed0 = metric("apilb_backend_storm_delayed_total{pool=\"cp\",backend=\"b1\"}");
     const auto ends0 = fleet.ends().size();

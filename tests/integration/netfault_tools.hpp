@@ -86,8 +86,13 @@ public:
     /// An attempt that is not a watch after `patience` is given up (and retried).
     watch_fleet(const tls_client_context& tls, std::string ns, std::string ip, std::uint16_t port, std::size_t n,
                 bool reconnect, std::string target = "/watch?interval_ms=100", milliseconds patience = 10s)
-        : tls_(tls), ip_(std::move(ip)), port_(port), reconnect_(reconnect), target_(std::move(target)),
-          patience_(patience), conns_(n) {
+        : tls_(tls),
+          ip_(std::move(ip)),
+          port_(port),
+          reconnect_(reconnect),
+          target_(std::move(target)),
+          patience_(patience),
+          conns_(n) {
         thread_ = std::thread([this, ns = std::move(ns)] { run(ns); });
     }
     ~watch_fleet() { stop(); }
@@ -227,7 +232,8 @@ private:
                 return finish(i, classify(c.ssl, rc, err), "TLS handshake");
             }
             const std::string request = "GET " + target_ + " HTTP/1.1\r\nHost: kubernetes\r\n\r\n";
-            if (SSL_write(c.ssl, request.data(), static_cast<int>(request.size())) != static_cast<int>(request.size())) {
+            if (SSL_write(c.ssl, request.data(), static_cast<int>(request.size())) !=
+                static_cast<int>(request.size())) {
                 return finish(i, end_kind::error, "sending the request");
             }
             set_state(c, state::header);
@@ -400,7 +406,8 @@ private:
             ifreq ifr{};
             ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
             std::strncpy(ifr.ifr_name, "slow0", IFNAMSIZ - 1);
-            if (::ioctl(fd, TUNSETIFF, &ifr) != 0) throw std::runtime_error(std::string("TUNSETIFF: ") + std::strerror(errno));
+            if (::ioctl(fd, TUNSETIFF, &ifr) != 0)
+                throw std::runtime_error(std::string("TUNSETIFF: ") + std::strerror(errno));
         });
         seg.ip(host, {"addr", "add", ip, "peer", peer, "dev", "slow0"});
         seg.ip(host, {"link", "set", "slow0", "up"});
@@ -473,9 +480,10 @@ inline std::string tls_echo(const tls_client_context& tls, const std::string& ip
     SSL_set_tlsext_host_name(ssl, "kubernetes");
     SSL_set1_host(ssl, "kubernetes");
     std::string out;
-    const std::string request = fmt::format(
-        "POST /echo HTTP/1.1\r\nHost: kubernetes\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.size()) + body;
+    const std::string request =
+        fmt::format("POST /echo HTTP/1.1\r\nHost: kubernetes\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.size()) +
+        body;
     if (SSL_connect(ssl) != 1) {
         error = "TLS handshake failed";
     } else if (SSL_write(ssl, request.data(), static_cast<int>(request.size())) != static_cast<int>(request.size())) {

@@ -75,7 +75,8 @@ std::string netns_segment::unavailable_reason() {
         const std::string name = "apilb-probe-" + std::to_string(::getpid());
         auto add = run_command({ip, "netns", "add", name}, 10s);
         if (add.exit_code != 0) return "cannot create a network namespace (`ip netns add`): " + add.output;
-        auto veth = run_command({ip, "-n", name, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"}, 10s);
+        auto veth = run_command({ip, "-n", name, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"},
+                                10s);
         auto bridge = run_command({ip, "-n", name, "link", "add", "br0", "type", "bridge"}, 10s);
         run_command({ip, "netns", "del", name}, 10s);
         if (veth.exit_code != 0) return "cannot create a veth pair in a namespace: " + veth.output;

@@ -265,11 +265,11 @@ TEST_F(StormControl, TwoThousandClientsAtOnceReachTheBackendAtTheCapAndAllAreSer
     auto connects = backend_->established_times();
     std::sort(connects.begin(), connects.end());
     const std::size_t peak = max_in_window(connects, 1000ms);
-    std::cout << fmt::format("[ MEASURE ] storm of {}: {} served, {} failed, all served after {}ms; "
-                             "backend got {} connections, at most {} in any 1 s window (cap 500/s, burst 10); "
-                             "at most {} accepted in any 1 s window\n",
-                             clients, served, failed, took.count(), connects.size(), peak,
-                             max_in_window(backend_->accept_times(), 1000ms));
+    std::cout << fmt::format(
+        "[ MEASURE ] storm of {}: {} served, {} failed, all served after {}ms; "
+        "backend got {} connections, at most {} in any 1 s window (cap 500/s, burst 10); "
+        "at most {} accepted in any 1 s window\n",
+        clients, served, failed, took.count(), connects.size(), peak, max_in_window(backend_->accept_times(), 1000ms));
     EXPECT_EQ(served, clients);
     EXPECT_EQ(failed, 0);
     EXPECT_EQ(connects.size(), static_cast<std::size_t>(clients));
@@ -308,9 +308,10 @@ TEST_F(StormControl, TurnsThatCameDueWhileApilbWasStoppedAreStillSpacedAtTheCap)
     auto connects = backend_->established_times();
     std::sort(connects.begin(), connects.end());
     const std::size_t peak = max_in_window(connects, 1000ms);
-    std::cout << fmt::format("[ MEASURE ] storm of {} with apilb stopped for 400 ms: backend got {}, at most {} in "
-                             "any 1 s window, at most {} in any 100 ms window (cap 500/s, burst 10)\n",
-                             clients, connects.size(), peak, max_in_window(connects, 100ms));
+    std::cout << fmt::format(
+        "[ MEASURE ] storm of {} with apilb stopped for 400 ms: backend got {}, at most {} in "
+        "any 1 s window, at most {} in any 100 ms window (cap 500/s, burst 10)\n",
+        clients, connects.size(), peak, max_in_window(connects, 100ms));
     EXPECT_EQ(connects.size(), static_cast<std::size_t>(clients));
     EXPECT_LE(peak, 550u);
     EXPECT_TRUE(apilb_->terminate().has_value());
@@ -345,9 +346,10 @@ TEST_F(StormControl, NoMoreConnectionsBeingEstablishedAtOnceThanTheCap) {
     for (auto& p : fds) {
         if (p.fd >= 0) ::close(p.fd);
     }
-    std::cout << fmt::format("[ MEASURE ] {} clients at once, max_connecting 20, 100 ms to answer each: {} served, "
-                             "{} failed after {}ms; at most {} being established at the backend at once\n",
-                             clients, served, failed, took.count(), backend_->peak_ungreeted());
+    std::cout << fmt::format(
+        "[ MEASURE ] {} clients at once, max_connecting 20, 100 ms to answer each: {} served, "
+        "{} failed after {}ms; at most {} being established at the backend at once\n",
+        clients, served, failed, took.count(), backend_->peak_ungreeted());
     EXPECT_EQ(served, clients);
     EXPECT_LE(backend_->peak_ungreeted(), 20u);
     EXPECT_GE(backend_->peak_ungreeted(), 10u) << "the cap was never approached: the test proves nothing";
@@ -478,8 +480,8 @@ pools:
 timeouts: {{drain: 1s}}
 log: {{level: info}}
 )",
-                                             port_, balance, ips_[0], ports_[0], ips_[1], ports_[1], ips_[2],
-                                             ports_[2], health, rebalance);
+                                             port_, balance, ips_[0], ports_[0], ips_[1], ports_[1], ips_[2], ports_[2],
+                                             health, rebalance);
         apilb_.emplace(dir_, yaml, "127.0.0.1", port_);
     }
     /// Backend `i` (b<i>) listens on its address, as an apiserver (re)starting.
@@ -544,9 +546,10 @@ TEST_F(Rebalance, TheApiserverThatComesBackGetsItsShareAtABoundedCloseRate) {
     std::vector<clock_type::time_point> close_times;
     for (const auto& c : w.closes) close_times.push_back(c.at);
     const std::size_t peak = max_in_window(close_times, 1000ms);
-    std::cout << fmt::format("[ MEASURE ] b2 back: balanced after {}ms: b0={} b1={} b2={}; {} sessions closed to "
-                             "move them, at most {} in any 1 s window (limit {}/s)\n",
-                             when.count(), spread["b0"], spread["b1"], spread["b2"], w.closes.size(), peak, rate);
+    std::cout << fmt::format(
+        "[ MEASURE ] b2 back: balanced after {}ms: b0={} b1={} b2={}; {} sessions closed to "
+        "move them, at most {} in any 1 s window (limit {}/s)\n",
+        when.count(), spread["b0"], spread["b1"], spread["b2"], w.closes.size(), peak, rate);
     EXPECT_TRUE(balanced) << "not within tolerance after " << bound.count() << "s";
     EXPECT_LE(peak, static_cast<std::size_t>(rate + rate / 10 + 1));
     // Only the over-loaded backends gave sessions up.
@@ -557,8 +560,7 @@ TEST_F(Rebalance, TheApiserverThatComesBackGetsItsShareAtABoundedCloseRate) {
 }
 
 TEST_F(Rebalance, MaglevClientsGoBackToTheirOwnApiserverWhenItReturns) {
-    start_apilb("maglev",
-                "{type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1, close_sessions_after: 0s}",
+    start_apilb("maglev", "{type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1, close_sessions_after: 0s}",
                 "{enabled: true, max_closes_per_second: 100}");
     // 60 client addresses (127.0.1.1-60), 3 connections each: Maglev keys on
     // the address, so each address has its own apiserver.
@@ -594,9 +596,10 @@ TEST_F(Rebalance, MaglevClientsGoBackToTheirOwnApiserverWhenItReturns) {
     }
     const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - back);
     w.run(1000ms);
-    std::cout << fmt::format("[ MEASURE ] maglev: {} of 180 connections belong on b2; all back home after {}ms, "
-                             "{} closed to move them\n",
-                             on_b2, took.count(), w.closes.size());
+    std::cout << fmt::format(
+        "[ MEASURE ] maglev: {} of 180 connections belong on b2; all back home after {}ms, "
+        "{} closed to move them\n",
+        on_b2, took.count(), w.closes.size());
     EXPECT_TRUE(home_again);
     EXPECT_EQ(w.placement(), home) << "churn after every client was home";
     // Only the clients that belong on b2 were moved.

@@ -25,8 +25,8 @@ class Relay : public ::testing::TestWithParam<std::string> {
 protected:
     void start(const std::vector<std::string>& backends, const std::string& extra = {}) {
         port_ = free_port();
-        apilb_ = std::make_unique<apilb_process>(dir_, relay_config(GetParam(), port_, backends, extra),
-                                                 "127.0.0.1", port_);
+        apilb_ = std::make_unique<apilb_process>(dir_, relay_config(GetParam(), port_, backends, extra), "127.0.0.1",
+                                                 port_);
     }
     void TearDown() override {
         if (apilb_) {
@@ -146,8 +146,7 @@ TEST_P(Relay, ClientResetReachesTheBackendAsReset) {
         ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         char buf[4096];
         ssize_t n;
-        while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) {
-        }
+        while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) {}
         backend_end.set_value(n == 0 ? 0 : errno);
     });
     start({backend.address()});

@@ -38,7 +38,8 @@ std::string config_for(std::uint16_t port, std::uint16_t admin, const std::vecto
 
 /// GET http://127.0.0.1:`admin``path` with curl; "" on failure.
 std::string admin_get(std::uint16_t admin, const std::string& path) {
-    const auto r = run_command({"/usr/bin/curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}{}", admin, path)});
+    const auto r = run_command(
+        {"/usr/bin/curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}{}", admin, path)});
     return r.exit_code == 0 ? r.output : "";
 }
 

@@ -51,7 +51,8 @@ enum class reload_outcome { done, failed, timed_out };
 
 /// Writes `yaml` as apilb's config, sends SIGHUP and waits for the outcome.
 /// `took` is the time from the signal to the "reload done" line being seen.
-reload_outcome reload(apilb_process& apilb, const temp_dir& dir, const std::string& yaml, milliseconds* took = nullptr) {
+reload_outcome reload(apilb_process& apilb, const temp_dir& dir, const std::string& yaml,
+                      milliseconds* took = nullptr) {
     const std::string before = apilb.log();
     const auto done = count(before, "reload done in");
     const auto failed = count(before, "reload failed");
@@ -169,8 +170,8 @@ private:
             if (!c.send_all(chunk)) return fail(fmt::format("send failed at round {}: {}", i, std::strerror(errno)));
             const std::string back = c.recv_exact(chunk.size());
             if (back.size() != chunk.size() || fnv1a(back.data(), back.size()) != fnv1a(chunk.data(), chunk.size())) {
-                return fail(fmt::format("round {}: sent {}B, got {}B back, checksums differ", i, chunk.size(),
-                                        back.size()));
+                return fail(
+                    fmt::format("round {}: sent {}B, got {}B back, checksums differ", i, chunk.size(), back.size()));
             }
             bytes_ += 2 * chunk.size();
             // Steady traffic, not a benchmark: the machine is shared.
@@ -200,8 +201,8 @@ TEST(Reload, ManyReloadsUnderStreamingLoadLoseNothing) {
     const auto side = free_port();
     // A and B differ in weights, a new listener, the balance and a timeout.
     const std::string a = config_with({{"front", port}},
-                                      {{"b0", b0.address()}, {"b1", b1.address()}, {"b2", b2.address()}},
-                                      "round-robin", "", "", "info");
+                                      {{"b0", b0.address()}, {"b1", b1.address()}, {"b2", b2.address()}}, "round-robin",
+                                      "", "", "info");
     const std::string b = config_with({{"front", port}, {"side", side}},
                                       {{"b0", b0.address(), 3}, {"b1", b1.address()}, {"b2", b2.address(), 2}},
                                       "least-connections", "", "timeouts: {connect: 3s}\n", "info");
@@ -321,8 +322,8 @@ TEST(Reload, InvalidConfigIsRejectedWithEveryErrorAndTheOldOneServes) {
                                  "round-robin")),
               reload_outcome::failed);
     ::close(blocker);
-    EXPECT_TRUE(apilb.wait_for_log(fmt::format("reload failed: listener taken: 127.0.0.1:{} is taken: pid {}", taken,
-                                               ::getpid())))
+    EXPECT_TRUE(apilb.wait_for_log(
+        fmt::format("reload failed: listener taken: 127.0.0.1:{} is taken: pid {}", taken, ::getpid())))
         << apilb.log();
     for (int i = 0; i < 4; ++i) {
         client c;
@@ -334,7 +335,8 @@ TEST(Reload, InvalidConfigIsRejectedWithEveryErrorAndTheOldOneServes) {
     std::string fixed = config_with({{"front", port}}, {{"b0", b0.address()}, {"b1", b1.address()}}, "round-robin");
     fixed.replace(fixed.find("workers: 2"), 10, "workers: 3");
     ASSERT_EQ(reload(apilb, dir, fixed), reload_outcome::done);
-    EXPECT_TRUE(apilb.wait_for_log("reload: workers 2->3 changed: applies only when apilb is restarted")) << apilb.log();
+    EXPECT_TRUE(apilb.wait_for_log("reload: workers 2->3 changed: applies only when apilb is restarted"))
+        << apilb.log();
     std::set<std::string> seen;
     for (int i = 0; i < 4; ++i) {
         client c;
@@ -362,8 +364,8 @@ TEST(Reload, AddedListenerAcceptsRemovedOneRefusesItsSessionsContinue) {
         EXPECT_NE(c.connect("127.0.0.1", new_port, 1s), 0) << "not yet configured";
     }
     milliseconds took{};
-    ASSERT_EQ(reload(apilb, dir, config_with({{"front", front}, {"new", new_port}}, {{"b0", b0.address()}}, "round-robin"),
-                     &took),
+    ASSERT_EQ(reload(apilb, dir,
+                     config_with({{"front", front}, {"new", new_port}}, {{"b0", b0.address()}}, "round-robin"), &took),
               reload_outcome::done)
         << apilb.log();
     const auto t0 = steady::now();
@@ -396,8 +398,9 @@ TEST(Reload, RemovedBackendsSessionsCloseAfterReloadDrainOthersUntouched) {
     temp_dir dir;
     const auto port = free_port();
     const std::string top = "timeouts: {reload_drain: 1500ms}\n";
-    apilb_process apilb(dir, config_with({{"front", port}}, {{"b0", b0.address()}, {"b1", b1.address()}}, "round-robin", "", top),
-                        "127.0.0.1", port);
+    apilb_process apilb(
+        dir, config_with({{"front", port}}, {{"b0", b0.address()}, {"b1", b1.address()}}, "round-robin", "", top),
+        "127.0.0.1", port);
     std::vector<client> on0, on1;
     // Each worker balances on its own: open until both backends hold some.
     for (int i = 0; i < 20 && (on0.size() < 3 || on1.size() < 3); ++i) {
@@ -448,11 +451,12 @@ TEST(Reload, ListenerMovedToAnotherPoolKeepsItsSocket) {
     temp_dir dir;
     const auto port = free_port();
     auto cfg = [&](const std::string& pool) {
-        return fmt::format("workers: 2\nlisteners:\n  - {{name: front, address: \"127.0.0.1:{}\", pool: {}}}\n"
-                           "pools:\n"
-                           "  - {{name: p, backends: [{{name: b0, address: \"{}\"}}]}}\n"
-                           "  - {{name: q, backends: [{{name: q0, address: \"{}\"}}]}}\n",
-                           port, pool, b0.address(), q0.address());
+        return fmt::format(
+            "workers: 2\nlisteners:\n  - {{name: front, address: \"127.0.0.1:{}\", pool: {}}}\n"
+            "pools:\n"
+            "  - {{name: p, backends: [{{name: b0, address: \"{}\"}}]}}\n"
+            "  - {{name: q, backends: [{{name: q0, address: \"{}\"}}]}}\n",
+            port, pool, b0.address(), q0.address());
     };
     apilb_process apilb(dir, cfg("p"), "127.0.0.1", port);
     client before;

@@ -27,9 +27,7 @@ namespace {
 using std::chrono::milliseconds;
 using steady = std::chrono::steady_clock;
 
-long since_ms(steady::time_point t0) {
-    return std::chrono::duration_cast<milliseconds>(steady::now() - t0).count();
-}
+long since_ms(steady::time_point t0) { return std::chrono::duration_cast<milliseconds>(steady::now() - t0).count(); }
 
 /// One GET to the admin endpoint (the harness's, bounded at 10 s; status 0
 /// if nothing answered).
@@ -156,8 +154,9 @@ TEST(Resfault, DescriptorExhaustionKeepsSessionsResetsNewClientsAndRecoversAtOnc
     temp_dir dir;
     const auto port = free_port();
     const auto admin = free_port();
-    apilb_process apilb(dir, single_pool_config(port, {backend.address()}, "round-robin", 1, admin_section(admin) + quick_drain),
-                        "127.0.0.1", port);
+    apilb_process apilb(
+        dir, single_pool_config(port, {backend.address()}, "round-robin", 1, admin_section(admin) + quick_drain),
+        "127.0.0.1", port);
     const pid_t pid = apilb.proc().pid();
     std::vector<client> held(3);
     for (auto& c : held) ASSERT_EQ(try_echo(c, port, milliseconds(3000)).what, "served");
@@ -208,12 +207,13 @@ TEST(Resfault, DescriptorExhaustionKeepsSessionsResetsNewClientsAndRecoversAtOnc
     // At most one a second from the worker and one from the admin endpoint.
     EXPECT_LE(lines, static_cast<std::size_t>(2 * exhausted_ms / 1000 + 4)) << "rate-limited";
     set_nofile(pid, 1024);
-    std::cout << fmt::format("[ RESULT  ] fds exhausted ({} sessions held): new clients {}; held sessions {}; "
-                             "/livez {} /metrics {}; apilb CPU {:.2f}s over {}ms; logged {} line(s), "
-                             "clients_reset{{no_descriptors}}={} resource_errors={}; served again {}ms after "
-                             "descriptors were freed\n",
-                             held.size() + fill.size(), seen, held_ok ? "echo" : "STOPPED", livez.status, metrics.status, cpu, exhausted_ms, lines,
-                             resets, errors, recovered);
+    std::cout << fmt::format(
+        "[ RESULT  ] fds exhausted ({} sessions held): new clients {}; held sessions {}; "
+        "/livez {} /metrics {}; apilb CPU {:.2f}s over {}ms; logged {} line(s), "
+        "clients_reset{{no_descriptors}}={} resource_errors={}; served again {}ms after "
+        "descriptors were freed\n",
+        held.size() + fill.size(), seen, held_ok ? "echo" : "STOPPED", livez.status, metrics.status, cpu, exhausted_ms,
+        lines, resets, errors, recovered);
     expect_clean_exit(apilb);
 }
 
@@ -288,19 +288,20 @@ TEST(Resfault, AnAllocationThatFailsResetsItsClientAndNeverStopsServing) {
     const std::string log = apilb.log();
     EXPECT_EQ(log.find("accept loop failed"), std::string::npos) << log;
     EXPECT_EQ(admin_get(admin, "/livez").status, 200);
-    std::cout << fmt::format("[ RESULT  ] RLIMIT_AS at {} MiB: {} sessions fitted, then a new client saw {}, then{}; "
-                             "held sessions {}; logged {} line(s) saying so; clients_reset{{no_memory}}={} "
-                             "resource_errors={}; served again {}ms after the limit was lifted\n",
-                             vm_kb / 1024, fitted, first_failure, more, held_ok ? "echo" : "STOPPED",
-                             count_of(log, "bad_alloc") + count_of(log, "Cannot allocate memory"), resets, errors,
-                             recovered);
+    std::cout << fmt::format(
+        "[ RESULT  ] RLIMIT_AS at {} MiB: {} sessions fitted, then a new client saw {}, then{}; "
+        "held sessions {}; logged {} line(s) saying so; clients_reset{{no_memory}}={} "
+        "resource_errors={}; served again {}ms after the limit was lifted\n",
+        vm_kb / 1024, fitted, first_failure, more, held_ok ? "echo" : "STOPPED",
+        count_of(log, "bad_alloc") + count_of(log, "Cannot allocate memory"), resets, errors, recovered);
     expect_clean_exit(apilb);
 }
 
 /// Runs apilb in a mount namespace of its own in which `script` (sh) ran
 /// first: the host sees none of its mounts, and they go with apilb.
 std::vector<std::string> in_own_mounts(const std::string& script) {
-    return {"/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script + " && exec \"$@\"", "sh"};
+    return {"/usr/bin/unshare",         "--mount", "--propagation", "private", "/bin/sh", "-c",
+            script + " && exec \"$@\"", "sh"};
 }
 
 TEST(Resfault, AFullFilesystemUnderEveryFileApilbWritesIsSaidAndServingGoesOn) {
@@ -313,22 +314,25 @@ TEST(Resfault, AFullFilesystemUnderEveryFileApilbWritesIsSaidAndServingGoesOn) {
     // apilb writes: the admin token file it creates, and with vrrp the track
     // file (and, with vrrp.manage, keepalived.conf) in vrrp.state_dir, plus
     // the notify FIFO there. A 16 KiB tmpfs, filled before apilb starts.
-    const std::string yaml = single_pool_config(port, {backend.address()}, "round-robin", 1,
-                                                fmt::format("admin:\n  address: \"127.0.0.1:{}\"\n  token_file: {}/admin-token\n"
-                                                            "vrrp:\n  interface: eth0\n  virtual_router_id: 51\n"
-                                                            "  priority: 150\n  vips: [198.18.0.100/24]\n"
-                                                            "  state_dir: {}/state\n",
-                                                            admin, full, full));
-    const std::string script =
-        fmt::format("mount -t tmpfs -o size=16k,mode=0755 apilb-full {0} && mkdir {0}/state && "
-                    "(dd if=/dev/zero of={0}/filler bs=4k count=64 2>/dev/null; true)",
-                    full);
+    const std::string yaml = single_pool_config(
+        port, {backend.address()}, "round-robin", 1,
+        fmt::format("admin:\n  address: \"127.0.0.1:{}\"\n  token_file: {}/admin-token\n"
+                    "vrrp:\n  interface: eth0\n  virtual_router_id: 51\n"
+                    "  priority: 150\n  vips: [198.18.0.100/24]\n"
+                    "  state_dir: {}/state\n",
+                    admin, full, full));
+    const std::string script = fmt::format(
+        "mount -t tmpfs -o size=16k,mode=0755 apilb-full {0} && mkdir {0}/state && "
+        "(dd if=/dev/zero of={0}/filler bs=4k count=64 2>/dev/null; true)",
+        full);
     const auto t0 = steady::now();
     apilb_process apilb(dir, yaml, "127.0.0.1", port, {}, in_own_mounts(script));
     const long started_ms = since_ms(t0);
     const pid_t pid = apilb.proc().pid();
-    const std::string token_error = fmt::format("cannot write the token file {}/admin-token: No space left on device", full);
-    const std::string track_error = fmt::format("vrrp: cannot write the track file {}/state/vrrp-fault: No space left on device", full);
+    const std::string token_error = fmt::format("cannot write the token file {}/admin-token: No space left on device",
+                                                full);
+    const std::string track_error = fmt::format(
+        "vrrp: cannot write the track file {}/state/vrrp-fault: No space left on device", full);
     EXPECT_TRUE(apilb.wait_for_log(token_error)) << apilb.log();
     EXPECT_TRUE(apilb.wait_for_log(track_error)) << apilb.log();
     // Serving goes on; state changes are refused with the reason.
@@ -342,7 +346,8 @@ TEST(Resfault, AFullFilesystemUnderEveryFileApilbWritesIsSaidAndServingGoesOn) {
     EXPECT_FALSE(std::filesystem::exists(seen + "/admin-token"));
     EXPECT_FALSE(std::filesystem::exists(seen + "/state/vrrp-fault"));
     std::string left;
-    for (const auto& e : std::filesystem::directory_iterator(seen + "/state")) left += " " + e.path().filename().string();
+    for (const auto& e : std::filesystem::directory_iterator(seen + "/state"))
+        left += " " + e.path().filename().string();
     EXPECT_EQ(left.find(".tmp"), std::string::npos) << left;
 
     // Room again: the track file is written on the next round.
@@ -357,10 +362,11 @@ TEST(Resfault, AFullFilesystemUnderEveryFileApilbWritesIsSaidAndServingGoesOn) {
     EXPECT_TRUE(written) << apilb.log();
     const std::string log = apilb.log();
     EXPECT_LE(count_of(log, track_error), 2u) << "said once, then at most every 10 s";
-    std::cout << fmt::format("[ RESULT  ] full tmpfs: started in {}ms and served; /livez 200; POST {} ({}); logged "
-                             "\"{}\" and \"{}\" ({}x); no partial file; track file written {}ms after room was made\n",
-                             started_ms, drain.status, drain.body.substr(0, drain.body.find('\n')), token_error,
-                             track_error, count_of(log, track_error), track_ms);
+    std::cout << fmt::format(
+        "[ RESULT  ] full tmpfs: started in {}ms and served; /livez 200; POST {} ({}); logged "
+        "\"{}\" and \"{}\" ({}x); no partial file; track file written {}ms after room was made\n",
+        started_ms, drain.status, drain.body.substr(0, drain.body.find('\n')), token_error, track_error,
+        count_of(log, track_error), track_ms);
     expect_clean_exit(apilb);
 }
 
@@ -374,10 +380,10 @@ TEST(Resfault, AReadOnlyConfigDirectoryReloadsAndSaysTheTokenCannotBeCreated) {
                                             dir.file("admin-token"));
     // The whole directory read-only for apilb (a bind mount in its own namespace).
     const std::string script = fmt::format("mount --bind {0} {0} && mount -o remount,bind,ro {0}", dir.path());
-    apilb_process apilb(dir, single_pool_config(port, {a.address()}, "round-robin", 1, section), "127.0.0.1", port,
-                        {}, in_own_mounts(script));
-    const std::string token_error =
-        fmt::format("cannot create the token file {}: Read-only file system", dir.file("admin-token"));
+    apilb_process apilb(dir, single_pool_config(port, {a.address()}, "round-robin", 1, section), "127.0.0.1", port, {},
+                        in_own_mounts(script));
+    const std::string token_error = fmt::format("cannot create the token file {}: Read-only file system",
+                                                dir.file("admin-token"));
     EXPECT_TRUE(apilb.wait_for_log(token_error)) << apilb.log();
     EXPECT_EQ(try_echo(port, milliseconds(3000)).what, "served");
 
@@ -393,9 +399,10 @@ TEST(Resfault, AReadOnlyConfigDirectoryReloadsAndSaysTheTokenCannotBeCreated) {
     EXPECT_GE(moved, 0) << "the reloaded backend was never used";
     EXPECT_EQ(metric(admin, "apilb_reloads_total{result=\"success\"}"), 1.0);
     EXPECT_FALSE(std::filesystem::exists(dir.file("admin-token")));
-    std::cout << fmt::format("[ RESULT  ] read-only config dir: logged \"{}\"; served; SIGHUP reload applied, new "
-                             "backend used {}ms after it\n",
-                             token_error, moved);
+    std::cout << fmt::format(
+        "[ RESULT  ] read-only config dir: logged \"{}\"; served; SIGHUP reload applied, new "
+        "backend used {}ms after it\n",
+        token_error, moved);
     expect_clean_exit(apilb);
 }
 
@@ -414,7 +421,7 @@ TEST(Resfault, AFileSizeLimitFailsTheWriteNotTheProcess) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     int served = 0;
     for (int i = 0; i < 5; ++i) served += try_echo(port, milliseconds(3000)).what == "served";  // debug lines each
-    std::this_thread::sleep_for(milliseconds(200));  // the log writer's turn
+    std::this_thread::sleep_for(milliseconds(200));                                             // the log writer's turn
     EXPECT_TRUE(apilb.proc().running()) << "apilb died writing its log past RLIMIT_FSIZE";
     EXPECT_EQ(served, 5);
     EXPECT_EQ(admin_get(admin, "/livez").status, 200);
@@ -430,8 +437,8 @@ TEST(Resfault, SigstopLongerThanTheProbeTimeoutMarksNoHealthyBackendDown) {
     std::vector<std::unique_ptr<standin_process>> standins;
     std::string backends;
     for (int i = 0; i < 3; ++i) {
-        standins.push_back(std::make_unique<standin_process>(dir, certs, fmt::format("127.0.0.{}", 2 + i),
-                                                             fmt::format("s{}", i)));
+        standins.push_back(
+            std::make_unique<standin_process>(dir, certs, fmt::format("127.0.0.{}", 2 + i), fmt::format("s{}", i)));
         backends += fmt::format("      - {{name: s{}, address: \"{}\"}}\n", i, standins.back()->address());
     }
     const auto port = free_port();
@@ -489,10 +496,11 @@ TEST(Resfault, SigstopLongerThanTheProbeTimeoutMarksNoHealthyBackendDown) {
         healthy += metric(admin, fmt::format("apilb_backend_healthy{{pool=\"p\",backend=\"s{}\"}}", i)) == 1.0;
     }
     EXPECT_EQ(healthy, 3);
-    std::cout << fmt::format("[ RESULT  ] SIGSTOP 3s with probes in flight: first new client served {}ms after "
-                             "SIGCONT (by {}); {} of 3 watches went on; {} backend(s) marked down; {} of 3 healthy; "
-                             "{} probe(s) retried as late\n",
-                             first_ms, first, alive, downs, healthy, count_of(after, "came too late"));
+    std::cout << fmt::format(
+        "[ RESULT  ] SIGSTOP 3s with probes in flight: first new client served {}ms after "
+        "SIGCONT (by {}); {} of 3 watches went on; {} backend(s) marked down; {} of 3 healthy; "
+        "{} probe(s) retried as late\n",
+        first_ms, first, alive, downs, healthy, count_of(after, "came too late"));
     expect_clean_exit(apilb);
 }
 
@@ -517,8 +525,7 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
 #endif
     const std::string extra = admin_section(admin) + "timeouts: {idle: 2s, drain: 1s}\n";
     std::string yaml = single_pool_config(port, {backend.address()}, "round-robin", 1, extra);
-    yaml.replace(yaml.find("log:"), 0,
-                 "    health: {type: tcp, interval: 200ms, timeout: 100ms, rise: 1, fall: 1}\n");
+    yaml.replace(yaml.find("log:"), 0, "    health: {type: tcp, interval: 200ms, timeout: 100ms, rise: 1, fall: 1}\n");
     apilb_process apilb(dir, yaml, "127.0.0.1", port, {}, env);
     const std::string probes = "apilb_backend_probe_duration_seconds_count{pool=\"p\",backend=\"b0\"}";
     const std::string stamp = "apilb_backend_last_probe_timestamp_seconds{pool=\"p\",backend=\"b0\"}";
@@ -530,7 +537,8 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
     const auto tb = steady::now();
     std::this_thread::sleep_for(milliseconds(1000));
     std::string line = fmt::format(" before: {:.0f} probes in {}ms;", metric(admin, probes) - base0, since_ms(tb));
-    for (const auto& [text, offset] : std::vector<std::pair<std::string, double>>{{"+3600", 3600}, {"+0", 0}, {"-3600", -3600}}) {
+    for (const auto& [text, offset] :
+         std::vector<std::pair<std::string, double>>{{"+3600", 3600}, {"+0", 0}, {"-3600", -3600}}) {
         // An idle session (idle timeout 2 s) across the step.
         client idle;
         ASSERT_EQ(try_echo(idle, port, milliseconds(3000)).what, "served");
@@ -562,9 +570,10 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
         line += fmt::format(" {}: probes +{:.0f} in {}ms, stamp off by {:.0f}s, idle session reset after {}ms;", text,
                             probes_after - probes_before, probes_ms, shown - wall(), closed_ms);
     }
-    std::cout << fmt::format("[ RESULT  ] wall clock stepped (libfaketime, monotonic untouched):{} served after "
-                             "each\n",
-                             line);
+    std::cout << fmt::format(
+        "[ RESULT  ] wall clock stepped (libfaketime, monotonic untouched):{} served after "
+        "each\n",
+        line);
     expect_clean_exit(apilb);
 }
 

@@ -47,7 +47,8 @@ TEST(Retry, EveryBackendRefusingClosesTheClientPromptly) {
     int end = -1;
     EXPECT_EQ(c.recv_until_eof(end), "");
     EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
-    EXPECT_EQ(end, ECONNRESET) << "the client must be reset: not left hanging, and not sent a FIN that reads as an empty answer";
+    EXPECT_EQ(end, ECONNRESET)
+        << "the client must be reset: not left hanging, and not sent a FIN that reads as an empty answer";
     EXPECT_TRUE(apilb.wait_for_log("no backend of pool p accepted client")) << apilb.log();
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
 }
@@ -80,8 +81,7 @@ TEST(Retry, ConnectTimeoutsOfClientsArrivingApartEachFireInTime) {
     blackhole hole("127.0.0.4");
     temp_dir dir;
     const auto port = free_port();
-    apilb_process apilb(dir, config_for(port, {hole.address()}, "timeouts: {connect: 300ms}\n"), "127.0.0.1",
-                        port);
+    apilb_process apilb(dir, config_for(port, {hole.address()}, "timeouts: {connect: 300ms}\n"), "127.0.0.1", port);
     std::vector<client> clients(3);
     std::vector<std::chrono::steady_clock::time_point> started;
     for (auto& c : clients) {

@@ -163,10 +163,11 @@ std::string reset_config(std::uint16_t port, const std::vector<std::string>& bac
     for (std::size_t i = 0; i < backends.size(); ++i) {
         b += fmt::format("      - {{name: b{}, address: \"{}\"{}}}\n", i, backends[i], i == 1 ? backend_extra : "");
     }
-    return fmt::format("workers: 2\nlisteners:\n  - {{name: front, address: \"127.0.0.1:{}\", pool: p}}\n"
-                       "pools:\n  - name: p\n    balance: least-connections\n    backends:\n{}{}"
-                       "log: {{level: debug}}\n{}",
-                       port, b, pool_extra, extra);
+    return fmt::format(
+        "workers: 2\nlisteners:\n  - {{name: front, address: \"127.0.0.1:{}\", pool: p}}\n"
+        "pools:\n  - name: p\n    balance: least-connections\n    backends:\n{}{}"
+        "log: {{level: debug}}\n{}",
+        port, b, pool_extra, extra);
 }
 
 /// How many of `ends` were cut (a reset, short of the whole transfer); the
@@ -207,15 +208,15 @@ protected:
         for (auto& t : transfers_) {
             const side_end c = t->end();
             SCOPED_TRACE(t->download() ? "download" : "upload");
-            EXPECT_TRUE(c.reset()) << "the client saw " << (c.err == 0 ? "a clean end" : strerror(c.err))
-                                   << " after " << c.bytes << " bytes: a cut stream must not look complete";
+            EXPECT_TRUE(c.reset()) << "the client saw " << (c.err == 0 ? "a clean end" : strerror(c.err)) << " after "
+                                   << c.bytes << " bytes: a cut stream must not look complete";
             EXPECT_LT(c.bytes, long_transfer) << "the cut came after the end";
         }
         const auto ends = backend.ends(transfers_.size());
         ASSERT_EQ(ends.size(), transfers_.size());
         for (const auto& e : ends) {
-            EXPECT_TRUE(e.reset()) << "the backend saw " << (e.err == 0 ? "a clean end" : strerror(e.err))
-                                   << " after " << e.bytes << " bytes";
+            EXPECT_TRUE(e.reset()) << "the backend saw " << (e.err == 0 ? "a clean end" : strerror(e.err)) << " after "
+                                   << e.bytes << " bytes";
         }
     }
     void TearDown() override {

@@ -96,8 +96,7 @@ TEST(Sockets, KeepaliveIsArmedOnBothLegs) {
 }
 
 /// CPU time (user+system) of a process, in clock ticks.
-[[maybe_unused]]
-long cpu_ticks(pid_t pid) {
+[[maybe_unused]] long cpu_ticks(pid_t pid) {
     std::ifstream in(fmt::format("/proc/{}/stat", pid));
     std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     // Fields after the ")" of the command name; utime and stime are fields 14 and 15.

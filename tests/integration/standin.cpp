@@ -27,7 +27,11 @@ std::string make_certs(const temp_dir& dir) {
 
 standin_process::standin_process(const temp_dir& dir, std::string certs, std::string ip, std::string name,
                                  std::vector<std::string> extra, std::uint16_t port)
-    : dir_(dir), certs_(std::move(certs)), ip_(std::move(ip)), name_(std::move(name)), extra_(std::move(extra)),
+    : dir_(dir),
+      certs_(std::move(certs)),
+      ip_(std::move(ip)),
+      name_(std::move(name)),
+      extra_(std::move(extra)),
       port_(port) {
     start();
 }
@@ -43,8 +47,15 @@ standin_process::~standin_process() {
 }
 
 void standin_process::start() {
-    std::vector<std::string> argv{required_env("APILB_STANDIN_BIN"), "--listen", ip_ + ":" + std::to_string(port_),
-                                  "--cert", certs_ + "/server.crt", "--key", certs_ + "/server.key", "--name", name_};
+    std::vector<std::string> argv{required_env("APILB_STANDIN_BIN"),
+                                  "--listen",
+                                  ip_ + ":" + std::to_string(port_),
+                                  "--cert",
+                                  certs_ + "/server.crt",
+                                  "--key",
+                                  certs_ + "/server.key",
+                                  "--name",
+                                  name_};
     argv.insert(argv.end(), extra_.begin(), extra_.end());
     proc_ = std::make_unique<process>(argv, dir_.file(name_ + "-" + std::to_string(generation_++) + ".log"));
     const std::regex re("listening on [0-9.]+:([0-9]+)");
@@ -62,10 +73,10 @@ void standin_process::start() {
 }
 
 bool standin_process::set_readyz(const std::string& state) {
-    auto r = run_command({"/usr/bin/curl", "-sS", "--max-time", "5", "--cacert", certs_ + "/ca.crt", "--cert",
-                          certs_ + "/client.crt", "--key", certs_ + "/client.key", "-X", "POST",
-                          "https://" + address() + "/control/readyz?status=" + state},
-                         10s);
+    auto r = run_command(
+        {"/usr/bin/curl", "-sS", "--max-time", "5", "--cacert", certs_ + "/ca.crt", "--cert", certs_ + "/client.crt",
+         "--key", certs_ + "/client.key", "-X", "POST", "https://" + address() + "/control/readyz?status=" + state},
+        10s);
     return r.exit_code == 0 && r.output == "ok";
 }
 
@@ -157,7 +168,8 @@ bool tls_session::open(const std::string& ip, std::uint16_t port, const std::str
         if (rc == 1) break;
         const int e = SSL_get_error(ssl_, rc);
         if ((e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) && steady::now() < deadline) continue;
-        error = e == SSL_ERROR_WANT_READ ? "TLS handshake timed out" : "TLS handshake failed (" + std::to_string(e) + ")";
+        error = e == SSL_ERROR_WANT_READ ? "TLS handshake timed out"
+                                         : "TLS handshake failed (" + std::to_string(e) + ")";
         return false;
     }
     const std::string request = "GET " + target + " HTTP/1.1\r\nHost: kubernetes\r\nUser-Agent: apilb-test\r\n\r\n";

@@ -83,8 +83,8 @@ public:
     /// Connects to ip:port, handshakes (verifying "kubernetes"), sends `GET
     /// target` and reads the response header; false (with `error`) on any
     /// failure. `timeout` bounds the whole of it.
-    bool open(const std::string& ip, std::uint16_t port, const std::string& target,
-              std::chrono::milliseconds timeout, std::string& error);
+    bool open(const std::string& ip, std::uint16_t port, const std::string& target, std::chrono::milliseconds timeout,
+              std::string& error);
     int status() const { return status_; }
     /// The X-Standin-Name header: which apiserver answered.
     const std::string& backend() const { return backend_; }

@@ -8,8 +8,8 @@
 #include <regex>
 #include <set>
 
-#include <csignal>
 #include <unistd.h>
+#include <csignal>
 
 #include "harness.hpp"
 
@@ -20,8 +20,8 @@ namespace {
 class standin {
 public:
     standin(const temp_dir& dir, const std::string& certs, const std::string& ip, const std::string& name)
-        : proc_({required_env("APILB_STANDIN_BIN"), "--listen", ip + ":0", "--cert", certs + "/server.crt",
-                 "--key", certs + "/server.key", "--client-ca", certs + "/ca.crt", "--name", name},
+        : proc_({required_env("APILB_STANDIN_BIN"), "--listen", ip + ":0", "--cert", certs + "/server.crt", "--key",
+                 certs + "/server.key", "--client-ca", certs + "/ca.crt", "--name", name},
                 dir.file(name + ".log")) {
         const std::regex re("listening on [0-9.]+:([0-9]+)");
         for (int i = 0; i < 500; ++i) {
@@ -55,8 +55,8 @@ protected:
         auto r = run_command({"/bin/bash", required_env("APILB_MKCERTS"), certs_}, 60s);
         ASSERT_EQ(r.exit_code, 0) << r.output;
         for (int i = 2; i <= 4; ++i) {
-            standins_.push_back(std::make_unique<standin>(*dir_, certs_, fmt::format("127.0.0.{}", i),
-                                                          fmt::format("cp-{}", i)));
+            standins_.push_back(
+                std::make_unique<standin>(*dir_, certs_, fmt::format("127.0.0.{}", i), fmt::format("cp-{}", i)));
         }
         port_ = free_port();
         std::string backends;
@@ -142,11 +142,11 @@ TEST_F(Tls, WatchStreamFlowsThroughApilb) {
 
 TEST_F(Tls, KubectlTalksToTheApiserverThroughApilb) {
     if (::access("/usr/bin/kubectl", X_OK) != 0) GTEST_SKIP() << "kubectl is not installed on this machine";
-    auto r = run_command({"/usr/bin/kubectl", "--server", fmt::format("https://127.0.0.1:{}", port_),
-                          "--certificate-authority", certs_ + "/ca.crt", "--client-certificate",
-                          certs_ + "/client.crt", "--client-key", certs_ + "/client.key", "--request-timeout",
-                          "20s", "get", "--raw", "/version"},
-                         40s);
+    auto r = run_command(
+        {"/usr/bin/kubectl", "--server", fmt::format("https://127.0.0.1:{}", port_), "--certificate-authority",
+         certs_ + "/ca.crt", "--client-certificate", certs_ + "/client.crt", "--client-key", certs_ + "/client.key",
+         "--request-timeout", "20s", "get", "--raw", "/version"},
+        40s);
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("v1.32.0-apilb-standin"), std::string::npos) << r.output;
 }

@@ -19,14 +19,17 @@ namespace {
 
 std::string vrrp_section(const temp_dir& dir, const std::string& interface, const std::string& extra = {}) {
     return "vrrp:\n"
-           "  interface: " + interface + "\n"
+           "  interface: " +
+           interface +
+           "\n"
            "  virtual_router_id: 51\n"
            "  priority: 150\n"
            "  unicast_src_ip: 198.18.0.11\n"
            "  peers: [198.18.0.12]\n"
            "  vips: [\"198.18.0.100/24\", \"2001:db8::100/64\"]\n"
            "  advert_interval: 100ms\n"
-           "  state_dir: " + dir.file("state") + "\n" + extra;
+           "  state_dir: " +
+           dir.file("state") + "\n" + extra;
 }
 
 std::string read_or_empty(const std::string& path) {
@@ -57,12 +60,13 @@ TEST(VipKeepalivedCheck, RenderedConfigPassesKeepalivedCheck) {
     tcp_server backend("127.0.0.1", echo_handler());
     const auto cfg = single_pool_config(free_port(), {backend.address()}, "round-robin", 1, vrrp_section(dir, "eth0"));
     dir.write("apilb.yaml", cfg);
-    auto render = run_command({required_env("APILB_BIN"), "keepalived-config", "--config", dir.file("apilb.yaml"),
-                               "-o", dir.file("keepalived.conf")});
+    auto render = run_command({required_env("APILB_BIN"), "keepalived-config", "--config", dir.file("apilb.yaml"), "-o",
+                               dir.file("keepalived.conf")});
     ASSERT_EQ(render.exit_code, 0) << render.output;
     const std::string text = read_file(dir.file("keepalived.conf"));
-    EXPECT_NE(text.find("process \"" + required_env("APILB_BIN") + "\" run --config \"" + dir.file("apilb.yaml") + "\""),
-              std::string::npos)
+    EXPECT_NE(
+        text.find("process \"" + required_env("APILB_BIN") + "\" run --config \"" + dir.file("apilb.yaml") + "\""),
+        std::string::npos)
         << text;
 
     const std::string ip = find_program("ip");
@@ -70,10 +74,10 @@ TEST(VipKeepalivedCheck, RenderedConfigPassesKeepalivedCheck) {
     EXPECT_EQ(check.exit_code, 0) << text << "\n" << check.output;
 
     // The check can fail: an interface that does not exist is refused.
-    dir.write("bad.yaml", single_pool_config(free_port(), {backend.address()}, "round-robin", 1,
-                                             vrrp_section(dir, "nosuchif9")));
-    render = run_command({required_env("APILB_BIN"), "keepalived-config", "--config", dir.file("bad.yaml"), "-o",
-                          dir.file("bad.conf")});
+    dir.write("bad.yaml",
+              single_pool_config(free_port(), {backend.address()}, "round-robin", 1, vrrp_section(dir, "nosuchif9")));
+    render = run_command(
+        {required_env("APILB_BIN"), "keepalived-config", "--config", dir.file("bad.yaml"), "-o", dir.file("bad.conf")});
     ASSERT_EQ(render.exit_code, 0) << render.output;
     check = run_command({ip, "netns", "exec", ns, keepalived, "-t", "-f", dir.file("bad.conf")});
     EXPECT_NE(check.exit_code, 0) << check.output;
@@ -98,14 +102,21 @@ TEST(VipTrackFile, FollowsBackendHealthAndTheDrain) {
     auto backend = std::make_unique<tcp_server>("127.0.0.2", echo_handler());
     const std::uint16_t port = free_port();
     const std::uint16_t admin = free_port();
-    const std::string cfg = "workers: 1\n"
-                            "admin: {address: \"127.0.0.1:" + std::to_string(admin) + "\"}\n"
-                            "listeners:\n  - {name: front, address: \"127.0.0.1:" + std::to_string(port) + "\", pool: p}\n"
-                            "pools:\n  - name: p\n"
-                            "    backends: [{name: b0, address: \"" + backend->address() + "\"}]\n"
-                            "    health: {type: tcp, interval: 100ms, timeout: 50ms, rise: 1, fall: 1}\n"
-                            "log: {level: debug}\n" +
-                            vrrp_section(dir, "eth0", "  handoff_timeout: 300ms\n");
+    const std::string cfg =
+        "workers: 1\n"
+        "admin: {address: \"127.0.0.1:" +
+        std::to_string(admin) +
+        "\"}\n"
+        "listeners:\n  - {name: front, address: \"127.0.0.1:" +
+        std::to_string(port) +
+        "\", pool: p}\n"
+        "pools:\n  - name: p\n"
+        "    backends: [{name: b0, address: \"" +
+        backend->address() +
+        "\"}]\n"
+        "    health: {type: tcp, interval: 100ms, timeout: 50ms, rise: 1, fall: 1}\n"
+        "log: {level: debug}\n" +
+        vrrp_section(dir, "eth0", "  handoff_timeout: 300ms\n");
     apilb_process apilb(dir, cfg, "127.0.0.1", port);
     const std::string track = dir.file("state/vrrp-fault");
 
@@ -122,14 +133,16 @@ TEST(VipTrackFile, FollowsBackendHealthAndTheDrain) {
     {
         const int fd = ::open(dir.file("state/vrrp-notify.fifo").c_str(), O_WRONLY | O_NONBLOCK);
         ASSERT_GE(fd, 0);
-        const std::string lines = "INSTANCE \"VI_APILB\" BACKUP 150\nGROUP \"G\" MASTER 0\n"
-                                  "INSTANCE \"VI_APILB\" MASTER 150\n";
+        const std::string lines =
+            "INSTANCE \"VI_APILB\" BACKUP 150\nGROUP \"G\" MASTER 0\n"
+            "INSTANCE \"VI_APILB\" MASTER 150\n";
         ASSERT_EQ(::write(fd, lines.data(), lines.size()), static_cast<ssize_t>(lines.size()));
         ::close(fd);
     }
     EXPECT_TRUE(apilb.wait_for_log("vrrp: role BACKUP -> MASTER")) << apilb.log();
     // ... and the metrics show it.
-    const auto metrics = run_command({"/usr/bin/curl", "-s", "--max-time", "5", "http://127.0.0.1:" + std::to_string(admin) + "/metrics"});
+    const auto metrics = run_command(
+        {"/usr/bin/curl", "-s", "--max-time", "5", "http://127.0.0.1:" + std::to_string(admin) + "/metrics"});
     EXPECT_NE(metrics.output.find("apilb_vrrp_role{role=\"MASTER\"} 1"), std::string::npos) << metrics.output;
     EXPECT_NE(metrics.output.find("apilb_vrrp_role{role=\"BACKUP\"} 0"), std::string::npos) << metrics.output;
 
@@ -214,14 +227,15 @@ TEST(VipHandoff, WaitsForThePeerThenDrainsAndASecondSignalCutsItShort) {
     segment.add_host("n1", {"198.18.0.11/24", "198.18.0.100/24"});
     temp_dir dir;
     auto start = [&](const std::string& handoff) {
-        dir.write("apilb.yaml", "workers: 1\n"
-                                "listeners:\n  - {name: api, address: \"198.18.0.100:6443\", pool: p}\n"
-                                "pools:\n  - name: p\n    backends: [{name: b0, address: \"198.18.0.99:6443\"}]\n" +
-                                    vrrp_section(dir, "eth0", "  handoff_timeout: " + handoff + "\n"));
-        auto p = std::make_unique<process>(std::vector<std::string>{find_program("ip"), "netns", "exec", segment.ns("n1"),
-                                                                    required_env("APILB_BIN"), "run", "--config",
-                                                                    dir.file("apilb.yaml")},
-                                           dir.file("apilb-" + handoff + ".log"));
+        dir.write("apilb.yaml",
+                  "workers: 1\n"
+                  "listeners:\n  - {name: api, address: \"198.18.0.100:6443\", pool: p}\n"
+                  "pools:\n  - name: p\n    backends: [{name: b0, address: \"198.18.0.99:6443\"}]\n" +
+                      vrrp_section(dir, "eth0", "  handoff_timeout: " + handoff + "\n"));
+        auto p = std::make_unique<process>(
+            std::vector<std::string>{find_program("ip"), "netns", "exec", segment.ns("n1"), required_env("APILB_BIN"),
+                                     "run", "--config", dir.file("apilb.yaml")},
+            dir.file("apilb-" + handoff + ".log"));
         EXPECT_TRUE(wait_for_content(dir.file("state/vrrp-fault"), "0\n", 5s)) << p->log();
         return p;
     };

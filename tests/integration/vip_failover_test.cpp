@@ -26,11 +26,11 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
-#include <iostream>
-#include <csignal>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <numeric>
@@ -295,8 +295,8 @@ protected:
         }
         for (auto& n : nodes_) {
             // The backup binds the VIP it does not hold yet.
-            auto r = run_command({ip_bin_, "netns", "exec", n.ns, find_program("sysctl"), "-qw",
-                                  "net.ipv4.ip_nonlocal_bind=1"});
+            auto r = run_command(
+                {ip_bin_, "netns", "exec", n.ns, find_program("sysctl"), "-qw", "net.ipv4.ip_nonlocal_bind=1"});
             ASSERT_EQ(r.exit_code, 0) << r.output;
         }
         // .20 stays as the primary address, so .21 and .22 can be removed alone.
@@ -345,26 +345,48 @@ protected:
         std::ofstream(n.config_path())
             << "workers: 1\n"
                "listeners:\n"
-               "  - {name: api, address: \"" << vip << ":" << vip_port << "\", pool: cp}\n"
+               "  - {name: api, address: \""
+            << vip << ":" << vip_port
+            << "\", pool: cp}\n"
                "pools:\n"
                "  - name: cp\n"
-               "    backends: [{name: be, address: \"" << n.backend << "\"}]\n"
+               "    backends: [{name: be, address: \""
+            << n.backend
+            << "\"}]\n"
                "    health: {type: tcp, interval: 100ms, timeout: 50ms, rise: 1, fall: 1, initial: unhealthy}\n"
                "timeouts: {connect: 100ms, drain: 1s}\n"
                "log: {level: info}\n"
                "vrrp:\n"
                "  interface: eth0\n"
                "  virtual_router_id: 51\n"
-               "  priority: " << n.priority << "\n"
-               "  router_id: " << n.name << "\n"
-               "  unicast_src_ip: " << n.ip << "\n"
-               "  peers: [" << peer.ip << "]\n"
-               "  vips: [\"" << vip << "/24\"]\n"
-               "  advert_interval: " << advert.count() << "ms\n"
-               "  preempt: " << (preempt ? "true" : "false") << "\n"
-               "  state_dir: " << n.dir << "/state\n"
+               "  priority: "
+            << n.priority
+            << "\n"
+               "  router_id: "
+            << n.name
+            << "\n"
+               "  unicast_src_ip: "
+            << n.ip
+            << "\n"
+               "  peers: ["
+            << peer.ip
+            << "]\n"
+               "  vips: [\""
+            << vip
+            << "/24\"]\n"
+               "  advert_interval: "
+            << advert.count()
+            << "ms\n"
+               "  preempt: "
+            << (preempt ? "true" : "false")
+            << "\n"
+               "  state_dir: "
+            << n.dir
+            << "/state\n"
                "  handoff_timeout: 1s\n";
-        if (manage) std::ofstream(n.config_path(), std::ios::app) << "  manage: true\n  keepalived_path: " << keepalived_bin_ << "\n";
+        if (manage)
+            std::ofstream(n.config_path(), std::ios::app)
+                << "  manage: true\n  keepalived_path: " << keepalived_bin_ << "\n";
         auto r = run_command({required_env("APILB_BIN"), "keepalived-config", "--config", n.config_path(), "-o",
                               n.dir + "/keepalived.conf", "--apilb-path", required_env("APILB_BIN")});
         ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -383,8 +405,8 @@ protected:
         // Through `ip netns exec`, which execs apilb in place: the command
         // line keepalived's track_process matches is exactly this one.
         n.apilb = std::make_unique<process>(
-            with_parent_death({ip_bin_, "netns", "exec", n.ns, required_env("APILB_BIN"), "run", "--config",
-                               n.config_path()}),
+            with_parent_death(
+                {ip_bin_, "netns", "exec", n.ns, required_env("APILB_BIN"), "run", "--config", n.config_path()}),
             n.dir + "/apilb-" + std::to_string(++n.apilb_runs) + ".log");
     }
 
@@ -394,18 +416,18 @@ protected:
         // fails and the instance stays in FAULT).
         const std::string d = n.dir;
         n.keepalived = std::make_unique<process>(
-            with_parent_death({keepalived_bin_, "-s", n.ns, "-n", "-l", "-D", "-G", "-P", "-f",
-                               d + "/keepalived.conf", "-p", d + "/k.pid", "-r", d + "/k-vrrp.pid", "-c",
-                               d + "/k-check.pid", "-b", d + "/k-bfd.pid"}),
+            with_parent_death({keepalived_bin_, "-s", n.ns, "-n", "-l", "-D", "-G", "-P", "-f", d + "/keepalived.conf",
+                               "-p", d + "/k.pid", "-r", d + "/k-vrrp.pid", "-c", d + "/k-check.pid", "-b",
+                               d + "/k-bfd.pid"}),
             d + "/keepalived-" + std::to_string(++n.keepalived_runs) + ".log");
     }
 
     /// Until n1 holds the VIP, n2 does not, and the client is served by n1.
     bool settled_on(const node& n, milliseconds timeout = 15s) {
         const std::size_t i = &n == &nodes_[0] ? 0 : 1;
-        return wait_until([&] {
-            return watches_[i]->held() && !watches_[1 - i]->held() && client_->steadily_on(n.name);
-        }, timeout, 5ms);
+        return wait_until(
+            [&] { return watches_[i]->held() && !watches_[1 - i]->held() && client_->steadily_on(n.name); }, timeout,
+            5ms);
     }
 
     std::string diagnostics() {
@@ -448,9 +470,8 @@ protected:
             for (auto& n : nodes_) start_keepalived(n);
         }
         if (!client_) {
-            client_ = std::make_unique<vip_client>(segment_->ns("cl"),
-                                                   std::map<std::string, std::string>{{"198.18.0.11", "n1"},
-                                                                                      {"198.18.0.12", "n2"}});
+            client_ = std::make_unique<vip_client>(
+                segment_->ns("cl"), std::map<std::string, std::string>{{"198.18.0.11", "n1"}, {"198.18.0.12", "n2"}});
             watches_[0] = std::make_unique<vip_watch>(nodes_[0].ns);
             watches_[1] = std::make_unique<vip_watch>(nodes_[1].ns);
         }
@@ -536,7 +557,8 @@ TEST_F(VipFailover, OutageOfEachFailureAndFailback) {
                 segment_->ip("n1", {"link", "set", "eth0", "down"});
             }
             ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s, 5ms))
-                << "the client was not moved to n2\n" << diagnostics();
+                << "the client was not moved to n2\n"
+                << diagnostics();
             if (fault_watch.joinable()) fault_watch.join();
             auto outage = outage_after(t, "n2");
             ASSERT_TRUE(outage);
@@ -573,8 +595,7 @@ TEST_F(VipFailover, OutageOfEachFailureAndFailback) {
             auto failback = outage_after(back, "n1");
             ASSERT_TRUE(failback);
             if (*failback > 150) {
-                std::cout << c.name << ": failback " << *failback << " ms\n" << timeline(back, "n1")
-                          << diagnostics();
+                std::cout << c.name << ": failback " << *failback << " ms\n" << timeline(back, "n1") << diagnostics();
             }
             c.failbacks.push_back(*failback);
         }
@@ -590,8 +611,10 @@ TEST_F(VipFailover, OutageOfEachFailureAndFailback) {
     }
     table += "\nEvery measurement (ms), outage | failback:\n";
     for (const auto& c : cells) table += fmt::format("- {}: {} | {}\n", c.name, all_of(c.outages), all_of(c.failbacks));
-    table += fmt::format("- every backend unhealthy, from apilb writing FAULT to the first answer from n2: {} "
-                         "(median/max {})\n", all_of(cells[2].from_fault), figures(cells[2].from_fault));
+    table += fmt::format(
+        "- every backend unhealthy, from apilb writing FAULT to the first answer from n2: {} "
+        "(median/max {})\n",
+        all_of(cells[2].from_fault), figures(cells[2].from_fault));
     table += fmt::format("\n{} repetitions each; longest time both nodes held the VIP: {:.0f} ms{}\n", repetitions,
                          overlap, sanitized ? " (ASan/UBSan build)" : "");
     std::cout << table;
@@ -642,15 +665,16 @@ TEST_F(VipFailover, NoFailbackWithoutPreempt) {
     ASSERT_TRUE(wait_until([&] { return read_file(master.track_file()) == "0\n"; }, 10s, 5ms)) << diagnostics();
     std::this_thread::sleep_for(10 * advert);  // more than three master-down intervals
     const auto seen = client_->since(back);
-    const auto failed =
-        std::count_if(seen.begin(), seen.end(), [&](const attempt& a) { return a.node != backup.name; });
+    const auto failed = std::count_if(seen.begin(), seen.end(),
+                                      [&](const attempt& a) { return a.node != backup.name; });
     EXPECT_EQ(failed, 0) << timeline(back, "none");
     EXPECT_TRUE(client_->steadily_on(backup.name)) << diagnostics();
     const std::size_t m = &master == &nodes_[0] ? 0 : 1;
     EXPECT_FALSE(watches_[m]->held());
-    std::cout << fmt::format("preempt: false: hand-off {:.0f} ms; after the old master returned, {} attempts, {} "
-                             "failed, VIP stayed on {}\n",
-                             *outage, seen.size(), failed, backup.name);
+    std::cout << fmt::format(
+        "preempt: false: hand-off {:.0f} ms; after the old master returned, {} attempts, {} "
+        "failed, VIP stayed on {}\n",
+        *outage, seen.size(), failed, backup.name);
     if (const char* out = std::getenv("APILB_VIP_TABLE")) {
         std::ofstream(out, std::ios::app) << fmt::format(
             "preempt false: graceful hand-off {:.0f} ms; the old master's return: {} attempts, {} failed\n", *outage,
@@ -686,7 +710,8 @@ TEST_F(VipFailover, ManagedKeepalivedIsRestartedAndStopsWithApilb) {
     ::kill(first, SIGKILL);
     ASSERT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s, 5ms)) << diagnostics();
     const auto crash = outage_after(t, "n2");
-    ASSERT_TRUE(wait_until([&] { return n1.apilb->log().find("restarting it in 100ms") != std::string::npos; }, 5s, 5ms))
+    ASSERT_TRUE(
+        wait_until([&] { return n1.apilb->log().find("restarting it in 100ms") != std::string::npos; }, 5s, 5ms))
         << n1.apilb->log();
     ASSERT_TRUE(settled_on(n1)) << "no failback after keepalived was restarted\n" << diagnostics();
     const pid_t second = managed_keepalived_pid(n1);
@@ -718,7 +743,8 @@ TEST_F(VipFailover, ManagedKeepalivedIsRestartedAndStopsWithApilb) {
 
     ASSERT_TRUE(crash && killed && graceful);
     const std::string line = fmt::format(
-        "manage: true: keepalived SIGKILLed under apilb {:.0f} ms; apilb SIGKILL (keepalived stopped by the parent-death "
+        "manage: true: keepalived SIGKILLed under apilb {:.0f} ms; apilb SIGKILL (keepalived stopped by the "
+        "parent-death "
         "signal) {:.0f} ms; apilb SIGTERM {:.0f} ms\n",
         *crash, *killed, *graceful);
     std::cout << line;

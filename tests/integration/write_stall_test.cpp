@@ -51,8 +51,7 @@ public:
               if (err != 0) return;
               // A close with the request unread would be a reset.
               ::shutdown(fd, SHUT_WR);
-              while (::recv(fd, request, sizeof request, 0) > 0) {
-              }
+              while (::recv(fd, request, sizeof request, 0) > 0) {}
           }) {}
     std::uint16_t port() const { return server_.port(); }
     std::string address() const { return server_.address(); }
@@ -66,7 +65,8 @@ private:
 
 /// A GET of the admin endpoint with curl; the body.
 std::string admin_get(std::uint16_t admin_port, const std::string& path) {
-    const auto r = run_command({"/usr/bin/curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}{}", admin_port, path)});
+    const auto r = run_command(
+        {"/usr/bin/curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}{}", admin_port, path)});
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return r.output;
 }
@@ -209,9 +209,10 @@ TEST(SocketBuffer, ClientsThatNeverReadHoldABoundedAmountEach) {
     }
     ASSERT_EQ(m.sockets, 2u * clients) << "not every session is established";
     const std::uint64_t per_session = m.bytes / clients;
-    std::cout << fmt::format("[ MEASURE ] {} sessions whose clients never read: apilb's sockets hold {} KiB in all, "
-                             "{} KiB per session (tcp.socket_buffer {} KiB)\n",
-                             clients, m.bytes / 1024, per_session / 1024, socket_buffer / 1024);
+    std::cout << fmt::format(
+        "[ MEASURE ] {} sessions whose clients never read: apilb's sockets hold {} KiB in all, "
+        "{} KiB per session (tcp.socket_buffer {} KiB)\n",
+        clients, m.bytes / 1024, per_session / 1024, socket_buffer / 1024);
     EXPECT_GT(per_session, socket_buffer / 2) << "the buffers never filled: the test proves nothing";
     EXPECT_LE(per_session, 2 * socket_buffer + 128 * 1024);
     cs.clear();

@@ -11,11 +11,11 @@ namespace apilb {
 namespace {
 
 constexpr close_reason every_reason[] = {
-    close_reason::completed,    close_reason::client_reset,  close_reason::client_timeout,
+    close_reason::completed,     close_reason::client_reset,    close_reason::client_timeout,
     close_reason::backend_reset, close_reason::backend_timeout, close_reason::no_backend,
-    close_reason::no_resources, close_reason::no_memory,     close_reason::idle,
-    close_reason::health,       close_reason::reload,        close_reason::rebalance,
-    close_reason::drain,        close_reason::stalled,
+    close_reason::no_resources,  close_reason::no_memory,       close_reason::idle,
+    close_reason::health,        close_reason::reload,          close_reason::rebalance,
+    close_reason::drain,         close_reason::stalled,
 };
 
 TEST(CloseReason, EveryCloseApilbStartsIsAReset) {
@@ -31,8 +31,8 @@ TEST(CloseReason, APeersCloseIsPassedOnAsThePeerDidIt) {
     // Both directions ended with a FIN: the last FIN goes with the close.
     EXPECT_EQ(close_action(close_reason::completed), close_how::fin);
     // A failed leg: the other leg is reset.
-    for (const close_reason r : {close_reason::client_reset, close_reason::client_timeout,
-                                 close_reason::backend_reset, close_reason::backend_timeout}) {
+    for (const close_reason r : {close_reason::client_reset, close_reason::client_timeout, close_reason::backend_reset,
+                                 close_reason::backend_timeout}) {
         EXPECT_FALSE(closed_by_apilb(r)) << to_string(r);
         EXPECT_EQ(close_action(r), close_how::reset) << to_string(r);
     }

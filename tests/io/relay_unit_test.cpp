@@ -4,9 +4,9 @@
 
 #include <gtest/gtest.h>
 
-#include <boost/asio/post.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 

@@ -22,8 +22,8 @@
 #include <charconv>
 #include <chrono>
 #include <csignal>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <exception>
 #include <iostream>
 #include <memory>
@@ -119,8 +119,7 @@ tcp::endpoint parse_endpoint(std::string_view s) {
         throw usage_error("--listen: expected IP:PORT, got '" + std::string(s) + "'");
     auto host = s.substr(0, colon);
     const auto port_str = s.substr(colon + 1);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-        host = host.substr(1, host.size() - 2);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
     unsigned port = 0;
     const auto [end, ec] = std::from_chars(port_str.data(), port_str.data() + port_str.size(), port);
     if (ec != std::errc{} || end != port_str.data() + port_str.size() || port > 65535)
@@ -184,12 +183,11 @@ options parse_args(int argc, char** argv) {
 
 // ALPN: only HTTP/1.1. kubectl offers h2 first; a client that offers nothing we
 // speak gets no ALPN answer rather than a failed handshake.
-int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
-                unsigned int inlen, void*) {
+int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
+                void*) {
     static const unsigned char http11[] = "\x08http/1.1";
     unsigned char* selected = nullptr;
-    if (SSL_select_next_proto(&selected, outlen, http11, sizeof http11 - 1, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto(&selected, outlen, http11, sizeof http11 - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     *out = selected;
     return SSL_TLSEXT_ERR_OK;
@@ -197,8 +195,8 @@ int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const un
 
 ssl::context make_tls_context(const options& opt) {
     ssl::context ctx{ssl::context::tls_server};
-    ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                    ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+    ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                    ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
     ctx.use_certificate_chain_file(opt.cert);
     ctx.use_private_key_file(opt.key, ssl::context::pem);
     SSL_CTX* native = ctx.native_handle();
@@ -297,8 +295,8 @@ response text(const request& req, http::status status, std::string body, const s
 }
 
 response json_response(const request& req, const json::object& obj, const server_state& state) {
-    return make_response(http::status::ok, req.version(), req.keep_alive(), json::serialize(obj),
-                         "application/json", state);
+    return make_response(http::status::ok, req.version(), req.keep_alive(), json::serialize(obj), "application/json",
+                         state);
 }
 
 // kube-apiserver's verbose readyz output (a subset of its checks).
@@ -312,8 +310,7 @@ std::string readyz_body(bool ready) {
 
 /// Sends a response whose connection is then closed (errors while reading the
 /// request); ignores failures, the connection is going away anyway.
-net::awaitable<void> send_error(tls_stream& stream, http::status status, std::string body,
-                                const server_state& state) {
+net::awaitable<void> send_error(tls_stream& stream, http::status status, std::string body, const server_state& state) {
     auto res = make_response(status, 11, false, std::move(body), text_plain, state);
     beast::get_lowest_layer(stream).expires_after(write_timeout);
     co_await http::async_write(stream, res, net::as_tuple(use_awaitable));
@@ -342,8 +339,7 @@ net::awaitable<bool> serve_watch(tls_stream& stream, const request& req, std::ui
     http::response_serializer<http::empty_body> sr{res};
     auto& tcp_layer = beast::get_lowest_layer(stream);
     tcp_layer.expires_after(write_timeout);
-    if (auto [ec, n] = co_await http::async_write_header(stream, sr, net::as_tuple(use_awaitable)); ec)
-        co_return false;
+    if (auto [ec, n] = co_await http::async_write_header(stream, sr, net::as_tuple(use_awaitable)); ec) co_return false;
 
     net::steady_timer timer{co_await net::this_coro::executor};
     for (std::uint64_t i = 1; events == 0 || i <= events; ++i) {
@@ -355,8 +351,8 @@ net::awaitable<bool> serve_watch(tls_stream& stream, const request& req, std::ui
         }
         const auto rv = std::to_string(i);
         const std::string line =
-            R"({"type":"ADDED","object":{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"cm-)" +
-            rv + R"(","resourceVersion":")" + rv + "\"}}}\n";
+            R"({"type":"ADDED","object":{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"cm-)" + rv +
+            R"(","resourceVersion":")" + rv + "\"}}}\n";
         tcp_layer.expires_after(write_timeout);
         if (auto [ec, n] = co_await net::async_write(stream, http::make_chunk(net::buffer(line)),
                                                      net::as_tuple(use_awaitable));
@@ -364,8 +360,7 @@ net::awaitable<bool> serve_watch(tls_stream& stream, const request& req, std::ui
             co_return false;
     }
     tcp_layer.expires_after(write_timeout);
-    if (auto [ec, n] = co_await net::async_write(stream, http::make_chunk_last(), net::as_tuple(use_awaitable));
-        ec)
+    if (auto [ec, n] = co_await net::async_write(stream, http::make_chunk_last(), net::as_tuple(use_awaitable)); ec)
         co_return false;
     co_return req.keep_alive();
 }
@@ -396,8 +391,8 @@ enum class action { respond, hang, watch };
 
 /// What to do with one request: a plain response, or one of the two
 /// long-running behaviours (watch parameters travel in the out-params).
-action route(const request& req, const std::string& remote, tls_stream& stream, server_state& state,
-             response& res, std::uint64_t& watch_events, std::chrono::milliseconds& watch_interval) {
+action route(const request& req, const std::string& remote, tls_stream& stream, server_state& state, response& res,
+             std::uint64_t& watch_events, std::chrono::milliseconds& watch_interval) {
     const target t{std::string_view{req.target().data(), req.target().size()}};
     const auto method = req.method();
     const bool get = method == http::verb::get;
@@ -411,11 +406,8 @@ action route(const request& req, const std::string& remote, tls_stream& stream, 
         res = text(req, http::status::ok, "ok", state);
     } else if (get && t.path == "/readyz") {
         switch (state.ready.load()) {
-        case readiness::hang:
-            return action::hang;
-        case readiness::fail:
-            res = text(req, http::status::internal_server_error, readyz_body(false), state);
-            break;
+        case readiness::hang: return action::hang;
+        case readiness::fail: res = text(req, http::status::internal_server_error, readyz_body(false), state); break;
         case readiness::ok:
             res = text(req, http::status::ok, t.param("verbose") ? readyz_body(true) : "ok", state);
             break;
@@ -430,19 +422,16 @@ action route(const request& req, const std::string& remote, tls_stream& stream, 
             res = text(req, http::status::bad_request, "status must be ok, fail or hang\n", state);
         }
     } else if (get && t.path == "/version") {
-        res = json_response(req,
-                            {{"major", "1"},
-                             {"minor", "32"},
-                             {"gitVersion", "v1.32.0-apilb-standin"},
-                             {"platform", "linux/amd64"}},
-                            state);
+        res = json_response(
+            req,
+            {{"major", "1"}, {"minor", "32"}, {"gitVersion", "v1.32.0-apilb-standin"}, {"platform", "linux/amd64"}},
+            state);
     } else if ((method == http::verb::post || method == http::verb::put) && t.path == "/echo") {
-        res = make_response(http::status::ok, req.version(), req.keep_alive(), req.body(),
-                            "application/octet-stream", state);
+        res = make_response(http::status::ok, req.version(), req.keep_alive(), req.body(), "application/octet-stream",
+                            state);
     } else if (get && t.path == "/whoami") {
         res = json_response(
-            req, {{"name", state.name}, {"remote", remote}, {"client_cert_subject", peer_subject(stream)}},
-            state);
+            req, {{"name", state.name}, {"remote", remote}, {"client_cert_subject", peer_subject(stream)}}, state);
     } else if (get && t.path == "/watch") {
         const auto events = t.param("events");
         const auto interval = t.param("interval_ms");
@@ -503,8 +492,7 @@ net::awaitable<void> session(tcp::socket socket, ssl::context& tls, server_state
             break;
         }
         if (rec == http::error::header_limit) {
-            co_await send_error(stream, http::status::request_header_fields_too_large, "header too large\n",
-                                state);
+            co_await send_error(stream, http::status::request_header_fields_too_large, "header too large\n", state);
             break;
         }
         if (rec) {
@@ -518,20 +506,16 @@ net::awaitable<void> session(tcp::socket socket, ssl::context& tls, server_state
         std::uint64_t watch_events = 0;
         std::chrono::milliseconds watch_interval{1000};
         switch (route(req, remote, stream, state, res, watch_events, watch_interval)) {
-        case action::hang:
-            co_await hang(stream);
-            co_return;
+        case action::hang: co_await hang(stream); co_return;
         case action::watch:
             keep_alive = co_await serve_watch(stream, req, watch_events, watch_interval, state);
             if (!keep_alive) co_return;
             continue;
-        case action::respond:
-            break;
+        case action::respond: break;
         }
         keep_alive = res.keep_alive();
         tcp_layer.expires_after(write_timeout);
-        if (auto [wec, wn] = co_await http::async_write(stream, res, net::as_tuple(use_awaitable)); wec)
-            co_return;
+        if (auto [wec, wn] = co_await http::async_write(stream, res, net::as_tuple(use_awaitable)); wec) co_return;
     }
 
     tcp_layer.expires_after(shutdown_timeout);
@@ -542,8 +526,8 @@ net::awaitable<void> accept_loop(tcp::acceptor& acceptor, net::io_context& ioc, 
                                  server_state& state) {
     net::steady_timer backoff{co_await net::this_coro::executor};
     for (;;) {
-        auto [ec, socket] =
-            co_await acceptor.async_accept(net::any_io_executor{net::make_strand(ioc)}, net::as_tuple(use_awaitable));
+        auto [ec, socket] = co_await acceptor.async_accept(net::any_io_executor{net::make_strand(ioc)},
+                                                           net::as_tuple(use_awaitable));
         if (ec == net::error::operation_aborted || !acceptor.is_open()) co_return;
         if (ec) {
             // EMFILE and friends: back off instead of spinning.

@@ -13,19 +13,19 @@ namespace apilb {
 
 /// The admin endpoint's own counters. Control thread only, like the endpoint.
 struct admin_stats {
-    bool tls = false;  ///< the endpoint speaks HTTPS: its TLS counters are reported
+    bool tls = false;                                ///< the endpoint speaks HTTPS: its TLS counters are reported
     std::uint64_t tls_handshake_failures_total = 0;  ///< connections cut off before a request
-    std::uint64_t auth_failures_total = 0;  ///< state-changing requests refused for want of a credential
-    std::uint64_t connections_evicted_total = 0;  ///< idle connections closed to make room for new ones
+    std::uint64_t auth_failures_total = 0;           ///< state-changing requests refused for want of a credential
+    std::uint64_t connections_evicted_total = 0;     ///< idle connections closed to make room for new ones
 };
 
 /// The state beyond the snapshot that the admin endpoint reports.
 struct admin_facts {
     const process_stats* stats = nullptr;
     const admin_stats* admin = nullptr;  ///< set by the admin server; nullptr = none
-    std::string config_hash;   ///< short hash of the loaded config file's bytes
-    std::string vrrp_role;     ///< "" when there is no vrrp section
-    bool draining = false;     ///< SIGTERM seen
+    std::string config_hash;             ///< short hash of the loaded config file's bytes
+    std::string vrrp_role;               ///< "" when there is no vrrp section
+    bool draining = false;               ///< SIGTERM seen
     std::size_t workers = 0;
 };
 

@@ -37,7 +37,8 @@ struct admin_hooks {
     std::function<admin_facts()> facts;
     /// Pings every worker; calls `done(answered, total)` on the control
     /// thread when all answered or `deadline` passed.
-    std::function<void(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done)> ping_workers;
+    std::function<void(std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done)>
+        ping_workers;
     /// Applies the config file; every reason it was rejected
     /// (file:line:col: key: message), empty if it was applied.
     std::function<std::vector<std::string>()> reload;
@@ -107,7 +108,8 @@ private:
     void log_refused_post(const request& req, const connection& conn, boost::beast::http::status status,
                           const std::string& why);
     /// POST /api/v1/backends/{pool}/{backend}/{drain|enable}; `who` names the caller for the log.
-    admin_reply drain_or_enable(const std::string& pool, const std::string& backend, bool drain, const std::string& who);
+    admin_reply drain_or_enable(const std::string& pool, const std::string& backend, bool drain,
+                                const std::string& who);
     void count_handshake_failure(const boost::asio::ip::tcp::endpoint& peer, const std::string& why);
     /// access_.host_names from the config and the running certificate.
     void set_host_names();

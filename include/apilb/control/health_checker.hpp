@@ -84,7 +84,7 @@ private:
     std::shared_ptr<const snapshot> snap_;
     close_sessions_fn close_sessions_;
     std::vector<std::unique_ptr<probe_setup>> setups_;  ///< one per pool
-    std::vector<std::unique_ptr<target>> targets_;     ///< every backend of every pool
+    std::vector<std::unique_ptr<target>> targets_;      ///< every backend of every pool
     std::vector<std::vector<target*>> by_pool_;
     std::minstd_rand rng_;
     bool stopping_ = false;

@@ -20,11 +20,11 @@ inline constexpr std::array<double, 10> probe_duration_buckets{0.001, 0.0025, 0.
 /// What the admin endpoint shows about a backend's probes. Written and read on
 /// the control thread only (health checker, admin server), so no atomics.
 struct probe_record {
-    bool probed = false;            ///< a check has completed
-    bool passed = false;            ///< the last check's outcome
-    std::string reason = "none";    ///< check_failure name of the last check ("none" = passed)
-    std::string detail;             ///< the last check's describe()
-    double duration_s = 0;          ///< how long the last check took
+    bool probed = false;          ///< a check has completed
+    bool passed = false;          ///< the last check's outcome
+    std::string reason = "none";  ///< check_failure name of the last check ("none" = passed)
+    std::string detail;           ///< the last check's describe()
+    double duration_s = 0;        ///< how long the last check took
     std::int64_t last_probe_unix_ms = 0;
     std::uint64_t transitions_total = 0;  ///< healthy <-> unhealthy changes
     /// Recent changes, oldest first, at most 16: unix ms, became healthy, reason.

@@ -16,9 +16,9 @@
 #include <optional>
 #include <string>
 
+#include "apilb/control/probe_response.hpp"
 #include "apilb/core/config.hpp"
 #include "apilb/core/health.hpp"
-#include "apilb/control/probe_response.hpp"
 
 namespace apilb {
 

@@ -53,7 +53,7 @@ struct health_tls_config {
     std::string server_name = "kubernetes";  ///< SNI and the name verified; an IP is verified as an IP
     std::string cert_file;                   ///< optional client certificate (with key_file)
     std::string key_file;
-    bool insecure_skip_verify = false;       ///< explicit, warned about at load time
+    bool insecure_skip_verify = false;  ///< explicit, warned about at load time
     friend bool operator==(const health_tls_config&, const health_tls_config&) = default;
 };
 
@@ -66,8 +66,8 @@ struct health_config {
     std::string path = "/readyz";  ///< request target of https probes, starting with "/"
     duration interval{std::chrono::seconds(2)};
     duration timeout{std::chrono::seconds(1)};  ///< a whole probe: connect, TLS, request, response
-    std::uint32_t rise = 2;  ///< consecutive passes for an unhealthy backend to become healthy
-    std::uint32_t fall = 2;  ///< consecutive failures for a healthy backend to become unhealthy
+    std::uint32_t rise = 2;                     ///< consecutive passes for an unhealthy backend to become healthy
+    std::uint32_t fall = 2;                     ///< consecutive failures for a healthy backend to become unhealthy
     std::uint32_t expect_status = 200;
     std::optional<std::string> expect_body;  ///< the body must contain this text
     health_tls_config tls;
@@ -138,7 +138,7 @@ struct pool_config {
 struct listener_config {
     std::string name;
     socket_address address;
-    std::string pool;           ///< name of a pool in config::pools (validated)
+    std::string pool;  ///< name of a pool in config::pools (validated)
     std::uint32_t backlog = 4096;
 };
 
@@ -198,7 +198,7 @@ struct log_config {
 
 /// One virtual IP keepalived moves between the apilb nodes.
 struct vrrp_vip {
-    std::string ip;          ///< canonical numeric address
+    std::string ip;             ///< canonical numeric address
     std::uint32_t prefix = 32;  ///< /32 or /128 unless written
     bool is_v6 = false;
 };
@@ -207,18 +207,18 @@ struct vrrp_vip {
 /// election for the VIPs, and how apilb couples its readiness to it
 /// (docs/vip.md). Absent section = no VIP handling at all.
 struct vrrp_config {
-    std::string interface;                ///< where VRRP runs and the VIPs are added
-    std::uint32_t virtual_router_id = 0;  ///< 1..255, the same on every node of the pair
-    std::uint32_t priority = 100;         ///< 1..254; the highest ready node holds the VIPs
-    std::string router_id;                ///< keepalived's router_id; default "apilb-<vrid>-<priority>"
+    std::string interface;                      ///< where VRRP runs and the VIPs are added
+    std::uint32_t virtual_router_id = 0;        ///< 1..255, the same on every node of the pair
+    std::uint32_t priority = 100;               ///< 1..254; the highest ready node holds the VIPs
+    std::string router_id;                      ///< keepalived's router_id; default "apilb-<vrid>-<priority>"
     std::optional<std::string> unicast_src_ip;  ///< this node's address; needs peers
-    std::vector<std::string> peers;       ///< unicast peers; empty = multicast
+    std::vector<std::string> peers;             ///< unicast peers; empty = multicast
     std::vector<vrrp_vip> vips;
     duration advert_interval{std::chrono::seconds(1)};  ///< multiple of 10 ms (VRRPv3 centiseconds)
     bool preempt = true;
-    duration preempt_delay{0};           ///< only with preempt
+    duration preempt_delay{0};             ///< only with preempt
     std::string state_dir = "/run/apilb";  ///< track file and notify FIFO live here
-    bool track_process = true;           ///< keepalived tracks the apilb process itself
+    bool track_process = true;             ///< keepalived tracks the apilb process itself
     /// On SIGTERM, how long a node holding the VIPs waits for a peer to take
     /// them before it drains its sessions.
     duration handoff_timeout{std::chrono::seconds(2)};
@@ -265,8 +265,8 @@ struct admin_config {
 /// One problem found in a config file.
 struct config_error {
     std::string file;
-    int line = 0;    ///< 1-based; 0 when unknown (e.g. the file cannot be read)
-    int column = 0;  ///< 1-based
+    int line = 0;          ///< 1-based; 0 when unknown (e.g. the file cannot be read)
+    int column = 0;        ///< 1-based
     std::string key_path;  ///< e.g. "pools[0].backends[2].address"
     std::string message;   ///< what was found and what was expected
 
@@ -284,8 +284,8 @@ struct config {
     limits_config limits;
     relay_config relay;
     log_config log;
-    std::uint32_t workers = 0;  ///< 0 in the file = one per core; resolved by the loader
-    std::optional<vrrp_config> vrrp;  ///< the floating VIP; nullopt = none
+    std::uint32_t workers = 0;          ///< 0 in the file = one per core; resolved by the loader
+    std::optional<vrrp_config> vrrp;    ///< the floating VIP; nullopt = none
     std::optional<admin_config> admin;  ///< the admin endpoint; nullopt = none
     /// Things that load but deserve a word (e.g. insecure_skip_verify): the
     /// CLI prints them, `run` logs them at warn. Same shape as errors.
@@ -309,8 +309,7 @@ private:
 std::shared_ptr<const config> load_config(const std::string& path);
 
 /// Same, from text; `source_name` is used as the file name in errors.
-std::shared_ptr<const config> parse_config(const std::string& yaml_text,
-                                           const std::string& source_name);
+std::shared_ptr<const config> parse_config(const std::string& yaml_text, const std::string& source_name);
 
 /// Parses "250ms", "2s", "5m", "1h", "1m30s", "0". Returns nullopt if malformed.
 std::optional<duration> parse_duration(const std::string& text);

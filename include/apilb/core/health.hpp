@@ -49,9 +49,9 @@ struct check_result {
 /// What a recorded result did to the backend's state.
 struct health_change {
     bool changed = false;
-    bool healthy = false;     ///< the state after the result
-    std::uint32_t streak = 0; ///< consecutive results that brought the change (0 for the first check)
-    bool first = false;       ///< the change came from the first active check
+    bool healthy = false;      ///< the state after the result
+    std::uint32_t streak = 0;  ///< consecutive results that brought the change (0 for the first check)
+    bool first = false;        ///< the change came from the first active check
 };
 
 /// Rise/fall for one backend in one counter: `streak` counts consecutive

@@ -13,8 +13,8 @@ namespace apilb {
 
 /// A turn reserved by gcra_reserve.
 struct gcra_slot {
-    std::int64_t new_tat = 0;     ///< the state to store (ns)
-    std::int64_t delay_ns = 0;    ///< how long the caller waits before it goes (0 = now)
+    std::int64_t new_tat = 0;   ///< the state to store (ns)
+    std::int64_t delay_ns = 0;  ///< how long the caller waits before it goes (0 = now)
 };
 
 /// The generic cell rate algorithm (a token bucket without a refill timer):
@@ -23,14 +23,14 @@ struct gcra_slot {
 /// clock as `now`, 0 at first). Reserves the next turn and says how long to
 /// wait for it, or nullopt if that wait would exceed `max_delay_ns` (then
 /// nothing is reserved).
-std::optional<gcra_slot> gcra_reserve(std::int64_t tat, std::int64_t now, std::int64_t interval_ns,
-                                      std::uint32_t burst, std::int64_t max_delay_ns);
+std::optional<gcra_slot> gcra_reserve(std::int64_t tat, std::int64_t now, std::int64_t interval_ns, std::uint32_t burst,
+                                      std::int64_t max_delay_ns);
 
 /// One backend of a pool as the rebalancer sees it.
 struct backend_share {
-    std::uint32_t active = 0;   ///< established sessions
+    std::uint32_t active = 0;  ///< established sessions
     std::uint32_t weight = 1;
-    bool eligible = true;       ///< healthy and not drained: may take sessions
+    bool eligible = true;  ///< healthy and not drained: may take sessions
 };
 
 /// How many sessions to close on each backend (same order as `backends`) so

@@ -15,7 +15,7 @@ struct backend_stats;
 /// Why a session ended. Peers end it, or it never reaches a backend, or
 /// apilb ends it (session_entry::abort takes only the last group).
 enum class close_reason : std::uint8_t {
-    none,             ///< still open
+    none,  ///< still open
     // The peers ended it.
     completed,        ///< both directions ended with a FIN (a half-close passed on, then the other)
     client_reset,     ///< the client reset its leg, or a write to it failed
@@ -23,9 +23,9 @@ enum class close_reason : std::uint8_t {
     backend_reset,    ///< the backend reset its leg, or a write to it failed
     backend_timeout,  ///< the kernel gave up on the backend
     // It never reached a backend.
-    no_backend,       ///< no backend was available, or every connect attempt failed
-    no_resources,     ///< this process was out of descriptors or memory for the backend socket
-    no_memory,        ///< an allocation for the session failed while it ran
+    no_backend,    ///< no backend was available, or every connect attempt failed
+    no_resources,  ///< this process was out of descriptors or memory for the backend socket
+    no_memory,     ///< an allocation for the session failed while it ran
     // apilb ended it (session_entry::abort).
     idle,       ///< timeouts.idle without a byte either way
     health,     ///< its backend became unhealthy (health.close_sessions_after)

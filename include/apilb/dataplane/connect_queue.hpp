@@ -16,15 +16,13 @@ namespace apilb {
 
 /// A backend connect in progress and when it times out. Lives in the
 /// connecting session; unlinks itself when destroyed.
-struct pending_connect
-    : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
+struct pending_connect : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
     std::chrono::steady_clock::time_point deadline;
     /// Called by the worker, unlinked, once the deadline has passed.
     void (*expire)(pending_connect&) = nullptr;
 };
 
-using pending_connect_list =
-    boost::intrusive::list<pending_connect, boost::intrusive::constant_time_size<false>>;
+using pending_connect_list = boost::intrusive::list<pending_connect, boost::intrusive::constant_time_size<false>>;
 
 /// Pending connects with one timeout, in the order they started, which is
 /// deadline order.

@@ -16,8 +16,8 @@ class erased_handler {
 public:
     erased_handler() = default;
     template <typename Handler>
-        requires(!std::is_same_v<std::decay_t<Handler>, erased_handler>)
-    explicit erased_handler(Handler&& h) : impl_(new impl<std::decay_t<Handler>>(std::forward<Handler>(h))) {}
+    requires(!std::is_same_v<std::decay_t<Handler>, erased_handler>) explicit erased_handler(Handler&& h)
+        : impl_(new impl<std::decay_t<Handler>>(std::forward<Handler>(h))) {}
 
     explicit operator bool() const noexcept { return impl_ != nullptr; }
 

@@ -153,7 +153,9 @@ public:
     template <typename CompletionToken>
     auto async_connect(const boost::asio::ip::tcp::endpoint& ep, CompletionToken&& token) {
         return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
-            [this, &ep](auto handler) { connect_erased(ep, erased_handler<boost::system::error_code>(std::move(handler))); },
+            [this, &ep](auto handler) {
+                connect_erased(ep, erased_handler<boost::system::error_code>(std::move(handler)));
+            },
             token);
     }
 
@@ -168,9 +170,9 @@ private:
         callback fn = nullptr;
         void* arg = nullptr;
         erased_handler<boost::system::error_code> handler;  ///< set instead of fn for async_wait
-        bool queued = false;   ///< in the poller's deferred list
-        bool aborted = false;  ///< complete with operation_aborted
-        boost::system::error_code result;  ///< an error known before any wait (a failed connect())
+        bool queued = false;                                ///< in the poller's deferred list
+        bool aborted = false;                               ///< complete with operation_aborted
+        boost::system::error_code result;                   ///< an error known before any wait (a failed connect())
         bool active() const noexcept { return fn != nullptr || static_cast<bool>(handler); }
     };
 
@@ -193,7 +195,7 @@ private:
     poller* poller_;
     int fd_ = -1;
     bool registered_ = false;
-    std::uint32_t slot_ = 0;  ///< in the poller's table while registered_
+    std::uint32_t slot_ = 0;          ///< in the poller's table while registered_
     bool ready_[2] = {false, false};  ///< an edge came that no waiter has been queued for since
     bool ended_[2] = {false, false};  ///< FIN or error seen: that direction never blocks again
     bool connecting_ = false;         ///< the write waiter is a connect: finish it with SO_ERROR

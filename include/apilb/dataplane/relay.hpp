@@ -71,8 +71,7 @@ private:
 
 /// Everything a worker's relays share.
 struct relay_resources {
-    relay_resources(const relay_config& cfg)
-        : mode(cfg.mode), pipes(cfg.pipe_size), buffers(cfg.buffer_size) {}
+    relay_resources(const relay_config& cfg) : mode(cfg.mode), pipes(cfg.pipe_size), buffers(cfg.buffer_size) {}
     relay_mode mode;
     pipe_pool pipes;
     buffer_pool buffers;
@@ -114,8 +113,7 @@ public:
     using clock = std::chrono::steady_clock;
 
     /// `last_activity` is stamped whenever bytes move (for the idle timeout).
-    relay(poll_socket& client, poll_socket& upstream, relay_resources& resources,
-          clock::time_point& last_activity);
+    relay(poll_socket& client, poll_socket& upstream, relay_resources& resources, clock::time_point& last_activity);
     ~relay();
     relay(const relay&) = delete;
     relay& operator=(const relay&) = delete;
@@ -144,8 +142,7 @@ public:
     template <typename CompletionToken>
     auto async_run(CompletionToken&& token) {
         return boost::asio::async_initiate<CompletionToken, void()>(
-            [this](auto handler) { start(erased_handler<>(std::move(handler))); },
-            token);
+            [this](auto handler) { start(erased_handler<>(std::move(handler))); }, token);
     }
 
     /// Client → backend. Complete once the run has completed; while it
@@ -176,15 +173,15 @@ private:
         poll_socket* to = nullptr;
         bool to_backend = false;
         bool done = false;
-        bool splicing = false;       ///< this burst goes through `pipe`, else through `buffer`
+        bool splicing = false;  ///< this burst goes through `pipe`, else through `buffer`
         pipe_pair pipe{};
         bool holding_pipe = false;
         std::unique_ptr<std::byte[]> buffer;
-        std::size_t offset = 0;      ///< copy: first unsent byte in `buffer`
-        std::size_t pending = 0;     ///< bytes read but not yet written
-        int chunks = 0;              ///< reads since the last yield
-        bool short_read = false;     ///< the last read took less than it could: wait, do not read again
-        bool full_read = false;      ///< the last read filled its buffer or pipe: bulk, splice next
+        std::size_t offset = 0;   ///< copy: first unsent byte in `buffer`
+        std::size_t pending = 0;  ///< bytes read but not yet written
+        int chunks = 0;           ///< reads since the last yield
+        bool short_read = false;  ///< the last read took less than it could: wait, do not read again
+        bool full_read = false;   ///< the last read filled its buffer or pipe: bulk, splice next
         /// The first write that found the sink full since bytes last went out; max() if none.
         clock::time_point blocked_since = clock::time_point::max();
         pump_result result;

@@ -23,8 +23,7 @@ struct worker_context;
 
 /// A session as its worker sees it: enough to close it from outside (drain).
 /// Lives in the session; unlinks itself when destroyed.
-struct session_entry
-    : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
+struct session_entry : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
     poll_socket* client = nullptr;
     poll_socket* upstream = nullptr;
     /// The backend relayed to, once connected: the health checker closes the
@@ -34,7 +33,7 @@ struct session_entry
     std::chrono::steady_clock::time_point last_activity = std::chrono::steady_clock::now();
     /// The session's relay: the worker's sweep asks it how long a write has waited.
     const relay* pump = nullptr;
-    bool relaying = false;     ///< connected: only now can the session be idle
+    bool relaying = false;  ///< connected: only now can the session be idle
     /// Set once, by abort(): the first reason stays.
     close_reason closed_by = close_reason::none;
     /// The pool (of the session's own snapshot) it was chosen from, and for
@@ -61,8 +60,7 @@ struct session_entry
     void abort(close_reason why);
 };
 
-using session_list =
-    boost::intrusive::list<session_entry, boost::intrusive::constant_time_size<false>>;
+using session_list = boost::intrusive::list<session_entry, boost::intrusive::constant_time_size<false>>;
 
 /// Serves one accepted client (`fd`, non-blocking, owned from here on) on
 /// the calling worker: choose a backend, connect (with retries on the next

@@ -59,8 +59,8 @@ struct backend_runtime {
     /// Healthy, not suspect and not drained: where sessions belong now
     /// (rebalancing, a Maglev key's preferred backend).
     bool takes_sessions() const noexcept {
-        return health->healthy.load(std::memory_order_relaxed) &&
-               !health->suspect.load(std::memory_order_relaxed) && !drained();
+        return health->healthy.load(std::memory_order_relaxed) && !health->suspect.load(std::memory_order_relaxed) &&
+               !drained();
     }
 };
 
@@ -91,8 +91,7 @@ struct snapshot {
     /// and creates fresh counters, except for backends that `previous` has
     /// too (same_backend()): they share its counters and health, so a
     /// reload neither resets them nor makes them flap.
-    static std::shared_ptr<const snapshot> build(std::shared_ptr<const config> cfg,
-                                                 const snapshot* previous = nullptr);
+    static std::shared_ptr<const snapshot> build(std::shared_ptr<const config> cfg, const snapshot* previous = nullptr);
 
     /// The backend of `previous` that is the same as backend `b` of pool `p`
     /// here, or nullptr.

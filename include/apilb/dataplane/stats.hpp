@@ -26,11 +26,11 @@ struct backend_stats {
     /// The same for the moments paced connects really start (see
     /// session::wait_for_turn): late wake-ups go out at the rate too.
     std::atomic<std::int64_t> pacing_start_tat_ns{0};
-    std::atomic<std::uint32_t> pacing_waiting{0};          ///< clients waiting for their turn now
+    std::atomic<std::uint32_t> pacing_waiting{0};  ///< clients waiting for their turn now
     /// Connections being established now (storm_control.max_connecting).
     std::atomic<std::uint32_t> connecting{0};
-    std::atomic<std::uint64_t> pacing_delayed_total{0};    ///< clients that waited for a turn
-    std::atomic<std::uint64_t> pacing_refused_total{0};    ///< clients turned away: queue full or wait too long
+    std::atomic<std::uint64_t> pacing_delayed_total{0};       ///< clients that waited for a turn
+    std::atomic<std::uint64_t> pacing_refused_total{0};       ///< clients turned away: queue full or wait too long
     std::atomic<std::uint64_t> closed_by_rebalance_total{0};  ///< sessions moved off it by rebalancing
     // Admin/metrics: client connects that failed, by reason (connect_failures_total is their sum).
     std::atomic<std::uint64_t> connect_refused_total{0};
@@ -49,17 +49,17 @@ struct listener_stats {
 struct process_stats {
     std::atomic<std::uint32_t> active_sessions{0};
     std::atomic<std::uint64_t> accepted_total{0};
-    std::atomic<std::uint64_t> refused_limit_total{0};       ///< over limits.max_connections
-    std::atomic<std::uint64_t> no_backend_total{0};          ///< every connect attempt failed
+    std::atomic<std::uint64_t> refused_limit_total{0};  ///< over limits.max_connections
+    std::atomic<std::uint64_t> no_backend_total{0};     ///< every connect attempt failed
     std::atomic<std::uint64_t> accept_errors_total{0};
-    std::atomic<std::uint64_t> resource_errors_total{0};    ///< out of fds/memory (accept, socket, pipe)
+    std::atomic<std::uint64_t> resource_errors_total{0};  ///< out of fds/memory (accept, socket, pipe)
     std::atomic<std::uint64_t> reset_no_fds_total{0};     ///< clients reset: out of descriptors past the wait
     std::atomic<std::uint64_t> reset_no_memory_total{0};  ///< clients reset: an allocation for their session failed
     std::atomic<std::uint64_t> closed_by_idle_total{0};
     std::atomic<std::uint64_t> closed_by_drain_total{0};
-    std::atomic<std::uint64_t> closed_by_health_total{0};   ///< their backend became unhealthy
+    std::atomic<std::uint64_t> closed_by_health_total{0};     ///< their backend became unhealthy
     std::atomic<std::uint64_t> closed_by_rebalance_total{0};  ///< moved to spread a pool's sessions
-    std::atomic<std::uint64_t> closed_by_stall_total{0};  ///< a write made no progress for timeouts.write_stall
+    std::atomic<std::uint64_t> closed_by_stall_total{0};      ///< a write made no progress for timeouts.write_stall
     /// Sessions that ended because one leg failed, by leg: the kernel gave
     /// up on its peer (timeout: tcp.user_timeout or keepalive) or the peer
     /// reset it (reset); the other leg was then reset by apilb.
@@ -67,8 +67,8 @@ struct process_stats {
     std::atomic<std::uint64_t> client_reset_total{0};
     std::atomic<std::uint64_t> backend_timeout_total{0};
     std::atomic<std::uint64_t> backend_reset_total{0};
-    std::atomic<std::uint64_t> reloads_total{0};             ///< reloads applied
-    std::atomic<std::uint64_t> reload_failures_total{0};     ///< reloads rejected (old config kept)
+    std::atomic<std::uint64_t> reloads_total{0};          ///< reloads applied
+    std::atomic<std::uint64_t> reload_failures_total{0};  ///< reloads rejected (old config kept)
     /// Their backend was removed by a reload and timeouts.reload_drain ran
     /// out. (The session also counts itself in closed_by_drain_total.)
     std::atomic<std::uint64_t> closed_by_reload_total{0};

@@ -134,7 +134,7 @@ private:
     boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
     worker_context ctx_;
     std::vector<std::unique_ptr<acceptor_slot>> acceptors_;
-    bool started_ = false;                    ///< start() ran: new acceptors get their loop at once
+    bool started_ = false;  ///< start() ran: new acceptors get their loop at once
     boost::asio::steady_timer sweep_timer_{io_};
     boost::asio::steady_timer publish_timer_{io_};
     bool stopping_ = false;  ///< worker thread only

@@ -18,10 +18,10 @@
 
 #include "apilb/core/balancer.hpp"
 #include "apilb/dataplane/connect_queue.hpp"
-#include "apilb/logging/logging.hpp"
 #include "apilb/dataplane/relay.hpp"
-#include "apilb/dataplane/snapshot.hpp"
 #include "apilb/dataplane/session.hpp"
+#include "apilb/dataplane/snapshot.hpp"
+#include "apilb/logging/logging.hpp"
 
 namespace apilb {
 

@@ -30,11 +30,11 @@ std::uint64_t log_lines_dropped();
 /// carry the non-empty ones as top-level keys beside "msg"; the text format
 /// leaves them out (its message already says the same for people).
 struct log_fields {
-    std::string event;    ///< what happened, snake_case: "backend_unhealthy", "reload_failed", ...
+    std::string event;  ///< what happened, snake_case: "backend_unhealthy", "reload_failed", ...
     std::string pool;
     std::string backend;
-    std::string client;   ///< "ip:port"
-    std::string reason;   ///< a check_failure name or a short cause
+    std::string client;  ///< "ip:port"
+    std::string reason;  ///< a check_failure name or a short cause
 };
 
 /// Attaches `fields` to the lines this thread logs while the scope lives

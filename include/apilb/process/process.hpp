@@ -7,8 +7,8 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
-#include <list>
 #include <functional>
+#include <list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -85,7 +85,7 @@ private:
     std::vector<std::unique_ptr<health_checker>> retired_checkers_;
     /// Drains of backends removed by a reload (timeouts.reload_drain).
     std::list<boost::asio::steady_timer> reload_timers_;
-    bool draining_ = false;  ///< SIGTERM seen: reloads are refused
+    bool draining_ = false;                   ///< SIGTERM seen: reloads are refused
     std::unique_ptr<rebalancer> rebalancer_;  ///< after workers_: it posts to them
     std::unique_ptr<vrrp_agent> vrrp_;        ///< set when the config has a vrrp section
     std::vector<std::unique_ptr<worker>> workers_;

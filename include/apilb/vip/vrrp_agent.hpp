@@ -19,8 +19,8 @@
 #include <string>
 #include <system_error>
 
-#include "apilb/logging/logging.hpp"
 #include "apilb/dataplane/snapshot.hpp"
+#include "apilb/logging/logging.hpp"
 
 namespace apilb {
 
