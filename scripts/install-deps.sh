@@ -32,6 +32,8 @@ base=(
   chromium
   # scripts/fuzz.sh and the fuzz stage of scripts/test.sh: libFuzzer.
   clang-14 libclang-rt-14-dev
+  # The format test (scripts/format.sh): Debian 12's clang-format.
+  clang-format-14
 )
 
 wanted=("${base[@]}")
