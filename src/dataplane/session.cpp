@@ -118,6 +118,14 @@ struct connect_state {
     std::uint32_t attempts = 0;
     std::string failures;      ///< "name: reason; ..." for the log when every attempt failed
     error_code local_failure;  ///< this process is out of something: not a backend's fault
+
+    /// Adds "backend: what" to `failures`.
+    void add_failure(std::string_view backend, std::string_view what) {
+        if (!failures.empty()) failures += "; ";
+        failures += backend;
+        failures += ": ";
+        failures += what;
+    }
 };
 
 /// The Maglev key of a client: its address bytes (and port), hashed the same
@@ -400,9 +408,9 @@ void session::connect_next(std::unique_ptr<session> self) {
                 s.gate_ = gate_step::pick;
                 backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
                 if (s.entry_.aborted()) break;
-                s.st_.failures += fmt::format(
-                    "{}{}: storm control (no {} within {}ms)", s.st_.failures.empty() ? "" : "; ", backend.cfg->name,
-                    no_slot ? "connect slot" : "turn", pool.storm_control.queue_timeout.count());
+                s.st_.add_failure(backend.cfg->name,
+                                  fmt::format("storm control (no {} within {}ms)", no_slot ? "connect slot" : "turn",
+                                              pool.storm_control.queue_timeout.count()));
                 continue;
             }
         }
@@ -602,7 +610,7 @@ bool session::connect_failed(std::size_t pick, const error_code& cec) {
                                                             : "connect failed: " + cec.message());
     spdlog::debug("backend {} ({}) failed a client's connect: {}", backend.cfg->name, endpoint_text(backend.endpoint),
                   cec.message());
-    st_.failures += fmt::format("{}{}: {}", st_.failures.empty() ? "" : "; ", backend.cfg->name, cec.message());
+    st_.add_failure(backend.cfg->name, cec.message());
     return true;
 }
 
@@ -686,7 +694,7 @@ bool session::may_move_on() {
     report_passive(ctx_, pool_, *chosen_, why);
     spdlog::debug("backend {} ({}) {}; {} the client's {}B", chosen_->cfg->name, endpoint_text(chosen_->endpoint), why,
                   may_replay ? "trying another with" : "cannot replay", sent_.size());
-    st_.failures += fmt::format("{}{}: {}", st_.failures.empty() ? "" : "; ", chosen_->cfg->name, why);
+    st_.add_failure(chosen_->cfg->name, why);
     upstream_.close();
     chosen_->stats->active.fetch_sub(1, std::memory_order_relaxed);
     release_slot();
