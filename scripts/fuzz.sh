@@ -19,6 +19,8 @@
 #   APILB_FUZZ_JOBS       targets run at once (default 2)
 #   APILB_FUZZ_JUNIT      also write a JUnit report there (scripts/test.sh)
 #   APILB_FUZZ_NICE       nice level of the fuzzers (default 10)
+#   APILB_FUZZ_BUILD_ONLY=1  build the targets and stop (scripts/test.sh builds
+#                         them in the background while other tests run)
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,6 +67,7 @@ if ! ninja -C "$build" fuzz >"$build/fuzz-build.log" 2>&1; then
   exit 1
 fi
 echo "fuzz.sh: fuzz targets built in $((SECONDS - t0))s"
+[[ "${APILB_FUZZ_BUILD_ONLY:-0}" == 1 ]] && exit 0
 
 # run_target NAME: one libFuzzer run; its log in build-fuzz/fuzz-logs/NAME.log.
 # The seeds are tests/corpus/NAME/ but hang-*: those are yaml-cpp's known

@@ -87,6 +87,7 @@ print(" ".join(k for k, v in want.items() if norm(have.get(k)) != v))
 test_env=()
 test_args=()
 build_targets=()
+after_build=()
 build_and_test() {
   local label=$1 dir=$2; shift 2
   local log t0=$SECONDS
@@ -110,6 +111,7 @@ build_and_test() {
   fi
   echo "built in $((SECONDS - t0))s ($(grep -c 'warning:' "$log") compiler warnings; \`ninja -C $dir\` shows them)"
   rm -f "$log"
+  "${after_build[@]}"
 
   say "$label: meson test -C $dir"
   rm -f "$dir/meson-logs/testlog.json"
@@ -121,7 +123,49 @@ build_and_test() {
   return 0
 }
 
+# The builds still to come compile in the background, at the lowest CPU
+# priority, while the plain build's tests and the packaging checks run: those
+# mostly wait on timers and sockets, and on a fresh 2-core machine the
+# compiles are most of the suite's time. A test that runs takes the CPU
+# first (nice 19 gets about 1/70 of a core that a test wants). The stages
+# below run their own configure and ninja again afterwards, which finds the
+# work done (or finishes it, and reports any error as before).
+# APILB_NO_PREBUILD=1 keeps every build in its own stage.
+prebuild_pid=
+prebuild_log=${TMPDIR:-/tmp}/apilb-prebuild.$$.log
+prebuild_started=0
+start_prebuild() {
+  [[ "${APILB_NO_PREBUILD:-0}" == 1 ]] && return 0
+  local fuzz=0
+  [[ "$src" == "$repo" && "${APILB_SKIP_FUZZ:-0}" != 1 ]] && fuzz=1
+  prebuild_started=$SECONDS
+  (
+    if [[ "${APILB_SKIP_ASAN:-0}" != 1 ]]; then
+      mkdir -p "$(dirname "$asan_dir")"
+      configure "$asan_dir" --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false &&
+        nice -n 19 ninja -C "$asan_dir"
+    fi
+    if [[ $fuzz == 1 ]]; then
+      APILB_FUZZ_BUILD_DIR=${APILB_FUZZ_BUILD_DIR:-$src/build-fuzz} APILB_FUZZ_BUILD_ONLY=1 \
+        nice -n 19 bash "$repo/scripts/fuzz.sh" all 0
+    fi
+  ) >"$prebuild_log" 2>&1 &
+  prebuild_pid=$!
+  echo "(the sanitizer and fuzz builds compile in the background from here, nice 19)"
+}
+wait_prebuild() {
+  [[ -z "$prebuild_pid" ]] && return 0
+  say "waiting for the background builds"
+  wait "$prebuild_pid" || true
+  echo "background builds ended $((SECONDS - prebuild_started))s after they started" \
+    "(errors, if any, are reported by their stages)"
+  rm -f "$prebuild_log"
+  prebuild_pid=
+}
+
+after_build=(start_prebuild)
 build_and_test build "$build_dir" --buildtype=debugoptimized
+after_build=()
 
 # The deployment artifacts, from the plain build's binary: the systemd
 #    unit, the .deb (installed for real and purged when CI=true), the OCI
@@ -137,6 +181,7 @@ if [[ "$src" == "$repo" && "${APILB_SKIP_PACKAGING:-0}" != 1 ]]; then
   summary_args+=(--junit "packaging=$packaging_report")
 fi
 
+wait_prebuild
 if [[ "${APILB_SKIP_ASAN:-0}" == 1 ]]; then
   say "build-asan: skipped (APILB_SKIP_ASAN=1)"
 else
