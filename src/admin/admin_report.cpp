@@ -203,7 +203,7 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.family("apilb_backend_storm_waiting_clients", "gauge",
              "Clients waiting for their turn to connect to a backend (storm_control).");
     each_backend(snap, [&](const auto& p, const auto& b) {
-        e.sample("apilb_backend_storm_waiting_clients", backend_labels(p, b), load(b.stats->pacing_waiting));
+        e.sample("apilb_backend_storm_waiting_clients", backend_labels(p, b), load(b.stats->storm_waiting));
     });
     e.family("apilb_backend_connecting", "gauge",
              "Connections to a backend being established now: connecting, or waiting for its first byte "
@@ -214,13 +214,13 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.family("apilb_backend_storm_delayed_total", "counter",
              "Clients that waited for a turn to connect to a backend (storm_control).");
     each_backend(snap, [&](const auto& p, const auto& b) {
-        e.sample("apilb_backend_storm_delayed_total", backend_labels(p, b), load(b.stats->pacing_delayed_total));
+        e.sample("apilb_backend_storm_delayed_total", backend_labels(p, b), load(b.stats->storm_delayed_total));
     });
     e.family("apilb_backend_storm_refused_total", "counter",
              "Clients closed because their turn to connect to a backend was too far away or its queue was full "
              "(storm_control).");
     each_backend(snap, [&](const auto& p, const auto& b) {
-        e.sample("apilb_backend_storm_refused_total", backend_labels(p, b), load(b.stats->pacing_refused_total));
+        e.sample("apilb_backend_storm_refused_total", backend_labels(p, b), load(b.stats->storm_refused_total));
     });
     e.family("apilb_backend_healthy", "gauge", "1 if the backend is healthy, else 0.");
     each_backend(snap, [&](const auto& p, const auto& b) {

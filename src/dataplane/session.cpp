@@ -48,7 +48,7 @@ void session_entry::abort(close_reason why) {
         s->set_abortive_close();
         s->close();
     }
-    if (pacing_timer) pacing_timer->cancel();
+    if (storm_timer) storm_timer->cancel();
 }
 
 namespace {
@@ -448,27 +448,27 @@ session::gate session::pass_gate(const backend_runtime& backend) {
     };
     if (gate_ == gate_step::turn) {
         const std::int64_t max_delay = std::chrono::duration_cast<std::chrono::nanoseconds>(sc.queue_timeout).count();
-        const std::optional<gcra_slot> turn = reserve_turn(stats.pacing_tat_ns, interval, sc.burst, max_delay);
+        const std::optional<gcra_slot> turn = reserve_turn(stats.storm_tat_ns, interval, sc.burst, max_delay);
         if (!turn) {
-            stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+            stats.storm_refused_total.fetch_add(1, std::memory_order_relaxed);
             return gate::refused;
         }
         gate_ = gate_step::start;
         if (turn->delay_ns != 0) {
-            if (stats.pacing_waiting.fetch_add(1, std::memory_order_relaxed) >= sc.queue) {
+            if (stats.storm_waiting.fetch_add(1, std::memory_order_relaxed) >= sc.queue) {
                 // The queue is full. The reserved turn goes unused: the next clients
                 // wait as if it had been taken, which errs towards the backend.
-                stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
-                stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+                stats.storm_waiting.fetch_sub(1, std::memory_order_relaxed);
+                stats.storm_refused_total.fetch_add(1, std::memory_order_relaxed);
                 return gate::refused;
             }
-            stats.pacing_delayed_total.fetch_add(1, std::memory_order_relaxed);
+            stats.storm_delayed_total.fetch_add(1, std::memory_order_relaxed);
             gate_ = gate_step::turn_waited;
             return wait_until(clock_type::now() + std::chrono::nanoseconds(turn->delay_ns));
         }
     }
     if (gate_ == gate_step::turn_waited) {
-        stats.pacing_waiting.fetch_sub(1, std::memory_order_relaxed);
+        stats.storm_waiting.fetch_sub(1, std::memory_order_relaxed);
         if (entry_.aborted()) return gate::refused;
         gate_ = gate_step::start;
     }
@@ -479,7 +479,7 @@ session::gate session::pass_gate(const backend_runtime& backend) {
         // of the rate. So the start takes a turn too, in a second state that
         // only starts enter: on time it is free (the turns are spaced already);
         // late, the starts are spaced again.
-        const std::optional<gcra_slot> start = reserve_turn(stats.pacing_start_tat_ns, interval, sc.burst,
+        const std::optional<gcra_slot> start = reserve_turn(stats.storm_start_tat_ns, interval, sc.burst,
                                                             std::numeric_limits<std::int64_t>::max());
         gate_ = gate_step::start_waited;
         if (start->delay_ns != 0) return wait_until(clock_type::now() + std::chrono::nanoseconds(start->delay_ns));
@@ -499,12 +499,12 @@ session::gate session::pass_gate(const backend_runtime& backend) {
     while (current < sc.max_connecting) {
         if (connecting.compare_exchange_weak(current, current + 1, std::memory_order_relaxed)) {
             slot_ = &connecting;
-            if (slot_waited_) stats.pacing_delayed_total.fetch_add(1, std::memory_order_relaxed);
+            if (slot_waited_) stats.storm_delayed_total.fetch_add(1, std::memory_order_relaxed);
             return gate::open;
         }
     }
     if (entry_.aborted() || clock_type::now() >= slot_deadline_) {
-        if (!entry_.aborted()) stats.pacing_refused_total.fetch_add(1, std::memory_order_relaxed);
+        if (!entry_.aborted()) stats.storm_refused_total.fetch_add(1, std::memory_order_relaxed);
         return gate::refused;
     }
     slot_waited_ = true;
@@ -516,11 +516,11 @@ void session::wait_at_gate(std::unique_ptr<session> self) {
     if (!s.gate_timer_) s.gate_timer_ = std::make_unique<asio::steady_timer>(s.upstream_.get_executor());
     asio::steady_timer& timer = *s.gate_timer_;
     timer.expires_at(s.wake_at_);
-    s.entry_.pacing_timer = &timer;  // abort() cancels it
+    s.entry_.storm_timer = &timer;  // abort() cancels it
     const bool for_slot = s.gate_ == gate_step::slot_retry;
     timer.async_wait([self = std::move(self)](const error_code&) mutable {
         session& s = *self;
-        s.entry_.pacing_timer = nullptr;
+        s.entry_.storm_timer = nullptr;
         if (s.in_slot_waiters_) {
             s.ctx_.slot_waiters.erase(s.slot_waiter_);
             s.in_slot_waiters_ = false;

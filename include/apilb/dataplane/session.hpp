@@ -47,7 +47,7 @@ struct session_entry : boost::intrusive::list_base_hook<boost::intrusive::link_m
     void (*publish_bytes)(void* owner) = nullptr;
     void* owner = nullptr;
     /// While waiting for its turn (storm control): abort() cancels the wait.
-    boost::asio::steady_timer* pacing_timer = nullptr;
+    boost::asio::steady_timer* storm_timer = nullptr;
 
     /// Closed by apilb: do not retry, do not log as a failure.
     bool aborted() const noexcept { return closed_by != close_reason::none; }

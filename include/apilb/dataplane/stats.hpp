@@ -22,15 +22,15 @@ struct backend_stats {
     std::atomic<std::uint64_t> checks_failed_total{0};     ///< active probes that failed
     /// Storm control (GCRA state): the theoretical arrival time of the next
     /// connection, ns on steady_clock; 0 = none yet.
-    std::atomic<std::int64_t> pacing_tat_ns{0};
+    std::atomic<std::int64_t> storm_tat_ns{0};
     /// The same for the moments paced connects really start (see
-    /// session::wait_for_turn): late wake-ups go out at the rate too.
-    std::atomic<std::int64_t> pacing_start_tat_ns{0};
-    std::atomic<std::uint32_t> pacing_waiting{0};  ///< clients waiting for their turn now
+    /// session::pass_gate): late wake-ups go out at the rate too.
+    std::atomic<std::int64_t> storm_start_tat_ns{0};
+    std::atomic<std::uint32_t> storm_waiting{0};  ///< clients waiting for their turn now
     /// Connections being established now (storm_control.max_connecting).
     std::atomic<std::uint32_t> connecting{0};
-    std::atomic<std::uint64_t> pacing_delayed_total{0};       ///< clients that waited for a turn
-    std::atomic<std::uint64_t> pacing_refused_total{0};       ///< clients turned away: queue full or wait too long
+    std::atomic<std::uint64_t> storm_delayed_total{0};        ///< clients that waited for a turn
+    std::atomic<std::uint64_t> storm_refused_total{0};        ///< clients turned away: queue full or wait too long
     std::atomic<std::uint64_t> closed_by_rebalance_total{0};  ///< sessions moved off it by rebalancing
     // Admin/metrics: client connects that failed, by reason (connect_failures_total is their sum).
     std::atomic<std::uint64_t> connect_refused_total{0};
@@ -70,7 +70,7 @@ struct process_stats {
     std::atomic<std::uint64_t> reloads_total{0};          ///< reloads applied
     std::atomic<std::uint64_t> reload_failures_total{0};  ///< reloads rejected (old config kept)
     /// Their backend was removed by a reload and timeouts.reload_drain ran
-    /// out. (The session also counts itself in closed_by_drain_total.)
+    /// out (close_reason::reload; not also counted as a drain).
     std::atomic<std::uint64_t> closed_by_reload_total{0};
 };
 
