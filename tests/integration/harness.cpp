@@ -21,6 +21,7 @@
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 extern char** environ;
 
@@ -291,6 +292,7 @@ client& client::operator=(client&& o) noexcept {
     if (this != &o) {
         close();
         fd_ = o.fd_;
+        reset_after_connect_ = o.reset_after_connect_;
         o.fd_ = -1;
     }
     return *this;
@@ -327,7 +329,11 @@ int client::connect(const std::string& ip, std::uint16_t port, std::chrono::mill
         int err = 0;
         socklen_t len = sizeof err;
         ::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err != 0) {
+        // A refused connect is ECONNREFUSED; ECONNRESET means the connection
+        // was made and then reset (apilb refusing a client over its limits
+        // does that at once). Connected, then: the next read sees the reset.
+        reset_after_connect_ = err == ECONNRESET ? ECONNRESET : 0;
+        if (err != 0 && err != ECONNRESET) {
             close();
             return err;
         }
@@ -345,6 +351,7 @@ void client::set_timeout(std::chrono::milliseconds timeout) {
 }
 
 bool client::send_all(const void* data, std::size_t len) {
+    if (reset_after_connect_ != 0) return false;
     auto p = static_cast<const char*>(data);
     while (len > 0) {
         const ssize_t n = ::send(fd_, p, len, MSG_NOSIGNAL);
@@ -359,6 +366,7 @@ bool client::send_all(const void* data, std::size_t len) {
 }
 
 long client::recv_some(void* buf, std::size_t max) {
+    if (reset_after_connect_ != 0) return -std::exchange(reset_after_connect_, 0);
     for (;;) {
         const ssize_t n = ::recv(fd_, buf, max, 0);
         if (n < 0 && errno == EINTR) continue;

@@ -125,7 +125,7 @@ class client {
 public:
     client() = default;
     ~client();
-    client(client&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+    client(client&& o) noexcept : fd_(o.fd_), reset_after_connect_(o.reset_after_connect_) { o.fd_ = -1; }
     client& operator=(client&& o) noexcept;
 
     /// Creates the socket now (connect() would otherwise do it); false on failure.
@@ -153,6 +153,9 @@ public:
 
 private:
     int fd_ = -1;
+    /// The peer accepted and reset before connect() looked (SO_ERROR gave
+    /// ECONNRESET, which reading it cleared): the next read reports it.
+    int reset_after_connect_ = 0;
 };
 
 /// What http_exchange() got back.
