@@ -49,7 +49,9 @@ TEST(CloseReason, EachReasonHasItsOwnCounterAndName) {
     std::set<std::string> names;
     for (const close_reason r : every_reason) {
         EXPECT_TRUE(names.insert(to_string(r)).second) << to_string(r);
-        if (auto* c = process_counter(ps, r)) EXPECT_TRUE(counters.insert(c).second) << to_string(r);
+        if (auto* c = process_counter(ps, r)) {
+            EXPECT_TRUE(counters.insert(c).second) << to_string(r);
+        }
     }
     // The series of docs/metrics.md, one reason each.
     EXPECT_EQ(process_counter(ps, close_reason::idle), &ps.closed_by_idle_total);
