@@ -131,6 +131,16 @@ build_and_test() {
 # below run their own configure and ninja again afterwards, which finds the
 # work done (or finishes it, and reports any error as before).
 # APILB_NO_PREBUILD=1 keeps every build in its own stage.
+# The sanitizer build's options. Once the plain build has built, the
+# sanitizer build runs the plain build's integration test programs instead
+# of compiling its own (tests/integration/meson.build says why that checks
+# the same): about 40 % less to compile.
+asan_options=(--buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false)
+plain_built() {
+  [[ "$src" == "$repo" ]] && asan_options+=("-Dintegration_tests_from=$build_dir")
+  start_prebuild
+}
+
 prebuild_pid=
 prebuild_log=${TMPDIR:-/tmp}/apilb-prebuild.$$.log
 prebuild_started=0
@@ -142,7 +152,7 @@ start_prebuild() {
   (
     if [[ "${APILB_SKIP_ASAN:-0}" != 1 ]]; then
       mkdir -p "$(dirname "$asan_dir")"
-      configure "$asan_dir" --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false &&
+      configure "$asan_dir" "${asan_options[@]}" &&
         nice -n 19 ninja -C "$asan_dir"
     fi
     if [[ $fuzz == 1 ]]; then
@@ -163,7 +173,7 @@ wait_prebuild() {
   prebuild_pid=
 }
 
-after_build=(start_prebuild)
+after_build=(plain_built)
 build_and_test build "$build_dir" --buildtype=debugoptimized
 after_build=()
 
@@ -191,8 +201,7 @@ else
   test_env=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
             UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1)
   test_args=(--timeout-multiplier 2)
-  build_and_test build-asan "$asan_dir" --buildtype=debug \
-    -Db_sanitize=address,undefined -Db_lundef=false
+  build_and_test build-asan "$asan_dir" "${asan_options[@]}"
 fi
 
 # The fuzz stage: the libFuzzer targets of tests/fuzz/ (clang-14, their own
