@@ -3,7 +3,8 @@
 
     python3 scripts/check-layers.py [--root REPO] [--stamp FILE [--depfile FILE]]
 
-Every file under src/<layer>/ and include/apilb/<layer>/ belongs to <layer>.
+Every file under src/<layer>/ and include/apilb/<layer>/ belongs to <layer>;
+headers live only in include/apilb/<layer>/, never beside the sources.
 A layer may include its own and lower layers' headers ("apilb/<layer>/...",
 in the order of LAYERS), and may not reach the system headers its rule
 forbids, directly or through any of our headers it includes (followed
@@ -137,6 +138,9 @@ class checker:
             if layer not in LAYERS:
                 self.errors.append(f'{self.rel(path)}: not in a layer folder (known: {", ".join(LAYERS)})')
                 continue
+            if path.suffix != '.cpp' and self.root / 'src' in path.parents:
+                self.errors.append(f'{self.rel(path)}: a header beside the sources '
+                                   f'(headers live in include/apilb/{layer}/)')
             self.check(layer, path)
         return self.errors
 

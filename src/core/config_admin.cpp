@@ -2,8 +2,8 @@
 // what protects it: a bearer token for state-changing requests, HTTPS, and
 // client certificates. Part of the loader (see loader.hpp).
 #include "apilb/core/file_read.hpp"
-#include "loader.hpp"
-#include "pem_check.hpp"
+#include "apilb/core/loader.hpp"
+#include "apilb/core/pem_check.hpp"
 
 #include <sys/stat.h>
 

@@ -9,7 +9,7 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "loader.hpp"
+#include "apilb/core/loader.hpp"
 
 #include <algorithm>
 #include <array>

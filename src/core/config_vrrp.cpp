@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <map>
 
-#include "loader.hpp"
+#include "apilb/core/loader.hpp"
 
 namespace apilb::config_detail {
 namespace {

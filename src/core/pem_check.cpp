@@ -1,4 +1,4 @@
-#include "pem_check.hpp"
+#include "apilb/core/pem_check.hpp"
 
 #include <openssl/bio.h>
 #include <openssl/err.h>

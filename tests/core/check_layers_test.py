@@ -31,8 +31,8 @@ CLEAN = {
     'include/apilb/control/prober.hpp': '#pragma once\n#include <openssl/ssl.h>\n#include <boost/beast/http.hpp>\n'
                                         '#include "apilb/dataplane/relay.hpp"\n',
     'src/control/prober.cpp': '#include "apilb/control/prober.hpp"\n',
-    'src/core/private.hpp': '#pragma once\n',
-    'src/core/config.cpp': '#include "apilb/core/config.hpp"\n#include "private.hpp"\n',
+    'include/apilb/core/private.hpp': '#pragma once\n',
+    'src/core/config.cpp': '#include "apilb/core/config.hpp"\n#include "apilb/core/private.hpp"\n',
 }
 
 
@@ -55,7 +55,7 @@ class CheckLayers(unittest.TestCase):
         # The build reruns it when a file it read changes, or a folder gains or loses one.
         self.assertTrue(self.depfile.startswith(f'{self.tmp}/stamp: '), self.depfile)
         entries = [line.strip(' \\') for line in self.depfile.splitlines()]
-        for read in ('src/dataplane/relay.cpp', 'include/apilb/control/prober.hpp', 'src/core/private.hpp',
+        for read in ('src/dataplane/relay.cpp', 'include/apilb/control/prober.hpp', 'include/apilb/core/private.hpp',
                      'src/dataplane', 'include/apilb'):
             self.assertIn(f'{self.tmp}/{read}', entries)
 
@@ -93,6 +93,15 @@ class CheckLayers(unittest.TestCase):
         self.assertIn('include/apilb/flat.hpp: not in a layer folder', err)
         self.assertIn('src/logging/log.cpp:1: logging may not include apilb/dataplane/relay.hpp '
                       '(logging may use: core)', err)
+
+    def test_a_header_beside_the_sources_fails(self):
+        tree = dict(CLEAN)
+        tree['src/core/loader.hpp'] = '#pragma once\n'
+        tree['src/core/config.cpp'] += '#include "loader.hpp"\n'
+        rc, err, stamped = self.run_checker(tree)
+        self.assertEqual(rc, 1)
+        self.assertFalse(stamped)
+        self.assertIn('src/core/loader.hpp: a header beside the sources (headers live in include/apilb/core/)', err)
 
     def test_admin_and_vip_do_not_use_each_other(self):
         tree = dict(CLEAN)

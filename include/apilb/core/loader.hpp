@@ -1,6 +1,6 @@
 // The config loader's internals, shared by config_loader.cpp (the file, its
 // sections and cross-item checks) and config_health.cpp (a pool's health
-// section). Not installed; nothing outside src/core includes it.
+// section). Internal to the core layer: only src/core includes it.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
