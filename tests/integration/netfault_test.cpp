@@ -209,18 +209,30 @@ TEST_F(NetFault, ABackendThatGoesSilentMidStreamEndsItsClientsWithAResetInEachDi
         // workers have heard that b1 is healthy; the metric is the control
         // thread's view, which the workers learn a moment later (seconds on
         // a loaded sanitizer run). So a fleet that all went to b2 is opened
-        // again, a few times at most.
+        // again, a few times at most. So is one where a watch ended while
+        // the fleet opened: with 300 ms probe timeouts a starved sanitizer
+        // run can see b1 fail two probes, and apilb then resets b1's
+        // sessions, as it should (the log says so below if it happens).
         std::unique_ptr<watch_fleet> fleet_owner;
         std::vector<std::size_t> victims;
+        std::string setup_trouble;
         for (int attempt = 0; attempt < 5 && victims.size() < 2; ++attempt) {
             if (attempt > 0) std::this_thread::sleep_for(1s);
             fleet_owner.reset();
             fleet_owner = std::make_unique<watch_fleet>(*tls_, segment_->ns("cl"), lb_ip, port_, 8, false);
-            ASSERT_TRUE(wait_until([&] { return fleet_owner->open_count() == 8; }, 15s * slowdown))
-                << fleet_owner->last_error();
+            const bool settled = wait_until(
+                [&] { return fleet_owner->open_count() == 8 || !fleet_owner->ends().empty(); }, 15s * slowdown);
+            if (!settled || !fleet_owner->ends().empty()) {
+                setup_trouble += fmt::format("fleet {}: {} of 8 open, {} ended, last error: {}\n", attempt + 1,
+                                             fleet_owner->open_count(), fleet_owner->ends().size(),
+                                             fleet_owner->last_error());
+                continue;
+            }
             victims = fleet_owner->on("b1");
         }
-        ASSERT_GE(victims.size(), 2u) << "five fleets of 8 watches put fewer than 2 on b1\n" << tail(apilb_->log());
+        ASSERT_GE(victims.size(), 2u) << "five fleets of 8 watches put fewer than 2 on b1 or did not open\n"
+                                      << setup_trouble << tail(apilb_->log());
+        if (!setup_trouble.empty()) std::cout << "[ NETFAULT ] opening the fleet again:\n" << setup_trouble;
         watch_fleet& fleet = *fleet_owner;
         const double health0 = closed("health");
         const double timeout0 = failed("backend", "timeout");
