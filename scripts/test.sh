@@ -131,10 +131,11 @@ build_and_test() {
 # below run their own configure and ninja again afterwards, which finds the
 # work done (or finishes it, and reports any error as before).
 # APILB_NO_PREBUILD=1 keeps every build in its own stage.
+#
 # The sanitizer build's options. Once the plain build has built, the
-# sanitizer build runs the plain build's integration test programs instead
-# of compiling its own (tests/integration/meson.build says why that checks
-# the same): about 40 % less to compile.
+# sanitizer build runs the plain build's integration test programs and
+# stand-in against its own apilb instead of compiling them again
+# (tests/integration/meson.build says why that checks the same).
 asan_options=(--buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false)
 plain_built() {
   [[ "$src" == "$repo" ]] && asan_options+=("-Dintegration_tests_from=$build_dir")
