@@ -45,12 +45,6 @@ net::awaitable<bool> write_response(tls_stream& stream, response res) {
     co_return !ec && res.keep_alive();
 }
 
-net::awaitable<bool> write_chunk(tls_stream& stream, const std::string& line) {
-    beast::get_lowest_layer(stream).expires_after(write_timeout);
-    auto [ec, n] = co_await net::async_write(stream, http::make_chunk(net::buffer(line)), net::as_tuple(use_awaitable));
-    co_return !ec;
-}
-
 // ------------------------------------------------------------ selectors
 
 /// One term of a label or field selector (equality-based forms only).
@@ -683,15 +677,8 @@ net::awaitable<bool> k8s_api::serve_watch(tls_stream& stream, const request& req
         watchers_.push_back(waker);
     }
 
-    http::response<http::empty_body> head{http::status::ok, req.version()};
-    set_common_headers(head, state);
-    head.set(http::field::content_type, app_json);
-    head.keep_alive(req.keep_alive());
-    head.chunked(true);
-    http::response_serializer<http::empty_body> sr{head};
+    if (!co_await write_stream_header(stream, req, state)) co_return false;
     auto& tcp_layer = beast::get_lowest_layer(stream);
-    tcp_layer.expires_after(write_timeout);
-    if (auto [ec, n] = co_await http::async_write_header(stream, sr, net::as_tuple(use_awaitable)); ec) co_return false;
 
     std::uint64_t rv = 0;
     if (!from) {
@@ -755,9 +742,7 @@ net::awaitable<bool> k8s_api::serve_watch(tls_stream& stream, const request& req
         waker->timer.expires_at(wake);
         co_await waker->timer.async_wait(net::as_tuple(use_awaitable));
     }
-    tcp_layer.expires_after(write_timeout);
-    if (auto [ec, n] = co_await net::async_write(stream, http::make_chunk_last(), net::as_tuple(use_awaitable)); ec)
-        co_return false;
+    if (!co_await write_last_chunk(stream)) co_return false;
     co_return req.keep_alive();
 }
 

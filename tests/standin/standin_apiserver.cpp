@@ -258,15 +258,7 @@ net::awaitable<void> hang(tls_stream& stream) {
 /// connection may carry another request.
 net::awaitable<bool> serve_watch(tls_stream& stream, const request& req, std::uint64_t events,
                                  std::chrono::milliseconds interval, const server_state& state) {
-    http::response<http::empty_body> res{http::status::ok, req.version()};
-    set_common_headers(res, state);
-    res.set(http::field::content_type, "application/json");
-    res.keep_alive(req.keep_alive());
-    res.chunked(true);
-    http::response_serializer<http::empty_body> sr{res};
-    auto& tcp_layer = beast::get_lowest_layer(stream);
-    tcp_layer.expires_after(write_timeout);
-    if (auto [ec, n] = co_await http::async_write_header(stream, sr, net::as_tuple(use_awaitable)); ec) co_return false;
+    if (!co_await write_stream_header(stream, req, state)) co_return false;
 
     net::steady_timer timer{co_await net::this_coro::executor};
     for (std::uint64_t i = 1; events == 0 || i <= events; ++i) {
@@ -280,15 +272,9 @@ net::awaitable<bool> serve_watch(tls_stream& stream, const request& req, std::ui
         const std::string line =
             R"({"type":"ADDED","object":{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"cm-)" + rv +
             R"(","resourceVersion":")" + rv + "\"}}}\n";
-        tcp_layer.expires_after(write_timeout);
-        if (auto [ec, n] = co_await net::async_write(stream, http::make_chunk(net::buffer(line)),
-                                                     net::as_tuple(use_awaitable));
-            ec)
-            co_return false;
+        if (!co_await write_chunk(stream, line)) co_return false;
     }
-    tcp_layer.expires_after(write_timeout);
-    if (auto [ec, n] = co_await net::async_write(stream, http::make_chunk_last(), net::as_tuple(use_awaitable)); ec)
-        co_return false;
+    if (!co_await write_last_chunk(stream)) co_return false;
     co_return req.keep_alive();
 }
 

@@ -107,4 +107,29 @@ response make_response(http::status status, unsigned version, bool keep_alive, s
     return res;
 }
 
+net::awaitable<bool> write_stream_header(tls_stream& stream, const request& req, const server_state& state) {
+    http::response<http::empty_body> res{http::status::ok, req.version()};
+    set_common_headers(res, state);
+    res.set(http::field::content_type, "application/json");
+    res.keep_alive(req.keep_alive());
+    res.chunked(true);
+    http::response_serializer<http::empty_body> sr{res};
+    beast::get_lowest_layer(stream).expires_after(write_timeout);
+    auto [ec, n] = co_await http::async_write_header(stream, sr, net::as_tuple(net::use_awaitable));
+    co_return !ec;
+}
+
+net::awaitable<bool> write_chunk(tls_stream& stream, std::string_view data) {
+    beast::get_lowest_layer(stream).expires_after(write_timeout);
+    auto [ec, n] = co_await net::async_write(stream, http::make_chunk(net::buffer(data.data(), data.size())),
+                                             net::as_tuple(net::use_awaitable));
+    co_return !ec;
+}
+
+net::awaitable<bool> write_last_chunk(tls_stream& stream) {
+    beast::get_lowest_layer(stream).expires_after(write_timeout);
+    auto [ec, n] = co_await net::async_write(stream, http::make_chunk_last(), net::as_tuple(net::use_awaitable));
+    co_return !ec;
+}
+
 }  // namespace standin

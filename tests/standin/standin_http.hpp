@@ -76,4 +76,11 @@ void set_common_headers(http::response<Body>& res, const server_state& state) {
 response make_response(http::status status, unsigned version, bool keep_alive, std::string body,
                        std::string_view content_type, const server_state& state);
 
+/// The header of a 200 chunked application/json stream (a watch); false if it could not be sent.
+net::awaitable<bool> write_stream_header(tls_stream& stream, const request& req, const server_state& state);
+/// One chunk of such a stream (one watch event); false if it could not be sent.
+net::awaitable<bool> write_chunk(tls_stream& stream, std::string_view data);
+/// The last chunk: the stream ends cleanly.
+net::awaitable<bool> write_last_chunk(tls_stream& stream);
+
 }  // namespace standin
