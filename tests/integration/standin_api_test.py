@@ -235,9 +235,10 @@ def scenarios(s: Standin, certs: str, workdir: str) -> None:
 
     # A watch broken mid-stream: the client sees a broken connection, not an end.
     for how in ("close", "reset"):
+        started = s.control("GET", "/control/state")[1]["watches"]
         w3 = Watcher(disc, resource_version=last_rv, timeout_seconds=20)
         deadline = time.monotonic() + 10
-        while s.control("GET", "/control/state")[1]["openWatches"] < 1 and time.monotonic() < deadline:
+        while s.control("GET", "/control/state")[1]["watches"] <= started and time.monotonic() < deadline:
             time.sleep(0.05)
         s.control("POST", f"/control/break-watches?how={how}")
         w3.thread.join(10)

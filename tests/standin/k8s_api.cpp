@@ -665,17 +665,19 @@ net::awaitable<bool> k8s_api::serve_watch(tls_stream& stream, const request& req
     }
     const bool bookmarks = truthy(t.param("allowWatchBookmarks"));
 
+    // Registered before it is counted: a test that sees the count and then
+    // breaks the watches breaks this one.
+    auto waker = std::make_shared<watch_waker>(co_await net::this_coro::executor);
+    {
+        std::lock_guard lock{watchers_mu_};
+        watchers_.push_back(waker);
+    }
     ++watches_;
     ++open_watches_;
     struct open_guard {
         std::atomic<std::uint64_t>& n;
         ~open_guard() { --n; }
     } guard{open_watches_};
-    auto waker = std::make_shared<watch_waker>(co_await net::this_coro::executor);
-    {
-        std::lock_guard lock{watchers_mu_};
-        watchers_.push_back(waker);
-    }
 
     if (!co_await write_stream_header(stream, req, state)) co_return false;
     auto& tcp_layer = beast::get_lowest_layer(stream);
@@ -732,11 +734,15 @@ net::awaitable<bool> k8s_api::serve_watch(tls_stream& stream, const request& req
         for (const auto& e : events)
             if (sel.selects(e.object) && !co_await write_chunk(stream, event_line(e.type, e.object))) co_return false;
         if (now >= deadline) break;
+        bool wrote = !events.empty();
         if (bookmark_at && now >= *bookmark_at) {
             if (!co_await write_chunk(stream, event_line("BOOKMARK", bookmark_object(rr.kind, rv)))) co_return false;
             bookmark_at = *bookmark_at >= deadline - 2s ? std::nullopt : next_bookmark(now);
+            wrote = true;
         }
-        if (!events.empty()) continue;  // writing took time: look again before sleeping
+        // A wake-up that came while a write was suspended found no wait to
+        // cancel: look at the store again before sleeping.
+        if (wrote) continue;
         auto wake = deadline;
         if (bookmark_at) wake = std::min(wake, *bookmark_at);
         waker->timer.expires_at(wake);

@@ -14,6 +14,7 @@ namespace {
 constexpr std::size_t max_endpoints = 1000;  // the API's own limit per slice
 constexpr std::size_t max_addresses = 100;
 constexpr std::size_t max_ports = 100;
+constexpr std::size_t max_slices = 1000;  // a bound on what tests can make it hold
 
 std::string rfc3339_now() {
     const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
@@ -256,6 +257,10 @@ std::optional<std::uint64_t> k8s_store::set_slice(const json::value& spec, std::
         error = read_slice_spec(spec.get_object(), default_port, name, labels, body);
         if (!error.empty()) return std::nullopt;
         const auto prev = live_[0].find(name);
+        if (prev == live_[0].end() && live_[0].size() >= max_slices) {
+            error = "at most " + std::to_string(max_slices) + " slices";
+            return std::nullopt;
+        }
         const json::object* previous = prev == live_[0].end() ? nullptr : &prev->second;
         auto meta = make_metadata(name, previous, uid_counter_, true);
         meta["labels"] = std::move(labels);
