@@ -261,6 +261,11 @@ def scenarios(s: Standin, certs: str, workdir: str) -> None:
     check(api_status(lambda: disc.list_namespaced_endpoint_slice(
         "default", label_selector=SELECTOR, limit=1, _continue=p1.metadata._continue)) == 410,
         "list continue from before the compaction: 410")
+    future = str(int(s.control("GET", "/control/state")[1]["resourceVersion"]) + 1000)
+    t0 = time.monotonic()
+    code = api_status(lambda: disc.list_namespaced_endpoint_slice("default", resource_version=future,
+                                                                  _request_timeout=30))
+    check(code == 504 and time.monotonic() - t0 >= 2.5, f"list at a future resourceVersion: 504 after ~3 s ({code})")
     w4 = Watcher(disc, resource_version=last_rv, timeout_seconds=5)
     s.control("PUT", "/control/slices/kubernetes", {"endpoints": [{"addresses": ["127.0.0.5"]}]})
     e = w4.next({"ADDED", "MODIFIED", "DELETED"})

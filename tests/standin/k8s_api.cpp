@@ -16,6 +16,7 @@ constexpr std::string_view app_json = "application/json";
 constexpr std::size_t token_file_limit = 1024 * 1024;
 constexpr std::uint64_t max_timeout_seconds = 24 * 3600;
 constexpr auto stall_poll = 50ms;
+constexpr auto too_large_wait = 3s;
 
 // ------------------------------------------------------------ Status objects
 
@@ -491,7 +492,17 @@ net::awaitable<bool> k8s_api::serve_api(tls_stream& stream, const request& req, 
             stream, status_reply(req, status_object(403, "Forbidden", std::move(message), std::move(details)), state));
     }
     if (watch) co_return co_await serve_watch(stream, req, rr, t, state);
-    if (rr.name.empty()) co_return co_await write_response(stream, list(req, rr, t, state));
+    if (rr.name.empty()) {
+        // A list at a resourceVersion not seen yet waits for it up to 3 s
+        // (the cacher's blockTimeout), then gets 504.
+        const auto asked = parse_u64(t.param("resourceVersion").value_or(""));
+        const auto until = std::chrono::steady_clock::now() + too_large_wait;
+        while (asked && *asked > store_.current_rv() && std::chrono::steady_clock::now() < until) {
+            pause.expires_after(stall_poll);
+            co_await pause.async_wait(net::as_tuple(use_awaitable));
+        }
+        co_return co_await write_response(stream, list(req, rr, t, state));
+    }
 
     ++gets_;
     const auto objects = store_.objects_at(rr.kind, 0);

@@ -11,8 +11,9 @@
 //     list:  labelSelector, fieldSelector (metadata.name/namespace; k=v, k==v,
 //            k!=v, k, !k), limit + continue (410 when the continue's
 //            resourceVersion was compacted), resourceVersion (+
-//            resourceVersionMatch=Exact: 410 when compacted, 504 when in the future)
-//     watch: watch=1|true, resourceVersion ("" or "0": ADDED for what exists,
+//            resourceVersionMatch=Exact: 410 when compacted), 504 when in the future
+//            for 3 s
+//     watch: watch=1/true/True (Go ParseBool), resourceVersion ("" or "0": ADDED for what exists,
 //            then changes; N: changes after N, or one ERROR event with a 410
 //            Status when N is compacted), allowWatchBookmarks=true (a BOOKMARK
 //            every bookmark interval and 2 s before the end), timeoutSeconds
