@@ -218,9 +218,13 @@ def scenarios(s: Standin, certs: str, workdir: str) -> None:
     e = w.next({"ADDED", "MODIFIED", "DELETED"})
     check(e is not None and e["type"] == "DELETED" and e["object"].metadata.name == "kubernetes-b",
           "watch: DELETED for a removed slice")
-    s.control("POST", "/control/bump?n=5")
+    _, state = s.control("POST", "/control/bump?n=5")
+    # Bookmarks sent before the bump carry the older version: wait for one after it.
+    deadline = time.monotonic() + 10
     b = w.next({"BOOKMARK"})
-    _, state = s.control("GET", "/control/state")
+    while (b is not None and b["raw_object"]["metadata"]["resourceVersion"] != state["resourceVersion"]
+           and time.monotonic() < deadline):
+        b = w.next({"BOOKMARK"})
     check(b is not None and b["raw_object"]["kind"] == "EndpointSlice"
           and b["raw_object"]["metadata"]["resourceVersion"] == state["resourceVersion"],
           "watch: a BOOKMARK carries the current resourceVersion (after writes elsewhere)")
