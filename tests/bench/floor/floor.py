@@ -48,6 +48,16 @@ def cpu_s(pid: int) -> float:
     return total / TICK
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of all the process's threads: how often it slept."""
+    n = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for line in open(f"/proc/{pid}/task/{task}/status"):
+            if line.startswith("voluntary_ctxt_switches:"):
+                n += int(line.split()[1])
+    return n
+
+
 def listening(port: int) -> bool:
     """Whether something listens on TCP `port` (without connecting to it:
     iperf3 takes any connection for a test's control connection)."""
@@ -101,6 +111,14 @@ class Run:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+    def stop_relay(self, p: subprocess.Popen) -> None:
+        """Stops a relay and waits for its listener to go: an io_uring's
+        files are let go after the process has exited."""
+        self.stop(p)
+        deadline = time.monotonic() + 10
+        while listening(self.lb_port) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def backends(self) -> None:
         conf = self.work / "nginx.conf"
@@ -167,16 +185,17 @@ log: {{level: warn}}
             perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-o", str(perf_out),
                                      "-p", str(lb.pid)], stdin=subprocess.DEVNULL)
             time.sleep(0.3)
-            c0 = cpu_s(lb.pid)
+            c0, w0 = cpu_s(lb.pid), wakeups(lb.pid)
             units, r = self.load(load, self.args.seconds)
-            c1 = cpu_s(lb.pid)
+            c1, w1 = cpu_s(lb.pid), wakeups(lb.pid)
             perf.send_signal(signal.SIGINT)
             perf.wait(10)
             calls = int(next(l for l in perf_out.read_text().splitlines() if "raw_syscalls" in l).split(",")[0])
         finally:
-            self.stop(lb)
+            self.stop_relay(lb)
         per = 1e6 if load != "bulk" else 1.0
         r.update(units=units, cpu_per_unit=per * (c1 - c0) / units, calls_per_unit=calls / units,
+                 wakeups_per_unit=(w1 - w0) / units,
                  cpu_util=(c1 - c0) / self.args.seconds)
         return r
 
@@ -192,7 +211,7 @@ log: {{level: warn}}
         finally:
             st.send_signal(signal.SIGINT)
             st.wait(10)
-            self.stop(lb)
+            self.stop_relay(lb)
         rows = []
         for line in out.read_text().splitlines():
             f = line.split()
@@ -230,16 +249,17 @@ def main() -> int:
                     print(f"round {rnd + 1} {load:9} {relay:7} {json.dumps(r)}", flush=True)
         unit = {"conn": "conn/s", "keepalive": "req/s", "bulk": "Gbit/s"}
         cpu = {"conn": "µs/conn", "keepalive": "µs/req", "bulk": "s/GB"}
-        print(f"\n| load | relay | rate | vs epoll | CPU per unit | syscalls per unit | load avg |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"\n| load | relay | rate | CPU per unit | vs epoll | syscalls per unit | wake-ups per unit | load avg |")
+        print("|---|---|---|---|---|---|---|---|")
         for load in loads:
-            base = statistics.median(x.get("rps", x.get("gbps")) for x in results[(relays[0], load)])
+            def med(relay, key):
+                return statistics.median(x[key] for x in results[(relay, load)])
+            rate = "gbps" if load == "bulk" else "rps"
             for relay in relays:
-                rs = results[(relay, load)]
-                rate = statistics.median(x.get("rps", x.get("gbps")) for x in rs)
-                print(f"| {load} | {relay} | {rate:.0f} {unit[load]} | {rate / base:.2f}x | "
-                      f"{statistics.median(x['cpu_per_unit'] for x in rs):.3g} {cpu[load]} | "
-                      f"{statistics.median(x['calls_per_unit'] for x in rs):.2f} | {os.getloadavg()[0]:.2f} |")
+                print(f"| {load} | {relay} | {med(relay, rate):.3g} {unit[load]} | {med(relay, 'cpu_per_unit'):.3g} "
+                      f"{cpu[load]} | {med(relay, 'cpu_per_unit') / med(relays[0], 'cpu_per_unit'):.2f}x | "
+                      f"{med(relay, 'calls_per_unit'):.3g} | {med(relay, 'wakeups_per_unit'):.3g} | "
+                      f"{os.getloadavg()[0]:.1f} |")
         if args.strace:
             print()
             for load in loads:
