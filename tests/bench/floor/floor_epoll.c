@@ -19,8 +19,9 @@
 #include "floor.h"
 
 #ifdef FLOOR_URING_POLL
-#include <liburing.h>
 #include <poll.h>
+
+#include "floor_ring.h"
 static struct io_uring ring;
 static struct io_uring_sqe* floor_sqe(void) {
     struct io_uring_sqe* s = io_uring_get_sqe(&ring);
@@ -225,11 +226,7 @@ static void on_event(struct conn* c, int side, uint32_t e) {
 int main(int argc, char** argv) {
     const int l = floor_setup(argc, argv, 1);
 #ifdef FLOOR_URING_POLL
-    const int rc = io_uring_queue_init(4096, &ring, 0);
-    if (rc < 0) {
-        errno = -rc;
-        floor_die("io_uring_queue_init");
-    }
+    floor_ring_init(&ring);
     watch_listener(l);
 #else
     ep = epoll_create1(EPOLL_CLOEXEC);

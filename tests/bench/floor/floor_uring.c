@@ -8,10 +8,9 @@
  * ring (1024 x 16 KiB, shared by all sessions), queued in order for the
  * sends, each buffer given back to the ring once sent. See floor.h. */
 #define _GNU_SOURCE
-#include <liburing.h>
 #include <stdint.h>
 
-#include "floor.h"
+#include "floor_ring.h"
 
 enum { T_ACCEPT, T_CONNECT, T_RECV0, T_RECV1, T_SEND0, T_SEND1, T_OTHER };
 
@@ -235,17 +234,8 @@ static void on_cqe(int l, struct io_uring_cqe* cqe) {
 
 int main(int argc, char** argv) {
     const int l = floor_setup(argc, argv, 0);
-    struct io_uring_params p = {.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE,
-                                .cq_entries = 65536};
-    int rc = io_uring_queue_init_params(4096, &ring, &p);
-    if (rc < 0) {
-        p = (struct io_uring_params){.flags = IORING_SETUP_CQSIZE, .cq_entries = 65536};
-        rc = io_uring_queue_init_params(4096, &ring, &p);
-    }
-    if (rc < 0) {
-        errno = -rc;
-        floor_die("io_uring_queue_init");
-    }
+    floor_ring_init(&ring);
+    int rc;
 #ifdef FLOOR_MULTISHOT
     br = mmap(NULL, NBUF * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     bufs = malloc((size_t)NBUF * FLOOR_BUF);
