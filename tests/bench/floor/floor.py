@@ -2,16 +2,17 @@
 """The floor: what the kernel alone costs per unit of work on this machine.
 
 Runs each floor relay (floor_epoll.c built plain: epoll; with -DFLOOR_SPLICE:
-splice; with -DFLOOR_URING_POLL: upoll, and -DFLOOR_URING_ACCEPT too: uaccept;
-floor_uring.c: uring, with -DFLOOR_MULTISHOT: ushot) and, with --apilb BINARY, apilb (workers: 1) against the loads
-of tests/bench -- new HTTP connections/s (wrk -c64, Connection: close),
-keep-alive requests/s (wrk -c64), bulk (iperf3 -P4) -- round-robin over
-backends on 127.0.0.2-4, relay pinned to one CPU and load to the other,
-relays interleaved round by round, medians reported. Per unit: CPU
-(utime+stime of the relay from /proc/PID/stat) and system calls (perf stat
-on raw_syscalls:sys_enter, in the measured run itself); --strace adds one
-short run per relay and load under `strace -c -f` for the breakdown by call.
-Every number of one invocation comes from the same run. Wrap it in
+splice; with -DFLOOR_URING_POLL: upoll, and -DFLOOR_URING_ACCEPT too:
+uaccept; floor_uring.c: uring, with -DFLOOR_MULTISHOT: ushot) and, with
+--apilb BINARY, apilb (workers: 1) against the loads of tests/bench -- new
+HTTP connections/s (wrk -c64, Connection: close), keep-alive requests/s
+(wrk -c64), bulk (iperf3 -P4) -- round-robin over backends on 127.0.0.2-4,
+relay pinned to one CPU and load to the other, relays interleaved round by
+round, medians reported. Per unit: CPU (utime+stime of the relay from
+/proc/PID/stat), system calls (perf stat on raw_syscalls:sys_enter, in the
+measured run itself) and wake-ups (voluntary context switches); --strace
+adds one short run per relay and load under `strace -c -f` for the
+breakdown by call. Every number of one invocation comes from the same run. Wrap it in
 `flock /tmp/apilb-bench.lock` on a shared machine. Loopback only.
 
   python3 tests/bench/floor/floor.py --apilb BUILD/src/apilb [--rounds 3] [--seconds 6]
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -268,6 +270,7 @@ def main() -> int:
     finally:
         for p in run.procs:
             run.stop(p)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
