@@ -43,7 +43,9 @@ wanted=("${base[@]}")
 for group in "$@"; do
   case "$group" in
     base) ;;
-    bench) wanted+=(haproxy nginx libnginx-mod-stream wrk iperf3 nghttp2-client valgrind linux-perf) ;;
+    bench)
+      # liburing-dev and strace: the floor relays, tests/bench/floor/floor.py.
+      wanted+=(haproxy nginx libnginx-mod-stream wrk iperf3 nghttp2-client valgrind linux-perf liburing-dev strace) ;;
     kubectl)
       # Debian ships kubectl in kubernetes-client; keep any kubectl already on PATH.
       command -v kubectl >/dev/null 2>&1 || wanted+=(kubernetes-client) ;;
