@@ -73,9 +73,30 @@ int memory_file(const std::string& path, const std::string& text) {
     return fd;
 }
 
+/// This very binary, as a descriptor (close-on-exec, never 0-2, which the
+/// spawn's file actions overwrite): /proc/self/exe opened now names the file
+/// this process runs, even if a package upgrade has replaced it on disk
+/// since apilb started.
+int open_own_binary(const std::string& path) {
+    const int fd = ::open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) cannot_check(path, "open /proc/self/exe", errno);
+    if (fd > STDERR_FILENO) return fd;
+    fd_guard low(fd);
+    const int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+    if (moved < 0) cannot_check(path, "fcntl F_DUPFD_CLOEXEC", errno);
+    return moved;
+}
+
 /// Starts this binary in the guard's mode with `input` as stdin and the
 /// write end of `status_pipe` as stdout (it closes when the child exits).
 pid_t spawn_child(const std::string& path, int input, int status_pipe) {
+    // Spawned through /proc/self/fd/N of an open /proc/self/exe rather than
+    // /proc/self/exe itself: under valgrind /proc/self/exe is the tool's own
+    // binary (valgrind rewrites readlink and open of it, not execve), which
+    // refuses to run and exits 1, so no config ever loaded there. execve
+    // resolves the path before it closes the close-on-exec descriptor.
+    fd_guard binary(open_own_binary(path));
+    const std::string binary_path = "/proc/self/fd/" + std::to_string(binary.fd);
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attr;
     posix_spawn_file_actions_init(&actions);
@@ -99,9 +120,7 @@ pid_t spawn_child(const std::string& path, int input, int status_pipe) {
     std::string arg1(yaml_guard_mode);
     char* argv[] = {arg0.data(), arg1.data(), nullptr};
     pid_t pid = -1;
-    // /proc/self/exe: this very binary, even if a package upgrade has
-    // replaced the file on disk since apilb started.
-    const int rc = ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, argv, environ);
+    const int rc = ::posix_spawn(&pid, binary_path.c_str(), &actions, &attr, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
     if (rc != 0) cannot_check(path, "posix_spawn /proc/self/exe", rc);

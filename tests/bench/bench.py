@@ -27,9 +27,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-TARGETS = ("apilb", "haproxy", "nginx", "direct")
-BALANCERS = ("apilb", "haproxy", "nginx")
-TESTS = ("bulk", "conn_http", "conn_tls", "keepalive", "idle", "storm", "instructions", "scrape")
+sys.path.insert(0, str(HERE))
+from report import TARGETS, TESTS, noise_table, round_ratios, syscall_table, table, value  # noqa: E402
+from syscount import SyscallCount, per_unit  # noqa: E402
 # Tests of apilb alone (no counterpart in HAProxy or nginx).
 APILB_ONLY = ("instructions", "scrape")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -63,19 +63,37 @@ def proc_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the processes (all their threads). The kernel here has
-    no IRQ time accounting, so softirq work done in a process's context (the
-    loopback receive path of its sends) is charged to it as well."""
-    total = 0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(utime, stime) of the processes (all their threads), in seconds. The
+    kernel here has no IRQ time accounting, so softirq work done in a
+    process's context (the loopback receive path of its sends) is charged to
+    its stime as well."""
+    user = system = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except (OSError, IndexError, ValueError):
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes (all their threads)."""
+    return sum(cpu_split(pids))
+
+
+def thread_count(pids: list[int]) -> int:
+    """Threads of the processes, all together (nginx: master and workers)."""
+    total = 0
+    for p in pids:
+        try:
+            total += len(os.listdir(f"/proc/{p}/task"))
+        except OSError:
+            pass
+    return total
 
 
 def thread_cpu_ns(pid: int) -> int:
@@ -261,6 +279,10 @@ class Procs:
 class Bench:
     def __init__(self, args) -> None:
         self.args = args
+        # The configuration being measured: "1", "2", ... workers/threads/
+        # processes in all three balancers, or "auto" for each one's shipped
+        # default (args.workers lists them).
+        self.workers = args.workers[0]
         self.work = Path(args.work)
         self.lb_cpu = args.lb_cpu
         self.gen_cpu = args.gen_cpu
@@ -272,7 +294,9 @@ class Bench:
         self.https_port = free_port(BACKENDS, avoid={self.lb_port, self.http_port})
         self.iperf_port = free_port(("127.0.0.1", *BACKENDS),
                                     avoid={self.lb_port, self.http_port, self.https_port})
-        self.samples: dict[str, dict[str, list[dict]]] = {t: {x: [] for x in TARGETS} for t in TESTS}
+        # samples[workers][test][target]: one dict per measurement.
+        self.samples: dict[str, dict[str, dict[str, list[dict]]]] = {
+            w: {t: {x: [] for x in TARGETS} for t in TESTS} for w in args.workers}
         self.notes: list[str] = []
         self.softirqd = next((int(d) for d in os.listdir("/proc") if d.isdigit() and
                               read_text(f"/proc/{d}/comm").strip() == f"ksoftirqd/{self.lb_cpu}"), None)
@@ -330,19 +354,22 @@ class Bench:
                        wrapper: list[str] | None = None, apilb_extra: str = "") -> subprocess.Popen:
         """`apilb_extra`: YAML appended to apilb's config (further sections)."""
         relay = relay or self.args.apilb_relay
+        auto = self.workers == "auto"
         if target == "apilb":
+            # 0: one worker per CPU core, as conf/apilb.yaml ships.
             conf = self.render("apilb.yaml.in", "apilb.yaml", LB_PORT=self.lb_port, BACKEND_PORT=backend_port,
-                               MAX_CONN=max_conn, RELAY_MODE=relay)
+                               MAX_CONN=max_conn, RELAY_MODE=relay, WORKERS="0" if auto else self.workers)
             if apilb_extra:
                 conf.write_text(conf.read_text() + apilb_extra)
             argv = [*(wrapper or []), self.apilb, "run", "--config", str(conf)]
         elif target == "haproxy":
+            # No nbthread line: HAProxy's default, one thread per CPU it may run on.
             conf = self.render("haproxy.cfg.in", "haproxy.cfg", LB_PORT=self.lb_port, BACKEND_PORT=backend_port,
-                               MAX_CONN=max_conn)
+                               MAX_CONN=max_conn, NBTHREAD="" if auto else f"nbthread {self.workers}")
             argv = ["haproxy", "-f", str(conf)]
         elif target == "nginx":
             conf = self.render("nginx-stream.conf.in", "nginx-lb.conf", LB_PORT=self.lb_port,
-                               BACKEND_PORT=backend_port)
+                               BACKEND_PORT=backend_port, WORKERS=self.workers)
             argv = ["nginx", "-c", str(conf), "-p", str(self.work), "-e", "stderr"]
         else:
             raise ValueError(target)
@@ -367,7 +394,9 @@ class Bench:
         the busy share of both CPUs over the same window."""
         pids = proc_tree(lb.pid) if lb else []
         softirqd = [self.softirqd] if self.softirqd else []
-        n0, c0, j0, t0 = tcp_counters(), cpu_seconds(pids), cpu_jiffies(), time.monotonic()
+        syscalls = SyscallCount(self.procs, self.gen_cpu, pids, self.work / "syscalls.csv") \
+            if self.args.syscalls and lb else None
+        n0, (u0, k0), j0, t0 = tcp_counters(), cpu_split(pids), cpu_jiffies(), time.monotonic()
         s0 = cpu_seconds(softirqd)
         perf = None
         if self.args.perf and lb:
@@ -380,11 +409,17 @@ class Bench:
         res = fn()
         if perf:
             self.procs.stop(perf, sig=signal.SIGINT, timeout=30)
-        n1, c1, j1, t1 = tcp_counters(), cpu_seconds(pids), cpu_jiffies(), time.monotonic()
+        n1, (u1, k1), j1, t1 = tcp_counters(), cpu_split(pids), cpu_jiffies(), time.monotonic()
+        if syscalls:
+            res["syscalls"] = syscalls.stop()
+        c0, c1 = u0 + k0, u1 + k1
         # Network softirq work the kernel deferred to ksoftirqd on the
         # balancer's CPU is not charged to the balancer: shown apart.
         res["softirqd_s"] = cpu_seconds(softirqd) - s0
         res["lb_cpu_s"] = c1 - c0 if lb else None
+        res["lb_user_s"] = u1 - u0 if lb else None
+        res["lb_sys_s"] = k1 - k0 if lb else None
+        res["lb_threads"] = thread_count(pids) if lb else None
         res["lb_cpu_busy_pct"] = busy_percent(j0, j1, self.lb_cpu)
         res["gen_cpu_busy_pct"] = busy_percent(j0, j1, self.gen_cpu)
         res["wall_s"] = t1 - t0
@@ -417,6 +452,7 @@ class Bench:
             self.procs.stop(srv)
         if lb:
             r["cpu_s_per_gb"] = r["lb_cpu_s"] / (r["bytes"] / 1e9)
+            per_unit(r, r["bytes"] / 1e9)
         return r
 
     def wrk(self, target: str, url_scheme: str, close: bool) -> dict:
@@ -442,6 +478,7 @@ class Bench:
             self.procs.stop(be)
         if lb and r["requests"]:
             r["cpu_us_per_req"] = 1e6 * r["lb_cpu_s"] / r["requests"]
+            per_unit(r, r["requests"], scale=1e6)
         return r
 
     def test_conn_http(self, target: str) -> dict:
@@ -645,30 +682,36 @@ class Bench:
 
     # ---------------------------------------------------------------- driver
     def run(self) -> None:
-        tests = self.args.tests
+        """Every round measures every configuration of --workers in turn, so
+        that the configurations meet the same background load."""
         for rnd in range(self.args.rounds):
             order = list(TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)])
-            log(f"round {rnd + 1}/{self.args.rounds}: order {', '.join(order)}; load average "
-                f"{open('/proc/loadavg').read().split()[0]}")
-            for test in tests:
-                for target in order:
-                    if test in APILB_ONLY and target != "apilb":
-                        continue
-                    fn = getattr(self, f"test_{test}")
-                    self.current = f"{test}.{target}"
-                    t0 = time.monotonic()
-                    try:
-                        r = fn(target)
-                    except Exception as e:  # one failed measurement must not lose the others
-                        log(f"  {test} {target}: FAILED: {e}")
-                        self.notes.append(f"round {rnd + 1}: {test} {target} failed: {e}")
-                        self.procs.stop_all()
-                        continue
-                    if r is None:
-                        continue
-                    r["round"] = rnd + 1
-                    self.samples[test][target].append(r)
-                    log(f"  {test:12s} {target:8s} {short(test, r)}  ({time.monotonic() - t0:.1f}s)")
+            for workers in self.args.workers:
+                self.workers = workers
+                log(f"round {rnd + 1}/{self.args.rounds}, workers {workers}: order {', '.join(order)}; "
+                    f"load average {open('/proc/loadavg').read().split()[0]}")
+                self.run_round(rnd, order, self.samples[workers])
+
+    def run_round(self, rnd: int, order: list[str], samples: dict[str, dict[str, list[dict]]]) -> None:
+        for test in self.args.tests:
+            for target in order:
+                if test in APILB_ONLY and target != "apilb":
+                    continue
+                fn = getattr(self, f"test_{test}")
+                self.current = f"{test}.{target}.w{self.workers}"
+                t0 = time.monotonic()
+                try:
+                    r = fn(target)
+                except Exception as e:  # one failed measurement must not lose the others
+                    log(f"  {test} {target}: FAILED: {e}")
+                    self.notes.append(f"round {rnd + 1}, workers {self.workers}: {test} {target} failed: {e}")
+                    self.procs.stop_all()
+                    continue
+                if r is None:
+                    continue
+                r["round"] = rnd + 1
+                samples[test][target].append(r)
+                log(f"  {test:12s} {target:8s} {short(test, r)}  ({time.monotonic() - t0:.1f}s)")
 
 
 def log_tail(p: subprocess.Popen, n: int = 800) -> str:
@@ -714,164 +757,14 @@ def short(test: str, r: dict) -> str:
     for k in ("socket_errors", "non2xx"):
         if r.get(k):
             parts.append(f"{k}={r[k]}!")
+    if r.get("syscalls"):
+        parts.append(f"syscalls={r['syscalls'].get('total', 0)}")
+    if r.get("lb_threads"):
+        parts.append(f"threads={r['lb_threads']}")
     if "lb_cpu_busy_pct" in r:
         parts.append(f"cpu{{lb={r['lb_cpu_busy_pct']:.0f}% foreign={r['foreign_lb_cpu_pct']:.0f}% "
                      f"gen={r['gen_cpu_busy_pct']:.0f}%}}")
     return " ".join(parts)
-
-
-# --------------------------------------------------------------------------
-# the table
-
-# (test, key, label, unit, better) ; better: "high" or "low"
-ROWS = [
-    ("bulk", "gbps", "Bulk throughput, iperf3 -P 4", "Gbit/s", "high"),
-    ("bulk", "cpu_s_per_gb", "Bulk: balancer CPU per GB", "CPU s/GB", "low"),
-    ("bulk", "lb_cpu_busy_pct", "Bulk: balancer CPU busy", "%", None),
-    ("conn_http", "rps", "New connections/s, HTTP, Connection: close", "conn/s", "high"),
-    ("conn_http", "cpu_us_per_req", "New HTTP connections: balancer CPU per conn", "CPU µs", "low"),
-    ("conn_http", "lb_cpu_busy_pct", "New HTTP connections: balancer CPU busy", "%", None),
-    ("conn_tls", "rps", "New connections/s, TLS 1.3 full handshake", "conn/s", "high"),
-    ("conn_tls", "cpu_us_per_req", "New TLS connections: balancer CPU per conn", "CPU µs", "low"),
-    ("conn_tls", "lb_cpu_busy_pct", "New TLS connections: balancer CPU busy", "%", None),
-    ("keepalive", "rps", "Keep-alive requests/s, 64 connections", "req/s", "high"),
-    ("keepalive", "p50_ms", "Keep-alive latency p50", "ms", "low"),
-    ("keepalive", "p99_ms", "Keep-alive latency p99", "ms", "low"),
-    ("keepalive", "cpu_us_per_req", "Keep-alive: balancer CPU per request", "CPU µs", "low"),
-    ("keepalive", "lb_cpu_busy_pct", "Keep-alive: balancer CPU busy", "%", None),
-    ("idle", "rss_per_conn_5000", "Idle: balancer RSS per connection, 5000 conns", "bytes", "low"),
-    ("idle", "rss_per_conn_9000", "Idle: balancer RSS per connection, 9000 conns", "bytes", "low"),
-    ("idle", "kernel_slab_9000", "Idle: kernel socket slab per connection (all sockets on the path), 9000",
-     "bytes", "low"),
-    ("idle", "kernel_slab_9000-direct", "Idle: the balancer's two sockets' kernel slab (above, less direct)",
-     "bytes", "low"),
-    ("idle", "kernel_tcpmem_9000", "Idle: kernel TCP buffers per connection, 9000", "bytes", "low"),
-    ("storm", "complete_ms", "Storm: 5000 clients at once, all answered after", "ms", "low"),
-    ("storm", "p99_ms", "Storm: per-connection p99", "ms", "low"),
-    ("storm", "listen_overflows", "Storm: accept-queue overflows (kernel ListenOverflows)", "count", "low"),
-    ("instructions", "ir_per_conn", "Instructions per connection (callgrind, 64 KiB each)", "Ir", "low"),
-    ("scrape", "scrape_p50_ms_0", "GET /metrics latency p50, no sessions", "ms", "low"),
-    ("scrape", "scrape_cpu_us_per_scrape_0", "GET /metrics: apilb CPU per scrape, no sessions", "CPU µs", "low"),
-    ("scrape", "scrape_p50_ms_9000", "GET /metrics latency p50, 9000 idle sessions", "ms", "low"),
-    ("scrape", "scrape_cpu_us_per_scrape_9000", "GET /metrics: apilb CPU per scrape, 9000 idle sessions",
-     "CPU µs", "low"),
-]
-
-# (test, key, comparison target, factor, rule) for the issue's targets
-GOALS = [
-    ("bulk", "gbps", "haproxy", 1.3, ">="),
-    ("bulk", "gbps", "direct", 0.8, ">="),
-    ("conn_http", "rps", "nginx", 1.25, ">="),
-    ("conn_tls", "rps", "nginx", 1.25, ">="),
-    ("keepalive", "rps", "nginx", 1.1, ">="),
-    ("keepalive", "p99_ms", "haproxy", 1.0, "<="),
-    ("idle", "rss_per_conn_5000", None, 2048, "<="),
-    ("idle", "rss_per_conn_9000", None, 2048, "<="),
-    ("storm", "complete_ms", "direct", 1.1, "<="),
-]
-
-
-def value(sample: dict, key: str):
-    if key == "listen_overflows":
-        return sample.get("tcp", {}).get("ListenOverflows")
-    if key.startswith("kernel_slab_"):
-        return sample.get(f"kernel_per_conn_{key.rsplit('_', 1)[1]}", {}).get("Slab")
-    if key.startswith("kernel_tcpmem_"):
-        return sample.get(f"kernel_per_conn_{key.rsplit('_', 1)[1]}", {}).get("tcp_mem")
-    return sample.get(key)
-
-
-def median_of(samples: list[dict], key: str):
-    vals = [value(s, key) for s in samples]
-    vals = [v for v in vals if v is not None]
-    return (statistics.median(vals), vals) if vals else (None, [])
-
-
-def fmt(v, unit: str) -> str:
-    if v is None:
-        return "–"
-    if unit in ("Gbit/s",):
-        return f"{v:.2f}"
-    if unit in ("CPU s/GB",):
-        return f"{v:.3f}"
-    if unit in ("ms", "CPU µs"):
-        return f"{v:.2f}" if v < 100 else f"{v:.0f}"
-    if unit == "%":
-        return f"{v:.0f}"
-    return f"{v:,.0f}"
-
-
-def table(samples) -> tuple[str, list[str]]:
-    lines = ["| Measure | unit | apilb | HAProxy | nginx | direct | apilb/direct | apilb/HAProxy | apilb/nginx |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
-    for test, key, label, unit, _ in ROWS:
-        if key.endswith("-direct"):
-            base = median_of(samples[test]["direct"], key[:-7])[0]
-            med = {t: median_of(samples[test][t], key[:-7])[0] for t in BALANCERS}
-            med = {t: (v - base if v is not None and base is not None else None) for t, v in med.items()}
-            med["direct"] = None
-        else:
-            med = {t: median_of(samples[test][t], key)[0] for t in TARGETS}
-        if all(v is None for v in med.values()):
-            continue
-        a = med["apilb"]
-
-        def ratio(o):
-            return f"{a / o:.2f}" if a is not None and o else "–"
-
-        lines.append(f"| {label} | {unit} | " + " | ".join(fmt(med[t], unit) for t in TARGETS) +
-                     f" | {ratio(med['direct'])} | {ratio(med['haproxy'])} | {ratio(med['nginx'])} |")
-    goals = []
-    for test, key, other, factor, rule in GOALS:
-        a = median_of(samples[test]["apilb"], key)[0]
-        label = next(r[2] for r in ROWS if r[0] == test and r[1] == key)
-        if other is None:
-            ref, desc = factor, f"≤ {factor:.0f} bytes"
-        else:
-            o = median_of(samples[test][other], key)[0]
-            ref = o * factor if o is not None else None
-            desc = f"{rule.replace('>=', '≥').replace('<=', '≤')} {factor} × {other}"
-        if a is None or ref is None:
-            status = "not measured"
-        else:
-            met = a >= ref if rule == ">=" else a <= ref
-            have = f"{a / (ref / factor):.2f} ×" if other else f"{a:.0f} bytes"
-            status = f"{'met' if met else 'MISSED'} ({have})"
-        goals.append(f"| {label} | {desc} | {status} |")
-    return "\n".join(lines), goals
-
-
-def round_ratios(samples) -> str:
-    """apilb against the reference of each target, round by round: how much
-    of the median's verdict a single noisy round could change."""
-    lines = ["Per round, apilb divided by the reference measured in the same round:", "",
-             "| Measure | reference | rounds 1, 2, ... |", "|---|---|---|"]
-    for test, key, other, _factor, _rule in GOALS:
-        if other is None:
-            continue
-        by_round = {s["round"]: value(s, key) for s in samples[test][other]}
-        ratios = []
-        for s in samples[test]["apilb"]:
-            a, o = value(s, key), by_round.get(s["round"])
-            if a is not None and o:
-                ratios.append(f"{a / o:.2f}")
-        label = next(r[2] for r in ROWS if r[0] == test and r[1] == key)
-        lines.append(f"| {label} | {other} | {', '.join(ratios) or '–'} |")
-    return "\n".join(lines)
-
-
-def noise_table(samples) -> str:
-    """How busy the balancer's CPU was with other people's work during each
-    test (median %): the direct column is the machine's background load."""
-    lines = ["Other load on the balancer's CPU during the measurements (median %; for direct, "
-             "everything on that CPU is other load):", "",
-             "| Test | apilb | HAProxy | nginx | direct |", "|---|--:|--:|--:|--:|"]
-    for test in TESTS:
-        med = [median_of(samples[test][t], "foreign_lb_cpu_pct")[0] for t in TARGETS]
-        if all(v is None for v in med):
-            continue
-        lines.append(f"| {test} | " + " | ".join("–" if v is None else f"{v:.0f}" for v in med) + " |")
-    return "\n".join(lines)
 
 
 def main() -> int:
@@ -892,6 +785,13 @@ def main() -> int:
                          "measured run into DIR/perf.TEST.TARGET.N.data")
     ap.add_argument("--apilb-relay", choices=("splice", "copy"), default="splice",
                     help="apilb's relay.mode (default splice, apilb's default)")
+    ap.add_argument("--workers", default="auto,1,2",
+                    help="configurations to measure, in this order: N = N workers (apilb), threads (HAProxy "
+                         "nbthread) and worker processes (nginx) each; auto = each one's shipped default "
+                         "(apilb workers: 0, HAProxy without nbthread, nginx worker_processes auto)")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="count the balancer's system calls (perf stat on the syscalls tracepoints) in each "
+                         "measured run and report them per unit of work (slows the balancer a little)")
     ap.add_argument("--lb-cpu", default="0")
     ap.add_argument("--gen-cpu", default="1")
     args = ap.parse_args()
@@ -900,6 +800,10 @@ def main() -> int:
         if t not in TESTS:
             ap.error(f"unknown test {t}; known: {', '.join(TESTS)}")
     args.idle_steps = [int(x) for x in args.idle.split(",")]
+    args.workers = [w for w in args.workers.split(",") if w]
+    for w in args.workers:
+        if w != "auto" and not (w.isdigit() and 1 <= int(w) <= 64):
+            ap.error(f"--workers: {w} is neither auto nor a count 1..64")
 
     bench = Bench(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -918,16 +822,24 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, goals = table(bench.samples)
     elapsed = time.monotonic() - started
-    md = [f"{args.rounds} rounds, medians; {elapsed:.0f} s in all.", "", rows, "",
-          "| Target | wanted | apilb |", "|---|---|---|", *goals, "", round_ratios(bench.samples), "",
-          noise_table(bench.samples)]
+    md = [f"{args.rounds} rounds, medians; configurations {', '.join(args.workers)}; {elapsed:.0f} s in all."]
+    for w in args.workers:
+        samples = bench.samples[w]
+        rows, goals = table(samples)
+        title = ("shipped defaults: apilb `workers: 0` (one per CPU core), HAProxy without `nbthread`, "
+                 "nginx `worker_processes auto`") if w == "auto" else f"{w} worker(s)/thread(s) each"
+        md += ["", f"## workers {w}: {title}", "", rows, "",
+               "| Target | wanted | apilb |", "|---|---|---|", *goals, "", round_ratios(samples), "",
+               noise_table(samples)]
+        if args.syscalls:
+            md += ["", syscall_table(samples)]
     if bench.notes:
         md += ["", "Failed measurements:", *[f"- {n}" for n in bench.notes]]
     (out / "results.md").write_text("\n".join(md) + "\n")
     (out / "results.json").write_text(json.dumps(
-        {"rounds": args.rounds, "seconds": args.seconds, "elapsed_s": elapsed, "samples": bench.samples,
+        {"rounds": args.rounds, "seconds": args.seconds, "elapsed_s": elapsed, "workers": args.workers,
+         "samples": bench.samples,
          "notes": bench.notes}, indent=1))
     print("\n".join(md))
     return 1 if bench.notes else 0

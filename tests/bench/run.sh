@@ -4,9 +4,14 @@
 # interleaved round by round. docs/performance.md explains every test and
 # holds the results of a full run.
 #
-#   bash tests/bench/run.sh                  # full suite: 3 rounds, all tests, ~5 minutes
+#   bash tests/bench/run.sh                  # full suite: 3 rounds, all tests, the shipped
+#                                            # defaults (auto), then 1 and 2 workers each: ~15 minutes
 #   BENCH_ROUNDS=5 bash tests/bench/run.sh   # more rounds
-#   bash tests/bench/run.sh --tests bulk,keepalive --rounds 1   # a subset
+#   bash tests/bench/run.sh --tests bulk,keepalive --rounds 1 --workers 1   # a subset
+#   bash tests/bench/syscalls.sh             # system calls per unit of work (perf stat)
+#
+# On a machine shared with others who measure, take the lock first:
+#   flock /tmp/apilb-bench.lock bash tests/bench/run.sh ...
 #
 # Arguments are passed to bench.py (see `python3 tests/bench/bench.py -h`).
 # Environment:
