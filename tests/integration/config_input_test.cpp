@@ -23,24 +23,20 @@ namespace {
 using std::chrono::milliseconds;
 using clock_type = std::chrono::steady_clock;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 /// As apilb/yaml_guard.hpp: under ASan and TSan every budget is four times larger.
-constexpr int slowdown = 4;
-#else
-constexpr int slowdown = 1;
-#endif
+const int slowdown = apilb_sanitized() ? 4 : 1;
 /// The guard's wall-clock deadline (yaml_guard_deadline): the latest a
 /// runaway parse is refused. Its 500 ms CPU budget usually refuses it well
 /// before, but a child starved of CPU takes longer to use the budget: with
 /// tests running side by side on a loaded 2-core machine (load 21) a hang
 /// file once needed 4.5 s of wall time.
-constexpr auto guard_deadline = 5s * slowdown;
+const auto guard_deadline = 5s * slowdown;
 /// What "answers at once" means here: within the guard's deadline, plus time
 /// for the process to start and exit (under ASan on that loaded machine,
 /// 7.5 s past the 20 s deadline). Without the fixes these commands never
 /// answer (run_command kills them at the command timeout below).
-constexpr auto answer_bound = guard_deadline + 3s * slowdown;
-constexpr auto command_timeout = answer_bound + 4s * slowdown;
+const auto answer_bound = guard_deadline + 3s * slowdown;
+const auto command_timeout = answer_bound + 4s * slowdown;
 
 std::string bin() { return required_env("APILB_BIN"); }
 
@@ -127,15 +123,13 @@ TEST(ConfigInput, CheckConfigRefusesEveryCorpusFileWithinTheBound) {
 // child is started without valgrind (no --trace-children), so this costs
 // little. Not in sanitizer builds: valgrind cannot run them.
 TEST(ConfigInput, CheckConfigLoadsAGoodFileUnderValgrind) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-    GTEST_SKIP() << "valgrind cannot run a sanitizer build";
-#endif
+    if (apilb_sanitized()) GTEST_SKIP() << "valgrind cannot run a sanitizer build";
     const std::string valgrind = "/usr/bin/valgrind";
     if (::access(valgrind.c_str(), X_OK) != 0) GTEST_SKIP() << valgrind << " is not installed";
     temp_dir dir;
     dir.write("good.yaml", single_pool_config(free_port(), {"127.0.0.2:9"}, "round-robin", 1));
-    const auto r = run_command({valgrind, "--tool=none", "-q", bin(), "check-config", "--config", dir.file("good.yaml")},
-                               60s * slowdown);
+    const auto r = run_command(
+        {valgrind, "--tool=none", "-q", bin(), "check-config", "--config", dir.file("good.yaml")}, 60s * slowdown);
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(r.output.find("exited with code"), std::string::npos) << r.output;
 }

@@ -36,6 +36,20 @@ std::string required_env(const char* name) {
     return v;
 }
 
+namespace {
+/// APILB_SANITIZE, or "none" outside meson test (where APILB_BIN is missing
+/// too, and each test says so): read at static initialisation, so it must
+/// not throw.
+std::string apilb_sanitize() {
+    const char* v = std::getenv("APILB_SANITIZE");
+    return v == nullptr || *v == '\0' ? "none" : v;
+}
+}  // namespace
+
+bool apilb_has_asan() { return apilb_sanitize().find("address") != std::string::npos; }
+
+bool apilb_sanitized() { return apilb_sanitize() != "none"; }
+
 temp_dir::temp_dir() {
     const char* base = std::getenv("TMPDIR");
     std::string tmpl = std::string(base && *base ? base : "/tmp") + "/apilb-test-XXXXXX";

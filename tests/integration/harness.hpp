@@ -24,6 +24,14 @@ using namespace std::chrono_literals;
 /// An environment variable the meson test definition sets; fails the test if missing.
 std::string required_env(const char* name);
 
+/// Whether the apilb under test (APILB_BIN) was built with AddressSanitizer,
+/// or with any sanitizer: meson's b_sanitize of apilb's build, in
+/// APILB_SANITIZE. Asked at run time, not with __SANITIZE_ADDRESS__: the
+/// sanitizer build runs the plain build's test programs against its own
+/// apilb (tests/integration/meson.build).
+bool apilb_has_asan();
+bool apilb_sanitized();
+
 /// A fresh directory under $TMPDIR, removed when the object dies.
 class temp_dir {
 public:

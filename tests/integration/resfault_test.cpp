@@ -228,9 +228,9 @@ long status_kb(pid_t pid, const std::string& field) {
 }
 
 TEST(Resfault, AnAllocationThatFailsResetsItsClientAndNeverStopsServing) {
-#if defined(__SANITIZE_ADDRESS__)
-    GTEST_SKIP() << "ASan's allocator maps its heap up front: an address-space limit does not reach it";
-#endif
+    if (apilb_has_asan()) {
+        GTEST_SKIP() << "ASan's allocator maps its heap up front: an address-space limit does not reach it";
+    }
     // cgroup v1 on this machine has no memory.max to lower for one process
     // without a hierarchy of our own; RLIMIT_AS reaches malloc the same way:
     // an allocation that needs more address space fails (std::bad_alloc).
@@ -519,10 +519,11 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
     std::vector<std::string> env = {"/usr/bin/env", "LD_PRELOAD=" + libfaketime,
                                     "FAKETIME_TIMESTAMP_FILE=" + dir.file("faketime"), "FAKETIME_NO_CACHE=1",
                                     "DONT_FAKE_MONOTONIC=1"};
-#if defined(__SANITIZE_ADDRESS__)
-    const char* asan = std::getenv("ASAN_OPTIONS");
-    env.push_back(std::string("ASAN_OPTIONS=") + (asan ? std::string(asan) + ":" : "") + "verify_asan_link_order=0");
-#endif
+    if (apilb_has_asan()) {
+        const char* asan = std::getenv("ASAN_OPTIONS");
+        env.push_back(std::string("ASAN_OPTIONS=") + (asan ? std::string(asan) + ":" : "") +
+                      "verify_asan_link_order=0");
+    }
     const std::string extra = admin_section(admin) + "timeouts: {idle: 2s, drain: 1s}\n";
     std::string yaml = single_pool_config(port, {backend.address()}, "round-robin", 1, extra);
     yaml.replace(yaml.find("log:"), 0, "    health: {type: tcp, interval: 200ms, timeout: 100ms, rise: 1, fall: 1}\n");

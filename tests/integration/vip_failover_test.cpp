@@ -44,11 +44,7 @@ namespace {
 using steady = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool sanitized = true;
-#else
-constexpr bool sanitized = false;
-#endif
+const bool sanitized = apilb_sanitized();
 
 constexpr milliseconds advert{100};
 const std::string vip = "198.18.0.100";
