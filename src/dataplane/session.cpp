@@ -9,7 +9,6 @@
 #include "apilb/dataplane/session.hpp"
 
 #include <boost/asio/steady_timer.hpp>
-#include <boost/container/small_vector.hpp>
 
 #include <algorithm>
 #include <limits>
@@ -24,8 +23,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "apilb/core/health.hpp"
-#include "apilb/core/pacing.hpp"
+#include "apilb/dataplane/backend_choice.hpp"
 #include "apilb/dataplane/socket_options.hpp"
 #include "apilb/dataplane/worker_context.hpp"
 #include "apilb/logging/logging.hpp"
@@ -59,16 +57,6 @@ std::string endpoint_text(const tcp::endpoint& ep) {
                      : fmt::format("{}:{}", a.to_string(), ep.port());
 }
 
-/// Reserves a session slot on a backend, honouring limits.per_backend across
-/// all workers without a lock.
-bool try_reserve(backend_stats& stats, std::uint32_t per_backend) {
-    auto current = stats.active.load(std::memory_order_relaxed);
-    do {
-        if (per_backend != 0 && current >= per_backend) return false;
-    } while (!stats.active.compare_exchange_weak(current, current + 1, std::memory_order_relaxed));
-    return true;
-}
-
 /// Passive health detection: the first failure of a backend marks it
 /// suspect at once (other workers skip it from now on) and tells the health
 /// checker, which probes it at once. Later failures while it is suspect are
@@ -77,37 +65,6 @@ void report_passive(worker_context& ctx, const pool_runtime& pool, const backend
     if (!pool.cfg->health.passive || !ctx.report_passive) return;
     if (b.health->suspect.exchange(true, std::memory_order_relaxed)) return;
     ctx.report_passive(b.health, std::move(what));
-}
-
-/// Backends tried so far by one session; no allocation for pools of up to 16.
-using tried_set = boost::container::small_vector<std::uint8_t, 16>;
-
-/// What the balancer needs of every backend now: its health tier, its
-/// weight scaled by slow start (in 1/1000), and whether it may be chosen.
-void fill_loads(std::vector<backend_load>& loads, const pool_runtime& pool, const tried_set& tried,
-                std::uint32_t per_backend) {
-    const health_config& health = pool.cfg->health;
-    const bool try_all = health.all_unhealthy == all_unhealthy_policy::try_all;
-    const std::int64_t now =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
-    loads.resize(pool.backends.size());
-    for (std::size_t i = 0; i < loads.size(); ++i) {
-        const auto& b = pool.backends[i];
-        const auto active = b.stats->active.load(std::memory_order_relaxed);
-        const bool healthy = b.health->healthy.load(std::memory_order_relaxed);
-        const health_tier tier = tier_of(healthy, b.health->suspect.load(std::memory_order_relaxed));
-        std::uint32_t permille = 1000;
-        if (const auto ramp = b.health->ramp_start_ns.load(std::memory_order_relaxed); ramp != 0 && healthy) {
-            permille = slow_start_permille(std::chrono::nanoseconds(now - ramp), health.slow_start);
-        }
-        loads[i] = {.weight = b.cfg->weight * permille,
-                    .active = active,
-                    // drain: no new sessions, like an unhealthy backend under
-                    // all_unhealthy: reject (a Maglev key moves to its next choice).
-                    .available = !b.drained() && !tried[i] && (per_backend == 0 || active < per_backend) &&
-                                 (tier != health_tier::unhealthy || try_all),
-                    .tier = static_cast<std::uint8_t>(tier)};
-    }
 }
 
 /// Choosing and connecting across the attempts of one session.
@@ -127,25 +84,6 @@ struct connect_state {
         failures += what;
     }
 };
-
-/// The Maglev key of a client: its address bytes (and port), hashed the same
-/// way on every apilb, so both balancers of a pair agree.
-std::uint64_t client_key_hash(const tcp::endpoint& ep, hash_key key) {
-    std::string bytes;
-    const auto addr = ep.address();
-    if (addr.is_v4()) {
-        const auto b = addr.to_v4().to_bytes();
-        bytes.assign(b.begin(), b.end());
-    } else {
-        const auto b = addr.to_v6().to_bytes();
-        bytes.assign(b.begin(), b.end());
-    }
-    if (key == hash_key::source_address_port) {
-        bytes.push_back(static_cast<char>(ep.port() >> 8));
-        bytes.push_back(static_cast<char>(ep.port() & 0xff));
-    }
-    return stable_hash(bytes);
-}
 
 /// True if `bytes` start with a TLS handshake record (content type 22,
 /// protocol major version 3): a ClientHello.
@@ -175,24 +113,6 @@ close_reason relay_end_reason(const pump_result& to_backend, const pump_result& 
     const bool timed_out = failed->error.value() == ETIMEDOUT;
     if (client_leg) return timed_out ? close_reason::client_timeout : close_reason::client_reset;
     return timed_out ? close_reason::backend_timeout : close_reason::backend_reset;
-}
-
-std::int64_t steady_now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch()).count();
-}
-
-/// Reserves a turn in the GCRA `state`, shared with every worker, without a
-/// lock; nullopt if it would wait longer than `max_delay`.
-std::optional<gcra_slot> reserve_turn(std::atomic<std::int64_t>& state, std::int64_t interval, std::uint32_t burst,
-                                      std::int64_t max_delay) {
-    const std::int64_t now = steady_now_ns();
-    std::int64_t tat = state.load(std::memory_order_relaxed);
-    std::optional<gcra_slot> slot;
-    do {
-        slot = gcra_reserve(tat, now, interval, burst, max_delay);
-        if (!slot) break;
-    } while (!state.compare_exchange_weak(tat, slot->new_tat, std::memory_order_relaxed));
-    return slot;
 }
 
 /// One proxied connection. It owns both sockets and the relay; whichever
