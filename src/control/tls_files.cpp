@@ -58,7 +58,11 @@ std::string ssl_errors() {
 }
 
 void load_ca_file(SSL_CTX* ctx, const std::string& what, const std::string& path, bool request_names) {
-    const std::string pem = read_pem(what, path);
+    load_ca_pem(ctx, what, path, read_pem(what, path), request_names);
+}
+
+void load_ca_pem(SSL_CTX* ctx, const std::string& what, const std::string& path, const std::string& pem,
+                 bool request_names) {
     ERR_clear_error();
     bio_ptr bio = memory_bio(pem);
     if (!bio) fail(what, path);
@@ -85,7 +89,11 @@ void load_ca_file(SSL_CTX* ctx, const std::string& what, const std::string& path
 }
 
 void load_certificate_chain_file(SSL_CTX* ctx, const std::string& what, const std::string& path) {
-    const std::string pem = read_pem(what, path);
+    load_certificate_chain_pem(ctx, what, path, read_pem(what, path));
+}
+
+void load_certificate_chain_pem(SSL_CTX* ctx, const std::string& what, const std::string& path,
+                                const std::string& pem) {
     ERR_clear_error();
     bio_ptr bio = memory_bio(pem);
     if (!bio) fail(what, path);
@@ -108,7 +116,10 @@ void load_certificate_chain_file(SSL_CTX* ctx, const std::string& what, const st
 }
 
 void load_private_key_file(SSL_CTX* ctx, const std::string& what, const std::string& path) {
-    const std::string pem = read_pem(what, path);
+    load_private_key_pem(ctx, what, path, read_pem(what, path));
+}
+
+void load_private_key_pem(SSL_CTX* ctx, const std::string& what, const std::string& path, const std::string& pem) {
     ERR_clear_error();
     bio_ptr bio = memory_bio(pem);
     if (!bio) fail(what, path);

@@ -28,4 +28,12 @@ void load_certificate_chain_file(SSL_CTX* ctx, const std::string& what, const st
 /// applies, as with SSL_CTX_use_PrivateKey_file.
 void load_private_key_file(SSL_CTX* ctx, const std::string& what, const std::string& path);
 
+/// The same three from PEM bytes already read (a kubeconfig's *-data);
+/// `path` names where they came from in messages.
+void load_ca_pem(SSL_CTX* ctx, const std::string& what, const std::string& path, const std::string& pem,
+                 bool request_names = false);
+void load_certificate_chain_pem(SSL_CTX* ctx, const std::string& what, const std::string& path,
+                                const std::string& pem);
+void load_private_key_pem(SSL_CTX* ctx, const std::string& what, const std::string& path, const std::string& pem);
+
 }  // namespace apilb
