@@ -74,8 +74,16 @@ public:
 
     const discovery_stats& stats() const noexcept { return *stats_; }
     const std::string& pool() const noexcept { return pool_; }
-    /// The last set the API gave (empty before the first list).
+    /// The last set the API gave, or the state file's until it does (empty
+    /// before either).
     const std::vector<discovered_endpoint>& current() const noexcept { return current_; }
+    /// Where current() came from.
+    discovery_source source() const noexcept { return source_; }
+    /// Starts from a last-known-good set (the state file) until the API answers.
+    void assume(std::vector<discovered_endpoint> known) {
+        current_ = std::move(known);
+        source_ = discovery_source::state_file;
+    }
 
 private:
     struct shared;  // what the coroutine and stop() both reach
@@ -101,6 +109,7 @@ private:
     std::string resource_version_;
     std::map<std::string, slice_state> slices_;
     std::vector<discovered_endpoint> current_;
+    discovery_source source_ = discovery_source::seed;
     std::shared_ptr<discovery_stats> stats_;
     std::shared_ptr<shared> life_;
     std::minstd_rand random_;
