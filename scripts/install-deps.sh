@@ -30,6 +30,9 @@ base=(
   # (systemd-analyze), the OCI image without a daemon (umoci), man, YAML.
   debhelper dpkg-dev fakeroot lintian systemd umoci man-db python3-yaml
   chromium
+  # tests/integration/standin_api_test.py: the stand-in apiserver's
+  # EndpointSlice API against the real Kubernetes Python client.
+  python3-kubernetes
   # scripts/fuzz.sh and the fuzz stage of scripts/test.sh: libFuzzer.
   clang-14 libclang-rt-14-dev
   # The format test (scripts/format.sh): Debian 12's clang-format.

@@ -10,6 +10,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <regex>
 #include <stdexcept>
@@ -78,6 +79,33 @@ bool standin_process::set_readyz(const std::string& state) {
          "--key", certs_ + "/client.key", "-X", "POST", "https://" + address() + "/control/readyz?status=" + state},
         10s);
     return r.exit_code == 0 && r.output == "ok";
+}
+
+standin_process::reply standin_process::request(const std::string& method, const std::string& path,
+                                                const std::string& body) {
+    std::vector<std::string> argv{"/usr/bin/curl",
+                                  "-sS",
+                                  "--max-time",
+                                  "10",
+                                  "--cacert",
+                                  certs_ + "/ca.crt",
+                                  "--cert",
+                                  certs_ + "/client.crt",
+                                  "--key",
+                                  certs_ + "/client.key",
+                                  "-X",
+                                  method,
+                                  "-w",
+                                  "\n%{http_code}"};
+    if (!body.empty()) argv.insert(argv.end(), {"-H", "Content-Type: application/json", "--data-binary", body});
+    argv.push_back("https://" + address() + path);
+    auto r = run_command(argv, 20s);
+    reply out;
+    const auto nl = r.output.rfind('\n');
+    if (r.exit_code != 0 || nl == std::string::npos) return out;
+    out.status = std::atoi(r.output.c_str() + nl + 1);
+    out.body = r.output.substr(0, nl);
+    return out;
 }
 
 void standin_process::kill() {

@@ -37,6 +37,17 @@ public:
 
     /// POST /control/readyz?status=ok|fail|hang, straight to the stand-in.
     bool set_readyz(const std::string& state);
+    /// An answer from request(): the HTTP status (0 when curl got none) and the body.
+    struct reply {
+        int status = 0;
+        std::string body;
+    };
+    /// `method path` straight to the stand-in with the test client
+    /// certificate: its Kubernetes API or its /control/ surface
+    /// (tests/standin/k8s_api.hpp), e.g. request("PUT", "/control/slices/kubernetes",
+    /// R"({"endpoints":[{"addresses":["127.0.0.2"]}]})"). The certificate
+    /// authenticates only with "--client-ca CERTS/ca.crt" among the options.
+    reply request(const std::string& method, const std::string& path, const std::string& body = {});
     /// SIGKILL: the kernel closes its sockets; connects are refused from now on.
     void kill();
     /// SIGSTOP: a blackhole; the kernel still completes TCP handshakes, nothing answers.

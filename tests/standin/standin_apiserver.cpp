@@ -1,21 +1,20 @@
 // apilb-standin: a small HTTPS server that behaves like kube-apiserver's health,
-// version and watch endpoints, for apilb's integration tests and demo.
+// version and watch endpoints, and serves the `kubernetes` EndpointSlices and
+// Endpoints as the apiserver does (k8s_api.hpp lists that API and the control
+// surface tests drive it with), for apilb's integration tests and demo.
 //
 // One io_context on two threads; every connection runs as one coroutine on its
 // own strand, so a connection's TLS stream is never touched from two threads.
 // Errors on a connection end that connection only; the process never exits
 // because of a client.
 
-#include <boost/asio.hpp>
-#include <boost/asio/ssl.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-#include <boost/beast/ssl.hpp>
+#include "k8s_api.hpp"
+#include "k8s_store.hpp"
+#include "standin_http.hpp"
+
 #include <boost/json.hpp>
 
-#include <openssl/bio.h>
 #include <openssl/ssl.h>
-#include <openssl/x509.h>
 
 #include <array>
 #include <atomic>
@@ -37,18 +36,9 @@
 
 namespace {
 
-namespace net = boost::asio;
-namespace ssl = net::ssl;
-namespace beast = boost::beast;
-namespace http = beast::http;
-namespace json = boost::json;
-using tcp = net::ip::tcp;
+using namespace standin;
 using net::use_awaitable;
 using namespace std::chrono_literals;
-
-using tls_stream = beast::ssl_stream<beast::tcp_stream>;
-using request = http::request<http::string_body>;
-using response = http::response<http::string_body>;
 
 constexpr std::uint64_t body_limit = 1024 * 1024;
 constexpr std::uint32_t header_limit = 64 * 1024;
@@ -56,10 +46,7 @@ constexpr auto handshake_timeout = 10s;
 // Between requests on a keep-alive connection; clients (kubectl, apilb probes)
 // reconnect transparently when the server closes an idle connection.
 constexpr auto idle_timeout = 120s;
-constexpr auto write_timeout = 30s;
 constexpr auto shutdown_timeout = 3s;
-
-enum class readiness { ok, fail, hang };
 
 std::optional<readiness> parse_readiness(std::string_view s) {
     if (s == "ok") return readiness::ok;
@@ -78,13 +65,7 @@ struct options {
     std::string bearer_token_file;
     std::string name = "standin";
     readiness ready = readiness::ok;
-};
-
-/// State shared by all connections; readiness is switched at run time.
-struct server_state {
-    std::string name;
-    std::atomic<readiness> ready;
-    std::string bearer_token_file;  ///< when set, health endpoints need this token
+    k8s_api_options api;
 };
 
 struct usage_error : std::runtime_error {
@@ -95,6 +76,7 @@ constexpr std::string_view usage_text =
     "usage: apilb-standin --listen IP:PORT --cert FILE --key FILE\n"
     "                     [--client-ca FILE [--require-client-cert]] [--require-bearer-token FILE]\n"
     "                     [--name NAME] [--readyz ok|fail|hang]\n"
+    "                     [--token-auth-file FILE] [--forbidden-user USER] [--bookmark-interval-ms N]\n"
     "  --listen IP:PORT   address to bind (IPv4 or [IPv6]:PORT; port 0 picks one);\n"
     "                     prints 'listening on IP:PORT' once bound\n"
     "  --cert, --key      PEM server certificate (chain) and private key\n"
@@ -105,7 +87,14 @@ constexpr std::string_view usage_text =
     "                     read again for every request (like kube-apiserver with\n"
     "                     --anonymous-auth=false)\n"
     "  --name NAME        reported in X-Standin-Name and /whoami (default standin)\n"
-    "  --readyz STATE     initial /readyz state (default ok)\n";
+    "  --readyz STATE     initial /readyz state (default ok)\n"
+    "  --token-auth-file FILE  Kubernetes API bearer tokens, kube-apiserver's format\n"
+    "                     (token,user,uid[,groups]), read again for every request;\n"
+    "                     a client certificate from --client-ca authenticates its CN\n"
+    "  --forbidden-user USER  an authenticated user the API answers 403\n"
+    "  --bookmark-interval-ms N  watch BOOKMARK interval (default 60000, the apiserver's)\n"
+    "The API serves slice `kubernetes` with this server's address at start;\n"
+    "see tests/standin/k8s_api.hpp for its paths and the /control/ surface.\n";
 
 std::string endpoint_string(const tcp::endpoint& ep) {
     const auto port = std::to_string(ep.port());
@@ -167,6 +156,14 @@ options parse_args(int argc, char** argv) {
             opt.bearer_token_file = value;
         } else if (arg == "--name") {
             opt.name = value;
+        } else if (arg == "--token-auth-file") {
+            opt.api.token_auth_file = value;
+        } else if (arg == "--forbidden-user") {
+            opt.api.forbidden_user = value;
+        } else if (arg == "--bookmark-interval-ms") {
+            const auto ms = parse_u64(value);
+            if (!ms || *ms < 10 || *ms > 3600 * 1000) throw usage_error("--bookmark-interval-ms: expected 10-3600000");
+            opt.api.bookmark_interval = std::chrono::milliseconds{*ms};
         } else if (arg == "--readyz") {
             const auto r = parse_readiness(value);
             if (!r) throw usage_error("--readyz: expected ok, fail or hang");
@@ -218,76 +215,6 @@ ssl::context make_tls_context(const options& opt) {
     return ctx;
 }
 
-/// The verified client certificate's subject in RFC 2253 form, or "" if none.
-std::string peer_subject(tls_stream& stream) {
-    SSL* ssl = stream.native_handle();
-    X509* cert = SSL_get0_peer_certificate(ssl);
-    if (cert == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) return {};
-    std::unique_ptr<BIO, decltype(&BIO_free)> bio{BIO_new(BIO_s_mem()), &BIO_free};
-    if (!bio) return {};
-    if (X509_NAME_print_ex(bio.get(), X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) < 0) return {};
-    char* data = nullptr;
-    const long len = BIO_get_mem_data(bio.get(), &data);
-    return len > 0 ? std::string(data, static_cast<std::size_t>(len)) : std::string{};
-}
-
-/// Request target split into path and query parameters (no percent-decoding:
-/// every parameter we read is a plain token or number).
-struct target {
-    std::string_view path;
-    std::vector<std::pair<std::string_view, std::string_view>> query;
-
-    explicit target(std::string_view t) {
-        const auto q = t.find('?');
-        path = t.substr(0, q);
-        if (q == std::string_view::npos) return;
-        auto rest = t.substr(q + 1);
-        while (!rest.empty()) {
-            const auto amp = rest.find('&');
-            const auto part = rest.substr(0, amp);
-            rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
-            if (part.empty()) continue;
-            const auto eq = part.find('=');
-            if (eq == std::string_view::npos)
-                query.emplace_back(part, std::string_view{});
-            else
-                query.emplace_back(part.substr(0, eq), part.substr(eq + 1));
-        }
-    }
-
-    std::optional<std::string_view> param(std::string_view key) const {
-        for (const auto& [k, v] : query)
-            if (k == key) return v;
-        return std::nullopt;
-    }
-};
-
-std::optional<std::uint64_t> parse_u64(std::string_view s) {
-    std::uint64_t v = 0;
-    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (ec != std::errc{} || end != s.data() + s.size()) return std::nullopt;
-    return v;
-}
-
-template <class Body>
-void set_common_headers(http::response<Body>& res, const server_state& state) {
-    res.set(http::field::server, "apilb-standin");
-    res.set("X-Standin-Name", state.name);
-    res.set(http::field::cache_control, "no-cache, private");
-}
-
-response make_response(http::status status, unsigned version, bool keep_alive, std::string body,
-                       std::string_view content_type, const server_state& state) {
-    response res{status, version};
-    set_common_headers(res, state);
-    res.set(http::field::content_type, content_type);
-    res.set("X-Content-Type-Options", "nosniff");
-    res.keep_alive(keep_alive);
-    res.body() = std::move(body);
-    res.prepare_payload();
-    return res;
-}
-
 constexpr std::string_view text_plain = "text/plain; charset=utf-8";
 
 response text(const request& req, http::status status, std::string body, const server_state& state) {
@@ -331,15 +258,7 @@ net::awaitable<void> hang(tls_stream& stream) {
 /// connection may carry another request.
 net::awaitable<bool> serve_watch(tls_stream& stream, const request& req, std::uint64_t events,
                                  std::chrono::milliseconds interval, const server_state& state) {
-    http::response<http::empty_body> res{http::status::ok, req.version()};
-    set_common_headers(res, state);
-    res.set(http::field::content_type, "application/json");
-    res.keep_alive(req.keep_alive());
-    res.chunked(true);
-    http::response_serializer<http::empty_body> sr{res};
-    auto& tcp_layer = beast::get_lowest_layer(stream);
-    tcp_layer.expires_after(write_timeout);
-    if (auto [ec, n] = co_await http::async_write_header(stream, sr, net::as_tuple(use_awaitable)); ec) co_return false;
+    if (!co_await write_stream_header(stream, req, state)) co_return false;
 
     net::steady_timer timer{co_await net::this_coro::executor};
     for (std::uint64_t i = 1; events == 0 || i <= events; ++i) {
@@ -353,15 +272,9 @@ net::awaitable<bool> serve_watch(tls_stream& stream, const request& req, std::ui
         const std::string line =
             R"({"type":"ADDED","object":{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"cm-)" + rv +
             R"(","resourceVersion":")" + rv + "\"}}}\n";
-        tcp_layer.expires_after(write_timeout);
-        if (auto [ec, n] = co_await net::async_write(stream, http::make_chunk(net::buffer(line)),
-                                                     net::as_tuple(use_awaitable));
-            ec)
-            co_return false;
+        if (!co_await write_chunk(stream, line)) co_return false;
     }
-    tcp_layer.expires_after(write_timeout);
-    if (auto [ec, n] = co_await net::async_write(stream, http::make_chunk_last(), net::as_tuple(use_awaitable)); ec)
-        co_return false;
+    if (!co_await write_last_chunk(stream)) co_return false;
     co_return req.keep_alive();
 }
 
@@ -387,7 +300,7 @@ bool authorized(const request& req, const server_state& state) {
     return !token.empty() && std::string_view(header.data(), header.size()) == "Bearer " + token;
 }
 
-enum class action { respond, hang, watch };
+enum class action { respond, hang, watch, k8s };
 
 /// What to do with one request: a plain response, or one of the two
 /// long-running behaviours (watch parameters travel in the out-params).
@@ -398,6 +311,7 @@ action route(const request& req, const std::string& remote, tls_stream& stream, 
     const bool get = method == http::verb::get;
 
     const bool health_path = t.path == "/healthz" || t.path == "/livez" || t.path == "/readyz";
+    if (k8s_api::handles(t.path)) return action::k8s;
     if (get && health_path && !authorized(req, state)) {
         res = text(req, http::status::unauthorized,
                    R"({"kind":"Status","apiVersion":"v1","status":"Failure","message":"Unauthorized","code":401})",
@@ -511,6 +425,10 @@ net::awaitable<void> session(tcp::socket socket, ssl::context& tls, server_state
             keep_alive = co_await serve_watch(stream, req, watch_events, watch_interval, state);
             if (!keep_alive) co_return;
             continue;
+        case action::k8s:
+            keep_alive = co_await state.api->serve(stream, req, state);
+            if (!keep_alive) co_return;
+            continue;
         case action::respond: break;
         }
         keep_alive = res.keep_alive();
@@ -565,6 +483,8 @@ int main(int argc, char** argv) {
         // Declared before the io_context: pending sessions are destroyed with
         // the io_context and still reference the TLS context and state.
         ssl::context tls = make_tls_context(opt);
+        std::optional<k8s_store> store;  // made once the port is known
+        std::optional<k8s_api> api;
         net::io_context ioc{2};
         const net::any_io_executor control = net::make_strand(ioc);
 
@@ -574,7 +494,14 @@ int main(int argc, char** argv) {
         if (opt.listen.address().is_v6()) acceptor.set_option(net::ip::v6_only(true));
         acceptor.bind(opt.listen);
         acceptor.listen(net::socket_base::max_listen_connections);
-        std::cout << "listening on " << endpoint_string(acceptor.local_endpoint()) << std::endl;
+        const auto bound = acceptor.local_endpoint();
+        // The API's `kubernetes` slice starts with this apiserver in it, as
+        // the endpoint reconciler writes it.
+        store.emplace(bound.address().to_string(), bound.port());
+        opt.api.advertise = endpoint_string(bound);
+        api.emplace(*store, opt.api);
+        state.api = &*api;
+        std::cout << "listening on " << endpoint_string(bound) << std::endl;
 
         net::signal_set signals{control, SIGINT, SIGTERM};
         signals.async_wait([&](const boost::system::error_code& ec, int) {
