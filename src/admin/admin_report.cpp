@@ -126,9 +126,10 @@ void render_discovery_metrics(Exposition& e, const std::vector<const discovery_c
             e.sample(name, label("pool", c->pool()), (c->stats().*field).load(std::memory_order_relaxed));
         }
     };
-    counter("apilb_discovery_lists_total", "Successful lists of the pool's EndpointSlices.", &discovery_stats::lists_total);
-    counter("apilb_discovery_relists_total",
-            "Lists after the first: a 410 Gone, or a watch that could not be resumed.", &discovery_stats::relists_total);
+    counter("apilb_discovery_lists_total", "Successful lists of the pool's EndpointSlices.",
+            &discovery_stats::lists_total);
+    counter("apilb_discovery_relists_total", "Lists after the first: a 410 Gone, or a watch that could not be resumed.",
+            &discovery_stats::relists_total);
     counter("apilb_discovery_events_total", "Watch events applied, bookmarks included.",
             &discovery_stats::events_total);
     counter("apilb_discovery_errors_total",
@@ -407,20 +408,18 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
     for (const auto* c : facts.discovery) {
         json::array endpoints;
         for (const auto& ep : c->current()) {
-            endpoints.push_back(json::object{{"ip", ep.ip},
-                                             {"port", ep.port},
-                                             {"serving", ep.serving},
-                                             {"terminating", ep.terminating}});
+            endpoints.push_back(json::object{
+                {"ip", ep.ip}, {"port", ep.port}, {"serving", ep.serving}, {"terminating", ep.terminating}});
         }
         const discovery_stats& ds = c->stats();
-        discovery.push_back(json::object{
-            {"pool", c->pool()},
-            {"watch_state", to_string(static_cast<watch_state>(ds.state.load(std::memory_order_relaxed)))},
-            {"source", to_string(c->source())},
-            {"last_sync_unix", ds.last_sync_unix.load(std::memory_order_relaxed)},
-            {"relists", load(ds.relists_total)},
-            {"errors", load(ds.errors_total)},
-            {"discovered", std::move(endpoints)}});
+        discovery.push_back(
+            json::object{{"pool", c->pool()},
+                         {"watch_state", to_string(static_cast<watch_state>(ds.state.load(std::memory_order_relaxed)))},
+                         {"source", to_string(c->source())},
+                         {"last_sync_unix", ds.last_sync_unix.load(std::memory_order_relaxed)},
+                         {"relists", load(ds.relists_total)},
+                         {"errors", load(ds.errors_total)},
+                         {"discovered", std::move(endpoints)}});
     }
     root["discovery"] = std::move(discovery);
     root["sessions_active"] = load(facts.stats->active_sessions);

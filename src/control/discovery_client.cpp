@@ -208,9 +208,10 @@ void discovery_client::stop() {
 std::string discovery_client::request_target(bool watching, const std::string& continue_token) {
     std::string t;
     if (api_ == discovery_api::endpoint_slices) {
-        t = fmt::format("/apis/discovery.k8s.io/v1/namespaces/{}/endpointslices?labelSelector="
-                        "kubernetes.io%2Fservice-name%3D{}",
-                        cfg_.namespace_name, cfg_.service);
+        t = fmt::format(
+            "/apis/discovery.k8s.io/v1/namespaces/{}/endpointslices?labelSelector="
+            "kubernetes.io%2Fservice-name%3D{}",
+            cfg_.namespace_name, cfg_.service);
     } else {
         t = fmt::format("/api/v1/namespaces/{}/endpoints?fieldSelector=metadata.name%3D{}", cfg_.namespace_name,
                         cfg_.service);
@@ -222,8 +223,8 @@ std::string discovery_client::request_target(bool watching, const std::string& c
     }
     // client-go: a random timeout in [5m, 10m) spreads the re-watches of many clients.
     const int timeout_s = 300 + static_cast<int>(random_() % 300);
-    return t + fmt::format("&watch=1&allowWatchBookmarks=true&resourceVersion={}&timeoutSeconds={}",
-                           resource_version_, timeout_s);
+    return t + fmt::format("&watch=1&allowWatchBookmarks=true&resourceVersion={}&timeoutSeconds={}", resource_version_,
+                           timeout_s);
 }
 
 namespace {
@@ -347,8 +348,8 @@ asio::awaitable<std::string> discovery_client::watch(const tcp::endpoint& target
         ec) {
         if (life->stopped) co_return "stopped";
         co_return ec == beast::error::timeout
-                      ? fmt::format("no watch response within {}s", cfg_.idle_timeout.count() / 1000)
-                      : "reading the watch response: " + ec.message();
+            ? fmt::format("no watch response within {}s", cfg_.idle_timeout.count() / 1000)
+            : "reading the watch response: " + ec.message();
     }
     if (life->stopped) co_return "stopped";
     const unsigned status = parser.get().result_int();
@@ -397,10 +398,10 @@ asio::awaitable<std::string> discovery_client::watch(const tcp::endpoint& target
             }
         }
         if (!batch.empty()) {
-            stats_->last_sync_unix.store(std::chrono::duration_cast<std::chrono::seconds>(
-                                             std::chrono::system_clock::now().time_since_epoch())
-                                             .count(),
-                                         std::memory_order_relaxed);
+            stats_->last_sync_unix.store(
+                std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+                    .count(),
+                std::memory_order_relaxed);
             publish();
         }
     }

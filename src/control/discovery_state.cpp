@@ -25,10 +25,8 @@ std::string render_discovery_state(const discovery_state& state) {
         endpoints.push_back(json::object{{"ip", e.ip}, {"port", e.port}, {"terminating", e.terminating}});
     }
     const auto secs = std::chrono::duration_cast<std::chrono::seconds>(state.written_at.time_since_epoch()).count();
-    json::object o{{"version", state_version},
-                   {"pool", state.pool},
-                   {"written_at", secs},
-                   {"endpoints", std::move(endpoints)}};
+    json::object o{
+        {"version", state_version}, {"pool", state.pool}, {"written_at", secs}, {"endpoints", std::move(endpoints)}};
     return json::serialize(o) + "\n";
 }
 

@@ -186,7 +186,8 @@ bool read_endpoints(reader& r, const json::object& o, slice_state& s) {
                 if (ao == nullptr) return false;
                 const json::value* ip = ao->if_contains("ip");
                 if (ip == nullptr) return r.fail("subsets[].addresses[].ip is missing");
-                const discovered_endpoint c{.ip = {}, .port = 0, .ready = ready, .serving = ready, .terminating = false};
+                const discovered_endpoint c{
+                    .ip = {}, .port = 0, .ready = ready, .serving = ready, .terminating = false};
                 if (!add_address(r, *ip, port, c, s.endpoints)) return false;
             }
         }
@@ -331,9 +332,8 @@ std::vector<discovered_endpoint> merge_slices(const std::map<std::string, slice_
             if (seen.emplace(e.ip, e.port).second) out.push_back(e);
         }
     }
-    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
-        return std::tie(a.ip, a.port) < std::tie(b.ip, b.port);
-    });
+    std::sort(out.begin(), out.end(),
+              [](const auto& a, const auto& b) { return std::tie(a.ip, a.port) < std::tie(b.ip, b.port); });
     return out;
 }
 

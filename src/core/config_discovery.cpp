@@ -12,8 +12,8 @@ namespace apilb::config_detail {
 namespace {
 
 constexpr std::array<std::string_view, 11> discovery_keys{
-    "namespace",    "service",       "kubeconfig",   "in_cluster",      "ca_file",     "server_name",
-    "state_file",   "state_max_age", "grace_period", "change_interval", "idle_timeout"};
+    "namespace",  "service",       "kubeconfig",   "in_cluster",      "ca_file",     "server_name",
+    "state_file", "state_max_age", "grace_period", "change_interval", "idle_timeout"};
 
 /// Why `text` cannot be a namespace or service name (an RFC 1123 label, as
 /// Kubernetes requires of both), or "".

@@ -86,7 +86,8 @@ struct checker {
             const auto slash = path.rfind('/');
             p = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + p;
         }
-        if (file_contents f = read_regular_file(p, max); !f) error(get(node, key), where + "." + key, p + " " + f.error);
+        if (file_contents f = read_regular_file(p, max); !f)
+            error(get(node, key), where + "." + key, p + " " + f.error);
         return p;
     }
 };

@@ -21,7 +21,7 @@ std::string describe_set(const std::vector<discovered_endpoint>& set) {
     for (const auto& e : set) {
         if (!text.empty()) text += ", ";
         text += e.ip.find(':') != std::string::npos ? fmt::format("[{}]:{}", e.ip, e.port)
-                                                     : fmt::format("{}:{}", e.ip, e.port);
+                                                    : fmt::format("{}:{}", e.ip, e.port);
         if (e.terminating) text += " (terminating)";
     }
     return text;
@@ -46,13 +46,12 @@ void process::make_discovery() {
             good.insert(good.end(), rest.begin(), rest.end());
             return good;
         };
-        auto client = std::make_unique<discovery_client>(
-            control_, pool, std::move(targets),
-            [this, name](const std::vector<discovered_endpoint>& set) {
-                for (const auto& p : snap_->cfg->pools) {
-                    if (p.name == name) on_discovered(p, set);
-                }
-            });
+        auto client = std::make_unique<discovery_client>(control_, pool, std::move(targets),
+                                                         [this, name](const std::vector<discovered_endpoint>& set) {
+                                                             for (const auto& p : snap_->cfg->pools) {
+                                                                 if (p.name == name) on_discovered(p, set);
+                                                             }
+                                                         });
         const discovery_config& d = *pool.discovery;
         if (!d.state_file.empty()) {
             std::string why;

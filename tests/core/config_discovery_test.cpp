@@ -137,8 +137,8 @@ TEST_F(DiscoveryConfig, RefusesANameKubernetesWouldRefuse) {
 }
 
 TEST_F(DiscoveryConfig, AStateFileInADirectoryThatDoesNotExistIsAnError) {
-    auto e = only_error(with_discovery("      kubeconfig: " + file("kubeconfig") + "\n      state_file: " +
-                                       file("missing") + "/state.json\n"));
+    auto e = only_error(with_discovery("      kubeconfig: " + file("kubeconfig") +
+                                       "\n      state_file: " + file("missing") + "/state.json\n"));
     EXPECT_EQ(e.key_path, "pools[0].discovery.state_file");
     EXPECT_CONTAINS(e.message, "does not exist");
 }

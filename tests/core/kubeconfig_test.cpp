@@ -37,9 +37,9 @@ std::vector<config_error> errors_of(const std::string& text, const std::string& 
 }
 
 TEST(Kubeconfig, ReadsInlineCertificates) {
-    auto k = parse_kubeconfig(kubeconfig(std::string("    client-certificate-data: ") + pem_b64 +
-                                         "\n    client-key-data: " + pem_b64 + "\n"),
-                              "/etc/k.conf");
+    auto k = parse_kubeconfig(
+        kubeconfig(std::string("    client-certificate-data: ") + pem_b64 + "\n    client-key-data: " + pem_b64 + "\n"),
+        "/etc/k.conf");
     EXPECT_EQ(k.server, "https://192.0.2.10:6443");
     EXPECT_EQ(k.ca_pem, "-----BEGIN CERTIFICATE-----\n");
     EXPECT_EQ(k.cert_pem, k.ca_pem);

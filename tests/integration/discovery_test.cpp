@@ -78,8 +78,8 @@ TEST_F(Discovery, FollowsTheSlicesThroughTheSeedAndKeepsThemInTheStateFile) {
     ASSERT_EQ(r.status, 200) << r.body;
     const std::string both = fmt::format("127.0.0.2:{0}, 127.0.0.4:{0}", api.port());
     ASSERT_TRUE(lb.wait_for_log("the API lists 2 apiserver(s): " + both, 20s)) << lb.log();
-    EXPECT_TRUE(wait_until([&] { return read_file(dir_.file("state.json")).find("127.0.0.4") != std::string::npos; },
-                           5s))
+    EXPECT_TRUE(
+        wait_until([&] { return read_file(dir_.file("state.json")).find("127.0.0.4") != std::string::npos; }, 5s))
         << read_file(dir_.file("state.json"));
     const auto status = http_exchange(admin_port_, "GET", "/api/v1/status").body;
     EXPECT_NE(status.find(R"("source":"api")"), std::string::npos) << status;
@@ -118,8 +118,8 @@ TEST_F(Discovery, ABogusEmptyListIsNotApplied) {
     ASSERT_EQ(api.request("POST", "/control/break-watches?how=close").status, 200);
     ASSERT_EQ(api.request("POST", "/control/bump?n=5").status, 200);
     ASSERT_EQ(api.request("POST", "/control/compact").status, 200);
-    ASSERT_TRUE(wait_until([&] { return metric(metrics(), R"(apilb_discovery_empty_lists_total{pool="p"})") >= "1"; },
-                           30s))
+    ASSERT_TRUE(
+        wait_until([&] { return metric(metrics(), R"(apilb_discovery_empty_lists_total{pool="p"})") >= "1"; }, 30s))
         << lb.log();
     EXPECT_EQ(metric(metrics(), R"(apilb_discovery_endpoints{pool="p"})"), "1");
     EXPECT_NE(read_file(dir_.file("state.json")).find("127.0.0.2"), std::string::npos);
@@ -136,9 +136,8 @@ TEST_F(Discovery, RejectedCredentialsAreNamedAndServingGoesOn) {
 }
 
 TEST_F(Discovery, StartsFromTheStateFileWhenTheApiCannotBeReached) {
-    const auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                         std::chrono::system_clock::now().time_since_epoch())
-                         .count();
+    const auto now =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
     dir_.write("state.json", fmt::format(R"({{"version":1,"pool":"p","written_at":{},"endpoints":[)"
                                          R"({{"ip":"127.0.0.6","port":6443,"terminating":false}}]}})",
                                          now - 60));

@@ -41,11 +41,11 @@ const char* to_string(watch_state);
 /// thread, read by /metrics and the status API.
 struct discovery_stats {
     std::atomic<int> state{static_cast<int>(watch_state::starting)};
-    std::atomic<std::int64_t> last_sync_unix{0};  ///< last list or event applied (seconds since epoch); 0 = never
-    std::atomic<std::uint64_t> lists_total{0};    ///< successful lists
-    std::atomic<std::uint64_t> relists_total{0};  ///< lists after the first (410, a broken watch, an error)
-    std::atomic<std::uint64_t> events_total{0};   ///< watch events applied (bookmarks included)
-    std::atomic<std::uint64_t> errors_total{0};   ///< failed connects, TLS, HTTP status, parse, bounds
+    std::atomic<std::int64_t> last_sync_unix{0};      ///< last list or event applied (seconds since epoch); 0 = never
+    std::atomic<std::uint64_t> lists_total{0};        ///< successful lists
+    std::atomic<std::uint64_t> relists_total{0};      ///< lists after the first (410, a broken watch, an error)
+    std::atomic<std::uint64_t> events_total{0};       ///< watch events applied (bookmarks included)
+    std::atomic<std::uint64_t> errors_total{0};       ///< failed connects, TLS, HTTP status, parse, bounds
     std::atomic<std::uint64_t> empty_lists_total{0};  ///< lists that named no usable apiserver, not applied
 };
 

@@ -60,9 +60,9 @@ enum class watch_event_type { added, modified, deleted, bookmark, error };
 /// One line of a watch stream.
 struct watch_event {
     watch_event_type type = watch_event_type::bookmark;
-    slice_state object;           ///< added/modified/deleted; bookmark: only resource_version
+    slice_state object;             ///< added/modified/deleted; bookmark: only resource_version
     std::uint32_t status_code = 0;  ///< error: the Status's code (410 = resourceVersion too old)
-    std::string message;          ///< error: the Status's message, cut short
+    std::string message;            ///< error: the Status's message, cut short
 };
 
 /// A parse's result: the value, or what is wrong with the bytes.

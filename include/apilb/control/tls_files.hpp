@@ -32,8 +32,7 @@ void load_private_key_file(SSL_CTX* ctx, const std::string& what, const std::str
 /// `path` names where they came from in messages.
 void load_ca_pem(SSL_CTX* ctx, const std::string& what, const std::string& path, const std::string& pem,
                  bool request_names = false);
-void load_certificate_chain_pem(SSL_CTX* ctx, const std::string& what, const std::string& path,
-                                const std::string& pem);
+void load_certificate_chain_pem(SSL_CTX* ctx, const std::string& what, const std::string& path, const std::string& pem);
 void load_private_key_pem(SSL_CTX* ctx, const std::string& what, const std::string& path, const std::string& pem);
 
 }  // namespace apilb

@@ -139,9 +139,10 @@ struct discovery_config {
     /// backend addresses, not to the kubeconfig's server; kubeadm puts
     /// "kubernetes" in every apiserver certificate.
     std::string server_name = "kubernetes";
-    std::string state_file;                           ///< last-known-good set; "" = none kept
-    duration state_max_age{std::chrono::hours(24)};   ///< an older state file is not used; the seed is
-    duration grace_period{std::chrono::minutes(5)};   ///< a backend gone from the list but passing probes stays this long
+    std::string state_file;                          ///< last-known-good set; "" = none kept
+    duration state_max_age{std::chrono::hours(24)};  ///< an older state file is not used; the seed is
+    duration grace_period{
+        std::chrono::minutes(5)};  ///< a backend gone from the list but passing probes stays this long
     duration change_interval{std::chrono::seconds(5)};  ///< applied changes at least this far apart
     /// A watch with no byte (not even a bookmark) for this long is dead.
     duration idle_timeout{std::chrono::seconds(90)};
