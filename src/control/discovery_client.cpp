@@ -58,20 +58,12 @@ std::string endpoint_text(const tcp::endpoint& ep) {
                                 : fmt::format("{}:{}", ep.address().to_string(), ep.port());
 }
 
-bool is_ip_address(const std::string& name) {
-    error_code ec;
-    asio::ip::make_address(name, ec);
-    return !ec;
-}
-
 /// The TLS client context from the section and the credentials it names.
 ssl::context make_tls(const pool_config& pool, std::string& token, std::string& token_file) {
     const discovery_config& d = *pool.discovery;
     ssl::context ctx(ssl::context::tls_client);
-    ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
-                    ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
     SSL_CTX* native = ctx.native_handle();
-    SSL_CTX_set_default_passwd_cb(native, [](char*, int, int, void*) { return -1; });
+    set_client_defaults(native);
     const std::string what = fmt::format("pool {}: discovery", pool.name);
     kube_credentials k;
     if (!d.kubeconfig.empty()) {
@@ -111,8 +103,6 @@ ssl::context make_tls(const pool_config& pool, std::string& token, std::string& 
     if ((!k.key_pem.empty() || !k.key_file.empty()) && SSL_CTX_check_private_key(native) != 1) {
         throw std::runtime_error(fmt::format("{}: the kubeconfig's client key does not match its certificate", what));
     }
-    static const unsigned char alpn[] = "\x08http/1.1";
-    SSL_CTX_set_alpn_protos(native, alpn, sizeof alpn - 1);
     token = k.token;
     token_file = k.token_file;
     return ctx;
@@ -240,14 +230,7 @@ asio::awaitable<std::string> open_stream(ssl_stream& stream, const tcp::endpoint
         co_return fmt::format("connect to {}: {}", endpoint_text(target), ec.message());
     }
     SSL* native = stream.native_handle();
-    X509_VERIFY_PARAM* param = SSL_get0_param(native);
-    if (is_ip_address(server_name)) {
-        X509_VERIFY_PARAM_set1_ip_asc(param, server_name.c_str());
-    } else {
-        SSL_set_tlsext_host_name(native, server_name.c_str());
-        X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        X509_VERIFY_PARAM_set1_host(param, server_name.c_str(), server_name.size());
-    }
+    set_server_name(native, server_name, true);
     if (auto [ec] = co_await stream.async_handshake(ssl::stream_base::client, asio::as_tuple(asio::use_awaitable));
         ec) {
         std::string text = ec.message();
