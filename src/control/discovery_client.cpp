@@ -381,14 +381,17 @@ asio::awaitable<std::string> discovery_client::watch(const tcp::endpoint& target
             }
         }
         if (!batch.empty()) {
-            stats_->last_sync_unix.store(
-                std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-                    .count(),
-                std::memory_order_relaxed);
+            mark_synced();
             publish();
         }
     }
     co_return std::string();
+}
+
+void discovery_client::mark_synced() {
+    const auto now = std::chrono::system_clock::now().time_since_epoch();
+    stats_->last_sync_unix.store(std::chrono::duration_cast<std::chrono::seconds>(now).count(),
+                                 std::memory_order_relaxed);
 }
 
 void discovery_client::publish() {
@@ -434,10 +437,7 @@ asio::awaitable<void> discovery_client::run(std::shared_ptr<shared> life) {
                     stats_->lists_total.fetch_add(1, std::memory_order_relaxed);
                     if (listed) stats_->relists_total.fetch_add(1, std::memory_order_relaxed);
                     listed = true;
-                    stats_->last_sync_unix.store(std::chrono::duration_cast<std::chrono::seconds>(
-                                                     std::chrono::system_clock::now().time_since_epoch())
-                                                     .count(),
-                                                 std::memory_order_relaxed);
+                    mark_synced();
                     spdlog::info("discovery: pool {}: listed {} slice(s) at resourceVersion {} through {}", pool_,
                                  slices_.size(), resource_version_, endpoint_text(target));
                     publish();

@@ -93,6 +93,8 @@ private:
     /// One watch from resource_version_ until it ends; "" when it ended
     /// normally (timeoutSeconds), "410" for Gone, else why it failed.
     boost::asio::awaitable<std::string> watch(const boost::asio::ip::tcp::endpoint& target);
+    /// Stamps last_sync_unix with now.
+    void mark_synced();
     /// Publishes the merged set if it changed and is not empty.
     void publish();
     std::string request_target(bool watching, const std::string& continue_token);
