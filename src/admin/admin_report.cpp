@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <functional>
 
+#include "apilb/control/discovery_client.hpp"
 #include "apilb/control/probe_record.hpp"
 #include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/fd_table.hpp"
@@ -91,6 +92,53 @@ const char* drain_source(const backend_runtime& b) {
     if (b.cfg->drain) return "config";
     if (b.health->admin_drain.load(std::memory_order_relaxed)) return "admin";
     return "";
+}
+
+/// apilb_discovery_*: one set of samples per pool with discovery.
+template <class Exposition>
+void render_discovery_metrics(Exposition& e, const std::vector<const discovery_client*>& clients) {
+    if (clients.empty()) return;
+    e.family("apilb_discovery_watch_state", "gauge",
+             "1 for what the pool's discovery watch is doing now (starting, listing, watching, backoff, stopped), 0 "
+             "for the others.");
+    for (const auto* c : clients) {
+        const int now = c->stats().state.load(std::memory_order_relaxed);
+        for (int s = 0; s <= static_cast<int>(watch_state::stopped); ++s) {
+            e.sample("apilb_discovery_watch_state",
+                     label("pool", c->pool()) + "," + label("state", to_string(static_cast<watch_state>(s))),
+                     std::uint64_t{now == s});
+        }
+    }
+    e.family("apilb_discovery_last_sync_timestamp_seconds", "gauge",
+             "When the pool's discovery last applied a list or a watch event (Unix seconds); 0 = never.");
+    for (const auto* c : clients) {
+        e.sample("apilb_discovery_last_sync_timestamp_seconds", label("pool", c->pool()),
+                 static_cast<std::uint64_t>(c->stats().last_sync_unix.load(std::memory_order_relaxed)));
+    }
+    e.family("apilb_discovery_endpoints", "gauge", "Apiserver addresses in the pool's last set from the API.");
+    for (const auto* c : clients) {
+        e.sample("apilb_discovery_endpoints", label("pool", c->pool()), std::uint64_t{c->current().size()});
+    }
+    const auto counter = [&](std::string_view name, const char* help,
+                             const std::atomic<std::uint64_t> discovery_stats::*field) {
+        e.family(name, "counter", help);
+        for (const auto* c : clients) {
+            e.sample(name, label("pool", c->pool()), (c->stats().*field).load(std::memory_order_relaxed));
+        }
+    };
+    counter("apilb_discovery_lists_total", "Successful lists of the pool's EndpointSlices.",
+            &discovery_stats::lists_total);
+    counter("apilb_discovery_relists_total", "Lists after the first: a 410 Gone, or a watch that could not be resumed.",
+            &discovery_stats::relists_total);
+    counter("apilb_discovery_events_total", "Watch events applied, bookmarks included.",
+            &discovery_stats::events_total);
+    counter("apilb_discovery_errors_total",
+            "Failed list or watch attempts: connect, TLS, HTTP status, credentials, malformed or oversized answers, "
+            "a silent watch.",
+            &discovery_stats::errors_total);
+    counter("apilb_discovery_empty_lists_total",
+            "Answers that named no serving apiserver and were not applied (the running set is kept).",
+            &discovery_stats::empty_lists_total);
 }
 
 }  // namespace
@@ -315,6 +363,8 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
         }
     }
 
+    render_discovery_metrics(e, facts.discovery);
+
     const process_usage u = read_process_usage();
     e.family("apilb_process_open_fds", "gauge", "Open file descriptors.");
     e.sample("apilb_process_open_fds", "", u.open_fds);
@@ -354,6 +404,24 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
     root["config_hash"] = facts.config_hash;
     root["vrrp_role"] = facts.vrrp_role;
     root["workers"] = facts.workers;
+    json::array discovery;
+    for (const auto* c : facts.discovery) {
+        json::array endpoints;
+        for (const auto& ep : c->current()) {
+            endpoints.push_back(json::object{
+                {"ip", ep.ip}, {"port", ep.port}, {"serving", ep.serving}, {"terminating", ep.terminating}});
+        }
+        const discovery_stats& ds = c->stats();
+        discovery.push_back(
+            json::object{{"pool", c->pool()},
+                         {"watch_state", to_string(static_cast<watch_state>(ds.state.load(std::memory_order_relaxed)))},
+                         {"source", to_string(c->source())},
+                         {"last_sync_unix", ds.last_sync_unix.load(std::memory_order_relaxed)},
+                         {"relists", load(ds.relists_total)},
+                         {"errors", load(ds.errors_total)},
+                         {"discovered", std::move(endpoints)}});
+    }
+    root["discovery"] = std::move(discovery);
     root["sessions_active"] = load(facts.stats->active_sessions);
     // The same counts as apilb_sessions_closed_total, by reason.
     const process_stats& ps = *facts.stats;

@@ -78,22 +78,11 @@ const std::string& token_file::get() {
 
 namespace {
 
-/// Whether `name` is an IP address: verified against the certificate's IP
-/// SANs and never sent as SNI (RFC 6066 allows only host names there).
-bool is_ip_address(const std::string& name) {
-    error_code ec;
-    asio::ip::make_address(name, ec);
-    return !ec;
-}
-
 ssl::context make_probe_tls(const pool_config& pool) {
     const health_tls_config& t = pool.health.tls;
     ssl::context ctx(ssl::context::tls_client);
-    ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
-                    ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
     SSL_CTX* native = ctx.native_handle();
-    // A daemon cannot ask for a passphrase: an encrypted key fails to load.
-    SSL_CTX_set_default_passwd_cb(native, [](char*, int, int, void*) { return -1; });
+    set_client_defaults(native);
     const std::string what = fmt::format("pool {}: health.tls.", pool.name);
     if (!t.insecure_skip_verify) {
         load_ca_file(native, what + "ca_file", t.ca_file);
@@ -109,9 +98,6 @@ ssl::context make_probe_tls(const pool_config& pool) {
                                                  pool.name, t.key_file, t.cert_file));
         }
     }
-    // Plain HTTP/1.1: kube-apiserver would pick h2 if offered nothing.
-    static const unsigned char alpn[] = "\x08http/1.1";
-    SSL_CTX_set_alpn_protos(ctx.native_handle(), alpn, sizeof alpn - 1);
     return ctx;
 }
 
@@ -214,20 +200,7 @@ asio::awaitable<check_result> probe_https(probe_setup& setup, const tcp::endpoin
 
     SSL* native = stream.native_handle();
     const std::string& name = cfg.tls.server_name;
-    const bool ip_name = is_ip_address(name);
-    if (!ip_name) SSL_set_tlsext_host_name(native, name.c_str());
-    if (!cfg.tls.insecure_skip_verify) {
-        // OpenSSL's own name check rather than ssl::host_name_verification:
-        // the same X509_check_host/_ip underneath, but a mismatch is then
-        // reported as "hostname mismatch" instead of a bare "verify failed".
-        X509_VERIFY_PARAM* param = SSL_get0_param(native);
-        if (ip_name) {
-            X509_VERIFY_PARAM_set1_ip_asc(param, name.c_str());
-        } else {
-            X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-            X509_VERIFY_PARAM_set1_host(param, name.c_str(), name.size());
-        }
-    }
+    const bool ip_name = set_server_name(native, name, !cfg.tls.insecure_skip_verify);
     if (auto [ec] = co_await stream.async_handshake(ssl::stream_base::client, asio::as_tuple(asio::use_awaitable));
         ec) {
         if (ec == beast::error::timeout) {

@@ -3,6 +3,9 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <arpa/inet.h>
 
 #include <fmt/format.h>
 
@@ -58,7 +61,11 @@ std::string ssl_errors() {
 }
 
 void load_ca_file(SSL_CTX* ctx, const std::string& what, const std::string& path, bool request_names) {
-    const std::string pem = read_pem(what, path);
+    load_ca_pem(ctx, what, path, read_pem(what, path), request_names);
+}
+
+void load_ca_pem(SSL_CTX* ctx, const std::string& what, const std::string& path, const std::string& pem,
+                 bool request_names) {
     ERR_clear_error();
     bio_ptr bio = memory_bio(pem);
     if (!bio) fail(what, path);
@@ -85,7 +92,11 @@ void load_ca_file(SSL_CTX* ctx, const std::string& what, const std::string& path
 }
 
 void load_certificate_chain_file(SSL_CTX* ctx, const std::string& what, const std::string& path) {
-    const std::string pem = read_pem(what, path);
+    load_certificate_chain_pem(ctx, what, path, read_pem(what, path));
+}
+
+void load_certificate_chain_pem(SSL_CTX* ctx, const std::string& what, const std::string& path,
+                                const std::string& pem) {
     ERR_clear_error();
     bio_ptr bio = memory_bio(pem);
     if (!bio) fail(what, path);
@@ -108,7 +119,10 @@ void load_certificate_chain_file(SSL_CTX* ctx, const std::string& what, const st
 }
 
 void load_private_key_file(SSL_CTX* ctx, const std::string& what, const std::string& path) {
-    const std::string pem = read_pem(what, path);
+    load_private_key_pem(ctx, what, path, read_pem(what, path));
+}
+
+void load_private_key_pem(SSL_CTX* ctx, const std::string& what, const std::string& path, const std::string& pem) {
     ERR_clear_error();
     bio_ptr bio = memory_bio(pem);
     if (!bio) fail(what, path);
@@ -118,6 +132,29 @@ void load_private_key_file(SSL_CTX* ctx, const std::string& what, const std::str
     const int used = SSL_CTX_use_PrivateKey(ctx, key);
     EVP_PKEY_free(key);
     if (used != 1) fail(what, path);
+}
+
+void set_client_defaults(SSL_CTX* ctx) {
+    SSL_CTX_set_options(ctx, SSL_OP_ALL | SSL_OP_NO_SSLv2 | SSL_OP_NO_SSLv3 | SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1);
+    SSL_CTX_set_default_passwd_cb(ctx, [](char*, int, int, void*) { return -1; });
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn - 1);
+}
+
+bool set_server_name(SSL* ssl, const std::string& name, bool verify) {
+    unsigned char buf[16];
+    const bool ip = ::inet_pton(AF_INET, name.c_str(), buf) == 1 || ::inet_pton(AF_INET6, name.c_str(), buf) == 1;
+    if (!ip) SSL_set_tlsext_host_name(ssl, name.c_str());
+    if (verify) {
+        X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+        if (ip) {
+            X509_VERIFY_PARAM_set1_ip_asc(param, name.c_str());
+        } else {
+            X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            X509_VERIFY_PARAM_set1_host(param, name.c_str(), name.size());
+        }
+    }
+    return ip;
 }
 
 }  // namespace apilb

@@ -121,8 +121,8 @@ std::string describe(const YAML::Node& node) {
 constexpr std::array<std::string_view, 10> top_keys{"workers", "listeners", "pools", "timeouts", "tcp",
                                                     "limits",  "relay",     "log",   "vrrp",     "admin"};
 constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool", "backlog"};
-constexpr std::array<std::string_view, 8> pool_keys{"name",   "balance", "connect_attempts", "backends",
-                                                    "health", "maglev",  "storm_control",    "rebalance"};
+constexpr std::array<std::string_view, 9> pool_keys{"name",   "balance",       "connect_attempts", "backends", "health",
+                                                    "maglev", "storm_control", "rebalance",        "discovery"};
 constexpr std::array<std::string_view, 5> storm_control_keys{"new_per_second", "burst", "max_connecting", "queue",
                                                              "queue_timeout"};
 constexpr std::array<std::string_view, 3> rebalance_keys{"enabled", "max_closes_per_second", "tolerance"};
@@ -543,6 +543,7 @@ std::optional<pool_entry> loader::read_pool(const field& f) {
             }
         }
     }
+    if (const field* d = m->find("discovery")) read_discovery(*d, p.cfg.discovery.emplace());
     return p;
 }
 

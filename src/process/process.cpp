@@ -19,6 +19,7 @@
 #endif
 
 #include "apilb/admin/admin_server.hpp"
+#include "apilb/control/discovery_client.hpp"
 #include "apilb/control/health_checker.hpp"
 #include "apilb/control/listener_check.hpp"
 #include "apilb/control/rebalancer.hpp"
@@ -160,6 +161,7 @@ process::process(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std:
             "while the kernel grows it",
             table, ec.message());
     }
+    make_discovery();
     make_admin();
 }
 
@@ -205,6 +207,7 @@ int process::run() {
     if (vrrp_) vrrp_->start();
     for (auto& w : workers_) w->start();
     rebalancer_->start();
+    for (auto& d : discovery_) d->start();
     if (admin_) admin_->start();
     start_watchdog();
     spdlog::info("{}", summary(*snap_, workers_, max_connections_));
@@ -295,6 +298,7 @@ int process::run() {
     health_->stop();
     for (auto& t : reload_timers_) t.cancel();
     rebalancer_->stop();
+    for (auto& d : discovery_) d->stop();
     if (vrrp_) vrrp_->stop();
     if (admin_) admin_->stop();
     if (watchdog_timer_) watchdog_timer_->cancel();

@@ -15,6 +15,7 @@
 #endif
 
 #include "apilb/admin/admin_server.hpp"
+#include "apilb/control/discovery_client.hpp"
 #include "apilb/core/file_read.hpp"
 #include "apilb/core/maglev.hpp"
 #include "apilb/core/thread_role.hpp"
@@ -70,11 +71,14 @@ void process::make_admin() {
         .current = [this] { return snap_; },
         .facts =
             [this] {
+                std::vector<const discovery_client*> discovery;
+                for (const auto& d : discovery_) discovery.push_back(d.get());
                 return admin_facts{.stats = &stats_,
                                    .config_hash = config_hash_,
                                    .vrrp_role = vrrp_ ? to_string(vrrp_->role()) : "",
                                    .draining = draining_,
-                                   .workers = workers_.size()};
+                                   .workers = workers_.size(),
+                                   .discovery = std::move(discovery)};
             },
         .ping_workers =
             [this](std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done) {

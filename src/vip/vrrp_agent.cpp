@@ -67,22 +67,6 @@ std::optional<vrrp_role> parse_notify_line(const std::string& line) {
     return std::nullopt;
 }
 
-std::error_code write_file_atomically(const std::string& path, const std::string& content) {
-    const std::string tmp = path + ".tmp";
-    // O_NONBLOCK: should the name be a FIFO with no reader, open fails
-    // (ENXIO) instead of waiting for one on the control thread.
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0644);
-    if (fd < 0) return last_error();
-    const ssize_t n = ::write(fd, content.data(), content.size());
-    std::error_code ec = n == static_cast<ssize_t>(content.size()) ? std::error_code{} : last_error();
-    if (::close(fd) != 0 && !ec) ec = last_error();
-    // rename(2) replaces the name in one step; keepalived's inotify watch sees
-    // a file that was complete from its first byte.
-    if (!ec && ::rename(tmp.c_str(), path.c_str()) != 0) ec = last_error();
-    if (ec) ::unlink(tmp.c_str());
-    return ec;
-}
-
 vrrp_agent::vrrp_agent(asio::io_context& control, std::shared_ptr<const snapshot> snap)
     : control_(control), snap_(std::move(snap)), timer_(control), fifo_(control) {}
 

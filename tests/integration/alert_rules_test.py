@@ -4,7 +4,8 @@
     alert_rules_test.py APILB_BIN RULES_FILE METRICS_MD [PROMTOOL_TEST_FILE]
 
 Starts the real apilb (one loopback backend, the admin endpoint on a free
-loopback port, a vrrp section so that the VRRP metrics exist; no keepalived,
+loopback port, a vrrp section so that the VRRP metrics exist and a discovery
+section so that the discovery metrics do; no keepalived,
 the interface named there does not exist and is never touched), scrapes
 /metrics once every backend has been probed, and checks:
 
@@ -232,9 +233,30 @@ def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
         return 0, str(e)
 
 
+def discovery_kubeconfig(tmp: str) -> str:
+    """A kubeconfig with a CA made now (openssl CLI) and a token, so that the
+    pool's discovery starts and its metrics exist; the backend speaks no TLS,
+    so the watch only counts errors."""
+    ca = os.path.join(tmp, "ca.crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", os.path.join(tmp, "ca.key"), "-out", ca, "-subj", "/CN=apilb-alerts-ca", "-days", "1"],
+                   check=True, capture_output=True, timeout=30)
+    path = os.path.join(tmp, "kubeconfig")
+    with open(path, "w") as f:
+        f.write(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: k, cluster: {{server: "https://127.0.0.1:1", certificate-authority: {ca}}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: c, context: {{cluster: k, user: u}}}}]
+current-context: c
+""")
+    return path
+
+
 def scrape_running_apilb(binary: str, tmp: str) -> str:
     backend = Backend()
     admin = free_port()
+    kubeconfig = discovery_kubeconfig(tmp)
     config = os.path.join(tmp, "apilb.yaml")
     with open(config, "w") as f:
         f.write(f"""workers: 1
@@ -245,6 +267,7 @@ pools:
     backends:
       - {{name: b0, address: "127.0.0.1:{backend.port}"}}
     health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 1}}
+    discovery: {{kubeconfig: {kubeconfig}}}
 admin: {{address: "127.0.0.1:{admin}"}}
 vrrp:
   interface: apilbnoif0

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "apilb/dataplane/snapshot.hpp"
 
@@ -19,6 +20,8 @@ struct admin_stats {
     std::uint64_t connections_evicted_total = 0;     ///< idle connections closed to make room for new ones
 };
 
+class discovery_client;
+
 /// The state beyond the snapshot that the admin endpoint reports.
 struct admin_facts {
     const process_stats* stats = nullptr;
@@ -27,6 +30,8 @@ struct admin_facts {
     std::string vrrp_role;               ///< "" when there is no vrrp section
     bool draining = false;               ///< SIGTERM seen
     std::size_t workers = 0;
+    /// One per pool with a discovery section; owned by the process.
+    std::vector<const discovery_client*> discovery;
 };
 
 /// Prometheus text exposition format 0.0.4, every name under apilb_ (docs/admin.md).

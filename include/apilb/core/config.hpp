@@ -118,6 +118,37 @@ struct rebalance_config {
     friend bool operator==(const rebalance_config&, const rebalance_config&) = default;
 };
 
+/// Where a pod finds its service account (in_cluster: true).
+constexpr const char* in_cluster_token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+constexpr const char* in_cluster_ca_file = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+
+/// Following the control plane from the cluster itself (docs/configuration.md,
+/// "Discovery"): the `kubernetes` EndpointSlices, listed and watched through
+/// one of the pool's backends; the pool's static backends are the seed.
+struct discovery_config {
+    std::string namespace_name = "default";  ///< `namespace` in the file
+    std::string service = "kubernetes";      ///< kubernetes.io/service-name of the slices
+    /// Client certificate and key or token, and the cluster CA; "" with in_cluster.
+    std::string kubeconfig;
+    /// The pod's service account: in_cluster_token_file and in_cluster_ca_file.
+    bool in_cluster = false;
+    /// Verifies the apiserver instead of the kubeconfig's CA; "" = the
+    /// kubeconfig's (or the service account's). A CA is always required.
+    std::string ca_file;
+    /// The name verified in the apiserver's certificate: apilb connects to
+    /// backend addresses, not to the kubeconfig's server; kubeadm puts
+    /// "kubernetes" in every apiserver certificate.
+    std::string server_name = "kubernetes";
+    std::string state_file;                          ///< last-known-good set; "" = none kept
+    duration state_max_age{std::chrono::hours(24)};  ///< an older state file is not used; the seed is
+    duration grace_period{
+        std::chrono::minutes(5)};  ///< a backend gone from the list but passing probes stays this long
+    duration change_interval{std::chrono::seconds(5)};  ///< applied changes at least this far apart
+    /// A watch with no byte (not even a bookmark) for this long is dead.
+    duration idle_timeout{std::chrono::seconds(90)};
+    friend bool operator==(const discovery_config&, const discovery_config&) = default;
+};
+
 struct pool_config {
     std::string name;
     balance_policy balance = balance_policy::least_connections;
@@ -132,6 +163,7 @@ struct pool_config {
     hash_key maglev_key = hash_key::source_address;
     storm_control_config storm_control;
     rebalance_config rebalance;
+    std::optional<discovery_config> discovery;  ///< nullopt = the static backends only
 };
 
 /// An address apilb accepts clients on, and the pool they go to.

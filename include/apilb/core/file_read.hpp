@@ -20,6 +20,11 @@ constexpr std::size_t max_pem_bytes = std::size_t{1} << 20;
 /// Largest bearer-token file (a service-account JWT is 1-2 KiB).
 constexpr std::size_t max_token_bytes = std::size_t{64} << 10;
 
+/// Largest kubeconfig (one with every certificate embedded is ~10 KiB) and
+/// largest discovery state file (apilb writes ~100 bytes per apiserver).
+constexpr std::size_t max_kubeconfig_bytes = std::size_t{1} << 20;
+constexpr std::size_t max_state_file_bytes = std::size_t{64} << 10;
+
 /// A file's bytes, or why they were not read.
 struct file_contents {
     std::string bytes;

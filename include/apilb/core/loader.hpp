@@ -155,6 +155,8 @@ private:
     std::optional<pool_entry> read_pool(const field& f);
     /// A pool's `health` section (config_health.cpp).
     void read_health(const field& f, health_config& out);
+    /// A pool's `discovery` section (config_discovery.cpp).
+    void read_discovery(const field& f, discovery_config& out);
     /// The top-level `vrrp` section (config_vrrp.cpp).
     void read_vrrp(const field& f, vrrp_config& out);
     /// The top-level `admin` section (config_admin.cpp).

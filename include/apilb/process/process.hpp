@@ -22,6 +22,8 @@ class health_checker;
 class vrrp_agent;
 class rebalancer;
 class admin_server;
+class discovery_client;
+struct discovered_endpoint;
 
 /// The running apilb: its worker threads, and on the control thread the
 /// health checker, rebalancer, admin endpoint, VRRP agent, signals and reload.
@@ -73,6 +75,12 @@ private:
     /// Closes, after timeouts.reload_drain, the sessions of the backends that
     /// `previous` had and the running snapshot has not.
     void drain_removed_backends(std::shared_ptr<const snapshot> previous);
+    /// One discovery client per pool with a discovery section, each starting
+    /// from its state file when that is usable (process_discovery.cpp).
+    /// Throws like a probe's TLS files when credentials cannot be loaded.
+    void make_discovery();
+    /// A new set from a pool's API: logged and kept in the state file.
+    void on_discovered(const pool_config& pool, const std::vector<discovered_endpoint>& set);
     /// Destroys the health checkers of earlier configs whose probe loops are over.
     void drop_retired_checkers();
 
@@ -81,6 +89,8 @@ private:
     /// Probes, signals, the drain: everything that is not the data path.
     boost::asio::io_context control_{1};
     std::unique_ptr<health_checker> health_;  // after control_: its timers live on it
+    /// After control_: their coroutines live on it. One per discovery pool.
+    std::vector<std::unique_ptr<discovery_client>> discovery_;
     /// Checkers of earlier configs, stopped, until their probe loops unwind.
     std::vector<std::unique_ptr<health_checker>> retired_checkers_;
     /// Drains of backends removed by a reload (timeouts.reload_drain).

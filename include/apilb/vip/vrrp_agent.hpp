@@ -19,6 +19,7 @@
 #include <string>
 #include <system_error>
 
+#include "apilb/core/file_write.hpp"
 #include "apilb/dataplane/snapshot.hpp"
 #include "apilb/logging/logging.hpp"
 
@@ -33,10 +34,6 @@ const char* to_string(vrrp_role);
 /// Parses one notify FIFO line (`INSTANCE "VI_APILB" MASTER 150`); nullopt
 /// for lines about other things (groups, virtual servers) or garbage.
 std::optional<vrrp_role> parse_notify_line(const std::string& line);
-
-/// Replaces `path` with `content` by writing a temporary file beside it and
-/// renaming it over, so a reader sees the old or the new content, never half.
-std::error_code write_file_atomically(const std::string& path, const std::string& content);
 
 /// Control thread; start(), hand_off(), update() and stop() check it
 /// (APILB_ASSERT_ROLE). role() may be read from any thread.

@@ -1,0 +1,77 @@
+// Credentials from a kubeconfig as kubeadm writes them (data inline, files
+// beside it) and the errors for one discovery cannot use.
+#include "apilb/core/kubeconfig.hpp"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
+
+#include "config_test_util.hpp"
+
+namespace apilb {
+namespace {
+
+// "-----BEGIN CERTIFICATE-----\n" in base64, standing for a whole PEM.
+constexpr const char* pem_b64 = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==";
+
+std::string kubeconfig(const std::string& user) {
+    return std::string("apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: ") +
+           pem_b64 +
+           "\n    server: https://192.0.2.10:6443\n  name: kubernetes\n"
+           "contexts:\n- context:\n    cluster: kubernetes\n    user: node\n  name: node@kubernetes\n"
+           "current-context: node@kubernetes\nusers:\n- name: node\n  user:\n" +
+           user;  // the user's keys start at line 17
+}
+
+std::vector<config_error> errors_of(const std::string& text, const std::string& path = "/etc/k.conf") {
+    try {
+        parse_kubeconfig(text, path);
+    } catch (const config_load_error& e) {
+        return e.errors();
+    }
+    ADD_FAILURE() << "expected the kubeconfig to be refused";
+    return {};
+}
+
+TEST(Kubeconfig, ReadsInlineCertificates) {
+    auto k = parse_kubeconfig(
+        kubeconfig(std::string("    client-certificate-data: ") + pem_b64 + "\n    client-key-data: " + pem_b64 + "\n"),
+        "/etc/k.conf");
+    EXPECT_EQ(k.server, "https://192.0.2.10:6443");
+    EXPECT_EQ(k.ca_pem, "-----BEGIN CERTIFICATE-----\n");
+    EXPECT_EQ(k.cert_pem, k.ca_pem);
+    EXPECT_EQ(k.key_pem, k.ca_pem);
+    EXPECT_FALSE(k.insecure_skip_verify);
+}
+
+TEST(Kubeconfig, ReadsFilesRelativeToTheKubeconfig) {
+    const auto dir = std::filesystem::temp_directory_path() / ("apilb-kubeconfig-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir / "token") << "abc\n";
+    auto k = parse_kubeconfig(kubeconfig("    tokenFile: token\n"), (dir / "k.conf").string());
+    EXPECT_EQ(k.token_file, (dir / "token").string());
+    std::filesystem::remove_all(dir);
+}
+
+TEST(Kubeconfig, NamesTheLineOfBadData) {
+    auto e = errors_of(kubeconfig("    token: t\n    client-key-data: not*base64\n"));
+    ASSERT_EQ(e.size(), 1u);
+    EXPECT_EQ(e[0].file, "/etc/k.conf");
+    EXPECT_EQ(e[0].line, 18);
+    EXPECT_EQ(e[0].key_path, "users[0].user.client-key-data");
+    EXPECT_CONTAINS(e[0].message, "not base64");
+}
+
+TEST(Kubeconfig, RefusesWhatDiscoveryCannotUse) {
+    EXPECT_CONTAINS(errors_of(kubeconfig("    exec: {command: aws}\n")).at(0).message, "exec and auth-provider");
+    EXPECT_CONTAINS(errors_of(kubeconfig("    client-key: /nonexistent/key\n")).at(0).message, "cannot be read");
+    EXPECT_CONTAINS(errors_of("current-context: x\n").at(0).message, "no entry named \"x\"");
+    EXPECT_CONTAINS(errors_of("kind: Config\n").at(0).message, "no current-context");
+    EXPECT_CONTAINS(errors_of("a: [").at(0).message, "YAML syntax error");
+}
+
+}  // namespace
+}  // namespace apilb
