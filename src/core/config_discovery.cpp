@@ -6,7 +6,7 @@
 #include <algorithm>
 
 #include "apilb/core/file_read.hpp"
-#include "loader.hpp"
+#include "apilb/core/loader.hpp"
 
 namespace apilb::config_detail {
 namespace {
