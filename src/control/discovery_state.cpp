@@ -47,6 +47,13 @@ parsed<discovery_state> parse_discovery_state(std::string_view text) {
         !endpoints->is_array()) {
         return {std::nullopt, "pool, written_at or endpoints is missing or of the wrong type"};
     }
+    // system_clock counts nanoseconds in 64 bits: seconds past 2262 would
+    // overflow the conversion (undefined behaviour), so the range is checked
+    // first; a file of apilb's own says when it was written, after 1970.
+    constexpr std::int64_t latest_written_at = std::int64_t{1} << 33;  // the year 2242
+    if (written->get_int64() < 0 || written->get_int64() > latest_written_at) {
+        return {std::nullopt, "written_at is not a time between 1970 and 2242"};
+    }
     discovery_state s;
     s.pool = std::string(pool->get_string());
     s.written_at = std::chrono::system_clock::time_point(std::chrono::seconds(written->get_int64()));
@@ -104,6 +111,14 @@ std::optional<discovery_state> load_discovery_state(const std::string& path, con
         return std::nullopt;
     }
     const auto age = now - state.value->written_at;
+    if (age < -max_age) {
+        // Written further ahead than it may be old: the clock or the file is
+        // wrong, and neither says how old the set really is.
+        why = path + " says it was written " +
+              std::to_string(std::chrono::duration_cast<std::chrono::minutes>(-age).count()) +
+              " minutes in the future, further than state_max_age";
+        return std::nullopt;
+    }
     if (age > max_age) {
         why = path + " is " + std::to_string(std::chrono::duration_cast<std::chrono::minutes>(age).count()) +
               " minutes old, older than state_max_age";

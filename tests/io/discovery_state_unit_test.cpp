@@ -100,6 +100,10 @@ TEST_F(DiscoveryState, ACorruptFileIsIgnoredWithAReason) {
          "\"terminating\":false}]}",
          "not a numeric IP"},
         {std::string("\0\xff\xfe", 3), "not JSON"},
+        // Found by the endpoint_slices fuzzer: seconds this far out overflowed
+        // system_clock's nanoseconds (UBSan: signed integer overflow).
+        {"{\"version\":1,\"pool\":\"cp\",\"written_at\":16108226668,\"endpoints\":[]}", "between 1970 and 2242"},
+        {"{\"version\":1,\"pool\":\"cp\",\"written_at\":-1,\"endpoints\":[]}", "between 1970 and 2242"},
     };
     for (const auto& [text, reason] : bad) {
         std::ofstream(path_, std::ios::trunc) << text;
@@ -116,6 +120,17 @@ TEST_F(DiscoveryState, AnOldFileIsNotUsed) {
     std::string why;
     EXPECT_FALSE(load(why));
     EXPECT_NE(why.find("older than state_max_age"), std::string::npos) << why;
+}
+
+TEST_F(DiscoveryState, AFileFromFarInTheFutureIsNotUsed) {
+    const auto now = sys_clock::now();
+    ASSERT_EQ(save_discovery_state(path_, three(now + 25h)), "");
+    std::string why;
+    EXPECT_FALSE(load(why, now));
+    EXPECT_NE(why.find("in the future"), std::string::npos) << why;
+    // A little ahead (clocks of a pair differ) is fine.
+    ASSERT_EQ(save_discovery_state(path_, three(now + 1min)), "");
+    EXPECT_TRUE(load(why, now)) << why;
 }
 
 TEST_F(DiscoveryState, AnotherPoolsFileOrAnEmptySetIsNotUsed) {
