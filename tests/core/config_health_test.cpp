@@ -273,7 +273,9 @@ TEST_F(HealthConfig, TheExampleHealthSectionLoadsWhenUncommented) {
     }
     ASSERT_TRUE(found) << "the example has no commented health section";
     const std::string kubeadm_ca = "/etc/kubernetes/pki/ca.crt";
-    const auto at = text.find(kubeadm_ca);
+    // The health section's CA (the discovery example above it names the
+    // same path in a comment).
+    const auto at = text.find(kubeadm_ca, text.find("\n    health:"));
     ASSERT_NE(at, std::string::npos);
     text.replace(at, kubeadm_ca.size(), file("ca.crt"));
     try {
