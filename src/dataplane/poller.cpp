@@ -1,11 +1,8 @@
 #include "apilb/dataplane/poller.hpp"
 
-#include <boost/asio/detail/reactor.hpp>
-#include <boost/asio/detail/reactor_op.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
 
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -16,7 +13,6 @@
 #include <cassert>
 #include <cerrno>
 #include <system_error>
-#include <type_traits>
 #include <utility>
 
 #include "apilb/core/thread_role.hpp"
@@ -39,47 +35,6 @@ constexpr int write_dir = static_cast<int>(poll_socket::wait_type::write);
 
 }  // namespace
 
-// The epoll set is watched through Asio's reactor itself rather than a
-// posix::stream_descriptor: async_wait starts its operation with
-// allow_speculative = false, and epoll_reactor::start_op then re-arms the
-// descriptor with EPOLL_CTL_MOD on every wait -- one system call per wake-up
-// for nothing, the set being registered edge-triggered for good. Started
-// speculatively instead, a read operation is only queued: no system call.
-// An edge that comes while no wait is queued is not lost: the reactor marks
-// the registration for a speculative try, and the next wait completes at
-// once. Boost 1.81 (Debian 12) is what this is written against.
-static_assert(std::is_same_v<asio::detail::reactor, asio::detail::epoll_reactor>,
-              "the poller waits through Asio's epoll reactor");
-
-struct poller::watch {
-    asio::detail::epoll_reactor& reactor;
-    int fd;
-    asio::detail::epoll_reactor::per_descriptor_data data = nullptr;
-};
-
-/// One wait for the epoll set. perform() runs when the set is readable, or
-/// at once when started after an edge nobody waited for; it does no I/O
-/// (on_ready does) and says "exhausted", so that the reactor starts the next
-/// wait without a speculative completion and without a re-arm.
-class poller::wake_op : public asio::detail::reactor_op {
-public:
-    explicit wake_op(poller& p) : reactor_op(error_code{}, &do_perform, &do_complete), poller_(p) {}
-
-private:
-    static status do_perform(reactor_op*) { return done_and_exhausted; }
-
-    static void do_complete(void* owner, asio::detail::operation* base, const error_code&, std::size_t) {
-        auto* op = static_cast<wake_op*>(base);
-        poller& p = op->poller_;
-        const error_code ec = op->ec_;
-        delete op;
-        // No owner: the io_context is being destroyed with the wait queued.
-        if (owner != nullptr) p.on_wake(ec);
-    }
-
-    poller& poller_;
-};
-
 poller::poller() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {
     if (epfd_ < 0) throw std::system_error(errno, std::system_category(), "epoll_create1");
 }
@@ -93,47 +48,35 @@ void poller::attach(asio::io_context& io) {
     io_ = &io;
     // The descriptor is watched through a duplicate, so that Asio's
     // deregistration on release never touches the set itself.
-    const int watched = ::fcntl(epfd_, F_DUPFD_CLOEXEC, 0);
+    const int watched = ::dup(epfd_);
     if (watched < 0) throw std::system_error(errno, std::system_category(), "dup of the epoll descriptor");
-    auto w = std::make_unique<watch>(watch{asio::use_service<asio::detail::epoll_reactor>(io), watched});
-    if (const int err = w->reactor.register_descriptor(watched, w->data); err != 0) {
-        w->reactor.cleanup_descriptor_data(w->data);
-        ::close(watched);
-        throw std::system_error(err, std::system_category(), "registering the epoll descriptor with Asio");
-    }
-    watch_ = std::move(w);
+    watch_.emplace(io, watched);
     watching_ = true;
     arm();
 }
 
 void poller::stop_watching() {
     watching_ = false;
-    if (watch_) watch_->reactor.cancel_ops(watch_->fd, watch_->data);
+    if (watch_) {
+        error_code ignored;
+        watch_->cancel(ignored);
+    }
 }
 
 void poller::detach() {
     stop_watching();
-    if (watch_) {
-        // A wait still queued completes with operation_aborted.
-        watch_->reactor.deregister_descriptor(watch_->fd, watch_->data, false);
-        ::close(watch_->fd);
-        watch_->reactor.cleanup_descriptor_data(watch_->data);
-        watch_.reset();
-    }
+    watch_.reset();  // closes the duplicate
     io_ = nullptr;
 }
 
 void poller::arm() {
     if (armed_ || !watching_) return;
-    auto* op = new wake_op(*this);
     armed_ = true;
-    watch_->reactor.start_op(asio::detail::epoll_reactor::read_op, watch_->fd, watch_->data, op, false, true);
-}
-
-void poller::on_wake(const error_code& ec) {
-    armed_ = false;
-    if (ec || !watching_) return;
-    on_ready();
+    watch_->async_wait(asio::posix::stream_descriptor::wait_read, [this](const error_code& ec) {
+        armed_ = false;
+        if (ec || !watching_) return;
+        on_ready();
+    });
 }
 
 void poller::on_ready() {

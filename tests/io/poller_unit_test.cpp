@@ -5,26 +5,12 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
-#include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <optional>
 #include <string>
-
-/// EPOLL_CTL_MOD calls made by this process: the poller adds a socket once
-/// and Asio re-arms a descriptor with MOD, so these count re-arms.
-std::atomic<int> epoll_mods{0};
-
-// Interposed for the whole test binary (the poller's library and Asio's
-// reactor call it); forwards to the kernel.
-extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
-    if (op == EPOLL_CTL_MOD) epoll_mods.fetch_add(1, std::memory_order_relaxed);
-    return static_cast<int>(::syscall(SYS_epoll_ctl, epfd, op, fd, event));
-}
 
 namespace apilb {
 namespace {
@@ -94,64 +80,6 @@ TEST(Poller, ReadWaitCompletesWhenDataArrivesAndNotBefore) {
     f.run_until(again.done);
     EXPECT_TRUE(again.done);
     EXPECT_FALSE(again.ec);
-}
-
-TEST(Poller, AWakeUpReArmsNothing) {
-    // Issue 17: a wake-up used to cost Asio's epoll_wait, the poller's and an
-    // EPOLL_CTL_MOD re-arming the epoll set's descriptor in Asio's reactor
-    // (posix::stream_descriptor::async_wait). The set is registered
-    // edge-triggered for good: waiting for it again needs no system call.
-    fixture f;
-    tcp::socket peer(f.io);
-    poll_socket s(f.sockets);
-    ASSERT_FALSE(s.adopt(f.pair(peer)));
-    f.run_for(20);  // the first, speculative wake-up and the socket's first edge
-    const int before = epoll_mods.load();
-    constexpr int rounds = 50;
-    for (int i = 0; i < rounds; ++i) {
-        outcome o;
-        s.wait(poll_socket::wait_type::read, &outcome::record, &o);
-        peer.send(asio::buffer("x", 1));
-        f.run_until(o.done);
-        ASSERT_TRUE(o.done) << "round " << i;
-        ASSERT_FALSE(o.ec);
-        char c;
-        ASSERT_EQ(::recv(s.native_handle(), &c, 1, 0), 1);
-    }
-    EXPECT_EQ(epoll_mods.load() - before, 0) << "re-arms in " << rounds << " wake-ups";
-}
-
-TEST(Poller, AnEdgeThatComesWhileWakingIsNotLost) {
-    // Between the poller's epoll_wait and its next wait, nothing is queued in
-    // Asio's reactor: an event of that moment must still wake it.
-    fixture f;
-    tcp::socket peer_a(f.io), peer_b(f.io);
-    poll_socket a(f.sockets), b(f.sockets);
-    ASSERT_FALSE(a.adopt(f.pair(peer_a)));
-    ASSERT_FALSE(b.adopt(f.pair(peer_b)));
-    f.run_for(20);
-    for (int i = 0; i < 20; ++i) {
-        struct sender {
-            tcp::socket* to_b;
-            bool done = false;
-            static void on_ready(void* self, const error_code&) {
-                auto& x = *static_cast<sender*>(self);
-                x.to_b->send(asio::buffer("y", 1));  // b's edge, inside a's wake-up
-                x.done = true;
-            }
-        } on_a{&peer_b};
-        outcome on_b;
-        a.wait(poll_socket::wait_type::read, &sender::on_ready, &on_a);
-        peer_a.send(asio::buffer("x", 1));
-        f.run_until(on_a.done);
-        ASSERT_TRUE(on_a.done) << "round " << i;
-        b.wait(poll_socket::wait_type::read, &outcome::record, &on_b);
-        f.run_until(on_b.done);
-        ASSERT_TRUE(on_b.done) << "round " << i << ": b's edge was lost";
-        char c;
-        ASSERT_EQ(::recv(a.native_handle(), &c, 1, 0), 1);
-        ASSERT_EQ(::recv(b.native_handle(), &c, 1, 0), 1);
-    }
 }
 
 TEST(Poller, AWaitNeverCompletesInsideTheCallThatStartsIt) {
