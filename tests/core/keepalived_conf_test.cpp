@@ -7,7 +7,7 @@
 namespace apilb {
 namespace {
 
-std::shared_ptr<const config> load(const std::string& vrrp) {
+std::shared_ptr<const config> load(const std::string& vrrp, const std::string& path = "/etc/apilb/apilb.yaml") {
     return parse_config(
         "listeners:\n"
         "  - {name: apiserver, address: \"198.18.0.100:6443\", pool: cp}\n"
@@ -15,7 +15,7 @@ std::shared_ptr<const config> load(const std::string& vrrp) {
         "  - name: cp\n"
         "    backends: [{name: cp-1, address: \"192.0.2.11:6443\"}]\n" +
             vrrp,
-        "/etc/apilb/apilb.yaml");
+        path);
 }
 
 TEST(KeepalivedConf, UnicastPairWithBothFamilies) {
@@ -121,14 +121,7 @@ TEST(KeepalivedConf, RefusesAConfigPathWithALineBreakEvenWithoutProcessTracking)
     const std::string vrrp =
         "vrrp:\n  interface: eth0\n  virtual_router_id: 9\n  vips: [198.18.0.100]\n"
         "  track_process: false\n";
-    const auto cfg = parse_config(
-        "listeners:\n"
-        "  - {name: apiserver, address: \"198.18.0.100:6443\", pool: cp}\n"
-        "pools:\n"
-        "  - name: cp\n"
-        "    backends: [{name: cp-1, address: \"192.0.2.11:6443\"}]\n" +
-            vrrp,
-        path);
+    const auto cfg = load(vrrp, path);
     EXPECT_THROW(render_keepalived_conf(*cfg, {.config_path = path}), std::invalid_argument);
     // With track_process, apilb's path is written too: the same holds for it.
     const auto tracked = load("vrrp:\n  interface: eth0\n  virtual_router_id: 9\n  vips: [198.18.0.100]\n");
