@@ -25,6 +25,13 @@ const pool_config& config::pool(const std::string& name) const {
     throw std::out_of_range("no pool named \"" + name + "\" in " + source);
 }
 
+std::string single_line(std::string text) {
+    for (char& c : text) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == '\x7f') c = '?';
+    }
+    return text;
+}
+
 std::string config_error::to_string() const {
     std::string out = file;
     if (line > 0) {

@@ -199,18 +199,6 @@ std::string address_problem(const std::string& text) {
     return {};
 }
 
-
-// A key path is built from the file's own keys, so it can hold any byte;
-// every error and warning becomes one line of a log or a 422 answer, where a
-// line break or a terminal escape would forge or hide lines. Messages quote
-// input text through quote() already; this covers the path.
-std::string printable(std::string text) {
-    for (char& c : text) {
-        if (static_cast<unsigned char>(c) < 0x20 || c == '\x7f') c = '?';
-    }
-    return text;
-}
-
 }  // namespace
 
 void loader::error(const YAML::Mark& mark, std::string path, std::string message) {
@@ -221,8 +209,12 @@ void loader::error(const YAML::Mark& mark, std::string path, std::string message
         e.line = mark.line + 1;
         e.column = mark.column + 1;
     }
-    e.key_path = printable(std::move(path));
-    e.message = std::move(message);
+    e.key_path = single_line(std::move(path));
+    // A key path is built from the file's own keys, so it can hold any byte,
+    // and yaml-cpp's syntax errors carry the offending byte raw. Every error
+    // becomes one line of a log or a 422 answer, where a line break or a
+    // terminal escape would forge or hide lines.
+    e.message = single_line(std::move(message));
     errors_.push_back(std::move(e));
 }
 
@@ -233,8 +225,8 @@ void loader::warning(const YAML::Mark& mark, std::string path, std::string messa
         w.line = mark.line + 1;
         w.column = mark.column + 1;
     }
-    w.key_path = printable(std::move(path));
-    w.message = std::move(message);
+    w.key_path = single_line(std::move(path));
+    w.message = single_line(std::move(message));
     warnings_.push_back(std::move(w));
 }
 

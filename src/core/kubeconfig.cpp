@@ -25,7 +25,12 @@ struct checker {
     std::vector<config_error> errors;
 
     void error(const YAML::Node& at, std::string key, std::string message) {
-        config_error e{.file = path, .line = 0, .column = 0, .key_path = std::move(key), .message = std::move(message)};
+        // A kubeconfig's names and paths are quoted raw: keep each error one line.
+        config_error e{.file = path,
+                       .line = 0,
+                       .column = 0,
+                       .key_path = single_line(std::move(key)),
+                       .message = single_line(std::move(message))};
         if (at.IsDefined() && !at.Mark().is_null()) {
             e.line = at.Mark().line + 1;
             e.column = at.Mark().column + 1;
@@ -107,7 +112,7 @@ kube_credentials parse(const std::string& text, const std::string& path) {
                             .line = e.mark.is_null() ? 0 : e.mark.line + 1,
                             .column = e.mark.is_null() ? 0 : e.mark.column + 1,
                             .key_path = {},
-                            .message = "YAML syntax error: " + e.msg});
+                            .message = single_line("YAML syntax error: " + e.msg)});
         throw config_load_error(c.errors);
     }
     if (!top.IsMap()) {

@@ -39,6 +39,18 @@ TEST(LoadConfigErrors, AKeyWithControlCharactersStaysOnOneLine) {
     EXPECT_EQ(errors[0].key_path, "wor?ks??[2J");
 }
 
+TEST(LoadConfigErrors, ASyntaxErrorAtAControlCharacterStaysOnOneLine) {
+    // Found by the config fuzzer: yaml-cpp's "unknown escape character: X"
+    // carries the byte raw, a line break or a terminal escape included.
+    for (const std::string text : {std::string("\"a\\\rb\": 1\n"), std::string("\"\\\x1b[2J\": 1\n"),
+                                   std::string("((\x03\0\n", 5)}) {
+        const auto errors = errors_of(text);
+        ASSERT_EQ(errors.size(), 1u) << all_messages(errors);
+        EXPECT_CONTAINS(errors[0].message, "YAML syntax error");
+        EXPECT_EQ(errors[0].to_string().find_first_of("\r\n\x1b"), std::string::npos) << errors[0].to_string();
+    }
+}
+
 TEST(LoadConfigErrors, DirectoryIsNotAFile) {
     try {
         load_config(std::filesystem::temp_directory_path().string());

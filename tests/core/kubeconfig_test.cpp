@@ -73,5 +73,19 @@ TEST(Kubeconfig, RefusesWhatDiscoveryCannotUse) {
     EXPECT_CONTAINS(errors_of("a: [").at(0).message, "YAML syntax error");
 }
 
+TEST(Kubeconfig, AnErrorStaysOneLineWhateverTheFileHolds) {
+    // A context name, a file path and yaml-cpp's own syntax message all
+    // quote the file's bytes; a line break or a terminal escape in a log
+    // line would forge or hide lines.
+    for (const std::string text : {std::string("current-context: \"x\\ny\\e[2J\"\n"), std::string("\"a\\\x1b\": 1\n"),
+                                   kubeconfig("    client-key: \"/nonexistent/\\r\\nkey\"\n")}) {
+        const auto errors = errors_of(text);
+        ASSERT_FALSE(errors.empty()) << text;
+        for (const auto& e : errors) {
+            EXPECT_EQ(e.to_string().find_first_of("\r\n\x1b"), std::string::npos) << e.to_string();
+        }
+    }
+}
+
 }  // namespace
 }  // namespace apilb

@@ -306,6 +306,10 @@ struct config_error {
     std::string to_string() const;
 };
 
+/// `text` with every control character replaced by '?': what a config
+/// error quotes from its input stays one line in any log or terminal.
+std::string single_line(std::string text);
+
 /// The whole configuration. Built only by load_config(); immutable after.
 struct config {
     std::string source;  ///< file it was loaded from, for messages
