@@ -711,6 +711,16 @@ TEST(AdminControl, StatusShowsDiscoveryBesideTheSeed) {
     };
     const std::string bin = required_env("APILB_BIN");
     const std::string at = fmt::format("127.0.0.1:{}", admin);
+    // `apilb status` until it says `text` (the watch moves between states).
+    command_result r;
+    auto status_until = [&](const std::string& text) {
+        return wait_until(
+            [&] {
+                r = run_command({bin, "status", "--admin", at});
+                return r.output.find(text) != std::string::npos;
+            },
+            milliseconds(20000));
+    };
     std::uint16_t api_port = 0;
     {
         standin_process api(dir, certs, "127.0.0.2", "api", {"--client-ca", certs + "/ca.crt"});
@@ -723,15 +733,7 @@ TEST(AdminControl, StatusShowsDiscoveryBesideTheSeed) {
                   200);
         const std::string both = fmt::format("127.0.0.2:{0}, 127.0.0.4:{0} (terminating)", api_port);
         ASSERT_TRUE(lb.wait_for_log("the API lists 2 apiserver(s): " + both, milliseconds(20000))) << lb.log();
-        command_result r;
-        // The watch may still be between list and watch: poll the CLI.
-        ASSERT_TRUE(wait_until(
-            [&] {
-                r = run_command({bin, "status", "--admin", at});
-                return r.output.find("DISCOVERY p: watch watching") != std::string::npos;
-            },
-            milliseconds(20000)))
-            << r.output;
+        ASSERT_TRUE(status_until("DISCOVERY p: watch watching")) << r.output;
         EXPECT_EQ(r.exit_code, 0) << r.output;
         EXPECT_NE(r.output.find("  set from    the API\n"), std::string::npos) << r.output;
         EXPECT_NE(r.output.find("  discovered  " + both + "\n"), std::string::npos) << r.output;
@@ -751,14 +753,7 @@ TEST(AdminControl, StatusShowsDiscoveryBesideTheSeed) {
     // The API is gone (the seed's port refuses): the set comes from the state file.
     apilb_process lb(dir, config(fmt::format("127.0.0.2:{}", api_port)), "127.0.0.1", port);
     ASSERT_TRUE(lb.wait_for_log("last-known-good from " + dir.file("state.json"))) << lb.log();
-    command_result r;
-    ASSERT_TRUE(wait_until(
-        [&] {
-            r = run_command({bin, "status", "--admin", at});
-            return r.output.find("DISCOVERY p: watch backoff") != std::string::npos;
-        },
-        milliseconds(20000)))
-        << r.output << lb.log();
+    ASSERT_TRUE(status_until("DISCOVERY p: watch backoff")) << r.output << lb.log();
     EXPECT_NE(r.output.find("  set from    the state file (last-known-good"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("  state file  " + dir.file("state.json") + " (in use)\n"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("last sync never"), std::string::npos) << r.output;
