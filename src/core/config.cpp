@@ -49,10 +49,26 @@ std::string describe_all(const std::vector<config_error>& errors) {
     return out;
 }
 
+/// Every error becomes one line of a log, of check-config's output or of a
+/// reload's 422 answer, where a line break or a terminal escape would forge
+/// or hide lines. Messages can carry input bytes (yaml-cpp's "unknown escape
+/// character: X" quotes X raw), so they are made printable here, once, for
+/// every loader (config, kubeconfig).
+std::vector<config_error>& one_line_each(std::vector<config_error>& errors) {
+    for (auto& e : errors) {
+        for (std::string* text : {&e.key_path, &e.message}) {
+            for (char& c : *text) {
+                if (static_cast<unsigned char>(c) < 0x20 || c == '\x7f') c = '?';
+            }
+        }
+    }
+    return errors;
+}
+
 }  // namespace
 
 config_load_error::config_load_error(std::vector<config_error> errors)
-    : std::runtime_error(describe_all(errors)), errors_(std::move(errors)) {}
+    : std::runtime_error(describe_all(one_line_each(errors))), errors_(std::move(errors)) {}
 
 const char* to_string(balance_policy p) {
     switch (p) {

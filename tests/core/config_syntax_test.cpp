@@ -39,6 +39,19 @@ TEST(LoadConfigErrors, AKeyWithControlCharactersStaysOnOneLine) {
     EXPECT_EQ(errors[0].key_path, "wor?ks??[2J");
 }
 
+TEST(LoadConfigErrors, ASyntaxErrorQuotingAControlCharacterStaysOnOneLine) {
+    // Found by the kubeconfig fuzzer (tests/corpus/config/crash-yaml-escape-
+    // error-line-break.yaml): yaml-cpp's "unknown escape character: X"
+    // carries the raw character, here ^A and a terminal escape.
+    for (const char* bad : {"a: \"\\\x01\"\n", "a: \"\\\x1b[2J\"\n"}) {
+        const auto errors = errors_of(bad);
+        ASSERT_EQ(errors.size(), 1u) << all_messages(errors);
+        const std::string line = errors[0].to_string();
+        EXPECT_EQ(line.find_first_of("\x01\x1b"), std::string::npos) << line;
+        EXPECT_NE(line.find("YAML syntax error"), std::string::npos) << line;
+    }
+}
+
 TEST(LoadConfigErrors, DirectoryIsNotAFile) {
     try {
         load_config(std::filesystem::temp_directory_path().string());

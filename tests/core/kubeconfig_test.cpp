@@ -82,6 +82,16 @@ TEST(Kubeconfig, PaddingIsOnlyAtTheEndAndAtMostTwo) {
     EXPECT_EQ(k.key_pem, "AB");
 }
 
+// Found by kubeconfig_fuzz (tests/corpus/kubeconfig/crash-yaml-error-line-
+// break.conf): yaml-cpp's "unknown escape character: X" carries X raw, and
+// a control character in an error forges or hides a log line.
+TEST(Kubeconfig, ASyntaxErrorStaysOnOneLine) {
+    const auto e = errors_of("clusters: [{name: \"\\\x1b[2J\"}]\n");
+    ASSERT_EQ(e.size(), 1u);
+    EXPECT_CONTAINS(e[0].message, "YAML syntax error");
+    EXPECT_EQ(e[0].to_string().find_first_of("\x1b"), std::string::npos) << e[0].to_string();
+}
+
 TEST(Kubeconfig, RefusesWhatDiscoveryCannotUse) {
     EXPECT_CONTAINS(errors_of(kubeconfig("    exec: {command: aws}\n")).at(0).message, "exec and auth-provider");
     EXPECT_CONTAINS(errors_of(kubeconfig("    client-key: /nonexistent/key\n")).at(0).message, "cannot be read");
