@@ -83,7 +83,7 @@ TEST(Cli, NodeLocalExampleChecksAndFollowsTheApiWithAKubeletKubeconfig) {
     apilb_process lb(dir, yaml, "127.0.0.1", port);
     ASSERT_TRUE(lb.wait_for_log("the API lists 1 apiserver(s): " + api.address(), 20s)) << lb.log();
     ASSERT_TRUE(wait_until([&] { return http_exchange(admin, "GET", "/readyz").status == 200; }, 20s)) << lb.log();
-    EXPECT_TRUE(wait_until([&] { return !read_file(dir.file("admin-token")).empty(); }, 5s))
+    EXPECT_TRUE(wait_until([&] { return !read_file(dir.file("node-local-admin-token")).empty(); }, 5s))
         << "the admin surface is authenticated: apilb creates its token";
     EXPECT_TRUE(wait_until(
         [&] { return read_file(dir.file("discovery-control-plane.json")).find("127.0.0.2") != std::string::npos; },
