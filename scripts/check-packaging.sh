@@ -89,16 +89,22 @@ make_unit_dir() {
   gzip -c "$repo/packaging/man/apilb.8" >"$unit_dir/man/man8/apilb.8.gz"
 }
 
+# systemd-analyze verify UNIT in $unit_dir; fails on any message (verify
+# exits 0 on unknown keys and bad values; its messages are the verdict).
+verify_quiet() {
+  local msgs
+  msgs=$(cd "$unit_dir" && MANPATH=$unit_dir/man SYSTEMD_UNIT_PATH=$unit_dir: \
+         systemd-analyze verify "$1" 2>&1) || true
+  echo "$msgs"
+  [[ -z "$msgs" ]]
+}
+
 unit_verify() {
-  local set msgs
+  local set
   for set in "" low-ports.conf vrrp-manage.conf node-local.conf; do
     make_unit_dir "$build/src/apilb" "$set"
     echo "verify apilb.service ${set:+with $set}"
-    msgs=$(cd "$unit_dir" && MANPATH=$unit_dir/man SYSTEMD_UNIT_PATH=$unit_dir: \
-           systemd-analyze verify apilb.service 2>&1) || true
-    echo "$msgs"
-    # verify exits 0 on unknown keys and bad values; its messages are the verdict.
-    [[ -z "$msgs" ]]
+    verify_quiet apilb.service
   done
   # The kubelet's drop-in, on a stand-in kubelet unit (no kubelet here);
   # verify loads apilb.service (with node-local.conf) through Wants=.
@@ -106,10 +112,7 @@ unit_verify() {
   printf '[Unit]\nDescription=stand-in for kubelet.service\n[Service]\nExecStart=/bin/true\n' >"$unit_dir/kubelet.service"
   cp "$repo/systemd/kubelet-apilb.conf" "$unit_dir/kubelet.service.d/10-apilb.conf"
   echo "verify kubelet.service with kubelet-apilb.conf"
-  msgs=$(cd "$unit_dir" && MANPATH=$unit_dir/man SYSTEMD_UNIT_PATH=$unit_dir: \
-         systemd-analyze verify kubelet.service 2>&1) || true
-  echo "$msgs"
-  [[ -z "$msgs" ]]
+  verify_quiet kubelet.service
   # The order the guide promises: apilb before the kubelet, pulled in by it.
   grep -qx 'Before=kubelet.service' "$repo/systemd/node-local.conf"
   grep -qx 'Wants=apilb.service' "$repo/systemd/kubelet-apilb.conf"
