@@ -8,7 +8,8 @@
 #
 # Cases (classname Packaging):
 #   unit_verify        systemd-analyze verify of systemd/apilb.service, alone
-#                      and with each drop-in; any message fails
+#                      and with each drop-in, and of a stand-in kubelet.service
+#                      with the node-local kubelet drop-in; any message fails
 #   unit_security      systemd-analyze security --offline: exposure <= 2.0
 #   deb_build          dpkg-buildpackage -us -uc -b with packaging/debian; the
 #                      binary comes from BUILD_DIR (APILB_PACKAGING_FULL=1:
@@ -20,8 +21,9 @@
 #                      otherwise unpacked into a scratch root and checked there
 #   unit_notify        the packaged binary run as the unit does, as an
 #                      unprivileged user: scripts/check-sd-notify.py
-#   kube_manifests     packaging/kubernetes/check-manifests.py; the example
-#                      config through the packaged binary's check-config
+#   kube_manifests     packaging/kubernetes/check-manifests.py (both pods and
+#                      the node-local RBAC); the example configs (HA and
+#                      node-local) through check-config
 #   image_build        packaging/container/build-image.sh (umoci, no daemon)
 #   image_config       user, entrypoint, cmd, exposed ports of the image
 #   image_runs         chroot into the unpacked image: apilb version and
@@ -83,26 +85,43 @@ make_unit_dir() {
   rm -rf "$unit_dir"
   mkdir -p "$unit_dir/apilb.service.d" "$unit_dir/man/man8"
   sed "s#/usr/sbin/apilb#$binary#g" "$repo/systemd/apilb.service" >"$unit_dir/apilb.service"
-  for d in $dropins; do cp "$repo/systemd/$d" "$unit_dir/apilb.service.d/"; done
+  for d in $dropins; do sed "s#/usr/sbin/apilb#$binary#g" "$repo/systemd/$d" >"$unit_dir/apilb.service.d/$d"; done
   gzip -c "$repo/packaging/man/apilb.8" >"$unit_dir/man/man8/apilb.8.gz"
 }
 
+# systemd-analyze verify UNIT in $unit_dir; fails on any message (verify
+# exits 0 on unknown keys and bad values; its messages are the verdict).
+verify_quiet() {
+  local msgs
+  msgs=$(cd "$unit_dir" && MANPATH=$unit_dir/man SYSTEMD_UNIT_PATH=$unit_dir: \
+         systemd-analyze verify "$1" 2>&1) || true
+  echo "$msgs"
+  [[ -z "$msgs" ]]
+}
+
 unit_verify() {
-  local set msgs
-  for set in "" low-ports.conf vrrp-manage.conf; do
+  local set
+  for set in "" low-ports.conf vrrp-manage.conf node-local.conf; do
     make_unit_dir "$build/src/apilb" "$set"
     echo "verify apilb.service ${set:+with $set}"
-    msgs=$(cd "$unit_dir" && MANPATH=$unit_dir/man SYSTEMD_UNIT_PATH=$unit_dir: \
-           systemd-analyze verify apilb.service 2>&1) || true
-    echo "$msgs"
-    # verify exits 0 on unknown keys and bad values; its messages are the verdict.
-    [[ -z "$msgs" ]]
+    verify_quiet apilb.service
   done
+  # The kubelet's drop-in, on a stand-in kubelet unit (no kubelet here);
+  # verify loads apilb.service (with node-local.conf) through Wants=.
+  mkdir -p "$unit_dir/kubelet.service.d"
+  printf '[Unit]\nDescription=stand-in for kubelet.service\n[Service]\nExecStart=/bin/true\n' >"$unit_dir/kubelet.service"
+  cp "$repo/systemd/kubelet-apilb.conf" "$unit_dir/kubelet.service.d/10-apilb.conf"
+  echo "verify kubelet.service with kubelet-apilb.conf"
+  verify_quiet kubelet.service
+  # The order the guide promises: apilb before the kubelet, pulled in by it.
+  grep -qx 'Before=kubelet.service' "$repo/systemd/node-local.conf"
+  grep -qx 'Wants=apilb.service' "$repo/systemd/kubelet-apilb.conf"
+  grep -qx 'After=apilb.service' "$repo/systemd/kubelet-apilb.conf"
 }
 
 unit_security() {
   local set score
-  for set in "" low-ports.conf vrrp-manage.conf; do
+  for set in "" low-ports.conf vrrp-manage.conf node-local.conf; do
     make_unit_dir "$build/src/apilb" "$set"
     score=$(cd "$unit_dir" && SYSTEMD_UNIT_PATH=$unit_dir: \
             systemd-analyze security --offline=true --no-pager apilb.service 2>&1 |
@@ -141,8 +160,10 @@ deb_contents() {
            ./usr/share/doc/apilb/copyright ./usr/share/doc/apilb/README.md \
            ./usr/share/doc/apilb/vip.md ./usr/share/doc/apilb/systemd.md \
            ./usr/share/doc/apilb/kubeadm-ha.md ./usr/share/doc/apilb/upgrade.md \
-           ./usr/share/doc/apilb/troubleshooting.md \
-           ./usr/share/doc/apilb/examples/low-ports.conf ./usr/share/doc/apilb/examples/vrrp-manage.conf; do
+           ./usr/share/doc/apilb/troubleshooting.md ./usr/share/doc/apilb/node-local.md \
+           ./usr/share/doc/apilb/examples/low-ports.conf ./usr/share/doc/apilb/examples/vrrp-manage.conf \
+           ./usr/share/doc/apilb/examples/node-local.yaml ./usr/share/doc/apilb/examples/node-local.conf \
+           ./usr/share/doc/apilb/examples/kubelet-apilb.conf; do
     # Regular files (a link would point into the build machine), and the
     # guides not gzipped: the unit's Documentation= names systemd.md.
     grep -Eq "^-.* $f\$" <<<"$list" || { echo "missing: $f"; return 1; }
@@ -224,7 +245,8 @@ unit_notify() {
 }
 
 kube_manifests() {
-  python3 "$repo/packaging/kubernetes/check-manifests.py" "$repo/packaging/kubernetes/apilb-pod.yaml"
+  python3 "$repo/packaging/kubernetes/check-manifests.py" "$repo/packaging/kubernetes/apilb-pod.yaml" \
+    "$repo/packaging/kubernetes/apilb-node-local-pod.yaml" "$repo/packaging/kubernetes/apilb-node-local-rbac.yaml"
   # The example config, with the CA at a path that exists here.
   local tmp; tmp=$(mktemp -d)
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=test-ca \
@@ -233,6 +255,13 @@ kube_manifests() {
   "$build/src/apilb" check-config --config "$tmp/apilb.yaml"
   "$build/src/apilb" keepalived-config --config "$tmp/apilb.yaml" --apilb-path /usr/sbin/apilb -o "$tmp/keepalived.conf"
   grep -q 'process "/usr/sbin/apilb" run --config' "$tmp/keepalived.conf"
+  # The node-local example (cli_test runs it against the stand-in): its
+  # kubeconfig must exist for check-config, a kubeadm-shaped one here.
+  printf 'apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster: {server: "https://127.0.0.1:7445", certificate-authority: %s}\n' \
+    "$tmp/ca.crt" >"$tmp/kubelet.conf"
+  sed -e "s#/etc/kubernetes/pki/ca.crt#$tmp/ca.crt#" -e "s#/etc/kubernetes/kubelet.conf#$tmp/kubelet.conf#" \
+    -e "s#/var/lib/apilb/#$tmp/#" "$repo/conf/node-local.yaml" >"$tmp/node-local.yaml"
+  "$build/src/apilb" check-config --config "$tmp/node-local.yaml"
   rm -rf "$tmp"
 }
 

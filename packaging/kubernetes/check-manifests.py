@@ -11,7 +11,11 @@ v1 type (a misspelt key is silently dropped by the kubelet), that values
 have the right shape, and that the properties docs/kubeadm-ha.md promises
 hold: hostNetwork, system-node-critical, read-only hostPath config, probes on
 the admin /livez and /readyz, requests, all capabilities dropped, read-only
-root filesystem, non-root.
+root filesystem, non-root. The node-local pod (docs/node-local.md) reads the
+kubelet's root-owned credentials, so it may run as uid 0, but only with every
+capability dropped and those files mounted read-only. The node-local RBAC
+file (Role and RoleBinding) must grant reads only, in `default`, to the
+group system:nodes.
 """
 import sys
 import yaml
@@ -43,7 +47,14 @@ FIELDS = {
     "Volume": {"name", "hostPath", "emptyDir", "configMap", "secret"},
     "HostPathVolumeSource": {"path", "type"},
     "SeccompProfile": {"type", "localhostProfile"},
+    # rbac.authorization.k8s.io/v1
+    "Role": {"apiVersion", "kind", "metadata", "rules"},
+    "RoleBinding": {"apiVersion", "kind", "metadata", "roleRef", "subjects"},
+    "PolicyRule": {"apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"},
+    "RoleRef": {"apiGroup", "kind", "name"},
+    "Subject": {"apiGroup", "kind", "name", "namespace"},
 }
+KUBELET_CREDENTIALS = ("/etc/kubernetes/kubelet.conf", "/var/lib/kubelet")
 HOSTPATH_TYPES = {"", "DirectoryOrCreate", "Directory", "FileOrCreate", "File",
                   "Socket", "CharDevice", "BlockDevice"}
 
@@ -110,20 +121,60 @@ def check_pod(doc, f):
         require(set(caps.get("add", [])) <= {"NET_BIND_SERVICE"}, f"{w}: only NET_BIND_SERVICE may be added")
         require(sc.get("readOnlyRootFilesystem") is True, f"{w}: readOnlyRootFilesystem")
         require(sc.get("allowPrivilegeEscalation") is False, f"{w}: allowPrivilegeEscalation: false")
-        require(psc.get("runAsNonRoot") is True or sc.get("runAsNonRoot") is True, f"{w}: runAsNonRoot")
-        for j, m in enumerate(c.get("volumeMounts", [])):
+        mounts = c.get("volumeMounts", [])
+        reads_kubelet = any(m.get("mountPath", "").startswith(KUBELET_CREDENTIALS) for m in mounts)
+        if reads_kubelet:
+            # Root for the file permissions of root's 0600 files, no capability.
+            require(caps.get("add", []) == [], f"{w}: a pod reading the kubelet's credentials adds no capability")
+            require(sc.get("privileged") is False, f"{w}: privileged: false")
+        else:
+            require(psc.get("runAsNonRoot") is True or sc.get("runAsNonRoot") is True, f"{w}: runAsNonRoot")
+        for j, m in enumerate(mounts):
             keys(m, "VolumeMount", f"{w}.volumeMounts[{j}]")
             require(m.get("name") in volumes, f"{w}.volumeMounts[{j}]: no volume {m.get('name')}")
-            if m.get("mountPath", "").startswith(("/etc/apilb", "/etc/kubernetes")):
+            if m.get("mountPath", "").startswith(("/etc/apilb", "/etc/kubernetes", "/var/lib/kubelet")):
                 require(m.get("readOnly") is True, f"{w}.volumeMounts[{j}]: config and certificates read-only")
+
+
+def check_rbac(docs, f):
+    roles = {}
+    for i, d in enumerate(docs):
+        w = f"{f}[{i}]"
+        kind = d.get("kind")
+        require(kind in ("Role", "RoleBinding"), f"{w}: only Role and RoleBinding belong here, not {kind}")
+        if kind not in ("Role", "RoleBinding"):
+            continue
+        keys(d, kind, w)
+        require(d.get("apiVersion") == "rbac.authorization.k8s.io/v1", f"{w}: apiVersion rbac.authorization.k8s.io/v1")
+        meta = keys(d.get("metadata", {}), "ObjectMeta", w + ".metadata")
+        # The `kubernetes` slices live in `default`; nothing cluster-wide.
+        require(meta.get("namespace") == "default", f"{w}: namespace default")
+        if kind == "Role":
+            roles[meta.get("name")] = d
+            for j, r in enumerate(d.get("rules", [])):
+                keys(r, "PolicyRule", f"{w}.rules[{j}]")
+                require(set(r.get("verbs", [])) <= {"get", "list", "watch"}, f"{w}.rules[{j}]: reads only")
+                require(set(r.get("resources", [])) <= {"endpointslices", "endpoints"},
+                        f"{w}.rules[{j}]: endpointslices and endpoints only")
+        else:
+            ref = keys(d.get("roleRef", {}), "RoleRef", w + ".roleRef")
+            require(ref.get("kind") == "Role" and ref.get("name") in roles, f"{w}: roleRef names the Role above")
+            subjects = d.get("subjects", [])
+            for j, sub in enumerate(subjects):
+                keys(sub, "Subject", f"{w}.subjects[{j}]")
+            require([(x.get("kind"), x.get("name")) for x in subjects] == [("Group", "system:nodes")],
+                    f"{w}: bound to the group system:nodes (the kubelets' identity) only")
+    require(len(roles) == 1, f"{f}: expected one Role")
 
 
 for f in sys.argv[1:]:
     with open(f) as fh:
         docs = [d for d in yaml.safe_load_all(fh) if d is not None]
-    require(len(docs) == 1, f"{f}: expected one document")
-    for d in docs:
-        check_pod(d, f)
+    if docs and docs[0].get("kind") == "Pod":
+        require(len(docs) == 1, f"{f}: expected one document")
+        check_pod(docs[0], f)
+    else:
+        check_rbac(docs, f)
 
 for e in errors:
     print(e)

@@ -31,6 +31,7 @@ tr:last-child td{border-bottom:none}td.num{font-variant-numeric:tabular-nums;whi
 .bar{height:8px;border-radius:4px;background:var(--bar);min-width:2px}.track{flex:1;background:#263241;border-radius:4px}
 #events{background:var(--panel);border:1px solid var(--line);border-radius:8px;padding:10px 14px}
 #events h2{margin:0 0 6px;font-size:15px}#events ol{margin:0;padding-left:18px;font-size:13px}
+.disc{padding:8px 14px;border-top:1px solid var(--line);font-size:13px;display:grid;gap:3px}.disc b{color:var(--muted);font-weight:500;display:inline-block;min-width:96px}
 #events li{padding:2px 0}.ev-up{color:#56d364}.ev-down{color:#ff7b72}#error{color:#ff7b72;font-weight:600}
 </style></head><body>
 <header><h1>apilb</h1><span id="ready" class="pill muted">…</span><span id="role" class="pill muted" hidden></span>
@@ -42,11 +43,24 @@ const $=id=>document.getElementById(id);
 function el(tag,attrs,...kids){const e=document.createElement(tag);for(const[k,v]of Object.entries(attrs||{})){if(k==="class")e.className=v;else if(k==="style")e.style.cssText=v;else e.setAttribute(k,v);}for(const k of kids){e.append(k instanceof Node?k:document.createTextNode(String(k)));}return e;}
 function bytes(n){const u=["B","KiB","MiB","GiB","TiB"];let i=0;while(n>=1024&&i<u.length-1){n/=1024;i++;}return(i?n.toFixed(1):n)+" "+u[i];}
 function ago(ms){const s=Math.max(0,Math.round((Date.now()-ms)/1000));return s<60?s+"s ago":s<3600?Math.floor(s/60)+"m ago":Math.floor(s/3600)+"h ago";}
+const sources={api:"the API",state_file:"the state file (last-known-good: the API has not answered since start)",seed:"the seed (the API has not answered since start)"};
+function discovery(d){
+  const ep=e=>(e.ip.includes(":")?"["+e.ip+"]":e.ip)+":"+e.port+(e.terminating?" (terminating)":e.serving===false?" (not serving)":"");
+  const row=(k,v)=>el("div",{},el("b",{},k),v);
+  const disc=(d.discovered||[]).slice(0,64),seed=(d.seed||[]).slice(0,64);
+  return el("div",{class:"disc","data-discovery":d.pool},
+    row("Discovery","watch "+d.watch_state+" · last sync "+(d.last_sync_unix>0?ago(d.last_sync_unix*1000):"never")+" · lists "+d.lists+" · relists "+d.relists+" · events "+d.events+" · errors "+d.errors+" · empty lists "+d.empty_lists),
+    row("Set from",sources[d.source]||d.source),
+    row("Discovered",disc.length?disc.map(ep).join(", "):"none yet"),
+    row("Seed",seed.length?seed.map(b=>b.name+" "+b.address).join(", "):"–"),
+    row("State file",d.state_file?d.state_file+(d.source==="state_file"?" (in use)":""):"none"));
+}
 function render(st){
   const ready=$("ready");ready.textContent=st.ready?"READY":"NOT READY"+(st.ready_reason?": "+st.ready_reason:"");ready.className="pill "+(st.ready?"up":"down");
   const role=$("role");if(st.vrrp_role){role.hidden=false;role.textContent="VRRP "+st.vrrp_role;role.className="pill "+(st.vrrp_role==="MASTER"?"up":st.vrrp_role==="BACKUP"?"muted":"down");}
   $("summary").textContent=st.sessions_active+" session(s) · "+st.workers+" worker(s) · config "+st.config_hash+(st.draining?" · DRAINING":"");
   const pools=$("pools");pools.replaceChildren();const events=[];
+  const disc={};for(const d of st.discovery||[])disc[d.pool]=d;
   for(const p of st.pools){
     const maxActive=Math.max(1,...p.backends.map(b=>b.active_sessions));
     const tbody=el("tbody");
@@ -66,7 +80,8 @@ function render(st){
     const allDown=p.healthy===0;
     pools.append(el("section",{class:"pool","data-pool":p.name},
       el("h2",{},p.name,el("span",{class:"pill "+(allDown?"down":p.healthy<p.backends.length?"drain":"up")},p.healthy+"/"+p.backends.length+" healthy"),el("span",{class:"meta"},p.balance+" · check "+p.health_check)),
-      el("table",{},el("thead",{},el("tr",{},...["State","Backend","Active sessions","Sessions","Bytes","Last probe","Connect failures"].map(h=>el("th",{},h)))),tbody)));
+      el("table",{},el("thead",{},el("tr",{},...["State","Backend","Active sessions","Sessions","Bytes","Last probe","Connect failures"].map(h=>el("th",{},h)))),tbody),
+      ...(disc[p.name]?[discovery(disc[p.name])]:[])));
   }
   events.sort((a,b)=>b.unix_ms-a.unix_ms);
   const list=$("eventlist");list.replaceChildren();

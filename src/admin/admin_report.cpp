@@ -411,14 +411,30 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
             endpoints.push_back(json::object{
                 {"ip", ep.ip}, {"port", ep.port}, {"serving", ep.serving}, {"terminating", ep.terminating}});
         }
+        // The seed (the file's static backends) and the state file, so that
+        // `apilb status` and the page can set them beside the discovered set.
+        json::array seed;
+        std::string state_file;
+        for (const auto& p : snap.cfg->pools) {
+            if (p.name != c->pool()) continue;
+            for (const auto& b : p.backends) {
+                seed.push_back(json::object{{"name", b.name}, {"address", b.address.to_string()}});
+            }
+            if (p.discovery) state_file = p.discovery->state_file;
+        }
         const discovery_stats& ds = c->stats();
         discovery.push_back(
             json::object{{"pool", c->pool()},
                          {"watch_state", to_string(static_cast<watch_state>(ds.state.load(std::memory_order_relaxed)))},
                          {"source", to_string(c->source())},
                          {"last_sync_unix", ds.last_sync_unix.load(std::memory_order_relaxed)},
+                         {"lists", load(ds.lists_total)},
                          {"relists", load(ds.relists_total)},
+                         {"events", load(ds.events_total)},
                          {"errors", load(ds.errors_total)},
+                         {"empty_lists", load(ds.empty_lists_total)},
+                         {"state_file", state_file},
+                         {"seed", std::move(seed)},
                          {"discovered", std::move(endpoints)}});
     }
     root["discovery"] = std::move(discovery);

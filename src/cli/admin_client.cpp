@@ -261,6 +261,93 @@ std::uint64_t num(const json::value& v) {
     return 0;
 }
 
+/// `s` with control characters shown as '?': what the server sends must not
+/// drive the operator's terminal.
+std::string printable(std::string s) {
+    for (char& c : s) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+    }
+    return s;
+}
+
+/// "12s ago", "3m ago", "never" for a Unix time in seconds.
+std::string age_of(std::int64_t unix_s) {
+    if (unix_s <= 0) return "never";
+    const auto now =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    const std::int64_t s = std::max<std::int64_t>(0, now - unix_s);
+    if (s < 120) return fmt::format("{}s ago", s);
+    if (s < 7200) return fmt::format("{}m ago", s / 60);
+    return fmt::format("{}h ago", s / 3600);
+}
+
+/// What `source` in the status means, for the operator.
+std::string source_text(const std::string& source) {
+    if (source == "api") return "the API";
+    if (source == "state_file") return "the state file (last-known-good: the API has not answered since start)";
+    if (source == "seed") return "the seed (the API has not answered since start)";
+    return printable(source);
+}
+
+/// `o[key]`, or null when it is missing: a status from another version of
+/// apilb may lack a field.
+const json::value& field(const json::object& o, const char* key) {
+    static const json::value none;
+    const auto* v = o.if_contains(key);
+    return v != nullptr ? *v : none;
+}
+
+/// The `discovery` section, one block per pool: the watch, where the set
+/// came from, the discovered set beside the seed, the state file.
+void print_discovery(const json::object& st) {
+    const json::value& list = field(st, "discovery");
+    if (!list.is_array()) return;
+    for (const auto& dv : list.as_array()) {
+        if (!dv.is_object()) continue;
+        const auto& d = dv.as_object();
+        const auto text = [&](const char* key) { return printable(str(field(d, key))); };
+        std::cout << fmt::format(
+            "\nDISCOVERY {}: watch {}, last sync {}, lists {}, relists {}, events {}, errors {}, empty lists {}\n",
+            text("pool"), text("watch_state"), age_of(static_cast<std::int64_t>(num(field(d, "last_sync_unix")))),
+            num(field(d, "lists")), num(field(d, "relists")), num(field(d, "events")), num(field(d, "errors")),
+            num(field(d, "empty_lists")));
+        std::cout << "  set from    " << source_text(str(field(d, "source"))) << '\n';
+        std::string discovered;
+        if (const json::value& eps = field(d, "discovered"); eps.is_array()) {
+            for (const auto& ev : eps.as_array()) {
+                if (!ev.is_object()) continue;
+                const auto& e = ev.as_object();
+                const std::string ip = printable(str(field(e, "ip")));
+                if (!discovered.empty()) discovered += ", ";
+                discovered += ip.find(':') != std::string::npos ? fmt::format("[{}]:{}", ip, num(field(e, "port")))
+                                                                : fmt::format("{}:{}", ip, num(field(e, "port")));
+                if (field(e, "terminating") == json::value(true)) {
+                    discovered += " (terminating)";
+                } else if (field(e, "serving") == json::value(false)) {
+                    discovered += " (not serving)";
+                }
+            }
+        }
+        std::cout << "  discovered  " << (discovered.empty() ? "none yet" : discovered) << '\n';
+        std::string seed;
+        if (const json::value& bs = field(d, "seed"); bs.is_array()) {
+            for (const auto& bv : bs.as_array()) {
+                if (!bv.is_object()) continue;
+                if (!seed.empty()) seed += ", ";
+                seed += printable(str(field(bv.as_object(), "name"))) + " " +
+                        printable(str(field(bv.as_object(), "address")));
+            }
+        }
+        std::cout << "  seed        " << (seed.empty() ? "-" : seed) << '\n';
+        const std::string state_file = text("state_file");
+        std::cout << "  state file  "
+                  << (state_file.empty()               ? std::string("none (discovery.state_file is not set)")
+                      : text("source") == "state_file" ? state_file + " (in use)"
+                                                       : state_file)
+                  << '\n';
+    }
+}
+
 }  // namespace
 
 int admin_status(const admin_target& t) {
@@ -314,6 +401,7 @@ int admin_status(const admin_target& t) {
         std::cout << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>{}}  {:>{}}  {}\n", r.pool, w[0], r.backend, w[1], r.state,
                                  w[2], r.active, w[3], r.sessions, w[4], r.probe);
     }
+    print_discovery(st);
     return 0;
 }
 

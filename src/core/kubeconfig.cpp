@@ -72,14 +72,16 @@ struct checker {
         std::string out(b64.size() / 4 * 3 + 3, '\0');
         const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
                                       reinterpret_cast<const unsigned char*>(b64.data()), static_cast<int>(b64.size()));
-        if (n < 0 || b64.size() % 4 != 0) {
+        // EVP_DecodeBlock takes '=' anywhere, as zero bits, and counts it in
+        // the length: allow it only as the last one or two characters, so
+        // that what is taken off below is padding and never more than n.
+        const std::size_t first_pad = b64.find('=');
+        const std::size_t pad = first_pad == std::string::npos ? 0 : b64.size() - first_pad;
+        if (n < 0 || b64.size() % 4 != 0 || pad > 2 || b64.find_first_not_of('=', first_pad) != std::string::npos) {
             error(get(node, key), where + "." + key, "not base64");
             return {};
         }
-        // EVP_DecodeBlock counts the padding as zero bytes.
-        std::size_t len = static_cast<std::size_t>(n);
-        for (std::size_t i = b64.size(); i > 0 && b64[i - 1] == '='; --i) --len;
-        out.resize(len);
+        out.resize(static_cast<std::size_t>(n) - pad);
         return out;
     }
 

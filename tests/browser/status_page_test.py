@@ -3,9 +3,11 @@
 protocol (stdlib only: a minimal WebSocket client). Starts the real apilb
 with two loopback backends, loads http://ADMIN/, and checks that the page
 shows both backends, has no console errors or exceptions, and turns a
-backend red without a reload when it goes down. Saves a screenshot.
+backend red without a reload when it goes down; the pool has discovery on
+(a kubeconfig from mkcerts.sh; the backends do not speak TLS, so the watch
+backs off) and the page shows its block with the seed. Saves a screenshot.
 
-Usage: status_page_test.py APILB_BIN SCREENSHOT_PATH
+Usage: status_page_test.py APILB_BIN SCREENSHOT_PATH MKCERTS_SH
 Exit 0 pass, 1 fail, 77 skip (meson's skip code) when chromium is missing.
 No traffic leaves 127.0.0.1; every wait is bounded.
 """
@@ -144,10 +146,10 @@ def wait_page(ws, expr, what, timeout=15):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) != 4:
         print(__doc__)
         return 64
-    apilb_bin, screenshot = sys.argv[1], sys.argv[2]
+    apilb_bin, screenshot, mkcerts = sys.argv[1], sys.argv[2], sys.argv[3]
     if not CHROMIUM:
         print("SKIP: chromium is not installed (apt-get install chromium); the status page was not tested in a browser")
         return 77
@@ -156,6 +158,17 @@ def main():
     b0, b1 = Backend(), Backend()
     try:
         listen, admin = free_port(), free_port()
+        certs = os.path.join(tmp, "certs")
+        subprocess.run(["bash", mkcerts, certs], check=True, timeout=60)
+        kubeconfig = os.path.join(tmp, "kubeconfig")
+        with open(kubeconfig, "w") as f:
+            f.write(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: k, cluster: {{server: "https://127.0.0.1:6443", certificate-authority: {certs}/ca.crt}}}}]
+users: [{{name: u, user: {{client-certificate: {certs}/client.crt, client-key: {certs}/client.key}}}}]
+contexts: [{{name: c, context: {{cluster: k, user: u}}}}]
+current-context: c
+""")
         cfg = os.path.join(tmp, "apilb.yaml")
         with open(cfg, "w") as f:
             f.write(f"""workers: 2
@@ -167,6 +180,7 @@ pools:
     backends:
       - {{name: cp1, address: "127.0.0.1:{b0.port}"}}
       - {{name: cp2, address: "127.0.0.1:{b1.port}"}}
+    discovery: {{kubeconfig: {kubeconfig}}}
 admin:
   address: "127.0.0.1:{admin}"
 """)
@@ -208,6 +222,15 @@ admin:
         ws.call("Page.navigate", url=f"http://127.0.0.1:{admin}/")
 
         wait_page(ws, "document.querySelectorAll('tr[data-backend]').length === 2", "two backend rows")
+        # Discovery: the backends refuse TLS, so the watch backs off and counts errors.
+        disc = "document.querySelector('[data-discovery=\"control-plane\"]')"
+        wait_page(ws, disc + " && " + disc + ".textContent.includes('errors ') && !" + disc +
+                  ".textContent.includes('errors 0')", "the discovery block with errors counted")
+        text = evaluate(ws, disc + ".textContent")
+        for want in ("Set fromthe seed", f"cp1 127.0.0.1:{b0.port}", "Discoverednone yet", "State filenone",
+                     "last sync never"):
+            if want not in text:
+                fail(f"the discovery block lacks {want!r}: {text}")
         wait_page(ws, "[...document.querySelectorAll('tr[data-backend]')].every(r => r.className === 'up')",
                   "both backends up")
         # The backend goes down; the open page must turn it red on its own.
@@ -247,8 +270,8 @@ admin:
         for marker in ("runtime error:", "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "ThreadSanitizer:"):
             if marker in text:
                 fail("apilb reported a sanitizer finding:\n" + text[max(0, text.find(marker) - 200):][:3000])
-        print("PASS: the status page showed both backends, turned cp2 red (tcp_refused) without a reload, "
-              "and logged no console error", flush=True)
+        print("PASS: the status page showed both backends and the pool's discovery, turned cp2 red (tcp_refused) "
+              "without a reload, and logged no console error", flush=True)
         return 0
     finally:
         b0.close()

@@ -65,6 +65,26 @@ TEST(Kubeconfig, NamesTheLineOfBadData) {
     EXPECT_CONTAINS(e[0].message, "not base64");
 }
 
+// EVP_DecodeBlock takes '=' anywhere as zero bits: "====" decoded to three
+// bytes, and taking its four '=' off as padding left -1 bytes, a std::string
+// of SIZE_MAX (a length_error out of the parser, not a config error). Seen
+// while writing kubeconfig_fuzz; tests/corpus/kubeconfig/crash-padding-only-data.
+TEST(Kubeconfig, PaddingIsOnlyAtTheEndAndAtMostTwo) {
+    for (const char* bad : {"====", "A===", "AAAA====", "AA=A", "=AAA", "AA==    "}) {
+        const auto e = errors_of(kubeconfig(std::string("    token: t\n    client-key-data: \"") + bad + "\"\n"));
+        ASSERT_EQ(e.size(), 1u) << bad;
+        EXPECT_EQ(e[0].key_path, "users[0].user.client-key-data") << bad;
+        EXPECT_CONTAINS(e[0].message, "not base64");
+    }
+    // One and two bytes: the padding is not part of the data.
+    auto k = parse_kubeconfig(kubeconfig("    client-certificate-data: QQ==\n    client-key-data: QUI=\n"), "/k");
+    EXPECT_EQ(k.cert_pem, "A");
+    EXPECT_EQ(k.key_pem, "AB");
+}
+
+// Found by kubeconfig_fuzz (tests/corpus/kubeconfig/crash-yaml-error-line-
+// break.conf): yaml-cpp's "unknown escape character: X" carries X raw, and
+// a control character in an error forges or hides a log line.
 TEST(Kubeconfig, RefusesWhatDiscoveryCannotUse) {
     EXPECT_CONTAINS(errors_of(kubeconfig("    exec: {command: aws}\n")).at(0).message, "exec and auth-provider");
     EXPECT_CONTAINS(errors_of(kubeconfig("    client-key: /nonexistent/key\n")).at(0).message, "cannot be read");

@@ -27,6 +27,7 @@
 #include "apilb/core/config.hpp"
 #include "apilb/core/file_read.hpp"
 #include "apilb/core/keepalived_conf.hpp"
+#include "guard_hook.hpp"
 
 namespace {
 
@@ -91,18 +92,7 @@ void check(bool ok, const char* what, const std::string& detail) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
-    // The guard's child is this binary again (/proc/self/exe), as it is
-    // apilb itself in production.
-    if (*argc == 2 && (*argv)[1] == yaml_guard_mode) std::_Exit(yaml_guard_child_main());
-    // A guard that refuses everything (as it did under clang's
-    // AddressSanitizer, whose child died of its own address-space limit)
-    // would leave the loader unfuzzed: say so instead of running blind.
-    try {
-        prove_yaml_parse_ends(source_name, "workers: 1\n");
-    } catch (const config_load_error& e) {
-        std::fprintf(stderr, "config_fuzz: the YAML guard refuses a trivial file: %s\n", e.what());
-        std::abort();
-    }
+    fuzz::become_guard_child_or_check_guard(*argc, *argv, "config_fuzz");
     char dir[] = "/tmp/apilb-config-fuzz.XXXXXX";
     if (::mkdtemp(dir) == nullptr) std::abort();
     scratch_dir = dir;

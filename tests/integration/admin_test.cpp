@@ -1,7 +1,8 @@
 // The admin endpoint of the real binary: /livez, /readyz and /api/v1/status
 // follow backend health; /metrics parses as Prometheus text 0.0.4 and counts
 // real traffic; drain/enable/reload through the CLI with its exit codes; a
-// bearer token guards POSTs; a non-loopback admin address needs a token.
+// bearer token guards POSTs; a non-loopback admin address needs a token;
+// `apilb status` and the page show a pool's discovery beside its seed.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -24,6 +25,7 @@
 #include <thread>
 
 #include "harness.hpp"
+#include "standin.hpp"
 
 namespace apilb::test {
 namespace {
@@ -680,6 +682,82 @@ TEST(AdminLogs, JsonLinesCarryStableFields) {
         ++n;
     }
     EXPECT_GT(n, 3);
+}
+
+/// What `apilb status` says about discovery, against the stand-in's
+/// EndpointSlice API: the watch, the discovered set beside the seed (a
+/// terminating apiserver marked), the state file; then, restarted with the
+/// API gone, the set from the state file, marked in use.
+TEST(AdminControl, StatusShowsDiscoveryBesideTheSeed) {
+    temp_dir dir;
+    const std::string certs = make_certs(dir);
+    dir.write("kubeconfig", fmt::format("apiVersion: v1\nkind: Config\n"
+                                        "clusters:\n- name: k\n  cluster:\n    server: https://192.0.2.1:6443\n"
+                                        "    certificate-authority: {0}/ca.crt\n"
+                                        "users:\n- name: u\n  user:\n    client-certificate: {0}/client.crt\n"
+                                        "    client-key: {0}/client.key\n"
+                                        "contexts:\n- name: c\n  context: {{cluster: k, user: u}}\n"
+                                        "current-context: c\n",
+                                        certs));
+    const auto port = free_port();
+    const auto admin = free_port();
+    auto config = [&](const std::string& seed) {
+        return fmt::format(
+            "workers: 1\nlisteners:\n  - {{name: front, address: \"127.0.0.1:{}\", pool: p}}\n"
+            "pools:\n  - name: p\n    backends:\n      - {{name: seed-1, address: \"{}\"}}\n"
+            "    discovery:\n      kubeconfig: {}\n      state_file: {}\n"
+            "admin: {{address: \"127.0.0.1:{}\"}}\n",
+            port, seed, dir.file("kubeconfig"), dir.file("state.json"), admin);
+    };
+    const std::string bin = required_env("APILB_BIN");
+    const std::string at = fmt::format("127.0.0.1:{}", admin);
+    // `apilb status` until it says `text` (the watch moves between states).
+    command_result r;
+    auto status_until = [&](const std::string& text) {
+        return wait_until(
+            [&] {
+                r = run_command({bin, "status", "--admin", at});
+                return r.output.find(text) != std::string::npos;
+            },
+            milliseconds(20000));
+    };
+    std::uint16_t api_port = 0;
+    {
+        standin_process api(dir, certs, "127.0.0.2", "api", {"--client-ca", certs + "/ca.crt"});
+        api_port = api.port();
+        apilb_process lb(dir, config(api.address()), "127.0.0.1", port);
+        ASSERT_EQ(api.request("PUT", "/control/slices/kubernetes",
+                              R"({"endpoints":[{"addresses":["127.0.0.2"]},)"
+                              R"({"addresses":["127.0.0.4"],"conditions":{"terminating":true}}]})")
+                      .status,
+                  200);
+        const std::string both = fmt::format("127.0.0.2:{0}, 127.0.0.4:{0} (terminating)", api_port);
+        ASSERT_TRUE(lb.wait_for_log("the API lists 2 apiserver(s): " + both, milliseconds(20000))) << lb.log();
+        ASSERT_TRUE(status_until("DISCOVERY p: watch watching")) << r.output;
+        EXPECT_EQ(r.exit_code, 0) << r.output;
+        EXPECT_NE(r.output.find("  set from    the API\n"), std::string::npos) << r.output;
+        EXPECT_NE(r.output.find("  discovered  " + both + "\n"), std::string::npos) << r.output;
+        EXPECT_NE(r.output.find("  seed        seed-1 " + api.address() + "\n"), std::string::npos) << r.output;
+        EXPECT_NE(r.output.find("  state file  " + dir.file("state.json") + "\n"), std::string::npos) << r.output;
+        EXPECT_NE(r.output.find(", lists 1, relists 0,"), std::string::npos) << r.output;
+        EXPECT_TRUE(std::regex_search(r.output, std::regex("last sync [0-9]+s ago"))) << r.output;
+        // The same facts in the JSON the page renders, and the page renders them.
+        const json::object d = json::parse(http(admin, "GET", "/api/v1/status").body).at("discovery").at(0).as_object();
+        EXPECT_EQ(d.at("seed").at(0).at("name").as_string(), "seed-1");
+        EXPECT_EQ(d.at("state_file").as_string(), dir.file("state.json"));
+        EXPECT_EQ(d.at("lists").to_number<std::uint64_t>(), 1u);
+        EXPECT_NE(http(admin, "GET", "/").body.find("data-discovery"), std::string::npos);
+        ASSERT_TRUE(wait_until([&] { return read_file(dir.file("state.json")).find("127.0.0.4") != std::string::npos; },
+                               milliseconds(5000)));
+    }
+    // The API is gone (the seed's port refuses): the set comes from the state file.
+    apilb_process lb(dir, config(fmt::format("127.0.0.2:{}", api_port)), "127.0.0.1", port);
+    ASSERT_TRUE(lb.wait_for_log("last-known-good from " + dir.file("state.json"))) << lb.log();
+    ASSERT_TRUE(status_until("DISCOVERY p: watch backoff")) << r.output << lb.log();
+    EXPECT_NE(r.output.find("  set from    the state file (last-known-good"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("  state file  " + dir.file("state.json") + " (in use)\n"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("last sync never"), std::string::npos) << r.output;
+    EXPECT_TRUE(std::regex_search(r.output, std::regex("errors [1-9]"))) << r.output;
 }
 
 }  // namespace

@@ -4,10 +4,12 @@
 #include <fmt/format.h>
 
 #include <csignal>
+#include <filesystem>
 #include <regex>
 #include <sstream>
 
 #include "harness.hpp"
+#include "standin.hpp"
 
 namespace apilb::test {
 namespace {
@@ -23,6 +25,75 @@ TEST(Cli, CheckConfigAcceptsTheShippedExample) {
                           required_env("APILB_SOURCE_ROOT") + "/conf/apilb.yaml"});
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find(": ok"), std::string::npos) << r.output;
+}
+
+/// `text` with every `from` replaced by `to`; fails the test if `from` is absent.
+std::string replace_all(std::string text, const std::string& from, const std::string& to) {
+    EXPECT_NE(text.find(from), std::string::npos) << "the shipped file no longer holds " << from;
+    for (auto p = text.find(from); p != std::string::npos; p = text.find(from, p + to.size())) {
+        text.replace(p, from.size(), to);
+    }
+    return text;
+}
+
+/// The shipped node-local example, with its host paths and addresses moved
+/// into a test directory, checks and serves: against the stand-in's API
+/// with a kubeconfig shaped like the kubelet's after kubeadm join (the CA
+/// inline, the client certificate and key in one PEM behind the
+/// kubelet-client-current.pem link), it lists the slices through its seed,
+/// probes the seed, creates the admin token, and relays.
+TEST(Cli, NodeLocalExampleChecksAndFollowsTheApiWithAKubeletKubeconfig) {
+    temp_dir dir;
+    const std::string certs = make_certs(dir);
+    const std::string pki = dir.file("kubelet-pki");
+    std::filesystem::create_directories(pki);
+    // The kubelet's certificate store writes the certificate, then the key.
+    dir.write("kubelet-pki/kubelet-client-2026-01-01-00-00-00.pem",
+              read_file(certs + "/client.crt") + read_file(certs + "/client.key"));
+    std::filesystem::create_symlink(pki + "/kubelet-client-2026-01-01-00-00-00.pem",
+                                    pki + "/kubelet-client-current.pem");
+    auto ca64 = run_command({"/usr/bin/base64", "-w0", certs + "/ca.crt"});
+    ASSERT_EQ(ca64.exit_code, 0) << ca64.output;
+    dir.write("kubelet.conf", fmt::format("apiVersion: v1\nclusters:\n- cluster:\n"
+                                          "    certificate-authority-data: {0}\n"
+                                          "    server: https://127.0.0.1:7445\n  name: kubernetes\n"
+                                          "contexts:\n- context:\n    cluster: kubernetes\n"
+                                          "    user: system:node:worker-1\n  name: system:node:worker-1@kubernetes\n"
+                                          "current-context: system:node:worker-1@kubernetes\nkind: Config\n"
+                                          "preferences: {{}}\nusers:\n- name: system:node:worker-1\n  user:\n"
+                                          "    client-certificate: {1}/kubelet-client-current.pem\n"
+                                          "    client-key: {1}/kubelet-client-current.pem\n",
+                                          ca64.output, pki));
+    standin_process api(dir, certs, "127.0.0.2", "api", {"--client-ca", certs + "/ca.crt"});
+    const auto port = free_port();
+    const auto admin = free_port();
+    std::string yaml = read_file(required_env("APILB_SOURCE_ROOT") + "/conf/node-local.yaml");
+    yaml = replace_all(yaml, "\"127.0.0.1:7445\"", fmt::format("\"127.0.0.1:{}\"", port));
+    yaml = replace_all(yaml, "\"127.0.0.1:7446\"", fmt::format("\"127.0.0.1:{}\"", admin));
+    yaml = replace_all(yaml, "\"192.0.2.100:6443\"", "\"" + api.address() + "\"");
+    yaml = replace_all(yaml, "/etc/kubernetes/kubelet.conf", dir.file("kubelet.conf"));
+    yaml = replace_all(yaml, "/etc/kubernetes/pki/ca.crt", certs + "/ca.crt");
+    yaml = replace_all(yaml, "/var/lib/apilb/", dir.file(""));
+    yaml = replace_all(yaml, "/run/apilb/", dir.file(""));
+    EXPECT_EQ(yaml.find("vrrp:"), std::string::npos) << "node-local has no VIP";
+    dir.write("node-local.yaml", yaml);
+    auto r = run_command({required_env("APILB_BIN"), "check-config", "--config", dir.file("node-local.yaml")});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+
+    apilb_process lb(dir, yaml, "127.0.0.1", port);
+    ASSERT_TRUE(lb.wait_for_log("the API lists 1 apiserver(s): " + api.address(), 20s)) << lb.log();
+    ASSERT_TRUE(wait_until([&] { return http_exchange(admin, "GET", "/readyz").status == 200; }, 20s)) << lb.log();
+    EXPECT_TRUE(wait_until([&] { return !read_file(dir.file("node-local-admin-token")).empty(); }, 5s))
+        << "the admin surface is authenticated: apilb creates its token";
+    EXPECT_TRUE(wait_until(
+        [&] { return read_file(dir.file("discovery-control-plane.json")).find("127.0.0.2") != std::string::npos; },
+        5s));
+    EXPECT_EQ(http_exchange(admin, "POST", "/api/v1/reload").status, 401) << "no token, no reload";
+    // A client's bytes reach the apiserver through the listener (TLS end to end).
+    r = run_command({"/usr/bin/curl", "-sS", "--max-time", "10", "--cacert", certs + "/ca.crt", "--resolve",
+                     fmt::format("kubernetes:{}:127.0.0.1", port), fmt::format("https://kubernetes:{}/readyz", port)});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("ok"), std::string::npos) << r.output;
 }
 
 TEST(Cli, CheckConfigNamesFileLineAndKeyAndExitsTwo) {
