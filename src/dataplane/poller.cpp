@@ -1,8 +1,11 @@
 #include "apilb/dataplane/poller.hpp"
 
+#include <boost/asio/detail/reactor.hpp>
+#include <boost/asio/detail/reactor_op.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -12,7 +15,9 @@
 
 #include <cassert>
 #include <cerrno>
+#include <chrono>
 #include <system_error>
+#include <type_traits>
 #include <utility>
 
 #include "apilb/core/thread_role.hpp"
@@ -35,12 +40,72 @@ constexpr int write_dir = static_cast<int>(poll_socket::wait_type::write);
 
 }  // namespace
 
+// The epoll set is watched through Asio's reactor itself rather than a
+// posix::stream_descriptor: async_wait starts its operation with
+// allow_speculative = false, and epoll_reactor::start_op then re-arms the
+// descriptor with EPOLL_CTL_MOD on every wait -- one system call per wake-up
+// for nothing, the set being registered edge-triggered for good. Started
+// speculatively instead, a read operation is only queued: no system call.
+// An edge that comes while no wait is queued is not lost: the reactor marks
+// the registration for a speculative try, and the next wait completes at
+// once. Boost 1.81 (Debian 12) is what this is written against.
+static_assert(std::is_same_v<asio::detail::reactor, asio::detail::epoll_reactor>,
+              "the poller waits through Asio's epoll reactor");
+
+struct poller::watch {
+    asio::detail::epoll_reactor& reactor;
+    int fd;
+    asio::detail::epoll_reactor::per_descriptor_data data = nullptr;
+};
+
+/// The one wait for the epoll set, made once per poller and started again
+/// for every wake-up: a wake-up allocates nothing, so running out of memory
+/// cannot leave the set unwatched. perform() runs when the set is readable,
+/// or at once when started after an edge nobody waited for; it does no I/O
+/// (on_ready does) and says "exhausted", so that the reactor starts the next
+/// wait without a speculative completion and without a re-arm.
+///
+/// Ownership: the poller's while it is idle (armed_ false); the reactor's or
+/// the scheduler's queue holds it while armed_. Asio hands a queued
+/// operation back exactly once, either completed or destroyed (owner null:
+/// the io_context is going away), and either way do_complete returns it to
+/// the poller. A poller destroyed while its wait is queued orphans it
+/// (poller_ null), and it then frees itself when Asio hands it back.
+class poller::wake_op : public asio::detail::reactor_op {
+public:
+    explicit wake_op(poller& p) : reactor_op(error_code{}, &do_perform, &do_complete), poller_(&p) {}
+
+    poller* poller_;  ///< null once orphaned
+
+private:
+    static status do_perform(reactor_op*) { return done_and_exhausted; }
+
+    static void do_complete(void* owner, asio::detail::operation* base, const error_code&, std::size_t) {
+        auto* op = static_cast<wake_op*>(base);
+        poller* p = op->poller_;
+        if (p == nullptr) {
+            delete op;
+            return;
+        }
+        p->armed_ = false;
+        // No owner: the io_context is being destroyed with the wait queued.
+        if (owner != nullptr) p->on_wake(op->ec_);
+    }
+};
+
 poller::poller() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {
     if (epfd_ < 0) throw std::system_error(errno, std::system_category(), "epoll_create1");
 }
 
 poller::~poller() {
     detach();
+    if (wake_ != nullptr) {
+        if (armed_) {
+            wake_->poller_ = nullptr;  // still queued in the io_context: it frees itself
+        } else {
+            delete wake_;
+        }
+    }
     ::close(epfd_);
 }
 
@@ -48,35 +113,67 @@ void poller::attach(asio::io_context& io) {
     io_ = &io;
     // The descriptor is watched through a duplicate, so that Asio's
     // deregistration on release never touches the set itself.
-    const int watched = ::dup(epfd_);
+    const int watched = ::fcntl(epfd_, F_DUPFD_CLOEXEC, 0);
     if (watched < 0) throw std::system_error(errno, std::system_category(), "dup of the epoll descriptor");
-    watch_.emplace(io, watched);
+    auto w = std::make_unique<watch>(watch{asio::use_service<asio::detail::epoll_reactor>(io), watched});
+    if (const int err = w->reactor.register_descriptor(watched, w->data); err != 0) {
+        w->reactor.cleanup_descriptor_data(w->data);
+        ::close(watched);
+        throw std::system_error(err, std::system_category(), "registering the epoll descriptor with Asio");
+    }
+    watch_ = std::move(w);
+    if (wake_ == nullptr) wake_ = new wake_op(*this);
+    // Room for a full epoll_wait batch, both directions of every event: a
+    // wake-up's completions fit without an allocation.
+    deferred_.reserve(2 * max_events);
+    running_.reserve(2 * max_events);
     watching_ = true;
     arm();
 }
 
 void poller::stop_watching() {
     watching_ = false;
-    if (watch_) {
-        error_code ignored;
-        watch_->cancel(ignored);
-    }
+    if (watch_) watch_->reactor.cancel_ops(watch_->fd, watch_->data);
 }
 
 void poller::detach() {
     stop_watching();
-    watch_.reset();  // closes the duplicate
+    if (watch_) {
+        // A wait still queued completes with operation_aborted.
+        watch_->reactor.deregister_descriptor(watch_->fd, watch_->data, false);
+        ::close(watch_->fd);
+        watch_->reactor.cleanup_descriptor_data(watch_->data);
+        watch_.reset();
+    }
     io_ = nullptr;
 }
 
-void poller::arm() {
+void poller::arm() noexcept {
     if (armed_ || !watching_) return;
     armed_ = true;
-    watch_->async_wait(asio::posix::stream_descriptor::wait_read, [this](const error_code& ec) {
-        armed_ = false;
-        if (ec || !watching_) return;
-        on_ready();
-    });
+    wake_->ec_ = error_code{};
+    watch_->reactor.start_op(asio::detail::epoll_reactor::read_op, watch_->fd, watch_->data, wake_, false, true);
+}
+
+void poller::on_wake(const error_code& ec) {
+    if (!watching_) return;  // stop_watching() or detach() aborted the wait
+    if (ec) {
+        // The registration made by attach() cannot fail a wait while it is
+        // there (start_op fails only without one); should it still, the set
+        // is drained below and watched again at once: a worker that spins is
+        // seen and serves, a worker that stopped watching would only hang.
+        if (failures_ != nullptr) failures_->fetch_add(1, std::memory_order_relaxed);
+        thread_local std::chrono::steady_clock::time_point said;  // one poller per worker thread
+        const auto now = std::chrono::steady_clock::now();
+        if (now - said >= std::chrono::seconds(1)) {
+            said = now;
+            try {
+                spdlog::critical("waiting for the sockets failed: {}; watching them again", ec.message());
+            } catch (const std::exception&) {
+            }
+        }
+    }
+    on_ready();
 }
 
 void poller::on_ready() {
@@ -87,11 +184,7 @@ void poller::on_ready() {
         poller& p;
         ~rearm() {
             p.dispatching_ = false;
-            try {
-                p.arm();
-            } catch (const std::exception& e) {
-                spdlog::critical("cannot watch the sockets again: {}", e.what());
-            }
+            p.arm();
         }
     } guard{*this};
     epoll_event events[max_events];

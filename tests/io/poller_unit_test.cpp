@@ -4,13 +4,47 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <new>
 #include <optional>
 #include <string>
+
+/// EPOLL_CTL_MOD calls made by this process: the poller adds a socket once
+/// and Asio re-arms a descriptor with MOD, so these count re-arms.
+std::atomic<int> epoll_mods{0};
+
+// Interposed for the whole test binary (the poller's library and Asio's
+// reactor call it); forwards to the kernel.
+extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
+    if (op == EPOLL_CTL_MOD) epoll_mods.fetch_add(1, std::memory_order_relaxed);
+    return static_cast<int>(::syscall(SYS_epoll_ctl, epfd, op, fd, event));
+}
+
+/// While set, every operator new of this thread fails, as under an
+/// address-space limit: the whole test binary allocates through here.
+thread_local bool fail_allocations = false;
+
+void* operator new(std::size_t n) {
+    if (!fail_allocations) {
+        if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+    }
+    throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return ::operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 namespace apilb {
 namespace {
@@ -56,6 +90,32 @@ struct outcome {
     }
 };
 
+/// Two adopted sockets, a and b, with their plain Asio peers, past their
+/// first edges.
+struct two_pairs {
+    tcp::socket peer_a, peer_b;
+    poll_socket a, b;
+    explicit two_pairs(fixture& f) : peer_a(f.io), peer_b(f.io), a(f.sockets), b(f.sockets) {
+        EXPECT_FALSE(a.adopt(f.pair(peer_a)));
+        EXPECT_FALSE(b.adopt(f.pair(peer_b)));
+        f.run_for(20);
+    }
+    /// b waits, and its peer sends the byte that should wake it.
+    bool b_wakes(fixture& f) {
+        outcome on_b;
+        b.wait(poll_socket::wait_type::read, &outcome::record, &on_b);
+        peer_b.send(asio::buffer("y", 1));
+        f.run_until(on_b.done);
+        return on_b.done && !on_b.ec;
+    }
+    /// Takes the byte each of a and b was sent.
+    void take_bytes() {
+        char c;
+        EXPECT_EQ(::recv(a.native_handle(), &c, 1, 0), 1);
+        EXPECT_EQ(::recv(b.native_handle(), &c, 1, 0), 1);
+    }
+};
+
 TEST(Poller, ReadWaitCompletesWhenDataArrivesAndNotBefore) {
     fixture f;
     tcp::socket peer(f.io);
@@ -80,6 +140,58 @@ TEST(Poller, ReadWaitCompletesWhenDataArrivesAndNotBefore) {
     f.run_until(again.done);
     EXPECT_TRUE(again.done);
     EXPECT_FALSE(again.ec);
+}
+
+TEST(Poller, AWakeUpReArmsNothing) {
+    // Issue 17: a wake-up used to cost Asio's epoll_wait, the poller's and an
+    // EPOLL_CTL_MOD re-arming the epoll set's descriptor in Asio's reactor
+    // (posix::stream_descriptor::async_wait). The set is registered
+    // edge-triggered for good: waiting for it again needs no system call.
+    fixture f;
+    tcp::socket peer(f.io);
+    poll_socket s(f.sockets);
+    ASSERT_FALSE(s.adopt(f.pair(peer)));
+    f.run_for(20);  // the first, speculative wake-up and the socket's first edge
+    const int before = epoll_mods.load();
+    constexpr int rounds = 50;
+    for (int i = 0; i < rounds; ++i) {
+        outcome o;
+        s.wait(poll_socket::wait_type::read, &outcome::record, &o);
+        peer.send(asio::buffer("x", 1));
+        f.run_until(o.done);
+        ASSERT_TRUE(o.done) << "round " << i;
+        ASSERT_FALSE(o.ec);
+        char c;
+        ASSERT_EQ(::recv(s.native_handle(), &c, 1, 0), 1);
+    }
+    EXPECT_EQ(epoll_mods.load() - before, 0) << "re-arms in " << rounds << " wake-ups";
+}
+
+TEST(Poller, AnEdgeThatComesWhileWakingIsNotLost) {
+    // Between the poller's epoll_wait and its next wait, nothing is queued in
+    // Asio's reactor: an event of that moment must still wake it.
+    fixture f;
+    two_pairs p(f);
+    for (int i = 0; i < 20; ++i) {
+        struct sender {
+            tcp::socket* to_b;
+            bool done = false;
+            static void on_ready(void* self, const error_code&) {
+                auto& x = *static_cast<sender*>(self);
+                x.to_b->send(asio::buffer("y", 1));  // b's edge, inside a's wake-up
+                x.done = true;
+            }
+        } on_a{&p.peer_b};
+        p.a.wait(poll_socket::wait_type::read, &sender::on_ready, &on_a);
+        p.peer_a.send(asio::buffer("x", 1));
+        f.run_until(on_a.done);
+        ASSERT_TRUE(on_a.done) << "round " << i;
+        outcome on_b;
+        p.b.wait(poll_socket::wait_type::read, &outcome::record, &on_b);
+        f.run_until(on_b.done);
+        ASSERT_TRUE(on_b.done) << "round " << i << ": b's edge was lost";
+        p.take_bytes();
+    }
 }
 
 TEST(Poller, AWaitNeverCompletesInsideTheCallThatStartsIt) {
@@ -234,6 +346,63 @@ TEST(Poller, ClosingAbandonsAConnect) {
     for (int i = 0; i < 100 && !result; ++i) f.run_for(20);
     ASSERT_TRUE(result);
     EXPECT_EQ(*result, asio::error::operation_aborted);
+}
+
+TEST(Poller, AWakeUpThatCannotAllocateStillWatchesTheSet) {
+    // The wait for the epoll set is started again after every wake-up. Out
+    // of memory there (it once allocated Asio's operation each time) left
+    // the set unwatched: the next edge never came, and every session of the
+    // worker hung.
+    fixture f;
+    two_pairs p(f);
+    for (int i = 0; i < 5; ++i) {
+        struct starver {
+            asio::io_context* io;
+            bool done = false;
+            static void on_ready(void* self, const error_code&) {
+                auto& x = *static_cast<starver*>(self);
+                x.done = true;
+                // Allocations fail for the rest of this wake-up; the handler
+                // posted first lifts that once the wake-up is over.
+                asio::post(*x.io, [] { fail_allocations = false; });
+                fail_allocations = true;
+            }
+        } on_a{&f.io};
+        p.a.wait(poll_socket::wait_type::read, &starver::on_ready, &on_a);
+        p.peer_a.send(asio::buffer("x", 1));
+        f.run_until(on_a.done);
+        ASSERT_TRUE(on_a.done) << "round " << i;
+        f.run_for(10);
+        ASSERT_FALSE(fail_allocations);
+        ASSERT_TRUE(p.b_wakes(f)) << "round " << i << ": the epoll set is no longer watched";
+        p.take_bytes();
+    }
+}
+
+TEST(Poller, ItsWaitIsFreedWhicheverOfPollerAndIoContextGoesFirst) {
+    // The wait is made once and queued in the io_context between wake-ups;
+    // the sanitizer build checks that it is freed exactly once.
+    {
+        asio::io_context io;
+        poller p;
+        p.attach(io);
+        p.detach();  // the aborted wait is still queued when io goes
+    }
+    {
+        asio::io_context io;
+        auto p = std::make_unique<poller>();
+        p->attach(io);
+        p->detach();
+        p.reset();  // the poller goes first: the queued wait frees itself
+    }
+    {
+        poller p;
+        asio::io_context io;
+        p.attach(io);
+        p.stop_watching();
+        io.run();  // delivered: back with the poller before either goes
+        p.detach();
+    }
 }
 
 TEST(Poller, AnEventOfAClosedSocketNeverReachesTheOneInItsSlot) {

@@ -5,19 +5,20 @@
 // non-blocking; here a descriptor is added once, edge-triggered for both
 // directions, made non-blocking when it is created (accept4, socket), and
 // leaves the epoll set with its close. The poller is one descriptor in the
-// worker's io_context, so timers and posted work stay Asio's. Worker thread
+// worker's io_context, so timers and posted work stay Asio's; that one is
+// registered once too, and waited for without a re-arm (see poller.cpp), so a
+// wake-up costs Asio's epoll_wait and the poller's, nothing more. Worker thread
 // only (checked in debug and sanitizer builds); nothing here takes a lock.
 #pragma once
 
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/system/error_code.hpp>
 
 #include <atomic>
 #include <cstdint>
-#include <optional>
+#include <memory>
 #include <vector>
 
 #include "apilb/dataplane/erased_handler.hpp"
@@ -61,7 +62,15 @@ private:
         int direction;
     };
 
-    void arm();
+    /// The epoll set's registration in Asio's reactor (poller.cpp).
+    struct watch;
+    /// Asio's wait for that registration to be readable (poller.cpp).
+    class wake_op;
+
+    /// Starts the wait for the epoll set again; allocates nothing.
+    void arm() noexcept;
+    /// The wait armed by arm() completed with `ec`.
+    void on_wake(const boost::system::error_code& ec);
     void on_ready();
     /// Queues `s`'s waiter of `direction` to run from the poller's loop,
     /// never from inside the caller (no recursion, no re-entry).
@@ -81,8 +90,9 @@ private:
 
     int epfd_ = -1;
     boost::asio::io_context* io_ = nullptr;
-    std::optional<boost::asio::posix::stream_descriptor> watch_;
-    bool armed_ = false;
+    std::unique_ptr<watch> watch_;
+    wake_op* wake_ = nullptr;  ///< made by attach(); see wake_op for who owns it
+    bool armed_ = false;       ///< wake_ is queued in the io_context
     std::atomic<std::uint64_t>* failures_ = nullptr;  ///< see count_failures_in()
     bool watching_ = false;
     bool dispatching_ = false;  ///< inside on_ready or run_deferred
