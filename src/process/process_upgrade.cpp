@@ -39,7 +39,17 @@ namespace {
 
 /// From SIGUSR2 to `ready`: the new binary loads its config, binds, and
 /// runs its first health round (at most health.timeout) in this time.
-constexpr std::chrono::seconds upgrade_deadline{60};
+/// APILB_UPGRADE_DEADLINE_MS (100..600000) replaces it, for tests only.
+std::chrono::milliseconds upgrade_deadline() {
+    if (const char* forced = std::getenv("APILB_UPGRADE_DEADLINE_MS")) {
+        try {
+            const int ms = handover::parse_number(forced, "APILB_UPGRADE_DEADLINE_MS");
+            if (ms >= 100 && ms <= 600'000) return std::chrono::milliseconds(ms);
+        } catch (const handover_error&) {
+        }
+    }
+    return std::chrono::seconds(60);
+}
 /// The descriptor number the new process finds its end of the channel at.
 constexpr int child_channel_fd = 3;
 
@@ -174,7 +184,7 @@ void process::start_upgrade(std::function<void()> handed_over) {
     // outcome back to the control thread.
     run->thread = std::thread([this, run, workers, admin_fd = std::move(admin_fd), admin_address,
                                handed_over = std::move(handed_over)]() mutable {
-        const auto deadline = clock_type::now() + upgrade_deadline;
+        const auto deadline = clock_type::now() + upgrade_deadline();
         std::string failure;
         try {
             handover::check_peer(run->channel);

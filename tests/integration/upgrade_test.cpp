@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include <sys/stat.h>
+
 #include <csignal>
 #include <cstdlib>
 #include <regex>
@@ -185,6 +187,24 @@ TEST_F(UpgradeTest, NewBinaryThatExitsAtOnceIsRolledBack) {
         const std::string log = old.log();
         return log.find("upgrade failed:") != log.rfind("upgrade failed:");
     }, 60s)) << old.log();
+    EXPECT_EQ(old.terminate(), 0);
+}
+
+TEST_F(UpgradeTest, NewBinaryThatHangsIsKilledAtTheDeadlineAndRolledBack) {
+    // A "new binary" that never speaks; the deadline shortened to 2 s (test only).
+    dir.write("hang.sh", "#!/bin/sh\nexec sleep 60\n");
+    ASSERT_EQ(::chmod(dir.file("hang.sh").c_str(), 0755), 0);
+    scoped_env binary("APILB_UPGRADE_BINARY", dir.file("hang.sh").c_str());
+    scoped_env deadline("APILB_UPGRADE_DEADLINE_MS", "2000");
+    apilb_process old(dir, config(), "127.0.0.1", port);
+    steady_load load(port, 200, 20ms);
+    ASSERT_TRUE(wait_until([&] { return load.done() >= 25; }, 20s));
+    old.proc().signal(SIGUSR2);
+    ASSERT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
+    EXPECT_TRUE(old.wait_for_log("timed out (killed it; it died of signal 9)", 5s)) << old.log();
+    load.join();
+    EXPECT_EQ(load.failed(), 0) << load.last_error() << "\n" << old.log();
+    EXPECT_TRUE(old.proc().running());
     EXPECT_EQ(old.terminate(), 0);
 }
 
