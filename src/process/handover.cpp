@@ -115,6 +115,10 @@ void send_frame(int sock, frame_type type, std::string_view payload, std::span<c
     }
     const std::string bytes = encode_frame(type, payload);
     if (bytes.size() > max_frame_bytes) throw handover_error("frame over the size limit");
+    send_message(sock, bytes, fds, deadline);
+}
+
+void send_message(int sock, std::string_view bytes, std::span<const int> fds, clock_type::time_point deadline) {
     iovec iov{.iov_base = const_cast<char*>(bytes.data()), .iov_len = bytes.size()};
     std::vector<char> control(fds.empty() ? 0 : CMSG_SPACE(fds.size() * sizeof(int)));
     msghdr msg{};

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "apilb/admin/admin_server.hpp"
+#include "apilb/control/yaml_guard.hpp"
 #include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/worker.hpp"
 #include "apilb/process/process.hpp"
@@ -90,15 +91,7 @@ pid_t spawn_new_binary(const std::string& binary, const std::string& config_path
     // dup2 onto another number clears close-on-exec on the copy; the caller
     // made sure child_end is not 3 already.
     posix_spawn_file_actions_adddup2(&actions, child_end, child_channel_fd);
-    // The workers block signals and apilb ignores SIGPIPE: the new process
-    // starts with the defaults, like one systemd starts.
-    sigset_t none;
-    sigemptyset(&none);
-    sigset_t all;
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    set_default_signals(attr);
     pid_t pid = -1;
     const int rc = ::posix_spawn(&pid, binary.c_str(), &actions, &attr, argv, envp.data());
     posix_spawn_file_actions_destroy(&actions);

@@ -114,6 +114,19 @@ protected:
     std::string config(const std::string& extra = "timeouts: {drain: 3s}\n") const {
         return single_pool_config(port, {b0.address(), b1.address()}, "round-robin", 2, extra);
     }
+
+    /// SIGUSR2 to `old` under `count` connects at 50/s: the upgrade must fail
+    /// with `why` in its log line, and every connect be served by `old`.
+    void expect_rolled_back(apilb_process& old, int count, const std::string& why) {
+        steady_load load(port, count, 20ms);
+        ASSERT_TRUE(wait_until([&] { return load.done() >= 25; }, 20s));
+        old.proc().signal(SIGUSR2);
+        ASSERT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
+        EXPECT_TRUE(old.wait_for_log(why, 5s)) << old.log();
+        load.join();
+        EXPECT_EQ(load.failed(), 0) << load.last_error() << "\n" << old.log();
+        EXPECT_TRUE(old.proc().running());
+    }
 };
 
 TEST_F(UpgradeTest, ListenersMoveToTheNewProcessWithoutARefusedConnect) {
@@ -173,14 +186,7 @@ TEST_F(UpgradeTest, NewBinaryThatExitsAtOnceIsRolledBack) {
     // Only this test's apilb sees it: the "new binary" is /bin/false.
     scoped_env env("APILB_UPGRADE_BINARY", "/bin/false");
     apilb_process old(dir, config(), "127.0.0.1", port);
-    steady_load load(port, 150, 20ms);
-    ASSERT_TRUE(wait_until([&] { return load.done() >= 25; }, 20s));
-    old.proc().signal(SIGUSR2);
-    ASSERT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
-    EXPECT_TRUE(old.wait_for_log("it exited with status 1", 5s)) << old.log();
-    load.join();
-    EXPECT_EQ(load.failed(), 0) << load.last_error() << "\n" << old.log();
-    EXPECT_TRUE(old.proc().running());
+    expect_rolled_back(old, 150, "it exited with status 1");
     // A second try is not blocked by the first.
     old.proc().signal(SIGUSR2);
     EXPECT_TRUE(wait_until([&] {
@@ -197,14 +203,7 @@ TEST_F(UpgradeTest, NewBinaryThatHangsIsKilledAtTheDeadlineAndRolledBack) {
     scoped_env binary("APILB_UPGRADE_BINARY", dir.file("hang.sh").c_str());
     scoped_env deadline("APILB_UPGRADE_DEADLINE_MS", "2000");
     apilb_process old(dir, config(), "127.0.0.1", port);
-    steady_load load(port, 200, 20ms);
-    ASSERT_TRUE(wait_until([&] { return load.done() >= 25; }, 20s));
-    old.proc().signal(SIGUSR2);
-    ASSERT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
-    EXPECT_TRUE(old.wait_for_log("timed out (killed it; it died of signal 9)", 5s)) << old.log();
-    load.join();
-    EXPECT_EQ(load.failed(), 0) << load.last_error() << "\n" << old.log();
-    EXPECT_TRUE(old.proc().running());
+    expect_rolled_back(old, 200, "timed out (killed it; it died of signal 9)");
     EXPECT_EQ(old.terminate(), 0);
 }
 
@@ -212,14 +211,7 @@ TEST_F(UpgradeTest, ConfigTheNewBinaryRejectsIsRolledBack) {
     apilb_process old(dir, config(), "127.0.0.1", port);
     // The file on disk is now bad: the new process checks it and exits 2.
     dir.write("apilb.yaml", config() + "bogus_key: 1\n");
-    steady_load load(port, 150, 20ms);
-    ASSERT_TRUE(wait_until([&] { return load.done() >= 25; }, 20s));
-    old.proc().signal(SIGUSR2);
-    ASSERT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
-    EXPECT_TRUE(old.wait_for_log("it exited with status 2", 5s)) << old.log();
-    load.join();
-    EXPECT_EQ(load.failed(), 0) << load.last_error() << "\n" << old.log();
-    EXPECT_TRUE(old.proc().running());
+    expect_rolled_back(old, 150, "it exited with status 2");
     EXPECT_EQ(old.terminate(), 0);
 }
 

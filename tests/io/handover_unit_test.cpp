@@ -49,21 +49,7 @@ struct channel {
 
 /// Sends raw bytes with `fds` as one message, bypassing send_frame's checks.
 void send_raw(int sock, const std::string& bytes, const std::vector<int>& fds) {
-    iovec iov{.iov_base = const_cast<char*>(bytes.data()), .iov_len = bytes.size()};
-    std::vector<char> control(fds.empty() ? 0 : CMSG_SPACE(fds.size() * sizeof(int)));
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (!fds.empty()) {
-        msg.msg_control = control.data();
-        msg.msg_controllen = control.size();
-        cmsghdr* c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
-        std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
-    }
-    ASSERT_EQ(::sendmsg(sock, &msg, MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size())) << std::strerror(errno);
+    send_message(sock, bytes, fds, in(std::chrono::seconds(5)));
 }
 
 /// `n` pipe ends to send; closed by the caller.

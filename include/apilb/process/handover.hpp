@@ -89,6 +89,12 @@ frame_view decode_frame(std::string_view message);
 /// How many descriptors a frame of `type` may carry.
 std::size_t fds_allowed(frame_type type) noexcept;
 
+/// Sends `bytes` as one message with `fds` (not closed), as they are: no
+/// check of size, framing or descriptor count (send_frame makes them; tests
+/// send bad frames through this). Throws handover_error.
+void send_message(int sock, std::string_view bytes, std::span<const int> fds,
+                  std::chrono::steady_clock::time_point deadline);
+
 /// Sends one frame with `fds` (not closed: the caller keeps its copies),
 /// waiting at most until `deadline` for room. Throws handover_error.
 void send_frame(int sock, frame_type type, std::string_view payload, std::span<const int> fds,
