@@ -330,6 +330,11 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
              "Configuration reloads, by result: success (applied) or failure (old config kept).");
     e.sample("apilb_reloads_total", label("result", "success"), load(ps.reloads_total));
     e.sample("apilb_reloads_total", label("result", "failure"), load(ps.reload_failures_total));
+    e.family("apilb_upgrades_total", "counter",
+             "Upgrades (SIGUSR2) by result: success = the listeners went to the new binary, failure = rolled "
+             "back, this process serves on.");
+    e.sample("apilb_upgrades_total", label("result", "success"), load(ps.upgrades_total));
+    e.sample("apilb_upgrades_total", label("result", "failure"), load(ps.upgrade_failures_total));
     if (facts.admin != nullptr) {
         e.family("apilb_admin_auth_failures_total", "counter",
                  "State-changing admin requests refused for want of a credential (token, client certificate, or none "

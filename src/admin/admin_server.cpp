@@ -149,7 +149,7 @@ std::optional<std::string> read_admin_token(const std::string& path) {
     return token;
 }
 
-admin_server::admin_server(asio::io_context& control, const admin_config& cfg, admin_hooks hooks)
+admin_server::admin_server(asio::io_context& control, const admin_config& cfg, admin_hooks hooks, int inherited_fd)
     : control_(control), acceptor_(control), hooks_(std::move(hooks)), cfg_(cfg) {
     if (!cfg.token_file.empty()) {
         admin_token t = ensure_admin_token(cfg.token_file);
@@ -182,6 +182,13 @@ admin_server::admin_server(asio::io_context& control, const admin_config& cfg, a
     set_host_names();
     const tcp::endpoint ep = to_endpoint(cfg.address);
     error_code ec;
+    if (inherited_fd >= 0) {
+        acceptor_.assign(ep.protocol(), inherited_fd, ec);
+        if (ec) ::close(inherited_fd);
+        if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+        if (ec) throw std::system_error(ec, "admin: cannot take over the socket of " + cfg.address.to_string());
+        return;
+    }
     acceptor_.open(ep.protocol(), ec);
     if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
     if (!ec) acceptor_.bind(ep, ec);

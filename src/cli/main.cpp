@@ -6,6 +6,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -116,8 +117,19 @@ int run(const std::string& path, const std::string& log_level) {
     // A write past RLIMIT_FSIZE (the token file, the track file, a log file
     // as stderr) fails with EFBIG and is said; it must not kill the process.
     std::signal(SIGXFSZ, SIG_IGN);
+    // SIGUSR2 asks for an upgrade once serving; one that comes earlier must
+    // not end the process (its default action).
+    std::signal(SIGUSR2, SIG_IGN);
     try {
-        apilb::process srv(cfg);
+        apilb::inherited_sockets inherited;
+        // Started by an upgrade: the old process lends its listening sockets.
+        if (const char* channel = std::getenv(apilb::handover::channel_env)) {
+            const int fd = apilb::handover::parse_number(channel, apilb::handover::channel_env);
+            ::unsetenv(apilb::handover::channel_env);
+            inherited = apilb::receive_inherited(fd, APILB_VERSION,
+                                                 std::chrono::steady_clock::now() + std::chrono::seconds(30));
+        }
+        apilb::process srv(cfg, std::move(inherited));
         return srv.run();
     } catch (const std::exception& e) {
         // A std::system_error's what() already ends with its code's message

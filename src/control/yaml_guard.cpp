@@ -107,15 +107,8 @@ pid_t spawn_child(const std::string& path, int input, int status_pipe) {
     // stall it. Closed rather than /dev/null: a container image or chroot
     // need not have /dev (an open that fails fails the whole spawn).
     posix_spawn_file_actions_addclose(&actions, STDERR_FILENO);
-    // The caller's thread may block signals (the workers do); the child
-    // must die of SIGXCPU and SIGKILL like any process.
-    sigset_t none;
-    sigemptyset(&none);
-    sigset_t all;
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    // The child must die of SIGXCPU and SIGKILL like any process.
+    set_default_signals(attr);
     std::string arg0 = "apilb";
     std::string arg1(yaml_guard_mode);
     char* argv[] = {arg0.data(), arg1.data(), nullptr};
@@ -126,6 +119,20 @@ pid_t spawn_child(const std::string& path, int input, int status_pipe) {
     if (rc != 0) cannot_check(path, "posix_spawn /proc/self/exe", rc);
     return pid;
 }
+
+}  // namespace
+
+void set_default_signals(posix_spawnattr_t& attr) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigset_t all;
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+}
+
+namespace {
 
 /// CPU time the child has used so far (0 if it cannot be read: then only
 /// the wall-clock deadline applies).

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include "apilb/dataplane/socket_options.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <system_error>
 
 #include "apilb/core/config_diff.hpp"
@@ -99,6 +101,46 @@ void worker::bind(std::size_t listener_index) {
             ec, fmt::format("listener {}: cannot adopt the socket for {}", l.cfg->name, l.cfg->address.to_string()));
     }
     acceptors_.push_back(std::move(slot));
+}
+
+void worker::adopt(std::size_t listener_index, int fd) {
+    const listener_runtime& l = ctx_.snap().listeners[listener_index];
+    auto fail = [&](error_code ec, const char* what) {
+        throw std::system_error(ec, fmt::format("listener {}: {} the handed-over socket for {}", l.cfg->name, what,
+                                                l.cfg->address.to_string()));
+    };
+    // The old process's options and backlog came with the socket; this
+    // config's apply to the connections it accepts from now on.
+    if (error_code ec = apply_tcp_options(fd, ctx_.snap().cfg->tcp)) {
+        ::close(fd);
+        fail(ec, "cannot set TCP options on");
+    }
+    if (::listen(fd, static_cast<int>(l.cfg->backlog)) != 0) {
+        const error_code ec(errno, boost::system::system_category());
+        ::close(fd);
+        fail(ec, "cannot listen on");
+    }
+    error_code ec;
+    auto slot = adopt_listener(fd, listener_index, ec);
+    if (ec) fail(ec, "cannot adopt");
+    acceptors_.push_back(std::move(slot));
+}
+
+void worker::share_listeners(std::function<void(std::vector<shared_listener>)> done) {
+    asio::post(io_, [this, done = std::move(done)] {
+        std::vector<shared_listener> out;
+        for (const auto& slot : acceptors_) {
+            if (!slot->listener.is_open()) continue;
+            const int fd = ::fcntl(slot->listener.native_handle(), F_DUPFD_CLOEXEC, 3);
+            if (fd < 0) {
+                spdlog::warn("worker {}: cannot duplicate a listening socket for the upgrade: {}", index_,
+                             std::strerror(errno));
+                continue;
+            }
+            out.push_back({.address = ctx_.snap().listeners[slot->listener_index].cfg->address.to_string(), .fd = fd});
+        }
+        done(std::move(out));
+    });
 }
 
 std::unique_ptr<worker::acceptor_slot> worker::adopt_listener(int fd, std::size_t listener_index, error_code& ec) {

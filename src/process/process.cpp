@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
@@ -96,7 +97,8 @@ void process::notify_systemd([[maybe_unused]] const std::string& state) {
 #endif
 }
 
-process::process(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std::move(cfg))) {
+process::process(std::shared_ptr<const config> cfg, inherited_sockets inherited)
+    : snap_(snapshot::build(std::move(cfg))), handover_channel_(inherited.channel) {
     // The thread that builds the process runs its control context.
     set_thread_role(thread_role::control);
     const std::uint64_t fd_limit = raise_fd_limit();
@@ -123,7 +125,13 @@ process::process(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std:
                 health_->report_passive_failure(std::move(backend), std::move(what));
             });
         });
-        for (std::size_t l = 0; l < snap_->listeners.size(); ++l) workers_.back()->bind(l);
+    }
+    for (std::size_t l = 0; l < snap_->listeners.size(); ++l) bind_listener(l, inherited);
+    for (const auto& [address, fds] : inherited.data) {
+        if (!fds.empty()) {
+            spdlog::info("upgrade: {} handed-over socket(s) for {}, which this config does not listen on: closed",
+                         fds.size(), address);
+        }
     }
     // Two processes that looked at the same moment both found the address
     // free and both bound it: each sees the other's sockets now, and both
@@ -162,10 +170,38 @@ process::process(std::shared_ptr<const config> cfg) : snap_(snapshot::build(std:
             table, ec.message());
     }
     make_discovery();
-    make_admin();
+    const bool admin_matches = snap_->cfg->admin && !inherited.admin.empty() &&
+                               inherited.admin_address == snap_->cfg->admin->address.to_string();
+    make_admin(admin_matches ? inherited.admin.release().front() : -1);
+}
+
+void process::bind_listener(std::size_t l, inherited_sockets& inherited) {
+    const std::string address = snap_->listeners[l].cfg->address.to_string();
+    auto it = std::find_if(inherited.data.begin(), inherited.data.end(),
+                           [&](const auto& d) { return d.first == address; });
+    std::vector<int> fds;
+    if (it != inherited.data.end()) fds = it->second.release();
+    // Every handed-over socket is kept, spread over the workers: closing one
+    // would reset the connects waiting in its accept queue. Workers left
+    // without one bind a fresh socket beside them (SO_REUSEPORT).
+    for (std::size_t k = 0; k < fds.size(); ++k) {
+        try {
+            workers_[k % workers_.size()]->adopt(l, fds[k]);
+        } catch (...) {
+            for (std::size_t rest = k + 1; rest < fds.size(); ++rest) ::close(fds[rest]);
+            throw;
+        }
+    }
+    for (std::size_t w = fds.size(); w < workers_.size(); ++w) workers_[w]->bind(l);
+    if (!fds.empty()) {
+        spdlog::info("upgrade: listener {} on {} took {} handed-over socket(s)", snap_->listeners[l].cfg->name, address,
+                     fds.size());
+    }
 }
 
 process::~process() {
+    end_upgrade();
+    if (handover_channel_ >= 0) ::close(handover_channel_);
     for (auto& w : workers_) w->stop();
     workers_.clear();
     if (health_) health_->stop();
@@ -183,6 +219,7 @@ int process::run() {
     APILB_ASSERT_ROLE(control);
     asio::io_context& control = control_;
     asio::signal_set signals(control, SIGINT, SIGTERM, SIGHUP);
+    signals.add(SIGUSR2);
     asio::steady_timer drain_timer(control);
     bool draining = false;
     bool aborted = false;
@@ -198,7 +235,11 @@ int process::run() {
         if (!serving || !first_round || ready_sent) return;
         ready_sent = true;
         spdlog::info("ready: listeners serving, first health round done");
-        notify_systemd("READY=1");
+        if (handover_channel_ >= 0) {
+            report_ready_to_old();
+        } else {
+            notify_systemd("READY=1");
+        }
     };
     health_->start(true, [&] {
         first_round = true;
@@ -241,32 +282,47 @@ int process::run() {
         });
     };
 
+    // Stops accepting and drains: after SIGTERM, or once an upgrade's new
+    // process serves on the same listening sockets.
+    auto begin_drain = [&](const char* why) {
+        const auto drain = snap_->cfg->timeouts.drain;
+        deadline = clock_type::now() + drain;
+        spdlog::info("{}: stopped accepting; draining {} session(s) for up to {}ms", why,
+                     stats_.active_sessions.load(std::memory_order_relaxed), drain.count());
+        for (auto& w : workers_) w->stop_accepting();
+        poll();
+    };
+
     std::function<void(error_code, int)> on_signal = [&](error_code ec, int signo) {
         if (ec) return;
         if (signo == SIGHUP) {
             if (draining) {
                 spdlog::warn("SIGHUP during the drain: not reloading");
+            } else if (upgrade_) {
+                spdlog::warn("SIGHUP during an upgrade: not reloading");
             } else {
                 reload();
             }
+        } else if (signo == SIGUSR2) {
+            start_upgrade([&] {
+                if (draining) return;
+                draining = true;
+                draining_ = true;
+                // No STOPPING=1: the unit goes on, served by the new process.
+                begin_drain("upgrade");
+            });
         } else if (!draining) {
             draining = true;
             draining_ = true;
+            // An upgrade not yet ready is rolled back: its binary is killed.
+            end_upgrade();
             notify_systemd("STOPPING=1");
-            auto begin_drain = [&, signo] {
-                const auto drain = snap_->cfg->timeouts.drain;
-                deadline = clock_type::now() + drain;
-                spdlog::info("{}: stopped accepting; draining {} session(s) for up to {}ms",
-                             signo == SIGTERM ? "SIGTERM" : "SIGINT",
-                             stats_.active_sessions.load(std::memory_order_relaxed), drain.count());
-                for (auto& w : workers_) w->stop_accepting();
-                poll();
-            };
+            const char* why = signo == SIGTERM ? "SIGTERM" : "SIGINT";
             // A node holding the VIPs gives them to a peer before it drains.
             if (vrrp_) {
-                vrrp_->hand_off(begin_drain);
+                vrrp_->hand_off([&begin_drain, why] { begin_drain(why); });
             } else {
-                begin_drain();
+                begin_drain(why);
             }
         } else {
             spdlog::warn("second signal during drain: closing every session now");
@@ -291,7 +347,9 @@ int process::run() {
         std::signal(SIGINT, SIG_IGN);
         std::signal(SIGTERM, SIG_IGN);
         std::signal(SIGHUP, SIG_IGN);
+        std::signal(SIGUSR2, SIG_IGN);
     }
+    end_upgrade();
     for (auto& w : workers_) w->stop();
     // Let the probe loops unwind (they end at once once stopped), so that no
     // coroutine outlives the checker it refers to.

@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 
 #ifdef APILB_HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
@@ -61,12 +63,15 @@ void process::ping_workers(std::chrono::milliseconds deadline, std::function<voi
     }
 }
 
-void process::make_admin() {
+void process::make_admin(int inherited) {
     APILB_ASSERT_ROLE(control);
     if (file_contents file = read_regular_file(snap_->cfg->source, max_config_bytes)) {
         config_hash_ = fmt::format("{:016x}", stable_hash(file.bytes));
     }
-    if (!snap_->cfg->admin) return;
+    if (!snap_->cfg->admin) {
+        if (inherited >= 0) ::close(inherited);
+        return;
+    }
     admin_hooks hooks{
         .current = [this] { return snap_; },
         .facts =
@@ -87,10 +92,11 @@ void process::make_admin() {
         .reload =
             [this] {
                 if (draining_) return std::vector<std::string>{"apilb is stopping (SIGTERM): no reload"};
+                if (upgrade_) return std::vector<std::string>{"an upgrade is in progress: no reload"};
                 return reload();
             },
     };
-    admin_ = std::make_unique<admin_server>(control_, *snap_->cfg->admin, std::move(hooks));
+    admin_ = std::make_unique<admin_server>(control_, *snap_->cfg->admin, std::move(hooks), inherited);
 }
 
 void process::start_watchdog() {

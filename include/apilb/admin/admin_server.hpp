@@ -59,7 +59,10 @@ public:
     /// fails, std::runtime_error (naming the file) if the token file exists
     /// but cannot be read or is empty, or a TLS file does not load. A token
     /// file that cannot be created is logged and POSTs are refused.
-    admin_server(boost::asio::io_context& control, const admin_config& cfg, admin_hooks hooks);
+    /// With `inherited_fd` (an upgrade: the old process's listening socket
+    /// for the same address, which it then owns) it listens on that instead
+    /// of binding.
+    admin_server(boost::asio::io_context& control, const admin_config& cfg, admin_hooks hooks, int inherited_fd = -1);
     ~admin_server();
     admin_server(const admin_server&) = delete;
     admin_server& operator=(const admin_server&) = delete;
@@ -77,6 +80,8 @@ public:
     bool reload_tls_files();
 
     boost::asio::ip::tcp::endpoint local_endpoint() const;
+    /// The listening socket (an upgrade duplicates it for the new process).
+    int native_listener() { return acceptor_.native_handle(); }
     /// The endpoint's own counters (also in /metrics).
     const admin_stats& stats() const { return stats_; }
 

@@ -7,6 +7,8 @@
 // bytes ends does apilb parse them itself (yaml-cpp is deterministic).
 #pragma once
 
+#include <spawn.h>
+
 #include <chrono>
 #include <memory>
 #include <string>
@@ -67,5 +69,11 @@ void prove_yaml_parse_ends(const std::string& path, const std::string& text);
 /// parses them and exits 0 when the parse ended (with or without a syntax
 /// error), 3 when memory ran out.
 int yaml_guard_child_main();
+
+/// Makes a child spawned with `attr` start with no signal blocked and every
+/// signal at its default action, like a process the service manager starts:
+/// the caller's thread may block signals (the workers do), and apilb ignores
+/// SIGPIPE and SIGXFSZ. For the YAML guard's child and an upgrade's binary.
+void set_default_signals(posix_spawnattr_t& attr);
 
 }  // namespace apilb

@@ -13,6 +13,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -50,6 +51,21 @@ public:
     /// Opens, binds and listens on `listener_index`'s address with SO_REUSEPORT.
     /// Control thread, before start(). Throws std::system_error with the reason.
     void bind(std::size_t listener_index);
+
+    /// Adopts `fd`, a listening socket of `listener_index`'s address that the
+    /// process before this one handed over (an upgrade), setting this
+    /// config's TCP options and backlog on it. Control thread, before
+    /// start(). Throws std::system_error naming the listener.
+    void adopt(std::size_t listener_index, int fd);
+
+    /// One listening socket lent to an upgrade: a duplicate the receiver closes.
+    struct shared_listener {
+        std::string address;  ///< listener_config::address, as text
+        int fd;
+    };
+    /// On the worker thread, duplicates (close-on-exec) every listening
+    /// socket it accepts on and calls `done` there with them. Any thread.
+    void share_listeners(std::function<void(std::vector<shared_listener>)> done);
 
     /// A listening socket (SO_REUSEPORT) for `l`, as a plain descriptor that
     /// the caller owns: a reload binds every new listener's sockets on the

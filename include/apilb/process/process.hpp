@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "apilb/dataplane/snapshot.hpp"
+#include "apilb/process/handover.hpp"
 
 namespace apilb {
 
@@ -25,6 +26,24 @@ class admin_server;
 class discovery_client;
 struct discovered_endpoint;
 
+/// What the process before this one handed over in an upgrade
+/// (docs/upgrade.md): listening sockets by address, and the channel on which
+/// this one says `ready` once it serves.
+struct inherited_sockets {
+    /// Listener address (listener_config::address as text) -> its sockets.
+    std::vector<std::pair<std::string, handover::owned_fds>> data;
+    std::string admin_address;  ///< the admin socket's address, if one came
+    handover::owned_fds admin;
+    int channel = -1;  ///< owned; -1 when not started by an upgrade
+};
+
+/// The new process's half of an upgrade, before it builds its process:
+/// checks the peer, sends hello (with `version`, this binary's), receives
+/// the listening sockets, all within `deadline`. Takes `channel` (closes it
+/// on error). Throws handover_error (process_upgrade.cpp).
+inherited_sockets receive_inherited(int channel, const std::string& version,
+                                    std::chrono::steady_clock::time_point deadline);
+
 /// The running apilb: its worker threads, and on the control thread the
 /// health checker, rebalancer, admin endpoint, VRRP agent, signals and reload.
 /// main() makes one and runs it.
@@ -34,7 +53,10 @@ public:
     /// binds every listener on every worker. Throws std::system_error (naming
     /// the listener and address) if a bind fails, std::runtime_error if a
     /// probe certificate or key cannot be loaded.
-    explicit process(std::shared_ptr<const config> cfg);
+    /// With `inherited` (an upgrade), a listener whose address came with
+    /// sockets listens on those instead of binding anew, and `ready` goes
+    /// back on its channel when this process serves.
+    explicit process(std::shared_ptr<const config> cfg, inherited_sockets inherited = {});
     ~process();
 
     /// Serves until SIGTERM/SIGINT, then drains: stops accepting at once,
@@ -65,8 +87,9 @@ private:
     /// WATCHDOG=1. Nothing when built without libsystemd or not run by it.
     static void notify_systemd(const std::string& state);
     /// Binds the admin endpoint if the config has one (constructor; throws
-    /// like a listener bind). src/process/watchdog.cpp.
-    void make_admin();
+    /// like a listener bind), or takes `inherited` (an upgrade's socket,
+    /// owned; -1 for none). src/process/watchdog.cpp.
+    void make_admin(int inherited = -1);
     /// Feeds the systemd watchdog while every worker answers its pings.
     void start_watchdog();
 
@@ -81,6 +104,18 @@ private:
     void make_discovery();
     /// A new set from a pool's API: logged and kept in the state file.
     void on_discovered(const pool_config& pool, const std::vector<discovered_endpoint>& set);
+    /// Every worker's socket for listener `l`: handed-over ones of its
+    /// address first (taken from `inherited`), fresh binds for the rest.
+    void bind_listener(std::size_t l, inherited_sockets& inherited);
+    /// SIGUSR2: starts the new binary and hands it the listening sockets on
+    /// a helper thread; `handed_over` runs on the control thread once the new
+    /// one is ready, and nothing changes here if it fails (rollback).
+    /// Control thread, checked (process_upgrade.cpp).
+    void start_upgrade(std::function<void()> handed_over);
+    /// Stops an upgrade in flight (kills the new binary) and joins its thread.
+    void end_upgrade();
+    /// The new process's side: MAINPID= and READY=1 to systemd, `ready` to the old one.
+    void report_ready_to_old();
     /// Destroys the health checkers of earlier configs whose probe loops are over.
     void drop_retired_checkers();
 
@@ -96,6 +131,10 @@ private:
     /// Drains of backends removed by a reload (timeouts.reload_drain).
     std::list<boost::asio::steady_timer> reload_timers_;
     bool draining_ = false;                   ///< SIGTERM seen: reloads are refused
+    /// An upgrade in flight (process_upgrade.cpp); reloads are refused meanwhile.
+    struct upgrade_run;
+    std::shared_ptr<upgrade_run> upgrade_;
+    int handover_channel_ = -1;  ///< the new process's end, until it said ready
     std::unique_ptr<rebalancer> rebalancer_;  ///< after workers_: it posts to them
     std::unique_ptr<vrrp_agent> vrrp_;        ///< set when the config has a vrrp section
     std::vector<std::unique_ptr<worker>> workers_;

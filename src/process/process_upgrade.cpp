@@ -1,0 +1,327 @@
+// The upgrade (SIGUSR2, docs/upgrade.md "Zero-drop upgrade"): the old
+// process starts the new binary and hands it the listening sockets over the
+// handover channel; the new one receives them before it builds its process
+// and says ready once it serves. Rollback is the default: nothing in the old
+// process changes until `ready` has arrived.
+#include <boost/asio/post.hpp>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <future>
+#include <map>
+#include <thread>
+
+#include "apilb/admin/admin_server.hpp"
+#include "apilb/control/yaml_guard.hpp"
+#include "apilb/core/thread_role.hpp"
+#include "apilb/dataplane/worker.hpp"
+#include "apilb/process/process.hpp"
+
+extern char** environ;
+
+namespace apilb {
+
+namespace asio = boost::asio;
+using clock_type = std::chrono::steady_clock;
+using handover::frame_type;
+using handover::handover_error;
+
+namespace {
+
+/// From SIGUSR2 to `ready`: the new binary loads its config, binds, and
+/// runs its first health round (at most health.timeout) in this time.
+/// APILB_UPGRADE_DEADLINE_MS (100..600000) replaces it, for tests only.
+std::chrono::milliseconds upgrade_deadline() {
+    if (const char* forced = std::getenv("APILB_UPGRADE_DEADLINE_MS")) {
+        try {
+            const int ms = handover::parse_number(forced, "APILB_UPGRADE_DEADLINE_MS");
+            if (ms >= 100 && ms <= 600'000) return std::chrono::milliseconds(ms);
+        } catch (const handover_error&) {
+        }
+    }
+    return std::chrono::seconds(60);
+}
+/// The descriptor number the new process finds its end of the channel at.
+constexpr int child_channel_fd = 3;
+
+/// The binary to start: the path this one was started from, which after a
+/// package upgrade holds the new file (/proc/self/exe then ends in
+/// " (deleted)"). APILB_UPGRADE_BINARY replaces it, for tests only.
+std::string new_binary_path() {
+    if (const char* forced = std::getenv("APILB_UPGRADE_BINARY"); forced != nullptr && *forced != '\0') return forced;
+    char buf[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0) throw handover_error(fmt::format("readlink /proc/self/exe: {}", std::strerror(errno)));
+    std::string path(buf, static_cast<std::size_t>(n));
+    constexpr std::string_view deleted = " (deleted)";
+    if (path.ends_with(deleted)) path.resize(path.size() - deleted.size());
+    return path;
+}
+
+/// Starts `binary run --config <config_path>` with `child_end` as
+/// descriptor 3 and APILB_HANDOVER_FD=3; stdout and stderr are shared, so
+/// its log goes where this one's goes.
+pid_t spawn_new_binary(const std::string& binary, const std::string& config_path, int child_end) {
+    std::vector<std::string> env_text;
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+        if (std::string_view(*e).starts_with(std::string(handover::channel_env) + "=")) continue;
+        env_text.emplace_back(*e);
+    }
+    env_text.push_back(fmt::format("{}={}", handover::channel_env, child_channel_fd));
+    std::vector<char*> envp;
+    for (auto& e : env_text) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    std::string a0 = binary, a1 = "run", a2 = "--config", a3 = config_path;
+    char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), nullptr};
+
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawnattr_init(&attr);
+    // dup2 onto another number clears close-on-exec on the copy; the caller
+    // made sure child_end is not 3 already.
+    posix_spawn_file_actions_adddup2(&actions, child_end, child_channel_fd);
+    set_default_signals(attr);
+    pid_t pid = -1;
+    const int rc = ::posix_spawn(&pid, binary.c_str(), &actions, &attr, argv, envp.data());
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    if (rc != 0) throw handover_error(fmt::format("cannot start {}: {}", binary, std::strerror(rc)));
+    return pid;
+}
+
+/// How the new process ended, or that it still runs.
+std::string reap(pid_t pid, bool kill_it) {
+    int status = 0;
+    pid_t r = ::waitpid(pid, &status, WNOHANG);
+    std::string how;
+    if (r == 0 && kill_it) {
+        ::kill(pid, SIGKILL);
+        how = "killed it; ";
+        r = ::waitpid(pid, &status, 0);
+    }
+    if (r != pid) return how + "it still runs";
+    if (WIFEXITED(status)) return how + fmt::format("it exited with status {}", WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) return how + fmt::format("it died of signal {}", WTERMSIG(status));
+    return how + "it ended";
+}
+
+}  // namespace
+
+struct process::upgrade_run {
+    pid_t pid = -1;
+    int channel = -1;  ///< this side's end; closed by the control thread after the join
+    std::thread thread;
+    std::string binary;
+};
+
+void process::start_upgrade(std::function<void()> handed_over) {
+    APILB_ASSERT_ROLE(control);
+    auto refuse = [&](const std::string& why) {
+        spdlog::error("upgrade refused: {}; still serving", why);
+        stats_.upgrade_failures_total.fetch_add(1, std::memory_order_relaxed);
+    };
+    if (draining_) return refuse("apilb is stopping");
+    if (upgrade_) return refuse(fmt::format("an upgrade to pid {} is in progress", upgrade_->pid));
+    if (snap_->cfg->vrrp) return refuse("the config has a vrrp section (keepalived and the track file cannot move yet)");
+
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        return refuse(fmt::format("socketpair: {}", std::strerror(errno)));
+    }
+    int child_end = sv[1];
+    if (child_end == child_channel_fd) {
+        child_end = ::fcntl(sv[1], F_DUPFD_CLOEXEC, child_channel_fd + 1);
+        ::close(sv[1]);
+    }
+    auto run = std::make_shared<upgrade_run>();
+    run->channel = sv[0];
+    try {
+        run->binary = new_binary_path();
+        if (child_end < 0) throw handover_error(fmt::format("fcntl: {}", std::strerror(errno)));
+        run->pid = spawn_new_binary(run->binary, snap_->cfg->source, child_end);
+    } catch (const handover_error& e) {
+        if (child_end >= 0) ::close(child_end);
+        ::close(run->channel);
+        return refuse(e.what());
+    }
+    ::close(child_end);
+    spdlog::info("upgrade: started {} as pid {}; handing over the listeners when it says hello", run->binary, run->pid);
+
+    // Duplicated here, on the control thread that owns the admin endpoint.
+    handover::owned_fds admin_fd;
+    std::string admin_address;
+    if (admin_ && snap_->cfg->admin) {
+        const int fd = ::fcntl(admin_->native_listener(), F_DUPFD_CLOEXEC, 3);
+        if (fd >= 0) {
+            admin_fd.push_back(fd);
+            admin_address = snap_->cfg->admin->address.to_string();
+        }
+    }
+    std::vector<worker*> workers;
+    for (auto& w : workers_) workers.push_back(w.get());
+    upgrade_ = run;
+    // The waits (up to upgrade_deadline) run on their own thread, so probes,
+    // the admin endpoint and the watchdog go on meanwhile. It touches nothing
+    // of the process but the workers' share_listeners (posted) and posts its
+    // outcome back to the control thread.
+    run->thread = std::thread([this, run, workers, admin_fd = std::move(admin_fd), admin_address,
+                               handed_over = std::move(handed_over)]() mutable {
+        const auto deadline = clock_type::now() + upgrade_deadline();
+        std::string failure;
+        try {
+            handover::check_peer(run->channel);
+            handover::frame hello;
+            try {
+                hello = handover::receive_frame(run->channel, deadline);
+            } catch (const handover_error& e) {
+                // A version skew shows here first: tell the new one why.
+                if (std::string_view(e.what()).starts_with("protocol version")) {
+                    try {
+                        handover::send_frame(run->channel, frame_type::abort, e.what(), {},
+                                             clock_type::now() + std::chrono::seconds(1));
+                    } catch (const handover_error&) {
+                    }
+                }
+                throw;
+            }
+            if (hello.type == frame_type::abort) throw handover_error("the new binary aborted: " + hello.payload);
+            if (hello.type != frame_type::hello) throw handover_error("expected hello first");
+            const auto [pid, version] = handover::parse_hello(hello.payload);
+            spdlog::info("upgrade: pid {} (apilb {}) speaks protocol {}", pid, version, handover::protocol_version);
+
+            // Every worker's listening sockets, duplicated on its own thread.
+            std::map<std::string, handover::owned_fds> by_address;
+            for (worker* w : workers) {
+                auto got = std::make_shared<std::promise<std::vector<worker::shared_listener>>>();
+                auto future = got->get_future();
+                w->share_listeners([got](std::vector<worker::shared_listener> l) { got->set_value(std::move(l)); });
+                if (future.wait_until(deadline) != std::future_status::ready) {
+                    throw handover_error("a worker did not lend its listening sockets in time");
+                }
+                for (const auto& l : future.get()) by_address[l.address].push_back(l.fd);
+            }
+            int frames = 0;
+            for (const auto& [address, fds] : by_address) {
+                const std::vector<int>& all = fds.get();
+                for (std::size_t at = 0; at < all.size(); at += handover::max_frame_fds) {
+                    const std::size_t n = std::min(handover::max_frame_fds, all.size() - at);
+                    handover::send_frame(run->channel, frame_type::listener, "data " + address,
+                                         std::span<const int>(all.data() + at, n), deadline);
+                    ++frames;
+                }
+            }
+            if (!admin_fd.empty()) {
+                handover::send_frame(run->channel, frame_type::listener, "admin " + admin_address, admin_fd.get(),
+                                     deadline);
+                ++frames;
+            }
+            handover::send_frame(run->channel, frame_type::listeners_end, std::to_string(frames), {}, deadline);
+            by_address.clear();  // our duplicates; the workers keep accepting on theirs
+            admin_fd.reset();
+
+            const handover::frame ready = handover::receive_frame(run->channel, deadline);
+            if (ready.type == frame_type::abort) throw handover_error("the new binary aborted: " + ready.payload);
+            if (ready.type != frame_type::ready) throw handover_error("expected ready");
+            handover::parse_number(ready.payload, "ready pid");
+        } catch (const std::exception& e) {
+            failure = e.what();
+        }
+        if (!failure.empty()) failure += " (" + reap(run->pid, true) + ")";
+        asio::post(control_, [this, run, failure, handed_over = std::move(handed_over)] {
+            if (run->thread.joinable()) run->thread.join();
+            ::close(run->channel);
+            run->channel = -1;
+            if (upgrade_ == run) upgrade_.reset();
+            if (!failure.empty()) {
+                spdlog::error("upgrade failed: {}; still serving", failure);
+                stats_.upgrade_failures_total.fetch_add(1, std::memory_order_relaxed);
+                return;
+            }
+            stats_.upgrades_total.fetch_add(1, std::memory_order_relaxed);
+            spdlog::info("upgrade: pid {} serves; this process stops accepting and drains", run->pid);
+            // Said by the main PID too, so that systemd never sees it end
+            // without a successor, whatever NotifyAccess says.
+            notify_systemd(fmt::format("MAINPID={}", run->pid));
+            if (admin_) admin_->stop();
+            handed_over();
+        });
+    });
+}
+
+void process::end_upgrade() {
+    if (!upgrade_) return;
+    std::shared_ptr<upgrade_run> run = std::move(upgrade_);
+    // The thread sees the end of the channel at once and decides: a new
+    // binary that has not said ready is killed and reaped there.
+    if (run->channel >= 0) ::shutdown(run->channel, SHUT_RDWR);
+    if (run->thread.joinable()) run->thread.join();
+    if (run->channel >= 0) ::close(run->channel);
+    run->channel = -1;
+}
+
+void process::report_ready_to_old() {
+    notify_systemd(fmt::format("MAINPID={}\nREADY=1", ::getpid()));
+    try {
+        handover::send_frame(handover_channel_, frame_type::ready, std::to_string(::getpid()), {},
+                             clock_type::now() + std::chrono::seconds(5));
+        spdlog::info("upgrade: ready sent to the old process; it stops accepting");
+    } catch (const handover_error& e) {
+        spdlog::warn("upgrade: could not tell the old process that this one serves: {}", e.what());
+    }
+    ::close(handover_channel_);
+    handover_channel_ = -1;
+}
+
+inherited_sockets receive_inherited(int channel, const std::string& version, clock_type::time_point deadline) {
+    inherited_sockets got;
+    got.channel = channel;
+    try {
+        handover::check_peer(channel);
+        handover::send_frame(channel, frame_type::hello, fmt::format("{} {}", ::getpid(), version), {}, deadline);
+        int frames = 0;
+        while (true) {
+            handover::frame f = handover::receive_frame(channel, deadline);
+            if (f.type == frame_type::abort) throw handover_error("the old process aborted: " + f.payload);
+            if (f.type == frame_type::listeners_end) {
+                const int said = handover::parse_number(f.payload, "listeners_end count");
+                if (said != frames) {
+                    throw handover_error(fmt::format("the old process said {} listener frame(s), {} came", said, frames));
+                }
+                break;
+            }
+            if (f.type != frame_type::listener) throw handover_error("expected a listener frame");
+            if (++frames > 4096) throw handover_error("more than 4096 listener frames");
+            const handover::listener_entry e = handover::parse_listener(f.payload);
+            if (e.kind == "admin") {
+                if (!got.admin.empty() || f.fds.size() != 1) throw handover_error("admin: expected one socket, once");
+                got.admin_address = e.address;
+                got.admin = std::move(f.fds);
+                continue;
+            }
+            auto it = std::find_if(got.data.begin(), got.data.end(), [&](const auto& d) { return d.first == e.address; });
+            if (it == got.data.end()) {
+                got.data.emplace_back(e.address, std::move(f.fds));
+            } else {
+                for (int fd : f.fds.release()) it->second.push_back(fd);
+            }
+        }
+    } catch (...) {
+        ::close(channel);
+        got.channel = -1;
+        throw;
+    }
+    return got;
+}
+
+}  // namespace apilb

@@ -1,0 +1,31 @@
+// Fuzz target: the upgrade handover's frame and payload parsers, from the
+// bytes of one message as the old or new process receives it. Asserted: a
+// frame is either refused with handover_error or decodes to a known type
+// whose payload is exactly the bytes after the header; nothing else throws.
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+
+#include "apilb/process/handover.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    using namespace apilb::handover;
+    const std::string_view bytes(reinterpret_cast<const char*>(data), size);
+    try {
+        const frame_view f = decode_frame(bytes);
+        if (f.payload.size() + header_bytes != bytes.size()) std::abort();
+        try {
+            switch (f.type) {
+                case frame_type::hello: parse_hello(f.payload); break;
+                case frame_type::listener: parse_listener(f.payload); break;
+                case frame_type::listeners_end:
+                case frame_type::ready: parse_number(f.payload, "number"); break;
+                case frame_type::abort: break;
+                default: std::abort();
+            }
+        } catch (const handover_error&) {
+        }
+    } catch (const handover_error&) {
+    }
+    return 0;
+}

@@ -1,0 +1,204 @@
+// The upgrade handover channel over a real socketpair: frames, descriptors,
+// and every way a frame can be bad, with the descriptors it carried closed.
+#include "apilb/process/handover.hpp"
+
+#include <gtest/gtest.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+namespace apilb::handover {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+clock_type::time_point in(std::chrono::milliseconds ms) { return clock_type::now() + ms; }
+
+/// The process's open descriptors, counted in /proc/self/fd.
+int open_fds() {
+    int n = 0;
+    DIR* d = ::opendir("/proc/self/fd");
+    if (d == nullptr) return -1;
+    while (const dirent* e = ::readdir(d)) {
+        if (e->d_name[0] != '.') ++n;
+    }
+    ::closedir(d);
+    return n - 1;  // the directory's own descriptor
+}
+
+struct channel {
+    int a = -1, b = -1;
+    channel() {
+        int sv[2];
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0) {
+            a = sv[0];
+            b = sv[1];
+        }
+    }
+    ~channel() {
+        if (a >= 0) ::close(a);
+        if (b >= 0) ::close(b);
+    }
+};
+
+/// Sends raw bytes with `fds` as one message, bypassing send_frame's checks.
+void send_raw(int sock, const std::string& bytes, const std::vector<int>& fds) {
+    send_message(sock, bytes, fds, in(std::chrono::seconds(5)));
+}
+
+/// `n` pipe ends to send; closed by the caller.
+std::vector<int> some_fds(int n) {
+    std::vector<int> fds;
+    for (int i = 0; i < n; ++i) {
+        int p[2];
+        if (::pipe2(p, O_CLOEXEC) != 0) break;
+        ::close(p[1]);
+        fds.push_back(p[0]);
+    }
+    return fds;
+}
+
+void close_all(const std::vector<int>& fds) {
+    for (int fd : fds) ::close(fd);
+}
+
+std::string error_of(int sock, std::chrono::milliseconds wait) {
+    try {
+        receive_frame(sock, in(wait));
+    } catch (const handover_error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+TEST(HandoverFrame, RoundTripCarriesPayloadAndDescriptors) {
+    channel ch;
+    const std::vector<int> fds = some_fds(3);
+    ASSERT_EQ(fds.size(), 3u);
+    send_frame(ch.a, frame_type::listener, "data 127.0.0.1:6443", fds, in(std::chrono::seconds(5)));
+    frame f = receive_frame(ch.b, in(std::chrono::seconds(5)));
+    EXPECT_EQ(f.type, frame_type::listener);
+    EXPECT_EQ(f.payload, "data 127.0.0.1:6443");
+    ASSERT_EQ(f.fds.size(), 3u);
+    for (int fd : f.fds.get()) {
+        struct stat st {};
+        ASSERT_EQ(::fstat(fd, &st), 0);
+        EXPECT_TRUE(S_ISFIFO(st.st_mode));
+        EXPECT_TRUE(::fcntl(fd, F_GETFD) & FD_CLOEXEC) << "received without MSG_CMSG_CLOEXEC";
+    }
+    const listener_entry e = parse_listener(f.payload);
+    EXPECT_EQ(e.kind, "data");
+    EXPECT_EQ(e.address, "127.0.0.1:6443");
+    close_all(fds);
+}
+
+TEST(HandoverFrame, EncodeDecodeAndHello) {
+    const std::string bytes = encode_frame(frame_type::hello, "1234 0.2.0");
+    EXPECT_EQ(bytes.size(), header_bytes + 10);
+    const frame_view v = decode_frame(bytes);
+    EXPECT_EQ(v.type, frame_type::hello);
+    const auto [pid, version] = parse_hello(v.payload);
+    EXPECT_EQ(pid, 1234);
+    EXPECT_EQ(version, "0.2.0");
+    EXPECT_THROW(parse_hello("x 0.2.0"), handover_error);
+    EXPECT_THROW(parse_listener("tcp 127.0.0.1:1"), handover_error);
+    EXPECT_THROW(parse_number("-1", "count"), handover_error);
+}
+
+TEST(HandoverFrame, TruncatedFrameIsRefusedAndItsDescriptorsClosed) {
+    channel ch;
+    const int before = open_fds();
+    const std::vector<int> fds = some_fds(2);
+    std::string bytes = encode_frame(frame_type::listener, "data 127.0.0.1:6443");
+    bytes.resize(bytes.size() - 5);  // the length says 5 more bytes than come
+    send_raw(ch.a, bytes, fds);
+    close_all(fds);
+    const std::string err = error_of(ch.b, std::chrono::seconds(5));
+    EXPECT_NE(err.find("truncated"), std::string::npos) << err;
+    EXPECT_EQ(open_fds(), before) << "descriptors of a refused frame leaked";
+    bytes.resize(7);  // shorter than a header
+    send_raw(ch.a, bytes, {});
+    EXPECT_NE(error_of(ch.b, std::chrono::seconds(5)).find("shorter than"), std::string::npos);
+}
+
+TEST(HandoverFrame, OversizedFrameIsRefused) {
+    channel ch;
+    // The socket's buffer must hold the message for the kernel to take it.
+    const int size = 1 << 20;
+    ::setsockopt(ch.a, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    ::setsockopt(ch.b, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    const int before = open_fds();
+    const std::vector<int> fds = some_fds(1);
+    send_raw(ch.a, encode_frame(frame_type::listener, std::string(max_frame_bytes, 'x')), fds);
+    close_all(fds);
+    const std::string err = error_of(ch.b, std::chrono::seconds(5));
+    EXPECT_NE(err.find("over the limit"), std::string::npos) << err;
+    EXPECT_EQ(open_fds(), before);
+    EXPECT_THROW(send_frame(ch.a, frame_type::abort, std::string(max_frame_bytes, 'x'), {}, in(std::chrono::seconds(1))),
+                 handover_error);
+}
+
+TEST(HandoverFrame, WrongVersionIsRefusedNamingBoth) {
+    channel ch;
+    const int before = open_fds();
+    const std::vector<int> fds = some_fds(1);
+    send_raw(ch.a, encode_frame(frame_type::listener, "data 127.0.0.1:1", protocol_version + 1), fds);
+    close_all(fds);
+    const std::string err = error_of(ch.b, std::chrono::seconds(5));
+    EXPECT_NE(err.find("protocol version 2 from the peer, this side speaks 1"), std::string::npos) << err;
+    EXPECT_EQ(open_fds(), before);
+    EXPECT_THROW(decode_frame(std::string("XLBH") + encode_frame(frame_type::hello, "1 x").substr(4)), handover_error);
+}
+
+TEST(HandoverFrame, TooManyDescriptorsAreRefusedAndClosed) {
+    channel ch;
+    const int before = open_fds();
+    // More than the receiver's control buffer holds: MSG_CTRUNC.
+    std::vector<int> fds = some_fds(static_cast<int>(max_frame_fds) + 8);
+    ASSERT_EQ(fds.size(), max_frame_fds + 8);
+    send_raw(ch.a, encode_frame(frame_type::listener, "data 127.0.0.1:1"), fds);
+    EXPECT_NE(error_of(ch.b, std::chrono::seconds(5)).find("more than 64 descriptors"), std::string::npos);
+    // Descriptors on a frame that may carry none.
+    send_raw(ch.a, encode_frame(frame_type::ready, "1"), {fds[0], fds[1]});
+    EXPECT_NE(error_of(ch.b, std::chrono::seconds(5)).find("may carry 0"), std::string::npos);
+    close_all(fds);
+    EXPECT_EQ(open_fds(), before);
+    EXPECT_THROW(send_frame(ch.a, frame_type::hello, "1 x", std::vector<int>{0}, in(std::chrono::seconds(1))),
+                 handover_error);
+}
+
+TEST(HandoverFrame, SilentPeerTimesOutWithinTheDeadline) {
+    channel ch;
+    const auto start = clock_type::now();
+    const std::string err = error_of(ch.b, std::chrono::milliseconds(200));
+    EXPECT_NE(err.find("timed out"), std::string::npos) << err;
+    EXPECT_GE(clock_type::now() - start, std::chrono::milliseconds(190));
+    EXPECT_LT(clock_type::now() - start, std::chrono::seconds(30));
+}
+
+TEST(HandoverFrame, PeerThatStopsMidSequenceIsSeenAsClosed) {
+    channel ch;
+    // The peer sends its first frame, then exits before the second.
+    std::thread peer([&] {
+        send_frame(ch.a, frame_type::hello, "1 x", {}, in(std::chrono::seconds(5)));
+        ::close(ch.a);
+        ch.a = -1;
+    });
+    peer.join();
+    EXPECT_EQ(receive_frame(ch.b, in(std::chrono::seconds(5))).type, frame_type::hello);
+    EXPECT_NE(error_of(ch.b, std::chrono::seconds(5)).find("closed the channel"), std::string::npos);
+}
+
+TEST(HandoverFrame, PeerIsThisUser) {
+    channel ch;
+    EXPECT_EQ(check_peer(ch.a), ::getpid());
+}
+
+}  // namespace
+}  // namespace apilb::handover
