@@ -12,18 +12,13 @@
 #include <filesystem>
 #include <fstream>
 
+#include "config_test_util.hpp"
+
 namespace apilb {
 namespace {
 
 std::shared_ptr<const config> load(const std::string& bgp, const std::string& path = "/etc/apilb/apilb.yaml") {
-    return parse_config(
-        "listeners:\n"
-        "  - {name: apiserver, address: \"198.18.0.100:6443\", pool: cp}\n"
-        "pools:\n"
-        "  - name: cp\n"
-        "    backends: [{name: cp-1, address: \"192.0.2.11:6443\"}]\n" +
-            bgp,
-        path);
+    return parse_config(test::minimal + bgp, path);
 }
 
 const std::string one_peer =
