@@ -5,7 +5,8 @@
 #   bash scripts/fuzz.sh [TARGET|all] [SECONDS]
 #
 # TARGET is one of tests/fuzz/*_fuzz.cpp without _fuzz.cpp (config,
-# admin_request, probe_response, keepalived_conf, endpoint_slices, kubeconfig); all (the default) runs
+# admin_request, probe_response, keepalived_conf, endpoint_slices, kubeconfig,
+# handover, frr_conf); all (the default) runs
 # every target, two at a time, each for SECONDS (default 600). Builds
 # build-fuzz/ first if needed (clang-14, -Dfuzzing=true, only `ninja fuzz`).
 # Each target starts from a scratch corpus (build-fuzz/fuzz-corpus/TARGET,

@@ -26,6 +26,9 @@ base=(
   # apilb's wall clock.
   util-linux faketime
   keepalived
+  # tests/integration/bgp_test.cpp and frr_conf_test: FRR's zebra, bgpd,
+  # bfdd and vtysh (vtysh --dryrun checks the rendered frr.conf).
+  frr
   # scripts/check-packaging.sh: the .deb, its lint, the unit checks
   # (systemd-analyze), the OCI image without a daemon (umoci), man, YAML.
   debhelper dpkg-dev fakeroot lintian systemd umoci man-db python3-yaml

@@ -15,6 +15,8 @@
 #include "apilb/cli/admin_client.hpp"
 #include "apilb/control/yaml_guard.hpp"
 #include "apilb/core/config.hpp"
+#include "apilb/core/file_read.hpp"
+#include "apilb/core/frr_conf.hpp"
 #include "apilb/core/keepalived_conf.hpp"
 #include "apilb/logging/logging.hpp"
 #include "apilb/process/process.hpp"
@@ -45,25 +47,57 @@ int check_config(const std::string& path) {
         std::size_t backends = 0;
         for (const auto& p : cfg->pools) backends += p.backends.size();
         std::cout << path << ": ok (" << cfg->listeners.size() << " listener(s), " << cfg->pools.size() << " pool(s), "
-                  << backends << " backend(s))\n";
+                  << backends << " backend(s)";
+        if (cfg->bgp)
+            std::cout << "; bgp: " << cfg->bgp->peers.size() << " peer(s), " << cfg->bgp->vips.size() << " VIP(s)";
+        std::cout << ")\n";
         return exit_ok;
     } catch (const apilb::config_load_error& e) {
         return print_config_errors(e);
     }
 }
 
-/// Prints the keepalived.conf for the config's vrrp section (docs/vip.md).
-int keepalived_config(const std::string& path, const std::string& output, std::string apilb_path) {
+/// Writes a rendered file to stdout ("" or "-") or to `output`.
+int print_rendered(const std::string& text, const std::string& output) {
+    if (output.empty() || output == "-") {
+        std::cout << text;
+        return exit_ok;
+    }
+    std::FILE* f = std::fopen(output.c_str(), "wb");
+    const bool ok = f != nullptr && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    if (f != nullptr && std::fclose(f) != 0) return exit_runtime_error;
+    if (!ok) {
+        std::cerr << "error: cannot write " << output << '\n';
+        return exit_runtime_error;
+    }
+    return exit_ok;
+}
+
+/// The config at `path` for a command that renders `file` from its `section`
+/// ("vrrp" or "bgp"); null with the errors printed and `rc` set if it does
+/// not load or lacks the section.
+std::shared_ptr<const apilb::config> load_to_render(const std::string& path, std::string_view section,
+                                                    std::string_view file, int& rc) {
     std::shared_ptr<const apilb::config> cfg;
     try {
         cfg = apilb::load_config_guarded(path);
     } catch (const apilb::config_load_error& e) {
-        return print_config_errors(e);
+        rc = print_config_errors(e);
+        return nullptr;
     }
-    if (!cfg->vrrp) {
-        std::cerr << "error: " << path << ": there is no vrrp section to render keepalived.conf from\n";
-        return exit_config_invalid;
+    if (section == "vrrp" ? !cfg->vrrp : !cfg->bgp) {
+        std::cerr << "error: " << path << ": there is no " << section << " section to render " << file << " from\n";
+        rc = exit_config_invalid;
+        return nullptr;
     }
+    return cfg;
+}
+
+/// Prints the keepalived.conf for the config's vrrp section (docs/vip.md).
+int keepalived_config(const std::string& path, const std::string& output, std::string apilb_path) {
+    int rc = exit_ok;
+    auto cfg = load_to_render(path, "vrrp", "keepalived.conf", rc);
+    if (!cfg) return rc;
     std::string text;
     try {
         // track_process matches `apilb run --config <path>` exactly: the path as written here.
@@ -78,18 +112,30 @@ int keepalived_config(const std::string& path, const std::string& output, std::s
         std::cerr << "error: " << e.what() << '\n';
         return exit_usage;
     }
-    if (output.empty() || output == "-") {
-        std::cout << text;
-        return exit_ok;
+    return print_rendered(text, output);
+}
+
+/// Prints the frr.conf for the config's bgp section (docs/bgp.md).
+int frr_config(const std::string& path, const std::string& output) {
+    int rc = exit_ok;
+    auto cfg = load_to_render(path, "bgp", "frr.conf", rc);
+    if (!cfg) return rc;
+    apilb::frr_render_options options;
+    for (const auto& p : cfg->bgp->peers) {
+        if (p.password_file.empty()) continue;
+        apilb::file_contents file = apilb::read_regular_file(p.password_file, apilb::max_bgp_password_file_bytes);
+        if (!file) {
+            std::cerr << "error: " << p.password_file << " " << file.error << '\n';
+            return exit_runtime_error;
+        }
+        options.passwords[p.password_file] = std::move(file.bytes);
     }
-    std::FILE* f = std::fopen(output.c_str(), "wb");
-    const bool ok = f != nullptr && std::fwrite(text.data(), 1, text.size(), f) == text.size();
-    if (f != nullptr && std::fclose(f) != 0) return exit_runtime_error;
-    if (!ok) {
-        std::cerr << "error: cannot write " << output << '\n';
-        return exit_runtime_error;
+    try {
+        return print_rendered(apilb::render_frr_conf(*cfg, options), output);
+    } catch (const std::invalid_argument& e) {
+        std::cerr << "error: " << e.what() << '\n';
+        return exit_config_invalid;
     }
-    return exit_ok;
 }
 
 int run(const std::string& path, const std::string& log_level) {
@@ -238,6 +284,12 @@ int main(int argc, char** argv) {
     keepalived_cmd->add_option("--apilb-path", apilb_path,
                                "apilb's path as it is started (argv[0]), for track_process; default: this binary");
 
+    std::string frr_output;
+    auto* frr_cmd = app.add_subcommand(
+        "frr-config", "print FRR's frr.conf (bgpd, bfdd) for the bgp section: the VIPs announced, nothing accepted");
+    frr_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
+    frr_cmd->add_option("-o,--output", frr_output, "write to this file instead of stdout");
+
     auto* version_cmd = app.add_subcommand("version", "print the version");
 
     // Commands for a running apilb, through its admin endpoint.
@@ -295,5 +347,6 @@ int main(int argc, char** argv) {
         return apilb::cli::admin_backend(*target, pool_name, backend_name, drain_cmd->parsed());
     }
     if (*keepalived_cmd) return keepalived_config(config_path, keepalived_output, apilb_path);
+    if (*frr_cmd) return frr_config(config_path, frr_output);
     return run(config_path, log_level);
 }

@@ -118,8 +118,8 @@ std::string describe(const YAML::Node& node) {
 }
 
 
-constexpr std::array<std::string_view, 10> top_keys{"workers", "listeners", "pools", "timeouts", "tcp",
-                                                    "limits",  "relay",     "log",   "vrrp",     "admin"};
+constexpr std::array<std::string_view, 11> top_keys{"workers", "listeners", "pools", "timeouts", "tcp",  "limits",
+                                                    "relay",   "log",       "vrrp",  "bgp",      "admin"};
 constexpr std::array<std::string_view, 4> listener_keys{"name", "address", "pool", "backlog"};
 constexpr std::array<std::string_view, 9> pool_keys{"name",   "balance",       "connect_attempts", "backends", "health",
                                                     "maglev", "storm_control", "rebalance",        "discovery"};
@@ -696,6 +696,16 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
         if (const field* f = top->find("pools")) read_pools(*f);
         read_sections(*top);
         if (const field* f = top->find("vrrp")) read_vrrp(*f, config_.vrrp.emplace());
+        if (const field* f = top->find("bgp")) {
+            read_bgp(*f, config_.bgp.emplace());
+            if (const field* v = top->find("vrrp")) {
+                // Both would put the VIPs on this node by two different means.
+                error(f->mark, f->path,
+                      "bgp and vrrp (line " + std::to_string(v->mark.line + 1) +
+                          ") are both set; choose one: vrrp moves the VIPs between two nodes, bgp announces them "
+                          "from every node");
+            }
+        }
         if (const field* f = top->find("admin")) read_admin(*f, config_.admin.emplace());
         check_references();
     }

@@ -34,12 +34,6 @@ std::string interface_problem(const std::string& name) {
     return {};
 }
 
-/// A bare IP address in canonical form, or nullopt.
-std::optional<socket_address> parse_ip(const std::string& text) {
-    if (text.find(':') != std::string::npos) return parse_socket_address("[" + text + "]:1");
-    return parse_socket_address(text + ":1");
-}
-
 /// Text that goes into keepalived.conf as one word: no blanks, quotes, braces or comments.
 bool is_plain_word(const std::string& text) {
     return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
@@ -49,6 +43,11 @@ bool is_plain_word(const std::string& text) {
 }
 
 }  // namespace
+
+std::optional<socket_address> parse_ip(const std::string& text) {
+    if (text.find(':') != std::string::npos) return parse_socket_address("[" + text + "]:1");
+    return parse_socket_address(text + ":1");
+}
 
 void loader::read_vrrp(const field& f, vrrp_config& v) {
     auto m = open_mapping(f, vrrp_keys, false);

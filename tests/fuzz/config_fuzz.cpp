@@ -17,6 +17,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +27,7 @@
 #include "apilb/control/yaml_guard.hpp"
 #include "apilb/core/config.hpp"
 #include "apilb/core/file_read.hpp"
+#include "apilb/core/frr_conf.hpp"
 #include "apilb/core/keepalived_conf.hpp"
 #include "guard_hook.hpp"
 
@@ -148,5 +150,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     // A loaded vrrp section always renders (tests/fuzz/keepalived_conf_fuzz.cpp checks what).
     if (cfg->vrrp) (void)render_keepalived_conf(*cfg, {.config_path = "/etc/apilb/apilb.yaml"});
+    // A loaded bgp section renders too (tests/fuzz/frr_conf_fuzz.cpp checks
+    // what); a password file is read by the caller, so peers with one are not rendered here.
+    if (cfg->bgp && std::all_of(cfg->bgp->peers.begin(), cfg->bgp->peers.end(),
+                                [](const auto& p) { return p.password_file.empty(); })) {
+        (void)render_frr_conf(*cfg, {});
+    }
     return 0;
 }

@@ -28,51 +28,17 @@
 
 #include "apilb/core/config.hpp"
 #include "apilb/core/keepalived_conf.hpp"
+#include "key_value_input.hpp"
 
 namespace {
 
 using namespace apilb;
+using fuzz::read_fields;
 using statement = std::vector<std::string>;
 
 [[noreturn]] void fail(const char* what, const std::string& detail) {
     std::fprintf(stderr, "keepalived_conf_fuzz: %s\n%s\n", what, detail.c_str());
     std::abort();
-}
-
-std::string unescape(std::string_view v) {
-    std::string out;
-    for (std::size_t i = 0; i < v.size(); ++i) {
-        if (v[i] != '\\' || i + 1 == v.size()) {
-            out += v[i];
-            continue;
-        }
-        const char c = v[++i];
-        if (c == 'n')
-            out += '\n';
-        else if (c == 'r')
-            out += '\r';
-        else if (c == 'x' && i + 2 < v.size() + 0 && std::isxdigit(static_cast<unsigned char>(v[i + 1])) &&
-                 std::isxdigit(static_cast<unsigned char>(v[i + 2]))) {
-            out += static_cast<char>(std::stoi(std::string(v.substr(i + 1, 2)), nullptr, 16));
-            i += 2;
-        } else
-            out += c;
-    }
-    return out;
-}
-
-/// The input's keys, each with every value it was given.
-std::multimap<std::string, std::string> read_fields(std::string_view input) {
-    std::multimap<std::string, std::string> fields;
-    while (!input.empty()) {
-        const auto eol = input.find('\n');
-        const std::string_view line = input.substr(0, eol);
-        input = eol == std::string_view::npos ? std::string_view{} : input.substr(eol + 1);
-        const auto eq = line.find('=');
-        if (eq == std::string_view::npos) continue;
-        fields.emplace(std::string(line.substr(0, eq)), unescape(line.substr(eq + 1)));
-    }
-    return fields;
 }
 
 std::string emit_yaml(const std::multimap<std::string, std::string>& fields) {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "apilb/core/config_bgp.hpp"
+
 namespace apilb {
 
 using duration = std::chrono::milliseconds;
@@ -322,6 +324,7 @@ struct config {
     log_config log;
     std::uint32_t workers = 0;          ///< 0 in the file = one per core; resolved by the loader
     std::optional<vrrp_config> vrrp;    ///< the floating VIP; nullopt = none
+    std::optional<bgp_config> bgp;      ///< the VIPs announced over BGP; nullopt = none
     std::optional<admin_config> admin;  ///< the admin endpoint; nullopt = none
     /// Things that load but deserve a word (e.g. insecure_skip_verify): the
     /// CLI prints them, `run` logs them at warn. Same shape as errors.

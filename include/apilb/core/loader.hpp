@@ -34,6 +34,8 @@ std::string join(key_list items);
 std::string did_you_mean(std::string_view found, key_list candidates);
 /// "a mapping", "a sequence", the quoted scalar, "no value".
 std::string describe(const YAML::Node& node);
+/// A bare IP address ("192.0.2.1", "2001:db8::1") in canonical form, or nullopt (config_vrrp.cpp).
+std::optional<socket_address> parse_ip(const std::string& text);
 
 // ---------------------------------------------------------------- value rules
 
@@ -159,6 +161,10 @@ private:
     void read_discovery(const field& f, discovery_config& out);
     /// The top-level `vrrp` section (config_vrrp.cpp).
     void read_vrrp(const field& f, vrrp_config& out);
+    /// The top-level `bgp` section (config_bgp.cpp).
+    void read_bgp(const field& f, bgp_config& out);
+    /// One item of `bgp.peers` (config_bgp.cpp).
+    std::optional<bgp_peer> read_bgp_peer(const field& f);
     /// The top-level `admin` section (config_admin.cpp).
     void read_admin(const field& f, admin_config& out);
     /// `admin.tls`: reads and checks the PEM files (config_admin.cpp).
