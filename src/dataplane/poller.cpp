@@ -169,8 +169,7 @@ void poller::on_wake(const error_code& ec) {
             said = now;
             try {
                 spdlog::critical("waiting for the sockets failed: {}; watching them again", ec.message());
-            } catch (const std::exception&) {
-            }
+            } catch (const std::exception&) {}
         }
     }
     on_ready();

@@ -82,8 +82,8 @@ std::string encode_frame(frame_type type, std::string_view payload, std::uint16_
 
 frame_view decode_frame(std::string_view message) {
     if (message.size() < header_bytes) {
-        throw handover_error(fmt::format("frame of {} byte(s) is shorter than its {}-byte header", message.size(),
-                                         header_bytes));
+        throw handover_error(
+            fmt::format("frame of {} byte(s) is shorter than its {}-byte header", message.size(), header_bytes));
     }
     if (message.size() > max_frame_bytes) {
         throw handover_error(fmt::format("frame of {} bytes is over the limit of {}", message.size(), max_frame_bytes));
@@ -111,7 +111,8 @@ std::size_t fds_allowed(frame_type type) noexcept { return type == frame_type::l
 void send_frame(int sock, frame_type type, std::string_view payload, std::span<const int> fds,
                 clock_type::time_point deadline) {
     if (fds.size() > fds_allowed(type)) {
-        throw handover_error(fmt::format("{} descriptor(s) for a frame that may carry {}", fds.size(), fds_allowed(type)));
+        throw handover_error(
+            fmt::format("{} descriptor(s) for a frame that may carry {}", fds.size(), fds_allowed(type)));
     }
     const std::string bytes = encode_frame(type, payload);
     if (bytes.size() > max_frame_bytes) throw handover_error("frame over the size limit");
@@ -213,7 +214,8 @@ int parse_number(std::string_view text, const char* what) {
     int v = 0;
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
     if (ec != std::errc{} || end != text.data() + text.size() || v < 0 || text.empty()) {
-        throw handover_error(fmt::format("{}: expected a decimal number, got \"{}\"", what, std::string(text.substr(0, 32))));
+        throw handover_error(
+            fmt::format("{}: expected a decimal number, got \"{}\"", what, std::string(text.substr(0, 32))));
     }
     return v;
 }

@@ -46,8 +46,7 @@ std::chrono::milliseconds upgrade_deadline() {
         try {
             const int ms = handover::parse_number(forced, "APILB_UPGRADE_DEADLINE_MS");
             if (ms >= 100 && ms <= 600'000) return std::chrono::milliseconds(ms);
-        } catch (const handover_error&) {
-        }
+        } catch (const handover_error&) {}
     }
     return std::chrono::seconds(60);
 }
@@ -133,7 +132,8 @@ void process::start_upgrade(std::function<void()> handed_over) {
     };
     if (draining_) return refuse("apilb is stopping");
     if (upgrade_) return refuse(fmt::format("an upgrade to pid {} is in progress", upgrade_->pid));
-    if (snap_->cfg->vrrp) return refuse("the config has a vrrp section (keepalived and the track file cannot move yet)");
+    if (snap_->cfg->vrrp)
+        return refuse("the config has a vrrp section (keepalived and the track file cannot move yet)");
 
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
@@ -190,8 +190,7 @@ void process::start_upgrade(std::function<void()> handed_over) {
                     try {
                         handover::send_frame(run->channel, frame_type::abort, e.what(), {},
                                              clock_type::now() + std::chrono::seconds(1));
-                    } catch (const handover_error&) {
-                    }
+                    } catch (const handover_error&) {}
                 }
                 throw;
             }
@@ -296,7 +295,8 @@ inherited_sockets receive_inherited(int channel, const std::string& version, clo
             if (f.type == frame_type::listeners_end) {
                 const int said = handover::parse_number(f.payload, "listeners_end count");
                 if (said != frames) {
-                    throw handover_error(fmt::format("the old process said {} listener frame(s), {} came", said, frames));
+                    throw handover_error(
+                        fmt::format("the old process said {} listener frame(s), {} came", said, frames));
                 }
                 break;
             }
@@ -309,7 +309,8 @@ inherited_sockets receive_inherited(int channel, const std::string& version, clo
                 got.admin = std::move(f.fds);
                 continue;
             }
-            auto it = std::find_if(got.data.begin(), got.data.end(), [&](const auto& d) { return d.first == e.address; });
+            auto it = std::find_if(got.data.begin(), got.data.end(),
+                                   [&](const auto& d) { return d.first == e.address; });
             if (it == got.data.end()) {
                 got.data.emplace_back(e.address, std::move(f.fds));
             } else {

@@ -16,16 +16,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (f.payload.size() + header_bytes != bytes.size()) std::abort();
         try {
             switch (f.type) {
-                case frame_type::hello: parse_hello(f.payload); break;
-                case frame_type::listener: parse_listener(f.payload); break;
-                case frame_type::listeners_end:
-                case frame_type::ready: parse_number(f.payload, "number"); break;
-                case frame_type::abort: break;
-                default: std::abort();
+            case frame_type::hello: parse_hello(f.payload); break;
+            case frame_type::listener: parse_listener(f.payload); break;
+            case frame_type::listeners_end:
+            case frame_type::ready: parse_number(f.payload, "number"); break;
+            case frame_type::abort: break;
+            default: std::abort();
             }
-        } catch (const handover_error&) {
-        }
-    } catch (const handover_error&) {
-    }
+        } catch (const handover_error&) {}
+    } catch (const handover_error&) {}
     return 0;
 }

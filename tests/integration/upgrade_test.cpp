@@ -152,8 +152,9 @@ TEST_F(UpgradeTest, ListenersMoveToTheNewProcessWithoutARefusedConnect) {
     ASSERT_TRUE(c.send_all("after\n"));
     EXPECT_EQ(c.recv_exact(6), "after\n");
     const std::string log = old.log();
-    EXPECT_NE(log.find("upgrade: listener front on 127.0.0.1:" + std::to_string(port) + " took 2 handed-over socket(s)"),
-              std::string::npos)
+    EXPECT_NE(
+        log.find("upgrade: listener front on 127.0.0.1:" + std::to_string(port) + " took 2 handed-over socket(s)"),
+        std::string::npos)
         << log;
     end_by_pid(new_pid);
     expect_no_sanitizer_report(old.log(), "apilb (new)");
@@ -175,7 +176,8 @@ TEST_F(UpgradeTest, TwoUpgradesBackToBack) {
     load.join();
     EXPECT_EQ(load.failed(), 0) << load.last_error() << "\n" << first.log();
     EXPECT_EQ(first.proc().wait(20s), 0);
-    EXPECT_TRUE(wait_until([&] { return !alive(second); }, 20s)) << "the second process did not exit after handing over";
+    EXPECT_TRUE(wait_until([&] { return !alive(second); }, 20s))
+        << "the second process did not exit after handing over";
     EXPECT_TRUE(alive(third));
     end_by_pid(second);
     end_by_pid(third);
@@ -189,10 +191,13 @@ TEST_F(UpgradeTest, NewBinaryThatExitsAtOnceIsRolledBack) {
     expect_rolled_back(old, 150, "it exited with status 1");
     // A second try is not blocked by the first.
     old.proc().signal(SIGUSR2);
-    EXPECT_TRUE(wait_until([&] {
-        const std::string log = old.log();
-        return log.find("upgrade failed:") != log.rfind("upgrade failed:");
-    }, 60s)) << old.log();
+    EXPECT_TRUE(wait_until(
+        [&] {
+            const std::string log = old.log();
+            return log.find("upgrade failed:") != log.rfind("upgrade failed:");
+        },
+        60s))
+        << old.log();
     EXPECT_EQ(old.terminate(), 0);
 }
 

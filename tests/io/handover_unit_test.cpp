@@ -140,8 +140,9 @@ TEST(HandoverFrame, OversizedFrameIsRefused) {
     const std::string err = error_of(ch.b, std::chrono::seconds(5));
     EXPECT_NE(err.find("over the limit"), std::string::npos) << err;
     EXPECT_EQ(open_fds(), before);
-    EXPECT_THROW(send_frame(ch.a, frame_type::abort, std::string(max_frame_bytes, 'x'), {}, in(std::chrono::seconds(1))),
-                 handover_error);
+    EXPECT_THROW(
+        send_frame(ch.a, frame_type::abort, std::string(max_frame_bytes, 'x'), {}, in(std::chrono::seconds(1))),
+        handover_error);
 }
 
 TEST(HandoverFrame, WrongVersionIsRefusedNamingBoth) {

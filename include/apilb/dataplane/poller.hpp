@@ -91,8 +91,8 @@ private:
     int epfd_ = -1;
     boost::asio::io_context* io_ = nullptr;
     std::unique_ptr<watch> watch_;
-    wake_op* wake_ = nullptr;  ///< made by attach(); see wake_op for who owns it
-    bool armed_ = false;       ///< wake_ is queued in the io_context
+    wake_op* wake_ = nullptr;                         ///< made by attach(); see wake_op for who owns it
+    bool armed_ = false;                              ///< wake_ is queued in the io_context
     std::atomic<std::uint64_t>* failures_ = nullptr;  ///< see count_failures_in()
     bool watching_ = false;
     bool dispatching_ = false;  ///< inside on_ready or run_deferred

@@ -67,9 +67,9 @@ struct process_stats {
     std::atomic<std::uint64_t> client_reset_total{0};
     std::atomic<std::uint64_t> backend_timeout_total{0};
     std::atomic<std::uint64_t> backend_reset_total{0};
-    std::atomic<std::uint64_t> reloads_total{0};          ///< reloads applied
-    std::atomic<std::uint64_t> reload_failures_total{0};  ///< reloads rejected (old config kept)
-    std::atomic<std::uint64_t> upgrades_total{0};         ///< listeners handed to a new binary (SIGUSR2)
+    std::atomic<std::uint64_t> reloads_total{0};           ///< reloads applied
+    std::atomic<std::uint64_t> reload_failures_total{0};   ///< reloads rejected (old config kept)
+    std::atomic<std::uint64_t> upgrades_total{0};          ///< listeners handed to a new binary (SIGUSR2)
     std::atomic<std::uint64_t> upgrade_failures_total{0};  ///< upgrades rolled back: this process serves on
     /// Their backend was removed by a reload and timeouts.reload_drain ran
     /// out (close_reason::reload; not also counted as a drain).

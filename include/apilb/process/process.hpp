@@ -130,11 +130,11 @@ private:
     std::vector<std::unique_ptr<health_checker>> retired_checkers_;
     /// Drains of backends removed by a reload (timeouts.reload_drain).
     std::list<boost::asio::steady_timer> reload_timers_;
-    bool draining_ = false;                   ///< SIGTERM seen: reloads are refused
+    bool draining_ = false;  ///< SIGTERM seen: reloads are refused
     /// An upgrade in flight (process_upgrade.cpp); reloads are refused meanwhile.
     struct upgrade_run;
     std::shared_ptr<upgrade_run> upgrade_;
-    int handover_channel_ = -1;  ///< the new process's end, until it said ready
+    int handover_channel_ = -1;               ///< the new process's end, until it said ready
     std::unique_ptr<rebalancer> rebalancer_;  ///< after workers_: it posts to them
     std::unique_ptr<vrrp_agent> vrrp_;        ///< set when the config has a vrrp section
     std::vector<std::unique_ptr<worker>> workers_;
