@@ -78,10 +78,10 @@ protected:
             "workers: 1\n{}listeners:\n  - {{name: front, address: \"127.0.0.1:{}\", pool: p}}\n"
             "pools:\n  - name: p\n    balance: round-robin\n    backends:\n"
             "      - {{name: seed, address: \"127.0.0.2:{}\"}}\n"
-            "    health:\n      interval: 200ms\n      timeout: 1s\n      tls: {{ca_file: {}/ca.crt}}\n"
+            "    health:\n      interval: 200ms\n      timeout: {}\n      tls: {{ca_file: {}/ca.crt}}\n"
             "    discovery:\n      kubeconfig: {}\n      idle_timeout: 5s\n{}"
             "admin: {{address: \"127.0.0.1:{}\"}}\nlog: {{level: debug}}\n",
-            top, port_, api(1).port(), certs_, dir_.file("kubeconfig"), more, admin_port_);
+            top, port_, api(1).port(), probe_timeout_, certs_, dir_.file("kubeconfig"), more, admin_port_);
     }
     std::string status() const { return http_exchange(admin_port_, "GET", "/api/v1/status").body; }
     /// Whether /api/v1/status shows backend `name` with `fields` (a JSON fragment after its name).
@@ -110,6 +110,13 @@ protected:
     bool reaches(const std::string& name, std::chrono::milliseconds t = 20s) {
         return wait_until([&] { return one_session() == name; }, t);
     }
+    /// Lists `endpoints` (list()) and waits until apilb has committed the change.
+    void list_and_apply(const apilb_process& lb, const std::string& endpoints) {
+        const auto before = count(lb.log(), "discovery: pool p done in");
+        list(endpoints);
+        ASSERT_TRUE(wait_until([&] { return count(lb.log(), "discovery: pool p done in") > before; }, 20s))
+            << lb.log();
+    }
     static std::string addr(int n, std::uint16_t port) { return fmt::format("127.0.0.{}:{}", n + 1, port); }
 
     temp_dir dir_;
@@ -118,24 +125,26 @@ protected:
     std::map<int, std::unique_ptr<standin_process>> api_;
     std::uint16_t port_ = 0;
     std::uint16_t admin_port_ = 0;
+    std::string probe_timeout_ = "1s";
 };
 
 TEST_F(DiscoveryApply, ANewApiserverTakesSessionsOnlyAfterItsProbePasses) {
     start_apiserver(1);
     start_apiserver(2);
     start_apiserver(4, {"--readyz", "hang"});
+    probe_timeout_ = "3s";  // the time cp4 is "healthy as far as anyone knows"
     list(ep(1) + "," + ep(2));
     apilb_process lb(dir_, config(), "127.0.0.1", port_);
     ASSERT_TRUE(wait_shows(addr(2, api(1).port()), R"("origin":"discovered","discovery":"admitted")")) << lb.log();
     EXPECT_TRUE(shows("seed", R"("origin":"seed","discovery":"admitted")")) << status();
 
     // cp4 appears with its /readyz hanging: until its first probe has an
-    // answer (a 1 s timeout) it is healthy as far as anyone knows, and still
+    // answer (a 3 s timeout) it is healthy as far as anyone knows, and still
     // no session may reach it.
-    list(ep(1) + "," + ep(2) + "," + ep(4));
+    ASSERT_NO_FATAL_FAILURE(list_and_apply(lb, ep(1) + "," + ep(2) + "," + ep(4)));
     const std::string cp4 = addr(4, api(1).port());
-    ASSERT_TRUE(wait_shows(cp4, R"("discovery":"pending_probe")")) << lb.log();
     EXPECT_EQ(sessions(10).count("cp4"), 0u) << lb.log();
+    EXPECT_TRUE(shows(cp4, R"("discovery":"pending_probe")")) << status();
     // Then failing: probed, no session either.
     ASSERT_TRUE(api(4).set_readyz("fail"));
     ASSERT_TRUE(lb.wait_for_log("pool p backend " + cp4 + " (" + cp4 + ") is unhealthy", 10s)) << lb.log();
@@ -203,11 +212,11 @@ TEST_F(DiscoveryApply, OneThatLeavesButPassesItsProbesServesOnForTheGracePeriod)
     apilb_process lb(dir_, config("      change_interval: 0s\n      grace_period: 3s\n"), "127.0.0.1", port_);
     const std::string cp2 = addr(2, api(1).port());
     ASSERT_TRUE(wait_shows(cp2, R"("discovery":"admitted")")) << lb.log();
-    list(ep(1));
-    ASSERT_TRUE(wait_shows(cp2, R"("discovery":"leaving")")) << lb.log();
-    EXPECT_TRUE(lb.wait_for_log(cp2 + " left the API's list but passes its probes: it stays for 3000ms")) << lb.log();
+    ASSERT_NO_FATAL_FAILURE(list_and_apply(lb, ep(1)));
     // The list may be wrong: it still serves ...
     EXPECT_TRUE(reaches("cp2", 10s)) << lb.log();
+    EXPECT_TRUE(shows(cp2, R"("discovery":"leaving")")) << status();
+    EXPECT_TRUE(lb.wait_for_log(cp2 + " left the API's list but passes its probes: it stays for 3000ms")) << lb.log();
     // ... until the grace is over.
     EXPECT_TRUE(lb.wait_for_log("discovery: pool p: 1 removed backend(s)", 15s)) << lb.log();
     EXPECT_EQ(status().find(R"("name":")" + cp2), std::string::npos) << status();
@@ -231,9 +240,10 @@ TEST_F(DiscoveryApply, ATerminatingApiserverTakesNoNewSessionsAndKeepsItsOpenOne
         },
         10s));
 
-    list(ep(1) + "," + ep(2, R"({"ready":false,"serving":true,"terminating":true})"));
-    ASSERT_TRUE(wait_shows(cp2, R"("discovery":"terminating")")) << lb.log();
+    ASSERT_NO_FATAL_FAILURE(
+        list_and_apply(lb, ep(1) + "," + ep(2, R"({"ready":false,"serving":true,"terminating":true})")));
     EXPECT_EQ(sessions(8).count("cp2"), 0u) << lb.log();
+    EXPECT_TRUE(shows(cp2, R"("discovery":"terminating")")) << status();
     EXPECT_FALSE(held->ended_within(1s)) << lb.log();
 }
 
