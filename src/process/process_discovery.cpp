@@ -108,7 +108,9 @@ void process::restart_discovery(const config& before, const config& after,
     APILB_ASSERT_ROLE(control);
     // Pools whose section went away or changed stop following the API; the
     // new clients (made before the commit, so that bad credentials failed
-    // the reload) start like at process start.
+    // the reload) start like at process start, but from the members the
+    // pool has: a new section is no reason to drop a working set.
+    std::vector<std::unique_ptr<discovery_pool>> old;
     for (std::size_t i = 0; i < discovery_.size();) {
         const std::string& name = discovery_[i]->pool();
         const pool_config* now = pool_named(after, name);
@@ -118,12 +120,18 @@ void process::restart_discovery(const config& before, const config& after,
             continue;
         }
         spdlog::info("discovery: pool {}: the discovery section changed: {}", name,
-                     now != nullptr && now->discovery ? "following the API again from the seed" : "stopped");
+                     now != nullptr && now->discovery ? "its watch starts again" : "stopped; the file's backends serve");
         discovery_[i]->stop();
         discovery_.erase(discovery_.begin() + static_cast<std::ptrdiff_t>(i));
+        old.push_back(std::move(discovery_pools_[i]));
         discovery_pools_.erase(discovery_pools_.begin() + static_cast<std::ptrdiff_t>(i));
     }
     for (std::size_t i = 0; i < clients.size(); ++i) {
+        for (const auto& o : old) {
+            if (o->pool != pools[i]->pool) continue;
+            pools[i]->members = o->members;
+            pools[i]->applied = o->applied;
+        }
         discovery_.push_back(std::move(clients[i]));
         discovery_pools_.push_back(std::move(pools[i]));
         start_from_state(*discovery_.back(), *discovery_pools_.back());
@@ -225,9 +233,9 @@ void process::apply_discovery(discovery_pool& dp) {
 std::shared_ptr<const config> process::with_discovered(const config& file) const {
     auto cfg = std::make_shared<config>(file);
     for (auto& p : cfg->pools) {
-        // A pool whose discovery section a reload changes starts again from its seed.
-        const pool_config* running = pool_named(*file_cfg_, p.name);
-        if (!p.discovery || running == nullptr || running->discovery != p.discovery) continue;
+        // A pool whose discovery section a reload changes keeps its members
+        // until its new client's first set (restart_discovery carries them over).
+        if (!p.discovery) continue;
         for (const auto& dp : discovery_pools_) {
             if (dp->pool == p.name && dp->applied) p = discovered_pool(p, dp->members);
         }

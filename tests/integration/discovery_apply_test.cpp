@@ -283,6 +283,29 @@ TEST_F(DiscoveryApply, AReloadKeepsTheDiscoveredSet) {
     EXPECT_TRUE(reaches("cp2", 10s)) << lb.log();
 }
 
+TEST_F(DiscoveryApply, AReloadThatChangesTheSectionRestartsTheWatchAndKeepsTheSet) {
+    start_apiserver(1);
+    start_apiserver(2);
+    start_apiserver(3);
+    list(ep(1) + "," + ep(2));
+    apilb_process lb(dir_, config(), "127.0.0.1", port_);
+    const std::string cp2 = addr(2, api(1).port());
+    ASSERT_TRUE(wait_shows(cp2, R"("discovery":"admitted")")) << lb.log();
+    const auto lists = count(lb.log(), "discovery: pool p: the API lists");
+    // While the old watch is gone, the API moves on: the new one must see it.
+    dir_.write("apilb.yaml", config("      change_interval: 0s\n      grace_period: 0s\n      state_max_age: 2h\n"));
+    lb.proc().signal(SIGHUP);
+    ASSERT_TRUE(lb.wait_for_log("reload done in", 10s)) << lb.log();
+    EXPECT_TRUE(lb.wait_for_log("discovery: pool p: the discovery section changed: its watch starts again")) << lb.log();
+    // The set it had stays while the new watch lists.
+    EXPECT_TRUE(shows(cp2, R"("discovery":"admitted")")) << status();
+    EXPECT_EQ(count(lb.log(), "removed backend(s)"), 0u) << lb.log();
+    ASSERT_TRUE(wait_until([&] { return count(lb.log(), "discovery: pool p: the API lists") > lists; }, 20s))
+        << lb.log();
+    list(ep(1) + "," + ep(3));
+    EXPECT_TRUE(reaches("cp3")) << lb.log();
+}
+
 TEST_F(DiscoveryApply, ChangeIntervalTurnsABurstIntoOneChangeWithTheLatestSet) {
     start_apiserver(1);
     start_apiserver(2);

@@ -113,8 +113,8 @@ private:
     /// that are past their grace or fail their probes, and commits the
     /// pool's new backends if they changed.
     void apply_discovery(discovery_pool& dp);
-    /// `file` with the backends of every discovery pool that the running
-    /// file has with the same discovery section replaced by its members.
+    /// `file` with the backends of every pool that has a discovery section
+    /// and a set replaced by its members.
     std::shared_ptr<const config> with_discovered(const config& file) const;
     /// The client (credentials loaded, state file read) and the applied
     /// state, at the seed, of `pool`. Throws like discovery_client.
@@ -124,7 +124,8 @@ private:
     void start_from_state(const discovery_client& client, discovery_pool& dp);
     /// After a reload from `before` to `after`: stops the clients of pools
     /// whose discovery section changed or went, and starts `clients` (made
-    /// by make_discovery_for() before the commit) in their place.
+    /// by make_discovery_for() before the commit) in their place, each from
+    /// the members its pool had.
     void restart_discovery(const config& before, const config& after,
                            std::vector<std::unique_ptr<discovery_client>> clients,
                            std::vector<std::unique_ptr<discovery_pool>> pools);
