@@ -69,7 +69,7 @@ function render(st){
       const reason=b.drain?"drained ("+b.drain_source+")":lp?(lp.passed?"last check passed":lp.detail):"not checked yet";
       tbody.append(el("tr",{class:b.state,"data-backend":b.name},
         el("td",{},el("div",{class:"state"},el("span",{class:"dot "+b.state}),b.state.toUpperCase()),el("div",{class:"reason",title:reason},reason)),
-        el("td",{},el("div",{},b.name),el("div",{class:"meta"},b.address+" · weight "+b.weight)),
+        el("td",{},el("div",{},b.name),el("div",{class:"meta"},b.address+" · weight "+b.weight+(b.discovery?" · "+b.origin+", "+b.discovery.replace("_"," "):""))),
         el("td",{},el("div",{class:"barwrap"},el("div",{class:"track"},el("div",{class:"bar",style:"width:"+(100*b.active_sessions/maxActive)+"%"})),el("span",{class:"num"},b.active_sessions))),
         el("td",{class:"num"},b.sessions_total),
         el("td",{class:"num"},"↑ "+bytes(b.bytes_to_backend)+" ↓ "+bytes(b.bytes_from_backend)),

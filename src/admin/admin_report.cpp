@@ -88,6 +88,22 @@ void each_backend(const snapshot& snap, const std::function<void(const pool_runt
     }
 }
 
+/// Where a backend came from: the file ("static"; "seed" in a pool that
+/// follows the API) or the API ("discovered").
+const char* origin_of(const pool_runtime& p, const backend_runtime& b) {
+    if (b.cfg->discovered) return "discovered";
+    return p.cfg->discovery ? "seed" : "static";
+}
+
+/// What discovery makes of a backend of a pool that follows the API: "" elsewhere.
+const char* discovery_state_of(const pool_runtime& p, const backend_runtime& b) {
+    if (!p.cfg->discovery) return "";
+    if (b.cfg->leaving) return "leaving";
+    if (b.cfg->terminating) return "terminating";
+    if (b.health->pending.load(std::memory_order_relaxed)) return "pending_probe";
+    return "admitted";
+}
+
 const char* drain_source(const backend_runtime& b) {
     if (b.cfg->drain) return "config";
     if (b.health->admin_drain.load(std::memory_order_relaxed)) return "admin";
@@ -420,7 +436,9 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
         // `apilb status` and the page can set them beside the discovered set.
         json::array seed;
         std::string state_file;
-        for (const auto& p : snap.cfg->pools) {
+        // The file's backends: the snapshot's are the discovered set by now.
+        const config& file = facts.file_config ? *facts.file_config : *snap.cfg;
+        for (const auto& p : file.pools) {
             if (p.name != c->pool()) continue;
             for (const auto& b : p.backends) {
                 seed.push_back(json::object{{"name", b.name}, {"address", b.address.to_string()}});
@@ -485,6 +503,8 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
             backends.push_back(
                 json::object{{"name", b.cfg->name},
                              {"address", b.cfg->address.to_string()},
+                             {"origin", origin_of(p, b)},
+                             {"discovery", discovery_state_of(p, b)},
                              {"weight", b.cfg->weight},
                              {"healthy", healthy},
                              {"suspect", b.health->suspect.load(std::memory_order_relaxed)},

@@ -384,6 +384,10 @@ int admin_status(const admin_target& t) {
             }
             std::string state = str(b.at("state"));
             if (b.at("drain").as_bool()) state += "(" + str(b.at("drain_source")) + ")";
+            // A pool that follows the API: where the backend came from and what discovery makes of it.
+            if (const auto* d = b.if_contains("discovery"); d != nullptr && !str(*d).empty()) {
+                state += " " + str(b.at("origin")) + "/" + str(*d);
+            }
             rows.push_back({str(p.at("name")), str(b.at("name")), state, std::to_string(num(b.at("active_sessions"))),
                             std::to_string(num(b.at("sessions_total"))), probe});
         }

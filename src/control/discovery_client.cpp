@@ -396,8 +396,7 @@ void discovery_client::mark_synced() {
 
 void discovery_client::publish() {
     std::vector<discovered_endpoint> merged = merge_slices(slices_);
-    const bool usable = std::any_of(merged.begin(), merged.end(),
-                                    [](const discovered_endpoint& e) { return e.serving && !e.terminating; });
+    const bool usable = std::any_of(merged.begin(), merged.end(), takes_new_sessions);
     if (!usable) {
         // The endpoint reconciler never lists zero apiservers while one
         // runs; a list that does is wrong, and applying it would cut every

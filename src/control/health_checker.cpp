@@ -340,6 +340,9 @@ void health_checker::apply(target& t, const check_result& result) {
         h.suspect.store(false, std::memory_order_relaxed);
         spdlog::info("health: {} is no longer suspect: a check passed", name);
     }
+    if (result.passed() && h.pending.exchange(false, std::memory_order_relaxed)) {
+        spdlog::info("discovery: {} admitted: its first probe passed", name);
+    }
     if (cfg.type == health_check_type::none) {
         if (!result.passed()) spdlog::debug("health: {}: re-check failed: {}", name, result.describe());
         return;

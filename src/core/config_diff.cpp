@@ -34,6 +34,7 @@ std::string pool_settings_changed(const pool_config& a, const pool_config& b) {
     if (a.maglev_table_size != b.maglev_table_size || a.maglev_key != b.maglev_key) what.push_back("maglev");
     if (!(a.storm_control == b.storm_control)) what.push_back("storm_control");
     if (!(a.rebalance == b.rebalance)) what.push_back("rebalance");
+    if (a.discovery != b.discovery) what.push_back("discovery");
     return join(what);
 }
 
@@ -165,13 +166,6 @@ config_diff diff_configs(const config& running, const config& next) {
                                                   running.admin->tls != next.admin->tls ||
                                                   running.admin->host_names != next.admin->host_names));
     restart_only_change(r, "admin", admin_changed);
-    // The discovery client starts with the process and keeps its watch
-    // across reloads; a new discovery section waits for a restart.
-    for (const auto& p : next.pools) {
-        const pool_config* op = find_pool(running, p.name);
-        const auto& before = op != nullptr ? op->discovery : std::optional<discovery_config>{};
-        restart_only_change(r, "pools[" + p.name + "].discovery", !(before == p.discovery));
-    }
     return d;
 }
 
@@ -183,10 +177,6 @@ config keep_restart_only(const config& running, config next) {
     next.timeouts.idle = running.timeouts.idle;
     next.timeouts.write_stall = running.timeouts.write_stall;
     next.admin = running.admin;
-    for (auto& p : next.pools) {
-        const pool_config* op = find_pool(running, p.name);
-        p.discovery = op != nullptr ? op->discovery : std::nullopt;
-    }
     return next;
 }
 

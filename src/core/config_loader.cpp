@@ -728,6 +728,7 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
         pool_config pool = p.cfg;
         for (const auto& b : p.backends) pool.backends.push_back(b.cfg);
         if (pool.connect_attempts == 0) {
+            pool.connect_attempts_each = true;
             pool.connect_attempts = static_cast<std::uint32_t>(pool.backends.size());
         }
         if (auto& sc = pool.storm_control; sc.new_per_second != 0 && sc.burst == 0) {

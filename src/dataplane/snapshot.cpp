@@ -39,6 +39,10 @@ std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cf
                 br.health = old->health;
             } else {
                 br.health->healthy.store(p.health.initial_healthy, std::memory_order_relaxed);
+                // A new apiserver from the API earns its sessions with a
+                // passing probe; without active checks nothing would admit it.
+                br.health->pending.store(b.discovered && p.health.type != health_check_type::none,
+                                         std::memory_order_relaxed);
             }
         }
         if (p.balance == balance_policy::maglev) {
@@ -69,7 +73,8 @@ std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cf
 std::string unready_reason(const snapshot& snap) {
     for (const auto& pool : snap.pools) {
         const bool any = std::any_of(pool.backends.begin(), pool.backends.end(), [](const backend_runtime& b) {
-            return b.health->healthy.load(std::memory_order_relaxed);
+            return b.health->healthy.load(std::memory_order_relaxed) &&
+                   !b.health->pending.load(std::memory_order_relaxed);
         });
         if (!any) return "pool " + pool.cfg->name + " has no healthy backend";
     }

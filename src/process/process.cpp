@@ -98,7 +98,7 @@ void process::notify_systemd([[maybe_unused]] const std::string& state) {
 }
 
 process::process(std::shared_ptr<const config> cfg, inherited_sockets inherited)
-    : snap_(snapshot::build(std::move(cfg))), handover_channel_(inherited.channel) {
+    : snap_(snapshot::build(cfg)), file_cfg_(std::move(cfg)), handover_channel_(inherited.channel) {
     // The thread that builds the process runs its control context.
     set_thread_role(thread_role::control);
     const std::uint64_t fd_limit = raise_fd_limit();
@@ -357,6 +357,7 @@ int process::run() {
     for (auto& t : reload_timers_) t.cancel();
     rebalancer_->stop();
     for (auto& d : discovery_) d->stop();
+    for (auto& dp : discovery_pools_) dp->timer.cancel();
     if (vrrp_) vrrp_->stop();
     if (admin_) admin_->stop();
     if (watchdog_timer_) watchdog_timer_->cancel();

@@ -24,6 +24,7 @@
 #endif
 
 #include "apilb/admin/admin_server.hpp"
+#include "apilb/control/discovery_client.hpp"
 #include "apilb/control/health_checker.hpp"
 #include "apilb/control/listener_check.hpp"
 #include "apilb/control/rebalancer.hpp"
@@ -81,17 +82,15 @@ std::shared_ptr<const config> read_config(const std::string& path, std::string& 
 
 std::vector<std::string> process::reload() {
     APILB_ASSERT_ROLE(control);
-    const auto started = clock_type::now();
-    const std::string path = snap_->cfg->source;
+    const std::string path = file_cfg_->source;
     const log_scope fields({.event = "reload", .pool = {}, .backend = {}, .client = {}, .reason = {}});
     notify_systemd(reloading_state());
     spdlog::info("reload: reading {}", path);
-    drop_retired_checkers();
     std::vector<std::string> errors;
-    auto fail = [&](std::string why) {
+    auto fail = [&](std::vector<std::string> why) {
         stats_.reload_failures_total.fetch_add(1, std::memory_order_relaxed);
         notify_systemd("READY=1");
-        if (!why.empty()) errors.push_back(std::move(why));
+        errors.insert(errors.end(), why.begin(), why.end());
         if (errors.empty()) errors.push_back("rejected (see the log)");
         return errors;
     };
@@ -100,19 +99,57 @@ std::vector<std::string> process::reload() {
     const std::shared_ptr<const config> loaded = read_config(path, hash, errors);
     if (!loaded) return fail({});
     for (const auto& w : loaded->warnings) spdlog::warn("reload: {}", w.to_string());
-    const config_diff diff = diff_configs(*snap_->cfg, *loaded);
+    // Against the file as it was: discovery's backends are not the file's.
+    const config_diff diff = diff_configs(*file_cfg_, *loaded);
     for (const auto& r : diff.restart_only) {
         spdlog::warn("reload: {} changed: applies only when apilb is restarted; the running value stays", r);
     }
-    auto cfg = std::make_shared<const config>(keep_restart_only(*snap_->cfg, *loaded));
-    std::shared_ptr<const snapshot> next = snapshot::build(cfg, snap_.get());
+    auto file = std::make_shared<const config>(keep_restart_only(*file_cfg_, *loaded));
+    // A new or changed discovery section: its client now, so that
+    // credentials that cannot be loaded fail the reload before anything changed.
+    std::vector<std::unique_ptr<discovery_client>> clients;
+    std::vector<std::unique_ptr<discovery_pool>> pools;
+    try {
+        for (const auto& p : file->pools) {
+            const auto running = std::find_if(file_cfg_->pools.begin(), file_cfg_->pools.end(),
+                                              [&](const pool_config& o) { return o.name == p.name; });
+            if (!p.discovery || (running != file_cfg_->pools.end() && running->discovery == p.discovery)) continue;
+            auto [client, dp] = make_discovery_for(p);
+            clients.push_back(std::move(client));
+            pools.push_back(std::move(dp));
+        }
+    } catch (const std::exception& e) {
+        spdlog::error("reload failed: {}; keeping the running configuration", e.what());
+        return fail({e.what()});
+    }
+    // A pool that follows the API keeps the set it follows: the file's
+    // backends are only its seed.
+    if (auto why = commit(with_discovered(*file), "reload"); !why.empty()) return fail(std::move(why));
+    std::shared_ptr<const config> before = std::exchange(file_cfg_, std::move(file));
+    restart_discovery(*before, *file_cfg_, std::move(clients), std::move(pools));
+    stats_.reloads_total.fetch_add(1, std::memory_order_relaxed);
+    config_hash_ = hash;
+    spdlog::info("reload: config {} from {}: {}", hash, path, diff.summary());
+    // Certificate rotation: the loader has just read the same files (or the
+    // admin section changed, which waits for a restart, and the running
+    // files are read again). A failure here is logged and keeps the old ones.
+    if (admin_) admin_->reload_tls_files();
+    return {};
+}
+
+std::vector<std::string> process::commit(std::shared_ptr<const config> cfg, const std::string& what) {
+    APILB_ASSERT_ROLE(control);
+    const auto started = clock_type::now();
+    const bool reloading = what == "reload";
+    drop_retired_checkers();
+    std::shared_ptr<const snapshot> next = snapshot::build(std::move(cfg), snap_.get());
 
     std::unique_ptr<health_checker> checker;
     try {
         checker = std::make_unique<health_checker>(control_, next, close_sessions_fn());
     } catch (const std::exception& e) {
-        spdlog::error("reload failed: {}; keeping the running configuration", e.what());
-        return fail(e.what());
+        spdlog::error("{} failed: {}; keeping the running configuration", what, e.what());
+        return {e.what()};
     }
 
     // Every worker gets its own SO_REUSEPORT socket for each new listener,
@@ -140,8 +177,8 @@ std::vector<std::string> process::reload() {
     } catch (const std::system_error& e) {
         close_added();
         // what() already ends with the code's message ("...: Address already in use").
-        spdlog::error("reload failed: {}; keeping the running configuration", e.what());
-        return fail(e.what());
+        spdlog::error("{} failed: {}; keeping the running configuration", what, e.what());
+        return {e.what()};
     }
 
     // Commit. From here nothing fails.
@@ -156,35 +193,28 @@ std::vector<std::string> process::reload() {
     rebalancer_->start();  // a pool may have enabled rebalancing
     if (vrrp_) {
         vrrp_->update(next);
-    } else if (next->cfg->vrrp) {
+    } else if (next->cfg->vrrp && reloading) {
         spdlog::warn("reload: the vrrp section takes effect on restart");
     }
-    stats_.reloads_total.fetch_add(1, std::memory_order_relaxed);
-    config_hash_ = hash;
-    spdlog::info("reload: config {} from {}: {}", hash, path, diff.summary());
-    // Certificate rotation: the loader has just read the same files (or the
-    // admin section changed, which waits for a restart, and the running
-    // files are read again). A failure here is logged and keeps the old ones.
-    if (admin_) admin_->reload_tls_files();
 
     auto pending = std::make_shared<std::size_t>(workers_.size());
     for (std::size_t w = 0; w < workers_.size(); ++w) {
-        workers_[w]->apply(next, std::move(added[w]), [this, pending, started] {
+        workers_[w]->apply(next, std::move(added[w]), [this, pending, started, what, reloading] {
             // On the worker thread: count down on the control thread.
-            asio::post(control_, [pending, started] {
+            asio::post(control_, [pending, started, what, reloading] {
                 if (--*pending != 0) return;
                 const auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
-                spdlog::info("reload done in {:.1f}ms: every worker serves the new configuration",
+                spdlog::info("{} done in {:.1f}ms: every worker serves the new configuration", what,
                              static_cast<double>(us.count()) / 1000.0);
-                notify_systemd("READY=1");
+                if (reloading) notify_systemd("READY=1");
             });
         });
     }
-    drain_removed_backends(std::move(previous));
+    drain_removed_backends(std::move(previous), what);
     return {};
 }
 
-void process::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
+void process::drain_removed_backends(std::shared_ptr<const snapshot> previous, const std::string& what) {
     APILB_ASSERT_ROLE(control);
     std::vector<const backend_health*> removed;
     std::uint32_t open = 0;
@@ -200,13 +230,13 @@ void process::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
     if (removed.empty()) return;
     const duration grace = snap_->cfg->timeouts.reload_drain;
     spdlog::info(
-        "reload: {} removed backend(s) with {} open session(s): they get no new sessions; open ones are "
+        "{}: {} removed backend(s) with {} open session(s): they get no new sessions; open ones are "
         "closed in {}ms (timeouts.reload_drain)",
-        removed.size(), open, grace.count());
+        what, removed.size(), open, grace.count());
     auto& timer = reload_timers_.emplace_back(control_);
     timer.expires_after(grace);
     timer.async_wait([this, it = std::prev(reload_timers_.end()), previous = std::move(previous),
-                      removed = std::move(removed)](error_code ec) {
+                      removed = std::move(removed), what](error_code ec) {
         // ec first: after the drain started, a cancelled wait touches nothing.
         if (ec) return;
         std::uint32_t still = 0;
@@ -218,7 +248,7 @@ void process::drain_removed_backends(std::shared_ptr<const snapshot> previous) {
             }
         }
         if (still > 0) {
-            spdlog::warn("reload: closing {} session(s) still open on removed backend(s)", still);
+            spdlog::warn("{}: closing {} session(s) still open on removed backend(s)", what, still);
         }
         for (auto& w : workers_) w->close_sessions(sessions_on_any(previous, removed), close_reason::reload);
         reload_timers_.erase(it);

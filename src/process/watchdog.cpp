@@ -83,7 +83,8 @@ void process::make_admin(int inherited) {
                                    .vrrp_role = vrrp_ ? to_string(vrrp_->role()) : "",
                                    .draining = draining_,
                                    .workers = workers_.size(),
-                                   .discovery = std::move(discovery)};
+                                   .discovery = std::move(discovery),
+                                   .file_config = file_cfg_};
             },
         .ping_workers =
             [this](std::chrono::milliseconds deadline, std::function<void(std::size_t, std::size_t)> done) {

@@ -154,15 +154,17 @@ TEST_F(DiscoveryConfig, AnUnknownKeySuggestsTheRightOne) {
     EXPECT_CONTAINS(e.message, "did you mean \"grace_period\"");
 }
 
-TEST_F(DiscoveryConfig, AChangeWaitsForARestart) {
+TEST_F(DiscoveryConfig, AChangeIsAppliedByAReload) {
+    // process::reload restarts the pool's discovery with the new section.
     auto running = parse_config(with_discovery("      kubeconfig: " + file("kubeconfig") + "\n"), "t");
     auto next = parse_config(with_discovery("      kubeconfig: " + file("kubeconfig") + "\n      grace_period: 1m\n"),
                              "t");
     const config_diff d = diff_configs(*running, *next);
-    ASSERT_EQ(d.restart_only.size(), 1u);
-    EXPECT_EQ(d.restart_only[0], "pools[cp].discovery");
+    EXPECT_TRUE(d.restart_only.empty());
+    ASSERT_EQ(d.pools_changed.size(), 1u);
+    EXPECT_EQ(d.pools_changed[0], "cp (discovery)");
     const config kept = keep_restart_only(*running, *next);
-    EXPECT_EQ(kept.pools[0].discovery->grace_period, 5min);
+    EXPECT_EQ(kept.pools[0].discovery->grace_period, 1min);
 }
 
 }  // namespace

@@ -31,14 +31,7 @@ protected:
     void SetUp() override {
         certs_ = make_certs(dir_);
         // kubeadm's shape: the CA inline would do as well; files beside it here.
-        dir_.write("kubeconfig", fmt::format("apiVersion: v1\nkind: Config\n"
-                                             "clusters:\n- name: k\n  cluster:\n    server: https://192.0.2.1:6443\n"
-                                             "    certificate-authority: {0}/ca.crt\n"
-                                             "users:\n- name: admin\n  user:\n    client-certificate: {0}/client.crt\n"
-                                             "    client-key: {0}/client.key\n"
-                                             "contexts:\n- name: c\n  context: {{cluster: k, user: admin}}\n"
-                                             "current-context: c\n",
-                                             certs_));
+        write_kubeconfig(dir_, certs_);
         port_ = free_port();
         admin_port_ = free_port();
     }

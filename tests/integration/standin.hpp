@@ -20,6 +20,11 @@ namespace apilb::test {
 /// Makes the test PKI (tests/tools/mkcerts.sh) in `dir`; fails the test if it cannot.
 std::string make_certs(const temp_dir& dir);
 
+/// Writes `dir`/kubeconfig as kubeadm shapes one: the test CA and client
+/// certificate from `certs` (files beside it), a server apilb never uses
+/// (discovery connects to backend addresses). Returns its path.
+std::string write_kubeconfig(const temp_dir& dir, const std::string& certs);
+
 /// apilb-standin on `ip`, serving HTTPS with the test certificates.
 class standin_process {
 public:

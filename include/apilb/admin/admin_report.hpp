@@ -32,6 +32,9 @@ struct admin_facts {
     std::size_t workers = 0;
     /// One per pool with a discovery section; owned by the process.
     std::vector<const discovery_client*> discovery;
+    /// The config as its file says, before discovery replaced any pool's
+    /// backends (the seed); nullptr = the snapshot's.
+    std::shared_ptr<const config> file_config;
 };
 
 /// Prometheus text exposition format 0.0.4, every name under apilb_ (docs/admin.md).

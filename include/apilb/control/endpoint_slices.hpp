@@ -41,6 +41,11 @@ struct discovered_endpoint {
     friend bool operator==(const discovered_endpoint&, const discovered_endpoint&) = default;
 };
 
+/// Whether the API lets new sessions go to `e`: ready, serving and not
+/// terminating (EndpointConditions; kube-apiserver's endpoint reconciler
+/// lists only ready apiservers, so anything else is on its way out).
+inline bool takes_new_sessions(const discovered_endpoint& e) { return e.ready && e.serving && !e.terminating; }
+
 /// One EndpointSlice (or Endpoints object): its name and its endpoints.
 struct slice_state {
     std::string name;

@@ -46,6 +46,14 @@ struct backend_config {
     std::uint32_t weight = 1;  ///< 1..256; relative share for round-robin and least-connections
     /// Drain by hand: no new sessions go to it; its open sessions continue.
     bool drain = false;
+    /// Added by pools[].discovery from the API, not written in the file.
+    bool discovered = false;
+    /// The API lists it as terminating, not ready or not serving: no new
+    /// sessions, its open ones continue (like drain).
+    bool terminating = false;
+    /// Gone from the API's list but still passing its probes: it serves on
+    /// until discovery.grace_period is over.
+    bool leaving = false;
     friend bool operator==(const backend_config&, const backend_config&) = default;
 };
 
@@ -158,6 +166,9 @@ struct pool_config {
     /// Backends tried before the client is closed; 0 in the file means "each
     /// backend once" and is resolved to backends.size() by the loader.
     std::uint32_t connect_attempts = 0;
+    /// connect_attempts was 0 in the file: discovery resolves it again when
+    /// it changes the backends.
+    bool connect_attempts_each = false;
     health_config health;
     /// balance: maglev only. A prime table size (65537 keeps shares within
     /// about 1% of the weights for up to a few hundred backends) and the key.

@@ -37,6 +37,9 @@ struct backend_health {
     /// A reload removed it: sessions of earlier configs that still list it
     /// choose it no more (a retry after a failed connect goes elsewhere).
     std::atomic<bool> removed{false};
+    /// Discovered and not yet admitted: probed, but no sessions until a
+    /// probe passes (the health checker clears it).
+    std::atomic<bool> pending{false};
     /// What the admin endpoint shows of its probes; made at the first
     /// probe (probe_record_of(), control/probe_record.hpp). Control thread
     /// only: the data path neither reads it nor knows its type.
@@ -50,11 +53,11 @@ struct backend_runtime {
     std::shared_ptr<backend_stats> stats;
     std::shared_ptr<backend_health> health;
 
-    /// Drained, in the config or through the admin endpoint, or removed by
-    /// a reload: no new sessions.
+    /// Drained, in the config or through the admin endpoint, removed by a
+    /// reload, terminating or not yet admitted by discovery: no new sessions.
     bool drained() const noexcept {
-        return cfg->drain || health->admin_drain.load(std::memory_order_relaxed) ||
-               health->removed.load(std::memory_order_relaxed);
+        return cfg->drain || cfg->terminating || health->admin_drain.load(std::memory_order_relaxed) ||
+               health->removed.load(std::memory_order_relaxed) || health->pending.load(std::memory_order_relaxed);
     }
     /// Healthy, not suspect and not drained: where sessions belong now
     /// (rebalancing, a Maglev key's preferred backend).

@@ -11,8 +11,10 @@
 #include <list>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "apilb/control/discovered_backends.hpp"
 #include "apilb/dataplane/snapshot.hpp"
 #include "apilb/process/handover.hpp"
 
@@ -24,7 +26,6 @@ class vrrp_agent;
 class rebalancer;
 class admin_server;
 class discovery_client;
-struct discovered_endpoint;
 
 /// What the process before this one handed over in an upgrade
 /// (docs/upgrade.md): listening sockets by address, and the channel on which
@@ -93,16 +94,24 @@ private:
     /// Feeds the systemd watchdog while every worker answers its pings.
     void start_watchdog();
 
+    /// The commit half of a reload, shared by discovery: builds `cfg`'s
+    /// snapshot, health checker and new listeners' sockets and, only if all
+    /// of that succeeded, swaps them in, posts the snapshot to every worker
+    /// and drains the backends that left (timeouts.reload_drain). `what`
+    /// ("reload", "discovery: pool P") labels the log lines. Returns why it
+    /// failed (nothing changed then), empty once committed. Control thread.
+    std::vector<std::string> commit(std::shared_ptr<const config> cfg, const std::string& what);
     /// What the health checker calls to close a backend's sessions on every worker.
     std::function<void(std::shared_ptr<const backend_health>)> close_sessions_fn();
     /// Closes, after timeouts.reload_drain, the sessions of the backends that
     /// `previous` had and the running snapshot has not.
-    void drain_removed_backends(std::shared_ptr<const snapshot> previous);
+    void drain_removed_backends(std::shared_ptr<const snapshot> previous, const std::string& what);
     /// One discovery client per pool with a discovery section, each starting
     /// from its state file when that is usable (process_discovery.cpp).
     /// Throws like a probe's TLS files when credentials cannot be loaded.
     void make_discovery();
-    /// A new set from a pool's API: logged and kept in the state file.
+    /// A new set from a pool's API: logged, kept in the state file and
+    /// applied to the pool's backends (at most once per change_interval).
     void on_discovered(const pool_config& pool, const std::vector<discovered_endpoint>& set);
     /// Every worker's socket for listener `l`: handed-over ones of its
     /// address first (taken from `inherited`), fresh binds for the rest.
@@ -116,6 +125,45 @@ private:
     void end_upgrade();
     /// The new process's side: MAINPID= and READY=1 to systemd, `ready` to the old one.
     void report_ready_to_old();
+
+    /// One discovery pool's applied state (process_discovery.cpp). Control thread.
+    struct discovery_pool {
+        explicit discovery_pool(boost::asio::io_context& io) : timer(io) {}
+        std::string pool;
+        /// The latest set (API or state file), newer than `members` when `fresh`.
+        std::vector<discovered_endpoint> listed;
+        bool fresh = false;
+        /// What the running snapshot's backends are; the seed until the first set.
+        std::vector<discovered_member> members;
+        bool applied = false;  ///< members came from a set: the pool's backends are discovery's
+        std::chrono::steady_clock::time_point last_applied{};
+        /// The next apply: a set that came within change_interval, or a
+        /// leaving member to look at again.
+        boost::asio::steady_timer timer;
+        std::chrono::steady_clock::time_point armed = std::chrono::steady_clock::time_point::max();
+    };
+    /// Applies `dp`'s latest set no earlier than change_interval after the last.
+    void arm_discovery(discovery_pool& dp, std::chrono::steady_clock::time_point at);
+    /// Merges the latest set into the members, lets go of leaving members
+    /// that are past their grace or fail their probes, and commits the
+    /// pool's new backends if they changed.
+    void apply_discovery(discovery_pool& dp);
+    /// `file` with the backends of every pool that has a discovery section
+    /// and a set replaced by its members.
+    std::shared_ptr<const config> with_discovered(const config& file) const;
+    /// The client (credentials loaded, state file read) and the applied
+    /// state, at the seed, of `pool`. Throws like discovery_client.
+    std::pair<std::unique_ptr<discovery_client>, std::unique_ptr<discovery_pool>> make_discovery_for(
+        const pool_config& pool);
+    /// Applies the state file's set, if the client took one, once the control thread runs.
+    void start_from_state(const discovery_client& client, discovery_pool& dp);
+    /// After a reload from `before` to `after`: stops the clients of pools
+    /// whose discovery section changed or went, and starts `clients` (made
+    /// by make_discovery_for() before the commit) in their place, each from
+    /// the members its pool had.
+    void restart_discovery(const config& before, const config& after,
+                           std::vector<std::unique_ptr<discovery_client>> clients,
+                           std::vector<std::unique_ptr<discovery_pool>> pools);
     /// Destroys the health checkers of earlier configs whose probe loops are over.
     void drop_retired_checkers();
 
@@ -126,6 +174,11 @@ private:
     std::unique_ptr<health_checker> health_;  // after control_: its timers live on it
     /// After control_: their coroutines live on it. One per discovery pool.
     std::vector<std::unique_ptr<discovery_client>> discovery_;
+    /// After control_: their timers live on it. One per discovery pool.
+    std::vector<std::unique_ptr<discovery_pool>> discovery_pools_;
+    /// The running config as its file says it, before discovery's backends
+    /// (snap_->cfg has them): what a reload compares with and builds on.
+    std::shared_ptr<const config> file_cfg_;
     /// Checkers of earlier configs, stopped, until their probe loops unwind.
     std::vector<std::unique_ptr<health_checker>> retired_checkers_;
     /// Drains of backends removed by a reload (timeouts.reload_drain).
