@@ -97,7 +97,7 @@ TEST(Kubeconfig, AnErrorStaysOneLineWhateverTheFileHolds) {
     // A context name, a file path and yaml-cpp's own syntax message all
     // quote the file's bytes; a line break or a terminal escape in a log
     // line would forge or hide lines.
-    for (const std::string text : {std::string("current-context: \"x\\ny\\e[2J\"\n"), std::string("\"a\\\x1b\": 1\n"),
+    for (const std::string& text : {std::string("current-context: \"x\\ny\\e[2J\"\n"), std::string("\"a\\\x1b\": 1\n"),
                                    kubeconfig("    client-key: \"/nonexistent/\\r\\nkey\"\n")}) {
         const auto errors = errors_of(text);
         ASSERT_FALSE(errors.empty()) << text;

@@ -14,7 +14,8 @@ socket_address at(const std::string& ip) { return {.ip = ip, .port = 6443, .is_v
 discovered_endpoint listed(const std::string& ip) { return {.ip = ip, .port = 6443}; }
 
 pool_config seed_pool() {
-    pool_config p{.name = "p"};
+    pool_config p;
+    p.name = "p";
     p.backends.push_back({.name = "seed", .address = at("10.0.0.1"), .weight = 3});
     p.connect_attempts = 1;
     p.connect_attempts_each = true;
