@@ -42,7 +42,7 @@ TEST(LoadConfigErrors, AKeyWithControlCharactersStaysOnOneLine) {
 TEST(LoadConfigErrors, ASyntaxErrorAtAControlCharacterStaysOnOneLine) {
     // Found by the config fuzzer: yaml-cpp's "unknown escape character: X"
     // carries the byte raw, a line break or a terminal escape included.
-    for (const std::string text :
+    for (const std::string& text :
          {std::string("\"a\\\rb\": 1\n"), std::string("\"\\\x1b[2J\": 1\n"), std::string("((\x03\0\n", 5)}) {
         const auto errors = errors_of(text);
         ASSERT_EQ(errors.size(), 1u) << all_messages(errors);

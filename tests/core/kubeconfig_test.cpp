@@ -98,7 +98,7 @@ TEST(Kubeconfig, AnErrorStaysOneLineWhateverTheFileHolds) {
     // quote the file's bytes; a line break or a terminal escape in a log
     // line would forge or hide lines.
     for (const std::string& text : {std::string("current-context: \"x\\ny\\e[2J\"\n"), std::string("\"a\\\x1b\": 1\n"),
-                                   kubeconfig("    client-key: \"/nonexistent/\\r\\nkey\"\n")}) {
+                                    kubeconfig("    client-key: \"/nonexistent/\\r\\nkey\"\n")}) {
         const auto errors = errors_of(text);
         ASSERT_FALSE(errors.empty()) << text;
         for (const auto& e : errors) {

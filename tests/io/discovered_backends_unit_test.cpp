@@ -87,9 +87,8 @@ TEST(DiscoveredBackends, AMaglevTableGrowsToHoldTheSet) {
     file.maglev_table_size = 2;
     file.connect_attempts = 2;
     file.connect_attempts_each = false;
-    const auto members =
-        merge_listing({}, {listed("10.0.0.1"), listed("10.0.0.2"), listed("10.0.0.3"), listed("10.0.0.4")},
-                      steady::now());
+    const auto members = merge_listing(
+        {}, {listed("10.0.0.1"), listed("10.0.0.2"), listed("10.0.0.3"), listed("10.0.0.4")}, steady::now());
     const pool_config pool = discovered_pool(file, members);
     EXPECT_EQ(pool.maglev_table_size, 5u);
     EXPECT_EQ(pool.connect_attempts, 2u);  // written in the file: kept
