@@ -16,7 +16,8 @@ socket_address address_of(const discovered_endpoint& e) {
 
 std::vector<discovered_member> seed_members(const pool_config& file_pool) {
     std::vector<discovered_member> members;
-    for (const auto& b : file_pool.backends) members.push_back({.address = b.address, .terminating = false, .left_at = {}});
+    for (const auto& b : file_pool.backends)
+        members.push_back({.address = b.address, .terminating = false, .left_at = {}});
     return members;
 }
 
@@ -63,7 +64,8 @@ pool_config discovered_pool(const pool_config& file_pool, const std::vector<disc
                                  [&](const backend_config& b) { return b.address == m.address; });
         backend_config b = seed != file_pool.backends.end()
                                ? *seed
-                               : backend_config{.name = m.address.to_string(), .address = m.address, .discovered = true};
+                               : backend_config{
+                                     .name = m.address.to_string(), .address = m.address, .discovered = true};
         b.terminating = m.terminating;
         b.leaving = m.left_at.has_value();
         pool.backends.push_back(std::move(b));

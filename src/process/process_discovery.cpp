@@ -76,8 +76,8 @@ std::pair<std::unique_ptr<discovery_client>, std::unique_ptr<process::discovery_
     const discovery_config& d = *pool.discovery;
     if (!d.state_file.empty()) {
         std::string why;
-        auto state =
-            load_discovery_state(d.state_file, pool.name, d.state_max_age, std::chrono::system_clock::now(), why);
+        auto state = load_discovery_state(d.state_file, pool.name, d.state_max_age, std::chrono::system_clock::now(),
+                                          why);
         if (state) {
             spdlog::info("discovery: pool {}: last-known-good from {}: {}", pool.name, d.state_file,
                          describe_set(state->endpoints));
@@ -119,8 +119,9 @@ void process::restart_discovery(const config& before, const config& after,
             ++i;
             continue;
         }
-        spdlog::info("discovery: pool {}: the discovery section changed: {}", name,
-                     now != nullptr && now->discovery ? "its watch starts again" : "stopped; the file's backends serve");
+        spdlog::info(
+            "discovery: pool {}: the discovery section changed: {}", name,
+            now != nullptr && now->discovery ? "its watch starts again" : "stopped; the file's backends serve");
         discovery_[i]->stop();
         discovery_.erase(discovery_.begin() + static_cast<std::ptrdiff_t>(i));
         old.push_back(std::move(discovery_pools_[i]));
@@ -201,13 +202,13 @@ void process::apply_discovery(discovery_pool& dp) {
         return false;
     };
     for (const auto& m : members) {
-        const bool was_leaving = std::any_of(dp.members.begin(), dp.members.end(), [&](const auto& o) {
-            return o.address == m.address && o.left_at;
-        });
+        const bool was_leaving = std::any_of(dp.members.begin(), dp.members.end(),
+                                             [&](const auto& o) { return o.address == m.address && o.left_at; });
         if (m.left_at && !was_leaving && grace.count() > 0 && passing(m.address)) {
-            spdlog::info("discovery: pool {}: {} left the API's list but passes its probes: it stays for {}ms "
-                         "(grace_period)",
-                         dp.pool, m.address.to_string(), grace.count());
+            spdlog::info(
+                "discovery: pool {}: {} left the API's list but passes its probes: it stays for {}ms "
+                "(grace_period)",
+                dp.pool, m.address.to_string(), grace.count());
         }
     }
     members = drop_departed(std::move(members), grace, now, passing);

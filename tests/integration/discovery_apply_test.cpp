@@ -111,8 +111,7 @@ protected:
         start_apiserver(2);
         list(ep(1) + "," + ep(2));
         auto lb = std::make_unique<apilb_process>(dir_, config(more), "127.0.0.1", port_);
-        EXPECT_TRUE(wait_shows(addr(2, api(1).port()), R"("origin":"discovered","discovery":"admitted")"))
-            << lb->log();
+        EXPECT_TRUE(wait_shows(addr(2, api(1).port()), R"("origin":"discovered","discovery":"admitted")")) << lb->log();
         return lb;
     }
     /// A watch through apilb held open on stand-in `name` (nullptr when none got there).
@@ -135,8 +134,7 @@ protected:
     void list_and_apply(const apilb_process& lb, const std::string& endpoints) {
         const auto before = count(lb.log(), "discovery: pool p done in");
         list(endpoints);
-        ASSERT_TRUE(wait_until([&] { return count(lb.log(), "discovery: pool p done in") > before; }, 20s))
-            << lb.log();
+        ASSERT_TRUE(wait_until([&] { return count(lb.log(), "discovery: pool p done in") > before; }, 20s)) << lb.log();
     }
     static std::string addr(int n, std::uint16_t port) { return fmt::format("127.0.0.{}:{}", n + 1, port); }
 
@@ -208,7 +206,8 @@ TEST_F(DiscoveryApply, ARemovedApiserverIsDrainedWithTheReloadDrainTime) {
     EXPECT_EQ(sessions(5).count("cp2"), 0u);
     // ... and then is closed.
     EXPECT_TRUE(wait_until([&] { return held->ended_within(100ms); }, 15s)) << lb.log();
-    EXPECT_TRUE(lb.wait_for_log("discovery: pool p: closing 1 session(s) still open on removed backend(s)")) << lb.log();
+    EXPECT_TRUE(lb.wait_for_log("discovery: pool p: closing 1 session(s) still open on removed backend(s)"))
+        << lb.log();
     EXPECT_EQ(status().find(R"("name":")" + cp2), std::string::npos) << status();
 }
 
@@ -280,7 +279,8 @@ TEST_F(DiscoveryApply, AReloadThatChangesTheSectionRestartsTheWatchAndKeepsTheSe
     dir_.write("apilb.yaml", config("      change_interval: 0s\n      grace_period: 0s\n      state_max_age: 2h\n"));
     lb.proc().signal(SIGHUP);
     ASSERT_TRUE(lb.wait_for_log("reload done in", 10s)) << lb.log();
-    EXPECT_TRUE(lb.wait_for_log("discovery: pool p: the discovery section changed: its watch starts again")) << lb.log();
+    EXPECT_TRUE(lb.wait_for_log("discovery: pool p: the discovery section changed: its watch starts again"))
+        << lb.log();
     // The set it had stays while the new watch lists.
     EXPECT_TRUE(shows(cp2, R"("discovery":"admitted")")) << status();
     EXPECT_EQ(count(lb.log(), "removed backend(s)"), 0u) << lb.log();

@@ -18,13 +18,20 @@
 namespace apilb::test {
 
 std::string write_kubeconfig(const temp_dir& dir, const std::string& certs) {
-    dir.write("kubeconfig", "apiVersion: v1\nkind: Config\n"
-                            "clusters:\n- name: k\n  cluster:\n    server: https://192.0.2.1:6443\n"
-                            "    certificate-authority: " + certs + "/ca.crt\n"
-                            "users:\n- name: admin\n  user:\n    client-certificate: " + certs + "/client.crt\n"
-                            "    client-key: " + certs + "/client.key\n"
-                            "contexts:\n- name: c\n  context: {cluster: k, user: admin}\n"
-                            "current-context: c\n");
+    dir.write("kubeconfig",
+              "apiVersion: v1\nkind: Config\n"
+              "clusters:\n- name: k\n  cluster:\n    server: https://192.0.2.1:6443\n"
+              "    certificate-authority: " +
+                  certs +
+                  "/ca.crt\n"
+                  "users:\n- name: admin\n  user:\n    client-certificate: " +
+                  certs +
+                  "/client.crt\n"
+                  "    client-key: " +
+                  certs +
+                  "/client.key\n"
+                  "contexts:\n- name: c\n  context: {cluster: k, user: admin}\n"
+                  "current-context: c\n");
     return dir.file("kubeconfig");
 }
 
