@@ -14,8 +14,7 @@ namespace apilb {
 
 using boost::system::error_code;
 
-// steady_clock is CLOCK_MONOTONIC on Linux (libstdc++), so its time points
-// are the timerfd's absolute times.
+// steady_clock is CLOCK_MONOTONIC on Linux (libstdc++), the timerfd's clock.
 poll_timer::poll_timer(poller& p) : fd_(p) {
     const int fd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (fd < 0) throw std::system_error(errno, std::system_category(), "timerfd_create");
@@ -27,15 +26,18 @@ poll_timer::poll_timer(poller& p) : fd_(p) {
 void poll_timer::wait_until(std::chrono::steady_clock::time_point at, poll_socket::callback fn, void* arg) noexcept {
     fn_ = fn;
     arg_ = arg;
-    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(at.time_since_epoch()).count();
+    // A relative time, as Asio's reactor sets its own timerfd: libfaketime
+    // (which the wall-clock tests preload) shifts absolute timerfd times by
+    // its wall-clock offset, even CLOCK_MONOTONIC ones.
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(at - std::chrono::steady_clock::now()).count();
     itimerspec spec{};
-    // A zero it_value would disarm the timer: a time long past is 1 ns.
+    // A zero it_value would disarm the timer: a time already come is 1 ns.
     spec.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
     spec.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
     if (ns <= 0) spec.it_value = {0, 1};
     // Cannot fail on a valid timerfd and a valid time; should it, the wait
     // below still ends with the next close or cancel rather than never.
-    ::timerfd_settime(fd_.native_handle(), TFD_TIMER_ABSTIME, &spec, nullptr);
+    ::timerfd_settime(fd_.native_handle(), 0, &spec, nullptr);
     fd_.wait(poll_socket::wait_type::read, &poll_timer::on_ready, this);
 }
 
