@@ -116,6 +116,10 @@ void poller::attach(asio::io_context& io) {
     const int watched = ::fcntl(epfd_, F_DUPFD_CLOEXEC, 0);
     if (watched < 0) throw std::system_error(errno, std::system_category(), "dup of the epoll descriptor");
     auto w = std::make_unique<watch>(watch{asio::use_service<asio::detail::epoll_reactor>(io), watched});
+    // The scheduler runs the reactor only once a service has asked for it
+    // (Asio's timers and sockets do so when made): an io_context whose only
+    // I/O is the poller would otherwise never wait for the set.
+    w->reactor.init_task();
     if (const int err = w->reactor.register_descriptor(watched, w->data); err != 0) {
         w->reactor.cleanup_descriptor_data(w->data);
         ::close(watched);

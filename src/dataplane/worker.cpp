@@ -1,12 +1,7 @@
 #include "apilb/dataplane/worker.hpp"
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -144,28 +139,56 @@ void worker::share_listeners(std::function<void(std::vector<shared_listener>)> d
 }
 
 std::unique_ptr<worker::acceptor_slot> worker::adopt_listener(int fd, std::size_t listener_index, error_code& ec) {
-    auto slot = std::make_unique<acceptor_slot>(sockets_, io_, listener_index);
+    auto slot = std::make_unique<acceptor_slot>(*this, listener_index);
     ec = slot->listener.adopt(fd);  // closes fd on failure
     return slot;
 }
 
-void worker::spawn_accept_loop(acceptor_slot& slot) {
-    asio::co_spawn(io_, accept_loop(slot), [this, &slot](std::exception_ptr e) {
-        if (e) {
-            try {
-                std::rethrow_exception(e);
-            } catch (const std::exception& ex) {
-                spdlog::critical("worker {}: accept loop failed: {}; accepting again in 100ms", index_, ex.what());
-            }
-            // Out of memory, say: a listener that stopped accepting for good
-            // would be an outage of this worker's share of clients.
-            if (!stopping_ && slot.listener.is_open()) {
-                ctx_.accept_paused_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
-                return spawn_accept_loop(slot);
-            }
-        }
+// The accept loop, the sweep and the publish tick are callbacks on
+// poll_timer and poll_socket waits, not coroutines on Asio operations: Asio
+// (1.81) allocates every operation it starts and, for a coroutine, starts it
+// only after the coroutine has suspended (awaitable_thread::pump). Out of
+// memory there, the exception leaves through whatever resumed the coroutine,
+// the coroutine is destroyed (by a post, which itself may fail: then
+// std::terminate) and its completion handler never runs: the worker would
+// silently never accept again. Starting these waits allocates nothing; what
+// a turn does (a session, a log line) may throw, and is caught in the turn.
+void worker::spawn_accept_loop(acceptor_slot& slot) { accept_turn(slot); }
+
+void worker::on_accept_wait(void* arg, const error_code& ec) {
+    auto& slot = *static_cast<acceptor_slot*>(arg);
+    // Closed (removed by a reload, or shutdown): the loop is over. A pause
+    // cancelled with the listener open is only woken early.
+    if (ec && (!slot.listener.is_open() || slot.owner.stopping_)) {
         slot.loop_done = true;
-    });
+        return;
+    }
+    slot.owner.accept_turn(slot);
+}
+
+void worker::accept_turn(acceptor_slot& slot) noexcept {
+    auto until = std::chrono::steady_clock::now();
+    accept_next next;
+    try {
+        next = accept_some(slot, until);
+    } catch (const std::exception& e) {
+        // Out of memory, say: a listener that stopped accepting for good
+        // would be an outage of this worker's share of clients.
+        ctx_.stats.resource_errors_total.fetch_add(1, std::memory_order_relaxed);
+        try {
+            std::uint64_t suppressed = 0;
+            if (ctx_.resource_warnings.allow(suppressed))
+                spdlog::critical("worker {}: accepting failed: {}; accepting again in 100ms", index_, e.what());
+        } catch (const std::exception&) {}
+        until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+        ctx_.accept_paused_until = until;
+        next = slot.listener.is_open() ? accept_next::pause : accept_next::done;
+    }
+    switch (next) {
+    case accept_next::listener: return slot.listener.wait(poll_socket::wait_type::read, &worker::on_accept_wait, &slot);
+    case accept_next::pause: return slot.pause_timer.wait_until(until, &worker::on_accept_wait, &slot);
+    case accept_next::done: slot.loop_done = true; return;
+    }
 }
 
 void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listener> added, std::function<void()> done) {
@@ -184,7 +207,7 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
             if (it == next->listeners.end()) {
                 // Removed: stop accepting. Its open sessions go on.
                 slot->listener.close();
-                slot->pause_timer.cancel();
+                slot->pause_timer.cancel();  // its loop then ends
                 continue;
             }
             slot->listener_index = static_cast<std::size_t>(it - next->listeners.begin());
@@ -223,10 +246,22 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
 void worker::start() {
     started_ = true;
     ctx_.reserve_spare();
-    for (auto& slot : acceptors_) spawn_accept_loop(*slot);
-    publish_tick();
     const timeouts_config& t = ctx_.snap().cfg->timeouts;
-    if (t.idle.count() > 0 || t.write_stall.count() > 0) asio::co_spawn(io_, sweep_sessions(), asio::detached);
+    if (t.idle.count() > 0 || t.write_stall.count() > 0) {
+        using std::chrono::milliseconds;
+        // A tenth of the shorter limit, within [100ms, 30s]: a session is
+        // closed at most 10% (or 30 s) after its time is up.
+        const milliseconds shortest = t.idle.count() == 0          ? t.write_stall
+                                      : t.write_stall.count() == 0 ? t.idle
+                                                                   : std::min(t.idle, t.write_stall);
+        sweep_period_ = std::clamp<milliseconds>(shortest / 10, milliseconds(100), std::chrono::seconds(30));
+    }
+    // On the worker thread: a turn may accept, and start, a session at once.
+    asio::post(io_, [this] {
+        for (auto& slot : acceptors_) spawn_accept_loop(*slot);
+        publish_tick();
+        if (sweep_period_.count() > 0) sweep_tick();
+    });
     thread_ = std::thread([this] {
         // "apilb-w0" .. "apilb-w255" in `top -H` and /proc/PID/task/*/comm.
         ::pthread_setname_np(::pthread_self(), fmt::format("apilb-w{}", index_).c_str());
@@ -244,37 +279,30 @@ void worker::start() {
     });
 }
 
-asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
+worker::accept_next worker::accept_some(acceptor_slot& slot, std::chrono::steady_clock::time_point& until) {
     const std::uint32_t max_connections = ctx_.max_connections;
     // A reload may swap ctx_.current and renumber the listeners while this loop
     // waits: look the listener up afresh after every wait, never hold it.
     auto listener_name = [&]() -> const std::string& { return ctx_.snap().listeners[slot.listener_index].cfg->name; };
-    int taken = 0;  // accepted since this loop last let the others run
+    int taken = 0;  // accepted in this turn
     for (;;) {
-        if (std::chrono::steady_clock::now() < ctx_.accept_paused_until) {
+        if (!slot.listener.is_open()) return accept_next::done;
+        if (const auto now = std::chrono::steady_clock::now(); now < ctx_.accept_paused_until) {
             // Out of descriptors: leave new clients in the listen backlog
             // until sessions that end have freed some, instead of spinning.
-            slot.pause_timer.expires_at(ctx_.accept_paused_until);
-            co_await slot.pause_timer.async_wait(asio::as_tuple(asio::use_awaitable));
-        }
-        if (!slot.listener.is_open()) co_return;
-        if (taken >= accepts_per_turn) {
+            until = ctx_.accept_paused_until;
+            return accept_next::pause;
+        } else if (taken >= accepts_per_turn) {
             // A storm: take the accept queue in bursts, but let the sessions
-            // just started (and every other) make progress in between.
-            taken = 0;
-            co_await asio::post(io_, asio::use_awaitable);
-            continue;
+            // just started (and every other) make progress in between: a
+            // timer already due completes in the poller's next wake-up.
+            until = now;
+            return accept_next::pause;
         }
         const int fd = ::accept4(slot.listener.native_handle(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             const int err = errno;
-            if (err == EAGAIN || err == EWOULDBLOCK) {
-                taken = 0;
-                auto [ec] = co_await slot.listener.async_wait(poll_socket::wait_type::read,
-                                                              asio::as_tuple(asio::use_awaitable));
-                if (ec) co_return;  // closed: removed by a reload, or shutdown
-                continue;
-            }
+            if (err == EAGAIN || err == EWOULDBLOCK) return accept_next::listener;
             if (err == EINTR) continue;
             const error_code ec(err, boost::system::system_category());
             ctx_.stats.accept_errors_total.fetch_add(1, std::memory_order_relaxed);
@@ -284,13 +312,8 @@ asio::awaitable<void> worker::accept_loop(acceptor_slot& slot) {
                     ++taken;
                     continue;
                 }
-                if (ctx_.resetting_clients()) {
-                    // The queue is empty (or the spare is gone): wait for the next client.
-                    taken = 0;
-                    auto [wec] = co_await slot.listener.async_wait(poll_socket::wait_type::read,
-                                                                   asio::as_tuple(asio::use_awaitable));
-                    if (wec) co_return;
-                }
+                // The queue is empty (or the spare is gone): wait for the next client.
+                if (ctx_.resetting_clients()) return accept_next::listener;
             } else {
                 // ECONNABORTED and friends: that one client left before we took it.
                 spdlog::debug("listener {}: accept: {}", listener_name(), ec.message());
@@ -341,32 +364,42 @@ bool worker::reset_one(acceptor_slot& slot) {
     return fd >= 0;
 }
 
-asio::awaitable<void> worker::sweep_sessions() {
-    using std::chrono::milliseconds;
-    const auto idle = ctx_.snap().cfg->timeouts.idle;
-    const auto stall = ctx_.snap().cfg->timeouts.write_stall;
-    // A tenth of the shorter limit, within [100ms, 30s]: a session is closed
-    // at most 10% (or 30 s) after its time is up.
-    const milliseconds shortest = idle.count() == 0 ? stall : stall.count() == 0 ? idle : std::min(idle, stall);
-    const auto period = std::clamp<milliseconds>(shortest / 10, milliseconds(100), std::chrono::seconds(30));
-    for (;;) {
-        sweep_timer_.expires_after(period);
-        auto [ec] = co_await sweep_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-        if (ec || stopping_) co_return;
-        const auto now = std::chrono::steady_clock::now();
+void worker::sweep_tick() noexcept {
+    sweep_timer_.wait_until(std::chrono::steady_clock::now() + sweep_period_, &worker::on_sweep_timer, this);
+}
+
+void worker::on_sweep_timer(void* self, const error_code& ec) {
+    auto& w = *static_cast<worker*>(self);
+    if (ec || w.stopping_) return;
+    const auto idle = w.ctx_.snap().cfg->timeouts.idle;
+    const auto stall = w.ctx_.snap().cfg->timeouts.write_stall;
+    const auto now = std::chrono::steady_clock::now();
+    try {
         if (idle.count() > 0) {
-            close_matching(
+            w.close_matching(
                 [&](const session_entry& s, const snapshot&) { return s.relaying && s.last_activity < now - idle; },
                 close_reason::idle);
         }
         if (stall.count() > 0) {
             // A peer that takes nothing (a zero window) while data waits for
             // it holds kernel memory for as long as it likes.
-            close_matching([&](const session_entry& s,
-                               const snapshot&) { return s.relaying && s.pump->write_blocked_since() < now - stall; },
-                           close_reason::stalled);
+            w.close_matching([&](const session_entry& s,
+                                 const snapshot&) { return s.relaying && s.pump->write_blocked_since() < now - stall; },
+                             close_reason::stalled);
         }
+    } catch (const std::exception& e) {
+        w.tick_failed("closing idle and stalled sessions", e);
     }
+    w.sweep_tick();
+}
+
+void worker::tick_failed(const char* what, const std::exception& e) noexcept {
+    ctx_.stats.resource_errors_total.fetch_add(1, std::memory_order_relaxed);
+    try {
+        std::uint64_t suppressed = 0;
+        if (ctx_.resource_warnings.allow(suppressed))
+            spdlog::critical("worker {}: {} failed: {}; trying again at the next tick", index_, what, e.what());
+    } catch (const std::exception&) {}
 }
 
 void worker::ping(std::function<void()> answer) { asio::post(io_, std::move(answer)); }
@@ -444,17 +477,24 @@ session_rule sessions_to_rebalance(std::vector<rebalance_order> orders) {
     };
 }
 
-void worker::publish_tick() {
-    publish_timer_.expires_after(std::chrono::seconds(1));
-    publish_timer_.async_wait([this](const error_code& ec) {
-        if (ec || stopping_) return;
-        // One pass over this worker's sessions a second; idle ones have
-        // nothing to add and touch no shared counter.
-        for (auto& s : ctx_.sessions) {
+void worker::publish_tick() noexcept {
+    publish_timer_.wait_until(std::chrono::steady_clock::now() + std::chrono::seconds(1), &worker::on_publish_timer,
+                              this);
+}
+
+void worker::on_publish_timer(void* self, const error_code& ec) {
+    auto& w = *static_cast<worker*>(self);
+    if (ec || w.stopping_) return;
+    // One pass over this worker's sessions a second; idle ones have
+    // nothing to add and touch no shared counter.
+    try {
+        for (auto& s : w.ctx_.sessions) {
             if (s.relaying && s.publish_bytes) s.publish_bytes(s.owner);
         }
-        publish_tick();
-    });
+    } catch (const std::exception& e) {
+        w.tick_failed("publishing byte counts", e);
+    }
+    w.publish_tick();
 }
 
 void worker::stop() {

@@ -3,13 +3,13 @@
 // so nothing on the byte path takes a lock.
 #pragma once
 
-#include <boost/asio/awaitable.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/steady_timer.hpp>
 
+#include <chrono>
 #include <cstddef>
+#include <exception>
 #include <functional>
 #include <future>
 #include <memory>
@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "apilb/dataplane/poll_timer.hpp"
 #include "apilb/dataplane/poller.hpp"
 #include "apilb/dataplane/rebalance_order.hpp"
 #include "apilb/dataplane/snapshot.hpp"
@@ -115,19 +116,29 @@ public:
 
 private:
     struct acceptor_slot {
-        acceptor_slot(poller& p, boost::asio::io_context& io, std::size_t index)
-            : listener(p), listener_index(index), pause_timer(io) {}
-        poll_socket listener;                   ///< the listening socket, non-blocking
-        std::size_t listener_index;             ///< in ctx_.snap(); updated by apply()
-        boost::asio::steady_timer pause_timer;  ///< waits out an accept pause
-        bool loop_done = false;                 ///< its accept loop has returned: the slot may go
+        acceptor_slot(worker& w, std::size_t index)
+            : owner(w), listener(w.sockets_), listener_index(index), pause_timer(w.sockets_) {}
+        worker& owner;
+        poll_socket listener;        ///< the listening socket, non-blocking
+        std::size_t listener_index;  ///< in ctx_.snap(); updated by apply()
+        poll_timer pause_timer;      ///< waits out an accept pause, or a yield after a burst
+        bool loop_done = false;      ///< its accept loop has ended: the slot may go
     };
     /// A slot for the listening descriptor `fd` (which it then owns).
     std::unique_ptr<acceptor_slot> adopt_listener(int fd, std::size_t listener_index, boost::system::error_code& ec);
 
+    /// What an accept turn waits for before the next turn.
+    enum class accept_next { listener, pause, done };
+    /// Starts the slot's accept loop: turns of accept_some, each started by
+    /// a wait that allocates nothing (see worker.cpp). Worker thread.
     void spawn_accept_loop(acceptor_slot& slot);
-
-    boost::asio::awaitable<void> accept_loop(acceptor_slot& slot);
+    /// One turn: accept_some, then the wait for the next; never throws.
+    void accept_turn(acceptor_slot& slot) noexcept;
+    /// poll_socket/poll_timer callback of that wait; `slot` is the acceptor_slot.
+    static void on_accept_wait(void* slot, const boost::system::error_code& ec);
+    /// Accepts until the listener is empty, paused or a burst is over;
+    /// sets `until` for accept_next::pause.
+    accept_next accept_some(acceptor_slot& slot, std::chrono::steady_clock::time_point& until);
     /// Out of descriptors for longer than max_backlog_wait: accepts the
     /// oldest waiting client into the spare descriptor and resets it.
     /// False if none was waiting or there was no spare.
@@ -136,11 +147,16 @@ private:
     void close_matching(const session_rule& rule, close_reason why);
     /// Every second: relaying sessions add the bytes they moved to their
     /// backends' counters, so that rates show while sessions are open.
-    void publish_tick();
+    void publish_tick() noexcept;
+    static void on_publish_timer(void* self, const boost::system::error_code& ec);
     /// Closes sessions with no traffic for timeouts.idle and sessions whose
     /// writes made no progress for timeouts.write_stall, checking a few
     /// times per period.
-    boost::asio::awaitable<void> sweep_sessions();
+    void sweep_tick() noexcept;
+    static void on_sweep_timer(void* self, const boost::system::error_code& ec);
+    /// A tick of sweep or publish failed with `e` (out of memory): counted in
+    /// resource_errors_total, logged at critical (rate-limited); never throws.
+    void tick_failed(const char* what, const std::exception& e) noexcept;
 
     std::size_t index_;
     // Before io_: session sockets, destroyed with the handlers io_ still
@@ -151,8 +167,9 @@ private:
     worker_context ctx_;
     std::vector<std::unique_ptr<acceptor_slot>> acceptors_;
     bool started_ = false;  ///< start() ran: new acceptors get their loop at once
-    boost::asio::steady_timer sweep_timer_{io_};
-    boost::asio::steady_timer publish_timer_{io_};
+    poll_timer sweep_timer_{sockets_};
+    std::chrono::milliseconds sweep_period_{0};  ///< set by start(); 0: no sweep
+    poll_timer publish_timer_{sockets_};
     bool stopping_ = false;  ///< worker thread only
     std::thread thread_;
     std::promise<void> exited_;
