@@ -80,7 +80,10 @@ protected:
     /// Whether /api/v1/status shows backend `name` with `fields` (a JSON fragment after its name).
     bool shows(const std::string& name, const std::string& fields) const {
         const std::string s = status();
-        const auto at = s.find(R"({"name":")" + name + '"');
+        // A backend of the pools section: the discovery section's seed list
+        // names backends too.
+        const auto pools = s.find(R"("pools":[)");
+        const auto at = pools == std::string::npos ? pools : s.find(R"({"name":")" + name + '"', pools);
         return at != std::string::npos && s.find(fields, at) < s.find('}', at);
     }
     bool wait_shows(const std::string& name, const std::string& fields, std::chrono::milliseconds t = 20s) const {
