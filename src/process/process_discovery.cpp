@@ -4,7 +4,6 @@
 // file current, and turning each set into the pool's backends through the
 // reload's commit (process::commit), at most once per change_interval.
 // Control thread only.
-#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -24,18 +23,10 @@ std::string describe_set(const std::vector<discovered_endpoint>& set) {
     std::string text;
     for (const auto& e : set) {
         if (!text.empty()) text += ", ";
-        text += e.ip.find(':') != std::string::npos ? fmt::format("[{}]:{}", e.ip, e.port)
-                                                    : fmt::format("{}:{}", e.ip, e.port);
+        text += address_of(e).to_string();
         if (e.terminating) text += " (terminating)";
     }
     return text;
-}
-
-const pool_config* pool_named(const config& cfg, const std::string& name) {
-    for (const auto& p : cfg.pools) {
-        if (p.name == name) return &p;
-    }
-    return nullptr;
 }
 
 }  // namespace
@@ -69,9 +60,8 @@ std::pair<std::unique_ptr<discovery_client>, std::unique_ptr<process::discovery_
     };
     auto client = std::make_unique<discovery_client>(control_, pool, std::move(targets),
                                                      [this, name](const std::vector<discovered_endpoint>& set) {
-                                                         for (const auto& p : file_cfg_->pools) {
-                                                             if (p.name == name) on_discovered(p, set);
-                                                         }
+                                                         if (const pool_config* p = file_cfg_->find_pool(name))
+                                                             on_discovered(*p, set);
                                                      });
     const discovery_config& d = *pool.discovery;
     if (!d.state_file.empty()) {
@@ -113,8 +103,8 @@ void process::restart_discovery(const config& before, const config& after,
     std::vector<std::unique_ptr<discovery_pool>> old;
     for (std::size_t i = 0; i < discovery_.size();) {
         const std::string& name = discovery_[i]->pool();
-        const pool_config* now = pool_named(after, name);
-        const pool_config* was = pool_named(before, name);
+        const pool_config* now = after.find_pool(name);
+        const pool_config* was = before.find_pool(name);
         if (now != nullptr && was != nullptr && now->discovery == was->discovery) {
             ++i;
             continue;
@@ -138,6 +128,12 @@ void process::restart_discovery(const config& before, const config& after,
         start_from_state(*discovery_.back(), *discovery_pools_.back());
         discovery_.back()->start();
     }
+    // A timer of an old pool may have fired already, its handler (which
+    // holds the pool by reference) queued on this context: the old pools
+    // go only after whatever is queued now has run. Cancelled first, so
+    // that nothing of theirs is pending when they go.
+    for (auto& o : old) o->timer.cancel();
+    boost::asio::post(control_, [old = std::move(old)] {});
 }
 
 void process::on_discovered(const pool_config& pool, const std::vector<discovered_endpoint>& set) {
@@ -161,7 +157,7 @@ void process::on_discovered(const pool_config& pool, const std::vector<discovere
 
 void process::arm_discovery(discovery_pool& dp, std::chrono::steady_clock::time_point at) {
     APILB_ASSERT_ROLE(control);
-    const pool_config* pool = pool_named(*file_cfg_, dp.pool);
+    const pool_config* pool = file_cfg_->find_pool(dp.pool);
     if (pool == nullptr || !pool->discovery) return;
     // A burst of events is one change: whatever comes within change_interval
     // of the last applied one waits for it, and the latest set wins.
@@ -181,7 +177,7 @@ void process::arm_discovery(discovery_pool& dp, std::chrono::steady_clock::time_
 void process::apply_discovery(discovery_pool& dp) {
     APILB_ASSERT_ROLE(control);
     if (draining_) return;
-    const pool_config* pool = pool_named(*file_cfg_, dp.pool);
+    const pool_config* pool = file_cfg_->find_pool(dp.pool);
     if (pool == nullptr || !pool->discovery) return;
     const auto now = std::chrono::steady_clock::now();
     const duration grace = pool->discovery->grace_period;
@@ -217,7 +213,8 @@ void process::apply_discovery(discovery_pool& dp) {
     } else {
         const bool was_applied = std::exchange(dp.applied, true);
         std::vector<discovered_member> before = std::exchange(dp.members, std::move(members));
-        if (const auto errors = commit(with_discovered(*file_cfg_), "discovery: pool " + dp.pool); !errors.empty()) {
+        if (const auto errors = commit(with_discovered(*file_cfg_), "discovery: pool " + dp.pool, false);
+            !errors.empty()) {
             // Nothing changed; the next set (or look at a leaving member) tries again.
             dp.members = std::move(before);
             dp.applied = was_applied;
