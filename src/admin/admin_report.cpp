@@ -438,12 +438,11 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
         std::string state_file;
         // The file's backends: the snapshot's are the discovered set by now.
         const config& file = facts.file_config ? *facts.file_config : *snap.cfg;
-        for (const auto& p : file.pools) {
-            if (p.name != c->pool()) continue;
-            for (const auto& b : p.backends) {
+        if (const pool_config* p = file.find_pool(c->pool())) {
+            for (const auto& b : p->backends) {
                 seed.push_back(json::object{{"name", b.name}, {"address", b.address.to_string()}});
             }
-            if (p.discovery) state_file = p.discovery->state_file;
+            if (p->discovery) state_file = p->discovery->state_file;
         }
         const discovery_stats& ds = c->stats();
         discovery.push_back(

@@ -261,15 +261,6 @@ std::uint64_t num(const json::value& v) {
     return 0;
 }
 
-/// `s` with control characters shown as '?': what the server sends must not
-/// drive the operator's terminal.
-std::string printable(std::string s) {
-    for (char& c : s) {
-        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-    }
-    return s;
-}
-
 /// "12s ago", "3m ago", "never" for a Unix time in seconds.
 std::string age_of(std::int64_t unix_s) {
     if (unix_s <= 0) return "never";
@@ -286,7 +277,7 @@ std::string source_text(const std::string& source) {
     if (source == "api") return "the API";
     if (source == "state_file") return "the state file (last-known-good: the API has not answered since start)";
     if (source == "seed") return "the seed (the API has not answered since start)";
-    return printable(source);
+    return single_line(source);
 }
 
 /// `o[key]`, or null when it is missing: a status from another version of
@@ -305,7 +296,7 @@ void print_discovery(const json::object& st) {
     for (const auto& dv : list.as_array()) {
         if (!dv.is_object()) continue;
         const auto& d = dv.as_object();
-        const auto text = [&](const char* key) { return printable(str(field(d, key))); };
+        const auto text = [&](const char* key) { return single_line(str(field(d, key))); };
         std::cout << fmt::format(
             "\nDISCOVERY {}: watch {}, last sync {}, lists {}, relists {}, events {}, errors {}, empty lists {}\n",
             text("pool"), text("watch_state"), age_of(static_cast<std::int64_t>(num(field(d, "last_sync_unix")))),
@@ -317,7 +308,7 @@ void print_discovery(const json::object& st) {
             for (const auto& ev : eps.as_array()) {
                 if (!ev.is_object()) continue;
                 const auto& e = ev.as_object();
-                const std::string ip = printable(str(field(e, "ip")));
+                const std::string ip = single_line(str(field(e, "ip")));
                 if (!discovered.empty()) discovered += ", ";
                 discovered += ip.find(':') != std::string::npos ? fmt::format("[{}]:{}", ip, num(field(e, "port")))
                                                                 : fmt::format("{}:{}", ip, num(field(e, "port")));
@@ -334,8 +325,8 @@ void print_discovery(const json::object& st) {
             for (const auto& bv : bs.as_array()) {
                 if (!bv.is_object()) continue;
                 if (!seed.empty()) seed += ", ";
-                seed += printable(str(field(bv.as_object(), "name"))) + " " +
-                        printable(str(field(bv.as_object(), "address")));
+                seed += single_line(str(field(bv.as_object(), "name"))) + " " +
+                        single_line(str(field(bv.as_object(), "address")));
             }
         }
         std::cout << "  seed        " << (seed.empty() ? "-" : seed) << '\n';

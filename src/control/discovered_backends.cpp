@@ -2,17 +2,12 @@
 
 #include <algorithm>
 
-#include "apilb/core/maglev.hpp"
 
 namespace apilb {
-
-namespace {
 
 socket_address address_of(const discovered_endpoint& e) {
     return {.ip = e.ip, .port = e.port, .is_v6 = e.ip.find(':') != std::string::npos};
 }
-
-}  // namespace
 
 std::vector<discovered_member> seed_members(const pool_config& file_pool) {
     std::vector<discovered_member> members;
@@ -70,11 +65,7 @@ pool_config discovered_pool(const pool_config& file_pool, const std::vector<disc
         b.leaving = m.left_at.has_value();
         pool.backends.push_back(std::move(b));
     }
-    if (pool.connect_attempts_each) pool.connect_attempts = static_cast<std::uint32_t>(pool.backends.size());
-    if (pool.balance == balance_policy::maglev && pool.maglev_table_size < pool.backends.size()) {
-        pool.maglev_table_size = static_cast<std::uint32_t>(pool.backends.size());
-        while (!is_prime(pool.maglev_table_size)) ++pool.maglev_table_size;
-    }
+    resolve_backend_defaults(pool);
     return pool;
 }
 

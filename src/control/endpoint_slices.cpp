@@ -13,6 +13,8 @@
 
 #include <arpa/inet.h>
 
+#include "apilb/core/config.hpp"
+
 namespace apilb {
 namespace json = boost::json;
 
@@ -201,10 +203,7 @@ bool read_object(reader& r, const json::object& o, discovery_api api, slice_stat
 
 /// Text from the API cut to one short line, safe for a log.
 std::string one_line(std::string_view in) {
-    std::string text(in.substr(0, 200));
-    for (char& c : text) {
-        if (static_cast<unsigned char>(c) < 0x20 || c == '\x7f') c = '?';
-    }
+    std::string text = single_line(std::string(in.substr(0, 200)));
     return in.size() > 200 ? text + "..." : text;
 }
 

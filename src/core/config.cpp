@@ -9,6 +9,8 @@
 #include <limits>
 #include <string_view>
 
+#include "apilb/core/maglev.hpp"
+
 namespace apilb {
 
 std::string socket_address::to_string() const {
@@ -16,10 +18,23 @@ std::string socket_address::to_string() const {
     return is_v6 ? "[" + ip + "]:" + port_text : ip + ":" + port_text;
 }
 
-const pool_config& config::pool(const std::string& name) const {
-    for (const auto& p : pools) {
-        if (p.name == name) return p;
+void resolve_backend_defaults(pool_config& pool) {
+    if (pool.connect_attempts_each) pool.connect_attempts = static_cast<std::uint32_t>(pool.backends.size());
+    if (pool.balance == balance_policy::maglev && pool.maglev_table_size < pool.backends.size()) {
+        pool.maglev_table_size = static_cast<std::uint32_t>(pool.backends.size());
+        while (!is_prime(pool.maglev_table_size)) ++pool.maglev_table_size;
     }
+}
+
+const pool_config* config::find_pool(const std::string& name) const {
+    for (const auto& p : pools) {
+        if (p.name == name) return &p;
+    }
+    return nullptr;
+}
+
+const pool_config& config::pool(const std::string& name) const {
+    if (const pool_config* p = find_pool(name)) return *p;
     // Unreachable for names taken from listeners (the loader checks them);
     // a caller asking for anything else gets an exception, not UB.
     throw std::out_of_range("no pool named \"" + name + "\" in " + source);

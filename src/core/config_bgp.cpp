@@ -29,8 +29,8 @@ constexpr std::size_t max_vips = 64;
 bool is_u16(std::string_view text) {
     unsigned value = 0;
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    return !text.empty() && ec == std::errc{} && end == text.data() + text.size() && value <= 65535 &&
-           text.find_first_not_of("0123456789") == std::string_view::npos;
+    // from_chars into an unsigned type takes digits only: no sign, no blank.
+    return ec == std::errc{} && end == text.data() + text.size() && value <= 65535;
 }
 
 }  // namespace
@@ -48,7 +48,7 @@ std::optional<bgp_peer> loader::read_bgp_peer(const field& f) {
                 error(a->mark, a->path,
                       quote(*text) + " is not a numeric IPv4 or IPv6 address (a BGP peer is an address, no port)");
                 ok = false;
-            } else if (ip->ip == "0.0.0.0" || ip->ip == "::") {
+            } else if (ip->is_unspecified()) {
                 error(a->mark, a->path, "a peer cannot be the unspecified address");
                 ok = false;
             } else {
@@ -61,8 +61,9 @@ std::optional<bgp_peer> loader::read_bgp_peer(const field& f) {
     }
     ok = read_integer(*m, "remote_as", {.min = 1, .max = u32_max}, p.remote_as) && ok;
     std::string password_bytes;
-    if (read_file_path(*m, "password_file", max_bgp_password_file_bytes, p.password_file, &password_bytes) &&
-        !p.password_file.empty()) {
+    if (!read_file_path(*m, "password_file", max_bgp_password_file_bytes, p.password_file, &password_bytes)) {
+        ok = false;
+    } else if (!p.password_file.empty()) {
         std::string problem;
         bgp_password_from_file(std::move(password_bytes), problem);
         if (!problem.empty()) {
@@ -97,7 +98,7 @@ void loader::read_bgp(const field& f, bgp_config& b) {
     if (const field* r = m->find("router_id")) {
         if (auto text = scalar(*r, "an IPv4 address naming this node to its peers, e.g. \"198.18.0.11\"")) {
             auto ip = parse_ip(*text);
-            if (!ip || ip->is_v6 || ip->ip == "0.0.0.0") {
+            if (!ip || ip->is_v6 || ip->is_unspecified()) {
                 error(r->mark, r->path,
                       "invalid router_id " + quote(*text) +
                           "; expected a non-zero IPv4 address such as \"198.18.0.11\" (BGP's router id is 32 bits, "
@@ -162,7 +163,7 @@ void loader::read_bgp(const field& f, bgp_config& b) {
                         continue;
                     }
                 }
-                if (ip->ip == "0.0.0.0" || ip->ip == "::") {
+                if (ip->is_unspecified()) {
                     error(item.mark, item.path, "a VIP cannot be the unspecified address");
                     continue;
                 }

@@ -19,11 +19,6 @@ std::string backend_text(const pool_config& p, const backend_config& b) {
     return p.name + "/" + b.name + "@" + b.address.to_string();
 }
 
-const pool_config* find_pool(const config& cfg, const std::string& name) {
-    auto it = std::find_if(cfg.pools.begin(), cfg.pools.end(), [&](const pool_config& p) { return p.name == name; });
-    return it == cfg.pools.end() ? nullptr : &*it;
-}
-
 /// Pool settings other than its backends.
 std::string pool_settings_changed(const pool_config& a, const pool_config& b) {
     std::vector<std::string> what;
@@ -107,7 +102,7 @@ config_diff diff_configs(const config& running, const config& next) {
         }
     }
     for (const auto& p : next.pools) {
-        const pool_config* op = find_pool(running, p.name);
+        const pool_config* op = running.find_pool(p.name);
         if (op) {
             if (auto what = pool_settings_changed(*op, p); !what.empty())
                 d.pools_changed.push_back(p.name + " (" + what + ")");
@@ -131,7 +126,7 @@ config_diff diff_configs(const config& running, const config& next) {
         }
     }
     for (const auto& op : running.pools) {
-        const pool_config* p = find_pool(next, op.name);
+        const pool_config* p = next.find_pool(op.name);
         for (const auto& ob : op.backends) {
             const bool kept = p && std::any_of(p->backends.begin(), p->backends.end(),
                                                [&](const backend_config& b) { return same_backend(op, ob, *p, b); });

@@ -428,7 +428,7 @@ site loader::read_address(const mapping& m, std::string_view key, bool is_backen
     }
     auto address = parse_socket_address(*text);
     // Connecting to 0.0.0.0 or :: reaches this host on Linux: never the intent.
-    if (is_backend && (address->ip == "0.0.0.0" || address->ip == "::")) {
+    if (is_backend && address->is_unspecified()) {
         error(f->mark, f->path,
               "invalid address " + quote(*text) +
                   ": a backend cannot be the unspecified address; give the apiserver's own IP");
@@ -727,17 +727,11 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
     for (const auto& p : pools_) {
         pool_config pool = p.cfg;
         for (const auto& b : p.backends) pool.backends.push_back(b.cfg);
-        if (pool.connect_attempts == 0) {
-            pool.connect_attempts_each = true;
-            pool.connect_attempts = static_cast<std::uint32_t>(pool.backends.size());
-        }
+        if (pool.connect_attempts == 0) pool.connect_attempts_each = true;
         if (auto& sc = pool.storm_control; sc.new_per_second != 0 && sc.burst == 0) {
             sc.burst = std::max<std::uint32_t>(1, sc.new_per_second / 10);
         }
-        if (pool.balance == balance_policy::maglev && pool.maglev_table_size < pool.backends.size()) {
-            pool.maglev_table_size = static_cast<std::uint32_t>(pool.backends.size());
-            while (!is_prime(pool.maglev_table_size)) ++pool.maglev_table_size;
-        }
+        resolve_backend_defaults(pool);
         config_.pools.push_back(std::move(pool));
     }
     return std::make_shared<const config>(std::move(config_));

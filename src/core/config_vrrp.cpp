@@ -167,7 +167,7 @@ void loader::read_vrrp(const field& f, vrrp_config& v) {
                           "prefix /" + std::to_string(*prefix) + " is out of range 1.." + std::to_string(max_prefix));
                     continue;
                 }
-                if (ip->ip == "0.0.0.0" || ip->ip == "::") {
+                if (ip->is_unspecified()) {
                     error(item.mark, item.path, "a VIP cannot be the unspecified address");
                     continue;
                 }

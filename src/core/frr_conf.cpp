@@ -15,15 +15,20 @@ namespace {
 /// The kernel's TCP_MD5SIG_MAXKEYLEN.
 constexpr std::size_t max_password_length = 80;
 
-/// `text` unchanged if it is one word of frr.conf: visible ASCII, no blank.
-/// The loader has checked every value already; this guards what comes from
-/// elsewhere (the source path, a password file read again) and any loader
-/// gap: a line break would start a command of its own in FRR, run as root.
+/// Whether `text` is one word of frr.conf: visible ASCII, no blank.
+bool is_word(std::string_view text) {
+    return !text.empty() && std::none_of(text.begin(), text.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u <= 0x20 || u >= 0x7f;
+    });
+}
+
+/// `text` unchanged if it is one word of frr.conf. The loader has checked
+/// every value already; this guards what comes from elsewhere (the source
+/// path, a password file read again) and any loader gap: a line break would
+/// start a command of its own in FRR, run as root.
 const std::string& word(const std::string& text, std::string_view what) {
-    if (text.empty() || std::any_of(text.begin(), text.end(), [](char c) {
-            const auto u = static_cast<unsigned char>(c);
-            return u <= 0x20 || u >= 0x7f;
-        })) {
+    if (!is_word(text)) {
         throw std::invalid_argument("cannot write " + std::string(what) +
                                     " into frr.conf: it is empty or holds a blank, a line break or a non-ASCII byte");
     }
@@ -48,10 +53,7 @@ std::string bgp_password_from_file(std::string bytes, std::string& problem) {
         problem = "the file is empty";
     } else if (bytes.size() > max_password_length) {
         problem = "longer than 80 characters (the kernel's TCP MD5 key limit)";
-    } else if (std::any_of(bytes.begin(), bytes.end(), [](char c) {
-                   const auto u = static_cast<unsigned char>(c);
-                   return u <= 0x20 || u >= 0x7f;
-               })) {
+    } else if (!is_word(bytes)) {
         problem =
             "it holds a blank, a line break, a control character or a non-ASCII byte (expected one line of "
             "visible ASCII)";
@@ -82,16 +84,19 @@ std::string render_frr_conf(const config& cfg, const frr_render_options& options
     line("!");
     // Only the VIPs, as host routes, may leave this node: a prefix that is not
     // listed here is never announced, whatever else bgpd comes to know.
-    std::size_t seq = 5;
-    for (const auto& v : b.vips) {
-        if (!v.is_v6) line(fmt::format("ip prefix-list APILB-VIPS seq {} permit {}/32", seq, word(v.ip, "a VIP")));
-        seq += 5;
-    }
-    seq = 5;
-    for (const auto& v : b.vips) {
-        if (v.is_v6) line(fmt::format("ipv6 prefix-list APILB-VIPS6 seq {} permit {}/128", seq, word(v.ip, "a VIP")));
-        seq += 5;
-    }
+    // Sequence numbers count every VIP, of either family.
+    auto prefix_list = [&](bool v6) {
+        std::size_t seq = 5;
+        for (const auto& v : b.vips) {
+            if (v.is_v6 == v6) {
+                line(fmt::format("{} prefix-list {} seq {} permit {}/{}", v6 ? "ipv6" : "ip",
+                                 v6 ? "APILB-VIPS6" : "APILB-VIPS", seq, word(v.ip, "a VIP"), v6 ? 128 : 32));
+            }
+            seq += 5;
+        }
+    };
+    prefix_list(false);
+    prefix_list(true);
     line("!");
     auto out_map = [&](std::string_view name, std::string_view match) {
         line(fmt::format("route-map {} permit 10", name));
@@ -119,9 +124,10 @@ std::string render_frr_conf(const config& cfg, const frr_render_options& options
 
     std::set<std::string> profiles;
     for (const auto& p : b.peers) {
-        if (!p.bfd || !profiles.insert(profile_name(p)).second) continue;
+        const std::string name = profile_name(p);
+        if (!p.bfd || !profiles.insert(name).second) continue;
         if (profiles.size() == 1) line("bfd");
-        line(fmt::format(" profile {}", profile_name(p)));
+        line(fmt::format(" profile {}", name));
         line(fmt::format("  receive-interval {}", p.bfd_interval.count()));
         line(fmt::format("  transmit-interval {}", p.bfd_interval.count()));
         line(fmt::format("  detect-multiplier {}", p.bfd_multiplier));

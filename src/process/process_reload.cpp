@@ -111,9 +111,8 @@ std::vector<std::string> process::reload() {
     std::vector<std::unique_ptr<discovery_pool>> pools;
     try {
         for (const auto& p : file->pools) {
-            const auto running = std::find_if(file_cfg_->pools.begin(), file_cfg_->pools.end(),
-                                              [&](const pool_config& o) { return o.name == p.name; });
-            if (!p.discovery || (running != file_cfg_->pools.end() && running->discovery == p.discovery)) continue;
+            const pool_config* running = file_cfg_->find_pool(p.name);
+            if (!p.discovery || (running != nullptr && running->discovery == p.discovery)) continue;
             auto [client, dp] = make_discovery_for(p);
             clients.push_back(std::move(client));
             pools.push_back(std::move(dp));
@@ -124,7 +123,7 @@ std::vector<std::string> process::reload() {
     }
     // A pool that follows the API keeps the set it follows: the file's
     // backends are only its seed.
-    if (auto why = commit(with_discovered(*file), "reload"); !why.empty()) return fail(std::move(why));
+    if (auto why = commit(with_discovered(*file), "reload", true); !why.empty()) return fail(std::move(why));
     std::shared_ptr<const config> before = std::exchange(file_cfg_, std::move(file));
     restart_discovery(*before, *file_cfg_, std::move(clients), std::move(pools));
     stats_.reloads_total.fetch_add(1, std::memory_order_relaxed);
@@ -137,10 +136,9 @@ std::vector<std::string> process::reload() {
     return {};
 }
 
-std::vector<std::string> process::commit(std::shared_ptr<const config> cfg, const std::string& what) {
+std::vector<std::string> process::commit(std::shared_ptr<const config> cfg, const std::string& what, bool file_reload) {
     APILB_ASSERT_ROLE(control);
     const auto started = clock_type::now();
-    const bool reloading = what == "reload";
     drop_retired_checkers();
     std::shared_ptr<const snapshot> next = snapshot::build(std::move(cfg), snap_.get());
 
@@ -193,20 +191,20 @@ std::vector<std::string> process::commit(std::shared_ptr<const config> cfg, cons
     rebalancer_->start();  // a pool may have enabled rebalancing
     if (vrrp_) {
         vrrp_->update(next);
-    } else if (next->cfg->vrrp && reloading) {
+    } else if (next->cfg->vrrp && file_reload) {
         spdlog::warn("reload: the vrrp section takes effect on restart");
     }
 
     auto pending = std::make_shared<std::size_t>(workers_.size());
     for (std::size_t w = 0; w < workers_.size(); ++w) {
-        workers_[w]->apply(next, std::move(added[w]), [this, pending, started, what, reloading] {
+        workers_[w]->apply(next, std::move(added[w]), [this, pending, started, what, file_reload] {
             // On the worker thread: count down on the control thread.
-            asio::post(control_, [pending, started, what, reloading] {
+            asio::post(control_, [pending, started, what, file_reload] {
                 if (--*pending != 0) return;
                 const auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
                 spdlog::info("{} done in {:.1f}ms: every worker serves the new configuration", what,
                              static_cast<double>(us.count()) / 1000.0);
-                if (reloading) notify_systemd("READY=1");
+                if (file_reload) notify_systemd("READY=1");
             });
         });
     }

@@ -25,6 +25,9 @@ struct discovered_member {
     friend bool operator==(const discovered_member&, const discovered_member&) = default;
 };
 
+/// The address a listed endpoint names.
+socket_address address_of(const discovered_endpoint& e);
+
 /// The members a pool has before the API answers: its static backends (the seed).
 std::vector<discovered_member> seed_members(const pool_config& file_pool);
 

@@ -26,6 +26,8 @@ struct socket_address {
 
     /// "192.0.2.1:6443" or "[2001:db8::1]:6443".
     std::string to_string() const;
+    /// 0.0.0.0 or ::, "any address": a place to listen, never one to reach.
+    bool is_unspecified() const { return ip == "0.0.0.0" || ip == "::"; }
     friend bool operator==(const socket_address&, const socket_address&) = default;
 };
 
@@ -178,6 +180,11 @@ struct pool_config {
     rebalance_config rebalance;
     std::optional<discovery_config> discovery;  ///< nullopt = the static backends only
 };
+
+/// What follows from a pool's backends, once they are known (the file's, or
+/// discovery's): connect_attempts when it is "each backend once", and a
+/// Maglev table at least as large as the pool, prime.
+void resolve_backend_defaults(pool_config& pool);
 
 /// An address apilb accepts clients on, and the pool they go to.
 struct listener_config {
@@ -343,6 +350,8 @@ struct config {
 
     /// The pool a listener names; the loader guarantees it exists.
     const pool_config& pool(const std::string& name) const;
+    /// The pool named `name`, or nullptr.
+    const pool_config* find_pool(const std::string& name) const;
 };
 
 /// Thrown by load_config() with every problem found, not just the first.

@@ -1,5 +1,5 @@
-// The `bgp` section of the configuration model (docs/bgp.md): apart from
-// config.hpp so that its types are read only where BGP is handled. Pure core.
+// The `bgp` section of the configuration model (docs/bgp.md), in a file of
+// its own to keep config.hpp short; config.hpp includes it. Pure core.
 #pragma once
 
 #include <chrono>

@@ -100,7 +100,9 @@ private:
     /// and drains the backends that left (timeouts.reload_drain). `what`
     /// ("reload", "discovery: pool P") labels the log lines. Returns why it
     /// failed (nothing changed then), empty once committed. Control thread.
-    std::vector<std::string> commit(std::shared_ptr<const config> cfg, const std::string& what);
+    /// `file_reload`: a reload of the file (SIGHUP, the admin API), whose end
+    /// systemd hears (READY=1).
+    std::vector<std::string> commit(std::shared_ptr<const config> cfg, const std::string& what, bool file_reload);
     /// What the health checker calls to close a backend's sessions on every worker.
     std::function<void(std::shared_ptr<const backend_health>)> close_sessions_fn();
     /// Closes, after timeouts.reload_drain, the sessions of the backends that
