@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -91,7 +92,7 @@ frame_view decode_frame(std::string_view message) {
     if (std::memcmp(message.data(), magic, sizeof magic) != 0) throw handover_error("frame without the ALBH magic");
     const auto version = static_cast<std::uint16_t>(get_le(message, 4, 2));
     if (version != protocol_version) {
-        throw handover_error(
+        throw version_skew_error(
             fmt::format("protocol version {} from the peer, this side speaks {}", version, protocol_version));
     }
     const auto type = static_cast<std::uint16_t>(get_le(message, 6, 2));

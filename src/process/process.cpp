@@ -177,10 +177,8 @@ process::process(std::shared_ptr<const config> cfg, inherited_sockets inherited)
 
 void process::bind_listener(std::size_t l, inherited_sockets& inherited) {
     const std::string address = snap_->listeners[l].cfg->address.to_string();
-    auto it = std::find_if(inherited.data.begin(), inherited.data.end(),
-                           [&](const auto& d) { return d.first == address; });
     std::vector<int> fds;
-    if (it != inherited.data.end()) fds = it->second.release();
+    if (auto it = inherited.data.find(address); it != inherited.data.end()) fds = it->second.release();
     // Every handed-over socket is kept, spread over the workers: closing one
     // would reset the connects waiting in its accept queue. Workers left
     // without one bind a fresh socket beside them (SO_REUSEPORT).

@@ -72,8 +72,9 @@ std::string new_binary_path() {
 /// its log goes where this one's goes.
 pid_t spawn_new_binary(const std::string& binary, const std::string& config_path, int child_end) {
     std::vector<std::string> env_text;
+    const std::string channel_prefix = std::string(handover::channel_env) + "=";
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-        if (std::string_view(*e).starts_with(std::string(handover::channel_env) + "=")) continue;
+        if (std::string_view(*e).starts_with(channel_prefix)) continue;
         env_text.emplace_back(*e);
     }
     env_text.push_back(fmt::format("{}={}", handover::channel_env, child_channel_fd));
@@ -121,7 +122,6 @@ struct process::upgrade_run {
     pid_t pid = -1;
     int channel = -1;  ///< this side's end; closed by the control thread after the join
     std::thread thread;
-    std::string binary;
 };
 
 void process::start_upgrade(std::function<void()> handed_over) {
@@ -146,17 +146,18 @@ void process::start_upgrade(std::function<void()> handed_over) {
     }
     auto run = std::make_shared<upgrade_run>();
     run->channel = sv[0];
+    std::string binary;
     try {
-        run->binary = new_binary_path();
+        binary = new_binary_path();
         if (child_end < 0) throw handover_error(fmt::format("fcntl: {}", std::strerror(errno)));
-        run->pid = spawn_new_binary(run->binary, snap_->cfg->source, child_end);
+        run->pid = spawn_new_binary(binary, snap_->cfg->source, child_end);
     } catch (const handover_error& e) {
         if (child_end >= 0) ::close(child_end);
         ::close(run->channel);
         return refuse(e.what());
     }
     ::close(child_end);
-    spdlog::info("upgrade: started {} as pid {}; handing over the listeners when it says hello", run->binary, run->pid);
+    spdlog::info("upgrade: started {} as pid {}; handing over the listeners when it says hello", binary, run->pid);
 
     // Duplicated here, on the control thread that owns the admin endpoint.
     handover::owned_fds admin_fd;
@@ -180,18 +181,15 @@ void process::start_upgrade(std::function<void()> handed_over) {
         const auto deadline = clock_type::now() + upgrade_deadline();
         std::string failure;
         try {
-            handover::check_peer(run->channel);
             handover::frame hello;
             try {
                 hello = handover::receive_frame(run->channel, deadline);
-            } catch (const handover_error& e) {
+            } catch (const handover::version_skew_error& e) {
                 // A version skew shows here first: tell the new one why.
-                if (std::string_view(e.what()).starts_with("protocol version")) {
-                    try {
-                        handover::send_frame(run->channel, frame_type::abort, e.what(), {},
-                                             clock_type::now() + std::chrono::seconds(1));
-                    } catch (const handover_error&) {}
-                }
+                try {
+                    handover::send_frame(run->channel, frame_type::abort, e.what(), {},
+                                         clock_type::now() + std::chrono::seconds(1));
+                } catch (const handover_error&) {}
                 throw;
             }
             if (hello.type == frame_type::abort) throw handover_error("the new binary aborted: " + hello.payload);
@@ -309,13 +307,8 @@ inherited_sockets receive_inherited(int channel, const std::string& version, clo
                 got.admin = std::move(f.fds);
                 continue;
             }
-            auto it = std::find_if(got.data.begin(), got.data.end(),
-                                   [&](const auto& d) { return d.first == e.address; });
-            if (it == got.data.end()) {
-                got.data.emplace_back(e.address, std::move(f.fds));
-            } else {
-                for (int fd : f.fds.release()) it->second.push_back(fd);
-            }
+            handover::owned_fds& fds = got.data[e.address];
+            for (int fd : f.fds.release()) fds.push_back(fd);
         }
     } catch (...) {
         ::close(channel);

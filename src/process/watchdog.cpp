@@ -9,8 +9,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <unistd.h>
-
 
 #ifdef APILB_HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
@@ -68,10 +66,7 @@ void process::make_admin(int inherited) {
     if (file_contents file = read_regular_file(snap_->cfg->source, max_config_bytes)) {
         config_hash_ = fmt::format("{:016x}", stable_hash(file.bytes));
     }
-    if (!snap_->cfg->admin) {
-        if (inherited >= 0) ::close(inherited);
-        return;
-    }
+    if (!snap_->cfg->admin) return;
     admin_hooks hooks{
         .current = [this] { return snap_; },
         .facts =

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -41,6 +40,13 @@ enum class frame_type : std::uint16_t {
 class handover_error : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
+};
+
+/// A frame of another protocol version than protocol_version: the peer is
+/// another release, told why with an `abort` (docs/upgrade.md).
+class version_skew_error : public handover_error {
+public:
+    using handover_error::handover_error;
 };
 
 /// Descriptors received with a frame; closes the ones not released.

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -32,7 +33,7 @@ class discovery_client;
 /// this one says `ready` once it serves.
 struct inherited_sockets {
     /// Listener address (listener_config::address as text) -> its sockets.
-    std::vector<std::pair<std::string, handover::owned_fds>> data;
+    std::map<std::string, handover::owned_fds> data;
     std::string admin_address;  ///< the admin socket's address, if one came
     handover::owned_fds admin;
     int channel = -1;  ///< owned; -1 when not started by an upgrade
@@ -89,8 +90,9 @@ private:
     static void notify_systemd(const std::string& state);
     /// Binds the admin endpoint if the config has one (constructor; throws
     /// like a listener bind), or takes `inherited` (an upgrade's socket,
-    /// owned; -1 for none). src/process/watchdog.cpp.
-    void make_admin(int inherited = -1);
+    /// owned, passed only with an admin section; -1 for none).
+    /// src/process/watchdog.cpp.
+    void make_admin(int inherited);
     /// Feeds the systemd watchdog while every worker answers its pings.
     void start_watchdog();
 
