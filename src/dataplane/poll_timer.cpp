@@ -1,7 +1,5 @@
 #include "apilb/dataplane/poll_timer.hpp"
 
-#include <boost/asio/error.hpp>
-
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -41,9 +39,9 @@ void poll_timer::wait_until(std::chrono::steady_clock::time_point at, poll_socke
     fd_.wait(poll_socket::wait_type::read, &poll_timer::on_ready, this);
 }
 
-void poll_timer::cancel() noexcept {
+void poll_timer::cancel() {
     itimerspec off{};
-    if (fd_.is_open()) ::timerfd_settime(fd_.native_handle(), 0, &off, nullptr);
+    ::timerfd_settime(fd_.native_handle(), 0, &off, nullptr);
     fd_.cancel();
 }
 

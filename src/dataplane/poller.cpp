@@ -167,14 +167,11 @@ void poller::on_wake(const error_code& ec) {
         // is drained below and watched again at once: a worker that spins is
         // seen and serves, a worker that stopped watching would only hang.
         if (failures_ != nullptr) failures_->fetch_add(1, std::memory_order_relaxed);
-        thread_local std::chrono::steady_clock::time_point said;  // one poller per worker thread
-        const auto now = std::chrono::steady_clock::now();
-        if (now - said >= std::chrono::seconds(1)) {
-            said = now;
-            try {
+        try {
+            std::uint64_t suppressed = 0;
+            if (wake_warnings_.allow(suppressed))
                 spdlog::critical("waiting for the sockets failed: {}; watching them again", ec.message());
-            } catch (const std::exception&) {}
-        }
+        } catch (const std::exception&) {}
     }
     on_ready();
 }

@@ -88,14 +88,7 @@ int worker::open_listener(const listener_runtime& l, const tcp_config& tcp) {
 
 void worker::bind(std::size_t listener_index) {
     const listener_runtime& l = ctx_.snap().listeners[listener_index];
-    const int fd = open_listener(l, ctx_.snap().cfg->tcp);
-    error_code ec;
-    auto slot = adopt_listener(fd, listener_index, ec);
-    if (ec) {
-        throw std::system_error(
-            ec, fmt::format("listener {}: cannot adopt the socket for {}", l.cfg->name, l.cfg->address.to_string()));
-    }
-    acceptors_.push_back(std::move(slot));
+    add_acceptor(open_listener(l, ctx_.snap().cfg->tcp), listener_index, "socket");
 }
 
 void worker::adopt(std::size_t listener_index, int fd) {
@@ -115,9 +108,24 @@ void worker::adopt(std::size_t listener_index, int fd) {
         ::close(fd);
         fail(ec, "cannot listen on");
     }
+    // The sender's socket is non-blocking today; a blocking one would stall
+    // the worker in accept4 once the queue is empty.
+    if (const int flags = ::fcntl(fd, F_GETFL); flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        const error_code ec(errno, boost::system::system_category());
+        ::close(fd);
+        fail(ec, "cannot make non-blocking");
+    }
+    add_acceptor(fd, listener_index, "handed-over socket");
+}
+
+void worker::add_acceptor(int fd, std::size_t listener_index, const char* which) {
     error_code ec;
     auto slot = adopt_listener(fd, listener_index, ec);
-    if (ec) fail(ec, "cannot adopt");
+    if (ec) {
+        const listener_runtime& l = ctx_.snap().listeners[listener_index];
+        throw std::system_error(
+            ec, fmt::format("listener {}: cannot adopt the {} for {}", l.cfg->name, which, l.cfg->address.to_string()));
+    }
     acceptors_.push_back(std::move(slot));
 }
 
@@ -151,9 +159,9 @@ std::unique_ptr<worker::acceptor_slot> worker::adopt_listener(int fd, std::size_
 // memory there, the exception leaves through whatever resumed the coroutine,
 // the coroutine is destroyed (by a post, which itself may fail: then
 // std::terminate) and its completion handler never runs: the worker would
-// silently never accept again. Starting these waits allocates nothing; what
-// a turn does (a session, a log line) may throw, and is caught in the turn.
-void worker::spawn_accept_loop(acceptor_slot& slot) { accept_turn(slot); }
+// silently never accept again. Starting these waits allocates nothing
+// (cancelling one may: see poll_timer::cancel); what a turn does (a session,
+// a log line) may throw, and is caught in the turn.
 
 void worker::on_accept_wait(void* arg, const error_code& ec) {
     auto& slot = *static_cast<acceptor_slot*>(arg);
@@ -174,12 +182,7 @@ void worker::accept_turn(acceptor_slot& slot) noexcept {
     } catch (const std::exception& e) {
         // Out of memory, say: a listener that stopped accepting for good
         // would be an outage of this worker's share of clients.
-        ctx_.stats.resource_errors_total.fetch_add(1, std::memory_order_relaxed);
-        try {
-            std::uint64_t suppressed = 0;
-            if (ctx_.resource_warnings.allow(suppressed))
-                spdlog::critical("worker {}: accepting failed: {}; accepting again in 100ms", index_, e.what());
-        } catch (const std::exception&) {}
+        tick_failed("accepting", e, "in 100ms");
         until = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
         ctx_.accept_paused_until = until;
         next = slot.listener.is_open() ? accept_next::pause : accept_next::done;
@@ -235,7 +238,7 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
                 continue;
             }
             acceptors_.push_back(std::move(slot));
-            if (started_) spawn_accept_loop(*acceptors_.back());
+            if (started_) accept_turn(*acceptors_.back());
         }
         // Slots of listeners removed by earlier reloads, once their loops are over.
         std::erase_if(acceptors_, [](const auto& slot) { return slot->loop_done; });
@@ -258,7 +261,7 @@ void worker::start() {
     }
     // On the worker thread: a turn may accept, and start, a session at once.
     asio::post(io_, [this] {
-        for (auto& slot : acceptors_) spawn_accept_loop(*slot);
+        for (auto& slot : acceptors_) accept_turn(*slot);
         publish_tick();
         if (sweep_period_.count() > 0) sweep_tick();
     });
@@ -393,12 +396,12 @@ void worker::on_sweep_timer(void* self, const error_code& ec) {
     w.sweep_tick();
 }
 
-void worker::tick_failed(const char* what, const std::exception& e) noexcept {
+void worker::tick_failed(const char* what, const std::exception& e, const char* again) noexcept {
     ctx_.stats.resource_errors_total.fetch_add(1, std::memory_order_relaxed);
     try {
         std::uint64_t suppressed = 0;
         if (ctx_.resource_warnings.allow(suppressed))
-            spdlog::critical("worker {}: {} failed: {}; trying again at the next tick", index_, what, e.what());
+            spdlog::critical("worker {}: {} failed: {}; trying again {}", index_, what, e.what(), again);
     } catch (const std::exception&) {}
 }
 
@@ -499,7 +502,7 @@ void worker::on_publish_timer(void* self, const error_code& ec) {
 
 void worker::stop() {
     if (!thread_.joinable()) return;
-    // Let every coroutine end on its own, so none is destroyed half-way with
+    // Let every session end on its own, so none is destroyed half-way with
     // the io_context's services already gone.
     asio::post(io_, [this] {
         stopping_ = true;

@@ -25,10 +25,11 @@ public:
 
     /// Calls `fn(arg, ec)` from the poller's loop once `at` has come (in
     /// the next wake-up if it has already): ec is empty, or operation_aborted
-    /// if cancel() or close() came first. Allocates nothing, never throws.
+    /// if cancel() came first. Starting the wait allocates nothing.
     void wait_until(std::chrono::steady_clock::time_point at, poll_socket::callback fn, void* arg) noexcept;
-    /// A pending wait completes with operation_aborted.
-    void cancel() noexcept;
+    /// A pending wait completes with operation_aborted. May throw: queueing
+    /// that completion can post to the io_context, which allocates.
+    void cancel();
 
 private:
     static void on_ready(void* self, const boost::system::error_code& ec);

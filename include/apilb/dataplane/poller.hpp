@@ -5,10 +5,11 @@
 // non-blocking; here a descriptor is added once, edge-triggered for both
 // directions, made non-blocking when it is created (accept4, socket), and
 // leaves the epoll set with its close. The poller is one descriptor in the
-// worker's io_context, so timers and posted work stay Asio's; that one is
-// registered once too, and waited for without a re-arm (see poller.cpp), so a
-// wake-up costs Asio's epoll_wait and the poller's, nothing more. Worker thread
-// only (checked in debug and sanitizer builds); nothing here takes a lock.
+// worker's io_context, so posted work and the sessions' timers stay Asio's
+// (the worker's own loops wait on poll_timers); that one is registered once
+// too, and waited for without a re-arm (see poller.cpp), so a wake-up costs
+// Asio's epoll_wait and the poller's, nothing more. Worker thread only
+// (checked in debug and sanitizer builds); nothing here takes a lock.
 #pragma once
 
 #include <boost/asio/async_result.hpp>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "apilb/dataplane/erased_handler.hpp"
+#include "apilb/logging/logging.hpp"
 
 namespace apilb {
 
@@ -91,9 +93,10 @@ private:
     int epfd_ = -1;
     boost::asio::io_context* io_ = nullptr;
     std::unique_ptr<watch> watch_;
-    wake_op* wake_ = nullptr;                         ///< made by attach(); see wake_op for who owns it
-    bool armed_ = false;                              ///< wake_ is queued in the io_context
-    std::atomic<std::uint64_t>* failures_ = nullptr;  ///< see count_failures_in()
+    wake_op* wake_ = nullptr;                             ///< made by attach(); see wake_op for who owns it
+    bool armed_ = false;                                  ///< wake_ is queued in the io_context
+    std::atomic<std::uint64_t>* failures_ = nullptr;      ///< see count_failures_in()
+    log_limiter wake_warnings_{std::chrono::seconds(1)};  ///< for on_wake's failures
     bool watching_ = false;
     bool dispatching_ = false;  ///< inside on_ready or run_deferred
     bool drain_posted_ = false;

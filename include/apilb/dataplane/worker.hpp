@@ -110,7 +110,7 @@ public:
     /// Control thread, before start().
     void set_passive_reporter(passive_reporter r) { ctx_.report_passive = std::move(r); }
     /// Ends everything the worker runs (acceptors, sessions, timers), lets
-    /// every coroutine finish, and joins the thread; forces the io_context to
+    /// every session finish, and joins the thread; forces the io_context to
     /// stop only if that takes more than a few seconds. Control thread.
     void stop();
 
@@ -126,13 +126,15 @@ private:
     };
     /// A slot for the listening descriptor `fd` (which it then owns).
     std::unique_ptr<acceptor_slot> adopt_listener(int fd, std::size_t listener_index, boost::system::error_code& ec);
+    /// bind() and adopt(): adds a slot for `fd` (which it then owns). Throws
+    /// std::system_error naming the listener and `which` socket it was.
+    void add_acceptor(int fd, std::size_t listener_index, const char* which);
 
     /// What an accept turn waits for before the next turn.
     enum class accept_next { listener, pause, done };
-    /// Starts the slot's accept loop: turns of accept_some, each started by
-    /// a wait that allocates nothing (see worker.cpp). Worker thread.
-    void spawn_accept_loop(acceptor_slot& slot);
-    /// One turn: accept_some, then the wait for the next; never throws.
+    /// One turn of the slot's accept loop: accept_some, then the wait for
+    /// the next turn, a wait that allocates nothing (see worker.cpp). The
+    /// first call starts the loop. Worker thread; never throws.
     void accept_turn(acceptor_slot& slot) noexcept;
     /// poll_socket/poll_timer callback of that wait; `slot` is the acceptor_slot.
     static void on_accept_wait(void* slot, const boost::system::error_code& ec);
@@ -154,9 +156,10 @@ private:
     /// times per period.
     void sweep_tick() noexcept;
     static void on_sweep_timer(void* self, const boost::system::error_code& ec);
-    /// A tick of sweep or publish failed with `e` (out of memory): counted in
-    /// resource_errors_total, logged at critical (rate-limited); never throws.
-    void tick_failed(const char* what, const std::exception& e) noexcept;
+    /// A turn of accept, sweep or publish failed with `e` (out of memory):
+    /// counted in resource_errors_total, logged at critical (rate-limited)
+    /// saying it is tried again `again`; never throws.
+    void tick_failed(const char* what, const std::exception& e, const char* again = "at the next tick") noexcept;
 
     std::size_t index_;
     // Before io_: session sockets, destroyed with the handlers io_ still
