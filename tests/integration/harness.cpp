@@ -240,8 +240,11 @@ apilb_process::apilb_process(const temp_dir& dir, const std::string& yaml, const
     argv.insert(argv.end(), extra_args.begin(), extra_args.end());
     proc_ = std::make_unique<process>(argv, dir.file("apilb.log"));
     // Wait for the startup line rather than probing the port: a probe would
-    // itself be proxied to a backend and disturb the test's counts.
-    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    // itself be proxied to a backend and disturb the test's counts. The bound
+    // is generous because a sanitizer build on a loaded 2-core machine has
+    // been seen to take over 10 s to print its first line; a healthy start
+    // still returns as soon as the line appears.
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
     bool started = false;
     while (!started && std::chrono::steady_clock::now() < deadline && proc_->running()) {
         started = proc_->log().find("apilb started:") != std::string::npos;
