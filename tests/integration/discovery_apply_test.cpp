@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <csignal>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <thread>
@@ -291,6 +292,29 @@ TEST_F(DiscoveryApply, AReloadThatChangesTheSectionRestartsTheWatchAndKeepsTheSe
         << lb.log();
     list(ep(1) + "," + ep(3));
     EXPECT_TRUE(reaches("cp3")) << lb.log();
+}
+
+TEST_F(DiscoveryApply, ACommitThatFailsIsTriedAgainOnABackoff) {
+    // The probes' CA is a file of its own, so that it can go away while the
+    // test's own clients keep theirs.
+    dir_.write("probe-ca.crt", read_file(certs_ + "/ca.crt"));
+    start_apiserver(1);
+    start_apiserver(3);
+    list(ep(1));
+    std::string yaml = config();
+    const std::string probe_ca = "tls: {ca_file: " + certs_ + "/ca.crt}";
+    ASSERT_NE(yaml.find(probe_ca), std::string::npos) << yaml;
+    yaml.replace(yaml.find(probe_ca), probe_ca.size(), "tls: {ca_file: " + dir_.file("probe-ca.crt") + "}");
+    apilb_process lb(dir_, yaml, "127.0.0.1", port_);
+    ASSERT_TRUE(lb.wait_for_log("the API lists 1 apiserver(s)", 20s)) << lb.log();
+    // The probes' CA is being replaced when cp3 appears: the commit fails ...
+    std::filesystem::rename(dir_.file("probe-ca.crt"), dir_.file("probe-ca.crt.old"));
+    list(ep(1) + "," + ep(3));
+    ASSERT_TRUE(lb.wait_for_log("the new backends were not applied", 20s)) << lb.log();
+    // ... and once the file is back, the same set is applied without a new one.
+    std::filesystem::rename(dir_.file("probe-ca.crt.old"), dir_.file("probe-ca.crt"));
+    EXPECT_TRUE(reaches("cp3", 20s)) << lb.log();
+    EXPECT_TRUE(shows(addr(3, api(1).port()), R"("origin":"discovered","discovery":"admitted")")) << status();
 }
 
 TEST_F(DiscoveryApply, ChangeIntervalTurnsABurstIntoOneChangeWithTheLatestSet) {
