@@ -90,22 +90,9 @@ protected:
     bool wait_shows(const std::string& name, const std::string& fields, std::chrono::milliseconds t = 20s) const {
         return wait_until([&] { return shows(name, fields); }, t);
     }
-    /// The stand-in that answers one new session through apilb ("" when none did).
-    std::string one_session() {
-        tls_session s(*tls_);
-        std::string error;
-        if (!s.open("127.0.0.1", port_, "/version", 5s, error)) return "";
-        return s.backend();
-    }
-    /// Which stand-ins answer `n` new sessions, and how often.
-    std::map<std::string, int> sessions(int n) {
-        std::map<std::string, int> seen;
-        for (int i = 0; i < n; ++i) ++seen[one_session()];
-        return seen;
-    }
-    /// Polls new sessions until one reaches `name`; false after `t`.
-    bool reaches(const std::string& name, std::chrono::milliseconds t = 20s) {
-        return wait_until([&] { return one_session() == name; }, t);
+    std::map<std::string, int> sessions(int n) const { return session_sampler(*tls_, port_).many(n); }
+    bool reaches(const std::string& name, std::chrono::milliseconds t = 20s) const {
+        return session_sampler(*tls_, port_).reaches(name, t);
     }
     /// cp1 (the seed) and cp2 listed, apilb started with `more` in its
     /// discovery section, and cp2 admitted.

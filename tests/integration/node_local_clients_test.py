@@ -31,10 +31,8 @@ import http.client
 import json
 import os
 import queue
-import select
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -55,6 +53,7 @@ import urllib3
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 from test_ports import free_port  # noqa: E402  (claims the port; see tests/tools/test_ports.py)
+from standin_api_test import Standin  # noqa: E402  (the stand-in as a process, and its control surface)
 
 urllib3.disable_warnings()
 
@@ -77,47 +76,19 @@ def wait_until(pred, timeout: float, poll: float = 0.05) -> bool:
     return pred()
 
 
-class Standin:
-    """The stand-in apiservers cp1..cp4 (one process, one store) and their control surface."""
+def start_apiservers(binary: str, certs: str, workdir: str) -> Standin:
+    """The stand-in apiservers cp1..cp4 on 127.0.0.2-5: one process, one store."""
+    return Standin(binary, certs, workdir, ip="127.0.0.2",
+                   extra=["--name", "cp1", "--also-listen", "127.0.0.3=cp2", "--also-listen", "127.0.0.4=cp3",
+                          "--also-listen", "127.0.0.5=cp4"])
 
-    def __init__(self, binary: str, certs: str, workdir: str) -> None:
-        self.log = open(os.path.join(workdir, "standin.log"), "w")
-        self.proc = subprocess.Popen(
-            [binary, "--listen", "127.0.0.2:0", "--cert", f"{certs}/server.crt", "--key", f"{certs}/server.key",
-             "--client-ca", f"{certs}/ca.crt", "--name", "cp1", "--also-listen", "127.0.0.3=cp2",
-             "--also-listen", "127.0.0.4=cp3", "--also-listen", "127.0.0.5=cp4"],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("listening on 127.0.0.2:"):
-            raise RuntimeError(f"stand-in did not start: {line!r}")
-        self.port = int(line.strip().rsplit(":", 1)[1])
-        self.ctx = ssl.create_default_context(cafile=f"{certs}/ca.crt")
-        self.ctx.load_cert_chain(f"{certs}/client.crt", f"{certs}/client.key")
 
-    def control(self, method: str, path: str, body: dict | None = None) -> int:
-        conn = http.client.HTTPSConnection("127.0.0.2", self.port, context=self.ctx, timeout=10)
-        try:
-            conn.request(method, path, body=json.dumps(body) if body is not None else None)
-            res = conn.getresponse()
-            res.read()
-            return res.status
-        finally:
-            conn.close()
-
-    def list(self, *ns: int) -> None:
-        eps = [{"addresses": [f"127.0.0.{n + 1}"]} for n in ns]
-        if self.control("PUT", "/control/slices/kubernetes", {"endpoints": eps}) != 200:
-            raise RuntimeError("the stand-in refused the slice")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
+def set_slice(s: Standin, *ns: int) -> None:
+    """The `kubernetes` slice lists cp`ns`."""
+    status, _ = s.control("PUT", "/control/slices/kubernetes",
+                          {"endpoints": [{"addresses": [f"127.0.0.{n + 1}"]} for n in ns]})
+    if status != 200:
+        raise RuntimeError("the stand-in refused the slice")
 
 
 class Watcher:
@@ -189,11 +160,11 @@ def run(apilb_bin: str, standin_bin: str, mkcerts: str, source_root: str, tmp: s
     check("IP Address:127.0.0.1" in sans and "DNS:localhost" in sans,
           "the apiservers' certificate names 127.0.0.1 and localhost")
 
-    s = Standin(standin_bin, certs, tmp)
+    s = start_apiservers(standin_bin, certs, tmp)
     apilb = None
     watcher = None
     try:
-        s.list(1, 2, 3)
+        set_slice(s, 1, 2, 3)
         port, admin = free_port(), free_port()
         kubeconfig = os.path.join(tmp, "apilb.kubeconfig")
         with open(kubeconfig, "w") as f:
@@ -275,7 +246,7 @@ def run(apilb_bin: str, standin_bin: str, mkcerts: str, source_root: str, tmp: s
         kt.start()
         new_set = sorted({1, 2, 3, 4} - {gone})
         t0 = time.monotonic()
-        s.list(*new_set)
+        set_slice(s, *new_set)
         want = [f"127.0.0.{n + 1}" for n in new_set]
         seen = watcher.until(want, 10)
         check(seen is not None, f"the Python watch sees cp{gone} leave and cp4 join: {want}")
@@ -285,7 +256,7 @@ def run(apilb_bin: str, standin_bin: str, mkcerts: str, source_root: str, tmp: s
         # The next change (cp{gone} back) reaches the watch through its new connection.
         final = [1, 2, 3, 4]
         t1 = time.monotonic()
-        s.list(*final)
+        set_slice(s, *final)
         want = [f"127.0.0.{n + 1}" for n in final]
         resumed = watcher.until(want, 15)
         check(resumed is not None, f"after reconnecting through apilb the watch sees the next change: {want}")

@@ -55,21 +55,7 @@ protected:
         serial_ = issue_kubelet_certificate("kubelet-client-2026-01-01-00-00-00.pem");
         std::filesystem::create_symlink(pki_ + "/kubelet-client-2026-01-01-00-00-00.pem",
                                         pki_ + "/kubelet-client-current.pem");
-        // kubeadm's kubelet.conf after join: the CA inline, the certificate
-        // and key in one PEM behind the link the kubelet rotates.
-        auto ca64 = run_command({"/usr/bin/base64", "-w0", certs_ + "/ca.crt"});
-        ASSERT_EQ(ca64.exit_code, 0) << ca64.output;
-        node_.write("kubelet.conf",
-                    fmt::format("apiVersion: v1\nclusters:\n- cluster:\n"
-                                "    certificate-authority-data: {0}\n"
-                                "    server: https://127.0.0.1:7445\n  name: kubernetes\n"
-                                "contexts:\n- context:\n    cluster: kubernetes\n"
-                                "    user: system:node:worker-1\n  name: system:node:worker-1@kubernetes\n"
-                                "current-context: system:node:worker-1@kubernetes\nkind: Config\n"
-                                "preferences: {{}}\nusers:\n- name: system:node:worker-1\n  user:\n"
-                                "    client-certificate: {1}/kubelet-client-current.pem\n"
-                                "    client-key: {1}/kubelet-client-current.pem\n",
-                                ca64.output, pki_));
+        write_kubelet_conf(node_, certs_, pki_);
         tls_.emplace(certs_ + "/ca.crt");
         port_ = free_port();
         admin_ = free_port();
@@ -127,20 +113,10 @@ protected:
     }
     std::string cp(int n) const { return fmt::format("127.0.0.{}:{}", n + 1, api_->port()); }
 
-    /// The apiserver that answers one new session through apilb ("" when none did).
-    std::string one_session() {
-        tls_session s(*tls_);
-        std::string error;
-        if (!s.open("127.0.0.1", port_, "/version", 5s, error)) return "";
-        return s.backend();
-    }
-    std::map<std::string, int> sessions(int n) {
-        std::map<std::string, int> seen;
-        for (int i = 0; i < n; ++i) ++seen[one_session()];
-        return seen;
-    }
-    bool reaches(const std::string& name, std::chrono::milliseconds t = 20s) {
-        return wait_until([&] { return one_session() == name; }, t, 50ms);
+    std::string one_session() const { return session_sampler(*tls_, port_).one(); }
+    std::map<std::string, int> sessions(int n) const { return session_sampler(*tls_, port_).many(n); }
+    bool reaches(const std::string& name, std::chrono::milliseconds t = 20s) const {
+        return session_sampler(*tls_, port_).reaches(name, t);
     }
     std::string status() const { return http_exchange(admin_, "GET", "/api/v1/status").body; }
     std::string metrics() const { return http_exchange(admin_, "GET", "/metrics").body; }
