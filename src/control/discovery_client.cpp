@@ -110,7 +110,8 @@ ssl::context make_tls(const std::string& pool, const discovery_config& d, std::s
     token = k.token;
     token_file = k.token_file;
     files.clear();
-    for (const std::string* f : std::array<const std::string*, 5>{&d.kubeconfig, &d.ca_file, &k.ca_file, &k.cert_file, &k.key_file}) {
+    for (const std::string* f :
+         std::array<const std::string*, 5>{&d.kubeconfig, &d.ca_file, &k.ca_file, &k.cert_file, &k.key_file}) {
         if (!f->empty()) files.push_back(*f);
     }
     return ctx;
@@ -123,7 +124,8 @@ std::array<std::int64_t, 5> file_stamp(const std::string& path) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) return {};
     return {static_cast<std::int64_t>(st.st_dev), static_cast<std::int64_t>(st.st_ino),
-            static_cast<std::int64_t>(st.st_size), static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
+            static_cast<std::int64_t>(st.st_size),
+            static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
             static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec};
 }
 

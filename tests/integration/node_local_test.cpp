@@ -70,11 +70,11 @@ protected:
         for (const std::vector<std::string>& argv : std::vector<std::vector<std::string>>{
                  {"/usr/bin/openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out",
                   base + ".key"},
-                 {"/usr/bin/openssl", "req", "-new", "-key", base + ".key", "-subj", "/O=system:nodes/CN=system:node:worker-1",
-                  "-out", base + ".csr"},
+                 {"/usr/bin/openssl", "req", "-new", "-key", base + ".key", "-subj",
+                  "/O=system:nodes/CN=system:node:worker-1", "-out", base + ".csr"},
                  {"/usr/bin/openssl", "x509", "-req", "-in", base + ".csr", "-CA", certs_ + "/ca.crt", "-CAkey",
-                  certs_ + "/ca.key", "-set_serial", "0x" + serial, "-days", "1", "-sha256", "-extfile",
-                  base + ".ext", "-out", base + ".crt"}}) {
+                  certs_ + "/ca.key", "-set_serial", "0x" + serial, "-days", "1", "-sha256", "-extfile", base + ".ext",
+                  "-out", base + ".crt"}}) {
             auto r = run_command(argv);
             EXPECT_EQ(r.exit_code, 0) << argv[1] << ": " << r.output;
         }

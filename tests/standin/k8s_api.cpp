@@ -456,10 +456,10 @@ net::awaitable<bool> k8s_api::serve_api(tls_stream& stream, const request& req, 
     if (unavailable_) {
         ++unavailable_count_;
         co_return co_await write_response(
-            stream, status_reply(req,
-                                 status_object(503, "ServiceUnavailable",
-                                               "the server is currently unable to handle the request"),
-                                 state));
+            stream,
+            status_reply(
+                req, status_object(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+                state));
     }
     const auto who = authenticate(stream, req);
     if (who.user.empty() || reject_credentials_) {

@@ -125,9 +125,9 @@ private:
     targets_fn targets_;
     change_fn on_change_;
     std::optional<boost::asio::ssl::context> tls_;
-    std::string token_;       ///< inline bearer token
-    std::string token_file_;  ///< or re-read from this file before each request
-    std::vector<std::string> credential_files_;  ///< the files tls_ and the token came from
+    std::string token_;                                           ///< inline bearer token
+    std::string token_file_;                                      ///< or re-read from this file before each request
+    std::vector<std::string> credential_files_;                   ///< the files tls_ and the token came from
     std::vector<std::array<std::int64_t, 5>> credential_stamps_;  ///< and what they were then
     discovery_api api_ = discovery_api::endpoint_slices;
     std::string resource_version_;
