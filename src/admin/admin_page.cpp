@@ -51,6 +51,8 @@ function discovery(d){
   return el("div",{class:"disc","data-discovery":d.pool},
     row("Discovery","watch "+d.watch_state+" · last sync "+(d.last_sync_unix>0?ago(d.last_sync_unix*1000):"never")+" · lists "+d.lists+" · relists "+d.relists+" · events "+d.events+" · errors "+d.errors+" · empty lists "+d.empty_lists),
     row("Set from",sources[d.source]||d.source),
+    row("API server",d.api_server||"none tried yet"),
+    row("Last error",d.last_error?d.last_error+" ("+ago(d.last_error_unix*1000)+")":"none"),
     row("Discovered",disc.length?disc.map(ep).join(", "):"none yet"),
     row("Seed",seed.length?seed.map(b=>b.name+" "+b.address).join(", "):"–"),
     row("State file",d.state_file?d.state_file+(d.source==="state_file"?" (in use)":""):"none"));

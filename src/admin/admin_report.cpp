@@ -155,6 +155,12 @@ void render_discovery_metrics(Exposition& e, const std::vector<const discovery_c
     counter("apilb_discovery_empty_lists_total",
             "Answers that named no serving apiserver and were not applied (the running set is kept).",
             &discovery_stats::empty_lists_total);
+    counter("apilb_discovery_credential_reloads_total",
+            "Changed credential files (kubeconfig, its certificate, key or CA) read again and taken into use.",
+            &discovery_stats::credential_reloads_total);
+    counter("apilb_discovery_credential_errors_total",
+            "Changed credential files that could not be used: the previous credentials stay in use.",
+            &discovery_stats::credential_errors_total);
 }
 
 }  // namespace
@@ -449,6 +455,9 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
             json::object{{"pool", c->pool()},
                          {"watch_state", to_string(static_cast<watch_state>(ds.state.load(std::memory_order_relaxed)))},
                          {"source", to_string(c->source())},
+                         {"api_server", c->api_server()},
+                         {"last_error", c->last_error()},
+                         {"last_error_unix", c->last_error_unix()},
                          {"last_sync_unix", ds.last_sync_unix.load(std::memory_order_relaxed)},
                          {"lists", load(ds.lists_total)},
                          {"relists", load(ds.relists_total)},

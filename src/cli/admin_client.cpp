@@ -303,6 +303,15 @@ void print_discovery(const json::object& st) {
             num(field(d, "lists")), num(field(d, "relists")), num(field(d, "events")), num(field(d, "errors")),
             num(field(d, "empty_lists")));
         std::cout << "  set from    " << source_text(str(field(d, "source"))) << '\n';
+        const std::string api_server = text("api_server");
+        std::cout << "  api server  " << (api_server.empty() ? "none tried yet" : api_server) << '\n';
+        const std::string last_error = text("last_error");
+        std::cout << "  last error  "
+                  << (last_error.empty()
+                          ? std::string("none")
+                          : fmt::format("{} ({})", last_error,
+                                        age_of(static_cast<std::int64_t>(num(field(d, "last_error_unix"))))))
+                  << '\n';
         std::string discovered;
         if (const json::value& eps = field(d, "discovered"); eps.is_array()) {
             for (const auto& ev : eps.as_array()) {

@@ -18,6 +18,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
+
+#include <array>
 #include <chrono>
 
 #include "apilb/control/prober.hpp"
@@ -58,13 +61,14 @@ std::string endpoint_text(const tcp::endpoint& ep) {
                                 : fmt::format("{}:{}", ep.address().to_string(), ep.port());
 }
 
-/// The TLS client context from the section and the credentials it names.
-ssl::context make_tls(const pool_config& pool, std::string& token, std::string& token_file) {
-    const discovery_config& d = *pool.discovery;
+/// The TLS client context from the section and the credentials it names;
+/// `files` gets every file they were read from (to notice a rotation).
+ssl::context make_tls(const std::string& pool, const discovery_config& d, std::string& token, std::string& token_file,
+                      std::vector<std::string>& files) {
     ssl::context ctx(ssl::context::tls_client);
     SSL_CTX* native = ctx.native_handle();
     set_client_defaults(native);
-    const std::string what = fmt::format("pool {}: discovery", pool.name);
+    const std::string what = fmt::format("pool {}: discovery", pool);
     kube_credentials k;
     if (!d.kubeconfig.empty()) {
         file_contents file = read_regular_file(d.kubeconfig, max_kubeconfig_bytes);
@@ -105,7 +109,24 @@ ssl::context make_tls(const pool_config& pool, std::string& token, std::string& 
     }
     token = k.token;
     token_file = k.token_file;
+    files.clear();
+    for (const std::string* f :
+         std::array<const std::string*, 5>{&d.kubeconfig, &d.ca_file, &k.ca_file, &k.cert_file, &k.key_file}) {
+        if (!f->empty()) files.push_back(*f);
+    }
     return ctx;
+}
+
+/// What a file is now: device, inode, size and change time of what the path
+/// leads to (through a symlink, as the kubelet's kubelet-client-current.pem
+/// is); all zero when it cannot be looked at.
+std::array<std::int64_t, 5> file_stamp(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return {};
+    return {static_cast<std::int64_t>(st.st_dev), static_cast<std::int64_t>(st.st_ino),
+            static_cast<std::int64_t>(st.st_size),
+            static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
+            static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec};
 }
 
 /// "" or why: a status the loop must act on is returned as its number.
@@ -179,7 +200,44 @@ discovery_client::discovery_client(asio::io_context& control, const pool_config&
       on_change_(std::move(on_change)),
       stats_(std::make_shared<discovery_stats>()),
       random_(std::random_device{}()) {
-    tls_.emplace(make_tls(pool, token_, token_file_));
+    tls_.emplace(make_tls(pool_, cfg_, token_, token_file_, credential_files_));
+    credential_stamps_ = stamps();
+}
+
+std::vector<std::array<std::int64_t, 5>> discovery_client::stamps() const {
+    std::vector<std::array<std::int64_t, 5>> out;
+    for (const auto& f : credential_files_) out.push_back(file_stamp(f));
+    return out;
+}
+
+void discovery_client::refresh_credentials() {
+    // A few stat calls on the control thread, before a connect: the workers
+    // never wait for them. The kubelet rotates its client certificate by
+    // pointing kubelet-client-current.pem at a new file, and a kubeconfig
+    // may be rewritten: either changes a stamp.
+    auto now = stamps();
+    if (now == credential_stamps_) return;
+    std::string token, token_file;
+    std::vector<std::string> files;
+    try {
+        ssl::context fresh = make_tls(pool_, cfg_, token, token_file, files);
+        // No stream is open here (the loop is between requests), so none
+        // refers to the context replaced.
+        tls_.emplace(std::move(fresh));
+    } catch (const std::exception& e) {
+        // Half-written files, or a rotation in progress: the credentials in
+        // use stay, and the next connect looks again.
+        stats_->credential_errors_total.fetch_add(1, std::memory_order_relaxed);
+        spdlog::warn("discovery: pool {}: the credentials changed but cannot be used, keeping the previous ones: {}",
+                     pool_, single_line(e.what()));
+        return;
+    }
+    token_ = std::move(token);
+    token_file_ = std::move(token_file);
+    credential_files_ = std::move(files);
+    credential_stamps_ = stamps();
+    stats_->credential_reloads_total.fetch_add(1, std::memory_order_relaxed);
+    spdlog::info("discovery: pool {}: the credentials changed; the next connect uses the new ones", pool_);
 }
 
 discovery_client::~discovery_client() { stop(); }
@@ -388,6 +446,19 @@ asio::awaitable<std::string> discovery_client::watch(const tcp::endpoint& target
     co_return std::string();
 }
 
+void discovery_client::record_error(const std::string& err) {
+    // An apiserver's message is quoted in it: one line, bounded, for the
+    // status (apilb status prints it on one line; the page shows it as text).
+    std::size_t n = std::min(err.size(), max_error_chars);
+    // Not through the middle of a UTF-8 character.
+    if (n < err.size()) {
+        while (n > 0 && (static_cast<unsigned char>(err[n]) & 0xC0) == 0x80) --n;
+    }
+    last_error_ = single_line(err.substr(0, n));
+    last_error_unix_ =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
 void discovery_client::mark_synced() {
     const auto now = std::chrono::system_clock::now().time_since_epoch();
     stats_->last_sync_unix.store(std::chrono::duration_cast<std::chrono::seconds>(now).count(),
@@ -421,12 +492,14 @@ asio::awaitable<void> discovery_client::run(std::shared_ptr<shared> life) {
     bool listed = false;
     auto set_state = [&](watch_state s) { stats_->state.store(static_cast<int>(s), std::memory_order_relaxed); };
     while (!life->stopped) {
+        refresh_credentials();
         const std::vector<tcp::endpoint> targets = targets_();
         std::string err;
         if (targets.empty()) {
             err = "no backend address to reach the API through";
         } else {
             const tcp::endpoint target = targets[attempt % targets.size()];
+            api_server_ = endpoint_text(target);
             if (resource_version_.empty()) {
                 set_state(watch_state::listing);
                 err = co_await list(target);
@@ -459,6 +532,7 @@ asio::awaitable<void> discovery_client::run(std::shared_ptr<shared> life) {
             }
         }
         stats_->errors_total.fetch_add(1, std::memory_order_relaxed);
+        record_error(err);
         ++attempt;  // the next try goes through the next address
         const auto wait = backoff + std::chrono::milliseconds(random_() % (backoff.count() + 1));
         spdlog::warn("discovery: pool {}: {}; trying again in {}ms", pool_, err, wait.count());

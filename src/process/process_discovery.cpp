@@ -19,6 +19,11 @@ namespace apilb {
 
 namespace {
 
+/// A commit of a discovered set that failed is tried again after 1 s,
+/// doubling to 1 min: what failed may be a file being replaced.
+constexpr auto discovery_retry_initial = std::chrono::seconds(1);
+constexpr auto discovery_retry_max = std::chrono::minutes(1);
+
 std::string describe_set(const std::vector<discovered_endpoint>& set) {
     std::string text;
     for (const auto& e : set) {
@@ -215,12 +220,21 @@ void process::apply_discovery(discovery_pool& dp) {
         std::vector<discovered_member> before = std::exchange(dp.members, std::move(members));
         if (const auto errors = commit(with_discovered(*file_cfg_), "discovery: pool " + dp.pool, false);
             !errors.empty()) {
-            // Nothing changed; the next set (or look at a leaving member) tries again.
+            // Nothing changed. What failed (a probe's TLS file being
+            // replaced, say) may pass soon: the same set is tried again on
+            // a backoff, and at once when a newer set comes.
             dp.members = std::move(before);
             dp.applied = was_applied;
-            spdlog::error("discovery: pool {}: the new backends were not applied: {}", dp.pool, errors.front());
+            dp.fresh = true;
+            dp.retry = std::clamp(dp.retry * 2, std::chrono::milliseconds(discovery_retry_initial),
+                                  std::chrono::milliseconds(discovery_retry_max));
+            spdlog::error("discovery: pool {}: the new backends were not applied: {}; trying again in {}ms", dp.pool,
+                          errors.front(), dp.retry.count());
+            arm_discovery(dp, now + dp.retry);
+            return;
         }
     }
+    dp.retry = std::chrono::milliseconds(0);
     // A leaving member is looked at again at the end of its grace, and once
     // per probe interval to see whether it still passes its probes.
     if (auto end = next_grace_end(dp.members, grace)) {

@@ -11,7 +11,7 @@ Usage: status_page_test.py APILB_BIN SCREENSHOT_PATH MKCERTS_SH
 Exit 0 pass, 1 fail, 77 skip (meson's skip code) when chromium is missing.
 No traffic leaves 127.0.0.1; every wait is bounded.
 """
-import base64, json, os, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import base64, json, os, re, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 from test_ports import free_port  # noqa: E402  (claims the port; see tests/tools/test_ports.py)
@@ -228,9 +228,12 @@ admin:
                   ".textContent.includes('errors 0')", "the discovery block with errors counted")
         text = evaluate(ws, disc + ".textContent")
         for want in ("Set fromthe seed", f"cp1 127.0.0.1:{b0.port}", "Discoverednone yet", "State filenone",
-                     "last sync never"):
+                     "last sync never", "API server127.0.0.1:", "Last errorTLS to 127.0.0.1:"):
             if want not in text:
                 fail(f"the discovery block lacks {want!r}: {text}")
+        # The last error is one line with its age.
+        if not re.search(r"Last errorTLS to 127\.0\.0\.1:[0-9]+: [^\n]* \([0-9]+s ago\)", text):
+            fail(f"the discovery block's last error lacks its text or age: {text}")
         wait_page(ws, "[...document.querySelectorAll('tr[data-backend]')].every(r => r.className === 'up')",
                   "both backends up")
         # The backend goes down; the open page must turn it red on its own.

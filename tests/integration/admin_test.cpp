@@ -740,12 +740,18 @@ TEST(AdminControl, StatusShowsDiscoveryBesideTheSeed) {
         EXPECT_NE(r.output.find("  seed        seed-1 " + api.address() + "\n"), std::string::npos) << r.output;
         EXPECT_NE(r.output.find("  state file  " + dir.file("state.json") + "\n"), std::string::npos) << r.output;
         EXPECT_NE(r.output.find(", lists 1, relists 0,"), std::string::npos) << r.output;
+        // The apiserver the watch runs through, and no error yet.
+        EXPECT_NE(r.output.find("  api server  " + api.address() + "\n"), std::string::npos) << r.output;
+        EXPECT_NE(r.output.find("  last error  none\n"), std::string::npos) << r.output;
         EXPECT_TRUE(std::regex_search(r.output, std::regex("last sync [0-9]+s ago"))) << r.output;
         // The same facts in the JSON the page renders, and the page renders them.
         const json::object d = json::parse(http(admin, "GET", "/api/v1/status").body).at("discovery").at(0).as_object();
         EXPECT_EQ(d.at("seed").at(0).at("name").as_string(), "seed-1");
         EXPECT_EQ(d.at("state_file").as_string(), dir.file("state.json"));
         EXPECT_EQ(d.at("lists").to_number<std::uint64_t>(), 1u);
+        EXPECT_EQ(d.at("api_server").as_string(), api.address());
+        EXPECT_EQ(d.at("last_error").as_string(), "");
+        EXPECT_EQ(d.at("last_error_unix").to_number<std::int64_t>(), 0);
         EXPECT_NE(http(admin, "GET", "/").body.find("data-discovery"), std::string::npos);
         ASSERT_TRUE(wait_until([&] { return read_file(dir.file("state.json")).find("127.0.0.4") != std::string::npos; },
                                milliseconds(5000)));
@@ -758,6 +764,54 @@ TEST(AdminControl, StatusShowsDiscoveryBesideTheSeed) {
     EXPECT_NE(r.output.find("  state file  " + dir.file("state.json") + " (in use)\n"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("last sync never"), std::string::npos) << r.output;
     EXPECT_TRUE(std::regex_search(r.output, std::regex("errors [1-9]"))) << r.output;
+    // Which apiserver it tried, and why that failed, on one line with its
+    // age. The loop moves to the next address of the state file's set
+    // (127.0.0.2, 127.0.0.4) after each failure.
+    const std::string tried = fmt::format("127\\.0\\.0\\.[24]:{}", api_port);
+    EXPECT_TRUE(std::regex_search(r.output, std::regex("\n  api server  " + tried + "\n"))) << r.output;
+    EXPECT_TRUE(std::regex_search(
+        r.output, std::regex("\n  last error  connect to " + tried + ": Connection refused \\([0-9]+s ago\\)\n")))
+        << r.output;
+    const json::object d = json::parse(http(admin, "GET", "/api/v1/status").body).at("discovery").at(0).as_object();
+    EXPECT_TRUE(std::regex_match(std::string(d.at("api_server").as_string()), std::regex(tried))) << d;
+    EXPECT_TRUE(std::regex_match(std::string(d.at("last_error").as_string()),
+                                 std::regex("connect to " + tried + ": Connection refused")))
+        << d;
+    EXPECT_GT(d.at("last_error_unix").to_number<std::int64_t>(), 0);
+}
+
+/// The last error in the status is one line and bounded, whatever the
+/// apiserver answered: here a 401 whose message the status quotes.
+TEST(AdminControl, StatusShowsTheDiscoveryErrorOnOneBoundedLine) {
+    temp_dir dir;
+    const std::string certs = make_certs(dir);
+    write_kubeconfig(dir, certs);
+    standin_process api(dir, certs, "127.0.0.2", "api", {"--client-ca", certs + "/ca.crt"});
+    ASSERT_EQ(api.request("POST", "/control/reject-credentials?on=true").status, 200);
+    const auto port = free_port();
+    const auto admin = free_port();
+    apilb_process lb(dir,
+                     fmt::format("workers: 1\nlisteners:\n  - {{name: front, address: \"127.0.0.1:{}\", pool: p}}\n"
+                                 "pools:\n  - name: p\n    backends:\n      - {{name: seed, address: \"{}\"}}\n"
+                                 "    discovery:\n      kubeconfig: {}\n"
+                                 "admin: {{address: \"127.0.0.1:{}\"}}\n",
+                                 port, api.address(), dir.file("kubeconfig"), admin),
+                     "127.0.0.1", port);
+    json::object d;
+    ASSERT_TRUE(wait_until(
+        [&] {
+            d = json::parse(http(admin, "GET", "/api/v1/status").body).at("discovery").at(0).as_object();
+            return !d.at("last_error").as_string().empty();
+        },
+        milliseconds(20000)))
+        << lb.log();
+    const std::string e(d.at("last_error").as_string());
+    EXPECT_EQ(e.rfind("credentials rejected (HTTP 401)", 0), 0u) << e;
+    EXPECT_LE(e.size(), 300u) << e;
+    EXPECT_EQ(e.find_first_of("\r\n\t"), std::string::npos) << e;
+    EXPECT_EQ(d.at("api_server").as_string(), api.address());
+    const auto r = run_command({required_env("APILB_BIN"), "status", "--admin", fmt::format("127.0.0.1:{}", admin)});
+    EXPECT_NE(r.output.find("  last error  credentials rejected (HTTP 401)"), std::string::npos) << r.output;
 }
 
 }  // namespace

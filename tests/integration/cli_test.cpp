@@ -52,18 +52,7 @@ TEST(Cli, NodeLocalExampleChecksAndFollowsTheApiWithAKubeletKubeconfig) {
               read_file(certs + "/client.crt") + read_file(certs + "/client.key"));
     std::filesystem::create_symlink(pki + "/kubelet-client-2026-01-01-00-00-00.pem",
                                     pki + "/kubelet-client-current.pem");
-    auto ca64 = run_command({"/usr/bin/base64", "-w0", certs + "/ca.crt"});
-    ASSERT_EQ(ca64.exit_code, 0) << ca64.output;
-    dir.write("kubelet.conf", fmt::format("apiVersion: v1\nclusters:\n- cluster:\n"
-                                          "    certificate-authority-data: {0}\n"
-                                          "    server: https://127.0.0.1:7445\n  name: kubernetes\n"
-                                          "contexts:\n- context:\n    cluster: kubernetes\n"
-                                          "    user: system:node:worker-1\n  name: system:node:worker-1@kubernetes\n"
-                                          "current-context: system:node:worker-1@kubernetes\nkind: Config\n"
-                                          "preferences: {{}}\nusers:\n- name: system:node:worker-1\n  user:\n"
-                                          "    client-certificate: {1}/kubelet-client-current.pem\n"
-                                          "    client-key: {1}/kubelet-client-current.pem\n",
-                                          ca64.output, pki));
+    write_kubelet_conf(dir, certs, pki);
     standin_process api(dir, certs, "127.0.0.2", "api", {"--client-ca", certs + "/ca.crt"});
     const auto port = free_port();
     const auto admin = free_port();

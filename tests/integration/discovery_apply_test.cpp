@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <csignal>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <thread>
@@ -89,22 +90,9 @@ protected:
     bool wait_shows(const std::string& name, const std::string& fields, std::chrono::milliseconds t = 20s) const {
         return wait_until([&] { return shows(name, fields); }, t);
     }
-    /// The stand-in that answers one new session through apilb ("" when none did).
-    std::string one_session() {
-        tls_session s(*tls_);
-        std::string error;
-        if (!s.open("127.0.0.1", port_, "/version", 5s, error)) return "";
-        return s.backend();
-    }
-    /// Which stand-ins answer `n` new sessions, and how often.
-    std::map<std::string, int> sessions(int n) {
-        std::map<std::string, int> seen;
-        for (int i = 0; i < n; ++i) ++seen[one_session()];
-        return seen;
-    }
-    /// Polls new sessions until one reaches `name`; false after `t`.
-    bool reaches(const std::string& name, std::chrono::milliseconds t = 20s) {
-        return wait_until([&] { return one_session() == name; }, t);
+    std::map<std::string, int> sessions(int n) const { return session_sampler(*tls_, port_).many(n); }
+    bool reaches(const std::string& name, std::chrono::milliseconds t = 20s) const {
+        return session_sampler(*tls_, port_).reaches(name, t);
     }
     /// cp1 (the seed) and cp2 listed, apilb started with `more` in its
     /// discovery section, and cp2 admitted.
@@ -291,6 +279,29 @@ TEST_F(DiscoveryApply, AReloadThatChangesTheSectionRestartsTheWatchAndKeepsTheSe
         << lb.log();
     list(ep(1) + "," + ep(3));
     EXPECT_TRUE(reaches("cp3")) << lb.log();
+}
+
+TEST_F(DiscoveryApply, ACommitThatFailsIsTriedAgainOnABackoff) {
+    // The probes' CA is a file of its own, so that it can go away while the
+    // test's own clients keep theirs.
+    dir_.write("probe-ca.crt", read_file(certs_ + "/ca.crt"));
+    start_apiserver(1);
+    start_apiserver(3);
+    list(ep(1));
+    std::string yaml = config();
+    const std::string probe_ca = "tls: {ca_file: " + certs_ + "/ca.crt}";
+    ASSERT_NE(yaml.find(probe_ca), std::string::npos) << yaml;
+    yaml.replace(yaml.find(probe_ca), probe_ca.size(), "tls: {ca_file: " + dir_.file("probe-ca.crt") + "}");
+    apilb_process lb(dir_, yaml, "127.0.0.1", port_);
+    ASSERT_TRUE(lb.wait_for_log("the API lists 1 apiserver(s)", 20s)) << lb.log();
+    // The probes' CA is being replaced when cp3 appears: the commit fails ...
+    std::filesystem::rename(dir_.file("probe-ca.crt"), dir_.file("probe-ca.crt.old"));
+    list(ep(1) + "," + ep(3));
+    ASSERT_TRUE(lb.wait_for_log("the new backends were not applied", 20s)) << lb.log();
+    // ... and once the file is back, the same set is applied without a new one.
+    std::filesystem::rename(dir_.file("probe-ca.crt.old"), dir_.file("probe-ca.crt"));
+    EXPECT_TRUE(reaches("cp3", 20s)) << lb.log();
+    EXPECT_TRUE(shows(addr(3, api(1).port()), R"("origin":"discovered","discovery":"admitted")")) << status();
 }
 
 TEST_F(DiscoveryApply, ChangeIntervalTurnsABurstIntoOneChangeWithTheLatestSet) {

@@ -35,6 +35,21 @@ std::string write_kubeconfig(const temp_dir& dir, const std::string& certs) {
     return dir.file("kubeconfig");
 }
 
+std::string write_kubelet_conf(const temp_dir& dir, const std::string& certs, const std::string& pki) {
+    auto ca64 = run_command({"/usr/bin/base64", "-w0", certs + "/ca.crt"});
+    if (ca64.exit_code != 0) throw std::runtime_error("base64: " + ca64.output);
+    dir.write("kubelet.conf", "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: " + ca64.output +
+                                  "\n    server: https://127.0.0.1:7445\n  name: kubernetes\n"
+                                  "contexts:\n- context:\n    cluster: kubernetes\n"
+                                  "    user: system:node:worker-1\n  name: system:node:worker-1@kubernetes\n"
+                                  "current-context: system:node:worker-1@kubernetes\nkind: Config\n"
+                                  "preferences: {}\nusers:\n- name: system:node:worker-1\n  user:\n"
+                                  "    client-certificate: " +
+                                  pki + "/kubelet-client-current.pem\n    client-key: " + pki +
+                                  "/kubelet-client-current.pem\n");
+    return dir.file("kubelet.conf");
+}
+
 std::string make_certs(const temp_dir& dir) {
     const std::string certs = dir.file("certs");
     auto r = run_command({"/bin/bash", required_env("APILB_MKCERTS"), certs}, 60s);
@@ -291,6 +306,25 @@ bool tls_session::ended_within(std::chrono::milliseconds slice) {
         if (n <= 0 && SSL_get_error(ssl_, n) != SSL_ERROR_WANT_READ) return true;
         if (steady::now() >= deadline) return false;
     }
+}
+
+// ---------------------------------------------------------------- session_sampler
+
+std::string session_sampler::one() const {
+    tls_session s(ctx_);
+    std::string error;
+    if (!s.open("127.0.0.1", port_, "/version", 5s, error)) return "";
+    return s.backend();
+}
+
+std::map<std::string, int> session_sampler::many(int n) const {
+    std::map<std::string, int> seen;
+    for (int i = 0; i < n; ++i) ++seen[one()];
+    return seen;
+}
+
+bool session_sampler::reaches(const std::string& name, std::chrono::milliseconds t) const {
+    return wait_until([&] { return one() == name; }, t, 50ms);
 }
 
 }  // namespace apilb::test

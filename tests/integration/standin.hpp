@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +25,12 @@ std::string make_certs(const temp_dir& dir);
 /// certificate from `certs` (files beside it), a server apilb never uses
 /// (discovery connects to backend addresses). Returns its path.
 std::string write_kubeconfig(const temp_dir& dir, const std::string& certs);
+
+/// Writes `dir`/kubelet.conf as kubeadm's TLS bootstrap leaves it on a
+/// node: the CA of `certs` inline, the client certificate and key both
+/// `pki`/kubelet-client-current.pem (the link the kubelet rotates; the
+/// caller makes it). Returns its path.
+std::string write_kubelet_conf(const temp_dir& dir, const std::string& certs, const std::string& pki);
 
 /// apilb-standin on `ip`, serving HTTPS with the test certificates.
 class standin_process {
@@ -118,6 +125,24 @@ private:
     int status_ = 0;
     std::string backend_;
     std::string pending_;  ///< bytes read past the header
+};
+
+/// Sessions through an apilb listening on 127.0.0.1:`port` to stand-in
+/// apiservers: which one answers (X-Standin-Name) a new TLS session's `GET
+/// /version`.
+class session_sampler {
+public:
+    session_sampler(const tls_client_context& ctx, std::uint16_t port) : ctx_(ctx), port_(port) {}
+    /// The apiserver that answers one new session ("" when none did within 5 s).
+    std::string one() const;
+    /// Which apiservers answer `n` new sessions, and how often.
+    std::map<std::string, int> many(int n) const;
+    /// Polls new sessions until one reaches `name`; false after `t`.
+    bool reaches(const std::string& name, std::chrono::milliseconds t) const;
+
+private:
+    const tls_client_context& ctx_;
+    std::uint16_t port_;
 };
 
 }  // namespace apilb::test

@@ -53,30 +53,36 @@ def check(cond: bool, what: str) -> None:
 
 
 class Standin:
-    """apilb-standin as a process, and its control surface."""
+    """apilb-standin as a process, and its control surface. `ip` is the
+    address it listens on (port 0); `extra` replaces this test's options
+    (token file, forbidden user, bookmarks, name)."""
 
-    def __init__(self, binary: str, certs: str, workdir: str) -> None:
+    def __init__(self, binary: str, certs: str, workdir: str, ip: str = "127.0.0.1",
+                 extra: list[str] | None = None) -> None:
         self.certs = certs
         self.log_path = os.path.join(workdir, "standin.log")
         self.tokens = os.path.join(workdir, "tokens.csv")
         with open(self.tokens, "w") as f:
             f.write("watcher-token,watcher,1001\nforbidden-token,nobody,1002,\"group-a\"\n")
         self.log = open(self.log_path, "w")
+        self.ip = ip
+        if extra is None:
+            extra = ["--token-auth-file", self.tokens, "--forbidden-user", "nobody", "--bookmark-interval-ms", "200",
+                     "--name", "api"]
         self.proc = subprocess.Popen(
-            [binary, "--listen", "127.0.0.1:0", "--cert", f"{certs}/server.crt", "--key", f"{certs}/server.key",
-             "--client-ca", f"{certs}/ca.crt", "--token-auth-file", self.tokens, "--forbidden-user", "nobody",
-             "--bookmark-interval-ms", "200", "--name", "api"],
+            [binary, "--listen", f"{ip}:0", "--cert", f"{certs}/server.crt", "--key", f"{certs}/server.key",
+             "--client-ca", f"{certs}/ca.crt"] + extra,
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("listening on 127.0.0.1:"):
+        if not line.startswith(f"listening on {ip}:"):
             raise RuntimeError(f"stand-in did not start: {line!r}")
         self.port = int(line.strip().rsplit(":", 1)[1])
         self.ctx = ssl.create_default_context(cafile=f"{certs}/ca.crt")
         self.ctx.load_cert_chain(f"{certs}/client.crt", f"{certs}/client.key")
 
     def control(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=10)
+        conn = http.client.HTTPSConnection(self.ip, self.port, context=self.ctx, timeout=10)
         try:
             conn.request(method, path, body=json.dumps(body) if body is not None else None)
             res = conn.getresponse()

@@ -1,6 +1,7 @@
 #include "k8s_api.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <random>
 #include <utility>
@@ -308,7 +309,12 @@ void k8s_api::wake_watches(int broken) {
 
 k8s_api::identity k8s_api::authenticate(tls_stream& stream, const request& req) const {
     // Like the apiserver's union authenticator: the certificate first, then the token.
-    if (auto cn = peer_common_name(stream); !cn.empty()) return {std::move(cn)};
+    if (auto cn = peer_common_name(stream); !cn.empty()) {
+        const std::string serial = peer_serial(stream);
+        std::lock_guard lock{revoked_mu_};
+        if (std::find(revoked_.begin(), revoked_.end(), serial) != revoked_.end()) return {};
+        return {std::move(cn)};
+    }
     const auto header = req[http::field::authorization];
     const std::string_view h{header.data(), header.size()};
     if (h.size() > 7 && beast::iequals(h.substr(0, 7), "Bearer "))
@@ -390,6 +396,23 @@ net::awaitable<bool> k8s_api::serve_control(tls_stream& stream, const request& r
         res = on_off(bogus_empty_);
     } else if (method == http::verb::post && path == "/control/reject-credentials") {
         res = on_off(reject_credentials_);
+    } else if (method == http::verb::post && path == "/control/unavailable") {
+        res = on_off(unavailable_);
+        if (unavailable_) wake_watches(1);
+    } else if (method == http::verb::post && path == "/control/revoke") {
+        std::string serial{t.param("serial").value_or("")};
+        for (char& c : serial) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        while (serial.size() > 1 && serial.front() == '0') serial.erase(0, 1);
+        if (serial.empty() || serial.find_first_not_of("0123456789abcdef") != std::string::npos) {
+            res = bad("serial: expected a certificate serial in hex");
+        } else {
+            {
+                std::lock_guard lock{revoked_mu_};
+                revoked_.push_back(std::move(serial));
+            }
+            wake_watches(1);
+            res = done();
+        }
     } else if (method == http::verb::post && path == "/control/bookmarks") {
         const auto ms = t.param("interval_ms") ? parse_u64(*t.param("interval_ms")) : std::nullopt;
         if (!ms || *ms < 10 || *ms > 3600 * 1000) {
@@ -411,6 +434,8 @@ net::awaitable<bool> k8s_api::serve_control(tls_stream& stream, const request& r
                     {"stalled", stalled_.load()},
                     {"bogusEmpty", bogus_empty_.load()},
                     {"rejectCredentials", reject_credentials_.load()},
+                    {"unavailable", unavailable_.load()},
+                    {"unavailableAnswers", unavailable_count_.load()},
                     {"bookmarkIntervalMs", bookmark_ms_.load()}});
     } else {
         res = status_reply(req, status_object(404, "NotFound", "no such control"), state);
@@ -428,6 +453,14 @@ net::awaitable<bool> k8s_api::serve_api(tls_stream& stream, const request& req, 
         co_await pause.async_wait(net::as_tuple(use_awaitable));
     }
 
+    if (unavailable_) {
+        ++unavailable_count_;
+        co_return co_await write_response(
+            stream,
+            status_reply(
+                req, status_object(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+                state));
+    }
     const auto who = authenticate(stream, req);
     if (who.user.empty() || reject_credentials_) {
         ++unauthorized_;

@@ -39,6 +39,12 @@
 //   POST   /control/stall?on=true|false    API requests and open watches stop answering
 //   POST   /control/bogus-empty?on=true|false  lists answer no items
 //   POST   /control/reject-credentials?on=true|false  every API request gets 401
+//   POST   /control/unavailable?on=true|false  every API request gets 503 (the apiserver's
+//                                 "the server is currently unable to handle the request"),
+//                                 open watches end; /readyz and /version still answer
+//   POST   /control/revoke?serial=HEX  API requests with the client certificate of that
+//                                 serial (hex, as `openssl x509 -serial` prints it) get 401;
+//                                 open watches end (a rotated-out kubelet certificate)
 //   POST   /control/bookmarks?interval_ms=N
 //   GET    /control/state          resourceVersion, compacted, counters (lists, watches, ...)
 #pragma once
@@ -95,9 +101,12 @@ private:
     std::atomic<bool> stalled_{false};
     std::atomic<bool> bogus_empty_{false};
     std::atomic<bool> reject_credentials_{false};
+    std::atomic<bool> unavailable_{false};
+    mutable std::mutex revoked_mu_;
+    std::vector<std::string> revoked_;  ///< client certificate serials, lower-case hex
     std::atomic<std::int64_t> bookmark_ms_;
     std::atomic<std::uint64_t> lists_{0}, gets_{0}, watches_{0}, open_watches_{0}, unauthorized_{0}, forbidden_{0},
-        expired_{0};
+        expired_{0}, unavailable_count_{0};
     std::mutex watchers_mu_;
     std::vector<std::weak_ptr<watch_waker>> watchers_;
 };

@@ -23,6 +23,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <deque>
 #include <exception>
 #include <iostream>
 #include <memory>
@@ -66,6 +67,8 @@ struct options {
     std::string name = "standin";
     readiness ready = readiness::ok;
     k8s_api_options api;
+    /// More apiservers in this process: address and name, on the --listen port.
+    std::vector<std::pair<net::ip::address, std::string>> also;
 };
 
 struct usage_error : std::runtime_error {
@@ -75,7 +78,7 @@ struct usage_error : std::runtime_error {
 constexpr std::string_view usage_text =
     "usage: apilb-standin --listen IP:PORT --cert FILE --key FILE\n"
     "                     [--client-ca FILE [--require-client-cert]] [--require-bearer-token FILE]\n"
-    "                     [--name NAME] [--readyz ok|fail|hang]\n"
+    "                     [--name NAME] [--readyz ok|fail|hang] [--also-listen IP=NAME ...]\n"
     "                     [--token-auth-file FILE] [--forbidden-user USER] [--bookmark-interval-ms N]\n"
     "  --listen IP:PORT   address to bind (IPv4 or [IPv6]:PORT; port 0 picks one);\n"
     "                     prints 'listening on IP:PORT' once bound\n"
@@ -88,6 +91,9 @@ constexpr std::string_view usage_text =
     "                     --anonymous-auth=false)\n"
     "  --name NAME        reported in X-Standin-Name and /whoami (default standin)\n"
     "  --readyz STATE     initial /readyz state (default ok)\n"
+    "  --also-listen IP=NAME  another apiserver on IP, the --listen port, named NAME,\n"
+    "                     with its own /readyz; it shares this one's API objects as\n"
+    "                     apiservers share etcd (not in slice `kubernetes` at start)\n"
     "  --token-auth-file FILE  Kubernetes API bearer tokens, kube-apiserver's format\n"
     "                     (token,user,uid[,groups]), read again for every request;\n"
     "                     a client certificate from --client-ca authenticates its CN\n"
@@ -154,6 +160,14 @@ options parse_args(int argc, char** argv) {
             opt.client_ca = value;
         } else if (arg == "--require-bearer-token") {
             opt.bearer_token_file = value;
+        } else if (arg == "--also-listen") {
+            const auto eq = value.find('=');
+            if (eq == std::string_view::npos || eq + 1 == value.size())
+                throw usage_error("--also-listen: expected IP=NAME, got '" + std::string(value) + "'");
+            boost::system::error_code aec;
+            const auto addr = net::ip::make_address(std::string(value.substr(0, eq)), aec);
+            if (aec) throw usage_error("--also-listen: bad IP address '" + std::string(value.substr(0, eq)) + "'");
+            opt.also.emplace_back(addr, std::string(value.substr(eq + 1)));
         } else if (arg == "--name") {
             opt.name = value;
         } else if (arg == "--token-auth-file") {
@@ -479,7 +493,10 @@ int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);
 
     try {
-        server_state state{.name = opt.name, .ready = opt.ready, .bearer_token_file = opt.bearer_token_file};
+        // One state per apiserver (name, /readyz); a deque, as they cannot move.
+        std::deque<server_state> states;
+        states.emplace_back(opt.name, opt.ready, opt.bearer_token_file);
+        for (const auto& [addr, name] : opt.also) states.emplace_back(name, readiness::ok, opt.bearer_token_file);
         // Declared before the io_context: pending sessions are destroyed with
         // the io_context and still reference the TLS context and state.
         ssl::context tls = make_tls_context(opt);
@@ -488,37 +505,44 @@ int main(int argc, char** argv) {
         net::io_context ioc{2};
         const net::any_io_executor control = net::make_strand(ioc);
 
-        tcp::acceptor acceptor{control};
-        acceptor.open(opt.listen.protocol());
-        acceptor.set_option(net::socket_base::reuse_address(true));
-        if (opt.listen.address().is_v6()) acceptor.set_option(net::ip::v6_only(true));
-        acceptor.bind(opt.listen);
-        acceptor.listen(net::socket_base::max_listen_connections);
-        const auto bound = acceptor.local_endpoint();
+        std::deque<tcp::acceptor> acceptors;
+        auto listen_on = [&](const tcp::endpoint& ep) -> tcp::acceptor& {
+            tcp::acceptor& acceptor = acceptors.emplace_back(control);
+            acceptor.open(ep.protocol());
+            acceptor.set_option(net::socket_base::reuse_address(true));
+            if (ep.address().is_v6()) acceptor.set_option(net::ip::v6_only(true));
+            acceptor.bind(ep);
+            acceptor.listen(net::socket_base::max_listen_connections);
+            return acceptor;
+        };
+        const auto bound = listen_on(opt.listen).local_endpoint();
+        for (const auto& [addr, name] : opt.also) listen_on({addr, bound.port()});
         // The API's `kubernetes` slice starts with this apiserver in it, as
         // the endpoint reconciler writes it.
         store.emplace(bound.address().to_string(), bound.port());
         opt.api.advertise = endpoint_string(bound);
         api.emplace(*store, opt.api);
-        state.api = &*api;
+        for (auto& state : states) state.api = &*api;
         std::cout << "listening on " << endpoint_string(bound) << std::endl;
 
         net::signal_set signals{control, SIGINT, SIGTERM};
         signals.async_wait([&](const boost::system::error_code& ec, int) {
             if (ec) return;
             boost::system::error_code ignored;
-            acceptor.close(ignored);
+            for (auto& acceptor : acceptors) acceptor.close(ignored);
             ioc.stop();
         });
-        net::co_spawn(control, accept_loop(acceptor, ioc, tls, state), [&ioc](std::exception_ptr e) {
-            if (!e) return;
-            try {
-                std::rethrow_exception(e);
-            } catch (const std::exception& x) {
-                std::cerr << "apilb-standin: accept loop failed: " << x.what() << "\n";
-            }
-            ioc.stop();
-        });
+        for (std::size_t i = 0; i < acceptors.size(); ++i) {
+            net::co_spawn(control, accept_loop(acceptors[i], ioc, tls, states[i]), [&ioc](std::exception_ptr e) {
+                if (!e) return;
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& x) {
+                    std::cerr << "apilb-standin: accept loop failed: " << x.what() << "\n";
+                }
+                ioc.stop();
+            });
+        }
 
         std::thread second{[&ioc] { ioc.run(); }};
         ioc.run();

@@ -1,9 +1,11 @@
 #include "standin_http.hpp"
 
 #include <openssl/bio.h>
+#include <openssl/bn.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <cctype>
 #include <charconv>
 #include <memory>
 
@@ -93,6 +95,19 @@ std::string peer_common_name(tls_stream& stream) {
     char cn[256];
     const int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn);
     return n > 0 ? std::string(cn, static_cast<std::size_t>(n)) : std::string{};
+}
+
+std::string peer_serial(tls_stream& stream) {
+    X509* cert = verified_peer(stream);
+    if (cert == nullptr) return {};
+    BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get_serialNumber(cert), nullptr);
+    if (bn == nullptr) return {};
+    char* hex = BN_bn2hex(bn);
+    std::string out = hex != nullptr ? hex : "";
+    OPENSSL_free(hex);
+    BN_free(bn);
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
 }
 
 response make_response(http::status status, unsigned version, bool keep_alive, std::string body,

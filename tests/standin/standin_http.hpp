@@ -63,6 +63,8 @@ std::optional<std::uint64_t> parse_u64(std::string_view s);
 std::string peer_subject(tls_stream& stream);
 /// The verified client certificate's common name (the Kubernetes user), or "" if none.
 std::string peer_common_name(tls_stream& stream);
+/// The verified client certificate's serial number in lower-case hex ("" without one).
+std::string peer_serial(tls_stream& stream);
 
 /// Server, X-Standin-Name and Cache-Control, as on every answer.
 template <class Body>

@@ -15,6 +15,7 @@
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <map>
@@ -47,6 +48,8 @@ struct discovery_stats {
     std::atomic<std::uint64_t> events_total{0};       ///< watch events applied (bookmarks included)
     std::atomic<std::uint64_t> errors_total{0};       ///< failed connects, TLS, HTTP status, parse, bounds
     std::atomic<std::uint64_t> empty_lists_total{0};  ///< lists that named no usable apiserver, not applied
+    std::atomic<std::uint64_t> credential_reloads_total{0};  ///< changed credential files taken into use
+    std::atomic<std::uint64_t> credential_errors_total{0};   ///< changed credential files that could not be used
 };
 
 /// Follows one pool's apiservers from the API. Owned by the process.
@@ -79,6 +82,16 @@ public:
     const std::vector<discovered_endpoint>& current() const noexcept { return current_; }
     /// Where current() came from.
     discovery_source source() const noexcept { return source_; }
+    /// The apiserver address the list or watch runs through now, or the
+    /// last one tried during a backoff ("" before the first). Control thread.
+    const std::string& api_server() const noexcept { return api_server_; }
+    /// Why the last list or watch failed: one line of at most
+    /// max_error_chars ("" when none has failed). Control thread.
+    const std::string& last_error() const noexcept { return last_error_; }
+    /// When last_error() was set (Unix seconds; 0 = never).
+    std::int64_t last_error_unix() const noexcept { return last_error_unix_; }
+    /// The bound on last_error()'s length, so that the status stays small.
+    static constexpr std::size_t max_error_chars = 300;
     /// Starts from a last-known-good set (the state file) until the API answers.
     void assume(std::vector<discovered_endpoint> known) {
         current_ = std::move(known);
@@ -93,6 +106,13 @@ private:
     /// One watch from resource_version_ until it ends; "" when it ended
     /// normally (timeoutSeconds), "410" for Gone, else why it failed.
     boost::asio::awaitable<std::string> watch(const boost::asio::ip::tcp::endpoint& target);
+    /// Reads the credentials again when a file they came from changed;
+    /// keeps the ones in use when the new ones cannot be read.
+    void refresh_credentials();
+    /// The stamps of credential_files_ now.
+    std::vector<std::array<std::int64_t, 5>> stamps() const;
+    /// Keeps `err` (bounded, one line) and its time for the status.
+    void record_error(const std::string& err);
     /// Stamps last_sync_unix with now.
     void mark_synced();
     /// Publishes the merged set if it changed and is not empty.
@@ -105,13 +125,18 @@ private:
     targets_fn targets_;
     change_fn on_change_;
     std::optional<boost::asio::ssl::context> tls_;
-    std::string token_;       ///< inline bearer token
-    std::string token_file_;  ///< or re-read from this file before each request
+    std::string token_;                                           ///< inline bearer token
+    std::string token_file_;                                      ///< or re-read from this file before each request
+    std::vector<std::string> credential_files_;                   ///< the files tls_ and the token came from
+    std::vector<std::array<std::int64_t, 5>> credential_stamps_;  ///< and what they were then
     discovery_api api_ = discovery_api::endpoint_slices;
     std::string resource_version_;
     std::map<std::string, slice_state> slices_;
     std::vector<discovered_endpoint> current_;
     discovery_source source_ = discovery_source::seed;
+    std::string api_server_;
+    std::string last_error_;
+    std::int64_t last_error_unix_ = 0;
     std::shared_ptr<discovery_stats> stats_;
     std::shared_ptr<shared> life_;
     std::minstd_rand random_;

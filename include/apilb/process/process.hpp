@@ -145,6 +145,8 @@ private:
         /// leaving member to look at again.
         boost::asio::steady_timer timer;
         std::chrono::steady_clock::time_point armed = std::chrono::steady_clock::time_point::max();
+        /// After a commit that failed: the wait before the next try (doubling); 0 after a success.
+        std::chrono::milliseconds retry{0};
     };
     /// Applies `dp`'s latest set no earlier than change_interval after the last.
     void arm_discovery(discovery_pool& dp, std::chrono::steady_clock::time_point at);
