@@ -189,6 +189,15 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
     return busy;
 }
 
+/// The count an `*_end` frame `f` says (the frames of `what` the old process
+/// sent) must be the `frames` that came; throws handover_error if not.
+void expect_count(const handover::frame& f, int frames, const char* what) {
+    const int said = handover::parse_number(f.payload, "end count");
+    if (said != frames) {
+        throw handover_error(fmt::format("the old process said {} {} frame(s), {} came", said, what, frames));
+    }
+}
+
 /// How the new process ended, or that it still runs.
 std::string reap(pid_t pid, bool kill_it) {
     int status = 0;
@@ -412,10 +421,7 @@ void process::receive_sessions() {
                 handover::frame f = handover::receive_frame(channel, deadline);
                 if (f.type == frame_type::abort) throw handover_error("the old process aborted: " + f.payload);
                 if (f.type == frame_type::sessions_end) {
-                    const int said = handover::parse_number(f.payload, "sessions_end count");
-                    if (said != frames) {
-                        throw handover_error(fmt::format("the old process said {} session(s), {} came", said, frames));
-                    }
+                    expect_count(f, frames, "session");
                     handover::send_frame(channel, frame_type::sessions_taken, std::to_string(frames), {}, deadline);
                     break;
                 }
@@ -468,11 +474,7 @@ inherited_sockets receive_inherited(int channel, const std::string& version, clo
             handover::frame f = handover::receive_frame(channel, deadline);
             if (f.type == frame_type::abort) throw handover_error("the old process aborted: " + f.payload);
             if (f.type == frame_type::listeners_end) {
-                const int said = handover::parse_number(f.payload, "listeners_end count");
-                if (said != frames) {
-                    throw handover_error(
-                        fmt::format("the old process said {} listener frame(s), {} came", said, frames));
-                }
+                expect_count(f, frames, "listener");
                 break;
             }
             if (f.type != frame_type::listener) throw handover_error("expected a listener frame");

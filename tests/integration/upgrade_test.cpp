@@ -407,7 +407,10 @@ TEST_F(SessionHandoverTest, EstablishedSessionsMoveToTheNewProcessWithoutAReset)
     EXPECT_GE(handed, idle_n + half_n) << log;
     EXPECT_EQ(kept, 0) << log;
 
-    // Every kind of session goes on in the new process, nothing lost.
+    // The old process had nothing left to drain: it exits 0, and from here
+    // only the new one can relay. Every kind of session goes on there,
+    // nothing lost.
+    EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
     release = true;
     for (int i = 0; i < half_n; ++i) {
         int end_errno = -1;
@@ -423,8 +426,6 @@ TEST_F(SessionHandoverTest, EstablishedSessionsMoveToTheNewProcessWithoutAReset)
     }
     load.join();
     EXPECT_EQ(load.failed(), 0) << load.last_error() << "\n" << old.log();
-    // The old process had nothing left to drain: it exits 0.
-    EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
     EXPECT_TRUE(alive(new_pid));
     EXPECT_GE(metric(admin_port, "apilb_session_handover_total{result=\"adopted\"}"), idle_n + half_n);
     EXPECT_EQ(metric(admin_port, "apilb_session_handover_total{result=\"refused\"}"), 0);
