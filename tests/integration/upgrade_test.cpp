@@ -339,11 +339,15 @@ std::vector<client> open_idle_sessions(std::uint16_t port, int n) {
 /// Every idle session still relays, in both directions: a line and its echo.
 void expect_idle_sessions_relay(std::vector<client>& sessions, const std::string& what) {
     int failed = 0;
+    std::size_t first = 0, last = 0;
     for (std::size_t i = 0; i < sessions.size(); ++i) {
         const std::string line = fmt::format("{} {}\n", what, i);
-        if (!sessions[i].send_all(line) || sessions[i].recv_exact(line.size()) != line) ++failed;
+        if (!sessions[i].send_all(line) || sessions[i].recv_exact(line.size()) != line) {
+            if (failed++ == 0) first = i;
+            last = i;
+        }
     }
-    EXPECT_EQ(failed, 0) << "idle sessions that no longer relay " << what;
+    EXPECT_EQ(failed, 0) << "idle sessions that no longer relay " << what << ", from #" << first << " to #" << last;
 }
 
 class SessionHandoverTest : public ::testing::Test {
