@@ -357,6 +357,14 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
              "back, this process serves on.");
     e.sample("apilb_upgrades_total", label("result", "success"), load(ps.upgrades_total));
     e.sample("apilb_upgrades_total", label("result", "failure"), load(ps.upgrade_failures_total));
+    e.family("apilb_session_handover_total", "counter",
+             "Established sessions in upgrades, by result: handed_over (to the new binary), kept (bytes in flight, "
+             "drained here), adopted (from the old binary, or back after a failed upgrade), refused (both sides "
+             "reset).");
+    e.sample("apilb_session_handover_total", label("result", "handed_over"), load(ps.sessions_handed_over_total));
+    e.sample("apilb_session_handover_total", label("result", "kept"), load(ps.sessions_kept_total));
+    e.sample("apilb_session_handover_total", label("result", "adopted"), load(ps.sessions_adopted_total));
+    e.sample("apilb_session_handover_total", label("result", "refused"), load(ps.sessions_refused_total));
     if (facts.admin != nullptr) {
         e.family("apilb_admin_auth_failures_total", "counter",
                  "State-changing admin requests refused for want of a credential (token, client certificate, or none "

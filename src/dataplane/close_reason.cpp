@@ -21,6 +21,7 @@ const char* to_string(close_reason r) noexcept {
     case close_reason::rebalance: return "rebalanced";
     case close_reason::drain: return "drain";
     case close_reason::stalled: return "write-stalled";
+    case close_reason::handed_over: return "handed-over";
     }
     return "?";
 }
@@ -28,7 +29,8 @@ const char* to_string(close_reason r) noexcept {
 close_how close_action(close_reason r) noexcept {
     switch (r) {
     case close_reason::none:
-    case close_reason::completed: return close_how::fin;
+    case close_reason::completed:
+    case close_reason::handed_over: return close_how::fin;  // its sockets are gone already
     default: return close_how::reset;  // a failed leg, no backend, no resources, or apilb's own close
     }
 }
@@ -37,7 +39,8 @@ std::atomic<std::uint64_t>* process_counter(process_stats& s, close_reason r) no
     switch (r) {
     case close_reason::none:
     case close_reason::completed:
-    case close_reason::no_resources: return nullptr;
+    case close_reason::no_resources:
+    case close_reason::handed_over: return nullptr;  // the upgrade counts what it handed over
     case close_reason::client_reset: return &s.client_reset_total;
     case close_reason::client_timeout: return &s.client_timeout_total;
     case close_reason::backend_reset: return &s.backend_reset_total;

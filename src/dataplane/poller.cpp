@@ -11,6 +11,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <utility>
+
 #include <spdlog/spdlog.h>
 
 #include <cassert>
@@ -324,6 +326,21 @@ void poll_socket::close() {
     fd_ = -1;
     forget_readiness();
     abort_waiters();
+}
+
+int poll_socket::release() {
+    if (fd_ < 0) return -1;
+    if (registered_) {
+        // Explicitly: the descriptor lives on elsewhere, and an epoll entry
+        // goes only with the last reference to the socket.
+        (void)::epoll_ctl(poller_->epfd_, EPOLL_CTL_DEL, fd_, nullptr);
+        poller_->leave(*this);
+        registered_ = false;
+    }
+    const int fd = std::exchange(fd_, -1);
+    forget_readiness();
+    abort_waiters();
+    return fd;
 }
 
 void poll_socket::forget_readiness() {

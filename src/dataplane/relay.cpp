@@ -80,6 +80,15 @@ void relay::rearm() {
     sent_ = nullptr;
 }
 
+bool relay::quiet() const noexcept {
+    if (stopping_ || failed_early_ || (dirs_[0].done && dirs_[1].done)) return false;
+    for (const auto& d : dirs_) {
+        if (d.pending > 0 || d.holding_pipe || d.buffer) return false;
+        if (d.done && d.result.end != pump_end::eof) return false;
+    }
+    return true;
+}
+
 void relay::keep_for_replay(std::string* sent, std::size_t limit) {
     sent_ = sent;
     replay_limit_ = limit;

@@ -146,6 +146,42 @@ void worker::share_listeners(std::function<void(std::vector<shared_listener>)> d
     });
 }
 
+void worker::hand_over_sessions(std::size_t max,
+                                std::function<void(std::vector<handed_session>, std::size_t)> done) {
+    asio::post(io_, [this, max, done = std::move(done)] {
+        std::vector<handed_session> out;
+        std::size_t busy = 0;
+        if (!stopping_) {
+            for (auto& s : ctx_.sessions) {
+                if (out.size() >= max) break;
+                if (!s.relaying || s.aborted()) continue;
+                handed_session h;
+                if (hand_over_session(s, h)) {
+                    out.push_back(std::move(h));
+                } else {
+                    ++busy;
+                }
+            }
+        }
+        done(std::move(out), busy);
+    });
+}
+
+void worker::adopt_session(session_record r, int client_fd, int backend_fd) {
+    asio::post(io_, [this, r = std::move(r), client_fd, backend_fd] {
+        std::string why = "apilb is stopping";
+        if (stopping_) {
+            close_with_reset(client_fd);
+            close_with_reset(backend_fd);
+        } else if (apilb::adopt_session(ctx_, r, client_fd, backend_fd, why)) {
+            return;
+        }
+        ctx_.stats.sessions_refused_total.fetch_add(1, std::memory_order_relaxed);
+        spdlog::warn("upgrade: session from {} to backend {} ({}) refused: {}; both sides reset", r.listener,
+                     r.backend, r.backend_address, why);
+    });
+}
+
 std::unique_ptr<worker::acceptor_slot> worker::adopt_listener(int fd, std::size_t listener_index, error_code& ec) {
     auto slot = std::make_unique<acceptor_slot>(*this, listener_index);
     ec = slot->listener.adopt(fd);  // closes fd on failure

@@ -96,7 +96,7 @@ frame_view decode_frame(std::string_view message) {
             fmt::format("protocol version {} from the peer, this side speaks {}", version, protocol_version));
     }
     const auto type = static_cast<std::uint16_t>(get_le(message, 6, 2));
-    if (type < static_cast<std::uint16_t>(frame_type::hello) || type > static_cast<std::uint16_t>(frame_type::abort)) {
+    if (type < static_cast<std::uint16_t>(frame_type::hello) || type > static_cast<std::uint16_t>(frame_type::sessions_taken)) {
         throw handover_error(fmt::format("unknown frame type {}", type));
     }
     const std::uint32_t length = get_le(message, 8, 4);
@@ -107,7 +107,13 @@ frame_view decode_frame(std::string_view message) {
     return {.type = static_cast<frame_type>(type), .payload = message.substr(header_bytes)};
 }
 
-std::size_t fds_allowed(frame_type type) noexcept { return type == frame_type::listener ? max_frame_fds : 0; }
+std::size_t fds_allowed(frame_type type) noexcept {
+    switch (type) {
+    case frame_type::listener: return max_frame_fds;
+    case frame_type::session: return 2;  // client, backend
+    default: return 0;
+    }
+}
 
 void send_frame(int sock, frame_type type, std::string_view payload, std::span<const int> fds,
                 clock_type::time_point deadline) {
@@ -232,6 +238,73 @@ listener_entry parse_listener(std::string_view payload) {
         throw handover_error("listener frame: address must be one word");
     }
     return e;
+}
+
+std::string encode_session(const session_record& r) {
+    return fmt::format("v{} listener={} pool={} backend={} address={} to={} from={} age_ms={} client_fin={} backend_fin={}",
+                       session_record_version, r.listener, r.pool, r.backend, r.backend_address, r.bytes_to_backend,
+                       r.bytes_from_backend, r.age_ms, r.client_fin ? 1 : 0, r.backend_fin ? 1 : 0);
+}
+
+namespace {
+
+/// The next space-separated word of `rest` as "<key>=<value>"; returns the
+/// value and moves `rest` past it. Throws naming `key` if it is not next.
+std::string_view take_field(std::string_view& rest, std::string_view key) {
+    const auto end = rest.find(' ');
+    const std::string_view word = rest.substr(0, end);
+    rest = end == std::string_view::npos ? std::string_view{} : rest.substr(end + 1);
+    if (word.size() <= key.size() + 1 || !word.starts_with(key) || word[key.size()] != '=') {
+        throw handover_error(fmt::format("session record: expected {}=<value>, got \"{}\"", key,
+                                         std::string(word.substr(0, 64))));
+    }
+    return word.substr(key.size() + 1);
+}
+
+std::uint64_t take_u64(std::string_view& rest, std::string_view key) {
+    const std::string_view text = take_field(rest, key);
+    std::uint64_t v = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec != std::errc{} || end != text.data() + text.size()) {
+        throw handover_error(fmt::format("session record: {} must be a decimal number, got \"{}\"", key,
+                                         std::string(text.substr(0, 32))));
+    }
+    return v;
+}
+
+bool take_flag(std::string_view& rest, std::string_view key) {
+    const std::string_view text = take_field(rest, key);
+    if (text != "0" && text != "1") throw handover_error(fmt::format("session record: {} must be 0 or 1", key));
+    return text == "1";
+}
+
+}  // namespace
+
+session_record parse_session(std::string_view payload) {
+    if (payload.size() > max_session_record_bytes) {
+        throw handover_error(fmt::format("session record of {} bytes is over the limit of {}", payload.size(),
+                                         max_session_record_bytes));
+    }
+    std::string_view rest = payload;
+    const auto end = rest.find(' ');
+    const std::string_view version = rest.substr(0, end);
+    if (version != fmt::format("v{}", session_record_version)) {
+        throw handover_error(fmt::format("session record version \"{}\", this side reads v{}",
+                                         std::string(version.substr(0, 16)), session_record_version));
+    }
+    rest = end == std::string_view::npos ? std::string_view{} : rest.substr(end + 1);
+    session_record r;
+    r.listener = take_field(rest, "listener");
+    r.pool = take_field(rest, "pool");
+    r.backend = take_field(rest, "backend");
+    r.backend_address = take_field(rest, "address");
+    r.bytes_to_backend = take_u64(rest, "to");
+    r.bytes_from_backend = take_u64(rest, "from");
+    r.age_ms = take_u64(rest, "age_ms");
+    r.client_fin = take_flag(rest, "client_fin");
+    r.backend_fin = take_flag(rest, "backend_fin");
+    if (!rest.empty()) throw handover_error("session record: unexpected bytes after backend_fin");
+    return r;
 }
 
 std::pair<int, std::string> parse_hello(std::string_view payload) {

@@ -199,6 +199,7 @@ void process::bind_listener(std::size_t l, inherited_sockets& inherited) {
 
 process::~process() {
     end_upgrade();
+    end_session_receive();
     if (handover_channel_ >= 0) ::close(handover_channel_);
     for (auto& w : workers_) w->stop();
     workers_.clear();
@@ -314,6 +315,7 @@ int process::run() {
             draining_ = true;
             // An upgrade not yet ready is rolled back: its binary is killed.
             end_upgrade();
+            end_session_receive();
             notify_systemd("STOPPING=1");
             const char* why = signo == SIGTERM ? "SIGTERM" : "SIGINT";
             // A node holding the VIPs gives them to a peer before it drains.
@@ -348,6 +350,7 @@ int process::run() {
         std::signal(SIGUSR2, SIG_IGN);
     }
     end_upgrade();
+    end_session_receive();
     for (auto& w : workers_) w->stop();
     // Let the probe loops unwind (they end at once once stopped), so that no
     // coroutine outlives the checker it refers to.

@@ -19,11 +19,14 @@
 #include <cstring>
 #include <future>
 #include <map>
+#include <mutex>
 #include <thread>
+#include <utility>
 
 #include "apilb/admin/admin_server.hpp"
 #include "apilb/control/yaml_guard.hpp"
 #include "apilb/core/thread_role.hpp"
+#include "apilb/dataplane/socket_options.hpp"
 #include "apilb/dataplane/worker.hpp"
 #include "apilb/process/process.hpp"
 
@@ -98,6 +101,101 @@ pid_t spawn_new_binary(const std::string& binary, const std::string& config_path
     posix_spawnattr_destroy(&attr);
     if (rc != 0) throw handover_error(fmt::format("cannot start {}: {}", binary, std::strerror(rc)));
     return pid;
+}
+
+/// Sessions a worker hands over in one pass: a pass walks the worker's
+/// session list once on its thread, so this bounds what one pass costs the
+/// worker's other sessions.
+constexpr std::size_t sessions_per_pass = 256;
+/// How long the session phase goes on taking sessions that had bytes in
+/// flight at an earlier pass; those still busy then stay here (kept).
+constexpr std::chrono::seconds session_phase_limit{5};
+
+/// One worker's pass (worker::hand_over_sessions), waited for until
+/// `deadline`. A pass that comes back later than that gives its sessions
+/// back to the worker it came from, so that none is lost.
+std::pair<std::vector<handed_session>, std::size_t> take_sessions(worker& w, clock_type::time_point deadline) {
+    struct shared {
+        std::mutex m;
+        bool abandoned = false;
+        std::promise<std::pair<std::vector<handed_session>, std::size_t>> result;
+    };
+    auto state = std::make_shared<shared>();
+    auto future = state->result.get_future();
+    w.hand_over_sessions(sessions_per_pass, [state, &w](std::vector<handed_session> got, std::size_t busy) {
+        std::lock_guard lock(state->m);
+        if (state->abandoned) {
+            for (auto& h : got) w.adopt_session(std::move(h.record), h.client_fd, h.backend_fd);
+            return;
+        }
+        state->result.set_value({std::move(got), busy});
+    });
+    if (future.wait_until(deadline) != std::future_status::ready) {
+        std::lock_guard lock(state->m);
+        if (future.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+            state->abandoned = true;
+            throw handover_error("a worker did not hand over its sessions in time");
+        }
+    }
+    return future.get();
+}
+
+/// The old side's session phase (docs/upgrade.md "Sessions"): passes over
+/// the workers, each handing over its quiet sessions, sent one frame each,
+/// until a pass finds none busy or session_phase_limit; then sessions_end
+/// and the new process's count of what it took. Until that count has come,
+/// every session sent is still in `sent` (its descriptors open here); on
+/// success they are closed (the new process holds the sockets now) and the
+/// number of sessions left busy is returned. On failure `sent` keeps them,
+/// for the caller to take back once the new process is dead.
+std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std::vector<handed_session>& sent,
+                          clock_type::time_point deadline) {
+    const auto phase_end = std::min(deadline, clock_type::now() + session_phase_limit);
+    std::size_t busy = 0;
+    for (;;) {
+        std::size_t got = 0;
+        bool full = false;
+        busy = 0;
+        for (worker* w : workers) {
+            auto [batch, left] = take_sessions(*w, deadline);
+            full = full || batch.size() >= sessions_per_pass;
+            busy += left;
+            got += batch.size();
+            for (auto& h : batch) {
+                sent.push_back(std::move(h));
+                const handed_session& last = sent.back();
+                const int fds[2] = {last.client_fd, last.backend_fd};
+                handover::send_frame(channel, frame_type::session, handover::encode_session(last.record), fds,
+                                     deadline);
+            }
+        }
+        if ((!full && busy == 0) || clock_type::now() >= phase_end) break;
+        // Only busy sessions left: give their bytes a moment to go out.
+        if (got == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    handover::send_frame(channel, frame_type::sessions_end, std::to_string(sent.size()), {}, deadline);
+    const handover::frame taken = handover::receive_frame(channel, deadline);
+    if (taken.type == frame_type::abort) throw handover_error("the new binary aborted: " + taken.payload);
+    if (taken.type != frame_type::sessions_taken) throw handover_error("expected sessions_taken");
+    const int count = handover::parse_number(taken.payload, "sessions_taken count");
+    if (static_cast<std::size_t>(count) != sent.size()) {
+        throw handover_error(fmt::format("the new binary took {} of {} session(s)", count, sent.size()));
+    }
+    for (const auto& h : sent) {
+        // A plain close: the new process holds the sockets, nothing is sent.
+        ::close(h.client_fd);
+        ::close(h.backend_fd);
+    }
+    return busy;
+}
+
+/// The count an `*_end` frame `f` says (the frames of `what` the old process
+/// sent) must be the `frames` that came; throws handover_error if not.
+void expect_count(const handover::frame& f, int frames, const char* what) {
+    const int said = handover::parse_number(f.payload, "end count");
+    if (said != frames) {
+        throw handover_error(fmt::format("the old process said {} {} frame(s), {} came", said, what, frames));
+    }
 }
 
 /// How the new process ended, or that it still runs.
@@ -180,6 +278,9 @@ void process::start_upgrade(std::function<void()> handed_over) {
                                handed_over = std::move(handed_over)]() mutable {
         const auto deadline = clock_type::now() + upgrade_deadline();
         std::string failure;
+        std::vector<handed_session> sent;  // the session phase's, still open here until taken
+        std::size_t kept = 0;
+        auto phase_started = clock_type::now();
         try {
             handover::frame hello;
             try {
@@ -231,11 +332,26 @@ void process::start_upgrade(std::function<void()> handed_over) {
             if (ready.type == frame_type::abort) throw handover_error("the new binary aborted: " + ready.payload);
             if (ready.type != frame_type::ready) throw handover_error("expected ready");
             handover::parse_number(ready.payload, "ready pid");
+            phase_started = clock_type::now();
+            kept = send_sessions(run->channel, workers, sent, deadline);
         } catch (const std::exception& e) {
             failure = e.what();
         }
-        if (!failure.empty()) failure += " (" + reap(run->pid, true) + ")";
-        asio::post(control_, [this, run, failure, handed_over = std::move(handed_over)] {
+        const auto phase_ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - phase_started);
+        if (!failure.empty()) {
+            failure += " (" + reap(run->pid, true) + ")";
+            // The new process is dead: the sessions sent to it are ours again.
+            for (std::size_t i = 0; i < sent.size(); ++i) {
+                workers[i % workers.size()]->adopt_session(std::move(sent[i].record), sent[i].client_fd,
+                                                           sent[i].backend_fd);
+            }
+            if (!sent.empty()) failure += fmt::format("; took back {} session(s)", sent.size());
+        } else {
+            stats_.sessions_handed_over_total.fetch_add(sent.size(), std::memory_order_relaxed);
+            stats_.sessions_kept_total.fetch_add(kept, std::memory_order_relaxed);
+        }
+        const std::size_t handed = failure.empty() ? sent.size() : 0;
+        asio::post(control_, [this, run, failure, handed, kept, phase_ms, handed_over = std::move(handed_over)] {
             if (run->thread.joinable()) run->thread.join();
             ::close(run->channel);
             run->channel = -1;
@@ -246,7 +362,10 @@ void process::start_upgrade(std::function<void()> handed_over) {
                 return;
             }
             stats_.upgrades_total.fetch_add(1, std::memory_order_relaxed);
-            spdlog::info("upgrade: pid {} serves; this process stops accepting and drains", run->pid);
+            spdlog::info(
+                "upgrade: pid {} serves; {} session(s) handed over in {}ms, {} kept here (bytes in flight); "
+                "this process stops accepting and drains",
+                run->pid, handed, phase_ms.count(), kept);
             // Said by the main PID too, so that systemd never sees it end
             // without a successor, whatever NotifyAccess says.
             notify_systemd(fmt::format("MAINPID={}", run->pid));
@@ -276,8 +395,72 @@ void process::report_ready_to_old() {
     } catch (const handover_error& e) {
         spdlog::warn("upgrade: could not tell the old process that this one serves: {}", e.what());
     }
-    ::close(handover_channel_);
-    handover_channel_ = -1;
+    receive_sessions();
+}
+
+void process::receive_sessions() {
+    const int channel = std::exchange(handover_channel_, -1);
+    adopt_channel_ = channel;
+    // For tests only: die after this many session frames (a successor that
+    // fails in the session phase; docs/upgrade.md, rollback).
+    int die_after = 0;
+    if (const char* v = std::getenv("APILB_UPGRADE_TEST_DIE_AFTER_SESSIONS")) {
+        try {
+            die_after = handover::parse_number(v, "APILB_UPGRADE_TEST_DIE_AFTER_SESSIONS");
+        } catch (const handover_error&) {}
+    }
+    std::vector<worker*> workers;
+    for (auto& w : workers_) workers.push_back(w.get());
+    // Its own thread: the receives block (bounded), workers adopt by message.
+    adopt_thread_ = std::thread([this, channel, workers, die_after] {
+        const auto deadline = clock_type::now() + upgrade_deadline();
+        int frames = 0;
+        std::size_t refused = 0;
+        try {
+            while (true) {
+                handover::frame f = handover::receive_frame(channel, deadline);
+                if (f.type == frame_type::abort) throw handover_error("the old process aborted: " + f.payload);
+                if (f.type == frame_type::sessions_end) {
+                    expect_count(f, frames, "session");
+                    handover::send_frame(channel, frame_type::sessions_taken, std::to_string(frames), {}, deadline);
+                    break;
+                }
+                if (f.type != frame_type::session) throw handover_error("expected a session frame");
+                ++frames;
+                if (die_after > 0 && frames >= die_after) {
+                    spdlog::error("upgrade: dying after {} session frame(s) (APILB_UPGRADE_TEST_DIE_AFTER_SESSIONS)",
+                                  frames);
+                    std::_Exit(3);
+                }
+                std::vector<int> fds = f.fds.release();
+                try {
+                    if (fds.size() != 2) throw handover_error(fmt::format("{} socket(s), not 2", fds.size()));
+                    const session_record r = handover::parse_session(f.payload);
+                    workers[static_cast<std::size_t>(frames) % workers.size()]->adopt_session(r, fds[0], fds[1]);
+                } catch (const handover_error& e) {
+                    // The old process lets go of it once we say taken: a
+                    // plain close here would end the client's stream as if
+                    // complete.
+                    for (int fd : fds) close_with_reset(fd);
+                    ++refused;
+                    stats_.sessions_refused_total.fetch_add(1, std::memory_order_relaxed);
+                    spdlog::warn("upgrade: session record refused: {}; both sides reset", e.what());
+                }
+            }
+            spdlog::info("upgrade: {} session(s) came from the old process, {} refused", frames, refused);
+        } catch (const std::exception& e) {
+            spdlog::error("upgrade: the session handover ended early: {}", e.what());
+        }
+    });
+}
+
+void process::end_session_receive() {
+    if (!adopt_thread_.joinable()) return;
+    // Wakes a receive in progress: it sees the end of the channel at once.
+    if (adopt_channel_ >= 0) ::shutdown(adopt_channel_, SHUT_RDWR);
+    adopt_thread_.join();
+    if (adopt_channel_ >= 0) ::close(adopt_channel_);
+    adopt_channel_ = -1;
 }
 
 inherited_sockets receive_inherited(int channel, const std::string& version, clock_type::time_point deadline) {
@@ -291,11 +474,7 @@ inherited_sockets receive_inherited(int channel, const std::string& version, clo
             handover::frame f = handover::receive_frame(channel, deadline);
             if (f.type == frame_type::abort) throw handover_error("the old process aborted: " + f.payload);
             if (f.type == frame_type::listeners_end) {
-                const int said = handover::parse_number(f.payload, "listeners_end count");
-                if (said != frames) {
-                    throw handover_error(
-                        fmt::format("the old process said {} listener frame(s), {} came", said, frames));
-                }
+                expect_count(f, frames, "listener");
                 break;
             }
             if (f.type != frame_type::listener) throw handover_error("expected a listener frame");

@@ -1,5 +1,6 @@
-// Fuzz target: the upgrade handover's frame and payload parsers, from the
-// bytes of one message as the old or new process receives it. Asserted: a
+// Fuzz target: the upgrade handover's frame and payload parsers (the
+// session record too), from the bytes of one message as the old or new
+// process receives it. Asserted: a
 // frame is either refused with handover_error or decodes to a known type
 // whose payload is exactly the bytes after the header; nothing else throws.
 #include <cstdint>
@@ -19,7 +20,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             case frame_type::hello: parse_hello(f.payload); break;
             case frame_type::listener: parse_listener(f.payload); break;
             case frame_type::listeners_end:
+            case frame_type::sessions_end:
+            case frame_type::sessions_taken:
             case frame_type::ready: parse_number(f.payload, "number"); break;
+            case frame_type::session: {
+                // A record that parses says the same thing encoded again.
+                const apilb::session_record r = parse_session(f.payload);
+                if (parse_session(encode_session(r)).bytes_to_backend != r.bytes_to_backend) std::abort();
+                break;
+            }
             case frame_type::abort: break;
             default: std::abort();
             }

@@ -1,12 +1,19 @@
 // The upgrade (SIGUSR2, docs/upgrade.md "Zero-drop upgrade"): the real
 // binary hands its listening sockets to a new apilb under a steady rate of
-// new connections, which must all be served; a new binary that fails is
-// rolled back with the old one serving on.
+// new connections, which must all be served, and then every quiet
+// established session (idle, half-closed, bulk between bursts), which must go
+// on without a lost byte or a reset; a new binary that fails is rolled back
+// with the old one serving on, every session included.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
 
+#include <openssl/sha.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+
+#include <atomic>
+#include <iostream>
 
 #include <csignal>
 #include <cstdlib>
@@ -220,28 +227,237 @@ TEST_F(UpgradeTest, ConfigTheNewBinaryRejectsIsRolledBack) {
     EXPECT_EQ(old.terminate(), 0);
 }
 
-TEST_F(UpgradeTest, EstablishedSessionsStayWithTheOldProcessAndDrain) {
-    // Session handover is not built: an open session is drained as after
-    // SIGTERM: it works on until timeouts.drain, then is reset.
-    apilb_process old(dir, config("timeouts: {drain: 2s}\n"), "127.0.0.1", port);
-    client open;
-    open.set_timeout(5s);
-    ASSERT_EQ(open.connect("127.0.0.1", port), 0);
-    ASSERT_TRUE(open.send_all("before\n"));
-    ASSERT_EQ(open.recv_exact(7), "before\n");
+/// sha256 of `bytes`, in hex.
+std::string sha256_hex(std::string_view bytes) {
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    ::SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), md);
+    std::string out;
+    for (unsigned char c : md) out += fmt::format("{:02x}", c);
+    return out;
+}
+
+/// A backend that echoes, except for a connection whose first byte is 'H'
+/// (a half-closed session): it reads until the client's FIN, then, once
+/// `release` is set (at most 30 s), answers with the sha256 of all it read
+/// and ends with a FIN. Its backend -> client direction outlives the
+/// client's FIN across the upgrade.
+tcp_server::handler echo_or_digest(const std::atomic<bool>& release) {
+    return [&release](int& fd) {
+        timeval tv{30, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char buf[65536];
+        std::string kept;
+        bool digest = false, first = true;
+        for (;;) {
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) break;
+            if (first) digest = buf[0] == 'H';
+            first = false;
+            if (digest) {
+                kept.append(buf, static_cast<std::size_t>(n));
+                continue;
+            }
+            for (ssize_t at = 0; at < n;) {
+                const ssize_t w = ::send(fd, buf + at, static_cast<std::size_t>(n - at), MSG_NOSIGNAL);
+                if (w <= 0) return;
+                at += w;
+            }
+        }
+        if (digest) {
+            wait_until([&] { return release.load(); }, 30s, 5ms);
+            const std::string answer = sha256_hex(kept);
+            (void)::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL);
+        }
+        ::shutdown(fd, SHUT_WR);
+    };
+}
+
+/// A bulk transfer both ways through one session, paced (64 KiB every
+/// 10 ms) so that it runs across the upgrade: `bytes` of random data out,
+/// the echo back, both hashed.
+class bulk_session {
+public:
+    bulk_session(std::uint16_t port, std::size_t bytes, std::uint32_t seed) : data_(random_bytes(bytes, seed)) {
+        c_.set_timeout(20s);
+        connected_ = c_.connect("127.0.0.1", port) == 0;
+        if (!connected_) return;
+        writer_ = std::thread([this] {
+            for (std::size_t at = 0; at < data_.size(); at += 65536) {
+                if (!c_.send_all(data_.data() + at, std::min<std::size_t>(65536, data_.size() - at))) return;
+                std::this_thread::sleep_for(10ms);
+            }
+        });
+        reader_ = std::thread([this] { echoed_ = c_.recv_exact(data_.size()); });
+    }
+    ~bulk_session() { join(); }
+    void join() {
+        if (writer_.joinable()) writer_.join();
+        if (reader_.joinable()) reader_.join();
+    }
+    bool connected() const { return connected_; }
+    std::string sent_sha() const { return sha256_hex(data_); }
+    std::string echoed_sha() const { return sha256_hex(echoed_); }
+    client& conn() { return c_; }
+
+private:
+    std::string data_;
+    std::string echoed_;
+    client c_;
+    bool connected_ = false;
+    std::thread writer_, reader_;
+};
+
+/// A number from the log line `pattern` (one capture group); -1 if none.
+long long from_log(const std::string& log, const std::string& pattern) {
+    std::smatch m;
+    if (!std::regex_search(log, m, std::regex(pattern))) return -1;
+    return std::stoll(m[1]);
+}
+
+/// A sample of /metrics on 127.0.0.1:`admin_port` ("name{labels}"); -1 if absent.
+double metric(std::uint16_t admin_port, const std::string& sample) {
+    const std::string text = http_exchange(admin_port, "GET", "/metrics").body;
+    const auto at = text.find("\n" + sample + " ");
+    if (at == std::string::npos) return -1;
+    return std::stod(text.substr(at + sample.size() + 2));
+}
+
+/// Idle sessions that each echoed one line: established, answered.
+std::vector<client> open_idle_sessions(std::uint16_t port, int n) {
+    std::vector<client> out(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) {
+        client& c = out[static_cast<std::size_t>(i)];
+        c.set_timeout(10s);
+        EXPECT_EQ(c.connect("127.0.0.1", port), 0) << i;
+        const std::string line = fmt::format("idle {}\n", i);
+        EXPECT_TRUE(c.send_all(line));
+        EXPECT_EQ(c.recv_exact(line.size()), line) << i;
+    }
+    return out;
+}
+
+/// Every idle session still relays, in both directions: a line and its echo.
+void expect_idle_sessions_relay(std::vector<client>& sessions, const std::string& what) {
+    int failed = 0;
+    std::size_t first = 0, last = 0;
+    for (std::size_t i = 0; i < sessions.size(); ++i) {
+        const std::string line = fmt::format("{} {}\n", what, i);
+        if (!sessions[i].send_all(line) || sessions[i].recv_exact(line.size()) != line) {
+            if (failed++ == 0) first = i;
+            last = i;
+        }
+    }
+    EXPECT_EQ(failed, 0) << "idle sessions that no longer relay " << what << ", from #" << first << " to #" << last;
+}
+
+class SessionHandoverTest : public ::testing::Test {
+protected:
+    std::atomic<bool> release{false};
+    tcp_server b0{"127.0.0.1", echo_or_digest(release)};
+    tcp_server b1{"127.0.0.1", echo_or_digest(release)};
+    temp_dir dir;
+    std::uint16_t port = free_port();
+    std::uint16_t admin_port = free_port();
+
+    std::string config() const {
+        return single_pool_config(port, {b0.address(), b1.address()}, "round-robin", 2,
+                                  fmt::format("timeouts: {{drain: 3s}}\nadmin: {{address: \"127.0.0.1:{}\"}}\n",
+                                              admin_port));
+    }
+    ~SessionHandoverTest() override { release = true; }
+};
+
+/// How many idle sessions the handover test opens: 150 in the suite;
+/// APILB_TEST_HANDOVER_SESSIONS sets another number (the 1 000-session
+/// measurement in docs/upgrade.md).
+int idle_session_count() {
+    if (const char* v = std::getenv("APILB_TEST_HANDOVER_SESSIONS")) return std::max(1, std::atoi(v));
+    return 150;
+}
+
+TEST_F(SessionHandoverTest, EstablishedSessionsMoveToTheNewProcessWithoutAReset) {
+    apilb_process old(dir, config(), "127.0.0.1", port);
+    const int idle_n = idle_session_count();
+    constexpr int half_n = 20, bulk_n = 4;
+    std::vector<client> idle = open_idle_sessions(port, idle_n);
+    // Half-closed: the client sent its bytes and FIN; the answer comes after the upgrade.
+    std::vector<client> half(half_n);
+    std::vector<std::string> half_sha;
+    for (int i = 0; i < half_n; ++i) {
+        client& c = half[static_cast<std::size_t>(i)];
+        c.set_timeout(20s);
+        ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+        const std::string payload = "H" + random_bytes(10'000 + static_cast<std::size_t>(i), 100 + i);
+        ASSERT_TRUE(c.send_all(payload));
+        c.shutdown_write();
+        half_sha.push_back(sha256_hex(payload));
+    }
+    steady_load load(port, 250, 20ms);
+    ASSERT_TRUE(wait_until([&] { return load.done() >= 50; }, 20s));
+    std::vector<std::unique_ptr<bulk_session>> bulk;
+    for (int i = 0; i < bulk_n; ++i) {
+        bulk.push_back(std::make_unique<bulk_session>(port, 8u << 20, 7 + i));
+        ASSERT_TRUE(bulk.back()->connected());
+    }
     old.proc().signal(SIGUSR2);
     ASSERT_TRUE(wait_until([&] { return handed_to(old.log()) != 0; }, 60s)) << old.log();
     const pid_t new_pid = handed_to(old.log());
     end_at_exit guard{{new_pid}};
-    ASSERT_TRUE(open.send_all("during\n"));
-    EXPECT_EQ(open.recv_exact(7), "during\n");
-    int end_errno = 0;
-    open.set_timeout(15s);
-    open.recv_until_eof(end_errno);
-    EXPECT_EQ(end_errno, ECONNRESET) << "a drained session must end with a reset";
+    const std::string log = old.log();
+    const long long handed = from_log(log, R"(serves; (\d+) session\(s\) handed over)");
+    const long long kept = from_log(log, R"(handed over in \d+ms, (\d+) kept here)");
+    std::cout << "session handover: " << handed << " session(s) in "
+              << from_log(log, R"(handed over in (\d+)ms)") << " ms, " << kept << " kept\n";
+    EXPECT_GE(handed, idle_n + half_n) << log;
+    EXPECT_EQ(kept, 0) << log;
+
+    // The old process had nothing left to drain: it exits 0, and from here
+    // only the new one can relay. Every kind of session goes on there,
+    // nothing lost.
     EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
+    release = true;
+    for (int i = 0; i < half_n; ++i) {
+        int end_errno = -1;
+        const std::string answer = half[static_cast<std::size_t>(i)].recv_until_eof(end_errno);
+        EXPECT_EQ(end_errno, 0) << "half-closed session " << i << " did not end with a clean FIN";
+        EXPECT_EQ(answer, half_sha[static_cast<std::size_t>(i)]) << "half-closed session " << i;
+    }
+    expect_idle_sessions_relay(idle, "after");
+    for (int i = 0; i < bulk_n; ++i) {
+        bulk[static_cast<std::size_t>(i)]->join();
+        EXPECT_EQ(bulk[static_cast<std::size_t>(i)]->echoed_sha(), bulk[static_cast<std::size_t>(i)]->sent_sha())
+            << "bulk session " << i;
+    }
+    load.join();
+    EXPECT_EQ(load.failed(), 0) << load.last_error() << "\n" << old.log();
     EXPECT_TRUE(alive(new_pid));
+    EXPECT_GE(metric(admin_port, "apilb_session_handover_total{result=\"adopted\"}"), idle_n + half_n);
+    EXPECT_EQ(metric(admin_port, "apilb_session_handover_total{result=\"refused\"}"), 0);
+    EXPECT_NE(old.log().find("session(s) came from the old process, 0 refused"), std::string::npos) << old.log();
+    idle.clear();
     end_by_pid(new_pid);
+    expect_no_sanitizer_report(old.log(), "apilb (new)");
+}
+
+TEST_F(SessionHandoverTest, NewBinaryThatDiesInTheSessionPhaseLeavesEverySessionWithTheOld) {
+    // The new process exits after its third session frame (test only).
+    scoped_env die("APILB_UPGRADE_TEST_DIE_AFTER_SESSIONS", "3");
+    apilb_process old(dir, config(), "127.0.0.1", port);
+    std::vector<client> idle = open_idle_sessions(port, 40);
+    old.proc().signal(SIGUSR2);
+    ASSERT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
+    EXPECT_TRUE(old.wait_for_log("took back 40 session(s)", 5s)) << old.log();
+    // Every session relays on in the old process, which serves on.
+    expect_idle_sessions_relay(idle, "after");
+    EXPECT_TRUE(old.proc().running());
+    EXPECT_GE(metric(admin_port, "apilb_session_handover_total{result=\"adopted\"}"), 40);
+    client c;
+    c.set_timeout(5s);
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    ASSERT_TRUE(c.send_all("new\n"));
+    EXPECT_EQ(c.recv_exact(4), "new\n");
+    idle.clear();
+    EXPECT_EQ(old.terminate(), 0);
 }
 
 }  // namespace

@@ -152,7 +152,7 @@ TEST(HandoverFrame, WrongVersionIsRefusedNamingBoth) {
     send_raw(ch.a, encode_frame(frame_type::listener, "data 127.0.0.1:1", protocol_version + 1), fds);
     close_all(fds);
     const std::string err = error_of(ch.b, std::chrono::seconds(5));
-    EXPECT_NE(err.find("protocol version 2 from the peer, this side speaks 1"), std::string::npos) << err;
+    EXPECT_NE(err.find("protocol version 3 from the peer, this side speaks 2"), std::string::npos) << err;
     EXPECT_EQ(open_fds(), before);
     EXPECT_THROW(decode_frame(std::string("XLBH") + encode_frame(frame_type::hello, "1 x").substr(4)), handover_error);
 }
@@ -194,6 +194,80 @@ TEST(HandoverFrame, PeerThatStopsMidSequenceIsSeenAsClosed) {
     peer.join();
     EXPECT_EQ(receive_frame(ch.b, in(std::chrono::seconds(5))).type, frame_type::hello);
     EXPECT_NE(error_of(ch.b, std::chrono::seconds(5)).find("closed the channel"), std::string::npos);
+}
+
+session_record sample_record() {
+    return {.listener = "127.0.0.1:6443",
+            .pool = "apiservers",
+            .backend = "cp1",
+            .backend_address = "10.0.0.1:6443",
+            .bytes_to_backend = 1234,
+            .bytes_from_backend = 18'446'744'073'709'551'615ull,
+            .age_ms = 3'600'000,
+            .client_fin = true,
+            .backend_fin = false};
+}
+
+TEST(HandoverSession, RecordRoundTripsWithItsTwoSockets) {
+    channel ch;
+    const int before = open_fds();
+    const std::vector<int> fds = some_fds(2);
+    send_frame(ch.a, frame_type::session, encode_session(sample_record()), fds, in(std::chrono::seconds(5)));
+    close_all(fds);
+    frame f = receive_frame(ch.b, in(std::chrono::seconds(5)));
+    ASSERT_EQ(f.type, frame_type::session);
+    EXPECT_EQ(f.fds.size(), 2u);
+    const session_record r = parse_session(f.payload);
+    const session_record want = sample_record();
+    EXPECT_EQ(r.listener, want.listener);
+    EXPECT_EQ(r.pool, want.pool);
+    EXPECT_EQ(r.backend, want.backend);
+    EXPECT_EQ(r.backend_address, want.backend_address);
+    EXPECT_EQ(r.bytes_to_backend, want.bytes_to_backend);
+    EXPECT_EQ(r.bytes_from_backend, want.bytes_from_backend);
+    EXPECT_EQ(r.age_ms, want.age_ms);
+    EXPECT_TRUE(r.client_fin);
+    EXPECT_FALSE(r.backend_fin);
+    f.fds.reset();
+    EXPECT_EQ(open_fds(), before);
+}
+
+TEST(HandoverSession, BadRecordsAreRefusedSayingWhy) {
+    auto error_of_record = [](const std::string& payload) -> std::string {
+        try {
+            parse_session(payload);
+        } catch (const handover_error& e) {
+            return e.what();
+        }
+        return "accepted";
+    };
+    std::string good = encode_session(sample_record());
+    EXPECT_NE(error_of_record("v2" + good.substr(2)).find("session record version \"v2\", this side reads v1"),
+              std::string::npos);
+    EXPECT_NE(error_of_record(good + std::string(max_session_record_bytes, 'x')).find("over the limit of 1024"),
+              std::string::npos);
+    std::string bad = good;
+    bad.replace(bad.find("to=1234"), 7, "to=12x4");
+    EXPECT_NE(error_of_record(bad).find("to must be a decimal number"), std::string::npos);
+    bad = good;
+    bad.replace(bad.find("pool="), 5, "poll=");
+    EXPECT_NE(error_of_record(bad).find("expected pool=<value>"), std::string::npos);
+    bad = good;
+    bad.replace(bad.find("client_fin=1"), 12, "client_fin=2");
+    EXPECT_NE(error_of_record(bad).find("client_fin must be 0 or 1"), std::string::npos);
+    EXPECT_NE(error_of_record(good + " extra=1").find("unexpected bytes"), std::string::npos);
+    EXPECT_NE(error_of_record(good.substr(0, good.find(" backend_fin"))).find("expected backend_fin"),
+              std::string::npos);
+    EXPECT_NE(error_of_record("").find("session record version"), std::string::npos);
+    // A session frame carries its two sockets and no more.
+    EXPECT_EQ(fds_allowed(frame_type::session), 2u);
+    channel ch;
+    const int before = open_fds();
+    const std::vector<int> three = some_fds(3);
+    send_raw(ch.a, encode_frame(frame_type::session, good), three);
+    close_all(three);
+    EXPECT_NE(error_of(ch.b, std::chrono::seconds(5)).find("may carry 2"), std::string::npos);
+    EXPECT_EQ(open_fds(), before);
 }
 
 TEST(HandoverFrame, PeerIsThisUser) {

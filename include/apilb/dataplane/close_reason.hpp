@@ -33,10 +33,15 @@ enum class close_reason : std::uint8_t {
     rebalance,  ///< moved to spread its pool
     drain,      ///< shutdown: timeouts.drain ran out, or a second signal
     stalled,    ///< a write made no progress for timeouts.write_stall (a peer that does not read)
+    // Not an end at all: an upgrade took its sockets to the new process,
+    // which relays on (hand_over_session; no close, neither FIN nor RST).
+    handed_over,
 };
 
 /// True for the reasons apilb itself starts (session_entry::abort's).
-constexpr bool closed_by_apilb(close_reason r) noexcept { return r >= close_reason::idle; }
+constexpr bool closed_by_apilb(close_reason r) noexcept {
+    return r >= close_reason::idle && r != close_reason::handed_over;
+}
 
 /// The reason's name in logs ("idle-timeout", "client-reset", ...).
 const char* to_string(close_reason r) noexcept;

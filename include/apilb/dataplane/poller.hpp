@@ -139,6 +139,10 @@ public:
     void close();
     /// Waiters complete with operation_aborted; the descriptor stays open.
     void cancel();
+    /// Takes the descriptor out of the epoll set and hands it to the caller
+    /// (an upgrade sends it to the new process); waiters complete with
+    /// operation_aborted as after close(). -1 if none was open.
+    int release();
     /// The next close() sends RST instead of FIN (SO_LINGER 0).
     void set_abortive_close();
     /// shutdown(SHUT_WR): passes a half-close on.

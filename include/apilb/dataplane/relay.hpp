@@ -122,6 +122,23 @@ public:
     /// moved to another backend on the same upstream socket object).
     void rearm();
 
+    /// No byte is inside apilb (a buffer or a pipe), no direction ended but
+    /// by EOF, and one still runs: the two sockets hold the session's whole
+    /// state, so it may move to another process (an upgrade). Worker thread.
+    bool quiet() const noexcept;
+    /// The client (to) and backend (from) sent FIN, passed on already.
+    bool client_ended() const noexcept { return dirs_[0].done; }
+    bool backend_ended() const noexcept { return dirs_[1].done; }
+
+    /// A session adopted from the process before (an upgrade): the counts go
+    /// on from `to` and `from`, and the backend has answered (nothing is
+    /// kept for a replay). Call after rearm(), before async_run.
+    void resume(std::uint64_t to, std::uint64_t from) noexcept {
+        dirs_[0].result.bytes = to;
+        dirs_[1].result.bytes = from;
+        answered_ = true;
+    }
+
     /// Until the backend's first byte, appends what the client sends to
     /// `*sent` (at most `limit` bytes; beyond that nothing is kept). If the
     /// backend then closes or resets before sending anything while the client

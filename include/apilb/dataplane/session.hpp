@@ -10,8 +10,10 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "apilb/dataplane/close_reason.hpp"
+#include "apilb/dataplane/session_record.hpp"
 
 namespace apilb {
 
@@ -68,5 +70,20 @@ using session_list = boost::intrusive::list<session_entry, boost::intrusive::con
 /// already counted it in stats.active_sessions; the session un-counts it
 /// when it ends.
 void start_session(worker_context& ctx, int fd, std::size_t listener_index);
+
+/// An upgrade takes `s` if its relay is quiet (no byte inside apilb, so the
+/// kernel's socket buffers hold everything): fills `out` with its record and
+/// both descriptors, out of the epoll set and the caller's to send and
+/// close, and ends the session here without a FIN or RST
+/// (close_reason::handed_over). False, and nothing changed, for a session
+/// not relaying or with bytes in flight. Worker thread only.
+bool hand_over_session(session_entry& s, handed_session& out);
+
+/// Relays a session handed over by another process (an upgrade) on the
+/// calling worker: no backend connect, the counts go on from the record.
+/// Takes both descriptors. A record that names a listener, pool or backend
+/// this config lacks is refused: both sockets reset, false returned and
+/// `why` set. Counts the session in stats.active_sessions itself.
+bool adopt_session(worker_context& ctx, const session_record& r, int client_fd, int backend_fd, std::string& why);
 
 }  // namespace apilb

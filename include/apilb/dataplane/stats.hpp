@@ -74,6 +74,15 @@ struct process_stats {
     /// Their backend was removed by a reload and timeouts.reload_drain ran
     /// out (close_reason::reload; not also counted as a drain).
     std::atomic<std::uint64_t> closed_by_reload_total{0};
+    /// An upgrade's session handover (docs/upgrade.md): sessions this process
+    /// handed to its successor; kept (bytes still in flight when the session
+    /// phase ended: drained here as before); adopted (from its predecessor,
+    /// or taken back after a failed handover); refused (a record it could not
+    /// read or place: both sockets reset).
+    std::atomic<std::uint64_t> sessions_handed_over_total{0};
+    std::atomic<std::uint64_t> sessions_kept_total{0};
+    std::atomic<std::uint64_t> sessions_adopted_total{0};
+    std::atomic<std::uint64_t> sessions_refused_total{0};
 };
 
 }  // namespace apilb

@@ -68,6 +68,17 @@ public:
     /// socket it accepts on and calls `done` there with them. Any thread.
     void share_listeners(std::function<void(std::vector<shared_listener>)> done);
 
+    /// An upgrade's session phase: on the worker thread, takes up to `max`
+    /// quiet sessions out (hand_over_session) and calls `done` there with
+    /// them and how many relaying sessions it left because bytes were in
+    /// flight. One short pass through the session list: the worker's loop
+    /// runs between passes. Any thread.
+    void hand_over_sessions(std::size_t max, std::function<void(std::vector<handed_session>, std::size_t busy)> done);
+    /// Relays a session handed over by another process on the worker thread
+    /// (adopt_session); a record this config cannot place resets both sockets
+    /// and counts in sessions_refused_total. Takes both descriptors. Any thread.
+    void adopt_session(session_record r, int client_fd, int backend_fd);
+
     /// A listening socket (SO_REUSEPORT) for `l`, as a plain descriptor that
     /// the caller owns: a reload binds every new listener's sockets on the
     /// control thread before it commits, so a bind failure fails the reload

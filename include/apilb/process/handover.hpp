@@ -14,10 +14,13 @@
 #include <string_view>
 #include <vector>
 
+#include "apilb/dataplane/session_record.hpp"
+
 namespace apilb::handover {
 
 /// The protocol both sides must speak; a frame of another version is refused.
-inline constexpr std::uint16_t protocol_version = 1;
+/// 2 added the session frames: a release that speaks 1 cannot take sessions.
+inline constexpr std::uint16_t protocol_version = 2;
 /// Magic, version, type, payload length.
 inline constexpr std::size_t header_bytes = 12;
 /// Hard limit of one frame, header included.
@@ -34,7 +37,16 @@ enum class frame_type : std::uint16_t {
     listeners_end = 3,  ///< old -> new: "<count of listener frames>"
     ready = 4,          ///< new -> old: "<pid>"
     abort = 5,          ///< either way: the reason
+    session = 6,         ///< old -> new: a session record, its client and backend sockets
+    sessions_end = 7,    ///< old -> new: "<count of session frames>"
+    sessions_taken = 8,  ///< new -> old: "<count of session frames received>"
 };
+
+/// The version of the session record inside a `session` frame; a record of
+/// another version is refused (its session reset), the channel goes on.
+inline constexpr unsigned session_record_version = 1;
+/// Hard limit of one session record.
+inline constexpr std::size_t max_session_record_bytes = 1024;
 
 /// Any failure of the channel: a timeout, a closed or foreign peer, a bad frame.
 class handover_error : public std::runtime_error {
@@ -126,6 +138,15 @@ struct listener_entry {
 /// "<kind> <address>"; throws handover_error if the payload is not that
 /// (kind "data" or "admin", address without spaces, at most 256 bytes).
 listener_entry parse_listener(std::string_view payload);
+/// The payload of a `session` frame: "v1 listener=<a> pool=<p> backend=<b>
+/// address=<a> to=<n> from=<n> age_ms=<n> client_fin=<0|1> backend_fin=<0|1>",
+/// every field once, in that order, values without spaces.
+std::string encode_session(const session_record& r);
+/// Parses a `session` payload; throws handover_error naming the field and
+/// what was expected (unknown record version, over max_session_record_bytes,
+/// a missing, misplaced or malformed field). Pure: fuzzed.
+session_record parse_session(std::string_view payload);
+
 /// "<pid> <version>" of a hello; throws handover_error.
 std::pair<int, std::string> parse_hello(std::string_view payload);
 /// A decimal count or pid, 0..2^31-1; throws handover_error naming `what`.

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -127,8 +128,15 @@ private:
     void start_upgrade(std::function<void()> handed_over);
     /// Stops an upgrade in flight (kills the new binary) and joins its thread.
     void end_upgrade();
-    /// The new process's side: MAINPID= and READY=1 to systemd, `ready` to the old one.
+    /// The new process's side: MAINPID= and READY=1 to systemd, `ready` to
+    /// the old one, then receive_sessions().
     void report_ready_to_old();
+    /// The new process's session phase, on adopt_thread_: each session frame
+    /// goes to a worker (round robin) to adopt; a bad record resets its two
+    /// sockets and is counted; `sessions_taken` answers `sessions_end`.
+    void receive_sessions();
+    /// Ends the session phase (wakes and joins adopt_thread_); before the workers stop.
+    void end_session_receive();
 
     /// One discovery pool's applied state (process_discovery.cpp). Control thread.
     struct discovery_pool {
@@ -194,6 +202,8 @@ private:
     struct upgrade_run;
     std::shared_ptr<upgrade_run> upgrade_;
     int handover_channel_ = -1;               ///< the new process's end, until it said ready
+    std::thread adopt_thread_;                ///< receive_sessions(); joined by end_session_receive()
+    int adopt_channel_ = -1;                  ///< the channel while adopt_thread_ runs
     std::unique_ptr<rebalancer> rebalancer_;  ///< after workers_: it posts to them
     std::unique_ptr<vrrp_agent> vrrp_;        ///< set when the config has a vrrp section
     std::vector<std::unique_ptr<worker>> workers_;
