@@ -454,7 +454,7 @@ void session::wait_at_gate(std::unique_ptr<session> self) {
         // A slot freed on this worker cancels the first waiter's timer.
         s.slot_waiter_ = s.ctx_.slot_waiters.insert(s.ctx_.slot_waiters.end(), &timer);
         s.in_slot_waiters_ = true;
-        s.ctx_.arm_slot_tick(s.upstream_.get_executor());
+        s.ctx_.arm_slot_tick();
     }
 }
 
@@ -484,7 +484,7 @@ void session::watch_connect_deadline() {
     const auto timeout = snap_->cfg->timeouts.connect;
     connect_timed_out_ = false;
     deadline = clock_type::now() + timeout;
-    ctx_.connects.watch(*this, timeout, upstream_.get_executor());
+    ctx_.connects.watch(*this, timeout);
 }
 
 error_code session::connect_ended(const error_code& ec) {
