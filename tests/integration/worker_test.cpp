@@ -23,6 +23,7 @@
 #include <atomic>
 #include <filesystem>
 #include <mutex>
+#include <new>
 #include <thread>
 
 #include "apilb/core/thread_role.hpp"
@@ -36,6 +37,9 @@ namespace {
 thread_local char thread_tag;
 std::atomic<const char*> failing_on{nullptr};
 std::atomic<int> failing_left{0};
+/// Besides, while non-zero, every operator new of exactly this many bytes
+/// on that thread fails (a relay buffer, of relay.buffer_size).
+std::atomic<std::size_t> failing_new_size{0};
 
 }  // namespace
 
@@ -48,6 +52,16 @@ extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
     return ::posix_memalign(&p, align, size) == 0 ? p : nullptr;
 }
 
+void* operator new(std::size_t n) {
+    if (n != 0 && n == failing_new_size.load() && failing_on.load() == &thread_tag) throw std::bad_alloc();
+    if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+    throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return ::operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 #include "harness.hpp"
 
@@ -154,6 +168,7 @@ bool on_worker(apilb::worker& w, std::function<void()> fn) {
 /// No allocation fails any more.
 void stop_failing() {
     failing_left = 0;
+    failing_new_size = 0;
     failing_on = nullptr;
 }
 
@@ -382,6 +397,83 @@ TEST(Worker, SlotWakeUpsGoOnAfterTheirTickCouldNotStart) {
     ASSERT_TRUE(c.send_all("hi"));
     EXPECT_EQ(c.recv_exact(2), "hi") << "the freed slot was never noticed";
     stop_failing();
+}
+
+TEST(Worker, ARelayThatYieldsWhileAllocationsFailGoesOn) {
+    // A direction that has read 16 chunks in a row yields to the worker's
+    // other sessions. The yield was an asio::post: out of memory, the
+    // exception left the direction without a pending wait, and the session
+    // never ended (nor was freed).
+    worker_rig rig("relay: {mode: copy, buffer_size: 4096}");  // 16 full reads come quickly
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
+    c.set_timeout(5s);
+    ASSERT_TRUE(c.send_all("hi"));
+    ASSERT_EQ(c.recv_exact(2), "hi");
+    ASSERT_TRUE(on_worker(*rig.w, [] { fail_asio_allocations_here(1'000'000); }));
+    constexpr std::size_t total = 8 << 20;
+    const std::string chunk(64 << 10, 'x');
+    std::thread sender([&] {
+        for (std::size_t sent = 0; sent < total; sent += chunk.size()) {
+            if (!c.send_all(chunk)) break;
+        }
+    });
+    std::size_t got = 0;
+    char buf[64 << 10];
+    while (got < total) {
+        const long n = c.recv_some(buf, sizeof buf);
+        if (n <= 0) break;
+        got += static_cast<std::size_t>(n);
+    }
+    sender.join();
+    stop_failing();
+    EXPECT_EQ(got, total) << "the relay stopped moving bytes";
+    c.close();
+    EXPECT_TRUE(eventually([&] { return rig.stats.active_sessions.load() == 0; })) << "the session was not freed";
+}
+
+TEST(Worker, ARelayWhoseBufferCannotBeAllocatedResetsBothPeersAndIsFreed) {
+    // The copy relay takes a buffer for each burst. Out of memory there,
+    // std::bad_alloc left the direction without a pending wait: the session
+    // was never ended, counted or freed (ASan's leak check saw it).
+    constexpr std::size_t buffer_size = 20480;
+    // An echo server that records how its first connection ended.
+    std::atomic<int> first_end{-1};
+    tcp_server backend("127.0.0.2", [&](int& fd) {
+        char b[256];
+        for (;;) {
+            const ssize_t n = ::recv(fd, b, sizeof b, 0);
+            if (n <= 0) {
+                int expected = -1;
+                first_end.compare_exchange_strong(expected, n < 0 ? errno : 0);
+                return;
+            }
+            if (::send(fd, b, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) return;
+        }
+    });
+    worker_rig rig(fmt::format("relay: {{mode: copy, buffer_size: {}}}", buffer_size), "", backend.address());
+    ASSERT_TRUE(on_worker(*rig.w, [] {
+        failing_new_size = buffer_size;
+        failing_on = &thread_tag;
+    }));
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
+    c.set_timeout(5s);
+    ASSERT_TRUE(c.send_all("hi"));
+    int end = 0;
+    c.recv_until_eof(end);
+    EXPECT_EQ(end, ECONNRESET) << "the client must be reset, not left hanging nor sent a FIN";
+    EXPECT_TRUE(eventually([&] { return first_end.load() != -1; }));
+    EXPECT_EQ(first_end.load(), ECONNRESET) << "the backend must be reset too";
+    EXPECT_TRUE(eventually([&] { return rig.stats.active_sessions.load() == 0; })) << "the session was not freed";
+    EXPECT_EQ(rig.stats.reset_no_memory_total.load(), 1u);
+    stop_failing();
+    // The worker goes on serving.
+    client fresh;
+    ASSERT_EQ(fresh.connect("127.0.0.1", rig.port, 2s), 0);
+    fresh.set_timeout(5s);
+    ASSERT_TRUE(fresh.send_all("ok"));
+    EXPECT_EQ(fresh.recv_exact(2), "ok");
 }
 
 }  // namespace
