@@ -52,6 +52,31 @@ constexpr int write_dir = static_cast<int>(poll_socket::wait_type::write);
 static_assert(std::is_same_v<asio::detail::reactor, asio::detail::epoll_reactor>,
               "the poller waits through Asio's epoll reactor");
 
+namespace {
+
+/// wake_op and drain_op are made once by attach() and handed back by Asio
+/// exactly once per posting: the poller they belong to, or null if the
+/// poller went first (the operation is then freed here).
+template <typename Op>
+poller* owner_of(Op* op) {
+    poller* p = op->poller_;
+    if (p == nullptr) delete op;
+    return p;
+}
+
+/// The poller is going: frees `op`, or orphans it while Asio still holds it.
+template <typename Op>
+void let_go(Op* op, bool queued) {
+    if (op == nullptr) return;
+    if (queued) {
+        op->poller_ = nullptr;
+    } else {
+        delete op;
+    }
+}
+
+}  // namespace
+
 struct poller::watch {
     asio::detail::epoll_reactor& reactor;
     int fd;
@@ -82,11 +107,8 @@ private:
 
     static void do_complete(void* owner, asio::detail::operation* base, const error_code&, std::size_t) {
         auto* op = static_cast<wake_op*>(base);
-        poller* p = op->poller_;
-        if (p == nullptr) {
-            delete op;
-            return;
-        }
+        poller* p = owner_of(op);
+        if (p == nullptr) return;
         p->armed_ = false;
         // No owner: the io_context is being destroyed with the wait queued.
         if (owner != nullptr) p->on_wake(op->ec_);
@@ -107,12 +129,8 @@ public:
 
 private:
     static void do_complete(void* owner, scheduler_operation* base, const error_code&, std::size_t) {
-        auto* op = static_cast<drain_op*>(base);
-        poller* p = op->poller_;
-        if (p == nullptr) {
-            delete op;
-            return;
-        }
+        poller* p = owner_of(static_cast<drain_op*>(base));
+        if (p == nullptr) return;
         p->drain_posted_ = false;
         if (owner == nullptr) return;  // the io_context is being destroyed with it queued
         p->dispatching_ = true;
@@ -161,20 +179,9 @@ poller::poller() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {
 
 poller::~poller() {
     detach();
-    if (wake_ != nullptr) {
-        if (armed_) {
-            wake_->poller_ = nullptr;  // still queued in the io_context: it frees itself
-        } else {
-            delete wake_;
-        }
-    }
-    if (drain_ != nullptr) {
-        if (drain_posted_) {
-            drain_->poller_ = nullptr;  // still queued in the io_context: it frees itself
-        } else {
-            delete drain_;
-        }
-    }
+    // Still queued in the io_context, each frees itself when handed back.
+    let_go(wake_, armed_);
+    let_go(drain_, drain_posted_);
     ::close(epfd_);
 }
 
