@@ -52,16 +52,10 @@ extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
     return ::posix_memalign(&p, align, size) == 0 ? p : nullptr;
 }
 
-void* operator new(std::size_t n) {
-    if (n != 0 && n == failing_new_size.load() && failing_on.load() == &thread_tag) throw std::bad_alloc();
-    if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-    throw std::bad_alloc();
+bool apilb_test_new_fails(std::size_t n) noexcept {
+    return n != 0 && n == failing_new_size.load() && failing_on.load() == &thread_tag;
 }
-void* operator new[](std::size_t n) { return ::operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+#include "../alloc_fault.hpp"
 
 #include "harness.hpp"
 

@@ -44,17 +44,8 @@ extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
     return ::posix_memalign(&p, align, size) == 0 ? p : nullptr;
 }
 
-void* operator new(std::size_t n) {
-    if (!fail_allocations) {
-        if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-    }
-    throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return ::operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+bool apilb_test_new_fails(std::size_t) noexcept { return fail_allocations; }
+#include "../alloc_fault.hpp"
 
 namespace apilb {
 namespace {
