@@ -6,11 +6,10 @@
 
 namespace apilb {
 
-namespace asio = boost::asio;
 using boost::system::error_code;
 using clock_type = std::chrono::steady_clock;
 
-void connect_deadlines::watch(pending_connect& c, std::chrono::milliseconds timeout, const asio::any_io_executor& ex) {
+void connect_deadlines::watch(pending_connect& c, std::chrono::milliseconds timeout) {
     APILB_ASSERT_DATA_PATH_ROLE(worker);
     // Appending to the queue of its timeout keeps every queue in deadline
     // order at O(1); there is one queue, or two across a reload that
@@ -20,21 +19,21 @@ void connect_deadlines::watch(pending_connect& c, std::chrono::milliseconds time
     if (q == queues_.end()) q = queues_.insert(queues_.end(), connect_queue{timeout, {}});
     q->entries.push_back(c);
     if (c.deadline >= timer_at_ || stopped_) return;
-    if (!timer_) timer_ = std::make_unique<asio::steady_timer>(ex);
-    arm(c.deadline, ex);
+    arm(c.deadline);
 }
 
-void connect_deadlines::arm(clock_type::time_point at, const asio::any_io_executor& ex) {
+void connect_deadlines::arm(clock_type::time_point at) noexcept {
     if (stopped_) return;
     timer_at_ = at;
-    timer_->expires_at(at);  // a wait still pending completes as aborted
-    timer_->async_wait([this, ex](const error_code& ec) {
-        if (ec) return;  // moved earlier (that wait re-arms), or the worker is going
-        expire(ex);
-    });
+    timer_.wait_until(at, &connect_deadlines::on_timer, this);  // a pending wait moves to `at`
 }
 
-void connect_deadlines::expire(const asio::any_io_executor& ex) {
+void connect_deadlines::on_timer(void* self, const error_code& ec) {
+    if (ec) return;  // stop(): the worker is going
+    static_cast<connect_deadlines*>(self)->expire();
+}
+
+void connect_deadlines::expire() {
     APILB_ASSERT_DATA_PATH_ROLE(worker);
     timer_at_ = clock_type::time_point::max();
     if (stopped_) return;
@@ -53,13 +52,13 @@ void connect_deadlines::expire(const asio::any_io_executor& ex) {
         if (!q->entries.empty()) next = std::min(next, q->entries.front().deadline);
         ++q;
     }
-    if (next != clock_type::time_point::max()) arm(next, ex);
+    if (next != clock_type::time_point::max()) arm(next);
 }
 
-void connect_deadlines::stop() {
+void connect_deadlines::stop() noexcept {
     stopped_ = true;
     timer_at_ = clock_type::time_point::max();
-    if (timer_) timer_->cancel();
+    timer_.cancel();
 }
 
 }  // namespace apilb

@@ -22,6 +22,7 @@ poll_timer::poll_timer(poller& p) : fd_(p) {
 }
 
 void poll_timer::wait_until(std::chrono::steady_clock::time_point at, poll_socket::callback fn, void* arg) noexcept {
+    const bool pending = fn_ != nullptr;
     fn_ = fn;
     arg_ = arg;
     // A relative time, as Asio's reactor sets its own timerfd: libfaketime
@@ -36,10 +37,12 @@ void poll_timer::wait_until(std::chrono::steady_clock::time_point at, poll_socke
     // Cannot fail on a valid timerfd and a valid time; should it, the wait
     // below still ends with the next close or cancel rather than never.
     ::timerfd_settime(fd_.native_handle(), 0, &spec, nullptr);
-    fd_.wait(poll_socket::wait_type::read, &poll_timer::on_ready, this);
+    // A pending wait is moved by the settime alone: an edge of the old time
+    // queued meanwhile finds the timerfd unexpired (on_ready) and waits on.
+    if (!pending) fd_.wait(poll_socket::wait_type::read, &poll_timer::on_ready, this);
 }
 
-void poll_timer::cancel() {
+void poll_timer::cancel() noexcept {
     itimerspec off{};
     ::timerfd_settime(fd_.native_handle(), 0, &off, nullptr);
     fd_.cancel();

@@ -2,8 +2,8 @@
 
 #include <boost/asio/detail/reactor.hpp>
 #include <boost/asio/detail/reactor_op.hpp>
+#include <boost/asio/detail/scheduler.hpp>
 #include <boost/asio/error.hpp>
-#include <boost/asio/post.hpp>
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -54,6 +54,31 @@ constexpr int write_dir = static_cast<int>(poll_socket::wait_type::write);
 static_assert(std::is_same_v<asio::detail::reactor, asio::detail::epoll_reactor>,
               "the poller waits through Asio's epoll reactor");
 
+namespace {
+
+/// wake_op and drain_op are made once by attach() and handed back by Asio
+/// exactly once per posting: the poller they belong to, or null if the
+/// poller went first (the operation is then freed here).
+template <typename Op>
+poller* owner_of(Op* op) {
+    poller* p = op->poller_;
+    if (p == nullptr) delete op;
+    return p;
+}
+
+/// The poller is going: frees `op`, or orphans it while Asio still holds it.
+template <typename Op>
+void let_go(Op* op, bool queued) {
+    if (op == nullptr) return;
+    if (queued) {
+        op->poller_ = nullptr;
+    } else {
+        delete op;
+    }
+}
+
+}  // namespace
+
 struct poller::watch {
     asio::detail::epoll_reactor& reactor;
     int fd;
@@ -84,16 +109,71 @@ private:
 
     static void do_complete(void* owner, asio::detail::operation* base, const error_code&, std::size_t) {
         auto* op = static_cast<wake_op*>(base);
-        poller* p = op->poller_;
-        if (p == nullptr) {
-            delete op;
-            return;
-        }
+        poller* p = owner_of(op);
+        if (p == nullptr) return;
         p->armed_ = false;
         // No owner: the io_context is being destroyed with the wait queued.
         if (owner != nullptr) p->on_wake(op->ec_);
     }
 };
+
+/// The run of deferred completions, posted to the io_context when a wait
+/// completes outside the poller's loop (a wait on a socket already ready, a
+/// close): made once per poller, like wake_op, and owned the same way, so
+/// that posting it allocates nothing. An asio::post allocates its operation;
+/// out of memory there, the completion would never run (a session leaked,
+/// a worker's loop on a poll_timer lost).
+class poller::drain_op : public asio::detail::scheduler_operation {
+public:
+    explicit drain_op(poller& p) : scheduler_operation(&do_complete), poller_(&p) {}
+
+    poller* poller_;  ///< null once orphaned
+
+private:
+    static void do_complete(void* owner, scheduler_operation* base, const error_code&, std::size_t) {
+        poller* p = owner_of(static_cast<drain_op*>(base));
+        if (p == nullptr) return;
+        p->drain_posted_ = false;
+        if (owner == nullptr) return;  // the io_context is being destroyed with it queued
+        p->dispatching_ = true;
+        p->run_deferred();
+        p->dispatching_ = false;
+    }
+};
+
+void deferred_queue::push(deferred_link& l) noexcept {
+    l.next = nullptr;
+    if (tail == nullptr) {
+        head = &l;
+    } else {
+        tail->next = &l;
+    }
+    tail = &l;
+}
+
+deferred_link* deferred_queue::pop() noexcept {
+    deferred_link* l = head;
+    if (l == nullptr) return nullptr;
+    head = l->next;
+    if (head == nullptr) tail = nullptr;
+    l->next = nullptr;
+    return l;
+}
+
+void deferred_queue::remove(const poll_socket& s) noexcept {
+    deferred_link* prev = nullptr;
+    for (deferred_link* l = head; l != nullptr;) {
+        deferred_link* next = l->next;
+        if (l->socket == &s) {
+            (prev == nullptr ? head : prev->next) = next;
+            if (tail == l) tail = prev;
+            l->next = nullptr;
+        } else {
+            prev = l;
+        }
+        l = next;
+    }
+}
 
 poller::poller() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {
     if (epfd_ < 0) throw std::system_error(errno, std::system_category(), "epoll_create1");
@@ -101,13 +181,9 @@ poller::poller() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {
 
 poller::~poller() {
     detach();
-    if (wake_ != nullptr) {
-        if (armed_) {
-            wake_->poller_ = nullptr;  // still queued in the io_context: it frees itself
-        } else {
-            delete wake_;
-        }
-    }
+    // Still queued in the io_context, each frees itself when handed back.
+    let_go(wake_, armed_);
+    let_go(drain_, drain_posted_);
     ::close(epfd_);
 }
 
@@ -129,10 +205,7 @@ void poller::attach(asio::io_context& io) {
     }
     watch_ = std::move(w);
     if (wake_ == nullptr) wake_ = new wake_op(*this);
-    // Room for a full epoll_wait batch, both directions of every event: a
-    // wake-up's completions fit without an allocation.
-    deferred_.reserve(2 * max_events);
-    running_.reserve(2 * max_events);
+    if (drain_ == nullptr) drain_ = new drain_op(*this);
     watching_ = true;
     arm();
 }
@@ -190,6 +263,9 @@ void poller::on_ready() {
         }
     } guard{*this};
     epoll_event events[max_events];
+    // The events below queue their waiters for run_deferred() in this very
+    // call: no drain is posted for them (one was, for every wake-up).
+    dispatching_ = true;
     int n;
     do {
         n = ::epoll_wait(epfd_, events, max_events, 0);
@@ -206,27 +282,23 @@ void poller::on_ready() {
             if (s.socket == nullptr || s.generation != static_cast<std::uint32_t>(id >> 32)) continue;
             s.socket->on_events(events[i].events);
         }
-        dispatching_ = true;
         run_deferred();
-        dispatching_ = false;
     } while (n == max_events);
 }
 
-void poller::defer(poll_socket& s, int direction) {
-    s.waiters_[direction].queued = true;
-    deferred_.push_back({&s, direction});
+void poller::defer(poll_socket& s, int direction) noexcept {
+    poll_socket::waiter& w = s.waiters_[direction];
+    if (w.queued) return;  // once in the queue is once run
+    w.queued = true;
+    deferred_.push(w.link);
     if (!dispatching_) post_drain();
 }
 
-void poller::post_drain() {
+void poller::post_drain() noexcept {
     if (drain_posted_ || io_ == nullptr) return;
     drain_posted_ = true;
-    asio::post(*io_, [this] {
-        drain_posted_ = false;
-        dispatching_ = true;
-        run_deferred();
-        dispatching_ = false;
-    });
+    // Queued, not run: no recursion. The scheduler's queue is intrusive.
+    asio::use_service<asio::detail::scheduler>(*io_).post_immediate_completion(drain_, false);
 }
 
 void poller::run_deferred() {
@@ -234,11 +306,9 @@ void poller::run_deferred() {
     // One batch at a time: what the batch queues runs after Asio's other
     // ready handlers (timers, posted work), as Asio's own completions do.
     std::swap(running_, deferred_);
-    for (std::size_t i = 0; i < running_.size(); ++i) {
-        const completion c = running_[i];
-        if (c.socket == nullptr) continue;
+    while (deferred_link* c = running_.pop()) {
         try {
-            c.socket->complete(c.direction);
+            c->socket->complete(c->direction);
         } catch (const std::exception& e) {
             // Out of memory in one session, say: its owner unwound (and
             // closed it). Let out of here, the exception would leave the
@@ -248,7 +318,6 @@ void poller::run_deferred() {
             spdlog::error("a session failed: {}; it was reset, the others go on", e.what());
         }
     }
-    running_.clear();
     if (!deferred_.empty()) post_drain();
 }
 
@@ -260,6 +329,8 @@ std::uint64_t poller::enter(poll_socket& s) {
     } else {
         index = static_cast<std::uint32_t>(slots_.size());
         slots_.emplace_back();
+        // leave() (from close, from a destructor) must not allocate.
+        free_slots_.reserve(slots_.capacity());
     }
     slots_[index].socket = &s;
     s.slot_ = index;
@@ -273,16 +344,17 @@ void poller::leave(poll_socket& s) {
     free_slots_.push_back(s.slot_);
 }
 
+poll_socket::poll_socket(poller& p) : poller_(&p) {
+    for (int d = 0; d < 2; ++d) waiters_[d].link = {.next = nullptr, .socket = this, .direction = d};
+}
+
 poll_socket::~poll_socket() {
     close();
     // Only a broken contract (destroyed with a waiter) leaves one queued:
     // forget it rather than call into a dead socket.
     if (waiters_[0].queued || waiters_[1].queued) {
-        for (auto* list : {&poller_->deferred_, &poller_->running_}) {
-            for (auto& c : *list) {
-                if (c.socket == this) c.socket = nullptr;
-            }
-        }
+        poller_->deferred_.remove(*this);
+        poller_->running_.remove(*this);
     }
 }
 
@@ -392,6 +464,16 @@ void poll_socket::wait(wait_type w, callback fn, void* arg) {
     x.fn = fn;
     x.arg = arg;
     start_wait(d);
+}
+
+void poll_socket::defer_call(wait_type w, callback fn, void* arg) noexcept {
+    const int d = static_cast<int>(w);
+    waiter& x = waiters_[d];
+    assert(!x.active());
+    x.fn = fn;
+    x.arg = arg;
+    x.aborted = fd_ < 0;
+    poller_->defer(*this, d);  // readiness untouched: an edge stays for the next wait
 }
 
 void poll_socket::wait_erased(wait_type w, erased_handler<error_code> handler) {

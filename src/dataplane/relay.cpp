@@ -2,13 +2,12 @@
 
 #include "apilb/core/thread_role.hpp"
 
-#include <boost/asio/post.hpp>
-
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <new>
 #include <utility>
 
 
@@ -76,6 +75,7 @@ void relay::rearm() {
     answered_fn_ = nullptr;
     stopping_ = false;
     failed_early_ = false;
+    no_memory_ = false;
     early_error_ = {};
     sent_ = nullptr;
 }
@@ -95,9 +95,28 @@ void relay::keep_for_replay(std::string* sent, std::size_t limit) {
 }
 
 void relay::start(erased_handler<> handler) {
-    APILB_ASSERT_DATA_PATH_ROLE(worker);
     handler_ = std::move(handler);
+    done_fn_ = nullptr;
+    start_directions();
+}
+
+void relay::run(void (*done)(void*), void* arg) {
+    done_fn_ = done;
+    done_arg_ = arg;
+    start_directions();
+}
+
+void relay::start_directions() {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
     for (auto& d : dirs_) wait_readable(d);
+}
+
+void relay::done(void* self, const error_code&) {
+    // Closed meanwhile or not, the run is over: the owner takes it from here.
+    auto& r = *static_cast<relay*>(self);
+    if (r.done_fn_ != nullptr) return std::exchange(r.done_fn_, nullptr)(r.done_arg_);
+    auto h = std::move(r.handler_);
+    h();
 }
 
 void relay::wait_readable(direction& d) { d.from->wait(poll_socket::wait_type::read, &relay::readable, &d); }
@@ -121,7 +140,25 @@ bool relay::stale(const direction& d) const {
 void relay::on_readable(direction& d, const error_code& ec) {
     if (ec || stale(d)) return finish(d, pump_end::aborted);
     d.chunks = 0;
-    transfer(d);
+    transfer_or_reset(d);
+}
+
+void relay::transfer_or_reset(direction& d) noexcept {
+    try {
+        transfer(d);
+    } catch (const std::bad_alloc&) {
+        // A buffer, or the copy kept for a replay. Nothing half-done stays
+        // behind: the sockets are reset (a reset, not a FIN: the peers must
+        // not take what came through for all of it), the other direction's
+        // wait completes aborted, and the owner frees the session.
+        no_memory_ = true;
+        d.result.error = boost::system::errc::make_error_code(boost::system::errc::not_enough_memory);
+        for (poll_socket* s : {d.from, d.to}) {
+            if (s->is_open()) s->set_abortive_close();
+        }
+        abort_both(*d.from, *d.to);
+        finish(d, pump_end::aborted);
+    }
 }
 
 void relay::stop_recording() {
@@ -148,14 +185,12 @@ void relay::transfer(direction& d) {
             release(d);
         }
         if (d.chunks >= chunks_before_yield) {
-            // Let the worker's other sessions run; carry on from here after them.
+            // Let the worker's other sessions run; carry on from here after
+            // them (on_readable). Queued in the poller: an asio::post would
+            // allocate, and a yield that failed to start would leave the
+            // direction, and its session, stuck for good.
             release(d);
-            asio::post(d.from->get_executor(), [this, &d] {
-                if (stale(d)) return finish(d, pump_end::aborted);
-                d.chunks = 0;
-                transfer(d);
-            });
-            return;
+            return d.from->defer_call(poll_socket::wait_type::read, &relay::readable, &d);
         }
         if (!d.holding_pipe && !d.buffer) {
             // A burst starts: borrow a pipe or a buffer for it. Its first read
@@ -268,7 +303,7 @@ bool relay::flush(direction& d) {
 
 void relay::on_writable(direction& d, const error_code& ec) {
     if (ec || stale(d)) return finish(d, pump_end::aborted);
-    if (flush(d)) transfer(d);
+    if (flush(d)) transfer_or_reset(d);
 }
 
 bool relay::fail_early(direction& d, const error_code& ec) {
@@ -307,12 +342,17 @@ void relay::finish(direction& d, pump_end end) {
     } else {
         stop_recording();
     }
-    // Complete from the worker's queue, never from inside a handler of ours:
-    // the session may destroy this relay as soon as it resumes.
-    asio::post(client_.get_executor(), [h = std::move(handler_)]() mutable { h(); });
+    // Complete from the poller's loop, never from inside a handler of ours:
+    // the session may destroy this relay as soon as it resumes. Both
+    // directions have ended, so the client's read waiter is free; queueing
+    // allocates nothing (an asio::post did: out of memory, the session
+    // was never freed).
+    client_.defer_call(poll_socket::wait_type::read, &relay::done, this);
 }
 
-pipe_pool::pipe_pool(std::uint32_t pipe_size, std::size_t max_idle) : pipe_size_(pipe_size), max_idle_(max_idle) {}
+pipe_pool::pipe_pool(std::uint32_t pipe_size, std::size_t max_idle) : pipe_size_(pipe_size), max_idle_(max_idle) {
+    free_.reserve(max_idle_);
+}
 
 pipe_pool::~pipe_pool() {
     for (auto& p : free_) {
@@ -353,7 +393,9 @@ void pipe_pool::release(pipe_pair pipe, bool empty) {
     ::close(pipe.write_fd);
 }
 
-buffer_pool::buffer_pool(std::size_t buffer_size, std::size_t max_idle) : size_(buffer_size), max_idle_(max_idle) {}
+buffer_pool::buffer_pool(std::size_t buffer_size, std::size_t max_idle) : size_(buffer_size), max_idle_(max_idle) {
+    free_.reserve(max_idle_);
+}
 
 std::unique_ptr<std::byte[]> buffer_pool::acquire() {
     if (free_.empty()) return std::make_unique_for_overwrite<std::byte[]>(size_);
@@ -362,7 +404,7 @@ std::unique_ptr<std::byte[]> buffer_pool::acquire() {
     return b;
 }
 
-void buffer_pool::release(std::unique_ptr<std::byte[]> buffer) {
+void buffer_pool::release(std::unique_ptr<std::byte[]> buffer) noexcept {
     if (free_.size() < max_idle_) free_.push_back(std::move(buffer));
 }
 

@@ -194,6 +194,7 @@ private:
     static void replay(std::unique_ptr<session> self);
     static void on_replay_writable(void* self, const error_code& ec);
     void start_relay(std::unique_ptr<session> self);
+    static void on_relay_done(void* self);
     void relay_ended(std::unique_ptr<session> self);
     /// The backend failed before its first byte with `why` (the relay's
     /// early end, or the replay to it failed): on to the next backend if the
@@ -461,7 +462,7 @@ void session::wait_at_gate(std::unique_ptr<session> self) {
         // A slot freed on this worker cancels the first waiter's timer.
         s.slot_waiter_ = s.ctx_.slot_waiters.insert(s.ctx_.slot_waiters.end(), &timer);
         s.in_slot_waiters_ = true;
-        s.ctx_.arm_slot_tick(s.upstream_.get_executor());
+        s.ctx_.arm_slot_tick();
     }
 }
 
@@ -491,7 +492,7 @@ void session::watch_connect_deadline() {
     const auto timeout = snap_->cfg->timeouts.connect;
     connect_timed_out_ = false;
     deadline = clock_type::now() + timeout;
-    ctx_.connects.watch(*this, timeout, upstream_.get_executor());
+    ctx_.connects.watch(*this, timeout);
 }
 
 error_code session::connect_ended(const error_code& ec) {
@@ -585,14 +586,20 @@ void session::start_relay(std::unique_ptr<session> self) {
         relay_.keep_for_replay(&sent_, replay_limit);
     }
     if (slot_) relay_.on_answered(&session::on_backend_answered, this);
-    relay_.async_run([self = std::move(self)]() mutable {
-        session& s = *self;
-        s.relay_ended(std::move(self));
-    });
+    // The relay owns the session until both directions end; it completes
+    // through a plain callback, which allocates nothing.
+    relay_.run(&session::on_relay_done, self.release());
+}
+
+void session::on_relay_done(void* arg) {
+    std::unique_ptr<session> self(static_cast<session*>(arg));
+    session& s = *self;
+    s.relay_ended(std::move(self));
 }
 
 void session::relay_ended(std::unique_ptr<session> self) {
     if (entry_.aborted()) return finalize(entry_.closed_by);
+    if (relay_.ran_out_of_memory()) return finalize(close_reason::no_memory);
     if (relay_.backend_failed_early()) return failed_before_answering(std::move(self), relay_.early_error());
     const pump_result& to_backend = relay_.to_backend();
     const pump_result& from_backend = relay_.from_backend();

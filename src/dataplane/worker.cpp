@@ -195,9 +195,9 @@ std::unique_ptr<worker::acceptor_slot> worker::adopt_listener(int fd, std::size_
 // memory there, the exception leaves through whatever resumed the coroutine,
 // the coroutine is destroyed (by a post, which itself may fail: then
 // std::terminate) and its completion handler never runs: the worker would
-// silently never accept again. Starting these waits allocates nothing
-// (cancelling one may: see poll_timer::cancel); what a turn does (a session,
-// a log line) may throw, and is caught in the turn.
+// silently never accept again. Starting or cancelling these waits
+// allocates nothing; what a turn does (a session, a log line) may throw, and
+// is caught in the turn.
 
 void worker::on_accept_wait(void* arg, const error_code& ec) {
     auto& slot = *static_cast<acceptor_slot*>(arg);
@@ -551,6 +551,7 @@ void worker::stop() {
         // Armed for the earliest pending connect's deadline, which may be
         // long past the last connect: it must not hold the loop open.
         ctx_.connects.stop();
+        ctx_.stop_slot_tick();
         close_matching(every_session(), close_reason::drain);
         // Every socket is closed: what is left to deliver is queued already.
         // The epoll set is no longer work, so io_.run() returns once the

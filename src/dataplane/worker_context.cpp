@@ -64,18 +64,22 @@ void worker_context::wake_slot_waiters(bool all) {
     }
 }
 
-void worker_context::arm_slot_tick(const asio::any_io_executor& ex) {
-    APILB_ASSERT_DATA_PATH_ROLE(worker);
-    if (slot_tick_armed || slot_waiters.empty()) return;
-    if (!slot_tick) slot_tick = std::make_unique<asio::steady_timer>(ex);
-    slot_tick_armed = true;
-    slot_tick->expires_after(std::chrono::milliseconds(10));
-    slot_tick->async_wait([this, ex](const error_code& ec) {
-        slot_tick_armed = false;
-        if (ec) return;
-        wake_slot_waiters(true);  // each retries; who finds no slot waits again
-        arm_slot_tick(ex);
-    });
+void worker_context::arm_slot_tick() noexcept {
+    if (slot_tick_stopped_ || slot_tick.waiting() || slot_waiters.empty()) return;
+    slot_tick.wait_until(clock_type::now() + std::chrono::milliseconds(10), &worker_context::on_slot_tick, this);
+}
+
+void worker_context::on_slot_tick(void* self, const error_code& ec) {
+    auto& ctx = *static_cast<worker_context*>(self);
+    if (ec) return;  // stop_slot_tick()
+    // Cancelling Asio timers queues their handlers: no allocation, no throw.
+    ctx.wake_slot_waiters(true);  // each retries; who finds no slot waits again
+    ctx.arm_slot_tick();
+}
+
+void worker_context::stop_slot_tick() noexcept {
+    slot_tick_stopped_ = true;
+    slot_tick.cancel();
 }
 
 generation::generation(std::shared_ptr<const snapshot> s) : snap(std::move(s)) {
@@ -87,6 +91,8 @@ worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats&
       stats(st),
       sockets(p),
       relay(snap().cfg->relay),
-      max_connections(snap().cfg->limits.max_connections) {}
+      max_connections(snap().cfg->limits.max_connections),
+      slot_tick(p),
+      connects(p) {}
 
 }  // namespace apilb

@@ -1,5 +1,6 @@
 // A worker in-process, for what the binary cannot show from outside: how it
-// behaves when the process runs out of file descriptors.
+// behaves when the process runs out of file descriptors, or an allocation
+// on its thread fails.
 #include "apilb/dataplane/worker.hpp"
 
 #include <gtest/gtest.h>
@@ -8,7 +9,9 @@
 #include <boost/asio/detail/thread_info_base.hpp>
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -20,6 +23,8 @@
 #include <atomic>
 #include <filesystem>
 #include <mutex>
+#include <new>
+#include <thread>
 
 #include "apilb/core/thread_role.hpp"
 
@@ -32,6 +37,9 @@ namespace {
 thread_local char thread_tag;
 std::atomic<const char*> failing_on{nullptr};
 std::atomic<int> failing_left{0};
+/// Besides, while non-zero, every operator new of exactly this many bytes
+/// on that thread fails (a relay buffer, of relay.buffer_size).
+std::atomic<std::size_t> failing_new_size{0};
 
 }  // namespace
 
@@ -43,6 +51,11 @@ extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
     void* p = nullptr;
     return ::posix_memalign(&p, align, size) == 0 ? p : nullptr;
 }
+
+bool apilb_test_new_fails(std::size_t n) noexcept {
+    return n != 0 && n == failing_new_size.load() && failing_on.load() == &thread_tag;
+}
+#include "../alloc_fault.hpp"
 
 #include "harness.hpp"
 
@@ -82,30 +95,119 @@ private:
     std::vector<int> fillers_;
 };
 
-/// One started worker with no session limit, in front of one echo backend.
+/// One started worker with no session limit, in front of one echo backend
+/// (or of `backend`); `pool_extra` and `extra` are added to the pool's
+/// mapping and to the config.
 struct worker_rig {
     tcp_server echo{"127.0.0.2", echo_handler()};
     std::uint16_t port = free_port();
     process_stats stats;
-    std::shared_ptr<const snapshot> snap = snapshot::build(parse_config(fmt::format(R"(workers: 1
-listeners: [{{name: f, address: "127.0.0.1:{}", pool: p}}]
-pools: [{{name: p, backends: [{{name: b, address: "{}"}}]}}]
-relay: {{mode: copy}}
-)",
-                                                                                    port, echo.address()),
-                                                                        "test.yaml"));
-    worker w{0, snap, stats};
+    std::shared_ptr<const snapshot> snap;
+    std::unique_ptr<worker> w;
 
-    worker_rig() {
-        w.bind(0);
-        w.set_max_connections(0);
-        w.start();
+    explicit worker_rig(const std::string& extra = "relay: {mode: copy}", const std::string& pool_extra = "",
+                        const std::string& backend = "") {
+        snap = snapshot::build(parse_config(fmt::format(R"(workers: 1
+listeners: [{{name: f, address: "127.0.0.1:{}", pool: p}}]
+pools: [{{name: p, backends: [{{name: b, address: "{}"}}]{}}}]
+{}
+)",
+                                                        port, backend.empty() ? echo.address() : backend,
+                                                        pool_extra, extra),
+                                            "test.yaml"));
+        w = std::make_unique<worker>(0, snap, stats);
+        w->bind(0);
+        w->set_max_connections(0);
+        w->start();
     }
+    ~worker_rig() {
+        w->stop_accepting();
+        w->close_sessions(apilb::every_session(), apilb::close_reason::drain);
+        w->stop();
+    }
+    const backend_stats& backend() const { return *snap->pools[0].backends[0].stats; }
+};
+
+/// On the calling worker thread: empties Asio's cache of operation memory
+/// (a failing allocation would otherwise be hidden by it), leaves one block
+/// of `spare` bytes in it if asked (the next operation started takes it),
+/// and makes the next `n` allocations of this thread fail.
+void fail_asio_allocations_here(int n, std::size_t spare = 0) {
+    namespace ad = boost::asio::detail;
+    ad::thread_info_base* self = ad::thread_context::top_of_thread_call_stack();
+    constexpr std::size_t slots = BOOST_ASIO_RECYCLING_ALLOCATOR_CACHE_SIZE;
+    void* taken[slots];
+    for (auto*& p : taken) p = ad::thread_info_base::allocate(ad::thread_info_base::default_tag(), self, 1);
+    for (auto* p : taken) ad::thread_info_base::deallocate(ad::thread_info_base::default_tag(), nullptr, p, 1);
+    if (spare != 0) {
+        void* p = ad::thread_info_base::allocate(ad::thread_info_base::default_tag(), nullptr, spare);
+        ad::thread_info_base::deallocate(ad::thread_info_base::default_tag(), self, p, spare);
+    }
+    failing_left = n;
+    failing_on = &thread_tag;
+}
+
+/// Runs `fn` on `w`'s thread and waits for it (5 s at most).
+bool on_worker(apilb::worker& w, std::function<void()> fn) {
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    w.ping([fn = std::move(fn), done] {
+        fn();
+        *done = true;
+    });
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (!*done && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+    return *done;
+}
+
+/// No allocation fails any more.
+void stop_failing() {
+    failing_left = 0;
+    failing_new_size = 0;
+    failing_on = nullptr;
+}
+
+/// Polls `pred` every 10 ms for up to `timeout`.
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds timeout = 5s) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(10ms);
+    }
+    return true;
+}
+
+/// A listening socket whose accept queue is full (backlog 0, one
+/// connection queued and never accepted): the kernel drops further SYNs,
+/// so a connect to it neither completes nor fails, on loopback only.
+class blackhole {
+public:
+    blackhole() {
+        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(0x7f000003);  // 127.0.0.3
+        socklen_t len = sizeof a;
+        if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), len) != 0 || ::listen(fd_, 0) != 0 ||
+            ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+            ADD_FAILURE() << "cannot make the listener: " << std::strerror(errno);
+        }
+        port_ = ntohs(a.sin_port);
+        EXPECT_EQ(queued_.connect("127.0.0.3", port_, 2s), 0) << "the one connection the queue holds";
+    }
+    ~blackhole() { ::close(fd_); }
+    std::string address() const { return fmt::format("127.0.0.3:{}", port_); }
+
+private:
+    int fd_ = -1;
+    std::uint16_t port_ = 0;
+    client queued_;
 };
 
 TEST(Worker, OutOfDescriptorsPausesAcceptingInsteadOfSpinning) {
     worker_rig rig;
-    auto& [echo, port, stats, snap, w] = rig;
+    auto& [echo, port, stats, snap, wp] = rig;
+    worker& w = *wp;
 
     // Sockets made first; then the limit leaves no room for another descriptor,
     // so apilb's accept() fails with EMFILE while the clients' handshakes
@@ -187,7 +289,8 @@ TEST(Worker, AnAcceptPauseWhoseWaitCannotStartStillAcceptsAfterwards) {
     spdlog::default_logger()->sinks().push_back(sink);
     {
         worker_rig rig;
-        auto& [echo, port, stats, snap, w] = rig;
+        auto& [echo, port, stats, snap, wp] = rig;
+    worker& w = *wp;
         client waiting;
         ASSERT_TRUE(waiting.open());
         sink->target = &w;
@@ -220,7 +323,8 @@ TEST(Worker, AnAcceptPauseWhoseWaitCannotStartStillAcceptsAfterwards) {
 
 TEST(Worker, OutOfDescriptorsForTheBackendSocketIsNotTheBackendsFault) {
     worker_rig rig;
-    auto& [echo, port, stats, snap, w] = rig;
+    auto& [echo, port, stats, snap, wp] = rig;
+    worker& w = *wp;
     client c;
     ASSERT_TRUE(c.open());
     {
@@ -238,6 +342,132 @@ TEST(Worker, OutOfDescriptorsForTheBackendSocketIsNotTheBackendsFault) {
     EXPECT_EQ(stats.no_backend_total.load(), 0u);
     w.stop_accepting();
     w.stop();
+}
+
+TEST(Worker, ConnectDeadlinesStillExpireAfterTheirTimerCouldNotStart) {
+    // The connect deadlines' timer was an Asio timer: when its wait could
+    // not allocate, the deadline it was armed for stayed recorded as armed
+    // and no later connect armed it again -- connects to a backend that
+    // never answers hung for the kernel's SYN retries (over two minutes).
+    blackhole backend;
+    worker_rig rig("timeouts: {connect: 200ms}\nrelay: {mode: copy}", "", backend.address());
+    // Every Asio allocation of the worker thread fails for this client:
+    // the deadline timer's wait, and whatever else it once allocated for.
+    ASSERT_TRUE(on_worker(*rig.w, [] { fail_asio_allocations_here(1000); }));
+    client first;
+    ASSERT_EQ(first.connect("127.0.0.1", rig.port, 2s), 0);
+    first.set_timeout(5s);
+    int end = 0;
+    first.recv_until_eof(end);
+    EXPECT_NE(end, EAGAIN) << "the first client was left hanging";
+    stop_failing();
+    client next;
+    ASSERT_EQ(next.connect("127.0.0.1", rig.port, 2s), 0);
+    next.set_timeout(5s);
+    next.recv_until_eof(end);
+    EXPECT_EQ(end, ECONNRESET) << "the connect never timed out";
+    EXPECT_TRUE(eventually([&] { return rig.backend().connect_timeout_total.load() >= 1; }));
+}
+
+TEST(Worker, SlotWakeUpsGoOnAfterTheirTickCouldNotStart) {
+    // A connect slot freed on another worker is noticed by a 10 ms tick.
+    // It was an Asio timer: a wait that could not allocate left it marked
+    // running, and no waiter was woken by it again (each waited out its
+    // queue_timeout and was refused).
+    worker_rig rig("relay: {mode: copy}", ", storm_control: {max_connecting: 1, queue_timeout: 10s}");
+    auto& connecting = rig.snap->pools[0].backends[0].stats->connecting;
+    connecting = 1;  // the one slot, held by "another worker"
+    // The session's own wait at the gate takes the block left in the cache;
+    // the tick's wait, started next, is what fails.
+    ASSERT_TRUE(on_worker(*rig.w, [] { fail_asio_allocations_here(1, 1000); }));
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
+    // Long enough, on an idle machine, for the session to be waiting; if it
+    // is not yet, it finds the slot free and the test proves nothing.
+    std::this_thread::sleep_for(300ms);
+    connecting = 0;
+    // Well before queue_timeout, whose own wake-up would find the slot free.
+    c.set_timeout(5s);
+    ASSERT_TRUE(c.send_all("hi"));
+    EXPECT_EQ(c.recv_exact(2), "hi") << "the freed slot was never noticed";
+    stop_failing();
+}
+
+TEST(Worker, ARelayThatYieldsWhileAllocationsFailGoesOn) {
+    // A direction that has read 16 chunks in a row yields to the worker's
+    // other sessions. The yield was an asio::post: out of memory, the
+    // exception left the direction without a pending wait, and the session
+    // never ended (nor was freed).
+    worker_rig rig("relay: {mode: copy, buffer_size: 4096}");  // 16 full reads come quickly
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
+    c.set_timeout(5s);
+    ASSERT_TRUE(c.send_all("hi"));
+    ASSERT_EQ(c.recv_exact(2), "hi");
+    ASSERT_TRUE(on_worker(*rig.w, [] { fail_asio_allocations_here(1'000'000); }));
+    constexpr std::size_t total = 8 << 20;
+    const std::string chunk(64 << 10, 'x');
+    std::thread sender([&] {
+        for (std::size_t sent = 0; sent < total; sent += chunk.size()) {
+            if (!c.send_all(chunk)) break;
+        }
+    });
+    std::size_t got = 0;
+    char buf[64 << 10];
+    while (got < total) {
+        const long n = c.recv_some(buf, sizeof buf);
+        if (n <= 0) break;
+        got += static_cast<std::size_t>(n);
+    }
+    sender.join();
+    stop_failing();
+    EXPECT_EQ(got, total) << "the relay stopped moving bytes";
+    c.close();
+    EXPECT_TRUE(eventually([&] { return rig.stats.active_sessions.load() == 0; })) << "the session was not freed";
+}
+
+TEST(Worker, ARelayWhoseBufferCannotBeAllocatedResetsBothPeersAndIsFreed) {
+    // The copy relay takes a buffer for each burst. Out of memory there,
+    // std::bad_alloc left the direction without a pending wait: the session
+    // was never ended, counted or freed (ASan's leak check saw it).
+    constexpr std::size_t buffer_size = 20480;
+    // An echo server that records how its first connection ended.
+    std::atomic<int> first_end{-1};
+    tcp_server backend("127.0.0.2", [&](int& fd) {
+        char b[256];
+        for (;;) {
+            const ssize_t n = ::recv(fd, b, sizeof b, 0);
+            if (n <= 0) {
+                int expected = -1;
+                first_end.compare_exchange_strong(expected, n < 0 ? errno : 0);
+                return;
+            }
+            if (::send(fd, b, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) return;
+        }
+    });
+    worker_rig rig(fmt::format("relay: {{mode: copy, buffer_size: {}}}", buffer_size), "", backend.address());
+    ASSERT_TRUE(on_worker(*rig.w, [] {
+        failing_new_size = buffer_size;
+        failing_on = &thread_tag;
+    }));
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
+    c.set_timeout(5s);
+    ASSERT_TRUE(c.send_all("hi"));
+    int end = 0;
+    c.recv_until_eof(end);
+    EXPECT_EQ(end, ECONNRESET) << "the client must be reset, not left hanging nor sent a FIN";
+    EXPECT_TRUE(eventually([&] { return first_end.load() != -1; }));
+    EXPECT_EQ(first_end.load(), ECONNRESET) << "the backend must be reset too";
+    EXPECT_TRUE(eventually([&] { return rig.stats.active_sessions.load() == 0; })) << "the session was not freed";
+    EXPECT_EQ(rig.stats.reset_no_memory_total.load(), 1u);
+    stop_failing();
+    // The worker goes on serving.
+    client fresh;
+    ASSERT_EQ(fresh.connect("127.0.0.1", rig.port, 2s), 0);
+    fresh.set_timeout(5s);
+    ASSERT_TRUE(fresh.send_all("ok"));
+    EXPECT_EQ(fresh.recv_exact(2), "ok");
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "apilb/dataplane/poll_timer.hpp"
+
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -18,6 +20,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <thread>
 
 /// EPOLL_CTL_MOD calls made by this process: the poller adds a socket once
 /// and Asio re-arms a descriptor with MOD, so these count re-arms.
@@ -30,21 +33,19 @@ extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept 
     return static_cast<int>(::syscall(SYS_epoll_ctl, epfd, op, fd, event));
 }
 
-/// While set, every operator new of this thread fails, as under an
+/// While set, every operator new and aligned_alloc (Asio's operations,
+/// past its per-thread cache) of this thread fails, as under an
 /// address-space limit: the whole test binary allocates through here.
 thread_local bool fail_allocations = false;
 
-void* operator new(std::size_t n) {
-    if (!fail_allocations) {
-        if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-    }
-    throw std::bad_alloc();
+extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
+    if (fail_allocations) return nullptr;
+    void* p = nullptr;
+    return ::posix_memalign(&p, align, size) == 0 ? p : nullptr;
 }
-void* operator new[](std::size_t n) { return ::operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+bool apilb_test_new_fails(std::size_t) noexcept { return fail_allocations; }
+#include "../alloc_fault.hpp"
 
 namespace apilb {
 namespace {
@@ -405,6 +406,42 @@ TEST(Poller, ItsWaitIsFreedWhicheverOfPollerAndIoContextGoesFirst) {
     }
 }
 
+TEST(Poller, ItsDrainIsFreedWhicheverOfPollerAndIoContextGoesFirst) {
+    // The run of deferred completions is one operation per poller, posted
+    // when a completion is queued outside the loop; the sanitizer build
+    // checks that it is freed exactly once.
+    auto queue_one = [](poller& p) {
+        poll_socket s(p);  // never opened: the call completes aborted
+        outcome o;
+        s.defer_call(poll_socket::wait_type::read, &outcome::record, &o);
+    };  // destroyed with its completion queued: it leaves the queue
+    {
+        auto p = std::make_unique<poller>();
+        asio::io_context io;
+        p->attach(io);
+        queue_one(*p);
+        p->detach();
+        p.reset();  // the poller goes first: the queued drain frees itself
+    }
+    {
+        poller p;
+        {
+            asio::io_context io;
+            p.attach(io);
+            queue_one(p);
+            p.detach();
+        }  // the io_context goes first, with the drain queued
+    }
+    {
+        fixture f;
+        outcome o;
+        poll_socket s(f.sockets);
+        s.defer_call(poll_socket::wait_type::read, &outcome::record, &o);
+        f.run_until(o.done);
+        EXPECT_EQ(o.ec, asio::error::operation_aborted);
+    }
+}
+
 TEST(Poller, AnEventOfAClosedSocketNeverReachesTheOneInItsSlot) {
     // A descriptor that lives on elsewhere (a child between fork and exec
     // holds a copy) stays in the epoll set after close(): its events must
@@ -426,6 +463,59 @@ TEST(Poller, AnEventOfAClosedSocketNeverReachesTheOneInItsSlot) {
     f.run_until(o.done);
     EXPECT_TRUE(o.done);
     ::close(copy);
+}
+
+TEST(Poller, AWaitThatCompletesAtOnceOutsideTheLoopAllocatesNothing) {
+    // A wait for a direction already ready (an edge came with nobody
+    // waiting) is queued at once; outside the poller's loop (a posted
+    // handler, a session started by a reload) the queue's drain was an
+    // asio::post, which allocates: out of memory, the wait threw -- through
+    // poll_timer::wait_until's noexcept, std::terminate -- and the drain,
+    // marked posted, never ran again.
+    fixture f;
+    two_pairs p(f);
+    p.peer_a.send(asio::buffer("x", 1));
+    f.run_for(50);  // the edge, with no waiter: a is ready
+    outcome o;
+    fail_allocations = true;
+    EXPECT_NO_THROW(p.a.wait(poll_socket::wait_type::read, &outcome::record, &o));
+    fail_allocations = false;
+    EXPECT_FALSE(o.done) << "never inside the call";
+    f.run_until(o.done);
+    EXPECT_TRUE(o.done);
+    EXPECT_FALSE(o.ec);
+    // Later completions outside the loop are still delivered.
+    outcome again;
+    p.b.cancel();
+    p.b.wait(poll_socket::wait_type::read, &outcome::record, &again);
+    p.b.close();
+    f.run_until(again.done);
+    EXPECT_TRUE(again.done);
+}
+
+TEST(PollTimer, WaitingAndCancellingWhileAllocationsFailStillComplete) {
+    // poll_timer::wait_until is noexcept and cancel() is called from
+    // shutdown and reload paths: both queue a completion in the poller,
+    // which must not allocate (see the test above for the wait on a
+    // descriptor already ready, the same path).
+    fixture f;
+    poll_timer t(f.sockets);
+    outcome cancelled;
+    fail_allocations = true;
+    t.wait_until(std::chrono::steady_clock::now() + std::chrono::hours(1), &outcome::record, &cancelled);
+    EXPECT_NO_THROW(t.cancel());
+    fail_allocations = false;
+    f.run_until(cancelled.done);
+    ASSERT_TRUE(cancelled.done);
+    EXPECT_EQ(cancelled.ec, asio::error::operation_aborted);
+    // Moved while pending: the later call's time and callback count.
+    outcome early, moved;
+    t.wait_until(std::chrono::steady_clock::now() + std::chrono::hours(1), &outcome::record, &early);
+    t.wait_until(std::chrono::steady_clock::now(), &outcome::record, &moved);
+    f.run_until(moved.done);
+    EXPECT_TRUE(moved.done);
+    EXPECT_FALSE(moved.ec);
+    EXPECT_FALSE(early.done);
 }
 
 }  // namespace

@@ -1,16 +1,18 @@
 // The deadlines of a worker's backend connects in progress, kept in queues
 // and expired from one timer: an Asio timer per connect (armed, then
 // cancelled, its handler run anyway) cost about 2 µs of a new connection's
-// ~75. Worker thread only.
+// ~75. The one timer is a poll_timer: an Asio wait that could not allocate
+// would have ended every connect deadline of the worker for good. Worker
+// thread only.
 #pragma once
 
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/intrusive/list.hpp>
+#include <boost/system/error_code.hpp>
 
 #include <chrono>
 #include <list>
-#include <memory>
+
+#include "apilb/dataplane/poll_timer.hpp"
 
 namespace apilb {
 
@@ -36,19 +38,25 @@ struct connect_queue {
 /// them, armed for the earliest deadline while any is pending.
 class connect_deadlines {
 public:
+    /// Its timer is in `p`'s epoll set. Throws std::system_error if no
+    /// timerfd can be made.
+    explicit connect_deadlines(poller& p) : timer_(p) {}
+
     /// Starts timing `c` out at c.deadline, `timeout` after its start.
-    void watch(pending_connect& c, std::chrono::milliseconds timeout, const boost::asio::any_io_executor& ex);
+    /// Allocates only for a timeout not in use yet (once per reload).
+    void watch(pending_connect& c, std::chrono::milliseconds timeout);
     /// The worker is stopping: the timer is cancelled and never armed again,
     /// so it cannot hold the loop open (sessions are aborted instead).
-    void stop();
+    void stop() noexcept;
 
 private:
-    void arm(std::chrono::steady_clock::time_point at, const boost::asio::any_io_executor& ex);
+    void arm(std::chrono::steady_clock::time_point at) noexcept;
+    static void on_timer(void* self, const boost::system::error_code& ec);
     /// The timer fired: expires what is due, re-arms for the rest.
-    void expire(const boost::asio::any_io_executor& ex);
+    void expire();
 
     std::list<connect_queue> queues_;
-    std::unique_ptr<boost::asio::steady_timer> timer_;
+    poll_timer timer_;
     std::chrono::steady_clock::time_point timer_at_ = std::chrono::steady_clock::time_point::max();
     bool stopped_ = false;
 };

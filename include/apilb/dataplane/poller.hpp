@@ -29,6 +29,25 @@ namespace apilb {
 
 class poll_socket;
 
+/// A waiter's place in its poller's queue of completions to run: intrusive,
+/// so that queueing one allocates nothing, however many are queued.
+struct deferred_link {
+    deferred_link* next = nullptr;
+    poll_socket* socket = nullptr;
+    int direction = 0;
+};
+
+/// A FIFO of deferred_links (no allocation, no ownership).
+struct deferred_queue {
+    deferred_link* head = nullptr;
+    deferred_link* tail = nullptr;
+    bool empty() const noexcept { return head == nullptr; }
+    void push(deferred_link& l) noexcept;
+    deferred_link* pop() noexcept;
+    /// Unlinks every link of `s` (a socket destroyed with a waiter queued).
+    void remove(const poll_socket& s) noexcept;
+};
+
 /// The epoll set of one worker. Create it before, and destroy it after,
 /// every poll_socket registered with it; attach() it to the io_context that
 /// runs them and detach() it before that io_context is destroyed.
@@ -58,16 +77,12 @@ public:
 private:
     friend class poll_socket;
 
-    /// A completion to deliver: the socket and the direction whose waiter runs.
-    struct completion {
-        poll_socket* socket;
-        int direction;
-    };
-
     /// The epoll set's registration in Asio's reactor (poller.cpp).
     struct watch;
     /// Asio's wait for that registration to be readable (poller.cpp).
     class wake_op;
+    /// The posted run of deferred completions (poller.cpp).
+    class drain_op;
 
     /// Starts the wait for the epoll set again; allocates nothing.
     void arm() noexcept;
@@ -75,10 +90,12 @@ private:
     void on_wake(const boost::system::error_code& ec);
     void on_ready();
     /// Queues `s`'s waiter of `direction` to run from the poller's loop,
-    /// never from inside the caller (no recursion, no re-entry).
-    void defer(poll_socket& s, int direction);
+    /// never from inside the caller (no recursion, no re-entry). Allocates
+    /// nothing, never throws.
+    void defer(poll_socket& s, int direction) noexcept;
     void run_deferred();
-    void post_drain();
+    /// Posts drain_ unless it is queued already; allocates nothing.
+    void post_drain() noexcept;
     /// A slot for `s` in the table the epoll set's events point into.
     std::uint64_t enter(poll_socket& s);
     /// Frees `s`'s slot: an event still queued for it (the descriptor may
@@ -95,13 +112,14 @@ private:
     std::unique_ptr<watch> watch_;
     wake_op* wake_ = nullptr;                             ///< made by attach(); see wake_op for who owns it
     bool armed_ = false;                                  ///< wake_ is queued in the io_context
+    drain_op* drain_ = nullptr;                           ///< made by attach(); owned as wake_ is
     std::atomic<std::uint64_t>* failures_ = nullptr;      ///< see count_failures_in()
     log_limiter wake_warnings_{std::chrono::seconds(1)};  ///< for on_wake's failures
     bool watching_ = false;
     bool dispatching_ = false;  ///< inside on_ready or run_deferred
-    bool drain_posted_ = false;
-    std::vector<completion> deferred_;
-    std::vector<completion> running_;  ///< the batch run_deferred is working through
+    bool drain_posted_ = false;  ///< drain_ is queued in the io_context
+    deferred_queue deferred_;
+    deferred_queue running_;  ///< the batch run_deferred is working through
     std::vector<slot> slots_;
     std::vector<std::uint32_t> free_slots_;
 };
@@ -118,7 +136,7 @@ public:
     /// A waiter without an allocation, for the relay's hot path.
     using callback = void (*)(void* arg, const boost::system::error_code& ec);
 
-    explicit poll_socket(poller& p) : poller_(&p) {}
+    explicit poll_socket(poller& p);
     ~poll_socket();
     poll_socket(const poll_socket&) = delete;
     poll_socket& operator=(const poll_socket&) = delete;
@@ -156,6 +174,12 @@ public:
     /// EAGAIN, or a read took less than asked (the socket was then empty).
     void wait(wait_type w, callback fn, void* arg);
 
+    /// Calls `fn(arg, ec)` from the poller's loop in its next batch, ready
+    /// or not (a yield, or a completion that must not run inside its
+    /// caller): ec is empty unless the socket was closed or cancelled
+    /// meanwhile. Takes the waiter of `w`; allocates nothing.
+    void defer_call(wait_type w, callback fn, void* arg) noexcept;
+
     /// wait() for any completion token; signature `void(error_code)`.
     template <typename CompletionToken>
     auto async_wait(wait_type w, CompletionToken&& token) {
@@ -184,6 +208,7 @@ private:
     friend class poller;
 
     struct waiter {
+        deferred_link link;  ///< in the poller's queue while `queued`
         callback fn = nullptr;
         void* arg = nullptr;
         erased_handler<boost::system::error_code> handler;  ///< set instead of fn for async_wait

@@ -33,6 +33,7 @@ struct pipe_pair {
 class pipe_pool {
 public:
     /// `pipe_size` 0 keeps the kernel default (64 KiB); `max_idle` bounds the free list.
+    /// Room for `max_idle` is reserved, so release() never allocates.
     explicit pipe_pool(std::uint32_t pipe_size, std::size_t max_idle = 64);
     ~pipe_pool();
     pipe_pool(const pipe_pool&) = delete;
@@ -57,9 +58,11 @@ private:
 /// A per-thread free list of fixed-size buffers for the copy relay.
 class buffer_pool {
 public:
+    /// Room for `max_idle` is reserved, so release() never allocates.
     buffer_pool(std::size_t buffer_size, std::size_t max_idle = 64);
+    /// A free buffer, or a new one: throws std::bad_alloc.
     std::unique_ptr<std::byte[]> acquire();
-    void release(std::unique_ptr<std::byte[]> buffer);
+    void release(std::unique_ptr<std::byte[]> buffer) noexcept;
     std::size_t buffer_size() const noexcept { return size_; }
     std::size_t idle() const noexcept { return free_.size(); }
 
@@ -155,7 +158,12 @@ public:
         answered_arg_ = arg;
     }
 
-    /// Runs until both directions have ended (signature `void()`).
+    /// Runs until both directions have ended, then calls `done(arg)` from
+    /// the poller's loop. Allocates nothing (the session's way).
+    void run(void (*done)(void*), void* arg);
+
+    /// Runs until both directions have ended (signature `void()`); one
+    /// allocation for the handler.
     template <typename CompletionToken>
     auto async_run(CompletionToken&& token) {
         return boost::asio::async_initiate<CompletionToken, void()>(
@@ -176,6 +184,9 @@ public:
     const boost::system::error_code& early_error() const noexcept { return early_error_; }
     /// The backend has sent at least one byte.
     bool backend_answered() const noexcept { return answered_; }
+    /// An allocation failed while relaying (a buffer, the replay copy): both
+    /// peers were reset.
+    bool ran_out_of_memory() const noexcept { return no_memory_; }
     /// Since when a write has been waiting for a peer to take bytes, with no
     /// byte taken since (the earlier of the two directions); time_point::max()
     /// if neither direction is waiting to write.
@@ -205,6 +216,9 @@ private:
     };
 
     void start(erased_handler<> handler);
+    void start_directions();
+    /// Both directions have ended: the owner's completion, from the loop.
+    static void done(void* self, const boost::system::error_code& ec);
     void wait_readable(direction& d);
     void on_readable(direction& d, const boost::system::error_code& ec);
     static void readable(void* d, const boost::system::error_code& ec);
@@ -212,6 +226,10 @@ private:
     /// Moves bytes until the source would block, the sink would block, the
     /// direction yields to other sessions, or it ends.
     void transfer(direction& d);
+    /// transfer(), and on std::bad_alloc both peers reset and the direction
+    /// ended (never throws: a direction that ended in an exception would
+    /// never complete, and its session would never be freed).
+    void transfer_or_reset(direction& d) noexcept;
     /// Writes what is pending; false if it is now waiting for the sink or ended.
     bool flush(direction& d);
     /// Reading the source failed (RST): end both, with RST towards the sink.
@@ -231,6 +249,8 @@ private:
     clock::time_point& last_activity_;
     direction dirs_[2];
     erased_handler<> handler_;
+    void (*done_fn_)(void*) = nullptr;  ///< run()'s completion, instead of handler_
+    void* done_arg_ = nullptr;
     std::string* sent_ = nullptr;  ///< non-null while the client's bytes are kept for a replay
     std::size_t replay_limit_ = 0;
     bool answered_ = false;
@@ -238,6 +258,7 @@ private:
     void* answered_arg_ = nullptr;
     bool stopping_ = false;
     bool failed_early_ = false;
+    bool no_memory_ = false;
     boost::system::error_code early_error_;
 };
 

@@ -4,7 +4,6 @@
 // descriptors. Owned by the worker; worker thread only, except `stats`.
 #pragma once
 
-#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/system/error_code.hpp>
 
@@ -18,6 +17,7 @@
 
 #include "apilb/core/balancer.hpp"
 #include "apilb/dataplane/connect_queue.hpp"
+#include "apilb/dataplane/poll_timer.hpp"
 #include "apilb/dataplane/relay.hpp"
 #include "apilb/dataplane/session.hpp"
 #include "apilb/dataplane/snapshot.hpp"
@@ -72,12 +72,16 @@ struct worker_context {
     /// here wakes the first (cancels its timer); slots freed on other
     /// workers are noticed by a tick every 10 ms while anyone waits.
     std::list<boost::asio::steady_timer*> slot_waiters;
-    std::unique_ptr<boost::asio::steady_timer> slot_tick;
-    bool slot_tick_armed = false;
+    /// That tick: a poll_timer, so that arming it allocates nothing (an
+    /// Asio wait that failed to start stopped the tick for good).
+    poll_timer slot_tick;
     /// Wakes the first waiter; with `all`, every one (the tick).
     void wake_slot_waiters(bool all);
     /// Starts the 10 ms tick if someone waits and it is not running.
-    void arm_slot_tick(const boost::asio::any_io_executor& ex);
+    /// Allocates nothing, never throws.
+    void arm_slot_tick() noexcept;
+    /// The worker is stopping: the tick is cancelled and not armed again.
+    void stop_slot_tick() noexcept;
 
     /// Backend connects in progress and when each times out.
     connect_deadlines connects;
@@ -108,6 +112,10 @@ struct worker_context {
     }
     /// Reopens the spare descriptor if it is in use; false if it cannot be.
     bool reserve_spare();
+
+private:
+    static void on_slot_tick(void* self, const boost::system::error_code& ec);
+    bool slot_tick_stopped_ = false;
 };
 
 /// True for errors that mean this process is out of descriptors or memory.
