@@ -765,7 +765,8 @@ bool session::adopt(std::unique_ptr<session> self, const session_record& r, int 
                 index = i;
             }
         }
-        if (found == nullptr) why = fmt::format("pool {} has no backend {} at {}", r.pool, r.backend, r.backend_address);
+        if (found == nullptr)
+            why = fmt::format("pool {} has no backend {} at {}", r.pool, r.backend, r.backend_address);
     }
     if (found == nullptr) {
         close_with_reset(client_fd);

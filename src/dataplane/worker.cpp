@@ -146,8 +146,7 @@ void worker::share_listeners(std::function<void(std::vector<shared_listener>)> d
     });
 }
 
-void worker::hand_over_sessions(std::size_t max,
-                                std::function<void(std::vector<handed_session>, std::size_t)> done) {
+void worker::hand_over_sessions(std::size_t max, std::function<void(std::vector<handed_session>, std::size_t)> done) {
     asio::post(io_, [this, max, done = std::move(done)] {
         std::vector<handed_session> out;
         std::size_t busy = 0;
@@ -177,8 +176,8 @@ void worker::adopt_session(session_record r, int client_fd, int backend_fd) {
             return;
         }
         ctx_.stats.sessions_refused_total.fetch_add(1, std::memory_order_relaxed);
-        spdlog::warn("upgrade: session from {} to backend {} ({}) refused: {}; both sides reset", r.listener,
-                     r.backend, r.backend_address, why);
+        spdlog::warn("upgrade: session from {} to backend {} ({}) refused: {}; both sides reset", r.listener, r.backend,
+                     r.backend_address, why);
     });
 }
 

@@ -96,7 +96,8 @@ frame_view decode_frame(std::string_view message) {
             fmt::format("protocol version {} from the peer, this side speaks {}", version, protocol_version));
     }
     const auto type = static_cast<std::uint16_t>(get_le(message, 6, 2));
-    if (type < static_cast<std::uint16_t>(frame_type::hello) || type > static_cast<std::uint16_t>(frame_type::sessions_taken)) {
+    if (type < static_cast<std::uint16_t>(frame_type::hello) ||
+        type > static_cast<std::uint16_t>(frame_type::sessions_taken)) {
         throw handover_error(fmt::format("unknown frame type {}", type));
     }
     const std::uint32_t length = get_le(message, 8, 4);
@@ -241,9 +242,10 @@ listener_entry parse_listener(std::string_view payload) {
 }
 
 std::string encode_session(const session_record& r) {
-    return fmt::format("v{} listener={} pool={} backend={} address={} to={} from={} age_ms={} client_fin={} backend_fin={}",
-                       session_record_version, r.listener, r.pool, r.backend, r.backend_address, r.bytes_to_backend,
-                       r.bytes_from_backend, r.age_ms, r.client_fin ? 1 : 0, r.backend_fin ? 1 : 0);
+    return fmt::format(
+        "v{} listener={} pool={} backend={} address={} to={} from={} age_ms={} client_fin={} backend_fin={}",
+        session_record_version, r.listener, r.pool, r.backend, r.backend_address, r.bytes_to_backend,
+        r.bytes_from_backend, r.age_ms, r.client_fin ? 1 : 0, r.backend_fin ? 1 : 0);
 }
 
 namespace {
@@ -255,8 +257,8 @@ std::string_view take_field(std::string_view& rest, std::string_view key) {
     const std::string_view word = rest.substr(0, end);
     rest = end == std::string_view::npos ? std::string_view{} : rest.substr(end + 1);
     if (word.size() <= key.size() + 1 || !word.starts_with(key) || word[key.size()] != '=') {
-        throw handover_error(fmt::format("session record: expected {}=<value>, got \"{}\"", key,
-                                         std::string(word.substr(0, 64))));
+        throw handover_error(
+            fmt::format("session record: expected {}=<value>, got \"{}\"", key, std::string(word.substr(0, 64))));
     }
     return word.substr(key.size() + 1);
 }

@@ -360,9 +360,9 @@ protected:
     std::uint16_t admin_port = free_port();
 
     std::string config() const {
-        return single_pool_config(port, {b0.address(), b1.address()}, "round-robin", 2,
-                                  fmt::format("timeouts: {{drain: 3s}}\nadmin: {{address: \"127.0.0.1:{}\"}}\n",
-                                              admin_port));
+        return single_pool_config(
+            port, {b0.address(), b1.address()}, "round-robin", 2,
+            fmt::format("timeouts: {{drain: 3s}}\nadmin: {{address: \"127.0.0.1:{}\"}}\n", admin_port));
     }
     ~SessionHandoverTest() override { release = true; }
 };
@@ -406,8 +406,8 @@ TEST_F(SessionHandoverTest, EstablishedSessionsMoveToTheNewProcessWithoutAReset)
     const std::string log = old.log();
     const long long handed = from_log(log, R"(serves; (\d+) session\(s\) handed over)");
     const long long kept = from_log(log, R"(handed over in \d+ms, (\d+) kept here)");
-    std::cout << "session handover: " << handed << " session(s) in "
-              << from_log(log, R"(handed over in (\d+)ms)") << " ms, " << kept << " kept\n";
+    std::cout << "session handover: " << handed << " session(s) in " << from_log(log, R"(handed over in (\d+)ms)")
+              << " ms, " << kept << " kept\n";
     EXPECT_GE(handed, idle_n + half_n) << log;
     EXPECT_EQ(kept, 0) << log;
 

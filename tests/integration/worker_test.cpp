@@ -11,8 +11,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -107,14 +107,14 @@ struct worker_rig {
 
     explicit worker_rig(const std::string& extra = "relay: {mode: copy}", const std::string& pool_extra = "",
                         const std::string& backend = "") {
-        snap = snapshot::build(parse_config(fmt::format(R"(workers: 1
+        snap = snapshot::build(
+            parse_config(fmt::format(R"(workers: 1
 listeners: [{{name: f, address: "127.0.0.1:{}", pool: p}}]
 pools: [{{name: p, backends: [{{name: b, address: "{}"}}]{}}}]
 {}
 )",
-                                                        port, backend.empty() ? echo.address() : backend,
-                                                        pool_extra, extra),
-                                            "test.yaml"));
+                                     port, backend.empty() ? echo.address() : backend, pool_extra, extra),
+                         "test.yaml"));
         w = std::make_unique<worker>(0, snap, stats);
         w->bind(0);
         w->set_max_connections(0);
@@ -290,7 +290,7 @@ TEST(Worker, AnAcceptPauseWhoseWaitCannotStartStillAcceptsAfterwards) {
     {
         worker_rig rig;
         auto& [echo, port, stats, snap, wp] = rig;
-    worker& w = *wp;
+        worker& w = *wp;
         client waiting;
         ASSERT_TRUE(waiting.open());
         sink->target = &w;

@@ -116,7 +116,7 @@ private:
     std::atomic<std::uint64_t>* failures_ = nullptr;      ///< see count_failures_in()
     log_limiter wake_warnings_{std::chrono::seconds(1)};  ///< for on_wake's failures
     bool watching_ = false;
-    bool dispatching_ = false;  ///< inside on_ready or run_deferred
+    bool dispatching_ = false;   ///< inside on_ready or run_deferred
     bool drain_posted_ = false;  ///< drain_ is queued in the io_context
     deferred_queue deferred_;
     deferred_queue running_;  ///< the batch run_deferred is working through

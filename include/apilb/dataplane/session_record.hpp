@@ -19,8 +19,8 @@ struct session_record {
     std::uint64_t bytes_to_backend = 0;    ///< client -> backend so far
     std::uint64_t bytes_from_backend = 0;  ///< backend -> client so far
     std::uint64_t age_ms = 0;              ///< since the client was accepted
-    bool client_fin = false;   ///< the client sent FIN; it was passed on to the backend
-    bool backend_fin = false;  ///< the backend sent FIN; it was passed on to the client
+    bool client_fin = false;               ///< the client sent FIN; it was passed on to the backend
+    bool backend_fin = false;              ///< the backend sent FIN; it was passed on to the client
 };
 
 /// A session's two sockets taken out of a worker for an upgrade, with its

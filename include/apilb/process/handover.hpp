@@ -32,11 +32,11 @@ inline constexpr const char* channel_env = "APILB_HANDOVER_FD";
 
 /// What a frame says; its number is on the wire.
 enum class frame_type : std::uint16_t {
-    hello = 1,          ///< new -> old: "<pid> <version>"
-    listener = 2,       ///< old -> new: "<kind> <address>", one descriptor per socket
-    listeners_end = 3,  ///< old -> new: "<count of listener frames>"
-    ready = 4,          ///< new -> old: "<pid>"
-    abort = 5,          ///< either way: the reason
+    hello = 1,           ///< new -> old: "<pid> <version>"
+    listener = 2,        ///< old -> new: "<kind> <address>", one descriptor per socket
+    listeners_end = 3,   ///< old -> new: "<count of listener frames>"
+    ready = 4,           ///< new -> old: "<pid>"
+    abort = 5,           ///< either way: the reason
     session = 6,         ///< old -> new: a session record, its client and backend sockets
     sessions_end = 7,    ///< old -> new: "<count of session frames>"
     sessions_taken = 8,  ///< new -> old: "<count of session frames received>"
