@@ -193,7 +193,7 @@ bgp:
 constexpr const char* backend_ip = "198.18.23.5";
 
 TEST_F(BgpPeering, ApilbAnnouncesOnlyWhileReadyAndWithdrawsBeforeItDrains) {
-    segment_->ip("n1", {"addr", "add", std::string(backend_ip) + "/32", "dev", "lo"});
+    // The backend's address comes only once apilb runs: until then its probes fail.
     std::unique_ptr<tcp_server> backend;
     in_netns(segment_->ns("n1"), [&] { backend = std::make_unique<tcp_server>("0.0.0.0", echo_handler()); });
     const std::uint16_t port = free_port();
@@ -241,6 +241,17 @@ bgp:
     };
     auto has_metric = [&](const std::string& line) { return metrics().find(line + "\n") != std::string::npos; };
     const std::string vip_label = fmt::format("{{vip=\"{}\"}}", vip);
+
+    // Not ready at start (the backend is unreachable): never announced, not
+    // even before the first health round, which the config's assumed health
+    // would allow. A node that flapped here would count a withdrawal.
+    ASSERT_TRUE(wait_until([&] { return apilb.log().find("withdrawn: pool cp has no healthy backend") != std::string::npos; },
+                           20s))
+        << apilb.log();
+    EXPECT_TRUE(has_metric("apilb_bgp_vip_announced" + vip_label + " 0")) << metrics();
+    EXPECT_TRUE(has_metric("apilb_bgp_vip_withdrawals_total" + vip_label + " 0")) << metrics();
+    EXPECT_EQ(apilb.log().find("FRR announces it"), std::string::npos) << apilb.log();
+    segment_->ip("n1", {"addr", "add", std::string(backend_ip) + "/32", "dev", "lo"});
 
     // Ready: apilb put the VIP on the loopback, FRR announced it.
     ASSERT_TRUE(wait_until([&] { return bgp_routes("r") == only_vip; }, 60s)) << diagnose();
