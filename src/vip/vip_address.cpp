@@ -26,6 +26,16 @@ struct request {
     std::array<char, 64> attributes;
 };
 
+/// The header of a request of `type` with only the body so far; a request
+/// that adds creates, or replaces what is there (so adding twice is no error).
+template <class Body>
+void start(request<Body>& r, unsigned short type, bool add) {
+    r.header.nlmsg_len = NLMSG_LENGTH(sizeof(Body));
+    r.header.nlmsg_type = type;
+    r.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_REPLACE : 0);
+    r.header.nlmsg_seq = 1;
+}
+
 /// Appends attribute `type` holding `length` bytes of `data` to `r`.
 template <class Body>
 void add_attribute(request<Body>& r, unsigned short type, const void* data, std::size_t length) {
@@ -80,10 +90,7 @@ std::error_code change_address(const std::string& interface, const std::string& 
     if (length == 0) return std::make_error_code(std::errc::invalid_argument);
 
     request<ifaddrmsg> r{};
-    r.header.nlmsg_len = NLMSG_LENGTH(sizeof(ifaddrmsg));
-    r.header.nlmsg_type = add ? RTM_NEWADDR : RTM_DELADDR;
-    r.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_REPLACE : 0);
-    r.header.nlmsg_seq = 1;
+    start(r, add ? RTM_NEWADDR : RTM_DELADDR, add);
     r.body.ifa_family = static_cast<unsigned char>(is_v6 ? AF_INET6 : AF_INET);
     r.body.ifa_prefixlen = static_cast<unsigned char>(prefix);
     r.body.ifa_index = index;
@@ -114,10 +121,7 @@ std::error_code set_local_route(const std::string& ip, bool is_v6, bool add) {
     if (lo == 0) return {errno, std::generic_category()};
 
     request<rtmsg> r{};
-    r.header.nlmsg_len = NLMSG_LENGTH(sizeof(rtmsg));
-    r.header.nlmsg_type = add ? RTM_NEWROUTE : RTM_DELROUTE;
-    r.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_REPLACE : 0);
-    r.header.nlmsg_seq = 1;
+    start(r, add ? RTM_NEWROUTE : RTM_DELROUTE, add);
     r.body.rtm_family = static_cast<unsigned char>(is_v6 ? AF_INET6 : AF_INET);
     r.body.rtm_dst_len = static_cast<unsigned char>(length * 8);
     r.body.rtm_table = RT_TABLE_LOCAL;
