@@ -135,9 +135,9 @@ void render_bgp_metrics(Exposition& e, const bgp_report& b) {
             e.sample("apilb_bgp_peer_state", label("peer", p.address) + "," + label("state", state),
                      std::uint64_t{p.state == state});
         }
-        e.sample("apilb_bgp_peer_state", label("peer", p.address) + "," + label("state", "unknown"),
-                 std::uint64_t{std::find(std::begin(bgp_states), std::end(bgp_states), p.state) ==
-                               std::end(bgp_states)});
+        e.sample(
+            "apilb_bgp_peer_state", label("peer", p.address) + "," + label("state", "unknown"),
+            std::uint64_t{std::find(std::begin(bgp_states), std::end(bgp_states), p.state) == std::end(bgp_states)});
     }
     e.family("apilb_bgp_frr_up", "gauge", "1 if FRR answered apilb's last question (vtysh, every 2 s), else 0.");
     e.sample("apilb_bgp_frr_up", "", std::uint64_t{b.frr_up});

@@ -12,9 +12,9 @@
 namespace apilb::config_detail {
 namespace {
 
-constexpr std::array<std::string_view, 12> bgp_keys{
-    "local_as", "router_id",     "peers", "vips",      "communities", "med", "manage", "frr_config", "interface",
-    "withdraw_wait", "vtysh_path", "vty_socket_dir"};
+constexpr std::array<std::string_view, 12> bgp_keys{"local_as",    "router_id",     "peers",      "vips",
+                                                    "communities", "med",           "manage",     "frr_config",
+                                                    "interface",   "withdraw_wait", "vtysh_path", "vty_socket_dir"};
 constexpr std::array<std::string_view, 6> peer_keys{"address", "remote_as",    "password_file",
                                                     "bfd",     "bfd_interval", "bfd_multiplier"};
 /// Well-known communities FRR's `set community` takes by name (RFC 1997, 3765).
@@ -245,9 +245,8 @@ void loader::read_absolute_path(const mapping& m, std::string_view key, std::str
     if (c == nullptr) return;
     const std::string expected = "an absolute path such as " + quote(example);
     if (auto text = scalar(*c, expected)) {
-        if (text->empty() || text->front() != '/' || std::any_of(text->begin(), text->end(), [](char ch) {
-                return static_cast<unsigned char>(ch) < 0x20;
-            })) {
+        if (text->empty() || text->front() != '/' ||
+            std::any_of(text->begin(), text->end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20; })) {
             error(c->mark, c->path, "expected " + expected + "; found " + quote(*text));
         } else {
             out = *text;

@@ -59,9 +59,10 @@ void bgp_agent::prepare() {
     for (const auto& v : cfg_.vips) {
         if (auto ec = set_local_route(v.ip, v.is_v6, true)) {
             ++report_.address_errors;
-            spdlog::error("bgp: cannot add the local route for VIP {} (the node would not answer for it once "
-                          "withdrawn): {}",
-                          v.ip, ec.message());
+            spdlog::error(
+                "bgp: cannot add the local route for VIP {} (the node would not answer for it once "
+                "withdrawn): {}",
+                v.ip, ec.message());
         }
         // Not announced before the first readiness check: an apilb that was
         // killed left its VIPs on the interface.
@@ -70,8 +71,8 @@ void bgp_agent::prepare() {
             spdlog::error("bgp: cannot take VIP {} off {}: {}", v.ip, cfg_.interface, ec.message());
         }
     }
-    spdlog::info("bgp: {} VIP(s) on {} while ready, {} peer(s); withdraw_wait {}ms", cfg_.vips.size(),
-                 cfg_.interface, cfg_.peers.size(), cfg_.withdraw_wait.count());
+    spdlog::info("bgp: {} VIP(s) on {} while ready, {} peer(s); withdraw_wait {}ms", cfg_.vips.size(), cfg_.interface,
+                 cfg_.peers.size(), cfg_.withdraw_wait.count());
 }
 
 void bgp_agent::start() {
@@ -98,7 +99,8 @@ std::string bgp_agent::withdraw_reason(const std::string& vip, bool is_v6) const
     std::vector<const pool_runtime*> served;
     for (const auto& l : snap_->listeners) {
         const auto& ip = l.endpoint.address();
-        if (ip == address || (ip.is_unspecified() && ip.is_v6() == is_v6)) served.push_back(&snap_->pools[l.pool_index]);
+        if (ip == address || (ip.is_unspecified() && ip.is_v6() == is_v6))
+            served.push_back(&snap_->pools[l.pool_index]);
     }
     // No listener on it (the loader allows it): every pool must serve.
     if (served.empty()) {
@@ -128,8 +130,8 @@ void bgp_agent::apply(std::size_t i, const std::string& reason) {
         s.next_try = now + retry_period;
         std::uint64_t suppressed = 0;
         if (address_errors_.allow(suppressed)) {
-            spdlog::error("bgp: cannot {} VIP {} {} {}: {}{}", announce ? "put" : "take", v.ip,
-                          announce ? "on" : "off", cfg_.interface, ec.message(),
+            spdlog::error("bgp: cannot {} VIP {} {} {}: {}{}", announce ? "put" : "take", v.ip, announce ? "on" : "off",
+                          cfg_.interface, ec.message(),
                           suppressed > 0 ? fmt::format(" ({} failures since the last report)", suppressed + 1) : "");
         }
         return;
@@ -148,7 +150,8 @@ void bgp_agent::apply(std::size_t i, const std::string& reason) {
 
 asio::awaitable<void> bgp_agent::readiness_loop() {
     while (!stopped_) {
-        for (std::size_t i = 0; i < cfg_.vips.size(); ++i) apply(i, withdraw_reason(cfg_.vips[i].ip, cfg_.vips[i].is_v6));
+        for (std::size_t i = 0; i < cfg_.vips.size(); ++i)
+            apply(i, withdraw_reason(cfg_.vips[i].ip, cfg_.vips[i].is_v6));
         timer_.expires_after(readiness_period);
         co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
     }

@@ -10,10 +10,10 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdint>
-#include <initializer_list>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
+#include <initializer_list>
 
 namespace apilb {
 namespace {

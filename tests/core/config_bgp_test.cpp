@@ -188,8 +188,7 @@ TEST(ConfigBgp, BadValuesNameLineKeyAndExpectation) {
     expect_one(with_bgp(head + peers + vips + "  bfd: true\n"), 16, "bgp.bfd", "unknown key");
     expect_one(with_bgp(head + peers + vips + "  interface: \"eth0:1\"\n"), 16, "bgp.interface",
                "invalid interface name \"eth0:1\"");
-    expect_one(with_bgp(head + peers + vips + "  interface: averyveryverylongname\n"), 16, "bgp.interface",
-               "IFNAMSIZ");
+    expect_one(with_bgp(head + peers + vips + "  interface: averyveryverylongname\n"), 16, "bgp.interface", "IFNAMSIZ");
     expect_one(with_bgp(head + peers + vips + "  withdraw_wait: 2m\n"), 16, "bgp.withdraw_wait", "0..1m");
     expect_one(with_bgp(head + peers + vips + "  vtysh_path: vtysh\n"), 16, "bgp.vtysh_path",
                "absolute path such as \"/usr/bin/vtysh\"");

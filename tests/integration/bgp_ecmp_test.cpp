@@ -76,9 +76,10 @@ tcp_server::handler naming_echo(std::string name) {
 std::string router_conf() {
     std::string neighbours, activate;
     for (int i = 0; i < node_count; ++i) {
-        neighbours += fmt::format(" neighbor {0} remote-as 64512\n neighbor {0} bfd profile fast\n"
-                                  " neighbor {0} timers connect 1\n",
-                                  node_ip(i));
+        neighbours += fmt::format(
+            " neighbor {0} remote-as 64512\n neighbor {0} bfd profile fast\n"
+            " neighbor {0} timers connect 1\n",
+            node_ip(i));
     }
     return fmt::format(R"(frr defaults traditional
 bfd
@@ -144,7 +145,8 @@ protected:
             segment_->add_host(n, {node_ip(i) + "/24"});
             segment_->ip(n, {"addr", "add", backend_ip(i) + "/32", "dev", "lo"});
             frr_.push_back(std::make_unique<frr_host>(segment_->ns(n), frr_dir_for(n), ip_bin_));
-            in_netns(segment_->ns(n), [&] { backends_.push_back(std::make_unique<tcp_server>("0.0.0.0", naming_echo(n))); });
+            in_netns(segment_->ns(n),
+                     [&] { backends_.push_back(std::make_unique<tcp_server>("0.0.0.0", naming_echo(n))); });
             dir_.write(n + ".yaml", fmt::format(R"(listeners:
   - {{name: api, address: "{0}:{1}", pool: cp}}
 pools:
@@ -173,10 +175,10 @@ bgp:
 
     void start_apilb(int i) {
         const std::string n = node_name(i);
-        apilb_[i] = std::make_unique<process>(std::vector<std::string>{ip_bin_, "netns", "exec", segment_->ns(n),
-                                                                       required_env("APILB_BIN"), "run", "--config",
-                                                                       dir_.file(n + ".yaml")},
-                                              dir_.file(n + "-apilb-" + std::to_string(++starts_) + ".log"));
+        apilb_[i] = std::make_unique<process>(
+            std::vector<std::string>{ip_bin_, "netns", "exec", segment_->ns(n), required_env("APILB_BIN"), "run",
+                                     "--config", dir_.file(n + ".yaml")},
+            dir_.file(n + "-apilb-" + std::to_string(++starts_) + ".log"));
     }
 
     /// The nodes the router's kernel sends the VIP to (its ECMP next hops).
@@ -314,8 +316,8 @@ TEST_F(BgpEcmp, SpreadsFailsOverAndLeavesWithoutFailedConnects) {
     ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf()));
     for (int i = 0; i < node_count; ++i) {
         const std::string n = node_name(i);
-        auto rendered = run_command({required_env("APILB_BIN"), "frr-config", "-c", dir_.file(n + ".yaml"), "-o",
-                                     dir_.file(n + "-frr.conf")});
+        auto rendered = run_command(
+            {required_env("APILB_BIN"), "frr-config", "-c", dir_.file(n + ".yaml"), "-o", dir_.file(n + "-frr.conf")});
         ASSERT_EQ(rendered.exit_code, 0) << rendered.output;
         ASSERT_NO_FATAL_FAILURE(frr_[i]->start());
         ASSERT_NO_FATAL_FAILURE(frr_[i]->apply(read_file(dir_.file(n + "-frr.conf"))));
@@ -429,10 +431,11 @@ TEST_F(BgpEcmp, SpreadsFailsOverAndLeavesWithoutFailedConnects) {
         all_but(2));
     // 6. A node that vanishes (its link cut, as a power loss would): only
     // BFD (100 ms x 3) can tell the router; every new connect after goes to n1.
-    lose_node(
-        "n2 cut off (bridge port down)",
-        [&] { segment_->ip("br", {"link", "set", segment_->bridge_port("n2"), "down"}); },
-        {node_ip(0)});
+    lose_node("n2 cut off (bridge port down)",
+              [&] {
+                  segment_->ip("br", {"link", "set", segment_->bridge_port("n2"), "down"});
+              },
+              {node_ip(0)});
     EXPECT_EQ(router_->exited(), "");
     EXPECT_TRUE(apilb_[0]->running()) << apilb_[0]->log();
 }

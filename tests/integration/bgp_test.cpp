@@ -33,8 +33,8 @@
 #include <set>
 #include <sstream>
 
-#include "harness.hpp"
 #include "frr_host.hpp"
+#include "harness.hpp"
 #include "netns.hpp"
 
 namespace apilb::test {
@@ -200,7 +200,8 @@ TEST_F(BgpPeering, ApilbAnnouncesOnlyWhileReadyAndWithdrawsBeforeItDrains) {
     const std::uint16_t admin = free_port();
     // The listener is on the VIP itself: apilb's local route lets it bind
     // although the VIP is on no interface until apilb is ready.
-    dir_.write("apilb.yaml", fmt::format(R"(admin: {{address: "127.0.0.1:{5}"}}
+    dir_.write("apilb.yaml",
+               fmt::format(R"(admin: {{address: "127.0.0.1:{5}"}}
 listeners:
   - {{name: api, address: "{0}:{4}", pool: cp}}
 pools:
@@ -215,8 +216,7 @@ bgp:
   withdraw_wait: 3s
   vty_socket_dir: {7}
 )",
-                                         vip, node_ip, router_ip, backend_ip, port, admin, backend->port(),
-                                         dir_.path() + "/n1"));
+                           vip, node_ip, router_ip, backend_ip, port, admin, backend->port(), dir_.path() + "/n1"));
     auto rendered = run_command(
         {required_env("APILB_BIN"), "frr-config", "-c", dir_.file("apilb.yaml"), "-o", dir_.file("node.conf")});
     ASSERT_EQ(rendered.exit_code, 0) << rendered.output;
@@ -245,8 +245,8 @@ bgp:
     // Not ready at start (the backend is unreachable): never announced, not
     // even before the first health round, which the config's assumed health
     // would allow. A node that flapped here would count a withdrawal.
-    ASSERT_TRUE(wait_until([&] { return apilb.log().find("withdrawn: pool cp has no healthy backend") != std::string::npos; },
-                           20s))
+    ASSERT_TRUE(wait_until(
+        [&] { return apilb.log().find("withdrawn: pool cp has no healthy backend") != std::string::npos; }, 20s))
         << apilb.log();
     EXPECT_TRUE(has_metric("apilb_bgp_vip_announced" + vip_label + " 0")) << metrics();
     EXPECT_TRUE(has_metric("apilb_bgp_vip_withdrawals_total" + vip_label + " 0")) << metrics();
