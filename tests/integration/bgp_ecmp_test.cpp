@@ -438,6 +438,13 @@ TEST_F(BgpEcmp, SpreadsFailsOverAndLeavesWithoutFailedConnects) {
               {node_ip(0)});
     EXPECT_EQ(router_->exited(), "");
     EXPECT_TRUE(apilb_[0]->running()) << apilb_[0]->log();
+    // Every apilb that ran, the stopped and the killed included.
+    for (int k = 1; k <= starts_; ++k) {
+        for (int i = 0; i < node_count; ++i) {
+            const std::string log = dir_.file(node_name(i) + "-apilb-" + std::to_string(k) + ".log");
+            if (std::filesystem::exists(log)) expect_no_sanitizer_report(read_file(log), log);
+        }
+    }
 }
 
 }  // namespace
