@@ -7,8 +7,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <functional>
+#include <iterator>
 
 #include "apilb/control/discovery_client.hpp"
 #include "apilb/control/probe_record.hpp"
@@ -108,6 +110,41 @@ const char* drain_source(const backend_runtime& b) {
     if (b.cfg->drain) return "config";
     if (b.health->admin_drain.load(std::memory_order_relaxed)) return "admin";
     return "";
+}
+
+/// apilb_bgp_*: per VIP whether apilb lets FRR announce it, per peer FRR's
+/// session state (docs/bgp.md).
+template <class Exposition>
+void render_bgp_metrics(Exposition& e, const bgp_report& b) {
+    if (!b.enabled) return;
+    e.family("apilb_bgp_vip_announced", "gauge",
+             "1 while the VIP is on the local interface, so FRR announces it (this node is ready), else 0.");
+    for (const auto& v : b.vips) e.sample("apilb_bgp_vip_announced", label("vip", v.ip), std::uint64_t{v.announced});
+    e.family("apilb_bgp_vip_withdrawals_total", "counter",
+             "Times apilb withdrew the VIP (not ready, draining) after announcing it.");
+    for (const auto& v : b.vips) e.sample("apilb_bgp_vip_withdrawals_total", label("vip", v.ip), v.withdrawals);
+    e.family("apilb_bgp_vip_errors_total", "counter",
+             "Changes of a VIP on the interface, or of its local route, that the kernel refused (tried again).");
+    e.sample("apilb_bgp_vip_errors_total", "", b.address_errors);
+    // A state set, as apilb_vrrp_role: alerts match state="Established".
+    e.family("apilb_bgp_peer_state", "gauge",
+             "1 for the BGP session state FRR reports for the peer (unknown while FRR does not answer), 0 for the "
+             "others.");
+    for (const auto& p : b.peers) {
+        for (const char* state : bgp_states) {
+            e.sample("apilb_bgp_peer_state", label("peer", p.address) + "," + label("state", state),
+                     std::uint64_t{p.state == state});
+        }
+        e.sample(
+            "apilb_bgp_peer_state", label("peer", p.address) + "," + label("state", "unknown"),
+            std::uint64_t{std::find(std::begin(bgp_states), std::end(bgp_states), p.state) == std::end(bgp_states)});
+    }
+    e.family("apilb_bgp_frr_up", "gauge", "1 if FRR answered apilb's last question (vtysh, every 2 s), else 0.");
+    e.sample("apilb_bgp_frr_up", "", std::uint64_t{b.frr_up});
+    e.family("apilb_bgp_frr_query_failures_total", "counter",
+             "Questions to FRR that failed: vtysh missing, bgpd not running, timed out, or an answer that does not "
+             "parse.");
+    e.sample("apilb_bgp_frr_query_failures_total", "", b.frr_query_failures);
 }
 
 /// apilb_discovery_*: one set of samples per pool with discovery.
@@ -398,6 +435,7 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
         }
     }
 
+    render_bgp_metrics(e, facts.bgp);
     render_discovery_metrics(e, facts.discovery);
 
     const process_usage u = read_process_usage();

@@ -12,8 +12,9 @@
 namespace apilb::config_detail {
 namespace {
 
-constexpr std::array<std::string_view, 8> bgp_keys{"local_as",    "router_id", "peers",  "vips",
-                                                   "communities", "med",       "manage", "frr_config"};
+constexpr std::array<std::string_view, 12> bgp_keys{"local_as",    "router_id",     "peers",      "vips",
+                                                    "communities", "med",           "manage",     "frr_config",
+                                                    "interface",   "withdraw_wait", "vtysh_path", "vty_socket_dir"};
 constexpr std::array<std::string_view, 6> peer_keys{"address", "remote_as",    "password_file",
                                                     "bfd",     "bfd_interval", "bfd_multiplier"};
 /// Well-known communities FRR's `set community` takes by name (RFC 1997, 3765).
@@ -221,23 +222,36 @@ void loader::read_bgp(const field& f, bgp_config& b) {
               "manage: true is not built yet; run FRR as its own service with the configuration from "
               "`apilb frr-config` (docs/bgp.md), and set manage: false");
     }
-    if (const field* c = m->find("frr_config")) {
-        if (auto text = scalar(*c, "the absolute path of FRR's configuration, e.g. \"/etc/frr/frr.conf\"")) {
-            if (text->empty() || text->front() != '/' || std::any_of(text->begin(), text->end(), [](char ch) {
-                    return static_cast<unsigned char>(ch) < 0x20;
-                })) {
-                error(c->mark, c->path,
-                      "expected an absolute path such as \"/etc/frr/frr.conf\"; found " + quote(*text));
+    read_absolute_path(*m, "frr_config", "/etc/frr/frr.conf", b.frr_config);
+    read_absolute_path(*m, "vtysh_path", "/usr/bin/vtysh", b.vtysh_path);
+    read_absolute_path(*m, "vty_socket_dir", "/var/run/frr", b.vty_socket_dir);
+    if (const field* i = m->find("interface")) {
+        if (auto text = scalar(*i, "a local interface name such as \"lo\" or a dummy interface")) {
+            if (auto problem = interface_name_problem(*text); !problem.empty()) {
+                error(i->mark, i->path, "invalid interface name " + quote(*text) + ": " + problem);
             } else {
-                b.frr_config = *text;
+                b.interface = *text;
             }
         }
     }
-    // Said on every load until it is true: the routers send traffic to this
-    // node while FRR runs, whether apilb is ready or not.
-    warning(f.mark, f.path,
-            "apilb does not yet withdraw the VIPs when it is not ready: FRR announces them while the VIP is on a "
-            "local interface (docs/bgp.md, \"Not built yet\")");
+    // Longer than a minute would hold a rolling upgrade of many nodes for
+    // nothing: routers converge in well under a second once they hear it.
+    read_duration(*m, "withdraw_wait", {.min = 0ms, .max = 1min, .zero_allowed = true, .range = "0..1m"},
+                  b.withdraw_wait);
+}
+
+void loader::read_absolute_path(const mapping& m, std::string_view key, std::string_view example, std::string& out) {
+    const field* c = m.find(key);
+    if (c == nullptr) return;
+    const std::string expected = "an absolute path such as " + quote(example);
+    if (auto text = scalar(*c, expected)) {
+        if (text->empty() || text->front() != '/' ||
+            std::any_of(text->begin(), text->end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20; })) {
+            error(c->mark, c->path, "expected " + expected + "; found " + quote(*text));
+        } else {
+            out = *text;
+        }
+    }
 }
 
 }  // namespace apilb::config_detail

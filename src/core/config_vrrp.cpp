@@ -15,23 +15,10 @@ constexpr std::array<std::string_view, 15> vrrp_keys{
     "advert_interval", "preempt",           "preempt_delay", "state_dir", "track_process",  "handoff_timeout", "manage",
     "keepalived_path"};
 
-/// Why `name` cannot be a Linux interface name, or "".
+/// Why `name` cannot be the VRRP interface, or "".
 std::string interface_problem(const std::string& name) {
-    // IFNAMSIZ is 16 with the terminating NUL.
-    if (name.empty()) return "the name is empty";
-    if (name.size() > 15) return "longer than 15 characters (the kernel's IFNAMSIZ)";
-    if (name == "." || name == "..") return "\".\" and \"..\" are not interface names";
     if (name == "lo") return "keepalived cannot run VRRP on the loopback interface; name the interface the peers share";
-    for (char c : name) {
-        const auto u = static_cast<unsigned char>(c);
-        if (u <= 0x20 || u >= 0x7f || c == '/' || c == ':' || c == '"' || c == '{' || c == '}' || c == '#' ||
-            c == '!') {
-            return "holds " + quote(std::string(1, c)) +
-                   "; interface names are visible ASCII without \"/\", \":\", quotes or braces (an alias "
-                   "label like eth0:1 is not an interface)";
-        }
-    }
-    return {};
+    return interface_name_problem(name);
 }
 
 /// Text that goes into keepalived.conf as one word: no blanks, quotes, braces or comments.
@@ -43,6 +30,23 @@ bool is_plain_word(const std::string& text) {
 }
 
 }  // namespace
+
+std::string interface_name_problem(const std::string& name) {
+    // IFNAMSIZ is 16 with the terminating NUL.
+    if (name.empty()) return "the name is empty";
+    if (name.size() > 15) return "longer than 15 characters (the kernel's IFNAMSIZ)";
+    if (name == "." || name == "..") return "\".\" and \"..\" are not interface names";
+    for (char c : name) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u <= 0x20 || u >= 0x7f || c == '/' || c == ':' || c == '"' || c == '{' || c == '}' || c == '#' ||
+            c == '!') {
+            return "holds " + quote(std::string(1, c)) +
+                   "; interface names are visible ASCII without \"/\", \":\", quotes or braces (an alias "
+                   "label like eth0:1 is not an interface)";
+        }
+    }
+    return {};
+}
 
 std::optional<socket_address> parse_ip(const std::string& text) {
     if (text.find(':') != std::string::npos) return parse_socket_address("[" + text + "]:1");

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "apilb/core/config_diff.hpp"
+#include "apilb/dataplane/pool_readiness.hpp"
 
 namespace apilb {
 
@@ -70,13 +71,15 @@ std::shared_ptr<const snapshot> snapshot::build(std::shared_ptr<const config> cf
     return snap;
 }
 
+bool has_ready_backend(const pool_runtime& pool) {
+    return std::any_of(pool.backends.begin(), pool.backends.end(), [](const backend_runtime& b) {
+        return b.health->healthy.load(std::memory_order_relaxed) && !b.health->pending.load(std::memory_order_relaxed);
+    });
+}
+
 std::string unready_reason(const snapshot& snap) {
     for (const auto& pool : snap.pools) {
-        const bool any = std::any_of(pool.backends.begin(), pool.backends.end(), [](const backend_runtime& b) {
-            return b.health->healthy.load(std::memory_order_relaxed) &&
-                   !b.health->pending.load(std::memory_order_relaxed);
-        });
-        if (!any) return "pool " + pool.cfg->name + " has no healthy backend";
+        if (!has_ready_backend(pool)) return "pool " + pool.cfg->name + " has no healthy backend";
     }
     return {};
 }

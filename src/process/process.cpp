@@ -27,6 +27,7 @@
 #include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/fd_table.hpp"
 #include "apilb/dataplane/worker.hpp"
+#include "apilb/vip/bgp_agent.hpp"
 #include "apilb/vip/vrrp_agent.hpp"
 
 namespace apilb {
@@ -106,6 +107,11 @@ process::process(std::shared_ptr<const config> cfg, inherited_sockets inherited)
     // each on its own thread.
     health_ = std::make_unique<health_checker>(control_, snap_, close_sessions_fn());
     if (snap_->cfg->vrrp) vrrp_ = std::make_unique<vrrp_agent>(control_, snap_);
+    if (snap_->cfg->bgp) {
+        bgp_ = std::make_unique<bgp_agent>(control_, snap_);
+        // Before the binds: the local route lets a listener on a VIP bind.
+        bgp_->prepare();
+    }
     rebalancer_ = std::make_unique<rebalancer>(
         control_, [this] { return snap_; },
         [this](std::vector<rebalance_order> orders) {
@@ -242,9 +248,11 @@ int process::run() {
     };
     health_->start(true, [&] {
         first_round = true;
+        if (bgp_) bgp_->first_round_done();
         ready();
     });
     if (vrrp_) vrrp_->start();
+    if (bgp_) bgp_->start();
     for (auto& w : workers_) w->start();
     rebalancer_->start();
     for (auto& d : discovery_) d->start();
@@ -318,15 +326,19 @@ int process::run() {
             end_session_receive();
             notify_systemd("STOPPING=1");
             const char* why = signo == SIGTERM ? "SIGTERM" : "SIGINT";
-            // A node holding the VIPs gives them to a peer before it drains.
+            // A node holding the VIPs gives them to a peer before it drains;
+            // one announcing them withdraws them and lets the routers converge.
             if (vrrp_) {
                 vrrp_->hand_off([&begin_drain, why] { begin_drain(why); });
+            } else if (bgp_) {
+                bgp_->hand_off([&begin_drain, why] { begin_drain(why); });
             } else {
                 begin_drain(why);
             }
         } else {
             spdlog::warn("second signal during drain: closing every session now");
             if (vrrp_) vrrp_->cut_short();
+            if (bgp_) bgp_->cut_short();
             deadline = clock_type::now();
             abort_all();
         }
@@ -360,6 +372,7 @@ int process::run() {
     for (auto& d : discovery_) d->stop();
     for (auto& dp : discovery_pools_) dp->timer.cancel();
     if (vrrp_) vrrp_->stop();
+    if (bgp_) bgp_->stop();
     if (admin_) admin_->stop();
     if (watchdog_timer_) watchdog_timer_->cancel();
     drain_timer.cancel();

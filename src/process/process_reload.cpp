@@ -34,6 +34,7 @@
 #include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/worker.hpp"
 #include "apilb/logging/logging.hpp"
+#include "apilb/vip/bgp_agent.hpp"
 #include "apilb/vip/vrrp_agent.hpp"
 
 namespace apilb {
@@ -189,6 +190,11 @@ std::vector<std::string> process::commit(std::shared_ptr<const config> cfg, cons
     // The track file follows the new pools; a managed keepalived gets the
     // new rendering (SIGHUP).
     rebalancer_->start();  // a pool may have enabled rebalancing
+    if (bgp_) {
+        bgp_->update(next);
+    } else if (next->cfg->bgp && file_reload) {
+        spdlog::warn("reload: the bgp section takes effect on restart");
+    }
     if (vrrp_) {
         vrrp_->update(next);
     } else if (next->cfg->vrrp && file_reload) {

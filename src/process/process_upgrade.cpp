@@ -232,6 +232,9 @@ void process::start_upgrade(std::function<void()> handed_over) {
     if (upgrade_) return refuse(fmt::format("an upgrade to pid {} is in progress", upgrade_->pid));
     if (snap_->cfg->vrrp)
         return refuse("the config has a vrrp section (keepalived and the track file cannot move yet)");
+    // Both processes would put the VIPs on and off the interface, and the
+    // old one would take them away as it ends.
+    if (snap_->cfg->bgp) return refuse("the config has a bgp section (the VIPs' announcement cannot move yet)");
 
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {

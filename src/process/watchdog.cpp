@@ -20,6 +20,7 @@
 #include "apilb/core/maglev.hpp"
 #include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/worker.hpp"
+#include "apilb/vip/bgp_agent.hpp"
 #include "apilb/vip/vrrp_agent.hpp"
 
 namespace apilb {
@@ -76,6 +77,7 @@ void process::make_admin(int inherited) {
                 return admin_facts{.stats = &stats_,
                                    .config_hash = config_hash_,
                                    .vrrp_role = vrrp_ ? to_string(vrrp_->role()) : "",
+                                   .bgp = bgp_ ? bgp_->report() : bgp_report{},
                                    .draining = draining_,
                                    .workers = workers_.size(),
                                    .discovery = std::move(discovery),

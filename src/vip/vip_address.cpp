@@ -8,45 +8,51 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
+#include <initializer_list>
 
 namespace apilb {
+namespace {
 
-std::error_code remove_vip(const std::string& interface, const vrrp_vip& vip) {
-    const unsigned index = ::if_nametoindex(interface.c_str());
-    if (index == 0) return {errno, std::generic_category()};
-    std::array<unsigned char, 16> address{};
-    const int family = vip.is_v6 ? AF_INET6 : AF_INET;
-    if (::inet_pton(family, vip.ip.c_str(), address.data()) != 1)
-        return std::make_error_code(std::errc::invalid_argument);
-    const std::size_t length = vip.is_v6 ? 16 : 4;
+/// One rtnetlink request with room for a few attributes.
+template <class Body>
+struct request {
+    nlmsghdr header;
+    Body body;
+    std::array<char, 64> attributes;
+};
 
-    struct {
-        nlmsghdr header;
-        ifaddrmsg body;
-        std::array<char, 64> attributes;
-    } request{};
-    request.header.nlmsg_len = NLMSG_LENGTH(sizeof(ifaddrmsg));
-    request.header.nlmsg_type = RTM_DELADDR;
-    request.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-    request.header.nlmsg_seq = 1;
-    request.body.ifa_family = static_cast<unsigned char>(family);
-    request.body.ifa_prefixlen = static_cast<unsigned char>(vip.prefix);
-    request.body.ifa_index = index;
-    // IPv4 names the address by IFA_LOCAL; IPv6 by IFA_ADDRESS.
-    auto* attribute = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(&request) +
-                                                NLMSG_ALIGN(request.header.nlmsg_len));
-    attribute->rta_type = vip.is_v6 ? IFA_ADDRESS : IFA_LOCAL;
+/// The header of a request of `type` with only the body so far; a request
+/// that adds creates, or replaces what is there (so adding twice is no error).
+template <class Body>
+void start(request<Body>& r, unsigned short type, bool add) {
+    r.header.nlmsg_len = NLMSG_LENGTH(sizeof(Body));
+    r.header.nlmsg_type = type;
+    r.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_REPLACE : 0);
+    r.header.nlmsg_seq = 1;
+}
+
+/// Appends attribute `type` holding `length` bytes of `data` to `r`.
+template <class Body>
+void add_attribute(request<Body>& r, unsigned short type, const void* data, std::size_t length) {
+    auto* attribute = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(&r) + NLMSG_ALIGN(r.header.nlmsg_len));
+    attribute->rta_type = type;
     attribute->rta_len = static_cast<unsigned short>(RTA_LENGTH(length));
-    std::memcpy(RTA_DATA(attribute), address.data(), length);
-    request.header.nlmsg_len = NLMSG_ALIGN(request.header.nlmsg_len) + RTA_ALIGN(attribute->rta_len);
+    std::memcpy(RTA_DATA(attribute), data, length);
+    r.header.nlmsg_len = NLMSG_ALIGN(r.header.nlmsg_len) + RTA_ALIGN(attribute->rta_len);
+}
 
+/// Sends `r` and reads the kernel's acknowledgement; the errors in `ignored`
+/// (say, "no such address" for a delete) count as success.
+std::error_code exchange(const nlmsghdr& r, std::initializer_list<int> ignored) {
     const int fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
     if (fd < 0) return {errno, std::generic_category()};
     std::error_code result;
-    if (::send(fd, &request, request.header.nlmsg_len, 0) < 0) {
+    if (::send(fd, &r, r.nlmsg_len, 0) < 0) {
         result = {errno, std::generic_category()};
     } else {
         // The kernel answers at once; the poll only bounds a surprise.
@@ -59,12 +65,75 @@ std::error_code remove_vip(const std::string& interface, const vrrp_vip& vip) {
             const auto* answer = reinterpret_cast<const nlmsghdr*>(reply.data());
             if (answer->nlmsg_type == NLMSG_ERROR) {
                 const int err = -reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(answer))->error;
-                if (err != 0 && err != EADDRNOTAVAIL && err != ENOENT) result = {err, std::generic_category()};
+                if (err != 0 && std::find(ignored.begin(), ignored.end(), err) == ignored.end()) {
+                    result = {err, std::generic_category()};
+                }
             }
         }
     }
     ::close(fd);
     return result;
+}
+
+/// `ip` as 4 or 16 bytes in `out`; its length, or 0 if it is not an address.
+std::size_t to_bytes(const std::string& ip, bool is_v6, std::array<unsigned char, 16>& out) {
+    if (::inet_pton(is_v6 ? AF_INET6 : AF_INET, ip.c_str(), out.data()) != 1) return 0;
+    return is_v6 ? 16 : 4;
+}
+
+std::error_code change_address(const std::string& interface, const std::string& ip, bool is_v6, unsigned prefix,
+                               bool add) {
+    const unsigned index = ::if_nametoindex(interface.c_str());
+    if (index == 0) return {errno, std::generic_category()};
+    std::array<unsigned char, 16> address{};
+    const std::size_t length = to_bytes(ip, is_v6, address);
+    if (length == 0) return std::make_error_code(std::errc::invalid_argument);
+
+    request<ifaddrmsg> r{};
+    start(r, add ? RTM_NEWADDR : RTM_DELADDR, add);
+    r.body.ifa_family = static_cast<unsigned char>(is_v6 ? AF_INET6 : AF_INET);
+    r.body.ifa_prefixlen = static_cast<unsigned char>(prefix);
+    r.body.ifa_index = index;
+    // No duplicate address detection: a tentative VIP would not be
+    // announced, nor answer, for a second or more.
+    if (is_v6) r.body.ifa_flags = IFA_F_NODAD;
+    // IPv4 names the address by IFA_LOCAL; IPv6 by IFA_ADDRESS.
+    add_attribute(r, is_v6 ? IFA_ADDRESS : IFA_LOCAL, address.data(), length);
+    if (add && !is_v6) add_attribute(r, IFA_ADDRESS, address.data(), length);
+    return exchange(r.header, {EADDRNOTAVAIL, ENOENT, EEXIST});
+}
+
+}  // namespace
+
+std::error_code remove_vip(const std::string& interface, const vrrp_vip& vip) {
+    return change_address(interface, vip.ip, vip.is_v6, vip.prefix, false);
+}
+
+std::error_code set_host_address(const std::string& interface, const std::string& ip, bool is_v6, bool add) {
+    return change_address(interface, ip, is_v6, is_v6 ? 128 : 32, add);
+}
+
+std::error_code set_local_route(const std::string& ip, bool is_v6, bool add) {
+    std::array<unsigned char, 16> address{};
+    const std::size_t length = to_bytes(ip, is_v6, address);
+    if (length == 0) return std::make_error_code(std::errc::invalid_argument);
+    const unsigned lo = ::if_nametoindex("lo");
+    if (lo == 0) return {errno, std::generic_category()};
+
+    request<rtmsg> r{};
+    start(r, add ? RTM_NEWROUTE : RTM_DELROUTE, add);
+    r.body.rtm_family = static_cast<unsigned char>(is_v6 ? AF_INET6 : AF_INET);
+    r.body.rtm_dst_len = static_cast<unsigned char>(length * 8);
+    r.body.rtm_table = RT_TABLE_LOCAL;
+    // A delete names the protocol too, so that it never takes the kernel's
+    // route of an address someone else put there.
+    r.body.rtm_protocol = apilb_route_protocol;
+    r.body.rtm_scope = RT_SCOPE_HOST;
+    r.body.rtm_type = RTN_LOCAL;
+    add_attribute(r, RTA_DST, address.data(), length);
+    const std::uint32_t oif = lo;
+    add_attribute(r, RTA_OIF, &oif, sizeof(oif));
+    return exchange(r.header, {ESRCH, ENOENT, EADDRNOTAVAIL});
 }
 
 }  // namespace apilb

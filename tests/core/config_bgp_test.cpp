@@ -54,7 +54,7 @@ struct temp_file {
 
 TEST(ConfigBgp, AbsentSectionMeansNoBgp) { EXPECT_FALSE(parse_config(test::minimal, "test.yaml")->bgp); }
 
-TEST(ConfigBgp, MinimalSectionTakesDefaultsAndWarnsThatReadinessIsNotCoupled) {
+TEST(ConfigBgp, MinimalSectionTakesDefaultsWithoutWarnings) {
     auto cfg = parse_config(one_peer(), "test.yaml");
     ASSERT_TRUE(cfg->bgp);
     const auto& b = *cfg->bgp;
@@ -73,9 +73,12 @@ TEST(ConfigBgp, MinimalSectionTakesDefaultsAndWarnsThatReadinessIsNotCoupled) {
     EXPECT_FALSE(b.med);
     EXPECT_FALSE(b.manage);
     EXPECT_EQ(b.frr_config, "/etc/frr/frr.conf");
-    ASSERT_EQ(cfg->warnings.size(), 1u);
-    EXPECT_EQ(cfg->warnings[0].line, 12);  // where the section's mapping starts
-    EXPECT_CONTAINS(cfg->warnings[0].message, "does not yet withdraw the VIPs");
+    EXPECT_EQ(b.interface, "lo");
+    EXPECT_EQ(b.withdraw_wait, 2000ms);
+    EXPECT_EQ(b.vtysh_path, "/usr/bin/vtysh");
+    EXPECT_EQ(b.vty_socket_dir, "");
+    // apilb withdraws the VIPs itself now: nothing left to warn about.
+    EXPECT_TRUE(cfg->warnings.empty()) << all_messages(cfg->warnings);
 }
 
 TEST(ConfigBgp, EveryFieldIsRead) {
@@ -97,7 +100,11 @@ TEST(ConfigBgp, EveryFieldIsRead) {
                                      "  communities: [\"64512:100\", no-export]\n"
                                      "  med: 50\n"
                                      "  manage: false\n"
-                                     "  frr_config: /etc/frr/apilb.conf\n"),
+                                     "  frr_config: /etc/frr/apilb.conf\n"
+                                     "  interface: apilb-vip\n"
+                                     "  withdraw_wait: 500ms\n"
+                                     "  vtysh_path: /opt/frr/bin/vtysh\n"
+                                     "  vty_socket_dir: /run/frr-apilb\n"),
                             "test.yaml");
     const auto& b = *cfg->bgp;
     EXPECT_EQ(b.local_as, 4200000000u);
@@ -114,6 +121,10 @@ TEST(ConfigBgp, EveryFieldIsRead) {
     EXPECT_EQ(b.communities, (std::vector<std::string>{"64512:100", "no-export"}));
     EXPECT_EQ(b.med, 50u);
     EXPECT_EQ(b.frr_config, "/etc/frr/apilb.conf");
+    EXPECT_EQ(b.interface, "apilb-vip");
+    EXPECT_EQ(b.withdraw_wait, 500ms);
+    EXPECT_EQ(b.vtysh_path, "/opt/frr/bin/vtysh");
+    EXPECT_EQ(b.vty_socket_dir, "/run/frr-apilb");
 }
 
 TEST(ConfigBgp, BgpAndVrrpTogetherNameBothLines) {
@@ -175,6 +186,14 @@ TEST(ConfigBgp, BadValuesNameLineKeyAndExpectation) {
     expect_one(with_bgp(head + peers + vips + "  manage: true\n"), 16, "bgp.manage", "not built yet");
     expect_one(with_bgp(head + peers + vips + "  frr_config: frr.conf\n"), 16, "bgp.frr_config", "absolute path");
     expect_one(with_bgp(head + peers + vips + "  bfd: true\n"), 16, "bgp.bfd", "unknown key");
+    expect_one(with_bgp(head + peers + vips + "  interface: \"eth0:1\"\n"), 16, "bgp.interface",
+               "invalid interface name \"eth0:1\"");
+    expect_one(with_bgp(head + peers + vips + "  interface: averyveryverylongname\n"), 16, "bgp.interface", "IFNAMSIZ");
+    expect_one(with_bgp(head + peers + vips + "  withdraw_wait: 2m\n"), 16, "bgp.withdraw_wait", "0..1m");
+    expect_one(with_bgp(head + peers + vips + "  vtysh_path: vtysh\n"), 16, "bgp.vtysh_path",
+               "absolute path such as \"/usr/bin/vtysh\"");
+    expect_one(with_bgp(head + peers + vips + "  vty_socket_dir: run/frr\n"), 16, "bgp.vty_socket_dir",
+               "absolute path");
 }
 
 TEST(ConfigBgp, EmptyListsAreRejected) {

@@ -7,7 +7,10 @@ Starts the real apilb (one loopback backend, the admin endpoint on a free
 loopback port, a vrrp section so that the VRRP metrics exist and a discovery
 section so that the discovery metrics do; no keepalived,
 the interface named there does not exist and is never touched), scrapes
-/metrics once every backend has been probed, and checks:
+/metrics once every backend has been probed; then, as root, a second apilb
+with a bgp section (which adds addresses and routes, so it runs in a network
+namespace of its own that is removed afterwards; no FRR), for the apilb_bgp_*
+families. It checks:
 
   - RULES_FILE: its shape (groups, unique alert names, `for`, a severity, a
     summary), and that every metric each `expr` selects is one apilb exposes,
@@ -184,7 +187,7 @@ def check_rules(path: str, families: dict[str, str], samples: dict[str, dict[str
     return checked
 
 
-def check_metrics_md(path: str, families: dict[str, str]) -> None:
+def check_metrics_md(path: str, families: dict[str, str], bgp_scraped: bool) -> None:
     """The table in docs/metrics.md against the families apilb exposes."""
     with open(path) as f:
         text = f.read()
@@ -192,9 +195,11 @@ def check_metrics_md(path: str, families: dict[str, str]) -> None:
     # Families that exist only with admin.tls (this apilb runs without it):
     # documented, but not required here. admin_tls_test checks them.
     tls_only = set(re.findall(r"^\| `(apilb_[a-z0-9_]+)` \|[^\n]*Only with `admin\.tls`", text, re.M))
+    # Families of a bgp section, when the bgp scrape could not run (no root).
+    bgp_only = set(re.findall(r"^\| `(apilb_bgp_[a-z0-9_]+)` \|", text, re.M)) if not bgp_scraped else set()
     for name in sorted(set(families) - documented):
         problem(f"{path}: {name} is exposed but not in the metrics table")
-    for name in sorted(documented - set(families) - tls_only):
+    for name in sorted(documented - set(families) - tls_only - bgp_only):
         problem(f"{path}: {name} is in the metrics table but apilb does not expose it")
     print(f"ok: {path}: {len(documented & set(families))} families documented", flush=True)
 
@@ -308,6 +313,71 @@ log: {{level: info}}
         backend.sock.close()
 
 
+def scrape_bgp_apilb(binary: str, tmp: str) -> str | None:
+    """/metrics of an apilb with a bgp section, run in a network namespace
+    made for it (it puts the VIP on lo and adds a local route: never on the
+    host). None, with the reason printed, where namespaces cannot be made."""
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    curl = shutil.which("curl") or "/usr/bin/curl"
+    if os.geteuid() != 0 or not os.path.exists(ip):
+        print("not run: the bgp metrics scrape (needs root and iproute2 for a network namespace)", flush=True)
+        return None
+    ns = f"apilb-alerts-{os.getpid()}"
+    if subprocess.run([ip, "netns", "add", ns], capture_output=True, timeout=30).returncode != 0:
+        print("not run: the bgp metrics scrape (cannot make a network namespace)", flush=True)
+        return None
+    proc = None
+    try:
+        subprocess.run([ip, "-n", ns, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=30)
+        admin = free_port()
+        config = os.path.join(tmp, "apilb-bgp.yaml")
+        with open(config, "w") as f:
+            # No backend answers and no FRR runs: the families exist all the same.
+            f.write(f"""workers: 1
+listeners:
+  - {{name: front, address: "198.18.30.100:{free_port()}", pool: p}}
+pools:
+  - name: p
+    backends: [{{name: b0, address: "127.0.0.1:1"}}]
+    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 1}}
+admin: {{address: "127.0.0.1:{admin}"}}
+bgp:
+  local_as: 64512
+  router_id: 198.18.30.11
+  peers: [{{address: 198.18.30.1, remote_as: 64500}}]
+  vips: [198.18.30.100]
+  withdraw_wait: 0s
+  vty_socket_dir: {tmp}/no-frr
+log: {{level: info}}
+""")
+        log_path = os.path.join(tmp, "apilb-bgp.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([ip, "netns", "exec", ns, binary, "run", "--config", config], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        body = ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            r = subprocess.run([ip, "netns", "exec", ns, curl, "-s", "--max-time", "5",
+                                f"http://127.0.0.1:{admin}/metrics"], capture_output=True, text=True, timeout=30)
+            # The FRR question has failed once (no FRR here): every family is there.
+            if r.returncode == 0 and "apilb_bgp_frr_query_failures_total 1" in r.stdout:
+                body = r.stdout
+                break
+            time.sleep(0.05)
+        if not body:
+            raise SystemExit(f"FAIL: the bgp apilb gave no /metrics within 15 s; log:\n{open(log_path).read()}")
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=15)
+        if rc != 0:
+            problem(f"the bgp apilb exited {rc} after SIGTERM; log:\n{open(log_path).read()}")
+        return body
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run([ip, "netns", "del", ns], capture_output=True, timeout=30)
+
+
 def run_promtool(args: list[str], stdin: str | None = None) -> None:
     r = subprocess.run(["promtool", *args], input=stdin, capture_output=True, text=True, timeout=60)
     out = (r.stdout + r.stderr).strip()
@@ -325,15 +395,26 @@ def main() -> int:
     promtool_tests = sys.argv[4] if len(sys.argv) == 5 else None
     with tempfile.TemporaryDirectory(prefix="apilb-alerts-") as tmp:
         exposition = scrape_running_apilb(binary, tmp)
+        bgp_exposition = scrape_bgp_apilb(binary, tmp)
     families, samples = parse_exposition(exposition)
+    if bgp_exposition is not None:
+        bgp_families, bgp_samples = parse_exposition(bgp_exposition)
+        for name, kind in bgp_families.items():
+            if name.startswith("apilb_bgp_"):
+                families[name] = kind
+        for name, labels in bgp_samples.items():
+            if name.startswith("apilb_bgp_"):
+                samples[name] = labels
     print(f"scraped {len(families)} families, {len(samples)} sample names", flush=True)
     n = check_rules(rules, families, samples)
-    check_metrics_md(metrics_md, families)
+    check_metrics_md(metrics_md, families, bgp_exposition is not None)
     if shutil.which("promtool"):
         run_promtool(["check", "rules", rules])
         if promtool_tests:
             run_promtool(["test", "rules", promtool_tests])
         run_promtool(["check", "metrics"], stdin=exposition)
+        if bgp_exposition is not None:
+            run_promtool(["check", "metrics"], stdin=bgp_exposition)
     else:
         print("not run: promtool check rules / test rules / check metrics (promtool is not installed; "
               "Debian's `prometheus` package has it)", flush=True)

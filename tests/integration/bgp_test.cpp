@@ -8,9 +8,14 @@
 // Shown: the router learns the VIP (and only the VIP) into its kernel table
 // within a bounded time, the BFD session comes up, a client behind the
 // router reaches a listener on the VIP, the node installs nothing the router
-// offers, and removing the VIP from the node's loopback withdraws the route
-// (what the readiness coupling of docs/bgp.md will drive). Needs root; skips
-// with the reason without it or without FRR.
+// offers, and removing the VIP from the node's loopback withdraws the route.
+//
+// Then the coupling (docs/bgp.md): the real apilb on the node puts the VIP on
+// its loopback only while it is ready, so the router has the route only then;
+// a node whose backend fails its probes withdraws; SIGTERM withdraws first and
+// keeps answering for withdraw_wait before it drains; the apilb_bgp_* metrics
+// say all of it, with the peer's session state read from FRR. Needs root;
+// skips with the reason without it or without FRR.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -28,6 +33,7 @@
 #include <set>
 #include <sstream>
 
+#include "frr_host.hpp"
 #include "harness.hpp"
 #include "netns.hpp"
 
@@ -36,82 +42,11 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr const char* frr_dir = "/usr/lib/frr";  // Debian keeps the daemons out of $PATH
 constexpr const char* router_ip = "198.18.20.1";
 constexpr const char* node_ip = "198.18.20.11";
 constexpr const char* vip = "198.18.21.100";
 /// Also on the node's loopback, but not a VIP: it must never be announced.
 constexpr const char* other_local = "198.18.21.200";
-
-/// One host's FRR: its daemons, started in `ns`, their sockets, pid files
-/// and logs in `dir`; each ended by its PID (SIGTERM, then SIGKILL).
-class frr_host {
-public:
-    frr_host(std::string ns, std::string dir, std::string ip_bin)
-        : ns_(std::move(ns)), dir_(std::move(dir)), ip_bin_(std::move(ip_bin)) {}
-    ~frr_host() {
-        for (auto& d : daemons_) {
-            d->signal(SIGTERM);
-            if (!d->wait(10s)) d->signal(SIGKILL);  // the process object reaps it
-        }
-    }
-
-    /// Starts zebra, then bgpd and bfdd, with an empty config; fails the test if one opens no vty socket.
-    void start() {
-        write_file(dir_ + "/empty.conf", "");
-        for (const char* daemon : {"zebra", "bgpd", "bfdd"}) {
-            std::vector<std::string> argv{ip_bin_, "netns", "exec", ns_, std::string(frr_dir) + "/" + daemon,
-                                          // The frr user is in the frrvty group that owns the vty sockets.
-                                          "-u", "frr", "-g", "frr", "-i", dir_ + "/" + daemon + ".pid", "-z",
-                                          dir_ + "/zserv.api", "--vty_socket", dir_, "-f", dir_ + "/empty.conf",
-                                          // No vty on TCP: the sockets in dir_ are enough.
-                                          "-P", "0", "--log", "file:" + dir_ + "/" + daemon + ".log"};
-            if (std::string(daemon) == "bfdd") {
-                argv.push_back("--bfdctl");
-                argv.push_back(dir_ + "/bfdd.sock");
-            }
-            daemons_.push_back(std::make_unique<process>(argv, dir_ + "/" + daemon + ".out"));
-            // bgpd and bfdd connect to zebra's socket; vtysh needs every vty socket.
-            const std::string sock = dir_ + "/" + daemon + ".vty";
-            ASSERT_TRUE(wait_until([&] { return std::filesystem::exists(sock); }, 30s))
-                << daemon << " did not open " << sock << ":\n"
-                << daemons_.back()->log();
-        }
-    }
-
-    /// Applies `conf` to the running daemons, as `vtysh -b` does with frr.conf at boot.
-    void apply(const std::string& conf) const {
-        write_file(dir_ + "/frr.conf", conf);
-        auto r = run_command({ip_bin_, "netns", "exec", ns_, "vtysh", "--vty_socket", dir_, "-f", dir_ + "/frr.conf"});
-        ASSERT_EQ(r.exit_code, 0) << r.output << "\nfor:\n" << conf;
-    }
-
-    /// One vtysh command's output ("" if it failed).
-    std::string show(const std::string& command) const {
-        auto r = run_command({ip_bin_, "netns", "exec", ns_, "vtysh", "--vty_socket", dir_, "-c", command}, 20s);
-        return r.exit_code == 0 ? r.output : "";
-    }
-
-    /// Every daemon still runs (a crash would explain a missing route).
-    std::string exited() const {
-        std::string out;
-        for (const auto& d : daemons_) {
-            if (!d->running()) out += d->log_path() + ":\n" + d->log() + "\n";
-        }
-        return out;
-    }
-
-private:
-    static void write_file(const std::string& path, const std::string& text) {
-        std::ofstream(path) << text;
-        if (const passwd* pw = ::getpwnam("frr")) (void)::chown(path.c_str(), pw->pw_uid, pw->pw_gid);
-    }
-
-    std::string ns_;
-    std::string dir_;
-    std::string ip_bin_;
-    std::vector<std::unique_ptr<process>> daemons_;
-};
 
 class BgpPeering : public ::testing::Test {
 protected:
@@ -119,12 +54,7 @@ protected:
         if (auto why = netns_segment::unavailable_reason(); !why.empty()) {
             GTEST_SKIP() << "needs network namespaces (root, iproute2, veth and bridge): " << why;
         }
-        for (const char* daemon : {"zebra", "bgpd", "bfdd"}) {
-            if (!std::filesystem::exists(std::string(frr_dir) + "/" + daemon)) {
-                GTEST_SKIP() << "FRR is not installed (" << frr_dir << "/" << daemon
-                             << " is missing; scripts/install-deps.sh installs frr)";
-            }
-        }
+        if (auto why = frr_unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
         const passwd* pw = ::getpwnam("frr");
         if (pw == nullptr || find_program("vtysh").empty()) GTEST_SKIP() << "FRR's frr user or vtysh is missing";
         ip_bin_ = find_program("ip");
@@ -254,6 +184,133 @@ bgp:
         << fmt::format("{}", fmt::join(bgp_routes("r"), ", "));
     std::cout << "[ MEASURED ] VIP route gone from the router " << ms_since(t1)
               << " ms after the VIP left the node's loopback\n";
+    EXPECT_EQ(router_->exited(), "");
+    EXPECT_EQ(node_->exited(), "");
+}
+
+/// The address apilb's backend answers on, on the node's loopback: taking it
+/// away makes the backend fail its probes at once (no route to it).
+constexpr const char* backend_ip = "198.18.23.5";
+
+TEST_F(BgpPeering, ApilbAnnouncesOnlyWhileReadyAndWithdrawsBeforeItDrains) {
+    // The backend's address comes only once apilb runs: until then its probes fail.
+    std::unique_ptr<tcp_server> backend;
+    in_netns(segment_->ns("n1"), [&] { backend = std::make_unique<tcp_server>("0.0.0.0", echo_handler()); });
+    const std::uint16_t port = free_port();
+    const std::uint16_t admin = free_port();
+    // The listener is on the VIP itself: apilb's local route lets it bind
+    // although the VIP is on no interface until apilb is ready.
+    dir_.write("apilb.yaml",
+               fmt::format(R"(admin: {{address: "127.0.0.1:{5}"}}
+listeners:
+  - {{name: api, address: "{0}:{4}", pool: cp}}
+pools:
+  - name: cp
+    backends: [{{name: cp-1, address: "{3}:{6}"}}]
+    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
+bgp:
+  local_as: 64512
+  router_id: {1}
+  peers: [{{address: {2}, remote_as: 64500, bfd: true, bfd_interval: 300ms}}]
+  vips: [{0}]
+  withdraw_wait: 3s
+  vty_socket_dir: {7}
+)",
+                           vip, node_ip, router_ip, backend_ip, port, admin, backend->port(), dir_.path() + "/n1"));
+    auto rendered = run_command(
+        {required_env("APILB_BIN"), "frr-config", "-c", dir_.file("apilb.yaml"), "-o", dir_.file("node.conf")});
+    ASSERT_EQ(rendered.exit_code, 0) << rendered.output;
+    ASSERT_NO_FATAL_FAILURE(router_->start());
+    ASSERT_NO_FATAL_FAILURE(node_->start());
+    ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf()));
+    ASSERT_NO_FATAL_FAILURE(node_->apply(read_file(dir_.file("node.conf"))));
+
+    process apilb({ip_bin_, "netns", "exec", segment_->ns("n1"), required_env("APILB_BIN"), "run", "--config",
+                   dir_.file("apilb.yaml")},
+                  dir_.file("apilb.log"));
+    const std::set<std::string> only_vip{vip};
+    auto diagnose = [&] {
+        return "router's BGP routes: " + fmt::format("{}", fmt::join(bgp_routes("r"), ", ")) + "\n" +
+               router_->show("show bgp summary") + node_->show("show bgp summary") + router_->exited() +
+               node_->exited() + "apilb:\n" + apilb.log();
+    };
+    auto metrics = [&] {
+        return run_command({ip_bin_, "netns", "exec", segment_->ns("n1"), "/usr/bin/curl", "-s", "--max-time", "5",
+                            fmt::format("http://127.0.0.1:{}/metrics", admin)})
+            .output;
+    };
+    auto has_metric = [&](const std::string& line) { return metrics().find(line + "\n") != std::string::npos; };
+    const std::string vip_label = fmt::format("{{vip=\"{}\"}}", vip);
+
+    // Not ready at start (the backend is unreachable): never announced, not
+    // even before the first health round, which the config's assumed health
+    // would allow. A node that flapped here would count a withdrawal.
+    ASSERT_TRUE(wait_until(
+        [&] { return apilb.log().find("withdrawn: pool cp has no healthy backend") != std::string::npos; }, 20s))
+        << apilb.log();
+    EXPECT_TRUE(has_metric("apilb_bgp_vip_announced" + vip_label + " 0")) << metrics();
+    EXPECT_TRUE(has_metric("apilb_bgp_vip_withdrawals_total" + vip_label + " 0")) << metrics();
+    EXPECT_EQ(apilb.log().find("FRR announces it"), std::string::npos) << apilb.log();
+    segment_->ip("n1", {"addr", "add", std::string(backend_ip) + "/32", "dev", "lo"});
+
+    // Ready: apilb put the VIP on the loopback, FRR announced it.
+    ASSERT_TRUE(wait_until([&] { return bgp_routes("r") == only_vip; }, 60s)) << diagnose();
+    in_netns(segment_->ns("r"), [&] {
+        client c;
+        ASSERT_EQ(c.connect(vip, port), 0) << "connect to the VIP from the router";
+        ASSERT_TRUE(c.send_all("ping"));
+        EXPECT_EQ(c.recv_exact(4), "ping") << "through apilb to the backend";
+    });
+    EXPECT_TRUE(has_metric("apilb_bgp_vip_announced" + vip_label + " 1")) << metrics();
+    // The peer's state comes from the node's FRR (vtysh every 2 s).
+    EXPECT_TRUE(wait_until(
+        [&] {
+            return has_metric(fmt::format("apilb_bgp_peer_state{{peer=\"{}\",state=\"Established\"}} 1", router_ip));
+        },
+        20s, 200ms))
+        << metrics();
+    EXPECT_TRUE(has_metric("apilb_bgp_frr_up 1")) << metrics();
+
+    // The backend fails its probes: the node withdraws, the router loses the route.
+    const auto t_fail = std::chrono::steady_clock::now();
+    segment_->ip("n1", {"addr", "del", std::string(backend_ip) + "/32", "dev", "lo"});
+    ASSERT_TRUE(wait_until([&] { return bgp_routes("r").empty(); }, 30s)) << diagnose();
+    std::cout << "[ MEASURED ] route gone from the router " << ms_since(t_fail)
+              << " ms after the node's only backend became unreachable (probes every 100 ms, fall 2)\n";
+    EXPECT_TRUE(has_metric("apilb_bgp_vip_announced" + vip_label + " 0")) << metrics();
+    EXPECT_TRUE(has_metric("apilb_bgp_vip_withdrawals_total" + vip_label + " 1")) << metrics();
+
+    // It comes back: announced again.
+    segment_->ip("n1", {"addr", "add", std::string(backend_ip) + "/32", "dev", "lo"});
+    ASSERT_TRUE(wait_until([&] { return bgp_routes("r") == only_vip; }, 60s)) << diagnose();
+
+    // SIGTERM: the route goes first, while apilb still answers on the VIP
+    // (its local route) for withdraw_wait; only then does it drain and exit.
+    const auto t_term = std::chrono::steady_clock::now();
+    apilb.signal(SIGTERM);
+    ASSERT_TRUE(wait_until([&] { return bgp_routes("r").empty(); }, 30s)) << diagnose();
+    const double withdrawn_ms = ms_since(t_term);
+    std::cout << "[ MEASURED ] route gone from the router " << withdrawn_ms << " ms after SIGTERM\n";
+    in_netns(segment_->ns("n1"), [&] {
+        client c;
+        EXPECT_EQ(c.connect(vip, port), 0) << "apilb stopped accepting before withdraw_wait ended";
+        EXPECT_TRUE(c.send_all("late"));
+        EXPECT_EQ(c.recv_exact(4), "late");
+    });
+    EXPECT_TRUE(apilb.running()) << "apilb ended " << ms_since(t_term) << " ms after SIGTERM:\n" << apilb.log();
+    ASSERT_EQ(apilb.wait(30s), 0) << apilb.log();
+    const std::string log = apilb.log();
+    const auto withdrawn = log.find("bgp: VIP " + std::string(vip) + " withdrawn: draining");
+    const auto drained = log.find("SIGTERM: stopped accepting");
+    ASSERT_NE(withdrawn, std::string::npos) << log;
+    ASSERT_NE(drained, std::string::npos) << log;
+    EXPECT_LT(withdrawn, drained) << log;
+    // apilb took its VIP and local route away as it ended.
+    auto local = run_command({ip_bin_, "-n", segment_->ns("n1"), "route", "show", "table", "local", "proto", "249"});
+    EXPECT_EQ(local.output, "");
+    auto addresses = run_command({ip_bin_, "-n", segment_->ns("n1"), "addr", "show", "dev", "lo"});
+    EXPECT_EQ(addresses.output.find(std::string(vip) + "/32"), std::string::npos) << addresses.output;
+    expect_no_sanitizer_report(log, "apilb");
     EXPECT_EQ(router_->exited(), "");
     EXPECT_EQ(node_->exited(), "");
 }

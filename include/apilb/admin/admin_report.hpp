@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "apilb/core/bgp_report.hpp"
 #include "apilb/dataplane/snapshot.hpp"
 
 namespace apilb {
@@ -28,6 +29,7 @@ struct admin_facts {
     const admin_stats* admin = nullptr;  ///< set by the admin server; nullptr = none
     std::string config_hash;             ///< short hash of the loaded config file's bytes
     std::string vrrp_role;               ///< "" when there is no vrrp section
+    bgp_report bgp;                      ///< enabled = false when there is no bgp section
     bool draining = false;               ///< SIGTERM seen
     std::size_t workers = 0;
     /// One per pool with a discovery section; owned by the process.

@@ -46,6 +46,14 @@ struct bgp_config {
     /// apilb runs FRR as its child. Not built yet: the loader rejects true.
     bool manage = false;
     std::string frr_config = "/etc/frr/frr.conf";  ///< where the rendered configuration belongs
+    /// Where apilb puts the VIPs while it is ready ("lo" or a dummy that is
+    /// up): FRR announces a VIP only while it is on a local interface.
+    std::string interface = "lo";
+    /// SIGTERM: how long apilb keeps serving after withdrawing the VIPs,
+    /// for the routers to stop sending new connections, before it drains.
+    std::chrono::milliseconds withdraw_wait{2000};
+    std::string vtysh_path = "/usr/bin/vtysh";  ///< asked for the peers' session state
+    std::string vty_socket_dir;                 ///< vtysh --vty_socket; "" = FRR's default
     friend bool operator==(const bgp_config&, const bgp_config&) = default;
 };
 

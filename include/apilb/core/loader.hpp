@@ -30,6 +30,9 @@ std::string index_path(const std::string& parent, std::size_t index);
 /// The value as the user wrote it, quoted and cut short, safe for one line.
 std::string quote(std::string_view text);
 std::string join(key_list items);
+/// Why `name` cannot be a Linux interface name (IFNAMSIZ, visible ASCII, no
+/// "/", ":", quotes, braces, "#", "!"), or "" (config_vrrp.cpp).
+std::string interface_name_problem(const std::string& name);
 /// `did you mean "x"? ` for the closest candidate within two edits, or "".
 std::string did_you_mean(std::string_view found, key_list candidates);
 /// "a mapping", "a sequence", the quoted scalar, "no value".
@@ -151,6 +154,8 @@ private:
     bool read_file_path(const mapping& m, std::string_view key, std::size_t max_bytes, std::string& out,
                         std::string* bytes = nullptr);
     bool read_text(const mapping& m, std::string_view key, std::string_view expected, std::string& out);
+    /// An absolute path without control characters, e.g. `example` (config_bgp.cpp).
+    void read_absolute_path(const mapping& m, std::string_view key, std::string_view example, std::string& out);
 
     void read_listeners(const field& f);
     void read_pools(const field& f);

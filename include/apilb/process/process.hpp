@@ -25,6 +25,7 @@ namespace apilb {
 class worker;
 class health_checker;
 class vrrp_agent;
+class bgp_agent;
 class rebalancer;
 class admin_server;
 class discovery_client;
@@ -206,6 +207,7 @@ private:
     int adopt_channel_ = -1;                  ///< the channel while adopt_thread_ runs
     std::unique_ptr<rebalancer> rebalancer_;  ///< after workers_: it posts to them
     std::unique_ptr<vrrp_agent> vrrp_;        ///< set when the config has a vrrp section
+    std::unique_ptr<bgp_agent> bgp_;          ///< set when the config has a bgp section
     std::vector<std::unique_ptr<worker>> workers_;
     std::unique_ptr<admin_server> admin_;  ///< after workers_: destroyed first; on control_
     std::string config_hash_;              ///< of the running config file's bytes

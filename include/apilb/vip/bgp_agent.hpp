@@ -1,0 +1,99 @@
+// apilb's side of the BGP announcement (docs/bgp.md): each VIP sits on the
+// configured local interface while this node can serve it, so FRR announces
+// it, and leaves it when the node cannot, so FRR withdraws it; a local route
+// keeps the node answering for the VIP meanwhile. On SIGTERM the VIPs are
+// withdrawn first and the drain starts withdraw_wait later. FRR's session
+// state is polled through vtysh for the metrics. Control thread only (every
+// member function but the constructor checks it).
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "apilb/core/bgp_report.hpp"
+#include "apilb/dataplane/snapshot.hpp"
+#include "apilb/logging/logging.hpp"
+
+namespace apilb {
+
+class bgp_agent {
+public:
+    /// `snap` must have a bgp section. Nothing happens before prepare().
+    bgp_agent(boost::asio::io_context& control, std::shared_ptr<const snapshot> snap);
+    ~bgp_agent();
+    bgp_agent(const bgp_agent&) = delete;
+    bgp_agent& operator=(const bgp_agent&) = delete;
+
+    /// Before the listeners bind: adds apilb's local route for every VIP (a
+    /// listener on a VIP then binds without ip_nonlocal_bind) and takes the
+    /// VIPs off the interface (a killed apilb may have left them there)
+    /// until the first readiness check. Failures are logged and counted.
+    void prepare();
+
+    /// Starts the readiness loop (every 10 ms) and the FRR poll (every 2 s).
+    void start();
+
+    /// The first health round is done: until then no VIP is announced, so a
+    /// starting node does not announce on the config's assumed health and
+    /// withdraw a moment later.
+    void first_round_done() { checked_ = true; }
+
+    /// SIGTERM: withdraws every VIP at once and calls `then` withdraw_wait
+    /// later, while the node keeps serving whatever still arrives.
+    void hand_off(std::function<void()> then);
+
+    /// A second signal: the wait after the withdrawal ends now.
+    void cut_short();
+
+    /// After the drain: ends the loops, takes the VIPs off the interface and
+    /// removes apilb's local routes.
+    void stop();
+
+    /// A reload built `snap`: readiness follows its pools and listeners. The
+    /// VIPs and interface stay those of the start (a changed bgp section is
+    /// said once, and takes a restart).
+    void update(std::shared_ptr<const snapshot> snap);
+
+    /// For the metrics.
+    const bgp_report& report() const { return report_; }
+
+private:
+    /// "" when `vip` may be announced, else why not.
+    std::string withdraw_reason(const std::string& vip, bool is_v6) const;
+    /// Puts VIP `i` on the interface or takes it off, if that is not done.
+    void apply(std::size_t i, const std::string& reason);
+    boost::asio::awaitable<void> readiness_loop();
+    boost::asio::awaitable<void> frr_loop();
+    boost::asio::awaitable<void> withdraw_wait(std::function<void()> then);
+    void note_frr(bool up, const std::string& why);
+
+    boost::asio::io_context& control_;
+    std::shared_ptr<const snapshot> snap_;
+    const bgp_config cfg_;  ///< the bgp section apilb started with
+    boost::asio::steady_timer timer_;
+    boost::asio::steady_timer frr_timer_;
+    boost::asio::steady_timer wait_timer_;
+    bool checked_ = false;
+    bool draining_ = false;
+    bool stopped_ = false;
+    bool warned_section_change_ = false;
+    /// Per VIP: what was applied last, and when a failed change is tried again.
+    struct vip_state {
+        bool known = false;  ///< applied at least once
+        std::string reason;  ///< last withdraw reason applied ("" = announced)
+        std::chrono::steady_clock::time_point next_try{};
+    };
+    std::vector<vip_state> vips_;
+    log_limiter address_errors_{std::chrono::seconds(10)};
+    bool frr_said_ = false;  ///< the FRR state was logged at least once
+    bgp_report report_;
+};
+
+}  // namespace apilb

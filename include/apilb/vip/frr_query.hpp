@@ -1,0 +1,38 @@
+// Asking FRR about its BGP sessions: `vtysh -c 'show bgp neighbors json'`
+// run as a child without a shell, its output and run time bounded, and the
+// answer parsed. Control thread (docs/bgp.md).
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace apilb {
+
+/// FRR's `show bgp neighbors json`: each neighbour's address -> its
+/// bgpState ("Established", "Active", ...). nullopt if `json` is not that
+/// (vtysh's error text, a truncated answer).
+std::optional<std::map<std::string, std::string>> parse_bgp_neighbors(std::string_view json);
+
+/// How a bounded command ended.
+struct command_outcome {
+    bool ok = false;     ///< ran to the end and exited 0
+    std::string output;  ///< stdout and stderr, at most the bound
+    std::string error;   ///< why not ok: "exited with status 1", "timed out after 2000ms", ...
+};
+
+/// Runs `argv` (argv[0] an absolute path) with stdin from /dev/null and
+/// stdout+stderr captured. A child that writes more than `max_output` bytes
+/// or runs longer than `timeout` is killed (SIGKILL, by its PID) and reaped.
+/// Never throws; waits on `io` (the control context) without blocking it.
+boost::asio::awaitable<command_outcome> run_bounded(boost::asio::io_context& io, std::vector<std::string> argv,
+                                                    std::size_t max_output, std::chrono::milliseconds timeout);
+
+}  // namespace apilb

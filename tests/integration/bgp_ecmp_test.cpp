@@ -1,0 +1,451 @@
+// Three apilb nodes announcing one VIP over BGP to a router with ECMP and
+// BFD (100 ms x 3), everything real and in network namespaces this test
+// creates on a private bridge (198.18.40.0/24) and removes afterwards: the
+// router runs FRR (zebra, bgpd, bfdd) with maximum-paths; each node runs FRR
+// with the frr.conf `apilb frr-config` renders, the real apilb and its
+// backend; a client behind the router opens connections to the VIP. Each
+// backend says which node it sits behind, so the client knows who served it.
+//
+// Shown and measured (docs/bgp.md): new connections spread over the three
+// nodes; a node whose backend fails its probes withdraws and nothing fails
+// after; a graceful stop (SIGTERM) under a steady connect rate fails no new
+// connection; how many established connections of the other nodes break
+// when a node leaves and when it rejoins; a dead node (apilb and its FRR
+// SIGKILLed) loses its route at once, and a node cut off its link within
+// the BFD detection time; every new connection succeeds afterwards. Needs
+// root and FRR; skips without.
+//
+// About 25 s; in `meson test`. The figures are printed as "[ MEASURED ]"
+// lines (docs/bgp.md quotes them); the bounds asserted are loose.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <pwd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "frr_host.hpp"
+#include "harness.hpp"
+#include "netns.hpp"
+
+namespace apilb::test {
+namespace {
+
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+constexpr const char* router_ip = "198.18.40.1";
+constexpr const char* client_ip = "198.18.40.50";
+constexpr const char* vip = "198.18.41.100";
+constexpr int node_count = 3;
+
+std::string node_ip(int i) { return fmt::format("198.18.40.{}", 11 + i); }
+/// Node i's backend answers on this address of the node's loopback: taking
+/// it away makes the backend fail its probes at once.
+std::string backend_ip(int i) { return fmt::format("198.18.42.{}", 11 + i); }
+std::string node_name(int i) { return fmt::format("n{}", i + 1); }
+
+/// Says the node's name, then echoes until the client closes.
+tcp_server::handler naming_echo(std::string name) {
+    return [name](int& fd) {
+        const std::string hello = name + "\n";
+        if (::send(fd, hello.data(), hello.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(hello.size())) return;
+        char buf[256];
+        for (;;) {
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0 || ::send(fd, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) return;
+        }
+    };
+}
+
+/// The router: ECMP over the three nodes, BFD 100 ms x 3 with each.
+std::string router_conf() {
+    std::string neighbours, activate;
+    for (int i = 0; i < node_count; ++i) {
+        neighbours += fmt::format(
+            " neighbor {0} remote-as 64512\n neighbor {0} bfd profile fast\n"
+            " neighbor {0} timers connect 1\n",
+            node_ip(i));
+    }
+    return fmt::format(R"(frr defaults traditional
+bfd
+ profile fast
+  receive-interval 100
+  transmit-interval 100
+  detect-multiplier 3
+ exit
+exit
+router bgp 64500
+ bgp router-id {0}
+ no bgp ebgp-requires-policy
+ bgp bestpath as-path multipath-relax
+{1} address-family ipv4 unicast
+  maximum-paths 8
+ exit-address-family
+exit
+)",
+                       router_ip, neighbours);
+}
+
+/// One connection from the client to the VIP: which node answered ("" on failure).
+struct attempt {
+    double at_ms = 0;  ///< since the test's t0
+    std::string node;
+};
+
+class BgpEcmp : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (auto why = netns_segment::unavailable_reason(); !why.empty()) {
+            GTEST_SKIP() << "needs network namespaces (root, iproute2, veth and bridge): " << why;
+        }
+        if (auto why = frr_unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+        ip_bin_ = find_program("ip");
+        netns_segment::remove_orphans("apilb-ecmp-");
+        segment_ = std::make_unique<netns_segment>("apilb-ecmp-" + std::to_string(::getpid()));
+        segment_->add_host("r", {std::string(router_ip) + "/24"});
+        segment_->add_host("c", {std::string(client_ip) + "/24"});
+        // The client reaches the VIP through the router, which must forward
+        // and must not redirect it to a node on the same segment.
+        segment_->ip("c", {"route", "add", std::string(vip) + "/32", "via", router_ip});
+        sysctl("r", "net.ipv4.ip_forward=1");
+        sysctl("r", "net.ipv4.conf.all.send_redirects=0");
+        sysctl("r", "net.ipv4.conf.eth0.send_redirects=0");
+        // Hash on ports too, so that one client's connections spread.
+        sysctl("r", "net.ipv4.fib_multipath_hash_policy=1");
+        sysctl("c", "net.ipv4.conf.all.accept_redirects=0");
+        sysctl("c", "net.ipv4.conf.eth0.accept_redirects=0");
+
+        const passwd* pw = ::getpwnam("frr");
+        ::chmod(dir_.path().c_str(), 0755);
+        auto frr_dir_for = [&](const std::string& host) {
+            const std::string d = dir_.path() + "/" + host;
+            std::filesystem::create_directories(d);
+            EXPECT_EQ(::chown(d.c_str(), pw->pw_uid, pw->pw_gid), 0);
+            return d;
+        };
+        router_ = std::make_unique<frr_host>(segment_->ns("r"), frr_dir_for("r"), ip_bin_);
+        port_ = free_port();
+        for (int i = 0; i < node_count; ++i) {
+            const std::string n = node_name(i);
+            segment_->add_host(n, {node_ip(i) + "/24"});
+            segment_->ip(n, {"addr", "add", backend_ip(i) + "/32", "dev", "lo"});
+            frr_.push_back(std::make_unique<frr_host>(segment_->ns(n), frr_dir_for(n), ip_bin_));
+            in_netns(segment_->ns(n),
+                     [&] { backends_.push_back(std::make_unique<tcp_server>("0.0.0.0", naming_echo(n))); });
+            dir_.write(n + ".yaml", fmt::format(R"(listeners:
+  - {{name: api, address: "{0}:{1}", pool: cp}}
+pools:
+  - name: cp
+    backends: [{{name: cp-1, address: "{2}:{3}"}}]
+    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
+timeouts: {{drain: 3s}}
+bgp:
+  local_as: 64512
+  router_id: {4}
+  peers: [{{address: {5}, remote_as: 64500, bfd: true, bfd_interval: 100ms, bfd_multiplier: 3}}]
+  vips: [{0}]
+  withdraw_wait: 2s
+  vty_socket_dir: {6}
+)",
+                                                vip, port_, backend_ip(i), backends_.back()->port(), node_ip(i),
+                                                router_ip, dir_.path() + "/" + n));
+        }
+        apilb_.resize(node_count);
+    }
+
+    void sysctl(const std::string& host, const std::string& setting) const {
+        auto r = run_command({ip_bin_, "netns", "exec", segment_->ns(host), find_program("sysctl"), "-qw", setting});
+        ASSERT_EQ(r.exit_code, 0) << setting << ": " << r.output;
+    }
+
+    void start_apilb(int i) {
+        const std::string n = node_name(i);
+        apilb_[i] = std::make_unique<process>(
+            std::vector<std::string>{ip_bin_, "netns", "exec", segment_->ns(n), required_env("APILB_BIN"), "run",
+                                     "--config", dir_.file(n + ".yaml")},
+            dir_.file(n + "-apilb-" + std::to_string(++starts_) + ".log"));
+    }
+
+    /// The nodes the router's kernel sends the VIP to (its ECMP next hops).
+    std::set<std::string> next_hops() const {
+        auto r = run_command({ip_bin_, "-n", segment_->ns("r"), "route", "show", std::string(vip) + "/32"}, 10s);
+        std::set<std::string> out;
+        std::istringstream words(r.output);
+        for (std::string w, prev; words >> w; prev = w) {
+            if (prev == "via") out.insert(w);
+        }
+        return out;
+    }
+    std::set<std::string> all_but(int skip) const {
+        std::set<std::string> s;
+        for (int i = 0; i < node_count; ++i) {
+            if (i != skip) s.insert(node_ip(i));
+        }
+        return s;
+    }
+
+    /// One new connection from the client namespace (the calling thread
+    /// must be in it): the node's name, or "" if it failed.
+    static std::string connect_once(std::chrono::milliseconds timeout) {
+        client c;
+        if (c.connect(vip, port_of_test, timeout) != 0) return {};
+        c.set_timeout(timeout);
+        std::string name;
+        char ch = 0;
+        while (name.size() < 8 && c.recv_some(&ch, 1) == 1 && ch != '\n') name += ch;
+        return ch == '\n' ? name : std::string{};
+    }
+
+    /// Connects every `period` from a thread in the client namespace until
+    /// `stop`; records each attempt.
+    class load {
+    public:
+        load(const std::string& ns, clock_type::time_point t0, std::chrono::milliseconds period) {
+            thread_ = std::thread([this, ns, t0, period] {
+                enter_netns(ns);
+                // Bounded: at most 60 s of attempts whatever the test does.
+                for (int k = 0; k < 12'000 && !stop_; ++k) {
+                    const double at = ms_since(t0);
+                    std::string node = connect_once(1s);
+                    {
+                        std::lock_guard lock(mu_);
+                        attempts_.push_back({at, std::move(node)});
+                    }
+                    std::this_thread::sleep_for(period);
+                }
+            });
+        }
+        ~load() { finish(); }
+        std::vector<attempt> finish() {
+            stop_ = true;
+            if (thread_.joinable()) thread_.join();
+            std::lock_guard lock(mu_);
+            return attempts_;
+        }
+
+    private:
+        std::atomic<bool> stop_{false};
+        std::mutex mu_;
+        std::vector<attempt> attempts_;
+        std::thread thread_;
+    };
+
+    /// Connections the client keeps open; each knows its node.
+    struct held {
+        client c;
+        std::string node;
+    };
+    std::vector<held> open_held(int count) {
+        std::vector<held> out;
+        in_netns(segment_->ns("c"), [&] {
+            for (int k = 0; k < count; ++k) {
+                held h;
+                if (h.c.connect(vip, port_, 2s) != 0) continue;
+                h.c.set_timeout(2s);
+                char ch = 0;
+                while (h.node.size() < 8 && h.c.recv_some(&ch, 1) == 1 && ch != '\n') h.node += ch;
+                if (ch == '\n') out.push_back(std::move(h));
+            }
+        });
+        return out;
+    }
+    /// How many of `hs` (on nodes other than `except`) no longer echo.
+    static int broken(std::vector<held>& hs, const std::string& except, int& checked) {
+        int n = 0;
+        checked = 0;
+        for (auto& h : hs) {
+            if (h.node == except) continue;
+            ++checked;
+            char ch = 0;
+            if (!h.c.send_all("x") || h.c.recv_some(&ch, 1) != 1 || ch != 'x') ++n;
+        }
+        return n;
+    }
+
+    std::string diagnose() const {
+        std::string out = "router: " + router_->show("show bgp summary") + router_->show("show bfd peers brief") +
+                          run_command({ip_bin_, "-n", segment_->ns("r"), "route"}).output + router_->exited();
+        for (int i = 0; i < node_count; ++i) {
+            if (apilb_[i]) out += node_name(i) + " apilb:\n" + apilb_[i]->log();
+        }
+        return out;
+    }
+
+    static inline std::uint16_t port_of_test = 0;
+    temp_dir dir_;
+    std::string ip_bin_;
+    std::unique_ptr<netns_segment> segment_;
+    std::unique_ptr<frr_host> router_;
+    std::vector<std::unique_ptr<frr_host>> frr_;
+    std::vector<std::unique_ptr<tcp_server>> backends_;
+    std::vector<std::unique_ptr<process>> apilb_;
+    std::uint16_t port_ = 0;
+    int starts_ = 0;
+};
+
+std::map<std::string, int> by_node(const std::vector<attempt>& as) {
+    std::map<std::string, int> m;
+    for (const auto& a : as) ++m[a.node.empty() ? "failed" : a.node];
+    return m;
+}
+std::string show(const std::map<std::string, int>& m) {
+    std::string s;
+    for (const auto& [k, v] : m) s += fmt::format("{}={} ", k, v);
+    return s;
+}
+
+TEST_F(BgpEcmp, SpreadsFailsOverAndLeavesWithoutFailedConnects) {
+    port_of_test = port_;
+    const auto t0 = clock_type::now();
+    ASSERT_NO_FATAL_FAILURE(router_->start());
+    ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf()));
+    for (int i = 0; i < node_count; ++i) {
+        const std::string n = node_name(i);
+        auto rendered = run_command(
+            {required_env("APILB_BIN"), "frr-config", "-c", dir_.file(n + ".yaml"), "-o", dir_.file(n + "-frr.conf")});
+        ASSERT_EQ(rendered.exit_code, 0) << rendered.output;
+        ASSERT_NO_FATAL_FAILURE(frr_[i]->start());
+        ASSERT_NO_FATAL_FAILURE(frr_[i]->apply(read_file(dir_.file(n + "-frr.conf"))));
+        start_apilb(i);
+    }
+    ASSERT_TRUE(wait_until([&] { return next_hops() == all_but(-1); }, 90s, 50ms)) << diagnose();
+    std::cout << "[ MEASURED ] three next hops in the router " << ms_since(t0) << " ms after the start\n";
+    const std::string groups = run_command({ip_bin_, "-n", segment_->ns("r"), "nexthop", "show"}).output;
+    std::cout << "[ INFO ] the router's nexthop objects (zebra's):\n" << groups;
+
+    // 1. New connections spread over the three nodes.
+    std::map<std::string, int> spread;
+    in_netns(segment_->ns("c"), [&] {
+        for (int k = 0; k < 300; ++k) ++spread[connect_once(2s)];
+    });
+    std::cout << "[ MEASURED ] 300 new connections: " << show(spread) << "\n";
+    for (int i = 0; i < node_count; ++i) EXPECT_GE(spread[node_name(i)], 30) << show(spread);
+    EXPECT_EQ(spread[""], 0);
+
+    // 2. n2's backend fails its probes: n2 withdraws, nothing fails after.
+    {
+        load l(segment_->ns("c"), t0, 5ms);
+        const double t = ms_since(t0);
+        segment_->ip("n2", {"addr", "del", backend_ip(1) + "/32", "dev", "lo"});
+        ASSERT_TRUE(wait_until([&] { return next_hops() == all_but(1); }, 20s, 5ms)) << diagnose();
+        const double gone = ms_since(t0);
+        std::this_thread::sleep_for(1500ms);
+        auto as = l.finish();
+        int failed_before = 0, failed_after = 0, on_n2_after = 0;
+        for (const auto& a : as) {
+            if (a.at_ms < t) continue;
+            if (a.node.empty()) (a.at_ms < gone + 200 ? failed_before : failed_after)++;
+            if (a.at_ms > gone + 200 && a.node == "n2") ++on_n2_after;
+        }
+        std::cout << "[ MEASURED ] n2's backend unreachable: route withdrawn after " << gone - t
+                  << " ms; failed connects while it was going " << failed_before << ", after " << failed_after
+                  << "; n2 served after: " << on_n2_after << "\n";
+        EXPECT_EQ(failed_after, 0);
+        EXPECT_EQ(on_n2_after, 0);
+        segment_->ip("n2", {"addr", "add", backend_ip(1) + "/32", "dev", "lo"});
+        ASSERT_TRUE(wait_until([&] { return next_hops() == all_but(-1); }, 20s, 20ms)) << diagnose();
+    }
+
+    // 3. A graceful stop of n1 under a steady connect rate: no new
+    // connection fails; how many of n2's and n3's established ones break.
+    auto held_leave = open_held(60);
+    {
+        load l(segment_->ns("c"), t0, 5ms);
+        std::this_thread::sleep_for(300ms);
+        const double t = ms_since(t0);
+        apilb_[0]->signal(SIGTERM);
+        ASSERT_TRUE(wait_until([&] { return next_hops() == all_but(0); }, 20s, 5ms)) << diagnose();
+        const double gone = ms_since(t0);
+        ASSERT_EQ(apilb_[0]->wait(30s), 0) << apilb_[0]->log();
+        const double ended = ms_since(t0);
+        auto as = l.finish();
+        std::vector<attempt> during;
+        std::copy_if(as.begin(), as.end(), std::back_inserter(during), [&](const attempt& a) { return a.at_ms >= t; });
+        auto m = by_node(during);
+        std::cout << "[ MEASURED ] n1 SIGTERM: route withdrawn after " << gone - t << " ms, apilb ended after "
+                  << ended - t << " ms; " << during.size() << " new connections meanwhile: " << show(m) << "\n";
+        EXPECT_EQ(m["failed"], 0) << show(m);
+        int checked = 0;
+        const int b = broken(held_leave, "n1", checked);
+        std::cout << "[ MEASURED ] n1 left: " << b << " of " << checked
+                  << " established connections on n2 and n3 broke\n";
+    }
+
+    // 4. n1 rejoins: how many established connections of n2 and n3 move (break).
+    auto held_join = open_held(60);
+    {
+        const double t = ms_since(t0);
+        start_apilb(0);
+        ASSERT_TRUE(wait_until([&] { return next_hops() == all_but(-1); }, 60s, 20ms)) << diagnose();
+        std::cout << "[ MEASURED ] n1 rejoined: route back after " << ms_since(t0) - t << " ms\n";
+        int checked = 0;
+        const int b = broken(held_join, "n1", checked);
+        std::cout << "[ MEASURED ] n1 joined: " << b << " of " << checked
+                  << " established connections on n2 and n3 broke (moved to n1)\n";
+    }
+
+    // A node lost under a steady connect rate: `lose` takes it away, the
+    // router must be left with `left`; connects in flight to it may fail,
+    // none after the route is gone.
+    auto lose_node = [&](const std::string& what, const std::function<void()>& lose, std::set<std::string> left) {
+        load l(segment_->ns("c"), t0, 5ms);
+        std::this_thread::sleep_for(300ms);
+        const double t = ms_since(t0);
+        lose();
+        ASSERT_TRUE(wait_until([&] { return next_hops() == left; }, 20s, 2ms)) << diagnose();
+        const double gone = ms_since(t0);
+        std::this_thread::sleep_for(1500ms);
+        int failed_before = 0, failed_after = 0;
+        for (const auto& a : l.finish()) {
+            if (a.at_ms < t || !a.node.empty()) continue;
+            (a.at_ms < gone + 50 ? failed_before : failed_after)++;
+        }
+        std::cout << "[ MEASURED ] " << what << ": route gone after " << gone - t << " ms; failed connects before that "
+                  << failed_before << ", after " << failed_after << "\n";
+        EXPECT_LE(gone - t, 5000) << what << ": far beyond BFD's 300 ms";
+        EXPECT_EQ(failed_after, 0) << what;
+    };
+    // 5. A dead node: n3's apilb and FRR SIGKILLed. Its closed BGP session
+    // (or BFD) takes the route away.
+    lose_node(
+        "n3 dead (apilb + FRR SIGKILLed)",
+        [&] {
+            apilb_[2]->signal(SIGKILL);
+            frr_[2]->kill_all();
+        },
+        all_but(2));
+    // 6. A node that vanishes (its link cut, as a power loss would): only
+    // BFD (100 ms x 3) can tell the router; every new connect after goes to n1.
+    lose_node("n2 cut off (bridge port down)",
+              [&] {
+                  segment_->ip("br", {"link", "set", segment_->bridge_port("n2"), "down"});
+              },
+              {node_ip(0)});
+    EXPECT_EQ(router_->exited(), "");
+    EXPECT_TRUE(apilb_[0]->running()) << apilb_[0]->log();
+    // Every apilb that ran, the stopped and the killed included.
+    for (int k = 1; k <= starts_; ++k) {
+        for (int i = 0; i < node_count; ++i) {
+            const std::string log = dir_.file(node_name(i) + "-apilb-" + std::to_string(k) + ".log");
+            if (std::filesystem::exists(log)) expect_no_sanitizer_report(read_file(log), log);
+        }
+    }
+}
+
+}  // namespace
+}  // namespace apilb::test

@@ -1,0 +1,111 @@
+// One host's FRR (zebra, bgpd, bfdd) in a network namespace, for the BGP
+// tests: started as the frr user with their sockets, pid files and logs in a
+// scratch directory, configured through vtysh, ended by PID.
+#pragma once
+
+#include <pwd.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "harness.hpp"
+
+namespace apilb::test {
+
+inline constexpr const char* frr_dir = "/usr/lib/frr";  // Debian keeps the daemons out of $PATH
+
+/// One host's FRR: its daemons, started in `ns`, their sockets, pid files
+/// and logs in `dir`; each ended by its PID (SIGTERM, then SIGKILL).
+class frr_host {
+public:
+    frr_host(std::string ns, std::string dir, std::string ip_bin)
+        : ns_(std::move(ns)), dir_(std::move(dir)), ip_bin_(std::move(ip_bin)) {}
+    ~frr_host() {
+        for (auto& d : daemons_) {
+            d->signal(SIGTERM);
+            if (!d->wait(10s)) d->signal(SIGKILL);  // the process object reaps it
+        }
+    }
+
+    /// Starts zebra, then bgpd and bfdd, with an empty config; fails the test if one opens no vty socket.
+    void start() {
+        write_file(dir_ + "/empty.conf", "");
+        for (const char* daemon : {"zebra", "bgpd", "bfdd"}) {
+            std::vector<std::string> argv{ip_bin_, "netns", "exec", ns_, std::string(frr_dir) + "/" + daemon,
+                                          // The frr user is in the frrvty group that owns the vty sockets.
+                                          "-u", "frr", "-g", "frr", "-i", dir_ + "/" + daemon + ".pid", "-z",
+                                          dir_ + "/zserv.api", "--vty_socket", dir_, "-f", dir_ + "/empty.conf",
+                                          // No vty on TCP: the sockets in dir_ are enough.
+                                          "-P", "0", "--log", "file:" + dir_ + "/" + daemon + ".log"};
+            if (std::string(daemon) == "bfdd") {
+                argv.push_back("--bfdctl");
+                argv.push_back(dir_ + "/bfdd.sock");
+            }
+            daemons_.push_back(std::make_unique<process>(argv, dir_ + "/" + daemon + ".out"));
+            // bgpd and bfdd connect to zebra's socket; vtysh needs every vty socket.
+            const std::string sock = dir_ + "/" + daemon + ".vty";
+            ASSERT_TRUE(wait_until([&] { return std::filesystem::exists(sock); }, 30s))
+                << daemon << " did not open " << sock << ":\n"
+                << daemons_.back()->log();
+        }
+    }
+
+    /// Applies `conf` to the running daemons, as `vtysh -b` does with frr.conf at boot.
+    void apply(const std::string& conf) const {
+        write_file(dir_ + "/frr.conf", conf);
+        auto r = run_command({ip_bin_, "netns", "exec", ns_, "vtysh", "--vty_socket", dir_, "-f", dir_ + "/frr.conf"});
+        ASSERT_EQ(r.exit_code, 0) << r.output << "\nfor:\n" << conf;
+    }
+
+    /// One vtysh command's output ("" if it failed).
+    std::string show(const std::string& command) const {
+        auto r = run_command({ip_bin_, "netns", "exec", ns_, "vtysh", "--vty_socket", dir_, "-c", command}, 20s);
+        return r.exit_code == 0 ? r.output : "";
+    }
+
+    /// SIGKILL to every daemon, by PID: the node's routing dies with no goodbye.
+    void kill_all() const {
+        for (const auto& d : daemons_) d->signal(SIGKILL);
+    }
+
+    /// Every daemon still runs (a crash would explain a missing route).
+    std::string exited() const {
+        std::string out;
+        for (const auto& d : daemons_) {
+            if (!d->running()) out += d->log_path() + ":\n" + d->log() + "\n";
+        }
+        return out;
+    }
+
+private:
+    static void write_file(const std::string& path, const std::string& text) {
+        std::ofstream(path) << text;
+        if (const passwd* pw = ::getpwnam("frr")) (void)::chown(path.c_str(), pw->pw_uid, pw->pw_gid);
+    }
+
+    std::string ns_;
+    std::string dir_;
+    std::string ip_bin_;
+    std::vector<std::unique_ptr<process>> daemons_;
+};
+
+/// Why FRR cannot run here ("" when it can): the daemons, vtysh and the frr user.
+inline std::string frr_unavailable_reason() {
+    for (const char* daemon : {"zebra", "bgpd", "bfdd"}) {
+        if (!std::filesystem::exists(std::string(frr_dir) + "/" + daemon)) {
+            return std::string("FRR is not installed (") + frr_dir + "/" + daemon +
+                   " is missing; scripts/install-deps.sh installs frr)";
+        }
+    }
+    if (::getpwnam("frr") == nullptr) return "FRR's frr user is missing";
+    return {};
+}
+
+}  // namespace apilb::test
