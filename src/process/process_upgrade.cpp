@@ -161,11 +161,15 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
             full = full || batch.size() >= sessions_per_pass;
             busy += left;
             got += batch.size();
-            for (auto& h : batch) {
-                sent.push_back(std::move(h));
-                const handed_session& last = sent.back();
-                const int fds[2] = {last.client_fd, last.backend_fd};
-                handover::send_frame(channel, frame_type::session, handover::encode_session(last.record), fds,
+            // The whole batch is out of its worker now: every session of it
+            // goes into `sent` before the first frame, so that a send that
+            // fails half-way (the new binary died) leaves none of them
+            // orphaned; the caller takes back all of `sent`.
+            const std::size_t first = sent.size();
+            for (auto& h : batch) sent.push_back(std::move(h));
+            for (std::size_t i = first; i < sent.size(); ++i) {
+                const int fds[2] = {sent[i].client_fd, sent[i].backend_fd};
+                handover::send_frame(channel, frame_type::session, handover::encode_session(sent[i].record), fds,
                                      deadline);
             }
         }
