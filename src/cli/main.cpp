@@ -1,5 +1,6 @@
-// apilb's command line: run, check-config, version, and status, drain,
-// enable, reload for a running apilb (through its admin endpoint).
+// apilb's command line: run, check-config, version, the renderers and
+// bgp-withdraw, and status, drain, enable, reload for a running apilb
+// (through its admin endpoint).
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
@@ -20,6 +21,7 @@
 #include "apilb/core/keepalived_conf.hpp"
 #include "apilb/logging/logging.hpp"
 #include "apilb/process/process.hpp"
+#include "apilb/vip/vip_address.hpp"
 #include "apilb_build_config.h"
 
 namespace {
@@ -136,6 +138,34 @@ int frr_config(const std::string& path, const std::string& output) {
         std::cerr << "error: " << e.what() << '\n';
         return exit_config_invalid;
     }
+}
+
+/// Takes every VIP of the bgp section off bgp.interface, so FRR stops
+/// announcing them: systemd's ExecStopPost after apilb died (docs/bgp.md).
+/// apilb's local route stays: while the routers converge, a connect that still
+/// arrives is refused at once (no listener) instead of being routed back out,
+/// and a live apilb run by mistake keeps receiving on its VIP listeners.
+int bgp_withdraw(const std::string& path) {
+    std::shared_ptr<const apilb::config> cfg;
+    try {
+        cfg = apilb::load_config_guarded(path);
+    } catch (const apilb::config_load_error& e) {
+        return print_config_errors(e);
+    }
+    if (!cfg->bgp) {
+        std::cout << path << ": no bgp section, nothing to withdraw\n";
+        return exit_ok;
+    }
+    const auto& bgp = *cfg->bgp;
+    int rc = exit_ok;
+    for (const auto& v : bgp.vips) {
+        if (auto ec = apilb::set_host_address(bgp.interface, v.ip, v.is_v6, false)) {
+            std::cerr << "error: cannot take VIP " << v.ip << " off " << bgp.interface << ": " << ec.message() << '\n';
+            rc = exit_runtime_error;
+        }
+    }
+    if (rc == exit_ok) std::cout << bgp.vips.size() << " VIP(s) off " << bgp.interface << '\n';
+    return rc;
 }
 
 int run(const std::string& path, const std::string& log_level) {
@@ -290,6 +320,11 @@ int main(int argc, char** argv) {
     frr_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
     frr_cmd->add_option("-o,--output", frr_output, "write to this file instead of stdout");
 
+    auto* withdraw_cmd = app.add_subcommand(
+        "bgp-withdraw",
+        "take the bgp section's VIPs off bgp.interface so FRR stops announcing them (after apilb died)");
+    withdraw_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
+
     auto* version_cmd = app.add_subcommand("version", "print the version");
 
     // Commands for a running apilb, through its admin endpoint.
@@ -348,5 +383,6 @@ int main(int argc, char** argv) {
     }
     if (*keepalived_cmd) return keepalived_config(config_path, keepalived_output, apilb_path);
     if (*frr_cmd) return frr_config(config_path, frr_output);
+    if (*withdraw_cmd) return bgp_withdraw(config_path);
     return run(config_path, log_level);
 }

@@ -14,7 +14,9 @@
 // its loopback only while it is ready, so the router has the route only then;
 // a node whose backend fails its probes withdraws; SIGTERM withdraws first and
 // keeps answering for withdraw_wait before it drains; the apilb_bgp_* metrics
-// say all of it, with the peer's session state read from FRR. Needs root;
+// say all of it, with the peer's session state read from FRR. An apilb
+// killed alone leaves the route announced until `apilb bgp-withdraw` (the
+// unit's ExecStopPost) takes the VIP off. Needs root;
 // skips with the reason without it or without FRR.
 #include <gtest/gtest.h>
 
@@ -311,6 +313,74 @@ bgp:
     auto addresses = run_command({ip_bin_, "-n", segment_->ns("n1"), "addr", "show", "dev", "lo"});
     EXPECT_EQ(addresses.output.find(std::string(vip) + "/32"), std::string::npos) << addresses.output;
     expect_no_sanitizer_report(log, "apilb");
+    EXPECT_EQ(router_->exited(), "");
+    EXPECT_EQ(node_->exited(), "");
+}
+
+/// issue 20: SIGKILL leaves the VIP on the node's loopback, so FRR goes on
+/// announcing it to a node where nothing listens; `apilb bgp-withdraw`, which
+/// the unit runs as ExecStopPost, takes it off and the route goes.
+TEST_F(BgpPeering, KilledApilbLeavesTheRouteUntilBgpWithdrawTakesItAway) {
+    std::unique_ptr<tcp_server> backend;
+    in_netns(segment_->ns("n1"), [&] { backend = std::make_unique<tcp_server>("0.0.0.0", echo_handler()); });
+    segment_->ip("n1", {"addr", "add", std::string(backend_ip) + "/32", "dev", "lo"});
+    const std::uint16_t port = free_port();
+    dir_.write("apilb.yaml",
+               fmt::format(R"(listeners:
+  - {{name: api, address: "{0}:{4}", pool: cp}}
+pools:
+  - name: cp
+    backends: [{{name: cp-1, address: "{3}:{5}"}}]
+    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
+bgp:
+  local_as: 64512
+  router_id: {1}
+  peers: [{{address: {2}, remote_as: 64500, bfd: true, bfd_interval: 300ms}}]
+  vips: [{0}]
+  vty_socket_dir: {6}
+)",
+                           vip, node_ip, router_ip, backend_ip, port, backend->port(), dir_.path() + "/n1"));
+    auto rendered = run_command(
+        {required_env("APILB_BIN"), "frr-config", "-c", dir_.file("apilb.yaml"), "-o", dir_.file("node.conf")});
+    ASSERT_EQ(rendered.exit_code, 0) << rendered.output;
+    ASSERT_NO_FATAL_FAILURE(router_->start());
+    ASSERT_NO_FATAL_FAILURE(node_->start());
+    ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf()));
+    ASSERT_NO_FATAL_FAILURE(node_->apply(read_file(dir_.file("node.conf"))));
+
+    process apilb({ip_bin_, "netns", "exec", segment_->ns("n1"), required_env("APILB_BIN"), "run", "--config",
+                   dir_.file("apilb.yaml")},
+                  dir_.file("apilb.log"));
+    const std::set<std::string> only_vip{vip};
+    auto diagnose = [&] {
+        return "router's BGP routes: " + fmt::format("{}", fmt::join(bgp_routes("r"), ", ")) + "\n" +
+               router_->show("show bgp summary") + node_->show("show bgp summary") + router_->exited() +
+               node_->exited() + "apilb:\n" + apilb.log();
+    };
+    ASSERT_TRUE(wait_until([&] { return bgp_routes("r") == only_vip; }, 60s)) << diagnose();
+
+    // apilb alone dies: nothing takes the VIP off, the router keeps the route.
+    apilb.signal(SIGKILL);
+    ASSERT_TRUE(apilb.wait(10s).has_value()) << "apilb outlived SIGKILL";
+    EXPECT_FALSE(wait_until([&] { return bgp_routes("r").empty(); }, 3s))
+        << "the route went without bgp-withdraw; the gap this test shows is gone";
+
+    const auto t_withdraw = std::chrono::steady_clock::now();
+    auto withdrawn = run_command({ip_bin_, "netns", "exec", segment_->ns("n1"), required_env("APILB_BIN"),
+                                  "bgp-withdraw", "--config", dir_.file("apilb.yaml")});
+    ASSERT_EQ(withdrawn.exit_code, 0) << withdrawn.output;
+    ASSERT_TRUE(wait_until([&] { return bgp_routes("r").empty(); }, 30s)) << diagnose();
+    std::cout << "[ MEASURED ] route gone from the router " << ms_since(t_withdraw)
+              << " ms after `apilb bgp-withdraw` started (apilb SIGKILLed, FRR alive)\n";
+    auto addresses = run_command({ip_bin_, "-n", segment_->ns("n1"), "addr", "show", "dev", "lo"});
+    EXPECT_EQ(addresses.output.find(std::string(vip) + "/32"), std::string::npos) << addresses.output;
+    // The local route stays (docs/bgp.md): a connect still in flight is refused, not routed back out.
+    auto local = run_command({ip_bin_, "-n", segment_->ns("n1"), "route", "show", "table", "local", "proto", "249"});
+    EXPECT_NE(local.output.find(vip), std::string::npos) << local.output;
+    // Already off: success again (ExecStopPost after a clean stop).
+    auto again = run_command({ip_bin_, "netns", "exec", segment_->ns("n1"), required_env("APILB_BIN"), "bgp-withdraw",
+                              "--config", dir_.file("apilb.yaml")});
+    EXPECT_EQ(again.exit_code, 0) << again.output;
     EXPECT_EQ(router_->exited(), "");
     EXPECT_EQ(node_->exited(), "");
 }

@@ -1,4 +1,4 @@
-// The command line: version, check-config, and what run does with bad input.
+// The command line: version, check-config, bgp-withdraw, and what run does with bad input.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -101,6 +101,40 @@ pools:
     EXPECT_NE(r.output.find("listeners[0].pool"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find(dir.file("bad.yaml") + ":5:"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("pools[0].balance"), std::string::npos) << r.output;
+}
+
+/// bgp-withdraw (the unit's ExecStopPost) loads the file as check-config
+/// does: without a bgp section there is nothing to take off, and a bad file
+/// is refused with its errors, touching nothing.
+TEST(Cli, BgpWithdrawWithoutBgpSectionHasNothingToDoAndRefusesABadFile) {
+    temp_dir dir;
+    dir.write("plain.yaml", R"(listeners:
+  - {name: a, address: "127.0.0.1:6443", pool: p}
+pools:
+  - name: p
+    backends:
+      - {name: b, address: "127.0.0.2:6443"}
+)");
+    auto plain = run_command({required_env("APILB_BIN"), "bgp-withdraw", "--config", dir.file("plain.yaml")});
+    EXPECT_EQ(plain.exit_code, 0) << plain.output;
+    EXPECT_NE(plain.output.find("no bgp section, nothing to withdraw"), std::string::npos) << plain.output;
+
+    dir.write("bad.yaml", R"(listeners:
+  - {name: a, address: "127.0.0.1:6443", pool: p}
+pools:
+  - name: p
+    backends:
+      - {name: b, address: "127.0.0.2:6443"}
+bgp:
+  local_as: 64512
+  router_id: 198.18.20.11
+  peers: [{address: 198.18.20.1, remote_as: 64500}]
+  vips: [not-an-address]
+)");
+    auto bad = run_command({required_env("APILB_BIN"), "bgp-withdraw", "--config", dir.file("bad.yaml")});
+    EXPECT_EQ(bad.exit_code, 2) << bad.output;
+    EXPECT_NE(bad.output.find(dir.file("bad.yaml") + ":11:"), std::string::npos) << bad.output;
+    EXPECT_NE(bad.output.find("bgp.vips[0]"), std::string::npos) << bad.output;
 }
 
 TEST(Cli, RunRefusesAnInvalidConfigWithoutStarting) {
