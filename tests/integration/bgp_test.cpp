@@ -50,6 +50,8 @@ constexpr const char* vip = "198.18.21.100";
 /// Also on the node's loopback, but not a VIP: it must never be announced.
 constexpr const char* other_local = "198.18.21.200";
 
+std::string router_conf();
+
 class BgpPeering : public ::testing::Test {
 protected:
     void SetUp() override {
@@ -91,6 +93,31 @@ protected:
             if (!line.empty()) out.insert(line.substr(0, line.find(' ')));
         }
         return out;
+    }
+
+    /// Starts both FRRs: the router's router_conf(), the node's what the real
+    /// `apilb frr-config` renders from dir_'s apilb.yaml.
+    void start_frr_for_apilb_yaml() {
+        auto rendered = run_command(
+            {required_env("APILB_BIN"), "frr-config", "-c", dir_.file("apilb.yaml"), "-o", dir_.file("node.conf")});
+        ASSERT_EQ(rendered.exit_code, 0) << rendered.output;
+        ASSERT_NO_FATAL_FAILURE(router_->start());
+        ASSERT_NO_FATAL_FAILURE(node_->start());
+        ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf()));
+        ASSERT_NO_FATAL_FAILURE(node_->apply(read_file(dir_.file("node.conf"))));
+    }
+
+    /// The command line running apilb with `args` in the node's namespace.
+    std::vector<std::string> in_node(std::vector<std::string> args) const {
+        args.insert(args.begin(), {ip_bin_, "netns", "exec", segment_->ns("n1"), required_env("APILB_BIN")});
+        return args;
+    }
+
+    /// What a failed wait prints: the router's routes, both sessions, the daemons' and apilb's ends.
+    std::string diagnosis(const process& apilb) const {
+        return "router's BGP routes: " + fmt::format("{}", fmt::join(bgp_routes("r"), ", ")) + "\n" +
+               router_->show("show bgp summary") + node_->show("show bgp summary") + router_->exited() +
+               node_->exited() + "apilb:\n" + apilb.log();
     }
 
     temp_dir dir_;
@@ -194,6 +221,30 @@ bgp:
 /// away makes the backend fail its probes at once (no route to it).
 constexpr const char* backend_ip = "198.18.23.5";
 
+/// The node's apilb.yaml in dir_: a listener on the VIP at `port`, one
+/// backend on backend_ip probed every 100 ms, the bgp section with the VIP;
+/// `head` goes before it (say, an admin section), `bgp_tail` into bgp.
+void write_node_yaml(const temp_dir& dir, std::uint16_t port, std::uint16_t backend_port, const std::string& head,
+                     const std::string& bgp_tail) {
+    dir.write("apilb.yaml",
+              head +
+                  fmt::format(R"(listeners:
+  - {{name: api, address: "{0}:{4}", pool: cp}}
+pools:
+  - name: cp
+    backends: [{{name: cp-1, address: "{3}:{5}"}}]
+    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
+bgp:
+  local_as: 64512
+  router_id: {1}
+  peers: [{{address: {2}, remote_as: 64500, bfd: true, bfd_interval: 300ms}}]
+  vips: [{0}]
+  vty_socket_dir: {6}
+)",
+                              vip, node_ip, router_ip, backend_ip, port, backend_port, dir.path() + "/n1") +
+                  bgp_tail);
+}
+
 TEST_F(BgpPeering, ApilbAnnouncesOnlyWhileReadyAndWithdrawsBeforeItDrains) {
     // The backend's address comes only once apilb runs: until then its probes fail.
     std::unique_ptr<tcp_server> backend;
@@ -202,40 +253,12 @@ TEST_F(BgpPeering, ApilbAnnouncesOnlyWhileReadyAndWithdrawsBeforeItDrains) {
     const std::uint16_t admin = free_port();
     // The listener is on the VIP itself: apilb's local route lets it bind
     // although the VIP is on no interface until apilb is ready.
-    dir_.write("apilb.yaml",
-               fmt::format(R"(admin: {{address: "127.0.0.1:{5}"}}
-listeners:
-  - {{name: api, address: "{0}:{4}", pool: cp}}
-pools:
-  - name: cp
-    backends: [{{name: cp-1, address: "{3}:{6}"}}]
-    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
-bgp:
-  local_as: 64512
-  router_id: {1}
-  peers: [{{address: {2}, remote_as: 64500, bfd: true, bfd_interval: 300ms}}]
-  vips: [{0}]
-  withdraw_wait: 3s
-  vty_socket_dir: {7}
-)",
-                           vip, node_ip, router_ip, backend_ip, port, admin, backend->port(), dir_.path() + "/n1"));
-    auto rendered = run_command(
-        {required_env("APILB_BIN"), "frr-config", "-c", dir_.file("apilb.yaml"), "-o", dir_.file("node.conf")});
-    ASSERT_EQ(rendered.exit_code, 0) << rendered.output;
-    ASSERT_NO_FATAL_FAILURE(router_->start());
-    ASSERT_NO_FATAL_FAILURE(node_->start());
-    ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf()));
-    ASSERT_NO_FATAL_FAILURE(node_->apply(read_file(dir_.file("node.conf"))));
-
-    process apilb({ip_bin_, "netns", "exec", segment_->ns("n1"), required_env("APILB_BIN"), "run", "--config",
-                   dir_.file("apilb.yaml")},
-                  dir_.file("apilb.log"));
+    write_node_yaml(dir_, port, backend->port(), fmt::format("admin: {{address: \"127.0.0.1:{}\"}}\n", admin),
+                    "  withdraw_wait: 3s\n");
+    ASSERT_NO_FATAL_FAILURE(start_frr_for_apilb_yaml());
+    process apilb(in_node({"run", "--config", dir_.file("apilb.yaml")}), dir_.file("apilb.log"));
     const std::set<std::string> only_vip{vip};
-    auto diagnose = [&] {
-        return "router's BGP routes: " + fmt::format("{}", fmt::join(bgp_routes("r"), ", ")) + "\n" +
-               router_->show("show bgp summary") + node_->show("show bgp summary") + router_->exited() +
-               node_->exited() + "apilb:\n" + apilb.log();
-    };
+    auto diagnose = [&] { return diagnosis(apilb); };
     auto metrics = [&] {
         return run_command({ip_bin_, "netns", "exec", segment_->ns("n1"), "/usr/bin/curl", "-s", "--max-time", "5",
                             fmt::format("http://127.0.0.1:{}/metrics", admin)})
@@ -325,38 +348,11 @@ TEST_F(BgpPeering, KilledApilbLeavesTheRouteUntilBgpWithdrawTakesItAway) {
     in_netns(segment_->ns("n1"), [&] { backend = std::make_unique<tcp_server>("0.0.0.0", echo_handler()); });
     segment_->ip("n1", {"addr", "add", std::string(backend_ip) + "/32", "dev", "lo"});
     const std::uint16_t port = free_port();
-    dir_.write("apilb.yaml",
-               fmt::format(R"(listeners:
-  - {{name: api, address: "{0}:{4}", pool: cp}}
-pools:
-  - name: cp
-    backends: [{{name: cp-1, address: "{3}:{5}"}}]
-    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
-bgp:
-  local_as: 64512
-  router_id: {1}
-  peers: [{{address: {2}, remote_as: 64500, bfd: true, bfd_interval: 300ms}}]
-  vips: [{0}]
-  vty_socket_dir: {6}
-)",
-                           vip, node_ip, router_ip, backend_ip, port, backend->port(), dir_.path() + "/n1"));
-    auto rendered = run_command(
-        {required_env("APILB_BIN"), "frr-config", "-c", dir_.file("apilb.yaml"), "-o", dir_.file("node.conf")});
-    ASSERT_EQ(rendered.exit_code, 0) << rendered.output;
-    ASSERT_NO_FATAL_FAILURE(router_->start());
-    ASSERT_NO_FATAL_FAILURE(node_->start());
-    ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf()));
-    ASSERT_NO_FATAL_FAILURE(node_->apply(read_file(dir_.file("node.conf"))));
-
-    process apilb({ip_bin_, "netns", "exec", segment_->ns("n1"), required_env("APILB_BIN"), "run", "--config",
-                   dir_.file("apilb.yaml")},
-                  dir_.file("apilb.log"));
+    write_node_yaml(dir_, port, backend->port(), "", "");
+    ASSERT_NO_FATAL_FAILURE(start_frr_for_apilb_yaml());
+    process apilb(in_node({"run", "--config", dir_.file("apilb.yaml")}), dir_.file("apilb.log"));
     const std::set<std::string> only_vip{vip};
-    auto diagnose = [&] {
-        return "router's BGP routes: " + fmt::format("{}", fmt::join(bgp_routes("r"), ", ")) + "\n" +
-               router_->show("show bgp summary") + node_->show("show bgp summary") + router_->exited() +
-               node_->exited() + "apilb:\n" + apilb.log();
-    };
+    auto diagnose = [&] { return diagnosis(apilb); };
     ASSERT_TRUE(wait_until([&] { return bgp_routes("r") == only_vip; }, 60s)) << diagnose();
 
     // apilb alone dies: nothing takes the VIP off, the router keeps the route.
@@ -366,8 +362,7 @@ bgp:
         << "the route went without bgp-withdraw; the gap this test shows is gone";
 
     const auto t_withdraw = std::chrono::steady_clock::now();
-    auto withdrawn = run_command({ip_bin_, "netns", "exec", segment_->ns("n1"), required_env("APILB_BIN"),
-                                  "bgp-withdraw", "--config", dir_.file("apilb.yaml")});
+    auto withdrawn = run_command(in_node({"bgp-withdraw", "--config", dir_.file("apilb.yaml")}));
     ASSERT_EQ(withdrawn.exit_code, 0) << withdrawn.output;
     ASSERT_TRUE(wait_until([&] { return bgp_routes("r").empty(); }, 30s)) << diagnose();
     std::cout << "[ MEASURED ] route gone from the router " << ms_since(t_withdraw)
@@ -378,8 +373,7 @@ bgp:
     auto local = run_command({ip_bin_, "-n", segment_->ns("n1"), "route", "show", "table", "local", "proto", "249"});
     EXPECT_NE(local.output.find(vip), std::string::npos) << local.output;
     // Already off: success again (ExecStopPost after a clean stop).
-    auto again = run_command({ip_bin_, "netns", "exec", segment_->ns("n1"), required_env("APILB_BIN"), "bgp-withdraw",
-                              "--config", dir_.file("apilb.yaml")});
+    auto again = run_command(in_node({"bgp-withdraw", "--config", dir_.file("apilb.yaml")}));
     EXPECT_EQ(again.exit_code, 0) << again.output;
     EXPECT_EQ(router_->exited(), "");
     EXPECT_EQ(node_->exited(), "");
