@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "apilb/core/config.hpp"
 #include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/pool_readiness.hpp"
 #include "apilb/vip/frr_query.hpp"
@@ -31,9 +32,11 @@ constexpr auto frr_poll_period = 2s;
 constexpr auto frr_query_timeout = 2s;
 constexpr std::size_t max_frr_answer = 4 << 20;
 
-/// The first line of `text`, at most 200 characters: enough of vtysh's error for a log line.
+/// The first line of `text`, at most 200 characters: enough of vtysh's error
+/// for a log line. Through single_line, as every outside text in a log line
+/// is: a CR or an escape sequence from vtysh stays out of the log.
 std::string first_line(const std::string& text) {
-    std::string line = text.substr(0, std::min(text.find('\n'), std::size_t{200}));
+    std::string line = single_line(text.substr(0, std::min(text.find('\n'), std::size_t{200})));
     return line.empty() ? "no output" : line;
 }
 
