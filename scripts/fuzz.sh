@@ -6,7 +6,7 @@
 #
 # TARGET is one of tests/fuzz/*_fuzz.cpp without _fuzz.cpp (config,
 # admin_request, probe_response, keepalived_conf, endpoint_slices, kubeconfig,
-# handover, frr_conf); all (the default) runs
+# handover, frr_conf, bgp_neighbors); all (the default) runs
 # every target, two at a time, each for SECONDS (default 600). Builds
 # build-fuzz/ first if needed (clang-14, -Dfuzzing=true, only `ninja fuzz`).
 # Each target starts from a scratch corpus (build-fuzz/fuzz-corpus/TARGET,

@@ -4,7 +4,6 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/json.hpp>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -22,24 +21,7 @@ extern char** environ;
 namespace apilb {
 
 namespace asio = boost::asio;
-namespace json = boost::json;
 using namespace std::chrono_literals;
-
-std::optional<std::map<std::string, std::string>> parse_bgp_neighbors(std::string_view text) {
-    boost::system::error_code ec;
-    // A bounded parse: the caller bounded the text, this bounds the nesting.
-    json::parse_options options;
-    options.max_depth = 32;
-    const json::value v = json::parse(text, ec, {}, options);
-    if (ec || !v.is_object()) return std::nullopt;
-    std::map<std::string, std::string> out;
-    for (const auto& [key, neighbour] : v.as_object()) {
-        if (!neighbour.is_object()) continue;
-        const auto* state = neighbour.as_object().if_contains("bgpState");
-        if (state != nullptr && state->is_string()) out[std::string(key)] = std::string(state->as_string());
-    }
-    return out;
-}
 
 namespace {
 

@@ -14,12 +14,9 @@
 #include <string_view>
 #include <vector>
 
-namespace apilb {
+#include "apilb/vip/bgp_neighbors.hpp"
 
-/// FRR's `show bgp neighbors json`: each neighbour's address -> its
-/// bgpState ("Established", "Active", ...). nullopt if `json` is not that
-/// (vtysh's error text, a truncated answer).
-std::optional<std::map<std::string, std::string>> parse_bgp_neighbors(std::string_view json);
+namespace apilb {
 
 /// How a bounded command ended.
 struct command_outcome {

@@ -1,0 +1,25 @@
+#include "apilb/vip/bgp_neighbors.hpp"
+
+#include <boost/json.hpp>
+
+namespace apilb {
+
+namespace json = boost::json;
+
+std::optional<std::map<std::string, std::string>> parse_bgp_neighbors(std::string_view text) {
+    boost::system::error_code ec;
+    // A bounded parse: the caller bounded the text, this bounds the nesting.
+    json::parse_options options;
+    options.max_depth = 32;
+    const json::value v = json::parse(text, ec, {}, options);
+    if (ec || !v.is_object()) return std::nullopt;
+    std::map<std::string, std::string> out;
+    for (const auto& [key, neighbour] : v.as_object()) {
+        if (!neighbour.is_object()) continue;
+        const auto* state = neighbour.as_object().if_contains("bgpState");
+        if (state != nullptr && state->is_string()) out[std::string(key)] = std::string(state->as_string());
+    }
+    return out;
+}
+
+}  // namespace apilb
