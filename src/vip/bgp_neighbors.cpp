@@ -2,6 +2,11 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
+#include <iterator>
+
+#include "apilb/core/bgp_report.hpp"
+
 namespace apilb {
 
 namespace json = boost::json;
@@ -17,7 +22,11 @@ std::optional<std::map<std::string, std::string>> parse_bgp_neighbors(std::strin
     for (const auto& [key, neighbour] : v.as_object()) {
         if (!neighbour.is_object()) continue;
         const auto* state = neighbour.as_object().if_contains("bgpState");
-        if (state != nullptr && state->is_string()) out[std::string(key)] = std::string(state->as_string());
+        if (state == nullptr || !state->is_string()) continue;
+        // Only FRR's own names: the agent logs a change of state and the
+        // metrics label it, so no other text from the answer may get there.
+        const auto known = std::find(std::begin(bgp_states), std::end(bgp_states), state->as_string());
+        if (known != std::end(bgp_states)) out[std::string(key)] = *known;
     }
     return out;
 }

@@ -25,6 +25,18 @@ TEST(FrrNeighbors, StatesAreReadByAddress) {
     EXPECT_EQ(states->at("2001:db8::1"), "Active");
 }
 
+TEST(FrrNeighbors, AStateThatIsNotOneOfFrrsIsUnknown) {
+    // Found by the bgp_neighbors fuzz target: any string came through as the
+    // state, and the agent logs the change from Established to it.
+    const auto states = parse_bgp_neighbors(R"({"198.18.20.1":{"bgpState":"Idle\nbgp: forged line"},
+        "198.18.20.2":{"bgpState":"Estabnished"},"198.18.20.3":{"bgpState":"OpenConfirm"}})");
+    ASSERT_TRUE(states);
+    EXPECT_EQ(states->size(), 1u);
+    EXPECT_EQ(states->count("198.18.20.1"), 0u);
+    EXPECT_EQ(states->count("198.18.20.2"), 0u);
+    EXPECT_EQ(states->at("198.18.20.3"), "OpenConfirm");
+}
+
 TEST(FrrNeighbors, WhatIsNotTheJsonIsRefused) {
     EXPECT_FALSE(parse_bgp_neighbors("% Unknown command: show bgp neighbors json"));
     EXPECT_FALSE(parse_bgp_neighbors(R"({"198.18.20.1":{"bgpState":"Est)"));  // cut short at the size bound
