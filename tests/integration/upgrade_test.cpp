@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "harness.hpp"
+#include "netns.hpp"
 
 namespace apilb::test {
 namespace {
@@ -458,6 +459,64 @@ TEST_F(SessionHandoverTest, NewBinaryThatDiesInTheSessionPhaseLeavesEverySession
     EXPECT_EQ(c.recv_exact(4), "new\n");
     idle.clear();
     EXPECT_EQ(old.terminate(), 0);
+}
+
+// With a bgp section both processes would put the VIPs on and off the
+// interface, and the old one would take them away as it ends: SIGUSR2 is
+// refused with the reason, nothing is started, and apilb serves on, its
+// established session included. In a namespace of its own (root): apilb
+// adds the VIP's local route there, never on the host.
+TEST(UpgradeRefused, WithABgpSectionApilbSaysWhyAndServesOn) {
+    if (auto why = netns_segment::unavailable_reason(); !why.empty()) {
+        GTEST_SKIP() << "needs network namespaces (root, iproute2): " << why;
+    }
+    netns_segment::remove_orphans("apilb-upbgp-");
+    netns_segment segment("apilb-upbgp-" + std::to_string(::getpid()));
+    const std::string ns = segment.add_detached_host("n");
+    const std::string vip = "198.18.44.100";
+    std::unique_ptr<tcp_server> backend;
+    in_netns(ns, [&] { backend = std::make_unique<tcp_server>("127.0.0.1", echo_handler()); });
+    temp_dir dir;
+    const std::uint16_t port = free_port();
+    // vty_socket_dir: an empty directory, so the agent's vtysh finds no FRR
+    // (a state it logs), never the host's.
+    const std::string yaml = fmt::format(R"(listeners:
+  - {{name: api, address: "{0}:{1}", pool: cp}}
+pools:
+  - name: cp
+    backends: [{{name: cp-1, address: "{2}"}}]
+    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
+timeouts: {{drain: 2s}}
+bgp:
+  local_as: 64512
+  router_id: 198.18.44.1
+  peers: [{{address: 198.18.44.2, remote_as: 64500}}]
+  vips: ["{0}"]
+  withdraw_wait: 0s
+  vty_socket_dir: {3}
+)",
+                                         vip, port, backend->address(), dir.path());
+    apilb_process apilb(dir, yaml, vip, port, {}, {find_program("ip"), "netns", "exec", ns});
+    auto echo = [&](client& c, const std::string& line) { return c.send_all(line) && c.recv_exact(line.size()) == line; };
+    client held;
+    held.set_timeout(5s);
+    in_netns(ns, [&] { ASSERT_EQ(held.connect(vip, port, 5s), 0); });
+    ASSERT_TRUE(echo(held, "before\n")) << apilb.log();
+
+    apilb.proc().signal(SIGUSR2);
+    ASSERT_TRUE(apilb.wait_for_log("upgrade refused: the config has a bgp section", 20s)) << apilb.log();
+    EXPECT_TRUE(apilb.wait_for_log("still serving", 5s)) << apilb.log();
+    EXPECT_EQ(apilb.log().find("upgrade: pid"), std::string::npos) << apilb.log();
+    EXPECT_TRUE(apilb.proc().running());
+    EXPECT_TRUE(echo(held, "after\n")) << apilb.log();
+    in_netns(ns, [&] {
+        client c;
+        c.set_timeout(5s);
+        ASSERT_EQ(c.connect(vip, port, 5s), 0);
+        EXPECT_TRUE(echo(c, "new\n")) << apilb.log();
+    });
+    held = client();
+    EXPECT_EQ(apilb.terminate(), 0) << apilb.log();
 }
 
 }  // namespace
