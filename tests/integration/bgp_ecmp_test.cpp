@@ -72,8 +72,9 @@ tcp_server::handler naming_echo(std::string name) {
     };
 }
 
-/// The router: ECMP over the three nodes, BFD 100 ms x 3 with each.
-std::string router_conf() {
+/// The router: ECMP over the three nodes, BFD 100 ms x 3 with each; its
+/// daemons also log to `log_file` with microseconds (the figures of the link cut).
+std::string router_conf(const std::string& log_file) {
     std::string neighbours, activate;
     for (int i = 0; i < node_count; ++i) {
         neighbours += fmt::format(
@@ -82,6 +83,12 @@ std::string router_conf() {
             node_ip(i));
     }
     return fmt::format(R"(frr defaults traditional
+log file {2} debugging
+log timestamp precision 6
+debug bfd peer
+debug bgp bfd
+debug zebra kernel
+debug zebra rib
 bfd
  profile fast
   receive-interval 100
@@ -91,6 +98,7 @@ bfd
 exit
 router bgp 64500
  bgp router-id {0}
+ bgp log-neighbor-changes
  no bgp ebgp-requires-policy
  bgp bestpath as-path multipath-relax
 {1} address-family ipv4 unicast
@@ -98,7 +106,7 @@ router bgp 64500
  exit-address-family
 exit
 )",
-                       router_ip, neighbours);
+                       router_ip, neighbours, log_file);
 }
 
 /// One connection from the client to the VIP: which node answered ("" on failure).
@@ -106,6 +114,40 @@ struct attempt {
     double at_ms = 0;  ///< since the test's t0
     std::string node;
 };
+
+/// The time of day in seconds of the first line of `ip -ts monitor` output
+/// that holds `what`, at or after `after`; -1 if none. A line begins with
+/// "[2026-12-05T13:47:00.123456]".
+double first_stamp(const std::string& log, const std::string& what, double after = 0) {
+    std::istringstream lines(log);
+    for (std::string line; std::getline(lines, line);) {
+        if (line.size() < 28 || line[0] != '[' || line.find(what) == std::string::npos) continue;
+        const double t = std::stoi(line.substr(12, 2)) * 3600 + std::stoi(line.substr(15, 2)) * 60 +
+                         std::stod(line.substr(18, 9));
+        if (t >= after) return t;
+    }
+    return -1;
+}
+
+/// The lines of the router's FRR log (bfdd, bgpd and zebra write to it)
+/// about n2 or the VIP stamped within 2 s after `after` (seconds of the
+/// day): how a lost peer became a route change. FRR stamps
+/// "2026/12/05 13:47:00.123456" (log timestamp precision 6).
+std::string frr_lines_after(const std::string& log_file, double after) {
+    std::string out;
+    int n = 0;
+    std::istringstream lines(read_file(log_file));
+    for (std::string line; std::getline(lines, line) && n < 30;) {
+        if (line.size() < 27 || line[4] != '/' || line[19] != '.') continue;
+        if (line.find("198.18.40.12") == std::string::npos && line.find("198.18.41.100") == std::string::npos) continue;
+        const double t = std::stoi(line.substr(11, 2)) * 3600 + std::stoi(line.substr(14, 2)) * 60 +
+                         std::stod(line.substr(17, 9));
+        if (t < after || t > after + 0.5) continue;
+        out += fmt::format("  +{:.1f} ms {}\n", (t - after) * 1000, line.substr(27, 170));
+        ++n;
+    }
+    return out;
+}
 
 class BgpEcmp : public ::testing::Test {
 protected:
@@ -172,7 +214,7 @@ bgp:
     /// rendered) and apilb; returns once the router has all three next hops.
     void start_all() {
         ASSERT_NO_FATAL_FAILURE(router_->start());
-        ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf()));
+        ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf(dir_.path() + "/r/frr.log")));
         for (int i = 0; i < node_count; ++i) {
             const std::string n = node_name(i);
             auto rendered = run_command({required_env("APILB_BIN"), "frr-config", "-c", dir_.file(n + ".yaml"), "-o",
@@ -462,11 +504,30 @@ TEST_F(BgpEcmp, SpreadsFailsOverAndLeavesWithoutFailedConnects) {
         all_but(2));
     // 6. A node that vanishes (its link cut, as a power loss would): only
     // BFD (100 ms x 3) can tell the router; every new connect after goes to n1.
-    lose_node("n2 cut off (bridge port down)",
-              [&] {
-                  segment_->ip("br", {"link", "set", segment_->bridge_port("n2"), "down"});
-              },
-              {node_ip(0)});
+    // The kernel's own timestamps of the cut (the bridge port going down)
+    // and of the router's route change, and FRR's log lines between: the
+    // figure without the test's process start and polling, and where it goes.
+    {
+        process links({ip_bin_, "-n", segment_->bridge_ns(), "-ts", "monitor", "link"}, dir_.file("cut-link.log"));
+        process routes({ip_bin_, "-n", segment_->ns("r"), "-ts", "monitor", "route", "nexthop"},
+                       dir_.file("cut-route.log"));
+        std::this_thread::sleep_for(300ms);  // both monitors subscribed (nothing is timed by this)
+        lose_node("n2 cut off (bridge port down)",
+                  [&] {
+                      segment_->ip("br", {"link", "set", segment_->bridge_port("n2"), "down"});
+                  },
+                  {node_ip(0)});
+        std::this_thread::sleep_for(200ms);
+        links.signal(SIGTERM);
+        routes.signal(SIGTERM);
+        links.wait(5s);
+        routes.wait(5s);
+        const double cut = first_stamp(links.log(), segment_->bridge_port("n2"));
+        const double gone = first_stamp(routes.log(), node_ip(0), cut);
+        std::cout << "[ MEASURED ] n2 cut off, kernel timestamps: the router's route changed " << (gone - cut) * 1000
+                  << " ms after the bridge port went down\n";
+        std::cout << "[ INFO ] the router's FRR meanwhile:\n" << frr_lines_after(dir_.path() + "/r/frr.log", cut);
+    }
     EXPECT_EQ(router_->exited(), "");
     EXPECT_TRUE(apilb_[0]->running()) << apilb_[0]->log();
     // Every apilb that ran, the stopped and the killed included.
