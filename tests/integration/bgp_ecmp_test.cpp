@@ -192,23 +192,16 @@ protected:
             frr_.push_back(std::make_unique<frr_host>(segment_->ns(n), frr_dir_for(n), ip_bin_));
             in_netns(segment_->ns(n),
                      [&] { backends_.push_back(std::make_unique<tcp_server>("0.0.0.0", naming_echo(n))); });
-            dir_.write(n + ".yaml", fmt::format(R"(listeners:
-  - {{name: api, address: "{0}:{1}", pool: cp}}
-pools:
-  - name: cp
-    backends: [{{name: cp-1, address: "{2}:{3}"}}]
-    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
-timeouts: {{drain: 3s}}
-bgp:
-  local_as: 64512
-  router_id: {4}
-  peers: [{{address: {5}, remote_as: 64500, bfd: true, bfd_interval: 100ms, bfd_multiplier: 3}}]
-  vips: [{0}]
-  withdraw_wait: 2s
-  vty_socket_dir: {6}
-)",
-                                                vip, port_, backend_ip(i), backends_.back()->port(), node_ip(i),
-                                                router_ip, dir_.path() + "/" + n));
+            dir_.write(n + ".yaml",
+                       bgp_node_yaml({.vip = vip,
+                                      .port = port_,
+                                      .backend = fmt::format("{}:{}", backend_ip(i), backends_.back()->port()),
+                                      .router_id = node_ip(i),
+                                      .peer = router_ip,
+                                      .peer_options = ", bfd: true, bfd_interval: 100ms, bfd_multiplier: 3",
+                                      .vty_socket_dir = dir_.path() + "/" + n,
+                                      .head = "timeouts: {drain: 3s}\n",
+                                      .bgp_tail = "  withdraw_wait: 2s\n"}));
         }
         apilb_.resize(node_count);
     }

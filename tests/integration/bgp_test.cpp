@@ -226,23 +226,15 @@ constexpr const char* backend_ip = "198.18.23.5";
 /// `head` goes before it (say, an admin section), `bgp_tail` into bgp.
 void write_node_yaml(const temp_dir& dir, std::uint16_t port, std::uint16_t backend_port, const std::string& head,
                      const std::string& bgp_tail) {
-    dir.write("apilb.yaml",
-              head +
-                  fmt::format(R"(listeners:
-  - {{name: api, address: "{0}:{4}", pool: cp}}
-pools:
-  - name: cp
-    backends: [{{name: cp-1, address: "{3}:{5}"}}]
-    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
-bgp:
-  local_as: 64512
-  router_id: {1}
-  peers: [{{address: {2}, remote_as: 64500, bfd: true, bfd_interval: 300ms}}]
-  vips: [{0}]
-  vty_socket_dir: {6}
-)",
-                              vip, node_ip, router_ip, backend_ip, port, backend_port, dir.path() + "/n1") +
-                  bgp_tail);
+    dir.write("apilb.yaml", bgp_node_yaml({.vip = vip,
+                                           .port = port,
+                                           .backend = fmt::format("{}:{}", backend_ip, backend_port),
+                                           .router_id = node_ip,
+                                           .peer = router_ip,
+                                           .peer_options = ", bfd: true, bfd_interval: 300ms",
+                                           .vty_socket_dir = dir.path() + "/n1",
+                                           .head = head,
+                                           .bgp_tail = bgp_tail}));
 }
 
 TEST_F(BgpPeering, ApilbAnnouncesOnlyWhileReadyAndWithdrawsBeforeItDrains) {

@@ -15,6 +15,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include "harness.hpp"
 
 namespace apilb::test {
@@ -95,6 +97,39 @@ private:
     std::string ip_bin_;
     std::vector<std::unique_ptr<process>> daemons_;
 };
+
+/// What varies between the BGP tests' apilb.yaml files.
+struct bgp_node_spec {
+    std::string vip;
+    std::uint16_t port = 0;      ///< the listener's, on the VIP
+    std::string backend;         ///< "ip:port", probed over TCP every 100 ms
+    std::string router_id;       ///< also the node's address
+    std::string peer;            ///< the router, AS 64500 (the node is 64512)
+    std::string peer_options;    ///< appended to the peer's map: ", bfd: true"
+    std::string vty_socket_dir;  ///< the node's FRR (or an empty directory: no FRR)
+    std::string head;            ///< sections before the listeners (admin, timeouts)
+    std::string bgp_tail;        ///< lines appended to the bgp section, indented
+};
+
+/// An apilb.yaml for a BGP node: one listener on the VIP, one backend, and
+/// a bgp section announcing the VIP to the one peer.
+inline std::string bgp_node_yaml(const bgp_node_spec& n) {
+    return n.head + fmt::format(R"(listeners:
+  - {{name: api, address: "{0}:{1}", pool: cp}}
+pools:
+  - name: cp
+    backends: [{{name: cp-1, address: "{2}"}}]
+    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
+bgp:
+  local_as: 64512
+  router_id: {3}
+  peers: [{{address: {4}, remote_as: 64500{5}}}]
+  vips: [{0}]
+  vty_socket_dir: {6}
+)",
+                                n.vip, n.port, n.backend, n.router_id, n.peer, n.peer_options, n.vty_socket_dir) +
+           n.bgp_tail;
+}
 
 /// Why FRR cannot run here ("" when it can): the daemons, vtysh and the frr user.
 inline std::string frr_unavailable_reason() {

@@ -20,6 +20,7 @@
 #include <regex>
 #include <thread>
 
+#include "frr_host.hpp"
 #include "harness.hpp"
 #include "netns.hpp"
 
@@ -480,22 +481,15 @@ TEST(UpgradeRefused, WithABgpSectionApilbSaysWhyAndServesOn) {
     const std::uint16_t port = free_port();
     // vty_socket_dir: an empty directory, so the agent's vtysh finds no FRR
     // (a state it logs), never the host's.
-    const std::string yaml = fmt::format(R"(listeners:
-  - {{name: api, address: "{0}:{1}", pool: cp}}
-pools:
-  - name: cp
-    backends: [{{name: cp-1, address: "{2}"}}]
-    health: {{type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 2}}
-timeouts: {{drain: 2s}}
-bgp:
-  local_as: 64512
-  router_id: 198.18.44.1
-  peers: [{{address: 198.18.44.2, remote_as: 64500}}]
-  vips: ["{0}"]
-  withdraw_wait: 0s
-  vty_socket_dir: {3}
-)",
-                                         vip, port, backend->address(), dir.path());
+    const std::string yaml = bgp_node_yaml({.vip = vip,
+                                            .port = port,
+                                            .backend = backend->address(),
+                                            .router_id = "198.18.44.1",
+                                            .peer = "198.18.44.2",
+                                            .peer_options = "",
+                                            .vty_socket_dir = dir.path(),
+                                            .head = "timeouts: {drain: 2s}\n",
+                                            .bgp_tail = "  withdraw_wait: 0s\n"});
     apilb_process apilb(dir, yaml, vip, port, {}, {find_program("ip"), "netns", "exec", ns});
     auto echo = [&](client& c, const std::string& line) { return c.send_all(line) && c.recv_exact(line.size()) == line; };
     client held;
