@@ -1,6 +1,6 @@
 // Asking FRR about its BGP sessions: `vtysh -c 'show bgp neighbors json'`
-// run as a child without a shell, its output and run time bounded, and the
-// answer parsed. Control thread (docs/bgp.md).
+// run as a child without a shell, its output and run time bounded; the
+// answer's parse is in bgp_neighbors.hpp. Control thread (docs/bgp.md).
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
@@ -8,10 +8,7 @@
 
 #include <chrono>
 #include <cstddef>
-#include <map>
-#include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "apilb/vip/bgp_neighbors.hpp"
