@@ -71,8 +71,8 @@ std::string new_binary_path() {
 }
 
 /// Starts `binary run --config <config_path>` with `child_end` as
-/// descriptor 3 and APILB_HANDOVER_FD=3; stdout and stderr are shared, so
-/// its log goes where this one's goes.
+/// descriptor 3 and APILB_HANDOVER_FD=3, and no other descriptor past
+/// stderr; stdout and stderr are shared, so its log goes where this one's goes.
 pid_t spawn_new_binary(const std::string& binary, const std::string& config_path, int child_end) {
     std::vector<std::string> env_text;
     const std::string channel_prefix = std::string(handover::channel_env) + "=";
@@ -94,6 +94,10 @@ pid_t spawn_new_binary(const std::string& binary, const std::string& config_path
     // dup2 onto another number clears close-on-exec on the copy; the caller
     // made sure child_end is not 3 already.
     posix_spawn_file_actions_adddup2(&actions, child_end, child_channel_fd);
+    // Nothing else: Asio opens its sockets (admin connections, probes)
+    // without close-on-exec, and a copy held by the new process would keep
+    // a connection this one closes open (its client never sees the end).
+    posix_spawn_file_actions_addclosefrom_np(&actions, child_channel_fd + 1);
     set_default_signals(attr);
     pid_t pid = -1;
     const int rc = ::posix_spawn(&pid, binary.c_str(), &actions, &attr, argv, envp.data());

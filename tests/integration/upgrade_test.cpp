@@ -288,6 +288,12 @@ TEST_F(AdminUpgradeTest, PostUpgradeNeedsTheTokenAndHandsOverOnlyThen) {
     EXPECT_EQ(old.log().find("upgrade: started"), std::string::npos) << old.log();
     EXPECT_TRUE(old.proc().running());
 
+    // An idle admin connection, open while the new binary starts: it must
+    // end when the old process closes it, so the new one must hold no copy.
+    client admin_idle;
+    admin_idle.set_timeout(10s);
+    ASSERT_EQ(admin_idle.connect("127.0.0.1", admin), 0);
+
     // With the token: answered once the new process serves.
     r = curl_post("/api/v1/upgrade?wait=1", {"Authorization: Bearer s3cret-token"});
     ASSERT_EQ(status_of(r), "200") << r.output << "\n" << old.log();
@@ -300,6 +306,9 @@ TEST_F(AdminUpgradeTest, PostUpgradeNeedsTheTokenAndHandsOverOnlyThen) {
     EXPECT_TRUE(alive(new_pid));
     ASSERT_TRUE(idle.send_all("after\n"));
     EXPECT_EQ(idle.recv_exact(6), "after\n");
+    int end = -1;
+    admin_idle.recv_until_eof(end);
+    EXPECT_EQ(end, 0) << "the idle admin connection did not end (errno " << end << ")";
     // The admin endpoint moved with it: the new process answers.
     const auto st = http_exchange(admin, "GET", "/metrics");
     EXPECT_EQ(st.status, 200);
