@@ -111,6 +111,13 @@ struct scoped_env {
     const char* name_;
 };
 
+/// A "new binary" in `dir` that never speaks on the channel; its path.
+std::string hanging_binary(const temp_dir& dir) {
+    dir.write("hang.sh", "#!/bin/sh\nexec sleep 60\n");
+    EXPECT_EQ(::chmod(dir.file("hang.sh").c_str(), 0755), 0);
+    return dir.file("hang.sh");
+}
+
 class UpgradeTest : public ::testing::Test {
 protected:
     tcp_server b0{"127.0.0.1", echo_handler()};
@@ -210,9 +217,7 @@ TEST_F(UpgradeTest, NewBinaryThatExitsAtOnceIsRolledBack) {
 
 TEST_F(UpgradeTest, NewBinaryThatHangsIsKilledAtTheDeadlineAndRolledBack) {
     // A "new binary" that never speaks; the deadline shortened to 2 s (test only).
-    dir.write("hang.sh", "#!/bin/sh\nexec sleep 60\n");
-    ASSERT_EQ(::chmod(dir.file("hang.sh").c_str(), 0755), 0);
-    scoped_env binary("APILB_UPGRADE_BINARY", dir.file("hang.sh").c_str());
+    scoped_env binary("APILB_UPGRADE_BINARY", hanging_binary(dir).c_str());
     scoped_env deadline("APILB_UPGRADE_DEADLINE_MS", "2000");
     apilb_process old(dir, config(), "127.0.0.1", port);
     expect_rolled_back(old, 200, "timed out (killed it; it died of signal 9)");
@@ -342,9 +347,7 @@ TEST_F(AdminUpgradeTest, CliUpgradePrintsBothPidsAndExitsZero) {
 
 TEST_F(AdminUpgradeTest, SecondUpgradeIsRefusedAndAFailedOneExitsNonZero) {
     // A "new binary" that never speaks (test only).
-    dir.write("hang.sh", "#!/bin/sh\nexec sleep 60\n");
-    ASSERT_EQ(::chmod(dir.file("hang.sh").c_str(), 0755), 0);
-    scoped_env binary("APILB_UPGRADE_BINARY", dir.file("hang.sh").c_str());
+    scoped_env binary("APILB_UPGRADE_BINARY", hanging_binary(dir).c_str());
     // 5 s: long enough for the second POST to come while the first runs.
     scoped_env deadline("APILB_UPGRADE_DEADLINE_MS", "5000");
     apilb_process old(dir, admin_yaml(), "127.0.0.1", port);
