@@ -77,6 +77,7 @@ check() {
 }
 
 skip() {
+  wanted "$1" || return 0
   printf '  skip  %-20s %s\n' "$1" "$2"
   cases+=("<testcase classname=\"Packaging\" name=\"$1\"><skipped message=\"$(printf %s "$2" | xml_escape)\"/></testcase>")
 }
@@ -186,6 +187,17 @@ deb_contents() {
   local before; before=$(grep -B2 "deb-systemd-helper enable 'apilb.service'" "$ctl/postinst")
   [[ "$before" == *"was-enabled 'apilb.service'"* ]]
   grep -q 'systemd-tmpfiles' "$ctl/postinst"
+  # Every program the unit runs comes with the package or one it depends
+  # on: a minimal Debian 12 has no /bin/kill (procps), and ExecReload
+  # failed with 203/EXEC there (scripts/systemd-check.sh found it).
+  local depends exe owner
+  depends=$(dpkg-deb -f "$deb" Depends)
+  for exe in $(sed -n 's/^Exec[A-Za-z]*=[-@:+!]*\(\/[^ ]*\).*/\1/p' "$repo/systemd/"*.service "$repo/systemd/"*.conf | sort -u); do
+    [[ $exe == /usr/sbin/apilb ]] && continue
+    owner=$(dpkg -S "$exe" | cut -d: -f1)
+    echo "$exe: from $owner"
+    [[ -n $owner && ", $depends," == *", $owner"[\ ,]* ]] || { echo "$exe comes from $owner, not in Depends: $depends"; return 1; }
+  done
   # An upgrade hands over in place (`apilb upgrade`), only on an upgrade of
   # a running unit, and nothing stops the unit before it (no prerm stop).
   grep -q '/usr/sbin/apilb upgrade --config' "$ctl/postinst"
