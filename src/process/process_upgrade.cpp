@@ -78,6 +78,11 @@ pid_t spawn_new_binary(const std::string& binary, const std::string& config_path
     const std::string channel_prefix = std::string(handover::channel_env) + "=";
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
         if (std::string_view(*e).starts_with(channel_prefix)) continue;
+        // systemd's WATCHDOG_PID names this process: the new one would take
+        // the watchdog for someone else's and never feed it, and systemd
+        // kills the unit WatchdogSec after the MAINPID= hand-over. Without
+        // it, WATCHDOG_USEC holds for whoever reads it.
+        if (std::string_view(*e).starts_with("WATCHDOG_PID=")) continue;
         env_text.emplace_back(*e);
     }
     env_text.push_back(fmt::format("{}={}", handover::channel_env, child_channel_fd));
