@@ -199,12 +199,16 @@ deb_contents() {
     [[ -n $owner && ", $depends," == *", $owner"[\ ,]* ]] || { echo "$exe comes from $owner, not in Depends: $depends"; return 1; }
   done
   # An upgrade hands over in place (`apilb upgrade`), only on an upgrade of
-  # a running unit, and nothing stops the unit before it (no prerm stop).
+  # a running unit, and nothing stops the unit before it (debhelper's
+  # preinst stop, which --no-start alone adds, or a prerm stop).
   grep -q '/usr/sbin/apilb upgrade --config' "$ctl/postinst"
   grep -q 'systemctl is-active --quiet apilb.service' "$ctl/postinst"
-  if [[ -e "$ctl/prerm" ]] && grep -E 'deb-systemd-invoke stop|systemctl stop' "$ctl/prerm"; then
-    echo "the prerm stops the service on upgrade"; return 1
-  fi
+  local script
+  for script in preinst prerm; do
+    if [[ -e "$ctl/$script" ]] && grep -E 'deb-systemd-invoke stop|systemctl stop' "$ctl/$script"; then
+      echo "the $script stops the service on upgrade"; return 1
+    fi
+  done
   sh -n "$ctl/postinst"
   rm -rf "$ctl"
 }
