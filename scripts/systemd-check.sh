@@ -43,8 +43,13 @@ result() {  # result NAME OK DETAIL
 in_ct() { nsenter --target "$leader" --mount --uts --ipc --net --pid -- /usr/bin/env -i \
   PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
 # kill(1) is procps's; the shell's builtin needs nothing installed.
-ct_kill() { in_ct sh -c 'kill "$@"' kill "$@"; }
+# Never pid 0 or none (an inactive unit's MainPID): that is the caller's own group.
+ct_kill() { [[ ${*: -1} =~ ^[1-9][0-9]*$ ]] || return 1; in_ct sh -c 'kill "$@"' kill "$@"; }
 prop() { in_ct systemctl show --property="$1" --value apilb.service; }
+# Whether apilb's journal has a line matching `pattern` (case-insensitive).
+# Reads it all (grep -c): grep -q would end the pipe early, and journalctl's
+# SIGPIPE fails the check under pipefail.
+journal_has() { in_ct journalctl -u apilb.service -o cat --no-pager | grep -ci -- "$1" >/dev/null; }
 
 # Polls `cmd` every 0.5 s until it succeeds or SECONDS pass.
 wait_for() {
@@ -171,15 +176,15 @@ in_ct systemctl --failed --no-legend >"$log/failed-units.txt" 2>&1
 wait_for 60 test "$(prop ActiveState)" = active
 pid=$(prop MainPID)
 result unit_active "$([[ $(prop ActiveState)/$(prop SubState)/$(prop Type) == active/running/notify ]] &&
-  in_ct journalctl -u apilb -o cat | grep -q 'ready: listeners serving'; echo $?)" \
+  journal_has 'ready: listeners serving'; echo $?)" \
   "ActiveState=$(prop ActiveState) SubState=$(prop SubState) Type=$(prop Type) MainPID=$pid"
 
 # 2. systemctl reload: the hitless reload (RELOADING=1 ... READY=1).
 in_ct systemctl reload apilb.service >"$log/reload.log" 2>&1
-wait_for 20 sh -c "nsenter --target $leader --mount --pid -- journalctl -u apilb -o cat | grep -q 'reload: config'"
+wait_for 20 journal_has 'reload: config'
 result reload "$([[ $(prop ActiveState) == active && $(prop MainPID) == "$pid" ]] &&
-  in_ct journalctl -u apilb -o cat | grep -q 'reload: config'; echo $?)" \
-  "$(in_ct journalctl -u apilb -o cat | grep -m1 'reload: config' | cut -c1-100)"
+  journal_has 'reload: config'; echo $?)" \
+  "$(in_ct journalctl -u apilb.service -o cat --no-pager | grep 'reload: config' | head -n 1 | cut -c1-100)"
 
 # 3. The sandbox: the online exposure figure, and apilb's mount namespace
 # read-only outside /run/apilb (PrivateTmp's /tmp is its own).
@@ -236,7 +241,7 @@ wait_for 90 sh -c "[ \"\$(nsenter --target $leader --mount --pid -- systemctl sh
   [ \"\$(nsenter --target $leader --mount --pid -- systemctl show -p ActiveState --value apilb)\" = active ]"
 took=$((SECONDS - t0))
 result watchdog "$([[ $wd == 10s && $(prop NRestarts) -gt $restarts && $(prop MainPID) != "$pid" ]] &&
-  in_ct journalctl -u apilb -o cat | grep -qi 'watchdog timeout'; echo $?)" \
+  journal_has 'watchdog timeout'; echo $?)" \
   "WatchdogUSec=$wd; SIGSTOP pid $pid -> new pid $(prop MainPID) after ${took}s, NRestarts $restarts -> $(prop NRestarts)"
 
 # 7. The bgp drop-in loads: verify, ExecStopPost, the frrvty group.
