@@ -370,19 +370,31 @@ milliseconds longest_gap(const std::vector<clock_type::time_point>& times, clock
     return std::chrono::duration_cast<milliseconds>(gap);
 }
 
-TEST(SystemdWatchdog, GoesUnfedWhileOneWorkerIsStoppedAndResumes) {
+/// apilb started as systemd starts it with WatchdogSec=1s: NOTIFY_SOCKET,
+/// WATCHDOG_USEC, and WATCHDOG_PID = its own pid, which sd_watchdog_enabled()
+/// compares with getpid(): the shell learns it ($$) and execs apilb in its
+/// place, keeping the PID (and keeping apilb this test's child, for ptrace).
+struct watched_apilb {
     temp_dir dir;
-    notify_socket notify(dir.file("notify"));
-    tcp_server backend("127.0.0.1", echo_handler());
-    const std::uint16_t port = free_port();
-    const std::uint16_t admin = free_port();
-    // systemd sets WATCHDOG_PID to the service's PID, which sd_watchdog_enabled()
-    // compares with getpid(): the shell learns it ($$) and execs apilb in its
-    // place, keeping the PID (and keeping apilb this test's child, for ptrace).
-    const auto origin = clock_type::now();
-    apilb_process lb(dir, liveness_config(port, backend.address(), admin), "127.0.0.1", port, {},
+    notify_socket notify{dir.file("notify")};
+    tcp_server backend{"127.0.0.1", echo_handler()};
+    std::uint16_t port = free_port();
+    std::uint16_t admin = free_port();
+    clock_type::time_point origin = clock_type::now();
+    apilb_process lb{dir,
+                     liveness_config(port, backend.address(), admin),
+                     "127.0.0.1",
+                     port,
+                     {},
                      {"/usr/bin/env", "NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=1000000", "/bin/sh", "-c",
-                      "WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\""});
+                      "WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\""}};
+};
+
+TEST(SystemdWatchdog, GoesUnfedWhileOneWorkerIsStoppedAndResumes) {
+    watched_apilb w;
+    notify_socket& notify = w.notify;
+    apilb_process& lb = w.lb;
+    const auto origin = w.origin;
     ASSERT_TRUE(notify.wait_for("READY=1", origin, milliseconds(10000))) << "no READY=1; notifications:\n"
                                                                          << notify.transcript(origin) << "log:\n"
                                                                          << lb.log();
@@ -431,16 +443,10 @@ TEST(SystemdWatchdog, GoesUnfedWhileOneWorkerIsStoppedAndResumes) {
 }
 
 TEST(SystemdWatchdog, TheUpgradedProcessFeedsItOnceTheOldOneIsGone) {
-    temp_dir dir;
-    notify_socket notify(dir.file("notify"));
-    tcp_server backend("127.0.0.1", echo_handler());
-    const std::uint16_t port = free_port();
-    const std::uint16_t admin = free_port();
-    const auto origin = clock_type::now();
-    // As systemd starts it (WATCHDOG_PID = its pid; see the test above).
-    apilb_process lb(dir, liveness_config(port, backend.address(), admin), "127.0.0.1", port, {},
-                     {"/usr/bin/env", "NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=1000000", "/bin/sh", "-c",
-                      "WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\""});
+    watched_apilb w;
+    notify_socket& notify = w.notify;
+    apilb_process& lb = w.lb;
+    const auto origin = w.origin;
     ASSERT_TRUE(notify.wait_for("READY=1", origin, milliseconds(10000))) << notify.transcript(origin) << lb.log();
     ASSERT_TRUE(lb.wait_for_log("systemd watchdog: 1000ms")) << lb.log();
     lb.proc().signal(SIGUSR2);
