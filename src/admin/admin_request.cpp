@@ -105,7 +105,11 @@ bool admin_host_allowed(std::string_view host, const std::vector<std::string>& n
 
 admin_decision decide_admin_request(const admin_request& req, const admin_access& access, bool client_verified) {
     std::string path(req.target());
-    if (auto q = path.find('?'); q != std::string::npos) path.resize(q);
+    std::string query;
+    if (auto q = path.find('?'); q != std::string::npos) {
+        query = path.substr(q + 1);
+        path.resize(q);
+    }
     admin_decision d;
     const bool get = req.method() == http::verb::get;
     const bool post = req.method() == http::verb::post;
@@ -142,7 +146,7 @@ admin_decision decide_admin_request(const admin_request& req, const admin_access
         d.route = g.route;
         return d;
     }
-    if (path != "/api/v1/reload" && !path.starts_with(api_backends)) {
+    if (path != "/api/v1/reload" && path != "/api/v1/upgrade" && !path.starts_with(api_backends)) {
         return refuse({.status = http::status::not_found,
                        .content_type = "text/plain; charset=utf-8",
                        .body = "not found; see /api/v1/status, /metrics, /livez, /readyz\n"});
@@ -151,6 +155,17 @@ admin_decision decide_admin_request(const admin_request& req, const admin_access
     if (auto refused = refuse_post(req, access, client_verified, d.auth_failure)) return refuse(std::move(*refused));
     if (path == "/api/v1/reload") {
         d.route = admin_route::reload;
+        return d;
+    }
+    if (path == "/api/v1/upgrade") {
+        // The one parameter: anything else is a typo the caller should hear
+        // of, not an upgrade that answers before it was meant to.
+        if (query == "wait=1" || query == "wait=true") {
+            d.wait = true;
+        } else if (!query.empty() && query != "wait=0" && query != "wait=false") {
+            return refuse(json_reply(http::status::bad_request, "error", "expected /api/v1/upgrade or ?wait=1"));
+        }
+        d.route = admin_route::upgrade;
         return d;
     }
     // /api/v1/backends/{pool}/{name}/{drain|enable}

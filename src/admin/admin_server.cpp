@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <list>
 
 #include "apilb/admin/admin_guard.hpp"
@@ -55,6 +56,9 @@ constexpr std::size_t max_per_peer = 16;
 /// clients are cut off.
 constexpr auto request_timeout = 5s;
 constexpr auto io_timeout = 10s;
+/// The longest POST /api/v1/upgrade?wait=1 waits for the outcome: above
+/// the upgrade's own deadline (60 s to ready, the session phase within it).
+constexpr auto upgrade_wait_limit = 90s;
 /// How long a TLS client gets to answer our close_notify.
 constexpr auto tls_shutdown_timeout = 1s;
 
@@ -230,6 +234,21 @@ void admin_server::stop() {
     // Their coroutines end at once; server::run() lets them unwind before
     // this object goes.
     for (auto& c : open_) close_connection(c);
+    if (upgrade_wait_ != nullptr) upgrade_wait_->cancel();
+}
+
+void admin_server::retire() {
+    APILB_ASSERT_ROLE(control);
+    retiring_ = true;
+    error_code ignored;
+    acceptor_.close(ignored);
+    for (auto& c : open_) {
+        if (!c.busy) close_connection(c);
+    }
+}
+
+bool admin_server::answering() const {
+    return std::any_of(open_.begin(), open_.end(), [](const connection& c) { return c.busy && !c.closing; });
 }
 
 void admin_server::close_connection(connection& c) {
@@ -412,7 +431,7 @@ template <class Stream>
 asio::awaitable<void> admin_server::serve_requests(Stream& stream, connection& conn, bool client_verified) {
     auto& tcp_layer = beast::get_lowest_layer(stream);
     beast::flat_buffer buffer;
-    while (!stopped_ && !conn.closing) {
+    while (!stopped_ && !retiring_ && !conn.closing) {
         conn.busy = false;
         http::request_parser<http::string_body> parser;
         parser.header_limit(admin_header_limit);
@@ -431,11 +450,12 @@ asio::awaitable<void> admin_server::serve_requests(Stream& stream, connection& c
         res.set(http::field::server, "apilb");
         res.set(http::field::content_type, r.content_type);
         res.set(http::field::cache_control, "no-store");
-        res.keep_alive(req.keep_alive());
+        res.keep_alive(req.keep_alive() && !retiring_);
         res.body() = std::move(r.body);
         res.prepare_payload();
         tcp_layer.expires_after(io_timeout);
         auto [wec, wn] = co_await http::async_write(stream, res, asio::as_tuple(asio::use_awaitable));
+        conn.busy = false;
         if (wec || !res.keep_alive()) break;
     }
 }
@@ -525,8 +545,68 @@ asio::awaitable<admin_reply> admin_server::handle(const request& req, const conn
         }
         break;
     }
+    case admin_route::upgrade: r = co_await upgrade(d.wait, describe_peer(conn)); break;
     case admin_route::backend: r = drain_or_enable(d.pool, d.backend, d.drain, describe_peer(conn)); break;
     }
+    co_return r;
+}
+
+asio::awaitable<admin_reply> admin_server::upgrade(bool wait, const std::string& who) {
+    APILB_ASSERT_ROLE(control);
+    admin_reply r{.status = http::status::accepted, .content_type = "application/json", .body = {}};
+    spdlog::info("admin: upgrade asked by {}{}", who, wait ? " (waits for the outcome)" : "");
+    struct wait_state {
+        asio::steady_timer timer;
+        std::optional<upgrade_outcome> outcome;
+    };
+    auto st = std::make_shared<wait_state>(wait_state{.timer = asio::steady_timer(control_), .outcome = {}});
+    const upgrade_start started = hooks_.upgrade([st](const upgrade_outcome& o) {
+        st->outcome = o;
+        st->timer.cancel();
+    });
+    boost::json::object o;
+    o["old_pid"] = static_cast<std::int64_t>(::getpid());
+    if (!started.refused.empty()) {
+        r.status = started.conflict ? http::status::conflict : http::status::internal_server_error;
+        o["error"] = "upgrade refused: " + started.refused + "; still serving";
+        r.body = boost::json::serialize(o) + "\n";
+        co_return r;
+    }
+    o["new_pid"] = started.new_pid;
+    if (!wait) {
+        o["result"] = "upgrade started";
+        r.body = boost::json::serialize(o) + "\n";
+        co_return r;
+    }
+    st->timer.expires_after(upgrade_wait_limit);
+    upgrade_wait_ = &st->timer;
+    // The outcome comes by done() on this thread: checked before each wait,
+    // so a cancel that came before the wait is not missed.
+    while (!st->outcome && !stopped_) {
+        auto [ec] = co_await st->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (!ec) break;  // the limit
+    }
+    upgrade_wait_ = nullptr;
+    if (!st->outcome) {
+        r.status = http::status::gateway_timeout;
+        o["error"] = stopped_ ? "apilb is stopping; the upgrade's outcome is in its log"
+                              : fmt::format("the upgrade did not end within {}s; its outcome will be in the log",
+                                            upgrade_wait_limit.count());
+        r.body = boost::json::serialize(o) + "\n";
+        co_return r;
+    }
+    const upgrade_outcome& u = *st->outcome;
+    if (!u.failure.empty()) {
+        r.status = http::status::internal_server_error;
+        o["error"] = "upgrade failed: " + u.failure + "; still serving";
+    } else {
+        r.status = http::status::ok;
+        o["result"] = "upgraded";
+        o["sessions_handed_over"] = u.handed_over;
+        o["sessions_kept"] = u.kept;
+        o["handover_ms"] = u.phase.count();
+    }
+    r.body = boost::json::serialize(o) + "\n";
     co_return r;
 }
 

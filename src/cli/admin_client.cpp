@@ -155,8 +155,10 @@ std::string explain(const error_code& ec, phase at, long verify_result, const ad
     return (at == phase::handshake ? "TLS handshake: " : "") + text;
 }
 
-/// One request; nullopt (the reason printed) if apilb cannot be reached.
-std::optional<response> call(const admin_target& t, http::verb method, const std::string& target) {
+/// One request, all of it within `timeout`; nullopt (the reason printed)
+/// if apilb cannot be reached.
+std::optional<response> call(const admin_target& t, http::verb method, const std::string& target,
+                             std::chrono::seconds timeout = std::chrono::seconds(10)) {
     auto addr = parse_socket_address(t.address);
     if (!addr) {
         std::cerr << "error: bad admin address " << t.address << " (expected IP:PORT)\n";
@@ -199,7 +201,7 @@ std::optional<response> call(const admin_target& t, http::verb method, const std
         [&]() -> asio::awaitable<void> {
             beast::tcp_stream tcp_stream(io);
             // One deadline for the whole exchange, as before TLS.
-            tcp_stream.expires_after(std::chrono::seconds(10));
+            tcp_stream.expires_after(timeout);
             auto [cec] = co_await tcp_stream.async_connect(ep, asio::as_tuple(asio::use_awaitable));
             if (cec) {
                 result = cec;
@@ -237,7 +239,7 @@ std::optional<response> call(const admin_target& t, http::verb method, const std
     io.run();
     if (result && at != phase::done) {
         std::cerr << "error: apilb admin endpoint " << url << ": " << explain(result, at, verify_result, t, name)
-                  << '\n';
+                  << (result == beast::error::timeout ? fmt::format(" (after {}s)", timeout.count()) : "") << '\n';
         return std::nullopt;
     }
     return response{.status = res.result_int(), .body = res.body()};
@@ -436,6 +438,32 @@ int admin_reload(const admin_target& t) {
         list && list->is_array()) {
         for (const auto& e : list->as_array()) std::cerr << "error: " << str(e) << '\n';
     }
+    return 1;
+}
+
+int admin_upgrade(const admin_target& t, std::chrono::seconds timeout) {
+    // The server waits for the outcome at most 90 s; --timeout bounds it here.
+    const auto r = call(t, http::verb::post, "/api/v1/upgrade?wait=1", timeout);
+    if (!r) return 1;
+    boost::system::error_code ec;
+    const json::value v = json::parse(r->body, ec);
+    const json::object empty;
+    const json::object& o = !ec && v.is_object() ? v.as_object() : empty;
+    if (r->status == 200) {
+        std::cout << fmt::format(
+            "upgraded: pid {} -> pid {}; {} session(s) handed over in {}ms, {} left with pid {} to drain "
+            "(bytes in flight)\n",
+            num(field(o, "old_pid")), num(field(o, "new_pid")), num(field(o, "sessions_handed_over")),
+            num(field(o, "handover_ms")), num(field(o, "sessions_kept")), num(field(o, "old_pid")));
+        return 0;
+    }
+    if (r->status == 404) {
+        // An apilb from before the endpoint: the package's postinst says what to do then.
+        std::cerr << "error: this apilb has no POST /api/v1/upgrade (an older version): restart it instead, "
+                     "or send it SIGUSR2\n";
+        return 1;
+    }
+    std::cerr << "error: " << single_line(message_of(r->body)) << '\n';
     return 1;
 }
 

@@ -1,5 +1,5 @@
 // apilb's command line: run, check-config, version, the renderers and
-// bgp-withdraw, and status, drain, enable, reload for a running apilb
+// bgp-withdraw, and status, drain, enable, reload, upgrade for a running apilb
 // (through its admin endpoint).
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
@@ -361,6 +361,15 @@ int main(int argc, char** argv) {
     }
     auto* reload_cmd = app.add_subcommand("reload", "make a running apilb re-read its configuration file");
     add_admin_options(reload_cmd);
+    unsigned upgrade_timeout_s = 90;
+    auto* upgrade_cmd = app.add_subcommand(
+        "upgrade",
+        "make a running apilb start the binary now on disk and hand it its listeners and sessions; "
+        "waits for the outcome");
+    add_admin_options(upgrade_cmd);
+    upgrade_cmd->add_option("--timeout", upgrade_timeout_s, "seconds to wait for the outcome")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 600u));
 
     try {
         app.parse(argc, argv);
@@ -374,11 +383,12 @@ int main(int argc, char** argv) {
         return exit_ok;
     }
     if (*check_cmd) return check_config(config_path);
-    if (*status_cmd || *drain_cmd || *enable_cmd || *reload_cmd) {
+    if (*status_cmd || *drain_cmd || *enable_cmd || *reload_cmd || *upgrade_cmd) {
         const auto target = admin_target(admin, config_path);
         if (!target) return exit_usage;
         if (*status_cmd) return apilb::cli::admin_status(*target);
         if (*reload_cmd) return apilb::cli::admin_reload(*target);
+        if (*upgrade_cmd) return apilb::cli::admin_upgrade(*target, std::chrono::seconds(upgrade_timeout_s));
         return apilb::cli::admin_backend(*target, pool_name, backend_name, drain_cmd->parsed());
     }
     if (*keepalived_cmd) return keepalived_config(config_path, keepalived_output, apilb_path);

@@ -300,6 +300,15 @@ int process::run() {
         poll();
     };
 
+    // SIGUSR2 and POST /api/v1/upgrade end here once the new process serves.
+    upgrade_handed_over_ = [&] {
+        if (draining) return;
+        draining = true;
+        draining_ = true;
+        // No STOPPING=1: the unit goes on, served by the new process.
+        begin_drain("upgrade");
+    };
+
     std::function<void(error_code, int)> on_signal = [&](error_code ec, int signo) {
         if (ec) return;
         if (signo == SIGHUP) {
@@ -311,13 +320,7 @@ int process::run() {
                 reload();
             }
         } else if (signo == SIGUSR2) {
-            start_upgrade([&] {
-                if (draining) return;
-                draining = true;
-                draining_ = true;
-                // No STOPPING=1: the unit goes on, served by the new process.
-                begin_drain("upgrade");
-            });
+            start_upgrade({});
         } else if (!draining) {
             draining = true;
             draining_ = true;
@@ -363,6 +366,17 @@ int process::run() {
     }
     end_upgrade();
     end_session_receive();
+    // An answer in progress (POST /api/v1/upgrade?wait=1 after the handover,
+    // a failed upgrade's outcome posted by end_upgrade) goes out first.
+    if (admin_) {
+        admin_->retire();
+        const auto until = clock_type::now() + std::chrono::seconds(2);
+        while (admin_->answering() && clock_type::now() < until) {
+            control.restart();
+            control.run_for(std::chrono::milliseconds(20));
+        }
+    }
+    upgrade_handed_over_ = nullptr;  // it refers to this function's locals
     for (auto& w : workers_) w->stop();
     // Let the probe loops unwind (they end at once once stopped), so that no
     // coroutine outlives the checker it refers to.

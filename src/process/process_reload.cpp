@@ -202,11 +202,13 @@ std::vector<std::string> process::commit(std::shared_ptr<const config> cfg, cons
     }
 
     auto pending = std::make_shared<std::size_t>(workers_.size());
+    ++reloads_applying_;
     for (std::size_t w = 0; w < workers_.size(); ++w) {
         workers_[w]->apply(next, std::move(added[w]), [this, pending, started, what, file_reload] {
             // On the worker thread: count down on the control thread.
-            asio::post(control_, [pending, started, what, file_reload] {
+            asio::post(control_, [this, pending, started, what, file_reload] {
                 if (--*pending != 0) return;
+                --reloads_applying_;
                 const auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
                 spdlog::info("{} done in {:.1f}ms: every worker serves the new configuration", what,
                              static_cast<double>(us.count()) / 1000.0);

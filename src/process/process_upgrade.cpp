@@ -71,13 +71,18 @@ std::string new_binary_path() {
 }
 
 /// Starts `binary run --config <config_path>` with `child_end` as
-/// descriptor 3 and APILB_HANDOVER_FD=3; stdout and stderr are shared, so
-/// its log goes where this one's goes.
+/// descriptor 3 and APILB_HANDOVER_FD=3, and no other descriptor past
+/// stderr; stdout and stderr are shared, so its log goes where this one's goes.
 pid_t spawn_new_binary(const std::string& binary, const std::string& config_path, int child_end) {
     std::vector<std::string> env_text;
     const std::string channel_prefix = std::string(handover::channel_env) + "=";
     for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
         if (std::string_view(*e).starts_with(channel_prefix)) continue;
+        // systemd's WATCHDOG_PID names this process: the new one would take
+        // the watchdog for someone else's and never feed it, and systemd
+        // kills the unit WatchdogSec after the MAINPID= hand-over. Without
+        // it, WATCHDOG_USEC holds for whoever reads it.
+        if (std::string_view(*e).starts_with("WATCHDOG_PID=")) continue;
         env_text.emplace_back(*e);
     }
     env_text.push_back(fmt::format("{}={}", handover::channel_env, child_channel_fd));
@@ -94,6 +99,10 @@ pid_t spawn_new_binary(const std::string& binary, const std::string& config_path
     // dup2 onto another number clears close-on-exec on the copy; the caller
     // made sure child_end is not 3 already.
     posix_spawn_file_actions_adddup2(&actions, child_end, child_channel_fd);
+    // Nothing else: Asio opens its sockets (admin connections, probes)
+    // without close-on-exec, and a copy held by the new process would keep
+    // a connection this one closes open (its client never sees the end).
+    posix_spawn_file_actions_addclosefrom_np(&actions, child_channel_fd + 1);
     set_default_signals(attr);
     pid_t pid = -1;
     const int rc = ::posix_spawn(&pid, binary.c_str(), &actions, &attr, argv, envp.data());
@@ -226,23 +235,26 @@ struct process::upgrade_run {
     std::thread thread;
 };
 
-void process::start_upgrade(std::function<void()> handed_over) {
+upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)> done) {
     APILB_ASSERT_ROLE(control);
-    auto refuse = [&](const std::string& why) {
+    auto refuse = [&](const std::string& why, bool conflict) {
         spdlog::error("upgrade refused: {}; still serving", why);
         stats_.upgrade_failures_total.fetch_add(1, std::memory_order_relaxed);
+        return upgrade_start{.refused = why, .conflict = conflict, .new_pid = 0};
     };
-    if (draining_) return refuse("apilb is stopping");
-    if (upgrade_) return refuse(fmt::format("an upgrade to pid {} is in progress", upgrade_->pid));
+    if (draining_) return refuse("apilb is stopping", true);
+    if (upgrade_) return refuse(fmt::format("an upgrade to pid {} is in progress", upgrade_->pid), true);
+    // The workers would not all serve the snapshot the new process reads.
+    if (reloads_applying_ > 0) return refuse("a reload is being applied; try again in a moment", true);
     if (snap_->cfg->vrrp)
-        return refuse("the config has a vrrp section (keepalived and the track file cannot move yet)");
+        return refuse("the config has a vrrp section (keepalived and the track file cannot move yet)", true);
     // Both processes would put the VIPs on and off the interface, and the
     // old one would take them away as it ends.
-    if (snap_->cfg->bgp) return refuse("the config has a bgp section (the VIPs' announcement cannot move yet)");
+    if (snap_->cfg->bgp) return refuse("the config has a bgp section (the VIPs' announcement cannot move yet)", true);
 
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-        return refuse(fmt::format("socketpair: {}", std::strerror(errno)));
+        return refuse(fmt::format("socketpair: {}", std::strerror(errno)), false);
     }
     int child_end = sv[1];
     if (child_end == child_channel_fd) {
@@ -259,7 +271,7 @@ void process::start_upgrade(std::function<void()> handed_over) {
     } catch (const handover_error& e) {
         if (child_end >= 0) ::close(child_end);
         ::close(run->channel);
-        return refuse(e.what());
+        return refuse(e.what(), false);
     }
     ::close(child_end);
     spdlog::info("upgrade: started {} as pid {}; handing over the listeners when it says hello", binary, run->pid);
@@ -281,8 +293,9 @@ void process::start_upgrade(std::function<void()> handed_over) {
     // the admin endpoint and the watchdog go on meanwhile. It touches nothing
     // of the process but the workers' share_listeners (posted) and posts its
     // outcome back to the control thread.
+    const pid_t new_pid = run->pid;
     run->thread = std::thread([this, run, workers, admin_fd = std::move(admin_fd), admin_address,
-                               handed_over = std::move(handed_over)]() mutable {
+                               done = std::move(done)]() mutable {
         const auto deadline = clock_type::now() + upgrade_deadline();
         std::string failure;
         std::vector<handed_session> sent;  // the session phase's, still open here until taken
@@ -358,14 +371,17 @@ void process::start_upgrade(std::function<void()> handed_over) {
             stats_.sessions_kept_total.fetch_add(kept, std::memory_order_relaxed);
         }
         const std::size_t handed = failure.empty() ? sent.size() : 0;
-        asio::post(control_, [this, run, failure, handed, kept, phase_ms, handed_over = std::move(handed_over)] {
+        asio::post(control_, [this, run, failure, handed, kept, phase_ms, done = std::move(done)] {
             if (run->thread.joinable()) run->thread.join();
             ::close(run->channel);
             run->channel = -1;
             if (upgrade_ == run) upgrade_.reset();
+            const upgrade_outcome outcome{
+                .failure = failure, .new_pid = run->pid, .handed_over = handed, .kept = kept, .phase = phase_ms};
             if (!failure.empty()) {
                 spdlog::error("upgrade failed: {}; still serving", failure);
                 stats_.upgrade_failures_total.fetch_add(1, std::memory_order_relaxed);
+                if (done) done(outcome);
                 return;
             }
             stats_.upgrades_total.fetch_add(1, std::memory_order_relaxed);
@@ -376,10 +392,14 @@ void process::start_upgrade(std::function<void()> handed_over) {
             // Said by the main PID too, so that systemd never sees it end
             // without a successor, whatever NotifyAccess says.
             notify_systemd(fmt::format("MAINPID={}", run->pid));
-            if (admin_) admin_->stop();
-            handed_over();
+            // The caller hears it from this process, whose admin endpoint
+            // answers that request and then closes (the new one accepts).
+            if (done) done(outcome);
+            if (admin_) admin_->retire();
+            if (upgrade_handed_over_) upgrade_handed_over_();
         });
     });
+    return upgrade_start{.refused = {}, .conflict = false, .new_pid = new_pid};
 }
 
 void process::end_upgrade() {

@@ -93,6 +93,7 @@ void process::make_admin(int inherited) {
                 if (upgrade_) return std::vector<std::string>{"an upgrade is in progress: no reload"};
                 return reload();
             },
+        .upgrade = [this](std::function<void(const upgrade_outcome&)> done) { return start_upgrade(std::move(done)); },
     };
     admin_ = std::make_unique<admin_server>(control_, *snap_->cfg->admin, std::move(hooks), inherited);
 }

@@ -58,7 +58,7 @@ bool same(const admin_decision& a, const admin_decision& b) {
         return false;
     }
     return a.route == b.route && a.auth_failure == b.auth_failure && a.pool == b.pool && a.backend == b.backend &&
-           a.drain == b.drain;
+           a.drain == b.drain && a.wait == b.wait;
 }
 
 void check_decision(const admin_request& req, const admin_access& access, bool verified) {
@@ -74,7 +74,7 @@ void check_decision(const admin_request& req, const admin_access& access, bool v
         return;
     }
     check(d.auth_failure.empty(), "an auth failure that was let through", req);
-    if (d.route != admin_route::reload && d.route != admin_route::backend) {
+    if (d.route != admin_route::reload && d.route != admin_route::upgrade && d.route != admin_route::backend) {
         check(req.method() == http::verb::get, "a GET route served to another method", req);
         return;
     }
@@ -90,6 +90,8 @@ void check_decision(const admin_request& req, const admin_access& access, bool v
           "a cross-origin POST through", req);
     if (d.route == admin_route::reload) {
         check(path == "/api/v1/reload", "reload on another path", req);
+    } else if (d.route == admin_route::upgrade) {
+        check(path == "/api/v1/upgrade", "upgrade on another path", req);
     } else {
         check(d.pool.find('/') == std::string::npos && d.backend.find('/') == std::string::npos,
               "a backend path part holding a slash", req);

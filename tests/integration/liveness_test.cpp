@@ -23,10 +23,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -368,19 +370,31 @@ milliseconds longest_gap(const std::vector<clock_type::time_point>& times, clock
     return std::chrono::duration_cast<milliseconds>(gap);
 }
 
-TEST(SystemdWatchdog, GoesUnfedWhileOneWorkerIsStoppedAndResumes) {
+/// apilb started as systemd starts it with WatchdogSec=1s: NOTIFY_SOCKET,
+/// WATCHDOG_USEC, and WATCHDOG_PID = its own pid, which sd_watchdog_enabled()
+/// compares with getpid(): the shell learns it ($$) and execs apilb in its
+/// place, keeping the PID (and keeping apilb this test's child, for ptrace).
+struct watched_apilb {
     temp_dir dir;
-    notify_socket notify(dir.file("notify"));
-    tcp_server backend("127.0.0.1", echo_handler());
-    const std::uint16_t port = free_port();
-    const std::uint16_t admin = free_port();
-    // systemd sets WATCHDOG_PID to the service's PID, which sd_watchdog_enabled()
-    // compares with getpid(): the shell learns it ($$) and execs apilb in its
-    // place, keeping the PID (and keeping apilb this test's child, for ptrace).
-    const auto origin = clock_type::now();
-    apilb_process lb(dir, liveness_config(port, backend.address(), admin), "127.0.0.1", port, {},
+    notify_socket notify{dir.file("notify")};
+    tcp_server backend{"127.0.0.1", echo_handler()};
+    std::uint16_t port = free_port();
+    std::uint16_t admin = free_port();
+    clock_type::time_point origin = clock_type::now();
+    apilb_process lb{dir,
+                     liveness_config(port, backend.address(), admin),
+                     "127.0.0.1",
+                     port,
+                     {},
                      {"/usr/bin/env", "NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=1000000", "/bin/sh", "-c",
-                      "WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\""});
+                      "WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\""}};
+};
+
+TEST(SystemdWatchdog, GoesUnfedWhileOneWorkerIsStoppedAndResumes) {
+    watched_apilb w;
+    notify_socket& notify = w.notify;
+    apilb_process& lb = w.lb;
+    const auto origin = w.origin;
     ASSERT_TRUE(notify.wait_for("READY=1", origin, milliseconds(10000))) << "no READY=1; notifications:\n"
                                                                          << notify.transcript(origin) << "log:\n"
                                                                          << lb.log();
@@ -426,6 +440,39 @@ TEST(SystemdWatchdog, GoesUnfedWhileOneWorkerIsStoppedAndResumes) {
     }
     EXPECT_EQ(lb.terminate(), 0) << lb.log();
     EXPECT_TRUE(notify.wait_for("STOPPING=1", origin, milliseconds(2000))) << notify.transcript(origin);
+}
+
+TEST(SystemdWatchdog, TheUpgradedProcessFeedsItOnceTheOldOneIsGone) {
+    watched_apilb w;
+    notify_socket& notify = w.notify;
+    apilb_process& lb = w.lb;
+    const auto origin = w.origin;
+    ASSERT_TRUE(notify.wait_for("READY=1", origin, milliseconds(10000))) << notify.transcript(origin) << lb.log();
+    ASSERT_TRUE(lb.wait_for_log("systemd watchdog: 1000ms")) << lb.log();
+    lb.proc().signal(SIGUSR2);
+    // Nothing to drain: the old process exits once the new one serves.
+    ASSERT_EQ(lb.proc().wait(std::chrono::seconds(60)), 0) << lb.log();
+    const auto gone = clock_type::now();
+    std::smatch m;
+    const std::string log = lb.log();
+    ASSERT_TRUE(std::regex_search(log, m, std::regex(R"(upgrade: pid (\d+) serves)"))) << log;
+    const pid_t new_pid = static_cast<pid_t>(std::stoi(m[1]));
+    struct end_it {
+        pid_t pid;
+        ~end_it() {
+            ::kill(pid, SIGTERM);
+            wait_until([&] { return ::kill(pid, 0) != 0; }, std::chrono::seconds(15), milliseconds(20));
+        }
+    } ender{new_pid};
+    EXPECT_TRUE(notify.wait_for(fmt::format("MAINPID={}", new_pid), origin, milliseconds(100)))
+        << notify.transcript(origin);
+    // systemd now expects the new main process's WATCHDOG=1 within WatchdogSec
+    // (1 s), or it kills the unit: it must have taken the watchdog up.
+    std::this_thread::sleep_for(milliseconds(2500));
+    const auto fed = between(notify.times_of("WATCHDOG=1"), gone, clock_type::now());
+    EXPECT_GE(fed.size(), 3u) << "the new process does not feed the watchdog:\n"
+                              << notify.transcript(origin) << lb.log();
+    EXPECT_LT(longest_gap(fed, gone, clock_type::now()), milliseconds(1000)) << notify.transcript(origin);
 }
 
 }  // namespace

@@ -36,7 +36,7 @@ struct admin_access {
 };
 
 /// Where a request goes once nothing refused it.
-enum class admin_route { livez, readyz, metrics, status, page, reload, backend };
+enum class admin_route { livez, readyz, metrics, status, page, reload, upgrade, backend };
 
 /// An answer admin_server sends as it is.
 struct admin_reply {
@@ -57,6 +57,8 @@ struct admin_decision {
     std::string pool;
     std::string backend;
     bool drain = false;
+    /// route upgrade: `?wait=1`, answer once the upgrade has ended, not once it started.
+    bool wait = false;
 };
 
 /// Decides what to do with `req`; `client_verified`: a client certificate

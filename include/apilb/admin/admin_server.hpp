@@ -8,6 +8,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
@@ -30,6 +31,22 @@ class context;
 
 namespace apilb {
 
+/// How an upgrade ended (POST /api/v1/upgrade?wait=1; process_upgrade.cpp).
+struct upgrade_outcome {
+    std::string failure;                ///< "" = the new process serves and this one drains
+    int new_pid = 0;                    ///< the process started for it
+    std::size_t handed_over = 0;        ///< established sessions the new process took
+    std::size_t kept = 0;               ///< sessions with bytes in flight, drained by this one
+    std::chrono::milliseconds phase{0};  ///< the session phase (ready to sessions_taken)
+};
+
+/// What asking for an upgrade came to at once.
+struct upgrade_start {
+    std::string refused;    ///< "" = started; else why not (nothing changed)
+    bool conflict = false;  ///< refused for what apilb is doing or configured with, not a failure to start
+    int new_pid = 0;        ///< once started
+};
+
 /// What the admin server asks of the process. Every function is called on
 /// the control thread.
 struct admin_hooks {
@@ -42,6 +59,9 @@ struct admin_hooks {
     /// Applies the config file; every reason it was rejected
     /// (file:line:col: key: message), empty if it was applied.
     std::function<std::vector<std::string>()> reload;
+    /// Starts an upgrade as SIGUSR2 does; `done` runs once, on the control
+    /// thread, with its outcome, unless it was refused.
+    std::function<upgrade_start(std::function<void(const upgrade_outcome&)> done)> upgrade;
 };
 
 /// The admin bearer token in `path`, trailing newlines and spaces removed
@@ -71,6 +91,12 @@ public:
     void start();
     /// Closes the acceptor and every connection.
     void stop();
+    /// After an upgrade handed over: stops accepting (the new process
+    /// accepts on the same socket) and closes idle connections; a request
+    /// being answered is answered, then its connection closes.
+    void retire();
+    /// A request is being answered (retire() lets it finish).
+    bool answering() const;
 
     /// Certificate rotation: re-reads the certificate, key and client CA
     /// from the files the running admin section names. New connections use
@@ -112,6 +138,9 @@ private:
     /// Counts and logs (rate-limited) a POST refused for its credentials.
     void log_refused_post(const request& req, const connection& conn, boost::beast::http::status status,
                           const std::string& why);
+    /// POST /api/v1/upgrade[?wait=1]: 202 once started, or with `wait` the
+    /// outcome (at most upgrade_wait_limit); `who` names the caller for the log.
+    boost::asio::awaitable<admin_reply> upgrade(bool wait, const std::string& who);
     /// POST /api/v1/backends/{pool}/{backend}/{drain|enable}; `who` names the caller for the log.
     admin_reply drain_or_enable(const std::string& pool, const std::string& backend, bool drain,
                                 const std::string& who);
@@ -138,6 +167,10 @@ private:
     std::chrono::steady_clock::time_point last_evict_log_{};
     connection_list open_;  ///< oldest first; closed by stop()
     bool stopped_ = false;
+    bool retiring_ = false;  ///< retire(): answer what is asked, then close
+    /// The wait of a POST /api/v1/upgrade?wait=1 (at most one: a second
+    /// upgrade is refused while one runs); stop() wakes it.
+    boost::asio::steady_timer* upgrade_wait_ = nullptr;
     /// A descriptor (/dev/null) held in reserve and closed when accept() finds
     /// the process out of descriptors, so that /livez and /metrics still
     /// answer; reopened when an admin connection ends. -1 while in use.

@@ -2,6 +2,7 @@
 // `reload` talk to a running apilb over HTTP or HTTPS (docs/admin.md).
 #pragma once
 
+#include <chrono>
 #include <string>
 
 namespace apilb::cli {
@@ -27,5 +28,9 @@ int admin_status(const admin_target& t);
 int admin_backend(const admin_target& t, const std::string& pool, const std::string& backend, bool drain);
 /// POST /api/v1/reload. 0 applied, 1 unreachable or rejected.
 int admin_reload(const admin_target& t);
+/// POST /api/v1/upgrade?wait=1, waiting at most `timeout` for the outcome;
+/// prints the old and new pid and the sessions handed over. 0 only once the
+/// new process serves; 1 unreachable, refused, failed or out of time.
+int admin_upgrade(const admin_target& t, std::chrono::seconds timeout);
 
 }  // namespace apilb::cli

@@ -29,6 +29,8 @@ class bgp_agent;
 class rebalancer;
 class admin_server;
 class discovery_client;
+struct upgrade_outcome;
+struct upgrade_start;
 
 /// What the process before this one handed over in an upgrade
 /// (docs/upgrade.md): listening sockets by address, and the channel on which
@@ -122,11 +124,13 @@ private:
     /// Every worker's socket for listener `l`: handed-over ones of its
     /// address first (taken from `inherited`), fresh binds for the rest.
     void bind_listener(std::size_t l, inherited_sockets& inherited);
-    /// SIGUSR2: starts the new binary and hands it the listening sockets on
-    /// a helper thread; `handed_over` runs on the control thread once the new
-    /// one is ready, and nothing changes here if it fails (rollback).
+    /// SIGUSR2 and POST /api/v1/upgrade: starts the new binary and hands it
+    /// the listening sockets and sessions on a helper thread; once it serves,
+    /// upgrade_handed_over_ runs on the control thread, and nothing changes
+    /// here if it fails (rollback). `done` (may be empty) gets the outcome on
+    /// the control thread, unless it was refused: the return says why.
     /// Control thread, checked (process_upgrade.cpp).
-    void start_upgrade(std::function<void()> handed_over);
+    upgrade_start start_upgrade(std::function<void(const upgrade_outcome&)> done);
     /// Stops an upgrade in flight (kills the new binary) and joins its thread.
     void end_upgrade();
     /// The new process's side: MAINPID= and READY=1 to systemd, `ready` to
@@ -202,6 +206,10 @@ private:
     /// An upgrade in flight (process_upgrade.cpp); reloads are refused meanwhile.
     struct upgrade_run;
     std::shared_ptr<upgrade_run> upgrade_;
+    /// What run() does once an upgrade handed over: stop accepting and drain.
+    std::function<void()> upgrade_handed_over_;
+    /// Reloads whose snapshot the workers are still taking; an upgrade waits for none.
+    std::size_t reloads_applying_ = 0;
     int handover_channel_ = -1;               ///< the new process's end, until it said ready
     std::thread adopt_thread_;                ///< receive_sessions(); joined by end_session_receive()
     int adopt_channel_ = -1;                  ///< the channel while adopt_thread_ runs

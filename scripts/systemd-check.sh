@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# apilb's unit under a real systemd: boots Debian 12 (bookworm, minbase with
+# systemd) in a container with its own private network (loopback only),
+# installs the .deb built from BUILD_DIR's binary and checks, each as one
+# PASS/FAIL line, what docs/systemd.md and docs/upgrade.md promise.
+# Not part of `meson test` (it takes minutes); run as root:
+#
+#   bash scripts/systemd-check.sh BUILD_DIR [CACHE_DIR]
+#
+# CACHE_DIR (default BUILD_DIR/systemd-check) keeps the debootstrapped tree
+# (bookworm/, made once from apt's mirror) and each run's copy (run/), the
+# .deb and the logs. Installs debootstrap and systemd-container with apt-get
+# if they are missing. Ends with "N passed, N failed"; exits 1 on a failure.
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+usage="usage: systemd-check.sh BUILD_DIR [CACHE_DIR]"
+build=$(cd "${1:?$usage}" && pwd) || exit 64
+cache=${2:-$build/systemd-check}
+mirror=${APILB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+[[ $(id -u) -eq 0 ]] || { echo "run as root (debootstrap, systemd-nspawn)"; exit 64; }
+mkdir -p "$cache"
+cache=$(cd "$cache" && pwd)
+pristine=$cache/bookworm
+run=$cache/run
+log=$cache/logs
+rm -rf "$log"
+mkdir -p "$log"
+passed=0
+failed=0
+nspawn_pid=
+leader=
+
+result() {  # result NAME OK DETAIL
+  if [[ $2 == 0 ]]; then
+    passed=$((passed + 1)); printf 'PASS  %-22s %s\n' "$1" "$3"
+  else
+    failed=$((failed + 1)); printf 'FAIL  %-22s %s\n' "$1" "$3"
+  fi
+}
+
+# Runs a command inside the booted container (all its namespaces).
+in_ct() { nsenter --target "$leader" --mount --uts --ipc --net --pid -- /usr/bin/env -i \
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
+# kill(1) is procps's; the shell's builtin needs nothing installed.
+# Never pid 0 or none (an inactive unit's MainPID): that is the caller's own group.
+ct_kill() { [[ ${*: -1} =~ ^[1-9][0-9]*$ ]] || return 1; in_ct sh -c 'kill "$@"' kill "$@"; }
+prop() { in_ct systemctl show --property="$1" --value apilb.service; }
+# Whether apilb's journal has a line matching `pattern` (case-insensitive).
+# Reads it all (grep -c): grep -q would end the pipe early, and journalctl's
+# SIGPIPE fails the check under pipefail.
+journal_has() { in_ct journalctl -u apilb.service -o cat --no-pager | grep -ci -- "$1" >/dev/null; }
+
+# Polls `cmd` every 0.5 s until it succeeds or SECONDS pass.
+wait_for() {
+  local secs=$1; shift
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < end)) || return 1
+    sleep 0.5
+  done
+}
+
+stop_container() {
+  [[ -n "$nspawn_pid" ]] || return 0
+  # The container's init: SIGRTMIN+4 asks systemd for a clean poweroff.
+  [[ -n "$leader" ]] && kill -s RTMIN+4 "$leader" 2>/dev/null
+  for _ in $(seq 1 60); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$nspawn_pid" 2>/dev/null && kill -KILL "$nspawn_pid"
+  wait "$nspawn_pid" 2>/dev/null
+  nspawn_pid=
+}
+trap stop_container EXIT
+
+# ---------------------------------------------------------------- the tree
+for tool in debootstrap:debootstrap systemd-nspawn:systemd-container nsenter:util-linux; do
+  command -v "${tool%%:*}" >/dev/null || apt-get install -y "${tool##*:}" >"$log/apt.log" 2>&1 ||
+    { echo "cannot install ${tool##*:}"; exit 1; }
+done
+if [[ ! -e $pristine/.complete ]]; then
+  echo "debootstrap bookworm into $pristine (once; from $mirror)"
+  rm -rf "$pristine.tmp"
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,adduser,socat,curl,frr,man-db \
+    bookworm "$pristine.tmp" "$mirror" >"$log/debootstrap.log" 2>&1 ||
+    { tail -n 20 "$log/debootstrap.log"; exit 1; }
+  mv "$pristine.tmp" "$pristine"
+  touch "$pristine/.complete"
+fi
+
+# ---------------------------------------------------------------- the .deb
+version=$(sed -n '1s/^apilb (\([^)]*\)).*/\1/p' "$repo/packaging/debian/changelog")
+deb=$cache/packaging/apilb_${version}_$(dpkg --print-architecture).deb
+# Built again only when the binary or the packaging changed (3 minutes here).
+if [[ ! -f $deb || -n $(find "$build/src/apilb" "$repo/packaging" "$repo/systemd" "$repo/conf" -newer "$deb" -print -quit) ]]; then
+  APILB_PACKAGING_CASES=deb_build bash "$repo/scripts/check-packaging.sh" "$build" "$log/packaging.xml" \
+    "$cache/packaging" >"$log/deb.log" 2>&1
+fi
+[[ -f $deb ]] || { cat "$log/deb.log"; echo "the .deb did not build"; exit 1; }
+
+# apilb's libraries in the cached tree, from the mirror (once; the only step
+# with the host's network, as debootstrap's).
+# man-db: systemd-analyze verify checks the unit's Documentation=man:apilb(8).
+deps="man-db $(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/[|(].*//; s/ //g' | grep -v '^$' | sort -u | tr '\n' ' ')"
+if ! chroot "$pristine" dpkg-query -W $deps >/dev/null 2>&1; then
+  echo "installing apilb's dependencies into $pristine: $deps"
+  systemd-nspawn -q -D "$pristine" --register=no --keep-unit sh -c "apt-get update && apt-get install -y $deps" \
+    >"$log/deps.log" 2>&1 || { tail -n 20 "$log/deps.log"; exit 1; }
+fi
+
+# ---------------------------------------------------------------- a fresh copy, apilb installed
+rm -rf "$run"
+cp -a "$pristine" "$run"
+cp "$deb" "$run/opt/apilb.deb"
+# Offline (no systemd running): the postinst creates the user and, with no
+# running unit, hands nothing over.
+systemd-nspawn -q -D "$run" --private-network --register=no --keep-unit dpkg -i /opt/apilb.deb >"$log/install.log" 2>&1 ||
+  { cat "$log/install.log"; exit 1; }
+cat >"$run/etc/apilb/apilb.yaml" <<'EOF'
+workers: 2
+listeners:
+  - {name: front, address: "127.0.0.1:6443", pool: p}
+pools:
+  - name: p
+    balance: round-robin
+    health: {type: tcp, interval: 1s, timeout: 500ms, rise: 1, fall: 2}
+    backends:
+      - {name: echo, address: "127.0.0.1:7001"}
+admin:
+  address: "127.0.0.1:6445"
+  token_file: /run/apilb/admin-token
+timeouts: {drain: 5s}
+EOF
+cat >"$run/etc/systemd/system/apilb-echo.service" <<'EOF'
+[Unit]
+Description=echo backend for the apilb check
+Before=apilb.service
+[Service]
+ExecStart=/usr/bin/socat TCP-LISTEN:7001,bind=127.0.0.1,reuseaddr,fork EXEC:/bin/cat
+[Install]
+WantedBy=multi-user.target
+EOF
+# The session check: one connection kept open across an action, echoing
+# before and after it. ACTION runs between (a shell command).
+cat >"$run/usr/local/bin/session-across" <<'EOF'
+#!/bin/bash
+# usage: session-across ACTION... ; prints "old=PID new=PID" and the echoes
+set -u
+exec 3<>/dev/tcp/127.0.0.1/6443 || exit 2
+echo before >&3; read -r -t 5 a <&3 || a=none
+old=$(systemctl show -p MainPID --value apilb.service)
+"$@"; rc=$?
+new=$(systemctl show -p MainPID --value apilb.service)
+echo after >&3; read -r -t 5 b <&3 || b=none
+echo "action=$rc old=$old new=$new before=$a after=$b"
+[[ $rc == 0 && $a == before && $b == after ]]
+EOF
+chmod 755 "$run/usr/local/bin/session-across"
+systemd-nspawn -q -D "$run" --private-network --register=no --keep-unit \
+  systemctl enable apilb.service apilb-echo.service >>"$log/install.log" 2>&1
+
+# ---------------------------------------------------------------- boot
+echo "booting $run (systemd-nspawn --boot --private-network)"
+SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=0 systemd-nspawn -q -D "$run" --boot --register=no --keep-unit \
+  --private-network >"$log/boot.log" 2>&1 </dev/null &
+nspawn_pid=$!
+booted() { leader=$(ps -o pid= --ppid "$nspawn_pid" | head -n 1 | tr -d ' '); [[ -n "$leader" ]] &&
+  [[ $(in_ct systemctl is-system-running 2>/dev/null) =~ ^(running|degraded)$ ]]; }
+if ! wait_for 120 booted; then
+  result boot 1 "the container did not boot within 120 s (see $log/boot.log)"
+  tail -n 30 "$log/boot.log"
+  echo "$passed passed, $failed failed"; exit 1
+fi
+in_ct systemctl --failed --no-legend >"$log/failed-units.txt" 2>&1
+
+# 1. Type=notify: active only once READY=1 came.
+wait_for 60 test "$(prop ActiveState)" = active
+pid=$(prop MainPID)
+result unit_active "$([[ $(prop ActiveState)/$(prop SubState)/$(prop Type) == active/running/notify ]] &&
+  journal_has 'ready: listeners serving'; echo $?)" \
+  "ActiveState=$(prop ActiveState) SubState=$(prop SubState) Type=$(prop Type) MainPID=$pid"
+
+# 2. systemctl reload: the hitless reload (RELOADING=1 ... READY=1).
+in_ct systemctl reload apilb.service >"$log/reload.log" 2>&1
+wait_for 20 journal_has 'reload: config'
+result reload "$([[ $(prop ActiveState) == active && $(prop MainPID) == "$pid" ]] &&
+  journal_has 'reload: config'; echo $?)" \
+  "$(in_ct journalctl -u apilb.service -o cat --no-pager | grep 'reload: config' | head -n 1 | cut -c1-100)"
+
+# 3. The sandbox: the online exposure figure, and apilb's mount namespace
+# read-only outside /run/apilb (PrivateTmp's /tmp is its own).
+in_ct systemd-analyze security apilb.service >"$log/security.txt" 2>&1
+exposure=$(sed -n 's/.*Overall exposure level for apilb.service: \([0-9.]*\).*/\1/p' "$log/security.txt")
+pid=$(prop MainPID)
+writes=""
+for path in /etc/apilb/probe /usr/sbin/probe /var/lib/probe /root/probe /run/apilb/probe; do
+  if in_ct nsenter --target "$pid" --mount -- setpriv --reuid=apilb --regid=apilb --clear-groups \
+       touch "$path" 2>/dev/null; then writes+="${path%/probe}:rw "; else writes+="${path%/probe}:ro "; fi
+done
+in_ct nsenter --target "$pid" --mount -- rm -f /run/apilb/probe
+result hardening "$([[ -n $exposure ]] && python3 -c "import sys; sys.exit(0 if float('$exposure') <= 2.0 else 1)" &&
+  [[ $writes == "/etc/apilb:ro /usr/sbin:ro /var/lib:ro /root:ro /run/apilb:rw " ]]; echo $?)" \
+  "exposure ${exposure:-?} (online); writes: $writes"
+
+# 4. Upgrade under systemd: `apilb upgrade`, MainPID follows, a session goes on.
+out=$(in_ct session-across apilb upgrade --config /etc/apilb/apilb.yaml --timeout 60 2>&1)
+echo "$out" >"$log/upgrade.txt"
+last=$(tail -n 1 <<<"$out")
+new=$(sed -n 's/.* new=\([0-9]*\) .*/\1/p' <<<"$last")
+said=$(sed -n 's/^upgraded: pid [0-9]* -> pid \([0-9]*\);.*/\1/p' <<<"$out")
+wait_for 20 sh -c "! nsenter --target $leader --pid --mount -- sh -c 'kill -0 $pid' 2>/dev/null"
+# And it stays so past WatchdogSec (10 s): the new process feeds the watchdog.
+restarts=$(prop NRestarts)
+stayed=0
+for _ in $(seq 1 30); do
+  [[ $(prop MainPID) == "$new" && $(prop ActiveState) == active ]] || { stayed=1; break; }
+  sleep 0.5
+done
+result upgrade "$([[ $last == *"before=before after=after"* && -n $said && $new == "$said" && $new != "$pid" &&
+  $stayed == 0 && $(prop NRestarts) == "$restarts" ]] && ! ct_kill -0 "$pid" 2>/dev/null; echo $?)" \
+  "$last; 15 s later MainPID=$(prop MainPID) $(prop ActiveState); $(grep -m1 '^upgraded:' <<<"$out" | cut -c1-90)"
+
+# 5. The package upgrade: dpkg -i of the same .deb again runs the postinst's
+# `apilb upgrade`: no restart (NRestarts unchanged), a session goes on.
+restarts=$(prop NRestarts)
+pid=$(prop MainPID)
+out=$(in_ct session-across dpkg -i /opt/apilb.deb 2>&1)
+echo "$out" >"$log/dpkg-upgrade.txt"
+last=$(tail -n 1 <<<"$out")
+new=$(sed -n 's/.* new=\([0-9]*\) .*/\1/p' <<<"$last")
+result deb_upgrade "$([[ $last == *"before=before after=after"* && $new != "$pid" && $(prop NRestarts) == "$restarts" &&
+  $(prop ActiveState) == active ]] && grep -q 'no connection was dropped' <<<"$out"; echo $?)" \
+  "$last; NRestarts $restarts -> $(prop NRestarts)"
+
+# 6. The watchdog: armed, and a frozen apilb (SIGSTOP) is killed and restarted.
+wd=$(prop WatchdogUSec)
+pid=$(prop MainPID)
+restarts=$(prop NRestarts)
+ct_kill -STOP "$pid"
+t0=$SECONDS
+wait_for 90 sh -c "[ \"\$(nsenter --target $leader --mount --pid -- systemctl show -p MainPID --value apilb)\" != $pid ] &&
+  [ \"\$(nsenter --target $leader --mount --pid -- systemctl show -p ActiveState --value apilb)\" = active ]"
+took=$((SECONDS - t0))
+result watchdog "$([[ $wd == 10s && $(prop NRestarts) -gt $restarts && $(prop MainPID) != "$pid" ]] &&
+  journal_has 'watchdog timeout'; echo $?)" \
+  "WatchdogUSec=$wd; SIGSTOP pid $pid -> new pid $(prop MainPID) after ${took}s, NRestarts $restarts -> $(prop NRestarts)"
+
+# 7. The bgp drop-in loads: verify, ExecStopPost, the frrvty group.
+in_ct mkdir -p /etc/systemd/system/apilb.service.d
+cp "$repo/systemd/bgp.conf" "$run/etc/systemd/system/apilb.service.d/bgp.conf"
+in_ct systemctl daemon-reload
+verify=$(in_ct systemd-analyze verify apilb.service 2>&1)
+echo "$verify" >"$log/bgp-verify.txt"
+stoppost=$(prop ExecStopPost)
+group=$(in_ct getent group frrvty)
+result bgp_dropin "$([[ -z $verify && $stoppost == *"bgp-withdraw"* && -n $group ]]; echo $?)" \
+  "verify: ${verify:-no messages}; ExecStopPost has bgp-withdraw: $([[ $stoppost == *bgp-withdraw* ]] && echo yes || echo no); frrvty: ${group:-missing}"
+rm -f "$run/etc/systemd/system/apilb.service.d/bgp.conf"
+in_ct systemctl daemon-reload
+
+in_ct journalctl -u apilb -o short-monotonic --no-pager >"$log/apilb-journal.txt" 2>&1
+stop_container
+echo "logs in $log"
+echo "$passed passed, $failed failed"
+((failed == 0))
