@@ -1,7 +1,8 @@
 // One proxied connection: choose a backend, connect (with retries on the next
 // backend), then relay both directions until both have ended. This header
-// declares what the rest of the worker sees of a session; the session itself
-// lives in session.cpp.
+// declares what the rest of the worker sees of a session; the session class
+// itself is private to the dataplane (session_impl.hpp, session.cpp,
+// session_handover.cpp).
 #pragma once
 
 #include <boost/asio/steady_timer.hpp>
