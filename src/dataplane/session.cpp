@@ -42,6 +42,11 @@ void session_entry::abort(close_reason why) {
         s->close();
     }
     if (storm_timer) storm_timer->cancel();
+    // A quiesced direction has no wait for the close to complete.
+    if (pump && quiesce_until != std::chrono::steady_clock::time_point::max()) {
+        quiesce_until = std::chrono::steady_clock::time_point::max();
+        pump->end_quiesce();
+    }
 }
 
 namespace {

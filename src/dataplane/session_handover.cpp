@@ -34,6 +34,9 @@ bool session::hand_over(handed_session& out) {
     entry_.closed_by = close_reason::handed_over;
     out.client_fd = client_.release();
     out.backend_fd = upstream_.release();
+    // A quiesced direction has no wait for the release to complete.
+    entry_.quiesce_until = clock_type::time_point::max();
+    relay_.end_quiesce();
     return true;
 }
 
