@@ -149,6 +149,17 @@ pass_result take_sessions(worker& w, std::uint64_t phase, clock_type::time_point
     return future.get();
 }
 
+/// For tests only (APILB_UPGRADE_TEST_FAIL_SEND_AT): the session frame, 1
+/// for the first, whose send fails as if the new binary had died; 0: none.
+std::size_t failing_send_at() {
+    if (const char* v = std::getenv("APILB_UPGRADE_TEST_FAIL_SEND_AT")) {
+        try {
+            return static_cast<std::size_t>(handover::parse_number(v, "APILB_UPGRADE_TEST_FAIL_SEND_AT"));
+        } catch (const handover_error&) {}
+    }
+    return 0;
+}
+
 /// The old side's session phase (docs/upgrade.md "Sessions"): passes over
 /// the workers, each handing over its quiet sessions (and quiescing its busy
 /// ones for a later pass), sent one frame each, until a pass finds none
@@ -170,6 +181,7 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
     const auto started = clock_type::now();
     const auto phase = static_cast<std::uint64_t>(started.time_since_epoch().count());
     const auto phase_end = std::min(deadline, started + session_phase_limit);
+    const std::size_t fail_at = failing_send_at();
     std::size_t busy = 0, kept = 0;
     for (;;) {
         std::size_t got = 0;
@@ -189,6 +201,7 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
             const std::size_t first = sent.size();
             for (auto& h : pass.sessions) sent.push_back(std::move(h));
             for (std::size_t i = first; i < sent.size(); ++i) {
+                if (i + 1 == fail_at) throw handover_error("send: failed (APILB_UPGRADE_TEST_FAIL_SEND_AT)");
                 const int fds[2] = {sent[i].client_fd, sent[i].backend_fd};
                 handover::send_frame(channel, frame_type::session, handover::encode_session(sent[i].record), fds,
                                      deadline);

@@ -754,5 +754,26 @@ TEST_F(SessionHandoverTest, SessionWhoseBackendStopsReadingStaysWithTheOldProces
     expect_no_sanitizer_report(old.log(), "apilb (old and new)");
 }
 
+TEST_F(SessionHandoverTest, SendThatFailsHalfWayThroughABatchLeavesEverySessionWithTheOld) {
+    // The third session frame's send fails as if the new binary had died
+    // (test only), with the first worker's whole batch out of its worker.
+    scoped_env fail("APILB_UPGRADE_TEST_FAIL_SEND_AT", "3");
+    apilb_process old(dir, config(), "127.0.0.1", port);
+    std::vector<client> idle = open_idle_sessions(port, 40);
+    old.proc().signal(SIGUSR2);
+    ASSERT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
+    ASSERT_TRUE(old.wait_for_log("session(s)", 5s)) << old.log();
+    // The whole batch comes back, not only the two frames sent; the other
+    // worker's sessions never left it.
+    const long long back = from_log(old.log(), R"(took back (\d+) session\(s\))");
+    EXPECT_GE(back, 3) << old.log();
+    // Every session relays on in the old process, which serves on.
+    expect_idle_sessions_relay(idle, "after");
+    EXPECT_TRUE(old.proc().running());
+    EXPECT_EQ(metric(admin_port, "apilb_session_handover_total{result=\"adopted\"}"), back);
+    idle.clear();
+    EXPECT_EQ(old.terminate(), 0);
+}
+
 }  // namespace
 }  // namespace apilb::test
