@@ -404,8 +404,8 @@ void process::start_upgrade(std::function<void()> handed_over) {
             }
             stats_.upgrades_total.fetch_add(1, std::memory_order_relaxed);
             spdlog::info(
-                "upgrade: pid {} serves; {} session(s) handed over in {}ms, {} kept here (bytes in flight not written out in time); "
-                "this process stops accepting and drains",
+                "upgrade: pid {} serves; {} session(s) handed over in {}ms, {} kept here (bytes in flight not written "
+                "out in time); this process stops accepting and drains",
                 run->pid, handed, phase_ms.count(), kept);
             // Said by the main PID too, so that systemd never sees it end
             // without a successor, whatever NotifyAccess says.

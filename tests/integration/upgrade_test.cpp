@@ -1,9 +1,11 @@
 // The upgrade (SIGUSR2, docs/upgrade.md "Zero-drop upgrade"): the real
 // binary hands its listening sockets to a new apilb under a steady rate of
-// new connections, which must all be served, and then every quiet
-// established session (idle, half-closed, bulk between bursts), which must go
-// on without a lost byte or a reset; a new binary that fails is rolled back
-// with the old one serving on, every session included.
+// new connections, which must all be served, and then every established
+// session (idle, half-closed, bulk between bursts, streams that never pause,
+// which are quiesced first), which must go on without a lost byte or a
+// reset; a session whose destination stops reading stays with the old
+// process; a new binary that fails is rolled back with the old one serving
+// on, every session included.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -623,7 +625,8 @@ public:
     /// way ended by a clean FIN.
     std::string check(const std::vector<stream_seen>& seen) const {
         if (write_failed_) return "a send failed";
-        if (end_errno_ != 0) return fmt::format("backend -> client ended with errno {} after {}B", end_errno_, received_.load());
+        if (end_errno_ != 0)
+            return fmt::format("backend -> client ended with errno {} after {}B", end_errno_, received_.load());
         if (corrupt_) return "backend -> client: bytes differ from what was sent";
         for (const stream_seen& r : seen) {
             if (r.id != id_) continue;

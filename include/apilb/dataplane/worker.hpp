@@ -202,7 +202,7 @@ private:
     poll_timer publish_timer_{sockets_};
     poll_timer quiesce_timer_{sockets_};  ///< the earliest quiesce_until of this worker's sessions
     std::uint64_t quiesce_phase_ = 0;     ///< the session phase of the last pass
-    bool stopping_ = false;  ///< worker thread only
+    bool stopping_ = false;               ///< worker thread only
     std::thread thread_;
     std::promise<void> exited_;
 };
