@@ -425,6 +425,26 @@ double metric(std::uint16_t admin_port, const std::string& sample) {
     return std::stod(text.substr(at + sample.size() + 2));
 }
 
+/// What an upgrade's old process said once the new one served.
+struct upgrade_outcome {
+    pid_t new_pid = 0;  ///< 0: no handover within 60 s
+    long long handed = -1, kept = -1, phase_ms = -1;
+    std::string log;  ///< the old process's, then
+};
+
+/// SIGUSR2 to `old`, and what its log says of the handover.
+upgrade_outcome upgrade(apilb_process& old) {
+    old.proc().signal(SIGUSR2);
+    upgrade_outcome up;
+    if (!wait_until([&] { return handed_to(old.log()) != 0; }, 60s)) return up;
+    up.log = old.log();
+    up.new_pid = handed_to(up.log);
+    up.handed = from_log(up.log, R"(serves; (\d+) session\(s\) handed over)");
+    up.kept = from_log(up.log, R"(handed over in \d+ms, (\d+) kept here)");
+    up.phase_ms = from_log(up.log, R"(handed over in (\d+)ms)");
+    return up;
+}
+
 /// Idle sessions that each echoed one line: established, answered.
 std::vector<client> open_idle_sessions(std::uint16_t port, int n) {
     std::vector<client> out(static_cast<std::size_t>(n));
@@ -469,7 +489,33 @@ protected:
             fmt::format("timeouts: {{drain: {}}}\nadmin: {{address: \"127.0.0.1:{}\"}}\n", drain, admin_port));
     }
     ~SessionHandoverTest() override { release = true; }
+
+    /// 40 idle sessions, then SIGUSR2 with the test-only fault `fault`=3 in
+    /// the session phase: the upgrade fails, every session relays on in the
+    /// old process, which serves on. The sessions it took back (its log).
+    long long take_back_after_failed_session_phase(const char* fault);
 };
+
+long long SessionHandoverTest::take_back_after_failed_session_phase(const char* fault) {
+    scoped_env env(fault, "3");
+    apilb_process old(dir, config(), "127.0.0.1", port);
+    std::vector<client> idle = open_idle_sessions(port, 40);
+    old.proc().signal(SIGUSR2);
+    EXPECT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
+    EXPECT_TRUE(old.wait_for_log("session(s)", 5s)) << old.log();
+    const long long back = from_log(old.log(), R"(took back (\d+) session\(s\))");
+    expect_idle_sessions_relay(idle, "after");
+    EXPECT_TRUE(old.proc().running());
+    EXPECT_EQ(metric(admin_port, "apilb_session_handover_total{result=\"adopted\"}"), back);
+    client c;
+    c.set_timeout(5s);
+    EXPECT_EQ(c.connect("127.0.0.1", port), 0);
+    EXPECT_TRUE(c.send_all("new\n"));
+    EXPECT_EQ(c.recv_exact(4), "new\n");
+    idle.clear();
+    EXPECT_EQ(old.terminate(), 0);
+    return back;
+}
 
 /// How many idle sessions the handover test opens: 150 in the suite;
 /// APILB_TEST_HANDOVER_SESSIONS sets another number (the 1 000-session
@@ -503,15 +549,13 @@ TEST_F(SessionHandoverTest, EstablishedSessionsMoveToTheNewProcessWithoutAReset)
         bulk.push_back(std::make_unique<bulk_session>(port, 8u << 20, 7 + i));
         ASSERT_TRUE(bulk.back()->connected());
     }
-    old.proc().signal(SIGUSR2);
-    ASSERT_TRUE(wait_until([&] { return handed_to(old.log()) != 0; }, 60s)) << old.log();
-    const pid_t new_pid = handed_to(old.log());
+    const upgrade_outcome up = upgrade(old);
+    ASSERT_NE(up.new_pid, 0) << old.log();
+    const pid_t new_pid = up.new_pid;
     end_at_exit guard{{new_pid}};
-    const std::string log = old.log();
-    const long long handed = from_log(log, R"(serves; (\d+) session\(s\) handed over)");
-    const long long kept = from_log(log, R"(handed over in \d+ms, (\d+) kept here)");
-    std::cout << "session handover: " << handed << " session(s) in " << from_log(log, R"(handed over in (\d+)ms)")
-              << " ms, " << kept << " kept\n";
+    const std::string& log = up.log;
+    const long long handed = up.handed, kept = up.kept;
+    std::cout << "session handover: " << handed << " session(s) in " << up.phase_ms << " ms, " << kept << " kept\n";
     EXPECT_GE(handed, idle_n + half_n) << log;
     EXPECT_EQ(kept, 0) << log;
 
@@ -545,23 +589,7 @@ TEST_F(SessionHandoverTest, EstablishedSessionsMoveToTheNewProcessWithoutAReset)
 
 TEST_F(SessionHandoverTest, NewBinaryThatDiesInTheSessionPhaseLeavesEverySessionWithTheOld) {
     // The new process exits after its third session frame (test only).
-    scoped_env die("APILB_UPGRADE_TEST_DIE_AFTER_SESSIONS", "3");
-    apilb_process old(dir, config(), "127.0.0.1", port);
-    std::vector<client> idle = open_idle_sessions(port, 40);
-    old.proc().signal(SIGUSR2);
-    ASSERT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
-    EXPECT_TRUE(old.wait_for_log("took back 40 session(s)", 5s)) << old.log();
-    // Every session relays on in the old process, which serves on.
-    expect_idle_sessions_relay(idle, "after");
-    EXPECT_TRUE(old.proc().running());
-    EXPECT_GE(metric(admin_port, "apilb_session_handover_total{result=\"adopted\"}"), 40);
-    client c;
-    c.set_timeout(5s);
-    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
-    ASSERT_TRUE(c.send_all("new\n"));
-    EXPECT_EQ(c.recv_exact(4), "new\n");
-    idle.clear();
-    EXPECT_EQ(old.terminate(), 0);
+    EXPECT_EQ(take_back_after_failed_session_phase("APILB_UPGRADE_TEST_DIE_AFTER_SESSIONS"), 40);
 }
 
 /// A session that streams both ways without a pause until stop(): the
@@ -672,17 +700,15 @@ TEST_F(SessionHandoverTest, StreamsThatNeverPauseMoveToTheNewProcess) {
     };
     // Every stream is under way: bytes are in flight in apilb at any moment.
     ASSERT_TRUE(wait_until([&] { return all_echoed(std::vector<std::uint64_t>(streams.size(), 1 << 20)); }, 30s));
-    old.proc().signal(SIGUSR2);
-    ASSERT_TRUE(wait_until([&] { return handed_to(old.log()) != 0; }, 60s)) << old.log();
-    const pid_t new_pid = handed_to(old.log());
+    const upgrade_outcome up = upgrade(old);
+    ASSERT_NE(up.new_pid, 0) << old.log();
+    const pid_t new_pid = up.new_pid;
     end_at_exit guard{{new_pid}};
-    const std::string log = old.log();
-    const long long handed = from_log(log, R"(serves; (\d+) session\(s\) handed over)");
-    const long long kept = from_log(log, R"(handed over in \d+ms, (\d+) kept here)");
-    std::cout << "[ MEASURED ] busy session handover: " << handed << " of " << n << " streaming session(s) in "
-              << from_log(log, R"(handed over in (\d+)ms)") << " ms, " << kept << " kept\n";
-    EXPECT_EQ(handed, n) << log;
-    EXPECT_EQ(kept, 0) << log;
+    const std::string& log = up.log;
+    std::cout << "[ MEASURED ] busy session handover: " << up.handed << " of " << n << " streaming session(s) in "
+              << up.phase_ms << " ms, " << up.kept << " kept\n";
+    EXPECT_EQ(up.handed, n) << log;
+    EXPECT_EQ(up.kept, 0) << log;
     // The old process kept nothing: it exits 0, and from here only the new
     // one relays. Every stream goes on there (another MiB each way at least).
     EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
@@ -731,17 +757,16 @@ TEST_F(SessionHandoverTest, SessionWhoseBackendStopsReadingStaysWithTheOldProces
         },
         30s, 300ms));
     ASSERT_LT(sent.load(), payload.size()) << "the backend's buffers took all of it";
-    old.proc().signal(SIGUSR2);
-    ASSERT_TRUE(wait_until([&] { return handed_to(old.log()) != 0; }, 60s)) << old.log();
-    const pid_t new_pid = handed_to(old.log());
+    const upgrade_outcome up = upgrade(old);
+    ASSERT_NE(up.new_pid, 0) << old.log();
+    const pid_t new_pid = up.new_pid;
     end_at_exit guard{{new_pid}};
-    const std::string log = old.log();
-    const long long phase_ms = from_log(log, R"(handed over in (\d+)ms)");
-    std::cout << "[ MEASURED ] session phase with one stalled session: " << phase_ms << " ms\n";
-    EXPECT_EQ(from_log(log, R"(serves; (\d+) session\(s\) handed over)"), 10) << log;
-    EXPECT_EQ(from_log(log, R"(handed over in \d+ms, (\d+) kept here)"), 1) << log;
+    const std::string& log = up.log;
+    std::cout << "[ MEASURED ] session phase with one stalled session: " << up.phase_ms << " ms\n";
+    EXPECT_EQ(up.handed, 10) << log;
+    EXPECT_EQ(up.kept, 1) << log;
     // Given up after its quiesce (1 s), not after the whole phase (5 s).
-    EXPECT_LT(phase_ms, 4500) << log;
+    EXPECT_LT(up.phase_ms, 4500) << log;
     // The others relay in the new process; the old one drains the kept one.
     expect_idle_sessions_relay(idle, "after");
     EXPECT_TRUE(old.proc().running());
@@ -759,23 +784,10 @@ TEST_F(SessionHandoverTest, SessionWhoseBackendStopsReadingStaysWithTheOldProces
 
 TEST_F(SessionHandoverTest, SendThatFailsHalfWayThroughABatchLeavesEverySessionWithTheOld) {
     // The third session frame's send fails as if the new binary had died
-    // (test only), with the first worker's whole batch out of its worker.
-    scoped_env fail("APILB_UPGRADE_TEST_FAIL_SEND_AT", "3");
-    apilb_process old(dir, config(), "127.0.0.1", port);
-    std::vector<client> idle = open_idle_sessions(port, 40);
-    old.proc().signal(SIGUSR2);
-    ASSERT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
-    ASSERT_TRUE(old.wait_for_log("session(s)", 5s)) << old.log();
-    // The whole batch comes back, not only the two frames sent; the other
-    // worker's sessions never left it.
-    const long long back = from_log(old.log(), R"(took back (\d+) session\(s\))");
-    EXPECT_GE(back, 3) << old.log();
-    // Every session relays on in the old process, which serves on.
-    expect_idle_sessions_relay(idle, "after");
-    EXPECT_TRUE(old.proc().running());
-    EXPECT_EQ(metric(admin_port, "apilb_session_handover_total{result=\"adopted\"}"), back);
-    idle.clear();
-    EXPECT_EQ(old.terminate(), 0);
+    // (test only), with the first worker's whole batch out of its worker:
+    // all of it comes back, not only the two frames sent (the other
+    // worker's sessions may never have left it).
+    EXPECT_GE(take_back_after_failed_session_phase("APILB_UPGRADE_TEST_FAIL_SEND_AT"), 3);
 }
 
 }  // namespace
