@@ -395,9 +395,9 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.sample("apilb_upgrades_total", label("result", "success"), load(ps.upgrades_total));
     e.sample("apilb_upgrades_total", label("result", "failure"), load(ps.upgrade_failures_total));
     e.family("apilb_session_handover_total", "counter",
-             "Established sessions in upgrades, by result: handed_over (to the new binary), kept (bytes in flight, "
-             "drained here), adopted (from the old binary, or back after a failed upgrade), refused (both sides "
-             "reset).");
+             "Established sessions in upgrades, by result: handed_over (to the new binary), kept (bytes in flight not "
+             "written out in time, drained here), adopted (from the old binary, or back after a failed upgrade), "
+             "refused (both sides reset).");
     e.sample("apilb_session_handover_total", label("result", "handed_over"), load(ps.sessions_handed_over_total));
     e.sample("apilb_session_handover_total", label("result", "kept"), load(ps.sessions_kept_total));
     e.sample("apilb_session_handover_total", label("result", "adopted"), load(ps.sessions_adopted_total));

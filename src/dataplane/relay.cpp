@@ -68,12 +68,14 @@ void relay::rearm() {
         d.chunks = 0;
         d.short_read = false;
         d.full_read = false;
+        d.parked = false;
         d.blocked_since = clock::time_point::max();
         d.result = {};
     }
     answered_ = false;
     answered_fn_ = nullptr;
     stopping_ = false;
+    quiescing_ = false;
     failed_early_ = false;
     no_memory_ = false;
     early_error_ = {};
@@ -87,6 +89,18 @@ bool relay::quiet() const noexcept {
         if (d.done && d.result.end != pump_end::eof) return false;
     }
     return true;
+}
+
+void relay::end_quiesce() noexcept {
+    quiescing_ = false;
+    for (auto& d : dirs_) {
+        if (!d.parked) continue;
+        d.parked = false;
+        // From the loop, ready or not: the edge that woke the direction
+        // before it stopped was used up, so a wait could sleep on bytes that
+        // are there. Aborted if the socket was closed or released meanwhile.
+        d.from->defer_call(poll_socket::wait_type::read, &relay::readable, &d);
+    }
 }
 
 void relay::keep_for_replay(std::string* sent, std::size_t limit) {
@@ -171,6 +185,13 @@ void relay::transfer(direction& d) {
     APILB_ASSERT_DATA_PATH_ROLE(worker);
     for (;;) {
         if (d.pending > 0 && !flush(d)) return;
+        if (quiescing_) {
+            // Everything read is written: stop here, with no wait, so that
+            // no read follows an edge; end_quiesce() starts it again.
+            release(d);
+            d.parked = true;
+            return;
+        }
         if (d.short_read) {
             // The last read took less than it could: the socket is empty now
             // but for bytes that arrived since, whose edge completes the wait
@@ -335,6 +356,12 @@ void relay::finish(direction& d, pump_end end) {
     d.blocked_since = clock::time_point::max();
     d.done = true;
     d.result.end = end;
+    if (direction& other = &d == &dirs_[0] ? dirs_[1] : dirs_[0]; other.parked) {
+        // A quiesced direction has no wait that the close completes: it ends
+        // with this one (by an error, which closed both sockets).
+        other.parked = false;
+        return finish(other, pump_end::aborted);
+    }
     if (!dirs_[0].done || !dirs_[1].done) return;
     if (failed_early_) {
         // Keep the client's bytes for the replay; undo the direction results.

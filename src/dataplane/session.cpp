@@ -8,12 +8,8 @@
 // co_spawn or handler allocations on the path of a new connection.
 #include "apilb/dataplane/session.hpp"
 
-#include <boost/asio/steady_timer.hpp>
-
 #include <algorithm>
 #include <limits>
-#include <list>
-#include <optional>
 #include <string_view>
 
 #include <sys/socket.h>
@@ -23,9 +19,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "apilb/dataplane/backend_choice.hpp"
+#include "apilb/dataplane/session_impl.hpp"
 #include "apilb/dataplane/socket_options.hpp"
-#include "apilb/dataplane/worker_context.hpp"
 #include "apilb/logging/logging.hpp"
 
 namespace apilb {
@@ -47,15 +42,14 @@ void session_entry::abort(close_reason why) {
         s->close();
     }
     if (storm_timer) storm_timer->cancel();
+    // A quiesced direction has no wait for the close to complete.
+    if (pump && quiesce_until != std::chrono::steady_clock::time_point::max()) {
+        quiesce_until = std::chrono::steady_clock::time_point::max();
+        pump->end_quiesce();
+    }
 }
 
 namespace {
-
-std::string endpoint_text(const tcp::endpoint& ep) {
-    const auto a = ep.address();
-    return a.is_v6() ? fmt::format("[{}]:{}", a.to_string(), ep.port())
-                     : fmt::format("{}:{}", a.to_string(), ep.port());
-}
 
 /// Passive health detection: the first failure of a backend marks it
 /// suspect at once (other workers skip it from now on) and tells the health
@@ -66,24 +60,6 @@ void report_passive(worker_context& ctx, const pool_runtime& pool, const backend
     if (b.health->suspect.exchange(true, std::memory_order_relaxed)) return;
     ctx.report_passive(b.health, std::move(what));
 }
-
-/// Choosing and connecting across the attempts of one session.
-struct connect_state {
-    explicit connect_state(std::size_t backends) : tried(backends, 0) {}
-    std::uint64_t key_hash = 0;  ///< maglev pools: the client's key
-    tried_set tried;
-    std::uint32_t attempts = 0;
-    std::string failures;      ///< "name: reason; ..." for the log when every attempt failed
-    error_code local_failure;  ///< this process is out of something: not a backend's fault
-
-    /// Adds "backend: what" to `failures`.
-    void add_failure(std::string_view backend, std::string_view what) {
-        if (!failures.empty()) failures += "; ";
-        failures += backend;
-        failures += ": ";
-        failures += what;
-    }
-};
 
 /// True if `bytes` start with a TLS handshake record (content type 22,
 /// protocol major version 3): a ClientHello.
@@ -115,139 +91,15 @@ close_reason relay_end_reason(const pump_result& to_backend, const pump_result& 
     return timed_out ? close_reason::backend_timeout : close_reason::backend_reset;
 }
 
-/// One proxied connection. It owns both sockets and the relay; whichever
-/// callback is pending owns it (the connect, a storm-control timer, a
-/// replay's wait, the relay's completion), and it ends when the last of them
-/// lets it go. An idle watch costs the object, its two sockets and two
-/// pending waits.
-class session : private pending_connect {
-public:
-    session(worker_context& ctx, std::size_t listener_index);
-    ~session();
-    session(const session&) = delete;
-    session& operator=(const session&) = delete;
+}  // namespace
 
-    /// Takes the accepted client socket; false if it cannot be watched.
-    bool adopt_client(int fd);
-    /// Connects the adopted client to a backend and relays.
-    static void start(std::unique_ptr<session> self) { connect_next(std::move(self)); }
-    /// hand_over_session(), for this session.
-    bool hand_over(handed_session& out);
-    /// adopt_session() once the listener is found: places the record's
-    /// backend, takes both sockets and relays.
-    static bool adopt(std::unique_ptr<session> self, const session_record& r, int client_fd, int backend_fd,
-                      std::string& why);
+namespace session_impl {
 
-private:
-    /// What pick_backend() found.
-    enum class step { ready, next, stop };
-    /// Where the attempt in progress is: picking a backend, in storm
-    /// control's gate (pass_gate()), or through it.
-    enum class gate_step : std::uint8_t {
-        pick,          ///< no backend chosen for this attempt yet
-        turn,          ///< storm_control.new_per_second: take a turn
-        turn_waited,   ///< woke from waiting for the turn
-        start,         ///< space the starts of a worker that woke late
-        start_waited,  ///< woke from that wait
-        slot,          ///< storm_control.max_connecting: take a connect slot
-        slot_retry,    ///< waited for a slot (until slot_deadline_); try again
-        open,          ///< through: connect
-    };
-    /// What pass_gate() decided.
-    enum class gate { open, wait, refused };
-
-    /// The one connect/retry loop: picks a backend not tried yet, passes
-    /// storm control's gate, connects; on a failure moves on to the next
-    /// backend until connect_attempts are used, then gives up. Resumed by
-    /// every wait it starts.
-    static void connect_next(std::unique_ptr<session> self);
-    /// Counts an attempt, picks a backend not tried yet and reserves a
-    /// session on it: `ready` with `pick` set, `next` to try again, or `stop`.
-    step pick_backend(std::size_t& pick);
-    /// Storm control for `backend`, resumed at gate_: a paced turn
-    /// (new_per_second) and a connect slot (max_connecting). `wait` sets
-    /// wake_at_; `refused` if there is no turn or slot within queue_timeout,
-    /// the queue is full, or the session was closed meanwhile.
-    gate pass_gate(const backend_runtime& backend);
-    /// Waits until wake_at_ (a slot freed on this worker, or closing the
-    /// session, cuts it short), then resumes connect_next().
-    static void wait_at_gate(std::unique_ptr<session> self);
-    /// Gives the slot back (connect failed, the backend's first byte came,
-    /// or the session ended) and wakes a waiter of this worker.
-    void release_slot();
-    static void on_backend_answered(void* self) { static_cast<session*>(self)->release_slot(); }
-    /// Opens the socket to `backend` with the TCP options; false (the
-    /// reservation given back) if this process is out of descriptors.
-    bool open_upstream(const backend_runtime& backend);
-    /// The connect about to start joins the worker's deadline queue; once it
-    /// ends, connect_ended() takes it out and says timed_out if the deadline
-    /// closed the socket.
-    void watch_connect_deadline();
-    error_code connect_ended(const error_code& ec);
-    static void on_connect_deadline(pending_connect& p);
-    static void on_connected(void* self, const error_code& ec);
-    /// The connect to backend `pick` failed with `cec`: counted, reported,
-    /// the socket closed. False if the session must not try another backend.
-    bool connect_failed(std::size_t pick, const error_code& cec);
-    /// Writes what the client sent to a backend that failed before
-    /// answering (sent_) to the one just connected, then relays.
-    static void replay(std::unique_ptr<session> self);
-    static void on_replay_writable(void* self, const error_code& ec);
-    void start_relay(std::unique_ptr<session> self);
-    static void on_relay_done(void* self);
-    void relay_ended(std::unique_ptr<session> self);
-    /// The backend failed before its first byte with `why` (the relay's
-    /// early end, or the replay to it failed): on to the next backend if the
-    /// client may move on, else give up.
-    static void failed_before_answering(std::unique_ptr<session> self, const error_code& why);
-    /// Takes the failed backend back (last_error_ says how it failed); true
-    /// if the session may try another one with what the client sent.
-    bool may_move_on();
-    /// No backend took the client: finalize with the reason why.
-    void give_up();
-    /// The one exit: records `why` (its counters, its log line), gives the
-    /// backend's reservation back, and closes as the reason calls for
-    /// (close_action). The sockets close with the session.
-    void finalize(close_reason why);
-    /// Adds the bytes moved since the last call to the backend's counters.
-    void publish_bytes();
-    static void on_publish(void* self) { static_cast<session*>(self)->publish_bytes(); }
-    std::string client_text() const;
-
-    worker_context& ctx_;
-    // Held for the whole session: a reload must not pull the config, or the
-    // balancer state its positions index, out from under it.
-    const std::shared_ptr<generation> gen_;
-    const snapshot* const snap_;
-    const listener_runtime& listener_;
-    const pool_runtime& pool_;
-    std::size_t listener_index_;
-    poll_socket client_;
-    poll_socket upstream_;
-    session_entry entry_;
-    relay relay_;
-    connect_state st_;
-    std::optional<tcp::endpoint> client_ep_;  ///< only for Maglev and debug logs
-    clock_type::time_point started_ = clock_type::now();
-    const backend_runtime* chosen_ = nullptr;     ///< once connected
-    std::size_t chosen_index_ = 0;                ///< the backend of the attempt in progress
-    std::string sent_;                            ///< the client's bytes before the backend's first one, for a replay
-    std::uint64_t replayed_ = 0;                  ///< bytes of `sent_` written to the current backend
-    error_code last_error_;                       ///< why the last backend failed before its first byte
-    std::atomic<std::uint32_t>* slot_ = nullptr;  ///< a backend's connecting count this session holds one of
-    bool connect_timed_out_ = false;              ///< the pending connect passed its deadline
-    gate_step gate_ = gate_step::pick;
-    bool slot_waited_ = false;                ///< waited for a connect slot in this attempt
-    bool in_slot_waiters_ = false;            ///< slot_waiter_ is in ctx_.slot_waiters
-    clock_type::time_point wake_at_{};        ///< the gate's wait ends then at the latest
-    clock_type::time_point slot_deadline_{};  ///< no connect slot by then: refused
-    /// Storm control's waits; made by the first (pools without storm control never have one).
-    std::unique_ptr<asio::steady_timer> gate_timer_;
-    std::list<asio::steady_timer*>::iterator slot_waiter_{};
-    std::uint64_t published_to_ = 0;    ///< of the bytes to the current backend, those in its counters
-    std::uint64_t published_from_ = 0;  ///< of the bytes from it, those in its counters
-    bool adopted_ = false;              ///< handed over by the process before: its backend answered there
-};
+std::string endpoint_text(const tcp::endpoint& ep) {
+    const auto a = ep.address();
+    return a.is_v6() ? fmt::format("[{}]:{}", a.to_string(), ep.port())
+                     : fmt::format("{}:{}", a.to_string(), ep.port());
+}
 
 session::session(worker_context& ctx, std::size_t listener_index)
     : ctx_(ctx),
@@ -727,118 +579,9 @@ void session::publish_bytes() {
     }
 }
 
-bool session::hand_over(handed_session& out) {
-    if (!entry_.relaying || entry_.aborted() || chosen_ == nullptr || !client_.is_open() || !upstream_.is_open() ||
-        !relay_.quiet()) {
-        return false;
-    }
-    const auto age = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started_);
-    out.record = {.listener = listener_.cfg->address.to_string(),
-                  .pool = pool_.cfg->name,
-                  .backend = chosen_->cfg->name,
-                  .backend_address = endpoint_text(chosen_->endpoint),
-                  .bytes_to_backend = relay_.to_backend().bytes + replayed_,
-                  .bytes_from_backend = relay_.from_backend().bytes,
-                  .age_ms = static_cast<std::uint64_t>(std::max<std::int64_t>(age.count(), 0)),
-                  .client_fin = relay_.client_ended(),
-                  .backend_fin = relay_.backend_ended()};
-    // Set before the sockets go: the relay's waits complete aborted and the
-    // session ends by this reason, with nothing left to close.
-    entry_.closed_by = close_reason::handed_over;
-    out.client_fd = client_.release();
-    out.backend_fd = upstream_.release();
-    return true;
-}
+}  // namespace session_impl
 
-bool session::adopt(std::unique_ptr<session> self, const session_record& r, int client_fd, int backend_fd,
-                    std::string& why) {
-    session& s = *self;
-    const backend_runtime* found = nullptr;
-    std::size_t index = 0;
-    if (s.pool_.cfg->name != r.pool) {
-        why = fmt::format("listener {} now sends to pool {}, not {}", r.listener, s.pool_.cfg->name, r.pool);
-    } else {
-        for (std::size_t i = 0; i < s.pool_.backends.size() && found == nullptr; ++i) {
-            const backend_runtime& b = s.pool_.backends[i];
-            if (b.cfg->name == r.backend && endpoint_text(b.endpoint) == r.backend_address) {
-                found = &b;
-                index = i;
-            }
-        }
-        if (found == nullptr)
-            why = fmt::format("pool {} has no backend {} at {}", r.pool, r.backend, r.backend_address);
-    }
-    if (found == nullptr) {
-        close_with_reset(client_fd);
-        close_with_reset(backend_fd);
-        return false;
-    }
-    const error_code cec = s.client_.adopt(client_fd);
-    const error_code bec = cec ? error_code{} : s.upstream_.adopt(backend_fd);
-    if (cec || bec) {
-        if (cec) close_with_reset(backend_fd);
-        s.client_.set_abortive_close();  // a FIN would end the client's stream as if complete
-        why = fmt::format("cannot watch its sockets: {}", (cec ? cec : bec).message());
-        return false;
-    }
-    s.chosen_index_ = index;
-    s.chosen_ = found;
-    found->stats->active.fetch_add(1, std::memory_order_relaxed);
-    s.started_ = clock_type::now() - std::chrono::milliseconds(std::min<std::uint64_t>(r.age_ms, 1ull << 40));
-    // What the old process counted stays in its counters; these go on from there.
-    s.published_to_ = r.bytes_to_backend;
-    s.published_from_ = r.bytes_from_backend;
-    s.adopted_ = true;
-    if (s.pool_.maglev) {
-        error_code ec;
-        if (auto ep = s.client_.remote_endpoint(ec); !ec) {
-            s.client_ep_ = ep;
-            s.st_.key_hash = client_key_hash(ep, s.pool_.cfg->maglev_key);
-            s.entry_.key_hash = s.st_.key_hash;
-        }
-    }
-    s.ctx_.stats.sessions_adopted_total.fetch_add(1, std::memory_order_relaxed);
-    s.start_relay(std::move(self));
-    return true;
-}
-
-}  // namespace
-
-bool hand_over_session(session_entry& s, handed_session& out) {
-    return s.owner != nullptr && static_cast<session*>(s.owner)->hand_over(out);
-}
-
-bool adopt_session(worker_context& ctx, const session_record& r, int client_fd, int backend_fd, std::string& why) {
-    const snapshot& snap = ctx.snap();
-    std::size_t listener_index = snap.listeners.size();
-    for (std::size_t i = 0; i < snap.listeners.size(); ++i) {
-        if (snap.listeners[i].cfg->address.to_string() == r.listener) listener_index = i;
-    }
-    if (listener_index == snap.listeners.size()) {
-        why = fmt::format("no listener on {} in this config", r.listener);
-        close_with_reset(client_fd);
-        close_with_reset(backend_fd);
-        return false;
-    }
-    ctx.stats.active_sessions.fetch_add(1, std::memory_order_relaxed);  // the session un-counts itself
-    std::unique_ptr<session> s;
-    try {
-        s = std::make_unique<session>(ctx, listener_index);
-    } catch (const std::bad_alloc&) {
-        ctx.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
-        why = "out of memory";
-        close_with_reset(client_fd);
-        close_with_reset(backend_fd);
-        return false;
-    }
-    try {
-        return session::adopt(std::move(s), r, client_fd, backend_fd, why);
-    } catch (const std::bad_alloc&) {
-        // The session is gone: reset, un-counted and counted by its destructor.
-        why = "out of memory";
-        return false;
-    }
-}
+using session_impl::session;
 
 void start_session(worker_context& ctx, int fd, std::size_t listener_index) {
     // Out of memory for one session: that client is reset and counted, and

@@ -146,24 +146,78 @@ void worker::share_listeners(std::function<void(std::vector<shared_listener>)> d
     });
 }
 
-void worker::hand_over_sessions(std::size_t max, std::function<void(std::vector<handed_session>, std::size_t)> done) {
-    asio::post(io_, [this, max, done = std::move(done)] {
+void worker::hand_over_sessions(
+    std::size_t max, std::uint64_t phase,
+    std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept)> done) {
+    asio::post(io_, [this, max, phase, done = std::move(done)] {
         std::vector<handed_session> out;
-        std::size_t busy = 0;
+        std::size_t busy = 0, kept = 0;
         if (!stopping_) {
+            quiesce_phase_ = phase;
+            const auto now = std::chrono::steady_clock::now();
+            const auto until = now + quiesce_limit;
+            bool started = false;
             for (auto& s : ctx_.sessions) {
                 if (out.size() >= max) break;
                 if (!s.relaying || s.aborted()) continue;
+                if (s.kept_in_phase == phase) {
+                    ++kept;
+                    continue;
+                }
                 handed_session h;
                 if (hand_over_session(s, h)) {
                     out.push_back(std::move(h));
-                } else {
-                    ++busy;
+                    continue;
                 }
+                if (s.quiesce_until == std::chrono::steady_clock::time_point::max()) {
+                    // Bytes in flight: stop reading, so that what was read
+                    // goes out and nothing more comes in; the socket buffers
+                    // keep what the peers send meanwhile, and it moves with
+                    // the sockets.
+                    s.quiesce_until = until;
+                    s.pump->quiesce();
+                    started = true;
+                }
+                ++busy;
+            }
+            // Waits for the first of this pass's quiesces to pass its limit,
+            // unless an earlier one is due first.
+            if (started && !quiesce_timer_.waiting()) {
+                quiesce_timer_.wait_until(until, &worker::on_quiesce_timer, this);
             }
         }
-        done(std::move(out), busy);
+        done(std::move(out), busy, kept);
     });
+}
+
+void worker::end_session_phase() {
+    asio::post(io_, [this] { end_quiesces(true); });
+}
+
+void worker::end_quiesces(bool all) noexcept {
+    constexpr auto none = std::chrono::steady_clock::time_point::max();
+    const auto now = std::chrono::steady_clock::now();
+    auto next = none;
+    for (auto& s : ctx_.sessions) {
+        if (s.quiesce_until == none) continue;
+        if (all || s.quiesce_until <= now) {
+            // Its destination did not take what it read in time: it stays,
+            // and reads on where it stopped.
+            if (!all) s.kept_in_phase = quiesce_phase_;
+            s.quiesce_until = none;
+            s.pump->end_quiesce();
+        } else {
+            next = std::min(next, s.quiesce_until);
+        }
+    }
+    if (all) return quiesce_timer_.cancel();
+    if (next != none) quiesce_timer_.wait_until(next, &worker::on_quiesce_timer, this);
+}
+
+void worker::on_quiesce_timer(void* self, const error_code& ec) {
+    auto& w = *static_cast<worker*>(self);
+    if (ec || w.stopping_) return;
+    w.end_quiesces(false);
 }
 
 void worker::adopt_session(session_record r, int client_fd, int backend_fd) {
@@ -547,6 +601,7 @@ void worker::stop() {
         }
         sweep_timer_.cancel();
         publish_timer_.cancel();
+        quiesce_timer_.cancel();  // the drain's abort() ends every quiesce
         // Armed for the earliest pending connect's deadline, which may be
         // long past the last connect: it must not hold the loop open.
         ctx_.connects.stop();

@@ -120,25 +120,34 @@ constexpr std::size_t sessions_per_pass = 256;
 /// flight at an earlier pass; those still busy then stay here (kept).
 constexpr std::chrono::seconds session_phase_limit{5};
 
+/// What one worker's pass gave: its quiet sessions, how many it is still
+/// quiescing, how many it keeps.
+struct pass_result {
+    std::vector<handed_session> sessions;
+    std::size_t busy = 0;
+    std::size_t kept = 0;
+};
+
 /// One worker's pass (worker::hand_over_sessions), waited for until
 /// `deadline`. A pass that comes back later than that gives its sessions
 /// back to the worker it came from, so that none is lost.
-std::pair<std::vector<handed_session>, std::size_t> take_sessions(worker& w, clock_type::time_point deadline) {
+pass_result take_sessions(worker& w, std::uint64_t phase, clock_type::time_point deadline) {
     struct shared {
         std::mutex m;
         bool abandoned = false;
-        std::promise<std::pair<std::vector<handed_session>, std::size_t>> result;
+        std::promise<pass_result> result;
     };
     auto state = std::make_shared<shared>();
     auto future = state->result.get_future();
-    w.hand_over_sessions(sessions_per_pass, [state, &w](std::vector<handed_session> got, std::size_t busy) {
-        std::lock_guard lock(state->m);
-        if (state->abandoned) {
-            for (auto& h : got) w.adopt_session(std::move(h.record), h.client_fd, h.backend_fd);
-            return;
-        }
-        state->result.set_value({std::move(got), busy});
-    });
+    w.hand_over_sessions(sessions_per_pass, phase,
+                         [state, &w](std::vector<handed_session> got, std::size_t busy, std::size_t kept) {
+                             std::lock_guard lock(state->m);
+                             if (state->abandoned) {
+                                 for (auto& h : got) w.adopt_session(std::move(h.record), h.client_fd, h.backend_fd);
+                                 return;
+                             }
+                             state->result.set_value({std::move(got), busy, kept});
+                         });
     if (future.wait_until(deadline) != std::future_status::ready) {
         std::lock_guard lock(state->m);
         if (future.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
@@ -149,41 +158,66 @@ std::pair<std::vector<handed_session>, std::size_t> take_sessions(worker& w, clo
     return future.get();
 }
 
+/// For tests only (APILB_UPGRADE_TEST_FAIL_SEND_AT): the session frame, 1
+/// for the first, whose send fails as if the new binary had died; 0: none.
+std::size_t failing_send_at() {
+    if (const char* v = std::getenv("APILB_UPGRADE_TEST_FAIL_SEND_AT")) {
+        try {
+            return static_cast<std::size_t>(handover::parse_number(v, "APILB_UPGRADE_TEST_FAIL_SEND_AT"));
+        } catch (const handover_error&) {}
+    }
+    return 0;
+}
+
 /// The old side's session phase (docs/upgrade.md "Sessions"): passes over
-/// the workers, each handing over its quiet sessions, sent one frame each,
-/// until a pass finds none busy or session_phase_limit; then sessions_end
-/// and the new process's count of what it took. Until that count has come,
-/// every session sent is still in `sent` (its descriptors open here); on
-/// success they are closed (the new process holds the sockets now) and the
-/// number of sessions left busy is returned. On failure `sent` keeps them,
-/// for the caller to take back once the new process is dead.
+/// the workers, each handing over its quiet sessions (and quiescing its busy
+/// ones for a later pass), sent one frame each, until a pass finds none
+/// quiescing or session_phase_limit; then sessions_end and the new
+/// process's count of what it took. Until that count has come, every
+/// session sent is still in `sent` (its descriptors open here); on success
+/// they are closed (the new process holds the sockets now) and the number
+/// of sessions kept here is returned. On failure `sent` keeps them, for the
+/// caller to take back once the new process is dead. Either way every
+/// session still quiesced reads again when it returns.
 std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std::vector<handed_session>& sent,
                           clock_type::time_point deadline) {
-    const auto phase_end = std::min(deadline, clock_type::now() + session_phase_limit);
-    std::size_t busy = 0;
+    struct end_phase {
+        const std::vector<worker*>& workers;
+        ~end_phase() {
+            for (worker* w : workers) w->end_session_phase();
+        }
+    } ending{workers};
+    const auto started = clock_type::now();
+    const auto phase = static_cast<std::uint64_t>(started.time_since_epoch().count());
+    const auto phase_end = std::min(deadline, started + session_phase_limit);
+    const std::size_t fail_at = failing_send_at();
+    std::size_t busy = 0, kept = 0;
     for (;;) {
         std::size_t got = 0;
         bool full = false;
         busy = 0;
+        kept = 0;
         for (worker* w : workers) {
-            auto [batch, left] = take_sessions(*w, deadline);
-            full = full || batch.size() >= sessions_per_pass;
-            busy += left;
-            got += batch.size();
+            pass_result pass = take_sessions(*w, phase, deadline);
+            full = full || pass.sessions.size() >= sessions_per_pass;
+            busy += pass.busy;
+            kept += pass.kept;
+            got += pass.sessions.size();
             // The whole batch is out of its worker now: every session of it
             // goes into `sent` before the first frame, so that a send that
             // fails half-way (the new binary died) leaves none of them
             // orphaned; the caller takes back all of `sent`.
             const std::size_t first = sent.size();
-            for (auto& h : batch) sent.push_back(std::move(h));
+            for (auto& h : pass.sessions) sent.push_back(std::move(h));
             for (std::size_t i = first; i < sent.size(); ++i) {
+                if (i + 1 == fail_at) throw handover_error("send: failed (APILB_UPGRADE_TEST_FAIL_SEND_AT)");
                 const int fds[2] = {sent[i].client_fd, sent[i].backend_fd};
                 handover::send_frame(channel, frame_type::session, handover::encode_session(sent[i].record), fds,
                                      deadline);
             }
         }
         if ((!full && busy == 0) || clock_type::now() >= phase_end) break;
-        // Only busy sessions left: give their bytes a moment to go out.
+        // Only quiescing sessions left: give their bytes a moment to go out.
         if (got == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     handover::send_frame(channel, frame_type::sessions_end, std::to_string(sent.size()), {}, deadline);
@@ -199,7 +233,7 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
         ::close(h.client_fd);
         ::close(h.backend_fd);
     }
-    return busy;
+    return kept + busy;  // those still quiescing read again here
 }
 
 /// The count an `*_end` frame `f` says (the frames of `what` the old process
@@ -386,8 +420,8 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
             }
             stats_.upgrades_total.fetch_add(1, std::memory_order_relaxed);
             spdlog::info(
-                "upgrade: pid {} serves; {} session(s) handed over in {}ms, {} kept here (bytes in flight); "
-                "this process stops accepting and drains",
+                "upgrade: pid {} serves; {} session(s) handed over in {}ms, {} kept here (bytes in flight not written "
+                "out in time); this process stops accepting and drains",
                 run->pid, handed, phase_ms.count(), kept);
             // Said by the main PID too, so that systemd never sees it end
             // without a successor, whatever NotifyAccess says.

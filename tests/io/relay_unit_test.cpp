@@ -290,6 +290,62 @@ TEST_P(Relay, ClosedFromOutsideEndsBothDirectionsAsAborted) {
     EXPECT_EQ(rel.from_backend().end, pump_end::aborted);
 }
 
+TEST_P(Relay, QuiescedReadsNothingUntilItEndsThenGoesOnWhereItStopped) {
+    rig r;
+    relay rel(r.client, r.upstream, res, r.last);
+    bool done = false;
+    rel.async_run([&] { done = true; });
+    r.io.run_for(std::chrono::milliseconds(20));
+    rel.quiesce();
+    // Both peers send; the relay wakes for each and stops at once: the bytes
+    // wait in the kernel, as an upgrade needs them to.
+    asio::write(r.client_peer, asio::buffer(std::string("to the backend")));
+    asio::write(r.upstream_peer, asio::buffer(std::string("to the client")));
+    r.io.run_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(r.upstream_peer.available(), 0u);
+    EXPECT_EQ(r.client_peer.available(), 0u);
+    EXPECT_TRUE(rel.quiet());
+    EXPECT_EQ(rel.to_backend().bytes, 0u);
+    rel.end_quiesce();
+    std::string at_backend(14, '\0'), at_client(13, '\0');
+    std::thread peers([&] {
+        asio::read(r.upstream_peer, asio::buffer(at_backend));
+        asio::read(r.client_peer, asio::buffer(at_client));
+        r.client_peer.shutdown(tcp::socket::shutdown_send);
+        r.upstream_peer.shutdown(tcp::socket::shutdown_send);
+    });
+    r.run_until(done);
+    peers.join();
+    EXPECT_EQ(at_backend, "to the backend");
+    EXPECT_EQ(at_client, "to the client");
+    EXPECT_EQ(rel.to_backend().end, pump_end::eof);
+    EXPECT_EQ(rel.from_backend().end, pump_end::eof);
+}
+
+TEST_P(Relay, QuiescedAndClosedFromOutsideEnds) {
+    // Both directions stopped (no wait pending): the close alone would
+    // complete nothing, and the session would never be freed. abort() and
+    // the hand-over follow it with end_quiesce().
+    rig r;
+    relay rel(r.client, r.upstream, res, r.last);
+    bool done = false;
+    rel.async_run([&] { done = true; });
+    r.io.run_for(std::chrono::milliseconds(20));
+    rel.quiesce();
+    asio::write(r.client_peer, asio::buffer(std::string("a")));
+    asio::write(r.upstream_peer, asio::buffer(std::string("b")));
+    r.io.run_for(std::chrono::milliseconds(100));
+    ASSERT_FALSE(done);
+    asio::post(r.io, [&] {
+        r.client.close();
+        r.upstream.close();
+        rel.end_quiesce();
+    });
+    r.run_until(done);
+    EXPECT_EQ(rel.to_backend().end, pump_end::aborted);
+    EXPECT_EQ(rel.from_backend().end, pump_end::aborted);
+}
+
 INSTANTIATE_TEST_SUITE_P(BothRelays, Relay, ::testing::Values(relay_mode::splice, relay_mode::copy),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 

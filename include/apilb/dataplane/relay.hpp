@@ -129,6 +129,17 @@ public:
     /// by EOF, and one still runs: the two sockets hold the session's whole
     /// state, so it may move to another process (an upgrade). Worker thread.
     bool quiet() const noexcept;
+    /// An upgrade's quiesce (docs/upgrade.md, "Sessions"): stops reading
+    /// from both peers, while what was read already is still written out;
+    /// quiet() says when it is all out. What the peers send meanwhile waits
+    /// in the kernel's socket buffers. A direction that ended stays ended.
+    /// Worker thread.
+    void quiesce() noexcept { quiescing_ = true; }
+    /// Reads again after quiesce(): a direction that stopped goes on where
+    /// it stopped. Also how a quiesced relay whose sockets were closed or
+    /// released from outside ends: a stopped direction has no wait pending
+    /// for the close to complete. Worker thread.
+    void end_quiesce() noexcept;
     /// The client (to) and backend (from) sent FIN, passed on already.
     bool client_ended() const noexcept { return dirs_[0].done; }
     bool backend_ended() const noexcept { return dirs_[1].done; }
@@ -210,6 +221,7 @@ private:
         int chunks = 0;           ///< reads since the last yield
         bool short_read = false;  ///< the last read took less than it could: wait, do not read again
         bool full_read = false;   ///< the last read filled its buffer or pipe: bulk, splice next
+        bool parked = false;      ///< stopped by quiesce(): no wait pending until end_quiesce()
         /// The first write that found the sink full since bytes last went out; max() if none.
         clock::time_point blocked_since = clock::time_point::max();
         pump_result result;
@@ -257,6 +269,7 @@ private:
     void (*answered_fn_)(void*) = nullptr;
     void* answered_arg_ = nullptr;
     bool stopping_ = false;
+    bool quiescing_ = false;  ///< quiesce(): no direction reads
     bool failed_early_ = false;
     bool no_memory_ = false;
     boost::system::error_code early_error_;

@@ -1,7 +1,8 @@
 // One proxied connection: choose a backend, connect (with retries on the next
 // backend), then relay both directions until both have ended. This header
-// declares what the rest of the worker sees of a session; the session itself
-// lives in session.cpp.
+// declares what the rest of the worker sees of a session; the session class
+// itself is private to the dataplane (session_impl.hpp, session.cpp,
+// session_handover.cpp).
 #pragma once
 
 #include <boost/asio/steady_timer.hpp>
@@ -33,8 +34,9 @@ struct session_entry : boost::intrusive::list_base_hook<boost::intrusive::link_m
     const backend_health* backend = nullptr;
     /// Stamped by the relay whenever bytes move; read by the worker's idle sweep.
     std::chrono::steady_clock::time_point last_activity = std::chrono::steady_clock::now();
-    /// The session's relay: the worker's sweep asks it how long a write has waited.
-    const relay* pump = nullptr;
+    /// The session's relay: the worker's sweep asks it how long a write has
+    /// waited, an upgrade quiesces it.
+    relay* pump = nullptr;
     bool relaying = false;  ///< connected: only now can the session be idle
     /// Set once, by abort(): the first reason stays.
     close_reason closed_by = close_reason::none;
@@ -48,6 +50,12 @@ struct session_entry : boost::intrusive::list_base_hook<boost::intrusive::link_m
     /// second while the session relays, the session once more when it ends.
     void (*publish_bytes)(void* owner) = nullptr;
     void* owner = nullptr;
+    /// An upgrade quiesced it (worker::hand_over_sessions): handed over
+    /// once quiet, or reading again at this time at the latest; max() if not.
+    std::chrono::steady_clock::time_point quiesce_until = std::chrono::steady_clock::time_point::max();
+    /// The session phase (its id) that kept it: it could not flush in time,
+    /// and is not quiesced again in that phase.
+    std::uint64_t kept_in_phase = 0;
     /// While waiting for its turn (storm control): abort() cancels the wait.
     boost::asio::steady_timer* storm_timer = nullptr;
 
@@ -72,7 +80,8 @@ using session_list = boost::intrusive::list<session_entry, boost::intrusive::con
 void start_session(worker_context& ctx, int fd, std::size_t listener_index);
 
 /// An upgrade takes `s` if its relay is quiet (no byte inside apilb, so the
-/// kernel's socket buffers hold everything): fills `out` with its record and
+/// kernel's socket buffers hold everything; a quiesced relay too, once it
+/// has written out what it read): fills `out` with its record and
 /// both descriptors, out of the epoll set and the caller's to send and
 /// close, and ends the session here without a FIN or RST
 /// (close_reason::handed_over). False, and nothing changed, for a session

@@ -68,12 +68,24 @@ public:
     /// socket it accepts on and calls `done` there with them. Any thread.
     void share_listeners(std::function<void(std::vector<shared_listener>)> done);
 
-    /// An upgrade's session phase: on the worker thread, takes up to `max`
-    /// quiet sessions out (hand_over_session) and calls `done` there with
-    /// them and how many relaying sessions it left because bytes were in
-    /// flight. One short pass through the session list: the worker's loop
-    /// runs between passes. Any thread.
-    void hand_over_sessions(std::size_t max, std::function<void(std::vector<handed_session>, std::size_t busy)> done);
+    /// An upgrade's session phase `phase` (an id, one per phase): on the
+    /// worker thread, takes up to `max` quiet sessions out
+    /// (hand_over_session) and calls `done` there with them, how many
+    /// relaying sessions are still quiescing (busy) and how many the phase
+    /// keeps here. A session with bytes in flight is quiesced (it stops
+    /// reading, what it read goes out) and taken by a later pass once
+    /// quiet; one that cannot write it out within quiesce_limit reads again
+    /// and is kept. One short pass through the session list: the worker's
+    /// loop runs between passes, and a poll_timer, not the passes, ends a
+    /// quiesce. Any thread.
+    void hand_over_sessions(std::size_t max, std::uint64_t phase,
+                            std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept)> done);
+    /// The session phase is over (its sessions sent, or it failed): every
+    /// session still quiesced reads again at once. Any thread.
+    void end_session_phase();
+    /// How long a busy session may take to write out what it read before an
+    /// upgrade gives up on it (it then stays, counted as kept).
+    static constexpr std::chrono::seconds quiesce_limit{1};
     /// Relays a session handed over by another process on the worker thread
     /// (adopt_session); a record this config cannot place resets both sockets
     /// and counts in sessions_refused_total. Takes both descriptors. Any thread.
@@ -167,6 +179,10 @@ private:
     /// times per period.
     void sweep_tick() noexcept;
     static void on_sweep_timer(void* self, const boost::system::error_code& ec);
+    /// Quiesced sessions read again: all, or those whose quiesce_limit has
+    /// passed (kept for quiesce_phase_); then waits for the next one due.
+    void end_quiesces(bool all) noexcept;
+    static void on_quiesce_timer(void* self, const boost::system::error_code& ec);
     /// A turn of accept, sweep or publish failed with `e` (out of memory):
     /// counted in resource_errors_total, logged at critical (rate-limited)
     /// saying it is tried again `again`; never throws.
@@ -184,7 +200,9 @@ private:
     poll_timer sweep_timer_{sockets_};
     std::chrono::milliseconds sweep_period_{0};  ///< set by start(); 0: no sweep
     poll_timer publish_timer_{sockets_};
-    bool stopping_ = false;  ///< worker thread only
+    poll_timer quiesce_timer_{sockets_};  ///< the earliest quiesce_until of this worker's sessions
+    std::uint64_t quiesce_phase_ = 0;     ///< the session phase of the last pass
+    bool stopping_ = false;               ///< worker thread only
     std::thread thread_;
     std::promise<void> exited_;
 };
