@@ -452,7 +452,7 @@ int admin_upgrade(const admin_target& t, std::chrono::seconds timeout) {
     if (r->status == 200) {
         std::cout << fmt::format(
             "upgraded: pid {} -> pid {}; {} session(s) handed over in {}ms, {} left with pid {} to drain "
-            "(bytes in flight)\n",
+            "(their bytes in flight could not be written out)\n",
             num(field(o, "old_pid")), num(field(o, "new_pid")), num(field(o, "sessions_handed_over")),
             num(field(o, "handover_ms")), num(field(o, "sessions_kept")), num(field(o, "old_pid")));
         return 0;
