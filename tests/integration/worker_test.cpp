@@ -248,18 +248,22 @@ TEST(Worker, OutOfDescriptorsPausesAcceptingInsteadOfSpinning) {
 class fail_pause_wait_sink : public spdlog::sinks::base_sink<std::mutex> {
 public:
     std::atomic<bool> armed{false};
-    apilb::worker* target = nullptr;  ///< set before the pause; disarms through it
+    /// Set before the pause; disarms through it. Atomic: the worker thread
+    /// reads it for every line it logs, the test's thread sets it while the
+    /// worker runs (ThreadSanitizer reported the plain pointer).
+    std::atomic<apilb::worker*> target{nullptr};
 
 protected:
     void sink_it_(const spdlog::details::log_msg& msg) override {
         namespace ad = boost::asio::detail;
-        if (armed || target == nullptr || apilb::current_thread_role() != apilb::thread_role::worker) return;
+        apilb::worker* const w = target.load();
+        if (armed || w == nullptr || apilb::current_thread_role() != apilb::thread_role::worker) return;
         if (std::string_view(msg.payload.data(), msg.payload.size()).find("pausing accepts") == std::string_view::npos)
             return;
         // Disarmed once the worker is done with what it is doing now: on main
         // the pause's wait started (and failed) before that. Sessions started
         // later must not meet the failure: they are not what this test holds.
-        target->ping([] { failing_left = 0; });
+        w->ping([] { failing_left = 0; });
         ad::thread_info_base* self = ad::thread_context::top_of_thread_call_stack();
         constexpr std::size_t slots = BOOST_ASIO_RECYCLING_ALLOCATOR_CACHE_SIZE;
         void* taken[slots];
