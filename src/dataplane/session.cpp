@@ -8,11 +8,8 @@
 // co_spawn or handler allocations on the path of a new connection.
 #include "apilb/dataplane/session.hpp"
 
-#include <boost/asio/steady_timer.hpp>
-
 #include <algorithm>
 #include <limits>
-#include <list>
 #include <optional>
 #include <string_view>
 
@@ -46,7 +43,7 @@ void session_entry::abort(close_reason why) {
         s->set_abortive_close();
         s->close();
     }
-    if (storm_timer) storm_timer->cancel();
+    if (storm_wait) storm_wait->wake();
 }
 
 namespace {
@@ -170,8 +167,9 @@ private:
     /// the queue is full, or the session was closed meanwhile.
     gate pass_gate(const backend_runtime& backend);
     /// Waits until wake_at_ (a slot freed on this worker, or closing the
-    /// session, cuts it short), then resumes connect_next().
+    /// session, cuts it short), then resumes connect_next(). Allocates nothing.
     static void wait_at_gate(std::unique_ptr<session> self);
+    static void on_gate_wait_over(void* self) { connect_next(std::unique_ptr<session>(static_cast<session*>(self))); }
     /// Gives the slot back (connect failed, the backend's first byte came,
     /// or the session ended) and wakes a waiter of this worker.
     void release_slot();
@@ -238,12 +236,9 @@ private:
     bool connect_timed_out_ = false;              ///< the pending connect passed its deadline
     gate_step gate_ = gate_step::pick;
     bool slot_waited_ = false;                ///< waited for a connect slot in this attempt
-    bool in_slot_waiters_ = false;            ///< slot_waiter_ is in ctx_.slot_waiters
     clock_type::time_point wake_at_{};        ///< the gate's wait ends then at the latest
     clock_type::time_point slot_deadline_{};  ///< no connect slot by then: refused
-    /// Storm control's waits; made by the first (pools without storm control never have one).
-    std::unique_ptr<asio::steady_timer> gate_timer_;
-    std::list<asio::steady_timer*>::iterator slot_waiter_{};
+    gate_wait gate_wait_;  ///< storm control's waits, in ctx_.gate
     std::uint64_t published_to_ = 0;    ///< of the bytes to the current backend, those in its counters
     std::uint64_t published_from_ = 0;  ///< of the bytes from it, those in its counters
     bool adopted_ = false;              ///< handed over by the process before: its backend answered there
@@ -267,6 +262,7 @@ session::session(worker_context& ctx, std::size_t listener_index)
     entry_.pool = &pool_;
     entry_.publish_bytes = &session::on_publish;
     entry_.owner = this;
+    entry_.storm_wait = &gate_wait_;
     expire = &session::on_connect_deadline;
 }
 
@@ -441,36 +437,18 @@ session::gate session::pass_gate(const backend_runtime& backend) {
 
 void session::wait_at_gate(std::unique_ptr<session> self) {
     session& s = *self;
-    if (!s.gate_timer_) s.gate_timer_ = std::make_unique<asio::steady_timer>(s.upstream_.get_executor());
-    asio::steady_timer& timer = *s.gate_timer_;
-    timer.expires_at(s.wake_at_);
-    s.entry_.storm_timer = &timer;  // abort() cancels it
-    const bool for_slot = s.gate_ == gate_step::slot_retry;
-    timer.async_wait([self = std::move(self)](const error_code&) mutable {
-        session& s = *self;
-        s.entry_.storm_timer = nullptr;
-        if (s.in_slot_waiters_) {
-            s.ctx_.slot_waiters.erase(s.slot_waiter_);
-            s.in_slot_waiters_ = false;
-        }
-        connect_next(std::move(self));
-    });
-    // The wait owns the session now, and its handler cannot run before this
-    // returns. Listed only once the wait is set: a session that an
-    // allocation failure ended above is never left in the list.
-    if (for_slot) {
-        // A slot freed on this worker cancels the first waiter's timer.
-        s.slot_waiter_ = s.ctx_.slot_waiters.insert(s.ctx_.slot_waiters.end(), &timer);
-        s.in_slot_waiters_ = true;
-        s.ctx_.arm_slot_tick();
-    }
+    // The wait owns the session now. It cannot fail to start: an Asio
+    // timer's wait could, and the session then died with its backend's
+    // reservation (and storm_waiting) still counted.
+    s.ctx_.gate.wait(s.gate_wait_, s.wake_at_, s.gate_ == gate_step::slot_retry, &session::on_gate_wait_over,
+                     self.release());
 }
 
 void session::release_slot() {
     if (!slot_) return;
     slot_->fetch_sub(1, std::memory_order_relaxed);
     slot_ = nullptr;
-    ctx_.wake_slot_waiters(false);
+    ctx_.gate.wake_slot_waiters(false);
 }
 
 bool session::open_upstream(const backend_runtime& backend) {

@@ -40,10 +40,13 @@ std::atomic<int> failing_left{0};
 /// Besides, while non-zero, every operator new of exactly this many bytes
 /// on that thread fails (a relay buffer, of relay.buffer_size).
 std::atomic<std::size_t> failing_new_size{0};
+/// While set, every aligned_alloc and operator new on that thread fails.
+std::atomic<bool> failing_all{false};
 
 }  // namespace
 
 extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
+    if (failing_on.load() == &thread_tag && failing_all.load()) return nullptr;
     if (failing_on.load() == &thread_tag && failing_left.load() > 0) {
         failing_left.fetch_sub(1);
         return nullptr;
@@ -53,7 +56,8 @@ extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
 }
 
 bool apilb_test_new_fails(std::size_t n) noexcept {
-    return n != 0 && n == failing_new_size.load() && failing_on.load() == &thread_tag;
+    if (failing_on.load() != &thread_tag) return false;
+    return failing_all.load() || (n != 0 && n == failing_new_size.load());
 }
 #include "../alloc_fault.hpp"
 
@@ -163,7 +167,15 @@ bool on_worker(apilb::worker& w, std::function<void()> fn) {
 void stop_failing() {
     failing_left = 0;
     failing_new_size = 0;
+    failing_all = false;
     failing_on = nullptr;
+}
+
+/// On the calling worker thread: every allocation fails from now on (Asio's
+/// cache emptied first, so that none is hidden by it).
+void fail_every_allocation_here() {
+    fail_asio_allocations_here(0);
+    failing_all = true;
 }
 
 /// Polls `pred` every 10 ms for up to `timeout`.
@@ -391,6 +403,35 @@ TEST(Worker, SlotWakeUpsGoOnAfterTheirTickCouldNotStart) {
     ASSERT_TRUE(c.send_all("hi"));
     EXPECT_EQ(c.recv_exact(2), "hi") << "the freed slot was never noticed";
     stop_failing();
+}
+
+TEST(Worker, ASessionWaitingForAConnectSlotWhileNothingCanBeAllocatedGoesOn) {
+    // Storm control's gate waited on an Asio timer per session: out of
+    // memory, a wait that could not start ended the session (the client
+    // reset) with the backend's reservation still counted, so that each
+    // such failure took one of limits.per_backend's places for good.
+    worker_rig rig("relay: {mode: copy}\nlimits: {per_backend: 2}",
+                   ", storm_control: {max_connecting: 1, queue_timeout: 10s}");
+    auto& connecting = rig.snap->pools[0].backends[0].stats->connecting;
+    connecting = 1;  // the one slot, held by "another worker"
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
+    // Reserved on the backend, no slot: the session waits at the gate (the
+    // step that reserves and the one that starts the wait run together).
+    ASSERT_TRUE(eventually([&] { return rig.backend().active.load() == 1; }));
+    ASSERT_TRUE(on_worker(*rig.w, [] { fail_every_allocation_here(); }));
+    // The slot tick wakes the waiter every 10 ms and it waits again: about
+    // 30 waits started while nothing can be allocated.
+    std::this_thread::sleep_for(300ms);
+    ASSERT_TRUE(on_worker(*rig.w, [] { stop_failing(); }));
+    connecting = 0;
+    c.set_timeout(5s);
+    ASSERT_TRUE(c.send_all("hi"));
+    EXPECT_EQ(c.recv_exact(2), "hi") << "the session waiting at the gate was lost";
+    c.close();
+    EXPECT_TRUE(eventually([&] { return rig.stats.active_sessions.load() == 0; }));
+    EXPECT_TRUE(eventually([&] { return rig.backend().active.load() == 0; })) << "the backend's reservation leaked";
+    EXPECT_EQ(connecting.load(), 0u) << "the connect slot leaked";
 }
 
 TEST(Worker, ARelayThatYieldsWhileAllocationsFailGoesOn) {

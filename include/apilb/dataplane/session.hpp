@@ -4,7 +4,6 @@
 // lives in session.cpp.
 #pragma once
 
-#include <boost/asio/steady_timer.hpp>
 #include <boost/intrusive/list.hpp>
 
 #include <chrono>
@@ -17,6 +16,7 @@
 
 namespace apilb {
 
+class gate_wait;
 class poll_socket;
 class relay;
 struct backend_health;
@@ -48,8 +48,8 @@ struct session_entry : boost::intrusive::list_base_hook<boost::intrusive::link_m
     /// second while the session relays, the session once more when it ends.
     void (*publish_bytes)(void* owner) = nullptr;
     void* owner = nullptr;
-    /// While waiting for its turn (storm control): abort() cancels the wait.
-    boost::asio::steady_timer* storm_timer = nullptr;
+    /// The session's wait at storm control's gate: abort() ends it.
+    gate_wait* storm_wait = nullptr;
 
     /// Closed by apilb: do not retry, do not log as a failure.
     bool aborted() const noexcept { return closed_by != close_reason::none; }
