@@ -80,8 +80,13 @@ void gate_waits::on_timer(void* self, const error_code& ec) {
     static_cast<gate_waits*>(self)->expire(static_cast<bool>(ec));  // ec: stop()
 }
 
-void gate_waits::expire(bool all) noexcept {
+void gate_waits::expire(bool all) {
     APILB_ASSERT_DATA_PATH_ROLE(worker);
+    // Re-armed however this ends: waits still due then run in the next turn.
+    struct rearm {
+        gate_waits& g;
+        ~rearm() { g.arm(); }
+    } rearm_on_exit{*this};
     timer_at_ = clock_type::time_point::max();
     const auto now = clock_type::now();
     if (all) {
@@ -100,7 +105,6 @@ void gate_waits::expire(bool all) noexcept {
         w.slot_hook_.unlink();
         w.fn_(w.arg_);
     }
-    arm();
 }
 
 void gate_waits::stop() noexcept {

@@ -93,7 +93,9 @@ private:
     void arm() noexcept;
     static void on_timer(void* self, const boost::system::error_code& ec);
     /// The timer fired: ends what is due, ticks the slot waiters, re-arms.
-    void expire(bool all) noexcept;
+    /// A callback's exception (out of memory in a session, which unwound)
+    /// goes to the poller, which counts it; the timer is re-armed first.
+    void expire(bool all);
 
     order_list order_;
     slot_list slot_waiters_;
