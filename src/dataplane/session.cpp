@@ -470,7 +470,7 @@ void session::watch_connect_deadline() {
     const auto timeout = snap_->cfg->timeouts.connect;
     connect_timed_out_ = false;
     deadline = clock_type::now() + timeout;
-    ctx_.connects.watch(*this, timeout);
+    ctx_.connects.watch(*this, gen_->connects);
 }
 
 error_code session::connect_ended(const error_code& ec) {

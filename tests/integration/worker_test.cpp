@@ -434,6 +434,61 @@ TEST(Worker, ASessionWaitingForAConnectSlotWhileNothingCanBeAllocatedGoesOn) {
     EXPECT_EQ(connecting.load(), 0u) << "the connect slot leaked";
 }
 
+TEST(Worker, TheFirstConnectWithATimeoutNewToTheWorkerGetsItsDeadlineWhileNothingCanBeAllocated) {
+    // The worker kept one deadline queue per timeouts.connect value and
+    // made it (a std::list node) at the first connect that used the value,
+    // after a reload changed it: out of memory there, the session was lost
+    // instead of connecting with its deadline.
+    worker_rig rig("timeouts: {connect: 5s}\nrelay: {mode: copy}",
+                   ", storm_control: {max_connecting: 1, queue_timeout: 10s}");
+    {
+        // One session served and gone: the poller's table keeps room for a
+        // client and a backend socket, so that connecting allocates nothing.
+        client warm;
+        ASSERT_EQ(warm.connect("127.0.0.1", rig.port, 2s), 0);
+        warm.set_timeout(5s);
+        ASSERT_TRUE(warm.send_all("hi"));
+        ASSERT_EQ(warm.recv_exact(2), "hi");
+    }
+    ASSERT_TRUE(eventually([&] { return rig.stats.active_sessions.load() == 0; }));
+    blackhole backend;
+    auto next = snapshot::build(parse_config(fmt::format(R"(workers: 1
+listeners: [{{name: f, address: "127.0.0.1:{}", pool: p}}]
+pools: [{{name: p, backends: [{{name: b, address: "{}"}}], storm_control: {{max_connecting: 1, queue_timeout: 10s}}}}]
+timeouts: {{connect: 300ms}}
+relay: {{mode: copy}}
+)",
+                                                         rig.port, backend.address()),
+                                             "test.yaml"),
+                                rig.snap.get());
+    auto applied = std::make_shared<std::atomic<bool>>(false);
+    rig.w->apply(next, {}, [applied] { *applied = true; });
+    ASSERT_TRUE(eventually([&] { return applied->load(); }));
+    const backend_stats& stats = *next->pools[0].backends[0].stats;
+    auto& connecting = next->pools[0].backends[0].stats->connecting;
+    connecting = 1;  // the one slot, held by "another worker"
+    // The session is made, then waits at the gate; it connects (the new
+    // timeout's first) once the slot is free, while nothing can be allocated.
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
+    ASSERT_TRUE(eventually([&] { return stats.active.load() == 1; }));
+    ASSERT_TRUE(on_worker(*rig.w, [] { fail_every_allocation_here(); }));
+    connecting = 0;
+    // Counted when the session takes the slot it waited for; the connect
+    // and its deadline start in the same step, before the worker runs this
+    // test's stop_failing().
+    const bool through = eventually([&] { return stats.storm_delayed_total.load() == 1; });
+    ASSERT_TRUE(on_worker(*rig.w, [] { stop_failing(); }));
+    ASSERT_TRUE(through) << "the session never got through the gate";
+    c.set_timeout(5s);
+    int end = 0;
+    c.recv_until_eof(end);
+    EXPECT_EQ(end, ECONNRESET);
+    EXPECT_TRUE(eventually([&] { return stats.connect_timeout_total.load() == 1; }))
+        << "the connect never timed out: it had no deadline";
+    EXPECT_EQ(rig.stats.reset_no_memory_total.load(), 0u);
+}
+
 TEST(Worker, ARelayThatYieldsWhileAllocationsFailGoesOn) {
     // A direction that has read 16 chunks in a row yields to the worker's
     // other sessions. The yield was an asio::post: out of memory, the

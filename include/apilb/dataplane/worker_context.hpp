@@ -40,6 +40,8 @@ struct generation {
     explicit generation(std::shared_ptr<const snapshot> s);
     const std::shared_ptr<const snapshot> snap;
     std::vector<balancer_state> balancers;  ///< one per pool of `snap`
+    /// The backend connects of its sessions in progress (timeouts.connect).
+    connect_queue connects;
 };
 
 /// What sessions of one worker share. Owned by the worker; worker thread only,
