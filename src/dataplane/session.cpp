@@ -460,7 +460,7 @@ bool session::open_upstream(const backend_runtime& backend) {
         st_.local_failure = ec;
         return false;
     }
-    if (auto opt_ec = apply_tcp_options(upstream_.native_handle(), snap_->cfg->tcp)) {
+    if (auto opt_ec = apply_new_socket_tcp_options(upstream_.native_handle(), snap_->cfg->tcp)) {
         spdlog::debug("backend {}: setting TCP options failed: {}", backend.cfg->name, opt_ec.message());
     }
     return true;
