@@ -238,7 +238,8 @@ private:
     bool slot_waited_ = false;                ///< waited for a connect slot in this attempt
     clock_type::time_point wake_at_{};        ///< the gate's wait ends then at the latest
     clock_type::time_point slot_deadline_{};  ///< no connect slot by then: refused
-    gate_wait gate_wait_;  ///< storm control's waits, in ctx_.gate
+    /// Storm control's waits, in ctx_.gate.
+    gate_wait gate_wait_;
     std::uint64_t published_to_ = 0;    ///< of the bytes to the current backend, those in its counters
     std::uint64_t published_from_ = 0;  ///< of the bytes from it, those in its counters
     bool adopted_ = false;              ///< handed over by the process before: its backend answered there

@@ -54,8 +54,7 @@ bool worker_context::reserve_spare() {
     return spare_fd >= 0;
 }
 
-generation::generation(std::shared_ptr<const snapshot> s)
-    : snap(std::move(s)), connects(snap->cfg->timeouts.connect) {
+generation::generation(std::shared_ptr<const snapshot> s) : snap(std::move(s)), connects(snap->cfg->timeouts.connect) {
     for (const auto& p : snap->pools) balancers.emplace_back(p.backends.size());
 }
 

@@ -64,10 +64,10 @@ private:
     /// The timer fired: expires what is due, re-arms for the rest.
     void expire();
 
-    using queue_list = boost::intrusive::list<
-        connect_queue, boost::intrusive::constant_time_size<false>,
-        boost::intrusive::member_hook<connect_queue, decltype(connect_queue::pending_hook),
-                                      &connect_queue::pending_hook>>;
+    using queue_list =
+        boost::intrusive::list<connect_queue, boost::intrusive::constant_time_size<false>,
+                               boost::intrusive::member_hook<connect_queue, decltype(connect_queue::pending_hook),
+                                                             &connect_queue::pending_hook>>;
     queue_list queues_;  ///< those with pending connects (or emptied since the last expiry)
     poll_timer timer_;
     std::chrono::steady_clock::time_point timer_at_ = std::chrono::steady_clock::time_point::max();

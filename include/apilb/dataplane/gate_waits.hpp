@@ -75,12 +75,10 @@ private:
     struct by_time {
         bool operator()(const gate_wait& a, const gate_wait& b) const noexcept { return a.at_ < b.at_; }
     };
-    using order_list =
-        boost::intrusive::multiset<gate_wait, boost::intrusive::compare<by_time>,
-                                   boost::intrusive::constant_time_size<false>,
-                                   boost::intrusive::member_hook<gate_wait, boost::intrusive::set_member_hook<
-                                                                                gate_wait::auto_unlink>,
-                                                                 &gate_wait::order_hook_>>;
+    using order_list = boost::intrusive::multiset<
+        gate_wait, boost::intrusive::compare<by_time>, boost::intrusive::constant_time_size<false>,
+        boost::intrusive::member_hook<gate_wait, boost::intrusive::set_member_hook<gate_wait::auto_unlink>,
+                                      &gate_wait::order_hook_>>;
     using slot_list = boost::intrusive::list<
         gate_wait, boost::intrusive::constant_time_size<false>,
         boost::intrusive::member_hook<gate_wait, boost::intrusive::list_member_hook<gate_wait::auto_unlink>,

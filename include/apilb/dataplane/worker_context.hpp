@@ -103,7 +103,6 @@ struct worker_context {
     }
     /// Reopens the spare descriptor if it is in use; false if it cannot be.
     bool reserve_spare();
-
 };
 
 /// True for errors that mean this process is out of descriptors or memory.
