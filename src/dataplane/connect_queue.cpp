@@ -9,15 +9,14 @@ namespace apilb {
 using boost::system::error_code;
 using clock_type = std::chrono::steady_clock;
 
-void connect_deadlines::watch(pending_connect& c, std::chrono::milliseconds timeout) {
+void connect_deadlines::watch(pending_connect& c, connect_queue& q) noexcept {
     APILB_ASSERT_DATA_PATH_ROLE(worker);
     // Appending to the queue of its timeout keeps every queue in deadline
-    // order at O(1); there is one queue, or two across a reload that
-    // changed timeouts.connect.
-    auto q = std::find_if(queues_.begin(), queues_.end(),
-                          [timeout](const connect_queue& x) { return x.timeout == timeout; });
-    if (q == queues_.end()) q = queues_.insert(queues_.end(), connect_queue{timeout, {}});
-    q->entries.push_back(c);
+    // order at O(1); the queue was made with its generation, so nothing
+    // here allocates (a std::list node per new timeout once did, and a
+    // connect out of memory then lost its session).
+    q.entries.push_back(c);
+    if (!q.pending_hook.is_linked()) queues_.push_back(q);
     if (c.deadline >= timer_at_ || stopped_) return;
     arm(c.deadline);
 }
@@ -45,11 +44,11 @@ void connect_deadlines::expire() {
             q->entries.pop_front();
             c.expire(c);  // closes the socket; the connect completes later, aborted
         }
-        if (q->entries.empty() && queues_.size() > 1) {
-            q = queues_.erase(q);  // a timeout no longer in use
+        if (q->entries.empty()) {
+            q = queues_.erase(q);  // linked again by its next connect
             continue;
         }
-        if (!q->entries.empty()) next = std::min(next, q->entries.front().deadline);
+        next = std::min(next, q->entries.front().deadline);
         ++q;
     }
     if (next != clock_type::time_point::max()) arm(next);

@@ -41,7 +41,7 @@ void session_entry::abort(close_reason why) {
         s->set_abortive_close();
         s->close();
     }
-    if (storm_timer) storm_timer->cancel();
+    if (storm_wait) storm_wait->wake();
     // A quiesced direction has no wait for the close to complete.
     if (pump && quiesce_until != std::chrono::steady_clock::time_point::max()) {
         quiesce_until = std::chrono::steady_clock::time_point::max();
@@ -119,6 +119,7 @@ session::session(worker_context& ctx, std::size_t listener_index)
     entry_.pool = &pool_;
     entry_.publish_bytes = &session::on_publish;
     entry_.owner = this;
+    entry_.storm_wait = &gate_wait_;
     expire = &session::on_connect_deadline;
 }
 
@@ -293,36 +294,18 @@ session::gate session::pass_gate(const backend_runtime& backend) {
 
 void session::wait_at_gate(std::unique_ptr<session> self) {
     session& s = *self;
-    if (!s.gate_timer_) s.gate_timer_ = std::make_unique<asio::steady_timer>(s.upstream_.get_executor());
-    asio::steady_timer& timer = *s.gate_timer_;
-    timer.expires_at(s.wake_at_);
-    s.entry_.storm_timer = &timer;  // abort() cancels it
-    const bool for_slot = s.gate_ == gate_step::slot_retry;
-    timer.async_wait([self = std::move(self)](const error_code&) mutable {
-        session& s = *self;
-        s.entry_.storm_timer = nullptr;
-        if (s.in_slot_waiters_) {
-            s.ctx_.slot_waiters.erase(s.slot_waiter_);
-            s.in_slot_waiters_ = false;
-        }
-        connect_next(std::move(self));
-    });
-    // The wait owns the session now, and its handler cannot run before this
-    // returns. Listed only once the wait is set: a session that an
-    // allocation failure ended above is never left in the list.
-    if (for_slot) {
-        // A slot freed on this worker cancels the first waiter's timer.
-        s.slot_waiter_ = s.ctx_.slot_waiters.insert(s.ctx_.slot_waiters.end(), &timer);
-        s.in_slot_waiters_ = true;
-        s.ctx_.arm_slot_tick();
-    }
+    // The wait owns the session now. It cannot fail to start: an Asio
+    // timer's wait could, and the session then died with its backend's
+    // reservation (and storm_waiting) still counted.
+    s.ctx_.gate.wait(s.gate_wait_, s.wake_at_, s.gate_ == gate_step::slot_retry, &session::on_gate_wait_over,
+                     self.release());
 }
 
 void session::release_slot() {
     if (!slot_) return;
     slot_->fetch_sub(1, std::memory_order_relaxed);
     slot_ = nullptr;
-    ctx_.wake_slot_waiters(false);
+    ctx_.gate.wake_slot_waiters(false);
 }
 
 bool session::open_upstream(const backend_runtime& backend) {
@@ -334,7 +317,7 @@ bool session::open_upstream(const backend_runtime& backend) {
         st_.local_failure = ec;
         return false;
     }
-    if (auto opt_ec = apply_tcp_options(upstream_.native_handle(), snap_->cfg->tcp)) {
+    if (auto opt_ec = apply_new_socket_tcp_options(upstream_.native_handle(), snap_->cfg->tcp)) {
         spdlog::debug("backend {}: setting TCP options failed: {}", backend.cfg->name, opt_ec.message());
     }
     return true;
@@ -344,7 +327,7 @@ void session::watch_connect_deadline() {
     const auto timeout = snap_->cfg->timeouts.connect;
     connect_timed_out_ = false;
     deadline = clock_type::now() + timeout;
-    ctx_.connects.watch(*this, timeout);
+    ctx_.connects.watch(*this, gen_->connects);
 }
 
 error_code session::connect_ended(const error_code& ec) {

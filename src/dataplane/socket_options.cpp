@@ -19,19 +19,26 @@ boost::system::error_code set_int(int fd, int level, int name, int value) {
 
 int whole_seconds(duration d) { return static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(d).count()); }
 
-}  // namespace
-
-boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg) {
+/// Both entry points: `fresh` leaves out what cannot change a new socket.
+boost::system::error_code set_tcp_options(int fd, const tcp_config& cfg, bool fresh) {
     boost::system::error_code first;
     auto keep = [&first](boost::system::error_code ec) {
         if (ec && !first) first = ec;
     };
-    keep(set_int(fd, IPPROTO_TCP, TCP_NODELAY, cfg.nodelay ? 1 : 0));
-    keep(set_int(fd, SOL_SOCKET, SO_KEEPALIVE, cfg.keepalive ? 1 : 0));
+    // A new socket has both off.
+    if (cfg.nodelay || !fresh) keep(set_int(fd, IPPROTO_TCP, TCP_NODELAY, cfg.nodelay ? 1 : 0));
+    if (cfg.keepalive || !fresh) keep(set_int(fd, SOL_SOCKET, SO_KEEPALIVE, cfg.keepalive ? 1 : 0));
     if (cfg.keepalive) {
         keep(set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, whole_seconds(cfg.keepalive_idle)));
         keep(set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, whole_seconds(cfg.keepalive_interval)));
-        keep(set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, static_cast<int>(cfg.keepalive_count)));
+        // With TCP_USER_TIMEOUT set the kernel ends a connection whose probes
+        // go unanswered once that much time has passed, and never looks at
+        // TCP_KEEPCNT (tcp_keepalive_timer; tcp(7)). A listener gets it all
+        // the same: a reload may turn user_timeout off, and its sockets
+        // then need the count they inherit.
+        if (!fresh || cfg.user_timeout.count() == 0) {
+            keep(set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, static_cast<int>(cfg.keepalive_count)));
+        }
     }
     if (cfg.user_timeout.count() > 0) {
         keep(set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, static_cast<int>(cfg.user_timeout.count())));
@@ -47,6 +54,14 @@ boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg) {
         keep(set_int(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, static_cast<int>(cfg.socket_buffer)));
     }
     return first;
+}
+
+}  // namespace
+
+boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg) { return set_tcp_options(fd, cfg, false); }
+
+boost::system::error_code apply_new_socket_tcp_options(int fd, const tcp_config& cfg) {
+    return set_tcp_options(fd, cfg, true);
 }
 
 void set_reset_on_close(int fd) {

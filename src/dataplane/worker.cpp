@@ -605,7 +605,7 @@ void worker::stop() {
         // Armed for the earliest pending connect's deadline, which may be
         // long past the last connect: it must not hold the loop open.
         ctx_.connects.stop();
-        ctx_.stop_slot_tick();
+        ctx_.gate.stop();  // the gated sessions, aborted below, end from the loop
         close_matching(every_session(), close_reason::drain);
         // Every socket is closed: what is left to deliver is queued already.
         // The epoll set is no longer work, so io_.run() returns once the

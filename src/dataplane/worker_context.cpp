@@ -1,9 +1,7 @@
 // What a worker's sessions share: rate-limited warnings, the pause on
-// running out of descriptors and storm control's connect-slot waiters.
+// running out of descriptors and the generations sessions start in.
 #include "apilb/dataplane/worker_context.hpp"
 #include "apilb/core/thread_role.hpp"
-
-#include <boost/asio/steady_timer.hpp>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -56,33 +54,7 @@ bool worker_context::reserve_spare() {
     return spare_fd >= 0;
 }
 
-void worker_context::wake_slot_waiters(bool all) {
-    APILB_ASSERT_DATA_PATH_ROLE(worker);
-    for (auto* t : slot_waiters) {
-        t->cancel();
-        if (!all) break;
-    }
-}
-
-void worker_context::arm_slot_tick() noexcept {
-    if (slot_tick_stopped_ || slot_tick.waiting() || slot_waiters.empty()) return;
-    slot_tick.wait_until(clock_type::now() + std::chrono::milliseconds(10), &worker_context::on_slot_tick, this);
-}
-
-void worker_context::on_slot_tick(void* self, const error_code& ec) {
-    auto& ctx = *static_cast<worker_context*>(self);
-    if (ec) return;  // stop_slot_tick()
-    // Cancelling Asio timers queues their handlers: no allocation, no throw.
-    ctx.wake_slot_waiters(true);  // each retries; who finds no slot waits again
-    ctx.arm_slot_tick();
-}
-
-void worker_context::stop_slot_tick() noexcept {
-    slot_tick_stopped_ = true;
-    slot_tick.cancel();
-}
-
-generation::generation(std::shared_ptr<const snapshot> s) : snap(std::move(s)) {
+generation::generation(std::shared_ptr<const snapshot> s) : snap(std::move(s)), connects(snap->cfg->timeouts.connect) {
     for (const auto& p : snap->pools) balancers.emplace_back(p.backends.size());
 }
 
@@ -92,7 +64,7 @@ worker_context::worker_context(std::shared_ptr<const snapshot> s, process_stats&
       sockets(p),
       relay(snap().cfg->relay),
       max_connections(snap().cfg->limits.max_connections),
-      slot_tick(p),
+      gate(p),
       connects(p) {}
 
 }  // namespace apilb

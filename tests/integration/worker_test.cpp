@@ -40,10 +40,13 @@ std::atomic<int> failing_left{0};
 /// Besides, while non-zero, every operator new of exactly this many bytes
 /// on that thread fails (a relay buffer, of relay.buffer_size).
 std::atomic<std::size_t> failing_new_size{0};
+/// While set, every aligned_alloc and operator new on that thread fails.
+std::atomic<bool> failing_all{false};
 
 }  // namespace
 
 extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
+    if (failing_on.load() == &thread_tag && failing_all.load()) return nullptr;
     if (failing_on.load() == &thread_tag && failing_left.load() > 0) {
         failing_left.fetch_sub(1);
         return nullptr;
@@ -53,7 +56,8 @@ extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
 }
 
 bool apilb_test_new_fails(std::size_t n) noexcept {
-    return n != 0 && n == failing_new_size.load() && failing_on.load() == &thread_tag;
+    if (failing_on.load() != &thread_tag) return false;
+    return failing_all.load() || (n != 0 && n == failing_new_size.load());
 }
 #include "../alloc_fault.hpp"
 
@@ -163,7 +167,15 @@ bool on_worker(apilb::worker& w, std::function<void()> fn) {
 void stop_failing() {
     failing_left = 0;
     failing_new_size = 0;
+    failing_all = false;
     failing_on = nullptr;
+}
+
+/// On the calling worker thread: every allocation fails from now on (Asio's
+/// cache emptied first, so that none is hidden by it).
+void fail_every_allocation_here() {
+    fail_asio_allocations_here(0);
+    failing_all = true;
 }
 
 /// Polls `pred` every 10 ms for up to `timeout`.
@@ -395,6 +407,90 @@ TEST(Worker, SlotWakeUpsGoOnAfterTheirTickCouldNotStart) {
     ASSERT_TRUE(c.send_all("hi"));
     EXPECT_EQ(c.recv_exact(2), "hi") << "the freed slot was never noticed";
     stop_failing();
+}
+
+TEST(Worker, ASessionWaitingForAConnectSlotWhileNothingCanBeAllocatedGoesOn) {
+    // Storm control's gate waited on an Asio timer per session: out of
+    // memory, a wait that could not start ended the session (the client
+    // reset) with the backend's reservation still counted, so that each
+    // such failure took one of limits.per_backend's places for good.
+    worker_rig rig("relay: {mode: copy}\nlimits: {per_backend: 2}",
+                   ", storm_control: {max_connecting: 1, queue_timeout: 10s}");
+    auto& connecting = rig.snap->pools[0].backends[0].stats->connecting;
+    connecting = 1;  // the one slot, held by "another worker"
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
+    // Reserved on the backend, no slot: the session waits at the gate (the
+    // step that reserves and the one that starts the wait run together).
+    ASSERT_TRUE(eventually([&] { return rig.backend().active.load() == 1; }));
+    ASSERT_TRUE(on_worker(*rig.w, [] { fail_every_allocation_here(); }));
+    // The slot tick wakes the waiter every 10 ms and it waits again: about
+    // 30 waits started while nothing can be allocated.
+    std::this_thread::sleep_for(300ms);
+    ASSERT_TRUE(on_worker(*rig.w, [] { stop_failing(); }));
+    connecting = 0;
+    c.set_timeout(5s);
+    ASSERT_TRUE(c.send_all("hi"));
+    EXPECT_EQ(c.recv_exact(2), "hi") << "the session waiting at the gate was lost";
+    c.close();
+    EXPECT_TRUE(eventually([&] { return rig.stats.active_sessions.load() == 0; }));
+    EXPECT_TRUE(eventually([&] { return rig.backend().active.load() == 0; })) << "the backend's reservation leaked";
+    EXPECT_EQ(connecting.load(), 0u) << "the connect slot leaked";
+}
+
+TEST(Worker, TheFirstConnectWithATimeoutNewToTheWorkerGetsItsDeadlineWhileNothingCanBeAllocated) {
+    // The worker kept one deadline queue per timeouts.connect value and
+    // made it (a std::list node) at the first connect that used the value,
+    // after a reload changed it: out of memory there, the session was lost
+    // instead of connecting with its deadline.
+    worker_rig rig("timeouts: {connect: 5s}\nrelay: {mode: copy}",
+                   ", storm_control: {max_connecting: 1, queue_timeout: 10s}");
+    {
+        // One session served and gone: the poller's table keeps room for a
+        // client and a backend socket, so that connecting allocates nothing.
+        client warm;
+        ASSERT_EQ(warm.connect("127.0.0.1", rig.port, 2s), 0);
+        warm.set_timeout(5s);
+        ASSERT_TRUE(warm.send_all("hi"));
+        ASSERT_EQ(warm.recv_exact(2), "hi");
+    }
+    ASSERT_TRUE(eventually([&] { return rig.stats.active_sessions.load() == 0; }));
+    blackhole backend;
+    auto next = snapshot::build(parse_config(fmt::format(R"(workers: 1
+listeners: [{{name: f, address: "127.0.0.1:{}", pool: p}}]
+pools: [{{name: p, backends: [{{name: b, address: "{}"}}], storm_control: {{max_connecting: 1, queue_timeout: 10s}}}}]
+timeouts: {{connect: 300ms}}
+relay: {{mode: copy}}
+)",
+                                                         rig.port, backend.address()),
+                                             "test.yaml"),
+                                rig.snap.get());
+    auto applied = std::make_shared<std::atomic<bool>>(false);
+    rig.w->apply(next, {}, [applied] { *applied = true; });
+    ASSERT_TRUE(eventually([&] { return applied->load(); }));
+    const backend_stats& stats = *next->pools[0].backends[0].stats;
+    auto& connecting = next->pools[0].backends[0].stats->connecting;
+    connecting = 1;  // the one slot, held by "another worker"
+    // The session is made, then waits at the gate; it connects (the new
+    // timeout's first) once the slot is free, while nothing can be allocated.
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
+    ASSERT_TRUE(eventually([&] { return stats.active.load() == 1; }));
+    ASSERT_TRUE(on_worker(*rig.w, [] { fail_every_allocation_here(); }));
+    connecting = 0;
+    // Counted when the session takes the slot it waited for; the connect
+    // and its deadline start in the same step, before the worker runs this
+    // test's stop_failing().
+    const bool through = eventually([&] { return stats.storm_delayed_total.load() == 1; });
+    ASSERT_TRUE(on_worker(*rig.w, [] { stop_failing(); }));
+    ASSERT_TRUE(through) << "the session never got through the gate";
+    c.set_timeout(5s);
+    int end = 0;
+    c.recv_until_eof(end);
+    EXPECT_EQ(end, ECONNRESET);
+    EXPECT_TRUE(eventually([&] { return stats.connect_timeout_total.load() == 1; }))
+        << "the connect never timed out: it had no deadline";
+    EXPECT_EQ(rig.stats.reset_no_memory_total.load(), 0u);
 }
 
 TEST(Worker, ARelayThatYieldsWhileAllocationsFailGoesOn) {

@@ -10,7 +10,6 @@
 #include <boost/system/error_code.hpp>
 
 #include <chrono>
-#include <list>
 
 #include "apilb/dataplane/poll_timer.hpp"
 
@@ -27,24 +26,34 @@ struct pending_connect : boost::intrusive::list_base_hook<boost::intrusive::link
 using pending_connect_list = boost::intrusive::list<pending_connect, boost::intrusive::constant_time_size<false>>;
 
 /// Pending connects with one timeout, in the order they started, which is
-/// deadline order.
+/// deadline order. Each config generation of a worker has its own, made
+/// with it (worker start, reload), so that a connect never allocates one;
+/// the sessions that start in a generation hold it, and its queue, until
+/// they end. Not movable: the worker's deadlines link to it.
 struct connect_queue {
-    std::chrono::milliseconds timeout;
+    explicit connect_queue(std::chrono::milliseconds t) : timeout(t) {}
+    connect_queue(const connect_queue&) = delete;
+    connect_queue& operator=(const connect_queue&) = delete;
+
+    const std::chrono::milliseconds timeout;
     pending_connect_list entries;
+    /// In connect_deadlines' list of queues with pending connects.
+    boost::intrusive::list_member_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> pending_hook;
 };
 
-/// A worker's pending connects, one queue per timeouts.connect in use (two
-/// for a while after a reload changed it), and the one timer that expires
-/// them, armed for the earliest deadline while any is pending.
+/// A worker's pending connects, in the queues of the generations that have
+/// any (one, or two for a while after a reload changed timeouts.connect),
+/// and the one timer that expires them, armed for the earliest deadline
+/// while any is pending.
 class connect_deadlines {
 public:
     /// Its timer is in `p`'s epoll set. Throws std::system_error if no
     /// timerfd can be made.
     explicit connect_deadlines(poller& p) : timer_(p) {}
 
-    /// Starts timing `c` out at c.deadline, `timeout` after its start.
-    /// Allocates only for a timeout not in use yet (once per reload).
-    void watch(pending_connect& c, std::chrono::milliseconds timeout);
+    /// Starts timing `c` out at c.deadline, `q.timeout` after its start; `q`
+    /// is the queue of the session's generation. Allocates nothing.
+    void watch(pending_connect& c, connect_queue& q) noexcept;
     /// The worker is stopping: the timer is cancelled and never armed again,
     /// so it cannot hold the loop open (sessions are aborted instead).
     void stop() noexcept;
@@ -55,7 +64,11 @@ private:
     /// The timer fired: expires what is due, re-arms for the rest.
     void expire();
 
-    std::list<connect_queue> queues_;
+    using queue_list =
+        boost::intrusive::list<connect_queue, boost::intrusive::constant_time_size<false>,
+                               boost::intrusive::member_hook<connect_queue, decltype(connect_queue::pending_hook),
+                                                             &connect_queue::pending_hook>>;
+    queue_list queues_;  ///< those with pending connects (or emptied since the last expiry)
     poll_timer timer_;
     std::chrono::steady_clock::time_point timer_at_ = std::chrono::steady_clock::time_point::max();
     bool stopped_ = false;

@@ -5,7 +5,6 @@
 // session_handover.cpp).
 #pragma once
 
-#include <boost/asio/steady_timer.hpp>
 #include <boost/intrusive/list.hpp>
 
 #include <chrono>
@@ -18,6 +17,7 @@
 
 namespace apilb {
 
+class gate_wait;
 class poll_socket;
 class relay;
 struct backend_health;
@@ -56,8 +56,8 @@ struct session_entry : boost::intrusive::list_base_hook<boost::intrusive::link_m
     /// The session phase (its id) that kept it: it could not flush in time,
     /// and is not quiesced again in that phase.
     std::uint64_t kept_in_phase = 0;
-    /// While waiting for its turn (storm control): abort() cancels the wait.
-    boost::asio::steady_timer* storm_timer = nullptr;
+    /// The session's wait at storm control's gate: abort() ends it.
+    gate_wait* storm_wait = nullptr;
 
     /// Closed by apilb: do not retry, do not log as a failure.
     bool aborted() const noexcept { return closed_by != close_reason::none; }

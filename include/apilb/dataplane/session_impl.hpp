@@ -5,14 +5,12 @@
 #pragma once
 
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/system/error_code.hpp>
 
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -106,8 +104,9 @@ private:
     /// the queue is full, or the session was closed meanwhile.
     gate pass_gate(const backend_runtime& backend);
     /// Waits until wake_at_ (a slot freed on this worker, or closing the
-    /// session, cuts it short), then resumes connect_next().
+    /// session, cuts it short), then resumes connect_next(). Allocates nothing.
     static void wait_at_gate(std::unique_ptr<session> self);
+    static void on_gate_wait_over(void* self) { connect_next(std::unique_ptr<session>(static_cast<session*>(self))); }
     /// Gives the slot back (connect failed, the backend's first byte came,
     /// or the session ended) and wakes a waiter of this worker.
     void release_slot();
@@ -174,12 +173,10 @@ private:
     bool connect_timed_out_ = false;              ///< the pending connect passed its deadline
     gate_step gate_ = gate_step::pick;
     bool slot_waited_ = false;                ///< waited for a connect slot in this attempt
-    bool in_slot_waiters_ = false;            ///< slot_waiter_ is in ctx_.slot_waiters
     clock_type::time_point wake_at_{};        ///< the gate's wait ends then at the latest
     clock_type::time_point slot_deadline_{};  ///< no connect slot by then: refused
-    /// Storm control's waits; made by the first (pools without storm control never have one).
-    std::unique_ptr<boost::asio::steady_timer> gate_timer_;
-    std::list<boost::asio::steady_timer*>::iterator slot_waiter_{};
+    /// Storm control's waits, in ctx_.gate.
+    gate_wait gate_wait_;
     std::uint64_t published_to_ = 0;    ///< of the bytes to the current backend, those in its counters
     std::uint64_t published_from_ = 0;  ///< of the bytes from it, those in its counters
     bool adopted_ = false;              ///< handed over by the process before: its backend answered there

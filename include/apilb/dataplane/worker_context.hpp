@@ -1,22 +1,21 @@
 // What the sessions of one worker share: the config generation new sessions
 // start in, the epoll set, relay buffers, the session list, storm control's
-// slot waiters, the connect deadlines and the pause on running out of
+// gate waits, the connect deadlines and the pause on running out of
 // descriptors. Owned by the worker; worker thread only, except `stats`.
 #pragma once
 
-#include <boost/asio/steady_timer.hpp>
 #include <boost/system/error_code.hpp>
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <list>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "apilb/core/balancer.hpp"
 #include "apilb/dataplane/connect_queue.hpp"
+#include "apilb/dataplane/gate_waits.hpp"
 #include "apilb/dataplane/poll_timer.hpp"
 #include "apilb/dataplane/relay.hpp"
 #include "apilb/dataplane/session.hpp"
@@ -41,6 +40,8 @@ struct generation {
     explicit generation(std::shared_ptr<const snapshot> s);
     const std::shared_ptr<const snapshot> snap;
     std::vector<balancer_state> balancers;  ///< one per pool of `snap`
+    /// The backend connects of its sessions in progress (timeouts.connect).
+    connect_queue connects;
 };
 
 /// What sessions of one worker share. Owned by the worker; worker thread only,
@@ -67,21 +68,11 @@ struct worker_context {
     /// Passive health detection; empty = nobody listens (tests of a bare worker).
     passive_reporter report_passive;
 
-    /// Sessions of this worker waiting for a connect slot of some backend
-    /// (storm_control.max_connecting), each on its own timer: a slot freed
-    /// here wakes the first (cancels its timer); slots freed on other
-    /// workers are noticed by a tick every 10 ms while anyone waits.
-    std::list<boost::asio::steady_timer*> slot_waiters;
-    /// That tick: a poll_timer, so that arming it allocates nothing (an
-    /// Asio wait that failed to start stopped the tick for good).
-    poll_timer slot_tick;
-    /// Wakes the first waiter; with `all`, every one (the tick).
-    void wake_slot_waiters(bool all);
-    /// Starts the 10 ms tick if someone waits and it is not running.
-    /// Allocates nothing, never throws.
-    void arm_slot_tick() noexcept;
-    /// The worker is stopping: the tick is cancelled and not armed again.
-    void stop_slot_tick() noexcept;
+    /// Sessions of this worker waiting at storm control's gate (a turn or
+    /// a connect slot): a slot freed here wakes the first slot waiter, slots
+    /// freed on other workers are noticed by a tick every 10 ms while anyone
+    /// waits. Waiting allocates nothing.
+    gate_waits gate;
 
     /// Backend connects in progress and when each times out.
     connect_deadlines connects;
@@ -112,10 +103,6 @@ struct worker_context {
     }
     /// Reopens the spare descriptor if it is in use; false if it cannot be.
     bool reserve_spare();
-
-private:
-    static void on_slot_tick(void* self, const boost::system::error_code& ec);
-    bool slot_tick_stopped_ = false;
 };
 
 /// True for errors that mean this process is out of descriptors or memory.
