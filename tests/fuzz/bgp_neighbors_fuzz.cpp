@@ -21,8 +21,8 @@ namespace {
 
 void check(bool ok, const char* what, std::string_view detail) {
     if (ok) return;
-    std::fprintf(stderr, "bgp_neighbors_fuzz: %s: %.*s\n", what, static_cast<int>(std::min<std::size_t>(detail.size(), 200)),
-                 detail.data());
+    std::fprintf(stderr, "bgp_neighbors_fuzz: %s: %.*s\n", what,
+                 static_cast<int>(std::min<std::size_t>(detail.size(), 200)), detail.data());
     std::abort();
 }
 
@@ -35,9 +35,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check(states->size() <= size / 2, "more neighbours than the text can hold", text);
     boost::json::object again;
     for (const auto& [address, state] : *states) {
-        check(std::find(std::begin(apilb::bgp_states), std::end(apilb::bgp_states), state) !=
-                  std::end(apilb::bgp_states),
-              "a state that is not one of FRR's", state);
+        check(
+            std::find(std::begin(apilb::bgp_states), std::end(apilb::bgp_states), state) != std::end(apilb::bgp_states),
+            "a state that is not one of FRR's", state);
         again[address] = boost::json::object{{"bgpState", state}};
     }
     const auto round_trip = apilb::parse_bgp_neighbors(boost::json::serialize(again));

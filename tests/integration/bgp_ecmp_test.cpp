@@ -573,8 +573,10 @@ TEST_F(BgpEcmp, ResilientNextHopGroupsMoveOnlyTheFlowsAChangeNeeds) {
     std::this_thread::sleep_for(500ms);  // zebra reads the route and the group (not timed: only shown)
     router_ip_cmd({"nexthop", "replace", "id", "990", "group", "902/903"});
     const bool undone = wait_until(
-        [&] { return router_ip_cmd({"nexthop", "show", "id", "990"}).output.find("901") != std::string::npos; }, 3s,
-        20ms);
+        [&] {
+            return router_ip_cmd({"nexthop", "show", "id", "990"}).output.find("901") != std::string::npos;
+        },
+        3s, 20ms);
     std::cout << "[ INFO ] a hash-threshold group changed by hand: "
               << (undone ? "zebra put n1 back: " : "left as changed: ")
               << router_ip_cmd({"nexthop", "show", "id", "990"}).output;
@@ -621,7 +623,7 @@ TEST_F(BgpEcmp, ResilientNextHopGroupsMoveOnlyTheFlowsAChangeNeeds) {
             leave_broken = broken_while(held, "n1", k.busy, leave_checked);
         }
         {
-            auto held = open_held(60);  // none on n1
+            auto held = open_held(60);            // none on n1
             set_group("replace", "901/902/903");  // n1 joins
             join_broken = broken_while(held, "n1", k.busy, join_checked);
         }
@@ -634,12 +636,13 @@ TEST_F(BgpEcmp, ResilientNextHopGroupsMoveOnlyTheFlowsAChangeNeeds) {
         if (!k.type.empty()) {
             const std::string all = router_ip_cmd({"nexthop", "bucket", "show", "id", gid}).output;
             int mine = 0;
-            for (std::size_t at = all.find("nhid 901"); at != std::string::npos; at = all.find("nhid 901", at + 1)) ++mine;
+            for (std::size_t at = all.find("nhid 901"); at != std::string::npos; at = all.find("nhid 901", at + 1))
+                ++mine;
             buckets = fmt::format(" ({} of 128 buckets)", mine);
         }
         std::cout << "[ MEASURED ] " << k.name << ": n1 left: " << leave_broken << " of " << leave_checked
-                  << " established connections on n2 and n3 broke; n1 joined: " << join_broken << " of "
-                  << join_checked << "; then " << new_on_n1 << " of 30 new connections on n1" << buckets << "\n";
+                  << " established connections on n2 and n3 broke; n1 joined: " << join_broken << " of " << join_checked
+                  << "; then " << new_on_n1 << " of 30 new connections on n1" << buckets << "\n";
         EXPECT_GT(new_on_n1, 0) << k.name;
         EXPECT_GE(leave_checked, 30);
         EXPECT_GE(join_checked, 30);

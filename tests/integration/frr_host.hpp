@@ -114,7 +114,8 @@ struct bgp_node_spec {
 /// An apilb.yaml for a BGP node: one listener on the VIP, one backend, and
 /// a bgp section announcing the VIP to the one peer.
 inline std::string bgp_node_yaml(const bgp_node_spec& n) {
-    return n.head + fmt::format(R"(listeners:
+    return n.head +
+           fmt::format(R"(listeners:
   - {{name: api, address: "{0}:{1}", pool: cp}}
 pools:
   - name: cp
@@ -127,7 +128,7 @@ bgp:
   vips: [{0}]
   vty_socket_dir: {6}
 )",
-                                n.vip, n.port, n.backend, n.router_id, n.peer, n.peer_options, n.vty_socket_dir) +
+                       n.vip, n.port, n.backend, n.router_id, n.peer, n.peer_options, n.vty_socket_dir) +
            n.bgp_tail;
 }
 

@@ -246,8 +246,9 @@ protected:
     AdminUpgradeTest() { dir.write("token", "s3cret-token\n"); }
 
     std::string admin_yaml() const {
-        return config(fmt::format("timeouts: {{drain: 3s}}\nadmin:\n  address: \"127.0.0.1:{}\"\n  token_file: \"{}\"\n",
-                                  admin, dir.file("token")));
+        return config(
+            fmt::format("timeouts: {{drain: 3s}}\nadmin:\n  address: \"127.0.0.1:{}\"\n  token_file: \"{}\"\n", admin,
+                        dir.file("token")));
     }
 
     /// `curl -X POST` to the admin endpoint's `path`, with `headers`;
@@ -292,7 +293,8 @@ TEST_F(AdminUpgradeTest, PostUpgradeNeedsTheTokenAndHandsOverOnlyThen) {
     EXPECT_EQ(status_of(r), "401") << r.output;
     r = curl_post("/api/v1/upgrade", {"Authorization: Bearer wrong"});
     EXPECT_EQ(status_of(r), "401") << r.output;
-    r = run_command({"/usr/bin/curl", "-sS", "-w", "\n%{http_code}", fmt::format("http://127.0.0.1:{}/api/v1/upgrade", admin)});
+    r = run_command(
+        {"/usr/bin/curl", "-sS", "-w", "\n%{http_code}", fmt::format("http://127.0.0.1:{}/api/v1/upgrade", admin)});
     EXPECT_EQ(status_of(r), "405") << r.output;
     r = curl_post("/api/v1/upgrade?wiat=1", {"Authorization: Bearer s3cret-token"});
     EXPECT_EQ(status_of(r), "400") << r.output;
@@ -334,8 +336,8 @@ TEST_F(AdminUpgradeTest, CliUpgradePrintsBothPidsAndExitsZero) {
     steady_load load(port, 150, 20ms);
     ASSERT_TRUE(wait_until([&] { return load.done() >= 25; }, 20s));
     // As root on the node: the admin endpoint and the token from the config.
-    const auto r =
-        run_command({required_env("APILB_BIN"), "upgrade", "--config", dir.file("apilb.yaml"), "--timeout", "60"}, 90s);
+    const auto r = run_command(
+        {required_env("APILB_BIN"), "upgrade", "--config", dir.file("apilb.yaml"), "--timeout", "60"}, 90s);
     ASSERT_EQ(r.exit_code, 0) << r.output << "\n" << old.log();
     const std::regex line(R"(upgraded: pid (\d+) -> pid (\d+); (\d+) session\(s\) handed over)");
     std::smatch m;
@@ -366,8 +368,8 @@ TEST_F(AdminUpgradeTest, SecondUpgradeIsRefusedAndAFailedOneExitsNonZero) {
     EXPECT_NE(r.output.find("is in progress"), std::string::npos) << r.output;
     ASSERT_TRUE(old.wait_for_log("upgrade failed:", 60s)) << old.log();
     // The CLI waits for the outcome and says it failed.
-    const auto cli =
-        run_command({required_env("APILB_BIN"), "upgrade", "--config", dir.file("apilb.yaml"), "--timeout", "60"}, 90s);
+    const auto cli = run_command(
+        {required_env("APILB_BIN"), "upgrade", "--config", dir.file("apilb.yaml"), "--timeout", "60"}, 90s);
     EXPECT_EQ(cli.exit_code, 1) << cli.output;
     EXPECT_NE(cli.output.find("upgrade failed: "), std::string::npos) << cli.output;
     EXPECT_NE(cli.output.find("still serving"), std::string::npos) << cli.output;
@@ -968,7 +970,9 @@ TEST(UpgradeRefused, WithABgpSectionApilbSaysWhyAndServesOn) {
                                             .head = "timeouts: {drain: 2s}\n",
                                             .bgp_tail = "  withdraw_wait: 0s\n"});
     apilb_process apilb(dir, yaml, vip, port, {}, {find_program("ip"), "netns", "exec", ns});
-    auto echo = [&](client& c, const std::string& line) { return c.send_all(line) && c.recv_exact(line.size()) == line; };
+    auto echo = [&](client& c, const std::string& line) {
+        return c.send_all(line) && c.recv_exact(line.size()) == line;
+    };
     client held;
     held.set_timeout(5s);
     in_netns(ns, [&] { ASSERT_EQ(held.connect(vip, port, 5s), 0); });

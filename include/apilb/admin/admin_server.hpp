@@ -33,10 +33,10 @@ namespace apilb {
 
 /// How an upgrade ended (POST /api/v1/upgrade?wait=1; process_upgrade.cpp).
 struct upgrade_outcome {
-    std::string failure;                ///< "" = the new process serves and this one drains
-    int new_pid = 0;                    ///< the process started for it
-    std::size_t handed_over = 0;        ///< established sessions the new process took
-    std::size_t kept = 0;               ///< sessions with bytes in flight, drained by this one
+    std::string failure;                 ///< "" = the new process serves and this one drains
+    int new_pid = 0;                     ///< the process started for it
+    std::size_t handed_over = 0;         ///< established sessions the new process took
+    std::size_t kept = 0;                ///< sessions with bytes in flight, drained by this one
     std::chrono::milliseconds phase{0};  ///< the session phase (ready to sessions_taken)
 };
 
