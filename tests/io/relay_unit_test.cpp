@@ -290,18 +290,24 @@ TEST_P(Relay, ClosedFromOutsideEndsBothDirectionsAsAborted) {
     EXPECT_EQ(rel.from_backend().end, pump_end::aborted);
 }
 
+/// Starts `rel`, quiesces it, then has each peer send: the relay wakes for
+/// each and stops at once, so the bytes wait in the kernel, as an upgrade
+/// needs them to.
+void quiesce_with_bytes_waiting(rig& r, relay& rel, bool& done, const std::string& to_backend,
+                                const std::string& to_client) {
+    rel.async_run([&done] { done = true; });
+    r.io.run_for(std::chrono::milliseconds(20));
+    rel.quiesce();
+    asio::write(r.client_peer, asio::buffer(to_backend));
+    asio::write(r.upstream_peer, asio::buffer(to_client));
+    r.io.run_for(std::chrono::milliseconds(100));
+}
+
 TEST_P(Relay, QuiescedReadsNothingUntilItEndsThenGoesOnWhereItStopped) {
     rig r;
     relay rel(r.client, r.upstream, res, r.last);
     bool done = false;
-    rel.async_run([&] { done = true; });
-    r.io.run_for(std::chrono::milliseconds(20));
-    rel.quiesce();
-    // Both peers send; the relay wakes for each and stops at once: the bytes
-    // wait in the kernel, as an upgrade needs them to.
-    asio::write(r.client_peer, asio::buffer(std::string("to the backend")));
-    asio::write(r.upstream_peer, asio::buffer(std::string("to the client")));
-    r.io.run_for(std::chrono::milliseconds(100));
+    quiesce_with_bytes_waiting(r, rel, done, "to the backend", "to the client");
     EXPECT_EQ(r.upstream_peer.available(), 0u);
     EXPECT_EQ(r.client_peer.available(), 0u);
     EXPECT_TRUE(rel.quiet());
@@ -329,12 +335,7 @@ TEST_P(Relay, QuiescedAndClosedFromOutsideEnds) {
     rig r;
     relay rel(r.client, r.upstream, res, r.last);
     bool done = false;
-    rel.async_run([&] { done = true; });
-    r.io.run_for(std::chrono::milliseconds(20));
-    rel.quiesce();
-    asio::write(r.client_peer, asio::buffer(std::string("a")));
-    asio::write(r.upstream_peer, asio::buffer(std::string("b")));
-    r.io.run_for(std::chrono::milliseconds(100));
+    quiesce_with_bytes_waiting(r, rel, done, "a", "b");
     ASSERT_FALSE(done);
     asio::post(r.io, [&] {
         r.client.close();
