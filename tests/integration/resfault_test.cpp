@@ -521,10 +521,9 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
     // file at every call (FAKETIME_NO_CACHE), so the test steps it while
     // apilb runs.
     dir.write("faketime", "+0\n");
-    std::vector<std::string> env = {"/usr/bin/env",
-                                    "LD_PRELOAD=" + required_env("APILB_FAKETIME_WALL_ONLY") + ":" + libfaketime,
-                                    "FAKETIME_TIMESTAMP_FILE=" + dir.file("faketime"), "FAKETIME_NO_CACHE=1",
-                                    "DONT_FAKE_MONOTONIC=1"};
+    std::vector<std::string> env = {
+        "/usr/bin/env", "LD_PRELOAD=" + required_env("APILB_FAKETIME_WALL_ONLY") + ":" + libfaketime,
+        "FAKETIME_TIMESTAMP_FILE=" + dir.file("faketime"), "FAKETIME_NO_CACHE=1", "DONT_FAKE_MONOTONIC=1"};
     if (apilb_has_asan()) {
         const char* asan = std::getenv("ASAN_OPTIONS");
         env.push_back(std::string("ASAN_OPTIONS=") + (asan ? std::string(asan) + ":" : "") +
