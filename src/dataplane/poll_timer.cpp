@@ -25,9 +25,11 @@ void poll_timer::wait_until(std::chrono::steady_clock::time_point at, poll_socke
     const bool pending = fn_ != nullptr;
     fn_ = fn;
     arg_ = arg;
-    // A relative time, as Asio's reactor sets its own timerfd: libfaketime
-    // (which the wall-clock tests preload) shifts absolute timerfd times by
-    // its wall-clock offset, even CLOCK_MONOTONIC ones.
+    // A relative time: libfaketime 0.9.10 (which the wall-clock test
+    // preloads) rewrites absolute timerfd times as wall-clock ones, even
+    // CLOCK_MONOTONIC ones. Asio's reactor sets its own timerfd absolute
+    // (1 ns) for a time already come; the test therefore keeps libfaketime
+    // off timerfd_settime (tests/integration/faketime_wall_only.cpp).
     const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(at - std::chrono::steady_clock::now()).count();
     itimerspec spec{};
     // A zero it_value would disarm the timer: a time already come is 1 ns.

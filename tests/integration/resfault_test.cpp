@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -515,12 +516,14 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
     temp_dir dir;
     const auto port = free_port();
     const auto admin = free_port();
-    // Only CLOCK_REALTIME moves (DONT_FAKE_MONOTONIC), read from the file at
-    // every call (FAKETIME_NO_CACHE), so the test steps it while apilb runs.
+    // Only CLOCK_REALTIME moves (DONT_FAKE_MONOTONIC, and timerfd times
+    // left alone by faketime_wall_only.cpp, preloaded first), read from the
+    // file at every call (FAKETIME_NO_CACHE), so the test steps it while
+    // apilb runs.
     dir.write("faketime", "+0\n");
-    std::vector<std::string> env = {"/usr/bin/env", "LD_PRELOAD=" + libfaketime,
-                                    "FAKETIME_TIMESTAMP_FILE=" + dir.file("faketime"), "FAKETIME_NO_CACHE=1",
-                                    "DONT_FAKE_MONOTONIC=1"};
+    std::vector<std::string> env = {
+        "/usr/bin/env", "LD_PRELOAD=" + required_env("APILB_FAKETIME_WALL_ONLY") + ":" + libfaketime,
+        "FAKETIME_TIMESTAMP_FILE=" + dir.file("faketime"), "FAKETIME_NO_CACHE=1", "DONT_FAKE_MONOTONIC=1"};
     if (apilb_has_asan()) {
         const char* asan = std::getenv("ASAN_OPTIONS");
         env.push_back(std::string("ASAN_OPTIONS=") + (asan ? std::string(asan) + ":" : "") +
@@ -528,10 +531,21 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
     }
     const std::string extra = admin_section(admin) + "timeouts: {idle: 2s, drain: 1s}\n";
     std::string yaml = single_pool_config(port, {backend.address()}, "round-robin", 1, extra);
-    yaml.replace(yaml.find("log:"), 0, "    health: {type: tcp, interval: 200ms, timeout: 100ms, rise: 1, fall: 1}\n");
+    // The probes that must go on: pool q's, whose backend never completes a
+    // connect, so each times out at 300 ms, after its next one was due
+    // (every 200 ms). They are the control thread's only timers (pool p is
+    // not probed), so each timeout leaves its timer queue empty, and then
+    // the next probe's wait is for a time already come, which Asio's reactor
+    // arms as an absolute timerfd time (TFD_TIMER_ABSTIME, 1 ns): the path
+    // on which an absolute time that moved with the wall clock would stall
+    // every control timer (what the TSan run met after slow probes).
+    blackhole gone("127.0.0.3");
+    yaml.replace(yaml.find("log:"), 0,
+                 "  - name: q\n    backends:\n      - {name: g0, address: \"" + gone.address() +
+                     "\"}\n    health: {type: tcp, interval: 200ms, timeout: 300ms, rise: 1, fall: 1}\n");
     apilb_process apilb(dir, yaml, "127.0.0.1", port, {}, env);
-    const std::string probes = "apilb_backend_probe_duration_seconds_count{pool=\"p\",backend=\"b0\"}";
-    const std::string stamp = "apilb_backend_last_probe_timestamp_seconds{pool=\"p\",backend=\"b0\"}";
+    const std::string probes = "apilb_backend_probe_duration_seconds_count{pool=\"q\",backend=\"g0\"}";
+    const std::string stamp = "apilb_backend_last_probe_timestamp_seconds{pool=\"q\",backend=\"g0\"}";
     auto wall = [] {
         return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     };
@@ -546,6 +560,14 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
         client idle;
         ASSERT_EQ(try_echo(idle, port, milliseconds(3000)).what, "served");
         const auto quiet_from = steady::now();
+        // Its reset is awaited beside the probes, so that probes stalled for
+        // 5 s do not show as an idle timeout fired late.
+        idle.set_timeout(milliseconds(8000));
+        auto reset = std::async(std::launch::async, [&idle, quiet_from] {
+            char c;
+            const long n = idle.recv_some(&c, 1);
+            return std::pair{n, since_ms(quiet_from)};
+        });
         const double probes_before = metric(admin, probes);
         dir.write("faketime", text + "\n");
         // Probes go on, and their wall-clock stamp shows the step.
@@ -563,10 +585,7 @@ TEST(Resfault, WallClockStepsFireAndStallNoTimer) {
         EXPECT_NEAR(shown, wall() + offset, 60) << "libfaketime did not move apilb's wall clock";
         EXPECT_EQ(try_echo(port, milliseconds(3000)).what, "served");
         // The idle session is closed 2 s after its last byte, not at the step, not never.
-        idle.set_timeout(milliseconds(8000));
-        char c;
-        const long n = idle.recv_some(&c, 1);
-        const long closed_ms = since_ms(quiet_from);
+        const auto [n, closed_ms] = reset.get();
         EXPECT_EQ(n, -ECONNRESET) << "step " << text;
         EXPECT_GE(closed_ms, 1800) << "the idle timeout fired early at a step to " << text;
         EXPECT_LE(closed_ms, 5000) << "the idle timeout stalled at a step to " << text;
