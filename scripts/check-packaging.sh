@@ -203,12 +203,20 @@ deb_contents() {
   # preinst stop, which --no-start alone adds, or a prerm stop).
   grep -q '/usr/sbin/apilb upgrade --config' "$ctl/postinst"
   grep -q 'systemctl is-active --quiet apilb.service' "$ctl/postinst"
-  local script
-  for script in preinst prerm; do
-    if [[ -e "$ctl/$script" ]] && grep -E 'deb-systemd-invoke stop|systemctl stop' "$ctl/$script"; then
-      echo "the $script stops the service on upgrade"; return 1
-    fi
-  done
+  if [[ -e "$ctl/preinst" ]] && grep -E 'deb-systemd-invoke stop|systemctl stop' "$ctl/preinst"; then
+    echo "the preinst stops the service on upgrade"; return 1
+  fi
+  # The prerm stops it on a remove, and only then: run it as dpkg does for
+  # an upgrade and for a remove, with systemd's tools recorded, not run.
+  local fake; fake=$(mktemp -d)
+  printf '#!/bin/sh\necho "$0 $*" >>%s/calls\n' "$fake" >"$fake/deb-systemd-invoke"
+  chmod +x "$fake/deb-systemd-invoke"; cp "$fake/deb-systemd-invoke" "$fake/systemctl"
+  sed 's#\[ -d /run/systemd/system \]#true#' "$ctl/prerm" >"$fake/prerm"
+  PATH=$fake:$PATH sh -e "$fake/prerm" upgrade 0.1.0-1
+  if [[ -s $fake/calls ]]; then echo "the prerm acts on an upgrade: $(cat "$fake/calls")"; return 1; fi
+  PATH=$fake:$PATH sh -e "$fake/prerm" remove
+  grep -q 'deb-systemd-invoke stop apilb.service' "$fake/calls" || { echo "the prerm does not stop apilb on a remove"; return 1; }
+  rm -rf "$fake"
   sh -n "$ctl/postinst"
   rm -rf "$ctl"
 }

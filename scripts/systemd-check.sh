@@ -257,6 +257,18 @@ result bgp_dropin "$([[ -z $verify && $stoppost == *"bgp-withdraw"* && -n $group
 rm -f "$run/etc/systemd/system/apilb.service.d/bgp.conf"
 in_ct systemctl daemon-reload
 
+# 8. apt remove: the prerm stops apilb, gracefully (its drain), and no
+# apilb is left serving from the deleted binary.
+pid=$(prop MainPID)
+in_ct dpkg -r apilb >"$log/remove.txt" 2>&1
+rc=$?
+gone=1
+wait_for 30 sh -c "! nsenter --target $leader --pid --mount -- sh -c 'kill -0 $pid' 2>/dev/null" && gone=0
+# The drain's line from that very process (an upgrade's old one says it too).
+drained=$(in_ct journalctl -u apilb.service "_PID=$pid" -o cat --no-pager | grep 'SIGTERM: stopped accepting')
+result remove "$([[ $rc == 0 && $gone == 0 && -n $drained ]]; echo $?)" \
+  "dpkg -r: exit $rc; pid $pid $([[ $gone == 0 ]] && echo ended || echo 'still running'); ${drained:-no drain logged}"
+
 in_ct journalctl -u apilb -o short-monotonic --no-pager >"$log/apilb-journal.txt" 2>&1
 stop_container
 echo "logs in $log"
