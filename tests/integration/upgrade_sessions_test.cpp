@@ -204,7 +204,6 @@ private:
 };
 
 
-
 class SessionHandoverTest : public ::testing::Test {
 protected:
     std::atomic<bool> release{false};
