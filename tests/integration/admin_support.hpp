@@ -27,13 +27,13 @@ using http_reply = http_answer;
 
 /// One HTTP/1.1 request on a fresh connection; status 0 if it failed.
 inline http_reply http(std::uint16_t port, const std::string& method, const std::string& path,
-                const std::string& extra_headers = {}) {
+                       const std::string& extra_headers = {}) {
     return http_exchange(port, method, path, extra_headers);
 }
 
 /// Polls GET `path` until `pred(reply)` holds (bounded).
 inline bool wait_for(std::uint16_t port, const std::string& path, const std::function<bool(const http_reply&)>& pred,
-              std::chrono::milliseconds timeout = std::chrono::milliseconds(10000)) {
+                     std::chrono::milliseconds timeout = std::chrono::milliseconds(10000)) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {
         if (pred(http(port, "GET", path))) return true;
@@ -74,8 +74,8 @@ inline std::string round_trip(std::uint16_t port, const std::string& payload) {
     return tag.substr(0, 2);
 }
 
-inline std::string admin_config(std::uint16_t listen_port, const std::vector<std::string>& backends, std::uint16_t admin_port,
-                         const std::string& admin_extra = {}) {
+inline std::string admin_config(std::uint16_t listen_port, const std::vector<std::string>& backends,
+                                std::uint16_t admin_port, const std::string& admin_extra = {}) {
     std::string yaml = single_pool_config(
         listen_port, backends, "round-robin", 2,
         fmt::format("admin:\n  address: \"127.0.0.1:{}\"\n{}", admin_port, admin_extra));
