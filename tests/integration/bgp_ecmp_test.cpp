@@ -1,7 +1,8 @@
 // Three apilb nodes announcing one VIP over BGP to a router with ECMP and
 // BFD (100 ms x 3), everything real and in network namespaces this test
 // creates on a private bridge (198.18.40.0/24) and removes afterwards: the
-// router runs FRR (zebra, bgpd, bfdd) with maximum-paths; each node runs FRR
+// router runs FRR (zebra, bgpd, bfdd) with conf/examples/frr-tor.conf, the
+// top-of-rack example, its addresses replaced by the test's; each node runs FRR
 // with the frr.conf `apilb frr-config` renders, the real apilb and its
 // backend; a client behind the router opens connections to the VIP. Each
 // backend says which node it sits behind, so the client knows who served it.
@@ -31,6 +32,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <csignal>
 #include <filesystem>
 #include <functional>
@@ -40,6 +42,8 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "frr_host.hpp"
 #include "harness.hpp"
@@ -75,41 +79,55 @@ tcp_server::handler naming_echo(std::string name) {
     };
 }
 
-/// The router: ECMP over the three nodes, BFD 100 ms x 3 with each; its
-/// daemons also log to `log_file` with microseconds (the figures of the link cut).
-std::string router_conf(const std::string& log_file) {
-    std::string neighbours, activate;
-    for (int i = 0; i < node_count; ++i) {
-        neighbours += fmt::format(
-            " neighbor {0} remote-as 64512\n neighbor {0} bfd profile fast\n"
-            " neighbor {0} timers connect 1\n",
-            node_ip(i));
+/// The router: conf/examples/frr-tor.conf, the example operators start
+/// from, with only its documentation addresses replaced by the test's (ECMP
+/// over the three nodes, BFD 100 ms x 3, only the VIP accepted, nothing
+/// sent), so that the example cannot rot.
+std::string router_conf() {
+    std::string text = read_file(required_env("APILB_SOURCE_ROOT") + "/conf/examples/frr-tor.conf");
+    const std::vector<std::pair<std::string, std::string>> addresses{{"192.0.2.1", router_ip},
+                                                                     {"192.0.2.11", node_ip(0)},
+                                                                     {"192.0.2.12", node_ip(1)},
+                                                                     {"192.0.2.13", node_ip(2)},
+                                                                     {"203.0.113.100", vip}};
+    std::string out;
+    std::set<std::string> replaced;
+    // Whole addresses only: 192.0.2.1 is also the start of 192.0.2.11.
+    auto is_address_char = [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.'; };
+    for (std::size_t i = 0; i < text.size();) {
+        if (!is_address_char(text[i]) || (i > 0 && is_address_char(text[i - 1]))) {
+            out += text[i++];
+            continue;
+        }
+        std::size_t end = i;
+        while (end < text.size() && is_address_char(text[end])) ++end;
+        std::string token = text.substr(i, end - i);
+        for (const auto& [from, to] : addresses) {
+            if (token == from) {
+                token = to;
+                replaced.insert(from);
+            }
+        }
+        out += token;
+        i = end;
     }
-    return fmt::format(R"(frr defaults traditional
-log file {2} debugging
+    for (const auto& [from, to] : addresses) {
+        EXPECT_TRUE(replaced.count(from)) << "conf/examples/frr-tor.conf no longer has " << from;
+    }
+    return out;
+}
+
+/// What the test adds to the router's FRR beside the example: its daemons
+/// log to `log_file` with microseconds (the figures of the link cut).
+std::string router_logging(const std::string& log_file) {
+    return fmt::format(R"(log file {} debugging
 log timestamp precision 6
 debug bfd peer
 debug bgp bfd
 debug zebra kernel
 debug zebra rib
-bfd
- profile fast
-  receive-interval 100
-  transmit-interval 100
-  detect-multiplier 3
- exit
-exit
-router bgp 64500
- bgp router-id {0}
- bgp log-neighbor-changes
- no bgp ebgp-requires-policy
- bgp bestpath as-path multipath-relax
-{1} address-family ipv4 unicast
-  maximum-paths 8
- exit-address-family
-exit
 )",
-                       router_ip, neighbours, log_file);
+                       log_file);
 }
 
 /// One connection from the client to the VIP: which node answered ("" on failure).
@@ -210,7 +228,8 @@ protected:
     /// rendered) and apilb; returns once the router has all three next hops.
     void start_all() {
         ASSERT_NO_FATAL_FAILURE(router_->start());
-        ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf(dir_.path() + "/r/frr.log")));
+        ASSERT_NO_FATAL_FAILURE(router_->apply(router_logging(dir_.path() + "/r/frr.log")));
+        ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf()));
         for (int i = 0; i < node_count; ++i) {
             const std::string n = node_name(i);
             auto rendered = run_command({required_env("APILB_BIN"), "frr-config", "-c", dir_.file(n + ".yaml"), "-o",
