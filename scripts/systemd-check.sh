@@ -115,10 +115,12 @@ cp "$deb" "$run/opt/apilb.deb"
 # running unit, hands nothing over.
 systemd-nspawn -q -D "$run" --private-network --register=no --keep-unit dpkg -i /opt/apilb.deb >"$log/install.log" 2>&1 ||
   { cat "$log/install.log"; exit 1; }
-cat >"$run/etc/apilb/apilb.yaml" <<'EOF'
+# The check's apilb.yaml with its one listener on LISTEN_IP:6443.
+apilb_yaml() {
+  cat <<YAML
 workers: 2
 listeners:
-  - {name: front, address: "127.0.0.1:6443", pool: p}
+  - {name: front, address: "$1:6443", pool: p}
 pools:
   - name: p
     balance: round-robin
@@ -129,7 +131,9 @@ admin:
   address: "127.0.0.1:6445"
   token_file: /run/apilb/admin-token
 timeouts: {drain: 5s}
-EOF
+YAML
+}
+apilb_yaml 127.0.0.1 >"$run/etc/apilb/apilb.yaml"
 cat >"$run/etc/systemd/system/apilb-echo.service" <<'EOF'
 [Unit]
 Description=echo backend for the apilb check
@@ -262,20 +266,7 @@ result bgp_dropin "$([[ -z $verify && $stoppost == *"bgp-withdraw"* && -n $group
 # down, and FRR still holds what apilb announces in its own BGP table.
 bgp_vip=198.18.99.100
 cp "$run/etc/apilb/apilb.yaml" "$run/etc/apilb/apilb.yaml.plain"
-cat >"$run/etc/apilb/apilb.yaml" <<YAML
-workers: 2
-listeners:
-  - {name: front, address: "$bgp_vip:6443", pool: p}
-pools:
-  - name: p
-    balance: round-robin
-    health: {type: tcp, interval: 1s, timeout: 500ms, rise: 1, fall: 2}
-    backends:
-      - {name: echo, address: "127.0.0.1:7001"}
-admin:
-  address: "127.0.0.1:6445"
-  token_file: /run/apilb/admin-token
-timeouts: {drain: 5s}
+{ apilb_yaml "$bgp_vip"; cat <<YAML; } >"$run/etc/apilb/apilb.yaml"
 bgp:
   local_as: 64512
   router_id: 198.18.98.1
