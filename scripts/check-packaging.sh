@@ -164,11 +164,11 @@ deb_contents() {
   for f in ./usr/sbin/apilb ./etc/apilb/apilb.yaml ./lib/systemd/system/apilb.service \
            ./usr/lib/tmpfiles.d/apilb.conf ./usr/share/man/man8/apilb.8.gz \
            ./usr/share/doc/apilb/copyright ./usr/share/doc/apilb/README.md \
-           ./usr/share/doc/apilb/vip.md ./usr/share/doc/apilb/systemd.md \
+           ./usr/share/doc/apilb/vip.md ./usr/share/doc/apilb/bgp.md ./usr/share/doc/apilb/systemd.md \
            ./usr/share/doc/apilb/kubeadm-ha.md ./usr/share/doc/apilb/upgrade.md \
            ./usr/share/doc/apilb/troubleshooting.md ./usr/share/doc/apilb/node-local.md \
            ./usr/share/doc/apilb/examples/low-ports.conf ./usr/share/doc/apilb/examples/vrrp-manage.conf \
-           ./usr/share/doc/apilb/examples/bgp.conf \
+           ./usr/share/doc/apilb/examples/bgp.conf ./usr/share/doc/apilb/examples/frr-tor.conf \
            ./usr/share/doc/apilb/examples/node-local.yaml ./usr/share/doc/apilb/examples/node-local.conf \
            ./usr/share/doc/apilb/examples/kubelet-apilb.conf; do
     # Regular files (a link would point into the build machine), and the

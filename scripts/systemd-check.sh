@@ -115,10 +115,12 @@ cp "$deb" "$run/opt/apilb.deb"
 # running unit, hands nothing over.
 systemd-nspawn -q -D "$run" --private-network --register=no --keep-unit dpkg -i /opt/apilb.deb >"$log/install.log" 2>&1 ||
   { cat "$log/install.log"; exit 1; }
-cat >"$run/etc/apilb/apilb.yaml" <<'EOF'
+# The check's apilb.yaml with its one listener on LISTEN_IP:6443.
+apilb_yaml() {
+  cat <<YAML
 workers: 2
 listeners:
-  - {name: front, address: "127.0.0.1:6443", pool: p}
+  - {name: front, address: "$1:6443", pool: p}
 pools:
   - name: p
     balance: round-robin
@@ -129,7 +131,9 @@ admin:
   address: "127.0.0.1:6445"
   token_file: /run/apilb/admin-token
 timeouts: {drain: 5s}
-EOF
+YAML
+}
+apilb_yaml 127.0.0.1 >"$run/etc/apilb/apilb.yaml"
 cat >"$run/etc/systemd/system/apilb-echo.service" <<'EOF'
 [Unit]
 Description=echo backend for the apilb check
@@ -254,10 +258,80 @@ stoppost=$(prop ExecStopPost)
 group=$(in_ct getent group frrvty)
 result bgp_dropin "$([[ -z $verify && $stoppost == *"bgp-withdraw"* && -n $group ]]; echo $?)" \
   "verify: ${verify:-no messages}; ExecStopPost has bgp-withdraw: $([[ $stoppost == *bgp-withdraw* ]] && echo yes || echo no); frrvty: ${group:-missing}"
+
+# 8. apilb with a bgp section under the unit and bgp.conf, beside Debian's own
+# frr service (bgpd and bfdd enabled), as docs/bgp.md tells an operator to
+# run it (manage: false). The peer is an address the container has no route
+# to (private network, 198.18.0.0/15): nothing leaves it, the session stays
+# down, and FRR still holds what apilb announces in its own BGP table.
+bgp_vip=198.18.99.100
+cp "$run/etc/apilb/apilb.yaml" "$run/etc/apilb/apilb.yaml.plain"
+{ apilb_yaml "$bgp_vip"; cat <<YAML; } >"$run/etc/apilb/apilb.yaml"
+bgp:
+  local_as: 64512
+  router_id: 198.18.98.1
+  peers: [{address: 198.18.98.2, remote_as: 64500, bfd: true}]
+  vips: [$bgp_vip]
+YAML
+in_ct apilb frr-config --config /etc/apilb/apilb.yaml -o /etc/frr/frr.conf >"$log/bgp-frr-config.txt" 2>&1
+in_ct sh -c 'chown frr:frr /etc/frr/frr.conf && chmod 640 /etc/frr/frr.conf'
+sed -i 's/^bgpd=no/bgpd=yes/; s/^bfdd=no/bfdd=yes/' "$run/etc/frr/daemons"
+in_ct systemctl restart frr.service >"$log/bgp-frr-restart.txt" 2>&1
+frr_state=$(in_ct systemctl is-active frr.service)
+in_ct systemctl restart apilb.service >"$log/bgp-restart.txt" 2>&1
+wait_for 60 test "$(prop ActiveState)" = active
+# vtysh as root in the container: FRR's own view.
+vty() { in_ct vtysh -c "$1" 2>&1; }
+# With `bgp network import-check` FRR keeps the `network` in its table
+# either way: a best path while the VIP is on an interface, "inaccessible"
+# and no best path (announced to nobody) when it is not.
+rib_has_vip() { vty "show ip bgp $bgp_vip/32" | grep -c "valid, sourced, local, best" >/dev/null; }
+rib_lost_vip() { vty "show ip bgp $bgp_vip/32" | grep -c "no best path" >/dev/null; }
+metric() { in_ct curl -s --max-time 5 http://127.0.0.1:6445/metrics | grep -F -- "$1" | grep -v '^#' | head -n 1; }
+wait_for 30 rib_has_vip
+rib=$(vty "show ip bgp $bgp_vip/32")
+echo "$rib" >"$log/bgp-rib-ready.txt"
+lo=$(in_ct ip -brief addr show dev lo)
+echoed=$(in_ct timeout 10 bash -c "exec 3<>/dev/tcp/$bgp_vip/6443 && echo via-vip >&3 && read -r -t 5 l <&3 && echo \$l")
+result bgp_announce "$([[ $frr_state == active && $(prop ActiveState) == active && $rib == *", best"* &&
+  $lo == *"$bgp_vip/32"* && $echoed == via-vip ]]; echo $?)" \
+  "frr $frr_state, apilb $(prop ActiveState); VIP on lo: $([[ $lo == *"$bgp_vip/32"* ]] && echo yes || echo no); best path in FRR's BGP table: $([[ $rib == *", best"* ]] && echo yes || echo no); echo through the VIP: ${echoed:-none}"
+
+# apilb's own vtysh, from inside its sandbox (the frrvty group, FRR's vty
+# sockets under a read-only /run, AF_UNIX): every 2 s it asks FRR for the
+# sessions; apilb_bgp_frr_up 1 says it got answers.
+frr_up() { [[ $(metric 'apilb_bgp_frr_up ') == "apilb_bgp_frr_up 1" ]]; }
+wait_for 20 frr_up
+peer=$(in_ct curl -s --max-time 5 http://127.0.0.1:6445/metrics | grep -F 'apilb_bgp_peer_state{peer="198.18.98.2"' | grep ' 1$')
+sandbox="groups=$(prop SupplementaryGroups) caps=$(prop CapabilityBoundingSet) families=$(prop RestrictAddressFamilies) protect=$(prop ProtectSystem)"
+result bgp_vty "$(frr_up; echo $?)" "$(metric 'apilb_bgp_frr_up '); ${peer:-no peer metric}; $sandbox"
+in_ct systemd-analyze security apilb.service >"$log/bgp-security.txt" 2>&1
+bgp_exposure=$(sed -n 's/.*Overall exposure level for apilb.service: \([0-9.]*\).*/\1/p' "$log/bgp-security.txt")
+
+# systemctl stop: the VIP leaves lo first (FRR withdraws it), then apilb
+# drains; ExecStopPost's bgp-withdraw finds nothing left and succeeds.
+pid=$(prop MainPID)
+in_ct systemctl stop apilb.service >"$log/bgp-stop.txt" 2>&1
+wait_for 10 rib_lost_vip
+rib=$(vty "show ip bgp $bgp_vip/32")
+echo "$rib" >"$log/bgp-rib-stopped.txt"
+lo=$(in_ct ip -brief addr show dev lo)
+order=$(in_ct journalctl -u apilb.service "_PID=$pid" -o cat --no-pager |
+  grep -oE 'withdrawn: draining|SIGTERM: stopped accepting' | tr '\n' '|')
+stoppost=$(prop ExecStopPost | grep -o 'status=[0-9]*' | head -n 1)
+result bgp_withdraw "$([[ $rib == *"no best path"* && $lo != *"$bgp_vip/"* &&
+  $order == *"withdrawn: draining"*"SIGTERM: stopped accepting"* && $stoppost == status=0 ]]; echo $?)" \
+  "after stop: best path in FRR's table: $([[ $rib == *"no best path"* ]] && echo no || echo yes); on lo: $([[ $lo == *"$bgp_vip/"* ]] && echo yes || echo no); log: $order ExecStopPost $stoppost; exposure ${bgp_exposure:-?}"
+
+in_ct journalctl -u apilb -o short-monotonic --no-pager >"$log/bgp-journal.txt" 2>&1
+in_ct journalctl -u frr -o short-monotonic --no-pager >"$log/bgp-frr-journal.txt" 2>&1
+mv "$run/etc/apilb/apilb.yaml.plain" "$run/etc/apilb/apilb.yaml"
 rm -f "$run/etc/systemd/system/apilb.service.d/bgp.conf"
 in_ct systemctl daemon-reload
+in_ct systemctl start apilb.service >>"$log/bgp-stop.txt" 2>&1
+wait_for 60 test "$(prop ActiveState)" = active
 
-# 8. apt remove: the prerm stops apilb, gracefully (its drain), and no
+# 9. apt remove: the prerm stops apilb, gracefully (its drain), and no
 # apilb is left serving from the deleted binary.
 pid=$(prop MainPID)
 in_ct dpkg -r apilb >"$log/remove.txt" 2>&1

@@ -220,8 +220,9 @@ asio::awaitable<void> bgp_agent::frr_loop() {
         if (states) {
             note_frr(true, {});
         } else {
+            // vtysh says why it failed on stderr ("failed to connect to any daemons").
             note_frr(false, r.ok ? "the answer is not FRR's neighbour JSON: " + first_line(r.output)
-                                 : r.error + ": " + first_line(r.output));
+                                 : r.error + ": " + first_line(r.errors.empty() ? r.output : r.errors));
         }
         for (auto& p : report_.peers) {
             std::string now;

@@ -72,6 +72,28 @@ public:
         return r.exit_code == 0 ? r.output : "";
     }
 
+    /// Whether this host has `sessions` BFD sessions, each bound to its
+    /// interface and up. FRR 8.4's bgpd registers a peer's BFD session before
+    /// the BGP session is established (no local address, no interface) and
+    /// replaces it once it is; the peer's bfdd sees the old one go down and
+    /// its bgpd resets the young BGP session (Cease/BFD Down), which comes
+    /// back about 2 s later. Every new peering does this once; after it
+    /// the sessions stay as they are.
+    bool bfd_settled(std::size_t sessions) const {
+        std::string json = show("show bfd peers json");
+        std::erase_if(json, [](char c) { return c == ' ' || c == '\n'; });
+        std::size_t settled = 0, seen = 0;
+        for (std::size_t at = json.find("{\"multihop\""); at != std::string::npos;
+             at = json.find("{\"multihop\"", at + 1)) {
+            const std::string session = json.substr(at, json.find('}', at) - at);
+            ++seen;
+            if (session.find("\"interface\":\"") != std::string::npos &&
+                session.find("\"status\":\"up\"") != std::string::npos)
+                ++settled;
+        }
+        return seen == sessions && settled == sessions;
+    }
+
     /// SIGKILL to every daemon, by PID: the node's routing dies with no goodbye.
     void kill_all() const {
         for (const auto& d : daemons_) d->signal(SIGKILL);

@@ -58,14 +58,39 @@ command_outcome run(std::vector<std::string> argv, std::size_t max_output, std::
 TEST(RunBounded, OutputAndExitStatusAreReported) {
     auto ok = run({"/bin/sh", "-c", "echo out; echo err >&2"}, 1024, 5s);
     EXPECT_TRUE(ok.ok) << ok.error;
-    EXPECT_EQ(ok.output, "out\nerr\n");
-    auto failed = run({"/bin/sh", "-c", "echo no daemons; exit 1"}, 1024, 5s);
+    EXPECT_EQ(ok.output, "out\n");
+    EXPECT_EQ(ok.errors, "err\n");
+    auto failed = run({"/bin/sh", "-c", "echo no daemons >&2; exit 1"}, 1024, 5s);
     EXPECT_FALSE(failed.ok);
     EXPECT_EQ(failed.error, "exited with status 1");
-    EXPECT_EQ(failed.output, "no daemons\n");
+    EXPECT_EQ(failed.errors, "no daemons\n");
     auto missing = run({"/nonexistent/vtysh"}, 1024, 5s);
     EXPECT_FALSE(missing.ok);
     EXPECT_NE(missing.error.find("cannot start /nonexistent/vtysh"), std::string::npos) << missing.error;
+}
+
+/// The systemd check (scripts/systemd-check.sh, bgp_vty): vtysh run by the
+/// apilb user (frrvty, not frr) cannot read /etc/frr/vtysh.conf and says so
+/// on stderr before its answer; with both streams in one, every answer was
+/// "not FRR's neighbour JSON" and apilb_bgp_frr_up stayed 0.
+TEST(RunBounded, AWarningOnStderrLeavesTheAnswerParseable) {
+    auto r = run({"/bin/sh", "-c",
+                  "echo \"% Can't open configuration file /etc/frr/vtysh.conf due to 'Permission denied'.\" >&2; "
+                  "echo '{\"198.18.20.1\":{\"bgpState\":\"Established\"}}'"},
+                 1024, 5s);
+    EXPECT_TRUE(r.ok) << r.error;
+    auto states = parse_bgp_neighbors(r.output);
+    ASSERT_TRUE(states) << r.output;
+    EXPECT_EQ(states->at("198.18.20.1"), "Established");
+    EXPECT_NE(r.errors.find("vtysh.conf"), std::string::npos) << r.errors;
+}
+
+/// Both streams are bounded: a child that floods stderr is cut off too.
+TEST(RunBounded, AChildThatSaysTooMuchOnStderrIsCutOff) {
+    auto r = run({"/bin/sh", "-c", "/usr/bin/yes >&2"}, 64 * 1024, 10s);
+    EXPECT_FALSE(r.ok);
+    EXPECT_EQ(r.error, "wrote more than 65536 bytes");
+    EXPECT_EQ(r.errors.size(), 64u * 1024);
 }
 
 TEST(RunBounded, AChildThatHangsIsKilledAtTheDeadline) {
