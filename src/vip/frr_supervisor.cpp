@@ -218,7 +218,8 @@ bool frr_supervisor::prepare_dir() {
         std::filesystem::create_directories(dir_, ec);
         // Made here, so apilb may hand it to frr: the daemons write their
         // sockets, pid files and logs in it.
-        if (ec || ::chown(dir_.c_str(), pw->pw_uid, pw->pw_gid) != 0 || ::chmod(dir_.c_str(), 0750) != 0) {
+        // chmod before chown: afterwards it is frr's (no CAP_FOWNER needed).
+        if (ec || ::chmod(dir_.c_str(), 0750) != 0 || ::chown(dir_.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
             spdlog::error("frr: cannot make {} for the frr user: {}", dir_,
                           ec ? ec.message() : std::string(std::strerror(errno)));
             return false;
