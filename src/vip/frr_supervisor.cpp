@@ -11,9 +11,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,6 +28,7 @@
 #include "apilb/core/frr_conf.hpp"
 #include "apilb/core/thread_role.hpp"
 #include "apilb/logging/logging.hpp"
+#include "apilb/vip/child_fds.hpp"
 #include "apilb/vip/frr_query.hpp"
 
 namespace apilb {
@@ -86,12 +85,7 @@ std::string first_line(const std::string& text) {
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (::getppid() != parent) ::_exit(0);  // apilb died before the line above
     // apilb's listening sockets must not live on in the keeper or the daemon.
-#ifdef SYS_close_range
-    if (::syscall(SYS_close_range, 3U, ~0U, 0U) != 0)
-#endif
-    {
-        for (int fd = 3; fd < max_fd; ++fd) ::close(fd);
-    }
+    close_inherited_fds(max_fd);
     sigset_t waited;
     ::sigemptyset(&waited);
     ::sigaddset(&waited, SIGTERM);
@@ -275,10 +269,7 @@ void frr_supervisor::spawn(daemon& d) {
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     std::string out = path(d.name + ".out");
-    rlimit files{};
-    const int max_fd = ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY
-                           ? static_cast<int>(std::min<rlim_t>(files.rlim_cur, 1 << 20))
-                           : 65536;
+    const int max_fd = inherited_fd_bound();
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0) throw std::system_error(errno, std::generic_category(), "cannot start " + d.name + " (fork)");

@@ -46,12 +46,8 @@ constexpr const char* backend_ip = "198.18.26.5";
 class BgpManage : public ::testing::Test {
 protected:
     void SetUp() override {
-        if (auto why = netns_segment::unavailable_reason(); !why.empty()) {
-            GTEST_SKIP() << "needs network namespaces (root, iproute2, veth and bridge): " << why;
-        }
-        if (auto why = frr_unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
-        const passwd* pw = ::getpwnam("frr");
-        if (pw == nullptr || find_program("vtysh").empty()) GTEST_SKIP() << "FRR's frr user or vtysh is missing";
+        if (auto why = frr_netns_unavailable_reason(); !why.empty()) GTEST_SKIP() << why;
+        const passwd* pw = ::getpwnam("frr");  // frr_unavailable_reason() checked it
         ip_bin_ = find_program("ip");
 
         netns_segment::remove_orphans("apilb-bgpm-");
