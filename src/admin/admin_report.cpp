@@ -145,6 +145,10 @@ void render_bgp_metrics(Exposition& e, const bgp_report& b) {
              "Questions to FRR that failed: vtysh missing, bgpd not running, timed out, or an answer that does not "
              "parse.");
     e.sample("apilb_bgp_frr_query_failures_total", "", b.frr_query_failures);
+    e.family("apilb_bgp_frr_restarts_total", "counter",
+             "With bgp.manage: true, times apilb restarted its zebra, bgpd and bfdd after one of them ended or failed "
+             "to start; 0 otherwise.");
+    e.sample("apilb_bgp_frr_restarts_total", "", b.frr_restarts);
 }
 
 /// apilb_discovery_*: one set of samples per pool with discovery.

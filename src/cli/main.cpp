@@ -122,15 +122,11 @@ int frr_config(const std::string& path, const std::string& output) {
     int rc = exit_ok;
     auto cfg = load_to_render(path, "bgp", "frr.conf", rc);
     if (!cfg) return rc;
-    apilb::frr_render_options options;
-    for (const auto& p : cfg->bgp->peers) {
-        if (p.password_file.empty()) continue;
-        apilb::file_contents file = apilb::read_regular_file(p.password_file, apilb::max_bgp_password_file_bytes);
-        if (!file) {
-            std::cerr << "error: " << p.password_file << " " << file.error << '\n';
-            return exit_runtime_error;
-        }
-        options.passwords[p.password_file] = std::move(file.bytes);
+    std::string error;
+    const apilb::frr_render_options options = apilb::read_frr_passwords(*cfg->bgp, error);
+    if (!error.empty()) {
+        std::cerr << "error: " << error << '\n';
+        return exit_runtime_error;
     }
     try {
         return print_rendered(apilb::render_frr_conf(*cfg, options), output);

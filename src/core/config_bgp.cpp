@@ -26,6 +26,20 @@ constexpr std::size_t max_communities = 32;
 constexpr std::size_t max_peers = 64;
 constexpr std::size_t max_vips = 64;
 
+/// With manage: true, where apilb runs FRR unless vty_socket_dir says otherwise.
+constexpr std::string_view default_managed_frr_dir = "/run/apilb/frr";
+/// Its longest path: "<dir>/zserv.api" must fit a socket's 108-byte sun_path.
+constexpr std::size_t max_managed_frr_dir = 90;
+
+/// Visible ASCII without a blank or a quote: the directory goes on the
+/// daemons' command lines and into messages.
+bool is_path_word(std::string_view text) {
+    return !text.empty() && std::none_of(text.begin(), text.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u <= 0x20 || u >= 0x7f || c == '"' || c == '\'';
+    });
+}
+
 /// A number 0..65535 written with digits only.
 bool is_u16(std::string_view text) {
     unsigned value = 0;
@@ -217,14 +231,10 @@ void loader::read_bgp(const field& f, bgp_config& b) {
         if (read_integer(*m, "med", {.min = 0, .max = u32_max}, med)) b.med = med;
     }
     read_bool(*m, "manage", b.manage);
-    if (const field* mf = m->find("manage"); mf != nullptr && b.manage) {
-        error(mf->mark, mf->path,
-              "manage: true is not built yet; run FRR as its own service with the configuration from "
-              "`apilb frr-config` (docs/bgp.md), and set manage: false");
-    }
     read_absolute_path(*m, "frr_config", "/etc/frr/frr.conf", b.frr_config);
     read_absolute_path(*m, "vtysh_path", "/usr/bin/vtysh", b.vtysh_path);
     read_absolute_path(*m, "vty_socket_dir", "/var/run/frr", b.vty_socket_dir);
+    if (b.manage) read_managed_frr(*m, b);
     if (const field* i = m->find("interface")) {
         if (auto text = scalar(*i, "a local interface name such as \"lo\" or a dummy interface")) {
             if (auto problem = interface_name_problem(*text); !problem.empty()) {
@@ -238,6 +248,34 @@ void loader::read_bgp(const field& f, bgp_config& b) {
     // nothing: routers converge in well under a second once they hear it.
     read_duration(*m, "withdraw_wait", {.min = 0ms, .max = 1min, .zero_allowed = true, .range = "0..1m"},
                   b.withdraw_wait);
+}
+
+void loader::read_managed_frr(const mapping& m, bgp_config& b) {
+    // apilb's FRR lives in a directory of its own: sockets, pid files, logs
+    // and the applied frr.conf. FRR's own directory would have vtysh talk to
+    // the host's FRR, and two zebras fight over the kernel's routes.
+    if (b.vty_socket_dir.empty()) b.vty_socket_dir = std::string(default_managed_frr_dir);
+    std::string dir = b.vty_socket_dir;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    if (const field* v = m.find("vty_socket_dir")) {
+        if (dir == "/run/frr" || dir == "/var/run/frr") {
+            error(v->mark, v->path,
+                  quote(b.vty_socket_dir) +
+                      " is the host's FRR directory; with manage: true apilb runs FRR in a directory of its own, "
+                      "such as " +
+                      quote(default_managed_frr_dir));
+        } else if (dir.size() > max_managed_frr_dir || !is_path_word(dir) || dir == "/") {
+            error(v->mark, v->path,
+                  "invalid vty_socket_dir " + quote(b.vty_socket_dir) + " for manage: true; expected a directory " +
+                      "of its own, at most " + std::to_string(max_managed_frr_dir) +
+                      " characters without blanks or quotes (FRR's sockets go in it, and a socket's path is "
+                      "at most 107 bytes)");
+        }
+    }
+    b.vty_socket_dir = dir;
+    if (const field* f = m.find("frr_config")) {
+        warning(f->mark, f->path, "ignored with manage: true: apilb applies frr.conf from " + dir);
+    }
 }
 
 void loader::read_absolute_path(const mapping& m, std::string_view key, std::string_view example, std::string& out) {

@@ -9,6 +9,8 @@
 
 #include <fmt/format.h>
 
+#include "apilb/core/file_read.hpp"
+
 namespace apilb {
 namespace {
 
@@ -60,6 +62,21 @@ std::string bgp_password_from_file(std::string bytes, std::string& problem) {
     }
     if (!problem.empty()) bytes.clear();
     return bytes;
+}
+
+frr_render_options read_frr_passwords(const bgp_config& b, std::string& error) {
+    error.clear();
+    frr_render_options options;
+    for (const auto& p : b.peers) {
+        if (p.password_file.empty()) continue;
+        file_contents file = read_regular_file(p.password_file, max_bgp_password_file_bytes);
+        if (!file) {
+            error = p.password_file + " " + file.error;
+            break;
+        }
+        options.passwords[p.password_file] = std::move(file.bytes);
+    }
+    return options;
 }
 
 std::string render_frr_conf(const config& cfg, const frr_render_options& options) {

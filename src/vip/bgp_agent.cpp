@@ -12,6 +12,7 @@
 #include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/pool_readiness.hpp"
 #include "apilb/vip/frr_query.hpp"
+#include "apilb/vip/frr_supervisor.hpp"
 #include "apilb/vip/vip_address.hpp"
 
 namespace apilb {
@@ -57,6 +58,12 @@ bgp_agent::bgp_agent(asio::io_context& control, std::shared_ptr<const snapshot> 
 
 bgp_agent::~bgp_agent() = default;
 
+bgp_report bgp_agent::report() const {
+    bgp_report r = report_;
+    if (frr_) r.frr_restarts = frr_->restarts();
+    return r;
+}
+
 void bgp_agent::prepare() {
     APILB_ASSERT_ROLE(control);
     for (const auto& v : cfg_.vips) {
@@ -76,6 +83,10 @@ void bgp_agent::prepare() {
     }
     spdlog::info("bgp: {} VIP(s) on {} while ready, {} peer(s); withdraw_wait {}ms", cfg_.vips.size(), cfg_.interface,
                  cfg_.peers.size(), cfg_.withdraw_wait.count());
+    if (cfg_.manage) {
+        frr_ = std::make_unique<frr_supervisor>(control_, snap_->cfg);
+        frr_->start();
+    }
 }
 
 void bgp_agent::start() {
@@ -192,6 +203,8 @@ void bgp_agent::stop() {
         if (ec) spdlog::error("bgp: cannot remove VIP {} on stopping: {}", v.ip, ec.message());
     }
     for (auto& v : report_.vips) v.announced = false;
+    // The routes went with the VIPs; bgpd's Cease now ends the sessions.
+    if (frr_) frr_->stop();
 }
 
 void bgp_agent::note_frr(bool up, const std::string& why) {

@@ -9,8 +9,6 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +18,7 @@
 
 #include "apilb/core/keepalived_conf.hpp"
 #include "apilb/core/thread_role.hpp"
+#include "apilb/vip/child_fds.hpp"
 #include "apilb/vip/vip_address.hpp"
 #include "apilb/vip/vrrp_agent.hpp"
 
@@ -94,10 +93,7 @@ void keepalived_supervisor::spawn() {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    rlimit files{};
-    const int max_fd = ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY
-                           ? static_cast<int>(std::min<rlim_t>(files.rlim_cur, 1 << 20))
-                           : 65536;
+    const int max_fd = inherited_fd_bound();
     const pid_t parent = ::getpid();
 
     const pid_t pid = ::fork();
@@ -114,12 +110,7 @@ void keepalived_supervisor::spawn() {
         ::signal(SIGPIPE, SIG_DFL);
         ::signal(SIGXFSZ, SIG_DFL);
         // apilb's listening sockets must not live on in keepalived.
-#ifdef SYS_close_range
-        if (::syscall(SYS_close_range, 3U, ~0U, 0U) != 0)
-#endif
-        {
-            for (int fd = 3; fd < max_fd; ++fd) ::close(fd);
-        }
+        close_inherited_fds(max_fd);
         ::execv(argv[0], argv.data());
         ::_exit(127);
     }

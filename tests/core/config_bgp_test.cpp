@@ -81,6 +81,20 @@ TEST(ConfigBgp, MinimalSectionTakesDefaultsWithoutWarnings) {
     EXPECT_TRUE(cfg->warnings.empty()) << all_messages(cfg->warnings);
 }
 
+TEST(ConfigBgp, ManagedFrrGetsADirectoryOfItsOwn) {
+    // issue 20: manage: true is accepted; FRR's sockets go where only apilb's FRR is.
+    auto cfg = parse_config(one_peer("  manage: true\n"), "test.yaml");
+    EXPECT_TRUE(cfg->bgp->manage);
+    EXPECT_EQ(cfg->bgp->vty_socket_dir, "/run/apilb/frr");
+    EXPECT_TRUE(cfg->warnings.empty()) << all_messages(cfg->warnings);
+    cfg = parse_config(one_peer("  manage: true\n  vty_socket_dir: /run/apilb-frr/\n  frr_config: /etc/frr/x.conf\n"),
+                       "test.yaml");
+    EXPECT_EQ(cfg->bgp->vty_socket_dir, "/run/apilb-frr");
+    ASSERT_EQ(cfg->warnings.size(), 1u);
+    EXPECT_NE(all_messages(cfg->warnings).find("bgp.frr_config: ignored with manage: true"), std::string::npos)
+        << all_messages(cfg->warnings);
+}
+
 TEST(ConfigBgp, EveryFieldIsRead) {
     temp_file password("s3cret-Key\n");
     auto cfg = parse_config(with_bgp("bgp:\n"
@@ -183,7 +197,14 @@ TEST(ConfigBgp, BadValuesNameLineKeyAndExpectation) {
     expect_one(with_bgp(head + peers + vips + "  communities: [\"1:2 no-export\"]\n"), 16, "bgp.communities[0]",
                "invalid community");
     expect_one(with_bgp(head + peers + vips + "  med: -1\n"), 16, "bgp.med", "out of range");
-    expect_one(with_bgp(head + peers + vips + "  manage: true\n"), 16, "bgp.manage", "not built yet");
+    expect_one(with_bgp(head + peers + vips + "  manage: true\n  vty_socket_dir: /run/frr/\n"), 17,
+               "bgp.vty_socket_dir", "the host's FRR directory");
+    expect_one(with_bgp(head + peers + vips + "  manage: true\n  vty_socket_dir: /var/run/frr\n"), 17,
+               "bgp.vty_socket_dir", "the host's FRR directory");
+    expect_one(with_bgp(head + peers + vips + "  manage: true\n  vty_socket_dir: \"/run/my frr\"\n"), 17,
+               "bgp.vty_socket_dir", "without blanks");
+    expect_one(with_bgp(head + peers + vips + "  manage: true\n  vty_socket_dir: /" + std::string(95, 'd') + "\n"),
+               17, "bgp.vty_socket_dir", "at most 90 characters");
     expect_one(with_bgp(head + peers + vips + "  frr_config: frr.conf\n"), 16, "bgp.frr_config", "absolute path");
     expect_one(with_bgp(head + peers + vips + "  bfd: true\n"), 16, "bgp.bfd", "unknown key");
     expect_one(with_bgp(head + peers + vips + "  interface: \"eth0:1\"\n"), 16, "bgp.interface",

@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "harness.hpp"
+#include "netns.hpp"
 
 namespace apilb::test {
 
@@ -163,6 +164,17 @@ inline std::string frr_unavailable_reason() {
         }
     }
     if (::getpwnam("frr") == nullptr) return "FRR's frr user is missing";
+    return {};
+}
+
+/// Why a test with FRR in network namespaces cannot run here ("" when it
+/// can): namespaces (root, iproute2, veth, bridge), FRR, its user and vtysh.
+inline std::string frr_netns_unavailable_reason() {
+    if (auto why = netns_segment::unavailable_reason(); !why.empty()) {
+        return "needs network namespaces (root, iproute2, veth and bridge): " + why;
+    }
+    if (auto why = frr_unavailable_reason(); !why.empty()) return why;
+    if (find_program("vtysh").empty()) return "FRR's vtysh is missing";
     return {};
 }
 

@@ -27,6 +27,7 @@ struct bgp_report {
     bool frr_up = false;                   ///< the last `vtysh` query answered
     std::uint64_t frr_query_failures = 0;  ///< queries that failed, timed out or did not parse
     std::uint64_t address_errors = 0;      ///< netlink changes of a VIP that failed
+    std::uint64_t frr_restarts = 0;        ///< manage: true: times apilb started its FRR again
 };
 
 /// FRR's BGP finite-state-machine states, in order (RFC 4271 §8.2.2).

@@ -43,7 +43,7 @@ struct bgp_config {
     /// set on the announced VIPs.
     std::vector<std::string> communities;
     std::optional<std::uint32_t> med;  ///< MULTI_EXIT_DISC on the VIP routes
-    /// apilb runs FRR as its child. Not built yet: the loader rejects true.
+    /// apilb runs zebra, bgpd and bfdd as its children (frr_supervisor).
     bool manage = false;
     std::string frr_config = "/etc/frr/frr.conf";  ///< where the rendered configuration belongs
     /// Where apilb puts the VIPs while it is ready ("lo" or a dummy that is
@@ -53,7 +53,7 @@ struct bgp_config {
     /// for the routers to stop sending new connections, before it drains.
     std::chrono::milliseconds withdraw_wait{2000};
     std::string vtysh_path = "/usr/bin/vtysh";  ///< asked for the peers' session state
-    std::string vty_socket_dir;                 ///< vtysh --vty_socket; "" = FRR's default
+    std::string vty_socket_dir;  ///< vtysh --vty_socket; "" = FRR's; manage: apilb's own FRR
     friend bool operator==(const bgp_config&, const bgp_config&) = default;
 };
 

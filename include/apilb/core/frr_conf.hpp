@@ -25,6 +25,11 @@ struct frr_render_options {
     std::map<std::string, std::string> passwords;  ///< password_file path -> its password
 };
 
+/// Reads every peer's password_file for render_frr_conf (regular files of
+/// at most max_bgp_password_file_bytes). On failure `error` names the file and
+/// why ("" on success), and the options are incomplete.
+frr_render_options read_frr_passwords(const bgp_config& b, std::string& error);
+
 /// A complete frr.conf for `cfg.bgp` (which must be set): bgpd announces
 /// exactly the VIPs to every peer and accepts nothing from them; bfdd runs a
 /// profile per distinct interval/multiplier. Throws std::invalid_argument if

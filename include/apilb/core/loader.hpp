@@ -168,6 +168,8 @@ private:
     void read_vrrp(const field& f, vrrp_config& out);
     /// The top-level `bgp` section (config_bgp.cpp).
     void read_bgp(const field& f, bgp_config& out);
+    /// `bgp.manage: true`: FRR's private directory and what it overrides (config_bgp.cpp).
+    void read_managed_frr(const mapping& m, bgp_config& b);
     /// One item of `bgp.peers` (config_bgp.cpp).
     std::optional<bgp_peer> read_bgp_peer(const field& f);
     /// The top-level `admin` section (config_admin.cpp).

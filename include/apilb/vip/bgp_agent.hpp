@@ -23,6 +23,8 @@
 
 namespace apilb {
 
+class frr_supervisor;
+
 class bgp_agent {
 public:
     /// `snap` must have a bgp section. Nothing happens before prepare().
@@ -34,7 +36,8 @@ public:
     /// Before the listeners bind: adds apilb's local route for every VIP (a
     /// listener on a VIP then binds without ip_nonlocal_bind) and takes the
     /// VIPs off the interface (a killed apilb may have left them there)
-    /// until the first readiness check. Failures are logged and counted.
+    /// until the first readiness check; with manage: true starts FRR.
+    /// Failures are logged and counted.
     void prepare();
 
     /// Starts the readiness loop (every 10 ms) and the FRR poll (every 2 s).
@@ -53,7 +56,8 @@ public:
     void cut_short();
 
     /// After the drain: ends the loops, takes the VIPs off the interface and
-    /// removes apilb's local routes.
+    /// removes apilb's local routes; with manage: true then stops FRR
+    /// (blocks, bgpd first: frr_supervisor::stop).
     void stop();
 
     /// A reload built `snap`: readiness follows its pools and listeners. The
@@ -62,7 +66,7 @@ public:
     void update(std::shared_ptr<const snapshot> snap);
 
     /// For the metrics.
-    const bgp_report& report() const { return report_; }
+    bgp_report report() const;
 
 private:
     /// "" when `vip` may be announced, else why not.
@@ -94,6 +98,7 @@ private:
     log_limiter address_errors_{std::chrono::seconds(10)};
     bool frr_said_ = false;  ///< the FRR state was logged at least once
     bgp_report report_;
+    std::unique_ptr<frr_supervisor> frr_;  ///< manage: true
 };
 
 }  // namespace apilb

@@ -1,0 +1,84 @@
+// bgp.manage: true. zebra, bgpd and bfdd as apilb's children, in a
+// directory of apilb's own (bgp.vty_socket_dir, so the host's FRR is never
+// talked to), configured with the frr.conf apilb renders; all restarted with
+// backoff when one ends; stopped bgpd first on apilb's exit. Each daemon runs
+// under a small keeper process of apilb's that stays root: the daemons drop to
+// the frr user, which clears PR_SET_PDEATHSIG, so the keeper holds it and ends
+// its daemon when apilb dies however it dies (docs/bgp.md). Control thread only.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "apilb/core/config.hpp"
+
+namespace apilb {
+
+class frr_supervisor {
+public:
+    /// `cfg` must have a bgp section with manage: true (the loader resolved
+    /// its vty_socket_dir). Nothing runs before start().
+    frr_supervisor(boost::asio::io_context& control, std::shared_ptr<const config> cfg);
+    /// Ends whatever still runs, as stop() does.
+    ~frr_supervisor();
+    frr_supervisor(const frr_supervisor&) = delete;
+    frr_supervisor& operator=(const frr_supervisor&) = delete;
+
+    /// Starts the daemons and applies frr.conf, on the control context
+    /// (nothing here blocks); failures are logged and retried with backoff.
+    void start();
+
+    /// SIGTERM to bgpd (the routers get a Cease), then bfdd, then zebra, each
+    /// SIGKILLed with its keeper past 3 s. Blocks, at most 3 s per daemon.
+    void stop();
+
+    /// Times the daemons were started again (apilb_bgp_frr_restarts_total).
+    std::uint64_t restarts() const noexcept { return restarts_; }
+
+private:
+    /// One daemon: its keeper (apilb's child, the leader of their process
+    /// group) and the daemon's own pid (from its pid file; -1 until read).
+    struct daemon {
+        std::string name;
+        pid_t keeper = -1;
+        pid_t pid = -1;
+        bool term_sent = false;
+        std::chrono::steady_clock::time_point kill_at{};
+    };
+
+    boost::asio::awaitable<void> run_loop();
+    /// Prepares the directory and starts every daemon, then applies frr.conf; false (logged) on any failure.
+    boost::asio::awaitable<bool> start_all();
+    /// Returns once a keeper has ended (or stop() was called).
+    boost::asio::awaitable<void> watch();
+    /// Ends the daemons in order, without blocking the control thread.
+    boost::asio::awaitable<void> end_all();
+    /// One step of ending the daemons bgpd first; true once every keeper is reaped.
+    bool ending_step();
+    /// A waiting pause of the coroutines (they end if stop() cancels it).
+    boost::asio::awaitable<bool> pause(std::chrono::milliseconds d);
+    bool prepare_dir();
+    void end_leftover(const std::string& name);
+    void spawn(daemon& d);
+    std::string path(const std::string& file) const { return dir_ + "/" + file; }
+
+    boost::asio::io_context& control_;
+    std::shared_ptr<const config> cfg_;
+    const std::string dir_;
+    std::vector<daemon> daemons_;  ///< in start order: zebra, bgpd[, bfdd]
+    boost::asio::steady_timer timer_;
+    bool stopping_ = false;
+    std::chrono::milliseconds backoff_{100};
+    std::uint64_t restarts_ = 0;
+};
+
+}  // namespace apilb

@@ -1,0 +1,423 @@
+#include "apilb/vip/frr_supervisor.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <fcntl.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+#include <system_error>
+#include <thread>
+
+#include "apilb/core/file_read.hpp"
+#include "apilb/core/file_write.hpp"
+#include "apilb/core/frr_conf.hpp"
+#include "apilb/core/thread_role.hpp"
+#include "apilb/logging/logging.hpp"
+#include "apilb/vip/child_fds.hpp"
+#include "apilb/vip/frr_query.hpp"
+
+namespace apilb {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+/// Debian keeps the daemons out of $PATH.
+constexpr const char* frr_daemon_dir = "/usr/lib/frr";
+/// The daemons refuse to run as root (their vty group is frrvty).
+constexpr const char* frr_user = "frr";
+constexpr auto watch_period = 50ms;
+constexpr std::chrono::milliseconds first_backoff{100};
+constexpr std::chrono::milliseconds max_backoff{10'000};
+/// Daemons that ran this long before one ended start again from first_backoff.
+constexpr auto stable_after = 30s;
+/// A daemon that opened no vty socket in this time failed to start.
+constexpr auto start_timeout = 10s;
+/// SIGTERM, then SIGKILL this much later (apilb and the keeper alike).
+constexpr auto term_grace = 3s;
+/// vtysh applying frr.conf: 64 peers' worth of configuration is a few KiB.
+constexpr auto apply_timeout = 10s;
+constexpr std::size_t max_apply_output = 1 << 20;
+
+/// The keeper's exit status says how its daemon ended: its exit status, or
+/// 128 + the signal that killed it.
+std::string describe_status(int status) {
+    if (WIFSIGNALED(status)) return std::string("its keeper was killed by signal ") + ::strsignal(WTERMSIG(status));
+    if (!WIFEXITED(status)) return "stopped";
+    const int code = WEXITSTATUS(status);
+    if (code > 128) return std::string("was killed by signal ") + ::strsignal(code - 128);
+    if (code == 127) return "could not be started (exit status 127: the binary is missing or not executable)";
+    return "exited with status " + std::to_string(code);
+}
+
+/// The first line of `text` (at most 200 characters), safe for a log line.
+std::string first_line(const std::string& text) {
+    std::string line = single_line(text.substr(0, std::min(text.find('\n'), std::size_t{200})));
+    return line.empty() ? "no output" : line;
+}
+
+/// The keeper: apilb's child, root, the leader of a process group with its
+/// daemon. It forwards SIGTERM (from apilb, or from the kernel when apilb
+/// dies: PR_SET_PDEATHSIG) to the daemon, SIGKILLs it term_grace later, and
+/// exits with the daemon's status. The daemon itself cannot hold
+/// PR_SET_PDEATHSIG: dropping to the frr user clears it (the kernel resets it
+/// on any change of the effective uid or gid). Only async-signal-safe calls:
+/// apilb is multithreaded.
+[[noreturn]] void keeper_main(pid_t parent, char* const* argv, const char* out_path, int max_fd) {
+    ::setpgid(0, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) ::_exit(0);  // apilb died before the line above
+    // apilb's listening sockets must not live on in the keeper or the daemon.
+    close_inherited_fds(max_fd);
+    sigset_t waited;
+    ::sigemptyset(&waited);
+    ::sigaddset(&waited, SIGTERM);
+    ::sigaddset(&waited, SIGINT);
+    ::sigaddset(&waited, SIGCHLD);
+    ::sigprocmask(SIG_SETMASK, &waited, nullptr);
+    ::signal(SIGCHLD, SIG_DFL);  // an ignored SIGCHLD would reap the daemon behind our back
+    const pid_t d = ::fork();
+    if (d < 0) ::_exit(126);
+    if (d == 0) {
+        // Until the daemon drops to frr, a dying keeper takes it along.
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        const int in = ::open("/dev/null", O_RDONLY);
+        const int out = ::open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0640);
+        if (in >= 0) ::dup2(in, 0);
+        if (out >= 0) {
+            ::dup2(out, 1);
+            ::dup2(out, 2);
+        }
+        if (in > 2) ::close(in);
+        if (out > 2) ::close(out);
+        sigset_t none;
+        ::sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        ::signal(SIGPIPE, SIG_DFL);
+        ::signal(SIGXFSZ, SIG_DFL);
+        ::execv(argv[0], argv);
+        ::_exit(127);
+    }
+    bool termed = false;
+    timespec kill_at{};
+    for (;;) {
+        timespec tick{0, 100'000'000};
+        siginfo_t info;
+        const int sig = ::sigtimedwait(&waited, &info, &tick);
+        if ((sig == SIGTERM || sig == SIGINT) && !termed) {
+            termed = true;
+            ::kill(d, SIGTERM);
+            ::clock_gettime(CLOCK_MONOTONIC, &kill_at);
+            kill_at.tv_sec += std::chrono::seconds(term_grace).count();
+        }
+        int status = 0;
+        if (::waitpid(d, &status, WNOHANG) == d) {
+            ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        }
+        if (termed) {
+            timespec now{};
+            ::clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec > kill_at.tv_sec || (now.tv_sec == kill_at.tv_sec && now.tv_nsec >= kill_at.tv_nsec)) {
+                ::kill(d, SIGKILL);
+            }
+        }
+    }
+}
+
+/// The pid in a daemon's pid file, or -1.
+pid_t read_pid_file(const std::string& path) {
+    file_contents f = read_regular_file(path, 64);
+    if (!f) return -1;
+    try {
+        const long pid = std::stol(f.bytes);
+        return pid > 0 ? static_cast<pid_t>(pid) : -1;
+    } catch (const std::exception&) {
+        return -1;
+    }
+}
+
+}  // namespace
+
+frr_supervisor::frr_supervisor(asio::io_context& control, std::shared_ptr<const config> cfg)
+    : control_(control), cfg_(std::move(cfg)), dir_(cfg_->bgp->vty_socket_dir), timer_(control) {
+    daemons_.push_back({.name = "zebra"});
+    daemons_.push_back({.name = "bgpd"});
+    const auto& peers = cfg_->bgp->peers;
+    if (std::any_of(peers.begin(), peers.end(), [](const bgp_peer& p) { return p.bfd; })) {
+        daemons_.push_back({.name = "bfdd"});
+    }
+}
+
+frr_supervisor::~frr_supervisor() {
+    if (std::any_of(daemons_.begin(), daemons_.end(), [](const daemon& d) { return d.keeper > 0; })) stop();
+}
+
+void frr_supervisor::start() {
+    APILB_ASSERT_ROLE(control);
+    asio::co_spawn(control_, run_loop(), asio::detached);
+}
+
+asio::awaitable<bool> frr_supervisor::pause(std::chrono::milliseconds d) {
+    timer_.expires_after(d);
+    auto [ec] = co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return !ec && !stopping_;
+}
+
+asio::awaitable<void> frr_supervisor::run_loop() {
+    while (!stopping_) {
+        const auto began = clock_type::now();
+        const bool up = co_await start_all();
+        if (stopping_) co_return;
+        if (up) co_await watch();
+        if (stopping_) co_return;
+        // A bgpd left on a restarted zebra keeps a stale session: all go.
+        co_await end_all();
+        if (stopping_) co_return;
+        if (up && clock_type::now() - began > stable_after) backoff_ = first_backoff;
+        ++restarts_;
+        spdlog::error("frr: starting zebra, bgpd{} again in {}ms (restart {})", daemons_.size() > 2 ? " and bfdd" : "",
+                      backoff_.count(), restarts_);
+        const bool waited = co_await pause(backoff_);
+        if (!waited) co_return;
+        backoff_ = std::min(backoff_ * 2, max_backoff);
+    }
+}
+
+bool frr_supervisor::prepare_dir() {
+    const passwd* pw = ::getpwnam(frr_user);
+    if (pw == nullptr) {
+        spdlog::error("frr: there is no {} user to run the daemons as (Debian's frr package makes it)", frr_user);
+        return false;
+    }
+    struct stat st {};
+    if (::lstat(dir_.c_str(), &st) != 0) {
+        std::error_code ec;
+        std::filesystem::create_directories(dir_, ec);
+        // Made here, so apilb may hand it to frr: the daemons write their
+        // sockets, pid files and logs in it.
+        // chmod before chown: afterwards it is frr's (no CAP_FOWNER needed).
+        if (ec || ::chmod(dir_.c_str(), 0750) != 0 || ::chown(dir_.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
+            spdlog::error("frr: cannot make {} for the frr user: {}", dir_,
+                          ec ? ec.message() : std::string(std::strerror(errno)));
+            return false;
+        }
+    } else if (!S_ISDIR(st.st_mode) || st.st_uid != pw->pw_uid) {
+        // Never taken over: a configured path that names some other directory
+        // must not be handed to frr.
+        spdlog::error("frr: {} exists but is not a directory owned by {}; remove it and apilb makes it", dir_,
+                      frr_user);
+        return false;
+    }
+    const std::string empty = path("empty.conf");
+    if (auto ec = write_file_atomically(empty, "")) {
+        spdlog::error("frr: cannot write {}: {}", empty, ec.message());
+        return false;
+    }
+    (void)::chown(empty.c_str(), pw->pw_uid, pw->pw_gid);
+    return true;
+}
+
+void frr_supervisor::end_leftover(const std::string& name) {
+    // A daemon of an earlier apilb whose keeper was SIGKILLed with it: its
+    // pid file names it, its command line names this directory.
+    const pid_t pid = read_pid_file(path(name + ".pid"));
+    if (pid <= 0) return;
+    file_contents cmdline = read_regular_file("/proc/" + std::to_string(pid) + "/cmdline", 64 << 10);
+    if (!cmdline || cmdline.bytes.find(std::string("--vty_socket") + '\0' + dir_ + '\0') == std::string::npos) return;
+    spdlog::warn("frr: {} (pid {}) of an earlier run still runs in {}; killing it", name, pid, dir_);
+    ::kill(pid, SIGKILL);
+}
+
+void frr_supervisor::spawn(daemon& d) {
+    std::vector<std::string> args{std::string(frr_daemon_dir) + "/" + d.name,
+                                  "-u",
+                                  frr_user,
+                                  "-g",
+                                  frr_user,
+                                  "-i",
+                                  path(d.name + ".pid"),
+                                  "-z",
+                                  path("zserv.api"),
+                                  "--vty_socket",
+                                  dir_,
+                                  "-f",
+                                  path("empty.conf"),
+                                  // No vty on TCP: the sockets in dir_ are enough.
+                                  "-P",
+                                  "0",
+                                  "--log",
+                                  "file:" + path(d.name + ".log")};
+    if (d.name == "bfdd") args.insert(args.end(), {"--bfdctl", path("bfdd.sock")});
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::string out = path(d.name + ".out");
+    const int max_fd = inherited_fd_bound();
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) throw std::system_error(errno, std::generic_category(), "cannot start " + d.name + " (fork)");
+    if (pid == 0) keeper_main(parent, argv.data(), out.c_str(), max_fd);
+    // Also here: a stop right after the fork signals the group.
+    ::setpgid(pid, pid);
+    d.keeper = pid;
+    d.pid = -1;
+    d.term_sent = false;
+}
+
+asio::awaitable<bool> frr_supervisor::start_all() {
+    if (!prepare_dir()) co_return false;
+    std::string text;
+    {
+        std::string error;
+        const frr_render_options options = read_frr_passwords(*cfg_->bgp, error);
+        if (!error.empty()) {
+            spdlog::error("frr: cannot render frr.conf: {}", error);
+            co_return false;
+        }
+        try {
+            text = render_frr_conf(*cfg_, options);
+        } catch (const std::invalid_argument& e) {
+            spdlog::error("frr: cannot render frr.conf: {}", e.what());
+            co_return false;
+        }
+    }
+    // The file holds the peers' passwords.
+    if (auto ec = write_file_atomically(path("frr.conf"), text); ec || ::chmod(path("frr.conf").c_str(), 0600) != 0) {
+        spdlog::error("frr: cannot write {}: {}", path("frr.conf"), ec ? ec.message() : std::strerror(errno));
+        co_return false;
+    }
+    // zebra first: bgpd and bfdd connect to its socket.
+    for (auto& d : daemons_) {
+        end_leftover(d.name);
+        const std::string vty = path(d.name + ".vty");
+        std::error_code ignored;
+        std::filesystem::remove(vty, ignored);
+        std::filesystem::remove(path(d.name + ".pid"), ignored);
+        // The last run's log stays for a look, one generation.
+        std::filesystem::rename(path(d.name + ".log"), path(d.name + ".log.1"), ignored);
+        try {
+            spawn(d);
+        } catch (const std::system_error& e) {
+            spdlog::error("frr: {}", e.what());
+            co_return false;
+        }
+        const auto deadline = clock_type::now() + start_timeout;
+        while (!std::filesystem::exists(vty, ignored)) {
+            int status = 0;
+            if (::waitpid(d.keeper, &status, WNOHANG) == d.keeper) {
+                d.keeper = -1;
+                spdlog::error("frr: {} {} at start; see {} and {}", d.name, describe_status(status),
+                              path(d.name + ".out"), path(d.name + ".log"));
+                co_return false;
+            }
+            if (clock_type::now() > deadline) {
+                spdlog::error("frr: {} opened no vty socket within {}s; see {}", d.name,
+                              std::chrono::seconds(start_timeout).count(), path(d.name + ".log"));
+                co_return false;
+            }
+            const bool waited = co_await pause(20ms);
+            if (!waited) co_return false;
+        }
+        d.pid = read_pid_file(path(d.name + ".pid"));
+        spdlog::info("frr: started {} (pid {}, keeper {}) in {}", d.name, d.pid, d.keeper, dir_);
+    }
+    // As `vtysh -b` does at boot: every daemon takes its part of the file.
+    // Built before the co_await: GCC 12 miscompiles a braced list in a coroutine.
+    std::vector<std::string> apply{cfg_->bgp->vtysh_path, "--vty_socket", dir_, "-f", path("frr.conf")};
+    const command_outcome r = co_await run_bounded(control_, std::move(apply), max_apply_output, apply_timeout);
+    if (stopping_) co_return false;
+    if (!r.ok) {
+        spdlog::error("frr: vtysh could not apply {}: {}: {}", path("frr.conf"), r.error, first_line(r.output));
+        co_return false;
+    }
+    spdlog::info("frr: {} applied", path("frr.conf"));
+    co_return true;
+}
+
+asio::awaitable<void> frr_supervisor::watch() {
+    for (;;) {
+        const bool waited = co_await pause(watch_period);
+        if (!waited) co_return;
+        for (auto& d : daemons_) {
+            int status = 0;
+            if (d.keeper <= 0 || ::waitpid(d.keeper, &status, WNOHANG) != d.keeper) continue;
+            // A keeper killed by a signal left its daemon behind: end the group.
+            if (WIFSIGNALED(status)) ::kill(-d.keeper, SIGKILL);
+            spdlog::error("frr: {} (pid {}) {}; see {}", d.name, d.pid, describe_status(status), path(d.name + ".log"));
+            d.keeper = -1;
+            d.pid = -1;
+            co_return;
+        }
+    }
+}
+
+bool frr_supervisor::ending_step() {
+    // bgpd first: it sends the routers a Cease, so they withdraw the routes
+    // at once rather than after BFD or the hold time; zebra last.
+    static constexpr const char* order[] = {"bgpd", "bfdd", "zebra"};
+    const auto now = clock_type::now();
+    for (const char* name : order) {
+        auto it = std::find_if(daemons_.begin(), daemons_.end(), [&](const daemon& d) { return d.name == name; });
+        if (it == daemons_.end() || it->keeper <= 0) continue;
+        daemon& d = *it;
+        int status = 0;
+        if (::waitpid(d.keeper, &status, WNOHANG) == d.keeper) {
+            if (WIFSIGNALED(status)) ::kill(-d.keeper, SIGKILL);
+            spdlog::info("frr: {} (pid {}) stopped", d.name, d.pid);
+        } else if (!d.term_sent) {
+            ::kill(d.keeper, SIGTERM);  // the keeper passes it on
+            d.term_sent = true;
+            d.kill_at = now + term_grace;
+            return false;
+        } else if (now >= d.kill_at) {
+            spdlog::warn("frr: {} (pid {}) did not stop within {}s; killing it", d.name, d.pid,
+                         std::chrono::seconds(term_grace).count());
+            if (d.pid > 0) ::kill(d.pid, SIGKILL);
+            ::kill(-d.keeper, SIGKILL);
+            ::waitpid(d.keeper, &status, 0);
+        } else {
+            return false;
+        }
+        d.keeper = -1;
+        d.pid = -1;
+    }
+    return true;
+}
+
+asio::awaitable<void> frr_supervisor::end_all() {
+    // co_await only as a statement of its own: GCC 12 miscompiled it in a
+    // condition here (an invalid opcode when the loop ended).
+    for (;;) {
+        if (ending_step()) co_return;
+        const bool waited = co_await pause(10ms);
+        if (!waited) co_return;
+    }
+}
+
+void frr_supervisor::stop() {
+    APILB_ASSERT_ROLE(control);
+    stopping_ = true;
+    timer_.cancel();
+    if (std::none_of(daemons_.begin(), daemons_.end(), [](const daemon& d) { return d.keeper > 0; })) return;
+    while (!ending_step()) std::this_thread::sleep_for(10ms);
+    spdlog::info("frr: zebra, bgpd{} stopped", daemons_.size() > 2 ? " and bfdd" : "");
+}
+
+}  // namespace apilb
