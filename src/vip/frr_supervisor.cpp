@@ -344,7 +344,10 @@ asio::awaitable<bool> frr_supervisor::start_all() {
     const command_outcome r = co_await run_bounded(control_, std::move(apply), max_apply_output, apply_timeout);
     if (stopping_) co_return false;
     if (!r.ok) {
-        spdlog::error("frr: vtysh could not apply {}: {}: {}", path("frr.conf"), r.error, first_line(r.output));
+        // vtysh names the line it refused on stdout, and says on stderr why
+        // it could not run at all: say both.
+        spdlog::error("frr: vtysh could not apply {}: {}: {}{}{}", path("frr.conf"), r.error, first_line(r.output),
+                      r.errors.empty() ? "" : "; ", first_line(r.errors));
         co_return false;
     }
     spdlog::info("frr: {} applied", path("frr.conf"));
