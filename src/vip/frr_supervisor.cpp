@@ -246,24 +246,11 @@ void frr_supervisor::end_leftover(const std::string& name) {
 }
 
 void frr_supervisor::spawn(daemon& d) {
-    std::vector<std::string> args{std::string(frr_daemon_dir) + "/" + d.name,
-                                  "-u",
-                                  frr_user,
-                                  "-g",
-                                  frr_user,
-                                  "-i",
-                                  path(d.name + ".pid"),
-                                  "-z",
-                                  path("zserv.api"),
-                                  "--vty_socket",
-                                  dir_,
-                                  "-f",
+    std::vector<std::string> args{std::string(frr_daemon_dir) + "/" + d.name, "-u", frr_user, "-g", frr_user, "-i",
+                                  path(d.name + ".pid"), "-z", path("zserv.api"), "--vty_socket", dir_, "-f",
                                   path("empty.conf"),
                                   // No vty on TCP: the sockets in dir_ are enough.
-                                  "-P",
-                                  "0",
-                                  "--log",
-                                  "file:" + path(d.name + ".log")};
+                                  "-P", "0", "--log", "file:" + path(d.name + ".log")};
     if (d.name == "bfdd") args.insert(args.end(), {"--bfdctl", path("bfdd.sock")});
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());

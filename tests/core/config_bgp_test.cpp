@@ -203,8 +203,8 @@ TEST(ConfigBgp, BadValuesNameLineKeyAndExpectation) {
                "bgp.vty_socket_dir", "the host's FRR directory");
     expect_one(with_bgp(head + peers + vips + "  manage: true\n  vty_socket_dir: \"/run/my frr\"\n"), 17,
                "bgp.vty_socket_dir", "without blanks");
-    expect_one(with_bgp(head + peers + vips + "  manage: true\n  vty_socket_dir: /" + std::string(95, 'd') + "\n"),
-               17, "bgp.vty_socket_dir", "at most 90 characters");
+    expect_one(with_bgp(head + peers + vips + "  manage: true\n  vty_socket_dir: /" + std::string(95, 'd') + "\n"), 17,
+               "bgp.vty_socket_dir", "at most 90 characters");
     expect_one(with_bgp(head + peers + vips + "  frr_config: frr.conf\n"), 16, "bgp.frr_config", "absolute path");
     expect_one(with_bgp(head + peers + vips + "  bfd: true\n"), 16, "bgp.bfd", "unknown key");
     expect_one(with_bgp(head + peers + vips + "  interface: \"eth0:1\"\n"), 16, "bgp.interface",

@@ -66,16 +66,15 @@ protected:
         ASSERT_NO_FATAL_FAILURE(router_->apply(router_conf()));
         in_netns(segment_->ns("n1"), [&] { backend_ = std::make_unique<tcp_server>("0.0.0.0", echo_handler()); });
         admin_ = free_port();
-        dir_.write("apilb.yaml",
-                   bgp_node_yaml({.vip = vip,
-                                  .port = free_port(),
-                                  .backend = fmt::format("{}:{}", backend_ip, backend_->port()),
-                                  .router_id = node_ip,
-                                  .peer = router_ip,
-                                  .peer_options = ", bfd: true, bfd_interval: 300ms",
-                                  .vty_socket_dir = frr_dir(),
-                                  .head = fmt::format("admin: {{address: \"127.0.0.1:{}\"}}\n", admin_),
-                                  .bgp_tail = "  manage: true\n  withdraw_wait: 500ms\n"}));
+        dir_.write("apilb.yaml", bgp_node_yaml({.vip = vip,
+                                                .port = free_port(),
+                                                .backend = fmt::format("{}:{}", backend_ip, backend_->port()),
+                                                .router_id = node_ip,
+                                                .peer = router_ip,
+                                                .peer_options = ", bfd: true, bfd_interval: 300ms",
+                                                .vty_socket_dir = frr_dir(),
+                                                .head = fmt::format("admin: {{address: \"127.0.0.1:{}\"}}\n", admin_),
+                                                .bgp_tail = "  manage: true\n  withdraw_wait: 500ms\n"}));
     }
 
     /// apilb's FRR directory (apilb makes it).
@@ -100,10 +99,10 @@ exit
     }
 
     std::unique_ptr<process> start_apilb() {
-        return std::make_unique<process>(std::vector<std::string>{ip_bin_, "netns", "exec", segment_->ns("n1"),
-                                                                   required_env("APILB_BIN"), "run", "--config",
-                                                                   dir_.file("apilb.yaml")},
-                                         dir_.file("apilb.log"));
+        return std::make_unique<process>(
+            std::vector<std::string>{ip_bin_, "netns", "exec", segment_->ns("n1"), required_env("APILB_BIN"), "run",
+                                     "--config", dir_.file("apilb.yaml")},
+            dir_.file("apilb.log"));
     }
 
     bool router_has_vip() const {
@@ -218,8 +217,8 @@ TEST_F(BgpManage, ApilbRunsFrrRestartsItAndStopsBgpdFirst) {
     ASSERT_EQ(read_file(fmt::format("/proc/{}/comm", old_bgpd)), "bgpd\n");
     const auto t_kill = std::chrono::steady_clock::now();
     ASSERT_EQ(::kill(old_bgpd, SIGKILL), 0);
-    ASSERT_TRUE(wait_until([&] { return metrics().find("apilb_bgp_frr_restarts_total 1\n") != std::string::npos; },
-                           20s, 100ms))
+    ASSERT_TRUE(
+        wait_until([&] { return metrics().find("apilb_bgp_frr_restarts_total 1\n") != std::string::npos; }, 20s, 100ms))
         << metrics() << apilb->log();
     ASSERT_TRUE(wait_until([&] { return router_has_vip() && daemon_pid("bgpd") != old_bgpd; }, 60s))
         << diagnosis(*apilb);
@@ -257,7 +256,9 @@ TEST_F(BgpManage, ApilbRunsFrrRestartsItAndStopsBgpdFirst) {
         30s, 5ms))
         << apilb->log();
     EXPECT_EQ(apilb->wait(1s), 0) << apilb->log();
-    EXPECT_TRUE(down_while_running) << "the router's bgpd.log:\n" << read_file(router_log) << "\napilb:\n" << apilb->log();
+    EXPECT_TRUE(down_while_running) << "the router's bgpd.log:\n"
+                                    << read_file(router_log) << "\napilb:\n"
+                                    << apilb->log();
     const std::string end_log = apilb->log();
     const auto bgpd_stopped = end_log.rfind("frr: bgpd (pid");
     const auto zebra_stopped = end_log.rfind("frr: zebra (pid");

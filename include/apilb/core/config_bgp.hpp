@@ -53,7 +53,7 @@ struct bgp_config {
     /// for the routers to stop sending new connections, before it drains.
     std::chrono::milliseconds withdraw_wait{2000};
     std::string vtysh_path = "/usr/bin/vtysh";  ///< asked for the peers' session state
-    std::string vty_socket_dir;  ///< vtysh --vty_socket; "" = FRR's; manage: apilb's own FRR
+    std::string vty_socket_dir;                 ///< vtysh --vty_socket; "" = FRR's; manage: apilb's own FRR
     friend bool operator==(const bgp_config&, const bgp_config&) = default;
 };
 
