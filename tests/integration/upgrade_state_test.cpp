@@ -276,6 +276,26 @@ TEST_F(UpgradeState, AnUpgradeAskedForDuringAReloadWaitsForItsApply) {
     end_by_pid(new_pid);
 }
 
+TEST_F(UpgradeState, AnUpgradeWaitsForAReloadsApplyTenSecondsAtMost) {
+    standin_process a(dir, certs_, "127.0.0.2", "a");
+    standin_process b(dir, certs_, "127.0.0.3", "b");
+    scoped_env env("APILB_RELOAD_TEST_APPLY_DELAY_MS", "12000");
+    apilb_process old(dir, config({&a, &b}), "127.0.0.1", port);
+    ASSERT_TRUE(wait_for_port("127.0.0.1", admin));
+    ASSERT_EQ(status_of(post("/api/v1/reload")), "200");
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto up = post("/api/v1/upgrade?wait=1");
+    EXPECT_EQ(status_of(up), "409") << up.output;
+    EXPECT_NE(up.output.find("a reload was still being applied after 10s"), std::string::npos) << up.output;
+    EXPECT_GE(ms_since(t0), 9000) << "refused before its 10 s";
+    EXPECT_EQ(handed_to(old.log()), 0) << old.log();
+    // The apply ends; an upgrade asked for then goes ahead at once.
+    ASSERT_TRUE(old.wait_for_log("every worker serves the new configuration", 20s)) << old.log();
+    EXPECT_EQ(status_of(post("/api/v1/upgrade?wait=1")), "200") << old.log();
+    end_at_exit guard{{handed_to(old.log())}};
+    EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
+}
+
 TEST_F(UpgradeState, AReloadAskedForDuringAnUpgradeIsRefusedWithTheReason) {
     standin_process a(dir, certs_, "127.0.0.2", "a");
     standin_process b(dir, certs_, "127.0.0.3", "b");
