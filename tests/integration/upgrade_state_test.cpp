@@ -8,9 +8,14 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <atomic>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <regex>
 #include <sstream>
+#include <thread>
 
 #include "harness.hpp"
 #include "standin.hpp"
@@ -101,7 +106,7 @@ std::string status_of(const command_result& r) {
 /// stopped (at most `limit`): which backend answered each, "" for a failure.
 class request_loop {
 public:
-    request_loop(const UpgradeState& t, std::function<std::string()> one, int limit, std::chrono::milliseconds gap)
+    request_loop(std::function<std::string()> one, int limit, std::chrono::milliseconds gap)
         : thread_([this, one = std::move(one), limit, gap] {
               for (int i = 0; i < limit && !stop_; ++i) {
                   const std::string who = one();
@@ -111,9 +116,7 @@ public:
                   }
                   std::this_thread::sleep_for(gap);
               }
-          }) {
-        (void)t;
-    }
+          }) {}
     ~request_loop() { stop(); }
     void stop() {
         stop_ = true;
@@ -126,6 +129,20 @@ public:
     std::size_t size() {
         std::lock_guard lock(mu_);
         return answers_.size();
+    }
+
+    /// SIGUSR2 to `old` once 10 requests went, then the new process alone
+    /// until `after` more requests went (the old one exited 0); stops. The
+    /// new process's pid, 0 if there was none (the test failed then).
+    pid_t across_upgrade(apilb_process& old, std::size_t after) {
+        if (!wait_until([&] { return size() >= 10; }, 20s)) return 0;
+        old.proc().signal(SIGUSR2);
+        if (!wait_until([&] { return handed_to(old.log()) != 0; }, 60s)) return 0;
+        EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
+        const std::size_t at_exit = size();
+        EXPECT_TRUE(wait_until([&] { return size() >= at_exit + after; }, 30s));
+        stop();
+        return handed_to(old.log());
     }
 
 private:
@@ -148,17 +165,11 @@ TEST_F(UpgradeState, ABackendDownBeforeTheUpgradeGetsNoClientUntilItRecovers) {
     // Clients all through the upgrade. Without the old view, the new process
     // counts b as health.initial (healthy) until its own first probe of b
     // times out 1.5 s later, and sends every other client there.
-    request_loop clients(*this, [this] { return via(); }, 400, 10ms);
-    ASSERT_TRUE(wait_until([&] { return clients.size() >= 10; }, 20s));
-    old.proc().signal(SIGUSR2);
-    ASSERT_TRUE(wait_until([&] { return handed_to(old.log()) != 0; }, 60s)) << old.log();
-    const pid_t new_pid = handed_to(old.log());
+    // 60 requests (about 2 s) of the new process alone: more than b's probe timeout.
+    request_loop clients([this] { return via(); }, 400, 10ms);
+    const pid_t new_pid = clients.across_upgrade(old, 60);
     end_at_exit guard{{new_pid}};
-    EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
-    // 2 s of the new process alone: more than b's probe timeout.
-    const std::size_t at_exit = clients.size();
-    ASSERT_TRUE(wait_until([&] { return clients.size() >= at_exit + 60; }, 30s));
-    clients.stop();
+    ASSERT_NE(new_pid, 0) << old.log();
     EXPECT_EQ(clients.count(""), 0u) << "requests that failed through the upgrade\n" << old.log();
     EXPECT_EQ(clients.count("b"), 0u) << "clients sent to the backend the old process had found down\n" << old.log();
     EXPECT_GT(clients.count("a"), 60u);
@@ -187,16 +198,10 @@ TEST_F(UpgradeState, ABackendUpBeforeTheUpgradeServesWithoutAGap) {
                       port);
     ASSERT_TRUE(old.wait_for_log("backend b (" + b.address() + ") is healthy (first check passed)", 30s)) << old.log();
     ASSERT_TRUE(old.wait_for_log("backend a (" + a.address() + ") is healthy (first check passed)", 30s)) << old.log();
-    request_loop clients(*this, [this] { return via(); }, 400, 5ms);
-    ASSERT_TRUE(wait_until([&] { return clients.size() >= 10; }, 20s));
-    old.proc().signal(SIGUSR2);
-    ASSERT_TRUE(wait_until([&] { return handed_to(old.log()) != 0; }, 60s)) << old.log();
-    const pid_t new_pid = handed_to(old.log());
+    request_loop clients([this] { return via(); }, 400, 5ms);
+    const pid_t new_pid = clients.across_upgrade(old, 40);
     end_at_exit guard{{new_pid}};
-    EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
-    const std::size_t at_exit = clients.size();
-    ASSERT_TRUE(wait_until([&] { return clients.size() >= at_exit + 40; }, 30s));
-    clients.stop();
+    ASSERT_NE(new_pid, 0) << old.log();
     EXPECT_EQ(clients.count(""), 0u) << "requests refused or failed through the upgrade\n" << old.log();
     EXPECT_GT(clients.count("a"), 0u);
     EXPECT_GT(clients.count("b"), 0u);
