@@ -574,8 +574,9 @@ asio::awaitable<admin_reply> admin_server::upgrade(bool wait, const std::string&
     }
     if (started.new_pid != 0) o["new_pid"] = started.new_pid;
     if (!wait) {
-        o["result"] = started.new_pid != 0 ? "upgrade started"
-                                           : "upgrade waits for a reload's apply to end; its outcome will be in the log";
+        o["result"] = started.new_pid != 0
+                          ? "upgrade started"
+                          : "upgrade waits for a reload's apply to end; its outcome will be in the log";
         r.body = boost::json::serialize(o) + "\n";
         co_return r;
     }

@@ -226,7 +226,7 @@ std::size_t health_checker::seed(const std::vector<carried_health>& carried) {
         if (it->probe_key != probe_settings_key(cfg) || !it->settled || cfg.type == health_check_type::none) {
             spdlog::info("health: {}: not taking over the old process's view ({}); judged from its own probes",
                          label(*t->pool, *t->backend),
-                         !it->settled ? "it had not been checked yet"
+                         !it->settled                          ? "it had not been checked yet"
                          : cfg.type == health_check_type::none ? "no active checks"
                                                                : "its probe settings changed");
             continue;

@@ -85,10 +85,10 @@ health_change health_tracker::apply_failure() {
 }
 
 std::string probe_settings_key(const health_config& h) {
-    const std::string text = fmt::format(
-        "{}\n{}\n{}\n{}\n{}{}\n{}\n{}\n{}\n{}\n{}\n{}", static_cast<int>(h.type), h.path, h.timeout.count(),
-        h.expect_status, h.expect_body ? "1" : "0", h.expect_body.value_or(""), h.tls.ca_file, h.tls.server_name,
-        h.tls.cert_file, h.tls.key_file, h.tls.insecure_skip_verify ? 1 : 0, h.bearer_token_file);
+    const std::string text = fmt::format("{}\n{}\n{}\n{}\n{}{}\n{}\n{}\n{}\n{}\n{}\n{}", static_cast<int>(h.type),
+                                         h.path, h.timeout.count(), h.expect_status, h.expect_body ? "1" : "0",
+                                         h.expect_body.value_or(""), h.tls.ca_file, h.tls.server_name, h.tls.cert_file,
+                                         h.tls.key_file, h.tls.insecure_skip_verify ? 1 : 0, h.bearer_token_file);
     // FNV-1a: stable across builds and releases, unlike std::hash.
     std::uint64_t hash = 0xcbf29ce484222325ULL;
     for (unsigned char c : text) {

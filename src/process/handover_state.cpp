@@ -34,8 +34,8 @@ std::uint64_t state_line::number(std::string_view key) const {
     std::uint64_t v = 0;
     const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
     if (ec != std::errc{} || end != t.data() + t.size() || t.empty()) {
-        throw handover_error(fmt::format("state line {}: {} must be a decimal number, got \"{}\"", kind, key,
-                                         t.substr(0, 32)));
+        throw handover_error(
+            fmt::format("state line {}: {} must be a decimal number, got \"{}\"", kind, key, t.substr(0, 32)));
     }
     return v;
 }
@@ -86,7 +86,8 @@ std::vector<state_line> parse_state(std::string_view payload) {
         std::string_view line = payload.substr(0, eol);
         payload.remove_prefix(eol + 1);
         if (line.size() + 1 > max_state_line_bytes) {
-            throw handover_error(fmt::format("state line {}: over the limit of {} bytes", number, max_state_line_bytes));
+            throw handover_error(
+                fmt::format("state line {}: over the limit of {} bytes", number, max_state_line_bytes));
         }
         state_line l;
         bool first = true;

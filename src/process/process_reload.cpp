@@ -13,8 +13,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <iterator>
@@ -229,8 +229,7 @@ std::vector<std::string> process::commit(std::shared_ptr<const config> cfg, cons
                 asio::post(control_, [this, pending, started, what, file_reload] {
                     if (--*pending != 0) return;
                     --reloads_applying_;
-                    const auto us =
-                        std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
+                    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
                     spdlog::info("{} done in {:.1f}ms: every worker serves the new configuration", what,
                                  static_cast<double>(us.count()) / 1000.0);
                     if (file_reload) notify_systemd("READY=1");

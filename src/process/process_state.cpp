@@ -183,8 +183,8 @@ std::size_t carried_counters::apply(const std::vector<handover::state_line>& lin
             } else if (l.kind == "backend" || l.kind == "probes") {
                 const backend_runtime* b = find_backend(snap, l);
                 if (b == nullptr) continue;  // gone from this config: dropped, as on a reload
-                const std::string key =
-                    fmt::format("{}/{}/{}/{}/", l.kind, l.text("pool"), l.text("backend"), l.text("address"));
+                const std::string key = fmt::format("{}/{}/{}/{}/", l.kind, l.text("pool"), l.text("backend"),
+                                                    l.text("address"));
                 if (l.kind == "backend") {
                     add_all(key, l, backend_counters, *b->stats);
                     continue;
@@ -230,9 +230,9 @@ void process::take_carried_state(const std::vector<handover::state_line>& lines,
     }
     const std::size_t moved = carried_.apply(lines, *snap_, stats_, bad);
     if (first) {
-        spdlog::info(
-            "upgrade: took over the old process's view of {} of {} backend(s) and {} counter(s){}", seeded, offered,
-            moved, bad == 0 ? std::string() : fmt::format("; {} unreadable state line(s) or frame(s) skipped", bad));
+        spdlog::info("upgrade: took over the old process's view of {} of {} backend(s) and {} counter(s){}", seeded,
+                     offered, moved,
+                     bad == 0 ? std::string() : fmt::format("; {} unreadable state line(s) or frame(s) skipped", bad));
     } else {
         spdlog::info("upgrade: counters go on from the old process's final values ({} series{})", moved,
                      bad == 0 ? std::string() : fmt::format("; {} unreadable skipped", bad));
@@ -242,8 +242,8 @@ void process::take_carried_state(const std::vector<handover::state_line>& lines,
 void process::receive_final_state(int channel) {
     std::size_t bad = 0;
     try {
-        std::vector<handover::state_line> lines =
-            handover::receive_state(channel, std::chrono::steady_clock::now() + std::chrono::seconds(5), bad);
+        std::vector<handover::state_line> lines = handover::receive_state(
+            channel, std::chrono::steady_clock::now() + std::chrono::seconds(5), bad);
         boost::asio::post(control_, [this, lines = std::move(lines), bad] { take_carried_state(lines, bad, false); });
     } catch (const handover::handover_error& e) {
         spdlog::warn("upgrade: no final counters from the old process ({}); they go on from its values at the start",
@@ -307,11 +307,13 @@ std::vector<state_line> receive_state(int channel, std::chrono::steady_clock::ti
         if (f.type == frame_type::abort) throw handover_error("the old process aborted: " + f.payload);
         if (f.type == frame_type::state_end) {
             const int said = parse_number(f.payload, "state_end count");
-            if (said != frames) throw handover_error(fmt::format("the old process said {} state frame(s), {} came", said, frames));
+            if (said != frames)
+                throw handover_error(fmt::format("the old process said {} state frame(s), {} came", said, frames));
             return lines;
         }
         if (f.type != frame_type::state) throw handover_error("expected a state frame");
-        if (++frames > max_state_frames) throw handover_error(fmt::format("more than {} state frames", max_state_frames));
+        if (++frames > max_state_frames)
+            throw handover_error(fmt::format("more than {} state frames", max_state_frames));
         take_state_frame(f, lines, bad);
     }
 }

@@ -45,7 +45,8 @@ void process::on_reloads_applied() {
     const upgrade_start started = start_upgrade(std::move(w->done));
     // Refused now (apilb began to stop, the config gained a vrrp section):
     // the caller that waited hears it as the outcome.
-    if (!started.refused.empty() && done) done(upgrade_outcome{.failure = started.refused, .conflict = started.conflict});
+    if (!started.refused.empty() && done)
+        done(upgrade_outcome{.failure = started.refused, .conflict = started.conflict});
 }
 
 void process::cancel_waiting_upgrade(const std::string& why) {

@@ -64,7 +64,8 @@ protected:
             "workers: 2\nlisteners:\n  - {{name: front, address: \"127.0.0.1:{}\", pool: p}}\n"
             "pools:\n  - name: p\n    balance: round-robin\n    backends:\n",
             port);
-        for (const auto* b : backends) s += fmt::format("      - {{name: {}, address: \"{}\"}}\n", b->name(), b->address());
+        for (const auto* b : backends)
+            s += fmt::format("      - {{name: {}, address: \"{}\"}}\n", b->name(), b->address());
         s += fmt::format(
             "    health:\n      path: /readyz\n      interval: 300ms\n      timeout: 1500ms\n      rise: 2\n"
             "      fall: 1\n      slow_start: 0\n      tls: {{ca_file: {}/ca.crt}}\n{}",
@@ -85,10 +86,10 @@ protected:
 
     /// `curl -X POST` with the token to the admin endpoint's `path`: body, then the status on the last line.
     command_result post(const std::string& path) const {
-        return run_command({"/usr/bin/curl", "-sS", "--max-time", "40", "-X", "POST", "-H",
-                            "Authorization: Bearer s3cret-token", "-w", "\n%{http_code}",
-                            fmt::format("http://127.0.0.1:{}{}", admin, path)},
-                           50s);
+        return run_command(
+            {"/usr/bin/curl", "-sS", "--max-time", "40", "-X", "POST", "-H", "Authorization: Bearer s3cret-token", "-w",
+             "\n%{http_code}", fmt::format("http://127.0.0.1:{}{}", admin, path)},
+            50s);
     }
 
     static inline temp_dir* dir_ = nullptr;
@@ -173,8 +174,9 @@ TEST_F(UpgradeState, ABackendDownBeforeTheUpgradeGetsNoClientUntilItRecovers) {
     EXPECT_EQ(clients.count(""), 0u) << "requests that failed through the upgrade\n" << old.log();
     EXPECT_EQ(clients.count("b"), 0u) << "clients sent to the backend the old process had found down\n" << old.log();
     EXPECT_GT(clients.count("a"), 60u);
-    EXPECT_NE(old.log().find("health: pool p backend b (" + b.address() + ") is unhealthy as the old process judged it"),
-              std::string::npos)
+    EXPECT_NE(
+        old.log().find("health: pool p backend b (" + b.address() + ") is unhealthy as the old process judged it"),
+        std::string::npos)
         << old.log();
     EXPECT_EQ(metric(admin, R"(apilb_backend_healthy{pool="p",backend="b"})"), 0);
     EXPECT_EQ(metric(admin, R"(apilb_backend_sessions_total{pool="p",backend="b"})"), sessions_before);
@@ -206,8 +208,9 @@ TEST_F(UpgradeState, ABackendUpBeforeTheUpgradeServesWithoutAGap) {
     EXPECT_GT(clients.count("a"), 0u);
     EXPECT_GT(clients.count("b"), 0u);
     for (const auto* s : {&a, &b}) {
-        EXPECT_NE(old.log().find("backend " + s->name() + " (" + s->address() + ") is healthy as the old process judged it"),
-                  std::string::npos)
+        EXPECT_NE(
+            old.log().find("backend " + s->name() + " (" + s->address() + ") is healthy as the old process judged it"),
+            std::string::npos)
             << old.log();
     }
     // Nothing to wait for: the new process was ready without a probe round.

@@ -59,8 +59,7 @@ namespace apilb::handover {
 
 /// Sends `payloads` (encode_state()) as `state` frames and a `state_end`
 /// with their count. Throws handover_error.
-void send_state(int channel, const std::vector<std::string>& payloads,
-                std::chrono::steady_clock::time_point deadline);
+void send_state(int channel, const std::vector<std::string>& payloads, std::chrono::steady_clock::time_point deadline);
 
 /// Receives `state` frames until `state_end` (whose count must match) and
 /// returns their lines; at most max_state_frames frames and max_state_lines
