@@ -572,9 +572,11 @@ asio::awaitable<admin_reply> admin_server::upgrade(bool wait, const std::string&
         r.body = boost::json::serialize(o) + "\n";
         co_return r;
     }
-    o["new_pid"] = started.new_pid;
+    if (started.new_pid != 0) o["new_pid"] = started.new_pid;
     if (!wait) {
-        o["result"] = "upgrade started";
+        o["result"] = started.new_pid != 0
+                          ? "upgrade started"
+                          : "upgrade waits for a reload's apply to end; its outcome will be in the log";
         r.body = boost::json::serialize(o) + "\n";
         co_return r;
     }
@@ -596,8 +598,9 @@ asio::awaitable<admin_reply> admin_server::upgrade(bool wait, const std::string&
         co_return r;
     }
     const upgrade_outcome& u = *st->outcome;
+    if (u.new_pid != 0) o["new_pid"] = u.new_pid;  // one that waited for a reload had none before
     if (!u.failure.empty()) {
-        r.status = http::status::internal_server_error;
+        r.status = u.conflict ? http::status::conflict : http::status::internal_server_error;
         o["error"] = "upgrade failed: " + u.failure + "; still serving";
     } else {
         r.status = http::status::ok;

@@ -187,6 +187,69 @@ void health_checker::adopt(const health_checker& previous) {
     }
 }
 
+std::vector<carried_health> health_checker::carried() const {
+    APILB_ASSERT_ROLE(control);
+    std::vector<carried_health> out;
+    const std::int64_t now = now_ns();
+    for (const auto& t : targets_) {
+        const backend_health& h = *t->backend->health;
+        const std::int64_t ramp = h.ramp_start_ns.load(std::memory_order_relaxed);
+        out.push_back({.pool = t->pool->cfg->name,
+                       .backend = t->backend->cfg->name,
+                       .address = t->backend->cfg->address.to_string(),
+                       .probe_key = probe_settings_key(t->pool->cfg->health),
+                       .settled = t->tracker.settled(),
+                       .healthy = h.healthy.load(std::memory_order_relaxed),
+                       .streak = t->tracker.streak(),
+                       .suspect = h.suspect.load(std::memory_order_relaxed),
+                       .admin_drain = h.admin_drain.load(std::memory_order_relaxed),
+                       .pending = h.pending.load(std::memory_order_relaxed),
+                       .ramp_ms = ramp == 0 ? -1 : std::max<std::int64_t>(0, (now - ramp) / 1'000'000)});
+    }
+    return out;
+}
+
+std::size_t health_checker::seed(const std::vector<carried_health>& carried) {
+    APILB_ASSERT_ROLE(control);
+    std::size_t taken = 0;
+    for (auto& t : targets_) {
+        const health_config& cfg = t->pool->cfg->health;
+        const std::string address = t->backend->cfg->address.to_string();
+        const auto it = std::find_if(carried.begin(), carried.end(), [&](const carried_health& c) {
+            return c.pool == t->pool->cfg->name && c.backend == t->backend->cfg->name && c.address == address;
+        });
+        if (it == carried.end()) continue;
+        backend_health& h = *t->backend->health;
+        // Drained through the admin endpoint is an operator's decision, not a
+        // probe's: it holds whatever the probes are.
+        h.admin_drain.store(it->admin_drain, std::memory_order_relaxed);
+        if (it->probe_key != probe_settings_key(cfg) || !it->settled || cfg.type == health_check_type::none) {
+            spdlog::info("health: {}: not taking over the old process's view ({}); judged from its own probes",
+                         label(*t->pool, *t->backend),
+                         !it->settled                          ? "it had not been checked yet"
+                         : cfg.type == health_check_type::none ? "no active checks"
+                                                               : "its probe settings changed");
+            continue;
+        }
+        ++taken;
+        t->adopted = true;
+        t->tracker = health_tracker::restored(cfg.rise, cfg.fall, it->healthy, it->streak);
+        h.healthy.store(it->healthy, std::memory_order_relaxed);
+        h.suspect.store(it->suspect, std::memory_order_relaxed);
+        h.pending.store(it->pending, std::memory_order_relaxed);
+        h.ramp_start_ns.store(it->healthy && it->ramp_ms >= 0 ? now_ns() - it->ramp_ms * 1'000'000 : 0,
+                              std::memory_order_relaxed);
+        // An unhealthy backend's sessions came over with the handover and are
+        // closed as their grace says; a suspect one is probed at once.
+        t->probe_now = it->suspect;
+        t->last = {it->healthy ? check_failure::none : check_failure::tcp_error, "carried over from the old process"};
+        spdlog::info("health: {} is {} as the old process judged it{}", label(*t->pool, *t->backend),
+                     it->healthy ? "healthy" : "unhealthy",
+                     it->healthy ? std::string() : fmt::format("; {} passing check(s) bring it back", cfg.rise));
+    }
+    return taken;
+}
+
 void health_checker::start(bool announce, std::function<void()> first_round_done) {
     APILB_ASSERT_ROLE(control);
     if (announce) {

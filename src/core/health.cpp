@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <fmt/format.h>
+
 namespace apilb {
 
 const char* to_string(check_failure f) {
@@ -36,6 +38,13 @@ health_tracker health_tracker::with_thresholds(std::uint32_t rise, std::uint32_t
     t.settled_ = settled_;
     const std::uint32_t limit = healthy_ ? t.fall_ : t.rise_;
     t.streak_ = std::min(streak_, limit - 1);
+    return t;
+}
+
+health_tracker health_tracker::restored(std::uint32_t rise, std::uint32_t fall, bool healthy, std::uint32_t streak) {
+    health_tracker t(rise, fall, healthy);
+    t.settled_ = true;
+    t.streak_ = healthy ? std::min(streak, t.fall_ - 1) : 0;
     return t;
 }
 
@@ -73,6 +82,20 @@ health_change health_tracker::apply_failure() {
     healthy_ = false;
     streak_ = 0;
     return {.changed = true, .healthy = false, .streak = n, .first = false};
+}
+
+std::string probe_settings_key(const health_config& h) {
+    const std::string text = fmt::format("{}\n{}\n{}\n{}\n{}{}\n{}\n{}\n{}\n{}\n{}\n{}", static_cast<int>(h.type),
+                                         h.path, h.timeout.count(), h.expect_status, h.expect_body ? "1" : "0",
+                                         h.expect_body.value_or(""), h.tls.ca_file, h.tls.server_name, h.tls.cert_file,
+                                         h.tls.key_file, h.tls.insecure_skip_verify ? 1 : 0, h.bearer_token_file);
+    // FNV-1a: stable across builds and releases, unlike std::hash.
+    std::uint64_t hash = 0xcbf29ce484222325ULL;
+    for (unsigned char c : text) {
+        hash ^= c;
+        hash *= 0x100000001b3ULL;
+    }
+    return fmt::format("{:016x}", hash);
 }
 
 std::vector<std::string> failing_readyz_checks(std::string_view body) {

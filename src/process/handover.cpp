@@ -97,7 +97,7 @@ frame_view decode_frame(std::string_view message) {
     }
     const auto type = static_cast<std::uint16_t>(get_le(message, 6, 2));
     if (type < static_cast<std::uint16_t>(frame_type::hello) ||
-        type > static_cast<std::uint16_t>(frame_type::sessions_taken)) {
+        type > static_cast<std::uint16_t>(frame_type::state_end)) {
         throw handover_error(fmt::format("unknown frame type {}", type));
     }
     const std::uint32_t length = get_le(message, 8, 4);

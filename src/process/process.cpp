@@ -179,6 +179,8 @@ process::process(std::shared_ptr<const config> cfg, inherited_sockets inherited)
     const bool admin_matches = snap_->cfg->admin && !inherited.admin.empty() &&
                                inherited.admin_address == snap_->cfg->admin->address.to_string();
     make_admin(admin_matches ? inherited.admin.release().front() : -1);
+    // Before any worker serves or any probe runs: the old process's view.
+    if (handover_channel_ >= 0) take_carried_state(inherited.state, inherited.state_bad, true);
 }
 
 void process::bind_listener(std::size_t l, inherited_sockets& inherited) {
@@ -314,8 +316,10 @@ int process::run() {
         if (signo == SIGHUP) {
             if (draining) {
                 spdlog::warn("SIGHUP during the drain: not reloading");
-            } else if (upgrade_) {
-                spdlog::warn("SIGHUP during an upgrade: not reloading");
+            } else if (upgrading()) {
+                spdlog::warn(
+                    "SIGHUP during an upgrade: not reloading (the new process reads the file as it starts; "
+                    "reload once the upgrade has ended)");
             } else {
                 reload();
             }
@@ -325,6 +329,7 @@ int process::run() {
             draining = true;
             draining_ = true;
             // An upgrade not yet ready is rolled back: its binary is killed.
+            cancel_waiting_upgrade("apilb is stopping");
             end_upgrade();
             end_session_receive();
             notify_systemd("STOPPING=1");
@@ -364,6 +369,7 @@ int process::run() {
         std::signal(SIGHUP, SIG_IGN);
         std::signal(SIGUSR2, SIG_IGN);
     }
+    cancel_waiting_upgrade("apilb is stopping");
     end_upgrade();
     end_session_receive();
     // An answer in progress (POST /api/v1/upgrade?wait=1 after the handover,

@@ -5,6 +5,7 @@
 #include "apilb/process/process.hpp"
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -13,6 +14,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <iterator>
@@ -38,6 +40,23 @@
 #include "apilb/vip/vrrp_agent.hpp"
 
 namespace apilb {
+
+namespace {
+
+/// For tests only (APILB_RELOAD_TEST_APPLY_DELAY_MS, 1..30000): how long a
+/// reload's commit waits before the workers take the new snapshot, so that
+/// a test can ask for an upgrade while a reload's apply runs. 0: none.
+std::chrono::milliseconds test_apply_delay() {
+    if (const char* v = std::getenv("APILB_RELOAD_TEST_APPLY_DELAY_MS")) {
+        try {
+            const int ms = handover::parse_number(v, "APILB_RELOAD_TEST_APPLY_DELAY_MS");
+            if (ms >= 1 && ms <= 30'000) return std::chrono::milliseconds(ms);
+        } catch (const handover::handover_error&) {}
+    }
+    return std::chrono::milliseconds(0);
+}
+
+}  // namespace
 
 namespace asio = boost::asio;
 using boost::system::error_code;
@@ -203,18 +222,29 @@ std::vector<std::string> process::commit(std::shared_ptr<const config> cfg, cons
 
     auto pending = std::make_shared<std::size_t>(workers_.size());
     ++reloads_applying_;
-    for (std::size_t w = 0; w < workers_.size(); ++w) {
-        workers_[w]->apply(next, std::move(added[w]), [this, pending, started, what, file_reload] {
-            // On the worker thread: count down on the control thread.
-            asio::post(control_, [this, pending, started, what, file_reload] {
-                if (--*pending != 0) return;
-                --reloads_applying_;
-                const auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
-                spdlog::info("{} done in {:.1f}ms: every worker serves the new configuration", what,
-                             static_cast<double>(us.count()) / 1000.0);
-                if (file_reload) notify_systemd("READY=1");
+    auto apply_all = [this, next, added = std::move(added), pending, started, what, file_reload]() mutable {
+        for (std::size_t w = 0; w < workers_.size(); ++w) {
+            workers_[w]->apply(next, std::move(added[w]), [this, pending, started, what, file_reload] {
+                // On the worker thread: count down on the control thread.
+                asio::post(control_, [this, pending, started, what, file_reload] {
+                    if (--*pending != 0) return;
+                    --reloads_applying_;
+                    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - started);
+                    spdlog::info("{} done in {:.1f}ms: every worker serves the new configuration", what,
+                                 static_cast<double>(us.count()) / 1000.0);
+                    if (file_reload) notify_systemd("READY=1");
+                    if (reloads_applying_ == 0) on_reloads_applied();
+                });
             });
-        });
+        }
+    };
+    if (const auto delay = test_apply_delay(); delay.count() > 0) {
+        spdlog::warn("{}: the workers' apply starts in {}ms (APILB_RELOAD_TEST_APPLY_DELAY_MS, for tests only)", what,
+                     delay.count());
+        auto timer = std::make_shared<asio::steady_timer>(control_, delay);
+        timer->async_wait([timer, apply_all = std::move(apply_all)](error_code) mutable { apply_all(); });
+    } else {
+        apply_all();
     }
     drain_removed_backends(std::move(previous), what);
     return {};

@@ -278,13 +278,16 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
     };
     if (draining_) return refuse("apilb is stopping", true);
     if (upgrade_) return refuse(fmt::format("an upgrade to pid {} is in progress", upgrade_->pid), true);
-    // The workers would not all serve the snapshot the new process reads.
-    if (reloads_applying_ > 0) return refuse("a reload is being applied; try again in a moment", true);
+    if (waiting_upgrade_) return refuse("an upgrade is in progress (it waits for a reload's apply to end)", true);
     if (snap_->cfg->vrrp)
         return refuse("the config has a vrrp section (keepalived and the track file cannot move yet)", true);
     // Both processes would put the VIPs on and off the interface, and the
     // old one would take them away as it ends.
     if (snap_->cfg->bgp) return refuse("the config has a bgp section (the VIPs' announcement cannot move yet)", true);
+
+    // The workers would not all serve the snapshot the new process reads:
+    // wait for them (upgrade_wait.cpp).
+    if (reloads_applying_ > 0) return wait_for_reload(std::move(done));
 
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
@@ -322,6 +325,10 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
     }
     std::vector<worker*> workers;
     for (auto& w : workers_) workers.push_back(w.get());
+    // The health view and counters as they are now, read here on the control
+    // thread (the probe records are its own); the counters' final values go
+    // after the sessions, from the snapshot, which no reload replaces meanwhile.
+    std::vector<std::string> first_state = handover::encode_state(state_lines(*snap_, stats_, health_.get()));
     upgrade_ = run;
     // The waits (up to upgrade_deadline) run on their own thread, so probes,
     // the admin endpoint and the watchdog go on meanwhile. It touches nothing
@@ -329,7 +336,7 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
     // outcome back to the control thread.
     const pid_t new_pid = run->pid;
     run->thread = std::thread([this, run, workers, admin_fd = std::move(admin_fd), admin_address,
-                               done = std::move(done)]() mutable {
+                               first_state = std::move(first_state), snap = snap_, done = std::move(done)]() mutable {
         const auto deadline = clock_type::now() + upgrade_deadline();
         std::string failure;
         std::vector<handed_session> sent;  // the session phase's, still open here until taken
@@ -378,6 +385,7 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
                                      deadline);
                 ++frames;
             }
+            handover::send_state(run->channel, first_state, deadline);
             handover::send_frame(run->channel, frame_type::listeners_end, std::to_string(frames), {}, deadline);
             by_address.clear();  // our duplicates; the workers keep accepting on theirs
             admin_fd.reset();
@@ -403,6 +411,10 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
         } else {
             stats_.sessions_handed_over_total.fetch_add(sent.size(), std::memory_order_relaxed);
             stats_.sessions_kept_total.fetch_add(kept, std::memory_order_relaxed);
+            // Counted before the final counters go, so that the new process's
+            // series include this upgrade.
+            stats_.upgrades_total.fetch_add(1, std::memory_order_relaxed);
+            send_final_state(run->channel, *snap, stats_);
         }
         const std::size_t handed = failure.empty() ? sent.size() : 0;
         asio::post(control_, [this, run, failure, handed, kept, phase_ms, done = std::move(done)] {
@@ -418,7 +430,6 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
                 if (done) done(outcome);
                 return;
             }
-            stats_.upgrades_total.fetch_add(1, std::memory_order_relaxed);
             spdlog::info(
                 "upgrade: pid {} serves; {} session(s) handed over in {}ms, {} kept here (bytes in flight not written "
                 "out in time); this process stops accepting and drains",
@@ -484,6 +495,7 @@ void process::receive_sessions() {
                 if (f.type == frame_type::sessions_end) {
                     expect_count(f, frames, "session");
                     handover::send_frame(channel, frame_type::sessions_taken, std::to_string(frames), {}, deadline);
+                    receive_final_state(channel);
                     break;
                 }
                 if (f.type != frame_type::session) throw handover_error("expected a session frame");
@@ -530,10 +542,19 @@ inherited_sockets receive_inherited(int channel, const std::string& version, clo
     try {
         handover::check_peer(channel);
         handover::send_frame(channel, frame_type::hello, fmt::format("{} {}", ::getpid(), version), {}, deadline);
-        int frames = 0;
+        int frames = 0, state_frames = 0;
         while (true) {
             handover::frame f = handover::receive_frame(channel, deadline);
             if (f.type == frame_type::abort) throw handover_error("the old process aborted: " + f.payload);
+            if (f.type == frame_type::state) {
+                if (++state_frames > handover::max_state_frames) throw handover_error("too many state frames");
+                handover::take_state_frame(f, got.state, got.state_bad);
+                continue;
+            }
+            if (f.type == frame_type::state_end) {
+                expect_count(f, state_frames, "state");
+                continue;
+            }
             if (f.type == frame_type::listeners_end) {
                 expect_count(f, frames, "listener");
                 break;

@@ -90,7 +90,11 @@ void process::make_admin(int inherited) {
         .reload =
             [this] {
                 if (draining_) return std::vector<std::string>{"apilb is stopping (SIGTERM): no reload"};
-                if (upgrade_) return std::vector<std::string>{"an upgrade is in progress: no reload"};
+                if (upgrading()) {
+                    return std::vector<std::string>{
+                        "an upgrade is in progress: no reload (the new process reads the file as it starts; reload "
+                        "once the upgrade has ended)"};
+                }
                 return reload();
             },
         .upgrade = [this](std::function<void(const upgrade_outcome&)> done) { return start_upgrade(std::move(done)); },

@@ -89,6 +89,45 @@ TEST(HealthTracker, ReloadKeepsTheStateUnderNewThresholds) {
     EXPECT_FALSE(u.record(true).changed);
 }
 
+TEST(HealthTracker, AnUpgradeKeepsDownUntilRisePassesHereAndFailuresTowardsFall) {
+    // Down with 1 of 3 passes in the old process: the passes start over.
+    health_tracker d = health_tracker::restored(3, 2, false, 1);
+    EXPECT_TRUE(d.settled()) << "a carried state is no first round";
+    EXPECT_FALSE(d.healthy());
+    EXPECT_EQ(d.streak(), 0u);
+    EXPECT_FALSE(d.record(true).changed);
+    EXPECT_FALSE(d.record(true).changed);
+    const auto c = d.record(true);
+    EXPECT_TRUE(c.changed) << "up after rise (3) passes of this process";
+    EXPECT_FALSE(c.first);
+    // Up with 1 of 2 failures: one more failure brings it down.
+    health_tracker u = health_tracker::restored(2, 2, true, 1);
+    EXPECT_TRUE(u.healthy());
+    EXPECT_TRUE(u.record(false).changed);
+    // A streak over the new fall stops one short of it.
+    EXPECT_EQ(health_tracker::restored(2, 3, true, 9).streak(), 2u);
+}
+
+TEST(HealthTracker, ProbeSettingsKeyChangesWithWhatAProbeChecksOnly) {
+    health_config h;
+    h.type = health_check_type::https;
+    const std::string k = probe_settings_key(h);
+    EXPECT_EQ(k.size(), 16u);
+    health_config other = h;
+    other.rise = 5;
+    other.fall = 7;
+    other.interval = std::chrono::seconds(9);
+    EXPECT_EQ(probe_settings_key(other), k) << "thresholds and interval are clamped, not a new probe";
+    other.path = "/livez";
+    EXPECT_NE(probe_settings_key(other), k);
+    other = h;
+    other.tls.ca_file = "/etc/other-ca.crt";
+    EXPECT_NE(probe_settings_key(other), k);
+    other = h;
+    other.expect_body = "";
+    EXPECT_NE(probe_settings_key(other), k) << "an empty expected body is not none";
+}
+
 TEST(HealthTracker, PassiveFailureCountsButNeverDecidesTheFirstRound) {
     health_tracker t(2, 2, true);
     auto c = t.record_passive_failure();

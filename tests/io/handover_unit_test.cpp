@@ -2,6 +2,8 @@
 // and every way a frame can be bad, with the descriptors it carried closed.
 #include "apilb/process/handover.hpp"
 
+#include "apilb/process/handover_state.hpp"
+
 #include <gtest/gtest.h>
 
 #include <dirent.h>
@@ -149,10 +151,11 @@ TEST(HandoverFrame, WrongVersionIsRefusedNamingBoth) {
     channel ch;
     const int before = open_fds();
     const std::vector<int> fds = some_fds(1);
-    send_raw(ch.a, encode_frame(frame_type::listener, "data 127.0.0.1:1", protocol_version + 1), fds);
+    // A release of protocol 2 (no state frames) is refused at its first frame.
+    send_raw(ch.a, encode_frame(frame_type::listener, "data 127.0.0.1:1", protocol_version - 1), fds);
     close_all(fds);
     const std::string err = error_of(ch.b, std::chrono::seconds(5));
-    EXPECT_NE(err.find("protocol version 3 from the peer, this side speaks 2"), std::string::npos) << err;
+    EXPECT_NE(err.find("protocol version 2 from the peer, this side speaks 3"), std::string::npos) << err;
     EXPECT_EQ(open_fds(), before);
     EXPECT_THROW(decode_frame(std::string("XLBH") + encode_frame(frame_type::hello, "1 x").substr(4)), handover_error);
 }
@@ -273,6 +276,42 @@ TEST(HandoverSession, BadRecordsAreRefusedSayingWhy) {
 TEST(HandoverFrame, PeerIsThisUser) {
     channel ch;
     EXPECT_EQ(check_peer(ch.a), ::getpid());
+}
+
+TEST(HandoverState, LinesGoAcrossFramesAndComeBackAsTheyWere) {
+    std::vector<state_line> lines;
+    for (int i = 0; i < 3000; ++i) {
+        state_line l{.kind = "backend", .fields = {}};
+        l.add("pool", "p").add("backend", "b" + std::to_string(i)).add("address", "127.0.0.1:6443");
+        l.add("sessions_total", std::uint64_t{18446744073709551615ULL});
+        lines.push_back(std::move(l));
+    }
+    lines.push_back(state_line{.kind = "toolong", .fields = {{"x", std::string(max_state_line_bytes, 'x')}}});
+    std::size_t dropped = 0;
+    const auto payloads = encode_state(lines, &dropped);
+    EXPECT_EQ(dropped, 1u);
+    ASSERT_GT(payloads.size(), 1u) << "3000 lines need more than one 64 KiB frame";
+    std::vector<state_line> back;
+    for (const auto& p : payloads) {
+        EXPECT_LE(p.size() + header_bytes, max_frame_bytes);
+        for (auto& l : parse_state(p)) back.push_back(std::move(l));
+    }
+    ASSERT_EQ(back.size(), 3000u);
+    EXPECT_EQ(back[2999].text("backend"), "b2999");
+    EXPECT_EQ(back[0].number("sessions_total"), 18446744073709551615ULL);
+    EXPECT_EQ(back[0].find("unknown"), nullptr) << "an unknown key is absent, not an error";
+    EXPECT_THROW(back[0].number("pool"), handover_error);
+    EXPECT_THROW(back[0].flag("sessions_total"), handover_error);
+}
+
+TEST(HandoverState, BadPayloadsAreRefusedWithTheReason) {
+    EXPECT_THROW(parse_state("v2\nprocess a=1\n"), handover_error) << "another record version";
+    EXPECT_THROW(parse_state("v1\nprocess a=1"), handover_error) << "no newline";
+    EXPECT_THROW(parse_state("v1\nprocess a\n"), handover_error) << "not key=value";
+    EXPECT_THROW(parse_state("v1\na=1 b=2\n"), handover_error) << "no kind";
+    EXPECT_THROW(parse_state("v1\n\n"), handover_error) << "empty line";
+    EXPECT_THROW(parse_state("v1\nk " + std::string(max_state_line_bytes, 'x') + "=1\n"), handover_error);
+    EXPECT_EQ(parse_state("v1\n").size(), 0u);
 }
 
 }  // namespace

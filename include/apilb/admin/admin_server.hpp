@@ -38,13 +38,16 @@ struct upgrade_outcome {
     std::size_t handed_over = 0;         ///< established sessions the new process took
     std::size_t kept = 0;                ///< sessions with bytes in flight, drained by this one
     std::chrono::milliseconds phase{0};  ///< the session phase (ready to sessions_taken)
+    /// Refused before it started, for what apilb was doing (an upgrade that
+    /// waited for a reload's apply in vain): 409, like a refusal at once.
+    bool conflict = false;
 };
 
 /// What asking for an upgrade came to at once.
 struct upgrade_start {
     std::string refused;    ///< "" = started; else why not (nothing changed)
     bool conflict = false;  ///< refused for what apilb is doing or configured with, not a failure to start
-    int new_pid = 0;        ///< once started
+    int new_pid = 0;        ///< once started; 0 while it waits for a reload's apply to end
 };
 
 /// What the admin server asks of the process. Every function is called on

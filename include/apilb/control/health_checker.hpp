@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <random>
@@ -22,6 +23,24 @@
 namespace apilb {
 
 class probe_setup;
+
+/// One backend's health as an upgrade carries it from the old process to the
+/// new one (docs/upgrade.md, "What carries over"), keyed by pool, backend
+/// name and address; `probe_key` is probe_settings_key() of its pool.
+struct carried_health {
+    std::string pool;
+    std::string backend;
+    std::string address;
+    std::string probe_key;
+    bool settled = false;  ///< an active check had completed
+    bool healthy = true;
+    std::uint32_t streak = 0;  ///< results against the state (towards fall or rise)
+    bool suspect = false;      ///< a client's connect failed; no probe passed since
+    bool admin_drain = false;  ///< drained through the admin endpoint
+    bool pending = false;      ///< discovered, not yet admitted
+    /// ms since its slow-start ramp began (healthy again), -1 = full weight.
+    std::int64_t ramp_ms = -1;
+};
 
 /// Control thread, except report_passive_failure(); adopt(), start() and
 /// stop() check it (APILB_ASSERT_ROLE, apilb/thread_role.hpp).
@@ -45,6 +64,17 @@ public:
     /// first probe here comes within one interval, not at once. `previous`
     /// must be stopped afterwards.
     void adopt(const health_checker& previous);
+
+    /// Every backend's state, for an upgrade's new process. Control thread.
+    std::vector<carried_health> carried() const;
+
+    /// For the first start of an upgrade's new process, before start():
+    /// every backend of `carried` that this config has too (same pool, name
+    /// and address) and probes alike (same probe_settings_key) takes over
+    /// that state, as adopt() does on a reload: no probe at once, so the
+    /// first round does not wait for it. Others start as any start does.
+    /// Returns how many were taken over.
+    std::size_t seed(const std::vector<carried_health>& carried);
 
     /// Logs what is checked (unless `announce` is false: a reload logs its
     /// own summary) and starts the first round at once for every backend

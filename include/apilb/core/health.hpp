@@ -75,6 +75,13 @@ public:
     /// short of it, so the change comes with the next result, not silently.
     health_tracker with_thresholds(std::uint32_t rise, std::uint32_t fall) const;
 
+    /// The state an upgrade's old process judged (docs/upgrade.md, "What
+    /// carries over"): settled, `healthy`, and for a healthy backend its
+    /// failures towards `fall` (kept, at most fall - 1). A backend that was
+    /// unhealthy starts its passes towards `rise` from 0: it comes back only
+    /// on this binary's own `rise` passing probes.
+    static health_tracker restored(std::uint32_t rise, std::uint32_t fall, bool healthy, std::uint32_t streak);
+
     bool healthy() const noexcept { return healthy_; }
     /// True once an active check has completed.
     bool settled() const noexcept { return settled_; }
@@ -89,6 +96,13 @@ private:
     bool settled_ = false;
     std::uint32_t streak_ = 0;
 };
+
+/// What a probe checks and how it judges the answer (type, path, timeout,
+/// status, body, TLS, credentials), as 16 hex digits: two configs with the
+/// same key judge a backend alike, so an upgrade may carry its state over.
+/// rise, fall and interval are not in it (a carried streak is clamped to
+/// the new thresholds, as on a reload).
+std::string probe_settings_key(const health_config& h);
 
 /// The names of the failing checks in kube-apiserver's /readyz?verbose
 /// (or /livez?verbose) output: lines "[-]etcd failed: reason withheld".

@@ -20,7 +20,10 @@ namespace apilb::handover {
 
 /// The protocol both sides must speak; a frame of another version is refused.
 /// 2 added the session frames: a release that speaks 1 cannot take sessions.
-inline constexpr std::uint16_t protocol_version = 2;
+/// 3 added the state frames (health and counters); a release that speaks 2
+/// would refuse them mid-way as an unknown type, so the skew is refused at
+/// the first frame instead, with both versions in the reason.
+inline constexpr std::uint16_t protocol_version = 3;
 /// Magic, version, type, payload length.
 inline constexpr std::size_t header_bytes = 12;
 /// Hard limit of one frame, header included.
@@ -40,6 +43,8 @@ enum class frame_type : std::uint16_t {
     session = 6,         ///< old -> new: a session record, its client and backend sockets
     sessions_end = 7,    ///< old -> new: "<count of session frames>"
     sessions_taken = 8,  ///< new -> old: "<count of session frames received>"
+    state = 9,           ///< old -> new: health and counters, lines of handover_state.hpp
+    state_end = 10,      ///< old -> new: "<count of state frames sent>"
 };
 
 /// The version of the session record inside a `session` frame; a record of

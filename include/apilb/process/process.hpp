@@ -19,6 +19,7 @@
 #include "apilb/control/discovered_backends.hpp"
 #include "apilb/dataplane/snapshot.hpp"
 #include "apilb/process/handover.hpp"
+#include "apilb/process/process_state.hpp"
 
 namespace apilb {
 
@@ -41,6 +42,9 @@ struct inherited_sockets {
     std::string admin_address;  ///< the admin socket's address, if one came
     handover::owned_fds admin;
     int channel = -1;  ///< owned; -1 when not started by an upgrade
+    /// The old process's health view and counters (`state` frames).
+    std::vector<handover::state_line> state;
+    std::size_t state_bad = 0;  ///< state frames or lines that could not be read (skipped)
 };
 
 /// The new process's half of an upgrade, before it builds its process:
@@ -133,6 +137,24 @@ private:
     upgrade_start start_upgrade(std::function<void(const upgrade_outcome&)> done);
     /// Stops an upgrade in flight (kills the new binary) and joins its thread.
     void end_upgrade();
+    /// An upgrade asked for while a reload's workers apply: waits for the
+    /// apply to end (upgrade_reload_wait at most, then refused as a
+    /// conflict through `done`); returns `started` with new_pid 0.
+    /// Control thread (upgrade_wait.cpp).
+    upgrade_start wait_for_reload(std::function<void(const upgrade_outcome&)> done);
+    /// Every reload's apply has ended: starts the upgrade that waited for it.
+    void on_reloads_applied();
+    /// Drops a waiting upgrade (its `done` hears `why`): apilb stops.
+    void cancel_waiting_upgrade(const std::string& why);
+    /// An upgrade runs or waits: reloads are refused meanwhile.
+    bool upgrading() const noexcept { return upgrade_ != nullptr || waiting_upgrade_ != nullptr; }
+    /// The old process's health view and counters, from an upgrade's
+    /// `state` frames: at start (`first`) the health view too, then the
+    /// counters' final values. Control thread (process_state.cpp).
+    void take_carried_state(const std::vector<handover::state_line>& lines, std::size_t bad, bool first);
+    /// The new process's adopt thread, after `sessions_taken`: receives the
+    /// counters' final values (bounded) and posts them to the control thread.
+    void receive_final_state(int channel);
     /// The new process's side: MAINPID= and READY=1 to systemd, `ready` to
     /// the old one, then receive_sessions().
     void report_ready_to_old();
@@ -206,9 +228,18 @@ private:
     /// An upgrade in flight (process_upgrade.cpp); reloads are refused meanwhile.
     struct upgrade_run;
     std::shared_ptr<upgrade_run> upgrade_;
+    /// An upgrade waiting for a reload's apply to end (wait_for_reload()).
+    struct waiting_upgrade {
+        explicit waiting_upgrade(boost::asio::io_context& io) : timer(io) {}
+        boost::asio::steady_timer timer;  ///< upgrade_reload_wait
+        std::function<void(const upgrade_outcome&)> done;
+    };
+    std::unique_ptr<waiting_upgrade> waiting_upgrade_;
+    /// Counters carried from the old process: what each series had from it.
+    carried_counters carried_;
     /// What run() does once an upgrade handed over: stop accepting and drain.
     std::function<void()> upgrade_handed_over_;
-    /// Reloads whose snapshot the workers are still taking; an upgrade waits for none.
+    /// Reloads whose snapshot the workers are still taking; an upgrade waits until none.
     std::size_t reloads_applying_ = 0;
     int handover_channel_ = -1;               ///< the new process's end, until it said ready
     std::thread adopt_thread_;                ///< receive_sessions(); joined by end_session_receive()
