@@ -353,7 +353,7 @@ int main(int argc, char** argv) {
 
     auto* withdraw_cmd = app.add_subcommand(
         "bgp-withdraw",
-        "take the bgp section's VIPs off bgp.interface so FRR stops announcing them (after apilb died)");
+        "take the bgp VIPs (the file's and those apilb marked) off so FRR stops announcing them (after apilb died)");
     withdraw_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
 
     auto* version_cmd = app.add_subcommand("version", "print the version");
