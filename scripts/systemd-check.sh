@@ -308,6 +308,64 @@ result bgp_vty "$(frr_up; echo $?)" "$(metric 'apilb_bgp_frr_up '); ${peer:-no p
 in_ct systemd-analyze security apilb.service >"$log/bgp-security.txt" 2>&1
 bgp_exposure=$(sed -n 's/.*Overall exposure level for apilb.service: \([0-9.]*\).*/\1/p' "$log/bgp-security.txt")
 
+# A crash (or the OOM killer): SIGKILL to the main PID. Nothing of apilb's
+# runs, so the VIP must leave FRR's table through the unit itself
+# (ExecStopPost's bgp-withdraw) before Restart= brings apilb back, which
+# announces again once ready. Times from the kill, polled with vtysh.
+ms_now() { echo $(($(date +%s%N) / 1000000)); }
+# Polls `cmd` (about every 50 ms plus vtysh's own time) until it succeeds or
+# SECS pass; prints the ms since T0 it took, or nothing.
+ms_until() {
+  local t0=$1 secs=$2; shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < end)) || return 1
+    sleep 0.05
+  done
+  echo $(($(ms_now) - t0))
+}
+# bgp-withdraw's line in the journal (each run of the stop hook says it).
+stoppost_said() { in_ct journalctl -u apilb.service -o cat --no-pager | grep -c 'VIP(s) off lo'; }
+said_before=$(stoppost_said)
+pid=$(prop MainPID)
+restarts=$(prop NRestarts)
+t0=$(ms_now)
+ct_kill -KILL "$pid"
+gone_ms=$(ms_until "$t0" 10 rib_lost_vip)
+# Where the unit stood when the route went: stopping (stop-post), waiting to
+# restart (auto-restart) or checking the config (start-pre) means the stop
+# hook withdrew it; "activating/start" would be the next apilb's own start.
+gone_state="$(prop ActiveState)/$(prop SubState) MainPID=$(prop MainPID)"
+vty "show ip bgp $bgp_vip/32" >"$log/bgp-rib-killed.txt"
+announced_again() { [[ $(prop ActiveState) == active ]] && rib_has_vip; }
+back_ms=$(ms_until "$t0" 60 announced_again)
+killed_stoppost=$(($(stoppost_said) - said_before))
+result bgp_sigkill "$([[ -n $gone_ms && $gone_state != active/* &&
+  $gone_state != "activating/start "* && -n $back_ms && $(prop MainPID) != "$pid" &&
+  $(prop NRestarts) -gt $restarts && $killed_stoppost -ge 1 ]]; echo $?)" \
+  "SIGKILL pid $pid: no best path after ${gone_ms:-never (10 s)} ms (unit $gone_state); announced again by pid $(prop MainPID) after ${back_ms:-never (60 s)} ms; NRestarts $restarts -> $(prop NRestarts); bgp-withdraw ran after the kill: $( ((killed_stoppost >= 1)) && echo yes || echo no)"
+
+# The same crash after an edit broke the file (apilb runs on what it read):
+# the stop hook cannot read the VIPs from it, and the restarts fail
+# (check-config), so nothing else would ever take the VIP off. bgp-withdraw
+# finds it by apilb's local route. Then the good file back, and a start.
+cp "$run/etc/apilb/apilb.yaml" "$run/etc/apilb/apilb.yaml.good"
+echo 'listeners: [' >"$run/etc/apilb/apilb.yaml"
+wait_for 30 announced_again
+pid=$(prop MainPID)
+t0=$(ms_now)
+ct_kill -KILL "$pid"
+gone_ms=$(ms_until "$t0" 10 rib_lost_vip)
+lo=$(in_ct ip -brief addr show dev lo)
+said=$(in_ct journalctl -u apilb.service -o cat --no-pager | grep -c "marked VIP $bgp_vip off")
+mv "$run/etc/apilb/apilb.yaml.good" "$run/etc/apilb/apilb.yaml"
+# Its restarts may still be failing on the broken file, or given up.
+in_ct systemctl reset-failed apilb.service >/dev/null 2>&1
+in_ct systemctl restart apilb.service >>"$log/bgp-restart.txt" 2>&1
+back=$(wait_for 60 announced_again && echo yes || echo no)
+result bgp_sigkill_badfile "$([[ -n $gone_ms && $lo != *"$bgp_vip/"* && $said -ge 1 && $back == yes ]]; echo $?)" \
+  "file broken, SIGKILL pid $pid: no best path after ${gone_ms:-never (10 s)} ms; VIP on lo: $([[ $lo == *"$bgp_vip/"* ]] && echo yes || echo no); bgp-withdraw took the marked VIP off: $( ((said >= 1)) && echo yes || echo no); good file back, announced again: $back"
+
 # systemctl stop: the VIP leaves lo first (FRR withdraws it), then apilb
 # drains; ExecStopPost's bgp-withdraw finds nothing left and succeeds.
 pid=$(prop MainPID)

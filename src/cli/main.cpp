@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -138,29 +139,59 @@ int frr_config(const std::string& path, const std::string& output) {
 
 /// Takes every VIP of the bgp section off bgp.interface, so FRR stops
 /// announcing them: systemd's ExecStopPost after apilb died (docs/bgp.md).
+/// Also every address apilb marked as a VIP with its local route, from
+/// whichever interface holds it: the file may have changed since the dead
+/// apilb read it (a VIP edited away, the file broken or gone), and a VIP
+/// left on the interface would be announced with nothing listening until an
+/// apilb with a good file starts, maybe never. Exits 2 after that when the
+/// file is bad, so the unit's status says so.
 /// apilb's local route stays: while the routers converge, a connect that still
 /// arrives is refused at once (no listener) instead of being routed back out,
 /// and a live apilb run by mistake keeps receiving on its VIP listeners.
 int bgp_withdraw(const std::string& path) {
+    int rc = exit_ok;
+    std::size_t taken_off = 0;
     std::shared_ptr<const apilb::config> cfg;
     try {
         cfg = apilb::load_config_guarded(path);
     } catch (const apilb::config_load_error& e) {
-        return print_config_errors(e);
+        rc = print_config_errors(e);
+        std::cerr << "bgp-withdraw: taking off the VIPs apilb marked (its local routes, proto "
+                  << int{apilb::apilb_route_protocol} << ") without the file\n";
     }
-    if (!cfg->bgp) {
-        std::cout << path << ": no bgp section, nothing to withdraw\n";
-        return exit_ok;
-    }
-    const auto& bgp = *cfg->bgp;
-    int rc = exit_ok;
-    for (const auto& v : bgp.vips) {
-        if (auto ec = apilb::set_host_address(bgp.interface, v.ip, v.is_v6, false)) {
-            std::cerr << "error: cannot take VIP " << v.ip << " off " << bgp.interface << ": " << ec.message() << '\n';
-            rc = exit_runtime_error;
+    if (cfg && cfg->bgp) {
+        for (const auto& v : cfg->bgp->vips) {
+            if (auto ec = apilb::set_host_address(cfg->bgp->interface, v.ip, v.is_v6, false)) {
+                std::cerr << "error: cannot take VIP " << v.ip << " off " << cfg->bgp->interface << ": " << ec.message()
+                          << '\n';
+                rc = exit_runtime_error;
+            } else {
+                ++taken_off;
+            }
         }
     }
-    if (rc == exit_ok) std::cout << bgp.vips.size() << " VIP(s) off " << bgp.interface << '\n';
+    std::error_code ec;
+    const auto marked = apilb::marked_vips(ec);
+    if (ec) {
+        std::cerr << "error: cannot read apilb's local routes: " << ec.message() << '\n';
+        if (rc == exit_ok) rc = exit_runtime_error;
+    }
+    for (const auto& m : marked) {
+        const bool in_config = cfg && cfg->bgp &&
+                               std::any_of(cfg->bgp->vips.begin(), cfg->bgp->vips.end(),
+                                           [&](const auto& v) { return v.ip == m.ip; });
+        if (in_config) continue;
+        if (auto e = apilb::remove_host_address_everywhere(m.ip, m.is_v6)) {
+            std::cerr << "error: cannot take marked VIP " << m.ip << " off: " << e.message() << '\n';
+            if (rc == exit_ok) rc = exit_runtime_error;
+        } else {
+            std::cout << "marked VIP " << m.ip << " off every interface\n";
+            ++taken_off;
+        }
+    }
+    if (cfg && !cfg->bgp && marked.empty()) std::cout << path << ": no bgp section, nothing to withdraw\n";
+    if (rc != exit_runtime_error)
+        std::cout << taken_off << " VIP(s) off " << (cfg && cfg->bgp ? cfg->bgp->interface : "the interfaces") << '\n';
     return rc;
 }
 
@@ -318,7 +349,7 @@ int main(int argc, char** argv) {
 
     auto* withdraw_cmd = app.add_subcommand(
         "bgp-withdraw",
-        "take the bgp section's VIPs off bgp.interface so FRR stops announcing them (after apilb died)");
+        "take the bgp VIPs (the file's and those apilb marked) off so FRR stops announcing them (after apilb died)");
     withdraw_cmd->add_option("-c,--config", config_path, "configuration file")->capture_default_str();
 
     auto* version_cmd = app.add_subcommand("version", "print the version");

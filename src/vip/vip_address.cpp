@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <memory>
 
 namespace apilb {
 namespace {
@@ -103,7 +104,84 @@ std::error_code change_address(const std::string& interface, const std::string& 
     return exchange(r.header, {EADDRNOTAVAIL, ENOENT, EEXIST});
 }
 
+/// The destinations of apilb's local routes of one family (AF_INET or
+/// AF_INET6), appended to `out`.
+std::error_code dump_marked(int family, std::vector<host_address>& out) {
+    const int fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) return {errno, std::generic_category()};
+    std::error_code result;
+    request<rtmsg> r{};
+    r.header.nlmsg_len = NLMSG_LENGTH(sizeof(rtmsg));
+    r.header.nlmsg_type = RTM_GETROUTE;
+    r.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    r.header.nlmsg_seq = 2;
+    r.body.rtm_family = static_cast<unsigned char>(family);
+    if (::send(fd, &r, r.header.nlmsg_len, 0) < 0) result = {errno, std::generic_category()};
+    auto buffer = std::make_unique<std::array<char, 32768>>();
+    // Bounded: a host's routing tables in at most 4096 reads of 32 KiB.
+    bool done = static_cast<bool>(result);
+    for (int reads = 0; !done && reads < 4096; ++reads) {
+        pollfd p{fd, POLLIN, 0};
+        const ssize_t n = ::poll(&p, 1, 1000) == 1 ? ::recv(fd, buffer->data(), buffer->size(), 0) : -1;
+        if (n <= 0) {
+            result = std::make_error_code(std::errc::timed_out);
+            break;
+        }
+        int left = static_cast<int>(n);
+        for (auto* h = reinterpret_cast<nlmsghdr*>(buffer->data()); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+            if (h->nlmsg_type == NLMSG_DONE) {
+                done = true;
+                break;
+            }
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                const int err = -reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(h))->error;
+                result = {err == 0 ? EPROTO : err, std::generic_category()};
+                done = true;
+                break;
+            }
+            if (h->nlmsg_type != RTM_NEWROUTE) continue;
+            const auto* route = reinterpret_cast<const rtmsg*>(NLMSG_DATA(h));
+            if (route->rtm_protocol != apilb_route_protocol || route->rtm_type != RTN_LOCAL) continue;
+            unsigned table = route->rtm_table;
+            const void* dst = nullptr;
+            int attributes_left = static_cast<int>(RTM_PAYLOAD(h));
+            for (auto* a = RTM_RTA(route); RTA_OK(a, attributes_left); a = RTA_NEXT(a, attributes_left)) {
+                if (a->rta_type == RTA_TABLE) table = *reinterpret_cast<const std::uint32_t*>(RTA_DATA(a));
+                if (a->rta_type == RTA_DST) dst = RTA_DATA(a);
+            }
+            std::array<char, INET6_ADDRSTRLEN> text{};
+            if (table != RT_TABLE_LOCAL || dst == nullptr ||
+                ::inet_ntop(route->rtm_family, dst, text.data(), text.size()) == nullptr)
+                continue;
+            out.push_back({.ip = text.data(), .is_v6 = route->rtm_family == AF_INET6});
+        }
+    }
+    if (!done && !result) result = std::make_error_code(std::errc::value_too_large);
+    ::close(fd);
+    return result;
+}
+
 }  // namespace
+
+std::vector<host_address> marked_vips(std::error_code& ec) {
+    std::vector<host_address> out;
+    ec = dump_marked(AF_INET, out);
+    if (!ec) ec = dump_marked(AF_INET6, out);
+    return out;
+}
+
+std::error_code remove_host_address_everywhere(const std::string& ip, bool is_v6) {
+    std::unique_ptr<struct if_nameindex, decltype(&::if_freenameindex)> interfaces(::if_nameindex(),
+                                                                                   &::if_freenameindex);
+    if (!interfaces) return {errno, std::generic_category()};
+    std::error_code first;
+    for (const struct if_nameindex* i = interfaces.get(); i->if_index != 0; ++i) {
+        auto ec = set_host_address(i->if_name, ip, is_v6, false);
+        // An interface that went away since the listing holds nothing.
+        if (ec && ec != std::errc::no_such_device && !first) first = ec;
+    }
+    return first;
+}
 
 std::error_code remove_vip(const std::string& interface, const vrrp_vip& vip) {
     return change_address(interface, vip.ip, vip.is_v6, vip.prefix, false);

@@ -16,7 +16,8 @@
 // keeps answering for withdraw_wait before it drains; the apilb_bgp_* metrics
 // say all of it, with the peer's session state read from FRR. An apilb
 // killed alone leaves the route announced until `apilb bgp-withdraw` (the
-// unit's ExecStopPost) takes the VIP off. Needs root;
+// unit's ExecStopPost) takes the VIP off, even when the file has been broken
+// since (the VIP found by apilb's local route). Needs root;
 // skips with the reason without it or without FRR.
 #include <gtest/gtest.h>
 
@@ -398,6 +399,38 @@ TEST_F(BgpPeering, KilledApilbLeavesTheRouteUntilBgpWithdrawTakesItAway) {
     // Already off: success again (ExecStopPost after a clean stop).
     auto again = run_command(in_node({"bgp-withdraw", "--config", dir_.file("apilb.yaml")}));
     EXPECT_EQ(again.exit_code, 0) << again.output;
+    EXPECT_EQ(router_->exited(), "");
+    EXPECT_EQ(node_->exited(), "");
+}
+
+/// issue 20: the file changed after apilb read it (here broken by an edit),
+/// then apilb was killed: `bgp-withdraw` cannot read its VIPs from the file,
+/// yet must take the VIP off (found by apilb's local route), or the node is
+/// announced with nothing listening until an apilb with a good file starts.
+TEST_F(BgpPeering, BgpWithdrawTakesTheVipOffEvenWhenTheFileIsBroken) {
+    std::unique_ptr<tcp_server> backend;
+    in_netns(segment_->ns("n1"), [&] { backend = std::make_unique<tcp_server>("0.0.0.0", echo_handler()); });
+    segment_->ip("n1", {"addr", "add", std::string(backend_ip) + "/32", "dev", "lo"});
+    const std::uint16_t port = free_port();
+    write_node_yaml(dir_, port, backend->port(), "", "");
+    ASSERT_NO_FATAL_FAILURE(start_frr_for_apilb_yaml());
+    process apilb(in_node({"run", "--config", dir_.file("apilb.yaml")}), dir_.file("apilb.log"));
+    auto diagnose = [&] { return diagnosis(apilb); };
+    ASSERT_TRUE(wait_until([&] { return settled_on_only_vip(); }, 60s)) << diagnose();
+
+    apilb.signal(SIGKILL);
+    ASSERT_TRUE(apilb.wait(10s).has_value()) << "apilb outlived SIGKILL";
+    dir_.write("apilb.yaml", "listeners: [\n");
+    auto withdrawn = run_command(in_node({"bgp-withdraw", "--config", dir_.file("apilb.yaml")}));
+    // 2: the file is bad, and the unit's status should say so; the VIP goes all the same.
+    EXPECT_EQ(withdrawn.exit_code, 2) << withdrawn.output;
+    EXPECT_NE(withdrawn.output.find("apilb.yaml"), std::string::npos) << withdrawn.output;
+    EXPECT_NE(withdrawn.output.find(std::string("marked VIP ") + vip + " off"), std::string::npos) << withdrawn.output;
+    ASSERT_TRUE(wait_until([&] { return bgp_routes("r").empty(); }, 30s)) << withdrawn.output << diagnose();
+    auto addresses = run_command({ip_bin_, "-n", segment_->ns("n1"), "addr", "show", "dev", "lo"});
+    EXPECT_EQ(addresses.output.find(std::string(vip) + "/32"), std::string::npos) << addresses.output;
+    // Not a VIP (no local route of apilb's): left alone.
+    EXPECT_NE(addresses.output.find(std::string(other_local) + "/32"), std::string::npos) << addresses.output;
     EXPECT_EQ(router_->exited(), "");
     EXPECT_EQ(node_->exited(), "");
 }

@@ -105,7 +105,8 @@ pools:
 
 /// bgp-withdraw (the unit's ExecStopPost) loads the file as check-config
 /// does: without a bgp section there is nothing to take off, and a bad file
-/// is refused with its errors, touching nothing.
+/// is reported with its errors (exit 2); only the VIPs apilb marked with
+/// its local routes (none on this host) are taken off then (bgp_test).
 TEST(Cli, BgpWithdrawWithoutBgpSectionHasNothingToDoAndRefusesABadFile) {
     temp_dir dir;
     dir.write("plain.yaml", R"(listeners:

@@ -8,6 +8,7 @@
 
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include "apilb/core/config.hpp"
 
@@ -30,5 +31,22 @@ std::error_code set_host_address(const std::string& interface, const std::string
 /// Adding replaces the kernel's own route for an address already there;
 /// deleting removes only apilb's. Either is success when already done.
 std::error_code set_local_route(const std::string& ip, bool is_v6, bool add);
+
+/// A host address (/32 or /128) found in the kernel.
+struct host_address {
+    std::string ip;
+    bool is_v6 = false;
+};
+
+/// The addresses apilb marked as its BGP VIPs: the destinations of its
+/// local routes (table local, proto 249), which a killed apilb leaves behind.
+/// What `apilb bgp-withdraw` takes off when the config no longer says them
+/// (edited, broken or gone since). One dump per family, each read bounded
+/// by 1 s waits and a count; `ec` says why it could not be read.
+std::vector<host_address> marked_vips(std::error_code& ec);
+
+/// Deletes host address `ip` from every interface that has it; success
+/// when none has it.
+std::error_code remove_host_address_everywhere(const std::string& ip, bool is_v6);
 
 }  // namespace apilb
