@@ -155,7 +155,7 @@ void worker::hand_over_sessions(
         if (!stopping_) {
             quiesce_phase_ = phase;
             const auto now = std::chrono::steady_clock::now();
-            const auto until = now + quiesce_limit;
+            const auto until = now + ctx_.snap().cfg->timeouts.upgrade_quiesce;
             bool started = false;
             for (auto& s : ctx_.sessions) {
                 if (out.size() >= max) break;

@@ -74,7 +74,7 @@ public:
     /// relaying sessions are still quiescing (busy) and how many the phase
     /// keeps here. A session with bytes in flight is quiesced (it stops
     /// reading, what it read goes out) and taken by a later pass once
-    /// quiet; one that cannot write it out within quiesce_limit reads again
+    /// quiet; one that cannot write it out within timeouts.upgrade_quiesce reads again
     /// and is kept. One short pass through the session list: the worker's
     /// loop runs between passes, and a poll_timer, not the passes, ends a
     /// quiesce. Any thread.
@@ -83,9 +83,6 @@ public:
     /// The session phase is over (its sessions sent, or it failed): every
     /// session still quiesced reads again at once. Any thread.
     void end_session_phase();
-    /// How long a busy session may take to write out what it read before an
-    /// upgrade gives up on it (it then stays, counted as kept).
-    static constexpr std::chrono::seconds quiesce_limit{1};
     /// Relays a session handed over by another process on the worker thread
     /// (adopt_session); a record this config cannot place resets both sockets
     /// and counts in sessions_refused_total. Takes both descriptors. Any thread.
@@ -179,7 +176,7 @@ private:
     /// times per period.
     void sweep_tick() noexcept;
     static void on_sweep_timer(void* self, const boost::system::error_code& ec);
-    /// Quiesced sessions read again: all, or those whose quiesce_limit has
+    /// Quiesced sessions read again: all, or those whose upgrade_quiesce has
     /// passed (kept for quiesce_phase_); then waits for the next one due.
     void end_quiesces(bool all) noexcept;
     static void on_quiesce_timer(void* self, const boost::system::error_code& ec);
