@@ -341,37 +341,14 @@ TEST(UpgradeQuiesce, LongerLimitLetsASlowDestinationFinishAndMove) {
                                          "timeouts: {drain: 3s, upgrade_quiesce: 4s}\n"),
                       "127.0.0.1", port);
     const std::string payload = random_bytes(16u << 20, 77);
-    client c;
-    c.set_timeout(60s);
-    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
-    std::atomic<std::size_t> sent{0};
-    std::thread writer([&] {
-        for (std::size_t at = 0; at < payload.size(); at += 65536) {
-            const std::size_t len = std::min<std::size_t>(65536, payload.size() - at);
-            if (!c.send_all(payload.data() + at, len)) return;
-            sent += len;
-        }
-        c.shutdown_write();
-    });
+    stalling_upload upload(port, payload);
     struct release_at_exit {
         std::atomic<bool>& r;
-        std::thread& w;
-        ~release_at_exit() {
-            r = true;
-            if (w.joinable()) w.join();
-        }
-    } unblock{release, writer};
-    // Stalled: the client's sends have made no progress for a while.
-    std::size_t last = 0;
-    ASSERT_TRUE(wait_until(
-        [&] {
-            const std::size_t now = sent.load();
-            const bool still = now > 0 && now == last;
-            last = now;
-            return still;
-        },
-        30s, 300ms));
-    ASSERT_LT(sent.load(), payload.size()) << "the backend's buffers took all of it";
+        ~release_at_exit() { r = true; }
+    } unblock{release};  // destroyed before `upload`, whose sends then end
+    ASSERT_TRUE(upload.connected());
+    ASSERT_TRUE(upload.wait_stalled());
+    ASSERT_LT(upload.sent(), payload.size()) << "the backend's buffers took all of it";
     old.proc().signal(SIGUSR2);
     ASSERT_TRUE(old.wait_for_log("upgrade: ready sent to the old process", 60s)) << old.log();
     // The scenario, not a wait for a condition: the destination is slow.
@@ -384,9 +361,9 @@ TEST(UpgradeQuiesce, LongerLimitLetsASlowDestinationFinishAndMove) {
     EXPECT_EQ(up.handed, 1) << up.log;
     EXPECT_EQ(up.kept, 0) << up.log;
     EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
-    writer.join();
+    upload.join();
     int end_errno = -1;
-    const std::string answer = c.recv_until_eof(end_errno);
+    const std::string answer = upload.conn().recv_until_eof(end_errno);
     EXPECT_EQ(end_errno, 0) << "the session did not end with a clean FIN";
     EXPECT_EQ(answer, fmt::format("{:016x}", fnv1a(payload.data(), payload.size()))) << "bytes lost or doubled";
     end_by_pid(up.new_pid);

@@ -203,6 +203,56 @@ inline std::vector<client> open_idle_sessions(std::uint16_t port, int n) {
     return out;
 }
 
+/// One client sending `payload` to 127.0.0.1:`port` in 64 KiB pieces, then
+/// its FIN, on its own thread: to a destination that stops reading, so
+/// that apilb holds bytes it cannot write out. Joined at the latest when
+/// destroyed (a send gives up after 60 s).
+class stalling_upload {
+public:
+    stalling_upload(std::uint16_t port, const std::string& payload) : payload_(payload) {
+        client_.set_timeout(60s);
+        if (client_.connect("127.0.0.1", port) != 0) return;
+        connected_ = true;
+        writer_ = std::thread([this] {
+            for (std::size_t at = 0; at < payload_.size(); at += 65536) {
+                const std::size_t len = std::min<std::size_t>(65536, payload_.size() - at);
+                if (!client_.send_all(payload_.data() + at, len)) return;
+                sent_ += len;
+            }
+            client_.shutdown_write();
+        });
+    }
+    ~stalling_upload() { join(); }
+    bool connected() const { return connected_; }
+    /// Bytes sent so far.
+    std::size_t sent() const { return sent_; }
+    /// Waits (at most 30 s) until the sends have made no progress for a while.
+    bool wait_stalled() {
+        std::size_t last = 0;
+        return wait_until(
+            [&] {
+                const std::size_t now = sent_.load();
+                const bool still = now > 0 && now == last;
+                last = now;
+                return still;
+            },
+            30s, 300ms);
+    }
+    /// Waits for the last byte and the FIN to be sent.
+    void join() {
+        if (writer_.joinable()) writer_.join();
+    }
+    /// The connection, to read the answer from once joined.
+    client& conn() { return client_; }
+
+private:
+    const std::string& payload_;
+    client client_;
+    bool connected_ = false;
+    std::atomic<std::size_t> sent_{0};
+    std::thread writer_;
+};
+
 /// Every idle session still relays, in both directions: a line and its echo.
 inline void expect_idle_sessions_relay(std::vector<client>& sessions, const std::string& what) {
     int failed = 0;
