@@ -128,8 +128,8 @@ constexpr std::array<std::string_view, 5> storm_control_keys{"new_per_second", "
 constexpr std::array<std::string_view, 3> rebalance_keys{"enabled", "max_closes_per_second", "tolerance"};
 constexpr std::array<std::string_view, 2> maglev_keys{"table_size", "key"};
 constexpr std::array<std::string_view, 4> backend_keys{"name", "address", "weight", "drain"};
-constexpr std::array<std::string_view, 6> timeout_keys{"connect", "idle",        "drain",
-                                                     "reload_drain", "write_stall", "upgrade_quiesce"};
+constexpr std::array<std::string_view, 6> timeout_keys{"connect",      "idle",        "drain",
+                                                       "reload_drain", "write_stall", "upgrade_quiesce"};
 constexpr std::array<std::string_view, 7> tcp_keys{
     "nodelay", "keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count", "user_timeout", "socket_buffer"};
 constexpr std::array<std::string_view, 2> limit_keys{"max_connections", "per_backend"};

@@ -148,8 +148,7 @@ void worker::share_listeners(std::function<void(std::vector<shared_listener>)> d
 
 void worker::hand_over_sessions(
     std::size_t max, std::uint64_t phase,
-    std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept, std::size_t connecting)>
-        done) {
+    std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept, std::size_t connecting)> done) {
     asio::post(io_, [this, max, phase, done = std::move(done)] {
         std::vector<handed_session> out;
         std::size_t busy = 0, kept = 0, connecting = 0;
@@ -336,7 +335,7 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
             if (it == next->listeners.end()) {
                 // Removed: stop accepting. Its open sessions go on.
                 slot->listener.close();
-                slot->pause_timer.cancel();  // its loop then ends
+                slot->pause_timer.cancel();              // its loop then ends
                 if (slot->held) slot->loop_done = true;  // it has none
                 continue;
             }

@@ -141,16 +141,16 @@ pass_result take_sessions(worker& w, std::uint64_t phase, clock_type::time_point
     };
     auto state = std::make_shared<shared>();
     auto future = state->result.get_future();
-    w.hand_over_sessions(sessions_per_pass, phase,
-                         [state, &w](std::vector<handed_session> got, std::size_t busy, std::size_t kept,
-                                     std::size_t connecting) {
-                             std::lock_guard lock(state->m);
-                             if (state->abandoned) {
-                                 for (auto& h : got) w.adopt_session(std::move(h.record), h.client_fd, h.backend_fd);
-                                 return;
-                             }
-                             state->result.set_value({std::move(got), busy, kept, connecting});
-                         });
+    w.hand_over_sessions(
+        sessions_per_pass, phase,
+        [state, &w](std::vector<handed_session> got, std::size_t busy, std::size_t kept, std::size_t connecting) {
+            std::lock_guard lock(state->m);
+            if (state->abandoned) {
+                for (auto& h : got) w.adopt_session(std::move(h.record), h.client_fd, h.backend_fd);
+                return;
+            }
+            state->result.set_value({std::move(got), busy, kept, connecting});
+        });
     if (future.wait_until(deadline) != std::future_status::ready) {
         std::lock_guard lock(state->m);
         if (future.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
@@ -253,7 +253,8 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
         // moment to go out, their connects a moment to finish.
         if (got == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    if (connecting > 0) spdlog::warn("upgrade: {} session(s) still connecting at the phase's end stay here", connecting);
+    if (connecting > 0)
+        spdlog::warn("upgrade: {} session(s) still connecting at the phase's end stay here", connecting);
     if (const auto delay = sessions_end_delay(); delay.count() > 0) std::this_thread::sleep_for(delay);
     handover::send_frame(channel, frame_type::sessions_end, std::to_string(sent.size()), {}, deadline);
     const handover::frame taken = handover::receive_frame(channel, deadline);

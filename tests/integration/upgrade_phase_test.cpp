@@ -254,8 +254,7 @@ TEST_F(UpgradePhaseTest, SessionsStillConnectingFinishFirstThenMove) {
     const upgrade_outcome up = wait_for_handover(old);
     ASSERT_NE(up.new_pid, 0) << old.log();
     end_at_exit guard{{up.new_pid}};
-    std::cout << "[ MEASURED ] session phase with " << n << " session(s) still connecting: " << up.phase_ms
-              << " ms\n";
+    std::cout << "[ MEASURED ] session phase with " << n << " session(s) still connecting: " << up.phase_ms << " ms\n";
     EXPECT_GE(up.handed, n) << up.log;
     EXPECT_EQ(up.kept, 0) << up.log;
     EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
@@ -336,10 +335,10 @@ TEST(UpgradeQuiesce, LongerLimitLetsASlowDestinationFinishAndMove) {
     tcp_server backend{"127.0.0.1", slow_destination(release)};
     temp_dir dir;
     const std::uint16_t port = free_port();
-    apilb_process old(dir,
-                      single_pool_config(port, {backend.address()}, "round-robin", 2,
-                                         "timeouts: {drain: 3s, upgrade_quiesce: 4s}\n"),
-                      "127.0.0.1", port);
+    apilb_process old(
+        dir,
+        single_pool_config(port, {backend.address()}, "round-robin", 2, "timeouts: {drain: 3s, upgrade_quiesce: 4s}\n"),
+        "127.0.0.1", port);
     const std::string payload = random_bytes(16u << 20, 77);
     stalling_upload upload(port, payload);
     struct release_at_exit {

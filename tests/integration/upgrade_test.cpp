@@ -152,8 +152,8 @@ TEST(UpgradeRefused, WithABgpSectionApilbSaysWhyAndServesOn) {
     ASSERT_TRUE(echo(held, "before\n")) << apilb.log();
 
     in_netns(ns, [&] {
-        const http_answer r =
-            http_exchange(admin, "POST", "/api/v1/upgrade?wait=1", "Authorization: Bearer s3cret-token\r\n");
+        const http_answer r = http_exchange(admin, "POST", "/api/v1/upgrade?wait=1",
+                                            "Authorization: Bearer s3cret-token\r\n");
         EXPECT_EQ(r.status, 409) << r.body;
         EXPECT_NE(r.body.find("upgrade refused: the config has a bgp section"), std::string::npos) << r.body;
     });

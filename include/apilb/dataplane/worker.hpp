@@ -80,10 +80,10 @@ public:
     /// kept. One short pass through the session list: the worker's loop
     /// runs between passes, and a poll_timer, not the passes, ends a
     /// quiesce. Any thread.
-    void hand_over_sessions(std::size_t max, std::uint64_t phase,
-                            std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept,
-                                               std::size_t connecting)>
-                                done);
+    void hand_over_sessions(
+        std::size_t max, std::uint64_t phase,
+        std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept, std::size_t connecting)>
+            done);
     /// The session phase is over (its sessions sent, or it failed): every
     /// session still quiesced reads again at once. Any thread.
     void end_session_phase();
