@@ -135,7 +135,8 @@ config_diff diff_configs(const config& running, const config& next) {
     }
     const auto& rt = running.timeouts;
     const auto& nt = next.timeouts;
-    if (std::tie(rt.connect, rt.drain, rt.reload_drain) != std::tie(nt.connect, nt.drain, nt.reload_drain)) {
+    if (std::tie(rt.connect, rt.drain, rt.reload_drain, rt.upgrade_quiesce) !=
+        std::tie(nt.connect, nt.drain, nt.reload_drain, nt.upgrade_quiesce)) {
         d.settings_changed.push_back("timeouts");
     }
     if (!(running.tcp == next.tcp)) d.settings_changed.push_back("tcp");

@@ -128,7 +128,8 @@ constexpr std::array<std::string_view, 5> storm_control_keys{"new_per_second", "
 constexpr std::array<std::string_view, 3> rebalance_keys{"enabled", "max_closes_per_second", "tolerance"};
 constexpr std::array<std::string_view, 2> maglev_keys{"table_size", "key"};
 constexpr std::array<std::string_view, 4> backend_keys{"name", "address", "weight", "drain"};
-constexpr std::array<std::string_view, 5> timeout_keys{"connect", "idle", "drain", "reload_drain", "write_stall"};
+constexpr std::array<std::string_view, 6> timeout_keys{"connect",      "idle",        "drain",
+                                                       "reload_drain", "write_stall", "upgrade_quiesce"};
 constexpr std::array<std::string_view, 7> tcp_keys{
     "nodelay", "keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count", "user_timeout", "socket_buffer"};
 constexpr std::array<std::string_view, 2> limit_keys{"max_connections", "per_backend"};
@@ -563,6 +564,13 @@ void loader::read_sections(const mapping& top) {
             read_duration(*m, "write_stall",
                           {.min = 1s, .max = 24h, .zero_allowed = true, .range = "0 (disabled) or 1s..24h"},
                           c.timeouts.write_stall);
+            // Below the session phase's 5 s, so that a quiesce given up on
+            // ends (its session reads again) while the phase still runs; a
+            // quiesce stops the session's reads, so a watch's events wait
+            // that long at most. At least 10ms: a few of the phase's 5ms
+            // passes.
+            read_duration(*m, "upgrade_quiesce", {.min = 10ms, .max = 4s, .range = "10ms..4s"},
+                          c.timeouts.upgrade_quiesce);
         }
     }
     if (const field* f = top.find("tcp")) {

@@ -148,18 +148,26 @@ void worker::share_listeners(std::function<void(std::vector<shared_listener>)> d
 
 void worker::hand_over_sessions(
     std::size_t max, std::uint64_t phase,
-    std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept)> done) {
+    std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept, std::size_t connecting)> done) {
     asio::post(io_, [this, max, phase, done = std::move(done)] {
         std::vector<handed_session> out;
-        std::size_t busy = 0, kept = 0;
+        std::size_t busy = 0, kept = 0, connecting = 0;
         if (!stopping_) {
             quiesce_phase_ = phase;
             const auto now = std::chrono::steady_clock::now();
-            const auto until = now + quiesce_limit;
+            const auto until = now + ctx_.snap().cfg->timeouts.upgrade_quiesce;
             bool started = false;
             for (auto& s : ctx_.sessions) {
                 if (out.size() >= max) break;
-                if (!s.relaying || s.aborted()) continue;
+                if (s.aborted()) continue;
+                if (!s.relaying) {
+                    // At the gate, connecting or retrying: its own events
+                    // and its connect deadline end that; once established a
+                    // later pass takes it, and a connect that fails goes on
+                    // here as always (the next backend, or a reset).
+                    ++connecting;
+                    continue;
+                }
                 if (s.kept_in_phase == phase) {
                     ++kept;
                     continue;
@@ -186,12 +194,39 @@ void worker::hand_over_sessions(
                 quiesce_timer_.wait_until(until, &worker::on_quiesce_timer, this);
             }
         }
-        done(std::move(out), busy, kept);
+        done(std::move(out), busy, kept, connecting);
     });
 }
 
 void worker::end_session_phase() {
     asio::post(io_, [this] { end_quiesces(true); });
+}
+
+void worker::hold_accepting() {
+    asio::post(io_, [this] {
+        accepting_held_ = true;
+        // The loops end in on_accept_wait (cancelled, held): no accept4
+        // runs from here, so every client the kernel queues from now on is
+        // the new process's, which holds the same sockets (or, on a socket
+        // only it bound, its own queue).
+        for (auto& slot : acceptors_) {
+            slot->listener.cancel();
+            slot->pause_timer.cancel();
+        }
+    });
+}
+
+void worker::resume_accepting() {
+    asio::post(io_, [this] {
+        accepting_held_ = false;
+        // Only the loops that stopped: one whose cancelled wait has not
+        // completed yet goes on by itself, unheld.
+        for (auto& slot : acceptors_) {
+            if (!slot->held) continue;
+            slot->held = false;
+            accept_turn(*slot);
+        }
+    });
 }
 
 void worker::end_quiesces(bool all) noexcept {
@@ -280,6 +315,7 @@ void worker::accept_turn(acceptor_slot& slot) noexcept {
     case accept_next::listener: return slot.listener.wait(poll_socket::wait_type::read, &worker::on_accept_wait, &slot);
     case accept_next::pause: return slot.pause_timer.wait_until(until, &worker::on_accept_wait, &slot);
     case accept_next::done: slot.loop_done = true; return;
+    case accept_next::held: slot.held = true; return;
     }
 }
 
@@ -299,7 +335,8 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
             if (it == next->listeners.end()) {
                 // Removed: stop accepting. Its open sessions go on.
                 slot->listener.close();
-                slot->pause_timer.cancel();  // its loop then ends
+                slot->pause_timer.cancel();              // its loop then ends
+                if (slot->held) slot->loop_done = true;  // it has none
                 continue;
             }
             slot->listener_index = static_cast<std::size_t>(it - next->listeners.begin());
@@ -379,6 +416,7 @@ worker::accept_next worker::accept_some(acceptor_slot& slot, std::chrono::steady
     int taken = 0;  // accepted in this turn
     for (;;) {
         if (!slot.listener.is_open()) return accept_next::done;
+        if (accepting_held_) return accept_next::held;
         if (const auto now = std::chrono::steady_clock::now(); now < ctx_.accept_paused_until) {
             // Out of descriptors: leave new clients in the listen backlog
             // until sessions that end have freed some, instead of spinning.

@@ -117,15 +117,17 @@ pid_t spawn_new_binary(const std::string& binary, const std::string& config_path
 /// worker's other sessions.
 constexpr std::size_t sessions_per_pass = 256;
 /// How long the session phase goes on taking sessions that had bytes in
-/// flight at an earlier pass; those still busy then stay here (kept).
+/// flight, or were still connecting, at an earlier pass; those still busy
+/// or connecting then stay here (kept).
 constexpr std::chrono::seconds session_phase_limit{5};
 
 /// What one worker's pass gave: its quiet sessions, how many it is still
-/// quiescing, how many it keeps.
+/// quiescing, how many it keeps, how many are still connecting.
 struct pass_result {
     std::vector<handed_session> sessions;
     std::size_t busy = 0;
     std::size_t kept = 0;
+    std::size_t connecting = 0;
 };
 
 /// One worker's pass (worker::hand_over_sessions), waited for until
@@ -139,15 +141,16 @@ pass_result take_sessions(worker& w, std::uint64_t phase, clock_type::time_point
     };
     auto state = std::make_shared<shared>();
     auto future = state->result.get_future();
-    w.hand_over_sessions(sessions_per_pass, phase,
-                         [state, &w](std::vector<handed_session> got, std::size_t busy, std::size_t kept) {
-                             std::lock_guard lock(state->m);
-                             if (state->abandoned) {
-                                 for (auto& h : got) w.adopt_session(std::move(h.record), h.client_fd, h.backend_fd);
-                                 return;
-                             }
-                             state->result.set_value({std::move(got), busy, kept});
-                         });
+    w.hand_over_sessions(
+        sessions_per_pass, phase,
+        [state, &w](std::vector<handed_session> got, std::size_t busy, std::size_t kept, std::size_t connecting) {
+            std::lock_guard lock(state->m);
+            if (state->abandoned) {
+                for (auto& h : got) w.adopt_session(std::move(h.record), h.client_fd, h.backend_fd);
+                return;
+            }
+            state->result.set_value({std::move(got), busy, kept, connecting});
+        });
     if (future.wait_until(deadline) != std::future_status::ready) {
         std::lock_guard lock(state->m);
         if (future.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
@@ -169,10 +172,37 @@ std::size_t failing_send_at() {
     return 0;
 }
 
+/// At `ready`: every worker stops taking clients from its listening
+/// sockets and keeps them open (worker::hold_accepting); the new process
+/// serves their queues, and the session phase's list only shrinks.
+void hold_accepting(const std::vector<worker*>& workers) {
+    for (worker* w : workers) w->hold_accepting();
+}
+
+/// A rollback after `ready`: every worker accepts again at once; what the
+/// kernel queued meanwhile on the shared sockets waits there for it.
+void resume_accepting(const std::vector<worker*>& workers) {
+    for (worker* w : workers) w->resume_accepting();
+}
+
+/// For tests only (APILB_UPGRADE_TEST_SESSIONS_END_DELAY_MS, at most 5 s):
+/// how long the old process waits between its last pass and sessions_end,
+/// as a loaded machine might; a client it accepted meanwhile would stay.
+std::chrono::milliseconds sessions_end_delay() {
+    if (const char* v = std::getenv("APILB_UPGRADE_TEST_SESSIONS_END_DELAY_MS")) {
+        try {
+            const int ms = handover::parse_number(v, "APILB_UPGRADE_TEST_SESSIONS_END_DELAY_MS");
+            return std::chrono::milliseconds(std::min(ms, 5000));
+        } catch (const handover_error&) {}
+    }
+    return std::chrono::milliseconds(0);
+}
+
 /// The old side's session phase (docs/upgrade.md "Sessions"): passes over
 /// the workers, each handing over its quiet sessions (and quiescing its busy
 /// ones for a later pass), sent one frame each, until a pass finds none
-/// quiescing or session_phase_limit; then sessions_end and the new
+/// quiescing and none connecting (the workers accept no more: held at
+/// `ready`), or session_phase_limit; then sessions_end and the new
 /// process's count of what it took. Until that count has come, every
 /// session sent is still in `sent` (its descriptors open here); on success
 /// they are closed (the new process holds the sockets now) and the number
@@ -191,17 +221,19 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
     const auto phase = static_cast<std::uint64_t>(started.time_since_epoch().count());
     const auto phase_end = std::min(deadline, started + session_phase_limit);
     const std::size_t fail_at = failing_send_at();
-    std::size_t busy = 0, kept = 0;
+    std::size_t busy = 0, kept = 0, connecting = 0;
     for (;;) {
         std::size_t got = 0;
         bool full = false;
         busy = 0;
         kept = 0;
+        connecting = 0;
         for (worker* w : workers) {
             pass_result pass = take_sessions(*w, phase, deadline);
             full = full || pass.sessions.size() >= sessions_per_pass;
             busy += pass.busy;
             kept += pass.kept;
+            connecting += pass.connecting;
             got += pass.sessions.size();
             // The whole batch is out of its worker now: every session of it
             // goes into `sent` before the first frame, so that a send that
@@ -216,10 +248,14 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
                                      deadline);
             }
         }
-        if ((!full && busy == 0) || clock_type::now() >= phase_end) break;
-        // Only quiescing sessions left: give their bytes a moment to go out.
+        if ((!full && busy == 0 && connecting == 0) || clock_type::now() >= phase_end) break;
+        // Only quiescing or connecting sessions left: give their bytes a
+        // moment to go out, their connects a moment to finish.
         if (got == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+    if (connecting > 0)
+        spdlog::warn("upgrade: {} session(s) still connecting at the phase's end stay here", connecting);
+    if (const auto delay = sessions_end_delay(); delay.count() > 0) std::this_thread::sleep_for(delay);
     handover::send_frame(channel, frame_type::sessions_end, std::to_string(sent.size()), {}, deadline);
     const handover::frame taken = handover::receive_frame(channel, deadline);
     if (taken.type == frame_type::abort) throw handover_error("the new binary aborted: " + taken.payload);
@@ -233,7 +269,7 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
         ::close(h.client_fd);
         ::close(h.backend_fd);
     }
-    return kept + busy;  // those still quiescing read again here
+    return kept + busy + connecting;  // those still quiescing read again here
 }
 
 /// The count an `*_end` frame `f` says (the frames of `what` the old process
@@ -341,6 +377,7 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
         std::string failure;
         std::vector<handed_session> sent;  // the session phase's, still open here until taken
         std::size_t kept = 0;
+        bool held = false;  // the workers hold their accepts (from `ready`)
         auto phase_started = clock_type::now();
         try {
             handover::frame hello;
@@ -394,6 +431,10 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
             if (ready.type == frame_type::abort) throw handover_error("the new binary aborted: " + ready.payload);
             if (ready.type != frame_type::ready) throw handover_error("expected ready");
             handover::parse_number(ready.payload, "ready pid");
+            // The new process serves the same sockets: from here every
+            // client is its own, and this process's list only shrinks.
+            hold_accepting(workers);
+            held = true;
             phase_started = clock_type::now();
             kept = send_sessions(run->channel, workers, sent, deadline);
         } catch (const std::exception& e) {
@@ -402,6 +443,7 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
         const auto phase_ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - phase_started);
         if (!failure.empty()) {
             failure += " (" + reap(run->pid, true) + ")";
+            if (held) resume_accepting(workers);
             // The new process is dead: the sessions sent to it are ours again.
             for (std::size_t i = 0; i < sent.size(); ++i) {
                 workers[i % workers.size()]->adopt_session(std::move(sent[i].record), sent[i].client_fd,

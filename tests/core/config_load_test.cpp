@@ -182,6 +182,7 @@ TEST(LoadConfig, MinimalFileGetsEveryDefault) {
     EXPECT_EQ(c->timeouts.idle, 1h);
     EXPECT_EQ(c->timeouts.drain, 30s);
     EXPECT_EQ(c->timeouts.write_stall, 60s);
+    EXPECT_EQ(c->timeouts.upgrade_quiesce, 1s);
     EXPECT_TRUE(c->tcp.nodelay);
     EXPECT_TRUE(c->tcp.keepalive);
     EXPECT_EQ(c->tcp.keepalive_idle, 15s);
@@ -218,7 +219,7 @@ pools:
       - name: cp-2
         address: "[2001:db8::12]:6443"
         weight: 256
-timeouts: {connect: 250ms, idle: 0, drain: 1m30s, write_stall: 0}
+timeouts: {connect: 250ms, idle: 0, drain: 1m30s, write_stall: 0, upgrade_quiesce: 3s}
 tcp: {nodelay: false, keepalive: false, keepalive_idle: 2h, keepalive_interval: 1s, keepalive_count: 127, user_timeout: 0,
       socket_buffer: 0}
 limits: {max_connections: 0, per_backend: 100}
@@ -247,6 +248,7 @@ log: {level: debug, format: json}
     EXPECT_EQ(c->tcp.keepalive_count, 127u);
     EXPECT_EQ(c->tcp.user_timeout, 0ms);
     EXPECT_EQ(c->timeouts.write_stall, 0ms);
+    EXPECT_EQ(c->timeouts.upgrade_quiesce, 3s);
     EXPECT_EQ(c->tcp.socket_buffer, 0u);
     EXPECT_EQ(c->limits.max_connections, 0u);
     EXPECT_EQ(c->limits.per_backend, 100u);

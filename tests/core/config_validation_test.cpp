@@ -143,6 +143,11 @@ TEST(LoadConfigErrors, DurationsOutOfRange) {
     expect_one(minimal + "timeouts: {write_stall: 25h}\n", 11, "timeouts.write_stall",
                "expected 0 (disabled) or 1s..24h");
     expect_one(minimal + "timeouts: {write_stall: 60}\n", 11, "timeouts.write_stall", "needs a unit");
+    // Within the upgrade's 5 s session phase (docs/configuration.md).
+    expect_one(minimal + "timeouts: {upgrade_quiesce: 5s}\n", 11, "timeouts.upgrade_quiesce",
+               "\"5s\" is out of range; expected 10ms..4s");
+    expect_one(minimal + "timeouts: {upgrade_quiesce: 0}\n", 11, "timeouts.upgrade_quiesce", "expected 10ms..4s");
+    expect_one(minimal + "timeouts: {upgrade_quiesce: 1}\n", 11, "timeouts.upgrade_quiesce", "needs a unit");
     expect_one(minimal + "tcp: {user_timeout: 500ms}\n", 11, "tcp.user_timeout", "expected 0 or 1s..1h");
     expect_one(minimal + "tcp: {user_timeout: 2h}\n", 11, "tcp.user_timeout", "expected 0 or 1s..1h");
     expect_one(minimal + "tcp: {keepalive_idle: 3h}\n", 11, "tcp.keepalive_idle", "expected 1s..2h");

@@ -157,6 +157,33 @@ TEST_F(AdminUpgradeTest, SecondUpgradeIsRefusedAndAFailedOneExitsNonZero) {
     EXPECT_EQ(old.terminate(), 0);
 }
 
+// With a vrrp section keepalived and the track file belong to the running
+// process: the POST is refused (409, with the reason), nothing is started,
+// and apilb serves on. manage: false: no keepalived runs, none is needed.
+TEST_F(AdminUpgradeTest, PostUpgradeWithAVrrpSectionIsAConflict) {
+    const std::string yaml = admin_yaml() +
+                             "vrrp:\n  interface: eth0\n  virtual_router_id: 51\n  vips: [198.18.0.100]\n"
+                             "  state_dir: " +
+                             dir.file("state") + "\n";
+    apilb_process old(dir, yaml, "127.0.0.1", port);
+    ASSERT_TRUE(wait_for_port("127.0.0.1", admin));
+    client held;
+    held.set_timeout(5s);
+    ASSERT_EQ(held.connect("127.0.0.1", port), 0);
+    ASSERT_TRUE(held.send_all("before\n"));
+    ASSERT_EQ(held.recv_exact(7), "before\n");
+    for (const char* path : {"/api/v1/upgrade?wait=1", "/api/v1/upgrade"}) {
+        const auto r = curl_post(path, {"Authorization: Bearer s3cret-token"});
+        EXPECT_EQ(status_of(r), "409") << path << ": " << r.output;
+        EXPECT_NE(r.output.find("upgrade refused: the config has a vrrp section"), std::string::npos) << r.output;
+        EXPECT_NE(r.output.find("still serving"), std::string::npos) << r.output;
+    }
+    EXPECT_EQ(old.log().find("upgrade: started"), std::string::npos) << old.log();
+    EXPECT_TRUE(old.proc().running());
+    ASSERT_TRUE(held.send_all("after\n"));
+    EXPECT_EQ(held.recv_exact(6), "after\n");
+    EXPECT_EQ(old.terminate(), 0) << old.log();
+}
 
 }  // namespace
 }  // namespace apilb::test

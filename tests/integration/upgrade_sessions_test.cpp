@@ -465,29 +465,11 @@ TEST_F(SessionHandoverTest, SessionWhoseBackendStopsReadingStaysWithTheOldProces
     // The client sends 16 MiB and FIN to a backend that reads nothing until
     // released: apilb holds bytes it cannot write out.
     const std::string payload = "S" + random_bytes(16u << 20, 41);
-    client stalled;
-    stalled.set_timeout(60s);
-    ASSERT_EQ(stalled.connect("127.0.0.1", port), 0);
-    std::atomic<std::size_t> sent{0};
-    std::thread writer([&] {
-        for (std::size_t at = 0; at < payload.size(); at += 65536) {
-            const std::size_t len = std::min<std::size_t>(65536, payload.size() - at);
-            if (!stalled.send_all(payload.data() + at, len)) return;
-            sent += len;
-        }
-        stalled.shutdown_write();
-    });
+    stalling_upload stalled(port, payload);
+    ASSERT_TRUE(stalled.connected());
     // Stalled: the client's sends have made no progress for a while.
-    std::size_t last = 0;
-    EXPECT_TRUE(wait_until(
-        [&] {
-            const std::size_t now = sent.load();
-            const bool still = now > 0 && now == last;
-            last = now;
-            return still;
-        },
-        30s, 300ms));
-    ASSERT_LT(sent.load(), payload.size()) << "the backend's buffers took all of it";
+    EXPECT_TRUE(stalled.wait_stalled());
+    ASSERT_LT(stalled.sent(), payload.size()) << "the backend's buffers took all of it";
     const upgrade_outcome up = upgrade(old);
     ASSERT_NE(up.new_pid, 0) << old.log();
     const pid_t new_pid = up.new_pid;
@@ -502,9 +484,9 @@ TEST_F(SessionHandoverTest, SessionWhoseBackendStopsReadingStaysWithTheOldProces
     expect_idle_sessions_relay(idle, "after");
     EXPECT_TRUE(old.proc().running());
     release = true;
-    writer.join();
+    stalled.join();
     int end_errno = -1;
-    const std::string answer = stalled.recv_until_eof(end_errno);
+    const std::string answer = stalled.conn().recv_until_eof(end_errno);
     EXPECT_EQ(end_errno, 0) << "the kept session did not end with a clean FIN";
     EXPECT_EQ(answer, sha256_hex(payload)) << "the kept session lost bytes";
     EXPECT_EQ(old.proc().wait(30s), 0) << old.log();

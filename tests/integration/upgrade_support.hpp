@@ -24,8 +24,9 @@ using namespace std::chrono_literals;
 
 /// Opens `count` connections to 127.0.0.1:`port`, one every `gap`, each
 /// sending a line and reading its echo; counts those that were refused or
-/// did not get their bytes back. Bounded in time too: past count * gap +
-/// 20 s it stops, and the connections it did not open count as failed.
+/// did not get their bytes back (and, apart, those whose connect failed).
+/// Bounded in time too: past count * gap + 20 s it stops, and the
+/// connections it did not open count as failed.
 class steady_load {
 public:
     steady_load(std::uint16_t port, int count, std::chrono::milliseconds gap)
@@ -44,10 +45,13 @@ public:
                   const std::string line = fmt::format("hello {}\n", i);
                   if (const int err = c.connect("127.0.0.1", port, 2s); err != 0) {
                       ++failed_;
+                      ++connect_failed_;
                       last_error_ = fmt::format("connect {}: errno {}", i, err);
+                      last_failed_ = i;
                   } else if (!c.send_all(line) || c.recv_exact(line.size()) != line) {
                       ++failed_;
                       last_error_ = fmt::format("echo {} not returned", i);
+                      last_failed_ = i;
                   }
                   ++done_;
                   std::this_thread::sleep_until(next);
@@ -60,11 +64,17 @@ public:
     void join() { thread_.join(); }
     int done() const { return done_; }
     int failed() const { return failed_; }
+    /// Connects that failed (refused, or no handshake within 2 s).
+    int connect_failed() const { return connect_failed_; }
+    /// The index of the last connection that failed; -1 if none.
+    int last_failed() const { return last_failed_; }
     std::string last_error() const { return last_error_; }
 
 private:
     std::atomic<int> done_{0};
     std::atomic<int> failed_{0};
+    std::atomic<int> connect_failed_{0};
+    std::atomic<int> last_failed_{-1};
     std::atomic<bool> stop_{false};
     std::string last_error_;
     std::thread thread_;
@@ -160,9 +170,9 @@ struct upgrade_outcome {
     std::string log;  ///< the old process's, then
 };
 
-/// SIGUSR2 to `old`, and what its log says of the handover.
-inline upgrade_outcome upgrade(apilb_process& old) {
-    old.proc().signal(SIGUSR2);
+/// What `old`'s log says of the handover, once it has handed over (an
+/// upgrade started already).
+inline upgrade_outcome wait_for_handover(apilb_process& old) {
     upgrade_outcome up;
     if (!wait_until([&] { return handed_to(old.log()) != 0; }, 60s)) return up;
     up.log = old.log();
@@ -171,6 +181,12 @@ inline upgrade_outcome upgrade(apilb_process& old) {
     up.kept = from_log(up.log, R"(handed over in \d+ms, (\d+) kept here)");
     up.phase_ms = from_log(up.log, R"(handed over in (\d+)ms)");
     return up;
+}
+
+/// SIGUSR2 to `old`, and what its log says of the handover.
+inline upgrade_outcome upgrade(apilb_process& old) {
+    old.proc().signal(SIGUSR2);
+    return wait_for_handover(old);
 }
 
 /// Idle sessions that each echoed one line: established, answered.
@@ -186,6 +202,56 @@ inline std::vector<client> open_idle_sessions(std::uint16_t port, int n) {
     }
     return out;
 }
+
+/// One client sending `payload` to 127.0.0.1:`port` in 64 KiB pieces, then
+/// its FIN, on its own thread: to a destination that stops reading, so
+/// that apilb holds bytes it cannot write out. Joined at the latest when
+/// destroyed (a send gives up after 60 s).
+class stalling_upload {
+public:
+    stalling_upload(std::uint16_t port, const std::string& payload) : payload_(payload) {
+        client_.set_timeout(60s);
+        if (client_.connect("127.0.0.1", port) != 0) return;
+        connected_ = true;
+        writer_ = std::thread([this] {
+            for (std::size_t at = 0; at < payload_.size(); at += 65536) {
+                const std::size_t len = std::min<std::size_t>(65536, payload_.size() - at);
+                if (!client_.send_all(payload_.data() + at, len)) return;
+                sent_ += len;
+            }
+            client_.shutdown_write();
+        });
+    }
+    ~stalling_upload() { join(); }
+    bool connected() const { return connected_; }
+    /// Bytes sent so far.
+    std::size_t sent() const { return sent_; }
+    /// Waits (at most 30 s) until the sends have made no progress for a while.
+    bool wait_stalled() {
+        std::size_t last = 0;
+        return wait_until(
+            [&] {
+                const std::size_t now = sent_.load();
+                const bool still = now > 0 && now == last;
+                last = now;
+                return still;
+            },
+            30s, 300ms);
+    }
+    /// Waits for the last byte and the FIN to be sent.
+    void join() {
+        if (writer_.joinable()) writer_.join();
+    }
+    /// The connection, to read the answer from once joined.
+    client& conn() { return client_; }
+
+private:
+    const std::string& payload_;
+    client client_;
+    bool connected_ = false;
+    std::atomic<std::size_t> sent_{0};
+    std::thread writer_;
+};
 
 /// Every idle session still relays, in both directions: a line and its echo.
 inline void expect_idle_sessions_relay(std::vector<client>& sessions, const std::string& what) {

@@ -111,9 +111,10 @@ TEST_F(UpgradeTest, ConfigTheNewBinaryRejectsIsRolledBack) {
 
 // With a bgp section both processes would put the VIPs on and off the
 // interface, and the old one would take them away as it ends: SIGUSR2 is
-// refused with the reason, nothing is started, and apilb serves on, its
-// established session included. In a namespace of its own (root): apilb
-// adds the VIP's local route there, never on the host.
+// refused with the reason, and so is POST /api/v1/upgrade (409); nothing is
+// started, and apilb serves on, its established session included. In a
+// namespace of its own (root): apilb puts the VIP on the namespace's `lo`
+// as it starts, never on the host's.
 TEST(UpgradeRefused, WithABgpSectionApilbSaysWhyAndServesOn) {
     if (auto why = netns_segment::unavailable_reason(); !why.empty()) {
         GTEST_SKIP() << "needs network namespaces (root, iproute2): " << why;
@@ -126,6 +127,8 @@ TEST(UpgradeRefused, WithABgpSectionApilbSaysWhyAndServesOn) {
     in_netns(ns, [&] { backend = std::make_unique<tcp_server>("127.0.0.1", echo_handler()); });
     temp_dir dir;
     const std::uint16_t port = free_port();
+    const std::uint16_t admin = free_port();
+    dir.write("token", "s3cret-token\n");
     // vty_socket_dir: an empty directory, so the agent's vtysh finds no FRR
     // (a state it logs), never the host's.
     const std::string yaml = bgp_node_yaml({.vip = vip,
@@ -135,7 +138,9 @@ TEST(UpgradeRefused, WithABgpSectionApilbSaysWhyAndServesOn) {
                                             .peer = "198.18.44.2",
                                             .peer_options = "",
                                             .vty_socket_dir = dir.path(),
-                                            .head = "timeouts: {drain: 2s}\n",
+                                            .head = fmt::format("timeouts: {{drain: 2s}}\nadmin: {{address: "
+                                                                "\"127.0.0.1:{}\", token_file: \"{}\"}}\n",
+                                                                admin, dir.file("token")),
                                             .bgp_tail = "  withdraw_wait: 0s\n"});
     apilb_process apilb(dir, yaml, vip, port, {}, {find_program("ip"), "netns", "exec", ns});
     auto echo = [&](client& c, const std::string& line) {
@@ -146,10 +151,24 @@ TEST(UpgradeRefused, WithABgpSectionApilbSaysWhyAndServesOn) {
     in_netns(ns, [&] { ASSERT_EQ(held.connect(vip, port, 5s), 0); });
     ASSERT_TRUE(echo(held, "before\n")) << apilb.log();
 
+    in_netns(ns, [&] {
+        const http_answer r = http_exchange(admin, "POST", "/api/v1/upgrade?wait=1",
+                                            "Authorization: Bearer s3cret-token\r\n");
+        EXPECT_EQ(r.status, 409) << r.body;
+        EXPECT_NE(r.body.find("upgrade refused: the config has a bgp section"), std::string::npos) << r.body;
+    });
     apilb.proc().signal(SIGUSR2);
-    ASSERT_TRUE(apilb.wait_for_log("upgrade refused: the config has a bgp section", 20s)) << apilb.log();
+    ASSERT_TRUE(wait_until(
+        [&] {
+            const std::string log = apilb.log();
+            const std::string refused = "upgrade refused: the config has a bgp section";
+            return log.find(refused) != log.rfind(refused);  // the POST's, then the signal's
+        },
+        20s))
+        << apilb.log();
     EXPECT_TRUE(apilb.wait_for_log("still serving", 5s)) << apilb.log();
     EXPECT_EQ(apilb.log().find("upgrade: pid"), std::string::npos) << apilb.log();
+    EXPECT_EQ(apilb.log().find("upgrade: started"), std::string::npos) << apilb.log();
     EXPECT_TRUE(apilb.proc().running());
     EXPECT_TRUE(echo(held, "after\n")) << apilb.log();
     in_netns(ns, [&] {

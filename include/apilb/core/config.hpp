@@ -208,6 +208,9 @@ struct timeouts_config {
     /// A session whose write to a peer makes no progress for this long (a
     /// client that never reads while data waits for it) is reset. 0 disables.
     duration write_stall{std::chrono::seconds(60)};
+    /// An upgrade's session phase: how long a session with bytes in flight
+    /// may take to write them out before it stays with the old process.
+    duration upgrade_quiesce{std::chrono::seconds(1)};
     friend bool operator==(const timeouts_config&, const timeouts_config&) = default;
 };
 

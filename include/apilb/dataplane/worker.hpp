@@ -71,21 +71,30 @@ public:
     /// An upgrade's session phase `phase` (an id, one per phase): on the
     /// worker thread, takes up to `max` quiet sessions out
     /// (hand_over_session) and calls `done` there with them, how many
-    /// relaying sessions are still quiescing (busy) and how many the phase
-    /// keeps here. A session with bytes in flight is quiesced (it stops
-    /// reading, what it read goes out) and taken by a later pass once
-    /// quiet; one that cannot write it out within quiesce_limit reads again
-    /// and is kept. One short pass through the session list: the worker's
-    /// loop runs between passes, and a poll_timer, not the passes, ends a
+    /// relaying sessions are still quiescing (busy), how many the phase
+    /// keeps here, and how many are still connecting (storm control's gate,
+    /// a connect, a retry: taken by a later pass once established). A
+    /// session with bytes in flight is quiesced (it stops reading, what it
+    /// read goes out) and taken by a later pass once quiet; one that cannot
+    /// write it out within timeouts.upgrade_quiesce reads again and is
+    /// kept. One short pass through the session list: the worker's loop
+    /// runs between passes, and a poll_timer, not the passes, ends a
     /// quiesce. Any thread.
-    void hand_over_sessions(std::size_t max, std::uint64_t phase,
-                            std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept)> done);
+    void hand_over_sessions(
+        std::size_t max, std::uint64_t phase,
+        std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept, std::size_t connecting)>
+            done);
     /// The session phase is over (its sessions sent, or it failed): every
     /// session still quiesced reads again at once. Any thread.
     void end_session_phase();
-    /// How long a busy session may take to write out what it read before an
-    /// upgrade gives up on it (it then stays, counted as kept).
-    static constexpr std::chrono::seconds quiesce_limit{1};
+    /// An upgrade's new process serves on the same listening sockets: this
+    /// worker stops taking clients from them (they wait in the kernel's
+    /// queue, which the new process serves) but keeps them open, so that
+    /// resume_accepting() goes on at once. Any thread.
+    void hold_accepting();
+    /// Accepts again after hold_accepting() (the upgrade was rolled back).
+    /// Any thread.
+    void resume_accepting();
     /// Relays a session handed over by another process on the worker thread
     /// (adopt_session); a record this config cannot place resets both sockets
     /// and counts in sessions_refused_total. Takes both descriptors. Any thread.
@@ -146,6 +155,7 @@ private:
         std::size_t listener_index;  ///< in ctx_.snap(); updated by apply()
         poll_timer pause_timer;      ///< waits out an accept pause, or a yield after a burst
         bool loop_done = false;      ///< its accept loop has ended: the slot may go
+        bool held = false;           ///< its loop stopped for hold_accepting(): no wait pending
     };
     /// A slot for the listening descriptor `fd` (which it then owns).
     std::unique_ptr<acceptor_slot> adopt_listener(int fd, std::size_t listener_index, boost::system::error_code& ec);
@@ -154,7 +164,7 @@ private:
     void add_acceptor(int fd, std::size_t listener_index, const char* which);
 
     /// What an accept turn waits for before the next turn.
-    enum class accept_next { listener, pause, done };
+    enum class accept_next { listener, pause, done, held };
     /// One turn of the slot's accept loop: accept_some, then the wait for
     /// the next turn, a wait that allocates nothing (see worker.cpp). The
     /// first call starts the loop. Worker thread; never throws.
@@ -179,7 +189,7 @@ private:
     /// times per period.
     void sweep_tick() noexcept;
     static void on_sweep_timer(void* self, const boost::system::error_code& ec);
-    /// Quiesced sessions read again: all, or those whose quiesce_limit has
+    /// Quiesced sessions read again: all, or those whose upgrade_quiesce has
     /// passed (kept for quiesce_phase_); then waits for the next one due.
     void end_quiesces(bool all) noexcept;
     static void on_quiesce_timer(void* self, const boost::system::error_code& ec);
@@ -203,6 +213,7 @@ private:
     poll_timer quiesce_timer_{sockets_};  ///< the earliest quiesce_until of this worker's sessions
     std::uint64_t quiesce_phase_ = 0;     ///< the session phase of the last pass
     bool stopping_ = false;               ///< worker thread only
+    bool accepting_held_ = false;         ///< hold_accepting(); worker thread only
     std::thread thread_;
     std::promise<void> exited_;
 };
