@@ -474,7 +474,7 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
             }
             spdlog::info(
                 "upgrade: pid {} serves; {} session(s) handed over in {}ms, {} kept here (bytes in flight not written "
-                "out in time); this process stops accepting and drains",
+                "out, or still connecting, in time); this process stops accepting and drains",
                 run->pid, handed, phase_ms.count(), kept);
             // Said by the main PID too, so that systemd never sees it end
             // without a successor, whatever NotifyAccess says.
