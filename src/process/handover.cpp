@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 
 namespace apilb::handover {
@@ -226,6 +227,16 @@ int parse_number(std::string_view text, const char* what) {
             fmt::format("{}: expected a decimal number, got \"{}\"", what, std::string(text.substr(0, 32))));
     }
     return v;
+}
+
+std::optional<int> test_hook(const char* name) {
+    const char* v = std::getenv(name);
+    if (v == nullptr) return std::nullopt;
+    try {
+        return parse_number(v, name);
+    } catch (const handover_error&) {
+        return std::nullopt;
+    }
 }
 
 listener_entry parse_listener(std::string_view payload) {

@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <iterator>
@@ -47,13 +46,8 @@ namespace {
 /// reload's commit waits before the workers take the new snapshot, so that
 /// a test can ask for an upgrade while a reload's apply runs. 0: none.
 std::chrono::milliseconds test_apply_delay() {
-    if (const char* v = std::getenv("APILB_RELOAD_TEST_APPLY_DELAY_MS")) {
-        try {
-            const int ms = handover::parse_number(v, "APILB_RELOAD_TEST_APPLY_DELAY_MS");
-            if (ms >= 1 && ms <= 30'000) return std::chrono::milliseconds(ms);
-        } catch (const handover::handover_error&) {}
-    }
-    return std::chrono::milliseconds(0);
+    const int ms = handover::test_hook("APILB_RELOAD_TEST_APPLY_DELAY_MS").value_or(0);
+    return std::chrono::milliseconds(ms <= 30'000 ? ms : 0);
 }
 
 }  // namespace

@@ -45,12 +45,8 @@ namespace {
 /// runs its first health round (at most health.timeout) in this time.
 /// APILB_UPGRADE_DEADLINE_MS (100..600000) replaces it, for tests only.
 std::chrono::milliseconds upgrade_deadline() {
-    if (const char* forced = std::getenv("APILB_UPGRADE_DEADLINE_MS")) {
-        try {
-            const int ms = handover::parse_number(forced, "APILB_UPGRADE_DEADLINE_MS");
-            if (ms >= 100 && ms <= 600'000) return std::chrono::milliseconds(ms);
-        } catch (const handover_error&) {}
-    }
+    if (const auto ms = handover::test_hook("APILB_UPGRADE_DEADLINE_MS"); ms && *ms >= 100 && *ms <= 600'000)
+        return std::chrono::milliseconds(*ms);
     return std::chrono::seconds(60);
 }
 /// The descriptor number the new process finds its end of the channel at.
@@ -164,12 +160,7 @@ pass_result take_sessions(worker& w, std::uint64_t phase, clock_type::time_point
 /// For tests only (APILB_UPGRADE_TEST_FAIL_SEND_AT): the session frame, 1
 /// for the first, whose send fails as if the new binary had died; 0: none.
 std::size_t failing_send_at() {
-    if (const char* v = std::getenv("APILB_UPGRADE_TEST_FAIL_SEND_AT")) {
-        try {
-            return static_cast<std::size_t>(handover::parse_number(v, "APILB_UPGRADE_TEST_FAIL_SEND_AT"));
-        } catch (const handover_error&) {}
-    }
-    return 0;
+    return static_cast<std::size_t>(handover::test_hook("APILB_UPGRADE_TEST_FAIL_SEND_AT").value_or(0));
 }
 
 /// At `ready`: every worker stops taking clients from its listening
@@ -189,13 +180,8 @@ void resume_accepting(const std::vector<worker*>& workers) {
 /// how long the old process waits between its last pass and sessions_end,
 /// as a loaded machine might; a client it accepted meanwhile would stay.
 std::chrono::milliseconds sessions_end_delay() {
-    if (const char* v = std::getenv("APILB_UPGRADE_TEST_SESSIONS_END_DELAY_MS")) {
-        try {
-            const int ms = handover::parse_number(v, "APILB_UPGRADE_TEST_SESSIONS_END_DELAY_MS");
-            return std::chrono::milliseconds(std::min(ms, 5000));
-        } catch (const handover_error&) {}
-    }
-    return std::chrono::milliseconds(0);
+    return std::chrono::milliseconds(
+        std::min(handover::test_hook("APILB_UPGRADE_TEST_SESSIONS_END_DELAY_MS").value_or(0), 5000));
 }
 
 /// The old side's session phase (docs/upgrade.md "Sessions"): passes over
@@ -517,12 +503,7 @@ void process::receive_sessions() {
     adopt_channel_ = channel;
     // For tests only: die after this many session frames (a successor that
     // fails in the session phase; docs/upgrade.md, rollback).
-    int die_after = 0;
-    if (const char* v = std::getenv("APILB_UPGRADE_TEST_DIE_AFTER_SESSIONS")) {
-        try {
-            die_after = handover::parse_number(v, "APILB_UPGRADE_TEST_DIE_AFTER_SESSIONS");
-        } catch (const handover_error&) {}
-    }
+    const int die_after = handover::test_hook("APILB_UPGRADE_TEST_DIE_AFTER_SESSIONS").value_or(0);
     std::vector<worker*> workers;
     for (auto& w : workers_) workers.push_back(w.get());
     // Its own thread: the receives block (bounded), workers adopt by message.

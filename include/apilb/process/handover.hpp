@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -156,5 +157,9 @@ session_record parse_session(std::string_view payload);
 std::pair<int, std::string> parse_hello(std::string_view payload);
 /// A decimal count or pid, 0..2^31-1; throws handover_error naming `what`.
 int parse_number(std::string_view text, const char* what);
+/// The test-only hook `name` from the environment (APILB_UPGRADE_TEST_*,
+/// APILB_RELOAD_TEST_*): its decimal value, or nullopt when it is unset or
+/// not a number (a production process never has one).
+std::optional<int> test_hook(const char* name);
 
 }  // namespace apilb::handover
