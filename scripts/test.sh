@@ -124,9 +124,10 @@ build_and_test() {
 }
 
 # The builds still to come compile in the background, at the lowest CPU
-# priority, while the plain build's tests and the packaging checks run: those
-# mostly wait on timers and sockets, and on a fresh 2-core machine the
-# compiles are most of the suite's time. A test that runs takes the CPU
+# priority, while the plain build's tests and the packaging checks run (the
+# sanitizer build) and then while the sanitizer build's tests run (the fuzz
+# build): those mostly wait on timers and sockets, and on a fresh 2-core
+# machine the compiles are most of the suite's time. A test that runs takes the CPU
 # first (nice 19 gets about 1/70 of a core that a test wants). The stages
 # below run their own configure and ninja again afterwards, which finds the
 # work done (or finishes it, and reports any error as before).
@@ -144,18 +145,23 @@ plain_built() {
 
 prebuild_pid=
 prebuild_log=${TMPDIR:-/tmp}/apilb-prebuild.$$.log
+# Created by the background job once the sanitizer build has ended (the
+# fuzz build goes on after it): its tests need not wait for the fuzz build.
+asan_prebuilt=${TMPDIR:-/tmp}/apilb-prebuild.$$.asan-done
 prebuild_started=0
 start_prebuild() {
   [[ "${APILB_NO_PREBUILD:-0}" == 1 ]] && return 0
   local fuzz=0
   [[ "$src" == "$repo" && "${APILB_SKIP_FUZZ:-0}" != 1 ]] && fuzz=1
   prebuild_started=$SECONDS
+  rm -f "$asan_prebuilt"
   (
     if [[ "${APILB_SKIP_ASAN:-0}" != 1 ]]; then
       mkdir -p "$(dirname "$asan_dir")"
       configure "$asan_dir" "${asan_options[@]}" &&
         nice -n 19 ninja -C "$asan_dir"
     fi
+    touch "$asan_prebuilt"
     if [[ $fuzz == 1 ]]; then
       APILB_FUZZ_BUILD_DIR=${APILB_FUZZ_BUILD_DIR:-$src/build-fuzz} APILB_FUZZ_BUILD_ONLY=1 \
         nice -n 19 bash "$repo/scripts/fuzz.sh" all 0
@@ -164,13 +170,24 @@ start_prebuild() {
   prebuild_pid=$!
   echo "(the sanitizer and fuzz builds compile in the background from here, nice 19)"
 }
+# The sanitizer build's tests wait only for the sanitizer build; the fuzz
+# build goes on beside them at nice 19 (they mostly wait on timers and
+# sockets), and the fuzz stage waits for it.
+wait_asan_prebuild() {
+  [[ -z "$prebuild_pid" ]] && return 0
+  say "waiting for the background sanitizer build"
+  # Bounded: the file appears, or the background job has ended.
+  while [[ ! -e "$asan_prebuilt" ]] && kill -0 "$prebuild_pid" 2>/dev/null; do sleep 1; done
+  echo "background sanitizer build ended $((SECONDS - prebuild_started))s after it started" \
+    "(errors, if any, are reported by its stage)"
+}
 wait_prebuild() {
   [[ -z "$prebuild_pid" ]] && return 0
   say "waiting for the background builds"
   wait "$prebuild_pid" || true
   echo "background builds ended $((SECONDS - prebuild_started))s after they started" \
     "(errors, if any, are reported by their stages)"
-  rm -f "$prebuild_log"
+  rm -f "$prebuild_log" "$asan_prebuilt"
   prebuild_pid=
 }
 
@@ -192,7 +209,7 @@ if [[ "$src" == "$repo" && "${APILB_SKIP_PACKAGING:-0}" != 1 ]]; then
   summary_args+=(--junit "packaging=$packaging_report")
 fi
 
-wait_prebuild
+wait_asan_prebuild
 if [[ "${APILB_SKIP_ASAN:-0}" == 1 ]]; then
   say "build-asan: skipped (APILB_SKIP_ASAN=1)"
 else
@@ -226,6 +243,7 @@ fuzz_stage() {
   echo "fuzz stage took $((SECONDS - t0))s"
   summary_args+=(--junit "fuzz=$report")
 }
+wait_prebuild
 fuzz_stage
 
 # ThreadSanitizer, on the tests where the threads meet: the workers, the
