@@ -63,7 +63,8 @@ void take_child_frame(frame& f, std::vector<handed_children>& groups) {
         it = groups.end() - 1;
     }
     if (l.kind == "lifeline") {
-        if (fds.size() != 2 || it->line.valid()) throw handover_error("child frame: a lifeline is two descriptors, once");
+        if (fds.size() != 2 || it->line.valid())
+            throw handover_error("child frame: a lifeline is two descriptors, once");
         it->line = lifeline(fds[0], fds[1]);
     } else if (l.kind == "child") {
         if (fds.size() != 1) throw handover_error("child frame: a child is one pidfd");

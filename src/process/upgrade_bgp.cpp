@@ -64,8 +64,7 @@ handover::state_line bgp_section_line(const std::optional<bgp_config>& bgp) {
     return l;
 }
 
-std::string bgp_section_mismatch(const std::vector<handover::state_line>& lines,
-                                 const std::optional<bgp_config>& bgp) {
+std::string bgp_section_mismatch(const std::vector<handover::state_line>& lines, const std::optional<bgp_config>& bgp) {
     std::string old = "none";
     for (const auto& l : lines) {
         if (l.kind != "bgp_section") continue;
@@ -151,7 +150,8 @@ void process::check_upgrade_bgp(const std::vector<handover::state_line>& old_sta
     const std::string why = bgp_section_mismatch(old_state, snap_->cfg->bgp);
     if (why.empty()) return;
     try {
-        handover::send_frame(handover_channel_, frame_type::abort, why, {}, clock_type::now() + std::chrono::seconds(1));
+        handover::send_frame(handover_channel_, frame_type::abort, why, {},
+                             clock_type::now() + std::chrono::seconds(1));
     } catch (const handover_error&) {}
     throw std::runtime_error("upgrade: " + why);
 }

@@ -67,8 +67,8 @@ struct router_view {
     long bfd_down = -1;     ///< BFD session-down events
     long route_age_s = -1;  ///< zebra's uptime of the VIP route (replaced: starts at 0)
     std::string text() const {
-        return fmt::format("bgp established {} dropped {}, bfd down {}, route age {} s", established, dropped,
-                           bfd_down, route_age_s);
+        return fmt::format("bgp established {} dropped {}, bfd down {}, route age {} s", established, dropped, bfd_down,
+                           route_age_s);
     }
 };
 
@@ -121,7 +121,8 @@ protected:
 
     void TearDown() override {
         if (!HasFailure()) return;
-        std::cout << "---- apilb:\n" << read_file(dir_.file("apilb.log")) << "\n---- router bgpd:\n"
+        std::cout << "---- apilb:\n"
+                  << read_file(dir_.file("apilb.log")) << "\n---- router bgpd:\n"
                   << read_file(shared_dir_->path() + "/r/bgpd.log") << "\n";
     }
 
@@ -290,12 +291,10 @@ protected:
         pid_t next = 0;
         if (expect_failure) {
             EXPECT_TRUE(wait_until(
-                [&] { return count_lines(read_file(dir_.file("apilb.log")), "upgrade failed:") > failed_lines; },
-                60s))
+                [&] { return count_lines(read_file(dir_.file("apilb.log")), "upgrade failed:") > failed_lines; }, 60s))
                 << "the upgrade did not fail";
         } else {
-            EXPECT_TRUE(wait_until([&] { return handed_to(read_file(dir_.file("apilb.log")), nth_success) != 0; },
-                                   60s))
+            EXPECT_TRUE(wait_until([&] { return handed_to(read_file(dir_.file("apilb.log")), nth_success) != 0; }, 60s))
                 << "no handover";
             next = handed_to(read_file(dir_.file("apilb.log")), nth_success);
             std::cout << "[ MEASURED ] SIGUSR2 to the old process's \"serves\" line (read every 20 ms): "
@@ -387,8 +386,7 @@ TEST_F(BgpUpgrade, OperatorRunFrrKeepsTheRouteAndEverySession) {
     EXPECT_TRUE(wait_until([&] { return !router_has_vip(); }, 30s)) << apilb->log();
     segment_->ip("n1", {"addr", "add", std::string(backend_ip) + "/32", "dev", "lo"});
     EXPECT_TRUE(wait_until([&] { return router_has_vip(); }, 30s)) << apilb->log();
-    EXPECT_NE(metrics().find(fmt::format("apilb_bgp_vip_withdrawals_total{{vip=\"{}\"}} 1", vip)),
-              std::string::npos)
+    EXPECT_NE(metrics().find(fmt::format("apilb_bgp_vip_withdrawals_total{{vip=\"{}\"}} 1", vip)), std::string::npos)
         << metrics();
 
     // SIGKILL: nothing in apilb can act and the operator's FRR runs on; the

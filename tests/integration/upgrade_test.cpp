@@ -181,6 +181,14 @@ TEST(UpgradeWithBgp, TheVipNeverLeavesItsInterfaceAndMovesToTheNewProcess) {
             std::this_thread::sleep_for(2ms);
         }
     });
+    struct joined {  // an ASSERT that returns early must not leave it running
+        std::atomic<bool>& flag;
+        std::thread& t;
+        ~joined() {
+            flag = false;
+            if (t.joinable()) t.join();
+        }
+    } join_watcher{watching, watcher};
     ASSERT_TRUE(wait_until([&] { return samples >= 5; }, 20s));  // seen on lo before
     pid_t next = 0;
     in_netns(ns, [&] {
@@ -196,7 +204,7 @@ TEST(UpgradeWithBgp, TheVipNeverLeavesItsInterfaceAndMovesToTheNewProcess) {
     const int at_exit = samples;  // and a while after the old process has gone
     EXPECT_TRUE(wait_until([&] { return samples >= at_exit + 5; }, 20s));
     watching = false;
-    watcher.join();
+    if (watcher.joinable()) watcher.join();
     EXPECT_EQ(missing, 0) << "the VIP was off lo in " << missing << " of " << samples << " samples\n" << apilb.log();
     EXPECT_GT(samples, 10);
     EXPECT_TRUE(vip_on_lo()) << "the old process took the VIP away as it ended";

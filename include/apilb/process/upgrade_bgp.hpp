@@ -22,8 +22,7 @@ handover::state_line bgp_section_line(const std::optional<bgp_config>& bgp);
 
 /// "" when `lines` (the first state frames) name the same bgp section as
 /// `bgp`, else why the upgrade cannot keep the announcement.
-std::string bgp_section_mismatch(const std::vector<handover::state_line>& lines,
-                                 const std::optional<bgp_config>& bgp);
+std::string bgp_section_mismatch(const std::vector<handover::state_line>& lines, const std::optional<bgp_config>& bgp);
 
 /// The old side's lines for `h` (`bgp`, one `bgp_vip` per VIP).
 std::vector<handover::state_line> bgp_handover_lines(const bgp_handover& h);

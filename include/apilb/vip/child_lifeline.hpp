@@ -63,10 +63,10 @@ int pidfd_signal(int pidfd, int sig) noexcept;
 /// One child handed over in an upgrade: a keeper (the leader of its
 /// process group with its daemon) that the receiving process did not fork.
 struct handed_child {
-    std::string name;     ///< "zebra", "bgpd", "bfdd", ...
-    pid_t pid = -1;       ///< the keeper
-    pid_t daemon = -1;    ///< the daemon it runs (from its pid file; -1 unknown)
-    int pidfd = -1;       ///< the keeper's, owned
+    std::string name;   ///< "zebra", "bgpd", "bfdd", ...
+    pid_t pid = -1;     ///< the keeper
+    pid_t daemon = -1;  ///< the daemon it runs (from its pid file; -1 unknown)
+    int pidfd = -1;     ///< the keeper's, owned
 };
 
 /// What a supervisor hands to the next apilb: its lifeline and its children.
