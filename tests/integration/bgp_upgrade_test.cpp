@@ -305,7 +305,15 @@ protected:
         std::this_thread::sleep_for(1500ms);
         t.stop();
         const router_view after = look_at_router();
-        EXPECT_EQ(t.failed(), 0) << t.text();
+        if (expect_failure) {
+            // A client the dying new process accepted between `ready` and
+            // its death (tens of ms, a connect every 20 ms) is lost with it:
+            // the rollback's one window (docs/upgrade.md, "Rollback"); the
+            // old process's own clients, sessions and route are not.
+            EXPECT_LE(t.failed(), 3) << t.text();
+        } else {
+            EXPECT_EQ(t.failed(), 0) << t.text();
+        }
         EXPECT_EQ(t.broken(), 0) << t.text();
         EXPECT_EQ(t.route_missing(), 0) << t.text();
         EXPECT_GT(t.connects(), 50) << t.text();
