@@ -97,8 +97,7 @@ frame_view decode_frame(std::string_view message) {
             fmt::format("protocol version {} from the peer, this side speaks {}", version, protocol_version));
     }
     const auto type = static_cast<std::uint16_t>(get_le(message, 6, 2));
-    if (type < static_cast<std::uint16_t>(frame_type::hello) ||
-        type > static_cast<std::uint16_t>(frame_type::state_end)) {
+    if (type < static_cast<std::uint16_t>(frame_type::hello) || type > static_cast<std::uint16_t>(frame_type::child)) {
         throw handover_error(fmt::format("unknown frame type {}", type));
     }
     const std::uint32_t length = get_le(message, 8, 4);
@@ -113,6 +112,7 @@ std::size_t fds_allowed(frame_type type) noexcept {
     switch (type) {
     case frame_type::listener: return max_frame_fds;
     case frame_type::session: return 2;  // client, backend
+    case frame_type::child: return 2;    // a lifeline's two ends, or a keeper's pidfd
     default: return 0;
     }
 }

@@ -107,10 +107,12 @@ process::process(std::shared_ptr<const config> cfg, inherited_sockets inherited)
     // each on its own thread.
     health_ = std::make_unique<health_checker>(control_, snap_, close_sessions_fn());
     if (snap_->cfg->vrrp) vrrp_ = std::make_unique<vrrp_agent>(control_, snap_);
+    // An upgrade keeps the announcement only with the same bgp section.
+    if (handover_channel_ >= 0) check_upgrade_bgp(inherited.state);
     if (snap_->cfg->bgp) {
         bgp_ = std::make_unique<bgp_agent>(control_, snap_);
         // Before the binds: the local route lets a listener on a VIP bind.
-        bgp_->prepare();
+        bgp_->prepare(handover_channel_ >= 0);
     }
     rebalancer_ = std::make_unique<rebalancer>(
         control_, [this] { return snap_; },

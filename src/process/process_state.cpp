@@ -16,6 +16,7 @@
 #include "apilb/core/thread_role.hpp"
 #include "apilb/process/handover.hpp"
 #include "apilb/process/process.hpp"
+#include "apilb/process/upgrade_bgp.hpp"
 
 namespace apilb {
 
@@ -131,6 +132,7 @@ std::vector<handover::state_line> state_lines(const snapshot& snap, const proces
         }
     }
     if (health == nullptr) return out;
+    out.push_back(bgp_section_line(snap.cfg->bgp));
     for (const carried_health& h : health->carried()) {
         handover::state_line line{.kind = "health", .fields = {}};
         line.add("pool", h.pool)

@@ -29,6 +29,7 @@
 #include "apilb/dataplane/socket_options.hpp"
 #include "apilb/dataplane/worker.hpp"
 #include "apilb/process/process.hpp"
+#include "apilb/process/upgrade_bgp.hpp"
 
 extern char** environ;
 
@@ -194,9 +195,10 @@ std::chrono::milliseconds sessions_end_delay() {
 /// they are closed (the new process holds the sockets now) and the number
 /// of sessions kept here is returned. On failure `sent` keeps them, for the
 /// caller to take back once the new process is dead. Either way every
-/// session still quiesced reads again when it returns.
+/// session still quiesced reads again when it returns. `before_end` runs
+/// right before sessions_end (the bgp agent's handover).
 std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std::vector<handed_session>& sent,
-                          clock_type::time_point deadline) {
+                          clock_type::time_point deadline, const std::function<void()>& before_end) {
     struct end_phase {
         const std::vector<worker*>& workers;
         ~end_phase() {
@@ -242,6 +244,7 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
     if (connecting > 0)
         spdlog::warn("upgrade: {} session(s) still connecting at the phase's end stay here", connecting);
     if (const auto delay = sessions_end_delay(); delay.count() > 0) std::this_thread::sleep_for(delay);
+    before_end();
     handover::send_frame(channel, frame_type::sessions_end, std::to_string(sent.size()), {}, deadline);
     const handover::frame taken = handover::receive_frame(channel, deadline);
     if (taken.type == frame_type::abort) throw handover_error("the new binary aborted: " + taken.payload);
@@ -265,6 +268,18 @@ void expect_count(const handover::frame& f, int frames, const char* what) {
     if (said != frames) {
         throw handover_error(fmt::format("the old process said {} {} frame(s), {} came", said, what, frames));
     }
+}
+
+/// Whether the old process of an upgrade (this one's parent, `old_pid`) has
+/// died: this process is reparented then. A dying process closes its
+/// descriptors before it is reaped, so an end of the channel may come a
+/// moment before that: wait up to a second for it.
+bool old_process_died(pid_t old_pid) {
+    for (int i = 0; i < 100; ++i) {
+        if (::getppid() != old_pid) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
 }
 
 /// How the new process ended, or that it still runs.
@@ -303,9 +318,6 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
     if (waiting_upgrade_) return refuse("an upgrade is in progress (it waits for a reload's apply to end)", true);
     if (snap_->cfg->vrrp)
         return refuse("the config has a vrrp section (keepalived and the track file cannot move yet)", true);
-    // Both processes would put the VIPs on and off the interface, and the
-    // old one would take them away as it ends.
-    if (snap_->cfg->bgp) return refuse("the config has a bgp section (the VIPs' announcement cannot move yet)", true);
 
     // The workers would not all serve the snapshot the new process reads:
     // wait for them (upgrade_wait.cpp).
@@ -363,7 +375,8 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
         std::string failure;
         std::vector<handed_session> sent;  // the session phase's, still open here until taken
         std::size_t kept = 0;
-        bool held = false;  // the workers hold their accepts (from `ready`)
+        bool held = false;        // the workers hold their accepts (from `ready`)
+        bool bgp_frozen = false;  // the bgp agent is handed over (upgrade_bgp.cpp)
         auto phase_started = clock_type::now();
         try {
             handover::frame hello;
@@ -422,7 +435,8 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
             hold_accepting(workers);
             held = true;
             phase_started = clock_type::now();
-            kept = send_sessions(run->channel, workers, sent, deadline);
+            kept = send_sessions(run->channel, workers, sent, deadline,
+                                 [&] { hand_over_bgp(run->channel, deadline, bgp_frozen); });
         } catch (const std::exception& e) {
             failure = e.what();
         }
@@ -445,8 +459,10 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
             send_final_state(run->channel, *snap, stats_);
         }
         const std::size_t handed = failure.empty() ? sent.size() : 0;
-        asio::post(control_, [this, run, failure, handed, kept, phase_ms, done = std::move(done)] {
+        asio::post(control_, [this, run, failure, handed, kept, phase_ms, bgp_frozen, done = std::move(done)] {
             if (run->thread.joinable()) run->thread.join();
+            // The new process is dead (killed above) or holds them now.
+            if (bgp_frozen) end_bgp_handover(failure.empty());
             ::close(run->channel);
             run->channel = -1;
             if (upgrade_ == run) upgrade_.reset();
@@ -504,20 +520,32 @@ void process::receive_sessions() {
     // For tests only: die after this many session frames (a successor that
     // fails in the session phase; docs/upgrade.md, rollback).
     const int die_after = handover::test_hook("APILB_UPGRADE_TEST_DIE_AFTER_SESSIONS").value_or(0);
+    // For tests only: die on sessions_end, once the bgp agent came (a
+    // successor that fails after the old process handed it over).
+    const bool die_at_end = handover::test_hook("APILB_UPGRADE_TEST_DIE_AT_SESSIONS_END").value_or(0) == 1;
     std::vector<worker*> workers;
     for (auto& w : workers_) workers.push_back(w.get());
     // Its own thread: the receives block (bounded), workers adopt by message.
-    adopt_thread_ = std::thread([this, channel, workers, die_after] {
+    const pid_t old_pid = ::getppid();  // it started this process
+    adopt_thread_ = std::thread([this, channel, workers, die_after, die_at_end, old_pid] {
         const auto deadline = clock_type::now() + upgrade_deadline();
         int frames = 0;
         std::size_t refused = 0;
+        auto bgp = std::make_shared<bgp_receipt>();
         try {
             while (true) {
                 handover::frame f = handover::receive_frame(channel, deadline);
                 if (f.type == frame_type::abort) throw handover_error("the old process aborted: " + f.payload);
+                if (take_bgp_frame(f, *bgp)) continue;
                 if (f.type == frame_type::sessions_end) {
                     expect_count(f, frames, "session");
+                    if (die_at_end) {
+                        spdlog::error("upgrade: dying at sessions_end (APILB_UPGRADE_TEST_DIE_AT_SESSIONS_END)");
+                        std::_Exit(3);
+                    }
                     handover::send_frame(channel, frame_type::sessions_taken, std::to_string(frames), {}, deadline);
+                    // From here the old process lets go of the VIPs and FRR.
+                    take_over_bgp(std::exchange(bgp, nullptr));
                     receive_final_state(channel);
                     break;
                 }
@@ -546,6 +574,10 @@ void process::receive_sessions() {
             spdlog::info("upgrade: {} session(s) came from the old process, {} refused", frames, refused);
         } catch (const std::exception& e) {
             spdlog::error("upgrade: the session handover ended early: {}", e.what());
+            // Before sessions_taken the old process keeps (or takes back) the
+            // VIPs, and kills this one; unless it died: then this one acts as
+            // on a fresh start.
+            if (bgp && bgp_ && old_process_died(old_pid)) take_over_bgp(nullptr);
         }
     });
 }

@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <stdexcept>
+
 #include "apilb/core/config.hpp"
 #include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/pool_readiness.hpp"
@@ -64,8 +66,23 @@ bgp_report bgp_agent::report() const {
     return r;
 }
 
-void bgp_agent::prepare() {
+void bgp_agent::prepare(bool upgrade) {
     APILB_ASSERT_ROLE(control);
+    if (upgrade) {
+        // The old process's VIPs and FRR stay as they are; the route is the
+        // same one (adding replaces it), so a listener on a VIP binds here too.
+        owner_ = ownership::waiting;
+        for (const auto& v : cfg_.vips) {
+            if (auto ec = set_local_route(v.ip, v.is_v6, true)) {
+                ++report_.address_errors;
+                spdlog::error("bgp: cannot add the local route for VIP {}: {}", v.ip, ec.message());
+            }
+        }
+        spdlog::info("bgp: {} VIP(s) on {}: the old process announces them until it hands them over", cfg_.vips.size(),
+                     cfg_.interface);
+        if (cfg_.manage) frr_ = std::make_unique<frr_supervisor>(control_, snap_->cfg);
+        return;
+    }
     for (const auto& v : cfg_.vips) {
         if (auto ec = set_local_route(v.ip, v.is_v6, true)) {
             ++report_.address_errors;
@@ -91,8 +108,86 @@ void bgp_agent::prepare() {
 
 void bgp_agent::start() {
     APILB_ASSERT_ROLE(control);
-    asio::co_spawn(control_, readiness_loop(), asio::detached);
+    // Started by an upgrade: take_over() starts the loop once this process owns the VIPs.
+    if (owner_ != ownership::waiting) asio::co_spawn(control_, readiness_loop(), asio::detached);
     asio::co_spawn(control_, frr_loop(), asio::detached);
+}
+
+bgp_handover bgp_agent::freeze_for_upgrade() {
+    APILB_ASSERT_ROLE(control);
+    if (owner_ != ownership::own || stopped_) throw std::runtime_error("the bgp agent is not running");
+    bgp_handover h;
+    h.managed = frr_ != nullptr;
+    if (frr_) h.frr = frr_->freeze();  // throws while FRR restarts: nothing frozen
+    for (std::size_t i = 0; i < cfg_.vips.size(); ++i) {
+        h.vips.push_back({.ip = cfg_.vips[i].ip,
+                          .known = vips_[i].known,
+                          .announced = vips_[i].known && vips_[i].reason.empty(),
+                          .withdrawals = report_.vips[i].withdrawals});
+    }
+    h.address_errors = report_.address_errors;
+    h.frr_query_failures = report_.frr_query_failures;
+    h.frr_restarts = frr_ ? frr_->restarts() : 0;
+    owner_ = ownership::frozen;
+    spdlog::info("bgp: handing the VIPs' announcement{} to the new process", frr_ ? " and FRR" : "");
+    return h;
+}
+
+void bgp_agent::resume_after_failed_upgrade() {
+    APILB_ASSERT_ROLE(control);
+    if (owner_ != ownership::frozen) return;
+    owner_ = ownership::own;
+    if (frr_) frr_->thaw();
+    // The new process may have changed a VIP before it died: each is put
+    // where this process's readiness says at the next check (adding what is
+    // there, or deleting what is not, changes nothing).
+    for (auto& v : vips_) v.known = false;
+    spdlog::info("bgp: the VIPs' announcement{} stays with this process", frr_ ? " and FRR" : "");
+}
+
+void bgp_agent::handed_over() {
+    APILB_ASSERT_ROLE(control);
+    owner_ = ownership::released;
+    timer_.cancel();
+    if (frr_) frr_->release();
+}
+
+void bgp_agent::take_over(std::optional<bgp_handover> from_old) {
+    APILB_ASSERT_ROLE(control);
+    if (owner_ != ownership::waiting || stopped_) return;
+    owner_ = ownership::own;
+    if (!from_old) {
+        // As a fresh start would: nobody else acts on the VIPs now.
+        spdlog::warn("bgp: nothing came from the old process; taking the VIPs and FRR as on a fresh start");
+        for (const auto& v : cfg_.vips) {
+            if (auto ec = set_host_address(cfg_.interface, v.ip, v.is_v6, false)) {
+                ++report_.address_errors;
+                spdlog::error("bgp: cannot take VIP {} off {}: {}", v.ip, cfg_.interface, ec.message());
+            }
+        }
+        if (frr_) frr_->start();
+        asio::co_spawn(control_, readiness_loop(), asio::detached);
+        return;
+    }
+    std::size_t announced = 0;
+    for (std::size_t i = 0; i < cfg_.vips.size(); ++i) {
+        for (const auto& v : from_old->vips) {
+            if (v.ip != cfg_.vips[i].ip || !v.known) continue;
+            // As the old process left it: the readiness loop changes it only
+            // if this process's own view says otherwise.
+            vips_[i].known = true;
+            vips_[i].reason = v.announced ? "" : "withdrawn by the old process";
+            report_.vips[i].announced = v.announced;
+            report_.vips[i].withdrawals = v.withdrawals;
+            announced += v.announced ? 1 : 0;
+        }
+    }
+    report_.address_errors += from_old->address_errors;
+    report_.frr_query_failures += from_old->frr_query_failures;
+    if (frr_) frr_->adopt(std::move(from_old->frr), from_old->frr_restarts);
+    spdlog::info("bgp: took over {} VIP(s) from the old process ({} announced){}", cfg_.vips.size(), announced,
+                 frr_ ? ", and its FRR" : "");
+    asio::co_spawn(control_, readiness_loop(), asio::detached);
 }
 
 void bgp_agent::update(std::shared_ptr<const snapshot> snap) {
@@ -128,6 +223,8 @@ std::string bgp_agent::withdraw_reason(const std::string& vip, bool is_v6) const
 
 void bgp_agent::apply(std::size_t i, const std::string& reason) {
     APILB_ASSERT_ROLE(control);
+    // During an upgrade the other process owns the VIPs.
+    if (owner_ != ownership::own) return;
     vip_state& s = vips_[i];
     const bgp_vip& v = cfg_.vips[i];
     const bool announce = reason.empty();
@@ -197,6 +294,8 @@ void bgp_agent::stop() {
     timer_.cancel();
     frr_timer_.cancel();
     wait_timer_.cancel();
+    // Handed over (the new process owns them) or never taken (the old one does).
+    if (owner_ != ownership::own && owner_ != ownership::frozen) return;
     for (const auto& v : cfg_.vips) {
         auto ec = set_host_address(cfg_.interface, v.ip, v.is_v6, false);
         if (!ec) ec = set_local_route(v.ip, v.is_v6, false);

@@ -15,11 +15,11 @@ int inherited_fd_bound() noexcept {
                : 65536;
 }
 
-void close_inherited_fds(int bound) noexcept {
+void close_inherited_fds(int bound, int first) noexcept {
 #ifdef SYS_close_range
-    if (::syscall(SYS_close_range, 3U, ~0U, 0U) == 0) return;
+    if (::syscall(SYS_close_range, static_cast<unsigned>(first), ~0U, 0U) == 0) return;
 #endif
-    for (int fd = 3; fd < bound; ++fd) ::close(fd);
+    for (int fd = first; fd < bound; ++fd) ::close(fd);
 }
 
 }  // namespace apilb

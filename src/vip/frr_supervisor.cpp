@@ -8,9 +8,11 @@
 #include <spdlog/spdlog.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -29,6 +31,7 @@
 #include "apilb/core/thread_role.hpp"
 #include "apilb/logging/logging.hpp"
 #include "apilb/vip/child_fds.hpp"
+#include "apilb/vip/child_lifeline.hpp"
 #include "apilb/vip/frr_query.hpp"
 
 namespace apilb {
@@ -74,18 +77,22 @@ std::string first_line(const std::string& text) {
 }
 
 /// The keeper: apilb's child, root, the leader of a process group with its
-/// daemon. It forwards SIGTERM (from apilb, or from the kernel when apilb
-/// dies: PR_SET_PDEATHSIG) to the daemon, SIGKILLs it term_grace later, and
-/// exits with the daemon's status. The daemon itself cannot hold
-/// PR_SET_PDEATHSIG: dropping to the frr user clears it (the kernel resets it
-/// on any change of the effective uid or gid). Only async-signal-safe calls:
-/// apilb is multithreaded.
-[[noreturn]] void keeper_main(pid_t parent, char* const* argv, const char* out_path, int max_fd) {
+/// daemon. It forwards SIGTERM (from apilb) to the daemon, and does the same
+/// once the lifeline's read end hangs up: every apilb that held its write end
+/// has ended, however it ended (an upgrade passes the write end on, so the
+/// keeper outlives the process that forked it, docs/upgrade.md). It SIGKILLs
+/// the daemon term_grace later and exits with the daemon's status. The daemon
+/// itself cannot hold PR_SET_PDEATHSIG: dropping to the frr user clears it
+/// (the kernel resets it on any change of the effective uid or gid); nor can
+/// the keeper, which would then end with the old process of an upgrade.
+/// Only async-signal-safe calls (and signalfd, a plain system call): apilb is
+/// multithreaded.
+[[noreturn]] void keeper_main(char* const* argv, const char* out_path, int max_fd, int lifeline_read) {
     ::setpgid(0, 0);
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (::getppid() != parent) ::_exit(0);  // apilb died before the line above
-    // apilb's listening sockets must not live on in the keeper or the daemon.
-    close_inherited_fds(max_fd);
+    // apilb's sockets and the lifeline's write end must not live on in the
+    // keeper or the daemon: a write end here would keep the keeper alive.
+    const int line = keep_only_lifeline(lifeline_read, max_fd);
+    if (line < 0) ::_exit(126);
     sigset_t waited;
     ::sigemptyset(&waited);
     ::sigaddset(&waited, SIGTERM);
@@ -93,6 +100,8 @@ std::string first_line(const std::string& text) {
     ::sigaddset(&waited, SIGCHLD);
     ::sigprocmask(SIG_SETMASK, &waited, nullptr);
     ::signal(SIGCHLD, SIG_DFL);  // an ignored SIGCHLD would reap the daemon behind our back
+    const int signals = ::signalfd(-1, &waited, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (signals < 0) ::_exit(126);
     const pid_t d = ::fork();
     if (d < 0) ::_exit(126);
     if (d == 0) {
@@ -112,16 +121,21 @@ std::string first_line(const std::string& text) {
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
         ::signal(SIGPIPE, SIG_DFL);
         ::signal(SIGXFSZ, SIG_DFL);
-        ::execv(argv[0], argv);
+        ::execv(argv[0], argv);  // the lifeline and the signalfd are close-on-exec
         ::_exit(127);
     }
     bool termed = false;
     timespec kill_at{};
     for (;;) {
-        timespec tick{0, 100'000'000};
-        siginfo_t info;
-        const int sig = ::sigtimedwait(&waited, &info, &tick);
-        if ((sig == SIGTERM || sig == SIGINT) && !termed) {
+        // Once terminating, the hung-up lifeline would wake every poll: only the signals then.
+        pollfd p[2] = {{signals, POLLIN, 0}, {line, POLLIN, 0}};
+        ::poll(p, termed ? 1 : 2, 100);
+        bool stop = !termed && (p[1].revents & (POLLHUP | POLLIN | POLLERR)) != 0;
+        signalfd_siginfo info;
+        while (::read(signals, &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+            if (info.ssi_signo == SIGTERM || info.ssi_signo == SIGINT) stop = true;
+        }
+        if (stop && !termed) {
             termed = true;
             ::kill(d, SIGTERM);
             ::clock_gettime(CLOCK_MONOTONIC, &kill_at);
@@ -166,12 +180,106 @@ frr_supervisor::frr_supervisor(asio::io_context& control, std::shared_ptr<const 
 }
 
 frr_supervisor::~frr_supervisor() {
-    if (std::any_of(daemons_.begin(), daemons_.end(), [](const daemon& d) { return d.keeper > 0; })) stop();
+    if (!released_ && std::any_of(daemons_.begin(), daemons_.end(), [](const daemon& d) { return d.keeper > 0; }))
+        stop();
+    for (auto& d : daemons_) forget(d);
 }
 
 void frr_supervisor::start() {
     APILB_ASSERT_ROLE(control);
-    asio::co_spawn(control_, run_loop(), asio::detached);
+    asio::co_spawn(control_, run_loop(false), asio::detached);
+}
+
+void frr_supervisor::forget(daemon& d) {
+    if (d.pidfd >= 0) ::close(d.pidfd);
+    d.pidfd = -1;
+    d.keeper = -1;
+    d.pid = -1;
+    d.adopted = false;
+}
+
+bool frr_supervisor::keeper_ended(daemon& d, std::string& how) {
+    if (d.keeper <= 0) return true;
+    if (!d.adopted) {
+        int status = 0;
+        if (::waitpid(d.keeper, &status, WNOHANG) != d.keeper) return false;
+        // A keeper killed by a signal left its daemon behind: end the group.
+        if (WIFSIGNALED(status)) ::kill(-d.keeper, SIGKILL);
+        how = describe_status(status);
+        return true;
+    }
+    if (!pidfd_ended(d.pidfd)) return false;
+    // Not our child: its status went to whoever reaps it. A daemon it left
+    // behind is found by its pid file at the next start (end_leftover).
+    how = "ended (its keeper came with an upgrade, so how is not known here)";
+    return true;
+}
+
+void frr_supervisor::signal_keeper(const daemon& d, int sig) const {
+    if (d.pidfd >= 0 && pidfd_signal(d.pidfd, sig) == 0) return;
+    if (!d.adopted) ::kill(d.keeper, sig);
+}
+
+handed_children frr_supervisor::freeze() {
+    APILB_ASSERT_ROLE(control);
+    if (!watching_ || stopping_ || frozen_ || !lifeline_.valid()) {
+        throw std::runtime_error("apilb's FRR is being started or restarted; try the upgrade again once it runs");
+    }
+    handed_children out;
+    out.group = "frr";
+    const int r = ::fcntl(lifeline_.read_fd(), F_DUPFD_CLOEXEC, 3);
+    const int w = r < 0 ? -1 : ::fcntl(lifeline_.write_fd(), F_DUPFD_CLOEXEC, 3);
+    out.line = lifeline(r, w);
+    if (!out.line.valid())
+        throw std::runtime_error(std::string("cannot share the FRR lifeline: ") + std::strerror(errno));
+    for (const auto& d : daemons_) {
+        const int fd = d.pidfd < 0 ? -1 : ::fcntl(d.pidfd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0) throw std::runtime_error("no pidfd for " + d.name + "'s keeper (pidfd_open needs Linux 5.3)");
+        out.children.push_back({.name = d.name, .pid = d.keeper, .daemon = d.pid, .pidfd = fd});
+    }
+    frozen_ = true;
+    return out;
+}
+
+void frr_supervisor::thaw() {
+    APILB_ASSERT_ROLE(control);
+    frozen_ = false;
+}
+
+void frr_supervisor::release() {
+    APILB_ASSERT_ROLE(control);
+    released_ = true;
+    stopping_ = true;
+    timer_.cancel();
+    // The keepers stay this process's children until it exits (then the
+    // service manager's); only the new process watches them now.
+    for (auto& d : daemons_) forget(d);
+    lifeline_.reset();
+    spdlog::info("frr: zebra, bgpd{} handed over; they run on", daemons_.size() > 2 ? " and bfdd" : "");
+}
+
+void frr_supervisor::adopt(handed_children children, std::uint64_t restarts) {
+    APILB_ASSERT_ROLE(control);
+    restarts_ = restarts;
+    lifeline_ = std::move(children.line);
+    bool all = lifeline_.valid();
+    for (auto& d : daemons_) {
+        auto it = std::find_if(children.children.begin(), children.children.end(),
+                               [&](const handed_child& c) { return c.name == d.name && c.pidfd >= 0; });
+        if (it == children.children.end()) {
+            all = false;
+            continue;
+        }
+        d.keeper = it->pid;
+        d.pid = it->daemon;
+        d.pidfd = std::exchange(it->pidfd, -1);
+        d.adopted = true;
+        spdlog::info("frr: took over {} (pid {}, keeper {}) in {}", d.name, d.pid, d.keeper, dir_);
+    }
+    children.reset();  // pidfds of daemons this config does not run
+    if (!lifeline_.valid()) lifeline_ = lifeline::make();
+    if (!all) spdlog::error("frr: the old process did not hand over every daemon; starting them all again");
+    asio::co_spawn(control_, run_loop(all), asio::detached);
 }
 
 asio::awaitable<bool> frr_supervisor::pause(std::chrono::milliseconds d) {
@@ -180,12 +288,26 @@ asio::awaitable<bool> frr_supervisor::pause(std::chrono::milliseconds d) {
     co_return !ec && !stopping_;
 }
 
-asio::awaitable<void> frr_supervisor::run_loop() {
+asio::awaitable<void> frr_supervisor::run_loop(bool adopted) {
+    if (!lifeline_.valid()) {
+        try {
+            lifeline_ = lifeline::make();
+        } catch (const std::system_error& e) {
+            // Without it no keeper could tell that apilb died: start none.
+            spdlog::error("frr: {}; not starting FRR", e.what());
+            co_return;
+        }
+    }
     while (!stopping_) {
         const auto began = clock_type::now();
-        const bool up = co_await start_all();
+        bool up = adopted;
+        if (!std::exchange(adopted, false)) up = co_await start_all();
         if (stopping_) co_return;
-        if (up) co_await watch();
+        if (up) {
+            watching_ = true;
+            co_await watch();
+            watching_ = false;
+        }
         if (stopping_) co_return;
         // A bgpd left on a restarted zebra keeps a stale session: all go.
         co_await end_all();
@@ -257,14 +379,17 @@ void frr_supervisor::spawn(daemon& d) {
     argv.push_back(nullptr);
     std::string out = path(d.name + ".out");
     const int max_fd = inherited_fd_bound();
-    const pid_t parent = ::getpid();
+    const int line = lifeline_.read_fd();
     const pid_t pid = ::fork();
     if (pid < 0) throw std::system_error(errno, std::generic_category(), "cannot start " + d.name + " (fork)");
-    if (pid == 0) keeper_main(parent, argv.data(), out.c_str(), max_fd);
+    if (pid == 0) keeper_main(argv.data(), out.c_str(), max_fd, line);
     // Also here: a stop right after the fork signals the group.
     ::setpgid(pid, pid);
+    forget(d);
     d.keeper = pid;
-    d.pid = -1;
+    // Opened before the keeper can be reaped, so it names this process; an
+    // upgrade hands a duplicate to the new apilb, which is not its parent.
+    d.pidfd = open_pidfd(pid);
     d.term_sent = false;
 }
 
@@ -307,11 +432,11 @@ asio::awaitable<bool> frr_supervisor::start_all() {
         }
         const auto deadline = clock_type::now() + start_timeout;
         while (!std::filesystem::exists(vty, ignored)) {
-            int status = 0;
-            if (::waitpid(d.keeper, &status, WNOHANG) == d.keeper) {
-                d.keeper = -1;
-                spdlog::error("frr: {} {} at start; see {} and {}", d.name, describe_status(status),
-                              path(d.name + ".out"), path(d.name + ".log"));
+            std::string how;
+            if (keeper_ended(d, how)) {
+                forget(d);
+                spdlog::error("frr: {} {} at start; see {} and {}", d.name, how, path(d.name + ".out"),
+                              path(d.name + ".log"));
                 co_return false;
             }
             if (clock_type::now() > deadline) {
@@ -345,14 +470,13 @@ asio::awaitable<void> frr_supervisor::watch() {
     for (;;) {
         const bool waited = co_await pause(watch_period);
         if (!waited) co_return;
+        // Handing them over: the new process may take them from any moment on.
+        if (frozen_) continue;
         for (auto& d : daemons_) {
-            int status = 0;
-            if (d.keeper <= 0 || ::waitpid(d.keeper, &status, WNOHANG) != d.keeper) continue;
-            // A keeper killed by a signal left its daemon behind: end the group.
-            if (WIFSIGNALED(status)) ::kill(-d.keeper, SIGKILL);
-            spdlog::error("frr: {} (pid {}) {}; see {}", d.name, d.pid, describe_status(status), path(d.name + ".log"));
-            d.keeper = -1;
-            d.pid = -1;
+            std::string how;
+            if (d.keeper <= 0 || !keeper_ended(d, how)) continue;
+            spdlog::error("frr: {} (pid {}) {}; see {}", d.name, d.pid, how, path(d.name + ".log"));
+            forget(d);
             co_return;
         }
     }
@@ -367,12 +491,11 @@ bool frr_supervisor::ending_step() {
         auto it = std::find_if(daemons_.begin(), daemons_.end(), [&](const daemon& d) { return d.name == name; });
         if (it == daemons_.end() || it->keeper <= 0) continue;
         daemon& d = *it;
-        int status = 0;
-        if (::waitpid(d.keeper, &status, WNOHANG) == d.keeper) {
-            if (WIFSIGNALED(status)) ::kill(-d.keeper, SIGKILL);
+        std::string how;
+        if (keeper_ended(d, how)) {
             spdlog::info("frr: {} (pid {}) stopped", d.name, d.pid);
         } else if (!d.term_sent) {
-            ::kill(d.keeper, SIGTERM);  // the keeper passes it on
+            signal_keeper(d, SIGTERM);  // the keeper passes it on
             d.term_sent = true;
             d.kill_at = now + term_grace;
             return false;
@@ -380,13 +503,19 @@ bool frr_supervisor::ending_step() {
             spdlog::warn("frr: {} (pid {}) did not stop within {}s; killing it", d.name, d.pid,
                          std::chrono::seconds(term_grace).count());
             if (d.pid > 0) ::kill(d.pid, SIGKILL);
+            signal_keeper(d, SIGKILL);
             ::kill(-d.keeper, SIGKILL);
-            ::waitpid(d.keeper, &status, 0);
+            if (!d.adopted) {
+                int status = 0;
+                ::waitpid(d.keeper, &status, 0);
+            } else {
+                pollfd p{d.pidfd, POLLIN, 0};
+                ::poll(&p, 1, 1000);  // not ours to reap: its end, at most a second
+            }
         } else {
             return false;
         }
-        d.keeper = -1;
-        d.pid = -1;
+        forget(d);
     }
     return true;
 }
@@ -405,6 +534,7 @@ void frr_supervisor::stop() {
     APILB_ASSERT_ROLE(control);
     stopping_ = true;
     timer_.cancel();
+    if (released_) return;
     if (std::none_of(daemons_.begin(), daemons_.end(), [](const daemon& d) { return d.keeper > 0; })) return;
     while (!ending_step()) std::this_thread::sleep_for(10ms);
     spdlog::info("frr: zebra, bgpd{} stopped", daemons_.size() > 2 ? " and bfdd" : "");

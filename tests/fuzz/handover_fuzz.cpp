@@ -31,6 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 if (parse_session(encode_session(r)).bytes_to_backend != r.bytes_to_backend) std::abort();
                 break;
             }
+            case frame_type::child:  // one state line, with its descriptors
             case frame_type::state: {
                 // Lines that parse parse again to as many lines once encoded.
                 const auto lines = parse_state(f.payload);

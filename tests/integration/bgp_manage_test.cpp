@@ -81,22 +81,7 @@ protected:
     std::string frr_dir() const { return dir_.path() + "/n1-frr"; }
 
     /// The router: ECMP, BFD, and neighbour changes and notifications in its log.
-    static std::string router_conf() {
-        return fmt::format(R"(frr defaults traditional
-router bgp 64500
- bgp router-id {0}
- bgp log-neighbor-changes
- no bgp ebgp-requires-policy
- neighbor {1} remote-as 64512
- neighbor {1} bfd
- neighbor {1} timers connect 1
- address-family ipv4 unicast
-  maximum-paths 8
- exit-address-family
-exit
-)",
-                           router_ip, node_ip);
-    }
+    static std::string router_conf() { return one_node_router_conf(router_ip, node_ip); }
 
     std::unique_ptr<process> start_apilb() {
         return std::make_unique<process>(

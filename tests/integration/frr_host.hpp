@@ -155,6 +155,26 @@ bgp:
            n.bgp_tail;
 }
 
+/// A router (AS 64500) for one apilb node (AS 64512): ECMP, BFD (FRR's
+/// default 300 ms), a connect retry of 1 s, and neighbour changes and
+/// notifications in its bgpd.log.
+inline std::string one_node_router_conf(const std::string& router_ip, const std::string& node_ip) {
+    return fmt::format(R"(frr defaults traditional
+router bgp 64500
+ bgp router-id {0}
+ bgp log-neighbor-changes
+ no bgp ebgp-requires-policy
+ neighbor {1} remote-as 64512
+ neighbor {1} bfd
+ neighbor {1} timers connect 1
+ address-family ipv4 unicast
+  maximum-paths 8
+ exit-address-family
+exit
+)",
+                       router_ip, node_ip);
+}
+
 /// Why FRR cannot run here ("" when it can): the daemons, vtysh and the frr user.
 inline std::string frr_unavailable_reason() {
     for (const char* daemon : {"zebra", "bgpd", "bfdd"}) {

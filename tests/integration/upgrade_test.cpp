@@ -1,15 +1,18 @@
 // The upgrade (SIGUSR2, docs/upgrade.md "Zero-drop upgrade"): the real
 // binary hands its listening sockets to a new apilb under a steady rate of
 // new connections, which must all be served; a new binary that fails is
-// rolled back with the old one serving on; with a bgp section the upgrade
-// is refused. The sessions are upgrade_sessions_test's, the admin trigger
-// upgrade_admin_test's.
+// rolled back with the old one serving on; with a bgp section the VIP stays
+// announced throughout and moves to the new process (without FRR here:
+// bgp_upgrade_test has the router). The sessions are upgrade_sessions_test's,
+// the admin trigger upgrade_admin_test's.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <csignal>
 #include <memory>
+#include <thread>
 
 #include "frr_host.hpp"
 #include "harness.hpp"
@@ -109,13 +112,15 @@ TEST_F(UpgradeTest, ConfigTheNewBinaryRejectsIsRolledBack) {
 }
 
 
-// With a bgp section both processes would put the VIPs on and off the
-// interface, and the old one would take them away as it ends: SIGUSR2 is
-// refused with the reason, and so is POST /api/v1/upgrade (409); nothing is
-// started, and apilb serves on, its established session included. In a
-// namespace of its own (root): apilb puts the VIP on the namespace's `lo`
-// as it starts, never on the host's.
-TEST(UpgradeRefused, WithABgpSectionApilbSaysWhyAndServesOn) {
+// With a bgp section (docs/upgrade.md, "With a bgp section") the old process
+// hands the VIPs' announcement to the new one: the VIP never leaves the
+// interface (FRR would withdraw it), the old process leaves it there as it
+// ends, and the new one owns it from then on: it withdraws when its backend
+// goes, and removes the VIP and apilb's local route when it stops. A new
+// binary whose bgp section differs is refused with the reason. In a network
+// namespace of its own (root), without FRR: apilb puts the VIP on the
+// namespace's `lo`, never on the host's.
+TEST(UpgradeWithBgp, TheVipNeverLeavesItsInterfaceAndMovesToTheNewProcess) {
     if (auto why = netns_segment::unavailable_reason(); !why.empty()) {
         GTEST_SKIP() << "needs network namespaces (root, iproute2): " << why;
     }
@@ -131,54 +136,107 @@ TEST(UpgradeRefused, WithABgpSectionApilbSaysWhyAndServesOn) {
     dir.write("token", "s3cret-token\n");
     // vty_socket_dir: an empty directory, so the agent's vtysh finds no FRR
     // (a state it logs), never the host's.
-    const std::string yaml = bgp_node_yaml({.vip = vip,
-                                            .port = port,
-                                            .backend = backend->address(),
-                                            .router_id = "198.18.44.1",
-                                            .peer = "198.18.44.2",
-                                            .peer_options = "",
-                                            .vty_socket_dir = dir.path(),
-                                            .head = fmt::format("timeouts: {{drain: 2s}}\nadmin: {{address: "
-                                                                "\"127.0.0.1:{}\", token_file: \"{}\"}}\n",
-                                                                admin, dir.file("token")),
-                                            .bgp_tail = "  withdraw_wait: 0s\n"});
-    apilb_process apilb(dir, yaml, vip, port, {}, {find_program("ip"), "netns", "exec", ns});
+    auto yaml = [&](const std::string& vips) {
+        std::string y = bgp_node_yaml({.vip = vip,
+                                       .port = port,
+                                       .backend = backend->address(),
+                                       .router_id = "198.18.44.1",
+                                       .peer = "198.18.44.2",
+                                       .peer_options = "",
+                                       .vty_socket_dir = dir.path(),
+                                       .head = fmt::format("timeouts: {{drain: 2s}}\nadmin: {{address: "
+                                                           "\"127.0.0.1:{}\", token_file: \"{}\"}}\n",
+                                                           admin, dir.file("token")),
+                                       .bgp_tail = "  withdraw_wait: 0s\n"});
+        const std::string line = fmt::format("  vips: [{}]\n", vip);
+        return y.replace(y.find(line), line.size(), fmt::format("  vips: [{}]\n", vips));
+    };
+    const std::string ip = find_program("ip");
+    auto vip_on_lo = [&] {
+        return run_command({ip, "-n", ns, "addr", "show", "dev", "lo"}).output.find(" " + vip + "/32 ") !=
+               std::string::npos;
+    };
+    auto local_route = [&] {
+        return run_command({ip, "-n", ns, "route", "show", "table", "local", "proto", "249"}).output.find(vip) !=
+               std::string::npos;
+    };
+    apilb_process apilb(dir, yaml(vip), vip, port, {}, {ip, "netns", "exec", ns});
+    ASSERT_TRUE(wait_until(vip_on_lo, 20s)) << apilb.log();
     auto echo = [&](client& c, const std::string& line) {
         return c.send_all(line) && c.recv_exact(line.size()) == line;
     };
     client held;
-    held.set_timeout(5s);
     in_netns(ns, [&] { ASSERT_EQ(held.connect(vip, port, 5s), 0); });
+    held.set_timeout(5s);
     ASSERT_TRUE(echo(held, "before\n")) << apilb.log();
 
+    // The interface, every few ms, from before the upgrade until the old process has gone.
+    std::atomic<bool> watching{true};
+    std::atomic<int> samples{0}, missing{0};
+    std::thread watcher([&] {
+        const auto end = std::chrono::steady_clock::now() + 90s;
+        while (watching && std::chrono::steady_clock::now() < end) {
+            ++samples;
+            if (!vip_on_lo()) ++missing;
+            std::this_thread::sleep_for(2ms);
+        }
+    });
+    struct joined {  // an ASSERT that returns early must not leave it running
+        std::atomic<bool>& flag;
+        std::thread& t;
+        ~joined() {
+            flag = false;
+            if (t.joinable()) t.join();
+        }
+    } join_watcher{watching, watcher};
+    ASSERT_TRUE(wait_until([&] { return samples >= 5; }, 20s));  // seen on lo before
+    pid_t next = 0;
     in_netns(ns, [&] {
         const http_answer r = http_exchange(admin, "POST", "/api/v1/upgrade?wait=1",
                                             "Authorization: Bearer s3cret-token\r\n");
-        EXPECT_EQ(r.status, 409) << r.body;
-        EXPECT_NE(r.body.find("upgrade refused: the config has a bgp section"), std::string::npos) << r.body;
+        EXPECT_EQ(r.status, 200) << r.body;
     });
-    apilb.proc().signal(SIGUSR2);
-    ASSERT_TRUE(wait_until(
-        [&] {
-            const std::string log = apilb.log();
-            const std::string refused = "upgrade refused: the config has a bgp section";
-            return log.find(refused) != log.rfind(refused);  // the POST's, then the signal's
-        },
-        20s))
+    EXPECT_TRUE(wait_until([&] { return handed_to(apilb.log()) != 0; }, 10s)) << apilb.log();
+    next = handed_to(apilb.log());
+    end_at_exit guard{{next}};
+    ASSERT_GT(next, 0) << apilb.log();
+    EXPECT_EQ(apilb.proc().wait(20s), 0) << apilb.log();
+    const int at_exit = samples;  // and a while after the old process has gone
+    EXPECT_TRUE(wait_until([&] { return samples >= at_exit + 5; }, 20s));
+    watching = false;
+    if (watcher.joinable()) watcher.join();
+    EXPECT_EQ(missing, 0) << "the VIP was off lo in " << missing << " of " << samples << " samples\n" << apilb.log();
+    EXPECT_GT(samples, 10);
+    EXPECT_TRUE(vip_on_lo()) << "the old process took the VIP away as it ended";
+    EXPECT_TRUE(local_route()) << "the old process took apilb's local route away as it ended";
+    EXPECT_NE(apilb.log().find("bgp: took over 1 VIP(s) from the old process (1 announced)"), std::string::npos)
         << apilb.log();
-    EXPECT_TRUE(apilb.wait_for_log("still serving", 5s)) << apilb.log();
-    EXPECT_EQ(apilb.log().find("upgrade: pid"), std::string::npos) << apilb.log();
-    EXPECT_EQ(apilb.log().find("upgrade: started"), std::string::npos) << apilb.log();
-    EXPECT_TRUE(apilb.proc().running());
     EXPECT_TRUE(echo(held, "after\n")) << apilb.log();
-    in_netns(ns, [&] {
-        client c;
-        c.set_timeout(5s);
-        ASSERT_EQ(c.connect(vip, port, 5s), 0);
-        EXPECT_TRUE(echo(c, "new\n")) << apilb.log();
-    });
-    held = client();
-    EXPECT_EQ(apilb.terminate(), 0) << apilb.log();
+
+    // The new process decides now: its backend gone, it withdraws.
+    backend->stop();
+    EXPECT_TRUE(wait_until([&] { return !vip_on_lo(); }, 20s)) << apilb.log();
+    EXPECT_NE(apilb.log().find("bgp: VIP " + vip + " withdrawn: pool cp has no healthy backend"), std::string::npos)
+        << apilb.log();
+
+    // Another bgp section cannot take over this one's announcement: refused
+    // by the new binary, with the reason; the running process serves on.
+    dir.write("apilb.yaml", yaml(vip + ", 198.18.44.101"));
+    ::kill(next, SIGUSR2);
+    EXPECT_TRUE(wait_until(
+        [&] {
+            return apilb.log().find("upgrade failed: the new binary aborted: the bgp section differs") !=
+                   std::string::npos;
+        },
+        60s))
+        << apilb.log();
+    EXPECT_TRUE(alive(next));
+
+    // Its stop takes the VIP's local route away: this process owns it.
+    end_by_pid(next);
+    EXPECT_FALSE(alive(next));
+    EXPECT_FALSE(local_route()) << apilb.log();
+    expect_no_sanitizer_report(apilb.log(), "apilb");
 }
 
 }  // namespace

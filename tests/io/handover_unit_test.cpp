@@ -1,15 +1,22 @@
 // The upgrade handover channel over a real socketpair: frames, descriptors,
-// and every way a frame can be bad, with the descriptors it carried closed.
+// and every way a frame can be bad, with the descriptors it carried closed;
+// the child frames (a lifeline, keepers' pidfds) with real processes, and
+// the bgp section check of an upgrade.
 #include "apilb/process/handover.hpp"
 
+#include "apilb/process/handover_children.hpp"
 #include "apilb/process/handover_state.hpp"
+#include "apilb/process/upgrade_bgp.hpp"
 
 #include <gtest/gtest.h>
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -155,7 +162,7 @@ TEST(HandoverFrame, WrongVersionIsRefusedNamingBoth) {
     send_raw(ch.a, encode_frame(frame_type::listener, "data 127.0.0.1:1", protocol_version - 1), fds);
     close_all(fds);
     const std::string err = error_of(ch.b, std::chrono::seconds(5));
-    EXPECT_NE(err.find("protocol version 2 from the peer, this side speaks 3"), std::string::npos) << err;
+    EXPECT_NE(err.find("protocol version 3 from the peer, this side speaks 4"), std::string::npos) << err;
     EXPECT_EQ(open_fds(), before);
     EXPECT_THROW(decode_frame(std::string("XLBH") + encode_frame(frame_type::hello, "1 x").substr(4)), handover_error);
 }
@@ -312,6 +319,119 @@ TEST(HandoverState, BadPayloadsAreRefusedWithTheReason) {
     EXPECT_THROW(parse_state("v1\n\n"), handover_error) << "empty line";
     EXPECT_THROW(parse_state("v1\nk " + std::string(max_state_line_bytes, 'x') + "=1\n"), handover_error);
     EXPECT_EQ(parse_state("v1\n").size(), 0u);
+}
+
+/// The read end of a lifeline whose write ends are all closed.
+bool hung_up(int read_fd) {
+    pollfd p{read_fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) != 0;
+}
+
+TEST(HandoverChildren, LifelineAndPidfdsMoveAndStillTellTheTruth) {
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        ::pause();
+        ::_exit(0);
+    }
+    handed_children sent;
+    sent.group = "frr";
+    sent.line = lifeline::make();
+    const int pidfd = open_pidfd(child);
+    ASSERT_GE(pidfd, 0);
+    sent.children.push_back({.name = "bgpd", .pid = child, .daemon = -1, .pidfd = pidfd});
+    channel ch;
+    send_children(ch.a, sent, in(std::chrono::seconds(5)));
+    std::vector<handed_children> groups;
+    for (int i = 0; i < 2; ++i) {
+        frame f = receive_frame(ch.b, in(std::chrono::seconds(5)));
+        ASSERT_EQ(f.type, frame_type::child);
+        take_child_frame(f, groups);
+    }
+    ASSERT_EQ(groups.size(), 1u);
+    handed_children& got = groups.front();
+    EXPECT_EQ(got.group, "frr");
+    ASSERT_TRUE(got.line.valid());
+    ASSERT_EQ(got.children.size(), 1u);
+    EXPECT_EQ(got.children[0].name, "bgpd");
+    EXPECT_EQ(got.children[0].pid, child);
+    EXPECT_EQ(got.children[0].daemon, -1);
+
+    // The lifeline holds while either side holds a write end; the read end
+    // (a keeper's) hangs up once both are gone.
+    const int keeper_end = got.line.read_fd();
+    sent.line.reset();
+    EXPECT_FALSE(hung_up(keeper_end)) << "the received write end keeps it";
+    lifeline kept(::dup(keeper_end), -1);
+    got.line.reset();
+    EXPECT_TRUE(hung_up(kept.read_fd())) << "no write end is left";
+
+    // The received pidfd names the child: alive, signalled through it, ended.
+    EXPECT_FALSE(pidfd_ended(got.children[0].pidfd));
+    EXPECT_EQ(pidfd_signal(got.children[0].pidfd, SIGKILL), 0);
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFSIGNALED(status));
+    EXPECT_TRUE(pidfd_ended(got.children[0].pidfd));
+}
+
+TEST(HandoverChildren, BadChildFramesAreRefusedWithTheirDescriptorsClosed) {
+    channel ch;
+    const int before = open_fds();
+    auto refused = [&](const std::string& line, int fds) {
+        std::vector<int> mine;
+        for (int i = 0; i < fds; ++i) {
+            int p[2];
+            if (::pipe2(p, O_CLOEXEC) == 0) {
+                ::close(p[1]);
+                mine.push_back(p[0]);
+            }
+        }
+        send_frame(ch.a, frame_type::child, "v1\n" + line + "\n", mine, in(std::chrono::seconds(5)));
+        for (int fd : mine) ::close(fd);
+        frame f = receive_frame(ch.b, in(std::chrono::seconds(5)));
+        std::vector<handed_children> groups;
+        try {
+            take_child_frame(f, groups);
+        } catch (const handover_error& e) {
+            return std::string(e.what());
+        }
+        return std::string("taken");
+    };
+    EXPECT_NE(refused("lifeline group=frr", 1).find("two descriptors"), std::string::npos);
+    EXPECT_NE(refused("child group=frr name=bgpd pid=12 daemon=13", 2).find("one pidfd"), std::string::npos);
+    EXPECT_NE(refused("child group=frr name=bg/pd pid=12 daemon=13", 1).find("short word"), std::string::npos);
+    EXPECT_NE(refused("child group=frr name=bgpd pid=0 daemon=13", 1).find("not a pid"), std::string::npos);
+    EXPECT_NE(refused("child group=frr name=bgpd daemon=13", 1).find("no pid="), std::string::npos);
+    EXPECT_NE(refused("keeper group=frr", 1).find("unknown kind"), std::string::npos);
+    EXPECT_EQ(open_fds(), before) << "a refused frame's descriptors stayed open";
+}
+
+TEST(UpgradeBgpSection, OnlyTheSameSectionTakesTheAnnouncementOver) {
+    bgp_config b;
+    b.local_as = 64512;
+    b.router_id = "198.18.0.1";
+    bgp_peer p;
+    p.address = "198.18.0.2";
+    p.remote_as = 64500;
+    p.bfd = true;
+    b.peers.push_back(p);
+    b.vips.push_back({.ip = "198.18.1.100"});
+    const std::vector<state_line> old{bgp_section_line(b)};
+    EXPECT_EQ(bgp_section_mismatch(old, b), "");
+    bgp_config wait = b;
+    wait.withdraw_wait = std::chrono::seconds(5);  // only this process's own SIGTERM
+    EXPECT_EQ(bgp_section_mismatch(old, wait), "");
+    bgp_config vips = b;
+    vips.vips.push_back({.ip = "198.18.1.101"});
+    EXPECT_NE(bgp_section_mismatch(old, vips).find("the bgp section differs"), std::string::npos);
+    bgp_config peer = b;
+    peer.peers[0].bfd_multiplier = 5;
+    EXPECT_NE(bgp_section_mismatch(old, peer), "");
+    EXPECT_NE(bgp_section_mismatch(old, std::nullopt).find("no longer has"), std::string::npos);
+    EXPECT_NE(bgp_section_mismatch({bgp_section_line(std::nullopt)}, b).find("now has a bgp section"),
+              std::string::npos);
+    EXPECT_EQ(bgp_section_mismatch({bgp_section_line(std::nullopt)}, std::nullopt), "");
 }
 
 }  // namespace

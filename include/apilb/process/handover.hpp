@@ -24,7 +24,10 @@ namespace apilb::handover {
 /// 3 added the state frames (health and counters); a release that speaks 2
 /// would refuse them mid-way as an unknown type, so the skew is refused at
 /// the first frame instead, with both versions in the reason.
-inline constexpr std::uint16_t protocol_version = 3;
+/// 4 added the child frames (supervised daemons that move with an upgrade,
+/// a bgp section's announcement): a release that speaks 3 would take the
+/// VIPs off as it starts and stop FRR with the old process.
+inline constexpr std::uint16_t protocol_version = 4;
 /// Magic, version, type, payload length.
 inline constexpr std::size_t header_bytes = 12;
 /// Hard limit of one frame, header included.
@@ -46,6 +49,7 @@ enum class frame_type : std::uint16_t {
     sessions_taken = 8,  ///< new -> old: "<count of session frames received>"
     state = 9,           ///< old -> new: health and counters, lines of handover_state.hpp
     state_end = 10,      ///< old -> new: "<count of state frames sent>"
+    child = 11,          ///< old -> new: a lifeline or a child process (handover_children.hpp)
 };
 
 /// The version of the session record inside a `session` frame; a record of

@@ -30,6 +30,7 @@ class bgp_agent;
 class rebalancer;
 class admin_server;
 class discovery_client;
+struct bgp_receipt;
 struct upgrade_outcome;
 struct upgrade_start;
 
@@ -164,6 +165,21 @@ private:
     void receive_sessions();
     /// Ends the session phase (wakes and joins adopt_thread_); before the workers stop.
     void end_session_receive();
+
+    /// Upgrades with a bgp section (upgrade_bgp.cpp). The new process, in its
+    /// constructor: sends `abort` and throws std::runtime_error unless its
+    /// bgp section is the old one's (`old_state`, the first state frames).
+    void check_upgrade_bgp(const std::vector<handover::state_line>& old_state);
+    /// The old process's upgrade thread, right before sessions_end: has the
+    /// control thread freeze the bgp agent (`frozen` set once it did) and
+    /// sends what the new process takes over. Throws handover_error.
+    void hand_over_bgp(int channel, std::chrono::steady_clock::time_point deadline, bool& frozen);
+    /// The old process, control thread, after an upgrade that froze the
+    /// agent: lets go of the VIPs and FRR (`succeeded`), or acts again.
+    void end_bgp_handover(bool succeeded);
+    /// The new process's adopt thread: posts the take-over of what `r` holds
+    /// (nullptr: nothing came, act as on a fresh start) to the control thread.
+    void take_over_bgp(std::shared_ptr<bgp_receipt> r);
 
     /// One discovery pool's applied state (process_discovery.cpp). Control thread.
     struct discovery_pool {

@@ -14,16 +14,37 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "apilb/core/bgp_report.hpp"
 #include "apilb/dataplane/snapshot.hpp"
 #include "apilb/logging/logging.hpp"
+#include "apilb/vip/child_lifeline.hpp"
 
 namespace apilb {
 
 class frr_supervisor;
+
+/// What an upgrade moves from the old process's agent to the new one's
+/// (docs/upgrade.md, "With a bgp section"): each VIP's announcement as it
+/// stands, the counters behind the apilb_bgp_* metrics, and with manage:
+/// true the FRR daemons' keepers and lifeline. Move-only (it owns descriptors).
+struct bgp_handover {
+    struct vip {
+        std::string ip;
+        bool known = false;      ///< the old process had applied it at least once
+        bool announced = false;  ///< on the interface (FRR announces it)
+        std::uint64_t withdrawals = 0;
+    };
+    std::vector<vip> vips;
+    std::uint64_t address_errors = 0;
+    std::uint64_t frr_query_failures = 0;
+    std::uint64_t frr_restarts = 0;
+    bool managed = false;  ///< manage: true: `frr` holds the daemons
+    handed_children frr;
+};
 
 class bgp_agent {
 public:
@@ -38,7 +59,10 @@ public:
     /// VIPs off the interface (a killed apilb may have left them there)
     /// until the first readiness check; with manage: true starts FRR.
     /// Failures are logged and counted.
-    void prepare();
+    /// `upgrade`: started by an upgrade; the old process still owns the VIPs
+    /// and FRR, so only the local routes are added (again) and nothing else
+    /// is touched until take_over().
+    void prepare(bool upgrade = false);
 
     /// Starts the readiness loop (every 10 ms) and the FRR poll (every 2 s).
     void start();
@@ -68,6 +92,23 @@ public:
     /// For the metrics.
     bgp_report report() const;
 
+    /// The old process of an upgrade, before sessions_end: stops changing the
+    /// VIPs and supervising FRR, and returns what the new process takes over
+    /// (descriptors duplicated). Throws std::runtime_error (nothing changed)
+    /// when FRR is being restarted.
+    bgp_handover freeze_for_upgrade();
+    /// The upgrade failed (the new process is dead): acts again, and puts
+    /// each VIP where its readiness says at the next check.
+    void resume_after_failed_upgrade();
+    /// The upgrade succeeded: from now on this process leaves the VIPs, its
+    /// local routes and FRR as they are, at its exit too.
+    void handed_over();
+    /// The new process of an upgrade, once it has taken the sessions: takes
+    /// each VIP's announcement and FRR as the old process left them and acts
+    /// from here on; no change unless its own readiness differs. nullopt
+    /// (the old process sent nothing, or died first): starts as on a fresh start.
+    void take_over(std::optional<bgp_handover> from_old);
+
 private:
     /// "" when `vip` may be announced, else why not.
     std::string withdraw_reason(const std::string& vip, bool is_v6) const;
@@ -88,6 +129,10 @@ private:
     bool draining_ = false;
     bool stopped_ = false;
     bool warned_section_change_ = false;
+    /// Who changes the VIPs: this process, or (waiting, frozen, released) the
+    /// other process of an upgrade; apply() acts only as the owner.
+    enum class ownership { own, waiting, frozen, released };
+    ownership owner_ = ownership::own;
     /// Per VIP: what was applied last, and when a failed change is tried again.
     struct vip_state {
         bool known = false;  ///< applied at least once

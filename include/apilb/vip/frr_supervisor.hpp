@@ -2,9 +2,11 @@
 // directory of apilb's own (bgp.vty_socket_dir, so the host's FRR is never
 // talked to), configured with the frr.conf apilb renders; all restarted with
 // backoff when one ends; stopped bgpd first on apilb's exit. Each daemon runs
-// under a small keeper process of apilb's that stays root: the daemons drop to
-// the frr user, which clears PR_SET_PDEATHSIG, so the keeper holds it and ends
-// its daemon when apilb dies however it dies (docs/bgp.md). Control thread only.
+// under a small keeper process of apilb's that stays root and ends its daemon
+// once the lifeline's read end hangs up: when the last apilb holding its
+// write end dies however it dies (docs/bgp.md). An upgrade hands the keepers,
+// their pidfds and the lifeline to the new process, which supervises them
+// without being their parent (docs/upgrade.md). Control thread only.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "apilb/core/config.hpp"
+#include "apilb/vip/child_lifeline.hpp"
 
 namespace apilb {
 
@@ -37,6 +40,23 @@ public:
     /// (nothing here blocks); failures are logged and retried with backoff.
     void start();
 
+    /// An upgrade: stops watching (no restart, no reaping) and returns
+    /// duplicates of the lifeline and of each keeper's pidfd for the new
+    /// process; throws std::runtime_error (nothing frozen) unless every
+    /// daemon runs and its frr.conf is applied.
+    handed_children freeze();
+    /// The upgrade failed: watches again, as before freeze().
+    void thaw();
+    /// The upgrade succeeded: lets go of the daemons without ending them
+    /// (the new process holds the lifeline and watches them) and closes this
+    /// process's lifeline and pidfds.
+    void release();
+    /// The new process of an upgrade: supervises the daemons the old one
+    /// handed over (not its children: watched through their pidfds) as if it
+    /// had started them; a daemon missing from `children` makes it start
+    /// them all again. `restarts` goes on from the old process's count.
+    void adopt(handed_children children, std::uint64_t restarts);
+
     /// SIGTERM to bgpd (the routers get a Cease), then bfdd, then zebra, each
     /// SIGKILLed with its keeper past 3 s. Blocks, at most 3 s per daemon.
     void stop();
@@ -51,11 +71,21 @@ private:
         std::string name;
         pid_t keeper = -1;
         pid_t pid = -1;
+        int pidfd = -1;        ///< the keeper's; -1 when the kernel gave none
+        bool adopted = false;  ///< handed over by an upgrade: not this process's child
         bool term_sent = false;
         std::chrono::steady_clock::time_point kill_at{};
     };
 
-    boost::asio::awaitable<void> run_loop();
+    /// `adopted`: the daemons were handed over and run; watch them first.
+    boost::asio::awaitable<void> run_loop(bool adopted);
+    /// Whether `d`'s keeper has ended (reaped if it was this process's
+    /// child); `how` says how, when that is known.
+    bool keeper_ended(daemon& d, std::string& how);
+    /// Signals `d`'s keeper (through its pidfd when it has one).
+    void signal_keeper(const daemon& d, int sig) const;
+    /// Forgets `d`'s keeper, closing its pidfd.
+    static void forget(daemon& d);
     /// Prepares the directory and starts every daemon, then applies frr.conf; false (logged) on any failure.
     boost::asio::awaitable<bool> start_all();
     /// Returns once a keeper has ended (or stop() was called).
@@ -76,7 +106,12 @@ private:
     const std::string dir_;
     std::vector<daemon> daemons_;  ///< in start order: zebra, bgpd[, bfdd]
     boost::asio::steady_timer timer_;
+    /// Its write end held by every apilb of this node, its read end by every keeper.
+    lifeline lifeline_;
     bool stopping_ = false;
+    bool watching_ = false;  ///< every daemon runs, frr.conf applied: an upgrade may take them
+    bool frozen_ = false;    ///< an upgrade is handing them over: no reaping, no restart
+    bool released_ = false;  ///< handed over: the new process owns them
     std::chrono::milliseconds backoff_{100};
     std::uint64_t restarts_ = 0;
 };
