@@ -413,14 +413,8 @@ printf '[Service]\nNetworkNamespacePath=/run/netns/%s\n' "$peer_ns" >"$run/etc/s
 sed -E 's/192\.0\.2\.11/198.18.98.1/g; s/192\.0\.2\.1([23])/198.18.98.1\1/g; s/192\.0\.2\.1([^0-9]|$)/198.18.98.2\1/g;
   s/203\.0\.113\.100/198.18.99.100/g' "$repo/conf/examples/frr-tor.conf" >"$run/etc/frr/frr.conf"
 in_ct sh -c 'chown frr:frr /etc/frr/frr.conf && chmod 640 /etc/frr/frr.conf'
-{ apilb_yaml "$bgp_vip"; cat <<YAML; } >"$run/etc/apilb/apilb.yaml"
-bgp:
-  local_as: 64512
-  router_id: 198.18.98.1
-  peers: [{address: 198.18.98.2, remote_as: 64500, bfd: true}]
-  vips: [$bgp_vip]
-  manage: true
-YAML
+# The bgp section of check 8, now with manage: true.
+echo "  manage: true" >>"$run/etc/apilb/apilb.yaml"
 cp "$repo/systemd/bgp-manage.conf" "$run/etc/systemd/system/apilb.service.d/bgp-manage.conf"
 in_ct systemctl daemon-reload
 in_ct systemctl start frr.service >>"$log/bgpm-setup.txt" 2>&1
@@ -468,8 +462,9 @@ alive() {
     [ "${s%% *}" = Z ] || printf "%s " "$w"; done' sh "$@"
 }
 none_alive() { [[ -z $(alive "$@") ]]; }
-# Processes anywhere in the container that run in apilb's FRR directory.
-frr_anywhere() { in_ct sh -c 'for p in /proc/[0-9]*; do tr "\0" " " <$p/cmdline 2>/dev/null | grep -q -- "--vty_socket /run/apilb/frr" && echo "${p#/proc/}"; done' | tr '\n' ' '; }
+# Processes anywhere in the container that run in apilb's FRR directory (the
+# [t]: not this scan's own shell and grep, whose command lines hold it).
+frr_anywhere() { in_ct sh -c 'for p in /proc/[0-9]*; do tr "\0" " " <$p/cmdline 2>/dev/null | grep -q -- "--vty_socke[t] /run/apilb/frr" && echo "${p#/proc/}"; done' | tr '\n' ' '; }
 
 t0=$(ms_now)
 in_ct systemctl start apilb.service >"$log/bgpm-start.txt" 2>&1
