@@ -107,7 +107,7 @@ verify_quiet() {
 
 unit_verify() {
   local set
-  for set in "" low-ports.conf vrrp-manage.conf bgp.conf node-local.conf; do
+  for set in "" low-ports.conf vrrp-manage.conf bgp.conf bgp-manage.conf node-local.conf; do
     make_unit_dir "$build/src/apilb" "$set"
     echo "verify apilb.service ${set:+with $set}"
     verify_quiet apilb.service
@@ -127,7 +127,7 @@ unit_verify() {
 
 unit_security() {
   local set score
-  for set in "" low-ports.conf vrrp-manage.conf bgp.conf node-local.conf; do
+  for set in "" low-ports.conf vrrp-manage.conf bgp.conf bgp-manage.conf node-local.conf; do
     make_unit_dir "$build/src/apilb" "$set"
     score=$(cd "$unit_dir" && SYSTEMD_UNIT_PATH=$unit_dir: \
             systemd-analyze security --offline=true --no-pager apilb.service 2>&1 |
@@ -168,7 +168,8 @@ deb_contents() {
            ./usr/share/doc/apilb/kubeadm-ha.md ./usr/share/doc/apilb/upgrade.md \
            ./usr/share/doc/apilb/troubleshooting.md ./usr/share/doc/apilb/node-local.md \
            ./usr/share/doc/apilb/examples/low-ports.conf ./usr/share/doc/apilb/examples/vrrp-manage.conf \
-           ./usr/share/doc/apilb/examples/bgp.conf ./usr/share/doc/apilb/examples/frr-tor.conf \
+           ./usr/share/doc/apilb/examples/bgp.conf ./usr/share/doc/apilb/examples/bgp-manage.conf \
+           ./usr/share/doc/apilb/examples/frr-tor.conf \
            ./usr/share/doc/apilb/examples/node-local.yaml ./usr/share/doc/apilb/examples/node-local.conf \
            ./usr/share/doc/apilb/examples/kubelet-apilb.conf; do
     # Regular files (a link would point into the build machine), and the

@@ -383,13 +383,199 @@ result bgp_withdraw "$([[ $rib == *"no best path"* && $lo != *"$bgp_vip/"* &&
 
 in_ct journalctl -u apilb -o short-monotonic --no-pager >"$log/bgp-journal.txt" 2>&1
 in_ct journalctl -u frr -o short-monotonic --no-pager >"$log/bgp-frr-journal.txt" 2>&1
-mv "$run/etc/apilb/apilb.yaml.plain" "$run/etc/apilb/apilb.yaml"
 rm -f "$run/etc/systemd/system/apilb.service.d/bgp.conf"
 in_ct systemctl daemon-reload
-in_ct systemctl start apilb.service >>"$log/bgp-stop.txt" 2>&1
+
+# 9. bgp.manage: true under the shipped bgp-manage.conf: apilb runs zebra,
+# bgpd and bfdd itself, in /run/apilb/frr. The peer is a real router: Debian's
+# frr service moved into a network namespace of its own (apilb-peer, by a
+# drop-in of frr.service) and joined to the container's by a veth pair
+# (198.18.98.0/24, inside the container's private network), running
+# conf/examples/frr-tor.conf with the check's addresses (BFD 100 ms x 3,
+# ECMP). The two zebras are in different namespaces, as on two machines.
+# Times from `ip -ts monitor route` in the peer's namespace: its kernel's
+# route for the VIP, stamped by the kernel's clock, against the host's clock
+# just before the action (the same clock).
+peer_ns=apilb-peer
+in_ct systemctl stop apilb.service frr.service >"$log/bgpm-setup.txt" 2>&1
+{
+  in_ct ip netns add "$peer_ns" &&
+    in_ct ip link add apilb-n type veth peer name apilb-p &&
+    in_ct ip link set apilb-p netns "$peer_ns" &&
+    in_ct ip addr add 198.18.98.1/24 dev apilb-n && in_ct ip link set apilb-n up &&
+    in_ct ip -n "$peer_ns" addr add 198.18.98.2/24 dev apilb-p &&
+    in_ct ip -n "$peer_ns" link set apilb-p up && in_ct ip -n "$peer_ns" link set lo up
+} >>"$log/bgpm-setup.txt" 2>&1
+mkdir -p "$run/etc/systemd/system/frr.service.d"
+printf '[Service]\nNetworkNamespacePath=/run/netns/%s\n' "$peer_ns" >"$run/etc/systemd/system/frr.service.d/netns.conf"
+# The example's documentation addresses: the router 192.0.2.1, the nodes
+# 192.0.2.11-13 (this node is .11), the VIP 203.0.113.100.
+sed -E 's/192\.0\.2\.11/198.18.98.1/g; s/192\.0\.2\.1([23])/198.18.98.1\1/g; s/192\.0\.2\.1([^0-9]|$)/198.18.98.2\1/g;
+  s/203\.0\.113\.100/198.18.99.100/g' "$repo/conf/examples/frr-tor.conf" >"$run/etc/frr/frr.conf"
+in_ct sh -c 'chown frr:frr /etc/frr/frr.conf && chmod 640 /etc/frr/frr.conf'
+# The bgp section of check 8, now with manage: true.
+echo "  manage: true" >>"$run/etc/apilb/apilb.yaml"
+cp "$repo/systemd/bgp-manage.conf" "$run/etc/systemd/system/apilb.service.d/bgp-manage.conf"
+in_ct systemctl daemon-reload
+in_ct systemctl start frr.service >>"$log/bgpm-setup.txt" 2>&1
+verify=$(in_ct systemd-analyze verify apilb.service 2>&1)
+echo "$verify" >"$log/bgpm-verify.txt"
+in_ct systemd-analyze security apilb.service >"$log/bgpm-security.txt" 2>&1
+bgpm_exposure=$(sed -n 's/.*Overall exposure level for apilb.service: \([0-9.]*\).*/\1/p' "$log/bgpm-security.txt")
+
+peer_route() { in_ct ip -n "$peer_ns" route show "$bgp_vip" 2>/dev/null; }
+peer_has_vip() { [[ $(peer_route) == *"proto bgp"* ]]; }
+peer_lost_vip() { [[ -z $(peer_route) ]]; }
+# The peer kernel's route changes for the VIP, stamped, for up to SECS.
+monitor_pid=
+start_monitor() {
+  in_ct timeout "$1" ip -ts -n "$peer_ns" monitor route >"$log/bgpm-monitor-$2.txt" 2>&1 &
+  monitor_pid=$!
+  sleep 0.3
+}
+stop_monitor() { [[ -n $monitor_pid ]] && { kill "$monitor_pid" 2>/dev/null; wait "$monitor_pid" 2>/dev/null; }; monitor_pid=; }
+# ms from T0 (ms since the epoch) to the first line of the monitor file NAME
+# matching PATTERN, by the kernel's stamp ("[2026-12-05T19:30:00.123456] ...").
+stamp_ms() {
+  python3 - "$log/bgpm-monitor-$2.txt" "$1" "$3" <<'PY'
+import datetime, re, sys
+path, t0, pattern = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for line in open(path, errors="replace"):
+    m = re.match(r"\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)\]\s*(.*)", line)
+    if m and re.search(pattern, m.group(2)):
+        t = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
+        print(int(t * 1000) - t0)
+        break
+PY
+}
+# apilb's FRR processes now: the daemons by their pid files and the keepers
+# by the journal line of the current main PID ("frr: started bgpd (pid 12,
+# keeper 11)"), as "PID:what" words.
+frr_pids() {
+  local main; main=$(prop MainPID)
+  in_ct journalctl -u apilb.service "_PID=$main" -o cat --no-pager |
+    sed -n 's/^.*frr: started \([a-z]*\) (pid \([0-9]*\), keeper \([0-9]*\)).*$/\2:\1 \3:\1-keeper/p' | tr '\n' ' '
+}
+# Those of the "PID:what" words that still run (a zombie does not).
+alive() {
+  in_ct sh -c 'for w; do s=$(cat /proc/${w%%:*}/stat 2>/dev/null) || continue; s=${s##*) };
+    [ "${s%% *}" = Z ] || printf "%s " "$w"; done' sh "$@"
+}
+none_alive() { [[ -z $(alive "$@") ]]; }
+# Processes anywhere in the container that run in apilb's FRR directory (the
+# [t]: not this scan's own shell and grep, whose command lines hold it).
+frr_anywhere() { in_ct sh -c 'for p in /proc/[0-9]*; do tr "\0" " " <$p/cmdline 2>/dev/null | grep -q -- "--vty_socke[t] /run/apilb/frr" && echo "${p#/proc/}"; done' | tr '\n' ' '; }
+
+t0=$(ms_now)
+in_ct systemctl start apilb.service >"$log/bgpm-start.txt" 2>&1
+wait_for 60 test "$(prop ActiveState)" = active
+up_ms=$(ms_until "$t0" 90 peer_has_vip)
+pids=$(frr_pids)
+# Who the daemons run as, and that they are in apilb's unit (systemd ends
+# what is left of them with it).
+owners=""
+for w in $pids; do
+  [[ $w == *-keeper ]] && continue
+  uid=$(in_ct sh -c "sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' /proc/${w%%:*}/status")
+  unit=$(in_ct sh -c "grep -o 'apilb.service' /proc/${w%%:*}/cgroup | head -n 1")
+  owners+="${w#*:}=$(in_ct getent passwd "$uid" | cut -d: -f1)/${unit:-elsewhere} "
+done
+session=$(in_ct vtysh -c 'show bgp neighbors 198.18.98.1 json' 2>&1 | grep -o '"bgpState":"[A-Za-z]*"' | head -n 1)
+bfd=$(in_ct vtysh -c 'show bfd peers brief' 2>&1 | grep -c '198.18.98.1 .*up')
+echoed=$(in_ct ip netns exec "$peer_ns" timeout 10 bash -c "exec 3<>/dev/tcp/$bgp_vip/6443 && echo via-peer >&3 && read -r -t 5 l <&3 && echo \$l")
+# What FRR and apilb said about privileges and the sandbox (none expected).
+denials=$(in_ct sh -c "cat /run/apilb/frr/*.log /run/apilb/frr/*.out 2>/dev/null; journalctl -u apilb.service _PID=$(prop MainPID) -o cat --no-pager" |
+  grep -iE 'not permitted|permission denied|cap_set_proc|privs_init|seccomp' | sort -u)
+echo "$denials" >"$log/bgpm-denials.txt"
+result bgpm_announce "$([[ -z $verify && $(prop ActiveState) == active && -n $up_ms && $session == *Established* &&
+  $echoed == via-peer && $(wc -w <<<"$pids") == 6 && $owners != *root* && $owners != *elsewhere* && -z $denials ]]; echo $?)" \
+  "bgp-manage.conf: verify ${verify:-no messages}; the peer's route for the VIP ${up_ms:-never (90 s)} ms after start; session ${session:-?}, BFD up: $bfd; daemons: ${owners:-none}; echo from behind the peer: ${echoed:-none}; denials: $(grep -c . <<<"$denials")"
+
+# A crash: SIGKILL to the main PID. The keepers get SIGTERM from the kernel
+# (PR_SET_PDEATHSIG) and end the daemons; bgpd's end takes the route away at
+# the peer, before the unit's ExecStopPost and with nothing of apilb's
+# running. Then Restart= brings it all back.
+pid=$(prop MainPID)
+restarts=$(prop NRestarts)
+pids=$(frr_pids)
+start_monitor 60 sigkill
+t0=$(ms_now)
+ct_kill -KILL "$pid"
+gone_ms=$(ms_until "$t0" 10 none_alive $pids)
+lost_ms=$(ms_until "$t0" 10 peer_lost_vip)
+back_ms=$(ms_until "$t0" 90 peer_has_vip)
+stop_monitor
+kernel_lost=$(stamp_ms "$t0" sigkill "^Deleted .*$bgp_vip")
+kernel_back=$(stamp_ms "$t0" sigkill "^$bgp_vip .*proto bgp")
+result bgpm_sigkill "$([[ -n $gone_ms && -n $lost_ms && -n $back_ms && $(prop MainPID) != "$pid" &&
+  $(prop NRestarts) -gt $restarts && $(wc -w <<<"$pids") == 6 ]]; echo $?)" \
+  "SIGKILL pid $pid: its 6 FRR processes gone after ${gone_ms:-never (10 s)} ms (polled); the peer's route gone after ${kernel_lost:-?} ms (kernel stamp; polled ${lost_ms:-never (10 s)}), back after ${kernel_back:-?} ms (polled ${back_ms:-never (90 s)}); NRestarts $restarts -> $(prop NRestarts)"
+
+# systemctl restart: a stop (withdraw, wait, drain, bgpd first), then a start.
+# After systemd-tmpfiles, as the postinst of every package upgrade runs it
+# (and the boot): it gives /run/apilb back to the apilb user, and the unit's
+# RuntimeDirectory= would then chown it to root with everything in it,
+# apilb's FRR directory included, which apilb then refuses (not frr's).
+in_ct systemd-tmpfiles --create /usr/lib/tmpfiles.d/apilb.conf >>"$log/bgpm-start.txt" 2>&1
+pid=$(prop MainPID)
+pids=$(frr_pids)
+start_monitor 120 restart
+t0=$(ms_now)
+in_ct systemctl restart apilb.service >>"$log/bgpm-start.txt" 2>&1
+restart_ms=$(($(ms_now) - t0))
+left=$(alive $pids)
+frr_dir_owner=$(in_ct stat -c %U /run/apilb/frr 2>&1)
+back_ms=$(ms_until "$t0" 90 peer_has_vip)
+stop_monitor
+kernel_lost=$(stamp_ms "$t0" restart "^Deleted .*$bgp_vip")
+kernel_back=$(stamp_ms "$t0" restart "^$bgp_vip .*proto bgp")
+result bgpm_restart "$([[ $(prop ActiveState) == active && $(prop MainPID) != "$pid" && -z $left && -n $back_ms &&
+  -n $kernel_lost ]]; echo $?)" \
+  "after systemd-tmpfiles, restart pid $pid -> $(prop MainPID) (systemctl took $restart_ms ms); /run/apilb/frr owned by $frr_dir_owner; the peer's route gone after ${kernel_lost:-never} ms, back after ${kernel_back:-?} ms (polled ${back_ms:-never (90 s)}); old FRR processes left: ${left:-none}"
+
+# systemctl stop: the VIP withdrawn first (the route goes at the peer while
+# apilb still serves), then the drain, then bgpd, bfdd, zebra; nothing of
+# FRR's left; ExecStopPost's bgp-withdraw finds nothing and succeeds.
+pid=$(prop MainPID)
+pids=$(frr_pids)
+start_monitor 60 stop
+t0=$(ms_now)
+in_ct systemctl stop apilb.service >"$log/bgpm-stop.txt" 2>&1
+stop_ms=$(($(ms_now) - t0))
+stop_monitor
+kernel_lost=$(stamp_ms "$t0" stop "^Deleted .*$bgp_vip")
+order=$(in_ct journalctl -u apilb.service "_PID=$pid" -o cat --no-pager |
+  grep -oE 'withdrawn: draining|SIGTERM: stopped accepting|frr: bgpd \(pid [0-9]+\) stopped|frr: zebra \(pid [0-9]+\) stopped' |
+  sed 's/ (pid [0-9]*)//' | tr '\n' '|')
+# The journal's stamp of the drain's start, against the route's deletion.
+drain_ms=$(in_ct journalctl -u apilb.service "_PID=$pid" -o short-unix --no-pager | grep 'SIGTERM: stopped accepting' |
+  head -n 1 | awk -v t0="$t0" '{ printf "%d", $1 * 1000 - t0 }')
+left="$(alive $pids)$(frr_anywhere)"
+stoppost=$(prop ExecStopPost | grep -o 'status=[0-9]*' | head -n 1)
+result bgpm_stop "$([[ -n $kernel_lost && -n $drain_ms && $kernel_lost -lt $drain_ms &&
+  $order == *"withdrawn: draining"*"SIGTERM: stopped accepting"*"frr: bgpd stopped"*"frr: zebra stopped"* &&
+  -z $left && $stoppost == status=0 && $(prop ActiveState) == inactive ]]; echo $?)" \
+  "stop took $stop_ms ms: the peer's route gone after ${kernel_lost:-never} ms, the drain began after ${drain_ms:-?} ms; log: $order FRR left: ${left:-none}; ExecStopPost $stoppost"
+
+# The sandbox that stays: what the drop-in changes against the unit alone
+# (check 3's figure), and what it keeps.
+kept="NoNewPrivileges=$(prop NoNewPrivileges) ProtectSystem=$(prop ProtectSystem) ProtectHome=$(prop ProtectHome) PrivateTmp=$(prop PrivateTmp) PrivateDevices=$(prop PrivateDevices) RestrictNamespaces=$(prop RestrictNamespaces) MemoryDenyWriteExecute=$(prop MemoryDenyWriteExecute)"
+caps=$(prop CapabilityBoundingSet)
+result bgpm_hardening "$([[ -n $bgpm_exposure && $kept == "NoNewPrivileges=yes ProtectSystem=strict ProtectHome=yes PrivateTmp=yes PrivateDevices=yes RestrictNamespaces=yes MemoryDenyWriteExecute=yes" &&
+  $(wc -w <<<"$caps") == 9 ]]; echo $?)" \
+  "exposure ${exposure:-?} alone -> ${bgpm_exposure:-?} with bgp-manage.conf (online); $kept; caps: $caps"
+
+in_ct journalctl -u apilb -o short-monotonic --no-pager >"$log/bgpm-journal.txt" 2>&1
+in_ct journalctl -u frr -o short-monotonic --no-pager >"$log/bgpm-peer-journal.txt" 2>&1
+in_ct sh -c 'tail -n 50 /run/apilb/frr/*.log' >"$log/bgpm-frr-logs.txt" 2>&1
+in_ct systemctl stop frr.service >>"$log/bgpm-setup.txt" 2>&1
+rm -f "$run/etc/systemd/system/apilb.service.d/bgp-manage.conf" "$run/etc/systemd/system/frr.service.d/netns.conf"
+mv "$run/etc/apilb/apilb.yaml.plain" "$run/etc/apilb/apilb.yaml"
+in_ct systemctl daemon-reload
+in_ct systemctl start apilb.service >>"$log/bgpm-stop.txt" 2>&1
 wait_for 60 test "$(prop ActiveState)" = active
 
-# 9. apt remove: the prerm stops apilb, gracefully (its drain), and no
+# 10. apt remove: the prerm stops apilb, gracefully (its drain), and no
 # apilb is left serving from the deleted binary.
 pid=$(prop MainPID)
 in_ct dpkg -r apilb >"$log/remove.txt" 2>&1

@@ -55,6 +55,10 @@ constexpr auto stable_after = 30s;
 constexpr auto start_timeout = 10s;
 /// SIGTERM, then SIGKILL this much later (apilb and the keeper alike).
 constexpr auto term_grace = 3s;
+/// The most each daemon's log and output file hold before apilb rotates or
+/// empties them (bound_logs). They live under /run, a tmpfs: memory. FRR
+/// logs a few lines a minute at its default level; this holds hours of it.
+constexpr off_t max_log_bytes = 1 << 20;
 /// vtysh applying frr.conf: 64 peers' worth of configuration is a few KiB.
 constexpr auto apply_timeout = 10s;
 constexpr std::size_t max_apply_output = 1 << 20;
@@ -108,7 +112,10 @@ std::string first_line(const std::string& text) {
         // Until the daemon drops to frr, a dying keeper takes it along.
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         const int in = ::open("/dev/null", O_RDONLY);
-        const int out = ::open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0640);
+        // O_APPEND: apilb empties the file past max_log_bytes (bound_logs),
+        // and the daemon's next write lands at its new end. O_NOFOLLOW: the
+        // directory is frr's, the keeper root.
+        const int out = ::open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_NOFOLLOW, 0640);
         if (in >= 0) ::dup2(in, 0);
         if (out >= 0) {
             ::dup2(out, 1);
@@ -162,6 +169,20 @@ pid_t read_pid_file(const std::string& path) {
     try {
         const long pid = std::stol(f.bytes);
         return pid > 0 ? static_cast<pid_t>(pid) : -1;
+    } catch (const std::exception&) {
+        return -1;
+    }
+}
+
+/// The parent of `pid` (from /proc), or -1. The pid files are frr's to
+/// write: a pid is signalled only if it is the keeper's child.
+pid_t parent_of(pid_t pid) {
+    file_contents stat = read_regular_file("/proc/" + std::to_string(pid) + "/stat", 4096);
+    const auto paren = stat ? stat.bytes.rfind(')') : std::string::npos;
+    if (paren == std::string::npos || paren + 4 >= stat.bytes.size()) return -1;
+    // "pid (comm) S ppid ...": comm may hold blanks and parentheses.
+    try {
+        return static_cast<pid_t>(std::stol(stat.bytes.substr(paren + 4)));
     } catch (const std::exception&) {
         return -1;
     }
@@ -479,7 +500,37 @@ asio::awaitable<void> frr_supervisor::watch() {
             forget(d);
             co_return;
         }
+        for (const auto& d : daemons_) bound_logs(d);
     }
+}
+
+void frr_supervisor::bound_logs(const daemon& d) const {
+    // FRR 8.4 never limits its log file; with debugging on, or a peer that
+    // flaps, it writes without end into a directory under /run (memory).
+    const off_t max = max_log_bytes;
+    const std::string log = path(d.name + ".log");
+    struct stat st {};
+    if (d.pid > 0 && ::lstat(log.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > max &&
+        parent_of(d.pid) == d.keeper) {
+        // What Debian's logrotate does for the frr service: move the file and
+        // send SIGUSR1, on which the daemon opens its log file anew.
+        if (::rename(log.c_str(), (log + ".1").c_str()) == 0 && ::kill(d.pid, SIGUSR1) == 0) {
+            spdlog::info("frr: {} passed {} bytes: moved to {}.1, {} writes a new one", log, max, log, d.name);
+        } else {
+            spdlog::warn("frr: cannot rotate {} past {} bytes: {}", log, max, std::strerror(errno));
+        }
+    }
+    // The daemon holds its output file open: emptied, not moved. Opened
+    // without following a link and only if it is one file of its own: the
+    // directory is frr's, apilb root.
+    const std::string out = path(d.name + ".out");
+    const int fd = ::open(out.c_str(), O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return;
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 && st.st_size > max &&
+        ::ftruncate(fd, 0) == 0) {
+        spdlog::warn("frr: {} wrote more than {} bytes on its output; emptied {}", d.name, max, out);
+    }
+    ::close(fd);
 }
 
 bool frr_supervisor::ending_step() {

@@ -9,7 +9,8 @@
 // bgpd is stopped first and the router gets its Cease while apilb still runs;
 // after apilb ends, by SIGTERM or by SIGKILL, none of its FRR processes is
 // left (the daemons drop to the frr user, which clears PR_SET_PDEATHSIG: a
-// keeper that stays root ends each one). Needs root; skips with the reason
+// keeper that stays root ends each one); a daemon writing its log without
+// end keeps it within its bound. Needs root; skips with the reason
 // without it or without FRR.
 #include <gtest/gtest.h>
 
@@ -27,6 +28,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "frr_host.hpp"
 #include "harness.hpp"
@@ -273,6 +275,76 @@ TEST_F(BgpManage, KilledApilbLeavesNoFrrProcessAndTheRouteGoes) {
     std::cout << "[ MEASURED ] every FRR process of apilb gone " << ms_since(t_kill) << " ms after SIGKILL\n";
     EXPECT_TRUE(wait_until([&] { return !router_has_vip(); }, 10s)) << router_->show("show bgp summary");
     std::cout << "[ MEASURED ] route gone from the router " << ms_since(t_kill) << " ms after apilb's SIGKILL\n";
+}
+
+TEST_F(BgpManage, DaemonLogsStayWithinTheirBound) {
+    // FRR 8.4 never limits its log file. zebra is made to write without end:
+    // every netlink message it sees, in hex, both to its log and (log stdout)
+    // to its output file, while the test changes addresses in the node.
+    // apilb keeps each within 1 MiB (frr_supervisor.cpp, max_log_bytes).
+    constexpr std::size_t limit = 1 << 20;
+    auto apilb = start_apilb();
+    ASSERT_TRUE(wait_until([&] { return apilb->log().find("frr.conf applied") != std::string::npos; }, 60s))
+        << apilb->log();
+    auto vty = run_command({find_program("vtysh"), "--vty_socket", frr_dir(), "-c", "debug zebra kernel msgdump", "-c",
+                            "configure terminal", "-c", "log stdout debugging"});
+    ASSERT_EQ(vty.exit_code, 0) << vty.output;
+    std::string batch;
+    for (int i = 1; i <= 50; ++i) batch += fmt::format("addr add 198.18.27.{}/32 dev lo\n", i);
+    for (int i = 1; i <= 50; ++i) batch += fmt::format("addr del 198.18.27.{}/32 dev lo\n", i);
+    dir_.write("churn.batch", batch);
+
+    const std::string log = frr_dir() + "/zebra.log";
+    const std::string out = frr_dir() + "/zebra.out";
+    auto size = [](const std::string& file) {
+        std::error_code ec;
+        const auto n = std::filesystem::file_size(file, ec);
+        return ec ? std::size_t{0} : static_cast<std::size_t>(n);
+    };
+    auto count = [](const std::string& text, const std::string& needle) {
+        std::size_t n = 0;
+        for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+        return n;
+    };
+    const std::string rotated = "frr: " + log + " passed";
+    const std::string emptied = "frr: zebra wrote more than";
+    std::size_t max_log = 0, max_log1 = 0, max_out = 0, batches = 0, first_batch = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    // Bounded: 1000 batches or 90 s; with no bound in apilb the files would
+    // pass 8 times the limit, where the loop stops.
+    for (; batches < 1000 && std::chrono::steady_clock::now() - t0 < 90s; ++batches) {
+        const std::size_t before = size(log);
+        auto r = run_command({ip_bin_, "-n", segment_->ns("n1"), "-batch", dir_.file("churn.batch")});
+        ASSERT_EQ(r.exit_code, 0) << r.output;
+        std::this_thread::sleep_for(50ms);
+        if (batches == 0) first_batch = size(log) - before;
+        max_log = std::max(max_log, size(log));
+        max_log1 = std::max(max_log1, size(log + ".1"));
+        max_out = std::max(max_out, size(out));
+        const std::string text = apilb->log();
+        if (count(text, rotated) >= 2 && count(text, emptied) >= 2) break;
+        if (max_log > 8 * limit || max_out > 8 * limit) break;
+    }
+    const std::string text = apilb->log();
+    std::cout << "[ MEASURED ] " << batches << " batches of 100 address changes; zebra's log grew " << first_batch
+              << " bytes in the first; largest seen: zebra.log " << max_log << ", zebra.log.1 " << max_log1
+              << ", zebra.out " << max_out << " bytes (bound " << limit << "); " << count(text, rotated)
+              << " rotations, " << count(text, emptied) << " times emptied, in " << ms_since(t0) << " ms\n";
+    // Each file stays within the limit plus what zebra writes before apilb's
+    // next look (every 50 ms), well under a second limit here.
+    EXPECT_GE(count(text, rotated), 2u) << text;
+    EXPECT_GE(count(text, emptied), 2u) << text;
+    EXPECT_LE(max_log, 2 * limit);
+    EXPECT_LE(max_log1, 2 * limit);
+    EXPECT_LE(max_out, 2 * limit);
+    // zebra opened a new log on apilb's SIGUSR1 and goes on writing to it.
+    run_command({ip_bin_, "-n", segment_->ns("n1"), "-batch", dir_.file("churn.batch")});
+    EXPECT_TRUE(wait_until([&] { return size(log) > 0; }, 5s)) << text;
+    EXPECT_TRUE(apilb->running()) << text;
+    EXPECT_NE(metrics().find("apilb_bgp_frr_restarts_total 0\n"), std::string::npos) << metrics();
+    apilb->signal(SIGTERM);
+    EXPECT_EQ(apilb->wait(30s), 0) << apilb->log();
+    expect_no_sanitizer_report(apilb->log(), "apilb");
 }
 
 }  // namespace

@@ -90,6 +90,9 @@ private:
     boost::asio::awaitable<bool> start_all();
     /// Returns once a keeper has ended (or stop() was called).
     boost::asio::awaitable<void> watch();
+    /// Keeps d's log and output file within a bound (1 MiB): the log rotated
+    /// (one earlier generation), the output emptied. A few system calls.
+    void bound_logs(const daemon& d) const;
     /// Ends the daemons in order, without blocking the control thread.
     boost::asio::awaitable<void> end_all();
     /// One step of ending the daemons bgpd first; true once every keeper is reaped.
