@@ -50,11 +50,7 @@ void abort_both(poll_socket& failed, poll_socket& peer) {
 relay::relay(poll_socket& client, poll_socket& upstream, relay_resources& resources, clock::time_point& last_activity)
     : client_(client), upstream_(upstream), res_(resources), last_activity_(last_activity) {
     for (auto& d : dirs_) d.owner = this;
-    dirs_[0].from = &client;
-    dirs_[0].to = &upstream;
     dirs_[0].to_backend = true;
-    dirs_[1].from = &upstream;
-    dirs_[1].to = &client;
 }
 
 relay::~relay() {
@@ -99,7 +95,7 @@ void relay::end_quiesce() noexcept {
         // From the loop, ready or not: the edge that woke the direction
         // before it stopped was used up, so a wait could sleep on bytes that
         // are there. Aborted if the socket was closed or released meanwhile.
-        d.from->defer_call(poll_socket::wait_type::read, &relay::readable, &d);
+        source(d).defer_call(poll_socket::wait_type::read, &relay::readable, &d);
     }
 }
 
@@ -133,7 +129,7 @@ void relay::done(void* self, const error_code&) {
     h();
 }
 
-void relay::wait_readable(direction& d) { d.from->wait(poll_socket::wait_type::read, &relay::readable, &d); }
+void relay::wait_readable(direction& d) { source(d).wait(poll_socket::wait_type::read, &relay::readable, &d); }
 
 void relay::readable(void* arg, const error_code& ec) {
     auto& d = *static_cast<direction*>(arg);
@@ -148,7 +144,7 @@ void relay::writable(void* arg, const error_code& ec) {
 bool relay::stale(const direction& d) const {
     // Closed from outside (drain, idle, health), by the other direction's
     // error, or stopped for a replay: nothing more to move.
-    return stopping_ || !d.from->is_open() || !d.to->is_open();
+    return stopping_ || !source(d).is_open() || !sink(d).is_open();
 }
 
 void relay::on_readable(direction& d, const error_code& ec) {
@@ -167,10 +163,10 @@ void relay::transfer_or_reset(direction& d) noexcept {
         // wait completes aborted, and the owner frees the session.
         no_memory_ = true;
         d.result.error = boost::system::errc::make_error_code(boost::system::errc::not_enough_memory);
-        for (poll_socket* s : {d.from, d.to}) {
+        for (poll_socket* s : {&source(d), &sink(d)}) {
             if (s->is_open()) s->set_abortive_close();
         }
-        abort_both(*d.from, *d.to);
+        abort_both(source(d), sink(d));
         finish(d, pump_end::aborted);
     }
 }
@@ -211,7 +207,7 @@ void relay::transfer(direction& d) {
             // allocate, and a yield that failed to start would leave the
             // direction, and its session, stuck for good.
             release(d);
-            return d.from->defer_call(poll_socket::wait_type::read, &relay::readable, &d);
+            return source(d).defer_call(poll_socket::wait_type::read, &relay::readable, &d);
         }
         if (!d.holding_pipe && !d.buffer) {
             // A burst starts: borrow a pipe or a buffer for it. Its first read
@@ -235,17 +231,17 @@ void relay::transfer(direction& d) {
         }
         ssize_t n;
         if (d.splicing) {
-            n = ::splice(d.from->native_handle(), nullptr, d.pipe.write_fd, nullptr, splice_chunk,
+            n = ::splice(source(d).native_handle(), nullptr, d.pipe.write_fd, nullptr, splice_chunk,
                          SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         } else {
-            n = ::recv(d.from->native_handle(), d.buffer.get(), res_.buffers.buffer_size(), 0);
+            n = ::recv(source(d).native_handle(), d.buffer.get(), res_.buffers.buffer_size(), 0);
         }
         if (n == 0) {
             if (!d.to_backend && !answered_ && fail_early(d, asio::error::eof)) return;
             // Pass the half-close on, unless the other way has ended too: the
             // session closes both sockets now, which sends the FIN anyway.
             const direction& other = &d == &dirs_[0] ? dirs_[1] : dirs_[0];
-            if (!(other.done && other.result.end == pump_end::eof)) half_close(*d.to);
+            if (!(other.done && other.result.end == pump_end::eof)) half_close(sink(d));
             return finish(d, pump_end::eof);
         }
         if (n < 0) {
@@ -284,7 +280,7 @@ void relay::transfer(direction& d) {
 void relay::source_failed(direction& d, const error_code& ec) {
     if (!d.to_backend && !answered_ && fail_early(d, ec)) return;
     d.result.error = ec;
-    abort_both(*d.from, *d.to);
+    abort_both(source(d), sink(d));
     finish(d, pump_end::source_reset);
 }
 
@@ -292,10 +288,10 @@ bool relay::flush(direction& d) {
     while (d.pending > 0) {
         ssize_t n;
         if (d.splicing) {
-            n = ::splice(d.pipe.read_fd, nullptr, d.to->native_handle(), nullptr, d.pending,
+            n = ::splice(d.pipe.read_fd, nullptr, sink(d).native_handle(), nullptr, d.pending,
                          SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         } else {
-            n = ::send(d.to->native_handle(), d.buffer.get() + d.offset, d.pending, MSG_NOSIGNAL);
+            n = ::send(sink(d).native_handle(), d.buffer.get() + d.offset, d.pending, MSG_NOSIGNAL);
         }
         if (n > 0) {
             d.pending -= static_cast<std::size_t>(n);
@@ -308,14 +304,14 @@ bool relay::flush(direction& d) {
             // The peer takes nothing now: the worker's sweep resets the
             // session if it takes nothing for timeouts.write_stall.
             if (d.blocked_since == clock::time_point::max()) d.blocked_since = clock::now();
-            d.to->wait(poll_socket::wait_type::write, &relay::writable, &d);
+            sink(d).wait(poll_socket::wait_type::write, &relay::writable, &d);
             return false;
         }
         // A zero-length splice to a socket means it cannot take more: treat as EPIPE.
         const error_code ec = n < 0 ? last_error() : error_code{EPIPE, boost::system::system_category()};
         if (d.to_backend && !answered_ && fail_early(d, ec)) return false;
         d.result.error = ec;
-        abort_both(*d.to, *d.from);
+        abort_both(sink(d), source(d));
         finish(d, pump_end::sink_failed);
         return false;
     }

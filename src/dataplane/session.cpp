@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <limits>
 #include <string_view>
+#include <utility>
 
 #include <sys/socket.h>
 
@@ -101,7 +102,7 @@ std::string endpoint_text(const tcp::endpoint& ep) {
                      : fmt::format("{}:{}", a.to_string(), ep.port());
 }
 
-session::session(worker_context& ctx, std::size_t listener_index)
+session::session(worker_context& ctx, std::size_t listener_index, bool connecting)
     : ctx_(ctx),
       gen_(ctx.current),
       snap_(gen_->snap.get()),
@@ -111,7 +112,7 @@ session::session(worker_context& ctx, std::size_t listener_index)
       client_(ctx.sockets),
       upstream_(ctx.sockets),
       relay_(client_, upstream_, ctx.relay, entry_.last_activity),
-      st_(pool_.backends.size()) {
+      conn_(connecting ? std::make_unique<connect_state>(upstream_, pool_.backends.size()) : nullptr) {
     entry_.client = &client_;
     entry_.upstream = &upstream_;
     entry_.pump = &relay_;
@@ -119,8 +120,7 @@ session::session(worker_context& ctx, std::size_t listener_index)
     entry_.pool = &pool_;
     entry_.publish_bytes = &session::on_publish;
     entry_.owner = this;
-    entry_.storm_wait = &gate_wait_;
-    expire = &session::on_connect_deadline;
+    if (conn_) entry_.storm_wait = &conn_->wait;
 }
 
 bool session::adopt_client(int fd) {
@@ -135,8 +135,7 @@ bool session::adopt_client(int fd) {
         error_code ec;
         if (auto ep = client_.remote_endpoint(ec); !ec) client_ep_ = ep;
     }
-    if (pool_.maglev && client_ep_) st_.key_hash = client_key_hash(*client_ep_, pool_.cfg->maglev_key);
-    entry_.key_hash = st_.key_hash;
+    if (pool_.maglev && client_ep_) entry_.key_hash = client_key_hash(*client_ep_, pool_.cfg->maglev_key);
     return true;
 }
 
@@ -166,36 +165,37 @@ std::string session::client_text() const {
 
 void session::connect_next(std::unique_ptr<session> self) {
     session& s = *self;
+    connect_state& c = *s.conn_;
     const pool_config& pool = *s.pool_.cfg;
     for (;;) {
-        if (s.gate_ == gate_step::pick) {
-            if (s.st_.attempts >= pool.connect_attempts || s.entry_.aborted()) break;
+        if (c.gate == gate_step::pick) {
+            if (c.attempts >= pool.connect_attempts || s.entry_.aborted()) break;
             std::size_t pick = 0;
             const step got = s.pick_backend(pick);
             if (got == step::next) continue;
             if (got == step::stop) break;
-            s.chosen_index_ = pick;  // chosen_ only once connected
+            c.chosen_index = pick;  // chosen_ only once connected
             const storm_control_config& sc = pool.storm_control;
-            s.gate_ = sc.new_per_second != 0   ? gate_step::turn
-                      : sc.max_connecting != 0 ? gate_step::slot
-                                               : gate_step::open;
+            c.gate = sc.new_per_second != 0   ? gate_step::turn
+                     : sc.max_connecting != 0 ? gate_step::slot
+                                              : gate_step::open;
         }
-        const backend_runtime& backend = s.pool_.backends[s.chosen_index_];
-        if (s.gate_ != gate_step::open) {
+        const backend_runtime& backend = s.pool_.backends[c.chosen_index];
+        if (c.gate != gate_step::open) {
             const gate g = s.pass_gate(backend);
             if (g == gate::wait) return wait_at_gate(std::move(self));
             if (g == gate::refused) {
-                const bool no_slot = s.gate_ == gate_step::slot || s.gate_ == gate_step::slot_retry;
-                s.gate_ = gate_step::pick;
+                const bool no_slot = c.gate == gate_step::slot || c.gate == gate_step::slot_retry;
+                c.gate = gate_step::pick;
                 backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
                 if (s.entry_.aborted()) break;
-                s.st_.add_failure(backend.cfg->name,
-                                  fmt::format("storm control (no {} within {}ms)", no_slot ? "connect slot" : "turn",
-                                              pool.storm_control.queue_timeout.count()));
+                c.add_failure(backend.cfg->name,
+                              fmt::format("storm control (no {} within {}ms)", no_slot ? "connect slot" : "turn",
+                                          pool.storm_control.queue_timeout.count()));
                 continue;
             }
         }
-        s.gate_ = gate_step::pick;
+        c.gate = gate_step::pick;
         if (!s.open_upstream(backend)) break;
         s.watch_connect_deadline();
         // Completes from the poller's loop, never inside this call.
@@ -207,13 +207,14 @@ void session::connect_next(std::unique_ptr<session> self) {
 
 session::step session::pick_backend(std::size_t& pick) {
     const config& cfg = *snap_->cfg;
-    ++st_.attempts;
+    connect_state& c = *conn_;
+    ++c.attempts;
     // The worker's scratch vector: filled and read with no suspension between.
-    fill_loads(ctx_.loads, pool_, st_.tried, cfg.limits.per_backend);
-    const auto chosen = pool_.maglev ? choose_maglev(*pool_.maglev, st_.key_hash, ctx_.loads)
+    fill_loads(ctx_.loads, pool_, c.tried, cfg.limits.per_backend);
+    const auto chosen = pool_.maglev ? choose_maglev(*pool_.maglev, entry_.key_hash, ctx_.loads)
                                      : gen_->balancers[listener_.pool_index].choose(pool_.cfg->balance, ctx_.loads);
     if (!chosen) return step::stop;
-    st_.tried[*chosen] = 1;
+    c.tried[*chosen] = 1;
     if (!try_reserve(*pool_.backends[*chosen].stats, cfg.limits.per_backend)) return step::next;
     pick = *chosen;
     return step::ready;
@@ -221,20 +222,21 @@ session::step session::pick_backend(std::size_t& pick) {
 
 session::gate session::pass_gate(const backend_runtime& backend) {
     const storm_control_config& sc = pool_.cfg->storm_control;
+    connect_state& c = *conn_;
     backend_stats& stats = *backend.stats;
     const std::int64_t interval = sc.new_per_second != 0 ? 1'000'000'000 / sc.new_per_second : 0;
-    const auto wait_until = [this](clock_type::time_point at) {
-        wake_at_ = at;
+    const auto wait_until = [&c](clock_type::time_point at) {
+        c.wake_at = at;
         return gate::wait;
     };
-    if (gate_ == gate_step::turn) {
+    if (c.gate == gate_step::turn) {
         const std::int64_t max_delay = std::chrono::duration_cast<std::chrono::nanoseconds>(sc.queue_timeout).count();
         const std::optional<gcra_slot> turn = reserve_turn(stats.storm_tat_ns, interval, sc.burst, max_delay);
         if (!turn) {
             stats.storm_refused_total.fetch_add(1, std::memory_order_relaxed);
             return gate::refused;
         }
-        gate_ = gate_step::start;
+        c.gate = gate_step::start;
         if (turn->delay_ns != 0) {
             if (stats.storm_waiting.fetch_add(1, std::memory_order_relaxed) >= sc.queue) {
                 // The queue is full. The reserved turn goes unused: the next clients
@@ -244,16 +246,16 @@ session::gate session::pass_gate(const backend_runtime& backend) {
                 return gate::refused;
             }
             stats.storm_delayed_total.fetch_add(1, std::memory_order_relaxed);
-            gate_ = gate_step::turn_waited;
+            c.gate = gate_step::turn_waited;
             return wait_until(clock_type::now() + std::chrono::nanoseconds(turn->delay_ns));
         }
     }
-    if (gate_ == gate_step::turn_waited) {
+    if (c.gate == gate_step::turn_waited) {
         stats.storm_waiting.fetch_sub(1, std::memory_order_relaxed);
         if (entry_.aborted()) return gate::refused;
-        gate_ = gate_step::start;
+        c.gate = gate_step::start;
     }
-    if (gate_ == gate_step::start) {
+    if (c.gate == gate_step::start) {
         // The turn says when this client may go. A worker that wakes late (a
         // loaded machine, a stopped process) would start every turn that came
         // due meanwhile at once: 300 ms late, 150 connects in a moment on top
@@ -262,34 +264,34 @@ session::gate session::pass_gate(const backend_runtime& backend) {
         // late, the starts are spaced again.
         const std::optional<gcra_slot> start = reserve_turn(stats.storm_start_tat_ns, interval, sc.burst,
                                                             std::numeric_limits<std::int64_t>::max());
-        gate_ = gate_step::start_waited;
+        c.gate = gate_step::start_waited;
         if (start->delay_ns != 0) return wait_until(clock_type::now() + std::chrono::nanoseconds(start->delay_ns));
     }
-    if (gate_ == gate_step::start_waited) {
+    if (c.gate == gate_step::start_waited) {
         if (entry_.aborted()) return gate::refused;
-        gate_ = gate_step::slot;
+        c.gate = gate_step::slot;
     }
-    if (gate_ == gate_step::slot) {
+    if (c.gate == gate_step::slot) {
         if (sc.max_connecting == 0) return gate::open;
-        slot_deadline_ = clock_type::now() + sc.queue_timeout;
-        slot_waited_ = false;
-        gate_ = gate_step::slot_retry;
+        c.slot_deadline = clock_type::now() + sc.queue_timeout;
+        c.slot_waited = false;
+        c.gate = gate_step::slot_retry;
     }
     std::atomic<std::uint32_t>& connecting = stats.connecting;
     auto current = connecting.load(std::memory_order_relaxed);
     while (current < sc.max_connecting) {
         if (connecting.compare_exchange_weak(current, current + 1, std::memory_order_relaxed)) {
-            slot_ = &connecting;
-            if (slot_waited_) stats.storm_delayed_total.fetch_add(1, std::memory_order_relaxed);
+            c.slot = &connecting;
+            if (c.slot_waited) stats.storm_delayed_total.fetch_add(1, std::memory_order_relaxed);
             return gate::open;
         }
     }
-    if (entry_.aborted() || clock_type::now() >= slot_deadline_) {
+    if (entry_.aborted() || clock_type::now() >= c.slot_deadline) {
         if (!entry_.aborted()) stats.storm_refused_total.fetch_add(1, std::memory_order_relaxed);
         return gate::refused;
     }
-    slot_waited_ = true;
-    return wait_until(slot_deadline_);
+    c.slot_waited = true;
+    return wait_until(c.slot_deadline);
 }
 
 void session::wait_at_gate(std::unique_ptr<session> self) {
@@ -297,15 +299,23 @@ void session::wait_at_gate(std::unique_ptr<session> self) {
     // The wait owns the session now. It cannot fail to start: an Asio
     // timer's wait could, and the session then died with its backend's
     // reservation (and storm_waiting) still counted.
-    s.ctx_.gate.wait(s.gate_wait_, s.wake_at_, s.gate_ == gate_step::slot_retry, &session::on_gate_wait_over,
-                     self.release());
+    connect_state& c = *s.conn_;
+    s.ctx_.gate.wait(c.wait, c.wake_at, c.gate == gate_step::slot_retry, &session::on_gate_wait_over, self.release());
 }
 
 void session::release_slot() {
-    if (!slot_) return;
-    slot_->fetch_sub(1, std::memory_order_relaxed);
-    slot_ = nullptr;
+    if (!conn_ || !conn_->slot) return;
+    std::exchange(conn_->slot, nullptr)->fetch_sub(1, std::memory_order_relaxed);
     ctx_.gate.wake_slot_waiters(false);
+}
+
+void session::on_backend_answered(void* arg) {
+    auto& s = *static_cast<session*>(arg);
+    // The relay kept the client's bytes in conn_->sent until now and has
+    // let go of them already.
+    s.release_slot();
+    s.entry_.storm_wait = nullptr;
+    s.conn_.reset();
 }
 
 bool session::open_upstream(const backend_runtime& backend) {
@@ -314,7 +324,7 @@ bool session::open_upstream(const backend_runtime& backend) {
         backend.stats->active.fetch_sub(1, std::memory_order_relaxed);
         release_slot();
         if (is_resource_exhaustion(ec)) ctx_.pause_accepting(ec, "opening a backend socket");
-        st_.local_failure = ec;
+        conn_->local_failure = ec;
         return false;
     }
     if (auto opt_ec = apply_new_socket_tcp_options(upstream_.native_handle(), snap_->cfg->tcp)) {
@@ -325,20 +335,14 @@ bool session::open_upstream(const backend_runtime& backend) {
 
 void session::watch_connect_deadline() {
     const auto timeout = snap_->cfg->timeouts.connect;
-    connect_timed_out_ = false;
-    deadline = clock_type::now() + timeout;
-    ctx_.connects.watch(*this, gen_->connects);
+    conn_->timed_out = false;
+    conn_->deadline = clock_type::now() + timeout;
+    ctx_.connects.watch(*conn_, gen_->connects);
 }
 
 error_code session::connect_ended(const error_code& ec) {
-    unlink();  // from the worker's pending connects
-    return connect_timed_out_ ? error_code{asio::error::timed_out} : ec;
-}
-
-void session::on_connect_deadline(pending_connect& p) {
-    auto& s = static_cast<session&>(p);
-    s.connect_timed_out_ = true;
-    s.upstream_.close();  // the connect completes from the loop, aborted
+    conn_->unlink();  // from the worker's pending connects
+    return conn_->timed_out ? error_code{asio::error::timed_out} : ec;
 }
 
 void session::on_connected(void* arg, const error_code& ec) {
@@ -346,11 +350,11 @@ void session::on_connected(void* arg, const error_code& ec) {
     session& s = *self;
     const error_code cec = s.connect_ended(ec);
     if (cec) {
-        if (!s.connect_failed(s.chosen_index_, cec)) return s.give_up();
+        if (!s.connect_failed(s.conn_->chosen_index, cec)) return s.give_up();
         return connect_next(std::move(self));
     }
-    s.chosen_ = &s.pool_.backends[s.chosen_index_];
-    if (!s.sent_.empty()) return replay(std::move(self));
+    s.chosen_ = &s.pool_.backends[s.conn_->chosen_index];
+    if (!s.conn_->sent.empty()) return replay(std::move(self));
     s.start_relay(std::move(self));
 }
 
@@ -373,18 +377,19 @@ bool session::connect_failed(std::size_t pick, const error_code& cec) {
                                                             : "connect failed: " + cec.message());
     spdlog::debug("backend {} ({}) failed a client's connect: {}", backend.cfg->name, endpoint_text(backend.endpoint),
                   cec.message());
-    st_.add_failure(backend.cfg->name, cec.message());
+    conn_->add_failure(backend.cfg->name, cec.message());
     return true;
 }
 
 void session::replay(std::unique_ptr<session> self) {
     session& s = *self;
+    const std::string& sent = s.conn_->sent;
     error_code ec;
-    while (s.replayed_ < s.sent_.size()) {
-        const ssize_t n = ::send(s.upstream_.native_handle(), s.sent_.data() + s.replayed_,
-                                 s.sent_.size() - s.replayed_, MSG_NOSIGNAL);
+    while (s.replayed_ < sent.size()) {
+        const ssize_t n = ::send(s.upstream_.native_handle(), sent.data() + s.replayed_, sent.size() - s.replayed_,
+                                 MSG_NOSIGNAL);
         if (n > 0) {
-            s.replayed_ += static_cast<std::size_t>(n);
+            s.replayed_ += static_cast<std::uint32_t>(n);
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
@@ -418,9 +423,9 @@ void session::start_relay(std::unique_ptr<session> self) {
     if (adopted_) {
         relay_.resume(published_to_, published_from_);
     } else {
-        relay_.keep_for_replay(&sent_, replay_limit);
+        relay_.keep_for_replay(&conn_->sent, replay_limit);
+        relay_.on_answered(&session::on_backend_answered, this);
     }
-    if (slot_) relay_.on_answered(&session::on_backend_answered, this);
     // The relay owns the session until both directions end; it completes
     // through a plain callback, which allocates nothing.
     relay_.run(&session::on_relay_done, self.release());
@@ -451,7 +456,7 @@ void session::relay_ended(std::unique_ptr<session> self) {
 
 void session::failed_before_answering(std::unique_ptr<session> self, const error_code& why) {
     session& s = *self;
-    s.last_error_ = why;
+    s.conn_->last_error = why;
     if (!s.may_move_on()) return s.give_up();
     connect_next(std::move(self));
 }
@@ -461,13 +466,14 @@ bool session::may_move_on() {
     // go to the next one with what it sent -- but only a TLS handshake, which
     // no server acts on before answering it. Plain bytes may have been a
     // request the dead backend carried out; sending them again could repeat it.
-    const bool may_replay = sent_.empty() || is_tls_handshake(sent_);
-    const char* why = last_error_ == asio::error::eof ? "closed before any byte came back"
-                                                      : "reset before any byte came back";
+    connect_state& c = *conn_;
+    const bool may_replay = c.sent.empty() || is_tls_handshake(c.sent);
+    const char* why = c.last_error == asio::error::eof ? "closed before any byte came back"
+                                                       : "reset before any byte came back";
     report_passive(ctx_, pool_, *chosen_, why);
     spdlog::debug("backend {} ({}) {}; {} the client's {}B", chosen_->cfg->name, endpoint_text(chosen_->endpoint), why,
-                  may_replay ? "trying another with" : "cannot replay", sent_.size());
-    st_.add_failure(chosen_->cfg->name, why);
+                  may_replay ? "trying another with" : "cannot replay", c.sent.size());
+    c.add_failure(chosen_->cfg->name, why);
     upstream_.close();
     chosen_->stats->active.fetch_sub(1, std::memory_order_relaxed);
     release_slot();
@@ -483,9 +489,9 @@ bool session::may_move_on() {
 
 void session::give_up() {
     // A session closed while connecting keeps apilb's reason (a drain).
-    finalize(entry_.aborted()    ? entry_.closed_by
-             : st_.local_failure ? close_reason::no_resources
-                                 : close_reason::no_backend);
+    finalize(entry_.aborted()       ? entry_.closed_by
+             : conn_->local_failure ? close_reason::no_resources
+                                    : close_reason::no_backend);
 }
 
 void session::finalize(close_reason why) {
@@ -497,24 +503,26 @@ void session::finalize(close_reason why) {
         publish_bytes();  // the rest since the worker's last tick
     }
 
-    if (why == close_reason::no_backend) {
+    // Only a session that never got an answer gives up (give_up()): its
+    // connect_state is there to say why.
+    if (why == close_reason::no_backend && conn_) {
         std::uint64_t suppressed = 0;
         if (ctx_.connect_warnings.allow(suppressed)) {
             const log_scope fields({.event = "no_backend",
                                     .pool = pool_.cfg->name,
                                     .backend = {},
                                     .client = client_text(),
-                                    .reason = st_.failures.empty() ? "none_available" : "connect_failed"});
+                                    .reason = conn_->failures.empty() ? "none_available" : "connect_failed"});
             spdlog::warn("listener {}: no backend of pool {} accepted client {} ({}){}", listener_.cfg->name,
                          pool_.cfg->name, client_text(),
-                         st_.failures.empty() ? (pool_.cfg->health.all_unhealthy == all_unhealthy_policy::reject
-                                                     ? "no backend is healthy (all_unhealthy: reject) or free"
-                                                     : "every backend is at its session limit")
-                                              : st_.failures,
+                         conn_->failures.empty() ? (pool_.cfg->health.all_unhealthy == all_unhealthy_policy::reject
+                                                        ? "no backend is healthy (all_unhealthy: reject) or free"
+                                                        : "every backend is at its session limit")
+                                                 : conn_->failures,
                          suppressed ? fmt::format(" [{} similar suppressed]", suppressed) : "");
         }
-    } else if (why == close_reason::no_resources) {
-        spdlog::debug("client {}: closed: {}", client_text(), st_.local_failure.message());
+    } else if (why == close_reason::no_resources && conn_) {
+        spdlog::debug("client {}: closed: {}", client_text(), conn_->local_failure.message());
     } else if (chosen_ && spdlog::should_log(spdlog::level::debug)) {
         const pump_result& to_backend = relay_.to_backend();
         const pump_result& from_backend = relay_.from_backend();
@@ -572,7 +580,7 @@ void start_session(worker_context& ctx, int fd, std::size_t listener_index) {
     // accept loop, and this worker would never accept again.
     std::unique_ptr<session> s;
     try {
-        s = std::make_unique<session>(ctx, listener_index);
+        s = std::make_unique<session>(ctx, listener_index, true);
     } catch (const std::bad_alloc&) {
         close_with_reset(fd);
         ctx.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);

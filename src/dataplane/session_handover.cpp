@@ -44,15 +44,13 @@ bool session::adopt(std::unique_ptr<session> self, const session_record& r, int 
                     std::string& why) {
     session& s = *self;
     const backend_runtime* found = nullptr;
-    std::size_t index = 0;
     if (s.pool_.cfg->name != r.pool) {
         why = fmt::format("listener {} now sends to pool {}, not {}", r.listener, s.pool_.cfg->name, r.pool);
     } else {
-        for (std::size_t i = 0; i < s.pool_.backends.size() && found == nullptr; ++i) {
-            const backend_runtime& b = s.pool_.backends[i];
+        for (const backend_runtime& b : s.pool_.backends) {
             if (b.cfg->name == r.backend && endpoint_text(b.endpoint) == r.backend_address) {
                 found = &b;
-                index = i;
+                break;
             }
         }
         if (found == nullptr)
@@ -71,7 +69,6 @@ bool session::adopt(std::unique_ptr<session> self, const session_record& r, int 
         why = fmt::format("cannot watch its sockets: {}", (cec ? cec : bec).message());
         return false;
     }
-    s.chosen_index_ = index;
     s.chosen_ = found;
     found->stats->active.fetch_add(1, std::memory_order_relaxed);
     s.started_ = clock_type::now() - std::chrono::milliseconds(std::min<std::uint64_t>(r.age_ms, 1ull << 40));
@@ -83,8 +80,7 @@ bool session::adopt(std::unique_ptr<session> self, const session_record& r, int 
         error_code ec;
         if (auto ep = s.client_.remote_endpoint(ec); !ec) {
             s.client_ep_ = ep;
-            s.st_.key_hash = client_key_hash(ep, s.pool_.cfg->maglev_key);
-            s.entry_.key_hash = s.st_.key_hash;
+            s.entry_.key_hash = client_key_hash(ep, s.pool_.cfg->maglev_key);
         }
     }
     s.ctx_.stats.sessions_adopted_total.fetch_add(1, std::memory_order_relaxed);
@@ -115,7 +111,7 @@ bool adopt_session(worker_context& ctx, const session_record& r, int client_fd, 
     ctx.stats.active_sessions.fetch_add(1, std::memory_order_relaxed);  // the session un-counts itself
     std::unique_ptr<session> s;
     try {
-        s = std::make_unique<session>(ctx, listener_index);
+        s = std::make_unique<session>(ctx, listener_index, false);
     } catch (const std::bad_alloc&) {
         ctx.stats.active_sessions.fetch_sub(1, std::memory_order_relaxed);
         why = "out of memory";

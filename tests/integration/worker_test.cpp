@@ -27,6 +27,7 @@
 #include <thread>
 
 #include "apilb/core/thread_role.hpp"
+#include "apilb/dataplane/session_impl.hpp"
 
 namespace {
 
@@ -169,6 +170,35 @@ void stop_failing() {
     failing_new_size = 0;
     failing_all = false;
     failing_on = nullptr;
+}
+
+/// On the calling worker thread: every operator new of exactly `n` bytes
+/// fails from now on.
+void fail_new_of_size_here(std::size_t n) {
+    failing_new_size = n;
+    failing_on = &thread_tag;
+}
+
+/// A new client through the worker listening on `port` is served (its
+/// bytes echoed by the backend): the worker goes on after a failure.
+void expect_served(std::uint16_t port) {
+    client fresh;
+    ASSERT_EQ(fresh.connect("127.0.0.1", port, 2s), 0);
+    fresh.set_timeout(5s);
+    ASSERT_TRUE(fresh.send_all("ok"));
+    EXPECT_EQ(fresh.recv_exact(2), "ok");
+}
+
+/// A new client through the worker listening on `port`, sending nothing:
+/// how its connection ended (ECONNRESET for a reset, 0 for a FIN, EAGAIN
+/// if still open after 5 s; -1 if it could not connect).
+int end_seen_by_a_client(std::uint16_t port) {
+    client c;
+    if (c.connect("127.0.0.1", port, 2s) != 0) return -1;
+    c.set_timeout(5s);
+    int end = 0;
+    c.recv_until_eof(end);
+    return end;
 }
 
 /// On the calling worker thread: every allocation fails from now on (Asio's
@@ -370,18 +400,11 @@ TEST(Worker, ConnectDeadlinesStillExpireAfterTheirTimerCouldNotStart) {
     // Every Asio allocation of the worker thread fails for this client:
     // the deadline timer's wait, and whatever else it once allocated for.
     ASSERT_TRUE(on_worker(*rig.w, [] { fail_asio_allocations_here(1000); }));
-    client first;
-    ASSERT_EQ(first.connect("127.0.0.1", rig.port, 2s), 0);
-    first.set_timeout(5s);
-    int end = 0;
-    first.recv_until_eof(end);
-    EXPECT_NE(end, EAGAIN) << "the first client was left hanging";
+    const int first_end = end_seen_by_a_client(rig.port);
+    EXPECT_NE(first_end, -1);
+    EXPECT_NE(first_end, EAGAIN) << "the first client was left hanging";
     stop_failing();
-    client next;
-    ASSERT_EQ(next.connect("127.0.0.1", rig.port, 2s), 0);
-    next.set_timeout(5s);
-    next.recv_until_eof(end);
-    EXPECT_EQ(end, ECONNRESET) << "the connect never timed out";
+    EXPECT_EQ(end_seen_by_a_client(rig.port), ECONNRESET) << "the connect never timed out";
     EXPECT_TRUE(eventually([&] { return rig.backend().connect_timeout_total.load() >= 1; }));
 }
 
@@ -546,10 +569,7 @@ TEST(Worker, ARelayWhoseBufferCannotBeAllocatedResetsBothPeersAndIsFreed) {
         }
     });
     worker_rig rig(fmt::format("relay: {{mode: copy, buffer_size: {}}}", buffer_size), "", backend.address());
-    ASSERT_TRUE(on_worker(*rig.w, [] {
-        failing_new_size = buffer_size;
-        failing_on = &thread_tag;
-    }));
+    ASSERT_TRUE(on_worker(*rig.w, [] { fail_new_of_size_here(buffer_size); }));
     client c;
     ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
     c.set_timeout(5s);
@@ -562,12 +582,23 @@ TEST(Worker, ARelayWhoseBufferCannotBeAllocatedResetsBothPeersAndIsFreed) {
     EXPECT_TRUE(eventually([&] { return rig.stats.active_sessions.load() == 0; })) << "the session was not freed";
     EXPECT_EQ(rig.stats.reset_no_memory_total.load(), 1u);
     stop_failing();
-    // The worker goes on serving.
-    client fresh;
-    ASSERT_EQ(fresh.connect("127.0.0.1", rig.port, 2s), 0);
-    fresh.set_timeout(5s);
-    ASSERT_TRUE(fresh.send_all("ok"));
-    EXPECT_EQ(fresh.recv_exact(2), "ok");
+    expect_served(rig.port);
+}
+
+TEST(Worker, ASessionWhoseConnectStateCannotBeAllocatedIsResetAndCountedAndTheWorkerGoesOn) {
+    // An accepted session allocates its connect_state (what it needs until
+    // the backend's first byte) apart from itself. Out of memory there, the
+    // client is reset and counted as for the session object itself, and the
+    // worker goes on accepting.
+    worker_rig rig;
+    ASSERT_TRUE(on_worker(*rig.w, [] { fail_new_of_size_here(sizeof(apilb::session_impl::connect_state)); }));
+    EXPECT_EQ(end_seen_by_a_client(rig.port), ECONNRESET)
+        << "the client must be reset, not left hanging nor sent a FIN";
+    EXPECT_TRUE(eventually([&] { return rig.stats.active_sessions.load() == 0; })) << "the session was not un-counted";
+    EXPECT_EQ(rig.stats.reset_no_memory_total.load(), 1u);
+    EXPECT_EQ(rig.backend().active.load(), 0u) << "no backend was reserved";
+    stop_failing();
+    expect_served(rig.port);
 }
 
 }  // namespace

@@ -208,9 +208,7 @@ public:
 private:
     struct direction {
         relay* owner = nullptr;
-        poll_socket* from = nullptr;
-        poll_socket* to = nullptr;
-        bool to_backend = false;
+        bool to_backend = false;  ///< client -> backend; source() and sink() follow from it
         bool done = false;
         bool splicing = false;  ///< this burst goes through `pipe`, else through `buffer`
         pipe_pair pipe{};
@@ -226,6 +224,11 @@ private:
         clock::time_point blocked_since = clock::time_point::max();
         pump_result result;
     };
+
+    /// Where `d` reads from and writes to: derived, not stored (an idle
+    /// session's memory, docs/internals.md).
+    poll_socket& source(const direction& d) const noexcept { return d.to_backend ? client_ : upstream_; }
+    poll_socket& sink(const direction& d) const noexcept { return d.to_backend ? upstream_ : client_; }
 
     void start(erased_handler<> handler);
     void start_directions();
