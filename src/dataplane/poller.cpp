@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,6 +37,9 @@ error_code last_error() { return {errno, boost::system::system_category()}; }
 
 /// Events taken from the epoll set per epoll_wait.
 constexpr int max_events = 256;
+
+/// The event of wake()'s eventfd: no slot has this index and generation.
+constexpr std::uint64_t wake_event = ~std::uint64_t{0};
 
 constexpr int read_dir = static_cast<int>(poll_socket::wait_type::read);
 constexpr int write_dir = static_cast<int>(poll_socket::wait_type::write);
@@ -187,8 +191,25 @@ poller::~poller() {
     ::close(epfd_);
 }
 
-void poller::attach(asio::io_context& io) {
+void poller::attach(asio::io_context& io, wait_by by) {
     io_ = &io;
+    by_ = by;
+    if (by == wait_by::run) {
+        // No reactor: the io_context only queues handlers, and run() waits.
+        wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (wake_fd_ < 0) throw std::system_error(errno, std::system_category(), "eventfd for the worker's wake-ups");
+        epoll_event ev{};
+        ev.events = EPOLLIN;  // level-triggered: run() reads it empty
+        ev.data.u64 = wake_event;
+        if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, wake_fd_, &ev) != 0) {
+            const int err = errno;
+            ::close(std::exchange(wake_fd_, -1));
+            throw std::system_error(err, std::system_category(), "adding the wake-up eventfd to the epoll set");
+        }
+        watch_work_.emplace(io.get_executor());
+        watching_ = true;
+        return;
+    }
     // The descriptor is watched through a duplicate, so that Asio's
     // deregistration on release never touches the set itself.
     const int watched = ::fcntl(epfd_, F_DUPFD_CLOEXEC, 0);
@@ -213,6 +234,7 @@ void poller::attach(asio::io_context& io) {
 void poller::stop_watching() {
     watching_ = false;
     if (watch_) watch_->reactor.cancel_ops(watch_->fd, watch_->data);
+    watch_work_.reset();
 }
 
 void poller::detach() {
@@ -224,7 +246,59 @@ void poller::detach() {
         watch_->reactor.cleanup_descriptor_data(watch_->data);
         watch_.reset();
     }
+    if (wake_fd_ >= 0) ::close(std::exchange(wake_fd_, -1));  // leaves the set with it
     io_ = nullptr;
+}
+
+void poller::wake() noexcept {
+    if (wake_fd_ < 0) return;
+    const std::uint64_t one = 1;
+    // Fails only with the counter at its maximum: a wake-up is pending then.
+    (void)!::write(wake_fd_, &one, sizeof one);
+}
+
+void poller::stop_running() noexcept {
+    stop_requested_.store(true, std::memory_order_release);
+    wake();
+}
+
+void poller::run() {
+    APILB_ASSERT_DATA_PATH_ROLE(worker);
+    assert(by_ == wait_by::run && io_ != nullptr);
+    epoll_event events[max_events];
+    for (;;) {
+        // Posted work first (a reload, a drain): with no reactor in the
+        // io_context this runs what is queued and makes no system call.
+        io_->poll();
+        if (stop_requested_.load(std::memory_order_acquire)) return;
+        if (io_->stopped()) {
+            // Out of work: the set is no longer watched (watch_work_) and
+            // nothing is posted. What is queued here is still delivered,
+            // as a posted drain_op would have kept the io_context running.
+            if (deferred_.empty()) return;
+            io_->restart();
+        }
+#ifdef APILB_DATA_PATH_CHECKS
+        // An Asio timer or socket made in this io_context started a reactor
+        // that nothing here waits for: its completions would wait for the
+        // poller's next event. (A lock per wake-up: debug builds only.)
+        assert(!asio::has_service<asio::detail::epoll_reactor>(*io_));
+#endif
+        // Completions queued (a yield, a close from a posted handler) run
+        // after the events that came meanwhile: look, do not wait.
+        const int n = ::epoll_wait(epfd_, events, max_events, deferred_.empty() ? -1 : 0);
+        if (n < 0) {
+            if (errno != EINTR) wait_failed(last_error());
+            continue;
+        }
+        struct dispatch {
+            poller& p;
+            ~dispatch() { p.dispatching_ = false; }
+        } guard{*this};
+        dispatching_ = true;
+        take_events(events, n);
+        run_deferred();
+    }
 }
 
 void poller::arm() noexcept {
@@ -236,19 +310,21 @@ void poller::arm() noexcept {
 
 void poller::on_wake(const error_code& ec) {
     if (!watching_) return;  // stop_watching() or detach() aborted the wait
-    if (ec) {
-        // The registration made by attach() cannot fail a wait while it is
-        // there (start_op fails only without one); should it still, the set
-        // is drained below and watched again at once: a worker that spins is
-        // seen and serves, a worker that stopped watching would only hang.
-        if (failures_ != nullptr) failures_->fetch_add(1, std::memory_order_relaxed);
-        try {
-            std::uint64_t suppressed = 0;
-            if (wake_warnings_.allow(suppressed))
-                spdlog::critical("waiting for the sockets failed: {}; watching them again", ec.message());
-        } catch (const std::exception&) {}
-    }
+    // The registration made by attach() cannot fail a wait while it is
+    // there (start_op fails only without one); should it still, the set is
+    // drained below and watched again at once: a worker that spins is seen
+    // and serves, a worker that stopped watching would only hang.
+    if (ec) wait_failed(ec);
     on_ready();
+}
+
+void poller::wait_failed(const error_code& ec) noexcept {
+    if (failures_ != nullptr) failures_->fetch_add(1, std::memory_order_relaxed);
+    try {
+        std::uint64_t suppressed = 0;
+        if (wake_warnings_.allow(suppressed))
+            spdlog::critical("waiting for the sockets failed: {}; watching them again", ec.message());
+    } catch (const std::exception&) {}
 }
 
 void poller::on_ready() {
@@ -271,19 +347,28 @@ void poller::on_ready() {
         n = ::epoll_wait(epfd_, events, max_events, 0);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
-        // First every event marks its socket ready and queues its waiters;
-        // only then do the waiters run. A waiter may close other sockets of
-        // the batch; none is destroyed while a waiter of it is queued.
-        for (int i = 0; i < n; ++i) {
-            const std::uint64_t id = events[i].data.u64;
-            const auto index = static_cast<std::uint32_t>(id);
-            if (index >= slots_.size()) continue;
-            const slot& s = slots_[index];
-            if (s.socket == nullptr || s.generation != static_cast<std::uint32_t>(id >> 32)) continue;
-            s.socket->on_events(events[i].events);
-        }
+        take_events(events, n);
         run_deferred();
     } while (n == max_events);
+}
+
+void poller::take_events(const epoll_event* events, int n) noexcept {
+    // First every event marks its socket ready and queues its waiters;
+    // only then do the waiters run. A waiter may close other sockets of
+    // the batch; none is destroyed while a waiter of it is queued.
+    for (int i = 0; i < n; ++i) {
+        const std::uint64_t id = events[i].data.u64;
+        if (id == wake_event) {
+            std::uint64_t count;
+            (void)!::read(wake_fd_, &count, sizeof count);  // run() polls the io_context next
+            continue;
+        }
+        const auto index = static_cast<std::uint32_t>(id);
+        if (index >= slots_.size()) continue;
+        const slot& s = slots_[index];
+        if (s.socket == nullptr || s.generation != static_cast<std::uint32_t>(id >> 32)) continue;
+        s.socket->on_events(events[i].events);
+    }
 }
 
 void poller::defer(poll_socket& s, int direction) noexcept {
@@ -295,7 +380,8 @@ void poller::defer(poll_socket& s, int direction) noexcept {
 }
 
 void poller::post_drain() noexcept {
-    if (drain_posted_ || io_ == nullptr) return;
+    // run() looks at the queue before every wait: nothing to post.
+    if (drain_posted_ || io_ == nullptr || by_ == wait_by::run) return;
     drain_posted_ = true;
     // Queued, not run: no recursion. The scheduler's queue is intrusive.
     asio::use_service<asio::detail::scheduler>(*io_).post_immediate_completion(drain_, false);

@@ -1,7 +1,6 @@
 #include "apilb/dataplane/worker.hpp"
 
 #include <boost/asio/ip/v6_only.hpp>
-#include <boost/asio/post.hpp>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -36,7 +35,9 @@ constexpr int accepts_per_turn = 64;
 
 worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats)
     : index_(index), work_(io_.get_executor()), ctx_(std::move(snap), stats, sockets_) {
-    sockets_.attach(io_);
+    // The worker's thread blocks in the poller's epoll_wait (one system
+    // call per wake-up) and runs io_'s posted work between wake-ups.
+    sockets_.attach(io_, poller::wait_by::run);
     sockets_.count_failures_in(&stats.resource_errors_total);
 }
 
@@ -130,7 +131,7 @@ void worker::add_acceptor(int fd, std::size_t listener_index, const char* which)
 }
 
 void worker::share_listeners(std::function<void(std::vector<shared_listener>)> done) {
-    asio::post(io_, [this, done = std::move(done)] {
+    sockets_.post([this, done = std::move(done)] {
         std::vector<shared_listener> out;
         for (const auto& slot : acceptors_) {
             if (!slot->listener.is_open()) continue;
@@ -149,7 +150,7 @@ void worker::share_listeners(std::function<void(std::vector<shared_listener>)> d
 void worker::hand_over_sessions(
     std::size_t max, std::uint64_t phase,
     std::function<void(std::vector<handed_session>, std::size_t busy, std::size_t kept, std::size_t connecting)> done) {
-    asio::post(io_, [this, max, phase, done = std::move(done)] {
+    sockets_.post([this, max, phase, done = std::move(done)] {
         std::vector<handed_session> out;
         std::size_t busy = 0, kept = 0, connecting = 0;
         if (!stopping_) {
@@ -199,11 +200,11 @@ void worker::hand_over_sessions(
 }
 
 void worker::end_session_phase() {
-    asio::post(io_, [this] { end_quiesces(true); });
+    sockets_.post([this] { end_quiesces(true); });
 }
 
 void worker::hold_accepting() {
-    asio::post(io_, [this] {
+    sockets_.post([this] {
         accepting_held_ = true;
         // The loops end in on_accept_wait (cancelled, held): no accept4
         // runs from here, so every client the kernel queues from now on is
@@ -217,7 +218,7 @@ void worker::hold_accepting() {
 }
 
 void worker::resume_accepting() {
-    asio::post(io_, [this] {
+    sockets_.post([this] {
         accepting_held_ = false;
         // Only the loops that stopped: one whose cancelled wait has not
         // completed yet goes on by itself, unheld.
@@ -256,7 +257,7 @@ void worker::on_quiesce_timer(void* self, const error_code& ec) {
 }
 
 void worker::adopt_session(session_record r, int client_fd, int backend_fd) {
-    asio::post(io_, [this, r = std::move(r), client_fd, backend_fd] {
+    sockets_.post([this, r = std::move(r), client_fd, backend_fd] {
         std::string why = "apilb is stopping";
         if (stopping_) {
             close_with_reset(client_fd);
@@ -320,7 +321,7 @@ void worker::accept_turn(acceptor_slot& slot) noexcept {
 }
 
 void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listener> added, std::function<void()> done) {
-    asio::post(io_, [this, next = std::move(next), added = std::move(added), done = std::move(done)]() mutable {
+    sockets_.post([this, next = std::move(next), added = std::move(added), done = std::move(done)]() mutable {
         if (stopping_) {
             for (const auto& a : added) ::close(a.fd);
             done();
@@ -386,7 +387,7 @@ void worker::start() {
         sweep_period_ = std::clamp<milliseconds>(shortest / 10, milliseconds(100), std::chrono::seconds(30));
     }
     // On the worker thread: a turn may accept, and start, a session at once.
-    asio::post(io_, [this] {
+    sockets_.post([this] {
         for (auto& slot : acceptors_) accept_turn(*slot);
         publish_tick();
         if (sweep_period_.count() > 0) sweep_tick();
@@ -398,7 +399,7 @@ void worker::start() {
         // A failure inside one session must never take the worker down.
         for (;;) {
             try {
-                io_.run();
+                sockets_.run();
                 break;
             } catch (const std::exception& e) {
                 spdlog::error("worker {}: unexpected exception: {}", index_, e.what());
@@ -532,16 +533,16 @@ void worker::tick_failed(const char* what, const std::exception& e, const char* 
     } catch (const std::exception&) {}
 }
 
-void worker::ping(std::function<void()> answer) { asio::post(io_, std::move(answer)); }
+void worker::ping(std::function<void()> answer) { sockets_.post(std::move(answer)); }
 
 void worker::stop_accepting() {
-    asio::post(io_, [this] {
+    sockets_.post([this] {
         for (auto& slot : acceptors_) slot->listener.close();
     });
 }
 
 void worker::close_sessions(session_rule rule, close_reason why) {
-    asio::post(io_, [this, rule = std::move(rule), why] { close_matching(rule, why); });
+    sockets_.post([this, rule = std::move(rule), why] { close_matching(rule, why); });
 }
 
 void worker::close_matching(const session_rule& rule, close_reason why) {
@@ -631,7 +632,7 @@ void worker::stop() {
     if (!thread_.joinable()) return;
     // Let every session end on its own, so none is destroyed half-way with
     // the io_context's services already gone.
-    asio::post(io_, [this] {
+    sockets_.post([this] {
         stopping_ = true;
         for (auto& slot : acceptors_) {
             slot->listener.close();
@@ -646,14 +647,15 @@ void worker::stop() {
         ctx_.gate.stop();  // the gated sessions, aborted below, end from the loop
         close_matching(every_session(), close_reason::drain);
         // Every socket is closed: what is left to deliver is queued already.
-        // The epoll set is no longer work, so io_.run() returns once the
-        // sessions have wound down.
+        // The epoll set is no longer work, so the poller's run() returns
+        // once the sessions have wound down.
         sockets_.stop_watching();
     });
     work_.reset();
+    sockets_.wake();  // io_ may have run out of work: the loop looks again
     if (exited_.get_future().wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
         spdlog::error("worker {}: did not wind down within 5 s; stopping it", index_);
-        io_.stop();
+        sockets_.stop_running();
     }
     thread_.join();
 }

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -54,6 +55,21 @@ extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
     }
     void* p = nullptr;
     return ::posix_memalign(&p, align, size) == 0 ? p : nullptr;
+}
+
+/// epoll_wait calls made by worker threads: all of them, and those that
+/// could block (a timeout other than 0), one per wake-up.
+std::atomic<long> worker_epoll_waits{0};
+std::atomic<long> worker_blocking_epoll_waits{0};
+
+// Interposed for the whole test binary (the poller and Asio's reactor call
+// it); forwards to the kernel.
+extern "C" int epoll_wait(int epfd, epoll_event* events, int max_events, int timeout) {
+    if (apilb::current_thread_role() == apilb::thread_role::worker) {
+        worker_epoll_waits.fetch_add(1, std::memory_order_relaxed);
+        if (timeout != 0) worker_blocking_epoll_waits.fetch_add(1, std::memory_order_relaxed);
+    }
+    return ::epoll_pwait(epfd, events, max_events, timeout, nullptr);
 }
 
 bool apilb_test_new_fails(std::size_t n) noexcept {
@@ -514,6 +530,35 @@ relay: {{mode: copy}}
     EXPECT_TRUE(eventually([&] { return stats.connect_timeout_total.load() == 1; }))
         << "the connect never timed out: it had no deadline";
     EXPECT_EQ(rig.stats.reset_no_memory_total.load(), 0u);
+}
+
+TEST(Worker, AWakeUpIsOneSystemCall) {
+    // Issue 17: the worker's sockets live in the poller's epoll set. That set
+    // was one descriptor in Asio's reactor, so each wake-up was Asio's
+    // epoll_wait and then the poller's, where nginx makes one. The worker
+    // now blocks in the poller's own epoll_wait.
+    worker_rig rig;
+    client c;
+    ASSERT_EQ(c.connect("127.0.0.1", rig.port, 2s), 0);
+    c.set_timeout(5s);
+    ASSERT_TRUE(c.send_all("hi"));
+    ASSERT_EQ(c.recv_exact(2), "hi");
+    const long waits_before = worker_epoll_waits.load();
+    const long blocking_before = worker_blocking_epoll_waits.load();
+    // Each round trip wakes the worker for the client's byte and for the
+    // backend's echo (unless the echo is there before the worker waits).
+    constexpr int rounds = 200;
+    for (int i = 0; i < rounds; ++i) {
+        ASSERT_TRUE(c.send_all("x")) << "round " << i;
+        ASSERT_EQ(c.recv_exact(1), "x") << "round " << i;
+    }
+    const long waits = worker_epoll_waits.load() - waits_before;
+    const long wake_ups = worker_blocking_epoll_waits.load() - blocking_before;
+    ASSERT_GE(wake_ups, rounds) << "the worker did not sleep between round trips";
+    // A look without a wait is allowed where completions were queued (a
+    // yield); none is expected for one byte at a time.
+    EXPECT_LE(static_cast<double>(waits) / static_cast<double>(wake_ups), 1.05)
+        << waits << " epoll_waits in " << wake_ups << " wake-ups";
 }
 
 TEST(Worker, ARelayThatYieldsWhileAllocationsFailGoesOn) {

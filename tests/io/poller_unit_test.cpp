@@ -16,6 +16,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <functional>
+#include <future>
 #include <memory>
 #include <new>
 #include <optional>
@@ -31,6 +33,21 @@ std::atomic<int> epoll_mods{0};
 extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
     if (op == EPOLL_CTL_MOD) epoll_mods.fetch_add(1, std::memory_order_relaxed);
     return static_cast<int>(::syscall(SYS_epoll_ctl, epfd, op, fd, event));
+}
+
+/// Set on the thread that runs a poller's own loop (poller::run): its
+/// epoll_wait calls, and those that could block (one per wake-up).
+thread_local bool counting_epoll_waits = false;
+std::atomic<long> loop_epoll_waits{0};
+std::atomic<long> loop_blocking_epoll_waits{0};
+
+// Interposed like epoll_ctl above.
+extern "C" int epoll_wait(int epfd, epoll_event* events, int max_events, int timeout) {
+    if (counting_epoll_waits) {
+        loop_epoll_waits.fetch_add(1, std::memory_order_relaxed);
+        if (timeout != 0) loop_blocking_epoll_waits.fetch_add(1, std::memory_order_relaxed);
+    }
+    return ::epoll_pwait(epfd, events, max_events, timeout, nullptr);
 }
 
 /// While set, every operator new and aligned_alloc (Asio's operations,
@@ -54,6 +71,16 @@ namespace asio = boost::asio;
 using boost::system::error_code;
 using tcp = asio::ip::tcp;
 
+/// Connects `peer` (plain Asio, blocking) to `acc` and returns the
+/// accepted end as a non-blocking descriptor.
+int accepted_end(tcp::acceptor& acc, tcp::socket& peer) {
+    peer.connect(acc.local_endpoint());
+    tcp::socket s(acc.get_executor());
+    acc.accept(s);
+    s.native_non_blocking(true);
+    return s.release();
+}
+
 /// A poller on its own io_context, and a loopback listener to make pairs.
 struct fixture {
     poller sockets;
@@ -63,13 +90,7 @@ struct fixture {
     ~fixture() { sockets.detach(); }
 
     /// A connected pair: `peer` (plain Asio, blocking) and the accepted end as a descriptor.
-    int pair(tcp::socket& peer) {
-        peer.connect(acc.local_endpoint());
-        tcp::socket s(io);
-        acc.accept(s);
-        s.native_non_blocking(true);
-        return s.release();
-    }
+    int pair(tcp::socket& peer) { return accepted_end(acc, peer); }
 
     /// Runs handlers until `done` or 5 s.
     void run_until(const bool& done) {
@@ -516,6 +537,166 @@ TEST(PollTimer, WaitingAndCancellingWhileAllocationsFailStillComplete) {
     EXPECT_TRUE(moved.done);
     EXPECT_FALSE(moved.ec);
     EXPECT_FALSE(early.done);
+}
+
+/// A poller waited for by its own loop (poller::wait_by::run, as in a
+/// worker), run on a thread of its own. The loopback pairs are made with
+/// Asio on another io_context: the poller's must hold no reactor.
+struct run_fixture {
+    asio::io_context setup;
+    tcp::acceptor acc{setup, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
+    poller sockets;
+    asio::io_context io{1};
+    std::thread runner;
+    std::promise<void> ended;
+
+    run_fixture() { sockets.attach(io, poller::wait_by::run); }
+    ~run_fixture() {
+        stop();
+        sockets.detach();
+    }
+    int pair(tcp::socket& peer) { return accepted_end(acc, peer); }
+    /// Starts the loop; sockets made before are handled from now on only
+    /// through on_loop().
+    void start() {
+        runner = std::thread([this] {
+            counting_epoll_waits = true;
+            sockets.run();
+            ended.set_value();
+        });
+    }
+    /// Runs `fn` on the loop's thread and waits for it (5 s at most).
+    bool on_loop(std::function<void()> fn) {
+        auto done = std::make_shared<std::promise<void>>();
+        auto f = done->get_future();
+        sockets.post([fn = std::move(fn), done] {
+            fn();
+            done->set_value();
+        });
+        return f.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+    }
+    /// Stops watching and waits for run() to return; forces it after 5 s.
+    /// True if it ended by itself.
+    bool stop() {
+        if (!runner.joinable()) return true;
+        sockets.post([this] { sockets.stop_watching(); });
+        const bool by_itself = ended.get_future().wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+        if (!by_itself) sockets.stop_running();
+        runner.join();
+        return by_itself;
+    }
+};
+
+/// Waits up to 5 s for `pred`.
+template <typename Pred>
+bool within_5s(Pred pred) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        std::this_thread::yield();
+    }
+    return true;
+}
+
+TEST(Poller, ItsOwnLoopWakesWithOneEpollWait) {
+    // Issue 17: watched by Asio's reactor, a wake-up costs Asio's epoll_wait
+    // and the poller's (nginx: one). The worker's loop blocks in the
+    // poller's own epoll_wait, and posted work wakes it through the set.
+    run_fixture f;
+    tcp::socket peer(f.setup);
+    poll_socket s(f.sockets);
+    ASSERT_FALSE(s.adopt(f.pair(peer)));
+    struct reader {
+        poll_socket* s;
+        std::atomic<int> got{0};
+        static void on_ready(void* self, const error_code& ec) {
+            auto& r = *static_cast<reader*>(self);
+            if (ec) return;
+            char c;
+            while (::recv(r.s->native_handle(), &c, 1, 0) == 1) r.got.fetch_add(1);
+            r.s->wait(poll_socket::wait_type::read, &reader::on_ready, self);
+        }
+    } r{&s};
+    s.wait(poll_socket::wait_type::read, &reader::on_ready, &r);
+    f.start();
+    ASSERT_TRUE(f.on_loop([] {}));
+    const long waits_before = loop_epoll_waits.load();
+    const long blocking_before = loop_blocking_epoll_waits.load();
+    constexpr int rounds = 100;
+    for (int i = 0; i < rounds; ++i) {
+        peer.send(asio::buffer("x", 1));
+        ASSERT_TRUE(within_5s([&] { return r.got.load() == i + 1; })) << "round " << i;
+    }
+    const long waits = loop_epoll_waits.load() - waits_before;
+    const long wake_ups = loop_blocking_epoll_waits.load() - blocking_before;
+    ASSERT_TRUE(f.on_loop([&] { s.close(); }));  // the waiter ends aborted
+    EXPECT_GE(wake_ups, rounds);
+    EXPECT_EQ(waits, wake_ups) << "epoll_waits in " << wake_ups << " wake-ups";
+    EXPECT_TRUE(f.stop());
+}
+
+TEST(Poller, ItsOwnLoopRunsPostedWorkAndEndsOnlyWithNothingLeftToDeliver) {
+    run_fixture f;
+    tcp::socket peer(f.setup);
+    poll_socket s(f.sockets);
+    ASSERT_FALSE(s.adopt(f.pair(peer)));
+    f.start();
+    // Posted from another thread while the loop waits with nothing to do.
+    std::atomic<bool> ran{false};
+    f.sockets.post([&] { ran = true; });
+    EXPECT_TRUE(within_5s([&] { return ran.load(); })) << "the post did not wake the loop";
+    // A shutdown: the last handler closes a socket with a waiter and stops
+    // watching. The io_context is then out of work, but the aborted waiter
+    // is still delivered before run() returns.
+    outcome o;
+    f.sockets.post([&] {
+        s.wait(poll_socket::wait_type::read, &outcome::record, &o);
+        s.close();
+        f.sockets.stop_watching();
+    });
+    ASSERT_EQ(f.ended.get_future().wait_for(std::chrono::seconds(5)), std::future_status::ready)
+        << "run() did not end once out of work";
+    f.runner.join();
+    EXPECT_TRUE(o.done);
+    EXPECT_EQ(o.ec, asio::error::operation_aborted);
+}
+
+TEST(Poller, ItsOwnLoopLooksForEventsBetweenQueuedCompletions) {
+    // A relay that yields queues its next turn rather than wait: the loop
+    // must still take other sockets' events in between, without blocking.
+    run_fixture f;
+    tcp::socket peer_a(f.setup), peer_b(f.setup);
+    poll_socket a(f.sockets), b(f.sockets);
+    ASSERT_FALSE(a.adopt(f.pair(peer_a)));
+    ASSERT_FALSE(b.adopt(f.pair(peer_b)));
+    struct b_reader {
+        std::atomic<bool> woke{false};
+        static void on_ready(void* self, const error_code&) { static_cast<b_reader*>(self)->woke = true; }
+    } on_b;
+    struct yielder {
+        poll_socket* s;
+        std::atomic<bool>* until;
+        int yields = 0;
+        std::atomic<bool> done{false};
+        static void again(void* self, const error_code&) {
+            auto& y = *static_cast<yielder*>(self);
+            if (y.until->load() || ++y.yields >= 100'000) {
+                y.done = true;
+                return;
+            }
+            y.s->defer_call(poll_socket::wait_type::read, &yielder::again, self);
+        }
+    } y{&a, &on_b.woke};
+    f.start();
+    ASSERT_TRUE(f.on_loop([&] {
+        b.wait(poll_socket::wait_type::read, &b_reader::on_ready, &on_b);
+        a.defer_call(poll_socket::wait_type::read, &yielder::again, &y);
+    }));
+    peer_b.send(asio::buffer("y", 1));
+    ASSERT_TRUE(within_5s([&] { return y.done.load(); }));
+    EXPECT_TRUE(on_b.woke.load());
+    EXPECT_LT(y.yields, 100'000) << "b's event waited for every queued completion";
+    EXPECT_TRUE(f.stop());
 }
 
 }  // namespace

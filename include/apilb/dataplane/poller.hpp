@@ -4,26 +4,36 @@
 // EPOLL_CTL_DEL before closing them, and needs an ioctl to make each socket
 // non-blocking; here a descriptor is added once, edge-triggered for both
 // directions, made non-blocking when it is created (accept4, socket), and
-// leaves the epoll set with its close. The poller is one descriptor in the
-// worker's io_context, so posted work and the sessions' timers stay Asio's
-// (the worker's own loops wait on poll_timers); that one is registered once
-// too, and waited for without a re-arm (see poller.cpp), so a wake-up costs
-// Asio's epoll_wait and the poller's, nothing more. Worker thread only
-// (checked in debug and sanitizer builds); nothing here takes a lock.
+// leaves the epoll set with its close. Posted work stays Asio's; the
+// worker's timers are poll_timers (timerfds in the set). Who waits for the
+// set is chosen by attach(): Asio's reactor, watching the set as one
+// descriptor (registered once, waited for without a re-arm, see
+// poller.cpp), so that a wake-up costs Asio's epoll_wait and the poller's;
+// or run(), the poller's own loop, blocking in its own epoll_wait (one
+// system call per wake-up) and running the io_context's ready handlers
+// between wake-ups. Worker thread only (checked in debug and sanitizer
+// builds), except wake(), stop_running() and post(); nothing here takes a
+// lock.
 #pragma once
 
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/system/error_code.hpp>
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "apilb/dataplane/erased_handler.hpp"
 #include "apilb/logging/logging.hpp"
+
+struct epoll_event;  // <sys/epoll.h>
 
 namespace apilb {
 
@@ -53,13 +63,27 @@ struct deferred_queue {
 /// runs them and detach() it before that io_context is destroyed.
 class poller {
 public:
+    /// Who blocks waiting for the epoll set.
+    enum class wait_by {
+        /// Asio's reactor, in whatever runs the io_context (io_context::run
+        /// and friends): two epoll_waits per wake-up.
+        asio,
+        /// run(), the poller's own epoll_wait: one per wake-up. The
+        /// io_context is then a queue of handlers that run() runs; it must
+        /// hold no Asio I/O object (timer, socket: their reactor would never
+        /// wake run(); checked in debug and sanitizer builds), and work posted to it from
+        /// another thread must be followed by wake() (post() does both).
+        run,
+    };
+
     poller();
     ~poller();
     poller(const poller&) = delete;
     poller& operator=(const poller&) = delete;
 
-    /// Starts delivering readiness through `io`. Throws std::system_error.
-    void attach(boost::asio::io_context& io);
+    /// Starts delivering readiness through `io`, waited for by `by`.
+    /// Throws std::system_error.
+    void attach(boost::asio::io_context& io, wait_by by = wait_by::asio);
     /// Stops watching the epoll set, so that the io_context runs out of work
     /// once everything else has ended (a worker's shutdown). Waits completed
     /// or cancelled are still delivered.
@@ -67,6 +91,29 @@ public:
     /// Lets go of the io_context, before it is destroyed: nothing more is
     /// delivered or posted.
     void detach();
+
+    /// wait_by::run: the worker's loop, on the thread the poller serves.
+    /// Blocks in one epoll_wait per wake-up (without a timeout while nothing
+    /// is queued), delivers what it reports, and runs the io_context's ready
+    /// handlers (io_context::poll, no system call) before each wait. Returns
+    /// once stop_running() was called, or once the io_context ran out of
+    /// work after stop_watching() with no completion left to deliver. An
+    /// exception from a posted handler leaves run(); calling it again goes on.
+    void run();
+    /// wait_by::run: run() looks at the io_context again (work posted from
+    /// another thread, the end of its work). Any thread; one write to an
+    /// eventfd; nothing with wait_by::asio (Asio's reactor wakes itself).
+    void wake() noexcept;
+    /// wait_by::run: run() returns at its next turn, whatever is left (a
+    /// shutdown that took too long). Any thread.
+    void stop_running() noexcept;
+    /// Posts `handler` to the io_context and wakes the loop. Any thread;
+    /// allocates (asio::post) and may throw std::bad_alloc.
+    template <typename Handler>
+    void post(Handler&& handler) {
+        boost::asio::post(*io_, std::forward<Handler>(handler));
+        wake();
+    }
 
     boost::asio::io_context::executor_type get_executor() const { return io_->get_executor(); }
 
@@ -89,6 +136,13 @@ private:
     /// The wait armed by arm() completed with `ec`.
     void on_wake(const boost::system::error_code& ec);
     void on_ready();
+    /// Marks the sockets of `n` events ready and queues their waiters
+    /// (consumes a wake() on the way); runs nothing.
+    void take_events(const ::epoll_event* events, int n) noexcept;
+    /// The wait for the set failed with `ec` (cannot while the set and its
+    /// registration exist): logged at critical, rate-limited, and counted;
+    /// the set is watched on.
+    void wait_failed(const boost::system::error_code& ec) noexcept;
     /// Queues `s`'s waiter of `direction` to run from the poller's loop,
     /// never from inside the caller (no recursion, no re-entry). Allocates
     /// nothing, never throws.
@@ -108,7 +162,13 @@ private:
     };
 
     int epfd_ = -1;
+    wait_by by_ = wait_by::asio;
+    int wake_fd_ = -1;  ///< wait_by::run: the eventfd wake() writes, in the set
     boost::asio::io_context* io_ = nullptr;
+    /// wait_by::run: the io_context has work while the set is watched, as
+    /// wake_ counts while queued with wait_by::asio.
+    std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> watch_work_;
+    std::atomic<bool> stop_requested_{false};  ///< stop_running()
     std::unique_ptr<watch> watch_;
     wake_op* wake_ = nullptr;                             ///< made by attach(); see wake_op for who owns it
     bool armed_ = false;                                  ///< wake_ is queued in the io_context
