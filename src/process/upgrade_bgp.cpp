@@ -15,6 +15,7 @@
 #include <future>
 #include <mutex>
 
+#include "apilb/core/maglev.hpp"
 #include "apilb/core/thread_role.hpp"
 #include "apilb/process/handover_children.hpp"
 #include "apilb/process/process.hpp"
@@ -29,17 +30,6 @@ using handover::handover_error;
 
 namespace {
 
-/// FNV-1a, 64 bits: a stable fingerprint across releases and builds (not
-/// std::hash, which may differ between two binaries).
-std::string fnv1a_hex(std::string_view text) {
-    std::uint64_t h = 14695981039346656037ULL;
-    for (const char c : text) {
-        h ^= static_cast<unsigned char>(c);
-        h *= 1099511628211ULL;
-    }
-    return fmt::format("{:016x}", h);
-}
-
 /// Everything of the section that the announcement and the running FRR
 /// depend on; withdraw_wait and vtysh_path only shape this process's own
 /// behaviour and may change with an upgrade.
@@ -53,7 +43,8 @@ std::string section_fingerprint(const bgp_config& b) {
     }
     for (const auto& v : b.vips) text += " vip=" + v.ip;
     for (const auto& c : b.communities) text += " community=" + c;
-    return fnv1a_hex(text);
+    // stable_hash: the same in every release and build (std::hash is not).
+    return fmt::format("{:016x}", stable_hash(text));
 }
 
 }  // namespace
