@@ -176,6 +176,12 @@ bool keeper_ended(pid_t pid, int pidfd, bool adopted, int& status) noexcept {
     return pidfd_ended(pidfd);
 }
 
+void signal_keeper(pid_t pid, int pidfd, bool adopted, int sig) noexcept {
+    if (pid <= 0) return;
+    if (pidfd >= 0 && pidfd_signal(pidfd, sig) == 0) return;
+    if (!adopted) ::kill(pid, sig);
+}
+
 std::string describe_keeper_status(int status) {
     if (status == -1) return "ended (its keeper came with an upgrade, so how is not known here)";
     if (WIFSIGNALED(status)) return std::string("its keeper was killed by signal ") + ::strsignal(WTERMSIG(status));

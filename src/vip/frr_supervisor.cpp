@@ -115,10 +115,6 @@ bool frr_supervisor::keeper_ended(daemon& d, std::string& how) {
     return true;
 }
 
-void frr_supervisor::signal_keeper(const daemon& d, int sig) const {
-    if (d.pidfd >= 0 && pidfd_signal(d.pidfd, sig) == 0) return;
-    if (!d.adopted) ::kill(d.keeper, sig);
-}
 
 handed_children frr_supervisor::freeze() {
     APILB_ASSERT_ROLE(control);
@@ -387,7 +383,7 @@ bool frr_supervisor::ending_step() {
         if (keeper_ended(d, how)) {
             spdlog::info("frr: {} (pid {}) stopped", d.name, d.pid);
         } else if (!d.term_sent) {
-            signal_keeper(d, SIGTERM);  // the keeper passes it on
+            signal_keeper(d.keeper, d.pidfd, d.adopted, SIGTERM);  // the keeper passes it on
             d.term_sent = true;
             d.kill_at = now + term_grace;
             return false;
@@ -395,7 +391,7 @@ bool frr_supervisor::ending_step() {
             spdlog::warn("frr: {} (pid {}) did not stop within {}s; killing it", d.name, d.pid,
                          std::chrono::seconds(term_grace).count());
             if (d.pid > 0) ::kill(d.pid, SIGKILL);
-            signal_keeper(d, SIGKILL);
+            signal_keeper(d.keeper, d.pidfd, d.adopted, SIGKILL);
             ::kill(-d.keeper, SIGKILL);
             if (!d.adopted) {
                 int status = 0;

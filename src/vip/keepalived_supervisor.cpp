@@ -151,7 +151,7 @@ void keepalived_supervisor::reload(std::shared_ptr<const snapshot> snap) {
     if (text == rendered_) return;
     write_config(text);
     if (keeper_ > 0) {
-        pidfd_signal(pidfd_, SIGHUP);  // the keeper passes it on
+        signal_keeper(keeper_, pidfd_, adopted_, SIGHUP);  // the keeper passes it on
         spdlog::info("vrrp: the vrrp section changed; keepalived reloads its config (SIGHUP)");
     }
 }
@@ -205,7 +205,7 @@ void keepalived_supervisor::adopt(handed_children handed) {
     const file_contents on_disk = read_regular_file(path, 1 << 20);
     if (!on_disk || on_disk.bytes != text) {
         write_config(text);
-        pidfd_signal(pidfd_, SIGHUP);
+        signal_keeper(keeper_, pidfd_, adopted_, SIGHUP);
         spdlog::info("vrrp: the rendered keepalived.conf changed; keepalived reloads it (SIGHUP)");
     } else {
         rendered_ = text;
@@ -218,7 +218,7 @@ void keepalived_supervisor::stop() {
     stopping_ = true;
     timer_.cancel();
     if (released_ || keeper_ <= 0) return;
-    pidfd_signal(pidfd_, SIGTERM);  // the keeper passes it on, SIGKILLs it after 3 s
+    signal_keeper(keeper_, pidfd_, adopted_, SIGTERM);  // the keeper passes it on, SIGKILLs it after 3 s
     int status = -1;
     const auto deadline = clock_type::now() + 3s;
     bool gone = false;
@@ -228,7 +228,7 @@ void keepalived_supervisor::stop() {
     }
     if (!gone) {
         spdlog::warn("vrrp: keepalived (keeper pid {}) did not stop within 3s; killing it", keeper_);
-        pidfd_signal(pidfd_, SIGKILL);
+        signal_keeper(keeper_, pidfd_, adopted_, SIGKILL);
         ::kill(-keeper_, SIGKILL);  // the keeper's group: keepalived too
         if (!adopted_) ::waitpid(keeper_, &status, 0);
         remove_vips();

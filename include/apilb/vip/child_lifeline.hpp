@@ -77,6 +77,11 @@ pid_t spawn_keeper(const std::vector<std::string>& argv, const lifeline& line, c
 /// `status` -1 (another process's child: not ours to read). Never blocks.
 bool keeper_ended(pid_t pid, int pidfd, bool adopted, int& status) noexcept;
 
+/// Sends `sig` to keeper `pid`: through `pidfd` when there is one, else by
+/// pid, but only to this process's own unreaped child (`adopted` false),
+/// whose pid cannot have been reused.
+void signal_keeper(pid_t pid, int pidfd, bool adopted, int sig) noexcept;
+
 /// How a keeper's waitpid status (-1: not known, keeper_ended) reads in a log line.
 std::string describe_keeper_status(int status);
 
