@@ -99,7 +99,11 @@ void process::notify_systemd([[maybe_unused]] const std::string& state) {
 }
 
 process::process(std::shared_ptr<const config> cfg, inherited_sockets inherited)
-    : snap_(snapshot::build(cfg)), file_cfg_(std::move(cfg)), handover_channel_(inherited.channel) {
+    : snap_(snapshot::build(cfg)),
+      file_cfg_(std::move(cfg)),
+      handover_channel_(inherited.channel),
+      vip_children_(std::move(inherited.children)),
+      vip_from_old_(inherited.channel >= 0) {
     // The thread that builds the process runs its control context.
     set_thread_role(thread_role::control);
     const std::uint64_t fd_limit = raise_fd_limit();
@@ -255,7 +259,7 @@ int process::run() {
         if (bgp_) bgp_->first_round_done();
         ready();
     });
-    if (vrrp_) vrrp_->start();
+    if (vrrp_) vrrp_->start(vip_from_old_);
     if (bgp_) bgp_->start();
     for (auto& w : workers_) w->start();
     rebalancer_->start();

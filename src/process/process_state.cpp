@@ -213,9 +213,12 @@ std::size_t carried_counters::apply(const std::vector<handover::state_line>& lin
     return moved;
 }
 
-void send_final_state(int channel, const snapshot& snap, const process_stats& stats) {
+void send_final_state(int channel, const snapshot& snap, const process_stats& stats,
+                      const std::vector<handover::state_line>& extra) {
+    std::vector<handover::state_line> lines = state_lines(snap, stats, nullptr);
+    lines.insert(lines.end(), extra.begin(), extra.end());
     try {
-        handover::send_state(channel, handover::encode_state(state_lines(snap, stats, nullptr)),
+        handover::send_state(channel, handover::encode_state(lines),
                              std::chrono::steady_clock::now() + std::chrono::seconds(2));
     } catch (const handover::handover_error& e) {
         spdlog::warn("upgrade: the counters' final values did not reach the new process: {}", e.what());
@@ -246,10 +249,15 @@ void process::receive_final_state(int channel) {
     try {
         std::vector<handover::state_line> lines = handover::receive_state(
             channel, std::chrono::steady_clock::now() + std::chrono::seconds(5), bad);
-        boost::asio::post(control_, [this, lines = std::move(lines), bad] { take_carried_state(lines, bad, false); });
+        boost::asio::post(control_, [this, lines = std::move(lines), bad] {
+            take_carried_state(lines, bad, false);
+            take_over_vip(lines);
+        });
     } catch (const handover::handover_error& e) {
         spdlog::warn("upgrade: no final counters from the old process ({}); they go on from its values at the start",
                      e.what());
+        // The old process let go before it sent them, or is gone.
+        boost::asio::post(control_, [this] { take_over_vip({}); });
     }
 }
 

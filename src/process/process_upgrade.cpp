@@ -17,9 +17,11 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <fstream>
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -67,6 +69,14 @@ std::string new_binary_path() {
     return path;
 }
 
+/// The first word of /proc/self/cmdline (at most 4 KiB); nullopt if unreadable.
+std::optional<std::string> own_argv0() {
+    std::ifstream in("/proc/self/cmdline", std::ios::binary);
+    std::string first;
+    if (!std::getline(in, first, '\0') || first.empty() || first.size() > 4096) return std::nullopt;
+    return first;
+}
+
 /// Starts `binary run --config <config_path>` with `child_end` as
 /// descriptor 3 and APILB_HANDOVER_FD=3, and no other descriptor past
 /// stderr; stdout and stderr are shared, so its log goes where this one's goes.
@@ -86,7 +96,11 @@ pid_t spawn_new_binary(const std::string& binary, const std::string& config_path
     std::vector<char*> envp;
     for (auto& e : env_text) envp.push_back(e.data());
     envp.push_back(nullptr);
-    std::string a0 = binary, a1 = "run", a2 = "--config", a3 = config_path;
+    // argv[0] as this process was given it: keepalived's track_process
+    // matches the command line exactly (docs/vip.md), and the new process
+    // must match from its start for keepalived to count it before this
+    // one ends (docs/upgrade.md, "With a vrrp section").
+    std::string a0 = own_argv0().value_or(binary), a1 = "run", a2 = "--config", a3 = config_path;
     char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), nullptr};
 
     posix_spawn_file_actions_t actions;
@@ -316,13 +330,20 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
     if (draining_) return refuse("apilb is stopping", true);
     if (upgrade_) return refuse(fmt::format("an upgrade to pid {} is in progress", upgrade_->pid), true);
     if (waiting_upgrade_) return refuse("an upgrade is in progress (it waits for a reload's apply to end)", true);
-    if (snap_->cfg->vrrp)
-        return refuse("the config has a vrrp section (keepalived and the track file cannot move yet)", true);
 
     // The workers would not all serve the snapshot the new process reads:
     // wait for them (upgrade_wait.cpp).
     if (reloads_applying_ > 0) return wait_for_reload(std::move(done));
 
+    // keepalived's keeper (vrrp, upgrade_vip.cpp), sent first of all as
+    // child frames; a bgp section's children go right before sessions_end
+    // (upgrade_bgp.cpp).
+    std::optional<handed_children> vip_kept;
+    try {
+        vip_kept = vip_children();
+    } catch (const std::system_error& e) {
+        return refuse(e.what(), false);
+    }
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
         return refuse(fmt::format("socketpair: {}", std::strerror(errno)), false);
@@ -370,7 +391,8 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
     // outcome back to the control thread.
     const pid_t new_pid = run->pid;
     run->thread = std::thread([this, run, workers, admin_fd = std::move(admin_fd), admin_address,
-                               first_state = std::move(first_state), snap = snap_, done = std::move(done)]() mutable {
+                               first_state = std::move(first_state), vip_kept = std::move(vip_kept), snap = snap_,
+                               done = std::move(done)]() mutable {
         const auto deadline = clock_type::now() + upgrade_deadline();
         std::string failure;
         std::vector<handed_session> sent;  // the session phase's, still open here until taken
@@ -394,6 +416,11 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
             if (hello.type != frame_type::hello) throw handover_error("expected hello first");
             const auto [pid, version] = handover::parse_hello(hello.payload);
             spdlog::info("upgrade: pid {} (apilb {}) speaks protocol {}", pid, version, handover::protocol_version);
+
+            if (vip_kept) {
+                handover::send_children(run->channel, *vip_kept, deadline);
+                vip_kept.reset();  // our duplicates: the new process holds its own now
+            }
 
             // Every worker's listening sockets, duplicated on its own thread.
             std::map<std::string, handover::owned_fds> by_address;
@@ -456,7 +483,7 @@ upgrade_start process::start_upgrade(std::function<void(const upgrade_outcome&)>
             // Counted before the final counters go, so that the new process's
             // series include this upgrade.
             stats_.upgrades_total.fetch_add(1, std::memory_order_relaxed);
-            send_final_state(run->channel, *snap, stats_);
+            send_final_state(run->channel, *snap, stats_, release_vip());
         }
         const std::size_t handed = failure.empty() ? sent.size() : 0;
         asio::post(control_, [this, run, failure, handed, kept, phase_ms, bgp_frozen, done = std::move(done)] {
@@ -608,6 +635,10 @@ inherited_sockets receive_inherited(int channel, const std::string& version, clo
             }
             if (f.type == frame_type::state_end) {
                 expect_count(f, state_frames, "state");
+                continue;
+            }
+            if (f.type == frame_type::child) {
+                handover::take_child_frame(f, got.children);
                 continue;
             }
             if (f.type == frame_type::listeners_end) {

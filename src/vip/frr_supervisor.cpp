@@ -11,11 +11,8 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,7 +27,6 @@
 #include "apilb/core/frr_conf.hpp"
 #include "apilb/core/thread_role.hpp"
 #include "apilb/logging/logging.hpp"
-#include "apilb/vip/child_fds.hpp"
 #include "apilb/vip/child_lifeline.hpp"
 #include "apilb/vip/frr_query.hpp"
 
@@ -63,103 +59,10 @@ constexpr off_t max_log_bytes = 1 << 20;
 constexpr auto apply_timeout = 10s;
 constexpr std::size_t max_apply_output = 1 << 20;
 
-/// The keeper's exit status says how its daemon ended: its exit status, or
-/// 128 + the signal that killed it.
-std::string describe_status(int status) {
-    if (WIFSIGNALED(status)) return std::string("its keeper was killed by signal ") + ::strsignal(WTERMSIG(status));
-    if (!WIFEXITED(status)) return "stopped";
-    const int code = WEXITSTATUS(status);
-    if (code > 128) return std::string("was killed by signal ") + ::strsignal(code - 128);
-    if (code == 127) return "could not be started (exit status 127: the binary is missing or not executable)";
-    return "exited with status " + std::to_string(code);
-}
-
 /// The first line of `text` (at most 200 characters), safe for a log line.
 std::string first_line(const std::string& text) {
     std::string line = single_line(text.substr(0, std::min(text.find('\n'), std::size_t{200})));
     return line.empty() ? "no output" : line;
-}
-
-/// The keeper: apilb's child, root, the leader of a process group with its
-/// daemon. It forwards SIGTERM (from apilb) to the daemon, and does the same
-/// once the lifeline's read end hangs up: every apilb that held its write end
-/// has ended, however it ended (an upgrade passes the write end on, so the
-/// keeper outlives the process that forked it, docs/upgrade.md). It SIGKILLs
-/// the daemon term_grace later and exits with the daemon's status. The daemon
-/// itself cannot hold PR_SET_PDEATHSIG: dropping to the frr user clears it
-/// (the kernel resets it on any change of the effective uid or gid); nor can
-/// the keeper, which would then end with the old process of an upgrade.
-/// Only async-signal-safe calls (and signalfd, a plain system call): apilb is
-/// multithreaded.
-[[noreturn]] void keeper_main(char* const* argv, const char* out_path, int max_fd, int lifeline_read) {
-    ::setpgid(0, 0);
-    // apilb's sockets and the lifeline's write end must not live on in the
-    // keeper or the daemon: a write end here would keep the keeper alive.
-    const int line = keep_only_lifeline(lifeline_read, max_fd);
-    if (line < 0) ::_exit(126);
-    sigset_t waited;
-    ::sigemptyset(&waited);
-    ::sigaddset(&waited, SIGTERM);
-    ::sigaddset(&waited, SIGINT);
-    ::sigaddset(&waited, SIGCHLD);
-    ::sigprocmask(SIG_SETMASK, &waited, nullptr);
-    ::signal(SIGCHLD, SIG_DFL);  // an ignored SIGCHLD would reap the daemon behind our back
-    const int signals = ::signalfd(-1, &waited, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (signals < 0) ::_exit(126);
-    const pid_t d = ::fork();
-    if (d < 0) ::_exit(126);
-    if (d == 0) {
-        // Until the daemon drops to frr, a dying keeper takes it along.
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        const int in = ::open("/dev/null", O_RDONLY);
-        // O_APPEND: apilb empties the file past max_log_bytes (bound_logs),
-        // and the daemon's next write lands at its new end. O_NOFOLLOW: the
-        // directory is frr's, the keeper root.
-        const int out = ::open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_NOFOLLOW, 0640);
-        if (in >= 0) ::dup2(in, 0);
-        if (out >= 0) {
-            ::dup2(out, 1);
-            ::dup2(out, 2);
-        }
-        if (in > 2) ::close(in);
-        if (out > 2) ::close(out);
-        sigset_t none;
-        ::sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        ::signal(SIGPIPE, SIG_DFL);
-        ::signal(SIGXFSZ, SIG_DFL);
-        ::execv(argv[0], argv);  // the lifeline and the signalfd are close-on-exec
-        ::_exit(127);
-    }
-    bool termed = false;
-    timespec kill_at{};
-    for (;;) {
-        // Once terminating, the hung-up lifeline would wake every poll: only the signals then.
-        pollfd p[2] = {{signals, POLLIN, 0}, {line, POLLIN, 0}};
-        ::poll(p, termed ? 1 : 2, 100);
-        bool stop = !termed && (p[1].revents & (POLLHUP | POLLIN | POLLERR)) != 0;
-        signalfd_siginfo info;
-        while (::read(signals, &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
-            if (info.ssi_signo == SIGTERM || info.ssi_signo == SIGINT) stop = true;
-        }
-        if (stop && !termed) {
-            termed = true;
-            ::kill(d, SIGTERM);
-            ::clock_gettime(CLOCK_MONOTONIC, &kill_at);
-            kill_at.tv_sec += std::chrono::seconds(term_grace).count();
-        }
-        int status = 0;
-        if (::waitpid(d, &status, WNOHANG) == d) {
-            ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-        }
-        if (termed) {
-            timespec now{};
-            ::clock_gettime(CLOCK_MONOTONIC, &now);
-            if (now.tv_sec > kill_at.tv_sec || (now.tv_sec == kill_at.tv_sec && now.tv_nsec >= kill_at.tv_nsec)) {
-                ::kill(d, SIGKILL);
-            }
-        }
-    }
 }
 
 /// The pid in a daemon's pid file, or -1.
@@ -220,26 +123,16 @@ void frr_supervisor::forget(daemon& d) {
 }
 
 bool frr_supervisor::keeper_ended(daemon& d, std::string& how) {
-    if (d.keeper <= 0) return true;
-    if (!d.adopted) {
-        int status = 0;
-        if (::waitpid(d.keeper, &status, WNOHANG) != d.keeper) return false;
-        // A keeper killed by a signal left its daemon behind: end the group.
-        if (WIFSIGNALED(status)) ::kill(-d.keeper, SIGKILL);
-        how = describe_status(status);
-        return true;
-    }
-    if (!pidfd_ended(d.pidfd)) return false;
-    // Not our child: its status went to whoever reaps it. A daemon it left
-    // behind is found by its pid file at the next start (end_leftover).
-    how = "ended (its keeper came with an upgrade, so how is not known here)";
+    int status = -1;
+    if (!apilb::keeper_ended(d.keeper, d.pidfd, d.adopted, status)) return false;
+    // A keeper killed by a signal left its daemon behind: end the group. One
+    // that came with an upgrade is not ours to reap: a daemon it left behind
+    // is found by its pid file at the next start (end_leftover).
+    if (status != -1 && WIFSIGNALED(status)) ::kill(-d.keeper, SIGKILL);
+    how = describe_keeper_status(status);
     return true;
 }
 
-void frr_supervisor::signal_keeper(const daemon& d, int sig) const {
-    if (d.pidfd >= 0 && pidfd_signal(d.pidfd, sig) == 0) return;
-    if (!d.adopted) ::kill(d.keeper, sig);
-}
 
 handed_children frr_supervisor::freeze() {
     APILB_ASSERT_ROLE(control);
@@ -248,11 +141,11 @@ handed_children frr_supervisor::freeze() {
     }
     handed_children out;
     out.group = "frr";
-    const int r = ::fcntl(lifeline_.read_fd(), F_DUPFD_CLOEXEC, 3);
-    const int w = r < 0 ? -1 : ::fcntl(lifeline_.write_fd(), F_DUPFD_CLOEXEC, 3);
-    out.line = lifeline(r, w);
-    if (!out.line.valid())
-        throw std::runtime_error(std::string("cannot share the FRR lifeline: ") + std::strerror(errno));
+    try {
+        out.line = lifeline_.duplicate();
+    } catch (const std::system_error& e) {
+        throw std::runtime_error(std::string("FRR: ") + e.what());
+    }
     for (const auto& d : daemons_) {
         const int fd = d.pidfd < 0 ? -1 : ::fcntl(d.pidfd, F_DUPFD_CLOEXEC, 3);
         if (fd < 0) throw std::runtime_error("no pidfd for " + d.name + "'s keeper (pidfd_open needs Linux 5.3)");
@@ -395,17 +288,9 @@ void frr_supervisor::spawn(daemon& d) {
                                   // No vty on TCP: the sockets in dir_ are enough.
                                   "-P", "0", "--log", "file:" + path(d.name + ".log")};
     if (d.name == "bfdd") args.insert(args.end(), {"--bfdctl", path("bfdd.sock")});
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    std::string out = path(d.name + ".out");
-    const int max_fd = inherited_fd_bound();
-    const int line = lifeline_.read_fd();
-    const pid_t pid = ::fork();
-    if (pid < 0) throw std::system_error(errno, std::generic_category(), "cannot start " + d.name + " (fork)");
-    if (pid == 0) keeper_main(argv.data(), out.c_str(), max_fd, line);
-    // Also here: a stop right after the fork signals the group.
-    ::setpgid(pid, pid);
+    // The daemon drops to the frr user, which clears its PR_SET_PDEATHSIG:
+    // until then a dying keeper takes it along.
+    const pid_t pid = spawn_keeper(args, lifeline_, {.out_path = path(d.name + ".out"), .death_signal = SIGKILL});
     forget(d);
     d.keeper = pid;
     // Opened before the keeper can be reaped, so it names this process; an
@@ -546,7 +431,7 @@ bool frr_supervisor::ending_step() {
         if (keeper_ended(d, how)) {
             spdlog::info("frr: {} (pid {}) stopped", d.name, d.pid);
         } else if (!d.term_sent) {
-            signal_keeper(d, SIGTERM);  // the keeper passes it on
+            signal_keeper(d.keeper, d.pidfd, d.adopted, SIGTERM);  // the keeper passes it on
             d.term_sent = true;
             d.kill_at = now + term_grace;
             return false;
@@ -554,7 +439,7 @@ bool frr_supervisor::ending_step() {
             spdlog::warn("frr: {} (pid {}) did not stop within {}s; killing it", d.name, d.pid,
                          std::chrono::seconds(term_grace).count());
             if (d.pid > 0) ::kill(d.pid, SIGKILL);
-            signal_keeper(d, SIGKILL);
+            signal_keeper(d.keeper, d.pidfd, d.adopted, SIGKILL);
             ::kill(-d.keeper, SIGKILL);
             if (!d.adopted) {
                 int status = 0;

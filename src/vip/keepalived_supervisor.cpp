@@ -7,18 +7,21 @@
 
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <filesystem>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "apilb/core/file_read.hpp"
 #include "apilb/core/keepalived_conf.hpp"
 #include "apilb/core/thread_role.hpp"
-#include "apilb/vip/child_fds.hpp"
 #include "apilb/vip/vip_address.hpp"
 #include "apilb/vip/vrrp_agent.hpp"
 
@@ -36,19 +39,21 @@ constexpr std::chrono::milliseconds max_backoff{10'000};
 /// A keepalived that ran this long before dying starts again from first_backoff.
 constexpr auto stable_after = 30s;
 
-std::string describe_status(int status) {
-    if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
-    if (WIFSIGNALED(status)) return std::string("was killed by signal ") + ::strsignal(WTERMSIG(status));
-    return "stopped";
-}
-
 }  // namespace
 
 keepalived_supervisor::keepalived_supervisor(asio::io_context& control, std::shared_ptr<const snapshot> snap)
     : control_(control), snap_(std::move(snap)), timer_(control) {}
 
 keepalived_supervisor::~keepalived_supervisor() {
-    if (pid_ > 0) stop();
+    if (keeper_ > 0) stop();
+    forget();
+}
+
+void keepalived_supervisor::forget() noexcept {
+    if (pidfd_ >= 0) ::close(pidfd_);
+    pidfd_ = -1;
+    keeper_ = -1;
+    adopted_ = false;
 }
 
 std::string keepalived_supervisor::render() const {
@@ -74,49 +79,34 @@ void keepalived_supervisor::start() {
 void keepalived_supervisor::spawn() {
     const vrrp_config& v = *snap_->cfg->vrrp;
     const std::string& dir = v.state_dir;
+    // Without a lifeline no keeper could tell that apilb died.
+    if (!lifeline_.valid()) lifeline_ = lifeline::make();
     // Console logging goes to apilb's stderr, next to apilb's own lines.
-    std::vector<std::string> args{v.keepalived_path,
-                                  "--dont-fork",
-                                  "--log-console",
-                                  "--no-syslog",
-                                  "--vrrp",
-                                  "--use-file",
-                                  dir + "/keepalived.conf",
-                                  "--pid",
-                                  dir + "/keepalived.pid",
-                                  "--vrrp_pid",
-                                  dir + "/keepalived-vrrp.pid",
-                                  "--checkers_pid",
-                                  dir + "/keepalived-checkers.pid",
-                                  "--bfd_pid",
-                                  dir + "/keepalived-bfd.pid"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int max_fd = inherited_fd_bound();
-    const pid_t parent = ::getpid();
-
-    const pid_t pid = ::fork();
-    if (pid < 0) throw std::system_error(errno, std::generic_category(), "cannot start keepalived (fork)");
-    if (pid == 0) {
-        // The child: only async-signal-safe calls until exec. When apilb dies,
-        // however it dies, the kernel sends keepalived SIGTERM, and keepalived
-        // gives up the VIPs with a priority-0 advert.
-        ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (::getppid() != parent) ::_exit(0);
-        sigset_t none;
-        ::sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        ::signal(SIGPIPE, SIG_DFL);
-        ::signal(SIGXFSZ, SIG_DFL);
-        // apilb's listening sockets must not live on in keepalived.
-        close_inherited_fds(max_fd);
-        ::execv(argv[0], argv.data());
-        ::_exit(127);
-    }
-    pid_ = pid;
+    const std::vector<std::string> args{v.keepalived_path,
+                                        "--dont-fork",
+                                        "--log-console",
+                                        "--no-syslog",
+                                        "--vrrp",
+                                        "--use-file",
+                                        dir + "/keepalived.conf",
+                                        "--pid",
+                                        dir + "/keepalived.pid",
+                                        "--vrrp_pid",
+                                        dir + "/keepalived-vrrp.pid",
+                                        "--checkers_pid",
+                                        dir + "/keepalived-checkers.pid",
+                                        "--bfd_pid",
+                                        dir + "/keepalived-bfd.pid"};
+    // A keeper killed outright still takes keepalived down gracefully: it
+    // then gives up the VIPs with a priority-0 advert.
+    const pid_t pid = spawn_keeper(args, lifeline_, {.out_path = {}, .death_signal = SIGTERM});
+    forget();
+    keeper_ = pid;
+    // Opened before the keeper can be reaped, so it names this process; an
+    // upgrade hands a duplicate to the new apilb, which is not its parent.
+    pidfd_ = open_pidfd(pid);
     started_at_ = clock_type::now();
-    spdlog::info("vrrp: started keepalived (pid {}) with {}/keepalived.conf", pid, dir);
+    spdlog::info("vrrp: started keepalived (keeper pid {}) with {}/keepalived.conf", keeper_, dir);
 }
 
 void keepalived_supervisor::remove_vips() {
@@ -132,17 +122,17 @@ asio::awaitable<void> keepalived_supervisor::watch_loop() {
     while (!stopping_) {
         timer_.expires_after(watch_period);
         if (auto [ec] = co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable)); ec || stopping_) co_return;
-        if (pid_ <= 0) continue;
-        int status = 0;
-        if (::waitpid(pid_, &status, WNOHANG) != pid_) continue;
-        pid_ = -1;
+        if (keeper_ <= 0) continue;
+        int status = -1;
+        if (!keeper_ended(keeper_, pidfd_, adopted_, status)) continue;
+        forget();
         // A crashed keepalived leaves its VIPs configured while the peer takes
         // them too: take them off before anything else.
         remove_vips();
         if (clock_type::now() - started_at_ > stable_after) backoff_ = first_backoff;
         ++restarts_;
-        spdlog::error("vrrp: keepalived {}; VIPs removed; restarting it in {}ms (restart {})", describe_status(status),
-                      backoff_.count(), restarts_);
+        spdlog::error("vrrp: keepalived {}; VIPs removed; restarting it in {}ms (restart {})",
+                      describe_keeper_status(status), backoff_.count(), restarts_);
         timer_.expires_after(backoff_);
         if (auto [ec] = co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable)); ec || stopping_) co_return;
         backoff_ = std::min(backoff_ * 2, max_backoff);
@@ -160,34 +150,92 @@ void keepalived_supervisor::reload(std::shared_ptr<const snapshot> snap) {
     const std::string text = render();
     if (text == rendered_) return;
     write_config(text);
-    if (pid_ > 0) {
-        ::kill(pid_, SIGHUP);
+    if (keeper_ > 0) {
+        signal_keeper(keeper_, pidfd_, adopted_, SIGHUP);  // the keeper passes it on
         spdlog::info("vrrp: the vrrp section changed; keepalived reloads its config (SIGHUP)");
     }
+}
+
+handed_children keepalived_supervisor::hand_over() const {
+    APILB_ASSERT_ROLE(control);
+    handed_children out;
+    out.group = "keepalived";
+    if (keeper_ <= 0 || !lifeline_.valid()) return out;
+    out.line = lifeline_.duplicate();
+    const int fd = pidfd_ < 0 ? -1 : ::fcntl(pidfd_, F_DUPFD_CLOEXEC, 3);
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "dup of keepalived's keeper's pidfd");
+    out.children.push_back({.name = "keepalived", .pid = keeper_, .daemon = -1, .pidfd = fd});
+    return out;
+}
+
+void keepalived_supervisor::release() {
+    APILB_ASSERT_ROLE(control);
+    stopping_ = true;
+    released_ = true;
+    timer_.cancel();
+    if (keeper_ > 0) {
+        spdlog::info("vrrp: keepalived (keeper pid {}) goes on under the new process", keeper_);
+        // The keeper stays our child until we exit (then init's).
+        forget();
+    }
+    // Our lifeline closes: if the new process dies now, keepalived stops.
+    lifeline_.reset();
+}
+
+void keepalived_supervisor::adopt(handed_children handed) {
+    APILB_ASSERT_ROLE(control);
+    const std::string text = render();
+    auto it = std::find_if(handed.children.begin(), handed.children.end(),
+                           [](const handed_child& c) { return c.name == "keepalived" && c.pidfd >= 0; });
+    if (!handed.line.valid() || it == handed.children.end()) {
+        spdlog::warn("vrrp: the old process handed over no keepalived; starting one");
+        handed.reset();
+        start();
+        return;
+    }
+    lifeline_ = std::move(handed.line);
+    forget();
+    keeper_ = it->pid;
+    pidfd_ = std::exchange(it->pidfd, -1);
+    adopted_ = true;
+    handed.reset();
+    started_at_ = clock_type::now();
+    spdlog::info("vrrp: supervising keepalived (keeper pid {}) handed over by the old process", keeper_);
+    const std::string path = snap_->cfg->vrrp->state_dir + "/keepalived.conf";
+    const file_contents on_disk = read_regular_file(path, 1 << 20);
+    if (!on_disk || on_disk.bytes != text) {
+        write_config(text);
+        signal_keeper(keeper_, pidfd_, adopted_, SIGHUP);
+        spdlog::info("vrrp: the rendered keepalived.conf changed; keepalived reloads it (SIGHUP)");
+    } else {
+        rendered_ = text;
+    }
+    asio::co_spawn(control_, watch_loop(), asio::detached);
 }
 
 void keepalived_supervisor::stop() {
     APILB_ASSERT_ROLE(control);
     stopping_ = true;
     timer_.cancel();
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    int status = 0;
+    if (released_ || keeper_ <= 0) return;
+    signal_keeper(keeper_, pidfd_, adopted_, SIGTERM);  // the keeper passes it on, SIGKILLs it after 3 s
+    int status = -1;
     const auto deadline = clock_type::now() + 3s;
     bool gone = false;
     while (!gone && clock_type::now() < deadline) {
-        gone = ::waitpid(pid_, &status, WNOHANG) == pid_;
+        gone = keeper_ended(keeper_, pidfd_, adopted_, status);
         if (!gone) std::this_thread::sleep_for(10ms);
     }
     if (!gone) {
-        spdlog::warn("vrrp: keepalived (pid {}) did not stop within 3s; killing it", pid_);
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, &status, 0);
+        spdlog::warn("vrrp: keepalived (keeper pid {}) did not stop within 3s; killing it", keeper_);
+        signal_keeper(keeper_, pidfd_, adopted_, SIGKILL);
+        ::kill(-keeper_, SIGKILL);  // the keeper's group: keepalived too
+        if (!adopted_) ::waitpid(keeper_, &status, 0);
         remove_vips();
     } else {
         spdlog::info("vrrp: keepalived stopped");
     }
-    pid_ = -1;
+    forget();
 }
 
 }  // namespace apilb

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -67,17 +68,27 @@ std::optional<vrrp_role> parse_notify_line(const std::string& line) {
     return std::nullopt;
 }
 
+vrrp_role parse_role(const std::string& text) {
+    for (vrrp_role r : {vrrp_role::backup, vrrp_role::master, vrrp_role::fault, vrrp_role::stop}) {
+        if (text == to_string(r)) return r;
+    }
+    return vrrp_role::unknown;
+}
+
 vrrp_agent::vrrp_agent(asio::io_context& control, std::shared_ptr<const snapshot> snap)
     : control_(control), snap_(std::move(snap)), timer_(control), fifo_(control) {}
 
 vrrp_agent::~vrrp_agent() = default;
 
-void vrrp_agent::start() {
+void vrrp_agent::start(bool upgrade) {
     APILB_ASSERT_ROLE(control);
     const vrrp_config& v = *snap_->cfg->vrrp;
     std::filesystem::create_directories(v.state_dir);
-    // Not ready until the first check has run (it runs at once).
-    publish("starting");
+    // Not ready until the first check has run (it runs at once). Not in an
+    // upgrade: the old process's 0 stays until this one takes over, and a
+    // 1 here would move the VIP away.
+    owner_ = !upgrade;
+    if (owner_) publish("starting");
 
     // keepalived creates the FIFO too; whoever comes first makes it. Opened
     // read-write so that keepalived restarting (the writer going away) is
@@ -94,6 +105,11 @@ void vrrp_agent::start() {
                                 "the notify FIFO " + v.notify_fifo() + " exists and is not a FIFO");
     }
     fifo_.assign(fd);
+    if (upgrade) {
+        spdlog::info(
+            "vrrp: the old process keeps the track file, the notify FIFO and keepalived until it has handed over");
+        return;
+    }
 
     spdlog::info(
         "vrrp: interface {}, virtual router {}, priority {}, advert {}ms, {} VIP(s); track file {}, "
@@ -105,6 +121,59 @@ void vrrp_agent::start() {
     if (v.manage) {
         supervisor_ = std::make_unique<keepalived_supervisor>(control_, snap_);
         supervisor_->start();
+    }
+}
+
+std::optional<handed_children> vrrp_agent::hand_over_keeper() const {
+    APILB_ASSERT_ROLE(control);
+    if (!supervisor_ || !owner_) return std::nullopt;
+    handed_children out = supervisor_->hand_over();
+    if (out.children.empty()) return std::nullopt;
+    return out;
+}
+
+vrrp_release vrrp_agent::release() {
+    APILB_ASSERT_ROLE(control);
+    if (!owner_) return {.role = role(), .pending = {}};
+    owner_ = false;
+    released_ = true;
+    stopped_ = true;
+    timer_.cancel();
+    boost::system::error_code ignored;
+    // Cancelled here, on the thread that reads: whatever the reads took from
+    // the FIFO is in the buffer now, and the kernel keeps the rest for the
+    // new process. Whole lines are taken here, the rest goes over.
+    fifo_.cancel(ignored);
+    take_notify_lines();
+    vrrp_release out{.role = role(), .pending = {}};
+    const auto data = fifo_buffer_.data();
+    out.pending.assign(asio::buffers_begin(data), asio::buffers_end(data));
+    fifo_buffer_.consume(fifo_buffer_.size());
+    if (supervisor_) supervisor_->release();
+    spdlog::info("vrrp: handed over to the new process (role {}); the track file stays {}", to_string(out.role),
+                 published_ && published_->empty() ? "0" : "1");
+    return out;
+}
+
+void vrrp_agent::take_over(const vrrp_release& from, handed_children keeper) {
+    APILB_ASSERT_ROLE(control);
+    // What is not taken closes with `keeper`: a keepalived nobody adopts
+    // stops once the old process ends.
+    if (owner_ || stopped_) return;
+    owner_ = true;
+    role_.store(from.role, std::memory_order_relaxed);
+    if (!from.pending.empty()) {
+        const auto n = asio::buffer_copy(fifo_buffer_.prepare(from.pending.size()), asio::buffer(from.pending));
+        fifo_buffer_.commit(n);
+    }
+    spdlog::info("vrrp: took over the track file, the notify FIFO{} from the old process (role {})",
+                 snap_->cfg->vrrp->manage ? " and keepalived" : "", to_string(from.role));
+    take_notify_lines();
+    asio::co_spawn(control_, readiness_loop(), asio::detached);
+    asio::co_spawn(control_, notify_loop(), asio::detached);
+    if (snap_->cfg->vrrp->manage) {
+        supervisor_ = std::make_unique<keepalived_supervisor>(control_, snap_);
+        supervisor_->adopt(std::move(keeper));
     }
 }
 
@@ -121,6 +190,7 @@ void vrrp_agent::update(std::shared_ptr<const snapshot> snap) {
 void vrrp_agent::stop() {
     APILB_ASSERT_ROLE(control);
     stopped_ = true;
+    owner_ = false;
     timer_.cancel();
     boost::system::error_code ignored;
     fifo_.cancel(ignored);
@@ -137,7 +207,8 @@ std::string vrrp_agent::fault_reason() const {
 
 void vrrp_agent::publish(const std::string& reason) {
     APILB_ASSERT_ROLE(control);
-    if (published_ == reason) return;
+    // Another process owns the track file (an upgrade, docs/upgrade.md).
+    if (!owner_ || published_ == reason) return;
     const std::string path = snap_->cfg->vrrp->track_file();
     if (auto ec = write_file_atomically(path, reason.empty() ? "0\n" : "1\n")) {
         // Tried again on the next round (10 ms): published_ is left as it
@@ -175,17 +246,34 @@ asio::awaitable<void> vrrp_agent::readiness_loop() {
 asio::awaitable<void> vrrp_agent::notify_loop() {
     while (!stopped_) {
         auto [ec, n] = co_await asio::async_read_until(fifo_, fifo_buffer_, '\n', asio::as_tuple(asio::use_awaitable));
+        // Released (an upgrade) or stopped meanwhile: what was read stays in
+        // the buffer for release().
+        if (stopped_) co_return;
         if (ec) {
-            if (!stopped_) spdlog::error("vrrp: reading the notify FIFO failed: {}", ec.message());
+            spdlog::error("vrrp: reading the notify FIFO failed: {}", ec.message());
             co_return;
         }
-        std::string line(asio::buffers_begin(fifo_buffer_.data()), asio::buffers_begin(fifo_buffer_.data()) + n);
-        fifo_buffer_.consume(n);
-        while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
-        if (auto role = parse_notify_line(line)) {
-            const vrrp_role before = role_.exchange(*role, std::memory_order_relaxed);
-            if (before != *role) spdlog::info("vrrp: role {} -> {}", to_string(before), to_string(*role));
-        }
+        take_notify_lines();
+    }
+}
+
+void vrrp_agent::take_notify_lines() {
+    for (;;) {
+        const auto data = fifo_buffer_.data();
+        const auto begin = asio::buffers_begin(data), end = asio::buffers_end(data);
+        const auto nl = std::find(begin, end, '\n');
+        if (nl == end) return;
+        std::string line(begin, nl);
+        fifo_buffer_.consume(line.size() + 1);
+        take_notify_line(std::move(line));
+    }
+}
+
+void vrrp_agent::take_notify_line(std::string line) {
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    if (auto role = parse_notify_line(line)) {
+        const vrrp_role before = role_.exchange(*role, std::memory_order_relaxed);
+        if (before != *role) spdlog::info("vrrp: role {} -> {}", to_string(before), to_string(*role));
     }
 }
 
@@ -209,6 +297,13 @@ bool vrrp_agent::holds_a_vip() const {
 
 void vrrp_agent::hand_off(std::function<void()> then) {
     APILB_ASSERT_ROLE(control);
+    if (!owner_) {
+        // An upgrade's new process that has not taken over yet: the VIP's
+        // side is still the old process's (it rolls back once this one ends).
+        spdlog::info("vrrp: the VIP's side is not this process's (an upgrade in progress); nothing to hand over");
+        then();
+        return;
+    }
     draining_ = true;
     publish(fault_reason());
     asio::co_spawn(control_, handoff_loop(std::move(then)), asio::detached);
@@ -274,7 +369,9 @@ asio::awaitable<void> vrrp_agent::handoff_loop(std::function<void()> then) {
             spdlog::warn("vrrp: no peer took the VIPs within {}ms; draining anyway", v.handoff_timeout.count());
         }
     }
-    if (!stopped_) then();
+    // Released meanwhile (a SIGTERM that met an upgrade's last step): the
+    // new process holds the VIP's side; this one drains all the same.
+    if (!stopped_ || released_) then();
 }
 
 }  // namespace apilb

@@ -5,7 +5,14 @@
 
 #include <fmt/format.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <regex>
+#include <thread>
 
 #include "harness.hpp"
 #include "upgrade_support.hpp"
@@ -160,29 +167,71 @@ TEST_F(AdminUpgradeTest, SecondUpgradeIsRefusedAndAFailedOneExitsNonZero) {
 // With a vrrp section keepalived and the track file belong to the running
 // process: the POST is refused (409, with the reason), nothing is started,
 // and apilb serves on. manage: false: no keepalived runs, none is needed.
-TEST_F(AdminUpgradeTest, PostUpgradeWithAVrrpSectionIsAConflict) {
+TEST_F(AdminUpgradeTest, PostUpgradeWithAVrrpSectionMovesTheTrackFileAndTheNotifyFifo) {
+    // No keepalived here (manage: false, docs/upgrade.md "With a vrrp
+    // section"): the test writes keepalived's notify lines itself and reads
+    // the track file. vip_upgrade_test does it with real keepalived.
+    const std::string state = dir.file("state");
     const std::string yaml = admin_yaml() +
                              "vrrp:\n  interface: eth0\n  virtual_router_id: 51\n  vips: [198.18.0.100]\n"
                              "  state_dir: " +
-                             dir.file("state") + "\n";
+                             state + "\n";
     apilb_process old(dir, yaml, "127.0.0.1", port);
     ASSERT_TRUE(wait_for_port("127.0.0.1", admin));
+    const std::string track = state + "/vrrp-fault", fifo = state + "/vrrp-notify.fifo";
+    ASSERT_TRUE(wait_until([&] { return read_file(track) == "0\n"; }, 10s)) << old.log();
+    // keepalived says BACKUP, with the FIFO held open as keepalived does.
+    const int notify = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    ASSERT_GE(notify, 0) << std::strerror(errno);
+    auto say = [&](const std::string& line) {
+        ASSERT_EQ(::write(notify, line.data(), line.size()), static_cast<ssize_t>(line.size()));
+    };
+    say("INSTANCE \"VI_APILB\" BACKUP 100\n");
+    ASSERT_TRUE(wait_until([&] { return old.log().find("vrrp: role unknown -> BACKUP") != std::string::npos; }, 5s))
+        << old.log();
     client held;
     held.set_timeout(5s);
     ASSERT_EQ(held.connect("127.0.0.1", port), 0);
     ASSERT_TRUE(held.send_all("before\n"));
     ASSERT_EQ(held.recv_exact(7), "before\n");
-    for (const char* path : {"/api/v1/upgrade?wait=1", "/api/v1/upgrade"}) {
-        const auto r = curl_post(path, {"Authorization: Bearer s3cret-token"});
-        EXPECT_EQ(status_of(r), "409") << path << ": " << r.output;
-        EXPECT_NE(r.output.find("upgrade refused: the config has a vrrp section"), std::string::npos) << r.output;
-        EXPECT_NE(r.output.find("still serving"), std::string::npos) << r.output;
-    }
-    EXPECT_EQ(old.log().find("upgrade: started"), std::string::npos) << old.log();
-    EXPECT_TRUE(old.proc().running());
+
+    // The track file never leaves 0 (a 1 would move the VIP to the peer).
+    std::atomic<bool> stop{false}, flapped{false};
+    std::thread watch([&] {
+        const auto until = std::chrono::steady_clock::now() + 60s;
+        while (!stop && std::chrono::steady_clock::now() < until) {
+            if (read_file(track) != "0\n") flapped = true;
+            std::this_thread::sleep_for(1ms);
+        }
+    });
+    const auto r = curl_post("/api/v1/upgrade?wait=1", {"Authorization: Bearer s3cret-token"});
+    const pid_t new_pid = static_cast<pid_t>(json_number(r.output, "new_pid"));
+    end_at_exit guard{{new_pid}};
+    std::this_thread::sleep_for(200ms);
+    stop = true;
+    watch.join();
+    ASSERT_EQ(status_of(r), "200") << r.output << "\n" << old.log();
+    ASSERT_GT(new_pid, 0) << r.output;  // kill(0, ...) below would signal this test's group
+    EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
+    EXPECT_FALSE(flapped) << "the track file left 0 during the upgrade\n" << old.log();
+    EXPECT_NE(old.log().find("vrrp: took over the track file, the notify FIFO from the old process (role BACKUP)"),
+              std::string::npos)
+        << old.log();
+    const std::string log = old.log();
+    EXPECT_EQ(log.find("vrrp: not ready", log.find("upgrade: started")), std::string::npos) << log;
+    // The new process reads the FIFO now, with the role it was handed.
+    say("INSTANCE \"VI_APILB\" MASTER 100\n");
+    EXPECT_TRUE(wait_until([&] { return old.log().find("vrrp: role BACKUP -> MASTER") != std::string::npos; }, 5s))
+        << old.log();
+    ::close(notify);
+    EXPECT_TRUE(alive(new_pid));
     ASSERT_TRUE(held.send_all("after\n"));
     EXPECT_EQ(held.recv_exact(6), "after\n");
-    EXPECT_EQ(old.terminate(), 0) << old.log();
+    // It owns the track file: stopping, it hands off (writes 1).
+    ::kill(new_pid, SIGTERM);
+    EXPECT_TRUE(wait_until([&] { return read_file(track) == "1\n"; }, 10s)) << old.log();
+    end_by_pid(new_pid);
+    expect_no_sanitizer_report(old.log(), "apilb");
 }
 
 }  // namespace

@@ -5,11 +5,14 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <filesystem>
+#include <thread>
 
+#include "apilb/vip/child_lifeline.hpp"
 #include "apilb/vip/vip_address.hpp"
 #include "harness.hpp"
 #include "netns.hpp"
@@ -262,6 +265,76 @@ TEST(VipHandoff, WaitsForThePeerThenDrainsAndASecondSignalCutsItShort) {
     EXPECT_LT(took, 5s);
     EXPECT_NE(apilb->log().find("vrrp: hand-off cut short by a second signal"), std::string::npos) << apilb->log();
     expect_no_sanitizer_report(apilb->log(), "apilb");
+}
+
+/// A keeper as a supervisor holds it: the pid, a pidfd, whose child it is.
+struct test_keeper {
+    pid_t pid = -1;
+    int pidfd = -1;
+    bool adopted = false;
+    ~test_keeper() {
+        if (pidfd >= 0) ::close(pidfd);
+    }
+};
+
+test_keeper spawn_test_keeper(const std::vector<std::string>& argv, const lifeline& line) {
+    test_keeper k;
+    k.pid = spawn_keeper(argv, line, {.out_path = {}, .death_signal = SIGTERM});
+    k.pidfd = open_pidfd(k.pid);
+    return k;
+}
+
+/// Whether `k` has ended, polled for up to `timeout`.
+bool keeper_ends_within(const test_keeper& k, std::chrono::milliseconds timeout, int& status) {
+    return wait_until([&] { return keeper_ended(k.pid, k.pidfd, k.adopted, status); }, timeout, 5ms);
+}
+
+TEST(VipKeeper, TheDaemonLivesWhileAnyCopyOfTheLifelineIsHeld) {
+    lifeline line = lifeline::make();
+    test_keeper own = spawn_test_keeper({"/bin/sleep", "60"}, line);
+    ASSERT_GT(own.pid, 0);
+    ASSERT_GE(own.pidfd, 0);
+    // A second holder (what an upgrade's new process gets): closing ours
+    // ends nothing while it holds its copy.
+    lifeline other(::fcntl(line.read_fd(), F_DUPFD_CLOEXEC, 3), ::fcntl(line.write_fd(), F_DUPFD_CLOEXEC, 3));
+    ASSERT_TRUE(other.valid());
+    test_keeper adopted{.pid = own.pid, .pidfd = ::fcntl(own.pidfd, F_DUPFD_CLOEXEC, 3), .adopted = true};
+    line.reset();
+    int status = 0;
+    EXPECT_FALSE(keeper_ends_within(adopted, 500ms, status)) << "the daemon ended with a lifeline still held";
+    // The last copy gone (its apilb died): the keeper ends the daemon with
+    // SIGTERM and exits with 128 + 15.
+    other.reset();
+    ASSERT_TRUE(keeper_ends_within(adopted, 5s, status));
+    EXPECT_EQ(status, -1) << "not this holder's child: no status";
+    ASSERT_TRUE(keeper_ends_within(own, 5s, status));
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
+    EXPECT_EQ(describe_keeper_status(status), "was killed by signal Terminated");
+}
+
+TEST(VipKeeper, SignalsThroughThePidfdReachTheDaemonAndItsStatusComesBack) {
+    lifeline line = lifeline::make();
+    test_keeper k = spawn_test_keeper(
+        {"/bin/sh", "-c", "trap 'exit 5' HUP; trap 'exit 7' TERM; while :; do sleep 0.05; done"}, line);
+    ASSERT_GT(k.pid, 0);
+    std::this_thread::sleep_for(200ms);  // the traps set
+    // SIGHUP (a reload) goes on to the daemon; SIGTERM ends it.
+    ASSERT_EQ(pidfd_signal(k.pidfd, SIGHUP), 0);
+    int status = 0;
+    ASSERT_TRUE(keeper_ends_within(k, 5s, status));
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 5) << "the keeper did not pass SIGHUP on";
+    test_keeper t = spawn_test_keeper({"/bin/sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"}, line);
+    std::this_thread::sleep_for(200ms);
+    ASSERT_EQ(pidfd_signal(t.pidfd, SIGTERM), 0);
+    ASSERT_TRUE(keeper_ends_within(t, 5s, status));
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 7);
+    test_keeper missing = spawn_test_keeper({"/nonexistent/daemon"}, line);
+    ASSERT_TRUE(keeper_ends_within(missing, 5s, status));
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 127);
 }
 
 }  // namespace

@@ -158,11 +158,13 @@ TEST(HandoverFrame, WrongVersionIsRefusedNamingBoth) {
     channel ch;
     const int before = open_fds();
     const std::vector<int> fds = some_fds(1);
-    // A release of protocol 2 (no state frames) is refused at its first frame.
+    // A release of the previous protocol is refused at its first frame.
     send_raw(ch.a, encode_frame(frame_type::listener, "data 127.0.0.1:1", protocol_version - 1), fds);
     close_all(fds);
     const std::string err = error_of(ch.b, std::chrono::seconds(5));
-    EXPECT_NE(err.find("protocol version 3 from the peer, this side speaks 4"), std::string::npos) << err;
+    const std::string want = "protocol version " + std::to_string(protocol_version - 1) +
+                             " from the peer, this side speaks " + std::to_string(protocol_version);
+    EXPECT_NE(err.find(want), std::string::npos) << err;
     EXPECT_EQ(open_fds(), before);
     EXPECT_THROW(decode_frame(std::string("XLBH") + encode_frame(frame_type::hello, "1 x").substr(4)), handover_error);
 }
@@ -432,6 +434,49 @@ TEST(UpgradeBgpSection, OnlyTheSameSectionTakesTheAnnouncementOver) {
     EXPECT_NE(bgp_section_mismatch({bgp_section_line(std::nullopt)}, b).find("now has a bgp section"),
               std::string::npos);
     EXPECT_EQ(bgp_section_mismatch({bgp_section_line(std::nullopt)}, std::nullopt), "");
+}
+
+TEST(HandoverChildren, KeepalivedsKeeperAndFrrsComeAsSeparateGroups) {
+    // A node with a vrrp and a bgp section hands both over on one channel.
+    handed_children keepalived;
+    keepalived.group = "keepalived";
+    keepalived.line = lifeline::make();
+    const std::vector<int> k = some_fds(1);
+    ASSERT_EQ(k.size(), 1u);
+    keepalived.children.push_back({.name = "keepalived", .pid = 4242, .daemon = -1, .pidfd = k[0]});
+    handed_children frr;
+    frr.group = "frr";
+    frr.line = lifeline::make();
+    channel ch;
+    send_children(ch.a, keepalived, in(std::chrono::seconds(5)));
+    send_children(ch.a, frr, in(std::chrono::seconds(5)));
+    std::vector<handed_children> groups;
+    for (int i = 0; i < 3; ++i) {
+        frame f = receive_frame(ch.b, in(std::chrono::seconds(5)));
+        ASSERT_EQ(f.type, frame_type::child);
+        take_child_frame(f, groups);
+        EXPECT_TRUE(f.fds.empty()) << "the group owns them now";
+    }
+    ASSERT_EQ(groups.size(), 2u);
+    EXPECT_EQ(groups[0].group, "keepalived");
+    EXPECT_TRUE(groups[0].line.valid());
+    ASSERT_EQ(groups[0].children.size(), 1u);
+    EXPECT_EQ(groups[0].children[0].name, "keepalived");
+    EXPECT_EQ(groups[0].children[0].pid, 4242);
+    EXPECT_GE(groups[0].children[0].pidfd, 0);
+    EXPECT_EQ(groups[1].group, "frr");
+    EXPECT_TRUE(groups[1].line.valid());
+    EXPECT_TRUE(groups[1].children.empty());
+
+    // A second lifeline for a group is refused, its descriptors closed.
+    const int before = open_fds();
+    send_children(ch.a, keepalived, in(std::chrono::seconds(5)));
+    {
+        frame again = receive_frame(ch.b, in(std::chrono::seconds(5)));
+        EXPECT_THROW(take_child_frame(again, groups), handover_error);
+        receive_frame(ch.b, in(std::chrono::seconds(5)));  // the child frame that followed, closed
+    }
+    EXPECT_EQ(open_fds(), before) << "the refused lifeline's descriptors stayed open";
 }
 
 }  // namespace

@@ -26,8 +26,11 @@ namespace apilb::handover {
 /// the first frame instead, with both versions in the reason.
 /// 4 added the child frames (supervised daemons that move with an upgrade,
 /// a bgp section's announcement): a release that speaks 3 would take the
-/// VIPs off as it starts and stop FRR with the old process.
-inline constexpr std::uint16_t protocol_version = 4;
+/// VIPs off as it starts and stop FRR with the old process. 5 added the
+/// vrrp section's handover (the track file, the notify FIFO, keepalived's
+/// keeper as child frames): a release that speaks 4 would write FAULT as it
+/// starts and move the VIP to the peer.
+inline constexpr std::uint16_t protocol_version = 5;
 /// Magic, version, type, payload length.
 inline constexpr std::size_t header_bytes = 12;
 /// Hard limit of one frame, header included.

@@ -4,7 +4,9 @@
 // channel. Each frame's payload is one state line (handover_state.hpp):
 //   lifeline group=<g>                                 two descriptors: read, write
 //   child group=<g> name=<n> pid=<keeper> daemon=<pid> one descriptor: the keeper's pidfd
-// Any supervisor can use it (FRR's today); the receiver groups by `group`.
+// Every supervisor uses it: FRR's keepers (group frr, right before
+// sessions_end) and keepalived's (group keepalived, right after hello); the
+// receiver groups by `group`.
 #pragma once
 
 #include <chrono>

@@ -11,6 +11,7 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -19,6 +20,7 @@
 #include "apilb/control/discovered_backends.hpp"
 #include "apilb/dataplane/snapshot.hpp"
 #include "apilb/process/handover.hpp"
+#include "apilb/process/handover_children.hpp"
 #include "apilb/process/process_state.hpp"
 
 namespace apilb {
@@ -46,6 +48,9 @@ struct inherited_sockets {
     /// The old process's health view and counters (`state` frames).
     std::vector<handover::state_line> state;
     std::size_t state_bad = 0;  ///< state frames or lines that could not be read (skipped)
+    /// Children the new process takes over once the old one lets go
+    /// (`child` frames before the listeners: keepalived's keeper).
+    std::vector<handed_children> children;
 };
 
 /// The new process's half of an upgrade, before it builds its process:
@@ -153,6 +158,17 @@ private:
     /// `state` frames: at start (`first`) the health view too, then the
     /// counters' final values. Control thread (process_state.cpp).
     void take_carried_state(const std::vector<handover::state_line>& lines, std::size_t bad, bool first);
+    /// The old process: keepalived's keeper (vrrp.manage: true), sent as
+    /// `child` frames before the listeners; nullopt when none runs. Control
+    /// thread (upgrade_vip.cpp); throws std::system_error.
+    std::optional<handed_children> vip_children();
+    /// The old process's upgrade thread, once the new one took every
+    /// session: the VIP agent lets go on the control thread (waited for,
+    /// bounded); returns the state lines that tell the new one what it needs.
+    std::vector<handover::state_line> release_vip();
+    /// The new process, after the final state (or without it): takes over
+    /// the VIP's side from what the old process released. Control thread.
+    void take_over_vip(const std::vector<handover::state_line>& lines);
     /// The new process's adopt thread, after `sessions_taken`: receives the
     /// counters' final values (bounded) and posts them to the control thread.
     void receive_final_state(int channel);
@@ -257,9 +273,12 @@ private:
     std::function<void()> upgrade_handed_over_;
     /// Reloads whose snapshot the workers are still taking; an upgrade waits until none.
     std::size_t reloads_applying_ = 0;
-    int handover_channel_ = -1;               ///< the new process's end, until it said ready
-    std::thread adopt_thread_;                ///< receive_sessions(); joined by end_session_receive()
-    int adopt_channel_ = -1;                  ///< the channel while adopt_thread_ runs
+    int handover_channel_ = -1;  ///< the new process's end, until it said ready
+    /// An upgrade's new process: what the old one hands over with the VIP, until take_over_vip().
+    std::vector<handed_children> vip_children_;
+    bool vip_from_old_ = false;  ///< an upgrade's new process: the VIP's side is the old one's until taken over
+    std::thread adopt_thread_;   ///< receive_sessions(); joined by end_session_receive()
+    int adopt_channel_ = -1;     ///< the channel while adopt_thread_ runs
     std::unique_ptr<rebalancer> rebalancer_;  ///< after workers_: it posts to them
     std::unique_ptr<vrrp_agent> vrrp_;        ///< set when the config has a vrrp section
     std::unique_ptr<bgp_agent> bgp_;          ///< set when the config has a bgp section

@@ -47,7 +47,9 @@ private:
 /// values now (no health: the new process judges by itself from here) as
 /// `state` frames. A failure is logged, not thrown: the upgrade has
 /// succeeded, and the new process's series go on from the first values.
-void send_final_state(int channel, const snapshot& snap, const process_stats& stats);
+/// `extra` lines go with them (the VIP's release, upgrade_vip.cpp).
+void send_final_state(int channel, const snapshot& snap, const process_stats& stats,
+                      const std::vector<handover::state_line>& extra = {});
 
 /// The health lines of `lines`, as the health checker takes them; lines it
 /// cannot read are skipped and counted in `bad`.

@@ -9,6 +9,7 @@
 
 #include <sys/types.h>
 
+#include <csignal>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,9 @@ public:
 
     /// A new pipe, both ends close-on-exec; throws std::system_error.
     static lifeline make();
+    /// Duplicates of both ends (close-on-exec), for the next apilb; throws
+    /// std::system_error.
+    lifeline duplicate() const;
     bool valid() const noexcept { return read_ >= 0 && write_ >= 0; }
     int read_fd() const noexcept { return read_; }
     int write_fd() const noexcept { return write_; }
@@ -48,6 +52,38 @@ private:
 /// so that no apilb write end stays in the keeper. Returns 3, or -1.
 /// Async-signal-safe.
 int keep_only_lifeline(int read_fd, int bound) noexcept;
+
+/// How a keeper runs its daemon (spawn_keeper).
+struct keeper_options {
+    /// The daemon's stdout and stderr (stdin /dev/null); empty: apilb's own.
+    std::string out_path;
+    /// The daemon's PR_SET_PDEATHSIG: a keeper killed outright takes its
+    /// daemon along (SIGTERM lets keepalived give up the VIPs with a
+    /// priority-0 advert; FRR's daemons drop privileges, which clears it).
+    int death_signal = SIGKILL;
+};
+
+/// Forks a keeper for `argv` (argv[0] an absolute path): the leader of a new
+/// process group with its daemon, holding `line`'s read end and no other
+/// descriptor of apilb. The keeper passes SIGHUP on, turns SIGTERM/SIGINT or
+/// the lifeline's hang-up into SIGTERM to the daemon (SIGKILL 3 s later),
+/// and exits with the daemon's exit status or 128 + the signal that ended it
+/// (127: it could not exec). One keeper for every supervisor (keepalived,
+/// FRR). Returns its pid; throws std::system_error.
+pid_t spawn_keeper(const std::vector<std::string>& argv, const lifeline& line, const keeper_options& options);
+
+/// Whether keeper `pid` has ended: reaped with `status` set when it is this
+/// process's child (`adopted` false), else seen through `pidfd` with
+/// `status` -1 (another process's child: not ours to read). Never blocks.
+bool keeper_ended(pid_t pid, int pidfd, bool adopted, int& status) noexcept;
+
+/// Sends `sig` to keeper `pid`: through `pidfd` when there is one, else by
+/// pid, but only to this process's own unreaped child (`adopted` false),
+/// whose pid cannot have been reused.
+void signal_keeper(pid_t pid, int pidfd, bool adopted, int sig) noexcept;
+
+/// How a keeper's waitpid status (-1: not known, keeper_ended) reads in a log line.
+std::string describe_keeper_status(int status);
 
 /// pidfd_open(pid): -1 (errno set) when the kernel lacks it or `pid` is gone.
 /// Opened by the parent before it reaps the child, it names that process

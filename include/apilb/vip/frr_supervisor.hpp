@@ -82,8 +82,6 @@ private:
     /// Whether `d`'s keeper has ended (reaped if it was this process's
     /// child); `how` says how, when that is known.
     bool keeper_ended(daemon& d, std::string& how);
-    /// Signals `d`'s keeper (through its pidfd when it has one).
-    void signal_keeper(const daemon& d, int sig) const;
     /// Forgets `d`'s keeper, closing its pidfd.
     static void forget(daemon& d);
     /// Prepares the directory and starts every daemon, then applies frr.conf; false (logged) on any failure.

@@ -22,6 +22,7 @@
 #include "apilb/core/file_write.hpp"
 #include "apilb/dataplane/snapshot.hpp"
 #include "apilb/logging/logging.hpp"
+#include "apilb/vip/child_lifeline.hpp"
 
 namespace apilb {
 
@@ -34,6 +35,16 @@ const char* to_string(vrrp_role);
 /// Parses one notify FIFO line (`INSTANCE "VI_APILB" MASTER 150`); nullopt
 /// for lines about other things (groups, virtual servers) or garbage.
 std::optional<vrrp_role> parse_notify_line(const std::string& line);
+/// The role named by to_string(); unknown for anything else.
+vrrp_role parse_role(const std::string& text);
+
+/// What an upgrade's old process hands over of the VIP when it lets go
+/// (docs/upgrade.md, "With a vrrp section"): the role keepalived last
+/// reported and the notify bytes it had read but not yet taken as a line.
+struct vrrp_release {
+    vrrp_role role = vrrp_role::unknown;
+    std::string pending;
+};
 
 /// Control thread; start(), hand_off(), update() and stop() check it
 /// (APILB_ASSERT_ROLE). role() may be read from any thread.
@@ -48,7 +59,33 @@ public:
     /// Creates the state directory, writes FAULT until the first readiness
     /// check, opens the notify FIFO and starts the readiness loop. Throws
     /// std::system_error if the state directory or FIFO cannot be made.
-    void start();
+    /// `upgrade` (the new process of an upgrade): the old process still owns
+    /// the VIP's side, so this one only makes sure of the directory and opens
+    /// the FIFO (so that its writer always has a reader); it writes, reads and
+    /// supervises nothing before take_over().
+    void start(bool upgrade = false);
+
+    /// The old process of an upgrade: keepalived's keeper to hand over
+    /// (manage: true and one runs): duplicates of its lifeline and pidfd as
+    /// group "keepalived" (child frames); nullopt when there is none.
+    /// Control thread; throws std::system_error.
+    std::optional<handed_children> hand_over_keeper() const;
+
+    /// The old process, once the new one has taken every session: stops
+    /// writing the track file (it keeps the value it has), reading the FIFO
+    /// and supervising keepalived, which goes on; says what the new process
+    /// needs. Afterwards stop() and hand_off() touch nothing of the VIP.
+    vrrp_release release();
+
+    /// The new process, once the old one let go (or is gone): writes the
+    /// track file from its own view (taken over with the health state, so
+    /// the value does not change), reads the FIFO on from `from`, and with
+    /// manage: true supervises the keeper in `keeper` (none: starts keepalived).
+    void take_over(const vrrp_release& from, handed_children keeper);
+
+    /// True while this process owns the VIP's side (not before take_over()
+    /// in an upgrade's new process, not after release()).
+    bool owner() const noexcept { return owner_; }
 
     /// SIGTERM: marks the node not ready (keepalived gives the VIPs up at
     /// once, with a priority-0 advert) and calls `then` when a peer serves
@@ -71,6 +108,9 @@ public:
 private:
     boost::asio::awaitable<void> readiness_loop();
     boost::asio::awaitable<void> notify_loop();
+    /// Takes every whole line in fifo_buffer_ as a notification.
+    void take_notify_lines();
+    void take_notify_line(std::string line);
     boost::asio::awaitable<void> handoff_loop(std::function<void()> then);
     /// "" when this node can serve, else why not.
     std::string fault_reason() const;
@@ -85,6 +125,8 @@ private:
     boost::asio::streambuf fifo_buffer_;
     bool draining_ = false;
     bool stopped_ = false;
+    bool owner_ = false;
+    bool released_ = false;  ///< release() ran: the new process of an upgrade owns the VIP's side
     bool cut_short_ = false;
     std::optional<std::string> published_;  ///< last reason written ("" = ready)
     /// The track file is rewritten every 10 ms while writing fails; the
