@@ -257,7 +257,12 @@ std::size_t send_sessions(int channel, const std::vector<worker*>& workers, std:
     }
     if (connecting > 0)
         spdlog::warn("upgrade: {} session(s) still connecting at the phase's end stay here", connecting);
-    if (const auto delay = sessions_end_delay(); delay.count() > 0) std::this_thread::sleep_for(delay);
+    if (const auto delay = sessions_end_delay(); delay.count() > 0) {
+        // Said, so that a test can kill this process in the gap (docs/upgrade.md, "If the old process dies").
+        spdlog::info("upgrade: every session sent; sessions_end in {}ms (APILB_UPGRADE_TEST_SESSIONS_END_DELAY_MS)",
+                     delay.count());
+        std::this_thread::sleep_for(delay);
+    }
     before_end();
     handover::send_frame(channel, frame_type::sessions_end, std::to_string(sent.size()), {}, deadline);
     const handover::frame taken = handover::receive_frame(channel, deadline);
@@ -558,6 +563,7 @@ void process::receive_sessions() {
         const auto deadline = clock_type::now() + upgrade_deadline();
         int frames = 0;
         std::size_t refused = 0;
+        // Set until sessions_taken went out: the VIP's side is still the old process's.
         auto bgp = std::make_shared<bgp_receipt>();
         try {
             while (true) {
@@ -604,9 +610,19 @@ void process::receive_sessions() {
             // Before sessions_taken the old process keeps (or takes back) the
             // VIPs, and kills this one; unless it died: then this one acts as
             // on a fresh start.
-            if (bgp && bgp_ && old_process_died(old_pid)) take_over_bgp(nullptr);
+            if (bgp && (bgp_ || vrrp_) && old_process_died(old_pid)) take_over_from_dead_old();
         }
     });
+}
+
+void process::take_over_from_dead_old() {
+    spdlog::warn(
+        "upgrade: the old process died before it handed over the VIP's side; this process takes it over as on a "
+        "fresh start");
+    take_over_bgp(nullptr);
+    // The keeper of keepalived came with the child frames (this process holds
+    // its lifeline, so keepalived runs on): it is adopted, not restarted.
+    asio::post(control_, [this] { take_over_vip({}); });
 }
 
 void process::end_session_receive() {

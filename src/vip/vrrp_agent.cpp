@@ -161,13 +161,21 @@ void vrrp_agent::take_over(const vrrp_release& from, handed_children keeper) {
     // stops once the old process ends.
     if (owner_ || stopped_) return;
     owner_ = true;
-    role_.store(from.role, std::memory_order_relaxed);
+    // No role came (the old process died, or did not let go in time), and
+    // keepalived says nothing until its state changes: a node holding a VIP
+    // is the MASTER (keepalived adds the VIPs only then), or the pair's
+    // apilb_vrrp_role would show no MASTER until the next change.
+    const bool guessed = from.role == vrrp_role::unknown && holds_a_vip();
+    role_.store(guessed ? vrrp_role::master : from.role, std::memory_order_relaxed);
     if (!from.pending.empty()) {
         const auto n = asio::buffer_copy(fifo_buffer_.prepare(from.pending.size()), asio::buffer(from.pending));
         fifo_buffer_.commit(n);
     }
-    spdlog::info("vrrp: took over the track file, the notify FIFO{} from the old process (role {})",
-                 snap_->cfg->vrrp->manage ? " and keepalived" : "", to_string(from.role));
+    spdlog::info("vrrp: took over the track file, the notify FIFO{} from the old process (role {}{})",
+                 snap_->cfg->vrrp->manage ? " and keepalived" : "", to_string(role()),
+                 guessed                        ? ": this node holds the VIPs"
+                 : role() == vrrp_role::unknown ? " until keepalived's next notification"
+                                                : "");
     take_notify_lines();
     asio::co_spawn(control_, readiness_loop(), asio::detached);
     asio::co_spawn(control_, notify_loop(), asio::detached);

@@ -8,7 +8,9 @@
 // keepalived run by the operator (manage: false) and by apilb (manage: true).
 // Then: the new process owns the track file (a dead backend moves the VIP);
 // killing the new process takes keepalived down (manage: true); a new binary
-// that exits at once leaves keepalived supervised by the old process.
+// that exits at once leaves keepalived supervised by the old process; an old
+// process killed in the middle of the handover leaves the VIP's side to the
+// new one (manage: true).
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -142,6 +144,19 @@ protected:
         return count_of(text, "Entering ") + count_of(text, "vrrp: role ");
     }
 
+    /// n1 serves the VIP and n2's apilb last heard keepalived say BACKUP,
+    /// so that a role line after this is a change (n2's keepalived, started
+    /// by its apilb with manage: true, came up under ASan after n1 served).
+    bool pair_settled() {
+        const auto n2_backup = [&] {
+            const std::string log = nodes_[1].apilb->log();
+            const auto at = log.rfind("vrrp: role ");
+            const auto end = at == std::string::npos ? at : log.find('\n', at);
+            return end != std::string::npos && log.compare(end - 9, 9, "-> BACKUP") == 0;
+        };
+        return settled_on(nodes_[0]) && wait_until(n2_backup, 15s, 5ms);
+    }
+
     void start_pair(bool manage) {
         echo_ = std::make_unique<backend_server>(segment_->ns("be"), "198.18.0.20", backend_kind::echoes);
         start_everything(true, manage,
@@ -173,7 +188,7 @@ protected:
         upgrade_result r;
         node& n1 = nodes_[0];
         node& n2 = nodes_[1];
-        EXPECT_TRUE(settled_on(n1)) << "n1 never became the serving master\n" << diagnostics();
+        EXPECT_TRUE(pair_settled()) << "n1 never became the serving master\n" << diagnostics();
         // Nothing moves: the patience that finds a new master quickly would
         // only measure the scheduler here; an answer from n2 still fails.
         client_->set_patience(500ms, 150ms);
@@ -219,6 +234,45 @@ protected:
         return r;
     }
 
+    /// start_pair(true) until n1 serves the VIP; keepalived's pid (its pid
+    /// file), in `keepalived`. Fatal failures end the test.
+    void start_managed_pair(pid_t& keepalived) {
+        start_pair(true);
+        ASSERT_FALSE(HasFatalFailure());
+        ASSERT_TRUE(pair_settled()) << diagnostics();
+        keepalived = managed_keepalived_pid(nodes_[0]);
+        ASSERT_GT(keepalived, 0) << diagnostics();
+    }
+
+    /// keepalived (`keepalived`, manage: true) SIGKILLed on n1: whichever
+    /// apilb supervises it (`who`) removes the VIP, starts keepalived again
+    /// and n1 takes the VIP back (preempt).
+    void expect_keepalived_restarted(pid_t keepalived, const std::string& who) {
+        node& n1 = nodes_[0];
+        ASSERT_EQ(::kill(keepalived, SIGKILL), 0);
+        EXPECT_TRUE(
+            wait_until([&] { return n1.apilb->log().find("restarting it in 100ms") != std::string::npos; }, 5s, 5ms))
+            << n1.apilb->log();
+        EXPECT_TRUE(settled_on(n1)) << "no failback after the " << who << " restarted keepalived\n" << diagnostics();
+        const pid_t again = managed_keepalived_pid(n1);
+        EXPECT_NE(again, keepalived);
+        EXPECT_TRUE(again > 0 && ::kill(again, 0) == 0);
+    }
+
+    /// The apilb now on n1 owns the track file: n1's backend gone, it writes
+    /// FAULT and keepalived moves the VIP to n2; back, and preempt brings it back.
+    void expect_track_file_moves_the_vip() {
+        node& n1 = nodes_[0];
+        client_->set_patience(30ms, 25ms);
+        segment_->ip("be", {"addr", "del", "198.18.0.21/24", "dev", "eth0"});
+        EXPECT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s, 5ms))
+            << "the new process did not fault n1\n"
+            << diagnostics();
+        EXPECT_EQ(read_file(n1.track_file()), "1\n");
+        segment_->ip("be", {"addr", "add", "198.18.0.21/24", "dev", "eth0"});
+        EXPECT_TRUE(settled_on(n1)) << "no failback to n1 under the new process\n" << diagnostics();
+    }
+
     static void report(const std::string& what, const upgrade_result& r) {
         const std::string line = fmt::format(
             "{}: SIGUSR2 to \"serves\" {:.0f} ms, session phase {} ms, {} session(s) handed over; {} connects to "
@@ -239,18 +293,7 @@ TEST_F(VipUpgrade, MasterWithItsOwnKeepalivedKeepsTheVipAndEverySession) {
     ASSERT_FALSE(HasFatalFailure());
     ASSERT_GT(r.new_pid, 0) << "no handover";
     report("manage: false", r);
-
-    // The new process owns the track file now: n1's backend gone, it writes
-    // FAULT and keepalived moves the VIP to n2; back, and preempt brings it back.
-    node& n1 = nodes_[0];
-    client_->set_patience(30ms, 25ms);
-    segment_->ip("be", {"addr", "del", "198.18.0.21/24", "dev", "eth0"});
-    EXPECT_TRUE(wait_until([&] { return client_->steadily_on("n2", 3); }, 5s, 5ms))
-        << "the new process did not fault n1\n"
-        << diagnostics();
-    EXPECT_EQ(read_file(n1.track_file()), "1\n");
-    segment_->ip("be", {"addr", "add", "198.18.0.21/24", "dev", "eth0"});
-    EXPECT_TRUE(settled_on(n1)) << "no failback to n1 under the new process\n" << diagnostics();
+    expect_track_file_moves_the_vip();
 }
 
 TEST_F(VipUpgrade, MasterRunningKeepalivedHandsItOverAndItDiesWithTheLastApilb) {
@@ -290,13 +333,11 @@ TEST_F(VipUpgrade, MasterRunningKeepalivedHandsItOverAndItDiesWithTheLastApilb) 
 TEST_F(VipUpgrade, ANewBinaryThatExitsLeavesKeepalivedWithTheOldProcess) {
     // Read by the old process when it starts the new binary.
     scoped_env exits("APILB_UPGRADE_BINARY", "/bin/false");
-    start_pair(true);
+    pid_t keepalived = -1;
+    start_managed_pair(keepalived);
     ASSERT_FALSE(HasFatalFailure());
     node& n1 = nodes_[0];
     node& n2 = nodes_[1];
-    ASSERT_TRUE(settled_on(n1)) << diagnostics();
-    const pid_t keepalived = managed_keepalived_pid(n1);
-    ASSERT_GT(keepalived, 0);
     const std::size_t roles1 = role_lines(n1), roles2 = role_lines(n2);
     {
         track_watch track(n1.track_file());
@@ -313,16 +354,78 @@ TEST_F(VipUpgrade, ANewBinaryThatExitsLeavesKeepalivedWithTheOldProcess) {
     EXPECT_EQ(role_lines(n2), roles2) << diagnostics();
     EXPECT_TRUE(client_->steadily_on("n1"));
 
-    // Still the old process's: keepalived killed, it removes the VIP and
-    // starts keepalived again, and n1 takes the VIP back.
-    ASSERT_EQ(::kill(keepalived, SIGKILL), 0);
-    EXPECT_TRUE(
-        wait_until([&] { return n1.apilb->log().find("restarting it in 100ms") != std::string::npos; }, 5s, 5ms))
+    // Still the old process's.
+    expect_keepalived_restarted(keepalived, "old process");
+}
+
+TEST_F(VipUpgrade, OldProcessKilledMidHandoverLeavesTheVipSideToTheNewOne) {
+    // Read by the old process: between its last session pass and
+    // sessions_end it waits this long and says so; the test kills it there,
+    // after the child frames and every session frame, before sessions_taken.
+    scoped_env gap("APILB_UPGRADE_TEST_SESSIONS_END_DELAY_MS", "5000");
+    pid_t keepalived = -1;
+    start_managed_pair(keepalived);
+    ASSERT_FALSE(HasFatalFailure());
+    node& n1 = nodes_[0];
+    node& n2 = nodes_[1];
+    // Nothing should move: an answer from n2 still fails.
+    client_->set_patience(500ms, 150ms);
+    long_sessions sessions(segment_->ns("cl"));
+    ASSERT_TRUE(wait_until([&] { return sessions.rounds() >= 5; }, 10s, 5ms)) << sessions.first_error();
+    const std::size_t roles1 = role_lines(n1), roles2 = role_lines(n2);
+    track_watch track(n1.track_file());
+
+    n1.apilb->signal(SIGUSR2);
+    ASSERT_TRUE(wait_until(
+        [&] { return n1.apilb->log().find("every session sent; sessions_end in") != std::string::npos; }, 30s, 5ms))
+        << diagnostics();
+    // The old and the new process write the same log.
+    const auto next = static_cast<pid_t>(from_log(n1.apilb->log(), R"(upgrade: pid (\d+) \(apilb)"));
+    ASSERT_GT(next, 0) << n1.apilb->log();
+    upgraded_.push_back(next);
+    const auto t = steady::now();
+    n1.apilb->signal(SIGKILL);
+    ASSERT_TRUE(n1.apilb->wait(5s));
+    const bool took_over = wait_until(
+        [&] { return n1.apilb->log().find("vrrp: took over the track file") != std::string::npos; }, 5s, 1ms);
+    const double to_take_over = ms_since(t, steady::now());
+    EXPECT_TRUE(took_over) << "the new process never took the VIP's side over\n" << n1.apilb->log();
+    // No role came from the old process: the VIP on n1 says MASTER.
+    EXPECT_NE(n1.apilb->log().find("from the old process (role MASTER: this node holds the VIPs)"), std::string::npos)
         << n1.apilb->log();
-    EXPECT_TRUE(settled_on(n1)) << "no failback after the old process restarted keepalived\n" << diagnostics();
-    const pid_t again = managed_keepalived_pid(n1);
-    EXPECT_NE(again, keepalived);
-    EXPECT_EQ(::kill(again, 0), 0);
+    std::this_thread::sleep_for(1s);
+    sessions.stop();
+    track.stop();
+
+    long attempts = 0, failed = 0;
+    for (const auto& a : client_->since(t)) {
+        ++attempts;
+        if (a.node != "n1") ++failed;
+    }
+    // keepalived runs on (the new process holds its lifeline): n1 keeps the
+    // VIP, the new process serves it, nothing changes state.
+    EXPECT_EQ(failed, 0) << timeline(t, "none");
+    EXPECT_EQ(sessions.broken(), 0) << sessions.first_error();
+    EXPECT_FALSE(track.flapped()) << "n1's track file held " << track.first();
+    EXPECT_EQ(role_lines(n1), roles1) << "a VRRP state change on n1\n" << diagnostics();
+    EXPECT_EQ(role_lines(n2), roles2) << "a VRRP state change on n2\n" << diagnostics();
+    EXPECT_TRUE(client_->steadily_on("n1"));
+    EXPECT_TRUE(alive(next)) << "the new process does not run";
+    EXPECT_EQ(managed_keepalived_pid(n1), keepalived) << "keepalived was restarted";
+    EXPECT_NE(n1.apilb->log().find("supervising keepalived (keeper pid"), std::string::npos) << n1.apilb->log();
+    EXPECT_LE(longest_overlap_ms(*watches_[0], *watches_[1]), static_cast<double>(advert.count()));
+    const std::string line = fmt::format(
+        "manage: true, the old process SIGKILLed before sessions_end: the new one took over after {:.0f} ms; {} "
+        "connects to the VIP, {} failed; {} long-lived sessions over {} rounds, {} broken\n",
+        to_take_over, attempts, failed, session_count, sessions.rounds(), sessions.broken());
+    std::cout << "[ MEASURED ] " << line;
+    if (const char* out = std::getenv("APILB_VIP_TABLE")) std::ofstream(out, std::ios::app) << line;
+
+    // The new process supervises keepalived and writes the track file.
+    client_->set_patience(30ms, 25ms);
+    expect_keepalived_restarted(keepalived, "new process");
+    expect_track_file_moves_the_vip();
+    expect_no_sanitizer_report(n1.apilb->log(), "apilb n1");
 }
 
 }  // namespace

@@ -196,6 +196,11 @@ private:
     /// The new process's adopt thread: posts the take-over of what `r` holds
     /// (nullptr: nothing came, act as on a fresh start) to the control thread.
     void take_over_bgp(std::shared_ptr<bgp_receipt> r);
+    /// The new process's adopt thread, when the old process died before
+    /// `sessions_taken` (docs/upgrade.md, "If the old process dies"): posts
+    /// the take-over of the VIP's side, vrrp and bgp, as on a fresh start,
+    /// with what the `child` frames brought (keepalived's keeper).
+    void take_over_from_dead_old();
 
     /// One discovery pool's applied state (process_discovery.cpp). Control thread.
     struct discovery_pool {

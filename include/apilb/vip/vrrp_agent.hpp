@@ -79,7 +79,8 @@ public:
 
     /// The new process, once the old one let go (or is gone): writes the
     /// track file from its own view (taken over with the health state, so
-    /// the value does not change), reads the FIFO on from `from`, and with
+    /// the value does not change), reads the FIFO on from `from` (no role in
+    /// it: MASTER if a VIP is on this host, else unknown), and with
     /// manage: true supervises the keeper in `keeper` (none: starts keepalived).
     void take_over(const vrrp_release& from, handed_children keeper);
 
