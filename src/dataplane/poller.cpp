@@ -505,6 +505,7 @@ void poll_socket::forget_readiness() {
     ready_[0] = ready_[1] = false;
     ended_[0] = ended_[1] = false;
     connecting_ = false;
+    fin_seen_ = error_seen_ = false;
 }
 
 void poll_socket::cancel() {
@@ -623,6 +624,8 @@ void poll_socket::on_events(std::uint32_t events) {
     // that took the last data in part, shorter than asked, must still find
     // the end behind it, and no edge will come for it again.
     if (broken || (events & EPOLLRDHUP) != 0) ended_[read_dir] = true;
+    if ((events & EPOLLRDHUP) != 0) fin_seen_ = true;
+    if ((events & EPOLLERR) != 0) error_seen_ = true;
     if (broken) ended_[write_dir] = true;
     if (broken || (events & (EPOLLIN | EPOLLRDHUP)) != 0) mark_ready(read_dir);
     if (broken || (events & EPOLLOUT) != 0) mark_ready(write_dir);

@@ -65,6 +65,7 @@ void relay::rearm() {
         d.short_read = false;
         d.full_read = false;
         d.parked = false;
+        d.read_to_fin = false;
         d.blocked_since = clock::time_point::max();
         d.result = {};
     }
@@ -195,6 +196,11 @@ void relay::transfer(direction& d) {
             // system calls per request on a keep-alive stream).
             d.short_read = false;
             release(d);
+            // And the FIN had come before that read: it took the last byte.
+            // A wait would complete at once (ended) for a read that returns
+            // only the end: both are saved, one per session (nginx's
+            // pending_eof).
+            if (std::exchange(d.read_to_fin, false)) return source_ended(d);
             return wait_readable(d);
         }
         if (d.buffer && d.full_read && res_.mode == relay_mode::splice && !(d.to_backend && sent_)) {
@@ -230,20 +236,19 @@ void relay::transfer(direction& d) {
             }
         }
         ssize_t n;
+        // Taken before the read: a FIN that comes after it may follow bytes
+        // the read did not see. A short splice is no proof of an empty
+        // socket (a pipe fills its slots with small segments), a short recv
+        // is (tcp_recvmsg stops short only on an empty queue; urgent data,
+        // which no API client sends, aside).
+        const bool fin_before_read = !d.splicing && source(d).peer_finished();
         if (d.splicing) {
             n = ::splice(source(d).native_handle(), nullptr, d.pipe.write_fd, nullptr, splice_chunk,
                          SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         } else {
             n = ::recv(source(d).native_handle(), d.buffer.get(), res_.buffers.buffer_size(), 0);
         }
-        if (n == 0) {
-            if (!d.to_backend && !answered_ && fail_early(d, asio::error::eof)) return;
-            // Pass the half-close on, unless the other way has ended too: the
-            // session closes both sockets now, which sends the FIN anyway.
-            const direction& other = &d == &dirs_[0] ? dirs_[1] : dirs_[0];
-            if (!(other.done && other.result.end == pump_end::eof)) half_close(sink(d));
-            return finish(d, pump_end::eof);
-        }
+        if (n == 0) return source_ended(d);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (would_block(errno)) {
@@ -256,6 +261,7 @@ void relay::transfer(direction& d) {
         const std::size_t asked = d.splicing ? short_splice : res_.buffers.buffer_size();
         d.short_read = got < asked;
         d.full_read = !d.short_read;
+        d.read_to_fin = d.short_read && fin_before_read;
         d.result.bytes += got;
         d.pending = got;
         d.offset = 0;
@@ -275,6 +281,15 @@ void relay::transfer(direction& d) {
             if (answered_fn_) std::exchange(answered_fn_, nullptr)(answered_arg_);
         }
     }
+}
+
+void relay::source_ended(direction& d) {
+    if (!d.to_backend && !answered_ && fail_early(d, asio::error::eof)) return;
+    // Pass the half-close on, unless the other way has ended too: the
+    // session closes both sockets now, which sends the FIN anyway.
+    const direction& other = &d == &dirs_[0] ? dirs_[1] : dirs_[0];
+    if (!(other.done && other.result.end == pump_end::eof)) half_close(sink(d));
+    finish(d, pump_end::eof);
 }
 
 void relay::source_failed(direction& d, const error_code& ec) {

@@ -4,11 +4,14 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <fstream>
 #include <regex>
 
@@ -67,6 +70,14 @@ std::string ss(const std::string& filter) {
     return run_command({"/usr/bin/ss", "-tnoH", "state", "established", filter}, 10s).output;
 }
 
+/// Connects `c` to apilb at 127.0.0.1:`port` and has one byte echoed: the
+/// session then has both legs.
+void open_session(client& c, std::uint16_t port) {
+    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+    ASSERT_TRUE(c.send_all("k"));
+    ASSERT_EQ(c.recv_exact(1), "k");
+}
+
 TEST(Sockets, KeepaliveIsArmedOnBothLegs) {
     if (::access("/usr/bin/ss", X_OK) != 0) GTEST_SKIP() << "ss (iproute2) is not installed";
     tcp_server echo("127.0.0.2", echo_handler());
@@ -77,9 +88,7 @@ TEST(Sockets, KeepaliveIsArmedOnBothLegs) {
                                    "tcp: {keepalive_idle: 42s, keepalive_interval: 5s, keepalive_count: 3}\n"),
                         "127.0.0.1", port);
     client c;
-    ASSERT_EQ(c.connect("127.0.0.1", port), 0);
-    ASSERT_TRUE(c.send_all("k"));
-    ASSERT_EQ(c.recv_exact(1), "k");
+    ASSERT_NO_FATAL_FAILURE(open_session(c, port));
     // apilb's side of the client leg: source port = the listener's port.
     const std::string client_leg = ss(fmt::format("( sport = :{} )", port));
     // apilb's side of the backend leg: destination = the backend.
@@ -91,6 +100,79 @@ TEST(Sockets, KeepaliveIsArmedOnBothLegs) {
     EXPECT_GT(std::stod(m[1]), 30.0) << "keepalive_idle 42s should be what the timer counts down from";
     ASSERT_TRUE(std::regex_search(backend_leg, m, keepalive)) << backend_leg;
     EXPECT_GT(std::stod(m[1]), 30.0);
+    c.close();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+/// A copy, in this process, of `pid`'s descriptor for its TCP connection to
+/// or from `peer` (pidfd_getfd(2): the same socket, so its options are
+/// apilb's); -1 if there is none.
+int socket_of(pid_t pid, const sockaddr_in& peer) {
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (pidfd < 0) return -1;
+    int found = -1;
+    for (const auto& entry : std::filesystem::directory_iterator(fmt::format("/proc/{}/fd", pid))) {
+        const int fd = static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, std::stoi(entry.path().filename()), 0));
+        if (fd < 0) continue;
+        sockaddr_in ep{};
+        socklen_t len = sizeof ep;
+        if (found < 0 && ::getpeername(fd, reinterpret_cast<sockaddr*>(&ep), &len) == 0 && ep.sin_family == AF_INET &&
+            ep.sin_addr.s_addr == peer.sin_addr.s_addr && ep.sin_port == peer.sin_port) {
+            found = fd;
+            continue;
+        }
+        ::close(fd);
+    }
+    ::close(pidfd);
+    return found;
+}
+
+int int_option(int fd, int level, int name) {
+    int v = -1;
+    socklen_t len = sizeof v;
+    EXPECT_EQ(::getsockopt(fd, level, name, &v, &len), 0);
+    return v;
+}
+
+// The client leg is never set up by a system call of its own: it inherits
+// every option from the listener (Linux copies them into the accepted
+// socket). The backend leg sets each of them itself, but TCP_KEEPCNT, which
+// TCP_USER_TIMEOUT overrides.
+TEST(Sockets, EveryTcpOptionIsOnBothLegs) {
+    tcp_server echo("127.0.0.2", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    // None of them a new socket's or the kernel's default.
+    apilb_process apilb(dir,
+                        config_for(fmt::format("127.0.0.1:{}", port), echo.address(),
+                                   "tcp: {keepalive_idle: 42s, keepalive_interval: 7s, keepalive_count: 4, "
+                                   "user_timeout: 21s, socket_buffer: 98304}\n"),
+                        "127.0.0.1", port);
+    client c;
+    ASSERT_NO_FATAL_FAILURE(open_session(c, port));
+    sockaddr_in client_ep{}, backend_ep{};
+    socklen_t len = sizeof client_ep;
+    ASSERT_EQ(::getsockname(c.fd(), reinterpret_cast<sockaddr*>(&client_ep), &len), 0);
+    backend_ep.sin_family = AF_INET;
+    backend_ep.sin_port = htons(echo.port());
+    ASSERT_EQ(::inet_pton(AF_INET, "127.0.0.2", &backend_ep.sin_addr), 1);
+    const int client_leg = socket_of(apilb.proc().pid(), client_ep);
+    const int backend_leg = socket_of(apilb.proc().pid(), backend_ep);
+    ASSERT_GE(client_leg, 0) << "apilb's socket of the client leg (pidfd_getfd)";
+    ASSERT_GE(backend_leg, 0) << "apilb's socket of the backend leg (pidfd_getfd)";
+    for (const int fd : {client_leg, backend_leg}) {
+        const char* leg = fd == client_leg ? "client leg" : "backend leg";
+        EXPECT_EQ(int_option(fd, IPPROTO_TCP, TCP_NODELAY), 1) << leg;
+        EXPECT_EQ(int_option(fd, SOL_SOCKET, SO_KEEPALIVE), 1) << leg;
+        EXPECT_EQ(int_option(fd, IPPROTO_TCP, TCP_KEEPIDLE), 42) << leg;
+        EXPECT_EQ(int_option(fd, IPPROTO_TCP, TCP_KEEPINTVL), 7) << leg;
+        EXPECT_EQ(int_option(fd, IPPROTO_TCP, TCP_USER_TIMEOUT), 21000) << leg;
+        EXPECT_EQ(int_option(fd, SOL_SOCKET, SO_RCVBUF), 98304) << leg << ": the kernel doubles half of it";
+        EXPECT_EQ(int_option(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT), 98304) << leg;
+    }
+    EXPECT_EQ(int_option(client_leg, IPPROTO_TCP, TCP_KEEPCNT), 4);
+    ::close(client_leg);
+    ::close(backend_leg);
     c.close();
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
 }

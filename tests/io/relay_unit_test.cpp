@@ -11,10 +11,24 @@
 #include <boost/asio/write.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <optional>
 #include <thread>
+
+/// recv calls on one descriptor (`counted_fd`), made by the relay under test.
+std::atomic<int> counted_fd{-1};
+std::atomic<int> counted_recvs{0};
+
+// Interposed for the whole test binary (Asio reads with recvmsg); forwards
+// to the kernel.
+extern "C" ssize_t recv(int fd, void* buf, size_t len, int flags) {
+    if (fd == counted_fd.load(std::memory_order_relaxed)) counted_recvs.fetch_add(1, std::memory_order_relaxed);
+    return ::syscall(SYS_recvfrom, fd, buf, len, flags, nullptr, nullptr);
+}
 
 namespace apilb {
 namespace {
@@ -95,6 +109,33 @@ struct rig {
         while (!done && std::chrono::steady_clock::now() < deadline) io.run_one_for(std::chrono::milliseconds(100));
         ASSERT_TRUE(done) << "the relay did not complete within 10 s";
     }
+    /// Runs `rel` as the session does: once it completes, `done` is set and
+    /// both sockets are closed (the last FIN is the close, not a shutdown).
+    void start(relay& rel, bool& done) {
+        rel.async_run([this, &done] {
+            done = true;
+            client.close();
+            upstream.close();
+        });
+    }
+    /// The backend sends `bytes` and its FIN; returns once the FIN is in the
+    /// relay's upstream socket (before the relay looks, unless it runs).
+    void backend_sends_and_ends(std::string_view bytes) {
+        asio::write(upstream_peer, asio::buffer(bytes.data(), bytes.size()));
+        upstream_peer.shutdown(tcp::socket::shutdown_send);
+        pollfd fin{.fd = upstream.native_handle(), .events = POLLRDHUP, .revents = 0};
+        ASSERT_EQ(::poll(&fin, 1, 5000), 1);
+    }
+    /// A thread that reads the client leg to its end into `into`, then ends
+    /// the client's side.
+    std::thread client_reads_to_end(std::string& into) {
+        return std::thread([this, &into] {
+            boost::system::error_code ec;
+            asio::read(client_peer, asio::dynamic_buffer(into), ec);
+            EXPECT_EQ(ec, asio::error::eof);
+            client_peer.shutdown(tcp::socket::shutdown_send);
+        });
+    }
     /// A blocking write on the client leg, as its owner might after the relay.
     void write_client(std::string_view bytes) {
         ASSERT_EQ(::send(client.native_handle(), bytes.data(), bytes.size(), MSG_NOSIGNAL),
@@ -117,12 +158,7 @@ TEST_P(Relay, CopiesBothWaysAndPassesEachEofOnAsHalfClose) {
     rig r;
     relay rel(r.client, r.upstream, res, r.last);
     bool done = false;
-    rel.async_run([&] {
-        done = true;
-        // As the session does: the last FIN is its close, not a shutdown.
-        r.client.close();
-        r.upstream.close();
-    });
+    r.start(rel, done);
     const std::string request = pattern(1 << 20, 3), response = pattern(3 << 20, 5);
     std::string at_backend, at_client;
     // The backend reads the whole request (to the client's half-close) and
@@ -155,6 +191,64 @@ TEST_P(Relay, CopiesBothWaysAndPassesEachEofOnAsHalfClose) {
     EXPECT_NE(r.last, std::chrono::steady_clock::time_point{});
     // Every borrowed pipe went back to the pool.
     EXPECT_EQ(res.pipes.in_use(), 0u);
+}
+
+TEST_P(Relay, ResponseWithItsFinBehindItIsRelayedInOneRead) {
+    rig r;
+    relay rel(r.client, r.upstream, res, r.last);
+    bool done = false;
+    r.start(rel, done);
+    counted_fd = r.upstream.native_handle();
+    counted_recvs = 0;
+    // The backend answers and closes (Connection: close) before the relay
+    // looks: the read that takes the answer also took the last byte.
+    r.backend_sends_and_ends("HTTP/1.1 200 OK\r\n\r\nok\n");
+    // The client gets all of it, then the half-close, and ends its side.
+    std::string at_client;
+    std::thread client = r.client_reads_to_end(at_client);
+    r.run_until(done);
+    client.join();
+    counted_fd = -1;
+    EXPECT_EQ(at_client, "HTTP/1.1 200 OK\r\n\r\nok\n");
+    EXPECT_EQ(rel.from_backend().end, pump_end::eof);
+    EXPECT_EQ(rel.from_backend().bytes, 22u);
+    EXPECT_EQ(rel.to_backend().end, pump_end::eof);
+    EXPECT_EQ(counted_recvs.load(), 1) << "a read after the one that emptied a finished socket";
+}
+
+TEST_P(Relay, BytesAndFinThatComeWhileTheSinkIsFullAreNotTakenForTheEnd) {
+    rig r;
+    // The client leg full (its peer reads nothing yet), so that the relay's
+    // write of the backend's first bytes waits.
+    std::string filler;
+    const std::string chunk = pattern(64 << 10, 1);
+    for (int i = 0; i < 1024; ++i) {
+        const ssize_t n = ::send(r.client.native_handle(), chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n <= 0) break;
+        filler.append(chunk, 0, static_cast<std::size_t>(n));
+    }
+    relay rel(r.client, r.upstream, res, r.last);
+    bool done = false;
+    r.start(rel, done);
+    // A short read, before the FIN, whose write waits...
+    asio::write(r.upstream_peer, asio::buffer("first", 5));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (rel.write_blocked_since() == std::chrono::steady_clock::time_point::max() &&
+           std::chrono::steady_clock::now() < deadline) {
+        r.io.run_one_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_NE(rel.write_blocked_since(), std::chrono::steady_clock::time_point::max());
+    // ...then more bytes and the FIN, seen by the poller while it waits.
+    r.backend_sends_and_ends("second");
+    r.io.run_for(std::chrono::milliseconds(50));
+    std::string at_client;
+    std::thread client = r.client_reads_to_end(at_client);
+    r.run_until(done);
+    client.join();
+    EXPECT_EQ(at_client.size(), filler.size() + 11);
+    EXPECT_TRUE(at_client == filler + "firstsecond");
+    EXPECT_EQ(rel.from_backend().end, pump_end::eof);
+    EXPECT_EQ(rel.from_backend().bytes, 11u);
 }
 
 TEST_P(Relay, SourceResetBecomesResetTowardsTheSink) {

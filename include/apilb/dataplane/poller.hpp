@@ -225,6 +225,11 @@ public:
     void set_abortive_close();
     /// shutdown(SHUT_WR): passes a half-close on.
     boost::system::error_code shutdown_send();
+    /// The peer's FIN has come (EPOLLRDHUP) and no error (EPOLLERR): no byte
+    /// arrives after it, so a read that takes less than it asked has emptied
+    /// the socket for good and the next one would only return the end of
+    /// stream (nginx's `pending_eof`). Reset by adopt() and open().
+    bool peer_finished() const noexcept { return fin_seen_ && !error_seen_; }
     /// The peer's address (getpeername).
     boost::asio::ip::tcp::endpoint remote_endpoint(boost::system::error_code& ec) const;
 
@@ -301,6 +306,8 @@ private:
     bool ready_[2] = {false, false};  ///< an edge came that no waiter has been queued for since
     bool ended_[2] = {false, false};  ///< FIN or error seen: that direction never blocks again
     bool connecting_ = false;         ///< the write waiter is a connect: finish it with SO_ERROR
+    bool fin_seen_ = false;           ///< EPOLLRDHUP seen (peer_finished())
+    bool error_seen_ = false;         ///< EPOLLERR seen: reads report the error, not a clean end
     waiter waiters_[2];
 };
 

@@ -214,12 +214,13 @@ private:
         pipe_pair pipe{};
         bool holding_pipe = false;
         std::unique_ptr<std::byte[]> buffer;
-        std::size_t offset = 0;   ///< copy: first unsent byte in `buffer`
-        std::size_t pending = 0;  ///< bytes read but not yet written
-        int chunks = 0;           ///< reads since the last yield
-        bool short_read = false;  ///< the last read took less than it could: wait, do not read again
-        bool full_read = false;   ///< the last read filled its buffer or pipe: bulk, splice next
-        bool parked = false;      ///< stopped by quiesce(): no wait pending until end_quiesce()
+        std::size_t offset = 0;    ///< copy: first unsent byte in `buffer`
+        std::size_t pending = 0;   ///< bytes read but not yet written
+        int chunks = 0;            ///< reads since the last yield
+        bool short_read = false;   ///< the last read took less than it could: wait, do not read again
+        bool full_read = false;    ///< the last read filled its buffer or pipe: bulk, splice next
+        bool parked = false;       ///< stopped by quiesce(): no wait pending until end_quiesce()
+        bool read_to_fin = false;  ///< the last read was short and the source's FIN had come: it took the last byte
         /// The first write that found the sink full since bytes last went out; max() if none.
         clock::time_point blocked_since = clock::time_point::max();
         pump_result result;
@@ -249,6 +250,9 @@ private:
     bool flush(direction& d);
     /// Reading the source failed (RST): end both, with RST towards the sink.
     void source_failed(direction& d, const boost::system::error_code& ec);
+    /// The source sent FIN and every byte before it was read: pass the
+    /// half-close on (or replay, before the backend's first byte).
+    void source_ended(direction& d);
     void on_writable(direction& d, const boost::system::error_code& ec);
     void release(direction& d);
     void finish(direction& d, pump_end end);
