@@ -220,12 +220,20 @@ TEST_P(Relay, BytesAndFinThatComeWhileTheSinkIsFullAreNotTakenForTheEnd) {
     rig r;
     // The client leg full (its peer reads nothing yet), so that the relay's
     // write of the backend's first bytes waits.
+    // Loopback moves what was sent into the peer's receive queue (which may
+    // grow) after the send returned, freeing room again: full is when three
+    // looks 20 ms apart find no room (seen under ASan: one look was not).
     std::string filler;
     const std::string chunk = pattern(64 << 10, 1);
-    for (int i = 0; i < 1024; ++i) {
+    for (int i = 0, idle = 0; i < 1024 && idle < 3; ++i) {
         const ssize_t n = ::send(r.client.native_handle(), chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n <= 0) break;
-        filler.append(chunk, 0, static_cast<std::size_t>(n));
+        if (n > 0) {
+            filler.append(chunk, 0, static_cast<std::size_t>(n));
+            idle = 0;
+        } else {
+            ++idle;
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
     }
     relay rel(r.client, r.upstream, res, r.last);
     bool done = false;
