@@ -7,8 +7,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http.hpp>
-#include <boost/beast/ssl.hpp>
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/status.hpp>
 #include <boost/json.hpp>
 
 #include <openssl/err.h>
@@ -26,6 +26,7 @@
 
 #include "apilb/admin/admin_guard.hpp"
 #include "apilb/admin/admin_request.hpp"
+#include "apilb/control/http_io.hpp"
 #include "apilb/control/tls_files.hpp"
 #include "apilb/core/file_read.hpp"
 #include "apilb/core/pem_passphrase.hpp"
@@ -409,7 +410,7 @@ asio::awaitable<void> admin_server::serve(tcp::socket socket, connection_list::i
     auto& tcp_layer = beast::get_lowest_layer(stream);
     conn->stream = &tcp_layer;
     tcp_layer.expires_after(io_timeout);
-    auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, asio::as_tuple(asio::use_awaitable));
+    auto [hec] = co_await http_io::handshake(stream, ssl::stream_base::server);
     if (hec) {
         // No certificate when one is required, an untrusted one, plain HTTP
         // on the HTTPS port, or a client that says nothing: cut off.
@@ -422,7 +423,7 @@ asio::awaitable<void> admin_server::serve(tcp::socket socket, connection_list::i
         // close_notify, so the client can tell the end from a truncation;
         // a client that does not answer it gets a short while only.
         tcp_layer.expires_after(tls_shutdown_timeout);
-        co_await stream.async_shutdown(asio::as_tuple(asio::use_awaitable));
+        co_await http_io::shutdown(stream);
     }
     tcp_layer.close();
 }
@@ -439,7 +440,7 @@ asio::awaitable<void> admin_server::serve_requests(Stream& stream, connection& c
         // One deadline for the wait and the whole request, not per read:
         // a byte every few seconds does not keep a connection.
         tcp_layer.expires_after(request_timeout);
-        auto [rec, rn] = co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
+        auto [rec, rn] = co_await http_io::read(stream, buffer, parser);
         if (rec || stopped_ || conn.closing) break;
         conn.busy = true;
         const request req = parser.release();
@@ -454,7 +455,7 @@ asio::awaitable<void> admin_server::serve_requests(Stream& stream, connection& c
         res.body() = std::move(r.body);
         res.prepare_payload();
         tcp_layer.expires_after(io_timeout);
-        auto [wec, wn] = co_await http::async_write(stream, res, asio::as_tuple(asio::use_awaitable));
+        auto [wec, wn] = co_await http_io::write(stream, res);
         conn.busy = false;
         if (wec || !res.keep_alive()) break;
     }

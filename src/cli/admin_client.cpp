@@ -1,6 +1,5 @@
 #include "apilb/cli/admin_client.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -8,8 +7,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http.hpp>
-#include <boost/beast/ssl.hpp>
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/verb.hpp>
 #include <boost/json.hpp>
 
 #include <openssl/err.h>
@@ -25,6 +24,7 @@
 #include <vector>
 
 #include "apilb/admin/admin_server.hpp"
+#include "apilb/control/http_io.hpp"
 #include "apilb/control/tls_files.hpp"
 #include "apilb/core/config.hpp"
 #include "apilb/core/file_read.hpp"
@@ -55,9 +55,9 @@ template <class Stream>
 asio::awaitable<error_code> exchange(Stream& stream, http::request<http::string_body>& req,
                                      http::response<http::string_body>& res) {
     beast::flat_buffer buffer;
-    auto [wec, wn] = co_await http::async_write(stream, req, asio::as_tuple(asio::use_awaitable));
+    auto [wec, wn] = co_await http_io::write(stream, req);
     if (wec) co_return wec;
-    auto [rec, rn] = co_await http::async_read(stream, buffer, res, asio::as_tuple(asio::use_awaitable));
+    auto [rec, rn] = co_await http_io::read(stream, buffer, res);
     co_return rec;
 }
 
@@ -202,7 +202,7 @@ std::optional<response> call(const admin_target& t, http::verb method, const std
             beast::tcp_stream tcp_stream(io);
             // One deadline for the whole exchange, as before TLS.
             tcp_stream.expires_after(timeout);
-            auto [cec] = co_await tcp_stream.async_connect(ep, asio::as_tuple(asio::use_awaitable));
+            auto [cec] = co_await http_io::connect(tcp_stream, ep);
             if (cec) {
                 result = cec;
                 co_return;
@@ -220,7 +220,7 @@ std::optional<response> call(const admin_target& t, http::verb method, const std
                 SSL_set_tlsext_host_name(stream.native_handle(), name.c_str());
             }
             at = phase::handshake;
-            auto [hec] = co_await stream.async_handshake(ssl::stream_base::client, asio::as_tuple(asio::use_awaitable));
+            auto [hec] = co_await http_io::handshake(stream, ssl::stream_base::client);
             verify_result = SSL_get_verify_result(stream.native_handle());
             if (hec) {
                 result = hec;
@@ -233,7 +233,7 @@ std::optional<response> call(const admin_target& t, http::verb method, const std
             // The response is complete (Content-Length); a slow close_notify
             // from the server is not worth waiting for.
             beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
-            co_await stream.async_shutdown(asio::as_tuple(asio::use_awaitable));
+            co_await http_io::shutdown(stream);
         },
         asio::detached);
     io.run();

@@ -11,9 +11,9 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-#include <boost/beast/ssl.hpp>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/core/stream_traits.hpp>
+#include <boost/beast/http/error.hpp>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -23,6 +23,7 @@
 #include <array>
 #include <chrono>
 
+#include "apilb/control/http_io.hpp"
 #include "apilb/control/prober.hpp"
 #include "apilb/control/tls_files.hpp"
 #include "apilb/control/yaml_guard.hpp"
@@ -284,13 +285,12 @@ asio::awaitable<std::string> open_stream(ssl_stream& stream, const tcp::endpoint
                                          const std::string& server_name) {
     auto& lower = beast::get_lowest_layer(stream);
     lower.expires_after(open_timeout);
-    if (auto [ec] = co_await lower.async_connect(target, asio::as_tuple(asio::use_awaitable)); ec) {
+    if (auto [ec] = co_await http_io::connect(lower, target); ec) {
         co_return fmt::format("connect to {}: {}", endpoint_text(target), ec.message());
     }
     SSL* native = stream.native_handle();
     set_server_name(native, server_name, true);
-    if (auto [ec] = co_await stream.async_handshake(ssl::stream_base::client, asio::as_tuple(asio::use_awaitable));
-        ec) {
+    if (auto [ec] = co_await http_io::handshake(stream, ssl::stream_base::client); ec) {
         std::string text = ec.message();
         if (const long v = SSL_get_verify_result(native); v != X509_V_OK) {
             text += fmt::format(": certificate verification failed: {}", X509_verify_cert_error_string(v));
@@ -326,14 +326,14 @@ asio::awaitable<std::string> discovery_client::list(const tcp::endpoint& target)
         }
         if (!token_.empty()) req.set(http::field::authorization, "Bearer " + token_);
         beast::get_lowest_layer(stream).expires_after(list_timeout);
-        if (auto [ec, n] = co_await http::async_write(stream, req, asio::as_tuple(asio::use_awaitable)); ec) {
+        if (auto [ec, n] = co_await http_io::write(stream, req); ec) {
             co_return life->stopped ? "stopped" : "sending the list request: " + ec.message();
         }
         beast::flat_buffer buffer;
         http::response_parser<http::string_body> parser;
         parser.header_limit(max_header_bytes);
         parser.body_limit(max_list_bytes);
-        auto [ec, n] = co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
+        auto [ec, n] = co_await http_io::read(stream, buffer, parser);
         if (life->stopped) co_return "stopped";
         if (ec == ssl::error::stream_truncated && parser.is_done()) ec = {};
         if (ec == http::error::body_limit) co_return fmt::format("the list is larger than {} bytes", max_list_bytes);
@@ -378,15 +378,14 @@ asio::awaitable<std::string> discovery_client::watch(const tcp::endpoint& target
     req.set(http::field::accept, "application/json");
     if (!token_.empty()) req.set(http::field::authorization, "Bearer " + token_);
     lower.expires_after(cfg_.idle_timeout);
-    if (auto [ec, n] = co_await http::async_write(stream, req, asio::as_tuple(asio::use_awaitable)); ec) {
+    if (auto [ec, n] = co_await http_io::write(stream, req); ec) {
         co_return life->stopped ? "stopped" : "sending the watch request: " + ec.message();
     }
     beast::flat_buffer buffer;
     http::response_parser<http::buffer_body> parser;
     parser.header_limit(max_header_bytes);
     parser.body_limit(boost::none);  // endless; each event is bounded by the stream parser
-    if (auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
-        ec) {
+    if (auto [ec, n] = co_await http_io::read_header(stream, buffer, parser); ec) {
         if (life->stopped) co_return "stopped";
         co_return ec == beast::error::timeout
             ? fmt::format("no watch response within {}s", cfg_.idle_timeout.count() / 1000)
@@ -405,7 +404,7 @@ asio::awaitable<std::string> discovery_client::watch(const tcp::endpoint& target
         // A watch that brings no byte for idle_timeout, not even a
         // bookmark, is dead (a half-open connection, a stalled apiserver).
         lower.expires_after(cfg_.idle_timeout);
-        auto [ec, n] = co_await http::async_read_some(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
+        auto [ec, n] = co_await http_io::read_some(stream, buffer, parser);
         if (life->stopped) co_return "stopped";
         if (ec == http::error::need_buffer) ec = {};
         if (ec == beast::error::timeout) {

@@ -1,12 +1,11 @@
 #include "apilb/control/prober.hpp"
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/ssl.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-#include <boost/beast/ssl.hpp>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/core/stream_traits.hpp>
+#include <boost/beast/http/error.hpp>
 
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -20,6 +19,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "apilb/control/http_io.hpp"
 #include "apilb/control/tls_files.hpp"
 #include "apilb/core/file_read.hpp"
 #include "apilb_build_config.h"
@@ -177,7 +177,7 @@ asio::awaitable<check_result> probe_tcp(const tcp::endpoint& ep, duration timeou
     cancel_registration reg(*cancel, stream.socket());
     if (cancel->cancelled) co_return check_result{check_failure::tcp_error, "cancelled"};
     stream.expires_after(timeout);
-    auto [ec] = co_await stream.async_connect(ep, asio::as_tuple(asio::use_awaitable));
+    auto [ec] = co_await http_io::connect(stream, ep);
     if (ec) co_return connect_failure(ec, ep, timeout);
     error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
@@ -194,15 +194,14 @@ asio::awaitable<check_result> probe_https(probe_setup& setup, const tcp::endpoin
 
     // One deadline for the whole probe: connect, handshake, request, response.
     lower.expires_after(cfg.timeout);
-    if (auto [ec] = co_await lower.async_connect(ep, asio::as_tuple(asio::use_awaitable)); ec) {
+    if (auto [ec] = co_await http_io::connect(lower, ep); ec) {
         co_return connect_failure(ec, ep, cfg.timeout);
     }
 
     SSL* native = stream.native_handle();
     const std::string& name = cfg.tls.server_name;
     const bool ip_name = set_server_name(native, name, !cfg.tls.insecure_skip_verify);
-    if (auto [ec] = co_await stream.async_handshake(ssl::stream_base::client, asio::as_tuple(asio::use_awaitable));
-        ec) {
+    if (auto [ec] = co_await http_io::handshake(stream, ssl::stream_base::client); ec) {
         if (ec == beast::error::timeout) {
             co_return check_result{check_failure::tls_timeout,
                                    "TLS handshake did not complete within " + ms_text(cfg.timeout) +
@@ -222,7 +221,7 @@ asio::awaitable<check_result> probe_https(probe_setup& setup, const tcp::endpoin
         const std::string& value = token->get();
         if (!value.empty()) req.set(http::field::authorization, "Bearer " + value);
     }
-    if (auto [ec, n] = co_await http::async_write(stream, req, asio::as_tuple(asio::use_awaitable)); ec) {
+    if (auto [ec, n] = co_await http_io::write(stream, req); ec) {
         if (ec == beast::error::timeout) {
             co_return check_result{check_failure::http_timeout, "sending GET " + cfg.path + " timed out"};
         }
@@ -236,7 +235,7 @@ asio::awaitable<check_result> probe_https(probe_setup& setup, const tcp::endpoin
     beast::flat_buffer buffer;
     probe_response_parser parser;
     limit_probe_response(parser);
-    auto [ec, n] = co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
+    auto [ec, n] = co_await http_io::read(stream, buffer, parser);
     // A server that closes without TLS close_notify after a complete response is fine.
     if (ec == ssl::error::stream_truncated && parser.is_done()) ec = {};
     if (ec) {
