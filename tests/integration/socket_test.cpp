@@ -80,11 +80,14 @@ void open_session(client& c, std::uint16_t port) {
 }
 
 /// The keepalive timer's seconds left in an `ss -o` line; nullopt if none.
+/// ss writes 42 s as "42sec", 4.5 s as "4.500ms", 0.2 s as "200ms" and
+/// 61 s as "1min1sec".
 std::optional<double> keepalive_left(const std::string& ss_line) {
-    static const std::regex keepalive(R"(timer:\(keepalive,([0-9.]+)(sec|min))");
+    static const std::regex keepalive(R"(timer:\(keepalive,(?:([0-9]+)min)?(?:([0-9]+)(?:sec|\.))?(?:([0-9]+)ms)?,)");
     std::smatch m;
     if (!std::regex_search(ss_line, m, keepalive)) return std::nullopt;
-    return std::stod(m[1]) * (m[2] == "min" ? 60 : 1);
+    const auto part = [&m](std::size_t i) { return m[i].matched ? std::stod(m[i]) : 0.0; };
+    return part(1) * 60 + part(2) + part(3) / 1000;
 }
 
 // The client leg inherits keepalive from the listener at once. The backend
@@ -120,6 +123,37 @@ TEST(Sockets, KeepaliveIsArmedOnBothLegs) {
         << "the sweep never armed keepalive on the backend leg: " << armed;
     EXPECT_LE(*keepalive_left(armed), 42.0);
     EXPECT_GT(*keepalive_left(armed), 30.0);
+    c.close();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+// A reload that gives the sweep something to do where the config had
+// nothing (no keepalive, no user timeout, no session limits: no sweep at
+// all) starts it: the backend legs of sessions opened after it get their
+// keepalive options.
+TEST(Sockets, AReloadThatTurnsKeepaliveOnStartsTheSweep) {
+    if (::access("/usr/bin/ss", X_OK) != 0) GTEST_SKIP() << "ss (iproute2) is not installed";
+    tcp_server echo("127.0.0.2", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    const auto config = [&](const std::string& tcp) {
+        return config_for(fmt::format("127.0.0.1:{}", port), echo.address(),
+                          fmt::format("tcp: {}\ntimeouts: {{idle: 0s, write_stall: 0s}}\n", tcp));
+    };
+    apilb_process apilb(dir, config("{keepalive: false, user_timeout: 0s}"), "127.0.0.1", port);
+    // A sweep every 500 ms from here (a tenth of 5 s).
+    dir.write("apilb.yaml", config("{keepalive_idle: 5s, user_timeout: 5s}"));
+    apilb.proc().signal(SIGHUP);
+    ASSERT_TRUE(apilb.wait_for_log("reload done in", 10s)) << apilb.log();
+    client c;
+    ASSERT_NO_FATAL_FAILURE(open_session(c, port));
+    std::string leg;
+    EXPECT_TRUE(wait_until(
+        [&] {
+            return keepalive_left(leg = ss(fmt::format("( dst 127.0.0.2 and dport = :{} )", echo.port()))).has_value();
+        },
+        10s))
+        << "no sweep armed keepalive on the backend leg after the reload: " << leg;
     c.close();
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
 }
