@@ -479,6 +479,7 @@ bool session::may_move_on() {
     release_slot();
     entry_.backend = nullptr;
     entry_.relaying = false;
+    entry_.keepalive_set = false;  // the next backend's socket is a new one
     chosen_ = nullptr;
     replayed_ = 0;
     // What the failed backend was sent stays in its counters.
@@ -570,9 +571,26 @@ void session::publish_bytes() {
     }
 }
 
+void session::set_backend_keepalive(clock_type::duration min_age) {
+    if (!entry_.relaying || entry_.keepalive_set || entry_.aborted() || clock_type::now() - started_ < min_age) return;
+    // Once, whatever the outcome: a socket that refuses an option now
+    // (reset meanwhile) would refuse it at every sweep.
+    entry_.keepalive_set = true;
+    const tcp_config& tcp = snap_->cfg->tcp;
+    // An adopted socket holds what the old process set, if it set anything.
+    if (!adopted_ && !has_keepalive_tcp_options(tcp)) return;
+    if (auto ec = apply_keepalive_tcp_options(upstream_.native_handle(), tcp, !adopted_)) {
+        spdlog::debug("backend {}: setting keepalive options failed: {}", chosen_->cfg->name, ec.message());
+    }
+}
+
 }  // namespace session_impl
 
 using session_impl::session;
+
+void set_backend_keepalive(session_entry& s, std::chrono::steady_clock::duration min_age) {
+    if (s.owner != nullptr) static_cast<session*>(s.owner)->set_backend_keepalive(min_age);
+}
 
 void start_session(worker_context& ctx, int fd, std::size_t listener_index) {
     // Out of memory for one session: that client is reset and counted, and

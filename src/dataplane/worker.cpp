@@ -355,6 +355,13 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
         // Sessions that started in the old generation hold it: its snapshot
         // and balancer states stay as they were until the last one ends.
         ctx_.current = std::make_shared<generation>(std::move(next));
+        // The new limits' sweep (a config with none keeps the sweep going:
+        // sessions of the old one may need it).
+        if (const auto period = sweep_period(*ctx_.snap().cfg); period.count() > 0) {
+            const bool sweeping = sweep_period_.count() > 0;
+            sweep_period_ = period;
+            if (!sweeping && started_) sweep_tick();
+        }
         for (const auto& a : added) {
             const listener_runtime& l = ctx_.snap().listeners[a.listener_index];
             error_code ec;
@@ -376,16 +383,7 @@ void worker::apply(std::shared_ptr<const snapshot> next, std::vector<new_listene
 void worker::start() {
     started_ = true;
     ctx_.reserve_spare();
-    const timeouts_config& t = ctx_.snap().cfg->timeouts;
-    if (t.idle.count() > 0 || t.write_stall.count() > 0) {
-        using std::chrono::milliseconds;
-        // A tenth of the shorter limit, within [100ms, 30s]: a session is
-        // closed at most 10% (or 30 s) after its time is up.
-        const milliseconds shortest = t.idle.count() == 0          ? t.write_stall
-                                      : t.write_stall.count() == 0 ? t.idle
-                                                                   : std::min(t.idle, t.write_stall);
-        sweep_period_ = std::clamp<milliseconds>(shortest / 10, milliseconds(100), std::chrono::seconds(30));
-    }
+    sweep_period_ = sweep_period(*ctx_.snap().cfg);
     // On the worker thread: a turn may accept, and start, a session at once.
     sockets_.post([this] {
         for (auto& slot : acceptors_) accept_turn(*slot);
@@ -495,6 +493,24 @@ bool worker::reset_one(acceptor_slot& slot) {
     return fd >= 0;
 }
 
+std::chrono::milliseconds sweep_period(const config& cfg) {
+    using std::chrono::milliseconds;
+    milliseconds shortest = milliseconds::max();
+    auto consider = [&shortest](milliseconds limit) {
+        if (limit.count() > 0) shortest = std::min(shortest, limit);
+    };
+    consider(cfg.timeouts.idle);
+    consider(cfg.timeouts.write_stall);
+    // The sweep sets the backend leg's dead-peer detection (a session is
+    // at most two periods old then): a tenth of the time before it could
+    // act leaves it in place long before.
+    if (cfg.tcp.keepalive) consider(cfg.tcp.keepalive_idle);
+    consider(cfg.tcp.user_timeout);
+    if (shortest == milliseconds::max()) return milliseconds(0);
+    // A session is closed at most 10% (or 30 s) after its time is up.
+    return std::clamp<milliseconds>(shortest / 10, milliseconds(100), std::chrono::seconds(30));
+}
+
 void worker::sweep_tick() noexcept {
     sweep_timer_.wait_until(std::chrono::steady_clock::now() + sweep_period_, &worker::on_sweep_timer, this);
 }
@@ -518,8 +534,13 @@ void worker::on_sweep_timer(void* self, const error_code& ec) {
                                  const snapshot&) { return s.relaying && s.pump->write_blocked_since() < now - stall; },
                              close_reason::stalled);
         }
+        // Sessions that outlived a period get their backend leg's
+        // keepalive options; short ones end before and never pay for them.
+        for (auto& s : w.ctx_.sessions) {
+            if (s.relaying && !s.keepalive_set) set_backend_keepalive(s, w.sweep_period_);
+        }
     } catch (const std::exception& e) {
-        w.tick_failed("closing idle and stalled sessions", e);
+        w.tick_failed("sweeping sessions", e);
     }
     w.sweep_tick();
 }

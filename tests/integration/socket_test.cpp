@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <regex>
 
 #include "harness.hpp"
@@ -78,6 +79,21 @@ void open_session(client& c, std::uint16_t port) {
     ASSERT_EQ(c.recv_exact(1), "k");
 }
 
+/// The keepalive timer's seconds left in an `ss -o` line; nullopt if none.
+/// ss writes 42 s as "42sec", 4.5 s as "4.500ms", 0.2 s as "200ms" and
+/// 61 s as "1min1sec".
+std::optional<double> keepalive_left(const std::string& ss_line) {
+    static const std::regex keepalive(R"(timer:\(keepalive,(?:([0-9]+)min)?(?:([0-9]+)(?:sec|\.))?(?:([0-9]+)ms)?,)");
+    std::smatch m;
+    if (!std::regex_search(ss_line, m, keepalive)) return std::nullopt;
+    const auto part = [&m](std::size_t i) { return m[i].matched ? std::stod(m[i]) : 0.0; };
+    return part(1) * 60 + part(2) + part(3) / 1000;
+}
+
+// The client leg inherits keepalive from the listener at once. The backend
+// leg gets it from the worker's sweep once the session has outlived a sweep
+// period (1 s here: a tenth of write_stall), and its timer still counts
+// from the last segment received.
 TEST(Sockets, KeepaliveIsArmedOnBothLegs) {
     if (::access("/usr/bin/ss", X_OK) != 0) GTEST_SKIP() << "ss (iproute2) is not installed";
     tcp_server echo("127.0.0.2", echo_handler());
@@ -85,21 +101,59 @@ TEST(Sockets, KeepaliveIsArmedOnBothLegs) {
     const auto port = free_port();
     apilb_process apilb(dir,
                         config_for(fmt::format("127.0.0.1:{}", port), echo.address(),
-                                   "tcp: {keepalive_idle: 42s, keepalive_interval: 5s, keepalive_count: 3}\n"),
+                                   "tcp: {keepalive_idle: 42s, keepalive_interval: 5s, keepalive_count: 3}\n"
+                                   "timeouts: {write_stall: 10s}\n"),
                         "127.0.0.1", port);
     client c;
     ASSERT_NO_FATAL_FAILURE(open_session(c, port));
     // apilb's side of the client leg: source port = the listener's port.
     const std::string client_leg = ss(fmt::format("( sport = :{} )", port));
     // apilb's side of the backend leg: destination = the backend.
-    const std::string backend_leg = ss(fmt::format("( dst 127.0.0.2 and dport = :{} )", echo.port()));
-    const std::regex keepalive(R"(timer:\(keepalive,([0-9.]+)(sec|min))");
-    std::smatch m;
-    ASSERT_TRUE(std::regex_search(client_leg, m, keepalive)) << client_leg;
-    EXPECT_LE(std::stod(m[1]), 42.0);
-    EXPECT_GT(std::stod(m[1]), 30.0) << "keepalive_idle 42s should be what the timer counts down from";
-    ASSERT_TRUE(std::regex_search(backend_leg, m, keepalive)) << backend_leg;
-    EXPECT_GT(std::stod(m[1]), 30.0);
+    const auto backend_leg = [&] { return ss(fmt::format("( dst 127.0.0.2 and dport = :{} )", echo.port())); };
+    const auto client_left = keepalive_left(client_leg);
+    ASSERT_TRUE(client_left) << client_leg;
+    EXPECT_LE(*client_left, 42.0);
+    EXPECT_GT(*client_left, 30.0) << "keepalive_idle 42s should be what the timer counts down from";
+    const std::string young = backend_leg();
+    ASSERT_NE(young, "") << "no backend leg";
+    EXPECT_FALSE(keepalive_left(young)) << "a session younger than a sweep period has no keepalive on the backend leg: "
+                                        << young;
+    std::string armed;
+    ASSERT_TRUE(wait_until([&] { return keepalive_left(armed = backend_leg()).has_value(); }, 10s))
+        << "the sweep never armed keepalive on the backend leg: " << armed;
+    EXPECT_LE(*keepalive_left(armed), 42.0);
+    EXPECT_GT(*keepalive_left(armed), 30.0);
+    c.close();
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
+}
+
+// A reload that gives the sweep something to do where the config had
+// nothing (no keepalive, no user timeout, no session limits: no sweep at
+// all) starts it: the backend legs of sessions opened after it get their
+// keepalive options.
+TEST(Sockets, AReloadThatTurnsKeepaliveOnStartsTheSweep) {
+    if (::access("/usr/bin/ss", X_OK) != 0) GTEST_SKIP() << "ss (iproute2) is not installed";
+    tcp_server echo("127.0.0.2", echo_handler());
+    temp_dir dir;
+    const auto port = free_port();
+    const auto config = [&](const std::string& tcp) {
+        return config_for(fmt::format("127.0.0.1:{}", port), echo.address(),
+                          fmt::format("tcp: {}\ntimeouts: {{idle: 0s, write_stall: 0s}}\n", tcp));
+    };
+    apilb_process apilb(dir, config("{keepalive: false, user_timeout: 0s}"), "127.0.0.1", port);
+    // A sweep every 500 ms from here (a tenth of 5 s).
+    dir.write("apilb.yaml", config("{keepalive_idle: 5s, user_timeout: 5s}"));
+    apilb.proc().signal(SIGHUP);
+    ASSERT_TRUE(apilb.wait_for_log("reload done in", 10s)) << apilb.log();
+    client c;
+    ASSERT_NO_FATAL_FAILURE(open_session(c, port));
+    std::string leg;
+    EXPECT_TRUE(wait_until(
+        [&] {
+            return keepalive_left(leg = ss(fmt::format("( dst 127.0.0.2 and dport = :{} )", echo.port()))).has_value();
+        },
+        10s))
+        << "no sweep armed keepalive on the backend leg after the reload: " << leg;
     c.close();
     EXPECT_EQ(apilb.terminate(), std::optional<int>(0));
 }
@@ -137,7 +191,9 @@ int int_option(int fd, int level, int name) {
 // The client leg is never set up by a system call of its own: it inherits
 // every option from the listener (Linux copies them into the accepted
 // socket). The backend leg sets each of them itself, but TCP_KEEPCNT, which
-// TCP_USER_TIMEOUT overrides.
+// TCP_USER_TIMEOUT overrides, and the four of dead-peer detection only once
+// the session has outlived a sweep period (1 s here: a tenth of write_stall):
+// a short session never pays for them.
 TEST(Sockets, EveryTcpOptionIsOnBothLegs) {
     tcp_server echo("127.0.0.2", echo_handler());
     temp_dir dir;
@@ -146,7 +202,7 @@ TEST(Sockets, EveryTcpOptionIsOnBothLegs) {
     apilb_process apilb(dir,
                         config_for(fmt::format("127.0.0.1:{}", port), echo.address(),
                                    "tcp: {keepalive_idle: 42s, keepalive_interval: 7s, keepalive_count: 4, "
-                                   "user_timeout: 21s, socket_buffer: 98304}\n"),
+                                   "user_timeout: 21s, socket_buffer: 98304}\ntimeouts: {write_stall: 10s}\n"),
                         "127.0.0.1", port);
     client c;
     ASSERT_NO_FATAL_FAILURE(open_session(c, port));
@@ -160,6 +216,12 @@ TEST(Sockets, EveryTcpOptionIsOnBothLegs) {
     const int backend_leg = socket_of(apilb.proc().pid(), backend_ep);
     ASSERT_GE(client_leg, 0) << "apilb's socket of the client leg (pidfd_getfd)";
     ASSERT_GE(backend_leg, 0) << "apilb's socket of the backend leg (pidfd_getfd)";
+    // A young session: the backend leg has what a connect needs, no more.
+    EXPECT_EQ(int_option(backend_leg, SOL_SOCKET, SO_KEEPALIVE), 0) << "set before the session outlived a sweep";
+    EXPECT_EQ(int_option(backend_leg, IPPROTO_TCP, TCP_USER_TIMEOUT), 0) << "set before the session outlived a sweep";
+    // Then the sweep sets the rest.
+    EXPECT_TRUE(wait_until([&] { return int_option(backend_leg, SOL_SOCKET, SO_KEEPALIVE) == 1; }, 10s))
+        << "the sweep never set the backend leg's keepalive options";
     for (const int fd : {client_leg, backend_leg}) {
         const char* leg = fd == client_leg ? "client leg" : "backend leg";
         EXPECT_EQ(int_option(fd, IPPROTO_TCP, TCP_NODELAY), 1) << leg;

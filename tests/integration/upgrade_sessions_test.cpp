@@ -10,6 +10,7 @@
 
 #include <openssl/sha.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -316,6 +317,48 @@ TEST_F(SessionHandoverTest, EstablishedSessionsMoveToTheNewProcessWithoutAReset)
     idle.clear();
     end_by_pid(new_pid);
     expect_no_sanitizer_report(old.log(), "apilb (new)");
+}
+
+/// Whether apilb's backend legs to `backend` (an "address:port") have a
+/// keepalive timer, as `ss -o` shows them; "" if there is no such socket.
+std::string backend_leg_timers(const tcp_server& backend) {
+    return run_command({"/usr/bin/ss", "-tnoH", "state", "established",
+                        fmt::format("( dst 127.0.0.1 and dport = :{} )", backend.port())},
+                       10s)
+        .output;
+}
+
+// A session's backend leg gets its keepalive options from the worker's
+// sweep, not at connect. Handed over, it gets them from the process that
+// adopted it, with that process's config: here the old one had none to set
+// (keepalive off, no user timeout), the new one has.
+TEST_F(SessionHandoverTest, AHandedOverSessionGetsTheNewProcessesKeepaliveOptions) {
+    if (::access("/usr/bin/ss", X_OK) != 0) GTEST_SKIP() << "ss (iproute2) is not installed";
+    const auto config_with = [&](const std::string& tcp, const std::string& write_stall) {
+        return single_pool_config(port, {b0.address()}, "round-robin", 2,
+                                  fmt::format("tcp: {}\ntimeouts: {{drain: 3s, write_stall: {}}}\n"
+                                              "admin: {{address: \"127.0.0.1:{}\"}}\n",
+                                              tcp, write_stall, admin_port));
+    };
+    apilb_process old(dir, config_with("{keepalive: false, user_timeout: 0}", "60s"), "127.0.0.1", port);
+    std::vector<client> idle = open_idle_sessions(port, 1);
+    const std::string before = backend_leg_timers(b0);
+    ASSERT_NE(before, "") << "no backend leg";
+    EXPECT_EQ(before.find("keepalive"), std::string::npos) << before;
+    // The new process reads the config anew: a sweep every second (a tenth of write_stall).
+    dir.write("apilb.yaml", config_with("{keepalive_idle: 42s, user_timeout: 21s}", "10s"));
+    const upgrade_outcome up = upgrade(old);
+    ASSERT_NE(up.new_pid, 0) << old.log();
+    end_at_exit guard{{up.new_pid}};
+    EXPECT_EQ(up.handed, 1) << up.log;
+    EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
+    std::string after;
+    EXPECT_TRUE(
+        wait_until([&] { return (after = backend_leg_timers(b0)).find("keepalive") != std::string::npos; }, 10s))
+        << "the adopted session's backend leg never got keepalive: " << after;
+    expect_idle_sessions_relay(idle, "after");
+    idle.clear();
+    end_by_pid(up.new_pid);
 }
 
 TEST_F(SessionHandoverTest, NewBinaryThatDiesInTheSessionPhaseLeavesEverySessionWithTheOld) {

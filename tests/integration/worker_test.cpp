@@ -646,5 +646,26 @@ TEST(Worker, ASessionWhoseConnectStateCannotBeAllocatedIsResetAndCountedAndTheWo
     expect_served(rig.port);
 }
 
+// The sweep sets the backend leg's keepalive options on sessions that have
+// outlived a period: its period stays a tenth of the time before they could
+// act, and of the session limits it enforces.
+TEST(SweepPeriod, IsATenthOfTheShortestLimitInUseWithin100msAnd30s) {
+    using namespace std::chrono_literals;
+    apilb::config cfg;  // shipped: idle 1h, write_stall 60s, keepalive_idle 15s, user_timeout 30s
+    EXPECT_EQ(apilb::sweep_period(cfg), 1500ms);
+    cfg.tcp.keepalive_idle = 1s;  // netfault_test's
+    EXPECT_EQ(apilb::sweep_period(cfg), 100ms);
+    cfg.tcp.keepalive = false;  // the idle time is not in use then
+    EXPECT_EQ(apilb::sweep_period(cfg), 3s);
+    cfg.tcp.user_timeout = 0ms;
+    EXPECT_EQ(apilb::sweep_period(cfg), 6s);
+    cfg.timeouts.write_stall = 0ms;
+    EXPECT_EQ(apilb::sweep_period(cfg), 30s);
+    cfg.timeouts.idle = 0ms;
+    EXPECT_EQ(apilb::sweep_period(cfg), 0ms) << "nothing to sweep for";
+    cfg.tcp.user_timeout = 1s;
+    EXPECT_EQ(apilb::sweep_period(cfg), 100ms) << "a user timeout alone needs the sweep too";
+}
+
 }  // namespace
 }  // namespace apilb::test

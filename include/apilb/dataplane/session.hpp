@@ -38,6 +38,9 @@ struct session_entry : boost::intrusive::list_base_hook<boost::intrusive::link_m
     /// waited, an upgrade quiesces it.
     relay* pump = nullptr;
     bool relaying = false;  ///< connected: only now can the session be idle
+    /// The backend leg has its dead-peer detection (set_backend_keepalive);
+    /// false again when the session moves to another backend's new socket.
+    bool keepalive_set = false;
     /// Set once, by abort(): the first reason stays.
     close_reason closed_by = close_reason::none;
     /// The pool (of the session's own snapshot) it was chosen from, and for
@@ -87,6 +90,16 @@ void start_session(worker_context& ctx, int fd, std::size_t listener_index);
 /// (close_reason::handed_over). False, and nothing changed, for a session
 /// not relaying or with bytes in flight. Worker thread only.
 bool hand_over_session(session_entry& s, handed_session& out);
+
+/// The worker's sweep: gives the backend leg of `s`, a relaying session
+/// that started `min_age` ago or earlier, its dead-peer detection
+/// (apply_keepalive_tcp_options with the session's own config, which a
+/// reload does not change), once; a younger one waits for a later sweep.
+/// A short connection ends before any of it could act (keepalive_idle,
+/// user_timeout), so it never pays the system calls. An adopted session
+/// gets the options of this process's config, each one set (its socket
+/// may hold the old process's). Worker thread only.
+void set_backend_keepalive(session_entry& s, std::chrono::steady_clock::duration min_age);
 
 /// Relays a session handed over by another process (an upgrade) on the
 /// calling worker: no backend connect, the counts go on from the record.

@@ -110,6 +110,8 @@ public:
     bool adopt_client(int fd);
     /// Connects the adopted client to a backend and relays.
     static void start(std::unique_ptr<session> self) { connect_next(std::move(self)); }
+    /// set_backend_keepalive(), for this session.
+    void set_backend_keepalive(clock_type::duration min_age);
     /// hand_over_session(), for this session.
     bool hand_over(handed_session& out);
     /// adopt_session() once the listener is found: places the record's

@@ -14,13 +14,27 @@ namespace apilb {
 /// Returns the first error.
 boost::system::error_code apply_tcp_options(int fd, const tcp_config& cfg);
 
-/// apply_tcp_options() for a socket just made by socket() (a backend
-/// connect's), with the same effect in fewer calls: what a new socket has
-/// already (TCP_NODELAY and SO_KEEPALIVE off) is not set, nor is
-/// TCP_KEEPCNT with TCP_USER_TIMEOUT set, which then decides alone when
-/// unanswered keepalive probes end the connection (tcp(7)). Not for a
-/// listener a reload reconfigures: it may hold other values.
+/// What a backend socket just made by socket() needs before its connect:
+/// apply_tcp_options()'s TCP_NODELAY and buffer bound, leaving out what a
+/// new socket has already (TCP_NODELAY off). Not the dead-peer detection
+/// (apply_keepalive_tcp_options), which a short connection never needs: the
+/// worker's sweep sets it on sessions that live on. Not for a listener a
+/// reload reconfigures: it may hold other values.
 boost::system::error_code apply_new_socket_tcp_options(int fd, const tcp_config& cfg);
+
+/// The dead-peer detection of apply_tcp_options(): SO_KEEPALIVE with
+/// TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, and TCP_USER_TIMEOUT, on a connected
+/// socket (the keepalive timer then counts from the last segment received,
+/// not from this call). `fresh`: the socket has none of them set yet (made
+/// by socket()), so what is off is not set, nor TCP_KEEPCNT beside
+/// TCP_USER_TIMEOUT, which then decides alone when unanswered keepalive
+/// probes end the connection (tcp(7)); otherwise (a socket another process
+/// set up) every one is set. Returns the first error.
+boost::system::error_code apply_keepalive_tcp_options(int fd, const tcp_config& cfg, bool fresh);
+
+/// Whether apply_keepalive_tcp_options() sets anything on a fresh socket
+/// with `cfg`: keepalive on, or a user timeout.
+bool has_keepalive_tcp_options(const tcp_config& cfg);
 
 /// Sets SO_LINGER 0 on `fd`, so that its close sends a reset (the peer sees
 /// ECONNRESET), never a clean end of stream.

@@ -42,6 +42,12 @@ session_rule sessions_on_any(std::shared_ptr<const snapshot> keep, std::vector<c
 /// one from its order's shared quota.
 session_rule sessions_to_rebalance(std::vector<rebalance_order> orders);
 
+/// How often a worker sweeps its sessions with `cfg`: a tenth of the
+/// shortest of timeouts.idle, timeouts.write_stall, tcp.keepalive_idle (with
+/// keepalive on) and tcp.user_timeout, those not 0, within [100ms, 30s]; 0
+/// (no sweep) if every one is off.
+std::chrono::milliseconds sweep_period(const config& cfg);
+
 class worker {
 public:
     worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats);
@@ -184,9 +190,10 @@ private:
     /// backends' counters, so that rates show while sessions are open.
     void publish_tick() noexcept;
     static void on_publish_timer(void* self, const boost::system::error_code& ec);
-    /// Closes sessions with no traffic for timeouts.idle and sessions whose
-    /// writes made no progress for timeouts.write_stall, checking a few
-    /// times per period.
+    /// Every sweep_period_: closes sessions with no traffic for
+    /// timeouts.idle and sessions whose writes made no progress for
+    /// timeouts.write_stall, and gives sessions older than one period their
+    /// backend leg's keepalive options (set_backend_keepalive).
     void sweep_tick() noexcept;
     static void on_sweep_timer(void* self, const boost::system::error_code& ec);
     /// Quiesced sessions read again: all, or those whose upgrade_quiesce has
@@ -208,7 +215,7 @@ private:
     std::vector<std::unique_ptr<acceptor_slot>> acceptors_;
     bool started_ = false;  ///< start() ran: new acceptors get their loop at once
     poll_timer sweep_timer_{sockets_};
-    std::chrono::milliseconds sweep_period_{0};  ///< set by start(); 0: no sweep
+    std::chrono::milliseconds sweep_period_{0};  ///< sweep_period(), by start() and apply(); 0: no sweep
     poll_timer publish_timer_{sockets_};
     poll_timer quiesce_timer_{sockets_};  ///< the earliest quiesce_until of this worker's sessions
     std::uint64_t quiesce_phase_ = 0;     ///< the session phase of the last pass
