@@ -7,7 +7,9 @@
 # TARGET is one of tests/fuzz/*_fuzz.cpp without _fuzz.cpp (config,
 # admin_request, probe_response, keepalived_conf, endpoint_slices, kubeconfig,
 # handover, frr_conf, bgp_neighbors); all (the default) runs
-# every target, two at a time, each for SECONDS (default 600). Builds
+# every target, two at a time, each for SECONDS (default 600; 0 builds the
+# targets and runs none: libFuzzer reads -max_total_time=0 as no limit, so
+# a run would end only by the outer timeout). Builds
 # build-fuzz/ first if needed (clang-14, -Dfuzzing=true, only `ninja fuzz`).
 # Each target starts from a scratch corpus (build-fuzz/fuzz-corpus/TARGET,
 # kept between runs) plus the seeds in tests/corpus/TARGET/; what it finds
@@ -68,7 +70,7 @@ if ! ninja -C "$build" fuzz >"$build/fuzz-build.log" 2>&1; then
   exit 1
 fi
 echo "fuzz.sh: fuzz targets built in $((SECONDS - t0))s"
-[[ "${APILB_FUZZ_BUILD_ONLY:-0}" == 1 ]] && exit 0
+[[ "${APILB_FUZZ_BUILD_ONLY:-0}" == 1 || "$seconds" == 0 ]] && exit 0
 
 # run_target NAME: one libFuzzer run; its log in build-fuzz/fuzz-logs/NAME.log.
 # The seeds are tests/corpus/NAME/ but hang-*: those are yaml-cpp's known
