@@ -10,10 +10,10 @@
 namespace apilb::config_detail {
 namespace {
 
-constexpr std::array<std::string_view, 15> vrrp_keys{
+constexpr std::array<std::string_view, 16> vrrp_keys{
     "interface",       "virtual_router_id", "priority",      "router_id", "unicast_src_ip", "peers",           "vips",
     "advert_interval", "preempt",           "preempt_delay", "state_dir", "track_process",  "handoff_timeout", "manage",
-    "keepalived_path"};
+    "keepalived_path", "realtime_priority"};
 
 /// Why `name` cannot be the VRRP interface, or "".
 std::string interface_problem(const std::string& name) {
@@ -247,6 +247,9 @@ void loader::read_vrrp(const field& f, vrrp_config& v) {
             warning(t->mark, t->path, "ignored with manage: true: keepalived stops with apilb instead");
         }
     }
+    // SCHED_RR priorities are 1..99 (sched_get_priority_max); 0 leaves
+    // keepalived's VRRP process at the normal scheduling class.
+    read_integer(*m, "realtime_priority", {.min = 0, .max = 99}, v.realtime_priority);
     read_duration(*m, "handoff_timeout", {.min = 0ms, .max = 1min, .zero_allowed = true, .range = "0..1m"},
                   v.handoff_timeout);
 

@@ -70,6 +70,12 @@ std::string render_keepalived_conf(const config& cfg, const keepalived_render_op
     line("    enable_script_security");
     // apilb learns MASTER/BACKUP/FAULT from here (logs, apilb_vrrp_role).
     line(fmt::format("    vrrp_notify_fifo {}", quoted(v.notify_fifo())));
+    // A VRRP process that waits for a CPU behind busy threads misses its
+    // adverts, and the backup takes the VIPs from a healthy master after
+    // ~3 intervals (docs/vip.md). keepalived also caps its CPU time between
+    // blocking calls (RLIMIT_RTTIME, vrrp_rlimit_rttime), so a runaway
+    // realtime process is stopped rather than locking up the node.
+    if (v.realtime_priority != 0) line(fmt::format("    vrrp_rt_priority {}", v.realtime_priority));
     line("}");
     line("");
     if (v.track_process) {

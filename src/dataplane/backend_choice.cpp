@@ -1,6 +1,8 @@
 #include "apilb/dataplane/backend_choice.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <limits>
 #include <string>
 
 #include "apilb/core/health.hpp"
@@ -81,6 +83,13 @@ std::optional<gcra_slot> reserve_turn(std::atomic<std::int64_t>& state, std::int
         if (!slot) break;
     } while (!state.compare_exchange_weak(tat, slot->new_tat, std::memory_order_relaxed));
     return slot;
+}
+
+std::int64_t take_turn_now(std::atomic<std::int64_t>& state, std::int64_t interval, std::uint32_t burst) {
+    if (reserve_turn(state, interval, burst, 0)) return 0;
+    const std::optional<gcra_slot> next = gcra_reserve(state.load(std::memory_order_relaxed), steady_now_ns(), interval,
+                                                       burst, std::numeric_limits<std::int64_t>::max());
+    return std::max<std::int64_t>(next->delay_ns, 1);
 }
 
 }  // namespace apilb

@@ -147,6 +147,17 @@ TEST(ConfigVrrp, PriorityAndRouterIdRanges) {
     EXPECT_NE(error_of(with_vrrp(head + "  virtual_router_id: 0\n")).find("expected 1..255"), std::string::npos);
 }
 
+TEST(ConfigVrrp, RealtimePriorityIsOffByDefaultAndASchedRrPriority) {
+    const std::string head = "vrrp:\n  interface: eth0\n  virtual_router_id: 1\n  vips: [198.18.0.100]\n";
+    EXPECT_EQ(parse_config(with_vrrp(head), "test.yaml")->vrrp->realtime_priority, 0u);
+    EXPECT_EQ(parse_config(with_vrrp(head + "  realtime_priority: 99\n"), "test.yaml")->vrrp->realtime_priority, 99u);
+    // The section starts at line 6; the key is its fifth line.
+    EXPECT_NE(error_of(with_vrrp(head + "  realtime_priority: 100\n"))
+                  .find("test.yaml:10:22: vrrp.realtime_priority: 100 is out of range; expected 0..99"),
+              std::string::npos)
+        << error_of(with_vrrp(head + "  realtime_priority: 100\n"));
+}
+
 TEST(ConfigVrrp, OverlappingVipsAreRejected) {
     const std::string head = "vrrp:\n  interface: eth0\n  virtual_router_id: 1\n";
     EXPECT_NE(error_of(with_vrrp(head + "  vips: [\"198.18.0.100/24\", 198.18.0.100]\n"))

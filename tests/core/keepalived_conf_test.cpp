@@ -106,6 +106,16 @@ TEST(KeepalivedConf, PreemptDelayAndWholeSeconds) {
     EXPECT_NE(text.find("    advert_int 2\n    preempt_delay 1.5\n"), std::string::npos) << text;
 }
 
+TEST(KeepalivedConf, RealtimePriorityOnlyWhenSet) {
+    const std::string head = "vrrp:\n  interface: eth0\n  virtual_router_id: 9\n  vips: [198.18.0.100]\n";
+    std::string text = render_keepalived_conf(*load(head + "  realtime_priority: 50\n"), {.config_path = "/x.yaml"});
+    EXPECT_NE(text.find("    vrrp_notify_fifo \"/run/apilb/vrrp-notify.fifo\"\n    vrrp_rt_priority 50\n}\n"),
+              std::string::npos)
+        << text;
+    text = render_keepalived_conf(*load(head), {.config_path = "/x.yaml"});
+    EXPECT_EQ(text.find("rt_priority"), std::string::npos) << text;
+}
+
 TEST(KeepalivedConf, RefusesAConfigPathWithAQuote) {
     auto cfg = load("vrrp:\n  interface: eth0\n  virtual_router_id: 9\n  vips: [198.18.0.100]\n");
     EXPECT_THROW(render_keepalived_conf(*cfg, {.config_path = "/a\"b.yaml"}), std::invalid_argument);

@@ -407,7 +407,11 @@ protected:
                "  state_dir: "
             << n.dir
             << "/state\n"
-               "  handoff_timeout: 1s\n";
+               "  handoff_timeout: 1s\n"
+               // keepalived's VRRP process runs SCHED_RR: a neighbour test
+               // taking both cores cannot delay its adverts (every 100 ms)
+               // into a takeover by the backup.
+               "  realtime_priority: 50\n";
         if (manage)
             std::ofstream(n.config_path(), std::ios::app)
                 << "  manage: true\n  keepalived_path: " << keepalived_bin_ << "\n";

@@ -281,6 +281,9 @@ struct vrrp_config {
     /// on shutdown) instead of keepalived being a service of its own.
     bool manage = false;
     std::string keepalived_path = "/usr/sbin/keepalived";  ///< manage: true only
+    /// keepalived's VRRP process runs SCHED_RR at this priority (1..99), so a
+    /// busy node cannot delay its adverts into a false failover; 0 = off.
+    std::uint32_t realtime_priority = 0;
 
     std::string track_file() const { return state_dir + "/vrrp-fault"; }
     std::string notify_fifo() const { return state_dir + "/vrrp-notify.fifo"; }

@@ -45,4 +45,8 @@ std::uint64_t client_key_hash(const boost::asio::ip::tcp::endpoint& ep, hash_key
 std::optional<gcra_slot> reserve_turn(std::atomic<std::int64_t>& state, std::int64_t interval, std::uint32_t burst,
                                       std::int64_t max_delay);
 
+/// Takes a turn in `state` if one is due now and returns 0; otherwise takes
+/// nothing and returns how long until one is (nanoseconds, at least 1).
+std::int64_t take_turn_now(std::atomic<std::int64_t>& state, std::int64_t interval, std::uint32_t burst);
+
 }  // namespace apilb

@@ -26,6 +26,9 @@ struct backend_stats {
     /// The same for the moments paced connects really start (see
     /// session::pass_gate): late wake-ups go out at the rate too.
     std::atomic<std::int64_t> storm_start_tat_ns{0};
+    /// The same for the connects that really went (a late start turn takes
+    /// none here and waits again): what the backend sees keeps the rate.
+    std::atomic<std::int64_t> storm_departure_tat_ns{0};
     std::atomic<std::uint32_t> storm_waiting{0};  ///< clients waiting for their turn now
     /// Connections being established now (storm_control.max_connecting).
     std::atomic<std::uint32_t> connecting{0};
