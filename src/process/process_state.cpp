@@ -22,6 +22,15 @@ namespace apilb {
 
 namespace {
 
+/// `seconds` in whole nanoseconds, rounded up so that the receiver's
+/// n / 1e9 is never below `seconds` (ceil of seconds * 1e9 alone can be one
+/// bit short after the multiplication's rounding).
+std::uint64_t ns_at_least(double seconds) {
+    auto ns = static_cast<std::uint64_t>(std::ceil(seconds * 1e9));
+    for (int i = 0; i < 4 && static_cast<double>(ns) / 1e9 < seconds; ++i) ++ns;
+    return ns;
+}
+
 using counter = std::atomic<std::uint64_t>;
 
 /// Every counter of a backend that /metrics shows (gauges are measured, not carried).
@@ -126,7 +135,7 @@ std::vector<handover::state_line> state_lines(const snapshot& snap, const proces
                 buckets += fmt::format("{}{}", i ? "," : "", r.bucket_counts[i]);
             probes.add("transitions_total", r.transitions_total)
                 .add("count", r.count)
-                .add("sum_ns", static_cast<std::uint64_t>(std::ceil(r.sum_s * 1e9)))
+                .add("sum_ns", ns_at_least(r.sum_s))
                 .add("buckets", buckets);
             out.push_back(std::move(probes));
         }
@@ -194,7 +203,12 @@ std::size_t carried_counters::apply(const std::vector<handover::state_line>& lin
                 probe_record& r = probe_record_of(*b->health);
                 r.transitions_total += grow(key + "transitions_total", l.number("transitions_total"));
                 r.count += grow(key + "count", l.number("count"));
-                r.sum_s += static_cast<double>(grow(key + "sum_ns", l.number("sum_ns"))) / 1e9;
+                // Never below the old process's sum, not even by the last
+                // bit of a double: to Prometheus a counter that goes back
+                // at all is a reset, and rate() then counts it all again.
+                const std::string sum_key = key + "sum_ns";
+                r.sum_s += static_cast<double>(grow(sum_key, l.number("sum_ns"))) / 1e9;
+                r.sum_s = std::max(r.sum_s, static_cast<double>(applied_[sum_key]) / 1e9);
                 const std::string& buckets = l.text("buckets");
                 std::size_t i = 0, at = 0;
                 while (at <= buckets.size() && i < r.bucket_counts.size()) {

@@ -127,7 +127,9 @@ TEST_F(AdminUpgradeTest, CliUpgradePrintsBothPidsAndExitsZero) {
     const pid_t new_pid = static_cast<pid_t>(std::stoi(m[2]));
     end_at_exit guard{{new_pid}};
     EXPECT_EQ(std::stoi(m[1]), old_pid);
-    EXPECT_EQ(handed_to(old.log()), new_pid) << old.log();
+    // The CLI hears the outcome from the admin endpoint; the old process's
+    // log line may reach its file a moment later (the logger is async).
+    EXPECT_TRUE(wait_until([&] { return handed_to(old.log()) == new_pid; }, 10s)) << old.log();
     load.join();
     EXPECT_EQ(load.failed(), 0) << load.last_error() << "\n" << old.log();
     EXPECT_EQ(old.proc().wait(20s), 0) << old.log();
