@@ -481,6 +481,7 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
     root["config_hash"] = facts.config_hash;
     root["vrrp_role"] = facts.vrrp_role;
     root["workers"] = facts.workers;
+    root["workers_auto"] = snap.cfg->workers_auto;
     json::array discovery;
     for (const auto* c : facts.discovery) {
         json::array endpoints;

@@ -143,7 +143,11 @@ config_diff diff_configs(const config& running, const config& next) {
     if (running.limits.per_backend != next.limits.per_backend) d.settings_changed.push_back("limits.per_backend");
 
     auto& r = d.restart_only;
-    restart_only_change(r, "workers " + std::to_string(running.workers) + "->" + std::to_string(next.workers),
+    // With `workers: 0` the count follows the CPUs apilb may use (an
+    // affinity or a cgroup limit changed since the start): say so.
+    restart_only_change(r,
+                        "workers " + std::to_string(running.workers) + "->" + std::to_string(next.workers) +
+                            (next.workers_auto.empty() ? "" : " (auto: " + next.workers_auto + ")"),
                         running.workers != next.workers);
     restart_only_change(r, "relay", !(running.relay == next.relay));
     restart_only_change(r, "log", !(running.log == next.log));
@@ -167,6 +171,7 @@ config_diff diff_configs(const config& running, const config& next) {
 
 config keep_restart_only(const config& running, config next) {
     next.workers = running.workers;
+    next.workers_auto = running.workers_auto;
     next.relay = running.relay;
     next.log = running.log;
     next.limits.max_connections = running.limits.max_connections;

@@ -4,6 +4,7 @@
 // attempt shows everything there is to fix.
 #include "apilb/core/config.hpp"
 #include "apilb/core/config_file.hpp"
+#include "apilb/core/cpu_budget.hpp"
 #include "apilb/core/file_read.hpp"
 #include "apilb/core/maglev.hpp"
 
@@ -21,7 +22,6 @@
 #include <span>
 #include <string_view>
 #include <system_error>
-#include <thread>
 #include <utility>
 
 namespace apilb::config_detail {
@@ -696,10 +696,12 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
     }
 
     const field root{documents.front(), documents.front().Mark(), {}};
+    YAML::Mark workers_mark = YAML::Mark::null_mark();
     if (auto top = open_mapping(root, top_keys, false)) {
         require(*top, "listeners");
         require(*top, "pools");
         read_integer(*top, "workers", {.min = 1, .max = max_workers, .zero_allowed = true}, config_.workers);
+        if (const field* f = top->find("workers")) workers_mark = f->mark;
         if (const field* f = top->find("listeners")) read_listeners(*f);
         if (const field* f = top->find("pools")) read_pools(*f);
         read_sections(*top);
@@ -728,7 +730,12 @@ std::shared_ptr<const config> loader::load(const std::string& text) {
 
     // Post-pass: defaults that depend on the machine or on other fields.
     if (config_.workers == 0) {
-        config_.workers = std::clamp(std::thread::hardware_concurrency(), 1u, max_workers);
+        // The CPUs this process may use, not the machine's (a pinned or
+        // CPU-limited apilb would run more workers than CPUs).
+        const cpu_budget budget = probe_cpu_budget();
+        config_.workers = budget.workers(max_workers);
+        config_.workers_auto = budget.describe();
+        for (const auto& w : budget.warnings) warning(workers_mark, "workers", "counting the CPUs for 0: " + w);
     }
     config_.warnings = std::move(warnings_);
     for (const auto& l : listeners_) config_.listeners.push_back(l.cfg);

@@ -266,6 +266,8 @@ int process::run() {
     for (auto& d : discovery_) d->start();
     if (admin_) admin_->start();
     start_watchdog();
+    const std::string& automatic = snap_->cfg->workers_auto;
+    spdlog::info("workers: {} ({})", workers_.size(), automatic.empty() ? "set in the config" : "auto: " + automatic);
     spdlog::info("{}", summary(*snap_, workers_, max_connections_));
     serving = true;
     ready();

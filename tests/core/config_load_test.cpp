@@ -9,10 +9,10 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <thread>
 
 #include <unistd.h>
 
+#include "apilb/core/cpu_budget.hpp"
 #include "config_test_util.hpp"
 
 namespace apilb::test {
@@ -175,8 +175,9 @@ TEST(LoadConfig, MinimalFileGetsEveryDefault) {
     EXPECT_EQ(p.backends[2].weight, 1u);
     EXPECT_EQ(p.connect_attempts, 3u) << "0 resolves to the number of backends";
 
-    const unsigned cores = std::max(1u, std::min(std::thread::hardware_concurrency(), 256u));
-    EXPECT_EQ(c->workers, cores) << "0 resolves to one worker per core";
+    const cpu_budget budget = probe_cpu_budget();
+    EXPECT_EQ(c->workers, budget.workers(256)) << "0 resolves to one worker per CPU apilb may use";
+    EXPECT_EQ(c->workers_auto, budget.describe());
 
     EXPECT_EQ(c->timeouts.connect, 2s);
     EXPECT_EQ(c->timeouts.idle, 1h);

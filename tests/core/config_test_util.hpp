@@ -1,13 +1,19 @@
 // Helpers shared by the tests of the config loader (config_load_test,
 // config_syntax_test, config_validation_test): a minimal valid file and ways
-// to get at the errors a rejected file gives.
+// to get at the errors a rejected file gives; and a scratch directory for
+// the tests that read real files (file_read_test, cpu_budget_test).
 #pragma once
 
 #include "apilb/core/config.hpp"
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -16,6 +22,31 @@
     EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << "in: " << (haystack)
 
 namespace apilb::test {
+
+/// A fresh directory, removed with everything in it. `file` makes the
+/// directories a name like "a/b/c" needs.
+class scratch {
+public:
+    scratch() {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "apilb-core-test-XXXXXX").string();
+        path_ = ::mkdtemp(tmpl.data());
+    }
+    ~scratch() { std::filesystem::remove_all(path_); }
+    std::string file(const std::string& name, const std::string& content) const {
+        std::filesystem::create_directories((path_ / name).parent_path());
+        std::ofstream(path_ / name, std::ios::binary) << content;
+        return (path_ / name).string();
+    }
+    std::string fifo(const std::string& name) const {
+        const auto p = (path_ / name).string();
+        EXPECT_EQ(::mkfifo(p.c_str(), 0600), 0);
+        return p;
+    }
+    std::string path(const std::string& name) const { return (path_ / name).string(); }
+
+private:
+    std::filesystem::path path_;
+};
 
 /// Test YAML is written starting on the line after R"( so that line 1 of the
 /// file is the first line shown in the source.

@@ -22,29 +22,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-/// A fresh directory, removed with everything in it.
-class scratch {
-public:
-    scratch() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "apilb-file-read-XXXXXX").string();
-        path_ = ::mkdtemp(tmpl.data());
-    }
-    ~scratch() { std::filesystem::remove_all(path_); }
-    std::string file(const std::string& name, const std::string& content) const {
-        std::ofstream(path_ / name, std::ios::binary) << content;
-        return (path_ / name).string();
-    }
-    std::string fifo(const std::string& name) const {
-        const auto p = (path_ / name).string();
-        EXPECT_EQ(::mkfifo(p.c_str(), 0600), 0);
-        return p;
-    }
-    std::string path(const std::string& name) const { return (path_ / name).string(); }
-
-private:
-    std::filesystem::path path_;
-};
-
 TEST(ReadRegularFile, ReadsAWholeFile) {
     scratch dir;
     const std::string text(100000, 'x');

@@ -346,7 +346,10 @@ struct config {
     limits_config limits;
     relay_config relay;
     log_config log;
-    std::uint32_t workers = 0;          ///< 0 in the file = one per core; resolved by the loader
+    std::uint32_t workers = 0;  ///< 0 in the file = one per usable CPU; resolved by the loader
+    /// How `workers: 0` was resolved: "2 CPUs in the affinity mask, cgroup
+    /// CPU limit 1.5 (/sys/fs/cgroup/cpu.max)"; "" when the file set workers.
+    std::string workers_auto;
     std::optional<vrrp_config> vrrp;    ///< the floating VIP; nullopt = none
     std::optional<bgp_config> bgp;      ///< the VIPs announced over BGP; nullopt = none
     std::optional<admin_config> admin;  ///< the admin endpoint; nullopt = none
