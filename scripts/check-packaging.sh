@@ -176,6 +176,12 @@ deb_contents() {
     # guides not gzipped: the unit's Documentation= names systemd.md.
     grep -Eq "^-.* $f\$" <<<"$list" || { echo "missing: $f"; return 1; }
   done
+  # node-local.conf's StateDirectory= (the discovery state file): systemd
+  # makes it at the unit's start, but the guide's `apilb check-config` of
+  # node-local.yaml runs before that and refuses a state file whose
+  # directory is missing (docs/node-local.md, step 2; systemd-check.sh's
+  # nodelocal_start found it).
+  grep -Eq '^d.* \./var/lib/apilb/$' <<<"$list" || { echo "missing: the directory ./var/lib/apilb/"; return 1; }
   local ctl; ctl=$(mktemp -d)
   dpkg-deb -e "$deb" "$ctl"
   grep -qx /etc/apilb/apilb.yaml "$ctl/conffiles"
