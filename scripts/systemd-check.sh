@@ -11,6 +11,10 @@
 # (bookworm/, made once from apt's mirror) and each run's copy (run/), the
 # .deb and the logs. Installs debootstrap and systemd-container with apt-get
 # if they are missing. Ends with "N passed, N failed"; exits 1 on a failure.
+#
+# APILB_SYSTEMD_CHECKS="GROUP..." runs only those groups of checks after the
+# boot, to iterate on one: unit (1-6b), bgp (7-9), vrrpm (10), nodelocal
+# (11), vrrp (12), remove (13). Unset: all of them, which is the check.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +34,9 @@ passed=0
 failed=0
 nspawn_pid=
 leader=
+
+# Whether the group of checks NAME runs (APILB_SYSTEMD_CHECKS, above).
+want() { [[ -z ${APILB_SYSTEMD_CHECKS:-} || " $APILB_SYSTEMD_CHECKS " == *" $1 "* ]]; }
 
 result() {  # result NAME OK DETAIL
   if [[ $2 == 0 ]]; then
@@ -61,6 +68,69 @@ wait_for() {
     ((SECONDS < end)) || return 1
     sleep 0.5
   done
+}
+
+# Polls `cmd` (about every 50 ms plus the time it takes) until it succeeds or
+# SECS pass; prints the ms since T0 it took, or nothing.
+ms_until() {
+  local t0=$1 secs=$2; shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < end)) || return 1
+    sleep 0.05
+  done
+  echo $(($(ms_now) - t0))
+}
+# Those of the "PID:what" words that still run (a zombie does not).
+alive() {
+  in_ct sh -c 'for w; do s=$(cat /proc/${w%%:*}/stat 2>/dev/null) || continue; s=${s##*) };
+    [ "${s%% *}" = Z ] || printf "%s " "$w"; done' sh "$@"
+}
+none_alive() { [[ -z $(alive "$@") ]]; }
+# Those of the "PID:what" words whose process is not in apilb.service's
+# control group (systemd would not end it with the unit).
+outside_unit() {
+  in_ct sh -c 'for w; do grep -q "/apilb\.service\$" /proc/${w%%:*}/cgroup 2>/dev/null || printf "%s " "$w"; done' sh "$@"
+}
+# Every process in apilb.service's control group but the main one, as "PID:comm".
+unit_procs() {
+  local main; main=$(prop MainPID)
+  in_ct sh -c 'for p in /proc/[0-9]*; do grep -q "/apilb\.service\$" $p/cgroup 2>/dev/null || continue;
+    [ "${p#/proc/}" = "$1" ] || printf "%s:%s " "${p#/proc/}" "$(cat $p/comm)"; done' sh "$main"
+}
+
+# An upgrade of a node whose daemons apilb runs (KIDS, "PID:what" words),
+# with a session open through ADDRESS:6443 across ACTION. Sets up_ok (0 or 1)
+# and up_detail: MainPID follows the new process (the one `apilb upgrade`
+# names, when it says), the unit stays active with NRestarts unchanged past
+# WatchdogSec, the old process ends, and every kid keeps its pid, runs on
+# without the old process and is in the unit's control group with the new
+# main process.
+upgrade_keeping() {
+  local name=$1 addr=$2 kids=$3; shift 3
+  local pid restarts out last new said old_gone=no stayed=yes lost outside t0 took
+  pid=$(prop MainPID)
+  restarts=$(prop NRestarts)
+  t0=$(ms_now)
+  out=$(in_ct session-across "$addr" "$@" 2>&1)
+  took=$(($(ms_now) - t0))
+  echo "$out" >"$log/$name.txt"
+  last=$(tail -n 1 <<<"$out")
+  new=$(sed -n 's/.* new=\([0-9]*\) .*/\1/p' <<<"$last")
+  said=$(sed -n 's/^upgraded: pid [0-9]* -> pid \([0-9]*\);.*/\1/p' <<<"$out" | head -n 1)
+  wait_for 30 sh -c "! nsenter --target $leader --pid --mount -- sh -c 'kill -0 $pid' 2>/dev/null" && old_gone=yes
+  # Past WatchdogSec (10 s): the new process feeds the watchdog.
+  for _ in $(seq 1 24); do
+    [[ $(prop MainPID) == "$new" && $(prop ActiveState) == active ]] || { stayed=no; break; }
+    sleep 0.5
+  done
+  lost=$(comm -23 <(tr ' ' '\n' <<<"$kids" | grep . | sort) <(alive $kids | tr ' ' '\n' | grep . | sort) | tr '\n' ' ')
+  outside=$(outside_unit $kids "$new:main")
+  up_ok=1
+  [[ $last == *"before=before after=after"* && -n $new && $new != "$pid" && ( -z $said || $said == "$new" ) &&
+    $old_gone == yes && $stayed == yes && $(prop NRestarts) == "$restarts" && -n $kids && -z $lost &&
+    -z $outside ]] && up_ok=0
+  up_detail="$(wc -w <<<"$kids") kept; pid $pid -> $new (said: ${said:-nothing}) in $took ms; the session: ${last#action=* old=* new=* }; old pid gone: $old_gone; 12 s later MainPID=$(prop MainPID) $(prop ActiveState), NRestarts $restarts -> $(prop NRestarts); kids lost: ${lost:-none}; outside apilb.service: ${outside:-none}"
 }
 
 stop_container() {
@@ -163,6 +233,7 @@ echo "action=$rc old=$old new=$new before=$a after=$b"
 [[ $rc == 0 && $a == before && $b == after ]]
 EOF
 chmod 755 "$run/usr/local/bin/session-across"
+mkdir -p "$run/etc/systemd/system/apilb.service.d"
 systemd-nspawn -q -D "$run" --private-network --register=no --keep-unit \
   systemctl enable apilb.service apilb-echo.service >>"$log/install.log" 2>&1
 
@@ -185,6 +256,7 @@ if ! wait_for 120 booted; then
 fi
 in_ct systemctl --failed --no-legend >"$log/failed-units.txt" 2>&1
 
+if want unit; then  # ---- group unit
 # 1. Type=notify: active only once READY=1 came.
 wait_for 60 test "$(prop ActiveState)" = active
 pid=$(prop MainPID)
@@ -296,6 +368,9 @@ in_ct systemctl stop --no-block sleeper.service
 result sigkill_control "$([[ -n $child && $sleeper_new != 0 && $sleeper_new != "$spid" && $sleeper_ms -lt 15000 ]]; echo $?)" \
   "cgroup hierarchy: $hierarchy; SIGKILL main pid $spid (child $child sleeping, SIGTERM ignored): restarted as pid $sleeper_new after $sleeper_ms ms (TimeoutStopSec 15 s, RestartSec 1 s); systemd: ${sleeper_log:-nothing about the child}"
 
+fi  # group unit
+
+if want bgp; then  # ---- group bgp
 # 7. The bgp drop-in loads: verify, ExecStopPost, the frrvty group.
 in_ct mkdir -p /etc/systemd/system/apilb.service.d
 cp "$repo/systemd/bgp.conf" "$run/etc/systemd/system/apilb.service.d/bgp.conf"
@@ -360,17 +435,6 @@ bgp_exposure=$(sed -n 's/.*Overall exposure level for apilb.service: \([0-9.]*\)
 # runs, so the VIP must leave FRR's table through the unit itself
 # (ExecStopPost's bgp-withdraw) before Restart= brings apilb back, which
 # announces again once ready. Times from the kill, polled with vtysh.
-# Polls `cmd` (about every 50 ms plus vtysh's own time) until it succeeds or
-# SECS pass; prints the ms since T0 it took, or nothing.
-ms_until() {
-  local t0=$1 secs=$2; shift 2
-  local end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < end)) || return 1
-    sleep 0.05
-  done
-  echo $(($(ms_now) - t0))
-}
 # bgp-withdraw's line in the journal (each run of the stop hook says it).
 stoppost_said() { in_ct journalctl -u apilb.service -o cat --no-pager | grep -c 'VIP(s) off lo'; }
 said_before=$(stoppost_said)
@@ -506,60 +570,9 @@ frr_pids() {
   in_ct journalctl -u apilb.service "_PID=$main" -o cat --no-pager |
     sed -n 's/^.*frr: started \([a-z]*\) (pid \([0-9]*\), keeper \([0-9]*\)).*$/\2:\1 \3:\1-keeper/p' | tr '\n' ' '
 }
-# Those of the "PID:what" words that still run (a zombie does not).
-alive() {
-  in_ct sh -c 'for w; do s=$(cat /proc/${w%%:*}/stat 2>/dev/null) || continue; s=${s##*) };
-    [ "${s%% *}" = Z ] || printf "%s " "$w"; done' sh "$@"
-}
-none_alive() { [[ -z $(alive "$@") ]]; }
 # Processes anywhere in the container that run in apilb's FRR directory (the
 # [t]: not this scan's own shell and grep, whose command lines hold it).
 frr_anywhere() { in_ct sh -c 'for p in /proc/[0-9]*; do tr "\0" " " <$p/cmdline 2>/dev/null | grep -q -- "--vty_socke[t] /run/apilb/frr" && echo "${p#/proc/}"; done' | tr '\n' ' '; }
-# Those of the "PID:what" words whose process is not in apilb.service's
-# control group (systemd would not end it with the unit).
-outside_unit() {
-  in_ct sh -c 'for w; do grep -q "/apilb\.service\$" /proc/${w%%:*}/cgroup 2>/dev/null || printf "%s " "$w"; done' sh "$@"
-}
-# Every process in apilb.service's control group but the main one, as "PID:comm".
-unit_procs() {
-  local main; main=$(prop MainPID)
-  in_ct sh -c 'for p in /proc/[0-9]*; do grep -q "/apilb\.service\$" $p/cgroup 2>/dev/null || continue;
-    [ "${p#/proc/}" = "$1" ] || printf "%s:%s " "${p#/proc/}" "$(cat $p/comm)"; done' sh "$main"
-}
-
-# An upgrade of a node whose daemons apilb runs (KIDS, "PID:what" words),
-# with a session open through ADDRESS:6443 across ACTION. Sets up_ok (0 or 1)
-# and up_detail: MainPID follows the new process (the one `apilb upgrade`
-# names, when it says), the unit stays active with NRestarts unchanged past
-# WatchdogSec, the old process ends, and every kid keeps its pid, runs on
-# without the old process and is in the unit's control group with the new
-# main process.
-upgrade_keeping() {
-  local name=$1 addr=$2 kids=$3; shift 3
-  local pid restarts out last new said old_gone=no stayed=yes lost outside t0 took
-  pid=$(prop MainPID)
-  restarts=$(prop NRestarts)
-  t0=$(ms_now)
-  out=$(in_ct session-across "$addr" "$@" 2>&1)
-  took=$(($(ms_now) - t0))
-  echo "$out" >"$log/$name.txt"
-  last=$(tail -n 1 <<<"$out")
-  new=$(sed -n 's/.* new=\([0-9]*\) .*/\1/p' <<<"$last")
-  said=$(sed -n 's/^upgraded: pid [0-9]* -> pid \([0-9]*\);.*/\1/p' <<<"$out" | head -n 1)
-  wait_for 30 sh -c "! nsenter --target $leader --pid --mount -- sh -c 'kill -0 $pid' 2>/dev/null" && old_gone=yes
-  # Past WatchdogSec (10 s): the new process feeds the watchdog.
-  for _ in $(seq 1 24); do
-    [[ $(prop MainPID) == "$new" && $(prop ActiveState) == active ]] || { stayed=no; break; }
-    sleep 0.5
-  done
-  lost=$(comm -23 <(tr ' ' '\n' <<<"$kids" | grep . | sort) <(alive $kids | tr ' ' '\n' | grep . | sort) | tr '\n' ' ')
-  outside=$(outside_unit $kids "$new:main")
-  up_ok=1
-  [[ $last == *"before=before after=after"* && -n $new && $new != "$pid" && ( -z $said || $said == "$new" ) &&
-    $old_gone == yes && $stayed == yes && $(prop NRestarts) == "$restarts" && -n $kids && -z $lost &&
-    -z $outside ]] && up_ok=0
-  up_detail="$(wc -w <<<"$kids") kept; pid $pid -> $new (said: ${said:-nothing}) in $took ms; the session: ${last#action=* old=* new=* }; old pid gone: $old_gone; 12 s later MainPID=$(prop MainPID) $(prop ActiveState), NRestarts $restarts -> $(prop NRestarts); kids lost: ${lost:-none}; outside apilb.service: ${outside:-none}"
-}
 
 t0=$(ms_now)
 in_ct systemctl start apilb.service >"$log/bgpm-start.txt" 2>&1
@@ -703,33 +716,47 @@ in_ct systemctl daemon-reload
 in_ct systemctl start apilb.service >>"$log/bgpm-stop.txt" 2>&1
 wait_for 60 test "$(prop ActiveState)" = active
 
-# 10. vrrp.manage: true under the shipped vrrp-manage.conf: apilb runs
-# keepalived under its keeper. The container has only loopback (which vrrp
-# refuses) and its kernel no dummy interfaces: a veth pair, both ends in the
-# container, is a segment of its own where the instance, alone, goes MASTER
-# and puts the VIP on vrrp0. Then the upgrades, as for bgp.manage above.
+fi  # group bgp
+
+# The VIP of the vrrp checks (10 and 12), on one end of a veth pair.
 vrrp_vip=198.18.97.100
-in_ct systemctl stop apilb.service >"$log/vrrpm-setup.txt" 2>&1
-{
+vip_held() { [[ $(in_ct ip -brief addr show dev vrrp0) == *"$vrrp_vip/32"* ]]; }
+vip_gone() { ! vip_held; }
+# The address events on vrrp0, stamped, into FILE until vip_monitor_stop
+# (or SECS).
+vip_monitor() {  # vip_monitor FILE SECS
+  in_ct timeout "$2" ip -ts monitor address dev vrrp0 >"$1" 2>&1 &
+  vip_monitor_pid=$!
+  sleep 0.3
+}
+vip_monitor_stop() { kill "$vip_monitor_pid" 2>/dev/null; wait "$vip_monitor_pid" 2>/dev/null; }
+# Their segment: the container has only loopback (which vrrp refuses) and
+# its kernel no dummy interfaces: a veth pair, both ends in the container,
+# where the instance, alone, goes MASTER and puts the VIP on vrrp0.
+vrrp_segment() {
   in_ct ip link add vrrp0 type veth peer name vrrp1 &&
     in_ct ip addr add 198.18.97.1/24 dev vrrp0 && in_ct ip link set vrrp0 up && in_ct ip link set vrrp1 up
-} >>"$log/vrrpm-setup.txt" 2>&1
+}
+# apilb.yaml: the check's listener and backend with a vrrp section for
+# virtual router VRID on vrrp0, with EXTRA lines ("  manage: true").
+vrrp_yaml() {  # vrrp_yaml VRID [EXTRA...]
+  local vrid=$1; shift
+  { apilb_yaml 127.0.0.1; printf 'vrrp:\n  interface: vrrp0\n  virtual_router_id: %s\n  priority: 150\n' "$vrid"
+    printf '  vips: [%s/32]\n  advert_interval: 100ms\n' "$vrrp_vip"; printf '%s\n' "$@"; } >"$run/etc/apilb/apilb.yaml"
+}
+
+if want vrrpm; then  # ---- group vrrpm
+# 10. vrrp.manage: true under the shipped vrrp-manage.conf: apilb runs
+# keepalived under its keeper, on the veth pair above, where the instance,
+# alone, goes MASTER. Then the upgrades, as for bgp.manage above.
+in_ct systemctl stop apilb.service >"$log/vrrpm-setup.txt" 2>&1
+vrrp_segment >>"$log/vrrpm-setup.txt" 2>&1
 cp "$run/etc/apilb/apilb.yaml" "$run/etc/apilb/apilb.yaml.plain"
-{ apilb_yaml 127.0.0.1; cat <<YAML; } >"$run/etc/apilb/apilb.yaml"
-vrrp:
-  interface: vrrp0
-  virtual_router_id: 51
-  priority: 150
-  vips: [$vrrp_vip/32]
-  advert_interval: 100ms
-  handoff_timeout: 1s
-  manage: true
-YAML
+vrrp_yaml 51 "  handoff_timeout: 1s" "  manage: true"
 cp "$repo/systemd/vrrp-manage.conf" "$run/etc/systemd/system/apilb.service.d/vrrp-manage.conf"
 in_ct systemctl daemon-reload
 verify=$(in_ct systemd-analyze verify apilb.service 2>&1)
 echo "$verify" >"$log/vrrpm-verify.txt"
-vip_held() { [[ $(in_ct ip -brief addr show dev vrrp0) == *"$vrrp_vip/32"* ]]; }
 # The keeper by apilb's journal line ("vrrp: started keepalived (keeper pid
 # 12) ..."), keepalived's processes (its parent and its VRRP child) by name:
 # "PID:what" words.
@@ -750,13 +777,11 @@ result vrrpm_master "$([[ -z $verify && $(prop ActiveState) == active && -n $mas
 
 # The VIP's address events on vrrp0 while an upgrade runs, stamped.
 vrrpm_upgrade() {  # vrrpm_upgrade NAME ACTION...
-  local name=$1 mon deleted took; shift
+  local name=$1 deleted took; shift
   kids=$(keepalived_pids)
-  in_ct timeout 60 ip -ts monitor address dev vrrp0 >"$log/vrrpm-monitor-$name.txt" 2>&1 &
-  mon=$!
-  sleep 0.3
+  vip_monitor "$log/vrrpm-monitor-$name.txt" 60
   upgrade_keeping "$name" 127.0.0.1 "$kids" "$@"
-  kill "$mon" 2>/dev/null; wait "$mon" 2>/dev/null
+  vip_monitor_stop
   deleted=$(grep -c "Deleted .*$vrrp_vip" "$log/vrrpm-monitor-$name.txt")
   took=$(in_ct journalctl -u apilb.service -o cat --no-pager | grep -c 'vrrp: supervising keepalived (keeper pid [0-9]*) handed over')
   result "$name" "$([[ $up_ok == 0 && $deleted == 0 ]] && vip_held; echo $?)" \
@@ -788,7 +813,351 @@ in_ct systemctl daemon-reload
 in_ct systemctl start apilb.service >>"$log/vrrpm-stop.txt" 2>&1
 wait_for 60 test "$(prop ActiveState)" = active
 
-# 11. apt remove: the prerm stops apilb, gracefully (its drain), and no
+fi  # group vrrpm
+
+if want nodelocal; then  # ---- group nodelocal
+# 11. node-local (docs/node-local.md): conf/node-local.yaml and the drop-ins
+# node-local.conf and kubelet-apilb.conf installed from the package's
+# examples as the guide's steps 2 and 3 say, with the unit's hardening in
+# force. The apiservers: the project's stand-in (BUILD_DIR's
+# tests/standin/apilb-standin), one process listening as cp1-cp3 on
+# 127.0.0.2-4:6443 with one store, its certificates made now
+# (tests/tools/mkcerts.sh). The node's kubelet credentials as kubeadm's TLS
+# bootstrap leaves them, root's and 0600: /etc/kubernetes/kubelet.conf (the
+# CA inline) naming /var/lib/kubelet/pki/kubelet-client-current.pem (a link
+# to a dated file holding the certificate, CN=system:node:worker-1, and its
+# key), and the cluster CA in /etc/kubernetes/pki/ca.crt. A stand-in
+# kubelet.service makes one request through 127.0.0.1:7445 with them.
+nl_pki=$cache/nodelocal-pki
+rm -rf "$nl_pki"
+bash "$repo/tests/tools/mkcerts.sh" "$nl_pki" >"$log/nodelocal-setup.txt" 2>&1
+printf 'keyUsage = critical, digitalSignature\nextendedKeyUsage = clientAuth\n' >"$nl_pki/kubelet.ext"
+{
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$nl_pki/kubelet.key" &&
+    openssl req -new -key "$nl_pki/kubelet.key" -subj "/O=system:nodes/CN=system:node:worker-1" -out "$nl_pki/kubelet.csr" &&
+    openssl x509 -req -in "$nl_pki/kubelet.csr" -CA "$nl_pki/ca.crt" -CAkey "$nl_pki/ca.key" -days 1 -sha256 \
+      -extfile "$nl_pki/kubelet.ext" -out "$nl_pki/kubelet.crt"
+} >>"$log/nodelocal-setup.txt" 2>&1
+kubelet_pem=kubelet-client-$(date -u +%Y-%m-%d-%H-%M-%S).pem
+install -D -m 644 "$nl_pki/ca.crt" "$run/etc/kubernetes/pki/ca.crt"
+mkdir -p "$run/var/lib/kubelet/pki"
+cat "$nl_pki/kubelet.crt" "$nl_pki/kubelet.key" >"$run/var/lib/kubelet/pki/$kubelet_pem"
+chmod 600 "$run/var/lib/kubelet/pki/$kubelet_pem"
+ln -sfn "/var/lib/kubelet/pki/$kubelet_pem" "$run/var/lib/kubelet/pki/kubelet-client-current.pem"
+(umask 077 && cat >"$run/etc/kubernetes/kubelet.conf" <<EOF
+apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: $(base64 -w0 "$nl_pki/ca.crt")
+    server: https://127.0.0.1:7445
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: system:node:worker-1
+  name: system:node:worker-1@kubernetes
+current-context: system:node:worker-1@kubernetes
+kind: Config
+preferences: {}
+users:
+- name: system:node:worker-1
+  user:
+    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem
+    client-key: /var/lib/kubelet/pki/kubelet-client-current.pem
+EOF
+)
+mkdir -p "$run/etc/apilb-standin"
+for f in server.crt server.key client.crt client.key; do install -m 600 "$nl_pki/$f" "$run/etc/apilb-standin/$f"; done
+install -m 755 "$build/tests/standin/apilb-standin" "$run/usr/local/bin/apilb-standin" >>"$log/nodelocal-setup.txt" 2>&1
+cat >"$run/etc/systemd/system/apiserver-standin.service" <<'EOF'
+[Unit]
+Description=stand-in apiservers cp1-cp3 (127.0.0.2-4:6443) for the node-local check
+[Service]
+ExecStart=/usr/local/bin/apilb-standin --listen 127.0.0.2:6443 --name cp1 --also-listen 127.0.0.3=cp2 --also-listen 127.0.0.4=cp3 --cert /etc/apilb-standin/server.crt --key /etc/apilb-standin/server.key --client-ca /etc/kubernetes/pki/ca.crt
+EOF
+cat >"$run/etc/systemd/system/kubelet.service" <<'EOF'
+[Unit]
+Description=stand-in kubelet: one request through apilb with the kubelet's credentials
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/curl -sS --fail --max-time 5 --cacert /etc/kubernetes/pki/ca.crt --cert /var/lib/kubelet/pki/kubelet-client-current.pem -o /dev/null https://127.0.0.1:7445/version
+EOF
+in_ct systemctl stop apilb.service >>"$log/nodelocal-setup.txt" 2>&1
+in_ct systemctl daemon-reload
+in_ct systemctl start apiserver-standin.service >>"$log/nodelocal-setup.txt" 2>&1
+# The stand-in's control surface, with the test client certificate.
+standin_ctl() {  # standin_ctl METHOD PATH [JSON]
+  in_ct curl -sS --max-time 5 --cacert /etc/kubernetes/pki/ca.crt --cert /etc/apilb-standin/client.crt \
+    --key /etc/apilb-standin/client.key -X "$1" ${3:+-H 'Content-Type: application/json' --data-binary "$3"} \
+    "https://127.0.0.2:6443$2"
+}
+# The `kubernetes` EndpointSlice lists these apiservers (127.0.0.N).
+slice_lists() {
+  local eps="" ip
+  for ip; do eps+="${eps:+,}{\"addresses\":[\"$ip\"]}"; done
+  standin_ctl PUT /control/slices/kubernetes "{\"endpoints\":[$eps]}"
+}
+wait_for 20 standin_ctl GET /control/state
+slice_lists 127.0.0.2 127.0.0.3 >>"$log/nodelocal-setup.txt" 2>&1
+# Step 2 of the guide, then step 3 (the drop-ins; the kubelet's start pulls
+# apilb in, before it).
+{
+  in_ct install -m 600 /usr/share/doc/apilb/examples/node-local.yaml /etc/apilb/node-local.yaml &&
+    in_ct sed -i 's/192.0.2.100:6443/127.0.0.2:6443/' /etc/apilb/node-local.yaml &&
+    in_ct apilb check-config --config /etc/apilb/node-local.yaml &&
+    in_ct install -D -m 644 /usr/share/doc/apilb/examples/node-local.conf /etc/systemd/system/apilb.service.d/node-local.conf &&
+    in_ct install -D -m 644 /usr/share/doc/apilb/examples/kubelet-apilb.conf /etc/systemd/system/kubelet.service.d/10-apilb.conf &&
+    in_ct systemctl daemon-reload
+} >>"$log/nodelocal-setup.txt" 2>&1
+nl_verify=$(in_ct systemd-analyze verify apilb.service kubelet.service 2>&1)
+echo "$nl_verify" >"$log/nodelocal-verify.txt"
+in_ct systemctl start kubelet.service >"$log/nodelocal-start.txt" 2>&1
+kubelet_state=$(in_ct systemctl show -p ActiveState --value kubelet.service)/$(in_ct systemctl show -p Result --value kubelet.service)
+wait_for 60 test "$(prop ActiveState)" = active
+ready_at=$(prop ActiveEnterTimestampMonotonic)
+kubelet_at=$(in_ct systemctl show -p ExecMainStartTimestampMonotonic --value kubelet.service)
+pid=$(prop MainPID)
+denied=$(in_ct journalctl -u apilb.service -o cat --no-pager | grep -iE 'permission denied|not permitted|read-only file system' | sort -u)
+result nodelocal_start "$([[ -z $nl_verify && $(prop ActiveState)/$(prop SubState)/$(prop Type) == active/running/notify &&
+  $(prop ExecStart) == *"/etc/apilb/node-local.yaml"* && $kubelet_state == active/success && -n $ready_at &&
+  $ready_at -gt 0 && $kubelet_at -ge $ready_at && -z $denied ]]; echo $?)" \
+  "verify ${nl_verify:-no messages}; the stand-in kubelet's start pulled apilb in: apilb $(prop ActiveState)/$(prop SubState) ($(prop Type), pid $pid, $(prop ExecStart | grep -o -- '--config [^ ;]*')) ready $(( (kubelet_at - ready_at) / 1000 )) ms before the kubelet started; the kubelet's request through 127.0.0.1:7445: $kubelet_state; denials in apilb's journal: $(grep -c . <<<"$denied")"
+
+# The sandbox with the drop-in: the online exposure, what uid 0 with no
+# capability (apilb's bounding set) may write in apilb's mount namespace,
+# and that it reads the kubelet's credentials (0600, root's).
+in_ct systemd-analyze security apilb.service >"$log/nodelocal-security.txt" 2>&1
+nl_exposure=$(sed -n 's/.*Overall exposure level for apilb.service: \([0-9.]*\).*/\1/p' "$log/nodelocal-security.txt")
+writes=""
+for path in /etc/kubernetes/probe /var/lib/kubelet/probe /etc/apilb/probe /var/lib/apilb/probe /run/apilb/probe; do
+  if in_ct nsenter --target "$pid" --mount -- setpriv --bounding-set=-all --inh-caps=-all touch "$path" 2>/dev/null; then
+    writes+="${path%/probe}:rw "; else writes+="${path%/probe}:ro "; fi
+done
+in_ct nsenter --target "$pid" --mount -- rm -f /var/lib/apilb/probe /run/apilb/probe
+creds=$(in_ct stat -L -c '%U:%a' /etc/kubernetes/kubelet.conf /var/lib/kubelet/pki/kubelet-client-current.pem | tr '\n' ' ')
+caps=$(prop CapabilityBoundingSet)
+result nodelocal_hardening "$([[ -n $nl_exposure && $(prop User) == root && -z $caps &&
+  $writes == "/etc/kubernetes:ro /var/lib/kubelet:ro /etc/apilb:ro /var/lib/apilb:rw /run/apilb:rw " ]] &&
+  python3 -c "import sys; sys.exit(0 if float('$nl_exposure') <= 2.0 else 1)"; echo $?)" \
+  "exposure ${nl_exposure:-?} with node-local.conf (online); User=$(prop User), CapabilityBoundingSet=${caps:-empty}; writes as uid 0 without capabilities: $writes; the kubelet's kubeconfig and certificate: $creds"
+
+# Discovery through the apiserver with the kubelet's certificate (the
+# stand-in answers 401 without one), then an EndpointSlice change: cp3 added,
+# a session reaches it once apilb probed it (change_interval 5 s as shipped).
+nl_metric() { in_ct curl -s --max-time 5 http://127.0.0.1:7446/metrics | grep -F -- "$1" | grep -v '^#' | head -n 1; }
+watching() { [[ $(nl_metric 'apilb_discovery_watch_state{pool="control-plane",state="watching"}') == *" 1" ]]; }
+# Which apiserver answers a new session through apilb.
+one_session() {
+  in_ct curl -s --max-time 5 --cacert /etc/kubernetes/pki/ca.crt --cert /var/lib/kubelet/pki/kubelet-client-current.pem \
+    -D - -o /dev/null https://127.0.0.1:7445/version | tr -d '\r' | sed -n 's/^[Xx]-[Ss]tandin-[Nn]ame: //p'
+}
+reaches() { [[ $(one_session) == "$1" ]]; }
+wait_for 30 watching
+watch_state=$(nl_metric 'apilb_discovery_watch_state{pool="control-plane",state="watching"}')
+in_ct apilb status --config /etc/apilb/node-local.yaml >"$log/nodelocal-status-before.txt" 2>&1
+t0=$(ms_now)
+slice_lists 127.0.0.2 127.0.0.3 127.0.0.4 >>"$log/nodelocal-setup.txt" 2>&1
+cp3_ms=$(ms_until "$t0" 40 reaches cp3)
+in_ct apilb status --config /etc/apilb/node-local.yaml >"$log/nodelocal-status-after.txt" 2>&1
+discovered=$(grep -c '127\.0\.0\.4:6443' "$log/nodelocal-status-after.txt")
+result nodelocal_discovery "$([[ $watch_state == *" 1" && -n $cp3_ms && $discovered -ge 1 ]]; echo $?)" \
+  "with /etc/kubernetes/kubelet.conf and its certificate: ${watch_state:-no watch metric}; cp3 (127.0.0.4) added to the slice -> a session on it after ${cp3_ms:-never (40 s)} ms; apilb status names it: $([[ $discovered -ge 1 ]] && echo yes || echo no)"
+
+# The state file in the StateDirectory, and a restart while the API answers
+# 503 (the stand-in's /control/unavailable): apilb starts from the
+# last-known-good set (cp3 is in no file but the state file).
+state=/var/lib/apilb/discovery-control-plane.json
+state_has_cp3() { in_ct grep -q '127\.0\.0\.4' "$state"; }
+wait_for 10 state_has_cp3
+state_before=$(in_ct stat -c '%U:%a' "$state" 2>&1)
+statedir=$(in_ct stat -c '%U:%a' /var/lib/apilb 2>&1)
+standin_ctl POST '/control/unavailable?on=true' >>"$log/nodelocal-setup.txt" 2>&1
+in_ct systemctl restart apilb.service >>"$log/nodelocal-start.txt" 2>&1
+wait_for 60 test "$(prop ActiveState)" = active
+npid=$(prop MainPID)
+lkg=$(in_ct journalctl -u apilb.service "_PID=$npid" -o cat --no-pager | grep -m1 -o "last-known-good from [^ :;,]*")
+lkg_ms=$(ms_until "$(ms_now)" 30 reaches cp3)
+in_ct apilb status --config /etc/apilb/node-local.yaml >"$log/nodelocal-status-lkg.txt" 2>&1
+from_file=$(grep -c 'set from *the state file' "$log/nodelocal-status-lkg.txt")
+standin_ctl POST '/control/unavailable?on=false' >>"$log/nodelocal-setup.txt" 2>&1
+back=$(wait_for 30 watching && echo yes || echo no)
+result nodelocal_state "$([[ $state_before == root:600 && $statedir == root:700 && $npid != "$pid" &&
+  $lkg == "last-known-good from $state" && -n $lkg_ms && $from_file -ge 1 && $back == yes ]]; echo $?)" \
+  "$state $state_before in /var/lib/apilb $statedir, names cp3; restart with the API answering 503: pid $pid -> $npid, '${lkg:-no last-known-good line}', a session on cp3 after ${lkg_ms:-never (30 s)} ms, apilb status: $([[ $from_file -ge 1 ]] && echo 'set from the state file' || echo 'not from the state file'); the API back, watching again: $back"
+
+# The admin endpoint on 127.0.0.1:7446: a change (drain of the seed) without
+# the token refused, with it accepted (then undone).
+token=/run/apilb/node-local-admin-token
+post() {  # post PATH [TOKEN]: the HTTP status
+  in_ct curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST ${2:+-H "Authorization: Bearer $2"} "http://127.0.0.1:7446$1"
+}
+token_file=$(in_ct stat -c '%U:%a' "$token" 2>&1)
+without=$(post /api/v1/backends/control-plane/seed/drain)
+with=$(post /api/v1/backends/control-plane/seed/drain "$(in_ct cat "$token")")
+undo=$(post /api/v1/backends/control-plane/seed/enable "$(in_ct cat "$token")")
+result nodelocal_admin "$([[ $without == 401 && $with == 200 && $undo == 200 && $token_file == root:600 ]]; echo $?)" \
+  "$token $token_file; POST drain of the seed without the token: $without, with it: $with (enable: $undo)"
+
+in_ct journalctl -u apilb -o short-monotonic --no-pager >"$log/nodelocal-journal.txt" 2>&1
+in_ct journalctl -u apiserver-standin -o short-monotonic --no-pager >"$log/nodelocal-standin-journal.txt" 2>&1
+in_ct systemctl stop kubelet.service apilb.service apiserver-standin.service >>"$log/nodelocal-setup.txt" 2>&1
+rm -rf "$run/etc/systemd/system/apilb.service.d/node-local.conf" "$run/etc/systemd/system/kubelet.service.d" \
+  "$run/etc/systemd/system/kubelet.service" "$run/etc/systemd/system/apiserver-standin.service"
+in_ct systemctl daemon-reload
+in_ct systemctl start apilb.service >>"$log/nodelocal-setup.txt" 2>&1
+wait_for 60 test "$(prop ActiveState)" = active
+fi  # group nodelocal
+
+if want vrrp; then  # ---- group vrrp
+# 12. vrrp with manage: false (docs/vip.md, "Two ways to run keepalived"):
+# Debian's own keepalived.service runs the keepalived.conf apilb renders
+# (`apilb keepalived-config ... -o /etc/keepalived/keepalived.conf`, as
+# docs/systemd.md writes it), beside apilb.service as shipped, no drop-in.
+# The segment: the veth pair of check 10. keepalived follows apilb through the track file
+# (/run/apilb/vrrp-fault) and tells it its role through the notify FIFO.
+# First with track_process as rendered by default: keepalived's process
+# events exist only in the host's first network and PID namespaces, which
+# this container is not in, so (docs/vip.md) the instance stays in FAULT.
+# Then with `track_process: false`, the container's setting.
+in_ct systemctl stop apilb.service >"$log/vrrp-setup.txt" 2>&1
+vrrp_segment >>"$log/vrrp-setup.txt" 2>&1
+cp "$run/etc/apilb/apilb.yaml" "$run/etc/apilb/apilb.yaml.plain"
+# Renders and installs keepalived.conf, then (re)starts apilb and keepalived.
+vrrp_start() {
+  {
+    in_ct apilb keepalived-config --config /etc/apilb/apilb.yaml --apilb-path /usr/sbin/apilb -o /etc/keepalived/keepalived.conf &&
+      in_ct keepalived -t -f /etc/keepalived/keepalived.conf
+  } >>"$log/vrrp-setup.txt" 2>&1
+  rendered=$?
+  cat "$run/etc/keepalived/keepalived.conf" >>"$log/vrrp-keepalived.conf" 2>/dev/null
+  # This group starts apilb more often than the unit's StartLimitBurst (5
+  # in 60 s) allows.
+  in_ct systemctl reset-failed apilb.service >/dev/null 2>&1
+  in_ct systemctl restart apilb.service >>"$log/vrrp-start.txt" 2>&1
+  in_ct systemctl restart keepalived.service >>"$log/vrrp-start.txt" 2>&1
+  wait_for 60 test "$(prop ActiveState)" = active
+}
+ka_said() { in_ct journalctl -u keepalived.service -o cat --no-pager | grep -c -- "$1"; }
+roles() { in_ct journalctl -u apilb.service -o cat --no-pager | grep -c "vrrp: role .* -> $1"; }
+vrrp_yaml 52
+vrrp_start
+track_line=$(grep -m1 '^ *process ' "$run/etc/keepalived/keepalived.conf" | sed 's/^ *//')
+held=$(wait_for 5 vip_held && echo yes || echo no)
+events=$(in_ct journalctl -u keepalived.service -o cat --no-pager | grep -m1 -o 'Failed to set/clear process event listen.*')
+quorum=$(ka_said 'quorum not achieved')
+result vrrp_track_process "$([[ $rendered == 0 && $held == no && $quorum -ge 1 ]]; echo $?)" \
+  "rendered ($track_line), keepalived -t: $([[ $rendered == 0 ]] && echo ok || echo failed); in the container's own namespaces keepalived said '${events:-nothing about process events}', 'quorum not achieved' $quorum time(s): the VIP held within 5 s: $held (docs/vip.md: FAULT outside the first network namespace)"
+
+in_ct systemctl stop keepalived.service >>"$log/vrrp-setup.txt" 2>&1
+vrrp_yaml 52 "  track_process: false"
+t0=$(ms_now)
+vrrp_start
+master_ms=$(ms_until "$t0" 30 vip_held)
+ka_state=$(in_ct systemctl is-active keepalived.service)
+track=$(in_ct cat /run/apilb/vrrp-fault 2>&1)
+masters=$(roles MASTER)
+result vrrp_master "$([[ $rendered == 0 && $ka_state == active && $(prop ActiveState) == active && -n $master_ms &&
+  $track == 0 && $masters -ge 1 ]]; echo $?)" \
+  "track_process: false; keepalived.conf rendered and keepalived -t: $([[ $rendered == 0 ]] && echo ok || echo failed); keepalived.service $ka_state, apilb $(prop ActiveState); VIP on vrrp0 ${master_ms:-never (30 s)} ms after the restarts began; track file: $track; apilb logged 'role ... -> MASTER' $masters time(s)"
+
+# apilb's health goes bad: its one backend (apilb-echo) stops, the pool has
+# no healthy backend after fall: 2 probes 1 s apart, apilb writes 1, the
+# instance goes FAULT and the VIP leaves vrrp0. Then the backend is back.
+faults_before=$(roles FAULT)
+masters_before=$(roles MASTER)
+t0=$(ms_now)
+in_ct systemctl stop apilb-echo.service >>"$log/vrrp-setup.txt" 2>&1
+gone_ms=$(ms_until "$t0" 20 vip_gone)
+track_bad=$(in_ct cat /run/apilb/vrrp-fault 2>&1)
+ka_fault=$(ka_said 'entering FAULT state')
+t1=$(ms_now)
+in_ct systemctl start apilb-echo.service >>"$log/vrrp-setup.txt" 2>&1
+back_ms=$(ms_until "$t1" 20 vip_held)
+track_good=$(in_ct cat /run/apilb/vrrp-fault 2>&1)
+faults=$(($(roles FAULT) - faults_before))
+masters=$(($(roles MASTER) - masters_before))
+result vrrp_fault "$([[ -n $gone_ms && $track_bad == 1 && $faults -ge 1 && -n $back_ms && $track_good == 0 &&
+  $masters -ge 1 ]]; echo $?)" \
+  "backend stopped: VIP off vrrp0 after ${gone_ms:-never (20 s)} ms (track file $track_bad, keepalived 'entering FAULT state' $ka_fault time(s) in all, apilb 'role -> FAULT' $faults); backend started: VIP back after ${back_ms:-never (20 s)} ms (track file $track_good, 'role -> MASTER' $masters)"
+
+# systemctl restart apilb: what happens to the VIP (docs/vip.md, "Graceful
+# hand-off": on SIGTERM apilb writes 1, keepalived gives the VIP up for a
+# peer to take, apilb drains; the new apilb writes 0 once its first health
+# checks passed). keepalived.service itself goes on.
+ka_pid=$(in_ct systemctl show -p MainPID --value keepalived.service)
+pid=$(prop MainPID)
+vip_monitor "$log/vrrp-monitor-restart.txt" 60
+t0=$(ms_now)
+in_ct systemctl restart apilb.service >>"$log/vrrp-start.txt" 2>&1
+restart_ms=$(($(ms_now) - t0))
+back_ms=$(ms_until "$t0" 30 vip_held)
+sleep 1
+vip_monitor_stop
+deleted=$(grep -c "Deleted .*$vrrp_vip" "$log/vrrp-monitor-restart.txt")
+order=$(in_ct journalctl -u apilb.service "_PID=$pid" -o cat --no-pager |
+  grep -oE 'vrrp: not ready \(draining\)|SIGTERM: stopped accepting' | tr '\n' '|')
+result vrrp_restart "$([[ $(prop ActiveState) == active && $(prop MainPID) != "$pid" && $deleted == 1 && -n $back_ms &&
+  $(in_ct systemctl show -p MainPID --value keepalived.service) == "$ka_pid" ]]; echo $?)" \
+  "systemctl restart took $restart_ms ms (pid $pid -> $(prop MainPID)); the VIP deleted from vrrp0 $deleted time(s), held again ${back_ms:-never (30 s)} ms after the restart began; the old process: ${order:-nothing logged}; keepalived.service pid $ka_pid -> $(in_ct systemctl show -p MainPID --value keepalived.service)"
+
+# A crash with track_process off: SIGKILL to apilb. Nothing tells
+# keepalived at once (the track file keeps its 0); the unit's Restart=
+# starts apilb again, which writes 1 while it starts (FAULT: the VIP
+# leaves) and 0 once its first health checks passed.
+pid=$(prop MainPID)
+restarts=$(prop NRestarts)
+vip_monitor "$log/vrrp-monitor-sigkill.txt" 60
+t0=$(ms_now)
+ct_kill -KILL "$pid"
+gone_ms=$(ms_until "$t0" 20 vip_gone)
+restarted() { local m; m=$(prop MainPID); [[ $m != 0 && $m != "$pid" && $(prop ActiveState) == active ]]; }
+new_ms=$(ms_until "$t0" 30 restarted)
+back_ms=$(ms_until "$t0" 30 vip_held)
+sleep 0.5
+vip_monitor_stop
+result vrrp_sigkill "$([[ -n $new_ms && -n $back_ms && $(prop NRestarts) -gt $restarts ]]; echo $?)" \
+  "track_process: false, SIGKILL pid $pid: the VIP left vrrp0 after ${gone_ms:-never (20 s)} ms; the unit active again with pid $(prop MainPID) after ${new_ms:-never (30 s)} ms, the VIP back after ${back_ms:-never (30 s)} ms; NRestarts $restarts -> $(prop NRestarts)"
+
+# A package upgrade (dpkg -i of the same .deb: the postinst's
+# systemd-tmpfiles, then `apilb upgrade`) keeps the VIP, and the new process
+# still moves it: its backend stopped, the VIP leaves vrrp0; started, it
+# comes back. The new process must be able to write the track file in
+# /run/apilb after systemd-tmpfiles gave the directory to its tmpfiles.d
+# owner.
+restarts=$(prop NRestarts)
+pid=$(prop MainPID)
+vip_monitor "$log/vrrp-monitor-deb-upgrade.txt" 90
+out=$(in_ct session-across 127.0.0.1 dpkg -i /opt/apilb.deb 2>&1)
+echo "$out" >"$log/vrrp-deb-upgrade.txt"
+last=$(tail -n 1 <<<"$out")
+vip_monitor_stop
+deleted=$(grep -c "Deleted .*$vrrp_vip" "$log/vrrp-monitor-deb-upgrade.txt")
+run_owner=$(in_ct stat -c '%U:%a' /run/apilb)
+t0=$(ms_now)
+in_ct systemctl stop apilb-echo.service >>"$log/vrrp-setup.txt" 2>&1
+gone_ms=$(ms_until "$t0" 20 vip_gone)
+t1=$(ms_now)
+in_ct systemctl start apilb-echo.service >>"$log/vrrp-setup.txt" 2>&1
+back_ms=$(ms_until "$t1" 20 vip_held)
+track_errors=$(in_ct journalctl -u apilb.service -o cat --no-pager | grep -c 'cannot write the track file')
+result vrrp_deb_upgrade "$([[ $last == *"before=before after=after"* && $(prop MainPID) != "$pid" && $(prop NRestarts) == "$restarts" &&
+  $deleted == 0 && -n $gone_ms && -n $back_ms && $track_errors == 0 ]]; echo $?)" \
+  "${last#action=* }; NRestarts $restarts -> $(prop NRestarts); the VIP deleted meanwhile: $deleted time(s); /run/apilb then $run_owner; backend stopped: VIP off after ${gone_ms:-never (20 s)} ms, back ${back_ms:-never (20 s)} ms after it started; 'cannot write the track file' logged $track_errors time(s)"
+
+in_ct journalctl -u apilb -o short-monotonic --no-pager >"$log/vrrp-journal.txt" 2>&1
+in_ct journalctl -u keepalived -o short-monotonic --no-pager >"$log/vrrp-keepalived-journal.txt" 2>&1
+in_ct systemctl stop keepalived.service apilb.service >>"$log/vrrp-setup.txt" 2>&1
+rm -f "$run/etc/keepalived/keepalived.conf"
+mv "$run/etc/apilb/apilb.yaml.plain" "$run/etc/apilb/apilb.yaml"
+in_ct ip link del vrrp0 >>"$log/vrrp-setup.txt" 2>&1
+in_ct systemctl reset-failed apilb.service >/dev/null 2>&1
+in_ct systemctl start apilb.service >>"$log/vrrp-setup.txt" 2>&1
+wait_for 60 test "$(prop ActiveState)" = active
+fi  # group vrrp
+
+if want remove; then  # ---- group remove
+# 13. apt remove: the prerm stops apilb, gracefully (its drain), and no
 # apilb is left serving from the deleted binary.
 pid=$(prop MainPID)
 in_ct dpkg -r apilb >"$log/remove.txt" 2>&1
@@ -799,6 +1168,8 @@ wait_for 30 sh -c "! nsenter --target $leader --pid --mount -- sh -c 'kill -0 $p
 drained=$(in_ct journalctl -u apilb.service "_PID=$pid" -o cat --no-pager | grep 'SIGTERM: stopped accepting')
 result remove "$([[ $rc == 0 && $gone == 0 && -n $drained ]]; echo $?)" \
   "dpkg -r: exit $rc; pid $pid $([[ $gone == 0 ]] && echo ended || echo 'still running'); ${drained:-no drain logged}"
+
+fi  # group remove
 
 in_ct journalctl -u apilb -o short-monotonic --no-pager >"$log/apilb-journal.txt" 2>&1
 stop_container
