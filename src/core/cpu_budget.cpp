@@ -70,7 +70,7 @@ std::optional<std::string> read_line(const std::string& path, std::vector<std::s
 
 /// One level's limit: nullopt = none there.
 using level_reader = std::optional<cpu_quota> (*)(const std::string& dir, std::vector<std::string>& warnings,
-                                                   std::string& file);
+                                                  std::string& file);
 
 /// cgroup v2: "max 100000" or "50000 100000".
 std::optional<cpu_quota> read_cpu_max(const std::string& dir, std::vector<std::string>& warnings, std::string& file) {
@@ -237,7 +237,8 @@ std::uint32_t affinity_cpu_count(std::string& error) {
         }
         const std::size_t size = CPU_ALLOC_SIZE(cpus);
         CPU_ZERO_S(size, set.get());
-        if (::sched_getaffinity(0, size, set.get()) == 0) return static_cast<std::uint32_t>(CPU_COUNT_S(size, set.get()));
+        if (::sched_getaffinity(0, size, set.get()) == 0)
+            return static_cast<std::uint32_t>(CPU_COUNT_S(size, set.get()));
         if (errno != EINVAL) {
             error = std::string("sched_getaffinity failed: ") + std::strerror(errno);
             return 0;
@@ -266,7 +267,8 @@ cpu_budget probe_cpu_budget(const std::string& proc_cgroup, const std::string& c
     std::string why;
     b.affinity_cpus = affinity_cpu_count(why);
     b.online_cpus = std::thread::hardware_concurrency();
-    if (b.affinity_cpus == 0) b.warnings.push_back("the CPU affinity mask is unknown (" + why + "); counted as all CPUs");
+    if (b.affinity_cpus == 0)
+        b.warnings.push_back("the CPU affinity mask is unknown (" + why + "); counted as all CPUs");
     b.cgroup = read_cgroup_cpu_limit(proc_cgroup, cgroup_root);
     b.warnings.insert(b.warnings.end(), b.cgroup.warnings.begin(), b.cgroup.warnings.end());
     return b;

@@ -11,8 +11,8 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <csignal>
+#include <cstring>
 #include <fstream>
 
 #include "admin_support.hpp"
@@ -108,8 +108,9 @@ public:
         } else if (read_file("/sys/fs/cgroup/cgroup.subtree_control").find("cpu") != std::string::npos) {
             path_ = "/sys/fs/cgroup" + name;
         } else {
-            error = "no writable cpu controller: neither /sys/fs/cgroup/cpu (v1) nor cpu in "
-                    "/sys/fs/cgroup/cgroup.subtree_control (v2)";
+            error =
+                "no writable cpu controller: neither /sys/fs/cgroup/cpu (v1) nor cpu in "
+                "/sys/fs/cgroup/cgroup.subtree_control (v2)";
             return;
         }
         if (::mkdir(path_.c_str(), 0755) != 0) {
@@ -127,7 +128,9 @@ public:
 
     /// `quota_us` of CPU time every 100 ms.
     bool set_quota(unsigned quota_us) const {
-        if (v1_) return write(path_ + "/cpu.cfs_period_us", "100000") && write(path_ + "/cpu.cfs_quota_us", std::to_string(quota_us));
+        if (v1_)
+            return write(path_ + "/cpu.cfs_period_us", "100000") &&
+                   write(path_ + "/cpu.cfs_quota_us", std::to_string(quota_us));
         return write(path_ + "/cpu.max", std::to_string(quota_us) + " 100000");
     }
     /// Runs the command after it inside this cgroup.
@@ -158,8 +161,8 @@ TEST(WorkersAuto, ACgroupQuotaOfHalfACpuRunsOneWorker) {
         temp_dir dir;
         tcp_server backend = quiet_backend();
         const std::uint16_t port = free_port();
-        apilb_process lb(dir, single_pool_config(port, {backend.address()}, "round-robin", 0), "127.0.0.1", port,
-                         {}, group.prefix());
+        apilb_process lb(dir, single_pool_config(port, {backend.address()}, "round-robin", 0), "127.0.0.1", port, {},
+                         group.prefix());
         EXPECT_TRUE(lb.wait_for_log("workers: 1 (auto: " + std::to_string(cpus.size()) +
                                     " CPUs in the affinity mask, cgroup CPU limit 0.5 (" + group.quota_file() + "))"))
             << lb.log();
