@@ -6,7 +6,7 @@
 #
 # TARGET is one of tests/fuzz/*_fuzz.cpp without _fuzz.cpp (config,
 # admin_request, probe_response, keepalived_conf, endpoint_slices, kubeconfig,
-# handover, frr_conf, bgp_neighbors); all (the default) runs
+# handover, frr_conf, bgp_neighbors, cgroup); all (the default) runs
 # every target, two at a time, each for SECONDS (default 600; 0 builds the
 # targets and runs none: libFuzzer reads -max_total_time=0 as no limit, so
 # a run would end only by the outer timeout). Builds
