@@ -38,7 +38,8 @@ void check(bool ok, const char* what, const std::string& detail) {
 }
 
 void write(const std::string& path, std::string_view text) {
-    std::ofstream(path, std::ios::binary | std::ios::trunc).write(text.data(), static_cast<std::streamsize>(text.size()));
+    std::ofstream(path, std::ios::binary | std::ios::trunc)
+        .write(text.data(), static_cast<std::streamsize>(text.size()));
 }
 
 }  // namespace
