@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -129,18 +130,30 @@ TEST(SocketOptions, ASocketAnotherProcessSetUpGetsEveryKeepaliveOption) {
     EXPECT_EQ(get_int(s.fd, IPPROTO_TCP, TCP_KEEPCNT), 5);
 }
 
-/// The keepalive timer of the TCP socket bound to local port `port`, as
+/// /proc/net/tcp's "ADDR:PORT" for `a` (the address as the kernel prints
+/// its network-order word, the port in host order).
+std::string proc_net_tcp_endpoint(const sockaddr_in& a) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "%08X:%04X", a.sin_addr.s_addr, ntohs(a.sin_port));
+    return buf;
+}
+
+/// The keepalive timer of the TCP socket from `local` to `remote`, as
 /// /proc/net/tcp shows it: how long until it fires; nullopt if that socket
-/// has no keepalive timer pending.
-std::optional<std::chrono::milliseconds> keepalive_timer_of(std::uint16_t port) {
+/// has no keepalive timer pending. Both ends are matched: a port alone can
+/// also be another test's socket on another loopback address, or one in
+/// TIME_WAIT.
+std::optional<std::chrono::milliseconds> keepalive_timer_of(const sockaddr_in& local, const sockaddr_in& remote) {
+    const std::string want_local = proc_net_tcp_endpoint(local);
+    const std::string want_remote = proc_net_tcp_endpoint(remote);
     std::ifstream in("/proc/net/tcp");
     std::string line;
     std::getline(in, line);  // the header
     while (std::getline(in, line)) {
         std::istringstream fields(line);
-        std::string sl, local, remote, state, queues, timer;
-        fields >> sl >> local >> remote >> state >> queues >> timer;
-        if (std::stoul(local.substr(local.find(':') + 1), nullptr, 16) != port) continue;
+        std::string sl, local_field, remote_field, state, queues, timer;
+        fields >> sl >> local_field >> remote_field >> state >> queues >> timer;
+        if (local_field != want_local || remote_field != want_remote) continue;
         // "tr:when": timer 2 is the keepalive timer; when is in USER_HZ ticks.
         if (std::stoul(timer.substr(0, 2), nullptr, 16) != 2) return std::nullopt;
         const long ticks = std::stol(timer.substr(3), nullptr, 16);
@@ -178,7 +191,7 @@ TEST(SocketOptions, KeepaliveSetLateFiresKeepaliveIdleAfterTheLastSegmentReceive
     sockaddr_in local{};
     len = sizeof local;
     ASSERT_EQ(::getsockname(c.fd, reinterpret_cast<sockaddr*>(&local), &len), 0);
-    const auto left = keepalive_timer_of(ntohs(local.sin_port));
+    const auto left = keepalive_timer_of(local, addr);
     ASSERT_TRUE(left.has_value()) << "no keepalive timer on the socket";
     const auto due = std::chrono::duration_cast<std::chrono::milliseconds>(set_at - last_received) + *left;
     // Due 3 s after the byte came (a tick of /proc/net/tcp's rounding and
