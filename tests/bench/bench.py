@@ -28,8 +28,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 sys.path.insert(0, str(HERE))
-from report import TARGETS, TESTS, noise_table, round_ratios, syscall_table, table, value  # noqa: E402
-from syscount import SyscallCount, per_unit  # noqa: E402
+from report import TARGETS, TESTS, load_syscall_table, noise_table, round_ratios, syscall_table, table, value  # noqa: E402
+from syscount import SyscallCount, load_per_unit, per_unit  # noqa: E402
 # Tests of apilb alone (no counterpart in HAProxy or nginx).
 APILB_ONLY = ("instructions", "scrape")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -396,6 +396,8 @@ class Bench:
         softirqd = [self.softirqd] if self.softirqd else []
         syscalls = SyscallCount(self.procs, self.gen_cpu, pids, self.work / "syscalls.csv") \
             if self.args.syscalls and lb else None
+        gen_calls = SyscallCount(self.procs, self.gen_cpu, [], self.work / "gen-syscalls.csv", on_cpu=self.gen_cpu) \
+            if self.args.syscalls else None
         n0, (u0, k0), j0, t0 = tcp_counters(), cpu_split(pids), cpu_jiffies(), time.monotonic()
         s0 = cpu_seconds(softirqd)
         perf = None
@@ -412,6 +414,8 @@ class Bench:
         n1, (u1, k1), j1, t1 = tcp_counters(), cpu_split(pids), cpu_jiffies(), time.monotonic()
         if syscalls:
             res["syscalls"] = syscalls.stop()
+        if gen_calls:
+            res["gen_syscalls"] = gen_calls.stop()
         c0, c1 = u0 + k0, u1 + k1
         # Network softirq work the kernel deferred to ksoftirqd on the
         # balancer's CPU is not charged to the balancer: shown apart.
@@ -450,6 +454,7 @@ class Bench:
             if lb:
                 self.procs.stop(lb)
             self.procs.stop(srv)
+        load_per_unit(r, r["bytes"] / 1e9)
         if lb:
             r["cpu_s_per_gb"] = r["lb_cpu_s"] / (r["bytes"] / 1e9)
             per_unit(r, r["bytes"] / 1e9)
@@ -476,6 +481,7 @@ class Bench:
             if lb:
                 self.procs.stop(lb)
             self.procs.stop(be)
+        load_per_unit(r, r["requests"], scale=1e6)
         if lb and r["requests"]:
             r["cpu_us_per_req"] = 1e6 * r["lb_cpu_s"] / r["requests"]
             per_unit(r, r["requests"], scale=1e6)
@@ -791,7 +797,8 @@ def main() -> int:
                          "(apilb workers: 0, HAProxy without nbthread, nginx worker_processes auto)")
     ap.add_argument("--syscalls", action="store_true",
                     help="count the balancer's system calls (perf stat on the syscalls tracepoints) in each "
-                         "measured run and report them per unit of work (slows the balancer a little)")
+                         "measured run and report them per unit of work (slows the balancer a little), and "
+                         "those of everything on the load CPU (load generator and backends), direct included")
     ap.add_argument("--lb-cpu", default="0")
     ap.add_argument("--gen-cpu", default="1")
     args = ap.parse_args()
@@ -833,7 +840,7 @@ def main() -> int:
                "| Target | wanted | apilb |", "|---|---|---|", *goals, "", round_ratios(samples), "",
                noise_table(samples)]
         if args.syscalls:
-            md += ["", syscall_table(samples)]
+            md += ["", syscall_table(samples), "", load_syscall_table(samples)]
     if bench.notes:
         md += ["", "Failed measurements:", *[f"- {n}" for n in bench.notes]]
     (out / "results.md").write_text("\n".join(md) + "\n")

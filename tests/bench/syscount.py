@@ -1,6 +1,8 @@
 """System calls of the balancer under test, counted by the kernel: `perf stat`
 on the syscalls:sys_enter_* tracepoints of the balancer's processes (all
-their threads) for the length of one measurement (bench.py --syscalls).
+their threads) for the length of one measurement (bench.py --syscalls); and
+the same for everything on the load CPU (the load generator and the
+backends): what the balancer's way of relaying makes the other side do.
 
 Counts, not times: a count per unit of work does not move when other users
 of the machine take CPU, so it compares balancers across noisy runs. The
@@ -19,14 +21,17 @@ EVENTS = ("syscalls:sys_enter_*", "raw_syscalls:sys_enter", "context-switches")
 
 
 class SyscallCount:
-    """perf stat on `pids` from construction until stop(); `procs` (bench.Procs)
-    starts and ends it by its PID."""
+    """perf stat on `pids`, or with `pids` empty on every task that runs on
+    CPU `on_cpu` (system-wide counting of that CPU), from construction until
+    stop(); `procs` (bench.Procs) starts and ends it by its PID, on CPU
+    `cpu`."""
 
-    def __init__(self, procs, cpu: str, pids: list[int], csv: Path) -> None:
+    def __init__(self, procs, cpu: str, pids: list[int], csv: Path, on_cpu: str | None = None) -> None:
         self.procs = procs
         self.csv = csv
         csv.unlink(missing_ok=True)
-        argv = ["perf", "stat", "-x,", "-o", str(csv), "-p", ",".join(map(str, pids))]
+        argv = ["perf", "stat", "-x,", "-o", str(csv)]
+        argv += ["-a", "-C", on_cpu] if on_cpu is not None else ["-p", ",".join(map(str, pids))]
         for e in EVENTS:
             argv += ["-e", e]
         self.perf = procs.start(argv, cpu)
@@ -79,3 +84,15 @@ def per_unit(r: dict, units: float, scale: float = 1.0) -> None:
     r["sys_per_unit"] = r["lb_sys_s"] * scale / units
     if "syscalls" in r:
         r["syscalls_per_unit"] = {k: v / units for k, v in r["syscalls"].items()}
+
+
+def load_per_unit(r: dict, units: float, scale: float = 1.0) -> None:
+    """Adds to sample `r` (any target, direct included) the load CPU's busy
+    time per unit of work (seconds times `scale`: the load generator, the
+    backends and the network stack's work done in their context) and, if
+    counted, the system calls and context switches made on that CPU."""
+    if units <= 0:
+        return
+    r["gen_cpu_per_unit"] = r["gen_cpu_busy_pct"] / 100.0 * r["wall_s"] * scale / units
+    if "gen_syscalls" in r:
+        r["gen_syscalls_per_unit"] = {k: r["gen_syscalls"].get(k, 0) / units for k in ("total", "context_switches")}
