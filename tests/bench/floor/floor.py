@@ -4,13 +4,17 @@
 Runs each floor relay (floor_epoll.c built plain: epoll; with -DFLOOR_SPLICE:
 splice; with -DFLOOR_URING_POLL: upoll, and -DFLOOR_URING_ACCEPT too:
 uaccept; floor_uring.c: uring, with -DFLOOR_MULTISHOT: ushot) and, with
---apilb BINARY, apilb (workers: 1) against the loads of tests/bench -- new
+--apilb BINARY, apilb (workers: 1), and nginx (tests/bench's stream
+configuration, 1 worker process) against the loads of tests/bench -- new
 HTTP connections/s (wrk -c64, Connection: close), keep-alive requests/s
 (wrk -c64), bulk (iperf3 -P4) -- round-robin over backends on 127.0.0.2-4,
 relay pinned to one CPU and load to the other, relays interleaved round by
-round, medians reported. Per unit: CPU (utime+stime of the relay from
-/proc/PID/stat), system calls (perf stat on raw_syscalls:sys_enter, in the
-measured run itself) and wake-ups (voluntary context switches); --strace
+round, medians reported. Per unit: CPU (utime+stime of the relay's
+processes from /proc/PID/stat), system calls (perf stat on
+raw_syscalls:sys_enter, in the measured run itself), wake-ups (voluntary
+context switches), and the load CPU's busy time (load generator and
+backends, from /proc/stat): with the load CPU full, the rate a relay
+reaches is set by what it makes the load do, not by its own CPU; --strace
 adds one short run per relay and load under `strace -c -f` for the
 breakdown by call. Every number of one invocation comes from the same run. Wrap it in
 `flock /tmp/apilb-bench.lock` on a shared machine. Loopback only.
@@ -42,22 +46,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_s(pid: int) -> float:
+def tree(pid: int) -> list[int]:
+    """The process and its descendants (nginx: the master and its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in open(f"/proc/{p}/task/{task}/children").read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_s(pids: list[int]) -> float:
     total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        f = open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()
-        total += int(f[11]) + int(f[12])
+    for pid in pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            f = open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
     return total / TICK
 
 
-def wakeups(pid: int) -> int:
-    """Voluntary context switches of all the process's threads: how often it slept."""
+def wakeups(pids: list[int]) -> int:
+    """Voluntary context switches of all the processes' threads: how often they slept."""
     n = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        for line in open(f"/proc/{pid}/task/{task}/status"):
-            if line.startswith("voluntary_ctxt_switches:"):
-                n += int(line.split()[1])
+    for pid in pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            for line in open(f"/proc/{pid}/task/{task}/status"):
+                if line.startswith("voluntary_ctxt_switches:"):
+                    n += int(line.split()[1])
     return n
+
+
+def cpu_busy_s(cpu: str) -> float:
+    """Busy seconds of one CPU so far (all but idle and iowait, /proc/stat)."""
+    for line in open("/proc/stat"):
+        if line.startswith(f"cpu{cpu} "):
+            v = [int(x) for x in line.split()[1:9]]
+            return (sum(v) - v[3] - v[4]) / TICK
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
 
 
 def listening(port: int) -> bool:
@@ -154,10 +183,20 @@ limits: {{max_connections: 9500}}
 log: {{level: warn}}
 """)
             p = self.start([self.args.apilb, "run", "-c", str(conf)], self.args.lb_cpu, stdout=subprocess.DEVNULL)
+        elif name == "nginx":
+            conf = self.work / f"nginx-lb-{backend_port}.conf"
+            text = (HERE.parent / "conf" / "nginx-stream.conf.in").read_text()
+            for k, v in (("WORKERS", "1"), ("WORK", str(self.work)), ("LB_PORT", str(self.lb_port)),
+                         ("BACKEND_PORT", str(backend_port))):
+                text = text.replace(f"@{k}@", v)
+            conf.write_text(text)
+            p = self.start(["nginx", "-c", str(conf), "-p", str(self.work), "-e", "stderr"], self.args.lb_cpu)
         else:
             p = self.start([str(bins[name]), str(self.lb_port), str(backend_port)], self.args.lb_cpu,
                            stdout=subprocess.DEVNULL)
         wait_port(self.lb_port)
+        if name == "nginx":
+            time.sleep(0.2)  # the worker starts after the master bound the socket
         return p
 
     def load(self, load: str, secs: int) -> tuple[float, dict]:
@@ -184,12 +223,13 @@ log: {{level: warn}}
         lb = self.relay(name, bins, port)
         try:
             perf_out = self.work / "perf.txt"
+            pids = tree(lb.pid)
             perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-o", str(perf_out),
-                                     "-p", str(lb.pid)], stdin=subprocess.DEVNULL)
+                                     "-p", ",".join(map(str, pids))], stdin=subprocess.DEVNULL)
             time.sleep(0.3)
-            c0, w0 = cpu_s(lb.pid), wakeups(lb.pid)
+            c0, w0, g0 = cpu_s(pids), wakeups(pids), cpu_busy_s(self.args.gen_cpu)
             units, r = self.load(load, self.args.seconds)
-            c1, w1 = cpu_s(lb.pid), wakeups(lb.pid)
+            c1, w1, g1 = cpu_s(pids), wakeups(pids), cpu_busy_s(self.args.gen_cpu)
             perf.send_signal(signal.SIGINT)
             perf.wait(10)
             calls = int(next(l for l in perf_out.read_text().splitlines() if "raw_syscalls" in l).split(",")[0])
@@ -197,7 +237,7 @@ log: {{level: warn}}
             self.stop_relay(lb)
         per = 1e6 if load != "bulk" else 1.0
         r.update(units=units, cpu_per_unit=per * (c1 - c0) / units, calls_per_unit=calls / units,
-                 wakeups_per_unit=(w1 - w0) / units,
+                 wakeups_per_unit=(w1 - w0) / units, load_cpu_per_unit=per * (g1 - g0) / units,
                  cpu_util=(c1 - c0) / self.args.seconds)
         return r
 
@@ -205,7 +245,7 @@ log: {{level: warn}}
         port = self.iperf_port if load == "bulk" else self.http_port
         lb = self.relay(name, bins, port)
         out = self.work / f"strace-{name}-{load}.txt"
-        st = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(lb.pid)],
+        st = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), *(a for p in tree(lb.pid) for a in ("-p", str(p)))],
                               stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         try:
@@ -226,7 +266,7 @@ log: {{level: warn}}
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--apilb", help="apilb binary to measure beside the floor (release build)")
-    ap.add_argument("--relays", default="epoll,splice,upoll,uaccept,uring,ushot,apilb")
+    ap.add_argument("--relays", default="epoll,splice,upoll,uaccept,uring,ushot,apilb,nginx")
     ap.add_argument("--loads", default=",".join(LOADS))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=6)
@@ -251,8 +291,9 @@ def main() -> int:
                     print(f"round {rnd + 1} {load:9} {relay:7} {json.dumps(r)}", flush=True)
         unit = {"conn": "conn/s", "keepalive": "req/s", "bulk": "Gbit/s"}
         cpu = {"conn": "µs/conn", "keepalive": "µs/req", "bulk": "s/GB"}
-        print(f"\n| load | relay | rate | CPU per unit | vs epoll | syscalls per unit | wake-ups per unit | load avg |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(f"\n| load | relay | rate | CPU per unit | vs epoll | syscalls per unit | wake-ups per unit "
+              f"| load CPU per unit | load avg |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for load in loads:
             def med(relay, key):
                 return statistics.median(x[key] for x in results[(relay, load)])
@@ -261,7 +302,7 @@ def main() -> int:
                 print(f"| {load} | {relay} | {med(relay, rate):.3g} {unit[load]} | {med(relay, 'cpu_per_unit'):.3g} "
                       f"{cpu[load]} | {med(relay, 'cpu_per_unit') / med(relays[0], 'cpu_per_unit'):.2f}x | "
                       f"{med(relay, 'calls_per_unit'):.3g} | {med(relay, 'wakeups_per_unit'):.3g} | "
-                      f"{os.getloadavg()[0]:.1f} |")
+                      f"{med(relay, 'load_cpu_per_unit'):.3g} {cpu[load]} | {os.getloadavg()[0]:.1f} |")
         if args.strace:
             print()
             for load in loads:
