@@ -411,6 +411,7 @@ class Bench:
         res = fn()
         if perf:
             self.procs.stop(perf, sig=signal.SIGINT, timeout=30)
+            res["perf_data"] = str(data)
         n1, (u1, k1), j1, t1 = tcp_counters(), cpu_split(pids), cpu_jiffies(), time.monotonic()
         if syscalls:
             res["syscalls"] = syscalls.stop()
