@@ -1,5 +1,6 @@
 #include "apilb/dataplane/relay.hpp"
 
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <gtest/gtest.h>
@@ -220,20 +221,26 @@ TEST_P(Relay, BytesAndFinThatComeWhileTheSinkIsFullAreNotTakenForTheEnd) {
     rig r;
     // The client leg full (its peer reads nothing yet), so that the relay's
     // write of the backend's first bytes waits.
-    // Loopback moves what was sent into the peer's receive queue (which may
-    // grow) after the send returned, freeing room again: full is when three
-    // looks 20 ms apart find no room (seen under ASan: one look was not).
+    // Both buffers fixed: left to the kernel, the send buffer grows at each
+    // ACK to a zero-window probe (tcp_new_space), so a leg found full had
+    // room again within a few probes (about 1 run in 6 under load). And
+    // loopback moves what was sent into the peer's receive queue after the
+    // send returned, late on a loaded machine (softirq work deferred to
+    // ksoftirqd): full is when three looks 50 ms apart find no room and the
+    // peer's receive queue no longer growing.
+    const int fixed = 64 << 10;
+    ASSERT_EQ(::setsockopt(r.client.native_handle(), SOL_SOCKET, SO_SNDBUF, &fixed, sizeof fixed), 0);
+    ASSERT_EQ(::setsockopt(r.client_peer.native_handle(), SOL_SOCKET, SO_RCVBUF, &fixed, sizeof fixed), 0);
     std::string filler;
     const std::string chunk = pattern(64 << 10, 1);
-    for (int i = 0, idle = 0; i < 1024 && idle < 3; ++i) {
+    for (int i = 0, idle = 0, queued = -1; i < 1024 && idle < 3; ++i) {
         const ssize_t n = ::send(r.client.native_handle(), chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n > 0) {
-            filler.append(chunk, 0, static_cast<std::size_t>(n));
-            idle = 0;
-        } else {
-            ++idle;
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
+        int now_queued = 0;
+        ASSERT_EQ(::ioctl(r.client_peer.native_handle(), FIONREAD, &now_queued), 0);
+        if (n > 0) filler.append(chunk, 0, static_cast<std::size_t>(n));
+        idle = n <= 0 && now_queued == queued ? idle + 1 : 0;
+        queued = now_queued;
+        if (n <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     relay rel(r.client, r.upstream, res, r.last);
     bool done = false;
