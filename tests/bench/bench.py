@@ -28,7 +28,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 sys.path.insert(0, str(HERE))
-from report import TARGETS, TESTS, load_syscall_table, noise_table, round_ratios, syscall_table, table, value  # noqa: E402
+from report import (TARGETS, TESTS, load_syscall_table, noise_table, round_ratios, syscall_table,  # noqa: E402
+                    table, value)
 from syscount import SyscallCount, load_per_unit, per_unit  # noqa: E402
 # Tests of apilb alone (no counterpart in HAProxy or nginx).
 APILB_ONLY = ("instructions", "scrape")
@@ -396,7 +397,8 @@ class Bench:
         softirqd = [self.softirqd] if self.softirqd else []
         syscalls = SyscallCount(self.procs, self.gen_cpu, pids, self.work / "syscalls.csv") \
             if self.args.syscalls and lb else None
-        gen_calls = SyscallCount(self.procs, self.gen_cpu, [], self.work / "gen-syscalls.csv", on_cpu=self.gen_cpu) \
+        gen_calls = SyscallCount(self.procs, self.gen_cpu, [], self.work / "gen-syscalls.csv",
+                                 on_cpu=self.gen_cpu) \
             if self.args.syscalls else None
         n0, (u0, k0), j0, t0 = tcp_counters(), cpu_split(pids), cpu_jiffies(), time.monotonic()
         s0 = cpu_seconds(softirqd)

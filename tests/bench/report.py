@@ -179,6 +179,11 @@ SYSCALL_UNITS = (("conn_http", "connection"), ("conn_tls", "connection"), ("keep
                  ("bulk", "GB"))
 
 
+def count_cell(v) -> str:
+    """A count per unit of work in a table: two decimals below 100."""
+    return "–" if v is None else f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+
+
 def syscall_table(samples) -> str:
     """System calls per unit of work (medians over the rounds), every call
     that any balancer makes at least once per 100 units, the most frequent
@@ -206,8 +211,7 @@ def syscall_table(samples) -> str:
             ratio = f"{a / n:.2f}" if a is not None and n else "–"
             label = {"total": "**all**", "context_switches": "(context switches)"}.get(k, k)
             lines.append(f"| {test} | {unit} | {label} | " +
-                         " | ".join("–" if m[t] is None else f"{m[t]:,.2f}" if m[t] < 100 else f"{m[t]:,.0f}"
-                                    for t in BALANCERS) + f" | {ratio} |")
+                         " | ".join(count_cell(m[t]) for t in BALANCERS) + f" | {ratio} |")
     return "\n".join(lines)
 
 
@@ -229,6 +233,5 @@ def load_syscall_table(samples) -> str:
             a, n = m["apilb"], m["nginx"]
             ratio = f"{a / n:.2f}" if a is not None and n else "–"
             lines.append(f"| {test} | {unit} | {label} | " +
-                         " | ".join("–" if m[t] is None else f"{m[t]:,.2f}" if m[t] < 100 else f"{m[t]:,.0f}"
-                                    for t in TARGETS) + f" | {ratio} |")
+                         " | ".join(count_cell(m[t]) for t in TARGETS) + f" | {ratio} |")
     return "\n".join(lines)

@@ -37,6 +37,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(HERE.parent))
+from bench import cpu_jiffies, cpu_seconds, proc_tree  # noqa: E402
 LOADS = ("conn", "keepalive", "bulk")
 
 
@@ -44,29 +46,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def tree(pid: int) -> list[int]:
-    """The process and its descendants (nginx: the master and its workers)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo += [int(c) for c in open(f"/proc/{p}/task/{task}/children").read().split()]
-        except OSError:
-            pass
-    return out
-
-
-def cpu_s(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            f = open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()
-            total += int(f[11]) + int(f[12])
-    return total / TICK
 
 
 def wakeups(pids: list[int]) -> int:
@@ -82,11 +61,7 @@ def wakeups(pids: list[int]) -> int:
 
 def cpu_busy_s(cpu: str) -> float:
     """Busy seconds of one CPU so far (all but idle and iowait, /proc/stat)."""
-    for line in open("/proc/stat"):
-        if line.startswith(f"cpu{cpu} "):
-            v = [int(x) for x in line.split()[1:9]]
-            return (sum(v) - v[3] - v[4]) / TICK
-    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+    return cpu_jiffies()[f"cpu{cpu}"][0] / TICK
 
 
 def listening(port: int) -> bool:
@@ -223,13 +198,13 @@ log: {{level: warn}}
         lb = self.relay(name, bins, port)
         try:
             perf_out = self.work / "perf.txt"
-            pids = tree(lb.pid)
+            pids = proc_tree(lb.pid)
             perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-o", str(perf_out),
                                      "-p", ",".join(map(str, pids))], stdin=subprocess.DEVNULL)
             time.sleep(0.3)
-            c0, w0, g0 = cpu_s(pids), wakeups(pids), cpu_busy_s(self.args.gen_cpu)
+            c0, w0, g0 = cpu_seconds(pids), wakeups(pids), cpu_busy_s(self.args.gen_cpu)
             units, r = self.load(load, self.args.seconds)
-            c1, w1, g1 = cpu_s(pids), wakeups(pids), cpu_busy_s(self.args.gen_cpu)
+            c1, w1, g1 = cpu_seconds(pids), wakeups(pids), cpu_busy_s(self.args.gen_cpu)
             perf.send_signal(signal.SIGINT)
             perf.wait(10)
             calls = int(next(l for l in perf_out.read_text().splitlines() if "raw_syscalls" in l).split(",")[0])
@@ -245,7 +220,8 @@ log: {{level: warn}}
         port = self.iperf_port if load == "bulk" else self.http_port
         lb = self.relay(name, bins, port)
         out = self.work / f"strace-{name}-{load}.txt"
-        st = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), *(a for p in tree(lb.pid) for a in ("-p", str(p)))],
+        attach = [a for p in proc_tree(lb.pid) for a in ("-p", str(p))]
+        st = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), *attach],
                               stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         try:
