@@ -21,6 +21,8 @@ base=(
   libboost1.81-dev libboost-json1.81-dev
   libssl-dev openssl libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libcli11-dev libsystemd-dev
+  # The workers' io_uring (relay.io), and the floor relays of tests/bench/floor.
+  liburing-dev
   curl python3 ca-certificates iproute2 nftables
   # resfault_test: prlimit and unshare (util-linux), libfaketime to step
   # apilb's wall clock.
@@ -47,8 +49,8 @@ for group in "$@"; do
   case "$group" in
     base) ;;
     bench)
-      # liburing-dev and strace: the floor relays, tests/bench/floor/floor.py.
-      wanted+=(haproxy nginx libnginx-mod-stream wrk iperf3 nghttp2-client valgrind linux-perf liburing-dev strace) ;;
+      # strace: tests/bench/floor/floor.py --strace and tests/bench/syscalls.sh.
+      wanted+=(haproxy nginx libnginx-mod-stream wrk iperf3 nghttp2-client valgrind linux-perf strace) ;;
     kubectl)
       # Debian ships kubectl in kubernetes-client; keep any kubectl already on PATH.
       command -v kubectl >/dev/null 2>&1 || wanted+=(kubernetes-client) ;;

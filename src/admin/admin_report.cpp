@@ -426,6 +426,9 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
     e.sample("apilb_log_lines_dropped_total", "", log_lines_dropped());
     e.family("apilb_config_info", "gauge", "Always 1; hash is a short hash of the running configuration file.");
     e.sample("apilb_config_info", label("hash", facts.config_hash), std::uint64_t{1});
+    e.family("apilb_relay_io_uring", "gauge",
+             "1 if the workers drive their sockets through io_uring (relay.io), 0 if through epoll.");
+    e.sample("apilb_relay_io_uring", "", std::uint64_t{facts.relay_io_uring});
     e.family("apilb_ready", "gauge", "1 if apilb is ready (what /readyz says), else 0.");
     e.sample("apilb_ready", "", std::uint64_t{check_readiness(snap, facts).ready});
     if (!facts.vrrp_role.empty()) {
@@ -482,6 +485,7 @@ std::string render_status_json(const snapshot& snap, const admin_facts& facts) {
     root["vrrp_role"] = facts.vrrp_role;
     root["workers"] = facts.workers;
     root["workers_auto"] = snap.cfg->workers_auto;
+    root["relay_io"] = facts.relay_io_uring ? "io_uring" : "epoll";
     json::array discovery;
     for (const auto* c : facts.discovery) {
         json::array endpoints;

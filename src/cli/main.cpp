@@ -234,6 +234,10 @@ int run(const std::string& path, const std::string& log_level) {
         }
         apilb::process srv(cfg, std::move(inherited));
         return srv.run();
+    } catch (const apilb::config_load_error& e) {
+        // What only the host could tell (relay.io: io_uring refused here).
+        for (const auto& err : e.errors()) spdlog::critical("{}", err.to_string());
+        return exit_config_invalid;
     } catch (const std::exception& e) {
         // A std::system_error's what() already ends with its code's message
         // ("...: Address already in use"): not repeated.

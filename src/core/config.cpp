@@ -101,6 +101,15 @@ const char* to_string(relay_mode m) {
     return "unknown";
 }
 
+const char* to_string(relay_io m) {
+    switch (m) {
+    case relay_io::automatic: return "auto";
+    case relay_io::epoll: return "epoll";
+    case relay_io::io_uring: return "io_uring";
+    }
+    return "unknown";
+}
+
 const char* to_string(health_check_type t) {
     switch (t) {
     case health_check_type::https: return "https";

@@ -133,7 +133,7 @@ constexpr std::array<std::string_view, 6> timeout_keys{"connect",      "idle",  
 constexpr std::array<std::string_view, 7> tcp_keys{
     "nodelay", "keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count", "user_timeout", "socket_buffer"};
 constexpr std::array<std::string_view, 2> limit_keys{"max_connections", "per_backend"};
-constexpr std::array<std::string_view, 3> relay_keys{"mode", "buffer_size", "pipe_size"};
+constexpr std::array<std::string_view, 4> relay_keys{"mode", "buffer_size", "pipe_size", "io"};
 constexpr std::array<std::string_view, 2> log_keys{"level", "format"};
 
 
@@ -144,6 +144,8 @@ constexpr std::array<choice<balance_policy>, 3> balance_choices{
 constexpr std::array<choice<hash_key>, 2> hash_key_choices{
     {{"source-address", hash_key::source_address}, {"source-address-port", hash_key::source_address_port}}};
 constexpr std::array<choice<relay_mode>, 2> relay_choices{{{"splice", relay_mode::splice}, {"copy", relay_mode::copy}}};
+constexpr std::array<choice<relay_io>, 3> relay_io_choices{
+    {{"auto", relay_io::automatic}, {"epoll", relay_io::epoll}, {"io_uring", relay_io::io_uring}}};
 constexpr std::array<choice<std::string_view>, 7> level_choices{{{"trace", "trace"},
                                                                  {"debug", "debug"},
                                                                  {"info", "info"},
@@ -603,6 +605,11 @@ void loader::read_sections(const mapping& top) {
             read_choice(*m, "mode", relay_choices, c.relay.mode);
             read_integer(*m, "buffer_size", {.min = 4096, .max = 16 * 1024 * 1024}, c.relay.buffer_size);
             read_integer(*m, "pipe_size", {.min = 4096, .max = 1024 * 1024, .zero_allowed = true}, c.relay.pipe_size);
+            const field* io = m->find("io");
+            if (read_choice(*m, "io", relay_io_choices, c.relay.io) && io != nullptr) {
+                c.relay.io_line = io->mark.line + 1;
+                c.relay.io_column = io->mark.column + 1;
+            }
         }
     }
     if (const field* f = top.find("log")) {

@@ -6,7 +6,9 @@
 #include <boost/asio/error.hpp>
 
 #include <fcntl.h>
+#include <liburing.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -25,6 +27,7 @@
 
 #include "apilb/core/thread_role.hpp"
 #include "apilb/dataplane/socket_options.hpp"
+#include "apilb/dataplane/uring.hpp"
 
 namespace apilb {
 
@@ -40,6 +43,19 @@ constexpr int max_events = 256;
 
 /// The event of wake()'s eventfd: no slot has this index and generation.
 constexpr std::uint64_t wake_event = ~std::uint64_t{0};
+
+/// The user data of the ring's multishot POLL_ADD for the epoll set, and
+/// of its removal.
+constexpr std::uint64_t set_poll_tag = 1;
+/// The user data of cancellations (their completions say nothing needed).
+constexpr std::uint64_t cancel_tag = 2;
+/// Above the tags: a poll_socket's address, its low bit the direction.
+constexpr std::uint64_t first_socket_data = 8;
+
+/// Submission slots of a worker's ring. A full queue is submitted on the
+/// spot (uring::sqe), so this bounds no session count: it is how many
+/// operations one turn batches into its io_uring_enter.
+constexpr unsigned ring_entries = 256;
 
 constexpr int read_dir = static_cast<int>(poll_socket::wait_type::read);
 constexpr int write_dir = static_cast<int>(poll_socket::wait_type::write);
@@ -194,8 +210,9 @@ poller::~poller() {
 void poller::attach(asio::io_context& io, wait_by by) {
     io_ = &io;
     by_ = by;
-    if (by == wait_by::run) {
+    if (by != wait_by::asio) {
         // No reactor: the io_context only queues handlers, and run() waits.
+        if (by == wait_by::ring && !ring_) ring_ = std::make_unique<uring>(ring_entries);
         wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (wake_fd_ < 0) throw std::system_error(errno, std::system_category(), "eventfd for the worker's wake-ups");
         epoll_event ev{};
@@ -264,7 +281,15 @@ void poller::stop_running() noexcept {
 
 void poller::run() {
     APILB_ASSERT_DATA_PATH_ROLE(worker);
-    assert(by_ == wait_by::run && io_ != nullptr);
+    assert(own_loop() && io_ != nullptr);
+    if (ring_ && !ring_enabled_) {
+        try {
+            ring_->enable();
+            ring_enabled_ = true;
+        } catch (const std::exception& e) {
+            leave_ring(e);
+        }
+    }
     epoll_event events[max_events];
     for (;;) {
         // Posted work first (a reload, a drain): with no reactor in the
@@ -274,8 +299,10 @@ void poller::run() {
         if (io_->stopped()) {
             // Out of work: the set is no longer watched (watch_work_) and
             // nothing is posted. What is queued here is still delivered,
-            // as a posted drain_op would have kept the io_context running.
-            if (deferred_.empty()) return;
+            // as a posted drain_op would have kept the io_context running,
+            // and so is every operation still in the ring (a session closed
+            // by the shutdown waits for its cancelled recv).
+            if (deferred_.empty() && ring_ops_ == 0) return;
             io_->restart();
         }
 #ifdef APILB_DATA_PATH_CHECKS
@@ -286,7 +313,14 @@ void poller::run() {
 #endif
         // Completions queued (a yield, a close from a posted handler) run
         // after the events that came meanwhile: look, do not wait.
-        const int n = ::epoll_wait(epfd_, events, max_events, deferred_.empty() ? -1 : 0);
+        int n = 0;
+        if (ring_) {
+            const bool look = wait_in_ring(deferred_.empty() && !set_has_more_);
+            if (look || set_has_more_) n = ::epoll_wait(epfd_, events, max_events, 0);
+            set_has_more_ = n == max_events;
+        } else {
+            n = ::epoll_wait(epfd_, events, max_events, deferred_.empty() ? -1 : 0);
+        }
         if (n < 0) {
             if (errno != EINTR) wait_failed(last_error());
             continue;
@@ -299,6 +333,60 @@ void poller::run() {
         take_events(events, n);
         run_deferred();
     }
+}
+
+bool poller::wait_in_ring(bool block) noexcept {
+    ::io_uring& ring = ring_->get();
+    if (!set_watched_) {
+        // Multishot: one CQE for every wake-up of the set, flagged MORE while
+        // the poll stays armed. Level semantics for the set itself: it
+        // reports readable while events wait in it.
+        if (::io_uring_sqe* sqe = ring_->sqe()) {
+            ::io_uring_prep_poll_multishot(sqe, epfd_, POLLIN);
+            ::io_uring_sqe_set_data64(sqe, set_poll_tag);
+            set_watched_ = true;
+        } else {
+            block = false;  // unwatched, a wait could sleep on events: reap, and arm it next turn
+        }
+    }
+    const int rc = block ? ::io_uring_submit_and_wait(&ring, 1) : ::io_uring_submit_and_get_events(&ring);
+    // EBUSY: completions the kernel could not post wait for room, which
+    // the reaping below makes. Anything else cannot happen with a ring that
+    // exists; should it still, it is said, and the set looked at.
+    if (rc < 0 && rc != -EINTR && rc != -ETIME && rc != -EBUSY) wait_failed({-rc, boost::system::system_category()});
+    bool set_ready = rc < 0 && rc != -EINTR && rc != -ETIME && rc != -EBUSY;
+    unsigned seen = 0;
+    unsigned head;
+    ::io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+        ++seen;
+        const std::uint64_t data = ::io_uring_cqe_get_data64(cqe);
+        if (data >= first_socket_data) {
+            // The socket lives until its waiter has run (its contract).
+            auto* s = reinterpret_cast<poll_socket*>(static_cast<std::uintptr_t>(data & ~std::uint64_t{1}));
+            s->on_ring_completion(static_cast<int>(data & 1), cqe->res);
+            continue;
+        }
+        if (data != set_poll_tag) continue;  // a cancellation's
+        if (cqe->res >= 0) set_ready = true;
+        if ((cqe->flags & IORING_CQE_F_MORE) == 0) {
+            // The kernel ended the poll (an error, or out of room for its
+            // CQEs): armed again with the next wait; the set is looked at
+            // now so that no edge that came meanwhile waits for another.
+            set_watched_ = false;
+            set_ready = true;
+        }
+    }
+    ::io_uring_cq_advance(&ring, seen);
+    return set_ready;
+}
+
+void poller::leave_ring(const std::exception& e) noexcept {
+    if (failures_ != nullptr) failures_->fetch_add(1, std::memory_order_relaxed);
+    try {
+        spdlog::error("a worker's io_uring could not be enabled ({}); it waits in epoll_wait instead", e.what());
+    } catch (const std::exception&) {}
+    ring_.reset();
 }
 
 void poller::arm() noexcept {
@@ -381,7 +469,7 @@ void poller::defer(poll_socket& s, int direction) noexcept {
 
 void poller::post_drain() noexcept {
     // run() looks at the queue before every wait: nothing to post.
-    if (drain_posted_ || io_ == nullptr || by_ == wait_by::run) return;
+    if (drain_posted_ || io_ == nullptr || own_loop()) return;
     drain_posted_ = true;
     // Queued, not run: no recursion. The scheduler's queue is intrusive.
     asio::use_service<asio::detail::scheduler>(*io_).post_immediate_completion(drain_, false);
@@ -435,6 +523,9 @@ poll_socket::poll_socket(poller& p) : poller_(&p) {
 }
 
 poll_socket::~poll_socket() {
+    // Destroyed with an operation in the ring, the kernel would write into
+    // and complete for freed memory: the owner's contract.
+    assert(!waiters_[0].in_ring && !waiters_[1].in_ring);
     close();
     // Only a broken contract (destroyed with a waiter) leaves one queued:
     // forget it rather than call into a dead socket.
@@ -476,6 +567,9 @@ error_code poll_socket::add_to_epoll() {
 
 void poll_socket::close() {
     if (fd_ < 0) return;
+    // Before the descriptor goes: an operation in the kernel holds the
+    // socket open (no FIN, no RST) until it is cancelled.
+    cancel_in_ring();
     if (registered_) {
         poller_->leave(*this);
         registered_ = false;
@@ -488,6 +582,7 @@ void poll_socket::close() {
 
 int poll_socket::release() {
     if (fd_ < 0) return -1;
+    cancel_in_ring();
     if (registered_) {
         // Explicitly: the descriptor lives on elsewhere, and an epoll entry
         // goes only with the last reference to the socket.
@@ -514,8 +609,9 @@ void poll_socket::cancel() {
     // goes on reading its client).
     for (int d = 0; d < 2; ++d) {
         const waiter& w = waiters_[d];
-        if (w.active() && w.queued && !w.aborted && !w.result) ready_[d] = true;
+        if (w.active() && w.queued && !w.aborted && !w.result && !w.in_ring) ready_[d] = true;
     }
+    cancel_in_ring();
     abort_waiters();
 }
 
@@ -524,8 +620,80 @@ void poll_socket::abort_waiters() {
         waiter& w = waiters_[d];
         if (!w.active()) continue;
         w.aborted = true;
-        if (!w.queued) poller_->defer(*this, d);
+        // An operation in the ring completes when the kernel is done with
+        // it (cancel_in_ring); its completion queues the waiter.
+        if (!w.queued && !w.in_ring) poller_->defer(*this, d);
     }
+}
+
+void poll_socket::cancel_in_ring() noexcept {
+    for (int d = 0; d < 2; ++d) {
+        if (!waiters_[d].in_ring) continue;
+        // By user data, not by descriptor (IORING_ASYNC_CANCEL_FD): the
+        // kernel looks a descriptor up when it takes the cancellation, in
+        // the loop's next io_uring_enter, and by then close() has closed it
+        // and another socket may have its number. The queue keeps order: a
+        // new operation of this waiter, submitted once this one completed,
+        // comes after the cancellation.
+        ::io_uring_sqe* sqe = poller_->ring_->sqe();
+        if (sqe == nullptr) {
+            // No room even after submitting (the kernel holds completions
+            // nobody reaped): end the operation by ending the socket's
+            // traffic; the recv completes with 0, the send with EPIPE.
+            (void)::shutdown(fd_, SHUT_RDWR);
+            continue;
+        }
+        ::io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(this) | static_cast<std::uint64_t>(d), 0);
+        ::io_uring_sqe_set_data64(sqe, cancel_tag);
+    }
+}
+
+::io_uring_sqe* poll_socket::start_submit(int d, callback fn, void* arg) {
+    waiter& x = waiters_[d];
+    assert(!x.active() && !x.in_ring && poller_->ring_ != nullptr);
+    x.fn = fn;
+    x.arg = arg;
+    x.transferred = 0;
+    x.aborted = fd_ < 0;
+    if (x.aborted) {
+        poller_->defer(*this, d);
+        return nullptr;
+    }
+    ::io_uring_sqe* sqe = poller_->ring_->sqe();
+    if (sqe == nullptr) {
+        x.result = {EBUSY, boost::system::system_category()};
+        poller_->defer(*this, d);
+        return nullptr;
+    }
+    static_assert(alignof(poll_socket) >= 2, "the direction goes in the address's low bit");
+    ::io_uring_sqe_set_data64(sqe, reinterpret_cast<std::uintptr_t>(this) | static_cast<std::uint64_t>(d));
+    x.in_ring = true;
+    ++poller_->ring_ops_;
+    return sqe;
+}
+
+void poll_socket::submit_recv(void* buf, std::size_t len, callback fn, void* arg) {
+    if (::io_uring_sqe* sqe = start_submit(read_dir, fn, arg)) ::io_uring_prep_recv(sqe, fd_, buf, len, 0);
+}
+
+void poll_socket::submit_send(const void* buf, std::size_t len, callback fn, void* arg) {
+    if (::io_uring_sqe* sqe = start_submit(write_dir, fn, arg)) ::io_uring_prep_send(sqe, fd_, buf, len, MSG_NOSIGNAL);
+}
+
+void poll_socket::on_ring_completion(int d, int res) noexcept {
+    waiter& w = waiters_[d];
+    w.in_ring = false;
+    --poller_->ring_ops_;
+    if (res >= 0) {
+        w.transferred = static_cast<std::uint32_t>(res);
+        // Bytes a cancel() came too late for are the caller's: no error.
+        if (res > 0 && fd_ >= 0) w.aborted = false;
+    } else if (res == -ECANCELED) {
+        w.aborted = true;
+    } else {
+        w.result = {-res, boost::system::system_category()};
+    }
+    if (!w.queued) poller_->defer(*this, d);
 }
 
 void poll_socket::set_abortive_close() { set_reset_on_close(fd_); }

@@ -33,11 +33,12 @@ constexpr int accepts_per_turn = 64;
 
 }  // namespace
 
-worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats)
+worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats, bool io_uring)
     : index_(index), work_(io_.get_executor()), ctx_(std::move(snap), stats, sockets_) {
-    // The worker's thread blocks in the poller's epoll_wait (one system
-    // call per wake-up) and runs io_'s posted work between wake-ups.
-    sockets_.attach(io_, poller::wait_by::run);
+    // The worker's thread blocks in the poller's epoll_wait, or its ring
+    // (one system call per wake-up), and runs io_'s posted work between
+    // wake-ups.
+    sockets_.attach(io_, io_uring ? poller::wait_by::ring : poller::wait_by::run);
     sockets_.count_failures_in(&stats.resource_errors_total);
 }
 

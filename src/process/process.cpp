@@ -39,11 +39,13 @@ using clock_type = std::chrono::steady_clock;
 namespace {
 
 std::string summary(const snapshot& snap, const std::vector<std::unique_ptr<worker>>& workers,
-                    std::uint32_t max_connections) {
+                    std::uint32_t max_connections, const relay_io_choice& io) {
     const config& cfg = *snap.cfg;
-    std::string s = fmt::format("apilb started: {} worker(s), relay {}, max_connections {}, connect timeout {}ms",
-                                workers.size(), to_string(cfg.relay.mode), max_connections,
-                                cfg.timeouts.connect.count());
+    std::string s = fmt::format(
+        "apilb started: {} worker(s), relay {} through {}{}, max_connections {}, connect timeout {}ms", workers.size(),
+        to_string(cfg.relay.mode), io.io_uring ? "io_uring" : "epoll",
+        io.reason.empty() ? std::string() : " (io_uring unavailable: " + io.reason + ")", max_connections,
+        cfg.timeouts.connect.count());
     for (std::size_t i = 0; i < snap.listeners.size(); ++i) {
         const auto& l = snap.listeners[i];
         s += fmt::format("; listener {} on {} -> pool {}", l.cfg->name, l.cfg->address.to_string(), l.cfg->pool);
@@ -107,6 +109,9 @@ process::process(std::shared_ptr<const config> cfg, inherited_sockets inherited)
     // The thread that builds the process runs its control context.
     set_thread_role(thread_role::control);
     const std::uint64_t fd_limit = raise_fd_limit();
+    // First: relay.io: io_uring that this host refuses is a config error,
+    // and the start ends here, before any probe, route or listener.
+    relay_io_ = choose_relay_io(*snap_->cfg);
     // The checker closes an unhealthy backend's sessions through the workers,
     // each on its own thread.
     health_ = std::make_unique<health_checker>(control_, snap_, close_sessions_fn());
@@ -130,7 +135,7 @@ process::process(std::shared_ptr<const config> cfg, inherited_sockets inherited)
     const std::size_t n = snap_->cfg->workers;
     workers_.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
-        workers_.push_back(std::make_unique<worker>(i, snap_, stats_));
+        workers_.push_back(std::make_unique<worker>(i, snap_, stats_, relay_io_.io_uring));
         // Through the control thread: a reload replaces the checker.
         workers_.back()->set_passive_reporter([this](std::shared_ptr<const backend_health> backend, std::string what) {
             asio::post(control_, [this, backend = std::move(backend), what = std::move(what)]() mutable {
@@ -268,7 +273,7 @@ int process::run() {
     start_watchdog();
     const std::string& automatic = snap_->cfg->workers_auto;
     spdlog::info("workers: {} ({})", workers_.size(), automatic.empty() ? "set in the config" : "auto: " + automatic);
-    spdlog::info("{}", summary(*snap_, workers_, max_connections_));
+    spdlog::info("{}", summary(*snap_, workers_, max_connections_, relay_io_));
     serving = true;
     ready();
 

@@ -80,6 +80,7 @@ void process::make_admin(int inherited) {
                                    .bgp = bgp_ ? bgp_->report() : bgp_report{},
                                    .draining = draining_,
                                    .workers = workers_.size(),
+                                   .relay_io_uring = relay_io_.io_uring,
                                    .discovery = std::move(discovery),
                                    .file_config = file_cfg_};
             },

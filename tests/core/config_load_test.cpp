@@ -146,6 +146,9 @@ TEST(EnumToString, MatchesTheSpellingInTheFile) {
     EXPECT_STREQ(to_string(balance_policy::least_connections), "least-connections");
     EXPECT_STREQ(to_string(relay_mode::splice), "splice");
     EXPECT_STREQ(to_string(relay_mode::copy), "copy");
+    EXPECT_STREQ(to_string(relay_io::automatic), "auto");
+    EXPECT_STREQ(to_string(relay_io::epoll), "epoll");
+    EXPECT_STREQ(to_string(relay_io::io_uring), "io_uring");
 }
 
 TEST(Config, PoolLooksUpByNameAndThrowsForUnknown) {
@@ -196,6 +199,8 @@ TEST(LoadConfig, MinimalFileGetsEveryDefault) {
     EXPECT_EQ(c->relay.mode, relay_mode::splice);
     EXPECT_EQ(c->relay.buffer_size, 65536u);
     EXPECT_EQ(c->relay.pipe_size, 0u);
+    EXPECT_EQ(c->relay.io, relay_io::epoll);
+    EXPECT_EQ(c->relay.io_line, 0);
     EXPECT_EQ(c->log.level, "info");
     EXPECT_EQ(c->log.format, log_format::text);
 }
@@ -224,7 +229,7 @@ timeouts: {connect: 250ms, idle: 0, drain: 1m30s, write_stall: 0, upgrade_quiesc
 tcp: {nodelay: false, keepalive: false, keepalive_idle: 2h, keepalive_interval: 1s, keepalive_count: 127, user_timeout: 0,
       socket_buffer: 0}
 limits: {max_connections: 0, per_backend: 100}
-relay: {mode: copy, buffer_size: 4096, pipe_size: 1048576}
+relay: {mode: copy, buffer_size: 4096, pipe_size: 1048576, io: io_uring}
 log: {level: debug, format: json}
 )"),
                           "t");
@@ -256,6 +261,8 @@ log: {level: debug, format: json}
     EXPECT_EQ(c->relay.mode, relay_mode::copy);
     EXPECT_EQ(c->relay.buffer_size, 4096u);
     EXPECT_EQ(c->relay.pipe_size, 1048576u);
+    EXPECT_EQ(c->relay.io, relay_io::io_uring);
+    EXPECT_EQ(c->relay.io_line, 23) << "where relay.io was written, for the start's error if io_uring is not there";
     EXPECT_EQ(c->log.level, "debug");
     EXPECT_EQ(c->log.format, log_format::json);
 }

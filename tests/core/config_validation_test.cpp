@@ -197,6 +197,8 @@ pools:
 TEST(LoadConfigErrors, UnknownChoiceSuggestsTheNearest) {
     expect_one(minimal + "relay: {mode: splise}\n", 11, "relay.mode",
                "unknown value \"splise\"; did you mean \"splice\"? expected one of: splice, copy");
+    expect_one(minimal + "relay: {io: uring}\n", 11, "relay.io",
+               "unknown value \"uring\"; expected one of: auto, epoll, io_uring");
     expect_one(minimal + "log: {level: warning}\n", 11, "log.level",
                "expected one of: trace, debug, info, warn, error, critical, off");
     expect_one(minimal + "log: {level: INFO}\n", 11, "log.level", "did you mean \"info\"?");

@@ -235,6 +235,9 @@ TEST(AdminEndpoint, MetricsParseAndCountRealTraffic) {
     EXPECT_EQ(sent, sessions * payload.size());
     EXPECT_EQ(received, sessions * (payload.size() + 3));
     EXPECT_EQ(value_of(fams, "apilb_ready", "apilb_ready", {}), 1);
+    // relay.io as the start resolved it: the test setup's (harness.hpp).
+    EXPECT_EQ(value_of(fams, "apilb_relay_io_uring", "apilb_relay_io_uring", {}),
+              test_relay_io() == "io_uring" ? 1 : 0);
     // Against the descriptors the kernel lists for the process (a scrape
     // holds one more, its own connection, which may or may not be counted).
     std::size_t listed = 0;

@@ -74,13 +74,13 @@ std::chrono::milliseconds hang_after_backend_vanishes(const std::string& tcp_yam
     process standin(hosts.in_b({required_env("APILB_STANDIN_BIN"), "--listen", "198.18.0.2:6443", "--cert",
                                 certs + "/server.crt", "--key", certs + "/server.key", "--name", "b"}),
                     dir.file("standin.log"));
-    dir.write("apilb.yaml", fmt::format(R"(workers: 1
+    dir.write("apilb.yaml", with_test_relay_io(fmt::format(R"(workers: 1
 listeners: [{{name: f, address: "198.18.0.1:6443", pool: p}}]
 pools: [{{name: p, backends: [{{name: b, address: "198.18.0.2:6443"}}]}}]
 {}
 log: {{level: debug}}
 )",
-                                        tcp_yaml));
+                                                           tcp_yaml)));
     process apilb(hosts.in_a({required_env("APILB_BIN"), "run", "--config", dir.file("apilb.yaml")}),
                   dir.file("apilb.log"));
     for (int i = 0; i < 500 && apilb.log().find("apilb started") == std::string::npos; ++i) {

@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
@@ -231,7 +232,7 @@ bool wait_for_port(const std::string& ip, std::uint16_t port, std::chrono::milli
 apilb_process::apilb_process(const temp_dir& dir, const std::string& yaml, const std::string& listen_ip,
                              std::uint16_t listen_port, std::vector<std::string> extra_args,
                              std::vector<std::string> prefix) {
-    dir.write("apilb.yaml", yaml);
+    dir.write("apilb.yaml", with_test_relay_io(yaml));
     std::vector<std::string> argv = std::move(prefix);
     for (const auto& a :
          {required_env("APILB_BIN"), std::string("run"), std::string("--config"), dir.file("apilb.yaml")}) {
@@ -254,6 +255,40 @@ apilb_process::apilb_process(const temp_dir& dir, const std::string& yaml, const
         throw std::runtime_error("apilb did not start listening on " + listen_ip + ":" + std::to_string(listen_port) +
                                  "; log:\n" + proc_->log());
     }
+}
+
+std::string test_relay_io() {
+    const char* v = std::getenv("APILB_TEST_RELAY_IO");
+    return v == nullptr ? std::string() : std::string(v);
+}
+
+std::string with_test_relay_io(const std::string& yaml) {
+    const std::string io = test_relay_io();
+    if (io.empty()) return yaml;
+    // The top-level relay section, flow (`relay: {mode: copy}`) or block.
+    std::size_t at = yaml.rfind("\nrelay:");
+    at = yaml.compare(0, 6, "relay:") == 0 ? 0 : (at == std::string::npos ? at : at + 1);
+    if (at == std::string::npos)
+        return yaml + (yaml.empty() || yaml.back() == '\n' ? "" : "\n") + "relay: {io: " + io + "}\n";
+    const std::size_t eol = std::min(yaml.find('\n', at), yaml.size());
+    const std::string line = yaml.substr(at, eol - at);
+    if (line.find("io:") != std::string::npos) return yaml;
+    if (const std::size_t brace = line.find('{'); brace != std::string::npos)
+        return yaml.substr(0, at + brace + 1) + "io: " + io + ", " + yaml.substr(at + brace + 1);
+    // Block: the next line's indentation is the section's.
+    std::size_t indent = 2;
+    if (eol < yaml.size()) {
+        const std::size_t next = yaml.find_first_not_of(' ', eol + 1);
+        if (next != std::string::npos && next > eol + 1) indent = next - eol - 1;
+        // A block that already names io: left alone.
+        for (std::size_t p = eol; p < yaml.size() && p != std::string::npos;) {
+            const std::size_t start = p + 1;
+            if (start >= yaml.size() || yaml[start] != ' ') break;
+            if (yaml.compare(yaml.find_first_not_of(' ', start), 3, "io:") == 0) return yaml;
+            p = yaml.find('\n', start);
+        }
+    }
+    return yaml.substr(0, eol) + "\n" + std::string(indent, ' ') + "io: " + io + yaml.substr(eol);
 }
 
 std::string single_pool_config(std::uint16_t port, const std::vector<std::string>& backends, const std::string& balance,

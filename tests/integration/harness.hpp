@@ -91,6 +91,15 @@ command_result run_command(const std::vector<std::string>& argv, std::chrono::mi
 std::string single_pool_config(std::uint16_t port, const std::vector<std::string>& backends, const std::string& balance,
                                unsigned workers, const std::string& extra = {});
 
+/// The relay.io this test run asks for: APILB_TEST_RELAY_IO (`meson test
+/// --setup io_uring` sets it, tests/meson.build), or "" for the config's own.
+std::string test_relay_io();
+
+/// `yaml` with relay.io set to test_relay_io() (added to its relay section,
+/// or as one), unchanged if that is "" or the config sets relay.io itself.
+/// apilb_process applies it to every config it starts apilb with.
+std::string with_test_relay_io(const std::string& yaml);
+
 /// Fails the current test if `log` holds an ASan/UBSan/LSan/TSan report.
 void expect_no_sanitizer_report(const std::string& log, const std::string& what);
 

@@ -201,5 +201,74 @@ TEST_P(Relay, IdleTimeoutResetsASilentSession) {
 INSTANTIATE_TEST_SUITE_P(BothRelays, Relay, ::testing::Values("splice", "copy"),
                          [](const auto& info) { return info.param; });
 
+// relay.io, the engine chosen at start: on this host, which has io_uring,
+// and under a seccomp filter that refuses it as container runtimes' default
+// profiles do (APILB_WITHOUT_IO_URING runs apilb so).
+std::string io_config(const std::string& io, std::uint16_t port, const std::string& backend) {
+    return single_pool_config(port, {backend}, "round-robin", 1, "relay: {mode: copy, io: " + io + "}\n");
+}
+
+void small_and_bulk_round_trips(std::uint16_t port) {
+    for (std::size_t size : {std::size_t{1}, std::size_t{4} << 20}) {
+        SCOPED_TRACE(fmt::format("payload {} bytes", size));
+        client c;
+        ASSERT_EQ(c.connect("127.0.0.1", port), 0);
+        echo_round_trip(c, random_bytes(size, static_cast<std::uint32_t>(size)));
+    }
+}
+
+TEST(RelayIo, IoUringCarriesTheBytesAndTheStartLineSaysSo) {
+    tcp_server echo("127.0.0.2", echo_handler());
+    temp_dir dir;
+    const std::uint16_t port = free_port();
+    apilb_process apilb(dir, io_config("io_uring", port, echo.address()), "127.0.0.1", port);
+    EXPECT_TRUE(apilb.wait_for_log("relay copy through io_uring,")) << apilb.log();
+    small_and_bulk_round_trips(port);
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0)) << apilb.log();
+}
+
+TEST(RelayIo, TheTestSetupsEngineIsTheOneApilbRuns) {
+    // `meson test --setup io_uring` runs every apilb the harness starts
+    // through io_uring (with_test_relay_io); the default setup, on epoll.
+    for (const std::string relay : {"relay: {mode: copy}\n", "relay:\n  mode: copy\n", ""}) {
+        SCOPED_TRACE(relay);
+        temp_dir dir;
+        const std::uint16_t port = free_port();
+        apilb_process apilb(dir, single_pool_config(port, {"127.0.0.2:1"}, "round-robin", 1, relay), "127.0.0.1", port);
+        const std::string engine = test_relay_io() == "io_uring" ? "io_uring," : "epoll,";
+        EXPECT_TRUE(apilb.wait_for_log(" through " + engine)) << apilb.log();
+        EXPECT_EQ(apilb.terminate(), std::optional<int>(0)) << apilb.log();
+    }
+}
+
+TEST(RelayIo, AutoWhereSeccompRefusesIoUringRunsOnEpollAndSaysWhy) {
+    tcp_server echo("127.0.0.2", echo_handler());
+    temp_dir dir;
+    const std::uint16_t port = free_port();
+    apilb_process apilb(dir, io_config("auto", port, echo.address()), "127.0.0.1", port, {},
+                        {required_env("APILB_WITHOUT_IO_URING")});
+    EXPECT_TRUE(
+        apilb.wait_for_log("relay copy through epoll (io_uring unavailable: io_uring_setup with "
+                           "SINGLE_ISSUER|DEFER_TASKRUN failed: Operation not permitted),"))
+        << apilb.log();
+    small_and_bulk_round_trips(port);
+    EXPECT_EQ(apilb.terminate(), std::optional<int>(0)) << apilb.log();
+}
+
+TEST(RelayIo, IoUringWhereSeccompRefusesItIsAConfigErrorAtStartNamingTheKey) {
+    temp_dir dir;
+    const std::uint16_t port = free_port();
+    dir.write("apilb.yaml", io_config("io_uring", port, "127.0.0.2:1"));
+    const auto r = run_command(
+        {required_env("APILB_WITHOUT_IO_URING"), required_env("APILB_BIN"), "run", "--config", dir.file("apilb.yaml")},
+        30s);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(dir.file("apilb.yaml") + ":"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(": relay.io: io_uring was asked for but this host does not give it: io_uring_setup"),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(r.output.find("apilb started"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace apilb::test

@@ -7,6 +7,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
 
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -550,7 +551,7 @@ struct run_fixture {
     std::thread runner;
     std::promise<void> ended;
 
-    run_fixture() { sockets.attach(io, poller::wait_by::run); }
+    explicit run_fixture(poller::wait_by by = poller::wait_by::run) { sockets.attach(io, by); }
     ~run_fixture() {
         stop();
         sockets.detach();
@@ -598,6 +599,19 @@ bool within_5s(Pred pred) {
     return true;
 }
 
+/// Reads every byte that comes, one wait per edge, counting them.
+struct byte_reader {
+    poll_socket* s;
+    std::atomic<int> got{0};
+    static void on_ready(void* self, const error_code& ec) {
+        auto& r = *static_cast<byte_reader*>(self);
+        if (ec) return;
+        char c;
+        while (::recv(r.s->native_handle(), &c, 1, 0) == 1) r.got.fetch_add(1);
+        r.s->wait(poll_socket::wait_type::read, &byte_reader::on_ready, self);
+    }
+};
+
 TEST(Poller, ItsOwnLoopWakesWithOneEpollWait) {
     // Issue 17: watched by Asio's reactor, a wake-up costs Asio's epoll_wait
     // and the poller's (nginx: one). The worker's loop blocks in the
@@ -606,18 +620,8 @@ TEST(Poller, ItsOwnLoopWakesWithOneEpollWait) {
     tcp::socket peer(f.setup);
     poll_socket s(f.sockets);
     ASSERT_FALSE(s.adopt(f.pair(peer)));
-    struct reader {
-        poll_socket* s;
-        std::atomic<int> got{0};
-        static void on_ready(void* self, const error_code& ec) {
-            auto& r = *static_cast<reader*>(self);
-            if (ec) return;
-            char c;
-            while (::recv(r.s->native_handle(), &c, 1, 0) == 1) r.got.fetch_add(1);
-            r.s->wait(poll_socket::wait_type::read, &reader::on_ready, self);
-        }
-    } r{&s};
-    s.wait(poll_socket::wait_type::read, &reader::on_ready, &r);
+    byte_reader r{&s};
+    s.wait(poll_socket::wait_type::read, &byte_reader::on_ready, &r);
     f.start();
     ASSERT_TRUE(f.on_loop([] {}));
     const long waits_before = loop_epoll_waits.load();
@@ -638,8 +642,184 @@ TEST(Poller, ItsOwnLoopWakesWithOneEpollWait) {
     EXPECT_TRUE(f.stop());
 }
 
-TEST(Poller, ItsOwnLoopRunsPostedWorkAndEndsOnlyWithNothingLeftToDeliver) {
-    run_fixture f;
+/// The tests of run()'s loop that hold whether it waits in epoll_wait
+/// (wait_by::run) or in an io_uring (wait_by::ring).
+class PollerLoop : public ::testing::TestWithParam<poller::wait_by> {};
+
+INSTANTIATE_TEST_SUITE_P(Waits, PollerLoop, ::testing::Values(poller::wait_by::run, poller::wait_by::ring),
+                         [](const auto& info) { return info.param == poller::wait_by::ring ? "ring" : "epoll"; });
+
+TEST(Poller, InARingItsLoopBlocksInTheRingAndTakesEventsOnlyWhenTheSetHasThem) {
+    // relay.io: io_uring: the loop's one blocking system call per wake-up is
+    // the ring's io_uring_enter; epoll_wait only takes the events the
+    // ring's poll of the set announced, and never blocks.
+    run_fixture f(poller::wait_by::ring);
+    tcp::socket peer(f.setup);
+    poll_socket s(f.sockets);
+    ASSERT_FALSE(s.adopt(f.pair(peer)));
+    byte_reader r{&s};
+    s.wait(poll_socket::wait_type::read, &byte_reader::on_ready, &r);
+    const long blocking_before = loop_blocking_epoll_waits.load();
+    f.start();
+    ASSERT_TRUE(f.on_loop([] {}));
+    EXPECT_TRUE(f.sockets.waits_in_ring());
+    const long waits_before = loop_epoll_waits.load();
+    constexpr int rounds = 100;
+    for (int i = 0; i < rounds; ++i) {
+        peer.send(asio::buffer("x", 1));
+        ASSERT_TRUE(within_5s([&] { return r.got.load() == i + 1; })) << "round " << i;
+    }
+    const long waits = loop_epoll_waits.load() - waits_before;
+    ASSERT_TRUE(f.on_loop([&] { s.close(); }));
+    EXPECT_EQ(loop_blocking_epoll_waits.load(), blocking_before) << "the loop blocked in epoll_wait, not in its ring";
+    // One look per byte (each wake-up of the set), plus those for on_loop's
+    // wake-ups; none while nothing came.
+    EXPECT_GE(waits, rounds);
+    EXPECT_LE(waits, rounds + 4);
+    // Quiet: the loop sleeps in the ring and looks at nothing.
+    const long quiet_before = loop_epoll_waits.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(loop_epoll_waits.load(), quiet_before);
+    EXPECT_TRUE(f.stop());
+}
+
+/// One operation submitted to the ring, and how it completed.
+struct ring_op {
+    std::atomic<bool> done{false};
+    error_code ec;
+    std::size_t bytes = 0;
+    poll_socket* s = nullptr;
+    poll_socket::wait_type w = poll_socket::wait_type::read;
+    static void record(void* self, const error_code& ec) {
+        auto& o = *static_cast<ring_op*>(self);
+        o.ec = ec;
+        o.bytes = o.s->transferred(o.w);
+        o.done = true;
+    }
+};
+
+/// A loop waiting in a ring, one adopted socket `s` in it and its peer.
+struct ring_rig {
+    run_fixture f{poller::wait_by::ring};
+    tcp::socket peer{f.setup};
+    poll_socket s{f.sockets};
+    char in[64] = {};
+    ring_rig() {
+        EXPECT_FALSE(s.adopt(f.pair(peer)));
+        f.start();
+    }
+    ~ring_rig() { f.stop(); }  // before `s` goes: the loop may still touch it
+    /// Submits, from the loop, a recv into `in` that `op` records.
+    bool recv(ring_op& op) {
+        op.s = &s;
+        return f.on_loop([&] { s.submit_recv(in, sizeof in, &ring_op::record, &op); });
+    }
+};
+
+TEST(Poller, InARingARecvAndASendCompleteFromTheLoopWithTheirByteCounts) {
+    ring_rig g;
+    ring_op r;
+    ASSERT_TRUE(g.recv(r));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_FALSE(r.done.load()) << "a recv completed with nothing sent";
+    g.peer.send(asio::buffer("hello", 5));
+    ASSERT_TRUE(within_5s([&] { return r.done.load(); }));
+    EXPECT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(r.bytes, 5u);
+    EXPECT_EQ(std::string(g.in, 5), "hello");
+    ring_op w;
+    w.s = &g.s;
+    w.w = poll_socket::wait_type::write;
+    ASSERT_TRUE(g.f.on_loop([&] { g.s.submit_send("world", 5, &ring_op::record, &w); }));
+    ASSERT_TRUE(within_5s([&] { return w.done.load(); }));
+    EXPECT_FALSE(w.ec) << w.ec.message();
+    EXPECT_EQ(w.bytes, 5u);
+    char out[5];
+    EXPECT_EQ(asio::read(g.peer, asio::buffer(out)), 5u);
+    EXPECT_EQ(std::string(out, 5), "world");
+    // The peer's FIN: a recv of 0 bytes, no error.
+    ring_op fin;
+    ASSERT_TRUE(g.recv(fin));
+    g.peer.shutdown(tcp::socket::shutdown_send);
+    ASSERT_TRUE(within_5s([&] { return fin.done.load(); }));
+    EXPECT_FALSE(fin.ec);
+    EXPECT_EQ(fin.bytes, 0u);
+    ASSERT_TRUE(g.f.on_loop([&] { g.s.close(); }));
+    EXPECT_TRUE(g.f.stop());
+}
+
+/// Closes (abortively or not) a socket with a recv in the ring; returns
+/// the recv's outcome and what the peer then read (0 for FIN, -errno).
+std::pair<error_code, int> close_with_a_recv_in_the_ring(bool abortive) {
+    ring_rig g;
+    ring_op r;
+    EXPECT_TRUE(g.recv(r));
+    EXPECT_TRUE(g.f.on_loop([&] {
+        if (abortive) g.s.set_abortive_close();
+        g.s.close();
+    }));
+    EXPECT_TRUE(within_5s([&] { return r.done.load(); })) << "the recv never completed after the close";
+    // The peer learns of the close only once the kernel let go of the
+    // socket: without the cancellation the recv would hold it open.
+    timeval tv{.tv_sec = 5, .tv_usec = 0};
+    ::setsockopt(g.peer.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char c;
+    const ssize_t n = ::recv(g.peer.native_handle(), &c, 1, 0);
+    const int seen = n < 0 ? -errno : static_cast<int>(n);
+    EXPECT_TRUE(g.f.stop());
+    return {r.ec, seen};
+}
+
+TEST(Poller, InARingCloseCancelsARecvInFlightSoThePeerSeesTheFin) {
+    const auto [ec, peer_read] = close_with_a_recv_in_the_ring(false);
+    EXPECT_EQ(ec, asio::error::operation_aborted);
+    EXPECT_EQ(peer_read, 0) << "the peer saw no FIN (-11: the socket stayed open)";
+}
+
+TEST(Poller, InARingAnAbortiveCloseWithARecvInFlightResetsThePeer) {
+    const auto [ec, peer_read] = close_with_a_recv_in_the_ring(true);
+    EXPECT_EQ(ec, asio::error::operation_aborted);
+    EXPECT_EQ(peer_read, -ECONNRESET);
+}
+
+TEST(Poller, InARingCancelEndsARecvAndKeepsTheSocket) {
+    ring_rig g;
+    ring_op r;
+    ASSERT_TRUE(g.recv(r));
+    ASSERT_TRUE(g.f.on_loop([&] { g.s.cancel(); }));
+    ASSERT_TRUE(within_5s([&] { return r.done.load(); }));
+    EXPECT_EQ(r.ec, asio::error::operation_aborted);
+    // The socket still works: what the peer sends now is the next recv's.
+    ring_op again;
+    ASSERT_TRUE(g.recv(again));
+    g.peer.send(asio::buffer("x", 1));
+    ASSERT_TRUE(within_5s([&] { return again.done.load(); }));
+    EXPECT_FALSE(again.ec);
+    EXPECT_EQ(again.bytes, 1u);
+    ASSERT_TRUE(g.f.on_loop([&] { g.s.close(); }));
+    EXPECT_TRUE(g.f.stop());
+}
+
+TEST(Poller, InARingTheLoopEndsOnlyOnceItsCancelledOperationsCompleted) {
+    // A worker's shutdown closes its sessions and stops watching: run()
+    // must still deliver the cancelled recvs, or their sessions are never
+    // freed.
+    ring_rig g;
+    ring_op r;
+    r.s = &g.s;
+    g.f.sockets.post([&] {
+        g.s.submit_recv(g.in, sizeof g.in, &ring_op::record, &r);
+        g.s.close();
+        g.f.sockets.stop_watching();
+    });
+    ASSERT_EQ(g.f.ended.get_future().wait_for(std::chrono::seconds(5)), std::future_status::ready);
+    g.f.runner.join();
+    EXPECT_TRUE(r.done.load());
+    EXPECT_EQ(r.ec, asio::error::operation_aborted);
+}
+
+TEST_P(PollerLoop, ItsOwnLoopRunsPostedWorkAndEndsOnlyWithNothingLeftToDeliver) {
+    run_fixture f(GetParam());
     tcp::socket peer(f.setup);
     poll_socket s(f.sockets);
     ASSERT_FALSE(s.adopt(f.pair(peer)));
@@ -664,10 +844,10 @@ TEST(Poller, ItsOwnLoopRunsPostedWorkAndEndsOnlyWithNothingLeftToDeliver) {
     EXPECT_EQ(o.ec, asio::error::operation_aborted);
 }
 
-TEST(Poller, ItsOwnLoopLooksForEventsBetweenQueuedCompletions) {
+TEST_P(PollerLoop, ItsOwnLoopLooksForEventsBetweenQueuedCompletions) {
     // A relay that yields queues its next turn rather than wait: the loop
     // must still take other sockets' events in between, without blocking.
-    run_fixture f;
+    run_fixture f(GetParam());
     tcp::socket peer_a(f.setup), peer_b(f.setup);
     poll_socket a(f.sockets), b(f.sockets);
     ASSERT_FALSE(a.adopt(f.pair(peer_a)));

@@ -32,6 +32,7 @@ struct admin_facts {
     bgp_report bgp;                      ///< enabled = false when there is no bgp section
     bool draining = false;               ///< SIGTERM seen
     std::size_t workers = 0;
+    bool relay_io_uring = false;  ///< the workers wait in io_uring (relay.io), not epoll
     /// One per pool with a discovery section; owned by the process.
     std::vector<const discovery_client*> discovery;
     /// The config as its file says, before discovery replaced any pool's

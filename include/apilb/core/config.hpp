@@ -35,6 +35,9 @@ enum class balance_policy { round_robin, least_connections, maglev };
 /// What a maglev pool hashes to pick a backend for a client.
 enum class hash_key { source_address, source_address_port };
 enum class relay_mode { splice, copy };
+/// What drives a worker's sockets: epoll readiness, or io_uring (`automatic`:
+/// io_uring when the start-time probe finds it usable, else epoll).
+enum class relay_io { automatic, epoll, io_uring };
 enum class log_format { text, json };
 /// How backends are actively checked: GET a path over HTTPS, a TCP connect, or not at all.
 enum class health_check_type { https, tcp, none };
@@ -242,7 +245,14 @@ struct relay_config {
     relay_mode mode = relay_mode::splice;
     std::uint32_t buffer_size = 64 * 1024;  ///< copy mode: bytes per borrowed buffer
     std::uint32_t pipe_size = 0;            ///< splice mode: F_SETPIPE_SZ, 0 = kernel default
-    friend bool operator==(const relay_config&, const relay_config&) = default;
+    relay_io io = relay_io::epoll;
+    /// Where `io` was written (0 if it was not): a start that cannot have
+    /// what it asks for names the line. Not part of the setting (operator==).
+    int io_line = 0;
+    int io_column = 0;
+    friend bool operator==(const relay_config& a, const relay_config& b) {
+        return a.mode == b.mode && a.buffer_size == b.buffer_size && a.pipe_size == b.pipe_size && a.io == b.io;
+    }
 };
 
 struct log_config {
@@ -388,6 +398,7 @@ std::optional<socket_address> parse_socket_address(const std::string& text);
 const char* to_string(balance_policy);
 const char* to_string(hash_key);
 const char* to_string(relay_mode);
+const char* to_string(relay_io);
 const char* to_string(health_check_type);
 const char* to_string(all_unhealthy_policy);
 

@@ -24,6 +24,7 @@
 #include <boost/system/error_code.hpp>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -33,11 +34,13 @@
 #include "apilb/dataplane/erased_handler.hpp"
 #include "apilb/logging/logging.hpp"
 
-struct epoll_event;  // <sys/epoll.h>
+struct epoll_event;   // <sys/epoll.h>
+struct io_uring_sqe;  // <liburing.h>
 
 namespace apilb {
 
 class poll_socket;
+class uring;
 
 /// A waiter's place in its poller's queue of completions to run: intrusive,
 /// so that queueing one allocates nothing, however many are queued.
@@ -74,6 +77,15 @@ public:
         /// wake run(); checked in debug and sanitizer builds), and work posted to it from
         /// another thread must be followed by wake() (post() does both).
         run,
+        /// As run, but run() blocks in the worker's io_uring
+        /// (io_uring_submit_and_wait: one system call submits the turn's
+        /// entries and waits), which watches the epoll set with one
+        /// multishot POLL_ADD; when that reports the set readable, run()
+        /// takes its events with epoll_wait(0). The ring is made by
+        /// attach() (throws std::system_error if it cannot be) and enabled
+        /// by run()'s thread; should enabling fail there, the loop logs it
+        /// and waits in epoll_wait as with run.
+        ring,
     };
 
     poller();
@@ -92,19 +104,20 @@ public:
     /// delivered or posted.
     void detach();
 
-    /// wait_by::run: the worker's loop, on the thread the poller serves.
-    /// Blocks in one epoll_wait per wake-up (without a timeout while nothing
-    /// is queued), delivers what it reports, and runs the io_context's ready
+    /// wait_by::run and ring: the worker's loop, on the thread the poller
+    /// serves. Blocks in one epoll_wait (ring: io_uring_enter) per wake-up
+    /// (without a timeout while nothing is queued), delivers what it
+    /// reports, and runs the io_context's ready
     /// handlers (io_context::poll, no system call) before each wait. Returns
     /// once stop_running() was called, or once the io_context ran out of
     /// work after stop_watching() with no completion left to deliver. An
     /// exception from a posted handler leaves run(); calling it again goes on.
     void run();
-    /// wait_by::run: run() looks at the io_context again (work posted from
+    /// wait_by::run and ring: run() looks at the io_context again (work posted from
     /// another thread, the end of its work). Any thread; one write to an
     /// eventfd; nothing with wait_by::asio (Asio's reactor wakes itself).
     void wake() noexcept;
-    /// wait_by::run: run() returns at its next turn, whatever is left (a
+    /// wait_by::run and ring: run() returns at its next turn, whatever is left (a
     /// shutdown that took too long). Any thread.
     void stop_running() noexcept;
     /// Posts `handler` to the io_context and wakes the loop. Any thread;
@@ -116,6 +129,9 @@ public:
     }
 
     boost::asio::io_context::executor_type get_executor() const { return io_->get_executor(); }
+
+    /// run() waits in an io_uring (wait_by::ring, and enabling it did not fail).
+    bool waits_in_ring() const noexcept { return ring_ != nullptr; }
 
     /// Where to count waiters that ended in an exception (std::bad_alloc):
     /// each is logged and counted, and the others of its batch still run.
@@ -155,6 +171,15 @@ private:
     /// Frees `s`'s slot: an event still queued for it (the descriptor may
     /// live on in a forked child until its exec) finds another generation.
     void leave(poll_socket& s);
+    /// run()'s loop itself (wait_by::run and ring).
+    bool own_loop() const noexcept { return by_ != wait_by::asio; }
+    /// wait_by::ring: one turn's wait in the ring (`block`: until something
+    /// completes, else only what completed meanwhile); true if the epoll
+    /// set has events to take. Runs nothing.
+    bool wait_in_ring(bool block) noexcept;
+    /// wait_by::ring: the ring could not be enabled on run()'s thread:
+    /// logged, and run() waits in epoll_wait from now on.
+    void leave_ring(const std::exception& e) noexcept;
 
     struct slot {
         poll_socket* socket = nullptr;
@@ -163,7 +188,12 @@ private:
 
     int epfd_ = -1;
     wait_by by_ = wait_by::asio;
-    int wake_fd_ = -1;  ///< wait_by::run: the eventfd wake() writes, in the set
+    int wake_fd_ = -1;             ///< wait_by::run and ring: the eventfd wake() writes, in the set
+    std::unique_ptr<uring> ring_;  ///< wait_by::ring
+    bool ring_enabled_ = false;    ///< by run()'s thread (SINGLE_ISSUER)
+    bool set_watched_ = false;     ///< the multishot POLL_ADD for the epoll set is in the ring
+    bool set_has_more_ = false;    ///< the last epoll_wait(0) filled its array: look again before waiting
+    std::size_t ring_ops_ = 0;     ///< poll_sockets' operations in the ring, not yet completed
     boost::asio::io_context* io_ = nullptr;
     /// wait_by::run: the io_context has work while the set is watched, as
     /// wake_ counts while queued with wait_by::asio.
@@ -269,6 +299,23 @@ public:
     /// `fn(arg, ec)` once connected or failed, no allocation.
     void connect(const boost::asio::ip::tcp::endpoint& ep, callback fn, void* arg);
 
+    /// Only with a poller that waits in a ring (poller::waits_in_ring()): a
+    /// recv of up to `len` bytes into `buf`, submitted with the loop's next
+    /// wait; `fn(arg, ec)` from the loop once it completed, transferred(read)
+    /// saying how many bytes came (0: the peer's FIN). close() and release()
+    /// cancel it in the kernel: fn then gets operation_aborted, once the
+    /// kernel has let go of `buf` and of the socket (until then the socket
+    /// sends neither FIN nor RST, and its owner may not destroy it, as with
+    /// any waiter). cancel() cancels it too, but a recv that took bytes
+    /// before the cancel reached it completes with them and no error: the
+    /// caller keeps them. Takes the read waiter; allocates nothing.
+    void submit_recv(void* buf, std::size_t len, callback fn, void* arg);
+    /// submit_recv's twin for the write waiter: a send (MSG_NOSIGNAL) of up
+    /// to `len` bytes of `buf`; transferred(write) says how many went.
+    void submit_send(const void* buf, std::size_t len, callback fn, void* arg);
+    /// The bytes the last operation of `w` submitted to the ring moved.
+    std::size_t transferred(wait_type w) const noexcept { return waiters_[static_cast<int>(w)].transferred; }
+
 private:
     friend class poller;
 
@@ -279,6 +326,8 @@ private:
         erased_handler<boost::system::error_code> handler;  ///< set instead of fn for async_wait
         bool queued = false;                                ///< in the poller's deferred list
         bool aborted = false;                               ///< complete with operation_aborted
+        bool in_ring = false;                               ///< an operation of it is in the kernel (submit_*)
+        std::uint32_t transferred = 0;                      ///< what that operation moved
         boost::system::error_code result;                   ///< an error known before any wait (a failed connect())
         bool active() const noexcept { return fn != nullptr || static_cast<bool>(handler); }
     };
@@ -298,6 +347,16 @@ private:
     void forget_readiness();
     /// Runs the waiter of `direction` (from the poller's loop).
     void complete(int direction);
+    /// Takes the waiter of `d` for an operation in the ring; the entry to
+    /// fill, or null if the waiter was queued to complete at once (closed,
+    /// or no room in the ring).
+    ::io_uring_sqe* start_submit(int d, callback fn, void* arg);
+    /// The ring completed the operation of `direction` with `res` (-errno
+    /// or bytes): queues the waiter.
+    void on_ring_completion(int direction, int res) noexcept;
+    /// Cancels the operations of this socket in the ring (close, release,
+    /// cancel): by user data, so the descriptor may be closed at once.
+    void cancel_in_ring() noexcept;
 
     poller* poller_;
     int fd_ = -1;

@@ -50,7 +50,10 @@ std::chrono::milliseconds sweep_period(const config& cfg);
 
 class worker {
 public:
-    worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats);
+    /// `io_uring`: the worker's loop waits in an io_uring (relay.io, as
+    /// chosen at start by choose_relay_io); throws std::system_error if the
+    /// ring cannot be made.
+    worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats, bool io_uring = false);
     ~worker();
     worker(const worker&) = delete;
     worker& operator=(const worker&) = delete;

@@ -19,6 +19,7 @@
 
 #include "apilb/control/discovered_backends.hpp"
 #include "apilb/dataplane/snapshot.hpp"
+#include "apilb/dataplane/uring.hpp"
 #include "apilb/process/handover.hpp"
 #include "apilb/process/handover_children.hpp"
 #include "apilb/process/process_state.hpp"
@@ -293,6 +294,7 @@ private:
     std::unique_ptr<boost::asio::steady_timer> watchdog_timer_;
     std::shared_ptr<std::function<void()>> watchdog_tick_;
     std::uint32_t max_connections_ = 0;  ///< configured limit, capped by the fd limit
+    relay_io_choice relay_io_;           ///< relay.io as the start's probe resolved it
 };
 
 }  // namespace apilb
