@@ -359,7 +359,8 @@ class Bench:
         if target == "apilb":
             # 0: one worker per CPU core, as conf/apilb.yaml ships.
             conf = self.render("apilb.yaml.in", "apilb.yaml", LB_PORT=self.lb_port, BACKEND_PORT=backend_port,
-                               MAX_CONN=max_conn, RELAY_MODE=relay, WORKERS="0" if auto else self.workers)
+                               MAX_CONN=max_conn, RELAY_MODE=relay, RELAY_IO=self.args.apilb_io,
+                               WORKERS="0" if auto else self.workers)
             if apilb_extra:
                 conf.write_text(conf.read_text() + apilb_extra)
             argv = [*(wrapper or []), self.apilb, "run", "--config", str(conf)]
@@ -794,6 +795,8 @@ def main() -> int:
                          "measured run into DIR/perf.TEST.TARGET.N.data")
     ap.add_argument("--apilb-relay", choices=("splice", "copy"), default="splice",
                     help="apilb's relay.mode (default splice, apilb's default)")
+    ap.add_argument("--apilb-io", choices=("epoll", "io_uring", "auto"), default="epoll",
+                    help="apilb's relay.io (default epoll, apilb's default)")
     ap.add_argument("--workers", default="auto,1,2",
                     help="configurations to measure, in this order: N = N workers (apilb), threads (HAProxy "
                          "nbthread) and worker processes (nginx) each; auto = each one's shipped default "
