@@ -249,6 +249,10 @@ std::string render_metrics(const snapshot& snap, const admin_facts& facts) {
              "Times the data path found the process out of descriptors or memory (accept, a session's sockets, "
              "an allocation for a session).");
     e.sample("apilb_resource_errors_total", "", load(ps.resource_errors_total));
+    e.family("apilb_relay_buffers_empty_total", "counter",
+             "relay.io: io_uring: reads that found every buffer of their worker's ring in use, and read after "
+             "readiness instead.");
+    e.sample("apilb_relay_buffers_empty_total", "", load(ps.relay_buffers_empty_total));
     e.family("apilb_clients_reset_total", "counter",
              "Clients reset at once because the process was out of resources, by reason: no_descriptors (out of "
              "file descriptors for longer than a client waits in the backlog), no_memory (an allocation for the "

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -57,6 +58,9 @@ constexpr std::uint64_t first_socket_data = 8;
 /// operations one turn batches into its io_uring_enter.
 constexpr unsigned ring_entries = 256;
 
+/// The buffer group of the provided buffers (one per ring).
+constexpr int provided_group = 0;
+
 constexpr int read_dir = static_cast<int>(poll_socket::wait_type::read);
 constexpr int write_dir = static_cast<int>(poll_socket::wait_type::write);
 
@@ -98,6 +102,30 @@ void let_go(Op* op, bool queued) {
 }
 
 }  // namespace
+
+struct poller::buffer_ring {
+    buffer_ring(std::size_t size, unsigned count)
+        : memory(std::make_unique_for_overwrite<std::byte[]>(size * count)), size(size), count(count) {
+        // Page-aligned, as the kernel wants the ring's entries.
+        void* m = ::mmap(nullptr, count * sizeof(::io_uring_buf), PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
+                         -1, 0);
+        if (m == MAP_FAILED) throw std::bad_alloc();
+        entries = static_cast<::io_uring_buf_ring*>(m);
+    }
+    ~buffer_ring() { ::munmap(entries, count * sizeof(::io_uring_buf)); }
+    buffer_ring(const buffer_ring&) = delete;
+    buffer_ring& operator=(const buffer_ring&) = delete;
+
+    void add(std::uint16_t id, int offset) noexcept {
+        ::io_uring_buf_ring_add(entries, memory.get() + std::size_t{id} * size, static_cast<unsigned>(size), id,
+                                ::io_uring_buf_ring_mask(count), offset);
+    }
+
+    std::unique_ptr<std::byte[]> memory;  ///< count buffers of size bytes; pages touched as they are used
+    ::io_uring_buf_ring* entries = nullptr;
+    std::size_t size;
+    unsigned count;
+};
 
 struct poller::watch {
     asio::detail::epoll_reactor& reactor;
@@ -289,6 +317,7 @@ void poller::run() {
         } catch (const std::exception& e) {
             leave_ring(e);
         }
+        if (ring_enabled_) register_buffers();
     }
     epoll_event events[max_events];
     for (;;) {
@@ -364,7 +393,7 @@ bool poller::wait_in_ring(bool block) noexcept {
         if (data >= first_socket_data) {
             // The socket lives until its waiter has run (its contract).
             auto* s = reinterpret_cast<poll_socket*>(static_cast<std::uintptr_t>(data & ~std::uint64_t{1}));
-            s->on_ring_completion(static_cast<int>(data & 1), cqe->res);
+            s->on_ring_completion(static_cast<int>(data & 1), cqe->res, cqe->flags);
             continue;
         }
         if (data != set_poll_tag) continue;  // a cancellation's
@@ -387,6 +416,42 @@ void poller::leave_ring(const std::exception& e) noexcept {
         spdlog::error("a worker's io_uring could not be enabled ({}); it waits in epoll_wait instead", e.what());
     } catch (const std::exception&) {}
     ring_.reset();
+}
+
+void poller::provide_buffers(std::size_t size, unsigned count) {
+    assert(by_ == wait_by::ring && !ring_enabled_ && count > 0 && count <= 32768 && (count & (count - 1)) == 0);
+    buffers_ = std::make_unique<buffer_ring>(size, count);
+}
+
+void poller::register_buffers() noexcept {
+    if (!buffers_ || buffers_registered_) return;
+    ::io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<std::uintptr_t>(buffers_->entries);
+    reg.ring_entries = buffers_->count;
+    reg.bgid = provided_group;
+    if (const int rc = ::io_uring_register_buf_ring(&ring_->get(), &reg, 0); rc < 0) {
+        if (failures_ != nullptr) failures_->fetch_add(1, std::memory_order_relaxed);
+        try {
+            spdlog::error("a worker's io_uring refused its provided buffers ({}); its relays read after readiness",
+                          std::error_code(-rc, std::system_category()).message());
+        } catch (const std::exception&) {}
+        return;
+    }
+    ::io_uring_buf_ring_init(buffers_->entries);
+    for (unsigned i = 0; i < buffers_->count; ++i) buffers_->add(static_cast<std::uint16_t>(i), static_cast<int>(i));
+    ::io_uring_buf_ring_advance(buffers_->entries, static_cast<int>(buffers_->count));
+    buffers_registered_ = true;
+}
+
+std::byte* poller::provided_buffer(std::uint16_t id) const noexcept {
+    return buffers_->memory.get() + std::size_t{id} * buffers_->size;
+}
+
+std::size_t poller::provided_size() const noexcept { return buffers_ ? buffers_->size : 0; }
+
+void poller::give_back(std::uint16_t id) noexcept {
+    buffers_->add(id, 0);
+    ::io_uring_buf_ring_advance(buffers_->entries, 1);
 }
 
 void poller::arm() noexcept {
@@ -626,26 +691,31 @@ void poll_socket::abort_waiters() {
     }
 }
 
+void poll_socket::cancel_submitted(wait_type w) noexcept { cancel_in_ring(static_cast<int>(w), false); }
+
 void poll_socket::cancel_in_ring() noexcept {
-    for (int d = 0; d < 2; ++d) {
-        if (!waiters_[d].in_ring) continue;
-        // By user data, not by descriptor (IORING_ASYNC_CANCEL_FD): the
-        // kernel looks a descriptor up when it takes the cancellation, in
-        // the loop's next io_uring_enter, and by then close() has closed it
-        // and another socket may have its number. The queue keeps order: a
-        // new operation of this waiter, submitted once this one completed,
-        // comes after the cancellation.
-        ::io_uring_sqe* sqe = poller_->ring_->sqe();
-        if (sqe == nullptr) {
-            // No room even after submitting (the kernel holds completions
-            // nobody reaped): end the operation by ending the socket's
-            // traffic; the recv completes with 0, the send with EPIPE.
-            (void)::shutdown(fd_, SHUT_RDWR);
-            continue;
-        }
-        ::io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(this) | static_cast<std::uint64_t>(d), 0);
-        ::io_uring_sqe_set_data64(sqe, cancel_tag);
+    for (int d = 0; d < 2; ++d) cancel_in_ring(d, true);
+}
+
+void poll_socket::cancel_in_ring(int d, bool ending) noexcept {
+    if (!waiters_[d].in_ring) return;
+    // By user data, not by descriptor (IORING_ASYNC_CANCEL_FD): the kernel
+    // looks a descriptor up when it takes the cancellation, in the loop's
+    // next io_uring_enter, and by then close() has closed it and another
+    // socket may have its number. The queue keeps order: a new operation of
+    // this waiter, submitted once this one completed, comes after the
+    // cancellation.
+    ::io_uring_sqe* sqe = poller_->ring_->sqe();
+    if (sqe == nullptr) {
+        // No room even after submitting (the kernel holds completions
+        // nobody reaped). A socket that is ending ends the operation by
+        // ending its traffic (the recv completes with 0, the send with
+        // EPIPE); a cancel_submitted() is left to complete by itself.
+        if (ending) (void)::shutdown(fd_, SHUT_RDWR);
+        return;
     }
+    ::io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(this) | static_cast<std::uint64_t>(d), 0);
+    ::io_uring_sqe_set_data64(sqe, cancel_tag);
 }
 
 ::io_uring_sqe* poll_socket::start_submit(int d, callback fn, void* arg) {
@@ -676,13 +746,36 @@ void poll_socket::submit_recv(void* buf, std::size_t len, callback fn, void* arg
     if (::io_uring_sqe* sqe = start_submit(read_dir, fn, arg)) ::io_uring_prep_recv(sqe, fd_, buf, len, 0);
 }
 
+void poll_socket::submit_recv_provided(callback fn, void* arg) {
+    assert(poller_->provides_buffers());
+    if (::io_uring_sqe* sqe = start_submit(read_dir, fn, arg)) {
+        // Length 0: the buffer's. The kernel picks the buffer when the recv
+        // runs with data to take; while it waits (its internal poll) it
+        // holds none.
+        ::io_uring_prep_recv(sqe, fd_, nullptr, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = provided_group;
+    }
+}
+
+int poll_socket::take_provided() noexcept {
+    waiter& w = waiters_[read_dir];
+    if (!w.has_buffer) return -1;
+    w.has_buffer = false;
+    return w.buffer;
+}
+
 void poll_socket::submit_send(const void* buf, std::size_t len, callback fn, void* arg) {
     if (::io_uring_sqe* sqe = start_submit(write_dir, fn, arg)) ::io_uring_prep_send(sqe, fd_, buf, len, MSG_NOSIGNAL);
 }
 
-void poll_socket::on_ring_completion(int d, int res) noexcept {
+void poll_socket::on_ring_completion(int d, int res, std::uint32_t flags) noexcept {
     waiter& w = waiters_[d];
     w.in_ring = false;
+    if ((flags & IORING_CQE_F_BUFFER) != 0) {
+        w.has_buffer = true;
+        w.buffer = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    }
     --poller_->ring_ops_;
     if (res >= 0) {
         w.transferred = static_cast<std::uint32_t>(res);
@@ -801,7 +894,11 @@ void poll_socket::on_events(std::uint32_t events) {
 
 void poll_socket::mark_ready(int d) {
     const waiter& w = waiters_[d];
-    if (w.active() && !w.queued) {
+    // A waiter whose operation is in the ring completes with it, not with
+    // an edge; the edge is kept for a later wait (the relay waits for
+    // readiness when the provided buffers ran out, and the bytes that made
+    // this edge may be what it waits for).
+    if (w.active() && !w.queued && !w.in_ring) {
         poller_->defer(*this, d);  // the edge is this waiter's
     } else {
         // Nobody waits, or the waiter is queued already (and may read only
@@ -832,6 +929,11 @@ void poll_socket::complete(int d) {
         }
     }
     if (d == write_dir) connecting_ = false;
+    // The caller takes a provided buffer only from a recv that succeeded.
+    if (ec && w.has_buffer) {
+        w.has_buffer = false;
+        poller_->give_back(w.buffer);
+    }
     w.aborted = false;
     w.result.clear();
     if (w.fn != nullptr) {

@@ -66,6 +66,8 @@ void relay::rearm() {
         d.full_read = false;
         d.parked = false;
         d.read_to_fin = false;
+        d.fallback = false;
+        d.quiesce_cancel = false;
         d.blocked_since = clock::time_point::max();
         d.result = {};
     }
@@ -82,10 +84,25 @@ void relay::rearm() {
 bool relay::quiet() const noexcept {
     if (stopping_ || failed_early_ || (dirs_[0].done && dirs_[1].done)) return false;
     for (const auto& d : dirs_) {
-        if (d.pending > 0 || d.holding_pipe || d.buffer) return false;
+        if (d.pending > 0 || d.holding_pipe || d.buffer || d.provided) return false;
+        // The kernel holds an operation of it: bytes may be on their way in
+        // or out, and the sockets cannot leave until it completed.
+        if (source(d).submitted(poll_socket::wait_type::read) || sink(d).submitted(poll_socket::wait_type::write))
+            return false;
         if (d.done && d.result.end != pump_end::eof) return false;
     }
     return true;
+}
+
+void relay::quiesce() noexcept {
+    quiescing_ = true;
+    for (auto& d : dirs_) {
+        // An idle read in the ring waits for bytes: cancelled, it completes
+        // (aborted, or with what it took meanwhile) and the direction stops.
+        if (d.done || !source(d).submitted(poll_socket::wait_type::read)) continue;
+        d.quiesce_cancel = true;
+        source(d).cancel_submitted(poll_socket::wait_type::read);
+    }
 }
 
 void relay::end_quiesce() noexcept {
@@ -130,7 +147,94 @@ void relay::done(void* self, const error_code&) {
     h();
 }
 
-void relay::wait_readable(direction& d) { source(d).wait(poll_socket::wait_type::read, &relay::readable, &d); }
+void relay::wait_readable(direction& d) {
+    d.fallback = false;
+    // A burst that went by splice waits for readiness, to splice again.
+    if (reads_in_ring(d) && !(res_.mode == relay_mode::splice && d.full_read)) return recv_in_ring(d);
+    source(d).wait(poll_socket::wait_type::read, &relay::readable, &d);
+}
+
+bool relay::reads_in_ring(const direction& d) const noexcept { return source(d).owner().provides_buffers(); }
+
+void relay::recv_in_ring(direction& d) {
+    // As fin_before_read in transfer(): a short recv submitted after the
+    // FIN took the last byte.
+    d.fin_at_submit = source(d).peer_finished();
+    source(d).submit_recv_provided(&relay::received, &d);
+}
+
+void relay::received(void* arg, const error_code& ec) {
+    auto& d = *static_cast<direction*>(arg);
+    try {
+        d.owner->on_received(d, ec);
+    } catch (const std::bad_alloc&) {
+        d.owner->out_of_memory(d);
+    }
+}
+
+void relay::on_received(direction& d, const error_code& ec) {
+    poll_socket& from = source(d);
+    const std::size_t got = ec ? 0 : from.transferred(poll_socket::wait_type::read);
+    if (const int id = from.take_provided(); id >= 0) {
+        d.provided = true;
+        d.provided_id = static_cast<std::uint16_t>(id);
+    }
+    const bool quiesce_cancel = std::exchange(d.quiesce_cancel, false);
+    if (stale(d)) {
+        // The backend failed early and the client's recv took bytes before
+        // fail_early's cancel reached it: they are the client's, and the
+        // replay must carry them (the limit may be passed by this one read).
+        if (got > 0 && d.to_backend && failed_early_ && sent_)
+            sent_->append(reinterpret_cast<const char*>(from.owner().provided_buffer(d.provided_id)), got);
+        return finish(d, pump_end::aborted);
+    }
+    if (ec == asio::error::operation_aborted && quiesce_cancel) {
+        if (quiescing_) {
+            d.parked = true;
+            return;
+        }
+        return wait_readable(d);  // end_quiesce() came before the cancel completed
+    }
+    if (ec.value() == ENOBUFS && ec.category() == boost::system::system_category()) {
+        // Every provided buffer holds bytes on their way out: this burst
+        // borrows a buffer of the pool once the socket is readable, as with
+        // epoll, and the next idle read is the ring's again.
+        from.owner().note_buffers_empty();
+        d.fallback = true;
+        return from.wait(poll_socket::wait_type::read, &relay::readable, &d);
+    }
+    if (ec == asio::error::operation_aborted) return finish(d, pump_end::aborted);
+    if (ec) return source_failed(d, ec);
+    if (got == 0) return source_ended(d);
+    took(d, got, from.owner().provided_size(), from.owner().provided_buffer(d.provided_id));
+    d.read_to_fin = d.short_read && d.fin_at_submit;
+    send_in_ring(d);
+}
+
+void relay::send_in_ring(direction& d) {
+    // The write-stall clock runs from the submission: the kernel holds the
+    // send until the sink takes bytes.
+    if (d.blocked_since == clock::time_point::max()) d.blocked_since = clock::now();
+    sink(d).submit_send(source(d).owner().provided_buffer(d.provided_id) + d.offset, d.pending, &relay::sent, &d);
+}
+
+void relay::sent(void* arg, const error_code& ec) {
+    auto& d = *static_cast<direction*>(arg);
+    d.owner->on_sent(d, ec);
+}
+
+void relay::on_sent(direction& d, const error_code& ec) {
+    if (ec == asio::error::operation_aborted || stale(d)) return finish(d, pump_end::aborted);
+    const std::size_t n = ec ? 0 : sink(d).transferred(poll_socket::wait_type::write);
+    // A send that took nothing and failed nothing: the sink cannot take more.
+    if (ec || n == 0) return sink_failed(d, ec ? ec : error_code{EPIPE, boost::system::system_category()});
+    d.pending -= n;
+    d.offset += n;
+    d.blocked_since = clock::time_point::max();
+    if (d.pending > 0) return send_in_ring(d);
+    release(d);
+    transfer_or_reset(d);
+}
 
 void relay::readable(void* arg, const error_code& ec) {
     auto& d = *static_cast<direction*>(arg);
@@ -158,18 +262,22 @@ void relay::transfer_or_reset(direction& d) noexcept {
     try {
         transfer(d);
     } catch (const std::bad_alloc&) {
-        // A buffer, or the copy kept for a replay. Nothing half-done stays
-        // behind: the sockets are reset (a reset, not a FIN: the peers must
-        // not take what came through for all of it), the other direction's
-        // wait completes aborted, and the owner frees the session.
-        no_memory_ = true;
-        d.result.error = boost::system::errc::make_error_code(boost::system::errc::not_enough_memory);
-        for (poll_socket* s : {&source(d), &sink(d)}) {
-            if (s->is_open()) s->set_abortive_close();
-        }
-        abort_both(source(d), sink(d));
-        finish(d, pump_end::aborted);
+        out_of_memory(d);
     }
+}
+
+void relay::out_of_memory(direction& d) noexcept {
+    // A buffer, or the copy kept for a replay. Nothing half-done stays
+    // behind: the sockets are reset (a reset, not a FIN: the peers must not
+    // take what came through for all of it), the other direction's wait
+    // completes aborted, and the owner frees the session.
+    no_memory_ = true;
+    d.result.error = boost::system::errc::make_error_code(boost::system::errc::not_enough_memory);
+    for (poll_socket* s : {&source(d), &sink(d)}) {
+        if (s->is_open()) s->set_abortive_close();
+    }
+    abort_both(source(d), sink(d));
+    finish(d, pump_end::aborted);
 }
 
 void relay::stop_recording() {
@@ -222,6 +330,9 @@ void relay::transfer(direction& d) {
             // read fills the buffer the burst goes on by splice. The client's
             // bytes go through a buffer while they are kept for a replay.
             d.splicing = res_.mode == relay_mode::splice && !(d.to_backend && sent_) && d.full_read;
+            // relay.io: io_uring: a copy goes through the ring, into a
+            // buffer the kernel provides when the bytes are there.
+            if (!d.splicing && !d.fallback && reads_in_ring(d)) return recv_in_ring(d);
             if (d.splicing) {
                 error_code pipe_ec;
                 d.pipe = res_.pipes.acquire(pipe_ec);
@@ -258,28 +369,31 @@ void relay::transfer(direction& d) {
             return source_failed(d, last_error());
         }
         const auto got = static_cast<std::size_t>(n);
-        const std::size_t asked = d.splicing ? short_splice : res_.buffers.buffer_size();
-        d.short_read = got < asked;
-        d.full_read = !d.short_read;
+        took(d, got, d.splicing ? short_splice : res_.buffers.buffer_size(), d.buffer.get());
         d.read_to_fin = d.short_read && fin_before_read;
-        d.result.bytes += got;
-        d.pending = got;
-        d.offset = 0;
-        ++d.chunks;
-        last_activity_ = clock::now();
-        if (d.to_backend) {
-            if (sent_) {
-                if (sent_->size() + got > replay_limit_) {
-                    stop_recording();  // too much to replay: this backend owns the session now
-                } else {
-                    sent_->append(reinterpret_cast<const char*>(d.buffer.get()), got);
-                }
+    }
+}
+
+void relay::took(direction& d, std::size_t got, std::size_t asked, const std::byte* data) {
+    d.short_read = got < asked;
+    d.full_read = !d.short_read;
+    d.result.bytes += got;
+    d.pending = got;
+    d.offset = 0;
+    ++d.chunks;
+    last_activity_ = clock::now();
+    if (d.to_backend) {
+        if (sent_) {
+            if (sent_->size() + got > replay_limit_) {
+                stop_recording();  // too much to replay: this backend owns the session now
+            } else {
+                sent_->append(reinterpret_cast<const char*>(data), got);
             }
-        } else if (!answered_) {
-            answered_ = true;
-            stop_recording();
-            if (answered_fn_) std::exchange(answered_fn_, nullptr)(answered_arg_);
         }
+    } else if (!answered_) {
+        answered_ = true;
+        stop_recording();
+        if (answered_fn_) std::exchange(answered_fn_, nullptr)(answered_arg_);
     }
 }
 
@@ -323,14 +437,17 @@ bool relay::flush(direction& d) {
             return false;
         }
         // A zero-length splice to a socket means it cannot take more: treat as EPIPE.
-        const error_code ec = n < 0 ? last_error() : error_code{EPIPE, boost::system::system_category()};
-        if (d.to_backend && !answered_ && fail_early(d, ec)) return false;
-        d.result.error = ec;
-        abort_both(sink(d), source(d));
-        finish(d, pump_end::sink_failed);
+        sink_failed(d, n < 0 ? last_error() : error_code{EPIPE, boost::system::system_category()});
         return false;
     }
     return true;
+}
+
+void relay::sink_failed(direction& d, const error_code& ec) {
+    if (d.to_backend && !answered_ && fail_early(d, ec)) return;
+    d.result.error = ec;
+    abort_both(sink(d), source(d));
+    finish(d, pump_end::sink_failed);
 }
 
 void relay::on_writable(direction& d, const error_code& ec) {
@@ -359,6 +476,10 @@ void relay::release(direction& d) {
     }
     if (d.buffer) res_.buffers.release(std::move(d.buffer));
     d.buffer.reset();
+    if (d.provided) {
+        source(d).owner().give_back(d.provided_id);
+        d.provided = false;
+    }
     d.pending = 0;
 }
 

@@ -31,6 +31,10 @@ namespace {
 /// gets a turn (HAProxy's maxaccept is 64 too).
 constexpr int accepts_per_turn = 64;
 
+/// relay.io: io_uring: the buffers a worker's ring picks from for the
+/// relay's reads (poller::provide_buffers), each relay.buffer_size bytes.
+constexpr unsigned provided_buffers = 64;
+
 }  // namespace
 
 worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_stats& stats, bool io_uring)
@@ -40,6 +44,12 @@ worker::worker(std::size_t index, std::shared_ptr<const snapshot> snap, process_
     // wake-ups.
     sockets_.attach(io_, io_uring ? poller::wait_by::ring : poller::wait_by::run);
     sockets_.count_failures_in(&stats.resource_errors_total);
+    if (io_uring) {
+        // As many as the buffer pool keeps idle: both bound the memory a
+        // worker holds for bytes in flight, not per session.
+        sockets_.provide_buffers(ctx_.snap().cfg->relay.buffer_size, provided_buffers);
+        sockets_.count_empty_buffers_in(&stats.relay_buffers_empty_total);
+    }
 }
 
 worker::~worker() {

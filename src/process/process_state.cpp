@@ -56,12 +56,13 @@ constexpr std::array<std::pair<const char*, counter listener_stats::*>, 2> liste
 }};
 
 /// Every process-wide counter (active_sessions is a gauge).
-constexpr std::array<std::pair<const char*, counter process_stats::*>, 25> process_counters{{
+constexpr std::array<std::pair<const char*, counter process_stats::*>, 26> process_counters{{
     {"accepted_total", &process_stats::accepted_total},
     {"refused_limit_total", &process_stats::refused_limit_total},
     {"no_backend_total", &process_stats::no_backend_total},
     {"accept_errors_total", &process_stats::accept_errors_total},
     {"resource_errors_total", &process_stats::resource_errors_total},
+    {"relay_buffers_empty_total", &process_stats::relay_buffers_empty_total},
     {"reset_no_fds_total", &process_stats::reset_no_fds_total},
     {"reset_no_memory_total", &process_stats::reset_no_memory_total},
     {"closed_by_idle_total", &process_stats::closed_by_idle_total},

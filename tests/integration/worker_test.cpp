@@ -610,6 +610,10 @@ TEST(Worker, ARelayWhoseBufferCannotBeAllocatedResetsBothPeersAndIsFreed) {
     // The copy relay takes a buffer for each burst. Out of memory there,
     // std::bad_alloc left the direction without a pending wait: the session
     // was never ended, counted or freed (ASan's leak check saw it).
+    if (test_relay_io() == "io_uring") {
+        GTEST_SKIP() << "with relay.io: io_uring the copy reads into the ring's provided buffers, made at start: "
+                        "no allocation per burst to fail (relay_unit_test's RelayInARing covers the pool's fallback)";
+    }
     constexpr std::size_t buffer_size = 20480;
     // An echo server that records how its first connection ended.
     std::atomic<int> first_end{-1};

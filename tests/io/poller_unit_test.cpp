@@ -800,6 +800,87 @@ TEST(Poller, InARingCancelEndsARecvAndKeepsTheSocket) {
     EXPECT_TRUE(g.f.stop());
 }
 
+/// A recv into a provided buffer, and the buffer it got.
+struct provided_op : ring_op {
+    int buffer = -1;
+    static void record(void* self, const error_code& ec) {
+        auto& o = *static_cast<provided_op*>(self);
+        o.buffer = o.s->take_provided();
+        ring_op::record(self, ec);
+    }
+};
+
+TEST(Poller, InARingAnIdleRecvHoldsNoProvidedBufferAndOneThatFindsNoneFailsWithEnobufs) {
+    // relay.io: io_uring: tens of thousands of idle watches each have a
+    // recv in the ring; the kernel picks a buffer only when bytes arrive,
+    // so one buffer serves whichever socket speaks first, and a recv that
+    // finds none fails with ENOBUFS (the relay then reads after readiness).
+    run_fixture f(poller::wait_by::ring);
+    f.sockets.provide_buffers(4096, 1);
+    tcp::socket first_peer(f.setup), second_peer(f.setup);
+    poll_socket first(f.sockets), second(f.sockets);
+    ASSERT_FALSE(first.adopt(f.pair(first_peer)));
+    ASSERT_FALSE(second.adopt(f.pair(second_peer)));
+    f.start();
+    provided_op a, b;
+    a.s = &first;
+    b.s = &second;
+    ASSERT_TRUE(f.on_loop([&] {
+        ASSERT_TRUE(f.sockets.provides_buffers());
+        first.submit_recv_provided(&provided_op::record, &a);
+        second.submit_recv_provided(&provided_op::record, &b);
+    }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_FALSE(a.done.load() || b.done.load()) << "a recv completed with nothing sent";
+    second_peer.send(asio::buffer("late", 4));
+    ASSERT_TRUE(within_5s([&] { return b.done.load(); })) << "the idle recv submitted first held the only buffer";
+    EXPECT_FALSE(b.ec) << b.ec.message();
+    ASSERT_EQ(b.buffer, 0);
+    EXPECT_EQ(b.bytes, 4u);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(f.sockets.provided_buffer(0)), 4), "late");
+    // The one buffer is taken: bytes for the first socket find none.
+    first_peer.send(asio::buffer("early", 5));
+    ASSERT_TRUE(within_5s([&] { return a.done.load(); }));
+    EXPECT_EQ(a.ec, error_code(ENOBUFS, boost::system::system_category())) << a.ec.message();
+    EXPECT_EQ(a.buffer, -1);
+    // Given back, it takes the first socket's bytes, still in its socket.
+    provided_op again;
+    again.s = &first;
+    ASSERT_TRUE(f.on_loop([&] {
+        f.sockets.give_back(0);
+        first.submit_recv_provided(&provided_op::record, &again);
+    }));
+    ASSERT_TRUE(within_5s([&] { return again.done.load(); }));
+    EXPECT_FALSE(again.ec) << again.ec.message();
+    EXPECT_EQ(again.buffer, 0);
+    EXPECT_EQ(again.bytes, 5u);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(f.sockets.provided_buffer(0)), 5), "early");
+    ASSERT_TRUE(f.on_loop([&] {
+        f.sockets.give_back(0);
+        first.close();
+        second.close();
+    }));
+    EXPECT_TRUE(f.stop());
+}
+
+TEST(Poller, InARingCancellingOneDirectionLeavesTheOtherInFlight) {
+    // An upgrade's quiesce cancels a session's idle recv, never the send
+    // of the other direction on the same socket.
+    ring_rig g;
+    ring_op r;
+    ASSERT_TRUE(g.recv(r));
+    ASSERT_TRUE(g.f.on_loop([&] {
+        EXPECT_TRUE(g.s.submitted(poll_socket::wait_type::read));
+        g.s.cancel_submitted(poll_socket::wait_type::write);  // none in flight: nothing happens
+        g.s.cancel_submitted(poll_socket::wait_type::read);
+    }));
+    ASSERT_TRUE(within_5s([&] { return r.done.load(); }));
+    EXPECT_EQ(r.ec, asio::error::operation_aborted);
+    ASSERT_TRUE(g.f.on_loop([&] { EXPECT_FALSE(g.s.submitted(poll_socket::wait_type::read)); }));
+    ASSERT_TRUE(g.f.on_loop([&] { g.s.close(); }));
+    EXPECT_TRUE(g.f.stop());
+}
+
 TEST(Poller, InARingTheLoopEndsOnlyOnceItsCancelledOperationsCompleted) {
     // A worker's shutdown closes its sessions and stops watching: run()
     // must still deliver the cancelled recvs, or their sessions are never

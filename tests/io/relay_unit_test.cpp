@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
+#include <future>
 #include <optional>
 #include <thread>
 
@@ -82,6 +84,22 @@ TEST(BufferPool, ReusesBuffers) {
     EXPECT_EQ(pool.acquire().get(), raw);
 }
 
+/// Connects a session's two legs through `acc`: client_peer to `client`,
+/// `upstream` to upstream_peer; the relay's ends non-blocking in their poller.
+void connect_legs(tcp::acceptor& acc, tcp::socket& client_peer, tcp::socket& upstream_peer, poll_socket& client,
+                  poll_socket& upstream) {
+    auto& io = static_cast<asio::io_context&>(acc.get_executor().context());
+    tcp::socket a{io}, c{io};
+    client_peer.connect(acc.local_endpoint());
+    acc.accept(a);
+    c.connect(acc.local_endpoint());
+    acc.accept(upstream_peer);
+    a.native_non_blocking(true);
+    c.native_non_blocking(true);
+    EXPECT_FALSE(client.adopt(a.release()));
+    EXPECT_FALSE(upstream.adopt(c.release()));
+}
+
 /// A session's two legs over loopback: client_peer → client ==relay==> upstream → upstream_peer.
 /// The relay's two sockets sit in a poller, as a worker's do.
 struct rig {
@@ -93,15 +111,7 @@ struct rig {
     rig() {
         sockets.attach(io);
         tcp::acceptor acc(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-        tcp::socket a{io}, c{io};
-        client_peer.connect(acc.local_endpoint());
-        acc.accept(a);
-        c.connect(acc.local_endpoint());
-        acc.accept(upstream_peer);
-        a.native_non_blocking(true);
-        c.native_non_blocking(true);
-        EXPECT_FALSE(client.adopt(a.release()));
-        EXPECT_FALSE(upstream.adopt(c.release()));
+        connect_legs(acc, client_peer, upstream_peer, client, upstream);
     }
     ~rig() { sockets.detach(); }
     /// Runs the io_context until `done` (the poller keeps it busy forever).
@@ -454,6 +464,108 @@ TEST_P(Relay, QuiescedAndClosedFromOutsideEnds) {
     r.run_until(done);
     EXPECT_EQ(rel.to_backend().end, pump_end::aborted);
     EXPECT_EQ(rel.from_backend().end, pump_end::aborted);
+}
+
+/// One session's two legs for a relay in a ring: the peers are blocking
+/// Asio sockets of `setup`, the relay's ends poll_sockets of `p`.
+struct ring_session {
+    tcp::socket client_peer, upstream_peer;
+    poll_socket client, upstream;
+    std::chrono::steady_clock::time_point last{};
+    std::optional<relay> rel;
+    std::atomic<bool> done{false};
+    ring_session(asio::io_context& setup, tcp::acceptor& acc, poller& p)
+        : client_peer(setup), upstream_peer(setup), client(p), upstream(p) {
+        connect_legs(acc, client_peer, upstream_peer, client, upstream);
+    }
+    static void on_done(void* self) {
+        auto& s = *static_cast<ring_session*>(self);
+        s.client.close();
+        s.upstream.close();
+        s.done = true;
+    }
+};
+
+TEST(RelayInARing, AReadThatFindsEveryProvidedBufferTakenRelaysAfterReadinessAndIsCounted) {
+    // relay.io: io_uring: a worker's provided buffers are few (64); a
+    // session whose backend reads nothing holds one in its stuck send. A
+    // read that finds none must still relay, through the pool after
+    // readiness, not fail the session.
+    asio::io_context setup;
+    tcp::acceptor acc(setup, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    poller p;
+    asio::io_context io{1};
+    p.attach(io, poller::wait_by::ring);
+    p.provide_buffers(4096, 1);
+    std::atomic<std::uint64_t> empty{0};
+    p.count_empty_buffers_in(&empty);
+    relay_resources res{relay_config{.mode = relay_mode::copy, .buffer_size = 4096, .pipe_size = 0}};
+    ring_session stuck(setup, acc, p), other(setup, acc, p);
+    for (ring_session* s : {&stuck, &other}) s->rel.emplace(s->client, s->upstream, res, s->last);
+    std::promise<void> ended;
+    std::thread loop([&] {
+        p.run();
+        ended.set_value();
+    });
+    auto on_loop = [&](std::function<void()> fn) {
+        auto done = std::make_shared<std::promise<void>>();
+        auto f = done->get_future();
+        p.post([fn = std::move(fn), done] {
+            fn();
+            done->set_value();
+        });
+        return f.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+    };
+    ASSERT_TRUE(on_loop([&] {
+        ASSERT_TRUE(p.provides_buffers());
+        for (ring_session* s : {&stuck, &other}) s->rel->run(&ring_session::on_done, s);
+    }));
+    // The stuck session's backend reads nothing: its client writes until
+    // the whole path is full, 200 ms without progress (bounded: 64 MiB, 10 s).
+    stuck.client_peer.non_blocking(true);
+    const std::string chunk(65536, 'x');
+    std::size_t written = 0;
+    auto last_progress = std::chrono::steady_clock::now();
+    const auto give_up = last_progress + std::chrono::seconds(10);
+    while (written < (64u << 20) && std::chrono::steady_clock::now() < give_up &&
+           std::chrono::steady_clock::now() - last_progress < std::chrono::milliseconds(200)) {
+        boost::system::error_code ec;
+        const std::size_t n = stuck.client_peer.write_some(asio::buffer(chunk), ec);
+        if (n > 0) {
+            written += n;
+            last_progress = std::chrono::steady_clock::now();
+        } else {
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+    }
+    ASSERT_LT(written, 64u << 20) << "the backend's side never filled";
+    asio::write(other.client_peer, asio::buffer("hello", 5));
+    std::string got;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (got.size() < 5 && std::chrono::steady_clock::now() < until) {
+        pollfd in{.fd = other.upstream_peer.native_handle(), .events = POLLIN, .revents = 0};
+        if (::poll(&in, 1, 100) != 1) continue;
+        char b[16];
+        const ssize_t n = ::recv(in.fd, b, sizeof b, MSG_DONTWAIT);
+        if (n <= 0) break;
+        got.append(b, static_cast<std::size_t>(n));
+    }
+    EXPECT_EQ(got, "hello");
+    EXPECT_GE(empty.load(), 1u) << "the read found a buffer: the stuck send did not hold the only one";
+    ASSERT_TRUE(on_loop([&] {
+        for (ring_session* s : {&stuck, &other}) {
+            s->client.close();
+            s->upstream.close();
+        }
+    }));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!(stuck.done && other.done) && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    EXPECT_TRUE(stuck.done && other.done) << "a relay did not complete after its sockets closed";
+    p.post([&] { p.stop_watching(); });
+    if (ended.get_future().wait_for(std::chrono::seconds(5)) != std::future_status::ready) p.stop_running();
+    loop.join();
+    p.detach();
 }
 
 INSTANTIATE_TEST_SUITE_P(BothRelays, Relay, ::testing::Values(relay_mode::splice, relay_mode::copy),

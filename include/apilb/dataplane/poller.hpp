@@ -133,6 +133,30 @@ public:
     /// run() waits in an io_uring (wait_by::ring, and enabling it did not fail).
     bool waits_in_ring() const noexcept { return ring_ != nullptr; }
 
+    /// wait_by::ring: `count` buffers (a power of two up to 32768) of
+    /// `size` bytes that the kernel hands to poll_socket::submit_recv_provided
+    /// only when data arrives, so that a recv waiting on an idle socket
+    /// holds no memory (IORING_REGISTER_PBUF_RING, kernel 6.1). Registered
+    /// by run()'s thread once it enabled the ring; should that fail, it is
+    /// logged and provides_buffers() stays false. Call after attach(),
+    /// before run(). Throws std::bad_alloc.
+    void provide_buffers(std::size_t size, unsigned count);
+    /// submit_recv_provided may be used: the buffers are registered.
+    bool provides_buffers() const noexcept { return ring_ != nullptr && buffers_registered_; }
+    /// The bytes of provided buffer `id`, and their number.
+    std::byte* provided_buffer(std::uint16_t id) const noexcept;
+    std::size_t provided_size() const noexcept;
+    /// Gives provided buffer `id` back to the kernel. Worker thread.
+    void give_back(std::uint16_t id) noexcept;
+    /// Where to count recvs that found every provided buffer in use (they
+    /// fail with ENOBUFS; the relay then waits for readiness and reads as
+    /// with epoll).
+    void count_empty_buffers_in(std::atomic<std::uint64_t>* counter) { empty_buffers_ = counter; }
+    /// A recv found every provided buffer in use: counted.
+    void note_buffers_empty() noexcept {
+        if (empty_buffers_ != nullptr) empty_buffers_->fetch_add(1, std::memory_order_relaxed);
+    }
+
     /// Where to count waiters that ended in an exception (std::bad_alloc):
     /// each is logged and counted, and the others of its batch still run.
     void count_failures_in(std::atomic<std::uint64_t>* counter) { failures_ = counter; }
@@ -142,6 +166,8 @@ private:
 
     /// The epoll set's registration in Asio's reactor (poller.cpp).
     struct watch;
+    /// provide_buffers()'s memory and ring (poller.cpp).
+    struct buffer_ring;
     /// Asio's wait for that registration to be readable (poller.cpp).
     class wake_op;
     /// The posted run of deferred completions (poller.cpp).
@@ -180,6 +206,9 @@ private:
     /// wait_by::ring: the ring could not be enabled on run()'s thread:
     /// logged, and run() waits in epoll_wait from now on.
     void leave_ring(const std::exception& e) noexcept;
+    /// Registers provide_buffers()'s ring, on run()'s thread once the ring
+    /// is enabled (SINGLE_ISSUER); logs a failure.
+    void register_buffers() noexcept;
 
     struct slot {
         poll_socket* socket = nullptr;
@@ -188,12 +217,16 @@ private:
 
     int epfd_ = -1;
     wait_by by_ = wait_by::asio;
-    int wake_fd_ = -1;             ///< wait_by::run and ring: the eventfd wake() writes, in the set
-    std::unique_ptr<uring> ring_;  ///< wait_by::ring
-    bool ring_enabled_ = false;    ///< by run()'s thread (SINGLE_ISSUER)
-    bool set_watched_ = false;     ///< the multishot POLL_ADD for the epoll set is in the ring
-    bool set_has_more_ = false;    ///< the last epoll_wait(0) filled its array: look again before waiting
-    std::size_t ring_ops_ = 0;     ///< poll_sockets' operations in the ring, not yet completed
+    int wake_fd_ = -1;  ///< wait_by::run and ring: the eventfd wake() writes, in the set
+    /// Before ring_: the kernel lets go of the buffers when the ring goes.
+    std::unique_ptr<buffer_ring> buffers_;
+    bool buffers_registered_ = false;
+    std::atomic<std::uint64_t>* empty_buffers_ = nullptr;  ///< see count_empty_buffers_in()
+    std::unique_ptr<uring> ring_;                          ///< wait_by::ring
+    bool ring_enabled_ = false;                            ///< by run()'s thread (SINGLE_ISSUER)
+    bool set_watched_ = false;                             ///< the multishot POLL_ADD for the epoll set is in the ring
+    bool set_has_more_ = false;  ///< the last epoll_wait(0) filled its array: look again before waiting
+    std::size_t ring_ops_ = 0;   ///< poll_sockets' operations in the ring, not yet completed
     boost::asio::io_context* io_ = nullptr;
     /// wait_by::run: the io_context has work while the set is watched, as
     /// wake_ counts while queued with wait_by::asio.
@@ -241,6 +274,8 @@ public:
     bool is_open() const noexcept { return fd_ >= 0; }
     int native_handle() const noexcept { return fd_; }
     boost::asio::io_context::executor_type get_executor() const { return poller_->get_executor(); }
+    /// The poller the socket is in.
+    poller& owner() const noexcept { return *poller_; }
 
     /// Closes the descriptor (leaving the epoll set with it); waiters
     /// complete with operation_aborted.
@@ -315,6 +350,22 @@ public:
     void submit_send(const void* buf, std::size_t len, callback fn, void* arg);
     /// The bytes the last operation of `w` submitted to the ring moved.
     std::size_t transferred(wait_type w) const noexcept { return waiters_[static_cast<int>(w)].transferred; }
+    /// Only with a poller that provides buffers (poller::provides_buffers()):
+    /// submit_recv into a buffer the kernel takes from the poller's provided
+    /// ones only once data has arrived, so that a recv on an idle socket
+    /// holds none. Completes as submit_recv does, or with ENOBUFS when every
+    /// provided buffer was in use (nothing read). On success the caller owns
+    /// the buffer that took the bytes (take_provided()) and gives it back
+    /// with poller::give_back(); with an error it is given back here.
+    void submit_recv_provided(callback fn, void* arg);
+    /// The provided buffer the last recv filled, now the caller's; -1 if none.
+    int take_provided() noexcept;
+    /// An operation of `w` is in the ring: the kernel holds its buffer and the socket.
+    bool submitted(wait_type w) const noexcept { return waiters_[static_cast<int>(w)].in_ring; }
+    /// Cancels the operation of `w` in the ring, if any (not the other
+    /// direction's): it completes with operation_aborted, or with the bytes
+    /// it took before the cancel reached it. The waiter of `w` stays set.
+    void cancel_submitted(wait_type w) noexcept;
 
 private:
     friend class poller;
@@ -324,11 +375,15 @@ private:
         callback fn = nullptr;
         void* arg = nullptr;
         erased_handler<boost::system::error_code> handler;  ///< set instead of fn for async_wait
-        bool queued = false;                                ///< in the poller's deferred list
-        bool aborted = false;                               ///< complete with operation_aborted
-        bool in_ring = false;                               ///< an operation of it is in the kernel (submit_*)
-        std::uint32_t transferred = 0;                      ///< what that operation moved
-        boost::system::error_code result;                   ///< an error known before any wait (a failed connect())
+        // Bit-fields: an idle session holds four waiters (its budget,
+        // session_size_unit_test).
+        bool queued : 1 = false;           ///< in the poller's deferred list
+        bool aborted : 1 = false;          ///< complete with operation_aborted
+        bool in_ring : 1 = false;          ///< an operation of it is in the kernel (submit_*)
+        bool has_buffer : 1 = false;       ///< `buffer` holds bytes of a recv_provided, not yet taken
+        std::uint16_t buffer = 0;          ///< the provided buffer of that recv
+        std::uint32_t transferred = 0;     ///< what that operation moved
+        boost::system::error_code result;  ///< an error known before any wait (a failed connect())
         bool active() const noexcept { return fn != nullptr || static_cast<bool>(handler); }
     };
 
@@ -353,10 +408,13 @@ private:
     ::io_uring_sqe* start_submit(int d, callback fn, void* arg);
     /// The ring completed the operation of `direction` with `res` (-errno
     /// or bytes): queues the waiter.
-    void on_ring_completion(int direction, int res) noexcept;
+    void on_ring_completion(int direction, int res, std::uint32_t flags) noexcept;
     /// Cancels the operations of this socket in the ring (close, release,
     /// cancel): by user data, so the descriptor may be closed at once.
     void cancel_in_ring() noexcept;
+    /// The same for the operation of `direction` alone; `ending`: the
+    /// socket is closing (with no room for the cancel, its traffic is shut).
+    void cancel_in_ring(int direction, bool ending) noexcept;
 
     poller* poller_;
     int fd_ = -1;

@@ -133,8 +133,9 @@ public:
     /// from both peers, while what was read already is still written out;
     /// quiet() says when it is all out. What the peers send meanwhile waits
     /// in the kernel's socket buffers. A direction that ended stays ended.
-    /// Worker thread.
-    void quiesce() noexcept { quiescing_ = true; }
+    /// A read in the ring (relay.io: io_uring) is cancelled; bytes it took
+    /// before the cancel reached it are written out too. Worker thread.
+    void quiesce() noexcept;
     /// Reads again after quiesce(): a direction that stopped goes on where
     /// it stopped. Also how a quiesced relay whose sockets were closed or
     /// released from outside ends: a stopped direction has no wait pending
@@ -221,6 +222,12 @@ private:
         bool full_read = false;    ///< the last read filled its buffer or pipe: bulk, splice next
         bool parked = false;       ///< stopped by quiesce(): no wait pending until end_quiesce()
         bool read_to_fin = false;  ///< the last read was short and the source's FIN had come: it took the last byte
+        // relay.io: io_uring (reads and writes submitted to the worker's ring)
+        bool fin_at_submit = false;   ///< the source's FIN had come when the recv in the ring was submitted
+        bool fallback = false;        ///< the provided buffers ran out: this burst reads after readiness
+        bool quiesce_cancel = false;  ///< quiesce() cancelled the recv in the ring
+        bool provided = false;        ///< the bytes pending are in the poller's provided buffer `provided_id`
+        std::uint16_t provided_id = 0;
         /// The first write that found the sink full since bytes last went out; max() if none.
         clock::time_point blocked_since = clock::time_point::max();
         pump_result result;
@@ -236,6 +243,24 @@ private:
     /// Both directions have ended: the owner's completion, from the loop.
     static void done(void* self, const boost::system::error_code& ec);
     void wait_readable(direction& d);
+    /// relay.io: io_uring: `d` reads through the ring into a provided buffer.
+    bool reads_in_ring(const direction& d) const noexcept;
+    /// Submits the recv of reads_in_ring().
+    void recv_in_ring(direction& d);
+    static void received(void* d, const boost::system::error_code& ec);
+    void on_received(direction& d, const boost::system::error_code& ec);
+    /// Submits the send of what a recv in the ring took.
+    void send_in_ring(direction& d);
+    static void sent(void* d, const boost::system::error_code& ec);
+    void on_sent(direction& d, const boost::system::error_code& ec);
+    /// A read took `got` bytes of `asked` at `data`: counts them and keeps
+    /// them for a replay (may throw std::bad_alloc); the first byte from the
+    /// backend answers.
+    void took(direction& d, std::size_t got, std::size_t asked, const std::byte* data);
+    /// Writing to the sink failed with `ec`: replay, or both reset.
+    void sink_failed(direction& d, const boost::system::error_code& ec);
+    /// An allocation failed in `d`: both peers reset, the direction ended.
+    void out_of_memory(direction& d) noexcept;
     void on_readable(direction& d, const boost::system::error_code& ec);
     static void readable(void* d, const boost::system::error_code& ec);
     static void writable(void* d, const boost::system::error_code& ec);

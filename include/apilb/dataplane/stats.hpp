@@ -56,6 +56,8 @@ struct process_stats {
     std::atomic<std::uint64_t> no_backend_total{0};     ///< every connect attempt failed
     std::atomic<std::uint64_t> accept_errors_total{0};
     std::atomic<std::uint64_t> resource_errors_total{0};  ///< out of fds/memory (accept, socket, pipe)
+    std::atomic<std::uint64_t> relay_buffers_empty_total{
+        0};                                               ///< relay.io: io_uring: recvs that found no provided buffer
     std::atomic<std::uint64_t> reset_no_fds_total{0};     ///< clients reset: out of descriptors past the wait
     std::atomic<std::uint64_t> reset_no_memory_total{0};  ///< clients reset: an allocation for their session failed
     std::atomic<std::uint64_t> closed_by_idle_total{0};
