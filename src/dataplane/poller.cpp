@@ -616,6 +616,15 @@ error_code poll_socket::adopt(int fd) {
     return ec;
 }
 
+error_code poll_socket::adopt_connected(int fd) {
+    if (!poller_->ring_runs()) return adopt(fd);
+    close();
+    forget_readiness();
+    fd_ = fd;
+    ring_watched_ = true;
+    return {};
+}
+
 error_code poll_socket::add_to_epoll() {
     epoll_event ev{};
     // Both directions, edge-triggered, once for the socket's whole life.
@@ -639,6 +648,7 @@ void poll_socket::close() {
         poller_->leave(*this);
         registered_ = false;
     }
+    ring_watched_ = false;
     ::close(fd_);  // leaves the epoll set with it
     fd_ = -1;
     forget_readiness();
@@ -655,6 +665,7 @@ int poll_socket::release() {
         poller_->leave(*this);
         registered_ = false;
     }
+    ring_watched_ = false;
     const int fd = std::exchange(fd_, -1);
     forget_readiness();
     abort_waiters();
@@ -729,6 +740,11 @@ void poll_socket::cancel_in_ring(int d, bool ending) noexcept {
         poller_->defer(*this, d);
         return nullptr;
     }
+    return ring_entry(d);
+}
+
+::io_uring_sqe* poll_socket::ring_entry(int d) noexcept {
+    waiter& x = waiters_[d];
     ::io_uring_sqe* sqe = poller_->ring_->sqe();
     if (sqe == nullptr) {
         x.result = {EBUSY, boost::system::system_category()};
@@ -740,6 +756,17 @@ void poll_socket::cancel_in_ring(int d, bool ending) noexcept {
     x.in_ring = true;
     ++poller_->ring_ops_;
     return sqe;
+}
+
+void poll_socket::submit_poll(int d) noexcept {
+    // Oneshot, and level-triggered: the kernel looks at the socket when it
+    // takes the entry, so bytes (or room) that came before it complete it
+    // at once, and no edge can be missed between two waits. RDHUP and the
+    // errors come with either direction's mask (peer_finished()).
+    if (::io_uring_sqe* sqe = ring_entry(d)) {
+        ::io_uring_prep_poll_add(sqe, fd_, d == read_dir ? POLLIN | POLLRDHUP : POLLOUT);
+        waiters_[d].polling = true;
+    }
 }
 
 void poll_socket::submit_recv(void* buf, std::size_t len, callback fn, void* arg) {
@@ -772,6 +799,20 @@ void poll_socket::submit_send(const void* buf, std::size_t len, callback fn, voi
 void poll_socket::on_ring_completion(int d, int res, std::uint32_t flags) noexcept {
     waiter& w = waiters_[d];
     w.in_ring = false;
+    if (w.polling) {
+        // A wait's POLL_ADD: its result is the socket's mask.
+        w.polling = false;
+        --poller_->ring_ops_;
+        if (res >= 0) {
+            note_events(static_cast<std::uint32_t>(res));
+        } else if (res == -ECANCELED) {
+            w.aborted = true;
+        } else {
+            w.result = {-res, boost::system::system_category()};
+        }
+        if (!w.queued) poller_->defer(*this, d);
+        return;
+    }
     if ((flags & IORING_CQE_F_BUFFER) != 0) {
         w.has_buffer = true;
         w.buffer = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
@@ -842,6 +883,8 @@ void poll_socket::start_wait(int d) {
         // next wait -- a FIN behind data the waiter reads only in part.
         ready_[d] = false;
         poller_->defer(*this, d);
+    } else if (ring_watched_) {
+        submit_poll(d);
     }
 }
 
@@ -868,8 +911,10 @@ void poll_socket::start_connect(const asio::ip::tcp::endpoint& ep) {
         x.result = last_error();
         return poller_->defer(*this, write_dir);
     }
-    // Added only now: an unconnected socket reports EPOLLHUP.
-    if (const error_code ec = add_to_epoll()) {
+    // Watched only now: an unconnected socket reports EPOLLHUP.
+    if (poller_->ring_runs()) {
+        ring_watched_ = true;
+    } else if (const error_code ec = add_to_epoll()) {
         x.result = ec;
         return poller_->defer(*this, write_dir);
     }
@@ -878,8 +923,18 @@ void poll_socket::start_connect(const asio::ip::tcp::endpoint& ep) {
 }
 
 void poll_socket::on_events(std::uint32_t events) {
+    note_events(events);
     // An error or hang-up wakes both directions: the next read or write
     // reports it.
+    const bool broken = (events & (EPOLLERR | EPOLLHUP)) != 0;
+    if (broken || (events & (EPOLLIN | EPOLLRDHUP)) != 0) mark_ready(read_dir);
+    if (broken || (events & EPOLLOUT) != 0) mark_ready(write_dir);
+}
+
+void poll_socket::note_events(std::uint32_t events) noexcept {
+    static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLERR == POLLERR && EPOLLHUP == POLLHUP &&
+                      EPOLLRDHUP == POLLRDHUP,
+                  "a POLL_ADD's mask reads as epoll's events");
     const bool broken = (events & (EPOLLERR | EPOLLHUP)) != 0;
     // After a FIN (or an error) the socket stays readable for good: a read
     // that took the last data in part, shorter than asked, must still find
@@ -888,8 +943,6 @@ void poll_socket::on_events(std::uint32_t events) {
     if ((events & EPOLLRDHUP) != 0) fin_seen_ = true;
     if ((events & EPOLLERR) != 0) error_seen_ = true;
     if (broken) ended_[write_dir] = true;
-    if (broken || (events & (EPOLLIN | EPOLLRDHUP)) != 0) mark_ready(read_dir);
-    if (broken || (events & EPOLLOUT) != 0) mark_ready(write_dir);
 }
 
 void poll_socket::mark_ready(int d) {

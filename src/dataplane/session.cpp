@@ -124,7 +124,7 @@ session::session(worker_context& ctx, std::size_t listener_index, bool connectin
 }
 
 bool session::adopt_client(int fd) {
-    if (const error_code ec = client_.adopt(fd)) {
+    if (const error_code ec = client_.adopt_connected(fd)) {
         if (is_resource_exhaustion(ec)) ctx_.pause_accepting(ec, "watching a client socket");
         return false;
     }

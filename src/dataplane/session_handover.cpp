@@ -61,8 +61,8 @@ bool session::adopt(std::unique_ptr<session> self, const session_record& r, int 
         close_with_reset(backend_fd);
         return false;
     }
-    const error_code cec = s.client_.adopt(client_fd);
-    const error_code bec = cec ? error_code{} : s.upstream_.adopt(backend_fd);
+    const error_code cec = s.client_.adopt_connected(client_fd);
+    const error_code bec = cec ? error_code{} : s.upstream_.adopt_connected(backend_fd);
     if (cec || bec) {
         if (cec) close_with_reset(backend_fd);
         s.client_.set_abortive_close();  // a FIN would end the client's stream as if complete

@@ -28,11 +28,13 @@
 /// EPOLL_CTL_MOD calls made by this process: the poller adds a socket once
 /// and Asio re-arms a descriptor with MOD, so these count re-arms.
 std::atomic<int> epoll_mods{0};
+std::atomic<int> epoll_adds{0};
 
 // Interposed for the whole test binary (the poller's library and Asio's
 // reactor call it); forwards to the kernel.
 extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
     if (op == EPOLL_CTL_MOD) epoll_mods.fetch_add(1, std::memory_order_relaxed);
+    if (op == EPOLL_CTL_ADD) epoll_adds.fetch_add(1, std::memory_order_relaxed);
     return static_cast<int>(::syscall(SYS_epoll_ctl, epfd, op, fd, event));
 }
 
@@ -879,6 +881,67 @@ TEST(Poller, InARingCancellingOneDirectionLeavesTheOtherInFlight) {
     ASSERT_TRUE(g.f.on_loop([&] { EXPECT_FALSE(g.s.submitted(poll_socket::wait_type::read)); }));
     ASSERT_TRUE(g.f.on_loop([&] { g.s.close(); }));
     EXPECT_TRUE(g.f.stop());
+}
+
+TEST(Poller, InARingASessionsSocketsWaitThroughTheRingAndNeverEnterTheEpollSet) {
+    // relay.io: io_uring: a session's sockets kept in the epoll set cost an
+    // epoll_ctl each and, per wake-up, an epoll_wait(0) beside the ring's
+    // io_uring_enter. Watched by the ring, a wait is a POLL_ADD batched into
+    // the loop's next enter: reads, writes and connects complete as before
+    // (a refused connect says so), and the set is neither touched nor looked at.
+    run_fixture f(poller::wait_by::ring);
+    tcp::socket peer(f.setup);
+    const int accepted = f.pair(peer);
+    tcp::endpoint refusing;
+    {
+        tcp::acceptor a(f.setup, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+        refusing = a.local_endpoint();
+    }
+    poll_socket s(f.sockets), up(f.sockets), down(f.sockets);
+    f.start();
+    ASSERT_TRUE(f.on_loop([] {}));
+    const int adds_before = epoll_adds.load();
+    const long looks_before = loop_epoll_waits.load();
+    ring_op readable, writable, connected, refused;
+    readable.s = writable.s = &s;
+    connected.s = &up;
+    refused.s = &down;
+    ASSERT_TRUE(f.on_loop([&] {
+        EXPECT_FALSE(s.adopt_connected(accepted));
+        EXPECT_TRUE(s.watched_by_ring());
+        s.wait(poll_socket::wait_type::read, &ring_op::record, &readable);
+        s.wait(poll_socket::wait_type::write, &ring_op::record, &writable);
+        EXPECT_FALSE(up.open(tcp::v4()));
+        up.connect(f.acc.local_endpoint(), &ring_op::record, &connected);
+        EXPECT_FALSE(down.open(tcp::v4()));
+        down.connect(refusing, &ring_op::record, &refused);
+    }));
+    ASSERT_TRUE(within_5s([&] { return writable.done.load() && connected.done.load() && refused.done.load(); }));
+    EXPECT_FALSE(writable.ec);
+    EXPECT_FALSE(connected.ec) << connected.ec.message();
+    EXPECT_EQ(refused.ec, asio::error::connection_refused);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_FALSE(readable.done.load()) << "a read wait completed with nothing to read";
+    peer.send(asio::buffer("x", 1));
+    ASSERT_TRUE(within_5s([&] { return readable.done.load(); }));
+    EXPECT_FALSE(readable.ec);
+    EXPECT_EQ(epoll_adds.load(), adds_before) << "a session's socket was added to the epoll set";
+    // Waits completed by the ring, not by events taken from the set (the
+    // on_loop() calls wake it through its eventfd, in the set: a look each).
+    EXPECT_LE(loop_epoll_waits.load() - looks_before, 4);
+    ring_op closed;
+    closed.s = &s;
+    ASSERT_TRUE(f.on_loop([&] {
+        char c;
+        EXPECT_EQ(::recv(s.native_handle(), &c, 1, 0), 1);
+        s.wait(poll_socket::wait_type::read, &ring_op::record, &closed);
+        s.close();  // the POLL_ADD in the ring is cancelled: the wait ends aborted
+        up.close();
+        down.close();
+    }));
+    ASSERT_TRUE(within_5s([&] { return closed.done.load(); }));
+    EXPECT_EQ(closed.ec, asio::error::operation_aborted);
+    EXPECT_TRUE(f.stop());
 }
 
 TEST(Poller, InARingTheLoopEndsOnlyOnceItsCancelledOperationsCompleted) {

@@ -84,10 +84,9 @@ TEST(BufferPool, ReusesBuffers) {
     EXPECT_EQ(pool.acquire().get(), raw);
 }
 
-/// Connects a session's two legs through `acc`: client_peer to `client`,
-/// `upstream` to upstream_peer; the relay's ends non-blocking in their poller.
-void connect_legs(tcp::acceptor& acc, tcp::socket& client_peer, tcp::socket& upstream_peer, poll_socket& client,
-                  poll_socket& upstream) {
+/// Connects a session's two legs through `acc`: client_peer to the first
+/// descriptor returned, the second to upstream_peer; both non-blocking.
+std::pair<int, int> connect_leg_fds(tcp::acceptor& acc, tcp::socket& client_peer, tcp::socket& upstream_peer) {
     auto& io = static_cast<asio::io_context&>(acc.get_executor().context());
     tcp::socket a{io}, c{io};
     client_peer.connect(acc.local_endpoint());
@@ -96,8 +95,15 @@ void connect_legs(tcp::acceptor& acc, tcp::socket& client_peer, tcp::socket& ups
     acc.accept(upstream_peer);
     a.native_non_blocking(true);
     c.native_non_blocking(true);
-    EXPECT_FALSE(client.adopt(a.release()));
-    EXPECT_FALSE(upstream.adopt(c.release()));
+    return {a.release(), c.release()};
+}
+
+/// connect_leg_fds(), the relay's ends adopted by their poller.
+void connect_legs(tcp::acceptor& acc, tcp::socket& client_peer, tcp::socket& upstream_peer, poll_socket& client,
+                  poll_socket& upstream) {
+    const auto [a, c] = connect_leg_fds(acc, client_peer, upstream_peer);
+    EXPECT_FALSE(client.adopt(a));
+    EXPECT_FALSE(upstream.adopt(c));
 }
 
 /// A session's two legs over loopback: client_peer → client ==relay==> upstream → upstream_peer.
@@ -467,16 +473,23 @@ TEST_P(Relay, QuiescedAndClosedFromOutsideEnds) {
 }
 
 /// One session's two legs for a relay in a ring: the peers are blocking
-/// Asio sockets of `setup`, the relay's ends poll_sockets of `p`.
+/// Asio sockets of `setup`, the relay's ends poll_sockets of `p`, adopted
+/// by adopt() on the loop as a worker adopts them (watched by the ring).
 struct ring_session {
     tcp::socket client_peer, upstream_peer;
     poll_socket client, upstream;
+    std::pair<int, int> fds;
     std::chrono::steady_clock::time_point last{};
     std::optional<relay> rel;
     std::atomic<bool> done{false};
     ring_session(asio::io_context& setup, tcp::acceptor& acc, poller& p)
         : client_peer(setup), upstream_peer(setup), client(p), upstream(p) {
-        connect_legs(acc, client_peer, upstream_peer, client, upstream);
+        fds = connect_leg_fds(acc, client_peer, upstream_peer);
+    }
+    void adopt() {
+        EXPECT_FALSE(client.adopt_connected(fds.first));
+        EXPECT_FALSE(upstream.adopt_connected(fds.second));
+        EXPECT_TRUE(client.watched_by_ring() && upstream.watched_by_ring());
     }
     static void on_done(void* self) {
         auto& s = *static_cast<ring_session*>(self);
@@ -518,7 +531,10 @@ TEST(RelayInARing, AReadThatFindsEveryProvidedBufferTakenRelaysAfterReadinessAnd
     };
     ASSERT_TRUE(on_loop([&] {
         ASSERT_TRUE(p.provides_buffers());
-        for (ring_session* s : {&stuck, &other}) s->rel->run(&ring_session::on_done, s);
+        for (ring_session* s : {&stuck, &other}) {
+            s->adopt();
+            s->rel->run(&ring_session::on_done, s);
+        }
     }));
     // The stuck session's backend reads nothing: its client writes until
     // the whole path is full, 200 ms without progress (bounded: 64 MiB, 10 s).

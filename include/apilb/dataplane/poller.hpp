@@ -1,5 +1,6 @@
 // A worker's own epoll instance for its listening sockets and the two
-// sockets of every session. Asio's reactor re-arms a descriptor with
+// sockets of every session (with wait_by::ring, the sessions' sockets are
+// watched by the ring instead: poll_socket::adopt_connected). Asio's reactor re-arms a descriptor with
 // EPOLL_CTL_MOD on every async_wait, removes accepted sockets with
 // EPOLL_CTL_DEL before closing them, and needs an ioctl to make each socket
 // non-blocking; here a descriptor is added once, edge-triggered for both
@@ -132,6 +133,8 @@ public:
 
     /// run() waits in an io_uring (wait_by::ring, and enabling it did not fail).
     bool waits_in_ring() const noexcept { return ring_ != nullptr; }
+    /// run()'s thread has enabled the ring: poll_sockets may submit to it.
+    bool ring_runs() const noexcept { return ring_ != nullptr && ring_enabled_; }
 
     /// wait_by::ring: `count` buffers (a power of two up to 32768) of
     /// `size` bytes that the kernel hands to poll_socket::submit_recv_provided
@@ -267,8 +270,15 @@ public:
     /// Takes ownership of the non-blocking descriptor `fd` and adds it to the
     /// epoll set. On failure `fd` is closed and the error returned.
     boost::system::error_code adopt(int fd);
-    /// A new non-blocking TCP socket of `protocol`'s family (not yet in the
-    /// epoll set: async_connect adds it once the connect is under way).
+    /// adopt() for a connected socket of a session. With a poller whose ring
+    /// runs (wait_by::ring, on the loop's thread) the socket never enters
+    /// the epoll set: each wait() is a oneshot POLL_ADD submitted with the
+    /// loop's next io_uring_enter, so a session costs no epoll_ctl and its
+    /// wake-ups no epoll_wait. Without a ring, adopt().
+    boost::system::error_code adopt_connected(int fd);
+    /// A new non-blocking TCP socket of `protocol`'s family (not yet watched:
+    /// async_connect adds it to the epoll set, or with a running ring watches
+    /// it as adopt_connected() does, once the connect is under way).
     boost::system::error_code open(const boost::asio::ip::tcp& protocol);
 
     bool is_open() const noexcept { return fd_ >= 0; }
@@ -360,12 +370,19 @@ public:
     void submit_recv_provided(callback fn, void* arg);
     /// The provided buffer the last recv filled, now the caller's; -1 if none.
     int take_provided() noexcept;
-    /// An operation of `w` is in the ring: the kernel holds its buffer and the socket.
-    bool submitted(wait_type w) const noexcept { return waiters_[static_cast<int>(w)].in_ring; }
-    /// Cancels the operation of `w` in the ring, if any (not the other
+    /// A recv or send of `w` is in the ring: the kernel holds its buffer and
+    /// the socket (a wait() watched by the ring is not counted: it moves no
+    /// byte, and close() and release() end it as they end any wait).
+    bool submitted(wait_type w) const noexcept {
+        const waiter& x = waiters_[static_cast<int>(w)];
+        return x.in_ring && !x.polling;
+    }
+    /// Cancels the recv or send of `w` in the ring, if any (not the other
     /// direction's): it completes with operation_aborted, or with the bytes
     /// it took before the cancel reached it. The waiter of `w` stays set.
     void cancel_submitted(wait_type w) noexcept;
+    /// Its readiness comes from the ring (adopt_connected, connect), not the epoll set.
+    bool watched_by_ring() const noexcept { return ring_watched_; }
 
 private:
     friend class poller;
@@ -379,7 +396,8 @@ private:
         // session_size_unit_test).
         bool queued : 1 = false;           ///< in the poller's deferred list
         bool aborted : 1 = false;          ///< complete with operation_aborted
-        bool in_ring : 1 = false;          ///< an operation of it is in the kernel (submit_*)
+        bool in_ring : 1 = false;          ///< an operation of it is in the kernel (submit_*, or a wait's POLL_ADD)
+        bool polling : 1 = false;          ///< that operation is a wait's POLL_ADD (ring_watched_)
         bool has_buffer : 1 = false;       ///< `buffer` holds bytes of a recv_provided, not yet taken
         std::uint16_t buffer = 0;          ///< the provided buffer of that recv
         std::uint32_t transferred = 0;     ///< what that operation moved
@@ -394,6 +412,15 @@ private:
     boost::system::error_code add_to_epoll();
     /// epoll reported `events`: mark ready and queue the waiters concerned.
     void on_events(std::uint32_t events);
+    /// What `events` (epoll's or a POLL_ADD's mask) says of the peer: FIN,
+    /// error, hang-up. Queues nothing.
+    void note_events(std::uint32_t events) noexcept;
+    /// ring_watched_: the waiter of `direction` waits through a POLL_ADD.
+    void submit_poll(int direction) noexcept;
+    /// The entry for an operation of `direction`'s waiter (set already),
+    /// its user data filled in and counted in the ring; null if the ring
+    /// has no room (the waiter is then queued to complete with EBUSY).
+    ::io_uring_sqe* ring_entry(int direction) noexcept;
     void mark_ready(int direction);
     /// A waiter of `direction` was just set: queue it if it can run now.
     void start_wait(int direction);
@@ -419,6 +446,7 @@ private:
     poller* poller_;
     int fd_ = -1;
     bool registered_ = false;
+    bool ring_watched_ = false;       ///< readiness from POLL_ADDs in the ring, not from the epoll set
     std::uint32_t slot_ = 0;          ///< in the poller's table while registered_
     bool ready_[2] = {false, false};  ///< an edge came that no waiter has been queued for since
     bool ended_[2] = {false, false};  ///< FIN or error seen: that direction never blocks again
