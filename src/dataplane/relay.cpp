@@ -54,12 +54,17 @@ relay::relay(poll_socket& client, poll_socket& upstream, relay_resources& resour
 }
 
 relay::~relay() {
-    for (auto& d : dirs_) release(d);
+    for (auto& d : dirs_) {
+        release(d);
+        drop_ahead(d);
+    }
 }
 
 void relay::rearm() {
     for (auto& d : dirs_) {
         release(d);
+        drop_ahead(d);
+        d.reading = d.sending = d.ending = false;
         d.done = false;
         d.chunks = 0;
         d.short_read = false;
@@ -84,7 +89,7 @@ void relay::rearm() {
 bool relay::quiet() const noexcept {
     if (stopping_ || failed_early_ || (dirs_[0].done && dirs_[1].done)) return false;
     for (const auto& d : dirs_) {
-        if (d.pending > 0 || d.holding_pipe || d.buffer || d.provided) return false;
+        if (d.pending > 0 || d.holding_pipe || d.buffer || d.provided || d.ahead_done) return false;
         // The kernel holds an operation of it: bytes may be on their way in
         // or out, and the sockets cannot leave until it completed.
         if (source(d).submitted(poll_socket::wait_type::read) || sink(d).submitted(poll_socket::wait_type::write))
@@ -160,6 +165,7 @@ void relay::recv_in_ring(direction& d) {
     // As fin_before_read in transfer(): a short recv submitted after the
     // FIN took the last byte.
     d.fin_at_submit = source(d).peer_finished();
+    d.reading = true;
     source(d).submit_recv_provided(&relay::received, &d);
 }
 
@@ -174,11 +180,70 @@ void relay::received(void* arg, const error_code& ec) {
 
 void relay::on_received(direction& d, const error_code& ec) {
     poll_socket& from = source(d);
+    d.reading = false;
     const std::size_t got = ec ? 0 : from.transferred(poll_socket::wait_type::read);
-    if (const int id = from.take_provided(); id >= 0) {
+    const int id = from.take_provided();
+    if (d.ending) {
+        // The direction ended while this recv was in the ring: what it took
+        // goes nowhere (the session is being reset or closed).
+        if (id >= 0) from.owner().give_back(static_cast<std::uint16_t>(id));
+        d.ending = false;
+        return finish(d, d.result.end);
+    }
+    if (d.sending) {
+        // Read ahead, and the send before it is still in the ring: this
+        // outcome waits for it (its bytes go after the send's).
+        d.ahead_done = true;
+        d.ahead_buffer = id >= 0;
+        d.ahead_id = static_cast<std::uint16_t>(id >= 0 ? id : 0);
+        d.ahead_errno = static_cast<std::int16_t>(ec.value());
+        d.ahead_got = static_cast<std::uint32_t>(got);
+        return;
+    }
+    if (id >= 0) {
         d.provided = true;
         d.provided_id = static_cast<std::uint16_t>(id);
     }
+    on_recv_result(d, ec, got);
+}
+
+void relay::take_ahead(direction& d) {
+    d.ahead_done = false;
+    const error_code ec = d.ahead_errno != 0 ? error_code{d.ahead_errno, boost::system::system_category()}
+                                             : error_code{};
+    if (ec.value() == ENOBUFS && !d.ahead_buffer) {
+        // It found every buffer taken while the send held one, given back
+        // now: read again through the ring, not after readiness.
+        return transfer_or_reset(d);
+    }
+    if (d.ahead_buffer) {
+        d.ahead_buffer = false;
+        d.provided = true;
+        d.provided_id = d.ahead_id;
+    }
+    try {
+        on_recv_result(d, ec, d.ahead_got);
+    } catch (const std::bad_alloc&) {
+        out_of_memory(d);
+    }
+}
+
+void relay::drop_ahead(direction& d) noexcept {
+    if (d.ahead_buffer) source(d).owner().give_back(d.ahead_id);
+    d.ahead_buffer = false;
+    d.ahead_done = false;
+}
+
+bool relay::may_read_ahead(const direction& d) const noexcept {
+    // What transfer() would do once the send completed, decided now: a FIN
+    // already read past, a yield, a switch to splice, a quiesce and the
+    // client's bytes kept for a replay all want no recv in the ring.
+    return !quiescing_ && !stopping_ && !d.read_to_fin && d.chunks < chunks_before_yield &&
+           !(res_.mode == relay_mode::splice && d.full_read) && !(d.to_backend && sent_) && source(d).is_open();
+}
+
+void relay::on_recv_result(direction& d, const error_code& ec, std::size_t got) {
+    poll_socket& from = source(d);
     const bool quiesce_cancel = std::exchange(d.quiesce_cancel, false);
     if (stale(d)) {
         // The backend failed early and the client's recv took bytes before
@@ -208,13 +273,18 @@ void relay::on_received(direction& d, const error_code& ec) {
     if (got == 0) return source_ended(d);
     took(d, got, from.owner().provided_size(), from.owner().provided_buffer(d.provided_id));
     d.read_to_fin = d.short_read && d.fin_at_submit;
+    // A short read emptied the socket: the direction takes no more than its
+    // turn, as a wait for readiness after it would (epoll's on_readable).
+    if (d.short_read) d.chunks = 0;
     send_in_ring(d);
+    if (may_read_ahead(d)) recv_in_ring(d);
 }
 
 void relay::send_in_ring(direction& d) {
     // The write-stall clock runs from the submission: the kernel holds the
     // send until the sink takes bytes.
     if (d.blocked_since == clock::time_point::max()) d.blocked_since = clock::now();
+    d.sending = true;
     sink(d).submit_send(source(d).owner().provided_buffer(d.provided_id) + d.offset, d.pending, &relay::sent, &d);
 }
 
@@ -224,6 +294,7 @@ void relay::sent(void* arg, const error_code& ec) {
 }
 
 void relay::on_sent(direction& d, const error_code& ec) {
+    d.sending = false;
     if (ec == asio::error::operation_aborted || stale(d)) return finish(d, pump_end::aborted);
     const std::size_t n = ec ? 0 : sink(d).transferred(poll_socket::wait_type::write);
     // A send that took nothing and failed nothing: the sink cannot take more.
@@ -233,6 +304,16 @@ void relay::on_sent(direction& d, const error_code& ec) {
     d.blocked_since = clock::time_point::max();
     if (d.pending > 0) return send_in_ring(d);
     release(d);
+    // The next recv went into the ring with this send: it goes on there,
+    // or its outcome waited for this completion.
+    if (d.reading) {
+        d.short_read = false;
+        return;
+    }
+    if (d.ahead_done) {
+        d.short_read = false;
+        return take_ahead(d);
+    }
     transfer_or_reset(d);
 }
 
@@ -485,9 +566,19 @@ void relay::release(direction& d) {
 
 void relay::finish(direction& d, pump_end end) {
     release(d);
+    drop_ahead(d);
     d.blocked_since = clock::time_point::max();
-    d.done = true;
     d.result.end = end;
+    if (d.reading) {
+        // A recv read ahead is in the ring (the send before it ended the
+        // direction): the kernel holds the socket and may fill a buffer
+        // until it completes, cancelled here if the close that ended the
+        // direction did not cancel it already.
+        d.ending = true;
+        source(d).cancel_submitted(poll_socket::wait_type::read);
+        return;
+    }
+    d.done = true;
     if (direction& other = &d == &dirs_[0] ? dirs_[1] : dirs_[0]; other.parked) {
         // A quiesced direction has no wait that the close completes: it ends
         // with this one (by an error, which closed both sockets).

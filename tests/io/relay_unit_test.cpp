@@ -13,6 +13,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -499,28 +500,28 @@ struct ring_session {
     }
 };
 
-TEST(RelayInARing, AReadThatFindsEveryProvidedBufferTakenRelaysAfterReadinessAndIsCounted) {
-    // relay.io: io_uring: a worker's provided buffers are few (64); a
-    // session whose backend reads nothing holds one in its stuck send. A
-    // read that finds none must still relay, through the pool after
-    // readiness, not fail the session.
+/// A poller that waits in its ring, with `count` provided buffers of
+/// `size` bytes, run by a thread of its own once start()ed.
+struct ring_loop {
     asio::io_context setup;
-    tcp::acceptor acc(setup, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    tcp::acceptor acc{setup, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
     poller p;
     asio::io_context io{1};
-    p.attach(io, poller::wait_by::ring);
-    p.provide_buffers(4096, 1);
-    std::atomic<std::uint64_t> empty{0};
-    p.count_empty_buffers_in(&empty);
-    relay_resources res{relay_config{.mode = relay_mode::copy, .buffer_size = 4096, .pipe_size = 0}};
-    ring_session stuck(setup, acc, p), other(setup, acc, p);
-    for (ring_session* s : {&stuck, &other}) s->rel.emplace(s->client, s->upstream, res, s->last);
     std::promise<void> ended;
-    std::thread loop([&] {
-        p.run();
-        ended.set_value();
-    });
-    auto on_loop = [&](std::function<void()> fn) {
+    std::thread loop;
+    ring_loop(std::size_t size, unsigned count) {
+        p.attach(io, poller::wait_by::ring);
+        p.provide_buffers(size, count);
+    }
+    ~ring_loop() { stop(); }
+    void start() {
+        loop = std::thread([this] {
+            p.run();
+            ended.set_value();
+        });
+    }
+    /// Runs `fn` on the loop's thread and waits for it (5 s at most).
+    bool on_loop(std::function<void()> fn) {
         auto done = std::make_shared<std::promise<void>>();
         auto f = done->get_future();
         p.post([fn = std::move(fn), done] {
@@ -528,8 +529,50 @@ TEST(RelayInARing, AReadThatFindsEveryProvidedBufferTakenRelaysAfterReadinessAnd
             done->set_value();
         });
         return f.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
-    };
-    ASSERT_TRUE(on_loop([&] {
+    }
+    /// Closes `sessions` from the loop, waits (5 s) for their relays to
+    /// complete, and ends the loop. True if every relay completed.
+    bool end(std::initializer_list<ring_session*> sessions) {
+        const bool closed = on_loop([&] {
+            for (ring_session* s : sessions) {
+                s->client.close();
+                s->upstream.close();
+            }
+        });
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        auto all_done = [&] {
+            for (ring_session* s : sessions)
+                if (!s->done) return false;
+            return true;
+        };
+        while (!all_done() && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        stop();
+        return closed && all_done();
+    }
+    void stop() {
+        if (!loop.joinable()) return;
+        p.post([this] { p.stop_watching(); });
+        if (ended.get_future().wait_for(std::chrono::seconds(5)) != std::future_status::ready) p.stop_running();
+        loop.join();
+        p.detach();
+    }
+};
+
+TEST(RelayInARing, AReadThatFindsEveryProvidedBufferTakenRelaysAfterReadinessAndIsCounted) {
+    // relay.io: io_uring: a worker's provided buffers are few (64); a
+    // session whose backend reads nothing holds one in its stuck send. A
+    // read that finds none must still relay, through the pool after
+    // readiness, not fail the session.
+    ring_loop l(4096, 1);
+    poller& p = l.p;
+    std::atomic<std::uint64_t> empty{0};
+    p.count_empty_buffers_in(&empty);
+    relay_resources res{relay_config{.mode = relay_mode::copy, .buffer_size = 4096, .pipe_size = 0}};
+    ring_session stuck(l.setup, l.acc, p), other(l.setup, l.acc, p);
+    for (ring_session* s : {&stuck, &other}) s->rel.emplace(s->client, s->upstream, res, s->last);
+    l.start();
+    ASSERT_TRUE(l.on_loop([&] {
         ASSERT_TRUE(p.provides_buffers());
         for (ring_session* s : {&stuck, &other}) {
             s->adopt();
@@ -568,20 +611,102 @@ TEST(RelayInARing, AReadThatFindsEveryProvidedBufferTakenRelaysAfterReadinessAnd
     }
     EXPECT_EQ(got, "hello");
     EXPECT_GE(empty.load(), 1u) << "the read found a buffer: the stuck send did not hold the only one";
-    ASSERT_TRUE(on_loop([&] {
-        for (ring_session* s : {&stuck, &other}) {
-            s->client.close();
-            s->upstream.close();
-        }
+    EXPECT_TRUE(l.end({&stuck, &other})) << "a relay did not complete after its sockets closed";
+}
+
+/// Bytes waiting in `fd`'s receive queue.
+int unread(int fd) {
+    int n = -1;
+    EXPECT_EQ(::ioctl(fd, FIONREAD, &n), 0);
+    return n;
+}
+
+/// Waits (1 s at most) until the relay has read all the client sent.
+bool client_side_emptied(const ring_session& s) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    while (unread(s.fds.first) != 0 && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return unread(s.fds.first) == 0;
+}
+
+/// Fills the path from `s`'s relay to its backend (which reads nothing
+/// yet; `filled` bytes, 64 MiB at most), starts the relay on `l`'s loop,
+/// and has the client send "first": the relay reads it and its send waits
+/// in the ring.
+void start_with_a_send_waiting(ring_loop& l, ring_session& s, relay_resources& res, std::size_t& filled) {
+    s.rel.emplace(s.client, s.upstream, res, s.last);
+    const std::string filler(65536, '.');
+    for (ssize_t n; filled < (64u << 20) && (n = ::send(s.fds.second, filler.data(), filler.size(), MSG_DONTWAIT)) > 0;)
+        filled += static_cast<std::size_t>(n);
+    ASSERT_LT(filled, 64u << 20) << "the backend's side never filled";
+    l.start();
+    ASSERT_TRUE(l.on_loop([&] {
+        s.adopt();
+        s.rel->run(&ring_session::on_done, &s);
     }));
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (!(stuck.done && other.done) && std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    EXPECT_TRUE(stuck.done && other.done) << "a relay did not complete after its sockets closed";
-    p.post([&] { p.stop_watching(); });
-    if (ended.get_future().wait_for(std::chrono::seconds(5)) != std::future_status::ready) p.stop_running();
-    loop.join();
-    p.detach();
+    asio::write(s.client_peer, asio::buffer("first", 5));
+    ASSERT_TRUE(client_side_emptied(s)) << "the relay did not read the client's first bytes";
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    bool sending = false;
+    ASSERT_TRUE(l.on_loop([&] { sending = s.upstream.submitted(poll_socket::wait_type::write); }));
+    ASSERT_TRUE(sending) << "the send of the first bytes did not wait for the backend";
+}
+
+TEST(RelayInARing, TheNextRecvGoesIntoTheRingWithTheSendAndItsBytesFollowInOrder) {
+    // relay.io: io_uring: a direction's next recv was submitted only once
+    // the send of the bytes before it completed, in another io_uring_enter.
+    // Submitted with the send, it takes what the client sends while that
+    // send waits for the backend (one buffer sent, one filled), and the
+    // backend still gets the bytes in order.
+    ring_loop l(4096, 4);
+    relay_resources res{relay_config{.mode = relay_mode::copy, .buffer_size = 4096, .pipe_size = 0}};
+    ring_session s(l.setup, l.acc, l.p);
+    std::size_t filled = 0;
+    ASSERT_NO_FATAL_FAILURE(start_with_a_send_waiting(l, s, res, filled));
+    asio::write(s.client_peer, asio::buffer("second", 6));
+    EXPECT_TRUE(client_side_emptied(s)) << "no recv was in the ring while the send before it waited";
+    // The backend reads: the path's filler, then the client's bytes in order.
+    std::string got;
+    const std::size_t want = filled + 11;
+    got.reserve(want);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    char buf[65536];
+    while (got.size() < want && std::chrono::steady_clock::now() < until) {
+        pollfd in{.fd = s.upstream_peer.native_handle(), .events = POLLIN, .revents = 0};
+        if (::poll(&in, 1, 100) != 1) continue;
+        const ssize_t n = ::recv(in.fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n <= 0) break;
+        got.append(buf, static_cast<std::size_t>(n));
+    }
+    ASSERT_EQ(got.size(), want);
+    EXPECT_EQ(got.substr(filled), "firstsecond");
+    EXPECT_EQ(got.find_first_not_of('.'), filled);
+    EXPECT_EQ(s.rel->to_backend().bytes, 11u);
+    EXPECT_TRUE(l.end({&s}));
+}
+
+TEST(RelayInARing, ASendThatFailsWithTheNextRecvInTheRingEndsOnceThatRecvLetGo) {
+    // The direction ends by its send (the backend resets) while its next
+    // recv is in the ring: the relay completes only once the kernel let go
+    // of that recv, and the client is reset, not sent a FIN.
+    ring_loop l(4096, 4);
+    relay_resources res{relay_config{.mode = relay_mode::copy, .buffer_size = 4096, .pipe_size = 0}};
+    ring_session s(l.setup, l.acc, l.p);
+    std::size_t filled = 0;
+    ASSERT_NO_FATAL_FAILURE(start_with_a_send_waiting(l, s, res, filled));
+    s.upstream_peer.set_option(asio::socket_base::linger(true, 0));
+    s.upstream_peer.close();  // RST
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!s.done && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ASSERT_TRUE(s.done) << "the relay did not complete after its backend reset";
+    EXPECT_EQ(s.rel->to_backend().end, pump_end::sink_failed);
+    s.client_peer.non_blocking(false);
+    char c;
+    boost::system::error_code ec;
+    s.client_peer.read_some(asio::buffer(&c, 1), ec);
+    EXPECT_EQ(ec, asio::error::connection_reset);
+    EXPECT_TRUE(l.end({&s}));
 }
 
 INSTANTIATE_TEST_SUITE_P(BothRelays, Relay, ::testing::Values(relay_mode::splice, relay_mode::copy),

@@ -228,6 +228,18 @@ private:
         bool quiesce_cancel = false;  ///< quiesce() cancelled the recv in the ring
         bool provided = false;        ///< the bytes pending are in the poller's provided buffer `provided_id`
         std::uint16_t provided_id = 0;
+        // The next recv goes into the ring with the send of the bytes just
+        // read (one io_uring_enter per turn for both); it may complete
+        // first, and its outcome then waits here for the send: at most one
+        // buffer sent and one filled per direction, and the bytes in order.
+        std::uint16_t ahead_id = 0;   ///< the provided buffer of that outcome, if ahead_buffer
+        bool reading : 1 = false;     ///< a recv of this direction is in the ring
+        bool sending : 1 = false;     ///< a send of this direction is in the ring
+        bool ahead_done : 1 = false;  ///< a recv completed while the send was in the ring: ahead_* hold it
+        bool ahead_buffer : 1 = false;
+        bool ending : 1 = false;  ///< finish() came with a recv in the ring: it ends once that completes
+        std::int16_t ahead_errno = 0;
+        std::uint32_t ahead_got = 0;
         /// The first write that found the sink full since bytes last went out; max() if none.
         clock::time_point blocked_since = clock::time_point::max();
         pump_result result;
@@ -249,6 +261,16 @@ private:
     void recv_in_ring(direction& d);
     static void received(void* d, const boost::system::error_code& ec);
     void on_received(direction& d, const boost::system::error_code& ec);
+    /// A recv in the ring completed with `ec` and `got` bytes, in order
+    /// (no send of `d` in the ring): relays them, or ends the direction.
+    void on_recv_result(direction& d, const boost::system::error_code& ec, std::size_t got);
+    /// The recv that completed while `d`'s send was in the ring, now in order.
+    void take_ahead(direction& d);
+    /// Gives back what a recv read ahead holds (the direction ends).
+    void drop_ahead(direction& d) noexcept;
+    /// The next recv may go into the ring with the send of the bytes just
+    /// read: the copy path goes on (no splice, yield, quiesce, FIN or replay next).
+    bool may_read_ahead(const direction& d) const noexcept;
     /// Submits the send of what a recv in the ring took.
     void send_in_ring(direction& d);
     static void sent(void* d, const boost::system::error_code& ec);
