@@ -48,7 +48,8 @@ constexpr std::uint64_t wake_event = ~std::uint64_t{0};
 /// The user data of the ring's multishot POLL_ADD for the epoll set, and
 /// of its removal.
 constexpr std::uint64_t set_poll_tag = 1;
-/// The user data of cancellations (their completions say nothing needed).
+/// The user data of cancellations and closes (their completions say
+/// nothing needed).
 constexpr std::uint64_t cancel_tag = 2;
 /// Above the tags: a poll_socket's address, its low bit the direction.
 constexpr std::uint64_t first_socket_data = 8;
@@ -319,6 +320,17 @@ void poller::run() {
         }
         if (ring_enabled_) register_buffers();
     }
+    // While the loop runs, a session's socket closes by an SQE (close());
+    // those still queued when it returns go in now: nothing would submit
+    // them after.
+    struct in_run {
+        poller& p;
+        explicit in_run(poller& q) : p(q) { p.in_run_ = true; }
+        ~in_run() {
+            p.in_run_ = false;
+            if (p.ring_runs()) (void)::io_uring_submit(&p.ring_->get());
+        }
+    } running{*this};
     epoll_event events[max_events];
     for (;;) {
         // Posted work first (a reload, a drain): with no reactor in the
@@ -408,6 +420,14 @@ bool poller::wait_in_ring(bool block) noexcept {
     }
     ::io_uring_cq_advance(&ring, seen);
     return set_ready;
+}
+
+bool poller::submit_close(int fd) noexcept {
+    ::io_uring_sqe* sqe = ring_->sqe();
+    if (sqe == nullptr) return false;
+    ::io_uring_prep_close(sqe, fd);
+    ::io_uring_sqe_set_data64(sqe, cancel_tag);
+    return true;
 }
 
 void poller::leave_ring(const std::exception& e) noexcept {
@@ -648,8 +668,13 @@ void poll_socket::close() {
         poller_->leave(*this);
         registered_ = false;
     }
+    // A session's socket in a running ring closes by an SQE, after the
+    // cancellations above and every other entry queued for it: batched into
+    // the loop's next io_uring_enter, and the descriptor's number is not
+    // free for another socket before those entries have looked it up.
+    const bool by_ring = ring_watched_ && poller_->in_run_;
     ring_watched_ = false;
-    ::close(fd_);  // leaves the epoll set with it
+    if (!by_ring || !poller_->submit_close(fd_)) ::close(fd_);  // leaves the epoll set with it
     fd_ = -1;
     forget_readiness();
     abort_waiters();

@@ -38,6 +38,16 @@ extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept 
     return static_cast<int>(::syscall(SYS_epoll_ctl, epfd, op, fd, event));
 }
 
+/// close(2) calls on descriptors `closes_watched` marks (any thread).
+std::atomic<std::uint64_t> closes_watched{0};  ///< a bit per descriptor below 64
+std::atomic<int> watched_closes{0};
+
+// Interposed like epoll_ctl above.
+extern "C" int close(int fd) {
+    if (fd >= 0 && fd < 64 && (closes_watched.load() & (std::uint64_t{1} << fd)) != 0) watched_closes.fetch_add(1);
+    return static_cast<int>(::syscall(SYS_close, fd));
+}
+
 /// Set on the thread that runs a poller's own loop (poller::run): its
 /// epoll_wait calls, and those that could block (one per wake-up).
 thread_local bool counting_epoll_waits = false;
@@ -941,6 +951,47 @@ TEST(Poller, InARingASessionsSocketsWaitThroughTheRingAndNeverEnterTheEpollSet) 
     }));
     ASSERT_TRUE(within_5s([&] { return closed.done.load(); }));
     EXPECT_EQ(closed.ec, asio::error::operation_aborted);
+    EXPECT_TRUE(f.stop());
+}
+
+TEST(Poller, InARingASessionsSocketClosesByAnEntryInTheRingAndStillSendsItsFinOrReset) {
+    // relay.io: io_uring: a session's socket closed with close(2), one
+    // system call each, where the loop's next io_uring_enter can carry an
+    // IORING_OP_CLOSE. Closed with a wait in the ring, the peer still gets
+    // a FIN, or a reset when the close is abortive.
+    run_fixture f(poller::wait_by::ring);
+    tcp::socket graceful_peer(f.setup), abortive_peer(f.setup);
+    const int graceful_fd = f.pair(graceful_peer);
+    const int abortive_fd = f.pair(abortive_peer);
+    ASSERT_LT(std::max(graceful_fd, abortive_fd), 64);
+    poll_socket graceful(f.sockets), abortive(f.sockets);
+    f.start();
+    ring_op a, b;
+    a.s = &graceful;
+    b.s = &abortive;
+    closes_watched = (std::uint64_t{1} << graceful_fd) | (std::uint64_t{1} << abortive_fd);
+    ASSERT_TRUE(f.on_loop([&] {
+        EXPECT_FALSE(graceful.adopt_connected(graceful_fd));
+        EXPECT_FALSE(abortive.adopt_connected(abortive_fd));
+        graceful.wait(poll_socket::wait_type::read, &ring_op::record, &a);
+        abortive.wait(poll_socket::wait_type::read, &ring_op::record, &b);
+    }));
+    ASSERT_TRUE(f.on_loop([&] {
+        graceful.close();
+        abortive.set_abortive_close();
+        abortive.close();
+    }));
+    ASSERT_TRUE(within_5s([&] { return a.done.load() && b.done.load(); }));
+    EXPECT_EQ(a.ec, asio::error::operation_aborted);
+    EXPECT_EQ(b.ec, asio::error::operation_aborted);
+    char c;
+    error_code ec;
+    graceful_peer.read_some(asio::buffer(&c, 1), ec);
+    EXPECT_EQ(ec, asio::error::eof);
+    abortive_peer.read_some(asio::buffer(&c, 1), ec);
+    EXPECT_EQ(ec, asio::error::connection_reset);
+    closes_watched = 0;
+    EXPECT_EQ(watched_closes.load(), 0) << "a session's socket was closed by a system call of its own";
     EXPECT_TRUE(f.stop());
 }
 

@@ -212,6 +212,9 @@ private:
     /// Registers provide_buffers()'s ring, on run()'s thread once the ring
     /// is enabled (SINGLE_ISSUER); logs a failure.
     void register_buffers() noexcept;
+    /// Queues an IORING_OP_CLOSE of `fd` (in_run_ only); false if the ring
+    /// has no room (close it now then).
+    bool submit_close(int fd) noexcept;
 
     struct slot {
         poll_socket* socket = nullptr;
@@ -227,6 +230,7 @@ private:
     std::atomic<std::uint64_t>* empty_buffers_ = nullptr;  ///< see count_empty_buffers_in()
     std::unique_ptr<uring> ring_;                          ///< wait_by::ring
     bool ring_enabled_ = false;                            ///< by run()'s thread (SINGLE_ISSUER)
+    bool in_run_ = false;                                  ///< run() is looping: SQEs queued now are submitted
     bool set_watched_ = false;                             ///< the multishot POLL_ADD for the epoll set is in the ring
     bool set_has_more_ = false;  ///< the last epoll_wait(0) filled its array: look again before waiting
     std::size_t ring_ops_ = 0;   ///< poll_sockets' operations in the ring, not yet completed
@@ -288,7 +292,10 @@ public:
     poller& owner() const noexcept { return *poller_; }
 
     /// Closes the descriptor (leaving the epoll set with it); waiters
-    /// complete with operation_aborted.
+    /// complete with operation_aborted. A socket watched by the ring closes
+    /// by an IORING_OP_CLOSE submitted with the loop's next wait (no
+    /// system call of its own), after the cancellation of its operations;
+    /// set_abortive_close() still makes that a reset.
     void close();
     /// Waiters complete with operation_aborted; the descriptor stays open.
     void cancel();
