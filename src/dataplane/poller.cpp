@@ -427,7 +427,15 @@ bool poller::submit_close(int fd) noexcept {
     if (sqe == nullptr) return false;
     ::io_uring_prep_close(sqe, fd);
     ::io_uring_sqe_set_data64(sqe, cancel_tag);
+    quiet_on_success(sqe);
     return true;
+}
+
+void poller::quiet_on_success(::io_uring_sqe* sqe) const noexcept {
+    // A completion nobody needs would end the loop's next wait at once
+    // (the entry completes inside that very io_uring_enter): one system
+    // call more per turn that closes or cancels (kernel 5.17).
+    if ((ring_->get().features & IORING_FEAT_CQE_SKIP) != 0) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 }
 
 void poller::leave_ring(const std::exception& e) noexcept {
@@ -752,6 +760,7 @@ void poll_socket::cancel_in_ring(int d, bool ending) noexcept {
     }
     ::io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(this) | static_cast<std::uint64_t>(d), 0);
     ::io_uring_sqe_set_data64(sqe, cancel_tag);
+    poller_->quiet_on_success(sqe);
 }
 
 ::io_uring_sqe* poll_socket::start_submit(int d, callback fn, void* arg) {

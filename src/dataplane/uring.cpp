@@ -26,7 +26,8 @@ struct op_name {
 /// Every operation a worker submits: the wait for its epoll set (POLL_ADD,
 /// multishot, and POLL_REMOVE), the copy path's RECV and SEND, and the
 /// cancel by descriptor a close needs (ASYNC_CANCEL).
-constexpr std::array<op_name, 6> ops_used{{{IORING_OP_NOP, "NOP"},
+constexpr std::array<op_name, 7> ops_used{{{IORING_OP_NOP, "NOP"},
+                                           {IORING_OP_CLOSE, "CLOSE"},
                                            {IORING_OP_POLL_ADD, "POLL_ADD"},
                                            {IORING_OP_POLL_REMOVE, "POLL_REMOVE"},
                                            {IORING_OP_RECV, "RECV"},

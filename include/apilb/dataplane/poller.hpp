@@ -215,6 +215,9 @@ private:
     /// Queues an IORING_OP_CLOSE of `fd` (in_run_ only); false if the ring
     /// has no room (close it now then).
     bool submit_close(int fd) noexcept;
+    /// No completion for `sqe` if it succeeds (closes, cancellations:
+    /// nothing waits for those), where the kernel can (IORING_FEAT_CQE_SKIP).
+    void quiet_on_success(::io_uring_sqe* sqe) const noexcept;
 
     struct slot {
         poll_socket* socket = nullptr;
