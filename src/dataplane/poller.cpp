@@ -682,7 +682,13 @@ void poll_socket::close() {
     // free for another socket before those entries have looked it up.
     const bool by_ring = ring_watched_ && poller_->in_run_;
     ring_watched_ = false;
-    if (!by_ring || !poller_->submit_close(fd_)) ::close(fd_);  // leaves the epoll set with it
+    if (!by_ring || !poller_->submit_close(fd_)) {
+        // By a system call: entries still queued for this descriptor (the
+        // queue could not be submitted, or the loop has ended) must not
+        // reach whichever socket takes its number next.
+        if (poller_->ring_) (void)poller_->ring_->forget_fd(fd_);
+        ::close(fd_);  // leaves the epoll set with it
+    }
     fd_ = -1;
     forget_readiness();
     abort_waiters();

@@ -120,4 +120,20 @@ void uring::enable() {
     }
 }
 
+unsigned uring::forget_fd(int fd) noexcept {
+    // Not yet submitted: from the kernel's head to the local tail. Without
+    // SQPOLL the kernel moves its head only inside io_uring_enter, which
+    // only this thread calls; liburing keeps the index array the identity.
+    ::io_uring_sq& sq = ring_->sq;
+    unsigned n = 0;
+    for (unsigned i = *sq.khead; i != sq.sqe_tail; ++i) {
+        ::io_uring_sqe& e = sq.sqes[i & sq.ring_mask];
+        if (e.fd == fd && (e.flags & IOSQE_FIXED_FILE) == 0) {
+            e.fd = -1;
+            ++n;
+        }
+    }
+    return n;
+}
+
 }  // namespace apilb

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <liburing.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -117,6 +118,50 @@ TEST(Uring, SqeSubmitsWhatIsQueuedWhenTheQueueIsFull) {
     }
     ASSERT_GE(::io_uring_submit_and_wait(&ring.get(), 6), 0);
     EXPECT_EQ(::io_uring_cq_ready(&ring.get()), 6u);
+}
+
+TEST(Uring, ForgetFdKeepsQueuedEntriesOffTheNextSocketWithTheSameNumber) {
+    // A socket closed by close(2) while a recv for it waits in the queue:
+    // its number goes to the next socket made, and the kernel would look
+    // the number up only at the next submission.
+    uring ring(8);
+    ring.enable();
+    int a[2], b[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
+    char into_a[8], into_b[8];
+    ::io_uring_sqe* s = ring.sqe();
+    ::io_uring_prep_recv(s, a[0], into_a, sizeof into_a, 0);
+    ::io_uring_sqe_set_data64(s, 1);
+    s = ring.sqe();
+    ::io_uring_prep_recv(s, b[0], into_b, sizeof into_b, 0);
+    ::io_uring_sqe_set_data64(s, 2);
+    EXPECT_EQ(ring.forget_fd(a[0]), 1u);
+    const int number = a[0];
+    ::close(a[0]);
+    ::close(a[1]);
+    int c[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, c), 0);
+    ASSERT_EQ(c[0], number);  // the lowest free number: the closed one's
+    ASSERT_EQ(::write(c[1], "secret", 6), 6);
+    ASSERT_EQ(::write(b[1], "hello", 5), 5);
+    ASSERT_GE(::io_uring_submit_and_wait(&ring.get(), 2), 0);
+    int results[3] = {0, 0, 0};
+    unsigned head, seen = 0;
+    ::io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring.get(), head, cqe) {
+        results[::io_uring_cqe_get_data64(cqe)] = cqe->res;
+        ++seen;
+    }
+    ::io_uring_cq_advance(&ring.get(), seen);
+    EXPECT_EQ(results[1], -EBADF);
+    EXPECT_EQ(results[2], 5);
+    // The new socket's bytes are still where its owner will read them.
+    char got[8];
+    EXPECT_EQ(::recv(c[0], got, sizeof got, MSG_DONTWAIT), 6);
+    // Nothing queued, nothing to forget.
+    EXPECT_EQ(ring.forget_fd(b[0]), 0u);
+    for (int fd : {b[0], b[1], c[0], c[1]}) ::close(fd);
 }
 
 }  // namespace

@@ -59,6 +59,13 @@ public:
     /// not post wait to be reaped: EBUSY). Submitter thread only.
     ::io_uring_sqe* sqe() noexcept;
 
+    /// Points every entry queued but not yet submitted that names `fd` at
+    /// no descriptor (-1: it completes with EBADF), and returns how many.
+    /// Before `fd` is closed by a system call while entries for it may wait
+    /// in the queue: once closed, its number can go to another socket before
+    /// the next submission, and the kernel looks descriptors up only then.
+    unsigned forget_fd(int fd) noexcept;
+
     ::io_uring& get() noexcept { return *ring_; }
 
 private:
