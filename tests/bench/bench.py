@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 sys.path.insert(0, str(HERE))
-from report import (TARGETS, TESTS, load_syscall_table, noise_table, round_ratios, syscall_table,  # noqa: E402
+from report import (TARGETS, TESTS, engine_table, load_syscall_table, noise_table, round_ratios, syscall_table,  # noqa: E402
                     table, value)
 from syscount import SyscallCount, load_per_unit, per_unit  # noqa: E402
 # Tests of apilb alone (no counterpart in HAProxy or nginx).
@@ -296,8 +296,11 @@ class Bench:
         self.iperf_port = free_port(("127.0.0.1", *BACKENDS),
                                     avoid={self.lb_port, self.http_port, self.https_port})
         # samples[workers][test][target]: one dict per measurement.
+        # --apilb-io's first engine is target "apilb"; each further one is
+        # another target, "apilb-ENGINE", measured in the same rounds.
+        self.targets = [*TARGETS, *(f"apilb-{io}" for io in args.apilb_io[1:])]
         self.samples: dict[str, dict[str, dict[str, list[dict]]]] = {
-            w: {t: {x: [] for x in TARGETS} for t in TESTS} for w in args.workers}
+            w: {t: {x: [] for x in self.targets} for t in TESTS} for w in args.workers}
         self.notes: list[str] = []
         self.softirqd = next((int(d) for d in os.listdir("/proc") if d.isdigit() and
                               read_text(f"/proc/{d}/comm").strip() == f"ksoftirqd/{self.lb_cpu}"), None)
@@ -356,10 +359,11 @@ class Bench:
         """`apilb_extra`: YAML appended to apilb's config (further sections)."""
         relay = relay or self.args.apilb_relay
         auto = self.workers == "auto"
-        if target == "apilb":
+        if target == "apilb" or target.startswith("apilb-"):
+            io = target.removeprefix("apilb-") if target != "apilb" else self.args.apilb_io[0]
             # 0: one worker per CPU core, as conf/apilb.yaml ships.
             conf = self.render("apilb.yaml.in", "apilb.yaml", LB_PORT=self.lb_port, BACKEND_PORT=backend_port,
-                               MAX_CONN=max_conn, RELAY_MODE=relay, RELAY_IO=self.args.apilb_io,
+                               MAX_CONN=max_conn, RELAY_MODE=relay, RELAY_IO=io,
                                WORKERS="0" if auto else self.workers)
             if apilb_extra:
                 conf.write_text(conf.read_text() + apilb_extra)
@@ -695,7 +699,8 @@ class Bench:
         """Every round measures every configuration of --workers in turn, so
         that the configurations meet the same background load."""
         for rnd in range(self.args.rounds):
-            order = list(TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)])
+            n = len(self.targets)
+            order = self.targets[rnd % n:] + self.targets[:rnd % n]
             for workers in self.args.workers:
                 self.workers = workers
                 log(f"round {rnd + 1}/{self.args.rounds}, workers {workers}: order {', '.join(order)}; "
@@ -795,8 +800,10 @@ def main() -> int:
                          "measured run into DIR/perf.TEST.TARGET.N.data")
     ap.add_argument("--apilb-relay", choices=("splice", "copy"), default="splice",
                     help="apilb's relay.mode (default splice, apilb's default)")
-    ap.add_argument("--apilb-io", choices=("epoll", "io_uring", "auto"), default="epoll",
-                    help="apilb's relay.io (default epoll, apilb's default)")
+    ap.add_argument("--apilb-io", default="epoll",
+                    help="apilb's relay.io (default epoll, apilb's default); a list such as epoll,io_uring "
+                         "measures apilb once per engine in the same rounds: the first is the tables' apilb, "
+                         "each further one gets the same tables and a round-by-round comparison")
     ap.add_argument("--workers", default="auto,1,2",
                     help="configurations to measure, in this order: N = N workers (apilb), threads (HAProxy "
                          "nbthread) and worker processes (nginx) each; auto = each one's shipped default "
@@ -812,6 +819,10 @@ def main() -> int:
     for t in args.tests:
         if t not in TESTS:
             ap.error(f"unknown test {t}; known: {', '.join(TESTS)}")
+    args.apilb_io = [x for x in args.apilb_io.split(",") if x]
+    if not args.apilb_io or len(set(args.apilb_io)) != len(args.apilb_io) or \
+            any(x not in ("epoll", "io_uring", "auto") for x in args.apilb_io):
+        ap.error(f"--apilb-io: {','.join(args.apilb_io)}: want distinct engines of epoll, io_uring, auto")
     args.idle_steps = [int(x) for x in args.idle.split(",")]
     args.workers = [w for w in args.workers.split(",") if w]
     for w in args.workers:
@@ -847,6 +858,15 @@ def main() -> int:
                noise_table(samples)]
         if args.syscalls:
             md += ["", syscall_table(samples), "", load_syscall_table(samples)]
+        for io in args.apilb_io[1:]:
+            # The same tables with this engine's apilb in apilb's place.
+            alt = {t: {**by_target, "apilb": by_target[f"apilb-{io}"]} for t, by_target in samples.items()}
+            rows, goals = table(alt)
+            md += ["", f"### workers {w}, apilb with relay.io: {io} (the first engine: {args.apilb_io[0]})", "",
+                   rows, "", "| Target | wanted | apilb |", "|---|---|---|", *goals, "", round_ratios(alt), "",
+                   engine_table(samples, args.apilb_io[0], io)]
+            if args.syscalls:
+                md += ["", syscall_table(alt), "", load_syscall_table(alt)]
     if bench.notes:
         md += ["", "Failed measurements:", *[f"- {n}" for n in bench.notes]]
     (out / "results.md").write_text("\n".join(md) + "\n")

@@ -158,6 +158,47 @@ def round_ratios(samples) -> str:
     return "\n".join(lines)
 
 
+# The measures engine_table compares: the issue's, then what explains them.
+ENGINE_ROWS = (("conn_http", "rps"), ("conn_http", "cpu_us_per_req"), ("conn_http", "sys_per_unit"),
+               ("keepalive", "rps"), ("keepalive", "p99_ms"), ("keepalive", "cpu_us_per_req"),
+               ("keepalive", "sys_per_unit"), ("bulk", "gbps"), ("bulk", "cpu_s_per_gb"),
+               ("conn_tls", "cpu_us_per_req"), ("storm", "complete_ms"), ("idle", "rss_per_conn_9000"))
+
+
+def engine_table(samples, first: str, other: str) -> str:
+    """apilb on engine `other` (target apilb-OTHER) against apilb on `first`
+    (target apilb), measured in the same rounds: medians and the ratio in
+    each round, then the same against nginx."""
+    alt = f"apilb-{other}"
+    lines = [f"apilb with relay.io {other} against {first}, the same rounds (ratios {other}/{first}; "
+             f"each against nginx's in its round):", "",
+             f"| Measure | unit | {first} | {other} | {other}/{first} | per round | "
+             f"{first}/nginx | {other}/nginx |", "|---|---|--:|--:|--:|---|--:|--:|"]
+    for test, key in ENGINE_ROWS:
+        row = [r for r in ROWS if r[0] == test and r[1] == key]
+        if not row or test not in samples or alt not in samples[test]:
+            continue
+        label, unit = row[0][2], row[0][3]
+        a, b = median_of(samples[test]["apilb"], key)[0], median_of(samples[test][alt], key)[0]
+        if a is None and b is None:
+            continue
+
+        def by_round(target):
+            return {s["round"]: value(s, key) for s in samples[test][target]}
+
+        ra, rb, rn = by_round("apilb"), by_round(alt), by_round("nginx")
+        per_round = [f"{rb[r] / ra[r]:.2f}" for r in sorted(ra) if ra[r] and rb.get(r) is not None]
+
+        def vs_nginx(rx):
+            vals = [rx[r] / rn[r] for r in rx if rx[r] is not None and rn.get(r)]
+            return f"{statistics.median(vals):.2f}" if vals else "–"
+
+        ratio = f"{b / a:.2f}" if a and b is not None else "–"
+        lines.append(f"| {label} | {unit} | {fmt(a, unit)} | {fmt(b, unit)} | {ratio} | {', '.join(per_round) or '–'} "
+                     f"| {vs_nginx(ra)} | {vs_nginx(rb)} |")
+    return "\n".join(lines)
+
+
 def noise_table(samples) -> str:
     """How busy the balancer's CPU was with other people's work during each
     test (median %): the direct column is the machine's background load."""
