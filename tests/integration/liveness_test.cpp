@@ -98,15 +98,26 @@ std::map<std::string, pid_t> worker_threads(pid_t pid, std::size_t expected) {
     return workers;
 }
 
-/// Whether syscall number `nr` is an epoll wait: the place an idle event loop sits.
-bool is_epoll_wait(long nr) {
+/// Whether a thread's /proc/PID/task/TID/syscall line shows it in the place
+/// an idle event loop sits: an epoll wait, or (relay.io: io_uring) an
+/// io_uring_enter that waits for a completion (min_complete > 0, with
+/// IORING_ENTER_GETEVENTS).
+bool is_idle_wait(const std::string& line) {
+    std::istringstream in(line);
+    long nr = -1;
+    in >> nr;
 #ifdef SYS_epoll_wait
     if (nr == SYS_epoll_wait) return true;
 #endif
 #ifdef SYS_epoll_pwait2
     if (nr == SYS_epoll_pwait2) return true;
 #endif
-    return nr == SYS_epoll_pwait;
+    if (nr == SYS_epoll_pwait) return true;
+    if (nr != SYS_io_uring_enter) return false;
+    std::string fd, to_submit, min_complete, flags;
+    in >> fd >> to_submit >> min_complete >> flags;
+    return std::strtoul(min_complete.c_str(), nullptr, 16) > 0 &&
+           (std::strtoul(flags.c_str(), nullptr, 16) & 1u /* IORING_ENTER_GETEVENTS */) != 0;
 }
 
 /// One thread of apilb held in a ptrace stop; the other threads run on. The
@@ -115,7 +126,7 @@ bool is_epoll_wait(long nr) {
 class stopped_thread {
 public:
     /// Stops `tid` of `pid`; error() says why if that failed. Retries until
-    /// the thread is caught idle in epoll_wait: stopped in the middle of a
+    /// the thread is caught idle in its loop's wait: stopped in the middle of a
     /// handler it might hold a lock the control thread then waits for (the
     /// logger's, the io_context's), which would hang /livez itself rather
     /// than make it answer 503.
@@ -125,14 +136,13 @@ public:
             error_ = stop_once();
             if (!error_.empty()) return;
             const std::string sc = read_file(fmt::format("/proc/{}/task/{}/syscall", pid_, tid_));
-            const long nr = std::strtol(sc.c_str(), nullptr, 10);
-            if (!sc.empty() && is_epoll_wait(nr)) return;
+            if (!sc.empty() && is_idle_wait(sc)) return;
             last = sc;
             error_ = resume();
             if (!error_.empty()) return;
             std::this_thread::sleep_for(milliseconds(20));
         }
-        error_ = "thread " + std::to_string(tid_) + " was never caught in epoll_wait; last /proc syscall: " + last;
+        error_ = "thread " + std::to_string(tid_) + " was never caught in its idle wait; last /proc syscall: " + last;
     }
     ~stopped_thread() {
         if (stopped_) resume();
