@@ -8,7 +8,11 @@
 #    build-asan/ (debug, AddressSanitizer + UndefinedBehaviorSanitizer) and,
 #    with APILB_TSAN=1, build-tsan/ (debug, ThreadSanitizer: apilb and the
 #    tests in tsan_stage)
-# 3. runs `meson test` in each; a sanitizer report fails the run; after the
+# 3. runs `meson test` in each, the plain build's with every apilb the tests
+#    start on its default relay.io (epoll), the sanitizer build's on
+#    relay.io: io_uring (APILB_TEST_RELAY_IO; the unit tests of the poller
+#    and the relay cover both engines in each build), so that the whole
+#    suite runs on each engine; a sanitizer report fails the run; after the
 #    plain build, scripts/check-packaging.sh builds and checks the .deb, the
 #    systemd unit, the OCI image and the manifests (counted as tests too);
 #    then the fuzz stage: scripts/fuzz.sh builds build-fuzz/ (clang) and runs
@@ -33,6 +37,8 @@
 #   APILB_SKIP_FUZZ=1     skip the fuzz stage (clang build + short runs)
 #   APILB_FUZZ_SECONDS    seconds each fuzz target runs (default 30)
 #   APILB_FUZZ_BUILD_DIR  fuzz build directory (default: <repo>/build-fuzz)
+#   APILB_ASAN_RELAY_IO   relay.io of the sanitizer build's apilbs (default
+#                         io_uring; epoll, or "" for each config's own)
 #   APILB_SOURCE_DIR      meson project to test (default: this repository;
 #                         used to test this script on a trial project)
 set -uo pipefail
@@ -219,8 +225,11 @@ else
   # detect_leaks + abort_on_error: a leak or memory error kills the test;
   # halt_on_error: undefined behaviour does too. Tests run slower under the
   # sanitizers, so their timeouts are doubled.
+  # The engine the plain build's tests did not run on (`meson test --setup
+  # io_uring` sets the same variable).
   test_env=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
-            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1)
+            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+            APILB_TEST_RELAY_IO="${APILB_ASAN_RELAY_IO-io_uring}")
   test_args=(--timeout-multiplier 2)
   # Three at once here: beside these tests only the small fuzz build runs
   # (the plain build's tests share the CPU with the whole sanitizer build,
@@ -228,6 +237,7 @@ else
   # fde48e9: 465 s with 3, every test passing, against 596 s with 2 in the
   # clean-clone run of cd71180 (which had three tests serial).
   test_jobs=3
+  echo "build-asan: every apilb the tests start runs on relay.io: ${APILB_ASAN_RELAY_IO-io_uring}"
   build_and_test build-asan "$asan_dir" "${asan_options[@]}"
 fi
 
