@@ -813,7 +813,7 @@ void poll_socket::submit_recv(void* buf, std::size_t len, callback fn, void* arg
     if (::io_uring_sqe* sqe = start_submit(read_dir, fn, arg)) ::io_uring_prep_recv(sqe, fd_, buf, len, 0);
 }
 
-void poll_socket::submit_recv_provided(callback fn, void* arg) {
+void poll_socket::submit_recv_provided(callback fn, void* arg, bool empty) {
     assert(poller_->provides_buffers());
     if (::io_uring_sqe* sqe = start_submit(read_dir, fn, arg)) {
         // Length 0: the buffer's. The kernel picks the buffer when the recv
@@ -822,6 +822,7 @@ void poll_socket::submit_recv_provided(callback fn, void* arg) {
         ::io_uring_prep_recv(sqe, fd_, nullptr, 0, 0);
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = provided_group;
+        if (empty) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
     }
 }
 

@@ -161,12 +161,12 @@ void relay::wait_readable(direction& d) {
 
 bool relay::reads_in_ring(const direction& d) const noexcept { return source(d).owner().provides_buffers(); }
 
-void relay::recv_in_ring(direction& d) {
+void relay::recv_in_ring(direction& d, bool empty) {
     // As fin_before_read in transfer(): a short recv submitted after the
     // FIN took the last byte.
     d.fin_at_submit = source(d).peer_finished();
     d.reading = true;
-    source(d).submit_recv_provided(&relay::received, &d);
+    source(d).submit_recv_provided(&relay::received, &d, empty);
 }
 
 void relay::received(void* arg, const error_code& ec) {
@@ -277,7 +277,9 @@ void relay::on_recv_result(direction& d, const error_code& ec, std::size_t got) 
     // turn, as a wait for readiness after it would (epoll's on_readable).
     if (d.short_read) d.chunks = 0;
     send_in_ring(d);
-    if (may_read_ahead(d)) recv_in_ring(d);
+    // After a short read the socket is empty: the next recv waits for bytes
+    // before it tries (a request's answer, the next watch event).
+    if (may_read_ahead(d)) recv_in_ring(d, d.short_read);
 }
 
 void relay::send_in_ring(direction& d) {

@@ -377,7 +377,10 @@ public:
     /// provided buffer was in use (nothing read). On success the caller owns
     /// the buffer that took the bytes (take_provided()) and gives it back
     /// with poller::give_back(); with an error it is given back here.
-    void submit_recv_provided(callback fn, void* arg);
+    /// `empty`: the caller knows the socket has nothing to read now (its
+    /// last read was short), so the kernel waits for bytes before it tries
+    /// (IORING_RECVSEND_POLL_FIRST) instead of failing a first attempt.
+    void submit_recv_provided(callback fn, void* arg, bool empty = false);
     /// The provided buffer the last recv filled, now the caller's; -1 if none.
     int take_provided() noexcept;
     /// A recv or send of `w` is in the ring: the kernel holds its buffer and

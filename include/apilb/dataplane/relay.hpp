@@ -258,7 +258,7 @@ private:
     /// relay.io: io_uring: `d` reads through the ring into a provided buffer.
     bool reads_in_ring(const direction& d) const noexcept;
     /// Submits the recv of reads_in_ring().
-    void recv_in_ring(direction& d);
+    void recv_in_ring(direction& d, bool empty = false);
     static void received(void* d, const boost::system::error_code& ec);
     void on_received(direction& d, const boost::system::error_code& ec);
     /// A recv in the ring completed with `ec` and `got` bytes, in order
