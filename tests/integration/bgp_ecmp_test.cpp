@@ -678,7 +678,10 @@ TEST_F(BgpEcmp, ResilientNextHopGroupsMoveOnlyTheFlowsAChangeNeeds) {
         if (!k.type.empty()) router_ip_cmd({"route", "replace", std::string(vip) + "/32", "nhid", gid, "metric", "1"});
         int leave_checked = 0, join_checked = 0, leave_broken = 0, join_broken = 0;
         {
-            auto held = open_held(60);
+            // 90: about 60 land on n2 and n3, and the check wants 30 of
+            // them even when the hash favours n1 or some connects time out
+            // on a loaded machine (60 gave 28 once in a clean-clone run).
+            auto held = open_held(90);
             set_group("replace", "902/903");  // n1 leaves
             leave_broken = broken_while(held, "n1", k.busy, leave_checked);
         }
