@@ -394,8 +394,9 @@ bool poller::wait_in_ring(bool block) noexcept {
     // EBUSY: completions the kernel could not post wait for room, which
     // the reaping below makes. Anything else cannot happen with a ring that
     // exists; should it still, it is said, and the set looked at.
-    if (rc < 0 && rc != -EINTR && rc != -ETIME && rc != -EBUSY) wait_failed({-rc, boost::system::system_category()});
-    bool set_ready = rc < 0 && rc != -EINTR && rc != -ETIME && rc != -EBUSY;
+    const bool failed = rc < 0 && rc != -EINTR && rc != -ETIME && rc != -EBUSY;
+    if (failed) wait_failed({-rc, boost::system::system_category()});
+    bool set_ready = failed;
     unsigned seen = 0;
     unsigned head;
     ::io_uring_cqe* cqe;
