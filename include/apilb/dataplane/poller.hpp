@@ -169,8 +169,11 @@ private:
 
     /// The epoll set's registration in Asio's reactor (poller.cpp).
     struct watch;
-    /// provide_buffers()'s memory and ring (poller.cpp).
+    /// provide_buffers()'s memory and ring (poller_ring.cpp).
     struct buffer_ring;
+    struct buffer_ring_deleter {
+        void operator()(buffer_ring* b) const noexcept;
+    };
     /// Asio's wait for that registration to be readable (poller.cpp).
     class wake_op;
     /// The posted run of deferred completions (poller.cpp).
@@ -228,7 +231,7 @@ private:
     wait_by by_ = wait_by::asio;
     int wake_fd_ = -1;  ///< wait_by::run and ring: the eventfd wake() writes, in the set
     /// Before ring_: the kernel lets go of the buffers when the ring goes.
-    std::unique_ptr<buffer_ring> buffers_;
+    std::unique_ptr<buffer_ring, buffer_ring_deleter> buffers_;
     bool buffers_registered_ = false;
     std::atomic<std::uint64_t>* empty_buffers_ = nullptr;  ///< see count_empty_buffers_in()
     std::unique_ptr<uring> ring_;                          ///< wait_by::ring
