@@ -11,6 +11,7 @@
 #include <future>
 #include <mutex>
 
+#include "../io_uring_host.hpp"
 #include "harness.hpp"
 
 namespace apilb::test {
@@ -218,6 +219,7 @@ void small_and_bulk_round_trips(std::uint16_t port) {
 }
 
 TEST(RelayIo, IoUringCarriesTheBytesAndTheStartLineSaysSo) {
+    APILB_SKIP_WITHOUT_IO_URING();
     tcp_server echo("127.0.0.2", echo_handler());
     temp_dir dir;
     const std::uint16_t port = free_port();

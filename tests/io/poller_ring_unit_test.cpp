@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 
+#include "../io_uring_host.hpp"
 #include "apilb/dataplane/poller.hpp"
 #include "poller_test_support.hpp"
 
@@ -26,6 +27,7 @@ namespace {
 using namespace poller_test;
 
 TEST(Poller, InARingItsLoopBlocksInTheRingAndTakesEventsOnlyWhenTheSetHasThem) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // relay.io: io_uring: the loop's one blocking system call per wake-up is
     // the ring's io_uring_enter; epoll_wait only takes the events the
     // ring's poll of the set announced, and never blocks.
@@ -93,6 +95,7 @@ struct ring_rig {
 };
 
 TEST(Poller, InARingARecvAndASendCompleteFromTheLoopWithTheirByteCounts) {
+    APILB_SKIP_WITHOUT_IO_URING();
     ring_rig g;
     ring_op r;
     ASSERT_TRUE(g.recv(r));
@@ -147,18 +150,21 @@ std::pair<error_code, int> close_with_a_recv_in_the_ring(bool abortive) {
 }
 
 TEST(Poller, InARingCloseCancelsARecvInFlightSoThePeerSeesTheFin) {
+    APILB_SKIP_WITHOUT_IO_URING();
     const auto [ec, peer_read] = close_with_a_recv_in_the_ring(false);
     EXPECT_EQ(ec, asio::error::operation_aborted);
     EXPECT_EQ(peer_read, 0) << "the peer saw no FIN (-11: the socket stayed open)";
 }
 
 TEST(Poller, InARingAnAbortiveCloseWithARecvInFlightResetsThePeer) {
+    APILB_SKIP_WITHOUT_IO_URING();
     const auto [ec, peer_read] = close_with_a_recv_in_the_ring(true);
     EXPECT_EQ(ec, asio::error::operation_aborted);
     EXPECT_EQ(peer_read, -ECONNRESET);
 }
 
 TEST(Poller, InARingCancelEndsARecvAndKeepsTheSocket) {
+    APILB_SKIP_WITHOUT_IO_URING();
     ring_rig g;
     ring_op r;
     ASSERT_TRUE(g.recv(r));
@@ -187,6 +193,7 @@ struct provided_op : ring_op {
 };
 
 TEST(Poller, InARingAnIdleRecvHoldsNoProvidedBufferAndOneThatFindsNoneFailsWithEnobufs) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // relay.io: io_uring: tens of thousands of idle watches each have a
     // recv in the ring; the kernel picks a buffer only when bytes arrive,
     // so one buffer serves whichever socket speaks first, and a recv that
@@ -240,6 +247,7 @@ TEST(Poller, InARingAnIdleRecvHoldsNoProvidedBufferAndOneThatFindsNoneFailsWithE
 }
 
 TEST(Poller, InARingCancellingOneDirectionLeavesTheOtherInFlight) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // An upgrade's quiesce cancels a session's idle recv, never the send
     // of the other direction on the same socket.
     ring_rig g;
@@ -258,6 +266,7 @@ TEST(Poller, InARingCancellingOneDirectionLeavesTheOtherInFlight) {
 }
 
 TEST(Poller, InARingASessionsSocketsWaitThroughTheRingAndNeverEnterTheEpollSet) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // relay.io: io_uring: a session's sockets kept in the epoll set cost an
     // epoll_ctl each and, per wake-up, an epoll_wait(0) beside the ring's
     // io_uring_enter. Watched by the ring, a wait is a POLL_ADD batched into
@@ -319,6 +328,7 @@ TEST(Poller, InARingASessionsSocketsWaitThroughTheRingAndNeverEnterTheEpollSet) 
 }
 
 TEST(Poller, InARingASessionsSocketClosesByAnEntryInTheRingAndStillSendsItsFinOrReset) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // relay.io: io_uring: a session's socket closed with close(2), one
     // system call each, where the loop's next io_uring_enter can carry an
     // IORING_OP_CLOSE. Closed with a wait in the ring, the peer still gets
@@ -360,6 +370,7 @@ TEST(Poller, InARingASessionsSocketClosesByAnEntryInTheRingAndStillSendsItsFinOr
 }
 
 TEST(Poller, InARingTheLoopEndsOnlyOnceItsCancelledOperationsCompleted) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // A worker's shutdown closes its sessions and stops watching: run()
     // must still deliver the cancelled recvs, or their sessions are never
     // freed.

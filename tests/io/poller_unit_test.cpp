@@ -77,6 +77,7 @@ extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept {
 
 bool apilb_test_new_fails(std::size_t) noexcept { return fail_allocations; }
 #include "../alloc_fault.hpp"
+#include "../io_uring_host.hpp"
 #include "poller_test_support.hpp"
 
 namespace apilb {
@@ -569,6 +570,7 @@ INSTANTIATE_TEST_SUITE_P(Waits, PollerLoop, ::testing::Values(poller::wait_by::r
                          [](const auto& info) { return info.param == poller::wait_by::ring ? "ring" : "epoll"; });
 
 TEST_P(PollerLoop, ItsOwnLoopRunsPostedWorkAndEndsOnlyWithNothingLeftToDeliver) {
+    if (GetParam() == poller::wait_by::ring) APILB_SKIP_WITHOUT_IO_URING();
     run_fixture f(GetParam());
     tcp::socket peer(f.setup);
     poll_socket s(f.sockets);
@@ -595,6 +597,7 @@ TEST_P(PollerLoop, ItsOwnLoopRunsPostedWorkAndEndsOnlyWithNothingLeftToDeliver) 
 }
 
 TEST_P(PollerLoop, ItsOwnLoopLooksForEventsBetweenQueuedCompletions) {
+    if (GetParam() == poller::wait_by::ring) APILB_SKIP_WITHOUT_IO_URING();
     // A relay that yields queues its next turn rather than wait: the loop
     // must still take other sockets' events in between, without blocking.
     run_fixture f(GetParam());

@@ -23,6 +23,8 @@
 #include <optional>
 #include <thread>
 
+#include "../io_uring_host.hpp"
+
 /// recv calls on one descriptor (`counted_fd`), made by the relay under test.
 std::atomic<int> counted_fd{-1};
 std::atomic<int> counted_recvs{0};
@@ -560,6 +562,7 @@ struct ring_loop {
 };
 
 TEST(RelayInARing, AReadThatFindsEveryProvidedBufferTakenRelaysAfterReadinessAndIsCounted) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // relay.io: io_uring: a worker's provided buffers are few (64); a
     // session whose backend reads nothing holds one in its stuck send. A
     // read that finds none must still relay, through the pool after
@@ -653,6 +656,7 @@ void start_with_a_send_waiting(ring_loop& l, ring_session& s, relay_resources& r
 }
 
 TEST(RelayInARing, TheNextRecvGoesIntoTheRingWithTheSendAndItsBytesFollowInOrder) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // relay.io: io_uring: a direction's next recv was submitted only once
     // the send of the bytes before it completed, in another io_uring_enter.
     // Submitted with the send, it takes what the client sends while that
@@ -689,6 +693,7 @@ TEST(RelayInARing, TheNextRecvGoesIntoTheRingWithTheSendAndItsBytesFollowInOrder
 }
 
 TEST(RelayInARing, ASendThatFailsWithTheNextRecvInTheRingEndsOnceThatRecvLetGo) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // The direction ends by its send (the backend resets) while its next
     // recv is in the ring: the relay completes only once the kernel let go
     // of that recv, and the client is reset, not sent a FIN.

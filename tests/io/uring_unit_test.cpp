@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "../io_uring_host.hpp"
 #include "../refuse_io_uring.hpp"
 
 namespace apilb {
@@ -53,6 +54,7 @@ std::string without_io_uring(Fn fn) {
 }
 
 TEST(Uring, TheProbeFindsIoUringOnThisHost) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // Debian 12's kernel (6.1) and later have every operation the workers
     // use; the tests of relay.io: io_uring need it.
     EXPECT_EQ(io_uring_unavailable(), "");
@@ -90,6 +92,7 @@ TEST(Uring, RefusedBySeccompTheProbeSaysWhyAndAutoFallsBackToEpoll) {
 }
 
 TEST(Uring, MadeOnOneThreadItSubmitsFromTheThreadThatEnablesIt) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // Workers are made on the control thread and run on their own: with
     // SINGLE_ISSUER only the enabling thread may submit.
     uring ring(8);
@@ -109,6 +112,7 @@ TEST(Uring, MadeOnOneThreadItSubmitsFromTheThreadThatEnablesIt) {
 }
 
 TEST(Uring, SqeSubmitsWhatIsQueuedWhenTheQueueIsFull) {
+    APILB_SKIP_WITHOUT_IO_URING();
     uring ring(4);
     ring.enable();
     for (int i = 0; i < 6; ++i) {
@@ -121,6 +125,7 @@ TEST(Uring, SqeSubmitsWhatIsQueuedWhenTheQueueIsFull) {
 }
 
 TEST(Uring, ForgetFdKeepsQueuedEntriesOffTheNextSocketWithTheSameNumber) {
+    APILB_SKIP_WITHOUT_IO_URING();
     // A socket closed by close(2) while a recv for it waits in the queue:
     // its number goes to the next socket made, and the kernel would look
     // the number up only at the next submission.
