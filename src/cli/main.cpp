@@ -20,6 +20,7 @@
 #include "apilb/core/file_read.hpp"
 #include "apilb/core/frr_conf.hpp"
 #include "apilb/core/keepalived_conf.hpp"
+#include "apilb/dataplane/uring.hpp"
 #include "apilb/logging/logging.hpp"
 #include "apilb/process/process.hpp"
 #include "apilb/vip/vip_address.hpp"
@@ -53,6 +54,13 @@ int check_config(const std::string& path) {
                   << backends << " backend(s)";
         if (cfg->bgp)
             std::cout << "; bgp: " << cfg->bgp->peers.size() << " peer(s), " << cfg->bgp->vips.size() << " VIP(s)";
+        // relay.io resolved against this host as `run` resolves it at start:
+        // io_uring asked for by name and refused here is the same config
+        // error. A service's sandbox (its seccomp profile) may refuse what
+        // this shell allows: the start line says what the service chose.
+        const apilb::relay_io_choice io = apilb::choose_relay_io(*cfg);
+        std::cout << "; relay.io " << apilb::to_string(cfg->relay.io) << ": " << (io.io_uring ? "io_uring" : "epoll");
+        if (!io.reason.empty()) std::cout << ", io_uring unavailable here: " << io.reason;
         std::cout << ")\n";
         return exit_ok;
     } catch (const apilb::config_load_error& e) {

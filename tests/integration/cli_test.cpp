@@ -8,6 +8,7 @@
 #include <regex>
 #include <sstream>
 
+#include "../io_uring_host.hpp"
 #include "harness.hpp"
 #include "standin.hpp"
 
@@ -25,6 +26,43 @@ TEST(Cli, CheckConfigAcceptsTheShippedExample) {
                           required_env("APILB_SOURCE_ROOT") + "/conf/apilb.yaml"});
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find(": ok"), std::string::npos) << r.output;
+}
+
+/// check-config resolves relay.io against the host as `run` does at start:
+/// with io_uring refused (a seccomp filter, as a container runtime's
+/// default profile), `auto` says it would run on epoll and why, and
+/// `io_uring` by name is the config error `run` would stop on.
+TEST(Cli, CheckConfigSaysWhichRelayEngineThisHostGives) {
+    temp_dir dir;
+    const std::string yaml = single_pool_config(6443, {"127.0.0.2:6443"}, "round-robin", 1, "relay: {io: ");
+    dir.write("auto.yaml", yaml + "auto}\n");
+    dir.write("epoll.yaml", yaml + "epoll}\n");
+    dir.write("uring.yaml", yaml + "io_uring}\n");
+    const std::string bin = required_env("APILB_BIN"), refuse = required_env("APILB_WITHOUT_IO_URING");
+    auto r = run_command({bin, "check-config", "--config", dir.file("epoll.yaml")});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("; relay.io epoll: epoll)"), std::string::npos) << r.output;
+
+    r = run_command({refuse, bin, "check-config", "--config", dir.file("auto.yaml")});
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("; relay.io auto: epoll, io_uring unavailable here: io_uring_setup with "
+                            "SINGLE_ISSUER|DEFER_TASKRUN failed: Operation not permitted)"),
+              std::string::npos)
+        << r.output;
+
+    r = run_command({refuse, bin, "check-config", "--config", dir.file("uring.yaml")});
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find(dir.file("uring.yaml") + ":"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(": relay.io: io_uring was asked for but this host does not give it"), std::string::npos)
+        << r.output;
+
+    // Where the host gives it, both resolve to the ring.
+    if (!io_uring_refused_here().empty()) GTEST_SKIP() << "this host refuses io_uring: " << io_uring_refused_here();
+    for (const char* f : {"auto.yaml", "uring.yaml"}) {
+        r = run_command({bin, "check-config", "--config", dir.file(f)});
+        EXPECT_EQ(r.exit_code, 0) << r.output;
+        EXPECT_NE(r.output.find(": io_uring)"), std::string::npos) << r.output;
+    }
 }
 
 /// `text` with every `from` replaced by `to`; fails the test if `from` is absent.
