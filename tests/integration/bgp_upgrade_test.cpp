@@ -314,7 +314,16 @@ protected:
         } else {
             EXPECT_EQ(t.failed(), 0) << t.text();
         }
-        EXPECT_EQ(t.broken(), 0) << t.text();
+        if (expect_failure) {
+            // The rollback's other window (docs/upgrade.md, "Rollback"): a
+            // ping the dying new process had read on an adopted session and
+            // not yet written is lost with it. Seen once: 1 of 30 broke, in
+            // the sanitizer build on relay.io: io_uring, where the relay is
+            // slowest.
+            EXPECT_LE(t.broken(), 1) << t.text();
+        } else {
+            EXPECT_EQ(t.broken(), 0) << t.text();
+        }
         EXPECT_EQ(t.route_missing(), 0) << t.text();
         EXPECT_GT(t.connects(), 50) << t.text();
         EXPECT_EQ(after.established, before.established) << before.text() << " -> " << after.text();
